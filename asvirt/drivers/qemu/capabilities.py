@@ -1,0 +1,333 @@
+"""What a QEMU binary can do, probed once over QMP and cached on disk.
+
+The probe starts the binary with ``-S -nodefaults -machine none`` (no guest, no devices),
+asks it over QMP for its version, machine types, KVM status, CPU models, device and object
+types and commands, and asks it to quit. The result is cached per binary path, mtime and size
+(and whether ``/dev/kvm`` was usable), as libvirt does, so a QEMU upgrade invalidates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+import trio_asyncio
+
+from ... import fsutil
+from ...errors import ConfigUnsupportedError, InternalError, OperationFailedError
+from . import process
+from .monitor import Monitor
+
+log = structlog.get_logger("asvirt.qemu.capabilities")
+
+#: Bump when the cached format changes.
+CACHE_FORMAT = 1
+
+KVM_DEVICE = "/dev/kvm"
+
+# libvirt's <os><type arch=...> names -> QEMU's system emulator suffix.
+_ARCH_TO_QEMU = {
+    "x86_64": "x86_64",
+    "i686": "i386",
+    "i386": "i386",
+    "aarch64": "aarch64",
+    "armv7l": "arm",
+    "ppc64": "ppc64",
+    "ppc64le": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def host_arch() -> str:
+    machine = os.uname().machine
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def find_emulator(arch: str) -> str:
+    """The path of ``qemu-system-<arch>`` on PATH, or a ConfigUnsupportedError saying so."""
+    suffix = _ARCH_TO_QEMU.get(arch)
+    if suffix is None:
+        raise ConfigUnsupportedError(f"no QEMU emulator is known for architecture '{arch}'")
+    name = f"qemu-system-{suffix}"
+    path = shutil.which(name)
+    if path is None:
+        raise ConfigUnsupportedError(
+            f"cannot find '{name}' on PATH (install QEMU, e.g. apt install qemu-system-x86)"
+        )
+    return path
+
+
+def kvm_usable() -> tuple[bool, str]:
+    """Whether ``/dev/kvm`` can be opened read-write, and if not, why (for error messages)."""
+    try:
+        fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, f"{KVM_DEVICE} does not exist (no KVM on this host, or the module is not loaded)"
+    except PermissionError:
+        return False, f"{KVM_DEVICE} is not accessible to this user (join the 'kvm' group)"
+    except OSError as err:
+        return False, f"{KVM_DEVICE} cannot be opened: {err.strerror}"
+    os.close(fd)
+    return True, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineType:
+    name: str
+    alias: str | None = None
+    is_default: bool = False
+    max_cpus: int = 1
+    deprecated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class QemuCapabilities:
+    """The probed abilities of one QEMU binary."""
+
+    binary: str
+    version: tuple[int, int, int]
+    package: str
+    arch: str
+    kvm_present: bool
+    kvm_enabled: bool
+    machines: tuple[MachineType, ...]
+    cpu_models: tuple[str, ...]
+    device_types: frozenset[str]
+    object_types: frozenset[str]
+    commands: frozenset[str]
+
+    def has_device(self, name: str) -> bool:
+        return name in self.device_types
+
+    def has_object(self, name: str) -> bool:
+        return name in self.object_types
+
+    def has_command(self, name: str) -> bool:
+        return name in self.commands
+
+    def at_least(self, major: int, minor: int = 0, micro: int = 0) -> bool:
+        return self.version >= (major, minor, micro)
+
+    def machine(self, name: str) -> MachineType | None:
+        """The machine type called ``name``, or whose alias is ``name`` (``pc``, ``q35``)."""
+        for m in self.machines:
+            if m.name == name:
+                return m
+        for m in self.machines:
+            if m.alias == name:
+                return m
+        return None
+
+    def default_machine(self) -> MachineType | None:
+        for m in self.machines:
+            if m.is_default:
+                return m
+        return None
+
+    def canonical_machine(self, name: str) -> str:
+        """The versioned machine name an alias stands for (``pc`` -> ``pc-i440fx-7.2``)."""
+        m = self.machine(name)
+        return m.name if m is not None else name
+
+    @property
+    def version_string(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("device_types", "object_types", "commands"):
+            data[key] = sorted(data[key])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QemuCapabilities:
+        return cls(
+            binary=data["binary"],
+            version=tuple(data["version"]),  # type: ignore[arg-type]
+            package=data["package"],
+            arch=data["arch"],
+            kvm_present=data["kvm_present"],
+            kvm_enabled=data["kvm_enabled"],
+            machines=tuple(MachineType(**m) for m in data["machines"]),
+            cpu_models=tuple(data["cpu_models"]),
+            device_types=frozenset(data["device_types"]),
+            object_types=frozenset(data["object_types"]),
+            commands=frozenset(data["commands"]),
+        )
+
+
+class CapabilitiesCache:
+    """Probes each QEMU binary once per (path, mtime, size, KVM usability); keeps results on disk."""
+
+    def __init__(self, cache_dir: Path, loop: trio_asyncio.TrioEventLoop, *, timeout: float) -> None:
+        self._dir = cache_dir
+        self._loop = loop
+        self._timeout = timeout
+        self._memory: dict[tuple[Any, ...], QemuCapabilities] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def get(self, binary: str) -> QemuCapabilities:
+        path = os.path.realpath(binary)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ConfigUnsupportedError(f"the emulator '{binary}' does not exist") from None
+        if not os.access(path, os.X_OK):
+            raise ConfigUnsupportedError(f"the emulator '{binary}' is not executable")
+        kvm_ok, _ = kvm_usable()
+        key = (path, st.st_mtime_ns, st.st_size, kvm_ok)
+        cached = self._memory.get(key)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(path, trio.Lock())
+        async with lock:
+            cached = self._memory.get(key)
+            if cached is None:
+                cached = self._load(key)
+            if cached is None:
+                cached = await probe(path, self._loop, use_kvm=kvm_ok, timeout=self._timeout)
+                self._store(key, cached)
+            self._memory[key] = cached
+            return cached
+
+    def _file(self, path: str) -> Path:
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        return self._dir / f"{Path(path).name}-{digest}.json"
+
+    def _load(self, key: tuple[Any, ...]) -> QemuCapabilities | None:
+        try:
+            data = json.loads(self._file(key[0]).read_text())
+            if data.get("format") != CACHE_FORMAT or data.get("key") != list(key):
+                return None
+            return QemuCapabilities.from_json(data["capabilities"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or unreadable cache: probe again
+
+    def _store(self, key: tuple[Any, ...], caps: QemuCapabilities) -> None:
+        data = {"format": CACHE_FORMAT, "key": list(key), "capabilities": caps.to_json()}
+        try:
+            fsutil.atomic_write(self._file(key[0]), json.dumps(data, indent=1).encode())
+        except OSError as err:
+            log.warning("cannot cache QEMU capabilities", path=str(self._dir), error=str(err))
+
+
+async def probe(
+    binary: str, loop: trio_asyncio.TrioEventLoop, *, use_kvm: bool, timeout: float
+) -> QemuCapabilities:
+    """Start ``binary`` without a guest and ask it what it can do."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    accel = "kvm:tcg" if use_kvm else "tcg"
+    argv = [
+        binary,
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-nographic",
+        "-machine", f"none,accel={accel}",
+        "-chardev", f"socket,id=monitor,fd={theirs.fileno()}",
+        "-mon", "chardev=monitor,mode=control",
+    ]  # fmt: skip
+    log_r, log_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = process.spawn(argv, log_fd=log_w, pass_fds=(theirs.fileno(),))
+    except OSError as err:
+        for fd in (log_r, log_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+        raise OperationFailedError(f"cannot run '{binary}': {err.strerror}") from err
+    os.close(log_w)
+    theirs.close()
+    pidfd = os.pidfd_open(pid)
+    monitor = Monitor(loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None,
+                      timeout=timeout)
+    try:
+        await monitor.connect(ours)
+        version = await monitor.execute("query-version")
+        machines = await monitor.execute("query-machines")
+        kvm = await monitor.execute("query-kvm")
+        commands = await monitor.execute("query-commands")
+        try:
+            cpus = await monitor.execute("query-cpu-definitions")
+        except Exception:
+            cpus = []  # not every target has CPU models
+        devices = await monitor.execute(
+            "qom-list-types", {"implements": "device", "abstract": False}
+        )
+        objects = await monitor.execute(
+            "qom-list-types", {"implements": "user-creatable", "abstract": False}
+        )
+        try:
+            await monitor.execute("quit", timeout=2)
+        except Exception:
+            pass  # QEMU may close the socket before replying
+    except BaseException:
+        process.signal_pidfd(pidfd, 9)
+        raise
+    finally:
+        await monitor.close()
+        with trio.move_on_after(5) as scope:
+            await process.wait_exit(pidfd)
+        if scope.cancelled_caught:
+            process.signal_pidfd(pidfd, 9)
+            await process.wait_exit(pidfd)
+        process.try_reap(pidfd)
+        os.close(pidfd)
+        stderr = _drain(log_r)
+    if not isinstance(version, dict):
+        raise InternalError(f"'{binary}' gave an unexpected version reply; stderr: {stderr}")
+    q = version["qemu"]
+    arch = Path(binary).name.removeprefix("qemu-system-")
+    return QemuCapabilities(
+        binary=binary,
+        version=(q["major"], q["minor"], q["micro"]),
+        package=version.get("package", "").strip(),
+        arch={"i386": "i686"}.get(arch, arch),
+        kvm_present=bool(kvm.get("present")),
+        kvm_enabled=bool(kvm.get("enabled")),
+        machines=tuple(
+            sorted(
+                (
+                    MachineType(
+                        name=m["name"],
+                        alias=m.get("alias"),
+                        is_default=bool(m.get("is-default")),
+                        max_cpus=int(m.get("cpu-max", 1)),
+                        deprecated=bool(m.get("deprecated")),
+                    )
+                    for m in machines
+                ),
+                key=lambda m: m.name,
+            )
+        ),
+        cpu_models=tuple(sorted(c["name"] for c in cpus)),
+        device_types=frozenset(d["name"] for d in devices),
+        object_types=frozenset(o["name"] for o in objects),
+        commands=frozenset(c["name"] for c in commands),
+    )
+
+
+def _drain(fd: int) -> str:
+    chunks = []
+    try:
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace").strip()

@@ -1,0 +1,219 @@
+"""QEMU processes: spawning, identifying, watching and reaping them.
+
+QEMU runs as a child of the supervising process, in a session of its own (so a terminal's
+Ctrl-C does not reach it) and never daemonized. Its exit, seen through a pidfd, is the
+authority on its death; the monitor socket closing is not.
+
+A QEMU may outlive the connection that spawned it. It is still our child, so when such a
+QEMU dies someone must reap it, or a long-running agent collects zombies: :func:`adopt_orphan`
+hands it to one process-wide reaper thread that waits on the pidfds of all such children.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import threading
+from dataclasses import dataclass
+
+import trio
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """What identifies a QEMU beyond its pid, which the kernel reuses."""
+
+    pid: int
+    start_time: int  # clock ticks since boot, /proc/PID/stat field 22
+
+    def matches(self, uuid: str) -> bool:
+        """True if ``pid`` is still this process and its command line names ``uuid``."""
+        return read_start_time(self.pid) == self.start_time and cmdline_mentions(self.pid, uuid)
+
+
+def spawn(argv: list[str], *, log_fd: int, pass_fds: tuple[int, ...] = ()) -> int:
+    """Start ``argv`` in a new session with stdin from /dev/null and stdout/stderr to ``log_fd``.
+
+    ``pass_fds`` stay open in the child under their own numbers. Returns the pid. posix_spawn
+    is used because it reports exec failures synchronously and costs far less than fork().
+    """
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        actions: list[tuple[int, ...]] = [
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ]
+        # dup2 onto itself does not clear close-on-exec, so each passed fd is
+        # duplicated to a temporary inheritable number and moved back in the child.
+        inheritable = []
+        for fd in pass_fds:
+            tmp = os.dup(fd)  # os.dup returns a non-inheritable fd; dup2 in the child fixes that
+            inheritable.append(tmp)
+            actions.append((os.POSIX_SPAWN_DUP2, tmp, fd))
+        try:
+            return os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions, setsid=True)
+        finally:
+            for tmp in inheritable:
+                os.close(tmp)
+    finally:
+        os.close(devnull)
+
+
+def read_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses; fields after it don't.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def cpu_time_ns(pid: int) -> int:
+    """User + system CPU time the process has used, in nanoseconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // _CLK_TCK
+
+
+def cmdline_mentions(pid: int, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return text.encode() in cmdline
+
+
+def identity_of(pid: int) -> ProcessIdentity:
+    start = read_start_time(pid)
+    if start is None:
+        raise ProcessLookupError(pid)
+    return ProcessIdentity(pid, start)
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None if no such process exists any more."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+async def wait_exit(pidfd: int) -> None:
+    """Wait until the process behind ``pidfd`` has exited (child or not)."""
+    await trio.lowlevel.wait_readable(pidfd)
+
+
+def try_reap(pidfd: int) -> int | None:
+    """Reap our exited child; returns its wait status, or None if it is not our child."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if result is None:
+        return None
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return -result.si_status  # killed by a signal, like subprocess's returncode
+
+
+def is_child(pid: int) -> bool:
+    """True if ``pid`` is a child of this process (only children can be reaped by us)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[1]) == os.getpid()
+
+
+def signal_pidfd(pidfd: int, sig: int) -> bool:
+    """Send ``sig``; False if the process has already exited (no pid-reuse race)."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class _OrphanReaper:
+    """One daemon thread that reaps children whose supervising task has gone away."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pidfds: set[int] = set()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: threading.Thread | None = None
+
+    def adopt(self, pidfd: int) -> None:
+        with self._lock:
+            self._pidfds.add(pidfd)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="asvirt-reaper", daemon=True
+                )
+                self._thread.start()
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pidfds)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        watched: set[int] = set()
+        while True:
+            with self._lock:
+                for fd in self._pidfds - watched:
+                    poller.register(fd, select.POLLIN)
+                    watched.add(fd)
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                try:
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                except ChildProcessError:
+                    pass  # someone else reaped it
+                except OSError as err:  # pragma: no cover - EINTR is retried by Python
+                    if err.errno != errno.EINTR:
+                        raise
+                poller.unregister(fd)
+                watched.discard(fd)
+                with self._lock:
+                    self._pidfds.discard(fd)
+                os.close(fd)
+
+
+_reaper = _OrphanReaper()
+
+
+def adopt_orphan(pidfd: int) -> None:
+    """Reap the child behind ``pidfd`` whenever it exits; takes ownership of ``pidfd``."""
+    _reaper.adopt(pidfd)
+
+
+def orphans_pending() -> int:
+    """How many adopted children are still running (for tests and diagnostics)."""
+    return _reaper.pending()

@@ -1,0 +1,225 @@
+"""The typed domain events asvirt delivers, following libvirt's event model.
+
+Every event is a :class:`DomainEvent`. Its :attr:`~DomainEvent.kind` says which family it
+belongs to (libvirt's event IDs); lifecycle events also carry a :class:`LifecycleEvent`
+``type`` and a ``detail`` from the detail enum of that type (libvirt's
+``virDomainEvent*DetailType``). Integer values are libvirt's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class EventKind(enum.Enum):
+    """The families of domain events (libvirt's ``virDomainEventID``)."""
+
+    LIFECYCLE = "lifecycle"
+    REBOOT = "reboot"
+    RTC_CHANGE = "rtc-change"
+    WATCHDOG = "watchdog"
+    IO_ERROR = "io-error"
+    DEVICE_REMOVED = "device-removed"
+    BALLOON_CHANGE = "balloon-change"
+    BLOCK_JOB = "block-job"
+    #: Every QMP event QEMU sends, unchanged, in ``data`` (like libvirt's
+    #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
+    #: ``kinds=None`` do not receive these.
+    QMP = "qmp"
+
+
+class LifecycleEvent(enum.IntEnum):
+    """libvirt's ``virDomainEventType``."""
+
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    SUSPENDED = 3
+    RESUMED = 4
+    STOPPED = 5
+    SHUTDOWN = 6
+    PMSUSPENDED = 7
+    CRASHED = 8
+
+    @property
+    def details(self) -> type[EventDetail]:
+        """The detail enum that goes with this event type."""
+        return _DETAILS[self]
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"Started"``)."""
+        return self.name.capitalize() if self is not LifecycleEvent.PMSUSPENDED else "PMSuspended"
+
+
+class EventDetail(enum.Enum):
+    """Base of the per-type detail enums.
+
+    Values are libvirt's integers (``int(detail)``), but details of different event types never
+    compare equal to each other (``StoppedDetail.SHUTDOWN != StartedDetail.BOOTED``).
+    """
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"Booted"``, ``"Finished"``)."""
+        return _DETAIL_LABELS.get(self, self.name.replace("_", " ").capitalize())
+
+
+class DefinedDetail(EventDetail):
+    ADDED = 0
+    UPDATED = 1
+    RENAMED = 2
+    FROM_SNAPSHOT = 3
+
+
+class UndefinedDetail(EventDetail):
+    REMOVED = 0
+    RENAMED = 1
+
+
+class StartedDetail(EventDetail):
+    BOOTED = 0
+    MIGRATED = 1
+    RESTORED = 2
+    FROM_SNAPSHOT = 3
+    WAKEUP = 4
+    RECREATED = 5
+
+
+class SuspendedDetail(EventDetail):
+    PAUSED = 0
+    MIGRATED = 1
+    IOERROR = 2
+    WATCHDOG = 3
+    RESTORED = 4
+    FROM_SNAPSHOT = 5
+    API_ERROR = 6
+    POSTCOPY = 7
+    POSTCOPY_FAILED = 8
+
+
+class ResumedDetail(EventDetail):
+    UNPAUSED = 0
+    MIGRATED = 1
+    FROM_SNAPSHOT = 2
+    POSTCOPY = 3
+    POSTCOPY_FAILED = 4
+
+
+class StoppedDetail(EventDetail):
+    SHUTDOWN = 0
+    DESTROYED = 1
+    CRASHED = 2
+    MIGRATED = 3
+    SAVED = 4
+    FAILED = 5
+    FROM_SNAPSHOT = 6
+
+
+class ShutdownDetail(EventDetail):
+    FINISHED = 0
+    GUEST = 1
+    HOST = 2
+
+
+class PMSuspendedDetail(EventDetail):
+    MEMORY = 0
+    DISK = 1
+
+
+class CrashedDetail(EventDetail):
+    PANICKED = 0
+    CRASHEDLOADED = 1
+
+
+_DETAILS: dict[LifecycleEvent, type[EventDetail]] = {
+    LifecycleEvent.DEFINED: DefinedDetail,
+    LifecycleEvent.UNDEFINED: UndefinedDetail,
+    LifecycleEvent.STARTED: StartedDetail,
+    LifecycleEvent.SUSPENDED: SuspendedDetail,
+    LifecycleEvent.RESUMED: ResumedDetail,
+    LifecycleEvent.STOPPED: StoppedDetail,
+    LifecycleEvent.SHUTDOWN: ShutdownDetail,
+    LifecycleEvent.PMSUSPENDED: PMSuspendedDetail,
+    LifecycleEvent.CRASHED: CrashedDetail,
+}
+
+# Where virsh's wording is not simply the capitalized name.
+_DETAIL_LABELS: dict[EventDetail, str] = {
+    SuspendedDetail.IOERROR: "I/O Error",
+    SuspendedDetail.API_ERROR: "API error",
+    SuspendedDetail.POSTCOPY: "Post-copy",
+    SuspendedDetail.POSTCOPY_FAILED: "Post-copy Error",
+    ResumedDetail.POSTCOPY: "Post-copy",
+    ResumedDetail.POSTCOPY_FAILED: "Post-copy Error",
+    DefinedDetail.FROM_SNAPSHOT: "Snapshot",
+    StartedDetail.FROM_SNAPSHOT: "Snapshot",
+    SuspendedDetail.FROM_SNAPSHOT: "Snapshot",
+    ResumedDetail.FROM_SNAPSHOT: "Snapshot",
+    StoppedDetail.FROM_SNAPSHOT: "Snapshot",
+    StartedDetail.WAKEUP: "Event wakeup",
+    CrashedDetail.CRASHEDLOADED: "Crashed Loaded",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """One event about one domain.
+
+    ``seq`` increases by one for every event a connection publishes, so a subscriber that sees a
+    gap knows it lost events (see :attr:`asvirt.events.Subscription.lost`). ``timestamp`` is
+    seconds since the epoch: QEMU's own timestamp for events that came from QEMU.
+    """
+
+    seq: int
+    timestamp: float
+    domain: str
+    uuid: str
+    kind: EventKind
+    type: LifecycleEvent | None = None
+    detail: EventDetail | None = None
+    data: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        """A one-line description in virsh's ``event`` wording."""
+        head = f"event '{self.kind.value}' for domain '{self.domain}'"
+        data = self.data or {}
+        match self.kind:
+            case EventKind.LIFECYCLE:
+                assert self.type is not None and self.detail is not None
+                return f"{head}: {self.type.label} {self.detail.label}"
+            case EventKind.REBOOT:
+                return head
+            case EventKind.RTC_CHANGE:
+                return f"{head}: {data.get('offset', 0)}"
+            case EventKind.WATCHDOG:
+                return f"{head}: {data.get('action', '')}"
+            case EventKind.IO_ERROR:
+                return (
+                    f"{head}: {data.get('device', '')} ({data.get('node-name', '')}) "
+                    f"{data.get('action', '')} {data.get('reason', '')}"
+                ).rstrip()
+            case EventKind.DEVICE_REMOVED:
+                return f"{head}: {data.get('device', '')}"
+            case EventKind.BALLOON_CHANGE:
+                return f"{head}: {data.get('actual_kib', '')}KiB"
+            case EventKind.BLOCK_JOB:
+                return (
+                    f"{head}: {data.get('type', '')} for {data.get('device', '')} "
+                    f"{data.get('status', '')}"
+                ).rstrip()
+            case EventKind.QMP:
+                return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
+        return head  # pragma: no cover - every kind is handled above
+
+
+def lifecycle(event_type: LifecycleEvent, detail: EventDetail) -> tuple[LifecycleEvent, EventDetail]:
+    """Check that ``detail`` belongs to ``event_type`` and return both (a guard for producers)."""
+    if not isinstance(detail, _DETAILS[event_type]):
+        raise TypeError(f"{detail!r} is not a detail of {event_type.name}")
+    return event_type, detail
