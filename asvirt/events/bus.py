@@ -14,6 +14,7 @@ publish from anywhere in the trio thread.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import time
 from collections.abc import Iterable
@@ -206,9 +207,7 @@ class EventBus:
         the bus's history (the newest ``history`` events), so a client can resume after a
         reconnect or see what happened before it subscribed.
         """
-        sub = Subscription(
-            self, domain=domain, kinds=kinds, buffer=buffer or self._default_buffer
-        )
+        sub = Subscription(self, domain=domain, kinds=kinds, buffer=buffer or self._default_buffer)
         if since is not None:
             for event in self._history:
                 if event.seq > since:
@@ -220,10 +219,8 @@ class EventBus:
         return sub
 
     def _remove(self, sub: Subscription) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._subs.remove(sub)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         """End every subscription; later publications are numbered but not delivered."""

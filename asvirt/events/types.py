@@ -216,10 +216,3 @@ class DomainEvent:
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
         return head  # pragma: no cover - every kind is handled above
-
-
-def lifecycle(event_type: LifecycleEvent, detail: EventDetail) -> tuple[LifecycleEvent, EventDetail]:
-    """Check that ``detail`` belongs to ``event_type`` and return both (a guard for producers)."""
-    if not isinstance(detail, _DETAILS[event_type]):
-        raise TypeError(f"{detail!r} is not a detail of {event_type.name}")
-    return event_type, detail

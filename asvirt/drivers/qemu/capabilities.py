@@ -71,7 +71,10 @@ def kvm_usable() -> tuple[bool, str]:
     try:
         fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False, f"{KVM_DEVICE} does not exist (no KVM on this host, or the module is not loaded)"
+        return (
+            False,
+            f"{KVM_DEVICE} does not exist (no KVM on this host, or the module is not loaded)",
+        )
     except PermissionError:
         return False, f"{KVM_DEVICE} is not accessible to this user (join the 'kvm' group)"
     except OSError as err:
@@ -166,9 +169,11 @@ class QemuCapabilities:
 
 
 class CapabilitiesCache:
-    """Probes each QEMU binary once per (path, mtime, size, KVM usability); keeps results on disk."""
+    """Probes each binary once per (path, mtime, size, KVM usability); keeps results on disk."""
 
-    def __init__(self, cache_dir: Path, loop: trio_asyncio.TrioEventLoop, *, timeout: float) -> None:
+    def __init__(
+        self, cache_dir: Path, loop: trio_asyncio.TrioEventLoop, *, timeout: float
+    ) -> None:
         self._dir = cache_dir
         self._loop = loop
         self._timeout = timeout
@@ -176,15 +181,8 @@ class CapabilitiesCache:
         self._locks: dict[str, trio.Lock] = {}
 
     async def get(self, binary: str) -> QemuCapabilities:
-        path = os.path.realpath(binary)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise ConfigUnsupportedError(f"the emulator '{binary}' does not exist") from None
-        if not os.access(path, os.X_OK):
-            raise ConfigUnsupportedError(f"the emulator '{binary}' is not executable")
-        kvm_ok, _ = kvm_usable()
-        key = (path, st.st_mtime_ns, st.st_size, kvm_ok)
+        key = _cache_key(binary)
+        path = key[0]
         cached = self._memory.get(key)
         if cached is not None:
             return cached
@@ -194,7 +192,7 @@ class CapabilitiesCache:
             if cached is None:
                 cached = self._load(key)
             if cached is None:
-                cached = await probe(path, self._loop, use_kvm=kvm_ok, timeout=self._timeout)
+                cached = await probe(path, self._loop, use_kvm=key[3], timeout=self._timeout)
                 self._store(key, cached)
             self._memory[key] = cached
             return cached
@@ -248,8 +246,9 @@ async def probe(
     os.close(log_w)
     theirs.close()
     pidfd = os.pidfd_open(pid)
-    monitor = Monitor(loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None,
-                      timeout=timeout)
+    monitor = Monitor(
+        loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None, timeout=timeout
+    )
     try:
         await monitor.connect(ours)
         version = await monitor.execute("query-version")
@@ -314,6 +313,19 @@ async def probe(
         object_types=frozenset(o["name"] for o in objects),
         commands=frozenset(c["name"] for c in commands),
     )
+
+
+def _cache_key(binary: str) -> tuple[str, int, int, bool]:
+    # Local stat calls: fast enough not to need a thread.
+    path = os.path.realpath(binary)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigUnsupportedError(f"the emulator '{binary}' does not exist") from None
+    if not os.access(path, os.X_OK):
+        raise ConfigUnsupportedError(f"the emulator '{binary}' is not executable")
+    kvm_ok, _ = kvm_usable()
+    return (path, st.st_mtime_ns, st.st_size, kvm_ok)
 
 
 def _drain(fd: int) -> str:

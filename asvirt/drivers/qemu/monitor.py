@@ -128,17 +128,13 @@ class Monitor:
         deadline = self._timeout if timeout is None else timeout
         try:
             with trio.fail_after(deadline if deadline > 0 else math.inf):
-                return await self._loop.run_aio_coroutine(
-                    self._client.execute(command, arguments)
-                )
+                return await self._loop.run_aio_coroutine(self._client.execute(command, arguments))
         except trio.TooSlowError:
             raise OperationTimeoutError(
                 f"QEMU did not answer '{command}' within {deadline:g} s"
             ) from None
         except ExecuteError as err:
-            raise QMPError(
-                f"QEMU refused '{command}': {err}", error_class=err.error_class
-            ) from err
+            raise QMPError(f"QEMU refused '{command}': {err}", error_class=err.error_class) from err
         except (StateError, ConnectionError, EOFError, OSError) as err:
             raise QMPError(f"lost the monitor connection during '{command}'") from err
         except Exception as err:  # ExecInterruptedError and other session failures

@@ -11,6 +11,7 @@ hands it to one process-wide reaper thread that waits on the pidfds of all such 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -163,9 +164,7 @@ class _OrphanReaper:
         with self._lock:
             self._pidfds.add(pidfd)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="asvirt-reaper", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="asvirt-reaper", daemon=True)
                 self._thread.start()
         try:
             os.write(self._wake_w, b"\0")
@@ -187,10 +186,8 @@ class _OrphanReaper:
                     watched.add(fd)
             for fd, _ in poller.poll():
                 if fd == self._wake_r:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
                     continue
                 try:
                     os.waitid(os.P_PIDFD, fd, os.WEXITED)
