@@ -1,0 +1,295 @@
+"""Connections: the entry point of the public API.
+
+::
+
+    async with asvirt.open("qemu:///embed?root=/var/tmp/vms") as conn:
+        dom = await conn.define_xml(xml)
+        async with conn.subscribe(domain=dom) as events:
+            await dom.start()
+            async for ev in events:
+                print(ev.describe())
+
+A connection owns a trio nursery in which its drivers run their tasks (one per QEMU process
+for the QEMU driver) and in which registered event callbacks are called. Leaving the
+``async with`` block closes the drivers; running VMs keep running unless they were started
+with ``autodestroy=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+import trio
+
+from .config import Config
+from .domain import Domain
+from .drivers import registry
+from .drivers.base import DriverContext, OpenedDrivers
+from .errors import InvalidArgError, OperationInvalidError, OperationUnsupportedError
+from .events import DomainEvent, EventBus, EventKind, Subscription
+from .events.bus import DomainFilter
+from .network import Network
+from .storage import StoragePool
+from .uri import ConnectURI, parse_uri
+
+log = structlog.get_logger("asvirt.connection")
+
+EventCallback = Callable[[DomainEvent], Awaitable[None] | None]
+
+
+def default_uri() -> str:
+    """``$ASVIRT_DEFAULT_URI``, else an embedded root under the user's state directory."""
+    uri = os.environ.get("ASVIRT_DEFAULT_URI")
+    if uri:
+        return uri
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return f"qemu:///embed?root={os.path.join(state_home, 'asvirt')}"
+
+
+def open(uri: str | None = None, *, config: Config | None = None) -> Connection:
+    """A connection to the driver that ``uri`` names; use it with ``async with``.
+
+    ``uri`` defaults to :func:`default_uri`. ``config`` overrides the configuration the driver
+    would otherwise read (for the embedded QEMU driver, ``ROOT/etc/asvirt.toml``).
+    """
+    return Connection(parse_uri(uri or default_uri()), config=config)
+
+
+class Connection:
+    """A connection to a hypervisor driver (and its network and storage drivers)."""
+
+    def __init__(self, uri: ConnectURI, *, config: Config | None = None) -> None:
+        self._uri = uri
+        self._config = config
+        self._drivers: OpenedDrivers | None = None
+        self._bus: EventBus | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._callback_ids = itertools.count(1)
+        self._callbacks: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+        self._closed = False
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Connection:
+        if self._stack is not None:
+            raise OperationInvalidError("a connection can be opened only once")
+        opener = registry.resolve(self._uri)
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            # Registered before the drivers so that it runs after they are closed.
+            stack.callback(self._nursery.cancel_scope.cancel)
+            config = self._config or Config()
+            self._bus = EventBus(
+                history=config.events.history, buffer=config.events.subscriber_buffer
+            )
+            stack.callback(self._bus.close)
+            ctx = DriverContext(
+                uri=self._uri, bus=self._bus, nursery=self._nursery, config=self._config
+            )
+            self._drivers = await stack.enter_async_context(opener(ctx))
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        log.debug("connection opened", uri=self._uri.uri)
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self._closed = True
+        for sub, scope in self._callbacks.values():
+            sub.close()
+            scope.cancel()
+        self._callbacks.clear()
+        assert self._stack is not None
+        # The caller's own exception is not handed to our nursery, which would wrap it in an
+        # ExceptionGroup: it propagates unchanged once the drivers are closed.
+        await self._stack.__aexit__(None, None, None)
+        log.debug("connection closed", uri=self._uri.uri)
+        return None
+
+    @property
+    def uri(self) -> str:
+        """The URI this connection was opened with."""
+        return self._uri.uri
+
+    def is_alive(self) -> bool:
+        return self._drivers is not None and not self._closed
+
+    def _hv(self) -> Any:
+        if self._drivers is None or self._closed:
+            raise OperationInvalidError("the connection is not open")
+        return self._drivers.hypervisor
+
+    # -- domains -------------------------------------------------------------------------------
+
+    async def define_xml(self, xml: str) -> Domain:
+        """Define (or redefine) a persistent domain; emits DEFINED/ADDED or DEFINED/UPDATED."""
+        return Domain(self, await self._hv().define_xml(xml))
+
+    async def create_xml(
+        self, xml: str, *, paused: bool = False, autodestroy: bool = False
+    ) -> Domain:
+        """Create and start a transient domain, which vanishes when it stops.
+
+        ``autodestroy=True`` destroys it when this connection closes.
+        """
+        return Domain(
+            self, await self._hv().create_xml(xml, paused=paused, autodestroy=autodestroy)
+        )
+
+    async def lookup_by_name(self, name: str) -> Domain:
+        """The domain called ``name``; raises NoDomainError if there is none."""
+        return Domain(self, await self._hv().lookup_by_name(name))
+
+    async def lookup_by_uuid(self, uuid: str) -> Domain:
+        """The domain with this UUID (any usual spelling); raises NoDomainError if there is none."""
+        return Domain(self, await self._hv().lookup_by_uuid(uuid))
+
+    async def list_all_domains(
+        self, *, active: bool | None = None, persistent: bool | None = None
+    ) -> list[Domain]:
+        """All domains, optionally only (in)active or (non-)persistent ones; sorted by name."""
+        refs = await self._hv().list_all_domains(active=active, persistent=persistent)
+        return [Domain(self, ref) for ref in refs]
+
+    async def capabilities(self) -> str:
+        """The host and guest capabilities as libvirt's capabilities XML."""
+        return await self._hv().capabilities_xml()
+
+    async def domxml_to_native(self, native_format: str, xml: str) -> str:
+        """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""
+        return await self._hv().domxml_to_native(native_format, xml)
+
+    def hostname(self) -> str:
+        return self._hv().hostname()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        domain: DomainFilter = None,
+        kinds: Iterable[EventKind] | EventKind | None = None,
+        *,
+        since: int | None = None,
+        buffer: int | None = None,
+    ) -> Subscription:
+        """A stream of this connection's events (an async iterator and async context manager).
+
+        ``domain`` is a :class:`Domain`, a name or a UUID; ``kinds`` a set of
+        :class:`EventKind` (default: every kind except raw QMP). The subscription receives
+        events published after this call; with ``since=SEQ`` it first replays the remembered
+        events numbered above SEQ (``since=0``: everything still remembered).
+        """
+        if self._bus is None or self._closed:
+            raise OperationInvalidError("the connection is not open")
+        return self._bus.subscribe(domain=domain, kinds=_kinds(kinds), since=since, buffer=buffer)
+
+    def register_event_callback(
+        self,
+        callback: EventCallback,
+        domain: DomainFilter = None,
+        kinds: Iterable[EventKind] | EventKind | None = None,
+    ) -> int:
+        """Call ``callback(event)`` for each matching event, in order; returns an id.
+
+        The callback may be a plain function or a coroutine function. Calls for one
+        callback never overlap: the next event waits until the previous call returned. An
+        exception from the callback is logged and does not stop later calls.
+        """
+        if self._bus is None or self._nursery is None or self._closed:
+            raise OperationInvalidError("the connection is not open")
+        if not callable(callback):
+            raise InvalidArgError("the event callback is not callable")
+        sub = self._bus.subscribe(domain=domain, kinds=_kinds(kinds))
+        scope = trio.CancelScope()
+        cb_id = next(self._callback_ids)
+        self._callbacks[cb_id] = (sub, scope)
+        self._nursery.start_soon(_run_callback, callback, sub, scope, cb_id)
+        return cb_id
+
+    def deregister_event_callback(self, callback_id: int) -> None:
+        """Stop calling the callback registered under ``callback_id``."""
+        entry = self._callbacks.pop(callback_id, None)
+        if entry is None:
+            raise InvalidArgError(f"no event callback with id {callback_id}")
+        sub, scope = entry
+        sub.close()
+        scope.cancel()
+
+    # -- networks and storage -----------------------------------------------------------------
+
+    def _net(self) -> Any:
+        self._hv()
+        assert self._drivers is not None
+        if self._drivers.network is None:
+            raise OperationUnsupportedError(f"'{self._uri.uri}' has no network driver")
+        return self._drivers.network
+
+    def _storage(self) -> Any:
+        self._hv()
+        assert self._drivers is not None
+        if self._drivers.storage is None:
+            raise OperationUnsupportedError(f"'{self._uri.uri}' has no storage driver")
+        return self._drivers.storage
+
+    async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
+        return [Network(self, ref) for ref in await self._net().list_all_networks(active=active)]
+
+    async def lookup_network_by_name(self, name: str) -> Network:
+        return Network(self, await self._net().lookup_network_by_name(name))
+
+    async def lookup_network_by_uuid(self, uuid: str) -> Network:
+        return Network(self, await self._net().lookup_network_by_uuid(uuid))
+
+    async def network_define_xml(self, xml: str) -> Network:
+        return Network(self, await self._net().network_define_xml(xml))
+
+    async def list_all_storage_pools(self, *, active: bool | None = None) -> list[StoragePool]:
+        refs = await self._storage().list_all_storage_pools(active=active)
+        return [StoragePool(self, ref) for ref in refs]
+
+    async def lookup_storage_pool_by_name(self, name: str) -> StoragePool:
+        return StoragePool(self, await self._storage().lookup_storage_pool_by_name(name))
+
+    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePool:
+        return StoragePool(self, await self._storage().lookup_storage_pool_by_uuid(uuid))
+
+    async def storage_pool_define_xml(self, xml: str) -> StoragePool:
+        return StoragePool(self, await self._storage().storage_pool_define_xml(xml))
+
+    def __repr__(self) -> str:
+        return f"<asvirt.Connection {self._uri.uri!r}{'' if self.is_alive() else ' closed'}>"
+
+
+def _kinds(kinds: Iterable[EventKind] | EventKind | None) -> Iterable[EventKind] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, EventKind):
+        return (kinds,)
+    kinds = tuple(kinds)
+    for kind in kinds:
+        if not isinstance(kind, EventKind):
+            raise InvalidArgError(f"{kind!r} is not an asvirt.EventKind")
+    return kinds
+
+
+async def _run_callback(
+    callback: EventCallback, sub: Subscription, scope: trio.CancelScope, cb_id: int
+) -> None:
+    with scope:
+        async for event in sub:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("event callback failed", callback_id=cb_id, seq=event.seq)

@@ -1,0 +1,119 @@
+"""Storage pools and volumes: handles forwarded to the connection's storage driver."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .drivers.base import StoragePoolInfo, StoragePoolRef, StorageVolInfo, StorageVolRef
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class StoragePool:
+    """A storage pool known to a connection (libvirt's ``virStoragePoolPtr``)."""
+
+    __slots__ = ("_conn", "_ref")
+
+    def __init__(self, conn: Connection, ref: StoragePoolRef) -> None:
+        self._conn = conn
+        self._ref = ref
+
+    @property
+    def name(self) -> str:
+        return self._ref.name
+
+    @property
+    def uuid(self) -> str:
+        return self._ref.uuid
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoragePool):
+            return NotImplemented
+        return self._conn is other._conn and self.uuid == other.uuid
+
+    def __hash__(self) -> int:
+        return hash(self.uuid)
+
+    def __repr__(self) -> str:
+        return f"<asvirt.StoragePool {self.name!r} {self.uuid}>"
+
+    def _drv(self) -> Any:
+        return self._conn._storage()
+
+    async def create(self) -> None:
+        """Start (activate) the pool."""
+        await self._drv().storage_pool_create(self.uuid)
+
+    async def destroy(self) -> None:
+        """Stop (deactivate) the pool; its volumes are kept."""
+        await self._drv().storage_pool_destroy(self.uuid)
+
+    async def undefine(self) -> None:
+        await self._drv().storage_pool_undefine(self.uuid)
+
+    async def is_active(self) -> bool:
+        return await self._drv().storage_pool_is_active(self.uuid)
+
+    async def info(self) -> StoragePoolInfo:
+        return await self._drv().storage_pool_info(self.uuid)
+
+    async def xml_desc(self) -> str:
+        return await self._drv().storage_pool_xml_desc(self.uuid)
+
+    async def list_all_volumes(self) -> list[StorageVol]:
+        refs = await self._drv().storage_pool_list_volumes(self.uuid)
+        return [StorageVol(self, ref) for ref in refs]
+
+    async def lookup_volume_by_name(self, name: str) -> StorageVol:
+        return StorageVol(self, await self._drv().storage_vol_lookup_by_name(self.uuid, name))
+
+    async def create_volume_xml(self, xml: str) -> StorageVol:
+        """Create a volume in this pool from libvirt volume XML."""
+        return StorageVol(self, await self._drv().storage_vol_create_xml(self.uuid, xml))
+
+
+class StorageVol:
+    """A volume in a storage pool (libvirt's ``virStorageVolPtr``)."""
+
+    __slots__ = ("_pool", "_ref")
+
+    def __init__(self, pool: StoragePool, ref: StorageVolRef) -> None:
+        self._pool = pool
+        self._ref = ref
+
+    @property
+    def pool(self) -> StoragePool:
+        return self._pool
+
+    @property
+    def name(self) -> str:
+        return self._ref.name
+
+    @property
+    def key(self) -> str:
+        return self._ref.key
+
+    @property
+    def path(self) -> str:
+        return self._ref.path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StorageVol):
+            return NotImplemented
+        return self._pool == other._pool and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"<asvirt.StorageVol {self.name!r} in {self._pool.name!r}>"
+
+    async def delete(self) -> None:
+        await self._pool._drv().storage_vol_delete(self._pool.uuid, self.name)
+
+    async def info(self) -> StorageVolInfo:
+        return await self._pool._drv().storage_vol_info(self._pool.uuid, self.name)
+
+    async def xml_desc(self) -> str:
+        return await self._pool._drv().storage_vol_xml_desc(self._pool.uuid, self.name)
