@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 import trio
 import trio_asyncio
+from lxml import etree
 
 from ... import fsutil
 from ...errors import ConfigUnsupportedError, InternalError, OperationFailedError
@@ -313,6 +314,32 @@ async def probe(
         object_types=frozenset(o["name"] for o in objects),
         commands=frozenset(c["name"] for c in commands),
     )
+
+
+def capabilities_xml(caps: QemuCapabilities, *, kvm_ok: bool) -> str:
+    """libvirt-style capabilities XML for one emulator: host arch, machines, domain types."""
+    root = etree.Element("capabilities")
+    host = etree.SubElement(root, "host")
+    cpu = etree.SubElement(host, "cpu")
+    etree.SubElement(cpu, "arch").text = host_arch()
+    guest = etree.SubElement(root, "guest")
+    etree.SubElement(guest, "os_type").text = "hvm"
+    arch = etree.SubElement(guest, "arch", name=caps.arch)
+    etree.SubElement(arch, "wordsize").text = "64" if caps.arch.endswith("64") else "32"
+    etree.SubElement(arch, "emulator").text = caps.binary
+    for m in caps.machines:
+        etree.SubElement(arch, "machine", maxCpus=str(m.max_cpus)).text = m.name
+        if m.alias:
+            etree.SubElement(
+                arch, "machine", canonical=m.name, maxCpus=str(m.max_cpus)
+            ).text = m.alias
+    etree.SubElement(arch, "domain", type="qemu")
+    if kvm_ok and caps.kvm_present:
+        etree.SubElement(arch, "domain", type="kvm")
+    features = etree.SubElement(guest, "features")
+    etree.SubElement(features, "acpi", default="on", toggle="yes")
+    etree.SubElement(features, "apic", default="on", toggle="no")
+    return etree.tostring(root, pretty_print=True, encoding="unicode")
 
 
 def _cache_key(binary: str) -> tuple[str, int, int, bool]:

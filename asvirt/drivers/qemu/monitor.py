@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 import trio_asyncio
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ExecuteError, QMPClient, Runstate
 from qemu.qmp.message import Message
 from qemu.qmp.protocol import ConnectError, StateError
 
@@ -141,6 +141,15 @@ class Monitor:
             if type(err).__module__.startswith("qemu.qmp"):
                 raise QMPError(f"'{command}' was interrupted: {err}") from err
             raise
+
+    async def wait_closed(self) -> None:
+        """Wait until the peer has closed the session.
+
+        Once this returns, every event QEMU sent before closing has been handed to
+        ``on_event``: the reader processes a stream in order and sees the end last.
+        """
+        while self._client.runstate is Runstate.RUNNING:
+            await self._loop.run_aio_coroutine(self._client.runstate_changed())
 
     async def close(self) -> None:
         """End the session. Safe to call twice, while cancelled, and on a dead peer."""

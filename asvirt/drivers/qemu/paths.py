@@ -1,0 +1,64 @@
+"""Where an embedded QEMU driver keeps its files, mirroring libvirt's layout.
+
+::
+
+    ROOT/etc/qemu/NAME.xml        persistent domain configs
+    ROOT/run/qemu/NAME.status     runtime state of a running domain (JSON)
+    ROOT/run/qemu/NAME.monitor    QMP socket (QEMU listens; asvirt connects)
+    ROOT/run/qemu/driver.lock     held while a connection supervises this root
+    ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
+    ROOT/cache/qemu/capabilities/ probed QEMU capabilities
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedPaths:
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc" / "qemu"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / "qemu"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log" / "qemu"
+
+    @property
+    def capabilities_dir(self) -> Path:
+        return self.root / "cache" / "qemu" / "capabilities"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "driver.lock"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "etc" / "asvirt.toml"
+
+    def config(self, name: str) -> Path:
+        return self.config_dir / f"{name}.xml"
+
+    def status(self, name: str) -> Path:
+        return self.run_dir / f"{name}.status"
+
+    def monitor(self, name: str) -> Path:
+        return self.run_dir / f"{name}.monitor"
+
+    def log(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def create(self) -> None:
+        """Create the directories (private to the user: configs may name secrets)."""
+        for d in (self.config_dir, self.run_dir, self.log_dir, self.capabilities_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, os.stat(self.root).st_mode & 0o7777 | 0o700)
