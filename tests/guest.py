@@ -1,0 +1,90 @@
+"""The test guest: where it lives, and domain XML that boots it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import trio
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST_DIR = Path(
+    os.environ.get("ASVIRT_GUEST_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asvirt" / "test-guest"
+)
+READY = "ASVIRT-GUEST-READY"
+
+
+class TestGuest:
+    """Domain XML for the tiny guest (Debian cloud kernel + busybox initramfs)."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.kernel = directory / "vmlinuz"
+        self.initrd = directory / "initrd.gz"
+
+    def exists(self) -> bool:
+        return self.kernel.is_file() and self.initrd.is_file() and (self.dir / "VERSION").is_file()
+
+    def xml(
+        self,
+        name: str,
+        serial_log: Path,
+        *,
+        domain_type: str = "qemu",
+        action: str | None = None,
+        delay: int = 0,
+        acpi: str = "on",
+        on_poweroff: str = "destroy",
+        on_reboot: str = "restart",
+        on_crash: str = "destroy",
+        uuid: str | None = None,
+        memory_mib: int = 128,
+    ) -> str:
+        cmdline = "console=ttyS0 quiet panic=0"
+        if action:
+            cmdline += f" asvirt.action={action}"
+        if delay:
+            cmdline += f" asvirt.delay={delay}"
+        if acpi != "on":
+            cmdline += f" asvirt.acpi={acpi}"
+        uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
+        return f"""<domain type='{domain_type}'>
+  <name>{escape(name)}</name>{uuid_el}
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(self.kernel))}</kernel>
+    <initrd>{escape(str(self.initrd))}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>{on_poweroff}</on_poweroff>
+  <on_reboot>{on_reboot}</on_reboot>
+  <on_crash>{on_crash}</on_crash>
+  <devices>
+    <serial type='file'>
+      <source path='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>
+    <panic model='isa'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+async def wait_for_serial(path: Path, text: str = READY, *, timeout: float = 60) -> None:
+    """Wait until the guest has written ``text`` on its serial port (a file)."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                if text in path.read_text(errors="replace"):
+                    return
+            except FileNotFoundError:
+                pass
+            await trio.sleep(0.05)

@@ -1,0 +1,89 @@
+"""Small helpers for tests: embed roots, processes, waiting for events."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+import asvirt
+
+
+def embed_uri(root: Path) -> str:
+    return f"qemu:///embed?root={root}"
+
+
+def write_config(root: Path, text: str) -> None:
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "asvirt.toml").write_text(text)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def pid_exists(pid: int) -> bool:
+    """True if ``pid`` exists at all, zombies included."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def qemu_pid(root: Path, name: str) -> int:
+    """The pid asvirt recorded for a running domain (from its status file)."""
+    import json
+
+    return int(json.loads((root / "run" / "qemu" / f"{name}.status").read_text())["pid"])
+
+
+def lifecycle(ev: asvirt.DomainEvent) -> tuple[str, str] | None:
+    """("STARTED", "BOOTED") for lifecycle events, None for others."""
+    if ev.kind is not asvirt.EventKind.LIFECYCLE:
+        return None
+    assert ev.type is not None and ev.detail is not None
+    return ev.type.name, ev.detail.name
+
+
+async def collect_until(
+    events: asvirt.Subscription,
+    done: Callable[[list[asvirt.DomainEvent]], bool],
+    *,
+    timeout: float = 30,
+) -> list[asvirt.DomainEvent]:
+    """Receive events until ``done(events_so_far)`` is true; fails the test after ``timeout``."""
+    seen: list[asvirt.DomainEvent] = []
+    with trio.fail_after(timeout):
+        while not done(seen):
+            seen.append(await events.receive())
+    return seen
+
+
+async def lifecycle_until(
+    events: asvirt.Subscription, *wanted: tuple[str, str], timeout: float = 30
+) -> list[tuple[str, str]]:
+    """Receive events until the lifecycle events ``wanted`` have been seen in this order.
+
+    Returns every lifecycle event seen (others may come between the wanted ones).
+    """
+
+    def done(seen: list[asvirt.DomainEvent]) -> bool:
+        it = iter(x for x in map(lifecycle, seen) if x is not None)
+        return all(w in it for w in wanted)
+
+    seen = await collect_until(events, done, timeout=timeout)
+    return [x for x in map(lifecycle, seen) if x is not None]
+
+
+async def wait_for(
+    predicate: Callable[[], bool], *, timeout: float = 10, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` (for facts no event announces, like a file or a process)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
