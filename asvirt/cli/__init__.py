@@ -1,0 +1,1 @@
+"""The ``asvirt`` command line (see :mod:`asvirt.cli.main`)."""

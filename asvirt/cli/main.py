@@ -1,0 +1,420 @@
+"""The ``asvirt`` command line: virsh's commands and output, over the same public API.
+
+    asvirt [-c URI] COMMAND [ARGS]
+
+Without ``-c``, the URI is ``$ASVIRT_DEFAULT_URI``, else an embedded root under the user's
+state directory. Errors are one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+import asvirt
+from asvirt.events import EventKind
+
+from . import render
+
+Handler = Callable[[asvirt.Connection, argparse.Namespace], Awaitable[int]]
+_COMMANDS: dict[str, tuple[Handler, str]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = (fn, help)
+        return fn
+
+    return register
+
+
+async def _domain(conn: asvirt.Connection, ident: str) -> asvirt.Domain:
+    """Look a domain up the way virsh does: by name, else by UUID, else by id."""
+    try:
+        return await conn.lookup_by_name(ident)
+    except asvirt.NoDomainError:
+        pass
+    try:
+        return await conn.lookup_by_uuid(ident)
+    except (asvirt.NoDomainError, asvirt.InvalidArgError):
+        pass
+    if ident.isdigit():
+        for dom in await conn.list_all_domains(active=True):
+            if await dom.id() == int(ident):
+                return dom
+    raise asvirt.NoDomainError(f"failed to get domain '{ident}'")
+
+
+def _read_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise asvirt.InvalidArgError(f"cannot read '{path}': {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise asvirt.XMLError(f"'{path}' is not UTF-8 text") from None
+
+
+# -- domains -----------------------------------------------------------------------------------
+
+
+@command("list", "list domains")
+async def cmd_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    active = None if args.all else True
+    if args.inactive:
+        active = False
+    rows = []
+    for dom in await conn.list_all_domains(active=active):
+        state, _ = await dom.state()
+        dom_id = await dom.id()
+        rows.append(("-" if dom_id is None else str(dom_id), dom.name, state.label))
+    print(render.table(("Id", "Name", "State"), rows))
+    return 0
+
+
+@command("define", "define (but don't start) a domain from an XML file")
+async def cmd_define(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await conn.define_xml(_read_file(args.file))
+    print(f"Domain '{dom.name}' defined from {args.file}\n")
+    return 0
+
+
+@command("create", "create (start) a transient domain from an XML file")
+async def cmd_create(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await conn.create_xml(_read_file(args.file), paused=args.paused)
+    print(f"Domain '{dom.name}' created from {args.file}\n")
+    return 0
+
+
+@command("undefine", "undefine a domain")
+async def cmd_undefine(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    await dom.undefine()
+    print(f"Domain '{dom.name}' has been undefined\n")
+    return 0
+
+
+@command("start", "start a (previously defined) inactive domain")
+async def cmd_start(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    await dom.start(paused=args.paused)
+    print(f"Domain '{dom.name}' started\n")
+    return 0
+
+
+def _simple(name: str, help: str, method: str, done: str) -> None:
+    async def run(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+        dom = await _domain(conn, args.domain)
+        await getattr(dom, method)()
+        print(f"Domain '{dom.name}' {done}\n")
+        return 0
+
+    command(name, help)(run)
+
+
+_simple("shutdown", "gracefully shut down a domain (ACPI)", "shutdown", "is being shutdown")
+_simple("reboot", "reboot a domain (ACPI)", "reboot", "is being rebooted")
+_simple("reset", "reset a domain (hard)", "reset", "was reset")
+_simple("destroy", "destroy (stop) a domain", "destroy", "destroyed")
+_simple("suspend", "suspend a domain", "suspend", "suspended")
+_simple("resume", "resume a domain", "resume", "resumed")
+
+
+@command("dominfo", "domain information")
+async def cmd_dominfo(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    info = await dom.info()
+    dom_id = await dom.id()
+    persistent = await dom.is_persistent()
+    pairs = [
+        ("Id", "-" if dom_id is None else str(dom_id)),
+        ("Name", dom.name),
+        ("UUID", dom.uuid),
+        ("OS Type", "hvm"),
+        ("State", info.state.label),
+        ("CPU(s)", str(info.vcpus)),
+    ]
+    if info.state is not asvirt.DomainState.SHUTOFF:
+        pairs.append(("CPU time", f"{info.cpu_time_ns / 1e9:.1f}s"))
+    pairs += [
+        ("Max memory", f"{info.max_memory_kib} KiB"),
+        ("Used memory", f"{info.memory_kib} KiB"),
+        ("Persistent", "yes" if persistent else "no"),
+        ("Autostart", "disable"),
+        ("Managed save", "no"),
+        ("Security model", "none"),
+        ("Security DOI", "0"),
+    ]
+    print(render.pairs(pairs))
+    return 0
+
+
+@command("domstate", "domain state")
+async def cmd_domstate(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    state, reason = await dom.state()
+    print(f"{state.label} ({reason.label})\n" if args.reason else f"{state.label}\n")
+    return 0
+
+
+@command("domid", "convert a domain name or UUID to domain id")
+async def cmd_domid(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom_id = await (await _domain(conn, args.domain)).id()
+    print(f"{'-' if dom_id is None else dom_id}\n")
+    return 0
+
+
+@command("domuuid", "convert a domain name or id to domain UUID")
+async def cmd_domuuid(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    print(f"{(await _domain(conn, args.domain)).uuid}\n")
+    return 0
+
+
+@command("domname", "convert a domain id or UUID to domain name")
+async def cmd_domname(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    print(f"{(await _domain(conn, args.domain)).name}\n")
+    return 0
+
+
+@command("dumpxml", "domain information in XML")
+async def cmd_dumpxml(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    sys.stdout.write(await dom.xml_desc(inactive=args.inactive))
+    return 0
+
+
+@command("capabilities", "capabilities")
+async def cmd_capabilities(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    sys.stdout.write(await conn.capabilities())
+    return 0
+
+
+@command("hostname", "print the hypervisor hostname")
+async def cmd_hostname(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    print(conn.hostname())
+    return 0
+
+
+@command("uri", "print the hypervisor canonical URI")
+async def cmd_uri(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    print(conn.uri)
+    return 0
+
+
+@command("qemu-monitor-command", "QEMU monitor command (QMP)")
+async def cmd_qmp(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    text = " ".join(args.cmd)
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError:
+        request = None
+    if isinstance(request, dict):
+        if not isinstance(request.get("execute"), str):
+            raise asvirt.InvalidArgError("the QMP command needs an 'execute' member")
+        name, arguments = request["execute"], request.get("arguments")
+    elif request is None and text.replace("-", "").replace("_", "").isalnum():
+        name, arguments = text, None
+    else:
+        raise asvirt.InvalidArgError(f"not a QMP command: {text}")
+    result = await dom.qmp(name, arguments)
+    reply = {"return": result}
+    print(json.dumps(reply, indent=2) if args.pretty else json.dumps(reply, separators=(",", ":")))
+    return 0
+
+
+@command("domxml-to-native", "convert domain XML to native (QEMU) arguments")
+async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    print(await conn.domxml_to_native(args.format, _read_file(args.file)))
+    return 0
+
+
+# -- events ------------------------------------------------------------------------------------
+
+_EVENT_NAMES = {kind.value: kind for kind in EventKind if kind is not EventKind.QMP}
+_EVENT_NAMES["qemu-monitor"] = EventKind.QMP
+
+
+@command("event", "domain events")
+async def cmd_event(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    if args.list:
+        for name in _EVENT_NAMES:
+            print(name)
+        return 0
+    if args.event and args.event not in _EVENT_NAMES:
+        raise asvirt.InvalidArgError(
+            f"unknown event type '{args.event}' (known: {', '.join(_EVENT_NAMES)})"
+        )
+    kinds = [_EVENT_NAMES[args.event]] if args.event else None
+    domain = await _domain(conn, args.domain) if args.domain else None
+    count = 0
+    timeout = args.timeout if args.timeout is not None else math.inf
+    with trio.move_on_after(timeout):
+        async with conn.subscribe(domain, kinds) as events:
+            async for ev in events:
+                line = ev.describe()
+                if args.timestamp:
+                    stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
+                    line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
+                print(line, flush=True)
+                count += 1
+                if not args.loop:
+                    break
+    print(f"events received: {count}\n")
+    return 0
+
+
+# -- networks and storage ------------------------------------------------------------------------
+
+
+@command("net-list", "list networks")
+async def cmd_net_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    rows = []
+    for net in await conn.list_all_networks(active=None if args.all else True):
+        rows.append(
+            (
+                net.name,
+                "active" if await net.is_active() else "inactive",
+                "yes" if await net.autostart() else "no",
+                "yes" if await net.is_persistent() else "no",
+            )
+        )
+    print(render.table(("Name", "State", "Autostart", "Persistent"), rows))
+    return 0
+
+
+@command("pool-list", "list storage pools")
+async def cmd_pool_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    rows = []
+    for pool in await conn.list_all_storage_pools(active=None if args.all else True):
+        rows.append((pool.name, "active" if await pool.is_active() else "inactive", "no"))
+    print(render.table(("Name", "State", "Autostart"), rows))
+    return 0
+
+
+@command("vol-list", "list volumes in a storage pool")
+async def cmd_vol_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    pool = await conn.lookup_storage_pool_by_name(args.pool)
+    rows = [(vol.name, vol.path) for vol in await pool.list_all_volumes()]
+    print(render.table(("Name", "Path"), rows))
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asvirt",
+        description="Manage QEMU virtual machines (virsh's commands, on asvirt).",
+    )
+    parser.add_argument("-c", "--connect", metavar="URI", help="connection URI")
+    parser.add_argument("-v", "--version", action="version", version=asvirt.__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, *domain_args: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=_COMMANDS[name][1])
+        for a in domain_args:
+            p.add_argument(a)
+        return p
+
+    p = add("list")
+    p.add_argument("--all", action="store_true", help="active and inactive domains")
+    p.add_argument("--inactive", action="store_true", help="inactive domains only")
+    add("define", "file")
+    p = add("create", "file")
+    p.add_argument("--paused", action="store_true")
+    add("undefine", "domain")
+    p = add("start", "domain")
+    p.add_argument("--paused", action="store_true", help="leave the guest paused")
+    for name in (
+        "shutdown",
+        "reboot",
+        "reset",
+        "destroy",
+        "suspend",
+        "resume",
+        "dominfo",
+        "domid",
+        "domuuid",
+        "domname",
+    ):
+        add(name, "domain")
+    p = add("domstate", "domain")
+    p.add_argument("--reason", action="store_true", help="also print the reason")
+    p = add("dumpxml", "domain")
+    p.add_argument("--inactive", action="store_true", help="the persistent configuration")
+    add("capabilities")
+    add("hostname")
+    add("uri")
+    p = add("qemu-monitor-command", "domain")
+    p.add_argument(
+        "cmd", nargs="+", help='QMP command as JSON, e.g. \'{"execute":"query-status"}\''
+    )
+    p.add_argument("--pretty", action="store_true")
+    p = add("domxml-to-native")
+    p.add_argument("format", choices=["qemu-argv"])
+    p.add_argument("file")
+    p = add("event")
+    p.add_argument("--domain", help="only events of this domain")
+    p.add_argument("--event", help="only this event type (see --list)")
+    p.add_argument("--all", action="store_true", help="all event types (the default)")
+    p.add_argument("--loop", action="store_true", help="keep receiving events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
+    p.add_argument("--list", action="store_true", help="list the event types")
+    p = add("net-list")
+    p.add_argument("--all", action="store_true")
+    p = add("pool-list")
+    p.add_argument("--all", action="store_true")
+    add("vol-list", "pool")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    handler = _COMMANDS[args.command][0]
+    async with asvirt.open(args.connect) as conn:
+        return await handler(conn, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return trio.run(run, args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except BaseException as exc:
+        err = _first_error(exc)
+        if err is None or os.environ.get("ASVIRT_DEBUG"):
+            raise
+        if isinstance(err, asvirt.AsvirtError):
+            print(f"error: {err}", file=sys.stderr)
+        else:
+            # A bug, not a user error; ASVIRT_DEBUG=1 shows the traceback.
+            print(f"error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+def _first_error(exc: BaseException) -> Exception | None:
+    """The error to report: the exception itself, or the first one inside a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, Exception) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

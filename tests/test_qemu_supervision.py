@@ -1,0 +1,267 @@
+"""What the supervisor promises beyond single calls: re-attach, autodestroy, reaping, deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+import asvirt
+from asvirt import DomainState as S
+from asvirt.drivers.qemu import process
+from asvirt.drivers.qemu.capabilities import kvm_usable
+
+from .guest import TestGuest
+from .helpers import embed_uri, lifecycle, pid_alive, pid_exists, qemu_pid, wait_for, write_config
+
+pytestmark = [pytest.mark.qemu]
+
+LC = asvirt.EventKind.LIFECYCLE
+DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"  # these tests only need paused VMs
+
+
+def paused_xml(guest: TestGuest, tmp_path: Path, name: str) -> str:
+    return guest.xml(name, tmp_path / f"{name}.serial", domain_type=DOMAIN_TYPE)
+
+
+async def test_closing_leaves_vms_running_and_reopening_reattaches(
+    root, fast_config, test_guest, tmp_path
+):
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "keep"))
+        await dom.start(paused=True)
+        await dom.resume()
+        uuid = dom.uuid
+        pid = qemu_pid(root, "keep")
+    assert pid_alive(pid), "closing a connection must not stop running VMs"
+    status = json.loads((root / "run" / "qemu" / "keep.status").read_text())
+    assert status["pid"] == pid and status["uuid"] == uuid
+
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("keep")
+        assert dom.uuid == uuid
+        assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
+        assert await dom.is_active()
+        assert qemu_pid(root, "keep") == pid
+        # The re-attached QEMU is fully supervised: commands, events, destroy.
+        async with conn.subscribe(dom, kinds={LC}) as events:
+            await dom.suspend()
+            assert lifecycle(await events.receive()) == ("SUSPENDED", "PAUSED")
+            await dom.destroy()
+            assert lifecycle(await events.receive()) == ("STOPPED", "DESTROYED")
+    assert not pid_exists(pid)
+
+
+async def test_changes_while_nobody_watched_are_reported(root, fast_config, test_guest, tmp_path):
+    async with asvirt.open(embed_uri(root)) as conn:
+        a = await conn.define_xml(paused_xml(test_guest, tmp_path, "dies"))
+        b = await conn.define_xml(paused_xml(test_guest, tmp_path, "pauses"))
+        await a.start(paused=True)
+        await b.start(paused=True)
+        await a.resume()
+        await b.resume()
+        pid_a, pid_b = qemu_pid(root, "dies"), qemu_pid(root, "pauses")
+    # Nobody supervises now. One QEMU dies, the other is paused by someone else.
+    os.kill(pid_a, signal.SIGKILL)
+    await wait_for(lambda: not pid_alive(pid_a))
+    await pause_with_raw_qmp(root / "run" / "qemu" / "pauses.monitor")
+
+    async with asvirt.open(embed_uri(root)) as conn:
+        async with conn.subscribe(kinds={LC}, since=0) as events:
+            seen = {}
+            with trio.fail_after(5):
+                while len(seen) < 2:
+                    ev = await events.receive()
+                    seen[ev.domain] = lifecycle(ev)
+        assert seen == {"dies": ("STOPPED", "FAILED"), "pauses": ("SUSPENDED", "PAUSED")}
+        dies = await conn.lookup_by_name("dies")
+        assert await dies.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
+        assert not (root / "run" / "qemu" / "dies.status").exists()
+        pauses = await conn.lookup_by_name("pauses")
+        assert (await pauses.state())[0] is S.PAUSED
+        await pauses.destroy()
+    del pid_b
+
+
+async def pause_with_raw_qmp(monitor: Path) -> None:
+    """Speak QMP on the monitor socket directly, as another tool would."""
+    from asvirt import fsutil
+
+    sock = trio.socket.from_stdlib_socket(fsutil.connect_unix(monitor))
+    with sock, trio.fail_after(5):
+        buf = b""
+
+        async def line() -> dict:
+            nonlocal buf
+            while b"\n" not in buf:
+                buf += await sock.recv(65536)
+            raw, buf = buf.split(b"\n", 1)
+            return json.loads(raw)
+
+        await line()  # greeting
+        for cmd in ("qmp_capabilities", "stop"):
+            await sock.send(json.dumps({"execute": cmd}).encode() + b"\n")
+            while "return" not in await line():
+                pass
+
+
+async def test_reused_pid_is_not_mistaken_for_our_qemu(root, fast_config, test_guest, tmp_path):
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "vm"))
+        await dom.start(paused=True)
+        pid = qemu_pid(root, "vm")
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: not pid_alive(pid))
+    # Point the status file at a live process that is not our QEMU (this test process).
+    path = root / "run" / "qemu" / "vm.status"
+    status = json.loads(path.read_text())
+    status["pid"] = os.getpid()
+    status["start_time"] = process.read_start_time(os.getpid())
+    path.write_text(json.dumps(status))
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("vm")
+        assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
+    # ...and it was not signalled: we are still here.
+
+
+async def test_autodestroy(root, fast_config, test_guest, tmp_path):
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "auto"))
+        await dom.start(paused=True, autodestroy=True)
+        pid = qemu_pid(root, "auto")
+        transient = await conn.create_xml(
+            paused_xml(test_guest, tmp_path, "tauto"), paused=True, autodestroy=True
+        )
+        tpid = qemu_pid(root, "tauto")
+        assert await transient.is_active()
+    assert not pid_exists(pid) and not pid_exists(tpid)
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("auto")
+        assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+        with pytest.raises(asvirt.NoDomainError):
+            await conn.lookup_by_name("tauto")
+
+
+async def test_qemu_outliving_its_connection_is_reaped(root, fast_config, test_guest, tmp_path):
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "orphan"))
+        await dom.start(paused=True)
+        pid = qemu_pid(root, "orphan")
+    assert pid_alive(pid)
+    os.kill(pid, signal.SIGKILL)
+    # It is our child; with no connection left, the reaper thread must collect it.
+    await wait_for(lambda: not pid_exists(pid), timeout=5)
+
+
+async def test_second_connection_to_the_same_root_is_refused(root, fast_config):
+    async with asvirt.open(embed_uri(root)):
+        with pytest.raises(asvirt.ResourceBusyError):
+            async with asvirt.open(embed_uri(root)):
+                pass
+
+
+async def test_hung_qemu_fails_only_its_own_commands(root, test_guest, tmp_path):
+    write_config(root, "[qemu]\nqmp_timeout = 1.0\ndestroy_grace = 1.0\n")
+    async with asvirt.open(embed_uri(root)) as conn:
+        hung = await conn.define_xml(paused_xml(test_guest, tmp_path, "hung"))
+        fine = await conn.define_xml(paused_xml(test_guest, tmp_path, "fine"))
+        await hung.start(paused=True)
+        await fine.start(paused=True)
+        await hung.resume()
+        pid = qemu_pid(root, "hung")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with trio.open_nursery() as nursery:
+                failures = []
+
+                async def suspend_hung() -> None:
+                    try:
+                        await hung.suspend()
+                    except asvirt.OperationTimeoutError as err:
+                        failures.append(err)
+
+                nursery.start_soon(suspend_hung)
+                await trio.sleep(0.1)
+                # While the hung QEMU holds its own command, everything else answers at once.
+                with trio.fail_after(0.5):
+                    assert await hung.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
+                    assert len(await conn.list_all_domains()) == 2
+                    await hung.info()
+                    await fine.resume()
+                    assert (await fine.state())[0] is S.RUNNING
+            assert len(failures) == 1
+            assert failures[0].code == asvirt.ErrorCode.OPERATION_TIMEOUT
+            # destroy() needs no QMP: SIGTERM is held while stopped, SIGKILL after the grace.
+            with trio.fail_after(5):
+                await hung.destroy()
+            assert await hung.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+        finally:
+            if pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_event_callbacks_sync_and_async(conn, test_guest, tmp_path):
+    got_sync: list[asvirt.DomainEvent] = []
+    got_async: list[asvirt.DomainEvent] = []
+    done = trio.Event()
+
+    async def on_event(ev: asvirt.DomainEvent) -> None:
+        await trio.lowlevel.checkpoint()
+        got_async.append(ev)
+        if lifecycle(ev) == ("STOPPED", "DESTROYED"):
+            done.set()
+
+    cb1 = conn.register_event_callback(got_sync.append, kinds=asvirt.EventKind.LIFECYCLE)
+    cb2 = conn.register_event_callback(on_event)
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "cb"))
+    await dom.start(paused=True)
+    await dom.destroy()
+    with trio.fail_after(5):
+        await done.wait()
+    conn.deregister_event_callback(cb1)
+    conn.deregister_event_callback(cb2)
+    expected = [
+        ("DEFINED", "ADDED"),
+        ("STARTED", "BOOTED"),
+        ("SUSPENDED", "PAUSED"),
+        ("STOPPED", "DESTROYED"),
+    ]
+    assert [lifecycle(e) for e in got_sync] == expected
+    assert [lifecycle(e) for e in got_async if lifecycle(e)] == expected
+    seqs = [e.seq for e in got_async]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert all(e.domain == "cb" and e.uuid == dom.uuid for e in got_async)
+    with pytest.raises(asvirt.InvalidArgError):
+        conn.deregister_event_callback(cb1)
+
+
+async def test_raw_qmp_events_are_opt_in(conn, test_guest, tmp_path):
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "raw"))
+    await dom.start(paused=True)
+    async with (
+        conn.subscribe(dom, kinds={asvirt.EventKind.QMP}) as raw,
+        conn.subscribe(dom) as typed,
+    ):
+        await dom.resume()
+        ev = await raw.receive()
+        assert ev.kind is asvirt.EventKind.QMP and ev.data["event"] == "RESUME"
+        assert ev.timestamp > 0
+        typed_ev = await typed.receive()
+        assert typed_ev.kind is asvirt.EventKind.LIFECYCLE
+
+
+async def test_monitor_keeps_no_event_history(conn, test_guest, tmp_path):
+    # qemu.qmp's default listener would keep every event forever; ours keeps none.
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "mem"))
+    await dom.start(paused=True)
+    for _ in range(50):
+        await dom.qmp("cont")
+        await dom.qmp("stop")
+    runner = conn._hv()._domains[dom.uuid].runner
+    client = runner._monitor._client
+    assert client.events.history == () and client.events.empty()
