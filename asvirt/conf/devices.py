@@ -1,0 +1,989 @@
+"""The devices of a domain: one dataclass per ``<devices>`` child, with its parser and writer.
+
+Each ``parse_*`` function reads one element strictly (see :mod:`asvirt.conf.xmlnode`):
+anything it does not understand is reported as unsupported, never dropped. Each ``format``
+method writes the element back the way libvirt does; ``live=True`` adds the ``<alias>`` a
+running domain's XML carries, and runtime facts such as a pty's path.
+
+Defaults (models, addresses, aliases) are not filled in here but by
+:mod:`asvirt.conf.prepare`, as libvirt does in its post-parse step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..errors import ConfigUnsupportedError, XMLError
+from .addresses import (
+    Address,
+    DriveAddress,
+    ISAAddress,
+    PCIAddress,
+    USBAddress,
+    VirtioSerialAddress,
+    format_address,
+    parse_address,
+)
+from .xmlnode import Node, XElem
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+@dataclass(slots=True)
+class DeviceBase:
+    """What every device has: an alias (QEMU's id for it) and maybe an address."""
+
+    alias: str | None = field(default=None, kw_only=True)
+    #: True when the alias came from the user (``ua-`` prefix): it is kept and always shown.
+    user_alias: bool = field(default=False, kw_only=True)
+    address: Address | None = field(default=None, kw_only=True)
+
+    def _format_tail(self, el: XElem, live: bool) -> None:
+        if self.alias and (live or self.user_alias):
+            el.add("alias", {"name": self.alias})
+        format_address(el, self.address)
+
+
+def _parse_alias(node: Node, dev: DeviceBase) -> None:
+    """Read ``<alias name=...>``: user aliases (``ua-...``) are kept, others regenerated."""
+    alias = node.child("alias")
+    if alias is None:
+        return
+    name = alias.required("name")
+    alias.finish()
+    if name.startswith("ua-"):
+        if not re.fullmatch(r"ua-[A-Za-z0-9_-]+", name):
+            raise XMLError(f"invalid user alias '{name}' in {node.where}")
+        dev.alias = name
+        dev.user_alias = True
+    # Any other alias comes from a live XML dump; asvirt assigns the same one again.
+
+
+def _parse_boot(node: Node) -> int | None:
+    boot = node.child("boot")
+    if boot is None:
+        return None
+    order = boot.integer("order", minimum=1, maximum=65535)
+    if order is None:
+        raise XMLError(f"missing attribute 'order' of {boot.where}")
+    boot.ignore("loadparm")
+    if boot.attr("loadparm") is not None:
+        raise boot.unsupported_value("loadparm", boot.attr("loadparm") or "")
+    boot.finish()
+    return order
+
+
+# ---------------------------------------------------------------------------------------------
+# disks
+
+DISK_BUSES = ("ide", "sata", "scsi", "virtio")
+DISK_FORMATS = ("raw", "qcow2")
+CACHE_MODES = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
+IO_MODES = ("native", "threads", "io_uring")
+ERROR_POLICIES = ("stop", "report", "ignore", "enospace")
+
+_DISK_NAME_RE = re.compile(r"^(hd|sd|vd|xvd|ubd|fd)([a-z]+)$")
+
+
+def disk_name_index(name: str) -> int:
+    """libvirt's index of a disk target name: ``vda`` is 0, ``vdz`` 25, ``vdaa`` 26."""
+    m = _DISK_NAME_RE.match(name)
+    if m is None:
+        raise XMLError(f"invalid disk target name '{name}'")
+    idx = 0
+    for ch in m.group(2):
+        idx = idx * 26 + (ord(ch) - ord("a") + 1)
+    return idx - 1
+
+
+def default_disk_bus(target: str) -> str:
+    prefix = _DISK_NAME_RE.match(target)
+    kind = prefix.group(1) if prefix else ""
+    return {"hd": "ide", "sd": "scsi", "vd": "virtio"}.get(kind, "")
+
+
+@dataclass(slots=True)
+class Disk(DeviceBase):
+    """``<disk>``: a file or block device seen by the guest as a disk or CD-ROM."""
+
+    type: str = "file"  # file | block
+    device: str = "disk"  # disk | cdrom
+    target: str = ""
+    bus: str = ""
+    source: str | None = None
+    startup_policy: str | None = None
+    driver_name: str | None = None
+    format: str | None = None
+    cache: str | None = None
+    io: str | None = None
+    discard: str | None = None
+    detect_zeroes: str | None = None
+    copy_on_read: str | None = None
+    error_policy: str | None = None
+    rerror_policy: str | None = None
+    readonly: bool = False
+    serial: str | None = None
+    wwn: str | None = None
+    rotation_rate: int | None = None
+    tray: str | None = None
+    snapshot: str | None = None
+    boot_order: int | None = None
+    #: N in the ``libvirt-N-storage`` node names (assigned with the aliases).
+    node_index: int | None = None
+
+    @property
+    def node_names(self) -> set[str]:
+        """The -blockdev node names QEMU knows this disk's media by (empty if no media)."""
+        if self.source is None or self.node_index is None:
+            return set()
+        names = {f"libvirt-{self.node_index}-storage"}
+        if self.format != "raw":
+            names.add(f"libvirt-{self.node_index}-format")
+        if self.copy_on_read == "on":
+            names.add(f"libvirt-CoR-{self.target}")
+        return names
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(
+            "disk", {"type": self.type, "device": self.device, "snapshot": self.snapshot}
+        )
+        el.add_if(
+            "driver",
+            {
+                "name": self.driver_name,
+                "type": self.format,
+                "cache": self.cache,
+                "error_policy": self.error_policy,
+                "rerror_policy": self.rerror_policy,
+                "io": self.io,
+                "discard": self.discard,
+                "copy_on_read": self.copy_on_read,
+                "detect_zeroes": self.detect_zeroes,
+            },
+        )
+        if self.source is not None or self.startup_policy is not None:
+            key = "dev" if self.type == "block" else "file"
+            el.add("source", {key: self.source, "startupPolicy": self.startup_policy})
+        el.add(
+            "target",
+            {
+                "dev": self.target,
+                "bus": self.bus or None,
+                "tray": self.tray,
+                "rotation_rate": self.rotation_rate,
+            },
+        )
+        if self.boot_order is not None:
+            el.add("boot", {"order": self.boot_order})
+        if self.readonly:
+            el.add("readonly")
+        if self.serial is not None:
+            el.add("serial", text=self.serial)
+        if self.wwn is not None:
+            el.add("wwn", text=self.wwn)
+        self._format_tail(el, live)
+
+
+def parse_disk(node: Node) -> Disk:
+    disk = Disk(
+        type=node.choice("type", ("file", "block"), "file") or "file",
+        device=node.choice("device", ("disk", "cdrom"), "disk") or "disk",
+        snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
+    )
+    drv = node.child("driver")
+    if drv is not None:
+        disk.driver_name = drv.choice("name", ("qemu",))
+        disk.format = drv.choice("type", DISK_FORMATS)
+        disk.cache = drv.choice("cache", CACHE_MODES)
+        disk.io = drv.choice("io", IO_MODES)
+        disk.discard = drv.choice("discard", ("unmap", "ignore"))
+        disk.detect_zeroes = drv.choice("detect_zeroes", ("off", "on", "unmap"))
+        disk.copy_on_read = drv.onoff("copy_on_read")
+        disk.error_policy = drv.choice("error_policy", ERROR_POLICIES)
+        disk.rerror_policy = drv.choice("rerror_policy", ("stop", "report", "ignore"))
+        drv.finish()
+    src = node.child("source")
+    if src is not None:
+        key = "dev" if disk.type == "block" else "file"
+        disk.source = src.attr(key)
+        if disk.source is not None and not disk.source.startswith("/"):
+            raise XMLError(f"disk source '{disk.source}' in {node.where} must be an absolute path")
+        disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
+        src.finish()
+    tgt = node.child("target")
+    if tgt is None:
+        raise XMLError("missing <target> of <disk>")
+    disk.target = tgt.required("dev")
+    disk_name_index(disk.target)  # validates the name
+    disk.bus = tgt.choice("bus", DISK_BUSES) or default_disk_bus(disk.target)
+    disk.tray = tgt.choice("tray", ("open", "closed"))
+    if disk.tray == "open":
+        raise tgt.unsupported_value("tray", "open", ["closed"])
+    disk.rotation_rate = tgt.integer("rotation_rate", minimum=1, maximum=65534)
+    tgt.finish()
+    disk.boot_order = _parse_boot(node)
+    ro = node.child("readonly")
+    if ro is not None:
+        ro.finish()
+        disk.readonly = True
+    disk.serial = node.child_text("serial")
+    if disk.serial is not None and not re.fullmatch(r"[A-Za-z0-9_. +-]*", disk.serial):
+        raise XMLError(f"disk serial '{disk.serial}' has characters QEMU does not accept")
+    wwn = node.child_text("wwn")
+    if wwn is not None:
+        if not re.fullmatch(r"(0x)?[0-9a-fA-F]{16}", wwn):
+            raise XMLError(f"invalid <wwn> '{wwn}': expected 16 hex digits")
+        disk.wwn = wwn
+    _parse_alias(node, disk)
+    disk.address = parse_address(node, (DriveAddress, PCIAddress))
+    node.finish()
+    if disk.device == "cdrom" and disk.bus == "virtio":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': a cdrom cannot be on the virtio bus"
+        )
+    return disk
+
+
+# ---------------------------------------------------------------------------------------------
+# controllers
+
+CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
+    "pci": (
+        "pci-root",
+        "pcie-root",
+        "pci-bridge",
+        "dmi-to-pci-bridge",
+        "pcie-root-port",
+        "pcie-to-pci-bridge",
+    ),
+    "usb": (
+        "piix3-uhci",
+        "piix4-uhci",
+        "ehci",
+        "ich9-ehci1",
+        "ich9-uhci1",
+        "ich9-uhci2",
+        "ich9-uhci3",
+        "nec-xhci",
+        "qemu-xhci",
+        "none",
+    ),
+    "scsi": ("lsilogic", "virtio-scsi", "lsisas1068", "lsisas1078", "vmpvscsi", "auto"),
+    "ide": (),
+    "sata": (),
+    "virtio-serial": ("virtio",),
+    "fdc": (),
+}
+
+
+@dataclass(slots=True)
+class Controller(DeviceBase):
+    """``<controller>``: PCI buses and bridges, USB, IDE, SATA, SCSI, virtio-serial, FDC."""
+
+    type: str = ""
+    index: int = 0
+    model: str | None = None
+    ports: int | None = None
+    vectors: int | None = None
+    #: ``<model name=...>``: the QEMU device of a PCI controller (``pcie-root-port``).
+    model_name: str | None = None
+    chassis_nr: int | None = None
+    chassis: int | None = None
+    port: int | None = None
+    hotplug: str | None = None
+    #: ``<master startport=...>`` of a USB companion controller.
+    master_startport: int | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(
+            "controller",
+            {
+                "type": self.type,
+                "index": self.index,
+                "model": self.model,
+                "ports": self.ports,
+                "vectors": self.vectors,
+            },
+        )
+        if self.model_name is not None:
+            el.add("model", {"name": self.model_name})
+        el.add_if(
+            "target",
+            {
+                "chassisNr": self.chassis_nr,
+                "chassis": self.chassis,
+                "port": None if self.port is None else f"{self.port:#x}",
+                "hotplug": self.hotplug,
+            },
+        )
+        if self.alias and (live or self.user_alias):
+            el.add("alias", {"name": self.alias})
+        if self.master_startport is not None:
+            el.add("master", {"startport": self.master_startport})
+        format_address(el, self.address)
+
+
+def parse_controller(node: Node) -> Controller:
+    kind = node.required("type")
+    if kind not in CONTROLLER_MODELS:
+        raise node.unsupported_value("type", kind, list(CONTROLLER_MODELS))
+    ctl = Controller(type=kind)
+    index = node.integer("index", minimum=0, maximum=255)
+    ctl.index = -1 if index is None else index  # -1: pick one (see domain._parse_devices)
+    models = CONTROLLER_MODELS[kind]
+    model = node.attr("model")
+    if model is not None:
+        if model not in models:
+            raise node.unsupported_value("model", model, models or None)
+        ctl.model = model
+    if kind in ("usb", "virtio-serial"):
+        ctl.ports = node.integer("ports", minimum=1, maximum=31 if kind == "virtio-serial" else 15)
+    if kind == "virtio-serial":
+        ctl.vectors = node.integer("vectors", minimum=1, maximum=65535)
+    mnode = node.child("model")
+    if mnode is not None:
+        if kind != "pci":
+            raise node.unsupported("<model> child (only PCI controllers have one)")
+        ctl.model_name = mnode.choice(
+            "name",
+            ("pci-bridge", "i82801b11-bridge", "pcie-root-port", "ioh3420", "pcie-pci-bridge"),
+        )
+        mnode.finish()
+    tnode = node.child("target")
+    if tnode is not None:
+        if kind != "pci":
+            raise node.unsupported("<target> child (only PCI controllers have one)")
+        ctl.chassis_nr = tnode.integer("chassisNr", minimum=1, maximum=255)
+        ctl.chassis = tnode.integer("chassis", minimum=0, maximum=255)
+        ctl.port = tnode.integer("port", minimum=0, maximum=255, hex_ok=True)
+        ctl.hotplug = tnode.onoff("hotplug")
+        tnode.finish()
+    master = node.child("master")
+    if master is not None:
+        if kind != "usb":
+            raise node.unsupported("<master> (only USB companion controllers have one)")
+        ctl.master_startport = master.integer("startport", minimum=0, maximum=31)
+        if ctl.master_startport is None:
+            raise XMLError(f"missing attribute 'startport' of {master.where}")
+        master.finish()
+    _parse_alias(node, ctl)
+    ctl.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    return ctl
+
+
+# ---------------------------------------------------------------------------------------------
+# network interfaces
+
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxnet3", "igb")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+@dataclass(slots=True)
+class Interface(DeviceBase):
+    """``<interface type='user'>``: a NIC on QEMU's user-mode (slirp) network."""
+
+    type: str = "user"
+    mac: str | None = None
+    model: str | None = None
+    link_state: str | None = None
+    boot_order: int | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("interface", {"type": self.type})
+        if self.mac is not None:
+            el.add("mac", {"address": self.mac})
+        if self.model is not None:
+            el.add("model", {"type": self.model})
+        if self.link_state is not None:
+            el.add("link", {"state": self.link_state})
+        if self.boot_order is not None:
+            el.add("boot", {"order": self.boot_order})
+        self._format_tail(el, live)
+
+
+def parse_interface(node: Node) -> Interface:
+    kind = node.required("type")
+    if kind != "user":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <interface type='{kind}'> is not supported "
+            "(asvirt supports only type='user')"
+        )
+    nic = Interface(type=kind)
+    mac = node.child("mac")
+    if mac is not None:
+        addr = mac.required("address")
+        if not _MAC_RE.match(addr):
+            raise XMLError(f"invalid MAC address '{addr}'")
+        if int(addr[:2], 16) & 1:
+            raise XMLError(f"MAC address '{addr}' is a multicast address")
+        nic.mac = addr.lower()
+        mac.finish()
+    model = node.child("model")
+    if model is not None:
+        nic.model = model.choice("type", NIC_MODELS)
+        if nic.model is None:
+            raise XMLError(f"missing attribute 'type' of {model.where}")
+        model.finish()
+    link = node.child("link")
+    if link is not None:
+        nic.link_state = link.choice("state", ("up", "down"))
+        link.finish()
+    nic.boot_order = _parse_boot(node)
+    _parse_alias(node, nic)
+    nic.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    return nic
+
+
+# ---------------------------------------------------------------------------------------------
+# character devices: <serial>, <console>, <channel>
+
+CHARDEV_TYPES = ("pty", "file", "unix", "vc", "null")
+
+
+@dataclass(slots=True)
+class Chardev(DeviceBase):
+    """A ``<serial>``, ``<console>`` or ``<channel>``: a guest port and its host backend."""
+
+    kind: str = "serial"  # serial | console | channel
+    type: str = "pty"
+    source_path: str | None = None
+    source_mode: str | None = None  # unix: bind | connect
+    source_append: str | None = None  # file: on | off
+    #: unix connect: ``<reconnect enabled=... timeout=...>`` (None: asvirt's default, see
+    #: :mod:`asvirt.drivers.qemu.command`)
+    reconnect: bool | None = None
+    reconnect_timeout: int | None = None
+    log_file: str | None = None
+    log_append: str | None = None
+    target_type: str | None = None
+    target_port: int | None = None
+    target_name: str | None = None
+    target_state: str | None = None
+    target_model: str | None = None
+    #: The chardev id given to QEMU (``charserial0``), assigned with the aliases.
+    chardev_id: str | None = None
+
+    TARGET_TYPES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "serial": ("isa-serial", "pci-serial"),
+        "console": ("serial", "virtio"),
+        "channel": ("virtio",),
+    }
+
+    def is_compat_console(self, serials: list[Chardev]) -> bool:
+        """True for a console that is just another view of serial port 0."""
+        return self.kind == "console" and self.target_type == "serial" and bool(serials)
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(self.kind, {"type": self.type})
+        if self.type == "pty":
+            if live and self.source_path:
+                el.set("tty", self.source_path)
+                el.add("source", {"path": self.source_path})
+        elif self.type in ("file", "unix"):
+            src = el.add_if(
+                "source",
+                {"mode": self.source_mode, "path": self.source_path, "append": self.source_append},
+            )
+            if src is not None and self.reconnect is not None:
+                src.add(
+                    "reconnect",
+                    {"enabled": self.reconnect, "timeout": self.reconnect_timeout},
+                )
+        el.add_if("log", {"file": self.log_file, "append": self.log_append})
+        target = el.add(
+            "target",
+            {
+                "type": self.target_type,
+                "name": self.target_name,
+                "state": self.target_state,
+                "port": self.target_port,
+            },
+        )
+        if self.target_model is not None:
+            target.add("model", {"name": self.target_model})
+        self._format_tail(el, live)
+
+
+def parse_chardev(node: Node, kind: str) -> Chardev:
+    kind_type = node.attr("type", "pty") or "pty"
+    if kind_type not in CHARDEV_TYPES:
+        raise node.unsupported_value("type", kind_type, CHARDEV_TYPES)
+    chr_ = Chardev(kind=kind, type=kind_type)
+    node.ignore("tty")  # the pty path of a live dump; QEMU allocates a new one
+    for src in node.children("source"):
+        # libvirt allows several <source> elements (the first one wins); so do we.
+        if chr_.type in ("file", "unix", "pty"):
+            path = src.attr("path")
+            if path is not None and chr_.type != "pty":
+                if not path.startswith("/"):
+                    raise XMLError(f"chardev path '{path}' in {node.where} must be absolute")
+                chr_.source_path = chr_.source_path or path
+            elif chr_.type == "pty" and path is not None:
+                chr_.source_path = chr_.source_path or path
+            if chr_.type == "unix":
+                chr_.source_mode = chr_.source_mode or src.choice("mode", ("bind", "connect"))
+            if chr_.type == "file":
+                chr_.source_append = src.onoff("append")
+        rec = src.child("reconnect")
+        if rec is not None:
+            if chr_.type != "unix":
+                raise src.unsupported("<reconnect> (only unix sockets reconnect)")
+            chr_.reconnect = rec.yesno("enabled")
+            if chr_.reconnect is None:
+                raise XMLError(f"missing attribute 'enabled' of {rec.where}")
+            chr_.reconnect_timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
+            if chr_.reconnect and chr_.reconnect_timeout is None:
+                raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
+            if not chr_.reconnect and chr_.reconnect_timeout is not None:
+                raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
+            rec.finish()
+        src.finish()
+    if chr_.type == "unix" and chr_.source_mode is None:
+        # Without a mode libvirt's default is connect, unless there is no path to connect to.
+        chr_.source_mode = "bind" if chr_.source_path is None else "connect"
+    if chr_.type == "unix" and chr_.source_mode == "connect" and chr_.source_path is None:
+        raise XMLError(f"{node.where} of type 'unix' in mode 'connect' needs a source path")
+    if chr_.reconnect is not None and chr_.source_mode != "connect":
+        raise XMLError(f"<reconnect> in {node.where} needs mode='connect'")
+    if chr_.type == "file" and chr_.source_path is None:
+        raise XMLError(f"{node.where} of type 'file' needs <source path=...>")
+    log = node.child("log")
+    if log is not None:
+        chr_.log_file = log.required("file")
+        if not chr_.log_file.startswith("/"):
+            raise XMLError(f"chardev log file '{chr_.log_file}' must be an absolute path")
+        chr_.log_append = log.onoff("append")
+        log.finish()
+    target = node.child("target")
+    if target is not None:
+        chr_.target_type = target.choice("type", Chardev.TARGET_TYPES[kind])
+        if kind == "channel":
+            if chr_.target_type is None:
+                raise XMLError(f"missing attribute 'type' of {target.where}")
+            chr_.target_name = target.attr("name")
+            if chr_.target_name is not None and not re.fullmatch(
+                r"[A-Za-z0-9_.\-]+", chr_.target_name
+            ):
+                raise XMLError(f"invalid channel name '{chr_.target_name}'")
+            chr_.target_state = target.choice("state", ("connected", "disconnected"))
+        else:
+            chr_.target_port = target.integer("port", minimum=0, maximum=255)
+        if kind == "serial":
+            model = target.child("model")
+            if model is not None:
+                chr_.target_model = model.choice("name", ("isa-serial", "pci-serial"))
+                model.finish()
+        target.finish()
+    elif kind == "channel":
+        raise XMLError("missing <target> of <channel>")
+    _parse_alias(node, chr_)
+    allowed: tuple[type, ...] = (VirtioSerialAddress,) if kind != "serial" else (PCIAddress,)
+    chr_.address = parse_address(node, allowed)
+    node.finish()
+    return chr_
+
+
+# ---------------------------------------------------------------------------------------------
+# input devices
+
+INPUT_TYPES = ("mouse", "keyboard", "tablet")
+INPUT_BUSES = ("ps2", "usb", "virtio")
+
+
+@dataclass(slots=True)
+class Input(DeviceBase):
+    """``<input>``: a mouse, keyboard or tablet on the PS/2, USB or virtio bus."""
+
+    type: str = "mouse"
+    bus: str | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("input", {"type": self.type, "bus": self.bus})
+        self._format_tail(el, live)
+
+
+def parse_input(node: Node) -> Input:
+    dev = Input(
+        type=node.choice("type", INPUT_TYPES) or "",
+        bus=node.choice("bus", INPUT_BUSES),
+    )
+    if not dev.type:
+        raise XMLError("missing attribute 'type' of <input>")
+    _parse_alias(node, dev)
+    dev.address = parse_address(node, (USBAddress, PCIAddress))
+    node.finish()
+    if dev.bus == "ps2" and dev.type == "tablet":
+        raise ConfigUnsupportedError("unsupported configuration: a tablet cannot be on the ps2 bus")
+    return dev
+
+
+@dataclass(slots=True)
+class Hub(DeviceBase):
+    """``<hub type='usb'>``: a USB hub (libvirt adds them when USB ports run out)."""
+
+    type: str = "usb"
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("hub", {"type": self.type})
+        self._format_tail(el, live)
+
+
+def parse_hub(node: Node) -> Hub:
+    hub = Hub(type=node.choice("type", ("usb",)) or "")
+    if not hub.type:
+        raise XMLError("missing attribute 'type' of <hub>")
+    _parse_alias(node, hub)
+    hub.address = parse_address(node, (USBAddress,))
+    node.finish()
+    return hub
+
+
+# ---------------------------------------------------------------------------------------------
+# graphics, video, audio
+
+
+@dataclass(slots=True)
+class GraphicsListen:
+    type: str = "address"  # address | socket | none
+    address: str | None = None
+    socket: str | None = None
+
+
+@dataclass(slots=True)
+class Graphics:
+    """``<graphics type='vnc'>``."""
+
+    type: str = "vnc"
+    port: int | None = None
+    autoport: bool | None = None
+    websocket: int | None = None
+    share_policy: str | None = None
+    listens: list[GraphicsListen] = field(default_factory=list)
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(
+            "graphics",
+            {
+                "type": self.type,
+                "port": self.port,
+                "autoport": self.autoport,
+                "websocket": self.websocket,
+                "listen": self.listens[0].address
+                if self.listens and self.listens[0].type == "address"
+                else None,
+                "sharePolicy": self.share_policy,
+            },
+        )
+        for lst in self.listens:
+            el.add("listen", {"type": lst.type, "address": lst.address, "socket": lst.socket})
+
+
+def parse_graphics(node: Node) -> Graphics:
+    kind = node.required("type")
+    if kind != "vnc":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <graphics type='{kind}'> is not supported "
+            "(asvirt supports only VNC)"
+        )
+    gfx = Graphics(type=kind)
+    gfx.port = node.integer("port", minimum=-1, maximum=65535)
+    gfx.autoport = node.yesno("autoport")
+    gfx.websocket = node.integer("websocket", minimum=-1, maximum=65535)
+    gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
+    listen_attr = node.attr("listen")
+    for lnode in node.children("listen"):
+        ltype = lnode.choice("type", ("address", "socket", "none"))
+        if ltype is None:
+            raise lnode.unsupported_value("type", lnode.attr("type") or "", ["address"])
+        lst = GraphicsListen(type=ltype)
+        if ltype == "address":
+            lst.address = lnode.attr("address")
+        elif ltype == "socket":
+            lst.socket = lnode.attr("socket")
+            if lst.socket is not None and not lst.socket.startswith("/"):
+                raise XMLError(f"VNC socket '{lst.socket}' must be an absolute path")
+        lnode.ignore("autoGenerated", "fromConfig")
+        lnode.finish()
+        gfx.listens.append(lst)
+    if listen_attr is not None:
+        if not gfx.listens:
+            gfx.listens.append(GraphicsListen(type="address", address=listen_attr))
+        elif gfx.listens[0].type == "address" and gfx.listens[0].address is None:
+            gfx.listens[0].address = listen_attr
+        elif gfx.listens[0].type != "address" or gfx.listens[0].address != listen_attr:
+            raise XMLError("graphics listen attribute does not match its first <listen>")
+    if gfx.port is not None and gfx.port != -1 and gfx.port < 5900 and gfx.autoport is not True:
+        raise XMLError(f"VNC port {gfx.port} is out of range (5900-65535)")
+    if gfx.port == -1 and gfx.autoport is None:
+        gfx.autoport = True
+    node.finish()
+    return gfx
+
+
+VIDEO_MODELS = ("vga", "cirrus", "virtio", "bochs", "qxl", "none")
+
+
+@dataclass(slots=True)
+class Video(DeviceBase):
+    """``<video><model type=.../></video>``."""
+
+    model: str | None = None
+    vram: int | None = None
+    ram: int | None = None
+    vgamem: int | None = None
+    vram64: int | None = None
+    heads: int | None = None
+    primary: bool | None = None
+    blob: str | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("video")
+        el.add(
+            "model",
+            {
+                "type": self.model,
+                "ram": self.ram,
+                "vram": self.vram,
+                "vram64": self.vram64,
+                "vgamem": self.vgamem,
+                "heads": self.heads,
+                "primary": True if self.primary else None,
+                "blob": self.blob,
+            },
+        )
+        self._format_tail(el, live)
+
+
+def parse_video(node: Node) -> Video:
+    video = Video()
+    model = node.child("model")
+    if model is not None:
+        video.model = model.choice("type", VIDEO_MODELS)
+        video.vram = model.integer("vram", minimum=0, maximum=1 << 32)
+        video.ram = model.integer("ram", minimum=0, maximum=1 << 32)
+        video.vgamem = model.integer("vgamem", minimum=0, maximum=1 << 32)
+        video.vram64 = model.integer("vram64", minimum=0, maximum=1 << 40)
+        video.heads = model.integer("heads", minimum=1, maximum=16)
+        video.primary = model.yesno("primary")
+        video.blob = model.onoff("blob")
+        model.finish()
+    node.ignore("driver")
+    if node.child("driver") is not None:
+        raise node.unsupported("<driver> of <video>")
+    _parse_alias(node, video)
+    video.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    if video.model == "none" and video.address is not None:
+        raise XMLError("a video device of model 'none' cannot have an address")
+    return video
+
+
+@dataclass(slots=True)
+class Audio:
+    """``<audio type='none'>``: the audio backend (QEMU's -audiodev)."""
+
+    id: int = 1
+    type: str = "none"
+    timer_period: int | None = None
+    #: ``input``/``output`` direction settings: attribute name -> value, plus the
+    #: ``<settings>`` child under the key ``settings``.
+    directions: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(
+            "audio", {"id": self.id, "type": self.type, "timerPeriod": self.timer_period}
+        )
+        for direction in ("input", "output"):
+            opts = self.directions.get(direction)
+            if opts is None:
+                continue
+            attrs = {k: v for k, v in opts.items() if k != "settings"}
+            d = el.add(direction, attrs)
+            settings = opts.get("settings")
+            if isinstance(settings, dict) and settings:
+                d.add("settings", settings)
+
+
+_AUDIO_DIR_ATTRS = ("mixingEngine", "fixedSettings", "voices", "bufferLength")
+_AUDIO_FORMATS = ("s8", "u8", "s16", "u16", "s32", "u32", "f32")
+
+
+def parse_audio(node: Node) -> Audio:
+    kind = node.required("type")
+    if kind != "none":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <audio type='{kind}'> is not supported "
+            "(asvirt supports only type='none')"
+        )
+    audio = Audio(type=kind)
+    audio.id = node.integer("id", minimum=1, maximum=65535) or 0
+    if not audio.id:
+        raise XMLError("missing attribute 'id' of <audio>")
+    audio.timer_period = node.integer("timerPeriod", minimum=1, maximum=1 << 31)
+    for direction in ("input", "output"):
+        dnode = node.child(direction)
+        if dnode is None:
+            continue
+        opts: dict[str, object] = {}
+        for name in ("mixingEngine", "fixedSettings"):
+            value = dnode.yesno(name)
+            if value is not None:
+                opts[name] = "yes" if value else "no"
+        for name in ("voices", "bufferLength"):
+            value = dnode.integer(name, minimum=1, maximum=1 << 31)
+            if value is not None:
+                opts[name] = value
+        snode = dnode.child("settings")
+        if snode is not None:
+            settings: dict[str, object] = {}
+            for name in ("frequency", "channels"):
+                value = snode.integer(name, minimum=1, maximum=1 << 31)
+                if value is not None:
+                    settings[name] = value
+            fmt = snode.choice("format", _AUDIO_FORMATS)
+            if fmt is not None:
+                settings["format"] = fmt
+            snode.finish()
+            opts["settings"] = settings
+        dnode.finish()
+        audio.directions[direction] = opts
+    node.finish()
+    return audio
+
+
+# ---------------------------------------------------------------------------------------------
+# memballoon, rng, watchdog, panic
+
+
+@dataclass(slots=True)
+class Memballoon(DeviceBase):
+    """``<memballoon>``; ``model='none'`` is kept (it records that there is no balloon)."""
+
+    model: str = "virtio"
+    autodeflate: str | None = None
+    free_page_reporting: str | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add(
+            "memballoon",
+            {
+                "model": self.model,
+                "autodeflate": self.autodeflate,
+                "freePageReporting": self.free_page_reporting,
+            },
+        )
+        self._format_tail(el, live)
+
+
+def parse_memballoon(node: Node) -> Memballoon:
+    model = node.choice("model", ("virtio", "none"))
+    if model is None:
+        raise XMLError("missing attribute 'model' of <memballoon>")
+    bal = Memballoon(model=model)
+    bal.autodeflate = node.onoff("autodeflate")
+    bal.free_page_reporting = node.onoff("freePageReporting")
+    _parse_alias(node, bal)
+    bal.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    if model == "none" and (bal.address or bal.autodeflate or bal.free_page_reporting):
+        raise XMLError("<memballoon model='none'> cannot have an address or options")
+    return bal
+
+
+@dataclass(slots=True)
+class RNG(DeviceBase):
+    """``<rng model='virtio'>`` backed by a host random device or QEMU's builtin source."""
+
+    model: str = "virtio"
+    backend: str = "random"  # random | builtin
+    backend_path: str | None = None
+    rate_bytes: int | None = None
+    rate_period: int | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("rng", {"model": self.model})
+        el.add_if("rate", {"bytes": self.rate_bytes, "period": self.rate_period})
+        el.add("backend", {"model": self.backend}, text=self.backend_path)
+        self._format_tail(el, live)
+
+
+def parse_rng(node: Node) -> RNG:
+    rng = RNG(model=node.choice("model", ("virtio",)) or "")
+    if not rng.model:
+        raise XMLError("missing attribute 'model' of <rng>")
+    rate = node.child("rate")
+    if rate is not None:
+        rng.rate_bytes = rate.integer("bytes", minimum=1, maximum=(1 << 63) - 1)
+        rng.rate_period = rate.integer("period", minimum=1, maximum=(1 << 32) - 1)
+        if rng.rate_bytes is None:
+            raise XMLError("missing attribute 'bytes' of <rng><rate>")
+        rate.finish()
+    backend = node.child("backend")
+    if backend is None:
+        raise XMLError("missing <backend> of <rng>")
+    rng.backend = backend.choice("model", ("random", "builtin")) or ""
+    if not rng.backend:
+        raise XMLError("missing attribute 'model' of <rng><backend>")
+    path = backend.text() or None
+    if rng.backend == "random":
+        if path is not None and not path.startswith("/"):
+            raise XMLError(f"rng backend '{path}' must be an absolute path")
+        rng.backend_path = path
+    elif path:
+        raise XMLError("the builtin rng backend takes no path")
+    backend.finish()
+    _parse_alias(node, rng)
+    rng.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    return rng
+
+
+WATCHDOG_MODELS = ("i6300esb", "ib700", "itco")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+
+
+@dataclass(slots=True)
+class Watchdog(DeviceBase):
+    """``<watchdog>``."""
+
+    model: str = "i6300esb"
+    action: str | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("watchdog", {"model": self.model, "action": self.action})
+        self._format_tail(el, live)
+
+
+def parse_watchdog(node: Node) -> Watchdog:
+    model = node.choice("model", WATCHDOG_MODELS)
+    if model is None:
+        raise XMLError("missing attribute 'model' of <watchdog>")
+    wd = Watchdog(model=model, action=node.choice("action", WATCHDOG_ACTIONS))
+    _parse_alias(node, wd)
+    wd.address = parse_address(node, (PCIAddress,))
+    node.finish()
+    return wd
+
+
+@dataclass(slots=True)
+class Panic(DeviceBase):
+    """``<panic>``: the pvpanic device that turns a guest kernel panic into a QMP event."""
+
+    model: str | None = None  # isa (the only one asvirt supports on x86)
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("panic", {"model": self.model})
+        self._format_tail(el, live)
+
+
+def parse_panic(node: Node) -> Panic:
+    panic = Panic(model=node.choice("model", ("isa",)))
+    _parse_alias(node, panic)
+    panic.address = parse_address(node, (ISAAddress,))
+    node.finish()
+    return panic

@@ -1,0 +1,881 @@
+"""The domain definition: libvirt's domain XML parsed into dataclasses, and written back.
+
+:func:`parse_domain_xml` reads the XML strictly: every element and attribute is either
+understood or reported with :class:`~asvirt.errors.ConfigUnsupportedError` naming it.
+:func:`prepare_domain` (from :mod:`asvirt.conf.prepare`) then fills in what libvirt fills in
+at define time (machine type, default and implicit devices, addresses, aliases); its result
+is what asvirt stores and what ``dumpxml`` shows, and :meth:`DomainDef.to_xml` of it
+validates against libvirt's own schema.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import re
+import uuid as _uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from ..errors import ConfigUnsupportedError, XMLError
+from . import devices as dev
+from .devices import (
+    RNG,
+    Audio,
+    Chardev,
+    Controller,
+    Disk,
+    Graphics,
+    Hub,
+    Input,
+    Interface,
+    Memballoon,
+    Panic,
+    Video,
+    Watchdog,
+)
+from .names import validate_name
+from .units import parse_kib
+from .xmlnode import Node, XElem
+from .xmlsafe import parse_xml
+
+if TYPE_CHECKING:
+    from ..drivers.qemu.capabilities import QemuCapabilities
+
+LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
+CRASH_ACTIONS = (*LIFECYCLE_ACTIONS, "coredump-destroy", "coredump-restart")
+BOOT_DEVICES = ("hd", "cdrom", "network", "fd")
+CPU_MODES = ("custom", "host-model", "host-passthrough", "maximum")
+TIMER_NAMES = ("rtc", "pit", "hpet", "kvmclock")
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces of the definition
+
+
+@dataclass(slots=True)
+class OSDef:
+    """``<os>``: machine, boot order and direct kernel boot."""
+
+    type: str = "hvm"
+    arch: str = ""
+    machine: str | None = None
+    boot_devices: list[str] = field(default_factory=list)
+    bootmenu: bool | None = None
+    bootmenu_timeout: int | None = None
+    reboot_timeout: int | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+
+
+@dataclass(slots=True)
+class Features:
+    """``<features>``: each is None (absent), 'on' or 'off'."""
+
+    acpi: str | None = None
+    apic: str | None = None
+    apic_eoi: str | None = None
+    pae: str | None = None
+    hap: str | None = None
+    vmport: str | None = None
+    smm: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(
+            v is None for v in (self.acpi, self.apic, self.pae, self.hap, self.vmport, self.smm)
+        )
+
+
+@dataclass(slots=True)
+class CPUTopology:
+    sockets: int
+    dies: int | None
+    clusters: int | None
+    cores: int
+    threads: int
+
+    @property
+    def total(self) -> int:
+        return self.sockets * (self.dies or 1) * (self.clusters or 1) * self.cores * self.threads
+
+
+@dataclass(slots=True)
+class CPUFeature:
+    name: str
+    policy: str  # force | require | optional | disable | forbid
+
+
+@dataclass(slots=True)
+class CPUDef:
+    """``<cpu>``."""
+
+    mode: str | None = None
+    match: str | None = None
+    check: str | None = None
+    migratable: str | None = None
+    model: str | None = None
+    fallback: str | None = None
+    topology: CPUTopology | None = None
+    features: list[CPUFeature] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Timer:
+    name: str
+    present: bool | None = None
+    tickpolicy: str | None = None
+    track: str | None = None
+    catchup: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Clock:
+    """``<clock>``."""
+
+    offset: str = "utc"
+    adjustment: str | None = None  # seconds, or 'reset'
+    basis: str | None = None
+    start: int | None = None  # offset='absolute'
+    timers: list[Timer] = field(default_factory=list)
+
+    def timer(self, name: str) -> Timer | None:
+        for t in self.timers:
+            if t.name == name:
+                return t
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the definition
+
+
+@dataclass(slots=True)
+class DomainDef:
+    """A domain's configuration.
+
+    Mutable and copyable (:meth:`copy`). Devices live in one list per kind, in the order
+    libvirt keeps them. ``memballoon`` is a :class:`~asvirt.conf.devices.Memballoon` or None
+    (``model='none'`` is kept as an object, as libvirt does); :attr:`has_memballoon` says
+    whether the guest has a working balloon.
+    """
+
+    name: str
+    uuid: str
+    domain_type: str = "qemu"
+    title: str | None = None
+    description: str | None = None
+    metadata: list[str] = field(default_factory=list)
+    memory_kib: int = 0
+    current_memory_kib: int = 0
+    dump_core: str | None = None
+    vcpus: int = 1
+    max_vcpus: int = 1
+    cpuset: str | None = None
+    os: OSDef = field(default_factory=OSDef)
+    features: Features = field(default_factory=Features)
+    cpu: CPUDef | None = None
+    clock: Clock = field(default_factory=Clock)
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    suspend_to_mem: bool | None = None
+    suspend_to_disk: bool | None = None
+    emulator: str | None = None
+    disks: list[Disk] = field(default_factory=list)
+    controllers: list[Controller] = field(default_factory=list)
+    interfaces: list[Interface] = field(default_factory=list)
+    serials: list[Chardev] = field(default_factory=list)
+    consoles: list[Chardev] = field(default_factory=list)
+    channels: list[Chardev] = field(default_factory=list)
+    inputs: list[Input] = field(default_factory=list)
+    graphics: list[Graphics] = field(default_factory=list)
+    audios: list[Audio] = field(default_factory=list)
+    videos: list[Video] = field(default_factory=list)
+    hubs: list[Hub] = field(default_factory=list)
+    watchdogs: list[Watchdog] = field(default_factory=list)
+    memballoon: Memballoon | None = None
+    rngs: list[RNG] = field(default_factory=list)
+    panics: list[Panic] = field(default_factory=list)
+
+    # -- convenience views ------------------------------------------------------------------------
+
+    @property
+    def arch(self) -> str:
+        return self.os.arch
+
+    @property
+    def machine(self) -> str | None:
+        return self.os.machine
+
+    @property
+    def has_memballoon(self) -> bool:
+        return self.memballoon is not None and self.memballoon.model != "none"
+
+    def controller(self, kind: str, index: int) -> Controller | None:
+        """The first controller of type ``kind`` with ``index`` (USB companions share one)."""
+        for ctl in self.controllers:
+            if ctl.type == kind and ctl.index == index:
+                return ctl
+        return None
+
+    def chardevs(self) -> list[Chardev]:
+        return [*self.serials, *self.consoles, *self.channels]
+
+    def chardev_ids(self) -> list[str]:
+        """The QEMU chardev ids (``charserial0``...) of the pty-backed character devices.
+
+        QMP's ``query-chardev`` reports each one's ``/dev/pts/N``; pass it to
+        :meth:`set_pty_path` to have the live XML show it, as libvirt does.
+        """
+        seen: list[str] = []
+        for chr_ in self.chardevs():
+            if chr_.type == "pty" and chr_.chardev_id and chr_.chardev_id not in seen:
+                seen.append(chr_.chardev_id)
+        return seen
+
+    def set_pty_path(self, chardev_id: str, path: str) -> None:
+        """Record the pty QEMU allocated for ``chardev_id`` (a console sharing it gets it too)."""
+        found = False
+        for chr_ in self.chardevs():
+            if chr_.chardev_id == chardev_id and chr_.type == "pty":
+                chr_.source_path = path
+                found = True
+        if not found:
+            raise KeyError(chardev_id)
+
+    def copy(self) -> DomainDef:
+        return _copy.deepcopy(self)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def to_xml(self, *, live: bool = False, domain_id: int | None = None) -> str:
+        """The libvirt-format XML of this definition.
+
+        ``live=True`` writes what a running domain's XML holds in addition: device aliases,
+        pty paths, and ``id='N'`` on ``<domain>`` when ``domain_id`` is given.
+        """
+        root = XElem("domain", {"type": self.domain_type})
+        if live and domain_id is not None:
+            root.set("id", domain_id)
+        root.add("name", text=self.name)
+        root.add("uuid", text=self.uuid)
+        if self.title is not None:
+            root.add("title", text=self.title)
+        if self.description is not None:
+            root.add("description", text=self.description)
+        if self.metadata:
+            md = root.add("metadata")
+            md.raw.extend(self.metadata)
+        root.add("memory", {"unit": "KiB", "dumpCore": self.dump_core}, text=str(self.memory_kib))
+        root.add("currentMemory", {"unit": "KiB"}, text=str(self.current_memory_kib))
+        root.add(
+            "vcpu",
+            {
+                "placement": "static",
+                "cpuset": self.cpuset,
+                "current": self.vcpus if self.vcpus != self.max_vcpus else None,
+            },
+            text=str(self.max_vcpus),
+        )
+        self._format_os(root)
+        self._format_features(root)
+        self._format_cpu(root)
+        self._format_clock(root)
+        root.add("on_poweroff", text=self.on_poweroff)
+        root.add("on_reboot", text=self.on_reboot)
+        root.add("on_crash", text=self.on_crash)
+        if self.suspend_to_mem is not None or self.suspend_to_disk is not None:
+            pm = root.add("pm")
+            if self.suspend_to_mem is not None:
+                pm.add("suspend-to-mem", {"enabled": self.suspend_to_mem})
+            if self.suspend_to_disk is not None:
+                pm.add("suspend-to-disk", {"enabled": self.suspend_to_disk})
+        devs = root.add("devices")
+        if self.emulator is not None:
+            devs.add("emulator", text=self.emulator)
+        groups: list[list] = [
+            self.disks,
+            self.controllers,
+            self.interfaces,
+            self.serials,
+            self.consoles,
+            self.channels,
+            self.inputs,
+            self.graphics,
+            self.audios,
+            self.videos,
+            self.hubs,
+            self.watchdogs,
+            [self.memballoon] if self.memballoon is not None else [],
+            self.rngs,
+            self.panics,
+        ]
+        for group in groups:
+            for device in group:
+                device.format_xml(devs, live)
+        return root.serialize()
+
+    def _format_os(self, root: XElem) -> None:
+        os_ = root.add("os")
+        os_.add(
+            "type", {"arch": self.os.arch or None, "machine": self.os.machine}, text=self.os.type
+        )
+        if self.os.kernel is not None:
+            os_.add("kernel", text=self.os.kernel)
+        if self.os.initrd is not None:
+            os_.add("initrd", text=self.os.initrd)
+        if self.os.cmdline is not None:
+            os_.add("cmdline", text=self.os.cmdline)
+        for boot in self.os.boot_devices:
+            os_.add("boot", {"dev": boot})
+        if self.os.bootmenu is not None:
+            os_.add("bootmenu", {"enable": self.os.bootmenu, "timeout": self.os.bootmenu_timeout})
+        if self.os.reboot_timeout is not None:
+            os_.add("bios", {"rebootTimeout": self.os.reboot_timeout})
+
+    def _format_features(self, root: XElem) -> None:
+        f = self.features
+        if f.is_empty():
+            return
+        el = root.add("features")
+        if f.acpi == "on":
+            el.add("acpi")
+        if f.apic == "on":
+            el.add("apic", {"eoi": f.apic_eoi})
+        if f.pae == "on":
+            el.add("pae")
+        if f.hap is not None:
+            el.add("hap", {"state": "off" if f.hap == "off" else None})
+        if f.vmport is not None:
+            el.add("vmport", {"state": f.vmport})
+        if f.smm is not None:
+            el.add("smm", {"state": f.smm})
+
+    def _format_cpu(self, root: XElem) -> None:
+        cpu = self.cpu
+        if cpu is None:
+            return
+        el = root.add(
+            "cpu",
+            {
+                "mode": cpu.mode,
+                "match": cpu.match,
+                "check": cpu.check,
+                "migratable": cpu.migratable,
+            },
+        )
+        if cpu.model is not None:
+            el.add("model", {"fallback": cpu.fallback}, text=cpu.model)
+        if cpu.topology is not None:
+            t = cpu.topology
+            el.add(
+                "topology",
+                {
+                    "sockets": t.sockets,
+                    "dies": t.dies,
+                    "clusters": t.clusters,
+                    "cores": t.cores,
+                    "threads": t.threads,
+                },
+            )
+        for feat in cpu.features:
+            el.add("feature", {"policy": feat.policy, "name": feat.name})
+
+    def _format_clock(self, root: XElem) -> None:
+        c = self.clock
+        el = root.add(
+            "clock",
+            {"offset": c.offset, "adjustment": c.adjustment, "basis": c.basis, "start": c.start},
+        )
+        for t in c.timers:
+            timer = el.add(
+                "timer",
+                {
+                    "name": t.name,
+                    "tickpolicy": t.tickpolicy,
+                    "track": t.track,
+                    "present": t.present,
+                },
+            )
+            if t.catchup:
+                timer.add("catchup", dict(t.catchup))
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def canonical_uuid(text: str) -> str:
+    """The canonical lowercase 8-4-4-4-12 form of a UUID in any libvirt-accepted spelling."""
+    compact = text.strip().replace("-", "")
+    if not _UUID_RE.match(compact):
+        raise XMLError(f"invalid UUID '{text.strip()}'")
+    return str(_uuid.UUID(compact))
+
+
+def parse_domain_xml(text: str | bytes) -> DomainDef:
+    """Parse libvirt domain XML into a :class:`DomainDef`.
+
+    Raises :class:`~asvirt.errors.XMLError` for malformed, hostile or invalid XML and
+    :class:`~asvirt.errors.ConfigUnsupportedError` (a subclass) for well-formed XML asking
+    for something asvirt does not support, naming the element. A missing UUID is generated.
+    """
+    root = parse_xml(text)
+    if root.tag != "domain":
+        raise XMLError(f"expected a <domain> document, not <{root.tag}>")
+    node = Node(root, ())
+    try:
+        return _parse_domain(node)
+    except RecursionError:  # pathological nesting deep inside metadata
+        raise XMLError("XML document is nested too deeply") from None
+
+
+def _parse_domain(node: Node) -> DomainDef:
+    dtype = node.attr("type")
+    if dtype is None:
+        raise XMLError("missing attribute 'type' of <domain>")
+    if dtype not in ("kvm", "qemu"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <domain type='{dtype}'> is not supported "
+            "(use 'kvm' or 'qemu')"
+        )
+    node.ignore("id")  # present in live dumps; a running domain gets a new one
+    name = node.child_text("name")
+    if name is None:
+        raise XMLError("missing <name> of <domain>")
+    validate_name(name)
+    uuid_text = node.child_text("uuid")
+    uuid = canonical_uuid(uuid_text) if uuid_text is not None else str(_uuid.uuid4())
+    d = DomainDef(name=name, uuid=uuid, domain_type=dtype)
+
+    d.title = node.child_text("title")
+    if d.title is not None and "\n" in d.title:
+        raise XMLError("domain title must not contain newlines")
+    desc = node.child("description")
+    if desc is not None:
+        d.description = desc.el.text or ""
+        desc.finish()
+    md = node.child("metadata")
+    if md is not None:
+        d.metadata = _parse_metadata(md)
+
+    _parse_memory(node, d)
+    _parse_vcpu(node, d)
+    _parse_os(node, d)
+    _parse_features(node, d)
+    _parse_cpu(node, d)
+    _parse_clock(node, d)
+    d.on_poweroff = _lifecycle(node, "on_poweroff", LIFECYCLE_ACTIONS, "destroy")
+    d.on_reboot = _lifecycle(node, "on_reboot", LIFECYCLE_ACTIONS, "restart")
+    d.on_crash = _lifecycle(node, "on_crash", CRASH_ACTIONS, "destroy")
+    if d.on_poweroff == "rename-restart" or d.on_reboot == "rename-restart":
+        raise ConfigUnsupportedError(
+            "unsupported configuration: rename-restart is only valid for <on_crash>"
+        )
+    _parse_pm(node, d)
+    seclabel = node.children("seclabel")
+    for sl in seclabel:
+        # A domain without security labelling is what asvirt runs anyway.
+        if sl.attr("type") != "none":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: <seclabel> is not supported (only type='none')"
+            )
+        sl.ignore("model", "relabel")
+        sl.finish()
+    devices = node.child("devices")
+    if devices is not None:
+        _parse_devices(devices, d)
+    node.finish()
+    # Aliases are a pure function of the definition; having them right after parsing means a
+    # definition read back from a status file names its devices like the one it came from.
+    from .prepare import assign_aliases
+
+    assign_aliases(d)
+    return d
+
+
+def _parse_metadata(md: Node) -> list[str]:
+    """Keep one namespaced element per namespace, as libvirt's metadata rules say."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for _tag, el in md.tags_in_order():
+        ns = etree.QName(el).namespace
+        if ns is None or ns in seen:
+            continue  # libvirt drops metadata without a namespace, and duplicates of one
+        seen.add(ns)
+        clean = _copy.deepcopy(el)
+        for sub in clean.iter():
+            if isinstance(sub.tag, str):
+                if sub.text is not None and not sub.text.strip() and len(sub):
+                    sub.text = None
+                if sub.tail is not None and not sub.tail.strip():
+                    sub.tail = None
+        clean.tail = None
+        etree.cleanup_namespaces(clean)
+        out.append(etree.tostring(clean, encoding="unicode", pretty_print=True).rstrip("\n"))
+    md.ignore(*(tag for tag, _ in md.tags_in_order()))
+    md.finish()
+    return out
+
+
+def _parse_memory(node: Node, d: DomainDef) -> None:
+    mem = node.child("memory")
+    if mem is None:
+        raise XMLError("missing <memory> of <domain>")
+    d.memory_kib = parse_kib(mem.text(), mem.attr("unit"), what="memory")
+    d.dump_core = mem.onoff("dumpCore")
+    mem.finish()
+    if d.memory_kib == 0:
+        raise XMLError("memory size must be greater than zero")
+    cur = node.child("currentMemory")
+    if cur is not None:
+        d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")
+        cur.finish()
+    # libvirt treats a missing, zero or too large currentMemory as "all of memory".
+    if d.current_memory_kib == 0 or d.current_memory_kib > d.memory_kib:
+        d.current_memory_kib = d.memory_kib
+
+
+def _parse_vcpu(node: Node, d: DomainDef) -> None:
+    vcpu = node.child("vcpu")
+    if vcpu is None:
+        d.vcpus = d.max_vcpus = 1
+        return
+    d.max_vcpus = vcpu.to_int(vcpu.text(), "vcpu count", minimum=1, maximum=4096)
+    current = vcpu.integer("current", minimum=1, maximum=4096)
+    if current is not None and current > d.max_vcpus:
+        raise XMLError(f"current vcpu count {current} exceeds the maximum {d.max_vcpus}")
+    d.vcpus = current if current is not None else d.max_vcpus
+    if vcpu.choice("placement", ("static", "auto")) == "auto":
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <vcpu placement='auto'> needs numad, which asvirt "
+            "does not use"
+        )
+    cpuset = vcpu.attr("cpuset")
+    if cpuset is not None:
+        parse_cpuset(cpuset)
+        d.cpuset = cpuset
+    vcpu.finish()
+
+
+def parse_cpuset(text: str) -> set[int]:
+    """The CPUs of a libvirt cpuset string such as ``1-4,8-20,^10,525``."""
+    cpus: set[int] = set()
+    excluded: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        neg = part.startswith("^")
+        if neg:
+            part = part[1:]
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise XMLError(f"invalid cpuset '{text}'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo or hi > 8191:
+            raise XMLError(f"invalid cpuset '{text}'")
+        (excluded if neg else cpus).update(range(lo, hi + 1))
+    cpus -= excluded
+    if not cpus:
+        raise XMLError(f"cpuset '{text}' selects no CPU")
+    return cpus
+
+
+def _parse_os(node: Node, d: DomainDef) -> None:
+    osn = node.child("os")
+    if osn is None:
+        raise XMLError("missing <os> of <domain>")
+    for attr in ("firmware",):
+        if osn.attr(attr) is not None:
+            raise osn.unsupported_value(attr, osn.attr(attr) or "")
+    t = osn.child("type")
+    if t is None:
+        raise XMLError("missing <type> of <os>")
+    d.os.type = t.text()
+    if d.os.type != "hvm":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <os><type>{d.os.type}</type> is not supported (only 'hvm')"
+        )
+    d.os.arch = t.attr("arch") or ""
+    d.os.machine = t.attr("machine")
+    t.finish()
+    for boot in osn.children("boot"):
+        dev_ = boot.choice("dev", BOOT_DEVICES)
+        if dev_ is None:
+            raise XMLError("missing attribute 'dev' of <os><boot>")
+        boot.finish()
+        d.os.boot_devices.append(dev_)
+    if len(d.os.boot_devices) > 4:
+        raise XMLError("at most 4 <os><boot> elements are allowed")
+    bm = osn.child("bootmenu")
+    if bm is not None:
+        d.os.bootmenu = bm.yesno("enable")
+        if d.os.bootmenu is None:
+            raise XMLError("missing attribute 'enable' of <os><bootmenu>")
+        d.os.bootmenu_timeout = bm.integer("timeout", minimum=0, maximum=65535)
+        bm.finish()
+    bios = osn.child("bios")
+    if bios is not None:
+        d.os.reboot_timeout = bios.integer("rebootTimeout", minimum=-1, maximum=65535)
+        if bios.attr("useserial") is not None:
+            raise bios.unsupported_value("useserial", bios.attr("useserial") or "")
+        bios.finish()
+    for key in ("kernel", "initrd"):
+        value = osn.child_text(key)
+        if value is not None:
+            if not value.startswith("/"):
+                raise XMLError(f"<os><{key}> must be an absolute path")
+            setattr(d.os, key, value)
+    cmdline = osn.child("cmdline")
+    if cmdline is not None:
+        d.os.cmdline = cmdline.el.text or ""
+        cmdline.finish()
+    if (d.os.initrd is not None or d.os.cmdline is not None) and d.os.kernel is None:
+        raise XMLError("<os><initrd> and <os><cmdline> need <os><kernel>")
+    osn.finish()
+
+
+_FEATURE_FLAGS = ("acpi", "pae")
+
+
+def _parse_features(node: Node, d: DomainDef) -> None:
+    fn = node.child("features")
+    if fn is None:
+        return
+    f = d.features
+    for name in _FEATURE_FLAGS:
+        sub = fn.child(name)
+        if sub is not None:
+            sub.finish()
+            setattr(f, name, "on")
+    apic = fn.child("apic")
+    if apic is not None:
+        f.apic = "on"
+        f.apic_eoi = apic.onoff("eoi")
+        apic.finish()
+    for name in ("hap", "vmport", "smm"):
+        sub = fn.child(name)
+        if sub is None:
+            continue
+        state = sub.onoff("state")
+        if name == "smm" and sub.child("tseg") is not None:
+            raise sub.unsupported("<tseg>")
+        sub.finish()
+        setattr(f, name, state or "on")
+    fn.finish()
+
+
+def _parse_cpu(node: Node, d: DomainDef) -> None:
+    cn = node.child("cpu")
+    if cn is None:
+        return
+    cpu = CPUDef()
+    cpu.mode = cn.choice("mode", CPU_MODES)
+    cpu.match = cn.choice("match", ("exact", "minimum", "strict"))
+    cpu.check = cn.choice("check", ("none", "partial", "full"))
+    cpu.migratable = cn.onoff("migratable")
+    model = cn.child("model")
+    if model is not None:
+        cpu.model = model.text() or None
+        cpu.fallback = model.choice("fallback", ("allow", "forbid"))
+        if model.attr("vendor_id") is not None:
+            raise model.unsupported_value("vendor_id", model.attr("vendor_id") or "")
+        model.finish()
+        if cpu.model is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", cpu.model):
+            raise XMLError(f"invalid CPU model name '{cpu.model}'")
+    if cpu.mode is None:
+        cpu.mode = "custom"
+    topo = cn.child("topology")
+    if topo is not None:
+        cpu.topology = CPUTopology(
+            sockets=topo.integer("sockets", minimum=1, maximum=4096) or 0,
+            dies=topo.integer("dies", minimum=1, maximum=4096),
+            clusters=topo.integer("clusters", minimum=1, maximum=4096),
+            cores=topo.integer("cores", minimum=1, maximum=4096) or 0,
+            threads=topo.integer("threads", minimum=1, maximum=4096) or 0,
+        )
+        topo.finish()
+        if not (cpu.topology.sockets and cpu.topology.cores and cpu.topology.threads):
+            raise XMLError("<cpu><topology> needs sockets, cores and threads")
+    for feat in cn.children("feature"):
+        policy = feat.choice("policy", ("force", "require", "optional", "disable", "forbid"))
+        fname = feat.required("name")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", fname):
+            raise XMLError(f"invalid CPU feature name '{fname}'")
+        feat.finish()
+        cpu.features.append(CPUFeature(fname, policy or "require"))
+    if cpu.mode != "custom" and cpu.model is not None and cpu.mode == "host-passthrough":
+        raise XMLError("a <cpu mode='host-passthrough'> cannot name a <model>")
+    cn.finish()
+    d.cpu = cpu
+
+
+def _parse_clock(node: Node, d: DomainDef) -> None:
+    cn = node.child("clock")
+    if cn is None:
+        return
+    c = d.clock
+    offset = cn.attr("offset", "utc") or "utc"
+    if offset not in ("utc", "localtime", "variable", "absolute"):
+        raise cn.unsupported_value("offset", offset, ["utc", "localtime", "variable", "absolute"])
+    c.offset = offset
+    adj = cn.attr("adjustment")
+    if adj is not None:
+        if adj == "reset" and offset in ("utc", "localtime"):
+            c.adjustment = adj
+        elif offset == "variable" and re.fullmatch(r"[+-]?\d+", adj.strip()):
+            c.adjustment = str(int(adj))
+        else:
+            raise XMLError(f"invalid clock adjustment '{adj}' for offset '{offset}'")
+    if offset == "variable":
+        c.adjustment = c.adjustment or "0"
+        c.basis = cn.choice("basis", ("utc", "localtime"), "utc")
+    if offset == "absolute":
+        c.start = cn.integer("start", minimum=0, maximum=(1 << 63) - 1)
+        if c.start is None:
+            raise XMLError("<clock offset='absolute'> needs a start attribute")
+    for tn in cn.children("timer"):
+        name = tn.choice("name", TIMER_NAMES)
+        if name is None:
+            raise XMLError("missing attribute 'name' of <clock><timer>")
+        if c.timer(name) is not None:
+            raise XMLError(f"timer '{name}' is defined more than once")
+        t = Timer(name=name, present=tn.yesno("present"))
+        t.tickpolicy = tn.choice("tickpolicy", ("delay", "catchup", "merge", "discard"))
+        if name == "rtc":
+            t.track = tn.choice("track", ("boot", "guest", "wall", "realtime"))
+        catchup = tn.child("catchup")
+        if catchup is not None:
+            for key in ("threshold", "slew", "limit"):
+                value = catchup.integer(key, minimum=0, maximum=(1 << 32) - 1)
+                if value is not None:
+                    t.catchup[key] = value
+            catchup.finish()
+            if t.tickpolicy != "catchup":
+                raise XMLError("<catchup> needs tickpolicy='catchup'")
+        tn.finish()
+        c.timers.append(t)
+    cn.finish()
+
+
+def _lifecycle(node: Node, tag: str, allowed: tuple[str, ...], default: str) -> str:
+    value = node.child_text(tag)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <{tag}>{value}</{tag}> is not supported "
+            f"(supported: {', '.join(allowed)})"
+        )
+    return value
+
+
+def _parse_pm(node: Node, d: DomainDef) -> None:
+    pm = node.child("pm")
+    if pm is None:
+        return
+    for tag, attr in (("suspend-to-mem", "suspend_to_mem"), ("suspend-to-disk", "suspend_to_disk")):
+        sub = pm.child(tag)
+        if sub is not None:
+            setattr(d, attr, sub.yesno("enabled"))
+            sub.finish()
+    pm.finish()
+
+
+def _parse_devices(node: Node, d: DomainDef) -> None:
+    emulator = node.child_text("emulator")
+    if emulator is not None:
+        if not emulator.startswith("/"):
+            raise XMLError("<emulator> must be an absolute path")
+        d.emulator = emulator
+    for disk_node in node.children("disk"):
+        _insert_disk(d.disks, dev.parse_disk(disk_node))
+    parsed = [dev.parse_controller(n) for n in node.children("controller")]
+    for ctl in parsed:
+        if ctl.index < 0:
+            ctl.index = _free_controller_index(parsed, ctl)
+        _insert_controller(d.controllers, ctl)
+    d.interfaces = [dev.parse_interface(n) for n in node.children("interface")]
+    d.serials = [dev.parse_chardev(n, "serial") for n in node.children("serial")]
+    d.consoles = [dev.parse_chardev(n, "console") for n in node.children("console")]
+    d.channels = [dev.parse_chardev(n, "channel") for n in node.children("channel")]
+    d.inputs = [dev.parse_input(n) for n in node.children("input")]
+    d.graphics = [dev.parse_graphics(n) for n in node.children("graphics")]
+    d.audios = [dev.parse_audio(n) for n in node.children("audio")]
+    d.videos = [dev.parse_video(n) for n in node.children("video")]
+    d.hubs = [dev.parse_hub(n) for n in node.children("hub")]
+    d.watchdogs = [dev.parse_watchdog(n) for n in node.children("watchdog")]
+    balloons = node.children("memballoon")
+    if len(balloons) > 1:
+        raise XMLError("a domain can have only one <memballoon>")
+    if balloons:
+        d.memballoon = dev.parse_memballoon(balloons[0])
+    d.rngs = [dev.parse_rng(n) for n in node.children("rng")]
+    d.panics = [dev.parse_panic(n) for n in node.children("panic")]
+    node.finish()
+
+
+def _insert_disk(disks: list[Disk], disk: Disk) -> None:
+    """Insert keeping the disks of one bus in target order, as libvirt does."""
+    index = dev.disk_name_index(disk.target)
+    at = -1
+    for i in range(len(disks) - 1, -1, -1):
+        if disks[i].bus != disk.bus:
+            continue
+        if dev.disk_name_index(disks[i].target) > index:
+            at = i
+        elif at == -1:
+            at = i + 1
+    if at == -1:
+        disks.append(disk)
+    else:
+        disks.insert(at, disk)
+
+
+def _free_controller_index(controllers: list[Controller], ctl: Controller) -> int:
+    """The index libvirt gives a controller written without one."""
+    if ctl.type == "usb" or (ctl.type == "pci" and ctl.model in ("pci-root", "pcie-root")):
+        return 0  # USB companions share their master's index; PCI roots are always 0
+    used = {c.index for c in controllers if c.type == ctl.type}
+    index = 1 if ctl.type == "pci" else 0
+    while index in used:
+        index += 1
+    return index
+
+
+def _insert_controller(controllers: list[Controller], ctl: Controller) -> None:
+    """Insert keeping controllers of one type together and sorted by index, as libvirt does."""
+    pos = None
+    last_same = None
+    for i, other in enumerate(controllers):
+        if other.type == ctl.type:
+            if other.index > ctl.index and pos is None:
+                pos = i
+            last_same = i
+    if pos is None:
+        pos = len(controllers) if last_same is None else last_same + 1
+    controllers.insert(pos, ctl)
+
+
+def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
+    """libvirt's define-time post-parse; see :func:`asvirt.conf.prepare.prepare_domain`."""
+    from .prepare import prepare_domain as _prepare
+
+    return _prepare(defn, caps)
+
+
+__all__ = [
+    "CPUDef",
+    "Clock",
+    "DomainDef",
+    "Features",
+    "OSDef",
+    "canonical_uuid",
+    "parse_cpuset",
+    "parse_domain_xml",
+    "prepare_domain",
+]

@@ -1,0 +1,959 @@
+"""Define-time completion of a domain definition, as libvirt's post-parse step does it.
+
+:func:`prepare_domain` returns a copy of a parsed definition with everything libvirt would
+fill in before storing it: the canonical machine type, the default CPU model, default and
+implicit devices (USB and PCI controllers, PS/2 input, the balloon, the audio backend, the
+console that mirrors serial port 0...), device models, drive, virtio-serial, USB and PCI
+addresses, and aliases. Its output is what ``dumpxml`` shows and what the command line is
+built from, and preparing it again changes nothing.
+
+Nothing here probes the host: the only input besides the XML is the probed capabilities.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigUnsupportedError, XMLError
+from .addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
+from .devices import (
+    Audio,
+    Chardev,
+    Controller,
+    Disk,
+    GraphicsListen,
+    Hub,
+    Input,
+    Memballoon,
+    Video,
+    Watchdog,
+    default_disk_bus,
+    disk_name_index,
+)
+from .pci import USB2_FUNCTION, assign_pci_addresses
+
+if TYPE_CHECKING:
+    from ..drivers.qemu.capabilities import QemuCapabilities
+    from .domain import DomainDef
+
+#: The CPU model QEMU gives x86 guests when none is named.
+DEFAULT_X86_CPU = "qemu64"
+#: Ports of each USB controller model when ``ports`` is not given (libvirt's numbers).
+USB_PORTS = {
+    "piix3-uhci": 2,
+    "piix4-uhci": 2,
+    "ehci": 6,
+    "ich9-ehci1": 6,
+    "nec-xhci": 4,
+    "qemu-xhci": 4,
+}
+USB_HUB_PORTS = 8
+VIRTIO_SERIAL_PORTS = 31
+#: QEMU device names of the models asvirt checks against the probed capabilities.
+USB_DEVICE = {
+    "piix3-uhci": "piix3-usb-uhci",
+    "piix4-uhci": "piix4-usb-uhci",
+    "ehci": "usb-ehci",
+    "ich9-ehci1": "ich9-usb-ehci1",
+    "ich9-uhci1": "ich9-usb-uhci1",
+    "ich9-uhci2": "ich9-usb-uhci2",
+    "ich9-uhci3": "ich9-usb-uhci3",
+    "nec-xhci": "nec-usb-xhci",
+    "qemu-xhci": "qemu-xhci",
+}
+SCSI_DEVICE = {
+    "lsilogic": "lsi",  # the alias of lsi53c895a, as libvirt writes it
+    "virtio-scsi": "virtio-scsi-pci",
+    "lsisas1068": "mptsas1068",
+    "lsisas1078": "megasas-gen2",
+    "vmpvscsi": "pvscsi",
+}
+NIC_DEVICE = {
+    "virtio": "virtio-net-pci",
+    "e1000": "e1000",
+    "e1000e": "e1000e",
+    "rtl8139": "rtl8139",
+    "ne2k_pci": "ne2k_pci",
+    "pcnet": "pcnet",
+    "vmxnet3": "vmxnet3",
+    "igb": "igb",
+}
+VIDEO_DEVICE = {
+    "vga": ("VGA", "VGA"),
+    "cirrus": ("cirrus-vga", "cirrus-vga"),
+    "virtio": ("virtio-vga", "virtio-gpu-pci"),
+    "bochs": ("bochs-display", "bochs-display"),
+    "qxl": ("qxl-vga", "qxl"),
+}
+
+
+def machine_family(machine: str | None) -> str | None:
+    """'pc' for i440FX machine types, 'q35' for Q35 ones, None for anything else."""
+    if not machine:
+        return None
+    if machine == "q35" or machine.startswith("pc-q35"):
+        return "q35"
+    if machine == "pc" or machine.startswith("pc-i440fx") or machine[:4] in ("pc-0", "pc-1"):
+        return "pc"
+    return None
+
+
+def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
+    """The definition libvirt would store for ``defn`` on this QEMU (a new object).
+
+    Raises :class:`~asvirt.errors.ConfigUnsupportedError` when the configuration needs
+    something this QEMU (or asvirt) lacks, e.g. an unknown machine type or device model,
+    and :class:`~asvirt.errors.XMLError` when it is inconsistent.
+    """
+    d = defn.copy()
+    q35 = _machine(d, caps)
+    _vcpus(d, caps)
+    _cpu(d, caps)
+    _boot_orders(d)
+    _default_devices(d, caps, q35)
+    _disks(d, caps, q35)
+    _interfaces(d, caps)
+    _chardevs(d)
+    _videos(d, caps)
+    _misc_devices(d, caps, q35)
+    _check_controllers(d, caps, q35)
+    _assign_virtio_serial(d)
+    _assign_usb(d)
+    assign_pci_addresses(d, q35=q35, has_pcie_pci_bridge=caps.has_device("pcie-pci-bridge"))
+    assign_aliases(d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# machine, CPU
+
+
+def _machine(d: DomainDef, caps: QemuCapabilities) -> bool:
+    if d.emulator is None:
+        d.emulator = caps.binary
+    if not d.os.arch:
+        d.os.arch = caps.arch
+    if d.os.arch != caps.arch:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: architecture '{d.os.arch}' is not supported by "
+            f"{caps.binary} (it emulates {caps.arch})"
+        )
+    if d.os.arch not in ("x86_64", "i686"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: architecture '{d.os.arch}' is not supported"
+        )
+    name = d.os.machine
+    if name is None:
+        default = caps.default_machine()
+        name = default.name if default is not None else "pc"
+    machine = caps.machine(name)
+    if machine is None:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: machine type '{name}' is not supported by "
+            f"{caps.binary} (QEMU {caps.version_string})"
+        )
+    d.os.machine = machine.name
+    family = machine_family(machine.name)
+    if family is None:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: machine type '{name}' is not supported "
+            "(asvirt supports the pc (i440FX) and q35 machine types)"
+        )
+    if d.max_vcpus > machine.max_cpus:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: machine type '{machine.name}' supports at most "
+            f"{machine.max_cpus} vCPUs, not {d.max_vcpus}"
+        )
+    return family == "q35"
+
+
+def _vcpus(d: DomainDef, caps: QemuCapabilities) -> None:
+    if d.vcpus > d.max_vcpus:
+        raise XMLError(f"current vcpu count {d.vcpus} exceeds the maximum {d.max_vcpus}")
+
+
+def _cpu(d: DomainDef, caps: QemuCapabilities) -> None:
+    from .domain import CPUDef
+
+    cpu = d.cpu
+    if cpu is None:
+        cpu = d.cpu = CPUDef(mode="custom")
+    if cpu.mode is None:
+        cpu.mode = "custom"
+    if cpu.mode == "custom":
+        if cpu.model is None:
+            # libvirt names QEMU's default model explicitly and turns checks off: qemu64
+            # may not be runnable everywhere, and QEMU just drops what the host lacks.
+            cpu.model = DEFAULT_X86_CPU
+            cpu.match = cpu.match or "exact"
+            cpu.check = cpu.check or "none"
+            cpu.fallback = cpu.fallback or "forbid"
+        if cpu.model not in caps.cpu_models:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: CPU model '{cpu.model}' is not known to {caps.binary}"
+            )
+        cpu.match = cpu.match or "exact"
+        cpu.fallback = cpu.fallback or "allow"
+        cpu.check = cpu.check or ("none" if d.domain_type == "qemu" else "partial")
+    elif cpu.mode == "host-passthrough":
+        if d.domain_type != "kvm":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: <cpu mode='host-passthrough'> needs "
+                "<domain type='kvm'>; TCG cannot pass the host CPU through"
+            )
+        cpu.migratable = cpu.migratable or "on"
+        cpu.check = cpu.check or "none"
+    elif cpu.mode == "host-model":
+        cpu.check = cpu.check or "partial"
+    else:  # maximum
+        cpu.check = cpu.check or "none"
+    if cpu.mode != "custom" and cpu.match is not None:
+        raise XMLError(f"<cpu mode='{cpu.mode}'> does not take a match attribute")
+    topo = cpu.topology
+    if topo is not None:
+        topo.dies = topo.dies or 1
+        topo.clusters = topo.clusters or 1
+        if topo.total != d.max_vcpus:
+            raise XMLError(
+                f"CPU topology ({topo.sockets} sockets x {topo.dies} dies x {topo.clusters} "
+                f"clusters x {topo.cores} cores x {topo.threads} threads = {topo.total}) "
+                f"does not match the vcpu count {d.max_vcpus}"
+            )
+        if topo.clusters > 1 and not caps.at_least(7, 0):
+            raise ConfigUnsupportedError(
+                "unsupported configuration: CPU clusters need QEMU 7.0 or newer"
+            )
+
+
+def _boot_orders(d: DomainDef) -> None:
+    orders = [x.boot_order for x in (*d.disks, *d.interfaces) if x.boot_order is not None]
+    if orders and d.os.boot_devices:
+        raise XMLError("per-device <boot order> cannot be used together with <os><boot>")
+    if len(orders) != len(set(orders)):
+        raise XMLError("boot order values must be unique")
+
+
+# ---------------------------------------------------------------------------------------------
+# default and implicit devices
+
+
+def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    # PS/2 mouse and keyboard: part of the i8042 on both machine types.
+    for kind in ("mouse", "keyboard"):
+        if not any(i.type == kind and i.bus == "ps2" for i in d.inputs):
+            d.inputs.append(Input(type=kind, bus="ps2"))
+    for inp in d.inputs:
+        if inp.bus is None:
+            inp.bus = "ps2" if inp.type in ("mouse", "keyboard") else "usb"
+    root_model = "pcie-root" if q35 else "pci-root"
+    root = d.controller("pci", 0)
+    if root is None:
+        _add_controller(d, Controller(type="pci", index=0, model=root_model))
+    elif root.model is None:
+        root.model = root_model
+    elif root.model != root_model:
+        raise XMLError(
+            f"the PCI controller with index 0 must be model '{root_model}' on this machine "
+            f"type, not '{root.model}'"
+        )
+    for ctl in d.controllers:
+        if ctl.type == "usb" and ctl.model is None:
+            ctl.model = _default_usb_model(caps, q35)
+        elif ctl.type == "scsi" and ctl.model in (None, "auto"):
+            ctl.model = _default_scsi_model(caps)
+        elif ctl.type == "pci" and ctl.model is None:
+            raise XMLError(f"PCI controller {ctl.index} needs a model")
+    if d.controller("usb", 0) is None:
+        _add_controller(d, Controller(type="usb", index=0, model=_default_usb_model(caps, q35)))
+    for ctl in d.controllers:
+        companion = ctl.type == "usb" and ctl.model in USB2_FUNCTION and ctl.model != "ich9-ehci1"
+        if companion and ctl.master_startport is None:
+            ctl.master_startport = 2 * USB2_FUNCTION[ctl.model or ""]
+        if ctl.type == "usb" and ctl.model == "none" and ctl.address is not None:
+            raise XMLError("a USB controller of model 'none' cannot have an address")
+    if q35 and d.controller("sata", 0) is None:
+        _add_controller(d, Controller(type="sata", index=0))
+    if not q35 and d.controller("ide", 0) is None:
+        # The PIIX3 IDE controller is part of the i440FX machine; libvirt lists it.
+        _add_controller(d, Controller(type="ide", index=0))
+    if d.memballoon is None:
+        d.memballoon = Memballoon(model="virtio")
+    if not d.audios:
+        d.audios.append(Audio(id=1, type="none"))
+
+
+def _default_scsi_model(caps: QemuCapabilities) -> str:
+    return "lsilogic" if caps.has_device("lsi53c895a") else "virtio-scsi"
+
+
+def _default_usb_model(caps: QemuCapabilities, q35: bool) -> str:
+    if q35 and caps.has_device("qemu-xhci"):
+        return "qemu-xhci"
+    return "piix3-uhci"
+
+
+def _add_controller(d: DomainDef, ctl: Controller) -> None:
+    from .domain import _insert_controller
+
+    _insert_controller(d.controllers, ctl)
+
+
+def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    seen: set[tuple[str, int, str | None]] = set()
+    for ctl in d.controllers:
+        key = (ctl.type, ctl.index, ctl.model if ctl.type == "usb" else None)
+        if key in seen:
+            raise XMLError(f"there is more than one {ctl.type} controller with index {ctl.index}")
+        seen.add(key)
+        if ctl.type == "usb" and ctl.model in USB_DEVICE:
+            _need_device(caps, USB_DEVICE[ctl.model or ""], f"USB controller model '{ctl.model}'")
+            if ctl.ports is not None and ctl.model not in ("nec-xhci", "qemu-xhci"):
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: USB controller model '{ctl.model}' has a "
+                    "fixed number of ports"
+                )
+        elif ctl.type == "scsi":
+            _need_device(caps, SCSI_DEVICE[ctl.model or ""], f"SCSI controller '{ctl.model}'")
+        elif ctl.type == "virtio-serial":
+            _need_device(caps, "virtio-serial-pci", "virtio-serial")
+        elif ctl.type == "ide":
+            if q35:
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: IDE controllers are not available on q35 "
+                    "machines (use bus='sata' for disks)"
+                )
+            if ctl.index != 0:
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: i440FX machines have one IDE controller"
+                )
+        elif ctl.type == "sata" and not (q35 and ctl.index == 0):
+            _need_device(caps, "ahci", "SATA controllers")
+        elif ctl.type == "fdc" and (q35 or ctl.index != 0):
+            raise ConfigUnsupportedError(
+                "unsupported configuration: only the i440FX's built-in floppy controller "
+                "(index 0) is supported"
+            )
+        elif ctl.type == "pci":
+            _check_pci_controller(ctl, caps, q35)
+    masters = {c.index for c in d.controllers if c.type == "usb" and c.model == "ich9-ehci1"}
+    for ctl in d.controllers:
+        companion = ctl.model in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
+        if ctl.type == "usb" and companion and ctl.index not in masters:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: USB companion controller '{ctl.model}' "
+                f"(index {ctl.index}) has no ich9-ehci1 master with the same index"
+            )
+
+
+def _check_pci_controller(ctl: Controller, caps: QemuCapabilities, q35: bool) -> None:
+    pcie_only = ("pcie-root", "pcie-root-port", "dmi-to-pci-bridge", "pcie-to-pci-bridge")
+    if not q35 and ctl.model in pcie_only:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: PCI controller model '{ctl.model}' needs a q35 "
+            "machine type"
+        )
+    if ctl.model in ("pci-root", "pcie-root") and ctl.index != 0:
+        raise XMLError("pci-root and pcie-root controllers must have index 0")
+    if ctl.hotplug is not None and ctl.model not in ("pci-root", "pcie-root-port"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: hotplug setting on a '{ctl.model}' controller"
+        )
+    expected = {
+        "pci-bridge": ("pci-bridge",),
+        "dmi-to-pci-bridge": ("i82801b11-bridge",),
+        "pcie-root-port": ("pcie-root-port", "ioh3420"),
+        "pcie-to-pci-bridge": ("pcie-pci-bridge",),
+    }.get(ctl.model or "", ())
+    if ctl.model_name is not None and ctl.model_name not in expected:
+        raise XMLError(
+            f"PCI controller model name '{ctl.model_name}' does not fit model '{ctl.model}'"
+        )
+    if ctl.model_name is not None:
+        _need_device(caps, ctl.model_name, f"PCI controller '{ctl.model_name}'")
+    if (
+        ctl.model == "pcie-root-port"
+        and ctl.model_name is None
+        and not caps.has_device("pcie-root-port")
+    ):
+        ctl.model_name = "ioh3420"
+    if ctl.chassis_nr is not None and ctl.model != "pci-bridge":
+        raise XMLError("chassisNr is only valid for pci-bridge controllers")
+    if (ctl.chassis is not None or ctl.port is not None) and ctl.model != "pcie-root-port":
+        raise XMLError("chassis and port are only valid for pcie-root-port controllers")
+
+
+#: Command-line aliases QEMU accepts for devices whose type has another name.
+_QEMU_DEVICE_ALIASES = {"lsi": "lsi53c895a", "ahci": "ich9-ahci"}
+
+
+def _need_device(caps: QemuCapabilities, device: str, what: str) -> None:
+    if not caps.has_device(_QEMU_DEVICE_ALIASES.get(device, device)):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {what} needs QEMU device '{device}', which "
+            f"{caps.binary} does not have"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# disks
+
+
+def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    targets: set[str] = set()
+    for disk in d.disks:
+        if disk.target in targets:
+            raise XMLError(f"there is more than one disk with target '{disk.target}'")
+        targets.add(disk.target)
+        disk.driver_name = disk.driver_name or "qemu"
+        disk.format = disk.format or "raw"
+        if not disk.bus:
+            disk.bus = default_disk_bus(disk.target)
+            if not disk.bus:
+                raise XMLError(f"cannot tell the bus of disk '{disk.target}'; set target bus")
+        _check_disk(disk, q35)
+        if disk.bus == "virtio":
+            if disk.address is not None and not isinstance(disk.address, PCIAddress):
+                raise XMLError(f"virtio disk '{disk.target}' needs a PCI address")
+            _need_device(caps, "virtio-blk-pci", "virtio disks")
+            continue
+        if disk.address is not None and not isinstance(disk.address, DriveAddress):
+            raise XMLError(f"{disk.bus} disk '{disk.target}' needs a drive address")
+        if disk.address is None:
+            disk.address = _default_drive_address(disk)
+    _check_drive_addresses(d)
+    # Controllers for every drive address, from index 0 up, as libvirt adds them.
+    for bus in ("ide", "sata", "scsi"):
+        highest = max(
+            (x.address.controller for x in d.disks if x.bus == bus and x.address is not None),
+            default=-1,
+        )
+        for index in range(highest + 1):
+            if d.controller(bus, index) is None:
+                ctl = Controller(type=bus, index=index)
+                if bus == "scsi":
+                    ctl.model = _default_scsi_model(caps)
+                _add_controller(d, ctl)
+
+
+def _check_disk(disk: Disk, q35: bool) -> None:
+    where = f"disk '{disk.target}'"
+    if disk.bus == "ide" and q35:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: q35 machines have no IDE bus; use bus='sata'"
+        )
+    if disk.readonly and disk.device == "disk" and disk.bus in ("ide", "sata"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: read-only IDE/SATA hard disks are not "
+            "supported (use a cdrom or another bus)"
+        )
+    if disk.io == "native" and disk.cache not in ("none", "directsync"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: io='native' needs cache='none' or "
+            "cache='directsync'"
+        )
+    if disk.rotation_rate is not None and disk.bus not in ("ide", "sata", "scsi"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: rotation_rate needs an IDE, SATA or SCSI disk"
+        )
+    if disk.wwn is not None and disk.bus not in ("ide", "sata", "scsi"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: <wwn> needs an IDE, SATA or SCSI disk"
+        )
+    if disk.device == "cdrom" and disk.copy_on_read == "on":
+        raise ConfigUnsupportedError(f"unsupported configuration: {where}: copy_on_read on a cdrom")
+    if disk.source is None and disk.device == "disk":
+        raise XMLError(f"{where} has no source (only a cdrom may be empty)")
+
+
+def _default_drive_address(disk: Disk) -> DriveAddress:
+    idx = disk_name_index(disk.target)
+    if disk.bus == "ide":
+        return DriveAddress(controller=idx // 4, bus=(idx % 4) // 2, unit=idx % 2)
+    if disk.bus == "sata":
+        return DriveAddress(controller=idx // 6, unit=idx % 6)
+    # SCSI: 15 usable ids per controller, skipping 7 (the controller's own id).
+    unit = idx % 15
+    return DriveAddress(controller=idx // 15, unit=unit + 1 if unit >= 7 else unit)
+
+
+def _check_drive_addresses(d: DomainDef) -> None:
+    seen: dict[tuple[str, int, int, int, int], str] = {}
+    for disk in d.disks:
+        addr = disk.address
+        if not isinstance(addr, DriveAddress):
+            continue
+        _check_drive_range(d, disk, addr)
+        key = (disk.bus, addr.controller, addr.bus, addr.target, addr.unit)
+        if key in seen:
+            raise XMLError(
+                f"disks '{seen[key]}' and '{disk.target}' have the same drive address "
+                f"(controller {addr.controller}, bus {addr.bus}, target {addr.target}, "
+                f"unit {addr.unit})"
+            )
+        seen[key] = disk.target
+
+
+def _check_drive_range(d: DomainDef, disk: Disk, addr: DriveAddress) -> None:
+    """Refuse drive addresses the emulated controller does not have (QEMU would)."""
+    if disk.bus == "ide":
+        limits = {"bus": 1, "target": 0, "unit": 1}
+        hint = "an IDE controller has buses 0 and 1 with units 0 and 1"
+    elif disk.bus == "sata":
+        limits = {"bus": 0, "target": 0, "unit": 5}
+        hint = "a SATA controller has ports (units) 0-5 on bus 0"
+    else:
+        ctl = d.controller("scsi", addr.controller)
+        if ctl is not None and ctl.model != "virtio-scsi":
+            limits = {"bus": 0, "target": 0, "unit": 6}
+            hint = f"a {ctl.model} controller has SCSI ids (units) 0-6 on bus 0, target 0"
+        else:
+            limits = {"bus": 0, "target": 255, "unit": 16383}
+            hint = "a virtio-scsi controller has bus 0, targets 0-255 and units 0-16383"
+    for key, limit in limits.items():
+        if getattr(addr, key) > limit:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: disk '{disk.target}' has drive address "
+                f"{key}={getattr(addr, key)}, which does not exist ({hint})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# network interfaces, character devices, video
+
+
+def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
+    macs: set[str] = set()
+    for nic in d.interfaces:
+        if nic.mac is None:
+            nic.mac = _random_mac(macs)
+        if nic.mac in macs:
+            raise XMLError(f"MAC address {nic.mac} is used by more than one interface")
+        macs.add(nic.mac)
+        if nic.model is None:
+            nic.model = next(
+                (m for m in ("rtl8139", "e1000", "virtio") if caps.has_device(NIC_DEVICE[m])),
+                "rtl8139",
+            )
+        _need_device(caps, NIC_DEVICE[nic.model], f"NIC model '{nic.model}'")
+
+
+def _random_mac(taken: set[str]) -> str:
+    # 52:54:00 is the prefix QEMU and libvirt use for locally generated addresses.
+    rng = random.SystemRandom()
+    while True:
+        mac = "52:54:00:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
+        if mac not in taken:
+            return mac
+
+
+def _chardevs(d: DomainDef) -> None:
+    for chr_ in d.serials:
+        if chr_.target_type is None:
+            chr_.target_type = chr_.target_model or "isa-serial"
+        if chr_.target_model is None:
+            chr_.target_model = chr_.target_type
+        if chr_.target_model != chr_.target_type:
+            raise XMLError("serial target model must match its target type")
+        if (
+            chr_.target_type != "isa-serial"
+            and chr_.address is not None
+            and not isinstance(chr_.address, PCIAddress)
+        ):
+            raise XMLError("a pci-serial port needs a PCI address")
+    used = {c.target_port for c in d.serials if c.target_port is not None}
+    for chr_ in d.serials:
+        if chr_.target_port is None:
+            port = 0
+            while port in used:
+                port += 1
+            chr_.target_port = port
+            used.add(port)
+    ports = [c.target_port for c in d.serials]
+    if len(ports) != len(set(ports)):
+        raise XMLError("two serial ports have the same target port")
+    isa = [c for c in d.serials if c.target_type == "isa-serial"]
+    if any((c.target_port or 0) > 3 for c in isa) or len(isa) > 4:
+        raise ConfigUnsupportedError("unsupported configuration: at most 4 ISA serial ports (0-3)")
+
+    # The console compatibility dance: on x86 the first console is serial port 0.
+    if d.consoles and d.consoles[0].target_type is None:
+        d.consoles[0].target_type = "serial"
+    for i, con in enumerate(d.consoles):
+        if con.target_type is None:
+            con.target_type = "virtio"
+        if con.target_type == "serial" and i > 0:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: only the first <console> can be a serial console"
+            )
+    if d.serials:
+        if not d.consoles or d.consoles[0].target_type != "serial":
+            d.consoles.insert(0, Chardev(kind="console", type=d.serials[0].type))
+        _mirror_serial(d.consoles[0], d.serials[0])
+    elif d.consoles and d.consoles[0].target_type == "serial":
+        con = d.consoles[0]
+        serial = Chardev(
+            kind="serial",
+            type=con.type,
+            source_path=con.source_path,
+            source_mode=con.source_mode,
+            source_append=con.source_append,
+            log_file=con.log_file,
+            log_append=con.log_append,
+            target_type="isa-serial",
+            target_model="isa-serial",
+            target_port=con.target_port or 0,
+        )
+        d.serials.append(serial)
+        _mirror_serial(con, serial)
+    for chr_ in d.channels:
+        if chr_.target_type != "virtio":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: only virtio channels are supported"
+            )
+
+
+def _mirror_serial(con: Chardev, serial: Chardev) -> None:
+    """Make ``con`` show serial port ``serial``, the way libvirt's console compat does."""
+    con.type = serial.type
+    con.source_path = serial.source_path
+    con.source_mode = serial.source_mode
+    con.source_append = serial.source_append
+    con.log_file = serial.log_file
+    con.log_append = serial.log_append
+    con.target_type = "serial"
+    con.target_port = serial.target_port
+    con.address = None
+
+
+def _videos(d: DomainDef, caps: QemuCapabilities) -> None:
+    if d.graphics and not d.videos:
+        d.videos.append(Video())
+    primaries = [v for v in d.videos if v.primary]
+    if len(primaries) > 1:
+        raise XMLError("only one video device can be primary")
+    if primaries and d.videos[0] is not primaries[0]:
+        d.videos.remove(primaries[0])
+        d.videos.insert(0, primaries[0])
+    for i, video in enumerate(d.videos):
+        if video.model is None:
+            video.model = "cirrus" if caps.has_device("cirrus-vga") else "vga"
+        if video.model == "none":
+            if len(d.videos) > 1:
+                raise XMLError("a video device of model 'none' must be the only one")
+            continue
+        if i == 0:
+            video.primary = True
+        elif video.model not in ("qxl", "virtio"):
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: a secondary video device must be qxl or virtio, "
+                f"not '{video.model}'"
+            )
+        video.heads = video.heads or 1
+        if video.model in ("vga", "cirrus", "bochs"):
+            video.vram = video.vram or 16384
+        elif video.model == "qxl":
+            video.vram = video.vram or 65536
+            video.ram = video.ram or 65536
+            video.vgamem = video.vgamem or 16384
+        if video.blob is not None and video.model != "virtio":
+            raise ConfigUnsupportedError("unsupported configuration: blob is only for virtio video")
+        if video.model != "qxl" and (video.ram or video.vgamem or video.vram64):
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: ram/vgamem/vram64 of a '{video.model}' video device"
+            )
+        device = VIDEO_DEVICE[video.model][0 if i == 0 else 1]
+        _need_device(caps, device, f"video model '{video.model}'")
+
+
+def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    ids = [a.id for a in d.audios]
+    if len(ids) != len(set(ids)):
+        raise XMLError("two <audio> elements have the same id")
+    for wd in d.watchdogs:
+        wd.action = wd.action or "reset"
+        if wd.model == "itco" and not q35:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: the itco watchdog is part of q35 machines only"
+            )
+        if wd.model != "i6300esb" and wd.address is not None:
+            raise XMLError(f"a {wd.model} watchdog cannot have an address")
+        if wd.model in ("i6300esb", "ib700"):
+            _need_device(caps, wd.model, f"watchdog '{wd.model}'")
+    if q35 and not any(w.model == "itco" for w in d.watchdogs):
+        action = d.watchdogs[0].action if d.watchdogs else "reset"
+        d.watchdogs.append(Watchdog(model="itco", action=action))
+    if len({w.action for w in d.watchdogs}) > 1:
+        raise ConfigUnsupportedError(
+            "unsupported configuration: all watchdogs must have the same action"
+        )
+    if len([w for w in d.watchdogs if w.model == "itco"]) > 1:
+        raise XMLError("there can be only one itco watchdog")
+    if d.has_memballoon:
+        _need_device(caps, "virtio-balloon-pci", "the memory balloon")
+    for rng in d.rngs:
+        if rng.backend == "random" and rng.backend_path is None:
+            rng.backend_path = "/dev/random"
+        _need_device(caps, "virtio-rng-pci", "virtio-rng")
+    for panic in d.panics:
+        panic.model = panic.model or "isa"
+        _need_device(caps, "pvpanic", "the ISA panic device")
+    if len(d.panics) > 1:
+        raise ConfigUnsupportedError("unsupported configuration: more than one <panic> device")
+    for inp in d.inputs:
+        if inp.bus == "virtio":
+            _need_device(caps, f"virtio-{inp.type}-pci", f"virtio {inp.type}")
+            if inp.address is not None and not isinstance(inp.address, PCIAddress):
+                raise XMLError("a virtio input device needs a PCI address")
+        elif inp.bus == "usb":
+            names = {"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}
+            _need_device(caps, names[inp.type], f"USB {inp.type}")
+            if inp.address is not None and not isinstance(inp.address, USBAddress):
+                raise XMLError("a USB input device needs a USB address")
+        elif inp.address is not None:
+            raise XMLError("a PS/2 input device cannot have an address")
+    for gfx in d.graphics:
+        for lst in gfx.listens:
+            if lst.type == "address" and lst.address is None:
+                lst.address = "127.0.0.1"
+        if not gfx.listens:
+            gfx.listens.append(GraphicsListen(type="address", address="127.0.0.1"))
+        if gfx.websocket not in (None, -1) and gfx.listens[0].type != "address":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: a VNC websocket needs a listen address"
+            )
+    if len(d.graphics) > 1:
+        raise ConfigUnsupportedError("unsupported configuration: more than one VNC display")
+
+
+# ---------------------------------------------------------------------------------------------
+# virtio-serial and USB ports
+
+
+def _assign_virtio_serial(d: DomainDef) -> None:
+    ports = [c for c in d.consoles if c.target_type == "virtio"]
+    wanted = [*ports, *d.channels]
+    if not wanted:
+        return
+    for chr_ in wanted:
+        index = chr_.address.controller if isinstance(chr_.address, VirtioSerialAddress) else 0
+        if d.controller("virtio-serial", index) is None:
+            _add_controller(d, Controller(type="virtio-serial", index=index))
+    used: dict[int, set[int]] = {}
+    for chr_ in wanted:
+        addr = chr_.address
+        if isinstance(addr, VirtioSerialAddress):
+            addr.bus = 0  # a virtio-serial controller has a single bus
+            if addr.port is not None:
+                ctl = d.controller("virtio-serial", addr.controller)
+                limit = (ctl.ports if ctl and ctl.ports else VIRTIO_SERIAL_PORTS) - 1
+                if addr.port > limit or (addr.port == 0 and chr_.kind == "channel"):
+                    raise XMLError(
+                        f"virtio-serial port {addr.port} is out of range for controller "
+                        f"{addr.controller} (channels use ports 1-{limit})"
+                    )
+                taken = used.setdefault(addr.controller, set())
+                if addr.port in taken:
+                    raise XMLError(
+                        f"virtio-serial port {addr.port} of controller {addr.controller} is "
+                        "used twice"
+                    )
+                taken.add(addr.port)
+    for chr_ in wanted:
+        addr = chr_.address
+        if isinstance(addr, VirtioSerialAddress) and addr.port is not None:
+            continue
+        first = 0 if chr_.kind == "console" else 1
+        controllers = sorted(
+            (c for c in d.controllers if c.type == "virtio-serial"), key=lambda c: c.index
+        )
+        if isinstance(addr, VirtioSerialAddress):
+            controllers = [c for c in controllers if c.index == addr.controller]
+        placed = False
+        for ctl in controllers:
+            taken = used.setdefault(ctl.index, set())
+            for port in range(first, ctl.ports or VIRTIO_SERIAL_PORTS):
+                if port not in taken:
+                    taken.add(port)
+                    chr_.address = VirtioSerialAddress(controller=ctl.index, port=port)
+                    placed = True
+                    break
+            if placed:
+                break
+        if not placed:
+            if isinstance(addr, VirtioSerialAddress):
+                raise XMLError(f"virtio-serial controller {addr.controller} has no free port")
+            index = max(c.index for c in d.controllers if c.type == "virtio-serial") + 1
+            _add_controller(d, Controller(type="virtio-serial", index=index))
+            used[index] = {first}
+            chr_.address = VirtioSerialAddress(controller=index, port=first)
+
+
+def _usb_tree(d: DomainDef) -> dict[int, int]:
+    """USB controller index -> number of root ports, for controllers that have a bus."""
+    tree: dict[int, int] = {}
+    for ctl in d.controllers:
+        if ctl.type != "usb" or ctl.model == "none" or ctl.model not in USB_PORTS:
+            continue
+        tree[ctl.index] = ctl.ports or USB_PORTS[ctl.model or ""]
+    return tree
+
+
+def _assign_usb(d: DomainDef) -> None:
+    devices: list[Input | Hub] = [*d.hubs, *(i for i in d.inputs if i.bus == "usb")]
+    if not devices:
+        return
+    roots = _usb_tree(d)
+    if not roots:
+        raise ConfigUnsupportedError(
+            "unsupported configuration: USB is disabled for this domain (USB controller "
+            "model 'none'), but it has USB devices"
+        )
+    available = sum(roots.values()) + USB_HUB_PORTS * len(d.hubs)
+    if len(devices) > available:
+        extra = -(-(len(devices) - available + 1) // (USB_HUB_PORTS - 1))
+        d.hubs.extend(Hub() for _ in range(extra))
+    # port path -> number of ports behind it (hubs) ; "" is the root of a controller
+    taken: dict[int, set[str]] = {index: set() for index in roots}
+    hubs_at: dict[int, list[str]] = {index: [] for index in roots}
+
+    def check(addr: USBAddress, what: str) -> None:
+        if addr.bus not in roots:
+            raise XMLError(f"{what}: there is no USB bus {addr.bus}")
+        parts = addr.port.split(".") if addr.port else []
+        if not parts or int(parts[0]) > roots[addr.bus]:
+            raise XMLError(f"{what}: USB port {addr.port} does not exist on bus {addr.bus}")
+        if any(int(p) > USB_HUB_PORTS for p in parts[1:]):
+            raise XMLError(f"{what}: USB hub port {addr.port} does not exist")
+        if addr.port in taken[addr.bus]:
+            raise XMLError(f"{what}: USB port {addr.port} of bus {addr.bus} is used twice")
+        taken[addr.bus].add(addr.port or "")
+
+    # Explicit addresses first (hubs before what may sit behind them).
+    for dev in [*d.hubs, *d.inputs]:
+        if isinstance(dev, Input) and dev.bus != "usb":
+            continue
+        if isinstance(dev.address, USBAddress) and dev.address.port:
+            check(dev.address, "USB device")
+            if isinstance(dev, Hub):
+                hubs_at[dev.address.bus].append(dev.address.port)
+
+    def free_port() -> USBAddress:
+        for bus, nports in roots.items():
+            level = [str(p) for p in range(1, nports + 1)]
+            while level:
+                for port in level:
+                    if port not in taken[bus]:
+                        return USBAddress(bus=bus, port=port)
+                level = [
+                    f"{hub}.{p}"
+                    for hub in level
+                    if hub in hubs_at[bus]
+                    for p in range(1, USB_HUB_PORTS + 1)
+                ]
+        raise ConfigUnsupportedError("unsupported configuration: no free USB port")
+
+    for dev in [*d.hubs, *(i for i in d.inputs if i.bus == "usb")]:
+        if isinstance(dev.address, USBAddress) and dev.address.port:
+            continue
+        bus = dev.address.bus if isinstance(dev.address, USBAddress) else None
+        addr = free_port()
+        if bus is not None and addr.bus != bus:
+            raise XMLError(f"USB bus {bus} has no free port")
+        dev.address = addr
+        taken[addr.bus].add(addr.port or "")
+        if isinstance(dev, Hub):
+            hubs_at[addr.bus].append(addr.port or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# aliases
+
+
+def assign_aliases(d: DomainDef) -> None:
+    """Give every device the alias libvirt would (``virtio-disk0``, ``net0``, ``usb``...).
+
+    User aliases (``ua-...``) are kept. Safe to call on any definition; devices whose alias
+    depends on an address they do not have yet are left without one.
+    """
+    q35 = machine_family(d.os.machine) == "q35"
+    scsi_models = {c.index: c.model for c in d.controllers if c.type == "scsi"}
+    user: set[str] = set()
+    for i, disk in enumerate(d.disks):
+        disk.node_index = len(d.disks) - i
+        if disk.user_alias:
+            user.add(disk.alias or "")
+            continue
+        addr = disk.address
+        if disk.bus == "virtio":
+            disk.alias = f"virtio-disk{disk_name_index(disk.target)}"
+        elif isinstance(addr, DriveAddress) and disk.bus in ("ide", "sata", "scsi"):
+            if disk.bus == "scsi" and scsi_models.get(addr.controller) != "lsilogic":
+                disk.alias = f"scsi{addr.controller}-{addr.bus}-{addr.target}-{addr.unit}"
+            else:
+                disk.alias = f"{disk.bus}{addr.controller}-{addr.bus}-{addr.unit}"
+        else:
+            disk.alias = None
+    for ctl in d.controllers:
+        if ctl.user_alias:
+            continue
+        if ctl.type == "pci":
+            ctl.alias = {"pci-root": "pci.0", "pcie-root": "pcie.0"}.get(
+                ctl.model or "", f"pci.{ctl.index}"
+            )
+        elif ctl.type == "usb":
+            ctl.alias = "usb" if ctl.index == 0 else f"usb{ctl.index}"
+        elif (ctl.type == "ide" and ctl.index == 0 and not q35) or (
+            ctl.type == "sata" and ctl.index == 0 and q35
+        ):
+            ctl.alias = "ide"
+        else:
+            ctl.alias = f"{ctl.type}{ctl.index}"
+    simple: list[tuple[list, str]] = [
+        (d.interfaces, "net"),
+        (d.serials, "serial"),
+        (d.channels, "channel"),
+        (d.inputs, "input"),
+        (d.videos, "video"),
+        (d.hubs, "hub"),
+        (d.watchdogs, "watchdog"),
+        (d.rngs, "rng"),
+    ]
+    for items, prefix in simple:
+        for i, item in enumerate(items):
+            if item.user_alias:
+                user.add(item.alias)
+            else:
+                item.alias = f"{prefix}{i}"
+    for i, con in enumerate(d.consoles):
+        if con.user_alias:
+            user.add(con.alias or "")
+        elif i == 0 and con.is_compat_console(d.serials):
+            con.alias = d.serials[0].alias
+        else:
+            con.alias = f"console{i}"
+    for chr_ in d.chardevs():
+        chr_.chardev_id = f"char{chr_.alias}" if chr_.alias else None
+    if d.memballoon is not None and d.memballoon.model != "none" and not d.memballoon.user_alias:
+        d.memballoon.alias = "balloon0"
+    taken = [dev.alias for dev in _all_devices(d) if dev.user_alias]
+    if len(taken) != len(set(taken)):
+        raise XMLError("two devices have the same user alias")
+
+
+def _all_devices(d: DomainDef) -> list:
+    return [
+        *d.disks,
+        *d.controllers,
+        *d.interfaces,
+        *d.serials,
+        *d.consoles,
+        *d.channels,
+        *d.inputs,
+        *d.videos,
+        *d.hubs,
+        *d.watchdogs,
+        *d.rngs,
+        *d.panics,
+        *([d.memballoon] if d.memballoon is not None else []),
+    ]
