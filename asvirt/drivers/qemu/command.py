@@ -1,0 +1,839 @@
+"""Domain definition -> QEMU command line.
+
+:func:`build_command` turns a prepared :class:`~asvirt.conf.domain.DomainDef` into the argv
+that starts its QEMU, the way libvirt's QEMU driver does: ``-nodefaults`` and every device
+spelled out with libvirt's ids (``virtio-disk0``, ``net0``, ``sata0-0-0``...), disks as
+``-blockdev`` node graphs named ``libvirt-N-storage``/``libvirt-N-format``, devices as JSON
+``-device`` objects, the QMP monitor on a unix socket, ``-S`` so the supervisor decides when
+the guest runs, and ``-no-shutdown`` so a guest power-off leaves QEMU alive to report it.
+
+The syntax is chosen from the probed capabilities, never by probing anything here. asvirt
+needs QEMU 6.2 or newer (libvirt's own minimum), which accepts JSON ``-device``, ``-object``
+and ``-audiodev``; ``-netdev`` and ``-chardev`` use the key=value syntax every version reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
+from ...conf.devices import Chardev, Controller, Disk
+from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.prepare import (
+    NIC_DEVICE,
+    SCSI_DEVICE,
+    USB_DEVICE,
+    VIDEO_DEVICE,
+    machine_family,
+    prepare_domain,
+)
+from ...errors import ConfigUnsupportedError
+from .capabilities import QemuCapabilities
+
+#: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
+MIN_QEMU_VERSION = (6, 2, 0)
+#: sun_path holds 108 bytes including the terminating NUL.
+_SUN_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """Where the QMP monitor listens.
+
+    ``fd``: a pre-opened *listening* unix socket passed to QEMU (QEMU accepts on it);
+    ``path``: a path QEMU binds itself. Exactly one must be set.
+    """
+
+    fd: int | None = None
+    path: str | None = None
+
+
+def build_command(
+    defn: DomainDef,
+    caps: QemuCapabilities,
+    *,
+    monitor: MonitorSpec,
+    log_path: str | None = None,
+    runtime_dir: str | None = None,
+) -> list[str]:
+    """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
+
+    ``argv[0]`` is ``defn.emulator`` (else ``caps.binary``). ``log_path`` is accepted for
+    interface stability and not used: QEMU's stdout and stderr go wherever the caller points
+    them. ``runtime_dir`` is where unix sockets without a configured path are placed (a guest
+    agent channel with ``<source mode='bind'/>``, a VNC socket); it defaults to the monitor
+    socket's directory. Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
+    """
+    del log_path
+    if (monitor.fd is None) == (monitor.path is None):
+        raise ValueError("MonitorSpec needs exactly one of fd and path")
+    if caps.version < MIN_QEMU_VERSION:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: QEMU {caps.version_string} is too old; asvirt needs "
+            f"QEMU {'.'.join(map(str, MIN_QEMU_VERSION))} or newer"
+        )
+    if runtime_dir is None and monitor.path is not None:
+        runtime_dir = os.path.dirname(monitor.path) or "."
+    if runtime_dir is not None and _needs_runtime_paths(defn):
+        defn = defn.copy()
+        fill_runtime_paths(defn, runtime_dir)
+    return _Builder(defn, caps).build(monitor)
+
+
+def domxml_to_native(xml_text: str, caps: QemuCapabilities, *, monitor_path: str) -> list[str]:
+    """Parse, prepare and build: the argv ``start`` would run for ``xml_text``."""
+    defn = prepare_domain(parse_domain_xml(xml_text), caps)
+    return build_command(defn, caps, monitor=MonitorSpec(path=monitor_path))
+
+
+def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
+    """Give unix sockets that have no configured path one under ``runtime_dir`` (in place).
+
+    libvirt does the same when it starts a domain (the guest agent socket, a VNC socket),
+    so the live XML names the socket a client should use.
+    """
+    for chr_ in defn.chardevs():
+        if chr_.type == "unix" and chr_.source_path is None:
+            name = chr_.target_name or chr_.alias or "chardev"
+            chr_.source_path = _socket_path(runtime_dir, f"{defn.uuid[:8]}-{name}.sock")
+    for gfx in defn.graphics:
+        for lst in gfx.listens:
+            if lst.type == "socket" and lst.socket is None:
+                lst.socket = _socket_path(runtime_dir, f"{defn.uuid[:8]}-vnc.sock")
+
+
+def links_down(defn: DomainDef) -> list[str]:
+    """Ids of the NICs configured with ``<link state='down'/>``.
+
+    QEMU has no command-line switch for this: set each one down with QMP
+    ``set_link {"name": ID, "up": false}`` before the guest runs, as libvirt does.
+    """
+    return [nic.alias for nic in defn.interfaces if nic.link_state == "down" and nic.alias]
+
+
+def _needs_runtime_paths(defn: DomainDef) -> bool:
+    return any(c.type == "unix" and c.source_path is None for c in defn.chardevs()) or any(
+        lst.type == "socket" and lst.socket is None for g in defn.graphics for lst in g.listens
+    )
+
+
+def _socket_path(directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: socket path '{path}' is longer than a unix socket "
+            "address allows; give the socket an explicit, shorter <source path=...>"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_cd_drive(disk: Disk) -> bool:
+    """Whether a block-device cdrom is a real optical drive (QEMU's host_cdrom driver).
+
+    libvirt asks the kernel; asvirt must not probe while building a command line, so it goes
+    by the names Linux gives optical drives. Anything else is opened as a plain block device.
+    """
+    src = disk.source or ""
+    return disk.device == "cdrom" and (
+        src.startswith("/dev/cdrom") or re.fullmatch(r"/dev/(sr|scd)\d+", src) is not None
+    )
+
+
+def _kv(value: str) -> str:
+    """Escape a value for QEMU's key=value option syntax (a comma is written twice)."""
+    return value.replace(",", ",,")
+
+
+def _json(props: dict[str, Any]) -> str:
+    return json.dumps(props, separators=(",", ":"))
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+_CACHE = {  # cache mode -> (cache.direct, cache.no-flush, device write-cache)
+    "none": (True, False, "on"),
+    "writethrough": (False, False, "off"),
+    "writeback": (False, False, "on"),
+    "directsync": (True, False, "off"),
+    "unsafe": (False, True, "on"),
+}
+_WATCHDOG_ACTION = {"dump": "pause"}  # QEMU has no 'dump'; libvirt pauses, then dumps
+_ERROR_POLICY = {"enospace": "enospc"}
+
+
+class _Builder:
+    def __init__(self, d: DomainDef, caps: QemuCapabilities) -> None:
+        self.d = d
+        self.caps = caps
+        self.argv: list[str] = []
+        self.q35 = machine_family(d.os.machine) == "q35"
+        if machine_family(d.os.machine) is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: machine type '{d.os.machine}' is not supported; "
+                "was the definition prepared?"
+            )
+        self.bootindex = self._boot_indexes()
+
+    def add(self, *args: str) -> None:
+        self.argv.extend(args)
+
+    def device(self, props: dict[str, Any]) -> None:
+        self.add("-device", _json({k: v for k, v in props.items() if v is not None}))
+
+    # -- the whole command line -------------------------------------------------------------------
+
+    def build(self, monitor: MonitorSpec) -> list[str]:
+        d = self.d
+        self.add(d.emulator or self.caps.binary)
+        self.add("-name", f"guest={_kv(d.name)},debug-threads=on")
+        self.add("-S")
+        self._machine()
+        self.add("-accel", "kvm" if d.domain_type == "kvm" else "tcg")
+        self._cpu()
+        self.add("-m", f"size={-(-d.memory_kib // 1024) * 1024}k")
+        self._smp()
+        self.add("-uuid", d.uuid)
+        if not d.graphics:
+            self.add("-display", "none")
+        self.add("-no-user-config", "-nodefaults")
+        if monitor.fd is not None:
+            chardev = f"socket,id=charmonitor,fd={monitor.fd},server=on,wait=off"
+        else:
+            chardev = f"socket,id=charmonitor,path={_kv(monitor.path or '')},server=on,wait=off"
+        self.add("-chardev", chardev)
+        self.add("-mon", "chardev=charmonitor,id=monitor,mode=control")
+        self._clock()
+        self.add("-no-shutdown")
+        self._pm()
+        self._boot()
+        self._controllers()
+        self._disks()
+        self._interfaces()
+        self._serials()
+        self._channels_and_consoles()
+        self._hubs_and_inputs()
+        self._audio()
+        self._graphics()
+        self._videos()
+        self._watchdogs()
+        self._memballoon()
+        self._rngs()
+        self._panics()
+        self.add("-msg", "timestamp=on")
+        return self.argv
+
+    # -- machine, CPU, memory ---------------------------------------------------------------------
+
+    def _machine(self) -> None:
+        d, f = self.d, self.d.features
+        opts = [d.os.machine or "", "usb=off"]
+        if f.vmport is not None:
+            opts.append(f"vmport={f.vmport}")
+        if f.smm is not None:
+            opts.append(f"smm={f.smm}")
+        opts.append(f"dump-guest-core={'on' if d.dump_core == 'on' else 'off'}")
+        hpet = d.clock.timer("hpet")
+        if hpet is not None and hpet.present is False:
+            if self.caps.at_least(7, 2):
+                opts.append("hpet=off")
+            else:
+                self.add("-no-hpet")
+        opts.append(f"acpi={_onoff(f.acpi == 'on')}")
+        self.add("-machine", ",".join(opts))
+
+    def _cpu(self) -> None:
+        d = self.d
+        cpu = d.cpu
+        kvm = d.domain_type == "kvm"
+        opts: list[str] = []
+        if cpu is None or cpu.mode == "custom":
+            opts.append(cpu.model if cpu is not None and cpu.model else "qemu64")
+        elif cpu.mode == "host-passthrough":
+            opts.append("host")
+            if cpu.migratable is not None:
+                opts.append(f"migratable={cpu.migratable}")
+        elif cpu.mode == "host-model":
+            # libvirt computes a named model from the host CPU; asvirt asks KVM for the host
+            # CPU minus what cannot migrate, or TCG for everything it can emulate.
+            opts.extend(["host", "migratable=on"] if kvm else ["max"])
+        else:  # maximum
+            opts.append("max")
+        if cpu is not None:
+            for feat in cpu.features:
+                on = feat.policy in ("force", "require", "optional")
+                opts.append(f"{feat.name}={_onoff(on)}")
+        kvmclock = d.clock.timer("kvmclock")
+        if kvmclock is not None and kvmclock.present is not None:
+            opts.append(f"kvmclock={_onoff(kvmclock.present)}")
+        if d.features.apic_eoi is not None:
+            opts.append(f"kvm-pv-eoi={d.features.apic_eoi}")
+        self.add("-cpu", ",".join(opts))
+
+    def _smp(self) -> None:
+        d = self.d
+        opts = [str(d.vcpus)]
+        if d.vcpus != d.max_vcpus:
+            opts.append(f"maxcpus={d.max_vcpus}")
+        topo = d.cpu.topology if d.cpu is not None else None
+        if topo is not None:
+            opts.append(f"sockets={topo.sockets}")
+            opts.append(f"dies={topo.dies or 1}")
+            if self.caps.at_least(7, 0):
+                opts.append(f"clusters={topo.clusters or 1}")
+            opts.append(f"cores={topo.cores}")
+            opts.append(f"threads={topo.threads}")
+        else:
+            opts.extend([f"sockets={d.max_vcpus}", "cores=1", "threads=1"])
+        self.add("-smp", ",".join(opts))
+
+    def _clock(self) -> None:
+        c = self.d.clock
+        if c.offset == "variable":
+            now = time.time() + int(c.adjustment or 0)
+            if c.basis == "localtime":
+                base = _dt.datetime.fromtimestamp(now).strftime("%Y-%m-%dT%H:%M:%S")
+            else:
+                base = _dt.datetime.fromtimestamp(now, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        elif c.offset == "absolute":
+            base = _dt.datetime.fromtimestamp(c.start or 0, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        else:
+            base = c.offset  # utc | localtime
+        opts = [f"base={base}"]
+        rtc = c.timer("rtc")
+        if rtc is not None:
+            track = {"guest": "vm", "wall": "host", "realtime": "rt"}
+            if rtc.track == "boot":
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: <timer name='rtc' track='boot'> is not "
+                    "supported by QEMU"
+                )
+            if rtc.track is not None:
+                opts.append(f"clock={track[rtc.track]}")
+            if rtc.tickpolicy == "catchup":
+                opts.append("driftfix=slew")
+            elif rtc.tickpolicy in ("merge", "discard"):
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: rtc tickpolicy '{rtc.tickpolicy}'"
+                )
+            if rtc.present is False:
+                raise ConfigUnsupportedError("unsupported configuration: a PC cannot lose its rtc")
+        self.add("-rtc", ",".join(opts))
+        pit = c.timer("pit")
+        if pit is not None:
+            if pit.tickpolicy in ("delay", "discard"):
+                self.add("-global", f"kvm-pit.lost_tick_policy={pit.tickpolicy}")
+            elif pit.tickpolicy == "merge":
+                raise ConfigUnsupportedError("unsupported configuration: pit tickpolicy 'merge'")
+            if pit.present is False:
+                raise ConfigUnsupportedError("unsupported configuration: a PC cannot lose its pit")
+
+    def _pm(self) -> None:
+        d = self.d
+        dev = "ICH9-LPC" if self.q35 else "PIIX4_PM"
+        if d.suspend_to_mem is not None:
+            self.add("-global", f"{dev}.disable_s3={0 if d.suspend_to_mem else 1}")
+        if d.suspend_to_disk is not None:
+            self.add("-global", f"{dev}.disable_s4={0 if d.suspend_to_disk else 1}")
+
+    def _boot(self) -> None:
+        os_ = self.d.os
+        opts = []
+        if os_.bootmenu is not None:
+            opts.append(f"menu={_onoff(os_.bootmenu)}")
+            if os_.bootmenu and os_.bootmenu_timeout is not None:
+                opts.append(f"splash-time={os_.bootmenu_timeout}")
+        if os_.reboot_timeout is not None:
+            opts.append(f"reboot-timeout={os_.reboot_timeout}")
+        opts.append("strict=on")
+        self.add("-boot", ",".join(opts))
+        root = self.d.controller("pci", 0)
+        if root is not None and root.hotplug is not None:
+            if self.q35:
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: hotplug setting of pcie-root"
+                )
+            self.add("-global", f"PIIX4_PM.acpi-root-pci-hotplug={root.hotplug}")
+        if os_.kernel is not None:
+            self.add("-kernel", os_.kernel)
+        if os_.initrd is not None:
+            self.add("-initrd", os_.initrd)
+        if os_.cmdline is not None:
+            self.add("-append", os_.cmdline)
+
+    def _boot_indexes(self) -> dict[int, int]:
+        """id(device) -> bootindex, from <os><boot dev=...> or per-device <boot order>."""
+        d = self.d
+        out: dict[int, int] = {}
+        for dev in (*d.disks, *d.interfaces):
+            if dev.boot_order is not None:
+                out[id(dev)] = dev.boot_order
+        if out:
+            return out
+        for n, kind in enumerate(d.os.boot_devices, start=1):
+            if kind == "network":
+                target: Any = d.interfaces[0] if d.interfaces else None
+            else:
+                want = "cdrom" if kind == "cdrom" else "disk"
+                target = next((x for x in d.disks if x.device == want and kind != "fd"), None)
+            if target is not None and id(target) not in out:
+                out[id(target)] = n
+        return out
+
+    # -- PCI placement ----------------------------------------------------------------------------
+
+    def _bus_name(self, index: int) -> str:
+        ctl = self.d.controller("pci", index)
+        if ctl is None or ctl.alias is None:
+            raise ConfigUnsupportedError(f"unsupported configuration: PCI bus {index} is missing")
+        return ctl.alias
+
+    def _pci(self, props: dict[str, Any], addr: Any, what: str) -> dict[str, Any]:
+        if not isinstance(addr, PCIAddress) or addr.is_unset():
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: {what} has no PCI address; prepare the domain first"
+            )
+        props["bus"] = self._bus_name(addr.bus)
+        if addr.multifunction is not None:
+            props["multifunction"] = addr.multifunction == "on"
+        props["addr"] = addr.qemu_addr
+        return props
+
+    # -- controllers ------------------------------------------------------------------------------
+
+    def _controllers(self) -> None:
+        order = ("pci", "usb", "scsi", "ide", "sata", "fdc", "virtio-serial")
+        ctls = sorted(self.d.controllers, key=lambda c: order.index(c.type))
+        usb = [c for c in ctls if c.type == "usb"]
+        for ctl in ctls:
+            if ctl.type == "usb":
+                if ctl is usb[0]:
+                    self._usb_controllers(usb)
+                continue
+            self._controller(ctl)
+
+    def _controller(self, ctl: Controller) -> None:
+        what = f"{ctl.type} controller {ctl.index}"
+        if ctl.type == "pci":
+            if ctl.model in ("pci-root", "pcie-root"):
+                return
+            props: dict[str, Any] = {"driver": ctl.model_name}
+            if ctl.model == "pci-bridge":
+                props["chassis_nr"] = ctl.chassis_nr
+            elif ctl.model == "pcie-root-port":
+                props["port"] = ctl.port
+                props["chassis"] = ctl.chassis
+                if ctl.hotplug is not None:
+                    props["hotplug"] = ctl.hotplug == "on"
+            props["id"] = ctl.alias
+            self.device(self._pci(props, ctl.address, what))
+        elif ctl.type == "scsi":
+            props = {"driver": SCSI_DEVICE[ctl.model or ""], "id": ctl.alias}
+            self.device(self._pci(props, ctl.address, what))
+        elif ctl.type == "sata":
+            if self.q35 and ctl.index == 0:
+                return  # the ICH9 AHCI controller is part of the machine
+            self.device(self._pci({"driver": "ahci", "id": ctl.alias}, ctl.address, what))
+        elif ctl.type == "virtio-serial":
+            props = {
+                "driver": "virtio-serial-pci",
+                "id": ctl.alias,
+                "max_ports": ctl.ports,
+                "vectors": ctl.vectors,
+            }
+            self.device(self._pci(props, ctl.address, what))
+        # ide 0 (PIIX3) and fdc 0 are part of the i440FX machine: nothing to add.
+
+    def _usb_controllers(self, usb: list[Controller]) -> None:
+        # Per index, the controller that owns the bus goes first: companions name it.
+        for index in sorted({c.index for c in usb}):
+            group = [c for c in usb if c.index == index]
+            group.sort(key=lambda c: c.model in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3"))
+            for ctl in group:
+                if ctl.model == "none":
+                    continue
+                what = f"USB controller {ctl.index}"
+                props: dict[str, Any] = {"driver": USB_DEVICE[ctl.model or ""]}
+                if ctl.master_startport is not None:
+                    master = f"usb{ctl.index}" if ctl.index else "usb"
+                    props["masterbus"] = f"{master}.0"
+                    props["firstport"] = ctl.master_startport
+                else:
+                    if ctl.ports is not None:
+                        props["p2"] = ctl.ports
+                        props["p3"] = ctl.ports
+                    props["id"] = ctl.alias
+                self.device(self._pci(props, ctl.address, what))
+
+    # -- disks ------------------------------------------------------------------------------------
+
+    def _disks(self) -> None:
+        for disk in self.d.disks:
+            top = self._blockdevs(disk) if disk.source is not None else None
+            self.device(self._disk_device(disk, top))
+
+    def _blockdevs(self, disk: Disk) -> str:
+        n = disk.node_index
+        storage_name = f"libvirt-{n}-storage"
+        if disk.type == "block":
+            driver = "host_cdrom" if _is_cd_drive(disk) else "host_device"
+        else:
+            driver = "file"
+        readonly = disk.readonly or disk.device == "cdrom"
+        layered = disk.format != "raw"
+        cache = None
+        if disk.cache not in (None, "default"):
+            direct, no_flush, _ = _CACHE[disk.cache]
+            cache = {"direct": direct, "no-flush": no_flush}
+        storage: dict[str, Any] = {"driver": driver, "filename": disk.source}
+        if disk.io is not None:
+            storage["aio"] = disk.io
+        storage["node-name"] = storage_name
+        if layered:
+            storage["auto-read-only"] = True
+            storage["discard"] = "unmap"
+        else:
+            storage["read-only"] = readonly
+            if disk.discard is not None:
+                storage["discard"] = disk.discard
+            if disk.detect_zeroes is not None:
+                storage["detect-zeroes"] = self._detect_zeroes(disk)
+        if cache is not None:
+            storage["cache"] = cache
+        self.add("-blockdev", _json(storage))
+        top = storage_name
+        if layered:
+            fmt: dict[str, Any] = {"node-name": f"libvirt-{n}-format", "read-only": readonly}
+            if disk.discard is not None:
+                fmt["discard"] = disk.discard
+            if cache is not None:
+                fmt["cache"] = cache
+            if disk.detect_zeroes is not None:
+                fmt["detect-zeroes"] = self._detect_zeroes(disk)
+            fmt["driver"] = disk.format
+            fmt["file"] = storage_name
+            self.add("-blockdev", _json(fmt))
+            top = f"libvirt-{n}-format"
+        if disk.copy_on_read == "on":
+            cor = {
+                "driver": "copy-on-read",
+                "node-name": f"libvirt-CoR-{disk.target}",
+                "file": top,
+                "discard": "unmap",
+            }
+            self.add("-blockdev", _json(cor))
+            top = cor["node-name"]
+        return top
+
+    @staticmethod
+    def _detect_zeroes(disk: Disk) -> str:
+        # 'unmap' only works when discards reach the storage; libvirt falls back to 'on'.
+        if disk.detect_zeroes == "unmap" and disk.discard != "unmap":
+            return "on"
+        return disk.detect_zeroes or "off"
+
+    def _disk_device(self, disk: Disk, drive: str | None) -> dict[str, Any]:
+        cdrom = disk.device == "cdrom"
+        addr = disk.address
+        props: dict[str, Any] = {}
+        if disk.bus == "virtio":
+            props = self._pci({"driver": "virtio-blk-pci"}, addr, f"disk '{disk.target}'")
+        else:
+            assert isinstance(addr, DriveAddress)
+            ctl = self.d.controller(disk.bus, addr.controller)
+            if ctl is None or ctl.alias is None:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: disk '{disk.target}' is on {disk.bus} "
+                    f"controller {addr.controller}, which does not exist"
+                )
+            if disk.bus == "ide":
+                props = {"driver": "ide-cd" if cdrom else "ide-hd"}
+                props["bus"] = f"ide.{addr.bus}"
+                props["unit"] = addr.unit
+            elif disk.bus == "sata":
+                props = {"driver": "ide-cd" if cdrom else "ide-hd"}
+                props["bus"] = f"{ctl.alias}.{addr.unit}"
+            else:
+                props = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"{ctl.alias}.0"}
+                if ctl.model == "lsilogic":
+                    props["scsi-id"] = addr.unit
+                else:
+                    props["channel"] = addr.bus
+                    props["scsi-id"] = addr.target
+                    props["lun"] = addr.unit
+                props["device_id"] = disk.serial or f"drive-{disk.alias}"
+        if drive is not None:
+            props["drive"] = drive
+        props["id"] = disk.alias
+        props["bootindex"] = self.bootindex.get(id(disk))
+        if disk.cache not in (None, "default"):
+            props["write-cache"] = _CACHE[disk.cache][2]
+        if not cdrom:
+            for key, policy in (("werror", disk.error_policy), ("rerror", disk.rerror_policy)):
+                if policy is not None:
+                    props[key] = _ERROR_POLICY.get(policy, policy)
+            if disk.error_policy not in (None, "enospace") and disk.rerror_policy is None:
+                props["rerror"] = disk.error_policy  # reads follow the write policy
+        props["rotation_rate"] = disk.rotation_rate
+        if disk.wwn is not None:
+            props["wwn"] = int(disk.wwn, 16)
+        if disk.serial is not None:
+            props["serial"] = disk.serial
+        return props
+
+    # -- network ----------------------------------------------------------------------------------
+
+    def _interfaces(self) -> None:
+        for i, nic in enumerate(self.d.interfaces):
+            netdev = f"hostnet{i}"
+            self.add("-netdev", f"user,id={netdev}")
+            props: dict[str, Any] = {
+                "driver": NIC_DEVICE[nic.model or "rtl8139"],
+                "netdev": netdev,
+                "id": nic.alias,
+                "mac": nic.mac,
+            }
+            props = self._pci(props, nic.address, f"interface {i}")
+            props["bootindex"] = self.bootindex.get(id(nic))
+            self.device(props)
+
+    # -- character devices ------------------------------------------------------------------------
+
+    def _chardev(self, chr_: Chardev) -> str:
+        cid = chr_.chardev_id or f"char{chr_.alias}"
+        if chr_.type == "pty":
+            opts = [f"pty,id={cid}"]
+        elif chr_.type == "file":
+            opts = [f"file,id={cid},path={_kv(chr_.source_path or '')}"]
+            if chr_.source_append is not None:
+                opts.append(f"append={chr_.source_append}")
+        elif chr_.type == "unix":
+            if chr_.source_path is None:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {chr_.kind} '{chr_.alias}' has no socket path "
+                    "and no runtime directory was given to place one"
+                )
+            opts = [f"socket,id={cid},path={_kv(chr_.source_path)}"]
+            if chr_.source_mode == "bind":
+                opts.append("server=on,wait=off")
+            elif chr_.reconnect is not False:
+                # A client socket whose listener is not up yet would make QEMU refuse to
+                # start. asvirt lets it retry instead (every second unless <reconnect> says
+                # otherwise); <reconnect enabled='no'/> restores fail-at-start.
+                seconds = chr_.reconnect_timeout or 1
+                if self.caps.at_least(9, 2):
+                    opts.append(f"reconnect-ms={seconds * 1000}")
+                else:
+                    opts.append(f"reconnect={seconds}")
+        else:  # vc | null
+            opts = [f"{chr_.type},id={cid}"]
+        if chr_.log_file is not None:
+            opts.append(f"logfile={_kv(chr_.log_file)}")
+            if chr_.log_append is not None:
+                opts.append(f"logappend={chr_.log_append}")
+        self.add("-chardev", ",".join(opts))
+        return cid
+
+    def _serials(self) -> None:
+        for i, ser in enumerate(self.d.serials):
+            cid = self._chardev(ser)
+            if ser.target_type == "pci-serial":
+                props = {"driver": "pci-serial", "chardev": cid, "id": ser.alias}
+                self.device(self._pci(props, ser.address, f"serial {i}"))
+            else:
+                self.device(
+                    {
+                        "driver": "isa-serial",
+                        "chardev": cid,
+                        "id": ser.alias,
+                        "index": ser.target_port,
+                    }
+                )
+
+    def _channels_and_consoles(self) -> None:
+        # Channels first: they name their ports; consoles then take what is left.
+        for chr_ in self.d.channels:
+            cid = self._chardev(chr_)
+            props = {"driver": "virtserialport", **self._vser(chr_), "chardev": cid}
+            props["id"] = chr_.alias
+            props["name"] = chr_.target_name
+            self.device(props)
+        for con in self.d.consoles:
+            if con.target_type != "virtio":
+                continue  # the serial console is serial port 0, already there
+            cid = self._chardev(con)
+            self.device(
+                {"driver": "virtconsole", **self._vser(con), "chardev": cid, "id": con.alias}
+            )
+
+    def _vser(self, chr_: Chardev) -> dict[str, Any]:
+        addr = chr_.address
+        if not isinstance(addr, VirtioSerialAddress) or addr.port is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: {chr_.kind} '{chr_.alias}' has no virtio-serial "
+                "port; prepare the domain first"
+            )
+        ctl = self.d.controller("virtio-serial", addr.controller)
+        if ctl is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: virtio-serial controller {addr.controller} is missing"
+            )
+        return {"bus": f"{ctl.alias}.0", "nr": addr.port}
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _usb(self, props: dict[str, Any], addr: Any, what: str) -> dict[str, Any]:
+        if not isinstance(addr, USBAddress) or addr.port is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: {what} has no USB port; prepare the domain first"
+            )
+        props["bus"] = f"{'usb' if addr.bus == 0 else f'usb{addr.bus}'}.0"
+        props["port"] = addr.port
+        return props
+
+    def _hubs_and_inputs(self) -> None:
+        for i, hub in enumerate(self.d.hubs):
+            self.device(self._usb({"driver": "usb-hub", "id": hub.alias}, hub.address, f"hub {i}"))
+        usb_names = {"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}
+        for i, inp in enumerate(self.d.inputs):
+            if inp.bus == "usb":
+                props = {"driver": usb_names[inp.type], "id": inp.alias}
+                self.device(self._usb(props, inp.address, f"input {i}"))
+            elif inp.bus == "virtio":
+                props = {"driver": f"virtio-{inp.type}-pci", "id": inp.alias}
+                self.device(self._pci(props, inp.address, f"input {i}"))
+
+    # -- audio, graphics, video -------------------------------------------------------------------
+
+    def _audio(self) -> None:
+        keys = {
+            "mixingEngine": "mixing-engine",
+            "fixedSettings": "fixed-settings",
+            "voices": "voices",
+            "bufferLength": "buffer-length",
+        }
+        for audio in self.d.audios:
+            props: dict[str, Any] = {"id": f"audio{audio.id}", "driver": audio.type}
+            if audio.timer_period is not None:
+                props["timer-period"] = audio.timer_period
+            for direction, qkey in (("input", "in"), ("output", "out")):
+                opts = audio.directions.get(direction)
+                if not opts:
+                    continue
+                sub: dict[str, Any] = {}
+                for key, value in opts.items():
+                    if key == "settings":
+                        sub.update(value)  # type: ignore[arg-type]
+                    elif value in ("yes", "no"):
+                        sub[keys[key]] = value == "yes"
+                    else:
+                        sub[keys[key]] = value
+                props[qkey] = sub
+            self.add("-audiodev", _json(props))
+
+    def _graphics(self) -> None:
+        for gfx in self.d.graphics:
+            lst = gfx.listens[0] if gfx.listens else None
+            if lst is None or lst.type == "address":
+                host = lst.address if lst is not None and lst.address else "127.0.0.1"
+                if ":" in host:
+                    host = f"[{host}]"
+                if gfx.autoport is not False and (gfx.port in (None, -1) or gfx.autoport):
+                    opts = [f"{host}:0", "to=99"]  # QEMU picks the first free display
+                else:
+                    opts = [f"{host}:{(gfx.port or 5900) - 5900}"]
+            elif lst.type == "socket":
+                opts = [f"vnc=unix:{_kv(lst.socket or '')}"]
+            else:
+                opts = ["none"]
+            if gfx.websocket is not None:
+                opts.append("websocket=on" if gfx.websocket == -1 else f"websocket={gfx.websocket}")
+            if gfx.share_policy is not None:
+                opts.append(f"share={gfx.share_policy}")
+            if self.d.audios:
+                opts.append(f"audiodev=audio{self.d.audios[0].id}")
+            self.add("-vnc", ",".join(opts))
+
+    def _videos(self) -> None:
+        for i, video in enumerate(self.d.videos):
+            if video.model == "none" or video.model is None:
+                continue
+            props: dict[str, Any] = {"driver": VIDEO_DEVICE[video.model][0 if i == 0 else 1]}
+            props["id"] = video.alias
+            if video.model == "vga":
+                props["vgamem_mb"] = (video.vram or 16384) // 1024
+            elif video.model == "qxl":
+                props["max_outputs"] = video.heads or 1
+                props["ram_size"] = (video.ram or 65536) * 1024
+                props["vram_size"] = (video.vram or 65536) * 1024
+                props["vram64_size_mb"] = (video.vram64 or 0) // 1024
+                props["vgamem_mb"] = (video.vgamem or 16384) // 1024
+            elif video.model == "virtio":
+                props["max_outputs"] = video.heads or 1
+                if video.blob is not None:
+                    props["blob"] = video.blob == "on"
+            elif video.model == "bochs":
+                props["vgamem"] = (video.vram or 16384) * 1024
+            self.device(self._pci(props, video.address, f"video {i}"))
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    def _watchdogs(self) -> None:
+        wds = self.d.watchdogs
+        for i, wd in enumerate(wds):
+            if wd.model == "ib700":
+                self.device({"driver": "ib700", "id": wd.alias})
+            elif wd.model == "i6300esb":
+                self.device(
+                    self._pci({"driver": "i6300esb", "id": wd.alias}, wd.address, f"watchdog {i}")
+                )
+            else:  # itco: the TCO timer of the ICH9 LPC; let it reset the machine
+                self.add("-global", "ICH9-LPC.noreboot=off")
+        if wds:
+            action = wds[0].action or "reset"
+            self.add("-watchdog-action", _WATCHDOG_ACTION.get(action, action))
+
+    def _memballoon(self) -> None:
+        bal = self.d.memballoon
+        if bal is None or bal.model == "none":
+            return
+        props: dict[str, Any] = {"driver": "virtio-balloon-pci", "id": bal.alias}
+        if bal.autodeflate is not None:
+            props["deflate-on-oom"] = bal.autodeflate == "on"
+        if bal.free_page_reporting is not None:
+            props["free-page-reporting"] = bal.free_page_reporting == "on"
+        self.device(self._pci(props, bal.address, "the memory balloon"))
+
+    def _rngs(self) -> None:
+        for i, rng in enumerate(self.d.rngs):
+            obj = f"obj{rng.alias}"
+            if rng.backend == "builtin":
+                self.add("-object", _json({"qom-type": "rng-builtin", "id": obj}))
+            else:
+                self.add(
+                    "-object",
+                    _json({"qom-type": "rng-random", "id": obj, "filename": rng.backend_path}),
+                )
+            props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": rng.alias}
+            if rng.rate_bytes is not None:
+                props["max-bytes"] = rng.rate_bytes
+                props["period"] = rng.rate_period or 1000
+            self.device(self._pci(props, rng.address, f"rng {i}"))
+
+    def _panics(self) -> None:
+        for panic in self.d.panics:
+            props: dict[str, Any] = {"driver": "pvpanic"}
+            addr = panic.address
+            if addr is not None and addr.iobase is not None:  # type: ignore[union-attr]
+                props["ioport"] = addr.iobase  # type: ignore[union-attr]
+            self.device(props)
