@@ -37,7 +37,7 @@ from .devices import (
 )
 from .names import validate_name
 from .units import parse_kib
-from .xmlnode import Node, XElem
+from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ def canonical_uuid(text: str) -> str:
     """The canonical lowercase 8-4-4-4-12 form of a UUID in any libvirt-accepted spelling."""
     compact = text.strip().replace("-", "")
     if not _UUID_RE.match(compact):
-        raise XMLError(f"invalid UUID '{text.strip()}'")
+        raise InvalidValueError(f"invalid UUID '{text.strip()}'")
     return str(_uuid.UUID(compact))
 
 
@@ -530,7 +530,7 @@ def _parse_memory(node: Node, d: DomainDef) -> None:
     d.dump_core = mem.onoff("dumpCore")
     mem.finish()
     if d.memory_kib == 0:
-        raise XMLError("memory size must be greater than zero")
+        raise InvalidValueError("memory size must be greater than zero")
     cur = node.child("currentMemory")
     if cur is not None:
         d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")

@@ -114,6 +114,8 @@ class _AddressSet:
         self.buses = buses
         self.dry_run = dry_run
         self._grow_model = grow
+        #: Buses added for a pcie-to-pci-bridge whose own slot was reserved with them.
+        self.preplaced: set[int] = set()
 
     def bus(self, index: int, what: str, *, ctype: int) -> _Bus:
         while index >= len(self.buses):
@@ -152,7 +154,15 @@ class _AddressSet:
                     return bus.index, n, min(set(range(8)) - slot.functions)
         if not self.dry_run:
             raise ConfigUnsupportedError(f"unsupported configuration: no free PCI slot for {what}")
-        bus = _Bus(len(self.buses), self._grow_model(ctype))
+        model = self._grow_model(ctype)
+        if model == "pcie-to-pci-bridge":
+            # The bridge needs a root port to sit in: add that first (so it gets the lower
+            # index, like a parent should) and keep its slot for the bridge.
+            port = _Bus(len(self.buses), "pcie-root-port")
+            self.buses.append(port)
+            port.slot(0).functions.add(0)
+            self.preplaced.add(port.index + 1)
+        bus = _Bus(len(self.buses), model)
         self.buses.append(bus)
         return bus.index, bus.min_slot, 0
 
@@ -206,7 +216,8 @@ def assign_pci_addresses(d: DomainDef, *, q35: bool, has_pcie_pci_bridge: bool) 
         if _find_pci(d, i) is None:
             ctl = Controller(type="pci", index=i, model=aset.buses[i].model)
             _insert(d, ctl)
-            aset.reserve_next(_CONTROLLER_CTYPE[ctl.model or ""], f"PCI controller {i}")
+            if i not in aset.preplaced:
+                aset.reserve_next(_CONTROLLER_CTYPE[ctl.model or ""], f"PCI controller {i}")
         i += 1
     for obj, addr in saved:
         obj.address = addr  # type: ignore[attr-defined]

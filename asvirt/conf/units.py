@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import XMLError
+from .xmlnode import InvalidValueError
 
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 _UNIT_RE = re.compile(r"^(?:(?P<bytes>b(?:ytes?)?)|(?P<p>[kmgtpe])(?P<suffix>ib|b)?)$")
@@ -20,7 +20,7 @@ _NUMBER_RE = re.compile(r"^\s*\+?(\d+)\s*$")
 MAX_MEMORY_KIB = (1 << 53) - 1
 
 
-class UnitError(XMLError):
+class UnitError(InvalidValueError):
     """A size has an unknown unit or is not a number."""
 
 

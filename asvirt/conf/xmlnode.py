@@ -19,6 +19,10 @@ from lxml import etree
 from ..errors import ConfigUnsupportedError, XMLError
 
 
+class InvalidValueError(XMLError):
+    """A value is malformed or out of range (``index='x'``, memory 0, a bad UUID...)."""
+
+
 def _local(el: etree._Element) -> str:
     tag = el.tag
     if not isinstance(tag, str):
@@ -80,7 +84,9 @@ class Node:
         if value is None:
             return None
         if value not in ("yes", "no"):
-            raise XMLError(f"invalid value '{value}' for {name} of {self.where}: use yes or no")
+            raise InvalidValueError(
+                f"invalid value '{value}' for {name} of {self.where}: use yes or no"
+            )
         return value == "yes"
 
     def onoff(self, name: str) -> str | None:
@@ -88,7 +94,9 @@ class Node:
         if value is None:
             return None
         if value not in ("on", "off"):
-            raise XMLError(f"invalid value '{value}' for {name} of {self.where}: use on or off")
+            raise InvalidValueError(
+                f"invalid value '{value}' for {name} of {self.where}: use on or off"
+            )
         return value
 
     def integer(
@@ -120,10 +128,12 @@ class Node:
             if text[:1] in "+" or "_" in text:
                 raise ValueError(text)
         except ValueError:
-            raise XMLError(f"invalid value '{value}' for {name} of {self.where}") from None
+            raise InvalidValueError(f"invalid value '{value}' for {name} of {self.where}") from None
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             bounds = f"{minimum if minimum is not None else '...'}-{maximum or '...'}"
-            raise XMLError(f"value {number} for {name} of {self.where} is out of range {bounds}")
+            raise InvalidValueError(
+                f"value {number} for {name} of {self.where} is out of range {bounds}"
+            )
         return number
 
     # -- children --------------------------------------------------------------------------------

@@ -24,6 +24,18 @@ from ..errors import XMLError
 MAX_XML_BYTES = 10 * 1024 * 1024
 
 
+class MalformedXMLError(XMLError):
+    """The document is not well-formed XML (or is empty)."""
+
+
+class UnsafeXMLError(XMLError):
+    """The document has a DOCTYPE, entity declarations or entity references."""
+
+
+class XMLTooLargeError(XMLError):
+    """The document is larger than the size limit."""
+
+
 def _parser(encoding: str | None) -> etree.XMLParser:
     # A new parser per call: lxml parsers must not be shared between threads, and
     # creating one costs microseconds.
@@ -55,38 +67,38 @@ def parse_xml(data: str | bytes, *, max_bytes: int = MAX_XML_BYTES) -> etree._El
         raw = bytes(data)
         parser_encoding = None
     else:
-        raise XMLError(f"XML must be text or bytes, not {type(data).__name__}")
+        raise MalformedXMLError(f"XML must be text or bytes, not {type(data).__name__}")
     if len(raw) > max_bytes:
         raise _too_big(max_bytes)
     if not raw.strip():
-        raise XMLError("XML document is empty")
+        raise MalformedXMLError("XML document is empty")
     # Only ASCII-compatible encodings (UTF-8, as libvirt writes, or Latin-1 and the like) are
     # accepted: NUL cannot appear in XML text, and in UTF-16/32 it hides markup from the scan.
     if b"\0" in raw:
-        raise XMLError("malformed XML: NUL byte (only UTF-8 XML is accepted)")
+        raise MalformedXMLError("malformed XML: NUL byte (only UTF-8 XML is accepted)")
     if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-        raise XMLError("XML documents with a DOCTYPE or entity declarations are not accepted")
+        raise UnsafeXMLError("XML documents with a DOCTYPE or entity declarations are not accepted")
 
     try:
         root = etree.fromstring(raw, _parser(parser_encoding))
     except etree.XMLSyntaxError as err:
-        raise XMLError(f"malformed XML: {_first_line(err)}") from None
+        raise MalformedXMLError(f"malformed XML: {_first_line(err)}") from None
     except (ValueError, LookupError) as err:  # e.g. an unknown encoding= in the declaration
-        raise XMLError(f"malformed XML: {_first_line(err)}") from None
+        raise MalformedXMLError(f"malformed XML: {_first_line(err)}") from None
     if root is None:
-        raise XMLError("XML document has no root element")
+        raise MalformedXMLError("XML document has no root element")
 
     # Belt and braces: the scan above should make these impossible.
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.doctype:
-        raise XMLError("XML documents with a DOCTYPE or entity declarations are not accepted")
+        raise UnsafeXMLError("XML documents with a DOCTYPE or entity declarations are not accepted")
     for node in root.iter(etree.Entity):
-        raise XMLError(f"XML entity reference &{node.name}; is not accepted")
+        raise UnsafeXMLError(f"XML entity reference &{node.name}; is not accepted")
     return root
 
 
-def _too_big(limit: int) -> XMLError:
-    return XMLError(f"XML document is larger than the {limit // 1024} KiB limit")
+def _too_big(limit: int) -> XMLTooLargeError:
+    return XMLTooLargeError(f"XML document is larger than the {limit // 1024} KiB limit")
 
 
 def _first_line(err: Exception) -> str:

@@ -414,6 +414,7 @@ class _Builder:
     def _controllers(self) -> None:
         order = ("pci", "usb", "scsi", "ide", "sata", "fdc", "virtio-serial")
         ctls = sorted(self.d.controllers, key=lambda c: order.index(c.type))
+        ctls = self._parents_first(ctls)
         usb = [c for c in ctls if c.type == "usb"]
         for ctl in ctls:
             if ctl.type == "usb":
@@ -421,6 +422,27 @@ class _Builder:
                     self._usb_controllers(usb)
                 continue
             self._controller(ctl)
+
+    @staticmethod
+    def _parents_first(ctls: list[Controller]) -> list[Controller]:
+        """PCI controllers in index order, except that a bus always precedes what sits on it
+        (QEMU resolves ``bus=`` when it reads each -device)."""
+        pci = [c for c in ctls if c.type == "pci"]
+        placed = {c.index for c in pci if c.model in ("pci-root", "pcie-root")}
+        ordered = [c for c in pci if c.index in placed]
+        pending = [c for c in pci if c.index not in placed]
+        while pending:
+            ready = [
+                c for c in pending if isinstance(c.address, PCIAddress) and c.address.bus in placed
+            ]
+            if not ready:  # a cycle or a missing bus: let QEMU name the problem
+                ordered.extend(pending)
+                break
+            for c in ready:
+                ordered.append(c)
+                placed.add(c.index)
+                pending.remove(c)
+        return ordered + [c for c in ctls if c.type != "pci"]
 
     def _controller(self, ctl: Controller) -> None:
         what = f"{ctl.type} controller {ctl.index}"
