@@ -24,7 +24,6 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import structlog
 import trio
 
 from .config import Config
@@ -34,11 +33,12 @@ from .drivers.base import DriverContext, OpenedDrivers
 from .errors import InvalidArgError, OperationInvalidError, OperationUnsupportedError
 from .events import DomainEvent, EventBus, EventKind, Subscription
 from .events.bus import DomainFilter
+from .log import get_logger
 from .network import Network
 from .storage import StoragePool
 from .uri import ConnectURI, parse_uri
 
-log = structlog.get_logger("asvirt.connection")
+log = get_logger("asvirt.connection")
 
 EventCallback = Callable[[DomainEvent], Awaitable[None] | None]
 

@@ -152,7 +152,7 @@ class DomainStateMachine:
         self.set_state(DomainState.SHUTOFF, reason)
         r = Reaction()
         r.lifecycle(LifecycleEvent.STOPPED, detail, None)
-        return r
+        return reason, r
 
     def reconcile(self, status: str, running: bool) -> Reaction:
         """Bring the state in line with ``query-status`` after events may have been missed."""

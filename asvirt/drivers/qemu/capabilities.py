@@ -17,17 +17,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import structlog
 import trio
 import trio_asyncio
 from lxml import etree
 
 from ... import fsutil
 from ...errors import ConfigUnsupportedError, InternalError, OperationFailedError
+from ...log import get_logger
 from . import process
 from .monitor import Monitor
 
-log = structlog.get_logger("asvirt.qemu.capabilities")
+log = get_logger("asvirt.qemu.capabilities")
 
 #: Bump when the cached format changes.
 CACHE_FORMAT = 1
@@ -247,10 +247,11 @@ async def probe(
     os.close(log_w)
     theirs.close()
     pidfd = os.pidfd_open(pid)
-    monitor = Monitor(
-        loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None, timeout=timeout
-    )
+    monitor = None
     try:
+        monitor = Monitor(
+            loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None, timeout=timeout
+        )
         await monitor.connect(ours)
         version = await monitor.execute("query-version")
         machines = await monitor.execute("query-machines")
@@ -274,7 +275,8 @@ async def probe(
         process.signal_pidfd(pidfd, 9)
         raise
     finally:
-        await monitor.close()
+        if monitor is not None:
+            await monitor.close()
         with trio.move_on_after(5) as scope:
             await process.wait_exit(pidfd)
         if scope.cancelled_caught:

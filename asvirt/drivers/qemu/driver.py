@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import structlog
 import trio
 import trio_asyncio
 
@@ -41,6 +40,7 @@ from ...errors import (
     XMLError,
 )
 from ...events import DefinedDetail, EventKind, LifecycleEvent, UndefinedDetail
+from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from ..base import DomainInfo, DomainRef, DriverContext, OpenedDrivers
 from . import process
@@ -58,7 +58,7 @@ from .paths import EmbedPaths
 from .runner import QemuRunner, RunMode
 from .status import StatusRecord
 
-log = structlog.get_logger("asvirt.qemu")
+log = get_logger("asvirt.qemu")
 
 
 class DomainObject:

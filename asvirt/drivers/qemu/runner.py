@@ -23,15 +23,16 @@ import enum
 import os
 import shlex
 import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import trio
 
 from ... import fsutil
 from ...conf.domain import DomainDef
 from ...errors import AsvirtError, OperationFailedError, OperationTimeoutError, QMPError
 from ...events.qmp import DiskInfo, DomainStateMachine, FollowUp, Reaction, StopCause
+from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason, reason_for
 from . import process
 from .command import MonitorSpec, build_command
@@ -64,7 +65,7 @@ class QemuRunner:
         self.live_def = live_def
         self.domain_id = domain_id
         self.autodestroy = autodestroy
-        self.log = structlog.get_logger("asvirt.qemu").bind(domain=obj.name, uuid=obj.uuid)
+        self.log = get_logger("asvirt.qemu").bind(domain=obj.name, uuid=obj.uuid)
         self.machine = DomainStateMachine(disk_for_node=self._disk_for_node)
         self.pid: int | None = None
         self.identity: process.ProcessIdentity | None = None
@@ -144,14 +145,14 @@ class QemuRunner:
         started = False
         self._mode = mode
         try:
-            with self._cancel_scope:
+            with self._cancel_scope, _unwrap_single_error():
+                if mode is RunMode.LAUNCH:
+                    await self._launch()
+                else:
+                    assert record is not None
+                    await self._attach(record)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    if mode is RunMode.LAUNCH:
-                        await self._launch()
-                    else:
-                        assert record is not None
-                        await self._attach(record)
                     nursery.start_soon(self._pump)
                     nursery.start_soon(self._watch_exit, nursery.cancel_scope)
                     nursery.start_soon(self._write_status_when_dirty)
@@ -159,7 +160,9 @@ class QemuRunner:
                         await self._boot(paused=paused)
                     else:
                         await self._reconcile_attached()
-                    self.mark_dirty()
+                    # On disk before start() returns: a supervisor that dies from now on
+                    # leaves what the next one needs to re-attach.
+                    await self._save_status()
                     started = True
                     task_status.started()
         finally:
@@ -206,6 +209,7 @@ class QemuRunner:
         self.identity = process.ProcessIdentity(self.pid, start_time)
         self.log = self.log.bind(pid=self.pid)
         self.machine.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
+        await self._save_status()
         self._monitor = Monitor(
             self.driver.loop, name=name, on_event=self._on_qmp_event, timeout=self._qmp_timeout
         )
@@ -397,6 +401,14 @@ class QemuRunner:
 
     async def _finish(self, *, started: bool) -> None:
         """Tidy up after QEMU's exit, a failed start, or a detach (connection closing)."""
+        try:
+            await self._tidy_up(started=started)
+        finally:
+            # Even if tidying up failed (a bug: it propagates), nobody may wait forever.
+            self.done.set()
+            self._progress.unpark_all()
+
+    async def _tidy_up(self, *, started: bool) -> None:
         if self._monitor is not None:
             await self._monitor.close()
         if not started:
@@ -411,8 +423,6 @@ class QemuRunner:
             await self._conclude_exit(started=True)
         else:
             self._detach()
-        self.done.set()
-        self._progress.unpark_all()
 
     async def _conclude_exit(self, *, started: bool) -> None:
         if self._pidfd is not None:
@@ -468,16 +478,19 @@ class QemuRunner:
             fake_reboot=self.machine.fake_reboot,
         )
 
+    async def _save_status(self) -> None:
+        record = self.status_record()
+        try:
+            await trio.to_thread.run_sync(record.save, self.driver.paths.status(self.obj.name))
+        except OSError as err:
+            self.log.error("cannot save status", error=str(err))
+
     async def _write_status_when_dirty(self) -> None:
-        path = self.driver.paths.status(self.obj.name)
+        # State changes are saved in the background so that they never delay events.
         while True:
             await self._status_dirty.wait()
             self._status_dirty = trio.Event()
-            record = self.status_record()
-            try:
-                await trio.to_thread.run_sync(record.save, path)
-            except OSError as err:
-                self.log.error("cannot save status", error=str(err))
+            await self._save_status()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -500,6 +513,22 @@ class QemuRunner:
         # Skip our own header lines; QEMU's messages follow them.
         tail = [ln for ln in tail if not ln.startswith(("LC_ALL=", "asvirt:"))]
         return " ".join(tail)
+
+
+@contextlib.contextmanager
+def _unwrap_single_error() -> Iterator[None]:
+    """Let a start-up failure inside the runner's nursery reach the caller as itself.
+
+    Before ``started()`` only the start-up code can fail (the pump and watchers do not), so a
+    group of one is that failure; start() callers get OperationFailedError, not a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
 
 
 def _write_log_header(fd: int, argv: list[str]) -> None:

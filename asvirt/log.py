@@ -1,0 +1,31 @@
+"""Structured logging for the library, routed through the standard ``logging`` module.
+
+asvirt never prints. Its loggers are structlog loggers bound to context (domain name and UUID,
+QEMU's pid) that hand finished records to stdlib loggers under ``asvirt.``, which have a
+NullHandler: an application sees asvirt's logs once it configures logging (or structlog's
+``ProcessorFormatter``) for them, and nothing otherwise. Records below the logger's level are
+dropped before any formatting work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+
+logging.getLogger("asvirt").addHandler(logging.NullHandler())
+
+_PROCESSORS = [
+    structlog.stdlib.filter_by_level,
+    structlog.processors.format_exc_info,
+    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+]
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger writing to the stdlib logger ``name`` (which must be under asvirt)."""
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=_PROCESSORS,
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
