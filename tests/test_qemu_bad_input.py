@@ -73,7 +73,7 @@ async def test_huge_document_is_refused_before_parsing(conn, root, test_guest, t
         "<devices>", "<description>" + "x" * (50 * 1024 * 1024) + "</description><devices>"
     )
     before = tree(root)
-    with pytest.raises(asvirt.XMLError, match="too large|large"):
+    with pytest.raises(asvirt.XMLError, match="large"):
         await conn.define_xml(xml)
     assert tree(root) == before
 

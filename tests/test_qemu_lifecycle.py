@@ -221,7 +221,7 @@ async def test_reboot_keeps_running(conn, test_guest, tmp_path):
 
 @pytest.mark.guest
 async def test_guest_reboot_is_reported(conn, test_guest, tmp_path):
-    dom, serial = await define(conn, test_guest, tmp_path, action="reboot", delay=1)
+    dom, _ = await define(conn, test_guest, tmp_path, action="reboot", delay=1)
     async with conn.subscribe(dom, kinds={asvirt.EventKind.REBOOT}) as events:
         await dom.start()
         with trio.fail_after(30):
