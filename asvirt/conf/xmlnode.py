@@ -54,8 +54,9 @@ class Node:
 
     @property
     def where(self) -> str:
-        """The element's place for messages: ``<disk><driver>``."""
-        return "".join(f"<{p}>" for p in self.path)
+        """The element's place for messages: ``<disk><driver>`` (``<devices>`` is implied)."""
+        parts = self.path[1:] if len(self.path) > 1 and self.path[0] == "devices" else self.path
+        return "".join(f"<{p}>" for p in parts)
 
     # -- attributes ------------------------------------------------------------------------------
 

@@ -1,0 +1,433 @@
+"""Parsing and writing domain XML (no QEMU needed): what a user writes is what dumpxml shows."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from conf_caps import CONFORMANCE
+from lxml import etree
+
+from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
+from asvirt.conf.units import parse_kib
+from asvirt.errors import ConfigUnsupportedError, XMLError
+
+
+def dom(body: str = "", devices: str = "", head: str = "type='qemu'") -> str:
+    return (
+        f"<domain {head}><name>vm1</name><uuid>C7A5FDBD-EDAF-9455-926A-D65C16DB1809</uuid>"
+        "<memory unit='MiB'>128</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        f"{body}<devices>{devices}</devices></domain>"
+    )
+
+
+SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
+
+
+@pytest.fixture(scope="module")
+def schema() -> etree.RelaxNG:
+    if not SCHEMA.exists():
+        pytest.skip(f"libvirt's schema is not available ({SCHEMA} is missing)")
+    return etree.RelaxNG(file=str(SCHEMA))
+
+
+# -- basics -------------------------------------------------------------------------------------
+
+
+def test_identity_and_defaults() -> None:
+    d = parse_domain_xml(dom())
+    assert d.name == "vm1"
+    assert d.uuid == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
+    assert d.domain_type == "qemu"
+    assert (d.memory_kib, d.current_memory_kib) == (131072, 131072)
+    assert (d.vcpus, d.max_vcpus) == (1, 1)
+    assert d.arch == "x86_64" and d.machine == "pc"
+    assert (d.on_poweroff, d.on_reboot, d.on_crash) == ("destroy", "restart", "destroy")
+    assert d.memballoon is None and not d.has_memballoon
+
+
+def test_uuid_is_generated_when_absent() -> None:
+    xml = dom().replace("<uuid>C7A5FDBD-EDAF-9455-926A-D65C16DB1809</uuid>", "")
+    a, b = parse_domain_xml(xml), parse_domain_xml(xml)
+    assert uuid.UUID(a.uuid).version == 4
+    assert a.uuid != b.uuid
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", a.uuid)
+
+
+def test_uuid_spellings() -> None:
+    xml = dom().replace("C7A5FDBD-EDAF-9455-926A-D65C16DB1809", "c7a5fdbdedaf9455926ad65c16db1809")
+    assert parse_domain_xml(xml).uuid == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "kib"),
+    [
+        ("128", "MiB", 131072),
+        ("128", "M", 131072),
+        ("1", "GiB", 1048576),
+        ("1", "G", 1048576),
+        ("1", "GB", 976563),  # 10**9 bytes, rounded up to whole KiB
+        ("219100", "KiB", 219100),
+        ("219100", None, 219100),
+        ("1024", "b", 1),
+        ("1025", "bytes", 2),
+        ("1", "TiB", 1 << 30),
+        ("2", "kib", 2),
+    ],
+)
+def test_memory_units(value: str, unit: str | None, kib: int) -> None:
+    assert parse_kib(value, unit, what="memory") == kib
+
+
+def test_current_memory_is_clamped_like_libvirt() -> None:
+    d = parse_domain_xml(dom("<currentMemory unit='GiB'>4</currentMemory>"))
+    assert d.current_memory_kib == d.memory_kib
+    d = parse_domain_xml(dom("<currentMemory unit='MiB'>64</currentMemory>"))
+    assert d.current_memory_kib == 65536
+    assert "<currentMemory unit='KiB'>65536</currentMemory>" in d.to_xml()
+
+
+def test_vcpu_current_and_cpuset() -> None:
+    d = parse_domain_xml(dom("<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>"))
+    assert (d.vcpus, d.max_vcpus) == (2, 6)
+    assert parse_cpuset(d.cpuset or "") == {1, 2, 4, 8}
+    assert "<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>" in d.to_xml()
+    with pytest.raises(XMLError, match="exceeds"):
+        parse_domain_xml(dom("<vcpu current='4'>2</vcpu>"))
+    with pytest.raises(ConfigUnsupportedError, match="numad"):
+        parse_domain_xml(dom("<vcpu placement='auto'>2</vcpu>"))
+
+
+def test_title_description_metadata() -> None:
+    body = (
+        "<title>A title</title><description>multi\nline &amp; text</description>"
+        "<metadata><a:x xmlns:a='urn:a'>1</a:x><b:y xmlns:b='urn:a'/><plain/>"
+        "<c:z xmlns:c='urn:c'><c:w/></c:z></metadata>"
+    )
+    d = parse_domain_xml(dom(body))
+    assert d.title == "A title"
+    assert d.description == "multi\nline & text"
+    # libvirt keeps one element per namespace and drops elements without one.
+    assert len(d.metadata) == 2
+    out = d.to_xml()
+    assert "urn:c" in out and "<plain" not in out and "b:y" not in out
+    assert parse_domain_xml(out).to_xml() == out
+    with pytest.raises(XMLError, match="newlines"):
+        parse_domain_xml(dom("<title>two\nlines</title>"))
+
+
+def test_os_boot_and_direct_kernel() -> None:
+    body = ""
+    d = parse_domain_xml(
+        dom(body).replace(
+            "</type></os>",
+            "</type><kernel>/k</kernel><initrd>/i</initrd><cmdline>console=ttyS0 a=b</cmdline>"
+            "<boot dev='cdrom'/><boot dev='hd'/><bootmenu enable='yes' timeout='3000'/>"
+            "<bios rebootTimeout='128'/></os>",
+        )
+    )
+    assert d.os.kernel == "/k" and d.os.initrd == "/i" and d.os.cmdline == "console=ttyS0 a=b"
+    assert d.os.boot_devices == ["cdrom", "hd"]
+    assert (d.os.bootmenu, d.os.bootmenu_timeout, d.os.reboot_timeout) == (True, 3000, 128)
+    with pytest.raises(XMLError, match="need <os><kernel>"):
+        parse_domain_xml(dom().replace("</type></os>", "</type><initrd>/i</initrd></os>"))
+
+
+def test_features_cpu_clock_pm_lifecycle() -> None:
+    body = (
+        "<features><acpi/><apic eoi='on'/><pae/><hap state='off'/><vmport state='off'/>"
+        "<smm state='on'/></features>"
+        "<cpu mode='custom' match='exact' check='partial'><model fallback='allow'>core2duo</model>"
+        "<topology sockets='2' dies='1' cores='2' threads='1'/>"
+        "<feature policy='disable' name='vmx'/></cpu>"
+        "<clock offset='variable' adjustment='-30' basis='localtime'>"
+        "<timer name='rtc' tickpolicy='catchup'><catchup slew='10'/></timer>"
+        "<timer name='hpet' present='no'/></clock>"
+        "<on_poweroff>preserve</on_poweroff><on_reboot>destroy</on_reboot>"
+        "<on_crash>coredump-destroy</on_crash>"
+        "<pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='yes'/></pm>"
+    )
+    d = parse_domain_xml(dom(body))
+    f = d.features
+    assert (f.acpi, f.apic, f.apic_eoi, f.pae, f.hap, f.vmport, f.smm) == (
+        "on",
+        "on",
+        "on",
+        "on",
+        "off",
+        "off",
+        "on",
+    )
+    assert d.cpu is not None and d.cpu.model == "core2duo" and d.cpu.topology is not None
+    assert d.cpu.topology.total == 4
+    assert d.cpu.features[0].policy == "disable"
+    assert (d.clock.offset, d.clock.adjustment, d.clock.basis) == ("variable", "-30", "localtime")
+    assert d.clock.timer("rtc").catchup == {"slew": 10}  # type: ignore[union-attr]
+    assert (d.suspend_to_mem, d.suspend_to_disk) == (False, True)
+    assert (d.on_poweroff, d.on_reboot, d.on_crash) == ("preserve", "destroy", "coredump-destroy")
+    out = d.to_xml()
+    assert parse_domain_xml(out).to_xml() == out
+
+
+@pytest.mark.parametrize(
+    ("xml_fragment", "named"),
+    [
+        ("<memoryBacking><hugepages/></memoryBacking>", "<memoryBacking>"),
+        ("<numatune><memory nodeset='0'/></numatune>", "<numatune>"),
+        ("<sysinfo type='smbios'/>", "<sysinfo>"),
+        ("<cputune><shares>2</shares></cputune>", "<cputune>"),
+        ("<features><hyperv/></features>", "<hyperv>"),
+        ("<features><smm><tseg unit='MiB'>48</tseg></smm></features>", "<tseg>"),
+        ("<cpu><numa><cell cpus='0' memory='1'/></numa></cpu>", "<numa>"),
+        ("<clock offset='timezone' timezone='Europe/Paris'/>", "offset='timezone'"),
+        ("<clock><timer name='tsc'/></clock>", "name='tsc'"),
+        ("<on_lockfailure>poweroff</on_lockfailure>", "<on_lockfailure>"),
+        ("<seclabel type='dynamic' model='selinux'/>", "<seclabel>"),
+    ],
+)
+def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
+    with pytest.raises(ConfigUnsupportedError) as info:
+        parse_domain_xml(dom(xml_fragment))
+    assert named in str(info.value)
+    assert str(info.value).startswith("unsupported configuration:")
+
+
+@pytest.mark.parametrize(
+    ("devices", "named"),
+    [
+        ("<hostdev mode='subsystem' type='pci'/>", "<hostdev>"),
+        ("<sound model='ich9'/>", "<sound>"),
+        ("<filesystem type='mount'/>", "<filesystem>"),
+        ("<tpm model='tpm-tis'/>", "<tpm>"),
+        ("<interface type='network'><source network='default'/></interface>", "type='network'"),
+        ("<interface type='bridge'><source bridge='br0'/></interface>", "type='bridge'"),
+        ("<graphics type='spice'/>", "type='spice'"),
+        ("<video><model type='ramfb'/></video>", "type='ramfb'"),
+        ("<disk type='network' device='disk'/>", "type='network'"),
+        ("<disk type='file' device='floppy'><target dev='fda'/></disk>", "device='floppy'"),
+        (
+            "<disk type='file'><source file='/a'/><target dev='sda' bus='usb'/></disk>",
+            "bus='usb'",
+        ),
+        (
+            "<disk type='file'><source file='/a'/><target dev='vda'/><iotune/></disk>",
+            "<iotune> in <disk>",
+        ),
+        (
+            "<disk type='file'><driver name='qemu' iothread='1'/><source file='/a'/>"
+            "<target dev='vda'/></disk>",
+            "iothread='1' of <disk><driver>",
+        ),
+        ("<controller type='ccid' index='0'/>", "type='ccid'"),
+        ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),
+        ("<serial type='tcp'><source host='a' service='1'/></serial>", "type='tcp'"),
+        ("<channel type='spicevmc'><target type='virtio'/></channel>", "type='spicevmc'"),
+        ("<input type='passthrough' bus='virtio'/>", "type='passthrough'"),
+        ("<audio id='1' type='pulseaudio'/>", "type='pulseaudio'"),
+        ("<watchdog model='diag288'/>", "model='diag288'"),
+        ("<panic model='hyperv'/>", "model='hyperv'"),
+        ("<rng model='virtio'><backend model='egd' type='tcp'/></rng>", "model='egd'"),
+        ("<memballoon model='virtio'><stats period='10'/></memballoon>", "<stats>"),
+        ("<redirdev bus='usb' type='spicevmc'/>", "<redirdev>"),
+        ("<graphics type='vnc' passwd='x'/>", "passwd='x'"),
+    ],
+)
+def test_unsupported_devices_are_named(devices: str, named: str) -> None:
+    with pytest.raises(ConfigUnsupportedError) as info:
+        parse_domain_xml(dom(devices=devices))
+    assert named in str(info.value), str(info.value)
+
+
+def test_foreign_namespace_elements_are_refused() -> None:
+    xml = dom().replace(
+        "<domain type='qemu'>",
+        "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
+    )
+    xml = xml.replace(
+        "</devices>", "</devices><qemu:commandline><qemu:arg value='-S'/></qemu:commandline>"
+    )
+    with pytest.raises(ConfigUnsupportedError, match="qemu:commandline"):
+        parse_domain_xml(xml)
+
+
+def test_domain_type() -> None:
+    assert parse_domain_xml(dom(head="type='kvm'")).domain_type == "kvm"
+    with pytest.raises(ConfigUnsupportedError, match="type='xen'"):
+        parse_domain_xml(dom(head="type='xen'"))
+
+
+# -- devices ------------------------------------------------------------------------------------
+
+
+def test_disk_fields() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<disk type='block' device='disk' snapshot='no'>"
+            "<driver name='qemu' type='qcow2' cache='none' io='native' discard='unmap' "
+            "detect_zeroes='unmap' error_policy='stop' rerror_policy='report' copy_on_read='on'/>"
+            "<source dev='/dev/vg/lv'/><target dev='sdb' bus='scsi' rotation_rate='1'/>"
+            "<boot order='2'/><serial>S1</serial><wwn>0x5000c50015ea71ad</wwn>"
+            "<alias name='ua-data'/><address type='drive' controller='0' bus='0' target='1' "
+            "unit='3'/></disk>"
+        )
+    )
+    disk = d.disks[0]
+    assert (disk.type, disk.device, disk.source, disk.target, disk.bus) == (
+        "block",
+        "disk",
+        "/dev/vg/lv",
+        "sdb",
+        "scsi",
+    )
+    assert (disk.format, disk.cache, disk.io, disk.discard, disk.detect_zeroes) == (
+        "qcow2",
+        "none",
+        "native",
+        "unmap",
+        "unmap",
+    )
+    assert disk.boot_order == 2 and disk.serial == "S1" and disk.rotation_rate == 1
+    assert disk.alias == "ua-data" and disk.user_alias
+    out = d.to_xml()
+    assert "<alias name='ua-data'/>" in out  # user aliases are part of the config
+    assert parse_domain_xml(out).to_xml() == out
+
+
+def test_disk_bus_comes_from_the_target_name() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<disk type='file'><source file='/a'/><target dev='vda'/></disk>"
+            "<disk type='file'><source file='/b'/><target dev='hdb'/></disk>"
+            "<disk type='file'><source file='/c'/><target dev='sdc'/></disk>"
+        )
+    )
+    assert [x.bus for x in d.disks] == ["virtio", "ide", "scsi"]
+
+
+def test_disks_are_kept_in_target_order_per_bus_like_libvirt() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<disk type='file'><source file='/a'/><target dev='hdc'/></disk>"
+            "<disk type='file'><source file='/b'/><target dev='vdb'/></disk>"
+            "<disk type='file'><source file='/c'/><target dev='hda'/></disk>"
+            "<disk type='file'><source file='/d'/><target dev='vda'/></disk>"
+        )
+    )
+    assert [x.target for x in d.disks] == ["hda", "hdc", "vda", "vdb"]
+
+
+def test_relative_paths_are_refused() -> None:
+    with pytest.raises(XMLError, match="absolute"):
+        parse_domain_xml(dom(devices="<disk><source file='x.img'/><target dev='vda'/></disk>"))
+    with pytest.raises(XMLError, match="absolute"):
+        parse_domain_xml(dom(devices="<emulator>qemu</emulator>"))
+
+
+def test_controllers_sorted_and_indexed_like_libvirt() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<controller type='usb' index='1' model='ich9-ehci1'/>"
+            "<controller type='pci' model='pci-root'/>"
+            "<controller type='usb' index='0' model='ich9-ehci1'/>"
+            "<controller type='usb' index='0' model='ich9-uhci1'/>"
+            "<controller type='scsi'/><controller type='scsi'/>"
+        )
+    )
+    got = [(c.type, c.index, c.model) for c in d.controllers]
+    assert got == [
+        ("usb", 0, "ich9-ehci1"),
+        ("usb", 0, "ich9-uhci1"),
+        ("usb", 1, "ich9-ehci1"),
+        ("pci", 0, "pci-root"),
+        ("scsi", 0, None),
+        ("scsi", 1, None),
+    ]
+
+
+def test_interface() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<interface type='user'><mac address='52:54:00:AA:bb:01'/>"
+            "<model type='e1000e'/><link state='down'/><boot order='1'/></interface>"
+        )
+    )
+    nic = d.interfaces[0]
+    assert (nic.mac, nic.model, nic.link_state, nic.boot_order) == (
+        "52:54:00:aa:bb:01",
+        "e1000e",
+        "down",
+        1,
+    )
+    with pytest.raises(XMLError, match="multicast"):
+        parse_domain_xml(
+            dom(devices="<interface type='user'><mac address='01:00:5e:00:00:01'/></interface>")
+        )
+
+
+def test_chardevs_and_pty_paths() -> None:
+    d = parse_domain_xml(
+        dom(
+            devices="<serial type='pty'><target port='0'/></serial>"
+            "<serial type='file'><source path='/tmp/s.log' append='on'/><log file='/tmp/l'/>"
+            "<target port='1'/></serial>"
+            "<console type='pty'><target type='serial' port='0'/></console>"
+            "<channel type='unix'><source mode='bind'/>"
+            "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+            "<serial type='unix'><source mode='connect' path='/tmp/x.sock'>"
+            "<reconnect enabled='yes' timeout='5'/></source><target port='2'/></serial>"
+        )
+    )
+    assert [c.type for c in d.serials] == ["pty", "file", "unix"]
+    assert d.serials[2].reconnect is True and d.serials[2].reconnect_timeout == 5
+    # The console is serial port 0: it shares its alias and chardev.
+    assert d.consoles[0].alias == "serial0"
+    assert d.chardev_ids() == ["charserial0"]
+    d.set_pty_path("charserial0", "/dev/pts/7")
+    live = d.to_xml(live=True, domain_id=4)
+    assert "<domain type='qemu' id='4'>" in live
+    assert live.count("<source path='/dev/pts/7'/>") == 2  # the serial and its console
+    assert "tty='/dev/pts/7'" in live
+    assert "/dev/pts/7" not in d.to_xml()
+    with pytest.raises(KeyError):
+        d.set_pty_path("charnothing", "/dev/pts/1")
+
+
+def test_live_xml_has_aliases_and_inactive_has_none() -> None:
+    d = parse_domain_xml(
+        dom(devices="<disk type='file'><source file='/a'/><target dev='vda'/></disk>")
+    )
+    assert d.disks[0].alias == "virtio-disk0"
+    assert "<alias" not in d.to_xml()
+    assert "<alias name='virtio-disk0'/>" in d.to_xml(live=True)
+
+
+def test_copy_is_deep() -> None:
+    d = parse_domain_xml(dom(devices="<serial type='pty'/>"))
+    c = d.copy()
+    c.serials[0].source_path = "/dev/pts/1"
+    c.name = "other"
+    assert d.serials[0].source_path is None and d.name == "vm1"
+    assert isinstance(c, DomainDef)
+
+
+def test_output_is_pretty_printed_like_libvirt() -> None:
+    out = parse_domain_xml(dom()).to_xml()
+    lines = out.splitlines()
+    assert lines[0] == "<domain type='qemu'>"
+    assert lines[1] == "  <name>vm1</name>"
+    assert lines[-1] == "</domain>"
+    assert all(len(ln) - len(ln.lstrip(" ")) in range(0, 20, 2) for ln in lines)
+
+
+def test_written_xml_validates(schema: etree.RelaxNG) -> None:
+    d = parse_domain_xml(
+        dom(
+            "<features><acpi/></features>",
+            "<disk type='file'><source file='/a'/><target dev='vda'/></disk>"
+            "<interface type='user'/><serial type='pty'/><graphics type='vnc' port='-1'/>",
+        )
+    )
+    for live in (False, True):
+        doc = etree.fromstring(d.to_xml(live=live, domain_id=1).encode())
+        assert schema.validate(doc), schema.error_log.last_error
