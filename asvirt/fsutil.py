@@ -13,11 +13,14 @@ from pathlib import Path
 _SUN_PATH_MAX = 107
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
 
     Writes a temporary file in the same directory, fsyncs it, renames it over ``path`` and
-    fsyncs the directory so the rename survives a crash.
+    fsyncs the directory so the rename survives a crash. ``durable=False`` skips the fsyncs
+    for facts that may be lost in a power cut (the rename is still atomic).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,13 +29,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

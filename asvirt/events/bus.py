@@ -3,9 +3,10 @@
 libvirt's event delivery is fire-and-forget: a slow client loses events without knowing. Here
 every event gets the next sequence number of its connection, every subscriber has a bounded
 buffer of its own (a slow subscriber never slows QEMU, the supervisor or other subscribers),
-and a subscriber that falls behind drops its *oldest* undelivered events, counts them in
-:attr:`Subscription.lost`, and sees the gap in ``seq``. A short history lets a subscriber that
-arrives late replay what it missed (``since=``).
+and a subscriber that falls behind drops its *oldest* undelivered events and counts them in
+:attr:`Subscription.lost`. (A filtered subscription also sees gaps in ``seq``: the numbers
+of events it did not ask for; ``lost`` is what tells loss apart.) A short history lets a
+subscriber that arrives late, or reconnects, replay what it missed (``since=``).
 
 Publishing is synchronous and never blocks, so producers (QMP listeners, API calls) can
 publish from anywhere in the trio thread.

@@ -171,9 +171,10 @@ _DETAIL_LABELS: dict[EventDetail, str] = {
 class DomainEvent:
     """One event about one domain.
 
-    ``seq`` increases by one for every event a connection publishes, so a subscriber that sees a
-    gap knows it lost events (see :attr:`asvirt.events.Subscription.lost`). ``timestamp`` is
-    seconds since the epoch: QEMU's own timestamp for events that came from QEMU.
+    ``seq`` increases by one for every event a connection publishes (a filtered subscription
+    sees gaps: the events it did not ask for; :attr:`asvirt.Subscription.lost` counts events
+    it lost). ``timestamp`` is seconds since the epoch: QEMU's own timestamp for events that
+    came from QEMU.
     """
 
     seq: int

@@ -127,7 +127,9 @@ class QemuDriver:
                     name=defn.name,
                 )
                 continue
-            self._domains[defn.uuid] = DomainObject(defn.name, defn.uuid, defn)
+            obj = DomainObject(defn.name, defn.uuid, defn)
+            obj.shutoff_reason = self._load_shutoff_reason(defn.name)
+            self._domains[defn.uuid] = obj
         records = []
         for path in sorted(self.paths.run_dir.glob("*.status")):
             try:
@@ -213,6 +215,20 @@ class QemuDriver:
         obj.shutoff_reason = reason
         if obj.persistent_def is None and obj.runner is None:
             self._domains.pop(obj.uuid, None)  # transient domains vanish when they stop
+        elif obj.runner is None:
+            # Later connections (the next CLI command) can still say why it stopped.
+            try:
+                fsutil.atomic_write(
+                    self.paths.shutoff(obj.name), reason.name.encode(), durable=False
+                )
+            except OSError as err:
+                log.warning("cannot record shutoff reason", domain=obj.name, error=str(err))
+
+    def _load_shutoff_reason(self, name: str) -> ShutoffReason:
+        try:
+            return ShutoffReason[self.paths.shutoff(name).read_text().strip()]
+        except (OSError, KeyError):
+            return ShutoffReason.UNKNOWN
 
     async def _prepared(self, xml: str) -> DomainDef:
         defn = parse_domain_xml(xml)
@@ -325,6 +341,7 @@ class QemuDriver:
             if obj.active:
                 raise OperationInvalidError(f"domain '{obj.name}' is already running")
             assert obj.persistent_def is not None  # inactive transient domains do not exist
+            fsutil.remove(self.paths.shutoff(obj.name))
             await self._launch(
                 obj, obj.persistent_def.copy(), paused=paused, autodestroy=autodestroy
             )
@@ -390,6 +407,7 @@ class QemuDriver:
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"cannot undefine transient domain '{obj.name}'")
             await trio.to_thread.run_sync(fsutil.remove, self.paths.config(obj.name))
+            fsutil.remove(self.paths.shutoff(obj.name))
             await trio.to_thread.run_sync(fsutil.fsync_dir, self.paths.config_dir)
             obj.persistent_def = None
             if obj.runner is None:

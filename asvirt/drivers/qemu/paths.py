@@ -5,6 +5,7 @@
     ROOT/etc/qemu/NAME.xml        persistent domain configs
     ROOT/run/qemu/NAME.status     runtime state of a running domain (JSON)
     ROOT/run/qemu/NAME.monitor    QMP socket (QEMU listens; asvirt connects)
+    ROOT/run/qemu/NAME.shutoff    why a persistent domain last stopped (for later connections)
     ROOT/run/qemu/driver.lock     held while a connection supervises this root
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
@@ -50,6 +51,9 @@ class EmbedPaths:
 
     def status(self, name: str) -> Path:
         return self.run_dir / f"{name}.status"
+
+    def shutoff(self, name: str) -> Path:
+        return self.run_dir / f"{name}.shutoff"
 
     def monitor(self, name: str) -> Path:
         return self.run_dir / f"{name}.monitor"

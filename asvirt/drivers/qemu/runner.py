@@ -442,8 +442,8 @@ class QemuRunner:
             # A failed start: the caller gets the error; there is no STARTED to balance.
             reason, reaction = ShutoffReason.FAILED, Reaction()
         self.log.info("QEMU exited", exit_status=self.exit_status, reason=reason.name.lower())
-        self.driver.domain_stopped(self.obj, self, reason)
         self._publish(reaction)
+        self.driver.domain_stopped(self.obj, self, reason)
 
     def _detach(self) -> None:
         try:
