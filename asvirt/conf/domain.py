@@ -452,7 +452,10 @@ def _parse_domain(node: Node) -> DomainDef:
     uuid = canonical_uuid(uuid_text) if uuid_text is not None else str(_uuid.uuid4())
     d = DomainDef(name=name, uuid=uuid, domain_type=dtype)
 
-    d.title = node.child_text("title")
+    title = node.child("title")
+    if title is not None:
+        d.title = title.el.text or None  # an empty title is no title, as in libvirt
+        title.finish()
     if d.title is not None and "\n" in d.title:
         raise XMLError("domain title must not contain newlines")
     desc = node.child("description")
