@@ -1,0 +1,267 @@
+"""Lifecycle latencies and memory: raw QEMU against asvirt (and libvirt, when installed).
+
+    .venv/bin/python bench/bench_lifecycle.py [--rounds N] [--domains M]
+
+Everything is measured in the same run, on the same QEMU command line (the one asvirt builds
+for the test guest), so the ratios compare like with like:
+
+    raw QEMU                          asvirt
+    spawn -> QMP negotiated           start() -> RUNNING
+    'stop' -> STOP event read         suspend() -> SUSPENDED event received by a subscriber
+    SIGTERM -> process reaped         destroy() -> STOPPED event received by a subscriber
+
+plus the delivery latency of events (QEMU's event timestamp -> a subscriber holds the
+DomainEvent) and the supervisor's memory per running domain (Python heap via tracemalloc,
+and resident set size).
+
+Targets (from the core issue): start within 1.3x raw QEMU; event delivery under 1 ms median;
+destroy -> STOPPED under 50 ms; under 256 KiB of supervisor memory per running domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import trio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import asvirt  # noqa: E402
+from asvirt.conf.domain import parse_domain_xml, prepare_domain  # noqa: E402
+from asvirt.drivers.qemu import process  # noqa: E402
+from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator, kvm_usable  # noqa: E402
+from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
+from asvirt.drivers.qemu.monitor import asyncio_loop  # noqa: E402
+from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
+
+LC = asvirt.EventKind.LIFECYCLE
+#: Seconds the guest runs between start and suspend, on both sides.
+SETTLE = 0.05
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- raw QEMU ------------------------------------------------------------------------------------
+
+
+class RawQMP:
+    """The least a client can do: blocking socket, newline-delimited JSON."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def read(self) -> dict:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, cmd: str) -> None:
+        self.sock.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
+
+
+def raw_round(argv_for_fd, workdir: Path) -> dict[str, float]:
+    listener = socket.socket(socket.AF_UNIX)
+    path = workdir / "raw.monitor"
+    if path.exists():
+        path.unlink()
+    listener.bind(str(path))
+    listener.listen(1)
+    argv = argv_for_fd(listener.fileno())
+    log = os.open(workdir / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    t0 = time.perf_counter()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(path))
+    pid = process.spawn(argv, log_fd=log, pass_fds=(listener.fileno(),))
+    os.close(log)
+    listener.close()
+    qmp = RawQMP(client)
+    qmp.read()  # greeting
+    qmp.execute("qmp_capabilities")
+    qmp.read()
+    t_ready = time.perf_counter() - t0
+    qmp.execute("cont")
+    while qmp.read().get("return") is None:
+        pass
+    time.sleep(SETTLE)  # as long as the asvirt round lets the guest run before suspending
+    t0 = time.perf_counter()
+    qmp.execute("stop")
+    while qmp.read().get("event") != "STOP":
+        pass
+    t_stop = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+    t_term = time.perf_counter() - t0
+    client.close()
+    return {"start": t_ready, "suspend": t_stop, "destroy": t_term}
+
+
+# -- asvirt ----------------------------------------------------------------------------------------
+
+
+class Arrivals:
+    """Notes when each event reaches a subscriber that is waiting for it."""
+
+    def __init__(self) -> None:
+        self._send, self._recv = trio.open_memory_channel[tuple[asvirt.DomainEvent, float, float]](
+            100
+        )
+
+    async def consume(self, events: asvirt.Subscription) -> None:
+        async for ev in events:
+            self._send.send_nowait((ev, time.perf_counter(), time.time()))
+
+    async def next(self) -> tuple[asvirt.DomainEvent, float, float]:
+        return await self._recv.receive()
+
+
+async def asvirt_rounds(xml: str, root: Path, rounds: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "delivery": []}
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        dom = await conn.define_xml(xml)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await dom.start()
+            out["start"].append(time.perf_counter() - t0)
+            async with conn.subscribe(dom, kinds={LC}) as events, trio.open_nursery() as nursery:
+                arrivals = Arrivals()
+                nursery.start_soon(arrivals.consume, events)
+                await trio.sleep(SETTLE)
+                t0 = time.perf_counter()
+                await dom.suspend()
+                ev, at, wall = await arrivals.next()
+                assert ev.type is asvirt.LifecycleEvent.SUSPENDED
+                out["suspend"].append(at - t0)
+                # The event carries QEMU's own timestamp of the STOP event it came from.
+                out["delivery"].append(wall - ev.timestamp)
+                t0 = time.perf_counter()
+                await dom.destroy()
+                ev, at, _ = await arrivals.next()
+                assert ev.type is asvirt.LifecycleEvent.STOPPED
+                out["destroy"].append(at - t0)
+                nursery.cancel_scope.cancel()
+    return out
+
+
+async def memory_per_domain(xml_for, root: Path, count: int) -> tuple[float, float]:
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        # Warm up: the first domain pays for imports, caches and thread pools.
+        warm = await conn.create_xml(xml_for("warm"), paused=True)
+        await warm.destroy()
+        gc.collect()
+        tracemalloc.start()
+        heap0, rss0 = tracemalloc.get_traced_memory()[0], rss_kib()
+        doms = [await conn.create_xml(xml_for(f"m{i}"), paused=True) for i in range(count)]
+        gc.collect()
+        heap1, rss1 = tracemalloc.get_traced_memory()[0], rss_kib()
+        tracemalloc.stop()
+        for dom in doms:
+            await dom.destroy()
+    return (heap1 - heap0) / 1024 / count, (rss1 - rss0) / count
+
+
+def report(name: str, raw: list[float] | None, ours: list[float], target: str) -> None:
+    ours_ms = statistics.median(ours) * 1000
+    if raw:
+        raw_ms = statistics.median(raw) * 1000
+        print(
+            f"  {name:<28} raw {raw_ms:8.2f} ms   asvirt {ours_ms:8.2f} ms   "
+            f"ratio {ours_ms / raw_ms:5.2f}x   [{target}]"
+        )
+    else:
+        print(f"  {name:<28} asvirt {ours_ms:8.3f} ms   [{target}]")
+
+
+async def main(rounds: int, domains: int) -> None:
+    guest = TestGuest(GUEST_DIR)
+    if not guest.exists():
+        sys.exit("the test guest is missing: run scripts/setup")
+    kvm = kvm_usable()[0]
+    domain_type = "kvm" if kvm else "qemu"
+    work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
+    xml = guest.xml("bench", work / "bench.serial", domain_type=domain_type)
+
+    async with asyncio_loop() as loop:
+        caps = await CapabilitiesCache(work / "caps", loop, timeout=30).get(find_emulator("x86_64"))
+    (work / "caps").mkdir(exist_ok=True)
+    prepared = prepare_domain(parse_domain_xml(xml), caps)
+
+    def argv_for_fd(fd: int) -> list[str]:
+        return build_command(prepared, caps, monitor=MonitorSpec(fd=fd))
+
+    print(
+        f"QEMU {caps.version_string}, domain type '{domain_type}', {rounds} rounds, "
+        f"{os.cpu_count()} CPUs"
+    )
+    raw: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": []}
+    # One raw round first, to warm the page cache for both sides.
+    raw_round(argv_for_fd, work)
+    for _ in range(rounds):
+        for key, value in raw_round(argv_for_fd, work).items():
+            raw[key].append(value)
+
+    ours = await asvirt_rounds(xml, work / "root", rounds)
+
+    heap_kib, rss_per = await memory_per_domain(
+        lambda n: guest.xml(n, work / f"{n}.serial", domain_type=domain_type),
+        work / "root-mem",
+        domains,
+    )
+
+    print("\nmedians:")
+    report("start -> running", raw["start"], ours["start"], "target <= 1.3x raw")
+    report("suspend -> SUSPENDED event", raw["suspend"], ours["suspend"], "")
+    report("destroy -> STOPPED event", raw["destroy"], ours["destroy"], "target < 50 ms")
+    report("QEMU event -> subscriber", None, ours["delivery"], "target < 1 ms")
+    print(
+        f"  {'memory per running domain':<28} {heap_kib:8.1f} KiB Python heap, "
+        f"{rss_per:8.1f} KiB RSS   [target < 256 KiB]  ({domains} domains)"
+    )
+    if shutil.which("virsh"):
+        print("\nlibvirt: virsh is installed, but this benchmark has no libvirt runner yet")
+    else:
+        print("\nlibvirt: not installed here (apt install libvirt-daemon-system to compare)")
+    start_ratio = statistics.median(ours["start"]) / statistics.median(raw["start"])
+    ok = (
+        start_ratio <= 1.3
+        and statistics.median(ours["delivery"]) < 0.001
+        and statistics.median(ours["destroy"]) < 0.050
+        and heap_kib < 256
+    )
+    print("targets:", "all met" if ok else "NOT all met")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--domains", type=int, default=10)
+    args = parser.parse_args()
+    trio.run(main, args.rounds, args.domains)
