@@ -88,6 +88,7 @@ class QemuRunner:
         self.done = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
+        self._def_xml: str | None = None
 
     # -- public surface used by the driver ------------------------------------------------------
 
@@ -160,9 +161,7 @@ class QemuRunner:
                         await self._boot(paused=paused)
                     else:
                         await self._reconcile_attached()
-                    # On disk before start() returns: a supervisor that dies from now on
-                    # leaves what the next one needs to re-attach.
-                    await self._save_status()
+                    self.mark_dirty()
                     started = True
                     task_status.started()
         finally:
@@ -202,14 +201,11 @@ class QemuRunner:
             listener.close()
             os.close(log_fd)
         self._pidfd = process.open_pidfd(self.pid)
-        start_time = process.read_start_time(self.pid)
-        if self._pidfd is None or start_time is None:
+        if self._pidfd is None:
             client.close()
             raise OperationFailedError(f"QEMU exited at once: {self._log_tail()}")
-        self.identity = process.ProcessIdentity(self.pid, start_time)
         self.log = self.log.bind(pid=self.pid)
         self.machine.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
-        await self._save_status()
         self._monitor = Monitor(
             self.driver.loop, name=name, on_event=self._on_qmp_event, timeout=self._qmp_timeout
         )
@@ -222,9 +218,22 @@ class QemuRunner:
             raise OperationFailedError(
                 f"QEMU failed to start domain '{name}': {self._log_tail() or err}"
             ) from None
+        # Read after the handshake: while QEMU is still in execve, /proc/PID/stat blocks.
+        start_time = process.read_start_time(self.pid)
+        if start_time is None:
+            raise OperationFailedError(f"QEMU exited during start-up: {self._log_tail()}")
+        self.identity = process.ProcessIdentity(self.pid, start_time)
         self.log.info("QEMU started", argv0=argv[0])
 
     async def _boot(self, *, paused: bool) -> None:
+        # The status file must be on disk before start() returns, so that a supervisor that
+        # dies from then on leaves what the next one needs to re-attach; it is written while
+        # QEMU is being set up.
+        async with trio.open_nursery() as saving:
+            saving.start_soon(self._save_status)
+            await self._set_up_and_run(paused=paused)
+
+    async def _set_up_and_run(self, *, paused: bool) -> None:
         caps = await self.driver.capabilities_for(self.live_def)
         if caps.has_command("set-action"):
             await self._call(
@@ -288,6 +297,8 @@ class QemuRunner:
             label, filename = dev.get("label"), dev.get("filename", "")
             if label in wanted and filename.startswith("pty:"):
                 self.live_def.set_pty_path(label, filename[4:])
+                self._def_xml = None
+                self.mark_dirty()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -469,7 +480,7 @@ class QemuRunner:
             pid=self.identity.pid,
             start_time=self.identity.start_time,
             monitor=str(self.driver.paths.monitor(self.obj.name)),
-            def_xml=self.live_def.to_xml(),
+            def_xml=self._def_xml_cached(),
             persistent=self.obj.persistent_def is not None,
             autodestroy=self.autodestroy,
             state=int(self.machine.state),
@@ -477,6 +488,12 @@ class QemuRunner:
             shutdown_seen=self.machine.shutdown_seen,
             fake_reboot=self.machine.fake_reboot,
         )
+
+    def _def_xml_cached(self) -> str:
+        # The live definition changes only when QEMU tells us a pty path.
+        if self._def_xml is None:
+            self._def_xml = self.live_def.to_xml()
+        return self._def_xml
 
     async def _save_status(self) -> None:
         record = self.status_record()
