@@ -257,7 +257,7 @@ async def cmd_event(conn: asvirt.Connection, args: argparse.Namespace) -> int:
     count = 0
     timeout = args.timeout if args.timeout is not None else math.inf
     with trio.move_on_after(timeout):
-        async with conn.subscribe(domain, kinds) as events:
+        async with conn.subscribe(domain, kinds, since=args.since) as events:
             async for ev in events:
                 line = ev.describe()
                 if args.timestamp:
@@ -370,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
     p.add_argument("--list", action="store_true", help="list the event types")
+    p.add_argument(
+        "--since",
+        type=int,
+        metavar="SEQ",
+        help="first replay remembered events numbered above SEQ (0: all, e.g. what an "
+        "embedded connection found when it re-attached)",
+    )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
     p = add("pool-list")

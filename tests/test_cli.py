@@ -1,0 +1,118 @@
+"""The asvirt command line, run as users run it: a separate process per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .guest import REPO, TestGuest
+from .helpers import embed_uri
+
+pytestmark = [pytest.mark.qemu]
+
+
+def run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "asvirt", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def xml_file(tmp_path: Path, test_guest: TestGuest) -> Path:
+    path = tmp_path / "vm1.xml"
+    path.write_text(test_guest.xml("vm1", tmp_path / "vm1.serial", domain_type="qemu"))
+    return path
+
+
+def test_define_start_inspect_destroy(root, xml_file):
+    assert run(root, "define", str(xml_file)).stdout.startswith("Domain 'vm1' defined from")
+    out = run(root, "list", "--all").stdout.splitlines()
+    assert out[0].split() == ["Id", "Name", "State"]
+    assert out[2].split() == ["-", "vm1", "shut", "off"]
+    assert run(root, "start", "vm1", "--paused").stdout.strip() == "Domain 'vm1' started"
+    assert run(root, "list").stdout.splitlines()[2].split() == ["1", "vm1", "paused"]
+    assert run(root, "domstate", "--reason", "vm1").stdout.strip() == "paused (user)"
+    info = dict(
+        line.split(":", 1) for line in run(root, "dominfo", "vm1").stdout.splitlines() if line
+    )
+    assert info["State"].strip() == "paused"
+    assert info["Max memory"].strip() == "131072 KiB"
+    assert info["Persistent"].strip() == "yes"
+    reply = run(root, "qemu-monitor-command", "vm1", '{"execute":"query-status"}').stdout
+    assert '"running":false' in reply  # QEMU says "prelaunch": it never ran the guest
+    assert "<domain type='qemu' id='1'>" in run(root, "dumpxml", "vm1").stdout
+    assert "id=" not in run(root, "dumpxml", "--inactive", "vm1").stdout.splitlines()[0]
+    assert run(root, "resume", "vm1").stdout.strip() == "Domain 'vm1' resumed"
+    assert run(root, "destroy", "vm1").stdout.strip() == "Domain 'vm1' destroyed"
+    assert run(root, "domstate", "--reason", "vm1").stdout.strip() == "shut off (destroyed)"
+    assert run(root, "undefine", "vm1").stdout.strip() == "Domain 'vm1' has been undefined"
+    assert run(root, "list", "--all").stdout.splitlines()[2:] == [""]
+
+
+def test_errors_are_one_line_without_traceback(root, tmp_path, xml_file):
+    for args in (
+        ("start", "nope"),
+        ("define", "/nonexistent.xml"),
+        ("define", "/etc/hostname"),
+        ("-c", "foo:///bar", "list"),
+        ("-c", "qemu:///embed", "list"),
+        ("suspend", "vm1"),
+    ):
+        if args == ("suspend", "vm1"):
+            run(root, "define", str(xml_file))
+        proc = run(root, *args, check=False)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert (
+        "available: qemu:///embed?root=DIR"
+        in run(root, "-c", "foo:///x", "list", check=False).stderr
+    )
+
+
+def test_domxml_to_native_prints_the_command_line(root, xml_file):
+    argv = run(root, "domxml-to-native", "qemu-argv", str(xml_file)).stdout.strip()
+    assert argv.split()[0].endswith("qemu-system-x86_64")
+    assert "-no-shutdown" in argv and "guest=vm1" in argv and "-S" in argv.split()
+    # Converting starts nothing and defines nothing.
+    assert run(root, "list", "--all").stdout.splitlines()[2:] == [""]
+
+
+def test_event_command_prints_virsh_lines(root, xml_file):
+    run(root, "define", str(xml_file))
+    # Each CLI command is its own connection (an embed root allows one at a time), so what
+    # 'event' can show is what its own connection finds: here, on re-attaching, that a
+    # domain died while nobody watched.
+    run(root, "start", "vm1", "--paused")
+    pid = json.loads((root / "run" / "qemu" / "vm1.status").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    proc = run(root, "event", "--since", "0", "--loop", "--timeout", "1")
+    assert proc.stdout.strip().splitlines() == [
+        "event 'lifecycle' for domain 'vm1': Stopped Failed",
+        "events received: 1",
+    ]
+    proc = run(root, "event", "--timeout", "0.5", "--timestamp")
+    assert proc.stdout.strip().splitlines() == ["events received: 0"]
+    proc = run(root, "event", "--event", "bogus", check=False)
+    assert proc.returncode == 1 and "unknown event type" in proc.stderr
+
+
+def test_capabilities(root):
+    out = run(root, "capabilities").stdout
+    assert "<capabilities>" in out and "<arch name='x86_64'>" in out.replace('"', "'")
