@@ -1,0 +1,85 @@
+"""What the QEMU driver says about domains: live and persistent XML, capabilities, QMP errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+import asvirt
+from asvirt.drivers.qemu.capabilities import kvm_usable
+
+from .guest import REPO
+
+pytestmark = [pytest.mark.qemu]
+
+SCHEMA = REPO.parent / "shared" / "conformance" / "schemas" / "domain.rng"
+DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"
+
+
+@pytest.fixture(scope="module")
+def relaxng() -> etree.RelaxNG:
+    if not SCHEMA.exists():
+        pytest.skip(f"libvirt's domain schema is not here ({SCHEMA}): ../shared is absent")
+    return etree.RelaxNG(etree.parse(str(SCHEMA)))
+
+
+def assert_valid(schema: etree.RelaxNG, xml: str) -> None:
+    doc = etree.fromstring(xml.encode())
+    assert schema.validate(doc), schema.error_log.last_error
+
+
+async def test_dumpxml_validates_against_libvirts_schema(conn, test_guest, tmp_path, relaxng):
+    dom = await conn.define_xml(test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE))
+    inactive = await dom.xml_desc()
+    assert_valid(relaxng, inactive)
+    await dom.start(paused=True)
+    live = await dom.xml_desc()
+    assert_valid(relaxng, live)
+    root = etree.fromstring(live.encode())
+    assert root.get("id") == str(await dom.id())
+    assert root.find("devices/serial/alias").get("name") == "serial0"
+    # The persistent definition stays as it was defined.
+    assert await dom.xml_desc(inactive=True) == inactive
+    # define -> dumpxml -> define is stable.
+    again = await conn.define_xml(inactive)
+    assert again == dom and await dom.xml_desc(inactive=True) == inactive
+
+
+async def test_pty_serial_path_appears_in_live_xml(conn, test_guest, tmp_path):
+    xml = test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE).replace(
+        f"<serial type='file'>\n      <source path='{tmp_path / 's'}'/>",
+        "<serial type='pty'>",
+    )
+    assert "<serial type='pty'>" in xml
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    serial = etree.fromstring((await dom.xml_desc()).encode()).find("devices/serial")
+    path = serial.find("source").get("path")
+    assert path.startswith("/dev/pts/") and Path(path).exists()
+    # The pty QEMU allocated belongs to this run, not to the persistent definition.
+    assert "/dev/pts/" not in await dom.xml_desc(inactive=True)
+
+
+async def test_capabilities_are_probed_once_and_cached(conn, root):
+    caps = etree.fromstring((await conn.capabilities()).encode())
+    arch = caps.find("guest/arch")
+    assert arch.get("name") == "x86_64"
+    assert arch.findtext("emulator").endswith("qemu-system-x86_64")
+    machines = {m.text for m in arch.findall("machine")}
+    assert "pc" in machines and "q35" in machines
+    assert {d.get("type") for d in arch.findall("domain")} >= {"qemu"}
+    cached = list((root / "cache" / "qemu" / "capabilities").glob("*.json"))
+    assert len(cached) == 1
+
+
+async def test_qmp_errors_carry_qemus_error_class(conn, test_guest, tmp_path):
+    dom = await conn.define_xml(test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE))
+    await dom.start(paused=True)
+    with pytest.raises(asvirt.QMPError) as info:
+        await dom.qmp("no-such-command")
+    assert info.value.error_class == "CommandNotFound"
+    with pytest.raises(asvirt.QMPError):
+        await dom.qmp("device_del", {"id": "nonexistent"})
+    assert (await dom.qmp("query-name"))["name"] == "vm1"
