@@ -1,0 +1,96 @@
+"""libvirt's own XML -> QEMU test cases, run through the shared conformance runner.
+
+The runner feeds each case to asvirt's converter, compares the coarse facts with libvirt's
+expected command line, and starts every resulting QEMU paused to check QEMU accepts it.
+Skipped (with the reason) when ``../shared/conformance`` is not next to the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from command_caps import CONFORMANCE, Caps, probe_caps
+
+from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.errors import XMLError
+
+TOOL = Path(__file__).resolve().parent / "xml2argv_tool.py"
+RUNNER = CONFORMANCE / "run-xml2argv.py"
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(
+        not RUNNER.exists(),
+        reason=f"the conformance data is not available ({CONFORMANCE.resolve()} is missing)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def caps_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "qemu-caps"
+    Caps(probe_caps(cache))  # probe once here, not in every converter run
+    return cache
+
+
+def _tool(cache: Path, *extra: str) -> str:
+    return shlex.join([sys.executable, str(TOOL), "--caps-cache", str(cache), *extra]) + " {xml}"
+
+
+def test_conformance_cases_pass(caps_cache: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "--cmd", _tool(caps_cache), "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = proc.stdout.strip().splitlines()[-1]
+    m = re.match(r"conformance: (\d+) passed, (\d+) failed, (\d+) unsupported of (\d+)", summary)
+    assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
+    passed, failed, unsupported, total = map(int, m.groups())
+    results = json.loads(report.read_text())
+    failures = [
+        f"{r['name']}: {r['status']}: {r['detail']}"
+        for r in results
+        if r["status"] not in ("pass", "unsupported", "skipped")
+    ]
+    assert failed == 0, "\n".join(failures)
+    assert passed >= 110, summary
+    assert passed + unsupported == total
+    for r in results:
+        if r["status"] == "unsupported":
+            # A refusal is one line a user can act on, never a traceback.
+            assert r["detail"].startswith("error: "), r
+            assert "Traceback" not in r["detail"]
+
+
+def test_dumpxml_of_every_case_validates(caps_cache: Path, tmp_path: Path) -> None:
+    # The XML dumpxml shows, inactive and live, checked by the runner's own validator.
+    caps = probe_caps(caps_cache)
+    files = []
+    for case in sorted((CONFORMANCE / "libvirt-xml").glob("*.xml")):
+        try:
+            prepared = prepare_domain(parse_domain_xml(case.read_bytes()), caps)
+        except XMLError:
+            continue
+        for live in (False, True):
+            out = tmp_path / f"{case.stem}{'-live' if live else ''}.xml"
+            out.write_text(prepared.to_xml(live=live, domain_id=1 if live else None))
+            files.append(str(out))
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "--validate", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    summary = proc.stdout.strip().splitlines()[-1]
+    bad = [ln for ln in proc.stdout.splitlines() if ln.startswith(("INVALID", "    "))]
+    assert summary == f"schema: {len(files)} passed, 0 failed", "\n".join(bad[:20])
+    assert len(files) >= 220
