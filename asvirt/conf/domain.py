@@ -11,10 +11,12 @@ validates against libvirt's own schema.
 from __future__ import annotations
 
 import copy as _copy
+import dataclasses
+import functools
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -246,7 +248,8 @@ class DomainDef:
             raise KeyError(chardev_id)
 
     def copy(self) -> DomainDef:
-        return _copy.deepcopy(self)
+        """A deep copy (several times faster than :func:`copy.deepcopy` on these classes)."""
+        return _clone(self)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -401,6 +404,28 @@ class DomainDef:
             )
             if t.catchup:
                 timer.add("catchup", dict(t.catchup))
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _clone(value: Any) -> Any:
+    """Deep copy of the definition's plain data: dataclasses, lists, dicts and scalars."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        cls = type(value)
+        new = object.__new__(cls)
+        for name in _field_names(cls):
+            object.__setattr__(new, name, _clone(getattr(value, name)))
+        return new
+    return _copy.deepcopy(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,8 +820,9 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
         if not emulator.startswith("/"):
             raise XMLError("<emulator> must be an absolute path")
         d.emulator = emulator
+    order: dict[int, int] = {}  # id(disk) -> target index, computed once per disk
     for disk_node in node.children("disk"):
-        _insert_disk(d.disks, dev.parse_disk(disk_node))
+        _insert_disk(d.disks, dev.parse_disk(disk_node), order)
     parsed = [dev.parse_controller(n) for n in node.children("controller")]
     for ctl in parsed:
         if ctl.index < 0:
@@ -822,14 +848,14 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     node.finish()
 
 
-def _insert_disk(disks: list[Disk], disk: Disk) -> None:
+def _insert_disk(disks: list[Disk], disk: Disk, order: dict[int, int]) -> None:
     """Insert keeping the disks of one bus in target order, as libvirt does."""
-    index = dev.disk_name_index(disk.target)
+    index = order[id(disk)] = dev.disk_name_index(disk.target)
     at = -1
     for i in range(len(disks) - 1, -1, -1):
         if disks[i].bus != disk.bus:
             continue
-        if dev.disk_name_index(disks[i].target) > index:
+        if order[id(disks[i])] > index:
             at = i
         elif at == -1:
             at = i + 1
