@@ -1,0 +1,141 @@
+"""The ``test`` driver family: a complete hypervisor, network and storage driver in memory.
+
+Like libvirt's test driver, it lets programs that use asvirt be tested without QEMU::
+
+    async with asvirt.open("test:///default") as conn:
+        dom = await conn.lookup_by_name("test")          # running, as in libvirt
+        await dom.suspend()
+
+URIs:
+
+``test:///default``
+    libvirt's default node: a running domain ``test`` (8 GiB, 2 GiB current, 2 vCPUs), a
+    network ``default`` (192.168.122.0/24 on ``virbr0``) and a storage pool ``default-pool``
+    (``/default-pool``, 100 GiB). Every connection to it in the same trio run shares it (each
+    sees the others' changes and receives their events), and it is freed when the last one
+    closes: the next open starts afresh.
+``test:///path/to/node.xml``
+    a node described in a file (see :mod:`.nodefile`), private to the connection, as in
+    libvirt.
+
+Domains behave as on the QEMU driver, with the same states, errors and events, because the
+test driver feeds simulated QMP events through the QEMU driver's state machine (see
+:mod:`.guest`). The simulated guest obeys the ACPI power button, and honours the test guest's
+kernel command line (``asvirt.action=panic|poweroff|reboot``, ``asvirt.delay=SECONDS``,
+``asvirt.acpi=ignore``), so one domain XML behaves the same on both drivers. To make a guest
+act from a test, call :func:`guest_panic`, :func:`guest_poweroff` or :func:`guest_reboot`.
+``dom.qmp()`` simulates ``query-status``, ``query-version``, ``query-name``, ``query-uuid``,
+``stop``, ``cont``, ``system_reset`` and ``system_powerdown``; other commands raise
+:class:`~asvirt.OperationUnsupportedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+import trio
+
+from ...domain import Domain
+from ...errors import NoConnectError, OperationUnsupportedError
+from .. import registry
+from ..base import DriverContext, OpenedDrivers
+from .driver import TestDriver
+from .guest import BOOT_SECONDS, SIMULATED_QMP_COMMANDS
+from .network import TestNetworkDriver
+from .nodefile import build_node, default_node, read_node_file
+from .state import NodeState, acquire_default, release_default
+from .storage import TestStorageDriver
+
+_connection_numbers = itertools.count(1)
+
+
+@contextlib.asynccontextmanager
+async def open_test(ctx: DriverContext) -> AsyncIterator[OpenedDrivers]:
+    """Open the test driver family for ``ctx.uri`` (``test:///default`` or a node file)."""
+    uri = ctx.uri
+    if uri.transport is not None or uri.host:
+        raise NoConnectError(f"'{uri.uri}': the test driver is local only (use test:///default)")
+    if uri.params:
+        raise NoConnectError(f"'{uri.uri}': unknown parameter(s): {', '.join(sorted(uri.params))}")
+    path = uri.path
+    if path in ("", "/"):
+        raise NoConnectError(f"'{uri.uri}': supply a node file path, or use test:///default")
+    shared = path == "/default"
+    if shared:
+        node = acquire_default(default_node)
+    else:
+        node = build_node(await trio.to_thread.run_sync(read_node_file, path))
+    # No checkpoint between acquiring a shared node and attaching to it.
+    attachment = node.attach(ctx.bus, f"connection {next(_connection_numbers)}")
+    hv = TestDriver(node, attachment)
+    scheduler_scope = trio.CancelScope()
+    try:
+        ctx.nursery.start_soon(_run_scheduler, node, scheduler_scope)
+        yield OpenedDrivers(
+            hypervisor=hv, network=TestNetworkDriver(node), storage=TestStorageDriver(node)
+        )
+    finally:
+        scheduler_scope.cancel()
+        await hv.close()  # never waits: autodestroy completes even when cancelled
+        node.detach(attachment)
+        if shared:
+            release_default(node)
+
+
+async def _run_scheduler(node: NodeState, scope: trio.CancelScope) -> None:
+    with scope:
+        await node.scheduler.run()
+
+
+def _driver(dom: Domain) -> TestDriver:
+    drv = dom.connection._hv()
+    if not isinstance(drv, TestDriver):
+        raise OperationUnsupportedError(
+            f"guest actions are simulated only on the test driver, not on '{dom.connection.uri}'"
+        )
+    return drv
+
+
+async def guest_panic(dom: Domain) -> None:
+    """Make the simulated guest of ``dom`` panic now, as if its kernel crashed.
+
+    The domain then follows its ``on_crash`` policy, as on QEMU: ``destroy`` (the default)
+    gives CRASHED/PANICKED then STOPPED/CRASHED; ``preserve`` leaves it CRASHED/PANICKED;
+    ``restart`` gives CRASHED/PANICKED then STARTED/BOOTED. The events are published before
+    this returns. As with QEMU, the hypervisor sees a panic only through a ``<panic>``
+    device: without one this raises :class:`~asvirt.OperationInvalidError`, as it does when
+    the guest is not running (shut off, paused, crashed).
+    """
+    await _driver(dom).guest_action(dom.uuid, "panic")
+
+
+async def guest_poweroff(dom: Domain) -> None:
+    """Make the simulated guest of ``dom`` power itself off now (``poweroff`` inside it).
+
+    SHUTDOWN/GUEST, then what ``on_poweroff`` says (``destroy``: STOPPED/SHUTDOWN).
+    Raises :class:`~asvirt.OperationInvalidError` unless the guest is running.
+    """
+    await _driver(dom).guest_action(dom.uuid, "poweroff")
+
+
+async def guest_reboot(dom: Domain) -> None:
+    """Make the simulated guest of ``dom`` reboot itself now (``reboot`` inside it).
+
+    A REBOOT event, the domain keeps running; with ``on_reboot=destroy`` it stops instead
+    (STOPPED/SHUTDOWN). Raises :class:`~asvirt.OperationInvalidError` unless it is running.
+    """
+    await _driver(dom).guest_action(dom.uuid, "reboot")
+
+
+registry.register("test", open_test, examples=("test:///default", "test:///PATH/TO/NODE.xml"))
+
+__all__ = [
+    "BOOT_SECONDS",
+    "SIMULATED_QMP_COMMANDS",
+    "guest_panic",
+    "guest_poweroff",
+    "guest_reboot",
+    "open_test",
+]

@@ -1,0 +1,409 @@
+"""A simulated QEMU process and the guest inside it, for the test driver.
+
+The test driver does not re-implement the lifecycle rules. A :class:`SimulatedVM` plays the
+part of QEMU: it keeps QEMU's run state (``prelaunch``, ``running``, ``paused``, ``shutdown``,
+``guest-panicked``), answers a few QMP commands the way QEMU does, and emits the QMP events
+QEMU would emit (``STOP``, ``RESUME``, ``SHUTDOWN``, ``RESET``, ``POWERDOWN``,
+``GUEST_PANICKED``). Those events go through the QEMU driver's own
+:class:`~asvirt.events.qmp.DomainStateMachine`, and the supervisor's follow-ups
+(``on_poweroff``, ``on_reboot``, ``on_crash``) are applied as the QEMU runner applies them. So
+both drivers produce the same states and the same events by construction.
+
+The simulated guest is deterministic:
+
+* it obeys the ACPI power button (``shutdown()``, ``reboot()``, QMP ``system_powerdown``) at
+  the caller's next schedule point, when it is running; a paused guest acts once resumed;
+* it honours the test guest's kernel command line (see ``tests/guest.py``):
+  ``asvirt.action=panic|poweroff|reboot`` makes it act by itself
+  :data:`BOOT_SECONDS` plus ``asvirt.delay=N`` seconds after each boot, and ``asvirt.acpi=ignore``
+  makes it ignore the power button. So the same domain XML behaves the same on both drivers;
+* a panic is seen by the hypervisor only if the domain has a ``<panic>`` device, as with QEMU;
+* code can make it act at once with :func:`asvirt.drivers.test.guest_panic`,
+  :func:`~asvirt.drivers.test.guest_poweroff` and :func:`~asvirt.drivers.test.guest_reboot`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ...conf.domain import DomainDef
+from ...errors import OperationInvalidError, OperationUnsupportedError, QMPError
+from ...events.qmp import DomainStateMachine, FollowUp, Reaction, StopCause
+from ...states import DomainState, PausedReason, RunningReason, ShutoffReason, StateReason
+
+if TYPE_CHECKING:
+    from .state import NodeState
+
+#: Seconds a simulated guest takes from reset to running its command-line action.
+BOOT_SECONDS = 0.01
+
+#: QEMU's run states in which the machine must be reset before ``cont`` (runstate_needs_reset).
+_NEEDS_RESET = ("shutdown", "guest-panicked")
+
+#: What ``query-version`` answers.
+QEMU_VERSION: dict[str, Any] = {
+    "qemu": {"major": 9, "minor": 2, "micro": 0},
+    "package": "asvirt test driver",
+}
+
+
+class GuestFlags:
+    """What the guest's kernel command line asks of the simulated guest."""
+
+    __slots__ = ("action", "delay", "obeys_acpi")
+
+    def __init__(self, cmdline: str | None) -> None:
+        self.action: str | None = None
+        self.delay = 0.0
+        self.obeys_acpi = True
+        for word in (cmdline or "").split():
+            key, _, value = word.partition("=")
+            if key == "asvirt.action" and value in ("panic", "poweroff", "reboot"):
+                self.action = value
+            elif key == "asvirt.delay":
+                try:
+                    self.delay = max(0.0, float(value))
+                except ValueError:
+                    pass
+            elif key == "asvirt.acpi":
+                self.obeys_acpi = value != "ignore"
+
+
+class SimulatedVM:
+    """One running (or paused, shut down, crashed) simulated QEMU with its guest."""
+
+    def __init__(
+        self,
+        node: NodeState,
+        *,
+        name: str,
+        uuid: str,
+        live_def: DomainDef,
+        domain_id: int,
+        autodestroy_owner: object | None,
+        on_exit: Callable[[SimulatedVM, ShutoffReason], None],
+    ) -> None:
+        self.node = node
+        self.name = name
+        self.uuid = uuid
+        self.live_def = live_def
+        self.domain_id = domain_id
+        #: The connection whose closing destroys this VM (None: no autodestroy).
+        self.autodestroy_owner = autodestroy_owner
+        self._on_exit = on_exit
+        self.machine = DomainStateMachine()
+        #: QEMU's own run state, as ``query-status`` reports it.
+        self.runstate = "prelaunch"
+        self.exited = False
+        self.flags = GuestFlags(live_def.os.cmdline)
+        # The guest: a boot generation (bumped by every reset, so stale timers do nothing),
+        # whether it has booted since the last reset, and what it still has to do.
+        self._generation = 0
+        self._booted = False
+        self._button_pressed = False
+        self._action_due = False
+        # CPU time: the guest uses its vCPU whenever QEMU runs it.
+        self._cpu_ns = 0
+        self._running_since: int | None = None
+
+    # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> tuple[DomainState, StateReason]:
+        return self.machine.state, self.machine.reason
+
+    def cpu_time_ns(self) -> int:
+        if self._running_since is None:
+            return self._cpu_ns
+        return self._cpu_ns + time.monotonic_ns() - self._running_since
+
+    def memory_kib(self) -> int:
+        return self.machine.balloon_kib or self.live_def.current_memory_kib
+
+    # -- what the supervisor does ----------------------------------------------------------------
+
+    def boot(self, *, paused: bool) -> None:
+        """Start the VM as the QEMU runner does: ``-S``, then ``cont`` unless ``paused``."""
+        self.machine.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
+        if paused:
+            self._publish(self.machine.started_paused())
+            return
+        self.machine.starting = True
+        self.qmp_cont()
+
+    def adopt_running(self, state: DomainState) -> None:
+        """Take a VM as already running (or paused) without events: the node's initial domains."""
+        if state is DomainState.PAUSED:
+            self.machine.set_state(DomainState.PAUSED, PausedReason.USER)
+            self.runstate = "paused"
+            self._booted = True
+        else:
+            self.machine.set_state(DomainState.RUNNING, RunningReason.BOOTED)
+            self._set_runstate("running")
+            self._guest_boot()
+
+    def destroy(self) -> None:
+        """The QEMU process is killed: STOPPED/DESTROYED."""
+        if self.exited:
+            return
+        self.machine.destroying = True
+        self._exit()
+
+    def execute(self, command: str, arguments: dict[str, Any] | None) -> Any:
+        """A QMP command, answered as QEMU would, with the events QEMU would send."""
+        handler = _COMMANDS.get(command)
+        if handler is None:
+            raise OperationUnsupportedError(
+                f"the test driver does not simulate QMP command '{command}' "
+                f"(it knows: {', '.join(sorted(_COMMANDS))})"
+            )
+        if arguments:
+            raise QMPError(
+                f"Parameter '{next(iter(arguments))}' is unexpected", error_class="GenericError"
+            )
+        return handler(self)
+
+    # -- QEMU's side: run state and QMP commands -----------------------------------------------
+
+    def qmp_query_status(self) -> dict[str, Any]:
+        return {"running": self.runstate == "running", "status": self.runstate}
+
+    def qmp_query_version(self) -> dict[str, Any]:
+        return copy.deepcopy(QEMU_VERSION)
+
+    def qmp_query_name(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def qmp_query_uuid(self) -> dict[str, Any]:
+        return {"UUID": self.uuid}
+
+    def qmp_stop(self) -> dict[str, Any]:
+        if self.runstate == "running":
+            self._set_runstate("paused")
+            self._emit(("STOP", {}))
+        return {}
+
+    def qmp_cont(self) -> dict[str, Any]:
+        if self.runstate in _NEEDS_RESET:
+            raise QMPError("Resetting the Virtual Machine is required", error_class="GenericError")
+        if self.runstate == "running":
+            # QEMU answers a redundant cont with a STOP and a RESUME.
+            self._emit(("STOP", {}), ("RESUME", {}))
+            return {}
+        self._set_runstate("running")
+        self._emit(("RESUME", {}))
+        if not self.exited:
+            self._guest_resumed()
+        return {}
+
+    def qmp_system_reset(self) -> dict[str, Any]:
+        self._guest_reset()
+        if self.runstate != "running":
+            self.runstate = "prelaunch"
+        self._emit(("RESET", {"guest": False, "reason": "host-qmp-system-reset"}))
+        if not self.exited and self.runstate == "running":
+            self._guest_boot()
+        return {}
+
+    def qmp_system_powerdown(self) -> dict[str, Any]:
+        self._emit(("POWERDOWN", {}))
+        if self.flags.obeys_acpi:
+            self._button_pressed = True
+            self._wake_guest()
+        return {}
+
+    def _set_runstate(self, runstate: str) -> None:
+        now = time.monotonic_ns()
+        if self._running_since is not None:
+            self._cpu_ns += now - self._running_since
+            self._running_since = None
+        if runstate == "running":
+            self._running_since = now
+        self.runstate = runstate
+
+    # -- the guest's side ----------------------------------------------------------------------
+
+    def guest_running(self) -> bool:
+        return not self.exited and self.runstate == "running"
+
+    def guest_poweroff(self) -> None:
+        """The guest powers itself off (``poweroff -f``)."""
+        self._require_guest_running()
+        self._set_runstate("shutdown")  # -no-shutdown: QEMU pauses instead of exiting
+        self._emit(("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}), ("STOP", {}))
+
+    def guest_reboot(self) -> None:
+        """The guest reboots itself (``reboot -f``); on_reboot=destroy makes QEMU shut down."""
+        self._require_guest_running()
+        if self.live_def.on_reboot == "destroy":  # set-action reboot=shutdown
+            self._set_runstate("shutdown")
+            self._emit(("SHUTDOWN", {"guest": True, "reason": "guest-reset"}), ("STOP", {}))
+            return
+        self._guest_reset()
+        self._emit(("RESET", {"guest": True, "reason": "guest-reset"}))
+        if self.guest_running():
+            self._guest_boot()
+
+    def guest_panic(self) -> None:
+        """The guest kernel panics; QEMU sees it through the domain's ``<panic>`` device."""
+        self._require_guest_running()
+        if not self.live_def.panics:
+            raise OperationInvalidError(
+                f"domain '{self.name}' has no <panic> device: the hypervisor would not see "
+                "the guest's panic"
+            )
+        self._set_runstate("guest-panicked")  # set-action panic=pause
+        self._emit(("GUEST_PANICKED", {"action": "pause"}), ("STOP", {}))
+
+    def _require_guest_running(self) -> None:
+        if self.exited:
+            raise OperationInvalidError(f"domain '{self.name}' is not running")
+        if self.runstate != "running":
+            raise OperationInvalidError(
+                f"the guest of domain '{self.name}' is not running (QEMU is {self.runstate})"
+            )
+
+    def _guest_reset(self) -> None:
+        self._generation += 1
+        self._booted = False
+        self._button_pressed = False
+        self._action_due = False
+
+    def _guest_boot(self) -> None:
+        self._booted = True
+        if self.flags.action is not None:
+            generation = self._generation
+            self.node.scheduler.call_later(
+                BOOT_SECONDS + self.flags.delay, lambda: self._action_timer(generation)
+            )
+
+    def _guest_resumed(self) -> None:
+        if not self._booted:
+            self._guest_boot()
+        elif self._button_pressed or self._action_due:
+            self._wake_guest()
+
+    def _wake_guest(self) -> None:
+        generation = self._generation
+        self.node.scheduler.call_later(0, lambda: self._guest_acts(generation))
+
+    def _action_timer(self, generation: int) -> None:
+        if generation == self._generation and not self.exited:
+            self._action_due = True
+            self._guest_acts(generation)
+
+    def _guest_acts(self, generation: int) -> None:
+        """The guest gets CPU time: it handles a button press, or does its own action."""
+        if generation != self._generation or not self.guest_running():
+            return  # reset or stopped meanwhile; or paused, then it acts when resumed
+        if self._button_pressed:
+            self._button_pressed = False
+            self.guest_poweroff()  # acpid: the power button runs poweroff -f
+        elif self._action_due:
+            self._action_due = False
+            action = self.flags.action
+            if action == "poweroff":
+                self.guest_poweroff()
+            elif action == "reboot":
+                self.guest_reboot()
+            elif action == "panic" and self.live_def.panics:
+                self.guest_panic()
+            # Without a <panic> device the panicked guest just hangs, unseen.
+
+    # -- events and the supervisor's follow-ups ------------------------------------------------
+
+    def _emit(self, *events: tuple[str, dict[str, Any]]) -> None:
+        """QEMU sends ``events``; the state machine reacts; then the supervisor follows up."""
+        follow_ups: list[FollowUp] = []
+        for name, data in events:
+            seconds = time.time()
+            message = {
+                "event": name,
+                "data": data,
+                "timestamp": {
+                    "seconds": int(seconds),
+                    "microseconds": int((seconds % 1) * 1_000_000),
+                },
+            }
+            reaction = self.machine.on_qmp_event(message)
+            self._publish(reaction)
+            if reaction.follow_up is not None:
+                follow_ups.append(reaction.follow_up)
+        for what in follow_ups:
+            if self.exited:
+                break
+            self._follow_up(what)
+
+    def _publish(self, reaction: Reaction) -> None:
+        for spec in reaction.events:
+            self.node.publish(
+                domain=self.name,
+                uuid=self.uuid,
+                kind=spec.kind,
+                type=spec.type,
+                detail=spec.detail,
+                data=spec.data,
+                timestamp=spec.timestamp,
+            )
+
+    def _follow_up(self, what: FollowUp) -> None:
+        """Apply on_poweroff / on_reboot / on_crash, as the QEMU runner does."""
+        d = self.live_def
+        if what is FollowUp.GUEST_SHUTDOWN:
+            if self.machine.fake_reboot:
+                self._reset_and_continue()
+            elif d.on_poweroff == "restart":
+                self.machine.restarting = True
+                self._reset_and_continue()
+            elif d.on_poweroff != "preserve":
+                self._stop(StopCause.SHUTDOWN)
+        elif what is FollowUp.GUEST_REBOOT_DESTROY:
+            self._stop(StopCause.SHUTDOWN)
+        elif what is FollowUp.GUEST_PANICKED:
+            if d.on_crash in ("restart", "coredump-restart", "rename-restart"):
+                self.machine.restarting = True
+                self._reset_and_continue()
+            elif d.on_crash != "preserve":
+                self._stop(StopCause.CRASHED)
+
+    def _reset_and_continue(self) -> None:
+        self.qmp_system_reset()
+        if not self.exited:
+            self.qmp_cont()
+
+    def _stop(self, cause: StopCause) -> None:
+        self.machine.stop_cause = cause
+        self._exit()
+
+    def _exit(self) -> None:
+        """The QEMU process is gone: final state, STOPPED event, the domain table updated."""
+        self.exited = True
+        self._set_runstate("exited")
+        self._guest_reset()
+        outcome: Any = self.machine.exited()
+        # The reaction, whether exited() returns it alone or with the reason.
+        reaction: Reaction = outcome[1] if isinstance(outcome, tuple) else outcome
+        reason = self.machine.reason
+        assert isinstance(reason, ShutoffReason)
+        self._on_exit(self, reason)
+        self._publish(reaction)
+
+
+_COMMANDS: dict[str, Callable[[SimulatedVM], Any]] = {
+    "query-status": SimulatedVM.qmp_query_status,
+    "query-version": SimulatedVM.qmp_query_version,
+    "query-name": SimulatedVM.qmp_query_name,
+    "query-uuid": SimulatedVM.qmp_query_uuid,
+    "stop": SimulatedVM.qmp_stop,
+    "cont": SimulatedVM.qmp_cont,
+    "system_reset": SimulatedVM.qmp_system_reset,
+    "system_powerdown": SimulatedVM.qmp_system_powerdown,
+}
+
+#: The QMP commands the test driver simulates.
+SIMULATED_QMP_COMMANDS = frozenset(_COMMANDS)
+
+__all__ = ["BOOT_SECONDS", "SIMULATED_QMP_COMMANDS", "GuestFlags", "SimulatedVM"]
