@@ -383,11 +383,7 @@ class SimulatedVM:
         self.exited = True
         self._set_runstate("exited")
         self._guest_reset()
-        outcome: Any = self.machine.exited()
-        # The reaction, whether exited() returns it alone or with the reason.
-        reaction: Reaction = outcome[1] if isinstance(outcome, tuple) else outcome
-        reason = self.machine.reason
-        assert isinstance(reason, ShutoffReason)
+        reason, reaction = self.machine.exited()
         self._on_exit(self, reason)
         self._publish(reaction)
 
