@@ -50,6 +50,8 @@ USB_PORTS = {
 }
 USB_HUB_PORTS = 8
 VIRTIO_SERIAL_PORTS = 31
+#: How many IDE/SATA/SCSI controllers asvirt adds by itself for disks' drive addresses.
+MAX_DISK_CONTROLLERS = 32
 #: QEMU device names of the models asvirt checks against the probed capabilities.
 USB_DEVICE = {
     "piix3-uhci": "piix3-usb-uhci",
@@ -336,6 +338,15 @@ def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
             )
         elif ctl.type == "pci":
             _check_pci_controller(ctl, caps, q35)
+    owners: dict[int, str] = {}  # USB index -> the controller that owns the bus
+    for c in d.controllers:
+        if c.type == "usb" and c.model not in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3"):
+            if c.index in owners:
+                raise XMLError(
+                    f"USB controllers '{owners[c.index]}' and '{c.model}' both have index "
+                    f"{c.index}; only ich9-uhci companions may share an ich9-ehci1's index"
+                )
+            owners[c.index] = c.model or ""
     masters = {c.index for c in d.controllers if c.type == "usb" and c.model == "ich9-ehci1"}
     for ctl in d.controllers:
         companion = ctl.model in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
@@ -469,12 +480,20 @@ def _check_disk(disk: Disk, q35: bool) -> None:
 def _default_drive_address(disk: Disk) -> DriveAddress:
     idx = disk_name_index(disk.target)
     if disk.bus == "ide":
-        return DriveAddress(controller=idx // 4, bus=(idx % 4) // 2, unit=idx % 2)
-    if disk.bus == "sata":
-        return DriveAddress(controller=idx // 6, unit=idx % 6)
-    # SCSI: 15 usable ids per controller, skipping 7 (the controller's own id).
-    unit = idx % 15
-    return DriveAddress(controller=idx // 15, unit=unit + 1 if unit >= 7 else unit)
+        addr = DriveAddress(controller=idx // 4, bus=(idx % 4) // 2, unit=idx % 2)
+    elif disk.bus == "sata":
+        addr = DriveAddress(controller=idx // 6, unit=idx % 6)
+    else:
+        # SCSI: 15 usable ids per controller, skipping 7 (the controller's own id).
+        unit = idx % 15
+        addr = DriveAddress(controller=idx // 15, unit=unit + 1 if unit >= 7 else unit)
+    if addr.controller > MAX_DISK_CONTROLLERS - 1:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}' would need {disk.bus} controller "
+            f"{addr.controller}; asvirt adds at most {MAX_DISK_CONTROLLERS} (give it an "
+            "<address>)"
+        )
+    return addr
 
 
 def _check_drive_addresses(d: DomainDef) -> None:

@@ -445,3 +445,17 @@ def test_example_configs_prepare(caps: QemuCapabilities) -> None:
         pytest.skip("no example configs in config/examples")
     for path in examples:
         prep(caps, path.read_text())
+
+
+def test_far_away_disk_names_do_not_add_thousands_of_controllers(caps: QemuCapabilities) -> None:
+    with pytest.raises(ConfigUnsupportedError, match="controller"):
+        prep(caps, dom("<disk><source file='/a'/><target dev='sdzzz'/></disk>"))
+    with pytest.raises(XMLError, match="invalid disk target name"):
+        parse_domain_xml(dom("<disk><source file='/a'/><target dev='vdaaaaa'/></disk>"))
+
+
+def test_two_usb_controllers_cannot_own_one_bus(caps: QemuCapabilities) -> None:
+    two = "<controller type='usb' index='0' model='piix3-uhci'/>"
+    two += "<controller type='usb' index='0' model='qemu-xhci'/>"
+    with pytest.raises(XMLError, match="both have index 0"):
+        prep(caps, dom(two))
