@@ -482,6 +482,8 @@ class Chardev(DeviceBase):
             if live and self.source_path:
                 el.set("tty", self.source_path)
                 el.add("source", {"path": self.source_path})
+        elif self.type == "unix" and self.source_path is None and not live:
+            pass  # a socket asvirt places at start; libvirt writes no <source> for it either
         elif self.type in ("file", "unix"):
             src = el.add_if(
                 "source",

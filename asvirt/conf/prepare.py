@@ -276,9 +276,6 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
             raise XMLError("a USB controller of model 'none' cannot have an address")
     if q35 and d.controller("sata", 0) is None:
         _add_controller(d, Controller(type="sata", index=0))
-    if not q35 and d.controller("ide", 0) is None:
-        # The PIIX3 IDE controller is part of the i440FX machine; libvirt lists it.
-        _add_controller(d, Controller(type="ide", index=0))
     if d.memballoon is None:
         d.memballoon = Memballoon(model="virtio")
     if not d.audios:
@@ -732,11 +729,12 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         elif inp.address is not None:
             raise XMLError("a PS/2 input device cannot have an address")
     for gfx in d.graphics:
-        for lst in gfx.listens:
-            if lst.type == "address" and lst.address is None:
-                lst.address = "127.0.0.1"
+        # Without an address the display listens on 127.0.0.1 (chosen when the command line
+        # is built, as libvirt takes it from qemu.conf at start).
         if not gfx.listens:
-            gfx.listens.append(GraphicsListen(type="address", address="127.0.0.1"))
+            gfx.listens.append(GraphicsListen(type="address"))
+        if gfx.port is None and gfx.autoport is None:
+            gfx.port, gfx.autoport = -1, True
         if gfx.websocket not in (None, -1) and gfx.listens[0].type != "address":
             raise ConfigUnsupportedError(
                 "unsupported configuration: a VNC websocket needs a listen address"

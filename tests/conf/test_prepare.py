@@ -121,17 +121,18 @@ def test_kvm_domains_prepare_without_kvm(caps: QemuCapabilities) -> None:
 
 def test_pc_defaults_like_libvirt(caps: QemuCapabilities) -> None:
     d = prep(caps, dom())
-    assert [(c.type, c.index, c.model) for c in d.controllers] == [
-        ("pci", 0, "pci-root"),
-        ("usb", 0, "piix3-uhci"),
-        ("ide", 0, None),
-    ]
-    assert pci(ctl(d, "usb")) == (0, 1, 2)
-    assert pci(ctl(d, "ide")) == (0, 1, 1)
     assert [(i.type, i.bus) for i in d.inputs] == [("mouse", "ps2"), ("keyboard", "ps2")]
     assert d.has_memballoon and pci(d.memballoon) == (0, 2, 0)
     assert [(a.id, a.type) for a in d.audios] == [(1, "none")]
     assert d.watchdogs == []
+    assert [(c.type, c.index, c.model) for c in d.controllers] == [
+        ("pci", 0, "pci-root"),
+        ("usb", 0, "piix3-uhci"),
+    ]
+    assert pci(ctl(d, "usb")) == (0, 1, 2)
+    # The PIIX3's IDE function is listed once a disk uses it, at its fixed address.
+    d = prep(caps, dom("<disk device='cdrom'><target dev='hdc'/></disk>"))
+    assert pci(ctl(d, "ide")) == (0, 1, 1)
 
 
 def test_q35_defaults_like_libvirt(caps: QemuCapabilities) -> None:
