@@ -663,6 +663,7 @@ class Graphics:
     autoport: bool | None = None
     websocket: int | None = None
     share_policy: str | None = None
+    keymap: str | None = None
     listens: list[GraphicsListen] = field(default_factory=list)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
@@ -676,6 +677,7 @@ class Graphics:
                 "listen": self.listens[0].address
                 if self.listens and self.listens[0].type == "address"
                 else None,
+                "keymap": self.keymap,
                 "sharePolicy": self.share_policy,
             },
         )
@@ -695,6 +697,9 @@ def parse_graphics(node: Node) -> Graphics:
     gfx.autoport = node.yesno("autoport")
     gfx.websocket = node.integer("websocket", minimum=-1, maximum=65535)
     gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
+    gfx.keymap = node.attr("keymap")
+    if gfx.keymap is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]{2,4})?", gfx.keymap):
+        raise XMLError(f"invalid VNC keymap '{gfx.keymap}' (e.g. 'en-us', 'de', 'fr-ch')")
     listen_attr = node.attr("listen")
     for lnode in node.children("listen"):
         ltype = lnode.choice("type", ("address", "socket", "none"))

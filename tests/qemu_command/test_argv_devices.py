@@ -407,8 +407,9 @@ def test_vnc_video_audio(qemu: Caps) -> None:
         "0x2",
     )
     assert device(argv, "video1")["driver"] == "virtio-gpu-pci"
-    argv = argv_of(qemu, dom("<graphics type='vnc'/>"))
+    argv = argv_of(qemu, dom("<graphics type='vnc' keymap='de-ch'/>"))
     assert opts(argv, "-vnc") == ["127.0.0.1:0,to=99,audiodev=audio1"]
+    assert opts(argv, "-k") == ["de-ch"]
     assert device(argv, "video0")["driver"] == "cirrus-vga"
     argv = argv_of(
         qemu, dom("<graphics type='vnc'><listen type='socket' socket='/r/v.sock'/></graphics>")

@@ -785,6 +785,8 @@ class _Builder:
             if self.d.audios:
                 opts.append(f"audiodev=audio{self.d.audios[0].id}")
             self.add("-vnc", ",".join(opts))
+            if gfx.keymap is not None:
+                self.add("-k", gfx.keymap)
 
     def _videos(self) -> None:
         for i, video in enumerate(self.d.videos):
