@@ -221,9 +221,6 @@ def assign_pci_addresses(d: DomainDef, *, q35: bool, has_pcie_pci_bridge: bool) 
         i += 1
     for obj, addr in saved:
         obj.address = addr  # type: ignore[attr-defined]
-    for c in d.controllers:
-        if c.type == "pci" and c.model not in ("pci-root", "pcie-root") and _auto_added(c, saved):
-            c.address = None
 
     # 2nd pass: the real thing.
     aset = _new_set(d, len(aset.buses), dry_run=False, grow=grow)
@@ -232,10 +229,6 @@ def assign_pci_addresses(d: DomainDef, *, q35: bool, has_pcie_pci_bridge: bool) 
     _assign(d, aset, q35)
     _set_multifunction(d, q35)
     _controller_defaults(d)
-
-
-def _auto_added(c: Controller, saved: list[tuple[object, object]]) -> bool:
-    return all(obj is not c for obj, _ in saved)
 
 
 def _new_set(d: DomainDef, nbuses: int, *, dry_run: bool, grow: Callable[[int], str]):

@@ -817,8 +817,8 @@ def _usb_tree(d: DomainDef) -> dict[int, int]:
 
 
 def _assign_usb(d: DomainDef) -> None:
-    devices: list[Input | Hub] = [*d.hubs, *(i for i in d.inputs if i.bus == "usb")]
-    if not devices:
+    usb_inputs = [i for i in d.inputs if i.bus == "usb"]
+    if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
     if not roots:
@@ -827,38 +827,49 @@ def _assign_usb(d: DomainDef) -> None:
             "model 'none'), but it has USB devices"
         )
     available = sum(roots.values()) + USB_HUB_PORTS * len(d.hubs)
-    if len(devices) > available:
-        extra = -(-(len(devices) - available + 1) // (USB_HUB_PORTS - 1))
+    wanted = len(d.hubs) + len(usb_inputs)
+    if wanted > available:
+        # As libvirt: enough hubs for everything, each hub taking one port itself.
+        extra = -(-(wanted - available + 1) // (USB_HUB_PORTS - 1))
         d.hubs.extend(Hub() for _ in range(extra))
-    # port path -> number of ports behind it (hubs) ; "" is the root of a controller
-    taken: dict[int, set[str]] = {index: set() for index in roots}
-    hubs_at: dict[int, list[str]] = {index: [] for index in roots}
+    taken: dict[int, set[str]] = {index: set() for index in roots}  # used port paths
+    hubs_at: dict[int, set[str]] = {index: set() for index in roots}  # paths holding a hub
 
-    def check(addr: USBAddress, what: str) -> None:
+    def reserve(addr: USBAddress, is_hub: bool) -> None:
+        port = addr.port or ""
         if addr.bus not in roots:
-            raise XMLError(f"{what}: there is no USB bus {addr.bus}")
-        parts = addr.port.split(".") if addr.port else []
-        if not parts or int(parts[0]) > roots[addr.bus]:
-            raise XMLError(f"{what}: USB port {addr.port} does not exist on bus {addr.bus}")
-        if any(int(p) > USB_HUB_PORTS for p in parts[1:]):
-            raise XMLError(f"{what}: USB hub port {addr.port} does not exist")
-        if addr.port in taken[addr.bus]:
-            raise XMLError(f"{what}: USB port {addr.port} of bus {addr.bus} is used twice")
-        taken[addr.bus].add(addr.port or "")
+            raise XMLError(f"USB port {port}: there is no USB bus {addr.bus}")
+        parts = port.split(".")
+        if int(parts[0]) > roots[addr.bus] or any(int(p) > USB_HUB_PORTS for p in parts[1:]):
+            raise XMLError(f"USB port {port} does not exist on bus {addr.bus}")
+        parent = port.rpartition(".")[0]
+        if parent and parent not in hubs_at[addr.bus]:
+            raise XMLError(f"USB port {port} of bus {addr.bus} is behind a hub that is not there")
+        if port in taken[addr.bus]:
+            raise XMLError(f"USB port {port} of bus {addr.bus} is used twice")
+        taken[addr.bus].add(port)
+        if is_hub:
+            hubs_at[addr.bus].add(port)
 
-    # Explicit addresses first (hubs before what may sit behind them).
-    for dev in [*d.hubs, *d.inputs]:
-        if isinstance(dev, Input) and dev.bus != "usb":
-            continue
-        if isinstance(dev.address, USBAddress) and dev.address.port:
-            check(dev.address, "USB device")
-            if isinstance(dev, Hub):
-                hubs_at[dev.address.bus].append(dev.address.port)
+    def explicit(dev: Input | Hub) -> bool:
+        return isinstance(dev.address, USBAddress) and dev.address.port is not None
 
-    def free_port() -> USBAddress:
+    # Explicit addresses first, hubs before what sits behind them (nearest the root first).
+    def depth(hub: Hub) -> int:
+        return (hub.address.port or "").count(".")  # type: ignore[union-attr]
+
+    for hub in sorted((h for h in d.hubs if explicit(h)), key=depth):
+        reserve(hub.address, True)  # type: ignore[arg-type]
+    for inp in usb_inputs:
+        if explicit(inp):
+            reserve(inp.address, False)  # type: ignore[arg-type]
+
+    def free_port(only_bus: int | None) -> USBAddress:
         for bus, nports in roots.items():
+            if only_bus is not None and bus != only_bus:
+                continue
             level = [str(p) for p in range(1, nports + 1)]
-            while level:
+            while level:  # ports nearer the root first, then one hub level deeper
                 for port in level:
                     if port not in taken[bus]:
                         return USBAddress(bus=bus, port=port)
@@ -868,19 +879,15 @@ def _assign_usb(d: DomainDef) -> None:
                     if hub in hubs_at[bus]
                     for p in range(1, USB_HUB_PORTS + 1)
                 ]
-        raise ConfigUnsupportedError("unsupported configuration: no free USB port")
+        where = "" if only_bus is None else f" on USB bus {only_bus}"
+        raise ConfigUnsupportedError(f"unsupported configuration: no free USB port{where}")
 
-    for dev in [*d.hubs, *(i for i in d.inputs if i.bus == "usb")]:
-        if isinstance(dev.address, USBAddress) and dev.address.port:
+    for dev in [*d.hubs, *usb_inputs]:
+        if explicit(dev):
             continue
-        bus = dev.address.bus if isinstance(dev.address, USBAddress) else None
-        addr = free_port()
-        if bus is not None and addr.bus != bus:
-            raise XMLError(f"USB bus {bus} has no free port")
-        dev.address = addr
-        taken[addr.bus].add(addr.port or "")
-        if isinstance(dev, Hub):
-            hubs_at[addr.bus].append(addr.port or "")
+        only_bus = dev.address.bus if isinstance(dev.address, USBAddress) else None
+        dev.address = free_port(only_bus)
+        reserve(dev.address, isinstance(dev, Hub))
 
 
 # ---------------------------------------------------------------------------------------------

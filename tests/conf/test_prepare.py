@@ -460,3 +460,23 @@ def test_two_usb_controllers_cannot_own_one_bus(caps: QemuCapabilities) -> None:
     two += "<controller type='usb' index='0' model='qemu-xhci'/>"
     with pytest.raises(XMLError, match="both have index 0"):
         prep(caps, dom(two))
+
+
+def test_usb_ports_behind_missing_hubs_and_per_bus_requests(caps: QemuCapabilities) -> None:
+    behind = "<input type='tablet' bus='usb'><address type='usb' bus='0' port='1.2'/></input>"
+    with pytest.raises(XMLError, match="behind a hub"):
+        prep(caps, dom(behind))
+    d = prep(
+        caps,
+        dom(
+            "<hub type='usb'><address type='usb' bus='0' port='2'/></hub>"
+            + behind.replace("1.2", "2.3")
+        ),
+    )
+    assert d.inputs[0].address == USBAddress(0, "2.3")
+    two = (
+        "<controller type='usb' index='1' model='qemu-xhci'/>"
+        "<input type='tablet' bus='usb'><address type='usb' bus='1'/></input>"
+    )
+    d = prep(caps, dom(two))
+    assert d.inputs[0].address == USBAddress(1, "1")
