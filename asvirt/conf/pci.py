@@ -49,6 +49,9 @@ BUS_MODELS: dict[str, tuple[int, int, int]] = {
     "pcie-to-pci-bridge": (1, 31, PCI_DEV),
 }
 
+#: PCI bus numbers are 8 bits.
+MAX_BUSES = 256
+
 #: The QEMU device behind each PCI controller model (``<model name=...>``).
 CONTROLLER_DEVICE = {
     "pci-bridge": "pci-bridge",
@@ -75,13 +78,15 @@ class _Slot:
 
 
 class _Bus:
-    __slots__ = ("accepts", "index", "max_slot", "min_slot", "model", "slots")
+    __slots__ = ("accepts", "hint", "index", "max_slot", "min_slot", "model", "slots")
 
     def __init__(self, index: int, model: str) -> None:
         self.index = index
         self.model = model
         self.min_slot, self.max_slot, self.accepts = BUS_MODELS[model]
         self.slots: dict[int, _Slot] = {}
+        #: No slot below this one is free (slots are never released), so searches start here.
+        self.hint = self.min_slot
 
     def slot(self, n: int) -> _Slot:
         s = self.slots.get(n)
@@ -121,8 +126,18 @@ class _AddressSet:
         while index >= len(self.buses):
             if not self.dry_run:
                 raise XMLError(f"{what} is on PCI bus {index:#04x}, which does not exist")
-            self.buses.append(_Bus(len(self.buses), self._grow_model(ctype)))
+            self._append(self._grow_model(ctype), what)
         return self.buses[index]
+
+    def _append(self, model: str, what: str) -> _Bus:
+        if len(self.buses) >= MAX_BUSES:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: no free PCI slot for {what}: a guest has at most "
+                f"{MAX_BUSES} PCI buses"
+            )
+        bus = _Bus(len(self.buses), model)
+        self.buses.append(bus)
+        return bus
 
     def reserve(self, addr: PCIAddress, ctype: int, what: str) -> None:
         bus = self.bus(addr.bus, what, ctype=ctype)
@@ -146,24 +161,28 @@ class _AddressSet:
         for bus in self.buses:
             if not bus.accepts & ctype:
                 continue
-            for n in range(bus.min_slot, bus.max_slot + 1):
-                slot = bus.slots.get(n)
-                if slot is None or not slot.functions:
-                    return bus.index, n, 0
-                if ctype & ROOT_PORT and slot.aggregate and len(slot.functions) < 8:
-                    return bus.index, n, min(set(range(8)) - slot.functions)
+            if ctype & ROOT_PORT:  # may share a slot with other root ports
+                for n in range(bus.min_slot, bus.max_slot + 1):
+                    slot = bus.slots.get(n)
+                    if slot is None or not slot.functions:
+                        return bus.index, n, 0
+                    if slot.aggregate and len(slot.functions) < 8:
+                        return bus.index, n, min(set(range(8)) - slot.functions)
+                continue
+            while bus.hint <= bus.max_slot and bus.used(bus.hint):
+                bus.hint += 1
+            if bus.hint <= bus.max_slot:
+                return bus.index, bus.hint, 0
         if not self.dry_run:
             raise ConfigUnsupportedError(f"unsupported configuration: no free PCI slot for {what}")
         model = self._grow_model(ctype)
         if model == "pcie-to-pci-bridge":
             # The bridge needs a root port to sit in: add that first (so it gets the lower
             # index, like a parent should) and keep its slot for the bridge.
-            port = _Bus(len(self.buses), "pcie-root-port")
-            self.buses.append(port)
+            port = self._append("pcie-root-port", what)
             port.slot(0).functions.add(0)
             self.preplaced.add(port.index + 1)
-        bus = _Bus(len(self.buses), model)
-        self.buses.append(bus)
+        bus = self._append(model, what)
         return bus.index, bus.min_slot, 0
 
     def reserve_next(self, ctype: int, what: str) -> PCIAddress:

@@ -220,3 +220,13 @@ def test_deep_nesting_is_an_xml_error() -> None:
     )
     with pytest.raises(XMLError):
         parse_domain_xml(xml)
+
+
+def test_a_document_full_of_devices_is_refused_quickly() -> None:
+    disks = "<disk><source file='/a'/><target dev='vda'/></disk>" * 150_000
+    xml = domain().replace("</domain>", f"<devices>{disks}</devices></domain>")
+    assert len(xml) < 10 * 1024 * 1024
+    start = time.perf_counter()
+    with pytest.raises(ConfigUnsupportedError, match="at most"):
+        parse_domain_xml(xml)
+    assert time.perf_counter() - start < 3
