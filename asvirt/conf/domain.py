@@ -206,11 +206,21 @@ class DomainDef:
 
     @property
     def arch(self) -> str:
+        """``<os><type arch=...>`` (the host's architecture once prepared)."""
         return self.os.arch
+
+    @arch.setter
+    def arch(self, value: str) -> None:
+        self.os.arch = value
 
     @property
     def machine(self) -> str | None:
+        """``<os><type machine=...>`` as written, or canonical once prepared."""
         return self.os.machine
+
+    @machine.setter
+    def machine(self, value: str | None) -> None:
+        self.os.machine = value
 
     @property
     def has_memballoon(self) -> bool:
