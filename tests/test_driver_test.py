@@ -431,7 +431,8 @@ async def test_reset_forgets_a_pending_button_press():
         (
             testdrv.guest_reboot,
             {"on_reboot": "destroy"},
-            [("SUSPENDED", "PAUSED"), ("STOPPED", "SHUTDOWN")],
+            # The exact sequence is the shared suite's business (as on QEMU).
+            [..., ("STOPPED", "SHUTDOWN")],
             (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN),
         ),
     ],
@@ -444,7 +445,11 @@ async def test_guest_actions(action, kw, expected, final):
             await action(dom)
             # The guest acted before the call returned.
             seen = _all(events)
-        assert [lifecycle(e) for e in seen if lifecycle(e)] == expected
+        got = [lifecycle(e) for e in seen if lifecycle(e)]
+        if expected and expected[0] is ...:
+            assert got[-len(expected) + 1 :] == expected[1:]
+        else:
+            assert got == expected
         if action is testdrv.guest_reboot:
             assert any(e.kind is asvirt.EventKind.REBOOT for e in seen)
         assert await dom.state() == final
@@ -520,8 +525,12 @@ async def test_simulated_qmp():
     async with asvirt.open(DEFAULT) as conn:
         dom = await conn.define_xml(guest_xml("q", on_crash="preserve"))
         await dom.start(paused=True)
-        assert await dom.qmp("query-status") == {"running": False, "status": "prelaunch"}
-        assert (await dom.qmp("query-version"))["qemu"]["major"] >= 9
+        assert await dom.qmp("query-status") == {
+            "status": "prelaunch",
+            "singlestep": False,
+            "running": False,
+        }
+        assert (await dom.qmp("query-version"))["qemu"]["major"] == 7
         assert await dom.qmp("query-name") == {"name": "q"}
         assert await dom.qmp("query-uuid") == {"UUID": dom.uuid}
         async with (
@@ -529,27 +538,38 @@ async def test_simulated_qmp():
             conn.subscribe(dom, kinds=asvirt.EventKind.QMP) as raw,
         ):
             assert await dom.qmp("cont") == {}
-            await dom.qmp("cont")  # QEMU answers a redundant cont with STOP and RESUME
+            await dom.qmp("cont")  # nothing: already running
             await dom.qmp("stop")
             await dom.qmp("stop")  # nothing: already stopped
-            assert drain(events) == [
-                ("RESUMED", "UNPAUSED"),
-                ("SUSPENDED", "PAUSED"),
-                ("RESUMED", "UNPAUSED"),
-                ("SUSPENDED", "PAUSED"),
-            ]
+            assert drain(events) == [("RESUMED", "UNPAUSED"), ("SUSPENDED", "PAUSED")]
             names = [e.data["event"] for e in _all(raw)]
-            assert names == ["RESUME", "STOP", "RESUME", "STOP"]
+            assert names == ["RESUME", "STOP"]
         assert await dom.state() == (S.PAUSED, asvirt.PausedReason.UNKNOWN)
-        assert await dom.qmp("query-status") == {"running": False, "status": "paused"}
+        assert (await dom.qmp("query-status"))["status"] == "paused"
         await dom.resume()
         await testdrv.guest_panic(dom)
-        assert await dom.qmp("query-status") == {"running": False, "status": "guest-panicked"}
+        assert (await dom.qmp("query-status"))["status"] == "guest-panicked"
+        async with conn.subscribe(dom) as events:
+            await dom.qmp("cont")  # allowed, as in QEMU: the vCPUs run, the guest stays dead
+            await dom.qmp("system_powerdown")
+            await settle()
+            assert drain(events) == [("RESUMED", "UNPAUSED")]
+            with pytest.raises(asvirt.OperationInvalidError, match="crashed"):
+                await testdrv.guest_poweroff(dom)
+            await dom.qmp("system_reset")  # the guest boots again, and hears the button again
+            await dom.shutdown()
+            await settle()
+            assert drain(events)[-2:] == [("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")]
+        dom = await conn.define_xml(guest_xml("q2", on_poweroff="preserve"))
+        await dom.start()
+        await testdrv.guest_poweroff(dom)
+        assert (await dom.qmp("query-status"))["status"] == "shutdown"
         with pytest.raises(asvirt.QMPError) as err:
             await dom.qmp("cont")
         assert err.value.error_class == "GenericError"
         async with conn.subscribe(dom) as events:
             await dom.qmp("system_reset")
+            assert (await dom.qmp("query-status"))["status"] == "prelaunch"
             await dom.qmp("cont")
             kinds = [(e.kind, lifecycle(e)) for e in _all(events)]
         assert kinds == [

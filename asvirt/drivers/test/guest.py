@@ -4,8 +4,9 @@ The test driver does not re-implement the lifecycle rules. A :class:`SimulatedVM
 part of QEMU: it keeps QEMU's run state (``prelaunch``, ``running``, ``paused``, ``shutdown``,
 ``guest-panicked``), answers a few QMP commands the way QEMU does, and emits the QMP events
 QEMU would emit (``STOP``, ``RESUME``, ``SHUTDOWN``, ``RESET``, ``POWERDOWN``,
-``GUEST_PANICKED``). Those events go through the QEMU driver's own
-:class:`~asvirt.events.qmp.DomainStateMachine`, and the supervisor's follow-ups
+``GUEST_PANICKED``), in QEMU's order. The answers and events are those of QEMU 7.2, checked
+against it by the shared suite (``tests/test_api_contract.py``). Those events go through the
+QEMU driver's own :class:`~asvirt.events.qmp.DomainStateMachine`, and the supervisor's follow-ups
 (``on_poweroff``, ``on_reboot``, ``on_crash``) are applied as the QEMU runner applies them. So
 both drivers produce the same states and the same events by construction.
 
@@ -17,7 +18,8 @@ The simulated guest is deterministic:
   ``asvirt.action=panic|poweroff|reboot`` makes it act by itself
   :data:`BOOT_SECONDS` plus ``asvirt.delay=N`` seconds after each boot, and ``asvirt.acpi=ignore``
   makes it ignore the power button. So the same domain XML behaves the same on both drivers;
-* a panic is seen by the hypervisor only if the domain has a ``<panic>`` device, as with QEMU;
+* a panic is seen by the hypervisor only if the domain has a ``<panic>`` device, as with QEMU,
+  and a panicked guest does nothing more (even if continued) until it is reset;
 * code can make it act at once with :func:`asvirt.drivers.test.guest_panic`,
   :func:`~asvirt.drivers.test.guest_poweroff` and :func:`~asvirt.drivers.test.guest_reboot`.
 """
@@ -41,12 +43,13 @@ if TYPE_CHECKING:
 BOOT_SECONDS = 0.01
 
 #: QEMU's run states in which the machine must be reset before ``cont`` (runstate_needs_reset).
-_NEEDS_RESET = ("shutdown", "guest-panicked")
+#: A panicked guest may be continued: its vCPUs run again, the crashed kernel stays halted.
+_NEEDS_RESET = ("shutdown",)
 
-#: What ``query-version`` answers.
+#: What ``query-version`` answers: the simulation follows QEMU 7.2's QMP answers and events.
 QEMU_VERSION: dict[str, Any] = {
-    "qemu": {"major": 9, "minor": 2, "micro": 0},
-    "package": "asvirt test driver",
+    "qemu": {"major": 7, "minor": 2, "micro": 0},
+    "package": "asvirt test driver (simulated)",
 }
 
 
@@ -100,9 +103,11 @@ class SimulatedVM:
         self.exited = False
         self.flags = GuestFlags(live_def.os.cmdline)
         # The guest: a boot generation (bumped by every reset, so stale timers do nothing),
-        # whether it has booted since the last reset, and what it still has to do.
+        # whether it has booted since the last reset, whether it has crashed (it does nothing
+        # more until reset), and what it still has to do.
         self._generation = 0
         self._booted = False
+        self._halted = False
         self._button_pressed = False
         self._action_due = False
         # CPU time: the guest uses its vCPU whenever QEMU runs it.
@@ -162,14 +167,15 @@ class SimulatedVM:
             )
         if arguments:
             raise QMPError(
-                f"Parameter '{next(iter(arguments))}' is unexpected", error_class="GenericError"
+                f"QEMU refused '{command}': Parameter '{next(iter(arguments))}' is unexpected",
+                error_class="GenericError",
             )
         return handler(self)
 
     # -- QEMU's side: run state and QMP commands -----------------------------------------------
 
     def qmp_query_status(self) -> dict[str, Any]:
-        return {"running": self.runstate == "running", "status": self.runstate}
+        return {"status": self.runstate, "singlestep": False, "running": self.runstate == "running"}
 
     def qmp_query_version(self) -> dict[str, Any]:
         return copy.deepcopy(QEMU_VERSION)
@@ -188,11 +194,12 @@ class SimulatedVM:
 
     def qmp_cont(self) -> dict[str, Any]:
         if self.runstate in _NEEDS_RESET:
-            raise QMPError("Resetting the Virtual Machine is required", error_class="GenericError")
+            raise QMPError(
+                "QEMU refused 'cont': Resetting the Virtual Machine is required",
+                error_class="GenericError",
+            )
         if self.runstate == "running":
-            # QEMU answers a redundant cont with a STOP and a RESUME.
-            self._emit(("STOP", {}), ("RESUME", {}))
-            return {}
+            return {}  # nothing to do, and QEMU says nothing
         self._set_runstate("running")
         self._emit(("RESUME", {}))
         if not self.exited:
@@ -239,7 +246,7 @@ class SimulatedVM:
         """The guest reboots itself (``reboot -f``); on_reboot=destroy makes QEMU shut down."""
         self._require_guest_running()
         if self.live_def.on_reboot == "destroy":  # set-action reboot=shutdown
-            self._set_runstate("shutdown")
+            self._set_runstate("shutdown")  # -no-shutdown: QEMU pauses, as after a power-off
             self._emit(("SHUTDOWN", {"guest": True, "reason": "guest-reset"}), ("STOP", {}))
             return
         self._guest_reset()
@@ -255,6 +262,7 @@ class SimulatedVM:
                 f"domain '{self.name}' has no <panic> device: the hypervisor would not see "
                 "the guest's panic"
             )
+        self._halted = True
         self._set_runstate("guest-panicked")  # set-action panic=pause
         self._emit(("GUEST_PANICKED", {"action": "pause"}), ("STOP", {}))
 
@@ -265,10 +273,15 @@ class SimulatedVM:
             raise OperationInvalidError(
                 f"the guest of domain '{self.name}' is not running (QEMU is {self.runstate})"
             )
+        if self._halted:
+            raise OperationInvalidError(
+                f"the guest of domain '{self.name}' has crashed; it does nothing until reset"
+            )
 
     def _guest_reset(self) -> None:
         self._generation += 1
         self._booted = False
+        self._halted = False
         self._button_pressed = False
         self._action_due = False
 
@@ -281,6 +294,8 @@ class SimulatedVM:
             )
 
     def _guest_resumed(self) -> None:
+        if self._halted:
+            return
         if not self._booted:
             self._guest_boot()
         elif self._button_pressed or self._action_due:
@@ -297,8 +312,8 @@ class SimulatedVM:
 
     def _guest_acts(self, generation: int) -> None:
         """The guest gets CPU time: it handles a button press, or does its own action."""
-        if generation != self._generation or not self.guest_running():
-            return  # reset or stopped meanwhile; or paused, then it acts when resumed
+        if generation != self._generation or not self.guest_running() or self._halted:
+            return  # reset or stopped meanwhile; paused (it acts when resumed); crashed
         if self._button_pressed:
             self._button_pressed = False
             self.guest_poweroff()  # acpid: the power button runs poweroff -f
