@@ -8,17 +8,17 @@
 from __future__ import annotations
 
 import os
-import string
-from xml.sax.saxutils import quoteattr
 
 import pytest
 from conf_caps import CONFORMANCE, probe_caps
+from domain_strategies import domains
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
 from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
+from asvirt.drivers.qemu.command import MonitorSpec, build_command
 from asvirt.errors import XMLError
 
 #: Set ASVIRT_HYPOTHESIS_EXAMPLES (e.g. 3000) for a deeper search than the default run.
@@ -26,158 +26,6 @@ EXAMPLES = int(os.environ.get("ASVIRT_HYPOTHESIS_EXAMPLES", "150"))
 SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-
-# -- generating valid domains ---------------------------------------------------------------------
-
-NAME_CHARS = string.ascii_letters + string.digits + "-_.+ "
-names = st.text(NAME_CHARS, min_size=1, max_size=40).filter(
-    lambda n: n not in (".", "..") and not n.startswith("-") and n.strip() == n
-)
-units = st.sampled_from(["KiB", "k", "MiB", "M", "m", "GiB", "MB", "bytes", "b"])
-free_text = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x7f"), max_size=30
-)
-
-
-def disk_name(prefix: str, n: int) -> str:
-    letters = ""
-    n += 1
-    while n:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(97 + rem) + letters
-    return prefix + letters
-
-
-@st.composite
-def memory(draw: st.DrawFn) -> str:
-    unit = draw(units)
-    scale = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "m": 1024, "GiB": 1 << 20}
-    scale |= {"MB": 1000, "bytes": 1 / 1024, "b": 1 / 1024}
-    kib = draw(st.integers(16 * 1024, 2 << 20))
-    value = max(1, int(kib / scale[unit]))
-    return f"<memory unit='{unit}'>{value}</memory>"
-
-
-@st.composite
-def disks(draw: st.DrawFn, q35: bool) -> str:
-    out = []
-    buses = ["virtio", "sata", "scsi"] + ([] if q35 else ["ide"])
-    used: dict[str, int] = {}
-    for _ in range(draw(st.integers(0, 4))):
-        bus = draw(st.sampled_from(buses))
-        prefix = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}[bus]
-        n = used.get(prefix, 0)
-        if bus == "ide" and n > 3:
-            continue
-        used[prefix] = n + 1
-        cdrom = bus != "virtio" and draw(st.booleans())
-        fmt = draw(st.sampled_from(["raw", "qcow2"]))
-        cache = draw(st.sampled_from([None, "none", "writeback", "unsafe", "default"]))
-        driver = f"<driver name='qemu' type='{fmt}'" + (f" cache='{cache}'" if cache else "") + "/>"
-        source = (
-            f"<source file='/images/d{len(out)}.img'/>" if not cdrom or draw(st.booleans()) else ""
-        )
-        extra = "<readonly/>" if cdrom else ""
-        if bus in ("virtio", "scsi") and not cdrom and draw(st.booleans()):
-            extra += "<serial>SN" + str(len(out)) + "</serial>"
-        device = "cdrom" if cdrom else "disk"
-        out.append(
-            f"<disk type='file' device='{device}'>{driver}{source}"
-            f"<target dev='{disk_name(prefix, n)}' bus='{bus}'/>{extra}</disk>"
-        )
-    return "".join(out)
-
-
-@st.composite
-def devices(draw: st.DrawFn, q35: bool) -> str:
-    parts = [draw(disks(q35))]
-    for i in range(draw(st.integers(0, 2))):
-        model = draw(st.sampled_from(["virtio", "e1000", "rtl8139", None]))
-        mac = f"<mac address='52:54:00:00:00:{i:02x}'/>" if draw(st.booleans()) else ""
-        model_el = f"<model type='{model}'/>" if model else ""
-        parts.append(f"<interface type='user'>{mac}{model_el}</interface>")
-    serial_type = draw(st.sampled_from([None, "pty", "file", "null", "vc"]))
-    if serial_type == "file":
-        parts.append("<serial type='file'><source path='/tmp/serial.log'/></serial>")
-    elif serial_type:
-        parts.append(f"<serial type='{serial_type}'><target port='0'/></serial>")
-    if draw(st.booleans()):
-        parts.append("<console type='pty'><target type='virtio'/></console>")
-    if draw(st.booleans()):
-        parts.append(
-            "<channel type='unix'><source mode='bind' path='/tmp/qga.sock'/>"
-            "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
-        )
-    for kind in draw(st.lists(st.sampled_from(["mouse", "keyboard", "tablet"]), max_size=3)):
-        bus = draw(st.sampled_from(["usb", "virtio"]))
-        parts.append(f"<input type='{kind}' bus='{bus}'/>")
-    if draw(st.booleans()):
-        parts.append("<graphics type='vnc' port='-1'/>")
-        video = draw(st.sampled_from(["vga", "cirrus", "virtio", "qxl", "bochs", None]))
-        if video:
-            parts.append(f"<video><model type='{video}'/></video>")
-    parts.append(
-        draw(st.sampled_from(["", "<memballoon model='none'/>", "<memballoon model='virtio'/>"]))
-    )
-    if draw(st.booleans()):
-        parts.append("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
-    if draw(st.booleans()):
-        parts.append("<panic model='isa'/>")
-    if draw(st.booleans()):
-        model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
-        parts.append(f"<watchdog model='{model}' action='reset'/>")
-    return "".join(parts)
-
-
-@st.composite
-def domains(draw: st.DrawFn) -> str:
-    q35 = draw(st.booleans())
-    dtype = draw(st.sampled_from(["qemu", "kvm"]))
-    head = [f"<name>{_esc(draw(names))}</name>"]
-    if draw(st.booleans()):
-        head.append("<uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>")
-    if draw(st.booleans()):
-        head.append(f"<title>{_esc(draw(free_text).replace(chr(10), ' '))}</title>")
-    if draw(st.booleans()):
-        head.append(f"<description>{_esc(draw(free_text))}</description>")
-    head.append(draw(memory()))
-    maxcpu = draw(st.integers(1, 8))
-    current = draw(st.integers(1, maxcpu))
-    head.append(f"<vcpu current='{current}'>{maxcpu}</vcpu>")
-    boots = draw(st.lists(st.sampled_from(["hd", "cdrom", "network"]), max_size=3, unique=True))
-    os_ = f"<type arch='x86_64' machine='{'q35' if q35 else 'pc'}'>hvm</type>"
-    os_ += "".join(f"<boot dev='{b}'/>" for b in boots)
-    if draw(st.booleans()):
-        os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
-    head.append(f"<os>{os_}</os>")
-    feats = draw(st.lists(st.sampled_from(["<acpi/>", "<apic/>", "<pae/>"]), unique=True))
-    if feats:
-        head.append(f"<features>{''.join(feats)}</features>")
-    if draw(st.booleans()):
-        head.append(f"<cpu><topology sockets='1' cores='{maxcpu}' threads='1'/></cpu>")
-    clock = draw(st.sampled_from(["utc", "localtime"]))
-    timers = draw(st.lists(st.sampled_from(["rtc", "pit", "hpet"]), unique=True))
-    head.append(
-        f"<clock offset='{clock}'>"
-        + "".join(
-            f"<timer name='{t}' tickpolicy='delay'/>"
-            if t != "hpet"
-            else "<timer name='hpet' present='no'/>"
-            for t in timers
-        )
-        + "</clock>"
-    )
-    for tag in ("on_poweroff", "on_reboot", "on_crash"):
-        if draw(st.booleans()):
-            head.append(
-                f"<{tag}>{draw(st.sampled_from(['destroy', 'restart', 'preserve']))}</{tag}>"
-            )
-    return f"<domain type='{dtype}'>{''.join(head)}<devices>{draw(devices(q35))}</devices></domain>"
-
-
-def _esc(text: str) -> str:
-    return quoteattr(text)[1:-1]
-
 
 # -- properties -----------------------------------------------------------------------------------
 
@@ -217,6 +65,8 @@ def test_prepared_domains_round_trip_and_validate(
 ) -> None:
     caps = qemu.caps
     prepared = prepare_domain(parse_domain_xml(xml), caps)
+    argv = build_command(prepared, caps, monitor=MonitorSpec(path="/run/x/m.sock"))
+    assert argv[0] == caps.binary and "-S" in argv
     out = prepared.to_xml()
     assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
     assert parse_domain_xml(out).to_xml() == out
