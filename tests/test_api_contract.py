@@ -691,3 +691,41 @@ async def test_late_subscribers_can_replay(api):
             ("STARTED", "BOOTED"),
             ("SUSPENDED", "PAUSED"),
         ]
+
+
+# -- a user's script ----------------------------------------------------------------------------
+
+
+async def user_script(uri: str, xml: str) -> list[str]:
+    """What a user might write against qemu:///embed: only the URI changes between drivers."""
+    seen: list[str] = []
+    async with asvirt.open(uri) as conn:
+        conn.register_event_callback(lambda ev: seen.append(ev.describe()), kinds=LC)
+        dom = await conn.define_xml(xml)
+        async with conn.subscribe(dom, kinds=LC) as events:
+            await dom.start(paused=True)
+            await dom.resume()
+            await dom.suspend()
+            await dom.resume()
+            if (await dom.info()).state is S.RUNNING:
+                await dom.destroy()
+            async for ev in events:
+                if ev.type is asvirt.LifecycleEvent.STOPPED:
+                    break
+        await dom.undefine()
+        await trio.sleep(0.1)  # let the callback see the last event
+    return seen
+
+
+async def test_a_user_script_runs_unchanged(backend):
+    seen = await user_script(backend.uri, backend.xml("mine"))
+    assert seen == [
+        "event 'lifecycle' for domain 'mine': Defined Added",
+        "event 'lifecycle' for domain 'mine': Started Booted",
+        "event 'lifecycle' for domain 'mine': Suspended Paused",
+        "event 'lifecycle' for domain 'mine': Resumed Unpaused",
+        "event 'lifecycle' for domain 'mine': Suspended Paused",
+        "event 'lifecycle' for domain 'mine': Resumed Unpaused",
+        "event 'lifecycle' for domain 'mine': Stopped Destroyed",
+        "event 'lifecycle' for domain 'mine': Undefined Removed",
+    ]
