@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "qemu" in item.keywords or "guest" in item.keywords:
                 item.add_marker(skip)
+
+
+def _qemu_children() -> list[int]:
+    """QEMU processes whose parent is this test process (zombies included)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")]
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        if ppid == os.getpid() and comm.startswith(b"qemu-system"):
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_qemu() -> Iterator[None]:
+    """Every test leaves no QEMU of its own behind (tests must destroy what they start)."""
+    before = set(_qemu_children())
+    yield
+    leaked = []
+    for pid in set(_qemu_children()) - before:
+        stat = Path(f"/proc/{pid}/stat").read_bytes() if os.path.exists(f"/proc/{pid}") else b""
+        if b") Z " in stat:
+            continue  # exited; the orphan reaper collects it
+        leaked.append(pid)
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"the test left QEMU processes running: {leaked}"
 
 
 @pytest.fixture(scope="session")

@@ -201,6 +201,7 @@ async def test_hung_qemu_fails_only_its_own_commands(root, test_guest, tmp_path)
             with trio.fail_after(5):
                 await hung.destroy()
             assert await hung.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+            await fine.destroy()
         finally:
             if pid_exists(pid):
                 os.kill(pid, signal.SIGCONT)

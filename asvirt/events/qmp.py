@@ -205,8 +205,9 @@ class DomainStateMachine:
         return r
 
     def _on_stop(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
-        if self.state is not DomainState.RUNNING or self.fake_reboot:
-            # After SHUTDOWN or a panic QEMU pauses; that pause is part of what was reported.
+        if self.state is not DomainState.RUNNING or self.fake_reboot or self.shutdown_seen:
+            # After SHUTDOWN (including the one a guest reset becomes with on_reboot=destroy)
+            # or a panic QEMU pauses; that pause is part of what was reported.
             return
         reason = self.pause_hint or PausedReason.UNKNOWN
         self.pause_hint = None

@@ -148,8 +148,16 @@ class Monitor:
         Once this returns, every event QEMU sent before closing has been handed to
         ``on_event``: the reader processes a stream in order and sees the end last.
         """
-        while self._client.runstate is Runstate.RUNNING:
-            await self._loop.run_aio_coroutine(self._client.runstate_changed())
+        client = self._client
+
+        async def not_running() -> None:
+            # Check and wait inside one asyncio task: qemu.qmp signals a runstate change by
+            # set() then clear() of an Event, so a waiter that is not yet waiting at that
+            # moment (a check made from trio, then a wait scheduled later) misses it.
+            while client.runstate is Runstate.RUNNING:
+                await client.runstate_changed()
+
+        await self._loop.run_aio_coroutine(not_running())
 
     async def close(self) -> None:
         """End the session. Safe to call twice, while cancelled, and on a dead peer."""
