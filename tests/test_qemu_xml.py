@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import asvirt
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
 from .guest import REPO
+from .helpers import qemu_pid
 
 pytestmark = [pytest.mark.qemu]
 
@@ -83,3 +86,33 @@ async def test_qmp_errors_carry_qemus_error_class(conn, test_guest, tmp_path):
     with pytest.raises(asvirt.QMPError):
         await dom.qmp("device_del", {"id": "nonexistent"})
     assert (await dom.qmp("query-name"))["name"] == "vm1"
+
+
+async def test_runtime_details_in_live_xml(conn, test_guest, tmp_path, root):
+    """What only exists once QEMU runs: the VNC port, agent socket, NIC link, CPU pinning."""
+    xml = (
+        test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE)
+        .replace(
+            "<devices>",
+            """<vcpu cpuset='0'>1</vcpu><devices>
+    <interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/>
+      <link state='down'/></interface>
+    <channel type='unix'><source mode='bind'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>""",
+        )
+        .replace("<vcpu>1</vcpu>", "")
+    )
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    live = etree.fromstring((await dom.xml_desc()).encode())
+    port = int(live.find("devices/graphics").get("port"))
+    assert port >= 5900
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        assert s.recv(12).startswith(b"RFB ")
+    agent = live.find("devices/channel/source").get("path")
+    assert os.path.exists(agent) and len(agent) <= 107
+    # (QEMU has no query for a NIC's link state; set_link failing would have failed start.)
+    pid = qemu_pid(root, "vm1")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        assert os.sched_getaffinity(int(tid)) == {0}

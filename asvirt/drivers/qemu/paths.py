@@ -14,8 +14,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import tempfile
 from pathlib import Path
+
+# Socket names asvirt makes are up to ~50 bytes ("1234abcd-org.qemu.guest_agent.0.sock").
+_SOCKET_DIR_MAX = 107 - 56
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +66,26 @@ class EmbedPaths:
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    @property
+    def socket_dir(self) -> Path:
+        """Where asvirt puts unix sockets the XML leaves unnamed (guest agent channels).
+
+        The run directory, unless the root is so deep that socket paths there would not fit
+        in sun_path's 107 bytes; then a private directory under /tmp named after the root.
+        """
+        if len(os.fsencode(self.run_dir)) <= _SOCKET_DIR_MAX:
+            return self.run_dir
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"asvirt-{os.getuid()}" / digest
+
     def create(self) -> None:
         """Create the directories (private to the user: configs may name secrets)."""
-        for d in (self.config_dir, self.run_dir, self.log_dir, self.capabilities_dir):
+        for d in (
+            self.config_dir,
+            self.run_dir,
+            self.log_dir,
+            self.capabilities_dir,
+            self.socket_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, os.stat(self.root).st_mode & 0o7777 | 0o700)

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ... import fsutil
-from ...conf.domain import DomainDef
+from ...conf.domain import DomainDef, parse_cpuset
 from ...errors import AsvirtError, OperationFailedError, OperationTimeoutError, QMPError
 from ...events.qmp import DiskInfo, DomainStateMachine, FollowUp, Reaction, StopCause
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason, reason_for
 from . import process
-from .command import MonitorSpec, build_command
+from .command import MonitorSpec, build_command, fill_runtime_paths, links_down
 from .monitor import Monitor
 from .status import StatusRecord
 
@@ -181,8 +181,14 @@ class QemuRunner:
             paths.log(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
+            # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
+            # directory, recorded in the live XML so clients know where to connect.
+            fill_runtime_paths(self.live_def, str(paths.socket_dir))
             argv = build_command(
-                self.live_def, caps, monitor=MonitorSpec(fd=listener.fileno()), log_path=None
+                self.live_def,
+                caps,
+                monitor=MonitorSpec(fd=listener.fileno()),
+                runtime_dir=str(paths.socket_dir),
             )
             _write_log_header(log_fd, argv)
             # Connect before QEMU exists: the kernel queues the connection on the listening
@@ -246,6 +252,11 @@ class QemuRunner:
                 },
             )
         await self._record_pty_paths()
+        await self._record_vnc_port()
+        for nic in links_down(self.live_def):
+            # QEMU has no command-line switch for a NIC whose link starts down.
+            await self._call("set_link", {"name": nic, "up": False})
+        self._apply_cpuset()
         if paused:
             self._publish(self.machine.started_paused())
             return
@@ -299,6 +310,38 @@ class QemuRunner:
                 self.live_def.set_pty_path(label, filename[4:])
                 self._def_xml = None
                 self.mark_dirty()
+
+    async def _record_vnc_port(self) -> None:
+        graphics = [g for g in self.live_def.graphics if g.type == "vnc"]
+        if not graphics or not any(g.autoport or g.port in (None, -1) for g in graphics):
+            return
+        try:
+            vnc = await self._call("query-vnc")
+        except QMPError:
+            return
+        service = vnc.get("service")
+        if vnc.get("enabled") and isinstance(service, str) and service.isdigit():
+            graphics[0].port = int(service)
+            self._def_xml = None
+
+    def _apply_cpuset(self) -> None:
+        """Pin QEMU's threads to <vcpu cpuset=...> (all of them, as libvirt's default does)."""
+        cpuset = self.live_def.cpuset
+        if not cpuset or self.pid is None:
+            return
+        allowed = parse_cpuset(cpuset) & os.sched_getaffinity(0)
+        if not allowed:
+            self.log.warning("cpuset names no CPU this host has; not pinning", cpuset=cpuset)
+            return
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+        except OSError:
+            return
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, allowed)
+            except OSError:
+                pass  # the thread ended meanwhile
 
     # -- events ---------------------------------------------------------------------------------
 
