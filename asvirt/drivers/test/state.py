@@ -22,17 +22,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import trio
 
 from ...events import EventBus, EventDetail, EventKind, LifecycleEvent
+from ...log import get_logger
 
 if TYPE_CHECKING:
     from .driver import TestDomain
     from .network import NetworkObj
     from .storage import PoolObj
 
-log = structlog.get_logger("asvirt.test")
+log = get_logger("asvirt.test")
 
 
 class Scheduler:
