@@ -8,47 +8,18 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .drivers.base import DomainInfo, DomainRef
+from .handle import Handle
 from .states import DomainState, StateReason
 
-if TYPE_CHECKING:
-    from .connection import Connection
 
-
-class Domain:
+class Domain(Handle):
     """A virtual machine known to a connection."""
 
-    __slots__ = ("_conn", "_ref")
-
-    def __init__(self, conn: Connection, ref: DomainRef) -> None:
-        self._conn = conn
-        self._ref = ref
-
-    @property
-    def connection(self) -> Connection:
-        return self._conn
-
-    @property
-    def name(self) -> str:
-        return self._ref.name
-
-    @property
-    def uuid(self) -> str:
-        """The UUID, canonical lowercase (``"c7a5fdbd-edaf-9455-926a-d65c16db1809"``)."""
-        return self._ref.uuid
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Domain):
-            return NotImplemented
-        return self._conn is other._conn and self._ref.uuid == other._ref.uuid
-
-    def __hash__(self) -> int:
-        return hash(self._ref.uuid)
-
-    def __repr__(self) -> str:
-        return f"<asvirt.Domain {self.name!r} {self.uuid}>"
+    __slots__ = ()
+    _ref: DomainRef
 
     def _hv(self) -> Any:
         return self._conn._hv()

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .drivers.base import NetworkRef
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .handle import Handle
 
 
-class Network:
+class Network(Handle):
     """A virtual network known to a connection (libvirt's ``virNetworkPtr``)."""
 
-    __slots__ = ("_conn", "_ref")
-
-    def __init__(self, conn: Connection, ref: NetworkRef) -> None:
-        self._conn = conn
-        self._ref = ref
-
-    @property
-    def name(self) -> str:
-        return self._ref.name
-
-    @property
-    def uuid(self) -> str:
-        return self._ref.uuid
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Network):
-            return NotImplemented
-        return self._conn is other._conn and self.uuid == other.uuid
-
-    def __hash__(self) -> int:
-        return hash(self.uuid)
-
-    def __repr__(self) -> str:
-        return f"<asvirt.Network {self.name!r} {self.uuid}>"
+    __slots__ = ()
+    _ref: NetworkRef
 
     def _drv(self) -> Any:
         return self._conn._net()

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .drivers.base import StoragePoolInfo, StoragePoolRef, StorageVolInfo, StorageVolRef
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .handle import Handle
 
 
-class StoragePool:
+class StoragePool(Handle):
     """A storage pool known to a connection (libvirt's ``virStoragePoolPtr``)."""
 
-    __slots__ = ("_conn", "_ref")
-
-    def __init__(self, conn: Connection, ref: StoragePoolRef) -> None:
-        self._conn = conn
-        self._ref = ref
-
-    @property
-    def name(self) -> str:
-        return self._ref.name
-
-    @property
-    def uuid(self) -> str:
-        return self._ref.uuid
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StoragePool):
-            return NotImplemented
-        return self._conn is other._conn and self.uuid == other.uuid
-
-    def __hash__(self) -> int:
-        return hash(self.uuid)
-
-    def __repr__(self) -> str:
-        return f"<asvirt.StoragePool {self.name!r} {self.uuid}>"
+    __slots__ = ()
+    _ref: StoragePoolRef
 
     def _drv(self) -> Any:
         return self._conn._storage()

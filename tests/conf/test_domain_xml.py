@@ -6,12 +6,12 @@ import re
 import uuid
 
 import pytest
-from conf_caps import CONFORMANCE
 from lxml import etree
 
 from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
 from asvirt.conf.units import parse_kib
 from asvirt.errors import ConfigUnsupportedError, XMLError
+from tests.caps import CONFORMANCE
 
 
 def dom(body: str = "", devices: str = "", head: str = "type='qemu'") -> str:

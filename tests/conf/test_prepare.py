@@ -9,12 +9,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conf_caps import probe_caps
 
 from asvirt.conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
 from asvirt.conf.domain import DomainDef, parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.errors import ConfigUnsupportedError, XMLError
+from tests.caps import probe_caps
 
 
 @pytest.fixture(scope="session")

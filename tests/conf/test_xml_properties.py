@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from conf_caps import CONFORMANCE, probe_caps
 from domain_strategies import domains
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -20,6 +19,7 @@ from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.drivers.qemu.command import MonitorSpec, build_command
 from asvirt.errors import XMLError
+from tests.caps import CONFORMANCE, probe_caps
 
 #: Set ASVIRT_HYPOTHESIS_EXAMPLES (e.g. 3000) for a deeper search than the default run.
 EXAMPLES = int(os.environ.get("ASVIRT_HYPOTHESIS_EXAMPLES", "150"))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from command_caps import REPO, Caps, probe_caps
 from qemu_launch import QemuRefused, launch_paused
 
 from asvirt.conf.domain import parse_domain_xml, prepare_domain
@@ -24,6 +23,7 @@ from asvirt.drivers.qemu.command import (
     links_down,
 )
 from asvirt.errors import ConfigUnsupportedError
+from tests.caps import REPO, Caps, probe_caps
 
 
 @pytest.fixture(scope="module")

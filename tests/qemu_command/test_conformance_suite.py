@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from command_caps import CONFORMANCE, Caps, probe_caps
 
 from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.errors import XMLError
+from tests.caps import CONFORMANCE, Caps, probe_caps
 
 TOOL = Path(__file__).resolve().parent / "xml2argv_tool.py"
 RUNNER = CONFORMANCE / "run-xml2argv.py"

@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from command_caps import REPO, Caps, probe_caps
 from hypothesis import HealthCheck, given, settings
 from qemu_launch import QemuRefused, launch_paused
 
 from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.command import domxml_to_native
+from tests.caps import REPO, Caps, probe_caps
 
 # The strategies live next to the parser's property tests (a directory without a package).
 _spec = importlib.util.spec_from_file_location(

@@ -1,4 +1,8 @@
-"""Capabilities of the real QEMU on this machine, probed once per session (test helper)."""
+"""Capabilities of the real QEMU on this machine, probed once per session (test helper).
+
+The probe runs QEMU once (``-machine none``, no guest); the result is cached on disk as the
+driver caches it, so every test module shares one probe.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import trio
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, QemuCapabilities
 from asvirt.drivers.qemu.monitor import asyncio_loop
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / ".." / "shared" / "conformance"
 
 
