@@ -169,6 +169,14 @@ class Connection:
         """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""
         return await self._hv().domxml_to_native(native_format, xml)
 
+    async def domain_xml_normalize(self, xml: str) -> str:
+        """The XML that ``define_xml(xml)`` would store, without defining anything.
+
+        Defaults are filled in, implicit devices added and addresses assigned, as on define;
+        errors are those define would raise. Handy to see what a driver makes of your XML.
+        """
+        return await self._hv().domain_xml_normalize(xml)
+
     def hostname(self) -> str:
         return self._hv().hostname()
 

@@ -116,3 +116,14 @@ async def test_runtime_details_in_live_xml(conn, test_guest, tmp_path, root):
     pid = qemu_pid(root, "vm1")
     for tid in os.listdir(f"/proc/{pid}/task"):
         assert os.sched_getaffinity(int(tid)) == {0}
+
+
+async def test_normalize_shows_what_define_would_store(conn, test_guest, tmp_path, root):
+    xml = test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE)
+    preview = await conn.domain_xml_normalize(xml)
+    assert list((root / "etc" / "qemu").iterdir()) == []
+    assert await conn.list_all_domains() == []
+    uuid = etree.fromstring(preview.encode()).findtext("uuid")
+    xml_with_uuid = xml.replace("<name>vm1</name>", f"<name>vm1</name><uuid>{uuid}</uuid>")
+    dom = await conn.define_xml(xml_with_uuid)
+    assert await dom.xml_desc() == preview

@@ -230,6 +230,12 @@ async def cmd_qmp(conn: asvirt.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("dumpxml-from-file", "the XML 'define FILE' would store, without defining it")
+async def cmd_dumpxml_from_file(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    sys.stdout.write(await conn.domain_xml_normalize(_read_file(args.file)))
+    return 0
+
+
 @command("domxml-to-native", "convert domain XML to native (QEMU) arguments")
 async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace) -> int:
     print(await conn.domxml_to_native(args.format, _read_file(args.file)))
@@ -359,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cmd", nargs="+", help='QMP command as JSON, e.g. \'{"execute":"query-status"}\''
     )
     p.add_argument("--pretty", action="store_true")
+    add("dumpxml-from-file", "file")
     p = add("domxml-to-native")
     p.add_argument("format", choices=["qemu-argv"])
     p.add_argument("file")

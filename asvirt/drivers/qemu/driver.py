@@ -262,6 +262,9 @@ class QemuDriver:
         argv = domxml_to_native(xml, caps, monitor_path=str(self.paths.monitor(defn.name)))
         return shlex.join(argv)
 
+    async def domain_xml_normalize(self, xml: str) -> str:
+        return (await self._prepared(xml)).to_xml()
+
     async def define_xml(self, xml: str) -> DomainRef:
         defn = await self._prepared(xml)
         async with self._table_lock:

@@ -237,6 +237,11 @@ class TestDriver:
         parse_test_domain_xml(xml)
         raise OperationUnsupportedError("the test driver runs no QEMU: there is no command line")
 
+    async def domain_xml_normalize(self, xml: str) -> str:
+        await trio.lowlevel.checkpoint()
+        defn, _ = parse_test_domain_xml(xml)
+        return defn.to_xml()
+
     async def define_xml(self, xml: str) -> DomainRef:
         await trio.lowlevel.checkpoint()
         defn, _ = parse_test_domain_xml(xml)
