@@ -15,10 +15,17 @@ import structlog
 
 logging.getLogger("asvirt").addHandler(logging.NullHandler())
 
+def _render(logger: object, method: str, event_dict: dict[str, object]) -> str:
+    """``QEMU started domain='vm1' pid=1234 uuid='…'``: the message, then sorted context."""
+    event = event_dict.pop("event", "")
+    context = " ".join(f"{key}={value!r}" for key, value in sorted(event_dict.items()))
+    return f"{event} {context}" if context else str(event)
+
+
 _PROCESSORS = [
     structlog.stdlib.filter_by_level,
     structlog.processors.format_exc_info,
-    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+    _render,
 ]
 
 

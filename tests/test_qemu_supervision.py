@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -267,3 +268,34 @@ async def test_monitor_keeps_no_event_history(conn, test_guest, tmp_path):
     runner = conn._hv()._domains[dom.uuid].runner
     client = runner._monitor._client
     assert client.events.history == () and client.events.empty()
+
+
+async def test_event_burst_beyond_the_buffer_resynchronises(root, test_guest, tmp_path, caplog):
+    # A one-event buffer, and one command that makes QEMU send five events at once (unplugging
+    # a USB hub unplugs what hangs on it). The burst overflows; the supervisor must neither
+    # block QEMU's monitor nor get the state wrong: it resynchronises from query-status.
+    write_config(root, "[qemu]\nevent_buffer = 1\n")
+    caplog.set_level(logging.WARNING, logger="asvirt")
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "burst"))
+        await dom.start(paused=True)
+        await dom.qmp(
+            "device_add", {"driver": "usb-hub", "id": "hub1", "bus": "usb.0", "port": "1"}
+        )
+        for i in range(1, 5):
+            await dom.qmp(
+                "device_add",
+                {"driver": "usb-tablet", "id": f"t{i}", "bus": "usb.0", "port": f"1.{i}"},
+            )
+        async with conn.subscribe(dom, kinds={asvirt.EventKind.DEVICE_REMOVED, LC}) as events:
+            await dom.qmp("device_del", {"id": "hub1"})
+            await trio.sleep(0.2)
+            removed = []
+            while events.pending():
+                removed.append(events.receive_nowait().data["device"])
+            assert 1 <= len(removed) < 5  # some of the burst was dropped...
+            assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
+            await dom.resume()  # ...and events flow again afterwards
+            assert lifecycle(await events.receive()) == ("RESUMED", "UNPAUSED")
+        await dom.destroy()
+    assert any("overflowed" in r.getMessage() for r in caplog.records)
