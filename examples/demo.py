@@ -30,7 +30,9 @@ async def print_events(events: asvirt.Subscription) -> None:
         print(f"  event #{ev.seq:<3} {stamp}  {ev.describe()}", flush=True)
 
 
-def step(text: str) -> None:
+async def step(text: str) -> None:
+    # Let the events of the previous step print first, so the output reads in order.
+    await trio.sleep(0.05)
     print(f"\n>>> {text}", flush=True)
 
 
@@ -47,31 +49,31 @@ async def main(kvm: bool, root: Path) -> None:
             events = conn.subscribe()
             nursery.start_soon(print_events, events)
 
-            step("define the domain")
+            await step("define the domain")
             dom = await conn.define_xml(xml)
-            step("start it (under TCG emulation)" if not kvm else "start it (KVM)")
+            await step("start it (under TCG emulation)" if not kvm else "start it (KVM)")
             await dom.start()
             await wait_for_serial(serial, READY)
-            step(f"the guest booted; state is {(await dom.state())[0].label}")
+            await step(f"the guest booted; state is {(await dom.state())[0].label}")
 
-            step("suspend and resume")
+            await step("suspend and resume")
             await dom.suspend()
             await dom.resume()
 
-            step("reboot (ACPI power button, turned into a reset as libvirt does)")
+            await step("reboot (ACPI power button, turned into a reset as libvirt does)")
             serial.write_text("")
             await dom.reboot()
             await wait_for_serial(serial, READY)
-            step("the guest is back")
+            await step("the guest is back")
 
-            step("shut down through ACPI and wait for QEMU to exit")
+            await step("shut down through ACPI and wait for QEMU to exit")
             async with conn.subscribe(dom, asvirt.EventKind.LIFECYCLE) as mine:
                 await dom.shutdown()
                 async for ev in mine:
                     if ev.type is asvirt.LifecycleEvent.STOPPED:
                         break
             state, reason = await dom.state()
-            step(f"state is {state.label} ({reason.label}); undefine it")
+            await step(f"state is {state.label} ({reason.label}); undefine it")
             await dom.undefine()
             await trio.sleep(0.1)
             events.close()
