@@ -42,6 +42,7 @@ from ...errors import (
 from ...events import DefinedDetail, EventKind, LifecycleEvent, UndefinedDetail
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
+from .. import rules
 from ..base import DomainInfo, DomainRef, DriverContext, OpenedDrivers
 from . import process
 from .capabilities import (
@@ -239,10 +240,12 @@ class QemuDriver:
         """The existing domain ``defn`` redefines, or None; DomainExistsError on a clash."""
         by_uuid = self._domains.get(defn.uuid)
         by_name = self._by_name(defn.name)
-        if by_uuid is not None and by_uuid.name != defn.name:
-            raise DomainExistsError(f"domain '{by_uuid.name}' already exists with uuid {defn.uuid}")
-        if by_name is not None and by_name.uuid != defn.uuid:
-            raise DomainExistsError(f"domain '{defn.name}' already exists with uuid {by_name.uuid}")
+        rules.check_define_clash(
+            defn.name,
+            defn.uuid,
+            name_of_uuid=by_uuid.name if by_uuid is not None else None,
+            uuid_of_name=by_name.uuid if by_name is not None else None,
+        )
         return by_uuid
 
     # -- connection-level calls -----------------------------------------------------------------
@@ -353,37 +356,29 @@ class QemuDriver:
         obj = self._obj(uuid)
         async with obj.job:
             runner = self._runner(obj)
-            state = runner.machine.state
-            if state is DomainState.PAUSED:
-                return
-            if state is not DomainState.RUNNING:
-                raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not running")
-            runner.machine.pause_hint = PausedReason.USER
-            await runner.execute("stop")
+            if rules.needs_suspend(obj.name, runner.machine.state):
+                runner.machine.pause_hint = PausedReason.USER
+                await runner.execute("stop")
 
     async def domain_resume(self, uuid: str) -> None:
         obj = self._obj(uuid)
         async with obj.job:
             runner = self._runner(obj)
-            state = runner.machine.state
-            if state is DomainState.RUNNING:
-                return
-            if state is not DomainState.PAUSED:
-                raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not paused")
-            await runner.execute("cont")
+            if rules.needs_resume(obj.name, runner.machine.state):
+                await runner.execute("cont")
 
     async def domain_shutdown(self, uuid: str) -> None:
         obj = self._obj(uuid)
         async with obj.job:
             runner = self._runner(obj)
-            self._require(obj, runner, DomainState.RUNNING, DomainState.PAUSED)
+            rules.require_state(obj.name, runner.machine.state, *rules.SHUTDOWN_STATES)
             await runner.execute("system_powerdown")
 
     async def domain_reboot(self, uuid: str) -> None:
         obj = self._obj(uuid)
         async with obj.job:
             runner = self._runner(obj)
-            self._require(obj, runner, DomainState.RUNNING)
+            rules.require_state(obj.name, runner.machine.state, *rules.REBOOT_STATES)
             runner.machine.fake_reboot = True
             runner.mark_dirty()
             try:
@@ -419,11 +414,6 @@ class QemuDriver:
                 obj.runner.mark_dirty()  # the status file records persistence
         log.info("domain undefined", domain=obj.name, uuid=obj.uuid)
         self._publish_lifecycle(obj, LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
-
-    def _require(self, obj: DomainObject, runner: QemuRunner, *states: DomainState) -> None:
-        state = runner.machine.state
-        if state not in states:
-            raise OperationInvalidError(f"domain '{obj.name}' is {state.label}")
 
     # -- inspection -----------------------------------------------------------------------------
 

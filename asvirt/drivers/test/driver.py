@@ -37,6 +37,7 @@ from ...errors import (
 )
 from ...events import DefinedDetail, EventKind, LifecycleEvent, UndefinedDetail
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
+from .. import rules
 from ..base import DomainInfo, DomainRef
 from .guest import SimulatedVM
 from .state import Attachment, NodeState
@@ -146,11 +147,12 @@ def add_initial_domain(node: NodeState, defn: DomainDef, extras: TestExtras) -> 
 def check_conflicts(node: NodeState, defn: DomainDef) -> TestDomain | None:
     """The existing domain ``defn`` redefines, or None; DomainExistsError on a clash."""
     by_uuid = node.domains.get(defn.uuid)
-    by_name_uuid = node.domain_names.get(defn.name)
-    if by_uuid is not None and by_uuid.name != defn.name:
-        raise DomainExistsError(f"domain '{by_uuid.name}' already exists with uuid {defn.uuid}")
-    if by_name_uuid is not None and by_name_uuid != defn.uuid:
-        raise DomainExistsError(f"domain '{defn.name}' already exists with uuid {by_name_uuid}")
+    rules.check_define_clash(
+        defn.name,
+        defn.uuid,
+        name_of_uuid=by_uuid.name if by_uuid is not None else None,
+        uuid_of_name=node.domain_names.get(defn.name),
+    )
     return by_uuid
 
 
@@ -302,34 +304,26 @@ class TestDriver:
     async def domain_suspend(self, uuid: str) -> None:
         await trio.lowlevel.checkpoint()
         vm = self._vm(self._dom(uuid))
-        state = vm.machine.state
-        if state is DomainState.PAUSED:
-            return
-        if state is not DomainState.RUNNING:
-            raise OperationInvalidError(f"domain '{vm.name}' is {state.label}, not running")
-        vm.machine.pause_hint = PausedReason.USER
-        vm.qmp_stop()
+        if rules.needs_suspend(vm.name, vm.machine.state):
+            vm.machine.pause_hint = PausedReason.USER
+            vm.qmp_stop()
 
     async def domain_resume(self, uuid: str) -> None:
         await trio.lowlevel.checkpoint()
         vm = self._vm(self._dom(uuid))
-        state = vm.machine.state
-        if state is DomainState.RUNNING:
-            return
-        if state is not DomainState.PAUSED:
-            raise OperationInvalidError(f"domain '{vm.name}' is {state.label}, not paused")
-        vm.qmp_cont()
+        if rules.needs_resume(vm.name, vm.machine.state):
+            vm.qmp_cont()
 
     async def domain_shutdown(self, uuid: str) -> None:
         await trio.lowlevel.checkpoint()
         vm = self._vm(self._dom(uuid))
-        _require(vm, DomainState.RUNNING, DomainState.PAUSED)
+        rules.require_state(vm.name, vm.machine.state, *rules.SHUTDOWN_STATES)
         vm.qmp_system_powerdown()
 
     async def domain_reboot(self, uuid: str) -> None:
         await trio.lowlevel.checkpoint()
         vm = self._vm(self._dom(uuid))
-        _require(vm, DomainState.RUNNING)
+        rules.require_state(vm.name, vm.machine.state, *rules.REBOOT_STATES)
         vm.machine.fake_reboot = True
         vm.qmp_system_powerdown()
 
@@ -413,12 +407,6 @@ class TestDriver:
             vm.guest_reboot()
         else:
             raise InvalidArgError(f"unknown guest action '{action}'")
-
-
-def _require(vm: SimulatedVM, *states: DomainState) -> None:
-    state = vm.machine.state
-    if state not in states:
-        raise OperationInvalidError(f"domain '{vm.name}' is {state.label}")
 
 
 _CAPABILITIES_XML = """<capabilities>
