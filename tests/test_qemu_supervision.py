@@ -299,3 +299,34 @@ async def test_event_burst_beyond_the_buffer_resynchronises(root, test_guest, tm
             assert lifecycle(await events.receive()) == ("RESUMED", "UNPAUSED")
         await dom.destroy()
     assert any("overflowed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("delay", [0, 0.01, 0.03])
+async def test_destroy_while_starting(conn, test_guest, tmp_path, delay):
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "racy"))
+    outcome: list[object] = []
+
+    async def start() -> None:
+        try:
+            await dom.start()
+            outcome.append("started")
+        except asvirt.AsvirtError as err:
+            outcome.append(err)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start)
+        await trio.sleep(delay)
+        with trio.fail_after(10):
+            try:
+                await dom.destroy()
+            except asvirt.OperationInvalidError:
+                pass  # destroy came first: nothing was running yet
+    # Whoever won, nothing hangs and the domain ends shut off.
+    if outcome == ["started"] and await dom.is_active():
+        await dom.destroy()
+    assert (await dom.state())[0] is S.SHUTOFF
+    assert not await dom.is_active()
+    assert len(outcome) == 1
+    if outcome != ["started"]:
+        assert isinstance(outcome[0], asvirt.OperationInvalidError), outcome
+        assert "destroyed while starting" in str(outcome[0])

@@ -30,7 +30,13 @@ import trio
 
 from ... import fsutil
 from ...conf.domain import DomainDef, parse_cpuset
-from ...errors import AsvirtError, OperationFailedError, OperationTimeoutError, QMPError
+from ...errors import (
+    AsvirtError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationTimeoutError,
+    QMPError,
+)
 from ...events.qmp import DiskInfo, DomainStateMachine, FollowUp, Reaction, StopCause
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason, reason_for
@@ -121,7 +127,10 @@ class QemuRunner:
 
     async def terminate(self, *, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns when the runner is done."""
-        if self._pidfd is not None and not self.exited:
+        if self._pidfd is None:
+            # Still starting and QEMU not spawned yet: stop the start-up instead.
+            self._cancel_scope.cancel()
+        elif not self.exited:
             process.signal_pidfd(self._pidfd, signal.SIGTERM)
             with trio.move_on_after(grace):
                 await self.done.wait()
@@ -167,6 +176,15 @@ class QemuRunner:
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish(started=started)
+        if not started:
+            # QEMU went away (or destroy() was called) before start-up finished.
+            if self.machine.destroying:
+                raise OperationInvalidError(
+                    f"domain '{self.obj.name}' was destroyed while starting"
+                )
+            raise OperationFailedError(
+                f"QEMU exited while domain '{self.obj.name}' was starting: {self._log_tail()}"
+            )
 
     # -- bringing QEMU up ---------------------------------------------------------------------
 
@@ -218,6 +236,10 @@ class QemuRunner:
         try:
             await self._monitor.connect(client, timeout=self.driver.config.qemu.startup_timeout)
         except AsvirtError as err:
+            if self.machine.destroying:
+                raise OperationInvalidError(
+                    f"domain '{name}' was destroyed while starting"
+                ) from None
             # Most often QEMU refused the configuration and exited; its stderr says why.
             with trio.move_on_after(1):
                 await process.wait_exit(self._pidfd)
