@@ -15,14 +15,15 @@ import structlog
 
 logging.getLogger("asvirt").addHandler(logging.NullHandler())
 
-def _render(logger: object, method: str, event_dict: dict[str, object]) -> str:
+
+def _render(logger: object, method: str, event_dict: structlog.typing.EventDict) -> str:
     """``QEMU started domain='vm1' pid=1234 uuid='…'``: the message, then sorted context."""
     event = event_dict.pop("event", "")
     context = " ".join(f"{key}={value!r}" for key, value in sorted(event_dict.items()))
     return f"{event} {context}" if context else str(event)
 
 
-_PROCESSORS = [
+_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.filter_by_level,
     structlog.processors.format_exc_info,
     _render,

@@ -244,7 +244,9 @@ async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace
 
 # -- events ------------------------------------------------------------------------------------
 
-_EVENT_NAMES = {kind.value: kind for kind in EventKind if kind is not EventKind.QMP}
+_EVENT_NAMES: dict[str, EventKind] = {
+    kind.value: kind for kind in EventKind if kind is not EventKind.QMP
+}
 _EVENT_NAMES["qemu-monitor"] = EventKind.QMP
 
 

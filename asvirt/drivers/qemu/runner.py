@@ -579,7 +579,7 @@ class QemuRunner:
     def _disk_for_node(self, node: str) -> DiskInfo | None:
         for disk in self.live_def.disks:
             if node in disk.node_names:
-                return DiskInfo(target=disk.target, alias=disk.alias, source=disk.source)
+                return DiskInfo(target=disk.target, alias=disk.alias or "", source=disk.source)
         return None
 
     def _log_tail(self, lines: int = 5) -> str:
