@@ -39,6 +39,7 @@ async def test_closing_leaves_vms_running_and_reopening_reattaches(
         await dom.resume()
         uuid = dom.uuid
         pid = qemu_pid(root, "keep")
+        live_xml = await dom.xml_desc()
     assert pid_alive(pid), "closing a connection must not stop running VMs"
     status = json.loads((root / "run" / "qemu" / "keep.status").read_text())
     assert status["pid"] == pid and status["uuid"] == uuid
@@ -49,6 +50,7 @@ async def test_closing_leaves_vms_running_and_reopening_reattaches(
         assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
         assert await dom.is_active()
         assert qemu_pid(root, "keep") == pid
+        assert await dom.xml_desc() == live_xml  # same id, aliases, everything
         # The re-attached QEMU is fully supervised: commands, events, destroy.
         async with conn.subscribe(dom, kinds={LC}) as events:
             await dom.suspend()

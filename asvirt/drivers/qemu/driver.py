@@ -145,7 +145,7 @@ class QemuDriver:
     async def _reattach(self, record: StatusRecord) -> None:
         obj = self._domains.get(record.uuid)
         try:
-            live_def = parse_domain_xml(record.def_xml)
+            live_def = parse_domain_xml(record.live_xml)
         except XMLError as err:
             log.error("cannot re-attach: bad status", domain=record.name, error=str(err))
             fsutil.remove(self.paths.status(record.name))

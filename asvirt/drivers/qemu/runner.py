@@ -94,7 +94,7 @@ class QemuRunner:
         self.done = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
-        self._def_xml: str | None = None
+        self._live_xml: str | None = None
 
     # -- public surface used by the driver ------------------------------------------------------
 
@@ -330,7 +330,7 @@ class QemuRunner:
             label, filename = dev.get("label"), dev.get("filename", "")
             if label in wanted and filename.startswith("pty:"):
                 self.live_def.set_pty_path(label, filename[4:])
-                self._def_xml = None
+                self._live_xml = None
                 self.mark_dirty()
 
     async def _record_vnc_port(self) -> None:
@@ -344,7 +344,7 @@ class QemuRunner:
         service = vnc.get("service")
         if vnc.get("enabled") and isinstance(service, str) and service.isdigit():
             graphics[0].port = int(service)
-            self._def_xml = None
+            self._live_xml = None
 
     def _apply_cpuset(self) -> None:
         """Pin QEMU's threads to <vcpu cpuset=...> (all of them, as libvirt's default does)."""
@@ -545,7 +545,7 @@ class QemuRunner:
             pid=self.identity.pid,
             start_time=self.identity.start_time,
             monitor=str(self.driver.paths.monitor(self.obj.name)),
-            def_xml=self._def_xml_cached(),
+            live_xml=self._live_xml_cached(),
             persistent=self.obj.persistent_def is not None,
             autodestroy=self.autodestroy,
             state=int(self.machine.state),
@@ -554,11 +554,11 @@ class QemuRunner:
             fake_reboot=self.machine.fake_reboot,
         )
 
-    def _def_xml_cached(self) -> str:
-        # The live definition changes only when QEMU tells us a pty path.
-        if self._def_xml is None:
-            self._def_xml = self.live_def.to_xml()
-        return self._def_xml
+    def _live_xml_cached(self) -> str:
+        # The live definition changes only when QEMU tells us a pty path or a VNC port.
+        if self._live_xml is None:
+            self._live_xml = self.live_def.to_xml(live=True, domain_id=self.domain_id)
+        return self._live_xml
 
     async def _save_status(self) -> None:
         record = self.status_record()

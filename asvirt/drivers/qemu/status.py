@@ -1,8 +1,7 @@
 """The status file of a running domain: what a restarted supervisor needs to re-attach.
 
 It records the QEMU process (pid and start time, so that a reused pid is not mistaken for
-our QEMU), the monitor socket, the configuration QEMU was started with and the last known
-state. It is written
+our QEMU), the monitor socket, the live XML and the last known state. It is written
 atomically whenever any of these change and removed when QEMU is gone.
 """
 
@@ -15,7 +14,7 @@ from typing import Any
 
 from ... import fsutil
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -26,8 +25,9 @@ class StatusRecord:
     pid: int
     start_time: int
     monitor: str
-    #: The running instance's configuration, in define-able (inactive) form.
-    def_xml: str
+    #: The live XML (aliases, allocated pty paths, id): what dumpxml shows; re-parsed on
+    #: re-attach.
+    live_xml: str
     persistent: bool
     autodestroy: bool
     state: int
