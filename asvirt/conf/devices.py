@@ -123,6 +123,8 @@ class Disk(DeviceBase):
     error_policy: str | None = None
     rerror_policy: str | None = None
     readonly: bool = False
+    #: ``<shareable/>``: other guests may use the image at the same time.
+    shareable: bool = False
     serial: str | None = None
     wwn: str | None = None
     rotation_rate: int | None = None
@@ -178,6 +180,8 @@ class Disk(DeviceBase):
             el.add("boot", {"order": self.boot_order})
         if self.readonly:
             el.add("readonly")
+        if self.shareable:
+            el.add("shareable")
         if self.serial is not None:
             el.add("serial", text=self.serial)
         if self.wwn is not None:
@@ -227,6 +231,10 @@ def parse_disk(node: Node) -> Disk:
     if ro is not None:
         ro.finish()
         disk.readonly = True
+    sh = node.child("shareable")
+    if sh is not None:
+        sh.finish()
+        disk.shareable = True
     disk.serial = node.child_text("serial")
     if disk.serial is not None and not re.fullmatch(r"[A-Za-z0-9_. +-]*", disk.serial):
         raise XMLError(f"disk serial '{disk.serial}' has characters QEMU does not accept")
@@ -294,6 +302,11 @@ class Controller(DeviceBase):
     hotplug: str | None = None
     #: ``<master startport=...>`` of a USB companion controller.
     master_startport: int | None = None
+    #: ``<driver>`` tuning of a virtio-scsi controller.
+    queues: int | None = None
+    cmd_per_lun: int | None = None
+    max_sectors: int | None = None
+    ioeventfd: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -321,6 +334,15 @@ class Controller(DeviceBase):
             el.add("alias", {"name": self.alias})
         if self.master_startport is not None:
             el.add("master", {"startport": self.master_startport})
+        el.add_if(
+            "driver",
+            {
+                "queues": self.queues,
+                "cmd_per_lun": self.cmd_per_lun,
+                "max_sectors": self.max_sectors,
+                "ioeventfd": self.ioeventfd,
+            },
+        )
         format_address(el, self.address)
 
 
@@ -367,6 +389,15 @@ def parse_controller(node: Node) -> Controller:
         if ctl.master_startport is None:
             raise XMLError(f"missing attribute 'startport' of {master.where}")
         master.finish()
+    drv = node.child("driver")
+    if drv is not None:
+        if kind != "scsi":
+            raise node.unsupported("<driver> (only virtio-scsi controllers are tuned here)")
+        ctl.queues = drv.integer("queues", minimum=1, maximum=1024)
+        ctl.cmd_per_lun = drv.integer("cmd_per_lun", minimum=1, maximum=65535)
+        ctl.max_sectors = drv.integer("max_sectors", minimum=1, maximum=65535)
+        ctl.ioeventfd = drv.onoff("ioeventfd")
+        drv.finish()
     _parse_alias(node, ctl)
     ctl.address = parse_address(node, (PCIAddress,))
     node.finish()

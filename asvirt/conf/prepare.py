@@ -136,7 +136,8 @@ def _machine(d: DomainDef, caps: QemuCapabilities) -> bool:
         d.emulator = caps.binary
     if not d.os.arch:
         d.os.arch = caps.arch
-    if d.os.arch != caps.arch:
+    # Like libvirt, an x86_64 emulator also runs i686 guests.
+    if d.os.arch != caps.arch and not (d.os.arch == "i686" and caps.arch == "x86_64"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: architecture '{d.os.arch}' is not supported by "
             f"{caps.binary} (it emulates {caps.arch})"
@@ -314,6 +315,13 @@ def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
                 )
         elif ctl.type == "scsi":
             _need_device(caps, SCSI_DEVICE[ctl.model or ""], f"SCSI controller '{ctl.model}'")
+            tuned = (ctl.queues, ctl.cmd_per_lun, ctl.max_sectors, ctl.ioeventfd)
+            if ctl.model != "virtio-scsi" and any(v is not None for v in tuned):
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: <driver> of SCSI controller {ctl.index}: "
+                    f"only virtio-scsi controllers take queues/cmd_per_lun/max_sectors/ioeventfd, "
+                    f"not model '{ctl.model}'"
+                )
         elif ctl.type == "virtio-serial":
             _need_device(caps, "virtio-serial-pci", "virtio-serial")
         elif ctl.type == "ide":
@@ -467,6 +475,10 @@ def _check_disk(disk: Disk, q35: bool) -> None:
     if disk.wwn is not None and disk.bus not in ("ide", "sata", "scsi"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: <wwn> needs an IDE, SATA or SCSI disk"
+        )
+    if disk.shareable and disk.format != "raw":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: <shareable/> needs a raw image, not {disk.format}"
         )
     if disk.device == "cdrom" and disk.copy_on_read == "on":
         raise ConfigUnsupportedError(f"unsupported configuration: {where}: copy_on_read on a cdrom")

@@ -461,6 +461,11 @@ class _Builder:
             self.device(self._pci(props, ctl.address, what))
         elif ctl.type == "scsi":
             props = {"driver": SCSI_DEVICE[ctl.model or ""], "id": ctl.alias}
+            props["num_queues"] = ctl.queues
+            props["cmd_per_lun"] = ctl.cmd_per_lun
+            props["max_sectors"] = ctl.max_sectors
+            if ctl.ioeventfd is not None:
+                props["ioeventfd"] = ctl.ioeventfd == "on"
             self.device(self._pci(props, ctl.address, what))
         elif ctl.type == "sata":
             if self.q35 and ctl.index == 0:
@@ -596,6 +601,8 @@ class _Builder:
                 props["device_id"] = disk.serial or f"drive-{disk.alias}"
         if drive is not None:
             props["drive"] = drive
+            if disk.shareable:
+                props["share-rw"] = True
         props["id"] = disk.alias
         props["bootindex"] = self.bootindex.get(id(disk))
         if disk.cache not in (None, "default"):
