@@ -443,7 +443,7 @@ class QemuDriver:
     async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str:
         obj = self._obj(uuid)
         if obj.runner is not None and not (inactive and obj.persistent_def is not None):
-            return obj.runner.live_def.to_xml(live=True, domain_id=obj.runner.domain_id)
+            return obj.runner.live_xml()
         assert obj.persistent_def is not None
         return obj.persistent_def.to_xml()
 

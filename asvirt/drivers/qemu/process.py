@@ -98,13 +98,6 @@ def cmdline_mentions(pid: int, text: str) -> bool:
     return text.encode() in cmdline
 
 
-def identity_of(pid: int) -> ProcessIdentity:
-    start = read_start_time(pid)
-    if start is None:
-        raise ProcessLookupError(pid)
-    return ProcessIdentity(pid, start)
-
-
 def open_pidfd(pid: int) -> int | None:
     """A pidfd for ``pid``, or None if no such process exists any more."""
     try:
@@ -209,8 +202,3 @@ _reaper = _OrphanReaper()
 def adopt_orphan(pidfd: int) -> None:
     """Reap the child behind ``pidfd`` whenever it exits; takes ownership of ``pidfd``."""
     _reaper.adopt(pidfd)
-
-
-def orphans_pending() -> int:
-    """How many adopted children are still running (for tests and diagnostics)."""
-    return _reaper.pending()

@@ -545,7 +545,7 @@ class QemuRunner:
             pid=self.identity.pid,
             start_time=self.identity.start_time,
             monitor=str(self.driver.paths.monitor(self.obj.name)),
-            live_xml=self._live_xml_cached(),
+            live_xml=self.live_xml(),
             persistent=self.obj.persistent_def is not None,
             autodestroy=self.autodestroy,
             state=int(self.machine.state),
@@ -554,8 +554,9 @@ class QemuRunner:
             fake_reboot=self.machine.fake_reboot,
         )
 
-    def _live_xml_cached(self) -> str:
-        # The live definition changes only when QEMU tells us a pty path or a VNC port.
+    def live_xml(self) -> str:
+        """The live XML (cached: the live definition changes only when QEMU tells us a pty
+        path or a VNC port)."""
         if self._live_xml is None:
             self._live_xml = self.live_def.to_xml(live=True, domain_id=self.domain_id)
         return self._live_xml
