@@ -40,3 +40,31 @@ class Caps:
 
     def __repr__(self) -> str:
         return f"<caps of QEMU {self.caps.version_string}>"
+
+
+def kvm_host_cpu_failure() -> str | None:
+    """Why QEMU cannot run ``-cpu host`` under KVM on this machine, or None if it can.
+
+    Nested, limited KVMs (as on the CI machines) accept ``/dev/kvm`` but abort QEMU when it
+    programs the host CPU's MSRs into a vCPU. That is the machine, not the command line:
+    tests that launch host-passthrough guests skip with this reason.
+    """
+    import subprocess
+
+    from asvirt.drivers.qemu.capabilities import kvm_usable
+
+    ok, why = kvm_usable()
+    if not ok:
+        return why
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return "QEMU is not installed"
+    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"query-status"}\n{"execute":"quit"}\n'
+    argv = [binary, "-enable-kvm", "-cpu", "host", "-machine", "pc", "-m", "64"]
+    argv += ["-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
+    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
+    if proc.returncode == 0:
+        return None
+    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if "error" in ln]
+    detail = lines[0] if lines else f"exit status {proc.returncode}"
+    return f"this machine's KVM cannot run QEMU with -cpu host ({detail})"
