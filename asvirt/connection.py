@@ -9,10 +9,12 @@
             async for ev in events:
                 print(ev.describe())
 
-A connection owns a trio nursery in which its drivers run their tasks (one per QEMU process
-for the QEMU driver) and in which registered event callbacks are called. Leaving the
-``async with`` block closes the drivers; running VMs keep running unless they were started
-with ``autodestroy=True``.
+A connection is a view on a *node* (an embed root, the test driver's node): the node owns the
+domains, the event journal and the tasks that supervise QEMU; the connection holds only its
+subscriptions and its event callbacks. Every connection to the same node in one trio run
+shares it, sees the same domains and the same event numbers. Leaving the ``async with`` block
+closes the connection; the node closes with its last connection, and running VMs keep running
+unless they were started with ``autodestroy=True``.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import inspect
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 import trio
 
 from .config import Config
 from .domain import Domain
 from .drivers import registry
-from .drivers.base import DriverContext, OpenedDrivers
+from .drivers.base import NetworkDriver, StorageDriver
 from .errors import InvalidArgError, OperationInvalidError, OperationUnsupportedError
-from .events import DomainEvent, EventBus, EventKind, Subscription
+from .events import DomainEvent, EventKind, Subscription
 from .events.bus import DomainFilter
+from .hypervisor.domain_driver import DomainDriver
+from .hypervisor.node import Node, NodeLease
 from .log import get_logger
 from .network import Network
 from .storage import StoragePool
@@ -62,15 +65,15 @@ def open(uri: str | None = None, *, config: Config | None = None) -> Connection:
 
 
 class Connection:
-    """A connection to a hypervisor driver (and its network and storage drivers)."""
+    """A connection to a node: its hypervisor driver, and its network and storage drivers."""
 
     def __init__(self, uri: ConnectURI, *, config: Config | None = None) -> None:
         self._uri = uri
         self._config = config
-        self._drivers: OpenedDrivers | None = None
-        self._bus: EventBus | None = None
+        self._lease: NodeLease | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
+        self._subscriptions: list[Subscription] = []
         self._callback_ids = itertools.count(1)
         self._callbacks: dict[int, tuple[Subscription, trio.CancelScope]] = {}
         self._closed = False
@@ -84,18 +87,11 @@ class Connection:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
+            # Only the event callbacks run here; the node's tasks run in the node.
             self._nursery = await stack.enter_async_context(trio.open_nursery())
-            # Registered before the drivers so that it runs after they are closed.
             stack.callback(self._nursery.cancel_scope.cancel)
-            config = self._config or Config()
-            self._bus = EventBus(
-                history=config.events.history, buffer=config.events.subscriber_buffer
-            )
-            stack.callback(self._bus.close)
-            ctx = DriverContext(
-                uri=self._uri, bus=self._bus, nursery=self._nursery, config=self._config
-            )
-            self._drivers = await stack.enter_async_context(opener(ctx))
+            self._lease = await opener(self._uri, self._config)
+            stack.push_async_callback(self._leave)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -103,15 +99,26 @@ class Connection:
         log.debug("connection opened", uri=self._uri.uri)
         return self
 
+    async def _leave(self) -> None:
+        assert self._lease is not None
+        with trio.CancelScope(shield=True):
+            try:
+                await self._lease.node.client_closed(self)
+            finally:
+                await self._lease.release()
+
     async def __aexit__(self, *exc: object) -> bool | None:
         self._closed = True
         for sub, scope in self._callbacks.values():
             sub.close()
             scope.cancel()
         self._callbacks.clear()
+        for sub in self._subscriptions:
+            sub.close()
+        self._subscriptions.clear()
         assert self._stack is not None
         # The caller's own exception is not handed to our nursery, which would wrap it in an
-        # ExceptionGroup: it propagates unchanged once the drivers are closed.
+        # ExceptionGroup: it propagates unchanged once the connection has left the node.
         await self._stack.__aexit__(None, None, None)
         log.debug("connection closed", uri=self._uri.uri)
         return None
@@ -122,12 +129,15 @@ class Connection:
         return self._uri.uri
 
     def is_alive(self) -> bool:
-        return self._drivers is not None and not self._closed
+        return self._lease is not None and not self._closed and not self._lease.node.closed
 
-    def _hv(self) -> Any:
-        if self._drivers is None or self._closed:
+    def _node(self) -> Node:
+        if self._lease is None or self._closed:
             raise OperationInvalidError("the connection is not open")
-        return self._drivers.hypervisor
+        return self._lease.node
+
+    def _hv(self) -> DomainDriver:
+        return self._node().domains
 
     # -- domains -------------------------------------------------------------------------------
 
@@ -140,10 +150,12 @@ class Connection:
     ) -> Domain:
         """Create and start a transient domain, which vanishes when it stops.
 
-        ``autodestroy=True`` destroys it when this connection closes.
+        ``autodestroy=True`` destroys it when this connection closes (or, should this
+        process die, when the node is next opened).
         """
         return Domain(
-            self, await self._hv().create_xml(xml, paused=paused, autodestroy=autodestroy)
+            self,
+            await self._hv().create_xml(xml, paused=paused, owner=self if autodestroy else None),
         )
 
     async def lookup_by_name(self, name: str) -> Domain:
@@ -190,16 +202,26 @@ class Connection:
         since: int | None = None,
         buffer: int | None = None,
     ) -> Subscription:
-        """A stream of this connection's events (an async iterator and async context manager).
+        """A stream of the node's events (an async iterator and async context manager).
 
         ``domain`` is a :class:`Domain`, a name or a UUID; ``kinds`` a set of
         :class:`EventKind` (default: every kind except raw QMP). The subscription receives
-        events published after this call; with ``since=SEQ`` it first replays the remembered
-        events numbered above SEQ (``since=0``: everything still remembered).
+        events published after this call; with ``since=SEQ`` it first replays the journaled
+        events numbered above SEQ (``since=0``: everything still retained), then goes on
+        live with no gap and no duplicate. If some of those events are no longer retained,
+        the first item is an event of kind :data:`EventKind.GAP` whose ``data`` gives the
+        ``first`` and ``last`` missing numbers. ``buffer`` bounds the undelivered live
+        events (default from the node's configuration).
         """
-        if self._bus is None or self._closed:
-            raise OperationInvalidError("the connection is not open")
-        return self._bus.subscribe(domain=domain, kinds=_kinds(kinds), since=since, buffer=buffer)
+        node = self._node()
+        if buffer is not None and (not isinstance(buffer, int) or buffer < 1):
+            raise InvalidArgError("buffer must be a positive integer")
+        if since is not None and (not isinstance(since, int) or since < 0):
+            raise InvalidArgError("since must be a sequence number (an integer >= 0)")
+        self._subscriptions = [s for s in self._subscriptions if not s.closed]
+        sub = node.bus.subscribe(domain=domain, kinds=_kinds(kinds), since=since, buffer=buffer)
+        self._subscriptions.append(sub)
+        return sub
 
     def register_event_callback(
         self,
@@ -213,11 +235,11 @@ class Connection:
         callback never overlap: the next event waits until the previous call returned. An
         exception from the callback is logged and does not stop later calls.
         """
-        if self._bus is None or self._nursery is None or self._closed:
-            raise OperationInvalidError("the connection is not open")
+        node = self._node()
         if not callable(callback):
             raise InvalidArgError("the event callback is not callable")
-        sub = self._bus.subscribe(domain=domain, kinds=_kinds(kinds))
+        assert self._nursery is not None
+        sub = node.bus.subscribe(domain=domain, kinds=_kinds(kinds))
         scope = trio.CancelScope()
         cb_id = next(self._callback_ids)
         self._callbacks[cb_id] = (sub, scope)
@@ -235,19 +257,17 @@ class Connection:
 
     # -- networks and storage -----------------------------------------------------------------
 
-    def _net(self) -> Any:
-        self._hv()
-        assert self._drivers is not None
-        if self._drivers.network is None:
+    def _net(self) -> NetworkDriver:
+        network = self._node().network
+        if network is None:
             raise OperationUnsupportedError(f"'{self._uri.uri}' has no network driver")
-        return self._drivers.network
+        return network
 
-    def _storage(self) -> Any:
-        self._hv()
-        assert self._drivers is not None
-        if self._drivers.storage is None:
+    def _storage(self) -> StorageDriver:
+        storage = self._node().storage
+        if storage is None:
             raise OperationUnsupportedError(f"'{self._uri.uri}' has no storage driver")
-        return self._drivers.storage
+        return storage
 
     async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
         return [Network(self, ref) for ref in await self._net().list_all_networks(active=active)]

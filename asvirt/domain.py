@@ -8,11 +8,14 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .drivers.base import DomainInfo, DomainRef
 from .handle import Handle
 from .states import DomainState, StateReason
+
+if TYPE_CHECKING:
+    from .hypervisor.domain_driver import DomainDriver
 
 
 class Domain(Handle):
@@ -21,7 +24,7 @@ class Domain(Handle):
     __slots__ = ()
     _ref: DomainRef
 
-    def _hv(self) -> Any:
+    def _hv(self) -> DomainDriver:
         return self._conn._hv()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -31,7 +34,8 @@ class Domain(Handle):
 
         ``autodestroy=True`` destroys it when this connection closes.
         """
-        await self._hv().domain_start(self.uuid, paused=paused, autodestroy=autodestroy)
+        owner = self._conn if autodestroy else None
+        await self._hv().domain_start(self.uuid, paused=paused, owner=owner)
 
     async def suspend(self) -> None:
         """Pause the vCPUs (SUSPENDED/PAUSED). A no-op on a domain that is already paused."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,26 @@ def atomic_write(
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def read_nofollow(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024) -> bytes:
+    """The contents of a regular file, refusing a symlink planted at ``path`` (ELOOP).
+
+    Raises OSError like ``open``; ValueError if the file is larger than ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if st.st_size > limit:
+            raise ValueError(f"{os.fspath(path)}: larger than {limit} bytes")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

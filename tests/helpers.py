@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,23 @@ import asvirt
 
 def embed_uri(root: Path) -> str:
     return f"qemu:///embed?root={root}"
+
+
+def run_cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``asvirt ARGS`` in a process of its own, on the embed root ``root``, as a user runs it."""
+    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "asvirt", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def write_config(root: Path, text: str) -> None:

@@ -5,32 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .guest import REPO, TestGuest
-from .helpers import embed_uri
+from .guest import TestGuest
+from .helpers import run_cli
 
 pytestmark = [pytest.mark.qemu]
 
 
-def run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "asvirt", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+run = run_cli
 
 
 @pytest.fixture

@@ -1,27 +1,24 @@
-"""The driver protocols: what the public API asks of a driver.
+"""What the public API asks of drivers, and the plain records they answer with.
 
 As in libvirt, the public objects (:class:`asvirt.Connection`, :class:`asvirt.Domain`, ...)
-hold no logic of their own: every call is delegated to the drivers the connection URI chose.
-A connection has one hypervisor driver and, where the URI's driver family provides them, a
-network and a storage driver.
-
-Drivers identify domains by UUID. They publish events on the connection's
-:class:`~asvirt.events.EventBus`, which they receive when they are opened.
+hold no logic of their own: every call is delegated to the node the connection URI names —
+its domain driver (:class:`asvirt.hypervisor.domain_driver.DomainDriver`, shared by every
+hypervisor) and, where the driver family provides them, its network and storage drivers.
+Drivers identify objects by UUID.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
-
-import trio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Config
-from ..events import EventBus
-from ..states import DomainState, StateReason
+from ..states import DomainState
 from ..uri import ConnectURI
+
+if TYPE_CHECKING:
+    from ..hypervisor.node import NodeLease
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,76 +77,6 @@ class StorageVolInfo:
     type: int
     capacity: int
     allocation: int
-
-
-@dataclasses.dataclass(frozen=True)
-class DriverContext:
-    """What a driver receives when a connection opens it."""
-
-    uri: ConnectURI
-    bus: EventBus
-    #: The connection's nursery: drivers run their long-lived tasks here.
-    nursery: trio.Nursery
-    #: Overrides the configuration the driver would read itself (None: read it).
-    config: Config | None = None
-
-
-class HypervisorDriver(Protocol):
-    """The domain half of a connection."""
-
-    async def close(self) -> None: ...
-
-    def hostname(self) -> str: ...
-
-    async def capabilities_xml(self) -> str: ...
-
-    async def domxml_to_native(self, native_format: str, xml: str) -> str: ...
-
-    async def domain_xml_normalize(self, xml: str) -> str: ...
-
-    async def define_xml(self, xml: str) -> DomainRef: ...
-
-    async def create_xml(self, xml: str, *, paused: bool, autodestroy: bool) -> DomainRef: ...
-
-    async def lookup_by_name(self, name: str) -> DomainRef: ...
-
-    async def lookup_by_uuid(self, uuid: str) -> DomainRef: ...
-
-    async def list_all_domains(
-        self, *, active: bool | None, persistent: bool | None
-    ) -> list[DomainRef]: ...
-
-    async def domain_start(self, uuid: str, *, paused: bool, autodestroy: bool) -> None: ...
-
-    async def domain_suspend(self, uuid: str) -> None: ...
-
-    async def domain_resume(self, uuid: str) -> None: ...
-
-    async def domain_shutdown(self, uuid: str) -> None: ...
-
-    async def domain_reboot(self, uuid: str) -> None: ...
-
-    async def domain_reset(self, uuid: str) -> None: ...
-
-    async def domain_destroy(self, uuid: str) -> None: ...
-
-    async def domain_undefine(self, uuid: str) -> None: ...
-
-    async def domain_state(self, uuid: str) -> tuple[DomainState, StateReason]: ...
-
-    async def domain_info(self, uuid: str) -> DomainInfo: ...
-
-    async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str: ...
-
-    async def domain_qmp(
-        self, uuid: str, command: str, arguments: dict[str, Any] | None
-    ) -> Any: ...
-
-    async def domain_is_active(self, uuid: str) -> bool: ...
-
-    async def domain_is_persistent(self, uuid: str) -> bool: ...
-
-    async def domain_id(self, uuid: str) -> int | None: ...
 
 
 class NetworkDriver(Protocol):
@@ -214,27 +141,16 @@ class StorageDriver(Protocol):
     async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class OpenedDrivers:
-    """The drivers a connection got from its driver family."""
-
-    hypervisor: HypervisorDriver
-    network: NetworkDriver | None = None
-    storage: StorageDriver | None = None
-
-
-#: A driver family's opener: given the context, yields its drivers for the connection's life.
-DriverOpener = Callable[[DriverContext], AbstractAsyncContextManager[OpenedDrivers]]
+#: A driver family's opener: given the URI (and a configuration overriding the node's own),
+#: a lease on the node the URI names, opening the node if no connection holds it yet.
+DriverOpener = Callable[[ConnectURI, Config | None], Awaitable["NodeLease"]]
 
 __all__ = [
     "DomainInfo",
     "DomainRef",
-    "DriverContext",
     "DriverOpener",
-    "HypervisorDriver",
     "NetworkDriver",
     "NetworkRef",
-    "OpenedDrivers",
     "StorageDriver",
     "StoragePoolInfo",
     "StoragePoolRef",

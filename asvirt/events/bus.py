@@ -1,12 +1,22 @@
-"""The per-connection event bus: ordered, numbered, bounded.
+"""A node's event bus: numbered at the source, journaled, fanned out to bounded subscriptions.
+
+Every event a node publishes gets the node's next sequence number, is appended to the node's
+:class:`~asvirt.events.journal.Journal`, and only then is offered to the subscriptions. Every
+connection to the node sees the same number for the same event, and a client can resume from
+the last number it saw (``since=``), even from another process after the node was reopened.
 
 libvirt's event delivery is fire-and-forget: a slow client loses events without knowing. Here
-every event gets the next sequence number of its connection, every subscriber has a bounded
-buffer of its own (a slow subscriber never slows QEMU, the supervisor or other subscribers),
-and a subscriber that falls behind drops its *oldest* undelivered events and counts them in
-:attr:`Subscription.lost`. (A filtered subscription also sees gaps in ``seq``: the numbers
-of events it did not ask for; ``lost`` is what tells loss apart.) A short history lets a
-subscriber that arrives late, or reconnects, replay what it missed (``since=``).
+every subscriber has a bounded buffer of its own (a slow subscriber never slows QEMU, the
+supervisor or other subscribers), and a subscriber that falls behind drops its *oldest*
+undelivered events and counts them in :attr:`Subscription.lost`; it can close and subscribe
+again with ``since=`` its last seen ``seq`` to get them back from the journal. (A filtered
+subscription also sees gaps in ``seq``: the numbers of events it did not ask for; ``lost`` is
+what tells loss apart.)
+
+A subscription with ``since=N`` first replays, from the journal, the retained events numbered
+above N, then goes on with live events, with no gap and no duplicate at the seam: live events
+published during the replay wait in its buffer. If events above N are no longer retained, the
+first item it yields is an :data:`~asvirt.EventKind.GAP` event saying which numbers are gone.
 
 Publishing is synchronous and never blocks, so producers (QMP listeners, API calls) can
 publish from anywhere in the trio thread.
@@ -16,18 +26,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import trio
 
+from .journal import Journal
 from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent
 
 #: Kinds a subscription with ``kinds=None`` receives: everything but raw QMP pass-through,
 #: which (like libvirt's qemu-monitor-event) must be asked for by name.
 DEFAULT_KINDS: frozenset[EventKind] = frozenset(EventKind) - {EventKind.QMP}
+
+#: Events read from the journal at a time while replaying.
+_REPLAY_CHUNK = 256
 
 
 class _HasUUID(Protocol):
@@ -42,7 +55,7 @@ DomainFilter = str | _HasUUID | None
 
 
 class Subscription:
-    """A stream of events from one connection, filtered by domain and kind.
+    """A stream of a node's events, filtered by domain and kind.
 
     Use it as an async iterator, inside ``async with`` so that it is closed when you are done::
 
@@ -50,7 +63,8 @@ class Subscription:
             async for ev in events:
                 ...
 
-    The iterator ends when the subscription or its connection is closed.
+    The iterator ends when the subscription or its connection is closed. Store ``ev.seq`` of
+    the last event you handled: ``subscribe(since=that)`` resumes right after it.
     """
 
     def __init__(
@@ -59,6 +73,7 @@ class Subscription:
         *,
         domain: DomainFilter,
         kinds: Iterable[EventKind] | None,
+        since: int | None,
         buffer: int,
     ) -> None:
         if buffer < 1:
@@ -75,10 +90,21 @@ class Subscription:
         self._queue: collections.deque[DomainEvent] = collections.deque(maxlen=buffer)
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
+        # Replay state: the journal is read from _cursor (exclusive) up to _replay_end
+        # (inclusive); live events, all numbered above _replay_end, wait in _queue meanwhile.
+        self._cursor = bus.last_seq if since is None else max(0, since)
+        self._replay_end = bus.last_seq
+        self._replayed: collections.deque[DomainEvent] = collections.deque()
         #: Events this subscriber lost because its buffer was full.
         self.lost = 0
 
+    @property
+    def wants_qmp(self) -> bool:
+        return EventKind.QMP in self._kinds
+
     def matches(self, event: DomainEvent) -> bool:
+        if event.kind is EventKind.GAP:
+            return True  # about the stream itself, whatever the filter
         if event.kind not in self._kinds:
             return False
         if self._uuid is not None:
@@ -99,12 +125,20 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def replaying(self) -> bool:
+        """True while retained events older than the subscription are still to be read."""
+        return bool(self._replayed) or self._cursor < self._replay_end
+
     def pending(self) -> int:
-        """How many events are buffered and not yet received."""
+        """How many live events are buffered and not yet received (replay not counted)."""
         return len(self._queue)
 
     def receive_nowait(self) -> DomainEvent:
-        """The next buffered event; raises :class:`trio.WouldBlock` if there is none."""
+        """The next event; raises :class:`trio.WouldBlock` if there is none yet."""
+        event = self._next_replayed()
+        if event is not None:
+            return event
         if self._queue:
             return self._queue.popleft()
         if self._closed:
@@ -122,10 +156,36 @@ class Subscription:
             await trio.lowlevel.checkpoint()
             return event
 
+    def _next_replayed(self) -> DomainEvent | None:
+        while not self._replayed and self._cursor < self._replay_end:
+            journal = self._bus.journal
+            first = journal.first_seq
+            if self._cursor + 1 < first:
+                # Older than what the journal retains: say so, then go on from what it has.
+                missing_to = min(first - 1, self._replay_end)
+                gap = self._bus.gap_event(self._cursor + 1, missing_to)
+                self._cursor = missing_to
+                return gap
+            chunk = journal.read(self._cursor, _REPLAY_CHUNK)
+            if not chunk:
+                self._cursor = self._replay_end  # nothing more retained (cannot happen)
+                break
+            for event in chunk:
+                if event.seq > self._replay_end:
+                    break
+                if self.matches(event):
+                    self._replayed.append(event)
+            self._cursor = min(chunk[-1].seq, self._replay_end)
+        if self._replayed:
+            return self._replayed.popleft()
+        return None
+
     def close(self) -> None:
-        """Stop receiving; wakes a waiting iterator, which then ends."""
+        """Stop receiving; wakes a waiting iterator, which ends once the buffer is drained."""
         if not self._closed:
             self._closed = True
+            self._replayed.clear()
+            self._cursor = self._replay_end
             self._bus._remove(self)
             self._lot.unpark_all()
 
@@ -146,20 +206,23 @@ class Subscription:
 
 
 class EventBus:
-    """Numbers events and hands them to subscriptions; one per connection."""
+    """Numbers a node's events, journals them, and hands them to subscriptions."""
 
-    def __init__(self, *, history: int = 1024, buffer: int = 1024) -> None:
-        self._seq = itertools.count(1)
-        self._last_seq = 0
-        self._history: collections.deque[DomainEvent] = collections.deque(maxlen=history)
+    def __init__(self, journal: Journal, *, buffer: int = 1024) -> None:
+        self.journal = journal
         self._subs: list[Subscription] = []
+        self._qmp_subscribers = 0
         self._default_buffer = buffer
         self._closed = False
 
     @property
     def last_seq(self) -> int:
         """The sequence number of the newest event (0 before the first)."""
-        return self._last_seq
+        return self.journal.last_seq
+
+    def wants(self, kind: EventKind) -> bool:
+        """False for raw QMP events while nobody subscribed to them: they are not even kept."""
+        return kind is not EventKind.QMP or self._qmp_subscribers > 0
 
     def publish(
         self,
@@ -171,13 +234,17 @@ class EventBus:
         detail: EventDetail | None = None,
         data: dict[str, Any] | None = None,
         timestamp: float | None = None,
-    ) -> DomainEvent:
-        """Number an event and deliver it to every matching subscription. Never blocks."""
+    ) -> DomainEvent | None:
+        """Number an event, journal it, deliver it to every matching subscription.
+
+        Never blocks. Returns the event, or None for a raw QMP event nobody asked for.
+        """
         if kind is EventKind.LIFECYCLE and (type is None or not isinstance(detail, type.details)):
             raise TypeError(f"lifecycle event needs a type and a matching detail: {type} {detail}")
-        seq = next(self._seq)
+        if not self.wants(kind):
+            return None
         event = DomainEvent(
-            seq=seq,
+            seq=self.journal.last_seq + 1,
             timestamp=time.time() if timestamp is None else timestamp,
             domain=domain,
             uuid=uuid,
@@ -186,13 +253,22 @@ class EventBus:
             detail=detail,
             data=data,
         )
-        self._last_seq = seq
-        if self._closed:
-            return event
-        self._history.append(event)
-        for sub in self._subs:
-            sub._offer(event)
+        self.journal.append(event)
+        if not self._closed:
+            for sub in self._subs:
+                sub._offer(event)
         return event
+
+    def gap_event(self, first: int, last: int) -> DomainEvent:
+        """The marker a replay yields for events ``first..last`` that are no longer kept."""
+        return DomainEvent(
+            seq=last,
+            timestamp=time.time(),
+            domain="",
+            uuid="",
+            kind=EventKind.GAP,
+            data={"first": first, "last": last},
+        )
 
     def subscribe(
         self,
@@ -204,27 +280,29 @@ class EventBus:
     ) -> Subscription:
         """A new subscription; it receives every matching event published from now on.
 
-        With ``since=N`` it first receives the matching events with ``seq > N`` that are still in
-        the bus's history (the newest ``history`` events), so a client can resume after a
-        reconnect or see what happened before it subscribed.
+        With ``since=N`` it first receives the matching events with ``seq > N`` that the
+        journal still holds (``since=0``: all of them), so a client can resume after a
+        reconnect or a restart, or see what happened before it subscribed.
         """
-        sub = Subscription(self, domain=domain, kinds=kinds, buffer=buffer or self._default_buffer)
-        if since is not None:
-            for event in self._history:
-                if event.seq > since:
-                    sub._offer(event)
+        sub = Subscription(
+            self, domain=domain, kinds=kinds, since=since, buffer=buffer or self._default_buffer
+        )
         if self._closed:
             sub.close()
         else:
             self._subs.append(sub)
+            if sub.wants_qmp:
+                self._qmp_subscribers += 1
         return sub
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
+            if sub.wants_qmp:
+                self._qmp_subscribers -= 1
 
     def close(self) -> None:
-        """End every subscription; later publications are numbered but not delivered."""
+        """End every subscription; later publications are journaled but not delivered."""
         self._closed = True
         for sub in list(self._subs):
             sub.close()

@@ -28,6 +28,9 @@ class EventKind(enum.Enum):
     #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
     #: ``kinds=None`` do not receive these.
     QMP = "qmp"
+    #: Not an event: a replay marker saying that events ``data["first"]`` to
+    #: ``data["last"]`` are no longer retained (``subscribe(since=N)`` with N too old).
+    GAP = "gap"
 
 
 class LifecycleEvent(enum.IntEnum):
@@ -216,4 +219,9 @@ class DomainEvent:
                 ).rstrip()
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
+            case EventKind.GAP:
+                return (
+                    f"event 'gap': events {data.get('first', '?')}-{data.get('last', '?')} "
+                    "are no longer retained"
+                )
         return head  # pragma: no cover - every kind is handled above

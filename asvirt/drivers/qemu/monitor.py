@@ -102,6 +102,14 @@ class Monitor:
         greeting = self._client.greeting
         return None if greeting is None else greeting._asdict()
 
+    @property
+    def retained_events(self) -> int:
+        """Whether qemu.qmp holds events for listeners (their history, plus one if any is
+        queued): always 0, as asvirt registers none — a guard against qemu.qmp's default
+        listener, which would keep every event forever."""
+        events = self._client.events
+        return len(events.history) + (0 if events.empty() else 1)
+
     async def connect(self, sock: socket.socket, *, timeout: float | None = None) -> None:
         """Negotiate QMP over an already connected socket (the monitor owns it afterwards)."""
         sock.setblocking(False)

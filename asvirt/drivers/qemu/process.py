@@ -89,6 +89,14 @@ def cpu_time_ns(pid: int) -> int:
     return ticks * 1_000_000_000 // _CLK_TCK
 
 
+def is_our_qemu(pid: int, start_time: int | None, uuid: str) -> bool:
+    """True if ``pid`` is the QEMU a status file names: same start time (when it was
+    recorded) and a command line that names the domain's UUID."""
+    if start_time is not None:
+        return ProcessIdentity(pid, start_time).matches(uuid)
+    return cmdline_mentions(pid, uuid)
+
+
 def cmdline_mentions(pid: int, text: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -1,15 +1,20 @@
 """One task per QEMU process: spawn or re-attach, speak QMP, turn events into state, see it die.
 
-A :class:`QemuRunner` lives in the connection's nursery for as long as its QEMU runs (or
-until the connection closes, which detaches it and leaves QEMU running). Inside it:
+A :class:`QemuRunner` is the runtime of a running domain. Its task lives in the node's
+nursery for as long as its QEMU runs (or until the node closes, which detaches it and leaves
+QEMU running). Inside it:
 
 * the *pump* takes QMP events from a bounded buffer, feeds them to the domain's
-  :class:`~asvirt.events.qmp.DomainStateMachine` and publishes what comes out;
+  :class:`~.statemachine.DomainStateMachine` and publishes what comes out;
 * the *exit watcher* waits on QEMU's pidfd. QEMU's exit, not its socket closing, is the
   authority on death; before concluding, the runner lets the monitor read everything QEMU
   wrote before dying, because a SHUTDOWN event seen before the exit means a clean stop and
   none means a crash;
 * the *status writer* keeps ``NAME.status`` current without blocking the pump.
+
+The runner knows nothing of the driver: it reports through the
+:class:`~asvirt.hypervisor.domain_driver.RuntimeCallbacks` of its domain, and takes what it
+needs to run (paths, settings, the asyncio loop, capabilities) from a :class:`RunnerEnv`.
 
 Every QMP command has a deadline, and waits only on this QEMU: a QEMU that stops answering
 fails its own commands with OperationTimeoutError, nothing else.
@@ -18,18 +23,22 @@ fails its own commands with OperationTimeoutError, nothing else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import enum
+import functools
 import os
 import shlex
 import signal
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import trio
+import trio_asyncio
 
 from ... import fsutil
 from ...conf.domain import DomainDef, parse_cpuset
+from ...config import QemuConfig
 from ...errors import (
     AsvirtError,
     OperationFailedError,
@@ -37,16 +46,29 @@ from ...errors import (
     OperationTimeoutError,
     QMPError,
 )
-from ...events.qmp import DiskInfo, DomainStateMachine, FollowUp, Reaction, StopCause
+from ...hypervisor.domain_driver import RuntimeCallbacks
+from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...log import get_logger
-from ...states import DomainState, PausedReason, ShutoffReason, StateReason, reason_for
+from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import process
+from .capabilities import QemuCapabilities
 from .command import MonitorSpec, build_command, fill_runtime_paths, links_down
 from .monitor import Monitor
-from .status import StatusRecord
+from .paths import EmbedPaths
+from .statemachine import DiskInfo, DomainStateMachine, Reaction, StopCause
+from .status import RUNNING, STARTING, StatusRecord
 
-if TYPE_CHECKING:
-    from .driver import DomainObject, QemuDriver
+
+@dataclasses.dataclass(frozen=True)
+class RunnerEnv:
+    """What a runner needs from its node to run a QEMU."""
+
+    paths: EmbedPaths
+    config: QemuConfig
+    loop: trio_asyncio.TrioEventLoop
+    #: Where runner tasks live: the node's nursery, not any connection's.
+    nursery: trio.Nursery
+    capabilities_for: Callable[[DomainDef], Awaitable[QemuCapabilities]]
 
 
 class RunMode(enum.Enum):
@@ -59,27 +81,29 @@ class QemuRunner:
 
     def __init__(
         self,
-        driver: QemuDriver,
-        obj: DomainObject,
+        env: RunnerEnv,
+        callbacks: RuntimeCallbacks,
         live_def: DomainDef,
         *,
         domain_id: int,
         autodestroy: bool,
     ) -> None:
-        self.driver = driver
-        self.obj = obj
-        self.live_def = live_def
-        self.domain_id = domain_id
+        self._env = env
+        self._callbacks = callbacks
+        self._name = callbacks.name
+        self._uuid = callbacks.uuid
+        self._live_def = live_def
+        self._domain_id = domain_id
         self.autodestroy = autodestroy
-        self.log = get_logger("asvirt.qemu").bind(domain=obj.name, uuid=obj.uuid)
+        self.log = get_logger("asvirt.qemu").bind(domain=self._name, uuid=self._uuid)
         self.machine = DomainStateMachine(disk_for_node=self._disk_for_node)
+        self._policy = LifecyclePolicy(live_def.on_poweroff, live_def.on_reboot, live_def.on_crash)
         self.pid: int | None = None
-        self.identity: process.ProcessIdentity | None = None
+        self._start_time: int | None = None
         self._pidfd: int | None = None
         self._monitor: Monitor | None = None
-        config = driver.config.qemu
-        self._qmp_timeout = config.qmp_timeout
-        send, recv = trio.open_memory_channel[dict[str, Any]](config.event_buffer)
+        self._phase = STARTING
+        send, recv = trio.open_memory_channel[dict[str, Any]](env.config.event_buffer)
         self._event_send = send
         self._event_recv = recv
         self._received = 0
@@ -90,26 +114,101 @@ class QemuRunner:
         self._cancel_scope = trio.CancelScope()
         self.exited = False
         self.exit_status: int | None = None
-        #: Set once the runner has finished (QEMU gone, or detached).
-        self.done = trio.Event()
+        self._done = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
         self._live_xml: str | None = None
 
-    # -- public surface used by the driver ------------------------------------------------------
+    # -- the runtime of a domain (what the shared domain calls use) -----------------------------
+
+    @property
+    def domain_id(self) -> int:
+        return self._domain_id
+
+    @property
+    def live_def(self) -> DomainDef:
+        return self._live_def
 
     @property
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
 
-    def cancel(self) -> None:
-        """Detach: stop supervising, leave QEMU running (it is re-attached on the next open)."""
-        self._cancel_scope.cancel()
+    def live_xml(self) -> str:
+        """The live XML (cached: the live definition changes only when QEMU tells us a pty
+        path or a VNC port)."""
+        if self._live_xml is None:
+            self._live_xml = self._live_def.to_xml(live=True, domain_id=self._domain_id)
+        return self._live_xml
+
+    def memory_kib(self) -> int:
+        return self.machine.balloon_kib or self._live_def.current_memory_kib
+
+    def cpu_time_ns(self) -> int:
+        return process.cpu_time_ns(self.pid) if self.pid else 0
+
+    async def start(self, *, paused: bool) -> None:
+        """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start."""
+        await self._env.nursery.start(functools.partial(self._run, RunMode.LAUNCH, paused=paused))
+
+    async def attach(self, record: StatusRecord) -> None:
+        """Take over the QEMU a previous supervisor left (raises if it is gone meanwhile)."""
+        self.machine = DomainStateMachine.restore(record.machine, disk_for_node=self._disk_for_node)
+        await self._env.nursery.start(functools.partial(self._run, RunMode.ATTACH, record=record))
+
+    async def suspend(self) -> None:
+        self.machine.expect_pause(PausedReason.USER)
+        await self.execute("stop")
+
+    async def resume(self) -> None:
+        await self.execute("cont")
+
+    async def powerdown(self, *, reboot: bool) -> None:
+        if not reboot:
+            await self.execute("system_powerdown")
+            return
+        self.machine.begin_reboot()
+        self.mark_dirty()
+        try:
+            await self.execute("system_powerdown")
+        except BaseException:
+            self.machine.abort_reboot()
+            self.mark_dirty()
+            raise
+
+    async def reset(self) -> None:
+        await self.execute("system_reset")
+
+    async def destroy(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period; returns once QEMU is gone."""
+        self.machine.begin_destroy()
+        await self._terminate()
+
+    async def qmp(self, command: str, arguments: dict[str, Any] | None) -> Any:
+        return await self.execute(command, arguments)
+
+    def persistence_changed(self) -> None:
+        self.mark_dirty()
+
+    # -- the node's hold on the runner ---------------------------------------------------------
+
+    def detach(self) -> None:
+        """Stop supervising and leave QEMU running (the next open of the root re-attaches).
+
+        A stop the supervisor has begun is finished first, so that nobody finds a
+        half-stopped QEMU.
+        """
+        if not self.machine.stopping:
+            self._cancel_scope.cancel()
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    # -- QMP --------------------------------------------------------------------------------------
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a QMP command on this QEMU, then wait until the events it caused are processed."""
         if self._monitor is None or self.exited:
-            raise QMPError(f"domain '{self.obj.name}' has no monitor connection")
+            raise QMPError(f"domain '{self._name}' has no monitor connection")
         result = await self._monitor.execute(command, arguments)
         await self.sync_events()
         return result
@@ -125,26 +224,16 @@ class QemuRunner:
         while self._processed < target and not self.exited:
             await self._progress.park()
 
-    async def terminate(self, *, grace: float) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; returns when the runner is done."""
-        if self._pidfd is None:
-            # Still starting and QEMU not spawned yet: stop the start-up instead.
-            self._cancel_scope.cancel()
-        elif not self.exited:
-            process.signal_pidfd(self._pidfd, signal.SIGTERM)
-            with trio.move_on_after(grace):
-                await self.done.wait()
-            if not self.done.is_set() and not self.exited:
-                self.log.warning("QEMU ignored SIGTERM; killing it", grace_s=grace)
-                process.signal_pidfd(self._pidfd, signal.SIGKILL)
-        await self.done.wait()
+    async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        assert self._monitor is not None
+        return await self._monitor.execute(command, arguments)
 
     def mark_dirty(self) -> None:
         self._status_dirty.set()
 
     # -- the task -----------------------------------------------------------------------------
 
-    async def run(
+    async def _run(
         self,
         mode: RunMode,
         *,
@@ -170,40 +259,41 @@ class QemuRunner:
                         await self._boot(paused=paused)
                     else:
                         await self._reconcile_attached()
-                    self.mark_dirty()
                     started = True
                     task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish(started=started)
         if not started:
-            # QEMU went away (or destroy() was called) before start-up finished.
             if self.machine.destroying:
-                raise OperationInvalidError(
-                    f"domain '{self.obj.name}' was destroyed while starting"
-                )
+                raise OperationInvalidError(f"domain '{self._name}' was destroyed while starting")
+            if mode is RunMode.ATTACH:
+                raise OperationFailedError(f"QEMU of domain '{self._name}' is gone")
             raise OperationFailedError(
-                f"QEMU exited while domain '{self.obj.name}' was starting: {self._log_tail()}"
+                f"QEMU exited while domain '{self._name}' was starting: {self._log_tail()}"
             )
 
     # -- bringing QEMU up ---------------------------------------------------------------------
 
     async def _launch(self) -> None:
-        paths = self.driver.paths
-        name = self.obj.name
-        caps = await self.driver.capabilities_for(self.live_def)
+        paths = self._env.paths
+        name = self._name
+        caps = await self._env.capabilities_for(self._live_def)
         monitor_path = paths.monitor(name)
+        # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
+        # directory, recorded in the live XML so clients know where to connect.
+        fill_runtime_paths(self._live_def, str(paths.socket_dir))
+        # The intent, durably, before the process exists: whoever opens this root next
+        # finds every QEMU it may have started, even if we die the next instant.
+        self._save_status(durable=True)
         listener = fsutil.bind_unix_listener(monitor_path)
         client = None
         log_fd = os.open(
             paths.log(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
-            # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
-            # directory, recorded in the live XML so clients know where to connect.
-            fill_runtime_paths(self.live_def, str(paths.socket_dir))
             argv = build_command(
-                self.live_def,
+                self._live_def,
                 caps,
                 monitor=MonitorSpec(fd=listener.fileno()),
                 runtime_dir=str(paths.socket_dir),
@@ -220,21 +310,26 @@ class QemuRunner:
             if client is not None:
                 client.close()
             fsutil.remove(monitor_path)
+            fsutil.remove(paths.status(name))
             raise
         finally:
             listener.close()
             os.close(log_fd)
         self._pidfd = process.open_pidfd(self.pid)
+        # The pid, right away (the page cache survives our death; a power cut ends QEMU too).
+        self._save_status(durable=False)
         if self._pidfd is None:
             client.close()
             raise OperationFailedError(f"QEMU exited at once: {self._log_tail()}")
         self.log = self.log.bind(pid=self.pid)
-        self.machine.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
         self._monitor = Monitor(
-            self.driver.loop, name=name, on_event=self._on_qmp_event, timeout=self._qmp_timeout
+            self._env.loop,
+            name=name,
+            on_event=self._on_qmp_event,
+            timeout=self._env.config.qmp_timeout,
         )
         try:
-            await self._monitor.connect(client, timeout=self.driver.config.qemu.startup_timeout)
+            await self._monitor.connect(client, timeout=self._env.config.startup_timeout)
         except AsvirtError as err:
             if self.machine.destroying:
                 raise OperationInvalidError(
@@ -247,79 +342,87 @@ class QemuRunner:
                 f"QEMU failed to start domain '{name}': {self._log_tail() or err}"
             ) from None
         # Read after the handshake: while QEMU is still in execve, /proc/PID/stat blocks.
-        start_time = process.read_start_time(self.pid)
-        if start_time is None:
+        self._start_time = process.read_start_time(self.pid)
+        if self._start_time is None:
             raise OperationFailedError(f"QEMU exited during start-up: {self._log_tail()}")
-        self.identity = process.ProcessIdentity(self.pid, start_time)
         self.log.info("QEMU started", argv0=argv[0])
 
     async def _boot(self, *, paused: bool) -> None:
-        # The status file must be on disk before start() returns, so that a supervisor that
-        # dies from then on leaves what the next one needs to re-attach; it is written while
-        # QEMU is being set up.
-        async with trio.open_nursery() as saving:
-            saving.start_soon(self._save_status)
-            await self._set_up_and_run(paused=paused)
-
-    async def _set_up_and_run(self, *, paused: bool) -> None:
-        caps = await self.driver.capabilities_for(self.live_def)
+        caps = await self._env.capabilities_for(self._live_def)
         if caps.has_command("set-action"):
             await self._call(
                 "set-action",
                 {
                     # -no-shutdown already pauses on shutdown; the supervisor then decides.
                     "shutdown": "pause",
-                    "reboot": "shutdown" if self.live_def.on_reboot == "destroy" else "reset",
+                    "reboot": "shutdown" if self._live_def.on_reboot == "destroy" else "reset",
                     "panic": "pause",
                 },
             )
         await self._record_pty_paths()
         await self._record_vnc_port()
-        for nic in links_down(self.live_def):
+        for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
         self._apply_cpuset()
         if paused:
-            self._publish(self.machine.started_paused())
-            return
-        self.machine.starting = True
-        await self._call("cont")
-        await self.sync_events()
-        if self.machine.state is not DomainState.RUNNING:
-            # RESUME should have come before cont's reply; if it was lost, ask QEMU.
-            await self._resync()
+            self._handle(self.machine.started_paused())
+        else:
+            self.machine.begin_boot()
+            await self._call("cont")
+            await self.sync_events()
+            if self.machine.state is not DomainState.RUNNING:
+                # RESUME should have come before cont's reply; if it was lost, ask QEMU.
+                await self._resync()
+        # STARTED is out: from now on a supervisor that dies leaves a domain to re-attach,
+        # and the record says so before start() returns.
+        self._phase = RUNNING
+        await trio.to_thread.run_sync(self._save_status, True)
 
     async def _attach(self, record: StatusRecord) -> None:
         self.pid = record.pid
-        self.identity = process.ProcessIdentity(record.pid, record.start_time)
+        self._start_time = record.start_time
+        self._phase = record.phase
+        if record.pid is None:
+            raise ProcessLookupError("QEMU was never spawned")
         self.log = self.log.bind(pid=self.pid)
         pidfd = process.open_pidfd(record.pid)
         # The pidfd pins the process, so checking identity after opening it is race-free.
-        if pidfd is not None and not self.identity.matches(self.obj.uuid):
+        if pidfd is not None and not process.is_our_qemu(record.pid, record.start_time, self._uuid):
             os.close(pidfd)  # the pid now belongs to someone else: never signal it
             pidfd = None
         if pidfd is None:
             raise ProcessLookupError(record.pid)
         self._pidfd = pidfd
-        state = DomainState(record.state)
-        self.machine.set_state(state, reason_for(state, record.reason))
-        self.machine.shutdown_seen = record.shutdown_seen
-        self.machine.fake_reboot = record.fake_reboot
+        if self._start_time is None:
+            self._start_time = process.read_start_time(record.pid)
+        if record.phase != RUNNING:
+            # Its start never completed: nobody was told it runs. End it.
+            raise OperationFailedError("the supervisor died while starting it")
         self._monitor = Monitor(
-            self.driver.loop,
-            name=self.obj.name,
+            self._env.loop,
+            name=self._name,
             on_event=self._on_qmp_event,
-            timeout=self._qmp_timeout,
+            timeout=self._env.config.qmp_timeout,
         )
         sock = fsutil.connect_unix(record.monitor)
-        await self._monitor.connect(sock, timeout=self.driver.config.qemu.startup_timeout)
+        await self._monitor.connect(sock, timeout=self._env.config.startup_timeout)
         self.log.info("re-attached to running QEMU")
 
     async def _reconcile_attached(self) -> None:
-        await self._resync()
+        if self.machine.stopping:
+            # The previous supervisor had begun to stop it: finish, with its outcome.
+            await self._terminate()
+            return
+        reaction = await self._resync(attaching=True)
+        if reaction is not None and reaction.follow_up is not None:
+            # A guest that shut down or panicked while nobody watched gets its follow-up
+            # now, before anyone is told the domain's state.
+            await self._follow_up(reaction.follow_up)
+        self.mark_dirty()
 
     async def _record_pty_paths(self) -> None:
-        wanted = set(self.live_def.chardev_ids())
+        wanted = set(self._live_def.chardev_ids())
         if not wanted:
             return
         try:
@@ -329,12 +432,11 @@ class QemuRunner:
         for dev in chardevs:
             label, filename = dev.get("label"), dev.get("filename", "")
             if label in wanted and filename.startswith("pty:"):
-                self.live_def.set_pty_path(label, filename[4:])
+                self._live_def.set_pty_path(label, filename[4:])
                 self._live_xml = None
-                self.mark_dirty()
 
     async def _record_vnc_port(self) -> None:
-        graphics = [g for g in self.live_def.graphics if g.type == "vnc"]
+        graphics = [g for g in self._live_def.graphics if g.type == "vnc"]
         if not graphics or not any(g.autoport or g.port in (None, -1) for g in graphics):
             return
         try:
@@ -348,7 +450,7 @@ class QemuRunner:
 
     def _apply_cpuset(self) -> None:
         """Pin QEMU's threads to <vcpu cpuset=...> (all of them, as libvirt's default does)."""
-        cpuset = self.live_def.cpuset
+        cpuset = self._live_def.cpuset
         if not cpuset or self.pid is None:
             return
         allowed = parse_cpuset(cpuset) & os.sched_getaffinity(0)
@@ -360,10 +462,8 @@ class QemuRunner:
         except OSError:
             return
         for tid in tids:
-            try:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
                 os.sched_setaffinity(tid, allowed)
-            except OSError:
-                pass  # the thread ended meanwhile
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -381,8 +481,7 @@ class QemuRunner:
 
     async def _pump(self) -> None:
         async for event in self._event_recv:
-            reaction = self.machine.on_qmp_event(event)
-            self._publish(reaction)
+            self._handle(self.machine.on_qmp_event(event))
             self._processed += 1
             self._progress.unpark_all()
             if self._overflowed and self._event_recv.statistics().current_buffer_used == 0:
@@ -391,13 +490,12 @@ class QemuRunner:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._resync)
 
-    def _publish(self, reaction: Reaction) -> None:
+    def _handle(self, reaction: Reaction, *, follow_up: bool = True) -> None:
+        """Publish what a transition produced, and start its follow-up."""
         lifecycle_changed = False
         for spec in reaction.events:
-            self.driver.bus.publish(
-                domain=self.obj.name,
-                uuid=self.obj.uuid,
-                kind=spec.kind,
+            self._callbacks.publish(
+                spec.kind,
                 type=spec.type,
                 detail=spec.detail,
                 data=spec.data,
@@ -406,58 +504,57 @@ class QemuRunner:
             lifecycle_changed = lifecycle_changed or spec.type is not None
         if lifecycle_changed:
             self.mark_dirty()
-        if reaction.follow_up is not None and self._nursery is not None:
+        if follow_up and reaction.follow_up is not None and self._nursery is not None:
             self._nursery.start_soon(self._follow_up, reaction.follow_up)
 
-    async def _resync(self) -> None:
+    async def _resync(self, *, attaching: bool = False) -> Reaction | None:
+        """Ask QEMU its run state and reconcile; ``attaching``: the caller follows up."""
         try:
             status = await self._call("query-status")
         except (QMPError, OperationTimeoutError) as err:
             self.log.warning("cannot resynchronise state", error=str(err))
-            return
-        self._publish(self.machine.reconcile(status.get("status", ""), bool(status.get("running"))))
+            return None
+        reaction = self.machine.reconcile(
+            status.get("status", ""), bool(status.get("running")), attaching=attaching
+        )
+        self._handle(reaction, follow_up=not attaching)
+        return reaction
 
-    async def _follow_up(self, what: FollowUp) -> None:
+    async def _follow_up(self, event: GuestEvent) -> None:
         """Apply the domain's on_poweroff / on_reboot / on_crash policy."""
-        d = self.live_def
-        if what is FollowUp.GUEST_SHUTDOWN:
-            if self.machine.fake_reboot:
-                await self._reset_and_continue()
-            elif d.on_poweroff == "restart":
-                self.machine.restarting = True
-                await self._reset_and_continue()
-            elif d.on_poweroff == "preserve":
-                pass
-            else:
-                await self._stop(StopCause.SHUTDOWN)
-        elif what is FollowUp.GUEST_REBOOT_DESTROY:
-            await self._stop(StopCause.SHUTDOWN)
-        elif what is FollowUp.GUEST_PANICKED:
-            if d.on_crash in ("restart", "coredump-restart", "rename-restart"):
-                self.machine.restarting = True
-                await self._reset_and_continue()
-            elif d.on_crash == "preserve":
-                pass
-            else:
-                await self._stop(StopCause.CRASHED)
-
-    async def _reset_and_continue(self) -> None:
-        try:
-            await self._call("system_reset")
-            await self._call("cont")
-        except (QMPError, OperationTimeoutError) as err:
-            self.log.error("cannot restart the guest; stopping QEMU", error=str(err))
-            await self._stop(StopCause.SHUTDOWN)
-
-    async def _stop(self, cause: StopCause) -> None:
-        self.machine.stop_cause = cause
-        await self.terminate(grace=self.driver.config.qemu.destroy_grace)
-
-    async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        assert self._monitor is not None
-        return await self._monitor.execute(command, arguments)
+        action = self.machine.follow_up(event, self._policy)
+        if action in (FollowUpAction.RESTART, FollowUpAction.FINISH_REBOOT):
+            try:
+                await self._call("system_reset")
+                await self._call("cont")
+            except (QMPError, OperationTimeoutError) as err:
+                self.log.error("cannot restart the guest; stopping QEMU", error=str(err))
+                self.machine.begin_stop(StopCause.SHUTDOWN)
+                await self._terminate()
+        elif action in (FollowUpAction.STOP_SHUTDOWN, FollowUpAction.STOP_CRASHED):
+            await self._terminate()
 
     # -- death ----------------------------------------------------------------------------------
+
+    async def _terminate(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period; returns when the runner is done.
+
+        The machine already holds the reason (a destroy, or a stop with its cause); it is
+        saved before the signal, so that a supervisor that dies now leaves the outcome.
+        """
+        grace = self._env.config.destroy_grace
+        if self._pidfd is None:
+            # Still starting and QEMU not spawned yet: stop the start-up instead.
+            self._cancel_scope.cancel()
+        elif not self.exited:
+            self._save_status(durable=False)
+            process.signal_pidfd(self._pidfd, signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await self._done.wait()
+            if not self._done.is_set() and not self.exited:
+                self.log.warning("QEMU ignored SIGTERM; killing it", grace_s=grace)
+                process.signal_pidfd(self._pidfd, signal.SIGKILL)
+        await self._done.wait()
 
     async def _watch_exit(self, scope: trio.CancelScope) -> None:
         assert self._pidfd is not None
@@ -476,12 +573,12 @@ class QemuRunner:
         scope.cancel()
 
     async def _finish(self, *, started: bool) -> None:
-        """Tidy up after QEMU's exit, a failed start, or a detach (connection closing)."""
+        """Tidy up after QEMU's exit, a failed start, or a detach (the node closing)."""
         try:
             await self._tidy_up(started=started)
         finally:
             # Even if tidying up failed (a bug: it propagates), nobody may wait forever.
-            self.done.set()
+            self._done.set()
             self._progress.unpark_all()
 
     async def _tidy_up(self, *, started: bool) -> None:
@@ -494,38 +591,34 @@ class QemuRunner:
                 with trio.move_on_after(5):
                     await process.wait_exit(self._pidfd)
             self.exited = True
-            await self._conclude_exit(started=False)
+            self._conclude_exit(started=False)
         elif self.exited:
-            await self._conclude_exit(started=True)
+            self._conclude_exit(started=True)
         else:
             self._detach()
 
-    async def _conclude_exit(self, *, started: bool) -> None:
+    def _conclude_exit(self, *, started: bool) -> None:
         if self._pidfd is not None:
             self.exit_status = process.try_reap(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        paths = self.driver.paths
-        fsutil.remove(paths.status(self.obj.name))
-        fsutil.remove(paths.monitor(self.obj.name))
-        if started:
-            reason, reaction = self.machine.exited()
-        elif self._mode is RunMode.ATTACH:
-            # It was running when the last connection left; now it is not.
-            self.machine.stop_cause = None
+        paths = self._env.paths
+        if started or self._mode is RunMode.ATTACH:
+            # Every end of a domain that ran is reported: a clean stop, a destroy, or (for
+            # one re-attached) whatever happened while nobody watched.
             reason, reaction = self.machine.exited()
         else:
             # A failed start: the caller gets the error; there is no STARTED to balance.
             reason, reaction = ShutoffReason.FAILED, Reaction()
         self.log.info("QEMU exited", exit_status=self.exit_status, reason=reason.name.lower())
-        self._publish(reaction)
-        self.driver.domain_stopped(self.obj, self, reason)
+        self._handle(reaction, follow_up=False)
+        # Only now that the outcome is published may the record go.
+        fsutil.remove(paths.status(self._name))
+        fsutil.remove(paths.monitor(self._name))
+        self._callbacks.stopped(self, reason)
 
     def _detach(self) -> None:
-        try:
-            self.status_record().save(self.driver.paths.status(self.obj.name))
-        except OSError as err:
-            self.log.error("cannot save status; QEMU will not be re-attached", error=str(err))
+        self._save_status(durable=True)
         if self._pidfd is not None:
             if self.pid is not None and process.is_child(self.pid):
                 process.adopt_orphan(self._pidfd)  # reaped whenever it exits
@@ -537,34 +630,28 @@ class QemuRunner:
     # -- status -------------------------------------------------------------------------------
 
     def status_record(self) -> StatusRecord:
-        assert self.identity is not None
+        snap = self.machine.snapshot()
         return StatusRecord(
-            name=self.obj.name,
-            uuid=self.obj.uuid,
-            domain_id=self.domain_id,
-            pid=self.identity.pid,
-            start_time=self.identity.start_time,
-            monitor=str(self.driver.paths.monitor(self.obj.name)),
+            name=self._name,
+            uuid=self._uuid,
+            domain_id=self._domain_id,
+            pid=self.pid,
+            start_time=self._start_time,
+            monitor=str(self._env.paths.monitor(self._name)),
             live_xml=self.live_xml(),
-            persistent=self.obj.persistent_def is not None,
+            persistent=self._callbacks.persistent,
             autodestroy=self.autodestroy,
-            state=int(self.machine.state),
-            reason=int(self.machine.reason),
-            shutdown_seen=self.machine.shutdown_seen,
-            fake_reboot=self.machine.fake_reboot,
+            state=snap.state,
+            reason=snap.reason,
+            phase=self._phase,
+            shutdown_seen=snap.shutdown_seen,
+            rebooting=snap.rebooting,
+            stop_cause=snap.stop_cause,
         )
 
-    def live_xml(self) -> str:
-        """The live XML (cached: the live definition changes only when QEMU tells us a pty
-        path or a VNC port)."""
-        if self._live_xml is None:
-            self._live_xml = self.live_def.to_xml(live=True, domain_id=self.domain_id)
-        return self._live_xml
-
-    async def _save_status(self) -> None:
-        record = self.status_record()
+    def _save_status(self, durable: bool = True) -> None:
         try:
-            await trio.to_thread.run_sync(record.save, self.driver.paths.status(self.obj.name))
+            self.status_record().save(self._env.paths.status(self._name), durable=durable)
         except OSError as err:
             self.log.error("cannot save status", error=str(err))
 
@@ -573,12 +660,12 @@ class QemuRunner:
         while True:
             await self._status_dirty.wait()
             self._status_dirty = trio.Event()
-            await self._save_status()
+            await trio.to_thread.run_sync(self._save_status, True)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _disk_for_node(self, node: str) -> DiskInfo | None:
-        for disk in self.live_def.disks:
+        for disk in self._live_def.disks:
             if node in disk.node_names:
                 return DiskInfo(target=disk.target, alias=disk.alias or "", source=disk.source)
         return None
@@ -586,7 +673,7 @@ class QemuRunner:
     def _log_tail(self, lines: int = 5) -> str:
         """The last lines QEMU wrote to its log (its error messages), on one line."""
         try:
-            with open(self.driver.paths.log(self.obj.name), "rb") as f:
+            with open(self._env.paths.log(self._name), "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4096))
                 text = f.read().decode(errors="replace")
@@ -619,3 +706,6 @@ def _write_log_header(fd: int, argv: list[str]) -> None:
     header = f"asvirt: {now}: starting up\nLC_ALL=C {shlex.join(argv)}\n"
     with contextlib.suppress(OSError):
         os.write(fd, header.encode())
+
+
+__all__ = ["QemuRunner", "RunMode", "RunnerEnv"]

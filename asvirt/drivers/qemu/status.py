@@ -1,8 +1,12 @@
-"""The status file of a running domain: what a restarted supervisor needs to re-attach.
+"""The status file of a QEMU: what a later supervisor needs to find it and carry on.
 
-It records the QEMU process (pid and start time, so that a reused pid is not mistaken for
-our QEMU), the monitor socket, the live XML and the last known state. It is written
-atomically whenever any of these change and removed when QEMU is gone.
+It is written *before* QEMU is spawned (phase ``starting``, no pid yet), again right after the
+spawn (the pid), once the domain runs (phase ``running``: start time, monitor, live XML, state)
+and whenever any of these change, and it is removed once QEMU is gone. So whenever a QEMU of
+this root may exist, a status file names it: a supervisor killed at any point leaves what the
+next one needs to adopt the QEMU or to end it. It also keeps the supervisor's intents (a
+reboot in progress, a stop it had begun and why), so that the next supervisor finishes them
+with the outcome the first one would have reported.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ... import fsutil
+from .statemachine import MachineSnapshot
 
-FORMAT = 2
+FORMAT = 3
+
+#: The domain's QEMU is being started: the caller of start() has no answer yet.
+STARTING = "starting"
+#: start() succeeded (or the QEMU was re-attached): the domain runs.
+RUNNING = "running"
 
 
 @dataclasses.dataclass
@@ -22,8 +32,11 @@ class StatusRecord:
     name: str
     uuid: str
     domain_id: int
-    pid: int
-    start_time: int
+    #: None until QEMU has been spawned (the record then only says that it may be).
+    pid: int | None
+    #: Clock ticks since boot (/proc/PID/stat), telling our QEMU from a reused pid; None
+    #: until read (right after the spawn it may not be readable yet).
+    start_time: int | None
     monitor: str
     #: The live XML (aliases, allocated pty paths, id): what dumpxml shows; re-parsed on
     #: re-attach.
@@ -32,8 +45,20 @@ class StatusRecord:
     autodestroy: bool
     state: int
     reason: int
+    phase: str = RUNNING
     shutdown_seen: bool = False
-    fake_reboot: bool = False
+    rebooting: bool = False
+    stop_cause: str | None = None
+
+    @property
+    def machine(self) -> MachineSnapshot:
+        return MachineSnapshot(
+            state=self.state,
+            reason=self.reason,
+            shutdown_seen=self.shutdown_seen,
+            rebooting=self.rebooting,
+            stop_cause=self.stop_cause,
+        )
 
     def to_bytes(self) -> bytes:
         data = {"format": FORMAT, **dataclasses.asdict(self)}
@@ -42,14 +67,29 @@ class StatusRecord:
     @classmethod
     def from_bytes(cls, raw: bytes) -> StatusRecord:
         data: dict[str, Any] = json.loads(raw)
-        if data.pop("format", None) != FORMAT:
-            raise ValueError("unknown status file format")
+        if not isinstance(data, dict):
+            raise ValueError("a status file holds a JSON object")
+        version = data.pop("format", None)
+        if version == 2:  # asvirt 0.1's files: running QEMUs survive an upgrade
+            data["rebooting"] = data.pop("fake_reboot", False)
+        elif version != FORMAT:
+            raise ValueError(f"unknown status file format {version!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        record = cls(**{k: v for k, v in data.items() if k in fields})
+        if not isinstance(record.name, str) or not isinstance(record.uuid, str):
+            raise ValueError("a status file names its domain")
+        if record.pid is not None and (not isinstance(record.pid, int) or record.pid <= 1):
+            raise ValueError(f"bad pid {record.pid!r}")
+        return record
 
-    def save(self, path: Path) -> None:
-        fsutil.atomic_write(path, self.to_bytes())
+    def save(self, path: Path, *, durable: bool = True) -> None:
+        """Write atomically. ``durable=False`` skips fsync: enough to survive our own death
+        (the page cache outlives the process), not a power cut."""
+        fsutil.atomic_write(path, self.to_bytes(), durable=durable)
 
     @classmethod
     def load(cls, path: Path) -> StatusRecord:
-        return cls.from_bytes(path.read_bytes())
+        return cls.from_bytes(fsutil.read_nofollow(path))
+
+
+__all__ = ["FORMAT", "RUNNING", "STARTING", "StatusRecord"]

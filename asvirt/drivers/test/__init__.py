@@ -12,8 +12,8 @@ URIs:
     libvirt's default node: a running domain ``test`` (8 GiB, 2 GiB current, 2 vCPUs), a
     network ``default`` (192.168.122.0/24 on ``virbr0``) and a storage pool ``default-pool``
     (``/default-pool``, 100 GiB). Every connection to it in the same trio run shares it (each
-    sees the others' changes and receives their events), and it is freed when the last one
-    closes: the next open starts afresh.
+    sees the others' changes and receives their events, with the same numbers), and it is
+    freed when the last one closes: the next open starts afresh.
 ``test:///path/to/node.xml``
     a node described in a file (see :mod:`.nodefile`), private to the connection, as in
     libvirt.
@@ -31,30 +31,22 @@ act from a test, call :func:`guest_panic`, :func:`guest_poweroff` or :func:`gues
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import AsyncIterator
-
 import trio
 
+from ...config import Config
 from ...domain import Domain
 from ...errors import NoConnectError, OperationUnsupportedError
+from ...hypervisor.node import NodeLease, open_node
+from ...uri import ConnectURI
 from .. import registry
-from ..base import DriverContext, OpenedDrivers
-from .driver import TestDriver
+from .driver import guest_action
 from .guest import BOOT_SECONDS, SIMULATED_QMP_COMMANDS
-from .network import TestNetworkDriver
 from .nodefile import build_node, default_node, read_node_file
-from .state import NodeState, acquire_default, release_default
-from .storage import TestStorageDriver
-
-_connection_numbers = itertools.count(1)
+from .state import DEFAULT_NODE_KEY, TestNode
 
 
-@contextlib.asynccontextmanager
-async def open_test(ctx: DriverContext) -> AsyncIterator[OpenedDrivers]:
-    """Open the test driver family for ``ctx.uri`` (``test:///default`` or a node file)."""
-    uri = ctx.uri
+async def open_test(uri: ConnectURI, config: Config | None) -> NodeLease:
+    """A lease on the test node ``uri`` names (``test:///default`` or a node file)."""
     if uri.transport is not None or uri.host:
         raise NoConnectError(f"'{uri.uri}': the test driver is local only (use test:///default)")
     if uri.params:
@@ -62,40 +54,20 @@ async def open_test(ctx: DriverContext) -> AsyncIterator[OpenedDrivers]:
     path = uri.path
     if path in ("", "/"):
         raise NoConnectError(f"'{uri.uri}': supply a node file path, or use test:///default")
-    shared = path == "/default"
-    if shared:
-        node = acquire_default(default_node)
-    else:
-        node = build_node(await trio.to_thread.run_sync(read_node_file, path))
-    # No checkpoint between acquiring a shared node and attaching to it.
-    attachment = node.attach(ctx.bus, f"connection {next(_connection_numbers)}")
-    hv = TestDriver(node, attachment)
-    scheduler_scope = trio.CancelScope()
-    try:
-        ctx.nursery.start_soon(_run_scheduler, node, scheduler_scope)
-        yield OpenedDrivers(
-            hypervisor=hv, network=TestNetworkDriver(node), storage=TestStorageDriver(node)
-        )
-    finally:
-        scheduler_scope.cancel()
-        await hv.close()  # never waits: autodestroy completes even when cancelled
-        node.detach(attachment)
-        if shared:
-            release_default(node)
+    node_config = config or Config()
+    if path == "/default":
+        return await open_node(DEFAULT_NODE_KEY, lambda: default_node(node_config))
+    desc = await trio.to_thread.run_sync(read_node_file, path)
+    return await open_node(None, lambda: build_node(desc, node_config))
 
 
-async def _run_scheduler(node: NodeState, scope: trio.CancelScope) -> None:
-    with scope:
-        await node.scheduler.run()
-
-
-def _driver(dom: Domain) -> TestDriver:
-    drv = dom.connection._hv()
-    if not isinstance(drv, TestDriver):
+def _node(dom: Domain) -> TestNode:
+    node = dom.connection._node()
+    if not isinstance(node, TestNode):
         raise OperationUnsupportedError(
             f"guest actions are simulated only on the test driver, not on '{dom.connection.uri}'"
         )
-    return drv
+    return node
 
 
 async def guest_panic(dom: Domain) -> None:
@@ -108,7 +80,7 @@ async def guest_panic(dom: Domain) -> None:
     device: without one this raises :class:`~asvirt.OperationInvalidError`, as it does when
     the guest is not running (shut off, paused, crashed).
     """
-    await _driver(dom).guest_action(dom.uuid, "panic")
+    await guest_action(_node(dom), dom.uuid, "panic")
 
 
 async def guest_poweroff(dom: Domain) -> None:
@@ -117,7 +89,7 @@ async def guest_poweroff(dom: Domain) -> None:
     SHUTDOWN/GUEST, then what ``on_poweroff`` says (``destroy``: STOPPED/SHUTDOWN).
     Raises :class:`~asvirt.OperationInvalidError` unless the guest is running.
     """
-    await _driver(dom).guest_action(dom.uuid, "poweroff")
+    await guest_action(_node(dom), dom.uuid, "poweroff")
 
 
 async def guest_reboot(dom: Domain) -> None:
@@ -126,7 +98,7 @@ async def guest_reboot(dom: Domain) -> None:
     A REBOOT event, the domain keeps running; with ``on_reboot=destroy`` it stops instead
     (STOPPED/SHUTDOWN). Raises :class:`~asvirt.OperationInvalidError` unless it is running.
     """
-    await _driver(dom).guest_action(dom.uuid, "reboot")
+    await guest_action(_node(dom), dom.uuid, "reboot")
 
 
 registry.register("test", open_test, examples=("test:///default", "test:///PATH/TO/NODE.xml"))

@@ -6,9 +6,11 @@ part of QEMU: it keeps QEMU's run state (``prelaunch``, ``running``, ``paused``,
 QEMU would emit (``STOP``, ``RESUME``, ``SHUTDOWN``, ``RESET``, ``POWERDOWN``,
 ``GUEST_PANICKED``), in QEMU's order. The answers and events are those of QEMU 7.2, checked
 against it by the shared suite (``tests/test_api_contract.py``). Those events go through the
-QEMU driver's own :class:`~asvirt.events.qmp.DomainStateMachine`, and the supervisor's follow-ups
-(``on_poweroff``, ``on_reboot``, ``on_crash``) are applied as the QEMU runner applies them. So
-both drivers produce the same states and the same events by construction.
+QEMU driver's own :class:`~asvirt.drivers.qemu.statemachine.DomainStateMachine`, and the
+supervisor's follow-ups (``on_poweroff``, ``on_reboot``, ``on_crash``) are decided by the same
+policy and applied as the QEMU runner applies them. So both drivers produce the same states
+and the same events by construction. A :class:`SimulatedVM` is the domain's runtime, as a
+QEMU runner is: the shared domain calls drive it through the same methods.
 
 The simulated guest is deterministic:
 
@@ -31,13 +33,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ...conf.domain import DomainDef
 from ...errors import OperationInvalidError, OperationUnsupportedError, QMPError
-from ...events.qmp import DomainStateMachine, FollowUp, Reaction, StopCause
-from ...states import DomainState, PausedReason, RunningReason, ShutoffReason, StateReason
+from ...hypervisor.domain_driver import RuntimeCallbacks
+from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
+from ...states import DomainState, PausedReason, RunningReason, StateReason
+from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction
 
 if TYPE_CHECKING:
-    from .state import NodeState
+    from .state import Scheduler
 
 #: Seconds a simulated guest takes from reset to running its command-line action.
 BOOT_SECONDS = 0.01
@@ -80,23 +86,19 @@ class SimulatedVM:
 
     def __init__(
         self,
-        node: NodeState,
-        *,
-        name: str,
-        uuid: str,
+        scheduler: Scheduler,
+        callbacks: RuntimeCallbacks,
         live_def: DomainDef,
+        *,
         domain_id: int,
-        autodestroy_owner: object | None,
-        on_exit: Callable[[SimulatedVM, ShutoffReason], None],
     ) -> None:
-        self.node = node
-        self.name = name
-        self.uuid = uuid
-        self.live_def = live_def
-        self.domain_id = domain_id
-        #: The connection whose closing destroys this VM (None: no autodestroy).
-        self.autodestroy_owner = autodestroy_owner
-        self._on_exit = on_exit
+        self._scheduler = scheduler
+        self._callbacks = callbacks
+        self.name = callbacks.name
+        self.uuid = callbacks.uuid
+        self._live_def = live_def
+        self._domain_id = domain_id
+        self._policy = LifecyclePolicy(live_def.on_poweroff, live_def.on_reboot, live_def.on_crash)
         self.machine = DomainStateMachine()
         #: QEMU's own run state, as ``query-status`` reports it.
         self.runstate = "prelaunch"
@@ -117,8 +119,19 @@ class SimulatedVM:
     # -- views ---------------------------------------------------------------------------------
 
     @property
+    def domain_id(self) -> int:
+        return self._domain_id
+
+    @property
+    def live_def(self) -> DomainDef:
+        return self._live_def
+
+    @property
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
+
+    def live_xml(self) -> str:
+        return self._live_def.to_xml(live=True, domain_id=self._domain_id)
 
     def cpu_time_ns(self) -> int:
         if self._running_since is None:
@@ -126,35 +139,67 @@ class SimulatedVM:
         return self._cpu_ns + time.monotonic_ns() - self._running_since
 
     def memory_kib(self) -> int:
-        return self.machine.balloon_kib or self.live_def.current_memory_kib
+        return self.machine.balloon_kib or self._live_def.current_memory_kib
 
-    # -- what the supervisor does ----------------------------------------------------------------
+    # -- the runtime of a domain (what the shared domain calls use) -----------------------------
+    #
+    # Each acts at once and publishes its own events before returning; the guest's reaction
+    # comes at the caller's next schedule point, as it would come later from a real guest.
 
-    def boot(self, *, paused: bool) -> None:
+    async def start(self, *, paused: bool) -> None:
         """Start the VM as the QEMU runner does: ``-S``, then ``cont`` unless ``paused``."""
-        self.machine.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
+        await trio.lowlevel.checkpoint()
         if paused:
             self._publish(self.machine.started_paused())
             return
-        self.machine.starting = True
+        self.machine.begin_boot()
         self.qmp_cont()
+
+    async def suspend(self) -> None:
+        self.machine.expect_pause(PausedReason.USER)
+        self.qmp_stop()
+
+    async def resume(self) -> None:
+        self.qmp_cont()
+
+    async def powerdown(self, *, reboot: bool) -> None:
+        if reboot:
+            self.machine.begin_reboot()
+        self.qmp_system_powerdown()
+
+    async def reset(self) -> None:
+        self.qmp_system_reset()
+
+    async def destroy(self) -> None:
+        self.kill()
+
+    async def qmp(self, command: str, arguments: dict[str, Any] | None) -> Any:
+        await trio.lowlevel.checkpoint()
+        return self.execute(command, arguments)
+
+    def persistence_changed(self) -> None:
+        pass  # nothing is kept on disk
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
         if state is DomainState.PAUSED:
-            self.machine.set_state(DomainState.PAUSED, PausedReason.USER)
+            self.machine = DomainStateMachine.restore(
+                MachineSnapshot(int(DomainState.PAUSED), int(PausedReason.USER))
+            )
             self.runstate = "paused"
             self._booted = True
         else:
-            self.machine.set_state(DomainState.RUNNING, RunningReason.BOOTED)
+            self.machine = DomainStateMachine.restore(
+                MachineSnapshot(int(DomainState.RUNNING), int(RunningReason.BOOTED))
+            )
             self._set_runstate("running")
             self._guest_boot()
 
-    def destroy(self) -> None:
+    def kill(self) -> None:
         """The QEMU process is killed: STOPPED/DESTROYED."""
         if self.exited:
             return
-        self.machine.destroying = True
+        self.machine.begin_destroy()
         self._exit()
 
     def execute(self, command: str, arguments: dict[str, Any] | None) -> Any:
@@ -289,7 +334,7 @@ class SimulatedVM:
         self._booted = True
         if self.flags.action is not None:
             generation = self._generation
-            self.node.scheduler.call_later(
+            self._scheduler.call_later(
                 BOOT_SECONDS + self.flags.delay, lambda: self._action_timer(generation)
             )
 
@@ -303,7 +348,7 @@ class SimulatedVM:
 
     def _wake_guest(self) -> None:
         generation = self._generation
-        self.node.scheduler.call_later(0, lambda: self._guest_acts(generation))
+        self._scheduler.call_later(0, lambda: self._guest_acts(generation))
 
     def _action_timer(self, generation: int) -> None:
         if generation == self._generation and not self.exited:
@@ -332,7 +377,7 @@ class SimulatedVM:
 
     def _emit(self, *events: tuple[str, dict[str, Any]]) -> None:
         """QEMU sends ``events``; the state machine reacts; then the supervisor follows up."""
-        follow_ups: list[FollowUp] = []
+        follow_ups: list[GuestEvent] = []
         for name, data in events:
             seconds = time.time()
             message = {
@@ -354,44 +399,23 @@ class SimulatedVM:
 
     def _publish(self, reaction: Reaction) -> None:
         for spec in reaction.events:
-            self.node.publish(
-                domain=self.name,
-                uuid=self.uuid,
-                kind=spec.kind,
+            self._callbacks.publish(
+                spec.kind,
                 type=spec.type,
                 detail=spec.detail,
                 data=spec.data,
                 timestamp=spec.timestamp,
             )
 
-    def _follow_up(self, what: FollowUp) -> None:
+    def _follow_up(self, event: GuestEvent) -> None:
         """Apply on_poweroff / on_reboot / on_crash, as the QEMU runner does."""
-        d = self.live_def
-        if what is FollowUp.GUEST_SHUTDOWN:
-            if self.machine.fake_reboot:
-                self._reset_and_continue()
-            elif d.on_poweroff == "restart":
-                self.machine.restarting = True
-                self._reset_and_continue()
-            elif d.on_poweroff != "preserve":
-                self._stop(StopCause.SHUTDOWN)
-        elif what is FollowUp.GUEST_REBOOT_DESTROY:
-            self._stop(StopCause.SHUTDOWN)
-        elif what is FollowUp.GUEST_PANICKED:
-            if d.on_crash in ("restart", "coredump-restart", "rename-restart"):
-                self.machine.restarting = True
-                self._reset_and_continue()
-            elif d.on_crash != "preserve":
-                self._stop(StopCause.CRASHED)
-
-    def _reset_and_continue(self) -> None:
-        self.qmp_system_reset()
-        if not self.exited:
-            self.qmp_cont()
-
-    def _stop(self, cause: StopCause) -> None:
-        self.machine.stop_cause = cause
-        self._exit()
+        action = self.machine.follow_up(event, self._policy)
+        if action in (FollowUpAction.RESTART, FollowUpAction.FINISH_REBOOT):
+            self.qmp_system_reset()
+            if not self.exited:
+                self.qmp_cont()
+        elif action in (FollowUpAction.STOP_SHUTDOWN, FollowUpAction.STOP_CRASHED):
+            self._exit()
 
     def _exit(self) -> None:
         """The QEMU process is gone: final state, STOPPED event, the domain table updated."""
@@ -399,8 +423,8 @@ class SimulatedVM:
         self._set_runstate("exited")
         self._guest_reset()
         reason, reaction = self.machine.exited()
-        self._on_exit(self, reason)
         self._publish(reaction)
+        self._callbacks.stopped(self, reason)
 
 
 _COMMANDS: dict[str, Callable[[SimulatedVM], Any]] = {

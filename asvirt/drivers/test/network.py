@@ -20,7 +20,7 @@ from ...conf.xmlsafe import parse_xml
 from ...errors import NetworkExistsError, NoNetworkError, OperationInvalidError, XMLError
 from ..base import NetworkRef
 from .driver import canonical_uuid
-from .state import NodeState
+from .state import TestNode
 
 
 class NetworkDef:
@@ -123,7 +123,7 @@ class NetworkObj:
 
 
 def add_network(
-    node: NodeState, defn: NetworkDef, *, active: bool, persistent: bool = True
+    node: TestNode, defn: NetworkDef, *, active: bool, persistent: bool = True
 ) -> NetworkObj:
     """Add a network to the node; NetworkExistsError if the name or UUID is taken."""
     _check_conflicts(node, defn)
@@ -132,7 +132,7 @@ def add_network(
     return obj
 
 
-def _check_conflicts(node: NodeState, defn: NetworkDef) -> NetworkObj | None:
+def _check_conflicts(node: TestNode, defn: NetworkDef) -> NetworkObj | None:
     by_uuid = node.networks.get(defn.uuid)
     if by_uuid is not None and by_uuid.defn.name != defn.name:
         raise NetworkExistsError(
@@ -146,7 +146,7 @@ def _check_conflicts(node: NodeState, defn: NetworkDef) -> NetworkObj | None:
     return by_uuid
 
 
-def _network_by_name(node: NodeState, name: str) -> NetworkObj | None:
+def _network_by_name(node: TestNode, name: str) -> NetworkObj | None:
     for obj in node.networks.values():
         if obj.defn.name == name:
             return obj
@@ -158,7 +158,7 @@ class TestNetworkDriver:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, node: NodeState) -> None:
+    def __init__(self, node: TestNode) -> None:
         self.node = node
 
     def _by_name(self, name: str) -> NetworkObj | None:

@@ -10,7 +10,7 @@ start out active. libvirt's other node children (``<interface>``, ``<device>``, 
 
 Reading a description is split in two: :func:`read_node_file` reads and parses everything
 (blocking; run it in a thread) into a :class:`NodeDescription`, and :func:`build_node` turns
-that into a live :class:`~.state.NodeState` in the trio thread.
+that into a live :class:`~.state.TestNode` in the trio thread.
 """
 
 from __future__ import annotations
@@ -22,11 +22,19 @@ from lxml import etree
 
 from ...conf.domain import DomainDef
 from ...conf.xmlsafe import parse_xml
+from ...config import Config
 from ...errors import AsvirtError, NoConnectError, XMLError
-from .driver import TestExtras, add_initial_domain, parse_test_domain_xml
-from .network import NetworkDef, add_network, parse_network_xml
-from .state import NodeState
-from .storage import PoolDef, VolDef, add_pool, parse_pool_xml, parse_vol_xml
+from .driver import TestExtras, add_initial_domain, new_test_node, parse_test_domain_xml
+from .network import NetworkDef, TestNetworkDriver, add_network, parse_network_xml
+from .state import TestNode
+from .storage import (
+    PoolDef,
+    TestStorageDriver,
+    VolDef,
+    add_pool,
+    parse_pool_xml,
+    parse_vol_xml,
+)
 
 #: The default node: libvirt's test driver defaults (the names, UUIDs, sizes and addresses
 #: that libvirt-based tests rely on), in the subset of domain XML asvirt supports.
@@ -120,9 +128,11 @@ def read_node_file(path: str) -> NodeDescription:
     return parse_node_xml(_read(file, what="node file"), source=path, base_dir=file.parent)
 
 
-def build_node(desc: NodeDescription) -> NodeState:
+def build_node(desc: NodeDescription, config: Config) -> TestNode:
     """A live node holding what ``desc`` defines, in its initial states. Call in trio."""
-    node = NodeState(desc.source)
+    node = new_test_node(desc.source, config)
+    node.network = TestNetworkDriver(node)
+    node.storage = TestStorageDriver(node)
     try:
         for defn, extras in desc.domains:
             add_initial_domain(node, defn, extras)
@@ -137,9 +147,10 @@ def build_node(desc: NodeDescription) -> NodeState:
     return node
 
 
-def default_node() -> NodeState:
+def default_node(config: Config) -> TestNode:
     """A fresh default node (``test:///default``)."""
-    return build_node(parse_node_xml(DEFAULT_NODE_XML, source="test:///default", base_dir=None))
+    desc = parse_node_xml(DEFAULT_NODE_XML, source="test:///default", base_dir=None)
+    return build_node(desc, config)
 
 
 def _resolve(el: etree._Element, base_dir: Path | None) -> etree._Element:

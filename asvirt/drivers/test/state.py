@@ -1,16 +1,15 @@
 """The test driver's node: every domain, network and pool, shared by the connections to it.
 
 As in libvirt, all connections to ``test:///default`` share one node, so that an action on one
-connection is seen (and its events delivered) on every other; the node is created by the first
-connection and freed when the last one closes, so a later open starts from the default objects
-again. A node loaded from a file (``test:///path/to/node.xml``) belongs to its connection alone.
+connection is seen (and its events delivered, with the same numbers) on every other; the node
+is created by the first connection and freed when the last one closes, so a later open starts
+from the default objects again. A node loaded from a file (``test:///path/to/node.xml``)
+belongs to its connection alone.
 
 "Shared" means: within one ``trio.run`` (trio objects cannot cross event loops). In a program
 that runs trio once, that is the whole process, as with libvirt.
 
-The node holds no task of its own. The simulated guests' timers live in a :class:`Scheduler`
-that every attached connection runs in its own nursery; whichever connection's runner wakes
-first fires a due timer, so timers keep firing as long as any connection is open.
+The simulated guests' timers live in a :class:`Scheduler` that runs in the node's own task.
 """
 
 from __future__ import annotations
@@ -18,17 +17,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from ...events import EventBus, EventDetail, EventKind, LifecycleEvent
+from ...config import Config
+from ...events.journal import MemoryJournal
+from ...hypervisor.node import Node, find_node
 from ...log import get_logger
 
 if TYPE_CHECKING:
-    from .driver import TestDomain
     from .network import NetworkObj
     from .storage import PoolObj
 
@@ -68,112 +67,34 @@ class Scheduler:
                 await self._wakeup.wait()
 
 
-class Attachment:
-    """One connection's presence on a node: where its events go."""
+class TestNode(Node):
+    """Everything one test node holds: the shared domain table and bus, networks, pools."""
 
-    __slots__ = ("bus", "label")
+    __test__ = False  # not a pytest test class
 
-    def __init__(self, bus: EventBus, label: str) -> None:
-        self.bus = bus
-        self.label = label
-
-    def __repr__(self) -> str:
-        return f"<Attachment {self.label}>"
-
-
-class NodeState:
-    """Everything one test node holds."""
-
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, config: Config) -> None:
+        name = source if source.startswith("test:") else f"test://{source}"
+        super().__init__(name=name, config=config, journal=MemoryJournal(config.events.history))
         #: Where the node came from ("default", or the node file's path), for messages.
         self.source = source
-        self.domains: dict[str, TestDomain] = {}  # by UUID
-        self.domain_names: dict[str, str] = {}  # name -> UUID
         self.networks: dict[str, NetworkObj] = {}  # by UUID
         self.pools: dict[str, PoolObj] = {}  # by UUID
-        self.next_domain_id = 1
         self.scheduler = Scheduler()
-        self.attachments: list[Attachment] = []
 
-    # -- connections ---------------------------------------------------------------------------
-
-    def attach(self, bus: EventBus, label: str) -> Attachment:
-        att = Attachment(bus, label)
-        self.attachments.append(att)
-        return att
-
-    def detach(self, att: Attachment) -> None:
-        self.attachments.remove(att)
-
-    # -- events --------------------------------------------------------------------------------
-
-    def publish(
-        self,
-        *,
-        domain: str,
-        uuid: str,
-        kind: EventKind,
-        type: LifecycleEvent | None = None,
-        detail: EventDetail | None = None,
-        data: dict[str, Any] | None = None,
-        timestamp: float | None = None,
-    ) -> None:
-        """Deliver an event to every connection attached to this node (each numbers it)."""
-        if timestamp is None:
-            timestamp = time.time()
-        for att in self.attachments:
-            att.bus.publish(
-                domain=domain,
-                uuid=uuid,
-                kind=kind,
-                type=type,
-                detail=detail,
-                data=data,
-                timestamp=timestamp,
-            )
-
-    # -- domain table ----------------------------------------------------------------------------
-
-    def add_domain(self, dom: TestDomain) -> None:
-        self.domains[dom.uuid] = dom
-        self.domain_names[dom.name] = dom.uuid
-
-    def remove_domain(self, dom: TestDomain) -> None:
-        if self.domains.get(dom.uuid) is dom:
-            del self.domains[dom.uuid]
-        if self.domain_names.get(dom.name) == dom.uuid:
-            del self.domain_names[dom.name]
-
-    def allocate_domain_id(self) -> int:
-        dom_id = self.next_domain_id
-        self.next_domain_id += 1
-        return dom_id
+    async def load(self) -> None:
+        # The simulated guests' timers fire in the node's own task, whoever is connected.
+        self.nursery.start_soon(self.scheduler.run)
+        await trio.lowlevel.checkpoint()
 
 
-# The default node of the current trio run, and how many connections use it.
-_default_node: trio.lowlevel.RunVar[NodeState | None] = trio.lowlevel.RunVar(
-    "asvirt_test_default_node", default=None
-)
+#: The key under which every connection of a trio run finds the default node.
+DEFAULT_NODE_KEY = ("test", "default")
 
 
-def acquire_default(factory: Callable[[], NodeState]) -> NodeState:
-    """The shared default node, created with ``factory`` if no connection holds it."""
-    node = _default_node.get()
-    if node is None:
-        node = factory()
-        _default_node.set(node)
-    return node
-
-
-def release_default(node: NodeState) -> None:
-    """Forget the default node once its last connection has detached."""
-    if not node.attachments and _default_node.get() is node:
-        _default_node.set(None)
-
-
-def current_default() -> NodeState | None:
+def current_default() -> TestNode | None:
     """The default node if a connection holds it (for tests and introspection)."""
-    return _default_node.get()
+    node = find_node(DEFAULT_NODE_KEY)
+    return node if isinstance(node, TestNode) else None
 
 
-__all__ = ["Attachment", "NodeState", "Scheduler", "acquire_default", "current_default"]
+__all__ = ["DEFAULT_NODE_KEY", "Scheduler", "TestNode", "current_default"]

@@ -29,7 +29,7 @@ from ...errors import (
 )
 from ..base import StoragePoolInfo, StoragePoolRef, StorageVolInfo, StorageVolRef
 from .driver import canonical_uuid
-from .state import NodeState
+from .state import TestNode
 
 #: A pool's capacity when its XML gives none (libvirt's test driver uses the same).
 DEFAULT_POOL_CAPACITY = 100 * 1024**3
@@ -238,7 +238,7 @@ class PoolObj:
         )
 
 
-def add_pool(node: NodeState, defn: PoolDef, *, active: bool, persistent: bool = True) -> PoolObj:
+def add_pool(node: TestNode, defn: PoolDef, *, active: bool, persistent: bool = True) -> PoolObj:
     """Add a pool to the node; OperationFailedError if the name or UUID is taken (libvirt's)."""
     _check_conflicts(node, defn)
     obj = PoolObj(defn, active=active, persistent=persistent)
@@ -246,7 +246,7 @@ def add_pool(node: NodeState, defn: PoolDef, *, active: bool, persistent: bool =
     return obj
 
 
-def _check_conflicts(node: NodeState, defn: PoolDef) -> PoolObj | None:
+def _check_conflicts(node: TestNode, defn: PoolDef) -> PoolObj | None:
     by_uuid = node.pools.get(defn.uuid)
     if by_uuid is not None and by_uuid.defn.name != defn.name:
         raise OperationFailedError(
@@ -260,7 +260,7 @@ def _check_conflicts(node: NodeState, defn: PoolDef) -> PoolObj | None:
     return by_uuid
 
 
-def _pool_by_name(node: NodeState, name: str) -> PoolObj | None:
+def _pool_by_name(node: TestNode, name: str) -> PoolObj | None:
     for obj in node.pools.values():
         if obj.defn.name == name:
             return obj
@@ -272,7 +272,7 @@ class TestStorageDriver:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, node: NodeState) -> None:
+    def __init__(self, node: TestNode) -> None:
         self.node = node
 
     def _by_name(self, name: str) -> PoolObj | None:

@@ -1,0 +1,522 @@
+"""From QMP events to domain states and typed events: the supervisor's state machine.
+
+QEMU is the authority on what its guest is doing; the API only asks. So a domain's state
+changes only here, in reaction to QEMU's own events (and to QEMU's exit), and an API call that
+expects a change (``suspend()`` expects STOP) first states its *intent* through one of the
+machine's methods (:meth:`~DomainStateMachine.expect_pause`), so that the event that follows
+is attributed correctly (PAUSED/USER rather than PAUSED/UNKNOWN). Whoever sends ``stop`` —
+the API, ``qmp("stop")``, or another QMP client — the domain is paused when QEMU says so, and
+only then.
+
+The machine is a closed type: its fields are private, and every change goes through an intent
+method (``begin_boot``, ``expect_pause``, ``begin_reboot``, ``begin_destroy``, ``follow_up``,
+...) or a reaction to QEMU (``on_qmp_event``, ``reconcile``, ``exited``). Each reaction returns
+what to publish and what the supervisor must do next; the machine itself never acts.
+
+The mapping follows libvirt's QEMU driver (``qemuProcessHandle*``), with two deliberate
+differences: a reboot asked through ``reboot()`` keeps the domain RUNNING throughout (the
+ACPI power-off that libvirt turns into a reset is an implementation detail, reported as one
+REBOOT event); and after SHUTDOWN or a panic, the pause QEMU then enters is not reported as
+a separate SUSPENDED event.
+
+The test driver's simulated QEMU feeds the same machine, so both drivers agree by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from ...events.types import (
+    CrashedDetail,
+    EventDetail,
+    EventKind,
+    LifecycleEvent,
+    PMSuspendedDetail,
+    ResumedDetail,
+    ShutdownDetail,
+    StartedDetail,
+    StoppedDetail,
+    SuspendedDetail,
+)
+from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
+from ...states import (
+    CrashedReason,
+    DomainState,
+    PausedReason,
+    PMSuspendedReason,
+    RunningReason,
+    ShutdownReason,
+    ShutoffReason,
+    StateReason,
+    reason_for,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventSpec:
+    """An event to publish (the node adds sequence number, domain and UUID)."""
+
+    kind: EventKind
+    type: LifecycleEvent | None = None
+    detail: EventDetail | None = None
+    data: dict[str, Any] | None = None
+    timestamp: float | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Reaction:
+    """What a transition produced: events to publish, and a guest event to follow up."""
+
+    events: list[EventSpec] = dataclasses.field(default_factory=list)
+    follow_up: GuestEvent | None = None
+
+    def lifecycle(self, type_: LifecycleEvent, detail: EventDetail, ts: float | None) -> None:
+        self.events.append(EventSpec(EventKind.LIFECYCLE, type_, detail, None, ts))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiskInfo:
+    """What an I/O error event says about a disk: libvirt reports the target and alias."""
+
+    target: str
+    alias: str
+    source: str | None
+
+
+class StopCause(enum.Enum):
+    """Why the supervisor itself ended a QEMU (decides the STOPPED detail)."""
+
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+    DESTROYED = "destroyed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MachineSnapshot:
+    """What a status file keeps of the machine, so that a later supervisor can go on."""
+
+    state: int
+    reason: int
+    shutdown_seen: bool = False
+    rebooting: bool = False
+    #: The supervisor had begun to stop QEMU, and why (None: it had not).
+    stop_cause: str | None = None
+
+
+class DomainStateMachine:
+    """The state of one active domain, driven by QMP events and QEMU's exit."""
+
+    __slots__ = (
+        "_balloon_kib",
+        "_booting",
+        "_disk_for_node",
+        "_pause_hint",
+        "_reason",
+        "_rebooting",
+        "_restarting",
+        "_shutdown_seen",
+        "_state",
+        "_stop_cause",
+    )
+
+    def __init__(self, *, disk_for_node: Callable[[str], DiskInfo | None] | None = None) -> None:
+        #: A new machine is QEMU started with -S, before the guest has run.
+        self._state: DomainState = DomainState.PAUSED
+        self._reason: StateReason = PausedReason.STARTING_UP
+        self._disk_for_node = disk_for_node or (lambda node: None)
+        # begin_boot() before ``cont`` at start: the RESUME that follows means STARTED/BOOTED.
+        self._booting = False
+        # Reason to use for the next STOP (USER when we asked, IOERROR/WATCHDOG when QEMU said).
+        self._pause_hint: PausedReason | None = None
+        # reboot() in progress: the next SHUTDOWN is turned into a reset.
+        self._rebooting = False
+        # QEMU reported SHUTDOWN: an exit now is a clean stop.
+        self._shutdown_seen = False
+        # The supervisor is ending QEMU, and why: QEMU's own events no longer change anything.
+        self._stop_cause: StopCause | None = None
+        # The supervisor reset a shut-down or crashed guest (on_poweroff/on_crash=restart):
+        # the next RESUME means STARTED/BOOTED.
+        self._restarting = False
+        # Balloon size last reported, KiB (None: never reported).
+        self._balloon_kib: int | None = None
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: MachineSnapshot,
+        *,
+        disk_for_node: Callable[[str], DiskInfo | None] | None = None,
+    ) -> DomainStateMachine:
+        """The machine of a QEMU that a previous supervisor left running (from its status)."""
+        machine = cls(disk_for_node=disk_for_node)
+        state = DomainState(snapshot.state)
+        machine._state, machine._reason = state, reason_for(state, snapshot.reason)
+        machine._shutdown_seen = snapshot.shutdown_seen
+        machine._rebooting = snapshot.rebooting
+        if snapshot.stop_cause is not None:
+            machine._stop_cause = StopCause(snapshot.stop_cause)
+        return machine
+
+    def snapshot(self) -> MachineSnapshot:
+        return MachineSnapshot(
+            state=int(self._state),
+            reason=int(self._reason),
+            shutdown_seen=self._shutdown_seen,
+            rebooting=self._rebooting,
+            stop_cause=None if self._stop_cause is None else self._stop_cause.value,
+        )
+
+    # -- what others may read --------------------------------------------------------------------
+
+    @property
+    def state(self) -> DomainState:
+        return self._state
+
+    @property
+    def reason(self) -> StateReason:
+        return self._reason
+
+    @property
+    def balloon_kib(self) -> int | None:
+        """The balloon size QEMU last reported, in KiB (None: never reported)."""
+        return self._balloon_kib
+
+    @property
+    def destroying(self) -> bool:
+        return self._stop_cause is StopCause.DESTROYED
+
+    @property
+    def stopping(self) -> bool:
+        """The supervisor is ending QEMU (destroy, or a follow-up that stops it)."""
+        return self._stop_cause is not None
+
+    # -- intents: the supervisor says what it is about to do ------------------------------------
+
+    def begin_boot(self) -> None:
+        """``cont`` is about to run the guest for the first time: its RESUME is STARTED/BOOTED."""
+        self._booting = True
+
+    def started_paused(self) -> Reaction:
+        """start(paused=True) completed: QEMU never ran the guest."""
+        self._set(DomainState.PAUSED, PausedReason.USER)
+        r = Reaction()
+        r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, None)
+        r.lifecycle(LifecycleEvent.SUSPENDED, SuspendedDetail.PAUSED, None)
+        return r
+
+    def expect_pause(self, reason: PausedReason) -> None:
+        """A ``stop`` is about to be sent for ``reason``: the next STOP is attributed to it."""
+        self._pause_hint = reason
+
+    def begin_reboot(self) -> None:
+        """reboot(): the power button is about to be pressed; its SHUTDOWN becomes a reset."""
+        self._rebooting = True
+
+    def abort_reboot(self) -> None:
+        """The power button press for reboot() failed: a later SHUTDOWN is a real one."""
+        self._rebooting = False
+
+    def begin_destroy(self) -> None:
+        """destroy(): QEMU is about to be killed; nothing it says changes the outcome now."""
+        self._stop_cause = StopCause.DESTROYED
+
+    def begin_stop(self, cause: StopCause) -> None:
+        """The supervisor is about to end QEMU itself (unless a destroy already is)."""
+        if self._stop_cause is not StopCause.DESTROYED:
+            self._stop_cause = cause
+
+    def follow_up(self, event: GuestEvent, policy: LifecyclePolicy) -> FollowUpAction:
+        """What to do after ``event``, by the domain's on_* policy; records the intent."""
+        action = policy.decide(event, rebooting=self._rebooting)
+        if action is FollowUpAction.RESTART:
+            self._restarting = True
+        elif action is FollowUpAction.STOP_SHUTDOWN:
+            self.begin_stop(StopCause.SHUTDOWN)
+        elif action is FollowUpAction.STOP_CRASHED:
+            self.begin_stop(StopCause.CRASHED)
+        return action
+
+    # -- reactions: QEMU said or did something ----------------------------------------------------
+
+    def exited(self) -> tuple[ShutoffReason, Reaction]:
+        """QEMU's process is gone: the final state and the STOPPED event."""
+        cause = self._stop_cause
+        if cause is StopCause.DESTROYED:
+            detail, reason = StoppedDetail.DESTROYED, ShutoffReason.DESTROYED
+        elif cause is StopCause.CRASHED or self._state is DomainState.CRASHED:
+            detail, reason = StoppedDetail.CRASHED, ShutoffReason.CRASHED
+        elif cause is StopCause.SHUTDOWN or self._shutdown_seen:
+            detail, reason = StoppedDetail.SHUTDOWN, ShutoffReason.SHUTDOWN
+        else:
+            # Died without saying why: killed from outside, or QEMU itself crashed.
+            detail, reason = StoppedDetail.FAILED, ShutoffReason.CRASHED
+        self._set(DomainState.SHUTOFF, reason)
+        r = Reaction()
+        r.lifecycle(LifecycleEvent.STOPPED, detail, None)
+        return reason, r
+
+    def reconcile(self, status: str, running: bool, *, attaching: bool = False) -> Reaction:
+        """Bring the state in line with ``query-status`` after events may have been missed.
+
+        ``attaching``: this supervisor has just taken over a QEMU that ran unsupervised. A
+        guest that is shut down or panicked then still awaits its follow-up even if the
+        previous supervisor saw it happen: it may have died before it could act.
+        """
+        r = Reaction()
+        if self._stop_cause is not None:
+            return r
+        if running and self._state is not DomainState.RUNNING:
+            self._set(DomainState.RUNNING, RunningReason.UNPAUSED)
+            r.lifecycle(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED, None)
+        elif status == "shutdown":
+            new = self._state is not DomainState.SHUTDOWN and not self._rebooting
+            if new:
+                self._set(DomainState.SHUTDOWN, ShutdownReason.USER)
+                r.lifecycle(LifecycleEvent.SHUTDOWN, ShutdownDetail.FINISHED, None)
+            if new or attaching or not self._shutdown_seen:
+                r.follow_up = GuestEvent.SHUTDOWN
+            self._shutdown_seen = True
+        elif status == "guest-panicked":
+            new = self._state is not DomainState.CRASHED
+            if new:
+                self._set(DomainState.CRASHED, CrashedReason.PANICKED)
+                r.lifecycle(LifecycleEvent.CRASHED, CrashedDetail.PANICKED, None)
+            if new or attaching:
+                r.follow_up = GuestEvent.PANICKED
+        elif status == "suspended" and self._state is not DomainState.PMSUSPENDED:
+            self._set(DomainState.PMSUSPENDED, PMSuspendedReason.UNKNOWN)
+            r.lifecycle(LifecycleEvent.PMSUSPENDED, PMSuspendedDetail.MEMORY, None)
+        elif (
+            not running
+            and status not in ("shutdown", "guest-panicked", "suspended")
+            and self._state is DomainState.RUNNING
+        ):
+            reason = _PAUSED_STATUS.get(status, PausedReason.UNKNOWN)
+            self._set(DomainState.PAUSED, reason)
+            r.lifecycle(LifecycleEvent.SUSPENDED, _SUSPEND_DETAIL[reason], None)
+        return r
+
+    def on_qmp_event(self, event: dict[str, Any]) -> Reaction:
+        """React to one QMP event (a dict as QEMU sent it)."""
+        name = event.get("event", "")
+        data = event.get("data") or {}
+        ts = _timestamp(event)
+        r = Reaction()
+        r.events.append(EventSpec(EventKind.QMP, data=event, timestamp=ts))
+        if self._stop_cause is not None:
+            return r  # QEMU is being stopped; its last words change nothing
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            handler(self, data, ts, r)
+        return r
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _set(self, state: DomainState, reason: StateReason) -> None:
+        if not isinstance(reason, state.reasons):
+            raise TypeError(f"{reason!r} is not a reason of {state.name}")
+        self._state, self._reason = state, reason
+
+    def _on_stop(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._state is not DomainState.RUNNING or self._rebooting or self._shutdown_seen:
+            # After SHUTDOWN (including the one a guest reset becomes with on_reboot=destroy)
+            # or a panic QEMU pauses; that pause is part of what was reported.
+            return
+        reason = self._pause_hint or PausedReason.UNKNOWN
+        self._pause_hint = None
+        self._set(DomainState.PAUSED, reason)
+        r.lifecycle(LifecycleEvent.SUSPENDED, _SUSPEND_DETAIL[reason], ts)
+
+    def _on_resume(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._booting or self._restarting:
+            self._booting = self._restarting = False
+            self._shutdown_seen = False
+            self._set(DomainState.RUNNING, RunningReason.BOOTED)
+            r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, ts)
+            return
+        if self._rebooting:
+            self._rebooting = False
+            self._shutdown_seen = False
+            self._set(DomainState.RUNNING, RunningReason.BOOTED)
+            return
+        if self._state is DomainState.RUNNING:
+            return
+        if self._state in (DomainState.SHUTDOWN, DomainState.CRASHED):
+            # Someone continued a guest that had shut down or panicked (e.g. after a reset).
+            self._shutdown_seen = False
+            self._set(DomainState.RUNNING, RunningReason.BOOTED)
+        else:
+            self._set(DomainState.RUNNING, RunningReason.UNPAUSED)
+        r.lifecycle(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED, ts)
+
+    def _on_shutdown(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if data.get("reason") == "guest-reset":
+            # set-action reboot=shutdown (on_reboot=destroy): the guest rebooted.
+            self._shutdown_seen = True
+            r.events.append(EventSpec(EventKind.REBOOT, data=data, timestamp=ts))
+            r.follow_up = GuestEvent.REBOOT_DESTROY
+            return
+        if self._state is DomainState.SHUTDOWN:
+            return  # already reported
+        self._shutdown_seen = True
+        if self._rebooting:
+            r.follow_up = GuestEvent.SHUTDOWN
+            return
+        guest = data.get("guest")
+        detail = (
+            ShutdownDetail.GUEST
+            if guest is True
+            else ShutdownDetail.HOST
+            if guest is False
+            else ShutdownDetail.FINISHED
+        )
+        self._set(DomainState.SHUTDOWN, ShutdownReason.USER)
+        r.lifecycle(LifecycleEvent.SHUTDOWN, detail, ts)
+        r.follow_up = GuestEvent.SHUTDOWN
+
+    def _on_reset(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        r.events.append(EventSpec(EventKind.REBOOT, data=data, timestamp=ts))
+
+    def _on_panic(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._state is DomainState.CRASHED:
+            return
+        self._rebooting = False
+        self._set(DomainState.CRASHED, CrashedReason.PANICKED)
+        r.lifecycle(LifecycleEvent.CRASHED, CrashedDetail.PANICKED, ts)
+        r.follow_up = GuestEvent.PANICKED
+
+    def _on_crashloaded(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        # A crash kernel took over; the guest keeps running (libvirt: CRASHED/CRASHEDLOADED).
+        r.lifecycle(LifecycleEvent.CRASHED, CrashedDetail.CRASHEDLOADED, ts)
+
+    def _on_suspend(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        self._set(DomainState.PMSUSPENDED, PMSuspendedReason.UNKNOWN)
+        r.lifecycle(LifecycleEvent.PMSUSPENDED, PMSuspendedDetail.MEMORY, ts)
+
+    def _on_suspend_disk(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        # The guest saved itself to disk and will power off; QEMU's exit follows.
+        r.lifecycle(LifecycleEvent.PMSUSPENDED, PMSuspendedDetail.DISK, ts)
+
+    def _on_wakeup(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._state is DomainState.PMSUSPENDED:
+            self._set(DomainState.RUNNING, RunningReason.WAKEUP)
+            r.lifecycle(LifecycleEvent.STARTED, StartedDetail.WAKEUP, ts)
+
+    def _on_rtc_change(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        r.events.append(
+            EventSpec(EventKind.RTC_CHANGE, data={"offset": data.get("offset", 0)}, timestamp=ts)
+        )
+
+    def _on_watchdog(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        action = data.get("action", "")
+        if action == "pause":
+            self._pause_hint = PausedReason.WATCHDOG
+        r.events.append(EventSpec(EventKind.WATCHDOG, data={"action": action}, timestamp=ts))
+
+    def _on_block_io_error(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        node = data.get("node-name", "")
+        disk = self._disk_for_node(node) if node else None
+        payload = {
+            "device": disk.target if disk else data.get("device", ""),
+            "alias": disk.alias if disk else "",
+            "path": disk.source if disk else None,
+            "node-name": node,
+            "operation": data.get("operation", ""),
+            "action": data.get("action", ""),
+            "reason": data.get("reason", ""),
+            "nospace": bool(data.get("nospace", False)),
+        }
+        if payload["action"] == "stop":
+            self._pause_hint = PausedReason.IOERROR
+        r.events.append(EventSpec(EventKind.IO_ERROR, data=payload, timestamp=ts))
+
+    def _on_device_deleted(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        device = data.get("device")
+        if device:  # devices without an id are QEMU-internal; libvirt ignores them too
+            r.events.append(
+                EventSpec(
+                    EventKind.DEVICE_REMOVED,
+                    data={"device": device, "path": data.get("path")},
+                    timestamp=ts,
+                )
+            )
+
+    def _on_balloon_change(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        actual = int(data.get("actual", 0)) // 1024
+        self._balloon_kib = actual
+        r.events.append(
+            EventSpec(EventKind.BALLOON_CHANGE, data={"actual_kib": actual}, timestamp=ts)
+        )
+
+    def _on_block_job(
+        self, data: dict[str, Any], ts: float | None, r: Reaction, status: str
+    ) -> None:
+        payload = {
+            "device": data.get("device", ""),
+            "type": data.get("type", ""),
+            "status": "failed" if status == "completed" and data.get("error") else status,
+            "offset": data.get("offset"),
+            "len": data.get("len"),
+            "error": data.get("error"),
+        }
+        r.events.append(EventSpec(EventKind.BLOCK_JOB, data=payload, timestamp=ts))
+
+
+_PAUSED_STATUS: dict[str, PausedReason] = {
+    "io-error": PausedReason.IOERROR,
+    "watchdog": PausedReason.WATCHDOG,
+    "paused": PausedReason.USER,
+}
+
+_SUSPEND_DETAIL: dict[PausedReason, SuspendedDetail] = {
+    PausedReason.IOERROR: SuspendedDetail.IOERROR,
+    PausedReason.WATCHDOG: SuspendedDetail.WATCHDOG,
+}
+for _reason in PausedReason:
+    _SUSPEND_DETAIL.setdefault(_reason, SuspendedDetail.PAUSED)
+
+_Handler = Callable[[DomainStateMachine, dict[str, Any], float | None, Reaction], None]
+
+_HANDLERS: dict[str, _Handler] = {
+    "STOP": DomainStateMachine._on_stop,
+    "RESUME": DomainStateMachine._on_resume,
+    "SHUTDOWN": DomainStateMachine._on_shutdown,
+    "RESET": DomainStateMachine._on_reset,
+    "GUEST_PANICKED": DomainStateMachine._on_panic,
+    "GUEST_CRASHLOADED": DomainStateMachine._on_crashloaded,
+    "SUSPEND": DomainStateMachine._on_suspend,
+    "SUSPEND_DISK": DomainStateMachine._on_suspend_disk,
+    "WAKEUP": DomainStateMachine._on_wakeup,
+    "RTC_CHANGE": DomainStateMachine._on_rtc_change,
+    "WATCHDOG": DomainStateMachine._on_watchdog,
+    "BLOCK_IO_ERROR": DomainStateMachine._on_block_io_error,
+    "DEVICE_DELETED": DomainStateMachine._on_device_deleted,
+    "BALLOON_CHANGE": DomainStateMachine._on_balloon_change,
+    "BLOCK_JOB_COMPLETED": lambda m, d, t, r: m._on_block_job(d, t, r, "completed"),
+    "BLOCK_JOB_CANCELLED": lambda m, d, t, r: m._on_block_job(d, t, r, "canceled"),
+    "BLOCK_JOB_ERROR": lambda m, d, t, r: m._on_block_job(d, t, r, "failed"),
+    "BLOCK_JOB_READY": lambda m, d, t, r: m._on_block_job(d, t, r, "ready"),
+}
+
+
+def _timestamp(event: dict[str, Any]) -> float | None:
+    ts = event.get("timestamp")
+    if not isinstance(ts, dict):
+        return None
+    try:
+        return int(ts["seconds"]) + int(ts["microseconds"]) / 1e6
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+__all__ = [
+    "DiskInfo",
+    "DomainStateMachine",
+    "EventSpec",
+    "MachineSnapshot",
+    "Reaction",
+    "StopCause",
+]

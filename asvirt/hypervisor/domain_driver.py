@@ -1,0 +1,402 @@
+"""The domain calls of the public API, once for every hypervisor driver.
+
+:class:`DomainDriver` implements what :class:`asvirt.Domain` and the domain calls of
+:class:`asvirt.Connection` ask (define, create, lookups, lists, start, suspend, ... info, XML)
+on a node's :class:`~.domains.DomainTable`, applying the same rules and publishing the same
+events whatever the hypervisor. What differs — how a definition is completed, where it is
+stored, how a guest is started — comes from a :class:`HypervisorBackend`; a running guest is a
+:class:`~.domains.DomainRuntime` that reports back through :class:`RuntimeCallbacks`.
+
+Some calls deliberately take no job, so that a guest that stopped answering cannot block them:
+``destroy()`` (it needs only signals), and ``state()``, ``info()``, ``xml_desc()`` and the
+lookups and lists (they read what the supervisor already knows).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import trio
+
+from ..conf.domain import DomainDef, canonical_uuid
+from ..drivers.base import DomainInfo, DomainRef
+from ..errors import DomainExistsError, InvalidArgError, OperationInvalidError, XMLError
+from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, UndefinedDetail
+from ..log import get_logger
+from ..states import DomainState, ShutoffReason, StateReason
+from .domains import DomainObj, DomainRuntime, DomainTable
+
+log = get_logger("asvirt.domain")
+
+#: States in which the guest can see the ACPI power button (shutdown()).
+SHUTDOWN_STATES = (DomainState.RUNNING, DomainState.PAUSED)
+#: States in which reboot() makes sense: a paused guest cannot react to the button.
+REBOOT_STATES = (DomainState.RUNNING,)
+
+
+class RuntimeCallbacks:
+    """How a running guest reports to the node: the narrow seam between runtime and driver.
+
+    A runtime gets one of these for its domain and calls nothing else of the driver (libvirt's
+    ``qemuMonitorCallbacks`` play this part for its monitor).
+    """
+
+    __slots__ = ("_driver", "_obj")
+
+    def __init__(self, driver: DomainDriver, obj: DomainObj) -> None:
+        self._driver = driver
+        self._obj = obj
+
+    @property
+    def name(self) -> str:
+        return self._obj.name
+
+    @property
+    def uuid(self) -> str:
+        return self._obj.uuid
+
+    @property
+    def persistent(self) -> bool:
+        return self._obj.persistent
+
+    def publish(
+        self,
+        kind: EventKind,
+        *,
+        type: LifecycleEvent | None = None,
+        detail: Any = None,
+        data: dict[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        """Publish an event about this domain on the node's bus (never blocks)."""
+        self._driver.bus.publish(
+            domain=self._obj.name,
+            uuid=self._obj.uuid,
+            kind=kind,
+            type=type,
+            detail=detail,
+            data=data,
+            timestamp=timestamp,
+        )
+
+    def stopped(self, runtime: DomainRuntime, reason: ShutoffReason) -> None:
+        """The guest of ``runtime`` is gone (after its STOPPED event, if any, was published)."""
+        self._driver.runtime_stopped(self._obj, runtime, reason)
+
+
+class HypervisorBackend(Protocol):
+    """What a hypervisor driver supplies to the shared domain calls."""
+
+    def hostname(self) -> str: ...
+
+    async def capabilities_xml(self) -> str: ...
+
+    async def domxml_to_native(self, native_format: str, xml: str) -> str: ...
+
+    async def parse(self, xml: str) -> DomainDef:
+        """Parse domain XML and complete it as define would store it (post-parse)."""
+        ...
+
+    async def save_config(self, defn: DomainDef) -> None:
+        """Store a persistent definition durably (before the table shows it)."""
+        ...
+
+    async def delete_config(self, obj: DomainObj) -> None:
+        """Remove a persistent definition (before the table forgets it)."""
+        ...
+
+    def create_runtime(
+        self,
+        obj: DomainObj,
+        live_def: DomainDef,
+        *,
+        domain_id: int,
+        autodestroy: bool,
+        callbacks: RuntimeCallbacks,
+    ) -> StartableRuntime:
+        """A runtime for ``obj`` that will run ``live_def``, not started yet."""
+        ...
+
+    def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
+        """The table has recorded a stop (the QEMU driver keeps the reason on disk)."""
+        ...
+
+
+class StartableRuntime(DomainRuntime, Protocol):
+    async def start(self, *, paused: bool) -> None:
+        """Start the guest; returns once it runs (or is paused), raises if it did not start."""
+        ...
+
+
+class DomainDriver:
+    """The domain half of a node, shared by every connection to it."""
+
+    def __init__(self, table: DomainTable, bus: EventBus, backend: HypervisorBackend) -> None:
+        self.table = table
+        self.bus = bus
+        self.backend = backend
+
+    # -- seams -----------------------------------------------------------------------------------
+
+    def callbacks_for(self, obj: DomainObj) -> RuntimeCallbacks:
+        return RuntimeCallbacks(self, obj)
+
+    def runtime_stopped(
+        self, obj: DomainObj, runtime: DomainRuntime, reason: ShutoffReason
+    ) -> None:
+        if obj.runtime is not runtime:
+            return
+        self.table.stopped(obj, runtime, reason)
+        if not obj.removed:
+            self.backend.domain_stopped(obj, reason)
+
+    def _publish_lifecycle(self, obj: DomainObj, type_: LifecycleEvent, detail: Any) -> None:
+        self.bus.publish(
+            domain=obj.name, uuid=obj.uuid, kind=EventKind.LIFECYCLE, type=type_, detail=detail
+        )
+
+    def _runtime(self, obj: DomainObj) -> DomainRuntime:
+        if obj.runtime is None:
+            raise OperationInvalidError(f"domain '{obj.name}' is not running")
+        return obj.runtime
+
+    # -- connection-level calls -----------------------------------------------------------------
+
+    def hostname(self) -> str:
+        return self.backend.hostname()
+
+    async def capabilities_xml(self) -> str:
+        return await self.backend.capabilities_xml()
+
+    async def domxml_to_native(self, native_format: str, xml: str) -> str:
+        if native_format != "qemu-argv":
+            raise InvalidArgError(f"unsupported native format '{native_format}' (use qemu-argv)")
+        return await self.backend.domxml_to_native(native_format, xml)
+
+    async def domain_xml_normalize(self, xml: str) -> str:
+        return (await self.backend.parse(xml)).to_xml()
+
+    async def define_xml(self, xml: str) -> DomainRef:
+        defn = await self.backend.parse(xml)
+        async with self.table.lock:
+            obj = self.table.existing_for(defn)
+            await self.backend.save_config(defn)
+            if obj is None:
+                obj = DomainObj(defn.name, defn.uuid, defn)
+                self.table.add(obj)
+                detail = DefinedDetail.ADDED
+            else:
+                detail = DefinedDetail.UPDATED if obj.persistent else DefinedDetail.ADDED
+                obj.persistent_def = defn
+                if obj.runtime is not None:
+                    obj.runtime.persistence_changed()
+        log.info("domain defined", domain=defn.name, uuid=defn.uuid, detail=detail.name.lower())
+        self._publish_lifecycle(obj, LifecycleEvent.DEFINED, detail)
+        return DomainRef(obj.name, obj.uuid)
+
+    async def create_xml(self, xml: str, *, paused: bool, owner: object | None) -> DomainRef:
+        defn = await self.backend.parse(xml)
+        while True:
+            async with self.table.lock:
+                obj = self.table.existing_for(defn)
+                if obj is None:
+                    # A new transient domain is active (starting) from the moment it is in
+                    # the table, and its job is held until the start is over.
+                    obj = DomainObj(defn.name, defn.uuid, None)
+                    obj._job.acquire_nowait()
+                    runtime = self._new_runtime(obj, defn, owner=owner)
+                    self.table.add(obj)
+                elif obj.active:
+                    raise DomainExistsError(f"domain '{defn.name}' is already running")
+                else:
+                    runtime = None
+            if runtime is not None:
+                try:
+                    await self._start(obj, runtime, paused=paused)
+                finally:
+                    obj._job.release()
+                return DomainRef(obj.name, obj.uuid)
+            async with obj._job:
+                if obj.removed:
+                    continue  # undefined meanwhile: create it afresh
+                if obj.active:
+                    raise DomainExistsError(f"domain '{defn.name}' is already running")
+                runtime = self._new_runtime(obj, defn, owner=owner)
+                await self._start(obj, runtime, paused=paused)
+                return DomainRef(obj.name, obj.uuid)
+
+    async def lookup_by_name(self, name: str) -> DomainRef:
+        obj = self.table.by_name(name)
+        return DomainRef(obj.name, obj.uuid)
+
+    async def lookup_by_uuid(self, uuid: str) -> DomainRef:
+        try:
+            canonical = canonical_uuid(str(uuid))
+        except XMLError:
+            raise InvalidArgError(f"'{uuid}' is not a valid UUID") from None
+        obj = self.table.get(canonical)
+        return DomainRef(obj.name, obj.uuid)
+
+    async def list_all_domains(
+        self, *, active: bool | None, persistent: bool | None
+    ) -> list[DomainRef]:
+        return [
+            DomainRef(o.name, o.uuid)
+            for o in self.table.matching(active=active, persistent=persistent)
+        ]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _new_runtime(
+        self, obj: DomainObj, live_def: DomainDef, *, owner: object | None
+    ) -> StartableRuntime:
+        """Make ``obj`` (not active, its job held) active with a runtime for ``live_def``."""
+        runtime = self.backend.create_runtime(
+            obj,
+            live_def,
+            domain_id=self.table.allocate_id(),
+            autodestroy=owner is not None,
+            callbacks=self.callbacks_for(obj),
+        )
+        obj.runtime = runtime
+        obj.autodestroy_owner = owner
+        return runtime
+
+    async def _start(self, obj: DomainObj, runtime: StartableRuntime, *, paused: bool) -> None:
+        try:
+            await runtime.start(paused=paused)
+        except BaseException:
+            # The runtime has normally reported its stop already; if it never got going
+            # (cancelled before it started), nobody else will.
+            self.runtime_stopped(obj, runtime, ShutoffReason.FAILED)
+            raise
+
+    async def domain_start(self, uuid: str, *, paused: bool, owner: object | None) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            if obj.active:
+                raise OperationInvalidError(f"domain '{obj.name}' is already running")
+            if obj.persistent_def is None:
+                raise OperationInvalidError(f"domain '{obj.name}' has no configuration to start")
+            runtime = self._new_runtime(obj, obj.persistent_def.copy(), owner=owner)
+            await self._start(obj, runtime, paused=paused)
+
+    async def domain_suspend(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            state = self._runtime(obj).state[0]
+            if state is DomainState.PAUSED:
+                return  # already paused: a no-op, as in libvirt
+            if state is not DomainState.RUNNING:
+                raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not running")
+            await self._runtime(obj).suspend()
+
+    async def domain_resume(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            state = self._runtime(obj).state[0]
+            if state is DomainState.RUNNING:
+                return
+            if state is not DomainState.PAUSED:
+                raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not paused")
+            await self._runtime(obj).resume()
+
+    async def domain_shutdown(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            self._require_state(obj, SHUTDOWN_STATES)
+            await self._runtime(obj).powerdown(reboot=False)
+
+    async def domain_reboot(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            self._require_state(obj, REBOOT_STATES)
+            await self._runtime(obj).powerdown(reboot=True)
+
+    async def domain_reset(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            await self._runtime(obj).reset()
+
+    async def domain_destroy(self, uuid: str) -> None:
+        # No job: destroy must work while another call waits on a hung guest.
+        obj = self.table.get(uuid)
+        await self._runtime(obj).destroy()
+
+    async def domain_undefine(self, uuid: str) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj, self.table.lock:
+            if obj.persistent_def is None:
+                raise OperationInvalidError(f"cannot undefine transient domain '{obj.name}'")
+            await self.backend.delete_config(obj)
+            obj.persistent_def = None
+            if obj.runtime is not None:
+                obj.runtime.persistence_changed()
+            self.table.remove_if_gone(obj)
+        log.info("domain undefined", domain=obj.name, uuid=obj.uuid)
+        self._publish_lifecycle(obj, LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
+
+    def _require_state(self, obj: DomainObj, allowed: tuple[DomainState, ...]) -> None:
+        state = self._runtime(obj).state[0]
+        if state not in allowed:
+            raise OperationInvalidError(f"domain '{obj.name}' is {state.label}")
+
+    async def client_closed(self, owner: object) -> None:
+        """Destroy the domains ``owner`` started with autodestroy (it has gone for good)."""
+        for obj in self.table.owned_by(owner):
+            runtime = obj.runtime
+            if runtime is not None:
+                log.info("destroying autodestroy domain", domain=obj.name, uuid=obj.uuid)
+                await runtime.destroy()
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    async def domain_state(self, uuid: str) -> tuple[DomainState, StateReason]:
+        return self.table.get(uuid).state()
+
+    async def domain_info(self, uuid: str) -> DomainInfo:
+        obj = self.table.get(uuid)
+        runtime = obj.runtime
+        if runtime is not None:
+            d = runtime.live_def
+            state = runtime.state[0]
+            memory, cpu = runtime.memory_kib(), runtime.cpu_time_ns()
+        else:
+            d = obj.definition()
+            state, memory, cpu = DomainState.SHUTOFF, d.current_memory_kib, 0
+        return DomainInfo(
+            state=state,
+            max_memory_kib=d.memory_kib,
+            memory_kib=memory,
+            vcpus=d.vcpus,
+            cpu_time_ns=cpu,
+        )
+
+    async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str:
+        obj = self.table.get(uuid)
+        runtime = obj.runtime
+        if runtime is not None and not (inactive and obj.persistent):
+            return runtime.live_xml()
+        return obj.definition(inactive=True).to_xml()
+
+    async def domain_qmp(self, uuid: str, command: str, arguments: dict[str, Any] | None) -> Any:
+        if not isinstance(command, str) or not command:
+            raise InvalidArgError("the QMP command must be a non-empty string")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise InvalidArgError("QMP arguments must be a dict")
+        obj = self.table.get(uuid)
+        await trio.lowlevel.checkpoint()
+        return await self._runtime(obj).qmp(command, arguments)
+
+    async def domain_is_active(self, uuid: str) -> bool:
+        return self.table.get(uuid).active
+
+    async def domain_is_persistent(self, uuid: str) -> bool:
+        return self.table.get(uuid).persistent
+
+    async def domain_id(self, uuid: str) -> int | None:
+        runtime = self.table.get(uuid).runtime
+        return runtime.domain_id if runtime is not None else None
+
+
+__all__ = [
+    "REBOOT_STATES",
+    "SHUTDOWN_STATES",
+    "DomainDriver",
+    "HypervisorBackend",
+    "RuntimeCallbacks",
+    "StartableRuntime",
+]

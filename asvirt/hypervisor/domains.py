@@ -1,0 +1,232 @@
+"""The domain table of a node: every domain it knows, and the rules for adding and removing them.
+
+One table per node, whatever the hypervisor (libvirt keeps this in ``virdomainobjlist.c``): a
+domain is *persistent* when it has a configuration for its next boot, *active* while its guest
+runs, and exists while it is either. A transient domain (created, never defined) leaves the
+table when it stops; a persistent one when it is undefined and not running. Names and UUIDs
+are unique: a definition may replace the domain with the same name *and* UUID, never another.
+
+Mutating calls on one domain are serialised by its *job* (:meth:`DomainTable.job`), as
+libvirt's domain jobs do, and every check that decides an operation is made under it: a call
+that waited for the job and finds the domain gone from the table fails with NoDomainError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+import trio
+
+from ..conf.domain import DomainDef
+from ..errors import DomainExistsError, NoDomainError
+from ..states import DomainState, ShutoffReason, StateReason
+
+
+class DomainRuntime(Protocol):
+    """What a hypervisor driver keeps for a running domain (a QEMU runner, a simulated VM)."""
+
+    @property
+    def domain_id(self) -> int: ...
+
+    @property
+    def live_def(self) -> DomainDef: ...
+
+    @property
+    def state(self) -> tuple[DomainState, StateReason]: ...
+
+    def live_xml(self) -> str: ...
+
+    def memory_kib(self) -> int: ...
+
+    def cpu_time_ns(self) -> int: ...
+
+    async def suspend(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def powerdown(self, *, reboot: bool) -> None: ...
+
+    async def reset(self) -> None: ...
+
+    async def destroy(self) -> None:
+        """Stop the guest at once; returns once it is gone (the table has been told)."""
+        ...
+
+    async def qmp(self, command: str, arguments: dict[str, Any] | None) -> Any: ...
+
+    def persistence_changed(self) -> None:
+        """The domain was defined or undefined while running (status files record it)."""
+        ...
+
+
+class DomainObj:
+    """One domain of the table (libvirt's ``virDomainObj``)."""
+
+    __slots__ = (
+        "_job",
+        "autodestroy_owner",
+        "name",
+        "persistent_def",
+        "removed",
+        "runtime",
+        "shutoff_reason",
+        "uuid",
+    )
+
+    def __init__(self, name: str, uuid: str, persistent_def: DomainDef | None) -> None:
+        self.name = name
+        self.uuid = uuid
+        #: The configuration for the next boot; None for a transient domain.
+        self.persistent_def = persistent_def
+        #: The running guest; None while shut off.
+        self.runtime: DomainRuntime | None = None
+        self.shutoff_reason: ShutoffReason = ShutoffReason.UNKNOWN
+        #: Who started it with autodestroy (a client of the node), or None.
+        self.autodestroy_owner: object | None = None
+        #: Set once the domain has left the table: its handles then name nothing.
+        self.removed = False
+        self._job = trio.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.runtime is not None
+
+    @property
+    def persistent(self) -> bool:
+        return self.persistent_def is not None
+
+    def state(self) -> tuple[DomainState, StateReason]:
+        if self.runtime is not None:
+            return self.runtime.state
+        return DomainState.SHUTOFF, self.shutoff_reason
+
+    def definition(self, *, inactive: bool = False) -> DomainDef:
+        """The live definition while running (unless ``inactive``), else the persistent one."""
+        if self.runtime is not None and not (inactive and self.persistent_def is not None):
+            return self.runtime.live_def
+        assert self.persistent_def is not None  # an inactive transient domain does not exist
+        return self.persistent_def
+
+    def __repr__(self) -> str:
+        return f"<DomainObj {self.name!r} {self.uuid}>"
+
+
+class DomainTable:
+    """Every domain of one node, by UUID and by name."""
+
+    def __init__(self) -> None:
+        self._by_uuid: dict[str, DomainObj] = {}
+        self._by_name: dict[str, DomainObj] = {}
+        self._next_id = 1
+        #: Held across multi-step changes of the table (define, create, undefine).
+        self.lock = trio.Lock()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_uuid)
+
+    def __iter__(self) -> Iterator[DomainObj]:
+        return iter(list(self._by_uuid.values()))
+
+    def get(self, uuid: str) -> DomainObj:
+        """The domain with this (canonical) UUID; NoDomainError if there is none."""
+        obj = self._by_uuid.get(uuid)
+        if obj is None:
+            raise NoDomainError(f"no domain with matching uuid '{uuid}'")
+        return obj
+
+    def find(self, uuid: str) -> DomainObj | None:
+        return self._by_uuid.get(uuid)
+
+    def by_name(self, name: str) -> DomainObj:
+        """The domain called ``name``; NoDomainError if there is none."""
+        obj = self._by_name.get(name) if isinstance(name, str) else None
+        if obj is None:
+            raise NoDomainError(f"no domain with matching name '{name}'")
+        return obj
+
+    def matching(
+        self, *, active: bool | None = None, persistent: bool | None = None
+    ) -> list[DomainObj]:
+        """Domains matching the filters (None: either), sorted by name."""
+        return [
+            obj
+            for _, obj in sorted(self._by_name.items())
+            if (active is None or obj.active == active)
+            and (persistent is None or obj.persistent == persistent)
+        ]
+
+    def owned_by(self, owner: object) -> list[DomainObj]:
+        """Running domains started with autodestroy by ``owner``."""
+        return [o for o in self._by_uuid.values() if o.active and o.autodestroy_owner is owner]
+
+    # -- the define rules ------------------------------------------------------------------------
+
+    def existing_for(self, defn: DomainDef) -> DomainObj | None:
+        """The domain ``defn`` would replace (same name and UUID), or None if it is new.
+
+        DomainExistsError if its name or its UUID belongs to another domain.
+        """
+        by_uuid = self._by_uuid.get(defn.uuid)
+        by_name = self._by_name.get(defn.name)
+        if by_uuid is not None and by_uuid.name != defn.name:
+            raise DomainExistsError(f"domain '{by_uuid.name}' already exists with uuid {defn.uuid}")
+        if by_name is not None and by_name.uuid != defn.uuid:
+            raise DomainExistsError(f"domain '{defn.name}' already exists with uuid {by_name.uuid}")
+        return by_uuid
+
+    def add(self, obj: DomainObj) -> None:
+        """Put a new domain in the table (its name and UUID must be free)."""
+        assert obj.uuid not in self._by_uuid and obj.name not in self._by_name
+        self._by_uuid[obj.uuid] = obj
+        self._by_name[obj.name] = obj
+
+    def remove(self, obj: DomainObj) -> None:
+        """Take a domain out of the table; calls waiting for its job then fail."""
+        if self._by_uuid.get(obj.uuid) is obj:
+            del self._by_uuid[obj.uuid]
+        if self._by_name.get(obj.name) is obj:
+            del self._by_name[obj.name]
+        obj.removed = True
+
+    def remove_if_gone(self, obj: DomainObj) -> bool:
+        """Remove a domain that is neither persistent nor active; True if it was removed."""
+        if obj.persistent_def is None and obj.runtime is None:
+            self.remove(obj)
+            return True
+        return False
+
+    # -- runtime ---------------------------------------------------------------------------------
+
+    def allocate_id(self) -> int:
+        """The next runtime id (``virsh list``'s Id column)."""
+        dom_id = self._next_id
+        self._next_id += 1
+        return dom_id
+
+    def reserve_ids_through(self, dom_id: int) -> None:
+        """Ids up to ``dom_id`` are taken (by domains a previous supervisor started)."""
+        self._next_id = max(self._next_id, dom_id + 1)
+
+    def stopped(self, obj: DomainObj, runtime: DomainRuntime, reason: ShutoffReason) -> None:
+        """A runtime's guest is gone: the domain is shut off (and transient ones leave)."""
+        if obj.runtime is not runtime:
+            return
+        obj.runtime = None
+        obj.autodestroy_owner = None
+        obj.shutoff_reason = reason
+        self.remove_if_gone(obj)
+
+    @contextlib.asynccontextmanager
+    async def job(self, obj: DomainObj) -> AsyncIterator[DomainObj]:
+        """Hold the domain's job; NoDomainError if it left the table before we got it."""
+        async with obj._job:
+            if obj.removed:
+                raise NoDomainError(f"domain '{obj.name}' no longer exists")
+            yield obj
+
+
+__all__ = ["DomainObj", "DomainRuntime", "DomainTable"]

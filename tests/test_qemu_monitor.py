@@ -1,0 +1,51 @@
+"""The QMP adapter on its own, against a real QEMU started by the test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from asvirt import fsutil
+from asvirt.drivers.qemu.monitor import Monitor, asyncio_loop
+
+pytestmark = [pytest.mark.qemu]
+
+
+async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
+    # qemu.qmp's default listener would keep every event forever; ours keeps none.
+    binary = shutil.which("qemu-system-x86_64")
+    assert binary is not None
+    listener = fsutil.bind_unix_listener(tmp_path / "qmp.sock")
+    chardev = f"socket,id=mon,fd={listener.fileno()},server=on,wait=off"
+    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-chardev"]
+    qemu = await trio.lowlevel.open_process(
+        [*argv, chardev, "-mon", "chardev=mon,mode=control"],
+        pass_fds=(listener.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    listener.close()
+    events: list[str] = []
+    try:
+        async with asyncio_loop() as loop:
+            monitor = Monitor(
+                loop, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
+            )
+            await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
+            for _ in range(100):
+                await monitor.execute("cont")
+                await monitor.execute("stop")
+            with trio.fail_after(5):
+                while len(events) < 200:
+                    await trio.sleep(0.01)
+            assert events[:2] == ["RESUME", "STOP"]
+            assert monitor.retained_events == 0
+            await monitor.close()
+    finally:
+        qemu.kill()
+        with trio.CancelScope(shield=True):
+            await qemu.wait()
