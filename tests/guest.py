@@ -43,7 +43,11 @@ class TestGuest:
         on_crash: str = "destroy",
         uuid: str | None = None,
         memory_mib: int = 128,
+        memballoon: str = "none",
+        devices: str = "",
     ) -> str:
+        """The guest's domain XML. ``memballoon`` is the balloon's model; ``devices`` is more
+        device XML, added as it is (disks, a watchdog...)."""
         cmdline = "console=ttyS0 quiet panic=0"
         if action:
             cmdline += f" asvirt.action={action}"
@@ -72,7 +76,7 @@ class TestGuest:
       <target port='0'/>
     </serial>
     <panic model='isa'/>
-    <memballoon model='none'/>
+    <memballoon model='{memballoon}'/>{devices}
   </devices>
 </domain>
 """
