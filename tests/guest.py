@@ -8,6 +8,8 @@ from xml.sax.saxutils import escape
 
 import trio
 
+import asvirt
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = Path(
     os.environ.get("ASVIRT_GUEST_DIR")
@@ -80,6 +82,16 @@ class TestGuest:
   </devices>
 </domain>
 """
+
+
+async def define(
+    conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, name: str = "vm1", **kw: object
+) -> tuple[asvirt.Domain, Path]:
+    """Define the guest as ``name`` (``kw`` as for :meth:`TestGuest.xml`); its serial log
+    goes to ``tmp_path/NAME.serial``."""
+    serial = tmp_path / f"{name}.serial"
+    dom = await conn.define_xml(guest.xml(name, serial, **kw))  # type: ignore[arg-type]
+    return dom, serial
 
 
 async def wait_for_serial(path: Path, text: str = READY, *, timeout: float = 60) -> None:
