@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -62,19 +63,24 @@ def no_leaked_qemu() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def test_guest() -> TestGuest:
-    """The tiny Debian-kernel + busybox guest, built once into the cache directory."""
+    """The tiny Debian-kernel + busybox guest, in the cache directory.
+
+    The builder runs every session: it returns at once when the cache holds this checkout's
+    format, and rebuilds a cache older than that (tests may need what a newer guest does).
+    """
     guest = TestGuest(GUEST_DIR)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "build-test-guest"), str(GUEST_DIR)],
+        capture_output=True,
+        text=True,
+    )
+    why = result.stderr.strip() or result.stdout.strip()
     if not guest.exists():
-        result = subprocess.run(
-            [str(REPO / "scripts" / "build-test-guest"), str(GUEST_DIR)],
-            capture_output=True,
-            text=True,
+        pytest.fail(f"cannot build the test guest (run scripts/setup first): {why}")
+    if result.returncode != 0:
+        warnings.warn(
+            f"cannot rebuild the test guest; tests use the cached one: {why}", stacklevel=1
         )
-        if result.returncode != 0 or not guest.exists():
-            pytest.fail(
-                "cannot build the test guest (run scripts/setup first): "
-                + (result.stderr.strip() or result.stdout.strip())
-            )
     return guest
 
 

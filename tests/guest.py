@@ -8,6 +8,8 @@ from xml.sax.saxutils import escape
 
 import trio
 
+import asvirt
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = Path(
     os.environ.get("ASVIRT_GUEST_DIR")
@@ -43,7 +45,11 @@ class TestGuest:
         on_crash: str = "destroy",
         uuid: str | None = None,
         memory_mib: int = 128,
+        memballoon: str = "none",
+        devices: str = "",
     ) -> str:
+        """The guest's domain XML. ``memballoon`` is the balloon's model; ``devices`` is more
+        device XML, added as it is (disks, a watchdog...)."""
         cmdline = "console=ttyS0 quiet panic=0"
         if action:
             cmdline += f" asvirt.action={action}"
@@ -72,10 +78,20 @@ class TestGuest:
       <target port='0'/>
     </serial>
     <panic model='isa'/>
-    <memballoon model='none'/>
+    <memballoon model='{memballoon}'/>{devices}
   </devices>
 </domain>
 """
+
+
+async def define(
+    conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, name: str = "vm1", **kw: object
+) -> tuple[asvirt.Domain, Path]:
+    """Define the guest as ``name`` (``kw`` as for :meth:`TestGuest.xml`); its serial log
+    goes to ``tmp_path/NAME.serial``."""
+    serial = tmp_path / f"{name}.serial"
+    dom = await conn.define_xml(guest.xml(name, serial, **kw))  # type: ignore[arg-type]
+    return dom, serial
 
 
 async def wait_for_serial(path: Path, text: str = READY, *, timeout: float = 60) -> None:

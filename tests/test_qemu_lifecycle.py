@@ -17,20 +17,12 @@ import asvirt
 from asvirt import DomainState as S
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .guest import TestGuest, wait_for_serial
+from .guest import define, wait_for_serial
 from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists, qemu_pid
 
 pytestmark = [pytest.mark.qemu]
 
 LC = asvirt.EventKind.LIFECYCLE
-
-
-async def define(
-    conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, name: str = "vm1", **kw: object
-) -> tuple[asvirt.Domain, Path]:
-    serial = tmp_path / f"{name}.serial"
-    dom = await conn.define_xml(guest.xml(name, serial, **kw))  # type: ignore[arg-type]
-    return dom, serial
 
 
 async def test_define_redefine_undefine(conn, test_guest, tmp_path, root):

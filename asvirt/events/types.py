@@ -122,6 +122,7 @@ class StoppedDetail(EventDetail):
     SAVED = 4
     FAILED = 5
     FROM_SNAPSHOT = 6
+    RECREATED = 7
 
 
 class ShutdownDetail(EventDetail):
@@ -166,7 +167,23 @@ _DETAIL_LABELS: dict[EventDetail, str] = {
     ResumedDetail.FROM_SNAPSHOT: "Snapshot",
     StoppedDetail.FROM_SNAPSHOT: "Snapshot",
     StartedDetail.WAKEUP: "Event wakeup",
-    CrashedDetail.CRASHEDLOADED: "Crashed Loaded",
+    StartedDetail.RECREATED: "Recreation",
+    StoppedDetail.RECREATED: "Recreation",
+    ShutdownDetail.GUEST: "Finished after guest request",
+    ShutdownDetail.HOST: "Finished after host request",
+    CrashedDetail.CRASHEDLOADED: "Crashloaded",
+}
+
+# QEMU's BLOCK_IO_ERROR actions in virsh's words (libvirt's virDomainEventIOErrorAction).
+_IO_ERROR_ACTIONS = {"ignore": "none", "stop": "pause", "report": "report"}
+
+# QEMU's block job types in virsh's words (libvirt's virDomainBlockJobType). QEMU reports an
+# active commit as "commit" too, so it reads "Block Commit".
+_BLOCK_JOB_TYPES = {
+    "stream": "Block Pull",
+    "mirror": "Block Copy",
+    "commit": "Block Commit",
+    "backup": "Backup",
 }
 
 
@@ -204,19 +221,19 @@ class DomainEvent:
             case EventKind.WATCHDOG:
                 return f"{head}: {data.get('action', '')}"
             case EventKind.IO_ERROR:
-                return (
-                    f"{head}: {data.get('device', '')} ({data.get('node-name', '')}) "
-                    f"{data.get('action', '')} {data.get('reason', '')}"
-                ).rstrip()
+                # virsh's io-error-reason line: source path, alias, libvirt's action name.
+                # libvirt's reason is "enospc" or nothing; QEMU's own reason is more telling.
+                action = _IO_ERROR_ACTIONS.get(data.get("action", ""), "unknown")
+                reason = "enospc" if data.get("nospace") else data.get("reason", "")
+                line = f"{head}: {data.get('path') or ''} ({data.get('alias', '')}) {action}"
+                return f"{line} due to {reason}" if reason else line
             case EventKind.DEVICE_REMOVED:
                 return f"{head}: {data.get('device', '')}"
             case EventKind.BALLOON_CHANGE:
                 return f"{head}: {data.get('actual_kib', '')}KiB"
             case EventKind.BLOCK_JOB:
-                return (
-                    f"{head}: {data.get('type', '')} for {data.get('device', '')} "
-                    f"{data.get('status', '')}"
-                ).rstrip()
+                job = _BLOCK_JOB_TYPES.get(data.get("type", ""), "Unknown job")
+                return f"{head}: {job} for {data.get('device', '')} {data.get('status', '')}"
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
             case EventKind.GAP:

@@ -497,7 +497,8 @@ _HANDLERS: dict[str, _Handler] = {
     "BALLOON_CHANGE": DomainStateMachine._on_balloon_change,
     "BLOCK_JOB_COMPLETED": lambda m, d, t, r: m._on_block_job(d, t, r, "completed"),
     "BLOCK_JOB_CANCELLED": lambda m, d, t, r: m._on_block_job(d, t, r, "canceled"),
-    "BLOCK_JOB_ERROR": lambda m, d, t, r: m._on_block_job(d, t, r, "failed"),
+    # No BLOCK_JOB_ERROR: it does not end the job (per on-error, the job pauses, goes on, or
+    # ends in a BLOCK_JOB_COMPLETED that carries the error), and libvirt ignores it too.
     "BLOCK_JOB_READY": lambda m, d, t, r: m._on_block_job(d, t, r, "ready"),
 }
 
