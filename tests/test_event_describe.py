@@ -157,8 +157,20 @@ def test_other_kinds(kind: EventKind, data: dict[str, Any] | None, tail: str):
 
 
 def test_every_kind_is_described():
-    covered = {kind for kind, _, _ in CASES} | {EventKind.LIFECYCLE, EventKind.QMP}
+    covered = {kind for kind, _, _ in CASES} | {EventKind.LIFECYCLE, EventKind.QMP, EventKind.GAP}
     assert covered == set(EventKind)
+
+
+def test_gap_markers_say_which_events_are_gone():
+    gap = DomainEvent(
+        seq=120,
+        timestamp=0.0,
+        domain="",
+        uuid="",
+        kind=EventKind.GAP,
+        data={"first": 5, "last": 120},
+    )
+    assert gap.describe() == "event 'gap': events 5-120 are no longer retained"
 
 
 def test_raw_qmp_events_name_the_qemu_event():
