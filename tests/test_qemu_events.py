@@ -355,3 +355,27 @@ async def test_block_job_failed_once(conn, test_guest, tmp_path):
     )
     assert job.data["error"] == "Input/output error"
     assert job.describe().endswith(": Block Pull for pull-vda failed")
+
+
+# -- reboot -----------------------------------------------------------------------------------
+
+
+@pytest.mark.guest
+async def test_reboot_events_are_qemus_resets_one_for_one(conn, test_guest, tmp_path):
+    # A reboot under SeaBIOS makes QEMU report two RESETs (the supervisor's reset, then the
+    # firmware's own); asvirt, like libvirt, reports each as REBOOT, and nothing else.
+    dom, serial = await define(conn, test_guest, tmp_path)
+    await dom.start()
+    await wait_for_serial(serial)
+    serial.write_text("")
+    async with conn.subscribe(dom, kinds={K.QMP, K.REBOOT, K.LIFECYCLE}) as events:
+        await dom.reboot()
+        await wait_for_serial(serial)  # booted again: every reset of this reboot is out
+        await dom.suspend()  # a marker: everything before it has been delivered
+        seen = await collect_until(events, lambda s: any(lifecycle(e) for e in s))
+    resets = [e.data for e in seen if e.kind is K.QMP and e.data["event"] == "RESET"]
+    reboots = [e.data for e in seen if e.kind is K.REBOOT]
+    assert len(resets) >= 1
+    assert reboots == [r["data"] for r in resets]
+    assert reboots[0]["reason"] == "host-qmp-system-reset"  # the supervisor's, finishing it
+    assert [lifecycle(e) for e in seen if lifecycle(e)] == [("SUSPENDED", "PAUSED")]

@@ -15,9 +15,15 @@ what to publish and what the supervisor must do next; the machine itself never a
 
 The mapping follows libvirt's QEMU driver (``qemuProcessHandle*``), with two deliberate
 differences: a reboot asked through ``reboot()`` keeps the domain RUNNING throughout (the
-ACPI power-off that libvirt turns into a reset is an implementation detail, reported as one
-REBOOT event); and after SHUTDOWN or a panic, the pause QEMU then enters is not reported as
-a separate SUSPENDED event.
+ACPI power-off that libvirt turns into a reset is an implementation detail, reported only
+through REBOOT events); and after SHUTDOWN or a panic, the pause QEMU then enters is not
+reported as a separate SUSPENDED event.
+
+REBOOT events are QEMU's RESET events, one for one, as in libvirt (which ignores only those
+of a domain still starting up). A reboot under SeaBIOS makes QEMU report two: the reset the
+supervisor (or the guest) asked for, then, a few milliseconds later, the firmware resetting
+the machine again because it cannot re-run its initialisation after a warm reset (QEMU
+reports that one with ``reason: guest-reset``). Both reach subscribers, with QEMU's data.
 
 The test driver's simulated QEMU feeds the same machine, so both drivers agree by construction.
 """
@@ -378,6 +384,8 @@ class DomainStateMachine:
         r.follow_up = GuestEvent.SHUTDOWN
 
     def _on_reset(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._state is DomainState.PAUSED and self._reason is PausedReason.STARTING_UP:
+            return  # a reset while starting up is part of the start (libvirt ignores it too)
         r.events.append(EventSpec(EventKind.REBOOT, data=data, timestamp=ts))
 
     def _on_panic(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
