@@ -28,6 +28,10 @@ class EventKind(enum.Enum):
     #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
     #: ``kinds=None`` do not receive these.
     QMP = "qmp"
+    #: Not about a domain: a marker that the events numbered ``data["first"]`` to
+    #: ``data["last"]`` (inclusive) are no longer retained, so a client resuming from an
+    #: older ``seq`` knows exactly what it cannot get back.
+    GAP = "gap"
 
 
 class LifecycleEvent(enum.IntEnum):
@@ -216,4 +220,9 @@ class DomainEvent:
                 ).rstrip()
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
+            case EventKind.GAP:
+                first, last = data.get("first", "?"), data.get("last", "?")
+                if first == last:
+                    return f"event 'gap': event {first} is no longer retained"
+                return f"event 'gap': events {first}-{last} are no longer retained"
         return head  # pragma: no cover - every kind is handled above
