@@ -1,6 +1,7 @@
 """Typed domain events and the bus that delivers them."""
 
 from .bus import DEFAULT_KINDS, EventBus, Subscription
+from .codec import event_from_dict, event_to_dict
 from .types import (
     CrashedDetail,
     DefinedDetail,
@@ -34,4 +35,6 @@ __all__ = [
     "Subscription",
     "SuspendedDetail",
     "UndefinedDetail",
+    "event_from_dict",
+    "event_to_dict",
 ]
