@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import stat
 import subprocess
@@ -36,6 +37,7 @@ from asvirt.events import (
     event_from_dict,
     event_to_dict,
 )
+from asvirt.events import journal as journal_module
 from asvirt.events.bus import DEFAULT_KINDS
 from asvirt.events.journal import _SEGMENT_NAME
 
@@ -636,9 +638,15 @@ def test_symlink_at_an_existing_segment_is_not_followed(
     elsewhere.write_bytes((jdir / "00000000000000000001.events").read_bytes())
     (jdir / "00000000000000000001.events").unlink()
     (jdir / "00000000000000000001.events").symlink_to(elsewhere)
+    os.mkfifo(jdir / "00000000000000000002.events")  # would hang a blocking open
     with FileJournal.open(jdir, cfg()) as j:
-        assert any("cannot be opened" in m for m in journal_log(caplog))
+        ignored = [m for m in journal_log(caplog) if "symlinks are not followed" in m]
+        assert len(ignored) == 2
         assert j.last_seq == 0 and j.read(0, 10) == []
+        # Its name is taken by something that is not ours: no segment can start there.
+        fill(j, 1)
+        assert j.degraded
+    assert elsewhere.read_bytes().count(b"\n") == 3
 
 
 def test_symlink_planted_at_the_next_segment_is_refused(
@@ -664,6 +672,55 @@ def test_symlink_planted_at_the_next_segment_is_refused(
         assert any("work again" in m for m in journal_log(caplog))
     with FileJournal.open(jdir, cfg(cache_events=1)) as j:
         assert j.read(0, 10) == written
+
+
+def test_backlog_is_bounded(
+    jdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    caplog.set_level(logging.WARNING, logger="asvirt.journal")
+    monkeypatch.setattr(journal_module, "_PENDING_LIMIT", 5)
+    # Whatever segment the journal would start next is blocked by a planted symlink.
+    blockers = [jdir / f"{seq:020d}.events" for seq in range(2, 12)]
+    with FileJournal.open(jdir, cfg(cache_events=3)) as j:
+        fill(j, 1)
+        j._retire_active()  # the next append needs a new segment
+        for blocker in blockers:
+            blocker.symlink_to(jdir / "nowhere")
+        fill(j, 9)
+        assert j.pending == 5 and j.first_seq == 1
+        assert seqs(j.read(0, 100)) == [1, 5, 6, 7, 8, 9]  # 2-4 are lost for good
+        assert len([m for m in journal_log(caplog) if "backlog is full" in m]) == 1
+        for blocker in blockers:
+            blocker.unlink()
+        fill(j, 10)
+        assert j.pending == 0 and not j.degraded
+    with FileJournal.open(jdir, cfg(cache_events=1)) as j:
+        assert seqs(j.read(0, 100)) == [1, 5, 6, 7, 8, 9, 10]
+
+
+async def test_run_retries_failed_writes_by_itself(
+    jdir: Path, autojump_clock: trio.testing.MockClock
+):
+    blocker = jdir / "00000000000000000002.events"
+    j = FileJournal.open(jdir, cfg(fsync_interval=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(j.run)
+        fill(j, 1)
+        await j.wait_synced(1)
+        j._retire_active()
+        blocker.symlink_to(jdir / "nowhere")
+        fill(j, 3)
+        with pytest.raises(asvirt.OperationFailedError, match="2 journal events are not on disk"):
+            await j.sync()
+        await trio.sleep(30)  # run() keeps trying, ever less often
+        assert j.degraded and j.synced_seq == 1
+        blocker.unlink()
+        # No further append: run() writes the backlog on its own.
+        await j.wait_synced(3)
+        assert not j.degraded and j.pending == 0
+        nursery.cancel_scope.cancel()
+    j.close()
+    assert segments(jdir) == ["00000000000000000001.events", "00000000000000000002.events"]
 
 
 # -- durability ------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ next segment must go), the event stays in memory, :attr:`FileJournal.degraded` t
 error is logged for the whole streak, and the events are written, in order, at the next
 append or sync that succeeds; ``run()`` retries by itself with a backoff. A ``seq`` is never
 reused. :meth:`FileJournal.sync` raises :class:`~asvirt.OperationFailedError` while events
-cannot be made durable.
+cannot be made durable. A failed fsync is logged with the newest ``seq`` it covered, and
+appends continue in a new segment; the events it covered are not written again (after a
+failed fsync, Linux may already have dropped them from the page cache without a trace).
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ class _BadRecord(Exception):
     """A line that is not a valid record; the message says why."""
 
 
+class _NotOurs(OSError):
+    """Something other than a regular file (a symlink, a FIFO, a device) at a segment's name."""
+
+
 @dataclasses.dataclass(eq=False)
 class _Segment:
     first: int
@@ -320,15 +326,16 @@ def _lines(fd: int, pos: int, *, skip_first: bool = False) -> Iterator[tuple[int
 
 
 def _fsync_batch(
-    dfd: int, fds: list[int], doomed: list[str], dir_dirty: bool
+    dfd: int, fds: list[tuple[str, int]], doomed: list[str], dir_dirty: bool
 ) -> list[tuple[str, OSError]]:
-    """The blocking part of a sync, for a worker thread: what failed, and how."""
+    """The blocking part of a sync, for a worker thread: fsync the (name, fd)s, unlink the
+    doomed names, fsync the directory if it changed. Returns what failed, and how."""
     failures: list[tuple[str, OSError]] = []
-    for fd in fds:
+    for name, fd in fds:
         try:
             os.fsync(fd)
         except OSError as err:
-            failures.append((f"fd {fd}", err))
+            failures.append((name, err))
     for name in doomed:
         try:
             os.unlink(name, dir_fd=dfd)
@@ -342,6 +349,14 @@ def _fsync_batch(
         except OSError as err:
             failures.append(("directory", err))
     return failures
+
+
+def _close_quietly(fd: int) -> None:
+    # close(2) may report a late write error; the fsyncs before it are what count.
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _strerror(err: OSError) -> str:
@@ -373,7 +388,7 @@ class FileJournal:
         self._total_bytes = 0
         self._active: _Segment | None = None
         #: Descriptors of segments rotated away, fsynced and closed by the next sync.
-        self._retired: list[int] = []
+        self._retired: list[tuple[str, int]] = []
         #: Segment names retention gave up, unlinked by the next sync.
         self._doomed: list[str] = []
         self._dir_dirty = False
@@ -522,14 +537,16 @@ class FileJournal:
     def _scan_segment(self, first: int, name: str) -> _Segment | None:
         try:
             fd = self._open_read(name)
-        except OSError as err:
+        except _NotOurs as err:
             log.warning(
-                "ignoring journal segment that cannot be opened",
+                "ignoring a segment name that is not a regular file (symlinks are not followed)",
                 directory=str(self.directory),
                 segment=name,
                 error=_strerror(err),
             )
             return None
+        # Other errors (EACCES, EIO) fail the open: skipping a segment we cannot read could
+        # hand out its seqs again.
         try:
             st = os.fstat(fd)
             size = st.st_size
@@ -605,12 +622,21 @@ class FileJournal:
             self._cache.extend(events[len(events) - keep :])
 
     def _open_read(self, name: str) -> int:
-        # O_NOFOLLOW refuses a symlink planted at a segment's name; O_NONBLOCK keeps a FIFO
-        # planted there from hanging the open.
-        fd = os.open(name, _O_SEGMENT_READ, dir_fd=self._dfd)
+        """A descriptor for reading segment ``name``; :class:`_NotOurs` if it is no regular
+        file (opening a device node could have effects; a symlink must not be followed)."""
+        if not stat.S_ISREG(os.stat(name, dir_fd=self._dfd, follow_symlinks=False).st_mode):
+            raise _NotOurs(errno.EINVAL, "not a regular file")
+        # O_NOFOLLOW and the fstat close the race with a swap after the check; O_NONBLOCK
+        # keeps a FIFO swapped in from hanging the open.
+        try:
+            fd = os.open(name, _O_SEGMENT_READ, dir_fd=self._dfd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _NotOurs(err.errno, "a symlink") from None
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
+                raise _NotOurs(errno.EINVAL, "not a regular file")
         except BaseException:
             os.close(fd)
             raise
@@ -681,17 +707,21 @@ class FileJournal:
         """The record for ``event``; a lossy one if its data is not JSON; None if impossible."""
         try:
             return _encode(event)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, RecursionError) as err:
             reason = str(err)
+        try:
+            text = repr(event.data)
+        except Exception:  # an arbitrary object's __repr__ may raise anything
+            text = "<unrepresentable>"
         ts = event.timestamp if isinstance(event.timestamp, float | int) else 0.0
         stand_in = dataclasses.replace(
             event,
             timestamp=float(ts) if math.isfinite(ts) else 0.0,
-            data={"unencodable": repr(event.data)},
+            data={"unencodable": text},
         )
         try:
             record = _encode(stand_in)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             record = None
         log.error(
             "journal cannot encode event; "
@@ -731,7 +761,7 @@ class FileJournal:
         if written != len(record):
             # A partial record is on disk now. Never append after it (the next record would be
             # glued to it); readers skip it as a truncated tail.
-            self._write_failed(OSError(errno.ENOSPC, "short write"), seg.name)
+            self._write_failed(OSError(errno.ENOSPC, "short write (disk full?)"), seg.name)
             self._retire_active(discard_if_empty=True)
             return False
         seg.last = seq
@@ -783,7 +813,7 @@ class FileJournal:
         if seg.fd is not None:
             # A sync in a worker thread may be fsyncing this descriptor: the next sync closes
             # it, never anything else.
-            self._retired.append(seg.fd)
+            self._retired.append((seg.name, seg.fd))
             seg.fd = None
         if discard_if_empty and seg.records == 0 and self._segments[-1] is seg:
             # It holds only part of a record of ours (which stays pending): remove it now, so
@@ -1058,7 +1088,9 @@ class FileJournal:
             active = self._active
             active_fd = active.fd if active is not None else None
             if target > self._synced_seq or retired or doomed or dir_dirty:
-                fds = [*retired, *([active_fd] if active_fd is not None else [])]
+                fds = [*retired]
+                if active is not None and active_fd is not None:
+                    fds.append((active.name, active_fd))
                 self._sync_running = True
                 self._inflight_fd = active_fd
                 try:
@@ -1068,13 +1100,13 @@ class FileJournal:
                 finally:
                     self._sync_running = False
                     self._inflight_fd = None
-                    for fd in retired:
-                        os.close(fd)
+                    for _, fd in retired:
+                        _close_quietly(fd)
                     if self._closed:
                         # close() left these to us, as the worker thread was using them.
                         if active_fd is not None:
-                            os.close(active_fd)
-                        os.close(self._dfd)
+                            _close_quietly(active_fd)
+                        _close_quietly(self._dfd)
                 self._sync_rounds += 1
                 if failures:
                     self._sync_failed(failures, active, active_fd, dir_dirty, target)
@@ -1180,7 +1212,7 @@ class FileJournal:
                 )
             fds = [*self._retired]
             if self._active is not None and self._active.fd is not None:
-                fds.append(self._active.fd)
+                fds.append((self._active.name, self._active.fd))
             failures = _fsync_batch(self._dfd, fds, self._doomed, self._dir_dirty)
             for what, err in failures:
                 log.error(
@@ -1197,7 +1229,7 @@ class FileJournal:
             self._synced_lot.unpark_all()
 
     def _close_fds(self) -> None:
-        fds = [*self._retired]
+        fds = [fd for _, fd in self._retired]
         if self._active is not None and self._active.fd is not None:
             fds.append(self._active.fd)
             self._active.fd = None
@@ -1206,9 +1238,9 @@ class FileJournal:
         self._active = None
         for fd in fds:
             if fd != self._inflight_fd:
-                os.close(fd)
+                _close_quietly(fd)
         if not self._sync_running:
-            os.close(self._dfd)
+            _close_quietly(self._dfd)
         # else: the sync in flight closes the directory and its descriptor when it returns.
 
     def __enter__(self) -> FileJournal:
