@@ -23,7 +23,11 @@ from typing import Any
 from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent
 
 _KEYS = ("seq", "timestamp", "domain", "uuid", "kind", "type", "detail", "data")
+_KEYSET = frozenset(_KEYS)
 _KINDS = {kind.value: kind for kind in EventKind}
+# Dict lookups instead of enum calls: decoding is the cost of every replayed event.
+_TYPES = {int(t): t for t in LifecycleEvent}
+_DETAILS = {(t, int(detail)): detail for t in LifecycleEvent for detail in t.details}
 # JSON nesting a record may have; deeper input is refused rather than recursed into.
 _MAX_DEPTH = 64
 
@@ -60,11 +64,11 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
     """
     if not isinstance(d, Mapping):
         raise ValueError(f"an event must be a JSON object, not {type(d).__name__}")
-    missing = [key for key in _KEYS if key not in d]
-    if missing:
-        raise ValueError(f"event is missing {', '.join(missing)}")
-    unknown = sorted(str(key) for key in d if key not in _KEYS)
-    if unknown:
+    if d.keys() != _KEYSET:
+        missing = [key for key in _KEYS if key not in d]
+        if missing:
+            raise ValueError(f"event is missing {', '.join(missing)}")
+        unknown = sorted(str(key) for key in d if key not in _KEYSET)
         raise ValueError(f"event has unknown key(s): {', '.join(unknown)}")
 
     seq = d["seq"]
@@ -87,10 +91,9 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
     if type_value is not None:
         if not _is_int(type_value):
             raise ValueError(f"event type must be an integer or null, not {type_value!r}")
-        try:
-            type_ = LifecycleEvent(type_value)
-        except ValueError:
-            raise ValueError(f"unknown lifecycle event type {type_value}") from None
+        type_ = _TYPES.get(type_value)
+        if type_ is None:
+            raise ValueError(f"unknown lifecycle event type {type_value}")
 
     detail_value = d["detail"]
     detail: EventDetail | None = None
@@ -99,12 +102,11 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
             raise ValueError(f"event detail must be an integer or null, not {detail_value!r}")
         if type_ is None:
             raise ValueError("event has a detail but no type")
-        try:
-            detail = type_.details(detail_value)
-        except ValueError:
+        detail = _DETAILS.get((type_, detail_value))
+        if detail is None:
             raise ValueError(
                 f"detail {detail_value} is not a detail of lifecycle event {type_.name}"
-            ) from None
+            )
 
     data = d["data"]
     if data is not None:
@@ -126,7 +128,7 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
 
 def _is_int(value: object) -> bool:
     # bool is an int subclass, but true is not a sequence number.
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _as_int(value: object) -> int | None:
