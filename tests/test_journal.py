@@ -550,6 +550,29 @@ def test_truncated_tail_is_skipped_and_appends_go_to_a_new_segment(
         assert j.last_seq == 12
 
 
+def test_zero_filled_tail_after_a_power_cut(jdir: Path, caplog: pytest.LogCaptureFixture):
+    # Some filesystems show a file's new size before its data after a crash: zeros.
+    caplog.set_level(logging.WARNING, logger="asvirt.journal")
+    with FileJournal.open(jdir, cfg()) as j:
+        written = fill(j, 5)
+    with (jdir / "00000000000000000001.events").open("ab") as f:
+        f.write(bytes(100_000))
+    with FileJournal.open(jdir, cfg(cache_events=1)) as j:
+        assert any("corrupt tail" in m for m in journal_log(caplog))
+        assert j.last_seq == 5 and j.read(0, 10) == written
+        written += fill(j, 7)
+        assert j.read(0, 10) == written
+
+
+def test_directory_writable_by_others_is_reported(jdir: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="asvirt.journal")
+    jdir.mkdir(mode=0o777)
+    jdir.chmod(0o777)
+    FileJournal.open(jdir, cfg()).close()
+    assert any("writable by others" in m for m in journal_log(caplog))
+    assert stat.S_IMODE(jdir.stat().st_mode) == 0o777  # reported, not changed
+
+
 def test_corrupted_record_is_skipped_with_a_warning(jdir: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.WARNING, logger="asvirt.journal")
     with FileJournal.open(jdir, cfg()) as j:

@@ -25,15 +25,22 @@ Segments are written with one ``os.write`` per record on a descriptor opened
 ``O_APPEND|O_CLOEXEC|O_NOFOLLOW|O_CREAT|O_EXCL``, mode 0600, in a directory created 0700, and
 are never modified once this process stops appending to them: after a restart, a corrupt or
 truncated tail, or a failed write, appends go to a new segment. Readers skip invalid records
-with a warning; a restarted journal numbers on after the newest valid record on disk, and never
-after fewer: it never hands out a ``seq`` again that a previous run wrote.
+with a warning; a restarted journal numbers on after the newest valid record on disk (or the
+name of an empty newest segment), so it never hands out again a ``seq`` that is on disk.
+
+Symlinks are never followed: a symlink (or FIFO, device, directory) at a segment's name is
+ignored when scanning. One planted at the name the next segment needs is refused by
+``O_EXCL|O_NOFOLLOW``; as that name must be the segment's first ``seq``, the journal does not
+pick another but reports the write failure (below) and retries, and continues once the name is
+free. A symlink at the journal directory itself is refused when opening.
 
 Durability
 ----------
 :meth:`FileJournal.append` only writes (into the page cache); :meth:`FileJournal.run`, a task
 in the node's nursery, fsyncs within ``fsync_interval`` of an append, in a worker thread, one
 fsync for all the appends in between. A crash of the process loses nothing that was appended;
-a crash of the machine can lose the events of the last interval.
+a crash of the machine can lose the events of the last interval (and their seqs are then
+numbered again: clients may have seen them, as delivery does not wait for the fsync).
 
 Failures
 --------
@@ -383,6 +390,7 @@ class FileJournal:
         clock: Callable[[], float],
     ) -> None:
         # Private: use FileJournal.open().
+        #: The journal's directory (as given to :meth:`open`).
         self.directory = directory
         self._dfd = dfd
         self._config = config
@@ -488,6 +496,17 @@ class FileJournal:
                 what = "a symlink" if directory.is_symlink() else "not a directory"
                 raise OSError(err.errno, f"it is {what}") from None
             raise
+        if not created:
+            st = os.fstat(dfd)
+            if st.st_mode & 0o022 or st.st_uid != os.geteuid():
+                # Whoever else may write here can plant files (they are refused, but can stop
+                # the journal from starting new segments) or delete history.
+                log.warning(
+                    "event journal directory is writable by others",
+                    directory=str(directory),
+                    mode=oct(stat.S_IMODE(st.st_mode)),
+                    uid=st.st_uid,
+                )
         if created:
             # The new directory's entry must survive a crash too.
             parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
