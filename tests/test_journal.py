@@ -287,6 +287,9 @@ async def test_memory_journal_keeps_the_newest():
     with pytest.raises(asvirt.InvalidArgError, match="out of order"):
         j.append(lifecycle(7))
     await j.sync()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(j.run)  # nothing to do, until cancelled
+        nursery.cancel_scope.cancel()
     j.close()
     with pytest.raises(asvirt.OperationInvalidError):
         j.append(lifecycle(6))
@@ -307,6 +310,22 @@ def test_append_and_read_ranges(jdir: Path):
         assert seqs(j.read(-5, 2)) == [1, 2]
         assert (j.first_seq, j.last_seq) == (1, 50)
     assert segments(jdir) == ["00000000000000000001.events"]
+
+
+def test_recent_history_is_read_from_memory(jdir: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="asvirt.journal")
+    with FileJournal.open(jdir, cfg(cache_events=10)) as j:
+        written = fill(j, 50)
+        (jdir / "00000000000000000001.events").rename(jdir.parent / "moved")
+        assert j.read(40, 100) == written[40:]  # no file needed
+        assert not journal_log(caplog)
+        assert j.read(30, 100) == written[40:]  # older ones are gone with the file
+        assert any("cannot read journal segment" in m for m in journal_log(caplog))
+    # After a restart, the newest events are loaded into memory once, when opening.
+    (jdir.parent / "moved").rename(jdir / "00000000000000000001.events")
+    with FileJournal.open(jdir, cfg(cache_events=10)) as j:
+        (jdir / "00000000000000000001.events").rename(jdir.parent / "moved")
+        assert j.read(40, 100) == written[40:]
 
 
 def test_files_and_records_on_disk(jdir: Path):
