@@ -819,6 +819,24 @@ async def test_run_with_the_real_clock(jdir: Path):
     j.close()
 
 
+async def test_close_during_a_sync_in_flight(jdir: Path):
+    def open_fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    record = _record_size(10)
+    j = FileJournal.open(jdir, cfg(segment_bytes=record * 3))
+    fill(j, 20)  # several rotated segments, their descriptors waiting for the sync
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(j.sync)
+        while not j._sync_running:  # until its worker thread holds the descriptors
+            await trio.lowlevel.checkpoint()
+        j.close()  # must not close what the thread is using...
+    assert open_fds() == before  # ...and nothing is left open once the sync is done
+    with FileJournal.open(jdir, cfg(cache_events=1)) as j:
+        assert seqs(j.read(0, 100)) == list(range(1, 21))
+
+
 async def test_wait_synced_ends_with_close(jdir: Path):
     j = FileJournal.open(jdir, cfg())
     fill(j, 1)
