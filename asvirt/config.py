@@ -32,14 +32,35 @@ class QemuConfig:
 class EventsConfig:
     #: Undelivered events each subscription holds; beyond this the oldest are dropped (counted).
     subscriber_buffer: int = 1024
-    #: Events each connection remembers for subscribe(since=...).
+    #: Events a test driver node (in memory) retains for subscribe(since=...); embed roots
+    #: keep theirs on disk, as [journal] says.
     history: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalConfig:
+    """The per-node event journal (:class:`asvirt.events.FileJournal`)."""
+
+    #: A new segment file is started once the current one would grow beyond this many bytes.
+    segment_bytes: int = 8 * 1024 * 1024
+    #: ... or once it is this many seconds old, so that retention by age can free space.
+    segment_age: float = 86400.0
+    #: The oldest whole segments are deleted while all of them together exceed this.
+    retain_bytes: int = 256 * 1024 * 1024
+    #: ... and while the newest event of the oldest segment is older than this (seconds).
+    retain_age: float = 30 * 86400.0
+    #: Seconds an appended event may wait for the fsync that makes it durable; appends in
+    #: between share one fsync.
+    fsync_interval: float = 0.05
+    #: Newest events kept in memory, so that replaying recent history reads no file.
+    cache_events: int = 4096
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     qemu: QemuConfig = QemuConfig()
     events: EventsConfig = EventsConfig()
+    journal: JournalConfig = JournalConfig()
 
     @classmethod
     def from_toml(cls, data: dict[str, Any], *, source: str = "configuration") -> Config:
@@ -65,7 +86,11 @@ class Config:
         return cls.from_toml(data, source=os.fspath(path))
 
 
-_SECTION_TYPES = {"QemuConfig": QemuConfig, "EventsConfig": EventsConfig}
+_SECTION_TYPES = {
+    "QemuConfig": QemuConfig,
+    "EventsConfig": EventsConfig,
+    "JournalConfig": JournalConfig,
+}
 
 
 def _section(type_: Any, name: str, table: dict[str, Any], source: str) -> Any:

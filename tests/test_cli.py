@@ -5,17 +5,29 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from .guest import TestGuest
+from .guest import TestGuest, wait_for_serial
 from .helpers import run_cli
 
 pytestmark = [pytest.mark.qemu]
 
 
 run = run_cli
+
+
+@pytest.fixture(autouse=True)
+def destroy_what_the_cli_started(root: Path) -> Iterator[None]:
+    """QEMUs started by a CLI process outlive it: whatever a test leaves running goes."""
+    yield
+    listed = run(root, "list", check=False).stdout.splitlines()[2:]
+    for line in listed:
+        if line.split():
+            run(root, "destroy", line.split()[1], check=False)
 
 
 @pytest.fixture
@@ -81,21 +93,55 @@ def test_domxml_to_native_prints_the_command_line(root, xml_file):
 
 def test_event_command_prints_virsh_lines(root, xml_file):
     run(root, "define", str(xml_file))
-    # Each CLI command is its own connection (an embed root allows one at a time), so what
-    # 'event' can show is what its own connection finds: here, on re-attaching, that a
-    # domain died while nobody watched.
+    # Each CLI command is a process of its own; the root's journal keeps the events between
+    # them, numbered, so 'event --since' shows what happened before, even while nobody
+    # watched: here a domain that died between two commands.
     run(root, "start", "vm1", "--paused")
     pid = json.loads((root / "run" / "qemu" / "vm1.status").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     proc = run(root, "event", "--since", "0", "--loop", "--timeout", "1")
     assert proc.stdout.strip().splitlines() == [
+        "event 'lifecycle' for domain 'vm1': Defined Added",
+        "event 'lifecycle' for domain 'vm1': Started Booted",
+        "event 'lifecycle' for domain 'vm1': Suspended Paused",
         "event 'lifecycle' for domain 'vm1': Stopped Failed",
-        "events received: 1",
+        "events received: 4",
+    ]
+    proc = run(root, "event", "--since", "2", "--loop", "--timeout", "0.5")
+    assert proc.stdout.strip().splitlines()[:2] == [
+        "event 'lifecycle' for domain 'vm1': Suspended Paused",
+        "event 'lifecycle' for domain 'vm1': Stopped Failed",
     ]
     proc = run(root, "event", "--timeout", "0.5", "--timestamp")
     assert proc.stdout.strip().splitlines() == ["events received: 0"]
     proc = run(root, "event", "--event", "bogus", check=False)
     assert proc.returncode == 1 and "unknown event type" in proc.stderr
+
+
+@pytest.mark.guest
+async def test_a_guest_that_powers_off_after_the_cli_left_ends_shut_off_shutdown(
+    root, xml_file, tmp_path
+):
+    # 'asvirt shutdown' returns once the power button is pressed; nobody supervises the
+    # QEMU while the guest powers off. The next command must still end it as a shutdown.
+    async def cli(*args: str) -> str:
+        return (await trio.to_thread.run_sync(lambda: run(root, *args))).stdout.strip()
+
+    await cli("define", str(xml_file))
+    await cli("start", "vm1")
+    await wait_for_serial(tmp_path / "vm1.serial")
+    assert await cli("shutdown", "vm1") == "Domain 'vm1' is being shutdown"
+    # The kernel's last words (printed even with 'quiet'): QEMU now sits paused, shut down.
+    await wait_for_serial(tmp_path / "vm1.serial", "reboot: Power down")
+    assert await cli("domstate", "--reason", "vm1") == "shut off (shutdown)"
+    assert await cli("domstate", "--reason", "vm1") == "shut off (shutdown)"
+    # 1 Defined, 2 Started; then what the second command found and did:
+    events = (await cli("event", "--since", "2", "--loop", "--timeout", "0.5")).splitlines()
+    assert events == [
+        "event 'lifecycle' for domain 'vm1': Shutdown Finished",
+        "event 'lifecycle' for domain 'vm1': Stopped Shutdown",
+        "events received: 2",
+    ]
 
 
 def test_capabilities(root):

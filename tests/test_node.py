@@ -17,14 +17,18 @@ LC = asvirt.EventKind.LIFECYCLE
 
 
 async def test_two_connections_see_the_same_event_with_the_same_number(root, test_guest, tmp_path):
-    async with asvirt.open(embed_uri(root)) as a, asvirt.open(embed_uri(root)) as b:
-        async with a.subscribe(kinds=LC) as ev_a, b.subscribe(kinds=LC) as ev_b:
-            dom, _ = await define(a, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE)
-            await (await b.lookup_by_name("vm1")).start(paused=True)
-            await dom.destroy()
-            with trio.fail_after(5):
-                seen_a = [await ev_a.receive() for _ in range(4)]
-                seen_b = [await ev_b.receive() for _ in range(4)]
+    async with (
+        asvirt.open(embed_uri(root)) as a,
+        asvirt.open(embed_uri(root)) as b,
+        a.subscribe(kinds=LC) as ev_a,
+        b.subscribe(kinds=LC) as ev_b,
+    ):
+        dom, _ = await define(a, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE)
+        await (await b.lookup_by_name("vm1")).start(paused=True)
+        await dom.destroy()
+        with trio.fail_after(5):
+            seen_a = [await ev_a.receive() for _ in range(4)]
+            seen_b = [await ev_b.receive() for _ in range(4)]
     assert seen_a == seen_b
     assert [lifecycle(e) for e in seen_a] == [
         ("DEFINED", "ADDED"),
@@ -38,13 +42,12 @@ async def test_two_connections_see_the_same_event_with_the_same_number(root, tes
 async def test_the_roots_events_settings_are_honoured(root, test_guest, tmp_path):
     # [events] in ROOT/etc/asvirt.toml sizes the subscribers' buffers.
     write_config(root, "[events]\nsubscriber_buffer = 2\n")
-    async with asvirt.open(embed_uri(root)) as conn:
-        async with conn.subscribe(kinds=LC) as events:
-            for name in ("a", "b", "c", "d"):
-                await define(conn, test_guest, tmp_path, name, domain_type=PAUSED_DOMAIN_TYPE)
-            assert events.pending() == 2
-            assert events.lost == 2
-            assert [(await events.receive()).domain for _ in range(2)] == ["c", "d"]
+    async with asvirt.open(embed_uri(root)) as conn, conn.subscribe(kinds=LC) as events:
+        for name in ("a", "b", "c", "d"):
+            await define(conn, test_guest, tmp_path, name, domain_type=PAUSED_DOMAIN_TYPE)
+        assert events.pending() == 2
+        assert events.lost == 2
+        assert [(await events.receive()).domain for _ in range(2)] == ["c", "d"]
 
 
 async def test_closing_one_connection_leaves_the_others_supervising(root, test_guest, tmp_path):

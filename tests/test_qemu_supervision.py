@@ -17,6 +17,7 @@ from asvirt import DomainState as S
 from asvirt.drivers.qemu import process
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
+from .contract import drain
 from .guest import TestGuest
 from .helpers import (
     embed_uri,
@@ -71,33 +72,42 @@ async def test_closing_leaves_vms_running_and_reopening_reattaches(
 
 async def test_changes_while_nobody_watched_are_reported(root, fast_config, test_guest, tmp_path):
     async with asvirt.open(embed_uri(root)) as conn:
-        a = await conn.define_xml(paused_xml(test_guest, tmp_path, "dies"))
-        b = await conn.define_xml(paused_xml(test_guest, tmp_path, "pauses"))
-        await a.start(paused=True)
-        await b.start(paused=True)
-        await a.resume()
-        await b.resume()
-        pid_a, pid_b = qemu_pid(root, "dies"), qemu_pid(root, "pauses")
+        async with conn.subscribe(kinds={LC}) as events:
+            a = await conn.define_xml(paused_xml(test_guest, tmp_path, "dies"))
+            b = await conn.define_xml(paused_xml(test_guest, tmp_path, "pauses"))
+            await a.start(paused=True)
+            await b.start(paused=True)
+            await a.resume()
+            await b.resume()
+            before = drain(events)
+        cursor = before[-1].seq  # what a client stores: the last event it saw
+        pid_a = qemu_pid(root, "dies")
     # Nobody supervises now. One QEMU dies, the other is paused by someone else.
     os.kill(pid_a, signal.SIGKILL)
     await wait_for(lambda: not pid_alive(pid_a))
     await pause_with_raw_qmp(root / "run" / "qemu" / "pauses.monitor")
 
     async with asvirt.open(embed_uri(root)) as conn:
-        async with conn.subscribe(kinds={LC}, since=0) as events:
-            seen = {}
+        # The re-attach journaled what it found, numbered after the cursor; since=cursor
+        # gives exactly that, and since=0 everything, from the journal on disk.
+        async with conn.subscribe(kinds={LC}, since=cursor) as events:
             with trio.fail_after(5):
-                while len(seen) < 2:
-                    ev = await events.receive()
-                    seen[ev.domain] = lifecycle(ev)
-        assert seen == {"dies": ("STOPPED", "FAILED"), "pauses": ("SUSPENDED", "PAUSED")}
+                after = [await events.receive() for _ in range(2)]
+            assert events.pending() == 0 and not events.replaying
+        assert {ev.domain: lifecycle(ev) for ev in after} == {
+            "dies": ("STOPPED", "FAILED"),
+            "pauses": ("SUSPENDED", "PAUSED"),
+        }
+        assert [ev.seq for ev in after] == [cursor + 1, cursor + 2]
+        async with conn.subscribe(kinds={LC}, since=0) as events:
+            everything = [events.receive_nowait() for _ in range(len(before) + 2)]
+        assert everything == before + after
         dies = await conn.lookup_by_name("dies")
         assert await dies.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
         assert not (root / "run" / "qemu" / "dies.status").exists()
         pauses = await conn.lookup_by_name("pauses")
         assert (await pauses.state())[0] is S.PAUSED
         await pauses.destroy()
-    del pid_b
 
 
 async def pause_with_raw_qmp(monitor: Path) -> None:

@@ -1,6 +1,8 @@
-"""Typed domain events and the bus that delivers them."""
+"""Typed domain events, the bus that delivers them, and the journal that keeps them."""
 
 from .bus import DEFAULT_KINDS, EventBus, Subscription
+from .codec import event_from_dict, event_to_dict
+from .journal import FileJournal, Journal, MemoryJournal
 from .types import (
     CrashedDetail,
     DefinedDetail,
@@ -25,7 +27,10 @@ __all__ = [
     "EventBus",
     "EventDetail",
     "EventKind",
+    "FileJournal",
+    "Journal",
     "LifecycleEvent",
+    "MemoryJournal",
     "PMSuspendedDetail",
     "ResumedDetail",
     "ShutdownDetail",
@@ -34,4 +39,6 @@ __all__ = [
     "Subscription",
     "SuspendedDetail",
     "UndefinedDetail",
+    "event_from_dict",
+    "event_to_dict",
 ]

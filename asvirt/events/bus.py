@@ -220,6 +220,13 @@ class EventBus:
         """The sequence number of the newest event (0 before the first)."""
         return self.journal.last_seq
 
+    def use_journal(self, journal: Journal) -> None:
+        """Keep events in ``journal`` from now on (a node opens its durable journal with its
+        other resources, before it publishes anything)."""
+        if self.journal.last_seq or self._subs:
+            raise RuntimeError("the journal can be chosen only before the bus is used")
+        self.journal = journal
+
     def wants(self, kind: EventKind) -> bool:
         """False for raw QMP events while nobody subscribed to them: they are not even kept."""
         return kind is not EventKind.QMP or self._qmp_subscribers > 0

@@ -28,8 +28,9 @@ class EventKind(enum.Enum):
     #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
     #: ``kinds=None`` do not receive these.
     QMP = "qmp"
-    #: Not an event: a replay marker saying that events ``data["first"]`` to
-    #: ``data["last"]`` are no longer retained (``subscribe(since=N)`` with N too old).
+    #: Not about a domain: a marker that the events numbered ``data["first"]`` to
+    #: ``data["last"]`` (inclusive) are no longer retained, so a client resuming from an
+    #: older ``seq`` knows exactly what it cannot get back.
     GAP = "gap"
 
 
@@ -237,8 +238,8 @@ class DomainEvent:
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
             case EventKind.GAP:
-                return (
-                    f"event 'gap': events {data.get('first', '?')}-{data.get('last', '?')} "
-                    "are no longer retained"
-                )
+                first, last = data.get("first", "?"), data.get("last", "?")
+                if first == last:
+                    return f"event 'gap': event {first} is no longer retained"
+                return f"event 'gap': events {first}-{last} are no longer retained"
         return head  # pragma: no cover - every kind is handled above

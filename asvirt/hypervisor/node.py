@@ -97,6 +97,11 @@ class Node:
     def set_domain_driver(self, driver: DomainDriver) -> None:
         self._domains = driver
 
+    def use_journal(self, journal: Journal) -> None:
+        """Replace the node's journal before anything is published (from :meth:`lifetime`)."""
+        self.bus.use_journal(journal)
+        self.journal = journal
+
 
 @dataclasses.dataclass(eq=False)
 class _Entry:

@@ -36,7 +36,7 @@ from ...errors import (
     ResourceBusyError,
     XMLError,
 )
-from ...events.journal import MemoryJournal
+from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...hypervisor.node import Node, NodeLease, open_node
@@ -145,7 +145,8 @@ class QemuNode(Node):
     """One embed root, supervised by this process."""
 
     def __init__(self, uri: str, paths: EmbedPaths, config: Config) -> None:
-        super().__init__(name=uri, config=config, journal=MemoryJournal(config.events.history))
+        # The file journal is opened with the root's lock, in lifetime().
+        super().__init__(name=uri, config=config, journal=MemoryJournal(1))
         self.paths = paths
         self.backend = QemuBackend(self)
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
@@ -171,6 +172,11 @@ class QemuNode(Node):
                 raise ResourceBusyError(
                     f"the embed root '{paths.root}' is in use by another process"
                 ) from None
+            # The durable journal: numbering goes on after the newest event on disk.
+            journal = await trio.to_thread.run_sync(
+                FileJournal.open, paths.events_dir, self.config.journal
+            )
+            self.use_journal(journal)
             async with asyncio_loop() as loop:
                 self._loop = loop
                 self._caps = CapabilitiesCache(

@@ -8,6 +8,7 @@
     ROOT/run/qemu/NAME.shutoff    why a persistent domain last stopped (for later connections)
     ROOT/run/qemu/driver.lock     held while a connection supervises this root
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
+    ROOT/lib/events/              the node's event journal (append-only segments)
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
 """
 
@@ -38,6 +39,10 @@ class EmbedPaths:
     @property
     def log_dir(self) -> Path:
         return self.root / "log" / "qemu"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "lib" / "events"
 
     @property
     def capabilities_dir(self) -> Path:
@@ -84,6 +89,7 @@ class EmbedPaths:
             self.config_dir,
             self.run_dir,
             self.log_dir,
+            self.events_dir.parent,
             self.capabilities_dir,
             self.socket_dir,
         ):
