@@ -38,7 +38,7 @@ from .devices import (
     Video,
     Watchdog,
 )
-from .names import validate_name
+from .names import canonical_uuid, validate_name
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
@@ -442,16 +442,6 @@ def _clone(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # parsing
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
-
-
-def canonical_uuid(text: str) -> str:
-    """The canonical lowercase 8-4-4-4-12 form of a UUID in any libvirt-accepted spelling."""
-    compact = text.strip().replace("-", "")
-    if not _UUID_RE.match(compact):
-        raise InvalidValueError(f"invalid UUID '{text.strip()}'")
-    return str(_uuid.UUID(compact))
-
 
 def parse_domain_xml(text: str | bytes) -> DomainDef:
     """Parse libvirt domain XML into a :class:`DomainDef`.
@@ -485,7 +475,10 @@ def _parse_domain(node: Node) -> DomainDef:
         raise XMLError("missing <name> of <domain>")
     validate_name(name)
     uuid_text = node.child_text("uuid")
-    uuid = canonical_uuid(uuid_text) if uuid_text is not None else str(_uuid.uuid4())
+    if uuid_text is None:
+        uuid = str(_uuid.uuid4())
+    else:
+        uuid = canonical_uuid(uuid_text, error=InvalidValueError)
     d = DomainDef(name=name, uuid=uuid, domain_type=dtype)
 
     title = node.child("title")
@@ -955,7 +948,6 @@ __all__ = [
     "DomainDef",
     "Features",
     "OSDef",
-    "canonical_uuid",
     "parse_cpuset",
     "parse_domain_xml",
     "prepare_domain",

@@ -17,7 +17,6 @@ import functools
 import os
 import shlex
 import socket
-import uuid as uuidlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import trio_asyncio
 from ... import config as config_mod
 from ... import fsutil
 from ...conf.domain import DomainDef, parse_domain_xml, prepare_domain
+from ...conf.names import canonical_uuid
 from ...errors import (
     AsvirtError,
     ConfigUnsupportedError,
@@ -466,14 +466,6 @@ class QemuDriver:
         return runner.domain_id if runner is not None else None
 
 
-def canonical_uuid(text: str) -> str:
-    """The canonical lowercase form of a UUID string; InvalidArgError if it is not one."""
-    try:
-        return str(uuidlib.UUID(str(text).strip()))
-    except ValueError:
-        raise InvalidArgError(f"'{text}' is not a valid UUID") from None
-
-
 @contextlib.asynccontextmanager
 async def open_qemu(ctx: DriverContext) -> AsyncIterator[OpenedDrivers]:
     """Open the QEMU driver family for ``ctx.uri``."""
@@ -519,4 +511,4 @@ async def open_qemu(ctx: DriverContext) -> AsyncIterator[OpenedDrivers]:
         os.close(lock_fd)  # releases the lock
 
 
-__all__ = ["DomainObject", "QemuDriver", "canonical_uuid", "open_qemu"]
+__all__ = ["DomainObject", "QemuDriver", "open_qemu"]

@@ -18,7 +18,6 @@ never wait, as on the QEMU driver: ``state()`` right after ``shutdown()`` is sti
 from __future__ import annotations
 
 import socket
-import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import trio
 from lxml import etree
 
 from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.names import canonical_uuid
 from ...conf.xmlsafe import parse_xml
 from ...errors import (
     DomainExistsError,
@@ -97,14 +97,6 @@ def parse_test_domain_xml(text: str | bytes) -> tuple[DomainDef, TestExtras]:
     if domain_type == "test":
         defn.domain_type = "test"
     return defn, TestExtras(runstate=runstate, transient=transient)
-
-
-def canonical_uuid(text: str) -> str:
-    """The canonical lowercase form of a UUID string; InvalidArgError if it is not one."""
-    try:
-        return str(uuidlib.UUID(str(text).strip()))
-    except ValueError:
-        raise InvalidArgError(f"'{text}' is not a valid UUID") from None
 
 
 class TestDomain:
@@ -433,7 +425,6 @@ __all__ = [
     "TestDriver",
     "TestExtras",
     "add_initial_domain",
-    "canonical_uuid",
     "check_conflicts",
     "new_vm",
     "parse_test_domain_xml",
