@@ -867,13 +867,13 @@ def parse_audio(node: Node) -> Audio:
             continue
         opts: dict[str, object] = {}
         for name in ("mixingEngine", "fixedSettings"):
-            value = dnode.yesno(name)
-            if value is not None:
-                opts[name] = "yes" if value else "no"
+            flag = dnode.yesno(name)
+            if flag is not None:
+                opts[name] = "yes" if flag else "no"
         for name in ("voices", "bufferLength"):
-            value = dnode.integer(name, minimum=1, maximum=1 << 31)
-            if value is not None:
-                opts[name] = value
+            number = dnode.integer(name, minimum=1, maximum=1 << 31)
+            if number is not None:
+                opts[name] = number
         snode = dnode.child("settings")
         if snode is not None:
             settings: dict[str, object] = {}

@@ -25,6 +25,7 @@ from .devices import (
     GraphicsListen,
     Hub,
     Input,
+    Interface,
     Memballoon,
     Video,
     Watchdog,
@@ -230,7 +231,8 @@ def _cpu(d: DomainDef, caps: QemuCapabilities) -> None:
 
 
 def _boot_orders(d: DomainDef) -> None:
-    orders = [x.boot_order for x in (*d.disks, *d.interfaces) if x.boot_order is not None]
+    bootable: list[Disk | Interface] = [*d.disks, *d.interfaces]
+    orders = [x.boot_order for x in bootable if x.boot_order is not None]
     if orders and d.os.boot_devices:
         raise XMLError("per-device <boot order> cannot be used together with <os><boot>")
     if len(orders) != len(set(orders)):
@@ -441,7 +443,11 @@ def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     # Controllers for every drive address, from index 0 up, as libvirt adds them.
     for bus in ("ide", "sata", "scsi"):
         highest = max(
-            (x.address.controller for x in d.disks if x.bus == bus and x.address is not None),
+            (
+                x.address.controller
+                for x in d.disks
+                if x.bus == bus and isinstance(x.address, DriveAddress)
+            ),
             default=-1,
         )
         for index in range(highest + 1):
@@ -863,18 +869,18 @@ def _assign_usb(d: DomainDef) -> None:
         if is_hub:
             hubs_at[addr.bus].add(port)
 
-    def explicit(dev: Input | Hub) -> bool:
-        return isinstance(dev.address, USBAddress) and dev.address.port is not None
+    def explicit(dev: Input | Hub) -> USBAddress | None:
+        """The device's USB address if it names a port, else None."""
+        addr = dev.address
+        return addr if isinstance(addr, USBAddress) and addr.port is not None else None
 
     # Explicit addresses first, hubs before what sits behind them (nearest the root first).
-    def depth(hub: Hub) -> int:
-        return (hub.address.port or "").count(".")  # type: ignore[union-attr]
-
-    for hub in sorted((h for h in d.hubs if explicit(h)), key=depth):
-        reserve(hub.address, True)  # type: ignore[arg-type]
+    hub_addrs = [addr for hub in d.hubs if (addr := explicit(hub)) is not None]
+    for addr in sorted(hub_addrs, key=lambda a: (a.port or "").count(".")):
+        reserve(addr, True)
     for inp in usb_inputs:
-        if explicit(inp):
-            reserve(inp.address, False)  # type: ignore[arg-type]
+        if (addr := explicit(inp)) is not None:
+            reserve(addr, False)
 
     def free_port(only_bus: int | None) -> USBAddress:
         for bus, nports in roots.items():
@@ -894,8 +900,9 @@ def _assign_usb(d: DomainDef) -> None:
         where = "" if only_bus is None else f" on USB bus {only_bus}"
         raise ConfigUnsupportedError(f"unsupported configuration: no free USB port{where}")
 
-    for dev in [*d.hubs, *usb_inputs]:
-        if explicit(dev):
+    usb_devices: list[Input | Hub] = [*d.hubs, *usb_inputs]
+    for dev in usb_devices:
+        if explicit(dev) is not None:
             continue
         only_bus = dev.address.bus if isinstance(dev.address, USBAddress) else None
         dev.address = free_port(only_bus)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
+import trio_asyncio  # type: ignore[import-untyped]  # ships no type information
 from lxml import etree
 
 from ... import fsutil

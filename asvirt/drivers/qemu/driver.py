@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
+import trio_asyncio  # type: ignore[import-untyped]  # ships no type information
 
 from ... import config as config_mod
 from ... import fsutil

@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-import trio_asyncio
+import trio_asyncio  # type: ignore[import-untyped]  # ships no type information
 from qemu.qmp import ExecuteError, QMPClient, Runstate
 from qemu.qmp.message import Message
 from qemu.qmp.protocol import ConnectError, StateError
