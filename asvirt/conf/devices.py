@@ -5,8 +5,8 @@ anything it does not understand is reported as unsupported, never dropped. Each 
 method writes the element back the way libvirt does; ``live=True`` adds the ``<alias>`` a
 running domain's XML carries, and runtime facts such as a pty's path.
 
-Defaults (models, addresses, aliases) are not filled in here but by
-:mod:`asvirt.conf.prepare`, as libvirt does in its post-parse step.
+Defaults (models, addresses, aliases) are not filled in here but by the driver's
+post-parse step (:mod:`asvirt.drivers.qemu.postparse`), as in libvirt.
 """
 
 from __future__ import annotations

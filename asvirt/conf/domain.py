@@ -2,10 +2,12 @@
 
 :func:`parse_domain_xml` reads the XML strictly: every element and attribute is either
 understood or reported with :class:`~asvirt.errors.ConfigUnsupportedError` naming it.
-:func:`prepare_domain` (from :mod:`asvirt.conf.prepare`) then fills in what libvirt fills in
-at define time (machine type, default and implicit devices, addresses, aliases); its result
-is what asvirt stores and what ``dumpxml`` shows, and :meth:`DomainDef.to_xml` of it
-validates against libvirt's own schema.
+A driver then fills in what libvirt fills in at define time (the QEMU driver's
+:func:`~asvirt.drivers.qemu.postparse.prepare_domain`: machine type, default and implicit
+devices, addresses, aliases); its result is what asvirt stores and what ``dumpxml`` shows,
+and :meth:`DomainDef.to_xml` of it validates against libvirt's own schema.
+
+Nothing in :mod:`asvirt.conf` knows about any driver: it is libvirt's generic XML model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxml import etree
 
@@ -42,9 +44,6 @@ from .names import canonical_uuid, validate_name
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
-
-if TYPE_CHECKING:
-    from ..drivers.qemu.capabilities import QemuCapabilities
 
 LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = (*LIFECYCLE_ACTIONS, "coredump-destroy", "coredump-restart")
@@ -232,6 +231,10 @@ class DomainDef:
             if ctl.type == kind and ctl.index == index:
                 return ctl
         return None
+
+    def add_controller(self, ctl: Controller) -> None:
+        """Add ``ctl`` where libvirt would: with its type's others, in index order."""
+        insert_controller(self.controllers, ctl)
 
     def chardevs(self) -> list[Chardev]:
         return [*self.serials, *self.consoles, *self.channels]
@@ -522,11 +525,6 @@ def _parse_domain(node: Node) -> DomainDef:
     if devices is not None:
         _parse_devices(devices, d)
     node.finish()
-    # Aliases are a pure function of the definition; having them right after parsing means a
-    # definition read back from a status file names its devices like the one it came from.
-    from .prepare import assign_aliases
-
-    assign_aliases(d)
     return d
 
 
@@ -839,7 +837,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     for ctl in parsed:
         if ctl.index < 0:
             ctl.index = _free_controller_index(parsed, ctl)
-        _insert_controller(d.controllers, ctl)
+        insert_controller(d.controllers, ctl)
     d.interfaces = [dev.parse_interface(n) for n in node.children("interface")]
     d.serials = [dev.parse_chardev(n, "serial") for n in node.children("serial")]
     d.consoles = [dev.parse_chardev(n, "console") for n in node.children("console")]
@@ -921,7 +919,7 @@ def _free_controller_index(controllers: list[Controller], ctl: Controller) -> in
     return index
 
 
-def _insert_controller(controllers: list[Controller], ctl: Controller) -> None:
+def insert_controller(controllers: list[Controller], ctl: Controller) -> None:
     """Insert keeping controllers of one type together and sorted by index, as libvirt does."""
     pos = None
     last_same = None
@@ -935,20 +933,13 @@ def _insert_controller(controllers: list[Controller], ctl: Controller) -> None:
     controllers.insert(pos, ctl)
 
 
-def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
-    """libvirt's define-time post-parse; see :func:`asvirt.conf.prepare.prepare_domain`."""
-    from .prepare import prepare_domain as _prepare
-
-    return _prepare(defn, caps)
-
-
 __all__ = [
     "CPUDef",
     "Clock",
     "DomainDef",
     "Features",
     "OSDef",
+    "insert_controller",
     "parse_cpuset",
     "parse_domain_xml",
-    "prepare_domain",
 ]

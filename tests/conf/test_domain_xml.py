@@ -10,6 +10,7 @@ from lxml import etree
 
 from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
 from asvirt.conf.units import parse_kib
+from asvirt.drivers.qemu.postparse import parse_prepared_xml
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import CONFORMANCE
 
@@ -366,7 +367,8 @@ def test_interface() -> None:
 
 
 def test_chardevs_and_pty_paths() -> None:
-    d = parse_domain_xml(
+    # Aliases and chardev ids are the QEMU driver's; it reads its own XML back this way.
+    d = parse_prepared_xml(
         dom(
             devices="<serial type='pty'><target port='0'/></serial>"
             "<serial type='file'><source path='/tmp/s.log' append='on'/><log file='/tmp/l'/>"
@@ -394,7 +396,7 @@ def test_chardevs_and_pty_paths() -> None:
 
 
 def test_live_xml_has_aliases_and_inactive_has_none() -> None:
-    d = parse_domain_xml(
+    d = parse_prepared_xml(
         dom(devices="<disk type='file'><source file='/a'/><target dev='vda'/></disk>")
     )
     assert d.disks[0].alias == "virtio-disk0"

@@ -25,7 +25,9 @@ from typing import Any
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
 from ...conf.devices import Chardev, Controller, Disk, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
-from ...conf.prepare import (
+from ...errors import ConfigUnsupportedError
+from .capabilities import QemuCapabilities
+from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
     USB_DEVICE,
@@ -33,8 +35,6 @@ from ...conf.prepare import (
     machine_family,
     prepare_domain,
 )
-from ...errors import ConfigUnsupportedError
-from .capabilities import QemuCapabilities
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)

@@ -1,11 +1,11 @@
-"""Define-time completion of a domain definition, as libvirt's post-parse step does it.
+"""The QEMU driver's define-time completion of a domain definition (libvirt's post-parse).
 
-:func:`prepare_domain` returns a copy of a parsed definition with everything libvirt would
-fill in before storing it: the canonical machine type, the default CPU model, default and
-implicit devices (USB and PCI controllers, PS/2 input, the balloon, the audio backend, the
-console that mirrors serial port 0...), device models, drive, virtio-serial, USB and PCI
-addresses, and aliases. Its output is what ``dumpxml`` shows and what the command line is
-built from, and preparing it again changes nothing.
+:func:`prepare_domain` returns a copy of a parsed definition with everything libvirt's QEMU
+driver would fill in before storing it: the canonical machine type, the default CPU model,
+default and implicit devices (USB and PCI controllers, PS/2 input, the balloon, the audio
+backend, the console that mirrors serial port 0...), device models, drive, virtio-serial,
+USB and PCI addresses, and aliases. Its output is what ``dumpxml`` shows and what the
+command line is built from, and preparing it again changes nothing.
 
 Nothing here probes the host: the only input besides the XML is the probed capabilities.
 """
@@ -13,11 +13,9 @@ Nothing here probes the host: the only input besides the XML is the probed capab
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
-from ..errors import ConfigUnsupportedError, XMLError
-from .addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from .devices import (
+from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
+from ...conf.devices import (
     Audio,
     Chardev,
     Controller,
@@ -32,11 +30,10 @@ from .devices import (
     default_disk_bus,
     disk_name_index,
 )
+from ...conf.domain import CPUDef, DomainDef, parse_domain_xml
+from ...errors import ConfigUnsupportedError, XMLError
+from .capabilities import QemuCapabilities
 from .pci import USB2_FUNCTION, assign_pci_addresses
-
-if TYPE_CHECKING:
-    from ..drivers.qemu.capabilities import QemuCapabilities
-    from .domain import DomainDef
 
 #: The CPU model QEMU gives x86 guests when none is named.
 DEFAULT_X86_CPU = "qemu64"
@@ -178,8 +175,6 @@ def _vcpus(d: DomainDef, caps: QemuCapabilities) -> None:
 
 
 def _cpu(d: DomainDef, caps: QemuCapabilities) -> None:
-    from .domain import CPUDef
-
     cpu = d.cpu
     if cpu is None:
         cpu = d.cpu = CPUDef(mode="custom")
@@ -254,7 +249,7 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     root_model = "pcie-root" if q35 else "pci-root"
     root = d.controller("pci", 0)
     if root is None:
-        _add_controller(d, Controller(type="pci", index=0, model=root_model))
+        d.add_controller(Controller(type="pci", index=0, model=root_model))
     elif root.model is None:
         root.model = root_model
     elif root.model != root_model:
@@ -270,7 +265,7 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         elif ctl.type == "pci" and ctl.model is None:
             raise XMLError(f"PCI controller {ctl.index} needs a model")
     if d.controller("usb", 0) is None:
-        _add_controller(d, Controller(type="usb", index=0, model=_default_usb_model(caps, q35)))
+        d.add_controller(Controller(type="usb", index=0, model=_default_usb_model(caps, q35)))
     for ctl in d.controllers:
         companion = ctl.type == "usb" and ctl.model in USB2_FUNCTION and ctl.model != "ich9-ehci1"
         if companion and ctl.master_startport is None:
@@ -278,7 +273,7 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         if ctl.type == "usb" and ctl.model == "none" and ctl.address is not None:
             raise XMLError("a USB controller of model 'none' cannot have an address")
     if q35 and d.controller("sata", 0) is None:
-        _add_controller(d, Controller(type="sata", index=0))
+        d.add_controller(Controller(type="sata", index=0))
     if d.memballoon is None:
         d.memballoon = Memballoon(model="virtio")
     if not d.audios:
@@ -293,12 +288,6 @@ def _default_usb_model(caps: QemuCapabilities, q35: bool) -> str:
     if q35 and caps.has_device("qemu-xhci"):
         return "qemu-xhci"
     return "piix3-uhci"
-
-
-def _add_controller(d: DomainDef, ctl: Controller) -> None:
-    from .domain import _insert_controller
-
-    _insert_controller(d.controllers, ctl)
 
 
 def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
@@ -455,7 +444,7 @@ def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
                 ctl = Controller(type=bus, index=index)
                 if bus == "scsi":
                     ctl.model = _default_scsi_model(caps)
-                _add_controller(d, ctl)
+                d.add_controller(ctl)
 
 
 def _check_disk(disk: Disk, q35: bool) -> None:
@@ -773,7 +762,7 @@ def _assign_virtio_serial(d: DomainDef) -> None:
     for chr_ in wanted:
         index = chr_.address.controller if isinstance(chr_.address, VirtioSerialAddress) else 0
         if d.controller("virtio-serial", index) is None:
-            _add_controller(d, Controller(type="virtio-serial", index=index))
+            d.add_controller(Controller(type="virtio-serial", index=index))
     used: dict[int, set[int]] = {}
     for chr_ in wanted:
         addr = chr_.address
@@ -819,7 +808,7 @@ def _assign_virtio_serial(d: DomainDef) -> None:
             if isinstance(addr, VirtioSerialAddress):
                 raise XMLError(f"virtio-serial controller {addr.controller} has no free port")
             index = max(c.index for c in d.controllers if c.type == "virtio-serial") + 1
-            _add_controller(d, Controller(type="virtio-serial", index=index))
+            d.add_controller(Controller(type="virtio-serial", index=index))
             used[index] = {first}
             chr_.address = VirtioSerialAddress(controller=index, port=first)
 
@@ -911,6 +900,18 @@ def _assign_usb(d: DomainDef) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # aliases
+
+
+def parse_prepared_xml(text: str | bytes) -> DomainDef:
+    """Read back XML this driver prepared earlier: a config file, a status file's live XML.
+
+    The shared parser, then the aliases: they are a pure function of the definition, so a
+    definition read back names its devices (and QEMU's ids for them) like the one written.
+    No capabilities are needed, and nothing else is filled in: the XML already holds it.
+    """
+    d = parse_domain_xml(text)
+    assign_aliases(d)
+    return d
 
 
 def assign_aliases(d: DomainDef) -> None:

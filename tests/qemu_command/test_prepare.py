@@ -1,4 +1,4 @@
-"""prepare_domain: libvirt's define-time defaults, implicit devices, addresses and aliases.
+"""prepare_domain: the QEMU driver's define-time defaults, implicit devices, addresses, aliases.
 
 These use the capabilities probed from the real QEMU on this machine (no guest is started).
 """
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from asvirt.conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from asvirt.conf.domain import DomainDef, parse_domain_xml, prepare_domain
+from asvirt.conf.domain import DomainDef, parse_domain_xml
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
+from asvirt.drivers.qemu.postparse import parse_prepared_xml, prepare_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import probe_caps
 
@@ -229,7 +230,7 @@ def test_node_names_for_block_events(caps: QemuCapabilities) -> None:
     assert names["vdb"] == {"libvirt-2-storage"}
     assert names["hdc"] == set()  # no media
     # The names survive a trip through XML (a status file) without re-preparing.
-    again = parse_domain_xml(d.to_xml())
+    again = parse_prepared_xml(d.to_xml())
     assert {x.target: x.node_names for x in again.disks} == names
     assert [x.alias for x in again.disks] == [x.alias for x in d.disks]
 
