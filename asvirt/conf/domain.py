@@ -170,7 +170,7 @@ class DomainDef:
     description: str | None = None
     metadata: list[str] = field(default_factory=list)
     memory_kib: int = 0
-    current_memory_kib: int = 0
+    current_memory_kib: int = 0  # 0 (as parsed without one) means all of memory_kib
     dump_core: str | None = None
     vcpus: int = 1
     max_vcpus: int = 1
@@ -565,9 +565,7 @@ def _parse_memory(node: Node, d: DomainDef) -> None:
     if cur is not None:
         d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")
         cur.finish()
-    # libvirt treats a missing, zero or too large currentMemory as "all of memory".
-    if d.current_memory_kib == 0 or d.current_memory_kib > d.memory_kib:
-        d.current_memory_kib = d.memory_kib
+    # A missing, zero or too large currentMemory means "all of memory": the post-parse says so.
 
 
 def _parse_vcpu(node: Node, d: DomainDef) -> None:

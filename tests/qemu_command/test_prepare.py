@@ -136,6 +136,28 @@ def test_pc_defaults_like_libvirt(caps: QemuCapabilities) -> None:
     assert pci(ctl(d, "ide")) == (0, 1, 1)
 
 
+def test_a_mouse_without_a_bus_is_the_ps2_one(caps: QemuCapabilities) -> None:
+    # The generic post-parse makes it PS/2 first, so the implicit PS/2 mouse is not added
+    # next to it (before the split, the guest had two PS/2 mice and two keyboards).
+    d = prep(caps, dom("<input type='mouse'/><input type='keyboard'/><input type='tablet'/>"))
+    assert [(i.type, i.bus) for i in d.inputs] == [
+        ("mouse", "ps2"),
+        ("keyboard", "ps2"),
+        ("tablet", "usb"),
+    ]
+
+
+def test_usb_companions_of_one_model_cannot_share_an_index(caps: QemuCapabilities) -> None:
+    # A USB model left out is QEMU's default: a duplicate only shows once it is chosen.
+    with pytest.raises(XMLError, match="more than one usb controller with index 0"):
+        prep(caps, dom("<controller type='usb' index='0'/>" * 2))
+    with pytest.raises(XMLError, match="more than one usb controller with index 0"):
+        prep(
+            caps,
+            dom("<controller type='usb' index='0'/><controller type='usb' model='piix3-uhci'/>"),
+        )
+
+
 def test_q35_defaults_like_libvirt(caps: QemuCapabilities) -> None:
     d = prep(caps, dom(machine="q35"))
     kinds = [(c.type, c.index, c.model) for c in d.controllers]

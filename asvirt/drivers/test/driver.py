@@ -26,6 +26,7 @@ from lxml import etree
 
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...conf.names import canonical_uuid
+from ...conf.postparse import postparse_domain
 from ...conf.xmlsafe import parse_xml
 from ...errors import (
     DomainExistsError,
@@ -96,7 +97,7 @@ def parse_test_domain_xml(text: str | bytes) -> tuple[DomainDef, TestExtras]:
         defn = parse_domain_xml(text)
     if domain_type == "test":
         defn.domain_type = "test"
-    return defn, TestExtras(runstate=runstate, transient=transient)
+    return postparse_domain(defn), TestExtras(runstate=runstate, transient=transient)
 
 
 class TestDomain:
