@@ -40,11 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import asvirt  # noqa: E402
-from asvirt.conf.domain import parse_domain_xml, prepare_domain  # noqa: E402
+from asvirt.conf.domain import parse_domain_xml  # noqa: E402
 from asvirt.drivers.qemu import process  # noqa: E402
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator, kvm_usable  # noqa: E402
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
 from asvirt.drivers.qemu.monitor import asyncio_loop  # noqa: E402
+from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
 
 LC = asvirt.EventKind.LIFECYCLE

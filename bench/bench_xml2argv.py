@@ -24,10 +24,11 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain  # noqa: E402
+from asvirt.conf.domain import parse_domain_xml  # noqa: E402
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, QemuCapabilities  # noqa: E402
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
 from asvirt.drivers.qemu.monitor import asyncio_loop  # noqa: E402
+from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 
 CASES = REPO / ".." / "shared" / "conformance" / "libvirt-xml"
 DEFAULT_CASES = ["x86_64-q35-headless", "pci-bridge-many-disks"]

@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 import pytest
 import trio
 import trio.lowlevel
+from lxml import etree
 
 import asvirt
 from asvirt import DomainState as S
 from asvirt.conf.domain import parse_domain_xml
+from asvirt.conf.postparse import postparse_domain
 
 from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
 from .guest import GUEST_DIR, TestGuest
@@ -126,6 +128,19 @@ BAD_XML = [
         "<!DOCTYPE d [<!ENTITY x 'y'>]><domain type='qemu'><name>&x;</name></domain>",
         asvirt.XMLError,
     ),
+    # Refused by the generic post-parse, which both drivers run.
+    (
+        "<domain type='qemu'><name>m</name><memory>1024</memory><os><type>hvm</type></os>"
+        "<devices><serial type='pty'><target port='1'/></serial>"
+        "<serial type='pty'><target port='1'/></serial></devices></domain>",
+        asvirt.XMLError,
+    ),
+    (
+        "<domain type='qemu'><name>m</name><memory>1024</memory><vcpu>2</vcpu>"
+        "<os><type>hvm</type></os><cpu><topology sockets='1' cores='1' threads='1'/></cpu>"
+        "</domain>",
+        asvirt.XMLError,
+    ),
 ]
 
 
@@ -136,6 +151,70 @@ async def test_both_drivers_refuse_the_same_xml(api):
             with pytest.raises(error):
                 await call(xml)
     assert await api.baseline() == before
+
+
+#: Devices whose defaults the generic post-parse fills in, added to the test guest.
+GENERIC_DEVICES = (
+    "<interface type='user'><mac address='52:54:00:12:34:56'/></interface>"
+    "<input type='tablet'/><graphics type='vnc'/><video><model type='vga'/></video>"
+    "<watchdog model='i6300esb'/><rng model='virtio'><backend model='random'/></rng>"
+)
+#: What the QEMU driver may change in what the generic post-parse produced: the machine
+#: type it canonicalizes ('pc' -> 'pc-i440fx-N'). Everything else it may only add to.
+QEMU_CHANGES = {("type", "machine")}
+
+
+def _covered(generic: etree._Element, out: etree._Element, where: str) -> list[str]:
+    """Where ``out`` lacks or changes something of ``generic`` (an empty list: it has all).
+
+    Attributes and text must be equal; children are matched in order, so ``out`` may hold
+    more elements between them (implicit devices), more attributes and more children
+    (addresses, models), but must not drop or change any of generic's.
+    """
+    here = f"{where}/{generic.tag}"
+    problems = []
+    for name, value in generic.attrib.items():
+        if out.get(name) != value and (generic.tag, name) not in QEMU_CHANGES:
+            problems.append(f"{here}/@{name}: {value!r} became {out.get(name)!r}")
+    if (generic.text or "").strip() != (out.text or "").strip():
+        problems.append(f"{here}: text {generic.text!r} became {out.text!r}")
+    candidates = list(out)
+    for child in generic:
+        for i, cand in enumerate(candidates):
+            if cand.tag == child.tag and not _covered(child, cand, here):
+                del candidates[: i + 1]
+                break
+        else:
+            same = [c for c in out if c.tag == child.tag]
+            detail = _covered(child, same[0], here) if same else ["missing"]
+            problems.append(f"{here}: no match for <{child.tag}>: {detail}")
+    return problems
+
+
+async def test_normalize_keeps_the_generic_post_parse(api):
+    """dumpxml agrees between the drivers on everything libvirt's generic post-parse does.
+
+    Each driver's normalized XML must contain, unchanged, all that postparse_domain makes of
+    the same document (a console for the serial port, currentMemory, input buses, video
+    sizes, RNG path, watchdog action, VNC listen...): the test driver exactly that, the QEMU
+    driver that and only additions of its own (addresses, models, implicit controllers and
+    devices) besides the canonical machine type.
+    """
+    xml = api.xml("gen", uuid="c7a5fdbd-edaf-9455-926a-d65c16db1809")
+    xml = xml.replace(
+        "</features>", "</features><cpu><topology sockets='1' cores='1' threads='1'/></cpu>"
+    )
+    xml = xml.replace("</devices>", GENERIC_DEVICES + "</devices>")
+    generic = postparse_domain(parse_domain_xml(xml)).to_xml()
+    assert "<console type='file'>" in generic and "<currentMemory unit='KiB'>131072<" in generic
+    out = await api.conn.domain_xml_normalize(xml)
+    problems = _covered(etree.fromstring(generic), etree.fromstring(out), "")
+    assert not problems, "\n".join(problems)
+    if api.simulated:
+        assert out == generic  # the test driver runs the generic post-parse and nothing else
+    else:  # QEMU's own post-parse added to it, and changed only the machine's name
+        machine = etree.fromstring(out).find("os/type")
+        assert machine is not None and machine.get("machine", "").startswith("pc-i440fx-")
 
 
 async def test_duplicate_names_and_uuids_are_refused(api):

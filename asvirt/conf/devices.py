@@ -5,8 +5,8 @@ anything it does not understand is reported as unsupported, never dropped. Each 
 method writes the element back the way libvirt does; ``live=True`` adds the ``<alias>`` a
 running domain's XML carries, and runtime facts such as a pty's path.
 
-Defaults (models, addresses, aliases) are not filled in here but by
-:mod:`asvirt.conf.prepare`, as libvirt does in its post-parse step.
+Defaults (models, addresses, aliases) are not filled in here but by the driver's
+post-parse step (:mod:`asvirt.drivers.qemu.postparse`), as in libvirt.
 """
 
 from __future__ import annotations
@@ -867,13 +867,13 @@ def parse_audio(node: Node) -> Audio:
             continue
         opts: dict[str, object] = {}
         for name in ("mixingEngine", "fixedSettings"):
-            value = dnode.yesno(name)
-            if value is not None:
-                opts[name] = "yes" if value else "no"
+            flag = dnode.yesno(name)
+            if flag is not None:
+                opts[name] = "yes" if flag else "no"
         for name in ("voices", "bufferLength"):
-            value = dnode.integer(name, minimum=1, maximum=1 << 31)
-            if value is not None:
-                opts[name] = value
+            number = dnode.integer(name, minimum=1, maximum=1 << 31)
+            if number is not None:
+                opts[name] = number
         snode = dnode.child("settings")
         if snode is not None:
             settings: dict[str, object] = {}

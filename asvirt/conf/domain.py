@@ -2,10 +2,12 @@
 
 :func:`parse_domain_xml` reads the XML strictly: every element and attribute is either
 understood or reported with :class:`~asvirt.errors.ConfigUnsupportedError` naming it.
-:func:`prepare_domain` (from :mod:`asvirt.conf.prepare`) then fills in what libvirt fills in
-at define time (machine type, default and implicit devices, addresses, aliases); its result
-is what asvirt stores and what ``dumpxml`` shows, and :meth:`DomainDef.to_xml` of it
-validates against libvirt's own schema.
+A driver then fills in what libvirt fills in at define time (the QEMU driver's
+:func:`~asvirt.drivers.qemu.postparse.prepare_domain`: machine type, default and implicit
+devices, addresses, aliases); its result is what asvirt stores and what ``dumpxml`` shows,
+and :meth:`DomainDef.to_xml` of it validates against libvirt's own schema.
+
+Nothing in :mod:`asvirt.conf` knows about any driver: it is libvirt's generic XML model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxml import etree
 
@@ -38,13 +40,10 @@ from .devices import (
     Video,
     Watchdog,
 )
-from .names import validate_name
+from .names import canonical_uuid, validate_name
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
-
-if TYPE_CHECKING:
-    from ..drivers.qemu.capabilities import QemuCapabilities
 
 LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = (*LIFECYCLE_ACTIONS, "coredump-destroy", "coredump-restart")
@@ -171,7 +170,7 @@ class DomainDef:
     description: str | None = None
     metadata: list[str] = field(default_factory=list)
     memory_kib: int = 0
-    current_memory_kib: int = 0
+    current_memory_kib: int = 0  # 0 (as parsed without one) means all of memory_kib
     dump_core: str | None = None
     vcpus: int = 1
     max_vcpus: int = 1
@@ -232,6 +231,10 @@ class DomainDef:
             if ctl.type == kind and ctl.index == index:
                 return ctl
         return None
+
+    def add_controller(self, ctl: Controller) -> None:
+        """Add ``ctl`` where libvirt would: with its type's others, in index order."""
+        insert_controller(self.controllers, ctl)
 
     def chardevs(self) -> list[Chardev]:
         return [*self.serials, *self.consoles, *self.channels]
@@ -430,7 +433,7 @@ def _clone(value: Any) -> Any:
         return [_clone(v) for v in value]
     if isinstance(value, dict):
         return {k: _clone(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         cls = type(value)
         new = object.__new__(cls)
         for name in _field_names(cls):
@@ -441,16 +444,6 @@ def _clone(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # parsing
-
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
-
-
-def canonical_uuid(text: str) -> str:
-    """The canonical lowercase 8-4-4-4-12 form of a UUID in any libvirt-accepted spelling."""
-    compact = text.strip().replace("-", "")
-    if not _UUID_RE.match(compact):
-        raise InvalidValueError(f"invalid UUID '{text.strip()}'")
-    return str(_uuid.UUID(compact))
 
 
 def parse_domain_xml(text: str | bytes) -> DomainDef:
@@ -485,7 +478,10 @@ def _parse_domain(node: Node) -> DomainDef:
         raise XMLError("missing <name> of <domain>")
     validate_name(name)
     uuid_text = node.child_text("uuid")
-    uuid = canonical_uuid(uuid_text) if uuid_text is not None else str(_uuid.uuid4())
+    if uuid_text is None:
+        uuid = str(_uuid.uuid4())
+    else:
+        uuid = canonical_uuid(uuid_text, error=InvalidValueError)
     d = DomainDef(name=name, uuid=uuid, domain_type=dtype)
 
     title = node.child("title")
@@ -529,11 +525,6 @@ def _parse_domain(node: Node) -> DomainDef:
     if devices is not None:
         _parse_devices(devices, d)
     node.finish()
-    # Aliases are a pure function of the definition; having them right after parsing means a
-    # definition read back from a status file names its devices like the one it came from.
-    from .prepare import assign_aliases
-
-    assign_aliases(d)
     return d
 
 
@@ -574,9 +565,7 @@ def _parse_memory(node: Node, d: DomainDef) -> None:
     if cur is not None:
         d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")
         cur.finish()
-    # libvirt treats a missing, zero or too large currentMemory as "all of memory".
-    if d.current_memory_kib == 0 or d.current_memory_kib > d.memory_kib:
-        d.current_memory_kib = d.memory_kib
+    # A missing, zero or too large currentMemory means "all of memory": the post-parse says so.
 
 
 def _parse_vcpu(node: Node, d: DomainDef) -> None:
@@ -846,7 +835,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     for ctl in parsed:
         if ctl.index < 0:
             ctl.index = _free_controller_index(parsed, ctl)
-        _insert_controller(d.controllers, ctl)
+        insert_controller(d.controllers, ctl)
     d.interfaces = [dev.parse_interface(n) for n in node.children("interface")]
     d.serials = [dev.parse_chardev(n, "serial") for n in node.children("serial")]
     d.consoles = [dev.parse_chardev(n, "console") for n in node.children("console")]
@@ -928,7 +917,7 @@ def _free_controller_index(controllers: list[Controller], ctl: Controller) -> in
     return index
 
 
-def _insert_controller(controllers: list[Controller], ctl: Controller) -> None:
+def insert_controller(controllers: list[Controller], ctl: Controller) -> None:
     """Insert keeping controllers of one type together and sorted by index, as libvirt does."""
     pos = None
     last_same = None
@@ -942,21 +931,13 @@ def _insert_controller(controllers: list[Controller], ctl: Controller) -> None:
     controllers.insert(pos, ctl)
 
 
-def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
-    """libvirt's define-time post-parse; see :func:`asvirt.conf.prepare.prepare_domain`."""
-    from .prepare import prepare_domain as _prepare
-
-    return _prepare(defn, caps)
-
-
 __all__ = [
     "CPUDef",
     "Clock",
     "DomainDef",
     "Features",
     "OSDef",
-    "canonical_uuid",
+    "insert_controller",
     "parse_cpuset",
     "parse_domain_xml",
-    "prepare_domain",
 ]

@@ -1,13 +1,17 @@
-"""Validation of object names (domains, and anything else that becomes a file name).
+"""Names and UUIDs: how objects (domains, networks, pools) are identified.
 
 A domain's name becomes part of paths under the embed root (``ROOT/etc/qemu/NAME.xml``,
 ``ROOT/log/qemu/NAME.log``, sockets under ``ROOT/run/qemu/``), so a name must never be
 able to climb out of its directory or confuse the tools that read those files.
+
+:func:`canonical_uuid` is the one reader of UUID strings, for XML and for lookups alike.
 """
 
 from __future__ import annotations
 
-from ..errors import XMLError
+import re
+
+from ..errors import AsvirtError, InvalidArgError, XMLError
 
 #: The longest name accepted. libvirt has no hard limit, but a name is a file name
 #: component (255 bytes on most file systems) with suffixes added to it.
@@ -42,3 +46,26 @@ def validate_name(name: str, *, what: str = "domain") -> None:
             raise InvalidNameError(f"{what} name must not contain control characters")
     if name.startswith("-"):
         raise InvalidNameError(f"{what} name '{name}' must not start with '-'")
+
+
+# libvirt's virUUIDParse: 32 hex digits in pairs, with '-' or ' ' allowed between the pairs
+# and blanks around the whole.
+_UUID_RE = re.compile(r"[ \t\n\v\f\r]*((?:[- ]*[0-9A-Fa-f]{2}){16})[ \t\n\v\f\r]*")
+
+
+def canonical_uuid(
+    text: object, *, what: str = "UUID", error: type[AsvirtError] = InvalidArgError
+) -> str:
+    """The canonical lowercase ``8-4-4-4-12`` form of a UUID written any way libvirt accepts.
+
+    libvirt accepts 32 hex digits in either case, with ``-`` or spaces between pairs of
+    digits and blanks around them (``C7A5FDBD-EDAF-...``, ``c7a5fdbdedaf...``). Anything else
+    raises ``error``: :class:`~asvirt.errors.InvalidArgError` by default (a UUID passed to a
+    lookup); XML readers pass their own :class:`~asvirt.errors.XMLError` class.
+    """
+    m = _UUID_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        shown = text.strip() if isinstance(text, str) else repr(text)
+        raise error(f"invalid {what} '{shown}'")
+    hexdigits = m.group(1).replace("-", "").replace(" ", "").lower()
+    return "-".join(hexdigits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)))

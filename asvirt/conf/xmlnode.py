@@ -182,8 +182,9 @@ class Node:
 
     def finish(self) -> None:
         """Raise ConfigUnsupportedError for the first attribute or child nobody read."""
-        for name in self.el.attrib:
-            local = name.split("}", 1)[1] if name.startswith("{") else name
+        for key in self.el.attrib:
+            qname = etree.QName(key)
+            name, local = qname.text, qname.localname
             if name not in self._seen_attrs and local not in self._seen_attrs:
                 value = self.el.get(name)
                 raise ConfigUnsupportedError(

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 import trio
 
-from ..conf.domain import DomainDef, canonical_uuid
+from ..conf.domain import DomainDef
+from ..conf.names import canonical_uuid
 from ..drivers.base import DomainInfo, DomainRef
-from ..errors import DomainExistsError, InvalidArgError, OperationInvalidError, XMLError
+from ..errors import DomainExistsError, InvalidArgError, OperationInvalidError
 from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, UndefinedDetail
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
@@ -230,11 +231,7 @@ class DomainDriver:
         return DomainRef(obj.name, obj.uuid)
 
     async def lookup_by_uuid(self, uuid: str) -> DomainRef:
-        try:
-            canonical = canonical_uuid(str(uuid))
-        except XMLError:
-            raise InvalidArgError(f"'{uuid}' is not a valid UUID") from None
-        obj = self.table.get(canonical)
+        obj = self.table.get(canonical_uuid(uuid))
         return DomainRef(obj.name, obj.uuid)
 
     async def list_all_domains(

@@ -9,7 +9,9 @@ import pytest
 from lxml import etree
 
 from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
+from asvirt.conf.postparse import postparse_domain
 from asvirt.conf.units import parse_kib
+from asvirt.drivers.qemu.postparse import parse_prepared_xml
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import CONFORMANCE
 
@@ -36,7 +38,7 @@ def schema() -> etree.RelaxNG:
 
 
 def test_identity_and_defaults() -> None:
-    d = parse_domain_xml(dom())
+    d = postparse_domain(parse_domain_xml(dom()))
     assert d.name == "vm1"
     assert d.uuid == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
     assert d.domain_type == "qemu"
@@ -81,9 +83,12 @@ def test_memory_units(value: str, unit: str | None, kib: int) -> None:
 
 
 def test_current_memory_is_clamped_like_libvirt() -> None:
+    # The parser keeps what was written; libvirt's post-parse clamps it.
     d = parse_domain_xml(dom("<currentMemory unit='GiB'>4</currentMemory>"))
+    assert d.current_memory_kib == 4 * 1024 * 1024
+    d = postparse_domain(d)
     assert d.current_memory_kib == d.memory_kib
-    d = parse_domain_xml(dom("<currentMemory unit='MiB'>64</currentMemory>"))
+    d = postparse_domain(parse_domain_xml(dom("<currentMemory unit='MiB'>64</currentMemory>")))
     assert d.current_memory_kib == 65536
     assert "<currentMemory unit='KiB'>65536</currentMemory>" in d.to_xml()
 
@@ -366,7 +371,8 @@ def test_interface() -> None:
 
 
 def test_chardevs_and_pty_paths() -> None:
-    d = parse_domain_xml(
+    # Aliases and chardev ids are the QEMU driver's; it reads its own XML back this way.
+    d = parse_prepared_xml(
         dom(
             devices="<serial type='pty'><target port='0'/></serial>"
             "<serial type='file'><source path='/tmp/s.log' append='on'/><log file='/tmp/l'/>"
@@ -394,7 +400,7 @@ def test_chardevs_and_pty_paths() -> None:
 
 
 def test_live_xml_has_aliases_and_inactive_has_none() -> None:
-    d = parse_domain_xml(
+    d = parse_prepared_xml(
         dom(devices="<disk type='file'><source file='/a'/><target dev='vda'/></disk>")
     )
     assert d.disks[0].alias == "virtio-disk0"

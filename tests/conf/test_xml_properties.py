@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.drivers.qemu.command import MonitorSpec, build_command
+from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import XMLError
 from tests.caps import CONFORMANCE, probe_caps
 

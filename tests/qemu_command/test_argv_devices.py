@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from qemu_launch import QemuRefused, launch_paused
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import (
     MonitorSpec,
     build_command,
@@ -22,6 +22,7 @@ from asvirt.drivers.qemu.command import (
     fill_runtime_paths,
     links_down,
 )
+from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import REPO, Caps, probe_caps
 

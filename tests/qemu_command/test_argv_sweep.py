@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from qemu_launch import launch_paused
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import domxml_to_native
+from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import Caps, probe_caps
 

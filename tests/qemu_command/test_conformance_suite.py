@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import XMLError
 from tests.caps import CONFORMANCE, Caps, kvm_host_cpu_failure, probe_caps
 

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from qemu_launch import QemuRefused, launch_paused
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import domxml_to_native
+from asvirt.drivers.qemu.postparse import prepare_domain
 from tests.caps import REPO, Caps, probe_caps
 
 # The strategies live next to the parser's property tests (a directory without a package).

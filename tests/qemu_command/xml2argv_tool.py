@@ -18,10 +18,11 @@ from pathlib import Path
 
 import trio
 
-from asvirt.conf.domain import parse_domain_xml, prepare_domain
+from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator
 from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.drivers.qemu.monitor import asyncio_loop
+from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import AsvirtError
 
 

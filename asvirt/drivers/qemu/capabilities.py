@@ -156,7 +156,7 @@ class QemuCapabilities:
     def from_json(cls, data: dict[str, Any]) -> QemuCapabilities:
         return cls(
             binary=data["binary"],
-            version=tuple(data["version"]),  # type: ignore[arg-type]
+            version=tuple(data["version"]),
             package=data["package"],
             arch=data["arch"],
             kvm_present=data["kvm_present"],

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from ...conf.devices import Chardev, Controller, Disk
+from ...conf.devices import Chardev, Controller, Disk, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
-from ...conf.prepare import (
+from ...errors import ConfigUnsupportedError
+from .capabilities import QemuCapabilities
+from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
     USB_DEVICE,
@@ -33,8 +35,6 @@ from ...conf.prepare import (
     machine_family,
     prepare_domain,
 )
-from ...errors import ConfigUnsupportedError
-from .capabilities import QemuCapabilities
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -375,7 +375,8 @@ class _Builder:
         """id(device) -> bootindex, from <os><boot dev=...> or per-device <boot order>."""
         d = self.d
         out: dict[int, int] = {}
-        for dev in (*d.disks, *d.interfaces):
+        bootable: list[Disk | Interface] = [*d.disks, *d.interfaces]
+        for dev in bootable:
             if dev.boot_order is not None:
                 out[id(dev)] = dev.boot_order
         if out:
@@ -761,8 +762,8 @@ class _Builder:
                     continue
                 sub: dict[str, Any] = {}
                 for key, value in opts.items():
-                    if key == "settings":
-                        sub.update(value)  # type: ignore[arg-type]
+                    if key == "settings" and isinstance(value, dict):
+                        sub.update(value)
                     elif value in ("yes", "no"):
                         sub[keys[key]] = value == "yes"
                     else:

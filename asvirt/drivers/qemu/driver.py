@@ -26,7 +26,7 @@ import trio_asyncio
 
 from ... import config as config_mod
 from ... import fsutil
-from ...conf.domain import DomainDef, parse_domain_xml, prepare_domain
+from ...conf.domain import DomainDef, parse_domain_xml
 from ...config import Config
 from ...errors import (
     AsvirtError,
@@ -54,6 +54,7 @@ from .capabilities import (
 from .command import domxml_to_native
 from .monitor import asyncio_loop
 from .paths import EmbedPaths
+from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
 from .status import StatusRecord
 
@@ -190,7 +191,7 @@ class QemuNode(Node):
         """Read persistent configs, then re-attach to QEMUs that outlived the last process."""
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
-                defn = parse_domain_xml(path.read_bytes())
+                defn = parse_prepared_xml(path.read_bytes())
             except (XMLError, OSError) as err:
                 log.error("ignoring unreadable domain config", path=str(path), error=str(err))
                 continue
@@ -223,7 +224,7 @@ class QemuNode(Node):
 
     async def _reattach(self, record: StatusRecord) -> None:
         try:
-            live_def = parse_domain_xml(record.live_xml)
+            live_def = parse_prepared_xml(record.live_xml)
         except XMLError as err:
             log.error("cannot re-attach: bad status", domain=record.name, error=str(err))
             fsutil.remove(self.paths.status(record.name))

@@ -20,13 +20,13 @@ never wait, as on the QEMU driver: ``state()`` right after ``shutdown()`` is sti
 from __future__ import annotations
 
 import socket
-import uuid as uuidlib
 from dataclasses import dataclass
 
 import trio
 from lxml import etree
 
 from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.postparse import postparse_domain
 from ...conf.xmlsafe import parse_xml
 from ...config import Config
 from ...errors import (
@@ -95,15 +95,7 @@ def parse_test_domain_xml(text: str | bytes) -> tuple[DomainDef, TestExtras]:
         defn = parse_domain_xml(text)
     if domain_type == "test":
         defn.domain_type = "test"
-    return defn, TestExtras(runstate=runstate, transient=transient)
-
-
-def canonical_uuid(text: str) -> str:
-    """The canonical lowercase form of a UUID string; InvalidArgError if it is not one."""
-    try:
-        return str(uuidlib.UUID(str(text).strip()))
-    except ValueError:
-        raise InvalidArgError(f"'{text}' is not a valid UUID") from None
+    return postparse_domain(defn), TestExtras(runstate=runstate, transient=transient)
 
 
 class TestBackend:
@@ -214,7 +206,6 @@ __all__ = [
     "TestBackend",
     "TestExtras",
     "add_initial_domain",
-    "canonical_uuid",
     "guest_action",
     "new_test_node",
     "parse_test_domain_xml",

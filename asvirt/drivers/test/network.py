@@ -15,11 +15,10 @@ import uuid as uuidlib
 import trio
 from lxml import etree
 
-from ...conf.names import validate_name
+from ...conf.names import canonical_uuid, validate_name
 from ...conf.xmlsafe import parse_xml
 from ...errors import NetworkExistsError, NoNetworkError, OperationInvalidError, XMLError
 from ..base import NetworkRef
-from .driver import canonical_uuid
 from .state import TestNode
 
 
@@ -54,10 +53,7 @@ def parse_network_xml(text: str | bytes | etree._Element) -> NetworkDef:
         uuid_el = etree.Element("uuid")
         names[0].addnext(uuid_el)
     else:
-        try:
-            uuid = str(uuidlib.UUID((uuid_el.text or "").strip()))
-        except ValueError:
-            raise XMLError(f"invalid network uuid '{uuid_el.text}'") from None
+        uuid = canonical_uuid(uuid_el.text or "", what="network UUID", error=XMLError)
     uuid_el.text = uuid
     for ip in root.findall("ip"):
         _check_ip(name, ip)

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 import trio
 from lxml import etree
 
-from ...conf.names import validate_name
+from ...conf.names import canonical_uuid, validate_name
 from ...conf.units import parse_scaled
 from ...conf.xmlsafe import parse_xml
 from ...errors import (
@@ -28,7 +28,6 @@ from ...errors import (
     XMLError,
 )
 from ..base import StoragePoolInfo, StoragePoolRef, StorageVolInfo, StorageVolRef
-from .driver import canonical_uuid
 from .state import TestNode
 
 #: A pool's capacity when its XML gives none (libvirt's test driver uses the same).
@@ -89,10 +88,7 @@ def parse_pool_xml(text: str | bytes | etree._Element) -> PoolDef:
     if uuid_text is None:
         uuid = str(uuidlib.uuid4())
     else:
-        try:
-            uuid = str(uuidlib.UUID(uuid_text.strip()))
-        except ValueError:
-            raise XMLError(f"invalid storage pool uuid '{uuid_text}'") from None
+        uuid = canonical_uuid(uuid_text, what="storage pool UUID", error=XMLError)
     capacity = _size(root.find("capacity"), what="pool capacity")
     target_path = (root.findtext("target/path") or "").strip() or f"/{name}"
     if not target_path.startswith("/"):

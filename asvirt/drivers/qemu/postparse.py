@@ -1,10 +1,14 @@
-"""Define-time completion of a domain definition, as libvirt's post-parse step does it.
+"""The QEMU driver's define-time completion of a domain definition (libvirt's post-parse).
 
-:func:`prepare_domain` returns a copy of a parsed definition with everything libvirt would
-fill in before storing it: the canonical machine type, the default CPU model, default and
-implicit devices (USB and PCI controllers, PS/2 input, the balloon, the audio backend, the
-console that mirrors serial port 0...), device models, drive, virtio-serial, USB and PCI
-addresses, and aliases. Its output is what ``dumpxml`` shows and what the command line is
+:func:`prepare_domain` returns a copy of a parsed definition with everything libvirt's QEMU
+driver would fill in before storing it. It runs libvirt's generic post-parse first
+(:func:`asvirt.conf.postparse.postparse_domain`: current memory, serial ports and the
+console that mirrors serial port 0, input buses, MACs, video sizes...), then what only QEMU
+decides: the emulator, architecture and canonical machine type, the default CPU model and
+its checks, implicit devices (PCI root, USB and SATA controllers, disk and virtio-serial
+controllers, PS/2 input, the balloon, the audio backend, the iTCO watchdog, the video for a
+display), device models, drive, virtio-serial, USB and PCI addresses, and aliases (QEMU's
+ids for the devices). Its output is what ``dumpxml`` shows and what the command line is
 built from, and preparing it again changes nothing.
 
 Nothing here probes the host: the only input besides the XML is the probed capabilities.
@@ -12,30 +16,23 @@ Nothing here probes the host: the only input besides the XML is the probed capab
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING
-
-from ..errors import ConfigUnsupportedError, XMLError
-from .addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from .devices import (
+from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
+from ...conf.devices import (
     Audio,
-    Chardev,
     Controller,
     Disk,
-    GraphicsListen,
     Hub,
     Input,
     Memballoon,
     Video,
     Watchdog,
-    default_disk_bus,
     disk_name_index,
 )
+from ...conf.domain import CPUDef, DomainDef, parse_domain_xml
+from ...conf.postparse import postparse_domain, video_defaults
+from ...errors import ConfigUnsupportedError, XMLError
+from .capabilities import QemuCapabilities
 from .pci import USB2_FUNCTION, assign_pci_addresses
-
-if TYPE_CHECKING:
-    from ..drivers.qemu.capabilities import QemuCapabilities
-    from .domain import DomainDef
 
 #: The CPU model QEMU gives x86 guests when none is named.
 DEFAULT_X86_CPU = "qemu64"
@@ -104,15 +101,16 @@ def machine_family(machine: str | None) -> str | None:
 def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
     """The definition libvirt would store for ``defn`` on this QEMU (a new object).
 
+    The generic post-parse, then QEMU's: the one function the driver, the command-line
+    builder (:func:`~asvirt.drivers.qemu.command.domxml_to_native`) and tests call.
+
     Raises :class:`~asvirt.errors.ConfigUnsupportedError` when the configuration needs
     something this QEMU (or asvirt) lacks, e.g. an unknown machine type or device model,
     and :class:`~asvirt.errors.XMLError` when it is inconsistent.
     """
-    d = defn.copy()
+    d = postparse_domain(defn)
     q35 = _machine(d, caps)
-    _vcpus(d, caps)
     _cpu(d, caps)
-    _boot_orders(d)
     _default_devices(d, caps, q35)
     _disks(d, caps, q35)
     _interfaces(d, caps)
@@ -171,14 +169,7 @@ def _machine(d: DomainDef, caps: QemuCapabilities) -> bool:
     return family == "q35"
 
 
-def _vcpus(d: DomainDef, caps: QemuCapabilities) -> None:
-    if d.vcpus > d.max_vcpus:
-        raise XMLError(f"current vcpu count {d.vcpus} exceeds the maximum {d.max_vcpus}")
-
-
 def _cpu(d: DomainDef, caps: QemuCapabilities) -> None:
-    from .domain import CPUDef
-
     cpu = d.cpu
     if cpu is None:
         cpu = d.cpu = CPUDef(mode="custom")
@@ -213,28 +204,12 @@ def _cpu(d: DomainDef, caps: QemuCapabilities) -> None:
         cpu.check = cpu.check or "none"
     if cpu.mode != "custom" and cpu.match is not None:
         raise XMLError(f"<cpu mode='{cpu.mode}'> does not take a match attribute")
+    # The topology is completed and checked against the vCPUs by the generic post-parse.
     topo = cpu.topology
-    if topo is not None:
-        topo.dies = topo.dies or 1
-        topo.clusters = topo.clusters or 1
-        if topo.total != d.max_vcpus:
-            raise XMLError(
-                f"CPU topology ({topo.sockets} sockets x {topo.dies} dies x {topo.clusters} "
-                f"clusters x {topo.cores} cores x {topo.threads} threads = {topo.total}) "
-                f"does not match the vcpu count {d.max_vcpus}"
-            )
-        if topo.clusters > 1 and not caps.at_least(7, 0):
-            raise ConfigUnsupportedError(
-                "unsupported configuration: CPU clusters need QEMU 7.0 or newer"
-            )
-
-
-def _boot_orders(d: DomainDef) -> None:
-    orders = [x.boot_order for x in (*d.disks, *d.interfaces) if x.boot_order is not None]
-    if orders and d.os.boot_devices:
-        raise XMLError("per-device <boot order> cannot be used together with <os><boot>")
-    if len(orders) != len(set(orders)):
-        raise XMLError("boot order values must be unique")
+    if topo is not None and (topo.clusters or 1) > 1 and not caps.at_least(7, 0):
+        raise ConfigUnsupportedError(
+            "unsupported configuration: CPU clusters need QEMU 7.0 or newer"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,16 +218,14 @@ def _boot_orders(d: DomainDef) -> None:
 
 def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     # PS/2 mouse and keyboard: part of the i8042 on both machine types.
+    # (A mouse or keyboard written without a bus already is PS/2: the generic post-parse.)
     for kind in ("mouse", "keyboard"):
         if not any(i.type == kind and i.bus == "ps2" for i in d.inputs):
             d.inputs.append(Input(type=kind, bus="ps2"))
-    for inp in d.inputs:
-        if inp.bus is None:
-            inp.bus = "ps2" if inp.type in ("mouse", "keyboard") else "usb"
     root_model = "pcie-root" if q35 else "pci-root"
     root = d.controller("pci", 0)
     if root is None:
-        _add_controller(d, Controller(type="pci", index=0, model=root_model))
+        d.add_controller(Controller(type="pci", index=0, model=root_model))
     elif root.model is None:
         root.model = root_model
     elif root.model != root_model:
@@ -268,7 +241,7 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         elif ctl.type == "pci" and ctl.model is None:
             raise XMLError(f"PCI controller {ctl.index} needs a model")
     if d.controller("usb", 0) is None:
-        _add_controller(d, Controller(type="usb", index=0, model=_default_usb_model(caps, q35)))
+        d.add_controller(Controller(type="usb", index=0, model=_default_usb_model(caps, q35)))
     for ctl in d.controllers:
         companion = ctl.type == "usb" and ctl.model in USB2_FUNCTION and ctl.model != "ich9-ehci1"
         if companion and ctl.master_startport is None:
@@ -276,7 +249,7 @@ def _default_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         if ctl.type == "usb" and ctl.model == "none" and ctl.address is not None:
             raise XMLError("a USB controller of model 'none' cannot have an address")
     if q35 and d.controller("sata", 0) is None:
-        _add_controller(d, Controller(type="sata", index=0))
+        d.add_controller(Controller(type="sata", index=0))
     if d.memballoon is None:
         d.memballoon = Memballoon(model="virtio")
     if not d.audios:
@@ -293,19 +266,15 @@ def _default_usb_model(caps: QemuCapabilities, q35: bool) -> str:
     return "piix3-uhci"
 
 
-def _add_controller(d: DomainDef, ctl: Controller) -> None:
-    from .domain import _insert_controller
-
-    _insert_controller(d.controllers, ctl)
-
-
 def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
-    seen: set[tuple[str, int, str | None]] = set()
+    # Other types were checked for duplicates by the generic post-parse; USB companions share
+    # an index, so only now that every model is known can two of one model be told apart.
+    seen: set[tuple[int, str | None]] = set()
     for ctl in d.controllers:
-        key = (ctl.type, ctl.index, ctl.model if ctl.type == "usb" else None)
-        if key in seen:
-            raise XMLError(f"there is more than one {ctl.type} controller with index {ctl.index}")
-        seen.add(key)
+        if ctl.type == "usb":
+            if (ctl.index, ctl.model) in seen:
+                raise XMLError(f"there is more than one usb controller with index {ctl.index}")
+            seen.add((ctl.index, ctl.model))
         if ctl.type == "usb" and ctl.model in USB_DEVICE:
             _need_device(caps, USB_DEVICE[ctl.model or ""], f"USB controller model '{ctl.model}'")
             if ctl.ports is not None and ctl.model not in ("nec-xhci", "qemu-xhci"):
@@ -416,17 +385,9 @@ def _need_device(caps: QemuCapabilities, device: str, what: str) -> None:
 
 
 def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
-    targets: set[str] = set()
-    for disk in d.disks:
-        if disk.target in targets:
-            raise XMLError(f"there is more than one disk with target '{disk.target}'")
-        targets.add(disk.target)
+    for disk in d.disks:  # unique targets, each with a bus: the generic post-parse
         disk.driver_name = disk.driver_name or "qemu"
         disk.format = disk.format or "raw"
-        if not disk.bus:
-            disk.bus = default_disk_bus(disk.target)
-            if not disk.bus:
-                raise XMLError(f"cannot tell the bus of disk '{disk.target}'; set target bus")
         _check_disk(disk, q35)
         if disk.bus == "virtio":
             if disk.address is not None and not isinstance(disk.address, PCIAddress):
@@ -441,7 +402,11 @@ def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     # Controllers for every drive address, from index 0 up, as libvirt adds them.
     for bus in ("ide", "sata", "scsi"):
         highest = max(
-            (x.address.controller for x in d.disks if x.bus == bus and x.address is not None),
+            (
+                x.address.controller
+                for x in d.disks
+                if x.bus == bus and isinstance(x.address, DriveAddress)
+            ),
             default=-1,
         )
         for index in range(highest + 1):
@@ -449,7 +414,7 @@ def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
                 ctl = Controller(type=bus, index=index)
                 if bus == "scsi":
                     ctl.model = _default_scsi_model(caps)
-                _add_controller(d, ctl)
+                d.add_controller(ctl)
 
 
 def _check_disk(disk: Disk, q35: bool) -> None:
@@ -551,13 +516,7 @@ def _check_drive_range(d: DomainDef, disk: Disk, addr: DriveAddress) -> None:
 
 
 def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
-    macs: set[str] = set()
-    for nic in d.interfaces:
-        if nic.mac is None:
-            nic.mac = _random_mac(macs)
-        if nic.mac in macs:
-            raise XMLError(f"MAC address {nic.mac} is used by more than one interface")
-        macs.add(nic.mac)
+    for nic in d.interfaces:  # unique MACs, generated if missing: the generic post-parse
         if nic.model is None:
             nic.model = next(
                 (m for m in ("rtl8139", "e1000", "virtio") if caps.has_device(NIC_DEVICE[m])),
@@ -566,16 +525,8 @@ def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
         _need_device(caps, NIC_DEVICE[nic.model], f"NIC model '{nic.model}'")
 
 
-def _random_mac(taken: set[str]) -> str:
-    # 52:54:00 is the prefix QEMU and libvirt use for locally generated addresses.
-    rng = random.SystemRandom()
-    while True:
-        mac = "52:54:00:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
-        if mac not in taken:
-            return mac
-
-
 def _chardevs(d: DomainDef) -> None:
+    # Ports, and the console that is serial port 0, come from the generic post-parse.
     for chr_ in d.serials:
         if chr_.target_type is None:
             chr_.target_type = chr_.target_model or "isa-serial"
@@ -589,51 +540,9 @@ def _chardevs(d: DomainDef) -> None:
             and not isinstance(chr_.address, PCIAddress)
         ):
             raise XMLError("a pci-serial port needs a PCI address")
-    used = {c.target_port for c in d.serials if c.target_port is not None}
-    for chr_ in d.serials:
-        if chr_.target_port is None:
-            port = 0
-            while port in used:
-                port += 1
-            chr_.target_port = port
-            used.add(port)
-    ports = [c.target_port for c in d.serials]
-    if len(ports) != len(set(ports)):
-        raise XMLError("two serial ports have the same target port")
     isa = [c for c in d.serials if c.target_type == "isa-serial"]
     if any((c.target_port or 0) > 3 for c in isa) or len(isa) > 4:
         raise ConfigUnsupportedError("unsupported configuration: at most 4 ISA serial ports (0-3)")
-
-    # The console compatibility dance: on x86 the first console is serial port 0.
-    if d.consoles and d.consoles[0].target_type is None:
-        d.consoles[0].target_type = "serial"
-    for i, con in enumerate(d.consoles):
-        if con.target_type is None:
-            con.target_type = "virtio"
-        if con.target_type == "serial" and i > 0:
-            raise ConfigUnsupportedError(
-                "unsupported configuration: only the first <console> can be a serial console"
-            )
-    if d.serials:
-        if not d.consoles or d.consoles[0].target_type != "serial":
-            d.consoles.insert(0, Chardev(kind="console", type=d.serials[0].type))
-        _mirror_serial(d.consoles[0], d.serials[0])
-    elif d.consoles and d.consoles[0].target_type == "serial":
-        con = d.consoles[0]
-        serial = Chardev(
-            kind="serial",
-            type=con.type,
-            source_path=con.source_path,
-            source_mode=con.source_mode,
-            source_append=con.source_append,
-            log_file=con.log_file,
-            log_append=con.log_append,
-            target_type="isa-serial",
-            target_model="isa-serial",
-            target_port=con.target_port or 0,
-        )
-        d.serials.append(serial)
-        _mirror_serial(con, serial)
     for chr_ in d.channels:
         if chr_.target_type != "virtio":
             raise ConfigUnsupportedError(
@@ -641,65 +550,37 @@ def _chardevs(d: DomainDef) -> None:
             )
 
 
-def _mirror_serial(con: Chardev, serial: Chardev) -> None:
-    """Make ``con`` show serial port ``serial``, the way libvirt's console compat does."""
-    con.type = serial.type
-    con.source_path = serial.source_path
-    con.source_mode = serial.source_mode
-    con.source_append = serial.source_append
-    con.log_file = serial.log_file
-    con.log_append = serial.log_append
-    con.target_type = "serial"
-    con.target_port = serial.target_port
-    con.address = None
-
-
 def _videos(d: DomainDef, caps: QemuCapabilities) -> None:
     if d.graphics and not d.videos:
         d.videos.append(Video())
-    primaries = [v for v in d.videos if v.primary]
-    if len(primaries) > 1:
-        raise XMLError("only one video device can be primary")
-    if primaries and d.videos[0] is not primaries[0]:
-        d.videos.remove(primaries[0])
-        d.videos.insert(0, primaries[0])
-    for i, video in enumerate(d.videos):
+    for video in d.videos:
         if video.model is None:
             video.model = "cirrus" if caps.has_device("cirrus-vga") else "vga"
+    # The primary first, heads and VRAM: generic, again now that every model is known.
+    video_defaults(d)
+    for i, video in enumerate(d.videos):
         if video.model == "none":
-            if len(d.videos) > 1:
-                raise XMLError("a video device of model 'none' must be the only one")
             continue
-        if i == 0:
-            video.primary = True
-        elif video.model not in ("qxl", "virtio"):
+        if i > 0 and video.model not in ("qxl", "virtio"):
             raise ConfigUnsupportedError(
                 f"unsupported configuration: a secondary video device must be qxl or virtio, "
                 f"not '{video.model}'"
             )
-        video.heads = video.heads or 1
-        if video.model in ("vga", "cirrus", "bochs"):
-            video.vram = video.vram or 16384
-        elif video.model == "qxl":
-            video.vram = video.vram or 65536
-            video.ram = video.ram or 65536
-            video.vgamem = video.vgamem or 16384
+        if video.model == "qxl":
+            video.vgamem = video.vgamem or 16384  # QEMU's qxl default
         if video.blob is not None and video.model != "virtio":
             raise ConfigUnsupportedError("unsupported configuration: blob is only for virtio video")
         if video.model != "qxl" and (video.ram or video.vgamem or video.vram64):
             raise ConfigUnsupportedError(
                 f"unsupported configuration: ram/vgamem/vram64 of a '{video.model}' video device"
             )
-        device = VIDEO_DEVICE[video.model][0 if i == 0 else 1]
+        device = VIDEO_DEVICE[video.model or ""][0 if i == 0 else 1]
         _need_device(caps, device, f"video model '{video.model}'")
 
 
 def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
-    ids = [a.id for a in d.audios]
-    if len(ids) != len(set(ids)):
-        raise XMLError("two <audio> elements have the same id")
+    # Watchdog actions, RNG paths, VNC listens and ports have their generic defaults.
     for wd in d.watchdogs:
-        wd.action = wd.action or "reset"
         if wd.model == "itco" and not q35:
             raise ConfigUnsupportedError(
                 "unsupported configuration: the itco watchdog is part of q35 machines only"
@@ -719,9 +600,7 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         raise XMLError("there can be only one itco watchdog")
     if d.has_memballoon:
         _need_device(caps, "virtio-balloon-pci", "the memory balloon")
-    for rng in d.rngs:
-        if rng.backend == "random" and rng.backend_path is None:
-            rng.backend_path = "/dev/random"
+    for _rng in d.rngs:
         _need_device(caps, "virtio-rng-pci", "virtio-rng")
     for panic in d.panics:
         panic.model = panic.model or "isa"
@@ -741,12 +620,6 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         elif inp.address is not None:
             raise XMLError("a PS/2 input device cannot have an address")
     for gfx in d.graphics:
-        # Without an address the display listens on 127.0.0.1 (chosen when the command line
-        # is built, as libvirt takes it from qemu.conf at start).
-        if not gfx.listens:
-            gfx.listens.append(GraphicsListen(type="address"))
-        if gfx.port is None and gfx.autoport is None:
-            gfx.port, gfx.autoport = -1, True
         if gfx.websocket not in (None, -1) and gfx.listens[0].type != "address":
             raise ConfigUnsupportedError(
                 "unsupported configuration: a VNC websocket needs a listen address"
@@ -767,7 +640,7 @@ def _assign_virtio_serial(d: DomainDef) -> None:
     for chr_ in wanted:
         index = chr_.address.controller if isinstance(chr_.address, VirtioSerialAddress) else 0
         if d.controller("virtio-serial", index) is None:
-            _add_controller(d, Controller(type="virtio-serial", index=index))
+            d.add_controller(Controller(type="virtio-serial", index=index))
     used: dict[int, set[int]] = {}
     for chr_ in wanted:
         addr = chr_.address
@@ -813,7 +686,7 @@ def _assign_virtio_serial(d: DomainDef) -> None:
             if isinstance(addr, VirtioSerialAddress):
                 raise XMLError(f"virtio-serial controller {addr.controller} has no free port")
             index = max(c.index for c in d.controllers if c.type == "virtio-serial") + 1
-            _add_controller(d, Controller(type="virtio-serial", index=index))
+            d.add_controller(Controller(type="virtio-serial", index=index))
             used[index] = {first}
             chr_.address = VirtioSerialAddress(controller=index, port=first)
 
@@ -863,18 +736,18 @@ def _assign_usb(d: DomainDef) -> None:
         if is_hub:
             hubs_at[addr.bus].add(port)
 
-    def explicit(dev: Input | Hub) -> bool:
-        return isinstance(dev.address, USBAddress) and dev.address.port is not None
+    def explicit(dev: Input | Hub) -> USBAddress | None:
+        """The device's USB address if it names a port, else None."""
+        addr = dev.address
+        return addr if isinstance(addr, USBAddress) and addr.port is not None else None
 
     # Explicit addresses first, hubs before what sits behind them (nearest the root first).
-    def depth(hub: Hub) -> int:
-        return (hub.address.port or "").count(".")  # type: ignore[union-attr]
-
-    for hub in sorted((h for h in d.hubs if explicit(h)), key=depth):
-        reserve(hub.address, True)  # type: ignore[arg-type]
+    hub_addrs = [addr for hub in d.hubs if (addr := explicit(hub)) is not None]
+    for addr in sorted(hub_addrs, key=lambda a: (a.port or "").count(".")):
+        reserve(addr, True)
     for inp in usb_inputs:
-        if explicit(inp):
-            reserve(inp.address, False)  # type: ignore[arg-type]
+        if (addr := explicit(inp)) is not None:
+            reserve(addr, False)
 
     def free_port(only_bus: int | None) -> USBAddress:
         for bus, nports in roots.items():
@@ -894,8 +767,9 @@ def _assign_usb(d: DomainDef) -> None:
         where = "" if only_bus is None else f" on USB bus {only_bus}"
         raise ConfigUnsupportedError(f"unsupported configuration: no free USB port{where}")
 
-    for dev in [*d.hubs, *usb_inputs]:
-        if explicit(dev):
+    usb_devices: list[Input | Hub] = [*d.hubs, *usb_inputs]
+    for dev in usb_devices:
+        if explicit(dev) is not None:
             continue
         only_bus = dev.address.bus if isinstance(dev.address, USBAddress) else None
         dev.address = free_port(only_bus)
@@ -906,19 +780,30 @@ def _assign_usb(d: DomainDef) -> None:
 # aliases
 
 
+def parse_prepared_xml(text: str | bytes) -> DomainDef:
+    """Read back XML this driver prepared earlier: a config file, a status file's live XML.
+
+    The shared parser, then the aliases: they are a pure function of the definition, so a
+    definition read back names its devices (and QEMU's ids for them) like the one written.
+    No capabilities are needed, and nothing else is filled in: the XML already holds it.
+    """
+    d = parse_domain_xml(text)
+    assign_aliases(d)
+    return d
+
+
 def assign_aliases(d: DomainDef) -> None:
     """Give every device the alias libvirt would (``virtio-disk0``, ``net0``, ``usb``...).
 
-    User aliases (``ua-...``) are kept. Safe to call on any definition; devices whose alias
-    depends on an address they do not have yet are left without one.
+    User aliases (``ua-...``) are kept (the generic post-parse checked they are unique).
+    Safe to call on any definition; devices whose alias depends on an address they do not
+    have yet are left without one.
     """
     q35 = machine_family(d.os.machine) == "q35"
     scsi_models = {c.index: c.model for c in d.controllers if c.type == "scsi"}
-    user: set[str] = set()
     for i, disk in enumerate(d.disks):
         disk.node_index = len(d.disks) - i
         if disk.user_alias:
-            user.add(disk.alias or "")
             continue
         addr = disk.address
         if disk.bus == "virtio":
@@ -957,14 +842,12 @@ def assign_aliases(d: DomainDef) -> None:
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):
-            if item.user_alias:
-                user.add(item.alias)
-            else:
+            if not item.user_alias:
                 item.alias = f"{prefix}{i}"
     for i, con in enumerate(d.consoles):
         if con.user_alias:
-            user.add(con.alias or "")
-        elif i == 0 and con.is_compat_console(d.serials):
+            continue
+        if i == 0 and con.is_compat_console(d.serials):
             con.alias = d.serials[0].alias
         else:
             con.alias = f"console{i}"
@@ -972,24 +855,3 @@ def assign_aliases(d: DomainDef) -> None:
         chr_.chardev_id = f"char{chr_.alias}" if chr_.alias else None
     if d.memballoon is not None and d.memballoon.model != "none" and not d.memballoon.user_alias:
         d.memballoon.alias = "balloon0"
-    taken = [dev.alias for dev in _all_devices(d) if dev.user_alias]
-    if len(taken) != len(set(taken)):
-        raise XMLError("two devices have the same user alias")
-
-
-def _all_devices(d: DomainDef) -> list:
-    return [
-        *d.disks,
-        *d.controllers,
-        *d.interfaces,
-        *d.serials,
-        *d.consoles,
-        *d.channels,
-        *d.inputs,
-        *d.videos,
-        *d.hubs,
-        *d.watchdogs,
-        *d.rngs,
-        *d.panics,
-        *([d.memballoon] if d.memballoon is not None else []),
-    ]

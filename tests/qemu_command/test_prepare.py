@@ -1,4 +1,4 @@
-"""prepare_domain: libvirt's define-time defaults, implicit devices, addresses and aliases.
+"""prepare_domain: the QEMU driver's define-time defaults, implicit devices, addresses, aliases.
 
 These use the capabilities probed from the real QEMU on this machine (no guest is started).
 """
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from asvirt.conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from asvirt.conf.domain import DomainDef, parse_domain_xml, prepare_domain
+from asvirt.conf.domain import DomainDef, parse_domain_xml
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
+from asvirt.drivers.qemu.postparse import parse_prepared_xml, prepare_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import probe_caps
 
@@ -135,6 +136,28 @@ def test_pc_defaults_like_libvirt(caps: QemuCapabilities) -> None:
     assert pci(ctl(d, "ide")) == (0, 1, 1)
 
 
+def test_a_mouse_without_a_bus_is_the_ps2_one(caps: QemuCapabilities) -> None:
+    # The generic post-parse makes it PS/2 first, so the implicit PS/2 mouse is not added
+    # next to it (before the split, the guest had two PS/2 mice and two keyboards).
+    d = prep(caps, dom("<input type='mouse'/><input type='keyboard'/><input type='tablet'/>"))
+    assert [(i.type, i.bus) for i in d.inputs] == [
+        ("mouse", "ps2"),
+        ("keyboard", "ps2"),
+        ("tablet", "usb"),
+    ]
+
+
+def test_usb_companions_of_one_model_cannot_share_an_index(caps: QemuCapabilities) -> None:
+    # A USB model left out is QEMU's default: a duplicate only shows once it is chosen.
+    with pytest.raises(XMLError, match="more than one usb controller with index 0"):
+        prep(caps, dom("<controller type='usb' index='0'/>" * 2))
+    with pytest.raises(XMLError, match="more than one usb controller with index 0"):
+        prep(
+            caps,
+            dom("<controller type='usb' index='0'/><controller type='usb' model='piix3-uhci'/>"),
+        )
+
+
 def test_q35_defaults_like_libvirt(caps: QemuCapabilities) -> None:
     d = prep(caps, dom(machine="q35"))
     kinds = [(c.type, c.index, c.model) for c in d.controllers]
@@ -229,7 +252,7 @@ def test_node_names_for_block_events(caps: QemuCapabilities) -> None:
     assert names["vdb"] == {"libvirt-2-storage"}
     assert names["hdc"] == set()  # no media
     # The names survive a trip through XML (a status file) without re-preparing.
-    again = parse_domain_xml(d.to_xml())
+    again = parse_prepared_xml(d.to_xml())
     assert {x.target: x.node_names for x in again.disks} == names
     assert [x.alias for x in again.disks] == [x.alias for x in d.disks]
 

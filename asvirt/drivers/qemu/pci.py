@@ -22,14 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ..errors import ConfigUnsupportedError, XMLError
-from .addresses import PCIAddress
-from .devices import Controller
-
-if TYPE_CHECKING:
-    from .domain import DomainDef
+from ...conf.addresses import PCIAddress
+from ...conf.devices import Controller
+from ...conf.domain import DomainDef
+from ...errors import ConfigUnsupportedError, XMLError
 
 # How a device connects; a bus accepts a set of these for automatic placement.
 PCI_DEV = 1  # conventional PCI endpoint
@@ -234,7 +231,7 @@ def assign_pci_addresses(d: DomainDef, *, q35: bool, has_pcie_pci_bridge: bool) 
     while i < len(aset.buses):
         if _find_pci(d, i) is None:
             ctl = Controller(type="pci", index=i, model=aset.buses[i].model)
-            _insert(d, ctl)
+            d.add_controller(ctl)
             if i not in aset.preplaced:
                 aset.reserve_next(_CONTROLLER_CTYPE[ctl.model or ""], f"PCI controller {i}")
         i += 1
@@ -265,12 +262,6 @@ def _find_pci(d: DomainDef, index: int) -> Controller | None:
         if c.type == "pci" and c.index == index:
             return c
     return None
-
-
-def _insert(d: DomainDef, ctl: Controller) -> None:
-    from .domain import _insert_controller
-
-    _insert_controller(d.controllers, ctl)
 
 
 def _wanted(obj: object) -> bool:
