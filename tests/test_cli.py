@@ -107,10 +107,10 @@ def test_event_command_prints_virsh_lines(root, xml_file):
         "event 'lifecycle' for domain 'vm1': Stopped Failed",
         "events received: 4",
     ]
-    proc = run(root, "event", "--since", "2", "--loop", "--timeout", "0.5")
+    proc = run(root, "event", "--since", "2", "--loop", "--timeout", "0.5", "--seq")
     assert proc.stdout.strip().splitlines()[:2] == [
-        "event 'lifecycle' for domain 'vm1': Suspended Paused",
-        "event 'lifecycle' for domain 'vm1': Stopped Failed",
+        "3: event 'lifecycle' for domain 'vm1': Suspended Paused",
+        "4: event 'lifecycle' for domain 'vm1': Stopped Failed",
     ]
     proc = run(root, "event", "--timeout", "0.5", "--timestamp")
     assert proc.stdout.strip().splitlines() == ["events received: 0"]

@@ -244,8 +244,9 @@ async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace
 
 # -- events ------------------------------------------------------------------------------------
 
+# GAP is not an event type one can ask for: replays yield it whenever they must.
 _EVENT_NAMES: dict[str, EventKind] = {
-    kind.value: kind for kind in EventKind if kind is not EventKind.QMP
+    kind.value: kind for kind in EventKind if kind not in (EventKind.QMP, EventKind.GAP)
 }
 _EVENT_NAMES["qemu-monitor"] = EventKind.QMP
 
@@ -271,6 +272,8 @@ async def cmd_event(conn: asvirt.Connection, args: argparse.Namespace) -> int:
                 if args.timestamp:
                     stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
                     line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
+                if args.seq:
+                    line = f"{ev.seq}: {line}"
                 print(line, flush=True)
                 count += 1
                 if not args.loop:
@@ -378,13 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="keep receiving events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
+    p.add_argument(
+        "--seq", action="store_true", help="prefix events with their number (for --since)"
+    )
     p.add_argument("--list", action="store_true", help="list the event types")
     p.add_argument(
         "--since",
         type=int,
         metavar="SEQ",
-        help="first replay remembered events numbered above SEQ (0: all, e.g. what an "
-        "embedded connection found when it re-attached)",
+        help="first replay the journaled events numbered above SEQ (0: all that are "
+        "retained), then go on with new ones; the last seq you saw resumes where you left",
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
