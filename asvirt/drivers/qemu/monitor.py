@@ -122,6 +122,11 @@ class Monitor:
         except ConnectError as err:
             sock.close()
             raise QMPError(f"cannot connect to QEMU's monitor: {err.exc or err}") from err
+        except (AssertionError, StateError, ConnectionError, EOFError, OSError) as err:
+            # qemu.qmp checks its state with assert: the session ended (QEMU killed, the
+            # socket closed) between the handshake and the end of connect().
+            sock.close()
+            raise QMPError("QEMU's monitor closed during the QMP handshake") from err
 
     async def execute(
         self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -143,7 +148,8 @@ class Monitor:
             ) from None
         except ExecuteError as err:
             raise QMPError(f"QEMU refused '{command}': {err}", error_class=err.error_class) from err
-        except (StateError, ConnectionError, EOFError, OSError) as err:
+        except (AssertionError, StateError, ConnectionError, EOFError, OSError) as err:
+            # (qemu.qmp checks its own state with assert: a session that just ended.)
             raise QMPError(f"lost the monitor connection during '{command}'") from err
         except Exception as err:  # ExecInterruptedError and other session failures
             if type(err).__module__.startswith("qemu.qmp"):
