@@ -36,6 +36,7 @@ from ...errors import (
     ResourceBusyError,
     XMLError,
 )
+from ...events import EventKind, LifecycleEvent, StoppedDetail
 from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
@@ -43,6 +44,7 @@ from ...hypervisor.node import Node, NodeLease, open_node
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
+from . import process
 from .capabilities import (
     CapabilitiesCache,
     QemuCapabilities,
@@ -188,11 +190,13 @@ class QemuNode(Node):
             os.close(lock_fd)  # releases the lock
 
     async def load(self) -> None:
-        """Read persistent configs, then re-attach to QEMUs that outlived the last process."""
+        """Read persistent configs, then find every QEMU a previous process left: adopt those
+        that ran, end those whose start never completed or that no status file names."""
+        await trio.to_thread.run_sync(self._remove_interrupted_writes)
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
-                defn = parse_prepared_xml(path.read_bytes())
-            except (XMLError, OSError) as err:
+                defn = parse_prepared_xml(fsutil.read_nofollow(path))
+            except (XMLError, OSError, ValueError) as err:
                 log.error("ignoring unreadable domain config", path=str(path), error=str(err))
                 continue
             if defn.name != path.stem:
@@ -214,22 +218,56 @@ class QemuNode(Node):
         for path in sorted(self.paths.run_dir.glob("*.status")):
             try:
                 records.append(StatusRecord.load(path))
-            except (OSError, ValueError, TypeError) as err:
-                log.error("ignoring unreadable status file", path=str(path), error=str(err))
-                fsutil.remove(path)
+            except (OSError, ValueError) as err:
+                # Kept for whoever investigates; its QEMU, if any, is found below.
+                aside = path.with_name(path.name + ".corrupt")
+                log.error(
+                    "status file is unreadable; kept aside, its QEMU is ended",
+                    path=str(path),
+                    kept_as=str(aside),
+                    error=str(err),
+                )
+                with contextlib.suppress(OSError):
+                    os.replace(path, aside)
+        # Every QEMU of this root in the process table: what the status files name is
+        # re-attached; anything else was left by a supervisor that died too early to say.
+        running = await trio.to_thread.run_sync(process.find_qemus, str(self.paths.root))
         for record in records:
             self.table.reserve_ids_through(record.domain_id)
         for record in records:
+            found = running.get(record.uuid, [])
+            if record.pid is None and found:
+                # Spawned, but the supervisor died before it could write down the pid.
+                record.pid = found[0].pid
+            running[record.uuid] = [q for q in found if q.pid != record.pid]
             await self._reattach(record)
+        for qemus in running.values():
+            for qemu in qemus:
+                await self._end_unrecorded(qemu)
 
     async def _reattach(self, record: StatusRecord) -> None:
+        obj = self.table.find(record.uuid)
         try:
             live_def = parse_prepared_xml(record.live_xml)
-        except XMLError as err:
-            log.error("cannot re-attach: bad status", domain=record.name, error=str(err))
-            fsutil.remove(self.paths.status(record.name))
+            if live_def.uuid != record.uuid:
+                raise XMLError("its live XML is another domain's")
+            if obj is None:
+                # A transient domain: its name must still be free.
+                self.table.existing_for(live_def)
+        except AsvirtError as err:
+            path = self.paths.status(record.name)
+            aside = path.with_name(path.name + ".corrupt")
+            log.error(
+                "cannot re-attach: bad status file; kept aside, its QEMU is ended",
+                path=str(path),
+                kept_as=str(aside),
+                error=str(err),
+            )
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            if record.pid is not None:
+                await self._end_unrecorded(process.FoundQemu(record.pid, record.uuid, record.name))
             return
-        obj = self.table.find(record.uuid)
         if obj is None:
             obj = DomainObj(record.name, record.uuid, None)
             self.table.add(obj)
@@ -250,6 +288,37 @@ class QemuNode(Node):
         if record.autodestroy:
             # The process that asked for autodestroy is gone for good.
             await runner.destroy()
+
+    def _remove_interrupted_writes(self) -> None:
+        """Temporary files of atomic writes a killed process never renamed into place."""
+        for directory in (self.paths.config_dir, self.paths.run_dir):
+            for leftover in directory.glob(".*.tmp"):
+                log.info("removing an interrupted write", path=str(leftover))
+                fsutil.remove(leftover)
+
+    async def _end_unrecorded(self, qemu: process.FoundQemu) -> None:
+        """End a QEMU of this root that no status file names, and report it."""
+        log.warning(
+            "ending a QEMU no status file names (its supervisor died while starting it)",
+            pid=qemu.pid,
+            uuid=qemu.uuid,
+            domain=qemu.name,
+        )
+        await trio.to_thread.run_sync(process.kill_and_wait, qemu.pid, qemu.uuid)
+        obj = self.table.find(qemu.uuid)
+        if obj is not None and obj.active:
+            return  # a duplicate: the domain itself runs, in the QEMU that was re-attached
+        name = obj.name if obj is not None else qemu.name
+        if obj is not None:
+            obj.shutoff_reason = ShutoffReason.FAILED
+            self.backend.domain_stopped(obj, ShutoffReason.FAILED)
+        self.bus.publish(
+            domain=name,
+            uuid=qemu.uuid,
+            kind=EventKind.LIFECYCLE,
+            type=LifecycleEvent.STOPPED,
+            detail=StoppedDetail.FAILED,
+        )
 
     async def shutdown(self) -> None:
         """Leave every QEMU running, supervised by nobody until the root is opened again."""

@@ -36,11 +36,23 @@ class ProcessIdentity:
         return read_start_time(self.pid) == self.start_time and cmdline_mentions(self.pid, uuid)
 
 
-def spawn(argv: list[str], *, log_fd: int, pass_fds: tuple[int, ...] = ()) -> int:
+#: Set in the environment of every QEMU asvirt starts: the root that supervises it. With the
+#: UUID on its command line, it lets a supervisor find its QEMUs in the process table.
+ROOT_ENV = "ASVIRT_ROOT"
+
+
+def spawn(
+    argv: list[str],
+    *,
+    log_fd: int,
+    pass_fds: tuple[int, ...] = (),
+    env: dict[str, str] | None = None,
+) -> int:
     """Start ``argv`` in a new session with stdin from /dev/null and stdout/stderr to ``log_fd``.
 
-    ``pass_fds`` stay open in the child under their own numbers. Returns the pid. posix_spawn
-    is used because it reports exec failures synchronously and costs far less than fork().
+    ``pass_fds`` stay open in the child under their own numbers; ``env`` is added to this
+    process's environment. Returns the pid. posix_spawn is used because it reports exec
+    failures synchronously and costs far less than fork().
     """
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -57,7 +69,8 @@ def spawn(argv: list[str], *, log_fd: int, pass_fds: tuple[int, ...] = ()) -> in
             inheritable.append(tmp)
             actions.append((os.POSIX_SPAWN_DUP2, tmp, fd))
         try:
-            return os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions, setsid=True)
+            environ = {**os.environ, **(env or {})}
+            return os.posix_spawnp(argv[0], argv, environ, file_actions=actions, setsid=True)
         finally:
             for tmp in inheritable:
                 os.close(tmp)
@@ -104,6 +117,79 @@ def cmdline_mentions(pid: int, text: str) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return text.encode() in cmdline
+
+
+@dataclass(frozen=True, slots=True)
+class FoundQemu:
+    """A QEMU found in the process table."""
+
+    pid: int
+    uuid: str
+    #: The domain name on its command line (``-name guest=NAME``), "" if none.
+    name: str
+
+
+def find_qemus(root: str) -> dict[str, list[FoundQemu]]:
+    """Live QEMUs started for the root ``root`` (by :data:`ROOT_ENV`), by the UUID they run.
+
+    What a supervisor that may have died in the middle of starting one uses to find every
+    QEMU it may have left, status file or not.
+    """
+    marker = f"{ROOT_ENV}={root}".encode()
+    found: dict[str, list[FoundQemu]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if not os.path.basename(argv[0]).startswith(b"qemu-system") or b"-uuid" not in argv:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone, or not ours to read
+        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z":
+            continue
+        uuid_at = argv.index(b"-uuid") + 1
+        if uuid_at >= len(argv):
+            continue
+        uuid = argv[uuid_at].decode(errors="replace")
+        found.setdefault(uuid, []).append(FoundQemu(pid, uuid, _guest_name(argv)))
+    return found
+
+
+def _guest_name(argv: list[bytes]) -> str:
+    """NAME from ``-name guest=NAME,...`` (QEMU's option syntax: ',,' is a comma)."""
+    if b"-name" not in argv or argv.index(b"-name") + 1 >= len(argv):
+        return ""
+    value = argv[argv.index(b"-name") + 1].decode(errors="replace")
+    if not value.startswith("guest="):
+        return ""
+    name, _, _ = value[len("guest=") :].replace(",,", "\0").partition(",")
+    return name.replace("\0", ",")
+
+
+def kill_and_wait(pid: int, uuid: str, *, timeout: float = 10.0) -> None:
+    """SIGKILL the QEMU ``pid`` (if it is still the one running ``uuid``); wait for its end.
+
+    Blocking: run it in a thread.
+    """
+    pidfd = open_pidfd(pid)
+    if pidfd is None:
+        return
+    try:
+        if not cmdline_mentions(pid, uuid):
+            return  # gone, and the pid reused meanwhile
+        signal_pidfd(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], timeout)
+        try_reap(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 def open_pidfd(pid: int) -> int | None:

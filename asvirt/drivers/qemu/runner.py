@@ -303,7 +303,12 @@ class QemuRunner:
             # socket and QEMU accepts it when ready, so there is nothing to poll for.
             client = fsutil.connect_unix(monitor_path)
             try:
-                self.pid = process.spawn(argv, log_fd=log_fd, pass_fds=(listener.fileno(),))
+                self.pid = process.spawn(
+                    argv,
+                    log_fd=log_fd,
+                    pass_fds=(listener.fileno(),),
+                    env={process.ROOT_ENV: str(paths.root)},
+                )
             except OSError as err:
                 raise OperationFailedError(f"cannot run '{argv[0]}': {err.strerror}") from err
         except BaseException:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ... import fsutil
-from .statemachine import MachineSnapshot
+from ...states import DomainState
+from .statemachine import MachineSnapshot, StopCause
 
 FORMAT = 3
 
@@ -74,12 +75,23 @@ class StatusRecord:
             data["rebooting"] = data.pop("fake_reboot", False)
         elif version != FORMAT:
             raise ValueError(f"unknown status file format {version!r}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in fields})
-        if not isinstance(record.name, str) or not isinstance(record.uuid, str):
-            raise ValueError("a status file names its domain")
-        if record.pid is not None and (not isinstance(record.pid, int) or record.pid <= 1):
-            raise ValueError(f"bad pid {record.pid!r}")
+        missing = [f.name for f in _FIELDS if f.name not in data and f.default is _NO_DEFAULT]
+        if missing:
+            raise ValueError(f"missing field(s): {', '.join(missing)}")
+        for field in _FIELDS:
+            if field.name in data and not _is_a(data[field.name], field.type):
+                raise ValueError(f"field '{field.name}' is not a {field.type}")
+        record = cls(**{f.name: data[f.name] for f in _FIELDS if f.name in data})
+        if record.pid is not None and record.pid <= 1:
+            raise ValueError(f"bad pid {record.pid}")
+        if record.phase not in (STARTING, RUNNING):
+            raise ValueError(f"unknown phase {record.phase!r}")
+        try:
+            DomainState(record.state)
+            if record.stop_cause is not None:
+                StopCause(record.stop_cause)
+        except ValueError as err:
+            raise ValueError(f"bad state: {err}") from None
         return record
 
     def save(self, path: Path, *, durable: bool = True) -> None:
@@ -90,6 +102,25 @@ class StatusRecord:
     @classmethod
     def load(cls, path: Path) -> StatusRecord:
         return cls.from_bytes(fsutil.read_nofollow(path))
+
+
+_FIELDS = dataclasses.fields(StatusRecord)
+_NO_DEFAULT = dataclasses.MISSING
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
+}
+
+
+def _is_a(value: object, annotation: object) -> bool:
+    """Whether a JSON value has the field's type (as the annotation spells it)."""
+    types = _TYPES[str(annotation)]
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is no pid
+    return isinstance(value, types)
 
 
 __all__ = ["FORMAT", "RUNNING", "STARTING", "StatusRecord"]
