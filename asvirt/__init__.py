@@ -39,6 +39,7 @@ from .errors import (
     QMPError,
     ResourceBusyError,
     StorageVolExistsError,
+    SystemCallError,
     XMLError,
 )
 from .events import (
@@ -126,6 +127,7 @@ __all__ = [
     "StorageVolInfo",
     "Subscription",
     "SuspendedDetail",
+    "SystemCallError",
     "UndefinedDetail",
     "XMLError",
     "default_uri",

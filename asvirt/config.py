@@ -26,6 +26,9 @@ class QemuConfig:
     destroy_grace: float = 10.0
     #: QMP events buffered per domain before the supervisor falls back to a query-status resync.
     event_buffer: int = 256
+    #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
+    #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
+    seccomp_sandbox: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _section(type_: Any, name: str, table: dict[str, Any], source: str) -> Any:
             raise InvalidArgError(
                 f"{source}: [{name}] {key} must be a {type(default).__name__}, not {value!r}"
             )
-        if isinstance(value, int | float) and value <= 0:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise InvalidArgError(f"{source}: [{name}] {key} must be positive")
         values[key] = value
     return section_cls(**values)

@@ -110,6 +110,33 @@ class OperationFailedError(AsvirtError):
     code = ErrorCode.OPERATION_FAILED
 
 
+class SystemCallError(AsvirtError):
+    """A file or system call failed (a full disk, a missing directory, a refused symlink).
+
+    The message names what asvirt was doing, the path and the system's reason; :attr:`path`
+    and :attr:`errno` are there for programs. libvirt's ``VIR_ERR_SYSTEM_ERROR``.
+    """
+
+    code = ErrorCode.SYSTEM_ERROR
+
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    @classmethod
+    def from_oserror(cls, err: OSError, doing: str, path: object = None) -> SystemCallError:
+        """``cannot DOING 'PATH': REASON`` from an OSError (``path`` defaults to its own)."""
+        where = path if path is not None else err.filename
+        reason = err.strerror or str(err)
+        text = (
+            f"cannot {doing} '{where}': {reason}"
+            if where is not None
+            else f"cannot {doing}: {reason}"
+        )
+        return cls(text, path=None if where is None else str(where), errno=err.errno)
+
+
 class OperationTimeoutError(AsvirtError):
     """The hypervisor did not answer within the deadline."""
 

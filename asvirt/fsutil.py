@@ -25,7 +25,9 @@ def atomic_write(
     for facts that may be lost in a power cut (the rename is still atomic).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary name starts with the file's (cut short: it must fit in 255 bytes too).
+    stem = os.fsencode(path.name)[:64].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,6 +42,54 @@ def atomic_write(
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def open_private_append(path: str | os.PathLike[str], *, mode: int = 0o600) -> int:
+    """An append-only descriptor on a file only we control (a log), created if need be.
+
+    Refuses (OSError) a symlink planted at ``path`` (``O_NOFOLLOW``), anything but a regular
+    file, a file owned by someone else, and a hard link to a file elsewhere (a link count
+    above one): each would let someone else choose what asvirt writes to.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by us", os.fspath(path))
+        if st.st_nlink != 1:
+            raise OSError(errno.EMLINK, "a hard link to another file", os.fspath(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ensure_private_dir(path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
+    """Make ``path`` a directory only we can write to, or refuse (OSError) one that is not.
+
+    An existing directory must be ours (not a symlink, owned by our user) and writable by
+    nobody else; one readable by others is narrowed to ``mode``.
+    """
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    where = os.fspath(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory (or a symlink to one)", where)
+    if st.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by us", where)
+    if st.st_mode & 0o022:
+        raise OSError(
+            errno.EPERM, f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})", where
+        )
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def read_nofollow(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024) -> bytes:

@@ -56,9 +56,19 @@ def pid_exists(pid: int) -> bool:
 
 def qemu_pid(root: Path, name: str) -> int:
     """The pid asvirt recorded for a running domain (from its status file)."""
+    return int(_status(root, name)["pid"])
+
+
+def monitor_path(root: Path, name: str) -> Path:
+    """The QMP socket of a running domain (from its status file)."""
+    return Path(_status(root, name)["monitor"])
+
+
+def _status(root: Path, name: str) -> dict[str, object]:
     import json
 
-    return int(json.loads((root / "run" / "qemu" / f"{name}.status").read_text())["pid"])
+    status: dict[str, object] = json.loads((root / "run" / "qemu" / f"{name}.status").read_text())
+    return status
 
 
 def lifecycle(ev: asvirt.DomainEvent) -> tuple[str, str] | None:

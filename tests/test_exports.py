@@ -61,6 +61,7 @@ PUBLIC = [
     "StorageVolInfo",
     "Subscription",
     "SuspendedDetail",
+    "SystemCallError",
     "UndefinedDetail",
     "XMLError",
     "default_uri",

@@ -22,6 +22,7 @@ from .guest import TestGuest
 from .helpers import (
     embed_uri,
     lifecycle,
+    monitor_path,
     pid_alive,
     pid_exists,
     qemu_pid,
@@ -85,7 +86,7 @@ async def test_changes_while_nobody_watched_are_reported(root, fast_config, test
     # Nobody supervises now. One QEMU dies, the other is paused by someone else.
     os.kill(pid_a, signal.SIGKILL)
     await wait_for(lambda: not pid_alive(pid_a))
-    await pause_with_raw_qmp(root / "run" / "qemu" / "pauses.monitor")
+    await pause_with_raw_qmp(monitor_path(root, "pauses"))
 
     async with asvirt.open(embed_uri(root)) as conn:
         # The re-attach journaled what it found, numbered after the cursor; since=cursor

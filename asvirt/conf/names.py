@@ -16,6 +16,9 @@ from ..errors import AsvirtError, InvalidArgError, XMLError
 #: The longest name accepted. libvirt has no hard limit, but a name is a file name
 #: component (255 bytes on most file systems) with suffixes added to it.
 MAX_NAME_LENGTH = 200
+#: Bytes of a name's UTF-8 form: files are named NAME + a suffix (".shutoff", ".status",
+#: ".status.corrupt"), and a file name has at most 255 bytes.
+MAX_NAME_BYTES = 240
 
 
 class InvalidNameError(XMLError):
@@ -26,8 +29,9 @@ def validate_name(name: str, *, what: str = "domain") -> None:
     """Raise :class:`InvalidNameError` unless ``name`` is safe to use as a file name.
 
     Rejected: empty names, names over :data:`MAX_NAME_LENGTH` characters (or whose UTF-8
-    form is over 255 bytes), names containing ``/``, NUL or other control characters,
-    ``.`` and ``..``, and names starting with ``-`` (they would read as options to tools).
+    form is over :data:`MAX_NAME_BYTES` bytes), names containing ``/``, NUL or other control
+    characters, ``.`` and ``..``, and names starting with ``-`` (they would read as options
+    to tools).
     """
     if not isinstance(name, str) or not name:
         raise InvalidNameError(f"{what} name must not be empty")
@@ -35,8 +39,8 @@ def validate_name(name: str, *, what: str = "domain") -> None:
         raise InvalidNameError(
             f"{what} name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
         )
-    if len(name.encode("utf-8", errors="surrogatepass")) > 255:
-        raise InvalidNameError(f"{what} name is longer than 255 bytes in UTF-8")
+    if len(name.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidNameError(f"{what} name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
     if name in (".", ".."):
         raise InvalidNameError(f"{what} name must not be '{name}'")
     if "/" in name:

@@ -14,6 +14,7 @@ lookups and lists (they read what the supervisor already knows).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 import trio
@@ -374,6 +375,10 @@ class DomainDriver:
             raise InvalidArgError("the QMP command must be a non-empty string")
         if arguments is not None and not isinstance(arguments, dict):
             raise InvalidArgError("QMP arguments must be a dict")
+        try:
+            json.dumps(arguments, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise InvalidArgError(f"QMP arguments must be plain JSON: {err}") from None
         obj = self.table.get(uuid)
         await trio.lowlevel.checkpoint()
         return await self._runtime(obj).qmp(command, arguments)

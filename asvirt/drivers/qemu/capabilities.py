@@ -22,7 +22,7 @@ import trio_asyncio
 from lxml import etree
 
 from ... import fsutil
-from ...errors import ConfigUnsupportedError, InternalError, OperationFailedError
+from ...errors import AsvirtError, ConfigUnsupportedError, InternalError, OperationFailedError
 from ...log import get_logger
 from . import process
 from .monitor import Monitor
@@ -30,7 +30,7 @@ from .monitor import Monitor
 log = get_logger("asvirt.qemu.capabilities")
 
 #: Bump when the cached format changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 KVM_DEVICE = "/dev/kvm"
 
@@ -108,6 +108,9 @@ class QemuCapabilities:
     device_types: frozenset[str]
     object_types: frozenset[str]
     commands: frozenset[str]
+    #: Command-line options this binary has (``query-command-line-options``): ``sandbox``
+    #: is there only when QEMU was built with seccomp.
+    cmdline_options: frozenset[str] = frozenset()
 
     def has_device(self, name: str) -> bool:
         return name in self.device_types
@@ -117,6 +120,9 @@ class QemuCapabilities:
 
     def has_command(self, name: str) -> bool:
         return name in self.commands
+
+    def has_option(self, name: str) -> bool:
+        return name in self.cmdline_options
 
     def at_least(self, major: int, minor: int = 0, micro: int = 0) -> bool:
         return self.version >= (major, minor, micro)
@@ -148,7 +154,7 @@ class QemuCapabilities:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("device_types", "object_types", "commands"):
+        for key in ("device_types", "object_types", "commands", "cmdline_options"):
             data[key] = sorted(data[key])
         return data
 
@@ -166,6 +172,7 @@ class QemuCapabilities:
             device_types=frozenset(data["device_types"]),
             object_types=frozenset(data["object_types"]),
             commands=frozenset(data["commands"]),
+            cmdline_options=frozenset(data["cmdline_options"]),
         )
 
 
@@ -257,6 +264,7 @@ async def probe(
         machines = await monitor.execute("query-machines")
         kvm = await monitor.execute("query-kvm")
         commands = await monitor.execute("query-commands")
+        options = await monitor.execute("query-command-line-options")
         try:
             cpus = await monitor.execute("query-cpu-definitions")
         except Exception:
@@ -271,9 +279,13 @@ async def probe(
             await monitor.execute("quit", timeout=2)
         except Exception:
             pass  # QEMU may close the socket before replying
+    except AsvirtError as err:
+        failure: AsvirtError | None = err
     except BaseException:
         process.signal_pidfd(pidfd, 9)
         raise
+    else:
+        failure = None
     finally:
         if monitor is not None:
             await monitor.close()
@@ -282,9 +294,21 @@ async def probe(
         if scope.cancelled_caught:
             process.signal_pidfd(pidfd, 9)
             await process.wait_exit(pidfd)
-        process.try_reap(pidfd)
+        status = process.try_reap(pidfd)
         os.close(pidfd)
         stderr = _drain(log_r)
+    if failure is not None:
+        # What QEMU said on its way out tells more than the broken session does.
+        how = (
+            ""
+            if status is None
+            else f" (it exited with status {status})"
+            if status >= 0
+            else f" (it was killed by signal {-status})"
+        )
+        raise OperationFailedError(
+            f"'{binary}' did not answer asvirt's capability probe{how}: {stderr.strip() or failure}"
+        ) from None
     if not isinstance(version, dict):
         raise InternalError(f"'{binary}' gave an unexpected version reply; stderr: {stderr}")
     q = version["qemu"]
@@ -315,6 +339,7 @@ async def probe(
         device_types=frozenset(d["name"] for d in devices),
         object_types=frozenset(o["name"] for o in objects),
         commands=frozenset(c["name"] for c in commands),
+        cmdline_options=frozenset(o["option"] for o in options),
     )
 
 

@@ -61,6 +61,7 @@ def build_command(
     monitor: MonitorSpec,
     log_path: str | None = None,
     runtime_dir: str | None = None,
+    sandbox: bool = True,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -68,7 +69,8 @@ def build_command(
     interface stability and not used: QEMU's stdout and stderr go wherever the caller points
     them. ``runtime_dir`` is where unix sockets without a configured path are placed (a guest
     agent channel with ``<source mode='bind'/>``, a VNC socket); it defaults to the monitor
-    socket's directory. Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
+    socket's directory. ``sandbox`` turns on QEMU's seccomp sandbox where the binary has one.
+    Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
     if (monitor.fd is None) == (monitor.path is None):
@@ -83,13 +85,15 @@ def build_command(
     if runtime_dir is not None and _needs_runtime_paths(defn):
         defn = defn.copy()
         fill_runtime_paths(defn, runtime_dir)
-    return _Builder(defn, caps).build(monitor)
+    return _Builder(defn, caps, sandbox=sandbox).build(monitor)
 
 
-def domxml_to_native(xml_text: str, caps: QemuCapabilities, *, monitor_path: str) -> list[str]:
+def domxml_to_native(
+    xml_text: str, caps: QemuCapabilities, *, monitor_path: str, sandbox: bool = True
+) -> list[str]:
     """Parse, prepare and build: the argv ``start`` would run for ``xml_text``."""
     defn = prepare_domain(parse_domain_xml(xml_text), caps)
-    return build_command(defn, caps, monitor=MonitorSpec(path=monitor_path))
+    return build_command(defn, caps, monitor=MonitorSpec(path=monitor_path), sandbox=sandbox)
 
 
 def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
@@ -172,10 +176,15 @@ _WATCHDOG_ACTION = {"dump": "pause"}  # QEMU has no 'dump'; libvirt pauses, then
 _ERROR_POLICY = {"enospace": "enospc"}
 
 
+#: QEMU's seccomp sandbox settings, as libvirt sets them.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
 class _Builder:
-    def __init__(self, d: DomainDef, caps: QemuCapabilities) -> None:
+    def __init__(self, d: DomainDef, caps: QemuCapabilities, *, sandbox: bool) -> None:
         self.d = d
         self.caps = caps
+        self.sandbox = sandbox
         self.argv: list[str] = []
         self.q35 = machine_family(d.os.machine) == "q35"
         if machine_family(d.os.machine) is None:
@@ -230,6 +239,10 @@ class _Builder:
         self._memballoon()
         self._rngs()
         self._panics()
+        if self.sandbox and self.caps.has_option("sandbox"):
+            # libvirt's default: QEMU's seccomp filter forbids what a confined emulator has no
+            # business doing (obsolete syscalls, setuid, spawning programs, changing limits).
+            self.add("-sandbox", SANDBOX)
         self.add("-msg", "timestamp=on")
         return self.argv
 

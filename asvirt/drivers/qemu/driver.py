@@ -34,6 +34,7 @@ from ...errors import (
     NoConnectError,
     OperationFailedError,
     ResourceBusyError,
+    SystemCallError,
     XMLError,
 )
 from ...events import EventKind, LifecycleEvent, StoppedDetail
@@ -83,7 +84,12 @@ class QemuBackend:
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         defn = parse_domain_xml(xml)
         caps = await self._node.capabilities_for(defn)
-        argv = domxml_to_native(xml, caps, monitor_path=str(self.paths.monitor(defn.name)))
+        argv = domxml_to_native(
+            xml,
+            caps,
+            monitor_path=str(self.paths.monitor(defn.uuid)),
+            sandbox=self._node.config.qemu.seccomp_sandbox,
+        )
         return shlex.join(argv)
 
     async def parse(self, xml: str) -> DomainDef:
@@ -92,7 +98,11 @@ class QemuBackend:
 
     async def save_config(self, defn: DomainDef) -> None:
         data = defn.to_xml().encode()
-        await trio.to_thread.run_sync(fsutil.atomic_write, self.paths.config(defn.name), data)
+        path = self.paths.config(defn.name)
+        try:
+            await trio.to_thread.run_sync(fsutil.atomic_write, path, data)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"save domain '{defn.name}' to", path) from None
 
     async def delete_config(self, obj: DomainObj) -> None:
         def delete() -> None:
@@ -100,7 +110,10 @@ class QemuBackend:
             fsutil.remove(self.paths.shutoff(obj.name))
             fsutil.fsync_dir(self.paths.config_dir)
 
-        await trio.to_thread.run_sync(delete)
+        try:
+            await trio.to_thread.run_sync(delete)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"remove domain '{obj.name}' from") from None
 
     def create_runtime(
         self,
@@ -163,11 +176,14 @@ class QemuNode(Node):
         paths = self.paths
         try:
             paths.create()
+            lock_fd = os.open(
+                paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+            )
         except OSError as err:
+            where = f" ({err.filename})" if err.filename and err.filename != str(paths.root) else ""
             raise NoConnectError(
-                f"cannot use '{paths.root}' as embed root: {err.strerror}"
+                f"cannot use '{paths.root}' as embed root: {err.strerror or err}{where}"
             ) from None
-        lock_fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

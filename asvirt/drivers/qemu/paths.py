@@ -4,7 +4,7 @@
 
     ROOT/etc/qemu/NAME.xml        persistent domain configs
     ROOT/run/qemu/NAME.status     runtime state of a running domain (JSON)
-    ROOT/run/qemu/NAME.monitor    QMP socket (QEMU listens; asvirt connects)
+    ROOT/run/qemu/UUID.monitor    QMP socket (QEMU listens; asvirt connects)
     ROOT/run/qemu/NAME.shutoff    why a persistent domain last stopped (for later connections)
     ROOT/run/qemu/driver.lock     held while a connection supervises this root
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
@@ -19,6 +19,8 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from ... import fsutil
 
 # Socket names asvirt makes are up to ~50 bytes ("1234abcd-org.qemu.guest_agent.0.sock").
 _SOCKET_DIR_MAX = 107 - 56
@@ -65,8 +67,10 @@ class EmbedPaths:
     def shutoff(self, name: str) -> Path:
         return self.run_dir / f"{name}.shutoff"
 
-    def monitor(self, name: str) -> Path:
-        return self.run_dir / f"{name}.monitor"
+    def monitor(self, uuid: str) -> Path:
+        """The QMP socket, named by UUID: a fixed length, whatever the domain's name, so
+        that every name define accepts fits in a unix socket address."""
+        return self.run_dir / f"{uuid}.monitor"
 
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -76,22 +80,38 @@ class EmbedPaths:
         """Where asvirt puts unix sockets the XML leaves unnamed (guest agent channels).
 
         The run directory, unless the root is so deep that socket paths there would not fit
-        in sun_path's 107 bytes; then a private directory under /tmp named after the root.
+        in sun_path's 107 bytes; then a directory of the user's own named after the root:
+        under ``$XDG_RUNTIME_DIR`` when it is set, else under ``/tmp/asvirt-UID``, which
+        :meth:`create` makes (or checks: ours, and writable by nobody else) before use.
         """
         if len(os.fsencode(self.run_dir)) <= _SOCKET_DIR_MAX:
             return self.run_dir
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"asvirt-{os.getuid()}" / digest
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime and os.path.isabs(runtime):
+            return Path(runtime) / "asvirt" / digest
+        return Path(tempfile.gettempdir()) / f"asvirt-{os.geteuid()}" / digest
 
     def create(self) -> None:
-        """Create the directories (private to the user: configs may name secrets)."""
+        """Create the directories, private to the user (configs may name secrets).
+
+        Raises OSError for one that exists but is not ours or is writable by others: another
+        user could then replace a domain's config or plant a socket.
+        """
+        fsutil.ensure_private_dir(self.root)
         for d in (
+            self.root / "etc",
             self.config_dir,
+            self.root / "run",
             self.run_dir,
+            self.root / "log",
             self.log_dir,
             self.events_dir.parent,
+            self.root / "cache",
+            self.capabilities_dir.parent,
             self.capabilities_dir,
-            self.socket_dir,
         ):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, os.stat(self.root).st_mode & 0o7777 | 0o700)
+            fsutil.ensure_private_dir(d)
+        if self.socket_dir != self.run_dir:
+            fsutil.ensure_private_dir(self.socket_dir.parent)
+            fsutil.ensure_private_dir(self.socket_dir)

@@ -30,6 +30,7 @@ import functools
 import os
 import shlex
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ from ...errors import (
     OperationInvalidError,
     OperationTimeoutError,
     QMPError,
+    SystemCallError,
 )
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
@@ -118,6 +120,14 @@ class QemuRunner:
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
         self._live_xml: str | None = None
+        self._log_start = 0
+        # Status records taken and the newest written (see _write_record).
+        self._status_lock = threading.Lock()
+        self._status_taken = 0
+        self._status_written = 0
+        #: STARTED has been published: the domain's end must be reported, even if the start
+        #: itself fails afterwards.
+        self._announced = False
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -279,26 +289,32 @@ class QemuRunner:
         paths = self._env.paths
         name = self._name
         caps = await self._env.capabilities_for(self._live_def)
-        monitor_path = paths.monitor(name)
+        monitor_path = paths.monitor(self._uuid)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(paths.socket_dir))
         # The intent, durably, before the process exists: whoever opens this root next
-        # finds every QEMU it may have started, even if we die the next instant.
-        self._save_status(durable=True)
-        listener = fsutil.bind_unix_listener(monitor_path)
-        client = None
-        log_fd = os.open(
-            paths.log(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
+        # finds every QEMU it may have started, even if we die the next instant. A start
+        # that cannot write it down does not happen.
+        self._persist_status(durable=True)
+        listener = client = None
+        log_fd = -1
         try:
+            try:
+                listener = fsutil.bind_unix_listener(monitor_path)
+                log_fd = fsutil.open_private_append(paths.log(name))
+            except OSError as err:
+                raise SystemCallError.from_oserror(err, f"start domain '{name}'") from None
             argv = build_command(
                 self._live_def,
                 caps,
                 monitor=MonitorSpec(fd=listener.fileno()),
                 runtime_dir=str(paths.socket_dir),
+                sandbox=self._env.config.seccomp_sandbox,
             )
             _write_log_header(log_fd, argv)
+            # What QEMU writes from here on is this run's: errors quote nothing older.
+            self._log_start = os.lseek(log_fd, 0, os.SEEK_END)
             # Connect before QEMU exists: the kernel queues the connection on the listening
             # socket and QEMU accepts it when ready, so there is nothing to poll for.
             client = fsutil.connect_unix(monitor_path)
@@ -318,14 +334,16 @@ class QemuRunner:
             fsutil.remove(paths.status(name))
             raise
         finally:
-            listener.close()
-            os.close(log_fd)
+            if listener is not None:
+                listener.close()
+            if log_fd >= 0:
+                os.close(log_fd)
         self._pidfd = process.open_pidfd(self.pid)
         # The pid, right away (the page cache survives our death; a power cut ends QEMU too).
         self._save_status(durable=False)
         if self._pidfd is None:
             client.close()
-            raise OperationFailedError(f"QEMU exited at once: {self._log_tail()}")
+            raise OperationFailedError(f"QEMU exited at once: {self._exit_reason()}")
         self.log = self.log.bind(pid=self.pid)
         self._monitor = Monitor(
             self._env.loop,
@@ -341,15 +359,16 @@ class QemuRunner:
                     f"domain '{name}' was destroyed while starting"
                 ) from None
             # Most often QEMU refused the configuration and exited; its stderr says why.
+            exited = False
             with trio.move_on_after(1):
                 await process.wait_exit(self._pidfd)
-            raise OperationFailedError(
-                f"QEMU failed to start domain '{name}': {self._log_tail() or err}"
-            ) from None
+                exited = True
+            reason = self._exit_reason() if exited else (self._log_tail() or str(err))
+            raise OperationFailedError(f"QEMU failed to start domain '{name}': {reason}") from None
         # Read after the handshake: while QEMU is still in execve, /proc/PID/stat blocks.
         self._start_time = process.read_start_time(self.pid)
         if self._start_time is None:
-            raise OperationFailedError(f"QEMU exited during start-up: {self._log_tail()}")
+            raise OperationFailedError(f"QEMU exited during start-up: {self._exit_reason()}")
         self.log.info("QEMU started", argv0=argv[0])
 
     async def _boot(self, *, paused: bool) -> None:
@@ -380,9 +399,11 @@ class QemuRunner:
                 # RESUME should have come before cont's reply; if it was lost, ask QEMU.
                 await self._resync()
         # STARTED is out: from now on a supervisor that dies leaves a domain to re-attach,
-        # and the record says so before start() returns.
+        # and the record says so before start() returns. If it cannot, the start fails
+        # (and QEMU is ended): a domain nobody could find again must not run.
+        self._announced = True
         self._phase = RUNNING
-        await trio.to_thread.run_sync(self._save_status, True)
+        await trio.to_thread.run_sync(self._write_record, self._take_record(), True)
 
     async def _attach(self, record: StatusRecord) -> None:
         self.pid = record.pid
@@ -604,11 +625,13 @@ class QemuRunner:
 
     def _conclude_exit(self, *, started: bool) -> None:
         if self._pidfd is not None:
-            self.exit_status = process.try_reap(self._pidfd)
+            status = process.try_reap(self._pidfd)
+            if status is not None:
+                self.exit_status = status
             os.close(self._pidfd)
             self._pidfd = None
         paths = self._env.paths
-        if started or self._mode is RunMode.ATTACH:
+        if started or self._announced or self._mode is RunMode.ATTACH:
             # Every end of a domain that ran is reported: a clean stop, a destroy, or (for
             # one re-attached) whatever happened while nobody watched.
             reason, reaction = self.machine.exited()
@@ -619,7 +642,7 @@ class QemuRunner:
         self._handle(reaction, follow_up=False)
         # Only now that the outcome is published may the record go.
         fsutil.remove(paths.status(self._name))
-        fsutil.remove(paths.monitor(self._name))
+        fsutil.remove(paths.monitor(self._uuid))
         self._callbacks.stopped(self, reason)
 
     def _detach(self) -> None:
@@ -642,7 +665,7 @@ class QemuRunner:
             domain_id=self._domain_id,
             pid=self.pid,
             start_time=self._start_time,
-            monitor=str(self._env.paths.monitor(self._name)),
+            monitor=str(self._env.paths.monitor(self._uuid)),
             live_xml=self.live_xml(),
             persistent=self._callbacks.persistent,
             autodestroy=self.autodestroy,
@@ -654,10 +677,39 @@ class QemuRunner:
             stop_cause=snap.stop_cause,
         )
 
+    def _persist_status(self, durable: bool = True) -> None:
+        """Save the status file; SystemCallError if it cannot be (the caller must not go on)."""
+        self._write_record(self._take_record(), durable)
+
     def _save_status(self, durable: bool = True) -> None:
+        """Save the status file; a failure is logged (the previous one stays in place)."""
+        self._write_quietly(self._take_record(), durable)
+
+    def _take_record(self) -> tuple[int, StatusRecord]:
+        """The record as of now, numbered: a write of an older one never replaces it."""
+        self._status_taken += 1
+        return self._status_taken, self.status_record()
+
+    def _write_record(self, numbered: tuple[int, StatusRecord], durable: bool) -> None:
+        # Writes may run in worker threads (background saves) and in the trio thread (intents
+        # before a signal) at once: the newest record taken must be the one left on disk.
+        number, record = numbered
+        path = self._env.paths.status(self._name)
+        with self._status_lock:
+            if number < self._status_written:
+                return
+            try:
+                record.save(path, durable=durable)
+            except OSError as err:
+                raise SystemCallError.from_oserror(
+                    err, f"record the state of domain '{self._name}' in", path
+                ) from None
+            self._status_written = number
+
+    def _write_quietly(self, numbered: tuple[int, StatusRecord], durable: bool) -> None:
         try:
-            self.status_record().save(self._env.paths.status(self._name), durable=durable)
-        except OSError as err:
+            self._write_record(numbered, durable)
+        except SystemCallError as err:
             self.log.error("cannot save status", error=str(err))
 
     async def _write_status_when_dirty(self) -> None:
@@ -665,7 +717,7 @@ class QemuRunner:
         while True:
             await self._status_dirty.wait()
             self._status_dirty = trio.Event()
-            await trio.to_thread.run_sync(self._save_status, True)
+            await trio.to_thread.run_sync(self._write_quietly, self._take_record(), True)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -676,18 +728,33 @@ class QemuRunner:
         return None
 
     def _log_tail(self, lines: int = 5) -> str:
-        """The last lines QEMU wrote to its log (its error messages), on one line."""
+        """The last lines QEMU wrote to its log in this run (its error messages), on one line."""
         try:
             with open(self._env.paths.log(self._name), "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 4096))
+                f.seek(max(self._log_start, f.tell() - 4096))
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
         tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
-        # Skip our own header lines; QEMU's messages follow them.
-        tail = [ln for ln in tail if not ln.startswith(("LC_ALL=", "asvirt:"))]
         return " ".join(tail)
+
+    def _exit_reason(self) -> str:
+        """Why QEMU ended during start-up: what it wrote, else how it exited."""
+        if self._pidfd is not None and self.exit_status is None:
+            self.exit_status = process.try_reap(self._pidfd)
+        tail = self._log_tail()
+        if tail:
+            return tail
+        status = self.exit_status
+        how = (
+            "exited"
+            if status is None
+            else f"exited with status {status}"
+            if status >= 0
+            else f"was killed by signal {-status}"
+        )
+        return f"it {how} without a word (log: {self._env.paths.log(self._name)})"
 
 
 @contextlib.contextmanager
