@@ -91,9 +91,6 @@ QEMU_STATUSES = (
 )
 
 # Known bugs, each fixed in its own commit (strict: the test must fail until then).
-REBOOT_PENDING = pytest.mark.xfail(
-    strict=True, reason="a pending reboot() hides pauses and outlives a guest reset"
-)
 PAUSE_REASON = pytest.mark.xfail(strict=True, reason="a pause reason outlives its STOP")
 RECONCILE = pytest.mark.xfail(
     strict=True, reason="reconcile() does not do what the missed events would have"
@@ -1335,7 +1332,6 @@ def test_reconcile_finds_a_panic_during_a_reboot() -> None:
 # -- pending intents and pauses ------------------------------------------------------------------
 
 
-@REBOOT_PENDING
 def test_a_pause_while_a_reboot_is_pending_is_reported() -> None:
     # reboot() pressed the power button; before the guest reacts, the user suspends it.
     m = running()
@@ -1350,7 +1346,6 @@ def test_a_pause_while_a_reboot_is_pending_is_reported() -> None:
     assert m.follow_up(G.SHUTDOWN, LifecyclePolicy()) is A.FINISH_REBOOT
 
 
-@REBOOT_PENDING
 def test_a_guest_that_resets_itself_ends_a_pending_reboot() -> None:
     # reboot() pressed the power button, but the guest rebooted on its own (libvirt's
     # qemuProcessHandleReset ends a fake reboot): its later power-off is a power-off.
@@ -1363,7 +1358,6 @@ def test_a_guest_that_resets_itself_ends_a_pending_reboot() -> None:
     assert m.follow_up(G.SHUTDOWN, LifecyclePolicy()) is A.STOP_SHUTDOWN
 
 
-@REBOOT_PENDING
 def test_a_reboot_that_ends_on_a_paused_domain_announces_the_resume() -> None:
     # Whatever happens between the power button and the reset, a domain that was not running
     # when the reboot ends is announced running again.

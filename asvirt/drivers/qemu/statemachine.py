@@ -321,9 +321,11 @@ class DomainStateMachine:
         self._state, self._reason = state, reason
 
     def _on_stop(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
-        if self._state is not DomainState.RUNNING or self._rebooting or self._shutdown_seen:
-            # After SHUTDOWN (including the one a guest reset becomes with on_reboot=destroy)
-            # or a panic QEMU pauses; that pause is part of what was reported.
+        if self._state is not DomainState.RUNNING or self._shutdown_seen:
+            # After SHUTDOWN (a reboot's too, and the one a guest reset becomes with
+            # on_reboot=destroy) or a panic QEMU pauses; that pause is part of what was
+            # reported. A reboot whose SHUTDOWN has not come yet hides nothing (libvirt:
+            # pausedShutdown, set by SHUTDOWN).
             return
         reason = self._pause_hint or PausedReason.UNKNOWN
         self._pause_hint = None
@@ -337,11 +339,13 @@ class DomainStateMachine:
             self._set(DomainState.RUNNING, RunningReason.BOOTED)
             r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, ts)
             return
-        if self._rebooting:
+        if self._rebooting and self._shutdown_seen:
+            # The supervisor reset and continued the guest that shut down for reboot().
             self._rebooting = False
             self._shutdown_seen = False
-            self._set(DomainState.RUNNING, RunningReason.BOOTED)
-            return
+            if self._state is DomainState.RUNNING:
+                self._set(DomainState.RUNNING, RunningReason.BOOTED)
+                return  # it stayed RUNNING throughout: the REBOOT event said it all
         if self._state is DomainState.RUNNING:
             return
         if self._state in (DomainState.SHUTDOWN, DomainState.CRASHED):
@@ -378,6 +382,10 @@ class DomainStateMachine:
         r.follow_up = GuestEvent.SHUTDOWN
 
     def _on_reset(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
+        if self._rebooting and not self._shutdown_seen:
+            # The guest reset itself before shutting down for reboot(): the reboot asked for
+            # has happened (libvirt's qemuProcessHandleReset ends a fake reboot too).
+            self._rebooting = False
         r.events.append(EventSpec(EventKind.REBOOT, data=data, timestamp=ts))
 
     def _on_panic(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
