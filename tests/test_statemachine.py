@@ -91,7 +91,6 @@ QEMU_STATUSES = (
 )
 
 # Known bugs, each fixed in its own commit (strict: the test must fail until then).
-PAUSE_REASON = pytest.mark.xfail(strict=True, reason="a pause reason outlives its STOP")
 RECONCILE = pytest.mark.xfail(
     strict=True, reason="reconcile() does not do what the missed events would have"
 )
@@ -1372,7 +1371,6 @@ def test_a_reboot_that_ends_on_a_paused_domain_announces_the_resume() -> None:
     assert m.state is S.RUNNING
 
 
-@PAUSE_REASON
 def test_a_stop_that_is_not_reported_still_uses_up_the_expected_reason() -> None:
     # suspend() raced with the guest's power-off: QEMU's STOP is the shutdown's pause. After
     # on_poweroff=restart, a pause nobody asked for is not the user's.
@@ -1386,7 +1384,6 @@ def test_a_stop_that_is_not_reported_still_uses_up_the_expected_reason() -> None
     assert state_of(m) == (S.PAUSED, PausedReason.UNKNOWN)
 
 
-@PAUSE_REASON
 @pytest.mark.parametrize(
     ("name", "data"),
     [("BLOCK_IO_ERROR", io_error("stop")), ("WATCHDOG", {"action": "pause"})],

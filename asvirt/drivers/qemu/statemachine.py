@@ -320,15 +320,21 @@ class DomainStateMachine:
             raise TypeError(f"{reason!r} is not a reason of {state.name}")
         self._state, self._reason = state, reason
 
+    def _pause_shows(self) -> bool:
+        """A STOP now pauses the domain (rather than being part of a SHUTDOWN or a panic)."""
+        # After SHUTDOWN (a reboot's too, and the one a guest reset becomes with
+        # on_reboot=destroy) or a panic QEMU pauses; that pause is part of what was reported.
+        # A reboot whose SHUTDOWN has not come yet hides nothing (libvirt: pausedShutdown,
+        # set by SHUTDOWN).
+        return self._state is DomainState.RUNNING and not self._shutdown_seen
+
     def _on_stop(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
-        if self._state is not DomainState.RUNNING or self._shutdown_seen:
-            # After SHUTDOWN (a reboot's too, and the one a guest reset becomes with
-            # on_reboot=destroy) or a panic QEMU pauses; that pause is part of what was
-            # reported. A reboot whose SHUTDOWN has not come yet hides nothing (libvirt:
-            # pausedShutdown, set by SHUTDOWN).
-            return
+        # Whatever this STOP is, it is the one an expected reason was for (libvirt's
+        # qemuProcessHandleStop takes pausedReason even when it reports nothing).
         reason = self._pause_hint or PausedReason.UNKNOWN
         self._pause_hint = None
+        if not self._pause_shows():
+            return
         self._set(DomainState.PAUSED, reason)
         r.lifecycle(LifecycleEvent.SUSPENDED, _SUSPEND_DETAIL[reason], ts)
 
@@ -420,7 +426,8 @@ class DomainStateMachine:
 
     def _on_watchdog(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
         action = data.get("action", "")
-        if action == "pause":
+        if action == "pause" and self._pause_shows():
+            # Not when already paused: no STOP follows (libvirt: only a RUNNING domain).
             self._pause_hint = PausedReason.WATCHDOG
         r.events.append(EventSpec(EventKind.WATCHDOG, data={"action": action}, timestamp=ts))
 
@@ -437,7 +444,9 @@ class DomainStateMachine:
             "reason": data.get("reason", ""),
             "nospace": bool(data.get("nospace", False)),
         }
-        if payload["action"] == "stop":
+        if payload["action"] == "stop" and self._pause_shows():
+            # Not when already paused (requests failing while QEMU drains after its STOP):
+            # no STOP follows (libvirt: only a RUNNING domain).
             self._pause_hint = PausedReason.IOERROR
         r.events.append(EventSpec(EventKind.IO_ERROR, data=payload, timestamp=ts))
 
