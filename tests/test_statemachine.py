@@ -91,9 +91,6 @@ QEMU_STATUSES = (
 )
 
 # Known bugs, each fixed in its own commit (strict: the test must fail until then).
-RECONCILE = pytest.mark.xfail(
-    strict=True, reason="reconcile() does not do what the missed events would have"
-)
 STATUS_REASON = pytest.mark.xfail(
     strict=True, reason="query-status statuses map to other paused reasons than libvirt's"
 )
@@ -1192,7 +1189,6 @@ def expected_reconcile(
 
 
 KNOWN_RECONCILE_BUGS = {
-    **{("shutdown", "running"): RECONCILE, ("crashed", "running"): RECONCILE},
     **{
         ("running", status): STATUS_REASON
         for status in ("prelaunch", "inmigrate", "postmigrate", "finish-migrate", "save-vm")
@@ -1268,7 +1264,6 @@ def test_reconcile_during_a_reboot_after_its_shutdown() -> None:
     assert state_of(m) == (S.RUNNING, RunningReason.BOOTED)
 
 
-@RECONCILE
 def test_reconcile_during_a_reboot_between_reset_and_cont() -> None:
     # The supervisor has reset QEMU (prelaunch) and not yet continued it: the domain, which
     # stays RUNNING through a reboot, is not reported paused.
@@ -1281,7 +1276,6 @@ def test_reconcile_during_a_reboot_between_reset_and_cont() -> None:
     assert send(m, "STOP").events == [life(L.SUSPENDED, SuspendedDetail.PAUSED)]
 
 
-@RECONCILE
 def test_reconcile_finishes_a_reboot_whose_resume_was_lost() -> None:
     m = rebooting_after_shutdown()
     assert seen(m.reconcile("running", True)) == NOTHING
@@ -1292,7 +1286,6 @@ def test_reconcile_finishes_a_reboot_whose_resume_was_lost() -> None:
     assert send(m, "SHUTDOWN", {"guest": True}).events == [life(L.SHUTDOWN, ShutdownDetail.GUEST)]
 
 
-@RECONCILE
 def test_reconcile_finishes_a_boot_whose_resume_was_lost() -> None:
     # The runner's start: begin_boot(), cont, and query-status if RESUME did not come.
     m = starting()
@@ -1305,7 +1298,6 @@ def test_reconcile_finishes_a_boot_whose_resume_was_lost() -> None:
     assert send(m, "RESUME").events == [RESUMED]
 
 
-@RECONCILE
 def test_reconcile_finishes_a_restart_whose_resume_was_lost() -> None:
     m = shut_down()
     assert m.follow_up(G.SHUTDOWN, LifecyclePolicy(on_poweroff="restart")) is A.RESTART
@@ -1315,7 +1307,6 @@ def test_reconcile_finishes_a_restart_whose_resume_was_lost() -> None:
     assert m.exited()[0] is ShutoffReason.CRASHED  # no shutdown pending: QEMU's death is a failure
 
 
-@RECONCILE
 def test_reconcile_finds_a_panic_during_a_reboot() -> None:
     m = running()
     m.begin_reboot()
@@ -1522,7 +1513,6 @@ def test_a_restored_shutdown_is_followed_up_at_attach_and_ends_as_shutdown() -> 
     assert m.exited()[0] is ShutoffReason.SHUTDOWN
 
 
-@RECONCILE
 def test_a_restored_shut_down_guest_found_running_again_booted() -> None:
     # The previous supervisor restarted it (on_poweroff=restart) and died before the RESUME.
     m = DomainStateMachine.restore(shut_down().snapshot())

@@ -268,9 +268,9 @@ class DomainStateMachine:
         r = Reaction()
         if self._stop_cause is not None:
             return r
-        if running and self._state is not DomainState.RUNNING:
-            self._set(DomainState.RUNNING, RunningReason.UNPAUSED)
-            r.lifecycle(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED, None)
+        if running:
+            # As the RESUME that was missed: it ends a boot, restart or reboot too.
+            self._on_resume({}, None, r)
         elif status == "shutdown":
             new = self._state is not DomainState.SHUTDOWN and not self._rebooting
             if new:
@@ -282,6 +282,7 @@ class DomainStateMachine:
         elif status == "guest-panicked":
             new = self._state is not DomainState.CRASHED
             if new:
+                self._rebooting = False  # as GUEST_PANICKED
                 self._set(DomainState.CRASHED, CrashedReason.PANICKED)
                 r.lifecycle(LifecycleEvent.CRASHED, CrashedDetail.PANICKED, None)
             if new or attaching:
@@ -292,7 +293,7 @@ class DomainStateMachine:
         elif (
             not running
             and status not in ("shutdown", "guest-panicked", "suspended")
-            and self._state is DomainState.RUNNING
+            and self._pause_shows()
         ):
             reason = _PAUSED_STATUS.get(status, PausedReason.UNKNOWN)
             self._set(DomainState.PAUSED, reason)
