@@ -90,11 +90,6 @@ QEMU_STATUSES = (
     "colo",
 )
 
-# Known bugs, each fixed in its own commit (strict: the test must fail until then).
-STATUS_REASON = pytest.mark.xfail(
-    strict=True, reason="query-status statuses map to other paused reasons than libvirt's"
-)
-
 #: QEMU's WatchdogAction values.
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi")
 
@@ -1188,29 +1183,9 @@ def expected_reconcile(
     return before, NOTHING  # QEMU is paused, and so is the domain (or shut down, or crashed)
 
 
-KNOWN_RECONCILE_BUGS = {
-    **{
-        ("running", status): STATUS_REASON
-        for status in ("prelaunch", "inmigrate", "postmigrate", "finish-migrate", "save-vm")
-    },
-}
-
-
 @pytest.mark.parametrize("attaching", [False, True])
-@pytest.mark.parametrize(
-    ("machine", "status"),
-    [
-        pytest.param(
-            machine,
-            status,
-            marks=[KNOWN_RECONCILE_BUGS[(machine, status)]]
-            if (machine, status) in KNOWN_RECONCILE_BUGS
-            else [],
-        )
-        for machine in ("running", "paused", "shutdown", "crashed")
-        for status in QEMU_STATUSES
-    ],
-)
+@pytest.mark.parametrize("status", QEMU_STATUSES)
+@pytest.mark.parametrize("machine", ["running", "paused", "shutdown", "crashed"])
 def test_reconcile(machine: str, status: str, attaching: bool) -> None:
     m = MACHINES[machine]()
     after, expected = expected_reconcile(machine, status, attaching=attaching)

@@ -483,15 +483,23 @@ class DomainStateMachine:
         r.events.append(EventSpec(EventKind.BLOCK_JOB, data=payload, timestamp=ts))
 
 
+#: Why QEMU is paused, by its query-status (libvirt's qemuMonitorVMStatusToPausedReason;
+#: any other status: UNKNOWN).
 _PAUSED_STATUS: dict[str, PausedReason] = {
     "io-error": PausedReason.IOERROR,
     "watchdog": PausedReason.WATCHDOG,
     "paused": PausedReason.USER,
+    "prelaunch": PausedReason.USER,
+    "inmigrate": PausedReason.MIGRATION,
+    "postmigrate": PausedReason.MIGRATION,
+    "finish-migrate": PausedReason.MIGRATION,
+    "save-vm": PausedReason.SAVE,
 }
 
 _SUSPEND_DETAIL: dict[PausedReason, SuspendedDetail] = {
     PausedReason.IOERROR: SuspendedDetail.IOERROR,
     PausedReason.WATCHDOG: SuspendedDetail.WATCHDOG,
+    PausedReason.MIGRATION: SuspendedDetail.MIGRATED,
 }
 for _reason in PausedReason:
     _SUSPEND_DETAIL.setdefault(_reason, SuspendedDetail.PAUSED)
