@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asvirt.drivers.qemu.statemachine import (
     DiskInfo,
@@ -1536,3 +1538,117 @@ def test_snapshot_of_a_reboot_in_progress() -> None:
     assert m.follow_up(G.SHUTDOWN, LifecyclePolicy()) is A.FINISH_REBOOT
     assert send(m, "RESUME") == NOTHING
     assert m.snapshot() == MachineSnapshot(int(S.RUNNING), int(RunningReason.BOOTED))
+
+
+# -- any sequence: the machine's invariants ------------------------------------------------------
+
+#: The state a lifecycle event announces (None: it announces no state).
+ANNOUNCES: dict[tuple[LifecycleEvent, EventDetail], DomainState | None] = {
+    **{(L.STARTED, d): S.RUNNING for d in StartedDetail},
+    **{(L.SUSPENDED, d): S.PAUSED for d in SuspendedDetail},
+    **{(L.RESUMED, d): S.RUNNING for d in ResumedDetail},
+    **{(L.STOPPED, d): S.SHUTOFF for d in StoppedDetail},
+    **{(L.SHUTDOWN, d): S.SHUTDOWN for d in ShutdownDetail},
+    (L.PMSUSPENDED, PMSuspendedDetail.MEMORY): S.PMSUSPENDED,
+    # The guest hibernates and powers off; QEMU's SHUTDOWN follows at once.
+    (L.PMSUSPENDED, PMSuspendedDetail.DISK): None,
+    (L.CRASHED, CrashedDetail.PANICKED): S.CRASHED,
+    # A crash kernel took over: the guest runs on.
+    (L.CRASHED, CrashedDetail.CRASHEDLOADED): None,
+}
+
+#: The events that change states or pause reasons, drawn more often than the others.
+STATE_EVENTS: list[tuple[str, dict[str, Any] | None]] = [
+    ("STOP", None),
+    ("RESUME", None),
+    ("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}),
+    ("SHUTDOWN", {"guest": False, "reason": "host-signal"}),
+    ("SHUTDOWN", {"guest": True, "reason": "guest-reset"}),
+    ("RESET", {"guest": True, "reason": "guest-reset"}),
+    ("RESET", {"guest": False, "reason": "host-qmp-system-reset"}),
+    ("GUEST_PANICKED", {"action": "pause"}),
+    ("SUSPEND", None),
+    ("WAKEUP", None),
+    ("WATCHDOG", {"action": "pause"}),
+    ("BLOCK_IO_ERROR", io_error("stop")),
+]
+qmp_events = st.one_of(
+    st.sampled_from(STATE_EVENTS), st.sampled_from(STATE_EVENTS), st.sampled_from(ALL_EVENTS)
+).map(lambda e: ("qmp", e))
+policies = st.builds(
+    LifecyclePolicy,
+    on_poweroff=st.sampled_from(POWEROFF_ACTIONS),
+    on_reboot=st.sampled_from(POWEROFF_ACTIONS),
+    on_crash=st.sampled_from(CRASH_ACTIONS),
+)
+intents = st.one_of(
+    st.just(("begin_boot",)),
+    st.tuples(st.just("expect_pause"), st.sampled_from(list(PausedReason))),
+    st.just(("begin_reboot",)),
+    st.just(("abort_reboot",)),
+    st.just(("begin_destroy",)),
+    st.tuples(st.just("begin_stop"), st.sampled_from(list(StopCause))),
+    st.tuples(st.just("follow_up"), st.sampled_from(list(GuestEvent)), policies),
+    st.tuples(st.just("reconcile"), st.sampled_from(QEMU_STATUSES), st.booleans()),
+    st.just(("started_paused",)),
+)
+steps = st.lists(st.one_of(qmp_events, qmp_events, intents), max_size=40)
+
+
+def _check(r: Reaction, m: DomainStateMachine, announced: DomainState) -> DomainState:
+    for spec in r.events:
+        if spec.kind is K.LIFECYCLE:
+            assert spec.type is not None and spec.detail is not None
+            assert isinstance(spec.detail, spec.type.details), spec
+            state = ANNOUNCES[(spec.type, spec.detail)]
+            if state is not None:
+                announced = state
+        else:
+            assert spec.type is None and spec.detail is None, spec
+    assert isinstance(m.reason, m.state.reasons)
+    # Whoever follows the lifecycle events knows the domain's state.
+    assert announced is m.state
+    return announced
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=steps, start=st.sampled_from(sorted(SNAPSHOTTED)))
+def test_any_sequence_keeps_the_machine_consistent(
+    steps: list[tuple[Any, ...]], start: str
+) -> None:
+    """Any QMP events and intents, in any order: nothing raises; the reason is one of the
+    state's; every lifecycle detail is one of its type's; a listener that follows the
+    lifecycle events knows the state; and QEMU's exit leaves the domain SHUTOFF."""
+    m = SNAPSHOTTED[start]()
+    announced = m.state
+    for step in steps:
+        kind, *args = step
+        if kind == "qmp":
+            name, data = args[0]
+            event = qmp(name, data)
+            r = m.on_qmp_event(event)
+            assert r.events[0] == EventSpec(K.QMP, data=event, timestamp=TS)
+        elif kind == "follow_up":
+            event_, policy = args
+            m.follow_up(event_, policy)
+            r = Reaction()
+        elif kind == "reconcile":
+            status, attaching = args
+            r = m.reconcile(status, status == "running", attaching=attaching)
+        elif kind == "started_paused":
+            r = m.started_paused()
+        else:
+            getattr(m, kind)(*args)
+            r = Reaction()
+        announced = _check(r, m, announced)
+        # A snapshot taken at any point restores to the same state.
+        assert DomainStateMachine.restore(m.snapshot()).snapshot() == m.snapshot()
+    reason, r = m.exited()
+    _check(r, m, announced)
+    assert state_of(m) == (S.SHUTOFF, reason)
+    assert (reason, r.events[-1].detail) in {
+        (ShutoffReason.DESTROYED, StoppedDetail.DESTROYED),
+        (ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN),
+        (ShutoffReason.CRASHED, StoppedDetail.CRASHED),
+        (ShutoffReason.CRASHED, StoppedDetail.FAILED),
+    }
