@@ -274,9 +274,9 @@ class DomainStateMachine:
         r = Reaction()
         if self._stop_cause is not None:
             return r
-        if running and self._state is not DomainState.RUNNING:
-            self._set(DomainState.RUNNING, RunningReason.UNPAUSED)
-            r.lifecycle(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED, None)
+        if running:
+            # As the RESUME that was missed: it ends a boot, restart or reboot too.
+            self._on_resume({}, None, r)
         elif status == "shutdown":
             new = self._state is not DomainState.SHUTDOWN and not self._rebooting
             if new:
@@ -288,6 +288,7 @@ class DomainStateMachine:
         elif status == "guest-panicked":
             new = self._state is not DomainState.CRASHED
             if new:
+                self._rebooting = False  # as GUEST_PANICKED
                 self._set(DomainState.CRASHED, CrashedReason.PANICKED)
                 r.lifecycle(LifecycleEvent.CRASHED, CrashedDetail.PANICKED, None)
             if new or attaching:
@@ -298,7 +299,7 @@ class DomainStateMachine:
         elif (
             not running
             and status not in ("shutdown", "guest-panicked", "suspended")
-            and self._state is DomainState.RUNNING
+            and self._pause_shows()
         ):
             reason = _PAUSED_STATUS.get(status, PausedReason.UNKNOWN)
             self._set(DomainState.PAUSED, reason)
@@ -326,13 +327,21 @@ class DomainStateMachine:
             raise TypeError(f"{reason!r} is not a reason of {state.name}")
         self._state, self._reason = state, reason
 
+    def _pause_shows(self) -> bool:
+        """A STOP now pauses the domain (rather than being part of a SHUTDOWN or a panic)."""
+        # After SHUTDOWN (a reboot's too, and the one a guest reset becomes with
+        # on_reboot=destroy) or a panic QEMU pauses; that pause is part of what was reported.
+        # A reboot whose SHUTDOWN has not come yet hides nothing (libvirt: pausedShutdown,
+        # set by SHUTDOWN).
+        return self._state is DomainState.RUNNING and not self._shutdown_seen
+
     def _on_stop(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
-        if self._state is not DomainState.RUNNING or self._rebooting or self._shutdown_seen:
-            # After SHUTDOWN (including the one a guest reset becomes with on_reboot=destroy)
-            # or a panic QEMU pauses; that pause is part of what was reported.
-            return
+        # Whatever this STOP is, it is the one an expected reason was for (libvirt's
+        # qemuProcessHandleStop takes pausedReason even when it reports nothing).
         reason = self._pause_hint or PausedReason.UNKNOWN
         self._pause_hint = None
+        if not self._pause_shows():
+            return
         self._set(DomainState.PAUSED, reason)
         r.lifecycle(LifecycleEvent.SUSPENDED, _SUSPEND_DETAIL[reason], ts)
 
@@ -343,11 +352,13 @@ class DomainStateMachine:
             self._set(DomainState.RUNNING, RunningReason.BOOTED)
             r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, ts)
             return
-        if self._rebooting:
+        if self._rebooting and self._shutdown_seen:
+            # The supervisor reset and continued the guest that shut down for reboot().
             self._rebooting = False
             self._shutdown_seen = False
-            self._set(DomainState.RUNNING, RunningReason.BOOTED)
-            return
+            if self._state is DomainState.RUNNING:
+                self._set(DomainState.RUNNING, RunningReason.BOOTED)
+                return  # it stayed RUNNING throughout: the REBOOT event said it all
         if self._state is DomainState.RUNNING:
             return
         if self._state in (DomainState.SHUTDOWN, DomainState.CRASHED):
@@ -386,6 +397,10 @@ class DomainStateMachine:
     def _on_reset(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
         if self._state is DomainState.PAUSED and self._reason is PausedReason.STARTING_UP:
             return  # a reset while starting up is part of the start (libvirt ignores it too)
+        if self._rebooting and not self._shutdown_seen:
+            # The guest reset itself before shutting down for reboot(): the reboot asked for
+            # has happened (libvirt's qemuProcessHandleReset ends a fake reboot too).
+            self._rebooting = False
         r.events.append(EventSpec(EventKind.REBOOT, data=data, timestamp=ts))
 
     def _on_panic(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
@@ -420,7 +435,8 @@ class DomainStateMachine:
 
     def _on_watchdog(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
         action = data.get("action", "")
-        if action == "pause":
+        if action == "pause" and self._pause_shows():
+            # Not when already paused: no STOP follows (libvirt: only a RUNNING domain).
             self._pause_hint = PausedReason.WATCHDOG
         r.events.append(EventSpec(EventKind.WATCHDOG, data={"action": action}, timestamp=ts))
 
@@ -437,7 +453,9 @@ class DomainStateMachine:
             "reason": data.get("reason", ""),
             "nospace": bool(data.get("nospace", False)),
         }
-        if payload["action"] == "stop":
+        if payload["action"] == "stop" and self._pause_shows():
+            # Not when already paused (requests failing while QEMU drains after its STOP):
+            # no STOP follows (libvirt: only a RUNNING domain).
             self._pause_hint = PausedReason.IOERROR
         r.events.append(EventSpec(EventKind.IO_ERROR, data=payload, timestamp=ts))
 
@@ -473,15 +491,23 @@ class DomainStateMachine:
         r.events.append(EventSpec(EventKind.BLOCK_JOB, data=payload, timestamp=ts))
 
 
+#: Why QEMU is paused, by its query-status (libvirt's qemuMonitorVMStatusToPausedReason;
+#: any other status: UNKNOWN).
 _PAUSED_STATUS: dict[str, PausedReason] = {
     "io-error": PausedReason.IOERROR,
     "watchdog": PausedReason.WATCHDOG,
     "paused": PausedReason.USER,
+    "prelaunch": PausedReason.USER,
+    "inmigrate": PausedReason.MIGRATION,
+    "postmigrate": PausedReason.MIGRATION,
+    "finish-migrate": PausedReason.MIGRATION,
+    "save-vm": PausedReason.SAVE,
 }
 
 _SUSPEND_DETAIL: dict[PausedReason, SuspendedDetail] = {
     PausedReason.IOERROR: SuspendedDetail.IOERROR,
     PausedReason.WATCHDOG: SuspendedDetail.WATCHDOG,
+    PausedReason.MIGRATION: SuspendedDetail.MIGRATED,
 }
 for _reason in PausedReason:
     _SUSPEND_DETAIL.setdefault(_reason, SuspendedDetail.PAUSED)
