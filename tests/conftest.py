@@ -53,11 +53,17 @@ def no_leaked_qemu() -> Iterator[None]:
     yield
     leaked = []
     for pid in set(_qemu_children()) - before:
-        stat = Path(f"/proc/{pid}/stat").read_bytes() if os.path.exists(f"/proc/{pid}") else b""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except FileNotFoundError:
+            continue  # exited and already reaped since it was listed
         if b") Z " in stat:
             continue  # exited; the orphan reaper collects it
         leaked.append(pid)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it exited meanwhile; still a leak: it ran past the test's end
     assert not leaked, f"the test left QEMU processes running: {leaked}"
 
 
