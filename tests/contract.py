@@ -20,7 +20,7 @@ import asvirt
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
 from .guest import TestGuest, wait_for_serial
-from .helpers import embed_uri, lifecycle
+from .helpers import embed_uri, lifecycle, qemu_pid
 
 #: Paused-only QEMU tests use KVM when it works (faster); booted guests need TCG here.
 PAUSED_DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"
@@ -37,6 +37,8 @@ class Backend:
     uri: str
     guest: TestGuest
     tmp: Path
+    #: The QEMU driver's embed root (None for the test driver).
+    root: Path | None = None
     conn: asvirt.Connection = dataclasses.field(init=False)
 
     @property
@@ -51,6 +53,23 @@ class Backend:
 
     def serial(self, name: str) -> Path:
         return self.tmp / f"{name}.serial"
+
+    # What only the QEMU driver has (a test asks for these behind ``if not api.simulated``).
+
+    def config_file(self, name: str) -> Path:
+        """Where the QEMU driver keeps a persistent domain's definition."""
+        assert self.root is not None, "the test driver keeps no files"
+        return self.root / "etc" / "qemu" / f"{name}.xml"
+
+    def log_file(self, name: str) -> Path:
+        """The per-domain log QEMU's stderr goes to."""
+        assert self.root is not None, "the test driver keeps no files"
+        return self.root / "log" / "qemu" / f"{name}.log"
+
+    def pid(self, name: str) -> int:
+        """The pid of the running domain's QEMU."""
+        assert self.root is not None, "the test driver runs no processes"
+        return qemu_pid(self.root, name)
 
     def xml(self, name: str, *, boots: bool = False, **kw: object) -> str:
         """The test guest's domain XML; ``boots=True`` if the test needs the guest to run.
@@ -104,7 +123,7 @@ def make_backend(kind: str, *, guest: TestGuest, tmp: Path, root: Path | None) -
     if kind == "test":
         return Backend(kind, "test:///default", guest, tmp)
     assert root is not None
-    return Backend(kind, embed_uri(root), guest, tmp)
+    return Backend(kind, embed_uri(root), guest, tmp, root)
 
 
 def run_status(status: dict[str, object]) -> tuple[object, object]:

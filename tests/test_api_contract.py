@@ -27,7 +27,7 @@ from asvirt.conf.domain import parse_domain_xml
 
 from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
 from .guest import GUEST_DIR, TestGuest
-from .helpers import collect_until, lifecycle, lifecycle_until
+from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
@@ -88,9 +88,13 @@ async def test_define_redefine_undefine(api):
         assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.UNKNOWN)
         assert await dom.is_persistent() and not await dom.is_active()
         assert await dom.id() is None
+        if not api.simulated:
+            assert api.config_file("vm1").is_file()
         again = await api.define("vm1", uuid=dom.uuid)
         assert again == dom
         await dom.undefine()
+        if not api.simulated:
+            assert not api.config_file("vm1").exists()
         assert drain_lifecycle(events) == [
             ("DEFINED", "ADDED"),
             ("DEFINED", "UPDATED"),
@@ -216,6 +220,10 @@ async def test_start_boots_and_runs(api):
     assert (info.max_memory_kib, info.memory_kib, info.vcpus) == (128 * 1024, 128 * 1024, 1)
     assert info.cpu_time_ns > 0
     assert run_status(await dom.qmp("query-status")) == (True, "running")
+    if not api.simulated:
+        # QEMU's stderr goes to the per-domain log, which starts with the command line it ran.
+        log = api.log_file("vm1").read_text()
+        assert "qemu-system-x86_64" in log and dom.uuid in log
 
 
 async def test_suspend_and_resume_are_idempotent(api):
@@ -251,10 +259,12 @@ async def test_destroy(api):
     dom = await api.define("vm1")
     await dom.start(paused=True)
     await dom.resume()
+    pid = None if api.simulated else api.pid("vm1")
     async with api.conn.subscribe(dom) as events:
         await dom.destroy()
-        # destroy() returns once the domain is shut off and says so.
+        # destroy() returns once the domain is shut off and says so, and QEMU is gone.
         assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+        assert pid is None or not pid_exists(pid), "QEMU must be gone and reaped"
         assert drain_lifecycle(events) == [("STOPPED", "DESTROYED")]
     assert not await dom.is_active()
     assert await dom.id() is None
@@ -294,12 +304,14 @@ async def test_acpi_shutdown(api):
     dom = await api.define("vm1", boots=True)
     await dom.start()
     await api.wait_booted(dom)
+    pid = None if api.simulated else api.pid("vm1")
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown()
         seen = await lifecycle_until(events, ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN"))
     assert seen == [("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")]
     assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN)
     assert await dom.id() is None
+    assert pid is None or not pid_exists(pid), "QEMU must be gone and reaped"
 
 
 @needs_guest
@@ -479,8 +491,14 @@ async def test_raw_qmp_events_are_opt_in(api):
     ):
         await dom.resume()
         await dom.suspend()
-        assert [e.data["event"] for e in drain(raw)] == ["RESUME", "STOP"]
-        assert all(e.kind is LC for e in drain(typed))
+        raw_events = drain(raw)
+        assert [e.data["event"] for e in raw_events] == ["RESUME", "STOP"]
+        assert all(e.kind is asvirt.EventKind.QMP and e.timestamp > 0 for e in raw_events)
+        # Without asking for them, no raw events: only typed ones.
+        assert [lifecycle(e) for e in drain(typed)] == [
+            ("RESUMED", "UNPAUSED"),
+            ("SUSPENDED", "PAUSED"),
+        ]
 
 
 async def test_qmp_answers(api):
@@ -501,10 +519,13 @@ async def test_qmp_answers(api):
 
 
 async def test_transient_domain_vanishes_when_it_stops(api):
+    before = await api.baseline()
     async with api.conn.subscribe(kinds=LC) as events:
         dom = await api.conn.create_xml(api.xml("tvm"), paused=True)
         assert not await dom.is_persistent()
         assert await dom.is_active()
+        if not api.simulated:
+            assert not api.config_file("tvm").exists()
         with pytest.raises(asvirt.OperationInvalidError):
             await dom.undefine()
         await dom.destroy()
@@ -517,6 +538,7 @@ async def test_transient_domain_vanishes_when_it_stops(api):
         await api.conn.lookup_by_name("tvm")
     with pytest.raises(asvirt.NoDomainError):
         await dom.state()
+    assert await api.baseline() == before
 
 
 async def test_undefine_running_domain_makes_it_transient(api):
@@ -526,6 +548,8 @@ async def test_undefine_running_domain_makes_it_transient(api):
         await dom.undefine()
         assert await dom.is_active()
         assert not await dom.is_persistent()
+        if not api.simulated:
+            assert not api.config_file("vm1").exists()
         await dom.destroy()
         assert drain_lifecycle(events) == [("UNDEFINED", "REMOVED"), ("STOPPED", "DESTROYED")]
     with pytest.raises(asvirt.NoDomainError):
@@ -598,9 +622,13 @@ async def test_closing_a_connection_autodestroys_only_what_it_asked_for(backend)
             backend.conn = conn
             auto = await backend.define("auto")
             await auto.start(paused=True, autodestroy=True)
-            await conn.create_xml(backend.xml("tauto"), paused=True, autodestroy=True)
+            tauto = await conn.create_xml(backend.xml("tauto"), paused=True, autodestroy=True)
+            assert await tauto.is_active()
             kept = await backend.define("kept")
             await kept.start(paused=True)
+            pids = [] if backend.simulated else [backend.pid("auto"), backend.pid("tauto")]
+        # Closing returns once what it autodestroys is gone.
+        assert not any(pid_exists(pid) for pid in pids)
         async with backend.open() as conn:
             auto = await conn.lookup_by_name("auto")
             assert await auto.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)

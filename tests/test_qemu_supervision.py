@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.lowlevel
 
 import asvirt
 from asvirt import DomainState as S
@@ -141,25 +140,6 @@ async def test_reused_pid_is_not_mistaken_for_our_qemu(root, fast_config, test_g
     # ...and it was not signalled: we are still here.
 
 
-async def test_autodestroy(root, fast_config, test_guest, tmp_path):
-    async with asvirt.open(embed_uri(root)) as conn:
-        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "auto"))
-        await dom.start(paused=True, autodestroy=True)
-        pid = qemu_pid(root, "auto")
-        transient = await conn.create_xml(
-            paused_xml(test_guest, tmp_path, "tauto"), paused=True, autodestroy=True
-        )
-        tpid = qemu_pid(root, "tauto")
-        assert await transient.is_active()
-    assert not pid_exists(pid) and not pid_exists(tpid)
-    async with asvirt.open(embed_uri(root)) as conn:
-        dom = await conn.lookup_by_name("auto")
-        assert (await dom.state())[0] is S.SHUTOFF
-        assert not await dom.is_active()
-        with pytest.raises(asvirt.NoDomainError):
-            await conn.lookup_by_name("tauto")
-
-
 async def test_qemu_outliving_its_connection_is_reaped(root, fast_config, test_guest, tmp_path):
     async with asvirt.open(embed_uri(root)) as conn:
         dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "orphan"))
@@ -229,56 +209,6 @@ async def test_hung_qemu_fails_only_its_own_commands(root, test_guest, tmp_path)
         finally:
             if pid_exists(pid):
                 os.kill(pid, signal.SIGCONT)
-
-
-async def test_event_callbacks_sync_and_async(conn, test_guest, tmp_path):
-    got_sync: list[asvirt.DomainEvent] = []
-    got_async: list[asvirt.DomainEvent] = []
-    done = trio.Event()
-
-    async def on_event(ev: asvirt.DomainEvent) -> None:
-        await trio.lowlevel.checkpoint()
-        got_async.append(ev)
-        if lifecycle(ev) == ("STOPPED", "DESTROYED"):
-            done.set()
-
-    cb1 = conn.register_event_callback(got_sync.append, kinds=asvirt.EventKind.LIFECYCLE)
-    cb2 = conn.register_event_callback(on_event)
-    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "cb"))
-    await dom.start(paused=True)
-    await dom.destroy()
-    with trio.fail_after(5):
-        await done.wait()
-    conn.deregister_event_callback(cb1)
-    conn.deregister_event_callback(cb2)
-    expected = [
-        ("DEFINED", "ADDED"),
-        ("STARTED", "BOOTED"),
-        ("SUSPENDED", "PAUSED"),
-        ("STOPPED", "DESTROYED"),
-    ]
-    assert [lifecycle(e) for e in got_sync] == expected
-    assert [lifecycle(e) for e in got_async if lifecycle(e)] == expected
-    seqs = [e.seq for e in got_async]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert all(e.domain == "cb" and e.uuid == dom.uuid for e in got_async)
-    with pytest.raises(asvirt.InvalidArgError):
-        conn.deregister_event_callback(cb1)
-
-
-async def test_raw_qmp_events_are_opt_in(conn, test_guest, tmp_path):
-    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "raw"))
-    await dom.start(paused=True)
-    async with (
-        conn.subscribe(dom, kinds={asvirt.EventKind.QMP}) as raw,
-        conn.subscribe(dom) as typed,
-    ):
-        await dom.resume()
-        ev = await raw.receive()
-        assert ev.kind is asvirt.EventKind.QMP and ev.data["event"] == "RESUME"
-        assert ev.timestamp > 0
-        typed_ev = await typed.receive()
-        assert typed_ev.kind is asvirt.EventKind.LIFECYCLE
 
 
 async def test_event_burst_beyond_the_buffer_resynchronises(root, test_guest, tmp_path, caplog):
