@@ -15,10 +15,12 @@ import trio
 
 import asvirt
 
+from .caps import Caps, probe_caps
 from .guest import GUEST_DIR, REPO, TestGuest
 from .helpers import embed_uri, write_config
 
 QEMU = shutil.which("qemu-system-x86_64")
+CAPS_DIR = "qemu-caps"  # below the session's base temporary directory
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -88,6 +90,19 @@ def test_guest() -> TestGuest:
             f"cannot rebuild the test guest; tests use the cached one: {why}", stacklevel=1
         )
     return guest
+
+
+@pytest.fixture(scope="session")
+def caps(tmp_path_factory: pytest.TempPathFactory) -> Caps:
+    """The capabilities of the real QEMU on this machine, probed once per session."""
+    return probe_caps(tmp_path_factory.getbasetemp() / CAPS_DIR)
+
+
+@pytest.fixture(scope="session")
+def caps_cache(caps: Caps, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``caps`` is cached, as the driver caches it: for converters that run in a
+    process of their own and read the probe instead of running QEMU again."""
+    return tmp_path_factory.getbasetemp() / CAPS_DIR
 
 
 @pytest.fixture

@@ -14,12 +14,6 @@ from asvirt.conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSe
 from asvirt.conf.domain import DomainDef, parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.errors import ConfigUnsupportedError, XMLError
-from tests.caps import probe_caps
-
-
-@pytest.fixture(scope="session")
-def caps(tmp_path_factory: pytest.TempPathFactory) -> QemuCapabilities:
-    return probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps")
 
 
 def dom(devices: str = "", *, machine: str = "pc", body: str = "", dtype: str = "qemu") -> str:
