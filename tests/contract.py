@@ -17,13 +17,9 @@ import trio
 import trio.testing
 
 import asvirt
-from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .guest import TestGuest, wait_for_serial
+from .guest import PAUSED_DOMAIN_TYPE, TestGuest, wait_for_serial
 from .helpers import embed_uri, lifecycle, qemu_pid
-
-#: Paused-only QEMU tests use KVM when it works (faster); booted guests need TCG here.
-PAUSED_DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"
 
 #: The driver families the shared suite runs against.
 KINDS = ("test", "qemu")
@@ -155,7 +151,6 @@ def drain(events: asvirt.Subscription) -> list[asvirt.DomainEvent]:
 
 __all__ = [
     "KINDS",
-    "PAUSED_DOMAIN_TYPE",
     "Backend",
     "drain",
     "drain_lifecycle",

@@ -14,9 +14,8 @@ import trio
 import asvirt
 from asvirt import DomainState as S
 from asvirt.drivers.qemu import process
-from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .guest import TestGuest
+from .guest import paused_xml
 from .helpers import (
     embed_uri,
     lifecycle,
@@ -31,11 +30,6 @@ from .helpers import (
 pytestmark = [pytest.mark.qemu]
 
 LC = asvirt.EventKind.LIFECYCLE
-DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"  # these tests only need paused VMs
-
-
-def paused_xml(guest: TestGuest, tmp_path: Path, name: str) -> str:
-    return guest.xml(name, tmp_path / f"{name}.serial", domain_type=DOMAIN_TYPE)
 
 
 async def test_closing_leaves_vms_running_and_reopening_reattaches(
