@@ -34,6 +34,30 @@ def run_cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+#: The UUID :func:`dom` writes: fixed, so that outputs can be compared; upper case, as a user
+#: may spell it (asvirt writes it in lower case).
+DOM_UUID = "C7A5FDBD-EDAF-9455-926A-D65C16DB1809"
+
+
+def dom(
+    devices: str = "",
+    *,
+    body: str = "",
+    dtype: str = "qemu",
+    arch: str = "x86_64",
+    machine: str = "pc",
+) -> str:
+    """A small domain XML named vm1 (128 MiB, ``DOM_UUID``) with ``devices`` in <devices>
+    and ``body`` (more elements: <cpu>, <clock>, <features>...) after <os>. Nothing boots it:
+    for the parser and the command line builder."""
+    return (
+        f"<domain type='{dtype}'><name>vm1</name><uuid>{DOM_UUID}</uuid>"
+        "<memory unit='MiB'>128</memory>"
+        f"<os><type arch='{arch}' machine='{machine}'>hvm</type></os>"
+        f"{body}<devices>{devices}</devices></domain>"
+    )
+
+
 def write_config(root: Path, text: str) -> None:
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "asvirt.toml").write_text(text)

@@ -14,14 +14,7 @@ from asvirt.conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSe
 from asvirt.conf.domain import DomainDef, parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.errors import ConfigUnsupportedError, XMLError
-
-
-def dom(devices: str = "", *, machine: str = "pc", body: str = "", dtype: str = "qemu") -> str:
-    return (
-        f"<domain type='{dtype}'><name>vm1</name><memory unit='MiB'>128</memory>{body}"
-        f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
-        f"<devices>{devices}</devices></domain>"
-    )
+from tests.helpers import dom
 
 
 def prep(caps: QemuCapabilities, xml: str) -> DomainDef:

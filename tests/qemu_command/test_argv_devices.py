@@ -24,21 +24,13 @@ from asvirt.drivers.qemu.command import (
 )
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import REPO, Caps
+from tests.helpers import dom
 
 AGENT = (
     "<channel type='unix'><source mode='bind'/>"
     "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
 )
 RNG = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
-
-
-def dom(devices: str = "", *, machine: str = "pc", body: str = "", dtype: str = "qemu") -> str:
-    return (
-        f"<domain type='{dtype}'><name>vm1</name><uuid>6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2</uuid>"
-        f"<memory unit='MiB'>128</memory>{body}"
-        f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
-        f"<devices>{devices}</devices></domain>"
-    )
 
 
 def argv_of(caps: Caps, xml: str, tmp: Path | None = None) -> list[str]:
@@ -72,7 +64,7 @@ def test_frame_of_every_command_line(caps: Caps) -> None:
     argv = argv_of(caps, dom())
     assert argv[0] == caps.binary
     assert opts(argv, "-name") == ["guest=vm1,debug-threads=on"]
-    assert opts(argv, "-uuid") == ["6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2"]
+    assert opts(argv, "-uuid") == ["c7a5fdbd-edaf-9455-926a-d65c16db1809"]
     for flag in ("-S", "-no-shutdown", "-nodefaults", "-no-user-config"):
         assert argv.count(flag) == 1, flag
     assert "-daemonize" not in argv and "-pidfile" not in argv
@@ -295,7 +287,7 @@ def test_serial_console_channel(caps: Caps, tmp_path: Path) -> None:
     assert "socket,id=charserial2,path=/run/s2.sock,reconnect=1" in chardevs
     assert "null,id=charserial3" in chardevs
     assert "pty,id=charconsole1" in chardevs
-    sock = f"{tmp_path}/6b3ce35a-org.qemu.guest_agent.0.sock"
+    sock = f"{tmp_path}/c7a5fdbd-org.qemu.guest_agent.0.sock"
     agent = f"socket,id=charchannel0,path={sock},server=on,wait=off"
     assert agent in chardevs
     assert device(argv, "serial2") == {
@@ -345,8 +337,8 @@ def test_unix_socket_needs_a_place(caps: Caps) -> None:
         build_command(d, caps, monitor=MonitorSpec(fd=3))
     live = d.copy()
     fill_runtime_paths(live, "/run/r")
-    assert live.channels[0].source_path == "/run/r/6b3ce35a-x.sock"
-    assert "socket,id=charchannel0,path=/run/r/6b3ce35a-x.sock,server=on,wait=off" in build_command(
+    assert live.channels[0].source_path == "/run/r/c7a5fdbd-x.sock"
+    assert "socket,id=charchannel0,path=/run/r/c7a5fdbd-x.sock,server=on,wait=off" in build_command(
         live, caps, monitor=MonitorSpec(fd=3)
     )
     with pytest.raises(ConfigUnsupportedError, match="longer than a unix socket"):

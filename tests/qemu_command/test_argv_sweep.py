@@ -16,14 +16,7 @@ from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import Caps
-
-
-def dom(devices: str, *, arch: str = "x86_64", machine: str = "pc") -> str:
-    return (
-        "<domain type='qemu'><name>vm1</name><uuid>6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2</uuid>"
-        f"<memory unit='MiB'>128</memory><os><type arch='{arch}' machine='{machine}'>hvm</type>"
-        f"</os><devices>{devices}</devices></domain>"
-    )
+from tests.helpers import dom
 
 
 def argv_of(caps: Caps, xml: str, tmp: Path) -> list[str]:
