@@ -88,6 +88,18 @@ class Backend:
         else:
             await wait_for_serial(self.serial(dom.name))
 
+    async def settle(self, dom: asvirt.Domain) -> None:
+        """Until every event already due for ``dom`` has been delivered.
+
+        The simulated guest acts in tasks of this process: they are done once every task is
+        blocked. QEMU sends the events it has before the reply to any later command, and a
+        QMP call returns once the events before its reply are delivered: a round trip.
+        """
+        if self.simulated:
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            await dom.qmp("query-status")
+
     def forget_boot(self, dom: asvirt.Domain) -> None:
         """Make the next :meth:`wait_booted` wait for a new boot."""
         if not self.simulated:

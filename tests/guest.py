@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import trio
-
 import asvirt
 from asvirt.drivers.qemu.capabilities import kvm_usable
+
+from .helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = Path(
@@ -108,12 +108,15 @@ async def define(
 
 
 async def wait_for_serial(path: Path, text: str = READY, *, timeout: float = 60) -> None:
-    """Wait until the guest has written ``text`` on its serial port (a file)."""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                if text in path.read_text(errors="replace"):
-                    return
-            except FileNotFoundError:
-                pass
-            await trio.sleep(0.05)
+    """Wait until the guest has written ``text`` on its serial port (a file).
+
+    Polled: what the guest writes there is announced by no event.
+    """
+
+    def written() -> bool:
+        try:
+            return text in path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    await wait_for(written, timeout=timeout, interval=0.05)

@@ -126,7 +126,8 @@ async def lifecycle_until(
 async def wait_for(
     predicate: Callable[[], bool], *, timeout: float = 10, interval: float = 0.02
 ) -> None:
-    """Poll ``predicate`` (for facts no event announces, like a file or a process)."""
+    """Poll ``predicate``: only for facts no event announces, like a file or a process in
+    /proc. Whatever asvirt reports, wait for its event instead (subscribe before acting)."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(interval)

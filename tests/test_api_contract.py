@@ -281,19 +281,26 @@ async def test_reset_reports_a_reboot_and_keeps_the_state(api):
     await dom.start(paused=True)
     async with api.conn.subscribe(dom) as events:
         await dom.reset()
-        assert [e.kind for e in await _settled(events)] == [REBOOT]
+        assert [e.kind for e in await _until_reboot(api, dom, events)] == [REBOOT]
         assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
         await dom.resume()
         await dom.reset()
-        kinds = [(e.kind, lifecycle(e)) for e in await _settled(events)]
+        kinds = [(e.kind, lifecycle(e)) for e in await _until_reboot(api, dom, events)]
         assert kinds == [(LC, ("RESUMED", "UNPAUSED")), (REBOOT, None)]
         assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
 
 
-async def _settled(events: asvirt.Subscription, wait: float = 0.3) -> list[asvirt.DomainEvent]:
-    """The events delivered so far, after giving stragglers ``wait`` seconds."""
-    await trio.sleep(wait)
-    return drain(events)
+async def _until_reboot(
+    api: Backend, dom: asvirt.Domain, events: asvirt.Subscription
+) -> list[asvirt.DomainEvent]:
+    """The events up to a reset's REBOOT event, and any that were due with it.
+
+    QEMU resets the machine after it has answered ``system_reset``, so the event may come
+    after ``reset()`` returns: wait for it, then settle to catch what came along.
+    """
+    seen = await collect_until(events, lambda s: any(e.kind is REBOOT for e in s), timeout=10)
+    await api.settle(dom)
+    return seen + drain(events)
 
 
 # -- the guest's side -------------------------------------------------------------------------
@@ -321,6 +328,7 @@ async def test_guest_ignoring_acpi_keeps_running(api):
     await api.wait_booted(dom)
     async with api.conn.subscribe(dom, kinds=LC) as events:
         await dom.shutdown()
+        # The point of the test: nothing happens. Watch for a while (no event stands for it).
         await trio.sleep(api.quiet_period)
         assert drain(events) == []
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
@@ -390,6 +398,7 @@ async def test_poweroff_with_on_poweroff_preserve_needs_a_reset(api):
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown()
         assert await lifecycle_until(events, ("SHUTDOWN", "GUEST")) == [("SHUTDOWN", "GUEST")]
+        # The point of the test: QEMU is kept, not stopped. Watch for a while that it stays.
         await trio.sleep(api.quiet_period)
         assert await dom.state() == (S.SHUTDOWN, asvirt.ShutdownReason.USER)
         assert run_status(await dom.qmp("query-status")) == (False, "shutdown")
@@ -727,8 +736,15 @@ async def test_late_subscribers_can_replay(api):
 async def user_script(uri: str, xml: str) -> list[str]:
     """What a user might write against qemu:///embed: only the URI changes between drivers."""
     seen: list[str] = []
+    undefined = trio.Event()
+
+    def on_event(ev: asvirt.DomainEvent) -> None:
+        seen.append(ev.describe())
+        if ev.type is asvirt.LifecycleEvent.UNDEFINED:
+            undefined.set()
+
     async with asvirt.open(uri) as conn:
-        conn.register_event_callback(lambda ev: seen.append(ev.describe()), kinds=LC)
+        conn.register_event_callback(on_event, kinds=LC)
         dom = await conn.define_xml(xml)
         async with conn.subscribe(dom, kinds=LC) as events:
             await dom.start(paused=True)
@@ -741,7 +757,8 @@ async def user_script(uri: str, xml: str) -> list[str]:
                 if ev.type is asvirt.LifecycleEvent.STOPPED:
                     break
         await dom.undefine()
-        await trio.sleep(0.1)  # let the callback see the last event
+        with trio.fail_after(5):
+            await undefined.wait()  # the callback has seen the last event
     return seen
 
 

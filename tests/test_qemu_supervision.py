@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import asvirt
 from asvirt import DomainState as S
 from asvirt.drivers.qemu import process
 
+from .contract import drain
 from .guest import paused_xml
 from .helpers import (
     embed_uri,
@@ -73,6 +75,7 @@ async def test_changes_while_nobody_watched_are_reported(root, fast_config, test
         pid_a, pid_b = qemu_pid(root, "dies"), qemu_pid(root, "pauses")
     # Nobody supervises now. One QEMU dies, the other is paused by someone else.
     os.kill(pid_a, signal.SIGKILL)
+    # With no connection open, no event can tell: /proc does.
     await wait_for(lambda: not pid_alive(pid_a))
     await pause_with_raw_qmp(root / "run" / "qemu" / "pauses.monitor")
 
@@ -121,6 +124,7 @@ async def test_reused_pid_is_not_mistaken_for_our_qemu(root, fast_config, test_g
         await dom.start(paused=True)
         pid = qemu_pid(root, "vm")
     os.kill(pid, signal.SIGKILL)
+    # With no connection open, no event can tell: /proc does.
     await wait_for(lambda: not pid_alive(pid))
     # Point the status file at a live process that is not our QEMU (this test process).
     path = root / "run" / "qemu" / "vm.status"
@@ -141,7 +145,8 @@ async def test_qemu_outliving_its_connection_is_reaped(root, fast_config, test_g
         pid = qemu_pid(root, "orphan")
     assert pid_alive(pid)
     os.kill(pid, signal.SIGKILL)
-    # It is our child; with no connection left, the reaper thread must collect it.
+    # It is our child; with no connection left, the reaper thread must collect it. Nothing
+    # announces that: /proc tells.
     await wait_for(lambda: not pid_exists(pid), timeout=5)
 
 
@@ -185,7 +190,10 @@ async def test_hung_qemu_fails_only_its_own_commands(root, test_guest, tmp_path)
                         failures.append(err)
 
                 nursery.start_soon(suspend_hung)
-                await trio.sleep(0.1)
+                # Once every task here is blocked, suspend() has sent "stop" and waits for an
+                # answer the stopped QEMU cannot give: the command is in flight.
+                with trio.fail_after(5):
+                    await trio.testing.wait_all_tasks_blocked()
                 # While the hung QEMU holds its own command, everything else answers at once.
                 with trio.fail_after(0.5):
                     assert await hung.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
@@ -206,32 +214,42 @@ async def test_hung_qemu_fails_only_its_own_commands(root, test_guest, tmp_path)
 
 
 async def test_event_burst_beyond_the_buffer_resynchronises(root, test_guest, tmp_path, caplog):
-    # A one-event buffer, and one command that makes QEMU send five events at once (unplugging
-    # a USB hub unplugs what hangs on it). The burst overflows; the supervisor must neither
-    # block QEMU's monitor nor get the state wrong: it resynchronises from query-status.
+    # A one-event buffer, and one command that makes QEMU send 17 events at once (unplugging
+    # a USB hub unplugs what hangs on it: 7 tablets and a second hub with 8 more). The burst
+    # overflows; the supervisor must neither block QEMU's monitor nor get the state wrong: it
+    # resynchronises from query-status. (With fewer events, QEMU's writes were now and then
+    # read one at a time, and nothing overflowed.)
     write_config(root, "[qemu]\nevent_buffer = 1\n")
     caplog.set_level(logging.WARNING, logger="asvirt")
     async with asvirt.open(embed_uri(root)) as conn:
         dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "burst"))
         await dom.start(paused=True)
-        await dom.qmp(
-            "device_add", {"driver": "usb-hub", "id": "hub1", "bus": "usb.0", "port": "1"}
-        )
-        for i in range(1, 5):
-            await dom.qmp(
-                "device_add",
-                {"driver": "usb-tablet", "id": f"t{i}", "bus": "usb.0", "port": f"1.{i}"},
-            )
+        usb = {"hub1": ("usb-hub", "1"), "hub2": ("usb-hub", "1.8")}
+        usb |= {f"t{i}": ("usb-tablet", f"1.{i}") for i in range(1, 8)}
+        usb |= {f"u{i}": ("usb-tablet", f"1.8.{i}") for i in range(1, 9)}
+        for dev_id, (driver, port) in usb.items():
+            device = {"driver": driver, "id": dev_id, "bus": "usb.0", "port": port}
+            await dom.qmp("device_add", device)
         async with conn.subscribe(dom, kinds={asvirt.EventKind.DEVICE_REMOVED, LC}) as events:
             await dom.qmp("device_del", {"id": "hub1"})
-            await trio.sleep(0.2)
-            removed = []
-            while events.pending():
-                removed.append(events.receive_nowait().data["device"])
-            assert 1 <= len(removed) < 5  # some of the burst was dropped...
+            # QEMU sends the events together, once the devices are gone (after its reply to
+            # device_del). The first one says the burst came; it is over before QEMU's reply
+            # to a later command, and qmp() returns once what asvirt kept of it is delivered.
+            with trio.fail_after(10):
+                first = await events.receive()
+            peripherals = await dom.qmp("qom-list", {"path": "/machine/peripheral"})
+            assert not usb.keys() & {p["name"] for p in peripherals}
+            removed = [ev.data["device"] for ev in [first, *drain(events)]]
+            assert 1 <= len(removed) < len(usb)  # some of the burst was dropped...
+            # ...so the supervisor asks QEMU its state: the query is sent once every task here
+            # is blocked, answered before the reply to a later command, and applied once every
+            # task is blocked again.
+            await trio.testing.wait_all_tasks_blocked()
+            await dom.qmp("query-status")
+            await trio.testing.wait_all_tasks_blocked()
             assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
             await dom.resume()  # ...and events flow again afterwards
-            assert lifecycle(await events.receive()) == ("RESUMED", "UNPAUSED")
+            assert [lifecycle(ev) for ev in drain(events)] == [("RESUMED", "UNPAUSED")]
         await dom.destroy()
     assert any("overflowed" in r.getMessage() for r in caplog.records)
 
@@ -250,6 +268,7 @@ async def test_destroy_while_starting(conn, test_guest, tmp_path, delay):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(start)
+        # The point of the test: destroy() at different moments of the start, by the clock.
         await trio.sleep(delay)
         with trio.fail_after(10):
             try:
