@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 import asvirt
 
 from .caps import Caps, probe_caps
 from .guest import GUEST_DIR, REPO, TestGuest
-from .helpers import embed_uri, write_config
+from .helpers import destroy_all, embed_uri, write_config
 
 QEMU = shutil.which("qemu-system-x86_64")
 CAPS_DIR = "qemu-caps"  # below the session's base temporary directory
@@ -127,9 +126,4 @@ async def conn(root: Path, fast_config: Path) -> AsyncIterator[asvirt.Connection
         try:
             yield c
         finally:
-            with trio.CancelScope(shield=True):
-                for dom in await c.list_all_domains(active=True):
-                    try:
-                        await dom.destroy()
-                    except asvirt.AsvirtError:
-                        pass
+            await destroy_all(c)

@@ -27,7 +27,7 @@ from asvirt.conf.domain import parse_domain_xml
 
 from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
 from .guest import GUEST_DIR, TestGuest
-from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists
+from .helpers import collect_until, destroy_all, lifecycle, lifecycle_until, pid_exists
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
@@ -71,12 +71,7 @@ async def api(backend: Backend) -> AsyncIterator[Backend]:
         try:
             yield backend
         finally:
-            with trio.CancelScope(shield=True):
-                for dom in await conn.list_all_domains(active=True):
-                    try:
-                        await dom.destroy()
-                    except asvirt.AsvirtError:
-                        pass
+            await destroy_all(conn)
 
 
 # -- defining ---------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ QEMU paused with the very argv (never mocked) and ask it over QMP what it built.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from qemu_launch import QemuRefused, launch_paused
@@ -18,43 +16,18 @@ from asvirt.conf.domain import parse_domain_xml, prepare_domain
 from asvirt.drivers.qemu.command import (
     MonitorSpec,
     build_command,
-    domxml_to_native,
     fill_runtime_paths,
     links_down,
 )
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import REPO, Caps
-from tests.helpers import dom
+from tests.helpers import argv_of, blockdevs, device, devices, dom, opts
 
 AGENT = (
     "<channel type='unix'><source mode='bind'/>"
     "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
 )
 RNG = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
-
-
-def argv_of(caps: Caps, xml: str, tmp: Path | None = None) -> list[str]:
-    mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")
-    return domxml_to_native(xml, caps, monitor_path=mon)
-
-
-def opts(argv: list[str], name: str) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == name]
-
-
-def devices(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(v) for v in opts(argv, "-device")]
-
-
-def device(argv: list[str], dev_id: str) -> dict[str, Any]:
-    for d in devices(argv):
-        if d.get("id") == dev_id:
-            return d
-    raise AssertionError(f"no -device with id {dev_id}")
-
-
-def blockdevs(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(v) for v in opts(argv, "-blockdev")]
 
 
 # -- the fixed frame ------------------------------------------------------------------------------

@@ -5,33 +5,15 @@ Each case has its own small XML; the launch tests start the real QEMU paused wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from qemu_launch import launch_paused
 
 from asvirt.conf.domain import parse_domain_xml, prepare_domain
-from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import Caps
-from tests.helpers import dom
-
-
-def argv_of(caps: Caps, xml: str, tmp: Path) -> list[str]:
-    return domxml_to_native(xml, caps, monitor_path=str(tmp / "m.sock"))
-
-
-def devices(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "-device"]
-
-
-def device(argv: list[str], dev_id: str) -> dict[str, Any]:
-    for d in devices(argv):
-        if d.get("id") == dev_id:
-            return d
-    raise AssertionError(f"no -device with id {dev_id}")
+from tests.helpers import argv_of, device, dom
 
 
 def _image(tmp: Path, name: str = "a.img") -> str:
