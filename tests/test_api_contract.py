@@ -330,15 +330,37 @@ async def test_guest_ignoring_acpi_keeps_running(api):
 
 
 @needs_guest
-async def test_poweroff_from_inside_the_guest(api):
-    dom = await api.define("vm1", boots=True, action="poweroff")
+@pytest.mark.parametrize(
+    ("kw", "expected", "state"),
+    [
+        pytest.param(
+            {"action": "poweroff"},
+            [("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")],
+            (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN),
+            id="poweroff",
+        ),
+        pytest.param(
+            {"action": "panic"},  # on_crash's default: destroy
+            [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")],
+            (S.SHUTOFF, asvirt.ShutoffReason.CRASHED),
+            id="panic-destroys-by-default",
+        ),
+        pytest.param(
+            # The guest panics 1 s after each boot; a restart shows as a second boot.
+            {"action": "panic", "delay": 1, "on_crash": "restart"},
+            [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")],
+            (S.RUNNING, asvirt.RunningReason.BOOTED),
+            id="panic-restart-boots-again",
+        ),
+    ],
+)
+async def test_what_the_guest_does_by_itself(api, kw, expected, state):
+    dom = await api.define("vm1", boots=True, **kw)
     async with api.conn.subscribe(dom) as events:
         await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")
-        )
-    assert seen == [("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")]
-    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN)
+        seen = await lifecycle_until(events, *expected)
+        assert await dom.state() == state
+    assert seen == expected
 
 
 @needs_guest
@@ -351,18 +373,6 @@ async def test_poweroff_with_on_poweroff_restart_boots_again(api):
         seen = await lifecycle_until(events, ("SHUTDOWN", "GUEST"), ("STARTED", "BOOTED"))
     assert seen == [("SHUTDOWN", "GUEST"), ("STARTED", "BOOTED")]
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-
-
-@needs_guest
-async def test_panic_destroys_by_default(api):
-    dom = await api.define("vm1", boots=True, action="panic")
-    async with api.conn.subscribe(dom) as events:
-        await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")
-        )
-    assert seen == [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")]
-    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
 
 
 @needs_guest
@@ -406,19 +416,6 @@ async def test_poweroff_with_on_poweroff_preserve_needs_a_reset(api):
         await dom.qmp("cont")
         assert drain_lifecycle(events) == [("RESUMED", "UNPAUSED")]
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-
-
-@needs_guest
-async def test_panic_restart_boots_again(api):
-    # The guest panics 1 s after each boot; a restart shows as a second boot.
-    dom = await api.define("vm1", boots=True, action="panic", delay=1, on_crash="restart")
-    async with api.conn.subscribe(dom) as events:
-        await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")
-        )
-        assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-    assert seen == [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")]
 
 
 @needs_guest
