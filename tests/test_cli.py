@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .guest import TestGuest
-from .helpers import run_cli
+from .helpers import qemu_pid, run_cli
 
 pytestmark = [pytest.mark.qemu]
 
@@ -85,7 +84,7 @@ def test_event_command_prints_virsh_lines(root, xml_file):
     # 'event' can show is what its own connection finds: here, on re-attaching, that a
     # domain died while nobody watched.
     run(root, "start", "vm1", "--paused")
-    pid = json.loads((root / "run" / "qemu" / "vm1.status").read_text())["pid"]
+    pid = qemu_pid(root, "vm1")
     os.kill(pid, signal.SIGKILL)
     proc = run(root, "event", "--since", "0", "--loop", "--timeout", "1")
     assert proc.stdout.strip().splitlines() == [
