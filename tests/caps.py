@@ -1,11 +1,13 @@
-"""Capabilities of the real QEMU on this machine, probed once per session (test helper).
+"""Capabilities of the real QEMU on this machine (test helper).
 
 The probe runs QEMU once (``-machine none``, no guest); the result is cached on disk as the
-driver caches it, so every test module shares one probe.
+driver caches it. Tests take it from the session fixtures ``caps`` and ``caps_cache``
+(``tests/conftest.py``), so the whole run shares one probe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,7 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / ".." / "shared" / "conformance"
 
 
-def probe_caps(cache_dir: Path) -> QemuCapabilities:
+class Caps(QemuCapabilities):
+    """The capabilities, with a short repr: they appear in hypothesis' falsifying examples
+    and in tracebacks, where the full dataclass would print every device type."""
+
+    def __repr__(self) -> str:
+        return f"<caps of QEMU {self.version_string}>"
+
+
+def probe_caps(cache_dir: Path) -> Caps:
+    """Probe (or read from ``cache_dir``) the capabilities of the QEMU on PATH."""
     binary = shutil.which("qemu-system-x86_64")
     if binary is None:
         pytest.skip("QEMU is not installed (no qemu-system-x86_64 on PATH)")
@@ -29,17 +40,8 @@ def probe_caps(cache_dir: Path) -> QemuCapabilities:
             return await CapabilitiesCache(cache_dir, loop, timeout=30).get(binary)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return trio.run(main)
-
-
-class Caps:
-    """Holds capabilities with a short repr (they appear in test ids and tracebacks)."""
-
-    def __init__(self, caps: QemuCapabilities) -> None:
-        self.caps = caps
-
-    def __repr__(self) -> str:
-        return f"<caps of QEMU {self.caps.version_string}>"
+    caps = trio.run(main)
+    return Caps(**{f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)})
 
 
 def kvm_host_cpu_failure() -> str | None:

@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 import asvirt
 
+from .caps import Caps, probe_caps
 from .guest import GUEST_DIR, REPO, TestGuest
-from .helpers import embed_uri, write_config
+from .helpers import destroy_all, embed_uri, write_config
 
 QEMU = shutil.which("qemu-system-x86_64")
+CAPS_DIR = "qemu-caps"  # below the session's base temporary directory
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,11 +54,17 @@ def no_leaked_qemu() -> Iterator[None]:
     yield
     leaked = []
     for pid in set(_qemu_children()) - before:
-        stat = Path(f"/proc/{pid}/stat").read_bytes() if os.path.exists(f"/proc/{pid}") else b""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except FileNotFoundError:
+            continue  # exited and already reaped since it was listed
         if b") Z " in stat:
             continue  # exited; the orphan reaper collects it
         leaked.append(pid)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it exited meanwhile; still a leak: it ran past the test's end
     assert not leaked, f"the test left QEMU processes running: {leaked}"
 
 
@@ -84,6 +91,19 @@ def test_guest() -> TestGuest:
     return guest
 
 
+@pytest.fixture(scope="session")
+def caps(tmp_path_factory: pytest.TempPathFactory) -> Caps:
+    """The capabilities of the real QEMU on this machine, probed once per session."""
+    return probe_caps(tmp_path_factory.getbasetemp() / CAPS_DIR)
+
+
+@pytest.fixture(scope="session")
+def caps_cache(caps: Caps, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``caps`` is cached, as the driver caches it: for converters that run in a
+    process of their own and read the probe instead of running QEMU again."""
+    return tmp_path_factory.getbasetemp() / CAPS_DIR
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """An embed root. Deliberately deep, so that socket paths exceed sun_path's 107 bytes."""
@@ -106,9 +126,4 @@ async def conn(root: Path, fast_config: Path) -> AsyncIterator[asvirt.Connection
         try:
             yield c
         finally:
-            with trio.CancelScope(shield=True):
-                for dom in await c.list_all_domains(active=True):
-                    try:
-                        await dom.destroy()
-                    except asvirt.AsvirtError:
-                        pass
+            await destroy_all(c)

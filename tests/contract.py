@@ -17,13 +17,9 @@ import trio
 import trio.testing
 
 import asvirt
-from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .guest import TestGuest, wait_for_serial
-from .helpers import embed_uri, lifecycle
-
-#: Paused-only QEMU tests use KVM when it works (faster); booted guests need TCG here.
-PAUSED_DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"
+from .guest import PAUSED_DOMAIN_TYPE, TestGuest, wait_for_serial
+from .helpers import embed_uri, lifecycle, qemu_pid
 
 #: The driver families the shared suite runs against.
 KINDS = ("test", "qemu")
@@ -37,6 +33,8 @@ class Backend:
     uri: str
     guest: TestGuest
     tmp: Path
+    #: The QEMU driver's embed root (None for the test driver).
+    root: Path | None = None
     conn: asvirt.Connection = dataclasses.field(init=False)
 
     @property
@@ -51,6 +49,23 @@ class Backend:
 
     def serial(self, name: str) -> Path:
         return self.tmp / f"{name}.serial"
+
+    # What only the QEMU driver has (a test asks for these behind ``if not api.simulated``).
+
+    def config_file(self, name: str) -> Path:
+        """Where the QEMU driver keeps a persistent domain's definition."""
+        assert self.root is not None, "the test driver keeps no files"
+        return self.root / "etc" / "qemu" / f"{name}.xml"
+
+    def log_file(self, name: str) -> Path:
+        """The per-domain log QEMU's stderr goes to."""
+        assert self.root is not None, "the test driver keeps no files"
+        return self.root / "log" / "qemu" / f"{name}.log"
+
+    def pid(self, name: str) -> int:
+        """The pid of the running domain's QEMU."""
+        assert self.root is not None, "the test driver runs no processes"
+        return qemu_pid(self.root, name)
 
     def xml(self, name: str, *, boots: bool = False, **kw: object) -> str:
         """The test guest's domain XML; ``boots=True`` if the test needs the guest to run.
@@ -72,6 +87,18 @@ class Backend:
             await trio.testing.wait_all_tasks_blocked()
         else:
             await wait_for_serial(self.serial(dom.name))
+
+    async def settle(self, dom: asvirt.Domain) -> None:
+        """Until every event already due for ``dom`` has been delivered.
+
+        The simulated guest acts in tasks of this process: they are done once every task is
+        blocked. QEMU sends the events it has before the reply to any later command, and a
+        QMP call returns once the events before its reply are delivered: a round trip.
+        """
+        if self.simulated:
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            await dom.qmp("query-status")
 
     def forget_boot(self, dom: asvirt.Domain) -> None:
         """Make the next :meth:`wait_booted` wait for a new boot."""
@@ -104,7 +131,7 @@ def make_backend(kind: str, *, guest: TestGuest, tmp: Path, root: Path | None) -
     if kind == "test":
         return Backend(kind, "test:///default", guest, tmp)
     assert root is not None
-    return Backend(kind, embed_uri(root), guest, tmp)
+    return Backend(kind, embed_uri(root), guest, tmp, root)
 
 
 def run_status(status: dict[str, object]) -> tuple[object, object]:
@@ -136,7 +163,6 @@ def drain(events: asvirt.Subscription) -> list[asvirt.DomainEvent]:
 
 __all__ = [
     "KINDS",
-    "PAUSED_DOMAIN_TYPE",
     "Backend",
     "drain",
     "drain_lifecycle",

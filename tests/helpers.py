@@ -1,16 +1,21 @@
-"""Small helpers for tests: embed roots, processes, waiting for events."""
+"""Small helpers for tests: embed roots, processes, waiting for events, domain XML and
+QEMU command lines."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 import asvirt
+from asvirt.drivers.qemu.capabilities import QemuCapabilities
+from asvirt.drivers.qemu.command import domxml_to_native
 
 
 def embed_uri(root: Path) -> str:
@@ -32,6 +37,17 @@ def run_cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+async def destroy_all(conn: asvirt.Connection) -> None:
+    """Destroy every domain still running on ``conn`` (a fixture's teardown: it cannot be
+    cancelled, and a domain that stops meanwhile is no error)."""
+    with trio.CancelScope(shield=True):
+        for dom in await conn.list_all_domains(active=True):
+            try:
+                await dom.destroy()
+            except asvirt.AsvirtError:
+                pass
 
 
 def write_config(root: Path, text: str) -> None:
@@ -112,7 +128,61 @@ async def lifecycle_until(
 async def wait_for(
     predicate: Callable[[], bool], *, timeout: float = 10, interval: float = 0.02
 ) -> None:
-    """Poll ``predicate`` (for facts no event announces, like a file or a process)."""
+    """Poll ``predicate``: only for facts no event announces, like a file or a process in
+    /proc. Whatever asvirt reports, wait for its event instead (subscribe before acting)."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(interval)
+
+
+# -- domain XML and QEMU command lines, for tests that run no QEMU ------------------------
+
+
+#: The UUID :func:`dom` writes: fixed, so that outputs can be compared; upper case, as a user
+#: may spell it (asvirt writes it in lower case).
+DOM_UUID = "C7A5FDBD-EDAF-9455-926A-D65C16DB1809"
+
+
+def dom(
+    devices: str = "",
+    *,
+    body: str = "",
+    dtype: str = "qemu",
+    arch: str = "x86_64",
+    machine: str = "pc",
+) -> str:
+    """A small domain XML named vm1 (128 MiB, ``DOM_UUID``) with ``devices`` in <devices>
+    and ``body`` (more elements: <cpu>, <clock>, <features>...) after <os>. Nothing boots it:
+    for the parser and the command line builder."""
+    return (
+        f"<domain type='{dtype}'><name>vm1</name><uuid>{DOM_UUID}</uuid>"
+        "<memory unit='MiB'>128</memory>"
+        f"<os><type arch='{arch}' machine='{machine}'>hvm</type></os>"
+        f"{body}<devices>{devices}</devices></domain>"
+    )
+
+
+def argv_of(caps: QemuCapabilities, xml: str, tmp: Path | None = None) -> list[str]:
+    """The QEMU command line for ``xml``, its monitor socket in ``tmp`` (or a fixed path)."""
+    mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")
+    return domxml_to_native(xml, caps, monitor_path=mon)
+
+
+def opts(argv: list[str], name: str) -> list[str]:
+    """The values of every ``name`` option (``-device``, ``-blockdev``...) in ``argv``."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == name]
+
+
+def devices(argv: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in opts(argv, "-device")]
+
+
+def device(argv: list[str], dev_id: str) -> dict[str, Any]:
+    for d in devices(argv):
+        if d.get("id") == dev_id:
+            return d
+    raise AssertionError(f"no -device with id {dev_id}")
+
+
+def blockdevs(argv: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in opts(argv, "-blockdev")]

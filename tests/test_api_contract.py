@@ -29,7 +29,7 @@ from asvirt.conf.postparse import postparse_domain
 
 from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
 from .guest import GUEST_DIR, TestGuest
-from .helpers import collect_until, lifecycle, lifecycle_until
+from .helpers import collect_until, destroy_all, lifecycle, lifecycle_until, pid_exists
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
@@ -73,12 +73,7 @@ async def api(backend: Backend) -> AsyncIterator[Backend]:
         try:
             yield backend
         finally:
-            with trio.CancelScope(shield=True):
-                for dom in await conn.list_all_domains(active=True):
-                    try:
-                        await dom.destroy()
-                    except asvirt.AsvirtError:
-                        pass
+            await destroy_all(conn)
 
 
 # -- defining ---------------------------------------------------------------------------------
@@ -90,9 +85,13 @@ async def test_define_redefine_undefine(api):
         assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.UNKNOWN)
         assert await dom.is_persistent() and not await dom.is_active()
         assert await dom.id() is None
+        if not api.simulated:
+            assert api.config_file("vm1").is_file()
         again = await api.define("vm1", uuid=dom.uuid)
         assert again == dom
         await dom.undefine()
+        if not api.simulated:
+            assert not api.config_file("vm1").exists()
         assert drain_lifecycle(events) == [
             ("DEFINED", "ADDED"),
             ("DEFINED", "UPDATED"),
@@ -295,6 +294,10 @@ async def test_start_boots_and_runs(api):
     assert (info.max_memory_kib, info.memory_kib, info.vcpus) == (128 * 1024, 128 * 1024, 1)
     assert info.cpu_time_ns > 0
     assert run_status(await dom.qmp("query-status")) == (True, "running")
+    if not api.simulated:
+        # QEMU's stderr goes to the per-domain log, which starts with the command line it ran.
+        log = api.log_file("vm1").read_text()
+        assert "qemu-system-x86_64" in log and dom.uuid in log
 
 
 async def test_suspend_and_resume_are_idempotent(api):
@@ -330,10 +333,12 @@ async def test_destroy(api):
     dom = await api.define("vm1")
     await dom.start(paused=True)
     await dom.resume()
+    pid = None if api.simulated else api.pid("vm1")
     async with api.conn.subscribe(dom) as events:
         await dom.destroy()
-        # destroy() returns once the domain is shut off and says so.
+        # destroy() returns once the domain is shut off and says so, and QEMU is gone.
         assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+        assert pid is None or not pid_exists(pid), "QEMU must be gone and reaped"
         assert drain_lifecycle(events) == [("STOPPED", "DESTROYED")]
     assert not await dom.is_active()
     assert await dom.id() is None
@@ -350,19 +355,26 @@ async def test_reset_reports_a_reboot_and_keeps_the_state(api):
     await dom.start(paused=True)
     async with api.conn.subscribe(dom) as events:
         await dom.reset()
-        assert [e.kind for e in await _settled(events)] == [REBOOT]
+        assert [e.kind for e in await _until_reboot(api, dom, events)] == [REBOOT]
         assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
         await dom.resume()
         await dom.reset()
-        kinds = [(e.kind, lifecycle(e)) for e in await _settled(events)]
+        kinds = [(e.kind, lifecycle(e)) for e in await _until_reboot(api, dom, events)]
         assert kinds == [(LC, ("RESUMED", "UNPAUSED")), (REBOOT, None)]
         assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
 
 
-async def _settled(events: asvirt.Subscription, wait: float = 0.3) -> list[asvirt.DomainEvent]:
-    """The events delivered so far, after giving stragglers ``wait`` seconds."""
-    await trio.sleep(wait)
-    return drain(events)
+async def _until_reboot(
+    api: Backend, dom: asvirt.Domain, events: asvirt.Subscription
+) -> list[asvirt.DomainEvent]:
+    """The events up to a reset's REBOOT event, and any that were due with it.
+
+    QEMU resets the machine after it has answered ``system_reset``, so the event may come
+    after ``reset()`` returns: wait for it, then settle to catch what came along.
+    """
+    seen = await collect_until(events, lambda s: any(e.kind is REBOOT for e in s), timeout=10)
+    await api.settle(dom)
+    return seen + drain(events)
 
 
 # -- the guest's side -------------------------------------------------------------------------
@@ -373,12 +385,14 @@ async def test_acpi_shutdown(api):
     dom = await api.define("vm1", boots=True)
     await dom.start()
     await api.wait_booted(dom)
+    pid = None if api.simulated else api.pid("vm1")
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown()
         seen = await lifecycle_until(events, ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN"))
     assert seen == [("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")]
     assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN)
     assert await dom.id() is None
+    assert pid is None or not pid_exists(pid), "QEMU must be gone and reaped"
 
 
 @needs_guest
@@ -388,21 +402,44 @@ async def test_guest_ignoring_acpi_keeps_running(api):
     await api.wait_booted(dom)
     async with api.conn.subscribe(dom, kinds=LC) as events:
         await dom.shutdown()
+        # The point of the test: nothing happens. Watch for a while (no event stands for it).
         await trio.sleep(api.quiet_period)
         assert drain(events) == []
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
 
 
 @needs_guest
-async def test_poweroff_from_inside_the_guest(api):
-    dom = await api.define("vm1", boots=True, action="poweroff")
+@pytest.mark.parametrize(
+    ("kw", "expected", "state"),
+    [
+        pytest.param(
+            {"action": "poweroff"},
+            [("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")],
+            (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN),
+            id="poweroff",
+        ),
+        pytest.param(
+            {"action": "panic"},  # on_crash's default: destroy
+            [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")],
+            (S.SHUTOFF, asvirt.ShutoffReason.CRASHED),
+            id="panic-destroys-by-default",
+        ),
+        pytest.param(
+            # The guest panics 1 s after each boot; a restart shows as a second boot.
+            {"action": "panic", "delay": 1, "on_crash": "restart"},
+            [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")],
+            (S.RUNNING, asvirt.RunningReason.BOOTED),
+            id="panic-restart-boots-again",
+        ),
+    ],
+)
+async def test_what_the_guest_does_by_itself(api, kw, expected, state):
+    dom = await api.define("vm1", boots=True, **kw)
     async with api.conn.subscribe(dom) as events:
         await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")
-        )
-    assert seen == [("STARTED", "BOOTED"), ("SHUTDOWN", "GUEST"), ("STOPPED", "SHUTDOWN")]
-    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.SHUTDOWN)
+        seen = await lifecycle_until(events, *expected)
+        assert await dom.state() == state
+    assert seen == expected
 
 
 @needs_guest
@@ -415,18 +452,6 @@ async def test_poweroff_with_on_poweroff_restart_boots_again(api):
         seen = await lifecycle_until(events, ("SHUTDOWN", "GUEST"), ("STARTED", "BOOTED"))
     assert seen == [("SHUTDOWN", "GUEST"), ("STARTED", "BOOTED")]
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-
-
-@needs_guest
-async def test_panic_destroys_by_default(api):
-    dom = await api.define("vm1", boots=True, action="panic")
-    async with api.conn.subscribe(dom) as events:
-        await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")
-        )
-    assert seen == [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STOPPED", "CRASHED")]
-    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
 
 
 @needs_guest
@@ -457,6 +482,7 @@ async def test_poweroff_with_on_poweroff_preserve_needs_a_reset(api):
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown()
         assert await lifecycle_until(events, ("SHUTDOWN", "GUEST")) == [("SHUTDOWN", "GUEST")]
+        # The point of the test: QEMU is kept, not stopped. Watch for a while that it stays.
         await trio.sleep(api.quiet_period)
         assert await dom.state() == (S.SHUTDOWN, asvirt.ShutdownReason.USER)
         assert run_status(await dom.qmp("query-status")) == (False, "shutdown")
@@ -469,19 +495,6 @@ async def test_poweroff_with_on_poweroff_preserve_needs_a_reset(api):
         await dom.qmp("cont")
         assert drain_lifecycle(events) == [("RESUMED", "UNPAUSED")]
     assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-
-
-@needs_guest
-async def test_panic_restart_boots_again(api):
-    # The guest panics 1 s after each boot; a restart shows as a second boot.
-    dom = await api.define("vm1", boots=True, action="panic", delay=1, on_crash="restart")
-    async with api.conn.subscribe(dom) as events:
-        await dom.start()
-        seen = await lifecycle_until(
-            events, ("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")
-        )
-        assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
-    assert seen == [("STARTED", "BOOTED"), ("CRASHED", "PANICKED"), ("STARTED", "BOOTED")]
 
 
 @needs_guest
@@ -558,8 +571,14 @@ async def test_raw_qmp_events_are_opt_in(api):
     ):
         await dom.resume()
         await dom.suspend()
-        assert [e.data["event"] for e in drain(raw)] == ["RESUME", "STOP"]
-        assert all(e.kind is LC for e in drain(typed))
+        raw_events = drain(raw)
+        assert [e.data["event"] for e in raw_events] == ["RESUME", "STOP"]
+        assert all(e.kind is asvirt.EventKind.QMP and e.timestamp > 0 for e in raw_events)
+        # Without asking for them, no raw events: only typed ones.
+        assert [lifecycle(e) for e in drain(typed)] == [
+            ("RESUMED", "UNPAUSED"),
+            ("SUSPENDED", "PAUSED"),
+        ]
 
 
 async def test_qmp_answers(api):
@@ -580,10 +599,13 @@ async def test_qmp_answers(api):
 
 
 async def test_transient_domain_vanishes_when_it_stops(api):
+    before = await api.baseline()
     async with api.conn.subscribe(kinds=LC) as events:
         dom = await api.conn.create_xml(api.xml("tvm"), paused=True)
         assert not await dom.is_persistent()
         assert await dom.is_active()
+        if not api.simulated:
+            assert not api.config_file("tvm").exists()
         with pytest.raises(asvirt.OperationInvalidError):
             await dom.undefine()
         await dom.destroy()
@@ -596,6 +618,7 @@ async def test_transient_domain_vanishes_when_it_stops(api):
         await api.conn.lookup_by_name("tvm")
     with pytest.raises(asvirt.NoDomainError):
         await dom.state()
+    assert await api.baseline() == before
 
 
 async def test_undefine_running_domain_makes_it_transient(api):
@@ -605,6 +628,8 @@ async def test_undefine_running_domain_makes_it_transient(api):
         await dom.undefine()
         assert await dom.is_active()
         assert not await dom.is_persistent()
+        if not api.simulated:
+            assert not api.config_file("vm1").exists()
         await dom.destroy()
         assert drain_lifecycle(events) == [("UNDEFINED", "REMOVED"), ("STOPPED", "DESTROYED")]
     with pytest.raises(asvirt.NoDomainError):
@@ -677,9 +702,13 @@ async def test_closing_a_connection_autodestroys_only_what_it_asked_for(backend)
             backend.conn = conn
             auto = await backend.define("auto")
             await auto.start(paused=True, autodestroy=True)
-            await conn.create_xml(backend.xml("tauto"), paused=True, autodestroy=True)
+            tauto = await conn.create_xml(backend.xml("tauto"), paused=True, autodestroy=True)
+            assert await tauto.is_active()
             kept = await backend.define("kept")
             await kept.start(paused=True)
+            pids = [] if backend.simulated else [backend.pid("auto"), backend.pid("tauto")]
+        # Closing returns once what it autodestroys is gone.
+        assert not any(pid_exists(pid) for pid in pids)
         async with backend.open() as conn:
             auto = await conn.lookup_by_name("auto")
             assert await auto.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
@@ -778,8 +807,15 @@ async def test_late_subscribers_can_replay(api):
 async def user_script(uri: str, xml: str) -> list[str]:
     """What a user might write against qemu:///embed: only the URI changes between drivers."""
     seen: list[str] = []
+    undefined = trio.Event()
+
+    def on_event(ev: asvirt.DomainEvent) -> None:
+        seen.append(ev.describe())
+        if ev.type is asvirt.LifecycleEvent.UNDEFINED:
+            undefined.set()
+
     async with asvirt.open(uri) as conn:
-        conn.register_event_callback(lambda ev: seen.append(ev.describe()), kinds=LC)
+        conn.register_event_callback(on_event, kinds=LC)
         dom = await conn.define_xml(xml)
         async with conn.subscribe(dom, kinds=LC) as events:
             await dom.start(paused=True)
@@ -792,7 +828,8 @@ async def user_script(uri: str, xml: str) -> list[str]:
                 if ev.type is asvirt.LifecycleEvent.STOPPED:
                     break
         await dom.undefine()
-        await trio.sleep(0.1)  # let the callback see the last event
+        with trio.fail_after(5):
+            await undefined.wait()  # the callback has seen the last event
     return seen
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ import pytest
 import trio
 
 from .guest import TestGuest, wait_for_serial
-from .helpers import run_cli
+from .helpers import qemu_pid, run_cli
 
 pytestmark = [pytest.mark.qemu]
 
@@ -97,7 +96,7 @@ def test_event_command_prints_virsh_lines(root, xml_file):
     # them, numbered, so 'event --since' shows what happened before, even while nobody
     # watched: here a domain that died between two commands.
     run(root, "start", "vm1", "--paused")
-    pid = json.loads((root / "run" / "qemu" / "vm1.status").read_text())["pid"]
+    pid = qemu_pid(root, "vm1")
     os.kill(pid, signal.SIGKILL)
     proc = run(root, "event", "--since", "0", "--loop", "--timeout", "1")
     assert proc.stdout.strip().splitlines() == [

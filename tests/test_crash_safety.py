@@ -24,8 +24,7 @@ from asvirt import DomainState as S
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.process import find_qemus
 
-from .contract import PAUSED_DOMAIN_TYPE
-from .guest import REPO, TestGuest
+from .guest import PAUSED_DOMAIN_TYPE, REPO, TestGuest
 from .helpers import embed_uri
 
 pytestmark = [pytest.mark.qemu]

@@ -478,7 +478,7 @@ async def test_command_line_actions_follow_boot_and_delay(autojump_clock):
     async with asvirt.open(DEFAULT) as conn, conn.subscribe(kinds=LC) as events:
         dom = await conn.define_xml(guest_xml("p", action="panic", delay=5, on_crash="restart"))
         await dom.start(paused=True)
-        await trio.sleep(60)
+        await trio.sleep(60)  # virtual time: a minute in which nothing may happen
         assert (await dom.state())[0] is S.PAUSED, "a paused guest does nothing"
         drain(events)
         await dom.resume()
@@ -501,7 +501,7 @@ async def test_guest_ignoring_acpi(autojump_clock):
         await dom.start()
         await dom.shutdown()
         await dom.reboot()
-        await trio.sleep(3600)
+        await trio.sleep(3600)  # virtual time: an hour in which nothing may happen
         assert await dom.state() == (S.RUNNING, asvirt.RunningReason.BOOTED)
 
 
@@ -510,7 +510,7 @@ async def test_cpu_time_advances_only_while_running(autojump_clock):
         dom = await conn.lookup_by_name("test")
         await dom.suspend()
         frozen = (await dom.info()).cpu_time_ns
-        await trio.sleep(1)
+        await trio.sleep(1)  # virtual time: a second in which the counter must not move
         assert (await dom.info()).cpu_time_ns == frozen
         await dom.resume()
         for _ in range(1000):

@@ -7,8 +7,7 @@ import trio
 
 import asvirt
 
-from .contract import PAUSED_DOMAIN_TYPE
-from .guest import define
+from .guest import PAUSED_DOMAIN_TYPE, define
 from .helpers import embed_uri, lifecycle, write_config
 
 pytestmark = [pytest.mark.qemu]

@@ -134,15 +134,6 @@ async def test_duplicate_name_or_uuid(conn, root, test_guest, tmp_path):
     assert [d.name for d in await conn.list_all_domains()] == ["vm"]
 
 
-async def test_lookups_of_missing_domains(conn):
-    with pytest.raises(asvirt.NoDomainError):
-        await conn.lookup_by_name("nope")
-    with pytest.raises(asvirt.NoDomainError):
-        await conn.lookup_by_uuid("11111111-2222-3333-4444-555555555555")
-    with pytest.raises(asvirt.InvalidArgError):
-        await conn.lookup_by_uuid("not-a-uuid")
-
-
 async def test_kvm_domain_without_kvm_says_so(conn, test_guest, tmp_path, monkeypatch):
     from asvirt.drivers.qemu import capabilities
 

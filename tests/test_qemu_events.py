@@ -20,8 +20,7 @@ import pytest
 import asvirt
 from asvirt import DomainState as S
 
-from .contract import PAUSED_DOMAIN_TYPE
-from .guest import TestGuest, define, wait_for_serial
+from .guest import PAUSED_DOMAIN_TYPE, TestGuest, define, wait_for_serial
 from .helpers import collect_until, lifecycle
 
 pytestmark = [pytest.mark.qemu]

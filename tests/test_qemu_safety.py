@@ -24,8 +24,7 @@ import asvirt
 from asvirt import DomainState as S
 from asvirt.drivers.qemu.process import find_qemus
 
-from .contract import PAUSED_DOMAIN_TYPE
-from .guest import REPO, TestGuest, define
+from .guest import PAUSED_DOMAIN_TYPE, REPO, TestGuest, define
 from .helpers import embed_uri, lifecycle, pid_alive, qemu_pid, run_cli, wait_for, write_config
 
 pytestmark = [pytest.mark.qemu]

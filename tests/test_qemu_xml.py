@@ -10,15 +10,13 @@ import pytest
 from lxml import etree
 
 import asvirt
-from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .guest import REPO
+from .guest import REPO, paused_xml
 from .helpers import qemu_pid
 
 pytestmark = [pytest.mark.qemu]
 
 SCHEMA = REPO.parent / "shared" / "conformance" / "schemas" / "domain.rng"
-DOMAIN_TYPE = "kvm" if kvm_usable()[0] else "qemu"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def assert_valid(schema: etree.RelaxNG, xml: str) -> None:
 
 
 async def test_dumpxml_validates_against_libvirts_schema(conn, test_guest, tmp_path, relaxng):
-    dom = await conn.define_xml(test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE))
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
     inactive = await dom.xml_desc()
     assert_valid(relaxng, inactive)
     await dom.start(paused=True)
@@ -51,8 +49,8 @@ async def test_dumpxml_validates_against_libvirts_schema(conn, test_guest, tmp_p
 
 
 async def test_pty_serial_path_appears_in_live_xml(conn, test_guest, tmp_path):
-    xml = test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE).replace(
-        f"<serial type='file'>\n      <source path='{tmp_path / 's'}'/>",
+    xml = paused_xml(test_guest, tmp_path).replace(
+        f"<serial type='file'>\n      <source path='{tmp_path / 'vm1.serial'}'/>",
         "<serial type='pty'>",
     )
     assert "<serial type='pty'>" in xml
@@ -78,7 +76,7 @@ async def test_capabilities_are_probed_once_and_cached(conn, root):
 
 
 async def test_qmp_errors_carry_qemus_error_class(conn, test_guest, tmp_path):
-    dom = await conn.define_xml(test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE))
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
     await dom.start(paused=True)
     with pytest.raises(asvirt.QMPError) as info:
         await dom.qmp("no-such-command")
@@ -91,7 +89,7 @@ async def test_qmp_errors_carry_qemus_error_class(conn, test_guest, tmp_path):
 async def test_runtime_details_in_live_xml(conn, test_guest, tmp_path, root):
     """What only exists once QEMU runs: the VNC port, agent socket, NIC link, CPU pinning."""
     xml = (
-        test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE)
+        paused_xml(test_guest, tmp_path)
         .replace(
             "<devices>",
             """<vcpu cpuset='0'>1</vcpu><devices>
@@ -119,7 +117,7 @@ async def test_runtime_details_in_live_xml(conn, test_guest, tmp_path, root):
 
 
 async def test_normalize_shows_what_define_would_store(conn, test_guest, tmp_path, root):
-    xml = test_guest.xml("vm1", tmp_path / "s", domain_type=DOMAIN_TYPE)
+    xml = paused_xml(test_guest, tmp_path)
     preview = await conn.domain_xml_normalize(xml)
     assert list((root / "etc" / "qemu").iterdir()) == []
     assert await conn.list_all_domains() == []

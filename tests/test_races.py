@@ -20,8 +20,7 @@ import trio
 import asvirt
 from asvirt import DomainState as S
 
-from .contract import PAUSED_DOMAIN_TYPE
-from .guest import TestGuest
+from .guest import PAUSED_DOMAIN_TYPE, TestGuest
 from .helpers import embed_uri, pid_alive
 
 pytestmark = [pytest.mark.qemu]

@@ -14,15 +14,7 @@ from asvirt.conf.units import parse_kib
 from asvirt.drivers.qemu.postparse import parse_prepared_xml
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import CONFORMANCE
-
-
-def dom(body: str = "", devices: str = "", head: str = "type='qemu'") -> str:
-    return (
-        f"<domain {head}><name>vm1</name><uuid>C7A5FDBD-EDAF-9455-926A-D65C16DB1809</uuid>"
-        "<memory unit='MiB'>128</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
-        f"{body}<devices>{devices}</devices></domain>"
-    )
-
+from tests.helpers import DOM_UUID, dom
 
 SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
 
@@ -50,7 +42,7 @@ def test_identity_and_defaults() -> None:
 
 
 def test_uuid_is_generated_when_absent() -> None:
-    xml = dom().replace("<uuid>C7A5FDBD-EDAF-9455-926A-D65C16DB1809</uuid>", "")
+    xml = dom().replace(f"<uuid>{DOM_UUID}</uuid>", "")
     a, b = parse_domain_xml(xml), parse_domain_xml(xml)
     assert uuid.UUID(a.uuid).version == 4
     assert a.uuid != b.uuid
@@ -58,7 +50,7 @@ def test_uuid_is_generated_when_absent() -> None:
 
 
 def test_uuid_spellings() -> None:
-    xml = dom().replace("C7A5FDBD-EDAF-9455-926A-D65C16DB1809", "c7a5fdbdedaf9455926ad65c16db1809")
+    xml = dom().replace(DOM_UUID, "c7a5fdbdedaf9455926ad65c16db1809")
     assert parse_domain_xml(xml).uuid == "c7a5fdbd-edaf-9455-926a-d65c16db1809"
 
 
@@ -84,24 +76,26 @@ def test_memory_units(value: str, unit: str | None, kib: int) -> None:
 
 def test_current_memory_is_clamped_like_libvirt() -> None:
     # The parser keeps what was written; libvirt's post-parse clamps it.
-    d = parse_domain_xml(dom("<currentMemory unit='GiB'>4</currentMemory>"))
+    d = parse_domain_xml(dom(body="<currentMemory unit='GiB'>4</currentMemory>"))
     assert d.current_memory_kib == 4 * 1024 * 1024
     d = postparse_domain(d)
     assert d.current_memory_kib == d.memory_kib
-    d = postparse_domain(parse_domain_xml(dom("<currentMemory unit='MiB'>64</currentMemory>")))
+    d = postparse_domain(parse_domain_xml(dom(body="<currentMemory unit='MiB'>64</currentMemory>")))
     assert d.current_memory_kib == 65536
     assert "<currentMemory unit='KiB'>65536</currentMemory>" in d.to_xml()
 
 
 def test_vcpu_current_and_cpuset() -> None:
-    d = parse_domain_xml(dom("<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>"))
+    d = parse_domain_xml(
+        dom(body="<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>")
+    )
     assert (d.vcpus, d.max_vcpus) == (2, 6)
     assert parse_cpuset(d.cpuset or "") == {1, 2, 4, 8}
     assert "<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>" in d.to_xml()
     with pytest.raises(XMLError, match="exceeds"):
-        parse_domain_xml(dom("<vcpu current='4'>2</vcpu>"))
+        parse_domain_xml(dom(body="<vcpu current='4'>2</vcpu>"))
     with pytest.raises(ConfigUnsupportedError, match="numad"):
-        parse_domain_xml(dom("<vcpu placement='auto'>2</vcpu>"))
+        parse_domain_xml(dom(body="<vcpu placement='auto'>2</vcpu>"))
 
 
 def test_title_description_metadata() -> None:
@@ -110,7 +104,7 @@ def test_title_description_metadata() -> None:
         "<metadata><a:x xmlns:a='urn:a'>1</a:x><b:y xmlns:b='urn:a'/><plain/>"
         "<c:z xmlns:c='urn:c'><c:w/></c:z></metadata>"
     )
-    d = parse_domain_xml(dom(body))
+    d = parse_domain_xml(dom(body=body))
     assert d.title == "A title"
     assert d.description == "multi\nline & text"
     # libvirt keeps one element per namespace and drops elements without one.
@@ -119,13 +113,13 @@ def test_title_description_metadata() -> None:
     assert "urn:c" in out and "<plain" not in out and "b:y" not in out
     assert parse_domain_xml(out).to_xml() == out
     with pytest.raises(XMLError, match="newlines"):
-        parse_domain_xml(dom("<title>two\nlines</title>"))
+        parse_domain_xml(dom(body="<title>two\nlines</title>"))
 
 
 def test_os_boot_and_direct_kernel() -> None:
     body = ""
     d = parse_domain_xml(
-        dom(body).replace(
+        dom(body=body).replace(
             "</type></os>",
             "</type><kernel>/k</kernel><initrd>/i</initrd><cmdline>console=ttyS0 a=b</cmdline>"
             "<boot dev='cdrom'/><boot dev='hd'/><bootmenu enable='yes' timeout='3000'/>"
@@ -153,7 +147,7 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
         "<on_crash>coredump-destroy</on_crash>"
         "<pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='yes'/></pm>"
     )
-    d = parse_domain_xml(dom(body))
+    d = parse_domain_xml(dom(body=body))
     f = d.features
     assert (f.acpi, f.apic, f.apic_eoi, f.pae, f.hap, f.vmport, f.smm) == (
         "on",
@@ -193,7 +187,7 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
 )
 def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
     with pytest.raises(ConfigUnsupportedError) as info:
-        parse_domain_xml(dom(xml_fragment))
+        parse_domain_xml(dom(body=xml_fragment))
     assert named in str(info.value)
     assert str(info.value).startswith("unsupported configuration:")
 
@@ -257,9 +251,9 @@ def test_foreign_namespace_elements_are_refused() -> None:
 
 
 def test_domain_type() -> None:
-    assert parse_domain_xml(dom(head="type='kvm'")).domain_type == "kvm"
+    assert parse_domain_xml(dom(dtype="kvm")).domain_type == "kvm"
     with pytest.raises(ConfigUnsupportedError, match="type='xen'"):
-        parse_domain_xml(dom(head="type='xen'"))
+        parse_domain_xml(dom(dtype="xen"))
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -429,9 +423,9 @@ def test_output_is_pretty_printed_like_libvirt() -> None:
 def test_written_xml_validates(schema: etree.RelaxNG) -> None:
     d = parse_domain_xml(
         dom(
-            "<features><acpi/></features>",
             "<disk type='file'><source file='/a'/><target dev='vda'/></disk>"
             "<interface type='user'/><serial type='pty'/><graphics type='vnc' port='-1'/>",
+            body="<features><acpi/></features>",
         )
     )
     for live in (False, True):

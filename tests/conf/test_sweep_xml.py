@@ -12,15 +12,7 @@ from lxml import etree
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import CONFORMANCE
-
-
-def dom(devices: str) -> str:
-    return (
-        "<domain type='qemu'><name>vm1</name><uuid>C7A5FDBD-EDAF-9455-926A-D65C16DB1809</uuid>"
-        "<memory unit='MiB'>128</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
-        f"<devices>{devices}</devices></domain>"
-    )
-
+from tests.helpers import dom
 
 SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
 

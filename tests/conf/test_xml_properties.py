@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from asvirt.conf.domain import parse_domain_xml
-from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.drivers.qemu.command import MonitorSpec, build_command
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import XMLError
-from tests.caps import CONFORMANCE, probe_caps
+from tests.caps import CONFORMANCE, Caps
 
 #: Set ASVIRT_HYPOTHESIS_EXAMPLES (e.g. 3000) for a deeper search than the default run.
 EXAMPLES = int(os.environ.get("ASVIRT_HYPOTHESIS_EXAMPLES", "150"))
@@ -29,21 +28,6 @@ SETTINGS = settings(
 )
 
 # -- properties -----------------------------------------------------------------------------------
-
-
-class _Caps:
-    """Holds the capabilities with a short repr (hypothesis prints its arguments)."""
-
-    def __init__(self, caps: QemuCapabilities) -> None:
-        self.caps = caps
-
-    def __repr__(self) -> str:
-        return f"<caps of QEMU {self.caps.version_string}>"
-
-
-@pytest.fixture(scope="module")
-def qemu(tmp_path_factory: pytest.TempPathFactory) -> _Caps:
-    return _Caps(probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps"))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +46,8 @@ def test_parsed_domains_round_trip(xml: str) -> None:
 @SETTINGS
 @given(domains())
 def test_prepared_domains_round_trip_and_validate(
-    qemu: _Caps, schema: etree.RelaxNG | None, xml: str
+    caps: Caps, schema: etree.RelaxNG | None, xml: str
 ) -> None:
-    caps = qemu.caps
     prepared = prepare_domain(parse_domain_xml(xml), caps)
     argv = build_command(prepared, caps, monitor=MonitorSpec(path="/run/x/m.sock"))
     assert argv[0] == caps.binary and "-S" in argv
@@ -112,9 +95,8 @@ def test_damaged_documents_raise_only_xml_errors(xml: str, data: st.DataObject) 
 @SETTINGS
 @given(domains(), st.data())
 def test_random_attribute_values_raise_only_xml_errors(
-    qemu: _Caps, xml: str, data: st.DataObject
+    caps: Caps, xml: str, data: st.DataObject
 ) -> None:
-    caps = qemu.caps
     root = etree.fromstring(xml.encode())
     elements = [el for el in root.iter() if el.attrib]
     assume(elements)
@@ -128,8 +110,7 @@ def test_random_attribute_values_raise_only_xml_errors(
     assert parse_domain_xml(d.to_xml()).to_xml() == d.to_xml()
 
 
-def test_every_conformance_case_round_trips(qemu: _Caps) -> None:
-    caps = qemu.caps
+def test_every_conformance_case_round_trips(caps: Caps) -> None:
     cases = sorted((CONFORMANCE / "libvirt-xml").glob("*.xml"))
     if not cases:
         pytest.skip(f"the conformance cases are not available ({CONFORMANCE} is missing)")

@@ -93,6 +93,7 @@ def launch_paused(argv: list[str], workdir: Path, *, timeout: float = 10.0) -> L
                 except (FileNotFoundError, ConnectionRefusedError):
                     if time.monotonic() > deadline:
                         raise TimeoutError("QEMU did not open its monitor") from None
+                    # Polled: nothing announces the socket QEMU creates (and this is no trio).
                     time.sleep(0.02)
             status = qmp.cmd("query-status")["status"]
             cpus = qmp.cmd("query-cpus-fast")

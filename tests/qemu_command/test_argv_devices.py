@@ -7,9 +7,7 @@ QEMU paused with the very argv (never mocked) and ask it over QMP what it built.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from qemu_launch import QemuRefused, launch_paused
@@ -18,19 +16,13 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import (
     MonitorSpec,
     build_command,
-    domxml_to_native,
     fill_runtime_paths,
     links_down,
 )
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError
-from tests.caps import REPO, Caps, probe_caps
-
-
-@pytest.fixture(scope="module")
-def qemu(tmp_path_factory: pytest.TempPathFactory) -> Caps:
-    return Caps(probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps"))
-
+from tests.caps import REPO, Caps
+from tests.helpers import argv_of, blockdevs, device, devices, dom, opts
 
 AGENT = (
     "<channel type='unix'><source mode='bind'/>"
@@ -39,54 +31,21 @@ AGENT = (
 RNG = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
 
 
-def dom(devices: str = "", *, machine: str = "pc", body: str = "", dtype: str = "qemu") -> str:
-    return (
-        f"<domain type='{dtype}'><name>vm1</name><uuid>6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2</uuid>"
-        f"<memory unit='MiB'>128</memory>{body}"
-        f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
-        f"<devices>{devices}</devices></domain>"
-    )
-
-
-def argv_of(qemu: Caps, xml: str, tmp: Path | None = None) -> list[str]:
-    mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")
-    return domxml_to_native(xml, qemu.caps, monitor_path=mon)
-
-
-def opts(argv: list[str], name: str) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == name]
-
-
-def devices(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(v) for v in opts(argv, "-device")]
-
-
-def device(argv: list[str], dev_id: str) -> dict[str, Any]:
-    for d in devices(argv):
-        if d.get("id") == dev_id:
-            return d
-    raise AssertionError(f"no -device with id {dev_id}")
-
-
-def blockdevs(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(v) for v in opts(argv, "-blockdev")]
-
-
 # -- the fixed frame ------------------------------------------------------------------------------
 
 
-def test_frame_of_every_command_line(qemu: Caps) -> None:
-    argv = argv_of(qemu, dom())
-    assert argv[0] == qemu.caps.binary
+def test_frame_of_every_command_line(caps: Caps) -> None:
+    argv = argv_of(caps, dom())
+    assert argv[0] == caps.binary
     assert opts(argv, "-name") == ["guest=vm1,debug-threads=on"]
-    assert opts(argv, "-uuid") == ["6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2"]
+    assert opts(argv, "-uuid") == ["c7a5fdbd-edaf-9455-926a-d65c16db1809"]
     for flag in ("-S", "-no-shutdown", "-nodefaults", "-no-user-config"):
         assert argv.count(flag) == 1, flag
     assert "-daemonize" not in argv and "-pidfile" not in argv
     assert opts(argv, "-msg") == ["timestamp=on"]
     assert opts(argv, "-accel") == ["tcg"]
     machine = opts(argv, "-machine")[0]
-    assert machine.startswith(qemu.caps.canonical_machine("pc") + ",usb=off,")
+    assert machine.startswith(caps.canonical_machine("pc") + ",usb=off,")
     assert machine.endswith(",acpi=off")
     assert opts(argv, "-m") == ["size=131072k"]
     assert opts(argv, "-smp") == ["1,sockets=1,cores=1,threads=1"]
@@ -96,26 +55,26 @@ def test_frame_of_every_command_line(qemu: Caps) -> None:
     assert opts(argv, "-mon") == ["chardev=charmonitor,id=monitor,mode=control"]
 
 
-def test_monitor_by_fd_or_path(qemu: Caps) -> None:
-    d = prepare_domain(parse_domain_xml(dom()), qemu.caps)
-    by_fd = build_command(d, qemu.caps, monitor=MonitorSpec(fd=7))
+def test_monitor_by_fd_or_path(caps: Caps) -> None:
+    d = prepare_domain(parse_domain_xml(dom()), caps)
+    by_fd = build_command(d, caps, monitor=MonitorSpec(fd=7))
     assert "socket,id=charmonitor,fd=7,server=on,wait=off" in by_fd
-    by_path = build_command(d, qemu.caps, monitor=MonitorSpec(path="/r/a,b.sock"))
+    by_path = build_command(d, caps, monitor=MonitorSpec(path="/r/a,b.sock"))
     assert "socket,id=charmonitor,path=/r/a,,b.sock,server=on,wait=off" in by_path
     with pytest.raises(ValueError):
-        build_command(d, qemu.caps, monitor=MonitorSpec())
+        build_command(d, caps, monitor=MonitorSpec())
 
 
-def test_names_with_commas_are_escaped(qemu: Caps) -> None:
-    argv = argv_of(qemu, dom().replace("<name>vm1</name>", "<name>a,b</name>"))
+def test_names_with_commas_are_escaped(caps: Caps) -> None:
+    argv = argv_of(caps, dom().replace("<name>vm1</name>", "<name>a,b</name>"))
     assert opts(argv, "-name") == ["guest=a,,b,debug-threads=on"]
 
 
-def test_kvm_and_cpu_modes(qemu: Caps) -> None:
-    argv = argv_of(qemu, dom(dtype="kvm", body="<cpu mode='host-passthrough'/>"))
+def test_kvm_and_cpu_modes(caps: Caps) -> None:
+    argv = argv_of(caps, dom(dtype="kvm", body="<cpu mode='host-passthrough'/>"))
     assert opts(argv, "-accel") == ["kvm"]
     assert opts(argv, "-cpu") == ["host,migratable=on"]
-    argv = argv_of(qemu, dom(body="<cpu mode='host-model'/>"))
+    argv = argv_of(caps, dom(body="<cpu mode='host-model'/>"))
     assert opts(argv, "-cpu") == ["max"]
     body = (
         "<vcpu current='2'>6</vcpu><features><apic eoi='on'/></features>"
@@ -123,25 +82,25 @@ def test_kvm_and_cpu_modes(qemu: Caps) -> None:
         "<feature policy='disable' name='sse4.1'/></cpu>"
         "<clock offset='utc'><timer name='kvmclock' present='no'/></clock>"
     )
-    argv = argv_of(qemu, dom(body=body))
+    argv = argv_of(caps, dom(body=body))
     assert opts(argv, "-cpu") == ["core2duo,sse4.1=off,kvmclock=off,kvm-pv-eoi=on"]
     assert opts(argv, "-smp") == ["2,maxcpus=6,sockets=3,dies=1,clusters=1,cores=2,threads=1"]
 
 
-def test_clock_and_timers(qemu: Caps) -> None:
+def test_clock_and_timers(caps: Caps) -> None:
     body = (
         "<clock offset='localtime'><timer name='rtc' tickpolicy='catchup' track='guest'/>"
         "<timer name='pit' tickpolicy='delay'/><timer name='hpet' present='no'/></clock>"
     )
-    argv = argv_of(qemu, dom(body=body))
+    argv = argv_of(caps, dom(body=body))
     assert opts(argv, "-rtc") == ["base=localtime,clock=vm,driftfix=slew"]
     assert "kvm-pit.lost_tick_policy=delay" in opts(argv, "-global")
     assert ",hpet=off," in opts(argv, "-machine")[0]
-    argv = argv_of(qemu, dom(body="<clock offset='absolute' start='1234567890'/>"))
+    argv = argv_of(caps, dom(body="<clock offset='absolute' start='1234567890'/>"))
     assert opts(argv, "-rtc") == ["base=2009-02-13T23:31:30"]
 
 
-def test_features_pm_boot_and_kernel(qemu: Caps) -> None:
+def test_features_pm_boot_and_kernel(caps: Caps) -> None:
     body = (
         "<features><acpi/><vmport state='off'/><smm state='on'/></features>"
         "<pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='no'/></pm>"
@@ -153,7 +112,7 @@ def test_features_pm_boot_and_kernel(qemu: Caps) -> None:
         "</type><kernel>/boot/k</kernel><initrd>/boot/i</initrd><cmdline>a=1 b</cmdline>"
         "<bootmenu enable='yes' timeout='500'/><bios rebootTimeout='10'/></os>",
     )
-    argv = argv_of(qemu, xml)
+    argv = argv_of(caps, xml)
     assert opts(argv, "-machine")[0].endswith(
         ",usb=off,vmport=off,smm=on,dump-guest-core=off,acpi=on"
     )
@@ -169,9 +128,9 @@ def test_features_pm_boot_and_kernel(qemu: Caps) -> None:
 # -- disks ---------------------------------------------------------------------------------------
 
 
-def test_virtio_qcow2_disk(qemu: Caps) -> None:
+def test_virtio_qcow2_disk(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<disk type='file'><driver name='qemu' type='qcow2' cache='none' io='native' "
             "discard='unmap' detect_zeroes='unmap'/><source file='/img/a.qcow2'/>"
@@ -200,9 +159,9 @@ def test_virtio_qcow2_disk(qemu: Caps) -> None:
     )
 
 
-def test_ide_sata_scsi_and_cdrom(qemu: Caps) -> None:
+def test_ide_sata_scsi_and_cdrom(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<disk type='file' device='cdrom'><source file='/img/cd.iso'/>"
             "<target dev='hdc' bus='ide'/><readonly/></disk>"
@@ -237,7 +196,7 @@ def test_ide_sata_scsi_and_cdrom(qemu: Caps) -> None:
     assert iso["driver"] == "file" and iso["read-only"] is True
 
 
-def test_boot_order_becomes_bootindex(qemu: Caps) -> None:
+def test_boot_order_becomes_bootindex(caps: Caps) -> None:
     disks = (
         "<disk><source file='/a'/><target dev='vda'/></disk>"
         "<disk device='cdrom'><source file='/c.iso'/><target dev='hdc'/></disk>"
@@ -246,12 +205,12 @@ def test_boot_order_becomes_bootindex(qemu: Caps) -> None:
     xml = dom(disks).replace(
         "</type></os>", "</type><boot dev='cdrom'/><boot dev='network'/><boot dev='hd'/></os>"
     )
-    argv = argv_of(qemu, xml)
+    argv = argv_of(caps, xml)
     assert device(argv, "ide0-1-0")["bootindex"] == 1
     assert device(argv, "net0")["bootindex"] == 2
     assert device(argv, "virtio-disk0")["bootindex"] == 3
     per_device = dom(disks.replace("<target dev='vda'/>", "<target dev='vda'/><boot order='5'/>"))
-    argv = argv_of(qemu, per_device)
+    argv = argv_of(caps, per_device)
     assert device(argv, "virtio-disk0")["bootindex"] == 5
     assert "bootindex" not in device(argv, "net0")
 
@@ -259,9 +218,9 @@ def test_boot_order_becomes_bootindex(qemu: Caps) -> None:
 # -- network, chardevs, input --------------------------------------------------------------------
 
 
-def test_user_network(qemu: Caps) -> None:
+def test_user_network(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<interface type='user'><mac address='52:54:00:01:02:03'/><model type='virtio'/>"
             "</interface><interface type='user'><model type='e1000'/><link state='down'/>"
@@ -277,14 +236,14 @@ def test_user_network(qemu: Caps) -> None:
     )
     assert device(argv, "net1")["driver"] == "e1000"
     d = prepare_domain(
-        parse_domain_xml(dom("<interface type='user'><link state='down'/></interface>")), qemu.caps
+        parse_domain_xml(dom("<interface type='user'><link state='down'/></interface>")), caps
     )
     assert links_down(d) == ["net0"]
 
 
-def test_serial_console_channel(qemu: Caps, tmp_path: Path) -> None:
+def test_serial_console_channel(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<serial type='file'><source path='/log/s.log' append='on'/></serial>"
             "<serial type='unix'><source mode='bind' path='/run/s1.sock'/>"
@@ -302,7 +261,7 @@ def test_serial_console_channel(qemu: Caps, tmp_path: Path) -> None:
     assert "socket,id=charserial2,path=/run/s2.sock,reconnect=1" in chardevs
     assert "null,id=charserial3" in chardevs
     assert "pty,id=charconsole1" in chardevs
-    sock = f"{tmp_path}/6b3ce35a-org.qemu.guest_agent.0.sock"
+    sock = f"{tmp_path}/c7a5fdbd-org.qemu.guest_agent.0.sock"
     agent = f"socket,id=charchannel0,path={sock},server=on,wait=off"
     assert agent in chardevs
     assert device(argv, "serial2") == {
@@ -323,46 +282,46 @@ def test_serial_console_channel(qemu: Caps, tmp_path: Path) -> None:
     assert device(argv, "console1")["nr"] == 0
 
 
-def test_reconnect_syntax_follows_the_qemu_version(qemu: Caps) -> None:
+def test_reconnect_syntax_follows_the_qemu_version(caps: Caps) -> None:
     xml = dom(
         "<serial type='unix'><source mode='connect' path='/s'>"
         "<reconnect enabled='yes' timeout='3'/></source></serial>"
     )
-    d = prepare_domain(parse_domain_xml(xml), qemu.caps)
-    newer = dataclasses.replace(qemu.caps, version=(9, 2, 0))
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    newer = dataclasses.replace(caps, version=(9, 2, 0))
     assert "socket,id=charserial0,path=/s,reconnect-ms=3000" in build_command(
         d, newer, monitor=MonitorSpec(fd=3)
     )
-    older = dataclasses.replace(qemu.caps, version=(7, 2, 0))
+    older = dataclasses.replace(caps, version=(7, 2, 0))
     assert "socket,id=charserial0,path=/s,reconnect=3" in build_command(
         d, older, monitor=MonitorSpec(fd=3)
     )
     off = prepare_domain(
-        parse_domain_xml(xml.replace("enabled='yes' timeout='3'", "enabled='no'")), qemu.caps
+        parse_domain_xml(xml.replace("enabled='yes' timeout='3'", "enabled='no'")), caps
     )
     assert "socket,id=charserial0,path=/s" in build_command(off, older, monitor=MonitorSpec(fd=3))
 
 
-def test_unix_socket_needs_a_place(qemu: Caps) -> None:
+def test_unix_socket_needs_a_place(caps: Caps) -> None:
     d = prepare_domain(
         parse_domain_xml(dom("<channel type='unix'><target type='virtio' name='x'/></channel>")),
-        qemu.caps,
+        caps,
     )
     with pytest.raises(ConfigUnsupportedError, match="runtime directory"):
-        build_command(d, qemu.caps, monitor=MonitorSpec(fd=3))
+        build_command(d, caps, monitor=MonitorSpec(fd=3))
     live = d.copy()
     fill_runtime_paths(live, "/run/r")
-    assert live.channels[0].source_path == "/run/r/6b3ce35a-x.sock"
-    assert "socket,id=charchannel0,path=/run/r/6b3ce35a-x.sock,server=on,wait=off" in build_command(
-        live, qemu.caps, monitor=MonitorSpec(fd=3)
+    assert live.channels[0].source_path == "/run/r/c7a5fdbd-x.sock"
+    assert "socket,id=charchannel0,path=/run/r/c7a5fdbd-x.sock,server=on,wait=off" in build_command(
+        live, caps, monitor=MonitorSpec(fd=3)
     )
     with pytest.raises(ConfigUnsupportedError, match="longer than a unix socket"):
         fill_runtime_paths(d.copy(), "/" + "d" * 120)
 
 
-def test_inputs_and_hubs(qemu: Caps) -> None:
+def test_inputs_and_hubs(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<input type='tablet' bus='usb'/><input type='keyboard' bus='usb'/>"
             "<input type='mouse' bus='usb'/><input type='mouse' bus='virtio'/>"
@@ -384,9 +343,9 @@ def test_inputs_and_hubs(qemu: Caps) -> None:
 # -- graphics, video, audio, the rest --------------------------------------------------------------
 
 
-def test_vnc_video_audio(qemu: Caps) -> None:
+def test_vnc_video_audio(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<graphics type='vnc' port='5905' autoport='no' sharePolicy='force-shared'>"
             "<listen type='address' address='::1'/></graphics>"
@@ -408,19 +367,19 @@ def test_vnc_video_audio(qemu: Caps) -> None:
         "0x2",
     )
     assert device(argv, "video1")["driver"] == "virtio-gpu-pci"
-    argv = argv_of(qemu, dom("<graphics type='vnc' keymap='de-ch'/>"))
+    argv = argv_of(caps, dom("<graphics type='vnc' keymap='de-ch'/>"))
     assert opts(argv, "-vnc") == ["127.0.0.1:0,to=99,audiodev=audio1"]
     assert opts(argv, "-k") == ["de-ch"]
     assert device(argv, "video0")["driver"] == "cirrus-vga"
     argv = argv_of(
-        qemu, dom("<graphics type='vnc'><listen type='socket' socket='/r/v.sock'/></graphics>")
+        caps, dom("<graphics type='vnc'><listen type='socket' socket='/r/v.sock'/></graphics>")
     )
     assert opts(argv, "-vnc") == ["vnc=unix:/r/v.sock,audiodev=audio1"]
 
 
-def test_balloon_rng_watchdog_panic(qemu: Caps) -> None:
+def test_balloon_rng_watchdog_panic(caps: Caps) -> None:
     argv = argv_of(
-        qemu,
+        caps,
         dom(
             "<memballoon model='virtio' autodeflate='on' freePageReporting='on'/>"
             "<rng model='virtio'><rate bytes='1024' period='1000'/><backend model='builtin'/></rng>"
@@ -436,13 +395,13 @@ def test_balloon_rng_watchdog_panic(qemu: Caps) -> None:
     assert device(argv, "watchdog0")["driver"] == "i6300esb"
     assert opts(argv, "-watchdog-action") == ["pause"]  # QEMU has no 'dump': libvirt pauses
     assert {"driver": "pvpanic", "ioport": 0x506} in devices(argv)
-    argv = argv_of(qemu, dom("<memballoon model='none'/>"))
+    argv = argv_of(caps, dom("<memballoon model='none'/>"))
     assert not any(d["driver"].startswith("virtio-balloon") for d in devices(argv))
 
 
-def test_q35_machine(qemu: Caps) -> None:
+def test_q35_machine(caps: Caps) -> None:
     argv = argv_of(
-        qemu, dom("<disk><source file='/a'/><target dev='sda' bus='sata'/></disk>", machine="q35")
+        caps, dom("<disk><source file='/a'/><target dev='sda' bus='sata'/></disk>", machine="q35")
     )
     assert device(argv, "sata0-0-0")["bus"] == "ide.0"  # the ICH9 AHCI controller's first port
     assert "ICH9-LPC.noreboot=off" in opts(argv, "-global")  # the iTCO watchdog resets
@@ -452,9 +411,9 @@ def test_q35_machine(qemu: Caps) -> None:
     assert device(argv, "usb")["bus"] == "pci.1"
 
 
-def test_old_qemu_is_refused(qemu: Caps) -> None:
-    old = dataclasses.replace(qemu.caps, version=(5, 2, 0))
-    d = prepare_domain(parse_domain_xml(dom()), qemu.caps)
+def test_old_qemu_is_refused(caps: Caps) -> None:
+    old = dataclasses.replace(caps, version=(5, 2, 0))
+    d = prepare_domain(parse_domain_xml(dom()), caps)
     with pytest.raises(ConfigUnsupportedError, match="too old"):
         build_command(d, old, monitor=MonitorSpec(fd=3))
 
@@ -528,14 +487,14 @@ LAUNCH_CASES = {
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("case", sorted(LAUNCH_CASES))
-def test_qemu_accepts_the_command_line(qemu: Caps, tmp_path: Path, case: str) -> None:
+def test_qemu_accepts_the_command_line(caps: Caps, tmp_path: Path, case: str) -> None:
     xml = _files(tmp_path, LAUNCH_CASES[case])
-    argv = argv_of(qemu, xml, tmp_path)
+    argv = argv_of(caps, xml, tmp_path)
     try:
         got = launch_paused(argv, tmp_path)
     except QemuRefused as err:
         pytest.fail(f"QEMU refused the command line: {err}\n{argv}")
-    d = prepare_domain(parse_domain_xml(xml), qemu.caps)
+    d = prepare_domain(parse_domain_xml(xml), caps)
     assert got.status == "prelaunch"
     assert got.vcpus == d.vcpus
     assert got.memory_bytes == d.memory_kib * 1024
@@ -547,13 +506,13 @@ def test_qemu_accepts_the_command_line(qemu: Caps, tmp_path: Path, case: str) ->
 
 
 @pytest.mark.qemu
-def test_example_guest_config_starts(qemu: Caps, tmp_path: Path) -> None:
+def test_example_guest_config_starts(caps: Caps, tmp_path: Path) -> None:
     text = (REPO / "config" / "examples" / "minimal-tcg.xml").read_text()
     kernel = tmp_path / "vmlinuz"
     _fake_bzimage(kernel)
     (tmp_path / "initrd.gz").write_bytes(b"\0" * 4096)
     text = text.replace("/var/tmp/asvirt-guest", str(tmp_path))
-    got = launch_paused(argv_of(qemu, text, tmp_path), tmp_path)
+    got = launch_paused(argv_of(caps, text, tmp_path), tmp_path)
     assert (got.status, got.vcpus, got.memory_bytes) == ("prelaunch", 1, 128 << 20)
     labels = {c["label"] for c in got.chardevs}
     assert "charserial0" in labels

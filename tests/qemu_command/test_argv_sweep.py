@@ -5,46 +5,16 @@ Each case has its own small XML; the launch tests start the real QEMU paused wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from qemu_launch import launch_paused
 
 from asvirt.conf.domain import parse_domain_xml
-from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError
-from tests.caps import Caps, probe_caps
-
-
-@pytest.fixture(scope="module")
-def qemu(tmp_path_factory: pytest.TempPathFactory) -> Caps:
-    return Caps(probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps"))
-
-
-def dom(devices: str, *, arch: str = "x86_64", machine: str = "pc") -> str:
-    return (
-        "<domain type='qemu'><name>vm1</name><uuid>6b3ce35a-2c3e-4fb4-9a22-6d0cba0cd1b2</uuid>"
-        f"<memory unit='MiB'>128</memory><os><type arch='{arch}' machine='{machine}'>hvm</type>"
-        f"</os><devices>{devices}</devices></domain>"
-    )
-
-
-def argv_of(qemu: Caps, xml: str, tmp: Path) -> list[str]:
-    return domxml_to_native(xml, qemu.caps, monitor_path=str(tmp / "m.sock"))
-
-
-def devices(argv: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "-device"]
-
-
-def device(argv: list[str], dev_id: str) -> dict[str, Any]:
-    for d in devices(argv):
-        if d.get("id") == dev_id:
-            return d
-    raise AssertionError(f"no -device with id {dev_id}")
+from tests.caps import Caps
+from tests.helpers import argv_of, device, dom
 
 
 def _image(tmp: Path, name: str = "a.img") -> str:
@@ -57,7 +27,7 @@ def _image(tmp: Path, name: str = "a.img") -> str:
 
 
 @pytest.mark.qemu
-def test_shareable_disks_are_shared_rw_on_every_bus(qemu: Caps, tmp_path: Path) -> None:
+def test_shareable_disks_are_shared_rw_on_every_bus(caps: Caps, tmp_path: Path) -> None:
     img = _image(tmp_path)
     xml = dom(
         "".join(
@@ -68,8 +38,8 @@ def test_shareable_disks_are_shared_rw_on_every_bus(qemu: Caps, tmp_path: Path) 
         + f"<disk type='file'><source file='{_image(tmp_path, 'b.img')}'/>"
         "<target dev='vdb'/></disk>"
     )
-    argv = argv_of(qemu, xml, tmp_path)
-    d = prepare_domain(parse_domain_xml(xml), qemu.caps)
+    argv = argv_of(caps, xml, tmp_path)
+    d = prepare_domain(parse_domain_xml(xml), caps)
     for disk in d.disks:
         props = device(argv, disk.alias or "")
         assert props.get("share-rw") is (True if disk.target != "vdb" else None), disk.target
@@ -78,20 +48,20 @@ def test_shareable_disks_are_shared_rw_on_every_bus(qemu: Caps, tmp_path: Path) 
     assert len([b for b in got.block if b.get("inserted")]) == 5
 
 
-def test_shareable_needs_a_raw_image(qemu: Caps, tmp_path: Path) -> None:
+def test_shareable_needs_a_raw_image(caps: Caps, tmp_path: Path) -> None:
     xml = dom(
         "<disk><driver name='qemu' type='qcow2'/><source file='/x.qcow2'/><target dev='vda'/>"
         "<shareable/></disk>"
     )
     with pytest.raises(ConfigUnsupportedError, match=r"disk 'vda'.*shareable.*raw"):
-        argv_of(qemu, xml, tmp_path)
+        argv_of(caps, xml, tmp_path)
 
 
 # -- virtio-scsi <driver> -----------------------------------------------------------------------
 
 
 @pytest.mark.qemu
-def test_virtio_scsi_driver_tuning(qemu: Caps, tmp_path: Path) -> None:
+def test_virtio_scsi_driver_tuning(caps: Caps, tmp_path: Path) -> None:
     img = _image(tmp_path)
     xml = dom(
         "<controller type='scsi' index='0' model='virtio-scsi'>"
@@ -99,7 +69,7 @@ def test_virtio_scsi_driver_tuning(qemu: Caps, tmp_path: Path) -> None:
         "<controller type='scsi' index='1' model='virtio-scsi'/>"
         f"<disk><source file='{img}'/><target dev='sda' bus='scsi'/></disk>"
     )
-    argv = argv_of(qemu, xml, tmp_path)
+    argv = argv_of(caps, xml, tmp_path)
     tuned, plain = device(argv, "scsi0"), device(argv, "scsi1")
     assert (tuned["num_queues"], tuned["cmd_per_lun"], tuned["max_sectors"]) == (4, 16, 512)
     assert tuned["ioeventfd"] is False
@@ -109,31 +79,31 @@ def test_virtio_scsi_driver_tuning(qemu: Caps, tmp_path: Path) -> None:
 
 
 def test_driver_tuning_of_a_non_virtio_scsi_controller_is_refused(
-    qemu: Caps, tmp_path: Path
+    caps: Caps, tmp_path: Path
 ) -> None:
     xml = dom("<controller type='scsi' model='lsilogic'><driver queues='2'/></controller>")
     with pytest.raises(ConfigUnsupportedError, match=r"<driver>.*lsilogic"):
-        argv_of(qemu, xml, tmp_path)
+        argv_of(caps, xml, tmp_path)
 
 
 # -- i686 guests ----------------------------------------------------------------------------------
 
 
 @pytest.mark.qemu
-def test_i686_guest_runs_on_the_x86_64_emulator(qemu: Caps, tmp_path: Path) -> None:
-    if qemu.caps.arch != "x86_64":
+def test_i686_guest_runs_on_the_x86_64_emulator(caps: Caps, tmp_path: Path) -> None:
+    if caps.arch != "x86_64":
         pytest.skip("needs qemu-system-x86_64")
     xml = dom("", arch="i686")
-    d = prepare_domain(parse_domain_xml(xml), qemu.caps)
+    d = prepare_domain(parse_domain_xml(xml), caps)
     assert d.os.arch == "i686"
-    argv = argv_of(qemu, xml, tmp_path)
-    assert argv[0] == qemu.caps.binary
+    argv = argv_of(caps, xml, tmp_path)
+    assert argv[0] == caps.binary
     got = launch_paused(argv, tmp_path)
     assert (got.status, got.vcpus) == ("prelaunch", 1)
 
 
-def test_other_arches_are_still_refused_by_the_x86_64_emulator(qemu: Caps, tmp_path: Path) -> None:
-    if qemu.caps.arch != "x86_64":
+def test_other_arches_are_still_refused_by_the_x86_64_emulator(caps: Caps, tmp_path: Path) -> None:
+    if caps.arch != "x86_64":
         pytest.skip("needs qemu-system-x86_64")
     with pytest.raises(ConfigUnsupportedError, match="architecture 'aarch64'"):
-        argv_of(qemu, dom("", arch="aarch64", machine="virt"), tmp_path)
+        argv_of(caps, dom("", arch="aarch64", machine="virt"), tmp_path)

@@ -19,7 +19,7 @@ import pytest
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import XMLError
-from tests.caps import CONFORMANCE, Caps, kvm_host_cpu_failure, probe_caps
+from tests.caps import CONFORMANCE, Caps, kvm_host_cpu_failure
 
 TOOL = Path(__file__).resolve().parent / "xml2argv_tool.py"
 RUNNER = CONFORMANCE / "run-xml2argv.py"
@@ -31,13 +31,6 @@ pytestmark = [
         reason=f"the conformance data is not available ({CONFORMANCE.resolve()} is missing)",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def caps_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "qemu-caps"
-    Caps(probe_caps(cache))  # probe once here, not in every converter run
-    return cache
 
 
 def _tool(cache: Path, *extra: str) -> str:
@@ -113,9 +106,8 @@ def test_conformance_cases_pass(caps_cache: Path, tmp_path: Path) -> None:
             assert "Traceback" not in r["detail"]
 
 
-def test_dumpxml_of_every_case_validates(caps_cache: Path, tmp_path: Path) -> None:
+def test_dumpxml_of_every_case_validates(caps: Caps, tmp_path: Path) -> None:
     # The XML dumpxml shows, inactive and live, checked by the runner's own validator.
-    caps = probe_caps(caps_cache)
     files = []
     for case in sorted((CONFORMANCE / "libvirt-xml").glob("*.xml")):
         try:

@@ -15,20 +15,7 @@ from asvirt.conf.domain import DomainDef, parse_domain_xml
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.drivers.qemu.postparse import parse_prepared_xml, prepare_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
-from tests.caps import probe_caps
-
-
-@pytest.fixture(scope="session")
-def caps(tmp_path_factory: pytest.TempPathFactory) -> QemuCapabilities:
-    return probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps")
-
-
-def dom(devices: str = "", *, machine: str = "pc", body: str = "", dtype: str = "qemu") -> str:
-    return (
-        f"<domain type='{dtype}'><name>vm1</name><memory unit='MiB'>128</memory>{body}"
-        f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
-        f"<devices>{devices}</devices></domain>"
-    )
+from tests.helpers import dom
 
 
 def prep(caps: QemuCapabilities, xml: str) -> DomainDef:

@@ -22,7 +22,7 @@ from qemu_launch import QemuRefused, launch_paused
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.drivers.qemu.postparse import prepare_domain
-from tests.caps import REPO, Caps, probe_caps
+from tests.caps import REPO, Caps
 
 # The strategies live next to the parser's property tests (a directory without a package).
 _spec = importlib.util.spec_from_file_location(
@@ -36,11 +36,6 @@ _spec.loader.exec_module(strategies)
 LAUNCHES = int(os.environ.get("ASVIRT_HYPOTHESIS_LAUNCHES", "40"))
 
 pytestmark = pytest.mark.qemu
-
-
-@pytest.fixture(scope="module")
-def qemu(tmp_path_factory: pytest.TempPathFactory) -> Caps:
-    return Caps(probe_caps(tmp_path_factory.getbasetemp() / "qemu-caps"))
 
 
 def _materialize(xml: str, tmp: Path) -> str:
@@ -65,7 +60,7 @@ def _materialize(xml: str, tmp: Path) -> str:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(strategies.domains())
-def test_random_domains_start(qemu: Caps, xml: str) -> None:
+def test_random_domains_start(caps: Caps, xml: str) -> None:
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
     # Not tmp_path: it is shared by every example, and O_DIRECT (cache='none') needs a real
@@ -73,12 +68,12 @@ def test_random_domains_start(qemu: Caps, xml: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="asvirt-launch-", dir="/var/tmp"))
     try:
         xml = _materialize(xml, tmp)
-        argv = domxml_to_native(xml, qemu.caps, monitor_path=str(tmp / "m.sock"))
+        argv = domxml_to_native(xml, caps, monitor_path=str(tmp / "m.sock"))
         try:
             got = launch_paused(argv, tmp)
         except QemuRefused as err:
             pytest.fail(f"QEMU refused the command line: {err}\n{xml}\n{argv}")
-        d = prepare_domain(parse_domain_xml(xml), qemu.caps)
+        d = prepare_domain(parse_domain_xml(xml), caps)
         assert got.status == "prelaunch"
         assert got.vcpus == d.vcpus
     finally:
