@@ -24,18 +24,17 @@ import inspect
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import trio
 
 from .config import Config
 from .domain import Domain
 from .drivers import registry
-from .drivers.base import NetworkDriver, StorageDriver
-from .errors import InvalidArgError, OperationInvalidError, OperationUnsupportedError
+from .drivers.base import ClientDriver
+from .errors import InvalidArgError, OperationInvalidError
 from .events import DomainEvent, EventKind, Subscription
 from .events.bus import DomainFilter
-from .hypervisor.domain_driver import DomainDriver
-from .hypervisor.node import Node, NodeLease
 from .log import get_logger
 from .network import Network
 from .storage import StoragePool
@@ -70,7 +69,7 @@ class Connection:
     def __init__(self, uri: ConnectURI, *, config: Config | None = None) -> None:
         self._uri = uri
         self._config = config
-        self._lease: NodeLease | None = None
+        self._client: ClientDriver | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._subscriptions: list[Subscription] = []
@@ -90,7 +89,7 @@ class Connection:
             # Only the event callbacks run here; the node's tasks run in the node.
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(self._nursery.cancel_scope.cancel)
-            self._lease = await opener(self._uri, self._config)
+            self._client = await opener(self._uri, self._config, self)
             stack.push_async_callback(self._leave)
         except BaseException:
             await stack.__aexit__(None, None, None)
@@ -100,12 +99,9 @@ class Connection:
         return self
 
     async def _leave(self) -> None:
-        assert self._lease is not None
+        assert self._client is not None
         with trio.CancelScope(shield=True):
-            try:
-                await self._lease.node.client_closed(self)
-            finally:
-                await self._lease.release()
+            await self._client.close()
 
     async def __aexit__(self, *exc: object) -> bool | None:
         self._closed = True
@@ -129,21 +125,22 @@ class Connection:
         return self._uri.uri
 
     def is_alive(self) -> bool:
-        return self._lease is not None and not self._closed and not self._lease.node.closed
+        return self._client is not None and not self._closed and not self._client.closed
 
-    def _node(self) -> Node:
-        if self._lease is None or self._closed:
+    def _driver(self) -> ClientDriver:
+        if self._client is None or self._closed:
             raise OperationInvalidError("the connection is not open")
-        return self._lease.node
+        return self._client
 
-    def _hv(self) -> DomainDriver:
-        return self._node().domains
+    async def _call(self, method: str, /, **params: Any) -> Any:
+        """Make the declared call ``name`` (:mod:`asvirt.protocol`) on this connection's node."""
+        return await self._driver().call(method, **params)
 
     # -- domains -------------------------------------------------------------------------------
 
     async def define_xml(self, xml: str) -> Domain:
         """Define (or redefine) a persistent domain; emits DEFINED/ADDED or DEFINED/UPDATED."""
-        return Domain(self, await self._hv().define_xml(xml))
+        return Domain(self, await self._call("define_xml", xml=xml))
 
     async def create_xml(
         self, xml: str, *, paused: bool = False, autodestroy: bool = False
@@ -155,31 +152,31 @@ class Connection:
         """
         return Domain(
             self,
-            await self._hv().create_xml(xml, paused=paused, owner=self if autodestroy else None),
+            await self._call("create_xml", xml=xml, paused=paused, autodestroy=autodestroy),
         )
 
     async def lookup_by_name(self, name: str) -> Domain:
         """The domain called ``name``; raises NoDomainError if there is none."""
-        return Domain(self, await self._hv().lookup_by_name(name))
+        return Domain(self, await self._call("lookup_by_name", name=name))
 
     async def lookup_by_uuid(self, uuid: str) -> Domain:
         """The domain with this UUID (any usual spelling); raises NoDomainError if there is none."""
-        return Domain(self, await self._hv().lookup_by_uuid(uuid))
+        return Domain(self, await self._call("lookup_by_uuid", uuid=uuid))
 
     async def list_all_domains(
         self, *, active: bool | None = None, persistent: bool | None = None
     ) -> list[Domain]:
         """All domains, optionally only (in)active or (non-)persistent ones; sorted by name."""
-        refs = await self._hv().list_all_domains(active=active, persistent=persistent)
+        refs = await self._call("list_all_domains", active=active, persistent=persistent)
         return [Domain(self, ref) for ref in refs]
 
     async def capabilities(self) -> str:
         """The host and guest capabilities as libvirt's capabilities XML."""
-        return await self._hv().capabilities_xml()
+        return await self._call("capabilities_xml")
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""
-        return await self._hv().domxml_to_native(native_format, xml)
+        return await self._call("domxml_to_native", native_format=native_format, xml=xml)
 
     async def domain_xml_normalize(self, xml: str) -> str:
         """The XML that ``define_xml(xml)`` would store, without defining anything.
@@ -187,10 +184,10 @@ class Connection:
         Defaults are filled in, implicit devices added and addresses assigned, as on define;
         errors are those define would raise. Handy to see what a driver makes of your XML.
         """
-        return await self._hv().domain_xml_normalize(xml)
+        return await self._call("domain_xml_normalize", xml=xml)
 
     def hostname(self) -> str:
-        return self._hv().hostname()
+        return self._driver().hostname()
 
     # -- events --------------------------------------------------------------------------------
 
@@ -213,13 +210,13 @@ class Connection:
         ``first`` and ``last`` missing numbers. ``buffer`` bounds the undelivered live
         events (default from the node's configuration).
         """
-        node = self._node()
+        driver = self._driver()
         if buffer is not None and (not isinstance(buffer, int) or buffer < 1):
             raise InvalidArgError("buffer must be a positive integer")
         if since is not None and (not isinstance(since, int) or since < 0):
             raise InvalidArgError("since must be a sequence number (an integer >= 0)")
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
-        sub = node.bus.subscribe(domain=domain, kinds=_kinds(kinds), since=since, buffer=buffer)
+        sub = driver.subscribe(domain=domain, kinds=_kinds(kinds), since=since, buffer=buffer)
         self._subscriptions.append(sub)
         return sub
 
@@ -235,11 +232,11 @@ class Connection:
         callback never overlap: the next event waits until the previous call returned. An
         exception from the callback is logged and does not stop later calls.
         """
-        node = self._node()
+        driver = self._driver()
         if not callable(callback):
             raise InvalidArgError("the event callback is not callable")
         assert self._nursery is not None
-        sub = node.bus.subscribe(domain=domain, kinds=_kinds(kinds))
+        sub = driver.subscribe(domain=domain, kinds=_kinds(kinds), since=None, buffer=None)
         scope = trio.CancelScope()
         cb_id = next(self._callback_ids)
         self._callbacks[cb_id] = (sub, scope)
@@ -257,42 +254,30 @@ class Connection:
 
     # -- networks and storage -----------------------------------------------------------------
 
-    def _net(self) -> NetworkDriver:
-        network = self._node().network
-        if network is None:
-            raise OperationUnsupportedError(f"'{self._uri.uri}' has no network driver")
-        return network
-
-    def _storage(self) -> StorageDriver:
-        storage = self._node().storage
-        if storage is None:
-            raise OperationUnsupportedError(f"'{self._uri.uri}' has no storage driver")
-        return storage
-
     async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
-        return [Network(self, ref) for ref in await self._net().list_all_networks(active=active)]
+        return [Network(self, ref) for ref in await self._call("list_all_networks", active=active)]
 
     async def lookup_network_by_name(self, name: str) -> Network:
-        return Network(self, await self._net().lookup_network_by_name(name))
+        return Network(self, await self._call("lookup_network_by_name", name=name))
 
     async def lookup_network_by_uuid(self, uuid: str) -> Network:
-        return Network(self, await self._net().lookup_network_by_uuid(uuid))
+        return Network(self, await self._call("lookup_network_by_uuid", uuid=uuid))
 
     async def network_define_xml(self, xml: str) -> Network:
-        return Network(self, await self._net().network_define_xml(xml))
+        return Network(self, await self._call("network_define_xml", xml=xml))
 
     async def list_all_storage_pools(self, *, active: bool | None = None) -> list[StoragePool]:
-        refs = await self._storage().list_all_storage_pools(active=active)
+        refs = await self._call("list_all_storage_pools", active=active)
         return [StoragePool(self, ref) for ref in refs]
 
     async def lookup_storage_pool_by_name(self, name: str) -> StoragePool:
-        return StoragePool(self, await self._storage().lookup_storage_pool_by_name(name))
+        return StoragePool(self, await self._call("lookup_storage_pool_by_name", name=name))
 
     async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePool:
-        return StoragePool(self, await self._storage().lookup_storage_pool_by_uuid(uuid))
+        return StoragePool(self, await self._call("lookup_storage_pool_by_uuid", uuid=uuid))
 
     async def storage_pool_define_xml(self, xml: str) -> StoragePool:
-        return StoragePool(self, await self._storage().storage_pool_define_xml(xml))
+        return StoragePool(self, await self._call("storage_pool_define_xml", xml=xml))
 
     def __repr__(self) -> str:
         return f"<asvirt.Connection {self._uri.uri!r}{'' if self.is_alive() else ' closed'}>"

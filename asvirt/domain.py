@@ -8,14 +8,11 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .drivers.base import DomainInfo, DomainRef
 from .handle import Handle
 from .states import DomainState, StateReason
-
-if TYPE_CHECKING:
-    from .hypervisor.domain_driver import DomainDriver
 
 
 class Domain(Handle):
@@ -24,8 +21,8 @@ class Domain(Handle):
     __slots__ = ()
     _ref: DomainRef
 
-    def _hv(self) -> DomainDriver:
-        return self._conn._hv()
+    async def _call(self, method: str, /, **params: Any) -> Any:
+        return await self._conn._call(method, uuid=self.uuid, **params)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -34,74 +31,73 @@ class Domain(Handle):
 
         ``autodestroy=True`` destroys it when this connection closes.
         """
-        owner = self._conn if autodestroy else None
-        await self._hv().domain_start(self.uuid, paused=paused, owner=owner)
+        await self._call("domain_start", paused=paused, autodestroy=autodestroy)
 
     async def suspend(self) -> None:
         """Pause the vCPUs (SUSPENDED/PAUSED). A no-op on a domain that is already paused."""
-        await self._hv().domain_suspend(self.uuid)
+        await self._call("domain_suspend")
 
     async def resume(self) -> None:
         """Resume paused vCPUs (RESUMED/UNPAUSED). A no-op on a running domain."""
-        await self._hv().domain_resume(self.uuid)
+        await self._call("domain_resume")
 
     async def shutdown(self) -> None:
         """Ask the guest to shut down (ACPI power button). Returns once requested.
 
         The guest decides; watch for SHUTDOWN and STOPPED events, or :meth:`destroy`.
         """
-        await self._hv().domain_shutdown(self.uuid)
+        await self._call("domain_shutdown")
 
     async def reboot(self) -> None:
         """Ask the guest to reboot: an ACPI power button press that is turned into a reset
         once the guest has shut down, as libvirt does. Returns once requested."""
-        await self._hv().domain_reboot(self.uuid)
+        await self._call("domain_reboot")
 
     async def reset(self) -> None:
         """Reset the virtual hardware at once, without asking the guest."""
-        await self._hv().domain_reset(self.uuid)
+        await self._call("domain_reset")
 
     async def destroy(self) -> None:
         """Stop the domain at once: SIGTERM to QEMU, SIGKILL after a grace period.
 
         Returns once QEMU is gone and the domain is shut off (STOPPED/DESTROYED).
         """
-        await self._hv().domain_destroy(self.uuid)
+        await self._call("domain_destroy")
 
     async def undefine(self) -> None:
         """Remove the persistent configuration (UNDEFINED/REMOVED).
 
         A running domain keeps running, as a transient domain that vanishes when it stops.
         """
-        await self._hv().domain_undefine(self.uuid)
+        await self._call("domain_undefine")
 
     # -- inspection ----------------------------------------------------------------------------
 
     async def state(self) -> tuple[DomainState, StateReason]:
         """The current state and the reason for it. Never waits for QEMU."""
-        return await self._hv().domain_state(self.uuid)
+        return await self._call("domain_state")
 
     async def info(self) -> DomainInfo:
         """State, memory, vCPUs and CPU time. Never waits for QEMU."""
-        return await self._hv().domain_info(self.uuid)
+        return await self._call("domain_info")
 
     async def xml_desc(self, *, inactive: bool = False) -> str:
         """The live XML while running, else (or with ``inactive=True``) the persistent one."""
-        return await self._hv().domain_xml_desc(self.uuid, inactive=inactive)
+        return await self._call("domain_xml_desc", inactive=inactive)
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a QMP command and return QEMU's ``return`` value (virsh qemu-monitor-command).
 
         State changes it causes are seen, as any others, through QEMU's events.
         """
-        return await self._hv().domain_qmp(self.uuid, command, arguments)
+        return await self._call("domain_qmp", command=command, arguments=arguments)
 
     async def is_active(self) -> bool:
-        return await self._hv().domain_is_active(self.uuid)
+        return await self._call("domain_is_active")
 
     async def is_persistent(self) -> bool:
-        return await self._hv().domain_is_persistent(self.uuid)
+        return await self._call("domain_is_persistent")
 
     async def id(self) -> int | None:
         """The runtime id of a running domain (as ``virsh list`` shows), None when shut off."""
-        return await self._hv().domain_id(self.uuid)
+        return await self._call("domain_id")

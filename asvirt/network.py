@@ -14,28 +14,28 @@ class Network(Handle):
     __slots__ = ()
     _ref: NetworkRef
 
-    def _drv(self) -> Any:
-        return self._conn._net()
+    async def _call(self, method: str, /, **params: Any) -> Any:
+        return await self._conn._call(method, uuid=self.uuid, **params)
 
     async def create(self) -> None:
         """Start the network."""
-        await self._drv().network_create(self.uuid)
+        await self._call("network_create")
 
     async def destroy(self) -> None:
         """Stop the network."""
-        await self._drv().network_destroy(self.uuid)
+        await self._call("network_destroy")
 
     async def undefine(self) -> None:
-        await self._drv().network_undefine(self.uuid)
+        await self._call("network_undefine")
 
     async def is_active(self) -> bool:
-        return await self._drv().network_is_active(self.uuid)
+        return await self._call("network_is_active")
 
     async def is_persistent(self) -> bool:
-        return await self._drv().network_is_persistent(self.uuid)
+        return await self._call("network_is_persistent")
 
     async def autostart(self) -> bool:
-        return await self._drv().network_autostart(self.uuid)
+        return await self._call("network_autostart")
 
     async def xml_desc(self) -> str:
-        return await self._drv().network_xml_desc(self.uuid)
+        return await self._call("network_xml_desc")

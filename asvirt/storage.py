@@ -14,39 +14,41 @@ class StoragePool(Handle):
     __slots__ = ()
     _ref: StoragePoolRef
 
-    def _drv(self) -> Any:
-        return self._conn._storage()
+    async def _call(self, method: str, /, **params: Any) -> Any:
+        return await self._conn._call(method, uuid=self.uuid, **params)
 
     async def create(self) -> None:
         """Start (activate) the pool."""
-        await self._drv().storage_pool_create(self.uuid)
+        await self._call("storage_pool_create")
 
     async def destroy(self) -> None:
         """Stop (deactivate) the pool; its volumes are kept."""
-        await self._drv().storage_pool_destroy(self.uuid)
+        await self._call("storage_pool_destroy")
 
     async def undefine(self) -> None:
-        await self._drv().storage_pool_undefine(self.uuid)
+        await self._call("storage_pool_undefine")
 
     async def is_active(self) -> bool:
-        return await self._drv().storage_pool_is_active(self.uuid)
+        return await self._call("storage_pool_is_active")
 
     async def info(self) -> StoragePoolInfo:
-        return await self._drv().storage_pool_info(self.uuid)
+        return await self._call("storage_pool_info")
 
     async def xml_desc(self) -> str:
-        return await self._drv().storage_pool_xml_desc(self.uuid)
+        return await self._call("storage_pool_xml_desc")
 
     async def list_all_volumes(self) -> list[StorageVol]:
-        refs = await self._drv().storage_pool_list_volumes(self.uuid)
+        refs = await self._call("storage_pool_list_volumes")
         return [StorageVol(self, ref) for ref in refs]
 
     async def lookup_volume_by_name(self, name: str) -> StorageVol:
-        return StorageVol(self, await self._drv().storage_vol_lookup_by_name(self.uuid, name))
+        ref = await self._conn._call("storage_vol_lookup_by_name", pool_uuid=self.uuid, name=name)
+        return StorageVol(self, ref)
 
     async def create_volume_xml(self, xml: str) -> StorageVol:
         """Create a volume in this pool from libvirt volume XML."""
-        return StorageVol(self, await self._drv().storage_vol_create_xml(self.uuid, xml))
+        ref = await self._conn._call("storage_vol_create_xml", pool_uuid=self.uuid, xml=xml)
+        return StorageVol(self, ref)
 
 
 class StorageVol:
@@ -85,11 +87,15 @@ class StorageVol:
     def __repr__(self) -> str:
         return f"<asvirt.StorageVol {self.name!r} in {self._pool.name!r}>"
 
+    async def _call(self, method: str) -> Any:
+        conn = self._pool.connection
+        return await conn._call(method, pool_uuid=self._pool.uuid, name=self.name)
+
     async def delete(self) -> None:
-        await self._pool._drv().storage_vol_delete(self._pool.uuid, self.name)
+        await self._call("storage_vol_delete")
 
     async def info(self) -> StorageVolInfo:
-        return await self._pool._drv().storage_vol_info(self._pool.uuid, self.name)
+        return await self._call("storage_vol_info")
 
     async def xml_desc(self) -> str:
-        return await self._pool._drv().storage_vol_xml_desc(self._pool.uuid, self.name)
+        return await self._call("storage_vol_xml_desc")

@@ -10,15 +10,16 @@ Drivers identify objects by UUID.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
 from ..states import DomainState
 from ..uri import ConnectURI
 
 if TYPE_CHECKING:
-    from ..hypervisor.node import NodeLease
+    from ..events import EventKind, Subscription
+    from ..events.bus import DomainFilter
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,11 +142,36 @@ class StorageDriver(Protocol):
     async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
 
 
-#: A driver family's opener: given the URI (and a configuration overriding the node's own),
-#: a lease on the node the URI names, opening the node if no connection holds it yet.
-DriverOpener = Callable[[ConnectURI, Config | None], Awaitable["NodeLease"]]
+class ClientDriver(Protocol):
+    """What a connection holds: a way to make the declared calls of :mod:`asvirt.protocol`
+    on a node, and to follow its events. In this process (:class:`~.local.LocalDriver`) or
+    through a daemon (the remote driver)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def hostname(self) -> str: ...
+
+    async def call(self, method: str, /, **params: Any) -> Any: ...
+
+    def subscribe(
+        self,
+        *,
+        domain: DomainFilter,
+        kinds: Iterable[EventKind] | None,
+        since: int | None,
+        buffer: int | None,
+    ) -> Subscription: ...
+
+    async def close(self) -> None: ...
+
+
+#: A driver family's opener: given the URI, a configuration overriding the node's own, and
+#: the connection (the client, for autodestroy), the client driver of the node the URI names.
+DriverOpener = Callable[[ConnectURI, Config | None, object], Awaitable[ClientDriver]]
 
 __all__ = [
+    "ClientDriver",
     "DomainInfo",
     "DomainRef",
     "DriverOpener",

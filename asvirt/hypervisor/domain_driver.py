@@ -196,7 +196,10 @@ class DomainDriver:
         self._publish_lifecycle(obj, LifecycleEvent.DEFINED, detail)
         return DomainRef(obj.name, obj.uuid)
 
-    async def create_xml(self, xml: str, *, paused: bool, owner: object | None) -> DomainRef:
+    async def create_xml(
+        self, xml: str, *, paused: bool, autodestroy: bool, client: object = None
+    ) -> DomainRef:
+        owner = client if autodestroy else None
         defn = await self.backend.parse(xml)
         while True:
             async with self.table.lock:
@@ -269,7 +272,10 @@ class DomainDriver:
             self.runtime_stopped(obj, runtime, ShutoffReason.FAILED)
             raise
 
-    async def domain_start(self, uuid: str, *, paused: bool, owner: object | None) -> None:
+    async def domain_start(
+        self, uuid: str, *, paused: bool, autodestroy: bool, client: object = None
+    ) -> None:
+        owner = client if autodestroy else None
         async with self.table.job(self.table.get(uuid)) as obj:
             if obj.active:
                 raise OperationInvalidError(f"domain '{obj.name}' is already running")

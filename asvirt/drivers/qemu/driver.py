@@ -41,10 +41,11 @@ from ...events import EventKind, LifecycleEvent, StoppedDetail
 from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
-from ...hypervisor.node import Node, NodeLease, open_node
+from ...hypervisor.node import Node, open_node
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
+from ..local import LocalDriver
 from . import process
 from .capabilities import (
     CapabilitiesCache,
@@ -365,8 +366,8 @@ class QemuNode(Node):
         )
 
 
-async def open_qemu(uri: ConnectURI, config: Config | None) -> NodeLease:
-    """A lease on the QEMU node that ``uri`` names."""
+async def open_qemu(uri: ConnectURI, config: Config | None, client: object) -> LocalDriver:
+    """The client driver of the QEMU node that ``uri`` names (opening it if need be)."""
     if uri.host:
         raise NoConnectError(f"'{uri.uri}': remote hosts are not supported")
     if uri.path in ("/session", "/system"):
@@ -391,7 +392,7 @@ async def open_qemu(uri: ConnectURI, config: Config | None) -> NodeLease:
         node_config = config or config_mod.load_for_root(root)
         return QemuNode(f"qemu:///embed?root={root}", paths, node_config)
 
-    return await open_node(("qemu", str(root)), make)
+    return LocalDriver(await open_node(("qemu", str(root)), make), client)
 
 
 __all__ = ["QemuBackend", "QemuNode", "open_qemu"]

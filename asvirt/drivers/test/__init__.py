@@ -36,17 +36,18 @@ import trio
 from ...config import Config
 from ...domain import Domain
 from ...errors import NoConnectError, OperationUnsupportedError
-from ...hypervisor.node import NodeLease, open_node
+from ...hypervisor.node import open_node
 from ...uri import ConnectURI
 from .. import registry
+from ..local import LocalDriver
 from .driver import guest_action
 from .guest import BOOT_SECONDS, SIMULATED_QMP_COMMANDS
 from .nodefile import build_node, default_node, read_node_file
 from .state import DEFAULT_NODE_KEY, TestNode
 
 
-async def open_test(uri: ConnectURI, config: Config | None) -> NodeLease:
-    """A lease on the test node ``uri`` names (``test:///default`` or a node file)."""
+async def open_test(uri: ConnectURI, config: Config | None, client: object) -> LocalDriver:
+    """The client driver of the test node ``uri`` names (``test:///default`` or a node file)."""
     if uri.transport is not None or uri.host:
         raise NoConnectError(f"'{uri.uri}': the test driver is local only (use test:///default)")
     if uri.params:
@@ -56,13 +57,16 @@ async def open_test(uri: ConnectURI, config: Config | None) -> NodeLease:
         raise NoConnectError(f"'{uri.uri}': supply a node file path, or use test:///default")
     node_config = config or Config()
     if path == "/default":
-        return await open_node(DEFAULT_NODE_KEY, lambda: default_node(node_config))
-    desc = await trio.to_thread.run_sync(read_node_file, path)
-    return await open_node(None, lambda: build_node(desc, node_config))
+        lease = await open_node(DEFAULT_NODE_KEY, lambda: default_node(node_config))
+    else:
+        desc = await trio.to_thread.run_sync(read_node_file, path)
+        lease = await open_node(None, lambda: build_node(desc, node_config))
+    return LocalDriver(lease, client)
 
 
 def _node(dom: Domain) -> TestNode:
-    node = dom.connection._node()
+    driver = dom.connection._driver()
+    node = driver.node if isinstance(driver, LocalDriver) else None
     if not isinstance(node, TestNode):
         raise OperationUnsupportedError(
             f"guest actions are simulated only on the test driver, not on '{dom.connection.uri}'"

@@ -1,0 +1,83 @@
+"""The in-process client driver: a connection's calls go straight to a node of this process.
+
+Every call is one of :data:`asvirt.protocol.CALLS` and goes to the node's driver method of the
+same name (the domain, network or storage driver the declaration names), with the calling
+connection as ``client`` where the declaration asks for it. The daemon dispatches the calls it
+receives the same way, with its session as the client.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+from .. import protocol
+from ..errors import OperationUnsupportedError
+from ..events import EventKind, Subscription
+from ..events.bus import DomainFilter
+from ..hypervisor.node import Node, NodeLease
+
+
+def driver_for(node: Node, target: protocol.Target) -> Any:
+    """The node's driver that serves calls of ``target`` (OperationUnsupportedError if none)."""
+    if target is protocol.Target.DOMAINS:
+        return node.domains
+    found = node.network if target is protocol.Target.NETWORK else node.storage
+    if found is None:
+        raise OperationUnsupportedError(f"'{node.name}' has no {target.value} driver")
+    return found
+
+
+async def invoke(node: Node, name: str, params: dict[str, Any], *, client: object) -> Any:
+    """Make the declared call ``name`` on ``node`` for ``client``."""
+    c = protocol.lookup(name)
+    method = getattr(driver_for(node, c.target), c.name)
+    if c.client:
+        params = {**params, "client": client}
+    result = method(**params)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class LocalDriver:
+    """A connection's hold on a node of this process."""
+
+    def __init__(self, lease: NodeLease, client: object) -> None:
+        self._lease = lease
+        self._client = client
+
+    @property
+    def node(self) -> Node:
+        return self._lease.node
+
+    @property
+    def closed(self) -> bool:
+        return self._lease.node.closed
+
+    def hostname(self) -> str:
+        return self.node.domains.hostname()
+
+    async def call(self, method: str, /, **params: Any) -> Any:
+        return await invoke(self.node, method, params, client=self._client)
+
+    def subscribe(
+        self,
+        *,
+        domain: DomainFilter,
+        kinds: Iterable[EventKind] | None,
+        since: int | None,
+        buffer: int | None,
+    ) -> Subscription:
+        return self.node.bus.subscribe(domain=domain, kinds=kinds, since=since, buffer=buffer)
+
+    async def close(self) -> None:
+        """Leave the node: destroy what this client started with autodestroy, release it."""
+        try:
+            await self.node.client_closed(self._client)
+        finally:
+            await self._lease.release()
+
+
+__all__ = ["LocalDriver", "driver_for", "invoke"]

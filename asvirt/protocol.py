@@ -1,0 +1,527 @@
+"""The driver API, declared once: every call a client can make of a node.
+
+Each call is declared here, as a method of a ``Protocol`` class with its arguments, its result
+type and a :func:`call` annotation saying whether it *mutates*, its *priority* (``HIGH``: never
+waits behind a slow call to a hung QEMU) and whether the driver needs to know the calling
+*client* (autodestroy). libvirt's ``remote_protocol.x`` and its ``@generate``, ``@priority``,
+``@acl`` annotations are the model.
+
+Everything else is derived from this declaration, never written twice:
+
+* :data:`CALLS`, the table of :class:`Call` descriptions, by name;
+* the in-process dispatch (:func:`invoke`): a call goes to the node's driver method of the same
+  name — the node's drivers implement these classes (mypy checks it);
+* the daemon's dispatch and the read-only filter (only calls with ``mutates=False``), and the
+  remote client's stubs, both through :func:`encode_result`/:func:`decode_result` and the
+  argument checks of :func:`decode_params`;
+* ``docs/protocol.md``'s method list (``python -m asvirt.protocol`` prints it).
+
+Handles (:class:`asvirt.Domain`...) call ``conn._call("domain_start", uuid=..., ...)``; the
+connection sends that to whichever driver it has: the node in this process, or a daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from .drivers.base import (
+    DomainInfo,
+    DomainRef,
+    NetworkRef,
+    StoragePoolInfo,
+    StoragePoolRef,
+    StorageVolInfo,
+    StorageVolRef,
+)
+from .errors import InvalidArgError
+from .states import DomainState, StateReason, reason_for
+
+
+class Priority(enum.Enum):
+    #: Answered at once, whatever else runs: lookups, lists, state, info, destroy.
+    HIGH = "high"
+    #: May wait for a worker when a client has many calls in flight.
+    NORMAL = "normal"
+
+
+class Target(enum.Enum):
+    """Which of a node's drivers serves a call."""
+
+    DOMAINS = "domains"
+    NETWORK = "network"
+    STORAGE = "storage"
+
+
+#: The result type of ``domain_state``: a state and the reason for it.
+StateAndReason = tuple[DomainState, StateReason]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of the driver API, as declared."""
+
+    name: str
+    target: Target
+    #: Argument names and their types, in declaration order.
+    params: tuple[tuple[str, Any], ...]
+    result: Any
+    mutates: bool
+    priority: Priority
+    #: The driver method also receives ``client=``: who called (autodestroy ownership).
+    client: bool
+    doc: str
+
+    @property
+    def read_only_ok(self) -> bool:
+        """Whether a read-only connection may make this call."""
+        return not self.mutates
+
+
+def call(*, mutates: bool, priority: Priority = Priority.NORMAL, client: bool = False) -> Any:
+    """Annotate a declared call (see the module docstring)."""
+
+    def annotate(fn: F) -> F:
+        fn.__asvirt_call__ = (mutates, priority, client)  # type: ignore[attr-defined]
+        return fn
+
+    return annotate
+
+
+HIGH = Priority.HIGH
+
+
+class DomainCalls(Protocol):
+    """Calls served by a node's domain driver (every hypervisor's: the shared core)."""
+
+    @call(mutates=False, priority=HIGH)
+    def hostname(self) -> str:
+        """The node's host name."""
+        ...
+
+    @call(mutates=False)
+    async def capabilities_xml(self) -> str:
+        """The host and guest capabilities as libvirt's capabilities XML."""
+        ...
+
+    @call(mutates=False)
+    async def domxml_to_native(self, native_format: str, xml: str) -> str:
+        """What the driver would run for ``xml`` (``qemu-argv``: the QEMU command line)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_xml_normalize(self, xml: str) -> str:
+        """The XML ``define_xml(xml)`` would store, without defining anything."""
+        ...
+
+    @call(mutates=True)
+    async def define_xml(self, xml: str) -> DomainRef:
+        """Define (or redefine) a persistent domain."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def create_xml(self, xml: str, paused: bool, autodestroy: bool) -> DomainRef:
+        """Create and start a transient domain."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_by_name(self, name: str) -> DomainRef:
+        """The domain called ``name``."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_by_uuid(self, uuid: str) -> DomainRef:
+        """The domain with this UUID (any spelling libvirt accepts)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def list_all_domains(
+        self, active: bool | None, persistent: bool | None
+    ) -> list[DomainRef]:
+        """Domains, optionally only (in)active or (non-)persistent ones, sorted by name."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_start(self, uuid: str, paused: bool, autodestroy: bool) -> None:
+        """Start a defined, shut-off domain."""
+        ...
+
+    @call(mutates=True)
+    async def domain_suspend(self, uuid: str) -> None:
+        """Pause the vCPUs."""
+        ...
+
+    @call(mutates=True)
+    async def domain_resume(self, uuid: str) -> None:
+        """Resume paused vCPUs."""
+        ...
+
+    @call(mutates=True)
+    async def domain_shutdown(self, uuid: str) -> None:
+        """Press the ACPI power button."""
+        ...
+
+    @call(mutates=True)
+    async def domain_reboot(self, uuid: str) -> None:
+        """Ask the guest to reboot (power button, then a reset)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_reset(self, uuid: str) -> None:
+        """Reset the virtual hardware at once."""
+        ...
+
+    @call(mutates=True, priority=HIGH)
+    async def domain_destroy(self, uuid: str) -> None:
+        """Stop the domain at once (SIGTERM, then SIGKILL)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_undefine(self, uuid: str) -> None:
+        """Remove the persistent configuration."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_state(self, uuid: str) -> StateAndReason:
+        """The current state and the reason for it."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_info(self, uuid: str) -> DomainInfo:
+        """State, memory, vCPUs and CPU time."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_xml_desc(self, uuid: str, inactive: bool) -> str:
+        """The live XML while running, else (or with ``inactive``) the persistent one."""
+        ...
+
+    @call(mutates=True)
+    async def domain_qmp(self, uuid: str, command: str, arguments: dict[str, Any] | None) -> Any:
+        """Run a QMP command (virsh qemu-monitor-command): it may change anything."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_is_active(self, uuid: str) -> bool:
+        """Whether the domain runs (or is paused, ...)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_is_persistent(self, uuid: str) -> bool:
+        """Whether the domain has a persistent configuration."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_id(self, uuid: str) -> int | None:
+        """The runtime id of a running domain."""
+        ...
+
+
+class NetworkCalls(Protocol):
+    """Calls served by a node's network driver."""
+
+    @call(mutates=False, priority=HIGH)
+    async def list_all_networks(self, active: bool | None) -> list[NetworkRef]: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_network_by_name(self, name: str) -> NetworkRef: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_network_by_uuid(self, uuid: str) -> NetworkRef: ...
+
+    @call(mutates=True)
+    async def network_define_xml(self, xml: str) -> NetworkRef: ...
+
+    @call(mutates=True)
+    async def network_create(self, uuid: str) -> None: ...
+
+    @call(mutates=True, priority=HIGH)
+    async def network_destroy(self, uuid: str) -> None: ...
+
+    @call(mutates=True)
+    async def network_undefine(self, uuid: str) -> None: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_is_active(self, uuid: str) -> bool: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_is_persistent(self, uuid: str) -> bool: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_xml_desc(self, uuid: str) -> str: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_autostart(self, uuid: str) -> bool: ...
+
+
+class StorageCalls(Protocol):
+    """Calls served by a node's storage driver."""
+
+    @call(mutates=False, priority=HIGH)
+    async def list_all_storage_pools(self, active: bool | None) -> list[StoragePoolRef]: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_storage_pool_by_name(self, name: str) -> StoragePoolRef: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePoolRef: ...
+
+    @call(mutates=True)
+    async def storage_pool_define_xml(self, xml: str) -> StoragePoolRef: ...
+
+    @call(mutates=True)
+    async def storage_pool_create(self, uuid: str) -> None: ...
+
+    @call(mutates=True)
+    async def storage_pool_destroy(self, uuid: str) -> None: ...
+
+    @call(mutates=True)
+    async def storage_pool_undefine(self, uuid: str) -> None: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_is_active(self, uuid: str) -> bool: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_info(self, uuid: str) -> StoragePoolInfo: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_xml_desc(self, uuid: str) -> str: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_list_volumes(self, uuid: str) -> list[StorageVolRef]: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_lookup_by_name(self, pool_uuid: str, name: str) -> StorageVolRef: ...
+
+    @call(mutates=True)
+    async def storage_vol_create_xml(self, pool_uuid: str, xml: str) -> StorageVolRef: ...
+
+    @call(mutates=True)
+    async def storage_vol_delete(self, pool_uuid: str, name: str) -> None: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_info(self, pool_uuid: str, name: str) -> StorageVolInfo: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
+
+
+def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
+    calls: dict[str, Call] = {}
+    for cls, target in classes:
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            annotation = getattr(fn, "__asvirt_call__", None)
+            if annotation is None:
+                continue
+            mutates, priority, client = annotation
+            hints = typing.get_type_hints(fn, globalns=globals())
+            params = tuple((p, hints[p]) for p in inspect.signature(fn).parameters if p != "self")
+            if name in calls:
+                raise TypeError(f"call '{name}' is declared twice")
+            calls[name] = Call(
+                name=name,
+                target=target,
+                params=params,
+                result=hints.get("return"),
+                mutates=mutates,
+                priority=priority,
+                client=client,
+                doc=inspect.getdoc(fn) or "",
+            )
+    return calls
+
+
+#: Every call of the driver API, by name.
+CALLS: Mapping[str, Call] = _declare(
+    (DomainCalls, Target.DOMAINS), (NetworkCalls, Target.NETWORK), (StorageCalls, Target.STORAGE)
+)
+
+
+def lookup(name: object) -> Call:
+    """The declared call ``name``; InvalidArgError for anything else."""
+    found = CALLS.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidArgError(f"no such call: {name!r}")
+    return found
+
+
+# -- values on the wire ---------------------------------------------------------------------------
+#
+# Results and arguments travel as plain JSON values. Records (DomainRef, DomainInfo...) are
+# objects with their fields; enums are their integer values; a state and its reason are a pair.
+
+
+def encode_result(c: Call, value: Any) -> Any:
+    """A call's result as a plain JSON value."""
+    return _encode(value)
+
+
+def _encode(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    raise TypeError(f"cannot send a {type(value).__name__}")
+
+
+def decode_result(c: Call, value: Any) -> Any:
+    """A call's result from its plain JSON value (ValueError if it is not one)."""
+    return _decode(c.result, value, f"result of {c.name}")
+
+
+def decode_params(c: Call, params: object) -> dict[str, Any]:
+    """A call's arguments from a JSON object, checked against the declaration.
+
+    InvalidArgError names what is missing, unknown or of the wrong type: a client cannot
+    make the driver see anything it did not declare.
+    """
+    if not isinstance(params, dict):
+        raise InvalidArgError(f"{c.name}: params must be an object")
+    names = {p for p, _ in c.params}
+    unknown = set(params) - names
+    if unknown:
+        raise InvalidArgError(
+            f"{c.name}: unknown argument(s): {', '.join(sorted(map(str, unknown)))}"
+        )
+    out: dict[str, Any] = {}
+    for name, type_ in c.params:
+        if name not in params:
+            raise InvalidArgError(f"{c.name}: missing argument '{name}'")
+        try:
+            out[name] = _decode(type_, params[name], f"{c.name}: argument '{name}'")
+        except ValueError as err:
+            raise InvalidArgError(str(err)) from None
+    return out
+
+
+def _decode(type_: Any, value: Any, what: str) -> Any:
+    origin = typing.get_origin(type_)
+    if type_ is Any:
+        return value
+    if type_ is None or type_ is type(None):
+        if value is not None:
+            raise ValueError(f"{what}: expected null")
+        return None
+    if origin in (typing.Union, _UnionType):
+        options = typing.get_args(type_)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _decode(option, value, what)
+            except ValueError:
+                continue
+        raise ValueError(f"{what}: {value!r} is none of {type_}")
+    if type_ is StateAndReason or (
+        origin is tuple and typing.get_args(type_)[:1] == (DomainState,)
+    ):
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
+            raise ValueError(f"{what}: expected [state, reason]")
+        state = DomainState(value[0])
+        return state, reason_for(state, value[1])
+    if origin is list:
+        (item,) = typing.get_args(type_)
+        if not isinstance(value, list):
+            raise ValueError(f"{what}: expected a list")
+        return [_decode(item, v, what) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{what}: expected an object")
+        return value
+    if isinstance(type_, type) and issubclass(type_, enum.Enum):
+        try:
+            return type_(value)
+        except ValueError:
+            raise ValueError(f"{what}: {value!r} is no {type_.__name__}") from None
+    if isinstance(type_, type) and dataclasses.is_dataclass(type_):
+        if not isinstance(value, dict):
+            raise ValueError(f"{what}: expected an object")
+        hints = typing.get_type_hints(type_)
+        fields = {f.name for f in dataclasses.fields(type_)}
+        if set(value) != fields:
+            raise ValueError(f"{what}: expected the fields {sorted(fields)}")
+        return type_(**{k: _decode(hints[k], v, f"{what}.{k}") for k, v in value.items()})
+    if type_ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{what}: expected true or false")
+        return value
+    if type_ is int:
+        if not _is_int(value):
+            raise ValueError(f"{what}: expected an integer")
+        return value
+    if type_ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{what}: expected a string")
+        return value
+    raise TypeError(f"{what}: the protocol has no encoding for {type_!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_UnionType = type(int | None)
+
+
+def methods_markdown() -> str:
+    """The method list of docs/protocol.md, from the declaration."""
+    lines = ["| method | params | result | mutates | priority |", "|---|---|---|---|---|"]
+    for c in sorted(CALLS.values(), key=lambda c: (c.target.value, c.name)):
+        params = ", ".join(f"`{n}`: {_type_name(t)}" for n, t in c.params) or "—"
+        lines.append(
+            f"| `{c.name}` | {params} | {_type_name(c.result)} | "
+            f"{'yes' if c.mutates else 'no'} | {c.priority.value} |"
+        )
+    return "\n".join(lines)
+
+
+def _type_name(type_: Any) -> str:
+    if type_ is None or type_ is type(None):
+        return "null"
+    if type_ is StateAndReason:
+        return "[state, reason]"
+    if type_ is Any:
+        return "any"
+    origin = typing.get_origin(type_)
+    if origin in (typing.Union, _UnionType):
+        return " \\| ".join(_type_name(t) for t in typing.get_args(type_))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(type_)[0])}"
+    if origin is dict:
+        return "object"
+    return getattr(type_, "__name__", str(type_))
+
+
+__all__ = [
+    "CALLS",
+    "Call",
+    "DomainCalls",
+    "NetworkCalls",
+    "Priority",
+    "StateAndReason",
+    "StorageCalls",
+    "Target",
+    "call",
+    "decode_params",
+    "decode_result",
+    "encode_result",
+    "lookup",
+    "methods_markdown",
+]
+
+if __name__ == "__main__":
+    print(methods_markdown())

@@ -1,0 +1,86 @@
+"""The driver API declaration (asvirt.protocol): complete, consistent, and what both sides use."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from asvirt import protocol
+from asvirt.drivers.test.network import TestNetworkDriver
+from asvirt.drivers.test.storage import TestStorageDriver
+from asvirt.hypervisor.domain_driver import DomainDriver
+
+IMPLEMENTATIONS = {
+    protocol.Target.DOMAINS: [DomainDriver],
+    protocol.Target.NETWORK: [TestNetworkDriver],
+    protocol.Target.STORAGE: [TestStorageDriver],
+}
+
+
+@pytest.mark.parametrize("name", sorted(protocol.CALLS))
+def test_every_declared_call_is_served_with_its_declared_arguments(name):
+    c = protocol.CALLS[name]
+    for cls in IMPLEMENTATIONS[c.target]:
+        method = getattr(cls, name, None)
+        assert method is not None, f"{cls.__name__} does not serve '{name}'"
+        args = {p: None for p, _ in c.params}
+        if c.client:
+            args["client"] = None
+        # Bindable by keyword (how every call is made), with nothing else required.
+        inspect.signature(method).bind(None, **args)
+
+
+def test_read_only_calls_are_exactly_those_that_change_nothing():
+    changing = {
+        name
+        for name in protocol.CALLS
+        if name.startswith(("domain_", "network_", "storage_"))
+        and name.split("_", 1)[1].split("_")[0] in {"start", "suspend", "resume", "shutdown"}
+    }
+    assert all(protocol.CALLS[n].mutates for n in changing)
+    assert not protocol.CALLS["domain_state"].mutates
+    assert protocol.CALLS["domain_qmp"].mutates  # a QMP command can change anything
+
+
+def test_arguments_are_checked_against_the_declaration():
+    c = protocol.CALLS["domain_start"]
+    assert protocol.decode_params(c, {"uuid": "u", "paused": True, "autodestroy": False}) == {
+        "uuid": "u",
+        "paused": True,
+        "autodestroy": False,
+    }
+    for bad in (
+        [],
+        {"uuid": "u", "paused": True},
+        {"uuid": "u", "paused": 1, "autodestroy": False},
+        {"uuid": "u", "paused": True, "autodestroy": False, "client": "me"},
+        {"uuid": 5, "paused": True, "autodestroy": False},
+    ):
+        with pytest.raises(protocol.InvalidArgError):
+            protocol.decode_params(c, bad)
+
+
+def test_results_round_trip_through_plain_json():
+    import json
+
+    from asvirt import DomainState, PausedReason
+    from asvirt.drivers.base import DomainInfo, DomainRef
+
+    cases = {
+        "domain_state": (DomainState.PAUSED, PausedReason.USER),
+        "domain_info": DomainInfo(DomainState.RUNNING, 1024, 512, 2, 123),
+        "list_all_domains": [DomainRef("a", "u1"), DomainRef("b", "u2")],
+        "domain_id": None,
+        "domain_qmp": {"return": [1, {"x": None}]},
+    }
+    for name, value in cases.items():
+        c = protocol.CALLS[name]
+        wire = json.loads(json.dumps(protocol.encode_result(c, value)))
+        assert protocol.decode_result(c, wire) == value
+
+
+def test_the_method_table_documents_every_call():
+    table = protocol.methods_markdown()
+    for name in protocol.CALLS:
+        assert f"`{name}`" in table
