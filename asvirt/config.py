@@ -59,40 +59,77 @@ class JournalConfig:
     cache_events: int = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    qemu: QemuConfig = QemuConfig()
-    events: EventsConfig = EventsConfig()
-    journal: JournalConfig = JournalConfig()
+class _Sections:
+    """A configuration file made of TOML tables, each a frozen dataclass of settings."""
 
     @classmethod
-    def from_toml(cls, data: dict[str, Any], *, source: str = "configuration") -> Config:
-        """Build a Config from parsed TOML, rejecting unknown keys and wrong types."""
+    def from_toml(cls, data: dict[str, Any], *, source: str = "configuration") -> Any:
+        """Build the configuration from parsed TOML, rejecting unknown keys and wrong types."""
         sections: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        for field in fields:
             table = data.get(field.name, {})
             if not isinstance(table, dict):
                 raise InvalidArgError(f"{source}: [{field.name}] must be a table")
             sections[field.name] = _section(field.type, field.name, table, source)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - {f.name for f in fields}
         if unknown:
             raise InvalidArgError(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
         return cls(**sections)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Config:
+    def load(cls, path: str | os.PathLike[str]) -> Any:
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
+        except OSError as err:
+            raise InvalidArgError(f"{path}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise InvalidArgError(f"{path}: {err}") from None
         return cls.from_toml(data, source=os.fspath(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_Sections):
+    """A node's configuration (``asvirt.toml``)."""
+
+    qemu: QemuConfig = QemuConfig()
+    events: EventsConfig = EventsConfig()
+    journal: JournalConfig = JournalConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonSettings:
+    """What one client may take of the daemon, and how it stops."""
+
+    #: The largest message a client may send, in bytes; a longer one is refused (and
+    #: skipped: the connection survives).
+    max_message: int = 4 * 1024 * 1024
+    #: Messages queued for a client that does not read them before it is disconnected.
+    max_backlog: int = 10_000
+    #: Calls of normal priority running at once for one client (high-priority calls —
+    #: lookups, state, info, destroy — never wait for one).
+    max_workers: int = 8
+    #: Seconds of silence after which the daemon pings a client ...
+    keepalive_interval: float = 5.0
+    #: ... and how many unanswered pings drop it.
+    keepalive_count: int = 5
+    #: Seconds --shutdown-vms waits for the guests to power off before destroying them.
+    shutdown_timeout: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig(_Sections):
+    """asvirtd's own settings (``asvirtd.toml``); the node's are in ``asvirt.toml``."""
+
+    daemon: DaemonSettings = DaemonSettings()
 
 
 _SECTION_TYPES = {
     "QemuConfig": QemuConfig,
     "EventsConfig": EventsConfig,
     "JournalConfig": JournalConfig,
+    "DaemonSettings": DaemonSettings,
 }
 
 
@@ -119,10 +156,15 @@ def _section(type_: Any, name: str, table: dict[str, Any], source: str) -> Any:
 
 def load_for_root(root: Path) -> Config:
     """The configuration for an embedded driver rooted at ``root``."""
+    return load_file(root / "etc" / "asvirt.toml")
+
+
+def load_file(path: Path) -> Config:
+    """The configuration in ``path`` if it exists (defaults otherwise); ``$ASVIRT_CONFIG``
+    names another file instead."""
     env = os.environ.get("ASVIRT_CONFIG")
     if env:
         return Config.load(env)
-    path = root / "etc" / "asvirt.toml"
     if path.exists():
         return Config.load(path)
     return Config()

@@ -89,19 +89,13 @@ class Connection:
             # Only the event callbacks run here; the node's tasks run in the node.
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(self._nursery.cancel_scope.cancel)
-            self._client = await opener(self._uri, self._config, self)
-            stack.push_async_callback(self._leave)
+            self._client = await stack.enter_async_context(opener(self._uri, self._config, self))
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
         log.debug("connection opened", uri=self._uri.uri)
         return self
-
-    async def _leave(self) -> None:
-        assert self._client is not None
-        with trio.CancelScope(shield=True):
-            await self._client.close()
 
     async def __aexit__(self, *exc: object) -> bool | None:
         self._closed = True

@@ -17,6 +17,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL_ERROR = 1
     NO_SUPPORT = 3
     NO_CONNECT = 5
+    OPERATION_DENIED = 6
     INVALID_ARG = 8
     OPERATION_FAILED = 9
     XML_ERROR = 27
@@ -102,6 +103,12 @@ class OperationInvalidError(AsvirtError):
     """The operation does not apply in the object's current state."""
 
     code = ErrorCode.OPERATION_INVALID
+
+
+class OperationDeniedError(AsvirtError):
+    """The connection may not do this (a read-only connection asked to change something)."""
+
+    code = ErrorCode.OPERATION_DENIED
 
 
 class OperationFailedError(AsvirtError):

@@ -68,11 +68,14 @@ def open_private_append(path: str | os.PathLike[str], *, mode: int = 0o600) -> i
     return fd
 
 
-def ensure_private_dir(path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
+def ensure_private_dir(
+    path: str | os.PathLike[str], *, mode: int = 0o700, narrow: bool = True
+) -> None:
     """Make ``path`` a directory only we can write to, or refuse (OSError) one that is not.
 
     An existing directory must be ours (not a symlink, owned by our user) and writable by
-    nobody else; one readable by others is narrowed to ``mode``.
+    nobody else; one readable by others is narrowed to ``mode`` unless ``narrow`` is False
+    (a directory others must reach, such as the one holding a read-only socket).
     """
     try:
         os.mkdir(path, mode)
@@ -88,7 +91,7 @@ def ensure_private_dir(path: str | os.PathLike[str], *, mode: int = 0o700) -> No
         raise OSError(
             errno.EPERM, f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})", where
         )
-    if stat.S_IMODE(st.st_mode) != mode:
+    if narrow and stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)
 
 

@@ -362,6 +362,11 @@ def encode_result(c: Call, value: Any) -> Any:
     return _encode(value)
 
 
+def encode_value(value: Any) -> Any:
+    """An argument as a plain JSON value."""
+    return _encode(value)
+
+
 def _encode(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
@@ -519,6 +524,7 @@ __all__ = [
     "decode_params",
     "decode_result",
     "encode_result",
+    "encode_value",
     "lookup",
     "methods_markdown",
 ]

@@ -21,8 +21,9 @@ import asvirt
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest, wait_for_serial
 from .helpers import embed_uri, lifecycle, qemu_pid
 
-#: The driver families the shared suite runs against.
-KINDS = ("test", "qemu")
+#: The drivers the shared suite runs against: the test driver, the QEMU driver in this
+#: process, and the QEMU driver through a daemon (qemu:///session).
+KINDS = ("test", "qemu", "session")
 
 
 @dataclasses.dataclass
@@ -131,6 +132,8 @@ def make_backend(kind: str, *, guest: TestGuest, tmp: Path, root: Path | None) -
     if kind == "test":
         return Backend(kind, "test:///default", guest, tmp)
     assert root is not None
+    if kind == "session":  # a daemon serves the root (the fixture starts it)
+        return Backend(kind, "qemu:///session", guest, tmp, root)
     return Backend(kind, embed_uri(root), guest, tmp, root)
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 
 import asvirt
-from asvirt.config import Config
+from asvirt.config import Config, DaemonConfig
 
 from .guest import REPO
 
 
 def test_shipped_file_states_the_defaults():
     assert Config.load(REPO / "config" / "asvirt.toml") == Config()
+
+
+def test_shipped_daemon_file_states_the_defaults():
+    assert DaemonConfig.load(REPO / "config" / "asvirtd.toml") == DaemonConfig()
 
 
 @pytest.mark.parametrize(

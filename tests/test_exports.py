@@ -37,6 +37,7 @@ PUBLIC = [
     "NoStoragePoolError",
     "NoStorageVolError",
     "NostateReason",
+    "OperationDeniedError",
     "OperationFailedError",
     "OperationInvalidError",
     "OperationTimeoutError",

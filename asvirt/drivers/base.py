@@ -10,7 +10,8 @@ Drivers identify objects by UUID.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
@@ -163,12 +164,13 @@ class ClientDriver(Protocol):
         buffer: int | None,
     ) -> Subscription: ...
 
-    async def close(self) -> None: ...
-
 
 #: A driver family's opener: given the URI, a configuration overriding the node's own, and
-#: the connection (the client, for autodestroy), the client driver of the node the URI names.
-DriverOpener = Callable[[ConnectURI, Config | None, object], Awaitable[ClientDriver]]
+#: the connection (the client, for autodestroy), the client driver of the node the URI
+#: names, for as long as the ``async with`` lasts.
+DriverOpener = Callable[
+    [ConnectURI, Config | None, object], AbstractAsyncContextManager[ClientDriver]
+]
 
 __all__ = [
     "ClientDriver",

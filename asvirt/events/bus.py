@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import trio
@@ -54,6 +54,20 @@ class _HasUUID(Protocol):
 DomainFilter = str | _HasUUID | None
 
 
+class EventSource(Protocol):
+    """Where a subscription's events come from: a node's bus, or a daemon's stream."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    def gap_event(self, first: int, last: int) -> DomainEvent: ...
+
+    def _remove(self, sub: Subscription) -> None: ...
+
+
 class Subscription:
     """A stream of a node's events, filtered by domain and kind.
 
@@ -69,7 +83,7 @@ class Subscription:
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: EventSource,
         *,
         domain: DomainFilter,
         kinds: Iterable[EventKind] | None,
@@ -95,6 +109,7 @@ class Subscription:
         self._cursor = bus.last_seq if since is None else max(0, since)
         self._replay_end = bus.last_seq
         self._replayed: collections.deque[DomainEvent] = collections.deque()
+        self._direct: Callable[[DomainEvent], None] | None = None
         #: Events this subscriber lost because its buffer was full.
         self.lost = 0
 
@@ -113,8 +128,20 @@ class Subscription:
             return self._name in (event.domain, event.uuid)
         return True
 
+    def deliver_directly(self, deliver: Callable[[DomainEvent], None]) -> None:
+        """From now on, hand each matching event to ``deliver`` as it is published, instead
+        of buffering it (the daemon forwards a client's events this way, so that the events
+        a call causes reach the client before the call's answer). Only once the buffer is
+        empty and the replay done."""
+        if self.replaying or self._queue:
+            raise RuntimeError("deliver_directly() before the buffered events were received")
+        self._direct = deliver
+
     def _offer(self, event: DomainEvent) -> None:
         if self._closed or not self.matches(event):
+            return
+        if self._direct is not None:
+            self._direct(event)
             return
         if len(self._queue) == self._queue.maxlen:
             self.lost += 1  # the deque drops the oldest on append

@@ -41,10 +41,11 @@ from ...events import EventKind, LifecycleEvent, StoppedDetail
 from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
-from ...hypervisor.node import Node, open_node
+from ...hypervisor.node import Node, NodeLease, open_node
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
+from ..base import ClientDriver
 from ..local import LocalDriver
 from . import process
 from .capabilities import (
@@ -366,17 +367,18 @@ class QemuNode(Node):
         )
 
 
-async def open_qemu(uri: ConnectURI, config: Config | None, client: object) -> LocalDriver:
-    """The client driver of the QEMU node that ``uri`` names (opening it if need be)."""
-    if uri.host:
-        raise NoConnectError(f"'{uri.uri}': remote hosts are not supported")
-    if uri.path in ("/session", "/system"):
-        raise NoConnectError(
-            f"'{uri.uri}' is served by the asvirtd daemon, which is not available yet; "
-            "use qemu:///embed?root=DIR"
-        )
-    if uri.path != "/embed":
-        raise NoConnectError(f"'{uri.uri}': unknown QEMU driver path (use qemu:///embed?root=DIR)")
+@contextlib.asynccontextmanager
+async def open_qemu(
+    uri: ConnectURI, config: Config | None, client: object
+) -> AsyncIterator[ClientDriver]:
+    """The client driver for ``uri``: this process's node for an embed root, else the
+    remote driver to the daemon that serves the URI."""
+    if uri.path != "/embed" or uri.transport is not None or uri.host:
+        from ..remote.client import open_remote  # only clients of a daemon need it
+
+        async with open_remote(uri, config, client) as remote:
+            yield remote
+        return
     root_param = uri.param("root")
     if not root_param or not os.path.isabs(root_param):
         raise NoConnectError(f"'{uri.uri}': root= must be an absolute directory path")
@@ -385,14 +387,26 @@ async def open_qemu(uri: ConnectURI, config: Config | None, client: object) -> L
         raise NoConnectError(f"'{uri.uri}': unknown parameter(s): {', '.join(sorted(unknown))}")
     # One node per directory, however it is spelled (symlinks, "..").
     root = Path(await trio.Path(root_param).resolve())
-    paths = EmbedPaths(root)
+    driver = LocalDriver(await open_qemu_node(EmbedPaths(root), config), client)
+    try:
+        yield driver
+    finally:
+        with trio.CancelScope(shield=True):
+            await driver.close()
+
+
+async def open_qemu_node(paths: EmbedPaths, config: Config | None = None) -> NodeLease:
+    """A lease on the QEMU node kept in ``paths`` (opening it if this process has not)."""
 
     def make() -> QemuNode:
         # Read before anything is built from it (the event bus sizes its buffers from it).
-        node_config = config or config_mod.load_for_root(root)
-        return QemuNode(f"qemu:///embed?root={root}", paths, node_config)
+        node_config = config or config_mod.load_file(paths.config_file)
+        name = (
+            f"qemu:///embed?root={paths.root}" if not paths.tops else f"qemu (state {paths.root})"
+        )
+        return QemuNode(name, paths, node_config)
 
-    return LocalDriver(await open_node(("qemu", str(root)), make), client)
+    return await open_node(("qemu", str(paths.root)), make)
 
 
-__all__ = ["QemuBackend", "QemuNode", "open_qemu"]
+__all__ = ["QemuBackend", "QemuNode", "open_qemu", "open_qemu_node"]

@@ -28,27 +28,37 @@ _SOCKET_DIR_MAX = 107 - 56
 
 @dataclasses.dataclass(frozen=True)
 class EmbedPaths:
+    """The directories of one node: all under ``root`` (an embed root), or spread over the
+    system's directories (``tops``: the daemon's ``/etc``, ``/run``, ``/var/log`` layout)."""
+
     root: Path
+    #: Top directories that are not under ``root``: ("etc", path), ("run", path), ("log",
+    #: path), ("lib", path), ("cache", path). They may be shared with others (``/run/asvirt``
+    #: holds the daemon's read-only socket): asvirt checks them but does not narrow them.
+    tops: tuple[tuple[str, Path], ...] = ()
+
+    def top(self, name: str) -> Path:
+        return dict(self.tops).get(name, self.root / name)
 
     @property
     def config_dir(self) -> Path:
-        return self.root / "etc" / "qemu"
+        return self.top("etc") / "qemu"
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run" / "qemu"
+        return self.top("run") / "qemu"
 
     @property
     def log_dir(self) -> Path:
-        return self.root / "log" / "qemu"
+        return self.top("log") / "qemu"
 
     @property
     def events_dir(self) -> Path:
-        return self.root / "lib" / "events"
+        return self.top("lib") / "events"
 
     @property
     def capabilities_dir(self) -> Path:
-        return self.root / "cache" / "qemu" / "capabilities"
+        return self.top("cache") / "qemu" / "capabilities"
 
     @property
     def lock_file(self) -> Path:
@@ -56,7 +66,7 @@ class EmbedPaths:
 
     @property
     def config_file(self) -> Path:
-        return self.root / "etc" / "asvirt.toml"
+        return self.top("etc") / "asvirt.toml"
 
     def config(self, name: str) -> Path:
         return self.config_dir / f"{name}.xml"
@@ -99,15 +109,18 @@ class EmbedPaths:
         user could then replace a domain's config or plant a socket.
         """
         fsutil.ensure_private_dir(self.root)
+        separate = dict(self.tops)
+        for name in ("etc", "run", "log", "lib", "cache"):
+            if name in separate:
+                separate[name].mkdir(parents=True, exist_ok=True, mode=0o755)
+                fsutil.ensure_private_dir(separate[name], narrow=False)
+            else:
+                fsutil.ensure_private_dir(self.root / name)
         for d in (
-            self.root / "etc",
             self.config_dir,
-            self.root / "run",
             self.run_dir,
-            self.root / "log",
             self.log_dir,
             self.events_dir.parent,
-            self.root / "cache",
             self.capabilities_dir.parent,
             self.capabilities_dir,
         ):

@@ -31,6 +31,9 @@ act from a test, call :func:`guest_panic`, :func:`guest_poweroff` or :func:`gues
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import trio
 
 from ...config import Config
@@ -46,7 +49,10 @@ from .nodefile import build_node, default_node, read_node_file
 from .state import DEFAULT_NODE_KEY, TestNode
 
 
-async def open_test(uri: ConnectURI, config: Config | None, client: object) -> LocalDriver:
+@contextlib.asynccontextmanager
+async def open_test(
+    uri: ConnectURI, config: Config | None, client: object
+) -> AsyncIterator[LocalDriver]:
     """The client driver of the test node ``uri`` names (``test:///default`` or a node file)."""
     if uri.transport is not None or uri.host:
         raise NoConnectError(f"'{uri.uri}': the test driver is local only (use test:///default)")
@@ -61,7 +67,12 @@ async def open_test(uri: ConnectURI, config: Config | None, client: object) -> L
     else:
         desc = await trio.to_thread.run_sync(read_node_file, path)
         lease = await open_node(None, lambda: build_node(desc, node_config))
-    return LocalDriver(lease, client)
+    driver = LocalDriver(lease, client)
+    try:
+        yield driver
+    finally:
+        with trio.CancelScope(shield=True):
+            await driver.close()
 
 
 def _node(dom: Domain) -> TestNode:

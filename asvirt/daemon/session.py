@@ -1,0 +1,342 @@
+"""One client of the daemon: its requests, its subscriptions, its keepalive, its backlog.
+
+Requests are dispatched to the node as they arrive, each in a task of its own, so that a
+call waiting on a hung QEMU holds up nothing else; calls of normal priority share a few
+workers per client, calls of high priority (lookups, state, info, destroy) never wait for
+one. Subscriptions and their replay from the journal are the node's own
+(:class:`~asvirt.events.Subscription`); a task per subscription moves its events to the
+client. Everything the daemon sends goes through one bounded queue: a client that stops
+reading is disconnected once its backlog is full, instead of growing the daemon's memory.
+Nothing a client sends can end the daemon: a bad message gets a JSON-RPC error and the
+session goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import socket
+import struct
+from typing import Any
+
+import trio
+
+from .. import __version__, protocol
+from ..drivers.local import invoke
+from ..errors import AsvirtError, InvalidArgError, OperationDeniedError
+from ..events import DomainEvent, EventKind, Subscription
+from ..events.codec import event_to_dict
+from ..hypervisor.node import Node
+from ..log import get_logger
+from ..rpc import wire
+
+log = get_logger("asvirt.daemon")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one client may take of the daemon (``[daemon]`` in asvirtd.toml)."""
+
+    max_message: int = 4 * 1024 * 1024
+    max_backlog: int = 10_000
+    max_workers: int = 8
+    keepalive_interval: float = 5.0
+    keepalive_count: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a unix socket (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return cls(-1, -1, -1)
+        pid, uid, gid = struct.unpack("3i", raw)
+        return cls(pid, uid, gid)
+
+
+class _Backlogged(Exception):
+    """The client does not read what it is sent."""
+
+
+_ids = itertools.count(1)
+
+
+class Session:
+    """One connected client."""
+
+    def __init__(
+        self,
+        node: Node,
+        stream: trio.abc.Stream,
+        *,
+        read_only: bool,
+        peer: Peer,
+        limits: Limits,
+    ) -> None:
+        self.id = next(_ids)
+        self.node = node
+        self.read_only = read_only
+        self.peer = peer
+        self.limits = limits
+        self._stream = stream
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
+        self._workers = trio.CapacityLimiter(limits.max_workers)
+        self._subscriptions: dict[int, Subscription] = {}
+        self._heard = True
+        self._nursery: trio.Nursery | None = None
+        self.log = log.bind(client=self.id, uid=peer.uid, pid=peer.pid)
+
+    def __repr__(self) -> str:
+        return f"<client {self.id} uid={self.peer.uid} pid={self.peer.pid}>"
+
+    # -- the session's life ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the client until it leaves, is dropped, or the daemon stops."""
+        self.log.info("client connected", read_only=self.read_only)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write)
+                nursery.start_soon(self._keepalive)
+                try:
+                    await self._read()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, _Backlogged, OSError):
+            pass
+        finally:
+            for sub in self._subscriptions.values():
+                sub.close()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.node.client_closed(self)
+                except AsvirtError as err:
+                    self.log.warning(
+                        "cannot destroy the client's autodestroy domains", error=str(err)
+                    )
+                await trio.aclose_forcefully(self._stream)
+            self.log.info("client disconnected")
+
+    def send(self, data: bytes) -> None:
+        """Queue a message for the client; drops the client if its backlog is full."""
+        try:
+            self._out_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.log.warning("client does not read; disconnecting", backlog=self.limits.max_backlog)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _write(self) -> None:
+        async for data in self._out_recv:
+            # Send what has piled up in one write: fewer system calls under load.
+            batch = [data]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._out_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._stream.send_all(b"".join(batch))
+
+    async def _keepalive(self) -> None:
+        silent = 0
+        while True:
+            await trio.sleep(self.limits.keepalive_interval)
+            if self._heard:
+                self._heard, silent = False, 0
+                continue
+            silent += 1
+            if silent >= self.limits.keepalive_count:
+                self.log.warning("client stopped answering keepalives; disconnecting")
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+                return
+            self.send(wire.notification("keepalive.ping", {}))
+
+    async def _read(self) -> None:
+        reader = wire.LineReader(self.limits.max_message)
+        while True:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return
+            self._heard = True
+            for line in reader.feed(data):
+                if isinstance(line, wire.Oversized):
+                    self.send(
+                        wire.error(
+                            None,
+                            wire.INVALID_REQUEST,
+                            f"message larger than {self.limits.max_message} bytes",
+                        )
+                    )
+                    continue
+                self._handle(line)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            msg = wire.decode(line)
+        except ValueError as err:
+            self.send(wire.error(None, wire.PARSE_ERROR, f"not JSON: {err}"))
+            return
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+            self.send(wire.error(None, wire.INVALID_REQUEST, "not a JSON-RPC 2.0 message"))
+            return
+        method = msg.get("method")
+        msg_id = msg.get("id")
+        if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, int | str)):
+            self.send(wire.error(None, wire.INVALID_REQUEST, "an id is a number or a string"))
+            return
+        if not isinstance(method, str):
+            self.send(wire.error(msg_id, wire.INVALID_REQUEST, "no method"))
+            return
+        params = msg.get("params", {})
+        if msg_id is None:
+            return  # notifications from clients (keepalive.pong) only say they are alive
+        try:
+            if method == "hello":
+                self.send(wire.result(msg_id, self._hello()))
+            elif method == "events.subscribe":
+                self.send(wire.result(msg_id, self._subscribe(params)))
+            elif method == "bye":
+                assert self._nursery is not None
+                self._nursery.start_soon(self._bye, msg_id)
+            elif method == "events.unsubscribe":
+                self._unsubscribe(params)
+                self.send(wire.result(msg_id, None))
+            else:
+                self._start_call(msg_id, method, params)
+        except AsvirtError as err:
+            self.send(wire.error_from(msg_id, err))
+
+    async def _bye(self, msg_id: int | str) -> None:
+        """The client is leaving: end what it started with autodestroy before it goes, so
+        that they are gone when its close() returns, as they are in-process."""
+        try:
+            await self.node.client_closed(self)
+        except AsvirtError as err:
+            self.send(wire.error_from(msg_id, err))
+            return
+        self.send(wire.result(msg_id, None))
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "protocol": wire.PROTOCOL_VERSION,
+            "version": __version__,
+            "node": self.node.name,
+            "hostname": self.node.domains.hostname(),
+            "read_only": self.read_only,
+            "last_seq": self.node.bus.last_seq,
+        }
+
+    def _start_call(self, msg_id: int | str, method: str, params: object) -> None:
+        c = protocol.CALLS.get(method)
+        if c is None:
+            self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
+            return
+        if self.read_only and c.mutates:
+            raise OperationDeniedError(f"'{method}' changes state; this connection is read-only")
+        try:
+            args = protocol.decode_params(c, params)
+        except InvalidArgError as err:
+            self.send(
+                wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"})
+            )
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._call, msg_id, c, args)
+
+    async def _call(self, msg_id: int | str, c: protocol.Call, args: dict[str, Any]) -> None:
+        if c.mutates:
+            self.log.info("call", method=c.name, **{k: v for k, v in args.items() if k != "xml"})
+        try:
+            if c.priority is protocol.Priority.HIGH:
+                value = await invoke(self.node, c.name, args, client=self)
+            else:
+                async with self._workers:
+                    value = await invoke(self.node, c.name, args, client=self)
+            reply = wire.result(msg_id, protocol.encode_result(c, value))
+        except AsvirtError as err:
+            reply = wire.error_from(msg_id, err)
+        except Exception as err:  # a bug; the client gets an error, the daemon goes on
+            self.log.exception("call failed unexpectedly", method=c.name)
+            reply = wire.error(msg_id, wire.INTERNAL_ERROR, f"internal error: {type(err).__name__}")
+        self.send(reply)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _subscribe(self, params: object) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise InvalidArgError("events.subscribe: params must be an object")
+        sub_id = params.get("sub")
+        if isinstance(sub_id, bool) or not isinstance(sub_id, int) or sub_id in self._subscriptions:
+            raise InvalidArgError("events.subscribe: 'sub' must be a new integer id")
+        domain = params.get("domain")
+        if domain is not None and not isinstance(domain, str):
+            raise InvalidArgError("events.subscribe: 'domain' is a name or a UUID")
+        since = params.get("since")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int) or since < 0
+        ):
+            raise InvalidArgError("events.subscribe: 'since' is a sequence number")
+        kinds = params.get("kinds")
+        if kinds is not None:
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise InvalidArgError("events.subscribe: 'kinds' is a list of event kinds")
+            try:
+                kinds = [EventKind(k) for k in kinds]
+            except ValueError as err:
+                raise InvalidArgError(f"events.subscribe: {err}") from None
+        cursor = self.node.bus.last_seq if since is None else since
+        sub = self.node.bus.subscribe(domain=domain, kinds=kinds, since=since, buffer=None)
+        self._subscriptions[sub_id] = sub
+        if sub.replaying:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._replay, sub_id, sub)
+        else:
+            sub.deliver_directly(lambda event: self._send_event(sub_id, event))
+        return {"sub": sub_id, "cursor": cursor}
+
+    def _unsubscribe(self, params: object) -> None:
+        sub_id = params.get("sub") if isinstance(params, dict) else None
+        sub = self._subscriptions.pop(sub_id, None) if isinstance(sub_id, int) else None
+        if sub is None:
+            raise InvalidArgError(f"events.unsubscribe: no subscription {sub_id!r}")
+        sub.close()
+
+    def _send_event(self, sub_id: int, event: DomainEvent) -> None:
+        # Live events go out as they are published: the events a call causes are queued
+        # before the call's answer, so the client has them when its call returns.
+        self.send(wire.notification("event", {"sub": sub_id, "event": event_to_dict(event)}))
+
+    async def _replay(self, sub_id: int, sub: Subscription) -> None:
+        """Send the retained events a subscription asked for, at the client's pace (never
+        dropping the client for a long replay); then switch it to live delivery."""
+        sent = 0
+        while not sub.closed:
+            try:
+                event = sub.receive_nowait()
+            except trio.WouldBlock:
+                sub.deliver_directly(lambda event: self._send_event(sub_id, event))
+                return
+            except trio.EndOfChannel:
+                return
+            data = event_to_dict(event)
+            await self._out_send.send(wire.notification("event", {"sub": sub_id, "event": data}))
+            sent += 1
+            if sent % 256 == 0:
+                await trio.lowlevel.checkpoint()
+
+
+__all__ = ["Limits", "Peer", "Session"]

@@ -1,0 +1,397 @@
+"""The remote driver: every call of a connection sent to a daemon, events streamed back.
+
+A :class:`RemoteDriver` keeps one link to the daemon at a time and replaces it when it breaks:
+it reconnects with backoff, says hello again, and re-subscribes every open subscription from
+the last ``seq`` it delivered, so subscribers see every event exactly once, in order —
+including those published while the link was down (the daemon replays them from the node's
+journal). A call in flight when the link breaks fails at once with a clear error (it may or
+may not have been carried out); a call made while the link is down waits for it, up to a
+deadline, then fails with NoConnectError.
+
+Calls are those of :mod:`asvirt.protocol`, checked and encoded by it: nothing here knows one
+call from another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import trio
+
+from ... import protocol
+from ...config import Config
+from ...errors import (
+    AsvirtError,
+    InternalError,
+    NoConnectError,
+    OperationFailedError,
+)
+from ...events import DomainEvent, EventKind, Subscription
+from ...events.bus import DomainFilter
+from ...events.codec import event_from_dict
+from ...events.journal import MemoryJournal
+from ...log import get_logger
+from ...rpc import wire
+from ...uri import ConnectURI
+from .transport import Transport, transport_for
+
+log = get_logger("asvirt.remote")
+
+#: Seconds a call made while the daemon is unreachable waits for it to come back.
+RECONNECT_DEADLINE = 30.0
+#: Largest message accepted from a daemon.
+MAX_MESSAGE = 64 * 1024 * 1024
+#: Backoff between reconnection attempts: from the first to the longest, in seconds.
+BACKOFF = (0.02, 1.0)
+
+
+class _LinkLost(Exception):
+    """The link broke while a request was in flight."""
+
+
+class _Link:
+    """One stream to the daemon: requests by id, responses and notifications."""
+
+    def __init__(self, stream: trio.abc.Stream, on_notice: Callable[[str, Any], None]) -> None:
+        self.stream = stream
+        self._on_notice = on_notice
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Callable[[dict[str, Any] | None], None]] = {}
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](1_000_000)
+        self.broken = trio.Event()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._out_send.send_nowait(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def request_nowait(
+        self, method: str, params: dict[str, Any], on_reply: Callable[[dict[str, Any] | None], None]
+    ) -> None:
+        """Send a request; ``on_reply`` gets the response (None if the link broke first)."""
+        if self.broken.is_set():
+            on_reply(None)
+            return
+        msg_id = next(self._ids)
+        self._pending[msg_id] = on_reply
+        self.send(wire.request(msg_id, method, params))
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        done = trio.Event()
+        reply: list[dict[str, Any] | None] = []
+
+        def got(message: dict[str, Any] | None) -> None:
+            reply.append(message)
+            done.set()
+
+        self.request_nowait(method, params, got)
+        await done.wait()
+        if reply[0] is None:
+            raise _LinkLost
+        return reply[0]
+
+    async def run(self) -> None:
+        """Carry messages both ways until the stream ends; then fail what was pending."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write)
+                await self._read()
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self.broken.set()
+            self._out_send.close()
+            pending, self._pending = self._pending, {}
+            for on_reply in pending.values():
+                on_reply(None)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _write(self) -> None:
+        async for data in self._out_recv:
+            batch = [data]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._out_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.stream.send_all(b"".join(batch))
+
+    async def _read(self) -> None:
+        reader = wire.LineReader(MAX_MESSAGE)
+        while True:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return
+            for line in reader.feed(bytes(data)):
+                if isinstance(line, wire.Oversized):
+                    log.warning("the daemon sent an oversized message; dropping the link")
+                    return
+                try:
+                    msg = wire.decode(line)
+                except ValueError:
+                    log.warning("the daemon sent something that is not JSON; dropping the link")
+                    return
+                if not isinstance(msg, dict):
+                    continue
+                msg_id = msg.get("id")
+                if msg_id is None:
+                    self._on_notice(str(msg.get("method", "")), msg.get("params"))
+                    continue
+                on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
+                if on_reply is not None:
+                    on_reply(msg)
+
+
+class _RemoteSubscription:
+    """A subscription of this client, as the daemon knows it."""
+
+    def __init__(self, sub: Subscription, domain: str | None, kinds: list[str] | None) -> None:
+        self.sub = sub
+        self.domain = domain
+        self.kinds = kinds
+        #: The last seq delivered (or the one the daemon started from); None until known.
+        self.cursor: int | None = None
+
+
+class _Source:
+    """The event source of a remote subscription: the daemon replays, nothing here does."""
+
+    def __init__(self, driver: RemoteDriver, sub_id: int) -> None:
+        self._driver = driver
+        self._sub_id = sub_id
+        self.journal = MemoryJournal(1)
+
+    @property
+    def last_seq(self) -> int:
+        return 0
+
+    def gap_event(self, first: int, last: int) -> DomainEvent:
+        raise AssertionError("a remote subscription never replays by itself")
+
+    def _remove(self, sub: Subscription) -> None:
+        self._driver._unsubscribe(self._sub_id)
+
+
+class RemoteDriver:
+    """A connection's driver when the node is served by a daemon."""
+
+    def __init__(self, uri: ConnectURI, transport: Transport, nursery: trio.Nursery) -> None:
+        self._uri = uri
+        self._transport = transport
+        self._nursery = nursery
+        self._link: _Link | None = None
+        self._link_up = trio.Event()
+        self._closed = False
+        self._hello: dict[str, Any] = {}
+        self._subs: dict[int, _RemoteSubscription] = {}
+        self._sub_ids = itertools.count(1)
+        #: The newest seq this client knows of (a cursor for subscriptions made while down).
+        self._known_seq = 0
+        self.reconnects = 0
+
+    # -- the link -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """The first link: NoConnectError if the daemon cannot be reached now."""
+        try:
+            link = await self._open_link()
+        except (OSError, trio.BrokenResourceError, _LinkLost) as err:
+            raise NoConnectError(
+                f"cannot connect to {self._transport.description}: {_reason(err)}"
+            ) from None
+        self._nursery.start_soon(self._maintain, link)
+
+    async def _open_link(self) -> _Link:
+        stream = await self._transport.open()
+        link = _Link(stream, self._on_notice)
+        self._nursery.start_soon(link.run)
+        try:
+            with trio.fail_after(30):
+                reply = await link.request(
+                    "hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"}
+                )
+        except (trio.TooSlowError, _LinkLost):
+            await trio.aclose_forcefully(stream)
+            raise _LinkLost from None
+        if "error" in reply:
+            raise wire.exception_from(reply["error"])
+        hello = reply.get("result")
+        if not isinstance(hello, dict) or hello.get("protocol") != wire.PROTOCOL_VERSION:
+            raise NoConnectError(f"{self._transport.description} speaks another protocol")
+        self._hello = hello
+        if isinstance(hello.get("last_seq"), int):
+            self._known_seq = max(self._known_seq, hello["last_seq"])
+        for sub_id, rsub in self._subs.items():
+            self._send_subscribe(link, sub_id, rsub)
+        # In use from now on: no checkpoint between re-subscribing and this, so that a
+        # subscription made meanwhile cannot fall between the two.
+        self._link = link
+        self._link_up.set()
+        return link
+
+    async def _maintain(self, link: _Link) -> None:
+        """Keep a link up: when one breaks, reconnect with backoff until closed."""
+        while not self._closed:
+            await link.broken.wait()
+            self._link = None
+            self._link_up = trio.Event()
+            if self._closed:
+                return
+            log.warning("lost the daemon; reconnecting", daemon=self._transport.description)
+            delay = BACKOFF[0]
+            while not self._closed:
+                try:
+                    link = await self._open_link()
+                    break
+                except (OSError, trio.BrokenResourceError, _LinkLost, AsvirtError) as err:
+                    log.debug("cannot reconnect yet", error=_reason(err), retry_in=delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF[1])
+            self.reconnects += 1
+            log.info("reconnected to the daemon", daemon=self._transport.description)
+
+    def _on_notice(self, method: str, params: Any) -> None:
+        if method == "event" and isinstance(params, dict):
+            rsub = self._subs.get(params.get("sub"))  # type: ignore[arg-type]
+            if rsub is None:
+                return
+            try:
+                event = event_from_dict(params.get("event"))  # type: ignore[arg-type]
+            except ValueError as err:
+                log.warning("the daemon sent a malformed event", error=str(err))
+                return
+            if rsub.cursor is not None and event.seq <= rsub.cursor:
+                return  # replayed after a reconnect, but already delivered
+            rsub.cursor = event.seq
+            self._known_seq = max(self._known_seq, event.seq)
+            rsub.sub._offer(event)
+        elif method == "keepalive.ping" and self._link is not None:
+            self._link.send(wire.notification("keepalive.pong", {}))
+
+    # -- what a connection uses ----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def hostname(self) -> str:
+        return str(self._hello.get("hostname", ""))
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self._hello.get("read_only"))
+
+    async def call(self, method: str, /, **params: Any) -> Any:
+        c = protocol.lookup(method)
+        args = {name: protocol.encode_value(value) for name, value in params.items()}
+        link = await self._wait_link(method)
+        try:
+            reply = await link.request(method, args)
+        except _LinkLost:
+            raise OperationFailedError(
+                f"the connection to {self._transport.description} was lost during '{method}' "
+                "(it may or may not have been done)"
+            ) from None
+        if "error" in reply:
+            raise wire.exception_from(reply["error"])
+        try:
+            return protocol.decode_result(c, reply.get("result"))
+        except ValueError as err:
+            raise InternalError(f"the daemon answered '{method}' with {err}") from None
+
+    async def _wait_link(self, method: str) -> _Link:
+        if self._closed:
+            raise NoConnectError("the connection is closed")
+        with trio.move_on_after(RECONNECT_DEADLINE):
+            while self._link is None or self._link.broken.is_set():
+                await self._link_up.wait()
+            return self._link
+        raise NoConnectError(
+            f"{self._transport.description} is unreachable: '{method}' waited "
+            f"{RECONNECT_DEADLINE:g} s for it"
+        )
+
+    def subscribe(
+        self,
+        *,
+        domain: DomainFilter,
+        kinds: Iterable[EventKind] | None,
+        since: int | None,
+        buffer: int | None,
+    ) -> Subscription:
+        sub_id = next(self._sub_ids)
+        sub = Subscription(
+            _Source(self, sub_id), domain=domain, kinds=kinds, since=None, buffer=buffer or 1024
+        )
+        name = domain if isinstance(domain, str) or domain is None else domain.uuid
+        kind_names = None if kinds is None else [k.value for k in kinds]
+        rsub = _RemoteSubscription(sub, name, kind_names)
+        rsub.cursor = since
+        self._subs[sub_id] = rsub
+        if self._link is not None:
+            self._send_subscribe(self._link, sub_id, rsub)
+        elif since is None:
+            rsub.cursor = self._known_seq  # subscribed while down: from what we know
+        return sub
+
+    def _send_subscribe(self, link: _Link, sub_id: int, rsub: _RemoteSubscription) -> None:
+        params = {"sub": sub_id, "domain": rsub.domain, "kinds": rsub.kinds, "since": rsub.cursor}
+
+        def on_reply(reply: dict[str, Any] | None) -> None:
+            if reply is None:
+                return  # the link broke: the next one subscribes again
+            result = reply.get("result")
+            if isinstance(result, dict) and rsub.cursor is None:
+                rsub.cursor = result.get("cursor")
+            elif "error" in reply:
+                log.warning("the daemon refused a subscription", error=str(reply["error"]))
+                rsub.sub.close()
+
+        link.request_nowait("events.subscribe", params, on_reply)
+
+    def _unsubscribe(self, sub_id: int) -> None:
+        if self._subs.pop(sub_id, None) is not None and self._link is not None:
+            self._link.request_nowait("events.unsubscribe", {"sub": sub_id}, lambda reply: None)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for rsub in list(self._subs.values()):
+            rsub.sub.close()
+        link = self._link
+        if link is not None:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(RECONNECT_DEADLINE), contextlib.suppress(_LinkLost):
+                    await link.request("bye", {})
+                await trio.aclose_forcefully(link.stream)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return str(err) or type(err).__name__
+
+
+@contextlib.asynccontextmanager
+async def open_remote(
+    uri: ConnectURI, config: Config | None, client: object
+) -> AsyncIterator[RemoteDriver]:
+    """A remote driver for ``uri`` for as long as the ``async with`` lasts."""
+    del config, client  # the daemon has its own; the link is the client
+    transport = transport_for(uri)
+    async with trio.open_nursery() as nursery:
+        driver = RemoteDriver(uri, transport, nursery)
+        await driver.connect()
+        try:
+            yield driver
+        finally:
+            await driver.aclose()
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["RemoteDriver", "open_remote"]

@@ -1,0 +1,116 @@
+"""Real asvirtd processes for tests: started on a state directory, stopped or killed.
+
+A test never reaches the user's own daemon: each :class:`Daemon` keeps everything under a
+directory of the test's, and its socket where the test says (``qemu:///session`` tests point
+``$XDG_RUNTIME_DIR`` at a directory of their own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from asvirt import fsutil
+
+from .guest import REPO
+
+
+class Daemon:
+    """One asvirtd process (a state directory survives its restarts)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        socket_path: Path | None = None,
+        caps_cache: Path | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.state_dir = state_dir
+        self.socket = socket_path or state_dir / "asvirt-sock"
+        self.socket_ro = state_dir / "asvirt-sock-ro"
+        self.args = args
+        self.log = state_dir.parent / f"{state_dir.name}.asvirtd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if caps_cache is not None:
+            # The QEMU probe, done once for the whole test session, is not repeated.
+            target = state_dir / "cache" / "qemu" / "capabilities"
+            target.mkdir(parents=True, exist_ok=True)
+            for f in caps_cache.iterdir():
+                shutil.copy2(f, target / f.name)
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def uri_ro(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket_ro}"
+
+    def start(self, timeout: float = 30) -> Daemon:
+        """Start it; returns once it accepts connections."""
+        argv = [sys.executable, "-m", "asvirt.daemon", "--state-dir", str(self.state_dir)]
+        argv += ["--socket", str(self.socket), *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while not self._accepts():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"asvirtd exited ({self.proc.returncode}): {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"asvirtd did not listen in {timeout} s: {self.log_text()}")
+            time.sleep(0.02)  # nothing announces the socket but the socket itself
+        return self
+
+    def _accepts(self) -> bool:
+        try:
+            with fsutil.short_socket_path(self.socket) as addr:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(addr)
+                finally:
+                    s.close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, and wait for it to exit; its exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies at once, as in a crash."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+def session_runtime_dir(tmp: Path) -> Path:
+    """A short ``$XDG_RUNTIME_DIR`` for tests of ``qemu:///session`` (sun_path is 107 bytes)."""
+    runtime = Path(f"/tmp/asvirt-test-{os.getpid()}-{abs(hash(tmp)) % 10**8}")
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return runtime
+
+
+__all__ = ["Daemon", "session_runtime_dir"]
