@@ -29,6 +29,38 @@ class QemuConfig:
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True
+    #: The user QEMU runs as (libvirt's qemu.conf ``user``): a name, or ``+UID`` for a number
+    #: no lookup is made for. "" runs QEMU as the supervisor's own user. Anything else needs a
+    #: supervisor running as root; QEMU then also runs with no new privileges and no
+    #: capabilities, and the files it opens by path are given to that user while it runs.
+    user: str = ""
+    #: The group QEMU runs as: a name or ``+GID``. "" means the user's own group (from the
+    #: user database) when ``user`` is set, else the supervisor's group.
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("user", "group"):
+            problem = _account_problem(getattr(self, key))
+            if problem:
+                raise InvalidArgError(f"[qemu] {key} {getattr(self, key)!r}: {problem}")
+
+
+#: The largest user or group id: (uid_t)-1 means "no change" to the kernel.
+_MAX_ID = 2**32 - 2
+
+
+def _account_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a user or group (a name, or ``+N``), or None if it can."""
+    if value == "":
+        return None
+    if value.startswith("+"):
+        digits = value[1:]
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > _MAX_ID:
+            return f"'+' must be followed by a number from 0 to {_MAX_ID}"
+        return None
+    if any(c in ":/" or c.isspace() for c in value) or not value.isprintable():
+        return "not a user or group name (nor +NUMBER)"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +183,10 @@ def _section(type_: Any, name: str, table: dict[str, Any], source: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise InvalidArgError(f"{source}: [{name}] {key} must be positive")
         values[key] = value
-    return section_cls(**values)
+    try:
+        return section_cls(**values)
+    except InvalidArgError as err:
+        raise InvalidArgError(f"{source}: {err}") from None
 
 
 def load_for_root(root: Path) -> Config:

@@ -1,6 +1,7 @@
 """Lifecycle latencies and memory: raw QEMU against asvirt (and libvirt, when installed).
 
-    .venv/bin/python bench/bench_lifecycle.py [--rounds N] [--domains M]
+    .venv/bin/python bench/bench_lifecycle.py [--rounds N] [--domains M] [--type qemu|kvm]
+                                              [--user NAME]
 
 Everything is measured in the same run, on the same QEMU command line (the one asvirt builds
 for the test guest), so the ratios compare like with like:
@@ -13,6 +14,10 @@ for the test guest), so the ratios compare like with like:
 plus the delivery latency of events (QEMU's event timestamp -> a subscriber holds the
 DomainEvent) and the supervisor's memory per running domain (Python heap via tracemalloc,
 and resident set size).
+
+``--user NAME`` runs asvirt's QEMUs as that user (``[qemu] user``; needs root): compare its
+start figure with a run without it to see what confinement costs (setpriv, access checks,
+chowns). The raw side always runs QEMU directly.
 
 Targets (from the core issue): start within 1.3x raw QEMU; event delivery under 1 ms median;
 destroy -> STOPPED under 50 ms; under 256 KiB of supervisor memory per running domain.
@@ -41,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import asvirt  # noqa: E402
 from asvirt.conf.domain import parse_domain_xml  # noqa: E402
+from asvirt.config import Config, QemuConfig  # noqa: E402
 from asvirt.drivers.qemu import process  # noqa: E402
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator, kvm_usable  # noqa: E402
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
@@ -144,12 +150,12 @@ class Arrivals:
 
 
 async def rounds_interleaved(
-    xml: str, root: Path, rounds: int, raw_round_fn
+    xml: str, root: Path, rounds: int, raw_round_fn, config: Config | None = None
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Alternate raw and asvirt rounds, so that drift in the machine's speed hits both."""
     raw: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": []}
     out: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "delivery": []}
-    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+    async with asvirt.open(f"qemu:///embed?root={root}", config=config) as conn:
         dom = await conn.define_xml(xml)
         for _ in range(rounds):
             # Blocking on purpose: the raw side has no event loop; nothing else needs to run.
@@ -178,8 +184,10 @@ async def rounds_interleaved(
     return raw, out
 
 
-async def memory_per_domain(xml_for, root: Path, count: int) -> tuple[float, float]:
-    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+async def memory_per_domain(
+    xml_for, root: Path, count: int, config: Config | None = None
+) -> tuple[float, float]:
+    async with asvirt.open(f"qemu:///embed?root={root}", config=config) as conn:
         # Warm up: the first domain pays for imports, caches and thread pools.
         warm = await conn.create_xml(xml_for("warm"), paused=True)
         await warm.destroy()
@@ -207,13 +215,21 @@ def report(name: str, raw: list[float] | None, ours: list[float], target: str) -
         print(f"  {name:<28} asvirt {ours_ms:8.3f} ms   [{target}]")
 
 
-async def main(rounds: int, domains: int) -> None:
+async def main(rounds: int, domains: int, domain_type: str | None, user: str) -> None:
     guest = TestGuest(GUEST_DIR)
     if not guest.exists():
         sys.exit("the test guest is missing: run scripts/setup")
-    kvm = kvm_usable()[0]
-    domain_type = "kvm" if kvm else "qemu"
+    if domain_type is None:
+        domain_type = "kvm" if kvm_usable()[0] else "qemu"
     work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
+    config = None
+    if user:
+        # QEMU's user must reach the guest and the serial files: a directory open to all.
+        config = Config(qemu=QemuConfig(user=user))
+        os.chmod(work, 0o755)
+        for name in ("vmlinuz", "initrd.gz", "VERSION"):
+            shutil.copy(guest.dir / name, work / name)
+        guest = TestGuest(work)
     xml = guest.xml("bench", work / "bench.serial", domain_type=domain_type)
 
     async with asyncio_loop() as loop:
@@ -226,18 +242,19 @@ async def main(rounds: int, domains: int) -> None:
 
     print(
         f"QEMU {caps.version_string}, domain type '{domain_type}', {rounds} rounds, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs, asvirt's QEMUs run as {f'user {user!r}' if user else 'we do'}"
     )
     # One raw round first, to warm the page cache for both sides.
     raw_round(argv_for_fd, work)
     raw, ours = await rounds_interleaved(
-        xml, work / "root", rounds, lambda: raw_round(argv_for_fd, work)
+        xml, work / "root", rounds, lambda: raw_round(argv_for_fd, work), config
     )
 
     heap_kib, rss_per = await memory_per_domain(
         lambda n: guest.xml(n, work / f"{n}.serial", domain_type=domain_type),
         work / "root-mem",
         domains,
+        config,
     )
 
     print("\nmedians:")
@@ -268,5 +285,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--domains", type=int, default=10)
+    parser.add_argument("--type", choices=["kvm", "qemu"], help="default: kvm if usable")
+    parser.add_argument("--user", default="", help="run asvirt's QEMUs as this user")
     args = parser.parse_args()
-    trio.run(main, args.rounds, args.domains)
+    trio.run(main, args.rounds, args.domains, args.type, args.user)

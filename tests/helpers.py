@@ -50,6 +50,36 @@ async def destroy_all(conn: asvirt.Connection) -> None:
                 pass
 
 
+def qemu_img(*args: str | Path) -> None:
+    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
+
+
+def overlay(path: Path, backing: Path) -> Path:
+    """A qcow2 image at ``path`` whose backing file is the qcow2 image ``backing``."""
+    qemu_img("create", "-f", "qcow2", "-b", backing, "-F", "qcow2", path)
+    return path
+
+
+def disk_xml(
+    path: Path,
+    target: str = "vda",
+    *,
+    error_policy: str | None = None,
+    fmt: str = "qcow2",
+    device: str = "disk",
+    bus: str = "virtio",
+    extra: str = "",
+) -> str:
+    """A file-backed <disk>; ``extra`` is more XML inside it (``<readonly/>``...)."""
+    policy = f" error_policy='{error_policy}'" if error_policy else ""
+    return f"""
+    <disk type='file' device='{device}'>
+      <driver name='qemu' type='{fmt}'{policy}/>
+      <source file='{path}'/>
+      <target dev='{target}' bus='{bus}'/>{extra}
+    </disk>"""
+
+
 def write_config(root: Path, text: str) -> None:
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "asvirt.toml").write_text(text)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import asvirt
-from asvirt.config import Config, DaemonConfig
+from asvirt.config import Config, DaemonConfig, QemuConfig
+from asvirt.drivers.qemu.security import resolve_identity
 
 from .guest import REPO
+from .helpers import embed_uri
 
 
 def test_shipped_file_states_the_defaults():
@@ -26,6 +30,10 @@ def test_shipped_daemon_file_states_the_defaults():
         ("[qemu]\nqmp_timeout = 'soon'\n", "must be a float"),
         ("[qemu]\nqmp_timeout = -1\n", "positive"),
         ("[qemu\n", "asvirt.toml"),
+        ("[qemu]\nuser = 0\n", "user must be a str"),
+        ("[qemu]\nuser = '+qemu'\n", r"\[qemu\] user '\+qemu': '\+' must be followed by a number"),
+        ("[qemu]\ngroup = '+4294967295'\n", r"group '\+4294967295': '\+' must be followed"),
+        ("[qemu]\ngroup = 'kvm users'\n", "group 'kvm users': not a user or group name"),
     ],
 )
 def test_bad_config_files(tmp_path, text, match):
@@ -39,3 +47,34 @@ def test_integers_are_accepted_for_seconds(tmp_path):
     path = tmp_path / "asvirt.toml"
     path.write_text("[qemu]\nqmp_timeout = 5\n")
     assert Config.load(path).qemu.qmp_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("user", "group", "match"),
+    [
+        ("asvirt-no-such-user", "", "user 'asvirt-no-such-user': no such user"),
+        ("nobody", "asvirt-no-such-group", "group 'asvirt-no-such-group': no such group"),
+        ("+54321", "", "user '\\+54321' has no entry in the user database"),
+    ],
+)
+async def test_qemu_user_and_group_the_system_does_not_know_are_refused_at_open(
+    tmp_path, user, group, match
+):
+    if os.geteuid() != 0:
+        pytest.skip("[qemu] user is only looked up by a supervisor running as root")
+    config = Config(qemu=QemuConfig(user=user, group=group))
+    with pytest.raises(asvirt.InvalidArgError, match=match):
+        async with asvirt.open(embed_uri(tmp_path / "root"), config=config):
+            pass
+    assert not (tmp_path / "root").exists()
+
+
+async def test_numeric_ids_need_no_user_database(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("[qemu] user is only looked up by a supervisor running as root")
+    config = QemuConfig(user="+54321", group="+54320")
+    identity = resolve_identity(config)
+    assert identity is not None
+    assert (identity.uid, identity.gid, identity.groups) == (54321, 54320, (54320,))
+    async with asvirt.open(embed_uri(tmp_path / "root"), config=Config(qemu=config)) as conn:
+        assert await conn.list_all_domains() == []

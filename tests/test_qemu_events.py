@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import asvirt
 from asvirt import DomainState as S
 
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest, define, wait_for_serial
-from .helpers import collect_until, lifecycle
+from .helpers import collect_until, disk_xml, lifecycle, overlay, qemu_img
 
 pytestmark = [pytest.mark.qemu]
 
@@ -30,10 +29,6 @@ MiB = 1024 * 1024
 
 
 # -- disk images ----------------------------------------------------------------------------------
-
-
-def qemu_img(*args: str | Path) -> None:
-    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
 
 
 def image_with_data(path: Path, size: int, *, at: int, fill: bytes = b"\xab") -> Path:
@@ -45,11 +40,6 @@ def image_with_data(path: Path, size: int, *, at: int, fill: bytes = b"\xab") ->
         f.write(fill * 65536)
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
     raw.unlink()
-    return path
-
-
-def overlay(path: Path, backing: Path) -> Path:
-    qemu_img("create", "-f", "qcow2", "-b", backing, "-F", "qcow2", path)
     return path
 
 
@@ -66,16 +56,6 @@ def damaged_image(path: Path) -> Path:
         f.seek(l1_table + 8)
         f.write(struct.pack(">Q", entry + 512))
     return path
-
-
-def disk_xml(path: Path, target: str = "vda", *, error_policy: str | None = None) -> str:
-    policy = f" error_policy='{error_policy}'" if error_policy else ""
-    return f"""
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'{policy}/>
-      <source file='{path}'/>
-      <target dev='{target}' bus='virtio'/>
-    </disk>"""
 
 
 def kind_seen(kind: asvirt.EventKind, **data: object) -> Callable[[list[asvirt.DomainEvent]], bool]:

@@ -61,6 +61,7 @@ from .monitor import asyncio_loop
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
+from .security import DacSecurity, remove_socket_dir, resolve_identity
 from .status import StatusRecord
 
 log = get_logger("asvirt.qemu")
@@ -170,12 +171,16 @@ class QemuNode(Node):
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
         self._loop: trio_asyncio.TrioEventLoop | None = None
         self._caps: CapabilitiesCache | None = None
+        #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
+        self.security = DacSecurity(None, paths.qemu_socket_dir)
 
     # -- the node's life -----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lifetime(self) -> AsyncIterator[None]:
         paths = self.paths
+        # [qemu] user and group first: a supervisor that cannot honour them changes nothing.
+        self.security = DacSecurity(resolve_identity(self.config.qemu), paths.qemu_socket_dir)
         try:
             paths.create()
             lock_fd = os.open(
@@ -252,6 +257,9 @@ class QemuNode(Node):
         running = await trio.to_thread.run_sync(process.find_qemus, str(self.paths.root))
         for record in records:
             self.table.reserve_ids_through(record.domain_id)
+            # All of them before any domain is re-attached or found gone: a file is given
+            # back to its owner only when no domain holds it any more.
+            self.security.adopt(record.uuid, record.chowned)
         for record in records:
             found = running.get(record.uuid, [])
             if record.pid is None and found:
@@ -285,6 +293,7 @@ class QemuNode(Node):
                 os.replace(path, aside)
             if record.pid is not None:
                 await self._end_unrecorded(process.FoundQemu(record.pid, record.uuid, record.name))
+            self.security.release(record.uuid)
             return
         if obj is None:
             obj = DomainObj(record.name, record.uuid, None)
@@ -345,6 +354,8 @@ class QemuNode(Node):
             runner.detach()
         for runner in runners:
             await runner.wait_done()
+        if self.security.identity is not None:
+            remove_socket_dir(self.security.socket_dir)
 
     # -- what runners and the backend need -----------------------------------------------------
 
@@ -364,6 +375,7 @@ class QemuNode(Node):
             loop=self._loop,
             nursery=self.nursery,
             capabilities_for=self.capabilities_for,
+            security=self.security,
         )
 
 

@@ -8,6 +8,7 @@
     ROOT/run/qemu/NAME.shutoff    why a persistent domain last stopped (for later connections)
     ROOT/run/qemu/driver.lock     held while a connection supervises this root
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
+    /run/asvirt/DIGEST/           sockets a QEMU running as another user binds
     ROOT/lib/events/              the node's event journal (append-only segments)
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
 """
@@ -101,6 +102,16 @@ class EmbedPaths:
         if runtime and os.path.isabs(runtime):
             return Path(runtime) / "asvirt" / digest
         return Path(tempfile.gettempdir()) / f"asvirt-{os.geteuid()}" / digest
+
+    @property
+    def qemu_socket_dir(self) -> Path:
+        """Where a QEMU running as another user (``[qemu] user``) binds the sockets asvirt
+        places for it: not under the root, which only the supervisor may enter, but in
+        ``/run/asvirt/`` (root's, open to pass through) in a directory named after the root and
+        owned by QEMU's user, made when a domain first needs it (see
+        :mod:`~asvirt.drivers.qemu.security`)."""
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:12]
+        return Path("/run/asvirt") / digest
 
     def create(self) -> None:
         """Create the directories, private to the user (configs may name secrets).

@@ -57,6 +57,7 @@ from .capabilities import QemuCapabilities
 from .command import MonitorSpec, build_command, fill_runtime_paths, links_down
 from .monitor import Monitor
 from .paths import EmbedPaths
+from .security import DacSecurity
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StopCause
 from .status import RUNNING, STARTING, StatusRecord
 
@@ -71,6 +72,8 @@ class RunnerEnv:
     #: Where runner tasks live: the node's nursery, not any connection's.
     nursery: trio.Nursery
     capabilities_for: Callable[[DomainDef], Awaitable[QemuCapabilities]]
+    #: Who QEMU runs as and the files given to that user (None: as the supervisor, nothing).
+    security: DacSecurity | None = None
 
 
 class RunMode(enum.Enum):
@@ -290,16 +293,26 @@ class QemuRunner:
         name = self._name
         caps = await self._env.capabilities_for(self._live_def)
         monitor_path = paths.monitor(self._uuid)
+        security = self._env.security
+        socket_dir = paths.socket_dir
+        if security is not None and security.identity is not None:
+            socket_dir = security.socket_dir  # QEMU's user cannot enter the root
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
-        fill_runtime_paths(self._live_def, str(paths.socket_dir))
+        fill_runtime_paths(self._live_def, str(socket_dir))
+        if security is not None:
+            # Refuses what QEMU's user could not reach, before anything exists.
+            security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
         # The intent, durably, before the process exists: whoever opens this root next
         # finds every QEMU it may have started, even if we die the next instant. A start
-        # that cannot write it down does not happen.
+        # that cannot write it down does not happen. It also names the files about to be
+        # given to QEMU's user, so that they are given back whatever happens next.
         self._persist_status(durable=True)
         listener = client = None
         log_fd = -1
         try:
+            if security is not None:
+                security.apply(self._uuid)
             try:
                 listener = fsutil.bind_unix_listener(monitor_path)
                 log_fd = fsutil.open_private_append(paths.log(name))
@@ -309,9 +322,12 @@ class QemuRunner:
                 self._live_def,
                 caps,
                 monitor=MonitorSpec(fd=listener.fileno()),
-                runtime_dir=str(paths.socket_dir),
+                runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
             )
+            if security is not None:
+                # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
+                argv = security.command(argv)
             _write_log_header(log_fd, argv)
             # What QEMU writes from here on is this run's: errors quote nothing older.
             self._log_start = os.lseek(log_fd, 0, os.SEEK_END)
@@ -330,6 +346,8 @@ class QemuRunner:
         except BaseException:
             if client is not None:
                 client.close()
+            if security is not None:
+                security.release(self._uuid)  # before the record that names the files goes
             fsutil.remove(monitor_path)
             fsutil.remove(paths.status(name))
             raise
@@ -640,6 +658,9 @@ class QemuRunner:
             reason, reaction = ShutoffReason.FAILED, Reaction()
         self.log.info("QEMU exited", exit_status=self.exit_status, reason=reason.name.lower())
         self._handle(reaction, follow_up=False)
+        if self._env.security is not None:
+            # Give QEMU's user's files back before the record that names them goes.
+            self._env.security.release(self._uuid)
         # Only now that the outcome is published may the record go.
         fsutil.remove(paths.status(self._name))
         fsutil.remove(paths.monitor(self._uuid))
@@ -675,6 +696,7 @@ class QemuRunner:
             shutdown_seen=snap.shutdown_seen,
             rebooting=snap.rebooting,
             stop_cause=snap.stop_cause,
+            chowned={} if self._env.security is None else self._env.security.held_by(self._uuid),
         )
 
     def _persist_status(self, durable: bool = True) -> None:

@@ -50,6 +50,11 @@ class StatusRecord:
     shutdown_seen: bool = False
     rebooting: bool = False
     stop_cause: str | None = None
+    #: Files given to QEMU's user (``[qemu] user``) while the domain runs: ``{path: [uid,
+    #: gid, given_uid, given_gid]}``, their owner and group before and the ones they were
+    #: given. Written before the files are changed, so that whoever stops the domain (a later
+    #: supervisor too) gives them back.
+    chowned: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def machine(self) -> MachineSnapshot:
@@ -75,13 +80,25 @@ class StatusRecord:
             data["rebooting"] = data.pop("fake_reboot", False)
         elif version != FORMAT:
             raise ValueError(f"unknown status file format {version!r}")
-        missing = [f.name for f in _FIELDS if f.name not in data and f.default is _NO_DEFAULT]
+        missing = [
+            f.name
+            for f in _FIELDS
+            if f.name not in data and f.default is _NO_DEFAULT and f.default_factory is _NO_DEFAULT
+        ]
         if missing:
             raise ValueError(f"missing field(s): {', '.join(missing)}")
         for field in _FIELDS:
             if field.name in data and not _is_a(data[field.name], field.type):
                 raise ValueError(f"field '{field.name}' is not a {field.type}")
         record = cls(**{f.name: data[f.name] for f in _FIELDS if f.name in data})
+        for path, owners in record.chowned.items():
+            if not (
+                isinstance(owners, list)
+                and len(owners) == 4
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in owners)
+                and path.startswith("/")
+            ):
+                raise ValueError(f"bad owners of {path!r}: {owners!r}")
         if record.pid is not None and record.pid <= 1:
             raise ValueError(f"bad pid {record.pid}")
         if record.phase not in (STARTING, RUNNING):
@@ -112,6 +129,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "int | None": (int, type(None)),
     "str | None": (str, type(None)),
+    "dict[str, list[int]]": (dict,),
 }
 
 

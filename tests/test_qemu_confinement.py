@@ -1,0 +1,472 @@
+"""QEMU confined to a user of its own (``[qemu] user``), as libvirt's DAC security driver does.
+
+Switching users needs root, so these tests skip when not run as root; QEMU runs as the
+system's ``nobody``. That user cannot enter pytest's ``tmp_path`` (under a 0700 directory) nor
+the test guest's cache (under /root): the guest's kernel and initrd, images and serial files
+go to ``open_dir``, a directory every user may enter. Files QEMU must be given start out as
+someone else's (uid 12345, no such user: any owner but root and nobody), so that giving them
+back to *that* owner is visible. Tests that need no booted guest run paused under TCG
+(``nobody`` may not open /dev/kvm on every machine; one test checks that refusal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import asvirt
+from asvirt import DomainState as S
+from asvirt.conf.domain import parse_domain_xml
+from asvirt.config import QemuConfig
+from asvirt.drivers.qemu import process
+from asvirt.drivers.qemu.capabilities import kvm_usable
+from asvirt.drivers.qemu.security import SEARCH, QemuIdentity, permits, resolve_identity
+
+from .guest import REPO, TestGuest, wait_for_serial
+from .helpers import (
+    destroy_all,
+    disk_xml,
+    embed_uri,
+    overlay,
+    pid_alive,
+    qemu_img,
+    qemu_pid,
+    wait_for,
+    write_config,
+)
+
+pytestmark = [pytest.mark.qemu]
+
+USER = "nobody"
+#: The owner of the files QEMU is given: nobody's, until QEMU needs them.
+SOMEONE = (12345, 12345)
+AGENT = """
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>"""
+
+
+@pytest.fixture
+def qemu_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("running QEMU as another user needs a supervisor running as root")
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        pytest.skip(f"this machine has no '{USER}' user")
+
+
+@pytest.fixture
+def nobody(qemu_user: pwd.struct_passwd) -> tuple[int, int]:
+    """(uid, gid) QEMU runs as, and gives files to."""
+    return qemu_user.pw_uid, qemu_user.pw_gid
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter (and only root may write), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="asvirt-confined-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def guest(test_guest: TestGuest, open_dir: Path) -> TestGuest:
+    """The test guest, copied where QEMU's user can read it (root's, readable by all)."""
+    for name in ("vmlinuz", "initrd.gz", "VERSION"):
+        shutil.copy(test_guest.dir / name, open_dir / name)
+        (open_dir / name).chmod(0o644)
+    return TestGuest(open_dir)
+
+
+@pytest.fixture
+def confined(root: Path, qemu_user: pwd.struct_passwd) -> Path:
+    """An embed root whose QEMUs run as ``nobody``."""
+    write_config(root, f'[qemu]\nuser = "{USER}"\ndestroy_grace = 2.0\nqmp_timeout = 10.0\n')
+    return root
+
+
+@pytest.fixture
+async def cconn(confined: Path) -> AsyncIterator[asvirt.Connection]:
+    async with asvirt.open(embed_uri(confined)) as c:
+        try:
+            yield c
+        finally:
+            await destroy_all(c)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_uid, st.st_gid
+
+
+def someones(path: Path, size: int = 1 << 20) -> Path:
+    """A raw image of ``size`` bytes, private to uid 12345 (nobody may not read it)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    os.chown(path, *SOMEONE)
+    path.chmod(0o600)
+    return path
+
+
+def status_record(root: Path, name: str) -> dict[str, object]:
+    record: dict[str, object] = json.loads((root / "run" / "qemu" / f"{name}.status").read_text())
+    return record
+
+
+# -- the process ----------------------------------------------------------------------------------
+
+
+async def test_qemu_runs_as_the_user_with_no_privileges_and_is_found_again(
+    confined, guest, open_dir, qemu_user, nobody
+):
+    uri = embed_uri(confined)
+    async with asvirt.open(uri) as conn:
+        try:
+            dom = await conn.define_xml(guest.xml("vm1", open_dir / "vm1.serial", devices=AGENT))
+            await dom.start(paused=True)
+            pid = qemu_pid(confined, "vm1")
+            status = proc_status(pid)
+            assert status["Uid"].split() == [str(nobody[0])] * 4
+            assert status["Gid"].split() == [str(nobody[1])] * 4
+            # The user's own groups, as libvirt's initgroups gives them.
+            groups = os.getgrouplist(USER, qemu_user.pw_gid)
+            assert sorted(map(int, status["Groups"].split())) == sorted(set(groups))
+            assert status["NoNewPrivs"] == "1"
+            for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(status[caps], 16) == 0, caps
+            assert status["Seccomp"] == "2"  # filtering: -sandbox on
+
+            # The guest agent socket asvirt placed: QEMU (nobody) bound it where nobody can,
+            # and the supervisor can connect.
+            [channel] = parse_domain_xml(await dom.xml_desc()).channels
+            assert channel.source_path is not None
+            agent = Path(channel.source_path)
+            assert stat.S_ISSOCK(os.stat(agent).st_mode) and owner(agent) == nobody
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(agent))
+
+            # setpriv exec'd QEMU: the pid, its command line and the start time the status
+            # file records are QEMU's, and it is found in the process table as this root's.
+            assert Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system")
+            assert status_record(confined, "vm1")["start_time"] == process.read_start_time(pid)
+            assert [q.pid for q in process.find_qemus(str(confined))[dom.uuid]] == [pid]
+        except BaseException:
+            await destroy_all(conn)
+            raise
+    # Nobody supervises it now; the next open re-attaches to the same QEMU.
+    async with asvirt.open(uri) as conn:
+        try:
+            dom = await conn.lookup_by_name("vm1")
+            assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
+            assert qemu_pid(confined, "vm1") == pid
+            await dom.resume()
+            assert (await dom.state())[0] is S.RUNNING
+        finally:
+            await destroy_all(conn)
+    assert not pid_alive(pid)
+    assert not agent.parent.exists()  # the socket directory goes with its last QEMU
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.guest
+async def test_a_booted_guest_reads_its_disk_and_writes_its_serial_port_as_the_user(
+    cconn, confined, guest, open_dir, nobody
+):
+    base = open_dir / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "16M")
+    top = overlay(open_dir / "top.qcow2", base)
+    for image, mode in ((base, 0o644), (top, 0o600)):
+        os.chown(image, *SOMEONE)
+        image.chmod(mode)
+    serial = open_dir / "vm1.serial"  # not there yet: asvirt creates it, as QEMU would
+    xml = guest.xml("vm1", serial, action="readdisk", devices=disk_xml(top))
+    dom = await cconn.define_xml(xml)
+    await dom.start()
+    await wait_for_serial(serial)  # the guest booted and QEMU wrote its console there
+
+    # While it runs, the image and the serial file are QEMU's user's...
+    assert owner(top) == owner(serial) == nobody
+    [disk] = [b for b in await dom.qmp("query-block") if b["device"] == "" and b.get("inserted")]
+    assert disk["inserted"]["ro"] is False  # opened for writing, as nobody
+    assert disk["inserted"]["image"]["backing-image"]["filename"] == str(base)
+    # ...and what nobody can read already (the backing file, the kernel) is left as it is.
+    assert owner(base) == SOMEONE
+    assert owner(guest.kernel) == owner(guest.initrd) == (0, 0)
+    assert status_record(confined, "vm1")["chowned"] == {
+        str(top): [*SOMEONE, *nobody],
+        str(serial): [0, 0, *nobody],
+    }
+
+    await dom.destroy()
+    # Given back to their owners: someone's image, and the serial file asvirt made.
+    assert owner(top) == owner(base) == SOMEONE
+    assert owner(serial) == (0, 0)
+    assert {stat.S_IMODE(os.stat(f).st_mode) for f in (top, serial)} == {0o600}
+
+
+async def test_a_file_two_domains_use_is_given_back_when_the_last_one_stops(
+    cconn, guest, open_dir, nobody
+):
+    shared = someones(open_dir / "shared.img")
+    media = open_dir / "media.iso"  # readable by all: nobody needs nothing of it
+    media.write_bytes(b"\0" * 2048)
+    media.chmod(0o644)
+    devices = disk_xml(shared, "vdb", fmt="raw", extra="<shareable/>") + disk_xml(
+        media, "hdc", fmt="raw", device="cdrom", bus="ide", extra="<readonly/>"
+    )
+    a, b = [
+        await cconn.define_xml(guest.xml(name, open_dir / f"{name}.serial", devices=devices))
+        for name in ("a", "b")
+    ]
+    await a.start(paused=True)
+    await b.start(paused=True)
+    assert owner(shared) == nobody and owner(media) == (0, 0)
+    await a.destroy()
+    assert owner(shared) == nobody  # b still uses it
+    await b.destroy()
+    assert owner(shared) == SOMEONE and owner(media) == (0, 0)
+
+
+SUPERVISOR = """
+import sys, trio, asvirt
+async def main(uri, xml):
+    async with asvirt.open(uri) as conn:
+        dom = await conn.define_xml(open(xml).read())
+        await dom.start(paused=True)
+        print('ready', flush=True)
+        await trio.sleep_forever()
+trio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "QEMU dies"])
+async def test_files_are_given_back_after_the_supervisor_is_killed(
+    confined, guest, open_dir, nobody, meanwhile
+):
+    image = someones(open_dir / "disk.img")
+    serial = open_dir / "vm1.serial"
+    (open_dir / "vm1.xml").write_text(guest.xml("vm1", serial, devices=disk_xml(image, fmt="raw")))
+    argv = [sys.executable, "-c", SUPERVISOR, embed_uri(confined), str(open_dir / "vm1.xml")]
+    supervisor = await trio.lowlevel.open_process(argv, cwd=REPO, stdout=subprocess.PIPE)
+    pid = None
+    try:
+        assert supervisor.stdout is not None
+        said = b""
+        with trio.fail_after(30):
+            while b"\n" not in said:
+                said += await supervisor.stdout.receive_some()
+        assert said == b"ready\n"
+        supervisor.kill()  # SIGKILL: no chance to give anything back
+        await supervisor.wait()
+        pid = qemu_pid(confined, "vm1")
+        assert pid_alive(pid)
+        assert owner(image) == owner(serial) == nobody
+        if meanwhile == "QEMU dies":
+            os.kill(pid, signal.SIGKILL)
+            await wait_for(lambda: not pid_alive(pid))
+
+        async with asvirt.open(embed_uri(confined)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            if meanwhile == "nothing":
+                # Re-attached: the files stay QEMU's for as long as it runs.
+                assert (await dom.state())[0] is S.PAUSED
+                assert owner(image) == nobody
+                await dom.destroy()
+            else:
+                assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
+        assert owner(image) == SOMEONE
+        assert owner(serial) == (0, 0)
+    finally:
+        supervisor.kill()
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)  # not our child: the leak fixture cannot see it
+
+
+def user_may(path: Path, test: str) -> bool:
+    """The kernel's answer: may ``nobody``, with no capabilities, ``test`` (a test(1) or cd
+    expression on "$1") ``path``?"""
+    entry = pwd.getpwnam(USER)
+    argv = [
+        "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--init-groups",
+        "--bounding-set=-all",
+        "--",
+        "/bin/sh",
+        "-c",
+        test,
+        "sh",
+        str(path),
+    ]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def kvm_refusal() -> str | None:
+    """Why the /dev/kvm case cannot be tried here, or None."""
+    if not kvm_usable()[0]:
+        return "KVM is not usable on this machine"
+    if user_may(Path("/dev/kvm"), 'test -r "$1" -a -w "$1"'):
+        return f"'{USER}' may use /dev/kvm on this machine"
+    return None
+
+
+@pytest.mark.parametrize(
+    "case", ["a closed directory", "a socket directory", "a backing file", "/dev/kvm"]
+)
+async def test_what_the_user_cannot_reach_is_refused_and_nothing_starts(
+    cconn, confined, guest, open_dir, case
+):
+    image = someones(open_dir / "disk.img")
+    devices = disk_xml(image, fmt="raw")
+    domain_type = "qemu"
+    if case == "a closed directory":
+        closed = open_dir / "private"
+        closed.mkdir(mode=0o700)
+        devices += disk_xml(someones(closed / "disk.img"), "vdb", fmt="raw")
+        blocked = f"'{closed / 'disk.img'}': it may not enter the directory '{closed}'"
+    elif case == "a backing file":
+        # Named inside the image, not by the XML: never given away, however private.
+        backing = open_dir / "base.qcow2"
+        qemu_img("create", "-f", "qcow2", backing, "16M")
+        os.chown(backing, *SOMEONE)
+        backing.chmod(0o600)
+        top = overlay(open_dir / "top.qcow2", backing)
+        top.chmod(0o600)
+        devices += disk_xml(top, "vdb")
+        blocked = f"may not read a backing file of disk 'vdb' '{backing}' (-rw------- 12345:12345)"
+    elif case == "a socket directory":
+        # QEMU would bind the socket itself, in a directory only root may write.
+        devices += AGENT.replace(
+            "<source mode='bind'/>", f"<source mode='bind' path='{open_dir}/a.sock'/>"
+        )
+        blocked = (
+            f"may not write/enter the directory of the socket of channel 'channel0' '{open_dir}'"
+        )
+    else:
+        why = kvm_refusal()
+        if why:
+            pytest.skip(why)
+        domain_type = "kvm"
+        blocked = "may not read/write KVM '/dev/kvm'"
+    serial = open_dir / "vm1.serial"
+    dom = await cconn.define_xml(guest.xml("vm1", serial, domain_type=domain_type, devices=devices))
+    with pytest.raises(asvirt.SystemCallError) as caught:
+        await dom.start(paused=True)
+    assert blocked in str(caught.value)
+    assert f"QEMU runs as user '{USER}'" in str(caught.value)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert process.find_qemus(str(confined)) == {}
+    assert not (confined / "run" / "qemu" / "vm1.status").exists()
+    # Checked before anything was changed: the image QEMU could have had is still someone's.
+    assert owner(image) == SOMEONE and not serial.exists()
+
+
+# -- who may do it --------------------------------------------------------------------------------
+
+
+NON_ROOT = """
+import sys, trio, asvirt
+from asvirt.config import Config, QemuConfig
+async def main(uri):
+    try:
+        async with asvirt.open(uri, config=Config(qemu=QemuConfig(user='nobody'))):
+            pass
+    except asvirt.AsvirtError as err:
+        print(type(err).__name__, err)
+trio.run(main, sys.argv[1])
+"""
+
+
+def test_a_supervisor_not_running_as_root_refuses_to_run_qemu_as_another_user(tmp_path, qemu_user):
+    root = tmp_path / "root"
+    # Python is installed under /root here, which nobody may not enter: the process keeps
+    # CAP_DAC_READ_SEARCH (reading and entering any directory) and nothing else of root's.
+    # It runs as uid 65534, which is what asvirt checks.
+    argv = [
+        "setpriv",
+        f"--reuid={qemu_user.pw_uid}",
+        f"--regid={qemu_user.pw_gid}",
+        "--clear-groups",
+        "--inh-caps=+dac_read_search",
+        "--ambient-caps=+dac_read_search",
+        "--",
+        sys.executable,
+        "-c",
+        NON_ROOT,
+        embed_uri(root),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(
+        f"NoConnectError [qemu] user '{USER}': only a supervisor running as root can run QEMU "
+        f"as another user or group, and this one runs as uid {qemu_user.pw_uid}"
+    ), proc.stdout
+    assert not root.exists()  # refused before anything was made
+
+
+def acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX access ACL as the kernel stores it: (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+USER_OBJ, NAMED_USER, GROUP_OBJ, NAMED_GROUP, MASK, OTHER = 1, 2, 4, 8, 0x10, 0x20
+ANY = 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(
+    ("mode", "owned_by", "acl_of", "allowed"),
+    [
+        (0o700, "root", None, False),
+        (0o711, "root", None, True),
+        (0o750, "group", None, True),
+        (0o705, "group", None, False),  # the group's bits decide, not the others'
+        (0o070, "user", None, False),  # the owner's bits decide
+        (0o700, "root", lambda u, g: [(NAMED_USER, 1, u), (MASK, 1, ANY)], True),
+        (0o700, "root", lambda u, g: [(NAMED_USER, 1, u), (MASK, 0, ANY)], False),
+        (0o700, "root", lambda u, g: [(NAMED_GROUP, 1, g), (MASK, 1, ANY)], True),
+        (0o701, "root", lambda u, g: [(NAMED_GROUP, 0, g), (MASK, 7, ANY)], False),
+    ],
+)
+def test_what_the_user_may_enter_is_judged_as_the_kernel_does(
+    open_dir, qemu_user, mode, owned_by, acl_of, allowed
+):
+    identity = resolve_identity(QemuConfig(user=USER))
+    assert isinstance(identity, QemuIdentity)
+    directory = open_dir / "d"
+    directory.mkdir()
+    uid, gid = {"root": (0, 0), "group": (0, qemu_user.pw_gid), "user": (qemu_user.pw_uid, 0)}[
+        owned_by
+    ]
+    os.chown(directory, uid, gid)
+    directory.chmod(mode)
+    if acl_of is not None:
+        others = [(USER_OBJ, mode >> 6 & 7, ANY), (GROUP_OBJ, mode >> 3 & 7, ANY)]
+        entries = [*others, *acl_of(qemu_user.pw_uid, qemu_user.pw_gid), (OTHER, mode & 7, ANY)]
+        os.setxattr(directory, "system.posix_acl_access", acl(*sorted(entries)))
+    assert user_may(directory, 'cd "$1"') is allowed
+    assert permits(str(directory), identity, SEARCH) is allowed
