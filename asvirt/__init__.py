@@ -15,64 +15,145 @@
     trio.run(main)
 """
 
-from .config import Config
-from .connection import Connection, default_uri, open
-from .domain import Domain
-from .drivers.base import DomainInfo, StoragePoolInfo, StorageVolInfo
-from .errors import (
-    AsvirtError,
-    ConfigUnsupportedError,
-    DomainExistsError,
-    ErrorCode,
-    InternalError,
-    InvalidArgError,
-    NetworkExistsError,
-    NoConnectError,
-    NoDomainError,
-    NoNetworkError,
-    NoStoragePoolError,
-    NoStorageVolError,
-    OperationDeniedError,
-    OperationFailedError,
-    OperationInvalidError,
-    OperationTimeoutError,
-    OperationUnsupportedError,
-    QMPError,
-    ResourceBusyError,
-    StorageVolExistsError,
-    SystemCallError,
-    XMLError,
-)
-from .events import (
-    CrashedDetail,
-    DefinedDetail,
-    DomainEvent,
-    EventDetail,
-    EventKind,
-    LifecycleEvent,
-    PMSuspendedDetail,
-    ResumedDetail,
-    ShutdownDetail,
-    StartedDetail,
-    StoppedDetail,
-    Subscription,
-    SuspendedDetail,
-    UndefinedDetail,
-)
-from .network import Network
-from .states import (
-    BlockedReason,
-    CrashedReason,
-    DomainState,
-    NostateReason,
-    PausedReason,
-    PMSuspendedReason,
-    RunningReason,
-    ShutdownReason,
-    ShutoffReason,
-    StateReason,
-)
-from .storage import StoragePool, StorageVol
+import importlib as _importlib
+import typing as _typing
+
+# The public names load on first use: a command-line client that talks to a daemon imports
+# what it needs (errors, handles), not the event loop, the drivers or QEMU support.
+_LAZY: dict[str, str] = {
+    "AsvirtError": ".errors",
+    "BlockedReason": ".states",
+    "Config": ".config",
+    "ConfigUnsupportedError": ".errors",
+    "Connection": ".connection",
+    "CrashedDetail": ".events.types",
+    "CrashedReason": ".states",
+    "DefinedDetail": ".events.types",
+    "Domain": ".domain",
+    "DomainEvent": ".events.types",
+    "DomainExistsError": ".errors",
+    "DomainInfo": ".drivers.base",
+    "DomainState": ".states",
+    "ErrorCode": ".errors",
+    "EventDetail": ".events.types",
+    "EventKind": ".events.types",
+    "InternalError": ".errors",
+    "InvalidArgError": ".errors",
+    "LifecycleEvent": ".events.types",
+    "Network": ".network",
+    "NetworkExistsError": ".errors",
+    "NoConnectError": ".errors",
+    "NoDomainError": ".errors",
+    "NoNetworkError": ".errors",
+    "NoStoragePoolError": ".errors",
+    "NoStorageVolError": ".errors",
+    "NostateReason": ".states",
+    "OperationDeniedError": ".errors",
+    "OperationFailedError": ".errors",
+    "OperationInvalidError": ".errors",
+    "OperationTimeoutError": ".errors",
+    "OperationUnsupportedError": ".errors",
+    "PMSuspendedDetail": ".events.types",
+    "PMSuspendedReason": ".states",
+    "PausedReason": ".states",
+    "QMPError": ".errors",
+    "ResourceBusyError": ".errors",
+    "ResumedDetail": ".events.types",
+    "RunningReason": ".states",
+    "ShutdownDetail": ".events.types",
+    "ShutdownReason": ".states",
+    "ShutoffReason": ".states",
+    "StartedDetail": ".events.types",
+    "StateReason": ".states",
+    "StoppedDetail": ".events.types",
+    "StoragePool": ".storage",
+    "StoragePoolInfo": ".drivers.base",
+    "StorageVol": ".storage",
+    "StorageVolExistsError": ".errors",
+    "StorageVolInfo": ".drivers.base",
+    "Subscription": ".events.bus",
+    "SuspendedDetail": ".events.types",
+    "SystemCallError": ".errors",
+    "UndefinedDetail": ".events.types",
+    "XMLError": ".errors",
+    "default_uri": ".uri",
+    "open": ".connection",
+}
+
+if _typing.TYPE_CHECKING:
+    from .config import Config
+    from .connection import Connection, open
+    from .domain import Domain
+    from .drivers.base import DomainInfo, StoragePoolInfo, StorageVolInfo
+    from .errors import (
+        AsvirtError,
+        ConfigUnsupportedError,
+        DomainExistsError,
+        ErrorCode,
+        InternalError,
+        InvalidArgError,
+        NetworkExistsError,
+        NoConnectError,
+        NoDomainError,
+        NoNetworkError,
+        NoStoragePoolError,
+        NoStorageVolError,
+        OperationDeniedError,
+        OperationFailedError,
+        OperationInvalidError,
+        OperationTimeoutError,
+        OperationUnsupportedError,
+        QMPError,
+        ResourceBusyError,
+        StorageVolExistsError,
+        SystemCallError,
+        XMLError,
+    )
+    from .events.bus import Subscription
+    from .events.types import (
+        CrashedDetail,
+        DefinedDetail,
+        DomainEvent,
+        EventDetail,
+        EventKind,
+        LifecycleEvent,
+        PMSuspendedDetail,
+        ResumedDetail,
+        ShutdownDetail,
+        StartedDetail,
+        StoppedDetail,
+        SuspendedDetail,
+        UndefinedDetail,
+    )
+    from .network import Network
+    from .states import (
+        BlockedReason,
+        CrashedReason,
+        DomainState,
+        NostateReason,
+        PausedReason,
+        PMSuspendedReason,
+        RunningReason,
+        ShutdownReason,
+        ShutoffReason,
+        StateReason,
+    )
+    from .storage import StoragePool, StorageVol
+    from .uri import default_uri
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asvirt' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +110,8 @@ class _Sections:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Any:
+        import tomllib  # only when a file is read
+
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)

@@ -22,36 +22,24 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
+from .calls import ConnectionCalls
 from .config import Config
-from .domain import Domain
 from .drivers import registry
 from .drivers.base import ClientDriver
 from .errors import InvalidArgError, OperationInvalidError
 from .events import DomainEvent, EventKind, Subscription
 from .events.bus import DomainFilter
 from .log import get_logger
-from .network import Network
-from .storage import StoragePool
-from .uri import ConnectURI, parse_uri
+from .uri import ConnectURI, default_uri, parse_uri
 
 log = get_logger("asvirt.connection")
 
 EventCallback = Callable[[DomainEvent], Awaitable[None] | None]
-
-
-def default_uri() -> str:
-    """``$ASVIRT_DEFAULT_URI``, else an embedded root under the user's state directory."""
-    uri = os.environ.get("ASVIRT_DEFAULT_URI")
-    if uri:
-        return uri
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return f"qemu:///embed?root={os.path.join(state_home, 'asvirt')}"
 
 
 def open(uri: str | None = None, *, config: Config | None = None) -> Connection:
@@ -63,7 +51,7 @@ def open(uri: str | None = None, *, config: Config | None = None) -> Connection:
     return Connection(parse_uri(uri or default_uri()), config=config)
 
 
-class Connection:
+class Connection(ConnectionCalls):
     """A connection to a node: its hypervisor driver, and its network and storage drivers."""
 
     def __init__(self, uri: ConnectURI, *, config: Config | None = None) -> None:
@@ -127,60 +115,12 @@ class Connection:
         return self._client
 
     async def _call(self, method: str, /, **params: Any) -> Any:
-        """Make the declared call ``name`` (:mod:`asvirt.protocol`) on this connection's node."""
+        """Make the declared call ``method`` (:mod:`asvirt.protocol`) on this connection's
+        node."""
         return await self._driver().call(method, **params)
 
-    # -- domains -------------------------------------------------------------------------------
-
-    async def define_xml(self, xml: str) -> Domain:
-        """Define (or redefine) a persistent domain; emits DEFINED/ADDED or DEFINED/UPDATED."""
-        return Domain(self, await self._call("define_xml", xml=xml))
-
-    async def create_xml(
-        self, xml: str, *, paused: bool = False, autodestroy: bool = False
-    ) -> Domain:
-        """Create and start a transient domain, which vanishes when it stops.
-
-        ``autodestroy=True`` destroys it when this connection closes (or, should this
-        process die, when the node is next opened).
-        """
-        return Domain(
-            self,
-            await self._call("create_xml", xml=xml, paused=paused, autodestroy=autodestroy),
-        )
-
-    async def lookup_by_name(self, name: str) -> Domain:
-        """The domain called ``name``; raises NoDomainError if there is none."""
-        return Domain(self, await self._call("lookup_by_name", name=name))
-
-    async def lookup_by_uuid(self, uuid: str) -> Domain:
-        """The domain with this UUID (any usual spelling); raises NoDomainError if there is none."""
-        return Domain(self, await self._call("lookup_by_uuid", uuid=uuid))
-
-    async def list_all_domains(
-        self, *, active: bool | None = None, persistent: bool | None = None
-    ) -> list[Domain]:
-        """All domains, optionally only (in)active or (non-)persistent ones; sorted by name."""
-        refs = await self._call("list_all_domains", active=active, persistent=persistent)
-        return [Domain(self, ref) for ref in refs]
-
-    async def capabilities(self) -> str:
-        """The host and guest capabilities as libvirt's capabilities XML."""
-        return await self._call("capabilities_xml")
-
-    async def domxml_to_native(self, native_format: str, xml: str) -> str:
-        """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""
-        return await self._call("domxml_to_native", native_format=native_format, xml=xml)
-
-    async def domain_xml_normalize(self, xml: str) -> str:
-        """The XML that ``define_xml(xml)`` would store, without defining anything.
-
-        Defaults are filled in, implicit devices added and addresses assigned, as on define;
-        errors are those define would raise. Handy to see what a driver makes of your XML.
-        """
-        return await self._call("domain_xml_normalize", xml=xml)
-
     def hostname(self) -> str:
+        """The host name of the node's machine."""
         return self._driver().hostname()
 
     # -- events --------------------------------------------------------------------------------
@@ -245,33 +185,6 @@ class Connection:
         sub, scope = entry
         sub.close()
         scope.cancel()
-
-    # -- networks and storage -----------------------------------------------------------------
-
-    async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
-        return [Network(self, ref) for ref in await self._call("list_all_networks", active=active)]
-
-    async def lookup_network_by_name(self, name: str) -> Network:
-        return Network(self, await self._call("lookup_network_by_name", name=name))
-
-    async def lookup_network_by_uuid(self, uuid: str) -> Network:
-        return Network(self, await self._call("lookup_network_by_uuid", uuid=uuid))
-
-    async def network_define_xml(self, xml: str) -> Network:
-        return Network(self, await self._call("network_define_xml", xml=xml))
-
-    async def list_all_storage_pools(self, *, active: bool | None = None) -> list[StoragePool]:
-        refs = await self._call("list_all_storage_pools", active=active)
-        return [StoragePool(self, ref) for ref in refs]
-
-    async def lookup_storage_pool_by_name(self, name: str) -> StoragePool:
-        return StoragePool(self, await self._call("lookup_storage_pool_by_name", name=name))
-
-    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePool:
-        return StoragePool(self, await self._call("lookup_storage_pool_by_uuid", uuid=uuid))
-
-    async def storage_pool_define_xml(self, xml: str) -> StoragePool:
-        return StoragePool(self, await self._call("storage_pool_define_xml", xml=xml))
 
     def __repr__(self) -> str:
         return f"<asvirt.Connection {self._uri.uri!r}{'' if self.is_alive() else ' closed'}>"

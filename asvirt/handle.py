@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .calls import ConnectionCalls
 
 
 class _Ref(Protocol):
@@ -25,12 +25,12 @@ class Handle:
 
     __slots__ = ("_conn", "_ref")
 
-    def __init__(self, conn: Connection, ref: _Ref) -> None:
+    def __init__(self, conn: ConnectionCalls, ref: _Ref) -> None:
         self._conn = conn
         self._ref = ref
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> ConnectionCalls:
         return self._conn
 
     @property

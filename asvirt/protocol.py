@@ -20,8 +20,8 @@ Handles (:class:`asvirt.Domain`...) call ``conn._call("domain_start", uuid=..., 
 connection sends that to whichever driver it has: the node in this process, or a daemon.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: the declarations' annotations are read as
+# objects at import, without evaluating strings (a one-shot client imports this module).
 import dataclasses
 import enum
 import inspect
@@ -315,7 +315,7 @@ class StorageCalls(Protocol):
 def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
     calls: dict[str, Call] = {}
     for cls, target in classes:
-        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+        for name, fn in vars(cls).items():
             annotation = getattr(fn, "__asvirt_call__", None)
             if annotation is None:
                 continue
@@ -332,7 +332,7 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
                 mutates=mutates,
                 priority=priority,
                 client=client,
-                doc=inspect.getdoc(fn) or "",
+                doc=(fn.__doc__ or "").strip(),
             )
     return calls
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import urllib.parse
 
 from .errors import NoConnectError
@@ -21,6 +22,15 @@ class ConnectURI:
 
     def param(self, name: str, default: str | None = None) -> str | None:
         return self.params.get(name, default)
+
+
+def default_uri() -> str:
+    """``$ASVIRT_DEFAULT_URI``, else the daemon virsh would use: ``qemu:///system`` for root,
+    ``qemu:///session`` for other users."""
+    uri = os.environ.get("ASVIRT_DEFAULT_URI")
+    if uri:
+        return uri
+    return "qemu:///system" if os.geteuid() == 0 else "qemu:///session"
 
 
 def parse_uri(uri: str) -> ConnectURI:

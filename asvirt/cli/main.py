@@ -2,8 +2,12 @@
 
     asvirt [-c URI] COMMAND [ARGS]
 
-Without ``-c``, the URI is ``$ASVIRT_DEFAULT_URI``, else an embedded root under the user's
-state directory. Errors are one line on stderr and a non-zero exit status, never a traceback.
+Without ``-c``, the URI is ``$ASVIRT_DEFAULT_URI``, else ``qemu:///system`` for root and
+``qemu:///session`` for other users, as virsh does. Errors are one line on stderr and a
+non-zero exit status, never a traceback.
+
+A one-shot command to a daemon runs without an event loop (:mod:`.quick`): it imports only
+what it needs, so that it starts as fast as virsh does. Everything else runs under trio.
 """
 
 from __future__ import annotations
@@ -14,29 +18,34 @@ import json
 import math
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-import asvirt
-from asvirt.events import EventKind
+import asvirt  # light: its public names load on first use
 
 from . import render
 
-Handler = Callable[[asvirt.Connection, argparse.Namespace], Awaitable[int]]
+if TYPE_CHECKING:
+    from asvirt.calls import ConnectionCalls
+
+Handler = Callable[["ConnectionCalls", argparse.Namespace], Coroutine[Any, Any, int]]
 _COMMANDS: dict[str, tuple[Handler, str]] = {}
+#: Commands that need the event loop (they wait for events): never run one-shot.
+_NEEDS_LOOP: set[str] = set()
 
 
-def command(name: str, help: str) -> Callable[[Handler], Handler]:
+def command(name: str, help: str, *, needs_loop: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         _COMMANDS[name] = (fn, help)
+        if needs_loop:
+            _NEEDS_LOOP.add(name)
         return fn
 
     return register
 
 
-async def _domain(conn: asvirt.Connection, ident: str) -> asvirt.Domain:
+async def _domain(conn: ConnectionCalls, ident: str) -> asvirt.Domain:
     """Look a domain up the way virsh does: by name, else by UUID, else by id."""
     try:
         return await conn.lookup_by_name(ident)
@@ -66,7 +75,7 @@ def _read_file(path: str) -> str:
 
 
 @command("list", "list domains")
-async def cmd_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     active = None if args.all else True
     if args.inactive:
         active = False
@@ -80,21 +89,21 @@ async def cmd_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 
 
 @command("define", "define (but don't start) a domain from an XML file")
-async def cmd_define(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_define(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await conn.define_xml(_read_file(args.file))
     print(f"Domain '{dom.name}' defined from {args.file}\n")
     return 0
 
 
 @command("create", "create (start) a transient domain from an XML file")
-async def cmd_create(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_create(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await conn.create_xml(_read_file(args.file), paused=args.paused)
     print(f"Domain '{dom.name}' created from {args.file}\n")
     return 0
 
 
 @command("undefine", "undefine a domain")
-async def cmd_undefine(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     await dom.undefine()
     print(f"Domain '{dom.name}' has been undefined\n")
@@ -102,7 +111,7 @@ async def cmd_undefine(conn: asvirt.Connection, args: argparse.Namespace) -> int
 
 
 @command("start", "start a (previously defined) inactive domain")
-async def cmd_start(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_start(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     await dom.start(paused=args.paused)
     print(f"Domain '{dom.name}' started\n")
@@ -110,7 +119,7 @@ async def cmd_start(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 
 
 def _simple(name: str, help: str, method: str, done: str) -> None:
-    async def run(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+    async def run(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         dom = await _domain(conn, args.domain)
         await getattr(dom, method)()
         print(f"Domain '{dom.name}' {done}\n")
@@ -128,7 +137,7 @@ _simple("resume", "resume a domain", "resume", "resumed")
 
 
 @command("dominfo", "domain information")
-async def cmd_dominfo(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_dominfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     info = await dom.info()
     dom_id = await dom.id()
@@ -157,7 +166,7 @@ async def cmd_dominfo(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 
 
 @command("domstate", "domain state")
-async def cmd_domstate(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_domstate(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     state, reason = await dom.state()
     print(f"{state.label} ({reason.label})\n" if args.reason else f"{state.label}\n")
@@ -165,51 +174,51 @@ async def cmd_domstate(conn: asvirt.Connection, args: argparse.Namespace) -> int
 
 
 @command("domid", "convert a domain name or UUID to domain id")
-async def cmd_domid(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_domid(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom_id = await (await _domain(conn, args.domain)).id()
     print(f"{'-' if dom_id is None else dom_id}\n")
     return 0
 
 
 @command("domuuid", "convert a domain name or id to domain UUID")
-async def cmd_domuuid(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_domuuid(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     print(f"{(await _domain(conn, args.domain)).uuid}\n")
     return 0
 
 
 @command("domname", "convert a domain id or UUID to domain name")
-async def cmd_domname(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     print(f"{(await _domain(conn, args.domain)).name}\n")
     return 0
 
 
 @command("dumpxml", "domain information in XML")
-async def cmd_dumpxml(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     sys.stdout.write(await dom.xml_desc(inactive=args.inactive))
     return 0
 
 
 @command("capabilities", "capabilities")
-async def cmd_capabilities(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_capabilities(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     sys.stdout.write(await conn.capabilities())
     return 0
 
 
 @command("hostname", "print the hypervisor hostname")
-async def cmd_hostname(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_hostname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     print(conn.hostname())
     return 0
 
 
 @command("uri", "print the hypervisor canonical URI")
-async def cmd_uri(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_uri(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     print(conn.uri)
     return 0
 
 
 @command("qemu-monitor-command", "QEMU monitor command (QMP)")
-async def cmd_qmp(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_qmp(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     text = " ".join(args.cmd)
     try:
@@ -231,28 +240,37 @@ async def cmd_qmp(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 
 
 @command("dumpxml-from-file", "the XML 'define FILE' would store, without defining it")
-async def cmd_dumpxml_from_file(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_dumpxml_from_file(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     sys.stdout.write(await conn.domain_xml_normalize(_read_file(args.file)))
     return 0
 
 
 @command("domxml-to-native", "convert domain XML to native (QEMU) arguments")
-async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_domxml_to_native(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     print(await conn.domxml_to_native(args.format, _read_file(args.file)))
     return 0
 
 
 # -- events ------------------------------------------------------------------------------------
 
+
 # GAP is not an event type one can ask for: replays yield it whenever they must.
-_EVENT_NAMES: dict[str, EventKind] = {
-    kind.value: kind for kind in EventKind if kind not in (EventKind.QMP, EventKind.GAP)
-}
-_EVENT_NAMES["qemu-monitor"] = EventKind.QMP
+def _event_names() -> dict[str, asvirt.EventKind]:
+    from asvirt.events.types import EventKind
+
+    names: dict[str, EventKind] = {
+        kind.value: kind for kind in EventKind if kind not in (EventKind.QMP, EventKind.GAP)
+    }
+    names["qemu-monitor"] = EventKind.QMP
+    return names
 
 
-@command("event", "domain events")
-async def cmd_event(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+@command("event", "domain events", needs_loop=True)
+async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    import trio
+
+    assert isinstance(conn, asvirt.Connection)
+    _EVENT_NAMES = _event_names()
     if args.list:
         for name in _EVENT_NAMES:
             print(name)
@@ -286,7 +304,7 @@ async def cmd_event(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 
 
 @command("net-list", "list networks")
-async def cmd_net_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     rows = []
     for net in await conn.list_all_networks(active=None if args.all else True):
         rows.append(
@@ -302,7 +320,7 @@ async def cmd_net_list(conn: asvirt.Connection, args: argparse.Namespace) -> int
 
 
 @command("pool-list", "list storage pools")
-async def cmd_pool_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_pool_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     rows = []
     for pool in await conn.list_all_storage_pools(active=None if args.all else True):
         rows.append((pool.name, "active" if await pool.is_active() else "inactive", "no"))
@@ -311,7 +329,7 @@ async def cmd_pool_list(conn: asvirt.Connection, args: argparse.Namespace) -> in
 
 
 @command("vol-list", "list volumes in a storage pool")
-async def cmd_vol_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
+async def cmd_vol_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     pool = await conn.lookup_storage_pool_by_name(args.pool)
     rows = [(vol.name, vol.path) for vol in await pool.list_all_volumes()]
     print(render.table(("Name", "Path"), rows))
@@ -406,10 +424,35 @@ async def run(args: argparse.Namespace) -> int:
         return await handler(conn, args)
 
 
+def run_one_shot(args: argparse.Namespace) -> int | None:
+    """Run a one-shot command on a daemon without an event loop; None if it cannot be."""
+    if args.command in _NEEDS_LOOP:
+        return None
+    from .quick import QuickConnection, run_sync, socket_of
+
+    uri = args.connect or asvirt.default_uri()
+    path = socket_of(uri)
+    if path is None:
+        return None
+    try:
+        conn = QuickConnection(uri, path)
+    except OSError:
+        return None  # not there: the full client says why (or starts a session daemon)
+    try:
+        return run_sync(_COMMANDS[args.command][0](conn, args))
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        status = run_one_shot(args)
+        if status is not None:
+            return status
+        import trio
+
         return trio.run(run, args)
     except KeyboardInterrupt:
         return 130

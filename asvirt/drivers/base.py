@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import Config
 from ..states import DomainState
-from ..uri import ConnectURI
 
 if TYPE_CHECKING:
+    from ..config import Config
     from ..events import EventKind, Subscription
     from ..events.bus import DomainFilter
+    from ..uri import ConnectURI
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ class ClientDriver(Protocol):
 #: the connection (the client, for autodestroy), the client driver of the node the URI
 #: names, for as long as the ``async with`` lasts.
 DriverOpener = Callable[
-    [ConnectURI, Config | None, object], AbstractAsyncContextManager[ClientDriver]
+    ["ConnectURI", "Config | None", object], AbstractAsyncContextManager[ClientDriver]
 ]
 
 __all__ = [

@@ -1,23 +1,62 @@
 """Typed domain events, the bus that delivers them, and the journal that keeps them."""
 
-from .bus import DEFAULT_KINDS, EventBus, Subscription
-from .codec import event_from_dict, event_to_dict
-from .journal import FileJournal, Journal, MemoryJournal
-from .types import (
-    CrashedDetail,
-    DefinedDetail,
-    DomainEvent,
-    EventDetail,
-    EventKind,
-    LifecycleEvent,
-    PMSuspendedDetail,
-    ResumedDetail,
-    ShutdownDetail,
-    StartedDetail,
-    StoppedDetail,
-    SuspendedDetail,
-    UndefinedDetail,
-)
+import importlib as _importlib
+import typing as _typing
+
+# Loaded on first use: event types are light, the bus and the journal bring trio along.
+_LAZY: dict[str, str] = {
+    "CrashedDetail": ".types",
+    "DEFAULT_KINDS": ".bus",
+    "DefinedDetail": ".types",
+    "DomainEvent": ".types",
+    "EventBus": ".bus",
+    "EventDetail": ".types",
+    "EventKind": ".types",
+    "FileJournal": ".journal",
+    "Journal": ".journal",
+    "LifecycleEvent": ".types",
+    "MemoryJournal": ".journal",
+    "PMSuspendedDetail": ".types",
+    "ResumedDetail": ".types",
+    "ShutdownDetail": ".types",
+    "StartedDetail": ".types",
+    "StoppedDetail": ".types",
+    "Subscription": ".bus",
+    "SuspendedDetail": ".types",
+    "UndefinedDetail": ".types",
+    "event_from_dict": ".codec",
+    "event_to_dict": ".codec",
+}
+
+if _typing.TYPE_CHECKING:
+    from .bus import DEFAULT_KINDS, EventBus, Subscription
+    from .codec import event_from_dict, event_to_dict
+    from .journal import FileJournal, Journal, MemoryJournal
+    from .types import (
+        CrashedDetail,
+        DefinedDetail,
+        DomainEvent,
+        EventDetail,
+        EventKind,
+        LifecycleEvent,
+        PMSuspendedDetail,
+        ResumedDetail,
+        ShutdownDetail,
+        StartedDetail,
+        StoppedDetail,
+        SuspendedDetail,
+        UndefinedDetail,
+    )
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asvirt.events' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_KINDS",

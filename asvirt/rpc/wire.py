@@ -9,10 +9,9 @@ times faster than the standard library on this traffic, and checks shapes as it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
-
-import msgspec
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
@@ -27,20 +26,26 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
+
+@functools.cache
+def _codec() -> tuple[Any, Any, type[Exception]]:
+    # Imported on first use: a one-shot command-line client never pays for it.
+    import msgspec
+
+    return msgspec.json.Encoder(), msgspec.json.Decoder(), msgspec.DecodeError
 
 
 def encode(message: dict[str, Any]) -> bytes:
     """One message, framed (a line)."""
-    return _encoder.encode(message) + b"\n"
+    return _codec()[0].encode(message) + b"\n"
 
 
 def decode(line: bytes) -> Any:
     """The JSON value of one line; ValueError if it is not JSON."""
+    _, decoder, decode_error = _codec()
     try:
-        return _decoder.decode(line)
-    except msgspec.DecodeError as err:
+        return decoder.decode(line)
+    except decode_error as err:
         raise ValueError(str(err)) from None
 
 

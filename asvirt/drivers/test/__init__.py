@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from ...config import Config
+from ...connection import Connection
 from ...domain import Domain
 from ...errors import NoConnectError, OperationUnsupportedError
 from ...hypervisor.node import open_node
@@ -76,7 +77,8 @@ async def open_test(
 
 
 def _node(dom: Domain) -> TestNode:
-    driver = dom.connection._driver()
+    conn = dom.connection
+    driver = conn._driver() if isinstance(conn, Connection) else None
     node = driver.node if isinstance(driver, LocalDriver) else None
     if not isinstance(node, TestNode):
         raise OperationUnsupportedError(

@@ -1,0 +1,107 @@
+"""The calls of a connection, whatever carries them (trio-free: clients of a daemon that
+need no event loop use them too).
+
+:class:`ConnectionCalls` turns each public method into a declared call
+(:mod:`asvirt.protocol`) through ``_call``, which a concrete connection provides: the trio
+:class:`asvirt.Connection`, or the command line's one-shot client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .domain import Domain
+from .network import Network
+from .storage import StoragePool
+
+
+class ConnectionCalls:
+    """The public calls of a connection, made through ``_call``."""
+
+    async def _call(self, method: str, /, **params: Any) -> Any:
+        raise NotImplementedError
+
+    def hostname(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def uri(self) -> str:
+        """The URI this connection was opened with."""
+        raise NotImplementedError
+
+    # -- domains -------------------------------------------------------------------------------
+
+    async def define_xml(self, xml: str) -> Domain:
+        """Define (or redefine) a persistent domain; emits DEFINED/ADDED or DEFINED/UPDATED."""
+        return Domain(self, await self._call("define_xml", xml=xml))
+
+    async def create_xml(
+        self, xml: str, *, paused: bool = False, autodestroy: bool = False
+    ) -> Domain:
+        """Create and start a transient domain, which vanishes when it stops.
+
+        ``autodestroy=True`` destroys it when this connection closes (or, should this
+        process die, when the node is next opened).
+        """
+        return Domain(
+            self,
+            await self._call("create_xml", xml=xml, paused=paused, autodestroy=autodestroy),
+        )
+
+    async def lookup_by_name(self, name: str) -> Domain:
+        """The domain called ``name``; raises NoDomainError if there is none."""
+        return Domain(self, await self._call("lookup_by_name", name=name))
+
+    async def lookup_by_uuid(self, uuid: str) -> Domain:
+        """The domain with this UUID (any usual spelling); raises NoDomainError if there is none."""
+        return Domain(self, await self._call("lookup_by_uuid", uuid=uuid))
+
+    async def list_all_domains(
+        self, *, active: bool | None = None, persistent: bool | None = None
+    ) -> list[Domain]:
+        """All domains, optionally only (in)active or (non-)persistent ones; sorted by name."""
+        refs = await self._call("list_all_domains", active=active, persistent=persistent)
+        return [Domain(self, ref) for ref in refs]
+
+    async def capabilities(self) -> str:
+        """The host and guest capabilities as libvirt's capabilities XML."""
+        return await self._call("capabilities_xml")
+
+    async def domxml_to_native(self, native_format: str, xml: str) -> str:
+        """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""
+        return await self._call("domxml_to_native", native_format=native_format, xml=xml)
+
+    async def domain_xml_normalize(self, xml: str) -> str:
+        """The XML that ``define_xml(xml)`` would store, without defining anything.
+
+        Defaults are filled in, implicit devices added and addresses assigned, as on define;
+        errors are those define would raise. Handy to see what a driver makes of your XML.
+        """
+        return await self._call("domain_xml_normalize", xml=xml)
+
+    # -- networks and storage -----------------------------------------------------------------
+
+    async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
+        return [Network(self, ref) for ref in await self._call("list_all_networks", active=active)]
+
+    async def lookup_network_by_name(self, name: str) -> Network:
+        return Network(self, await self._call("lookup_network_by_name", name=name))
+
+    async def lookup_network_by_uuid(self, uuid: str) -> Network:
+        return Network(self, await self._call("lookup_network_by_uuid", uuid=uuid))
+
+    async def network_define_xml(self, xml: str) -> Network:
+        return Network(self, await self._call("network_define_xml", xml=xml))
+
+    async def list_all_storage_pools(self, *, active: bool | None = None) -> list[StoragePool]:
+        refs = await self._call("list_all_storage_pools", active=active)
+        return [StoragePool(self, ref) for ref in refs]
+
+    async def lookup_storage_pool_by_name(self, name: str) -> StoragePool:
+        return StoragePool(self, await self._call("lookup_storage_pool_by_name", name=name))
+
+    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePool:
+        return StoragePool(self, await self._call("lookup_storage_pool_by_uuid", uuid=uuid))
+
+    async def storage_pool_define_xml(self, xml: str) -> StoragePool:
+        return StoragePool(self, await self._call("storage_pool_define_xml", xml=xml))
