@@ -60,10 +60,27 @@ class JournalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Virtual networks of an embed root (bridges, dnsmasq, nftables)."""
+
+    #: The dnsmasq program (Debian's dnsmasq-base): DHCP and DNS for each network.
+    dnsmasq: str = "dnsmasq"
+    #: The nft program (nftables): each network's forwarding and NAT rules.
+    nft: str = "nft"
+    #: Seconds dnsmasq may take to bind its sockets when a network starts.
+    dnsmasq_start_timeout: float = 10.0
+    #: Seconds before a dnsmasq that died is started again; doubled after each failed
+    #: attempt, up to dnsmasq_restart_max_delay.
+    dnsmasq_restart_delay: float = 0.5
+    dnsmasq_restart_max_delay: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     qemu: QemuConfig = QemuConfig()
     events: EventsConfig = EventsConfig()
     journal: JournalConfig = JournalConfig()
+    network: NetworkConfig = NetworkConfig()
 
     @classmethod
     def from_toml(cls, data: dict[str, Any], *, source: str = "configuration") -> Config:
@@ -93,6 +110,7 @@ _SECTION_TYPES = {
     "QemuConfig": QemuConfig,
     "EventsConfig": EventsConfig,
     "JournalConfig": JournalConfig,
+    "NetworkConfig": NetworkConfig,
 }
 
 

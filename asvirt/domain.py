@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .drivers.base import DomainInfo, DomainRef
+from .drivers.base import DomainInfo, DomainInterface, DomainRef, InterfaceAddressSource
 from .handle import Handle
 from .states import DomainState, StateReason
 
@@ -105,3 +105,14 @@ class Domain(Handle):
     async def id(self) -> int | None:
         """The runtime id of a running domain (as ``virsh list`` shows), None when shut off."""
         return await self._hv().domain_id(self.uuid)
+
+    async def interface_addresses(
+        self, source: InterfaceAddressSource = InterfaceAddressSource.LEASE
+    ) -> list[DomainInterface]:
+        """The IP addresses of the running guest's interfaces (virsh ``domifaddr``).
+
+        ``LEASE`` (the only source so far) reads the DHCP leases of the networks its
+        ``type='network'`` interfaces are on; interfaces without a lease are left out.
+        """
+        network = self._conn._node().network
+        return await self._hv().domain_interface_addresses(self.uuid, source, network)

@@ -168,7 +168,7 @@ class NetworkDriverCore:
         obj.removed = True
         self._by_uuid.pop(obj.uuid, None)
 
-    def _publish(self, obj: NetworkObj, type_: NetworkLifecycleEvent) -> None:
+    def publish(self, obj: NetworkObj, type_: NetworkLifecycleEvent) -> None:
         self.bus.publish(
             domain=obj.name, uuid=obj.uuid, kind=EventKind.NETWORK_LIFECYCLE, type=type_
         )
@@ -217,7 +217,7 @@ class NetworkDriverCore:
                 # Another define of the same network may have won meanwhile.
                 self._check_conflicts(defn)
                 self._by_uuid[obj.uuid] = obj
-                self._publish(obj, NetworkLifecycleEvent.DEFINED)
+                self.publish(obj, NetworkLifecycleEvent.DEFINED)
             return obj.ref
         async with self._locked(existing.uuid) as obj:
             # Keep what the driver filled in before (the bridge, its MAC) unless it is changed.
@@ -231,7 +231,7 @@ class NetworkDriverCore:
             defn = self.backend.prepare(parsed, others)
             await self.backend.save_config(obj, defn)
             obj.persistent_def = defn
-            self._publish(obj, NetworkLifecycleEvent.DEFINED)
+            self.publish(obj, NetworkLifecycleEvent.DEFINED)
             return obj.ref
 
     async def network_undefine(self, uuid: str) -> None:
@@ -243,7 +243,7 @@ class NetworkDriverCore:
             obj.autostart = False
             if not obj.active:
                 self._remove(obj)
-            self._publish(obj, NetworkLifecycleEvent.UNDEFINED)
+            self.publish(obj, NetworkLifecycleEvent.UNDEFINED)
 
     async def network_create(self, uuid: str) -> None:
         """Start a defined network."""
@@ -254,7 +254,7 @@ class NetworkDriverCore:
             defn = obj.persistent_def.copy()
             obj.runtime = await self.backend.start(obj, defn)
             obj.live_def = defn
-            self._publish(obj, NetworkLifecycleEvent.STARTED)
+            self.publish(obj, NetworkLifecycleEvent.STARTED)
 
     async def network_destroy(self, uuid: str) -> None:
         """Stop a running network (a transient one vanishes)."""
@@ -270,7 +270,7 @@ class NetworkDriverCore:
         obj.runtime = None
         if not obj.persistent:
             self._remove(obj)
-        self._publish(obj, NetworkLifecycleEvent.STOPPED)
+        self.publish(obj, NetworkLifecycleEvent.STOPPED)
 
     async def network_is_active(self, uuid: str) -> bool:
         await trio.lowlevel.checkpoint()

@@ -71,6 +71,10 @@ class RunnerEnv:
     #: Where runner tasks live: the node's nursery, not any connection's.
     nursery: trio.Nursery
     capabilities_for: Callable[[DomainDef], Awaitable[QemuCapabilities]]
+    #: Creates the taps of the definition's ``network`` and ``bridge`` interfaces, plugged
+    #: into their bridges (recording their names in it); returns alias -> tap descriptor.
+    #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
+    plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
 
 
 class RunMode(enum.Enum):
@@ -287,12 +291,25 @@ class QemuRunner:
 
     async def _launch(self) -> None:
         paths = self._env.paths
-        name = self._name
         caps = await self._env.capabilities_for(self._live_def)
-        monitor_path = paths.monitor(self._uuid)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(paths.socket_dir))
+        # Taps first, so that the status file names them. They exist only while a
+        # descriptor is open: ours until the spawn, then QEMU's alone.
+        tap_fds: dict[str, int] = {}
+        if self._env.plug_interfaces is not None:
+            tap_fds = await self._env.plug_interfaces(self._live_def)
+        try:
+            await self._spawn(caps, tap_fds)
+        finally:
+            for fd in tap_fds.values():
+                os.close(fd)
+
+    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, int]) -> None:
+        paths = self._env.paths
+        name = self._name
+        monitor_path = paths.monitor(self._uuid)
         # The intent, durably, before the process exists: whoever opens this root next
         # finds every QEMU it may have started, even if we die the next instant. A start
         # that cannot write it down does not happen.
@@ -311,6 +328,7 @@ class QemuRunner:
                 monitor=MonitorSpec(fd=listener.fileno()),
                 runtime_dir=str(paths.socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
+                tap_fds=tap_fds,
             )
             _write_log_header(log_fd, argv)
             # What QEMU writes from here on is this run's: errors quote nothing older.
@@ -322,7 +340,7 @@ class QemuRunner:
                 self.pid = process.spawn(
                     argv,
                     log_fd=log_fd,
-                    pass_fds=(listener.fileno(),),
+                    pass_fds=(listener.fileno(), *tap_fds.values()),
                     env={process.ROOT_ENV: str(paths.root)},
                 )
             except OSError as err:
