@@ -244,9 +244,12 @@ async def cmd_domxml_to_native(conn: asvirt.Connection, args: argparse.Namespace
 
 # -- events ------------------------------------------------------------------------------------
 
-# GAP is not an event type one can ask for: replays yield it whenever they must.
+# GAP is not an event type one can ask for: replays yield it whenever they must. Network
+# events are 'net-event's.
 _EVENT_NAMES: dict[str, EventKind] = {
-    kind.value: kind for kind in EventKind if kind not in (EventKind.QMP, EventKind.GAP)
+    kind.value: kind
+    for kind in EventKind
+    if kind not in (EventKind.QMP, EventKind.GAP, EventKind.NETWORK_LIFECYCLE)
 }
 _EVENT_NAMES["qemu-monitor"] = EventKind.QMP
 
@@ -397,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pool-list")
     p.add_argument("--all", action="store_true")
     add("vol-list", "pool")
+    # The network commands live in a module of their own; importing it registers them.
+    from . import network
+
+    network.add_parsers(add)
     return parser
 
 
