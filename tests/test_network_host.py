@@ -82,7 +82,9 @@ def guest_xml(guest: TestGuest, tmp_path: Path, name: str, net: str, cmdline: st
         tmp_path / f"{name}.serial",
         domain_type="qemu",
         devices=NIC.format(net=net),
-        cmdline=cmdline,
+        # On a loaded host, TCG can be too slow for the kernel's IO-APIC timer check, which
+        # then panics at boot; the check proves nothing here.
+        cmdline=f"no_timer_check {cmdline}",
     )
 
 
