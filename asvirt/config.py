@@ -90,6 +90,22 @@ class JournalConfig:
     cache_events: int = 4096
 
 
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Virtual networks of an embed root (bridges, dnsmasq, nftables)."""
+
+    #: The dnsmasq program (Debian's dnsmasq-base): DHCP and DNS for each network.
+    dnsmasq: str = "dnsmasq"
+    #: The nft program (nftables): each network's forwarding and NAT rules.
+    nft: str = "nft"
+    #: Seconds dnsmasq may take to bind its sockets when a network starts.
+    dnsmasq_start_timeout: float = 10.0
+    #: Seconds before a dnsmasq that died is started again; doubled after each failed
+    #: attempt, up to dnsmasq_restart_max_delay.
+    dnsmasq_restart_delay: float = 0.5
+    dnsmasq_restart_max_delay: float = 30.0
+
+
 class _Sections:
     """A configuration file made of TOML tables, each a frozen dataclass of settings."""
 
@@ -129,6 +145,7 @@ class Config(_Sections):
     qemu: QemuConfig = QemuConfig()
     events: EventsConfig = EventsConfig()
     journal: JournalConfig = JournalConfig()
+    network: NetworkConfig = NetworkConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +180,7 @@ _SECTION_TYPES = {
     "EventsConfig": EventsConfig,
     "JournalConfig": JournalConfig,
     "DaemonSettings": DaemonSettings,
+    "NetworkConfig": NetworkConfig,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .drivers.base import DomainInfo, DomainRef
+from .drivers.base import DomainInfo, DomainInterface, DomainRef, InterfaceAddressSource
 from .handle import Handle
 from .states import DomainState, StateReason
 
@@ -101,3 +101,13 @@ class Domain(Handle):
     async def id(self) -> int | None:
         """The runtime id of a running domain (as ``virsh list`` shows), None when shut off."""
         return await self._call("domain_id")
+
+    async def interface_addresses(
+        self, source: InterfaceAddressSource = InterfaceAddressSource.LEASE
+    ) -> list[DomainInterface]:
+        """The IP addresses of the running guest's interfaces (virsh ``domifaddr``).
+
+        ``LEASE`` (the only source so far) reads the DHCP leases of the networks its
+        ``type='network'`` interfaces are on; interfaces without a lease are left out.
+        """
+        return await self._call("domain_interface_addresses", source=source)

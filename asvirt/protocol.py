@@ -31,7 +31,10 @@ from typing import Any, Protocol, TypeVar
 
 from .drivers.base import (
     DomainInfo,
+    DomainInterface,
     DomainRef,
+    InterfaceAddressSource,
+    NetworkDHCPLease,
     NetworkRef,
     StoragePoolInfo,
     StoragePoolRef,
@@ -222,6 +225,13 @@ class DomainCalls(Protocol):
         """The runtime id of a running domain."""
         ...
 
+    @call(mutates=False)
+    async def domain_interface_addresses(
+        self, uuid: str, source: InterfaceAddressSource
+    ) -> list[DomainInterface]:
+        """The addresses of a running domain's interfaces (virsh domifaddr)."""
+        ...
+
 
 class NetworkCalls(Protocol):
     """Calls served by a node's network driver."""
@@ -254,10 +264,21 @@ class NetworkCalls(Protocol):
     async def network_is_persistent(self, uuid: str) -> bool: ...
 
     @call(mutates=False, priority=HIGH)
-    async def network_xml_desc(self, uuid: str) -> str: ...
+    async def network_xml_desc(self, uuid: str, inactive: bool) -> str: ...
 
     @call(mutates=False, priority=HIGH)
     async def network_autostart(self, uuid: str) -> bool: ...
+
+    @call(mutates=True)
+    async def network_set_autostart(self, uuid: str, autostart: bool) -> None: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_bridge_name(self, uuid: str) -> str: ...
+
+    @call(mutates=False, priority=HIGH)
+    async def network_dhcp_leases(self, uuid: str, mac: str | None) -> list[NetworkDHCPLease]:
+        """The network's DHCP leases (only ``mac``'s, if given)."""
+        ...
 
 
 class StorageCalls(Protocol):
@@ -443,6 +464,11 @@ def _decode(type_: Any, value: Any, what: str) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{what}: expected a list")
         return [_decode(item, v, what) for v in value]
+    if origin is tuple and typing.get_args(type_)[1:] == (Ellipsis,):
+        item = typing.get_args(type_)[0]
+        if not isinstance(value, list):
+            raise ValueError(f"{what}: expected a list")
+        return tuple(_decode(item, v, what) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{what}: expected an object")

@@ -53,10 +53,15 @@ class TestGuest:
         memory_mib: int = 128,
         memballoon: str = "none",
         devices: str = "",
+        cmdline: str = "",
     ) -> str:
         """The guest's domain XML. ``memballoon`` is the balloon's model; ``devices`` is more
-        device XML, added as it is (disks, a watchdog...)."""
+        device XML, added as it is (disks, a watchdog...); ``cmdline`` more kernel command
+        line flags (``asvirt.net=dhcp``...: see scripts/build-test-guest)."""
+        extra = cmdline
         cmdline = "console=ttyS0 quiet panic=0"
+        if extra:
+            cmdline += f" {extra}"
         if action:
             cmdline += f" asvirt.action={action}"
         if delay:

@@ -22,11 +22,16 @@ def embed_uri(root: Path) -> str:
     return f"qemu:///embed?root={root}"
 
 
-def run_cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``asvirt ARGS`` in a process of its own, on the embed root ``root``, as a user runs it."""
+def run_cli(
+    root: Path, *args: str, check: bool = True, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``asvirt ARGS`` in a process of its own, on the embed root ``root``, as a user runs it.
+
+    ``prefix`` runs it under another command (``ip netns exec NS``: in a network namespace).
+    """
     env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
     proc = subprocess.run(
-        [sys.executable, "-m", "asvirt", *args],
+        [*prefix, sys.executable, "-m", "asvirt", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -879,3 +879,126 @@ async def test_a_user_script_runs_unchanged(backend):
         "event 'lifecycle' for domain 'mine': Stopped Destroyed",
         "event 'lifecycle' for domain 'mine': Undefined Removed",
     ]
+
+
+# -- networks -----------------------------------------------------------------------------------
+#
+# Both network drivers, on networks that create nothing on the host: NAT networks are defined
+# and undefined but never started here, and the one started is a forward mode 'bridge'
+# network (an existing host bridge, used as it is: nothing is made). Starting real bridges,
+# dnsmasq and nft tables happens in test_network_host.py, inside network namespaces.
+
+NET = asvirt.EventKind.NETWORK_LIFECYCLE
+
+LAB_NET = (
+    "<network><name>lab</name>{uuid}<forward/><ip address='10.77.0.1' prefix='24'>"
+    "<dhcp><range start='10.77.0.10' end='10.77.0.99'/></dhcp></ip></network>"
+)
+#: Names a host bridge no host has: starting this network must not create it.
+EXT_NET = "<network><name>ext</name><forward mode='bridge'/><bridge name='asvirt-nobr'/></network>"
+
+
+def net_events(events: asvirt.Subscription) -> list[str]:
+    return [e.describe() for e in drain(events) if e.kind is NET]
+
+
+async def test_network_define_redefine_undefine(api):
+    async with api.conn.subscribe(kinds=NET) as events, api.conn.subscribe() as default:
+        net = await api.conn.network_define_xml(LAB_NET.format(uuid=""))
+        assert not await net.is_active() and await net.is_persistent()
+        assert not await net.autostart()
+        assert await api.conn.lookup_network_by_name("lab") == net
+        assert await api.conn.lookup_network_by_uuid(net.uuid.upper()) == net
+        assert net in await api.conn.list_all_networks(active=False)
+        assert net not in await api.conn.list_all_networks(active=True)
+        xml = await net.xml_desc()
+        assert f"<uuid>{net.uuid}</uuid>" in xml and "<forward mode='nat'/>" in xml
+        again = await api.conn.network_define_xml(
+            LAB_NET.format(uuid=f"<uuid>{net.uuid}</uuid>").replace("10.77.0.99", "10.77.0.50")
+        )
+        assert again == net and "10.77.0.50" in await net.xml_desc()
+        if not api.simulated:
+            assert (api.root / "etc" / "network" / "lab.xml").is_file()
+        with pytest.raises(asvirt.NetworkExistsError):
+            await api.conn.network_define_xml(LAB_NET.format(uuid=""))  # same name, new UUID
+        with pytest.raises(asvirt.OperationInvalidError):
+            await net.destroy()
+        await net.undefine()
+        assert net_events(events) == [
+            "event 'lifecycle' for network lab: Defined",
+            "event 'lifecycle' for network lab: Defined",
+            "event 'lifecycle' for network lab: Undefined",
+        ]
+        # Opt-in, as libvirt registers network events apart: domain subscribers see none.
+        assert [e for e in drain(default) if e.kind is NET] == []
+    if not api.simulated:
+        assert not (api.root / "etc" / "network" / "lab.xml").exists()
+    for lookup in (api.conn.lookup_network_by_name("lab"), net.is_active()):
+        with pytest.raises(asvirt.NoNetworkError):
+            await lookup
+
+
+async def test_network_start_stop_and_transience(api):
+    async with api.conn.subscribe(kinds=NET) as events:
+        net = await api.conn.network_define_xml(EXT_NET)
+        await net.create()
+        assert await net.is_active()
+        assert await net.bridge_name() == "asvirt-nobr"
+        assert await net.dhcp_leases() == []
+        with pytest.raises(asvirt.OperationInvalidError):
+            await net.create()
+        await net.undefine()  # running: it lives on, transient
+        assert await net.is_active() and not await net.is_persistent()
+        with pytest.raises(asvirt.OperationInvalidError):
+            await net.set_autostart(True)
+        await net.destroy()
+        assert net_events(events) == [
+            "event 'lifecycle' for network ext: Defined",
+            "event 'lifecycle' for network ext: Started",
+            "event 'lifecycle' for network ext: Undefined",
+            "event 'lifecycle' for network ext: Stopped",
+        ]
+    with pytest.raises(asvirt.NoNetworkError):
+        await api.conn.lookup_network_by_name("ext")
+    assert not os.path.exists("/sys/class/net/asvirt-nobr")  # nothing was made on the host
+
+
+async def test_network_autostart_is_kept(backend):
+    api = backend  # no connection held: the QEMU node is opened afresh below
+    async with api.state_kept():
+        async with api.open() as conn:
+            net = await conn.network_define_xml(EXT_NET)
+            await net.set_autostart(True)
+            assert await net.autostart()
+        async with api.open() as conn:
+            net = await conn.lookup_network_by_name("ext")
+            assert await net.autostart()
+            if api.kind == "qemu":
+                # The embedded QEMU node opened afresh starts autostart networks (a daemon's
+                # node stays open between connections: it started them when it started).
+                assert await net.is_active()
+                await net.destroy()
+            await net.set_autostart(False)
+            await net.undefine()
+            if not api.simulated:
+                assert list((api.root / "etc" / "network").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "xml,error",
+    [
+        (
+            "<network><name>n</name><forward mode='passthrough'/></network>",
+            asvirt.ConfigUnsupportedError,
+        ),
+        ("<network><name>n</name><ip address='10.0.0.1' prefix='33'/></network>", asvirt.XMLError),
+        ("<network><name>../n</name></network>", asvirt.XMLError),
+        ("<network><name>n</name><bandwidth/></network>", asvirt.ConfigUnsupportedError),
+        ("<domain/>", asvirt.XMLError),
+    ],
+)
+async def test_both_network_drivers_refuse_the_same_xml(api, xml, error):
+    before = await api.conn.list_all_networks()
+    with pytest.raises(error):
+        await api.conn.network_define_xml(xml)
+    assert await api.conn.list_all_networks() == before

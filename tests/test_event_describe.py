@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from asvirt import DomainEvent, EventKind, LifecycleEvent
+from asvirt import DomainEvent, EventKind, LifecycleEvent, NetworkLifecycleEvent
 from asvirt.events.types import EventDetail
 
 #: virsh's words for each lifecycle type, and for its details in libvirt's integer order.
@@ -157,7 +157,12 @@ def test_other_kinds(kind: EventKind, data: dict[str, Any] | None, tail: str):
 
 
 def test_every_kind_is_described():
-    covered = {kind for kind, _, _ in CASES} | {EventKind.LIFECYCLE, EventKind.QMP, EventKind.GAP}
+    covered = {kind for kind, _, _ in CASES} | {
+        EventKind.LIFECYCLE,
+        EventKind.QMP,
+        EventKind.GAP,
+        EventKind.NETWORK_LIFECYCLE,
+    }
     assert covered == set(EventKind)
 
 
@@ -177,3 +182,19 @@ def test_raw_qmp_events_name_the_qemu_event():
     # No virsh 'event' wording: these are what 'virsh qemu-monitor-event' shows.
     ev = event(EventKind.QMP, {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}})
     assert ev.describe() == "event 'qemu-monitor' for domain 'vm1': STOP"
+
+
+@pytest.mark.parametrize(
+    ("type_", "word"),
+    [
+        (NetworkLifecycleEvent.DEFINED, "Defined"),
+        (NetworkLifecycleEvent.UNDEFINED, "Undefined"),
+        (NetworkLifecycleEvent.STARTED, "Started"),
+        (NetworkLifecycleEvent.STOPPED, "Stopped"),
+    ],
+)
+def test_network_lifecycle_reads_as_virsh_net_event(type_: NetworkLifecycleEvent, word: str):
+    # virsh-network.c: "event 'lifecycle' for network %s: %s" (no quotes, no detail)
+    ev = DomainEvent(1, 0.0, "default", "u", EventKind.NETWORK_LIFECYCLE, type_)
+    assert ev.describe() == f"event 'lifecycle' for network default: {word}"
+    assert int(type_) == ["Defined", "Undefined", "Started", "Stopped"].index(word)

@@ -31,6 +31,7 @@ PUBLIC = [
     "LifecycleEvent",
     "Network",
     "NetworkExistsError",
+    "NetworkLifecycleEvent",
     "NoConnectError",
     "NoDomainError",
     "NoNetworkError",

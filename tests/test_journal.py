@@ -32,6 +32,7 @@ from asvirt.events import (
     Journal,
     LifecycleEvent,
     MemoryJournal,
+    NetworkLifecycleEvent,
     StartedDetail,
     StoppedDetail,
     event_from_dict,
@@ -76,6 +77,9 @@ def events(draw: st.DrawFn, seq: int | None = None) -> DomainEvent:
         type_ = draw(st.sampled_from(list(LifecycleEvent)))
         detail = draw(st.sampled_from(list(type_.details)))
         data = draw(st.none() | json_objects)
+    elif kind is EventKind.NETWORK_LIFECYCLE:
+        type_ = draw(st.sampled_from(list(NetworkLifecycleEvent)))
+        data = None
     elif kind is EventKind.GAP:
         first = draw(st.integers(min_value=1, max_value=2**40))
         data = {"first": first, "last": first + draw(st.integers(min_value=0, max_value=10**6))}
@@ -110,7 +114,7 @@ def lifecycle(seq: int, ts: float | None = None, domain: str = "vm1") -> DomainE
 
 def test_gap_is_delivered_by_default_and_described():
     assert EventKind.GAP in DEFAULT_KINDS
-    assert set(EventKind) - DEFAULT_KINDS == {EventKind.QMP}
+    assert set(EventKind) - DEFAULT_KINDS == {EventKind.QMP, EventKind.NETWORK_LIFECYCLE}
     gap = DomainEvent(1, 0.0, "", "", EventKind.GAP, data={"first": 5, "last": 120})
     assert gap.describe() == "event 'gap': events 5-120 are no longer retained"
     one = DomainEvent(1, 0.0, "", "", EventKind.GAP, data={"first": 7, "last": 7})
@@ -227,6 +231,33 @@ def test_codec_refuses_to_encode_what_it_would_not_decode():
         event_to_dict(bad_detail)
     with pytest.raises(ValueError, match="finite"):
         event_to_dict(DomainEvent(1, float("inf"), "a", "u", EventKind.REBOOT))
+
+
+def test_network_events_round_trip_and_are_checked():
+    ev = DomainEvent(
+        7,
+        1.5,
+        "default",
+        "dd8fe884-6c02-601e-7551-cca97df1c5df",
+        EventKind.NETWORK_LIFECYCLE,
+        NetworkLifecycleEvent.STOPPED,
+    )
+    d = event_to_dict(ev)
+    assert (d["kind"], d["type"], d["detail"]) == ("network-lifecycle", 3, None)
+    back = event_from_dict(json.loads(json.dumps(d)))
+    assert back == ev and type(back.type) is NetworkLifecycleEvent
+    for change, match in (
+        ({"type": 4}, "unknown network lifecycle event type 4"),
+        ({"type": None}, "needs a network type"),
+        ({"detail": 0}, "network lifecycle event has no detail"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            event_from_dict({**d, **change})
+    # A domain lifecycle type on a network event (and the reverse) is refused both ways.
+    with pytest.raises(ValueError, match="needs a network type"):
+        event_to_dict(dataclasses.replace(ev, type=LifecycleEvent.STOPPED))
+    with pytest.raises(ValueError, match="needs a type and a detail"):
+        event_to_dict(dataclasses.replace(ev, kind=EventKind.LIFECYCLE))
 
 
 # -- helpers for the journals ----------------------------------------------------------------------
@@ -375,9 +406,13 @@ def test_every_kind_and_detail_round_trips(jdir: Path):
             evs.append(
                 DomainEvent(len(evs) + 1, T0, "vm1", UUID, EventKind.LIFECYCLE, type_, detail)
             )
+    for net_type in NetworkLifecycleEvent:
+        evs.append(
+            DomainEvent(len(evs) + 1, T0, "net1", UUID, EventKind.NETWORK_LIFECYCLE, net_type)
+        )
     nested = {"device": "virtio-disk0", "x": [1, 2.5, None, True, {"y": ["z", -3]}], "é": "ü"}
     for kind in EventKind:
-        if kind is not EventKind.LIFECYCLE:
+        if kind not in (EventKind.LIFECYCLE, EventKind.NETWORK_LIFECYCLE):
             data = {"first": 1, "last": 3} if kind is EventKind.GAP else nested
             evs.append(DomainEvent(len(evs) + 1, T0 + 0.125, "vm1", UUID, kind, data=data))
     with FileJournal.open(jdir, cfg(cache_events=1)) as j:
@@ -387,6 +422,7 @@ def test_every_kind_and_detail_round_trips(jdir: Path):
         back = j.read(0, 1000)
     assert back == evs
     assert [type(ev.detail) for ev in back] == [type(ev.detail) for ev in evs]
+    assert [type(ev.type) for ev in back] == [type(ev.type) for ev in evs]
 
 
 def test_unencodable_data_is_stored_as_text(jdir: Path, caplog: pytest.LogCaptureFixture):

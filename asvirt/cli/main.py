@@ -254,13 +254,13 @@ async def cmd_domxml_to_native(conn: ConnectionCalls, args: argparse.Namespace) 
 # -- events ------------------------------------------------------------------------------------
 
 
-# GAP is not an event type one can ask for: replays yield it whenever they must.
+# GAP is not an event type one can ask for: replays yield it whenever they must. Network
+# events are 'net-event's.
 def _event_names() -> dict[str, asvirt.EventKind]:
     from asvirt.events.types import EventKind
 
-    names: dict[str, EventKind] = {
-        kind.value: kind for kind in EventKind if kind not in (EventKind.QMP, EventKind.GAP)
-    }
+    skip = (EventKind.QMP, EventKind.GAP, EventKind.NETWORK_LIFECYCLE)
+    names: dict[str, EventKind] = {kind.value: kind for kind in EventKind if kind not in skip}
     names["qemu-monitor"] = EventKind.QMP
     return names
 
@@ -415,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pool-list")
     p.add_argument("--all", action="store_true")
     add("vol-list", "pool")
+    # The network commands live in a module of their own; importing it registers them.
+    from . import network
+
+    network.add_parsers(add)
     return parser
 
 

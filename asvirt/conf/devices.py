@@ -408,23 +408,43 @@ def parse_controller(node: Node) -> Controller:
 # network interfaces
 
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxnet3", "igb")
+#: ``user``: QEMU's user-mode (slirp) network; ``network``: a tap on a virtual network's
+#: bridge; ``bridge``: a tap on an existing host bridge.
+NIC_TYPES = ("user", "network", "bridge")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+#: A Linux interface name (at most 15 bytes; no '/', ':', '%' or blanks).
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
 
 
 @dataclass(slots=True)
 class Interface(DeviceBase):
-    """``<interface type='user'>``: a NIC on QEMU's user-mode (slirp) network."""
+    """``<interface>``: a NIC on QEMU's user-mode network (``user``), on a virtual network
+    (``network``) or on a host bridge (``bridge``); the last two through a tap."""
 
     type: str = "user"
     mac: str | None = None
     model: str | None = None
     link_state: str | None = None
     boot_order: int | None = None
+    #: ``<source network=...>`` (type network).
+    source_network: str | None = None
+    #: ``<source bridge=...>``: the host bridge (type bridge); for type network, the
+    #: network's bridge the tap was plugged into (live XML only).
+    source_bridge: str | None = None
+    #: ``<target dev=...>``: the tap's name (a user's choice, or the one given at start).
+    target_dev: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
         if self.mac is not None:
             el.add("mac", {"address": self.mac})
+        if self.type == "network":
+            bridge = self.source_bridge if live else None
+            el.add("source", {"network": self.source_network, "bridge": bridge})
+        elif self.type == "bridge":
+            el.add("source", {"bridge": self.source_bridge})
+        if self.target_dev is not None and self.type != "user":
+            el.add("target", {"dev": self.target_dev})
         if self.model is not None:
             el.add("model", {"type": self.model})
         if self.link_state is not None:
@@ -436,10 +456,10 @@ class Interface(DeviceBase):
 
 def parse_interface(node: Node) -> Interface:
     kind = node.required("type")
-    if kind != "user":
+    if kind not in NIC_TYPES:
         raise ConfigUnsupportedError(
             f"unsupported configuration: <interface type='{kind}'> is not supported "
-            "(asvirt supports only type='user')"
+            f"(asvirt supports type {', '.join(repr(t) for t in NIC_TYPES)})"
         )
     nic = Interface(type=kind)
     mac = node.child("mac")
@@ -451,6 +471,23 @@ def parse_interface(node: Node) -> Interface:
             raise XMLError(f"MAC address '{addr}' is a multicast address")
         nic.mac = addr.lower()
         mac.finish()
+    if kind != "user":
+        source = node.child("source")
+        if source is None:
+            raise XMLError(f"<interface type='{kind}'> needs a <source>")
+        if kind == "network":
+            nic.source_network = source.required("network")
+            bridge = source.attr("bridge")  # live XML: where the tap was plugged
+            nic.source_bridge = _ifname(bridge, "source bridge") if bridge else None
+        else:
+            nic.source_bridge = _ifname(source.required("bridge"), "source bridge")
+        source.ignore("portid")  # libvirt's live XML names the network port; asvirt has none
+        source.finish()
+        target = node.child("target")
+        if target is not None:
+            nic.target_dev = _ifname(target.required("dev"), "target dev")
+            target.ignore("managed")
+            target.finish()
     model = node.child("model")
     if model is not None:
         nic.model = model.choice("type", NIC_MODELS)
@@ -466,6 +503,14 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _ifname(name: str, what: str) -> str:
+    if not _IFNAME_RE.match(name) or name in (".", ".."):
+        raise XMLError(
+            f"invalid interface {what} '{name}': at most 15 letters, digits, '-', '_', '.', '+'"
+        )
+    return name
 
 
 # ---------------------------------------------------------------------------------------------

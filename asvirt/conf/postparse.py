@@ -22,7 +22,9 @@ What it does (libvirt's function in brackets):
 * disk targets are unique and a disk without a bus gets the one its name says: ``hd*`` IDE,
   ``sd*`` SCSI, ``vd*`` virtio (``virDomainDiskDefPostParse``);
 * an interface without a MAC gets a random ``52:54:00:xx:xx:xx`` one, libvirt's default
-  prefix (``virDomainNetGenerateMAC``), and MACs are unique;
+  prefix (``virDomainNetGenerateMAC``), and MACs are unique; a tap name libvirt would have
+  made up (``vnetN``...) is not kept, nor the bridge a network interface was plugged into
+  (both are facts of a run, shown in the live XML);
 * serial ports without a target port take the lowest free one, ports are unique
   (``virDomainChrIsaSerialDefPostParse``, ``virDomainChrDefPostParse``), and the console
   compatibility: the first console without a target type is a serial console, later ones
@@ -137,10 +139,19 @@ def _disks(d: DomainDef) -> None:
                 raise XMLError(f"cannot tell the bus of disk '{disk.target}'; set target bus")
 
 
+#: Tap names libvirt makes up itself: a <target dev> that starts so (from a live XML dump) is
+#: not kept, and a new one is given at each start.
+RESERVED_TAP_PREFIXES = ("vnet", "vif", "macvtap", "macvlan")
+
+
 def _interfaces(d: DomainDef) -> None:
     macs = {nic.mac for nic in d.interfaces if nic.mac is not None}
     seen: set[str] = set()
     for nic in d.interfaces:
+        if nic.target_dev is not None and nic.target_dev.startswith(RESERVED_TAP_PREFIXES):
+            nic.target_dev = None
+        if nic.type == "network":
+            nic.source_bridge = None  # live-only: where the last start plugged it
         if nic.mac is None:
             nic.mac = _random_mac(macs)
             macs.add(nic.mac)

@@ -10,6 +10,7 @@ Drivers identify objects by UUID.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,6 +47,58 @@ class DomainInfo:
 class NetworkRef:
     name: str
     uuid: str
+
+
+class IPAddrType(enum.IntEnum):
+    """libvirt's ``virIPAddrType``."""
+
+    IPV4 = 0
+    IPV6 = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetworkDHCPLease:
+    """One DHCP lease of a network (libvirt's ``virNetworkDHCPLease``).
+
+    ``expiry_time`` is seconds since the epoch (0: never expires); ``iaid`` and a DUID in
+    ``client_id`` are DHCPv6's; ``prefix`` is the subnet's prefix length.
+    """
+
+    iface: str
+    expiry_time: int
+    type: IPAddrType
+    mac: str
+    iaid: str | None
+    ip_addr: str
+    prefix: int
+    hostname: str | None
+    client_id: str | None
+
+
+class InterfaceAddressSource(enum.IntEnum):
+    """Where :meth:`asvirt.Domain.interface_addresses` looks (libvirt's
+    ``virDomainInterfaceAddressesSource``)."""
+
+    #: The DHCP leases of the networks the domain's interfaces are plugged into.
+    LEASE = 0
+    AGENT = 1
+    ARP = 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceAddress:
+    type: IPAddrType
+    addr: str
+    prefix: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainInterface:
+    """A guest interface and its addresses (libvirt's ``virDomainInterface``)."""
+
+    name: str
+    hwaddr: str
+    addrs: tuple[InterfaceAddress, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,9 +155,22 @@ class NetworkDriver(Protocol):
 
     async def network_is_persistent(self, uuid: str) -> bool: ...
 
-    async def network_xml_desc(self, uuid: str) -> str: ...
+    async def network_xml_desc(self, uuid: str, *, inactive: bool = False) -> str: ...
 
     async def network_autostart(self, uuid: str) -> bool: ...
+
+    async def network_set_autostart(self, uuid: str, autostart: bool) -> None: ...
+
+    async def network_bridge_name(self, uuid: str) -> str: ...
+
+    async def network_dhcp_leases(
+        self, uuid: str, mac: str | None = None
+    ) -> list[NetworkDHCPLease]: ...
+
+    def active_bridge(self, name: str) -> tuple[str, Any]:
+        """The bridge of the running network ``name`` (for domain interfaces), and its
+        live definition; NoNetworkError, or OperationInvalidError if it is not running."""
+        ...
 
 
 class StorageDriver(Protocol):
@@ -175,8 +241,13 @@ DriverOpener = Callable[
 __all__ = [
     "ClientDriver",
     "DomainInfo",
+    "DomainInterface",
     "DomainRef",
     "DriverOpener",
+    "IPAddrType",
+    "InterfaceAddress",
+    "InterfaceAddressSource",
+    "NetworkDHCPLease",
     "NetworkDriver",
     "NetworkRef",
     "StorageDriver",

@@ -7,7 +7,9 @@ A dict has exactly these keys::
 
 ``kind`` is the :class:`~asvirt.events.EventKind` value, ``type`` the
 :class:`~asvirt.events.LifecycleEvent` integer and ``detail`` the integer of the detail enum of
-that type (libvirt's numbers); both are ``None`` for other kinds. ``data`` is ``None`` or a
+that type (libvirt's numbers); both are ``None`` for other kinds, except network lifecycle
+events, whose ``type`` is the :class:`~asvirt.events.NetworkLifecycleEvent` integer (and
+whose ``detail`` is ``None``). ``data`` is ``None`` or a
 JSON object. ``seq`` comes first so that a reader can pick it out of encoded JSON cheaply.
 
 :func:`event_from_dict` trusts nothing: it is what turns bytes from a disk or a socket back
@@ -20,13 +22,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent
+from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent, NetworkLifecycleEvent
 
 _KEYS = ("seq", "timestamp", "domain", "uuid", "kind", "type", "detail", "data")
 _KEYSET = frozenset(_KEYS)
 _KINDS = {kind.value: kind for kind in EventKind}
 # Dict lookups instead of enum calls: decoding is the cost of every replayed event.
 _TYPES = {int(t): t for t in LifecycleEvent}
+_NETWORK_TYPES = {int(t): t for t in NetworkLifecycleEvent}
 _DETAILS = {(t, int(detail)): detail for t in LifecycleEvent for detail in t.details}
 # JSON nesting a record may have; deeper input is refused rather than recursed into.
 _MAX_DEPTH = 64
@@ -87,13 +90,18 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
     kind = _KINDS[kind_value]
 
     type_value = d["type"]
-    type_: LifecycleEvent | None = None
+    type_: LifecycleEvent | NetworkLifecycleEvent | None = None
     if type_value is not None:
         if not _is_int(type_value):
             raise ValueError(f"event type must be an integer or null, not {type_value!r}")
-        type_ = _TYPES.get(type_value)
-        if type_ is None:
-            raise ValueError(f"unknown lifecycle event type {type_value}")
+        if kind is EventKind.NETWORK_LIFECYCLE:
+            type_ = _NETWORK_TYPES.get(type_value)
+            if type_ is None:
+                raise ValueError(f"unknown network lifecycle event type {type_value}")
+        else:
+            type_ = _TYPES.get(type_value)
+            if type_ is None:
+                raise ValueError(f"unknown lifecycle event type {type_value}")
 
     detail_value = d["detail"]
     detail: EventDetail | None = None
@@ -102,6 +110,8 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
             raise ValueError(f"event detail must be an integer or null, not {detail_value!r}")
         if type_ is None:
             raise ValueError("event has a detail but no type")
+        if not isinstance(type_, LifecycleEvent):
+            raise ValueError("a network lifecycle event has no detail")
         detail = _DETAILS.get((type_, detail_value))
         if detail is None:
             raise ValueError(
@@ -137,16 +147,19 @@ def _as_int(value: object) -> int | None:
 
 def _check_shape(
     kind: EventKind,
-    type_: LifecycleEvent | None,
+    type_: LifecycleEvent | NetworkLifecycleEvent | None,
     detail: EventDetail | None,
     data: object,
 ) -> None:
     """The rules that tie kind, type, detail and data together (both directions share them)."""
     if kind is EventKind.LIFECYCLE:
-        if type_ is None or detail is None:
+        if not isinstance(type_, LifecycleEvent) or detail is None:
             raise ValueError("a lifecycle event needs a type and a detail")
         if not isinstance(detail, type_.details):
             raise ValueError(f"{detail!r} is not a detail of lifecycle event {type_.name}")
+    elif kind is EventKind.NETWORK_LIFECYCLE:
+        if not isinstance(type_, NetworkLifecycleEvent) or detail is not None:
+            raise ValueError("a network lifecycle event needs a network type and no detail")
     elif type_ is not None or detail is not None:
         raise ValueError(f"a {kind.value!r} event has no lifecycle type or detail")
     if data is not None and not isinstance(data, dict):

@@ -1,9 +1,17 @@
-"""The typed domain events asvirt delivers, following libvirt's event model.
+"""The typed events asvirt delivers, following libvirt's event model.
 
 Every event is a :class:`DomainEvent`. Its :attr:`~DomainEvent.kind` says which family it
 belongs to (libvirt's event IDs); lifecycle events also carry a :class:`LifecycleEvent`
 ``type`` and a ``detail`` from the detail enum of that type (libvirt's
 ``virDomainEvent*DetailType``). Integer values are libvirt's.
+
+Networks have events too, on the same bus and journal, numbered in the same sequence:
+:data:`EventKind.NETWORK_LIFECYCLE`, whose ``type`` is a :class:`NetworkLifecycleEvent`
+(libvirt's ``virNetworkEventLifecycleType``) and which has no ``detail`` (libvirt's is
+always 0). Their ``domain`` and ``uuid`` fields carry the *network's* name and UUID: the
+``kind`` tells which object an event is about. As in libvirt, where network events are
+registered apart from domain events, they are opt-in: a subscription with ``kinds=None``
+does not receive them.
 """
 
 from __future__ import annotations
@@ -32,6 +40,23 @@ class EventKind(enum.Enum):
     #: ``data["last"]`` (inclusive) are no longer retained, so a client resuming from an
     #: older ``seq`` knows exactly what it cannot get back.
     GAP = "gap"
+    #: About a network, not a domain: defined, undefined, started or stopped (``type`` is a
+    #: :class:`NetworkLifecycleEvent`; ``domain`` and ``uuid`` are the network's). Opt-in.
+    NETWORK_LIFECYCLE = "network-lifecycle"
+
+
+class NetworkLifecycleEvent(enum.IntEnum):
+    """libvirt's ``virNetworkEventLifecycleType``."""
+
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    STOPPED = 3
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"Started"``)."""
+        return self.name.capitalize()
 
 
 class LifecycleEvent(enum.IntEnum):
@@ -190,7 +215,8 @@ _BLOCK_JOB_TYPES = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DomainEvent:
-    """One event about one domain.
+    """One event about one domain (or, for :data:`EventKind.NETWORK_LIFECYCLE`, one network:
+    then ``domain`` and ``uuid`` are the network's name and UUID).
 
     ``seq`` increases by one for every event a connection publishes (a filtered subscription
     sees gaps: the events it did not ask for; :attr:`asvirt.Subscription.lost` counts events
@@ -203,12 +229,12 @@ class DomainEvent:
     domain: str
     uuid: str
     kind: EventKind
-    type: LifecycleEvent | None = None
+    type: LifecycleEvent | NetworkLifecycleEvent | None = None
     detail: EventDetail | None = None
     data: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        """A one-line description in virsh's ``event`` wording."""
+        """A one-line description in virsh's ``event`` (or ``net-event``) wording."""
         head = f"event '{self.kind.value}' for domain '{self.domain}'"
         data = self.data or {}
         match self.kind:
@@ -237,6 +263,9 @@ class DomainEvent:
                 return f"{head}: {job} for {data.get('device', '')} {data.get('status', '')}"
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
+            case EventKind.NETWORK_LIFECYCLE:
+                assert self.type is not None
+                return f"event 'lifecycle' for network {self.domain}: {self.type.label}"
             case EventKind.GAP:
                 first, last = data.get("first", "?"), data.get("last", "?")
                 if first == last:

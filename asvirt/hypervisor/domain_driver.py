@@ -21,8 +21,21 @@ import trio
 
 from ..conf.domain import DomainDef
 from ..conf.names import canonical_uuid
-from ..drivers.base import DomainInfo, DomainRef
-from ..errors import DomainExistsError, InvalidArgError, OperationInvalidError
+from ..drivers.base import (
+    DomainInfo,
+    DomainInterface,
+    DomainRef,
+    InterfaceAddress,
+    InterfaceAddressSource,
+    NetworkDriver,
+)
+from ..errors import (
+    DomainExistsError,
+    InvalidArgError,
+    NoNetworkError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+)
 from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, UndefinedDetail
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
@@ -137,6 +150,8 @@ class DomainDriver:
         self.table = table
         self.bus = bus
         self.backend = backend
+        #: The node's network driver, if any (interface addresses come from its leases).
+        self.network: NetworkDriver | None = None
 
     # -- seams -----------------------------------------------------------------------------------
 
@@ -388,6 +403,37 @@ class DomainDriver:
         obj = self.table.get(uuid)
         await trio.lowlevel.checkpoint()
         return await self._runtime(obj).qmp(command, arguments)
+
+    async def domain_interface_addresses(
+        self, uuid: str, source: InterfaceAddressSource
+    ) -> list[DomainInterface]:
+        """The addresses of a running domain's interfaces, from ``source``.
+
+        ``LEASE``: the DHCP leases of the networks its ``type='network'`` interfaces are
+        plugged into, matched by MAC (libvirt's lease source); interfaces without a lease
+        are left out, as libvirt does.
+        """
+        obj = self.table.get(uuid)
+        if source is not InterfaceAddressSource.LEASE:
+            raise OperationUnsupportedError(
+                f"interface addresses from source '{InterfaceAddressSource(source).name.lower()}'"
+                " are not supported (use the lease source)"
+            )
+        live = self._runtime(obj).live_def
+        network = self.network
+        found = []
+        for nic in live.interfaces:
+            if nic.type != "network" or network is None or nic.source_network is None:
+                continue
+            try:
+                ref = await network.lookup_network_by_name(nic.source_network)
+            except NoNetworkError:
+                continue
+            leases = await network.network_dhcp_leases(ref.uuid, nic.mac)
+            if leases:
+                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
+                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+        return found
 
     async def domain_is_active(self, uuid: str) -> bool:
         return self.table.get(uuid).active

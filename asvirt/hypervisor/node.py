@@ -50,7 +50,7 @@ class Node:
         self.journal = journal
         self.bus = EventBus(journal, buffer=config.events.subscriber_buffer)
         self.table = DomainTable()
-        self.network: NetworkDriver | None = None
+        self._network: NetworkDriver | None = None
         self.storage: StorageDriver | None = None
         self._domains: DomainDriver | None = None
         self._nursery: trio.Nursery | None = None
@@ -67,6 +67,17 @@ class Node:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def network(self) -> NetworkDriver | None:
+        """The node's network driver (the domain driver reads interface leases from it)."""
+        return self._network
+
+    @network.setter
+    def network(self, driver: NetworkDriver | None) -> None:
+        self._network = driver
+        if self._domains is not None:
+            self._domains.network = driver
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -96,6 +107,7 @@ class Node:
 
     def set_domain_driver(self, driver: DomainDriver) -> None:
         self._domains = driver
+        driver.network = self._network
 
     def use_journal(self, journal: Journal) -> None:
         """Replace the node's journal before anything is published (from :meth:`lifetime`)."""

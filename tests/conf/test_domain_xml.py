@@ -199,8 +199,9 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<sound model='ich9'/>", "<sound>"),
         ("<filesystem type='mount'/>", "<filesystem>"),
         ("<tpm model='tpm-tis'/>", "<tpm>"),
-        ("<interface type='network'><source network='default'/></interface>", "type='network'"),
-        ("<interface type='bridge'><source bridge='br0'/></interface>", "type='bridge'"),
+        ("<interface type='direct'><source dev='eth0' mode='vepa'/></interface>", "type='direct'"),
+        ("<interface type='network'><source network='n' portgroup='p'/></interface>", "portgroup"),
+        ("<interface type='network'><source network='n'/><bandwidth/></interface>", "<bandwidth>"),
         ("<graphics type='spice'/>", "type='spice'"),
         ("<video><model type='ramfb'/></video>", "type='ramfb'"),
         ("<disk type='network' device='disk'/>", "type='network'"),
@@ -362,6 +363,44 @@ def test_interface() -> None:
         parse_domain_xml(
             dom(devices="<interface type='user'><mac address='01:00:5e:00:00:01'/></interface>")
         )
+
+
+def test_network_and_bridge_interfaces() -> None:
+    xml = dom(
+        devices="<interface type='network'><mac address='52:54:00:00:00:01'/>"
+        "<source network='default' bridge='virbr0'/><target dev='vnet7'/>"
+        "<model type='virtio'/></interface>"
+        "<interface type='bridge'><source bridge='br-lan'/><target dev='lan-tap0'/></interface>"
+    )
+    # Read back as the driver reads its own live XML: what the run plugged in is kept.
+    live = parse_prepared_xml(xml)
+    net, br = live.interfaces
+    assert (net.type, net.source_network, net.source_bridge, net.target_dev) == (
+        "network",
+        "default",
+        "virbr0",
+        "vnet7",
+    )
+    assert (br.type, br.source_bridge, br.target_dev) == ("bridge", "br-lan", "lan-tap0")
+    assert "<source network='default' bridge='virbr0'/>" in live.to_xml(live=True, domain_id=1)
+    # Defined: a made-up tap name and the network's bridge are facts of a run, not config;
+    # a tap name of the user's own is kept.
+    stored = postparse_domain(parse_domain_xml(xml))
+    net, br = stored.interfaces
+    assert (net.source_bridge, net.target_dev, br.target_dev) == (None, None, "lan-tap0")
+    assert "<source network='default'/>" in stored.to_xml()
+    for bad, match in (
+        ("<interface type='network'/>", "needs a <source>"),
+        ("<interface type='bridge'><source bridge='a/b'/></interface>", "invalid interface"),
+        (
+            f"<interface type='network'><source network='n'/><target dev='{'x' * 16}'/>"
+            "</interface>",
+            "invalid interface target dev",
+        ),
+        ("<interface type='bridge'><source network='n'/></interface>", "bridge"),
+    ):
+        with pytest.raises(XMLError, match=match):
+            parse_domain_xml(dom(devices=bad))
 
 
 def test_chardevs_and_pty_paths() -> None:

@@ -62,6 +62,7 @@ def build_command(
     log_path: str | None = None,
     runtime_dir: str | None = None,
     sandbox: bool = True,
+    tap_fds: dict[str, int] | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -70,6 +71,9 @@ def build_command(
     them. ``runtime_dir`` is where unix sockets without a configured path are placed (a guest
     agent channel with ``<source mode='bind'/>``, a VNC socket); it defaults to the monitor
     socket's directory. ``sandbox`` turns on QEMU's seccomp sandbox where the binary has one.
+    ``tap_fds`` maps the alias of a ``network`` or ``bridge`` interface to the descriptor of
+    the tap made for it, passed to QEMU as libvirt does (``-netdev tap,fd=N``); without
+    one, QEMU is asked to create the tap itself (what ``domxml-to-native`` shows).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -85,7 +89,7 @@ def build_command(
     if runtime_dir is not None and _needs_runtime_paths(defn):
         defn = defn.copy()
         fill_runtime_paths(defn, runtime_dir)
-    return _Builder(defn, caps, sandbox=sandbox).build(monitor)
+    return _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds).build(monitor)
 
 
 def domxml_to_native(
@@ -181,8 +185,16 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 
 
 class _Builder:
-    def __init__(self, d: DomainDef, caps: QemuCapabilities, *, sandbox: bool) -> None:
+    def __init__(
+        self,
+        d: DomainDef,
+        caps: QemuCapabilities,
+        *,
+        sandbox: bool,
+        tap_fds: dict[str, int] | None = None,
+    ) -> None:
         self.d = d
+        self.tap_fds = tap_fds or {}
         self.caps = caps
         self.sandbox = sandbox
         self.argv: list[str] = []
@@ -639,7 +651,14 @@ class _Builder:
     def _interfaces(self) -> None:
         for i, nic in enumerate(self.d.interfaces):
             netdev = f"hostnet{i}"
-            self.add("-netdev", f"user,id={netdev}")
+            fd = self.tap_fds.get(nic.alias or "")
+            if nic.type == "user":
+                self.add("-netdev", f"user,id={netdev}")
+            elif fd is not None:
+                self.add("-netdev", f"tap,fd={fd},id={netdev}")
+            else:
+                ifname = _kv(nic.target_dev or "vnet%d")
+                self.add("-netdev", f"tap,id={netdev},ifname={ifname},script=no,downscript=no")
             props: dict[str, Any] = {
                 "driver": NIC_DEVICE[nic.model or "rtl8139"],
                 "netdev": netdev,

@@ -47,6 +47,7 @@ from ...states import ShutoffReason
 from ...uri import ConnectURI
 from ..base import ClientDriver
 from ..local import LocalDriver
+from ..network.driver import host_network_driver, plug_interfaces
 from . import process
 from .capabilities import (
     CapabilitiesCache,
@@ -169,6 +170,11 @@ class QemuNode(Node):
         self.paths = paths
         self.backend = QemuBackend(self)
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
+        # Networks create nothing until one is started (or marked autostart).
+        self._networks, self._network_backend = host_network_driver(
+            paths.root, config.network, self.bus
+        )
+        self.network = self._networks
         self._loop: trio_asyncio.TrioEventLoop | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
@@ -214,7 +220,10 @@ class QemuNode(Node):
 
     async def load(self) -> None:
         """Read persistent configs, then find every QEMU a previous process left: adopt those
-        that ran, end those whose start never completed or that no status file names."""
+        that ran, end those whose start never completed or that no status file names.
+
+        Networks come first: re-attached, cleaned up or autostarted before any domain."""
+        await self._network_backend.load(self._networks, self.nursery)
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
@@ -356,6 +365,7 @@ class QemuNode(Node):
             await runner.wait_done()
         if self.security.identity is not None:
             remove_socket_dir(self.security.socket_dir)
+        await self._network_backend.shutdown(self._networks)
 
     # -- what runners and the backend need -----------------------------------------------------
 
@@ -376,7 +386,11 @@ class QemuNode(Node):
             nursery=self.nursery,
             capabilities_for=self.capabilities_for,
             security=self.security,
+            plug_interfaces=self._plug_interfaces,
         )
+
+    async def _plug_interfaces(self, defn: DomainDef) -> dict[str, int]:
+        return await plug_interfaces(defn, self._networks)
 
 
 @contextlib.asynccontextmanager

@@ -74,6 +74,10 @@ class RunnerEnv:
     capabilities_for: Callable[[DomainDef], Awaitable[QemuCapabilities]]
     #: Who QEMU runs as and the files given to that user (None: as the supervisor, nothing).
     security: DacSecurity | None = None
+    #: Creates the taps of the definition's ``network`` and ``bridge`` interfaces, plugged
+    #: into their bridges (recording their names in it); returns alias -> tap descriptor.
+    #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
+    plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
 
 
 class RunMode(enum.Enum):
@@ -290,9 +294,7 @@ class QemuRunner:
 
     async def _launch(self) -> None:
         paths = self._env.paths
-        name = self._name
         caps = await self._env.capabilities_for(self._live_def)
-        monitor_path = paths.monitor(self._uuid)
         security = self._env.security
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
@@ -303,6 +305,25 @@ class QemuRunner:
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
+        # Taps first, so that the status file names them. They exist only while a
+        # descriptor is open: ours until the spawn, then QEMU's alone.
+        tap_fds: dict[str, int] = {}
+        if self._env.plug_interfaces is not None:
+            tap_fds = await self._env.plug_interfaces(self._live_def)
+        try:
+            await self._spawn(caps, tap_fds)
+        finally:
+            for fd in tap_fds.values():
+                os.close(fd)
+
+    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, int]) -> None:
+        paths = self._env.paths
+        name = self._name
+        monitor_path = paths.monitor(self._uuid)
+        security = self._env.security
+        socket_dir = paths.socket_dir
+        if security is not None and security.identity is not None:
+            socket_dir = security.socket_dir
         # The intent, durably, before the process exists: whoever opens this root next
         # finds every QEMU it may have started, even if we die the next instant. A start
         # that cannot write it down does not happen. It also names the files about to be
@@ -324,6 +345,7 @@ class QemuRunner:
                 monitor=MonitorSpec(fd=listener.fileno()),
                 runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
+                tap_fds=tap_fds,
             )
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
@@ -338,7 +360,7 @@ class QemuRunner:
                 self.pid = process.spawn(
                     argv,
                     log_fd=log_fd,
-                    pass_fds=(listener.fileno(),),
+                    pass_fds=(listener.fileno(), *tap_fds.values()),
                     env={process.ROOT_ENV: str(paths.root)},
                 )
             except OSError as err:

@@ -24,8 +24,9 @@ from ...conf.domain import DomainDef
 from ...conf.xmlsafe import parse_xml
 from ...config import Config
 from ...errors import AsvirtError, NoConnectError, XMLError
+from ..network.model import NetworkDef, parse_network_xml
 from .driver import TestExtras, add_initial_domain, new_test_node, parse_test_domain_xml
-from .network import NetworkDef, TestNetworkDriver, add_network, parse_network_xml
+from .network import TestNetworkDriver, add_network
 from .state import TestNode
 from .storage import (
     PoolDef,
@@ -131,13 +132,14 @@ def read_node_file(path: str) -> NodeDescription:
 def build_node(desc: NodeDescription, config: Config) -> TestNode:
     """A live node holding what ``desc`` defines, in its initial states. Call in trio."""
     node = new_test_node(desc.source, config)
-    node.network = TestNetworkDriver(node)
+    networks = TestNetworkDriver(node)
+    node.network = networks
     node.storage = TestStorageDriver(node)
     try:
         for defn, extras in desc.domains:
             add_initial_domain(node, defn, extras)
         for net in desc.networks:
-            add_network(node, net, active=True)
+            add_network(networks, net, active=True)
         for pool, vols in desc.pools:
             obj = add_pool(node, pool, active=True)
             for vol in vols:

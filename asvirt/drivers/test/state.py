@@ -28,7 +28,6 @@ from ...hypervisor.node import Node, find_node
 from ...log import get_logger
 
 if TYPE_CHECKING:
-    from .network import NetworkObj
     from .storage import PoolObj
 
 log = get_logger("asvirt.test")
@@ -77,7 +76,6 @@ class TestNode(Node):
         super().__init__(name=name, config=config, journal=MemoryJournal(config.events.history))
         #: Where the node came from ("default", or the node file's path), for messages.
         self.source = source
-        self.networks: dict[str, NetworkObj] = {}  # by UUID
         self.pools: dict[str, PoolObj] = {}  # by UUID
         self.scheduler = Scheduler()
 

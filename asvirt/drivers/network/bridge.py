@@ -1,0 +1,214 @@
+"""Bridges and their addresses, over netlink (pyroute2); blocking, run them in a thread.
+
+Every link asvirt creates carries an *alias* (``IFLA_IFALIAS``, ``ip link`` shows it) that
+names the root and the network it belongs to, so that whoever cleans up after a killed
+supervisor removes only links that are ours, never a same-named bridge somebody else made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+#: ``IFA_F_NODAD``: an IPv6 address usable at once (no duplicate detection on a new bridge).
+_IFA_F_NODAD = 0x02
+
+
+@contextlib.contextmanager
+def netlink() -> Iterator[IPRoute]:
+    """A netlink socket of the current network namespace."""
+    # Imported here: pyroute2 costs ~150 ms to import, which only network work should pay.
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        yield ipr
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_alias(ipr: IPRoute, index: int) -> str | None:
+    links = ipr.get_links(index)
+    if not links:
+        return None
+    alias: str | None = links[0].get_attr("IFLA_IFALIAS")
+    return alias
+
+
+def link_exists(name: str) -> bool:
+    with netlink() as ipr:
+        return link_index(ipr, name) is not None
+
+
+def owned_by(name: str, owner: str) -> bool:
+    """True if the link ``name`` exists and carries the alias ``owner``."""
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        return index is not None and link_alias(ipr, index) == owner
+
+
+def create_bridge(
+    name: str,
+    *,
+    owner: str,
+    mac: str | None,
+    mtu: int | None,
+    stp: bool,
+    delay: int,
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+) -> None:
+    """Create the bridge ``name``, give it its addresses and bring it up.
+
+    Raises OSError(EEXIST) if a link of that name exists (it is not touched). On any other
+    failure the half-made bridge is deleted before the error propagates.
+    """
+    with netlink() as ipr:
+        if link_index(ipr, name) is not None:
+            raise OSError(errno.EEXIST, f"a network interface named '{name}' already exists")
+        attrs: dict[str, Any] = {
+            "ifname": name,
+            "kind": "bridge",
+            "br_stp_state": 1 if stp else 0,
+            # The kernel counts forward delay in hundredths of a second.
+            "br_forward_delay": delay * 100,
+        }
+        if mac is not None:
+            attrs["address"] = mac
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        ipr.link("add", **attrs)
+        try:
+            index = link_index(ipr, name)
+            assert index is not None
+            ipr.link("set", index=index, ifalias=owner)
+            if any(a.version == 6 for a in addresses):
+                # A bridge that routes IPv6 must neither autoconfigure itself from router
+                # adverts nor disable IPv6 (some hosts default to that).
+                for key, value in (("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")):
+                    set_sysctl(f"net/ipv6/conf/{name}/{key}", value)
+            for addr in addresses:
+                extra: dict[str, Any] = {}
+                if addr.version == 4:
+                    extra["broadcast"] = str(addr.network.broadcast_address)
+                else:
+                    extra["flags"] = _IFA_F_NODAD
+                ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(addr.ip),
+                    prefixlen=addr.network.prefixlen,
+                    **extra,
+                )
+            ipr.link("set", index=index, state="up")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ipr.link("del", ifname=name)
+            raise
+
+
+def delete_link(name: str, *, owner: str | None = None) -> bool:
+    """Delete the link ``name`` (only if it carries ``owner``, when given); True if deleted."""
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return False
+        if owner is not None and link_alias(ipr, index) != owner:
+            return False
+        try:
+            ipr.link("del", index=index)
+        except Exception as err:
+            if getattr(err, "code", None) == errno.ENODEV:
+                return False
+            raise
+        return True
+
+
+def bridge_of(name: str) -> str | None:
+    """The bridge the link ``name`` is a port of, if any."""
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return None
+        master = ipr.get_links(index)[0].get_attr("IFLA_MASTER")
+        if not master:
+            return None
+        links = ipr.get_links(master)
+        return links[0].get_attr("IFLA_IFNAME") if links else None
+
+
+def is_bridge(name: str) -> bool:
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return False
+        info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+        return info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge"
+
+
+def link_mtu(name: str) -> int | None:
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return None
+        mtu: int | None = ipr.get_links(index)[0].get_attr("IFLA_MTU")
+        return mtu
+
+
+def plug(tap: str, bridge: str, *, mac: str, mtu: int | None, up: bool = True) -> None:
+    """Make the tap ``tap`` a port of ``bridge``, with ``mac`` and the bridge's MTU."""
+    with netlink() as ipr:
+        tap_index = link_index(ipr, tap)
+        bridge_index = link_index(ipr, bridge)
+        if tap_index is None:
+            raise OSError(errno.ENODEV, f"no tap named '{tap}'")
+        if bridge_index is None:
+            raise OSError(errno.ENODEV, f"no bridge named '{bridge}'")
+        attrs: dict[str, Any] = {"address": mac, "master": bridge_index}
+        if mtu is None:
+            mtu = ipr.get_links(bridge_index)[0].get_attr("IFLA_MTU")
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        ipr.link("set", index=tap_index, **attrs)
+        if up:
+            ipr.link("set", index=tap_index, state="up")
+
+
+def set_sysctl(key: str, value: str) -> None:
+    """Write ``value`` to ``/proc/sys/KEY`` (of this network namespace)."""
+    fd = os.open(f"/proc/sys/{key}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def get_sysctl(key: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{key}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+__all__ = [
+    "bridge_of",
+    "create_bridge",
+    "delete_link",
+    "get_sysctl",
+    "is_bridge",
+    "link_exists",
+    "link_mtu",
+    "netlink",
+    "owned_by",
+    "plug",
+    "set_sysctl",
+]

@@ -1,0 +1,690 @@
+"""The network driver of a QEMU node: networks made of host bridges, dnsmasq and nftables.
+
+libvirt's ``bridge_driver.c``, step by step. Starting a network (every mode but ``bridge``,
+which uses an existing host bridge and creates nothing):
+
+1. checks that its bridge name is free and its subnets are not already on the host;
+2. writes its *state file* (``ROOT/run/network/NAME.state``): what it is about to create;
+3. creates the bridge with its MAC, MTU, STP settings and addresses (netlink), marked as
+   this root's (:mod:`.bridge`);
+4. turns on IP forwarding where the mode forwards (as libvirt, it is never turned off: other
+   users of the host may rely on it);
+5. installs the network's nftables table in one transaction (:mod:`.firewall`);
+6. starts dnsmasq (:mod:`.dnsmasq`) and records its pid; a task in the node's nursery
+   watches it and starts it again, with a growing delay, should it die;
+7. records the network as running.
+
+Stopping undoes exactly that, in reverse, and removes the state file last. Anything that
+fails during a start undoes what was done before it.
+
+Because the intent is written before each step, a supervisor killed at any moment leaves a
+state file naming everything that may exist. The next process to open the root reads it:
+a network that was running is re-attached (its dnsmasq adopted, or restarted if it died
+meanwhile; its table restored if it vanished; if its bridge vanished, the network is taken
+down and reported stopped); a start or stop that was under way is finished by taking the
+network down. Then networks marked autostart are started.
+
+Files: ``ROOT/etc/network/NAME.xml`` (persistent definitions), ``NAME.autostart`` beside them,
+``ROOT/run/network/NAME.{state,conf,pid,leasescript}``, ``ROOT/lib/network/NAME.leases``
+(the lease database), ``ROOT/log/network/NAME.log`` (dnsmasq's log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import trio
+
+from ... import fsutil
+from ...conf.devices import Interface
+from ...conf.domain import DomainDef
+from ...config import NetworkConfig
+from ...errors import (
+    AsvirtError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    SystemCallError,
+    XMLError,
+)
+from ...events import EventBus, NetworkLifecycleEvent
+from ...log import get_logger
+from ..base import IPAddrType, NetworkDHCPLease
+from . import bridge, dnsmasq, firewall, leases, tap
+from .core import NetworkDriverCore, NetworkObj
+from .model import NetworkDef, fill_defaults, parse_network_xml
+
+log = get_logger("asvirt.network")
+
+STATE_FORMAT = 1
+STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPaths:
+    """Where a root keeps its networks (mirroring libvirt's layout)."""
+
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc" / "network"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / "network"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "lib" / "network"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log" / "network"
+
+    def config(self, name: str) -> Path:
+        return self.config_dir / f"{name}.xml"
+
+    def autostart(self, name: str) -> Path:
+        return self.config_dir / f"{name}.autostart"
+
+    def state(self, name: str) -> Path:
+        return self.run_dir / f"{name}.state"
+
+    def dnsmasq_conf(self, name: str) -> Path:
+        return self.run_dir / f"{name}.conf"
+
+    def pid(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def lease_script(self, name: str) -> Path:
+        return self.run_dir / f"{name}.leasescript"
+
+    def leases(self, name: str) -> Path:
+        return self.lib_dir / f"{name}.leases"
+
+    def log(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def create(self) -> None:
+        for d in (
+            self.root / "etc",
+            self.config_dir,
+            self.root / "run",
+            self.run_dir,
+            self.root / "lib",
+            self.lib_dir,
+            self.root / "log",
+            self.log_dir,
+        ):
+            fsutil.ensure_private_dir(d)
+
+
+@dataclasses.dataclass
+class NetworkState:
+    """The state file: what a start has made (or is about to make) for one network."""
+
+    name: str
+    uuid: str
+    phase: str
+    live_xml: str
+    #: The alias marking links as this root's network's.
+    owner: str
+    #: The bridge this start creates (None: forward mode 'bridge', nothing is created).
+    bridge: str | None = None
+    nft_table: str | None = None
+    dnsmasq_pid: int | None = None
+    dnsmasq_start_time: int | None = None
+
+    def save(self, path: Path, *, durable: bool = True) -> None:
+        data = {"format": STATE_FORMAT, **dataclasses.asdict(self)}
+        fsutil.atomic_write(path, json.dumps(data, indent=1).encode(), durable=durable)
+
+    @classmethod
+    def load(cls, path: Path) -> NetworkState:
+        data = json.loads(fsutil.read_nofollow(path, limit=4 * 1024 * 1024))
+        if not isinstance(data, dict) or data.pop("format", None) != STATE_FORMAT:
+            raise ValueError("not a network state file of a known format")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(data) - fields or {"name", "uuid", "phase", "live_xml", "owner"} - set(data):
+            raise ValueError("unexpected or missing fields")
+        state = cls(**data)
+        if state.phase not in (STARTING, RUNNING, STOPPING):
+            raise ValueError(f"unknown phase {state.phase!r}")
+        return state
+
+
+class NetworkRuntime:
+    """A running network: its state record and its dnsmasq watcher."""
+
+    def __init__(self, state: NetworkState, defn: NetworkDef) -> None:
+        self.state = state
+        self.defn = defn
+        self.pidfd: int | None = None
+        self.watcher: trio.CancelScope | None = None
+        self.watcher_done = trio.Event()
+        self.watcher_done.set()
+        #: dnsmasq restarts since the network started (for logs and tests).
+        self.restarts = 0
+
+
+class HostNetworkBackend:
+    """Runs a node's networks on the host (see the module docstring)."""
+
+    def __init__(self, root: Path, config: NetworkConfig) -> None:
+        self.paths = NetworkPaths(root)
+        self.config = config
+        self._root = root
+        self._nursery: trio.Nursery | None = None
+        self.core: NetworkDriverCore | None = None
+
+    def owner(self, uuid: str) -> str:
+        """The alias of links this root makes for network ``uuid``."""
+        return f"asvirt:{self._root}:{uuid}"[:255]
+
+    # -- define time ----------------------------------------------------------------------------
+
+    def prepare(self, defn: NetworkDef, others: list[NetworkObj]) -> NetworkDef:
+        taken = set()
+        for obj in others:
+            for d in (obj.persistent_def, obj.live_def):
+                if d is not None and d.bridge is not None and d.creates_bridge:
+                    taken.add(d.bridge)
+        if defn.creates_bridge and defn.bridge is not None and defn.bridge in taken:
+            raise XMLError(f"bridge name '{defn.bridge}' is already in use by another network")
+        return fill_defaults(defn, taken_bridges=taken)
+
+    async def save_config(self, obj: NetworkObj, defn: NetworkDef) -> None:
+        path = self.paths.config(defn.name)
+        try:
+            await trio.to_thread.run_sync(fsutil.atomic_write, path, defn.to_xml().encode())
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"save network '{defn.name}' to", path
+            ) from None
+
+    async def delete_config(self, obj: NetworkObj) -> None:
+        def delete() -> None:
+            fsutil.remove(self.paths.config(obj.name))
+            fsutil.remove(self.paths.autostart(obj.name))
+            fsutil.fsync_dir(self.paths.config_dir)
+
+        try:
+            await trio.to_thread.run_sync(delete)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"remove network '{obj.name}' from") from None
+
+    async def save_autostart(self, obj: NetworkObj, autostart: bool) -> None:
+        path = self.paths.autostart(obj.name)
+        try:
+            if autostart:
+                await trio.to_thread.run_sync(fsutil.atomic_write, path, b"")
+            else:
+                await trio.to_thread.run_sync(fsutil.remove, path)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "set autostart of network in", path) from None
+
+    # -- starting and stopping -----------------------------------------------------------------
+
+    async def start(self, obj: NetworkObj, defn: NetworkDef) -> NetworkRuntime:
+        state = NetworkState(
+            name=defn.name,
+            uuid=defn.uuid,
+            phase=STARTING,
+            live_xml=defn.to_xml(),
+            owner=self.owner(defn.uuid),
+        )
+        runtime = NetworkRuntime(state, defn)
+        if defn.creates_bridge:
+            await trio.to_thread.run_sync(self._check_free, defn)
+            state.bridge = defn.bridge
+        if defn.creates_bridge and firewall.needs_rules(defn):
+            state.nft_table = firewall.table_name(defn.uuid)
+        # The intent, durably, before anything exists: a supervisor that dies from here on
+        # leaves the record of what to remove.
+        await self._save_state(state)
+        try:
+            if state.bridge is not None:
+                await self._create_bridge(defn, state.owner)
+                await trio.to_thread.run_sync(self._enable_forwarding, defn)
+            if state.nft_table is not None:
+                await firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
+            if defn.needs_dnsmasq:
+                await self._start_dnsmasq(runtime)
+            state.phase = RUNNING
+            await self._save_state(state)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._take_down(state, runtime)
+            raise
+        self._watch(obj, runtime)
+        log.info("network started", network=defn.name, bridge=defn.bridge, mode=defn.forward_mode)
+        return runtime
+
+    async def stop(self, obj: NetworkObj) -> None:
+        runtime: NetworkRuntime = obj.runtime
+        runtime.state.phase = STOPPING
+        await self._save_state(runtime.state, durable=False)
+        with trio.CancelScope(shield=True):
+            await self._take_down(runtime.state, runtime)
+        log.info("network stopped", network=obj.name)
+
+    async def _take_down(self, state: NetworkState, runtime: NetworkRuntime | None) -> None:
+        """Remove whatever ``state`` says may exist, dnsmasq first; then the state file."""
+        name = state.name
+        if runtime is not None and runtime.watcher is not None:
+            runtime.watcher.cancel()
+            await runtime.watcher_done.wait()
+        pidfd = runtime.pidfd if runtime is not None else None
+        if pidfd is None and state.dnsmasq_pid is not None:
+            pidfd = dnsmasq.find(
+                state.dnsmasq_pid, state.dnsmasq_start_time, self.paths.dnsmasq_conf(name)
+            )
+        if pidfd is not None:
+            try:
+                await dnsmasq.terminate(pidfd)
+            finally:
+                os.close(pidfd)
+                if runtime is not None:
+                    runtime.pidfd = None
+        errors: list[str] = []
+        if state.nft_table is not None:
+            try:
+                await firewall.nft(firewall.removal(state.uuid), binary=self.config.nft)
+            except AsvirtError as err:
+                errors.append(str(err))
+        if state.bridge is not None:
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: bridge.delete_link(state.bridge or "", owner=state.owner)
+                )
+            except Exception as err:
+                errors.append(f"cannot delete bridge '{state.bridge}': {err}")
+        for path in (
+            self.paths.dnsmasq_conf(name),
+            self.paths.pid(name),
+            self.paths.lease_script(name),
+            self.paths.leases(name),
+            Path(str(self.paths.leases(name)) + ".lock"),
+        ):
+            with contextlib.suppress(OSError):
+                fsutil.remove(path)
+        if errors:
+            # The state file stays: the next open of the root tries again.
+            log.error("network not fully taken down", network=name, errors=errors)
+            raise OperationFailedError(
+                f"network '{name}' not fully taken down: {'; '.join(errors)}"
+            )
+        with contextlib.suppress(OSError):
+            fsutil.remove(self.paths.state(name))
+
+    def _check_free(self, defn: NetworkDef) -> None:
+        """The bridge name is free and no subnet is already on the host (libvirt's route
+        collision check): refuse before anything is changed."""
+        assert defn.bridge is not None
+        with bridge.netlink() as ipr:
+            if bridge.link_index(ipr, defn.bridge) is not None:
+                raise OperationInvalidError(
+                    f"network '{defn.name}': a network interface named '{defn.bridge}' "
+                    "already exists"
+                )
+            for addr in ipr.get_addr():
+                text = addr.get_attr("IFA_ADDRESS")
+                if text is None:
+                    continue
+                here = ipaddress.ip_interface(f"{text}/{addr['prefixlen']}")
+                for ip in defn.ips:
+                    if here.network.overlaps(ip.network) and not here.ip.is_link_local:
+                        dev = addr.get_attr("IFA_LABEL") or f"interface #{addr['index']}"
+                        raise OperationInvalidError(
+                            f"network '{defn.name}': {ip.network} is already in use by {dev} "
+                            f"({here})"
+                        )
+
+    async def _create_bridge(self, defn: NetworkDef, owner: str) -> None:
+        assert defn.bridge is not None
+        try:
+            await trio.to_thread.run_sync(
+                lambda: bridge.create_bridge(
+                    defn.bridge or "",
+                    owner=owner,
+                    mac=defn.mac,
+                    mtu=defn.mtu,
+                    stp=defn.stp,
+                    delay=defn.delay,
+                    addresses=[ip.interface for ip in defn.ips],
+                )
+            )
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"create bridge '{defn.bridge}'") from None
+        except Exception as err:  # pyroute2's NetlinkError carries an errno in .code
+            code = getattr(err, "code", None)
+            what = os.strerror(code) if isinstance(code, int) else str(err)
+            raise SystemCallError(f"cannot create bridge '{defn.bridge}': {what}") from None
+
+    def _enable_forwarding(self, defn: NetworkDef) -> None:
+        if not defn.forwarding:
+            return
+        try:
+            if defn.ipv4() and bridge.get_sysctl("net/ipv4/ip_forward") != "1":
+                bridge.set_sysctl("net/ipv4/ip_forward", "1")
+            if defn.ipv6() and bridge.get_sysctl("net/ipv6/conf/all/forwarding") != "1":
+                bridge.set_sysctl("net/ipv6/conf/all/forwarding", "1")
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "enable IP forwarding") from None
+
+    # -- dnsmasq ---------------------------------------------------------------------------------
+
+    async def _start_dnsmasq(self, runtime: NetworkRuntime) -> None:
+        defn, name = runtime.defn, runtime.defn.name
+        paths = self.paths
+        conf = dnsmasq.config(
+            defn,
+            pid_file=paths.pid(name),
+            lease_script=paths.lease_script(name),
+            log_file=paths.log(name),
+        )
+        script = dnsmasq.lease_script(dnsmasq.python(), dnsmasq.helper_path(), paths.leases(name))
+        try:
+            fsutil.atomic_write(paths.dnsmasq_conf(name), conf.encode(), durable=False)
+            fsutil.atomic_write(
+                paths.lease_script(name), script.encode(), mode=0o700, durable=False
+            )
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"write dnsmasq files of network '{name}'"
+            ) from None
+        proc, pidfd = await dnsmasq.launch(
+            self.config.dnsmasq,
+            conf_file=paths.dnsmasq_conf(name),
+            pid_file=paths.pid(name),
+            log_file=paths.log(name),
+            timeout=self.config.dnsmasq_start_timeout,
+        )
+        runtime.pidfd = pidfd
+        runtime.state.dnsmasq_pid = proc.pid
+        runtime.state.dnsmasq_start_time = proc.start_time
+        await self._save_state(runtime.state, durable=False)
+
+    def _watch(self, obj: NetworkObj, runtime: NetworkRuntime) -> None:
+        if runtime.pidfd is None or self._nursery is None:
+            return
+        runtime.watcher = trio.CancelScope()
+        runtime.watcher_done = trio.Event()
+        self._nursery.start_soon(self._watch_dnsmasq, obj, runtime)
+
+    async def _watch_dnsmasq(self, obj: NetworkObj, runtime: NetworkRuntime) -> None:
+        """Start dnsmasq again whenever it dies, until the network stops or the node closes."""
+        assert runtime.watcher is not None
+        name = runtime.defn.name
+        try:
+            with runtime.watcher:
+                while True:
+                    assert runtime.pidfd is not None
+                    await dnsmasq.wait_exit(runtime.pidfd)
+                    os.close(runtime.pidfd)
+                    runtime.pidfd = None
+                    log.error(
+                        "dnsmasq died; starting it again",
+                        network=name,
+                        pid=runtime.state.dnsmasq_pid,
+                    )
+                    delay = self.config.dnsmasq_restart_delay
+                    while runtime.pidfd is None:
+                        await trio.sleep(delay)
+                        try:
+                            await self._start_dnsmasq(runtime)
+                        except AsvirtError as err:
+                            delay = min(delay * 2, self.config.dnsmasq_restart_max_delay)
+                            log.error(
+                                "cannot restart dnsmasq",
+                                network=name,
+                                error=str(err),
+                                retry_in=delay,
+                            )
+                    runtime.restarts += 1
+                    log.warning(
+                        "dnsmasq restarted",
+                        network=name,
+                        pid=runtime.state.dnsmasq_pid,
+                        restarts=runtime.restarts,
+                    )
+        finally:
+            runtime.watcher_done.set()
+
+    async def leases(self, obj: NetworkObj) -> list[NetworkDHCPLease]:
+        defn = obj.live_def
+        assert defn is not None
+        found = await trio.to_thread.run_sync(
+            leases.current_leases, str(self.paths.leases(obj.name))
+        )
+        out = []
+        for lease in found:
+            try:
+                addr = ipaddress.ip_address(lease["ip"])
+            except ValueError:
+                continue
+            prefix = next((ip.prefix for ip in defn.ips if addr in ip.network), addr.max_prefixlen)
+            out.append(
+                NetworkDHCPLease(
+                    iface=defn.bridge or "",
+                    expiry_time=int(lease["expiry"]),
+                    type=IPAddrType.IPV6 if addr.version == 6 else IPAddrType.IPV4,
+                    mac=lease.get("mac") or "",
+                    iaid=lease.get("iaid"),
+                    ip_addr=str(addr),
+                    prefix=prefix,
+                    hostname=lease.get("hostname"),
+                    client_id=lease.get("client_id"),
+                )
+            )
+        return sorted(out, key=lambda x: (x.type, ipaddress.ip_address(x.ip_addr)))
+
+    # -- the node's life ---------------------------------------------------------------------------
+
+    async def _save_state(self, state: NetworkState, *, durable: bool = True) -> None:
+        path = self.paths.state(state.name)
+        try:
+            await trio.to_thread.run_sync(lambda: state.save(path, durable=durable))
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"record the state of network '{state.name}' in", path
+            ) from None
+
+    async def load(self, core: NetworkDriverCore, nursery: trio.Nursery) -> None:
+        """Read the definitions, re-attach or clean up what runs, start autostart networks."""
+        self.core = core
+        self._nursery = nursery
+        await trio.to_thread.run_sync(self.paths.create)
+        for path in sorted(self.paths.config_dir.glob("*.xml")):
+            try:
+                defn = parse_network_xml(fsutil.read_nofollow(path))
+                if defn.name != path.stem:
+                    raise XMLError(f"its name '{defn.name}' differs from its file name")
+                obj = NetworkObj(defn)
+                obj.autostart = self.paths.autostart(defn.name).exists()
+                core.add(obj)
+            except (AsvirtError, OSError, ValueError) as err:
+                log.error("ignoring network config", path=str(path), error=str(err))
+        for path in sorted(self.paths.run_dir.glob("*.state")):
+            await self._recover(core, path)
+        for obj in list(core):
+            if obj.autostart and not obj.active:
+                try:
+                    await core.network_create(obj.uuid)
+                except AsvirtError as err:
+                    log.error("cannot autostart network", network=obj.name, error=str(err))
+
+    async def _recover(self, core: NetworkDriverCore, path: Path) -> None:
+        try:
+            state = NetworkState.load(path)
+            live = parse_network_xml(state.live_xml)
+            if live.uuid != state.uuid or live.name != state.name:
+                raise ValueError("its live XML is another network's")
+        except (AsvirtError, OSError, ValueError) as err:
+            aside = path.with_name(path.name + ".corrupt")
+            log.error(
+                "unreadable network state file; kept aside",
+                path=str(path),
+                kept_as=str(aside),
+                error=str(err),
+            )
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            return
+        obj = core.find(state.uuid)
+        if state.phase != RUNNING:
+            # A start or a stop was under way when its supervisor died: take it down.
+            log.warning(
+                "finishing an interrupted network start or stop",
+                network=state.name,
+                phase=state.phase,
+            )
+            try:
+                await self._take_down(state, None)
+            except AsvirtError as err:
+                log.error("cannot clean up network", network=state.name, error=str(err))
+            if state.phase == STOPPING and obj is not None:
+                core.publish(obj, NetworkLifecycleEvent.STOPPED)
+            return
+        if obj is None:
+            obj = NetworkObj(None, live)
+            try:
+                core.add(obj)
+            except AsvirtError as err:
+                log.error("cannot re-attach network", network=state.name, error=str(err))
+                await self._take_down(state, None)
+                return
+        runtime = NetworkRuntime(state, live)
+        obj.live_def = live
+        obj.runtime = runtime
+        try:
+            await self._reattach(runtime)
+        except AsvirtError as err:
+            log.error(
+                "network is gone or broken; taking it down", network=state.name, error=str(err)
+            )
+            with contextlib.suppress(AsvirtError):
+                await self._take_down(state, runtime)
+            core.stopped(obj)
+            return
+        self._watch(obj, runtime)
+        log.info("re-attached to running network", network=state.name)
+
+    async def _reattach(self, runtime: NetworkRuntime) -> None:
+        state, defn = runtime.state, runtime.defn
+        if state.bridge is not None and not await trio.to_thread.run_sync(
+            bridge.owned_by, state.bridge, state.owner
+        ):
+            raise OperationFailedError(f"its bridge '{state.bridge}' is gone")
+        if state.nft_table is not None and not await firewall.table_exists(
+            state.uuid, binary=self.config.nft
+        ):
+            log.warning(
+                "firewall rules of network were gone; installing them again", network=state.name
+            )
+            await firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
+        if defn.needs_dnsmasq:
+            pidfd = None
+            if state.dnsmasq_pid is not None:
+                pidfd = dnsmasq.find(
+                    state.dnsmasq_pid, state.dnsmasq_start_time, self.paths.dnsmasq_conf(state.name)
+                )
+            if pidfd is None:
+                log.warning(
+                    "dnsmasq of network died while unsupervised; starting it again",
+                    network=state.name,
+                )
+                await self._start_dnsmasq(runtime)
+            else:
+                runtime.pidfd = pidfd
+
+    async def shutdown(self, core: NetworkDriverCore) -> None:
+        """The node closes: stop watching; networks keep running for the next process."""
+        for obj in core:
+            runtime = obj.runtime
+            if isinstance(runtime, NetworkRuntime):
+                if runtime.watcher is not None:
+                    runtime.watcher.cancel()
+                    await runtime.watcher_done.wait()
+                if runtime.pidfd is not None:
+                    os.close(runtime.pidfd)
+                    runtime.pidfd = None
+
+
+async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -> dict[str, int]:
+    """Taps for the ``network`` and ``bridge`` interfaces of a domain about to start.
+
+    Each tap is created (named as ``<target dev>`` says, else ``vnetN``), given the guest's
+    MAC with a first byte of 0xfe and the bridge's MTU, plugged into the network's (or the
+    host's) bridge and brought up; its name, and the bridge, are recorded in ``defn`` (the
+    live definition). Returns alias -> descriptor; on failure, every tap made is closed (and
+    so gone) before the error propagates.
+    """
+    plans: list[tuple[Interface, str, int | None]] = []
+    for nic in defn.interfaces:
+        if nic.type == "network":
+            if networks is None:
+                raise OperationUnsupportedError("this node has no network driver")
+            assert nic.source_network is not None
+            br, live = networks.active_bridge(nic.source_network)
+            plans.append((nic, br, live.mtu))
+        elif nic.type == "bridge":
+            assert nic.source_bridge is not None
+            plans.append((nic, nic.source_bridge, None))
+    if not plans:
+        return {}
+    return await trio.to_thread.run_sync(_make_taps, plans)
+
+
+def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]:
+    fds: dict[str, int] = {}
+    try:
+        for nic, br, mtu in plans:
+            if not bridge.is_bridge(br):
+                raise OperationInvalidError(
+                    f"cannot plug interface {nic.mac} into '{br}': no such bridge on the host"
+                )
+            try:
+                fd, name = tap.open_tap(nic.target_dev or tap.DEFAULT_TEMPLATE)
+            except OSError as err:
+                raise SystemCallError.from_oserror(
+                    err, "create a tap for interface", nic.mac
+                ) from None
+            fds[nic.alias or name] = fd
+            try:
+                bridge.plug(name, br, mac=tap.tap_mac(nic.mac or "52:54:00:00:00:00"), mtu=mtu)
+            except Exception as err:
+                code = getattr(err, "code", None) or getattr(err, "errno", None)
+                what = os.strerror(code) if isinstance(code, int) else str(err)
+                raise SystemCallError(f"cannot plug tap '{name}' into '{br}': {what}") from None
+            nic.target_dev = name
+            if nic.type == "network":
+                nic.source_bridge = br
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def host_network_driver(
+    root: Path, config: NetworkConfig, bus: EventBus
+) -> tuple[NetworkDriverCore, HostNetworkBackend]:
+    """A node's network driver and its host backend (``backend.load`` at node open)."""
+    backend = HostNetworkBackend(root, config)
+    return NetworkDriverCore(bus, backend), backend
+
+
+__all__ = [
+    "HostNetworkBackend",
+    "NetworkPaths",
+    "NetworkState",
+    "host_network_driver",
+    "plug_interfaces",
+]

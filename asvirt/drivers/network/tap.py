@@ -1,0 +1,57 @@
+"""Taps for domain interfaces, created as libvirt does: open ``/dev/net/tun``, pass the fd.
+
+A tap made with ``TUNSETIFF`` and not made persistent exists exactly as long as a descriptor
+on it is open. asvirt opens it, plugs it into the bridge, hands the descriptor to QEMU
+(``-netdev tap,fd=N``) and closes its own copy: from then on the tap lives and dies with
+QEMU. A supervisor killed at any point leaves no tap behind (its own descriptors close with
+it), and a QEMU that exits takes its tap with it — no cleanup can be forgotten.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+#: The kernel picks the first free number for '%d' (libvirt names its taps vnetN too).
+DEFAULT_TEMPLATE = "vnet%d"
+#: Names libvirt reserves for taps it makes up; a <target dev> that starts so is generated
+#: anew at each start (and not kept by define), as in libvirt.
+RESERVED_PREFIXES = ("vnet", "vif", "macvtap", "macvlan")
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+
+
+def open_tap(name: str = DEFAULT_TEMPLATE) -> tuple[int, str]:
+    """Create a tap (``name`` may hold one ``%d``); returns its descriptor and its name.
+
+    The descriptor is close-on-exec: only processes it is explicitly passed to get it.
+    Raises OSError (EBUSY when a tap of that name is held open elsewhere).
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+        result = fcntl.ioctl(fd, _TUNSETIFF, ifr)
+    except OSError as err:
+        os.close(fd)
+        if err.errno == errno.EBUSY:
+            raise OSError(errno.EBUSY, f"the tap '{name}' is in use by another process") from None
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    actual = result[:16].split(b"\0", 1)[0].decode()
+    return fd, actual
+
+
+def tap_mac(guest_mac: str) -> str:
+    """The host side's MAC: the guest's with the first byte 0xfe, as libvirt does, so that
+    the bridge (which takes the lowest MAC of its ports) never takes a guest's address."""
+    return "fe" + guest_mac[2:]
+
+
+__all__ = ["DEFAULT_TEMPLATE", "RESERVED_PREFIXES", "open_tap", "tap_mac"]

@@ -1,0 +1,431 @@
+"""Real networks on a QEMU node: bridges, taps, dnsmasq, nftables, and a booted guest.
+
+Every test runs asvirt (its CLI, as a user does: a process per command, so every command
+also re-attaches to what the previous one left running) inside a network namespace it
+creates, with a second namespace behind a veth pair as the outside world (tests/netns.py).
+Nothing is created in the host's own namespace, and nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from .guest import TestGuest, wait_for_serial
+from .helpers import wait_for
+from .netns import OUTSIDE, UPLINK, Lab, lab, sh
+
+pytestmark = pytest.mark.qemu
+
+DEFAULT_NET = """<network>
+  <name>default</name>
+  <bridge name='virbr0'/>
+  <forward/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+
+ROUTED_NET = """<network>
+  <name>routed</name>
+  <forward mode='route' dev='up0'/>
+  <bridge name='rtbr0'/>
+  <ip address='192.168.150.1' prefix='24'>
+    <dhcp>
+      <range start='192.168.150.10' end='192.168.150.20'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+
+NIC = "<interface type='network'><source network='{net}'/><model type='virtio'/></interface>"
+
+
+@pytest.fixture
+def net_lab() -> Lab:  # type: ignore[misc]
+    with lab() as the_lab:
+        yield the_lab
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def state_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "run" / "network").glob("*"))
+
+
+def assert_network_gone(lab: Lab, root: Path, bridge: str) -> None:
+    """What a user checks after net-destroy: no bridge, tap, dnsmasq, nft table, state."""
+    links = lab.links()
+    assert bridge not in links
+    assert not [n for n, kind in links.items() if kind == "tun"], links
+    assert lab.processes("dnsmasq") == []
+    assert [t for t in lab.nft_tables() if t.startswith("asvirt_")] == []
+    assert state_files(root) == []
+
+
+def guest_xml(guest: TestGuest, tmp_path: Path, name: str, net: str, cmdline: str) -> str:
+    return guest.xml(
+        name,
+        tmp_path / f"{name}.serial",
+        domain_type="qemu",
+        devices=NIC.format(net=net),
+        # On a loaded host, TCG can be too slow for the kernel's IO-APIC timer check, which
+        # then panics at boot; the check proves nothing here.
+        cmdline=f"no_timer_check {cmdline}",
+    )
+
+
+def serial_line(path: Path, marker: str) -> str:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(marker):
+            return line
+    raise AssertionError(f"no {marker} line in {path}")
+
+
+# -- NAT and route modes with a booted guest ---------------------------------------------------
+
+
+@pytest.mark.guest
+def test_nat_network_leases_routes_and_masquerades(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    out = cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET)).stdout
+    assert out.startswith("Network default defined from ")
+    assert "virbr0" not in net_lab.links()  # defining creates nothing
+    assert cli(root, "net-start", "default").stdout == "Network default started\n\n"
+    assert net_lab.links()["virbr0"] == "bridge"
+    assert net_lab.addresses("virbr0") == ["192.168.122.1/24"]
+    assert dnsmasq_pid(root, "default") in net_lab.processes("dnsmasq")
+    [table] = [t for t in net_lab.nft_tables() if t.startswith("asvirt_")]
+    assert "masquerade" in net_lab.run("nft", "list", "table", "inet", table).stdout
+    info = cli(root, "net-info", "default").stdout
+    assert re.search(r"^Active:\s+yes$", info, re.M) and re.search(
+        r"^Bridge:\s+virbr0$", info, re.M
+    )
+
+    listener = net_lab.listen_outside(7777)
+    cmdline = f"asvirt.net=dhcp asvirt.ping=192.168.122.1 asvirt.send={OUTSIDE}:7777"
+    cli(
+        root,
+        "define",
+        write(tmp_path, "vm.xml", guest_xml(test_guest, tmp_path, "vm", "default", cmdline)),
+    )
+    cli(root, "start", "vm")
+    serial = tmp_path / "vm.serial"
+    trio_run(wait_for_serial(serial, "ASVIRT-SENT", timeout=120))
+
+    # The guest got an address in the range, with the network's address as its router...
+    up = serial_line(serial, "ASVIRT-NET-UP").split()
+    addr = ipaddress.ip_interface(up[1])
+    assert addr.network == ipaddress.ip_network("192.168.122.0/24")
+    assert (
+        ipaddress.ip_address("192.168.122.2") <= addr.ip <= ipaddress.ip_address("192.168.122.254")
+    )
+    assert up[3] == "192.168.122.1"
+    # ...reached the gateway, and what it sent outside arrived from the uplink's address.
+    assert serial_line(serial, "ASVIRT-PING") == "ASVIRT-PING 192.168.122.1 ok"
+    assert serial_line(serial, "ASVIRT-SENT") == f"ASVIRT-SENT {OUTSIDE}:7777 ok"
+    peer, said = listener.communicate(timeout=30)[0].split()
+    assert (peer, said) == (UPLINK, "asvirt-guest-says-hello")
+
+    # The lease, as net-dhcp-leases and domifaddr show it.
+    xml = cli(root, "dumpxml", "vm").stdout
+    mac = re.search(r"<mac address='([0-9a-f:]+)'/>", xml).group(1)  # type: ignore[union-attr]
+    tap = re.search(r"<target dev='(vnet\d+)'/>", xml).group(1)  # type: ignore[union-attr]
+    assert "<source network='default' bridge='virbr0'/>" in xml
+    assert net_lab.links()[tap] == "tun"
+    assert "master virbr0" in net_lab.run("ip", "link", "show", tap).stdout
+
+    def leased() -> bool:
+        return str(addr.ip) in cli(root, "net-dhcp-leases", "default").stdout
+
+    trio_run(wait_for(leased, timeout=30))
+    leases = cli(root, "net-dhcp-leases", "default").stdout.splitlines()
+    header = ["Expiry Time", "MAC address", "Protocol", "IP address", "Hostname"]
+    assert re.split(r"\s{2,}", leases[0].strip()) == [*header, "Client ID or DUID"]
+    row = leases[2].split()
+    assert row[2:6] == [mac, "ipv4", f"{addr.ip}/24", "asvirt-guest"]
+    ifaddr = cli(root, "domifaddr", "vm").stdout.splitlines()
+    assert ifaddr[2].split() == [tap, mac, "ipv4", f"{addr.ip}/24"]
+
+    cli(root, "destroy", "vm")
+    assert tap not in net_lab.links()  # the tap went with QEMU
+    assert cli(root, "net-destroy", "default").stdout == "Network default destroyed\n\n"
+    assert_network_gone(net_lab, root, "virbr0")
+    cli(root, "undefine", "vm")
+    cli(root, "net-undefine", "default")
+    assert "default" not in cli(root, "net-list", "--all").stdout
+
+
+@pytest.mark.guest
+def test_route_mode_forwards_guest_traffic_unmasqueraded(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    # The outside world knows the way back to the guests: nothing needs rewriting.
+    net_lab.outside_run("ip", "route", "add", "192.168.150.0/24", "via", UPLINK)
+    cli(root, "net-define", write(tmp_path, "routed.xml", ROUTED_NET))
+    cli(root, "net-start", "routed")
+    ruleset = net_lab.run("nft", "list", "ruleset").stdout
+    assert "masquerade" not in ruleset and 'oifname "up0"' in ruleset
+    listener = net_lab.listen_outside(7778)
+    cmdline = f"asvirt.net=dhcp asvirt.send={OUTSIDE}:7778"
+    cli(
+        root,
+        "create",
+        write(tmp_path, "vm.xml", guest_xml(test_guest, tmp_path, "rvm", "routed", cmdline)),
+    )
+    serial = tmp_path / "rvm.serial"
+    trio_run(wait_for_serial(serial, "ASVIRT-SENT", timeout=120))
+    addr = ipaddress.ip_interface(serial_line(serial, "ASVIRT-NET-UP").split()[1])
+    assert (
+        ipaddress.ip_address("192.168.150.10") <= addr.ip <= ipaddress.ip_address("192.168.150.20")
+    )
+    assert serial_line(serial, "ASVIRT-SENT").endswith(" ok")
+    peer, _ = listener.communicate(timeout=30)[0].split()
+    assert peer == str(addr.ip)  # the guest's own address: routed, not masqueraded
+    cli(root, "destroy", "rvm")
+    cli(root, "net-destroy", "routed")
+    assert_network_gone(net_lab, root, "rtbr0")
+
+
+# -- supervision, crashes, autostart ----------------------------------------------------------
+
+
+SUPERVISOR = (
+    "import sys, trio, asvirt\n"
+    "async def main():\n"
+    "    async with asvirt.open(sys.argv[1]):\n"
+    "        print('ready', flush=True)\n"
+    "        await trio.sleep_forever()\n"
+    "trio.run(main)\n"
+)
+
+
+def dnsmasq_pid(root: Path, name: str) -> int | None:
+    try:
+        text = (root / "run" / "network" / f"{name}.pid").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_dnsmasq_is_restarted_and_networks_outlive_their_supervisor(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    cli(root, "net-start", "default")
+    # The CLI process is gone: the network runs on, unsupervised.
+    first = dnsmasq_pid(root, "default")
+    # The daemon, and the helper it forks to run the lease script.
+    assert alive(first) and first in net_lab.processes("dnsmasq")
+
+    # A dnsmasq that dies while nobody supervises is started again by the next open.
+    os.kill(first, signal.SIGKILL)  # type: ignore[arg-type]
+    trio_run(wait_for(lambda: not alive(first)))
+    assert "Active:         yes" in cli(root, "net-info", "default").stdout
+    second = dnsmasq_pid(root, "default")
+    assert second != first and alive(second)
+
+    # A supervisor that stays: it restarts a dnsmasq that dies under it.
+    sup = net_lab.spawn(sys.executable, "-c", SUPERVISOR, f"qemu:///embed?root={root}")
+    assert sup.stdout is not None and sup.stdout.readline().strip() == "ready"
+    os.kill(second, signal.SIGKILL)  # type: ignore[arg-type]
+    trio_run(
+        wait_for(
+            lambda: alive(dnsmasq_pid(root, "default")) and dnsmasq_pid(root, "default") != second,
+            timeout=15,
+        )
+    )
+    third = dnsmasq_pid(root, "default")
+    log = (root / "log" / "network" / "default.log").read_text()
+    assert log.count("started, version") == 3
+    sup.send_signal(signal.SIGKILL)  # the supervisor dies too; the network still runs
+    sup.wait(timeout=10)
+    assert alive(third) and net_lab.links()["virbr0"] == "bridge"
+
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+@pytest.mark.parametrize("phase", ["starting", "stopping"])
+def test_an_interrupted_start_or_stop_is_taken_down_at_open(
+    net_lab: Lab, root: Path, tmp_path: Path, phase: str
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    cli(root, "net-start", "default")
+    # As a supervisor killed between two steps leaves it: the intent, and what it made.
+    state_path = root / "run" / "network" / "default.state"
+    state = json.loads(state_path.read_text())
+    state["phase"] = phase
+    state_path.write_text(json.dumps(state))
+    listing = cli(root, "net-list", "--all").stdout
+    assert re.search(r"^ default\s+inactive\s+no\s+yes$", listing, re.M), listing
+    assert_network_gone(net_lab, root, "virbr0")
+    # And it starts cleanly again.
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+def test_autostart_networks_start_when_the_root_opens(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    out = cli(root, "net-autostart", "default").stdout
+    assert out == "Network default marked as autostarted\n\n"
+    assert "virbr0" not in net_lab.links()  # marked, not started
+    listing = cli(root, "net-list").stdout  # this open starts it
+    assert re.search(r"^ default\s+active\s+yes\s+yes$", listing, re.M), listing
+    assert net_lab.links()["virbr0"] == "bridge"
+    cli(root, "net-autostart", "default", "--disable")
+    cli(root, "net-destroy", "default")
+    assert "inactive" in cli(root, "net-list", "--all").stdout
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+def test_ipv6_and_isolated_networks(net_lab: Lab, root: Path, tmp_path: Path) -> None:
+    cli = net_lab.cli
+    xml = """<network><name>six</name><bridge name='sixbr'/>
+      <domain name='six.test' localOnly='yes'/>
+      <dns><host ip='10.66.0.7'><hostname>seven</hostname></host></dns>
+      <ip address='10.66.0.1' prefix='24'><dhcp><range start='10.66.0.10' end='10.66.0.99'/>
+        <host mac='52:54:00:66:00:07' name='seven' ip='10.66.0.7'/></dhcp></ip>
+      <ip family='ipv6' address='fd66::1' prefix='64'><dhcp>
+        <range start='fd66::100' end='fd66::1ff'/></dhcp></ip></network>"""
+    cli(root, "net-define", write(tmp_path, "six.xml", xml))
+    cli(root, "net-start", "six")
+    assert net_lab.addresses("sixbr") == ["10.66.0.1/24", "fd66::1/64"]
+    conf = (root / "run" / "network" / "six.conf").read_text()
+    for line in (
+        "enable-ra",
+        "dhcp-range=fd66::100,fd66::1ff,64",
+        "domain=six.test",
+        "dhcp-host=52:54:00:66:00:07,10.66.0.7,seven",
+        "host-record=seven,10.66.0.7",
+    ):
+        assert line in conf.splitlines()
+    # Isolated: guests talk to each other only; nothing is forwarded either way.
+    [table] = [t for t in net_lab.nft_tables() if t.startswith("asvirt_")]
+    rules = net_lab.run("nft", "list", "table", "inet", table).stdout
+    assert 'iifname "sixbr" reject' in rules and "accept" in rules and "masquerade" not in rules
+    # DNS answers from the network's dnsmasq (a host of <dns>), on the bridge's address.
+    answer = (
+        net_lab.run("nslookup", "seven.six.test", "10.66.0.1", check=False).stdout
+        if sh("sh", "-c", "command -v nslookup", check=False).returncode == 0
+        else None
+    )
+    if answer is not None:
+        assert "10.66.0.7" in answer
+    cli(root, "net-destroy", "six")
+    assert_network_gone(net_lab, root, "sixbr")
+
+
+# -- bad input changes nothing ------------------------------------------------------------------
+
+
+def test_a_network_that_cannot_start_changes_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    # Its subnet is the uplink's: libvirt's route collision check.
+    clash = (
+        "<network><name>default</name><forward/><bridge name='clashbr'/>"
+        "<ip address='198.51.100.9' prefix='24'/></network>"
+    )
+    cli(root, "net-define", write(tmp_path, "clash.xml", clash))
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1 and "198.51.100.0/24 is already in use by up0" in err.stderr
+    cli(root, "net-undefine", "default")
+    # Its bridge name is taken by a link that is not ours.
+    net_lab.run("ip", "link", "add", "virbr0", "type", "bridge")
+    before_links = net_lab.links()
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1 and "'virbr0' already exists" in err.stderr
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    # Bad XML: refused with a reason, nothing written.
+    err = cli(
+        root,
+        "net-define",
+        write(tmp_path, "bad.xml", "<network><name>x</name><forward mode='vepa'/></network>"),
+        check=False,
+    )
+    assert err.returncode == 1 and "forward mode 'vepa'" in err.stderr
+    assert not (root / "etc" / "network" / "x.xml").exists()
+
+
+def test_domain_interfaces_need_a_running_network_or_a_real_bridge(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    xml = test_guest.xml(
+        "vm",
+        tmp_path / "vm.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        devices=NIC.format(net="default"),
+    )
+    cli(root, "define", write(tmp_path, "vm.xml", xml))
+    err = cli(root, "start", "vm", "--paused", check=False)
+    assert err.returncode == 1 and "network 'default' is not active" in err.stderr
+    assert not [n for n, k in net_lab.links().items() if k == "tun"]
+    # type='bridge': an existing host bridge, used as it is.
+    net_lab.run("ip", "link", "add", "hostbr", "type", "bridge")
+    bridged = test_guest.xml(
+        "bvm",
+        tmp_path / "bvm.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        devices="<interface type='bridge'><source bridge='hostbr'/>"
+        "<target dev='bvm-tap'/></interface>",
+    )
+    cli(root, "create", "--paused", write(tmp_path, "bvm.xml", bridged))
+    assert "master hostbr" in net_lab.run("ip", "link", "show", "bvm-tap").stdout
+    cli(root, "destroy", "bvm")
+    assert "bvm-tap" not in net_lab.links() and "hostbr" in net_lab.links()
+    nobridge = bridged.replace("hostbr", "nosuchbr").replace("bvm", "cvm")
+    err = cli(root, "create", "--paused", write(tmp_path, "cvm.xml", nobridge), check=False)
+    assert err.returncode == 1 and "no such bridge" in err.stderr
+
+
+def trio_run(coro: object) -> None:
+    """Run one of the async wait helpers from a synchronous test."""
+    import trio
+
+    async def run() -> None:
+        await coro  # type: ignore[misc]
+
+    trio.run(run)
