@@ -67,25 +67,31 @@ STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
 
 @dataclasses.dataclass(frozen=True)
 class NetworkPaths:
-    """Where a root keeps its networks (mirroring libvirt's layout)."""
+    """Where a root keeps its networks (mirroring libvirt's layout): under the node's top
+    directories (``tops``, as :class:`~asvirt.drivers.qemu.paths.EmbedPaths` has them: all
+    under ``root`` for an embed root, the system's directories for ``asvirtd --system``)."""
 
     root: Path
+    tops: tuple[tuple[str, Path], ...] = ()
+
+    def top(self, name: str) -> Path:
+        return dict(self.tops).get(name, self.root / name)
 
     @property
     def config_dir(self) -> Path:
-        return self.root / "etc" / "network"
+        return self.top("etc") / "network"
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run" / "network"
+        return self.top("run") / "network"
 
     @property
     def lib_dir(self) -> Path:
-        return self.root / "lib" / "network"
+        return self.top("lib") / "network"
 
     @property
     def log_dir(self) -> Path:
-        return self.root / "log" / "network"
+        return self.top("log") / "network"
 
     def config(self, name: str) -> Path:
         return self.config_dir / f"{name}.xml"
@@ -112,16 +118,8 @@ class NetworkPaths:
         return self.log_dir / f"{name}.log"
 
     def create(self) -> None:
-        for d in (
-            self.root / "etc",
-            self.config_dir,
-            self.root / "run",
-            self.run_dir,
-            self.root / "lib",
-            self.lib_dir,
-            self.root / "log",
-            self.log_dir,
-        ):
+        # The top directories exist already (the node made them with its own).
+        for d in (self.config_dir, self.run_dir, self.lib_dir, self.log_dir):
             fsutil.ensure_private_dir(d)
 
 
@@ -176,8 +174,10 @@ class NetworkRuntime:
 class HostNetworkBackend:
     """Runs a node's networks on the host (see the module docstring)."""
 
-    def __init__(self, root: Path, config: NetworkConfig) -> None:
-        self.paths = NetworkPaths(root)
+    def __init__(
+        self, root: Path, config: NetworkConfig, tops: tuple[tuple[str, Path], ...] = ()
+    ) -> None:
+        self.paths = NetworkPaths(root, tops)
         self.config = config
         self._root = root
         self._nursery: trio.Nursery | None = None
@@ -674,10 +674,10 @@ def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]
 
 
 def host_network_driver(
-    root: Path, config: NetworkConfig, bus: EventBus
+    root: Path, config: NetworkConfig, bus: EventBus, tops: tuple[tuple[str, Path], ...] = ()
 ) -> tuple[NetworkDriverCore, HostNetworkBackend]:
     """A node's network driver and its host backend (``backend.load`` at node open)."""
-    backend = HostNetworkBackend(root, config)
+    backend = HostNetworkBackend(root, config, tops)
     return NetworkDriverCore(bus, backend), backend
 
 

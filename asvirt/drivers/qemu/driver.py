@@ -172,7 +172,7 @@ class QemuNode(Node):
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
         # Networks create nothing until one is started (or marked autostart).
         self._networks, self._network_backend = host_network_driver(
-            paths.root, config.network, self.bus
+            paths.root, config.network, self.bus, paths.tops
         )
         self.network = self._networks
         self._loop: trio_asyncio.TrioEventLoop | None = None
