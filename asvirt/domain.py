@@ -102,6 +102,15 @@ class Domain(Handle):
         """The runtime id of a running domain (as ``virsh list`` shows), None when shut off."""
         return await self._call("domain_id")
 
+    async def set_autostart(self, autostart: bool) -> None:
+        """Start this (persistent) domain whenever its node opens after the host booted: when
+        the daemon starts, or an embed root opened with ``autostart=1``."""
+        await self._call("domain_set_autostart", autostart=autostart)
+
+    async def autostart(self) -> bool:
+        """Whether the domain starts with its node."""
+        return await self._call("domain_get_autostart")
+
     async def interface_addresses(
         self, source: InterfaceAddressSource = InterfaceAddressSource.LEASE
     ) -> list[DomainInterface]:

@@ -225,6 +225,16 @@ class DomainCalls(Protocol):
         """The runtime id of a running domain."""
         ...
 
+    @call(mutates=True)
+    async def domain_set_autostart(self, uuid: str, autostart: bool) -> None:
+        """Start the domain whenever its node opens after the host booted (or not)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_get_autostart(self, uuid: str) -> bool:
+        """Whether the domain starts with its node."""
+        ...
+
     @call(mutates=False)
     async def domain_interface_addresses(
         self, uuid: str, source: InterfaceAddressSource

@@ -1002,3 +1002,24 @@ async def test_both_network_drivers_refuse_the_same_xml(api, xml, error):
     with pytest.raises(error):
         await api.conn.network_define_xml(xml)
     assert await api.conn.list_all_networks() == before
+
+
+# -- autostart ------------------------------------------------------------------------------------
+
+
+async def test_autostart_is_kept_and_refused_for_transient_domains(api):
+    dom = await api.define("auto1")
+    assert not await dom.autostart()
+    await dom.set_autostart(True)
+    assert await dom.autostart()
+    async with api.open() as other:
+        assert await (await other.lookup_by_name("auto1")).autostart()
+    await dom.set_autostart(False)
+    assert not await dom.autostart()
+    transient = await api.conn.create_xml(api.xml("fleeting"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError, match="transient"):
+        await transient.set_autostart(True)
+    await dom.set_autostart(True)
+    await dom.undefine()  # forgets it: a domain defined again later starts without it
+    dom = await api.define("auto1")
+    assert not await dom.autostart()

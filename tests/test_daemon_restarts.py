@@ -131,3 +131,20 @@ async def test_a_call_in_flight_when_the_daemon_dies_fails_clearly(
         await trio.to_thread.run_sync(daemon.start)
         assert (await dom.state())[0] is S.PAUSED  # re-attached; the call waited for it
         await dom.destroy()
+
+
+async def test_the_daemon_starts_autostart_domains_when_it_starts(
+    root, fast_config, caps_cache, test_guest, tmp_path
+):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "early"))
+        await dom.set_autostart(True)
+        await conn.define_xml(paused_xml(test_guest, tmp_path, "late"))
+    daemon = Daemon(root, caps_cache=caps_cache).start()
+    try:
+        async with asvirt.open(daemon.uri) as conn:
+            assert await (await conn.lookup_by_name("early")).is_active()
+            assert not await (await conn.lookup_by_name("late")).is_active()
+            await (await conn.lookup_by_name("early")).destroy()
+    finally:
+        daemon.stop()

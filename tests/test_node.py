@@ -62,3 +62,19 @@ async def test_closing_one_connection_leaves_the_others_supervising(root, test_g
         await kept.destroy()
     with pytest.raises(asvirt.OperationInvalidError):
         await dom.state()  # its connection is closed
+
+
+async def test_autostart_domains_start_once_per_boot_when_asked(root, test_guest, tmp_path):
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom, _ = await define(conn, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE)
+        await dom.set_autostart(True)
+    # Opened without asking: nothing starts.
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert not await (await conn.lookup_by_name("vm1")).is_active()
+    async with asvirt.open(embed_uri(root) + "&autostart=1") as conn:
+        dom = await conn.lookup_by_name("vm1")
+        assert await dom.is_active()
+        await dom.destroy()
+    # The host has not booted since: a domain the user stopped stays stopped.
+    async with asvirt.open(embed_uri(root) + "&autostart=1") as conn:
+        assert not await (await conn.lookup_by_name("vm1")).is_active()

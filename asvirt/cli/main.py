@@ -156,12 +156,20 @@ async def cmd_dominfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         ("Max memory", f"{info.max_memory_kib} KiB"),
         ("Used memory", f"{info.memory_kib} KiB"),
         ("Persistent", "yes" if persistent else "no"),
-        ("Autostart", "disable"),
+        ("Autostart", "enable" if await dom.autostart() else "disable"),
         ("Managed save", "no"),
         ("Security model", "none"),
         ("Security DOI", "0"),
     ]
     print(render.pairs(pairs))
+    return 0
+
+
+@command("autostart", "autostart a domain")
+async def cmd_autostart(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    await dom.set_autostart(not args.disable)
+    print(f"Domain '{dom.name}' {'unmarked' if args.disable else 'marked'} as autostarted\n")
     return 0
 
 
@@ -376,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         "domname",
     ):
         add(name, "domain")
+    p = add("autostart", "domain")
+    p.add_argument("--disable", action="store_true", help="do not start it with its node")
     p = add("domstate", "domain")
     p.add_argument("--reason", action="store_true", help="also print the reason")
     p = add("dumpxml", "domain")

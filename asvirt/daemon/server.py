@@ -69,7 +69,8 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the node, listen, serve; returns once stopped and the node is closed."""
         paths = EmbedPaths(self.layout.root, self.layout.tops)
-        lease = await open_qemu_node(paths, self.node_config)
+        # The daemon is what starts autostart domains (and networks, pools) after a boot.
+        lease = await open_qemu_node(paths, self.node_config, autostart=True)
         node = lease.node
         listeners: list[tuple[socket.socket, bool, Path]] = []
         try:

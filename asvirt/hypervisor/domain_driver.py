@@ -30,6 +30,7 @@ from ..drivers.base import (
     NetworkDriver,
 )
 from ..errors import (
+    AsvirtError,
     DomainExistsError,
     InvalidArgError,
     NoNetworkError,
@@ -134,6 +135,10 @@ class HypervisorBackend(Protocol):
 
     def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
         """The table has recorded a stop (the QEMU driver keeps the reason on disk)."""
+        ...
+
+    async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
+        """Record durably whether a persistent domain starts with its node."""
         ...
 
 
@@ -342,11 +347,36 @@ class DomainDriver:
                 raise OperationInvalidError(f"cannot undefine transient domain '{obj.name}'")
             await self.backend.delete_config(obj)
             obj.persistent_def = None
+            obj.autostart = False
             if obj.runtime is not None:
                 obj.runtime.persistence_changed()
             self.table.remove_if_gone(obj)
         log.info("domain undefined", domain=obj.name, uuid=obj.uuid)
         self._publish_lifecycle(obj, LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
+
+    async def domain_set_autostart(self, uuid: str, autostart: bool) -> None:
+        async with self.table.job(self.table.get(uuid)) as obj:
+            if not obj.persistent:
+                raise OperationInvalidError(
+                    f"cannot set autostart for transient domain '{obj.name}'"
+                )
+            await self.backend.save_autostart(obj, autostart)
+            obj.autostart = autostart
+
+    async def domain_get_autostart(self, uuid: str) -> bool:
+        return self.table.get(uuid).autostart
+
+    async def autostart_all(self) -> None:
+        """Start every shut-off domain marked autostart (the node has just opened after the
+        host booted); a domain that cannot start is logged, the others start anyway."""
+        for obj in self.table.matching(active=False, persistent=True):
+            if not obj.autostart:
+                continue
+            try:
+                await self.domain_start(obj.uuid, paused=False, autodestroy=False)
+                log.info("autostarted domain", domain=obj.name, uuid=obj.uuid)
+            except AsvirtError as err:
+                log.error("cannot autostart domain", domain=obj.name, error=str(err))
 
     def _require_state(self, obj: DomainObj, allowed: tuple[DomainState, ...]) -> None:
         state = self._runtime(obj).state[0]

@@ -67,6 +67,7 @@ class DomainObj:
     __slots__ = (
         "_job",
         "autodestroy_owner",
+        "autostart",
         "name",
         "persistent_def",
         "removed",
@@ -85,6 +86,8 @@ class DomainObj:
         self.shutoff_reason: ShutoffReason = ShutoffReason.UNKNOWN
         #: Who started it with autodestroy (a client of the node), or None.
         self.autodestroy_owner: object | None = None
+        #: Started when its node opens after the host booted (persistent domains only).
+        self.autostart = False
         #: Set once the domain has left the table: its handles then name nothing.
         self.removed = False
         self._job = trio.Lock()

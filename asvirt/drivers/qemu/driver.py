@@ -39,6 +39,7 @@ from ...errors import (
 )
 from ...events import EventKind, LifecycleEvent, StoppedDetail
 from ...events.journal import FileJournal, MemoryJournal
+from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...hypervisor.node import Node, NodeLease, open_node
@@ -108,9 +109,25 @@ class QemuBackend:
         except OSError as err:
             raise SystemCallError.from_oserror(err, f"save domain '{defn.name}' to", path) from None
 
+    async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
+        path = self.paths.autostart(obj.name)
+
+        def save() -> None:
+            if autostart:
+                fsutil.atomic_write(path, obj.uuid.encode())
+            else:
+                fsutil.remove(path)
+                fsutil.fsync_dir(path.parent)
+
+        try:
+            await trio.to_thread.run_sync(save)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "record the autostart flag in", path) from None
+
     async def delete_config(self, obj: DomainObj) -> None:
         def delete() -> None:
             fsutil.remove(self.paths.config(obj.name))
+            fsutil.remove(self.paths.autostart(obj.name))
             fsutil.remove(self.paths.shutoff(obj.name))
             fsutil.fsync_dir(self.paths.config_dir)
 
@@ -164,10 +181,14 @@ class QemuBackend:
 class QemuNode(Node):
     """One embed root, supervised by this process."""
 
-    def __init__(self, uri: str, paths: EmbedPaths, config: Config) -> None:
+    def __init__(
+        self, uri: str, paths: EmbedPaths, config: Config, *, autostart: bool = False
+    ) -> None:
         # The file journal is opened with the root's lock, in lifetime().
         super().__init__(name=uri, config=config, journal=MemoryJournal(1))
         self.paths = paths
+        #: Start autostart domains at the first open after the host booted.
+        self.autostart = autostart
         self.backend = QemuBackend(self)
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
         # Networks create nothing until one is started (or marked autostart).
@@ -245,6 +266,7 @@ class QemuNode(Node):
                 continue
             obj = DomainObj(defn.name, defn.uuid, defn)
             obj.shutoff_reason = self.backend.load_shutoff_reason(defn.name)
+            obj.autostart = self.paths.autostart(defn.name).exists()
             self.table.add(obj)
         records = []
         for path in sorted(self.paths.run_dir.glob("*.status")):
@@ -279,6 +301,8 @@ class QemuNode(Node):
         for qemus in running.values():
             for qemu in qemus:
                 await self._end_unrecorded(qemu)
+        if self.autostart and first_open_since_boot(self.paths.run_dir / "autostarted"):
+            await self.domains.autostart_all()
 
     async def _reattach(self, record: StatusRecord) -> None:
         obj = self.table.find(record.uuid)
@@ -408,12 +432,16 @@ async def open_qemu(
     root_param = uri.param("root")
     if not root_param or not os.path.isabs(root_param):
         raise NoConnectError(f"'{uri.uri}': root= must be an absolute directory path")
-    unknown = set(uri.params) - {"root"}
+    unknown = set(uri.params) - {"root", "autostart"}
     if unknown:
         raise NoConnectError(f"'{uri.uri}': unknown parameter(s): {', '.join(sorted(unknown))}")
     # One node per directory, however it is spelled (symlinks, "..").
     root = Path(await trio.Path(root_param).resolve())
-    driver = LocalDriver(await open_qemu_node(EmbedPaths(root), config), client)
+    autostart = uri.param("autostart", "0")
+    if autostart not in ("0", "1"):
+        raise NoConnectError(f"'{uri.uri}': autostart= is 0 or 1")
+    lease = await open_qemu_node(EmbedPaths(root), config, autostart=autostart == "1")
+    driver = LocalDriver(lease, client)
     try:
         yield driver
     finally:
@@ -421,8 +449,11 @@ async def open_qemu(
             await driver.close()
 
 
-async def open_qemu_node(paths: EmbedPaths, config: Config | None = None) -> NodeLease:
-    """A lease on the QEMU node kept in ``paths`` (opening it if this process has not)."""
+async def open_qemu_node(
+    paths: EmbedPaths, config: Config | None = None, *, autostart: bool = False
+) -> NodeLease:
+    """A lease on the QEMU node kept in ``paths`` (opening it if this process has not);
+    ``autostart``: start autostart domains if this is the first open since the host booted."""
 
     def make() -> QemuNode:
         # Read before anything is built from it (the event bus sizes its buffers from it).
@@ -430,7 +461,7 @@ async def open_qemu_node(paths: EmbedPaths, config: Config | None = None) -> Nod
         name = (
             f"qemu:///embed?root={paths.root}" if not paths.tops else f"qemu (state {paths.root})"
         )
-        return QemuNode(name, paths, node_config)
+        return QemuNode(name, paths, node_config, autostart=autostart)
 
     return await open_node(("qemu", str(paths.root)), make)
 

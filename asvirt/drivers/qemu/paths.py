@@ -72,6 +72,10 @@ class EmbedPaths:
     def config(self, name: str) -> Path:
         return self.config_dir / f"{name}.xml"
 
+    def autostart(self, name: str) -> Path:
+        """The marker of an autostart domain (libvirt keeps a symlink there)."""
+        return self.config_dir / "autostart" / f"{name}.xml"
+
     def status(self, name: str) -> Path:
         return self.run_dir / f"{name}.status"
 
@@ -129,6 +133,7 @@ class EmbedPaths:
                 fsutil.ensure_private_dir(self.root / name)
         for d in (
             self.config_dir,
+            self.config_dir / "autostart",
             self.run_dir,
             self.log_dir,
             self.events_dir.parent,

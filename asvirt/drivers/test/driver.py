@@ -127,6 +127,9 @@ class TestBackend:
     async def delete_config(self, obj: DomainObj) -> None:
         pass
 
+    async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
+        pass  # kept on the domain object: the node lives in memory
+
     def create_runtime(
         self,
         obj: DomainObj,
