@@ -7,13 +7,13 @@ import inspect
 import pytest
 
 from asvirt import protocol
-from asvirt.drivers.test.network import TestNetworkDriver
+from asvirt.drivers.network.core import NetworkDriverCore
 from asvirt.drivers.test.storage import TestStorageDriver
 from asvirt.hypervisor.domain_driver import DomainDriver
 
 IMPLEMENTATIONS = {
     protocol.Target.DOMAINS: [DomainDriver],
-    protocol.Target.NETWORK: [TestNetworkDriver],
+    protocol.Target.NETWORK: [NetworkDriverCore],
     protocol.Target.STORAGE: [TestStorageDriver],
 }
 
