@@ -84,3 +84,10 @@ def test_the_method_table_documents_every_call():
     table = protocol.methods_markdown()
     for name in protocol.CALLS:
         assert f"`{name}`" in table
+
+
+def test_docs_list_the_declared_calls_as_the_declaration_says():
+    from .guest import REPO
+
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    assert protocol.methods_markdown() in doc, "regenerate: python -m asvirt.protocol"

@@ -25,6 +25,37 @@ from .session import Limits, Peer, Session
 log = get_logger("asvirt.daemon")
 
 
+#: The first descriptor systemd passes (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_sockets() -> dict[str, socket.socket]:
+    """Listening sockets systemd passed us (socket activation), by name.
+
+    ``LISTEN_FDNAMES`` names them (``FileDescriptorName=`` in the socket unit:
+    ``asvirt-sock`` and ``asvirt-sock-ro``); unnamed ones are read-write first, then
+    read-only. Empty when the daemon was not socket-activated.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return {}
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    found: dict[str, socket.socket] = {}
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        name = names[i] if i < len(names) and names[i] not in ("", "unknown") else ""
+        name = name or ("asvirt-sock" if i == 0 else "asvirt-sock-ro")
+        sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        found[name] = sock
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)  # not for our children (QEMU)
+    return found
+
+
 def bind_socket(path: Path, mode: int) -> socket.socket:
     """A listening socket at ``path`` with ``mode``, never readable by others before that."""
     old = os.umask(0o177)
@@ -72,19 +103,27 @@ class Server:
         # The daemon is what starts autostart domains (and networks, pools) after a boot.
         lease = await open_qemu_node(paths, self.node_config, autostart=True)
         node = lease.node
-        listeners: list[tuple[socket.socket, bool, Path]] = []
+        listeners: list[tuple[socket.socket, bool, Path | None]] = []
         try:
-            for path in (self.layout.socket, self.layout.socket_ro):
-                if path is not None and not path.parent.exists():
-                    path.parent.mkdir(parents=True, mode=0o700)
-            listeners.append((bind_socket(self.layout.socket, 0o600), False, self.layout.socket))
-            if self.layout.socket_ro is not None:
-                ro = bind_socket(self.layout.socket_ro, 0o666)
-                listeners.append((ro, True, self.layout.socket_ro))
+            activated = systemd_sockets()
+            if activated:
+                # systemd made (and keeps) the socket files: use them, never unlink them.
+                for name, sock in activated.items():
+                    listeners.append((sock, name.endswith("-ro"), None))
+            else:
+                for path in (self.layout.socket, self.layout.socket_ro):
+                    if path is not None and not path.parent.exists():
+                        path.parent.mkdir(parents=True, mode=0o700)
+                rw = bind_socket(self.layout.socket, 0o600)
+                listeners.append((rw, False, self.layout.socket))
+                if self.layout.socket_ro is not None:
+                    ro = bind_socket(self.layout.socket_ro, 0o666)
+                    listeners.append((ro, True, self.layout.socket_ro))
             async with trio.open_nursery() as nursery:
                 for sock, read_only, path in listeners:
                     nursery.start_soon(self._accept, node, sock, read_only, nursery)
-                    log.info("listening", socket=str(path), read_only=read_only)
+                    where = str(path) if path is not None else "systemd socket"
+                    log.info("listening", socket=where, read_only=read_only)
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -92,7 +131,8 @@ class Server:
             with trio.CancelScope(shield=True):
                 for sock, _, path in listeners:
                     sock.close()
-                    fsutil.remove(path)
+                    if path is not None:
+                        fsutil.remove(path)
                 if self.shutdown_vms:
                     await shutdown_all(node, self.settings.shutdown_timeout)
                 await lease.release()
