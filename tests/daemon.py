@@ -31,8 +31,11 @@ class Daemon:
         socket_path: Path | None = None,
         caps_cache: Path | None = None,
         args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = state_dir
+        #: Runs it under another command (``ip netns exec NS``: in a network namespace).
+        self.prefix = prefix
         self.socket = socket_path or state_dir / "asvirt-sock"
         self.socket_ro = state_dir / "asvirt-sock-ro"
         self.args = args
@@ -55,7 +58,14 @@ class Daemon:
 
     def start(self, timeout: float = 30) -> Daemon:
         """Start it; returns once it accepts connections."""
-        argv = [sys.executable, "-m", "asvirt.daemon", "--state-dir", str(self.state_dir)]
+        argv = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "asvirt.daemon",
+            "--state-dir",
+            str(self.state_dir),
+        ]
         argv += ["--socket", str(self.socket), *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log)

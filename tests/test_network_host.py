@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from .daemon import Daemon
 from .guest import TestGuest, wait_for_serial
-from .helpers import wait_for
+from .helpers import run_cli, wait_for
 from .netns import OUTSIDE, UPLINK, Lab, lab, sh
 
 pytestmark = pytest.mark.qemu
@@ -429,3 +430,32 @@ def trio_run(coro: object) -> None:
         await coro  # type: ignore[misc]
 
     trio.run(run)
+
+
+def test_the_system_daemon_defines_the_default_network_once(
+    net_lab: Lab, root: Path, caps_cache: Path
+) -> None:
+    # What distributions' libvirt packages do for qemu:///system: a 'default' NAT network on
+    # virbr0, autostarted. Here the daemon runs in the lab's namespace with --define-defaults
+    # (which --system implies); its clients reach it over its socket from anywhere.
+    daemon = Daemon(
+        root, caps_cache=caps_cache, args=("--define-defaults",), prefix=net_lab.prefix()
+    ).start()
+    try:
+
+        def virsh(*args: str) -> str:
+            return run_cli(root, "-c", daemon.uri, *args).stdout
+
+        assert re.search(r"^ default\s+active\s+yes\s+yes$", virsh("net-list"), re.M)
+        assert net_lab.links()["virbr0"] == "bridge"
+        assert net_lab.addresses("virbr0") == ["192.168.122.1/24"]
+        assert dnsmasq_pid(root, "default") in net_lab.processes("dnsmasq")
+        # The admin removes it; a restarted daemon respects that rather than re-creating it.
+        virsh("net-destroy", "default")
+        virsh("net-undefine", "default")
+        assert daemon.stop() == 0
+        daemon.start()
+        assert "default" not in virsh("net-list", "--all")
+        assert "virbr0" not in net_lab.links()
+    finally:
+        daemon.stop()

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="asvirtd.toml to read")
     p.add_argument("--shutdown-vms", action="store_true", help="shut VMs down when stopping")
     p.add_argument(
+        "--define-defaults",
+        action="store_true",
+        help="on the first start, define the 'default' NAT network (implied by --system)",
+    )
+    p.add_argument(
         "--log-format", choices=("console", "json"), default="console", help="log line format"
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
@@ -86,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = (
             DaemonConfig.load(config_file) if config_file.exists() else DaemonConfig()
         ).daemon
-        server = Server(chosen, settings=settings, shutdown_vms=args.shutdown_vms)
+        server = Server(
+            chosen,
+            settings=settings,
+            shutdown_vms=args.shutdown_vms,
+            define_defaults=args.system or args.define_defaults,
+        )
         trio.run(serve_until_signalled, server)
     except AsvirtError as err:
         logging.getLogger("asvirt.daemon").error("cannot serve: %s", err)

@@ -69,6 +69,20 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+#: libvirt's ``default`` network, as distributions define it for the system daemon.
+DEFAULT_NETWORK_XML = """<network>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+
+
 class Server:
     """Serves one node on its sockets until told to stop."""
 
@@ -79,11 +93,14 @@ class Server:
         settings: DaemonSettings,
         node_config: Config | None = None,
         shutdown_vms: bool = False,
+        define_defaults: bool = False,
     ) -> None:
         self.layout = layout
         self.settings = settings
         self.node_config = node_config
         self.shutdown_vms = shutdown_vms
+        #: On its very first start, define what distributions define for the system daemon.
+        self.define_defaults = define_defaults
         self.limits = Limits(
             max_message=settings.max_message,
             max_backlog=settings.max_backlog,
@@ -103,6 +120,8 @@ class Server:
         # The daemon is what starts autostart domains (and networks, pools) after a boot.
         lease = await open_qemu_node(paths, self.node_config, autostart=True)
         node = lease.node
+        if self.define_defaults:
+            await define_defaults(node, paths.top("lib") / "defaults-defined")
         listeners: list[tuple[socket.socket, bool, Path | None]] = []
         try:
             activated = systemd_sockets()
@@ -153,6 +172,23 @@ class Server:
             stream = trio.SocketStream(conn)
             session = Session(node, stream, read_only=read_only, peer=peer, limits=self.limits)
             nursery.start_soon(session.run)
+
+
+async def define_defaults(node: Node, marker: Path) -> None:
+    """Once in the node's life: libvirt's ``default`` NAT network (autostart, started), as
+    the distributions' libvirt packages define it. Removing it later is the admin's choice,
+    so the marker, not the network's presence, says it was done."""
+    if node.network is None or await trio.Path(marker).exists():
+        return
+    try:
+        ref = await node.network.network_define_xml(DEFAULT_NETWORK_XML)
+        await node.network.network_set_autostart(ref.uuid, True)
+        if not await node.network.network_is_active(ref.uuid):
+            await node.network.network_create(ref.uuid)
+    except AsvirtError as err:
+        # A host without virbr0's subnet free, or without dnsmasq: the daemon serves anyway.
+        log.error("cannot set up the default network", error=str(err))
+    fsutil.atomic_write(marker, b"")
 
 
 async def shutdown_all(node: Node, timeout: float) -> None:
