@@ -13,13 +13,17 @@ import socket
 import sys
 from pathlib import Path
 
+from .. import fsutil
+
 
 def run_bridge(path: Path) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(os.fspath(path))
+        with fsutil.short_socket_path(path) as addr:  # deep paths exceed sun_path
+            sock.connect(addr)
     except OSError as err:
-        sys.stderr.write(f"asvirtd: cannot reach the daemon at {path}: {err.strerror}\n")
+        sock.close()
+        sys.stderr.write(f"asvirtd: cannot reach the daemon at {path}: {err.strerror or err}\n")
         return 1
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     sel = selectors.DefaultSelector()
