@@ -384,14 +384,23 @@ async def open_remote(
     """A remote driver for ``uri`` for as long as the ``async with`` lasts."""
     del config, client  # the daemon has its own; the link is the client
     transport = transport_for(uri)
+    failure: AsvirtError | None = None
     async with trio.open_nursery() as nursery:
         driver = RemoteDriver(uri, transport, nursery)
-        await driver.connect()
         try:
-            yield driver
-        finally:
-            await driver.aclose()
+            await driver.connect()
+        except AsvirtError as err:
+            # Raised once out of the nursery, which would wrap it in an ExceptionGroup.
+            failure = err
             nursery.cancel_scope.cancel()
+        else:
+            try:
+                yield driver
+            finally:
+                await driver.aclose()
+                nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 __all__ = ["RemoteDriver", "open_remote"]
