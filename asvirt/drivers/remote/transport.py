@@ -11,7 +11,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import IO, Protocol
 import trio
 
 from ... import fsutil
-from ...daemon import layout
+from ...daemon import autostart, layout
 from ...errors import NoConnectError
 from ...uri import ConnectURI
 
@@ -51,14 +50,14 @@ class UnixTransport:
                 raise
         # No session daemon: start one (it outlives this client), then wait for its socket.
         self._started = True
-        await trio.to_thread.run_sync(_spawn_session_daemon)
-        with trio.move_on_after(15):
+        await trio.to_thread.run_sync(autostart.spawn_session_daemon)
+        with trio.move_on_after(autostart.START_DEADLINE):
             while True:
                 try:
                     return await _connect_unix(self.path)
                 except OSError:
                     await trio.sleep(0.02)  # its socket appears when it is ready
-        raise NoConnectError(f"the session daemon did not start (see {_session_log()})")
+        raise NoConnectError(f"the session daemon did not start (see {autostart.session_log()})")
 
 
 async def _connect_unix(path: Path) -> trio.abc.Stream:
@@ -70,25 +69,6 @@ async def _connect_unix(path: Path) -> trio.abc.Stream:
             sock.close()
             raise
     return trio.SocketStream(sock)
-
-
-def _session_log() -> Path:
-    return layout.runtime_dir() / "asvirt" / "asvirtd.log"
-
-
-def _spawn_session_daemon() -> None:
-    """Start ``asvirtd --session`` in a session of its own, detached from this client."""
-    log_path = _session_log()
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(log_path, "ab") as log_file:
-        subprocess.Popen(
-            [sys.executable, "-m", "asvirt.daemon", "--session"],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-            close_fds=True,
-        )
 
 
 class SshTransport:
