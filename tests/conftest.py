@@ -16,7 +16,7 @@ import asvirt
 
 from .caps import Caps, probe_caps
 from .guest import GUEST_DIR, REPO, TestGuest
-from .helpers import destroy_all, embed_uri, write_config
+from .helpers import children, destroy_all, embed_uri, write_config
 
 QEMU = shutil.which("qemu-system-x86_64")
 CAPS_DIR = "qemu-caps"  # below the session's base temporary directory
@@ -30,30 +30,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
-def _qemu_children() -> list[int]:
-    """QEMU processes whose parent is this test process (zombies included)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")]
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        if ppid == os.getpid() and comm.startswith(b"qemu-system"):
-            pids.append(int(entry))
-    return pids
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_qemu() -> Iterator[None]:
     """Every test leaves no QEMU of its own behind (tests must destroy what they start)."""
-    before = set(_qemu_children())
+    before = set(children(b"qemu-system", prefix=True))
     yield
     leaked = []
-    for pid in set(_qemu_children()) - before:
+    for pid in set(children(b"qemu-system", prefix=True)) - before:
         try:
             stat = Path(f"/proc/{pid}/stat").read_bytes()
         except FileNotFoundError:

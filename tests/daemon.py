@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from asvirt import fsutil
+from asvirt.drivers.qemu.process import find_qemus
 
 from .guest import REPO
 
@@ -96,6 +97,15 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+    def stop_and_reap(self) -> list[int]:
+        """Stop it, then SIGKILL the QEMUs it left running (as a daemon does when it stops);
+        their pids, for the test to fail on: a test destroys what it starts."""
+        self.stop()
+        leftovers = [q.pid for qemus in find_qemus(str(self.state_dir)).values() for q in qemus]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        return leftovers
 
     def kill(self) -> None:
         """SIGKILL: the daemon dies at once, as in a crash."""

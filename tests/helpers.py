@@ -105,6 +105,47 @@ def pid_exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def _processes() -> dict[int, tuple[int, bytes]]:
+    """Every process now: pid -> (its parent's pid, its name), from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        name = stat[stat.index(b"(") + 1 : stat.rindex(b")")]
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        found[int(entry)] = (ppid, name)
+    return found
+
+
+def children(name: bytes, *, prefix: bool = False, parent: int | None = None) -> list[int]:
+    """The children of ``parent`` (this process by default) named ``name`` (or whose name
+    starts with it), zombies included. Names are cut to 15 bytes, as the kernel keeps them."""
+    parent = os.getpid() if parent is None else parent
+    return [
+        pid
+        for pid, (ppid, comm) in _processes().items()
+        if ppid == parent and (comm.startswith(name) if prefix else comm == name)
+    ]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: its children, theirs, and so on."""
+    below: dict[int, list[int]] = {}
+    for child, (ppid, _) in _processes().items():
+        below.setdefault(ppid, []).append(child)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        more = below.get(todo.pop(), [])
+        found += more
+        todo += more
+    return found
+
+
 def qemu_pid(root: Path, name: str) -> int:
     """The pid asvirt recorded for a running domain (from its status file)."""
     return int(_status(root, name)["pid"])

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdio_bridge:
         from .bridge import run_bridge
 
-        return run_bridge(chosen.socket)
+        # As a local client: the session daemon is started when none listens at its socket.
+        start_session = not args.system and args.state_dir is None and args.socket is None
+        return run_bridge(chosen.socket, start_session=start_session)
     if args.system and os.geteuid() != 0:
         print("asvirtd: --system needs root", file=sys.stderr)
         return 1

@@ -42,6 +42,8 @@ log = get_logger("asvirt.remote")
 
 #: Seconds a call made while the daemon is unreachable waits for it to come back.
 RECONNECT_DEADLINE = 30.0
+#: Seconds a new link may take to answer "hello" (the first connection fails after this).
+HELLO_DEADLINE = 30.0
 #: Largest message accepted from a daemon.
 MAX_MESSAGE = 64 * 1024 * 1024
 #: Backoff between reconnection attempts: from the first to the longest, in seconds.
@@ -62,6 +64,8 @@ class _Link:
         self._pending: dict[int, Callable[[dict[str, Any] | None], None]] = {}
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](1_000_000)
         self.broken = trio.Event()
+        #: Why the stream broke (what the transport said), if it did not just end.
+        self.error: BaseException | None = None
 
     def send(self, data: bytes) -> None:
         try:
@@ -101,8 +105,8 @@ class _Link:
                 nursery.start_soon(self._write)
                 await self._read()
                 nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            self.error = _first(group)
         finally:
             self.broken.set()
             self._out_send.close()
@@ -212,13 +216,16 @@ class RemoteDriver:
         link = _Link(stream, self._on_notice)
         self._nursery.start_soon(link.run)
         try:
-            with trio.fail_after(30):
+            with trio.fail_after(HELLO_DEADLINE):
                 reply = await link.request(
                     "hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"}
                 )
-        except (trio.TooSlowError, _LinkLost):
+        except trio.TooSlowError:
             await trio.aclose_forcefully(stream)
-            raise _LinkLost from None
+            raise _LinkLost(f"no answer in {HELLO_DEADLINE:g} s") from None
+        except _LinkLost:
+            why = _reason(link.error) if link.error is not None else "the connection was closed"
+            raise _LinkLost(why) from None
         if "error" in reply:
             raise wire.exception_from(reply["error"])
         hello = reply.get("result")
@@ -371,6 +378,13 @@ class RemoteDriver:
                 await trio.aclose_forcefully(link.stream)
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    err: BaseException = group
+    while isinstance(err, BaseExceptionGroup):
+        err = err.exceptions[0]
+    return err
+
+
 def _reason(err: BaseException) -> str:
     if isinstance(err, OSError):
         return err.strerror or str(err)
@@ -384,14 +398,23 @@ async def open_remote(
     """A remote driver for ``uri`` for as long as the ``async with`` lasts."""
     del config, client  # the daemon has its own; the link is the client
     transport = transport_for(uri)
+    failure: AsvirtError | None = None
     async with trio.open_nursery() as nursery:
         driver = RemoteDriver(uri, transport, nursery)
-        await driver.connect()
         try:
-            yield driver
-        finally:
-            await driver.aclose()
+            await driver.connect()
+        except AsvirtError as err:
+            # Raised once out of the nursery, which would wrap it in an ExceptionGroup.
+            failure = err
             nursery.cancel_scope.cancel()
+        else:
+            try:
+                yield driver
+            finally:
+                await driver.aclose()
+                nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 __all__ = ["RemoteDriver", "open_remote"]

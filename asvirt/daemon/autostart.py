@@ -1,0 +1,37 @@
+"""Starting the session daemon when a client finds none (``qemu:///session``, as libvirt
+does): locally (the unix transport), or on the far host (``asvirtd --stdio-bridge
+--session``, for ``qemu+ssh://HOST/session``). Imports nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from . import layout
+
+#: Seconds a started session daemon may take to listen.
+START_DEADLINE = 15.0
+
+
+def session_log() -> Path:
+    """Where an autostarted session daemon writes its log."""
+    return layout.runtime_dir() / "asvirt" / "asvirtd.log"
+
+
+def spawn_session_daemon() -> None:
+    """Start ``asvirtd --session`` in a session of its own, detached from this process."""
+    log_path = session_log()
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "asvirt.daemon", "--session"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+__all__ = ["START_DEADLINE", "session_log", "spawn_session_daemon"]
