@@ -14,6 +14,7 @@ else is the public API, the same calls with the same expectations.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
