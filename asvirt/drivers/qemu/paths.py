@@ -9,6 +9,10 @@
     ROOT/run/qemu/driver.lock     held while a connection supervises this root
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
     ROOT/lib/events/              the node's event journal (append-only segments)
+    ROOT/lib/qemu/nvram/NAME_VARS.fd  a UEFI domain's variable store (kept with the domain)
+    ROOT/lib/swtpm/UUID/          an emulated TPM's state
+    ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd) of a running domain
+    ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log...)
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
 """
 
@@ -45,6 +49,11 @@ class EmbedPaths:
     @property
     def events_dir(self) -> Path:
         return self.root / "lib" / "events"
+
+    @property
+    def nvram_dir(self) -> Path:
+        """Where UEFI domains' NVRAM files live (created, private, when first needed)."""
+        return self.root / "lib" / "qemu" / "nvram"
 
     @property
     def capabilities_dir(self) -> Path:

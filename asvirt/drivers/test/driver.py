@@ -127,6 +127,12 @@ class TestBackend:
     async def delete_config(self, obj: DomainObj) -> None:
         pass
 
+    def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
+        pass  # no files: nothing is left behind
+
+    async def remove_state(self, obj: DomainObj, *, nvram: bool, keep_tpm: bool) -> None:
+        pass
+
     def create_runtime(
         self,
         obj: DomainObj,
