@@ -125,6 +125,8 @@ def nvram_blockdev_names() -> tuple[str, str]:
 
 
 def needs_runtime_paths(d: DomainDef) -> bool:
+    if d.os.nvram is not None and d.os.nvram.path is None:
+        return True
     return any(
         g.type == "spice"
         and (
@@ -137,7 +139,11 @@ def needs_runtime_paths(d: DomainDef) -> bool:
 
 def fill_spice(d: DomainDef, runtime_dir: str) -> None:
     """A SPICE display with an automatic port gets a free one (libvirt's allocator does the
-    same, from 5900 up); a SPICE socket without a path gets one under ``runtime_dir``."""
+    same, from 5900 up); a SPICE socket without a path gets one under ``runtime_dir``, and
+    so does an NVRAM file of a definition prepared without an NVRAM directory."""
+    if d.os.nvram is not None and d.os.nvram.path is None:
+        # Prepared without an NVRAM directory (a conversion): beside the other runtime files.
+        d.os.nvram.path = os.path.join(runtime_dir, f"{d.name}_VARS.fd")
     for gfx in d.graphics:
         if gfx.type != "spice" or not gfx.listens:
             continue
