@@ -64,12 +64,15 @@ class Domain(Handle):
         """
         await self._call("domain_destroy")
 
-    async def undefine(self) -> None:
+    async def undefine(self, *, nvram: bool = False, keep_tpm: bool = False) -> None:
         """Remove the persistent configuration (UNDEFINED/REMOVED).
 
         A running domain keeps running, as a transient domain that vanishes when it stops.
+        A UEFI domain's NVRAM file is removed with ``nvram=True``; without it, undefining a
+        domain that has one is refused (OperationInvalidError), as in libvirt. An emulated
+        TPM's state is removed too, unless ``keep_tpm=True``.
         """
-        await self._call("domain_undefine")
+        await self._call("domain_undefine", nvram=nvram, keep_tpm=keep_tpm)
 
     # -- inspection ----------------------------------------------------------------------------
 

@@ -186,8 +186,9 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True)
-    async def domain_undefine(self, uuid: str) -> None:
-        """Remove the persistent configuration."""
+    async def domain_undefine(self, uuid: str, nvram: bool = False, keep_tpm: bool = False) -> None:
+        """Remove the persistent configuration (with ``nvram``: a UEFI domain's NVRAM file;
+        unless ``keep_tpm``: an emulated TPM's state)."""
         ...
 
     @call(mutates=False, priority=HIGH)

@@ -70,3 +70,25 @@ def kvm_host_cpu_failure() -> str | None:
     lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if "error" in ln]
     detail = lines[0] if lines else f"exit status {proc.returncode}"
     return f"this machine's KVM cannot run QEMU with -cpu host ({detail})"
+
+
+def hyperv_vpindex_failure(accel: str) -> str | None:
+    """Why QEMU cannot give a guest Hyper-V's VP_INDEX under ``accel`` here, or None.
+
+    QEMU 7.2 asks the kernel for it (under TCG too) and refuses to start when the kernel
+    does not allow it, as on this project's nested machines: that is the machine. Tests of
+    Windows guests drop vpindex and the enlightenments that need it then, saying so.
+    """
+    import subprocess
+
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return "QEMU is not installed"
+    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
+    argv = [binary, "-accel", accel, "-cpu", "qemu64,hv-vpindex=on", "-machine", "q35"]
+    argv += ["-m", "64", "-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
+    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
+    if proc.returncode == 0:
+        return None
+    text = proc.stderr.decode(errors="replace").strip().splitlines()
+    return f"QEMU cannot give guests Hyper-V VP_INDEX here ({text[-1] if text else '?'})"

@@ -148,7 +148,7 @@ BAD_XML = [
     ),
     (
         "<domain type='qemu'><name>m</name><memory>1024</memory><os><type>hvm</type></os>"
-        "<devices><hostdev mode='subsystem' type='pci'/></devices></domain>",
+        "<devices><shmem name='x'/></devices></domain>",
         asvirt.ConfigUnsupportedError,
     ),
     (

@@ -105,7 +105,7 @@ async def cmd_create(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("undefine", "undefine a domain")
 async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    await dom.undefine()
+    await dom.undefine(nvram=args.nvram, keep_tpm=args.keep_tpm)
     print(f"Domain '{dom.name}' has been undefined\n")
     return 0
 
@@ -204,6 +204,18 @@ async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     sys.stdout.write(await dom.xml_desc(inactive=args.inactive))
+    return 0
+
+
+@command("domdisplay", "domain display connection URI")
+async def cmd_domdisplay(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    if not await dom.is_active():
+        raise asvirt.OperationInvalidError(f"domain '{dom.name}' is not running")
+    uri = render.display_uri(await dom.xml_desc())
+    if uri is None:
+        raise asvirt.OperationFailedError(f"domain '{dom.name}' has no graphical display")
+    print(f"{uri}\n")
     return 0
 
 
@@ -368,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("define", "file")
     p = add("create", "file")
     p.add_argument("--paused", action="store_true")
-    add("undefine", "domain")
+    p = add("undefine", "domain")
+    p.add_argument("--nvram", action="store_true", help="remove the UEFI NVRAM file too")
+    p.add_argument("--keep-tpm", action="store_true", help="keep the emulated TPM's state")
+    add("domdisplay", "domain")
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     for name in (

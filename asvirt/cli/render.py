@@ -23,3 +23,29 @@ def pairs(items: Iterable[tuple[str, str]]) -> str:
     items = list(items)
     width = max(len(k) for k, _ in items) + 2
     return "\n".join([*(f"{(k + ':').ljust(width)}{v}" for k, v in items), ""])
+
+
+def display_uri(live_xml: str) -> str | None:
+    """What ``virsh domdisplay`` prints for a running domain's XML: ``spice://HOST:PORT``,
+    ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display."""
+    from lxml import etree
+
+    root = etree.fromstring(live_xml.encode())
+    for gfx in root.iterfind("devices/graphics"):
+        kind = gfx.get("type")
+        if kind not in ("spice", "vnc"):
+            continue
+        listen = gfx.find("listen")
+        if listen is not None and listen.get("type") == "socket":
+            return f"{kind}+unix://{listen.get('socket')}"
+        port = gfx.get("port")
+        if port is None or not port.isdigit():
+            continue
+        host = gfx.get("listen") or (listen.get("address") if listen is not None else None)
+        if host in (None, "", "0.0.0.0", "::"):
+            host = "localhost"
+        elif ":" in str(host):
+            host = f"[{host}]"
+        number = int(port) - 5900 if kind == "vnc" else int(port)
+        return f"{kind}://{host}:{number}"
+    return None

@@ -516,7 +516,7 @@ def _ifname(name: str, what: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # character devices: <serial>, <console>, <channel>
 
-CHARDEV_TYPES = ("pty", "file", "unix", "vc", "null")
+CHARDEV_TYPES = ("pty", "file", "unix", "vc", "null", "spicevmc", "spiceport")
 
 
 @dataclass(slots=True)
@@ -541,6 +541,8 @@ class Chardev(DeviceBase):
     target_model: str | None = None
     #: The chardev id given to QEMU (``charserial0``), assigned with the aliases.
     chardev_id: str | None = None
+    #: spiceport: ``<source channel=...>``, the SPICE port channel's name.
+    spice_channel: str | None = None
 
     TARGET_TYPES: ClassVar[dict[str, tuple[str, ...]]] = {
         "serial": ("isa-serial", "pci-serial"),
@@ -560,6 +562,8 @@ class Chardev(DeviceBase):
                 el.add("source", {"path": self.source_path})
         elif self.type == "unix" and self.source_path is None and not live:
             pass  # a socket asvirt places at start; libvirt writes no <source> for it either
+        elif self.type == "spiceport":
+            el.add("source", {"channel": self.spice_channel})
         elif self.type in ("file", "unix"):
             src = el.add_if(
                 "source",
@@ -593,6 +597,12 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
     node.ignore("tty")  # the pty path of a live dump; QEMU allocates a new one
     for src in node.children("source"):
         # libvirt allows several <source> elements (the first one wins); so do we.
+        if chr_.type == "spiceport":
+            chr_.spice_channel = chr_.spice_channel or src.attr("channel")
+            if chr_.spice_channel is not None and not re.fullmatch(
+                r"[A-Za-z0-9_.\-]+", chr_.spice_channel
+            ):
+                raise XMLError(f"invalid SPICE port channel '{chr_.spice_channel}'")
         if chr_.type in ("file", "unix", "pty"):
             path = src.attr("path")
             if path is not None and chr_.type != "pty":
@@ -628,6 +638,8 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         raise XMLError(f"<reconnect> in {node.where} needs mode='connect'")
     if chr_.type == "file" and chr_.source_path is None:
         raise XMLError(f"{node.where} of type 'file' needs <source path=...>")
+    if chr_.type == "spiceport" and chr_.spice_channel is None:
+        raise XMLError(f"{node.where} of type 'spiceport' needs <source channel=...>")
     log = node.child("log")
     if log is not None:
         chr_.log_file = log.required("file")
@@ -730,9 +742,32 @@ class GraphicsListen:
     socket: str | None = None
 
 
+#: SPICE's ``<graphics>`` children that carry one attribute each: tag -> (attribute, values).
+SPICE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "image": ("compression", ("auto_glz", "auto_lz", "quic", "glz", "lz", "off")),
+    "jpeg": ("compression", ("auto", "never", "always")),
+    "zlib": ("compression", ("auto", "never", "always")),
+    "playback": ("compression", ("on", "off")),
+    "streaming": ("mode", ("filter", "all", "off")),
+    "clipboard": ("copypaste", ("yes", "no")),
+    "mouse": ("mode", ("server", "client")),
+    "filetransfer": ("enable", ("yes", "no")),
+}
+SPICE_CHANNELS = (
+    "main",
+    "display",
+    "inputs",
+    "cursor",
+    "playback",
+    "record",
+    "smartcard",
+    "usbredir",
+)
+
+
 @dataclass(slots=True)
 class Graphics:
-    """``<graphics type='vnc'>``."""
+    """``<graphics type='vnc'|'spice'>``."""
 
     type: str = "vnc"
     port: int | None = None
@@ -741,6 +776,15 @@ class Graphics:
     share_policy: str | None = None
     keymap: str | None = None
     listens: list[GraphicsListen] = field(default_factory=list)
+    #: SPICE only: the TLS port (-1: automatic; asvirt configures no TLS, see the driver).
+    tls_port: int | None = None
+    default_mode: str | None = None
+    #: SPICE's one-attribute options (``SPICE_OPTIONS``): tag -> value.
+    options: dict[str, str] = field(default_factory=dict)
+    #: SPICE ``<channel name=... mode=...>``: name -> secure | insecure | any.
+    channels: dict[str, str] = field(default_factory=dict)
+    gl_enable: bool | None = None
+    gl_rendernode: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -748,31 +792,43 @@ class Graphics:
             {
                 "type": self.type,
                 "port": self.port,
+                "tlsPort": self.tls_port,
                 "autoport": self.autoport,
                 "websocket": self.websocket,
                 "listen": self.listens[0].address
                 if self.listens and self.listens[0].type == "address"
                 else None,
                 "keymap": self.keymap,
+                "defaultMode": self.default_mode,
                 "sharePolicy": self.share_policy,
             },
         )
         for lst in self.listens:
             el.add("listen", {"type": lst.type, "address": lst.address, "socket": lst.socket})
+        for name, mode in self.channels.items():
+            el.add("channel", {"name": name, "mode": mode})
+        for tag, (attr, _) in SPICE_OPTIONS.items():
+            if tag in self.options:
+                el.add(tag, {attr: self.options[tag]})
+        if self.gl_enable is not None:
+            el.add("gl", {"enable": self.gl_enable, "rendernode": self.gl_rendernode})
 
 
 def parse_graphics(node: Node) -> Graphics:
     kind = node.required("type")
-    if kind != "vnc":
+    if kind not in ("vnc", "spice"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: <graphics type='{kind}'> is not supported "
-            "(asvirt supports only VNC)"
+            "(asvirt supports VNC and SPICE)"
         )
     gfx = Graphics(type=kind)
     gfx.port = node.integer("port", minimum=-1, maximum=65535)
     gfx.autoport = node.yesno("autoport")
-    gfx.websocket = node.integer("websocket", minimum=-1, maximum=65535)
-    gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
+    if kind == "vnc":
+        gfx.websocket = node.integer("websocket", minimum=-1, maximum=65535)
+        gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
+    else:
+        _parse_spice(node, gfx)
     gfx.keymap = node.attr("keymap")
     if gfx.keymap is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]{2,4})?", gfx.keymap):
         raise XMLError(f"invalid VNC keymap '{gfx.keymap}' (e.g. 'en-us', 'de', 'fr-ch')")
@@ -787,7 +843,7 @@ def parse_graphics(node: Node) -> Graphics:
         elif ltype == "socket":
             lst.socket = lnode.attr("socket")
             if lst.socket is not None and not lst.socket.startswith("/"):
-                raise XMLError(f"VNC socket '{lst.socket}' must be an absolute path")
+                raise XMLError(f"graphics socket '{lst.socket}' must be an absolute path")
         lnode.ignore("autoGenerated", "fromConfig")
         lnode.finish()
         gfx.listens.append(lst)
@@ -798,12 +854,48 @@ def parse_graphics(node: Node) -> Graphics:
             gfx.listens[0].address = listen_attr
         elif gfx.listens[0].type != "address" or gfx.listens[0].address != listen_attr:
             raise XMLError("graphics listen attribute does not match its first <listen>")
-    if gfx.port is not None and gfx.port != -1 and gfx.port < 5900 and gfx.autoport is not True:
+    if (
+        kind == "vnc"
+        and gfx.port is not None
+        and gfx.port != -1
+        and gfx.port < 5900
+        and gfx.autoport is not True
+    ):
         raise XMLError(f"VNC port {gfx.port} is out of range (5900-65535)")
     if gfx.port == -1 and gfx.autoport is None:
         gfx.autoport = True
     node.finish()
     return gfx
+
+
+def _parse_spice(node: Node, gfx: Graphics) -> None:
+    """SPICE's own attributes and children of ``<graphics type='spice'>``."""
+    gfx.tls_port = node.integer("tlsPort", minimum=-1, maximum=65535)
+    gfx.default_mode = node.choice("defaultMode", ("secure", "insecure", "any"))
+    for tag, (attr, values) in SPICE_OPTIONS.items():
+        sub = node.child(tag)
+        if sub is not None:
+            value = sub.choice(attr, values)
+            if value is None:
+                raise XMLError(f"missing attribute '{attr}' of {sub.where}")
+            sub.finish()
+            gfx.options[tag] = value
+    for ch in node.children("channel"):
+        name = ch.choice("name", SPICE_CHANNELS)
+        mode = ch.choice("mode", ("secure", "insecure", "any"))
+        if name is None or mode is None:
+            raise XMLError(f"{ch.where} needs a name and a mode")
+        ch.finish()
+        gfx.channels[name] = mode
+    gl = node.child("gl")
+    if gl is not None:
+        gfx.gl_enable = gl.yesno("enable")
+        if gfx.gl_enable is None:
+            raise XMLError(f"missing attribute 'enable' of {gl.where}")
+        gfx.gl_rendernode = gl.attr("rendernode")
+        if gfx.gl_rendernode is not None and not gfx.gl_rendernode.startswith("/dev/"):
+            raise XMLError(f"rendernode '{gfx.gl_rendernode}' must be a device under /dev")
+        gl.finish()
 
 
 VIDEO_MODELS = ("vga", "cirrus", "virtio", "bochs", "qxl", "none")
@@ -864,20 +956,35 @@ def parse_video(node: Node) -> Video:
     return video
 
 
+AUDIO_TYPES = ("none", "spice", "file", "alsa", "oss", "pulseaudio", "sdl", "dbus", "jack")
+#: Per-backend attributes of ``<audio>`` itself.
+_AUDIO_TYPE_ATTRS = {"file": ("path",), "pulseaudio": ("serverName",), "sdl": ("driver",)}
+#: Per-backend attributes of its ``<input>``/``<output>``.
+_AUDIO_DIR_TYPE_ATTRS = {
+    "alsa": ("dev",),
+    "oss": ("dev",),
+    "pulseaudio": ("name", "streamName", "latency"),
+    "jack": ("serverName", "clientName", "connectPorts"),
+}
+
+
 @dataclass(slots=True)
 class Audio:
-    """``<audio type='none'>``: the audio backend (QEMU's -audiodev)."""
+    """``<audio type=...>``: the audio backend (QEMU's -audiodev) sound cards play to."""
 
     id: int = 1
     type: str = "none"
     timer_period: int | None = None
+    #: The backend's own attributes (``path`` of a file backend...).
+    attrs: dict[str, str] = field(default_factory=dict)
     #: ``input``/``output`` direction settings: attribute name -> value, plus the
     #: ``<settings>`` child under the key ``settings``.
     directions: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
-            "audio", {"id": self.id, "type": self.type, "timerPeriod": self.timer_period}
+            "audio",
+            {"id": self.id, "type": self.type, "timerPeriod": self.timer_period, **self.attrs},
         )
         for direction in ("input", "output"):
             opts = self.directions.get(direction)
@@ -896,21 +1003,31 @@ _AUDIO_FORMATS = ("s8", "u8", "s16", "u16", "s32", "u32", "f32")
 
 def parse_audio(node: Node) -> Audio:
     kind = node.required("type")
-    if kind != "none":
+    if kind not in AUDIO_TYPES:
         raise ConfigUnsupportedError(
             f"unsupported configuration: <audio type='{kind}'> is not supported "
-            "(asvirt supports only type='none')"
+            f"(supported: {', '.join(AUDIO_TYPES)})"
         )
     audio = Audio(type=kind)
     audio.id = node.integer("id", minimum=1, maximum=65535) or 0
     if not audio.id:
         raise XMLError("missing attribute 'id' of <audio>")
     audio.timer_period = node.integer("timerPeriod", minimum=1, maximum=1 << 31)
+    for name in _AUDIO_TYPE_ATTRS.get(kind, ()):
+        value = node.attr(name)
+        if value is not None:
+            if name == "path" and not value.startswith("/"):
+                raise XMLError(f"audio file '{value}' must be an absolute path")
+            audio.attrs[name] = value
     for direction in ("input", "output"):
         dnode = node.child(direction)
         if dnode is None:
             continue
         opts: dict[str, object] = {}
+        for name in _AUDIO_DIR_TYPE_ATTRS.get(kind, ()):
+            text = dnode.attr(name)
+            if text is not None:
+                opts[name] = text
         for name in ("mixingEngine", "fixedSettings"):
             flag = dnode.yesno(name)
             if flag is not None:
@@ -923,9 +1040,9 @@ def parse_audio(node: Node) -> Audio:
         if snode is not None:
             settings: dict[str, object] = {}
             for name in ("frequency", "channels"):
-                value = snode.integer(name, minimum=1, maximum=1 << 31)
-                if value is not None:
-                    settings[name] = value
+                number = snode.integer(name, minimum=1, maximum=1 << 31)
+                if number is not None:
+                    settings[name] = number
             fmt = snode.choice("format", _AUDIO_FORMATS)
             if fmt is not None:
                 settings["format"] = fmt

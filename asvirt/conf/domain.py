@@ -25,6 +25,7 @@ from lxml import etree
 
 from ..errors import ConfigUnsupportedError, XMLError
 from . import devices as dev
+from . import extdevices as xdev
 from .devices import (
     RNG,
     Audio,
@@ -40,6 +41,7 @@ from .devices import (
     Video,
     Watchdog,
 )
+from .extdevices import TPM, Filesystem, Hostdev, Redirdev, Sound
 from .names import canonical_uuid, validate_name
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
@@ -49,7 +51,45 @@ LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 CRASH_ACTIONS = (*LIFECYCLE_ACTIONS, "coredump-destroy", "coredump-restart")
 BOOT_DEVICES = ("hd", "cdrom", "network", "fd")
 CPU_MODES = ("custom", "host-model", "host-passthrough", "maximum")
-TIMER_NAMES = ("rtc", "pit", "hpet", "kvmclock")
+TIMER_NAMES = ("rtc", "pit", "hpet", "kvmclock", "hypervclock", "tsc")
+#: ``<hyperv>`` features that are just on or off, in libvirt's order (QEMU 7.2 knows them all).
+HYPERV_FLAGS = (
+    "relaxed",
+    "vapic",
+    "vpindex",
+    "runtime",
+    "synic",
+    "reset",
+    "frequencies",
+    "reenlightenment",
+    "ipi",
+    "evmcs",
+    "avic",
+    "emsr_bitmap",
+    "xmm_input",
+)
+#: Every ``<hyperv>`` feature, in the order libvirt writes them.
+HYPERV_FEATURES = (
+    "relaxed",
+    "vapic",
+    "spinlocks",
+    "vpindex",
+    "runtime",
+    "synic",
+    "stimer",
+    "reset",
+    "vendor_id",
+    "frequencies",
+    "reenlightenment",
+    "tlbflush",
+    "ipi",
+    "evmcs",
+    "avic",
+    "emsr_bitmap",
+    "xmm_input",
+)
+KVM_FEATURES = ("hidden", "hint-dedicated", "poll-control", "pv-ipi")
+FIRMWARE_FEATURES = ("enrolled-keys", "secure-boot")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,12 +97,40 @@ TIMER_NAMES = ("rtc", "pit", "hpet", "kvmclock")
 
 
 @dataclass(slots=True)
+class Loader:
+    """``<os><loader>``: the firmware image (a ROM, or a pflash for UEFI)."""
+
+    path: str | None = None
+    readonly: bool | None = None
+    type: str | None = None  # rom | pflash
+    secure: bool | None = None
+    stateless: bool | None = None
+    format: str | None = None  # raw (the only format QEMU 7.2 maps to pflash here)
+
+
+@dataclass(slots=True)
+class NVRam:
+    """``<os><nvram>``: the per-domain copy of UEFI's variable store, and its template."""
+
+    path: str | None = None
+    template: str | None = None
+    format: str | None = None
+    template_format: str | None = None
+
+
+@dataclass(slots=True)
 class OSDef:
-    """``<os>``: machine, boot order and direct kernel boot."""
+    """``<os>``: firmware, machine, boot order and direct kernel boot."""
 
     type: str = "hvm"
     arch: str = ""
     machine: str | None = None
+    #: ``<os firmware=...>``: 'efi' or 'bios' asks the driver to pick the firmware itself.
+    firmware: str | None = None
+    #: ``<os><firmware><feature name=... enabled=.../>``: what the picked firmware must do.
+    firmware_features: dict[str, bool] = field(default_factory=dict)
+    loader: Loader | None = None
+    nvram: NVRam | None = None
     boot_devices: list[str] = field(default_factory=list)
     bootmenu: bool | None = None
     bootmenu_timeout: int | None = None
@@ -70,6 +138,23 @@ class OSDef:
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+
+
+@dataclass(slots=True)
+class HyperV:
+    """``<features><hyperv>``: the Hyper-V enlightenments Windows guests use."""
+
+    mode: str = "custom"  # custom | passthrough
+    #: feature name -> 'on' | 'off' (``HYPERV_FEATURES``)
+    features: dict[str, str] = field(default_factory=dict)
+    spinlock_retries: int | None = None
+    stimer_direct: str | None = None
+    vendor_id: str | None = None
+    tlbflush_direct: str | None = None
+    tlbflush_extended: str | None = None
+
+    def on(self, name: str) -> bool:
+        return self.features.get(name) == "on"
 
 
 @dataclass(slots=True)
@@ -83,10 +168,25 @@ class Features:
     hap: str | None = None
     vmport: str | None = None
     smm: str | None = None
+    #: ``<smm><tseg unit=...>`` in KiB.
+    smm_tseg_kib: int | None = None
+    hyperv: HyperV | None = None
+    #: ``<kvm>``: feature name -> 'on' | 'off' (``KVM_FEATURES``).
+    kvm: dict[str, str] = field(default_factory=dict)
+    pvspinlock: str | None = None
+    vmcoreinfo: str | None = None
+    pmu: str | None = None
+    ioapic: str | None = None  # driver: kvm | qemu
+    msrs_unknown: str | None = None  # ignore | fault
+    #: ``<tcg><tb-cache unit=...>`` in KiB.
+    tcg_tb_cache_kib: int | None = None
 
     def is_empty(self) -> bool:
-        return all(
-            v is None for v in (self.acpi, self.apic, self.pae, self.hap, self.vmport, self.smm)
+        simple = (self.acpi, self.apic, self.pae, self.hap, self.vmport, self.smm)
+        more = (self.hyperv, self.pvspinlock, self.vmcoreinfo, self.pmu, self.ioapic)
+        return (
+            all(v is None for v in (*simple, *more, self.msrs_unknown, self.tcg_tb_cache_kib))
+            and not self.kvm
         )
 
 
@@ -130,6 +230,21 @@ class Timer:
     tickpolicy: str | None = None
     track: str | None = None
     catchup: dict[str, int] = field(default_factory=dict)
+    #: tsc only: the guest's TSC frequency in Hz, and libvirt's mode.
+    frequency: int | None = None
+    mode: str | None = None
+
+
+@dataclass(slots=True)
+class MemoryBacking:
+    """``<memoryBacking>``: where guest RAM comes from and whether others may map it."""
+
+    source: str | None = None  # anonymous | memfd | file
+    access: str | None = None  # shared | private
+    allocation: str | None = None  # immediate | ondemand
+    nosharepages: bool = False
+    locked: bool = False
+    discard: bool = False
 
 
 @dataclass(slots=True)
@@ -182,6 +297,7 @@ class DomainDef:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    memory_backing: MemoryBacking | None = None
     suspend_to_mem: bool | None = None
     suspend_to_disk: bool | None = None
     emulator: str | None = None
@@ -200,6 +316,11 @@ class DomainDef:
     memballoon: Memballoon | None = None
     rngs: list[RNG] = field(default_factory=list)
     panics: list[Panic] = field(default_factory=list)
+    filesystems: list[Filesystem] = field(default_factory=list)
+    hostdevs: list[Hostdev] = field(default_factory=list)
+    sounds: list[Sound] = field(default_factory=list)
+    redirdevs: list[Redirdev] = field(default_factory=list)
+    tpms: list[TPM] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -287,6 +408,7 @@ class DomainDef:
             md.raw.extend(self.metadata)
         root.add("memory", {"unit": "KiB", "dumpCore": self.dump_core}, text=str(self.memory_kib))
         root.add("currentMemory", {"unit": "KiB"}, text=str(self.current_memory_kib))
+        self._format_memory_backing(root)
         root.add(
             "vcpu",
             {
@@ -315,14 +437,19 @@ class DomainDef:
         groups: list[list] = [
             self.disks,
             self.controllers,
+            self.filesystems,
             self.interfaces,
             self.serials,
             self.consoles,
             self.channels,
             self.inputs,
+            self.tpms,
             self.graphics,
+            self.sounds,
             self.audios,
             self.videos,
+            self.hostdevs,
+            self.redirdevs,
             self.hubs,
             self.watchdogs,
             [self.memballoon] if self.memballoon is not None else [],
@@ -334,11 +461,57 @@ class DomainDef:
                 device.format_xml(devs, live)
         return root.serialize()
 
+    def _format_memory_backing(self, root: XElem) -> None:
+        mb = self.memory_backing
+        if mb is None:
+            return
+        el = root.add("memoryBacking")
+        if mb.nosharepages:
+            el.add("nosharepages")
+        if mb.locked:
+            el.add("locked")
+        if mb.source is not None:
+            el.add("source", {"type": mb.source})
+        if mb.access is not None:
+            el.add("access", {"mode": mb.access})
+        if mb.allocation is not None:
+            el.add("allocation", {"mode": mb.allocation})
+        if mb.discard:
+            el.add("discard")
+
     def _format_os(self, root: XElem) -> None:
-        os_ = root.add("os")
+        os_ = root.add("os", {"firmware": self.os.firmware})
         os_.add(
             "type", {"arch": self.os.arch or None, "machine": self.os.machine}, text=self.os.type
         )
+        if self.os.firmware_features:
+            fw = os_.add("firmware")
+            for name in sorted(self.os.firmware_features):
+                fw.add("feature", {"enabled": self.os.firmware_features[name], "name": name})
+        ld = self.os.loader
+        if ld is not None:
+            os_.add(
+                "loader",
+                {
+                    "readonly": ld.readonly,
+                    "secure": ld.secure,
+                    "type": ld.type,
+                    "stateless": ld.stateless,
+                    "format": ld.format,
+                },
+                text=ld.path,
+            )
+        nv = self.os.nvram
+        if nv is not None:
+            os_.add(
+                "nvram",
+                {
+                    "template": nv.template,
+                    "templateFormat": nv.template_format,
+                    "format": nv.format,
+                },
+                text=nv.path,
+            )
         if self.os.kernel is not None:
             os_.add("kernel", text=self.os.kernel)
         if self.os.initrd is not None:
@@ -365,10 +538,53 @@ class DomainDef:
             el.add("pae")
         if f.hap is not None:
             el.add("hap", {"state": "off" if f.hap == "off" else None})
+        hv = f.hyperv
+        if hv is not None:
+            hel = el.add("hyperv", {"mode": hv.mode})
+            for name in HYPERV_FEATURES:
+                state = hv.features.get(name)
+                if state is None:
+                    continue
+                if name == "spinlocks":
+                    hel.add(name, {"state": state, "retries": hv.spinlock_retries})
+                elif name == "vendor_id":
+                    hel.add(name, {"state": state, "value": hv.vendor_id})
+                elif name == "stimer":
+                    sub = hel.add(name, {"state": state})
+                    if hv.stimer_direct is not None:
+                        sub.add("direct", {"state": hv.stimer_direct})
+                elif name == "tlbflush":
+                    sub = hel.add(name, {"state": state})
+                    if hv.tlbflush_direct is not None:
+                        sub.add("direct", {"state": hv.tlbflush_direct})
+                    if hv.tlbflush_extended is not None:
+                        sub.add("extended", {"state": hv.tlbflush_extended})
+                else:
+                    hel.add(name, {"state": state})
+        if f.kvm:
+            kel = el.add("kvm")
+            for name in KVM_FEATURES:
+                if name in f.kvm:
+                    kel.add(name, {"state": f.kvm[name]})
+        if f.pvspinlock is not None:
+            el.add("pvspinlock", {"state": f.pvspinlock})
+        if f.pmu is not None:
+            el.add("pmu", {"state": f.pmu})
         if f.vmport is not None:
             el.add("vmport", {"state": f.vmport})
         if f.smm is not None:
-            el.add("smm", {"state": f.smm})
+            smm = el.add("smm", {"state": f.smm})
+            if f.smm_tseg_kib is not None:
+                smm.add("tseg", {"unit": "KiB"}, text=str(f.smm_tseg_kib))
+        if f.ioapic is not None:
+            el.add("ioapic", {"driver": f.ioapic})
+        if f.vmcoreinfo is not None:
+            el.add("vmcoreinfo", {"state": f.vmcoreinfo})
+        if f.msrs_unknown is not None:
+            el.add("msrs", {"unknown": f.msrs_unknown})
+        if f.tcg_tb_cache_kib is not None:
+            tcg = el.add("tcg")
+            tcg.add("tb-cache", {"unit": "KiB"}, text=str(f.tcg_tb_cache_kib))
 
     def _format_cpu(self, root: XElem) -> None:
         cpu = self.cpu
@@ -413,6 +629,8 @@ class DomainDef:
                     "name": t.name,
                     "tickpolicy": t.tickpolicy,
                     "track": t.track,
+                    "frequency": t.frequency,
+                    "mode": t.mode,
                     "present": t.present,
                 },
             )
@@ -499,6 +717,7 @@ def _parse_domain(node: Node) -> DomainDef:
         d.metadata = _parse_metadata(md)
 
     _parse_memory(node, d)
+    _parse_memory_backing(node, d)
     _parse_vcpu(node, d)
     _parse_os(node, d)
     _parse_features(node, d)
@@ -617,9 +836,8 @@ def _parse_os(node: Node, d: DomainDef) -> None:
     osn = node.child("os")
     if osn is None:
         raise XMLError("missing <os> of <domain>")
-    for attr in ("firmware",):
-        if osn.attr(attr) is not None:
-            raise osn.unsupported_value(attr, osn.attr(attr) or "")
+    d.os.firmware = osn.choice("firmware", ("efi", "bios"))
+    _parse_firmware(osn, d)
     t = osn.child("type")
     if t is None:
         raise XMLError("missing <type> of <os>")
@@ -667,6 +885,60 @@ def _parse_os(node: Node, d: DomainDef) -> None:
     osn.finish()
 
 
+def _parse_firmware(osn: Node, d: DomainDef) -> None:
+    """``<firmware>``, ``<loader>`` and ``<nvram>`` of ``<os>``."""
+    fw = osn.child("firmware")
+    if fw is not None:
+        for feat in fw.children("feature"):
+            name = feat.choice("name", FIRMWARE_FEATURES)
+            enabled = feat.yesno("enabled")
+            if name is None or enabled is None:
+                raise XMLError(f"{feat.where} needs a name and enabled='yes|no'")
+            if name in d.os.firmware_features:
+                raise XMLError(f"firmware feature '{name}' is given more than once")
+            feat.finish()
+            d.os.firmware_features[name] = enabled
+        fw.finish()
+        if d.os.firmware != "efi" and d.os.firmware_features:
+            raise XMLError("<firmware><feature> needs <os firmware='efi'>")
+    ln = osn.child("loader")
+    if ln is not None:
+        ld = Loader(
+            path=ln.text() or None,
+            readonly=ln.yesno("readonly"),
+            type=ln.choice("type", ("rom", "pflash")),
+            secure=ln.yesno("secure"),
+            stateless=ln.yesno("stateless"),
+            format=ln.choice("format", ("raw",)),
+        )
+        if ld.path is not None and not ld.path.startswith("/"):
+            raise XMLError(f"<os><loader> '{ld.path}' must be an absolute path")
+        ln.finish()
+        d.os.loader = ld
+    nn = osn.child("nvram")
+    if nn is not None:
+        nv = NVRam(
+            path=nn.text() or None,
+            template=nn.attr("template"),
+            format=nn.choice("format", ("raw",)),
+            template_format=nn.choice("templateFormat", ("raw",)),
+        )
+        for value in (nv.path, nv.template):
+            if value is not None and not value.startswith("/"):
+                raise XMLError(f"<os><nvram> path '{value}' must be absolute")
+        if nn.child("source") is not None:
+            raise nn.unsupported("<source> (network NVRAM)")
+        nn.finish()
+        d.os.nvram = nv
+    loader = d.os.loader
+    if d.os.firmware == "bios" and loader is not None and loader.type == "pflash":
+        raise XMLError("<os firmware='bios'> cannot use a pflash <loader>")
+    if d.os.nvram is not None and loader is not None and loader.type == "rom":
+        raise XMLError("a ROM <loader> has no <nvram>")
+    if loader is not None and loader.stateless and d.os.nvram is not None:
+        raise XMLError("a stateless <loader> has no <nvram>")
+
+
 _FEATURE_FLAGS = ("acpi", "pae")
 
 
@@ -685,16 +957,83 @@ def _parse_features(node: Node, d: DomainDef) -> None:
         f.apic = "on"
         f.apic_eoi = apic.onoff("eoi")
         apic.finish()
-    for name in ("hap", "vmport", "smm"):
+    for name in ("hap", "vmport", "smm", "pvspinlock", "vmcoreinfo", "pmu"):
         sub = fn.child(name)
         if sub is None:
             continue
         state = sub.onoff("state")
-        if name == "smm" and sub.child("tseg") is not None:
-            raise sub.unsupported("<tseg>")
+        if name == "smm":
+            tseg = sub.child("tseg")
+            if tseg is not None:
+                f.smm_tseg_kib = parse_kib(tseg.text(), tseg.attr("unit") or "MiB", what="tseg")
+                tseg.finish()
         sub.finish()
         setattr(f, name, state or "on")
+    ioapic = fn.child("ioapic")
+    if ioapic is not None:
+        f.ioapic = ioapic.choice("driver", ("kvm", "qemu"))
+        ioapic.finish()
+    msrs = fn.child("msrs")
+    if msrs is not None:
+        f.msrs_unknown = msrs.choice("unknown", ("ignore", "fault"))
+        if f.msrs_unknown is None:
+            raise XMLError(f"missing attribute 'unknown' of {msrs.where}")
+        msrs.finish()
+    tcg = fn.child("tcg")
+    if tcg is not None:
+        tb = tcg.child("tb-cache")
+        if tb is not None:
+            f.tcg_tb_cache_kib = parse_kib(tb.text(), tb.attr("unit"), what="tb-cache")
+            tb.finish()
+        tcg.finish()
+    kvm = fn.child("kvm")
+    if kvm is not None:
+        for name in KVM_FEATURES:
+            sub = kvm.child(name)
+            if sub is not None:
+                f.kvm[name] = sub.onoff("state") or "on"
+                sub.finish()
+        kvm.finish()
+    hv = fn.child("hyperv")
+    if hv is not None:
+        f.hyperv = _parse_hyperv(hv)
     fn.finish()
+
+
+def _parse_hyperv(hv: Node) -> HyperV:
+    out = HyperV(mode=hv.choice("mode", ("custom", "passthrough"), "custom") or "custom")
+    for name in HYPERV_FEATURES:
+        sub = hv.child(name)
+        if sub is None:
+            continue
+        state = sub.onoff("state")
+        if state is None:
+            raise XMLError(f"missing attribute 'state' of {sub.where}")
+        out.features[name] = state
+        if name == "spinlocks":
+            out.spinlock_retries = sub.integer("retries", minimum=4095, maximum=(1 << 32) - 1)
+            if state == "on" and out.spinlock_retries is None:
+                raise XMLError("<hyperv><spinlocks state='on'> needs retries (4095 or more)")
+        elif name == "vendor_id":
+            out.vendor_id = sub.attr("value")
+            if state == "on" and (
+                out.vendor_id is None or not re.fullmatch(r"[A-Za-z0-9 _-]{1,12}", out.vendor_id)
+            ):
+                raise XMLError("<hyperv><vendor_id> needs a value of 1 to 12 plain characters")
+        elif name == "stimer":
+            direct = sub.child("direct")
+            if direct is not None:
+                out.stimer_direct = direct.onoff("state")
+                direct.finish()
+        elif name == "tlbflush":
+            for tag in ("direct", "extended"):
+                child = sub.child(tag)
+                if child is not None:
+                    setattr(out, f"tlbflush_{tag}", child.onoff("state"))
+                    child.finish()
+        sub.finish()
+    hv.finish()
+    return out
 
 
 def _parse_cpu(node: Node, d: DomainDef) -> None:
@@ -776,6 +1115,9 @@ def _parse_clock(node: Node, d: DomainDef) -> None:
         t.tickpolicy = tn.choice("tickpolicy", ("delay", "catchup", "merge", "discard"))
         if name == "rtc":
             t.track = tn.choice("track", ("boot", "guest", "wall", "realtime"))
+        if name == "tsc":
+            t.frequency = tn.integer("frequency", minimum=1, maximum=(1 << 63) - 1)
+            t.mode = tn.choice("mode", ("auto", "native", "emulate", "paravirt", "smpsafe"))
         catchup = tn.child("catchup")
         if catchup is not None:
             for key in ("threshold", "slew", "limit"):
@@ -800,6 +1142,37 @@ def _lifecycle(node: Node, tag: str, allowed: tuple[str, ...], default: str) -> 
             f"(supported: {', '.join(allowed)})"
         )
     return value
+
+
+def _parse_memory_backing(node: Node, d: DomainDef) -> None:
+    mb_node = node.child("memoryBacking")
+    if mb_node is None:
+        return
+    mb = MemoryBacking()
+    for tag in ("nosharepages", "locked", "discard"):
+        sub = mb_node.child(tag)
+        if sub is not None:
+            sub.finish()
+            setattr(mb, tag, True)
+    src = mb_node.child("source")
+    if src is not None:
+        mb.source = src.choice("type", ("anonymous", "memfd", "file"))
+        src.finish()
+    acc = mb_node.child("access")
+    if acc is not None:
+        mb.access = acc.choice("mode", ("shared", "private"))
+        acc.finish()
+    alloc = mb_node.child("allocation")
+    if alloc is not None:
+        mb.allocation = alloc.choice("mode", ("immediate", "ondemand"))
+        alloc.finish()
+    if mb_node.child("hugepages") is not None:
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <memoryBacking><hugepages> is not supported: asvirt "
+            "manages no hugetlbfs mount to back guest memory with"
+        )
+    mb_node.finish()
+    d.memory_backing = mb
 
 
 def _parse_pm(node: Node, d: DomainDef) -> None:
@@ -853,6 +1226,11 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
         d.memballoon = dev.parse_memballoon(balloons[0])
     d.rngs = [dev.parse_rng(n) for n in node.children("rng")]
     d.panics = [dev.parse_panic(n) for n in node.children("panic")]
+    d.filesystems = [xdev.parse_filesystem(n) for n in node.children("filesystem")]
+    d.hostdevs = [xdev.parse_hostdev(n) for n in node.children("hostdev")]
+    d.sounds = [xdev.parse_sound(n) for n in node.children("sound")]
+    d.redirdevs = [xdev.parse_redirdev(n) for n in node.children("redirdev")]
+    d.tpms = [xdev.parse_tpm(n) for n in node.children("tpm")]
     node.finish()
 
 
@@ -936,6 +1314,10 @@ __all__ = [
     "Clock",
     "DomainDef",
     "Features",
+    "HyperV",
+    "Loader",
+    "MemoryBacking",
+    "NVRam",
     "OSDef",
     "insert_controller",
     "parse_cpuset",

@@ -121,6 +121,15 @@ class HypervisorBackend(Protocol):
         """Remove a persistent definition (before the table forgets it)."""
         ...
 
+    def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
+        """Refuse an undefine that would leave state behind (a UEFI NVRAM without
+        ``nvram``), before anything is removed."""
+        ...
+
+    async def remove_state(self, obj: DomainObj, *, nvram: bool, keep_tpm: bool) -> None:
+        """Remove what the domain keeps besides its config (NVRAM, TPM state)."""
+        ...
+
     def create_runtime(
         self,
         obj: DomainObj,
@@ -341,10 +350,14 @@ class DomainDriver:
         obj = self.table.get(uuid)
         await self._runtime(obj).destroy()
 
-    async def domain_undefine(self, uuid: str) -> None:
+    async def domain_undefine(
+        self, uuid: str, *, nvram: bool = False, keep_tpm: bool = False
+    ) -> None:
         async with self.table.job(self.table.get(uuid)) as obj, self.table.lock:
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"cannot undefine transient domain '{obj.name}'")
+            self.backend.check_undefine(obj, nvram=nvram)
+            await self.backend.remove_state(obj, nvram=nvram, keep_tpm=keep_tpm)
             await self.backend.delete_config(obj)
             obj.persistent_def = None
             obj.autostart = False

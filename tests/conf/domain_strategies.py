@@ -104,10 +104,63 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         parts.append("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
     if draw(st.booleans()):
         parts.append("<panic model='isa'/>")
+    parts.append(draw(virt_install_devices(q35)))
     if draw(st.booleans()):
         model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
         parts.append(f"<watchdog model='{model}' action='reset'/>")
     return "".join(parts)
+
+
+@st.composite
+def virt_install_devices(draw: st.DrawFn, q35: bool) -> str:
+    """SPICE and its channels, USB redirection, sound cards and 9p shares (all of which a
+    paused QEMU starts without helper programs)."""
+    parts = []
+    spice = draw(st.booleans())
+    if spice:
+        opts = draw(st.sampled_from(["", "<image compression='off'/>", "<mouse mode='client'/>"]))
+        listen = draw(st.sampled_from(["", " listen='127.0.0.1'"]))
+        parts.append(f"<graphics type='spice' autoport='yes'{listen}>{opts}</graphics>")
+        parts.append("<channel type='spicevmc'><target type='virtio'/></channel>")
+        parts.extend(
+            "<redirdev bus='usb' type='spicevmc'/>" for _ in range(draw(st.integers(0, 2)))
+        )
+        if draw(st.booleans()):
+            parts.append("<video><model type='qxl' heads='2'/></video>")
+    models = ["ich6", "ich9", "ac97", "es1370", "usb"] + ([] if q35 else ["sb16"])
+    for model in draw(st.lists(st.sampled_from(models), max_size=2, unique=True)):
+        codec = ""
+        if model in ("ich6", "ich9") and draw(st.booleans()):
+            codec = f"<codec type='{draw(st.sampled_from(['duplex', 'micro', 'output']))}'/>"
+        parts.append(f"<sound model='{model}'>{codec}</sound>")
+    for i in range(draw(st.integers(0, 2))):
+        mode = draw(st.sampled_from(["passthrough", "mapped", "squash"]))
+        ro = "<readonly/>" if draw(st.booleans()) else ""
+        parts.append(
+            f"<filesystem type='mount' accessmode='{mode}'><source dir='/tmp/share'/>"
+            f"<target dir='share{i}'/>{ro}</filesystem>"
+        )
+    return "".join(parts)
+
+
+@st.composite
+def windows_features(draw: st.DrawFn) -> tuple[str, str]:
+    """(``<features>`` children, ``<clock>`` timers) of a Windows guest, from the Hyper-V
+    enlightenments QEMU 7.2 gives any guest (VP_INDEX and what needs it ask the kernel)."""
+    flags = ["relaxed", "vapic", "runtime", "reset", "frequencies", "reenlightenment", "evmcs"]
+    chosen = draw(st.lists(st.sampled_from(flags), unique=True))
+    hv = "".join(f"<{f} state='{draw(st.sampled_from(['on', 'off']))}'/>" for f in chosen)
+    if draw(st.booleans()):
+        hv += f"<spinlocks state='on' retries='{draw(st.integers(4095, 1 << 20))}'/>"
+    if draw(st.booleans()):
+        hv += "<vendor_id state='on' value='asvirt'/>"
+    mode = draw(st.sampled_from([None, "custom", "passthrough"]))
+    attr = f" mode='{mode}'" if mode else ""
+    features = f"<hyperv{attr}>{'' if mode == 'passthrough' else hv}</hyperv>"
+    if draw(st.booleans()):
+        features += "<kvm><hidden state='on'/></kvm>"
+    timers = "<timer name='hypervclock' present='yes'/>" if draw(st.booleans()) else ""
+    return features, timers
 
 
 @st.composite
@@ -127,13 +180,25 @@ def domains(draw: st.DrawFn) -> str:
     head.append(f"<vcpu current='{current}'>{maxcpu}</vcpu>")
     boots = draw(st.lists(st.sampled_from(["hd", "cdrom", "network"]), max_size=3, unique=True))
     os_ = f"<type arch='x86_64' machine='{'q35' if q35 else 'pc'}'>hvm</type>"
+    firmware = draw(st.sampled_from(["", "efi", "loader"]))
+    if firmware == "efi":
+        secure_boot_off = "<firmware><feature enabled='no' name='secure-boot'/></firmware>"
+        os_ = secure_boot_off + os_
+    elif firmware == "loader":
+        os_ += (
+            "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+            "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/tmp/nvram.fd</nvram>"
+        )
     os_ += "".join(f"<boot dev='{b}'/>" for b in boots)
     if draw(st.booleans()):
         os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
-    head.append(f"<os>{os_}</os>")
+    head.append(f"<os firmware='efi'>{os_}</os>" if firmware == "efi" else f"<os>{os_}</os>")
+    if draw(st.booleans()):
+        head.append("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
     feats = draw(st.lists(st.sampled_from(["<acpi/>", "<apic/>", "<pae/>"]), unique=True))
-    if feats:
-        head.append(f"<features>{''.join(feats)}</features>")
+    windows, hv_timers = draw(windows_features()) if draw(st.booleans()) else ("", "")
+    if feats or windows:
+        head.append(f"<features>{''.join(feats)}{windows}</features>")
     if draw(st.booleans()):
         head.append(f"<cpu><topology sockets='1' cores='{maxcpu}' threads='1'/></cpu>")
     clock = draw(st.sampled_from(["utc", "localtime"]))
@@ -146,6 +211,7 @@ def domains(draw: st.DrawFn) -> str:
             else "<timer name='hpet' present='no'/>"
             for t in timers
         )
+        + hv_timers
         + "</clock>"
     )
     for tag in ("on_poweroff", "on_reboot", "on_crash"):

@@ -97,7 +97,7 @@ def test_conformance_cases_pass(caps_cache: Path, tmp_path: Path) -> None:
         if r["status"] not in ("pass", "unsupported", "skipped")
     ]
     assert failed == 0, "\n".join(failures)
-    assert passed >= 109, summary
+    assert passed >= 111, summary  # with the host-CPU case (run apart): 112 of 115
     assert passed + unsupported == total
     for r in results:
         if r["status"] == "unsupported":

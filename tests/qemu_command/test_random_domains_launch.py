@@ -21,6 +21,7 @@ from qemu_launch import QemuRefused, launch_paused
 
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import domxml_to_native
+from asvirt.drivers.qemu.helpers import ensure_nvram
 from asvirt.drivers.qemu.postparse import prepare_domain
 from tests.caps import REPO, Caps
 
@@ -43,6 +44,7 @@ def _materialize(xml: str, tmp: Path) -> str:
     xml = xml.replace("/images/", f"{tmp}/").replace("type='kvm'", "type='qemu'")
     xml = xml.replace("/tmp/serial.log", f"{tmp}/serial.log")
     xml = xml.replace("/tmp/qga.sock", f"{tmp}/qga.sock")
+    xml = xml.replace("/tmp/share", str(tmp)).replace("/tmp/nvram.fd", f"{tmp}/nvram.fd")
     xml = xml.replace("<kernel>/boot/vmlinuz</kernel>", "")
     xml = re.sub(r"<cmdline>.*?</cmdline>", "", xml, flags=re.S)
     for m in re.finditer(r"<driver name='qemu' type='(\w+)'[^>]*/><source file='([^']+)'", xml):
@@ -69,11 +71,12 @@ def test_random_domains_start(caps: Caps, xml: str) -> None:
     try:
         xml = _materialize(xml, tmp)
         argv = domxml_to_native(xml, caps, monitor_path=str(tmp / "m.sock"))
+        d = prepare_domain(parse_domain_xml(xml), caps, nvram_dir=str(tmp))
+        ensure_nvram(d)  # what start does: the UEFI variable store from its template
         try:
             got = launch_paused(argv, tmp)
         except QemuRefused as err:
             pytest.fail(f"QEMU refused the command line: {err}\n{xml}\n{argv}")
-        d = prepare_domain(parse_domain_xml(xml), caps)
         assert got.status == "prelaunch"
         assert got.vcpus == d.vcpus
     finally:

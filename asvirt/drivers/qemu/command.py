@@ -26,6 +26,7 @@ from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerial
 from ...conf.devices import Chardev, Controller, Disk, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError
+from . import command_more as more
 from .capabilities import QemuCapabilities
 from .postparse import (
     NIC_DEVICE,
@@ -89,14 +90,26 @@ def build_command(
     if runtime_dir is not None and _needs_runtime_paths(defn):
         defn = defn.copy()
         fill_runtime_paths(defn, runtime_dir)
-    return _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds).build(monitor)
+    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds)
+    builder.runtime_dir = runtime_dir
+    return builder.build(monitor)
 
 
 def domxml_to_native(
-    xml_text: str, caps: QemuCapabilities, *, monitor_path: str, sandbox: bool = True
+    xml_text: str,
+    caps: QemuCapabilities,
+    *,
+    monitor_path: str,
+    sandbox: bool = True,
+    nvram_dir: str | None = None,
 ) -> list[str]:
-    """Parse, prepare and build: the argv ``start`` would run for ``xml_text``."""
-    defn = prepare_domain(parse_domain_xml(xml_text), caps)
+    """Parse, prepare and build: the argv ``start`` would run for ``xml_text``.
+
+    A UEFI NVRAM file goes in ``nvram_dir`` (default: beside the monitor socket); this only
+    names it, creating nothing (``start`` copies the template on first use).
+    """
+    nvram_dir = nvram_dir or os.path.dirname(monitor_path) or "."
+    defn = prepare_domain(parse_domain_xml(xml_text), caps, nvram_dir=nvram_dir)
     return build_command(defn, caps, monitor=MonitorSpec(path=monitor_path), sandbox=sandbox)
 
 
@@ -110,6 +123,7 @@ def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
         if chr_.type == "unix" and chr_.source_path is None:
             name = chr_.target_name or chr_.alias or "chardev"
             chr_.source_path = _socket_path(runtime_dir, f"{defn.uuid[:8]}-{name}.sock")
+    more.fill_spice(defn, runtime_dir)
     for gfx in defn.graphics:
         for lst in gfx.listens:
             if lst.type == "socket" and lst.socket is None:
@@ -126,6 +140,8 @@ def links_down(defn: DomainDef) -> list[str]:
 
 
 def _needs_runtime_paths(defn: DomainDef) -> bool:
+    if more.needs_runtime_paths(defn):
+        return True
     return any(c.type == "unix" and c.source_path is None for c in defn.chardevs()) or any(
         lst.type == "socket" and lst.socket is None for g in defn.graphics for lst in g.listens
     )
@@ -205,6 +221,15 @@ class _Builder:
                 "was the definition prepared?"
             )
         self.bootindex = self._boot_indexes()
+        #: Where helper programs' sockets are (see command_more); None: not known.
+        self.runtime_dir: str | None = None
+
+    def runtime_dir_or_fail(self, what: str) -> str:
+        if self.runtime_dir is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: {what} needs a runtime directory to live in"
+            )
+        return self.runtime_dir
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
@@ -219,10 +244,12 @@ class _Builder:
         self.add(d.emulator or self.caps.binary)
         self.add("-name", f"guest={_kv(d.name)},debug-threads=on")
         self.add("-S")
+        more.firmware_args(self)
         self._machine()
-        self.add("-accel", "kvm" if d.domain_type == "kvm" else "tcg")
+        self.add("-accel", more.accel(self))
         self._cpu()
         self.add("-m", f"size={-(-d.memory_kib // 1024) * 1024}k")
+        more.memory_args(self)
         self._smp()
         self.add("-uuid", d.uuid)
         if not d.graphics:
@@ -236,21 +263,29 @@ class _Builder:
         self.add("-mon", "chardev=charmonitor,id=monitor,mode=control")
         self._clock()
         self.add("-no-shutdown")
+        more.feature_args(self)
         self._pm()
         self._boot()
         self._controllers()
         self._disks()
+        more.filesystem_args(self)
         self._interfaces()
         self._serials()
         self._channels_and_consoles()
         self._hubs_and_inputs()
+        more.tpm_args(self)
         self._audio()
         self._graphics()
+        more.spice_args(self)
         self._videos()
+        more.sound_args(self)
+        more.hostdev_args(self)
+        more.redirdev_args(self)
         self._watchdogs()
         self._memballoon()
         self._rngs()
         self._panics()
+        more.misc_args(self)
         if self.sandbox and self.caps.has_option("sandbox"):
             # libvirt's default: QEMU's seccomp filter forbids what a confined emulator has no
             # business doing (obsolete syscalls, setuid, spawning programs, changing limits).
@@ -268,6 +303,7 @@ class _Builder:
         if f.smm is not None:
             opts.append(f"smm={f.smm}")
         opts.append(f"dump-guest-core={'on' if d.dump_core == 'on' else 'off'}")
+        opts.extend(more.machine_options(self))
         hpet = d.clock.timer("hpet")
         if hpet is not None and hpet.present is False:
             if self.caps.at_least(7, 2):
@@ -303,6 +339,7 @@ class _Builder:
             opts.append(f"kvmclock={_onoff(kvmclock.present)}")
         if d.features.apic_eoi is not None:
             opts.append(f"kvm-pv-eoi={d.features.apic_eoi}")
+        opts.extend(more.cpu_options(d))
         self.add("-cpu", ",".join(opts))
 
     def _smp(self) -> None:
@@ -697,6 +734,8 @@ class _Builder:
                     opts.append(f"reconnect-ms={seconds * 1000}")
                 else:
                     opts.append(f"reconnect={seconds}")
+        elif chr_.type in ("spicevmc", "spiceport"):
+            opts = more.spice_chardev(chr_, cid)
         else:  # vc | null
             opts = [f"{chr_.type},id={cid}"]
         if chr_.log_file is not None:
@@ -785,7 +824,7 @@ class _Builder:
             "bufferLength": "buffer-length",
         }
         for audio in self.d.audios:
-            props: dict[str, Any] = {"id": f"audio{audio.id}", "driver": audio.type}
+            props: dict[str, Any] = more.audio_props(audio)
             if audio.timer_period is not None:
                 props["timer-period"] = audio.timer_period
             for direction, qkey in (("input", "in"), ("output", "out")):
@@ -799,12 +838,14 @@ class _Builder:
                     elif value in ("yes", "no"):
                         sub[keys[key]] = value == "yes"
                     else:
-                        sub[keys[key]] = value
+                        sub[keys.get(key) or more.AUDIO_KEYS[key]] = value
                 props[qkey] = sub
             self.add("-audiodev", _json(props))
 
     def _graphics(self) -> None:
         for gfx in self.d.graphics:
+            if gfx.type != "vnc":
+                continue  # SPICE: command_more
             lst = gfx.listens[0] if gfx.listens else None
             if lst is None or lst.type == "address":
                 host = lst.address if lst is not None and lst.address else "127.0.0.1"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import shlex
 import socket
@@ -33,6 +34,7 @@ from ...errors import (
     ConfigUnsupportedError,
     NoConnectError,
     OperationFailedError,
+    OperationInvalidError,
     ResourceBusyError,
     SystemCallError,
     XMLError,
@@ -49,7 +51,7 @@ from ...uri import ConnectURI
 from ..base import ClientDriver
 from ..local import LocalDriver
 from ..network.driver import host_network_driver, plug_interfaces
-from . import process
+from . import helpers, process
 from .capabilities import (
     CapabilitiesCache,
     QemuCapabilities,
@@ -94,12 +96,14 @@ class QemuBackend:
             caps,
             monitor_path=str(self.paths.monitor(defn.uuid)),
             sandbox=self._node.config.qemu.seccomp_sandbox,
+            nvram_dir=str(self.paths.nvram_dir),
         )
         return shlex.join(argv)
 
     async def parse(self, xml: str) -> DomainDef:
         defn = parse_domain_xml(xml)
-        return prepare_domain(defn, await self._node.capabilities_for(defn))
+        caps = await self._node.capabilities_for(defn)
+        return prepare_domain(defn, caps, nvram_dir=str(self.paths.nvram_dir))
 
     async def save_config(self, defn: DomainDef) -> None:
         data = defn.to_xml().encode()
@@ -135,6 +139,28 @@ class QemuBackend:
             await trio.to_thread.run_sync(delete)
         except OSError as err:
             raise SystemCallError.from_oserror(err, f"remove domain '{obj.name}' from") from None
+
+    def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
+        defn = obj.persistent_def
+        if defn is not None and not nvram and helpers.has_nvram_file(defn):
+            raise OperationInvalidError(
+                f"cannot undefine domain '{obj.name}' with nvram (its UEFI variables are in "
+                f"{defn.os.nvram.path if defn.os.nvram else '?'}): undefine it with nvram=True "
+                "(virsh undefine --nvram) to remove them too"
+            )
+
+    async def remove_state(self, obj: DomainObj, *, nvram: bool, keep_tpm: bool) -> None:
+        defn = obj.persistent_def
+        if defn is None:
+            return
+        # A running domain's TPM state is in use by its swtpm: it stays (libvirt removes it
+        # when the then transient domain stops; asvirt leaves it, see keep_tpm).
+        keep = keep_tpm or obj.runtime is not None
+        await trio.to_thread.run_sync(
+            functools.partial(
+                helpers.remove_domain_state, self.paths, defn, nvram=nvram, keep_tpm=keep
+            )
+        )
 
     def create_runtime(
         self,
@@ -301,6 +327,9 @@ class QemuNode(Node):
         for qemus in running.values():
             for qemu in qemus:
                 await self._end_unrecorded(qemu)
+        # Helpers (swtpm, virtiofsd) whose QEMU is gone or was never spawned.
+        alive = {o.uuid for o in self.table if o.runtime is not None}
+        await trio.to_thread.run_sync(helpers.sweep_orphans, self.paths, alive)
         if self.autostart and first_open_since_boot(self.paths.run_dir / "autostarted"):
             await self.domains.autostart_all()
 

@@ -10,6 +10,10 @@
     ROOT/log/qemu/NAME.log        QEMU's stdout and stderr
     /run/asvirt/DIGEST/           sockets a QEMU running as another user binds
     ROOT/lib/events/              the node's event journal (append-only segments)
+    ROOT/lib/qemu/nvram/NAME_VARS.fd  a UEFI domain's variable store (kept with the domain)
+    ROOT/lib/swtpm/UUID/          an emulated TPM's state
+    ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd) of a running domain
+    ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log...)
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
 """
 
@@ -56,6 +60,11 @@ class EmbedPaths:
     @property
     def events_dir(self) -> Path:
         return self.top("lib") / "events"
+
+    @property
+    def nvram_dir(self) -> Path:
+        """Where UEFI domains' NVRAM files live (created, private, when first needed)."""
+        return self.root / "lib" / "qemu" / "nvram"
 
     @property
     def capabilities_dir(self) -> Path:

@@ -313,6 +313,14 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for i, ser in enumerate(d.serials):
         if ser.target_type == "pci-serial":
             yield _Client(ser, PCI_DEV, f"serial {i}")
+    for i, snd in enumerate(d.sounds):
+        if snd.model not in ("sb16", "usb"):
+            yield _Client(snd, PCI_DEV, f"sound {i}")
+    for i, fs in enumerate(d.filesystems):
+        yield _Client(fs, pcie(True), f"filesystem {i}")
+    for i, hd in enumerate(d.hostdevs):
+        if hd.type == "pci":
+            yield _Client(hd, pcie(True), f"host device {i}")
 
 
 def _all_pci_devices(d: DomainDef, q35: bool) -> Iterator[_Client]:
@@ -367,6 +375,12 @@ def _chipset(d: DomainDef, aset: _AddressSet, q35: bool) -> None:
                 c.address = PCIAddress(slot=0x1E)
                 aset.reserve(c.address, DMI_BRIDGE, "the DMI-to-PCI bridge")
         primary_slot = 1
+    if q35:
+        # libvirt puts the first ICH9 HD Audio where real ICH9 chipsets have it.
+        ich9 = next((s for s in d.sounds if s.model == "ich9"), None)
+        if ich9 is not None and _wanted(ich9) and not aset.buses[0].used(0x1B):
+            ich9.address = PCIAddress(slot=0x1B)
+            aset.reserve(ich9.address, PCI_DEV, "the ICH9 sound card")
     if d.videos and d.videos[0].model != "none" and _wanted(d.videos[0]):
         video = d.videos[0]
         if not aset.buses[0].used(primary_slot):

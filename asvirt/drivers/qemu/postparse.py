@@ -16,6 +16,8 @@ Nothing here probes the host: the only input besides the XML is the probed capab
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
 from ...conf.devices import (
     Audio,
@@ -32,7 +34,9 @@ from ...conf.domain import CPUDef, DomainDef, parse_domain_xml
 from ...conf.postparse import postparse_domain, video_defaults
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
+from .firmware import select_firmware
 from .pci import USB2_FUNCTION, assign_pci_addresses
+from .postparse_more import default_audio, prepare_more
 
 #: The CPU model QEMU gives x86 guests when none is named.
 DEFAULT_X86_CPU = "qemu64"
@@ -98,7 +102,9 @@ def machine_family(machine: str | None) -> str | None:
     return None
 
 
-def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
+def prepare_domain(
+    defn: DomainDef, caps: QemuCapabilities, *, nvram_dir: str | None = None
+) -> DomainDef:
     """The definition libvirt would store for ``defn`` on this QEMU (a new object).
 
     The generic post-parse, then QEMU's: the one function the driver, the command-line
@@ -107,16 +113,23 @@ def prepare_domain(defn: DomainDef, caps: QemuCapabilities) -> DomainDef:
     Raises :class:`~asvirt.errors.ConfigUnsupportedError` when the configuration needs
     something this QEMU (or asvirt) lacks, e.g. an unknown machine type or device model,
     and :class:`~asvirt.errors.XMLError` when it is inconsistent.
+
+    UEFI firmware is chosen here, from QEMU's firmware descriptors (the one host input
+    besides the capabilities, read as libvirt reads them at define time); a per-domain
+    NVRAM file goes in ``nvram_dir`` (None: its path is left for the command line builder).
     """
     d = postparse_domain(defn)
     q35 = _machine(d, caps)
+    select_firmware(d, nvram_dir=nvram_dir)
     _cpu(d, caps)
+    default_audio(d)
     _default_devices(d, caps, q35)
     _disks(d, caps, q35)
     _interfaces(d, caps)
     _chardevs(d)
     _videos(d, caps)
     _misc_devices(d, caps, q35)
+    prepare_more(d, caps, q35)
     _check_controllers(d, caps, q35)
     _assign_virtio_serial(d)
     _assign_usb(d)
@@ -624,8 +637,6 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
             raise ConfigUnsupportedError(
                 "unsupported configuration: a VNC websocket needs a listen address"
             )
-    if len(d.graphics) > 1:
-        raise ConfigUnsupportedError("unsupported configuration: more than one VNC display")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +713,10 @@ def _usb_tree(d: DomainDef) -> dict[int, int]:
 
 
 def _assign_usb(d: DomainDef) -> None:
-    usb_inputs = [i for i in d.inputs if i.bus == "usb"]
+    # Input devices here stand for every USB device: they all take one port.
+    usb_inputs: list[Any] = [i for i in d.inputs if i.bus == "usb"]
+    usb_inputs += [*d.redirdevs, *(h for h in d.hostdevs if h.type == "usb")]
+    usb_inputs += [s for s in d.sounds if s.model == "usb"]
     if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
@@ -736,7 +750,7 @@ def _assign_usb(d: DomainDef) -> None:
         if is_hub:
             hubs_at[addr.bus].add(port)
 
-    def explicit(dev: Input | Hub) -> USBAddress | None:
+    def explicit(dev: Any) -> USBAddress | None:
         """The device's USB address if it names a port, else None."""
         addr = dev.address
         return addr if isinstance(addr, USBAddress) and addr.port is not None else None
@@ -767,7 +781,7 @@ def _assign_usb(d: DomainDef) -> None:
         where = "" if only_bus is None else f" on USB bus {only_bus}"
         raise ConfigUnsupportedError(f"unsupported configuration: no free USB port{where}")
 
-    usb_devices: list[Input | Hub] = [*d.hubs, *usb_inputs]
+    usb_devices: list[Any] = [*d.hubs, *usb_inputs]
     for dev in usb_devices:
         if explicit(dev) is not None:
             continue
@@ -839,6 +853,11 @@ def assign_aliases(d: DomainDef) -> None:
         (d.hubs, "hub"),
         (d.watchdogs, "watchdog"),
         (d.rngs, "rng"),
+        (d.filesystems, "fs"),
+        (d.hostdevs, "hostdev"),
+        (d.sounds, "sound"),
+        (d.redirdevs, "redir"),
+        (d.tpms, "tpm"),
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):

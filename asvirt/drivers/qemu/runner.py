@@ -55,6 +55,7 @@ from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import process
 from .capabilities import QemuCapabilities
 from .command import MonitorSpec, build_command, fill_runtime_paths, links_down
+from .helpers import DomainHelpers
 from .monitor import Monitor
 from .paths import EmbedPaths
 from .security import DacSecurity
@@ -135,6 +136,8 @@ class QemuRunner:
         #: STARTED has been published: the domain's end must be reported, even if the start
         #: itself fails afterwards.
         self._announced = False
+        #: NVRAM, host devices and helper programs (swtpm, virtiofsd): up before QEMU.
+        self._helpers: DomainHelpers | None = None
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -329,6 +332,9 @@ class QemuRunner:
         # that cannot write it down does not happen. It also names the files about to be
         # given to QEMU's user, so that they are given back whatever happens next.
         self._persist_status(durable=True)
+        self._helpers = DomainHelpers(paths, self._live_def, name, str(paths.socket_dir))
+        self._helpers.qemu_pidfd = lambda: self._pidfd
+        await self._helpers.start(self._env.nursery)
         listener = client = None
         log_fd = -1
         try:
@@ -460,6 +466,9 @@ class QemuRunner:
         if pidfd is None:
             raise ProcessLookupError(record.pid)
         self._pidfd = pidfd
+        self._helpers = DomainHelpers.load(self._env.paths, self._live_def, self._name)
+        self._helpers.qemu_pidfd = lambda: self._pidfd
+        self._helpers.adopt(self._env.nursery)
         if self._start_time is None:
             self._start_time = process.read_start_time(record.pid)
         if record.phase != RUNNING:
@@ -657,11 +666,18 @@ class QemuRunner:
                 with trio.move_on_after(5):
                     await process.wait_exit(self._pidfd)
             self.exited = True
+            await self._stop_helpers()
             self._conclude_exit(started=False)
         elif self.exited:
+            await self._stop_helpers()
             self._conclude_exit(started=True)
         else:
             self._detach()
+
+    async def _stop_helpers(self) -> None:
+        """Helpers go after their QEMU (the next supervisor sweeps any a crash leaves)."""
+        if self._helpers is not None:
+            await self._helpers.stop()
 
     def _conclude_exit(self, *, started: bool) -> None:
         if self._pidfd is not None:
@@ -690,6 +706,8 @@ class QemuRunner:
 
     def _detach(self) -> None:
         self._save_status(durable=True)
+        if self._helpers is not None:
+            self._helpers.detach()
         if self._pidfd is not None:
             if self.pid is not None and process.is_child(self.pid):
                 process.adopt_orphan(self._pidfd)  # reaped whenever it exits

@@ -130,6 +130,12 @@ class TestBackend:
     async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
         pass  # kept on the domain object: the node lives in memory
 
+    def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
+        pass  # no files: nothing is left behind
+
+    async def remove_state(self, obj: DomainObj, *, nvram: bool, keep_tpm: bool) -> None:
+        pass
+
     def create_runtime(
         self,
         obj: DomainObj,

@@ -1,0 +1,244 @@
+"""UEFI, TPM and virtiofs guests under real QEMU, OVMF, swtpm and virtiofsd.
+
+The helpers (swtpm, virtiofsd) are supervised with their QEMU: up before it, ended after
+it, found again by the next supervisor; per-domain state (NVRAM, TPM) lives under the root
+and goes with ``undefine``. Booted guests run under TCG (OVMF, then the test guest's kernel
+through the firmware); nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+import asvirt
+from asvirt import DomainState as S
+from asvirt.drivers.qemu.helpers import HELPER_ENV, find_helpers, find_virtiofsd
+from asvirt.drivers.qemu.process import ROOT_ENV
+
+from .guest import paused_xml, wait_for_serial
+from .helpers import embed_uri, pid_alive, qemu_pid, run_cli, wait_for
+
+pytestmark = [pytest.mark.qemu]
+
+SHARED_MEMORY = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking><vcpu>"
+#: The UUID a stray helper claims to serve (no such domain runs).
+STRAY = "0bad0bad-0000-4000-8000-000000000000"
+#: OVMF needs more than the test guest's 128 MiB to hand over to a kernel.
+UEFI_MIB = 256
+
+
+def efi(xml: str, *, secure: bool = False) -> str:
+    """``xml`` on q35 with firmware='efi' (Secure Boot off: the test kernel is not signed
+    by the keys OVMF enrolls)."""
+    feature = "yes" if secure else "no"
+    return xml.replace("machine='pc'", "machine='q35'").replace(
+        "<os>",
+        f"<os firmware='efi'><firmware><feature enabled='{feature}' name='secure-boot'/>"
+        "</firmware>",
+    )
+
+
+def helpers_of(root: Path, uuid: str) -> list[int]:
+    return [pid for pid, u in find_helpers(str(root)) if u == uuid]
+
+
+async def helpers_gone(root: Path, uuid: str) -> None:
+    # Polled: a process's end is announced to its parent only, and a helper may be adopted.
+    await wait_for(lambda: not helpers_of(root, uuid))
+
+
+@pytest.mark.guest
+async def test_ovmf_guest_boots_and_its_nvram_persists(conn, root, test_guest, tmp_path):
+    serial = tmp_path / "vm1.serial"
+    xml = efi(test_guest.xml("vm1", serial, memory_mib=UEFI_MIB))
+    dom = await conn.define_xml(xml)
+    out = await dom.xml_desc()
+    nvram = root / "lib" / "qemu" / "nvram" / "vm1_VARS.fd"
+    assert f"<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{nvram}</nvram>" in out
+    assert not nvram.exists()  # made on the first start, not at define
+    await dom.start()
+    await wait_for_serial(serial, timeout=180)  # OVMF ran, then booted the kernel
+    assert "\x1b[2J" in serial.read_text(errors="replace")  # OVMF's console on ttyS0
+    st = nvram.stat()
+    assert oct(st.st_mode & 0o777) == "0o600"
+    assert oct((nvram.parent.stat().st_mode) & 0o777) == "0o700"
+    await dom.destroy()
+    serial.write_text("")
+    await dom.start()
+    await wait_for_serial(serial, timeout=180)
+    assert nvram.stat().st_ino == st.st_ino, "the NVRAM is the domain's, kept across starts"
+    await dom.destroy()
+    with pytest.raises(asvirt.OperationInvalidError, match="nvram"):
+        await dom.undefine()
+    assert nvram.exists() and (root / "etc" / "qemu" / "vm1.xml").exists()
+    await dom.undefine(nvram=True)
+    assert not nvram.exists()
+
+
+async def test_planted_symlink_at_the_nvram_is_refused(conn, root, test_guest, tmp_path):
+    dom = await conn.define_xml(efi(paused_xml(test_guest, tmp_path)))
+    nvram = root / "lib" / "qemu" / "nvram" / "vm1_VARS.fd"
+    nvram.parent.mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    nvram.symlink_to(target)
+    with pytest.raises(asvirt.OperationFailedError, match="not a regular file"):
+        await dom.start()
+    assert not target.exists() and await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+
+
+async def test_swtpm_runs_with_its_qemu_and_its_state_goes_with_undefine(
+    conn, root, test_guest, tmp_path
+):
+    tpm = "<tpm model='tpm-tis'><backend type='emulator' version='2.0'/></tpm>"
+    uuid = "5a1e0c9e-7d1b-4c39-9d8a-3b2f6e1c0a11"
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=tpm, uuid=uuid))
+    await dom.start(paused=True)
+    [swtpm] = helpers_of(root, dom.uuid)
+    assert pid_alive(swtpm) and pid_alive(qemu_pid(root, "vm1"))
+    [info] = await dom.qmp("query-tpm")
+    assert (info["model"], info["options"]["type"]) == ("tpm-tis", "emulator")
+    state = root / "lib" / "swtpm" / dom.uuid / "tpm2"
+    assert (state / "tpm2-00.permall").is_file()
+    assert "swtpm" in (root / "log" / "qemu" / "vm1-swtpm.log").read_text()
+    await dom.destroy()
+    await helpers_gone(root, dom.uuid)
+    assert not (root / "run" / "qemu" / "vm1.helpers").exists()
+    await dom.start(paused=True)  # the state made the first time is used again
+    assert helpers_of(root, dom.uuid)
+    await dom.destroy()
+    await dom.undefine(keep_tpm=True)
+    assert state.is_dir()
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=tpm, uuid=uuid))
+    await dom.undefine()
+    assert not state.parent.exists()
+
+
+async def test_virtiofsd_serves_the_share_and_ends_with_qemu(conn, root, test_guest, tmp_path):
+    try:
+        find_virtiofsd(None)
+    except asvirt.ConfigUnsupportedError as err:
+        pytest.skip(f"virtiofsd is not installed on this machine: {err}")
+    share = tmp_path / "share"
+    share.mkdir()
+    fs = (
+        "<filesystem type='mount'><driver type='virtiofs'/>"
+        f"<source dir='{share}'/><target dir='share'/></filesystem>"
+    )
+    xml = paused_xml(test_guest, tmp_path, devices=fs).replace("<vcpu>", SHARED_MEMORY, 1)
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    # (virtiofsd forks into its sandbox: the recorded process is the parent.)
+    [record] = json.loads((root / "run" / "qemu" / "vm1.helpers").read_text())
+    virtiofsd = record["pid"]
+    assert record["kind"] == "virtiofsd" and virtiofsd in helpers_of(root, dom.uuid)
+    # QEMU's vhost-user-fs device has done its handshake with virtiofsd to exist at all.
+    names = [p["name"] for p in await dom.qmp("qom-list", {"path": "/machine/peripheral"})]
+    assert "fs0" in names
+    assert "vhost-user" in (root / "log" / "qemu" / "vm1-fs0-virtiofsd.log").read_text()
+    await dom.destroy()
+    await helpers_gone(root, dom.uuid)
+    assert not pid_alive(virtiofsd)
+
+
+async def test_virtiofs_without_shared_memory_or_virtiofsd_is_refused(
+    conn, root, test_guest, tmp_path
+):
+    fs = (
+        "<filesystem type='mount'><driver type='virtiofs'/>{binary}"
+        f"<source dir='{tmp_path}'/><target dir='share'/></filesystem>"
+    )
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="shared memory"):
+        await conn.define_xml(paused_xml(test_guest, tmp_path, devices=fs.format(binary="")))
+    missing = "<binary path='/nonexistent/virtiofsd'/>"
+    xml = paused_xml(test_guest, tmp_path, devices=fs.format(binary=missing))
+    dom = await conn.define_xml(xml.replace("<vcpu>", SHARED_MEMORY, 1))
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="/nonexistent/virtiofsd"):
+        await dom.start()
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert not helpers_of(root, dom.uuid)
+
+
+@pytest.mark.parametrize(
+    ("hostdev", "reason"),
+    [
+        (
+            "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+            "<address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>",
+            r"host PCI device 0000:7f:1f\.7 .* does not exist",
+        ),
+        (
+            "<hostdev mode='subsystem' type='usb'><source><vendor id='0xfffe'/>"
+            "<product id='0xfffd'/></source></hostdev>",
+            "host USB device fffe:fffd .* is not plugged in",
+        ),
+        (
+            "<hostdev mode='subsystem' type='usb'><source><address bus='250' device='250'/>"
+            "</source></hostdev>",
+            "host USB device 250.250 .* does not exist",
+        ),
+    ],
+)
+async def test_absent_host_devices_are_refused_at_start(
+    conn, root, test_guest, tmp_path, hostdev, reason
+):
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=hostdev))
+    with pytest.raises(asvirt.OperationFailedError, match=reason):
+        await dom.start(paused=True)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert not (root / "run" / "qemu" / "vm1.status").exists()
+
+
+async def test_helpers_are_adopted_by_the_next_supervisor_and_orphans_ended(
+    root, fast_config, test_guest, tmp_path
+):
+    tpm = "<tpm model='tpm-crb'><backend type='emulator'/></tpm>"
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=tpm))
+        await dom.start(paused=True)
+        [swtpm] = helpers_of(root, dom.uuid)
+    # The supervisor is gone; QEMU and its swtpm run on, and a stray helper of this root
+    # whose domain is not running (its supervisor died before QEMU was spawned) waits.
+    env = {**os.environ, ROOT_ENV: str(root), HELPER_ENV: f"{STRAY}:x"}
+    stray = subprocess.Popen(  # noqa: ASYNC220 - started, not waited for, here
+        ["sleep", "600"], env=env, start_new_session=True
+    )
+    try:
+        assert pid_alive(swtpm)
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            assert (await dom.state())[0] is S.PAUSED
+            assert helpers_of(root, dom.uuid) == [swtpm], "the running swtpm is adopted"
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(stray.wait)
+            await dom.destroy()
+            await helpers_gone(root, dom.uuid)
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
+@pytest.mark.guest
+def test_cli_domdisplay_and_undefine_nvram(root, test_guest, tmp_path):
+    xml = tmp_path / "vm.xml"
+    body = paused_xml(test_guest, tmp_path, devices="<graphics type='spice' autoport='yes'/>")
+    xml.write_text(efi(body))
+    run_cli(root, "define", str(xml))
+    run_cli(root, "start", "--paused", "vm1")
+    try:
+        shown = run_cli(root, "domdisplay", "vm1").stdout.strip()
+        live = run_cli(root, "dumpxml", "vm1").stdout
+        port = live.split("<graphics type='spice' port='")[1].split("'")[0]
+        assert shown == f"spice://localhost:{port}"  # no listen address: as virsh says
+    finally:
+        run_cli(root, "destroy", "vm1")
+    refused = run_cli(root, "undefine", "vm1", check=False)
+    assert refused.returncode != 0 and "nvram" in refused.stderr
+    run_cli(root, "undefine", "--nvram", "vm1")
+    assert not list((root / "lib" / "qemu" / "nvram").iterdir())
