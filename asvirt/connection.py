@@ -38,7 +38,7 @@ from .hypervisor.domain_driver import DomainDriver
 from .hypervisor.node import Node, NodeLease
 from .log import get_logger
 from .network import Network
-from .storage import StoragePool
+from .storage import StoragePool, StorageVol
 from .uri import ConnectURI, parse_uri
 
 log = get_logger("asvirt.connection")
@@ -292,7 +292,19 @@ class Connection:
         return StoragePool(self, await self._storage().lookup_storage_pool_by_uuid(uuid))
 
     async def storage_pool_define_xml(self, xml: str) -> StoragePool:
+        """Define (or redefine) a persistent storage pool from libvirt pool XML."""
         return StoragePool(self, await self._storage().storage_pool_define_xml(xml))
+
+    async def lookup_storage_vol_by_path(self, path: str) -> StorageVol:
+        """The volume whose file is ``path``, in any active pool; NoStorageVolError if none."""
+        storage = self._storage()
+        ref = await storage.storage_vol_lookup_by_path(path)
+        pool = StoragePool(self, await storage.lookup_storage_pool_by_name(ref.pool))
+        return StorageVol(pool, ref)
+
+    async def lookup_storage_vol_by_key(self, key: str) -> StorageVol:
+        """The volume with this key (a volume's key is its path, as in libvirt's dir pools)."""
+        return await self.lookup_storage_vol_by_path(key)
 
     def __repr__(self) -> str:
         return f"<asvirt.Connection {self._uri.uri!r}{'' if self.is_alive() else ' closed'}>"

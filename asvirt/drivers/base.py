@@ -10,7 +10,7 @@ Drivers identify objects by UUID.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import Config
@@ -79,6 +79,34 @@ class StorageVolInfo:
     allocation: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageVolSource:
+    """Where a domain disk ``<source pool= volume=>`` is, resolved at start."""
+
+    path: str
+    #: The disk type it becomes: ``file`` or ``block``.
+    type: str
+    #: The volume's format (``raw``, ``qcow2``), for a disk that names none.
+    format: str
+
+
+#: Told how far a long storage operation has come: a fraction from 0.0 to 1.0. Called in the
+#: task doing the work, so it must not block.
+ProgressCallback = Callable[[float], object]
+
+
+class StorageVolStream(Protocol):
+    """A volume's bytes being read (a download): what a driver hands the public API."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The next bytes, at most ``max_bytes``; ``b""`` at the end."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop reading (the volume is no longer in use)."""
+        ...
+
+
 class NetworkDriver(Protocol):
     """Virtual networks (libvirt's network driver)."""
 
@@ -126,19 +154,73 @@ class StorageDriver(Protocol):
 
     async def storage_pool_info(self, uuid: str) -> StoragePoolInfo: ...
 
-    async def storage_pool_xml_desc(self, uuid: str) -> str: ...
+    async def storage_pool_xml_desc(self, uuid: str, *, inactive: bool = False) -> str: ...
 
     async def storage_pool_list_volumes(self, uuid: str) -> list[StorageVolRef]: ...
 
     async def storage_vol_lookup_by_name(self, pool_uuid: str, name: str) -> StorageVolRef: ...
 
-    async def storage_vol_create_xml(self, pool_uuid: str, xml: str) -> StorageVolRef: ...
+    async def storage_vol_create_xml(
+        self, pool_uuid: str, xml: str, *, prealloc_metadata: bool = False
+    ) -> StorageVolRef: ...
 
     async def storage_vol_delete(self, pool_uuid: str, name: str) -> None: ...
 
     async def storage_vol_info(self, pool_uuid: str, name: str) -> StorageVolInfo: ...
 
     async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
+
+    # What the handles gained with the QEMU node's storage driver (both drivers have them).
+
+    async def storage_pool_build(self, uuid: str) -> None: ...
+
+    async def storage_pool_refresh(self, uuid: str) -> None: ...
+
+    async def storage_pool_delete(self, uuid: str) -> None: ...
+
+    async def storage_pool_is_persistent(self, uuid: str) -> bool: ...
+
+    async def storage_pool_get_autostart(self, uuid: str) -> bool: ...
+
+    async def storage_pool_set_autostart(self, uuid: str, autostart: bool) -> None: ...
+
+    async def storage_vol_lookup_by_path(self, path: str) -> StorageVolRef: ...
+
+    async def storage_vol_create_xml_from(
+        self,
+        pool_uuid: str,
+        xml: str,
+        source_pool_uuid: str,
+        source_name: str,
+        *,
+        prealloc_metadata: bool,
+        progress: ProgressCallback | None,
+    ) -> StorageVolRef: ...
+
+    async def storage_vol_resize(
+        self, pool_uuid: str, name: str, capacity: int, *, allocate: bool, delta: bool, shrink: bool
+    ) -> None: ...
+
+    async def storage_vol_wipe(self, pool_uuid: str, name: str) -> None: ...
+
+    async def storage_vol_upload(
+        self,
+        pool_uuid: str,
+        name: str,
+        source: AsyncIterable[bytes],
+        *,
+        offset: int,
+        length: int,
+        progress: ProgressCallback | None,
+    ) -> int: ...
+
+    async def storage_vol_download(
+        self, pool_uuid: str, name: str, *, offset: int, length: int
+    ) -> StorageVolStream: ...
+
+    async def storage_vol_source(self, pool_name: str, vol_name: str) -> StorageVolSource:
+        """Resolve a domain disk's ``<source pool= volume=>`` (at start)."""
+        ...
 
 
 #: A driver family's opener: given the URI (and a configuration overriding the node's own),
@@ -151,9 +233,12 @@ __all__ = [
     "DriverOpener",
     "NetworkDriver",
     "NetworkRef",
+    "ProgressCallback",
     "StorageDriver",
     "StoragePoolInfo",
     "StoragePoolRef",
     "StorageVolInfo",
     "StorageVolRef",
+    "StorageVolSource",
+    "StorageVolStream",
 ]
