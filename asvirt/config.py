@@ -60,10 +60,22 @@ class JournalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """Storage pools of an embedded QEMU node (``qemu-img`` runs)."""
+
+    #: Seconds a qemu-img run (create, info, resize) may take before it is killed.
+    qemu_img_timeout: float = 60.0
+    #: Seconds a copy (a clone or conversion with qemu-img convert) may go without reporting
+    #: progress before it is killed; a copy that keeps moving may take as long as it needs.
+    copy_stall_timeout: float = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     qemu: QemuConfig = QemuConfig()
     events: EventsConfig = EventsConfig()
     journal: JournalConfig = JournalConfig()
+    storage: StorageConfig = StorageConfig()
 
     @classmethod
     def from_toml(cls, data: dict[str, Any], *, source: str = "configuration") -> Config:
@@ -93,6 +105,7 @@ _SECTION_TYPES = {
     "QemuConfig": QemuConfig,
     "EventsConfig": EventsConfig,
     "JournalConfig": JournalConfig,
+    "StorageConfig": StorageConfig,
 }
 
 
