@@ -15,18 +15,20 @@ lookups and lists (they read what the supervisor already knows).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 
 from ..conf.domain import DomainDef
 from ..conf.names import canonical_uuid
-from ..drivers.base import DomainInfo, DomainRef
+from ..drivers.base import DomainInfo, DomainRef, StorageDriver
 from ..errors import DomainExistsError, InvalidArgError, OperationInvalidError
 from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, UndefinedDetail
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
 from .domains import DomainObj, DomainRuntime, DomainTable
+from .volumes import resolve_volumes
 
 log = get_logger("asvirt.domain")
 
@@ -133,10 +135,19 @@ class StartableRuntime(DomainRuntime, Protocol):
 class DomainDriver:
     """The domain half of a node, shared by every connection to it."""
 
-    def __init__(self, table: DomainTable, bus: EventBus, backend: HypervisorBackend) -> None:
+    def __init__(
+        self,
+        table: DomainTable,
+        bus: EventBus,
+        backend: HypervisorBackend,
+        *,
+        storage: Callable[[], StorageDriver | None] | None = None,
+    ) -> None:
         self.table = table
         self.bus = bus
         self.backend = backend
+        #: The node's storage driver, for disks that name volumes (resolved at start).
+        self._storage = storage or (lambda: None)
 
     # -- seams -----------------------------------------------------------------------------------
 
@@ -198,6 +209,7 @@ class DomainDriver:
 
     async def create_xml(self, xml: str, *, paused: bool, owner: object | None) -> DomainRef:
         defn = await self.backend.parse(xml)
+        await resolve_volumes(defn, self._storage())
         while True:
             async with self.table.lock:
                 obj = self.table.existing_for(defn)
@@ -275,7 +287,9 @@ class DomainDriver:
                 raise OperationInvalidError(f"domain '{obj.name}' is already running")
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"domain '{obj.name}' has no configuration to start")
-            runtime = self._new_runtime(obj, obj.persistent_def.copy(), owner=owner)
+            live_def = obj.persistent_def.copy()
+            await resolve_volumes(live_def, self._storage())
+            runtime = self._new_runtime(obj, live_def, owner=owner)
             await self._start(obj, runtime, paused=paused)
 
     async def domain_suspend(self, uuid: str) -> None:

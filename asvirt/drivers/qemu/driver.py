@@ -42,9 +42,11 @@ from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...hypervisor.node import Node, NodeLease, open_node
+from ...hypervisor.volumes import resolve_volumes, uses_volumes
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
+from ..storage.driver import DirStorageDriver
 from . import process
 from .capabilities import (
     CapabilitiesCache,
@@ -84,6 +86,9 @@ class QemuBackend:
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         defn = parse_domain_xml(xml)
         caps = await self._node.capabilities_for(defn)
+        if uses_volumes(defn):
+            await resolve_volumes(defn, self._node.storage)
+            xml = defn.to_xml()
         argv = domxml_to_native(
             xml,
             caps,
@@ -165,7 +170,11 @@ class QemuNode(Node):
         super().__init__(name=uri, config=config, journal=MemoryJournal(1))
         self.paths = paths
         self.backend = QemuBackend(self)
-        self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
+        self.set_domain_driver(
+            DomainDriver(self.table, self.bus, self.backend, storage=lambda: self.storage)
+        )
+        self.dir_storage = DirStorageDriver(paths.root, config.storage)
+        self.storage = self.dir_storage
         self._loop: trio_asyncio.TrioEventLoop | None = None
         self._caps: CapabilitiesCache | None = None
 
@@ -209,6 +218,7 @@ class QemuNode(Node):
         """Read persistent configs, then find every QEMU a previous process left: adopt those
         that ran, end those whose start never completed or that no status file names."""
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
+        await self.dir_storage.load()  # pools first: domains may name their volumes
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
                 defn = parse_prepared_xml(fsutil.read_nofollow(path))

@@ -145,7 +145,9 @@ class TestBackend:
 def new_test_node(source: str, config: Config) -> TestNode:
     """An empty test node with the shared domain calls on the test backend."""
     node = TestNode(source, config)
-    node.set_domain_driver(DomainDriver(node.table, node.bus, TestBackend(node)))
+    node.set_domain_driver(
+        DomainDriver(node.table, node.bus, TestBackend(node), storage=lambda: node.storage)
+    )
     return node
 
 
