@@ -6,6 +6,8 @@ An embed root keeps, beside its domains (libvirt's layout, under ``ROOT``)::
     ROOT/etc/storage/autostart/NAME      present while the pool is marked autostart
     ROOT/run/storage/NAME.xml            the definition of each running pool: a root opened
                                          again knows what was active (and transient pools)
+    ROOT/run/storage/boot-id             the host boot the root was last opened in: the
+                                         first open after a boot starts autostart pools
     ROOT/lib/storage/NAME.formats.json   the format of each volume asvirt made in the pool
 
 Volumes are files in the pool's directory (:mod:`.dir_backend`): ``raw`` and ``qcow2``,
@@ -155,11 +157,17 @@ class DirStorageDriver(StorageDriverBase):
     # -- the node's life -----------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the pool definitions, take up the pools that were running, start the
-        autostart ones. A pool that cannot be read or started is logged and left inactive."""
+        """Read the pool definitions and take up the pools that were running; on the first
+        open of the root since the host booted, start the autostart ones instead (pools do
+        not outlive a reboot). A pool that cannot be read or started is logged and left
+        inactive."""
         await _fs(
             self.paths.create, doing="create the storage directories under", path=self.paths.root
         )
+        first_since_boot = await trio.to_thread.run_sync(self._first_open_since_boot)
+        if first_since_boot:
+            for stale in self.paths.state_dir.glob("*.xml"):
+                fsutil.remove(stale)
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             defn = self._read_def(path)
             if defn is None:
@@ -185,12 +193,33 @@ class DirStorageDriver(StorageDriverBase):
                 # It ran with an older definition; the stored one applies at the next start.
                 live.new_defn, live.defn = live.defn, defn
             await self._take_up(live)
+        if not first_since_boot:
+            return
         for obj in list(self.table):
             if obj.persistent and obj.autostart and not obj.active:
                 try:
                     await self.storage_pool_create(obj.defn.uuid)
                 except AsvirtError as err:
                     log.error("cannot autostart storage pool", pool=obj.name, error=str(err))
+
+    def _first_open_since_boot(self) -> bool:
+        """True (once per boot) if the host booted since the root was last opened.
+
+        libvirt autostarts once per boot, with a marker in a tmpfs that a reboot empties;
+        an embed root's run/ survives reboots, so the marker holds the kernel's boot id.
+        """
+        marker = self.paths.state_dir / "boot-id"
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot = ""
+        try:
+            if fsutil.read_nofollow(marker).decode().strip() == boot and boot:
+                return False
+        except (OSError, ValueError):
+            pass
+        fsutil.atomic_write(marker, boot.encode())
+        return True
 
     def _read_def(self, path: Path) -> PoolDef | None:
         try:
