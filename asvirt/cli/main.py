@@ -96,6 +96,10 @@ async def cmd_create(conn: asvirt.Connection, args: argparse.Namespace) -> int:
 @command("undefine", "undefine a domain")
 async def cmd_undefine(conn: asvirt.Connection, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
+    if args.remove_all_storage or args.storage:
+        from .storage import undefine_with_storage
+
+        return await undefine_with_storage(dom, args)
     await dom.undefine()
     print(f"Domain '{dom.name}' has been undefined\n")
     return 0
@@ -301,21 +305,7 @@ async def cmd_net_list(conn: asvirt.Connection, args: argparse.Namespace) -> int
     return 0
 
 
-@command("pool-list", "list storage pools")
-async def cmd_pool_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
-    rows = []
-    for pool in await conn.list_all_storage_pools(active=None if args.all else True):
-        rows.append((pool.name, "active" if await pool.is_active() else "inactive", "no"))
-    print(render.table(("Name", "State", "Autostart"), rows))
-    return 0
-
-
-@command("vol-list", "list volumes in a storage pool")
-async def cmd_vol_list(conn: asvirt.Connection, args: argparse.Namespace) -> int:
-    pool = await conn.lookup_storage_pool_by_name(args.pool)
-    rows = [(vol.name, vol.path) for vol in await pool.list_all_volumes()]
-    print(render.table(("Name", "Path"), rows))
-    return 0
+# The storage commands (pool-*, vol-*) are in asvirt.cli.storage.
 
 
 # -- argument parsing ----------------------------------------------------------------------------
@@ -342,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("define", "file")
     p = add("create", "file")
     p.add_argument("--paused", action="store_true")
-    add("undefine", "domain")
+    p = add("undefine", "domain")
+    from .storage import add_undefine_flags
+
+    add_undefine_flags(p)
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     for name in (
@@ -394,9 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    p = add("pool-list")
-    p.add_argument("--all", action="store_true")
-    add("vol-list", "pool")
+    from . import storage
+
+    storage.add_parsers(add)
     return parser
 
 
