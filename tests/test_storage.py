@@ -218,8 +218,9 @@ async def test_a_guest_cannot_turn_its_raw_volume_into_qcow2(conn, root, tmp_pat
     await pool.refresh()
     xml = await vol.xml_desc()
     assert "<format type='raw'/>" in xml and "backingStore" not in xml
-    recorded = json.loads((root / "lib" / "storage" / "p.formats.json").read_text())
+    recorded = json.loads((root / "lib" / "storage" / "p.volumes.json").read_text())
     assert recorded["volumes"]["guest.img"]["format"] == "raw"
+    assert recorded["volumes"]["guest.img"]["made"]
     disk = (
         "<disk type='volume'><source pool='p' volume='guest.img'/>"
         "<target dev='vda' bus='virtio'/></disk>"
@@ -231,6 +232,25 @@ async def test_a_guest_cannot_turn_its_raw_volume_into_qcow2(conn, root, tmp_pat
     assert block["inserted"]["image"]["format"] != "qcow2"  # QEMU opened it raw ('file')
     assert "backing-image" not in block["inserted"]["image"]
     await dom.destroy()
+
+
+async def test_what_asvirt_made_stays_known_across_processes(root, fast_config, tmp_path):
+    uri = embed_uri(root)
+    async with asvirt.open(uri) as conn:
+        pool = await make_pool(conn, tmp_path / "pool")
+        made = await pool.create_volume_xml(vol_xml("made.img"))
+        await made.upload(hostile_qcow2(tmp_path))
+        await pool.create_volume_xml(vol_xml("replaced.img"))
+    # Another file takes one volume's name (a new inode): it is not asvirt's, it is probed.
+    planted = tmp_path / "planted"
+    planted.write_bytes(hostile_qcow2(tmp_path))
+    os.replace(planted, tmp_path / "pool" / "replaced.img")
+    async with asvirt.open(uri) as conn:
+        pool = await conn.lookup_storage_pool_by_name("p")
+        made_xml = await (await pool.lookup_volume_by_name("made.img")).xml_desc()
+        assert "<format type='raw'/>" in made_xml and "backingStore" not in made_xml
+        replaced = await (await pool.lookup_volume_by_name("replaced.img")).xml_desc()
+        assert "<format type='qcow2'/>" in replaced and "<path>/etc/passwd</path>" in replaced
 
 
 async def test_a_planted_image_cannot_reach_outside_the_pools(conn, tmp_path, test_guest):

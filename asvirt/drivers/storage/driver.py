@@ -8,7 +8,8 @@ An embed root keeps, beside its domains (libvirt's layout, under ``ROOT``)::
                                          again knows what was active (and transient pools)
     ROOT/run/storage/boot-id             the host boot the root was last opened in: the
                                          first open after a boot starts autostart pools
-    ROOT/lib/storage/NAME.formats.json   the format of each volume asvirt made in the pool
+    ROOT/lib/storage/NAME.volumes.json   what is known of each volume's file: the format
+                                         asvirt made it in, and what qemu-img last said
 
 Volumes are files in the pool's directory (:mod:`.dir_backend`): ``raw`` and ``qcow2``,
 created, copied, resized and inspected with ``qemu-img`` (:mod:`.qemu_img`). Their capacity,
@@ -98,8 +99,8 @@ class StoragePaths:
     def state(self, name: str) -> Path:
         return self.state_dir / f"{name}.xml"
 
-    def formats(self, name: str) -> Path:
-        return self.lib_dir / f"{name}.formats.json"
+    def volumes(self, name: str) -> Path:
+        return self.lib_dir / f"{name}.volumes.json"
 
     def reserved(self) -> list[str]:
         """Directories of the root that no pool may be (or be inside): asvirt's own files."""
@@ -133,6 +134,68 @@ class FileVol(VolDef):
     signature: tuple[int, ...] = ()
 
 
+def _as_file_vol(vol: VolDef) -> FileVol:
+    if isinstance(vol, FileVol):
+        return vol
+    return FileVol(**{f.name: getattr(vol, f.name) for f in dataclasses.fields(VolDef)})
+
+
+@dataclasses.dataclass(frozen=True)
+class VolRecord:
+    """What is known of a volume's file, kept under the root across processes.
+
+    ``made``: asvirt made the file, in ``format``, which is then never probed again (as long
+    as the file is the same inode). ``capacity`` and the backing file are what qemu-img
+    said when the file had ``signature``; a file that changed since is read again.
+    """
+
+    format: str
+    made: bool
+    inode: int
+    signature: tuple[int, ...] = ()
+    capacity: int = 0
+    backing_path: str | None = None
+    backing_format: str | None = None
+
+    def volume(self, name: str, path: str, st: os.stat_result) -> FileVol:
+        return FileVol(
+            name=name,
+            path=path,
+            capacity=self.capacity,
+            allocation=st.st_blocks * 512,
+            format=self.format,
+            physical=st.st_size,
+            backing_path=self.backing_path,
+            backing_format=self.backing_format,
+            mode=st.st_mode & 0o777,
+            signature=fs.signature(st),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "made": self.made,
+            "inode": self.inode,
+            "signature": list(self.signature),
+            "capacity": self.capacity,
+            "backing": self.backing_path,
+            "backing_format": self.backing_format,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VolRecord:
+        backing, backing_format = data.get("backing"), data.get("backing_format")
+        return cls(
+            format=str(data["format"]),
+            made=bool(data["made"]),
+            inode=int(data["inode"]),
+            signature=tuple(int(x) for x in data.get("signature", ())),
+            capacity=int(data.get("capacity", 0)),
+            backing_path=None if backing is None else str(backing),
+            backing_format=None if backing_format is None else str(backing_format),
+        )
+
+
 async def _fs(
     fn: Callable[..., T], *args: Any, doing: str, path: object = None, **kwargs: Any
 ) -> T:
@@ -151,8 +214,10 @@ class DirStorageDriver(StorageDriverBase):
         super().__init__(PoolTable())
         self.paths = StoragePaths(root)
         self.config = config
-        #: Per pool name: volume name -> (format, inode) of the volumes asvirt made.
-        self._formats: dict[str, dict[str, tuple[str, int]]] = {}
+        #: Per pool name: what is known of each volume's file (see :class:`VolRecord`).
+        self._records: dict[str, dict[str, VolRecord]] = {}
+        #: Pools whose records changed since they were last written.
+        self._dirty: set[str] = set()
 
     # -- the node's life -----------------------------------------------------------------------
 
@@ -283,13 +348,13 @@ class DirStorageDriver(StorageDriverBase):
             for path in (
                 self.paths.config(name),
                 self.paths.autostart(name),
-                self.paths.formats(name),
+                self.paths.volumes(name),
             ):
                 fsutil.remove(path)
             fsutil.fsync_dir(self.paths.config_dir)
 
         await _fs(forget, doing=f"remove storage pool '{name}' from", path=self.paths.config_dir)
-        self._formats.pop(name, None)
+        self._records.pop(name, None)
 
     async def _save_autostart(self, obj: PoolObj, autostart: bool) -> None:
         path = self.paths.autostart(obj.name)
@@ -306,7 +371,7 @@ class DirStorageDriver(StorageDriverBase):
         removed = await _fs(fs.remove_leftovers, target, doing="clean up", path=target)
         if removed:
             log.info("removed unfinished volumes", pool=obj.name, files=removed)
-        await self._load_formats(obj.name)
+        await self._load_records(obj.name)
         obj.volumes = {}
         await self._scan(obj)
         state = self.paths.state(obj.name)
@@ -349,8 +414,9 @@ class DirStorageDriver(StorageDriverBase):
         return await _fs(fs.sizes, target, doing="read the size of", path=target)
 
     async def _scan(self, obj: PoolObj) -> None:
-        """Read the pool's directory: new files become volumes (probed with qemu-img info
-        unless asvirt made them), removed ones go, changed ones are read again."""
+        """Read the pool's directory: new files become volumes, removed ones go, changed
+        ones are read again (qemu-img runs only for files that changed since it last ran,
+        in this process or an earlier one)."""
         target = obj.defn.target_path
         found = await _fs(fs.scan, target, doing="read directory", path=target)
         old = obj.volumes
@@ -373,73 +439,90 @@ class DirStorageDriver(StorageDriverBase):
         async with trio.open_nursery() as nursery:
             for name, st in found.items():
                 nursery.start_soon(read, name, st)
-        known = self._formats.get(obj.name, {})
-        gone = [name for name in known if name not in found]
-        for name in gone:
-            del known[name]
-        if gone:
-            await self._save_formats(obj.name)
+        records = self._records.setdefault(obj.name, {})
+        for name in [name for name in records if name not in found]:
+            del records[name]
+            self._dirty.add(obj.name)
         obj.volumes = volumes
+        await self._save_records(obj.name)
 
     async def _describe(
-        self, obj: PoolObj, name: str, st: os.stat_result, *, fmt: str | None = None
+        self, obj: PoolObj, name: str, st: os.stat_result, *, force: bool = False
     ) -> FileVol:
-        """A volume as its file is now (``qemu-img info``, read as ``fmt`` or as the format
-        asvirt made it in; probed only if neither is known)."""
+        """A volume as its file is now. Read with ``qemu-img info`` unless the file is as it
+        was when it last was: as the format asvirt made it in, probed only if others made it."""
         path = posixpath.join(obj.defn.target_path, name)
-        known = self._formats.get(obj.name, {}).get(name)
-        if fmt is None and known is not None and known[1] == st.st_ino:
-            fmt = known[0]
-        data = await qemu_img.info(
-            path, fmt=fmt, what=f"read volume '{path}'", timeout=self.config.qemu_img_timeout
-        )
-        info = fs.image_info(data, path)
-        return FileVol(
-            name=name,
-            path=path,
-            # qemu-img counts whole sectors; a raw file holds exactly its size (libvirt's).
-            capacity=st.st_size if info.format == "raw" else info.capacity,
-            allocation=st.st_blocks * 512,
-            format=info.format,
-            physical=st.st_size,
-            backing_path=info.backing_path,
-            backing_format=info.backing_format,
-            mode=st.st_mode & 0o777,
-            signature=fs.signature(st),
-        )
+        records = self._records.setdefault(obj.name, {})
+        rec = records.get(name)
+        if rec is not None and rec.inode != st.st_ino:
+            rec = None  # another file now has the name: nothing known of it holds
+        if rec is None or force or rec.signature != fs.signature(st):
+            fmt = rec.format if rec is not None and rec.made else None
+            data = await qemu_img.info(
+                path, fmt=fmt, what=f"read volume '{path}'", timeout=self.config.qemu_img_timeout
+            )
+            info = fs.image_info(data, path)
+            rec = VolRecord(
+                format=info.format,
+                made=rec.made if rec is not None else False,
+                inode=st.st_ino,
+                signature=fs.signature(st),
+                # qemu-img counts whole sectors; a raw file holds exactly its size (libvirt's).
+                capacity=st.st_size if info.format == "raw" else info.capacity,
+                backing_path=info.backing_path,
+                backing_format=info.backing_format,
+            )
+            records[name] = rec
+            self._dirty.add(obj.name)
+        return rec.volume(name, path, st)
 
-    # -- the formats asvirt made volumes in ----------------------------------------------------
+    # -- what is known of the volumes' files ---------------------------------------------------
 
-    async def _load_formats(self, pool: str) -> None:
-        path = self.paths.formats(pool)
+    async def _load_records(self, pool: str) -> None:
+        path = self.paths.volumes(pool)
         try:
             data = json.loads(await trio.to_thread.run_sync(fsutil.read_nofollow, path))
-            entries = data["volumes"]
-            self._formats[pool] = {
-                str(k): (str(v["format"]), int(v["inode"])) for k, v in entries.items()
+            self._records[pool] = {
+                str(name): VolRecord.from_json(entry) for name, entry in data["volumes"].items()
             }
         except FileNotFoundError:
-            self._formats[pool] = {}
+            self._records[pool] = {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             # Only a safeguard is lost: those volumes are probed like files others made.
-            log.error("ignoring unreadable volume formats", path=str(path), error=str(err))
-            self._formats[pool] = {}
+            log.error("ignoring unreadable volume records", path=str(path), error=str(err))
+            self._records[pool] = {}
 
-    async def _save_formats(self, pool: str) -> None:
-        entries = self._formats.get(pool, {})
-        data = {"volumes": {k: {"format": f, "inode": i} for k, (f, i) in sorted(entries.items())}}
-        path = self.paths.formats(pool)
+    async def _save_records(self, pool: str) -> None:
+        if pool not in self._dirty:
+            return
+        self._dirty.discard(pool)
+        records = self._records.get(pool, {})
+        data = {"volumes": {name: records[name].to_json() for name in sorted(records)}}
+        path = self.paths.volumes(pool)
+        # Not fsynced: lost in a power cut, the records only make the next refresh read
+        # those volumes again, as files others made; the rename keeps the file whole.
         await _fs(
             fsutil.atomic_write,
             path,
             json.dumps(data, indent=1).encode(),
-            doing="record volume formats in",
+            durable=False,
+            doing="record the volumes in",
             path=path,
         )
 
     async def _remember(self, obj: PoolObj, vol: FileVol) -> None:
-        self._formats.setdefault(obj.name, {})[vol.name] = (vol.format, vol.signature[0])
-        await self._save_formats(obj.name)
+        """``vol`` is a file asvirt made: its format is the one it was made in, for good."""
+        self._records.setdefault(obj.name, {})[vol.name] = VolRecord(
+            format=vol.format,
+            made=True,
+            inode=vol.signature[0],
+            signature=vol.signature,
+            capacity=vol.capacity,
+            backing_path=vol.backing_path,
+            backing_format=vol.backing_format,
+        )
+        self._dirty.add(obj.name)
+        await self._save_records(obj.name)
 
     # -- volumes -------------------------------------------------------------------------------
 
@@ -469,9 +552,10 @@ class DirStorageDriver(StorageDriverBase):
             raise SystemCallError.from_oserror(err, "read volume", vol.path) from None
         if not force and isinstance(vol, FileVol) and vol.signature == fs.signature(st):
             return vol
-        fresh = await self._describe(obj, vol.name, st)
+        fresh = await self._describe(obj, vol.name, st, force=force)
         if obj.volumes.get(vol.name) is vol:
             obj.volumes[vol.name] = fresh
+        await self._save_records(obj.name)
         return fresh
 
     def _check_free(self, obj: PoolObj, name: str) -> None:
@@ -506,26 +590,34 @@ class DirStorageDriver(StorageDriverBase):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(fs.remove, target, name)
 
-    async def _publish(self, obj: PoolObj, temp: str, name: str) -> FileVol:
+    async def _publish(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
+        """Give the finished file its name; the volume as made (its format, capacity and
+        backing file are what was asked: no qemu-img info needed)."""
         target = obj.defn.target_path
         try:
-            await trio.to_thread.run_sync(fs.publish, target, temp, name)
+            await trio.to_thread.run_sync(fs.publish, target, temp, vol.name)
         except FileExistsError:
             raise StorageVolExistsError(
-                f"storage volume '{name}' already exists in pool '{obj.name}' (made meanwhile)"
+                f"storage volume '{vol.name}' already exists in pool '{obj.name}' (made meanwhile)"
             ) from None
         except OSError as err:
-            raise SystemCallError.from_oserror(
-                err, "create volume", posixpath.join(target, name)
-            ) from None
-        st = await _fs(fs.lstat_volume, target, name, doing="read volume")
-        return await self._describe_made(obj, name, st)
-
-    async def _describe_made(self, obj: PoolObj, name: str, st: os.stat_result) -> FileVol:
-        known = self._formats.get(obj.name, {}).get(name)
-        vol = await self._describe(obj, name, st, fmt=known[0] if known else None)
-        await self._remember(obj, vol)
-        return vol
+            raise SystemCallError.from_oserror(err, "create volume", vol.path) from None
+        st = await _fs(fs.lstat_volume, target, vol.name, doing="read volume")
+        made = FileVol(
+            name=vol.name,
+            path=vol.path,
+            # qemu-img gives images whole sectors; a raw file is what it was cut to.
+            capacity=st.st_size if vol.format == "raw" else -(-vol.capacity // 512) * 512,
+            allocation=st.st_blocks * 512,
+            format=vol.format,
+            physical=st.st_size,
+            backing_path=vol.backing_path,
+            backing_format=vol.backing_format,
+            mode=st.st_mode & 0o777,
+            signature=fs.signature(st),
+        )
+        await self._remember(obj, made)
+        return made
 
     async def _create_vol(self, obj: PoolObj, vol: VolDef, *, prealloc_metadata: bool) -> VolDef:
         target = obj.defn.target_path
@@ -566,20 +658,9 @@ class DirStorageDriver(StorageDriverBase):
         return made
 
     async def _publish_as(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
-        """Publish a volume made as ``vol`` says. Its format is recorded before its name is
-        visible, so a volume asvirt made is never probed."""
-        st = await _fs(fs.lstat_volume, obj.defn.target_path, temp, doing="read volume")
-        formats = self._formats.setdefault(obj.name, {})
-        previous = formats.get(vol.name)
-        formats[vol.name] = (vol.format, st.st_ino)
-        try:
-            return await self._publish(obj, temp, vol.name)
-        except BaseException:
-            if previous is None:
-                formats.pop(vol.name, None)
-            else:
-                formats[vol.name] = previous
-            raise
+        """Publish a volume made as ``vol`` says, and record it as asvirt's: its format is
+        never probed. (Nothing reads the pool meanwhile: a refresh waits for its jobs.)"""
+        return await self._publish(obj, temp, vol)
 
     async def _clone_vol(
         self,
@@ -617,8 +698,9 @@ class DirStorageDriver(StorageDriverBase):
 
     async def _delete_vol(self, obj: PoolObj, vol: VolDef) -> None:
         await _fs(fs.remove, obj.defn.target_path, vol.name, doing="delete volume", path=vol.path)
-        if self._formats.get(obj.name, {}).pop(vol.name, None) is not None:
-            await self._save_formats(obj.name)
+        if self._records.get(obj.name, {}).pop(vol.name, None) is not None:
+            self._dirty.add(obj.name)
+            await self._save_records(obj.name)
 
     async def _qemu_resize(
         self,
@@ -708,10 +790,11 @@ class DirStorageDriver(StorageDriverBase):
                     what=f"wipe volume '{vol.path}'",
                     timeout=self.config.qemu_img_timeout,
                 )
-                st = await _fs(fs.lstat_volume, target, temp, doing="read volume")
-                self._formats.setdefault(obj.name, {})[vol.name] = ("qcow2", st.st_ino)
                 await _fs(fs.replace, target, temp, vol.name, doing="wipe volume", path=vol.path)
-                await self._save_formats(obj.name)
+                st = await _fs(fs.lstat_volume, target, vol.name, doing="read volume")
+                await self._remember(
+                    obj, dataclasses.replace(_as_file_vol(vol), signature=fs.signature(st))
+                )
         return await self._refresh_vol(obj, vol, force=True)
 
     async def _upload(
