@@ -542,6 +542,17 @@ def test_cli_bad_input_is_one_line_and_creates_nothing(root, tmp_path):
         assert proc.stderr.startswith("error: ") and words in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1
     assert os.listdir(pool_dir) == []
+    vol_file = tmp_path / "vol.xml"
+    vol_file.write_text(vol_xml("fromfile.img"))
+    assert run(root, "vol-create", "images", str(vol_file)).stdout == (
+        f"Vol fromfile.img created from {vol_file}\n\n"
+    )
+    (pool_dir / "fromfile.img").unlink()
+    pool_file = tmp_path / "pool.xml"
+    pool_file.write_text(pool_xml("more", tmp_path / "more"))
+    assert run(root, "pool-define", str(pool_file)).stdout == (
+        f"Pool more defined from {pool_file}\n\n"
+    )
     assert run(root, "pool-define-as", "x", "dir", "--target", "/srv/x", "--print-xml").stdout == (
         "<pool type='dir'>\n  <name>x</name>\n  <target>\n    <path>/srv/x</path>\n"
         "  </target>\n</pool>\n"
