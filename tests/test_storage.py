@@ -141,6 +141,7 @@ async def test_refused_pools_change_nothing(conn, root, tmp_path):
     bad = [
         (pool_xml("inroot", root / "etc" / "qemu"), asvirt.InvalidArgError, "node keeps"),
         (pool_xml("inroot2", root / "run"), asvirt.InvalidArgError, "node keeps"),
+        (pool_xml("theroot", root), asvirt.InvalidArgError, "node's root"),
         (
             pool_xml("wide", tmp_path / "w", extra="<permissions><mode>0777</mode></permissions>"),
             asvirt.InvalidArgError,
@@ -152,6 +153,10 @@ async def test_refused_pools_change_nothing(conn, root, tmp_path):
         with pytest.raises(error, match=match):
             await conn.storage_pool_define_xml(xml)
     assert sorted(p.name for p in (root / "etc" / "storage").glob("*.xml")) == ["open.xml"]
+    # Elsewhere under the root is fine.
+    images = await conn.storage_pool_define_xml(pool_xml("images", root / "images"))
+    await images.build()
+    await images.create()
     assert not (tmp_path / "w").exists()
 
 
@@ -623,7 +628,7 @@ def test_cli_undefine_remove_all_storage(root, tmp_path, test_guest):
     run(root, "define", str(xml))
     out = run(root, "undefine", "vm1", "--remove-all-storage").stdout
     assert out == (
-        f"Storage volume 'vdb'({outside}) is not managed by asvirt. Remove it manually.\n\n"
+        f"Storage volume 'vdb'({outside}) is not managed by asvirt. Remove it manually.\n"
         "Domain 'vm1' has been undefined\n"
         f"Volume 'vda'(vm1.qcow2) removed.\n\n"
     )

@@ -451,7 +451,7 @@ async def undefine_with_storage(dom: asvirt.Domain, args: argparse.Namespace) ->
         if disk.volume is None:
             print(
                 f"Storage volume '{disk.target}'({disk.source}) is not managed by asvirt. "
-                "Remove it manually.\n"
+                "Remove it manually."
             )
     targets = {d.volume.path: (d.target, d.source) for d in disks if d.volume is not None}
     deleted = await dom.undefine(remove_storage=which)

@@ -103,9 +103,9 @@ class StoragePaths:
         return self.lib_dir / f"{name}.volumes.json"
 
     def reserved(self) -> list[str]:
-        """Directories of the root that no pool may be (or be inside): asvirt's own files."""
+        """Directories of the root that no pool may be (or be inside): asvirt's own files.
+        (A pool may be elsewhere under the root, ``ROOT/images`` say, but not the root.)"""
         return [
-            str(self.root),
             str(self.root / "etc"),
             str(self.root / "run"),
             str(self.root / "log"),
@@ -319,6 +319,11 @@ class DirStorageDriver(StorageDriverBase):
                 "(this driver serves 'dir' pools)"
             )
         target = defn.target_path
+        if target == str(self.paths.root):
+            raise InvalidArgError(
+                f"storage pool target path '{target}' is the node's root, where it keeps its "
+                "own files"
+            )
         for reserved in self.paths.reserved():
             if target == reserved or target.startswith(reserved.rstrip("/") + "/"):
                 raise InvalidArgError(
