@@ -376,7 +376,7 @@ class DirStorageDriver(StorageDriverBase):
         removed = await _fs(fs.remove_leftovers, target, doing="clean up", path=target)
         if removed:
             log.info("removed unfinished volumes", pool=obj.name, files=removed)
-        await self._load_records(obj.name)
+        await self._load_records(obj.name, target)
         obj.volumes = {}
         await self._scan(obj)
         state = self.paths.state(obj.name)
@@ -483,13 +483,15 @@ class DirStorageDriver(StorageDriverBase):
 
     # -- what is known of the volumes' files ---------------------------------------------------
 
-    async def _load_records(self, pool: str) -> None:
+    async def _load_records(self, pool: str, target: str) -> None:
         path = self.paths.volumes(pool)
         try:
             data = json.loads(await trio.to_thread.run_sync(fsutil.read_nofollow, path))
             self._records[pool] = {
                 str(name): VolRecord.from_json(entry) for name, entry in data["volumes"].items()
             }
+            if data.get("target") != target:
+                self._records[pool] = {}  # the pool was redefined elsewhere: other files
         except FileNotFoundError:
             self._records[pool] = {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -502,7 +504,11 @@ class DirStorageDriver(StorageDriverBase):
             return
         self._dirty.discard(pool)
         records = self._records.get(pool, {})
-        data = {"volumes": {name: records[name].to_json() for name in sorted(records)}}
+        obj = self.table.by_name(pool)
+        data = {
+            "target": obj.defn.target_path if obj is not None else None,
+            "volumes": {name: records[name].to_json() for name in sorted(records)},
+        }
         path = self.paths.volumes(pool)
         # Not fsynced: lost in a power cut, the records only make the next refresh read
         # those volumes again, as files others made; the rename keeps the file whole.
