@@ -12,7 +12,7 @@ from typing import Any
 
 from .domain import Domain
 from .network import Network
-from .storage import StoragePool
+from .storage import StoragePool, StorageVol
 
 
 class ConnectionCalls:
@@ -104,4 +104,15 @@ class ConnectionCalls:
         return StoragePool(self, await self._call("lookup_storage_pool_by_uuid", uuid=uuid))
 
     async def storage_pool_define_xml(self, xml: str) -> StoragePool:
+        """Define (or redefine) a persistent storage pool from libvirt pool XML."""
         return StoragePool(self, await self._call("storage_pool_define_xml", xml=xml))
+
+    async def lookup_storage_vol_by_path(self, path: str) -> StorageVol:
+        """The volume whose file is ``path``, in any active pool; NoStorageVolError if none."""
+        ref = await self._call("storage_vol_lookup_by_path", path=path)
+        pool = await self.lookup_storage_pool_by_name(ref.pool)
+        return StorageVol(pool, ref)
+
+    async def lookup_storage_vol_by_key(self, key: str) -> StorageVol:
+        """The volume with this key (a volume's key is its path, as in libvirt's dir pools)."""
+        return await self.lookup_storage_vol_by_path(key)

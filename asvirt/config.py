@@ -106,6 +106,17 @@ class NetworkConfig:
     dnsmasq_restart_max_delay: float = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """Storage pools of an embedded QEMU node (``qemu-img`` runs)."""
+
+    #: Seconds a qemu-img run (create, info, resize) may take before it is killed.
+    qemu_img_timeout: float = 60.0
+    #: Seconds a copy (a clone or conversion with qemu-img convert) may go without reporting
+    #: progress before it is killed; a copy that keeps moving may take as long as it needs.
+    copy_stall_timeout: float = 600.0
+
+
 class _Sections:
     """A configuration file made of TOML tables, each a frozen dataclass of settings."""
 
@@ -146,6 +157,7 @@ class Config(_Sections):
     events: EventsConfig = EventsConfig()
     journal: JournalConfig = JournalConfig()
     network: NetworkConfig = NetworkConfig()
+    storage: StorageConfig = StorageConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +193,7 @@ _SECTION_TYPES = {
     "JournalConfig": JournalConfig,
     "DaemonSettings": DaemonSettings,
     "NetworkConfig": NetworkConfig,
+    "StorageConfig": StorageConfig,
 }
 
 

@@ -8,11 +8,14 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .drivers.base import DomainInfo, DomainInterface, DomainRef, InterfaceAddressSource
+from .errors import AsvirtError, OperationFailedError, OperationInvalidError
 from .handle import Handle
 from .states import DomainState, StateReason
+from .storage import StorageVol, disk_volumes
 
 
 class Domain(Handle):
@@ -64,15 +67,56 @@ class Domain(Handle):
         """
         await self._call("domain_destroy")
 
-    async def undefine(self, *, nvram: bool = False, keep_tpm: bool = False) -> None:
+    async def undefine(
+        self,
+        *,
+        nvram: bool = False,
+        keep_tpm: bool = False,
+        remove_storage: bool | Iterable[str] = False,
+    ) -> list[StorageVol]:
         """Remove the persistent configuration (UNDEFINED/REMOVED).
 
         A running domain keeps running, as a transient domain that vanishes when it stops.
         A UEFI domain's NVRAM file is removed with ``nvram=True``; without it, undefining a
         domain that has one is refused (OperationInvalidError), as in libvirt. An emulated
         TPM's state is removed too, unless ``keep_tpm=True``.
+
+        ``remove_storage`` also deletes the domain's storage volumes, as virsh's
+        ``undefine --remove-all-storage`` (True) or ``--storage vda,/path`` (the disks'
+        targets or sources): the volume of each ``type='volume'`` disk, and the volume whose
+        path a file or block disk names. Files that are no volume of the node's pools are
+        left alone (see :func:`asvirt.storage.disk_volumes`). Only for a domain that is not
+        running; the volumes are deleted once the definition is gone, and the deleted ones
+        are returned. A volume that cannot be deleted raises OperationFailedError naming it,
+        after the others were deleted.
         """
+        if not remove_storage:
+            await self._call("domain_undefine", nvram=nvram, keep_tpm=keep_tpm)
+            return []
+        if await self.is_active():
+            raise OperationInvalidError(
+                f"cannot remove the storage of domain '{self.name}' while it runs; "
+                "storage volume deletion is supported only on stopped domains"
+            )
+        found = await disk_volumes(self, remove_storage)
         await self._call("domain_undefine", nvram=nvram, keep_tpm=keep_tpm)
+        deleted: list[StorageVol] = []
+        failed: list[str] = []
+        for disk in found:
+            if disk.volume is None or disk.volume in deleted:
+                continue
+            try:
+                await disk.volume.delete()
+            except AsvirtError as err:
+                failed.append(f"'{disk.target}' ({disk.volume.path}): {err}")
+            else:
+                deleted.append(disk.volume)
+        if failed:
+            raise OperationFailedError(
+                f"domain '{self.name}' has been undefined, but some of its storage volumes "
+                f"could not be removed: {'; '.join(failed)}"
+            )
+        return deleted
 
     # -- inspection ----------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ connection sends that to whichever driver it has: the node in this process, or a
 
 # No "from __future__ import annotations" here: the declarations' annotations are read as
 # objects at import, without evaluating strings (a one-shot client imports this module).
+import base64
+import binascii
 import dataclasses
 import enum
 import inspect
@@ -63,6 +65,18 @@ class Target(enum.Enum):
 #: The result type of ``domain_state``: a state and the reason for it.
 StateAndReason = tuple[DomainState, StateReason]
 
+
+class Progress:
+    """The type of a long call's progress argument.
+
+    In this process it is a :data:`~asvirt.drivers.base.ProgressCallback` (or None), called
+    with the fraction done. On the wire it is ``true`` when the client wants to be told: the
+    daemon then sends ``{"method": "progress", "params": {"id": ID, "fraction": F}}``
+    notifications for request ``ID`` before its response (:func:`encode_params` splits the
+    callback off on the client's side).
+    """
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -80,6 +94,8 @@ class Call:
     #: The driver method also receives ``client=``: who called (autodestroy ownership).
     client: bool
     doc: str
+    #: The argument that takes a progress callback (declared as :class:`Progress`), if any.
+    progress: str | None = None
 
     @property
     def read_only_ok(self) -> bool:
@@ -296,52 +312,171 @@ class StorageCalls(Protocol):
     """Calls served by a node's storage driver."""
 
     @call(mutates=False, priority=HIGH)
-    async def list_all_storage_pools(self, active: bool | None) -> list[StoragePoolRef]: ...
+    async def list_all_storage_pools(self, active: bool | None) -> list[StoragePoolRef]:
+        """Pools, optionally only (in)active ones."""
+        ...
 
     @call(mutates=False, priority=HIGH)
-    async def lookup_storage_pool_by_name(self, name: str) -> StoragePoolRef: ...
+    async def lookup_storage_pool_by_name(self, name: str) -> StoragePoolRef:
+        """The pool called ``name``."""
+        ...
 
     @call(mutates=False, priority=HIGH)
-    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePoolRef: ...
+    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePoolRef:
+        """The pool with this UUID."""
+        ...
 
     @call(mutates=True)
-    async def storage_pool_define_xml(self, xml: str) -> StoragePoolRef: ...
+    async def storage_pool_define_xml(self, xml: str) -> StoragePoolRef:
+        """Define (or redefine) a persistent pool."""
+        ...
 
     @call(mutates=True)
-    async def storage_pool_create(self, uuid: str) -> None: ...
+    async def storage_pool_build(self, uuid: str) -> None:
+        """Create an inactive pool's directory."""
+        ...
 
     @call(mutates=True)
-    async def storage_pool_destroy(self, uuid: str) -> None: ...
+    async def storage_pool_create(self, uuid: str) -> None:
+        """Start a pool (its volumes are read)."""
+        ...
 
     @call(mutates=True)
-    async def storage_pool_undefine(self, uuid: str) -> None: ...
-
-    @call(mutates=False, priority=HIGH)
-    async def storage_pool_is_active(self, uuid: str) -> bool: ...
-
-    @call(mutates=False, priority=HIGH)
-    async def storage_pool_info(self, uuid: str) -> StoragePoolInfo: ...
-
-    @call(mutates=False, priority=HIGH)
-    async def storage_pool_xml_desc(self, uuid: str) -> str: ...
-
-    @call(mutates=False, priority=HIGH)
-    async def storage_pool_list_volumes(self, uuid: str) -> list[StorageVolRef]: ...
-
-    @call(mutates=False, priority=HIGH)
-    async def storage_vol_lookup_by_name(self, pool_uuid: str, name: str) -> StorageVolRef: ...
+    async def storage_pool_destroy(self, uuid: str) -> None:
+        """Stop a pool; its volumes stay."""
+        ...
 
     @call(mutates=True)
-    async def storage_vol_create_xml(self, pool_uuid: str, xml: str) -> StorageVolRef: ...
+    async def storage_pool_delete(self, uuid: str) -> None:
+        """Remove an inactive pool's (empty) directory."""
+        ...
 
     @call(mutates=True)
-    async def storage_vol_delete(self, pool_uuid: str, name: str) -> None: ...
+    async def storage_pool_undefine(self, uuid: str) -> None:
+        """Forget an inactive pool's definition."""
+        ...
+
+    @call(mutates=True)
+    async def storage_pool_refresh(self, uuid: str) -> None:
+        """Read a pool's volumes again."""
+        ...
 
     @call(mutates=False, priority=HIGH)
-    async def storage_vol_info(self, pool_uuid: str, name: str) -> StorageVolInfo: ...
+    async def storage_pool_is_active(self, uuid: str) -> bool:
+        """Whether the pool runs."""
+        ...
 
     @call(mutates=False, priority=HIGH)
-    async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
+    async def storage_pool_is_persistent(self, uuid: str) -> bool:
+        """Whether the pool has a persistent definition."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_get_autostart(self, uuid: str) -> bool:
+        """Whether the pool starts with its node."""
+        ...
+
+    @call(mutates=True)
+    async def storage_pool_set_autostart(self, uuid: str, autostart: bool) -> None:
+        """Start the pool with its node, or not."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_info(self, uuid: str) -> StoragePoolInfo:
+        """The pool's state and sizes."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_xml_desc(self, uuid: str, inactive: bool) -> str:
+        """The pool's XML (``inactive``: the definition as stored)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_pool_list_volumes(self, uuid: str) -> list[StorageVolRef]:
+        """An active pool's volumes, by name."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_lookup_by_name(self, pool_uuid: str, name: str) -> StorageVolRef:
+        """The volume ``name`` of a pool."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_lookup_by_path(self, path: str) -> StorageVolRef:
+        """The volume whose file is ``path``, in any active pool."""
+        ...
+
+    @call(mutates=True)
+    async def storage_vol_create_xml(
+        self, pool_uuid: str, xml: str, prealloc_metadata: bool
+    ) -> StorageVolRef:
+        """Create a volume (a qcow2 overlay when it names a backing volume)."""
+        ...
+
+    @call(mutates=True)
+    async def storage_vol_create_xml_from(
+        self,
+        pool_uuid: str,
+        xml: str,
+        source_pool_uuid: str,
+        source_name: str,
+        prealloc_metadata: bool,
+        progress: Progress,
+    ) -> StorageVolRef:
+        """Create a volume holding a copy of another's data (converted to its format)."""
+        ...
+
+    @call(mutates=True)
+    async def storage_vol_delete(self, pool_uuid: str, name: str) -> None:
+        """Delete a volume."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_info(self, pool_uuid: str, name: str) -> StorageVolInfo:
+        """A volume's type and sizes."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str:
+        """A volume's XML."""
+        ...
+
+    @call(mutates=True)
+    async def storage_vol_resize(
+        self, pool_uuid: str, name: str, capacity: int, allocate: bool, delta: bool, shrink: bool
+    ) -> None:
+        """Change a volume's capacity, by virsh vol-resize's rules."""
+        ...
+
+    @call(mutates=True)
+    async def storage_vol_wipe(self, pool_uuid: str, name: str) -> None:
+        """Erase a volume's data."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def storage_vol_upload_begin(self, pool_uuid: str, name: str) -> int:
+        """Begin an upload into a volume (it is then in use); the transfer's id."""
+        ...
+
+    @call(mutates=False, client=True)
+    async def storage_vol_download_begin(self, pool_uuid: str, name: str) -> int:
+        """Begin a download of a volume's bytes (it is then in use); the transfer's id."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def storage_vol_upload(self, transfer: int, offset: int, data: bytes) -> int:
+        """Write one chunk of an upload at ``offset``; bytes written."""
+        ...
+
+    @call(mutates=False, client=True)
+    async def storage_vol_download(self, transfer: int, offset: int, length: int) -> bytes:
+        """Read one chunk of a download (at most 1 MiB) from ``offset``."""
+        ...
+
+    @call(mutates=False, client=True)
+    async def storage_vol_transfer_end(self, transfer: int) -> None:
+        """End a transfer (an upload is then durable and its volume read again)."""
+        ...
 
 
 def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
@@ -365,6 +500,7 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
                 priority=priority,
                 client=client,
                 doc=(fn.__doc__ or "").strip(),
+                progress=next((p for p, t in params if t is Progress), None),
             )
     return calls
 
@@ -399,9 +535,25 @@ def encode_value(value: Any) -> Any:
     return _encode(value)
 
 
+def encode_params(c: Call, params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A call's arguments as plain JSON values, and the progress callback they held (None
+    if none): a callback stays with the client, the daemon is only told it is wanted."""
+    args: dict[str, Any] = {}
+    callback = None
+    for name, value in params.items():
+        if name == c.progress:
+            callback = value
+            args[name] = value is not None
+        else:
+            args[name] = _encode(value)
+    return args, callback
+
+
 def _encode(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -497,10 +649,17 @@ def _decode(type_: Any, value: Any, what: str) -> Any:
         if set(value) != fields:
             raise ValueError(f"{what}: expected the fields {sorted(fields)}")
         return type_(**{k: _decode(hints[k], v, f"{what}.{k}") for k, v in value.items()})
-    if type_ is bool:
+    if type_ is bool or type_ is Progress:
         if not isinstance(value, bool):
             raise ValueError(f"{what}: expected true or false")
         return value
+    if type_ is bytes:
+        if not isinstance(value, str):
+            raise ValueError(f"{what}: expected base64 bytes")
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{what}: expected base64 bytes") from None
     if type_ is int:
         if not _is_int(value):
             raise ValueError(f"{what}: expected an integer")
@@ -545,6 +704,10 @@ def _type_name(type_: Any) -> str:
         return f"list of {_type_name(typing.get_args(type_)[0])}"
     if origin is dict:
         return "object"
+    if type_ is bytes:
+        return "bytes (base64)"
+    if type_ is Progress:
+        return "bool (progress)"
     return getattr(type_, "__name__", str(type_))
 
 
@@ -554,12 +717,14 @@ __all__ = [
     "DomainCalls",
     "NetworkCalls",
     "Priority",
+    "Progress",
     "StateAndReason",
     "StorageCalls",
     "Target",
     "call",
     "decode_params",
     "decode_result",
+    "encode_params",
     "encode_result",
     "encode_value",
     "lookup",

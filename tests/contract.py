@@ -106,6 +106,25 @@ class Backend:
         if not self.simulated:
             self.serial(dom.name).write_text("")
 
+    def pool_dir(self, name: str) -> Path:
+        """A pool's directory: made on QEMU by ``build()``; on the test driver only a name."""
+        return self.tmp / "pools" / name
+
+    def pool_xml(self, name: str) -> str:
+        return (
+            f"<pool type='dir'><name>{name}</name>"
+            f"<target><path>{self.pool_dir(name)}</path></target></pool>"
+        )
+
+    async def define_pool(self, name: str = "p", *, start: bool = True) -> asvirt.StoragePool:
+        """A ``dir`` pool under the test's directory, built and started unless ``start`` is
+        false."""
+        pool = await self.conn.storage_pool_define_xml(self.pool_xml(name))
+        if start:
+            await pool.build()
+            await pool.create()
+        return pool
+
     def open(self) -> asvirt.Connection:
         """Another connection to the same driver (the test's ``conn`` stays open, or not)."""
         return asvirt.open(self.uri)

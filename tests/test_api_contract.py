@@ -1018,3 +1018,407 @@ async def test_autostart_is_kept_and_refused_for_transient_domains(api):
     await dom.undefine()  # forgets it: a domain defined again later starts without it
     dom = await api.define("auto1")
     assert not await dom.autostart()
+
+
+# -- storage ------------------------------------------------------------------------------------
+# The same calls on both storage drivers: the QEMU node's dir pools on real files, the test
+# driver's in memory. Where a real file shows what the API says, the QEMU variant checks it.
+
+MiB = 1024**2
+
+
+def vol_xml(name: str, capacity: str = "1", unit: str = "MiB", *, extra: str = "") -> str:
+    return (
+        f"<volume><name>{name}</name><capacity unit='{unit}'>{capacity}</capacity>{extra}</volume>"
+    )
+
+
+RAW_SPARSE = "<allocation>0</allocation>"
+QCOW2 = "<target><format type='qcow2'/></target>"
+
+
+async def read_all(vol: asvirt.StorageVol, **kw: int) -> bytes:
+    async with vol.download(**kw) as stream:
+        return b"".join([chunk async for chunk in stream])
+
+
+async def test_pool_lifecycle_on_both_drivers(api):
+    pool = await api.define_pool("p", start=False)
+    assert not await pool.is_active() and await pool.is_persistent()
+    assert await pool.info() == asvirt.StoragePoolInfo(0, 0, 0, 0)
+    with pytest.raises(asvirt.SystemCallError, match="No such file or directory"):
+        await pool.create()  # its directory does not exist yet
+    await pool.build()
+    if not api.simulated:
+        assert api.pool_dir("p").is_dir()
+    await pool.create()
+    info = await pool.info()
+    assert info.state == 2 and info.capacity > 0 and info.available <= info.capacity
+    with pytest.raises(asvirt.OperationInvalidError):
+        await pool.create()
+    with pytest.raises(asvirt.OperationInvalidError):
+        await pool.build()  # libvirt: not while it runs
+    with pytest.raises(asvirt.OperationInvalidError):
+        await pool.undefine()
+    assert not await pool.autostart()
+    await pool.set_autostart(True)
+    assert await pool.autostart()
+    assert pool in await api.conn.list_all_storage_pools(active=True)
+    assert await api.conn.lookup_storage_pool_by_uuid(pool.uuid.upper()) == pool
+    live = await pool.xml_desc()
+    assert f"<path>{api.pool_dir('p')}</path>" in live and "<capacity unit='bytes'>" in live
+    assert "<capacity" not in await pool.xml_desc(inactive=True)
+    await pool.destroy()
+    assert pool in await api.conn.list_all_storage_pools(active=False)
+    await pool.delete()
+    if not api.simulated:
+        assert not api.pool_dir("p").exists()
+    with pytest.raises(asvirt.SystemCallError):
+        await pool.create()
+    await pool.undefine()
+    with pytest.raises(asvirt.NoStoragePoolError):
+        await api.conn.lookup_storage_pool_by_name("p")
+
+
+async def test_a_pool_with_volumes_cannot_be_deleted(api):
+    pool = await api.define_pool("p")
+    await pool.create_volume_xml(vol_xml("v.img", extra=RAW_SPARSE))
+    await pool.destroy()
+    with pytest.raises(asvirt.SystemCallError, match="not empty"):
+        await pool.delete()
+    await pool.create()
+    assert [v.name for v in await pool.list_all_volumes()] == ["v.img"]  # volumes are kept
+
+
+BAD_POOLS = [
+    (
+        "<pool type='dir'><name>q</name><target><path>relative/dir</path></target></pool>",
+        "absolute",
+    ),
+    ("<pool type='dir'><name>q</name><target><path>/a/../etc</path></target></pool>", r"'\.\.'"),
+    ("<pool type='dir'><name>a/b</name><target><path>/x</path></target></pool>", "'/'"),
+    ("<pool><name>q</name></pool>", "type"),
+    ("<pool type='dir'><name>q</name><uuid>nope</uuid></pool>", "UUID"),
+]
+
+
+@pytest.mark.parametrize("xml,match", BAD_POOLS)
+async def test_bad_pools_are_refused_alike(api, xml, match):
+    before = await api.conn.list_all_storage_pools()
+    with pytest.raises(asvirt.XMLError, match=match):
+        await api.conn.storage_pool_define_xml(xml)
+    assert await api.conn.list_all_storage_pools() == before
+
+
+async def test_pools_may_not_share_names_uuids_or_directories(api):
+    pool = await api.define_pool("p", start=False)
+    with pytest.raises(asvirt.OperationFailedError, match="storage source conflict"):
+        await api.conn.storage_pool_define_xml(
+            f"<pool type='dir'><name>other</name>"
+            f"<target><path>{api.pool_dir('p')}/</path></target></pool>"
+        )
+    with pytest.raises(asvirt.OperationFailedError, match="already exists"):
+        await api.conn.storage_pool_define_xml(
+            "<pool type='dir'><name>p</name><target><path>/x</path></target></pool>"
+        )
+    with pytest.raises(asvirt.OperationFailedError, match="already exists"):
+        await api.conn.storage_pool_define_xml(
+            f"<pool type='dir'><name>p2</name><uuid>{pool.uuid}</uuid></pool>"
+        )
+
+
+async def test_volumes_on_both_drivers(api):
+    pool = await api.define_pool("p")
+    raw = await pool.create_volume_xml(vol_xml("disk.img"))
+    path = str(api.pool_dir("p") / "disk.img")
+    assert (raw.name, raw.path, raw.key) == ("disk.img", path, path)
+    assert await raw.info() == asvirt.StorageVolInfo(0, MiB, MiB)  # allocation: all of it
+    sparse = await pool.create_volume_xml(vol_xml("sparse.img", "64", extra=RAW_SPARSE))
+    assert await sparse.info() == asvirt.StorageVolInfo(0, 64 * MiB, 0)
+    qcow = await pool.create_volume_xml(vol_xml("disk.qcow2", "1", "GiB", extra=QCOW2))
+    assert (await qcow.info()).capacity == 1024**3
+    assert "<format type='qcow2'/>" in await qcow.xml_desc()
+    assert [v.name for v in await pool.list_all_volumes()] == [
+        "disk.img",
+        "disk.qcow2",
+        "sparse.img",
+    ]
+    assert await pool.lookup_volume_by_name("disk.qcow2") == qcow
+    assert await api.conn.lookup_storage_vol_by_path(path) == raw
+    assert await api.conn.lookup_storage_vol_by_key(qcow.key) == qcow
+    if not api.simulated:
+        assert os.stat(path).st_size == MiB and os.stat(path).st_blocks * 512 == MiB
+        assert os.stat(sparse.path).st_blocks == 0
+    with pytest.raises(asvirt.StorageVolExistsError):
+        await pool.create_volume_xml(vol_xml("disk.img"))
+    await sparse.delete()
+    with pytest.raises(asvirt.NoStorageVolError):
+        await sparse.info()
+    with pytest.raises(asvirt.NoStorageVolError):
+        await api.conn.lookup_storage_vol_by_path(sparse.path)
+    if not api.simulated:
+        assert not os.path.exists(sparse.path)
+    await pool.destroy()
+    with pytest.raises(asvirt.OperationInvalidError):
+        await raw.info()  # libvirt: the pool is not active
+    with pytest.raises(asvirt.OperationInvalidError):
+        await pool.create_volume_xml(vol_xml("late.img"))
+
+
+BAD_VOLUMES = [
+    (vol_xml("a/b"), asvirt.XMLError, "'/'"),
+    (vol_xml(".."), asvirt.XMLError, r"'\.\.'"),
+    (vol_xml(".hidden"), asvirt.XMLError, "start with '.'"),
+    (vol_xml("-rf"), asvirt.XMLError, "start with '-'"),
+    (vol_xml("x.img", "ten"), asvirt.XMLError, "whole number"),
+    (vol_xml("x.img", "1", "parsec"), asvirt.XMLError, "unit"),
+    ("<volume><name>x.img</name></volume>", asvirt.XMLError, "capacity"),
+    ("<domain/>", asvirt.XMLError, "volume"),
+    (
+        vol_xml("x.qcow2", extra=QCOW2 + "<backingStore><path>/etc/passwd</path></backingStore>"),
+        asvirt.InvalidArgError,
+        "not a volume of an active storage pool",
+    ),
+    (
+        vol_xml("x.img", extra="<backingStore><path>/etc/passwd</path></backingStore>"),
+        asvirt.InvalidArgError,
+        "raw volume cannot have a backing store",
+    ),
+]
+
+
+@pytest.mark.parametrize("xml,error,match", BAD_VOLUMES)
+async def test_bad_volumes_are_refused_alike_and_change_nothing(api, xml, error, match):
+    pool = await api.define_pool("p")
+    with pytest.raises(error, match=match):
+        await pool.create_volume_xml(xml)
+    assert await pool.list_all_volumes() == []
+    if not api.simulated:
+        assert os.listdir(api.pool_dir("p")) == []
+
+
+async def test_a_volume_that_does_not_fit_is_refused(api):
+    pool = await api.define_pool("p")
+    free = (await pool.info()).available
+    with pytest.raises(asvirt.OperationFailedError, match="not enough free space"):
+        await pool.create_volume_xml(vol_xml("huge.img", str(free * 2), "bytes"))
+    assert await pool.list_all_volumes() == []
+    if not api.simulated:
+        assert os.listdir(api.pool_dir("p")) == []
+
+
+async def test_upload_download_round_trip(api):
+    pool = await api.define_pool("p")
+    vol = await pool.create_volume_xml(vol_xml("data.img", "4", extra=RAW_SPARSE))
+    payload = os.urandom(3 * MiB + 123)
+    seen: list[float] = []
+    assert await vol.upload(payload, progress=seen.append) == len(payload)
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    data = await read_all(vol)
+    assert len(data) == 4 * MiB
+    assert data[: len(payload)] == payload and data[len(payload) :] == bytes(
+        len(data) - len(payload)
+    )
+    assert await read_all(vol, offset=MiB, length=100) == payload[MiB : MiB + 100]
+
+    async def chunks():
+        yield b"abc"
+        yield b"defgh"
+
+    # At most ``length`` bytes are taken from the source.
+    assert await vol.upload(chunks(), offset=10, length=5) == 5
+    assert await read_all(vol, length=16) == payload[:10] + b"abcde" + payload[15:16]
+    # A local file as the source, and a download into one.
+    src = api.tmp / "in.bin"
+    src.write_bytes(payload[:1000])
+    assert await vol.upload(src) == 1000
+    out = api.tmp / "out.bin"
+    assert await vol.download_to(out, length=1000) == 1000
+    assert out.read_bytes() == payload[:1000]
+    # Writing past the end of a raw volume makes it larger, as a file grows.
+    await vol.upload(b"tail", offset=4 * MiB)
+    assert (await vol.info()).capacity == 4 * MiB + 4
+    with pytest.raises(asvirt.InvalidArgError):
+        await vol.upload(b"x", offset=-1)
+    with pytest.raises(asvirt.InvalidArgError):
+        await vol.upload(12345)  # type: ignore[arg-type]
+
+
+async def test_clone_copies_the_data(api):
+    pool = await api.define_pool("p")
+    other = await api.define_pool("other")
+    vol = await pool.create_volume_xml(vol_xml("orig.img", "2", extra=RAW_SPARSE))
+    payload = os.urandom(MiB)
+    await vol.upload(payload, offset=4096)
+    seen: list[float] = []
+    copy = await vol.clone("copy.img", progress=seen.append)
+    assert seen and seen[-1] == 1.0
+    assert (await copy.info()).capacity == 2 * MiB
+    assert await read_all(copy) == await read_all(vol)
+    elsewhere = await vol.clone("copy.img", pool=other)
+    assert elsewhere.path == str(api.pool_dir("other") / "copy.img")
+    assert await read_all(elsewhere) == await read_all(vol)
+    with pytest.raises(asvirt.StorageVolExistsError):
+        await vol.clone("copy.img")
+    # A larger capacity asked for is kept; a smaller one becomes the source's.
+    big = await pool.create_volume_xml_from(vol_xml("big.img", "3"), vol)
+    small = await pool.create_volume_xml_from(vol_xml("small.img", "1"), vol)
+    assert (await big.info()).capacity == 3 * MiB and (await small.info()).capacity == 2 * MiB
+    # A conversion: the copy is qcow2.
+    converted = await pool.create_volume_xml_from(vol_xml("conv.qcow2", extra=QCOW2), vol)
+    assert "<format type='qcow2'/>" in await converted.xml_desc()
+
+
+async def test_resize_follows_virsh_rules(api):
+    pool = await api.define_pool("p")
+    vol = await pool.create_volume_xml(vol_xml("r.img", "4", extra=RAW_SPARSE))
+    await vol.upload(b"\x01" * (3 * MiB))
+    await vol.resize("8M")
+    assert (await vol.info()).capacity == 8 * MiB
+    with pytest.raises(asvirt.InvalidArgError, match="shrink"):
+        await vol.resize(2 * MiB)
+    assert (await vol.info()).capacity == 8 * MiB
+    await vol.resize(MiB, delta=True)
+    assert (await vol.info()).capacity == 9 * MiB
+    await vol.resize(2 * MiB, shrink=True)
+    assert (await vol.info()).capacity == 2 * MiB
+    assert await read_all(vol) == b"\x01" * (2 * MiB)
+    await vol.resize(MiB, shrink=True, delta=True)
+    assert (await vol.info()).capacity == MiB
+    await vol.resize(2 * MiB, allocate=True)
+    assert (await vol.info()).allocation >= 2 * MiB - 4096
+    with pytest.raises(asvirt.InvalidArgError):
+        await vol.resize("a lot")
+    qcow = await pool.create_volume_xml(vol_xml("r.qcow2", extra=QCOW2))
+    await qcow.resize("1G")
+    assert (await qcow.info()).capacity == 1024**3
+
+
+async def test_wipe_makes_a_volume_read_as_zeros(api):
+    pool = await api.define_pool("p")
+    dense = await pool.create_volume_xml(vol_xml("dense.img"))
+    sparse = await pool.create_volume_xml(vol_xml("sparse.img", "2", extra=RAW_SPARSE))
+    for vol in (dense, sparse):
+        await vol.upload(os.urandom(MiB))
+        await vol.wipe()
+        assert await read_all(vol) == bytes((await vol.info()).capacity)
+
+
+async def test_overlays_name_their_backing_volume(api):
+    pool = await api.define_pool("p")
+    base = await pool.create_volume_xml(vol_xml("base.qcow2", "1", "GiB", extra=QCOW2))
+    overlay = await pool.create_volume_xml(
+        "<volume><name>top.qcow2</name><target><format type='qcow2'/></target>"
+        f"<backingStore><path>{base.path}</path></backingStore></volume>"
+    )
+    assert (await overlay.info()).capacity == 1024**3  # the backing volume's
+    xml = await overlay.xml_desc()
+    assert f"<backingStore>\n    <path>{base.path}</path>\n    <format type='qcow2'/>" in xml
+    with pytest.raises(asvirt.InvalidArgError, match="not raw"):
+        await pool.create_volume_xml(
+            vol_xml(
+                "bad.qcow2",
+                extra=QCOW2
+                + f"<backingStore><path>{base.path}</path><format type='raw'/></backingStore>",
+            )
+        )
+    await overlay.wipe()
+    assert f"<path>{base.path}</path>" in await overlay.xml_desc()  # still an overlay
+
+
+async def test_volumes_in_use_cannot_go(api):
+    pool = await api.define_pool("p")
+    vol = await pool.create_volume_xml(vol_xml("busy.img"))
+    async with vol.download() as stream:
+        assert len(await stream.receive_some(100)) == 100
+        with pytest.raises(asvirt.OperationInvalidError, match="in use"):
+            await vol.delete()
+        with pytest.raises(asvirt.OperationInvalidError, match="asynchronous jobs"):
+            await pool.destroy()
+        with pytest.raises(asvirt.OperationInvalidError, match="asynchronous jobs"):
+            await pool.refresh()
+    await vol.delete()  # released once the stream is closed
+    assert await pool.list_all_volumes() == []
+
+
+def volume_disk(pool: str, volume: str, *, target: str = "vdb", extra: str = "") -> str:
+    return (
+        f"<disk type='volume' device='disk'>{extra}<source pool='{pool}' volume='{volume}'/>"
+        f"<target dev='{target}' bus='virtio'/></disk>"
+    )
+
+
+async def test_volume_disks_are_resolved_at_start(api):
+    pool = await api.define_pool("p")
+    vol = await pool.create_volume_xml(vol_xml("d.qcow2", "64", extra=QCOW2))
+    dom = await api.define("vm1", devices=volume_disk("p", "d.qcow2"))
+    inactive = await dom.xml_desc(inactive=True)
+    assert "<source pool='p' volume='d.qcow2'/>" in inactive
+    assert "type='qcow2'" not in inactive  # the volume's format is known at start only
+    await dom.start(paused=True)
+    live = etree.fromstring(await dom.xml_desc())
+    [disk] = live.xpath("devices/disk[target/@dev='vdb']")
+    assert disk.get("type") == "file"
+    assert disk.find("source").get("file") == vol.path
+    assert disk.find("driver").get("type") == "qcow2"
+    assert "<source pool='p' volume='d.qcow2'/>" in await dom.xml_desc(inactive=True)
+    await dom.destroy()
+
+
+async def test_a_domain_whose_volume_cannot_be_used_does_not_start(api):
+    pool = await api.define_pool("p")
+    dom = await api.define("vm1", devices=volume_disk("p", "missing.img"))
+    with pytest.raises(asvirt.NoStorageVolError):
+        await dom.start(paused=True)
+    other = await api.define("vm2", devices=volume_disk("nopool", "x.img"))
+    with pytest.raises(asvirt.NoStoragePoolError):
+        await other.start(paused=True)
+    await pool.create_volume_xml(vol_xml("missing.img"))
+    await pool.destroy()
+    with pytest.raises(asvirt.OperationInvalidError, match="not active"):
+        await dom.start(paused=True)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.UNKNOWN)
+    with pytest.raises(asvirt.XMLError):
+        await api.define("vm3", devices=volume_disk("p", "../x"))
+
+
+async def test_undefine_can_remove_the_domains_volumes(api):
+    pool = await api.define_pool("p")
+    by_volume = await pool.create_volume_xml(vol_xml("a.img"))
+    by_path = await pool.create_volume_xml(vol_xml("b.img"))
+    kept = await pool.create_volume_xml(vol_xml("c.img"))
+    outside = api.tmp / "outside.img"
+    outside.write_bytes(bytes(MiB))
+    devices = (
+        volume_disk("p", "a.img")
+        + f"<disk type='file'><source file='{by_path.path}'/><target dev='vdc'/></disk>"
+        + f"<disk type='file'><source file='{outside}'/><target dev='vdd'/></disk>"
+    )
+    dom = await api.define("vm1", devices=devices)
+    await dom.start(paused=True)
+    with pytest.raises(asvirt.OperationInvalidError, match="stopped domains"):
+        await dom.undefine(remove_storage=True)
+    assert await dom.is_persistent()
+    await dom.destroy()
+    with pytest.raises(asvirt.InvalidArgError, match="vdz"):
+        await dom.undefine(remove_storage=["vdz"])
+    assert await dom.is_persistent()  # a bad request changes nothing
+    removed = await dom.undefine(remove_storage=True)
+    assert sorted(v.name for v in removed) == ["a.img", "b.img"]
+    assert [v.name for v in await pool.list_all_volumes()] == [kept.name]
+    assert outside.exists()  # no volume of any pool: left alone
+    with pytest.raises(asvirt.NoDomainError):
+        await dom.state()
+    del by_volume
+
+
+async def test_undefine_removes_only_the_named_volumes(api):
+    pool = await api.define_pool("p")
+    await pool.create_volume_xml(vol_xml("a.img"))
+    b = await pool.create_volume_xml(vol_xml("b.img"))
+    dom = await api.define(
+        "vm1", devices=volume_disk("p", "a.img") + volume_disk("p", "b.img", target="vdc")
+    )
+    removed = await dom.undefine(remove_storage=["vdb"])
+    assert [v.name for v in removed] == ["a.img"]
+    assert await pool.list_all_volumes() == [b]

@@ -701,6 +701,9 @@ async def test_pool_lifecycle():
         assert (await pool.info()).state == 0
         with pytest.raises(asvirt.OperationInvalidError):
             await pool.list_all_volumes()  # libvirt: the pool is not active
+        with pytest.raises(asvirt.SystemCallError, match="No such file or directory"):
+            await pool.create()  # as on a QEMU node: its directory is not built yet
+        await pool.build()
         await pool.create()
         vol = await pool.create_volume_xml(
             "<volume><name>v</name><capacity unit='MiB'>10</capacity></volume>"

@@ -8,13 +8,14 @@ import pytest
 
 from asvirt import protocol
 from asvirt.drivers.network.core import NetworkDriverCore
+from asvirt.drivers.storage.driver import DirStorageDriver
 from asvirt.drivers.test.storage import TestStorageDriver
 from asvirt.hypervisor.domain_driver import DomainDriver
 
 IMPLEMENTATIONS = {
     protocol.Target.DOMAINS: [DomainDriver],
     protocol.Target.NETWORK: [NetworkDriverCore],
-    protocol.Target.STORAGE: [TestStorageDriver],
+    protocol.Target.STORAGE: [TestStorageDriver, DirStorageDriver],
 }
 
 

@@ -105,6 +105,10 @@ async def cmd_create(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("undefine", "undefine a domain")
 async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
+    if args.remove_all_storage or args.storage:
+        from .storage import undefine_with_storage
+
+        return await undefine_with_storage(dom, args)
     await dom.undefine(nvram=args.nvram, keep_tpm=args.keep_tpm)
     print(f"Domain '{dom.name}' has been undefined\n")
     return 0
@@ -339,21 +343,7 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("pool-list", "list storage pools")
-async def cmd_pool_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    rows = []
-    for pool in await conn.list_all_storage_pools(active=None if args.all else True):
-        rows.append((pool.name, "active" if await pool.is_active() else "inactive", "no"))
-    print(render.table(("Name", "State", "Autostart"), rows))
-    return 0
-
-
-@command("vol-list", "list volumes in a storage pool")
-async def cmd_vol_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    pool = await conn.lookup_storage_pool_by_name(args.pool)
-    rows = [(vol.name, vol.path) for vol in await pool.list_all_volumes()]
-    print(render.table(("Name", "Path"), rows))
-    return 0
+# The storage commands (pool-*, vol-*) are in asvirt.cli.storage.
 
 
 # -- argument parsing ----------------------------------------------------------------------------
@@ -384,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nvram", action="store_true", help="remove the UEFI NVRAM file too")
     p.add_argument("--keep-tpm", action="store_true", help="keep the emulated TPM's state")
     add("domdisplay", "domain")
+    from .storage import add_undefine_flags
+
+    add_undefine_flags(p)
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     for name in (
@@ -437,13 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    p = add("pool-list")
-    p.add_argument("--all", action="store_true")
-    add("vol-list", "pool")
-    # The network commands live in a module of their own; importing it registers them.
-    from . import network
+    # The network and storage commands live in modules of their own; importing them
+    # registers them.
+    from . import network, storage
 
     network.add_parsers(add)
+    storage.add_parsers(add)
     return parser
 
 

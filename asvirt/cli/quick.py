@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,13 +52,18 @@ class QuickConnection(ConnectionCalls):
 
     async def _call(self, method: str, /, **params: Any) -> Any:
         c = protocol.lookup(method)
-        args = {name: protocol.encode_value(value) for name, value in params.items()}
+        args, on_progress = protocol.encode_params(c, params)
         try:
-            return protocol.decode_result(c, self._request(method, args))
+            return protocol.decode_result(c, self._request(method, args, on_progress))
         except ValueError as err:
             raise InternalError(f"the daemon answered '{method}' with {err}") from None
 
-    def _request(self, method: str, params: dict[str, Any]) -> Any:
+    def _request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        on_progress: Callable[[float], object] | None = None,
+    ) -> Any:
         self._ids += 1
         msg = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
         try:
@@ -69,6 +74,10 @@ class QuickConnection(ConnectionCalls):
                     break
                 if reply.get("method") == "keepalive.ping":
                     self._sock.sendall(b'{"jsonrpc":"2.0","method":"keepalive.pong","params":{}}\n')
+                elif reply.get("method") == "progress" and on_progress is not None:
+                    fraction = reply.get("params", {}).get("fraction")
+                    if isinstance(fraction, int | float):
+                        on_progress(float(fraction))
         except OSError as err:
             raise NoConnectError(f"lost the daemon at {self._path}: {err.strerror}") from None
         if "error" in reply:

@@ -26,6 +26,7 @@ from .addresses import (
     format_address,
     parse_address,
 )
+from .names import validate_name
 from .xmlnode import Node, XElem
 
 # ---------------------------------------------------------------------------------------------
@@ -105,13 +106,20 @@ def default_disk_bus(target: str) -> str:
 
 @dataclass(slots=True)
 class Disk(DeviceBase):
-    """``<disk>``: a file or block device seen by the guest as a disk or CD-ROM."""
+    """``<disk>``: a file or block device seen by the guest as a disk or CD-ROM.
 
-    type: str = "file"  # file | block
+    A ``type='volume'`` disk names a storage volume (``<source pool= volume=>``) instead of
+    a path; the driver resolves it to the volume's path (and format) when the domain starts.
+    """
+
+    type: str = "file"  # file | block | volume
     device: str = "disk"  # disk | cdrom
     target: str = ""
     bus: str = ""
     source: str | None = None
+    #: ``<source pool= volume=>`` of a ``type='volume'`` disk.
+    source_pool: str | None = None
+    source_volume: str | None = None
     startup_policy: str | None = None
     driver_name: str | None = None
     format: str | None = None
@@ -164,7 +172,16 @@ class Disk(DeviceBase):
                 "detect_zeroes": self.detect_zeroes,
             },
         )
-        if self.source is not None or self.startup_policy is not None:
+        if self.type == "volume":
+            el.add(
+                "source",
+                {
+                    "pool": self.source_pool,
+                    "volume": self.source_volume,
+                    "startupPolicy": self.startup_policy,
+                },
+            )
+        elif self.source is not None or self.startup_policy is not None:
             key = "dev" if self.type == "block" else "file"
             el.add("source", {key: self.source, "startupPolicy": self.startup_policy})
         el.add(
@@ -191,7 +208,7 @@ class Disk(DeviceBase):
 
 def parse_disk(node: Node) -> Disk:
     disk = Disk(
-        type=node.choice("type", ("file", "block"), "file") or "file",
+        type=node.choice("type", ("file", "block", "volume"), "file") or "file",
         device=node.choice("device", ("disk", "cdrom"), "disk") or "disk",
         snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
     )
@@ -208,7 +225,16 @@ def parse_disk(node: Node) -> Disk:
         disk.rerror_policy = drv.choice("rerror_policy", ("stop", "report", "ignore"))
         drv.finish()
     src = node.child("source")
-    if src is not None:
+    if src is not None and disk.type == "volume":
+        disk.source_pool = src.required("pool")
+        disk.source_volume = src.required("volume")
+        validate_name(disk.source_pool, what="storage pool")
+        validate_name(disk.source_volume, what="storage volume")
+        disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
+        src.finish()
+    elif disk.type == "volume":
+        raise XMLError(f"{node.where} of type 'volume' needs <source pool=... volume=...>")
+    elif src is not None:
         key = "dev" if disk.type == "block" else "file"
         disk.source = src.attr(key)
         if disk.source is not None and not disk.source.startswith("/"):

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -254,12 +255,28 @@ class Session:
                 wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"})
             )
             return
+        if c.progress is not None:
+            args[c.progress] = self._progress_sender(msg_id) if args[c.progress] else None
         assert self._nursery is not None
         self._nursery.start_soon(self._call, msg_id, c, args)
 
+    def _progress_sender(self, msg_id: int | str) -> Callable[[float], None]:
+        """A progress callback that tells the client, for its request ``msg_id``."""
+
+        def tell(fraction: float) -> None:
+            self.send(wire.notification("progress", {"id": msg_id, "fraction": fraction}))
+
+        return tell
+
     async def _call(self, msg_id: int | str, c: protocol.Call, args: dict[str, Any]) -> None:
         if c.mutates:
-            self.log.info("call", method=c.name, **{k: v for k, v in args.items() if k != "xml"})
+            # The call and its small arguments (not documents, data or callbacks).
+            logged = {
+                k: v
+                for k, v in args.items()
+                if k != "xml" and not isinstance(v, bytes) and not callable(v)
+            }
+            self.log.info("call", method=c.name, **logged)
         try:
             if c.priority is protocol.Priority.HIGH:
                 value = await invoke(self.node, c.name, args, client=self)

@@ -134,6 +134,25 @@ class StorageVolInfo:
     allocation: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageVolSource:
+    """Where a domain disk ``<source pool= volume=>`` is, resolved at start."""
+
+    path: str
+    #: The disk type it becomes: ``file`` or ``block``.
+    type: str
+    #: The volume's format (``raw``, ``qcow2``), for a disk that names none.
+    format: str
+
+
+#: Told how far a long storage operation has come: a fraction from 0.0 to 1.0. Called in the
+#: task doing the work, so it must not block.
+ProgressCallback = Callable[[float], object]
+
+#: The most bytes one volume upload or download call carries (a daemon's messages stay small).
+MAX_TRANSFER = 1024 * 1024
+
+
 class NetworkDriver(Protocol):
     """Virtual networks (libvirt's network driver)."""
 
@@ -174,39 +193,16 @@ class NetworkDriver(Protocol):
 
 
 class StorageDriver(Protocol):
-    """Storage pools and volumes (libvirt's storage driver)."""
+    """What the rest of a node needs of its storage driver. Its calls are declared in
+    :class:`asvirt.protocol.StorageCalls` (tests/test_protocol.py checks both drivers)."""
 
-    async def list_all_storage_pools(self, *, active: bool | None) -> list[StoragePoolRef]: ...
+    async def storage_vol_source(self, pool_name: str, vol_name: str) -> StorageVolSource:
+        """Resolve a domain disk's ``<source pool= volume=>`` (at start)."""
+        ...
 
-    async def lookup_storage_pool_by_name(self, name: str) -> StoragePoolRef: ...
-
-    async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePoolRef: ...
-
-    async def storage_pool_define_xml(self, xml: str) -> StoragePoolRef: ...
-
-    async def storage_pool_create(self, uuid: str) -> None: ...
-
-    async def storage_pool_destroy(self, uuid: str) -> None: ...
-
-    async def storage_pool_undefine(self, uuid: str) -> None: ...
-
-    async def storage_pool_is_active(self, uuid: str) -> bool: ...
-
-    async def storage_pool_info(self, uuid: str) -> StoragePoolInfo: ...
-
-    async def storage_pool_xml_desc(self, uuid: str) -> str: ...
-
-    async def storage_pool_list_volumes(self, uuid: str) -> list[StorageVolRef]: ...
-
-    async def storage_vol_lookup_by_name(self, pool_uuid: str, name: str) -> StorageVolRef: ...
-
-    async def storage_vol_create_xml(self, pool_uuid: str, xml: str) -> StorageVolRef: ...
-
-    async def storage_vol_delete(self, pool_uuid: str, name: str) -> None: ...
-
-    async def storage_vol_info(self, pool_uuid: str, name: str) -> StorageVolInfo: ...
-
-    async def storage_vol_xml_desc(self, pool_uuid: str, name: str) -> str: ...
+    def client_closed(self, client: object) -> None:
+        """A client left: end its volume transfers."""
+        ...
 
 
 class ClientDriver(Protocol):
@@ -239,6 +235,7 @@ DriverOpener = Callable[
 ]
 
 __all__ = [
+    "MAX_TRANSFER",
     "ClientDriver",
     "DomainInfo",
     "DomainInterface",
@@ -250,9 +247,11 @@ __all__ = [
     "NetworkDHCPLease",
     "NetworkDriver",
     "NetworkRef",
+    "ProgressCallback",
     "StorageDriver",
     "StoragePoolInfo",
     "StoragePoolRef",
     "StorageVolInfo",
     "StorageVolRef",
+    "StorageVolSource",
 ]

@@ -28,6 +28,7 @@ from ..drivers.base import (
     InterfaceAddress,
     InterfaceAddressSource,
     NetworkDriver,
+    StorageDriver,
 )
 from ..errors import (
     AsvirtError,
@@ -41,6 +42,7 @@ from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, Undefin
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
 from .domains import DomainObj, DomainRuntime, DomainTable
+from .volumes import resolve_volumes
 
 log = get_logger("asvirt.domain")
 
@@ -160,12 +162,19 @@ class StartableRuntime(DomainRuntime, Protocol):
 class DomainDriver:
     """The domain half of a node, shared by every connection to it."""
 
-    def __init__(self, table: DomainTable, bus: EventBus, backend: HypervisorBackend) -> None:
+    def __init__(
+        self,
+        table: DomainTable,
+        bus: EventBus,
+        backend: HypervisorBackend,
+    ) -> None:
         self.table = table
         self.bus = bus
         self.backend = backend
         #: The node's network driver, if any (interface addresses come from its leases).
         self.network: NetworkDriver | None = None
+        #: The node's storage driver, if any (disks that name volumes are resolved at start).
+        self.storage: StorageDriver | None = None
 
     # -- seams -----------------------------------------------------------------------------------
 
@@ -230,6 +239,7 @@ class DomainDriver:
     ) -> DomainRef:
         owner = client if autodestroy else None
         defn = await self.backend.parse(xml)
+        await resolve_volumes(defn, self.storage)
         while True:
             async with self.table.lock:
                 obj = self.table.existing_for(defn)
@@ -310,7 +320,9 @@ class DomainDriver:
                 raise OperationInvalidError(f"domain '{obj.name}' is already running")
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"domain '{obj.name}' has no configuration to start")
-            runtime = self._new_runtime(obj, obj.persistent_def.copy(), owner=owner)
+            live_def = obj.persistent_def.copy()
+            await resolve_volumes(live_def, self.storage)
+            runtime = self._new_runtime(obj, live_def, owner=owner)
             await self._start(obj, runtime, paused=paused)
 
     async def domain_suspend(self, uuid: str) -> None:

@@ -51,7 +51,7 @@ class Node:
         self.bus = EventBus(journal, buffer=config.events.subscriber_buffer)
         self.table = DomainTable()
         self._network: NetworkDriver | None = None
-        self.storage: StorageDriver | None = None
+        self._storage: StorageDriver | None = None
         self._domains: DomainDriver | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -80,6 +80,17 @@ class Node:
             self._domains.network = driver
 
     @property
+    def storage(self) -> StorageDriver | None:
+        """The node's storage driver (the domain driver resolves volume disks with it)."""
+        return self._storage
+
+    @storage.setter
+    def storage(self, driver: StorageDriver | None) -> None:
+        self._storage = driver
+        if self._domains is not None:
+            self._domains.storage = driver
+
+    @property
     def nursery(self) -> trio.Nursery:
         """Where the node's long-lived tasks run (available from :meth:`load` on)."""
         if self._nursery is None:
@@ -87,7 +98,10 @@ class Node:
         return self._nursery
 
     async def client_closed(self, client: object) -> None:
-        """A connection left: destroy what it started with autodestroy."""
+        """A connection left: end its volume transfers, destroy what it started with
+        autodestroy."""
+        if self._storage is not None:
+            self._storage.client_closed(client)
         if self._domains is not None and not self._closed:
             await self._domains.client_closed(client)
 
@@ -108,6 +122,7 @@ class Node:
     def set_domain_driver(self, driver: DomainDriver) -> None:
         self._domains = driver
         driver.network = self._network
+        driver.storage = self._storage
 
     def use_journal(self, journal: Journal) -> None:
         """Replace the node's journal before anything is published (from :meth:`lifetime`)."""

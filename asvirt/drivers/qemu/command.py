@@ -25,7 +25,7 @@ from typing import Any
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
 from ...conf.devices import Chardev, Controller, Disk, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
-from ...errors import ConfigUnsupportedError
+from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
 from .capabilities import QemuCapabilities
 from .postparse import (
@@ -569,6 +569,12 @@ class _Builder:
 
     def _disks(self) -> None:
         for disk in self.d.disks:
+            if disk.type == "volume":
+                # Resolved to a file when the domain starts (see asvirt.hypervisor.volumes).
+                raise OperationFailedError(
+                    f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
+                    f"'{disk.source_pool}', which has not been resolved to a path"
+                )
             top = self._blockdevs(disk) if disk.source is not None else None
             self.device(self._disk_device(disk, top))
 

@@ -45,12 +45,14 @@ from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...hypervisor.node import Node, NodeLease, open_node
+from ...hypervisor.volumes import resolve_volumes, uses_volumes
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
 from ..base import ClientDriver
 from ..local import LocalDriver
 from ..network.driver import host_network_driver, plug_interfaces
+from ..storage.driver import DirStorageDriver
 from . import helpers, process
 from .capabilities import (
     CapabilitiesCache,
@@ -91,6 +93,9 @@ class QemuBackend:
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         defn = parse_domain_xml(xml)
         caps = await self._node.capabilities_for(defn)
+        if uses_volumes(defn):
+            await resolve_volumes(defn, self._node.storage)
+            xml = defn.to_xml()
         argv = domxml_to_native(
             xml,
             caps,
@@ -222,6 +227,8 @@ class QemuNode(Node):
             paths.root, config.network, self.bus, paths.tops
         )
         self.network = self._networks
+        self.dir_storage = DirStorageDriver(paths.root, config.storage)
+        self.storage = self.dir_storage
         self._loop: trio_asyncio.TrioEventLoop | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
@@ -272,6 +279,7 @@ class QemuNode(Node):
         Networks come first: re-attached, cleaned up or autostarted before any domain."""
         await self._network_backend.load(self._networks, self.nursery)
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
+        await self.dir_storage.load()  # pools first: domains may name their volumes
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
                 defn = parse_prepared_xml(fsutil.read_nofollow(path))

@@ -400,7 +400,10 @@ def _need_device(caps: QemuCapabilities, device: str, what: str) -> None:
 def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     for disk in d.disks:  # unique targets, each with a bus: the generic post-parse
         disk.driver_name = disk.driver_name or "qemu"
-        disk.format = disk.format or "raw"
+        if disk.type != "volume":
+            # A volume's format is the volume's own, known when the domain starts (libvirt
+            # leaves it unset as well).
+            disk.format = disk.format or "raw"
         _check_disk(disk, q35)
         if disk.bus == "virtio":
             if disk.address is not None and not isinstance(disk.address, PCIAddress):
@@ -454,13 +457,13 @@ def _check_disk(disk: Disk, q35: bool) -> None:
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: <wwn> needs an IDE, SATA or SCSI disk"
         )
-    if disk.shareable and disk.format != "raw":
+    if disk.shareable and disk.format not in (None, "raw"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: <shareable/> needs a raw image, not {disk.format}"
         )
     if disk.device == "cdrom" and disk.copy_on_read == "on":
         raise ConfigUnsupportedError(f"unsupported configuration: {where}: copy_on_read on a cdrom")
-    if disk.source is None and disk.device == "disk":
+    if disk.source is None and disk.type != "volume" and disk.device == "disk":
         raise XMLError(f"{where} has no source (only a cdrom may be empty)")
 
 

@@ -62,6 +62,8 @@ class _Link:
         self._on_notice = on_notice
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[dict[str, Any] | None], None]] = {}
+        #: Progress callbacks of requests in flight that asked for progress.
+        self._progress: dict[int, Callable[[float], object]] = {}
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](1_000_000)
         self.broken = trio.Event()
         #: Why the stream broke (what the transport said), if it did not just end.
@@ -74,17 +76,29 @@ class _Link:
             pass
 
     def request_nowait(
-        self, method: str, params: dict[str, Any], on_reply: Callable[[dict[str, Any] | None], None]
+        self,
+        method: str,
+        params: dict[str, Any],
+        on_reply: Callable[[dict[str, Any] | None], None],
+        on_progress: Callable[[float], object] | None = None,
     ) -> None:
-        """Send a request; ``on_reply`` gets the response (None if the link broke first)."""
+        """Send a request; ``on_reply`` gets the response (None if the link broke first),
+        ``on_progress`` the progress the daemon reports for it meanwhile."""
         if self.broken.is_set():
             on_reply(None)
             return
         msg_id = next(self._ids)
         self._pending[msg_id] = on_reply
+        if on_progress is not None:
+            self._progress[msg_id] = on_progress
         self.send(wire.request(msg_id, method, params))
 
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        on_progress: Callable[[float], object] | None = None,
+    ) -> dict[str, Any]:
         done = trio.Event()
         reply: list[dict[str, Any] | None] = []
 
@@ -92,11 +106,20 @@ class _Link:
             reply.append(message)
             done.set()
 
-        self.request_nowait(method, params, got)
+        self.request_nowait(method, params, got, on_progress)
         await done.wait()
         if reply[0] is None:
             raise _LinkLost
         return reply[0]
+
+    def progress(self, params: Any) -> None:
+        """A ``progress`` notification: tell the request's callback."""
+        if not isinstance(params, dict):
+            return
+        callback = self._progress.get(params.get("id"))  # type: ignore[arg-type]
+        fraction = params.get("fraction")
+        if callback is not None and isinstance(fraction, int | float):
+            callback(float(fraction))
 
     async def run(self) -> None:
         """Carry messages both ways until the stream ends; then fail what was pending."""
@@ -111,6 +134,7 @@ class _Link:
             self.broken.set()
             self._out_send.close()
             pending, self._pending = self._pending, {}
+            self._progress.clear()
             for on_reply in pending.values():
                 on_reply(None)
             with trio.CancelScope(shield=True):
@@ -145,9 +169,14 @@ class _Link:
                     continue
                 msg_id = msg.get("id")
                 if msg_id is None:
-                    self._on_notice(str(msg.get("method", "")), msg.get("params"))
+                    if msg.get("method") == "progress":
+                        self.progress(msg.get("params"))
+                    else:
+                        self._on_notice(str(msg.get("method", "")), msg.get("params"))
                     continue
                 on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
+                if isinstance(msg_id, int):
+                    self._progress.pop(msg_id, None)
                 if on_reply is not None:
                     on_reply(msg)
 
@@ -296,10 +325,10 @@ class RemoteDriver:
 
     async def call(self, method: str, /, **params: Any) -> Any:
         c = protocol.lookup(method)
-        args = {name: protocol.encode_value(value) for name, value in params.items()}
+        args, on_progress = protocol.encode_params(c, params)
         link = await self._wait_link(method)
         try:
-            reply = await link.request(method, args)
+            reply = await link.request(method, args, on_progress)
         except _LinkLost:
             raise OperationFailedError(
                 f"the connection to {self._transport.description} was lost during '{method}' "

@@ -33,6 +33,7 @@ from .storage import (
     TestStorageDriver,
     VolDef,
     add_pool,
+    add_volume,
     parse_pool_xml,
     parse_vol_xml,
 )
@@ -143,7 +144,7 @@ def build_node(desc: NodeDescription, config: Config) -> TestNode:
         for pool, vols in desc.pools:
             obj = add_pool(node, pool, active=True)
             for vol in vols:
-                obj.add_volume(vol)
+                add_volume(obj, vol)
     except AsvirtError as err:
         raise _located(err, desc.source) from None
     return node
