@@ -432,12 +432,13 @@ def trio_run(coro: object) -> None:
     trio.run(run)
 
 
-def test_the_system_daemon_defines_the_default_network_once(
+def test_the_system_daemon_defines_the_default_network_and_pool_once(
     net_lab: Lab, root: Path, caps_cache: Path
 ) -> None:
     # What distributions' libvirt packages do for qemu:///system: a 'default' NAT network on
-    # virbr0, autostarted. Here the daemon runs in the lab's namespace with --define-defaults
-    # (which --system implies); its clients reach it over its socket from anywhere.
+    # virbr0 and a 'default' pool of images, autostarted. Here the daemon runs in the lab's
+    # namespace with --define-defaults (which --system implies); its clients reach it over
+    # its socket from anywhere.
     daemon = Daemon(
         root, caps_cache=caps_cache, args=("--define-defaults",), prefix=net_lab.prefix()
     ).start()
@@ -450,12 +451,21 @@ def test_the_system_daemon_defines_the_default_network_once(
         assert net_lab.links()["virbr0"] == "bridge"
         assert net_lab.addresses("virbr0") == ["192.168.122.1/24"]
         assert dnsmasq_pid(root, "default") in net_lab.processes("dnsmasq")
-        # The admin removes it; a restarted daemon respects that rather than re-creating it.
+        assert re.search(r"^ default\s+active\s+yes$", virsh("pool-list"), re.M)
+        images = root / "lib" / "images"
+        assert f"<path>{images}</path>" in virsh("pool-dumpxml", "default")
+        virsh("vol-create-as", "default", "disk.qcow2", "1M", "--format", "qcow2")
+        assert (images / "disk.qcow2").is_file()
+        # The admin removes them; a restarted daemon respects that rather than re-creating.
         virsh("net-destroy", "default")
         virsh("net-undefine", "default")
+        virsh("vol-delete", "disk.qcow2", "--pool", "default")
+        virsh("pool-destroy", "default")
+        virsh("pool-undefine", "default")
         assert daemon.stop() == 0
         daemon.start()
         assert "default" not in virsh("net-list", "--all")
+        assert "default" not in virsh("pool-list", "--all")
         assert "virbr0" not in net_lab.links()
     finally:
         daemon.stop()

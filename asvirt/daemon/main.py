@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--define-defaults",
         action="store_true",
-        help="on the first start, define the 'default' NAT network (implied by --system)",
+        help="on the first start, define the default NAT network and storage pool "
+        "(implied by --system)",
     )
     p.add_argument(
         "--log-format", choices=("console", "json"), default="console", help="log line format"

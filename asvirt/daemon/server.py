@@ -7,11 +7,14 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
 
 import trio
 
 from .. import fsutil
 from ..config import Config, DaemonSettings
+from ..drivers.local import invoke
 from ..drivers.qemu.driver import open_qemu_node
 from ..drivers.qemu.paths import EmbedPaths
 from ..errors import AsvirtError, SystemCallError
@@ -121,7 +124,7 @@ class Server:
         lease = await open_qemu_node(paths, self.node_config, autostart=True)
         node = lease.node
         if self.define_defaults:
-            await define_defaults(node, paths.top("lib") / "defaults-defined")
+            await define_defaults(node, paths.top("lib"))
         listeners: list[tuple[socket.socket, bool, Path | None]] = []
         try:
             activated = systemd_sockets()
@@ -174,20 +177,44 @@ class Server:
             nursery.start_soon(session.run)
 
 
-async def define_defaults(node: Node, marker: Path) -> None:
-    """Once in the node's life: libvirt's ``default`` NAT network (autostart, started), as
-    the distributions' libvirt packages define it. Removing it later is the admin's choice,
-    so the marker, not the network's presence, says it was done."""
-    if node.network is None or await trio.Path(marker).exists():
+def default_pool_xml(images: Path) -> str:
+    """libvirt's ``default`` storage pool: a directory of images under the node's lib."""
+    return (
+        "<pool type='dir'><name>default</name>"
+        f"<target><path>{escape(str(images))}</path></target></pool>"
+    )
+
+
+async def define_defaults(node: Node, lib: Path) -> None:
+    """Once in the node's life: libvirt's ``default`` NAT network and ``default`` storage
+    pool (``LIB/images``), autostarted and started, as the distributions' libvirt packages
+    define them. Removing them later is the admin's choice, so a marker (``LIB/defaults-
+    defined``), not their presence, says it was done."""
+    marker = lib / "defaults-defined"
+    if await trio.Path(marker).exists():
         return
-    try:
-        ref = await node.network.network_define_xml(DEFAULT_NETWORK_XML)
-        await node.network.network_set_autostart(ref.uuid, True)
-        if not await node.network.network_is_active(ref.uuid):
-            await node.network.network_create(ref.uuid)
-    except AsvirtError as err:
-        # A host without virbr0's subnet free, or without dnsmasq: the daemon serves anyway.
-        log.error("cannot set up the default network", error=str(err))
+
+    async def call(method: str, **params: object) -> Any:
+        return await invoke(node, method, params, client=None)
+
+    if node.network is not None:
+        try:
+            net = await call("network_define_xml", xml=DEFAULT_NETWORK_XML)
+            await call("network_set_autostart", uuid=net.uuid, autostart=True)
+            if not await call("network_is_active", uuid=net.uuid):
+                await call("network_create", uuid=net.uuid)
+        except AsvirtError as err:
+            # A host without virbr0's subnet free, or without dnsmasq: the daemon serves.
+            log.error("cannot set up the default network", error=str(err))
+    if node.storage is not None:
+        try:
+            pool = await call("storage_pool_define_xml", xml=default_pool_xml(lib / "images"))
+            if not await call("storage_pool_is_active", uuid=pool.uuid):
+                await call("storage_pool_build", uuid=pool.uuid)
+                await call("storage_pool_create", uuid=pool.uuid)
+            await call("storage_pool_set_autostart", uuid=pool.uuid, autostart=True)
+        except AsvirtError as err:
+            log.error("cannot set up the default storage pool", error=str(err))
     fsutil.atomic_write(marker, b"")
 
 

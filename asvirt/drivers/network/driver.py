@@ -55,6 +55,7 @@ from ...errors import (
 from ...events import EventBus, NetworkLifecycleEvent
 from ...log import get_logger
 from ..base import IPAddrType, NetworkDHCPLease
+from ..layout import NodeDirs
 from . import bridge, dnsmasq, firewall, leases, tap
 from .core import NetworkDriverCore, NetworkObj
 from .model import NetworkDef, fill_defaults, parse_network_xml
@@ -66,16 +67,10 @@ STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkPaths:
+class NetworkPaths(NodeDirs):
     """Where a root keeps its networks (mirroring libvirt's layout): under the node's top
     directories (``tops``, as :class:`~asvirt.drivers.qemu.paths.EmbedPaths` has them: all
     under ``root`` for an embed root, the system's directories for ``asvirtd --system``)."""
-
-    root: Path
-    tops: tuple[tuple[str, Path], ...] = ()
-
-    def top(self, name: str) -> Path:
-        return dict(self.tops).get(name, self.root / name)
 
     @property
     def config_dir(self) -> Path:

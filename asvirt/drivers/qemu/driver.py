@@ -227,7 +227,7 @@ class QemuNode(Node):
             paths.root, config.network, self.bus, paths.tops
         )
         self.network = self._networks
-        self.dir_storage = DirStorageDriver(paths.root, config.storage)
+        self.dir_storage = DirStorageDriver(paths.root, config.storage, paths.tops)
         self.storage = self.dir_storage
         self._loop: trio_asyncio.TrioEventLoop | None = None
         self._caps: CapabilitiesCache | None = None

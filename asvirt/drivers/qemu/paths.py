@@ -26,24 +26,16 @@ import tempfile
 from pathlib import Path
 
 from ... import fsutil
+from ..layout import NodeDirs
 
 # Socket names asvirt makes are up to ~50 bytes ("1234abcd-org.qemu.guest_agent.0.sock").
 _SOCKET_DIR_MAX = 107 - 56
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbedPaths:
+class EmbedPaths(NodeDirs):
     """The directories of one node: all under ``root`` (an embed root), or spread over the
     system's directories (``tops``: the daemon's ``/etc``, ``/run``, ``/var/log`` layout)."""
-
-    root: Path
-    #: Top directories that are not under ``root``: ("etc", path), ("run", path), ("log",
-    #: path), ("lib", path), ("cache", path). They may be shared with others (``/run/asvirt``
-    #: holds the daemon's read-only socket): asvirt checks them but does not narrow them.
-    tops: tuple[tuple[str, Path], ...] = ()
-
-    def top(self, name: str) -> Path:
-        return dict(self.tops).get(name, self.root / name)
 
     @property
     def config_dir(self) -> Path:

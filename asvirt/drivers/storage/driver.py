@@ -51,8 +51,10 @@ from ...errors import (
     StorageVolExistsError,
     SystemCallError,
 )
+from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
 from ..base import ProgressCallback
+from ..layout import NodeDirs
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
@@ -67,14 +69,12 @@ FORMATS = ("raw", "qcow2")
 
 
 @dataclasses.dataclass(frozen=True)
-class StoragePaths:
+class StoragePaths(NodeDirs):
     """Where a node's storage driver keeps its files (see the module's description)."""
-
-    root: Path
 
     @property
     def config_dir(self) -> Path:
-        return self.root / "etc" / "storage"
+        return self.top("etc") / "storage"
 
     @property
     def autostart_dir(self) -> Path:
@@ -82,11 +82,11 @@ class StoragePaths:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "run" / "storage"
+        return self.top("run") / "storage"
 
     @property
     def lib_dir(self) -> Path:
-        return self.root / "lib" / "storage"
+        return self.top("lib") / "storage"
 
     def config(self, name: str) -> Path:
         return self.config_dir / f"{name}.xml"
@@ -101,27 +101,18 @@ class StoragePaths:
         return self.lib_dir / f"{name}.volumes.json"
 
     def reserved(self) -> list[str]:
-        """Directories of the root that no pool may be (or be inside): asvirt's own files.
-        (A pool may be elsewhere under the root, ``ROOT/images`` say, but not the root.)"""
+        """Directories no pool may be (or be inside): the node's own files. (A pool may be
+        elsewhere under the root or its lib directory, ``ROOT/images`` or
+        ``/var/lib/asvirt/images`` say, but not the root itself.)"""
+        lib = self.top("lib")
         return [
-            str(self.root / "etc"),
-            str(self.root / "run"),
-            str(self.root / "log"),
-            str(self.root / "cache"),
-            str(self.root / "lib" / "events"),
-            str(self.lib_dir),
+            *(str(self.top(name)) for name in ("etc", "run", "log", "cache")),
+            *(str(lib / name) for name in ("events", "qemu", "network", "storage")),
         ]
 
     def create(self) -> None:
-        for d in (
-            self.root / "etc",
-            self.config_dir,
-            self.autostart_dir,
-            self.root / "run",
-            self.state_dir,
-            self.root / "lib",
-            self.lib_dir,
-        ):
+        # The top directories exist already (the node made them with its own).
+        for d in (self.config_dir, self.autostart_dir, self.state_dir, self.lib_dir):
             fsutil.ensure_private_dir(d)
 
 
@@ -208,9 +199,11 @@ async def _fs(
 class DirStorageDriver(StorageDriverBase):
     """libvirt's storage driver for ``dir`` pools, on a QEMU node's root."""
 
-    def __init__(self, root: Path, config: StorageConfig) -> None:
+    def __init__(
+        self, root: Path, config: StorageConfig, tops: tuple[tuple[str, Path], ...] = ()
+    ) -> None:
         super().__init__(PoolTable())
-        self.paths = StoragePaths(root)
+        self.paths = StoragePaths(root, tops)
         self.config = config
         #: Per pool name: what is known of each volume's file (see :class:`VolRecord`).
         self._records: dict[str, dict[str, VolRecord]] = {}
@@ -227,7 +220,9 @@ class DirStorageDriver(StorageDriverBase):
         await _fs(
             self.paths.create, doing="create the storage directories under", path=self.paths.root
         )
-        first_since_boot = await trio.to_thread.run_sync(self._first_open_since_boot)
+        first_since_boot = await trio.to_thread.run_sync(
+            first_open_since_boot, self.paths.state_dir / "boot-id"
+        )
         if first_since_boot:
             for stale in self.paths.state_dir.glob("*.xml"):
                 fsutil.remove(stale)
@@ -264,25 +259,6 @@ class DirStorageDriver(StorageDriverBase):
                     await self.storage_pool_create(obj.defn.uuid)
                 except AsvirtError as err:
                     log.error("cannot autostart storage pool", pool=obj.name, error=str(err))
-
-    def _first_open_since_boot(self) -> bool:
-        """True (once per boot) if the host booted since the root was last opened.
-
-        libvirt autostarts once per boot, with a marker in a tmpfs that a reboot empties;
-        an embed root's run/ survives reboots, so the marker holds the kernel's boot id.
-        """
-        marker = self.paths.state_dir / "boot-id"
-        try:
-            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            boot = ""
-        try:
-            if fsutil.read_nofollow(marker).decode().strip() == boot and boot:
-                return False
-        except (OSError, ValueError):
-            pass
-        fsutil.atomic_write(marker, boot.encode())
-        return True
 
     def _read_def(self, path: Path) -> PoolDef | None:
         try:
