@@ -14,9 +14,7 @@ else is the public API, the same calls with the same expectations.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -29,7 +27,6 @@ import asvirt
 from asvirt import DomainState as S
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
-from asvirt.drivers.qemu.process import find_qemus
 
 from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
 from .daemon import Daemon, session_runtime_dir
@@ -92,9 +89,7 @@ def backend(
         daemon.stop()
         shutil.rmtree(runtime, ignore_errors=True)
         # The daemon leaves VMs running when it stops, as it should; a test may not.
-        leftovers = [q.pid for qemus in find_qemus(str(root)).values() for q in qemus]
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
+        leftovers = daemon.kill_qemus()
         assert not leftovers, f"the test left QEMUs running in the daemon: {leftovers}"
 
 
