@@ -208,17 +208,29 @@ class Session:
             if method == "hello":
                 self.send(wire.result(msg_id, self._hello()))
             elif method == "events.subscribe":
-                self.send(wire.result(msg_id, self._subscribe(params)))
+                try:
+                    self.send(wire.result(msg_id, self._subscribe(params)))
+                except InvalidArgError as err:
+                    self._invalid_params(msg_id, err)
             elif method == "bye":
                 assert self._nursery is not None
                 self._nursery.start_soon(self._bye, msg_id)
             elif method == "events.unsubscribe":
-                self._unsubscribe(params)
+                try:
+                    self._unsubscribe(params)
+                except InvalidArgError as err:
+                    self._invalid_params(msg_id, err)
+                    return
                 self.send(wire.result(msg_id, None))
             else:
                 self._start_call(msg_id, method, params)
         except AsvirtError as err:
             self.send(wire.error_from(msg_id, err))
+
+    def _invalid_params(self, msg_id: int | str, err: InvalidArgError) -> None:
+        """JSON-RPC's answer to arguments that do not fit the method (the client raises
+        InvalidArgError): the same for declared calls and the session's own methods."""
+        self.send(wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"}))
 
     async def _bye(self, msg_id: int | str) -> None:
         """The client is leaving: end what it started with autodestroy before it goes, so
@@ -250,9 +262,7 @@ class Session:
         try:
             args = protocol.decode_params(c, params)
         except InvalidArgError as err:
-            self.send(
-                wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"})
-            )
+            self._invalid_params(msg_id, err)
             return
         assert self._nursery is not None
         self._nursery.start_soon(self._call, msg_id, c, args)
@@ -279,6 +289,11 @@ class Session:
     def _subscribe(self, params: object) -> dict[str, Any]:
         if not isinstance(params, dict):
             raise InvalidArgError("events.subscribe: params must be an object")
+        unknown = set(params) - {"sub", "domain", "kinds", "since"}
+        if unknown:
+            raise InvalidArgError(
+                f"events.subscribe: unknown argument(s): {', '.join(sorted(map(str, unknown)))}"
+            )
         sub_id = params.get("sub")
         if isinstance(sub_id, bool) or not isinstance(sub_id, int) or sub_id in self._subscriptions:
             raise InvalidArgError("events.subscribe: 'sub' must be a new integer id")
