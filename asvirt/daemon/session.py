@@ -19,6 +19,7 @@ import socket
 import struct
 from typing import Any
 
+import msgspec
 import trio
 
 from .. import __version__, protocol
@@ -268,9 +269,9 @@ class Session:
         self._nursery.start_soon(self._call, msg_id, c, args)
 
     async def _call(self, msg_id: int | str, c: protocol.Call, args: dict[str, Any]) -> None:
-        if c.mutates:
-            self.log.info("call", method=c.name, **{k: v for k, v in args.items() if k != "xml"})
         try:
+            if c.mutates:
+                self.log.info("call", method=c.name, **_loggable(args))
             if c.priority is protocol.Priority.HIGH:
                 value = await invoke(self.node, c.name, args, client=self)
             else:
@@ -352,6 +353,33 @@ class Session:
             sent += 1
             if sent % 256 == 0:
                 await trio.lowlevel.checkpoint()
+
+
+#: Characters of one argument the log shows: a client's arguments may be as long as a
+#: message, and nested as deep as the JSON parser goes (deeper than a log formatter can).
+_LOG_VALUE_MAX = 256
+
+
+def _loggable(args: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments as its log line shows them: no XML (it may hold secrets), flags
+    and numbers as they are, anything else as compact JSON, cut at _LOG_VALUE_MAX."""
+    shown: dict[str, Any] = {}
+    for key, value in args.items():
+        if key == "xml":
+            continue
+        if (
+            value is None
+            or isinstance(value, bool)
+            or (isinstance(value, int | float) and abs(value) < 2**63)
+        ):
+            shown[key] = value
+            continue
+        try:
+            text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+        except (RecursionError, ValueError, TypeError):
+            text = "(nested too deeply)"
+        shown[key] = text if len(text) <= _LOG_VALUE_MAX else text[:_LOG_VALUE_MAX] + "..."
+    return shown
 
 
 __all__ = ["Limits", "Peer", "Session"]
