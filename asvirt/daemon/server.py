@@ -111,7 +111,15 @@ class Server:
             peer = Peer.of(conn)  # type: ignore[arg-type]
             stream = trio.SocketStream(conn)
             session = Session(node, stream, read_only=read_only, peer=peer, limits=self.limits)
-            nursery.start_soon(session.run)
+            nursery.start_soon(_serve, session)
+
+
+async def _serve(session: Session) -> None:
+    """Serve one client; a bug in its session ends its connection, never the daemon."""
+    try:
+        await session.run()
+    except Exception:
+        log.exception("client session failed", client=session.id)
 
 
 async def shutdown_all(node: Node, timeout: float) -> None:

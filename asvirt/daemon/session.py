@@ -187,6 +187,15 @@ class Session:
 
     def _handle(self, line: bytes) -> None:
         try:
+            self._dispatch(line)
+        except Exception as err:  # a bug; the client gets an error, the daemon goes on
+            self.log.exception("message failed unexpectedly")
+            self.send(
+                wire.error(None, wire.INTERNAL_ERROR, f"internal error: {type(err).__name__}")
+            )
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
             msg = wire.decode(line)
         except ValueError as err:
             self.send(wire.error(None, wire.PARSE_ERROR, f"not JSON: {err}"))
