@@ -91,7 +91,7 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
-        self._heard = True
+        self._heard = False
         self._nursery: trio.Nursery | None = None
         self.log = log.bind(client=self.id, uid=peer.uid, pid=peer.pid)
 
@@ -150,19 +150,22 @@ class Session:
             await self._stream.send_all(b"".join(batch))
 
     async def _keepalive(self) -> None:
-        silent = 0
+        """Ping a client that has been silent for an interval, every interval; drop it
+        once ``keepalive_count`` pings have each had an interval to be answered and none
+        was: after ``interval * (count + 1)`` seconds of silence, as libvirt does."""
+        unanswered = 0
         while True:
             await trio.sleep(self.limits.keepalive_interval)
             if self._heard:
-                self._heard, silent = False, 0
+                self._heard, unanswered = False, 0
                 continue
-            silent += 1
-            if silent >= self.limits.keepalive_count:
+            if unanswered >= self.limits.keepalive_count:
                 self.log.warning("client stopped answering keepalives; disconnecting")
                 assert self._nursery is not None
                 self._nursery.cancel_scope.cancel()
                 return
             self.send(wire.notification("keepalive.ping", {}))
+            unanswered += 1
 
     async def _read(self) -> None:
         reader = wire.LineReader(self.limits.max_message)
