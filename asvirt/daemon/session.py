@@ -271,6 +271,8 @@ class Session:
             self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
             return
         if self.read_only and c.mutates:
+            # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
+            self.log.warning("call refused", method=method, reason="read-only connection")
             raise OperationDeniedError(f"'{method}' changes state; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
