@@ -133,6 +133,8 @@ class Session:
             self._out_send.send_nowait(data)
         except trio.WouldBlock:
             self.log.warning("client does not read; disconnecting", backlog=self.limits.max_backlog)
+            # Nothing more is queued for it, nor said again for each message that follows.
+            self._out_send.close()
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
