@@ -7,6 +7,7 @@ directory of the test's, and its socket where the test says (``qemu:///session``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,11 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from asvirt import fsutil
 from asvirt.drivers.qemu.process import find_qemus
 
 from .guest import REPO
+from .helpers import write_config
 
 
 class Daemon:
@@ -33,7 +36,11 @@ class Daemon:
         caps_cache: Path | None = None,
         args: tuple[str, ...] = (),
         prefix: tuple[str, ...] = (),
+        config: str | None = None,
+        node_config: str | None = None,
     ) -> None:
+        """``config`` is asvirtd.toml's text (given with ``--config``); ``node_config`` the
+        node's asvirt.toml (QEMU deadlines...), written in the state directory."""
         self.state_dir = state_dir
         #: Runs it under another command (``ip netns exec NS``: in a network namespace).
         self.prefix = prefix
@@ -42,6 +49,12 @@ class Daemon:
         self.args = args
         self.log = state_dir.parent / f"{state_dir.name}.asvirtd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        if config is not None:
+            config_file = state_dir.parent / f"{state_dir.name}.asvirtd.toml"
+            config_file.write_text(config)
+            self.args = ("--config", str(config_file), *self.args)
+        if node_config is not None:
+            write_config(state_dir, node_config)
         if caps_cache is not None:
             # The QEMU probe, done once for the whole test session, is not repeated.
             target = state_dir / "cache" / "qemu" / "capabilities"
@@ -57,19 +70,16 @@ class Daemon:
     def uri_ro(self) -> str:
         return f"qemu+unix:///system?socket={self.socket_ro}"
 
+    @property
+    def argv(self) -> list[str]:
+        """The daemon's command line."""
+        argv = [sys.executable, "-m", "asvirt.daemon", "--state-dir", str(self.state_dir)]
+        return [*self.prefix, *argv, "--socket", str(self.socket), *self.args]
+
     def start(self, timeout: float = 30) -> Daemon:
         """Start it; returns once it accepts connections."""
-        argv = [
-            *self.prefix,
-            sys.executable,
-            "-m",
-            "asvirt.daemon",
-            "--state-dir",
-            str(self.state_dir),
-        ]
-        argv += ["--socket", str(self.socket), *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while not self._accepts():
             if self.proc.poll() is not None:
@@ -102,10 +112,7 @@ class Daemon:
         """Stop it, then SIGKILL the QEMUs it left running (as a daemon does when it stops);
         their pids, for the test to fail on: a test destroys what it starts."""
         self.stop()
-        leftovers = [q.pid for qemus in find_qemus(str(self.state_dir)).values() for q in qemus]
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        return leftovers
+        return self.kill_qemus()
 
     def kill(self) -> None:
         """SIGKILL: the daemon dies at once, as in a crash."""
@@ -119,11 +126,32 @@ class Daemon:
         assert self.proc is not None
         return self.proc.pid
 
-    def log_text(self) -> str:
+    def log_text(self, *, whole: bool = False) -> str:
+        """What it has logged (the end of it, unless ``whole``)."""
         try:
-            return self.log.read_text(errors="replace")[-3000:]
+            text = self.log.read_text(errors="replace")
         except OSError:
             return ""
+        return text if whole else text[-3000:]
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Its log lines as JSON objects (started with ``--log-format json``)."""
+        records = []
+        for line in self.log_text(whole=True).splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
+
+    def kill_qemus(self) -> list[int]:
+        """SIGKILL the QEMUs still running for its state directory (the daemon leaves them
+        running when it stops, by design; a test must not); their pids."""
+        pids = [q.pid for qemus in find_qemus(str(self.state_dir)).values() for q in qemus]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
 
 
 def session_runtime_dir(tmp: Path) -> Path:

@@ -101,13 +101,24 @@ def main(argv: list[str] | None = None) -> int:
             define_defaults=args.system or args.define_defaults,
         )
         trio.run(serve_until_signalled, server)
-    except AsvirtError as err:
+    except (AsvirtError, BaseExceptionGroup) as caught:
+        # trio hands the server's error (a state directory in use...) over in a group.
+        err = _sole(caught)
+        if not isinstance(err, AsvirtError):
+            raise
         logging.getLogger("asvirt.daemon").error("cannot serve: %s", err)
         print(f"asvirtd: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside nested groups of one (else ``exc`` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

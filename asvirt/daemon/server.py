@@ -174,7 +174,15 @@ class Server:
             peer = Peer.of(conn)  # type: ignore[arg-type]
             stream = trio.SocketStream(conn)
             session = Session(node, stream, read_only=read_only, peer=peer, limits=self.limits)
-            nursery.start_soon(session.run)
+            nursery.start_soon(_serve, session)
+
+
+async def _serve(session: Session) -> None:
+    """Serve one client; a bug in its session ends its connection, never the daemon."""
+    try:
+        await session.run()
+    except Exception:
+        log.exception("client session failed", client=session.id)
 
 
 def default_pool_xml(images: Path) -> str:

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from .. import __version__, protocol
@@ -91,7 +92,7 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
-        self._heard = True
+        self._heard = False
         self._nursery: trio.Nursery | None = None
         self.log = log.bind(client=self.id, uid=peer.uid, pid=peer.pid)
 
@@ -133,6 +134,8 @@ class Session:
             self._out_send.send_nowait(data)
         except trio.WouldBlock:
             self.log.warning("client does not read; disconnecting", backlog=self.limits.max_backlog)
+            # Nothing more is queued for it, nor said again for each message that follows.
+            self._out_send.close()
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -150,19 +153,22 @@ class Session:
             await self._stream.send_all(b"".join(batch))
 
     async def _keepalive(self) -> None:
-        silent = 0
+        """Ping a client that has been silent for an interval, every interval; drop it
+        once ``keepalive_count`` pings have each had an interval to be answered and none
+        was: after ``interval * (count + 1)`` seconds of silence, as libvirt does."""
+        unanswered = 0
         while True:
             await trio.sleep(self.limits.keepalive_interval)
             if self._heard:
-                self._heard, silent = False, 0
+                self._heard, unanswered = False, 0
                 continue
-            silent += 1
-            if silent >= self.limits.keepalive_count:
+            if unanswered >= self.limits.keepalive_count:
                 self.log.warning("client stopped answering keepalives; disconnecting")
                 assert self._nursery is not None
                 self._nursery.cancel_scope.cancel()
                 return
             self.send(wire.notification("keepalive.ping", {}))
+            unanswered += 1
 
     async def _read(self) -> None:
         reader = wire.LineReader(self.limits.max_message)
@@ -187,6 +193,15 @@ class Session:
 
     def _handle(self, line: bytes) -> None:
         try:
+            self._dispatch(line)
+        except Exception as err:  # a bug; the client gets an error, the daemon goes on
+            self.log.exception("message failed unexpectedly")
+            self.send(
+                wire.error(None, wire.INTERNAL_ERROR, f"internal error: {type(err).__name__}")
+            )
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
             msg = wire.decode(line)
         except ValueError as err:
             self.send(wire.error(None, wire.PARSE_ERROR, f"not JSON: {err}"))
@@ -209,17 +224,29 @@ class Session:
             if method == "hello":
                 self.send(wire.result(msg_id, self._hello()))
             elif method == "events.subscribe":
-                self.send(wire.result(msg_id, self._subscribe(params)))
+                try:
+                    self.send(wire.result(msg_id, self._subscribe(params)))
+                except InvalidArgError as err:
+                    self._invalid_params(msg_id, err)
             elif method == "bye":
                 assert self._nursery is not None
                 self._nursery.start_soon(self._bye, msg_id)
             elif method == "events.unsubscribe":
-                self._unsubscribe(params)
+                try:
+                    self._unsubscribe(params)
+                except InvalidArgError as err:
+                    self._invalid_params(msg_id, err)
+                    return
                 self.send(wire.result(msg_id, None))
             else:
                 self._start_call(msg_id, method, params)
         except AsvirtError as err:
             self.send(wire.error_from(msg_id, err))
+
+    def _invalid_params(self, msg_id: int | str, err: InvalidArgError) -> None:
+        """JSON-RPC's answer to arguments that do not fit the method (the client raises
+        InvalidArgError): the same for declared calls and the session's own methods."""
+        self.send(wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"}))
 
     async def _bye(self, msg_id: int | str) -> None:
         """The client is leaving: end what it started with autodestroy before it goes, so
@@ -247,13 +274,13 @@ class Session:
             self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
             return
         if self.read_only and c.mutates:
+            # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
+            self.log.warning("call refused", method=method, reason="read-only connection")
             raise OperationDeniedError(f"'{method}' changes state; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
         except InvalidArgError as err:
-            self.send(
-                wire.error(msg_id, wire.INVALID_PARAMS, str(err), {"error": "InvalidArgError"})
-            )
+            self._invalid_params(msg_id, err)
             return
         if c.progress is not None:
             args[c.progress] = self._progress_sender(msg_id) if args[c.progress] else None
@@ -269,15 +296,9 @@ class Session:
         return tell
 
     async def _call(self, msg_id: int | str, c: protocol.Call, args: dict[str, Any]) -> None:
-        if c.mutates:
-            # The call and its small arguments (not documents, data or callbacks).
-            logged = {
-                k: v
-                for k, v in args.items()
-                if k != "xml" and not isinstance(v, bytes) and not callable(v)
-            }
-            self.log.info("call", method=c.name, **logged)
         try:
+            if c.mutates:
+                self.log.info("call", method=c.name, **_loggable(args))
             if c.priority is protocol.Priority.HIGH:
                 value = await invoke(self.node, c.name, args, client=self)
             else:
@@ -296,6 +317,11 @@ class Session:
     def _subscribe(self, params: object) -> dict[str, Any]:
         if not isinstance(params, dict):
             raise InvalidArgError("events.subscribe: params must be an object")
+        unknown = set(params) - {"sub", "domain", "kinds", "since"}
+        if unknown:
+            raise InvalidArgError(
+                f"events.subscribe: unknown argument(s): {', '.join(sorted(map(str, unknown)))}"
+            )
         sub_id = params.get("sub")
         if isinstance(sub_id, bool) or not isinstance(sub_id, int) or sub_id in self._subscriptions:
             raise InvalidArgError("events.subscribe: 'sub' must be a new integer id")
@@ -354,6 +380,34 @@ class Session:
             sent += 1
             if sent % 256 == 0:
                 await trio.lowlevel.checkpoint()
+
+
+#: Characters of one argument the log shows: a client's arguments may be as long as a
+#: message, and nested as deep as the JSON parser goes (deeper than a log formatter can).
+_LOG_VALUE_MAX = 256
+
+
+def _loggable(args: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments as its log line shows them: no XML (it may hold secrets), data or
+    callbacks; flags and numbers as they are, anything else as compact JSON, cut at
+    _LOG_VALUE_MAX."""
+    shown: dict[str, Any] = {}
+    for key, value in args.items():
+        if key == "xml" or isinstance(value, bytes) or callable(value):
+            continue
+        if (
+            value is None
+            or isinstance(value, bool)
+            or (isinstance(value, int | float) and abs(value) < 2**63)
+        ):
+            shown[key] = value
+            continue
+        try:
+            text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+        except (RecursionError, ValueError, TypeError):
+            text = "(nested too deeply)"
+        shown[key] = text if len(text) <= _LOG_VALUE_MAX else text[:_LOG_VALUE_MAX] + "..."
+    return shown
 
 
 __all__ = ["Limits", "Peer", "Session"]

@@ -455,6 +455,8 @@ class DomainDriver:
             json.dumps(arguments, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise InvalidArgError(f"QMP arguments must be plain JSON: {err}") from None
+        except RecursionError:
+            raise InvalidArgError("QMP arguments must be plain JSON: nested too deeply") from None
         obj = self.table.get(uuid)
         await trio.lowlevel.checkpoint()
         return await self._runtime(obj).qmp(command, arguments)

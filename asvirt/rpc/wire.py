@@ -41,12 +41,15 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def decode(line: bytes) -> Any:
-    """The JSON value of one line; ValueError if it is not JSON."""
+    """The JSON value of one line; ValueError if it is not JSON (or nested too deeply)."""
     _, decoder, decode_error = _codec()
     try:
         return decoder.decode(line)
     except decode_error as err:
         raise ValueError(str(err)) from None
+    except RecursionError:
+        # msgspec recurses per level: "[[[[..." a thousand deep ends the interpreter's stack.
+        raise ValueError("JSON nested too deeply") from None
 
 
 def request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
