@@ -241,6 +241,24 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "inactive": False,
         "active": None,
         "persistent": None,
+        "autostart": True,
+        "nvram": True,
+        "keep_tpm": False,
+        "mac": None,
+        "source": 0,  # InterfaceAddressSource.LEASE
+        "path": "/nonexistent",
+        "source_pool_uuid": str(uuidlib.uuid4()),
+        "source_name": "intruder",
+        "prealloc_metadata": False,
+        "progress": False,
+        "capacity": 1,
+        "allocate": False,
+        "delta": False,
+        "shrink": False,
+        "transfer": 1,
+        "offset": 0,
+        "length": 1,
+        "data": "aW50cnVkZXI=",  # base64
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -300,9 +318,9 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
             assert node_view(ro, dom.uuid) == before
             assert before["state"] == [S.PAUSED.value, asvirt.PausedReason.USER.value]
             assert qemu_pid(daemon.state_dir, "vm1") == pid and pid_alive(pid)
-            assert sorted(p.name for p in (daemon.state_dir / "etc" / "qemu").iterdir()) == [
-                "vm1.xml"
-            ]
+            configs = daemon.state_dir / "etc" / "qemu"
+            assert sorted(p.name for p in configs.glob("*.xml")) == ["vm1.xml"]
+            assert not list(configs.glob("autostart/*"))  # nothing was marked autostart
 
             # Every other call works there.
             for name in READING:
