@@ -123,8 +123,11 @@ class QemuBackend:
 
         def save() -> None:
             if autostart:
+                # Made when first needed, as libvirt does: a root without autostart
+                # domains has no such directory.
+                fsutil.ensure_private_dir(path.parent)
                 fsutil.atomic_write(path, obj.uuid.encode())
-            else:
+            elif path.parent.is_dir():
                 fsutil.remove(path)
                 fsutil.fsync_dir(path.parent)
 

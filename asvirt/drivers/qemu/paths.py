@@ -134,7 +134,6 @@ class EmbedPaths(NodeDirs):
                 fsutil.ensure_private_dir(self.root / name)
         for d in (
             self.config_dir,
-            self.config_dir / "autostart",
             self.run_dir,
             self.log_dir,
             self.events_dir.parent,
