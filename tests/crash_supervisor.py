@@ -3,8 +3,8 @@
     python -m tests.crash_supervisor ROOT XMLDIR SEED
 
 Opens the embed root ROOT and performs random define / undefine / create / start / destroy
-operations on the domains whose XML is in XMLDIR, forever, printing one line per finished
-operation. The test kills it with SIGKILL at random points.
+operations on the domains whose XML is in XMLDIR, forever, printing ``open`` once the root
+is open, then one line per finished operation. The test kills it with SIGKILL at random points.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ async def main(root: str, xml_dir: Path, seed: int) -> None:
     rng = random.Random(seed)
     xmls = {path.stem: path.read_text() for path in sorted(xml_dir.glob("*.xml"))}
     async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        print("open", flush=True)  # the root is taken over: the work begins
         while True:
             name = rng.choice(sorted(xmls))
             what = rng.choice(["define", "undefine", "create", "start", "start", "destroy"])
