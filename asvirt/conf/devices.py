@@ -1091,6 +1091,8 @@ class Memballoon(DeviceBase):
     model: str = "virtio"
     autodeflate: str | None = None
     free_page_reporting: str | None = None
+    #: ``<stats period='N'/>``: seconds between the guest's statistics reports (0: none).
+    stats_period: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -1101,6 +1103,8 @@ class Memballoon(DeviceBase):
                 "freePageReporting": self.free_page_reporting,
             },
         )
+        if self.stats_period is not None:
+            el.add("stats", {"period": self.stats_period})
         self._format_tail(el, live)
 
 
@@ -1111,10 +1115,18 @@ def parse_memballoon(node: Node) -> Memballoon:
     bal = Memballoon(model=model)
     bal.autodeflate = node.onoff("autodeflate")
     bal.free_page_reporting = node.onoff("freePageReporting")
+    stats = node.child("stats")
+    if stats is not None:
+        bal.stats_period = stats.integer("period", minimum=0, maximum=(1 << 31) - 1)
+        if bal.stats_period is None:
+            raise XMLError("missing attribute 'period' of <stats> in <memballoon>")
+        stats.finish()
     _parse_alias(node, bal)
     bal.address = parse_address(node, (PCIAddress,))
     node.finish()
-    if model == "none" and (bal.address or bal.autodeflate or bal.free_page_reporting):
+    if model == "none" and (
+        bal.address or bal.autodeflate or bal.free_page_reporting or bal.stats_period is not None
+    ):
         raise XMLError("<memballoon model='none'> cannot have an address or options")
     return bal
 

@@ -232,7 +232,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<watchdog model='diag288'/>", "model='diag288'"),
         ("<panic model='hyperv'/>", "model='hyperv'"),
         ("<rng model='virtio'><backend model='egd' type='tcp'/></rng>", "model='egd'"),
-        ("<memballoon model='virtio'><stats period='10'/></memballoon>", "<stats>"),
+        ("<memballoon model='virtio'><driver iommu='on'/></memballoon>", "<driver>"),
         ("<redirdev bus='usb' type='tcp'/>", "type='tcp'"),
         ("<graphics type='vnc' passwd='x'/>", "passwd='x'"),
     ],
@@ -241,6 +241,16 @@ def test_unsupported_devices_are_named(devices: str, named: str) -> None:
     with pytest.raises(ConfigUnsupportedError) as info:
         parse_domain_xml(dom(devices=devices))
     assert named in str(info.value), str(info.value)
+
+
+def test_balloon_statistics_period_round_trips() -> None:
+    d = parse_domain_xml(dom("<memballoon model='virtio'><stats period='10'/></memballoon>"))
+    assert d.memballoon is not None and d.memballoon.stats_period == 10
+    assert "<memballoon model='virtio'>\n      <stats period='10'/>\n" in d.to_xml()
+    with pytest.raises(XMLError):
+        parse_domain_xml(dom("<memballoon model='none'><stats period='10'/></memballoon>"))
+    with pytest.raises(XMLError):
+        parse_domain_xml(dom("<memballoon model='virtio'><stats period='-1'/></memballoon>"))
 
 
 def test_foreign_namespace_elements_are_refused() -> None:
