@@ -22,6 +22,7 @@ import typing as _typing
 # what it needs (errors, handles), not the event loop, the drivers or QEMU support.
 _LAZY: dict[str, str] = {
     "AsvirtError": ".errors",
+    "BlockInfo": ".drivers.base",
     "BlockedReason": ".states",
     "Config": ".config",
     "ConfigUnsupportedError": ".errors",
@@ -37,6 +38,7 @@ _LAZY: dict[str, str] = {
     "ErrorCode": ".errors",
     "EventDetail": ".events.types",
     "EventKind": ".events.types",
+    "InterfaceStats": ".drivers.base",
     "InternalError": ".errors",
     "InvalidArgError": ".errors",
     "LifecycleEvent": ".events.types",
@@ -66,6 +68,7 @@ _LAZY: dict[str, str] = {
     "ShutoffReason": ".states",
     "StartedDetail": ".events.types",
     "StateReason": ".states",
+    "StatsGroup": ".drivers.base",
     "StoppedDetail": ".events.types",
     "StoragePool": ".storage",
     "StoragePoolInfo": ".drivers.base",
@@ -85,7 +88,14 @@ if _typing.TYPE_CHECKING:
     from .config import Config
     from .connection import Connection, open
     from .domain import Domain
-    from .drivers.base import DomainInfo, StoragePoolInfo, StorageVolInfo
+    from .drivers.base import (
+        BlockInfo,
+        DomainInfo,
+        InterfaceStats,
+        StatsGroup,
+        StoragePoolInfo,
+        StorageVolInfo,
+    )
     from .errors import (
         AsvirtError,
         ConfigUnsupportedError,
@@ -161,6 +171,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsvirtError",
+    "BlockInfo",
     "BlockedReason",
     "Config",
     "ConfigUnsupportedError",
@@ -176,6 +187,7 @@ __all__ = [
     "ErrorCode",
     "EventDetail",
     "EventKind",
+    "InterfaceStats",
     "InternalError",
     "InvalidArgError",
     "LifecycleEvent",
@@ -205,6 +217,7 @@ __all__ = [
     "ShutoffReason",
     "StartedDetail",
     "StateReason",
+    "StatsGroup",
     "StoppedDetail",
     "StoragePool",
     "StoragePoolInfo",

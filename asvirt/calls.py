@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .domain import Domain
+from .drivers.base import DomainRef, StatsGroup
 from .network import Network
 from .storage import StoragePool, StorageVol
 
@@ -62,6 +63,34 @@ class ConnectionCalls:
         """All domains, optionally only (in)active or (non-)persistent ones; sorted by name."""
         refs = await self._call("list_all_domains", active=active, persistent=persistent)
         return [Domain(self, ref) for ref in refs]
+
+    async def get_all_domain_stats(
+        self,
+        stats: StatsGroup | int = 0,
+        *,
+        domains: list[Domain] | None = None,
+        active: bool | None = None,
+        persistent: bool | None = None,
+    ) -> list[tuple[Domain, dict[str, Any]]]:
+        """Statistics of many domains at once, as libvirt-python's ``getAllDomainStats()``:
+        a ``(domain, fields)`` pair per domain, the fields named as libvirt names them
+        (``state.state``, ``cpu.time``, ``balloon.current``, ``vcpu.0.time``,
+        ``net.0.rx.bytes``, ``block.0.rd.reqs``...).
+
+        ``stats`` picks the groups (:class:`StatsGroup` flags; none: all); ``domains`` only
+        these (libvirt's ``domainListGetStats()``), else every domain, optionally only
+        (in)active or (non-)persistent ones. Every domain is measured at once; a QEMU that
+        does not answer in time (``[qemu] stats_timeout``) only lacks those figures.
+        """
+        uuids = None if domains is None else [d.uuid for d in domains]
+        records = await self._call(
+            "get_all_domain_stats",
+            stats=StatsGroup(stats),
+            uuids=uuids,
+            active=active,
+            persistent=persistent,
+        )
+        return [(Domain(self, DomainRef(r.name, r.uuid)), r.params) for r in records]
 
     async def capabilities(self) -> str:
         """The host and guest capabilities as libvirt's capabilities XML."""

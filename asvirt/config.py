@@ -25,6 +25,9 @@ class QemuConfig:
     destroy_grace: float = 10.0
     #: QMP events buffered per domain before the supervisor falls back to a query-status resync.
     event_buffer: int = 256
+    #: Seconds a statistics query (query-blockstats...) may take: a QEMU that does not answer
+    #: in time only lacks those figures; the other domains' are not held up.
+    stats_timeout: float = 5.0
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True

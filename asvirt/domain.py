@@ -11,8 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .drivers.base import DomainInfo, DomainInterface, DomainRef, InterfaceAddressSource
-from .errors import AsvirtError, OperationFailedError, OperationInvalidError
+from .drivers.base import (
+    BlockInfo,
+    DomainInfo,
+    DomainInterface,
+    DomainRef,
+    InterfaceAddressSource,
+    InterfaceStats,
+    StatsGroup,
+)
+from .errors import AsvirtError, NoDomainError, OperationFailedError, OperationInvalidError
 from .handle import Handle
 from .states import DomainState, StateReason
 from .storage import StorageVol, disk_volumes
@@ -167,3 +175,56 @@ class Domain(Handle):
         ``type='network'`` interfaces are on; interfaces without a lease are left out.
         """
         return await self._call("domain_interface_addresses", source=source)
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    async def stats(self, stats: StatsGroup | int = 0) -> dict[str, Any]:
+        """This domain's statistics, libvirt's fields (``state.state``, ``cpu.time``,
+        ``balloon.current``, ``vcpu.0.time``, ``net.0.rx.bytes``, ``block.0.rd.reqs``...) for
+        the groups in ``stats`` (none: all), as one record of
+        :meth:`~asvirt.Connection.get_all_domain_stats`."""
+        records = await self._conn._call(
+            "get_all_domain_stats",
+            stats=StatsGroup(stats),
+            uuids=[self.uuid],
+            active=None,
+            persistent=None,
+        )
+        if not records:
+            raise NoDomainError(f"domain '{self.name}' no longer exists")
+        params: dict[str, Any] = records[0].params
+        return params
+
+    async def block_stats(self, device: str) -> dict[str, int]:
+        """A running domain's counters for the disk ``device`` (its target, ``vda``, or its
+        source path; "" sums every disk), named as libvirt's ``blockStatsFlags()`` names them:
+        ``rd_operations``, ``rd_bytes``, ``wr_operations``, ``wr_bytes``,
+        ``flush_operations``, ``rd_total_times``... (times in nanoseconds)."""
+        return await self._call("domain_block_stats", device=device)
+
+    async def interface_stats(self, device: str) -> InterfaceStats:
+        """A running domain's counters for the interface ``device`` (its host device's name,
+        ``vnet0``, or its MAC address), from the guest's side: ``rx_bytes`` is what the guest
+        received (the host's tap transmitted it), as libvirt reports them."""
+        return await self._call("domain_interface_stats", device=device)
+
+    async def memory_stats(self) -> dict[str, int]:
+        """A running domain's memory statistics, as libvirt-python's ``memoryStats()``: the
+        balloon's size (``actual``, KiB), what the guest's balloon driver reports
+        (``swap_in``, ``unused``, ``available``, ``usable``, ``last_update``... — only once
+        it reports: see :meth:`set_memory_stats_period`) and QEMU's resident size (``rss``)."""
+        return await self._call("domain_memory_stats")
+
+    async def set_memory_stats_period(
+        self, period: int, *, live: bool = False, config: bool = False
+    ) -> None:
+        """Have the guest's balloon driver report its memory statistics every ``period``
+        seconds (0: stop), as ``<memballoon><stats period='N'/>`` does from boot. ``live``:
+        in the running guest; ``config``: from the next boot on; neither: the current
+        state's (libvirt's flags)."""
+        await self._call("domain_set_memory_stats_period", period=period, live=live, config=config)
+
+    async def block_info(self, device: str) -> BlockInfo:
+        """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
+        ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""
+        return await self._call("domain_block_info", device=device)

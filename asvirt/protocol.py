@@ -32,12 +32,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .drivers.base import (
+    BlockInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
+    DomainStats,
     InterfaceAddressSource,
+    InterfaceStats,
     NetworkDHCPLease,
     NetworkRef,
+    StatsGroup,
     StoragePoolInfo,
     StoragePoolRef,
     StorageVolInfo,
@@ -257,6 +261,44 @@ class DomainCalls(Protocol):
         self, uuid: str, source: InterfaceAddressSource
     ) -> list[DomainInterface]:
         """The addresses of a running domain's interfaces (virsh domifaddr)."""
+        ...
+
+    @call(mutates=False)
+    async def get_all_domain_stats(
+        self,
+        stats: StatsGroup,
+        uuids: list[str] | None,
+        active: bool | None,
+        persistent: bool | None,
+    ) -> list[DomainStats]:
+        """Statistics of many domains, libvirt's fields (all of them, or only ``uuids``'s)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_block_stats(self, uuid: str, device: str) -> dict[str, int]:
+        """A running domain's disk counters ("": all disks summed)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_interface_stats(self, uuid: str, device: str) -> InterfaceStats:
+        """A running domain's interface counters, from the guest's side."""
+        ...
+
+    @call(mutates=False)
+    async def domain_memory_stats(self, uuid: str) -> dict[str, int]:
+        """A running domain's memory statistics (the balloon's, QEMU's rss)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_block_info(self, uuid: str, device: str) -> BlockInfo:
+        """The sizes of a disk's image: capacity, allocation, physical."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_memory_stats_period(
+        self, uuid: str, period: int, live: bool, config: bool
+    ) -> None:
+        """How often the balloon reports the guest's memory statistics (seconds; 0: never)."""
         ...
 
 

@@ -52,12 +52,14 @@ class TestGuest:
         uuid: str | None = None,
         memory_mib: int = 128,
         memballoon: str = "none",
+        balloon_period: int | None = None,
         devices: str = "",
         cmdline: str = "",
     ) -> str:
-        """The guest's domain XML. ``memballoon`` is the balloon's model; ``devices`` is more
-        device XML, added as it is (disks, a watchdog...); ``cmdline`` more kernel command
-        line flags (``asvirt.net=dhcp``...: see scripts/build-test-guest)."""
+        """The guest's domain XML. ``memballoon`` is the balloon's model (``balloon_period``:
+        its ``<stats period>``); ``devices`` is more device XML, added as it is (disks, a
+        watchdog...); ``cmdline`` more kernel command line flags (``asvirt.net=dhcp``...: see
+        scripts/build-test-guest)."""
         extra = cmdline
         cmdline = "console=ttyS0 quiet panic=0"
         if extra:
@@ -69,6 +71,11 @@ class TestGuest:
         if acpi != "on":
             cmdline += f" asvirt.acpi={acpi}"
         uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
+        balloon = f"<memballoon model='{memballoon}'/>"
+        if balloon_period is not None:
+            balloon = (
+                f"<memballoon model='{memballoon}'><stats period='{balloon_period}'/></memballoon>"
+            )
         return f"""<domain type='{domain_type}'>
   <name>{escape(name)}</name>{uuid_el}
   <memory unit='MiB'>{memory_mib}</memory>
@@ -89,7 +96,7 @@ class TestGuest:
       <target port='0'/>
     </serial>
     <panic model='isa'/>
-    <memballoon model='{memballoon}'/>{devices}
+    {balloon}{devices}
   </devices>
 </domain>
 """

@@ -623,6 +623,82 @@ async def test_qmp_answers(api):
         await dom.qmp("query-status", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+# -- statistics --------------------------------------------------------------------------------
+
+
+async def test_statistics_have_libvirts_fields_in_libvirts_order(api):
+    dom = await api.define("vm1", memballoon="virtio")
+    off = await api.define("off")
+    await dom.start(paused=True)
+    records = await api.conn.get_all_domain_stats(domains=[dom, off])
+    assert [d for d, _ in records] == [dom, off]
+    params, off_params = records[0][1], records[1][1]
+    groups = list(dict.fromkeys(k.split(".")[0] for k in params))
+    assert groups == ["state", "cpu", "balloon", "vcpu", "net", "block"]
+    paused_by_user = (S.PAUSED, asvirt.PausedReason.USER.value)
+    assert (params["state.state"], params["state.reason"]) == paused_by_user
+    assert params["cpu.time"] == params["cpu.user"] + params["cpu.system"]
+    assert params["balloon.current"] == params["balloon.maximum"] == 131072
+    assert params["balloon.rss"] > 0
+    assert (params["vcpu.current"], params["vcpu.maximum"], params["vcpu.0.state"]) == (1, 1, 1)
+    assert params["net.count"] == 0 and params["block.count"] == 0
+    # A shut-off domain: what its definition says, nothing measured.
+    assert off_params == {
+        "state.state": S.SHUTOFF,
+        "state.reason": asvirt.ShutoffReason.UNKNOWN.value,
+        "balloon.current": 131072,
+        "balloon.maximum": 131072,
+        "vcpu.current": 1,
+        "vcpu.maximum": 1,
+        "block.count": 0,
+    }
+    # Groups and filters; one domain's record.
+    only = await api.conn.get_all_domain_stats(
+        asvirt.StatsGroup.STATE | asvirt.StatsGroup.VCPU, domains=[dom, off], active=True
+    )
+    assert [d for d, _ in only] == [dom]
+    assert {k.split(".")[0] for k in only[0][1]} == {"state", "vcpu"}
+    assert (await off.stats(asvirt.StatsGroup.STATE))["state.state"] == S.SHUTOFF
+    assert list(await dom.stats()) == list(params)
+    stats = await dom.memory_stats()
+    assert next(iter(stats)) == "actual" and list(stats)[-1] == "rss"
+    assert stats["actual"] == 131072
+    with pytest.raises(asvirt.OperationInvalidError):
+        await off.memory_stats()
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.block_stats("vdz")
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.interface_stats("vnet99")
+
+
+async def test_memory_stats_period_follows_live_and_config(api):
+    dom = await api.define("vm1", memballoon="virtio", balloon_period=5)
+    await dom.start(paused=True)
+    assert "<stats period='5'/>" in await dom.xml_desc()
+    await dom.set_memory_stats_period(4)  # running: the live definition only
+    assert "<stats period='4'/>" in await dom.xml_desc()
+    assert "<stats period='5'/>" in await dom.xml_desc(inactive=True)
+    await dom.set_memory_stats_period(6, config=True)
+    assert "<stats period='6'/>" in await dom.xml_desc(inactive=True)
+    assert "<stats period='4'/>" in await dom.xml_desc()
+    await dom.set_memory_stats_period(2, live=True, config=True)
+    assert "<stats period='2'/>" in await dom.xml_desc(inactive=True)
+    assert "<stats period='2'/>" in await dom.xml_desc()
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_memory_stats_period(-1)
+    await dom.destroy()
+    await dom.set_memory_stats_period(0)  # shut off: its configuration
+    assert "<stats period='0'/>" in await dom.xml_desc()
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.set_memory_stats_period(1, live=True)
+    nob = await api.define("nob")  # <memballoon model='none'/>
+    with pytest.raises(asvirt.OperationInvalidError):
+        await nob.set_memory_stats_period(1)
+    tvm = await api.conn.create_xml(api.xml("tvm", memballoon="virtio"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await tvm.set_memory_stats_period(1, config=True)
+
+
 # -- persistence, transience, autodestroy ---------------------------------------------------
 
 

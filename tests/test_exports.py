@@ -11,6 +11,7 @@ import asvirt
 
 PUBLIC = [
     "AsvirtError",
+    "BlockInfo",
     "BlockedReason",
     "Config",
     "ConfigUnsupportedError",
@@ -26,6 +27,7 @@ PUBLIC = [
     "ErrorCode",
     "EventDetail",
     "EventKind",
+    "InterfaceStats",
     "InternalError",
     "InvalidArgError",
     "LifecycleEvent",
@@ -55,6 +57,7 @@ PUBLIC = [
     "ShutoffReason",
     "StartedDetail",
     "StateReason",
+    "StatsGroup",
     "StoppedDetail",
     "StoragePool",
     "StoragePoolInfo",

@@ -430,12 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    # The network and storage commands live in modules of their own; importing them
-    # registers them.
-    from . import network, storage
+    # The network, storage and monitoring commands live in modules of their own; importing
+    # them registers them.
+    from . import monitor, network, storage
 
     network.add_parsers(add)
     storage.add_parsers(add)
+    monitor.add_parsers(add)
     return parser
 
 

@@ -43,6 +43,59 @@ class DomainInfo:
     cpu_time_ns: int
 
 
+class StatsGroup(enum.IntFlag):
+    """The groups of :meth:`asvirt.Connection.get_all_domain_stats` (libvirt's
+    ``virDomainStatsTypes``); none (0) means every group the driver supports."""
+
+    #: ``state.state``, ``state.reason``.
+    STATE = 1
+    #: ``cpu.time``, ``cpu.user``, ``cpu.system`` (nanoseconds).
+    CPU_TOTAL = 2
+    #: ``balloon.current``, ``balloon.maximum`` (KiB) and the guest's balloon statistics.
+    BALLOON = 4
+    #: ``vcpu.current``, ``vcpu.maximum``, ``vcpu.N.state``, ``vcpu.N.time``...
+    VCPU = 8
+    #: ``net.count``, ``net.N.name``, ``net.N.rx.bytes``...
+    INTERFACE = 16
+    #: ``block.count``, ``block.N.name``, ``block.N.rd.reqs``...
+    BLOCK = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainStats:
+    """One domain's record of ``get_all_domain_stats`` (libvirt's ``virDomainStatsRecord``):
+    libvirt's typed parameters, in libvirt's order, as a dict of field name to value."""
+
+    name: str
+    uuid: str
+    params: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceStats:
+    """libvirt's ``virDomainInterfaceStatsStruct``, seen from the guest (-1: unknown)."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_errs: int
+    rx_drop: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errs: int
+    tx_drop: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockInfo:
+    """libvirt's ``virDomainBlockInfo``, in bytes: what the guest sees (``capacity``), what the
+    image occupies on the host (``allocation``, as ``du``) and its host size (``physical``,
+    as ``ls``)."""
+
+    capacity: int
+    allocation: int
+    physical: int
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NetworkRef:
     name: str
@@ -236,18 +289,22 @@ DriverOpener = Callable[
 
 __all__ = [
     "MAX_TRANSFER",
+    "BlockInfo",
     "ClientDriver",
     "DomainInfo",
     "DomainInterface",
     "DomainRef",
+    "DomainStats",
     "DriverOpener",
     "IPAddrType",
     "InterfaceAddress",
     "InterfaceAddressSource",
+    "InterfaceStats",
     "NetworkDHCPLease",
     "NetworkDriver",
     "NetworkRef",
     "ProgressCallback",
+    "StatsGroup",
     "StorageDriver",
     "StoragePoolInfo",
     "StoragePoolRef",

@@ -19,15 +19,20 @@ from typing import Any, Protocol
 
 import trio
 
+from ..conf.devices import Disk, Interface
 from ..conf.domain import DomainDef
 from ..conf.names import canonical_uuid
 from ..drivers.base import (
+    BlockInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
+    DomainStats,
     InterfaceAddress,
     InterfaceAddressSource,
+    InterfaceStats,
     NetworkDriver,
+    StatsGroup,
     StorageDriver,
 )
 from ..errors import (
@@ -35,12 +40,14 @@ from ..errors import (
     DomainExistsError,
     InvalidArgError,
     NoNetworkError,
+    OperationFailedError,
     OperationInvalidError,
     OperationUnsupportedError,
 )
 from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, UndefinedDetail
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
+from . import stats as stats_mod
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .volumes import resolve_volumes
 
@@ -152,6 +159,10 @@ class HypervisorBackend(Protocol):
         """Record durably whether a persistent domain starts with its node."""
         ...
 
+    def block_info(self, disk: Disk) -> BlockInfo:
+        """The sizes of a disk's image (AsvirtError if it cannot be read)."""
+        ...
+
 
 class StartableRuntime(DomainRuntime, Protocol):
     async def start(self, *, paused: bool) -> None:
@@ -230,7 +241,13 @@ class DomainDriver:
                 obj.persistent_def = defn
                 if obj.runtime is not None:
                     obj.runtime.persistence_changed()
-        log.info("domain defined", domain=defn.name, uuid=defn.uuid, detail=detail.name.lower())
+        log.info(
+            "domain defined",
+            domain=defn.name,
+            uuid=defn.uuid,
+            operation="define",
+            detail=detail.name.lower(),
+        )
         self._publish_lifecycle(obj, LifecycleEvent.DEFINED, detail)
         return DomainRef(obj.name, obj.uuid)
 
@@ -376,7 +393,7 @@ class DomainDriver:
             if obj.runtime is not None:
                 obj.runtime.persistence_changed()
             self.table.remove_if_gone(obj)
-        log.info("domain undefined", domain=obj.name, uuid=obj.uuid)
+        log.info("domain undefined", domain=obj.name, uuid=obj.uuid, operation="undefine")
         self._publish_lifecycle(obj, LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
 
     async def domain_set_autostart(self, uuid: str, autostart: bool) -> None:
@@ -399,9 +416,17 @@ class DomainDriver:
                 continue
             try:
                 await self.domain_start(obj.uuid, paused=False, autodestroy=False)
-                log.info("autostarted domain", domain=obj.name, uuid=obj.uuid)
+                log.info(
+                    "autostarted domain", domain=obj.name, uuid=obj.uuid, operation="autostart"
+                )
             except AsvirtError as err:
-                log.error("cannot autostart domain", domain=obj.name, error=str(err))
+                log.error(
+                    "cannot autostart domain",
+                    domain=obj.name,
+                    uuid=obj.uuid,
+                    operation="autostart",
+                    error=str(err),
+                )
 
     def _require_state(self, obj: DomainObj, allowed: tuple[DomainState, ...]) -> None:
         state = self._runtime(obj).state[0]
@@ -413,7 +438,12 @@ class DomainDriver:
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:
-                log.info("destroying autodestroy domain", domain=obj.name, uuid=obj.uuid)
+                log.info(
+                    "destroying autodestroy domain",
+                    domain=obj.name,
+                    uuid=obj.uuid,
+                    operation="destroy",
+                )
                 await runtime.destroy()
 
     # -- inspection -----------------------------------------------------------------------------
@@ -491,6 +521,163 @@ class DomainDriver:
                 addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
                 found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
         return found
+
+    # -- statistics -----------------------------------------------------------------------------
+    #
+    # Reads: no job is taken, so that a domain busy with a long job still reports. Every
+    # domain is measured at once (one task each); a runtime asks its hypervisor at most one
+    # question per group.
+
+    async def get_all_domain_stats(
+        self,
+        stats: StatsGroup,
+        uuids: list[str] | None,
+        active: bool | None,
+        persistent: bool | None,
+    ) -> list[DomainStats]:
+        """Statistics of many domains (libvirt's ``virConnectGetAllDomainStats``, or
+        ``virDomainListGetStats`` with ``uuids``), in the order the domains are listed."""
+        groups = StatsGroup(stats) & stats_mod.ALL_GROUPS or stats_mod.ALL_GROUPS
+        if uuids is None:
+            objs = self.table.matching(active=active, persistent=persistent)
+        else:
+            objs = [self.table.get(canonical_uuid(u)) for u in uuids]
+            objs = [
+                o
+                for o in objs
+                if (active is None or o.active == active)
+                and (persistent is None or o.persistent == persistent)
+            ]
+        scope = stats_mod.SampleScope()
+        records: list[DomainStats | None] = [None] * len(objs)
+
+        async def collect(i: int, obj: DomainObj) -> None:
+            records[i] = await self._domain_stats(obj, groups, scope)
+
+        async with trio.open_nursery() as nursery:
+            for i, obj in enumerate(objs):
+                nursery.start_soon(collect, i, obj)
+        return [r for r in records if r is not None]
+
+    async def _domain_stats(
+        self, obj: DomainObj, groups: StatsGroup, scope: stats_mod.SampleScope
+    ) -> DomainStats | None:
+        runtime = obj.runtime
+        sample = await runtime.sample(groups, scope) if runtime is not None else None
+        if obj.removed:
+            return None  # gone meanwhile (a transient domain that stopped)
+        if runtime is not None and obj.runtime is runtime:
+            defn, state = runtime.live_def, runtime.state
+        else:
+            # Not running (any more): what its definition says, as libvirt reports it.
+            defn, state, sample = obj.definition(), obj.state(), None
+        params = stats_mod.record_params(
+            groups, state=state, defn=defn, sample=sample, block_info=self.backend.block_info
+        )
+        return DomainStats(obj.name, obj.uuid, params)
+
+    async def domain_block_stats(self, uuid: str, device: str) -> dict[str, int]:
+        """A running domain's disk counters (libvirt's ``virDomainBlockStatsFlags``); the
+        empty device name sums every disk."""
+        obj = self.table.get(uuid)
+        runtime = self._runtime(obj)
+        disks = runtime.live_def.disks if device == "" else [self._disk(runtime.live_def, device)]
+        sample = await runtime.sample(StatsGroup.BLOCK, stats_mod.SampleScope())
+        blocks = sample.blocks
+        if blocks is None:
+            raise OperationFailedError(f"cannot read the block statistics of '{obj.name}'")
+        counters = [blocks[d.target] for d in disks if d.target in blocks]
+        if device and not counters:
+            raise OperationFailedError(f"no block statistics for disk '{device}'")
+        return stats_mod.block_stats(counters)
+
+    async def domain_interface_stats(self, uuid: str, device: str) -> InterfaceStats:
+        """A running domain's interface counters, from the guest's side (libvirt's
+        ``virDomainInterfaceStats``); ``device`` is the interface's name or MAC address."""
+        obj = self.table.get(uuid)
+        runtime = self._runtime(obj)
+        nic = self._interface(runtime.live_def, device)
+        if nic.type == "user" or nic.target_dev is None:
+            raise OperationUnsupportedError(
+                f"interface '{device}' of type '{nic.type}' has no host device to count on"
+            )
+        sample = await runtime.sample(StatsGroup.INTERFACE, stats_mod.SampleScope())
+        found = (sample.nets or {}).get(nic.target_dev)
+        if found is None:
+            raise OperationFailedError(f"cannot read the counters of interface '{device}'")
+        return found
+
+    async def domain_memory_stats(self, uuid: str) -> dict[str, int]:
+        """A running domain's memory statistics (libvirt's ``virDomainMemoryStats``)."""
+        obj = self.table.get(uuid)
+        runtime = self._runtime(obj)
+        sample = await runtime.sample(StatsGroup.BALLOON, stats_mod.SampleScope())
+        return stats_mod.memory_stats(runtime.live_def, sample)
+
+    async def domain_block_info(self, uuid: str, device: str) -> BlockInfo:
+        """The sizes of a disk's image (libvirt's ``virDomainGetBlockInfo``)."""
+        obj = self.table.get(uuid)
+        disk = self._disk(obj.definition(), device)
+        if disk.source is None:
+            raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
+        await trio.lowlevel.checkpoint()
+        return self.backend.block_info(disk)
+
+    async def domain_set_memory_stats_period(
+        self, uuid: str, period: int, live: bool, config: bool
+    ) -> None:
+        """Have the balloon report the guest's statistics every ``period`` seconds (0: stop):
+        in the running guest (``live``) and/or its next boot (``config``); neither: the
+        current state's, as libvirt's ``virDomainSetMemoryStatsPeriod``."""
+        if period < 0:
+            raise InvalidArgError("invalid statistics period: it must not be negative")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            defs = [obj.runtime.live_def] if live and obj.runtime is not None else []
+            if config and obj.persistent_def is not None:
+                defs.append(obj.persistent_def)
+            for defn in defs:
+                if not defn.has_memballoon:
+                    raise OperationInvalidError(
+                        "no memory balloon device configured, cannot set the collection period"
+                    )
+            if live:
+                await self._runtime(obj).set_memory_stats_period(period)
+            if config and obj.persistent_def is not None:
+                updated = obj.persistent_def.copy()
+                assert updated.memballoon is not None
+                updated.memballoon.stats_period = period
+                await self.backend.save_config(updated)
+                obj.persistent_def = updated
+
+    def _affected(self, obj: DomainObj, live: bool, config: bool) -> tuple[bool, bool]:
+        """libvirt's ``VIR_DOMAIN_AFFECT_*``: neither flag means the current state's
+        definition (the live one of a running domain, else the persistent one)."""
+        if not live and not config:
+            live, config = obj.active, not obj.active
+        if live and not obj.active:
+            raise OperationInvalidError(f"domain '{obj.name}' is not running")
+        if config and not obj.persistent:
+            raise OperationInvalidError(
+                f"transient domain '{obj.name}' has no persistent configuration"
+            )
+        return live, config
+
+    @staticmethod
+    def _disk(defn: DomainDef, device: str) -> Disk:
+        """A disk by target (``vda``) or source path, as libvirt finds it."""
+        for disk in defn.disks:
+            if device in (disk.target, disk.source):
+                return disk
+        raise InvalidArgError(f"invalid path: {device}")
+
+    @staticmethod
+    def _interface(defn: DomainDef, device: str) -> Interface:
+        """An interface by its host device's name or its MAC address."""
+        for nic in defn.interfaces:
+            if device == nic.target_dev or (nic.mac and device.lower() == nic.mac):
+                return nic
+        raise InvalidArgError(f"invalid path, '{device}' is not a known interface")
 
     async def domain_is_active(self, uuid: str) -> bool:
         return self.table.get(uuid).active

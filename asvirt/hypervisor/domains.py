@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ..conf.domain import DomainDef
 from ..errors import DomainExistsError, NoDomainError
 from ..states import DomainState, ShutoffReason, StateReason
+
+if TYPE_CHECKING:
+    from ..drivers.base import StatsGroup
+    from .stats import RuntimeSample, SampleScope
 
 
 class DomainRuntime(Protocol):
@@ -58,6 +62,16 @@ class DomainRuntime(Protocol):
 
     def persistence_changed(self) -> None:
         """The domain was defined or undefined while running (status files record it)."""
+        ...
+
+    async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
+        """Measure what ``groups`` need (at most one hypervisor query per group); what cannot
+        be measured now is left None, never an error."""
+        ...
+
+    async def set_memory_stats_period(self, period: int) -> None:
+        """Have the guest's balloon report its statistics every ``period`` seconds (0: stop),
+        and record it in the live definition."""
         ...
 
 

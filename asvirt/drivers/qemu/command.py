@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from ...conf.devices import Chardev, Controller, Disk, Interface
+from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
@@ -128,6 +128,23 @@ def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
         for lst in gfx.listens:
             if lst.type == "socket" and lst.socket is None:
                 lst.socket = _socket_path(runtime_dir, f"{defn.uuid[:8]}-vnc.sock")
+
+
+#: Where VNC listens when the XML names no address (libvirt's qemu.conf ``vnc_listen``).
+VNC_DEFAULT_LISTEN = "127.0.0.1"
+
+
+def fill_listen_addresses(defn: DomainDef) -> None:
+    """Give VNC displays that listen on an unnamed address the default one (in place), as
+    libvirt does when it starts a domain, so the live XML says where to connect
+    (``virsh vncdisplay`` reads it there)."""
+    for gfx in defn.graphics:
+        if gfx.type != "vnc":
+            continue
+        if not gfx.listens:
+            gfx.listens.append(GraphicsListen(type="address", address=VNC_DEFAULT_LISTEN))
+        elif gfx.listens[0].type == "address" and not gfx.listens[0].address:
+            gfx.listens[0].address = VNC_DEFAULT_LISTEN
 
 
 def links_down(defn: DomainDef) -> list[str]:
@@ -854,7 +871,7 @@ class _Builder:
                 continue  # SPICE: command_more
             lst = gfx.listens[0] if gfx.listens else None
             if lst is None or lst.type == "address":
-                host = lst.address if lst is not None and lst.address else "127.0.0.1"
+                host = lst.address if lst is not None and lst.address else VNC_DEFAULT_LISTEN
                 if ":" in host:
                     host = f"[{host}]"
                 if gfx.autoport is not False and (gfx.port in (None, -1) or gfx.autoport):

@@ -27,6 +27,7 @@ import trio_asyncio
 
 from ... import config as config_mod
 from ... import fsutil
+from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...config import Config
 from ...errors import (
@@ -49,7 +50,7 @@ from ...hypervisor.volumes import resolve_volumes, uses_volumes
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
-from ..base import ClientDriver
+from ..base import BlockInfo, ClientDriver
 from ..local import LocalDriver
 from ..network.driver import host_network_driver, plug_interfaces
 from ..storage.driver import DirStorageDriver
@@ -63,11 +64,12 @@ from .capabilities import (
     kvm_usable,
 )
 from .command import domxml_to_native
-from .monitor import asyncio_loop
+from .monitor import MonitorCounters, asyncio_loop
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
 from .security import DacSecurity, remove_socket_dir, resolve_identity
+from .stats import image_info
 from .status import StatusRecord
 
 log = get_logger("asvirt.qemu")
@@ -195,6 +197,9 @@ class QemuBackend:
             autodestroy=autodestroy,
         )
 
+    def block_info(self, disk: Disk) -> BlockInfo:
+        return image_info(disk)
+
     def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
         if obj.persistent:
             # Later processes (the next CLI command) can still say why it stopped.
@@ -203,7 +208,12 @@ class QemuBackend:
                     self.paths.shutoff(obj.name), reason.name.encode(), durable=False
                 )
             except OSError as err:
-                log.warning("cannot record shutoff reason", domain=obj.name, error=str(err))
+                log.warning(
+                    "cannot record shutoff reason",
+                    domain=obj.name,
+                    uuid=obj.uuid,
+                    error=str(err),
+                )
 
     def load_shutoff_reason(self, name: str) -> ShutoffReason:
         try:
@@ -236,6 +246,8 @@ class QemuNode(Node):
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
         self.security = DacSecurity(None, paths.qemu_socket_dir)
+        #: What every domain's monitor counts (QMP deadlines missed).
+        self.monitor_counters = MonitorCounters()
 
     # -- the node's life -----------------------------------------------------------------------
 
@@ -383,7 +395,14 @@ class QemuNode(Node):
             await runner.attach(record)
         except (AsvirtError, OSError) as err:
             # The runner has reported the domain as stopped.
-            log.info("domain stopped while unsupervised", domain=record.name, error=str(err))
+            log.info(
+                "domain stopped while unsupervised",
+                domain=record.name,
+                uuid=record.uuid,
+                pid=record.pid,
+                operation="attach",
+                error=str(err),
+            )
             return
         if record.autodestroy:
             # The process that asked for autodestroy is gone for good.
@@ -451,7 +470,11 @@ class QemuNode(Node):
             capabilities_for=self.capabilities_for,
             security=self.security,
             plug_interfaces=self._plug_interfaces,
+            monitor_counters=self.monitor_counters,
         )
+
+    def qmp_timeouts(self) -> int:
+        return self.monitor_counters.timeouts
 
     async def _plug_interfaces(self, defn: DomainDef) -> dict[str, int]:
         return await plug_interfaces(defn, self._networks)

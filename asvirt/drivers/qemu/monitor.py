@@ -22,8 +22,8 @@ Traps of ``qemu.qmp`` this module deals with (each one measured, not guessed):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import math
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +46,14 @@ _QMP_LOGGER.setLevel(logging.CRITICAL)
 DISCONNECT_TIMEOUT = 2.0
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class MonitorCounters:
+    """What the monitors of one node count together (the daemon's /metrics shows them)."""
+
+    #: Commands (and handshakes) QEMU did not answer within their deadline.
+    timeouts: int = 0
 
 
 @asynccontextmanager
@@ -81,7 +89,8 @@ class Monitor:
     """One QMP session with one QEMU, driven from trio.
 
     Events are delivered to ``on_event`` synchronously, in the order QEMU sent them, before the
-    reply of any command QEMU sent after them.
+    reply of any command QEMU sent after them. Deadlines that pass are counted in
+    ``counters`` (the node's, shared by its monitors).
     """
 
     def __init__(
@@ -91,9 +100,11 @@ class Monitor:
         name: str,
         on_event: EventCallback,
         timeout: float,
+        counters: MonitorCounters | None = None,
     ) -> None:
         self._loop = loop
         self._timeout = timeout
+        self._counters = counters if counters is not None else MonitorCounters()
         self._client = _QuietQMPClient(name, on_event)
         self._closed = False
 
@@ -117,6 +128,7 @@ class Monitor:
             with trio.fail_after(self._timeout if timeout is None else timeout):
                 await self._loop.run_aio_coroutine(self._client.connect(sock))
         except trio.TooSlowError:
+            self._counters.timeouts += 1
             sock.close()
             raise OperationTimeoutError("QEMU did not complete the QMP handshake in time") from None
         except ConnectError as err:
@@ -134,18 +146,26 @@ class Monitor:
         """Run one QMP command and return its ``return`` value.
 
         Raises :class:`OperationTimeoutError` after ``timeout`` seconds (the monitor's default
-        deadline if None), :class:`QMPError` if QEMU answers with an error or the session is gone.
+        deadline if None; 0: none, the caller bounds the call), :class:`QMPError` if QEMU
+        answers with an error or the session is gone.
         """
         if self._closed:
             raise QMPError("the monitor connection is closed")
         deadline = self._timeout if timeout is None else timeout
+        if deadline <= 0:
+            return await self._execute(command, arguments)
         try:
-            with trio.fail_after(deadline if deadline > 0 else math.inf):
-                return await self._loop.run_aio_coroutine(self._client.execute(command, arguments))
+            with trio.fail_after(deadline):
+                return await self._execute(command, arguments)
         except trio.TooSlowError:
+            self._counters.timeouts += 1
             raise OperationTimeoutError(
                 f"QEMU did not answer '{command}' within {deadline:g} s"
             ) from None
+
+    async def _execute(self, command: str, arguments: dict[str, Any] | None) -> Any:
+        try:
+            return await self._loop.run_aio_coroutine(self._client.execute(command, arguments))
         except ExecuteError as err:
             raise QMPError(f"QEMU refused '{command}': {err}", error_class=err.error_class) from err
         except (AssertionError, StateError, ConnectionError, EOFError, OSError) as err:

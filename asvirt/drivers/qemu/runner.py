@@ -40,6 +40,7 @@ import trio_asyncio
 from ... import fsutil
 from ...conf.domain import DomainDef, parse_cpuset
 from ...config import QemuConfig
+from ...drivers.base import StatsGroup
 from ...errors import (
     AsvirtError,
     OperationFailedError,
@@ -50,13 +51,21 @@ from ...errors import (
 )
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
+from ...hypervisor.stats import RuntimeSample, SampleScope, VcpuSample
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import process
+from . import stats as hoststats
 from .capabilities import QemuCapabilities
-from .command import MonitorSpec, build_command, fill_runtime_paths, links_down
+from .command import (
+    MonitorSpec,
+    build_command,
+    fill_listen_addresses,
+    fill_runtime_paths,
+    links_down,
+)
 from .helpers import DomainHelpers
-from .monitor import Monitor
+from .monitor import Monitor, MonitorCounters
 from .paths import EmbedPaths
 from .security import DacSecurity
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StopCause
@@ -79,6 +88,8 @@ class RunnerEnv:
     #: into their bridges (recording their names in it); returns alias -> tap descriptor.
     #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
     plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
+    #: What the node's monitors count together (QMP deadlines missed).
+    monitor_counters: MonitorCounters = dataclasses.field(default_factory=MonitorCounters)
 
 
 class RunMode(enum.Enum):
@@ -138,6 +149,10 @@ class QemuRunner:
         self._announced = False
         #: NVRAM, host devices and helper programs (swtpm, virtiofsd): up before QEMU.
         self._helpers: DomainHelpers | None = None
+        #: The vCPU threads (by vCPU index), once QEMU told them: they change only when vCPUs
+        #: are plugged or unplugged, which the statistics notice (a count that differs, a
+        #: thread that is gone) and ask again.
+        self._vcpu_threads: list[int] | None = None
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -207,6 +222,94 @@ class QemuRunner:
         return await self.execute(command, arguments)
 
     def persistence_changed(self) -> None:
+        self.mark_dirty()
+
+    async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
+        """Measure what ``groups`` need: /proc for CPU times, memory and vCPU threads, the
+        host's interface counters, and one QMP query per group that needs QEMU (blockstats,
+        the balloon's statistics); queries QEMU does not answer within ``stats_timeout`` leave
+        their figures out."""
+        sample = RuntimeSample()
+        pid = self.pid
+        if pid is None or self.exited or self._monitor is None:
+            return sample
+        live = self._live_def
+        if groups & (StatsGroup.CPU_TOTAL | StatsGroup.BALLOON):
+            times = hoststats.process_times(pid)
+            if times is not None and groups & StatsGroup.CPU_TOTAL:
+                sample.cpu = times[0]
+            if groups & StatsGroup.BALLOON:
+                sample.balloon_kib = self.memory_kib()
+                sample.rss_kib = times[1] if times is not None else None
+        if groups & StatsGroup.INTERFACE:
+            table = scope.memo("netdev", hoststats.read_netdev)
+            sample.nets = {
+                nic.target_dev: hoststats.tap_stats(table[nic.target_dev])
+                for nic in live.interfaces
+                if nic.type != "user" and nic.target_dev in table
+            }
+
+        # One deadline for this domain's queries (asked one after the other: every domain is
+        # asked at once, so QEMUs work in parallel anyway), none per query.
+        with trio.move_on_after(self._env.config.stats_timeout) as deadline:
+            if groups & StatsGroup.BALLOON and live.memballoon is not None and live.has_memballoon:
+                balloon = f"/machine/peripheral/{live.memballoon.alias}"
+                args = {"path": balloon, "property": "guest-stats"}
+                reply = await self._stats_query("qom-get", args)
+                if reply is not None:
+                    sample.guest_memory = hoststats.guest_memory(reply)
+            if groups & StatsGroup.VCPU:
+                sample.vcpus = await self._sample_vcpus(pid, scope)
+            if groups & StatsGroup.BLOCK and live.disks:
+                reply = await self._stats_query("query-blockstats")
+                if reply is not None:
+                    sample.blocks = hoststats.block_counters(reply, live.disks)
+        if deadline.cancelled_caught:
+            self._env.monitor_counters.timeouts += 1
+            self.log.debug("QEMU did not answer statistics queries in time", operation="stats")
+        return sample
+
+    async def _sample_vcpus(self, pid: int, scope: SampleScope) -> list[VcpuSample] | None:
+        wait = scope.memo("schedstats", hoststats.schedstats_enabled)
+        threads = self._vcpu_threads
+        if threads is not None and len(threads) == self._live_def.vcpus:
+            found = hoststats.vcpus(pid, threads, wait=wait)
+            if found is not None:
+                return found
+        # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
+        reply = await self._stats_query("query-cpus-fast")
+        if reply is None:
+            return None
+        self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
+        return hoststats.vcpus(pid, threads, wait=wait)
+
+    async def _stats_query(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """A statistics query's answer, or None if QEMU refused it (the caller bounds it)."""
+        monitor = self._monitor
+        if monitor is None:
+            return None
+        try:
+            return await monitor.execute(command, arguments, timeout=0)
+        except QMPError as err:
+            self.log.debug(
+                "statistics query failed", operation="stats", command=command, error=str(err)
+            )
+            return None
+
+    async def set_memory_stats_period(self, period: int) -> None:
+        """Set the balloon's statistics polling interval (libvirt's ``<stats period>``)."""
+        balloon = self._live_def.memballoon
+        assert balloon is not None and balloon.alias
+        await self.execute(
+            "qom-set",
+            {
+                "path": f"/machine/peripheral/{balloon.alias}",
+                "property": "guest-stats-polling-interval",
+                "value": period,
+            },
+        )
+        balloon.stats_period = period
+        self._live_xml = None
         self.mark_dirty()
 
     # -- the node's hold on the runner ---------------------------------------------------------
@@ -305,6 +408,7 @@ class QemuRunner:
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(socket_dir))
+        fill_listen_addresses(self._live_def)
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
@@ -396,6 +500,7 @@ class QemuRunner:
             name=name,
             on_event=self._on_qmp_event,
             timeout=self._env.config.qmp_timeout,
+            counters=self._env.monitor_counters,
         )
         try:
             await self._monitor.connect(client, timeout=self._env.config.startup_timeout)
@@ -415,7 +520,7 @@ class QemuRunner:
         self._start_time = process.read_start_time(self.pid)
         if self._start_time is None:
             raise OperationFailedError(f"QEMU exited during start-up: {self._exit_reason()}")
-        self.log.info("QEMU started", argv0=argv[0])
+        self.log.info("QEMU started", operation="start", argv0=argv[0])
 
     async def _boot(self, *, paused: bool) -> None:
         caps = await self._env.capabilities_for(self._live_def)
@@ -431,6 +536,17 @@ class QemuRunner:
             )
         await self._record_pty_paths()
         await self._record_vnc_port()
+        balloon = self._live_def.memballoon
+        if self._live_def.has_memballoon and balloon is not None and balloon.stats_period:
+            # QEMU has no command-line switch for it either (libvirt sets it the same way).
+            await self._call(
+                "qom-set",
+                {
+                    "path": f"/machine/peripheral/{balloon.alias}",
+                    "property": "guest-stats-polling-interval",
+                    "value": balloon.stats_period,
+                },
+            )
         for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
@@ -479,10 +595,11 @@ class QemuRunner:
             name=self._name,
             on_event=self._on_qmp_event,
             timeout=self._env.config.qmp_timeout,
+            counters=self._env.monitor_counters,
         )
         sock = fsutil.connect_unix(record.monitor)
         await self._monitor.connect(sock, timeout=self._env.config.startup_timeout)
-        self.log.info("re-attached to running QEMU")
+        self.log.info("re-attached to running QEMU", operation="attach")
 
     async def _reconcile_attached(self) -> None:
         if self.machine.stopping:
@@ -627,7 +744,9 @@ class QemuRunner:
             with trio.move_on_after(grace):
                 await self._done.wait()
             if not self._done.is_set() and not self.exited:
-                self.log.warning("QEMU ignored SIGTERM; killing it", grace_s=grace)
+                self.log.warning(
+                    "QEMU ignored SIGTERM; killing it", operation="destroy", grace_s=grace
+                )
                 process.signal_pidfd(self._pidfd, signal.SIGKILL)
         await self._done.wait()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 from lxml import etree
 
+from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...conf.postparse import postparse_domain
 from ...conf.xmlsafe import parse_xml
@@ -38,6 +39,7 @@ from ...errors import (
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...states import DomainState, ShutoffReason
+from ..base import BlockInfo
 from .guest import SimulatedVM
 from .state import TestNode
 
@@ -149,6 +151,10 @@ class TestBackend:
 
     def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
         pass
+
+    def block_info(self, disk: Disk) -> BlockInfo:
+        # libvirt's test driver's figures: a 1 TiB image, whatever the disk.
+        return BlockInfo(capacity=1099506450432, allocation=1099511627776, physical=1099511627776)
 
 
 def new_test_node(source: str, config: Config) -> TestNode:
