@@ -184,10 +184,37 @@ class DaemonSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """The daemon's Prometheus endpoint."""
+
+    #: ``HOST:PORT`` to serve ``/metrics`` on (``[::1]:9177`` for IPv6); "" serves nothing.
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen)
+
+    def address(self) -> tuple[str, int] | None:
+        """The host and port to listen on, or None when the endpoint is off."""
+        return parse_listen(self.listen) if self.listen else None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6ADDR]:PORT``) as a host and a port; InvalidArgError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgError(f"[metrics] listen {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True)
 class DaemonConfig(_Sections):
     """asvirtd's own settings (``asvirtd.toml``); the node's are in ``asvirt.toml``."""
 
     daemon: DaemonSettings = DaemonSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 _SECTION_TYPES = {
@@ -195,6 +222,7 @@ _SECTION_TYPES = {
     "EventsConfig": EventsConfig,
     "JournalConfig": JournalConfig,
     "DaemonSettings": DaemonSettings,
+    "MetricsSettings": MetricsSettings,
     "NetworkConfig": NetworkConfig,
     "StorageConfig": StorageConfig,
 }

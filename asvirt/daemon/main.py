@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics ([metrics] listen)",
+    )
+    p.add_argument(
         "--stdio-bridge",
         action="store_true",
         help="relay stdin/stdout to the daemon's socket (what SSH clients run)",
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import trio
 
-    from ..config import DaemonConfig
+    from ..config import DaemonConfig, MetricsSettings
     from ..errors import AsvirtError
     from ..log import configure_logging
     from .server import Server, serve_until_signalled
@@ -91,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         config_file = args.config or chosen.config_file
-        settings = (
-            DaemonConfig.load(config_file) if config_file.exists() else DaemonConfig()
-        ).daemon
+        config = DaemonConfig.load(config_file) if config_file.exists() else DaemonConfig()
+        metrics = config.metrics if args.metrics is None else MetricsSettings(args.metrics)
         server = Server(
             chosen,
-            settings=settings,
+            settings=config.daemon,
             shutdown_vms=args.shutdown_vms,
             define_defaults=args.system or args.define_defaults,
+            metrics=metrics.address(),
         )
         trio.run(serve_until_signalled, server)
     except (AsvirtError, BaseExceptionGroup) as caught:

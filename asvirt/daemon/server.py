@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -97,9 +98,15 @@ class Server:
         node_config: Config | None = None,
         shutdown_vms: bool = False,
         define_defaults: bool = False,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.layout = layout
         self.settings = settings
+        #: Where to serve Prometheus metrics (host, port), or None.
+        self.metrics = metrics
+        #: Where metrics are served once running (the bound addresses).
+        self.metrics_addresses: list[tuple[str, int]] = []
+        self._clients = 0
         self.node_config = node_config
         self.shutdown_vms = shutdown_vms
         #: On its very first start, define what distributions define for the system daemon.
@@ -146,6 +153,14 @@ class Server:
                     nursery.start_soon(self._accept, node, sock, read_only, nursery)
                     where = str(path) if path is not None else "systemd socket"
                     log.info("listening", socket=where, read_only=read_only)
+                if self.metrics is not None:
+                    from .metrics import serve_metrics  # prometheus_client: only when asked
+
+                    self.metrics_addresses = await nursery.start(
+                        functools.partial(
+                            serve_metrics, node, self.metrics, clients=lambda: self._clients
+                        )
+                    )
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -174,7 +189,14 @@ class Server:
             peer = Peer.of(conn)  # type: ignore[arg-type]
             stream = trio.SocketStream(conn)
             session = Session(node, stream, read_only=read_only, peer=peer, limits=self.limits)
-            nursery.start_soon(_serve, session)
+            nursery.start_soon(self._serve_counted, session)
+
+    async def _serve_counted(self, session: Session) -> None:
+        self._clients += 1
+        try:
+            await _serve(session)
+        finally:
+            self._clients -= 1
 
 
 async def _serve(session: Session) -> None:

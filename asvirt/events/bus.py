@@ -142,16 +142,19 @@ class Subscription:
             raise RuntimeError("deliver_directly() before the buffered events were received")
         self._direct = deliver
 
-    def _offer(self, event: DomainEvent) -> None:
+    def _offer(self, event: DomainEvent) -> bool:
+        """Deliver or buffer ``event`` if it matches; True if an older one had to be dropped."""
         if self._closed or not self.matches(event):
-            return
+            return False
         if self._direct is not None:
             self._direct(event)
-            return
-        if len(self._queue) == self._queue.maxlen:
+            return False
+        dropped = len(self._queue) == self._queue.maxlen
+        if dropped:
             self.lost += 1  # the deque drops the oldest on append
         self._queue.append(event)
         self._lot.unpark_all()
+        return dropped
 
     @property
     def closed(self) -> bool:
@@ -246,6 +249,17 @@ class EventBus:
         self._qmp_subscribers = 0
         self._default_buffer = buffer
         self._closed = False
+        #: Events published through this bus (raw QMP events nobody asked for not counted).
+        self.published = 0
+        #: Events subscribers lost because their buffers were full (see Subscription.lost).
+        self.lost = 0
+        #: Replays that found events no longer retained (each yielded a GAP event).
+        self.gaps = 0
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subs)
 
     @property
     def last_seq(self) -> int:
@@ -297,13 +311,16 @@ class EventBus:
             data=data,
         )
         self.journal.append(event)
+        self.published += 1
         if not self._closed:
             for sub in self._subs:
-                sub._offer(event)
+                if sub._offer(event):
+                    self.lost += 1
         return event
 
     def gap_event(self, first: int, last: int) -> DomainEvent:
         """The marker a replay yields for events ``first..last`` that are no longer kept."""
+        self.gaps += 1
         return DomainEvent(
             seq=last,
             timestamp=time.time(),

@@ -35,6 +35,22 @@ if TYPE_CHECKING:
 log = get_logger("asvirt.node")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SupervisorCounters:
+    """The supervisor's own figures for one node (the daemon's /metrics shows them)."""
+
+    #: Events numbered and journaled since the node opened.
+    events_published: int
+    #: Subscriptions open now.
+    event_subscribers: int
+    #: Events subscribers lost because they did not keep up (their buffers were full).
+    events_lost: int
+    #: Replays that found events older than the journal retains (GAP events).
+    event_gaps: int
+    #: QMP commands QEMU did not answer within their deadline.
+    qmp_timeouts: int
+
+
 class Node:
     """The state of one supervised root, shared by every connection to it.
 
@@ -96,6 +112,21 @@ class Node:
         if self._nursery is None:
             raise OperationInvalidError(f"the node '{self.name}' is not running")
         return self._nursery
+
+    def counters(self) -> SupervisorCounters:
+        """The supervisor's own figures: events, subscribers, losses, QMP deadlines missed."""
+        bus = self.bus
+        return SupervisorCounters(
+            events_published=bus.published,
+            event_subscribers=bus.subscribers,
+            events_lost=bus.lost,
+            event_gaps=bus.gaps,
+            qmp_timeouts=self.qmp_timeouts(),
+        )
+
+    def qmp_timeouts(self) -> int:
+        """QMP commands that missed their deadline (drivers that speak QMP count them)."""
+        return 0
 
     async def client_closed(self, client: object) -> None:
         """A connection left: end its volume transfers, destroy what it started with
@@ -273,4 +304,4 @@ async def leased(key: Hashable | None, factory: Callable[[], Node]) -> AsyncIter
         await lease.release()
 
 
-__all__ = ["Node", "NodeLease", "find_node", "leased", "open_node"]
+__all__ = ["Node", "NodeLease", "SupervisorCounters", "find_node", "leased", "open_node"]
