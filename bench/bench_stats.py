@@ -1,0 +1,183 @@
+"""Statistics of many running domains at once: ``get_all_domain_stats()`` for N QEMUs (and
+libvirt-python's ``getAllDomainStats()`` for the same guests, when libvirt is installed).
+
+    .venv/bin/python bench/bench_stats.py [--domains N] [--rounds R] [--paused]
+
+Each domain has a qcow2 disk and a memory balloon, so that every group has something to
+report: state, CPU times and memory (/proc), the balloon's statistics (one qom-get), vCPUs
+(their threads in /proc; query-cpus-fast once), block (one query-blockstats, the image's
+sizes). By default the domains *run*: firmware only, under TCG, no OS — SeaBIOS reads the
+disk, finds nothing to boot and halts, so each QEMU is a live, answering process that costs
+about half a percent of a CPU. ``--paused`` uses the paused test guest instead (KVM when
+usable). All groups, all domains, one call; the figure is the median of the rounds, each a
+fresh call (nothing is cached between calls). The supervisor's own CPU time per call is
+printed beside it: on a small, shared machine the wall time is mostly QEMUs waiting for a CPU.
+
+Target (issue 11): 100 running domains in under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import asvirt  # noqa: E402
+from tests.guest import GUEST_DIR, PAUSED_DOMAIN_TYPE, TestGuest  # noqa: E402
+from tests.helpers import disk_xml  # noqa: E402
+
+TARGET_MS = 100.0
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+#: A domain with nothing to boot: SeaBIOS reads the disk, finds no boot sector and halts.
+FIRMWARE_ONLY = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>{disk}<memballoon model='virtio'/></devices>
+</domain>
+"""
+
+
+def guest_xml(guest: TestGuest, workdir: Path, name: str, paused: bool) -> str:
+    image = workdir / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    if not paused:
+        return FIRMWARE_ONLY.format(name=name, disk=disk_xml(image))
+    return guest.xml(
+        name,
+        workdir / f"{name}.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        memory_mib=32,
+        memballoon="virtio",
+        devices=disk_xml(image),
+    )
+
+
+async def measure_asvirt(
+    xmls: list[str], root: Path, rounds: int, paused: bool
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each round."""
+    times, cpu = [], []
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        doms = []
+        try:
+            started = time.perf_counter()
+            for xml in xmls:
+                doms.append(await conn.create_xml(xml, paused=paused))
+            took = time.perf_counter() - started
+            how = "paused" if paused else "running"
+            print(f"started {len(doms)} {how} domains in {took:.1f} s")
+            if not paused:
+                await trio.sleep(2)  # the firmware's boot attempt is over
+            records = await conn.get_all_domain_stats()  # warm-up
+            fields = sum(len(params) for _, params in records)
+            states = {params["state.state"] for _, params in records}
+            print(f"one call: {len(records)} records, {fields} fields, states {sorted(states)}")
+            for _ in range(rounds):
+                t0, c0 = time.perf_counter(), time.process_time()
+                records = await conn.get_all_domain_stats()
+                times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+                assert len(records) == len(xmls)
+        finally:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as nursery:
+                    for dom in doms:
+                        nursery.start_soon(dom.destroy)
+    return times, cpu
+
+
+def measure_libvirt(xmls: list[str], rounds: int, paused: bool) -> list[float] | str:
+    """libvirt-python's getAllDomainStats() for the same guests on qemu:///session, or why it
+    was not measured."""
+    if importlib.util.find_spec("libvirt") is None:
+        if shutil.which("virsh"):
+            return "virsh is installed but not libvirt-python: libvirt was not measured"
+        return "libvirt is not installed here (apt install python3-libvirt libvirt-daemon)"
+    import libvirt  # type: ignore[import-not-found]
+
+    try:
+        conn = libvirt.open("qemu:///session")
+    except libvirt.libvirtError as err:
+        return f"libvirt is installed but qemu:///session cannot be opened: {err}"
+    doms = []
+    try:
+        for xml in xmls:
+            flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+            doms.append(conn.createXML(xml.replace("vm-", "lv-"), flags))
+        conn.getAllDomainStats()  # warm-up
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            conn.getAllDomainStats()
+            times.append(time.perf_counter() - t0)
+        return times
+    except libvirt.libvirtError as err:
+        return f"libvirt could not run the guests: {err}"
+    finally:
+        for dom in doms:
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+        conn.close()
+
+
+async def main(count: int, rounds: int, paused: bool) -> int:
+    guest = TestGuest(GUEST_DIR)
+    if not guest.exists():
+        print("the test guest is not built: run scripts/setup first")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="asvirt-bench-stats-") as tmp:
+        workdir = Path(tmp)
+        root = workdir / "root"
+        root.mkdir()
+        xmls = [guest_xml(guest, workdir, f"vm-{i:03d}", paused) for i in range(count)]
+        ours, cpu = await measure_asvirt(xmls, root, rounds, paused)
+        theirs = await trio.to_thread.run_sync(measure_libvirt, xmls, rounds, paused)
+    median = ms(statistics.median(ours))
+    load = os.getloadavg()[0]
+    print(
+        f"\nget_all_domain_stats, {count} {'paused' if paused else 'running'} domains, "
+        f"all groups, {rounds} rounds ({os.cpu_count()} CPUs, load average {load:.1f}):"
+        f"\n  asvirt   median {median:7.2f} ms   min {ms(min(ours)):7.2f} ms"
+        f"   max {ms(max(ours)):7.2f} ms   supervisor CPU {ms(statistics.median(cpu)):7.2f} ms"
+    )
+    if isinstance(theirs, str):
+        print(f"  libvirt  {theirs}")
+    else:
+        theirs_ms = ms(statistics.median(theirs))
+        print(
+            f"  libvirt  median {theirs_ms:7.2f} ms   (getAllDomainStats, qemu:///session)"
+            f"\n  ratio    asvirt / libvirt = {median / theirs_ms:.2f}"
+        )
+    ok = median < TARGET_MS * count / 100
+    print(f"target: under {TARGET_MS * count / 100:.0f} ms:", "met" if ok else "NOT met")
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--paused", action="store_true", help="paused test guests instead")
+    args = parser.parse_args()
+    sys.exit(trio.run(main, args.domains, args.rounds, args.paused))
