@@ -25,7 +25,16 @@ from asvirt import DomainState as S
 from asvirt.drivers.qemu.process import find_qemus
 
 from .guest import PAUSED_DOMAIN_TYPE, REPO, TestGuest, define
-from .helpers import embed_uri, lifecycle, pid_alive, qemu_pid, run_cli, wait_for, write_config
+from .helpers import (
+    children,
+    embed_uri,
+    lifecycle,
+    pid_alive,
+    qemu_pid,
+    run_cli,
+    wait_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.qemu]
 
@@ -323,3 +332,51 @@ async def test_the_sandbox_can_be_turned_off(root, test_guest, tmp_path):
         status = Path(f"/proc/{qemu_pid(root, 'vm1')}/status").read_text()
         assert "Seccomp:\t0" in status
         await dom.destroy()
+
+
+# -- the capabilities probe ------------------------------------------------------------------------
+
+
+async def _catch_a_probe(root: Path) -> int | None:
+    """Run ``asvirt capabilities`` on the fresh root ``root``; once its probe QEMU runs,
+    freeze the probe (it cannot finish now) and SIGKILL the CLI. The probe's pid, or None
+    if the probe was over before it was seen."""
+    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    cli = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "asvirt", "capabilities"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    probe: list[int] = []
+
+    def probing() -> bool:
+        probe[:] = children(b"qemu-system-", prefix=True, parent=cli.pid)
+        return bool(probe) or cli.poll() is not None
+
+    try:
+        await wait_for(probing, timeout=60, interval=0.002)
+        if probe:
+            os.kill(probe[0], signal.SIGSTOP)
+    finally:
+        cli.kill()
+        with trio.CancelScope(shield=True):
+            await cli.wait()
+    return probe[0] if probe else None
+
+
+async def test_a_supervisor_killed_mid_probe_leaves_no_probe_running(tmp_path: Path) -> None:
+    # A fresh root probes its QEMU binary (a QEMU without a guest, answering on a monitor
+    # only the supervisor reads). Caught in the act, the probe must go with its supervisor,
+    # not wait forever under init.
+    for attempt in range(20):
+        probe = await _catch_a_probe(tmp_path / f"root{attempt}")
+        if probe is not None:
+            try:
+                await wait_for(lambda p=probe: not pid_alive(p), timeout=10)
+            finally:
+                if pid_alive(probe):
+                    os.kill(probe, signal.SIGKILL)
+            return
+    pytest.fail("no probe was caught running in 20 attempts")

@@ -242,6 +242,14 @@ async def probe(
         "-chardev", f"socket,id=monitor,fd={theirs.fileno()}",
         "-mon", "chardev=monitor,mode=control",
     ]  # fmt: skip
+    # Unlike a guest's QEMU, the probe must not outlive its supervisor: killed mid-probe,
+    # it would leave a QEMU waiting forever on a monitor nobody reads. util-linux's setpriv
+    # makes the kernel kill it when this process goes (posix_spawn cannot ask for that).
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        if shutil.which(binary) is None:
+            raise OperationFailedError(f"cannot run '{binary}': No such file or directory")
+        argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     log_r, log_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = process.spawn(argv, log_fd=log_w, pass_fds=(theirs.fileno(),))
