@@ -34,6 +34,8 @@ _LAZY: dict[str, str] = {
     "DomainEvent": ".events.types",
     "DomainExistsError": ".errors",
     "DomainInfo": ".drivers.base",
+    "DomainSnapshot": ".snapshot",
+    "DomainSnapshotInfo": ".drivers.base",
     "DomainState": ".states",
     "ErrorCode": ".errors",
     "EventDetail": ".events.types",
@@ -47,6 +49,7 @@ _LAZY: dict[str, str] = {
     "NetworkExistsError": ".errors",
     "NoConnectError": ".errors",
     "NoDomainError": ".errors",
+    "NoDomainSnapshotError": ".errors",
     "NoNetworkError": ".errors",
     "NoStoragePoolError": ".errors",
     "NoStorageVolError": ".errors",
@@ -91,6 +94,7 @@ if _typing.TYPE_CHECKING:
     from .drivers.base import (
         BlockInfo,
         DomainInfo,
+        DomainSnapshotInfo,
         InterfaceStats,
         StatsGroup,
         StoragePoolInfo,
@@ -106,6 +110,7 @@ if _typing.TYPE_CHECKING:
         NetworkExistsError,
         NoConnectError,
         NoDomainError,
+        NoDomainSnapshotError,
         NoNetworkError,
         NoStoragePoolError,
         NoStorageVolError,
@@ -138,6 +143,7 @@ if _typing.TYPE_CHECKING:
         UndefinedDetail,
     )
     from .network import Network
+    from .snapshot import DomainSnapshot
     from .states import (
         BlockedReason,
         CrashedReason,
@@ -183,6 +189,8 @@ __all__ = [
     "DomainEvent",
     "DomainExistsError",
     "DomainInfo",
+    "DomainSnapshot",
+    "DomainSnapshotInfo",
     "DomainState",
     "ErrorCode",
     "EventDetail",
@@ -196,6 +204,7 @@ __all__ = [
     "NetworkLifecycleEvent",
     "NoConnectError",
     "NoDomainError",
+    "NoDomainSnapshotError",
     "NoNetworkError",
     "NoStoragePoolError",
     "NoStorageVolError",

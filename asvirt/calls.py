@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .domain import Domain
-from .drivers.base import DomainRef, StatsGroup
+from .drivers.base import DomainRef, ProgressCallback, StatsGroup
 from .network import Network
 from .storage import StoragePool, StorageVol
 
@@ -107,6 +107,29 @@ class ConnectionCalls:
         errors are those define would raise. Handy to see what a driver makes of your XML.
         """
         return await self._call("domain_xml_normalize", xml=xml)
+
+    async def restore(
+        self,
+        path: str,
+        xml: str | None = None,
+        *,
+        running: bool = False,
+        paused: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Domain:
+        """Start the domain saved in the image ``path`` (by :meth:`Domain.save`, on the
+        node's host) from its saved state: STARTED/RESTORED, then SUSPENDED/RESTORED if it
+        was saved paused. It runs again if it ran (``running``/``paused`` say otherwise); a
+        domain that no longer exists comes back transient. ``xml`` replaces the definition
+        the image holds (the same domain)."""
+        ref = await self._call(
+            "restore", path=path, xml=xml, running=running, paused=paused, progress=progress
+        )
+        return Domain(self, ref)
+
+    async def save_image_get_xml_desc(self, path: str) -> str:
+        """The domain XML the save image ``path`` (on the node's host) holds."""
+        return await self._call("save_image_get_xml_desc", path=path)
 
     # -- networks and storage -----------------------------------------------------------------
 

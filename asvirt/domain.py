@@ -18,10 +18,18 @@ from .drivers.base import (
     DomainRef,
     InterfaceAddressSource,
     InterfaceStats,
+    ProgressCallback,
     StatsGroup,
 )
-from .errors import AsvirtError, NoDomainError, OperationFailedError, OperationInvalidError
+from .errors import (
+    AsvirtError,
+    NoDomainError,
+    NoDomainSnapshotError,
+    OperationFailedError,
+    OperationInvalidError,
+)
 from .handle import Handle
+from .snapshot import DomainSnapshot
 from .states import DomainState, StateReason
 from .storage import StorageVol, disk_volumes
 
@@ -37,12 +45,18 @@ class Domain(Handle):
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, *, paused: bool = False, autodestroy: bool = False) -> None:
+    async def start(
+        self, *, paused: bool = False, autodestroy: bool = False, force_boot: bool = False
+    ) -> None:
         """Start a defined, shut-off domain (STARTED/BOOTED; with ``paused``, SUSPENDED/PAUSED).
 
-        ``autodestroy=True`` destroys it when this connection closes.
+        A domain stopped by :meth:`managed_save` is restored instead (STARTED/RESTORED), as
+        virsh start does, and its image removed; ``force_boot=True`` throws the image away
+        and boots. ``autodestroy=True`` destroys it when this connection closes.
         """
-        await self._call("domain_start", paused=paused, autodestroy=autodestroy)
+        await self._call(
+            "domain_start", paused=paused, autodestroy=autodestroy, force_boot=force_boot
+        )
 
     async def suspend(self) -> None:
         """Pause the vCPUs (SUSPENDED/PAUSED). A no-op on a domain that is already paused."""
@@ -80,9 +94,16 @@ class Domain(Handle):
         *,
         nvram: bool = False,
         keep_tpm: bool = False,
+        snapshots_metadata: bool = False,
+        managed_save: bool = False,
         remove_storage: bool | Iterable[str] = False,
     ) -> list[StorageVol]:
         """Remove the persistent configuration (UNDEFINED/REMOVED).
+
+        A domain with snapshots is undefined only with ``snapshots_metadata=True`` (libvirt's
+        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA), which forgets them (their data stays in the
+        disks); one with a managed save image only with ``managed_save=True``, which removes
+        the image. Otherwise OperationInvalidError, and nothing changes.
 
         A running domain keeps running, as a transient domain that vanishes when it stops.
         A UEFI domain's NVRAM file is removed with ``nvram=True``; without it, undefining a
@@ -98,8 +119,14 @@ class Domain(Handle):
         are returned. A volume that cannot be deleted raises OperationFailedError naming it,
         after the others were deleted.
         """
+        flags = {
+            "nvram": nvram,
+            "keep_tpm": keep_tpm,
+            "snapshots_metadata": snapshots_metadata,
+            "managed_save": managed_save,
+        }
         if not remove_storage:
-            await self._call("domain_undefine", nvram=nvram, keep_tpm=keep_tpm)
+            await self._call("domain_undefine", **flags)
             return []
         if await self.is_active():
             raise OperationInvalidError(
@@ -107,7 +134,7 @@ class Domain(Handle):
                 "storage volume deletion is supported only on stopped domains"
             )
         found = await disk_volumes(self, remove_storage)
-        await self._call("domain_undefine", nvram=nvram, keep_tpm=keep_tpm)
+        await self._call("domain_undefine", **flags)
         deleted: list[StorageVol] = []
         failed: list[str] = []
         for disk in found:
@@ -228,3 +255,125 @@ class Domain(Handle):
         """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
         ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""
         return await self._call("domain_block_info", device=device)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    async def snapshot_create_xml(
+        self,
+        xml: str = "<domainsnapshot/>",
+        *,
+        disk_only: bool = False,
+        atomic: bool = False,
+        halt: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> DomainSnapshot:
+        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it (libvirt's
+        snapshotCreateXML): its name (default: the creation time), description, memory
+        (``<memory snapshot='no'/>``) and disks (``<disk name='vdb' snapshot='no'/>``).
+
+        A running or paused domain's snapshot holds its memory state and its qcow2 disks,
+        taken while the guest is paused (SUSPENDED/PAUSED, RESUMED/UNPAUSED); a shut-off
+        domain's holds its disks. A disk that cannot hold an internal snapshot (raw, shared,
+        read-only) and is not left out is refused, before anything is made; a snapshot
+        exists in every disk or in none (``atomic`` is therefore always so). External
+        snapshots (``disk_only``) are refused. ``halt`` stops the domain afterwards
+        (STOPPED/FROM_SNAPSHOT). The new snapshot is the domain's current one; its parent
+        the previous current one. ``progress`` is told how far the save has come.
+        """
+        del atomic  # every snapshot is atomic
+        name = await self._call(
+            "domain_snapshot_create_xml",
+            xml=xml,
+            disk_only=disk_only,
+            halt=halt,
+            progress=progress,
+        )
+        return DomainSnapshot(self, name)
+
+    async def list_all_snapshots(
+        self, *, roots: bool = False, leaves: bool | None = None
+    ) -> list[DomainSnapshot]:
+        """The domain's snapshots, parents before children. ``roots``: only those without a
+        parent; ``leaves`` True (False): only those without (with) children."""
+        names = await self._call(
+            "domain_snapshot_list", of=None, descendants=False, roots=roots, leaves=leaves
+        )
+        return [DomainSnapshot(self, n) for n in names]
+
+    async def snapshot_lookup_by_name(self, name: str) -> DomainSnapshot:
+        """The snapshot ``name``; NoDomainSnapshotError if there is none."""
+        await self._call("domain_snapshot_info", name=name)
+        return DomainSnapshot(self, name)
+
+    async def snapshot_current(self) -> DomainSnapshot:
+        """The current snapshot (the last taken or reverted to); NoDomainSnapshotError if
+        there is none."""
+        name = await self._call("domain_snapshot_current")
+        if name is None:
+            raise NoDomainSnapshotError(f"domain '{self.name}' does not have a current snapshot")
+        return DomainSnapshot(self, name)
+
+    async def has_current_snapshot(self) -> bool:
+        return await self._call("domain_snapshot_current") is not None
+
+    async def revert_to_snapshot(
+        self,
+        snapshot: DomainSnapshot | str,
+        *,
+        running: bool = False,
+        paused: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Revert the domain to ``snapshot`` (libvirt's revertToSnapshot).
+
+        To a snapshot with memory: the guest runs or is paused as when it was taken (or as
+        ``running``/``paused`` say), with its memory and disks as they were. To a shut-off
+        snapshot: the domain stops and its disks go back (then boots with ``running``, or
+        is left paused with ``paused``). The persistent configuration becomes the
+        snapshot's. Events: STOPPED, STARTED, SUSPENDED or RESUMED with detail
+        FROM_SNAPSHOT, and DEFINED/FROM_SNAPSHOT when the configuration changes.
+        """
+        name = snapshot.name if isinstance(snapshot, DomainSnapshot) else snapshot
+        await self._call(
+            "domain_snapshot_revert", name=name, running=running, paused=paused, progress=progress
+        )
+
+    # -- save and restore ----------------------------------------------------------------------
+
+    async def save(
+        self,
+        path: str,
+        xml: str | None = None,
+        *,
+        running: bool = False,
+        paused: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Save the running (or paused) guest to the file ``path`` and stop the domain
+        (SUSPENDED/PAUSED if it ran, then STOPPED/SAVED); :meth:`Connection.restore` starts
+        it again. ``path`` is on the node's host; it is written atomically, and a symlink
+        there is refused. ``xml`` replaces the definition kept in the image (the same
+        domain); ``running``/``paused`` override whether a restore resumes the guest.
+        ``progress`` is told how far the save has come.
+        """
+        await self._call(
+            "domain_save", path=path, xml=xml, running=running, paused=paused, progress=progress
+        )
+
+    async def managed_save(
+        self,
+        *,
+        running: bool = False,
+        paused: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Save the guest to an image the node keeps for this (persistent) domain and stop
+        it (STOPPED/SAVED); the next :meth:`start` restores it (STARTED/RESTORED)."""
+        await self._call("domain_managed_save", running=running, paused=paused, progress=progress)
+
+    async def has_managed_save_image(self) -> bool:
+        return await self._call("domain_has_managed_save_image")
+
+    async def managed_save_remove(self) -> None:
+        """Remove the managed save image: the next start boots the guest afresh."""
+        await self._call("domain_managed_save_remove")

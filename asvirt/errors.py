@@ -30,6 +30,7 @@ class ErrorCode(enum.IntEnum):
     OPERATION_INVALID = 55
     CONFIG_UNSUPPORTED = 67
     OPERATION_TIMEOUT = 68
+    NO_DOMAIN_SNAPSHOT = 72
     OPERATION_UNSUPPORTED = 84
     RESOURCE_BUSY = 87
     STORAGE_VOL_EXIST = 90
@@ -204,3 +205,9 @@ class StorageVolExistsError(AsvirtError):
     """A storage volume with that name already exists in the pool."""
 
     code = ErrorCode.STORAGE_VOL_EXIST
+
+
+class NoDomainSnapshotError(AsvirtError):
+    """No snapshot of the domain has that name (or the domain has no current snapshot)."""
+
+    code = ErrorCode.NO_DOMAIN_SNAPSHOT

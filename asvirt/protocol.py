@@ -27,6 +27,7 @@ import binascii
 import dataclasses
 import enum
 import inspect
+import json
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -36,6 +37,7 @@ from .drivers.base import (
     DomainInfo,
     DomainInterface,
     DomainRef,
+    DomainSnapshotInfo,
     DomainStats,
     InterfaceAddressSource,
     InterfaceStats,
@@ -100,6 +102,9 @@ class Call:
     doc: str
     #: The argument that takes a progress callback (declared as :class:`Progress`), if any.
     progress: str | None = None
+    #: Arguments a request may leave out, with the value they take then: those declared with
+    #: a default, so that an argument added to a call does not break older clients.
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def read_only_ok(self) -> bool:
@@ -171,8 +176,11 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True, client=True)
-    async def domain_start(self, uuid: str, paused: bool, autodestroy: bool) -> None:
-        """Start a defined, shut-off domain."""
+    async def domain_start(
+        self, uuid: str, paused: bool, autodestroy: bool, force_boot: bool = False
+    ) -> None:
+        """Start a defined, shut-off domain (from its managed save image, if it has one,
+        unless ``force_boot``)."""
         ...
 
     @call(mutates=True)
@@ -206,9 +214,18 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True)
-    async def domain_undefine(self, uuid: str, nvram: bool = False, keep_tpm: bool = False) -> None:
+    async def domain_undefine(
+        self,
+        uuid: str,
+        nvram: bool = False,
+        keep_tpm: bool = False,
+        snapshots_metadata: bool = False,
+        managed_save: bool = False,
+    ) -> None:
         """Remove the persistent configuration (with ``nvram``: a UEFI domain's NVRAM file;
-        unless ``keep_tpm``: an emulated TPM's state)."""
+        unless ``keep_tpm``: an emulated TPM's state; ``snapshots_metadata`` and
+        ``managed_save``: allow it for a domain with snapshots or a managed save image, and
+        remove those too)."""
         ...
 
     @call(mutates=False, priority=HIGH)
@@ -299,6 +316,96 @@ class DomainCalls(Protocol):
         self, uuid: str, period: int, live: bool, config: bool
     ) -> None:
         """How often the balloon reports the guest's memory statistics (seconds; 0: never)."""
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_snapshot_create_xml(
+        self, uuid: str, xml: str, disk_only: bool, halt: bool, progress: Progress
+    ) -> str:
+        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it; its name."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_snapshot_list(
+        self, uuid: str, of: str | None, descendants: bool, roots: bool, leaves: bool | None
+    ) -> list[str]:
+        """Names of a domain's snapshots (or of one's children), parents first."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_snapshot_info(self, uuid: str, name: str) -> DomainSnapshotInfo:
+        """Where a snapshot sits in its domain's tree, its state and creation time."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_snapshot_current(self, uuid: str) -> str | None:
+        """The name of the domain's current snapshot, if it has one."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_snapshot_xml_desc(self, uuid: str, name: str) -> str:
+        """A snapshot's ``<domainsnapshot>`` XML."""
+        ...
+
+    @call(mutates=True)
+    async def domain_snapshot_revert(
+        self, uuid: str, name: str, running: bool, paused: bool, progress: Progress
+    ) -> None:
+        """Revert the domain to a snapshot (then running or paused, if asked)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_snapshot_delete(
+        self, uuid: str, name: str, children: bool, children_only: bool, metadata_only: bool
+    ) -> None:
+        """Delete a snapshot (and/or its descendants; ``metadata_only``: keep the disks')."""
+        ...
+
+    # -- save and restore -------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_save(
+        self,
+        uuid: str,
+        path: str,
+        xml: str | None,
+        running: bool,
+        paused: bool,
+        progress: Progress,
+    ) -> None:
+        """Save the guest's state to a file (on the node's host) and stop it."""
+        ...
+
+    @call(mutates=True)
+    async def restore(
+        self, path: str, xml: str | None, running: bool, paused: bool, progress: Progress
+    ) -> DomainRef:
+        """Start a domain from a save image (on the node's host)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_managed_save(
+        self, uuid: str, running: bool, paused: bool, progress: Progress
+    ) -> None:
+        """Save the guest's state where the node keeps it, and stop it; start restores it."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_has_managed_save_image(self, uuid: str) -> bool:
+        """Whether the domain has a managed save image."""
+        ...
+
+    @call(mutates=True)
+    async def domain_managed_save_remove(self, uuid: str) -> None:
+        """Remove the domain's managed save image (its next start boots)."""
+        ...
+
+    # It reads a file of the node's host (the XML may hold a display password): not for
+    # read-only clients.
+    @call(mutates=True)
+    async def save_image_get_xml_desc(self, path: str) -> str:
+        """The domain XML a save image (on the node's host) holds."""
         ...
 
 
@@ -530,7 +637,10 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
                 continue
             mutates, priority, client = annotation
             hints = typing.get_type_hints(fn, globalns=globals())
-            params = tuple((p, hints[p]) for p in inspect.signature(fn).parameters if p != "self")
+            signature = inspect.signature(fn).parameters
+            params = tuple((p, hints[p]) for p in signature if p != "self")
+            empty = inspect.Parameter.empty
+            defaults = {p: v.default for p, v in signature.items() if v.default is not empty}
             if name in calls:
                 raise TypeError(f"call '{name}' is declared twice")
             calls[name] = Call(
@@ -543,6 +653,7 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
                 client=client,
                 doc=(fn.__doc__ or "").strip(),
                 progress=next((p for p, t in params if t is Progress), None),
+                defaults=defaults,
             )
     return calls
 
@@ -629,6 +740,9 @@ def decode_params(c: Call, params: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, type_ in c.params:
         if name not in params:
+            if name in c.defaults:
+                out[name] = c.defaults[name]
+                continue
             raise InvalidArgError(f"{c.name}: missing argument '{name}'")
         try:
             out[name] = _decode(type_, params[name], f"{c.name}: argument '{name}'")
@@ -724,12 +838,18 @@ def methods_markdown() -> str:
     """The method list of docs/protocol.md, from the declaration."""
     lines = ["| method | params | result | mutates | priority |", "|---|---|---|---|---|"]
     for c in sorted(CALLS.values(), key=lambda c: (c.target.value, c.name)):
-        params = ", ".join(f"`{n}`: {_type_name(t)}" for n, t in c.params) or "—"
+        params = ", ".join(_param_doc(c, n, t) for n, t in c.params) or "—"
         lines.append(
             f"| `{c.name}` | {params} | {_type_name(c.result)} | "
             f"{'yes' if c.mutates else 'no'} | {c.priority.value} |"
         )
     return "\n".join(lines)
+
+
+def _param_doc(c: Call, name: str, type_: Any) -> str:
+    if name in c.defaults:  # optional: JSON's spelling of the value it takes when left out
+        return f"`{name}`: {_type_name(type_)} = {json.dumps(c.defaults[name])}"
+    return f"`{name}`: {_type_name(type_)}"
 
 
 def _type_name(type_: Any) -> str:

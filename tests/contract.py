@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 import trio.testing
@@ -147,6 +148,15 @@ class Backend:
         return {d.name for d in await self.conn.list_all_domains()}
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs_guest(fn: F) -> F:
+    """This test needs a guest that runs (booted under TCG on QEMU, simulated on test)."""
+    fn._needs_guest = True  # type: ignore[attr-defined]
+    return fn
+
+
 def make_backend(kind: str, *, guest: TestGuest, tmp: Path, root: Path | None) -> Backend:
     if kind == "test":
         return Backend(kind, "test:///default", guest, tmp)
@@ -189,5 +199,6 @@ __all__ = [
     "drain",
     "drain_lifecycle",
     "make_backend",
+    "needs_guest",
     "run_status",
 ]

@@ -15,9 +15,6 @@ else is the public API, the same calls with the same expectations.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -29,80 +26,11 @@ from asvirt import DomainState as S
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
 
-from .contract import Backend, drain, drain_lifecycle, make_backend, run_status
-from .daemon import Daemon, session_runtime_dir
-from .guest import GUEST_DIR, TestGuest
-from .helpers import collect_until, destroy_all, lifecycle, lifecycle_until, pid_exists
+from .contract import Backend, drain, drain_lifecycle, needs_guest, run_status
+from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def needs_guest(fn: F) -> F:
-    """This test needs a guest that runs (booted under TCG on QEMU, simulated on test)."""
-    fn._needs_guest = True  # type: ignore[attr-defined]
-    return fn
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend_kind" not in metafunc.fixturenames:
-        return
-    qemu_marks = [pytest.mark.qemu]
-    if getattr(metafunc.function, "_needs_guest", False):
-        qemu_marks.append(pytest.mark.guest)
-    metafunc.parametrize(
-        "backend_kind",
-        [
-            pytest.param("test", id="test"),
-            pytest.param("qemu", id="qemu", marks=qemu_marks),
-            pytest.param("session", id="session", marks=qemu_marks),
-        ],
-    )
-
-
-@pytest.fixture
-def backend(
-    request: pytest.FixtureRequest, backend_kind: str, tmp_path, monkeypatch
-) -> Iterator[Backend]:
-    if backend_kind == "test":
-        root, guest = None, TestGuest(GUEST_DIR)  # its XML only: nothing boots
-        yield make_backend(backend_kind, guest=guest, tmp=tmp_path, root=root)
-        return
-    root = request.getfixturevalue("fast_config")
-    guest = request.getfixturevalue("test_guest")
-    if backend_kind == "qemu":
-        yield make_backend(backend_kind, guest=guest, tmp=tmp_path, root=root)
-        return
-    # qemu:///session: a daemon of the test's own serves the root, at the socket the
-    # session URI leads to (the test's $XDG_RUNTIME_DIR).
-    runtime = session_runtime_dir(tmp_path)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    daemon = Daemon(
-        root,
-        socket_path=runtime / "asvirt" / "asvirt-sock",
-        caps_cache=request.getfixturevalue("caps_cache"),
-    ).start()
-    try:
-        yield make_backend(backend_kind, guest=guest, tmp=tmp_path, root=root)
-    finally:
-        # The daemon leaves VMs running when it stops, as it should; a test may not.
-        leftovers = daemon.stop_and_reap()
-        shutil.rmtree(runtime, ignore_errors=True)
-        assert not leftovers, f"the test left QEMUs running in the daemon: {leftovers}"
-
-
-@pytest.fixture
-async def api(backend: Backend) -> AsyncIterator[Backend]:
-    """The backend with an open connection; whatever still runs is destroyed afterwards."""
-    async with backend.open() as conn:
-        backend.conn = conn
-        try:
-            yield backend
-        finally:
-            await destroy_all(conn)
-
 
 # -- defining ---------------------------------------------------------------------------------
 

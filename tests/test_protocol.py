@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 
+import asvirt
 from asvirt import protocol
 from asvirt.drivers.network.core import NetworkDriverCore
 from asvirt.drivers.storage.driver import DirStorageDriver
@@ -46,17 +47,14 @@ def test_read_only_calls_are_exactly_those_that_change_nothing():
 
 def test_arguments_are_checked_against_the_declaration():
     c = protocol.CALLS["domain_start"]
-    assert protocol.decode_params(c, {"uuid": "u", "paused": True, "autodestroy": False}) == {
-        "uuid": "u",
-        "paused": True,
-        "autodestroy": False,
-    }
+    good = {"uuid": "u", "paused": True, "autodestroy": False, "force_boot": False}
+    assert protocol.decode_params(c, good) == good
     for bad in (
         [],
         {"uuid": "u", "paused": True},
-        {"uuid": "u", "paused": 1, "autodestroy": False},
-        {"uuid": "u", "paused": True, "autodestroy": False, "client": "me"},
-        {"uuid": 5, "paused": True, "autodestroy": False},
+        {**good, "paused": 1},
+        {**good, "client": "me"},
+        {**good, "uuid": 5},
     ):
         with pytest.raises(protocol.InvalidArgError):
             protocol.decode_params(c, bad)
@@ -92,3 +90,17 @@ def test_docs_list_the_declared_calls_as_the_declaration_says():
 
     doc = (REPO / "docs" / "protocol.md").read_text()
     assert protocol.methods_markdown() in doc, "regenerate: python -m asvirt.protocol"
+
+
+def test_an_argument_declared_with_a_default_may_be_left_out():
+    # An older client that does not know force_boot still starts domains; the ones without a
+    # default stay required.
+    c = protocol.CALLS["domain_start"]
+    assert protocol.decode_params(c, {"uuid": "u", "paused": True, "autodestroy": False}) == {
+        "uuid": "u",
+        "paused": True,
+        "autodestroy": False,
+        "force_boot": False,
+    }
+    with pytest.raises(asvirt.InvalidArgError, match="missing argument 'paused'"):
+        protocol.decode_params(c, {"uuid": "u", "autodestroy": False})

@@ -30,6 +30,7 @@ from asvirt.drivers.qemu.statemachine import (
     EventSpec,
     MachineSnapshot,
     Reaction,
+    StartKind,
     StopCause,
 )
 from asvirt.events.types import (
@@ -1582,6 +1583,12 @@ policies = st.builds(
 )
 intents = st.one_of(
     st.just(("begin_boot",)),
+    st.tuples(st.just("begin_boot"), st.sampled_from(list(StartKind))),
+    st.tuples(
+        st.just("expect_resume"),
+        st.sampled_from(list(RunningReason)),
+        st.sampled_from(list(ResumedDetail)),
+    ),
     st.tuples(st.just("expect_pause"), st.sampled_from(list(PausedReason))),
     st.just(("begin_reboot",)),
     st.just(("abort_reboot",)),
@@ -1590,6 +1597,8 @@ intents = st.one_of(
     st.tuples(st.just("follow_up"), st.sampled_from(list(GuestEvent)), policies),
     st.tuples(st.just("reconcile"), st.sampled_from(QEMU_STATUSES), st.booleans()),
     st.just(("started_paused",)),
+    st.tuples(st.just("started_paused"), st.sampled_from(list(StartKind))),
+    st.just(("reverted_paused",)),
 )
 steps = st.lists(st.one_of(qmp_events, qmp_events, intents), max_size=40)
 
@@ -1635,7 +1644,9 @@ def test_any_sequence_keeps_the_machine_consistent(
             status, attaching = args
             r = m.reconcile(status, status == "running", attaching=attaching)
         elif kind == "started_paused":
-            r = m.started_paused()
+            r = m.started_paused(*args)
+        elif kind == "reverted_paused":
+            r = m.reverted_paused()
         else:
             getattr(m, kind)(*args)
             r = Reaction()
@@ -1650,4 +1661,87 @@ def test_any_sequence_keeps_the_machine_consistent(
         (ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN),
         (ShutoffReason.CRASHED, StoppedDetail.CRASHED),
         (ShutoffReason.CRASHED, StoppedDetail.FAILED),
+        (ShutoffReason.SAVED, StoppedDetail.SAVED),
+        (ShutoffReason.FROM_SNAPSHOT, StoppedDetail.FROM_SNAPSHOT),
     }
+
+
+# -- snapshots, save and restore: how a guest whose state was loaded comes to run ----------
+
+
+@pytest.mark.parametrize(
+    ("kind", "started", "reason"),
+    [
+        (StartKind.BOOT, StartedDetail.BOOTED, RunningReason.BOOTED),
+        (StartKind.RESTORE, StartedDetail.RESTORED, RunningReason.RESTORED),
+        (StartKind.SNAPSHOT, StartedDetail.FROM_SNAPSHOT, RunningReason.FROM_SNAPSHOT),
+    ],
+)
+def test_a_loaded_guest_starts_with_its_origin(kind, started, reason):
+    m = DomainStateMachine()
+    m.begin_boot(kind)
+    assert send(m, "RESUME") == Seen([life(L.STARTED, started)], None)
+    assert state_of(m) == (S.RUNNING, reason)
+
+
+def test_a_loaded_guest_left_paused_says_why():
+    m = DomainStateMachine()
+    assert seen(m.started_paused(StartKind.SNAPSHOT)) == Seen(
+        [
+            life(L.STARTED, StartedDetail.FROM_SNAPSHOT),
+            life(L.SUSPENDED, SuspendedDetail.FROM_SNAPSHOT),
+        ],
+        None,
+    )
+    assert state_of(m) == (S.PAUSED, PausedReason.FROM_SNAPSHOT)
+    m = DomainStateMachine()
+    # Saved paused: SUSPENDED/RESTORED; asked to stay paused: SUSPENDED/PAUSED (libvirt's).
+    assert seen(m.started_paused(StartKind.RESTORE)).events[1] == life(
+        L.SUSPENDED, SuspendedDetail.RESTORED
+    )
+    m = DomainStateMachine()
+    r = m.started_paused(StartKind.RESTORE, detail=SuspendedDetail.PAUSED)
+    assert seen(r).events == [
+        life(L.STARTED, StartedDetail.RESTORED),
+        life(L.SUSPENDED, SuspendedDetail.PAUSED),
+    ]
+
+
+def test_a_snapshot_loaded_in_place():
+    m = running()
+    m.expect_pause(PausedReason.FROM_SNAPSHOT)
+    assert send(m, "STOP") == Seen([life(L.SUSPENDED, SuspendedDetail.FROM_SNAPSHOT)], None)
+    assert state_of(m) == (S.PAUSED, PausedReason.FROM_SNAPSHOT)
+    m.expect_resume(RunningReason.FROM_SNAPSHOT, ResumedDetail.FROM_SNAPSHOT)
+    assert send(m, "RESUME") == Seen([life(L.RESUMED, ResumedDetail.FROM_SNAPSHOT)], None)
+    assert state_of(m) == (S.RUNNING, RunningReason.FROM_SNAPSHOT)
+    # The hint is for one RESUME only.
+    m.expect_pause(PausedReason.USER)
+    send(m, "STOP")
+    assert send(m, "RESUME") == Seen([life(L.RESUMED, ResumedDetail.UNPAUSED)], None)
+    m = paused()
+    assert seen(m.reverted_paused()) == Seen(
+        [life(L.SUSPENDED, SuspendedDetail.FROM_SNAPSHOT)], None
+    )
+    assert state_of(m) == (S.PAUSED, PausedReason.FROM_SNAPSHOT)
+
+
+@pytest.mark.parametrize(
+    ("cause", "detail", "reason"),
+    [
+        (StopCause.SAVED, StoppedDetail.SAVED, ShutoffReason.SAVED),
+        (StopCause.FROM_SNAPSHOT, StoppedDetail.FROM_SNAPSHOT, ShutoffReason.FROM_SNAPSHOT),
+    ],
+)
+def test_a_guest_saved_or_halted_by_a_snapshot_stops_so(cause, detail, reason):
+    m = paused()
+    m.begin_stop(cause)
+    # QEMU's SHUTDOWN on SIGTERM changes nothing.
+    assert send(m, "SHUTDOWN", {"guest": False, "reason": "host-signal"}) == NOTHING
+    stop_reason, r = m.exited()
+    assert (stop_reason, seen(r)) == (reason, Seen([life(L.STOPPED, detail)], None))
+    assert state_of(m) == (S.SHUTOFF, reason)
+    # A status file keeps the cause: a supervisor that takes over finishes the same way.
+    m = paused()
+    m.begin_stop(cause)
+    assert DomainStateMachine.restore(m.snapshot()).exited()[0] == reason

@@ -19,7 +19,8 @@ import pytest
 import trio
 
 import asvirt
-from asvirt.cli.storage import ProgressBar, pretty_size
+from asvirt.cli.render import ProgressBar
+from asvirt.cli.storage import pretty_size
 from asvirt.drivers.storage import qemu_img
 
 from .guest import paused_xml, wait_for_serial

@@ -83,7 +83,10 @@ async def cmd_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     for dom in await conn.list_all_domains(active=active):
         state, _ = await dom.state()
         dom_id = await dom.id()
-        rows.append(("-" if dom_id is None else str(dom_id), dom.name, state.label))
+        label = state.label
+        if args.managed_save and dom_id is None and await dom.has_managed_save_image():
+            label = "saved"  # as virsh list --managed-save
+        rows.append(("-" if dom_id is None else str(dom_id), dom.name, label))
     print(render.table(("Id", "Name", "State"), rows))
     return 0
 
@@ -109,7 +112,12 @@ async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         from .storage import undefine_with_storage
 
         return await undefine_with_storage(dom, args)
-    await dom.undefine(nvram=args.nvram, keep_tpm=args.keep_tpm)
+    await dom.undefine(
+        nvram=args.nvram,
+        keep_tpm=args.keep_tpm,
+        snapshots_metadata=args.snapshots_metadata,
+        managed_save=args.managed_save,
+    )
     print(f"Domain '{dom.name}' has been undefined\n")
     return 0
 
@@ -117,7 +125,7 @@ async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("start", "start a (previously defined) inactive domain")
 async def cmd_start(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    await dom.start(paused=args.paused)
+    await dom.start(paused=args.paused, force_boot=args.force_boot)
     print(f"Domain '{dom.name}' started\n")
     return 0
 
@@ -161,7 +169,7 @@ async def cmd_dominfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         ("Used memory", f"{info.memory_kib} KiB"),
         ("Persistent", "yes" if persistent else "no"),
         ("Autostart", "enable" if await dom.autostart() else "disable"),
-        ("Managed save", "no"),
+        ("Managed save", "yes" if await dom.has_managed_save_image() else "no"),
         ("Security model", "none"),
         ("Security DOI", "0"),
     ]
@@ -367,18 +375,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list")
     p.add_argument("--all", action="store_true", help="active and inactive domains")
     p.add_argument("--inactive", action="store_true", help="inactive domains only")
+    p.add_argument(
+        "--managed-save", action="store_true", help='mark domains with a managed save "saved"'
+    )
     add("define", "file")
     p = add("create", "file")
     p.add_argument("--paused", action="store_true")
     p = add("undefine", "domain")
     p.add_argument("--nvram", action="store_true", help="remove the UEFI NVRAM file too")
     p.add_argument("--keep-tpm", action="store_true", help="keep the emulated TPM's state")
+    p.add_argument(
+        "--snapshots-metadata", action="store_true", help="forget its snapshots' metadata too"
+    )
+    p.add_argument("--managed-save", action="store_true", help="remove its managed save image")
     add("domdisplay", "domain")
     from .storage import add_undefine_flags
 
     add_undefine_flags(p)
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
+    p.add_argument(
+        "--force-boot", action="store_true", help="boot, discarding any managed save image"
+    )
     for name in (
         "shutdown",
         "reboot",
@@ -430,13 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    # The network, storage and monitoring commands live in modules of their own; importing
-    # them registers them.
-    from . import monitor, network, storage
+    # The network, storage, monitoring and snapshot commands live in modules of their own;
+    # importing them registers them.
+    from . import monitor, network, snapshot, storage
 
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)
+    snapshot.add_parsers(add)
     return parser
 
 

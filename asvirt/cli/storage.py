@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import Any
 from xml.sax.saxutils import escape
 
 import asvirt
@@ -22,6 +22,7 @@ from asvirt.storage import disk_volumes
 
 from . import render
 from .main import _read_file, command
+from .render import ProgressBar
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
@@ -43,40 +44,6 @@ def _size(text: str, what: str) -> int:
         return parse_size_arg(text, what=what)
     except UnitError as err:
         raise asvirt.InvalidArgError(str(err)) from None
-
-
-def _pairs(items: list[tuple[str, str]]) -> str:
-    """virsh's ``Name:           value`` lines (the key padded to 15 columns)."""
-    return "".join(f"{key + ':':<15} {value}\n" for key, value in items)
-
-
-class ProgressBar:
-    """``[#########               ]  38 %`` on a terminal; nothing anywhere else."""
-
-    def __init__(self, what: str, stream: TextIO | None = None, *, width: int = 40) -> None:
-        self._stream = stream if stream is not None else sys.stderr
-        self._tty = self._stream.isatty()
-        self._what = what
-        self._width = width
-        self._shown = -1
-
-    def line(self, fraction: float) -> str:
-        fraction = min(1.0, max(0.0, fraction))
-        done = round(fraction * self._width)
-        return f"{self._what} [{'#' * done}{' ' * (self._width - done)}] {int(fraction * 100):3d} %"
-
-    def __call__(self, fraction: float) -> None:
-        percent = int(min(1.0, max(0.0, fraction)) * 100)
-        if not self._tty or percent == self._shown:
-            return
-        self._shown = percent
-        self._stream.write("\r" + self.line(fraction))
-        self._stream.flush()
-
-    def close(self) -> None:
-        if self._tty and self._shown >= 0:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 # -- lookups -------------------------------------------------------------------------------------
@@ -232,7 +199,7 @@ async def cmd_pool_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
             ("Allocation", show(info.allocation)),
             ("Available", show(info.available)),
         ]
-    print(_pairs(items))
+    print(render.padded_pairs(items))
     return 0
 
 
@@ -371,7 +338,7 @@ async def cmd_vol_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     show: Any = (lambda s: f"{s} bytes") if args.bytes else pretty_size
     vol_type = next((k for k, v in _VOL_TYPES.items() if v == info.type), "unknown")
     print(
-        _pairs(
+        render.padded_pairs(
             [
                 ("Name", vol.name),
                 ("Type", vol_type),
@@ -549,7 +516,6 @@ def add_undefine_flags(p: argparse.ArgumentParser) -> None:
 
 
 __all__ = [
-    "ProgressBar",
     "add_parsers",
     "add_undefine_flags",
     "pretty_size",

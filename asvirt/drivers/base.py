@@ -97,6 +97,26 @@ class BlockInfo:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DomainSnapshotInfo:
+    """What a snapshot is, beside its XML: where it sits in the domain's snapshot tree."""
+
+    name: str
+    #: The snapshot it was taken after (None: a root).
+    parent: str | None
+    #: The domain's state when it was taken: ``running``, ``paused`` or ``shutoff``.
+    state: str
+    #: Seconds since the epoch.
+    creation_time: int
+    #: Whether it is the domain's current snapshot.
+    current: bool
+    #: How many snapshots have it as parent, and how many descend from it.
+    children: int
+    descendants: int
+    #: Whether it holds the memory state (reverting to it restores a running guest).
+    memory: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NetworkRef:
     name: str
     uuid: str
@@ -294,6 +314,7 @@ __all__ = [
     "DomainInfo",
     "DomainInterface",
     "DomainRef",
+    "DomainSnapshotInfo",
     "DomainStats",
     "DriverOpener",
     "IPAddrType",

@@ -15,6 +15,7 @@ lookups and lists (they read what the supervisor already knows).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
@@ -22,6 +23,7 @@ import trio
 from ..conf.devices import Disk, Interface
 from ..conf.domain import DomainDef
 from ..conf.names import canonical_uuid
+from ..conf.snapshot import SnapshotDef
 from ..drivers.base import (
     BlockInfo,
     DomainInfo,
@@ -49,6 +51,10 @@ from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
 from . import stats as stats_mod
 from .domains import DomainObj, DomainRuntime, DomainTable
+from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
+from .saveimage import ImageSink
+from .saves import SaveCalls
+from .snapshots import DiskOp, SnapshotCalls
 from .volumes import resolve_volumes
 
 log = get_logger("asvirt.domain")
@@ -163,14 +169,47 @@ class HypervisorBackend(Protocol):
         """The sizes of a disk's image (AsvirtError if it cannot be read)."""
         ...
 
+    # -- snapshots and save images (asvirt.hypervisor.snapshots, .saves) ----------------------
 
-class StartableRuntime(DomainRuntime, Protocol):
-    async def start(self, *, paused: bool) -> None:
-        """Start the guest; returns once it runs (or is paused), raises if it did not start."""
+    #: The name save images give the driver that wrote them (``qemu``, ``test``).
+    image_driver: str
+    #: The format of a disk whose XML names none, if the driver knows it without reading
+    #: the disk (the test driver's simulated disks); None: not known.
+    unnamed_disk_format: str | None
+
+    async def snapshot_disks(self, op: DiskOp, name: str, disks: Sequence[SnapshotTarget]) -> None:
+        """Create, apply (revert to) or delete the internal snapshot ``name`` in the disks of
+        a shut-off domain. A create makes it in every disk or in none; an apply or delete
+        first checks that every disk has it."""
+        ...
+
+    async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
+        """Record a snapshot's metadata durably (``current``: it is the current one)."""
+        ...
+
+    async def delete_snapshots(self, obj: DomainObj, names: Sequence[str]) -> None:
+        """Forget the metadata of these snapshots."""
+        ...
+
+    def managed_save_sink(self, obj: DomainObj) -> ImageSink:
+        """Where a managed save image of ``obj`` is written (it replaces the domain's image
+        once committed)."""
+        ...
+
+    def managed_save_open(self, obj: DomainObj) -> int:
+        """A descriptor on ``obj``'s managed save image, to read (the caller closes it)."""
+        ...
+
+    def managed_save_remove(self, obj: DomainObj) -> None:
+        """Remove ``obj``'s managed save image, if any."""
         ...
 
 
-class DomainDriver:
+#: What a backend's runtimes are: they start (from saved state too) and keep snapshots.
+StartableRuntime = StatefulRuntime
+
+
+class DomainDriver(SnapshotCalls, SaveCalls):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(
@@ -319,9 +358,16 @@ class DomainDriver:
         obj.autodestroy_owner = owner
         return runtime
 
-    async def _start(self, obj: DomainObj, runtime: StartableRuntime, *, paused: bool) -> None:
+    async def _start(
+        self,
+        obj: DomainObj,
+        runtime: StartableRuntime,
+        *,
+        paused: bool,
+        origin: StartOrigin = None,
+    ) -> None:
         try:
-            await runtime.start(paused=paused)
+            await runtime.start(paused=paused, origin=origin)
         except BaseException:
             # The runtime has normally reported its stop already; if it never got going
             # (cancelled before it started), nobody else will.
@@ -329,7 +375,13 @@ class DomainDriver:
             raise
 
     async def domain_start(
-        self, uuid: str, *, paused: bool, autodestroy: bool, client: object = None
+        self,
+        uuid: str,
+        *,
+        paused: bool,
+        autodestroy: bool,
+        force_boot: bool = False,
+        client: object = None,
     ) -> None:
         owner = client if autodestroy else None
         async with self.table.job(self.table.get(uuid)) as obj:
@@ -337,6 +389,12 @@ class DomainDriver:
                 raise OperationInvalidError(f"domain '{obj.name}' is already running")
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"domain '{obj.name}' has no configuration to start")
+            if obj.managed_save:
+                if not force_boot:
+                    # As virsh start: the guest saved by managed_save() runs on.
+                    await self.start_managed_save(obj, paused=paused, owner=owner)
+                    return
+                await self._forget_managed_save(obj)
             live_def = obj.persistent_def.copy()
             await resolve_volumes(live_def, self.storage)
             runtime = self._new_runtime(obj, live_def, owner=owner)
@@ -380,12 +438,37 @@ class DomainDriver:
         await self._runtime(obj).destroy()
 
     async def domain_undefine(
-        self, uuid: str, *, nvram: bool = False, keep_tpm: bool = False
+        self,
+        uuid: str,
+        *,
+        nvram: bool = False,
+        keep_tpm: bool = False,
+        snapshots_metadata: bool = False,
+        managed_save: bool = False,
     ) -> None:
         async with self.table.job(self.table.get(uuid)) as obj, self.table.lock:
             if obj.persistent_def is None:
                 raise OperationInvalidError(f"cannot undefine transient domain '{obj.name}'")
+            if obj.snapshots and not snapshots_metadata:
+                raise OperationInvalidError(
+                    f"cannot undefine domain '{obj.name}' with {len(obj.snapshots)} "
+                    "snapshot(s): undefine it with snapshots_metadata=True (virsh undefine "
+                    "--snapshots-metadata) to forget them (their data stays in the disks)"
+                )
+            if obj.managed_save and not managed_save:
+                raise OperationInvalidError(
+                    f"refusing to undefine domain '{obj.name}' while its managed save image "
+                    "exists: undefine it with managed_save=True (virsh undefine --managed-save) "
+                    "to remove the image too"
+                )
             self.backend.check_undefine(obj, nvram=nvram)
+            if obj.managed_save:
+                await self._forget_managed_save(obj)
+            if obj.snapshots:
+                names = [s.name for s in obj.snapshots.descendants(None)]
+                await self.backend.delete_snapshots(obj, names)
+                for name in names:
+                    obj.snapshots.remove(name)
             await self.backend.remove_state(obj, nvram=nvram, keep_tpm=keep_tpm)
             await self.backend.delete_config(obj)
             obj.persistent_def = None
@@ -584,9 +667,9 @@ class DomainDriver:
         disks = runtime.live_def.disks if device == "" else [self._disk(runtime.live_def, device)]
         sample = await runtime.sample(StatsGroup.BLOCK, stats_mod.SampleScope())
         blocks = sample.blocks
-        if blocks is None:
+        if blocks is None and disks:  # a domain without disks has nothing to ask QEMU
             raise OperationFailedError(f"cannot read the block statistics of '{obj.name}'")
-        counters = [blocks[d.target] for d in disks if d.target in blocks]
+        counters = [blocks[d.target] for d in disks if blocks and d.target in blocks]
         if device and not counters:
             raise OperationFailedError(f"no block statistics for disk '{device}'")
         return stats_mod.block_stats(counters)

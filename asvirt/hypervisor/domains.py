@@ -22,6 +22,7 @@ import trio
 from ..conf.domain import DomainDef
 from ..errors import DomainExistsError, NoDomainError
 from ..states import DomainState, ShutoffReason, StateReason
+from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
     from ..drivers.base import StatsGroup
@@ -82,11 +83,13 @@ class DomainObj:
         "_job",
         "autodestroy_owner",
         "autostart",
+        "managed_save",
         "name",
         "persistent_def",
         "removed",
         "runtime",
         "shutoff_reason",
+        "snapshots",
         "uuid",
     )
 
@@ -104,6 +107,10 @@ class DomainObj:
         self.autostart = False
         #: Set once the domain has left the table: its handles then name nothing.
         self.removed = False
+        #: Its snapshots (persistent domains only).
+        self.snapshots = SnapshotTree()
+        #: It was stopped with managed_save(): its next start restores the saved guest.
+        self.managed_save = False
         self._job = trio.Lock()
 
     @property

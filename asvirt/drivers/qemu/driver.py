@@ -19,7 +19,7 @@ import functools
 import os
 import shlex
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
@@ -29,6 +29,7 @@ from ... import config as config_mod
 from ... import fsutil
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.snapshot import SnapshotDef, parse_snapshot_xml
 from ...config import Config
 from ...errors import (
     AsvirtError,
@@ -45,7 +46,10 @@ from ...events.journal import FileJournal, MemoryJournal
 from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
+from ...hypervisor.guest_state import SnapshotTarget
 from ...hypervisor.node import Node, NodeLease, open_node
+from ...hypervisor.saveimage import FileSink, ImageSink, open_image
+from ...hypervisor.snapshots import DiskOp
 from ...hypervisor.volumes import resolve_volumes, uses_volumes
 from ...log import get_logger
 from ...states import ShutoffReason
@@ -64,6 +68,7 @@ from .capabilities import (
     kvm_usable,
 )
 from .command import domxml_to_native
+from .disk_snapshots import snapshot_disks
 from .monitor import MonitorCounters, asyncio_loop
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
@@ -77,6 +82,11 @@ log = get_logger("asvirt.qemu")
 
 class QemuBackend:
     """What the shared domain calls need from QEMU."""
+
+    #: Save images this backend writes say so.
+    image_driver = "qemu"
+    #: A disk whose XML names no format is not read to find one (probing is unsafe).
+    unnamed_disk_format: str | None = None
 
     def __init__(self, node: QemuNode) -> None:
         self._node = node
@@ -215,6 +225,83 @@ class QemuBackend:
                     error=str(err),
                 )
 
+    # -- snapshots and save images ---------------------------------------------------------------
+
+    async def snapshot_disks(self, op: DiskOp, name: str, disks: Sequence[SnapshotTarget]) -> None:
+        await snapshot_disks(op, name, disks, timeout=self._node.config.storage.qemu_img_timeout)
+
+    async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
+        directory = self.paths.snapshot_dir(obj.name)
+        path = directory / f"{snap.name}.xml"
+
+        def save() -> None:
+            fsutil.ensure_private_dir(self.paths.top("lib") / "qemu")
+            fsutil.ensure_private_dir(self.paths.snapshot_root)
+            fsutil.ensure_private_dir(directory)
+            fsutil.atomic_write(path, snap.to_xml(current=current).encode())
+
+        try:
+            await trio.to_thread.run_sync(save)
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"save snapshot '{snap.name}' of domain '{obj.name}' to", path
+            ) from None
+
+    async def delete_snapshots(self, obj: DomainObj, names: Sequence[str]) -> None:
+        directory = self.paths.snapshot_dir(obj.name)
+
+        def delete() -> None:
+            if not directory.is_dir():
+                return
+            for name in names:
+                fsutil.remove(directory / f"{name}.xml")
+            fsutil.fsync_dir(directory)
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # once it holds nothing
+
+        try:
+            await trio.to_thread.run_sync(delete)
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"remove snapshots of domain '{obj.name}' from", directory
+            ) from None
+
+    def load_snapshots(self, name: str) -> tuple[list[SnapshotDef], str | None]:
+        """The snapshots kept for domain ``name``, and the current one. Unreadable files are
+        logged and skipped; if several say current, the newest wins."""
+        directory = self.paths.snapshot_dir(name)
+        snaps: list[SnapshotDef] = []
+        current: SnapshotDef | None = None
+        for path in sorted(directory.glob("*.xml")) if directory.is_dir() else []:
+            try:
+                snap, is_current = parse_snapshot_xml(fsutil.read_nofollow(path), stored=True)
+            except (XMLError, OSError, ValueError) as err:
+                log.error("ignoring unreadable snapshot", path=str(path), error=str(err))
+                continue
+            if snap.name != path.stem:
+                log.error("ignoring snapshot whose name differs from its file", path=str(path))
+                continue
+            snaps.append(snap)
+            if is_current and (current is None or snap.creation_time >= current.creation_time):
+                current = snap
+        return snaps, None if current is None else current.name
+
+    def managed_save_sink(self, obj: DomainObj) -> ImageSink:
+        try:
+            fsutil.ensure_private_dir(self.paths.top("lib") / "qemu")
+            fsutil.ensure_private_dir(self.paths.save_dir)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "make", self.paths.save_dir) from None
+        return FileSink(self.paths.managed_save(obj.name))
+
+    def managed_save_open(self, obj: DomainObj) -> int:
+        return open_image(str(self.paths.managed_save(obj.name)))
+
+    def managed_save_remove(self, obj: DomainObj) -> None:
+        path = self.paths.managed_save(obj.name)
+        if fsutil.remove(path):
+            fsutil.fsync_dir(path.parent)
+
     def load_shutoff_reason(self, name: str) -> ShutoffReason:
         try:
             return ShutoffReason[self.paths.shutoff(name).read_text().strip()]
@@ -316,6 +403,8 @@ class QemuNode(Node):
             obj = DomainObj(defn.name, defn.uuid, defn)
             obj.shutoff_reason = self.backend.load_shutoff_reason(defn.name)
             obj.autostart = self.paths.autostart(defn.name).exists()
+            obj.managed_save = self.paths.managed_save(defn.name).is_file()
+            obj.snapshots.load(*self.backend.load_snapshots(defn.name))
             self.table.add(obj)
         records = []
         for path in sorted(self.paths.run_dir.glob("*.status")):
@@ -410,7 +499,17 @@ class QemuNode(Node):
 
     def _remove_interrupted_writes(self) -> None:
         """Temporary files of atomic writes a killed process never renamed into place."""
-        for directory in (self.paths.config_dir, self.paths.run_dir):
+        snapshot_dirs = (
+            [d for d in self.paths.snapshot_root.iterdir() if d.is_dir()]
+            if self.paths.snapshot_root.is_dir()
+            else []
+        )
+        for directory in (
+            self.paths.config_dir,
+            self.paths.run_dir,
+            self.paths.save_dir,
+            *snapshot_dirs,
+        ):
             for leftover in directory.glob(".*.tmp"):
                 log.info("removing an interrupted write", path=str(leftover))
                 fsutil.remove(leftover)

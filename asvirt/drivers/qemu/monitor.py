@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -175,6 +176,29 @@ class Monitor:
             if type(err).__module__.startswith("qemu.qmp"):
                 raise QMPError(f"'{command}' was interrupted: {err}") from err
             raise
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` under ``name`` (SCM_RIGHTS, then QMP ``getfd``), for
+        a command that names it (``migrate`` to ``fd:NAME``). ``fd`` stays ours too."""
+        if self._closed:
+            raise QMPError("the monitor connection is closed")
+        client = self._client
+
+        async def send() -> None:
+            # In one asyncio task: the descriptor travels with a byte QEMU reads as
+            # whitespace, and must be there before the getfd that claims it.
+            client.send_fd_scm(fd)
+            await client.execute("getfd", {"fdname": name})
+
+        try:
+            with trio.fail_after(self._timeout if self._timeout > 0 else math.inf):
+                await self._loop.run_aio_coroutine(send())
+        except trio.TooSlowError:
+            raise OperationTimeoutError("QEMU did not answer 'getfd' in time") from None
+        except ExecuteError as err:
+            raise QMPError(f"QEMU refused 'getfd': {err}", error_class=err.error_class) from err
+        except (AssertionError, StateError, ConnectionError, EOFError, OSError) as err:
+            raise QMPError("lost the monitor connection while passing a file") from err
 
     async def wait_closed(self) -> None:
         """Wait until the peer has closed the session.

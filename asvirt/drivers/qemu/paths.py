@@ -11,6 +11,8 @@
     /run/asvirt/DIGEST/           sockets a QEMU running as another user binds
     ROOT/lib/events/              the node's event journal (append-only segments)
     ROOT/lib/qemu/nvram/NAME_VARS.fd  a UEFI domain's variable store (kept with the domain)
+    ROOT/lib/qemu/snapshot/NAME/SNAP.xml  a domain's snapshot metadata (libvirt's layout)
+    ROOT/lib/qemu/save/NAME.save  a domain's managed save image
     ROOT/lib/swtpm/UUID/          an emulated TPM's state
     ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd) of a running domain
     ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log...)
@@ -57,6 +59,22 @@ class EmbedPaths(NodeDirs):
     def nvram_dir(self) -> Path:
         """Where UEFI domains' NVRAM files live (created, private, when first needed)."""
         return self.root / "lib" / "qemu" / "nvram"
+
+    @property
+    def snapshot_root(self) -> Path:
+        """Where snapshot metadata lives, a directory per domain (made when first needed)."""
+        return self.top("lib") / "qemu" / "snapshot"
+
+    def snapshot_dir(self, name: str) -> Path:
+        return self.snapshot_root / name
+
+    @property
+    def save_dir(self) -> Path:
+        """Where managed save images live (made, private, when first needed)."""
+        return self.top("lib") / "qemu" / "save"
+
+    def managed_save(self, name: str) -> Path:
+        return self.save_dir / f"{name}.save"
 
     @property
     def capabilities_dir(self) -> Path:

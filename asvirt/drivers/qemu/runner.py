@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import enum
 import functools
+import math
 import os
 import shlex
 import signal
@@ -49,7 +50,9 @@ from ...errors import (
     QMPError,
     SystemCallError,
 )
+from ...events.types import SuspendedDetail
 from ...hypervisor.domain_driver import RuntimeCallbacks
+from ...hypervisor.guest_state import FromImage, FromSnapshot, StartOrigin
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import RuntimeSample, SampleScope, VcpuSample
 from ...log import get_logger
@@ -67,8 +70,9 @@ from .command import (
 from .helpers import DomainHelpers
 from .monitor import Monitor, MonitorCounters
 from .paths import EmbedPaths
+from .savevm import RESYNC_EVENT, GuestStateOps
 from .security import DacSecurity
-from .statemachine import DiskInfo, DomainStateMachine, Reaction, StopCause
+from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
 
 
@@ -97,8 +101,9 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner:
-    """Supervises one QEMU process for one domain."""
+class QemuRunner(GuestStateOps):
+    """Supervises one QEMU process for one domain (its snapshots and saves: see
+    :class:`~.savevm.GuestStateOps`)."""
 
     def __init__(
         self,
@@ -153,6 +158,10 @@ class QemuRunner:
         #: are plugged or unplugged, which the statistics notice (a count that differs, a
         #: thread that is gone) and ask again.
         self._vcpu_threads: list[int] | None = None
+        #: Where the guest's state comes from at start (None: it boots).
+        self._origin: StartOrigin = None
+        #: Who waits for which QMP events (:meth:`watch_events`).
+        self._watchers: list[tuple[frozenset[str], trio.MemorySendChannel[dict[str, Any]]]] = []
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -181,8 +190,13 @@ class QemuRunner:
     def cpu_time_ns(self) -> int:
         return process.cpu_time_ns(self.pid) if self.pid else 0
 
-    async def start(self, *, paused: bool) -> None:
-        """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start."""
+    async def start(self, *, paused: bool, origin: StartOrigin = None) -> None:
+        """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start.
+
+        ``origin``: load the guest's state first, from a save image (QEMU started with
+        ``-incoming defer``, then ``migrate-incoming`` from the image's descriptor) or from
+        an internal snapshot (``snapshot-load`` while QEMU is still stopped)."""
+        self._origin = origin
         await self._env.nursery.start(functools.partial(self._run, RunMode.LAUNCH, paused=paused))
 
     async def attach(self, record: StatusRecord) -> None:
@@ -457,6 +471,11 @@ class QemuRunner:
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
             )
+            passed: tuple[int, ...] = ()
+            if isinstance(self._origin, FromImage):
+                # The saved state comes in through the image's descriptor, once asked.
+                argv += ["-incoming", "defer"]
+                passed = (self._origin.fd,)
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
                 argv = security.command(argv)
@@ -470,7 +489,7 @@ class QemuRunner:
                 self.pid = process.spawn(
                     argv,
                     log_fd=log_fd,
-                    pass_fds=(listener.fileno(), *tap_fds.values()),
+                    pass_fds=(listener.fileno(), *tap_fds.values(), *passed),
                     env={process.ROOT_ENV: str(paths.root)},
                 )
             except OSError as err:
@@ -551,10 +570,22 @@ class QemuRunner:
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
         self._apply_cpuset()
+        origin = self._origin
+        kind = StartKind.BOOT
+        detail = None
+        if isinstance(origin, FromImage):
+            kind = StartKind.RESTORE
+            await self.load_image(origin)
+            if not origin.saved_paused:
+                detail = SuspendedDetail.PAUSED  # asked to stay paused, as libvirt says
+        elif isinstance(origin, FromSnapshot):
+            kind = StartKind.SNAPSHOT
+            if origin.name is not None:
+                await self.load_snapshot_stopped(origin.name, origin.disks, origin.progress)
         if paused:
-            self._handle(self.machine.started_paused())
+            self._handle(self.machine.started_paused(kind, detail=detail))
         else:
-            self.machine.begin_boot()
+            self.machine.begin_boot(kind)
             await self._call("cont")
             await self.sync_events()
             if self.machine.state is not DomainState.RUNNING:
@@ -565,6 +596,7 @@ class QemuRunner:
         # (and QEMU is ended): a domain nobody could find again must not run.
         self._announced = True
         self._phase = RUNNING
+        self._origin = None  # its descriptor belongs to the caller, who closes it now
         await trio.to_thread.run_sync(self._write_record, self._take_record(), True)
 
     async def _attach(self, record: StatusRecord) -> None:
@@ -674,6 +706,7 @@ class QemuRunner:
     async def _pump(self) -> None:
         async for event in self._event_recv:
             self._handle(self.machine.on_qmp_event(event))
+            self._tell_watchers(event)
             self._processed += 1
             self._progress.unpark_all()
             if self._overflowed and self._event_recv.statistics().current_buffer_used == 0:
@@ -681,6 +714,31 @@ class QemuRunner:
                 self.log.warning("QMP event burst overflowed the buffer; resynchronising")
                 assert self._nursery is not None
                 self._nursery.start_soon(self._resync)
+                # Those waiting for an event may have lost it: they ask QEMU instead.
+                self._tell_watchers({"event": RESYNC_EVENT}, everyone=True)
+
+    @contextlib.contextmanager
+    def watch_events(self, *names: str) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        """The QMP events named ``names`` QEMU sends while the block runs, in order (and a
+        ``RESYNC_EVENT`` if some may have been lost). The channel ends when QEMU is gone."""
+        send, recv = trio.open_memory_channel[dict[str, Any]](math.inf)
+        entry = (frozenset(names), send)
+        self._watchers.append(entry)
+        if self.exited:
+            send.close()
+        try:
+            yield recv
+        finally:
+            if entry in self._watchers:
+                self._watchers.remove(entry)
+            send.close()
+
+    def _tell_watchers(self, event: dict[str, Any], *, everyone: bool = False) -> None:
+        name = event.get("event")
+        for names, send in self._watchers:
+            if everyone or name in names:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    send.send_nowait(event)
 
     def _handle(self, reaction: Reaction, *, follow_up: bool = True) -> None:
         """Publish what a transition produced, and start its follow-up."""
@@ -764,6 +822,8 @@ class QemuRunner:
                 await self._progress.park()
         self.exited = True
         self._progress.unpark_all()
+        for _, send in self._watchers:
+            send.close()
         scope.cancel()
 
     async def _finish(self, *, started: bool) -> None:

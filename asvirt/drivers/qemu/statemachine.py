@@ -98,6 +98,46 @@ class StopCause(enum.Enum):
     SHUTDOWN = "shutdown"
     CRASHED = "crashed"
     DESTROYED = "destroyed"
+    #: Its state was saved to an image (STOPPED/SAVED).
+    SAVED = "saved"
+    #: A snapshot asked it (reverting to a shut-off snapshot, or a snapshot that halts).
+    FROM_SNAPSHOT = "from-snapshot"
+
+
+class StartKind(enum.Enum):
+    """How a guest comes to run: booted, restored from a save image, or from a snapshot.
+
+    It decides the STARTED detail and the state's reason (libvirt's BOOTED, RESTORED and
+    FROM_SNAPSHOT), and the SUSPENDED event of a start that leaves the guest paused.
+    """
+
+    BOOT = "boot"
+    RESTORE = "restore"
+    SNAPSHOT = "snapshot"
+
+
+#: Per start kind: the STARTED detail and RUNNING reason, then the SUSPENDED detail and
+#: PAUSED reason of a guest left paused.
+_STARTS: dict[StartKind, tuple[StartedDetail, RunningReason, SuspendedDetail, PausedReason]] = {
+    StartKind.BOOT: (
+        StartedDetail.BOOTED,
+        RunningReason.BOOTED,
+        SuspendedDetail.PAUSED,
+        PausedReason.USER,
+    ),
+    StartKind.RESTORE: (
+        StartedDetail.RESTORED,
+        RunningReason.RESTORED,
+        SuspendedDetail.RESTORED,
+        PausedReason.USER,
+    ),
+    StartKind.SNAPSHOT: (
+        StartedDetail.FROM_SNAPSHOT,
+        RunningReason.FROM_SNAPSHOT,
+        SuspendedDetail.FROM_SNAPSHOT,
+        PausedReason.FROM_SNAPSHOT,
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +163,7 @@ class DomainStateMachine:
         "_reason",
         "_rebooting",
         "_restarting",
+        "_resume_hint",
         "_shutdown_seen",
         "_state",
         "_stop_cause",
@@ -133,8 +174,9 @@ class DomainStateMachine:
         self._state: DomainState = DomainState.PAUSED
         self._reason: StateReason = PausedReason.STARTING_UP
         self._disk_for_node = disk_for_node or (lambda node: None)
-        # begin_boot() before ``cont`` at start: the RESUME that follows means STARTED/BOOTED.
-        self._booting = False
+        # begin_boot() before ``cont`` at start: the RESUME that follows means STARTED (with
+        # the detail of how the guest came to run).
+        self._booting: StartKind | None = None
         # Reason to use for the next STOP (USER when we asked, IOERROR/WATCHDOG when QEMU said).
         self._pause_hint: PausedReason | None = None
         # reboot() in progress: the next SHUTDOWN is turned into a reset.
@@ -146,6 +188,8 @@ class DomainStateMachine:
         # The supervisor reset a shut-down or crashed guest (on_poweroff/on_crash=restart):
         # the next RESUME means STARTED/BOOTED.
         self._restarting = False
+        # Reason and detail to use for the next RESUME (None: UNPAUSED), as _pause_hint.
+        self._resume_hint: tuple[RunningReason, ResumedDetail] | None = None
         # Balloon size last reported, KiB (None: never reported).
         self._balloon_kib: int | None = None
 
@@ -201,16 +245,33 @@ class DomainStateMachine:
 
     # -- intents: the supervisor says what it is about to do ------------------------------------
 
-    def begin_boot(self) -> None:
-        """``cont`` is about to run the guest for the first time: its RESUME is STARTED/BOOTED."""
-        self._booting = True
+    def begin_boot(self, kind: StartKind = StartKind.BOOT) -> None:
+        """``cont`` is about to run the guest for the first time: its RESUME is STARTED
+        (BOOTED; RESTORED or FROM_SNAPSHOT for a guest whose state was loaded)."""
+        self._booting = kind
 
-    def started_paused(self) -> Reaction:
-        """start(paused=True) completed: QEMU never ran the guest."""
-        self._set(DomainState.PAUSED, PausedReason.USER)
+    def started_paused(
+        self, kind: StartKind = StartKind.BOOT, *, detail: SuspendedDetail | None = None
+    ) -> Reaction:
+        """A start that leaves the guest paused completed (QEMU never ran it): STARTED, then
+        SUSPENDED (``detail``: PAUSED for a restore asked to stay paused, as libvirt)."""
+        started, _, suspended, reason = _STARTS[kind]
+        self._set(DomainState.PAUSED, reason)
         r = Reaction()
-        r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, None)
-        r.lifecycle(LifecycleEvent.SUSPENDED, SuspendedDetail.PAUSED, None)
+        r.lifecycle(LifecycleEvent.STARTED, started, None)
+        r.lifecycle(LifecycleEvent.SUSPENDED, detail or suspended, None)
+        return r
+
+    def expect_resume(self, reason: RunningReason, detail: ResumedDetail) -> None:
+        """A ``cont`` is about to be sent for ``reason`` (a snapshot loaded in place, a
+        cancelled save): the next RESUME is RESUMED/``detail``."""
+        self._resume_hint = (reason, detail)
+
+    def reverted_paused(self) -> Reaction:
+        """A snapshot was loaded into the paused guest, which stays paused."""
+        self._set(DomainState.PAUSED, PausedReason.FROM_SNAPSHOT)
+        r = Reaction()
+        r.lifecycle(LifecycleEvent.SUSPENDED, SuspendedDetail.FROM_SNAPSHOT, None)
         return r
 
     def expect_pause(self, reason: PausedReason) -> None:
@@ -252,6 +313,10 @@ class DomainStateMachine:
         cause = self._stop_cause
         if cause is StopCause.DESTROYED:
             detail, reason = StoppedDetail.DESTROYED, ShutoffReason.DESTROYED
+        elif cause is StopCause.SAVED:
+            detail, reason = StoppedDetail.SAVED, ShutoffReason.SAVED
+        elif cause is StopCause.FROM_SNAPSHOT:
+            detail, reason = StoppedDetail.FROM_SNAPSHOT, ShutoffReason.FROM_SNAPSHOT
         elif cause is StopCause.CRASHED or self._state is DomainState.CRASHED:
             detail, reason = StoppedDetail.CRASHED, ShutoffReason.CRASHED
         elif cause is StopCause.SHUTDOWN or self._shutdown_seen:
@@ -346,11 +411,13 @@ class DomainStateMachine:
         r.lifecycle(LifecycleEvent.SUSPENDED, _SUSPEND_DETAIL[reason], ts)
 
     def _on_resume(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
-        if self._booting or self._restarting:
-            self._booting = self._restarting = False
+        hint, self._resume_hint = self._resume_hint, None
+        if self._booting is not None or self._restarting:
+            started, running, _, _ = _STARTS[self._booting or StartKind.BOOT]
+            self._booting, self._restarting = None, False
             self._shutdown_seen = False
-            self._set(DomainState.RUNNING, RunningReason.BOOTED)
-            r.lifecycle(LifecycleEvent.STARTED, StartedDetail.BOOTED, ts)
+            self._set(DomainState.RUNNING, running)
+            r.lifecycle(LifecycleEvent.STARTED, started, ts)
             return
         if self._rebooting and self._shutdown_seen:
             # The supervisor reset and continued the guest that shut down for reboot().
@@ -365,6 +432,10 @@ class DomainStateMachine:
             # Someone continued a guest that had shut down or panicked (e.g. after a reset).
             self._shutdown_seen = False
             self._set(DomainState.RUNNING, RunningReason.BOOTED)
+        elif hint is not None:
+            self._set(DomainState.RUNNING, hint[0])
+            r.lifecycle(LifecycleEvent.RESUMED, hint[1], ts)
+            return
         else:
             self._set(DomainState.RUNNING, RunningReason.UNPAUSED)
         r.lifecycle(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED, ts)
@@ -508,6 +579,7 @@ _SUSPEND_DETAIL: dict[PausedReason, SuspendedDetail] = {
     PausedReason.IOERROR: SuspendedDetail.IOERROR,
     PausedReason.WATCHDOG: SuspendedDetail.WATCHDOG,
     PausedReason.MIGRATION: SuspendedDetail.MIGRATED,
+    PausedReason.FROM_SNAPSHOT: SuspendedDetail.FROM_SNAPSHOT,
 }
 for _reason in PausedReason:
     _SUSPEND_DETAIL.setdefault(_reason, SuspendedDetail.PAUSED)
@@ -553,5 +625,6 @@ __all__ = [
     "EventSpec",
     "MachineSnapshot",
     "Reaction",
+    "StartKind",
     "StopCause",
 ]

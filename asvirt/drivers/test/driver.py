@@ -19,7 +19,9 @@ never wait, as on the QEMU driver: ``state()`` right after ``shutdown()`` is sti
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -28,6 +30,7 @@ from lxml import etree
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...conf.postparse import postparse_domain
+from ...conf.snapshot import SnapshotDef
 from ...conf.xmlsafe import parse_xml
 from ...config import Config
 from ...errors import (
@@ -38,6 +41,9 @@ from ...errors import (
 )
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
+from ...hypervisor.guest_state import SnapshotTarget
+from ...hypervisor.saveimage import ImageSink
+from ...hypervisor.snapshots import DiskOp
 from ...states import DomainState, ShutoffReason
 from ..base import BlockInfo
 from .guest import SimulatedVM
@@ -101,12 +107,27 @@ def parse_test_domain_xml(text: str | bytes) -> tuple[DomainDef, TestExtras]:
 
 
 class TestBackend:
-    """What the shared domain calls need from the test driver: simulated QEMUs, no files."""
+    """What the shared domain calls need from the test driver: simulated QEMUs, no files.
+
+    Snapshots and managed save images live in memory, as in libvirt's test driver: a
+    snapshot's simulated guest state by domain and name, a managed save image in an
+    anonymous in-memory file (``memfd``). A save to a path writes a real image file, whose
+    state stream is the simulated guest's state.
+    """
 
     __test__ = False  # not a pytest test class
 
+    image_driver = "test"
+    #: Its disks are never read: one whose XML names no format is taken for a qcow2 image,
+    #: so that the default domain can have snapshots, as in libvirt's test driver.
+    unnamed_disk_format: str | None = "qcow2"
+
     def __init__(self, node: TestNode) -> None:
         self._node = node
+        #: Simulated guests' state kept by snapshots: by domain UUID, then snapshot name.
+        self.guest_snapshots: dict[str, dict[str, dict[str, object]]] = {}
+        #: Managed save images, by domain UUID: descriptors of in-memory files.
+        self._managed: dict[str, int] = {}
 
     def hostname(self) -> str:
         return socket.gethostname()
@@ -147,7 +168,13 @@ class TestBackend:
         autodestroy: bool,
         callbacks: RuntimeCallbacks,
     ) -> SimulatedVM:
-        return SimulatedVM(self._node.scheduler, callbacks, live_def, domain_id=domain_id)
+        return SimulatedVM(
+            self._node.scheduler,
+            callbacks,
+            live_def,
+            domain_id=domain_id,
+            snapshots=self.guest_snapshots.setdefault(obj.uuid, {}),
+        )
 
     def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
         pass
@@ -156,11 +183,72 @@ class TestBackend:
         # libvirt's test driver's figures: a 1 TiB image, whatever the disk.
         return BlockInfo(capacity=1099506450432, allocation=1099511627776, physical=1099511627776)
 
+    async def snapshot_disks(self, op: DiskOp, name: str, disks: Sequence[SnapshotTarget]) -> None:
+        await trio.lowlevel.checkpoint()  # no disks: the metadata is all there is
+
+    async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
+        await trio.lowlevel.checkpoint()  # the tree on the domain is all there is
+
+    async def delete_snapshots(self, obj: DomainObj, names: Sequence[str]) -> None:
+        await trio.lowlevel.checkpoint()
+        kept = self.guest_snapshots.get(obj.uuid, {})
+        for name in names:
+            kept.pop(name, None)
+
+    def managed_save_sink(self, obj: DomainObj) -> ImageSink:
+        return _MemorySink(self._managed, obj.uuid)
+
+    def managed_save_open(self, obj: DomainObj) -> int:
+        fd = self._managed.get(obj.uuid)
+        if fd is None:
+            raise OperationInvalidError(f"domain '{obj.name}' has no managed save image")
+        return os.dup(fd)
+
+    def managed_save_remove(self, obj: DomainObj) -> None:
+        fd = self._managed.pop(obj.uuid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """The node is going: its in-memory images go with it."""
+        for fd in self._managed.values():
+            os.close(fd)
+        self._managed.clear()
+
+
+class _MemorySink:
+    """A managed save image written to an in-memory file, kept by UUID once committed."""
+
+    def __init__(self, images: dict[str, int], uuid: str) -> None:
+        self._images = images
+        self._uuid = uuid
+        self._fd: int | None = os.memfd_create(f"asvirt-save-{uuid}", os.MFD_CLOEXEC)
+
+    @property
+    def fd(self) -> int:
+        assert self._fd is not None
+        return self._fd
+
+    def commit(self) -> None:
+        old = self._images.pop(self._uuid, None)
+        if old is not None:
+            os.close(old)
+        assert self._fd is not None
+        self._images[self._uuid] = self._fd
+        self._fd = None
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 def new_test_node(source: str, config: Config) -> TestNode:
     """An empty test node with the shared domain calls on the test backend."""
     node = TestNode(source, config)
-    node.set_domain_driver(DomainDriver(node.table, node.bus, TestBackend(node)))
+    backend = TestBackend(node)
+    node.set_domain_driver(DomainDriver(node.table, node.bus, backend))
+    node.on_shutdown.append(backend.close)
     return node
 
 
@@ -172,11 +260,14 @@ def add_initial_domain(node: TestNode, defn: DomainDef, extras: TestExtras) -> N
     obj = DomainObj(defn.name, defn.uuid, None if extras.transient else defn)
     node.table.add(obj)
     if extras.runstate is not DomainState.SHUTOFF:
+        backend = node.domains.backend
+        assert isinstance(backend, TestBackend)
         vm = SimulatedVM(
             node.scheduler,
             node.domains.callbacks_for(obj),
             defn.copy(),
             domain_id=node.table.allocate_id(),
+            snapshots=backend.guest_snapshots.setdefault(obj.uuid, {}),
         )
         obj.runtime = vm
         vm.adopt_running(extras.runstate)

@@ -29,15 +29,31 @@ The simulated guest is deterministic:
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ...conf.domain import DomainDef
-from ...errors import OperationInvalidError, OperationUnsupportedError, QMPError
+from ...drivers.base import ProgressCallback
+from ...errors import (
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    QMPError,
+)
+from ...events.types import ResumedDetail, SuspendedDetail
 from ...hypervisor.domain_driver import RuntimeCallbacks
+from ...hypervisor.guest_state import (
+    FromImage,
+    FromSnapshot,
+    SnapshotTarget,
+    StartOrigin,
+    StopCause,
+)
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import (
     VCPU_RUNNING,
@@ -49,7 +65,8 @@ from ...hypervisor.stats import (
 )
 from ...states import DomainState, PausedReason, RunningReason, StateReason
 from ..base import InterfaceStats, StatsGroup
-from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction
+from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
+from ..qemu.statemachine import StopCause as MachineStopCause
 
 if TYPE_CHECKING:
     from .state import Scheduler
@@ -103,8 +120,11 @@ class SimulatedVM:
         live_def: DomainDef,
         *,
         domain_id: int,
+        snapshots: dict[str, dict[str, Any]],
     ) -> None:
         self._scheduler = scheduler
+        #: The guest state each internal snapshot of this domain holds (kept by the node).
+        self._snapshots = snapshots
         self._callbacks = callbacks
         self.name = callbacks.name
         self.uuid = callbacks.uuid
@@ -158,14 +178,118 @@ class SimulatedVM:
     # Each acts at once and publishes its own events before returning; the guest's reaction
     # comes at the caller's next schedule point, as it would come later from a real guest.
 
-    async def start(self, *, paused: bool) -> None:
-        """Start the VM as the QEMU runner does: ``-S``, then ``cont`` unless ``paused``."""
+    async def start(self, *, paused: bool, origin: StartOrigin = None) -> None:
+        """Start the VM as the QEMU runner does: ``-S``, its state loaded from ``origin``
+        if any, then ``cont`` unless ``paused``."""
         await trio.lowlevel.checkpoint()
+        kind, detail = StartKind.BOOT, None
+        if isinstance(origin, FromImage):
+            kind = StartKind.RESTORE
+            self._load_guest(_read_state(origin))
+            if not origin.saved_paused:
+                detail = SuspendedDetail.PAUSED
+            if origin.progress is not None:
+                origin.progress(1.0)
+        elif isinstance(origin, FromSnapshot):
+            kind = StartKind.SNAPSHOT
+            if origin.name is not None:
+                self._load_guest(self._snapshot_state(origin.name))
         if paused:
-            self._publish(self.machine.started_paused())
+            if kind is not StartKind.BOOT:
+                self.runstate = "paused"
+            self._publish(self.machine.started_paused(kind, detail=detail))
             return
-        self.machine.begin_boot()
+        self.machine.begin_boot(kind)
         self.qmp_cont()
+
+    # -- guest state: snapshots, save (what a QEMU runner does with QMP jobs and migration) ---
+
+    async def snapshot_create(
+        self, name: str, disks: Sequence[SnapshotTarget], *, progress: ProgressCallback | None
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        was_running = self.runstate == "running"
+        if was_running:
+            self.machine.expect_pause(PausedReason.SNAPSHOT)
+            self.qmp_stop()
+        self._snapshots[name] = self._guest_state()
+        if progress is not None:
+            progress(1.0)
+        if was_running:
+            self.qmp_cont()
+
+    async def snapshot_load(
+        self,
+        name: str,
+        disks: Sequence[SnapshotTarget],
+        *,
+        running: bool,
+        progress: ProgressCallback | None,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        state = self._snapshot_state(name)
+        was_paused = self.runstate != "running"
+        if not was_paused:
+            self.machine.expect_pause(PausedReason.FROM_SNAPSHOT)
+            self.qmp_stop()
+        self._load_guest(state)
+        if progress is not None:
+            progress(1.0)
+        if running:
+            self.machine.expect_resume(RunningReason.FROM_SNAPSHOT, ResumedDetail.FROM_SNAPSHOT)
+            self.qmp_cont()
+        elif was_paused:
+            self._publish(self.machine.reverted_paused())
+
+    async def snapshot_delete(self, name: str, disks: Sequence[SnapshotTarget]) -> None:
+        await trio.lowlevel.checkpoint()
+        self._snapshots.pop(name, None)
+
+    async def save_state(self, fd: int, *, progress: ProgressCallback | None) -> None:
+        await trio.lowlevel.checkpoint()
+        was_running = self.runstate == "running"
+        if was_running:
+            self.machine.expect_pause(PausedReason.SAVE)
+            self.qmp_stop()
+        os.write(fd, json.dumps(self._guest_state()).encode())
+        if progress is not None:
+            progress(1.0)
+
+    async def resume_after_save(self, *, running: bool) -> None:
+        await trio.lowlevel.checkpoint()
+        if running and not self.exited:
+            self.machine.expect_resume(RunningReason.SAVE_CANCELED, ResumedDetail.UNPAUSED)
+            self.qmp_cont()
+
+    async def stop(self, cause: StopCause) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.exited:
+            return
+        self.machine.begin_stop(
+            MachineStopCause.SAVED if cause is StopCause.SAVED else MachineStopCause.FROM_SNAPSHOT
+        )
+        self._exit()
+
+    def _guest_state(self) -> dict[str, Any]:
+        """What a snapshot or save keeps of the simulated guest."""
+        return {
+            "booted": self._booted,
+            "halted": self._halted,
+            "button_pressed": self._button_pressed,
+        }
+
+    def _load_guest(self, state: dict[str, Any]) -> None:
+        self._generation += 1  # what the previous guest had scheduled is void
+        self._booted = bool(state.get("booted"))
+        self._halted = bool(state.get("halted"))
+        self._button_pressed = bool(state.get("button_pressed"))
+        self._action_due = False
+
+    def _snapshot_state(self, name: str) -> dict[str, Any]:
+        state = self._snapshots.get(name)
+        if state is None:
+            raise OperationFailedError(f"snapshot '{name}' holds no state of this guest")
+        return state
 
     async def suspend(self) -> None:
         self.machine.expect_pause(PausedReason.USER)
@@ -518,5 +642,18 @@ _COMMANDS: dict[str, Callable[[SimulatedVM], Any]] = {
 
 #: The QMP commands the test driver simulates.
 SIMULATED_QMP_COMMANDS = frozenset(_COMMANDS)
+
+
+def _read_state(origin: FromImage) -> dict[str, Any]:
+    """The simulated guest's state a test driver save image holds."""
+    raw = os.pread(origin.fd, max(0, origin.size), origin.offset)
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        raise OperationFailedError("the save image holds no state of a simulated guest") from None
+    if not isinstance(state, dict):
+        raise OperationFailedError("the save image holds no state of a simulated guest")
+    return state
+
 
 __all__ = ["BOOT_SECONDS", "SIMULATED_QMP_COMMANDS", "GuestFlags", "SimulatedVM"]

@@ -78,6 +78,13 @@ class TestNode(Node):
         self.source = source
         self.pools: dict[str, PoolObj] = {}  # by UUID
         self.scheduler = Scheduler()
+        #: Called when the node goes (what it held outside Python objects is released).
+        self.on_shutdown: list[Callable[[], None]] = []
+
+    async def shutdown(self) -> None:
+        for release in self.on_shutdown:
+            release()
+        await trio.lowlevel.checkpoint()
 
     async def load(self) -> None:
         # The simulated guests' timers fire in the node's own task, whoever is connected.
