@@ -38,18 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import asvirt  # noqa: E402
-
-DEFAULT_NET = """<network>
-  <name>default</name>
-  <bridge name='virbr0'/>
-  <forward/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp>
-      <range start='192.168.122.2' end='192.168.122.254'/>
-    </dhcp>
-  </ip>
-</network>
-"""
+from asvirt.drivers.network.model import DEFAULT_NETWORK_XML as DEFAULT_NET  # noqa: E402
 
 
 def ms(seconds: float) -> str:

@@ -17,24 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from asvirt.drivers.network.model import DEFAULT_NETWORK_XML as DEFAULT_NET
+
 from .daemon import Daemon
 from .guest import TestGuest, wait_for_serial
 from .helpers import run_cli, wait_for
 from .netns import OUTSIDE, UPLINK, Lab, lab, sh
 
 pytestmark = pytest.mark.qemu
-
-DEFAULT_NET = """<network>
-  <name>default</name>
-  <bridge name='virbr0'/>
-  <forward/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp>
-      <range start='192.168.122.2' end='192.168.122.254'/>
-    </dhcp>
-  </ip>
-</network>
-"""
 
 ROUTED_NET = """<network>
   <name>routed</name>

@@ -16,6 +16,7 @@ import trio
 from .. import fsutil
 from ..config import Config, DaemonSettings
 from ..drivers.local import invoke
+from ..drivers.network.model import DEFAULT_NETWORK_XML
 from ..drivers.qemu.driver import open_qemu_node
 from ..drivers.qemu.paths import EmbedPaths
 from ..errors import AsvirtError, SystemCallError
@@ -71,20 +72,6 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
         os.umask(old)
     os.chmod(path, mode)
     return sock
-
-
-#: libvirt's ``default`` network, as distributions define it for the system daemon.
-DEFAULT_NETWORK_XML = """<network>
-  <name>default</name>
-  <forward mode='nat'/>
-  <bridge name='virbr0' stp='on' delay='0'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp>
-      <range start='192.168.122.2' end='192.168.122.254'/>
-    </dhcp>
-  </ip>
-</network>
-"""
 
 
 class Server:

@@ -48,6 +48,20 @@ _DNS_NAME_RE = re.compile(
 MAC_PREFIX = "52:54:00"
 
 
+#: libvirt's ``default`` network, as distributions define it for the system daemon.
+DEFAULT_NETWORK_XML = """<network>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DhcpRange:
     start: IPAddress
