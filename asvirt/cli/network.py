@@ -16,7 +16,7 @@ import asvirt
 from asvirt.calls import ConnectionCalls
 from asvirt.drivers.base import InterfaceAddressSource, IPAddrType
 
-from . import render
+from . import render, vsh
 from .main import _domain, _read_file, command
 
 
@@ -174,7 +174,7 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     import trio
 
     assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(timeout) as waited:
         async with conn.subscribe(net, asvirt.EventKind.NETWORK_LIFECYCLE) as events:
             async for ev in events:
                 line = ev.describe()
@@ -185,8 +185,7 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
                 count += 1
                 if not args.loop:
                     break
-    print(f"events received: {count}\n")
-    return 0
+    return vsh.events_received(count, timed_out=waited.cancelled_caught)
 
 
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
