@@ -361,7 +361,7 @@ async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     kinds = [_EVENT_NAMES[args.event]] if args.event else None
     domain = await _domain(conn, args.domain) if args.domain else None
     count = 0
-    timeout = args.timeout if args.timeout is not None else math.inf
+    timeout = vsh.timeout_seconds(args.timeout) or math.inf
     with trio.move_on_after(timeout) as waited:
         async with conn.subscribe(domain, kinds, since=args.since) as events:
             async for ev in events:
@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", help="only this event type (see --list)")
     p.add_argument("--all", action="store_true", help="all event types (the default)")
     p.add_argument("--loop", action="store_true", help="keep receiving events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--timeout", help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
     p.add_argument(
         "--seq", action="store_true", help="prefix events with their number (for --since)"

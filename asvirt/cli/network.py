@@ -170,7 +170,7 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         raise asvirt.InvalidArgError(f"unknown network event type '{args.event}'")
     net = await _network(conn, args.network) if args.network else None
     count = 0
-    timeout = args.timeout if args.timeout is not None else math.inf
+    timeout = vsh.timeout_seconds(args.timeout) or math.inf
     import trio
 
     assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
@@ -209,6 +209,6 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--network", help="only events of this network")
     p.add_argument("--event", help="only this event type (lifecycle)")
     p.add_argument("--loop", action="store_true", help="keep receiving events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--timeout", help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
     p.add_argument("--list", action="store_true", help="list the event types")

@@ -19,6 +19,7 @@ What virsh does, and so asvirt (libvirt's ``tools/vsh.c``):
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 
@@ -98,6 +99,26 @@ def report(exc: BaseException) -> None:
     sys.stderr.write("".join(line + "\n" for line in lines))
     sys.stderr.flush()
     print(flush=True)
+
+
+#: The longest ``--timeout`` virsh takes: its milliseconds must fit an int.
+MAX_TIMEOUT_SECONDS = 2147483647 // 1000
+
+
+def timeout_seconds(text: str | None) -> float | None:
+    """A ``--timeout`` in seconds, checked when the command runs, as virsh does
+    (``vshCommandOptTimeoutToMs``); asvirt also takes fractions of a second."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # also refuses nan
+        raise CommandError(
+            f"Numeric value '{text}' for <timeout> option is malformed or out of range"
+        )
+    return value
 
 
 def events_received(count: int, *, timed_out: bool) -> int:
@@ -186,4 +207,5 @@ __all__ = [
     "libvirt_message",
     "report",
     "split_commands",
+    "timeout_seconds",
 ]
