@@ -96,8 +96,11 @@ def check(cmd: Command, status: int, out: str, err: str, *, prog: str) -> None:
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.where)
-def test_asvirt_prints_what_virsh_prints(cmd: Command, capsys: pytest.CaptureFixture[str]):
+def test_asvirt_prints_what_virsh_prints(
+    cmd: Command, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     assert cmd.argv[0] == "virsh"
+    monkeypatch.chdir(REPO)  # transcripts name their files from the repository's root
     if cmd.stdin:
         proc = subprocess.run(
             [sys.executable, "-m", "asvirt", *cmd.argv[1:]],
@@ -126,6 +129,7 @@ def test_the_transcripts_are_what_virsh_prints(cmd: Command):
         capture_output=True,
         text=True,
         env={**os.environ, "LC_ALL": "C"},
+        cwd=REPO,
         timeout=60,
     )
     check(cmd, proc.returncode, proc.stdout, proc.stderr, prog="virsh")

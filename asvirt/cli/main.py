@@ -83,14 +83,17 @@ async def cmd_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     active = None if args.all else True
     if args.inactive:
         active = False
-    rows = []
+    found = []
     for dom in await conn.list_all_domains(active=active):
         state, _ = await dom.state()
         dom_id = await dom.id()
         label = state.label
         if args.managed_save and dom_id is None and await dom.has_managed_save_image():
             label = "saved"  # as virsh list --managed-save
-        rows.append(("-" if dom_id is None else str(dom_id), dom.name, label))
+        found.append((dom_id, dom.name, label))
+    # virsh's order (virshDomainSorter): running ones by id, then the others by name, any case
+    found.sort(key=lambda d: (d[0] is None, d[0] or 0, d[1].casefold()))
+    rows = [("-" if dom_id is None else str(dom_id), name, label) for dom_id, name, label in found]
     print(render.table(("Id", "Name", "State"), rows))
     return 0
 
@@ -233,7 +236,7 @@ async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("dumpxml", "domain information in XML")
 async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    sys.stdout.write(await dom.xml_desc(inactive=args.inactive) + "\n")
+    sys.stdout.write(render.xml_document(await dom.xml_desc(inactive=args.inactive)))
     return 0
 
 

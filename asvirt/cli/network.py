@@ -96,7 +96,7 @@ async def cmd_net_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("net-dumpxml", "network information in XML")
 async def cmd_net_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     net = await _network(conn, args.network)
-    sys.stdout.write(await net.xml_desc(inactive=args.inactive))
+    sys.stdout.write(render.xml_document(await net.xml_desc(inactive=args.inactive)))
     return 0
 
 

@@ -66,6 +66,12 @@ def pairs(items: Iterable[tuple[str, str]]) -> str:
     return "\n".join([*(f"{(k + ':').ljust(width)}{v}" for k, v in items), ""])
 
 
+def xml_document(xml: str) -> str:
+    """An XML document as virsh's ``*dumpxml`` commands print it: the document (ending in a
+    newline), then the blank line virsh prints after every command. Write it as it is."""
+    return xml + ("\n" if xml.endswith("\n") else "\n\n")
+
+
 def padded_pairs(items: Iterable[tuple[str, str]], width: int = 15) -> str:
     """virsh's ``Name:           value`` lines: ``"%-15s %s\\n"`` (``dominfo``, ``pool-info``;
     ``nodeinfo`` pads to 20). :func:`print` it for the blank line after the command."""
