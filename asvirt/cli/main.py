@@ -588,6 +588,8 @@ async def run_command(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     """Run one command; a failure is reported (:func:`vsh.report`) and its status is 1."""
     try:
         return await _COMMANDS[args.command][0](conn, args)
+    except BrokenPipeError:
+        raise  # the reader went away (asvirt list | head): nothing to report, to no one
     except Exception as exc:
         err = _first_error(exc)
         if err is None or (vsh.error_lines(err) is None and os.environ.get("ASVIRT_DEBUG")):
