@@ -157,3 +157,13 @@ def test_command_strings_split_as_virsh_splits_them():
     for bad in ('echo "open', "echo dangling\\"):
         with pytest.raises(vsh.CommandError):
             vsh.split_commands(bad)
+
+
+def test_help_lists_the_commands_and_describes_one(capsys: pytest.CaptureFixture[str]):
+    assert cli_main(["-c", "test:///default", "help"]) == 0
+    listing = capsys.readouterr().out
+    assert "    dominfo " in listing and "    nodeinfo " in listing and listing.endswith("\n\n")
+    assert cli_main(["-c", "test:///default", "help list"]) == 0
+    assert capsys.readouterr().out.startswith("usage: asvirt list [-h] [--all]")
+    assert cli_main(["-c", "test:///default", "help", "nope"]) == 1
+    assert capsys.readouterr().err == "error: command or command group 'nope' doesn't exist\n"

@@ -427,6 +427,10 @@ def _global_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Each command's parser, by name (for ``help COMMAND``), as :func:`build_parser` made them.
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of one command's words (``list --all``)."""
     parser = _Parser(prog="asvirt", add_help=False)
@@ -434,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, *domain_args: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=_COMMANDS[name][1])
+        _PARSERS[name] = p
         for a in domain_args:
             p.add_argument(a)
         return p
@@ -516,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    add("help")
+    p = add("help")
+    p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
     add("quit")
     add("exit")
     # The network, storage, monitoring and snapshot commands live in modules of their own;
@@ -535,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("help", "print help")
 async def cmd_help(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    if args.topic:
+        if args.topic not in _COMMANDS:
+            raise CommandError(f"command or command group '{args.topic}' doesn't exist")
+        build_parser()  # fills _PARSERS
+        print(_PARSERS[args.topic].format_help())
+        return 0
     width = max(len(name) for name in _COMMANDS) + 4
     lines = [f"    {name:<{width}}{text}" for name, (_, text) in sorted(_COMMANDS.items())]
     print("\n".join(["Commands:", "", *lines, ""]))
