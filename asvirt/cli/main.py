@@ -90,10 +90,13 @@ async def cmd_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         label = state.label
         if args.managed_save and dom_id is None and await dom.has_managed_save_image():
             label = "saved"  # as virsh list --managed-save
-        found.append((dom_id, dom.name, label))
+        found.append((dom_id, dom.name, label, dom.uuid))
     # virsh's order (virshDomainSorter): running ones by id, then the others by name, any case
     found.sort(key=lambda d: (d[0] is None, d[0] or 0, d[1].casefold()))
-    rows = [("-" if dom_id is None else str(dom_id), name, label) for dom_id, name, label in found]
+    if args.name or args.uuid:  # one per line, for scripts (virsh list --name / --uuid)
+        print("".join(f"{d[3] if args.uuid else d[1]}\n" for d in found))
+        return 0
+    rows = [("-" if d[0] is None else str(d[0]), d[1], d[2]) for d in found]
     print(render.table(("Id", "Name", "State"), rows))
     return 0
 
@@ -449,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--managed-save", action="store_true", help='mark domains with a managed save "saved"'
     )
+    p.add_argument("--name", action="store_true", help="only the names, one per line")
+    p.add_argument("--uuid", action="store_true", help="only the UUIDs, one per line")
     add("define", "file")
     p = add("create", "file")
     p.add_argument("--paused", action="store_true")
