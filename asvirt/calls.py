@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from .domain import Domain
-from .drivers.base import DomainRef, ProgressCallback, StatsGroup
+from .drivers.base import (
+    DomainRef,
+    HypervisorVersion,
+    NodeInfo,
+    ProgressCallback,
+    SecurityModel,
+    StatsGroup,
+)
 from .network import Network
 from .storage import StoragePool, StorageVol
 
@@ -95,6 +102,20 @@ class ConnectionCalls:
     async def capabilities(self) -> str:
         """The host and guest capabilities as libvirt's capabilities XML."""
         return await self._call("capabilities_xml")
+
+    async def node_info(self) -> NodeInfo:
+        """The host's CPUs and memory (libvirt's ``getInfo``, ``virsh nodeinfo``)."""
+        return await self._call("node_info")
+
+    async def hypervisor_version(self) -> HypervisorVersion:
+        """The hypervisor's name and version (``QEMU``, ``8.2.2``): libvirt's ``getType``
+        and ``getVersion``."""
+        return await self._call("hypervisor_version")
+
+    async def security_model(self) -> SecurityModel:
+        """The node's security driver (libvirt's ``getSecurityModel``); ``none`` with DOI
+        ``0`` when no security driver labels the guests."""
+        return await self._call("node_security_model")
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         """What the driver would run for ``xml`` (``"qemu-argv"``: the QEMU command line)."""

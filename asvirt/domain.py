@@ -19,6 +19,7 @@ from .drivers.base import (
     InterfaceAddressSource,
     InterfaceStats,
     ProgressCallback,
+    SecurityLabel,
     StatsGroup,
 )
 from .errors import (
@@ -162,6 +163,16 @@ class Domain(Handle):
     async def info(self) -> DomainInfo:
         """State, memory, vCPUs and CPU time. Never waits for QEMU."""
         return await self._call("domain_info")
+
+    async def os_type(self) -> str:
+        """The guest's OS type as the driver names it (libvirt's ``OSType``): ``hvm`` on
+        QEMU; libvirt's test driver, and so ``test:///``, says ``linux``."""
+        return await self._call("domain_os_type")
+
+    async def security_label(self) -> SecurityLabel:
+        """The domain's label under the node's security driver (libvirt's
+        ``securityLabel``); empty under ``none``."""
+        return await self._call("domain_security_label")
 
     async def xml_desc(self, *, inactive: bool = False) -> str:
         """The live XML while running, else (or with ``inactive=True``) the persistent one."""

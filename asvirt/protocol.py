@@ -39,10 +39,14 @@ from .drivers.base import (
     DomainRef,
     DomainSnapshotInfo,
     DomainStats,
+    HypervisorVersion,
     InterfaceAddressSource,
     InterfaceStats,
     NetworkDHCPLease,
     NetworkRef,
+    NodeInfo,
+    SecurityLabel,
+    SecurityModel,
     StatsGroup,
     StoragePoolInfo,
     StoragePoolRef,
@@ -136,6 +140,21 @@ class DomainCalls(Protocol):
     @call(mutates=False)
     async def capabilities_xml(self) -> str:
         """The host and guest capabilities as libvirt's capabilities XML."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def node_info(self) -> NodeInfo:
+        """The host's CPUs and memory (libvirt's ``virNodeGetInfo``)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def hypervisor_version(self) -> HypervisorVersion:
+        """The hypervisor's name and version (``virConnectGetType``, ``virConnectGetVersion``)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def node_security_model(self) -> SecurityModel:
+        """The node's primary security driver (``virNodeGetSecurityModel``)."""
         ...
 
     @call(mutates=False)
@@ -236,6 +255,16 @@ class DomainCalls(Protocol):
     @call(mutates=False, priority=HIGH)
     async def domain_info(self, uuid: str) -> DomainInfo:
         """State, memory, vCPUs and CPU time."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_os_type(self, uuid: str) -> str:
+        """The guest's OS type as the driver names it (``virDomainGetOSType``: ``hvm``)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_security_label(self, uuid: str) -> SecurityLabel:
+        """The domain's security label (``virDomainGetSecurityLabel``)."""
         ...
 
     @call(mutates=False, priority=HIGH)

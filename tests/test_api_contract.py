@@ -99,6 +99,33 @@ BAD_XML = [
 ]
 
 
+async def test_the_node_and_its_domains_describe_themselves_as_libvirt_does(api):
+    # virsh's nodeinfo, version and dominfo ask these. The test driver answers as libvirt's
+    # test driver does; the QEMU driver describes this host and its QEMU.
+    node = await api.conn.node_info()
+    assert node.cpus == node.nodes * node.sockets * node.cores * node.threads > 0
+    assert node.memory_kib > 0
+    version = await api.conn.hypervisor_version()
+    model = await api.conn.security_model()
+    dom = await api.define("vm1")
+    label = await dom.security_label()
+    if api.simulated:
+        assert node == asvirt.NodeInfo("i686", 3145728, 16, 1400, 2, 2, 2, 2)
+        assert version == asvirt.HypervisorVersion("TEST", "0.0.2")
+        assert model == asvirt.SecurityModel("testSecurity", "")
+        assert label == asvirt.SecurityLabel("libvirt-test", True)
+        assert await dom.os_type() == "linux"
+    else:
+        assert node.model == os.uname().machine
+        assert version.type == "QEMU" and version.version.split(".")[0].isdigit()
+        assert model == asvirt.SecurityModel("none", "0")
+        assert label == asvirt.SecurityLabel("", False)
+        assert await dom.os_type() == "hvm"
+    await dom.undefine()
+    with pytest.raises(asvirt.NoDomainError):
+        await dom.os_type()
+
+
 async def test_both_drivers_refuse_the_same_xml(api):
     before = await api.baseline()
     for xml, error in BAD_XML:

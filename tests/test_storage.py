@@ -561,7 +561,7 @@ def test_cli_bad_input_is_one_line_and_creates_nothing(root, tmp_path):
     )
     assert run(root, "pool-define-as", "x", "dir", "--target", "/srv/x", "--print-xml").stdout == (
         "<pool type='dir'>\n  <name>x</name>\n  <target>\n    <path>/srv/x</path>\n"
-        "  </target>\n</pool>\n"
+        "  </target>\n</pool>\n\n"  # and virsh's blank line after the command
     )
     assert not (root / "etc" / "storage" / "x.xml").exists()
 

@@ -1,10 +1,13 @@
 """The ``asvirt`` command line: virsh's commands and output, over the same public API.
 
     asvirt [-c URI] COMMAND [ARGS]
+    asvirt [-c URI] 'COMMAND [ARGS]; COMMAND [ARGS]...'
+    asvirt [-c URI]                  (an interactive shell: "asvirt # ")
 
 Without ``-c``, the URI is ``$ASVIRT_DEFAULT_URI``, else ``qemu:///system`` for root and
-``qemu:///session`` for other users, as virsh does. Errors are one line on stderr and a
-non-zero exit status, never a traceback.
+``qemu:///session`` for other users, as virsh does. What a command prints is what virsh
+prints for the same state, byte for byte; errors are ``error: ...`` lines on stderr
+(:mod:`.vsh` runs commands and reports errors as virsh does), never a traceback.
 
 A one-shot command to a daemon runs without an event loop (:mod:`.quick`): it imports only
 what it needs, so that it starts as fast as virsh does. Everything else runs under trio.
@@ -20,11 +23,12 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import asvirt  # light: its public names load on first use
 
-from . import render
+from . import render, vsh
+from .vsh import CommandError, failing
 
 if TYPE_CHECKING:
     from asvirt.calls import ConnectionCalls
@@ -79,28 +83,38 @@ async def cmd_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     active = None if args.all else True
     if args.inactive:
         active = False
-    rows = []
+    found = []
     for dom in await conn.list_all_domains(active=active):
         state, _ = await dom.state()
         dom_id = await dom.id()
         label = state.label
         if args.managed_save and dom_id is None and await dom.has_managed_save_image():
             label = "saved"  # as virsh list --managed-save
-        rows.append(("-" if dom_id is None else str(dom_id), dom.name, label))
+        found.append((dom_id, dom.name, label, dom.uuid))
+    # virsh's order (virshDomainSorter): running ones by id, then the others by name, any case
+    found.sort(key=lambda d: (d[0] is None, d[0] or 0, d[1].casefold()))
+    if args.name or args.uuid:  # one per line, for scripts (virsh list --name / --uuid)
+        print("".join(f"{d[3] if args.uuid else d[1]}\n" for d in found))
+        return 0
+    rows = [("-" if d[0] is None else str(d[0]), d[1], d[2]) for d in found]
     print(render.table(("Id", "Name", "State"), rows))
     return 0
 
 
 @command("define", "define (but don't start) a domain from an XML file")
 async def cmd_define(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    dom = await conn.define_xml(_read_file(args.file))
+    xml = _read_file(args.file)
+    with failing(f"Failed to define domain from {args.file}"):
+        dom = await conn.define_xml(xml)
     print(f"Domain '{dom.name}' defined from {args.file}\n")
     return 0
 
 
 @command("create", "create (start) a transient domain from an XML file")
 async def cmd_create(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    dom = await conn.create_xml(_read_file(args.file), paused=args.paused)
+    xml = _read_file(args.file)
+    with failing(f"Failed to create domain from {args.file}"):
+        dom = await conn.create_xml(xml, paused=args.paused)
     print(f"Domain '{dom.name}' created from {args.file}\n")
     return 0
 
@@ -112,12 +126,13 @@ async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         from .storage import undefine_with_storage
 
         return await undefine_with_storage(dom, args)
-    await dom.undefine(
-        nvram=args.nvram,
-        keep_tpm=args.keep_tpm,
-        snapshots_metadata=args.snapshots_metadata,
-        managed_save=args.managed_save,
-    )
+    with failing(f"Failed to undefine domain '{dom.name}'"):
+        await dom.undefine(
+            nvram=args.nvram,
+            keep_tpm=args.keep_tpm,
+            snapshots_metadata=args.snapshots_metadata,
+            managed_save=args.managed_save,
+        )
     print(f"Domain '{dom.name}' has been undefined\n")
     return 0
 
@@ -125,7 +140,10 @@ async def cmd_undefine(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("start", "start a (previously defined) inactive domain")
 async def cmd_start(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    await dom.start(paused=args.paused, force_boot=args.force_boot)
+    if await dom.id() is not None:
+        raise CommandError("Domain is already active")  # virsh checks before it asks
+    with failing(f"Failed to start domain '{dom.name}'"):
+        await dom.start(paused=args.paused, force_boot=args.force_boot)
     print(f"Domain '{dom.name}' started\n")
     return 0
 
@@ -133,7 +151,8 @@ async def cmd_start(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 def _simple(name: str, help: str, method: str, done: str) -> None:
     async def run(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         dom = await _domain(conn, args.domain)
-        await getattr(dom, method)()
+        with failing(f"Failed to {name} domain '{dom.name}'"):
+            await getattr(dom, method)()
         print(f"Domain '{dom.name}' {done}\n")
         return 0
 
@@ -158,11 +177,11 @@ async def cmd_dominfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         ("Id", "-" if dom_id is None else str(dom_id)),
         ("Name", dom.name),
         ("UUID", dom.uuid),
-        ("OS Type", "hvm"),
+        ("OS Type", await dom.os_type()),
         ("State", info.state.label),
         ("CPU(s)", str(info.vcpus)),
     ]
-    if info.state is not asvirt.DomainState.SHUTOFF:
+    if info.cpu_time_ns:  # virsh shows the CPU time when there is some
         pairs.append(("CPU time", f"{info.cpu_time_ns / 1e9:.1f}s"))
     pairs += [
         ("Max memory", f"{info.max_memory_kib} KiB"),
@@ -170,10 +189,15 @@ async def cmd_dominfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         ("Persistent", "yes" if persistent else "no"),
         ("Autostart", "enable" if await dom.autostart() else "disable"),
         ("Managed save", "yes" if await dom.has_managed_save_image() else "no"),
-        ("Security model", "none"),
-        ("Security DOI", "0"),
     ]
-    print(render.pairs(pairs))
+    model = await conn.security_model()
+    if model.model:  # as virsh: the security lines only when a security driver is active
+        pairs += [("Security model", model.model), ("Security DOI", model.doi)]
+        label = await dom.security_label()
+        if label.label:
+            mode = "enforcing" if label.enforcing else "permissive"
+            pairs.append(("Security label", f"{label.label} ({mode})"))
+    print(render.padded_pairs(pairs))
     return 0
 
 
@@ -215,7 +239,7 @@ async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("dumpxml", "domain information in XML")
 async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    sys.stdout.write(await dom.xml_desc(inactive=args.inactive))
+    sys.stdout.write(render.xml_document(await dom.xml_desc(inactive=args.inactive)))
     return 0
 
 
@@ -233,19 +257,48 @@ async def cmd_domdisplay(conn: ConnectionCalls, args: argparse.Namespace) -> int
 
 @command("capabilities", "capabilities")
 async def cmd_capabilities(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    sys.stdout.write(await conn.capabilities())
+    print(f"{await conn.capabilities()}\n")  # virsh: the XML, a newline, the blank line
     return 0
 
 
 @command("hostname", "print the hypervisor hostname")
 async def cmd_hostname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    print(conn.hostname())
+    print(f"{conn.hostname()}\n")
+    return 0
+
+
+@command("nodeinfo", "node information")
+async def cmd_nodeinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    node = await conn.node_info()
+    pairs = [("CPU model", node.model), ("CPU(s)", str(node.cpus))]
+    if node.mhz:
+        pairs.append(("CPU frequency", f"{node.mhz} MHz"))
+    pairs += [
+        ("CPU socket(s)", str(node.sockets)),
+        ("Core(s) per socket", str(node.cores)),
+        ("Thread(s) per core", str(node.threads)),
+        ("NUMA cell(s)", str(node.nodes)),
+        ("Memory size", f"{node.memory_kib} KiB"),
+    ]
+    print(render.padded_pairs(pairs, width=20))
+    return 0
+
+
+@command("version", "show version")
+async def cmd_version(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    # virsh's lines; the library is asvirt (virsh names libvirt and its version there).
+    hv = await conn.hypervisor_version()
+    library = asvirt.__version__
+    print(f"Compiled against library: asvirt {library}")
+    print(f"Using library: asvirt {library}")
+    print(f"Using API: {hv.type} {library}")
+    print(f"Running hypervisor: {hv.type} {hv.version}\n")
     return 0
 
 
 @command("uri", "print the hypervisor canonical URI")
 async def cmd_uri(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    print(conn.uri)
+    print(f"{conn.uri}\n")
     return 0
 
 
@@ -314,8 +367,8 @@ async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     kinds = [_EVENT_NAMES[args.event]] if args.event else None
     domain = await _domain(conn, args.domain) if args.domain else None
     count = 0
-    timeout = args.timeout if args.timeout is not None else math.inf
-    with trio.move_on_after(timeout):
+    timeout = vsh.timeout_seconds(args.timeout) or math.inf
+    with trio.move_on_after(timeout) as waited:
         async with conn.subscribe(domain, kinds, since=args.since) as events:
             async for ev in events:
                 line = ev.describe()
@@ -328,8 +381,7 @@ async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
                 count += 1
                 if not args.loop:
                     break
-    print(f"events received: {count}\n")
-    return 0
+    return vsh.events_received(count, timed_out=waited.cancelled_caught)
 
 
 # -- networks and storage ------------------------------------------------------------------------
@@ -357,17 +409,39 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line and exit status 1, as in virsh
+    (not a usage text and status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(message)
+
+
+def _global_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="asvirt",
-        description="Manage QEMU virtual machines (virsh's commands, on asvirt).",
+        usage="asvirt [-c URI] [COMMAND [ARGS...] | 'COMMAND [ARGS]; COMMAND [ARGS]...']",
+        description="Manage QEMU virtual machines (virsh's commands, on asvirt). Without a "
+        "command, an interactive shell; 'asvirt help' lists the commands.",
     )
     parser.add_argument("-c", "--connect", metavar="URI", help="connection URI")
     parser.add_argument("-v", "--version", action="version", version=asvirt.__version__)
+    parser.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+#: Each command's parser, by name (for ``help COMMAND``), as :func:`build_parser` made them.
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of one command's words (``list --all``)."""
+    parser = _Parser(prog="asvirt", add_help=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, *domain_args: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=_COMMANDS[name][1])
+        _PARSERS[name] = p
         for a in domain_args:
             p.add_argument(a)
         return p
@@ -378,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--managed-save", action="store_true", help='mark domains with a managed save "saved"'
     )
+    p.add_argument("--name", action="store_true", help="only the names, one per line")
+    p.add_argument("--uuid", action="store_true", help="only the UUIDs, one per line")
     add("define", "file")
     p = add("create", "file")
     p.add_argument("--paused", action="store_true")
@@ -419,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("capabilities")
     add("hostname")
     add("uri")
+    add("nodeinfo")
+    add("version")
     p = add("qemu-monitor-command", "domain")
     p.add_argument(
         "cmd", nargs="+", help='QMP command as JSON, e.g. \'{"execute":"query-status"}\''
@@ -433,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", help="only this event type (see --list)")
     p.add_argument("--all", action="store_true", help="all event types (the default)")
     p.add_argument("--loop", action="store_true", help="keep receiving events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--timeout", help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
     p.add_argument(
         "--seq", action="store_true", help="prefix events with their number (for --since)"
@@ -448,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
+    p = add("help")
+    p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
+    add("quit")
+    add("exit")
     # The network, storage, monitoring and snapshot commands live in modules of their own;
     # importing them registers them.
     from . import monitor, network, snapshot, storage
@@ -459,19 +541,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
-    handler = _COMMANDS[args.command][0]
-    async with asvirt.open(args.connect) as conn:
-        return await handler(conn, args)
+# -- running commands ----------------------------------------------------------------------------
 
 
-def run_one_shot(args: argparse.Namespace) -> int | None:
-    """Run a one-shot command on a daemon without an event loop; None if it cannot be."""
-    if args.command in _NEEDS_LOOP:
+@command("help", "print help")
+async def cmd_help(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    if args.topic:
+        if args.topic not in _COMMANDS:
+            raise CommandError(f"command or command group '{args.topic}' doesn't exist")
+        build_parser()  # fills _PARSERS
+        print(_PARSERS[args.topic].format_help())
+        return 0
+    width = max(len(name) for name in _COMMANDS) + 4
+    lines = [f"    {name:<{width}}{text}" for name, (_, text) in sorted(_COMMANDS.items())]
+    print("\n".join(["Commands:", "", *lines, ""]))
+    return 0
+
+
+async def _stop(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    return 0  # the runner stops at quit and exit
+
+
+command("quit", "quit this interactive terminal")(_stop)
+command("exit", "quit this interactive terminal")(_stop)
+#: Commands that end a command list (and the interactive shell), printing nothing.
+_QUIT = ("quit", "exit")
+
+
+def parse_commands(words: list[str]) -> list[argparse.Namespace]:
+    """The commands ``words`` hold: one command, or (a single word) a command string.
+
+    Everything is parsed before anything runs, as virsh does: raises :class:`CommandError`
+    for the first command that is unknown or malformed.
+    """
+    groups = vsh.split_commands(words[0]) if len(words) == 1 else [words]
+    parser = build_parser()
+    commands = []
+    for group in groups:
+        if group[0] not in _COMMANDS:
+            raise CommandError(f"unknown command: '{group[0]}'")
+        args, extra = parser.parse_known_args(group)
+        if extra:
+            # virsh's words for what the command does not take
+            if extra[0].startswith("--"):
+                raise CommandError(f"command '{group[0]}' doesn't support option {extra[0]}")
+            raise CommandError(f"unexpected data '{extra[0]}'")
+        commands.append(args)
+    return commands
+
+
+async def run_commands(conn: ConnectionCalls, commands: list[argparse.Namespace]) -> int:
+    """Run commands in order, as virsh does: a failed one is reported and the next runs; the
+    status is the last one's. ``quit`` and ``exit`` end the list."""
+    status = 0
+    for args in commands:
+        if args.command in _QUIT:
+            break
+        status = await run_command(conn, args)
+    return status
+
+
+async def run_command(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    """Run one command; a failure is reported (:func:`vsh.report`) and its status is 1."""
+    try:
+        return await _COMMANDS[args.command][0](conn, args)
+    except BrokenPipeError:
+        raise  # the reader went away (asvirt list | head): nothing to report, to no one
+    except Exception as exc:
+        err = _first_error(exc)
+        if err is None or (vsh.error_lines(err) is None and os.environ.get("ASVIRT_DEBUG")):
+            raise  # a bug: ASVIRT_DEBUG=1 shows its traceback
+        vsh.report(err)
+        return 1
+
+
+async def run(uri: str | None, commands: list[argparse.Namespace]) -> int:
+    async with asvirt.open(uri) as conn:
+        return await run_commands(conn, commands)
+
+
+def run_one_shot(uri: str | None, commands: list[argparse.Namespace]) -> int | None:
+    """Run commands on a daemon without an event loop; None if they cannot be."""
+    if any(args.command in _NEEDS_LOOP for args in commands):
         return None
     from .quick import QuickConnection, run_sync, socket_of
 
-    uri = args.connect or asvirt.default_uri()
+    uri = uri or asvirt.default_uri()
     path = socket_of(uri)
     if path is None:
         return None
@@ -480,26 +635,76 @@ def run_one_shot(args: argparse.Namespace) -> int | None:
     except OSError:
         return None  # not there: the full client says why (or starts a session daemon)
     try:
-        return run_sync(_COMMANDS[args.command][0](conn, args))
+        return run_sync(run_commands(conn, commands))
     finally:
         conn.close()
 
 
+#: What the interactive shell says first (virsh's words, with asvirt's name).
+BANNER = (
+    "Welcome to asvirt, the virtualization interactive terminal.\n\n"
+    "Type:  'help' for help with commands\n"
+    "       'quit' to quit\n\n"
+)
+PROMPT = "asvirt # "
+
+
+async def shell(uri: str | None) -> int:
+    """virsh's interactive terminal: read a command string at a time, run it, until quit,
+    exit or the end of input. One connection serves every command."""
+    import trio
+
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+
+    async with asvirt.open(uri) as conn:
+        sys.stdout.write(BANNER)
+        while True:
+            try:
+                line = await trio.to_thread.run_sync(input, PROMPT, abandon_on_cancel=True)
+            except EOFError:
+                print()  # virsh ends the line after the last prompt
+                return 0
+            if not line.strip():
+                continue
+            try:
+                commands = parse_commands([line])
+            except CommandError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                continue
+            for args in commands:
+                if args.command in _QUIT:
+                    return 0
+                await run_command(conn, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
     try:
-        status = run_one_shot(args)
+        opts = _global_parser().parse_args(argv)
+        commands = parse_commands(opts.words) if opts.words else None
+    except CommandError as bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 1
+    for args in commands or ():
+        args.connect = opts.connect
+    try:
+        if commands is None:
+            import trio
+
+            return trio.run(shell, opts.connect)
+        status = run_one_shot(opts.connect, commands)
         if status is not None:
             return status
         import trio
 
-        return trio.run(run, args)
+        return trio.run(run, opts.connect, commands)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
     except BaseException as exc:
+        # Opening the connection failed, or a bug.
         err = _first_error(exc)
         if err is None or os.environ.get("ASVIRT_DEBUG"):
             raise

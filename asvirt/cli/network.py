@@ -16,7 +16,7 @@ import asvirt
 from asvirt.calls import ConnectionCalls
 from asvirt.drivers.base import InterfaceAddressSource, IPAddrType
 
-from . import render
+from . import render, vsh
 from .main import _domain, _read_file, command
 
 
@@ -96,7 +96,7 @@ async def cmd_net_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("net-dumpxml", "network information in XML")
 async def cmd_net_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     net = await _network(conn, args.network)
-    sys.stdout.write(await net.xml_desc(inactive=args.inactive))
+    sys.stdout.write(render.xml_document(await net.xml_desc(inactive=args.inactive)))
     return 0
 
 
@@ -170,11 +170,11 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         raise asvirt.InvalidArgError(f"unknown network event type '{args.event}'")
     net = await _network(conn, args.network) if args.network else None
     count = 0
-    timeout = args.timeout if args.timeout is not None else math.inf
+    timeout = vsh.timeout_seconds(args.timeout) or math.inf
     import trio
 
     assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(timeout) as waited:
         async with conn.subscribe(net, asvirt.EventKind.NETWORK_LIFECYCLE) as events:
             async for ev in events:
                 line = ev.describe()
@@ -185,8 +185,7 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
                 count += 1
                 if not args.loop:
                     break
-    print(f"events received: {count}\n")
-    return 0
+    return vsh.events_received(count, timed_out=waited.cancelled_caught)
 
 
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -210,6 +209,6 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--network", help="only events of this network")
     p.add_argument("--event", help="only this event type (lifecycle)")
     p.add_argument("--loop", action="store_true", help="keep receiving events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--timeout", help="stop after this many seconds")
     p.add_argument("--timestamp", action="store_true", help="prefix events with a timestamp")
     p.add_argument("--list", action="store_true", help="list the event types")

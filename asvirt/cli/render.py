@@ -3,21 +3,60 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A virsh-style table: a header, a dashed rule, left-aligned columns, a blank last line."""
-    rows = [tuple(r) for r in rows]
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    """virsh's table (libvirt's ``vshTablePrint``): the header, a dashed rule, the rows.
 
-    def line(cells: Sequence[str]) -> str:
-        return (" " + "   ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))).rstrip()
+    Each cell is printed as ``" " + cell``, every column but the last padded to its widest
+    cell plus two spaces (the last is never padded); the rule is each column's width plus
+    three dashes. Cells are measured as the terminal shows them (wide characters count
+    two) and control characters are printed as ``\\xNN``, as virsh does. The text ends with
+    the blank line virsh prints after every command (:func:`print` it).
+    """
+    cells = [[_safe_cell(c) for c in header]]
+    cells += [[_safe_cell(c) for c in row] for row in rows]
+    for row in cells[1:]:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}")
+    widths = [max(width for _, width in column) for column in zip(*cells, strict=True)]
 
-    head = line(header)
-    rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
-    return "\n".join([head, rule, *(line(r) for r in rows), ""])
+    def line(row: Sequence[tuple[str, int]]) -> str:
+        out = []
+        for i, (text, width) in enumerate(row):
+            out.append(" " + text)
+            if i < len(row) - 1:
+                out.append(" " * (widths[i] - width + 2))
+        return "".join(out)
+
+    rule = "".join("-" * (w + 3) for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:]), ""])
+
+
+def _safe_cell(text: str) -> tuple[str, int]:
+    """A cell as virsh prints it, and its width in terminal columns (``vshTableSafeEncode``)."""
+    out: list[str] = []
+    width = 0
+    for i, ch in enumerate(text):
+        if (ch == "\\" and text[i + 1 : i + 2] == "x") or (ord(ch) < 0x20 or ord(ch) == 0x7F):
+            out.append(f"\\x{ord(ch):02x}")
+            width += 4
+        elif not ch.isprintable():
+            for byte in ch.encode():
+                out.append(f"\\x{byte:02x}")
+                width += 4
+        else:
+            out.append(ch)
+            if unicodedata.combining(ch):
+                pass
+            elif unicodedata.east_asian_width(ch) in ("W", "F"):
+                width += 2
+            else:
+                width += 1
+    return "".join(out), width
 
 
 def pairs(items: Iterable[tuple[str, str]]) -> str:
@@ -27,9 +66,16 @@ def pairs(items: Iterable[tuple[str, str]]) -> str:
     return "\n".join([*(f"{(k + ':').ljust(width)}{v}" for k, v in items), ""])
 
 
-def padded_pairs(items: Iterable[tuple[str, str]]) -> str:
-    """virsh's ``Name:           value`` lines (the key padded to 15 columns)."""
-    return "".join(f"{key + ':':<15} {value}\n" for key, value in items)
+def xml_document(xml: str) -> str:
+    """An XML document as virsh's ``*dumpxml`` commands print it: the document (ending in a
+    newline), then the blank line virsh prints after every command. Write it as it is."""
+    return xml + ("\n" if xml.endswith("\n") else "\n\n")
+
+
+def padded_pairs(items: Iterable[tuple[str, str]], width: int = 15) -> str:
+    """virsh's ``Name:           value`` lines: ``"%-15s %s\\n"`` (``dominfo``, ``pool-info``;
+    ``nodeinfo`` pads to 20). :func:`print` it for the blank line after the command."""
+    return "".join(f"{key + ':':<{width}} {value}\n" for key, value in items)
 
 
 def display_uri(live_xml: str) -> str | None:

@@ -95,7 +95,7 @@ async def cmd_pool_define_as(conn: ConnectionCalls, args: argparse.Namespace) ->
         f"{target_xml}</pool>\n"
     )
     if args.print_xml:
-        sys.stdout.write(xml)
+        sys.stdout.write(render.xml_document(xml))
         return 0
     pool = await conn.storage_pool_define_xml(xml)
     print(f"Pool {pool.name} defined\n")
@@ -206,7 +206,7 @@ async def cmd_pool_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("pool-dumpxml", "pool information in XML")
 async def cmd_pool_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     pool = await _pool(conn, args.pool)
-    sys.stdout.write(await pool.xml_desc(inactive=args.inactive))
+    sys.stdout.write(render.xml_document(await pool.xml_desc(inactive=args.inactive)))
     return 0
 
 
@@ -245,7 +245,7 @@ async def cmd_vol_create_as(conn: ConnectionCalls, args: argparse.Namespace) -> 
             backing = await _vol(conn, args.backing_vol, None)
     xml = _vol_xml(args, backing)
     if args.print_xml:
-        sys.stdout.write(xml)
+        sys.stdout.write(render.xml_document(xml))
         return 0
     vol = await pool.create_volume_xml(xml, prealloc_metadata=args.prealloc_metadata)
     print(f"Vol {vol.name} created\n")
@@ -353,7 +353,7 @@ async def cmd_vol_info(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("vol-dumpxml", "vol information in XML")
 async def cmd_vol_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     vol = await _vol(conn, args.vol, args.pool)
-    sys.stdout.write(await vol.xml_desc())
+    sys.stdout.write(render.xml_document(await vol.xml_desc()))
     return 0
 
 

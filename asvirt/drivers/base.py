@@ -43,6 +43,51 @@ class DomainInfo:
     cpu_time_ns: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """libvirt's ``virNodeInfo``: the host's CPUs and memory (``virsh nodeinfo``)."""
+
+    #: The CPU architecture (``x86_64``).
+    model: str
+    memory_kib: int
+    #: Online CPUs.
+    cpus: int
+    #: The CPU frequency in MHz (0 when unknown).
+    mhz: int
+    #: NUMA cells, sockets per cell, cores per socket, threads per core.
+    nodes: int
+    sockets: int
+    cores: int
+    threads: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HypervisorVersion:
+    """What a connection's hypervisor is: libvirt's ``virConnectGetType`` (``QEMU``,
+    ``Test``) and ``virConnectGetVersion`` (``8.2.2``)."""
+
+    type: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecurityModel:
+    """libvirt's ``virSecurityModel``: the node's primary security driver (``none`` with DOI
+    ``0`` when nothing confines the guests beyond their own user)."""
+
+    model: str
+    doi: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecurityLabel:
+    """libvirt's ``virSecurityLabel``: a domain's label under the security driver (empty
+    under ``none``) and whether it is enforced."""
+
+    label: str
+    enforcing: bool
+
+
 class StatsGroup(enum.IntFlag):
     """The groups of :meth:`asvirt.Connection.get_all_domain_stats` (libvirt's
     ``virDomainStatsTypes``); none (0) means every group the driver supports."""
@@ -317,6 +362,7 @@ __all__ = [
     "DomainSnapshotInfo",
     "DomainStats",
     "DriverOpener",
+    "HypervisorVersion",
     "IPAddrType",
     "InterfaceAddress",
     "InterfaceAddressSource",
@@ -324,7 +370,10 @@ __all__ = [
     "NetworkDHCPLease",
     "NetworkDriver",
     "NetworkRef",
+    "NodeInfo",
     "ProgressCallback",
+    "SecurityLabel",
+    "SecurityModel",
     "StatsGroup",
     "StorageDriver",
     "StoragePoolInfo",

@@ -30,10 +30,14 @@ from ..drivers.base import (
     DomainInterface,
     DomainRef,
     DomainStats,
+    HypervisorVersion,
     InterfaceAddress,
     InterfaceAddressSource,
     InterfaceStats,
     NetworkDriver,
+    NodeInfo,
+    SecurityLabel,
+    SecurityModel,
     StatsGroup,
     StorageDriver,
 )
@@ -121,6 +125,18 @@ class HypervisorBackend(Protocol):
     def hostname(self) -> str: ...
 
     async def capabilities_xml(self) -> str: ...
+
+    async def node_info(self) -> NodeInfo: ...
+
+    async def hypervisor_version(self) -> HypervisorVersion: ...
+
+    #: The node's security driver, and the label it gives every domain.
+    security_model: SecurityModel
+    security_label: SecurityLabel
+
+    def os_type(self, defn: DomainDef) -> str:
+        """What ``virDomainGetOSType`` says of a domain defined by ``defn``."""
+        ...
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str: ...
 
@@ -257,6 +273,15 @@ class DomainDriver(SnapshotCalls, SaveCalls):
 
     async def capabilities_xml(self) -> str:
         return await self.backend.capabilities_xml()
+
+    async def node_info(self) -> NodeInfo:
+        return await self.backend.node_info()
+
+    async def hypervisor_version(self) -> HypervisorVersion:
+        return await self.backend.hypervisor_version()
+
+    async def node_security_model(self) -> SecurityModel:
+        return self.backend.security_model
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         if native_format != "qemu-argv":
@@ -551,6 +576,15 @@ class DomainDriver(SnapshotCalls, SaveCalls):
             vcpus=d.vcpus,
             cpu_time_ns=cpu,
         )
+
+    async def domain_os_type(self, uuid: str) -> str:
+        obj = self.table.get(uuid)
+        runtime = obj.runtime
+        return self.backend.os_type(runtime.live_def if runtime is not None else obj.definition())
+
+    async def domain_security_label(self, uuid: str) -> SecurityLabel:
+        self.table.get(uuid)  # raises for an unknown domain
+        return self.backend.security_label
 
     async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str:
         obj = self.table.get(uuid)

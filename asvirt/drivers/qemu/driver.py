@@ -54,7 +54,14 @@ from ...hypervisor.volumes import resolve_volumes, uses_volumes
 from ...log import get_logger
 from ...states import ShutoffReason
 from ...uri import ConnectURI
-from ..base import BlockInfo, ClientDriver
+from ..base import (
+    BlockInfo,
+    ClientDriver,
+    HypervisorVersion,
+    NodeInfo,
+    SecurityLabel,
+    SecurityModel,
+)
 from ..local import LocalDriver
 from ..network.driver import host_network_driver, plug_interfaces
 from ..storage.driver import DirStorageDriver
@@ -70,6 +77,7 @@ from .capabilities import (
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
 from .monitor import MonitorCounters, asyncio_loop
+from .nodeinfo import host_node_info
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
@@ -95,12 +103,28 @@ class QemuBackend:
     def paths(self) -> EmbedPaths:
         return self._node.paths
 
+    #: No security driver labels the guests (libvirt's ``none``: ``virsh dominfo`` says
+    #: "Security model: none", DOI "0", and shows no label).
+    security_model = SecurityModel("none", "0")
+    security_label = SecurityLabel("", False)
+
     def hostname(self) -> str:
         return socket.gethostname()
 
     async def capabilities_xml(self) -> str:
         caps = await self._node.capabilities(find_emulator(host_arch()))
         return capabilities_xml(caps, kvm_ok=kvm_usable()[0])
+
+    async def node_info(self) -> NodeInfo:
+        return await trio.to_thread.run_sync(host_node_info)
+
+    async def hypervisor_version(self) -> HypervisorVersion:
+        # As libvirt: the version of the host architecture's emulator.
+        caps = await self._node.capabilities(find_emulator(host_arch()))
+        return HypervisorVersion("QEMU", caps.version_string)
+
+    def os_type(self, defn: DomainDef) -> str:
+        return defn.os.type
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         defn = parse_domain_xml(xml)

@@ -45,9 +45,22 @@ from ...hypervisor.guest_state import SnapshotTarget
 from ...hypervisor.saveimage import ImageSink
 from ...hypervisor.snapshots import DiskOp
 from ...states import DomainState, ShutoffReason
-from ..base import BlockInfo
+from ..base import BlockInfo, HypervisorVersion, NodeInfo, SecurityLabel, SecurityModel
 from .guest import SimulatedVM
 from .state import TestNode
+
+#: The host libvirt's test driver describes (``defaultNodeInfo`` in its test_driver.c): an
+#: i686 with 16 CPUs at 1400 MHz in 2 NUMA cells, and 3 GiB.
+TEST_NODE_INFO = NodeInfo(
+    model="i686",
+    memory_kib=3 * 1024 * 1024,
+    cpus=16,
+    mhz=1400,
+    nodes=2,
+    sockets=2,
+    cores=2,
+    threads=2,
+)
 
 #: The namespace of libvirt's test-driver extensions to domain XML.
 TEST_NS = "http://libvirt.org/schemas/domain/test"
@@ -129,11 +142,25 @@ class TestBackend:
         #: Managed save images, by domain UUID: descriptors of in-memory files.
         self._managed: dict[str, int] = {}
 
+    #: libvirt's test driver's security driver and the label it reports for every domain.
+    security_model = SecurityModel("testSecurity", "")
+    security_label = SecurityLabel("libvirt-test", True)
+
     def hostname(self) -> str:
         return socket.gethostname()
 
     async def capabilities_xml(self) -> str:
         return _CAPABILITIES_XML
+
+    async def node_info(self) -> NodeInfo:
+        return TEST_NODE_INFO
+
+    async def hypervisor_version(self) -> HypervisorVersion:
+        # libvirt's test driver: virConnectGetType "TEST", virConnectGetVersion 2 (0.0.2)
+        return HypervisorVersion("TEST", "0.0.2")
+
+    def os_type(self, defn: DomainDef) -> str:
+        return "linux"  # what libvirt's test driver says of every domain
 
     async def domxml_to_native(self, native_format: str, xml: str) -> str:
         await trio.lowlevel.checkpoint()

@@ -38,8 +38,11 @@ from .storage import (
     parse_vol_xml,
 )
 
-#: The default node: libvirt's test driver defaults (the names, UUIDs, sizes and addresses
-#: that libvirt-based tests rely on), in the subset of domain XML asvirt supports.
+#: The default node: libvirt's test driver defaults (``defaultConnXML`` in libvirt's
+#: src/test/test_driver.c: the names, UUIDs, sizes, addresses and devices that libvirt-based
+#: tests rely on). libvirt's test driver gives the domain an i686 machine (its default arch),
+#: ``<boot dev='hd'/>`` (libvirt's default for an HVM guest without one) and names its
+#: interface ``testnet0``; here they are written out.
 DEFAULT_NODE_XML = """<node>
   <domain type='test'>
     <name>test</name>
@@ -48,14 +51,24 @@ DEFAULT_NODE_XML = """<node>
     <currentMemory unit='KiB'>2097152</currentMemory>
     <vcpu>2</vcpu>
     <os>
-      <type arch='x86_64'>hvm</type>
+      <type arch='i686'>hvm</type>
+      <boot dev='hd'/>
     </os>
     <devices>
       <disk type='file' device='disk'>
         <source file='/guest/diskimage1'/>
         <target dev='vda' bus='virtio'/>
+        <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>
       </disk>
-      <memballoon model='virtio'/>
+      <interface type='network'>
+        <mac address='aa:bb:cc:dd:ee:ff'/>
+        <source network='default'/>
+        <target dev='testnet0'/>
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0'/>
+      </interface>
+      <memballoon model='virtio'>
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0'/>
+      </memballoon>
     </devices>
   </domain>
   <network>
