@@ -696,7 +696,9 @@ async def test_vcpus_follow_live_and_config(api):
     assert await dom.vcpus_count() == 3
     assert await dom.vcpus_count(config=True) == 1
     assert "<vcpu placement='static'>3</vcpu>" in await dom.xml_desc()
-    assert (await dom.stats(asvirt.StatsGroup.VCPU))["vcpu.current"] == 3
+    vcpu_stats = await dom.stats(asvirt.StatsGroup.VCPU)
+    assert (vcpu_stats["vcpu.current"], vcpu_stats["vcpu.maximum"]) == (3, 3)
+    assert "vcpu.2.time" in vcpu_stats  # the new vCPUs' threads are measured too
     if not api.simulated:
         assert len(await dom.qmp("query-cpus-fast")) == 3
     with pytest.raises(asvirt.InvalidArgError, match="greater than max"):
