@@ -22,6 +22,9 @@ The simulated guest is deterministic:
   makes it ignore the power button. So the same domain XML behaves the same on both drivers;
 * a panic is seen by the hypervisor only if the domain has a ``<panic>`` device, as with QEMU,
   and a panicked guest does nothing more (even if continued) until it is reset;
+* its balloon driver gives memory back or takes it (BALLOON_CHANGE) once it runs, and it
+  releases hot-unplugged vCPUs (ACPI eject: QEMU 7.2's events) once it runs, never before
+  its first boot (QEMU then refuses to ask, as it does);
 * code can make it act at once with :func:`asvirt.drivers.test.guest_panic`,
   :func:`~asvirt.drivers.test.guest_poweroff` and :func:`~asvirt.drivers.test.guest_reboot`.
 """
@@ -641,6 +644,7 @@ class SimulatedVM:
     def _guest_boot(self) -> None:
         self._booted = True
         self._wake_balloon()
+        self._wake_unplug()
         if self.flags.action is not None:
             generation = self._generation
             self._scheduler.call_later(
