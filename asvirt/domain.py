@@ -262,6 +262,52 @@ class Domain(Handle):
         state's (libvirt's flags)."""
         await self._call("domain_set_memory_stats_period", period=period, live=live, config=config)
 
+    # -- memory and vCPUs ---------------------------------------------------------------------
+
+    async def set_memory(self, kib: int, *, live: bool = False, config: bool = False) -> None:
+        """Give the guest ``kib`` KiB of memory, as libvirt's ``setMemoryFlags()``: ``live``
+        through the running guest's balloon (its driver gives memory back or takes it, up to
+        ``<memory>``; each change it makes is a BALLOON_CHANGE event, and shows in
+        :meth:`info` and the live XML's ``<currentMemory>``); ``config``: the
+        ``<currentMemory>`` of its next boot; neither: the current state's. Returns once
+        the balloon has been asked, not once the guest complied.
+
+        InvalidArgError above the maximum; OperationInvalidError for a running guest without
+        a balloon (``<memballoon model='none'/>``)."""
+        await self._call("domain_set_memory", kib=kib, live=live, config=config)
+
+    async def set_max_memory(self, kib: int, *, live: bool = False, config: bool = False) -> None:
+        """Set ``<memory>``, the most the guest may have, as libvirt's ``setMaxMemory()``
+        (``setMemoryFlags(VIR_DOMAIN_MEM_MAXIMUM)``): a configuration change only (``config``,
+        or neither flag on a shut-off domain); a running domain's is refused
+        (OperationInvalidError), as libvirt does. ``<currentMemory>`` is lowered to it if
+        above."""
+        await self._call("domain_set_memory", kib=kib, live=live, config=config, maximum=True)
+
+    async def set_vcpus(
+        self, count: int, *, live: bool = False, config: bool = False, maximum: bool = False
+    ) -> None:
+        """Set the number of vCPUs, as libvirt's ``setVcpusFlags()``: ``live`` hot-plugs
+        vCPUs into the running guest, or unplugs those that were hot-plugged (waiting until
+        the guest has released them), up to the maximum of ``<vcpu current='N'>MAX</vcpu>``
+        (its command line makes them pluggable); ``config``: ``<vcpu current>`` of its next
+        boot; neither: the current state's. ``maximum`` (with ``config`` only) sets the
+        maximum itself.
+
+        InvalidArgError for 0 or above the maximum; ConfigUnsupportedError when the vCPUs
+        that can be (un)plugged cannot make ``count`` (those the guest booted with stay);
+        OperationTimeoutError when the guest did not release a vCPU in time (it may still:
+        :meth:`vcpus_count` says how many it has)."""
+        await self._call("domain_set_vcpus", count=count, live=live, config=config, maximum=maximum)
+
+    async def vcpus_count(
+        self, *, live: bool = False, config: bool = False, maximum: bool = False
+    ) -> int:
+        """The number of vCPUs (``maximum``: the most it may have) of the running guest
+        (``live``) or of its configuration (``config``, exclusive with ``live``); neither:
+        the current state's. libvirt's ``vcpusFlags()``."""
+        return await self._call("domain_vcpus_count", live=live, config=config, maximum=maximum)
+
     async def block_info(self, device: str) -> BlockInfo:
         """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
         ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""

@@ -346,6 +346,31 @@ class DomainCalls(Protocol):
     ) -> None:
         """How often the balloon reports the guest's memory statistics (seconds; 0: never)."""
 
+    # -- memory and vCPUs --------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_set_memory(
+        self, uuid: str, kib: int, live: bool, config: bool, maximum: bool = False
+    ) -> None:
+        """Set the guest's memory (KiB): through the balloon while it runs (``live``), for
+        its next boot (``config``); ``maximum``: its maximum (``<memory>``, config only)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_vcpus(
+        self, uuid: str, count: int, live: bool, config: bool, maximum: bool = False
+    ) -> None:
+        """Set the number of vCPUs: hot(un)plugged while it runs (``live``), for its next boot
+        (``config``); ``maximum``: the most it may have (config only)."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def domain_vcpus_count(
+        self, uuid: str, live: bool, config: bool, maximum: bool = False
+    ) -> int:
+        """The number of vCPUs (or their maximum) of the running guest or of its config."""
+        ...
+
     # -- snapshots --------------------------------------------------------------------------
 
     @call(mutates=True)

@@ -51,6 +51,9 @@ class TestGuest:
         on_crash: str = "destroy",
         uuid: str | None = None,
         memory_mib: int = 128,
+        current_memory_mib: int | None = None,
+        vcpus: int = 1,
+        max_vcpus: int | None = None,
         memballoon: str = "none",
         balloon_period: int | None = None,
         devices: str = "",
@@ -59,7 +62,8 @@ class TestGuest:
         """The guest's domain XML. ``memballoon`` is the balloon's model (``balloon_period``:
         its ``<stats period>``); ``devices`` is more device XML, added as it is (disks, a
         watchdog...); ``cmdline`` more kernel command line flags (``asvirt.net=dhcp``...: see
-        scripts/build-test-guest)."""
+        scripts/build-test-guest). ``vcpus`` below ``max_vcpus``: ``<vcpu current=...>``,
+        room to hot-plug vCPUs; ``current_memory_mib``: ``<currentMemory>``."""
         extra = cmdline
         cmdline = "console=ttyS0 quiet panic=0"
         if extra:
@@ -71,6 +75,12 @@ class TestGuest:
         if acpi != "on":
             cmdline += f" asvirt.acpi={acpi}"
         uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
+        current = ""
+        if current_memory_mib is not None:
+            current = f"\n  <currentMemory unit='MiB'>{current_memory_mib}</currentMemory>"
+        vcpu = f"<vcpu>{vcpus}</vcpu>"
+        if max_vcpus is not None and max_vcpus != vcpus:
+            vcpu = f"<vcpu current='{vcpus}'>{max_vcpus}</vcpu>"
         balloon = f"<memballoon model='{memballoon}'/>"
         if balloon_period is not None:
             balloon = (
@@ -78,8 +88,8 @@ class TestGuest:
             )
         return f"""<domain type='{domain_type}'>
   <name>{escape(name)}</name>{uuid_el}
-  <memory unit='MiB'>{memory_mib}</memory>
-  <vcpu>1</vcpu>
+  <memory unit='MiB'>{memory_mib}</memory>{current}
+  {vcpu}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(self.kernel))}</kernel>

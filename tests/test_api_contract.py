@@ -27,7 +27,8 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
 
 from .contract import Backend, drain, drain_lifecycle, needs_guest, run_status
-from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists
+from .guest import wait_for_serial
+from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists, wait_for
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
@@ -652,6 +653,158 @@ async def test_memory_stats_period_follows_live_and_config(api):
     tvm = await api.conn.create_xml(api.xml("tvm", memballoon="virtio"), paused=True)
     with pytest.raises(asvirt.OperationInvalidError):
         await tvm.set_memory_stats_period(1, config=True)
+
+
+# -- memory and vCPUs -------------------------------------------------------------------------
+
+
+async def test_set_memory_follows_live_and_config(api):
+    dom = await api.define("vm1", memballoon="virtio")
+    await dom.start(paused=True)
+    async with api.conn.subscribe(dom, kinds=asvirt.EventKind.BALLOON_CHANGE) as events:
+        await dom.set_memory(98304)  # running: the balloon is asked, nothing else
+        await api.settle(dom)
+        # A guest that never ran has no balloon driver to comply: nothing changes (yet).
+        assert drain(events) == []
+    assert (await dom.info()).memory_kib == 131072
+    assert "<currentMemory unit='KiB'>131072</currentMemory>" in await dom.xml_desc(inactive=True)
+    await dom.set_memory(65536, config=True)
+    assert "<currentMemory unit='KiB'>65536</currentMemory>" in await dom.xml_desc(inactive=True)
+    with pytest.raises(asvirt.InvalidArgError, match="higher than max memory"):
+        await dom.set_memory(131073, live=True, config=True)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_memory(0)
+    # The maximum is the configuration's alone, as libvirt: refused while running.
+    with pytest.raises(asvirt.OperationInvalidError, match="active domain"):
+        await dom.set_max_memory(262144)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.set_max_memory(262144, live=True, config=True)
+    await dom.set_max_memory(262144, config=True)
+    await dom.set_memory(196608, config=True)  # above the running guest's maximum: config only
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_memory(196608, live=True)
+    inactive = await dom.xml_desc(inactive=True)
+    assert "<memory unit='KiB'>262144</memory>" in inactive
+    assert "<currentMemory unit='KiB'>196608</currentMemory>" in inactive
+    assert "<memory unit='KiB'>131072</memory>" in await dom.xml_desc()
+    await dom.destroy()
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.set_memory(65536, live=True)
+    await dom.set_max_memory(98304)  # shut off: its configuration; currentMemory follows
+    info = await dom.info()
+    assert (info.max_memory_kib, info.memory_kib) == (98304, 98304)
+    nob = await api.define("nob")  # <memballoon model='none'/>
+    await nob.set_memory(65536)  # shut off: only the configuration, no balloon needed
+    await nob.start(paused=True)
+    with pytest.raises(asvirt.OperationInvalidError, match="balloon"):
+        await nob.set_memory(32768)
+    tvm = await api.conn.create_xml(api.xml("tvm", memballoon="virtio"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await tvm.set_memory(65536, config=True)
+
+
+async def test_vcpus_follow_live_and_config(api):
+    dom = await api.define("vm1", vcpus=1, max_vcpus=3)
+    counts = {
+        "config": await dom.vcpus_count(config=True),
+        "max": await dom.vcpus_count(config=True, maximum=True),
+    }
+    assert counts == {"config": 1, "max": 3}
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.vcpus_count(live=True)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.vcpus_count(live=True, config=True)
+    await dom.start(paused=True)
+    if not api.simulated:
+        # libvirt's command line: the vCPUs beyond the current ones can be plugged.
+        assert "-smp 1,maxcpus=3,sockets=3,cores=1,threads=1" in api.log_file("vm1").read_text()
+    await dom.set_vcpus(3)  # running: hot-plugged into the live guest only
+    assert (await dom.info()).vcpus == 3
+    assert await dom.vcpus_count() == 3
+    assert await dom.vcpus_count(config=True) == 1
+    assert "<vcpu placement='static'>3</vcpu>" in await dom.xml_desc()
+    vcpu_stats = await dom.stats(asvirt.StatsGroup.VCPU)
+    assert (vcpu_stats["vcpu.current"], vcpu_stats["vcpu.maximum"]) == (3, 3)
+    assert "vcpu.2.time" in vcpu_stats  # the new vCPUs' threads are measured too
+    if not api.simulated:
+        assert len(await dom.qmp("query-cpus-fast")) == 3
+    with pytest.raises(asvirt.InvalidArgError, match="greater than max"):
+        await dom.set_vcpus(4)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_vcpus(0)
+    # The guest never ran: nobody can release a vCPU (QEMU refuses to ask).
+    with pytest.raises(asvirt.AsvirtError):
+        await dom.set_vcpus(2)
+    assert await dom.vcpus_count() == 3
+    await dom.set_vcpus(2, config=True)
+    assert "<vcpu placement='static' current='2'>3</vcpu>" in await dom.xml_desc(inactive=True)
+    # The maximum: a configuration's only (libvirt's flags and errors).
+    with pytest.raises(asvirt.InvalidArgError, match="required"):
+        await dom.set_vcpus(4, maximum=True)
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="live domain"):
+        await dom.set_vcpus(4, live=True, config=True, maximum=True)
+    await dom.set_vcpus(4, config=True, maximum=True)
+    assert await dom.vcpus_count(config=True, maximum=True) == 4
+    assert await dom.vcpus_count(maximum=True) == 3  # the running guest's
+    await dom.destroy()
+    await dom.set_vcpus(1, config=True, maximum=True)  # lowers the current count with it
+    assert (await dom.vcpus_count(), await dom.vcpus_count(maximum=True)) == (1, 1)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_vcpus(2)
+    await dom.set_vcpus(2, maximum=True, config=True)
+    await dom.set_vcpus(2)  # shut off: its configuration
+    assert "<vcpu placement='static'>2</vcpu>" in await dom.xml_desc()
+    tvm = await api.conn.create_xml(api.xml("tvm", vcpus=2, max_vcpus=3), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await tvm.set_vcpus(2, config=True)
+    # The vCPUs a guest booted with stay (libvirt: hotpluggable='no').
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="hotpluggable"):
+        await tvm.set_vcpus(1)
+    assert await tvm.vcpus_count() == 2
+    with pytest.raises(asvirt.OperationInvalidError):
+        await tvm.vcpus_count(config=True)
+
+
+def _balloon_at(seen: list[asvirt.DomainEvent], kib: int) -> bool:
+    return bool(seen) and seen[-1].data["actual_kib"] == kib
+
+
+@needs_guest
+async def test_a_running_guest_follows_its_balloon_and_vcpus(api):
+    dom = await api.define(
+        "vm1", boots=True, memballoon="virtio", vcpus=1, max_vcpus=2, cmdline="asvirt.hotplug=watch"
+    )
+    await dom.start()
+    await api.wait_booted(dom)
+    async with api.conn.subscribe(dom, kinds=asvirt.EventKind.BALLOON_CHANGE) as events:
+        await dom.set_memory(112 * 1024)
+        # The guest's balloon driver complies; QEMU reports each step it takes.
+        await collect_until(events, lambda seen: _balloon_at(seen, 112 * 1024), timeout=60)
+    assert (await dom.info()).memory_kib == 112 * 1024
+    assert (await dom.memory_stats())["actual"] == 112 * 1024
+    assert "<currentMemory unit='KiB'>114688</currentMemory>" in await dom.xml_desc()
+    assert "<currentMemory unit='KiB'>131072</currentMemory>" in await dom.xml_desc(inactive=True)
+    if not api.simulated:
+        # The guest sees it too: its /init reports MemTotal (kB), 16 MiB less now.
+        def guest_memory() -> list[int]:
+            text = api.serial("vm1").read_text(errors="replace")
+            return [int(line.split()[1]) for line in text.splitlines() if "ASVIRT-MEM" in line]
+
+        def shrunk() -> bool:  # from what it had at boot (told before READY)
+            seen = guest_memory()
+            return len(seen) > 1 and seen[-1] <= seen[0] - 16000
+
+        await wait_for(shrunk, timeout=30)
+    await dom.set_vcpus(2)
+    assert (await dom.info()).vcpus == 2
+    if not api.simulated:  # ... and brings the new vCPU online
+        await wait_for_serial(api.serial("vm1"), "ASVIRT-CPUS 2")
+    await dom.set_vcpus(1)  # the guest releases the vCPU it was given
+    assert (await dom.info()).vcpus == 1
+    if not api.simulated:
+        assert len(await dom.qmp("query-cpus-fast")) == 1
+        await wait_for_serial(api.serial("vm1"), "ASVIRT-CPUS 1\n")
+    assert await dom.vcpus_count(config=True) == 1
 
 
 # -- persistence, transience, autodestroy ---------------------------------------------------

@@ -282,6 +282,9 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "device": "",  # every disk, where a call takes that
         "stats": 0,  # every group
         "uuids": None,
+        "kib": 65536,
+        "count": 1,
+        "maximum": False,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

@@ -530,14 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
     add("quit")
     add("exit")
-    # The network, storage, monitoring and snapshot commands live in modules of their own;
-    # importing them registers them.
-    from . import monitor, network, snapshot, storage
+    # The network, storage, monitoring, snapshot, memory and vCPU commands live in modules of
+    # their own; importing them registers them.
+    from . import monitor, network, resources, snapshot, storage
 
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)
     snapshot.add_parsers(add)
+    resources.add_parsers(add)
     return parser
 
 

@@ -55,13 +55,14 @@ def parse_kib(text: str | None, unit: str | None, *, what: str) -> int:
 _SIZE_ARG_RE = re.compile(r"^\s*\+?(\d+)\s*([A-Za-z]*)\s*$")
 
 
-def parse_size_arg(text: str, *, what: str) -> int:
+def parse_size_arg(text: str, *, what: str, default_unit: str = "b") -> int:
     """Bytes in a size written on a command line, virsh's way: ``10G``, ``512MiB``, ``4096``.
 
-    The number is a whole one; the unit is any :func:`unit_multiplier` knows, bytes when
-    there is none. Raises :class:`UnitError` naming ``what`` otherwise.
+    The number is a whole one; the unit is any :func:`unit_multiplier` knows,
+    ``default_unit`` (bytes, unless said) when there is none. Raises :class:`UnitError`
+    naming ``what`` otherwise.
     """
     m = _SIZE_ARG_RE.match(text) if isinstance(text, str) else None
     if m is None:
         raise UnitError(f"invalid {what} '{text}': expected a whole number and a unit (10G)")
-    return int(m.group(1)) * unit_multiplier(m.group(2) or "b", what=what)
+    return int(m.group(1)) * unit_multiplier(m.group(2) or default_unit, what=what)

@@ -24,6 +24,7 @@ from ..conf.devices import Disk, Interface
 from ..conf.domain import DomainDef
 from ..conf.names import canonical_uuid
 from ..conf.snapshot import SnapshotDef
+from ..conf.units import MAX_MEMORY_KIB
 from ..drivers.base import (
     BlockInfo,
     DomainInfo,
@@ -43,6 +44,7 @@ from ..drivers.base import (
 )
 from ..errors import (
     AsvirtError,
+    ConfigUnsupportedError,
     DomainExistsError,
     InvalidArgError,
     NoNetworkError,
@@ -766,6 +768,120 @@ class DomainDriver(SnapshotCalls, SaveCalls):
                 updated.memballoon.stats_period = period
                 await self.backend.save_config(updated)
                 obj.persistent_def = updated
+
+    # -- memory and vCPUs -------------------------------------------------------------------------
+
+    async def domain_set_memory(
+        self, uuid: str, kib: int, live: bool, config: bool, maximum: bool = False
+    ) -> None:
+        """libvirt's ``virDomainSetMemoryFlags``: the guest's memory through its balloon
+        (``live``) and/or its ``<currentMemory>`` (``config``), never above ``<memory>``;
+        with ``maximum``, ``<memory>`` itself, which only a configuration can change."""
+        if kib <= 0:
+            raise InvalidArgError("the memory size must not be zero")
+        if kib > MAX_MEMORY_KIB:
+            raise InvalidArgError(f"memory size {kib} KiB is too large")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            if maximum:
+                if live:
+                    raise OperationInvalidError(
+                        "cannot resize the maximum memory on an active domain"
+                    )
+                assert obj.persistent_def is not None
+                updated = obj.persistent_def.copy()
+                updated.memory_kib = kib
+                updated.current_memory_kib = min(updated.current_memory_kib, kib)
+                await self._redefine(obj, updated)
+                return
+            defs = [self._runtime(obj).live_def] if live else []
+            if config and obj.persistent_def is not None:
+                defs.append(obj.persistent_def)
+            limit = min(d.memory_kib for d in defs)
+            if kib > limit:
+                raise InvalidArgError(
+                    f"cannot set memory higher than max memory ({kib} > {limit} KiB)"
+                )
+            if live:
+                runtime = self._runtime(obj)
+                if not runtime.live_def.has_memballoon:
+                    raise OperationInvalidError(
+                        "Unable to change memory of active domain without the balloon "
+                        "device and guest OS balloon driver"
+                    )
+                await runtime.set_balloon(kib)
+            if config and obj.persistent_def is not None:
+                updated = obj.persistent_def.copy()
+                updated.current_memory_kib = kib
+                await self._redefine(obj, updated)
+
+    async def domain_set_vcpus(
+        self, uuid: str, count: int, live: bool, config: bool, maximum: bool = False
+    ) -> None:
+        """libvirt's ``virDomainSetVcpusFlags``: the running guest's vCPUs, hot(un)plugged
+        (``live``), and/or ``<vcpu current=...>`` (``config``), never above the maximum;
+        with ``maximum``, the maximum itself, which only a configuration can change."""
+        if maximum and not config:
+            raise InvalidArgError("flag 'config' is required by flag 'maximum'")
+        if count <= 0:
+            raise InvalidArgError("the vCPU count must not be zero")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            if maximum:
+                if live:
+                    raise ConfigUnsupportedError(
+                        "maximum vcpu count of a live domain can't be modified"
+                    )
+                assert obj.persistent_def is not None
+                updated = obj.persistent_def.copy()
+                topo = updated.cpu.topology if updated.cpu is not None else None
+                if topo is not None and topo.total != count:
+                    raise InvalidArgError("CPU topology doesn't match the desired vcpu count")
+                updated.max_vcpus = count
+                updated.vcpus = min(updated.vcpus, count)
+                await self._redefine(obj, updated)
+                return
+            if live:
+                most = self._runtime(obj).live_def.max_vcpus
+                if count > most:
+                    raise InvalidArgError(
+                        "requested vcpus is greater than max allowable vcpus for the live "
+                        f"domain: {count} > {most}"
+                    )
+            if config and obj.persistent_def is not None:
+                most = obj.persistent_def.max_vcpus
+                if count > most:
+                    raise InvalidArgError(
+                        "requested vcpus is greater than max allowable vcpus for the "
+                        f"persistent domain: {count} > {most}"
+                    )
+            if live:
+                await self._runtime(obj).set_vcpus(count)
+            if config and obj.persistent_def is not None:
+                updated = obj.persistent_def.copy()
+                updated.vcpus = count
+                await self._redefine(obj, updated)
+
+    async def domain_vcpus_count(
+        self, uuid: str, live: bool, config: bool, maximum: bool = False
+    ) -> int:
+        """libvirt's ``virDomainGetVcpusFlags``: the vCPUs (``maximum``: the most it may
+        have) of the running guest (``live``) or of its configuration (``config``); neither:
+        the current state's."""
+        if live and config:
+            raise InvalidArgError("flags 'live' and 'config' are mutually exclusive")
+        obj = self.table.get(uuid)
+        live, config = self._affected(obj, live, config)
+        defn = self._runtime(obj).live_def if live else obj.persistent_def
+        assert defn is not None
+        return defn.max_vcpus if maximum else defn.vcpus
+
+    async def _redefine(self, obj: DomainObj, updated: DomainDef) -> None:
+        """Store a changed persistent definition (the caller holds the job), checked as
+        define_xml() checks one: what is stored is what define would have stored."""
+        defn = await self.backend.parse(updated.to_xml())
+        await self.backend.save_config(defn)
+        obj.persistent_def = defn
 
     def _affected(self, obj: DomainObj, live: bool, config: bool) -> tuple[bool, bool]:
         """libvirt's ``VIR_DOMAIN_AFFECT_*``: neither flag means the current state's

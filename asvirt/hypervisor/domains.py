@@ -75,6 +75,19 @@ class DomainRuntime(Protocol):
         and record it in the live definition."""
         ...
 
+    async def set_balloon(self, kib: int) -> None:
+        """Ask the guest's balloon to give it ``kib`` KiB (it has a balloon). Returns once
+        asked: the guest's driver acts later, and the live definition follows what the
+        balloon reports (BALLOON_CHANGE events)."""
+        ...
+
+    async def set_vcpus(self, count: int) -> None:
+        """Hot-plug or unplug vCPUs until the guest has ``count`` (at most its maximum);
+        returns once done, with the live definition saying how many it has.
+        ConfigUnsupportedError if the vCPUs that can be plugged cannot make ``count``;
+        OperationTimeoutError if the guest did not release a vCPU in time."""
+        ...
+
 
 class DomainObj:
     """One domain of the table (libvirt's ``virDomainObj``)."""

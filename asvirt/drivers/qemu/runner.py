@@ -74,6 +74,7 @@ from .savevm import RESYNC_EVENT, GuestStateOps
 from .security import DacSecurity
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
+from .vcpus import ResourceOps, vcpu_unplug_event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +102,9 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps):
+class QemuRunner(GuestStateOps, ResourceOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
-    :class:`~.savevm.GuestStateOps`)."""
+    :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`)."""
 
     def __init__(
         self,
@@ -566,6 +567,11 @@ class QemuRunner(GuestStateOps):
                     "value": balloon.stats_period,
                 },
             )
+        live = self._live_def
+        if live.has_memballoon and live.current_memory_kib < live.memory_kib:
+            # <currentMemory> below <memory>: the balloon takes the rest once the guest's
+            # driver runs (libvirt's qemuProcessSetupBalloon).
+            await self._call("balloon", {"value": live.current_memory_kib * 1024})
         for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
@@ -706,6 +712,7 @@ class QemuRunner(GuestStateOps):
     async def _pump(self) -> None:
         async for event in self._event_recv:
             self._handle(self.machine.on_qmp_event(event))
+            self._follow_devices(event)
             self._tell_watchers(event)
             self._processed += 1
             self._progress.unpark_all()
@@ -716,6 +723,15 @@ class QemuRunner(GuestStateOps):
                 self._nursery.start_soon(self._resync)
                 # Those waiting for an event may have lost it: they ask QEMU instead.
                 self._tell_watchers({"event": RESYNC_EVENT}, everyone=True)
+
+    def _follow_devices(self, event: dict[str, Any]) -> None:
+        """Keep the live definition in line with what QEMU says changed in the guest."""
+        name = event.get("event")
+        if name == "BALLOON_CHANGE" and self.machine.balloon_kib is not None:
+            self.balloon_changed(self.machine.balloon_kib)
+        elif vcpu_unplug_event(event) and self._nursery is not None:
+            # A vCPU the guest released, maybe after set_vcpus() gave up waiting.
+            self._nursery.start_soon(self.refresh_vcpus)
 
     @contextlib.contextmanager
     def watch_events(self, *names: str) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:

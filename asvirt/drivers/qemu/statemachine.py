@@ -532,7 +532,9 @@ class DomainStateMachine:
 
     def _on_device_deleted(self, data: dict[str, Any], ts: float | None, r: Reaction) -> None:
         device = data.get("device")
-        if device:  # devices without an id are QEMU-internal; libvirt ignores them too
+        # Devices without an id are QEMU-internal, and vCPUs (``vcpuN``) are no devices to
+        # libvirt's DEVICE_REMOVED: it ignores both.
+        if device and not (device.startswith("vcpu") and device[4:].isdigit()):
             r.events.append(
                 EventSpec(
                     EventKind.DEVICE_REMOVED,

@@ -22,6 +22,9 @@ The simulated guest is deterministic:
   makes it ignore the power button. So the same domain XML behaves the same on both drivers;
 * a panic is seen by the hypervisor only if the domain has a ``<panic>`` device, as with QEMU,
   and a panicked guest does nothing more (even if continued) until it is reset;
+* its balloon driver gives memory back or takes it (BALLOON_CHANGE) once it runs, and it
+  releases hot-unplugged vCPUs (ACPI eject: QEMU 7.2's events) once it runs, never before
+  its first boot (QEMU then refuses to ask, as it does);
 * code can make it act at once with :func:`asvirt.drivers.test.guest_panic`,
   :func:`~asvirt.drivers.test.guest_poweroff` and :func:`~asvirt.drivers.test.guest_reboot`.
 """
@@ -38,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...conf.domain import DomainDef
+from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
     OperationFailedError,
     OperationInvalidError,
+    OperationTimeoutError,
     OperationUnsupportedError,
     QMPError,
 )
@@ -67,9 +72,13 @@ from ...states import DomainState, PausedReason, RunningReason, StateReason
 from ..base import InterfaceStats, StatsGroup
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
+from ..qemu.vcpus import CpuSlot, plan_vcpus
 
 if TYPE_CHECKING:
     from .state import Scheduler
+
+#: The CPU type of the simulated guest's vCPUs (QEMU's for its default ``qemu64`` model).
+SIMULATED_CPU_TYPE = "qemu64-x86_64-cpu"
 
 #: Seconds a simulated guest takes from reset to running its command-line action.
 BOOT_SECONDS = 0.01
@@ -147,6 +156,18 @@ class SimulatedVM:
         # CPU time: the guest uses its vCPU whenever QEMU runs it.
         self._cpu_ns = 0
         self._running_since: int | None = None
+        # The balloon: what QEMU asks of the guest's driver, and what the driver has done
+        # (KiB left to the guest); the driver acts once the guest runs, as a real one.
+        self._balloon_actual = live_def.memory_kib
+        self._balloon_target = (
+            live_def.current_memory_kib if live_def.has_memballoon else live_def.memory_kib
+        )
+        # vCPUs: those it booted with (QEMU's -smp N), those hot-plugged since (their
+        # indexes), and those asked to go that the guest has not released yet.
+        self._boot_vcpus = live_def.vcpus
+        self._hotplugged: set[int] = set()
+        self._unplug_asked: set[int] = set()
+        self._unplugged = trio.Event()
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -382,8 +403,96 @@ class SimulatedVM:
         assert self._live_def.memballoon is not None
         self._live_def.memballoon.stats_period = period
 
+    # -- memory and vCPUs (what a QEMU runner does with balloon, device_add, device_del) --------
+
+    async def set_balloon(self, kib: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self._balloon_target = kib
+        self._wake_balloon()
+
+    async def set_vcpus(self, count: int) -> None:
+        await trio.lowlevel.checkpoint()
+        plan = plan_vcpus(self._cpu_slots(), count)
+        for slot in plan.plug:
+            self._hotplugged.add(slot.index)
+        if plan.plug:
+            self._vcpus_changed()
+        if not plan.unplug:
+            return
+        if not self._booted:
+            # The guest's firmware never switched QEMU's CPU hotplug to its modern
+            # interface: QEMU 7.2 refuses, so.
+            raise QMPError(
+                "QEMU refused 'device_del': acpi: device unplug request for not supported "
+                f"device type: {SIMULATED_CPU_TYPE}",
+                error_class="GenericError",
+            )
+        self._unplug_asked |= {slot.index for slot in plan.unplug}
+        self._unplugged = trio.Event()
+        self._wake_unplug()
+        with trio.move_on_after(QemuConfig().unplug_timeout):
+            await self._unplugged.wait()
+            return
+        raise OperationTimeoutError(
+            f"vcpu unplug request timed out: the guest of domain '{self.name}' did not "
+            "release its vCPUs (it is not running)"
+        )
+
+    def _cpu_slots(self) -> list[CpuSlot]:
+        """The guest's CPU slots, as query-hotpluggable-cpus describes them."""
+        slots = []
+        for i in range(self._live_def.max_vcpus):
+            path = None
+            if i < self._boot_vcpus:
+                path = f"/machine/unattached/device[{i}]"
+            elif i in self._hotplugged:
+                path = f"/machine/peripheral/vcpu{i}"
+            props = {"socket-id": i, "core-id": 0, "thread-id": 0}
+            slots.append(CpuSlot(i, SIMULATED_CPU_TYPE, props, 1, path))
+        return slots
+
+    def _vcpus_changed(self) -> None:
+        self._live_def.vcpus = self._boot_vcpus + len(self._hotplugged)
+
+    def _wake_balloon(self) -> None:
+        if self._booted and self._balloon_target != self._balloon_actual:
+            generation = self._generation
+            self._scheduler.call_later(0, lambda: self._balloon_acts(generation))
+
+    def _balloon_acts(self, generation: int) -> None:
+        """The guest's balloon driver gives or takes memory (QEMU: BALLOON_CHANGE)."""
+        if generation != self._generation or not self.guest_running() or self._halted:
+            return
+        if self._balloon_target != self._balloon_actual:
+            self._balloon_actual = self._balloon_target
+            self._emit(("BALLOON_CHANGE", {"actual": self._balloon_actual * 1024}))
+
+    def _wake_unplug(self) -> None:
+        if self._unplug_asked:
+            generation = self._generation
+            self._scheduler.call_later(0, lambda: self._guest_ejects(generation))
+
+    def _guest_ejects(self, generation: int) -> None:
+        """The guest releases the vCPUs asked to go (ACPI eject): DEVICE_DELETED each."""
+        if generation != self._generation or not self.guest_running() or self._halted:
+            return
+        gone, self._unplug_asked = sorted(self._unplug_asked, reverse=True), set()
+        self._hotplugged -= set(gone)
+        self._vcpus_changed()
+        for i in gone:
+            # What QEMU 7.2 says: the eject is under way, the CPU's APIC is gone (the CPU
+            # itself gets no DEVICE_DELETED), the eject is done.
+            slot = {"slot": str(i), "slot-type": "CPU", "source": 3}
+            self._emit(
+                ("ACPI_DEVICE_OST", {"info": {"device": f"vcpu{i}", **slot, "status": 0x84}}),
+                ("DEVICE_DELETED", {"path": f"/machine/peripheral/vcpu{i}/lapic"}),
+                ("ACPI_DEVICE_OST", {"info": {**slot, "status": 0}}),
+            )
+        self._unplugged.set()
+
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
+        self._balloon_actual = self._balloon_target  # its balloon is where it was asked
         if state is DomainState.PAUSED:
             self.machine = DomainStateMachine.restore(
                 MachineSnapshot(int(DomainState.PAUSED), int(PausedReason.USER))
@@ -534,6 +643,8 @@ class SimulatedVM:
 
     def _guest_boot(self) -> None:
         self._booted = True
+        self._wake_balloon()
+        self._wake_unplug()
         if self.flags.action is not None:
             generation = self._generation
             self._scheduler.call_later(
@@ -545,7 +656,10 @@ class SimulatedVM:
             return
         if not self._booted:
             self._guest_boot()
-        elif self._button_pressed or self._action_due:
+            return
+        self._wake_balloon()
+        self._wake_unplug()
+        if self._button_pressed or self._action_due:
             self._wake_guest()
 
     def _wake_guest(self) -> None:
@@ -591,6 +705,9 @@ class SimulatedVM:
                 },
             }
             reaction = self.machine.on_qmp_event(message)
+            if name == "BALLOON_CHANGE" and self.machine.balloon_kib:
+                # As the QEMU runner: the live <currentMemory> is what the balloon says.
+                self._live_def.current_memory_kib = self.machine.balloon_kib
             self._publish(reaction)
             if reaction.follow_up is not None:
                 follow_ups.append(reaction.follow_up)
