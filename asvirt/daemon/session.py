@@ -376,7 +376,14 @@ class Session:
             except trio.EndOfChannel:
                 return
             data = event_to_dict(event)
-            await self._out_send.send(wire.notification("event", {"sub": sub_id, "event": data}))
+            message = wire.notification("event", {"sub": sub_id, "event": data})
+            # Queued without yielding while there is room, so that the writer finds many
+            # and sends them in one write (a yield per event woke it for each one); when the
+            # backlog is full, this waits for the client to read.
+            try:
+                self._out_send.send_nowait(message)
+            except trio.WouldBlock:
+                await self._out_send.send(message)
             sent += 1
             if sent % 256 == 0:
                 await trio.lowlevel.checkpoint()
