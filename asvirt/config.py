@@ -28,6 +28,9 @@ class QemuConfig:
     #: Seconds a statistics query (query-blockstats...) may take: a QEMU that does not answer
     #: in time only lacks those figures; the other domains' are not held up.
     stats_timeout: float = 5.0
+    #: Seconds detach_device() waits for the guest to release a device (libvirt waits 5 s);
+    #: then DEVICE_REMOVAL_FAILED, and the device goes whenever the guest releases it.
+    unplug_timeout: float = 5.0
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True

@@ -68,6 +68,7 @@ from .command import (
     links_down,
 )
 from .helpers import DomainHelpers
+from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
@@ -101,9 +102,10 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps):
+class QemuRunner(GuestStateOps, HotplugOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
-    :class:`~.savevm.GuestStateOps`)."""
+    :class:`~.savevm.GuestStateOps`; its devices plugged in and out: see
+    :class:`~.hotplug.HotplugOps`)."""
 
     def __init__(
         self,
@@ -162,6 +164,8 @@ class QemuRunner(GuestStateOps):
         self._origin: StartOrigin = None
         #: Who waits for which QMP events (:meth:`watch_events`).
         self._watchers: list[tuple[frozenset[str], trio.MemorySendChannel[dict[str, Any]]]] = []
+        #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
+        self._unplugs: dict[str, trio.Event] = {}
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -705,6 +709,9 @@ class QemuRunner(GuestStateOps):
 
     async def _pump(self) -> None:
         async for event in self._event_recv:
+            if event.get("event") == "DEVICE_DELETED":
+                # Out of the live XML before DEVICE_REMOVED is published.
+                self._device_deleted(event)
             self._handle(self.machine.on_qmp_event(event))
             self._tell_watchers(event)
             self._processed += 1
