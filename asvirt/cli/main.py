@@ -448,10 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("net-list")
     p.add_argument("--all", action="store_true")
-    # The network, storage, monitoring and snapshot commands live in modules of their own;
+    # The device, network, storage, monitoring and snapshot commands live in modules of their own;
     # importing them registers them.
-    from . import monitor, network, snapshot, storage
+    from . import devices, monitor, network, snapshot, storage
 
+    devices.add_parsers(add)
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)
