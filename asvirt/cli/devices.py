@@ -241,7 +241,7 @@ async def cmd_detach_interface(conn: ConnectionCalls, args: argparse.Namespace) 
             continue
         if args.mac and (address or "").lower() != args.mac.lower():
             continue
-        found.append(address)
+        found.append(nic)
     if not found:
         raise asvirt.DeviceMissingError(
             f"No interface found whose type is {args.type}"
@@ -251,7 +251,7 @@ async def cmd_detach_interface(conn: ConnectionCalls, args: argparse.Namespace) 
         raise asvirt.OperationFailedError(
             f"Domain has {len(found)} interfaces. Please specify which one to detach using --mac"
         )
-    xml = f"<interface type={quoteattr(args.type)}>{_mac(found[0])}</interface>"
+    xml = etree.tostring(found[0], encoding="unicode")
     gone = await dom.detach_device(xml, live=live, config=config)
     print(
         "Interface detached successfully\n"
@@ -259,10 +259,6 @@ async def cmd_detach_interface(conn: ConnectionCalls, args: argparse.Namespace) 
         else "Interface detach request sent successfully\n"
     )
     return 0
-
-
-def _mac(address: str | None) -> str:
-    return f"<mac address={quoteattr(address)}/>" if address else ""
 
 
 @command("domiflist", "list all domain virtual interfaces")
