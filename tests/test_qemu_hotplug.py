@@ -94,6 +94,34 @@ async def test_disk_attached_and_detached_in_a_booted_guest(conn, test_guest, tm
     assert "vdb" in targets(await dom.xml_desc())
 
 
+ROOT_PORTS = "<controller type='pci' model='pcie-root-port'/>" * 2
+
+
+async def test_q35_disks_go_on_free_root_ports(conn, test_guest, tmp_path):
+    serial = tmp_path / "vm1.serial"
+    # TCG on a loaded host can be too slow for the kernel's IO-APIC timer check.
+    xml = test_guest.xml("vm1", serial, devices=ROOT_PORTS, cmdline="no_timer_check")
+    dom = await conn.define_xml(xml.replace("machine='pc'", "machine='q35'"))
+    await dom.start()
+    await wait_for_serial(serial, timeout=120)
+    paths = [image(tmp_path / f"{n}.qcow2") for n in ("b", "c")]
+    await dom.attach_device(disk_xml(paths[0], "vdb"))
+    await guest_says(serial, "ASVIRT-DISK-add vda")
+    address = disk_el(await dom.xml_desc(), "vdb").find("address")
+    assert address.get("bus") != "0x00"  # a root port, not the root bus
+    # Every root port is taken now: none is plugged in on a disk's behalf.
+    before = await dom.xml_desc()
+    with pytest.raises(asvirt.OperationUnsupportedError, match="controller"):
+        await dom.attach_device(disk_xml(paths[1], "vdc"))
+    assert await dom.xml_desc() == before
+    async with conn.subscribe(dom, kinds={K.DEVICE_REMOVED}) as events:
+        assert await dom.detach_device(disk_xml(paths[0], "vdb")) is True
+        ev = await removed(events, K.DEVICE_REMOVED)
+        assert ev.data is not None and ev.data["device"] == "virtio-disk1"
+    await guest_says(serial, "ASVIRT-DISK-remove vda")
+    assert targets(await dom.xml_desc()) == []
+
+
 async def test_a_guest_that_does_not_release_gets_removal_failed(root, test_guest, tmp_path):
     write_config(root, "[qemu]\ndestroy_grace = 2.0\nunplug_timeout = 0.5\n")
     async with asvirt.open(embed_uri(root)) as conn:
