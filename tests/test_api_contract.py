@@ -675,6 +675,27 @@ async def test_devices_follow_live_and_config(api):
         await tvm.attach_device(nic, config=True)
 
 
+async def test_volume_disks_attach_as_their_path_live_and_as_volumes_in_the_config(api):
+    pool = await api.define_pool("p")
+    await pool.create_volume_xml(vol_xml("v.qcow2", extra=QCOW2))
+    dom = await api.define("vm1", devices="<controller type='scsi' model='virtio-scsi'/>")
+    await dom.start(paused=True)
+    disk = (
+        "<disk type='volume' device='disk'><source pool='p' volume='v.qcow2'/>"
+        "<target dev='sdb' bus='scsi'/></disk>"
+    )
+    await dom.attach_device(disk, live=True, config=True)
+    path = str(api.pool_dir("p") / "v.qcow2")
+    live = etree.fromstring((await dom.xml_desc()).encode()).find("devices/disk")
+    assert live.get("type") == "file" and live.find("source").get("file") == path
+    assert live.find("driver").get("type") == "qcow2"
+    config = etree.fromstring((await dom.xml_desc(inactive=True)).encode()).find("devices/disk")
+    assert config.get("type") == "volume" and config.find("source").get("volume") == "v.qcow2"
+    with pytest.raises(asvirt.NoStorageVolError):
+        await dom.attach_device(disk.replace("v.qcow2", "nope").replace("sdb", "sdc"))
+    assert _targets(await dom.xml_desc()) == ["sdb"]
+
+
 # -- persistence, transience, autodestroy ---------------------------------------------------
 
 
