@@ -264,6 +264,15 @@ async def test_cdrom_media_change_and_eject(conn, test_guest, tmp_path):
     assert "inserted" not in blocks["ide0-1-0"]
     with pytest.raises(asvirt.DeviceMissingError):
         await dom.update_device(disk_xml(iso, "hdd", device="cdrom", bus="ide", fmt="raw"))
+    # The drive itself cannot come or go while QEMU runs (IDE has no hotplug): refused
+    # before QEMU is asked; the configuration can change.
+    with pytest.raises(asvirt.OperationUnsupportedError, match="ide"):
+        await dom.detach_device(empty_cd)
+    with pytest.raises(asvirt.OperationUnsupportedError, match="ide"):
+        await dom.attach_device(cd.replace("hdc", "hdd"))
+    assert await dom.detach_device(empty_cd, config=True) is True
+    assert targets(await dom.xml_desc()) == ["hdc"]
+    assert targets(await dom.xml_desc(inactive=True)) == []
 
 
 async def test_interface_attach_link_and_detach(conn, test_guest, tmp_path):

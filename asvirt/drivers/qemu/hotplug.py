@@ -64,6 +64,8 @@ def prepare_with_device(
     """
     new = fresh_copy(dev)
     check_new_device(defn, new)
+    if live:
+        check_pluggable(new)
     work = defn.copy()
     insert_device(work, new)
     prepared = prepare_domain(work, caps)
@@ -104,6 +106,21 @@ def prepare_with_device(
                 "hotplugged: give the domain a free pcie-root-port"
             )
     return prepared, added
+
+
+#: Disk buses whose controllers QEMU cannot plug devices into (or out of) while it runs.
+UNPLUGGABLE_BUSES = ("ide", "sata")
+
+
+def check_pluggable(dev: HotplugDevice) -> None:
+    """Refuse, before QEMU is asked, a device QEMU cannot plug in or out of a running guest
+    (libvirt refuses these too): an IDE or SATA disk. Their CD-ROM media can change."""
+    if isinstance(dev, Disk) and dev.bus in UNPLUGGABLE_BUSES:
+        raise OperationUnsupportedError(
+            f"disk '{dev.target}': QEMU cannot plug {dev.bus} disks into or out of a running "
+            "domain; use the virtio or scsi bus (a CD-ROM's media can change: update_device), "
+            "or change the configuration only"
+        )
 
 
 def _same_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
@@ -230,6 +247,7 @@ class HotplugOps:
         """Ask the guest to release ``dev`` (one of the live definition's devices); True once
         it is gone, False if the guest has not released it within ``unplug_timeout`` (then
         DEVICE_REMOVAL_FAILED is published and it stays until QEMU reports it gone)."""
+        check_pluggable(dev)
         alias = dev.alias
         if not alias:
             raise OperationFailedError(f"{describe(dev)} has no alias: it cannot be unplugged")
