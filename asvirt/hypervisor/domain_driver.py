@@ -834,8 +834,6 @@ class DomainDriver(SnapshotCalls, SaveCalls):
     async def _store_config(self, obj: DomainObj, defn: DomainDef) -> None:
         await self.backend.save_config(defn)
         obj.persistent_def = defn
-        if obj.runtime is not None:
-            obj.runtime.persistence_changed()
 
     def _affected(self, obj: DomainObj, live: bool, config: bool) -> tuple[bool, bool]:
         """libvirt's ``VIR_DOMAIN_AFFECT_*``: neither flag means the current state's

@@ -125,7 +125,8 @@ class QemuBackend:
 
     async def with_device(self, defn: DomainDef, dev: HotplugDevice) -> DomainDef:
         caps = await self._node.capabilities_for(defn)
-        return prepare_with_device(defn, dev, caps, live=False)[0]
+        nvram_dir = str(self.paths.nvram_dir)
+        return prepare_with_device(defn, dev, caps, live=False, nvram_dir=nvram_dir)[0]
 
     async def save_config(self, defn: DomainDef) -> None:
         data = defn.to_xml().encode()

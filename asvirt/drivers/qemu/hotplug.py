@@ -52,7 +52,12 @@ _fd_names = itertools.count(1)
 
 
 def prepare_with_device(
-    defn: DomainDef, dev: HotplugDevice, caps: QemuCapabilities, *, live: bool
+    defn: DomainDef,
+    dev: HotplugDevice,
+    caps: QemuCapabilities,
+    *,
+    live: bool,
+    nvram_dir: str | None = None,
 ) -> tuple[DomainDef, HotplugDevice]:
     """``defn`` with ``dev`` added and completed as define completes devices (a new
     definition), and the completed device in it.
@@ -60,7 +65,8 @@ def prepare_with_device(
     ``live``: ``defn`` is a running domain's. The devices it has keep their ids (aliases and
     disk node numbers are QEMU's names for them, whatever the definition would give them
     now), the new device gets ids no device had, and it must fit the controllers the domain
-    already has: controllers are not plugged in on the device's behalf.
+    already has: controllers are not plugged in on the device's behalf. ``nvram_dir``: as
+    for :func:`~.postparse.prepare_domain`.
     """
     new = fresh_copy(dev)
     check_new_device(defn, new)
@@ -68,7 +74,7 @@ def prepare_with_device(
         check_pluggable(new)
     work = defn.copy()
     insert_device(work, new)
-    prepared = prepare_domain(work, caps)
+    prepared = prepare_domain(work, caps, nvram_dir=nvram_dir)
     added = _same_device(prepared, new)
     if not live:
         return prepared, added
