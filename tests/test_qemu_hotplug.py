@@ -68,6 +68,7 @@ async def booted(conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, **kw
     return dom, serial
 
 
+@pytest.mark.guest
 async def test_disk_attached_and_detached_in_a_booted_guest(conn, test_guest, tmp_path):
     dom, serial = await booted(conn, test_guest, tmp_path)
     path = image(tmp_path / "data.qcow2")
@@ -97,6 +98,7 @@ async def test_disk_attached_and_detached_in_a_booted_guest(conn, test_guest, tm
 ROOT_PORTS = "<controller type='pci' model='pcie-root-port'/>" * 2
 
 
+@pytest.mark.guest
 async def test_q35_disks_go_on_free_root_ports(conn, test_guest, tmp_path):
     serial = tmp_path / "vm1.serial"
     # TCG on a loaded host can be too slow for the kernel's IO-APIC timer check.
@@ -122,6 +124,7 @@ async def test_q35_disks_go_on_free_root_ports(conn, test_guest, tmp_path):
     assert targets(await dom.xml_desc()) == []
 
 
+@pytest.mark.guest
 async def test_a_guest_that_does_not_release_gets_removal_failed(root, test_guest, tmp_path):
     write_config(root, "[qemu]\ndestroy_grace = 2.0\nunplug_timeout = 0.5\n")
     async with asvirt.open(embed_uri(root)) as conn:
@@ -275,6 +278,7 @@ async def test_cdrom_media_change_and_eject(conn, test_guest, tmp_path):
     assert targets(await dom.xml_desc(inactive=True)) == []
 
 
+@pytest.mark.guest
 async def test_interface_attach_link_and_detach(conn, test_guest, tmp_path):
     dom, _ = await booted(conn, test_guest, tmp_path)
     mac = "52:54:00:12:34:56"
