@@ -15,8 +15,17 @@ from lxml import etree
 
 import asvirt
 
+from .contract import drain
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest, define, wait_for_serial
-from .helpers import collect_until, disk_xml, embed_uri, qemu_img, write_config
+from .helpers import (
+    collect_until,
+    disk_xml,
+    embed_uri,
+    monitor_path,
+    qemu_img,
+    raw_qmp,
+    write_config,
+)
 
 pytestmark = [pytest.mark.qemu]
 
@@ -246,6 +255,31 @@ async def test_scsi_disks_and_the_ids_survive_a_new_supervisor(
         names = {n["node-name"] for n in await dom.qmp("query-named-block-nodes")}
         assert not any(n.startswith("libvirt-2-") for n in names)
         assert targets(await dom.xml_desc()) == ["vda", "vdc"]
+        await dom.destroy()
+
+
+async def test_a_device_removed_while_nobody_supervised_is_reported(
+    root, fast_config, test_guest, tmp_path
+):
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await paused(conn, test_guest, tmp_path, devices=scsi)
+        async with conn.subscribe(dom) as events:
+            await dom.attach_device(disk_xml(image(tmp_path / "b.qcow2"), "sdb", bus="scsi"))
+            await dom.qmp("query-status", None)  # a round trip: every event is in
+            cursor = max((ev.seq for ev in drain(events)), default=0)
+    # Another tool (or a guest, for a PCI device) removes the disk while nobody watches.
+    await raw_qmp(
+        monitor_path(root, "vm1"), {"execute": "device_del", "arguments": {"id": "scsi0-0-0-1"}}
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("vm1")
+        async with conn.subscribe(dom, kinds={K.DEVICE_REMOVED}, since=cursor) as events:
+            ev = await removed(events, K.DEVICE_REMOVED)
+        assert ev.data is not None and ev.data["device"] == "scsi0-0-0-1"
+        assert targets(await dom.xml_desc()) == []
+        names = {n["node-name"] for n in await dom.qmp("query-named-block-nodes", None)}
+        assert not any(n.startswith("libvirt-1-") for n in names)
         await dom.destroy()
 
 

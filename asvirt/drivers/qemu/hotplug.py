@@ -33,7 +33,9 @@ from ...errors import (
     AsvirtError,
     OperationFailedError,
     OperationInvalidError,
+    OperationTimeoutError,
     OperationUnsupportedError,
+    QMPError,
 )
 from ...events.types import EventKind
 from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
@@ -319,6 +321,27 @@ class HotplugOps:
             await self._call(command, arguments)
         except (AsvirtError, trio.BrokenResourceError) as err:
             self.log.warning("cannot remove a device's backend", command=command, error=str(err))
+
+    async def _forget_unplugged(self) -> None:
+        """After a re-attach: devices QEMU removed while nobody watched (a guest released
+        one after its supervisor had gone) leave the live XML, reported as DEVICE_REMOVED."""
+        try:
+            children = await self._call("qom-list", {"path": "/machine/peripheral"})
+        except (QMPError, OperationTimeoutError) as err:
+            self.log.warning("cannot list QEMU's devices", error=str(err))
+            return
+        present = {c.get("name") for c in children if str(c.get("type", "")).startswith("child<")}
+        gone = [
+            dev.alias
+            for dev in [*self._live_def.disks, *self._live_def.interfaces]
+            if dev.alias and dev.alias not in present
+        ]
+        for alias in gone:
+            done = self._unplugs[alias] = trio.Event()
+            self._device_deleted({"data": {"device": alias}})
+            path = f"/machine/peripheral/{alias}"
+            self._callbacks.publish(EventKind.DEVICE_REMOVED, data={"device": alias, "path": path})
+            await done.wait()  # its backend is gone too before anyone is told the domain's state
 
     # -- update ---------------------------------------------------------------------------------
 

@@ -643,6 +643,7 @@ class QemuRunner(GuestStateOps, HotplugOps):
             await self._terminate()
             return
         reaction = await self._resync(attaching=True)
+        await self._forget_unplugged()
         if reaction is not None and reaction.follow_up is not None:
             # A guest that shut down or panicked while nobody watched gets its follow-up
             # now, before anyone is told the domain's state.
