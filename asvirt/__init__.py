@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "DefinedDetail": ".events.types",
     "Domain": ".domain",
     "DomainEvent": ".events.types",
+    "DeviceMissingError": ".errors",
     "DomainExistsError": ".errors",
     "DomainInfo": ".drivers.base",
     "DomainSnapshot": ".snapshot",
@@ -111,6 +112,7 @@ if _typing.TYPE_CHECKING:
     from .errors import (
         AsvirtError,
         ConfigUnsupportedError,
+        DeviceMissingError,
         DomainExistsError,
         ErrorCode,
         InternalError,
@@ -193,6 +195,7 @@ __all__ = [
     "CrashedDetail",
     "CrashedReason",
     "DefinedDetail",
+    "DeviceMissingError",
     "Domain",
     "DomainEvent",
     "DomainExistsError",

@@ -28,9 +28,10 @@ class QemuConfig:
     #: Seconds a statistics query (query-blockstats...) may take: a QEMU that does not answer
     #: in time only lacks those figures; the other domains' are not held up.
     stats_timeout: float = 5.0
-    #: Seconds a guest has to release a device being unplugged (a vCPU: ACPI eject) before
-    #: the call fails with OperationTimeoutError (libvirt waits 5 s).
-    unplug_timeout: float = 10.0
+    #: Seconds a guest has to release a device being unplugged (detach_device(); a vCPU:
+    #: ACPI eject) — libvirt waits 5 s. Then a device gets DEVICE_REMOVAL_FAILED and stays in
+    #: the live XML until the guest releases it; a vCPU unplug fails with OperationTimeoutError.
+    unplug_timeout: float = 5.0
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True

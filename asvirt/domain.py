@@ -308,6 +308,42 @@ class Domain(Handle):
         the current state's. libvirt's ``vcpusFlags()``."""
         return await self._call("domain_vcpus_count", live=live, config=config, maximum=maximum)
 
+    # -- devices -------------------------------------------------------------------------------
+
+    async def attach_device(self, xml: str, *, live: bool = False, config: bool = False) -> None:
+        """Add a device described by its XML (a ``<disk>`` — a file, a block device, a
+        storage volume, a CD-ROM — or an ``<interface>`` of type user, network or bridge).
+
+        ``live``: plug it into the running guest (the live XML then shows it with its alias
+        and address); ``config``: add it to the configuration of the next boot; neither: the
+        current state's (the running guest's, else the configuration), as libvirt's
+        ``attachDeviceFlags``. A device that clashes with one the domain has (the same
+        target, the same MAC address) or that the guest cannot take changes nothing.
+        """
+        await self._call("domain_attach_device", xml=xml, live=live, config=config)
+
+    async def detach_device(self, xml: str, *, live: bool = False, config: bool = False) -> bool:
+        """Remove the device the XML names (a disk by its target, an interface by its MAC).
+
+        The guest must release a device it uses: this waits for it (QEMU's word, no
+        polling), up to the node's ``[qemu] unplug_timeout``, and returns True once the
+        device is gone (a DEVICE_REMOVED event was published). False: the guest has not
+        released it yet — a DEVICE_REMOVAL_FAILED event was published, the device stays in
+        the live XML, and it goes (DEVICE_REMOVED) whenever the guest lets it. libvirt's
+        ``detachDeviceFlags`` returns either way without saying which.
+        """
+        result: bool = await self._call("domain_detach_device", xml=xml, live=live, config=config)
+        return result
+
+    async def update_device(
+        self, xml: str, *, live: bool = False, config: bool = False, force: bool = False
+    ) -> None:
+        """Change a device in place, as its new XML says: the media of a CD-ROM (a new
+        ``<source>``, or none to eject) or the ``<link state=...>`` of an interface.
+        ``live``/``config`` as for :meth:`attach_device`; ``force`` is accepted for
+        libvirt's sake (a locked tray is always forced open)."""
+        await self._call("domain_update_device", xml=xml, live=live, config=config, force=force)
+
     async def block_info(self, device: str) -> BlockInfo:
         """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
         ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""

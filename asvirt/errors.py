@@ -31,6 +31,7 @@ class ErrorCode(enum.IntEnum):
     CONFIG_UNSUPPORTED = 67
     OPERATION_TIMEOUT = 68
     NO_DOMAIN_SNAPSHOT = 72
+    DEVICE_MISSING = 99
     OPERATION_UNSUPPORTED = 84
     RESOURCE_BUSY = 87
     STORAGE_VOL_EXIST = 90
@@ -205,6 +206,12 @@ class StorageVolExistsError(AsvirtError):
     """A storage volume with that name already exists in the pool."""
 
     code = ErrorCode.STORAGE_VOL_EXIST
+
+
+class DeviceMissingError(AsvirtError):
+    """The domain has no such device (a detach or update names one it does not have)."""
+
+    code = ErrorCode.DEVICE_MISSING
 
 
 class NoDomainSnapshotError(AsvirtError):

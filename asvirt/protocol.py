@@ -370,6 +370,25 @@ class DomainCalls(Protocol):
         self, uuid: str, live: bool, config: bool, maximum: bool = False
     ) -> int:
         """The number of vCPUs (or their maximum) of the running guest or of its config."""
+
+    # -- devices ----------------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_attach_device(self, uuid: str, xml: str, live: bool, config: bool) -> None:
+        """Add a device (``<disk>``, ``<interface>``) to the running guest and/or the
+        configuration (neither: the current state's)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_detach_device(self, uuid: str, xml: str, live: bool, config: bool) -> bool:
+        """Remove a device; False if the guest has not released it in time (it goes later)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_update_device(
+        self, uuid: str, xml: str, live: bool, config: bool, force: bool = False
+    ) -> None:
+        """Change a device in place: a CD-ROM's media, an interface's link state."""
         ...
 
     # -- snapshots --------------------------------------------------------------------------

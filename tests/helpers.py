@@ -156,6 +156,34 @@ def monitor_path(root: Path, name: str) -> Path:
     return Path(_status(root, name)["monitor"])
 
 
+async def raw_qmp(monitor: Path, *commands: dict[str, Any]) -> None:
+    """Speak QMP on a domain's monitor socket directly, as another tool would (while no
+    supervisor holds it): each command is ``{"execute": ..., "arguments": ...}``."""
+    from asvirt import fsutil
+
+    sock = trio.socket.from_stdlib_socket(fsutil.connect_unix(monitor))
+    with sock, trio.fail_after(5):
+        buf = b""
+
+        async def line() -> dict[str, Any]:
+            nonlocal buf
+            while b"\n" not in buf:
+                buf += await sock.recv(65536)
+            raw, buf = buf.split(b"\n", 1)
+            reply: dict[str, Any] = json.loads(raw)
+            return reply
+
+        await line()  # greeting
+        for cmd in ({"execute": "qmp_capabilities"}, *commands):
+            await sock.send(json.dumps(cmd).encode() + b"\n")
+            while True:
+                reply = await line()
+                if "error" in reply:
+                    raise AssertionError(f"QEMU refused {cmd}: {reply['error']}")
+                if "return" in reply:
+                    break
+
+
 def _status(root: Path, name: str) -> dict[str, object]:
     import json
 

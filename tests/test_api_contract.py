@@ -807,6 +807,75 @@ async def test_a_running_guest_follows_its_balloon_and_vcpus(api):
     assert await dom.vcpus_count(config=True) == 1
 
 
+def _targets(xml: str) -> list[str]:
+    return [t.get("dev") for t in etree.fromstring(xml.encode()).iterfind("devices/disk/target")]
+
+
+def _links(xml: str) -> list[str | None]:
+    root = etree.fromstring(xml.encode())
+    return [
+        nic.find("link").get("state") if nic.find("link") is not None else None
+        for nic in root.iterfind("devices/interface")
+    ]
+
+
+async def test_devices_follow_live_and_config(api):
+    from .helpers import disk_xml, qemu_img
+
+    for name in ("b", "c"):
+        qemu_img("create", "-q", "-f", "qcow2", api.tmp / f"{name}.qcow2", "16M")
+    # A SCSI disk: QEMU unplugs it at once, no guest needed.
+    dom = await api.define("vm1", devices="<controller type='scsi' model='virtio-scsi'/>")
+    sdb = disk_xml(api.tmp / "b.qcow2", "sdb", bus="scsi")
+    sdc = disk_xml(api.tmp / "c.qcow2", "sdc", bus="scsi")
+    await dom.attach_device(sdb)  # shut off: the configuration
+    assert _targets(await dom.xml_desc(inactive=True)) == ["sdb"]
+    await dom.start(paused=True)
+    await dom.attach_device(sdc)  # running: the live definition only
+    assert _targets(await dom.xml_desc()) == ["sdb", "sdc"]
+    assert _targets(await dom.xml_desc(inactive=True)) == ["sdb"]
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.attach_device(sdc, config=True, live=True)  # a target the live one has
+    assert _targets(await dom.xml_desc(inactive=True)) == ["sdb"]
+    async with api.conn.subscribe(dom, kinds={asvirt.EventKind.DEVICE_REMOVED}) as events:
+        assert await dom.detach_device(sdb, live=True, config=True) is True
+        await collect_until(events, lambda seen: bool(seen))
+    assert _targets(await dom.xml_desc()) == ["sdc"]
+    assert _targets(await dom.xml_desc(inactive=True)) == []
+    with pytest.raises(asvirt.DeviceMissingError):
+        await dom.detach_device(sdb)
+    nic = "<interface type='user'><mac address='52:54:00:00:00:07'/></interface>"
+    await dom.attach_device(nic, live=True, config=True)
+    down = nic.replace("</interface>", "<link state='down'/></interface>")
+    await dom.update_device(down)
+    assert _links(await dom.xml_desc()) == ["down"]
+    assert _links(await dom.xml_desc(inactive=True)) == [None]
+    tvm = await api.conn.create_xml(api.xml("tvm"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await tvm.attach_device(nic, config=True)
+
+
+async def test_volume_disks_attach_as_their_path_live_and_as_volumes_in_the_config(api):
+    pool = await api.define_pool("p")
+    await pool.create_volume_xml(vol_xml("v.qcow2", extra=QCOW2))
+    dom = await api.define("vm1", devices="<controller type='scsi' model='virtio-scsi'/>")
+    await dom.start(paused=True)
+    disk = (
+        "<disk type='volume' device='disk'><source pool='p' volume='v.qcow2'/>"
+        "<target dev='sdb' bus='scsi'/></disk>"
+    )
+    await dom.attach_device(disk, live=True, config=True)
+    path = str(api.pool_dir("p") / "v.qcow2")
+    live = etree.fromstring((await dom.xml_desc()).encode()).find("devices/disk")
+    assert live.get("type") == "file" and live.find("source").get("file") == path
+    assert live.find("driver").get("type") == "qcow2"
+    config = etree.fromstring((await dom.xml_desc(inactive=True)).encode()).find("devices/disk")
+    assert config.get("type") == "volume" and config.find("source").get("volume") == "v.qcow2"
+    with pytest.raises(asvirt.NoStorageVolError):
+        await dom.attach_device(disk.replace("v.qcow2", "nope").replace("sdb", "sdc"))
+    assert _targets(await dom.xml_desc()) == ["sdb"]
+
+
 # -- persistence, transience, autodestroy ---------------------------------------------------
 
 

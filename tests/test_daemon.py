@@ -285,6 +285,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "kib": 65536,
         "count": 1,
         "maximum": False,
+        "force": True,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -302,6 +303,8 @@ def xml_for(guest: TestGuest, tmp_path: Path, vm_xml: str) -> Callable[[str], st
             return f"<pool type='dir'><name>intruder</name>{target}</pool>"
         if call == "storage_vol_create_xml":
             return "<volume><name>intruder</name><capacity>1</capacity></volume>"
+        if call in ("domain_attach_device", "domain_detach_device", "domain_update_device"):
+            return "<interface type='user'><mac address='52:54:00:00:00:99'/></interface>"
         return vm_xml
 
     return xml

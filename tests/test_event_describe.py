@@ -135,6 +135,8 @@ CASES: list[tuple[EventKind, dict[str, Any] | None, str]] = [
         {"device": "tablet1", "path": "/machine/peripheral/tablet1"},
         ": tablet1",
     ),
+    # virsh: "event 'device-removal-failed' for domain 'vm1': virtio-disk1"
+    (EventKind.DEVICE_REMOVAL_FAILED, {"device": "virtio-disk1"}, ": virtio-disk1"),
     (EventKind.BALLOON_CHANGE, {"actual_kib": 98304}, ": 98304KiB"),
     *[
         (EventKind.BLOCK_JOB, {"device": "pull-vda", "type": qemu, "status": status}, out)

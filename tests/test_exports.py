@@ -19,6 +19,7 @@ PUBLIC = [
     "CrashedDetail",
     "CrashedReason",
     "DefinedDetail",
+    "DeviceMissingError",
     "Domain",
     "DomainEvent",
     "DomainExistsError",

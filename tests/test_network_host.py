@@ -459,3 +459,45 @@ def test_the_system_daemon_defines_the_default_network_and_pool_once(
         assert "virbr0" not in net_lab.links()
     finally:
         daemon.stop()
+
+
+def test_interfaces_plugged_into_a_running_domain_get_a_tap_on_their_bridge(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+    from .helpers import write_config
+
+    # A guest that never booted cannot release a PCI device: a short deadline.
+    write_config(root, "[qemu]\ndestroy_grace = 2.0\nunplug_timeout = 0.5\n")
+    cli = net_lab.cli
+    net_lab.run("ip", "link", "add", "hotbr", "type", "bridge")
+    xml = test_guest.xml("vm", tmp_path / "vm.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    cli(root, "define", write(tmp_path, "vm.xml", xml))
+    cli(root, "start", "vm", "--paused")
+    out = cli(
+        root,
+        "attach-interface",
+        "vm",
+        "bridge",
+        "hotbr",
+        "--target",
+        "hp-tap",
+        "--model",
+        "virtio",
+        "--mac",
+        "52:54:00:01:02:03",
+    ).stdout
+    assert out == "Interface attached successfully\n\n"
+    # Made as at start: a tap plugged into the bridge, its descriptor QEMU's alone.
+    assert "master hotbr" in net_lab.run("ip", "link", "show", "hp-tap").stdout
+    rows = cli(root, "domiflist", "vm").stdout.splitlines()[2].split()
+    assert rows == ["hp-tap", "bridge", "hotbr", "virtio", "52:54:00:01:02:03"]
+    # No such bridge: refused, and nothing is left behind.
+    err = cli(root, "attach-interface", "vm", "bridge", "nosuchbr", check=False)
+    assert err.returncode == 1 and "no such bridge" in err.stderr
+    assert len(cli(root, "domiflist", "vm").stdout.splitlines()) == 4
+    out = cli(root, "detach-interface", "vm", "bridge").stdout
+    assert out == "Interface detach request sent successfully\n\n"
+    assert "hp-tap" in net_lab.links()  # the guest holds it until it lets go
+    cli(root, "destroy", "vm")
+    assert "hp-tap" not in net_lab.links()

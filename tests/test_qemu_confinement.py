@@ -470,3 +470,19 @@ def test_what_the_user_may_enter_is_judged_as_the_kernel_does(
         os.setxattr(directory, "system.posix_acl_access", acl(*sorted(entries)))
     assert user_may(directory, 'cd "$1"') is allowed
     assert permits(str(directory), identity, SEARCH) is allowed
+
+
+async def test_hotplugged_media_are_given_to_the_user_and_back(
+    cconn: asvirt.Connection, guest: TestGuest, open_dir: Path
+):
+    # Paused, never booted: TCG, since the user may not open /dev/kvm here.
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=scsi)
+    dom = await cconn.define_xml(xml)
+    await dom.start(paused=True)
+    image = someones(open_dir / "hot.img")
+    await dom.attach_device(disk_xml(image, "sdb", bus="scsi", fmt="raw"))
+    assert owner(image) == (pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid)
+    assert await dom.detach_device(disk_xml(image, "sdb", bus="scsi", fmt="raw")) is True
+    await dom.destroy()
+    assert owner(image) == SOMEONE

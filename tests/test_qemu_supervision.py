@@ -25,6 +25,7 @@ from .helpers import (
     pid_alive,
     pid_exists,
     qemu_pid,
+    raw_qmp,
     run_cli,
     wait_for,
     write_config,
@@ -108,24 +109,7 @@ async def test_changes_while_nobody_watched_are_reported(root, fast_config, test
 
 async def pause_with_raw_qmp(monitor: Path) -> None:
     """Speak QMP on the monitor socket directly, as another tool would."""
-    from asvirt import fsutil
-
-    sock = trio.socket.from_stdlib_socket(fsutil.connect_unix(monitor))
-    with sock, trio.fail_after(5):
-        buf = b""
-
-        async def line() -> dict:
-            nonlocal buf
-            while b"\n" not in buf:
-                buf += await sock.recv(65536)
-            raw, buf = buf.split(b"\n", 1)
-            return json.loads(raw)
-
-        await line()  # greeting
-        for cmd in ("qmp_capabilities", "stop"):
-            await sock.send(json.dumps({"execute": cmd}).encode() + b"\n")
-            while "return" not in await line():
-                pass
+    await raw_qmp(monitor, {"execute": "stop"})
 
 
 async def test_reused_pid_is_not_mistaken_for_our_qemu(root, fast_config, test_guest, tmp_path):

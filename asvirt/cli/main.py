@@ -530,10 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
     add("quit")
     add("exit")
-    # The network, storage, monitoring, snapshot, memory and vCPU commands live in modules of
-    # their own; importing them registers them.
-    from . import monitor, network, resources, snapshot, storage
+    # The device, network, storage, monitoring, snapshot, memory and vCPU commands live in
+    # modules of their own; importing them registers them.
+    from . import devices, monitor, network, resources, snapshot, storage
 
+    devices.add_parsers(add)
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)

@@ -28,6 +28,7 @@ from .addresses import (
 )
 from .names import validate_name
 from .xmlnode import Node, XElem
+from .xmlsafe import parse_xml
 
 # ---------------------------------------------------------------------------------------------
 # shared pieces
@@ -49,7 +50,9 @@ class DeviceBase:
 
 
 def _parse_alias(node: Node, dev: DeviceBase) -> None:
-    """Read ``<alias name=...>``: user aliases (``ua-...``) are kept, others regenerated."""
+    """Read ``<alias name=...>``: user aliases (``ua-...``) are kept; others come from a live
+    XML dump, and are kept only where the driver reads back its own live XML (a running
+    domain's status: devices plugged while it ran keep their ids). Defining regenerates them."""
     alias = node.child("alias")
     if alias is None:
         return
@@ -60,7 +63,8 @@ def _parse_alias(node: Node, dev: DeviceBase) -> None:
             raise XMLError(f"invalid user alias '{name}' in {node.where}")
         dev.alias = name
         dev.user_alias = True
-    # Any other alias comes from a live XML dump; asvirt assigns the same one again.
+    else:
+        dev.alias = name
 
 
 def _parse_boot(node: Node) -> int | None:
@@ -183,7 +187,12 @@ class Disk(DeviceBase):
             )
         elif self.source is not None or self.startup_policy is not None:
             key = "dev" if self.type == "block" else "file"
-            el.add("source", {key: self.source, "startupPolicy": self.startup_policy})
+            # libvirt's live XML numbers the media's node (libvirt-N-storage): kept by the
+            # status file, so that disks plugged while running keep their nodes' names.
+            index = self.node_index if live and self.source is not None else None
+            el.add(
+                "source", {key: self.source, "startupPolicy": self.startup_policy, "index": index}
+            )
         el.add(
             "target",
             {
@@ -240,6 +249,7 @@ def parse_disk(node: Node) -> Disk:
         if disk.source is not None and not disk.source.startswith("/"):
             raise XMLError(f"disk source '{disk.source}' in {node.where} must be an absolute path")
         disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
+        disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
         src.finish()
     tgt = node.child("target")
     if tgt is None:
@@ -1223,3 +1233,23 @@ def parse_panic(node: Node) -> Panic:
     panic.address = parse_address(node, (ISAAddress,))
     node.finish()
     return panic
+
+
+# ---------------------------------------------------------------------------------------------
+# one device on its own (attach, detach, update)
+
+#: The devices that can be attached to, detached from or updated in a domain.
+HotplugDevice = Disk | Interface
+
+
+def parse_device_xml(text: str | bytes) -> HotplugDevice:
+    """Parse one device's XML (``<disk>`` or ``<interface>``), as ``attach_device`` takes it."""
+    root = parse_xml(text)
+    if root.tag == "disk":
+        return parse_disk(Node(root, ("devices", "disk")))
+    if root.tag == "interface":
+        return parse_interface(Node(root, ("devices", "interface")))
+    raise ConfigUnsupportedError(
+        f"unsupported configuration: attaching, detaching or updating <{root.tag}> is not "
+        "supported (asvirt hotplugs <disk> and <interface>)"
+    )

@@ -19,7 +19,7 @@ import functools
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lxml import etree
 
@@ -1284,6 +1284,20 @@ def _order_disks(disks: list[Disk]) -> list[Disk]:
     return ordered
 
 
+_D = TypeVar("_D")
+
+
+def order_disks(disks: list[Disk]) -> list[Disk]:
+    """``disks`` in libvirt's order (a disk added to a domain goes where libvirt puts it)."""
+    return _order_disks(disks)
+
+
+def clone_device(dev: _D) -> _D:
+    """A deep copy of one device."""
+    copy: _D = _clone(dev)
+    return copy
+
+
 def _free_controller_index(controllers: list[Controller], ctl: Controller) -> int:
     """The index libvirt gives a controller written without one."""
     if ctl.type == "usb" or (ctl.type == "pci" and ctl.model in ("pci-root", "pcie-root")):
@@ -1319,7 +1333,9 @@ __all__ = [
     "MemoryBacking",
     "NVRam",
     "OSDef",
+    "clone_device",
     "insert_controller",
+    "order_disks",
     "parse_cpuset",
     "parse_domain_xml",
 ]

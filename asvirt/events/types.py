@@ -30,6 +30,9 @@ class EventKind(enum.Enum):
     WATCHDOG = "watchdog"
     IO_ERROR = "io-error"
     DEVICE_REMOVED = "device-removed"
+    #: A device asked to go (``detach_device``) was not released by the guest in time; it
+    #: stays, and a DEVICE_REMOVED follows if the guest releases it later.
+    DEVICE_REMOVAL_FAILED = "device-removal-failed"
     BALLOON_CHANGE = "balloon-change"
     BLOCK_JOB = "block-job"
     #: Every QMP event QEMU sends, unchanged, in ``data`` (like libvirt's
@@ -254,7 +257,7 @@ class DomainEvent:
                 reason = "enospc" if data.get("nospace") else data.get("reason", "")
                 line = f"{head}: {data.get('path') or ''} ({data.get('alias', '')}) {action}"
                 return f"{line} due to {reason}" if reason else line
-            case EventKind.DEVICE_REMOVED:
+            case EventKind.DEVICE_REMOVED | EventKind.DEVICE_REMOVAL_FAILED:
                 return f"{head}: {data.get('device', '')}"
             case EventKind.BALLOON_CHANGE:
                 return f"{head}: {data.get('actual_kib', '')}KiB"

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ..conf.devices import Disk, Interface
-from ..conf.domain import DomainDef
+from ..conf.devices import Disk, HotplugDevice, Interface, parse_device_xml
+from ..conf.domain import DomainDef, clone_device
 from ..conf.names import canonical_uuid
 from ..conf.snapshot import SnapshotDef
 from ..conf.units import MAX_MEMORY_KIB
@@ -58,10 +58,11 @@ from ..states import DomainState, ShutoffReason, StateReason
 from . import stats as stats_mod
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
+from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .snapshots import DiskOp, SnapshotCalls
-from .volumes import resolve_volumes
+from .volumes import resolve_disk, resolve_volumes
 
 log = get_logger("asvirt.domain")
 
@@ -185,6 +186,11 @@ class HypervisorBackend(Protocol):
 
     def block_info(self, disk: Disk) -> BlockInfo:
         """The sizes of a disk's image (AsvirtError if it cannot be read)."""
+        ...
+
+    async def with_device(self, defn: DomainDef, dev: HotplugDevice) -> DomainDef:
+        """A new persistent definition: ``defn`` with ``dev`` (parsed XML) added and
+        completed as define completes devices; refuses a clash (same target, same MAC)."""
         ...
 
     # -- snapshots and save images (asvirt.hypervisor.snapshots, .saves) ----------------------
@@ -879,7 +885,102 @@ class DomainDriver(SnapshotCalls, SaveCalls):
     async def _redefine(self, obj: DomainObj, updated: DomainDef) -> None:
         """Store a changed persistent definition (the caller holds the job), checked as
         define_xml() checks one: what is stored is what define would have stored."""
-        defn = await self.backend.parse(updated.to_xml())
+        await self._store_config(obj, await self.backend.parse(updated.to_xml()))
+
+    # -- devices --------------------------------------------------------------------------------
+    #
+    # As libvirt: the persistent definition's change is prepared (and checked) first, then the
+    # running guest's is made, and only then is the new configuration stored; what fails
+    # changes nothing.
+
+    async def domain_attach_device(self, uuid: str, xml: str, live: bool, config: bool) -> None:
+        """Add a device to the running guest (``live``) and/or its configuration
+        (``config``); neither: the current state's (libvirt's ``virDomainAttachDeviceFlags``)."""
+        dev = parse_device_xml(xml)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            new_config = None
+            if config:
+                assert obj.persistent_def is not None
+                new_config = await self.backend.with_device(obj.persistent_def, dev)
+            if live:
+                plugged = clone_device(dev)
+                if isinstance(plugged, Disk):
+                    await resolve_disk(plugged, self.storage)
+                await self._runtime(obj).attach_device(plugged)
+            if new_config is not None:
+                await self._store_config(obj, new_config)
+        log.info(
+            "device attached",
+            domain=obj.name,
+            uuid=obj.uuid,
+            operation="attach-device",
+            device=describe(dev),
+            live=live,
+            config=config,
+        )
+
+    async def domain_detach_device(self, uuid: str, xml: str, live: bool, config: bool) -> bool:
+        """Remove a device from the running guest and/or the configuration (libvirt's
+        ``virDomainDetachDeviceFlags``). The guest must release it: True once it has, False
+        if it has not within the node's deadline (DEVICE_REMOVAL_FAILED; the device stays in
+        the live XML, and goes with DEVICE_REMOVED when the guest releases it)."""
+        dev = parse_device_xml(xml)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            new_config = None
+            if config:
+                assert obj.persistent_def is not None
+                new_config = obj.persistent_def.copy()
+                remove_device(new_config, find_device(new_config, dev))
+            gone = True
+            if live:
+                runtime = self._runtime(obj)
+                gone = await runtime.detach_device(find_device(runtime.live_def, dev))
+            if new_config is not None:
+                await self._store_config(obj, new_config)
+        log.info(
+            "device detached" if gone else "device detach requested",
+            domain=obj.name,
+            uuid=obj.uuid,
+            operation="detach-device",
+            device=describe(dev),
+            live=live,
+            config=config,
+        )
+        return gone
+
+    async def domain_update_device(
+        self, uuid: str, xml: str, live: bool, config: bool, force: bool = False
+    ) -> None:
+        """Change a device in place (libvirt's ``virDomainUpdateDeviceFlags``): a CD-ROM's
+        media (no source: eject) or an interface's link state. ``force``: eject media the
+        guest has locked in (asvirt always does)."""
+        del force  # the tray is always forced open, as libvirt does for a locked tray
+        dev = parse_device_xml(xml)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            new_config = None
+            if config:
+                assert obj.persistent_def is not None
+                new_config = obj.persistent_def.copy()
+                apply_update(find_device(new_config, dev), dev)
+            if live:
+                runtime = self._runtime(obj)
+                current = find_device(runtime.live_def, dev)
+                if isinstance(current, Disk):
+                    assert isinstance(dev, Disk)
+                    media = updated_media(current, dev)
+                    if media.source != current.source or media.type != current.type:
+                        await runtime.change_media(current, media)
+                else:
+                    assert isinstance(dev, Interface)
+                    await runtime.set_link(current, updated_link(current, dev))
+            if new_config is not None:
+                await self._store_config(obj, new_config)
+
+    async def _store_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        """Store a persistent definition that is already checked (the caller holds the job)."""
         await self.backend.save_config(defn)
         obj.persistent_def = defn
 

@@ -25,6 +25,7 @@ from ..states import DomainState, ShutoffReason, StateReason
 from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
+    from ..conf.devices import Disk, HotplugDevice, Interface
     from ..drivers.base import StatsGroup
     from .stats import RuntimeSample, SampleScope
 
@@ -86,6 +87,24 @@ class DomainRuntime(Protocol):
         returns once done, with the live definition saying how many it has.
         ConfigUnsupportedError if the vCPUs that can be plugged cannot make ``count``;
         OperationTimeoutError if the guest did not release a vCPU in time."""
+
+    async def attach_device(self, dev: HotplugDevice) -> None:
+        """Plug a device (parsed XML, volumes resolved) into the guest, and add it to the live
+        definition completed as the hypervisor completes devices (alias, address)."""
+        ...
+
+    async def detach_device(self, dev: HotplugDevice) -> bool:
+        """Ask the guest to release one of the live definition's devices: True once it is
+        gone (DEVICE_REMOVED), False if the guest has not released it in time
+        (DEVICE_REMOVAL_FAILED; it stays until the guest does)."""
+        ...
+
+    async def change_media(self, disk: Disk, new: Disk) -> None:
+        """Replace the media of a live CD-ROM with ``new``'s (no source: eject)."""
+        ...
+
+    async def set_link(self, nic: Interface, state: str | None) -> None:
+        """Set the link of a live interface down (``down``) or up (``up``, None)."""
         ...
 
 

@@ -9,7 +9,7 @@ driver's error (no such pool, pool not active, no such volume, an unsafe backing
 
 from __future__ import annotations
 
-from ..conf.devices import DISK_FORMATS
+from ..conf.devices import DISK_FORMATS, Disk
 from ..conf.domain import DomainDef
 from ..drivers.base import StorageDriver
 from ..errors import ConfigUnsupportedError, OperationUnsupportedError
@@ -22,8 +22,12 @@ def uses_volumes(defn: DomainDef) -> bool:
 async def resolve_volumes(defn: DomainDef, storage: StorageDriver | None) -> None:
     """Make every ``type='volume'`` disk of ``defn`` (a live definition) the file it names."""
     for disk in defn.disks:
-        if disk.type != "volume":
-            continue
+        await resolve_disk(disk, storage)
+
+
+async def resolve_disk(disk: Disk, storage: StorageDriver | None) -> None:
+    """Make a ``type='volume'`` disk (of a live definition) the file it names."""
+    if disk.type == "volume":
         assert disk.source_pool is not None and disk.source_volume is not None
         if storage is None:
             raise OperationUnsupportedError(
@@ -47,4 +51,4 @@ async def resolve_volumes(defn: DomainDef, storage: StorageDriver | None) -> Non
         disk.source_pool = disk.source_volume = None
 
 
-__all__ = ["resolve_volumes", "uses_volumes"]
+__all__ = ["resolve_disk", "resolve_volumes", "uses_volumes"]

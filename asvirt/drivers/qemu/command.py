@@ -174,6 +174,37 @@ def _socket_path(directory: str, name: str) -> str:
     return path
 
 
+def netdev_id(nic: Interface, index: int | None = None) -> str:
+    """QEMU's id for an interface's backend: ``host`` and its alias, as libvirt names it
+    (``hostnet0``)."""
+    if nic.alias:
+        return f"host{nic.alias}"
+    return f"hostnet{index}"
+
+
+def disk_hotplug(
+    defn: DomainDef, caps: QemuCapabilities, disk: Disk
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What ``blockdev-add`` and ``device_add`` take to plug ``disk`` (prepared, and part of
+    ``defn``) into a running QEMU: the same nodes and device the command line would have."""
+    builder = _Builder(defn, caps, sandbox=False)
+    nodes = builder.blockdev_nodes(disk) if disk.source is not None else []
+    props = builder._disk_device(disk, str(nodes[-1]["node-name"]) if nodes else None)
+    return nodes, {k: v for k, v in props.items() if v is not None}
+
+
+def media_nodes(defn: DomainDef, caps: QemuCapabilities, disk: Disk) -> list[dict[str, Any]]:
+    """The ``blockdev-add`` nodes of a removable disk's new media (bottom first)."""
+    return _Builder(defn, caps, sandbox=False).blockdev_nodes(disk)
+
+
+def interface_hotplug(defn: DomainDef, caps: QemuCapabilities, nic: Interface) -> dict[str, Any]:
+    """What ``device_add`` takes to plug ``nic`` (prepared, part of ``defn``), its backend
+    (:func:`netdev_id`) being there already."""
+    props = _Builder(defn, caps, sandbox=False).interface_device(nic, netdev_id(nic))
+    return {k: v for k, v in props.items() if v is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -596,6 +627,15 @@ class _Builder:
             self.device(self._disk_device(disk, top))
 
     def _blockdevs(self, disk: Disk) -> str:
+        nodes = self.blockdev_nodes(disk)
+        for node in nodes:
+            self.add("-blockdev", _json(node))
+        return str(nodes[-1]["node-name"])
+
+    def blockdev_nodes(self, disk: Disk) -> list[dict[str, Any]]:
+        """The ``-blockdev`` nodes of a disk's media, bottom (storage) first: the command
+        line's and ``blockdev-add``'s (hotplug, media change) alike."""
+        nodes: list[dict[str, Any]] = []
         n = disk.node_index
         storage_name = f"libvirt-{n}-storage"
         if disk.type == "block":
@@ -623,7 +663,7 @@ class _Builder:
                 storage["detect-zeroes"] = self._detect_zeroes(disk)
         if cache is not None:
             storage["cache"] = cache
-        self.add("-blockdev", _json(storage))
+        nodes.append(storage)
         top = storage_name
         if layered:
             fmt: dict[str, Any] = {"node-name": f"libvirt-{n}-format", "read-only": readonly}
@@ -635,7 +675,7 @@ class _Builder:
                 fmt["detect-zeroes"] = self._detect_zeroes(disk)
             fmt["driver"] = disk.format
             fmt["file"] = storage_name
-            self.add("-blockdev", _json(fmt))
+            nodes.append(fmt)
             top = f"libvirt-{n}-format"
         if disk.copy_on_read == "on":
             cor = {
@@ -644,9 +684,9 @@ class _Builder:
                 "file": top,
                 "discard": "unmap",
             }
-            self.add("-blockdev", _json(cor))
+            nodes.append(cor)
             top = cor["node-name"]
-        return top
+        return nodes
 
     @staticmethod
     def _detect_zeroes(disk: Disk) -> str:
@@ -710,7 +750,7 @@ class _Builder:
 
     def _interfaces(self) -> None:
         for i, nic in enumerate(self.d.interfaces):
-            netdev = f"hostnet{i}"
+            netdev = netdev_id(nic, i)
             fd = self.tap_fds.get(nic.alias or "")
             if nic.type == "user":
                 self.add("-netdev", f"user,id={netdev}")
@@ -719,15 +759,18 @@ class _Builder:
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
                 self.add("-netdev", f"tap,id={netdev},ifname={ifname},script=no,downscript=no")
-            props: dict[str, Any] = {
-                "driver": NIC_DEVICE[nic.model or "rtl8139"],
-                "netdev": netdev,
-                "id": nic.alias,
-                "mac": nic.mac,
-            }
-            props = self._pci(props, nic.address, f"interface {i}")
-            props["bootindex"] = self.bootindex.get(id(nic))
-            self.device(props)
+            self.device(self.interface_device(nic, netdev))
+
+    def interface_device(self, nic: Interface, netdev: str) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "driver": NIC_DEVICE[nic.model or "rtl8139"],
+            "netdev": netdev,
+            "id": nic.alias,
+            "mac": nic.mac,
+        }
+        props = self._pci(props, nic.address, f"interface '{nic.alias}'")
+        props["bootindex"] = self.bootindex.get(id(nic))
+        return props
 
     # -- character devices ------------------------------------------------------------------------
 

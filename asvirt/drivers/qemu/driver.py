@@ -27,7 +27,7 @@ import trio_asyncio
 
 from ... import config as config_mod
 from ... import fsutil
-from ...conf.devices import Disk
+from ...conf.devices import Disk, HotplugDevice
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...conf.snapshot import SnapshotDef, parse_snapshot_xml
 from ...config import Config
@@ -76,6 +76,7 @@ from .capabilities import (
 )
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
+from .hotplug import prepare_with_device
 from .monitor import MonitorCounters, asyncio_loop
 from .nodeinfo import host_node_info
 from .paths import EmbedPaths
@@ -145,6 +146,11 @@ class QemuBackend:
         defn = parse_domain_xml(xml)
         caps = await self._node.capabilities_for(defn)
         return prepare_domain(defn, caps, nvram_dir=str(self.paths.nvram_dir))
+
+    async def with_device(self, defn: DomainDef, dev: HotplugDevice) -> DomainDef:
+        caps = await self._node.capabilities_for(defn)
+        nvram_dir = str(self.paths.nvram_dir)
+        return prepare_with_device(defn, dev, caps, live=False, nvram_dir=nvram_dir)[0]
 
     async def save_config(self, defn: DomainDef) -> None:
         data = defn.to_xml().encode()
@@ -472,7 +478,7 @@ class QemuNode(Node):
     async def _reattach(self, record: StatusRecord) -> None:
         obj = self.table.find(record.uuid)
         try:
-            live_def = parse_prepared_xml(record.live_xml)
+            live_def = parse_prepared_xml(record.live_xml, live=True)
             if live_def.uuid != record.uuid:
                 raise XMLError("its live XML is another domain's")
             if obj is None:

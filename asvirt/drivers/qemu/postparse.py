@@ -797,30 +797,35 @@ def _assign_usb(d: DomainDef) -> None:
 # aliases
 
 
-def parse_prepared_xml(text: str | bytes) -> DomainDef:
+def parse_prepared_xml(text: str | bytes, *, live: bool = False) -> DomainDef:
     """Read back XML this driver prepared earlier: a config file, a status file's live XML.
 
     The shared parser, then the aliases: they are a pure function of the definition, so a
     definition read back names its devices (and QEMU's ids for them) like the one written.
+    ``live``: the XML is a running domain's (a status file's), whose aliases and disk node
+    numbers are QEMU's ids and are kept as written: devices plugged or unplugged while it
+    ran make them differ from what the definition alone would give.
     No capabilities are needed, and nothing else is filled in: the XML already holds it.
     """
     d = parse_domain_xml(text)
-    assign_aliases(d)
+    assign_aliases(d, keep=live)
     return d
 
 
-def assign_aliases(d: DomainDef) -> None:
+def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
     """Give every device the alias libvirt would (``virtio-disk0``, ``net0``, ``usb``...).
 
-    User aliases (``ua-...``) are kept (the generic post-parse checked they are unique).
+    User aliases (``ua-...``) are kept (the generic post-parse checked they are unique);
+    with ``keep``, so is every alias (and disk node number) the definition already has.
     Safe to call on any definition; devices whose alias depends on an address they do not
     have yet are left without one.
     """
     q35 = machine_family(d.os.machine) == "q35"
     scsi_models = {c.index: c.model for c in d.controllers if c.type == "scsi"}
     for i, disk in enumerate(d.disks):
-        disk.node_index = len(d.disks) - i
-        if disk.user_alias:
+        if not (keep and disk.node_index is not None):
+            disk.node_index = len(d.disks) - i
+        if disk.user_alias or (keep and disk.alias):
             continue
         addr = disk.address
         if disk.bus == "virtio":
@@ -833,7 +838,7 @@ def assign_aliases(d: DomainDef) -> None:
         else:
             disk.alias = None
     for ctl in d.controllers:
-        if ctl.user_alias:
+        if ctl.user_alias or (keep and ctl.alias):
             continue
         if ctl.type == "pci":
             ctl.alias = {"pci-root": "pci.0", "pcie-root": "pcie.0"}.get(
@@ -864,10 +869,10 @@ def assign_aliases(d: DomainDef) -> None:
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):
-            if not item.user_alias:
+            if not (item.user_alias or (keep and item.alias)):
                 item.alias = f"{prefix}{i}"
     for i, con in enumerate(d.consoles):
-        if con.user_alias:
+        if con.user_alias or (keep and con.alias):
             continue
         if i == 0 and con.is_compat_console(d.serials):
             con.alias = d.serials[0].alias
@@ -877,3 +882,7 @@ def assign_aliases(d: DomainDef) -> None:
         chr_.chardev_id = f"char{chr_.alias}" if chr_.alias else None
     if d.memballoon is not None and d.memballoon.model != "none" and not d.memballoon.user_alias:
         d.memballoon.alias = "balloon0"
+    if not keep:
+        for panic in d.panics:  # no alias of its own, as in libvirt's live XML
+            if not panic.user_alias:
+                panic.alias = None

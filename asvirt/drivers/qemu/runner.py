@@ -68,6 +68,7 @@ from .command import (
     links_down,
 )
 from .helpers import DomainHelpers
+from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
@@ -102,9 +103,10 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
-    :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`)."""
+    :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
+    its devices plugged in and out: :class:`~.hotplug.HotplugOps`)."""
 
     def __init__(
         self,
@@ -163,6 +165,8 @@ class QemuRunner(GuestStateOps, ResourceOps):
         self._origin: StartOrigin = None
         #: Who waits for which QMP events (:meth:`watch_events`).
         self._watchers: list[tuple[frozenset[str], trio.MemorySendChannel[dict[str, Any]]]] = []
+        #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
+        self._unplugs: dict[str, trio.Event] = {}
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -645,6 +649,7 @@ class QemuRunner(GuestStateOps, ResourceOps):
             await self._terminate()
             return
         reaction = await self._resync(attaching=True)
+        await self._forget_unplugged()
         if reaction is not None and reaction.follow_up is not None:
             # A guest that shut down or panicked while nobody watched gets its follow-up
             # now, before anyone is told the domain's state.
@@ -711,6 +716,9 @@ class QemuRunner(GuestStateOps, ResourceOps):
 
     async def _pump(self) -> None:
         async for event in self._event_recv:
+            if event.get("event") == "DEVICE_DELETED":
+                # Out of the live XML before DEVICE_REMOVED is published.
+                self._device_deleted(event)
             self._handle(self.machine.on_qmp_event(event))
             self._follow_devices(event)
             self._tell_watchers(event)

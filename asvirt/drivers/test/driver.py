@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import trio
 from lxml import etree
 
-from ...conf.devices import Disk
+from ...conf.devices import Disk, HotplugDevice
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...conf.postparse import postparse_domain
 from ...conf.snapshot import SnapshotDef
@@ -46,7 +46,7 @@ from ...hypervisor.saveimage import ImageSink
 from ...hypervisor.snapshots import DiskOp
 from ...states import DomainState, ShutoffReason
 from ..base import BlockInfo, HypervisorVersion, NodeInfo, SecurityLabel, SecurityModel
-from .guest import SimulatedVM
+from .guest import SimulatedVM, with_device
 from .state import TestNode
 
 #: The host libvirt's test driver describes (``defaultNodeInfo`` in its test_driver.c): an
@@ -170,6 +170,10 @@ class TestBackend:
     async def parse(self, xml: str) -> DomainDef:
         defn, _ = parse_test_domain_xml(xml)
         return defn
+
+    async def with_device(self, defn: DomainDef, dev: HotplugDevice) -> DomainDef:
+        await trio.lowlevel.checkpoint()
+        return with_device(defn, dev)
 
     async def save_config(self, defn: DomainDef) -> None:
         pass  # the node lives in memory

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ...conf.devices import Disk, HotplugDevice, Interface
 from ...conf.domain import DomainDef
+from ...conf.postparse import postparse_domain
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
@@ -50,7 +52,7 @@ from ...errors import (
     OperationUnsupportedError,
     QMPError,
 )
-from ...events.types import ResumedDetail, SuspendedDetail
+from ...events.types import EventKind, ResumedDetail, SuspendedDetail
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import (
     FromImage,
@@ -59,6 +61,7 @@ from ...hypervisor.guest_state import (
     StartOrigin,
     StopCause,
 )
+from ...hypervisor.hotplug import check_new_device, fresh_copy, insert_device, remove_device
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import (
     VCPU_RUNNING,
@@ -490,6 +493,28 @@ class SimulatedVM:
             )
         self._unplugged.set()
 
+    # Devices come and go at once: the simulated guest releases what it is asked to.
+
+    async def attach_device(self, dev: HotplugDevice) -> None:
+        await trio.lowlevel.checkpoint()
+        completed = with_device(self._live_def, dev)
+        self._live_def.disks, self._live_def.interfaces = completed.disks, completed.interfaces
+
+    async def detach_device(self, dev: HotplugDevice) -> bool:
+        await trio.lowlevel.checkpoint()
+        remove_device(self._live_def, dev)
+        name = dev.alias or (dev.target if isinstance(dev, Disk) else dev.mac)
+        self._callbacks.publish(EventKind.DEVICE_REMOVED, data={"device": name, "path": None})
+        return True
+
+    async def change_media(self, disk: Disk, new: Disk) -> None:
+        await trio.lowlevel.checkpoint()
+        disk.type, disk.source, disk.format = new.type, new.source, new.format
+
+    async def set_link(self, nic: Interface, state: str | None) -> None:
+        await trio.lowlevel.checkpoint()
+        nic.link_state = state
+
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
         self._balloon_actual = self._balloon_target  # its balloon is where it was asked
@@ -759,6 +784,16 @@ _COMMANDS: dict[str, Callable[[SimulatedVM], Any]] = {
 
 #: The QMP commands the test driver simulates.
 SIMULATED_QMP_COMMANDS = frozenset(_COMMANDS)
+
+
+def with_device(defn: DomainDef, dev: HotplugDevice) -> DomainDef:
+    """``defn`` with ``dev`` added, completed by the generic post-parse (a MAC): the test
+    driver's own completion of a definition."""
+    new = fresh_copy(dev)
+    check_new_device(defn, new)
+    work = defn.copy()
+    insert_device(work, new)
+    return postparse_domain(work)
 
 
 def _read_state(origin: FromImage) -> dict[str, Any]:

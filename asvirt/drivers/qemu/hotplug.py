@@ -1,0 +1,393 @@
+"""Devices plugged into and out of a running QEMU, and CD-ROM media and link changes.
+
+:func:`prepare_with_device` completes a new device as define would (the same post-parse:
+model, MAC, drive or PCI address, alias), in the context of the definition it joins.
+:class:`HotplugOps`, a part of :class:`~.runner.QemuRunner`, plugs it in with the command
+line builder's own ``-blockdev`` nodes and ``-device`` properties
+(:func:`~.command.disk_hotplug`, :func:`~.command.interface_hotplug`): ``blockdev-add``
+then ``device_add`` for a disk; a tap made and plugged into its bridge as at start, its
+descriptor handed over with ``getfd``, ``netdev_add`` then ``device_add`` for an interface.
+
+Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe hotplug
+event the guest must act on). Nothing polls: QEMU's ``DEVICE_DELETED`` event is the
+device's end, whenever it comes. The runner then takes the device out of the live XML
+(before DEVICE_REMOVED is published, so that whoever reads the XML on that event no longer
+sees it) and removes its backend (``blockdev-del``, ``netdev_del``). A detach waits for
+that up to ``[qemu] unplug_timeout`` seconds; a guest that has not released the device by
+then gets a DEVICE_REMOVAL_FAILED event, and the device stays in the live XML until QEMU
+reports it gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ...conf.addresses import PCIAddress
+from ...conf.devices import Disk, HotplugDevice, Interface
+from ...conf.domain import DomainDef
+from ...errors import (
+    AsvirtError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationTimeoutError,
+    OperationUnsupportedError,
+    QMPError,
+)
+from ...events.types import EventKind
+from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
+from .capabilities import QemuCapabilities
+from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id
+from .postparse import prepare_domain
+
+if TYPE_CHECKING:
+    from structlog.stdlib import BoundLogger
+
+    from ...hypervisor.domain_driver import RuntimeCallbacks
+    from .monitor import Monitor
+    from .runner import RunnerEnv
+
+_fd_names = itertools.count(1)
+
+
+def prepare_with_device(
+    defn: DomainDef,
+    dev: HotplugDevice,
+    caps: QemuCapabilities,
+    *,
+    live: bool,
+    nvram_dir: str | None = None,
+) -> tuple[DomainDef, HotplugDevice]:
+    """``defn`` with ``dev`` added and completed as define completes devices (a new
+    definition), and the completed device in it.
+
+    ``live``: ``defn`` is a running domain's. The devices it has keep their ids (aliases and
+    disk node numbers are QEMU's names for them, whatever the definition would give them
+    now), the new device gets ids no device had, and it must fit the controllers the domain
+    already has: controllers are not plugged in on the device's behalf. ``nvram_dir``: as
+    for :func:`~.postparse.prepare_domain`.
+    """
+    new = fresh_copy(dev)
+    check_new_device(defn, new)
+    if live:
+        check_pluggable(new)
+    work = defn.copy()
+    insert_device(work, new)
+    prepared = prepare_domain(work, caps, nvram_dir=nvram_dir)
+    added = _same_device(prepared, new)
+    if not live:
+        return prepared, added
+    before = {(c.type, c.index) for c in defn.controllers}
+    missing = [c for c in prepared.controllers if (c.type, c.index) not in before]
+    if missing:
+        ctl = missing[0]
+        raise OperationUnsupportedError(
+            f"{describe(added)} needs {ctl.type} controller {ctl.index}, which the running "
+            "domain does not have: add the device to its configuration (config=True) and "
+            "restart it, or attach it where a controller is"
+        )
+    old_disks = {d.target: d for d in defn.disks}
+    for disk in prepared.disks:
+        old = old_disks.get(disk.target)
+        if old is not None:
+            disk.alias, disk.node_index = old.alias, old.node_index
+    old_nics = {n.mac: n for n in defn.interfaces}
+    for nic in prepared.interfaces:
+        old_nic = old_nics.get(nic.mac)
+        if old_nic is not None:
+            nic.alias = old_nic.alias
+    if isinstance(added, Disk):
+        added.node_index = 1 + max((d.node_index or 0 for d in defn.disks), default=0)
+        if added.alias in {d.alias for d in defn.disks}:
+            raise OperationInvalidError(f"a device called '{added.alias}' already exists")
+    elif not added.user_alias:
+        taken = {n.alias for n in defn.interfaces}
+        added.alias = next(f"net{i}" for i in itertools.count() if f"net{i}" not in taken)
+    if added.address is not None and isinstance(added.address, PCIAddress):
+        bus = prepared.controller("pci", added.address.bus)
+        if bus is not None and bus.model == "pcie-root":
+            raise OperationUnsupportedError(
+                f"{describe(added)} would go on the PCIe root bus, where devices cannot be "
+                "hotplugged: give the domain a free pcie-root-port"
+            )
+    return prepared, added
+
+
+#: Disk buses whose controllers QEMU cannot plug devices into (or out of) while it runs.
+UNPLUGGABLE_BUSES = ("ide", "sata")
+
+
+def check_pluggable(dev: HotplugDevice) -> None:
+    """Refuse, before QEMU is asked, a device QEMU cannot plug in or out of a running guest
+    (libvirt refuses these too): an IDE or SATA disk. Their CD-ROM media can change."""
+    if isinstance(dev, Disk) and dev.bus in UNPLUGGABLE_BUSES:
+        raise OperationUnsupportedError(
+            f"disk '{dev.target}': QEMU cannot plug {dev.bus} disks into or out of a running "
+            "domain; use the virtio or scsi bus (a CD-ROM's media can change: update_device), "
+            "or change the configuration only"
+        )
+
+
+def _same_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
+    if isinstance(dev, Disk):
+        return next(d for d in defn.disks if d.target == dev.target)
+    return next(n for n in defn.interfaces if n.mac == dev.mac) if dev.mac else defn.interfaces[-1]
+
+
+def media_node_names(disk: Disk) -> list[str]:
+    """The -blockdev nodes of a disk's media, top first (the order blockdev-del needs)."""
+    if disk.source is None or disk.node_index is None:
+        return []
+    names = []
+    if disk.copy_on_read == "on":
+        names.append(f"libvirt-CoR-{disk.target}")
+    if disk.format != "raw":
+        names.append(f"libvirt-{disk.node_index}-format")
+    names.append(f"libvirt-{disk.node_index}-storage")
+    return names
+
+
+class HotplugOps:
+    """Device hotplug for a QEMU runner (a mixin of QemuRunner)."""
+
+    if TYPE_CHECKING:
+        # What it uses of the runner.
+        exited: bool
+        log: BoundLogger
+        _name: str
+        _uuid: str
+        _live_def: DomainDef
+        _live_xml: str | None
+        _monitor: Monitor | None
+        _env: RunnerEnv
+        _callbacks: RuntimeCallbacks
+        _nursery: trio.Nursery | None
+        _unplugs: dict[str, trio.Event]
+
+        async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+        async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+        def mark_dirty(self) -> None: ...
+
+        def _persist_status(self, durable: bool = True) -> None: ...
+
+    def _live_changed(self) -> None:
+        self._live_xml = None
+        self.mark_dirty()
+
+    # -- attach ---------------------------------------------------------------------------------
+
+    async def attach_device(self, dev: HotplugDevice) -> None:
+        """Plug ``dev`` (parsed XML, volumes resolved) into the running guest and add it to
+        the live definition; on failure, whatever was plugged is taken out again."""
+        caps = await self._env.capabilities_for(self._live_def)
+        prepared, new = prepare_with_device(self._live_def, dev, caps, live=True)
+        security = self._env.security
+        if security is not None and isinstance(new, Disk):
+            security.prepare(self._uuid, prepared, prepared.emulator or caps.binary)
+            self._persist_status(durable=True)  # names the file before it is given
+            security.apply(self._uuid)
+        if isinstance(new, Disk):
+            await self._plug_disk(prepared, caps, new)
+        else:
+            await self._plug_interface(prepared, caps, new)
+        insert_device(self._live_def, new)
+        self._live_changed()
+        self.log.info("device attached", operation="attach-device", device=new.alias)
+
+    async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
+        nodes, props = disk_hotplug(prepared, caps, disk)
+        added: list[str] = []
+        try:
+            for node in nodes:
+                await self.execute("blockdev-add", node)
+                added.append(str(node["node-name"]))
+            await self.execute("device_add", props)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly_del_nodes(reversed(added))
+            raise
+
+    async def _plug_interface(
+        self, prepared: DomainDef, caps: QemuCapabilities, nic: Interface
+    ) -> None:
+        netdev = netdev_id(nic)
+        args: dict[str, Any] = {"id": netdev}
+        fd = None
+        if nic.type == "user":
+            args["type"] = "user"
+        else:
+            plug = self._env.plug_interfaces
+            if plug is None:
+                raise OperationUnsupportedError(
+                    f"interfaces of type '{nic.type}' cannot be plugged on this node"
+                )
+            alone = prepared.copy()
+            alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
+            fds = await plug(alone)
+            fd = fds[nic.alias or ""]
+            plugged = alone.interfaces[0]
+            nic.target_dev, nic.source_bridge = plugged.target_dev, plugged.source_bridge
+            args.update(type="tap", fd=f"asvirt-tap{next(_fd_names)}")
+        try:
+            if fd is not None:
+                assert self._monitor is not None
+                # The tap exists while a descriptor is open: ours until QEMU has its own.
+                await self._monitor.send_fd(fd, args["fd"])
+            await self.execute("netdev_add", args)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        try:
+            await self.execute("device_add", interface_hotplug(prepared, caps, nic))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly("netdev_del", {"id": netdev})
+            raise
+
+    # -- detach ---------------------------------------------------------------------------------
+
+    async def detach_device(self, dev: HotplugDevice) -> bool:
+        """Ask the guest to release ``dev`` (one of the live definition's devices); True once
+        it is gone, False if the guest has not released it within ``unplug_timeout`` (then
+        DEVICE_REMOVAL_FAILED is published and it stays until QEMU reports it gone)."""
+        check_pluggable(dev)
+        alias = dev.alias
+        if not alias:
+            raise OperationFailedError(f"{describe(dev)} has no alias: it cannot be unplugged")
+        gone = self._unplugs.get(alias)
+        if gone is None:
+            gone = self._unplugs[alias] = trio.Event()
+        await self.execute("device_del", {"id": alias})
+        with trio.move_on_after(self._env.config.unplug_timeout):
+            await gone.wait()
+        if gone.is_set():
+            return True
+        self.log.warning(
+            "the guest has not released the device", operation="detach-device", device=alias
+        )
+        self._callbacks.publish(EventKind.DEVICE_REMOVAL_FAILED, data={"device": alias})
+        return False
+
+    def _device_deleted(self, event: dict[str, Any]) -> None:
+        """QEMU's DEVICE_DELETED: a device of the live definition is gone (called by the
+        pump before the event is published; must not block)."""
+        alias = (event.get("data") or {}).get("device")
+        if not alias:
+            return
+        live = self._live_def
+        disk = next((d for d in live.disks if d.alias == alias), None)
+        nic = next((n for n in live.interfaces if n.alias == alias), None)
+        if disk is not None:
+            live.disks.remove(disk)
+        elif nic is not None:
+            live.interfaces.remove(nic)
+        else:
+            return
+        self._live_changed()
+        self.log.info("device removed", operation="detach-device", device=alias)
+        gone = self._unplugs.pop(alias, None)
+        if gone is None:  # removed without a detach being asked (or after it gave up)
+            gone = trio.Event()
+        if self._nursery is None:
+            gone.set()
+            return
+        self._nursery.start_soon(self._remove_backend, disk, nic, gone)
+
+    async def _remove_backend(
+        self, disk: Disk | None, nic: Interface | None, gone: trio.Event
+    ) -> None:
+        try:
+            if disk is not None:
+                await self._quietly_del_nodes(media_node_names(disk))
+            elif nic is not None:
+                await self._quietly("netdev_del", {"id": netdev_id(nic)})
+        finally:
+            gone.set()
+
+    async def _quietly_del_nodes(self, names: Any) -> None:
+        for name in names:
+            await self._quietly("blockdev-del", {"node-name": name})
+
+    async def _quietly(self, command: str, arguments: dict[str, Any]) -> None:
+        """Clean up after a device; a failure is logged (QEMU may be gone meanwhile)."""
+        if self._monitor is None or self.exited:
+            return
+        try:
+            await self._call(command, arguments)
+        except (AsvirtError, trio.BrokenResourceError) as err:
+            self.log.warning("cannot remove a device's backend", command=command, error=str(err))
+
+    async def _forget_unplugged(self) -> None:
+        """After a re-attach: devices QEMU removed while nobody watched (a guest released
+        one after its supervisor had gone) leave the live XML, reported as DEVICE_REMOVED."""
+        try:
+            children = await self._call("qom-list", {"path": "/machine/peripheral"})
+        except (QMPError, OperationTimeoutError) as err:
+            self.log.warning("cannot list QEMU's devices", error=str(err))
+            return
+        present = {c.get("name") for c in children if str(c.get("type", "")).startswith("child<")}
+        gone = [
+            dev.alias
+            for dev in [*self._live_def.disks, *self._live_def.interfaces]
+            if dev.alias and dev.alias not in present
+        ]
+        for alias in gone:
+            done = self._unplugs[alias] = trio.Event()
+            self._device_deleted({"data": {"device": alias}})
+            path = f"/machine/peripheral/{alias}"
+            self._callbacks.publish(EventKind.DEVICE_REMOVED, data={"device": alias, "path": path})
+            await done.wait()  # its backend is gone too before anyone is told the domain's state
+
+    # -- update ---------------------------------------------------------------------------------
+
+    async def change_media(self, disk: Disk, new: Disk) -> None:
+        """Replace the media of the live CD-ROM ``disk`` with ``new``'s (no source: eject)."""
+        alias = disk.alias
+        assert alias
+        caps = await self._env.capabilities_for(self._live_def)
+        fresh = new
+        if new.source is not None:
+            fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
+            security = self._env.security
+            if security is not None:
+                probe = self._live_def.copy()
+                probe.disks = [fresh]
+                security.prepare(self._uuid, probe, probe.emulator or caps.binary)
+                self._persist_status(durable=True)
+                security.apply(self._uuid)
+        await self.execute("blockdev-open-tray", {"id": alias, "force": True})
+        if disk.source is not None:
+            await self.execute("blockdev-remove-medium", {"id": alias})
+            await self._quietly_del_nodes(media_node_names(disk))
+            disk.source = None
+            self._live_changed()
+        if fresh.source is not None:
+            added: list[str] = []
+            try:
+                for node in media_nodes(self._live_def, caps, fresh):
+                    await self.execute("blockdev-add", node)
+                    added.append(str(node["node-name"]))
+                await self.execute("blockdev-insert-medium", {"id": alias, "node-name": added[-1]})
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._quietly_del_nodes(reversed(added))
+                raise
+            disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
+            disk.node_index = fresh.node_index
+            self._live_changed()
+        await self.execute("blockdev-close-tray", {"id": alias})
+
+    async def set_link(self, nic: Interface, state: str | None) -> None:
+        """Set a live interface's link down (``down``) or up (what the guest sees)."""
+        assert nic.alias
+        await self.execute("set_link", {"name": nic.alias, "up": state != "down"})
+        nic.link_state = state
+        self._live_changed()
+
+
+__all__ = ["HotplugOps", "media_node_names", "prepare_with_device"]

@@ -1,0 +1,138 @@
+"""Devices added to, removed from and changed in a domain's definitions: the rules every
+hypervisor driver shares (libvirt's ``virDomainAttachDeviceFlags`` and friends).
+
+A device is matched as libvirt matches it: a disk by its target (``vdb``), an interface by
+its MAC address (or, when the XML names none, the domain's only interface). A new device
+may not reuse a disk target or a MAC address; disks are kept in libvirt's order (by bus,
+then target), interfaces in the order they came.
+"""
+
+from __future__ import annotations
+
+from ..conf.devices import Disk, HotplugDevice, Interface
+from ..conf.domain import DomainDef, clone_device, order_disks
+from ..errors import DeviceMissingError, OperationFailedError, OperationInvalidError
+
+
+def describe(dev: HotplugDevice) -> str:
+    """How messages name a device: ``disk 'vdb'``, ``interface 52:54:00:...``."""
+    if isinstance(dev, Disk):
+        return f"disk '{dev.target}'"
+    return f"interface {dev.mac}" if dev.mac else f"interface of type '{dev.type}'"
+
+
+def find_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
+    """The device of ``defn`` that ``dev`` (parsed XML) names; DeviceMissingError if none."""
+    if isinstance(dev, Disk):
+        for disk in defn.disks:
+            if disk.target == dev.target:
+                return disk
+        raise DeviceMissingError(f"disk {dev.target} not found")
+    if dev.mac is not None:
+        for nic in defn.interfaces:
+            if nic.mac == dev.mac:
+                return nic
+        raise DeviceMissingError(f"no interface with MAC address {dev.mac} found")
+    candidates = [nic for nic in defn.interfaces if nic.type == dev.type]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise DeviceMissingError(f"no interface of type '{dev.type}' found")
+    raise OperationFailedError(
+        f"the domain has {len(candidates)} interfaces of type '{dev.type}': name one by its "
+        "<mac address=...>"
+    )
+
+
+def check_new_device(defn: DomainDef, dev: HotplugDevice) -> None:
+    """Refuse a device that would clash with one ``defn`` has (same target or MAC)."""
+    if isinstance(dev, Disk):
+        if any(disk.target == dev.target for disk in defn.disks):
+            raise OperationInvalidError(f"target {dev.target} already exists")
+    elif dev.mac is not None and any(nic.mac == dev.mac for nic in defn.interfaces):
+        raise OperationInvalidError(f"MAC address {dev.mac} is already in use")
+
+
+def insert_device(defn: DomainDef, dev: HotplugDevice) -> None:
+    """Add ``dev`` to ``defn`` where libvirt puts it."""
+    if isinstance(dev, Disk):
+        defn.disks = order_disks([*defn.disks, dev])
+    else:
+        defn.interfaces.append(dev)
+
+
+def remove_device(defn: DomainDef, dev: HotplugDevice) -> None:
+    """Take ``dev`` (one of ``defn``'s own device objects) out of ``defn``."""
+    items: list[Disk] | list[Interface] = defn.disks if isinstance(dev, Disk) else defn.interfaces
+    for i, item in enumerate(items):
+        if item is dev:
+            del items[i]
+            return
+
+
+def fresh_copy(dev: HotplugDevice) -> HotplugDevice:
+    """A copy of parsed device XML without what only a running domain's XML may say (an
+    alias that is not a user's, a disk's node number): the driver assigns those."""
+    copy = clone_device(dev)
+    if not copy.user_alias:
+        copy.alias = None
+    if isinstance(copy, Disk):
+        copy.node_index = None
+    return copy
+
+
+def updated_media(current: Disk, new: Disk) -> Disk:
+    """The disk ``current`` would become with ``new``'s media (an update_device of a CD-ROM):
+    only the source (and its type and format) may differ; no source means ejected."""
+    if current.device != "cdrom":
+        raise OperationInvalidError(
+            f"disk '{current.target}' is a {current.device}: only the media of a cdrom can change"
+        )
+    if new.bus != current.bus or new.device != current.device:
+        raise OperationInvalidError(
+            f"cannot change the bus or device type of disk '{current.target}'"
+        )
+    if new.type == "volume":
+        raise OperationInvalidError(
+            f"disk '{current.target}': a storage volume cannot be inserted as media; give its path"
+        )
+    result = clone_device(current)
+    assert isinstance(result, Disk)
+    result.source = new.source
+    result.type = new.type
+    result.format = new.format or "raw"
+    return result
+
+
+def updated_link(current: Interface, new: Interface) -> str | None:
+    """The link state ``current`` would have with ``new``'s XML (an update_device of an
+    interface: only the link may change; no ``<link>`` means up)."""
+    if new.type != current.type or (new.model is not None and new.model != current.model):
+        raise OperationInvalidError(
+            f"{describe(current)}: only the link state of an interface can be changed"
+        )
+    return new.link_state
+
+
+def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
+    """Make ``current`` (a definition's device) what update_device's ``new`` says."""
+    if isinstance(current, Disk):
+        assert isinstance(new, Disk)
+        media = updated_media(current, new)
+        current.type, current.source, current.format = media.type, media.source, media.format
+    else:
+        assert isinstance(new, Interface)
+        current.link_state = updated_link(current, new)
+
+
+__all__ = [
+    "apply_update",
+    "check_new_device",
+    "describe",
+    "find_device",
+    "fresh_copy",
+    "insert_device",
+    "remove_device",
+    "updated_link",
+    "updated_media",
+]
