@@ -65,7 +65,7 @@ def test_domblklist_table(vm: Path, tmp_path: Path):
     width = max(len("Source"), len(src))
     assert out == (
         " Target   Source\n"
-        + "-" * (6 + 3 + width + 2)
+        + "-" * (6 + 3 + width + 3)  # as vsh-table.c rules it
         + "\n"
         + f" vda      {src}\n"
         + " hdc      -\n\n"
