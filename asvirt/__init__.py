@@ -21,6 +21,12 @@ import typing as _typing
 # The public names load on first use: a command-line client that talks to a daemon imports
 # what it needs (errors, handles), not the event loop, the drivers or QEMU support.
 _LAZY: dict[str, str] = {
+    "AgentLifecycleReason": ".events.types",
+    "AgentLifecycleState": ".events.types",
+    "InterfaceAddressSource": ".drivers.base",
+    "ShutdownMode": ".drivers.base",
+    "ArgumentUnsupportedError": ".errors",
+    "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
     "BlockInfo": ".drivers.base",
     "BlockedReason": ".states",
@@ -95,12 +101,16 @@ if _typing.TYPE_CHECKING:
         BlockInfo,
         DomainInfo,
         DomainSnapshotInfo,
+        InterfaceAddressSource,
         InterfaceStats,
+        ShutdownMode,
         StatsGroup,
         StoragePoolInfo,
         StorageVolInfo,
     )
     from .errors import (
+        AgentUnresponsiveError,
+        ArgumentUnsupportedError,
         AsvirtError,
         ConfigUnsupportedError,
         DomainExistsError,
@@ -127,6 +137,8 @@ if _typing.TYPE_CHECKING:
     )
     from .events.bus import Subscription
     from .events.types import (
+        AgentLifecycleReason,
+        AgentLifecycleState,
         CrashedDetail,
         DefinedDetail,
         DomainEvent,
@@ -176,6 +188,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentLifecycleReason",
+    "AgentLifecycleState",
+    "AgentUnresponsiveError",
+    "ArgumentUnsupportedError",
     "AsvirtError",
     "BlockInfo",
     "BlockedReason",
@@ -195,6 +211,7 @@ __all__ = [
     "ErrorCode",
     "EventDetail",
     "EventKind",
+    "InterfaceAddressSource",
     "InterfaceStats",
     "InternalError",
     "InvalidArgError",
@@ -222,6 +239,7 @@ __all__ = [
     "ResumedDetail",
     "RunningReason",
     "ShutdownDetail",
+    "ShutdownMode",
     "ShutdownReason",
     "ShutoffReason",
     "StartedDetail",

@@ -28,6 +28,10 @@ class QemuConfig:
     #: Seconds a statistics query (query-blockstats...) may take: a QEMU that does not answer
     #: in time only lacks those figures; the other domains' are not held up.
     stats_timeout: float = 5.0
+    #: Seconds the guest agent may take to answer a call that names no timeout of its own
+    #: (fs_freeze, set_time, ...): then the call fails with AGENT_UNRESPONSIVE. (libvirt
+    #: waits forever by default; an agent that is not running would hang the caller.)
+    agent_timeout: float = 10.0
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True

@@ -43,6 +43,7 @@ from .drivers.base import (
     InterfaceStats,
     NetworkDHCPLease,
     NetworkRef,
+    ShutdownMode,
     StatsGroup,
     StoragePoolInfo,
     StoragePoolRef,
@@ -194,8 +195,8 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True)
-    async def domain_shutdown(self, uuid: str) -> None:
-        """Press the ACPI power button."""
+    async def domain_shutdown(self, uuid: str, mode: ShutdownMode = ShutdownMode.DEFAULT) -> None:
+        """Ask the guest to power off: through its agent, or the ACPI power button."""
         ...
 
     @call(mutates=True)
@@ -316,6 +317,36 @@ class DomainCalls(Protocol):
         self, uuid: str, period: int, live: bool, config: bool
     ) -> None:
         """How often the balloon reports the guest's memory statistics (seconds; 0: never)."""
+
+    # -- the guest agent ----------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_agent_command(self, uuid: str, command: str, timeout: float | None) -> str:
+        """Run a raw guest agent command (JSON text); the agent's reply (virsh
+        qemu-agent-command): it may change anything in the guest."""
+        ...
+
+    @call(mutates=True)
+    async def domain_fs_freeze(self, uuid: str, mountpoints: list[str] | None) -> int:
+        """Freeze the guest's filesystems (all, or those mounted at ``mountpoints``)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_fs_thaw(self, uuid: str, mountpoints: list[str] | None) -> int:
+        """Thaw the guest's frozen filesystems."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_time(self, uuid: str) -> list[int]:
+        """The guest's clock, as the agent reads it: seconds and nanoseconds."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_time(
+        self, uuid: str, seconds: int | None, nseconds: int, sync: bool
+    ) -> None:
+        """Set the guest's clock (``sync``: from its RTC) through the agent."""
+        ...
 
     # -- snapshots --------------------------------------------------------------------------
 

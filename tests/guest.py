@@ -17,6 +17,12 @@ GUEST_DIR = Path(
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asvirt" / "test-guest"
 )
 READY = "ASVIRT-GUEST-READY"
+#: The guest agent's channel (the guest starts qemu-ga on it unless ``asvirt.agent=off``).
+AGENT_CHANNEL_XML = """
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>"""
 
 #: The domain type for tests that only need a paused (or never booted) VM: KVM when it works,
 #: for speed. A guest that must boot runs under TCG ('qemu'): on these machines /dev/kvm is

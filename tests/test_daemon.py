@@ -282,6 +282,12 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "device": "",  # every disk, where a call takes that
         "stats": 0,  # every group
         "uuids": None,
+        "timeout": 1.0,
+        "mountpoints": None,
+        "seconds": 0,
+        "nseconds": 0,
+        "sync": False,
+        "mode": 1,  # ShutdownMode.ACPI
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

@@ -158,6 +158,16 @@ class InterfaceAddressSource(enum.IntEnum):
     ARP = 2
 
 
+class ShutdownMode(enum.IntFlag):
+    """How :meth:`asvirt.Domain.shutdown` asks the guest (libvirt's
+    ``virDomainShutdownFlagValues``). ``DEFAULT``: through the guest agent when the domain has
+    one and it is connected, else (or if the agent fails) the ACPI power button."""
+
+    DEFAULT = 0
+    ACPI = 1
+    AGENT = 2
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class InterfaceAddress:
     type: IPAddrType
@@ -325,6 +335,7 @@ __all__ = [
     "NetworkDriver",
     "NetworkRef",
     "ProgressCallback",
+    "ShutdownMode",
     "StatsGroup",
     "StorageDriver",
     "StoragePoolInfo",

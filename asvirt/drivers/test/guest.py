@@ -40,6 +40,9 @@ import trio
 from ...conf.domain import DomainDef
 from ...drivers.base import ProgressCallback
 from ...errors import (
+    AgentUnresponsiveError,
+    ArgumentUnsupportedError,
+    InternalError,
     OperationFailedError,
     OperationInvalidError,
     OperationUnsupportedError,
@@ -147,6 +150,9 @@ class SimulatedVM:
         # CPU time: the guest uses its vCPU whenever QEMU runs it.
         self._cpu_ns = 0
         self._running_since: int | None = None
+        # The simulated guest agent's state.
+        self._frozen = False
+        self._clock_offset_ns = 0
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -315,6 +321,57 @@ class SimulatedVM:
 
     def persistence_changed(self) -> None:
         pass  # nothing is kept on disk
+
+    async def agent_command(
+        self, execute: str, arguments: dict[str, Any] | None, timeout: float | None
+    ) -> Any:
+        """A simulated qemu-ga (libvirt's test driver simulates the agent's calls too): it
+        answers when the domain has the agent's channel and the guest runs."""
+        await trio.lowlevel.checkpoint()
+        if not any(c.target_name == "org.qemu.guest_agent.0" for c in self._live_def.channels):
+            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        if not self.guest_running():
+            raise AgentUnresponsiveError(
+                "Guest agent is not responding: QEMU guest agent is not connected"
+            )
+        args = arguments or {}
+        result: Any
+        match execute:
+            case "guest-ping":
+                result = {}
+            case "guest-info":
+                result = {"version": "7.2.0", "supported_commands": []}
+            case "guest-fsfreeze-freeze" | "guest-fsfreeze-freeze-list":
+                result = 0 if self._frozen else len(args.get("mountpoints") or ["/"])
+                self._frozen = True
+            case "guest-fsfreeze-thaw":
+                result, self._frozen = (1 if self._frozen else 0), False
+            case "guest-fsfreeze-status":
+                result = "frozen" if self._frozen else "thawed"
+            case "guest-get-time":
+                result = time.time_ns() + self._clock_offset_ns
+            case "guest-set-time":
+                if "time" in args:
+                    self._clock_offset_ns = int(args["time"]) - time.time_ns()
+                result = {}
+            case "guest-network-get-interfaces":
+                lo = {"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}
+                result = [
+                    {"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": [lo]}
+                ]
+                for i, nic in enumerate(self._live_def.interfaces):
+                    result.append({"name": f"eth{i}", "hardware-address": nic.mac or ""})
+            case "guest-shutdown":
+                self._scheduler.call_later(
+                    0, lambda: self.guest_poweroff() if self.guest_running() else None
+                )
+                return None
+            case _:
+                raise InternalError(
+                    f"unable to execute QEMU agent command '{execute}': "
+                    f"The command {execute} has not been found"
+                )
+        return {"return": result}
 
     async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
         """libvirt's test-driver figures: fixed ones derived from the definition, counters
