@@ -9,7 +9,7 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .drivers.base import (
     BlockInfo,
@@ -30,6 +30,9 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
+
+if TYPE_CHECKING:
+    from .console import Console
 from .snapshot import DomainSnapshot
 from .states import DomainState, StateReason
 from .storage import StorageVol, disk_volumes
@@ -212,6 +215,22 @@ class Domain(Handle):
         every interface of the guest (the loopback too), with the addresses it has.
         """
         return await self._call("domain_interface_addresses", source=source)
+
+    # -- the serial console --------------------------------------------------------------------
+
+    async def open_console(self, device: str | None = None, *, force: bool = False) -> Console:
+        """Attach to the running guest's serial console (``device``: a serial or console
+        alias, ``serial0``; None: the first) as a trio stream; use it with ``async with``.
+
+        The device must be a ``<serial type='pty'>`` (give it a ``<log file=...>`` to keep
+        its output while nobody is attached). One client at a time, as libvirt: a second
+        open fails with OperationFailedError unless ``force``, which takes it over (the
+        first one's stream then ends). Closing the connection detaches too.
+        """
+        from .console import Console
+
+        cid = await self._call("domain_console_open", device=device, force=force)
+        return Console(self, cid)
 
     # -- the guest agent -----------------------------------------------------------------------
     #

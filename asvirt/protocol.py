@@ -348,6 +348,30 @@ class DomainCalls(Protocol):
         """Set the guest's clock (``sync``: from its RTC) through the agent."""
         ...
 
+    # -- consoles -----------------------------------------------------------------------------
+
+    @call(mutates=True, client=True)
+    async def domain_console_open(self, uuid: str, device: str | None, force: bool) -> int:
+        """Attach to a running guest's serial console (``device``: its alias; None: the
+        first); the console's id. ``force`` takes over another client's."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_read(self, console: int, length: int) -> bytes:
+        """What the guest wrote on the console (at most ``length`` bytes; waits for some);
+        empty at the end (closed, taken over, or the guest stopped)."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_write(self, console: int, data: bytes) -> int:
+        """Type ``data`` on the console; bytes written."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_close(self, console: int) -> None:
+        """Detach from the console."""
+        ...
+
     # -- snapshots --------------------------------------------------------------------------
 
     @call(mutates=True)

@@ -61,11 +61,13 @@ class TestGuest:
         balloon_period: int | None = None,
         devices: str = "",
         cmdline: str = "",
+        serial: str = "file",
     ) -> str:
         """The guest's domain XML. ``memballoon`` is the balloon's model (``balloon_period``:
         its ``<stats period>``); ``devices`` is more device XML, added as it is (disks, a
         watchdog...); ``cmdline`` more kernel command line flags (``asvirt.net=dhcp``...: see
-        scripts/build-test-guest)."""
+        scripts/build-test-guest); ``serial='pty'`` gives the serial port a pty (for the
+        console) that still logs to ``serial_log``."""
         extra = cmdline
         cmdline = "console=ttyS0 quiet panic=0"
         if extra:
@@ -82,6 +84,15 @@ class TestGuest:
             balloon = (
                 f"<memballoon model='{memballoon}'><stats period='{balloon_period}'/></memballoon>"
             )
+        serial_el = f"""<serial type='file'>
+      <source path='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>"""
+        if serial == "pty":
+            serial_el = f"""<serial type='pty'>
+      <log file='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>"""
         return f"""<domain type='{domain_type}'>
   <name>{escape(name)}</name>{uuid_el}
   <memory unit='MiB'>{memory_mib}</memory>
@@ -97,10 +108,7 @@ class TestGuest:
   <on_reboot>{on_reboot}</on_reboot>
   <on_crash>{on_crash}</on_crash>
   <devices>
-    <serial type='file'>
-      <source path='{escape(str(serial_log))}'/>
-      <target port='0'/>
-    </serial>
+    {serial_el}
     <panic model='isa'/>
     {balloon}{devices}
   </devices>

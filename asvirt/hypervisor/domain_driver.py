@@ -52,6 +52,7 @@ from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
 from . import stats as stats_mod
 from .agent_calls import AgentCalls
+from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .saveimage import ImageSink
@@ -211,7 +212,7 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls):
+class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(
@@ -548,7 +549,9 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls):
             raise OperationInvalidError(f"domain '{obj.name}' is {state.label}")
 
     async def client_closed(self, owner: object) -> None:
-        """Destroy the domains ``owner`` started with autodestroy (it has gone for good)."""
+        """Destroy the domains ``owner`` started with autodestroy (it has gone for good),
+        and close the consoles it had open."""
+        await self._close_consoles_of(owner)
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:
