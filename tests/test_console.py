@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
+import termios
+
 import pytest
 import trio
 
 import asvirt
 
-from .guest import define, wait_for_serial
+from .guest import REPO, define, wait_for_serial
+from .helpers import destroy_all, embed_uri
 
 pytestmark = [pytest.mark.qemu, pytest.mark.guest]
 
@@ -54,3 +61,67 @@ async def test_console(conn, test_guest, tmp_path):
         await third.send_all(b"echo again-$((1 + 1))\n")
         await read_until(third, b"again-2")
     await dom.destroy()
+
+
+def _read_pty_until(master: int, text: bytes, timeout: float = 60) -> bytes:
+    """What the CLI wrote on its terminal until ``text`` (no sleeps: select on the pty)."""
+    import select
+    import time
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out; the terminal shows {seen!r}"
+        ready, _, _ = select.select([master], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the CLI exited: its side of the pty is gone
+                chunk = b""
+            assert chunk, f"the terminal closed; it shows {seen!r}"
+            seen += chunk
+    return seen
+
+
+def _cli_console(root, master: int, slave: int, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "asvirt", "console", "vm1", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+async def test_cli_console(root, fast_config, test_guest, tmp_path):
+    """asvirt console in a terminal (a pty): raw mode, a command and its output, Ctrl+]
+    detaches, and it attaches again."""
+    async with asvirt.open(embed_uri(root)) as conn:
+        _, serial = await define(conn, test_guest, tmp_path, serial="pty")
+        await (await conn.lookup_by_name("vm1")).start()
+        await wait_for_serial(serial)
+    try:
+        for word in ("first", "second"):
+            master, slave = pty.openpty()
+            proc = _cli_console(root, master, slave)
+            try:
+                _read_pty_until(master, b"Escape character is ^] (Ctrl + ])")
+                os.write(master, f"echo {word}-$((6 * 7))\n".encode())
+                _read_pty_until(master, f"{word}-42".encode())
+                os.write(master, b"\x1d")  # Ctrl+]
+                assert proc.wait(timeout=60) == 0
+                # The terminal was given back as it was (not raw).
+                assert termios.tcgetattr(slave)[3] & termios.ECHO
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                os.close(master)
+                os.close(slave)
+    finally:
+        async with asvirt.open(embed_uri(root)) as conn:
+            await destroy_all(conn)

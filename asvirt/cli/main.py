@@ -467,9 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     # The network, storage, monitoring and snapshot commands live in modules of their own;
     # importing them registers them.
-    from . import agent, monitor, network, snapshot, storage
+    from . import agent, console, monitor, network, snapshot, storage
 
     agent.add_parsers(add)
+    console.add_parsers(add)
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)
