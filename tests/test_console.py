@@ -13,7 +13,8 @@ import trio
 
 import asvirt
 
-from .guest import REPO, define, wait_for_serial
+from .daemon import Daemon
+from .guest import AGENT_CHANNEL_XML, REPO, define, wait_for_serial
 from .helpers import destroy_all, embed_uri
 
 pytestmark = [pytest.mark.qemu, pytest.mark.guest]
@@ -85,7 +86,10 @@ def _read_pty_until(master: int, text: bytes, timeout: float = 60) -> bytes:
 
 
 def _cli_console(root, master: int, slave: int, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    """``asvirt console vm1 ARGS`` on the terminal ``slave``; ``root``: an embed root, or
+    a URI."""
+    uri = root if isinstance(root, str) else embed_uri(root)
+    env = {**os.environ, "ASVIRT_DEFAULT_URI": uri}
     return subprocess.Popen(
         [sys.executable, "-m", "asvirt", "console", "vm1", *args],
         stdin=slave,
@@ -125,3 +129,57 @@ async def test_cli_console(root, fast_config, test_guest, tmp_path):
     finally:
         async with asvirt.open(embed_uri(root)) as conn:
             await destroy_all(conn)
+
+
+async def test_console_through_a_daemon(caps_cache, test_guest, tmp_path):
+    """The console and the agent through asvirtd: one console per domain across clients,
+    --force takes it over, a connection that closes releases its console."""
+    daemon = Daemon(tmp_path / "state", caps_cache=caps_cache).start()
+    try:
+        async with asvirt.open(daemon.uri) as conn:
+            dom, serial = await define(
+                conn, test_guest, tmp_path, serial="pty", devices=AGENT_CHANNEL_XML
+            )
+            async with conn.subscribe(dom, kinds={asvirt.EventKind.AGENT_LIFECYCLE}) as events:
+                await dom.start()
+                with trio.fail_after(60):
+                    async for ev in events:
+                        if ev.data["state"] == asvirt.AgentLifecycleState.CONNECTED:
+                            break
+            assert await dom.agent_command('{"execute":"guest-ping"}') == '{"return":{}}'
+            await wait_for_serial(serial)
+            mine = await dom.open_console()
+            await mine.send_all(b"echo mine-$((6 * 7))\n")
+            await read_until(mine, b"mine-42")
+
+            # Another client: refused, then --force takes it over.
+            master, slave = pty.openpty()
+            try:
+                proc = _cli_console(daemon.uri, master, slave)
+                _read_pty_until(master, b"error: Active console session exists for this domain")
+                assert proc.wait(timeout=60) == 1
+                proc = _cli_console(daemon.uri, master, slave, "--force")
+                _read_pty_until(master, b"Escape character is ^] (Ctrl + ])")
+                assert await mine.receive_some() == b""  # taken over
+                os.write(master, b"echo theirs-$((6 * 7))\n")
+                _read_pty_until(master, b"theirs-42")
+                os.write(master, b"\x1d")
+                assert proc.wait(timeout=60) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                os.close(master)
+                os.close(slave)
+            await mine.aclose()
+
+            # A connection that goes away releases its console.
+            async with asvirt.open(daemon.uri) as other:
+                await (await other.lookup_by_name("vm1")).open_console()
+            async with await dom.open_console() as again:
+                await again.send_all(b"echo again-$((6 * 7))\n")
+                await read_until(again, b"again-42")
+            await dom.destroy()
+    finally:
+        daemon.stop()
+        assert daemon.kill_qemus() == []
