@@ -48,7 +48,13 @@ from ...errors import (
     OperationUnsupportedError,
     QMPError,
 )
-from ...events.types import ResumedDetail, SuspendedDetail
+from ...events.types import (
+    AgentLifecycleReason,
+    AgentLifecycleState,
+    EventKind,
+    ResumedDetail,
+    SuspendedDetail,
+)
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import (
     FromImage,
@@ -150,7 +156,8 @@ class SimulatedVM:
         # CPU time: the guest uses its vCPU whenever QEMU runs it.
         self._cpu_ns = 0
         self._running_since: int | None = None
-        # The simulated guest agent's state.
+        # The simulated guest agent's state (None: not known yet, as for QEMU at start).
+        self._agent_connected: bool | None = None
         self._frozen = False
         self._clock_offset_ns = 0
 
@@ -200,6 +207,8 @@ class SimulatedVM:
             kind = StartKind.SNAPSHOT
             if origin.name is not None:
                 self._load_guest(self._snapshot_state(origin.name))
+        # QEMU tells at start that the guest has not opened the agent's port yet.
+        self._agent_state(False, AgentLifecycleReason.DOMAIN_STARTED)
         if paused:
             if kind is not StartKind.BOOT:
                 self.runstate = "paused"
@@ -330,7 +339,7 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         if not any(c.target_name == "org.qemu.guest_agent.0" for c in self._live_def.channels):
             raise ArgumentUnsupportedError("QEMU guest agent is not configured")
-        if not self.guest_running():
+        if not self._agent_connected or not self.guest_running():
             raise AgentUnresponsiveError(
                 "Guest agent is not responding: QEMU guest agent is not connected"
             )
@@ -582,7 +591,26 @@ class SimulatedVM:
                 f"the guest of domain '{self.name}' has crashed; it does nothing until reset"
             )
 
+    def _has_agent(self) -> bool:
+        """The domain has the agent's channel and the guest runs qemu-ga on it (the test
+        guest does, unless ``asvirt.agent=off``)."""
+        return (
+            any(c.target_name == "org.qemu.guest_agent.0" for c in self._live_def.channels)
+            and "asvirt.agent=off" not in (self._live_def.os.cmdline or "").split()
+        )
+
+    def _agent_state(self, connected: bool, reason: AgentLifecycleReason) -> None:
+        """The simulated qemu-ga opened or closed its port: as the QEMU runner reports it."""
+        if self._agent_connected == connected or not self._has_agent():
+            return
+        self._agent_connected = connected
+        state = AgentLifecycleState.CONNECTED if connected else AgentLifecycleState.DISCONNECTED
+        self._callbacks.publish(
+            EventKind.AGENT_LIFECYCLE, data={"state": int(state), "reason": int(reason)}
+        )
+
     def _guest_reset(self) -> None:
+        self._agent_state(False, AgentLifecycleReason.CHANNEL)
         self._generation += 1
         self._booted = False
         self._halted = False
@@ -591,6 +619,7 @@ class SimulatedVM:
 
     def _guest_boot(self) -> None:
         self._booted = True
+        self._agent_state(True, AgentLifecycleReason.CHANNEL)
         if self.flags.action is not None:
             generation = self._generation
             self._scheduler.call_later(
