@@ -119,8 +119,8 @@ async def test_agent_commands(conn, test_guest, tmp_path):
 
 async def test_agent_that_stops_answering(conn, test_guest, tmp_path):
     """An agent that hangs fails calls with AGENT_UNRESPONSIVE after their timeout; the
-    domain and its monitor are not held up."""
-    dom, _, _ = await start_with_agent(conn, test_guest, tmp_path)
+    domain and its monitor are not held up; once it answers again, it is in step."""
+    dom, _, _ = await start_with_agent(conn, test_guest, tmp_path, serial="pty")
     stop = {"path": "/bin/busybox", "arg": ["killall", "-STOP", "qemu-ga"]}
     # qemu-ga stops itself (it may not even answer this one); when the child it runs does
     # that is announced by nothing: ask until it no longer answers.
@@ -137,6 +137,22 @@ async def test_agent_that_stops_answering(conn, test_guest, tmp_path):
     # The domain itself is not held up.
     assert (await dom.state())[0] is asvirt.DomainState.RUNNING
     await dom.qmp("query-status")
+    # Woken up (from the serial console's shell), the agent answers the questions it
+    # missed first: they are dropped (each exchange begins with guest-sync-delimited).
+    async with await dom.open_console() as console:
+        await console.send_all(b"killall -CONT qemu-ga; echo woken-$((6 * 7))\n")
+        with trio.fail_after(60):
+            seen = b""
+            while b"woken-42" not in seen:
+                seen += await console.receive_some()
+    assert await dom.agent_command('{"execute": "guest-ping"}') == '{"return":{}}'
+    info = json.loads(await dom.agent_command('{"execute": "guest-info"}'))
+    assert "version" in info["return"]
+    # Stopped again, so that the default shutdown below finds no agent.
+    with pytest.raises(asvirt.AgentUnresponsiveError):
+        await dom.agent_command(json.dumps({"execute": "guest-exec", "arguments": stop}))
+        for _ in range(30):
+            await dom.agent_command('{"execute": "guest-ping"}', timeout=2)
     # Shutdown in the default mode falls back to the power button when the agent fails.
     async with conn.subscribe(dom) as events:
         await dom.shutdown()

@@ -22,8 +22,6 @@ async def cmd_qemu_agent_command(conn: ConnectionCalls, args: argparse.Namespace
     timeout: float | None = args.timeout
     if args.block:
         timeout = 24 * 3600.0  # virsh --block waits for ever; a day stands in for that
-    elif args.async_:
-        timeout = 0.001  # virsh --async: do not wait for the answer
     reply = await dom.agent_command(" ".join(args.cmd), timeout=timeout)
     if args.pretty and reply:
         reply = json.dumps(json.loads(reply), indent=2)
@@ -74,7 +72,6 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         "cmd", nargs="+", help='agent command as JSON, e.g. \'{"execute":"guest-info"}\''
     )
     p.add_argument("--timeout", type=float, help="seconds to wait for the answer")
-    p.add_argument("--async", dest="async_", action="store_true", help="do not wait")
     p.add_argument("--block", action="store_true", help="wait however long it takes")
     p.add_argument("--pretty", action="store_true", help="pretty-print the reply")
     p = add("domfsfreeze", "domain")
