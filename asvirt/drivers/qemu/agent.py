@@ -77,10 +77,12 @@ class GuestAgent:
         request: dict[str, Any] = {"execute": execute}
         if arguments is not None:
             request["arguments"] = arguments
-        async with self._lock:
-            reply: Any = None
-            sent = False
-            with trio.move_on_after(timeout) as scope:
+        reply: Any = None
+        sent = False
+        # The deadline covers waiting for another caller's exchange too.
+        with trio.move_on_after(timeout) as scope:
+            async with self._lock:
+                finished = False
                 try:
                     await self._sync()
                     await self._send(json.dumps(request).encode() + b"\n")
@@ -92,15 +94,23 @@ class GuestAgent:
                             reply = await self._read()
                     else:
                         reply = await self._read()
+                    finished = True
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                    await self.close()
+                    with trio.CancelScope(shield=True):
+                        await self.close()
                     if sent and execute in NO_REPLY:
-                        return None  # the guest went down as asked (libvirt: EOF is success)
-                    raise unresponsive(f"cannot talk to the agent: {err}") from None
-            if scope.cancelled_caught and not (execute in NO_REPLY and sent):
-                await self.close()
-                log.debug("guest agent timed out", command=execute, timeout=timeout)
-                raise unresponsive("Guest agent not available for now")
+                        finished = True  # the guest went down as asked (libvirt: EOF is success)
+                    else:
+                        raise unresponsive(f"cannot talk to the agent: {err}") from None
+                finally:
+                    if not finished:
+                        # Dropped, before the next exchange: a late reply must not be taken
+                        # for its own.
+                        with trio.CancelScope(shield=True):
+                            await self.close()
+        if scope.cancelled_caught and not (execute in NO_REPLY and sent):
+            log.debug("guest agent timed out", command=execute, timeout=timeout)
+            raise unresponsive("Guest agent not available for now")
         if isinstance(reply, dict) and "error" in reply:
             body = reply["error"] if isinstance(reply["error"], dict) else {}
             raise InternalError(

@@ -692,7 +692,10 @@ class QemuRunner(GuestStateOps):
             await self._terminate()
             return
         reaction = await self._resync(attaching=True)
-        await self._record_pty_paths()
+        with contextlib.suppress(OperationTimeoutError):
+            # The agent's state (no VSERPORT_CHANGE told it while nobody watched); a QEMU
+            # that does not answer leaves it unknown, as it does the rest.
+            await self._record_pty_paths()
         if reaction is not None and reaction.follow_up is not None:
             # A guest that shut down or panicked while nobody watched gets its follow-up
             # now, before anyone is told the domain's state.
