@@ -147,6 +147,16 @@ async def test_console_through_a_daemon(caps_cache, test_guest, tmp_path):
                         if ev.data["state"] == asvirt.AgentLifecycleState.CONNECTED:
                             break
             assert await dom.agent_command('{"execute":"guest-ping"}') == '{"return":{}}'
+            # virsh's agent commands, one-shot through the daemon (no event loop).
+            env = {**os.environ, "ASVIRT_DEFAULT_URI": daemon.uri}
+            for args, want in (
+                (["qemu-agent-command", "vm1", '{"execute":"guest-ping"}'], '{"return":{}}\n'),
+                (["domfsthaw", "vm1"], "Thawed 0 filesystem(s)\n\n"),
+            ):
+                proc = await trio.run_process(
+                    [sys.executable, "-m", "asvirt", *args], env=env, cwd=REPO, capture_stdout=True
+                )
+                assert proc.stdout.decode() == want
             await wait_for_serial(serial)
             mine = await dom.open_console()
             await mine.send_all(b"echo mine-$((6 * 7))\n")
