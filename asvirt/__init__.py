@@ -21,6 +21,12 @@ import typing as _typing
 # The public names load on first use: a command-line client that talks to a daemon imports
 # what it needs (errors, handles), not the event loop, the drivers or QEMU support.
 _LAZY: dict[str, str] = {
+    "AgentLifecycleReason": ".events.types",
+    "AgentLifecycleState": ".events.types",
+    "InterfaceAddressSource": ".drivers.base",
+    "ShutdownMode": ".drivers.base",
+    "ArgumentUnsupportedError": ".errors",
+    "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
     "BlockInfo": ".drivers.base",
     "BlockedReason": ".states",
@@ -101,15 +107,19 @@ if _typing.TYPE_CHECKING:
         DomainInfo,
         DomainSnapshotInfo,
         HypervisorVersion,
+        InterfaceAddressSource,
         InterfaceStats,
         NodeInfo,
         SecurityLabel,
         SecurityModel,
+        ShutdownMode,
         StatsGroup,
         StoragePoolInfo,
         StorageVolInfo,
     )
     from .errors import (
+        AgentUnresponsiveError,
+        ArgumentUnsupportedError,
         AsvirtError,
         ConfigUnsupportedError,
         DeviceMissingError,
@@ -137,6 +147,8 @@ if _typing.TYPE_CHECKING:
     )
     from .events.bus import Subscription
     from .events.types import (
+        AgentLifecycleReason,
+        AgentLifecycleState,
         CrashedDetail,
         DefinedDetail,
         DomainEvent,
@@ -186,6 +198,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentLifecycleReason",
+    "AgentLifecycleState",
+    "AgentUnresponsiveError",
+    "ArgumentUnsupportedError",
     "AsvirtError",
     "BlockInfo",
     "BlockedReason",
@@ -207,6 +223,7 @@ __all__ = [
     "EventDetail",
     "EventKind",
     "HypervisorVersion",
+    "InterfaceAddressSource",
     "InterfaceStats",
     "InternalError",
     "InvalidArgError",
@@ -237,6 +254,7 @@ __all__ = [
     "SecurityLabel",
     "SecurityModel",
     "ShutdownDetail",
+    "ShutdownMode",
     "ShutdownReason",
     "ShutoffReason",
     "StartedDetail",

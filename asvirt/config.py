@@ -32,6 +32,10 @@ class QemuConfig:
     #: ACPI eject) — libvirt waits 5 s. Then a device gets DEVICE_REMOVAL_FAILED and stays in
     #: the live XML until the guest releases it; a vCPU unplug fails with OperationTimeoutError.
     unplug_timeout: float = 5.0
+    #: Seconds the guest agent may take to answer a call that names no timeout of its own
+    #: (fs_freeze, set_time, ...): then the call fails with AGENT_UNRESPONSIVE. (libvirt
+    #: waits forever by default; an agent that is not running would hang the caller.)
+    agent_timeout: float = 10.0
     #: Run QEMU under its seccomp sandbox (libvirt's seccomp_sandbox): no obsolete system
     #: calls, no privilege changes, no spawning of programs, no resource-limit changes.
     seccomp_sandbox: bool = True

@@ -9,7 +9,7 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .drivers.base import (
     BlockInfo,
@@ -20,6 +20,7 @@ from .drivers.base import (
     InterfaceStats,
     ProgressCallback,
     SecurityLabel,
+    ShutdownMode,
     StatsGroup,
 )
 from .errors import (
@@ -30,6 +31,9 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
+
+if TYPE_CHECKING:
+    from .console import Console
 from .snapshot import DomainSnapshot
 from .states import DomainState, StateReason
 from .storage import StorageVol, disk_volumes
@@ -67,12 +71,20 @@ class Domain(Handle):
         """Resume paused vCPUs (RESUMED/UNPAUSED). A no-op on a running domain."""
         await self._call("domain_resume")
 
-    async def shutdown(self) -> None:
-        """Ask the guest to shut down (ACPI power button). Returns once requested.
+    async def shutdown(self, mode: ShutdownMode | int = ShutdownMode.DEFAULT) -> None:
+        """Ask the guest to shut down. Returns once requested.
 
-        The guest decides; watch for SHUTDOWN and STOPPED events, or :meth:`destroy`.
+        ``mode`` (libvirt's flags): ``ACPI``, the power button; ``AGENT``, the guest agent's
+        ``guest-shutdown`` (fails with AGENT_UNRESPONSIVE if the agent does not answer);
+        both, the agent and then the button if the agent failed; ``DEFAULT``, the same as
+        both when the domain has an agent channel, else the button. The guest decides; watch
+        for SHUTDOWN and STOPPED events, or :meth:`destroy`.
         """
-        await self._call("domain_shutdown")
+        if mode:
+            await self._call("domain_shutdown", mode=ShutdownMode(mode))
+        else:
+            # Without a mode, as older daemons understand it.
+            await self._call("domain_shutdown")
 
     async def reboot(self) -> None:
         """Ask the guest to reboot: an ACPI power button press that is turned into a reset
@@ -209,10 +221,65 @@ class Domain(Handle):
     ) -> list[DomainInterface]:
         """The IP addresses of the running guest's interfaces (virsh ``domifaddr``).
 
-        ``LEASE`` (the only source so far) reads the DHCP leases of the networks its
-        ``type='network'`` interfaces are on; interfaces without a lease are left out.
+        ``LEASE`` reads the DHCP leases of the networks its ``type='network'`` interfaces
+        are on; interfaces without a lease are left out. ``AGENT`` asks the guest agent:
+        every interface of the guest (the loopback too), with the addresses it has.
         """
         return await self._call("domain_interface_addresses", source=source)
+
+    # -- the serial console --------------------------------------------------------------------
+
+    async def open_console(self, device: str | None = None, *, force: bool = False) -> Console:
+        """Attach to the running guest's serial console (``device``: a serial or console
+        alias, ``serial0``; None: the first) as a trio stream; use it with ``async with``.
+
+        The device must be a ``<serial type='pty'>`` (give it a ``<log file=...>`` to keep
+        its output while nobody is attached). One client at a time, as libvirt: a second
+        open fails with OperationFailedError unless ``force``, which takes it over (the
+        first one's stream then ends). Closing the connection detaches too.
+        """
+        from .console import Console
+
+        cid = await self._call("domain_console_open", device=device, force=force)
+        return Console(self, cid)
+
+    # -- the guest agent -----------------------------------------------------------------------
+    #
+    # These need a running guest whose <channel type='unix'> with <target type='virtio'
+    # name='org.qemu.guest_agent.0'/> has qemu-ga at its other end. Without the channel they
+    # fail with ArgumentUnsupportedError; when the agent is not connected, or does not answer
+    # within the timeout ([qemu] agent_timeout unless given), with AgentUnresponsiveError.
+    # EventKind.AGENT_LIFECYCLE events say when it connects and disconnects.
+
+    async def agent_command(self, command: str, *, timeout: float | None = None) -> str:
+        """Run a raw guest agent command, JSON text (``'{"execute": "guest-info"}'``), and
+        return the agent's reply as compact JSON text (``'{"return":{...}}'``), as
+        libvirt's ``qemuAgentCommand`` and virsh ``qemu-agent-command`` do; "" for a
+        command the agent does not answer (``guest-shutdown``)."""
+        return await self._call("domain_agent_command", command=command, timeout=timeout)
+
+    async def fs_freeze(self, mountpoints: Iterable[str] | None = None) -> int:
+        """Freeze the guest's filesystems (all of them, or those mounted at
+        ``mountpoints``) so that a disk snapshot taken now is consistent; how many were
+        frozen. Thaw them with :meth:`fs_thaw`."""
+        points = list(mountpoints) if mountpoints is not None else None
+        return await self._call("domain_fs_freeze", mountpoints=points)
+
+    async def fs_thaw(self) -> int:
+        """Thaw the filesystems :meth:`fs_freeze` froze; how many were thawed."""
+        return await self._call("domain_fs_thaw", mountpoints=None)
+
+    async def get_time(self) -> tuple[int, int]:
+        """The guest's clock as its agent reads it: seconds since the epoch, nanoseconds."""
+        seconds, nseconds = await self._call("domain_get_time")
+        return seconds, nseconds
+
+    async def set_time(
+        self, seconds: int | None = None, nseconds: int = 0, *, sync: bool = False
+    ) -> None:
+        """Set the guest's clock through its agent (and its RTC with it). ``sync=True``:
+        set it from the guest's RTC instead (after a resume, say), ``seconds`` unused."""
+        await self._call("domain_set_time", seconds=seconds, nseconds=nseconds, sync=sync)
 
     # -- statistics ----------------------------------------------------------------------------
 

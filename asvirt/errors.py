@@ -32,7 +32,9 @@ class ErrorCode(enum.IntEnum):
     OPERATION_TIMEOUT = 68
     NO_DOMAIN_SNAPSHOT = 72
     DEVICE_MISSING = 99
+    ARGUMENT_UNSUPPORTED = 74
     OPERATION_UNSUPPORTED = 84
+    AGENT_UNRESPONSIVE = 86
     RESOURCE_BUSY = 87
     STORAGE_VOL_EXIST = 90
     NETWORK_EXIST = 37
@@ -218,3 +220,16 @@ class NoDomainSnapshotError(AsvirtError):
     """No snapshot of the domain has that name (or the domain has no current snapshot)."""
 
     code = ErrorCode.NO_DOMAIN_SNAPSHOT
+
+
+class ArgumentUnsupportedError(AsvirtError):
+    """The driver supports the call, but not with these arguments for this domain (a guest
+    agent call on a domain without an agent channel)."""
+
+    code = ErrorCode.ARGUMENT_UNSUPPORTED
+
+
+class AgentUnresponsiveError(AsvirtError):
+    """The guest agent is not connected, or did not answer in time."""
+
+    code = ErrorCode.AGENT_UNRESPONSIVE

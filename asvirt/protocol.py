@@ -48,6 +48,7 @@ from .drivers.base import (
     NodeInfo,
     SecurityLabel,
     SecurityModel,
+    ShutdownMode,
     StatsGroup,
     StoragePoolInfo,
     StoragePoolRef,
@@ -214,8 +215,8 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True)
-    async def domain_shutdown(self, uuid: str) -> None:
-        """Press the ACPI power button."""
+    async def domain_shutdown(self, uuid: str, mode: ShutdownMode = ShutdownMode.DEFAULT) -> None:
+        """Ask the guest to power off: through its agent, or the ACPI power button."""
         ...
 
     @call(mutates=True)
@@ -389,6 +390,59 @@ class DomainCalls(Protocol):
         self, uuid: str, xml: str, live: bool, config: bool, force: bool = False
     ) -> None:
         """Change a device in place: a CD-ROM's media, an interface's link state."""
+
+    # -- the guest agent ----------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_agent_command(self, uuid: str, command: str, timeout: float | None) -> str:
+        """Run a raw guest agent command (JSON text); the agent's reply (virsh
+        qemu-agent-command): it may change anything in the guest."""
+        ...
+
+    @call(mutates=True)
+    async def domain_fs_freeze(self, uuid: str, mountpoints: list[str] | None) -> int:
+        """Freeze the guest's filesystems (all, or those mounted at ``mountpoints``)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_fs_thaw(self, uuid: str, mountpoints: list[str] | None) -> int:
+        """Thaw the guest's frozen filesystems."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_time(self, uuid: str) -> list[int]:
+        """The guest's clock, as the agent reads it: seconds and nanoseconds."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_time(
+        self, uuid: str, seconds: int | None, nseconds: int, sync: bool
+    ) -> None:
+        """Set the guest's clock (``sync``: from its RTC) through the agent."""
+        ...
+
+    # -- consoles -----------------------------------------------------------------------------
+
+    @call(mutates=True, client=True)
+    async def domain_console_open(self, uuid: str, device: str | None, force: bool) -> int:
+        """Attach to a running guest's serial console (``device``: its alias; None: the
+        first); the console's id. ``force`` takes over another client's."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_read(self, console: int, length: int) -> bytes:
+        """What the guest wrote on the console (at most ``length`` bytes; waits for some);
+        empty at the end (closed, taken over, or the guest stopped)."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_write(self, console: int, data: bytes) -> int:
+        """Type ``data`` on the console; bytes written."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_console_close(self, console: int) -> None:
+        """Detach from the console."""
         ...
 
     # -- snapshots --------------------------------------------------------------------------

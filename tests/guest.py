@@ -17,6 +17,12 @@ GUEST_DIR = Path(
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asvirt" / "test-guest"
 )
 READY = "ASVIRT-GUEST-READY"
+#: The guest agent's channel (the guest starts qemu-ga on it unless ``asvirt.agent=off``).
+AGENT_CHANNEL_XML = """
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>"""
 
 #: The domain type for tests that only need a paused (or never booted) VM: KVM when it works,
 #: for speed. A guest that must boot runs under TCG ('qemu'): on these machines /dev/kvm is
@@ -58,12 +64,14 @@ class TestGuest:
         balloon_period: int | None = None,
         devices: str = "",
         cmdline: str = "",
+        serial: str = "file",
     ) -> str:
         """The guest's domain XML. ``memballoon`` is the balloon's model (``balloon_period``:
         its ``<stats period>``); ``devices`` is more device XML, added as it is (disks, a
         watchdog...); ``cmdline`` more kernel command line flags (``asvirt.net=dhcp``...: see
         scripts/build-test-guest). ``vcpus`` below ``max_vcpus``: ``<vcpu current=...>``,
-        room to hot-plug vCPUs; ``current_memory_mib``: ``<currentMemory>``."""
+        room to hot-plug vCPUs; ``current_memory_mib``: ``<currentMemory>``; ``serial='pty'``
+        gives the serial port a pty (for the console) that still logs to ``serial_log``."""
         extra = cmdline
         cmdline = "console=ttyS0 quiet panic=0"
         if extra:
@@ -86,6 +94,15 @@ class TestGuest:
             balloon = (
                 f"<memballoon model='{memballoon}'><stats period='{balloon_period}'/></memballoon>"
             )
+        serial_el = f"""<serial type='file'>
+      <source path='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>"""
+        if serial == "pty":
+            serial_el = f"""<serial type='pty'>
+      <log file='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>"""
         return f"""<domain type='{domain_type}'>
   <name>{escape(name)}</name>{uuid_el}
   <memory unit='MiB'>{memory_mib}</memory>{current}
@@ -101,10 +118,7 @@ class TestGuest:
   <on_reboot>{on_reboot}</on_reboot>
   <on_crash>{on_crash}</on_crash>
   <devices>
-    <serial type='file'>
-      <source path='{escape(str(serial_log))}'/>
-      <target port='0'/>
-    </serial>
+    {serial_el}
     <panic model='isa'/>
     {balloon}{devices}
   </devices>

@@ -1675,3 +1675,40 @@ async def test_undefine_removes_only_the_named_volumes(api):
     removed = await dom.undefine(remove_storage=["vdb"])
     assert [v.name for v in removed] == ["a.img"]
     assert await pool.list_all_volumes() == [b]
+
+
+# -- the guest agent --------------------------------------------------------------------------
+
+
+@needs_guest
+async def test_guest_agent(api):
+    """The agent connects once the guest booted (AGENT_LIFECYCLE), answers, and shuts the
+    guest down; the simulated guest runs a simulated qemu-ga, the real one Debian's."""
+    from .guest import AGENT_CHANNEL_XML
+
+    dom = await api.define("vm1", boots=True, devices=AGENT_CHANNEL_XML)
+    plain = await api.define("plain", boots=True)
+    async with api.conn.subscribe(dom, kinds={asvirt.EventKind.AGENT_LIFECYCLE}) as events:
+        await dom.start()
+        seen = await collect_until(
+            events,
+            lambda s: any(e.data["state"] == asvirt.AgentLifecycleState.CONNECTED for e in s),
+            timeout=60,
+        )
+    assert seen[-1].data["reason"] == asvirt.AgentLifecycleReason.CHANNEL
+    assert seen[0].data == {
+        "state": asvirt.AgentLifecycleState.DISCONNECTED,
+        "reason": asvirt.AgentLifecycleReason.DOMAIN_STARTED,
+    }
+    assert await dom.agent_command('{"execute": "guest-ping"}') == '{"return":{}}'
+    frozen = await dom.fs_freeze()
+    assert await dom.fs_thaw() == frozen
+    await dom.set_time(2_000_000_000)
+    assert 2_000_000_000 <= (await dom.get_time())[0] < 2_000_000_060
+    await plain.start()
+    with pytest.raises(asvirt.ArgumentUnsupportedError):
+        await plain.agent_command('{"execute": "guest-ping"}')
+    await plain.destroy()
+    async with api.conn.subscribe(dom) as events:
+        await dom.shutdown(mode=asvirt.ShutdownMode.AGENT)
+        await lifecycle_until(events, ("STOPPED", "SHUTDOWN"), timeout=60)

@@ -56,6 +56,8 @@ READING = sorted(name for name, c in protocol.CALLS.items() if not c.mutates)
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
 NEED_A_DEVICE = ("domain_block_info", "domain_interface_stats")
+#: Reading calls answered by the guest (its agent): the paused VM cannot.
+NEED_A_RUNNING_GUEST = ("domain_get_time",)
 #: The daemon's own methods, besides the declared calls.
 SESSION_METHODS = ("hello", "bye", "events.subscribe", "events.unsubscribe")
 
@@ -286,6 +288,13 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "count": 1,
         "maximum": False,
         "force": True,
+        "timeout": 1.0,
+        "console": 1,
+        "mountpoints": None,
+        "seconds": 0,
+        "nseconds": 0,
+        "sync": False,
+        "mode": 1,  # ShutdownMode.ACPI
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -357,6 +366,8 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                 reply = ro.request(name, arguments(c, uuid=dom.uuid, name="vm1", xml=xml))
                 if name in NEED_A_DEVICE:  # no such device: refused for that, not by the socket
                     assert error_of(reply) == (8, "InvalidArgError"), (name, reply)
+                elif name in NEED_A_RUNNING_GUEST:  # paused: refused for that
+                    assert error_of(reply) == (55, "OperationInvalidError"), (name, reply)
                 elif c.target is protocol.Target.DOMAINS and name not in NEED_A_SNAPSHOT:
                     assert "result" in reply, (name, reply)
                 elif name in NEED_A_SNAPSHOT:  # the VM has none: no such snapshot

@@ -138,6 +138,17 @@ CASES: list[tuple[EventKind, dict[str, Any] | None, str]] = [
     # virsh: "event 'device-removal-failed' for domain 'vm1': virtio-disk1"
     (EventKind.DEVICE_REMOVAL_FAILED, {"device": "virtio-disk1"}, ": virtio-disk1"),
     (EventKind.BALLOON_CHANGE, {"actual_kib": 98304}, ": 98304KiB"),
+    # virsh event --event agent-lifecycle
+    (
+        EventKind.AGENT_LIFECYCLE,
+        {"state": 1, "reason": 2},
+        ": state: 'connected' reason: 'channel'",
+    ),
+    (
+        EventKind.AGENT_LIFECYCLE,
+        {"state": 2, "reason": 1},
+        ": state: 'disconnected' reason: 'domain started'",
+    ),
     *[
         (EventKind.BLOCK_JOB, {"device": "pull-vda", "type": qemu, "status": status}, out)
         for qemu, status, out in (

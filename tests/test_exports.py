@@ -10,6 +10,12 @@ import types
 import asvirt
 
 PUBLIC = [
+    "AgentLifecycleReason",
+    "AgentLifecycleState",
+    "AgentUnresponsiveError",
+    "ArgumentUnsupportedError",
+    "InterfaceAddressSource",
+    "ShutdownMode",
     "AsvirtError",
     "BlockInfo",
     "BlockedReason",

@@ -159,7 +159,23 @@ def _simple(name: str, help: str, method: str, done: str) -> None:
     command(name, help)(run)
 
 
-_simple("shutdown", "gracefully shut down a domain (ACPI)", "shutdown", "is being shutdown")
+@command("shutdown", "gracefully shut down a domain")
+async def cmd_shutdown(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    mode = 0
+    for word in (args.mode or "").split(","):
+        if not word:
+            continue
+        if word not in _SHUTDOWN_MODES:
+            raise asvirt.InvalidArgError(f"Unknown mode {word} value, expecting 'acpi', 'agent'")
+        mode |= _SHUTDOWN_MODES[word]
+    dom = await _domain(conn, args.domain)
+    await dom.shutdown(mode)
+    print(f"Domain '{dom.name}' is being shutdown\n")
+    return 0
+
+
+#: virsh shutdown --mode's words (libvirt's virDomainShutdownFlagValues).
+_SHUTDOWN_MODES = {"acpi": 1, "agent": 2}
 _simple("reboot", "reboot a domain (ACPI)", "reboot", "is being rebooted")
 _simple("reset", "reset a domain (hard)", "reset", "was reset")
 _simple("destroy", "destroy (stop) a domain", "destroy", "destroyed")
@@ -473,8 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force-boot", action="store_true", help="boot, discarding any managed save image"
     )
+    p = add("shutdown", "domain")
+    p.add_argument("--mode", help="how to ask the guest: acpi, agent, or both (acpi,agent)")
     for name in (
-        "shutdown",
         "reboot",
         "reset",
         "destroy",
@@ -530,11 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
     add("quit")
     add("exit")
-    # The device, network, storage, monitoring, snapshot, memory and vCPU commands live in
-    # modules of their own; importing them registers them.
-    from . import devices, monitor, network, resources, snapshot, storage
+    # The device, agent, console, network, storage, monitoring, snapshot, memory and vCPU
+    # commands live in modules of their own; importing them registers them.
+    from . import agent, console, devices, monitor, network, resources, snapshot, storage
 
     devices.add_parsers(add)
+    agent.add_parsers(add)
+    console.add_parsers(add)
     network.add_parsers(add)
     storage.add_parsers(add)
     monitor.add_parsers(add)

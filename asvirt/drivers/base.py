@@ -203,6 +203,16 @@ class InterfaceAddressSource(enum.IntEnum):
     ARP = 2
 
 
+class ShutdownMode(enum.IntFlag):
+    """How :meth:`asvirt.Domain.shutdown` asks the guest (libvirt's
+    ``virDomainShutdownFlagValues``). ``DEFAULT``: through the guest agent when the domain has
+    one and it is connected, else (or if the agent fails) the ACPI power button."""
+
+    DEFAULT = 0
+    ACPI = 1
+    AGENT = 2
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class InterfaceAddress:
     type: IPAddrType
@@ -374,6 +384,7 @@ __all__ = [
     "ProgressCallback",
     "SecurityLabel",
     "SecurityModel",
+    "ShutdownMode",
     "StatsGroup",
     "StorageDriver",
     "StoragePoolInfo",

@@ -35,6 +35,10 @@ class EventKind(enum.Enum):
     DEVICE_REMOVAL_FAILED = "device-removal-failed"
     BALLOON_CHANGE = "balloon-change"
     BLOCK_JOB = "block-job"
+    #: The guest agent connected or disconnected (``data``: ``state``, an
+    #: :class:`AgentLifecycleState`, and ``reason``, an :class:`AgentLifecycleReason`, as
+    #: their integer values): libvirt's ``VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE``.
+    AGENT_LIFECYCLE = "agent-lifecycle"
     #: Every QMP event QEMU sends, unchanged, in ``data`` (like libvirt's
     #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
     #: ``kinds=None`` do not receive these.
@@ -46,6 +50,33 @@ class EventKind(enum.Enum):
     #: About a network, not a domain: defined, undefined, started or stopped (``type`` is a
     #: :class:`NetworkLifecycleEvent`; ``domain`` and ``uuid`` are the network's). Opt-in.
     NETWORK_LIFECYCLE = "network-lifecycle"
+
+
+class AgentLifecycleState(enum.IntEnum):
+    """libvirt's ``virConnectDomainEventAgentLifecycleState``."""
+
+    CONNECTED = 1
+    DISCONNECTED = 2
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"connected"``)."""
+        return self.name.lower()
+
+
+class AgentLifecycleReason(enum.IntEnum):
+    """libvirt's ``virConnectDomainEventAgentLifecycleReason``."""
+
+    UNKNOWN = 0
+    #: The state was found when the domain started (or its supervisor attached).
+    DOMAIN_STARTED = 1
+    #: The guest opened or closed the agent's channel.
+    CHANNEL = 2
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"domain started"``)."""
+        return self.name.lower().replace("_", " ")
 
 
 class NetworkLifecycleEvent(enum.IntEnum):
@@ -216,6 +247,13 @@ _BLOCK_JOB_TYPES = {
 }
 
 
+def _label(enum_: type[AgentLifecycleState] | type[AgentLifecycleReason], value: Any) -> str:
+    try:
+        return enum_(value).label
+    except ValueError:
+        return "unknown"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DomainEvent:
     """One event about one domain (or, for :data:`EventKind.NETWORK_LIFECYCLE`, one network:
@@ -264,6 +302,11 @@ class DomainEvent:
             case EventKind.BLOCK_JOB:
                 job = _BLOCK_JOB_TYPES.get(data.get("type", ""), "Unknown job")
                 return f"{head}: {job} for {data.get('device', '')} {data.get('status', '')}"
+            case EventKind.AGENT_LIFECYCLE:
+                # virsh: state: 'connected' reason: 'channel'
+                state = _label(AgentLifecycleState, data.get("state"))
+                reason = _label(AgentLifecycleReason, data.get("reason"))
+                return f"{head}: state: '{state}' reason: '{reason}'"
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
             case EventKind.NETWORK_LIFECYCLE:

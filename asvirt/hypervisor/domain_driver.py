@@ -39,6 +39,7 @@ from ..drivers.base import (
     NodeInfo,
     SecurityLabel,
     SecurityModel,
+    ShutdownMode,
     StatsGroup,
     StorageDriver,
 )
@@ -56,6 +57,8 @@ from ..events import DefinedDetail, EventBus, EventKind, LifecycleEvent, Undefin
 from ..log import get_logger
 from ..states import DomainState, ShutoffReason, StateReason
 from . import stats as stats_mod
+from .agent_calls import AgentCalls
+from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
@@ -233,7 +236,7 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls):
+class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(
@@ -451,10 +454,39 @@ class DomainDriver(SnapshotCalls, SaveCalls):
                 raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not paused")
             await self._runtime(obj).resume()
 
-    async def domain_shutdown(self, uuid: str) -> None:
+    async def domain_shutdown(self, uuid: str, mode: ShutdownMode = ShutdownMode.DEFAULT) -> None:
+        """Ask the guest to power off: through its agent (``guest-shutdown``) or the ACPI
+        power button. As libvirt: ``DEFAULT`` tries the agent when the guest runs and has
+        an agent channel, then the button if the agent failed; ``AGENT`` alone fails with
+        the agent's error; ``AGENT|ACPI`` falls back to the button."""
+        try:
+            mode = ShutdownMode(mode)
+        except ValueError:
+            raise InvalidArgError(f"unsupported shutdown mode {mode!r}") from None
+        if mode & ~(ShutdownMode.ACPI | ShutdownMode.AGENT):
+            raise InvalidArgError(f"unsupported shutdown mode {mode!r}")
         async with self.table.job(self.table.get(uuid)) as obj:
             self._require_state(obj, SHUTDOWN_STATES)
-            await self._runtime(obj).powerdown(reboot=False)
+            runtime = self._runtime(obj)
+            use_agent = bool(mode & ShutdownMode.AGENT) or (
+                mode == ShutdownMode.DEFAULT and runtime.state[0] is DomainState.RUNNING
+            )
+            if use_agent:
+                try:
+                    await self._agent_runtime(obj).agent_command(
+                        "guest-shutdown", {"mode": "powerdown"}, None
+                    )
+                    return
+                except AsvirtError as err:
+                    if mode == ShutdownMode.AGENT:
+                        raise
+                    log.debug(
+                        "agent shutdown failed; pressing the power button",
+                        domain=obj.name,
+                        operation="shutdown",
+                        error=str(err),
+                    )
+            await runtime.powerdown(reboot=False)
 
     async def domain_reboot(self, uuid: str) -> None:
         async with self.table.job(self.table.get(uuid)) as obj:
@@ -550,7 +582,9 @@ class DomainDriver(SnapshotCalls, SaveCalls):
             raise OperationInvalidError(f"domain '{obj.name}' is {state.label}")
 
     async def client_closed(self, owner: object) -> None:
-        """Destroy the domains ``owner`` started with autodestroy (it has gone for good)."""
+        """Destroy the domains ``owner`` started with autodestroy (it has gone for good),
+        and close the consoles it had open."""
+        await self._close_consoles_of(owner)
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:
@@ -623,13 +657,16 @@ class DomainDriver(SnapshotCalls, SaveCalls):
 
         ``LEASE``: the DHCP leases of the networks its ``type='network'`` interfaces are
         plugged into, matched by MAC (libvirt's lease source); interfaces without a lease
-        are left out, as libvirt does.
+        are left out, as libvirt does. ``AGENT``: every interface the guest agent reports,
+        the loopback too, with the addresses the guest has.
         """
         obj = self.table.get(uuid)
+        if source is InterfaceAddressSource.AGENT:
+            return await self._agent_interfaces(uuid)
         if source is not InterfaceAddressSource.LEASE:
             raise OperationUnsupportedError(
                 f"interface addresses from source '{InterfaceAddressSource(source).name.lower()}'"
-                " are not supported (use the lease source)"
+                " are not supported (use the lease or agent source)"
             )
         live = self._runtime(obj).live_def
         network = self.network

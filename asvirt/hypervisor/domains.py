@@ -62,6 +62,15 @@ class DomainRuntime(Protocol):
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None) -> Any: ...
 
+    async def agent_command(
+        self, execute: str, arguments: dict[str, Any] | None, timeout: float | None
+    ) -> Any:
+        """Run a guest agent command and return the agent's whole reply (``{"return": ...}``;
+        None for ``guest-shutdown``, which the agent does not answer). ``timeout`` None: the
+        driver's default. ArgumentUnsupportedError without an agent channel,
+        AgentUnresponsiveError when the agent is not connected or does not answer in time."""
+        ...
+
     def persistence_changed(self) -> None:
         """The domain was defined or undefined while running (status files record it)."""
         ...

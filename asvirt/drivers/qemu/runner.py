@@ -43,6 +43,7 @@ from ...conf.domain import DomainDef, parse_cpuset
 from ...config import QemuConfig
 from ...drivers.base import StatsGroup
 from ...errors import (
+    ArgumentUnsupportedError,
     AsvirtError,
     OperationFailedError,
     OperationInvalidError,
@@ -50,7 +51,12 @@ from ...errors import (
     QMPError,
     SystemCallError,
 )
-from ...events.types import SuspendedDetail
+from ...events.types import (
+    AgentLifecycleReason,
+    AgentLifecycleState,
+    EventKind,
+    SuspendedDetail,
+)
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import FromImage, FromSnapshot, StartOrigin
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
@@ -59,6 +65,7 @@ from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import process
 from . import stats as hoststats
+from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
 from .command import (
     MonitorSpec,
@@ -163,6 +170,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._vcpu_threads: list[int] | None = None
         #: Where the guest's state comes from at start (None: it boots).
         self._origin: StartOrigin = None
+        #: The guest agent's channel, once asked for (:meth:`_guest_agent`).
+        self._agent: GuestAgent | None = None
         #: Who waits for which QMP events (:meth:`watch_events`).
         self._watchers: list[tuple[frozenset[str], trio.MemorySendChannel[dict[str, Any]]]] = []
         #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
@@ -239,6 +248,50 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None) -> Any:
         return await self.execute(command, arguments)
+
+    async def agent_command(
+        self, execute: str, arguments: dict[str, Any] | None, timeout: float | None
+    ) -> Any:
+        """Run a guest agent command; the agent's whole reply (see :class:`GuestAgent`).
+        ``timeout`` None: ``[qemu] agent_timeout``."""
+        if timeout is None:
+            timeout = self._env.config.agent_timeout
+        return await self._guest_agent().command(execute, arguments, timeout)
+
+    def _guest_agent(self) -> GuestAgent:
+        if self._agent is None:
+            for chan in self._live_def.channels:
+                if (
+                    chan.target_name == AGENT_CHANNEL
+                    and chan.type == "unix"
+                    and chan.source_path
+                    and chan.alias
+                ):
+                    self._agent = GuestAgent(chan.source_path, chan.alias)
+                    break
+            else:
+                raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        return self._agent
+
+    def _agent_state_changed(self, alias: str, open_: bool, reason: AgentLifecycleReason) -> None:
+        """QEMU says the guest opened or closed the virtio-serial port ``alias``."""
+        try:
+            agent = self._guest_agent()
+        except ArgumentUnsupportedError:
+            return
+        if alias != agent.alias or agent.connected is open_:
+            return
+        agent.connected = open_
+        for chan in self._live_def.channels:
+            if chan.alias == alias:
+                # libvirt's live XML says it too: <target ... state='connected'/>.
+                chan.target_state = "connected" if open_ else "disconnected"
+                self._live_xml = None
+        state = AgentLifecycleState.CONNECTED if open_ else AgentLifecycleState.DISCONNECTED
+        self.log.info("guest agent " + state.label, operation="agent")
+        self._callbacks.publish(
+            EventKind.AGENT_LIFECYCLE, data={"state": int(state), "reason": int(reason)}
+        )
 
     def persistence_changed(self) -> None:
         self.mark_dirty()
@@ -650,6 +703,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             return
         reaction = await self._resync(attaching=True)
         await self._forget_unplugged()
+        with contextlib.suppress(OperationTimeoutError):
+            # The agent's state (no VSERPORT_CHANGE told it while nobody watched); a QEMU
+            # that does not answer leaves it unknown, as it does the rest.
+            await self._record_pty_paths()
         if reaction is not None and reaction.follow_up is not None:
             # A guest that shut down or panicked while nobody watched gets its follow-up
             # now, before anyone is told the domain's state.
@@ -657,8 +714,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self.mark_dirty()
 
     async def _record_pty_paths(self) -> None:
+        """The pty paths QEMU chose (for the live XML), and the guest agent's state."""
         wanted = set(self._live_def.chardev_ids())
-        if not wanted:
+        if not wanted and not any(c.target_name == AGENT_CHANNEL for c in self._live_def.channels):
             return
         try:
             chardevs = await self._call("query-chardev")
@@ -669,6 +727,22 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             if label in wanted and filename.startswith("pty:"):
                 self._live_def.set_pty_path(label, filename[4:])
                 self._live_xml = None
+        self._agent_state_from(chardevs)
+
+    def _agent_state_from(self, chardevs: list[dict[str, Any]]) -> None:
+        """Whether the guest has the agent's port open, from ``query-chardev``'s
+        ``frontend-open`` (at start, and when re-attaching: no VSERPORT_CHANGE tells)."""
+        for chan in self._live_def.channels:
+            if chan.target_name != AGENT_CHANNEL or not chan.alias:
+                continue
+            cid = chan.chardev_id or f"char{chan.alias}"
+            for dev in chardevs:
+                if dev.get("label") == cid and "frontend-open" in dev:
+                    self._agent_state_changed(
+                        chan.alias,
+                        bool(dev["frontend-open"]),
+                        AgentLifecycleReason.DOMAIN_STARTED,
+                    )
 
     async def _record_vnc_port(self) -> None:
         graphics = [g for g in self._live_def.graphics if g.type == "vnc"]
@@ -721,6 +795,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 self._device_deleted(event)
             self._handle(self.machine.on_qmp_event(event))
             self._follow_devices(event)
+            if event.get("event") == "VSERPORT_CHANGE":
+                data = event.get("data") or {}
+                self._agent_state_changed(
+                    str(data.get("id")), bool(data.get("open")), AgentLifecycleReason.CHANNEL
+                )
             self._tell_watchers(event)
             self._processed += 1
             self._progress.unpark_all()
@@ -862,6 +941,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     async def _tidy_up(self, *, started: bool) -> None:
         if self._monitor is not None:
             await self._monitor.close()
+        if self._agent is not None:
+            await self._agent.close()
         if not started:
             # Start or re-attach failed: QEMU must not outlive the failure unsupervised.
             if self._pidfd is not None and not self.exited:

@@ -46,13 +46,22 @@ from ...conf.postparse import postparse_domain
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
+    AgentUnresponsiveError,
+    ArgumentUnsupportedError,
+    InternalError,
     OperationFailedError,
     OperationInvalidError,
     OperationTimeoutError,
     OperationUnsupportedError,
     QMPError,
 )
-from ...events.types import EventKind, ResumedDetail, SuspendedDetail
+from ...events.types import (
+    AgentLifecycleReason,
+    AgentLifecycleState,
+    EventKind,
+    ResumedDetail,
+    SuspendedDetail,
+)
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import (
     FromImage,
@@ -171,6 +180,10 @@ class SimulatedVM:
         self._hotplugged: set[int] = set()
         self._unplug_asked: set[int] = set()
         self._unplugged = trio.Event()
+        # The simulated guest agent's state (None: not known yet, as for QEMU at start).
+        self._agent_connected: bool | None = None
+        self._frozen = False
+        self._clock_offset_ns = 0
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -218,6 +231,8 @@ class SimulatedVM:
             kind = StartKind.SNAPSHOT
             if origin.name is not None:
                 self._load_guest(self._snapshot_state(origin.name))
+        # QEMU tells at start that the guest has not opened the agent's port yet.
+        self._agent_state(False, AgentLifecycleReason.DOMAIN_STARTED)
         if paused:
             if kind is not StartKind.BOOT:
                 self.runstate = "paused"
@@ -339,6 +354,57 @@ class SimulatedVM:
 
     def persistence_changed(self) -> None:
         pass  # nothing is kept on disk
+
+    async def agent_command(
+        self, execute: str, arguments: dict[str, Any] | None, timeout: float | None
+    ) -> Any:
+        """A simulated qemu-ga (libvirt's test driver simulates the agent's calls too): it
+        answers when the domain has the agent's channel and the guest runs."""
+        await trio.lowlevel.checkpoint()
+        if not any(c.target_name == "org.qemu.guest_agent.0" for c in self._live_def.channels):
+            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        if not self._agent_connected or not self.guest_running():
+            raise AgentUnresponsiveError(
+                "Guest agent is not responding: QEMU guest agent is not connected"
+            )
+        args = arguments or {}
+        result: Any
+        match execute:
+            case "guest-ping":
+                result = {}
+            case "guest-info":
+                result = {"version": "7.2.0", "supported_commands": []}
+            case "guest-fsfreeze-freeze" | "guest-fsfreeze-freeze-list":
+                result = 0 if self._frozen else len(args.get("mountpoints") or ["/"])
+                self._frozen = True
+            case "guest-fsfreeze-thaw":
+                result, self._frozen = (1 if self._frozen else 0), False
+            case "guest-fsfreeze-status":
+                result = "frozen" if self._frozen else "thawed"
+            case "guest-get-time":
+                result = time.time_ns() + self._clock_offset_ns
+            case "guest-set-time":
+                if "time" in args:
+                    self._clock_offset_ns = int(args["time"]) - time.time_ns()
+                result = {}
+            case "guest-network-get-interfaces":
+                lo = {"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}
+                result = [
+                    {"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": [lo]}
+                ]
+                for i, nic in enumerate(self._live_def.interfaces):
+                    result.append({"name": f"eth{i}", "hardware-address": nic.mac or ""})
+            case "guest-shutdown":
+                self._scheduler.call_later(
+                    0, lambda: self.guest_poweroff() if self.guest_running() else None
+                )
+                return None
+            case _:
+                raise InternalError(
+                    f"unable to execute QEMU agent command '{execute}': "
+                    f"The command {execute} has not been found"
+                )
+        return {"return": result}
 
     async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
         """libvirt's test-driver figures: fixed ones derived from the definition, counters
@@ -659,7 +725,26 @@ class SimulatedVM:
                 f"the guest of domain '{self.name}' has crashed; it does nothing until reset"
             )
 
+    def _has_agent(self) -> bool:
+        """The domain has the agent's channel and the guest runs qemu-ga on it (the test
+        guest does, unless ``asvirt.agent=off``)."""
+        return (
+            any(c.target_name == "org.qemu.guest_agent.0" for c in self._live_def.channels)
+            and "asvirt.agent=off" not in (self._live_def.os.cmdline or "").split()
+        )
+
+    def _agent_state(self, connected: bool, reason: AgentLifecycleReason) -> None:
+        """The simulated qemu-ga opened or closed its port: as the QEMU runner reports it."""
+        if self._agent_connected == connected or not self._has_agent():
+            return
+        self._agent_connected = connected
+        state = AgentLifecycleState.CONNECTED if connected else AgentLifecycleState.DISCONNECTED
+        self._callbacks.publish(
+            EventKind.AGENT_LIFECYCLE, data={"state": int(state), "reason": int(reason)}
+        )
+
     def _guest_reset(self) -> None:
+        self._agent_state(False, AgentLifecycleReason.CHANNEL)
         self._generation += 1
         self._booted = False
         self._halted = False
@@ -670,6 +755,7 @@ class SimulatedVM:
         self._booted = True
         self._wake_balloon()
         self._wake_unplug()
+        self._agent_state(True, AgentLifecycleReason.CHANNEL)
         if self.flags.action is not None:
             generation = self._generation
             self._scheduler.call_later(
