@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ import asvirt
 from asvirt import DomainState as S
 from asvirt.drivers.qemu.process import find_qemus
 
-from .daemon import Daemon, session_daemon
+from .daemon import Daemon, session_daemon, session_runtime_dir
 from .guest import REPO, paused_xml
 from .helpers import collect_until, embed_uri, lifecycle, lifecycle_until
 
@@ -69,6 +73,40 @@ def test_an_asyncio_program_drives_a_domain_through_the_session_daemon(
 
     with session_daemon(root, tmp_path, caps_cache, monkeypatch):
         asyncio.run(main())
+
+
+def test_qemu_session_from_asyncio_starts_the_session_daemon(tmp_path, monkeypatch):
+    runtime = session_runtime_dir(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    # A home's XDG directories (the daemon makes its own asvirt/ in each, not them).
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        (tmp_path / var).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / var))
+    sock = runtime / "asvirt" / "asvirt-sock"
+
+    async def main() -> str:
+        async with asvirt.open("qemu:///session") as conn:
+            assert await conn.list_all_domains() == []
+            return conn.hostname()
+
+    try:
+        assert asyncio.run(main()) == socket.gethostname()
+        # The daemon outlives its client.
+        assert "--session" in Path(f"/proc/{peer_pid(sock)}/cmdline").read_bytes().decode()
+    finally:
+        if sock.exists():
+            pid = peer_pid(sock)
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)  # our child: it was spawned by this process
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def peer_pid(sock: Path) -> int:
+    """The pid of the process listening on ``sock`` (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
 
 
 def test_an_asyncio_program_uses_networks_pools_and_volumes_with_progress(daemon, tmp_path):
