@@ -1,4 +1,5 @@
-"""asvirt: an event-driven supervisor for QEMU/KVM virtual machines, on trio.
+"""asvirt: an event-driven supervisor for QEMU/KVM virtual machines, on trio (a client of its
+daemon runs under trio or asyncio).
 
 ::
 

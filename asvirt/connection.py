@@ -15,6 +15,11 @@ subscriptions and its event callbacks. Every connection to the same node in one 
 shares it, sees the same domains and the same event numbers. Leaving the ``async with`` block
 closes the connection; the node closes with its last connection, and running VMs keep running
 unless they were started with ``autodestroy=True``.
+
+A connection runs on anyio: under trio, and, for a node served by a daemon (``qemu:///system``,
+``qemu:///session``, ``qemu+unix://``, ``qemu+ssh://``), under asyncio too. The in-process
+drivers (``qemu:///embed``, ``test:///``) supervise their node on trio and say so, with a
+:class:`~asvirt.NoConnectError`, when opened under another event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from .calls import ConnectionCalls
 from .config import Config
@@ -59,10 +65,10 @@ class Connection(ConnectionCalls):
         self._config = config
         self._client: ClientDriver | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
         self._subscriptions: list[Subscription] = []
         self._callback_ids = itertools.count(1)
-        self._callbacks: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+        self._callbacks: dict[int, tuple[Subscription, anyio.CancelScope]] = {}
         self._closed = False
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -75,7 +81,7 @@ class Connection(ConnectionCalls):
         await stack.__aenter__()
         try:
             # Only the event callbacks run here; the node's tasks run in the node.
-            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            self._nursery = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._nursery.cancel_scope.cancel)
             self._client = await stack.enter_async_context(opener(self._uri, self._config, self))
         except BaseException:
@@ -171,7 +177,7 @@ class Connection(ConnectionCalls):
             raise InvalidArgError("the event callback is not callable")
         assert self._nursery is not None
         sub = driver.subscribe(domain=domain, kinds=_kinds(kinds), since=None, buffer=None)
-        scope = trio.CancelScope()
+        scope = anyio.CancelScope()
         cb_id = next(self._callback_ids)
         self._callbacks[cb_id] = (sub, scope)
         self._nursery.start_soon(_run_callback, callback, sub, scope, cb_id)
@@ -203,7 +209,7 @@ def _kinds(kinds: Iterable[EventKind] | EventKind | None) -> Iterable[EventKind]
 
 
 async def _run_callback(
-    callback: EventCallback, sub: Subscription, scope: trio.CancelScope, cb_id: int
+    callback: EventCallback, sub: Subscription, scope: anyio.CancelScope, cb_id: int
 ) -> None:
     with scope:
         async for event in sub:

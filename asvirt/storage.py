@@ -1,6 +1,6 @@
 """Storage pools and volumes: handles whose calls go to the connection's storage driver.
 
-Volumes' bytes move as trio streams do::
+Volumes' bytes move as trio and anyio streams do::
 
     written = await vol.upload("/var/tmp/disk.img")           # a local file, or
     written = await vol.upload(chunks, offset=0, length=0)      # any async iterable of bytes
@@ -275,12 +275,12 @@ class StorageVol:
             data = bytes(source)
             return await self._upload(_single(data), offset, length or len(data), progress)
         if isinstance(source, str | os.PathLike):
-            import trio  # a local file is read without blocking the caller's event loop
+            import anyio  # a local file is read without blocking the caller's event loop
 
             path = os.fspath(source)
             try:
-                f = await trio.open_file(path, "rb")
-                size = os.fstat(f.fileno()).st_size
+                f = await anyio.open_file(path, "rb")
+                size = os.fstat(f.wrapped.fileno()).st_size
             except OSError as err:
                 raise SystemCallError.from_oserror(err, "read", path) from None
             async with f:
@@ -338,11 +338,11 @@ class StorageVol:
         self, path: str | os.PathLike[str], *, offset: int = 0, length: int = 0
     ) -> int:
         """Download into the local file ``path`` (created or truncated); bytes written."""
-        import trio  # the local file is written without blocking the caller's event loop
+        import anyio  # the local file is written without blocking the caller's event loop
 
         total = 0
         try:
-            f = await trio.open_file(path, "wb")
+            f = await anyio.open_file(path, "wb")
         except OSError as err:
             raise SystemCallError.from_oserror(err, "write", path) from None
         async with f, self.download(offset=offset, length=length) as stream:
@@ -418,22 +418,19 @@ class VolumeDownload:
 
 
 async def _shielded(ending: Coroutine[Any, Any, Any]) -> None:
-    """Run a transfer's end even when the caller is being cancelled (under trio; a
+    """Run a transfer's end even when the caller is being cancelled (under trio or asyncio; a
     one-shot client without an event loop cannot be cancelled)."""
-    import sys
+    import sniffio
 
-    if "trio" in sys.modules:
-        import trio
-
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            await ending
-            return
-        with trio.CancelScope(shield=True):
-            await ending
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        await ending
         return
-    await ending
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        await ending
 
 
 def _check_window(offset: int, length: int) -> None:

@@ -16,7 +16,7 @@ import asvirt
 
 from .caps import Caps, probe_caps
 from .contract import Backend, make_backend
-from .daemon import Daemon, session_runtime_dir
+from .daemon import session_daemon
 from .guest import GUEST_DIR, REPO, TestGuest
 from .helpers import children, destroy_all, embed_uri, write_config
 
@@ -146,22 +146,9 @@ def backend(
     if backend_kind == "qemu":
         yield make_backend(backend_kind, guest=guest, tmp=tmp_path, root=root)
         return
-    # qemu:///session: a daemon of the test's own serves the root, at the socket the
-    # session URI leads to (the test's $XDG_RUNTIME_DIR).
-    runtime = session_runtime_dir(tmp_path)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    daemon = Daemon(
-        root,
-        socket_path=runtime / "asvirt" / "asvirt-sock",
-        caps_cache=request.getfixturevalue("caps_cache"),
-    ).start()
-    try:
+    # qemu:///session: a daemon of the test's own serves the root.
+    with session_daemon(root, tmp_path, request.getfixturevalue("caps_cache"), monkeypatch):
         yield make_backend(backend_kind, guest=guest, tmp=tmp_path, root=root)
-    finally:
-        # The daemon leaves VMs running when it stops, as it should; a test may not.
-        leftovers = daemon.stop_and_reap()
-        shutil.rmtree(runtime, ignore_errors=True)
-        assert not leftovers, f"the test left QEMUs running in the daemon: {leftovers}"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ directory of the test's, and its socket where the test says (``qemu:///session``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,8 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from asvirt import fsutil
 from asvirt.drivers.qemu.process import find_qemus
@@ -161,4 +165,25 @@ def session_runtime_dir(tmp: Path) -> Path:
     return runtime
 
 
-__all__ = ["Daemon", "session_runtime_dir"]
+@contextlib.contextmanager
+def session_daemon(
+    root: Path, tmp: Path, caps_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Daemon]:
+    """A daemon of the test's own serving ``root`` as ``qemu:///session``: at the socket the
+    session URI leads to, under the test's ``$XDG_RUNTIME_DIR``. Fails the test if it leaves
+    QEMUs running."""
+    runtime = session_runtime_dir(tmp)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    daemon = Daemon(
+        root, socket_path=runtime / "asvirt" / "asvirt-sock", caps_cache=caps_cache
+    ).start()
+    try:
+        yield daemon
+    finally:
+        # The daemon leaves VMs running when it stops, as it should; a test may not.
+        leftovers = daemon.stop_and_reap()
+        shutil.rmtree(runtime, ignore_errors=True)
+        assert not leftovers, f"the test left QEMUs running in the daemon: {leftovers}"
+
+
+__all__ = ["Daemon", "session_daemon", "session_runtime_dir"]

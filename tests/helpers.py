@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import trio
 
 import asvirt
@@ -205,9 +206,10 @@ async def collect_until(
     *,
     timeout: float = 30,
 ) -> list[asvirt.DomainEvent]:
-    """Receive events until ``done(events_so_far)`` is true; fails the test after ``timeout``."""
+    """Receive events until ``done(events_so_far)`` is true; fails the test after ``timeout``
+    (TimeoutError; under trio or asyncio)."""
     seen: list[asvirt.DomainEvent] = []
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not done(seen):
             seen.append(await events.receive())
     return seen

@@ -7,6 +7,7 @@ joined to a daemon the test started on a state directory (``socket=``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -144,6 +145,41 @@ async def test_a_paused_vm_through_ssh(over_ssh, sshd, daemon, test_guest: TestG
             ("SUSPENDED", "PAUSED"),
             ("STOPPED", "DESTROYED"),
         ]
+
+
+def test_an_asyncio_program_through_ssh_rides_out_a_cut(sshd, daemon, test_guest, tmp_path):
+    """The ssh transport (a child process, through anyio) under asyncio: calls, events, and
+    a killed ssh client replaced by a new one with every event delivered once."""
+
+    async def main() -> tuple[list[asvirt.DomainEvent], list[asvirt.DomainEvent]]:
+        uri = ssh_uri(sshd, daemon.socket)
+        async with asvirt.open(uri) as conn, conn.subscribe(since=0) as events:
+            dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
+            await dom.start(paused=True)
+            assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
+            got = await collect_until(
+                events, lambda seen: ("SUSPENDED", "PAUSED") in map(lifecycle, seen)
+            )
+            old = _cut_ssh_client(sshd)
+            # Once the connection has seen ssh die, it runs a new one (nothing announces it).
+            while not set(ssh_clients()) - set(old):
+                await asyncio.sleep(0.02)
+            await dom.destroy()  # waits for the new link
+            assert ssh_clients() and set(ssh_clients()).isdisjoint(old)
+            got += await collect_until(
+                events, lambda seen: ("STOPPED", "DESTROYED") in map(lifecycle, seen)
+            )
+            await dom.undefine()
+        async with asvirt.open(daemon.uri) as direct, direct.subscribe(since=0) as replay:
+            journal = await collect_until(
+                replay, lambda seen: bool(seen) and seen[-1].seq == got[-1].seq
+            )
+        return got, journal
+
+    got, journal = asyncio.run(main())
+    assert [ev.seq for ev in got] == [ev.seq for ev in journal]
+    assert [ev.describe() for ev in got] == [ev.describe() for ev in journal]
+    assert not ssh_clients()
 
 
 def _cut_ssh_client(sshd: Sshd) -> list[int]:

@@ -2,7 +2,9 @@
 
 A driver family registers an opener under the URI scheme it serves (``qemu``, ``test``) and
 says which URIs it accepts, so that a wrong URI gets an error naming the ones that exist.
-Built-in families are imported (and so registered) lazily, the first time a URI is resolved.
+Built-in families are imported (and so registered) lazily, the first time a URI of theirs is
+resolved: a client of a daemon never imports the QEMU or test drivers (nor trio, which they run
+on).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from ..errors import NoConnectError
 from ..uri import ConnectURI
 from .base import DriverOpener
 
-# Modules whose import registers the built-in driver families.
-_BUILTIN = ("asvirt.drivers.qemu", "asvirt.drivers.test")
+# Modules whose import registers the built-in driver families, by the scheme they serve.
+_BUILTIN = {"qemu": "asvirt.drivers.qemu", "test": "asvirt.drivers.test"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ def register(scheme: str, opener: DriverOpener, *, examples: tuple[str, ...]) ->
 def _load_builtin() -> None:
     global _loaded
     if not _loaded:
-        for module in _BUILTIN:
+        for module in _BUILTIN.values():
             importlib.import_module(module)
         _loaded = True
 
@@ -54,8 +56,30 @@ def known_uris() -> list[str]:
 
 def resolve(uri: ConnectURI) -> DriverOpener:
     """The opener of the driver family for ``uri``; NoConnectError naming the choices if none."""
-    _load_builtin()
+    module = _BUILTIN.get(uri.scheme)
+    if module is not None:
+        importlib.import_module(module)
+    else:
+        _load_builtin()
     family = _families.get(uri.scheme)
     if family is None:
         raise NoConnectError(f"no driver for URI '{uri.uri}'; available: {', '.join(known_uris())}")
     return family.opener
+
+
+def require_trio(uri: ConnectURI) -> None:
+    """NoConnectError unless the caller runs under trio: the in-process drivers (an embed root,
+    the test node) supervise their node on trio. Under asyncio, a daemon serves the same node.
+    """
+    import sniffio  # how anyio and trio tell event loops apart; cheap
+
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "an unknown event loop"
+    if library != "trio":
+        raise NoConnectError(
+            f"'{uri.uri}' runs its driver in this process, on trio, so it cannot be opened "
+            f"under {library}: open it from trio.run(), or from {library} connect to a daemon "
+            "(qemu:///session, or qemu+unix:///system?socket=PATH of an asvirtd)"
+        )

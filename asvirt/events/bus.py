@@ -19,20 +19,23 @@ published during the replay wait in its buffer. If events above N are no longer 
 first item it yields is an :data:`~asvirt.EventKind.GAP` event saying which numbers are gone.
 
 Publishing is synchronous and never blocks, so producers (QMP listeners, API calls) can
-publish from anywhere in the trio thread.
+publish from anywhere in the trio thread. A subscription waits through anyio, so the remote
+driver's subscriptions work under asyncio as under trio.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
+import anyio
+import anyio.lowlevel
 
-from .journal import Journal
 from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent, NetworkLifecycleEvent
 
 #: Kinds a subscription with ``kinds=None`` receives: everything but raw QMP pass-through,
@@ -46,6 +49,33 @@ DEFAULT_KINDS: frozenset[EventKind] = frozenset(EventKind) - {
 
 #: Events read from the journal at a time while replaying.
 _REPLAY_CHUNK = 256
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+
+@functools.cache
+def _stream_ends(with_trio: bool) -> tuple[type[Exception], type[Exception]]:
+    """What :meth:`Subscription.receive_nowait` raises: (nothing yet, closed and drained).
+
+    anyio's ``WouldBlock`` and ``EndOfStream``, which are also trio's ``WouldBlock`` and
+    ``EndOfChannel`` once trio is loaded: code written for either library catches them, and an
+    asyncio program never has to import trio for them.
+    """
+    would_block: tuple[type[Exception], ...] = (anyio.WouldBlock,)
+    end: tuple[type[Exception], ...] = (anyio.EndOfStream,)
+    if with_trio:
+        trio = sys.modules["trio"]
+        would_block += (trio.WouldBlock,)
+        end += (trio.EndOfChannel,)
+    return (
+        type("WouldBlock", would_block, {"__module__": __name__}),
+        type("EndOfSubscription", end, {"__module__": __name__}),
+    )
+
+
+def _ends() -> tuple[type[Exception], type[Exception]]:
+    return _stream_ends("trio" in sys.modules)
 
 
 class _HasUUID(Protocol):
@@ -107,7 +137,8 @@ class Subscription:
             # A string may be a name or a UUID; it matches either.
             self._name = domain
         self._queue: collections.deque[DomainEvent] = collections.deque(maxlen=buffer)
-        self._lot = trio.lowlevel.ParkingLot()
+        #: Set when an event arrives or the subscription closes, if a receiver waits.
+        self._wakeup: anyio.Event | None = None
         self._closed = False
         # Replay state: the journal is read from _cursor (exclusive) up to _replay_end
         # (inclusive); live events, all numbered above _replay_end, wait in _queue meanwhile.
@@ -153,8 +184,13 @@ class Subscription:
         if dropped:
             self.lost += 1  # the deque drops the oldest on append
         self._queue.append(event)
-        self._lot.unpark_all()
+        self._wake()
         return dropped
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     @property
     def closed(self) -> bool:
@@ -170,25 +206,30 @@ class Subscription:
         return len(self._queue)
 
     def receive_nowait(self) -> DomainEvent:
-        """The next event; raises :class:`trio.WouldBlock` if there is none yet."""
+        """The next event; raises ``WouldBlock`` (anyio's, and trio's under trio) if there is
+        none yet, ``EndOfStream`` (anyio's; trio's ``EndOfChannel``) once closed and drained."""
         event = self._next_replayed()
         if event is not None:
             return event
         if self._queue:
             return self._queue.popleft()
+        would_block, end = _ends()
         if self._closed:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
+            raise end
+        raise would_block
 
     async def receive(self) -> DomainEvent:
-        """Wait for the next event; raises :class:`trio.EndOfChannel` once closed and drained."""
+        """Wait for the next event; raises ``EndOfStream`` (anyio's; trio's ``EndOfChannel``)
+        once closed and drained."""
         while True:
             try:
                 event = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._lot.park()
+            except anyio.WouldBlock:
+                if self._wakeup is None:
+                    self._wakeup = anyio.Event()
+                await self._wakeup.wait()
                 continue
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             return event
 
     def _next_replayed(self) -> DomainEvent | None:
@@ -222,7 +263,7 @@ class Subscription:
             self._replayed.clear()
             self._cursor = self._replay_end
             self._bus._remove(self)
-            self._lot.unpark_all()
+            self._wake()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -230,7 +271,7 @@ class Subscription:
     async def __anext__(self) -> DomainEvent:
         try:
             return await self.receive()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
     async def __aenter__(self) -> Subscription:

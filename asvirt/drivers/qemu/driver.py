@@ -610,17 +610,12 @@ class QemuNode(Node):
 
 
 @contextlib.asynccontextmanager
-async def open_qemu(
+async def open_embedded(
     uri: ConnectURI, config: Config | None, client: object
 ) -> AsyncIterator[ClientDriver]:
-    """The client driver for ``uri``: this process's node for an embed root, else the
-    remote driver to the daemon that serves the URI."""
-    if uri.path != "/embed" or uri.transport is not None or uri.host:
-        from ..remote.client import open_remote  # only clients of a daemon need it
-
-        async with open_remote(uri, config, client) as remote:
-            yield remote
-        return
+    """The client driver of the embed root ``uri`` names (``qemu:///embed?root=DIR``): this
+    process's node on it (the family's opener, :func:`asvirt.drivers.qemu.open_qemu`, sends
+    every other QEMU URI to a daemon)."""
     root_param = uri.param("root")
     if not root_param or not os.path.isabs(root_param):
         raise NoConnectError(f"'{uri.uri}': root= must be an absolute directory path")
@@ -658,4 +653,4 @@ async def open_qemu_node(
     return await open_node(("qemu", str(paths.root)), make)
 
 
-__all__ = ["QemuBackend", "QemuNode", "open_qemu", "open_qemu_node"]
+__all__ = ["QemuBackend", "QemuNode", "open_embedded", "open_qemu_node"]

@@ -10,6 +10,10 @@ deadline, then fails with NoConnectError.
 
 Calls are those of :mod:`asvirt.protocol`, checked and encoded by it: nothing here knows one
 call from another.
+
+The I/O is anyio's, so that a connection to a daemon works under trio and under asyncio alike
+(most programs that drive libvirt today run libvirt-python's event loop on asyncio): nothing
+here imports either event loop.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
-import trio
+import anyio
+import anyio.abc
 
 from ... import protocol
 from ...config import Config
@@ -32,7 +37,6 @@ from ...errors import (
 from ...events import DomainEvent, EventKind, Subscription
 from ...events.bus import DomainFilter
 from ...events.codec import event_from_dict
-from ...events.journal import MemoryJournal
 from ...log import get_logger
 from ...rpc import wire
 from ...uri import ConnectURI
@@ -57,22 +61,22 @@ class _LinkLost(Exception):
 class _Link:
     """One stream to the daemon: requests by id, responses and notifications."""
 
-    def __init__(self, stream: trio.abc.Stream, on_notice: Callable[[str, Any], None]) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, on_notice: Callable[[str, Any], None]) -> None:
         self.stream = stream
         self._on_notice = on_notice
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[dict[str, Any] | None], None]] = {}
         #: Progress callbacks of requests in flight that asked for progress.
         self._progress: dict[int, Callable[[float], object]] = {}
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](1_000_000)
-        self.broken = trio.Event()
+        self._out_send, self._out_recv = anyio.create_memory_object_stream[bytes](1_000_000)
+        self.broken = anyio.Event()
         #: Why the stream broke (what the transport said), if it did not just end.
         self.error: BaseException | None = None
 
     def send(self, data: bytes) -> None:
         try:
             self._out_send.send_nowait(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     def request_nowait(
@@ -99,7 +103,7 @@ class _Link:
         params: dict[str, Any],
         on_progress: Callable[[float], object] | None = None,
     ) -> dict[str, Any]:
-        done = trio.Event()
+        done = anyio.Event()
         reply: list[dict[str, Any] | None] = []
 
         def got(message: dict[str, Any] | None) -> None:
@@ -124,21 +128,22 @@ class _Link:
     async def run(self) -> None:
         """Carry messages both ways until the stream ends; then fail what was pending."""
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._write)
                 await self._read()
-                nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                tasks.cancel_scope.cancel()
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as group:
             self.error = _first(group)
         finally:
             self.broken.set()
             self._out_send.close()
+            self._out_recv.close()
             pending, self._pending = self._pending, {}
             self._progress.clear()
             for on_reply in pending.values():
                 on_reply(None)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self.stream)
 
     async def _write(self) -> None:
         async for data in self._out_recv:
@@ -146,17 +151,18 @@ class _Link:
             while len(batch) < 256:
                 try:
                     batch.append(self._out_recv.receive_nowait())
-                except trio.WouldBlock:
+                except anyio.WouldBlock:
                     break
-            await self.stream.send_all(b"".join(batch))
+            await self.stream.send(b"".join(batch))
 
     async def _read(self) -> None:
         reader = wire.LineReader(MAX_MESSAGE)
         while True:
-            data = await self.stream.receive_some(65536)
-            if not data:
+            try:
+                data = await self.stream.receive(65536)
+            except anyio.EndOfStream:
                 return
-            for line in reader.feed(bytes(data)):
+            for line in reader.feed(data):
                 if isinstance(line, wire.Oversized):
                     log.warning("the daemon sent an oversized message; dropping the link")
                     return
@@ -198,11 +204,14 @@ class _Source:
     def __init__(self, driver: RemoteDriver, sub_id: int) -> None:
         self._driver = driver
         self._sub_id = sub_id
-        self.journal = MemoryJournal(1)
 
     @property
     def last_seq(self) -> int:
         return 0
+
+    @property
+    def journal(self) -> NoReturn:
+        raise AssertionError("a remote subscription never replays by itself")
 
     def gap_event(self, first: int, last: int) -> DomainEvent:
         raise AssertionError("a remote subscription never replays by itself")
@@ -214,12 +223,12 @@ class _Source:
 class RemoteDriver:
     """A connection's driver when the node is served by a daemon."""
 
-    def __init__(self, uri: ConnectURI, transport: Transport, nursery: trio.Nursery) -> None:
+    def __init__(self, uri: ConnectURI, transport: Transport, nursery: anyio.abc.TaskGroup) -> None:
         self._uri = uri
         self._transport = transport
         self._nursery = nursery
         self._link: _Link | None = None
-        self._link_up = trio.Event()
+        self._link_up = anyio.Event()
         self._closed = False
         self._hello: dict[str, Any] = {}
         self._subs: dict[int, _RemoteSubscription] = {}
@@ -234,7 +243,7 @@ class RemoteDriver:
         """The first link: NoConnectError if the daemon cannot be reached now."""
         try:
             link = await self._open_link()
-        except (OSError, trio.BrokenResourceError, _LinkLost) as err:
+        except (OSError, anyio.BrokenResourceError, _LinkLost) as err:
             raise NoConnectError(
                 f"cannot connect to {self._transport.description}: {_reason(err)}"
             ) from None
@@ -245,12 +254,12 @@ class RemoteDriver:
         link = _Link(stream, self._on_notice)
         self._nursery.start_soon(link.run)
         try:
-            with trio.fail_after(HELLO_DEADLINE):
+            with anyio.fail_after(HELLO_DEADLINE):
                 reply = await link.request(
                     "hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"}
                 )
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(stream)
+        except TimeoutError:
+            await anyio.aclose_forcefully(stream)
             raise _LinkLost(f"no answer in {HELLO_DEADLINE:g} s") from None
         except _LinkLost:
             why = _reason(link.error) if link.error is not None else "the connection was closed"
@@ -276,7 +285,7 @@ class RemoteDriver:
         while not self._closed:
             await link.broken.wait()
             self._link = None
-            self._link_up = trio.Event()
+            self._link_up = anyio.Event()
             if self._closed:
                 return
             log.warning("lost the daemon; reconnecting", daemon=self._transport.description)
@@ -285,9 +294,9 @@ class RemoteDriver:
                 try:
                     link = await self._open_link()
                     break
-                except (OSError, trio.BrokenResourceError, _LinkLost, AsvirtError) as err:
+                except (OSError, anyio.BrokenResourceError, _LinkLost, AsvirtError) as err:
                     log.debug("cannot reconnect yet", error=_reason(err), retry_in=delay)
-                    await trio.sleep(delay)
+                    await anyio.sleep(delay)
                     delay = min(delay * 2, BACKOFF[1])
             self.reconnects += 1
             log.info("reconnected to the daemon", daemon=self._transport.description)
@@ -344,7 +353,7 @@ class RemoteDriver:
     async def _wait_link(self, method: str) -> _Link:
         if self._closed:
             raise NoConnectError("the connection is closed")
-        with trio.move_on_after(RECONNECT_DEADLINE):
+        with anyio.move_on_after(RECONNECT_DEADLINE):
             while self._link is None or self._link.broken.is_set():
                 await self._link_up.wait()
             return self._link
@@ -401,10 +410,10 @@ class RemoteDriver:
             rsub.sub.close()
         link = self._link
         if link is not None:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(RECONNECT_DEADLINE), contextlib.suppress(_LinkLost):
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(RECONNECT_DEADLINE), contextlib.suppress(_LinkLost):
                     await link.request("bye", {})
-                await trio.aclose_forcefully(link.stream)
+                await anyio.aclose_forcefully(link.stream)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -417,6 +426,9 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def _reason(err: BaseException) -> str:
     if isinstance(err, OSError):
         return err.strerror or str(err)
+    if not str(err) and err.__cause__ is not None:
+        # anyio's BrokenResourceError says nothing; the OSError it stands for does.
+        return _reason(err.__cause__)
     return str(err) or type(err).__name__
 
 
@@ -428,7 +440,7 @@ async def open_remote(
     del config, client  # the daemon has its own; the link is the client
     transport = transport_for(uri)
     failure: AsvirtError | None = None
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         driver = RemoteDriver(uri, transport, nursery)
         try:
             await driver.connect()

@@ -1,7 +1,8 @@
 """How a client reaches a daemon: a unix socket (starting the session daemon if need be), or
 SSH to another host, where ``asvirtd --stdio-bridge`` joins the daemon's socket.
 
-A transport only makes byte streams: the client (:mod:`.client`) reconnects through it.
+A transport only makes byte streams (anyio's, so that they work under trio and asyncio): the
+client (:mod:`.client`) reconnects through it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import urllib.parse
 from pathlib import Path
 from typing import IO, Protocol
 
-import trio
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 
 from ... import fsutil
 from ...daemon import autostart, layout
@@ -30,7 +34,7 @@ class Transport(Protocol):
     #: What to say in errors ("the daemon at /run/asvirt/asvirt-sock").
     description: str
 
-    async def open(self) -> trio.abc.Stream: ...
+    async def open(self) -> anyio.abc.ByteStream: ...
 
 
 class UnixTransport:
@@ -42,7 +46,7 @@ class UnixTransport:
         self.description = f"the daemon at {path}"
         self._started = False
 
-    async def open(self) -> trio.abc.Stream:
+    async def open(self) -> anyio.abc.ByteStream:
         try:
             return await _connect_unix(self.path)
         except OSError:
@@ -50,25 +54,19 @@ class UnixTransport:
                 raise
         # No session daemon: start one (it outlives this client), then wait for its socket.
         self._started = True
-        await trio.to_thread.run_sync(autostart.spawn_session_daemon)
-        with trio.move_on_after(autostart.START_DEADLINE):
+        await anyio.to_thread.run_sync(autostart.spawn_session_daemon)
+        with anyio.move_on_after(autostart.START_DEADLINE):
             while True:
                 try:
                     return await _connect_unix(self.path)
                 except OSError:
-                    await trio.sleep(0.02)  # its socket appears when it is ready
+                    await anyio.sleep(0.02)  # its socket appears when it is ready
         raise NoConnectError(f"the session daemon did not start (see {autostart.session_log()})")
 
 
-async def _connect_unix(path: Path) -> trio.abc.Stream:
+async def _connect_unix(path: Path) -> anyio.abc.ByteStream:
     with fsutil.short_socket_path(path) as addr:
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        try:
-            await sock.connect(addr)
-        except BaseException:
-            sock.close()
-            raise
-    return trio.SocketStream(sock)
+        return await anyio.connect_unix(addr)
 
 
 class SshTransport:
@@ -133,12 +131,12 @@ class SshTransport:
         # "--": a host name can never be read as an option.
         return [*argv, "--", self.host, self.remote_command]
 
-    async def open(self) -> trio.abc.Stream:
+    async def open(self) -> anyio.abc.ByteStream:
         # ssh's stderr goes to a file, not a pipe: nobody has to drain it for ssh to go on,
         # and it is all there when ssh has exited. The stream closes it.
         errors = tempfile.TemporaryFile(prefix="asvirt-ssh-")  # noqa: SIM115
         try:
-            proc = await trio.lowlevel.open_process(
+            proc = await anyio.open_process(
                 self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
             )
         except OSError as err:
@@ -147,7 +145,7 @@ class SshTransport:
         return _SshStream(proc, errors)
 
 
-class _SshStream(trio.abc.Stream):
+class _SshStream(anyio.abc.ByteStream):
     """An ssh child's stdin and stdout; when they break, ssh's stderr says why.
 
     Closing the stream ends the child. The end of its output is a clean end when ssh exits
@@ -158,7 +156,7 @@ class _SshStream(trio.abc.Stream):
     #: Seconds ssh may take to exit once its output has ended.
     EXIT_GRACE = 5.0
 
-    def __init__(self, proc: trio.Process, errors: IO[bytes]) -> None:
+    def __init__(self, proc: anyio.abc.Process, errors: IO[bytes]) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         self._stdin = proc.stdin
@@ -167,31 +165,32 @@ class _SshStream(trio.abc.Stream):
         self._failure: str | None = None
         self._ended = False
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send(self, item: bytes) -> None:
         try:
-            await self._stdin.send_all(data)
-        except trio.BrokenResourceError:
-            raise trio.BrokenResourceError(await self._why() or "ssh has exited") from None
+            await self._stdin.send(item)
+        except anyio.BrokenResourceError:
+            raise anyio.BrokenResourceError(await self._why() or "ssh has exited") from None
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stdin.wait_send_all_might_not_block()
+    async def send_eof(self) -> None:
+        await self._stdin.aclose()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self._stdout.receive_some(max_bytes)
-        if not data:
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._stdout.receive(max_bytes)
+        except anyio.EndOfStream:
             why = await self._why()
             if why is not None:
-                raise trio.BrokenResourceError(why)
-        return bytes(data)
+                raise anyio.BrokenResourceError(why) from None
+            raise
 
     async def _why(self) -> str | None:
         """None if ssh exited with status 0, else what it said (after it has exited)."""
         if not self._ended:
-            with trio.move_on_after(self.EXIT_GRACE):
+            with anyio.move_on_after(self.EXIT_GRACE):
                 await self._proc.wait()
             if self._proc.returncode is None:
                 self._proc.kill()
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self._proc.wait()
             self._ended = True
             assert self._proc.returncode is not None
@@ -209,7 +208,7 @@ class _SshStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         # Shielded: even a forceful close (already cancelled) ends and reaps the child.
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             try:
                 await self._stdin.aclose()
                 if self._proc.returncode is None:
@@ -218,7 +217,7 @@ class _SshStream(trio.abc.Stream):
                 await self._stdout.aclose()
             finally:
                 self._errors.close()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 def _failure(returncode: int, said: str) -> str | None:

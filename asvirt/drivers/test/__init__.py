@@ -55,6 +55,7 @@ async def open_test(
     uri: ConnectURI, config: Config | None, client: object
 ) -> AsyncIterator[LocalDriver]:
     """The client driver of the test node ``uri`` names (``test:///default`` or a node file)."""
+    registry.require_trio(uri)
     if uri.transport is not None or uri.host:
         raise NoConnectError(f"'{uri.uri}': the test driver is local only (use test:///default)")
     if uri.params:
