@@ -1133,23 +1133,47 @@ def parse_memballoon(node: Node) -> Memballoon:
 
 @dataclass(slots=True)
 class RNG(DeviceBase):
-    """``<rng model='virtio'>`` backed by a host random device or QEMU's builtin source."""
+    """``<rng model='virtio'>`` backed by a host random device, QEMU's builtin source, or an
+    EGD daemon's socket (``<backend model='egd' type='tcp'|'unix'>``)."""
 
     model: str = "virtio"
-    backend: str = "random"  # random | builtin
+    backend: str = "random"  # random | builtin | egd
     backend_path: str | None = None
     rate_bytes: int | None = None
     rate_period: int | None = None
+    #: egd: the socket (``type`` tcp | unix, ``mode`` connect | bind, host/service or path).
+    egd_type: str | None = None
+    egd_mode: str | None = None
+    egd_host: str | None = None
+    egd_service: str | None = None
+    egd_path: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("rng", {"model": self.model})
         el.add_if("rate", {"bytes": self.rate_bytes, "period": self.rate_period})
-        el.add("backend", {"model": self.backend}, text=self.backend_path)
+        if self.backend == "egd":
+            be = el.add("backend", {"model": "egd", "type": self.egd_type})
+            be.add(
+                "source",
+                {
+                    "mode": self.egd_mode,
+                    "host": self.egd_host,
+                    "service": self.egd_service,
+                    "path": self.egd_path,
+                },
+            )
+            if self.egd_type == "tcp":
+                be.add("protocol", {"type": "raw"})
+        else:
+            el.add("backend", {"model": self.backend}, text=self.backend_path)
         self._format_tail(el, live)
 
 
+RNG_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+
+
 def parse_rng(node: Node) -> RNG:
-    rng = RNG(model=node.choice("model", ("virtio",)) or "")
+    rng = RNG(model=node.choice("model", RNG_MODELS) or "")
     if not rng.model:
         raise XMLError("missing attribute 'model' of <rng>")
     rate = node.child("rate")
@@ -1162,21 +1186,51 @@ def parse_rng(node: Node) -> RNG:
     backend = node.child("backend")
     if backend is None:
         raise XMLError("missing <backend> of <rng>")
-    rng.backend = backend.choice("model", ("random", "builtin")) or ""
+    rng.backend = backend.choice("model", ("random", "builtin", "egd")) or ""
     if not rng.backend:
         raise XMLError("missing attribute 'model' of <rng><backend>")
-    path = backend.text() or None
-    if rng.backend == "random":
-        if path is not None and not path.startswith("/"):
-            raise XMLError(f"rng backend '{path}' must be an absolute path")
-        rng.backend_path = path
-    elif path:
-        raise XMLError("the builtin rng backend takes no path")
+    if rng.backend == "egd":
+        _parse_egd(backend, rng)
+    else:
+        path = backend.text() or None
+        if rng.backend == "random":
+            if path is not None and not path.startswith("/"):
+                raise XMLError(f"rng backend '{path}' must be an absolute path")
+            rng.backend_path = path
+        elif path:
+            raise XMLError("the builtin rng backend takes no path")
     backend.finish()
     _parse_alias(node, rng)
     rng.address = parse_address(node, (PCIAddress,))
     node.finish()
     return rng
+
+
+def _parse_egd(backend: Node, rng: RNG) -> None:
+    kind = backend.attr("type")
+    if kind not in ("tcp", "unix"):
+        raise backend.unsupported_value("type", kind or "", ["tcp", "unix"])
+    rng.egd_type = kind
+    src = backend.child("source")
+    if src is None:
+        raise XMLError(f"{backend.where} of model 'egd' needs a <source>")
+    rng.egd_mode = src.choice("mode", ("connect", "bind"), "connect")
+    if kind == "tcp":
+        rng.egd_host = src.attr("host")
+        rng.egd_service = src.required("service")
+        if not rng.egd_service.isdigit() or not 0 < int(rng.egd_service) < 65536:
+            raise XMLError(f"invalid port '{rng.egd_service}' in {src.where}")
+        if rng.egd_host is not None and not re.fullmatch(r"[A-Za-z0-9.:_-]+", rng.egd_host):
+            raise XMLError(f"invalid host '{rng.egd_host}' in {src.where}")
+        proto = backend.child("protocol")
+        if proto is not None:
+            proto.choice("type", ("raw",))
+            proto.finish()
+    else:
+        rng.egd_path = src.required("path")
+        if not rng.egd_path.startswith("/"):
+            raise XMLError(f"the EGD socket '{rng.egd_path}' must be an absolute path")
+    src.finish()
 
 
 WATCHDOG_MODELS = ("i6300esb", "ib700", "itco")
@@ -1206,11 +1260,17 @@ def parse_watchdog(node: Node) -> Watchdog:
     return wd
 
 
+PANIC_MODELS = ("isa", "pvpanic", "hyperv", "pseries", "s390")
+
+
 @dataclass(slots=True)
 class Panic(DeviceBase):
-    """``<panic>``: the pvpanic device that turns a guest kernel panic into a QMP event."""
+    """``<panic>``: a device that turns a guest kernel panic into a QMP event.
 
-    model: str | None = None  # isa (the only one asvirt supports on x86)
+    ``isa`` and ``pvpanic`` (PCI) are QEMU's pvpanic devices, ``hyperv`` the Hyper-V crash MSRs.
+    """
+
+    model: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("panic", {"model": self.model})
@@ -1218,8 +1278,8 @@ class Panic(DeviceBase):
 
 
 def parse_panic(node: Node) -> Panic:
-    panic = Panic(model=node.choice("model", ("isa",)))
+    panic = Panic(model=node.choice("model", PANIC_MODELS))
     _parse_alias(node, panic)
-    panic.address = parse_address(node, (ISAAddress,))
+    panic.address = parse_address(node, (ISAAddress, PCIAddress))
     node.finish()
     return panic

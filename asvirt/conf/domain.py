@@ -26,6 +26,7 @@ from lxml import etree
 from ..errors import ConfigUnsupportedError, XMLError
 from . import devices as dev
 from . import extdevices as xdev
+from . import otherdevices as odev
 from .devices import (
     RNG,
     Audio,
@@ -43,6 +44,7 @@ from .devices import (
 )
 from .extdevices import TPM, Filesystem, Hostdev, Redirdev, Sound
 from .names import canonical_uuid, validate_name
+from .otherdevices import IOMMU, RedirFilter, Shmem, Vsock
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
@@ -321,6 +323,10 @@ class DomainDef:
     sounds: list[Sound] = field(default_factory=list)
     redirdevs: list[Redirdev] = field(default_factory=list)
     tpms: list[TPM] = field(default_factory=list)
+    redirfilter: RedirFilter | None = None
+    shmems: list[Shmem] = field(default_factory=list)
+    iommu: IOMMU | None = None
+    vsock: Vsock | None = None
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -450,11 +456,15 @@ class DomainDef:
             self.videos,
             self.hostdevs,
             self.redirdevs,
+            [self.redirfilter] if self.redirfilter is not None else [],
             self.hubs,
             self.watchdogs,
             [self.memballoon] if self.memballoon is not None else [],
             self.rngs,
             self.panics,
+            self.shmems,
+            [self.iommu] if self.iommu is not None else [],
+            [self.vsock] if self.vsock is not None else [],
         ]
         for group in groups:
             for device in group:
@@ -1231,6 +1241,18 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     d.sounds = [xdev.parse_sound(n) for n in node.children("sound")]
     d.redirdevs = [xdev.parse_redirdev(n) for n in node.children("redirdev")]
     d.tpms = [xdev.parse_tpm(n) for n in node.children("tpm")]
+    d.shmems = [odev.parse_shmem(n) for n in node.children("shmem")]
+    for tag in ("redirfilter", "iommu", "vsock"):
+        found = node.children(tag)
+        if len(found) > 1:
+            raise XMLError(f"a domain can have only one <{tag}>")
+        if found:
+            parse = {
+                "redirfilter": odev.parse_redirfilter,
+                "iommu": odev.parse_iommu,
+                "vsock": odev.parse_vsock,
+            }[tag]
+            setattr(d, tag, parse(found[0]))
     node.finish()
 
 

@@ -288,6 +288,14 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.rngs,
         *d.panics,
         *([d.memballoon] if d.memballoon is not None else []),
+        *d.filesystems,
+        *d.hostdevs,
+        *d.sounds,
+        *d.redirdevs,
+        *d.tpms,
+        *d.shmems,
+        *([d.iommu] if d.iommu is not None else []),
+        *([d.vsock] if d.vsock is not None else []),
     ]
 
 

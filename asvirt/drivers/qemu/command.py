@@ -27,6 +27,7 @@ from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
+from . import command_other as other
 from .capabilities import QemuCapabilities
 from .postparse import (
     NIC_DEVICE,
@@ -283,7 +284,9 @@ class _Builder:
         more.feature_args(self)
         self._pm()
         self._boot()
+        other.intel_iommu_args(self)
         self._controllers()
+        other.virtio_iommu_args(self)
         self._disks()
         more.filesystem_args(self)
         self._interfaces()
@@ -300,8 +303,10 @@ class _Builder:
         more.redirdev_args(self)
         self._watchdogs()
         self._memballoon()
-        self._rngs()
-        self._panics()
+        other.rng_args(self)
+        other.panic_args(self)
+        other.shmem_args(self)
+        other.vsock_args(self)
         more.misc_args(self)
         if self.sandbox and self.caps.has_option("sandbox"):
             # libvirt's default: QEMU's seccomp filter forbids what a confined emulator has no
@@ -941,27 +946,3 @@ class _Builder:
         if bal.free_page_reporting is not None:
             props["free-page-reporting"] = bal.free_page_reporting == "on"
         self.device(self._pci(props, bal.address, "the memory balloon"))
-
-    def _rngs(self) -> None:
-        for i, rng in enumerate(self.d.rngs):
-            obj = f"obj{rng.alias}"
-            if rng.backend == "builtin":
-                self.add("-object", _json({"qom-type": "rng-builtin", "id": obj}))
-            else:
-                self.add(
-                    "-object",
-                    _json({"qom-type": "rng-random", "id": obj, "filename": rng.backend_path}),
-                )
-            props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": rng.alias}
-            if rng.rate_bytes is not None:
-                props["max-bytes"] = rng.rate_bytes
-                props["period"] = rng.rate_period or 1000
-            self.device(self._pci(props, rng.address, f"rng {i}"))
-
-    def _panics(self) -> None:
-        for panic in self.d.panics:
-            props: dict[str, Any] = {"driver": "pvpanic"}
-            addr = panic.address
-            if addr is not None and addr.iobase is not None:  # type: ignore[union-attr]
-                props["ioport"] = addr.iobase  # type: ignore[union-attr]
-            self.device(props)

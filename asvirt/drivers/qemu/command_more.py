@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
+from .command_other import redir_filter
 from .postparse_more import CODEC_DEVICE, SOUND_DEVICE, memory_backend
 
 if TYPE_CHECKING:
@@ -317,6 +318,8 @@ def cpu_options(d: DomainDef) -> list[str]:
         opts.append(f"kvm-pv-unhalt={f.pvspinlock}")
     if f.pmu is not None:
         opts.append(f"pmu={f.pmu}")
+    if any(p.model == "hyperv" for p in d.panics):
+        opts.append("hv-crash=on")
     tsc = d.clock.timer("tsc")
     if tsc is not None and tsc.frequency is not None:
         opts.append(f"tsc-frequency={tsc.frequency}")
@@ -459,6 +462,7 @@ def redirdev_args(b: _Builder) -> None:
         cid = f"char{rd.alias}"
         b.add("-chardev", f"spicevmc,id={cid},name=usbredir")
         props: dict[str, Any] = {"driver": "usb-redir", "chardev": cid, "id": rd.alias}
+        props["filter"] = redir_filter(b.d)
         props = b._usb(props, rd.address, f"redirdev {i}")
         props["bootindex"] = rd.boot_order
         b.device(props)

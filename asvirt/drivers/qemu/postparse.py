@@ -37,6 +37,7 @@ from .capabilities import QemuCapabilities
 from .firmware import select_firmware
 from .pci import USB2_FUNCTION, assign_pci_addresses
 from .postparse_more import default_audio, prepare_more
+from .postparse_other import prepare_other
 
 #: The CPU model QEMU gives x86 guests when none is named.
 DEFAULT_X86_CPU = "qemu64"
@@ -130,6 +131,7 @@ def prepare_domain(
     _videos(d, caps)
     _misc_devices(d, caps, q35)
     prepare_more(d, caps, q35)
+    prepare_other(d, caps, q35)
     _check_controllers(d, caps, q35)
     _assign_virtio_serial(d)
     _assign_usb(d)
@@ -616,13 +618,6 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         raise XMLError("there can be only one itco watchdog")
     if d.has_memballoon:
         _need_device(caps, "virtio-balloon-pci", "the memory balloon")
-    for _rng in d.rngs:
-        _need_device(caps, "virtio-rng-pci", "virtio-rng")
-    for panic in d.panics:
-        panic.model = panic.model or "isa"
-        _need_device(caps, "pvpanic", "the ISA panic device")
-    if len(d.panics) > 1:
-        raise ConfigUnsupportedError("unsupported configuration: more than one <panic> device")
     for inp in d.inputs:
         if inp.bus == "virtio":
             _need_device(caps, f"virtio-{inp.type}-pci", f"virtio {inp.type}")
@@ -861,6 +856,9 @@ def assign_aliases(d: DomainDef) -> None:
         (d.sounds, "sound"),
         (d.redirdevs, "redir"),
         (d.tpms, "tpm"),
+        (d.shmems, "shmem"),
+        ([d.iommu] if d.iommu is not None else [], "iommu"),
+        ([d.vsock] if d.vsock is not None else [], "vsock"),
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):

@@ -1,0 +1,157 @@
+"""Command-line arguments of the rarer x86 devices: IOMMUs, vsock, ivshmem, panic devices and
+RNGs, as libvirt builds them (ids, JSON ``-device`` and ``-object`` properties).
+
+Called by :class:`~asvirt.drivers.qemu.command._Builder`; each function appends to its argv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from .postparse_other import RNG_DEVICE, VSOCK_DEVICE
+
+if TYPE_CHECKING:
+    from ...conf.domain import DomainDef
+    from .command import _Builder
+
+
+def _json(props: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in props.items() if v is not None}, separators=(",", ":"))
+
+
+def _kv(value: str) -> str:
+    return value.replace(",", ",,")
+
+
+#: ``<iommu><driver>`` attribute -> intel-iommu property.
+_INTEL_IOMMU_PROPS = {
+    "intremap": "intremap",
+    "caching_mode": "caching-mode",
+    "eim": "eim",
+    "iotlb": "device-iotlb",
+}
+
+
+def intel_iommu_args(b: _Builder) -> None:
+    """The intel-iommu comes before every PCI device: QEMU wires them up as they are created."""
+    io = b.d.iommu
+    if io is not None and io.model == "intel":
+        props: dict[str, Any] = {"driver": "intel-iommu", "id": io.alias}
+        for name, value in io.driver.items():
+            # intremap and eim are OnOffAuto properties; the others are booleans.
+            on = value == "on"
+            props[_INTEL_IOMMU_PROPS[name]] = value if name in ("intremap", "eim") else on
+        props["aw-bits"] = io.aw_bits
+        b.device(props)
+
+
+def virtio_iommu_args(b: _Builder) -> None:
+    """The virtio-iommu sits on a PCI bus (after its controllers), before the other devices."""
+    io = b.d.iommu
+    if io is not None and io.model == "virtio":
+        b.device(b._pci({"driver": "virtio-iommu-pci", "id": io.alias}, io.address, "the IOMMU"))
+
+
+def auto_cid(d: DomainDef) -> int:
+    """The context id of a ``<cid auto='yes'>`` vsock: stable per domain, never a reserved one.
+
+    libvirt probes ``/dev/vhost-vsock`` for a free id; asvirt takes one from the UUID (2^32
+    choices), so the id is the same at every start and known before QEMU runs.
+    """
+    digest = int.from_bytes(hashlib.sha256(d.uuid.encode()).digest()[:4], "big")
+    return 3 + digest % ((1 << 32) - 4)
+
+
+def vsock_args(b: _Builder) -> None:
+    vs = b.d.vsock
+    if vs is None:
+        return
+    cid = vs.cid if vs.cid is not None else auto_cid(b.d)
+    props: dict[str, Any] = {
+        "driver": VSOCK_DEVICE[vs.model or "virtio"],
+        "id": vs.alias,
+        "guest-cid": cid,
+    }
+    b.device(b._pci(props, vs.address, "the vsock device"))
+
+
+def shmem_args(b: _Builder) -> None:
+    for i, sh in enumerate(b.d.shmems):
+        props: dict[str, Any] = {"driver": sh.model, "id": sh.alias}
+        if sh.model == "ivshmem-plain":
+            mem = f"shmmem-{sh.alias}"
+            b.add(
+                "-object",
+                _json(
+                    {
+                        "qom-type": "memory-backend-file",
+                        "id": mem,
+                        "mem-path": f"/dev/shm/{sh.name}",
+                        "size": (sh.size_kib or 0) * 1024,
+                        "share": True,
+                    }
+                ),
+            )
+            props["memdev"] = mem
+        else:
+            cid = f"char{sh.alias}"
+            b.add("-chardev", f"socket,id={cid},path={_kv(sh.server_path or '')}")
+            props["chardev"] = cid
+            props["vectors"] = sh.msi_vectors
+            if sh.msi_ioeventfd is not None:
+                props["ioeventfd"] = sh.msi_ioeventfd == "on"
+        if sh.role is not None:
+            props["master"] = "on" if sh.role == "master" else "off"
+        b.device(b._pci(props, sh.address, f"shmem {i}"))
+
+
+def panic_args(b: _Builder) -> None:
+    for panic in b.d.panics:
+        if panic.model == "isa":
+            props: dict[str, Any] = {"driver": "pvpanic"}
+            addr = panic.address
+            if addr is not None and addr.iobase is not None:  # type: ignore[union-attr]
+                props["ioport"] = addr.iobase  # type: ignore[union-attr]
+            b.device(props)
+        elif panic.model == "pvpanic":
+            b.device(b._pci({"driver": "pvpanic-pci"}, panic.address, "the PCI panic device"))
+        # hyperv: hv-crash on the -cpu (cpu_options)
+
+
+def rng_args(b: _Builder) -> None:
+    for i, rng in enumerate(b.d.rngs):
+        obj = f"obj{rng.alias}"
+        if rng.backend == "builtin":
+            b.add("-object", _json({"qom-type": "rng-builtin", "id": obj}))
+        elif rng.backend == "egd":
+            cid = f"char{rng.alias}"
+            if rng.egd_type == "tcp":
+                opts = [f"socket,id={cid},host={rng.egd_host or ''},port={rng.egd_service}"]
+            else:
+                opts = [f"socket,id={cid},path={_kv(rng.egd_path or '')}"]
+            if rng.egd_mode == "bind":
+                opts.append("server=on,wait=off")
+            b.add("-chardev", ",".join(opts))
+            b.add("-object", _json({"qom-type": "rng-egd", "id": obj, "chardev": cid}))
+        else:
+            b.add(
+                "-object",
+                _json({"qom-type": "rng-random", "id": obj, "filename": rng.backend_path}),
+            )
+        props: dict[str, Any] = {"driver": RNG_DEVICE[rng.model], "rng": obj, "id": rng.alias}
+        if rng.rate_bytes is not None:
+            props["max-bytes"] = rng.rate_bytes
+            props["period"] = rng.rate_period or 1000
+        b.device(b._pci(props, rng.address, f"rng {i}"))
+
+
+def redir_filter(d: DomainDef) -> str | None:
+    """usb-redir's ``filter`` property for the domain's ``<redirfilter>`` (None: none)."""
+    if d.redirfilter is None or not d.redirfilter.rules:
+        return None
+    return "|".join(rule.qemu() for rule in d.redirfilter.rules)
+
+
+__all__ = ["auto_cid", "redir_filter"]

@@ -1,0 +1,290 @@
+"""Command lines of the rest of libvirt's x86 devices (vsock, IOMMUs, ivshmem, panic models,
+EGD and transitional RNGs, USB redirection filters), conformance style.
+
+Each test gives its XML, the arguments libvirt builds for it, and a launch of the very argv
+paused under the real QEMU, asked over QMP what it built; what QEMU cannot do on x86 is
+refused, saying so.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import struct
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from qemu_launch import QemuRefused, launch_paused
+
+from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu.capabilities import kvm_usable
+from asvirt.drivers.qemu.command_other import auto_cid
+from asvirt.drivers.qemu.helpers import check_host_devices
+from asvirt.drivers.qemu.postparse import prepare_domain
+from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
+from tests.caps import CONFORMANCE, Caps
+from tests.helpers import argv_of, device, dom, opts
+
+pytestmark = pytest.mark.qemu
+
+SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
+
+
+def _launch(argv: list[str], tmp: Path) -> set[str]:
+    got = launch_paused(argv, tmp)
+    assert got.status == "prelaunch"
+    return set(got.qom["/machine/peripheral"])
+
+
+def _roundtrip(caps: Caps, xml: str) -> str:
+    """What dumpxml shows for ``xml``: valid under libvirt's schema, and stable."""
+    out = prepare_domain(parse_domain_xml(xml), caps).to_xml()
+    if SCHEMA.exists():
+        rng = etree.RelaxNG(file=str(SCHEMA))
+        assert rng.validate(etree.fromstring(out.encode())), rng.error_log
+    assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["qemu", "kvm"])
+def test_intel_iommu_comes_first_with_its_options(caps: Caps, tmp_path: Path, dtype: str) -> None:
+    eim = "eim='on' " if dtype == "kvm" else ""  # QEMU emulates EIM only with KVM's help
+    xml = dom(
+        f"<iommu model='intel'><driver intremap='on' caching_mode='on' {eim}iotlb='on' "
+        "aw_bits='48'/></iommu>",
+        body="<features><acpi/><apic/><ioapic driver='qemu'/></features>",
+        machine="q35",
+        dtype=dtype,
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-device")[0] == (
+        '{"driver":"intel-iommu","id":"iommu0","intremap":"on","caching-mode":true,'
+        + ('"eim":"on",' if eim else "")
+        + '"device-iotlb":true,"aw-bits":48}'
+    )
+    assert "kernel_irqchip=split" in opts(argv, "-machine")[0]
+    if dtype == "kvm" and not (usable := kvm_usable())[0]:
+        pytest.skip(f"no KVM to launch with: {usable[1]}")
+    assert "iommu0" in _launch(argv, tmp_path)
+    assert f"<driver intremap='on' caching_mode='on' {eim}iotlb='on' aw_bits='48'/>" in (
+        _roundtrip(caps, xml)
+    )
+    if dtype == "qemu":
+        with pytest.raises(ConfigUnsupportedError, match="eim needs KVM"):
+            argv_of(caps, xml.replace("iotlb=", "eim='on' iotlb="))
+
+
+def test_virtio_iommu_is_a_pci_device(caps: Caps, tmp_path: Path) -> None:
+    xml = dom("<iommu model='virtio'/>", machine="q35")
+    argv = argv_of(caps, xml, tmp_path)
+    io = device(argv, "iommu0")
+    assert (io["driver"], io["bus"]) == ("virtio-iommu-pci", "pcie.0")  # QEMU's only place
+    assert "iommu0" in _launch(argv, tmp_path)
+    _roundtrip(caps, xml)
+
+
+def test_vsock_cid_given_or_picked_per_domain(caps: Caps, tmp_path: Path) -> None:
+    argv = argv_of(caps, dom("<vsock model='virtio'><cid auto='no' address='42'/></vsock>"))
+    assert device(argv, "vsock0") == {
+        "driver": "vhost-vsock-pci",
+        "id": "vsock0",
+        "guest-cid": 42,
+        "bus": "pci.0",
+        "addr": "0x3",
+    }
+    xml = dom("<vsock model='virtio'><cid auto='yes'/></vsock>")
+    cid = device(argv_of(caps, xml), "vsock0")["guest-cid"]
+    assert cid == auto_cid(parse_domain_xml(xml)) and 3 <= cid < (1 << 32) - 1
+    assert "<cid auto='yes'/>" in _roundtrip(caps, xml)
+    if os.path.exists("/dev/vhost-vsock"):
+        assert "vsock0" in _launch(argv_of(caps, xml, tmp_path), tmp_path)
+    else:  # this host has no vhost_vsock: QEMU cannot open its side (the driver says so first)
+        with pytest.raises(OperationFailedError, match="/dev/vhost-vsock"):
+            check_host_devices(prepare_domain(parse_domain_xml(xml), caps))
+        with pytest.raises((QemuRefused, ConnectionError)):
+            launch_paused(argv_of(caps, xml, tmp_path), tmp_path)
+        assert "vhost-vsock: failed to open" in (tmp_path / "qemu.stderr").read_text()
+
+
+def test_ivshmem_plain_maps_a_host_shared_memory_object(caps: Caps, tmp_path: Path) -> None:
+    name = f"asvirt-test-{uuid.uuid4().hex[:8]}"
+    xml = dom(
+        f"<shmem name='{name}' role='peer'><model type='ivshmem-plain'/>"
+        "<size unit='M'>8</size></shmem>"
+        f"<shmem name='{name}-b'/>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-object")[:2] == [
+        f'{{"qom-type":"memory-backend-file","id":"shmmem-shmem0","mem-path":"/dev/shm/{name}",'
+        '"size":8388608,"share":true}',
+        f'{{"qom-type":"memory-backend-file","id":"shmmem-shmem1",'
+        f'"mem-path":"/dev/shm/{name}-b","size":4194304,"share":true}}',
+    ]
+    sh = device(argv, "shmem0")
+    assert (sh["driver"], sh["memdev"], sh["master"]) == ("ivshmem-plain", "shmmem-shmem0", "off")
+    try:
+        assert {"shmem0", "shmem1"} <= _launch(argv, tmp_path)
+        assert os.path.getsize(f"/dev/shm/{name}") == 8 << 20
+    finally:
+        for leftover in (name, f"{name}-b"):
+            Path("/dev/shm", leftover).unlink(missing_ok=True)
+    out = _roundtrip(caps, xml)
+    assert "<size unit='M'>4</size>" in out  # libvirt's default size, written down
+
+
+def _ivshmem_server(path: Path, size: int) -> threading.Thread:
+    """A one-client ivshmem server: protocol version, the client's id, the memory's fd."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    srv.settimeout(10)
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            fd = os.memfd_create("ivshmem")
+            os.ftruncate(fd, size)
+            with conn:
+                conn.sendall(struct.pack("<q", 0))  # protocol version
+                conn.sendall(struct.pack("<q", 1))  # the client's peer id
+                conn.sendmsg(
+                    [struct.pack("<q", -1)],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+                )
+                conn.recv(1)  # until QEMU goes
+            os.close(fd)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ivshmem_doorbell_talks_to_its_server(caps: Caps, tmp_path: Path) -> None:
+    sock = tmp_path / "ivshmem.sock"
+    xml = dom(
+        "<shmem name='shared'><model type='ivshmem-doorbell'/>"
+        f"<server path='{sock}'/><msi vectors='4' ioeventfd='on'/></shmem>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"socket,id=charshmem0,path={sock}" in opts(argv, "-chardev")
+    sh = device(argv, "shmem0")
+    assert (sh["driver"], sh["chardev"], sh["vectors"], sh["ioeventfd"]) == (
+        "ivshmem-doorbell",
+        "charshmem0",
+        4,
+        True,
+    )
+    server = _ivshmem_server(sock, 4 << 20)
+    assert "shmem0" in _launch(argv, tmp_path)
+    server.join(10)
+    default = dom("<shmem name='x'><model type='ivshmem-doorbell'/><server/></shmem>")
+    assert "socket,id=charshmem0,path=/var/lib/libvirt/shmem-x-sock" in opts(
+        argv_of(caps, default), "-chardev"
+    )
+    _roundtrip(caps, xml)
+
+
+def test_panic_models(caps: Caps, tmp_path: Path) -> None:
+    argv = argv_of(caps, dom("<panic model='pvpanic'/>", machine="q35"), tmp_path)
+    panic = [json.loads(d) for d in opts(argv, "-device") if "pvpanic" in d]
+    assert [p["driver"] for p in panic] == ["pvpanic-pci"]
+    assert panic[0]["bus"].startswith("pci.")  # conventional PCI: behind a PCIe-to-PCI bridge
+    _launch(argv, tmp_path)
+    hv = dom(
+        "<panic model='hyperv'/>",
+        body="<features><hyperv><relaxed state='on'/></hyperv></features>",
+    )
+    argv = argv_of(caps, hv, tmp_path)
+    assert opts(argv, "-cpu")[0].endswith(",hv-crash=on")
+    assert not [d for d in opts(argv, "-device") if "pvpanic" in d]
+    _launch(argv, tmp_path)
+    _roundtrip(caps, hv)
+    assert "pvpanic" in _roundtrip(caps, dom("<panic model='pvpanic'/>", machine="q35"))
+
+
+def test_rng_egd_backends_and_transitional_models(caps: Caps, tmp_path: Path) -> None:
+    egd = tmp_path / "egd.sock"
+    xml = dom(
+        "<rng model='virtio-transitional'><backend model='egd' type='unix'>"
+        f"<source mode='bind' path='{egd}'/></backend></rng>"
+        "<rng model='virtio-non-transitional'><rate bytes='1024' period='2000'/>"
+        "<backend model='builtin'/></rng>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"socket,id=charrng0,path={egd},server=on,wait=off" in opts(argv, "-chardev")
+    assert '{"qom-type":"rng-egd","id":"objrng0","chardev":"charrng0"}' in opts(argv, "-object")
+    assert device(argv, "rng0")["driver"] == "virtio-rng-pci-transitional"
+    rng1 = device(argv, "rng1")
+    assert (rng1["driver"], rng1["max-bytes"], rng1["period"]) == (
+        "virtio-rng-pci-non-transitional",
+        1024,
+        2000,
+    )
+    assert {"rng0", "rng1"} <= _launch(argv, tmp_path)
+    _roundtrip(caps, xml)
+    tcp = dom(
+        "<rng model='virtio'><backend model='egd' type='tcp'>"
+        "<source mode='connect' host='1.2.3.4' service='1234'/><protocol type='raw'/>"
+        "</backend></rng>"
+    )
+    assert "socket,id=charrng0,host=1.2.3.4,port=1234" in opts(argv_of(caps, tcp), "-chardev")
+    _roundtrip(caps, tcp)
+
+
+def test_usb_redirection_filter(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        f"<graphics type='spice'><listen type='socket' socket='{tmp_path}/spice.sock'/>"
+        "</graphics>"
+        "<controller type='usb' model='qemu-xhci'/>"
+        "<redirdev bus='usb' type='spicevmc'/><redirdev bus='usb' type='spicevmc'/>"
+        "<redirfilter><usbdev class='0x08' vendor='0x15E1' product='0x2007' version='1.10' "
+        "allow='yes'/><usbdev allow='no'/></redirfilter>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    for alias in ("redir0", "redir1"):
+        assert device(argv, alias)["filter"] == "0x08:0x15E1:0x2007:0x0110:1|-1:-1:-1:-1:0"
+    assert {"redir0", "redir1"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<usbdev class='0x08' vendor='0x15e1' product='0x2007' version='1.10'" in out
+
+
+@pytest.mark.parametrize(
+    ("devices", "machine", "why"),
+    [
+        ("<iommu model='smmuv3'/>", "q35", "ARM 'virt' machines"),
+        ("<iommu model='intel'/>", "pc", "needs a q35 machine"),
+        ("<iommu model='intel'><driver eim='on'/></iommu>", "q35", "eim needs intremap"),
+        ("<panic model='pseries'/>", "pc", "QEMU has none on x86"),
+        ("<shmem name='a'><model type='ivshmem'/></shmem>", "pc", "removed the legacy"),
+        ("<shmem name='a'><size unit='K'>3000</size></shmem>", "pc", "power of two"),
+        ("<vsock model='virtio-transitional'/>", "pc", "no transitional vhost-vsock"),
+    ],
+)
+def test_what_qemu_cannot_do_is_refused_saying_so(
+    caps: Caps, devices: str, machine: str, why: str
+) -> None:
+    with pytest.raises(ConfigUnsupportedError, match=why):
+        prepare_domain(parse_domain_xml(dom(devices, machine=machine)), caps)
+
+
+@pytest.mark.parametrize(
+    "devices",
+    [
+        "<shmem name='a'><model type='ivshmem-plain'/><server/></shmem>",
+        "<shmem name='a'><model type='ivshmem-doorbell'/></shmem>",
+        "<shmem name='a'/><shmem name='a'/>",
+        "<shmem name='../etc'/>",
+        "<vsock><cid auto='no'/></vsock>",
+        "<vsock/><vsock/>",
+        "<redirfilter><usbdev allow='yes'/></redirfilter>",
+        "<redirfilter><usbdev vendor='0x12345' allow='yes'/></redirfilter>",
+    ],
+)
+def test_contradictions_are_xml_errors(caps: Caps, devices: str) -> None:
+    with pytest.raises(XMLError):
+        prepare_domain(parse_domain_xml(dom(devices)), caps)
