@@ -542,7 +542,23 @@ def _ifname(name: str, what: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # character devices: <serial>, <console>, <channel>
 
-CHARDEV_TYPES = ("pty", "file", "unix", "vc", "null", "spicevmc", "spiceport")
+CHARDEV_TYPES = (
+    "pty",
+    "file",
+    "unix",
+    "vc",
+    "null",
+    "spicevmc",
+    "spiceport",
+    "tcp",
+    "udp",
+    "pipe",
+    "dev",
+    "stdio",
+)
+#: Chardev types whose ``<source path=...>`` is a host file, device or FIFO QEMU opens.
+PATH_CHARDEVS = ("file", "unix", "pipe", "dev")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:_-]{1,255}$")
 
 
 @dataclass(slots=True)
@@ -569,9 +585,37 @@ class Chardev(DeviceBase):
     chardev_id: str | None = None
     #: spiceport: ``<source channel=...>``, the SPICE port channel's name.
     spice_channel: str | None = None
+    #: tcp: the address (``source_mode`` says whether QEMU listens or connects); udp: the
+    #: address datagrams go to.
+    host: str | None = None
+    service: str | None = None
+    #: udp: ``<source mode='bind'>``, the local address datagrams come from.
+    bind_host: str | None = None
+    bind_service: str | None = None
+    #: tcp: ``<protocol type='raw'|'telnet'>``.
+    protocol: str | None = None
+
+    #: What a console that shows serial port 0 copies from it.
+    SOURCE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "type",
+        "source_path",
+        "source_mode",
+        "source_append",
+        "reconnect",
+        "reconnect_timeout",
+        "log_file",
+        "log_append",
+        "spice_channel",
+        "host",
+        "service",
+        "bind_host",
+        "bind_service",
+        "protocol",
+    )
 
     TARGET_TYPES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "serial": ("isa-serial", "pci-serial"),
+        "serial": ("isa-serial", "pci-serial", "usb-serial"),
+        "parallel": (),
         "console": ("serial", "virtio"),
         "channel": ("virtio",),
     }
@@ -579,6 +623,10 @@ class Chardev(DeviceBase):
     def is_compat_console(self, serials: list[Chardev]) -> bool:
         """True for a console that is just another view of serial port 0."""
         return self.kind == "console" and self.target_type == "serial" and bool(serials)
+
+    def _format_reconnect(self, src: XElem | None) -> None:
+        if src is not None and self.reconnect is not None:
+            src.add("reconnect", {"enabled": self.reconnect, "timeout": self.reconnect_timeout})
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(self.kind, {"type": self.type})
@@ -590,16 +638,23 @@ class Chardev(DeviceBase):
             pass  # a socket asvirt places at start; libvirt writes no <source> for it either
         elif self.type == "spiceport":
             el.add("source", {"channel": self.spice_channel})
-        elif self.type in ("file", "unix"):
+        elif self.type in ("file", "unix", "pipe", "dev"):
             src = el.add_if(
                 "source",
                 {"mode": self.source_mode, "path": self.source_path, "append": self.source_append},
             )
-            if src is not None and self.reconnect is not None:
-                src.add(
-                    "reconnect",
-                    {"enabled": self.reconnect, "timeout": self.reconnect_timeout},
-                )
+            self._format_reconnect(src)
+        elif self.type == "tcp":
+            src = el.add(
+                "source", {"mode": self.source_mode, "host": self.host, "service": self.service}
+            )
+            self._format_reconnect(src)
+            el.add("protocol", {"type": self.protocol or "raw"})
+        elif self.type == "udp":
+            el.add_if(
+                "source", {"mode": "bind", "host": self.bind_host, "service": self.bind_service}
+            )
+            el.add("source", {"mode": "connect", "host": self.host, "service": self.service})
         el.add_if("log", {"file": self.log_file, "append": self.log_append})
         target = el.add(
             "target",
@@ -629,7 +684,9 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
                 r"[A-Za-z0-9_.\-]+", chr_.spice_channel
             ):
                 raise XMLError(f"invalid SPICE port channel '{chr_.spice_channel}'")
-        if chr_.type in ("file", "unix", "pty"):
+        if chr_.type in ("tcp", "udp"):
+            _parse_socket_source(src, chr_)
+        if chr_.type in ("file", "unix", "pty", "pipe", "dev"):
             path = src.attr("path")
             if path is not None and chr_.type != "pty":
                 if not path.startswith("/"):
@@ -643,8 +700,8 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
                 chr_.source_append = src.onoff("append")
         rec = src.child("reconnect")
         if rec is not None:
-            if chr_.type != "unix":
-                raise src.unsupported("<reconnect> (only unix sockets reconnect)")
+            if chr_.type not in ("unix", "tcp"):
+                raise src.unsupported("<reconnect> (only unix and TCP sockets reconnect)")
             chr_.reconnect = rec.yesno("enabled")
             if chr_.reconnect is None:
                 raise XMLError(f"missing attribute 'enabled' of {rec.where}")
@@ -662,8 +719,19 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         raise XMLError(f"{node.where} of type 'unix' in mode 'connect' needs a source path")
     if chr_.reconnect is not None and chr_.source_mode != "connect":
         raise XMLError(f"<reconnect> in {node.where} needs mode='connect'")
-    if chr_.type == "file" and chr_.source_path is None:
-        raise XMLError(f"{node.where} of type 'file' needs <source path=...>")
+    if chr_.type in ("file", "pipe", "dev") and chr_.source_path is None:
+        raise XMLError(f"{node.where} of type '{chr_.type}' needs <source path=...>")
+    if chr_.type == "tcp":
+        chr_.source_mode = chr_.source_mode or "connect"
+        if chr_.service is None:
+            raise XMLError(f"{node.where} of type 'tcp' needs <source service=...>")
+        proto = node.child("protocol")
+        if proto is not None:
+            chr_.protocol = proto.choice("type", ("raw", "telnet"))
+            proto.finish()
+        chr_.protocol = chr_.protocol or "raw"
+    if chr_.type == "udp" and chr_.service is None:
+        raise XMLError(f"{node.where} of type 'udp' needs <source mode='connect' service=...>")
     if chr_.type == "spiceport" and chr_.spice_channel is None:
         raise XMLError(f"{node.where} of type 'spiceport' needs <source channel=...>")
     log = node.child("log")
@@ -690,16 +758,36 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         if kind == "serial":
             model = target.child("model")
             if model is not None:
-                chr_.target_model = model.choice("name", ("isa-serial", "pci-serial"))
+                chr_.target_model = model.choice("name", ("isa-serial", "pci-serial", "usb-serial"))
                 model.finish()
         target.finish()
     elif kind == "channel":
         raise XMLError("missing <target> of <channel>")
     _parse_alias(node, chr_)
-    allowed: tuple[type, ...] = (VirtioSerialAddress,) if kind != "serial" else (PCIAddress,)
+    allowed: tuple[type, ...] = {
+        "serial": (PCIAddress, USBAddress),
+        "parallel": (ISAAddress,),
+    }.get(kind, (VirtioSerialAddress,))
     chr_.address = parse_address(node, allowed)
     node.finish()
     return chr_
+
+
+def _parse_socket_source(src: Node, chr_: Chardev) -> None:
+    """A ``<source mode=... host=... service=...>`` of a TCP or UDP character device."""
+    mode = src.choice("mode", ("bind", "connect"))
+    host = src.attr("host")
+    service = src.attr("service")
+    if host is not None and not _HOST_RE.fullmatch(host):
+        raise XMLError(f"invalid host '{host}' in {src.where}")
+    if service is not None and (not service.isdigit() or int(service) > 65535):
+        raise XMLError(f"invalid service '{service}' in {src.where} (a port number)")
+    if chr_.type == "udp" and mode == "bind":
+        chr_.bind_host, chr_.bind_service = host, service
+    elif chr_.type == "udp" or chr_.service is None:  # the first <source> wins
+        chr_.host, chr_.service = host, service
+        if chr_.type == "tcp":
+            chr_.source_mode = mode
 
 
 # ---------------------------------------------------------------------------------------------

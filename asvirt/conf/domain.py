@@ -307,6 +307,7 @@ class DomainDef:
     controllers: list[Controller] = field(default_factory=list)
     interfaces: list[Interface] = field(default_factory=list)
     serials: list[Chardev] = field(default_factory=list)
+    parallels: list[Chardev] = field(default_factory=list)
     consoles: list[Chardev] = field(default_factory=list)
     channels: list[Chardev] = field(default_factory=list)
     inputs: list[Input] = field(default_factory=list)
@@ -364,7 +365,7 @@ class DomainDef:
         insert_controller(self.controllers, ctl)
 
     def chardevs(self) -> list[Chardev]:
-        return [*self.serials, *self.consoles, *self.channels]
+        return [*self.serials, *self.parallels, *self.consoles, *self.channels]
 
     def chardev_ids(self) -> list[str]:
         """The QEMU chardev ids (``charserial0``...) of the pty-backed character devices.
@@ -446,6 +447,7 @@ class DomainDef:
             self.filesystems,
             self.interfaces,
             self.serials,
+            self.parallels,
             self.consoles,
             self.channels,
             self.inputs,
@@ -1221,6 +1223,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
         insert_controller(d.controllers, ctl)
     d.interfaces = [dev.parse_interface(n) for n in node.children("interface")]
     d.serials = [dev.parse_chardev(n, "serial") for n in node.children("serial")]
+    d.parallels = [dev.parse_chardev(n, "parallel") for n in node.children("parallel")]
     d.consoles = [dev.parse_chardev(n, "console") for n in node.children("console")]
     d.channels = [dev.parse_chardev(n, "channel") for n in node.children("channel")]
     d.inputs = [dev.parse_input(n) for n in node.children("input")]

@@ -180,6 +180,13 @@ def _chardevs(d: DomainDef) -> None:
     ports = [c.target_port for c in d.serials]
     if len(ports) != len(set(ports)):
         raise XMLError("two serial ports have the same target port")
+    used = {c.target_port for c in d.parallels if c.target_port is not None}
+    for chr_ in d.parallels:
+        if chr_.target_port is None:
+            chr_.target_port = min(set(range(len(d.parallels) + 1)) - used)
+            used.add(chr_.target_port)
+    if len(used) != len(d.parallels):
+        raise XMLError("two parallel ports have the same target port")
 
     # The console compatibility dance: on x86 the first console is serial port 0.
     if d.consoles and d.consoles[0].target_type is None:
@@ -197,28 +204,17 @@ def _chardevs(d: DomainDef) -> None:
         _mirror_serial(d.consoles[0], d.serials[0])
     elif d.consoles and d.consoles[0].target_type == "serial":
         con = d.consoles[0]
-        serial = Chardev(
-            kind="serial",
-            type=con.type,
-            source_path=con.source_path,
-            source_mode=con.source_mode,
-            source_append=con.source_append,
-            log_file=con.log_file,
-            log_append=con.log_append,
-            target_port=con.target_port or 0,
-        )
+        serial = Chardev(kind="serial", target_port=con.target_port or 0)
+        for name in Chardev.SOURCE_FIELDS:
+            setattr(serial, name, getattr(con, name))
         d.serials.append(serial)
         _mirror_serial(con, serial)
 
 
 def _mirror_serial(con: Chardev, serial: Chardev) -> None:
     """Make ``con`` show serial port ``serial``, the way libvirt's console compat does."""
-    con.type = serial.type
-    con.source_path = serial.source_path
-    con.source_mode = serial.source_mode
-    con.source_append = serial.source_append
-    con.log_file = serial.log_file
-    con.log_append = serial.log_append
+    for name in Chardev.SOURCE_FIELDS:
+        setattr(con, name, getattr(serial, name))
     con.target_type = "serial"
     con.target_port = serial.target_port
     con.address = None
@@ -279,6 +275,7 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.controllers,
         *d.interfaces,
         *d.serials,
+        *d.parallels,
         *d.consoles,
         *d.channels,
         *d.inputs,

@@ -288,3 +288,82 @@ def test_what_qemu_cannot_do_is_refused_saying_so(
 def test_contradictions_are_xml_errors(caps: Caps, devices: str) -> None:
     with pytest.raises(XMLError):
         prepare_domain(parse_domain_xml(dom(devices)), caps)
+
+
+# -- character devices: sockets, pipes, host devices, parallel and USB serial ports ----------------
+
+
+def test_tcp_udp_pipe_tty_and_stdio_backends(caps: Caps, tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe"
+    for end in ("in", "out"):
+        os.mkfifo(f"{pipe}.{end}")
+    leader, follower = os.openpty()
+    tty = os.ttyname(follower)
+    xml = dom(
+        "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='0'/>"
+        "<protocol type='telnet'/><target port='0'/></serial>"
+        "<serial type='udp'><source mode='bind' host='127.0.0.1' service='0'/>"
+        "<source mode='connect' host='127.0.0.1' service='9'/><target port='1'/></serial>"
+        f"<serial type='pipe'><source path='{pipe}'/><target port='2'/></serial>"
+        f"<serial type='dev'><source path='{tty}'/><target port='3'/></serial>"
+        "<channel type='tcp'><source mode='connect' host='127.0.0.1' service='1'/>"
+        "<protocol type='raw'/><target type='virtio' name='org.asvirt.tcp'/></channel>"
+        "<channel type='stdio'><target type='virtio' name='org.asvirt.stdio'/></channel>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-chardev")[1:] == [
+        "socket,id=charserial0,host=127.0.0.1,port=0,telnet=on,server=on,wait=off",
+        "udp,id=charserial1,host=127.0.0.1,port=9,localaddr=127.0.0.1,localport=0",
+        f"pipe,id=charserial2,path={pipe}",
+        f"tty,id=charserial3,path={tty}",
+        "socket,id=charchannel0,host=127.0.0.1,port=1,reconnect=1",
+        "stdio,id=charchannel1",
+    ]
+    try:
+        got = launch_paused(argv, tmp_path)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    kinds = {c["label"]: c["filename"] for c in got.chardevs}
+    assert kinds["charserial0"].startswith("disconnected:telnet:127.0.0.1:")  # listening
+    assert kinds["charserial1"] == "udp"
+    assert kinds["charserial2"] == "pipe" and kinds["charchannel1"] == "stdio"
+    out = _roundtrip(caps, xml)
+    assert (
+        "<source mode='bind' host='127.0.0.1' service='0'/>\n      <protocol type='telnet'/>"
+        in (out)
+    )
+    # The console that is serial port 0 shows the TCP socket too.
+    assert "<console type='tcp'>" in out
+
+
+def test_parallel_and_usb_serial_ports(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<controller type='usb' model='qemu-xhci'/>"
+        f"<parallel type='file'><source path='{tmp_path}/lpt.log'/></parallel>"
+        "<parallel type='pty'/>"
+        "<serial type='pty'><target type='usb-serial' port='0'><model name='usb-serial'/>"
+        "</target></serial>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"file,id=charparallel0,path={tmp_path}/lpt.log" in opts(argv, "-chardev")
+    assert device(argv, "parallel1") == {
+        "driver": "isa-parallel",
+        "chardev": "charparallel1",
+        "id": "parallel1",
+    }
+    assert device(argv, "serial0") == {
+        "driver": "usb-serial",
+        "chardev": "charserial0",
+        "id": "serial0",
+        "bus": "usb.0",
+        "port": "1",
+    }
+    assert {"parallel0", "parallel1", "serial0"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<target port='1'/>" in out and "<address type='usb' bus='0' port='1'/>" in out
+    lpt = dom("<parallel type='dev'><source path='/dev/parport0'/></parallel>")
+    assert "parport,id=charparallel0,path=/dev/parport0" in opts(argv_of(caps, lpt), "-chardev")
+    with pytest.raises(ConfigUnsupportedError, match="at most 3 parallel ports"):
+        argv_of(caps, dom("<parallel type='pty'><target port='3'/></parallel>"))

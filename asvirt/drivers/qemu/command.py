@@ -291,6 +291,7 @@ class _Builder:
         more.filesystem_args(self)
         self._interfaces()
         self._serials()
+        self._parallels()
         self._channels_and_consoles()
         self._hubs_and_inputs()
         more.tpm_args(self)
@@ -751,20 +752,27 @@ class _Builder:
                     "and no runtime directory was given to place one"
                 )
             opts = [f"socket,id={cid},path={_kv(chr_.source_path)}"]
-            if chr_.source_mode == "bind":
-                opts.append("server=on,wait=off")
-            elif chr_.reconnect is not False:
-                # A client socket whose listener is not up yet would make QEMU refuse to
-                # start. asvirt lets it retry instead (every second unless <reconnect> says
-                # otherwise); <reconnect enabled='no'/> restores fail-at-start.
-                seconds = chr_.reconnect_timeout or 1
-                if self.caps.at_least(9, 2):
-                    opts.append(f"reconnect-ms={seconds * 1000}")
-                else:
-                    opts.append(f"reconnect={seconds}")
+            opts.extend(self._socket_mode(chr_))
+        elif chr_.type == "tcp":
+            opts = [f"socket,id={cid},host={chr_.host or ''},port={chr_.service}"]
+            if chr_.protocol == "telnet":
+                opts.append("telnet=on")
+            opts.extend(self._socket_mode(chr_))
+        elif chr_.type == "udp":
+            opts = [f"udp,id={cid},host={chr_.host or ''},port={chr_.service}"]
+            if chr_.bind_host is not None:
+                opts.append(f"localaddr={chr_.bind_host}")
+            if chr_.bind_service is not None:
+                opts.append(f"localport={chr_.bind_service}")
+        elif chr_.type == "pipe":
+            opts = [f"pipe,id={cid},path={_kv(chr_.source_path or '')}"]
+        elif chr_.type == "dev":
+            # A parallel port's host device is a parport, anything else a tty (as libvirt).
+            backend = "parport" if chr_.kind == "parallel" else "tty"
+            opts = [f"{backend},id={cid},path={_kv(chr_.source_path or '')}"]
         elif chr_.type in ("spicevmc", "spiceport"):
             opts = more.spice_chardev(chr_, cid)
-        else:  # vc | null
+        else:  # vc | null | stdio
             opts = [f"{chr_.type},id={cid}"]
         if chr_.log_file is not None:
             opts.append(f"logfile={_kv(chr_.log_file)}")
@@ -773,12 +781,31 @@ class _Builder:
         self.add("-chardev", ",".join(opts))
         return cid
 
+    def _socket_mode(self, chr_: Chardev) -> list[str]:
+        """Listen, or connect (retrying): the options of a unix or TCP socket chardev."""
+        opts = []
+        if chr_.source_mode == "bind":
+            opts.append("server=on,wait=off")
+        elif chr_.reconnect is not False:
+            # A client socket whose listener is not up yet would make QEMU refuse to
+            # start. asvirt lets it retry instead (every second unless <reconnect> says
+            # otherwise); <reconnect enabled='no'/> restores fail-at-start.
+            seconds = chr_.reconnect_timeout or 1
+            if self.caps.at_least(9, 2):
+                opts.append(f"reconnect-ms={seconds * 1000}")
+            else:
+                opts.append(f"reconnect={seconds}")
+        return opts
+
     def _serials(self) -> None:
         for i, ser in enumerate(self.d.serials):
             cid = self._chardev(ser)
             if ser.target_type == "pci-serial":
                 props = {"driver": "pci-serial", "chardev": cid, "id": ser.alias}
                 self.device(self._pci(props, ser.address, f"serial {i}"))
+            elif ser.target_type == "usb-serial":
+                props = {"driver": "usb-serial", "chardev": cid, "id": ser.alias}
+                self.device(self._usb(props, ser.address, f"serial {i}"))
             else:
                 self.device(
                     {
@@ -788,6 +815,11 @@ class _Builder:
                         "index": ser.target_port,
                     }
                 )
+
+    def _parallels(self) -> None:
+        for par in self.d.parallels:
+            cid = self._chardev(par)
+            self.device({"driver": "isa-parallel", "chardev": cid, "id": par.alias})
 
     def _channels_and_consoles(self) -> None:
         # Channels first: they name their ports; consoles then take what is left.

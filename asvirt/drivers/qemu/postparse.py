@@ -127,7 +127,7 @@ def prepare_domain(
     _default_devices(d, caps, q35)
     _disks(d, caps, q35)
     _interfaces(d, caps)
-    _chardevs(d)
+    _chardevs(d, caps)
     _videos(d, caps)
     _misc_devices(d, caps, q35)
     prepare_more(d, caps, q35)
@@ -543,7 +543,7 @@ def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
         _need_device(caps, NIC_DEVICE[nic.model], f"NIC model '{nic.model}'")
 
 
-def _chardevs(d: DomainDef) -> None:
+def _chardevs(d: DomainDef, caps: QemuCapabilities) -> None:
     # Ports, and the console that is serial port 0, come from the generic post-parse.
     for chr_ in d.serials:
         if chr_.target_type is None:
@@ -553,11 +553,26 @@ def _chardevs(d: DomainDef) -> None:
         if chr_.target_model != chr_.target_type:
             raise XMLError("serial target model must match its target type")
         if (
-            chr_.target_type != "isa-serial"
+            chr_.target_type == "pci-serial"
             and chr_.address is not None
             and not isinstance(chr_.address, PCIAddress)
         ):
             raise XMLError("a pci-serial port needs a PCI address")
+        if chr_.target_type == "usb-serial":
+            _need_device(caps, "usb-serial", "a USB serial port")
+            if chr_.address is not None and not isinstance(chr_.address, USBAddress):
+                raise XMLError("a usb-serial port needs a USB address")
+        elif isinstance(chr_.address, USBAddress):
+            raise XMLError(f"a {chr_.target_type} port cannot have a USB address")
+    if d.parallels:
+        _need_device(caps, "isa-parallel", "a parallel port")
+    if any((c.target_port or 0) > 2 for c in d.parallels):
+        raise ConfigUnsupportedError(
+            "unsupported configuration: QEMU has at most 3 parallel ports (0-2)"
+        )
+    for chr_ in d.chardevs():
+        if chr_.type == "tcp" and chr_.source_mode == "connect" and chr_.host is None:
+            raise XMLError(f"a {chr_.kind} connecting over TCP needs a host")
     isa = [c for c in d.serials if c.target_type == "isa-serial"]
     if any((c.target_port or 0) > 3 for c in isa) or len(isa) > 4:
         raise ConfigUnsupportedError("unsupported configuration: at most 4 ISA serial ports (0-3)")
@@ -715,6 +730,7 @@ def _assign_usb(d: DomainDef) -> None:
     usb_inputs: list[Any] = [i for i in d.inputs if i.bus == "usb"]
     usb_inputs += [*d.redirdevs, *(h for h in d.hostdevs if h.type == "usb")]
     usb_inputs += [s for s in d.sounds if s.model == "usb"]
+    usb_inputs += [s for s in d.serials if s.target_type == "usb-serial"]
     if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
@@ -845,6 +861,7 @@ def assign_aliases(d: DomainDef) -> None:
     simple: list[tuple[list, str]] = [
         (d.interfaces, "net"),
         (d.serials, "serial"),
+        (d.parallels, "parallel"),
         (d.channels, "channel"),
         (d.inputs, "input"),
         (d.videos, "video"),

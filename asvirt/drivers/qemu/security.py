@@ -326,6 +326,13 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
                 out.append(_socket_directory(chr_.source_path, f"the socket of {what}"))
             else:
                 out.append(Need(chr_.source_path, f"the socket of {what}", WRITE))
+        elif chr_.type == "dev" and chr_.source_path:
+            out.append(Need(chr_.source_path, f"the host device of {what}", READ | WRITE))
+        elif chr_.type == "pipe" and chr_.source_path:
+            # QEMU opens PATH.in and PATH.out, or PATH itself when those are not there.
+            pair = [f"{chr_.source_path}.in", f"{chr_.source_path}.out"]
+            for path in pair if all(os.path.exists(p) for p in pair) else [chr_.source_path]:
+                out.append(Need(path, f"the pipe of {what}", READ | WRITE))
         if chr_.log_file:
             out.append(Need(chr_.log_file, f"the log file of {what}", WRITE, create=True))
     for gfx in defn.graphics:
