@@ -67,7 +67,15 @@ class ISAAddress:
     irq: int | None = None
 
 
-Address = PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress
+@dataclass(slots=True)
+class DimmAddress:
+    """``<address type='dimm' slot=... base=.../>``: a memory module's slot and where it maps."""
+
+    slot: int | None = None
+    base: int | None = None
+
+
+Address = PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress | DimmAddress
 
 _TYPES: dict[str, type] = {
     "pci": PCIAddress,
@@ -75,6 +83,7 @@ _TYPES: dict[str, type] = {
     "virtio-serial": VirtioSerialAddress,
     "usb": USBAddress,
     "isa": ISAAddress,
+    "dimm": DimmAddress,
 }
 
 
@@ -120,6 +129,11 @@ def parse_address(parent: Node, allowed: tuple[type, ...]) -> Address | None:
                 raise XMLError(f"invalid USB port '{port}' in {node.where}")
             port = ".".join(str(int(p)) for p in parts)
         addr = USBAddress(bus=node.integer("bus", minimum=0, maximum=255) or 0, port=port)
+    elif cls is DimmAddress:
+        addr = DimmAddress(
+            slot=node.integer("slot", minimum=0, maximum=255),
+            base=node.integer("base", minimum=0, maximum=(1 << 64) - 1, hex_ok=True),
+        )
     else:
         addr = ISAAddress(
             iobase=node.integer("iobase", minimum=0, maximum=0xFFFF, hex_ok=True),
@@ -168,6 +182,9 @@ def format_address(parent: XElem, addr: Address | None) -> None:
         )
     elif isinstance(addr, USBAddress):
         parent.add("address", {"type": "usb", "bus": addr.bus, "port": addr.port})
+    elif isinstance(addr, DimmAddress):
+        base = None if addr.base is None else f"{addr.base:#x}"
+        parent.add("address", {"type": "dimm", "slot": addr.slot, "base": base})
     else:
         parent.add(
             "address",

@@ -43,6 +43,14 @@ from .devices import (
     Watchdog,
 )
 from .extdevices import TPM, Filesystem, Hostdev, Redirdev, Sound
+from .memory import (
+    MemoryDevice,
+    NUMACell,
+    NUMATune,
+    parse_memory_device,
+    parse_numa,
+    parse_numatune,
+)
 from .names import canonical_uuid, validate_name
 from .otherdevices import IOMMU, RedirFilter, Shmem, Vsock
 from .units import parse_kib
@@ -223,6 +231,8 @@ class CPUDef:
     fallback: str | None = None
     topology: CPUTopology | None = None
     features: list[CPUFeature] = field(default_factory=list)
+    #: ``<numa>``: the guest's NUMA cells (empty: one node, as QEMU makes it).
+    numa: list[NUMACell] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -300,6 +310,10 @@ class DomainDef:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     memory_backing: MemoryBacking | None = None
+    #: ``<maxMemory slots=...>``: the most memory devices may bring the guest to.
+    max_memory_kib: int | None = None
+    max_memory_slots: int | None = None
+    numatune: NUMATune | None = None
     suspend_to_mem: bool | None = None
     suspend_to_disk: bool | None = None
     emulator: str | None = None
@@ -328,6 +342,7 @@ class DomainDef:
     shmems: list[Shmem] = field(default_factory=list)
     iommu: IOMMU | None = None
     vsock: Vsock | None = None
+    memory_devices: list[MemoryDevice] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -348,6 +363,11 @@ class DomainDef:
     @machine.setter
     def machine(self, value: str | None) -> None:
         self.os.machine = value
+
+    @property
+    def initial_memory_kib(self) -> int:
+        """The memory the guest boots with: ``<memory>`` less what memory devices bring."""
+        return self.memory_kib - sum(m.size_kib for m in self.memory_devices)
 
     @property
     def has_memballoon(self) -> bool:
@@ -413,6 +433,12 @@ class DomainDef:
         if self.metadata:
             md = root.add("metadata")
             md.raw.extend(self.metadata)
+        if self.max_memory_kib is not None:
+            root.add(
+                "maxMemory",
+                {"slots": self.max_memory_slots, "unit": "KiB"},
+                text=str(self.max_memory_kib),
+            )
         root.add("memory", {"unit": "KiB", "dumpCore": self.dump_core}, text=str(self.memory_kib))
         root.add("currentMemory", {"unit": "KiB"}, text=str(self.current_memory_kib))
         self._format_memory_backing(root)
@@ -425,6 +451,8 @@ class DomainDef:
             },
             text=str(self.max_vcpus),
         )
+        if self.numatune is not None:
+            self.numatune.format_xml(root)
         self._format_os(root)
         self._format_features(root)
         self._format_cpu(root)
@@ -465,6 +493,7 @@ class DomainDef:
             self.rngs,
             self.panics,
             self.shmems,
+            self.memory_devices,
             [self.iommu] if self.iommu is not None else [],
             [self.vsock] if self.vsock is not None else [],
         ]
@@ -627,6 +656,10 @@ class DomainDef:
             )
         for feat in cpu.features:
             el.add("feature", {"policy": feat.policy, "name": feat.name})
+        if cpu.numa:
+            numa = el.add("numa")
+            for cell in cpu.numa:
+                cell.format_xml(numa)
 
     def _format_clock(self, root: XElem) -> None:
         c = self.clock
@@ -743,6 +776,9 @@ def _parse_domain(node: Node) -> DomainDef:
             "unsupported configuration: rename-restart is only valid for <on_crash>"
         )
     _parse_pm(node, d)
+    nt = node.child("numatune")
+    if nt is not None:
+        d.numatune = parse_numatune(nt, parse_cpuset)
     seclabel = node.children("seclabel")
     for sl in seclabel:
         # A domain without security labelling is what asvirt runs anyway.
@@ -792,6 +828,11 @@ def _parse_memory(node: Node, d: DomainDef) -> None:
     mem.finish()
     if d.memory_kib == 0:
         raise InvalidValueError("memory size must be greater than zero")
+    mx = node.child("maxMemory")
+    if mx is not None:
+        d.max_memory_kib = parse_kib(mx.text(), mx.attr("unit"), what="maxMemory")
+        d.max_memory_slots = mx.integer("slots", minimum=0, maximum=255)
+        mx.finish()
     cur = node.child("currentMemory")
     if cur is not None:
         d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")
@@ -1087,6 +1128,9 @@ def _parse_cpu(node: Node, d: DomainDef) -> None:
             raise XMLError(f"invalid CPU feature name '{fname}'")
         feat.finish()
         cpu.features.append(CPUFeature(fname, policy or "require"))
+    numa = cn.child("numa")
+    if numa is not None:
+        cpu.numa = parse_numa(numa, parse_cpuset)
     if cpu.mode != "custom" and cpu.model is not None and cpu.mode == "host-passthrough":
         raise XMLError("a <cpu mode='host-passthrough'> cannot name a <model>")
     cn.finish()
@@ -1245,6 +1289,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     d.redirdevs = [xdev.parse_redirdev(n) for n in node.children("redirdev")]
     d.tpms = [xdev.parse_tpm(n) for n in node.children("tpm")]
     d.shmems = [odev.parse_shmem(n) for n in node.children("shmem")]
+    d.memory_devices = [parse_memory_device(n) for n in node.children("memory")]
     for tag in ("redirfilter", "iommu", "vsock"):
         found = node.children(tag)
         if len(found) > 1:

@@ -49,7 +49,7 @@ import random
 
 from ..errors import ConfigUnsupportedError, XMLError
 from .devices import Chardev, DeviceBase, Disk, GraphicsListen, Interface, default_disk_bus
-from .domain import DomainDef
+from .domain import DomainDef, parse_cpuset
 
 #: libvirt's default MAC prefix (QEMU's too) for addresses it generates.
 MAC_PREFIX = "52:54:00"
@@ -81,6 +81,36 @@ def postparse_domain(defn: DomainDef) -> DomainDef:
 
 
 def _memory(d: DomainDef) -> None:
+    # libvirt's sizes: NUMA cells are the initial memory, <memory> adds the memory devices.
+    plugged = sum(m.size_kib for m in d.memory_devices)
+    cells = d.cpu.numa if d.cpu is not None else []
+    if cells:
+        d.memory_kib = sum(c.memory_kib for c in cells) + plugged
+    elif plugged >= d.memory_kib:
+        raise XMLError("the memory devices hold all of <memory>: nothing is left to boot with")
+    if d.memory_devices and d.max_memory_kib is None:
+        raise XMLError("memory devices need <maxMemory> (the region they are plugged into)")
+    if d.max_memory_kib is not None:
+        if d.max_memory_kib < d.memory_kib:
+            raise XMLError(
+                f"<maxMemory> ({d.max_memory_kib} KiB) is less than <memory> ({d.memory_kib} KiB)"
+            )
+        dimms = sum(1 for m in d.memory_devices if m.model == "dimm")
+        if dimms > (d.max_memory_slots or 0):
+            raise XMLError(f"{dimms} DIMMs, but <maxMemory> has {d.max_memory_slots or 0} slots")
+    for i, cell in enumerate(cells):
+        for cpu in parse_cpuset(cell.cpus) if cell.cpus else ():
+            if cpu >= d.max_vcpus:
+                raise XMLError(f"NUMA cell {i} names vCPU {cpu}; the domain has {d.max_vcpus}")
+    for dev in d.memory_devices:
+        if cells and dev.node is not None and dev.node >= len(cells):
+            raise XMLError(f"a memory device is on NUMA node {dev.node}, which does not exist")
+    if d.numatune is not None:
+        for mn in d.numatune.memnodes:
+            if mn.cellid >= len(cells):
+                raise XMLError(
+                    f"<memnode cellid='{mn.cellid}'> names a NUMA cell that is not there"
+                )
     if d.current_memory_kib == 0 or d.current_memory_kib > d.memory_kib:
         d.current_memory_kib = d.memory_kib
 
@@ -291,6 +321,7 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.redirdevs,
         *d.tpms,
         *d.shmems,
+        *d.memory_devices,
         *([d.iommu] if d.iommu is not None else []),
         *([d.vsock] if d.vsock is not None else []),
     ]

@@ -367,3 +367,119 @@ def test_parallel_and_usb_serial_ports(caps: Caps, tmp_path: Path) -> None:
     assert "parport,id=charparallel0,path=/dev/parport0" in opts(argv_of(caps, lpt), "-chardev")
     with pytest.raises(ConfigUnsupportedError, match="at most 3 parallel ports"):
         argv_of(caps, dom("<parallel type='pty'><target port='3'/></parallel>"))
+
+
+# -- memory: NUMA cells, <numatune>, <maxMemory>, DIMMs and virtio-mem ----------------------------
+
+NUMA = (
+    "<vcpu>4</vcpu><cpu><topology sockets='2' cores='2' threads='1'/><numa>"
+    "<cell id='0' cpus='0-1' memory='131072' unit='KiB'/>"
+    "<cell id='1' cpus='2,3' memory='65536' unit='KiB' memAccess='shared'/></numa></cpu>"
+    "<numatune><memory mode='strict' nodeset='0'/>"
+    "<memnode cellid='1' mode='interleave' nodeset='0'/></numatune>"
+)
+
+
+def test_numa_cells_and_numatune(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(body=NUMA).replace("<memory unit='MiB'>128</memory>", "<memory>1</memory>")
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-m") == ["size=196608k"]  # the cells are the memory
+    assert opts(argv, "-object")[:2] == [
+        '{"qom-type":"memory-backend-ram","id":"ram-node0","size":134217728,'
+        '"host-nodes":[0],"policy":"bind"}',
+        '{"qom-type":"memory-backend-ram","id":"ram-node1","share":true,"size":67108864,'
+        '"host-nodes":[0],"policy":"interleave"}',
+    ]
+    assert opts(argv, "-numa") == [
+        "node,nodeid=0,cpus=0-1,memdev=ram-node0",
+        "node,nodeid=1,cpus=2-3,memdev=ram-node1",
+    ]
+    assert "memory-backend=" not in opts(argv, "-machine")[0]
+    got = launch_paused(argv, tmp_path)
+    assert (got.vcpus, got.memory_bytes) == (4, 192 << 20)
+    out = _roundtrip(caps, xml)
+    assert "<memory unit='KiB'>196608</memory>" in out
+    assert "<cell id='1' cpus='2,3' memory='65536' unit='KiB' memAccess='shared'/>" in out
+    assert "<memnode cellid='1' mode='interleave' nodeset='0'/>" in out
+    # Without cells, <numatune> places all of RAM.
+    plain = argv_of(caps, dom(body="<numatune><memory nodeset='0'/></numatune>"), tmp_path)
+    assert opts(plain, "-object")[0] == (
+        '{"qom-type":"memory-backend-ram","id":"pc.ram","host-nodes":[0],"policy":"bind",'
+        '"x-use-canonical-path-for-ramblock-id":false,"size":134217728}'
+    )
+    assert launch_paused(plain, tmp_path).memory_bytes == 128 << 20
+
+
+def test_dimms_and_virtio_mem_plug_into_max_memory(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<memory model='dimm'><target><size unit='MiB'>128</size><node>0</node></target>"
+        "</memory>"
+        "<memory model='dimm'><target><size unit='MiB'>64</size><node>1</node></target>"
+        "<address type='dimm' slot='3'/></memory>"
+        "<memory model='virtio-mem'><target><size unit='MiB'>256</size><node>0</node>"
+        "<block unit='KiB'>2048</block><requested unit='MiB'>64</requested></target></memory>",
+        body=NUMA.replace("<numatune>", "<!--").replace("</numatune>", "-->")
+        + "<features><acpi/></features>",
+        machine="q35",
+    ).replace(
+        "<memory unit='MiB'>128</memory>",
+        "<maxMemory slots='4' unit='GiB'>2</maxMemory><memory unit='MiB'>128</memory>",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-m") == ["size=196608k,slots=4,maxmem=2097152k"]
+    assert '{"qom-type":"memory-backend-ram","id":"memdimm0","size":134217728}' in opts(
+        argv, "-object"
+    )
+    assert device(argv, "dimm0") == {
+        "node": 0,
+        "driver": "pc-dimm",
+        "memdev": "memdimm0",
+        "id": "dimm0",
+        "slot": 0,
+    }
+    assert device(argv, "dimm1")["slot"] == 3
+    assert (
+        '{"qom-type":"memory-backend-ram","id":"memvirtiomem0","size":268435456,'
+        '"reserve":false}' in opts(argv, "-object")
+    )
+    vm = device(argv, "virtiomem0")
+    assert (vm["driver"], vm["block-size"], vm["requested-size"], vm["memdev"]) == (
+        "virtio-mem-pci",
+        2 << 20,
+        64 << 20,
+        "memvirtiomem0",
+    )
+    got = launch_paused(argv, tmp_path)
+    assert got.memory_bytes == 192 << 20 and {"dimm0", "dimm1", "virtiomem0"} <= set(
+        got.qom["/machine/peripheral"]
+    )
+    out = _roundtrip(caps, xml)
+    assert "<memory unit='KiB'>655360</memory>" in out  # cells + every device, as libvirt
+    assert "<address type='dimm' slot='0'/>" in out and "<address type='dimm' slot='3'/>" in out
+
+
+@pytest.mark.parametrize(
+    ("xml_change", "error"),
+    [
+        ("<memory model='dimm'><target><size unit='MiB'>64</size></target></memory>", "maxMemory"),
+        (
+            "<memory model='dimm'><target><size unit='MiB'>64</size></target></memory>"
+            "<!--maxMemory-->",
+            "through ACPI",
+        ),
+        (
+            "<memory model='virtio-mem'><target><size unit='MiB'>64</size>"
+            "<block unit='KiB'>1024</block></target></memory>",
+            "power of two",
+        ),
+        ("<memory model='nvdimm'><target><size unit='MiB'>64</size></target></memory>", "nvdimm"),
+    ],
+)
+def test_memory_devices_refused_saying_why(caps: Caps, xml_change: str, error: str) -> None:
+    xml = dom(xml_change)
+    if "virtio-mem" in xml_change or "<!--maxMemory-->" in xml_change:
+        xml = xml.replace(
+            "<memory unit", "<maxMemory slots='1' unit='GiB'>1</maxMemory><memory unit"
+        )
+    with pytest.raises(XMLError, match=error):
+        prepare_domain(parse_domain_xml(xml), caps)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
-from .command_other import redir_filter
-from .postparse_more import CODEC_DEVICE, SOUND_DEVICE, memory_backend
+from .command_other import host_nodes, needs_ram_object, numa_args, ram_backend, redir_filter
+from .postparse_more import CODEC_DEVICE, SOUND_DEVICE
 
 if TYPE_CHECKING:
     from .command import _Builder
@@ -252,7 +252,7 @@ def machine_options(b: _Builder) -> list[str]:
     mb = d.memory_backing
     if mb is not None and mb.nosharepages:
         opts.append("mem-merge=off")
-    if memory_backend(d) is not None:
+    if needs_ram_object(d):
         opts.append("memory-backend=pc.ram")
     if d.features.ioapic is not None:
         opts.append("kernel_irqchip=split" if d.features.ioapic == "qemu" else "kernel_irqchip=on")
@@ -261,17 +261,14 @@ def machine_options(b: _Builder) -> list[str]:
 
 def memory_args(b: _Builder) -> None:
     d = b.d
-    qom = memory_backend(d)
     mb = d.memory_backing
-    if qom is not None and mb is not None:
-        props: dict[str, Any] = {"qom-type": qom, "id": "pc.ram"}
-        if mb.access is not None:
-            props["share"] = mb.access == "shared"
-        if mb.allocation == "immediate":
-            props["prealloc"] = True
+    if needs_ram_object(d):
+        props = ram_backend(d, "pc.ram", d.initial_memory_kib, tune=host_nodes(d, None))
         props["x-use-canonical-path-for-ramblock-id"] = False
-        props["size"] = -(-d.memory_kib // 1024) * 1024 * 1024
+        size = props.pop("size")
+        props["size"] = -(-size // (1 << 20)) * (1 << 20)  # whole MiB, as -m has it
         b.add("-object", _json(props))
+    numa_args(b)
     if mb is not None and mb.locked:
         b.add("-overcommit", "mem-lock=on")
 

@@ -10,6 +10,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from ...conf.domain import parse_cpuset
+from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, VSOCK_DEVICE
 
 if TYPE_CHECKING:
@@ -154,4 +156,125 @@ def redir_filter(d: DomainDef) -> str | None:
     return "|".join(rule.qemu() for rule in d.redirfilter.rules)
 
 
-__all__ = ["auto_cid", "redir_filter"]
+# -- memory: NUMA cells, DIMMs, virtio-mem ------------------------------------------------------
+
+#: ``<numatune>`` mode -> QEMU's host-memory policy ('restrictive' sets none: libvirt leaves
+#: that one to cgroups).
+_NUMA_POLICY = {"strict": "bind", "preferred": "preferred", "interleave": "interleave"}
+
+
+def memory_size(d: DomainDef) -> str:
+    """``-m``: the boot memory, and the hotplug region memory devices go into."""
+    size = f"size={-(-d.initial_memory_kib // 1024) * 1024}k"
+    if d.max_memory_kib is not None:
+        size += f",slots={d.max_memory_slots or 0},maxmem={d.max_memory_kib}k"
+    return size
+
+
+def host_nodes(d: DomainDef, cell: int | None) -> dict[str, Any]:
+    """host-nodes and policy of the RAM behind guest NUMA ``cell`` (None: all of RAM)."""
+    nt = d.numatune
+    if nt is None:
+        return {}
+    mode, nodeset = nt.mode or "strict", nt.nodeset
+    for mn in nt.memnodes:
+        if mn.cellid == cell:
+            mode, nodeset = mn.mode, mn.nodeset
+    if nodeset is None or mode not in _NUMA_POLICY:
+        return {}
+    return {"host-nodes": sorted(parse_cpuset(nodeset)), "policy": _NUMA_POLICY[mode]}
+
+
+def needs_ram_object(d: DomainDef) -> bool:
+    """Whether guest RAM (without NUMA cells) is an explicit ``pc.ram`` object."""
+    if d.cpu is not None and d.cpu.numa:
+        return False
+    return memory_backend(d) is not None or bool(host_nodes(d, None))
+
+
+def ram_backend(
+    d: DomainDef,
+    obj_id: str,
+    size_kib: int,
+    *,
+    access: str | None = None,
+    tune: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A memory backend object as libvirt builds it from ``<memoryBacking>``."""
+    mb = d.memory_backing
+    qom = memory_backend(d) or "memory-backend-ram"
+    props: dict[str, Any] = {"qom-type": qom, "id": obj_id}
+    access = access or (mb.access if mb is not None else None)
+    if access is not None:
+        props["share"] = access == "shared"
+    if mb is not None and mb.allocation == "immediate":
+        props["prealloc"] = True
+    props["size"] = size_kib * 1024
+    props.update(tune or {})
+    return props
+
+
+def _cpus_opts(cpus: str) -> str:
+    """``cpus=`` ranges of a -numa node (QEMU takes one range per key)."""
+    ranges: list[str] = []
+    ids = sorted(parse_cpuset(cpus))
+    start = prev = ids[0]
+    for cpu in [*ids[1:], None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        ranges.append(f"cpus={start}" if start == prev else f"cpus={start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return "," + ",".join(ranges)
+
+
+def numa_args(b: _Builder) -> None:
+    d = b.d
+    cells = d.cpu.numa if d.cpu is not None else []
+    for cell in cells:
+        obj = f"ram-node{cell.id}"
+        props = ram_backend(
+            d, obj, cell.memory_kib, access=cell.mem_access, tune=host_nodes(d, cell.id)
+        )
+        b.add("-object", _json(props))
+        cpus = _cpus_opts(cell.cpus) if cell.cpus else ""
+        b.add("-numa", f"node,nodeid={cell.id}{cpus},memdev={obj}")
+
+
+def memory_device_args(b: _Builder) -> None:
+    d = b.d
+    for i, md in enumerate(d.memory_devices):
+        obj = f"mem{md.alias}"
+        props = ram_backend(d, obj, md.size_kib, access=md.access, tune=host_nodes(d, md.node))
+        dev: dict[str, Any] = {"node": md.node}
+        if md.model == "virtio-mem":
+            props["reserve"] = False  # plugged in blocks as the guest asks: reserve nothing
+            dev.update(
+                {
+                    "driver": "virtio-mem-pci",
+                    "block-size": (md.block_kib or 0) * 1024,
+                    "requested-size": (md.requested_kib or 0) * 1024,
+                    "memdev": obj,
+                    "id": md.alias,
+                }
+            )
+            dev = b._pci(dev, md.address, f"memory device {i}")
+        else:
+            addr = md.address
+            dev.update({"driver": "pc-dimm", "memdev": obj, "id": md.alias})
+            dev["slot"] = getattr(addr, "slot", None)
+            dev["addr"] = getattr(addr, "base", None)
+        b.add("-object", _json(props))
+        b.device(dev)
+
+
+__all__ = [
+    "auto_cid",
+    "host_nodes",
+    "memory_size",
+    "needs_ram_object",
+    "numa_args",
+    "ram_backend",
+    "redir_filter",
+]

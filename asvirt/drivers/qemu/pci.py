@@ -322,6 +322,9 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for i, hd in enumerate(d.hostdevs):
         if hd.type == "pci":
             yield _Client(hd, pcie(True), f"host device {i}")
+    for i, md in enumerate(d.memory_devices):
+        if md.model == "virtio-mem":
+            yield _Client(md, pcie(True), f"memory device {i}")
     for i, sh in enumerate(d.shmems):
         yield _Client(sh, PCI_DEV, f"shmem {i}")
     if d.vsock is not None:

@@ -881,6 +881,12 @@ def assign_aliases(d: DomainDef) -> None:
         for i, item in enumerate(items):
             if not item.user_alias:
                 item.alias = f"{prefix}{i}"
+    counters: dict[str, int] = {}
+    for md in d.memory_devices:
+        prefix = md.model.replace("-", "")
+        if not md.user_alias:
+            md.alias = f"{prefix}{counters.get(prefix, 0)}"
+        counters[prefix] = counters.get(prefix, 0) + 1
     for i, con in enumerate(d.consoles):
         if con.user_alias:
             continue

@@ -7,7 +7,7 @@ QEMU cannot do (and the message says so), or XML that contradicts itself.
 
 from __future__ import annotations
 
-from ...conf.addresses import ISAAddress, PCIAddress
+from ...conf.addresses import DimmAddress, ISAAddress, PCIAddress
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
@@ -45,6 +45,7 @@ def prepare_other(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     _shmems(d, caps)
     _panics(d, caps)
     _rngs(d, caps)
+    _memory_devices(d, caps)
     if d.redirfilter is not None and not d.redirdevs:
         raise XMLError("a <redirfilter> filters <redirdev> devices, and there is none")
 
@@ -172,6 +173,53 @@ def _rngs(d: DomainDef, caps: QemuCapabilities) -> None:
         _need(caps, RNG_DEVICE[rng.model], f"rng model '{rng.model}'")
         if rng.backend == "egd" and rng.egd_type == "tcp" and rng.egd_host is None:
             rng.egd_host = "localhost" if rng.egd_mode == "connect" else None
+
+
+#: virtio-mem's block size when the XML gives none: QEMU's own default on x86 (a THP).
+VIRTIO_MEM_BLOCK_KIB = 2048
+
+
+def _memory_devices(d: DomainDef, caps: QemuCapabilities) -> None:
+    used: set[int] = set()
+    for md in d.memory_devices:
+        if isinstance(md.address, DimmAddress) and md.address.slot is not None:
+            if md.address.slot in used or md.address.slot >= (d.max_memory_slots or 0):
+                raise XMLError(f"DIMM slot {md.address.slot} is used twice or does not exist")
+            used.add(md.address.slot)
+    for i, md in enumerate(d.memory_devices):
+        where = f"memory device {i}"
+        if md.model == "dimm":
+            _need(caps, "pc-dimm", "a DIMM")
+            if d.features.acpi != "on":
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {where}: QEMU hotplugs DIMMs through ACPI, "
+                    "which this domain turns off (add <features><acpi/></features>)"
+                )
+            if md.address is None:
+                md.address = DimmAddress()
+            assert isinstance(md.address, DimmAddress)
+            if md.address.slot is None:
+                md.address.slot = min(set(range(len(used) + 1)) - used)
+                used.add(md.address.slot)
+            if md.size_kib % 2048:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {where}: QEMU plugs DIMMs in 2 MiB steps "
+                    "on x86; its size must be a multiple of 2 MiB"
+                )
+        else:
+            _need(caps, "virtio-mem-pci", "virtio-mem memory")
+            md.block_kib = md.block_kib or VIRTIO_MEM_BLOCK_KIB
+            md.requested_kib = md.requested_kib or 0
+            block = md.block_kib
+            if block & (block - 1) or block < VIRTIO_MEM_BLOCK_KIB:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {where}: QEMU's virtio-mem block size is a "
+                    "power of two of at least 2 MiB"
+                )
+            if md.size_kib % block or md.requested_kib % block:
+                raise XMLError(f"{where}: its size and requested size are whole blocks")
+            if md.requested_kib > md.size_kib:
+                raise XMLError(f"{where}: it cannot plug more than its size")
 
 
 __all__ = ["RNG_DEVICE", "SHMEM_DEFAULT_KIB", "prepare_other", "shmem_server_path"]
