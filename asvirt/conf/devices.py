@@ -1306,7 +1306,8 @@ def _parse_egd(backend: Node, rng: RNG) -> None:
     if kind == "tcp":
         rng.egd_host = src.attr("host")
         rng.egd_service = src.required("service")
-        if not rng.egd_service.isdigit() or not 0 < int(rng.egd_service) < 65536:
+        lowest = 0 if rng.egd_mode == "bind" else 1  # binding to port 0 takes a free one
+        if not rng.egd_service.isdigit() or not lowest <= int(rng.egd_service) < 65536:
             raise XMLError(f"invalid port '{rng.egd_service}' in {src.where}")
         if rng.egd_host is not None and not re.fullmatch(r"[A-Za-z0-9.:_-]+", rng.egd_host):
             raise XMLError(f"invalid host '{rng.egd_host}' in {src.where}")
