@@ -133,6 +133,8 @@ class Disk(DeviceBase):
     readonly: bool = False
     #: ``<shareable/>``: other guests may use the image at the same time.
     shareable: bool = False
+    #: ``<driver iothread=N>``: the I/O thread of a virtio disk.
+    iothread: int | None = None
     serial: str | None = None
     wwn: str | None = None
     rotation_rate: int | None = None
@@ -169,6 +171,7 @@ class Disk(DeviceBase):
                 "io": self.io,
                 "discard": self.discard,
                 "copy_on_read": self.copy_on_read,
+                "iothread": self.iothread,
                 "detect_zeroes": self.detect_zeroes,
             },
         )
@@ -223,6 +226,7 @@ def parse_disk(node: Node) -> Disk:
         disk.copy_on_read = drv.onoff("copy_on_read")
         disk.error_policy = drv.choice("error_policy", ERROR_POLICIES)
         disk.rerror_policy = drv.choice("rerror_policy", ("stop", "report", "ignore"))
+        disk.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
         drv.finish()
     src = node.child("source")
     if src is not None and disk.type == "volume":
@@ -333,6 +337,7 @@ class Controller(DeviceBase):
     cmd_per_lun: int | None = None
     max_sectors: int | None = None
     ioeventfd: str | None = None
+    iothread: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -367,6 +372,7 @@ class Controller(DeviceBase):
                 "cmd_per_lun": self.cmd_per_lun,
                 "max_sectors": self.max_sectors,
                 "ioeventfd": self.ioeventfd,
+                "iothread": self.iothread,
             },
         )
         format_address(el, self.address)
@@ -423,6 +429,7 @@ def parse_controller(node: Node) -> Controller:
         ctl.cmd_per_lun = drv.integer("cmd_per_lun", minimum=1, maximum=65535)
         ctl.max_sectors = drv.integer("max_sectors", minimum=1, maximum=65535)
         ctl.ioeventfd = drv.onoff("ioeventfd")
+        ctl.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
         drv.finish()
     _parse_alias(node, ctl)
     ctl.address = parse_address(node, (PCIAddress,))

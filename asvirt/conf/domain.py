@@ -53,6 +53,7 @@ from .memory import (
 )
 from .names import canonical_uuid, validate_name
 from .otherdevices import IOMMU, RedirFilter, Shmem, Vsock
+from .sysinfo import SysInfo, parse_iothreads, parse_sysinfo
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
@@ -148,6 +149,8 @@ class OSDef:
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+    #: ``<smbios mode=...>``: 'sysinfo' gives the guest the domain's ``<sysinfo>``.
+    smbios_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -314,6 +317,12 @@ class DomainDef:
     max_memory_kib: int | None = None
     max_memory_slots: int | None = None
     numatune: NUMATune | None = None
+    sysinfos: list[SysInfo] = field(default_factory=list)
+    #: ``<genid>``: the VM generation id (a UUID the guest sees change on snapshots' reverts).
+    genid: str | None = None
+    #: The I/O thread ids (``<iothreads>``, ``<iothreadids>``), and whether ids were given.
+    iothread_ids: list[int] = field(default_factory=list)
+    iothread_ids_given: bool = False
     suspend_to_mem: bool | None = None
     suspend_to_disk: bool | None = None
     emulator: str | None = None
@@ -426,6 +435,8 @@ class DomainDef:
             root.set("id", domain_id)
         root.add("name", text=self.name)
         root.add("uuid", text=self.uuid)
+        if self.genid is not None:
+            root.add("genid", text=self.genid)
         if self.title is not None:
             root.add("title", text=self.title)
         if self.description is not None:
@@ -451,8 +462,16 @@ class DomainDef:
             },
             text=str(self.max_vcpus),
         )
+        if self.iothread_ids:
+            root.add("iothreads", text=str(len(self.iothread_ids)))
+            if self.iothread_ids_given:
+                ids = root.add("iothreadids")
+                for tid in self.iothread_ids:
+                    ids.add("iothread", {"id": tid})
         if self.numatune is not None:
             self.numatune.format_xml(root)
+        for info in self.sysinfos:
+            info.format_xml(root)
         self._format_os(root)
         self._format_features(root)
         self._format_cpu(root)
@@ -563,6 +582,8 @@ class DomainDef:
             os_.add("boot", {"dev": boot})
         if self.os.bootmenu is not None:
             os_.add("bootmenu", {"enable": self.os.bootmenu, "timeout": self.os.bootmenu_timeout})
+        if self.os.smbios_mode is not None:
+            os_.add("smbios", {"mode": self.os.smbios_mode})
         if self.os.reboot_timeout is not None:
             os_.add("bios", {"rebootTimeout": self.os.reboot_timeout})
 
@@ -764,6 +785,15 @@ def _parse_domain(node: Node) -> DomainDef:
     _parse_memory(node, d)
     _parse_memory_backing(node, d)
     _parse_vcpu(node, d)
+    d.iothread_ids, d.iothread_ids_given = parse_iothreads(node)
+    d.sysinfos = [parse_sysinfo(n) for n in node.children("sysinfo")]
+    if len({i.type for i in d.sysinfos}) != len(d.sysinfos):
+        raise XMLError("at most one <sysinfo> of each type")
+    genid = node.child("genid")
+    if genid is not None:
+        text = genid.el.text
+        d.genid = canonical_uuid(text, error=InvalidValueError) if text else str(_uuid.uuid4())
+        genid.finish()
     _parse_os(node, d)
     _parse_features(node, d)
     _parse_cpu(node, d)
@@ -917,6 +947,10 @@ def _parse_os(node: Node, d: DomainDef) -> None:
             raise XMLError("missing attribute 'enable' of <os><bootmenu>")
         d.os.bootmenu_timeout = bm.integer("timeout", minimum=0, maximum=65535)
         bm.finish()
+    smbios = osn.child("smbios")
+    if smbios is not None:
+        d.os.smbios_mode = smbios.choice("mode", ("emulate", "host", "sysinfo"))
+        smbios.finish()
     bios = osn.child("bios")
     if bios is not None:
         d.os.reboot_timeout = bios.integer("rebootTimeout", minimum=-1, maximum=65535)

@@ -174,7 +174,7 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
     [
         ("<memoryBacking><hugepages/></memoryBacking>", "<memoryBacking>"),
         ("<numatune><memory placement='auto'/></numatune>", "needs numad"),
-        ("<sysinfo type='smbios'/>", "<sysinfo>"),
+        ("<sysinfo type='smbios'><processor/></sysinfo>", "<processor>"),
         ("<cputune><shares>2</shares></cputune>", "<cputune>"),
         ("<features><hyperv mode='bogus'/></features>", "<hyperv>"),
         ("<features><gic version='2'/></features>", "<gic>"),
@@ -218,9 +218,9 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
             "<iotune> in <disk>",
         ),
         (
-            "<disk type='file'><driver name='qemu' iothread='1'/><source file='/a'/>"
+            "<disk type='file'><driver name='qemu' queues='4'/><source file='/a'/>"
             "<target dev='vda'/></disk>",
-            "iothread='1' of <disk><driver>",
+            "queues='4' of <disk><driver>",
         ),
         ("<controller type='ccid' index='0'/>", "type='ccid'"),
         ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),

@@ -483,3 +483,76 @@ def test_memory_devices_refused_saying_why(caps: Caps, xml_change: str, error: s
         )
     with pytest.raises(XMLError, match=error):
         prepare_domain(parse_domain_xml(xml), caps)
+
+
+# -- SMBIOS tables, fw_cfg, the VM generation id, I/O threads --------------------------------------
+
+
+def test_sysinfo_smbios_fwcfg_and_genid(caps: Caps, tmp_path: Path) -> None:
+    xml = (
+        dom(
+            body="<sysinfo type='smbios'><bios><entry name='vendor'>ACME, Inc.</entry>"
+            "<entry name='version'>1.2</entry></bios><system>"
+            "<entry name='manufacturer'>Fedora</entry><entry name='serial'>1234</entry>"
+            "<entry name='uuid'>c7a5fdbd-edaf-9455-926a-d65c16db1809</entry></system>"
+            "<baseBoard><entry name='product'>board</entry></baseBoard>"
+            "<chassis><entry name='asset'>tag</entry></chassis>"
+            "<oemStrings><entry>myappname:some arbitrary data</entry></oemStrings></sysinfo>"
+            "<sysinfo type='fwcfg'><entry name='opt/com.example/name'>example value</entry>"
+            "</sysinfo>"
+        )
+        .replace("</type></os>", "</type><smbios mode='sysinfo'/></os>")
+        .replace("</uuid>", "</uuid><genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid>")
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-smbios") == [
+        "type=0,vendor=ACME,, Inc.,version=1.2",
+        "type=1,manufacturer=Fedora,serial=1234,uuid=c7a5fdbd-edaf-9455-926a-d65c16db1809",
+        "type=2,product=board",
+        "type=3,asset=tag",
+        "type=11,value=myappname:some arbitrary data",
+    ]
+    assert opts(argv, "-fw_cfg") == ["name=opt/com.example/name,string=example value"]
+    assert device(argv, "vmgenid0") == {
+        "driver": "vmgenid",
+        "guid": "43dc0cf8-809b-4adb-9bea-a9abb5f3d90d",
+        "id": "vmgenid0",
+    }
+    assert "vmgenid0" in _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<smbios mode='sysinfo'/>" in out and "<genid>43dc0cf8" in out
+    fresh = parse_domain_xml(dom().replace("</uuid>", "</uuid><genid/>"))
+    assert fresh.genid is not None and len(fresh.genid) == 36  # made at define, as libvirt
+    with pytest.raises(ConfigUnsupportedError, match="host's SMBIOS"):
+        argv_of(caps, dom().replace("</type></os>", "</type><smbios mode='host'/></os>"))
+
+
+def test_iothreads_for_virtio_disks_and_scsi(caps: Caps, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    xml = dom(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw' iothread='2'/>"
+        f"<source file='{image}'/><target dev='vda' bus='virtio'/></disk>"
+        "<controller type='scsi' model='virtio-scsi'><driver queues='2' iothread='1'/>"
+        "</controller>",
+        body="<iothreads>2</iothreads><iothreadids><iothread id='2'/></iothreadids>",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-object")[:2] == [
+        '{"qom-type":"iothread","id":"iothread2"}',
+        '{"qom-type":"iothread","id":"iothread1"}',
+    ]
+    assert device(argv, "virtio-disk0")["iothread"] == "iothread2"
+    assert device(argv, "scsi0")["iothread"] == "iothread1"
+    assert {"virtio-disk0", "scsi0"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<iothreads>2</iothreads>" in out and "<iothread id='1'/>" in out
+    with pytest.raises(ConfigUnsupportedError, match="only virtio disks"):
+        argv_of(
+            caps,
+            dom(
+                "<disk type='file'><driver name='qemu' type='raw' iothread='1'/>"
+                f"<source file='{image}'/><target dev='sda' bus='sata'/></disk>",
+                body="<iothreads>1</iothreads>",
+            ),
+        )

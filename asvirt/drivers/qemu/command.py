@@ -270,6 +270,7 @@ class _Builder:
         self._smp()
         more.memory_args(self)
         self.add("-uuid", d.uuid)
+        other.system_args(self)
         if not d.graphics:
             self.add("-display", "none")
         self.add("-no-user-config", "-nodefaults")
@@ -553,6 +554,8 @@ class _Builder:
             props["max_sectors"] = ctl.max_sectors
             if ctl.ioeventfd is not None:
                 props["ioeventfd"] = ctl.ioeventfd == "on"
+            if ctl.iothread is not None:
+                props["iothread"] = f"iothread{ctl.iothread}"
             self.device(self._pci(props, ctl.address, what))
         elif ctl.type == "sata":
             if self.q35 and ctl.index == 0:
@@ -668,6 +671,8 @@ class _Builder:
         props: dict[str, Any] = {}
         if disk.bus == "virtio":
             props = self._pci({"driver": "virtio-blk-pci"}, addr, f"disk '{disk.target}'")
+            if disk.iothread is not None:
+                props["iothread"] = f"iothread{disk.iothread}"
         else:
             assert isinstance(addr, DriveAddress)
             ctl = self.d.controller(disk.bus, addr.controller)

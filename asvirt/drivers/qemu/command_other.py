@@ -156,6 +156,34 @@ def redir_filter(d: DomainDef) -> str | None:
     return "|".join(rule.qemu() for rule in d.redirfilter.rules)
 
 
+# -- SMBIOS, fw_cfg, the VM generation id, I/O threads --------------------------------------------
+
+#: SMBIOS table number of each ``<sysinfo>`` table.
+_SMBIOS_TYPE = {"bios": 0, "system": 1, "baseBoard": 2, "chassis": 3}
+
+
+def system_args(b: _Builder) -> None:
+    d = b.d
+    for tid in d.iothread_ids:
+        b.add("-object", _json({"qom-type": "iothread", "id": f"iothread{tid}"}))
+    for info in d.sysinfos:
+        if info.type == "fwcfg":
+            for name, value, file in info.fwcfg:
+                what = f"file={_kv(file)}" if file is not None else f"string={_kv(value or '')}"
+                b.add("-fw_cfg", f"name={name},{what}")
+        elif d.os.smbios_mode == "sysinfo":
+            for table, number in _SMBIOS_TYPE.items():
+                for entries in info.tables.get(table, []):
+                    opts = [f"type={number}"]
+                    opts += [f"{name}={_kv(value)}" for name, value in entries if value]
+                    if len(opts) > 1:
+                        b.add("-smbios", ",".join(opts))
+            for value in info.oem_strings:
+                b.add("-smbios", f"type=11,value={_kv(value)}")
+    if d.genid is not None:
+        b.device({"driver": "vmgenid", "guid": d.genid, "id": "vmgenid0"})
+
+
 # -- memory: NUMA cells, DIMMs, virtio-mem ------------------------------------------------------
 
 #: ``<numatune>`` mode -> QEMU's host-memory policy ('restrictive' sets none: libvirt leaves

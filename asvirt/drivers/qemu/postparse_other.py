@@ -46,6 +46,7 @@ def prepare_other(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     _panics(d, caps)
     _rngs(d, caps)
     _memory_devices(d, caps)
+    _system(d, caps)
     if d.redirfilter is not None and not d.redirdevs:
         raise XMLError("a <redirfilter> filters <redirdev> devices, and there is none")
 
@@ -220,6 +221,45 @@ def _memory_devices(d: DomainDef, caps: QemuCapabilities) -> None:
                 raise XMLError(f"{where}: its size and requested size are whole blocks")
             if md.requested_kib > md.size_kib:
                 raise XMLError(f"{where}: it cannot plug more than its size")
+
+
+def _system(d: DomainDef, caps: QemuCapabilities) -> None:
+    for disk in d.disks:
+        if disk.iothread is not None:
+            if disk.bus != "virtio":
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: disk '{disk.target}': QEMU runs only virtio "
+                    "disks in an I/O thread"
+                )
+            if disk.iothread not in d.iothread_ids:
+                raise XMLError(f"disk '{disk.target}' uses I/O thread {disk.iothread}, not defined")
+    for ctl in d.controllers:
+        if ctl.iothread is not None:
+            if ctl.model != "virtio-scsi":
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: QEMU runs only virtio-scsi controllers in an "
+                    "I/O thread"
+                )
+            if ctl.iothread not in d.iothread_ids:
+                raise XMLError(
+                    f"SCSI controller {ctl.index} uses I/O thread {ctl.iothread}, not defined"
+                )
+    mode = d.os.smbios_mode
+    smbios = [i for i in d.sysinfos if i.type == "smbios"]
+    if mode == "host":
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <smbios mode='host'> copies the host's SMBIOS tables, "
+            "which asvirt does not read; use mode='sysinfo' with a <sysinfo>"
+        )
+    if mode == "sysinfo" and not smbios:
+        raise XMLError("<smbios mode='sysinfo'> needs a <sysinfo type='smbios'>")
+    for info in smbios:
+        for entries in info.tables.get("system", []):
+            for name, value in entries:
+                if name == "uuid" and value.lower() != d.uuid:
+                    raise XMLError("the <sysinfo> system UUID differs from the domain's UUID")
+    if d.genid is not None:
+        _need(caps, "vmgenid", "<genid>")
 
 
 __all__ = ["RNG_DEVICE", "SHMEM_DEFAULT_KIB", "prepare_other", "shmem_server_path"]
