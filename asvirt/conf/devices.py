@@ -800,20 +800,43 @@ def _parse_socket_source(src: Node, chr_: Chardev) -> None:
 # ---------------------------------------------------------------------------------------------
 # input devices
 
-INPUT_TYPES = ("mouse", "keyboard", "tablet")
+INPUT_TYPES = ("mouse", "keyboard", "tablet", "passthrough", "evdev")
 INPUT_BUSES = ("ps2", "usb", "virtio")
 
 
 @dataclass(slots=True)
 class Input(DeviceBase):
-    """``<input>``: a mouse, keyboard or tablet on the PS/2, USB or virtio bus."""
+    """``<input>``: a mouse, keyboard or tablet on the PS/2, USB or virtio bus; a host evdev
+    device passed to a virtio input (``passthrough``) or shared by QEMU (``evdev``)."""
 
     type: str = "mouse"
     bus: str | None = None
+    #: passthrough and evdev: the host's ``/dev/input/eventN``.
+    evdev: str | None = None
+    #: evdev: ``grab='all'``, ``grabToggle=...`` and ``repeat=...``.
+    grab: str | None = None
+    grab_toggle: str | None = None
+    repeat: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("input", {"type": self.type, "bus": self.bus})
+        if self.type == "passthrough":
+            el.add("source", {"evdev": self.evdev})
+        elif self.type == "evdev":
+            el.add(
+                "source",
+                {
+                    "dev": self.evdev,
+                    "grab": self.grab,
+                    "grabToggle": self.grab_toggle,
+                    "repeat": self.repeat,
+                },
+            )
         self._format_tail(el, live)
+
+
+#: ``grabToggle`` values (QEMU's input-linux grab-toggle keys).
+GRAB_TOGGLES = ("ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock", "ctrl-scrolllock")
 
 
 def parse_input(node: Node) -> Input:
@@ -823,6 +846,24 @@ def parse_input(node: Node) -> Input:
     )
     if not dev.type:
         raise XMLError("missing attribute 'type' of <input>")
+    src = node.child("source")
+    if dev.type in ("passthrough", "evdev"):
+        if src is None:
+            raise XMLError(f"{node.where} of type '{dev.type}' needs a <source>")
+        dev.evdev = src.required("evdev" if dev.type == "passthrough" else "dev")
+        if not dev.evdev.startswith("/"):
+            raise XMLError(f"input device '{dev.evdev}' must be an absolute path")
+        if dev.type == "evdev":
+            dev.grab = src.choice("grab", ("all",))
+            dev.grab_toggle = src.choice("grabToggle", GRAB_TOGGLES)
+            dev.repeat = src.onoff("repeat")
+        src.finish()
+        if dev.type == "passthrough" and dev.bus != "virtio":
+            raise XMLError("a passthrough input device is on the virtio bus")
+        if dev.type == "evdev" and dev.bus is not None:
+            raise XMLError("an evdev input is no guest device and has no bus")
+    elif src is not None:
+        raise node.unsupported("<source> (only passthrough and evdev inputs have one)")
     _parse_alias(node, dev)
     dev.address = parse_address(node, (USBAddress, PCIAddress))
     node.finish()

@@ -153,7 +153,7 @@ def _controllers(d: DomainDef) -> None:
 def _inputs(d: DomainDef) -> None:
     x86 = d.os.arch in ("", "x86_64", "i686")  # no arch yet: the driver's default, x86 here
     for inp in d.inputs:
-        if inp.bus is None:
+        if inp.bus is None and inp.type != "evdev":
             inp.bus = "ps2" if x86 and inp.type in ("mouse", "keyboard") else "usb"
 
 

@@ -226,7 +226,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),
         ("<serial type='nmdm'><source master='/a' slave='/b'/></serial>", "type='nmdm'"),
         ("<serial type='tcp'><source host='a' service='1' tls='yes'/></serial>", "tls='yes'"),
-        ("<input type='passthrough' bus='virtio'/>", "type='passthrough'"),
+        ("<input type='mouse' bus='xen'/>", "bus='xen'"),
         ("<audio id='1' type='coreaudio'/>", "type='coreaudio'"),
         ("<watchdog model='diag288'/>", "model='diag288'"),
         ("<memballoon model='virtio'><driver iommu='on'/></memballoon>", "<driver>"),

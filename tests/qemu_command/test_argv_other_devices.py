@@ -556,3 +556,30 @@ def test_iothreads_for_virtio_disks_and_scsi(caps: Caps, tmp_path: Path) -> None
                 body="<iothreads>1</iothreads>",
             ),
         )
+
+
+# -- host input devices --------------------------------------------------------------------------
+
+
+def test_host_input_devices(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event1'/></input>"
+        "<input type='evdev'><source dev='/dev/input/event2' grab='all' grabToggle='ctrl-ctrl' "
+        "repeat='on'/></input>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    host = device(argv, "input0")
+    assert (host["driver"], host["evdev"]) == ("virtio-input-host-pci", "/dev/input/event1")
+    assert (
+        '{"qom-type":"input-linux","id":"input1","evdev":"/dev/input/event2","repeat":true,'
+        '"grab_all":true,"grab-toggle":"ctrl-ctrl"}' in opts(argv, "-object")
+    )
+    out = _roundtrip(caps, xml)
+    assert "<input type='evdev'>" in out and "<input type='passthrough' bus='virtio'>" in out
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    if os.path.exists("/dev/input/event1") and os.path.exists("/dev/input/event2"):
+        assert {"input0"} <= _launch(argv, tmp_path)
+    else:  # no input devices on this host: the start says which is missing
+        with pytest.raises(OperationFailedError, match="/dev/input/event1"):
+            check_host_devices(d)

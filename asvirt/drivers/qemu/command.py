@@ -876,9 +876,21 @@ class _Builder:
             if inp.bus == "usb":
                 props = {"driver": usb_names[inp.type], "id": inp.alias}
                 self.device(self._usb(props, inp.address, f"input {i}"))
+            elif inp.type == "passthrough":
+                props = {"driver": "virtio-input-host-pci", "id": inp.alias, "evdev": inp.evdev}
+                self.device(self._pci(props, inp.address, f"input {i}"))
             elif inp.bus == "virtio":
                 props = {"driver": f"virtio-{inp.type}-pci", "id": inp.alias}
                 self.device(self._pci(props, inp.address, f"input {i}"))
+            elif inp.type == "evdev":
+                obj: dict[str, Any] = {"qom-type": "input-linux", "id": inp.alias}
+                obj["evdev"] = inp.evdev
+                if inp.repeat is not None:
+                    obj["repeat"] = inp.repeat == "on"
+                if inp.grab == "all":
+                    obj["grab_all"] = True
+                obj["grab-toggle"] = inp.grab_toggle
+                self.add("-object", _json({k: v for k, v in obj.items() if v is not None}))
 
     # -- audio, graphics, video -------------------------------------------------------------------
 

@@ -180,6 +180,11 @@ def check_host_devices(defn: DomainDef) -> None:
                 f"host USB device {hd.usb_vendor:04x}:{hd.usb_product:04x} of domain "
                 f"'{defn.name}' is not plugged in"
             )
+    for inp in defn.inputs:
+        if inp.evdev is not None and not os.path.exists(inp.evdev):
+            raise OperationFailedError(
+                f"the host input device {inp.evdev} of domain '{defn.name}' does not exist"
+            )
     if defn.vsock is not None and not os.path.exists(VHOST_VSOCK):
         raise OperationFailedError(
             f"the <vsock> of domain '{defn.name}' needs {VHOST_VSOCK}, which this host does "

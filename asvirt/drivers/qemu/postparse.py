@@ -634,8 +634,13 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     if d.has_memballoon:
         _need_device(caps, "virtio-balloon-pci", "the memory balloon")
     for inp in d.inputs:
+        if inp.type == "evdev":
+            if inp.address is not None:
+                raise XMLError("an evdev input has no address")
+            continue
         if inp.bus == "virtio":
-            _need_device(caps, f"virtio-{inp.type}-pci", f"virtio {inp.type}")
+            name = "input-host" if inp.type == "passthrough" else inp.type
+            _need_device(caps, f"virtio-{name}-pci", f"virtio {inp.type}")
             if inp.address is not None and not isinstance(inp.address, PCIAddress):
                 raise XMLError("a virtio input device needs a PCI address")
         elif inp.bus == "usb":

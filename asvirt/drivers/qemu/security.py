@@ -339,6 +339,9 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
         for listen in gfx.listens:
             if listen.type == "socket" and listen.socket:
                 out.append(_socket_directory(listen.socket, f"the {gfx.type} socket"))
+    for inp in defn.inputs:
+        if inp.evdev:
+            out.append(Need(inp.evdev, f"the host input device of {inp.alias}", READ | WRITE))
     for rng in defn.rngs:
         if rng.backend == "random" and rng.backend_path:
             out.append(Need(rng.backend_path, f"the random number source of {rng.alias}", READ))
