@@ -75,7 +75,17 @@ class DimmAddress:
     base: int | None = None
 
 
-Address = PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress | DimmAddress
+@dataclass(slots=True)
+class CCIDAddress:
+    """``<address type='ccid' controller=... slot=.../>``: a smartcard's reader slot."""
+
+    controller: int = 0
+    slot: int = 0
+
+
+Address = (
+    PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress | DimmAddress
+) | CCIDAddress
 
 _TYPES: dict[str, type] = {
     "pci": PCIAddress,
@@ -84,6 +94,7 @@ _TYPES: dict[str, type] = {
     "usb": USBAddress,
     "isa": ISAAddress,
     "dimm": DimmAddress,
+    "ccid": CCIDAddress,
 }
 
 
@@ -129,6 +140,11 @@ def parse_address(parent: Node, allowed: tuple[type, ...]) -> Address | None:
                 raise XMLError(f"invalid USB port '{port}' in {node.where}")
             port = ".".join(str(int(p)) for p in parts)
         addr = USBAddress(bus=node.integer("bus", minimum=0, maximum=255) or 0, port=port)
+    elif cls is CCIDAddress:
+        addr = CCIDAddress(
+            controller=node.integer("controller", minimum=0, maximum=255) or 0,
+            slot=node.integer("slot", minimum=0, maximum=0) or 0,
+        )
     elif cls is DimmAddress:
         addr = DimmAddress(
             slot=node.integer("slot", minimum=0, maximum=255),
@@ -182,6 +198,8 @@ def format_address(parent: XElem, addr: Address | None) -> None:
         )
     elif isinstance(addr, USBAddress):
         parent.add("address", {"type": "usb", "bus": addr.bus, "port": addr.port})
+    elif isinstance(addr, CCIDAddress):
+        parent.add("address", {"type": "ccid", "controller": addr.controller, "slot": addr.slot})
     elif isinstance(addr, DimmAddress):
         base = None if addr.base is None else f"{addr.base:#x}"
         parent.add("address", {"type": "dimm", "slot": addr.slot, "base": base})

@@ -310,6 +310,7 @@ CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
     "scsi": ("lsilogic", "virtio-scsi", "lsisas1068", "lsisas1078", "vmpvscsi", "auto"),
     "ide": (),
     "sata": (),
+    "ccid": (),
     "virtio-serial": ("virtio",),
     "fdc": (),
 }
@@ -432,7 +433,8 @@ def parse_controller(node: Node) -> Controller:
         ctl.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
         drv.finish()
     _parse_alias(node, ctl)
-    ctl.address = parse_address(node, (PCIAddress,))
+    # A CCID controller is a USB smartcard reader (usb-ccid), not a PCI device.
+    ctl.address = parse_address(node, (USBAddress,) if kind == "ccid" else (PCIAddress,))
     node.finish()
     return ctl
 

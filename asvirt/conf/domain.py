@@ -52,7 +52,7 @@ from .memory import (
     parse_numatune,
 )
 from .names import canonical_uuid, validate_name
-from .otherdevices import IOMMU, RedirFilter, Shmem, Vsock
+from .otherdevices import IOMMU, RedirFilter, Shmem, Smartcard, Vsock
 from .sysinfo import SysInfo, parse_iothreads, parse_sysinfo
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
@@ -352,6 +352,7 @@ class DomainDef:
     iommu: IOMMU | None = None
     vsock: Vsock | None = None
     memory_devices: list[MemoryDevice] = field(default_factory=list)
+    smartcards: list[Smartcard] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -493,6 +494,7 @@ class DomainDef:
             self.controllers,
             self.filesystems,
             self.interfaces,
+            self.smartcards,
             self.serials,
             self.parallels,
             self.consoles,
@@ -1323,6 +1325,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     d.redirdevs = [xdev.parse_redirdev(n) for n in node.children("redirdev")]
     d.tpms = [xdev.parse_tpm(n) for n in node.children("tpm")]
     d.shmems = [odev.parse_shmem(n) for n in node.children("shmem")]
+    d.smartcards = [odev.parse_smartcard(n) for n in node.children("smartcard")]
     d.memory_devices = [parse_memory_device(n) for n in node.children("memory")]
     for tag in ("redirfilter", "iommu", "vsock"):
         found = node.children(tag)

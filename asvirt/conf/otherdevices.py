@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import XMLError
-from .addresses import PCIAddress, parse_address
+from .addresses import CCIDAddress, PCIAddress, parse_address
 from .devices import DeviceBase, _parse_alias
 from .units import parse_kib
 from .xmlnode import Node, XElem
@@ -262,14 +262,91 @@ def parse_redirfilter(node: Node) -> RedirFilter:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# <smartcard>: a CCID card in a USB reader (a <controller type='ccid'>)
+
+SMARTCARD_MODES = ("host", "host-certificates", "passthrough")
+
+
+@dataclass(slots=True)
+class Smartcard(DeviceBase):
+    """``<smartcard mode=...>``: the host's card (NSS), three NSS certificates, or a card
+    passed through a character device (a SPICE client's, or a TCP socket)."""
+
+    mode: str = "host"
+    certificates: list[str] = field(default_factory=list)
+    database: str | None = None
+    #: passthrough: 'spicevmc' or 'tcp' (with ``source_mode``, ``host``, ``service``).
+    type: str | None = None
+    source_mode: str | None = None
+    host: str | None = None
+    service: str | None = None
+
+    def format_xml(self, parent: XElem, live: bool) -> None:
+        el = parent.add("smartcard", {"mode": self.mode, "type": self.type})
+        for cert in self.certificates:
+            el.add("certificate", text=cert)
+        if self.database is not None:
+            el.add("database", text=self.database)
+        if self.type == "tcp":
+            el.add("source", {"mode": self.source_mode, "host": self.host, "service": self.service})
+            el.add("protocol", {"type": "raw"})
+        self._format_tail(el, live)
+
+
+def parse_smartcard(node: Node) -> Smartcard:
+    mode = node.choice("mode", SMARTCARD_MODES)
+    if mode is None:
+        raise XMLError("missing attribute 'mode' of <smartcard>")
+    sc = Smartcard(mode=mode)
+    if mode == "host-certificates":
+        for cert in node.children("certificate"):
+            sc.certificates.append(cert.text())
+            cert.finish()
+        if len(sc.certificates) != 3:
+            raise XMLError("<smartcard mode='host-certificates'> needs three <certificate>s")
+        db = node.child("database")
+        if db is not None:
+            sc.database = db.text()
+            if not sc.database.startswith("/"):
+                raise XMLError(f"smartcard database '{sc.database}' must be an absolute path")
+            db.finish()
+    elif mode == "passthrough":
+        sc.type = node.choice("type", ("spicevmc", "tcp"))
+        if sc.type is None:
+            raise node.unsupported_value("type", node.attr("type") or "", ["spicevmc", "tcp"])
+        if sc.type == "tcp":
+            src = node.child("source")
+            if src is None:
+                raise XMLError(f"{node.where} of type 'tcp' needs a <source>")
+            sc.source_mode = src.choice("mode", ("bind", "connect"), "connect")
+            sc.host = src.attr("host")
+            sc.service = src.required("service")
+            if not sc.service.isdigit() or int(sc.service) > 65535:
+                raise XMLError(f"invalid service '{sc.service}' in {src.where}")
+            if sc.host is not None and not re.fullmatch(r"[A-Za-z0-9.:_-]+", sc.host):
+                raise XMLError(f"invalid host '{sc.host}' in {src.where}")
+            src.finish()
+            proto = node.child("protocol")
+            if proto is not None:
+                proto.choice("type", ("raw",))
+                proto.finish()
+    _parse_alias(node, sc)
+    sc.address = parse_address(node, (CCIDAddress,))
+    node.finish()
+    return sc
+
+
 __all__ = [
     "IOMMU",
     "RedirFilter",
     "Shmem",
+    "Smartcard",
     "USBFilterRule",
     "Vsock",
     "parse_iommu",
     "parse_redirfilter",
     "parse_shmem",
+    "parse_smartcard",
     "parse_vsock",
 ]

@@ -322,6 +322,7 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.tpms,
         *d.shmems,
         *d.memory_devices,
+        *d.smartcards,
         *([d.iommu] if d.iommu is not None else []),
         *([d.vsock] if d.vsock is not None else []),
     ]

@@ -222,7 +222,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
             "<target dev='vda'/></disk>",
             "queues='4' of <disk><driver>",
         ),
-        ("<controller type='ccid' index='0'/>", "type='ccid'"),
+        ("<controller type='xenbus' index='0'/>", "type='xenbus'"),
         ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),
         ("<serial type='nmdm'><source master='/a' slave='/b'/></serial>", "type='nmdm'"),
         ("<serial type='tcp'><source host='a' service='1' tls='yes'/></serial>", "tls='yes'"),

@@ -583,3 +583,57 @@ def test_host_input_devices(caps: Caps, tmp_path: Path) -> None:
     else:  # no input devices on this host: the start says which is missing
         with pytest.raises(OperationFailedError, match="/dev/input/event1"):
             check_host_devices(d)
+
+
+# -- smartcards ----------------------------------------------------------------------------------
+
+
+def test_smartcards_in_ccid_readers(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        f"<graphics type='spice'><listen type='socket' socket='{tmp_path}/spice.sock'/>"
+        "</graphics><controller type='usb' model='qemu-xhci'/>"
+        "<smartcard mode='passthrough' type='spicevmc'/>"
+        "<smartcard mode='passthrough' type='tcp'><source mode='bind' host='127.0.0.1' "
+        "service='0'/><protocol type='raw'/></smartcard>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert device(argv, "ccid0") == {
+        "driver": "usb-ccid",
+        "id": "ccid0",
+        "bus": "usb.0",
+        "port": "1",
+    }
+    assert "spicevmc,id=charsmartcard0,name=smartcard" in opts(argv, "-chardev")
+    assert "socket,id=charsmartcard1,host=127.0.0.1,port=0,server=on,wait=off" in opts(
+        argv, "-chardev"
+    )
+    assert device(argv, "smartcard0") == {
+        "driver": "ccid-card-passthru",
+        "chardev": "charsmartcard0",
+        "id": "smartcard0",
+        "bus": "ccid0.0",
+    }
+    assert device(argv, "smartcard1")["bus"] == "ccid1.0"  # one card per reader
+    assert {"ccid0", "ccid1", "smartcard0", "smartcard1"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<controller type='ccid' index='1'>" in out
+    assert "<address type='ccid' controller='1' slot='0'/>" in out
+    certs = dom(
+        "<smartcard mode='host-certificates'><certificate>cert1</certificate>"
+        "<certificate>cert2</certificate><certificate>cert3</certificate>"
+        "<database>/etc/pki/nssdb/</database></smartcard><smartcard mode='host'/>"
+    )
+    argv = argv_of(caps, certs)
+    assert device(argv, "smartcard0") == {
+        "driver": "ccid-card-emulated",
+        "backend": "certificates",
+        "cert1": "cert1",
+        "cert2": "cert2",
+        "cert3": "cert3",
+        "db": "/etc/pki/nssdb/",
+        "id": "smartcard0",
+        "bus": "ccid0.0",
+    }
+    assert device(argv, "smartcard1")["backend"] == "nss-emulated"
+    _roundtrip(caps, certs)

@@ -296,6 +296,7 @@ class _Builder:
         self._parallels()
         self._channels_and_consoles()
         self._hubs_and_inputs()
+        other.smartcard_args(self)
         more.tpm_args(self)
         self._audio()
         self._graphics()
@@ -501,7 +502,9 @@ class _Builder:
 
     def _controllers(self) -> None:
         order = ("pci", "usb", "scsi", "ide", "sata", "fdc", "virtio-serial")
-        ctls = sorted(self.d.controllers, key=lambda c: order.index(c.type))
+        # CCID readers are USB devices: they come with their smartcards (command_other).
+        ctls = [c for c in self.d.controllers if c.type != "ccid"]
+        ctls = sorted(ctls, key=lambda c: order.index(c.type))
         ctls = self._parents_first(ctls)
         usb = [c for c in ctls if c.type == "usb"]
         for ctl in ctls:

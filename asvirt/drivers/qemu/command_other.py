@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...conf.domain import parse_cpuset
 from .postparse_more import memory_backend
-from .postparse_other import RNG_DEVICE, VSOCK_DEVICE
+from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
 
 if TYPE_CHECKING:
     from ...conf.domain import DomainDef
@@ -147,6 +147,37 @@ def rng_args(b: _Builder) -> None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000
         b.device(b._pci(props, rng.address, f"rng {i}"))
+
+
+def smartcard_args(b: _Builder) -> None:
+    d = b.d
+    for ctl in d.controllers:
+        if ctl.type == "ccid":
+            reader_props = {"driver": "usb-ccid", "id": ctl.alias}
+            b.device(b._usb(reader_props, ctl.address, f"CCID controller {ctl.index}"))
+    for i, sc in enumerate(d.smartcards):
+        reader = d.controller("ccid", getattr(sc.address, "controller", 0))
+        props: dict[str, Any] = {"driver": SMARTCARD_DEVICE[sc.mode]}
+        if sc.mode == "host":
+            props["backend"] = "nss-emulated"
+        elif sc.mode == "host-certificates":
+            props["backend"] = "certificates"
+            for n, cert in enumerate(sc.certificates, start=1):
+                props[f"cert{n}"] = cert
+            props["db"] = sc.database or "/etc/pki/nssdb"
+        else:
+            cid = f"char{sc.alias}"
+            if sc.type == "spicevmc":
+                b.add("-chardev", f"spicevmc,id={cid},name=smartcard")
+            else:
+                opts = f"socket,id={cid},host={sc.host or ''},port={sc.service}"
+                b.add(
+                    "-chardev", opts + (",server=on,wait=off" if sc.source_mode == "bind" else "")
+                )
+            props["chardev"] = cid
+        props["id"] = sc.alias
+        props["bus"] = f"{reader.alias if reader else f'ccid{i}'}.0"
+        b.device(props)
 
 
 def redir_filter(d: DomainDef) -> str | None:

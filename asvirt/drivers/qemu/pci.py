@@ -281,7 +281,7 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for i, nic in enumerate(d.interfaces):
         yield _Client(nic, pcie(nic.model in ("virtio", "e1000e", "igb")), f"interface {i}")
     for c in d.controllers:
-        if c.type == "pci" or c.type == "fdc":
+        if c.type in ("pci", "fdc", "ccid"):
             continue
         if c.type == "usb" and c.model == "none":
             continue

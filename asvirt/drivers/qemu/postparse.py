@@ -736,6 +736,7 @@ def _assign_usb(d: DomainDef) -> None:
     usb_inputs += [*d.redirdevs, *(h for h in d.hostdevs if h.type == "usb")]
     usb_inputs += [s for s in d.sounds if s.model == "usb"]
     usb_inputs += [s for s in d.serials if s.target_type == "usb-serial"]
+    usb_inputs += [c for c in d.controllers if c.type == "ccid"]
     if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
@@ -879,6 +880,7 @@ def assign_aliases(d: DomainDef) -> None:
         (d.redirdevs, "redir"),
         (d.tpms, "tpm"),
         (d.shmems, "shmem"),
+        (d.smartcards, "smartcard"),
         ([d.iommu] if d.iommu is not None else [], "iommu"),
         ([d.vsock] if d.vsock is not None else [], "vsock"),
     ]

@@ -7,7 +7,8 @@ QEMU cannot do (and the message says so), or XML that contradicts itself.
 
 from __future__ import annotations
 
-from ...conf.addresses import DimmAddress, ISAAddress, PCIAddress
+from ...conf.addresses import CCIDAddress, DimmAddress, ISAAddress, PCIAddress, USBAddress
+from ...conf.devices import Controller
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
@@ -47,6 +48,7 @@ def prepare_other(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     _rngs(d, caps)
     _memory_devices(d, caps)
     _system(d, caps)
+    _smartcards(d, caps)
     if d.redirfilter is not None and not d.redirdevs:
         raise XMLError("a <redirfilter> filters <redirdev> devices, and there is none")
 
@@ -260,6 +262,45 @@ def _system(d: DomainDef, caps: QemuCapabilities) -> None:
                     raise XMLError("the <sysinfo> system UUID differs from the domain's UUID")
     if d.genid is not None:
         _need(caps, "vmgenid", "<genid>")
+
+
+#: QEMU device of each ``<smartcard mode>``.
+SMARTCARD_DEVICE = {
+    "host": "ccid-card-emulated",
+    "host-certificates": "ccid-card-emulated",
+    "passthrough": "ccid-card-passthru",
+}
+
+
+def _smartcards(d: DomainDef, caps: QemuCapabilities) -> None:
+    readers = [c for c in d.controllers if c.type == "ccid"]
+    for ctl in readers:
+        _need(caps, "usb-ccid", "a CCID smartcard reader")
+        if ctl.address is not None and not isinstance(ctl.address, USBAddress):
+            raise XMLError("a CCID controller needs a USB address")
+    taken: set[int] = set()
+    for sc in d.smartcards:
+        if isinstance(sc.address, CCIDAddress):
+            if sc.address.controller in taken:
+                raise XMLError(f"CCID controller {sc.address.controller} holds one smartcard")
+            taken.add(sc.address.controller)
+    for i, sc in enumerate(d.smartcards):
+        _need(caps, SMARTCARD_DEVICE[sc.mode], f"smartcard mode '{sc.mode}'")
+        if sc.type == "spicevmc" and not any(g.type == "spice" for g in d.graphics):
+            raise ConfigUnsupportedError(
+                "unsupported configuration: a spicevmc <smartcard> needs <graphics type='spice'>"
+            )
+        if sc.type == "tcp" and sc.source_mode == "connect" and sc.host is None:
+            raise XMLError(f"smartcard {i} connects over TCP and needs a host")
+        if sc.address is None:
+            # As libvirt: the first reader without a card (usb-ccid has one slot).
+            free = min(set(range(len(d.smartcards) + len(readers) + 1)) - taken)
+            sc.address = CCIDAddress(controller=free, slot=0)
+            taken.add(free)
+        assert isinstance(sc.address, CCIDAddress)
+        if d.controller("ccid", sc.address.controller) is None:
+            d.add_controller(Controller(type="ccid", index=sc.address.controller))
+            _need(caps, "usb-ccid", "a CCID smartcard reader")
 
 
 __all__ = ["RNG_DEVICE", "SHMEM_DEFAULT_KIB", "prepare_other", "shmem_server_path"]
