@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import XMLError
-from .addresses import CCIDAddress, PCIAddress, parse_address
+from .addresses import CCIDAddress, PCIAddress, format_address, parse_address
 from .devices import DeviceBase, _parse_alias
 from .units import parse_kib
 from .xmlnode import Node, XElem
@@ -291,7 +291,8 @@ class Smartcard(DeviceBase):
         if self.type == "tcp":
             el.add("source", {"mode": self.source_mode, "host": self.host, "service": self.service})
             el.add("protocol", {"type": "raw"})
-        self._format_tail(el, live)
+        # libvirt's schema has no <alias> for smartcards: the live XML leaves it out.
+        format_address(el, self.address)
 
 
 def parse_smartcard(node: Node) -> Smartcard:

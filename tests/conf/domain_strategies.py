@@ -208,6 +208,11 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
         )
     for _ in range(draw(st.integers(0, 2))):
         parts.append(f"<parallel type='{draw(st.sampled_from(['pty', 'null', 'vc']))}'/>")
+    if draw(st.booleans()):
+        parts.append(
+            "<smartcard mode='passthrough' type='tcp'><source mode='bind' host='127.0.0.1' "
+            "service='0'/><protocol type='raw'/></smartcard>"
+        )
     return "".join(parts)
 
 
@@ -268,6 +273,8 @@ def domains(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         head.append("<uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>")
     if draw(st.booleans()):
+        head.append("<genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid>")
+    if draw(st.booleans()):
         head.append(f"<title>{_esc(draw(free_text).replace(chr(10), ' '))}</title>")
     if draw(st.booleans()):
         head.append(f"<description>{_esc(draw(free_text))}</description>")
@@ -276,6 +283,18 @@ def domains(draw: st.DrawFn) -> str:
     head.append(numa[0] if numa else draw(memory()))
     current = draw(st.integers(1, maxcpu))
     head.append(f"<vcpu current='{current}'>{maxcpu}</vcpu>")
+    if draw(st.booleans()):
+        head.append(f"<iothreads>{draw(st.integers(1, 3))}</iothreads>")
+    if draw(st.booleans()):
+        head.append(
+            "<sysinfo type='smbios'><bios><entry name='vendor'>"
+            f"{_esc(draw(free_text))}</entry></bios><system><entry name='serial'>"
+            f"{_esc(draw(free_text))}</entry></system><oemStrings><entry>"
+            f"{_esc(draw(free_text))}</entry></oemStrings></sysinfo>"
+        )
+        smbios = "<smbios mode='sysinfo'/>"
+    else:
+        smbios = ""
     boots = draw(st.lists(st.sampled_from(["hd", "cdrom", "network"]), max_size=3, unique=True))
     os_ = f"<type arch='x86_64' machine='{'q35' if q35 else 'pc'}'>hvm</type>"
     firmware = draw(st.sampled_from(["", "efi", "loader"]))
@@ -288,6 +307,7 @@ def domains(draw: st.DrawFn) -> str:
             "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/tmp/nvram.fd</nvram>"
         )
     os_ += "".join(f"<boot dev='{b}'/>" for b in boots)
+    os_ += smbios
     if draw(st.booleans()):
         os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
     head.append(f"<os firmware='efi'>{os_}</os>" if firmware == "efi" else f"<os>{os_}</os>")
