@@ -1221,6 +1221,33 @@ def parse_audio(node: Node) -> Audio:
 # ---------------------------------------------------------------------------------------------
 # memballoon, rng, watchdog, panic
 
+#: ``<driver>`` switches every virtio device has -> the QEMU property.
+VIRTIO_OPTIONS = {
+    "iommu": "iommu_platform",
+    "ats": "ats",
+    "packed": "packed",
+    "page_per_vq": "page-per-vq",
+}
+
+
+def parse_virtio_driver(node: Node) -> dict[str, str]:
+    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
+    drv = node.child("driver")
+    if drv is None:
+        return {}
+    out = {}
+    for name in VIRTIO_OPTIONS:
+        value = drv.onoff(name)
+        if value is not None:
+            out[name] = value
+    drv.finish()
+    return out
+
+
+def virtio_props(options: dict[str, str]) -> dict[str, bool]:
+    """QEMU properties of a virtio device's ``<driver>`` switches."""
+    return {VIRTIO_OPTIONS[k]: v == "on" for k, v in options.items()}
+
 
 @dataclass(slots=True)
 class Memballoon(DeviceBase):
@@ -1231,6 +1258,8 @@ class Memballoon(DeviceBase):
     free_page_reporting: str | None = None
     #: ``<stats period='N'/>``: seconds between the guest's statistics reports (0: none).
     stats_period: int | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -1244,6 +1273,7 @@ class Memballoon(DeviceBase):
         if self.stats_period is not None:
             el.add("stats", {"period": self.stats_period})
         self._format_tail(el, live)
+        el.add_if("driver", dict(self.virtio))
 
 
 def parse_memballoon(node: Node) -> Memballoon:
@@ -1259,11 +1289,16 @@ def parse_memballoon(node: Node) -> Memballoon:
         if bal.stats_period is None:
             raise XMLError("missing attribute 'period' of <stats> in <memballoon>")
         stats.finish()
+    bal.virtio = parse_virtio_driver(node)
     _parse_alias(node, bal)
     bal.address = parse_address(node, (PCIAddress,))
     node.finish()
     if model == "none" and (
-        bal.address or bal.autodeflate or bal.free_page_reporting or bal.stats_period is not None
+        bal.address
+        or bal.autodeflate
+        or bal.free_page_reporting
+        or bal.stats_period is not None
+        or bal.virtio
     ):
         raise XMLError("<memballoon model='none'> cannot have an address or options")
     return bal
@@ -1285,9 +1320,12 @@ class RNG(DeviceBase):
     egd_host: str | None = None
     egd_service: str | None = None
     egd_path: str | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("rng", {"model": self.model})
+        el.add_if("driver", dict(self.virtio))
         el.add_if("rate", {"bytes": self.rate_bytes, "period": self.rate_period})
         if self.backend == "egd":
             be = el.add("backend", {"model": "egd", "type": self.egd_type})
@@ -1338,6 +1376,7 @@ def parse_rng(node: Node) -> RNG:
         elif path:
             raise XMLError("the builtin rng backend takes no path")
     backend.finish()
+    rng.virtio = parse_virtio_driver(node)
     _parse_alias(node, rng)
     rng.address = parse_address(node, (PCIAddress,))
     node.finish()

@@ -229,7 +229,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<input type='mouse' bus='xen'/>", "bus='xen'"),
         ("<audio id='1' type='coreaudio'/>", "type='coreaudio'"),
         ("<watchdog model='diag288'/>", "model='diag288'"),
-        ("<memballoon model='virtio'><driver iommu='on'/></memballoon>", "<driver>"),
+        ("<memballoon model='virtio'><driver event_idx='on'/></memballoon>", "event_idx"),
         ("<redirdev bus='usb' type='tcp'/>", "type='tcp'"),
         ("<rng model='virtio'><backend model='egd' type='udp'/></rng>", "type='udp'"),
         ("<iommu model='amd'/>", "model='amd'"),

@@ -637,3 +637,25 @@ def test_smartcards_in_ccid_readers(caps: Caps, tmp_path: Path) -> None:
     }
     assert device(argv, "smartcard1")["backend"] == "nss-emulated"
     _roundtrip(caps, certs)
+
+
+def test_virtio_driver_options_of_balloon_and_rng(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<memballoon model='virtio' autodeflate='on'><driver iommu='on' ats='on' packed='on'/>"
+        "</memballoon><rng model='virtio'><driver iommu='on' page_per_vq='on'/>"
+        "<backend model='builtin'/></rng>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    bal = device(argv, "balloon0")
+    assert (bal["deflate-on-oom"], bal["iommu_platform"], bal["ats"], bal["packed"]) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    rng = device(argv, "rng0")
+    assert (rng["iommu_platform"], rng["page-per-vq"]) == (True, True)
+    assert {"balloon0", "rng0"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<driver iommu='on' ats='on' packed='on'/>" in out

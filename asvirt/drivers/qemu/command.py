@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface
+from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface, virtio_props
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
@@ -998,4 +998,5 @@ class _Builder:
             props["deflate-on-oom"] = bal.autodeflate == "on"
         if bal.free_page_reporting is not None:
             props["free-page-reporting"] = bal.free_page_reporting == "on"
+        props.update(virtio_props(bal.virtio))
         self.device(self._pci(props, bal.address, "the memory balloon"))

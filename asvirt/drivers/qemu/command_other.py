@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
 from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
@@ -146,6 +147,7 @@ def rng_args(b: _Builder) -> None:
         if rng.rate_bytes is not None:
             props["max-bytes"] = rng.rate_bytes
             props["period"] = rng.rate_period or 1000
+        props.update(virtio_props(rng.virtio))
         b.device(b._pci(props, rng.address, f"rng {i}"))
 
 
