@@ -77,7 +77,7 @@ BAD_XML = [
     ),
     (
         "<domain type='qemu'><name>m</name><memory>1024</memory><os><type>hvm</type></os>"
-        "<devices><shmem name='x'/></devices></domain>",
+        "<devices><hostdev mode='capabilities' type='storage'/></devices></domain>",
         asvirt.ConfigUnsupportedError,
     ),
     (

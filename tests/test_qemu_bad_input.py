@@ -110,10 +110,10 @@ async def test_bad_values(conn, root, test_guest, tmp_path, old, new):
 async def test_unsupported_element_is_named(conn, root, test_guest, tmp_path):
     xml = test_guest.xml("vm", tmp_path / "s.log").replace(
         "<devices>",
-        "<devices><shmem name='ivshmem'><model type='ivshmem-plain'/></shmem>",
+        "<devices><hostdev mode='capabilities' type='storage'/>",
     )
     before = tree(root)
-    with pytest.raises(asvirt.ConfigUnsupportedError, match="shmem"):
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="hostdev mode='capabilities'"):
         await conn.define_xml(xml)
     assert tree(root) == before
 

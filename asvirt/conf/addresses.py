@@ -67,7 +67,25 @@ class ISAAddress:
     irq: int | None = None
 
 
-Address = PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress
+@dataclass(slots=True)
+class DimmAddress:
+    """``<address type='dimm' slot=... base=.../>``: a memory module's slot and where it maps."""
+
+    slot: int | None = None
+    base: int | None = None
+
+
+@dataclass(slots=True)
+class CCIDAddress:
+    """``<address type='ccid' controller=... slot=.../>``: a smartcard's reader slot."""
+
+    controller: int = 0
+    slot: int = 0
+
+
+Address = (
+    PCIAddress | DriveAddress | VirtioSerialAddress | USBAddress | ISAAddress | DimmAddress
+) | CCIDAddress
 
 _TYPES: dict[str, type] = {
     "pci": PCIAddress,
@@ -75,6 +93,8 @@ _TYPES: dict[str, type] = {
     "virtio-serial": VirtioSerialAddress,
     "usb": USBAddress,
     "isa": ISAAddress,
+    "dimm": DimmAddress,
+    "ccid": CCIDAddress,
 }
 
 
@@ -120,6 +140,16 @@ def parse_address(parent: Node, allowed: tuple[type, ...]) -> Address | None:
                 raise XMLError(f"invalid USB port '{port}' in {node.where}")
             port = ".".join(str(int(p)) for p in parts)
         addr = USBAddress(bus=node.integer("bus", minimum=0, maximum=255) or 0, port=port)
+    elif cls is CCIDAddress:
+        addr = CCIDAddress(
+            controller=node.integer("controller", minimum=0, maximum=255) or 0,
+            slot=node.integer("slot", minimum=0, maximum=0) or 0,
+        )
+    elif cls is DimmAddress:
+        addr = DimmAddress(
+            slot=node.integer("slot", minimum=0, maximum=255),
+            base=node.integer("base", minimum=0, maximum=(1 << 64) - 1, hex_ok=True),
+        )
     else:
         addr = ISAAddress(
             iobase=node.integer("iobase", minimum=0, maximum=0xFFFF, hex_ok=True),
@@ -168,6 +198,11 @@ def format_address(parent: XElem, addr: Address | None) -> None:
         )
     elif isinstance(addr, USBAddress):
         parent.add("address", {"type": "usb", "bus": addr.bus, "port": addr.port})
+    elif isinstance(addr, CCIDAddress):
+        parent.add("address", {"type": "ccid", "controller": addr.controller, "slot": addr.slot})
+    elif isinstance(addr, DimmAddress):
+        base = None if addr.base is None else f"{addr.base:#x}"
+        parent.add("address", {"type": "dimm", "slot": addr.slot, "base": base})
     else:
         parent.add(
             "address",

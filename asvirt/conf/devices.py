@@ -137,6 +137,8 @@ class Disk(DeviceBase):
     readonly: bool = False
     #: ``<shareable/>``: other guests may use the image at the same time.
     shareable: bool = False
+    #: ``<driver iothread=N>``: the I/O thread of a virtio disk.
+    iothread: int | None = None
     serial: str | None = None
     wwn: str | None = None
     rotation_rate: int | None = None
@@ -173,6 +175,7 @@ class Disk(DeviceBase):
                 "io": self.io,
                 "discard": self.discard,
                 "copy_on_read": self.copy_on_read,
+                "iothread": self.iothread,
                 "detect_zeroes": self.detect_zeroes,
             },
         )
@@ -232,6 +235,7 @@ def parse_disk(node: Node) -> Disk:
         disk.copy_on_read = drv.onoff("copy_on_read")
         disk.error_policy = drv.choice("error_policy", ERROR_POLICIES)
         disk.rerror_policy = drv.choice("rerror_policy", ("stop", "report", "ignore"))
+        disk.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
         drv.finish()
     src = node.child("source")
     if src is not None and disk.type == "volume":
@@ -316,6 +320,7 @@ CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
     "scsi": ("lsilogic", "virtio-scsi", "lsisas1068", "lsisas1078", "vmpvscsi", "auto"),
     "ide": (),
     "sata": (),
+    "ccid": (),
     "virtio-serial": ("virtio",),
     "fdc": (),
 }
@@ -343,6 +348,7 @@ class Controller(DeviceBase):
     cmd_per_lun: int | None = None
     max_sectors: int | None = None
     ioeventfd: str | None = None
+    iothread: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -377,6 +383,7 @@ class Controller(DeviceBase):
                 "cmd_per_lun": self.cmd_per_lun,
                 "max_sectors": self.max_sectors,
                 "ioeventfd": self.ioeventfd,
+                "iothread": self.iothread,
             },
         )
         format_address(el, self.address)
@@ -433,9 +440,11 @@ def parse_controller(node: Node) -> Controller:
         ctl.cmd_per_lun = drv.integer("cmd_per_lun", minimum=1, maximum=65535)
         ctl.max_sectors = drv.integer("max_sectors", minimum=1, maximum=65535)
         ctl.ioeventfd = drv.onoff("ioeventfd")
+        ctl.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
         drv.finish()
     _parse_alias(node, ctl)
-    ctl.address = parse_address(node, (PCIAddress,))
+    # A CCID controller is a USB smartcard reader (usb-ccid), not a PCI device.
+    ctl.address = parse_address(node, (USBAddress,) if kind == "ccid" else (PCIAddress,))
     node.finish()
     return ctl
 
@@ -552,7 +561,23 @@ def _ifname(name: str, what: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # character devices: <serial>, <console>, <channel>
 
-CHARDEV_TYPES = ("pty", "file", "unix", "vc", "null", "spicevmc", "spiceport")
+CHARDEV_TYPES = (
+    "pty",
+    "file",
+    "unix",
+    "vc",
+    "null",
+    "spicevmc",
+    "spiceport",
+    "tcp",
+    "udp",
+    "pipe",
+    "dev",
+    "stdio",
+)
+#: Chardev types whose ``<source path=...>`` is a host file, device or FIFO QEMU opens.
+PATH_CHARDEVS = ("file", "unix", "pipe", "dev")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:_-]{1,255}$")
 
 
 @dataclass(slots=True)
@@ -579,9 +604,37 @@ class Chardev(DeviceBase):
     chardev_id: str | None = None
     #: spiceport: ``<source channel=...>``, the SPICE port channel's name.
     spice_channel: str | None = None
+    #: tcp: the address (``source_mode`` says whether QEMU listens or connects); udp: the
+    #: address datagrams go to.
+    host: str | None = None
+    service: str | None = None
+    #: udp: ``<source mode='bind'>``, the local address datagrams come from.
+    bind_host: str | None = None
+    bind_service: str | None = None
+    #: tcp: ``<protocol type='raw'|'telnet'>``.
+    protocol: str | None = None
+
+    #: What a console that shows serial port 0 copies from it.
+    SOURCE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "type",
+        "source_path",
+        "source_mode",
+        "source_append",
+        "reconnect",
+        "reconnect_timeout",
+        "log_file",
+        "log_append",
+        "spice_channel",
+        "host",
+        "service",
+        "bind_host",
+        "bind_service",
+        "protocol",
+    )
 
     TARGET_TYPES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "serial": ("isa-serial", "pci-serial"),
+        "serial": ("isa-serial", "pci-serial", "usb-serial"),
+        "parallel": (),
         "console": ("serial", "virtio"),
         "channel": ("virtio",),
     }
@@ -589,6 +642,10 @@ class Chardev(DeviceBase):
     def is_compat_console(self, serials: list[Chardev]) -> bool:
         """True for a console that is just another view of serial port 0."""
         return self.kind == "console" and self.target_type == "serial" and bool(serials)
+
+    def _format_reconnect(self, src: XElem | None) -> None:
+        if src is not None and self.reconnect is not None:
+            src.add("reconnect", {"enabled": self.reconnect, "timeout": self.reconnect_timeout})
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(self.kind, {"type": self.type})
@@ -600,16 +657,23 @@ class Chardev(DeviceBase):
             pass  # a socket asvirt places at start; libvirt writes no <source> for it either
         elif self.type == "spiceport":
             el.add("source", {"channel": self.spice_channel})
-        elif self.type in ("file", "unix"):
+        elif self.type in ("file", "unix", "pipe", "dev"):
             src = el.add_if(
                 "source",
                 {"mode": self.source_mode, "path": self.source_path, "append": self.source_append},
             )
-            if src is not None and self.reconnect is not None:
-                src.add(
-                    "reconnect",
-                    {"enabled": self.reconnect, "timeout": self.reconnect_timeout},
-                )
+            self._format_reconnect(src)
+        elif self.type == "tcp":
+            src = el.add(
+                "source", {"mode": self.source_mode, "host": self.host, "service": self.service}
+            )
+            self._format_reconnect(src)
+            el.add("protocol", {"type": self.protocol or "raw"})
+        elif self.type == "udp":
+            el.add_if(
+                "source", {"mode": "bind", "host": self.bind_host, "service": self.bind_service}
+            )
+            el.add("source", {"mode": "connect", "host": self.host, "service": self.service})
         el.add_if("log", {"file": self.log_file, "append": self.log_append})
         target = el.add(
             "target",
@@ -639,7 +703,9 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
                 r"[A-Za-z0-9_.\-]+", chr_.spice_channel
             ):
                 raise XMLError(f"invalid SPICE port channel '{chr_.spice_channel}'")
-        if chr_.type in ("file", "unix", "pty"):
+        if chr_.type in ("tcp", "udp"):
+            _parse_socket_source(src, chr_)
+        if chr_.type in ("file", "unix", "pty", "pipe", "dev"):
             path = src.attr("path")
             if path is not None and chr_.type != "pty":
                 if not path.startswith("/"):
@@ -653,8 +719,8 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
                 chr_.source_append = src.onoff("append")
         rec = src.child("reconnect")
         if rec is not None:
-            if chr_.type != "unix":
-                raise src.unsupported("<reconnect> (only unix sockets reconnect)")
+            if chr_.type not in ("unix", "tcp"):
+                raise src.unsupported("<reconnect> (only unix and TCP sockets reconnect)")
             chr_.reconnect = rec.yesno("enabled")
             if chr_.reconnect is None:
                 raise XMLError(f"missing attribute 'enabled' of {rec.where}")
@@ -672,8 +738,19 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         raise XMLError(f"{node.where} of type 'unix' in mode 'connect' needs a source path")
     if chr_.reconnect is not None and chr_.source_mode != "connect":
         raise XMLError(f"<reconnect> in {node.where} needs mode='connect'")
-    if chr_.type == "file" and chr_.source_path is None:
-        raise XMLError(f"{node.where} of type 'file' needs <source path=...>")
+    if chr_.type in ("file", "pipe", "dev") and chr_.source_path is None:
+        raise XMLError(f"{node.where} of type '{chr_.type}' needs <source path=...>")
+    if chr_.type == "tcp":
+        chr_.source_mode = chr_.source_mode or "connect"
+        if chr_.service is None:
+            raise XMLError(f"{node.where} of type 'tcp' needs <source service=...>")
+        proto = node.child("protocol")
+        if proto is not None:
+            chr_.protocol = proto.choice("type", ("raw", "telnet"))
+            proto.finish()
+        chr_.protocol = chr_.protocol or "raw"
+    if chr_.type == "udp" and chr_.service is None:
+        raise XMLError(f"{node.where} of type 'udp' needs <source mode='connect' service=...>")
     if chr_.type == "spiceport" and chr_.spice_channel is None:
         raise XMLError(f"{node.where} of type 'spiceport' needs <source channel=...>")
     log = node.child("log")
@@ -700,35 +777,78 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         if kind == "serial":
             model = target.child("model")
             if model is not None:
-                chr_.target_model = model.choice("name", ("isa-serial", "pci-serial"))
+                chr_.target_model = model.choice("name", ("isa-serial", "pci-serial", "usb-serial"))
                 model.finish()
         target.finish()
     elif kind == "channel":
         raise XMLError("missing <target> of <channel>")
     _parse_alias(node, chr_)
-    allowed: tuple[type, ...] = (VirtioSerialAddress,) if kind != "serial" else (PCIAddress,)
+    allowed: tuple[type, ...] = {
+        "serial": (PCIAddress, USBAddress),
+        "parallel": (ISAAddress,),
+    }.get(kind, (VirtioSerialAddress,))
     chr_.address = parse_address(node, allowed)
     node.finish()
     return chr_
 
 
+def _parse_socket_source(src: Node, chr_: Chardev) -> None:
+    """A ``<source mode=... host=... service=...>`` of a TCP or UDP character device."""
+    mode = src.choice("mode", ("bind", "connect"))
+    host = src.attr("host")
+    service = src.attr("service")
+    if host is not None and not _HOST_RE.fullmatch(host):
+        raise XMLError(f"invalid host '{host}' in {src.where}")
+    if service is not None and (not service.isdigit() or int(service) > 65535):
+        raise XMLError(f"invalid service '{service}' in {src.where} (a port number)")
+    if chr_.type == "udp" and mode == "bind":
+        chr_.bind_host, chr_.bind_service = host, service
+    elif chr_.type == "udp" or chr_.service is None:  # the first <source> wins
+        chr_.host, chr_.service = host, service
+        if chr_.type == "tcp":
+            chr_.source_mode = mode
+
+
 # ---------------------------------------------------------------------------------------------
 # input devices
 
-INPUT_TYPES = ("mouse", "keyboard", "tablet")
+INPUT_TYPES = ("mouse", "keyboard", "tablet", "passthrough", "evdev")
 INPUT_BUSES = ("ps2", "usb", "virtio")
 
 
 @dataclass(slots=True)
 class Input(DeviceBase):
-    """``<input>``: a mouse, keyboard or tablet on the PS/2, USB or virtio bus."""
+    """``<input>``: a mouse, keyboard or tablet on the PS/2, USB or virtio bus; a host evdev
+    device passed to a virtio input (``passthrough``) or shared by QEMU (``evdev``)."""
 
     type: str = "mouse"
     bus: str | None = None
+    #: passthrough and evdev: the host's ``/dev/input/eventN``.
+    evdev: str | None = None
+    #: evdev: ``grab='all'``, ``grabToggle=...`` and ``repeat=...``.
+    grab: str | None = None
+    grab_toggle: str | None = None
+    repeat: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("input", {"type": self.type, "bus": self.bus})
+        if self.type == "passthrough":
+            el.add("source", {"evdev": self.evdev})
+        elif self.type == "evdev":
+            el.add(
+                "source",
+                {
+                    "dev": self.evdev,
+                    "grab": self.grab,
+                    "grabToggle": self.grab_toggle,
+                    "repeat": self.repeat,
+                },
+            )
         self._format_tail(el, live)
+
+
+#: ``grabToggle`` values (QEMU's input-linux grab-toggle keys).
+GRAB_TOGGLES = ("ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock", "ctrl-scrolllock")
 
 
 def parse_input(node: Node) -> Input:
@@ -738,6 +858,24 @@ def parse_input(node: Node) -> Input:
     )
     if not dev.type:
         raise XMLError("missing attribute 'type' of <input>")
+    src = node.child("source")
+    if dev.type in ("passthrough", "evdev"):
+        if src is None:
+            raise XMLError(f"{node.where} of type '{dev.type}' needs a <source>")
+        dev.evdev = src.required("evdev" if dev.type == "passthrough" else "dev")
+        if not dev.evdev.startswith("/"):
+            raise XMLError(f"input device '{dev.evdev}' must be an absolute path")
+        if dev.type == "evdev":
+            dev.grab = src.choice("grab", ("all",))
+            dev.grab_toggle = src.choice("grabToggle", GRAB_TOGGLES)
+            dev.repeat = src.onoff("repeat")
+        src.finish()
+        if dev.type == "passthrough" and dev.bus != "virtio":
+            raise XMLError("a passthrough input device is on the virtio bus")
+        if dev.type == "evdev" and dev.bus is not None:
+            raise XMLError("an evdev input is no guest device and has no bus")
+    elif src is not None:
+        raise node.unsupported("<source> (only passthrough and evdev inputs have one)")
     _parse_alias(node, dev)
     dev.address = parse_address(node, (USBAddress, PCIAddress))
     node.finish()
@@ -1093,6 +1231,33 @@ def parse_audio(node: Node) -> Audio:
 # ---------------------------------------------------------------------------------------------
 # memballoon, rng, watchdog, panic
 
+#: ``<driver>`` switches every virtio device has -> the QEMU property.
+VIRTIO_OPTIONS = {
+    "iommu": "iommu_platform",
+    "ats": "ats",
+    "packed": "packed",
+    "page_per_vq": "page-per-vq",
+}
+
+
+def parse_virtio_driver(node: Node) -> dict[str, str]:
+    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
+    drv = node.child("driver")
+    if drv is None:
+        return {}
+    out = {}
+    for name in VIRTIO_OPTIONS:
+        value = drv.onoff(name)
+        if value is not None:
+            out[name] = value
+    drv.finish()
+    return out
+
+
+def virtio_props(options: dict[str, str]) -> dict[str, bool]:
+    """QEMU properties of a virtio device's ``<driver>`` switches."""
+    return {VIRTIO_OPTIONS[k]: v == "on" for k, v in options.items()}
+
 
 @dataclass(slots=True)
 class Memballoon(DeviceBase):
@@ -1103,6 +1268,8 @@ class Memballoon(DeviceBase):
     free_page_reporting: str | None = None
     #: ``<stats period='N'/>``: seconds between the guest's statistics reports (0: none).
     stats_period: int | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
@@ -1116,6 +1283,7 @@ class Memballoon(DeviceBase):
         if self.stats_period is not None:
             el.add("stats", {"period": self.stats_period})
         self._format_tail(el, live)
+        el.add_if("driver", dict(self.virtio))
 
 
 def parse_memballoon(node: Node) -> Memballoon:
@@ -1131,11 +1299,16 @@ def parse_memballoon(node: Node) -> Memballoon:
         if bal.stats_period is None:
             raise XMLError("missing attribute 'period' of <stats> in <memballoon>")
         stats.finish()
+    bal.virtio = parse_virtio_driver(node)
     _parse_alias(node, bal)
     bal.address = parse_address(node, (PCIAddress,))
     node.finish()
     if model == "none" and (
-        bal.address or bal.autodeflate or bal.free_page_reporting or bal.stats_period is not None
+        bal.address
+        or bal.autodeflate
+        or bal.free_page_reporting
+        or bal.stats_period is not None
+        or bal.virtio
     ):
         raise XMLError("<memballoon model='none'> cannot have an address or options")
     return bal
@@ -1143,23 +1316,50 @@ def parse_memballoon(node: Node) -> Memballoon:
 
 @dataclass(slots=True)
 class RNG(DeviceBase):
-    """``<rng model='virtio'>`` backed by a host random device or QEMU's builtin source."""
+    """``<rng model='virtio'>`` backed by a host random device, QEMU's builtin source, or an
+    EGD daemon's socket (``<backend model='egd' type='tcp'|'unix'>``)."""
 
     model: str = "virtio"
-    backend: str = "random"  # random | builtin
+    backend: str = "random"  # random | builtin | egd
     backend_path: str | None = None
     rate_bytes: int | None = None
     rate_period: int | None = None
+    #: egd: the socket (``type`` tcp | unix, ``mode`` connect | bind, host/service or path).
+    egd_type: str | None = None
+    egd_mode: str | None = None
+    egd_host: str | None = None
+    egd_service: str | None = None
+    egd_path: str | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("rng", {"model": self.model})
+        el.add_if("driver", dict(self.virtio))
         el.add_if("rate", {"bytes": self.rate_bytes, "period": self.rate_period})
-        el.add("backend", {"model": self.backend}, text=self.backend_path)
+        if self.backend == "egd":
+            be = el.add("backend", {"model": "egd", "type": self.egd_type})
+            be.add(
+                "source",
+                {
+                    "mode": self.egd_mode,
+                    "host": self.egd_host,
+                    "service": self.egd_service,
+                    "path": self.egd_path,
+                },
+            )
+            if self.egd_type == "tcp":
+                be.add("protocol", {"type": "raw"})
+        else:
+            el.add("backend", {"model": self.backend}, text=self.backend_path)
         self._format_tail(el, live)
 
 
+RNG_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+
+
 def parse_rng(node: Node) -> RNG:
-    rng = RNG(model=node.choice("model", ("virtio",)) or "")
+    rng = RNG(model=node.choice("model", RNG_MODELS) or "")
     if not rng.model:
         raise XMLError("missing attribute 'model' of <rng>")
     rate = node.child("rate")
@@ -1172,21 +1372,53 @@ def parse_rng(node: Node) -> RNG:
     backend = node.child("backend")
     if backend is None:
         raise XMLError("missing <backend> of <rng>")
-    rng.backend = backend.choice("model", ("random", "builtin")) or ""
+    rng.backend = backend.choice("model", ("random", "builtin", "egd")) or ""
     if not rng.backend:
         raise XMLError("missing attribute 'model' of <rng><backend>")
-    path = backend.text() or None
-    if rng.backend == "random":
-        if path is not None and not path.startswith("/"):
-            raise XMLError(f"rng backend '{path}' must be an absolute path")
-        rng.backend_path = path
-    elif path:
-        raise XMLError("the builtin rng backend takes no path")
+    if rng.backend == "egd":
+        _parse_egd(backend, rng)
+    else:
+        path = backend.text() or None
+        if rng.backend == "random":
+            if path is not None and not path.startswith("/"):
+                raise XMLError(f"rng backend '{path}' must be an absolute path")
+            rng.backend_path = path
+        elif path:
+            raise XMLError("the builtin rng backend takes no path")
     backend.finish()
+    rng.virtio = parse_virtio_driver(node)
     _parse_alias(node, rng)
     rng.address = parse_address(node, (PCIAddress,))
     node.finish()
     return rng
+
+
+def _parse_egd(backend: Node, rng: RNG) -> None:
+    kind = backend.attr("type")
+    if kind not in ("tcp", "unix"):
+        raise backend.unsupported_value("type", kind or "", ["tcp", "unix"])
+    rng.egd_type = kind
+    src = backend.child("source")
+    if src is None:
+        raise XMLError(f"{backend.where} of model 'egd' needs a <source>")
+    rng.egd_mode = src.choice("mode", ("connect", "bind"), "connect")
+    if kind == "tcp":
+        rng.egd_host = src.attr("host")
+        rng.egd_service = src.required("service")
+        lowest = 0 if rng.egd_mode == "bind" else 1  # binding to port 0 takes a free one
+        if not rng.egd_service.isdigit() or not lowest <= int(rng.egd_service) < 65536:
+            raise XMLError(f"invalid port '{rng.egd_service}' in {src.where}")
+        if rng.egd_host is not None and not re.fullmatch(r"[A-Za-z0-9.:_-]+", rng.egd_host):
+            raise XMLError(f"invalid host '{rng.egd_host}' in {src.where}")
+        proto = backend.child("protocol")
+        if proto is not None:
+            proto.choice("type", ("raw",))
+            proto.finish()
+    else:
+        rng.egd_path = src.required("path")
+        if not rng.egd_path.startswith("/"):
+            raise XMLError(f"the EGD socket '{rng.egd_path}' must be an absolute path")
+    src.finish()
 
 
 WATCHDOG_MODELS = ("i6300esb", "ib700", "itco")
@@ -1216,11 +1448,17 @@ def parse_watchdog(node: Node) -> Watchdog:
     return wd
 
 
+PANIC_MODELS = ("isa", "pvpanic", "hyperv", "pseries", "s390")
+
+
 @dataclass(slots=True)
 class Panic(DeviceBase):
-    """``<panic>``: the pvpanic device that turns a guest kernel panic into a QMP event."""
+    """``<panic>``: a device that turns a guest kernel panic into a QMP event.
 
-    model: str | None = None  # isa (the only one asvirt supports on x86)
+    ``isa`` and ``pvpanic`` (PCI) are QEMU's pvpanic devices, ``hyperv`` the Hyper-V crash MSRs.
+    """
+
+    model: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("panic", {"model": self.model})
@@ -1228,9 +1466,9 @@ class Panic(DeviceBase):
 
 
 def parse_panic(node: Node) -> Panic:
-    panic = Panic(model=node.choice("model", ("isa",)))
+    panic = Panic(model=node.choice("model", PANIC_MODELS))
     _parse_alias(node, panic)
-    panic.address = parse_address(node, (ISAAddress,))
+    panic.address = parse_address(node, (ISAAddress, PCIAddress))
     node.finish()
     return panic
 

@@ -26,6 +26,7 @@ from lxml import etree
 from ..errors import ConfigUnsupportedError, XMLError
 from . import devices as dev
 from . import extdevices as xdev
+from . import otherdevices as odev
 from .devices import (
     RNG,
     Audio,
@@ -42,7 +43,17 @@ from .devices import (
     Watchdog,
 )
 from .extdevices import TPM, Filesystem, Hostdev, Redirdev, Sound
+from .memory import (
+    MemoryDevice,
+    NUMACell,
+    NUMATune,
+    parse_memory_device,
+    parse_numa,
+    parse_numatune,
+)
 from .names import canonical_uuid, validate_name
+from .otherdevices import IOMMU, RedirFilter, Shmem, Smartcard, Vsock
+from .sysinfo import SysInfo, parse_iothreads, parse_sysinfo
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
@@ -138,6 +149,8 @@ class OSDef:
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+    #: ``<smbios mode=...>``: 'sysinfo' gives the guest the domain's ``<sysinfo>``.
+    smbios_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -221,6 +234,8 @@ class CPUDef:
     fallback: str | None = None
     topology: CPUTopology | None = None
     features: list[CPUFeature] = field(default_factory=list)
+    #: ``<numa>``: the guest's NUMA cells (empty: one node, as QEMU makes it).
+    numa: list[NUMACell] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -298,6 +313,16 @@ class DomainDef:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     memory_backing: MemoryBacking | None = None
+    #: ``<maxMemory slots=...>``: the most memory devices may bring the guest to.
+    max_memory_kib: int | None = None
+    max_memory_slots: int | None = None
+    numatune: NUMATune | None = None
+    sysinfos: list[SysInfo] = field(default_factory=list)
+    #: ``<genid>``: the VM generation id (a UUID the guest sees change on snapshots' reverts).
+    genid: str | None = None
+    #: The I/O thread ids (``<iothreads>``, ``<iothreadids>``), and whether ids were given.
+    iothread_ids: list[int] = field(default_factory=list)
+    iothread_ids_given: bool = False
     suspend_to_mem: bool | None = None
     suspend_to_disk: bool | None = None
     emulator: str | None = None
@@ -305,6 +330,7 @@ class DomainDef:
     controllers: list[Controller] = field(default_factory=list)
     interfaces: list[Interface] = field(default_factory=list)
     serials: list[Chardev] = field(default_factory=list)
+    parallels: list[Chardev] = field(default_factory=list)
     consoles: list[Chardev] = field(default_factory=list)
     channels: list[Chardev] = field(default_factory=list)
     inputs: list[Input] = field(default_factory=list)
@@ -321,6 +347,12 @@ class DomainDef:
     sounds: list[Sound] = field(default_factory=list)
     redirdevs: list[Redirdev] = field(default_factory=list)
     tpms: list[TPM] = field(default_factory=list)
+    redirfilter: RedirFilter | None = None
+    shmems: list[Shmem] = field(default_factory=list)
+    iommu: IOMMU | None = None
+    vsock: Vsock | None = None
+    memory_devices: list[MemoryDevice] = field(default_factory=list)
+    smartcards: list[Smartcard] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -343,6 +375,11 @@ class DomainDef:
         self.os.machine = value
 
     @property
+    def initial_memory_kib(self) -> int:
+        """The memory the guest boots with: ``<memory>`` less what memory devices bring."""
+        return self.memory_kib - sum(m.size_kib for m in self.memory_devices)
+
+    @property
     def has_memballoon(self) -> bool:
         return self.memballoon is not None and self.memballoon.model != "none"
 
@@ -358,7 +395,7 @@ class DomainDef:
         insert_controller(self.controllers, ctl)
 
     def chardevs(self) -> list[Chardev]:
-        return [*self.serials, *self.consoles, *self.channels]
+        return [*self.serials, *self.parallels, *self.consoles, *self.channels]
 
     def chardev_ids(self) -> list[str]:
         """The QEMU chardev ids (``charserial0``...) of the pty-backed character devices.
@@ -399,6 +436,8 @@ class DomainDef:
             root.set("id", domain_id)
         root.add("name", text=self.name)
         root.add("uuid", text=self.uuid)
+        if self.genid is not None:
+            root.add("genid", text=self.genid)
         if self.title is not None:
             root.add("title", text=self.title)
         if self.description is not None:
@@ -406,6 +445,12 @@ class DomainDef:
         if self.metadata:
             md = root.add("metadata")
             md.raw.extend(self.metadata)
+        if self.max_memory_kib is not None:
+            root.add(
+                "maxMemory",
+                {"slots": self.max_memory_slots, "unit": "KiB"},
+                text=str(self.max_memory_kib),
+            )
         root.add("memory", {"unit": "KiB", "dumpCore": self.dump_core}, text=str(self.memory_kib))
         root.add("currentMemory", {"unit": "KiB"}, text=str(self.current_memory_kib))
         self._format_memory_backing(root)
@@ -418,6 +463,16 @@ class DomainDef:
             },
             text=str(self.max_vcpus),
         )
+        if self.iothread_ids:
+            root.add("iothreads", text=str(len(self.iothread_ids)))
+            if self.iothread_ids_given:
+                ids = root.add("iothreadids")
+                for tid in self.iothread_ids:
+                    ids.add("iothread", {"id": tid})
+        if self.numatune is not None:
+            self.numatune.format_xml(root)
+        for info in self.sysinfos:
+            info.format_xml(root)
         self._format_os(root)
         self._format_features(root)
         self._format_cpu(root)
@@ -439,7 +494,9 @@ class DomainDef:
             self.controllers,
             self.filesystems,
             self.interfaces,
+            self.smartcards,
             self.serials,
+            self.parallels,
             self.consoles,
             self.channels,
             self.inputs,
@@ -450,11 +507,16 @@ class DomainDef:
             self.videos,
             self.hostdevs,
             self.redirdevs,
+            [self.redirfilter] if self.redirfilter is not None else [],
             self.hubs,
             self.watchdogs,
             [self.memballoon] if self.memballoon is not None else [],
             self.rngs,
             self.panics,
+            self.shmems,
+            self.memory_devices,
+            [self.iommu] if self.iommu is not None else [],
+            [self.vsock] if self.vsock is not None else [],
         ]
         for group in groups:
             for device in group:
@@ -522,6 +584,8 @@ class DomainDef:
             os_.add("boot", {"dev": boot})
         if self.os.bootmenu is not None:
             os_.add("bootmenu", {"enable": self.os.bootmenu, "timeout": self.os.bootmenu_timeout})
+        if self.os.smbios_mode is not None:
+            os_.add("smbios", {"mode": self.os.smbios_mode})
         if self.os.reboot_timeout is not None:
             os_.add("bios", {"rebootTimeout": self.os.reboot_timeout})
 
@@ -615,6 +679,10 @@ class DomainDef:
             )
         for feat in cpu.features:
             el.add("feature", {"policy": feat.policy, "name": feat.name})
+        if cpu.numa:
+            numa = el.add("numa")
+            for cell in cpu.numa:
+                cell.format_xml(numa)
 
     def _format_clock(self, root: XElem) -> None:
         c = self.clock
@@ -719,6 +787,15 @@ def _parse_domain(node: Node) -> DomainDef:
     _parse_memory(node, d)
     _parse_memory_backing(node, d)
     _parse_vcpu(node, d)
+    d.iothread_ids, d.iothread_ids_given = parse_iothreads(node)
+    d.sysinfos = [parse_sysinfo(n) for n in node.children("sysinfo")]
+    if len({i.type for i in d.sysinfos}) != len(d.sysinfos):
+        raise XMLError("at most one <sysinfo> of each type")
+    genid = node.child("genid")
+    if genid is not None:
+        text = genid.el.text
+        d.genid = canonical_uuid(text, error=InvalidValueError) if text else str(_uuid.uuid4())
+        genid.finish()
     _parse_os(node, d)
     _parse_features(node, d)
     _parse_cpu(node, d)
@@ -731,6 +808,9 @@ def _parse_domain(node: Node) -> DomainDef:
             "unsupported configuration: rename-restart is only valid for <on_crash>"
         )
     _parse_pm(node, d)
+    nt = node.child("numatune")
+    if nt is not None:
+        d.numatune = parse_numatune(nt, parse_cpuset)
     seclabel = node.children("seclabel")
     for sl in seclabel:
         # A domain without security labelling is what asvirt runs anyway.
@@ -780,6 +860,11 @@ def _parse_memory(node: Node, d: DomainDef) -> None:
     mem.finish()
     if d.memory_kib == 0:
         raise InvalidValueError("memory size must be greater than zero")
+    mx = node.child("maxMemory")
+    if mx is not None:
+        d.max_memory_kib = parse_kib(mx.text(), mx.attr("unit"), what="maxMemory")
+        d.max_memory_slots = mx.integer("slots", minimum=0, maximum=255)
+        mx.finish()
     cur = node.child("currentMemory")
     if cur is not None:
         d.current_memory_kib = parse_kib(cur.text(), cur.attr("unit"), what="currentMemory")
@@ -864,6 +949,10 @@ def _parse_os(node: Node, d: DomainDef) -> None:
             raise XMLError("missing attribute 'enable' of <os><bootmenu>")
         d.os.bootmenu_timeout = bm.integer("timeout", minimum=0, maximum=65535)
         bm.finish()
+    smbios = osn.child("smbios")
+    if smbios is not None:
+        d.os.smbios_mode = smbios.choice("mode", ("emulate", "host", "sysinfo"))
+        smbios.finish()
     bios = osn.child("bios")
     if bios is not None:
         d.os.reboot_timeout = bios.integer("rebootTimeout", minimum=-1, maximum=65535)
@@ -1075,6 +1164,9 @@ def _parse_cpu(node: Node, d: DomainDef) -> None:
             raise XMLError(f"invalid CPU feature name '{fname}'")
         feat.finish()
         cpu.features.append(CPUFeature(fname, policy or "require"))
+    numa = cn.child("numa")
+    if numa is not None:
+        cpu.numa = parse_numa(numa, parse_cpuset)
     if cpu.mode != "custom" and cpu.model is not None and cpu.mode == "host-passthrough":
         raise XMLError("a <cpu mode='host-passthrough'> cannot name a <model>")
     cn.finish()
@@ -1211,6 +1303,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
         insert_controller(d.controllers, ctl)
     d.interfaces = [dev.parse_interface(n) for n in node.children("interface")]
     d.serials = [dev.parse_chardev(n, "serial") for n in node.children("serial")]
+    d.parallels = [dev.parse_chardev(n, "parallel") for n in node.children("parallel")]
     d.consoles = [dev.parse_chardev(n, "console") for n in node.children("console")]
     d.channels = [dev.parse_chardev(n, "channel") for n in node.children("channel")]
     d.inputs = [dev.parse_input(n) for n in node.children("input")]
@@ -1231,6 +1324,20 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     d.sounds = [xdev.parse_sound(n) for n in node.children("sound")]
     d.redirdevs = [xdev.parse_redirdev(n) for n in node.children("redirdev")]
     d.tpms = [xdev.parse_tpm(n) for n in node.children("tpm")]
+    d.shmems = [odev.parse_shmem(n) for n in node.children("shmem")]
+    d.smartcards = [odev.parse_smartcard(n) for n in node.children("smartcard")]
+    d.memory_devices = [parse_memory_device(n) for n in node.children("memory")]
+    for tag in ("redirfilter", "iommu", "vsock"):
+        found = node.children(tag)
+        if len(found) > 1:
+            raise XMLError(f"a domain can have only one <{tag}>")
+        if found:
+            parse = {
+                "redirfilter": odev.parse_redirfilter,
+                "iommu": odev.parse_iommu,
+                "vsock": odev.parse_vsock,
+            }[tag]
+            setattr(d, tag, parse(found[0]))
     node.finish()
 
 

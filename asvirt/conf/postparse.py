@@ -49,7 +49,7 @@ import random
 
 from ..errors import ConfigUnsupportedError, XMLError
 from .devices import Chardev, DeviceBase, Disk, GraphicsListen, Interface, default_disk_bus
-from .domain import DomainDef
+from .domain import DomainDef, parse_cpuset
 
 #: libvirt's default MAC prefix (QEMU's too) for addresses it generates.
 MAC_PREFIX = "52:54:00"
@@ -81,6 +81,36 @@ def postparse_domain(defn: DomainDef) -> DomainDef:
 
 
 def _memory(d: DomainDef) -> None:
+    # libvirt's sizes: NUMA cells are the initial memory, <memory> adds the memory devices.
+    plugged = sum(m.size_kib for m in d.memory_devices)
+    cells = d.cpu.numa if d.cpu is not None else []
+    if cells:
+        d.memory_kib = sum(c.memory_kib for c in cells) + plugged
+    elif plugged >= d.memory_kib:
+        raise XMLError("the memory devices hold all of <memory>: nothing is left to boot with")
+    if d.memory_devices and d.max_memory_kib is None:
+        raise XMLError("memory devices need <maxMemory> (the region they are plugged into)")
+    if d.max_memory_kib is not None:
+        if d.max_memory_kib < d.memory_kib:
+            raise XMLError(
+                f"<maxMemory> ({d.max_memory_kib} KiB) is less than <memory> ({d.memory_kib} KiB)"
+            )
+        dimms = sum(1 for m in d.memory_devices if m.model == "dimm")
+        if dimms > (d.max_memory_slots or 0):
+            raise XMLError(f"{dimms} DIMMs, but <maxMemory> has {d.max_memory_slots or 0} slots")
+    for i, cell in enumerate(cells):
+        for cpu in parse_cpuset(cell.cpus) if cell.cpus else ():
+            if cpu >= d.max_vcpus:
+                raise XMLError(f"NUMA cell {i} names vCPU {cpu}; the domain has {d.max_vcpus}")
+    for dev in d.memory_devices:
+        if cells and dev.node is not None and dev.node >= len(cells):
+            raise XMLError(f"a memory device is on NUMA node {dev.node}, which does not exist")
+    if d.numatune is not None:
+        for mn in d.numatune.memnodes:
+            if mn.cellid >= len(cells):
+                raise XMLError(
+                    f"<memnode cellid='{mn.cellid}'> names a NUMA cell that is not there"
+                )
     if d.current_memory_kib == 0 or d.current_memory_kib > d.memory_kib:
         d.current_memory_kib = d.memory_kib
 
@@ -123,7 +153,7 @@ def _controllers(d: DomainDef) -> None:
 def _inputs(d: DomainDef) -> None:
     x86 = d.os.arch in ("", "x86_64", "i686")  # no arch yet: the driver's default, x86 here
     for inp in d.inputs:
-        if inp.bus is None:
+        if inp.bus is None and inp.type != "evdev":
             inp.bus = "ps2" if x86 and inp.type in ("mouse", "keyboard") else "usb"
 
 
@@ -180,6 +210,13 @@ def _chardevs(d: DomainDef) -> None:
     ports = [c.target_port for c in d.serials]
     if len(ports) != len(set(ports)):
         raise XMLError("two serial ports have the same target port")
+    used = {c.target_port for c in d.parallels if c.target_port is not None}
+    for chr_ in d.parallels:
+        if chr_.target_port is None:
+            chr_.target_port = min(set(range(len(d.parallels) + 1)) - used)
+            used.add(chr_.target_port)
+    if len(used) != len(d.parallels):
+        raise XMLError("two parallel ports have the same target port")
 
     # The console compatibility dance: on x86 the first console is serial port 0.
     if d.consoles and d.consoles[0].target_type is None:
@@ -197,28 +234,17 @@ def _chardevs(d: DomainDef) -> None:
         _mirror_serial(d.consoles[0], d.serials[0])
     elif d.consoles and d.consoles[0].target_type == "serial":
         con = d.consoles[0]
-        serial = Chardev(
-            kind="serial",
-            type=con.type,
-            source_path=con.source_path,
-            source_mode=con.source_mode,
-            source_append=con.source_append,
-            log_file=con.log_file,
-            log_append=con.log_append,
-            target_port=con.target_port or 0,
-        )
+        serial = Chardev(kind="serial", target_port=con.target_port or 0)
+        for name in Chardev.SOURCE_FIELDS:
+            setattr(serial, name, getattr(con, name))
         d.serials.append(serial)
         _mirror_serial(con, serial)
 
 
 def _mirror_serial(con: Chardev, serial: Chardev) -> None:
     """Make ``con`` show serial port ``serial``, the way libvirt's console compat does."""
-    con.type = serial.type
-    con.source_path = serial.source_path
-    con.source_mode = serial.source_mode
-    con.source_append = serial.source_append
-    con.log_file = serial.log_file
-    con.log_append = serial.log_append
+    for name in Chardev.SOURCE_FIELDS:
+        setattr(con, name, getattr(serial, name))
     con.target_type = "serial"
     con.target_port = serial.target_port
     con.address = None
@@ -279,6 +305,7 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.controllers,
         *d.interfaces,
         *d.serials,
+        *d.parallels,
         *d.consoles,
         *d.channels,
         *d.inputs,
@@ -288,6 +315,16 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.rngs,
         *d.panics,
         *([d.memballoon] if d.memballoon is not None else []),
+        *d.filesystems,
+        *d.hostdevs,
+        *d.sounds,
+        *d.redirdevs,
+        *d.tpms,
+        *d.shmems,
+        *d.memory_devices,
+        *d.smartcards,
+        *([d.iommu] if d.iommu is not None else []),
+        *([d.vsock] if d.vsock is not None else []),
     ]
 
 

@@ -102,9 +102,8 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
     )
     if draw(st.booleans()):
         parts.append("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
-    if draw(st.booleans()):
-        parts.append("<panic model='isa'/>")
     parts.append(draw(virt_install_devices(q35)))
+    parts.append(draw(rare_devices(q35)))
     if draw(st.booleans()):
         model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
         parts.append(f"<watchdog model='{model}' action='reset'/>")
@@ -122,9 +121,15 @@ def virt_install_devices(draw: st.DrawFn, q35: bool) -> str:
         listen = draw(st.sampled_from(["", " listen='127.0.0.1'"]))
         parts.append(f"<graphics type='spice' autoport='yes'{listen}>{opts}</graphics>")
         parts.append("<channel type='spicevmc'><target type='virtio'/></channel>")
-        parts.extend(
-            "<redirdev bus='usb' type='spicevmc'/>" for _ in range(draw(st.integers(0, 2)))
-        )
+        redirs = draw(st.integers(0, 2))
+        parts.extend("<redirdev bus='usb' type='spicevmc'/>" for _ in range(redirs))
+        if redirs and draw(st.booleans()):
+            klass = draw(st.sampled_from(["", " class='0x08'", " class='0x03'"]))
+            parts.append(
+                f"<redirfilter><usbdev{klass} vendor='0x{draw(st.integers(0, 0xFFFF)):04x}' "
+                f"version='{draw(st.integers(0, 99))}.{draw(st.integers(0, 99))}' "
+                "allow='yes'/><usbdev allow='no'/></redirfilter>"
+            )
         if draw(st.booleans()):
             parts.append("<video><model type='qxl' heads='2'/></video>")
     models = ["ich6", "ich9", "ac97", "es1370", "usb"] + ([] if q35 else ["sb16"])
@@ -141,6 +146,103 @@ def virt_install_devices(draw: st.DrawFn, q35: bool) -> str:
             f"<target dir='share{i}'/>{ro}</filesystem>"
         )
     return "".join(parts)
+
+
+@st.composite
+def rare_devices(draw: st.DrawFn, q35: bool) -> str:
+    """The rest of libvirt's x86 devices: IOMMUs, vsock, ivshmem, panic models, EGD and
+    transitional RNGs, TCP/UDP/pipe-less chardevs and parallel ports. Paths and names are
+    placeholders the launch test points at scratch places (``/tmp/egd.sock``, ``hyp-``)."""
+    parts = []
+    if q35 and draw(st.booleans()):
+        model = draw(st.sampled_from(["virtio", "intel"]))
+        drv = ""
+        if model == "intel":
+            opts = draw(st.lists(st.sampled_from(["caching_mode", "iotlb"]), unique=True))
+            attrs = "".join(f" {o}='{draw(st.sampled_from(['on', 'off']))}'" for o in opts)
+            if draw(st.booleans()):
+                attrs += f" aw_bits='{draw(st.sampled_from([39, 48]))}'"
+            drv = f"<driver{attrs}/>" if attrs else ""
+        parts.append(f"<iommu model='{model}'>{drv}</iommu>")
+    if draw(st.booleans()):
+        cid = draw(
+            st.one_of(
+                st.just("<cid auto='yes'/>"),
+                st.integers(3, 1 << 20).map(lambda n: f"<cid auto='no' address='{n}'/>"),
+            )
+        )
+        parts.append(f"<vsock model='virtio'>{cid}</vsock>")
+    for i in range(draw(st.integers(0, 2))):
+        size = draw(st.sampled_from(["", "<size unit='M'>1</size>", "<size unit='M'>8</size>"]))
+        role = draw(st.sampled_from(["", " role='master'", " role='peer'"]))
+        parts.append(f"<shmem name='hyp-{i}'{role}><model type='ivshmem-plain'/>{size}</shmem>")
+    panic = draw(st.sampled_from([None, "isa", "pvpanic", "hyperv"]))
+    if panic:
+        parts.append(f"<panic model='{panic}'/>")
+    if draw(st.booleans()):
+        model = draw(st.sampled_from(["virtio", "virtio-transitional", "virtio-non-transitional"]))
+        backend = draw(
+            st.sampled_from(
+                [
+                    "<backend model='builtin'/>",
+                    "<backend model='egd' type='unix'><source mode='bind' path='/tmp/egd.sock'/>"
+                    "</backend>",
+                    "<backend model='egd' type='tcp'><source mode='bind' host='127.0.0.1' "
+                    "service='0'/><protocol type='raw'/></backend>",
+                ]
+            )
+        )
+        parts.append(f"<rng model='{model}'>{backend}</rng>")
+    chardevs = [
+        "<source mode='bind' host='127.0.0.1' service='0'/><protocol type='telnet'/>",
+        "<source mode='bind' host='127.0.0.1' service='0'/><protocol type='raw'/>",
+    ]
+    for i in range(draw(st.integers(0, 2))):
+        kind = draw(st.sampled_from(["tcp", "udp"]))
+        if kind == "tcp":
+            source = draw(st.sampled_from(chardevs))
+        else:
+            source = "<source mode='connect' host='127.0.0.1' service='9'/>"
+        parts.append(
+            f"<channel type='{kind}'>{source}<target type='virtio' name='org.hyp.{i}'/></channel>"
+        )
+    for _ in range(draw(st.integers(0, 2))):
+        parts.append(f"<parallel type='{draw(st.sampled_from(['pty', 'null', 'vc']))}'/>")
+    if draw(st.booleans()):
+        parts.append(
+            "<smartcard mode='passthrough' type='tcp'><source mode='bind' host='127.0.0.1' "
+            "service='0'/><protocol type='raw'/></smartcard>"
+        )
+    return "".join(parts)
+
+
+@st.composite
+def numa_and_memory_devices(draw: st.DrawFn, maxcpu: int) -> tuple[str, str, str]:
+    """(``<maxMemory>`` and ``<memory>``, ``<cpu>`` children, ``<devices>`` children): NUMA
+    cells over the vCPUs, and DIMMs and virtio-mem plugged into the hotplug region."""
+    ncells = draw(st.integers(1, min(2, maxcpu)))
+    cells = []
+    for i in range(ncells):
+        cpus = ",".join(str(c) for c in range(maxcpu) if c % ncells == i)
+        mib = draw(st.sampled_from([32, 64]))
+        access = draw(st.sampled_from(["", " memAccess='shared'"]))
+        cells.append(f"<cell id='{i}' cpus='{cpus}' memory='{mib}' unit='MiB'{access}/>")
+    devs = []
+    for _ in range(draw(st.integers(0, 2))):
+        node = f"<node>{draw(st.integers(0, ncells - 1))}</node>"
+        if draw(st.booleans()):
+            devs.append(
+                f"<memory model='dimm'><target><size unit='MiB'>{draw(st.sampled_from([2, 64]))}"
+                f"</size>{node}</target></memory>"
+            )
+        else:
+            devs.append(
+                "<memory model='virtio-mem'><target><size unit='MiB'>64</size>"
+                f"{node}<block unit='KiB'>2048</block><requested unit='MiB'>"
+                f"{draw(st.sampled_from([0, 2, 16]))}</requested></target></memory>"
+            )
+    head = "<maxMemory slots='4' unit='GiB'>1</maxMemory><memory unit='MiB'>64</memory>"
+    return head, f"<numa>{''.join(cells)}</numa>", "".join(devs)
 
 
 @st.composite
@@ -171,13 +273,28 @@ def domains(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         head.append("<uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>")
     if draw(st.booleans()):
+        head.append("<genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid>")
+    if draw(st.booleans()):
         head.append(f"<title>{_esc(draw(free_text).replace(chr(10), ' '))}</title>")
     if draw(st.booleans()):
         head.append(f"<description>{_esc(draw(free_text))}</description>")
-    head.append(draw(memory()))
     maxcpu = draw(st.integers(1, 8))
+    numa = draw(numa_and_memory_devices(maxcpu)) if draw(st.booleans()) else None
+    head.append(numa[0] if numa else draw(memory()))
     current = draw(st.integers(1, maxcpu))
     head.append(f"<vcpu current='{current}'>{maxcpu}</vcpu>")
+    if draw(st.booleans()):
+        head.append(f"<iothreads>{draw(st.integers(1, 3))}</iothreads>")
+    if draw(st.booleans()):
+        head.append(
+            "<sysinfo type='smbios'><bios><entry name='vendor'>"
+            f"{_esc(draw(free_text))}</entry></bios><system><entry name='serial'>"
+            f"{_esc(draw(free_text))}</entry></system><oemStrings><entry>"
+            f"{_esc(draw(free_text))}</entry></oemStrings></sysinfo>"
+        )
+        smbios = "<smbios mode='sysinfo'/>"
+    else:
+        smbios = ""
     boots = draw(st.lists(st.sampled_from(["hd", "cdrom", "network"]), max_size=3, unique=True))
     os_ = f"<type arch='x86_64' machine='{'q35' if q35 else 'pc'}'>hvm</type>"
     firmware = draw(st.sampled_from(["", "efi", "loader"]))
@@ -190,17 +307,23 @@ def domains(draw: st.DrawFn) -> str:
             "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/tmp/nvram.fd</nvram>"
         )
     os_ += "".join(f"<boot dev='{b}'/>" for b in boots)
+    os_ += smbios
     if draw(st.booleans()):
         os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
     head.append(f"<os firmware='efi'>{os_}</os>" if firmware == "efi" else f"<os>{os_}</os>")
     if draw(st.booleans()):
         head.append("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
     feats = draw(st.lists(st.sampled_from(["<acpi/>", "<apic/>", "<pae/>"]), unique=True))
+    if numa and "<acpi/>" not in feats:
+        feats.append("<acpi/>")  # QEMU hotplugs DIMMs through ACPI
     windows, hv_timers = draw(windows_features()) if draw(st.booleans()) else ("", "")
     if feats or windows:
         head.append(f"<features>{''.join(feats)}{windows}</features>")
+    topology = ""
     if draw(st.booleans()):
-        head.append(f"<cpu><topology sockets='1' cores='{maxcpu}' threads='1'/></cpu>")
+        topology = f"<topology sockets='1' cores='{maxcpu}' threads='1'/>"
+    if topology or numa:
+        head.append(f"<cpu>{topology}{numa[1] if numa else ''}</cpu>")
     clock = draw(st.sampled_from(["utc", "localtime"]))
     timers = draw(st.lists(st.sampled_from(["rtc", "pit", "hpet"]), unique=True))
     head.append(
@@ -219,7 +342,8 @@ def domains(draw: st.DrawFn) -> str:
             head.append(
                 f"<{tag}>{draw(st.sampled_from(['destroy', 'restart', 'preserve']))}</{tag}>"
             )
-    return f"<domain type='{dtype}'>{''.join(head)}<devices>{draw(devices(q35))}</devices></domain>"
+    devs = draw(devices(q35)) + (numa[2] if numa else "")
+    return f"<domain type='{dtype}'>{''.join(head)}<devices>{devs}</devices></domain>"
 
 
 def _esc(text: str) -> str:

@@ -62,7 +62,7 @@ def test_scsi_controller_driver_round_trips() -> None:
 @pytest.mark.parametrize(
     "driver, named",
     [
-        ("<driver iothread='1'/>", "iothread"),
+        ("<driver iothread='one'/>", "iothread"),
         ("<driver queues='zero'/>", "queues"),
     ],
 )

@@ -205,12 +205,13 @@ def test_wrong_root_element() -> None:
 
 
 def test_unsupported_is_an_xml_error_with_its_own_code() -> None:
-    xml = domain().replace("</domain>", "<devices><shmem name='x'/></devices></domain>")
+    lxc_only = "<hostdev mode='capabilities' type='storage'/>"
+    xml = domain().replace("</domain>", f"<devices>{lxc_only}</devices></domain>")
     with pytest.raises(ConfigUnsupportedError) as info:
         parse_domain_xml(xml)
     assert isinstance(info.value, XMLError)
     assert info.value.code == ErrorCode.CONFIG_UNSUPPORTED
-    assert "<shmem>" in str(info.value)
+    assert "<hostdev mode='capabilities'>" in str(info.value)
 
 
 def test_deep_nesting_is_an_xml_error() -> None:

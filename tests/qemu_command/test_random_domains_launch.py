@@ -45,6 +45,11 @@ def _materialize(xml: str, tmp: Path) -> str:
     xml = xml.replace("/tmp/serial.log", f"{tmp}/serial.log")
     xml = xml.replace("/tmp/qga.sock", f"{tmp}/qga.sock")
     xml = xml.replace("/tmp/share", str(tmp)).replace("/tmp/nvram.fd", f"{tmp}/nvram.fd")
+    xml = xml.replace("/tmp/egd.sock", f"{tmp}/egd.sock")
+    # Shared memory objects live in /dev/shm under names of this example's (removed after).
+    xml = xml.replace("<shmem name='hyp-", f"<shmem name='{tmp.name}-")
+    if not os.path.exists("/dev/vhost-vsock"):  # QEMU cannot open this host's side of it
+        xml = re.sub(r"<vsock .*?</vsock>", "", xml)
     xml = xml.replace("<kernel>/boot/vmlinuz</kernel>", "")
     xml = re.sub(r"<cmdline>.*?</cmdline>", "", xml, flags=re.S)
     for m in re.finditer(r"<driver name='qemu' type='(\w+)'[^>]*/><source file='([^']+)'", xml):
@@ -81,3 +86,5 @@ def test_random_domains_start(caps: Caps, xml: str) -> None:
         assert got.vcpus == d.vcpus
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for shm in Path("/dev/shm").glob(f"{tmp.name}-*"):
+            shm.unlink(missing_ok=True)

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import trio
 
+# The asvirt of this checkout, not whichever one the virtualenv installed (a worktree shares
+# its virtualenv with the main checkout): a script's sys.path starts at its own directory.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator
 from asvirt.drivers.qemu.command import domxml_to_native

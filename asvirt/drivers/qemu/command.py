@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface
+from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface, virtio_props
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
+from . import command_other as other
 from .capabilities import QemuCapabilities
 from .postparse import (
     NIC_DEVICE,
@@ -296,10 +297,11 @@ class _Builder:
         self._machine()
         self.add("-accel", more.accel(self))
         self._cpu()
-        self.add("-m", f"size={-(-d.memory_kib // 1024) * 1024}k")
-        more.memory_args(self)
+        self.add("-m", other.memory_size(d))
         self._smp()
+        more.memory_args(self)
         self.add("-uuid", d.uuid)
+        other.system_args(self)
         if not d.graphics:
             self.add("-display", "none")
         self.add("-no-user-config", "-nodefaults")
@@ -314,13 +316,18 @@ class _Builder:
         more.feature_args(self)
         self._pm()
         self._boot()
+        other.intel_iommu_args(self)
         self._controllers()
+        other.virtio_iommu_args(self)
+        other.memory_device_args(self)
         self._disks()
         more.filesystem_args(self)
         self._interfaces()
         self._serials()
+        self._parallels()
         self._channels_and_consoles()
         self._hubs_and_inputs()
+        other.smartcard_args(self)
         more.tpm_args(self)
         self._audio()
         self._graphics()
@@ -331,8 +338,10 @@ class _Builder:
         more.redirdev_args(self)
         self._watchdogs()
         self._memballoon()
-        self._rngs()
-        self._panics()
+        other.rng_args(self)
+        other.panic_args(self)
+        other.shmem_args(self)
+        other.vsock_args(self)
         more.misc_args(self)
         if self.sandbox and self.caps.has_option("sandbox"):
             # libvirt's default: QEMU's seccomp filter forbids what a confined emulator has no
@@ -524,7 +533,9 @@ class _Builder:
 
     def _controllers(self) -> None:
         order = ("pci", "usb", "scsi", "ide", "sata", "fdc", "virtio-serial")
-        ctls = sorted(self.d.controllers, key=lambda c: order.index(c.type))
+        # CCID readers are USB devices: they come with their smartcards (command_other).
+        ctls = [c for c in self.d.controllers if c.type != "ccid"]
+        ctls = sorted(ctls, key=lambda c: order.index(c.type))
         ctls = self._parents_first(ctls)
         usb = [c for c in ctls if c.type == "usb"]
         for ctl in ctls:
@@ -577,6 +588,8 @@ class _Builder:
             props["max_sectors"] = ctl.max_sectors
             if ctl.ioeventfd is not None:
                 props["ioeventfd"] = ctl.ioeventfd == "on"
+            if ctl.iothread is not None:
+                props["iothread"] = f"iothread{ctl.iothread}"
             self.device(self._pci(props, ctl.address, what))
         elif ctl.type == "sata":
             if self.q35 and ctl.index == 0:
@@ -701,6 +714,8 @@ class _Builder:
         props: dict[str, Any] = {}
         if disk.bus == "virtio":
             props = self._pci({"driver": "virtio-blk-pci"}, addr, f"disk '{disk.target}'")
+            if disk.iothread is not None:
+                props["iothread"] = f"iothread{disk.iothread}"
         else:
             assert isinstance(addr, DriveAddress)
             ctl = self.d.controller(disk.bus, addr.controller)
@@ -789,20 +804,27 @@ class _Builder:
                     "and no runtime directory was given to place one"
                 )
             opts = [f"socket,id={cid},path={_kv(chr_.source_path)}"]
-            if chr_.source_mode == "bind":
-                opts.append("server=on,wait=off")
-            elif chr_.reconnect is not False:
-                # A client socket whose listener is not up yet would make QEMU refuse to
-                # start. asvirt lets it retry instead (every second unless <reconnect> says
-                # otherwise); <reconnect enabled='no'/> restores fail-at-start.
-                seconds = chr_.reconnect_timeout or 1
-                if self.caps.at_least(9, 2):
-                    opts.append(f"reconnect-ms={seconds * 1000}")
-                else:
-                    opts.append(f"reconnect={seconds}")
+            opts.extend(self._socket_mode(chr_))
+        elif chr_.type == "tcp":
+            opts = [f"socket,id={cid},host={chr_.host or ''},port={chr_.service}"]
+            if chr_.protocol == "telnet":
+                opts.append("telnet=on")
+            opts.extend(self._socket_mode(chr_))
+        elif chr_.type == "udp":
+            opts = [f"udp,id={cid},host={chr_.host or ''},port={chr_.service}"]
+            if chr_.bind_host is not None:
+                opts.append(f"localaddr={chr_.bind_host}")
+            if chr_.bind_service is not None:
+                opts.append(f"localport={chr_.bind_service}")
+        elif chr_.type == "pipe":
+            opts = [f"pipe,id={cid},path={_kv(chr_.source_path or '')}"]
+        elif chr_.type == "dev":
+            # A parallel port's host device is a parport, anything else a tty (as libvirt).
+            backend = "parport" if chr_.kind == "parallel" else "tty"
+            opts = [f"{backend},id={cid},path={_kv(chr_.source_path or '')}"]
         elif chr_.type in ("spicevmc", "spiceport"):
             opts = more.spice_chardev(chr_, cid)
-        else:  # vc | null
+        else:  # vc | null | stdio
             opts = [f"{chr_.type},id={cid}"]
         if chr_.log_file is not None:
             opts.append(f"logfile={_kv(chr_.log_file)}")
@@ -811,12 +833,31 @@ class _Builder:
         self.add("-chardev", ",".join(opts))
         return cid
 
+    def _socket_mode(self, chr_: Chardev) -> list[str]:
+        """Listen, or connect (retrying): the options of a unix or TCP socket chardev."""
+        opts = []
+        if chr_.source_mode == "bind":
+            opts.append("server=on,wait=off")
+        elif chr_.reconnect is not False:
+            # A client socket whose listener is not up yet would make QEMU refuse to
+            # start. asvirt lets it retry instead (every second unless <reconnect> says
+            # otherwise); <reconnect enabled='no'/> restores fail-at-start.
+            seconds = chr_.reconnect_timeout or 1
+            if self.caps.at_least(9, 2):
+                opts.append(f"reconnect-ms={seconds * 1000}")
+            else:
+                opts.append(f"reconnect={seconds}")
+        return opts
+
     def _serials(self) -> None:
         for i, ser in enumerate(self.d.serials):
             cid = self._chardev(ser)
             if ser.target_type == "pci-serial":
                 props = {"driver": "pci-serial", "chardev": cid, "id": ser.alias}
                 self.device(self._pci(props, ser.address, f"serial {i}"))
+            elif ser.target_type == "usb-serial":
+                props = {"driver": "usb-serial", "chardev": cid, "id": ser.alias}
+                self.device(self._usb(props, ser.address, f"serial {i}"))
             else:
                 self.device(
                     {
@@ -826,6 +867,11 @@ class _Builder:
                         "index": ser.target_port,
                     }
                 )
+
+    def _parallels(self) -> None:
+        for par in self.d.parallels:
+            cid = self._chardev(par)
+            self.device({"driver": "isa-parallel", "chardev": cid, "id": par.alias})
 
     def _channels_and_consoles(self) -> None:
         # Channels first: they name their ports; consoles then take what is left.
@@ -876,9 +922,21 @@ class _Builder:
             if inp.bus == "usb":
                 props = {"driver": usb_names[inp.type], "id": inp.alias}
                 self.device(self._usb(props, inp.address, f"input {i}"))
+            elif inp.type == "passthrough":
+                props = {"driver": "virtio-input-host-pci", "id": inp.alias, "evdev": inp.evdev}
+                self.device(self._pci(props, inp.address, f"input {i}"))
             elif inp.bus == "virtio":
                 props = {"driver": f"virtio-{inp.type}-pci", "id": inp.alias}
                 self.device(self._pci(props, inp.address, f"input {i}"))
+            elif inp.type == "evdev":
+                obj: dict[str, Any] = {"qom-type": "input-linux", "id": inp.alias}
+                obj["evdev"] = inp.evdev
+                if inp.repeat is not None:
+                    obj["repeat"] = inp.repeat == "on"
+                if inp.grab == "all":
+                    obj["grab_all"] = True
+                obj["grab-toggle"] = inp.grab_toggle
+                self.add("-object", _json({k: v for k, v in obj.items() if v is not None}))
 
     # -- audio, graphics, video -------------------------------------------------------------------
 
@@ -983,28 +1041,5 @@ class _Builder:
             props["deflate-on-oom"] = bal.autodeflate == "on"
         if bal.free_page_reporting is not None:
             props["free-page-reporting"] = bal.free_page_reporting == "on"
+        props.update(virtio_props(bal.virtio))
         self.device(self._pci(props, bal.address, "the memory balloon"))
-
-    def _rngs(self) -> None:
-        for i, rng in enumerate(self.d.rngs):
-            obj = f"obj{rng.alias}"
-            if rng.backend == "builtin":
-                self.add("-object", _json({"qom-type": "rng-builtin", "id": obj}))
-            else:
-                self.add(
-                    "-object",
-                    _json({"qom-type": "rng-random", "id": obj, "filename": rng.backend_path}),
-                )
-            props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": rng.alias}
-            if rng.rate_bytes is not None:
-                props["max-bytes"] = rng.rate_bytes
-                props["period"] = rng.rate_period or 1000
-            self.device(self._pci(props, rng.address, f"rng {i}"))
-
-    def _panics(self) -> None:
-        for panic in self.d.panics:
-            props: dict[str, Any] = {"driver": "pvpanic"}
-            addr = panic.address
-            if addr is not None and addr.iobase is not None:  # type: ignore[union-attr]
-                props["ioport"] = addr.iobase  # type: ignore[union-attr]
-            self.device(props)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
-from .postparse_more import CODEC_DEVICE, SOUND_DEVICE, memory_backend
+from .command_other import host_nodes, needs_ram_object, numa_args, ram_backend, redir_filter
+from .postparse_more import CODEC_DEVICE, SOUND_DEVICE
 
 if TYPE_CHECKING:
     from .command import _Builder
@@ -251,7 +252,7 @@ def machine_options(b: _Builder) -> list[str]:
     mb = d.memory_backing
     if mb is not None and mb.nosharepages:
         opts.append("mem-merge=off")
-    if memory_backend(d) is not None:
+    if needs_ram_object(d):
         opts.append("memory-backend=pc.ram")
     if d.features.ioapic is not None:
         opts.append("kernel_irqchip=split" if d.features.ioapic == "qemu" else "kernel_irqchip=on")
@@ -260,17 +261,14 @@ def machine_options(b: _Builder) -> list[str]:
 
 def memory_args(b: _Builder) -> None:
     d = b.d
-    qom = memory_backend(d)
     mb = d.memory_backing
-    if qom is not None and mb is not None:
-        props: dict[str, Any] = {"qom-type": qom, "id": "pc.ram"}
-        if mb.access is not None:
-            props["share"] = mb.access == "shared"
-        if mb.allocation == "immediate":
-            props["prealloc"] = True
+    if needs_ram_object(d):
+        props = ram_backend(d, "pc.ram", d.initial_memory_kib, tune=host_nodes(d, None))
         props["x-use-canonical-path-for-ramblock-id"] = False
-        props["size"] = -(-d.memory_kib // 1024) * 1024 * 1024
+        size = props.pop("size")
+        props["size"] = -(-size // (1 << 20)) * (1 << 20)  # whole MiB, as -m has it
         b.add("-object", _json(props))
+    numa_args(b)
     if mb is not None and mb.locked:
         b.add("-overcommit", "mem-lock=on")
 
@@ -317,6 +315,8 @@ def cpu_options(d: DomainDef) -> list[str]:
         opts.append(f"kvm-pv-unhalt={f.pvspinlock}")
     if f.pmu is not None:
         opts.append(f"pmu={f.pmu}")
+    if any(p.model == "hyperv" for p in d.panics):
+        opts.append("hv-crash=on")
     tsc = d.clock.timer("tsc")
     if tsc is not None and tsc.frequency is not None:
         opts.append(f"tsc-frequency={tsc.frequency}")
@@ -459,6 +459,7 @@ def redirdev_args(b: _Builder) -> None:
         cid = f"char{rd.alias}"
         b.add("-chardev", f"spicevmc,id={cid},name=usbredir")
         props: dict[str, Any] = {"driver": "usb-redir", "chardev": cid, "id": rd.alias}
+        props["filter"] = redir_filter(b.d)
         props = b._usb(props, rd.address, f"redirdev {i}")
         props["bootindex"] = rd.boot_order
         b.device(props)

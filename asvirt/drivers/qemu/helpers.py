@@ -147,6 +147,10 @@ def has_nvram_file(defn: DomainDef) -> bool:
 # host devices
 
 
+#: The host's side of every virtio socket (QEMU opens it for vhost-vsock-pci).
+VHOST_VSOCK = "/dev/vhost-vsock"
+
+
 def check_host_devices(defn: DomainDef) -> None:
     """Refuse a start whose assigned host devices are not there (a clear reason each)."""
     for hd in defn.hostdevs:
@@ -176,6 +180,16 @@ def check_host_devices(defn: DomainDef) -> None:
                 f"host USB device {hd.usb_vendor:04x}:{hd.usb_product:04x} of domain "
                 f"'{defn.name}' is not plugged in"
             )
+    for inp in defn.inputs:
+        if inp.evdev is not None and not os.path.exists(inp.evdev):
+            raise OperationFailedError(
+                f"the host input device {inp.evdev} of domain '{defn.name}' does not exist"
+            )
+    if defn.vsock is not None and not os.path.exists(VHOST_VSOCK):
+        raise OperationFailedError(
+            f"the <vsock> of domain '{defn.name}' needs {VHOST_VSOCK}, which this host does "
+            "not have (load the vhost_vsock kernel module)"
+        )
     for tpm in defn.tpms:
         if tpm.backend == "passthrough" and not os.path.exists(tpm.device_path or ""):
             raise OperationFailedError(

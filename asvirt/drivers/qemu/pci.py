@@ -281,7 +281,7 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for i, nic in enumerate(d.interfaces):
         yield _Client(nic, pcie(nic.model in ("virtio", "e1000e", "igb")), f"interface {i}")
     for c in d.controllers:
-        if c.type == "pci" or c.type == "fdc":
+        if c.type in ("pci", "fdc", "ccid"):
             continue
         if c.type == "usb" and c.model == "none":
             continue
@@ -301,7 +301,8 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     if d.has_memballoon:
         yield _Client(d.memballoon, pcie(True), "the memory balloon")
     for i, rng in enumerate(d.rngs):
-        yield _Client(rng, pcie(True), f"rng {i}")
+        # A transitional device keeps the legacy I/O BARs: conventional PCI, as in libvirt.
+        yield _Client(rng, pcie(rng.model != "virtio-transitional"), f"rng {i}")
     for i, wd in enumerate(d.watchdogs):
         if wd.model == "i6300esb":
             yield _Client(wd, PCI_DEV, f"watchdog {i}")
@@ -321,6 +322,16 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for i, hd in enumerate(d.hostdevs):
         if hd.type == "pci":
             yield _Client(hd, pcie(True), f"host device {i}")
+    for i, md in enumerate(d.memory_devices):
+        if md.model == "virtio-mem":
+            yield _Client(md, pcie(True), f"memory device {i}")
+    for i, sh in enumerate(d.shmems):
+        yield _Client(sh, PCI_DEV, f"shmem {i}")
+    if d.vsock is not None:
+        yield _Client(d.vsock, pcie(True), "the vsock device")
+    for panic in d.panics:
+        if panic.model == "pvpanic":
+            yield _Client(panic, PCI_DEV, "the PCI panic device")
 
 
 def _all_pci_devices(d: DomainDef, q35: bool) -> Iterator[_Client]:
@@ -330,6 +341,8 @@ def _all_pci_devices(d: DomainDef, q35: bool) -> Iterator[_Client]:
             yield _Client(c, PCI_DEV, f"{c.type} controller 0")
     if d.videos and d.videos[0].model != "none":
         yield _Client(d.videos[0], PCI_DEV, "video 0")
+    if d.iommu is not None and d.iommu.model == "virtio":
+        yield _Client(d.iommu, PCI_DEV, "the virtio IOMMU")
 
 
 def _collect_explicit(d: DomainDef, aset: _AddressSet, q35: bool) -> None:
@@ -389,6 +402,16 @@ def _chipset(d: DomainDef, aset: _AddressSet, q35: bool) -> None:
         else:
             ctype = PCIE_DEV if q35 and video.model in ("virtio", "bochs") else PCI_DEV
             video.address = aset.reserve_next(ctype, "the primary video card")
+    if d.iommu is not None and d.iommu.model == "virtio" and _wanted(d.iommu):
+        # QEMU plugs a virtio-iommu only on the root bus: the first free slot there.
+        free = [n for n in range(1, 32) if not aset.buses[0].used(n)]
+        if not free:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: no free slot on the root PCI bus for the "
+                "virtio IOMMU (QEMU plugs it nowhere else)"
+            )
+        d.iommu.address = PCIAddress(slot=free[0])
+        aset.reserve(d.iommu.address, PCI_DEV, "the virtio IOMMU")
 
 
 def _reserve_fixed(aset: _AddressSet, slot: int, function: int, what: str) -> None:

@@ -37,6 +37,7 @@ from .capabilities import QemuCapabilities
 from .firmware import select_firmware
 from .pci import USB2_FUNCTION, assign_pci_addresses
 from .postparse_more import default_audio, prepare_more
+from .postparse_other import prepare_other
 
 #: The CPU model QEMU gives x86 guests when none is named.
 DEFAULT_X86_CPU = "qemu64"
@@ -126,10 +127,11 @@ def prepare_domain(
     _default_devices(d, caps, q35)
     _disks(d, caps, q35)
     _interfaces(d, caps)
-    _chardevs(d)
+    _chardevs(d, caps)
     _videos(d, caps)
     _misc_devices(d, caps, q35)
     prepare_more(d, caps, q35)
+    prepare_other(d, caps, q35)
     _check_controllers(d, caps, q35)
     _assign_virtio_serial(d)
     _assign_usb(d)
@@ -541,7 +543,7 @@ def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
         _need_device(caps, NIC_DEVICE[nic.model], f"NIC model '{nic.model}'")
 
 
-def _chardevs(d: DomainDef) -> None:
+def _chardevs(d: DomainDef, caps: QemuCapabilities) -> None:
     # Ports, and the console that is serial port 0, come from the generic post-parse.
     for chr_ in d.serials:
         if chr_.target_type is None:
@@ -551,11 +553,26 @@ def _chardevs(d: DomainDef) -> None:
         if chr_.target_model != chr_.target_type:
             raise XMLError("serial target model must match its target type")
         if (
-            chr_.target_type != "isa-serial"
+            chr_.target_type == "pci-serial"
             and chr_.address is not None
             and not isinstance(chr_.address, PCIAddress)
         ):
             raise XMLError("a pci-serial port needs a PCI address")
+        if chr_.target_type == "usb-serial":
+            _need_device(caps, "usb-serial", "a USB serial port")
+            if chr_.address is not None and not isinstance(chr_.address, USBAddress):
+                raise XMLError("a usb-serial port needs a USB address")
+        elif isinstance(chr_.address, USBAddress):
+            raise XMLError(f"a {chr_.target_type} port cannot have a USB address")
+    if d.parallels:
+        _need_device(caps, "isa-parallel", "a parallel port")
+    if any((c.target_port or 0) > 2 for c in d.parallels):
+        raise ConfigUnsupportedError(
+            "unsupported configuration: QEMU has at most 3 parallel ports (0-2)"
+        )
+    for chr_ in d.chardevs():
+        if chr_.type == "tcp" and chr_.source_mode == "connect" and chr_.host is None:
+            raise XMLError(f"a {chr_.kind} connecting over TCP needs a host")
     isa = [c for c in d.serials if c.target_type == "isa-serial"]
     if any((c.target_port or 0) > 3 for c in isa) or len(isa) > 4:
         raise ConfigUnsupportedError("unsupported configuration: at most 4 ISA serial ports (0-3)")
@@ -616,16 +633,14 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         raise XMLError("there can be only one itco watchdog")
     if d.has_memballoon:
         _need_device(caps, "virtio-balloon-pci", "the memory balloon")
-    for _rng in d.rngs:
-        _need_device(caps, "virtio-rng-pci", "virtio-rng")
-    for panic in d.panics:
-        panic.model = panic.model or "isa"
-        _need_device(caps, "pvpanic", "the ISA panic device")
-    if len(d.panics) > 1:
-        raise ConfigUnsupportedError("unsupported configuration: more than one <panic> device")
     for inp in d.inputs:
+        if inp.type == "evdev":
+            if inp.address is not None:
+                raise XMLError("an evdev input has no address")
+            continue
         if inp.bus == "virtio":
-            _need_device(caps, f"virtio-{inp.type}-pci", f"virtio {inp.type}")
+            name = "input-host" if inp.type == "passthrough" else inp.type
+            _need_device(caps, f"virtio-{name}-pci", f"virtio {inp.type}")
             if inp.address is not None and not isinstance(inp.address, PCIAddress):
                 raise XMLError("a virtio input device needs a PCI address")
         elif inp.bus == "usb":
@@ -720,6 +735,8 @@ def _assign_usb(d: DomainDef) -> None:
     usb_inputs: list[Any] = [i for i in d.inputs if i.bus == "usb"]
     usb_inputs += [*d.redirdevs, *(h for h in d.hostdevs if h.type == "usb")]
     usb_inputs += [s for s in d.sounds if s.model == "usb"]
+    usb_inputs += [s for s in d.serials if s.target_type == "usb-serial"]
+    usb_inputs += [c for c in d.controllers if c.type == "ccid"]
     if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
@@ -855,6 +872,7 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
     simple: list[tuple[list, str]] = [
         (d.interfaces, "net"),
         (d.serials, "serial"),
+        (d.parallels, "parallel"),
         (d.channels, "channel"),
         (d.inputs, "input"),
         (d.videos, "video"),
@@ -866,11 +884,21 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
         (d.sounds, "sound"),
         (d.redirdevs, "redir"),
         (d.tpms, "tpm"),
+        (d.shmems, "shmem"),
+        (d.smartcards, "smartcard"),
+        ([d.iommu] if d.iommu is not None else [], "iommu"),
+        ([d.vsock] if d.vsock is not None else [], "vsock"),
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):
             if not (item.user_alias or (keep and item.alias)):
                 item.alias = f"{prefix}{i}"
+    counters: dict[str, int] = {}
+    for md in d.memory_devices:
+        prefix = md.model.replace("-", "")
+        if not md.user_alias:
+            md.alias = f"{prefix}{counters.get(prefix, 0)}"
+        counters[prefix] = counters.get(prefix, 0) + 1
     for i, con in enumerate(d.consoles):
         if con.user_alias or (keep and con.alias):
             continue

@@ -326,12 +326,22 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
                 out.append(_socket_directory(chr_.source_path, f"the socket of {what}"))
             else:
                 out.append(Need(chr_.source_path, f"the socket of {what}", WRITE))
+        elif chr_.type == "dev" and chr_.source_path:
+            out.append(Need(chr_.source_path, f"the host device of {what}", READ | WRITE))
+        elif chr_.type == "pipe" and chr_.source_path:
+            # QEMU opens PATH.in and PATH.out, or PATH itself when those are not there.
+            pair = [f"{chr_.source_path}.in", f"{chr_.source_path}.out"]
+            for path in pair if all(os.path.exists(p) for p in pair) else [chr_.source_path]:
+                out.append(Need(path, f"the pipe of {what}", READ | WRITE))
         if chr_.log_file:
             out.append(Need(chr_.log_file, f"the log file of {what}", WRITE, create=True))
     for gfx in defn.graphics:
         for listen in gfx.listens:
             if listen.type == "socket" and listen.socket:
                 out.append(_socket_directory(listen.socket, f"the {gfx.type} socket"))
+    for inp in defn.inputs:
+        if inp.evdev:
+            out.append(Need(inp.evdev, f"the host input device of {inp.alias}", READ | WRITE))
     for rng in defn.rngs:
         if rng.backend == "random" and rng.backend_path:
             out.append(Need(rng.backend_path, f"the random number source of {rng.alias}", READ))
