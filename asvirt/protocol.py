@@ -29,6 +29,7 @@ import enum
 import functools
 import inspect
 import json
+import math
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -920,6 +921,8 @@ def _decoder(type_: Any) -> _Decoder:
         return _decode_bytes
     if type_ is int:
         return _decode_int
+    if type_ is float:
+        return _decode_float
     if type_ is str:
         return _decode_str
 
@@ -1021,6 +1024,14 @@ def _decode_int(value: Any, what: str) -> int:
     if not _is_int(value):
         raise ValueError(f"{what}: expected an integer")
     return value
+
+
+def _decode_float(value: Any, what: str) -> float:
+    # JSON has one number type: an integer is a float's value too (never a bool, nor NaN or
+    # an infinity, which JSON cannot say either).
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what}: expected a number")
+    return float(value)
 
 
 def _decode_str(value: Any, what: str) -> str:

@@ -104,3 +104,14 @@ def test_an_argument_declared_with_a_default_may_be_left_out():
     }
     with pytest.raises(asvirt.InvalidArgError, match="missing argument 'paused'"):
         protocol.decode_params(c, {"uuid": "u", "autodestroy": False})
+
+
+def test_a_float_argument_takes_any_json_number_and_nothing_else():
+    c = protocol.CALLS["domain_agent_command"]
+    base = {"uuid": "u", "command": "{}"}
+    assert protocol.decode_params(c, {**base, "timeout": 1})["timeout"] == 1.0
+    assert protocol.decode_params(c, {**base, "timeout": 0.5})["timeout"] == 0.5
+    assert protocol.decode_params(c, {**base, "timeout": None})["timeout"] is None
+    for bad in (True, "1", [1]):
+        with pytest.raises(asvirt.InvalidArgError, match="timeout"):
+            protocol.decode_params(c, {**base, "timeout": bad})

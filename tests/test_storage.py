@@ -357,7 +357,7 @@ async def test_a_running_domain_on_a_volume_is_taken_up_again(
     async with asvirt.open(uri) as conn:
         dom = await conn.lookup_by_name("vm1")
         assert await dom.is_active()
-        assert f"<source file='{vol.path}'/>" in await dom.xml_desc()
+        assert f"<source file='{vol.path}' index='1'/>" in await dom.xml_desc()
         blocks = await dom.qmp("query-block")
         assert [b["inserted"]["file"] for b in blocks if b.get("inserted")] == [vol.path]
         await dom.destroy()
