@@ -96,7 +96,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going between open and read
         return False
     return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
