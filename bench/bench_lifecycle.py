@@ -227,7 +227,7 @@ async def main(rounds: int, domains: int, domain_type: str | None, user: str) ->
         # QEMU's user must reach the guest and the serial files: a directory open to all.
         config = Config(qemu=QemuConfig(user=user))
         os.chmod(work, 0o755)
-        for name in ("vmlinuz", "initrd.gz", "VERSION"):
+        for name in ("vmlinuz", "initrd.cpio", "VERSION"):
             shutil.copy(guest.dir / name, work / name)
         guest = TestGuest(work)
     xml = guest.xml("bench", work / "bench.serial", domain_type=domain_type)

@@ -89,7 +89,7 @@ def open_dir() -> Iterator[Path]:
 @pytest.fixture
 def guest(test_guest: TestGuest, open_dir: Path) -> TestGuest:
     """The test guest, copied where QEMU's user can read it (root's, readable by all)."""
-    for name in ("vmlinuz", "initrd.gz", "VERSION"):
+    for name in ("vmlinuz", "initrd.cpio", "VERSION"):
         shutil.copy(test_guest.dir / name, open_dir / name)
         (open_dir / name).chmod(0o644)
     return TestGuest(open_dir)
