@@ -183,9 +183,28 @@ class SharedGuest:
         return self.serial.read_text(errors="replace").count(text) if self.serial.exists() else 0
 
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[tuple[asvirt.Connection, asvirt.Domain]]:
-        async with asvirt.open(embed_uri(self.root)) as conn:
-            yield conn, await conn.lookup_by_name("vm1")
+    async def connect(
+        self, **qemu: float
+    ) -> AsyncIterator[tuple[asvirt.Connection, asvirt.Domain]]:
+        """A connection of the test's own, and the guest on it. ``qemu``: ``[qemu]`` settings
+        of this connection's supervisor other than :data:`SHARED_GUEST_QEMU`'s
+        (``unplug_timeout=0.5``)."""
+        write_qemu_config(self.root, SHARED_GUEST_QEMU | qemu)
+        try:
+            async with asvirt.open(embed_uri(self.root)) as conn:
+                yield conn, await conn.lookup_by_name("vm1")
+        finally:
+            write_qemu_config(self.root, SHARED_GUEST_QEMU)
+
+
+#: The shared guest's supervisors' ``[qemu]`` settings. A guest under TCG on a loaded machine
+#: can take seconds to release a device: more than the default deadline, which only a test of
+#: that deadline needs to meet (it sets its own).
+SHARED_GUEST_QEMU = {"destroy_grace": 2.0, "qmp_timeout": 10.0, "unplug_timeout": 60.0}
+
+
+def write_qemu_config(root: Path, settings: dict[str, float]) -> None:
+    write_config(root, "[qemu]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
 
 
 @contextlib.contextmanager
@@ -194,9 +213,7 @@ def shared_guest(guest: TestGuest, base: Path, **kw: object) -> Iterator[SharedG
     tests (a module-scoped fixture's body, outside any test's event loop); destroy it after."""
     root = base / "root"
     root.mkdir(parents=True)
-    # A guest under TCG on a loaded machine can take seconds to release a device: more than
-    # the default deadline, which only a test of that deadline needs to meet.
-    write_config(root, "[qemu]\ndestroy_grace = 2.0\nqmp_timeout = 10.0\nunplug_timeout = 60\n")
+    write_qemu_config(root, SHARED_GUEST_QEMU)
     shared = SharedGuest(root, base / "vm1.serial")
 
     async def boot() -> None:
