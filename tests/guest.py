@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+import trio
 
 import asvirt
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .helpers import wait_for
+from .helpers import destroy_all, embed_uri, wait_for, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = Path(
@@ -148,16 +152,91 @@ async def define(
     return dom, serial
 
 
-async def wait_for_serial(path: Path, text: str = READY, *, timeout: float = 60) -> None:
-    """Wait until the guest has written ``text`` on its serial port (a file).
+async def wait_for_serial(
+    path: Path, text: str = READY, *, times: int = 1, timeout: float = 60
+) -> None:
+    """Wait until the guest has written ``text`` on its serial port (a file) ``times`` times
+    (``ASVIRT-DISK-add vda`` twice: a disk came back; the guest names disks in the order it
+    finds them, so the first disk of a diskless guest is vda, whatever its target).
 
     Polled: what the guest writes there is announced by no event.
     """
 
     def written() -> bool:
         try:
-            return text in path.read_text(errors="replace")
+            return path.read_text(errors="replace").count(text) >= times
         except FileNotFoundError:
             return False
 
     await wait_for(written, timeout=timeout, interval=0.05)
+
+
+class SharedGuest:
+    """One booted test guest (``vm1``) that the tests of a module share, since a TCG boot is
+    slow: it runs in an embed root of its own, and each test opens a connection of its own
+    (:meth:`connect`), whose supervisor re-attaches to it. A test leaves it as it found it.
+    """
+
+    def __init__(self, root: Path, serial: Path) -> None:
+        self.root = root
+        #: Its serial log: it keeps what earlier tests made the guest say (:meth:`said`).
+        self.serial = serial
+
+    def said(self, text: str) -> int:
+        """How many times the guest has written ``text`` so far (a test waits for one more:
+        ``wait_for_serial(serial, text, times=said + 1)``)."""
+        return self.serial.read_text(errors="replace").count(text) if self.serial.exists() else 0
+
+    @contextlib.asynccontextmanager
+    async def connect(
+        self, **qemu: float
+    ) -> AsyncIterator[tuple[asvirt.Connection, asvirt.Domain]]:
+        """A connection of the test's own, and the guest on it. ``qemu``: ``[qemu]`` settings
+        of this connection's supervisor other than :data:`SHARED_GUEST_QEMU`'s
+        (``unplug_timeout=0.5``)."""
+        write_qemu_config(self.root, SHARED_GUEST_QEMU | qemu)
+        try:
+            async with asvirt.open(embed_uri(self.root)) as conn:
+                yield conn, await conn.lookup_by_name("vm1")
+        finally:
+            write_qemu_config(self.root, SHARED_GUEST_QEMU)
+
+
+#: The shared guest's supervisors' ``[qemu]`` settings. A guest under TCG on a loaded machine
+#: can take seconds to release a device: more than the default deadline, which only a test of
+#: that deadline needs to meet (it sets its own).
+SHARED_GUEST_QEMU = {"destroy_grace": 2.0, "qmp_timeout": 10.0, "unplug_timeout": 60.0}
+
+
+def write_qemu_config(root: Path, settings: dict[str, float]) -> None:
+    write_config(root, "[qemu]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+
+
+@contextlib.contextmanager
+def shared_guest(guest: TestGuest, base: Path, **kw: object) -> Iterator[SharedGuest]:
+    """Boot the guest (``kw`` as for :meth:`TestGuest.xml`) under ``base`` for a module's
+    tests (a module-scoped fixture's body, outside any test's event loop); destroy it after."""
+    root = base / "root"
+    root.mkdir(parents=True)
+    write_qemu_config(root, SHARED_GUEST_QEMU)
+    shared = SharedGuest(root, base / "vm1.serial")
+
+    async def boot() -> None:
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.define_xml(guest.xml("vm1", shared.serial, **kw))  # type: ignore[arg-type]
+            try:
+                await dom.start()
+                await wait_for_serial(shared.serial, timeout=120)
+            except BaseException:
+                await destroy_all(conn)
+                raise
+
+    async def destroy() -> None:
+        async with asvirt.open(embed_uri(root)) as conn:
+            await destroy_all(conn)
+
+    trio.run(boot)
+    try:
+        yield shared
+    finally:
+        trio.run(destroy)

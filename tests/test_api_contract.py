@@ -855,6 +855,28 @@ async def test_devices_follow_live_and_config(api):
         await tvm.attach_device(nic, config=True)
 
 
+def _usb_input_types(xml: str) -> list[str]:
+    root = etree.fromstring(xml.encode())
+    return [el.get("type") for el in root.iterfind("devices/input[@bus='usb']")]
+
+
+async def test_usb_inputs_attach_and_detach_live_and_config(api):
+    dom = await api.define("vm1")
+    await dom.start(paused=True)
+    tablet = "<input type='tablet' bus='usb'/>"
+    await dom.attach_device(tablet, live=True, config=True)
+    await dom.attach_device("<input type='keyboard' bus='usb'/>")  # live only
+    assert _usb_input_types(await dom.xml_desc()) == ["tablet", "keyboard"]
+    assert _usb_input_types(await dom.xml_desc(inactive=True)) == ["tablet"]
+    async with api.conn.subscribe(dom, kinds={asvirt.EventKind.DEVICE_REMOVED}) as events:
+        assert await dom.detach_device(tablet, live=True, config=True) is True
+        await collect_until(events, lambda seen: bool(seen))
+    assert _usb_input_types(await dom.xml_desc()) == ["keyboard"]
+    assert _usb_input_types(await dom.xml_desc(inactive=True)) == []
+    with pytest.raises(asvirt.DeviceMissingError):
+        await dom.detach_device(tablet)
+
+
 async def test_volume_disks_attach_as_their_path_live_and_as_volumes_in_the_config(api):
     pool = await api.define_pool("p")
     await pool.create_volume_xml(vol_xml("v.qcow2", extra=QCOW2))

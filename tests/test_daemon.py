@@ -839,6 +839,38 @@ def test_fuzzed_messages_crash_nothing_and_disturb_no_vm(daemons, test_guest, tm
         done.call("domain_destroy", uuid=vm_uuid)
 
 
+async def test_a_client_older_than_an_event_kind_skips_it_and_goes_on(
+    daemons, test_guest, tmp_path, caplog, monkeypatch
+):
+    # The client is made older than the daemon: its codec no longer knows device-removed
+    # (as a client from before that kind was added). The daemon sends real events, over its
+    # real socket; the client skips the kind it does not know, warns once, and delivers the
+    # events after it.
+    import logging
+
+    from asvirt.events import codec
+
+    caplog.set_level(logging.WARNING, logger="asvirt")
+    old_kinds = {k: v for k, v in codec._KINDS.items() if k != "device-removed"}
+    monkeypatch.setattr(codec, "_KINDS", old_kinds)
+    daemon = daemons()
+    kinds = {asvirt.EventKind.LIFECYCLE, asvirt.EventKind.DEVICE_REMOVED}
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await start_paused(conn, test_guest, tmp_path)
+        async with conn.subscribe(dom, kinds=kinds) as events:
+            for n in (1, 2):
+                await dom.qmp("device_add", {"driver": "usb-tablet", "id": f"t{n}", "bus": "usb.0"})
+                await dom.qmp("device_del", {"id": f"t{n}"})
+            await dom.destroy()
+            with trio.fail_after(10):
+                ev = await events.receive()
+        assert ev.kind is asvirt.EventKind.LIFECYCLE
+        assert ev.type is asvirt.LifecycleEvent.STOPPED
+    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per kind, not per event
+    assert "device-removed" in warnings[0]
+
+
 # -- 5. keepalive, and clients that do not read ---------------------------------------------------
 
 INTERVAL = 0.3

@@ -1477,17 +1477,20 @@ def parse_panic(node: Node) -> Panic:
 # one device on its own (attach, detach, update)
 
 #: The devices that can be attached to, detached from or updated in a domain.
-HotplugDevice = Disk | Interface
+HotplugDevice = Disk | Interface | Input
 
 
 def parse_device_xml(text: str | bytes) -> HotplugDevice:
-    """Parse one device's XML (``<disk>`` or ``<interface>``), as ``attach_device`` takes it."""
+    """Parse one device's XML (``<disk>``, ``<interface>`` or ``<input>``), as
+    ``attach_device`` takes it."""
     root = parse_xml(text)
     if root.tag == "disk":
         return parse_disk(Node(root, ("devices", "disk")))
     if root.tag == "interface":
         return parse_interface(Node(root, ("devices", "interface")))
+    if root.tag == "input":
+        return parse_input(Node(root, ("devices", "input")))
     raise ConfigUnsupportedError(
         f"unsupported configuration: attaching, detaching or updating <{root.tag}> is not "
-        "supported (asvirt hotplugs <disk> and <interface>)"
+        "supported (asvirt hotplugs <disk>, <interface> and <input>)"
     )

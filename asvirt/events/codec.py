@@ -13,7 +13,11 @@ whose ``detail`` is ``None``). ``data`` is ``None`` or a
 JSON object. ``seq`` comes first so that a reader can pick it out of encoded JSON cheaply.
 
 :func:`event_from_dict` trusts nothing: it is what turns bytes from a disk or a socket back
-into events, so anything malformed is a :class:`ValueError` that says what is wrong.
+into events, so anything malformed is a :class:`ValueError` that says what is wrong. A
+well-formed event of a kind this code does not know (a newer daemon's) is an
+:class:`UnknownEventKindError`, a ValueError that carries the event's ``seq`` and ``kind``:
+the remote client skips such an event (one warning per kind) and counts it as delivered, so
+that an older client keeps working beside a newer daemon.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ _NETWORK_TYPES = {int(t): t for t in NetworkLifecycleEvent}
 _DETAILS = {(t, int(detail)): detail for t in LifecycleEvent for detail in t.details}
 # JSON nesting a record may have; deeper input is refused rather than recursed into.
 _MAX_DEPTH = 64
+
+
+class UnknownEventKindError(ValueError):
+    """A well-formed event whose kind this code does not know (sent by a newer daemon)."""
+
+    def __init__(self, kind: str, seq: int) -> None:
+        super().__init__(f"unknown event kind {kind!r} (known: {', '.join(_KINDS)})")
+        #: The unknown kind, as the daemon named it.
+        self.kind = kind
+        #: The event's sequence number (it was delivered, in order, only not understood).
+        self.seq = seq
 
 
 def event_to_dict(event: DomainEvent) -> dict[str, Any]:
@@ -62,8 +77,10 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
     """The event a dict from :func:`event_to_dict` (or its JSON round trip) describes.
 
     Raises :class:`ValueError` naming the problem for anything malformed: not a mapping,
-    missing or unknown keys, wrong types, an unknown kind, a lifecycle type or detail libvirt
-    does not define, a detail that does not belong to the type, data that is not JSON.
+    missing or unknown keys, wrong types, a lifecycle type or detail libvirt does not define,
+    a detail that does not belong to the type, data that is not JSON; and
+    :class:`UnknownEventKindError` for a kind this code does not know (checked after seq,
+    timestamp, domain and uuid, before what depends on the kind).
     """
     if not isinstance(d, Mapping):
         raise ValueError(f"an event must be a JSON object, not {type(d).__name__}")
@@ -85,8 +102,10 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
             raise ValueError(f"event {key} must be a string, not {d[key]!r}")
 
     kind_value = d["kind"]
-    if not isinstance(kind_value, str) or kind_value not in _KINDS:
+    if not isinstance(kind_value, str):
         raise ValueError(f"unknown event kind {kind_value!r} (known: {', '.join(_KINDS)})")
+    if kind_value not in _KINDS:
+        raise UnknownEventKindError(kind_value, seq)
     kind = _KINDS[kind_value]
 
     type_value = d["type"]

@@ -1010,9 +1010,11 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                     media = updated_media(current, dev)
                     if media.source != current.source or media.type != current.type:
                         await runtime.change_media(current, media)
-                else:
+                elif isinstance(current, Interface):
                     assert isinstance(dev, Interface)
                     await runtime.set_link(current, updated_link(current, dev))
+                else:
+                    apply_update(current, dev)  # refuses: nothing of an input can change
             if new_config is not None:
                 await self._store_config(obj, new_config)
 

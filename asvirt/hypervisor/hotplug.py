@@ -2,14 +2,16 @@
 hypervisor driver shares (libvirt's ``virDomainAttachDeviceFlags`` and friends).
 
 A device is matched as libvirt matches it: a disk by its target (``vdb``), an interface by
-its MAC address (or, when the XML names none, the domain's only interface). A new device
+its MAC address (or, when the XML names none, the domain's only interface), an input by its
+type and bus (and its USB port or alias, when the XML names one). A new device
 may not reuse a disk target or a MAC address; disks are kept in libvirt's order (by bus,
 then target), interfaces in the order they came.
 """
 
 from __future__ import annotations
 
-from ..conf.devices import Disk, HotplugDevice, Interface
+from ..conf.addresses import USBAddress
+from ..conf.devices import Disk, HotplugDevice, Input, Interface
 from ..conf.domain import DomainDef, clone_device, order_disks
 from ..errors import DeviceMissingError, OperationFailedError, OperationInvalidError
 
@@ -18,6 +20,8 @@ def describe(dev: HotplugDevice) -> str:
     """How messages name a device: ``disk 'vdb'``, ``interface 52:54:00:...``."""
     if isinstance(dev, Disk):
         return f"disk '{dev.target}'"
+    if isinstance(dev, Input):
+        return f"input '{dev.alias or dev.type}' ({dev.bus or 'no'} bus)"
     return f"interface {dev.mac}" if dev.mac else f"interface of type '{dev.type}'"
 
 
@@ -28,6 +32,8 @@ def find_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
             if disk.target == dev.target:
                 return disk
         raise DeviceMissingError(f"disk {dev.target} not found")
+    if isinstance(dev, Input):
+        return _find_input(defn, dev)
     if dev.mac is not None:
         for nic in defn.interfaces:
             if nic.mac == dev.mac:
@@ -44,26 +50,61 @@ def find_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
     )
 
 
+def _find_input(defn: DomainDef, dev: Input) -> Input:
+    port = dev.address.port if isinstance(dev.address, USBAddress) else None
+    found = [
+        inp
+        for inp in defn.inputs
+        if inp.type == dev.type
+        and inp.bus == dev.bus
+        and (not dev.user_alias or inp.alias == dev.alias)
+        and (port is None or (isinstance(inp.address, USBAddress) and inp.address.port == port))
+    ]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DeviceMissingError(f"matching input device not found ({describe(dev)})")
+    raise OperationFailedError(
+        f"the domain has {len(found)} {dev.type} inputs on the {dev.bus} bus: name one by its "
+        "<address type='usb' port=...> or its <alias name='ua-...'>"
+    )
+
+
 def check_new_device(defn: DomainDef, dev: HotplugDevice) -> None:
     """Refuse a device that would clash with one ``defn`` has (same target or MAC)."""
     if isinstance(dev, Disk):
         if any(disk.target == dev.target for disk in defn.disks):
             raise OperationInvalidError(f"target {dev.target} already exists")
-    elif dev.mac is not None and any(nic.mac == dev.mac for nic in defn.interfaces):
-        raise OperationInvalidError(f"MAC address {dev.mac} is already in use")
+    elif isinstance(dev, Interface) and dev.mac is not None:
+        if any(nic.mac == dev.mac for nic in defn.interfaces):
+            raise OperationInvalidError(f"MAC address {dev.mac} is already in use")
+    elif (
+        isinstance(dev, Input)
+        and dev.user_alias
+        and any(inp.alias == dev.alias for inp in defn.inputs)
+    ):
+        raise OperationInvalidError(f"a device called '{dev.alias}' already exists")
 
 
 def insert_device(defn: DomainDef, dev: HotplugDevice) -> None:
     """Add ``dev`` to ``defn`` where libvirt puts it."""
     if isinstance(dev, Disk):
         defn.disks = order_disks([*defn.disks, dev])
+    elif isinstance(dev, Input):
+        defn.inputs.append(dev)
     else:
         defn.interfaces.append(dev)
 
 
 def remove_device(defn: DomainDef, dev: HotplugDevice) -> None:
     """Take ``dev`` (one of ``defn``'s own device objects) out of ``defn``."""
-    items: list[Disk] | list[Interface] = defn.disks if isinstance(dev, Disk) else defn.interfaces
+    items: list[Disk] | list[Interface] | list[Input]
+    if isinstance(dev, Disk):
+        items = defn.disks
+    elif isinstance(dev, Input):
+        items = defn.inputs
+    else:
+        items = defn.interfaces
     for i, item in enumerate(items):
         if item is dev:
             del items[i]
@@ -116,6 +157,8 @@ def updated_link(current: Interface, new: Interface) -> str | None:
 
 def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
     """Make ``current`` (a definition's device) what update_device's ``new`` says."""
+    if isinstance(current, Input):
+        raise OperationInvalidError(f"{describe(current)}: an input device cannot be updated")
     if isinstance(current, Disk):
         assert isinstance(new, Disk)
         media = updated_media(current, new)

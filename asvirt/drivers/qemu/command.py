@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
-from ...conf.devices import Chardev, Controller, Disk, GraphicsListen, Interface, virtio_props
+from ...conf.devices import (
+    Chardev,
+    Controller,
+    Disk,
+    GraphicsListen,
+    Input,
+    Interface,
+    virtio_props,
+)
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
@@ -204,6 +212,17 @@ def interface_hotplug(defn: DomainDef, caps: QemuCapabilities, nic: Interface) -
     (:func:`netdev_id`) being there already."""
     props = _Builder(defn, caps, sandbox=False).interface_device(nic, netdev_id(nic))
     return {k: v for k, v in props.items() if v is not None}
+
+
+def usb_input_hotplug(defn: DomainDef, caps: QemuCapabilities, inp: Input) -> dict[str, Any]:
+    """What ``device_add`` takes to plug the USB input ``inp`` (prepared, part of ``defn``):
+    the device the command line would have."""
+    props = {"driver": USB_INPUT_DEVICES[inp.type], "id": inp.alias}
+    return _Builder(defn, caps, sandbox=False)._usb(props, inp.address, f"input {inp.alias}")
+
+
+#: The QEMU device of each USB ``<input type>``.
+USB_INPUT_DEVICES = {"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -917,10 +936,9 @@ class _Builder:
     def _hubs_and_inputs(self) -> None:
         for i, hub in enumerate(self.d.hubs):
             self.device(self._usb({"driver": "usb-hub", "id": hub.alias}, hub.address, f"hub {i}"))
-        usb_names = {"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}
         for i, inp in enumerate(self.d.inputs):
             if inp.bus == "usb":
-                props = {"driver": usb_names[inp.type], "id": inp.alias}
+                props = {"driver": USB_INPUT_DEVICES[inp.type], "id": inp.alias}
                 self.device(self._usb(props, inp.address, f"input {i}"))
             elif inp.type == "passthrough":
                 props = {"driver": "virtio-input-host-pci", "id": inp.alias, "evdev": inp.evdev}

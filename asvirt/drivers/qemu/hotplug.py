@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...conf.addresses import PCIAddress
-from ...conf.devices import Disk, HotplugDevice, Interface
+from ...conf.devices import Disk, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
 from ...errors import (
     AsvirtError,
@@ -40,7 +40,7 @@ from ...errors import (
 from ...events.types import EventKind
 from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
 from .capabilities import QemuCapabilities
-from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id
+from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id, usb_input_hotplug
 from .postparse import prepare_domain
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def prepare_with_device(
     work = defn.copy()
     insert_device(work, new)
     prepared = prepare_domain(work, caps, nvram_dir=nvram_dir)
-    added = _same_device(prepared, new)
+    added = _same_device(prepared, new, len(defn.inputs))
     if not live:
         return prepared, added
     before = {(c.type, c.index) for c in defn.controllers}
@@ -89,6 +89,14 @@ def prepare_with_device(
             "domain does not have: add the device to its configuration (config=True) and "
             "restart it, or attach it where a controller is"
         )
+    if len(prepared.hubs) > len(defn.hubs):
+        raise OperationUnsupportedError(
+            f"{describe(added)}: no free USB port, and a hub cannot be plugged in on its "
+            "behalf: detach a USB device, or add a hub to the configuration and restart"
+        )
+    # Inputs keep their place (the new one comes last): they keep QEMU's names too.
+    for inp, old_inp in zip(prepared.inputs, defn.inputs, strict=False):
+        inp.alias = old_inp.alias
     old_disks = {d.target: d for d in defn.disks}
     for disk in prepared.disks:
         old = old_disks.get(disk.target)
@@ -103,6 +111,12 @@ def prepare_with_device(
         added.node_index = 1 + max((d.node_index or 0 for d in defn.disks), default=0)
         if added.alias in {d.alias for d in defn.disks}:
             raise OperationInvalidError(f"a device called '{added.alias}' already exists")
+    elif isinstance(added, Input):
+        taken = {i.alias for i in defn.inputs}
+        if added.user_alias and added.alias in taken:
+            raise OperationInvalidError(f"a device called '{added.alias}' already exists")
+        if not added.user_alias:
+            added.alias = next(f"input{i}" for i in itertools.count() if f"input{i}" not in taken)
     elif not added.user_alias:
         taken = {n.alias for n in defn.interfaces}
         added.alias = next(f"net{i}" for i in itertools.count() if f"net{i}" not in taken)
@@ -123,6 +137,11 @@ UNPLUGGABLE_BUSES = ("ide", "sata")
 def check_pluggable(dev: HotplugDevice) -> None:
     """Refuse, before QEMU is asked, a device QEMU cannot plug in or out of a running guest
     (libvirt refuses these too): an IDE or SATA disk. Their CD-ROM media can change."""
+    if isinstance(dev, Input) and dev.bus != "usb":
+        raise OperationUnsupportedError(
+            f"{describe(dev)}: only USB input devices can be plugged into or out of a running "
+            "domain; change the configuration only"
+        )
     if isinstance(dev, Disk) and dev.bus in UNPLUGGABLE_BUSES:
         raise OperationUnsupportedError(
             f"disk '{dev.target}': QEMU cannot plug {dev.bus} disks into or out of a running "
@@ -131,9 +150,11 @@ def check_pluggable(dev: HotplugDevice) -> None:
         )
 
 
-def _same_device(defn: DomainDef, dev: HotplugDevice) -> HotplugDevice:
+def _same_device(defn: DomainDef, dev: HotplugDevice, inputs_before: int) -> HotplugDevice:
     if isinstance(dev, Disk):
         return next(d for d in defn.disks if d.target == dev.target)
+    if isinstance(dev, Input):
+        return defn.inputs[inputs_before]  # inputs keep their order: the new one is next
     return next(n for n in defn.interfaces if n.mac == dev.mac) if dev.mac else defn.interfaces[-1]
 
 
@@ -148,6 +169,14 @@ def media_node_names(disk: Disk) -> list[str]:
         names.append(f"libvirt-{disk.node_index}-format")
     names.append(f"libvirt-{disk.node_index}-storage")
     return names
+
+
+def _holder(qdev: str) -> str:
+    """The id of the device a block backend is attached to, from ``query-block``'s ``qdev``:
+    the id itself, or a QOM path below it (``/machine/peripheral/virtio-disk1/virtio-backend``:
+    a virtio-blk-pci's inner device, which has no id of its own)."""
+    prefix = "/machine/peripheral/"
+    return qdev[len(prefix) :].split("/")[0] if qdev.startswith(prefix) else qdev
 
 
 class HotplugOps:
@@ -166,6 +195,7 @@ class HotplugOps:
         _callbacks: RuntimeCallbacks
         _nursery: trio.Nursery | None
         _unplugs: dict[str, trio.Event]
+        _reported_gone: set[str]
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
@@ -193,9 +223,13 @@ class HotplugOps:
             security.apply(self._uuid)
         if isinstance(new, Disk):
             await self._plug_disk(prepared, caps, new)
+        elif isinstance(new, Input):
+            await self.execute("device_add", usb_input_hotplug(prepared, caps, new))
         else:
             await self._plug_interface(prepared, caps, new)
         insert_device(self._live_def, new)
+        if new.alias:
+            self._reported_gone.discard(new.alias)  # a new device of that name: its own events
         self._live_changed()
         self.log.info("device attached", operation="attach-device", device=new.alias)
 
@@ -273,41 +307,46 @@ class HotplugOps:
         self._callbacks.publish(EventKind.DEVICE_REMOVAL_FAILED, data={"device": alias})
         return False
 
-    def _device_deleted(self, event: dict[str, Any]) -> None:
-        """QEMU's DEVICE_DELETED: a device of the live definition is gone (called by the
-        pump before the event is published; must not block)."""
+    async def _device_deleted(self, event: dict[str, Any]) -> bool:
+        """QEMU's DEVICE_DELETED: a device of the live definition is gone. It leaves the live
+        XML and its backend is removed (its blockdev nodes, its netdev) before this returns,
+        so that whoever is told DEVICE_REMOVED (published by the pump once this returns, as
+        libvirt does after its cleanup) can at once plug the same file in again.
+
+        Called by the pump, which waits: events after this one are published after it, in
+        QEMU's order. False: the removal was already reported (by :meth:`_forget_unplugged`,
+        for a device QEMU had not yet finished with), and must not be again.
+        """
         alias = (event.get("data") or {}).get("device")
         if not alias:
-            return
+            return True
+        if alias in self._reported_gone:
+            self._reported_gone.discard(alias)
+            return False
         live = self._live_def
         disk = next((d for d in live.disks if d.alias == alias), None)
         nic = next((n for n in live.interfaces if n.alias == alias), None)
+        inp = next((i for i in live.inputs if i.alias == alias), None)
         if disk is not None:
             live.disks.remove(disk)
         elif nic is not None:
             live.interfaces.remove(nic)
+        elif inp is not None:
+            live.inputs.remove(inp)  # a USB input has no backend
         else:
-            return
+            return True
         self._live_changed()
         self.log.info("device removed", operation="detach-device", device=alias)
-        gone = self._unplugs.pop(alias, None)
-        if gone is None:  # removed without a detach being asked (or after it gave up)
-            gone = trio.Event()
-        if self._nursery is None:
-            gone.set()
-            return
-        self._nursery.start_soon(self._remove_backend, disk, nic, gone)
-
-    async def _remove_backend(
-        self, disk: Disk | None, nic: Interface | None, gone: trio.Event
-    ) -> None:
         try:
             if disk is not None:
                 await self._quietly_del_nodes(media_node_names(disk))
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
         finally:
-            gone.set()
+            gone = self._unplugs.pop(alias, None)
+            if gone is not None:
+                gone.set()
+        return True
 
     async def _quietly_del_nodes(self, names: Any) -> None:
         for name in names:
@@ -324,24 +363,37 @@ class HotplugOps:
 
     async def _forget_unplugged(self) -> None:
         """After a re-attach: devices QEMU removed while nobody watched (a guest released
-        one after its supervisor had gone) leave the live XML, reported as DEVICE_REMOVED."""
+        one after its supervisor had gone) leave the live XML, reported as DEVICE_REMOVED
+        once their backends are gone.
+
+        QEMU takes a device out of its tree at once but frees it (its block backend, then its
+        DEVICE_DELETED) only after an RCU grace period: a disk whose backend QEMU still holds
+        is left alone here, as its nodes could not be deleted yet ("in use"); its
+        DEVICE_DELETED is still to come, to this monitor too, and the pump handles it as any.
+        """
         try:
             children = await self._call("qom-list", {"path": "/machine/peripheral"})
+            blocks = await self._call("query-block")
         except (QMPError, OperationTimeoutError) as err:
             self.log.warning("cannot list QEMU's devices", error=str(err))
             return
         present = {c.get("name") for c in children if str(c.get("type", "")).startswith("child<")}
+        present |= {_holder(str(b["qdev"])) for b in blocks if b.get("qdev")}
         gone = [
             dev.alias
-            for dev in [*self._live_def.disks, *self._live_def.interfaces]
+            for dev in [*self._live_def.disks, *self._live_def.interfaces, *self._usb_inputs()]
             if dev.alias and dev.alias not in present
         ]
         for alias in gone:
-            done = self._unplugs[alias] = trio.Event()
-            self._device_deleted({"data": {"device": alias}})
             path = f"/machine/peripheral/{alias}"
+            await self._device_deleted({"data": {"device": alias}})
+            # A NIC's own DEVICE_DELETED may still come (QEMU frees the device object after
+            # its backend): it is this removal, already reported.
+            self._reported_gone.add(alias)
             self._callbacks.publish(EventKind.DEVICE_REMOVED, data={"device": alias, "path": path})
-            await done.wait()  # its backend is gone too before anyone is told the domain's state
+
+    def _usb_inputs(self) -> list[Input]:
+        return [i for i in self._live_def.inputs if i.bus == "usb"]
 
     # -- update ---------------------------------------------------------------------------------
 

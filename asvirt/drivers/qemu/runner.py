@@ -176,6 +176,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._watchers: list[tuple[frozenset[str], trio.MemorySendChannel[dict[str, Any]]]] = []
         #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
         self._unplugs: dict[str, trio.Event] = {}
+        self._reported_gone: set[str] = set()
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -790,10 +791,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
 
     async def _pump(self) -> None:
         async for event in self._event_recv:
-            if event.get("event") == "DEVICE_DELETED":
-                # Out of the live XML before DEVICE_REMOVED is published.
-                self._device_deleted(event)
-            self._handle(self.machine.on_qmp_event(event))
+            reaction = self.machine.on_qmp_event(event)
+            if event.get("event") == "DEVICE_DELETED" and not await self._device_deleted(event):
+                # Reported already, when a re-attach found it gone: not again.
+                reaction.events = [
+                    e for e in reaction.events if e.kind is not EventKind.DEVICE_REMOVED
+                ]
+            # Published after _device_deleted's cleanup: out of the live XML, backend gone.
+            self._handle(reaction)
             self._follow_devices(event)
             if event.get("event") == "VSERPORT_CHANGE":
                 data = event.get("data") or {}

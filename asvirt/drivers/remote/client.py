@@ -36,7 +36,7 @@ from ...errors import (
 )
 from ...events import DomainEvent, EventKind, Subscription
 from ...events.bus import DomainFilter
-from ...events.codec import event_from_dict
+from ...events.codec import UnknownEventKindError, event_from_dict
 from ...log import get_logger
 from ...rpc import wire
 from ...uri import ConnectURI
@@ -235,6 +235,8 @@ class RemoteDriver:
         self._sub_ids = itertools.count(1)
         #: The newest seq this client knows of (a cursor for subscriptions made while down).
         self._known_seq = 0
+        #: Event kinds a newer daemon sent that this client does not know (warned once each).
+        self._unknown_kinds: set[str] = set()
         self.reconnects = 0
 
     # -- the link -----------------------------------------------------------------------------
@@ -308,6 +310,21 @@ class RemoteDriver:
                 return
             try:
                 event = event_from_dict(params.get("event"))  # type: ignore[arg-type]
+            except UnknownEventKindError as err:
+                # A newer daemon's kind: skipped, but counted as delivered (a replay after a
+                # reconnect resumes after it). One warning per kind, not one per event.
+                if err.kind not in self._unknown_kinds:
+                    self._unknown_kinds.add(err.kind)
+                    log.warning(
+                        "the daemon sent events of a kind this client does not know; "
+                        "skipping them (a newer daemon: upgrade the client to receive them)",
+                        kind=err.kind,
+                        seq=err.seq,
+                    )
+                if rsub.cursor is None or err.seq > rsub.cursor:
+                    rsub.cursor = err.seq
+                self._known_seq = max(self._known_seq, err.seq)
+                return
             except ValueError as err:
                 log.warning("the daemon sent a malformed event", error=str(err))
                 return

@@ -565,11 +565,18 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         completed = with_device(self._live_def, dev)
         self._live_def.disks, self._live_def.interfaces = completed.disks, completed.interfaces
+        self._live_def.inputs = completed.inputs
 
     async def detach_device(self, dev: HotplugDevice) -> bool:
         await trio.lowlevel.checkpoint()
         remove_device(self._live_def, dev)
-        name = dev.alias or (dev.target if isinstance(dev, Disk) else dev.mac)
+        name: str | None
+        if isinstance(dev, Disk):
+            name = dev.alias or dev.target
+        elif isinstance(dev, Interface):
+            name = dev.alias or dev.mac
+        else:
+            name = dev.alias or dev.type
         self._callbacks.publish(EventKind.DEVICE_REMOVED, data={"device": name, "path": None})
         return True
 
