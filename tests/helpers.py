@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -145,6 +147,14 @@ def descendants(pid: int) -> list[int]:
         found += more
         todo += more
     return found
+
+
+def peer_pid(sock: Path) -> int:
+    """The pid of the process listening on the unix socket ``sock`` (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
 
 
 def qemu_pid(root: Path, name: str) -> int:
