@@ -95,6 +95,24 @@ def ensure_private_dir(
         os.chmod(path, mode)
 
 
+def make_parents(path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
+    """Create the missing directories above ``path`` (not ``path`` itself), each with
+    ``mode``; those that exist are left as they are.
+
+    For the XDG base directories a session daemon puts its own under (``$XDG_STATE_HOME``,
+    ``~/.config``...): the XDG spec has a missing one created with mode 0700, where
+    ``mkdir -p`` (``Path.mkdir(parents=True)``) would give the parents the umask's mode.
+    """
+    missing = []
+    parent = Path(path).parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, mode)
+
+
 def read_nofollow(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024) -> bytes:
     """The contents of a regular file, refusing a symlink planted at ``path`` (ELOOP).
 

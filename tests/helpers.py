@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,35 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def qemus_naming(markers: Iterable[str]) -> dict[str, list[int]]:
+    """The pids of live QEMU processes whose command line holds each of ``markers`` (UUIDs,
+    file paths); markers no QEMU holds are left out. From the process table alone, not from
+    what asvirt records, so that a test can check asvirt's view against it."""
+    wanted = list(markers)
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" not in cmdline or not pid_alive(int(entry)):
+            continue
+        for marker in wanted:
+            if marker.encode() in cmdline:
+                found.setdefault(marker, []).append(int(entry))
+    return found
+
+
+def peer_pid(sock: Path) -> int:
+    """The pid of the process listening on the unix socket ``sock`` (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
+
+
 def qemu_pid(root: Path, name: str) -> int:
     """The pid asvirt recorded for a running domain (from its status file)."""
     return int(_status(root, name)["pid"])
@@ -255,15 +286,19 @@ def dom(
     body: str = "",
     dtype: str = "qemu",
     arch: str = "x86_64",
-    machine: str = "pc",
+    machine: str | None = "pc",
+    uuid: str | None = DOM_UUID,
 ) -> str:
     """A small domain XML named vm1 (128 MiB, ``DOM_UUID``) with ``devices`` in <devices>
     and ``body`` (more elements: <cpu>, <clock>, <features>...) after <os>. Nothing boots it:
-    for the parser and the command line builder."""
+    for the parser and the command line builder. ``machine=None`` and ``uuid=None`` leave
+    them out (what a driver or the post-parse must fill in)."""
+    uuid_element = "" if uuid is None else f"<uuid>{uuid}</uuid>"
+    machine_attr = "" if machine is None else f" machine='{machine}'"
     return (
-        f"<domain type='{dtype}'><name>vm1</name><uuid>{DOM_UUID}</uuid>"
+        f"<domain type='{dtype}'><name>vm1</name>{uuid_element}"
         "<memory unit='MiB'>128</memory>"
-        f"<os><type arch='{arch}' machine='{machine}'>hvm</type></os>"
+        f"<os><type arch='{arch}'{machine_attr}>hvm</type></os>"
         f"{body}<devices>{devices}</devices></domain>"
     )
 

@@ -1105,6 +1105,72 @@ async def test_late_subscribers_can_replay(api):
         ]
 
 
+async def test_every_connection_sees_an_event_with_the_same_number(api):
+    # Events are numbered by the node, not per connection: a cursor means the same everywhere.
+    async with (
+        api.open() as other,
+        api.conn.subscribe(kinds=LC) as mine,
+        other.subscribe(kinds=LC) as theirs,
+    ):
+        dom = await api.define("vm1")
+        await (await other.lookup_by_name("vm1")).start(paused=True)
+        await dom.destroy()
+
+        def stopped(seen: list[asvirt.DomainEvent]) -> bool:
+            return ("STOPPED", "DESTROYED") in map(lifecycle, seen)
+
+        seen_mine = await collect_until(mine, stopped)
+        seen_theirs = await collect_until(theirs, stopped)
+    assert [(e.seq, lifecycle(e)) for e in seen_mine] == [
+        (e.seq, lifecycle(e)) for e in seen_theirs
+    ]
+    assert seen_mine == seen_theirs
+    assert [lifecycle(e) for e in seen_mine] == [
+        ("DEFINED", "ADDED"),
+        ("STARTED", "BOOTED"),
+        ("SUSPENDED", "PAUSED"),
+        ("STOPPED", "DESTROYED"),
+    ]
+
+
+async def test_replay_meets_live_events_with_no_gap_and_no_duplicate(api):
+    # A subscriber replays the node's history from the start while events keep coming:
+    # every number once, in order, none missing where the replay ends and live events begin.
+    dom = await api.define("vm1")
+    await dom.start(paused=True)
+    rounds = 30
+    async with api.conn.subscribe(kinds=LC) as watch:
+        done = trio.Event()
+
+        async def publish() -> None:
+            for _ in range(rounds):
+                await dom.resume()
+                await dom.suspend()
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish)
+            # Subscribe in the middle of it: after the first few events are out.
+            await collect_until(watch, lambda seen: len(seen) >= 4)
+            every_kind = set(asvirt.EventKind) - {asvirt.EventKind.QMP}
+            async with api.conn.subscribe(kinds=every_kind, since=0) as late:
+                await done.wait()
+
+                def all_in(seen: list[asvirt.DomainEvent]) -> bool:
+                    told = [lifecycle(e) for e in seen if e.domain == "vm1"]
+                    return told.count(("SUSPENDED", "PAUSED")) == rounds + 1
+
+                got = await collect_until(late, all_in, timeout=30)
+    seqs = [e.seq for e in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap or a duplicate"
+    assert seqs[0] == 1 or got[0].kind is asvirt.EventKind.GAP
+    assert [lifecycle(e) for e in got if e.domain == "vm1"][-2 * rounds :] == [
+        ("RESUMED", "UNPAUSED"),
+        ("SUSPENDED", "PAUSED"),
+    ] * rounds
+    await dom.destroy()
+
+
 # -- a user's script ----------------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from asvirt.drivers.qemu.process import find_qemus
 
 from .daemon import Daemon, session_daemon, session_runtime_dir
 from .guest import REPO, paused_xml
-from .helpers import collect_until, embed_uri, lifecycle, lifecycle_until
+from .helpers import collect_until, embed_uri, lifecycle, lifecycle_until, peer_pid
 
 pytestmark = [pytest.mark.qemu]
 
@@ -99,14 +98,6 @@ def test_qemu_session_from_asyncio_starts_the_session_daemon(tmp_path, monkeypat
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)  # our child: it was spawned by this process
         shutil.rmtree(runtime, ignore_errors=True)
-
-
-def peer_pid(sock: Path) -> int:
-    """The pid of the process listening on ``sock`` (SO_PEERCRED)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock))
-        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[0])
 
 
 def test_an_asyncio_program_uses_networks_pools_and_volumes_with_progress(daemon, tmp_path):

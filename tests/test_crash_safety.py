@@ -25,7 +25,7 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.process import find_qemus
 
 from .guest import PAUSED_DOMAIN_TYPE, REPO, TestGuest
-from .helpers import embed_uri
+from .helpers import embed_uri, qemus_naming
 
 pytestmark = [pytest.mark.qemu]
 
@@ -66,27 +66,34 @@ async def test_a_supervisor_killed_at_random_points_loses_nothing(
     rng = random.Random(seed)
     xml_dir = tmp_path / "xml"
     xml_dir.mkdir()
-    for i in range(3):
-        name = f"c{i}"
+    names = [f"c{i}" for i in range(3)]
+    for name in names:
         (xml_dir / f"{name}.xml").write_text(
             test_guest.xml(name, tmp_path / f"{name}.serial", domain_type=PAUSED_DOMAIN_TYPE)
         )
-    ops = 0
+    ops = while_opening = 0
     try:
         for _ in range(KILLS):
             argv = [sys.executable, "-m", "tests.crash_supervisor", str(root), str(xml_dir)]
             argv.append(str(rng.randrange(1 << 30)))
             # One kill in five lands while the root is being opened (and recovered).
             during_open = rng.random() < 0.2
+            while_opening += during_open
             done = await run_and_kill(argv, during_open=during_open, after=rng.random() * 0.9)
             ops += len(done)
-        print(f"{KILLS} kills, {ops} operations completed between them")
+        print(f"{KILLS} kills ({while_opening} while opening), {ops} operations between them")
         assert ops >= KILLS // 2  # the kills landed in the middle of work, not before it
 
         async with asvirt.open(embed_uri(root)) as conn:
             active = {d.uuid: d for d in await conn.list_all_domains(active=True)}
             running = find_qemus(str(root))
             assert {u: len(q) for u, q in running.items()} == dict.fromkeys(active, 1)
+            # The same from the process table alone (not asvirt's own way of finding them):
+            # every QEMU writing to one of these serial files is an active domain's.
+            seen = qemus_naming(str(tmp_path / f"{name}.serial") for name in names)
+            assert {Path(s).stem: len(pids) for s, pids in seen.items()} == {
+                d.name: 1 for d in active.values()
+            }
             for dom in active.values():
                 status = await dom.qmp("query-status")
                 assert QEMU_STATES[status["status"]] is (await dom.state())[0], dom.name

@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -34,13 +35,14 @@ from asvirt import DomainState as S
 from asvirt import fsutil, protocol
 from asvirt.rpc import wire
 
-from .daemon import Daemon
+from .daemon import Daemon, session_runtime_dir
 from .guest import REPO, TestGuest, paused_xml, wait_for_serial
 from .helpers import (
     collect_until,
     embed_uri,
     lifecycle,
     lifecycle_until,
+    peer_pid,
     pid_alive,
     qemu_pid,
     wait_for,
@@ -1176,3 +1178,38 @@ async def test_high_priority_calls_do_not_wait_behind_a_hung_qemu(daemons, test_
         finally:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGCONT)
+
+
+async def test_the_session_daemon_starts_in_a_home_with_no_xdg_directories(tmp_path, monkeypatch):
+    # A fresh account: no ~/.config, ~/.cache, and $XDG_STATE_HOME / $XDG_RUNTIME_DIR set
+    # to directories whose parents do not exist yet either.
+    home = tmp_path / "home"
+    runtime = session_runtime_dir(tmp_path) / "user" / "1000"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "var" / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    sock = runtime / "asvirt" / "asvirt-sock"
+    try:
+        async with asvirt.open("qemu:///session") as conn:  # starts asvirtd --session
+            assert await conn.list_all_domains() == []
+        # What was missing was made, private to the user (XDG: mode 0700).
+        for made in (
+            home,
+            home / ".config",
+            home / ".cache",
+            tmp_path / "var",
+            tmp_path / "var" / "state",
+            tmp_path / "var" / "state" / "asvirt",
+            runtime.parent,
+            runtime,
+        ):
+            assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+        assert (tmp_path / "var" / "state" / "asvirt" / "lib" / "events").is_dir()
+    finally:
+        if sock.exists():
+            pid = peer_pid(sock)
+            os.kill(pid, signal.SIGTERM)
+            await trio.to_thread.run_sync(os.waitpid, pid, 0)  # our child: the client spawned it
+        shutil.rmtree(runtime.parent.parent, ignore_errors=True)

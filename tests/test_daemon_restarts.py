@@ -8,6 +8,7 @@ journal: every event, in order, none twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -92,6 +93,11 @@ async def test_killing_the_daemon_loses_no_vm_and_no_event(daemon, root, test_gu
                 (ev.kind.value, ev.domain, ev.type.name if ev.type else None) for ev in journal
             ]
             assert len([r for r in seen if r["kind"] == "lifecycle"]) >= 2 * KILLS
+            # Each daemon re-attached without telling again what the one before had told:
+            # a VM's lifecycle events alternate (suspend, resume), never one twice in a row.
+            for dom in doms:
+                told = [ev.type for ev in journal if ev.domain == dom.name and ev.type]
+                assert all(a is not b for a, b in itertools.pairwise(told)), (dom.name, told)
             for dom in doms:
                 await dom.destroy()
         assert all(not pid_alive(pid) for pid in pids.values())

@@ -326,6 +326,28 @@ async def test_memory_journal_keeps_the_newest():
         j.append(lifecycle(6))
 
 
+def test_last_lifecycle_per_domain_within_the_window():
+    j = MemoryJournal(capacity=100)
+    other = "00000000-0000-4000-8000-000000000001"
+    stopped = {"type": LifecycleEvent.STOPPED, "detail": StoppedDetail.DESTROYED}
+    reboot = {"kind": EventKind.REBOOT, "type": None, "detail": None}
+    for seq, changes in [
+        (1, {}),
+        (2, {"uuid": other}),
+        (3, stopped),
+        (4, reboot),  # not a lifecycle event: not what subscribers were last told
+        (5, {"uuid": "someone-else"}),
+    ]:
+        j.append(dataclasses.replace(lifecycle(seq), **changes))
+    found = journal_module.last_lifecycle(j, [UUID, other, "never-seen"])
+    assert {u: e.seq for u, e in found.items()} == {UUID: 3, other: 2}
+    assert found[UUID].type is LifecycleEvent.STOPPED
+    # Only the newest events are looked at: a domain told nothing lately is left out.
+    assert journal_module.last_lifecycle(j, [UUID, other], window=3) == {UUID: found[UUID]}
+    assert journal_module.last_lifecycle(j, []) == {}
+    assert journal_module.last_lifecycle(MemoryJournal(), [UUID]) == {}
+
+
 # -- FileJournal: the basics -----------------------------------------------------------------------
 
 

@@ -24,24 +24,9 @@ import trio
 import asvirt
 
 from .guest import REPO, TestGuest
-from .helpers import embed_uri, pid_alive, wait_for
+from .helpers import embed_uri, qemus_naming, wait_for
 
 pytestmark = [pytest.mark.qemu]
-
-
-def qemus_naming(uuid: str) -> list[int]:
-    """Live QEMU processes whose command line names ``uuid`` (ours or anyone's)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and uuid.encode() in cmdline and pid_alive(int(entry)):
-            found.append(int(entry))
-    return found
 
 
 def log_lines(path: Path) -> int:
@@ -119,11 +104,11 @@ async def test_an_agent_killed_at_random_points_sees_every_event_once(
             # And the root sees every QEMU there is for its domain.
             dom = await conn.lookup_by_name("agentvm")
             active = await dom.is_active()
-            assert len(qemus_naming(uuid)) == (1 if active else 0)
+            assert len(qemus_naming([uuid]).get(uuid, [])) == (1 if active else 0)
             if active:
                 await dom.destroy()
     finally:
         # Whatever happened, no QEMU of this test outlives it.
-        for pid in qemus_naming(uuid):
+        for pid in qemus_naming([uuid]).get(uuid, []):
             os.kill(pid, signal.SIGKILL)
-    assert qemus_naming(uuid) == []
+    assert qemus_naming([uuid]).get(uuid, []) == []

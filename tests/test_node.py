@@ -78,3 +78,31 @@ async def test_autostart_domains_start_once_per_boot_when_asked(root, test_guest
     # The host has not booted since: a domain the user stopped stays stopped.
     async with asvirt.open(embed_uri(root) + "&autostart=1") as conn:
         assert not await (await conn.lookup_by_name("vm1")).is_active()
+
+
+async def test_a_cursor_older_than_the_journal_keeps_starts_with_a_gap(root, test_guest, tmp_path):
+    # Small segments, few of them kept, few events cached: the oldest events go to disk and
+    # then away, while the VM changes state.
+    write_config(root, "[journal]\nsegment_bytes = 2048\nretain_bytes = 6144\ncache_events = 4\n")
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom, _ = await define(conn, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE)
+        await dom.start(paused=True)
+        for _ in range(40):
+            await dom.resume()
+            await dom.suspend()
+        await dom.destroy()
+    # Another node on the root (as after a restart): numbering and retention come from disk.
+    async with asvirt.open(embed_uri(root)) as conn, conn.subscribe(kinds=LC, since=0) as events:
+        with trio.fail_after(5):
+            gap = await events.receive()
+            rest = [await events.receive()]
+            while lifecycle(rest[-1]) != ("STOPPED", "DESTROYED"):
+                rest.append(await events.receive())
+        assert events.pending() == 0
+    assert gap.kind is asvirt.EventKind.GAP
+    assert gap.data is not None and gap.data["first"] == 1
+    assert rest[0].seq == gap.data["last"] + 1  # the first event kept follows the gap at once
+    assert [e.seq for e in rest] == list(range(rest[0].seq, rest[-1].seq + 1))
+    assert rest[-1].seq == 2 + 2 * 40 + 1 + 1  # every event of the node was numbered once
+    assert len(rest) < 40, "retention kept everything: the test proves nothing"
+    assert gap.describe() == f"event 'gap': events 1-{gap.data['last']} are no longer retained"

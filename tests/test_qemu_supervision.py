@@ -19,6 +19,7 @@ from asvirt.drivers.qemu import process
 from .contract import drain
 from .guest import paused_xml
 from .helpers import (
+    collect_until,
     embed_uri,
     lifecycle,
     monitor_path,
@@ -105,6 +106,51 @@ async def test_changes_while_nobody_watched_are_reported(root, fast_config, test
         pauses = await conn.lookup_by_name("pauses")
         assert (await pauses.state())[0] is S.PAUSED
         await pauses.destroy()
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "paused by another tool"])
+async def test_reattach_journals_only_what_changed_since_the_last_event(
+    root, fast_config, test_guest, tmp_path, meanwhile
+):
+    # A supervisor writes a domain's status file after it journals the event (the journal
+    # first: a subscriber must never miss what the file says). Killed in between, it leaves
+    # a status one transition behind the journal: here, "paused" after RESUMED was journaled.
+    status = root / "run" / "qemu" / "vm.status"
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "vm"))
+        await dom.start(paused=True)
+        stale = status.read_bytes()
+        async with conn.subscribe(dom, kinds={LC}) as events:
+            await dom.resume()
+            assert lifecycle(await events.receive()) == ("RESUMED", "UNPAUSED")
+    status.write_bytes(stale)  # what the killed supervisor left
+    if meanwhile != "nothing":
+        await raw_qmp(monitor_path(root, "vm"), {"execute": "stop"})
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("vm")
+        try:
+            async with conn.subscribe(kinds={LC}, since=0) as events:
+                await conn.define_xml(paused_xml(test_guest, tmp_path, "marker"))
+                told = await collect_until(events, lambda seen: marker_in(seen))
+            # Subscribers were told RESUMED: a re-attach repeats none of it, and journals
+            # only what happened while nobody watched.
+            assert [lifecycle(ev) for ev in told if ev.domain == "vm"] == [
+                ("DEFINED", "ADDED"),
+                ("STARTED", "BOOTED"),
+                ("SUSPENDED", "PAUSED"),
+                ("RESUMED", "UNPAUSED"),
+                *([] if meanwhile == "nothing" else [("SUSPENDED", "PAUSED")]),
+            ]
+            if meanwhile == "nothing":
+                assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
+            else:
+                assert (await dom.state())[0] is S.PAUSED
+        finally:
+            await dom.destroy()
+
+
+def marker_in(seen: list[asvirt.DomainEvent]) -> bool:
+    return any(ev.domain == "marker" for ev in seen)
 
 
 async def pause_with_raw_qmp(monitor: Path) -> None:

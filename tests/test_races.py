@@ -21,7 +21,7 @@ import asvirt
 from asvirt import DomainState as S
 
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest
-from .helpers import embed_uri, pid_alive
+from .helpers import embed_uri, qemus_naming
 
 pytestmark = [pytest.mark.qemu]
 
@@ -32,24 +32,6 @@ NAMES = ("r0", "r1", "r2", "r3")
 
 #: How QEMU's run state reads as a domain state (query-status -> DomainState).
 QEMU_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "prelaunch": S.PAUSED}
-
-
-def qemus_for(uuids: set[str]) -> Counter[str]:
-    """Live QEMU processes per UUID among ``uuids`` (from the process table)."""
-    found: Counter[str] = Counter()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" not in cmdline or not pid_alive(int(entry)):
-            continue
-        for uuid in uuids:
-            if uuid.encode() in cmdline:
-                found[uuid] += 1
-    return found
 
 
 async def test_random_interleavings_lose_no_qemu(
@@ -114,14 +96,14 @@ async def test_random_interleavings_lose_no_qemu(
                     nursery.start_soon(worker)
         print(f"outcomes: {dict(outcomes)}")
         active = {d.uuid: d for d in await conn.list_all_domains(active=True)}
-        running = qemus_for(uuids)
+        running = qemus_naming(uuids)
         try:
             assert not foreign, "foreign exceptions:\n" + "\n".join(
                 "".join(traceback.format_exception(err)) for err in foreign[:3]
             )
             # The table, QEMU and the process table agree.
             assert set(running) == set(active), (running, active)
-            assert all(n == 1 for n in running.values()), running
+            assert all(len(pids) == 1 for pids in running.values()), running
             for dom in active.values():
                 state, _ = await dom.state()
                 status = await dom.qmp("query-status")
@@ -129,4 +111,4 @@ async def test_random_interleavings_lose_no_qemu(
         finally:
             for dom in active.values():
                 await dom.destroy()
-    assert qemus_for(uuids) == Counter()
+    assert qemus_naming(uuids) == {}

@@ -35,6 +35,7 @@ from asvirt.drivers.qemu.statemachine import (
 )
 from asvirt.events.types import (
     CrashedDetail,
+    DefinedDetail,
     EventDetail,
     EventKind,
     LifecycleEvent,
@@ -1745,3 +1746,84 @@ def test_a_guest_saved_or_halted_by_a_snapshot_stops_so(cause, detail, reason):
     m = paused()
     m.begin_stop(cause)
     assert DomainStateMachine.restore(m.snapshot()).exited()[0] == reason
+
+
+# -- restore from a status file that lags behind the journal -------------------------------------
+
+RESUMED_TOLD = (LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED)
+SUSPENDED_TOLD = (LifecycleEvent.SUSPENDED, SuspendedDetail.PAUSED)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "told", "status", "after", "published"),
+    [
+        # Told RESUMED, the status still says paused, QEMU runs: nothing new to tell.
+        (S.PAUSED, RESUMED_TOLD, "running", (S.RUNNING, RunningReason.UNPAUSED), []),
+        # ... and QEMU was paused again while nobody watched: that pause is news.
+        (
+            S.PAUSED,
+            RESUMED_TOLD,
+            "paused",
+            (S.PAUSED, PausedReason.USER),
+            [life(LifecycleEvent.SUSPENDED, SuspendedDetail.PAUSED)],
+        ),
+        # Told STARTED (the status was written just before the boot's cont).
+        (
+            S.PAUSED,
+            (LifecycleEvent.STARTED, StartedDetail.BOOTED),
+            "running",
+            (S.RUNNING, RunningReason.BOOTED),
+            [],
+        ),
+        # Told SUSPENDED, the status still says running, QEMU is paused: nothing new.
+        (S.RUNNING, SUSPENDED_TOLD, "paused", (S.PAUSED, PausedReason.USER), []),
+        (
+            S.RUNNING,
+            (LifecycleEvent.SUSPENDED, SuspendedDetail.IOERROR),
+            "io-error",
+            (S.PAUSED, PausedReason.IOERROR),
+            [],
+        ),
+        # ... and resumed meanwhile: that is news.
+        (
+            S.RUNNING,
+            SUSPENDED_TOLD,
+            "running",
+            (S.RUNNING, RunningReason.UNPAUSED),
+            [life(LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED)],
+        ),
+        # The status agrees with what was told: as without it.
+        (S.RUNNING, RESUMED_TOLD, "running", (S.RUNNING, RunningReason.BOOTED), []),
+    ],
+)
+def test_restore_starts_from_what_subscribers_were_last_told(
+    recorded: DomainState,
+    told: tuple[LifecycleEvent, EventDetail],
+    status: str,
+    after: tuple[DomainState, StateReason],
+    published: list[Published],
+) -> None:
+    reason = RunningReason.BOOTED if recorded is S.RUNNING else PausedReason.USER
+    m = DomainStateMachine.restore(MachineSnapshot(int(recorded), int(reason)), told=told)
+    assert seen(m.reconcile(status, status == "running", attaching=True)) == Seen(published, None)
+    assert state_of(m) == after
+
+
+@pytest.mark.parametrize(
+    "told",
+    [
+        (LifecycleEvent.STOPPED, StoppedDetail.DESTROYED),
+        (LifecycleEvent.DEFINED, DefinedDetail.ADDED),
+        (LifecycleEvent.SHUTDOWN, ShutdownDetail.FINISHED),
+    ],
+)
+def test_restore_ignores_what_is_not_a_pause_or_a_run(told: tuple[LifecycleEvent, EventDetail]):
+    snapshot = MachineSnapshot(int(S.PAUSED), int(PausedReason.USER))
+    m = DomainStateMachine.restore(snapshot, told=told)
+    assert state_of(m) == (S.PAUSED, PausedReason.USER)
+
+
+def test_restore_of_a_stopping_machine_ignores_what_was_told() -> None:
+    snapshot = MachineSnapshot(int(S.PAUSED), int(PausedReason.USER), stop_cause="destroyed")
+    m = DomainStateMachine.restore(snapshot, told=RESUMED_TOLD)
+    assert state_of(m) == (S.PAUSED, PausedReason.USER) and m.destroying

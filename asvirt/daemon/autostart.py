@@ -4,10 +4,12 @@ does): locally (the unix transport), or on the far host (``asvirtd --stdio-bridg
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from .. import fsutil
 from . import layout
 
 #: Seconds a started session daemon may take to listen.
@@ -22,8 +24,9 @@ def session_log() -> Path:
 def spawn_session_daemon() -> None:
     """Start ``asvirtd --session`` in a session of its own, detached from this process."""
     log_path = session_log()
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(log_path, "ab") as log_file:
+    fsutil.make_parents(log_path)  # $XDG_RUNTIME_DIR/asvirt, and what is missing above it
+    # Not following a link planted at the log's name (fsutil.open_private_append).
+    with os.fdopen(fsutil.open_private_append(log_path), "ab") as log_file:
         subprocess.Popen(
             [sys.executable, "-m", "asvirt.daemon", "--session"],
             stdin=subprocess.DEVNULL,

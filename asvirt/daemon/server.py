@@ -19,7 +19,7 @@ from ..drivers.local import invoke
 from ..drivers.network.model import DEFAULT_NETWORK_XML
 from ..drivers.qemu.driver import open_qemu_node
 from ..drivers.qemu.paths import EmbedPaths
-from ..errors import AsvirtError, SystemCallError
+from ..errors import AsvirtError, NoConnectError, SystemCallError
 from ..events import EventKind, LifecycleEvent
 from ..hypervisor.node import Node
 from ..log import get_logger
@@ -114,6 +114,12 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the node, listen, serve; returns once stopped and the node is closed."""
         paths = EmbedPaths(self.layout.root, self.layout.tops)
+        try:
+            # A fresh home may lack the XDG directories the session's own go under.
+            for directory in (self.layout.root, *(top for _, top in self.layout.tops)):
+                fsutil.make_parents(directory)
+        except OSError as err:
+            raise NoConnectError(f"cannot create '{err.filename}': {err.strerror}") from None
         # The daemon is what starts autostart domains (and networks, pools) after a boot.
         lease = await open_qemu_node(paths, self.node_config, autostart=True)
         node = lease.node
@@ -129,7 +135,8 @@ class Server:
             else:
                 for path in (self.layout.socket, self.layout.socket_ro):
                     if path is not None and not path.parent.exists():
-                        path.parent.mkdir(parents=True, mode=0o700)
+                        fsutil.make_parents(path.parent)
+                        path.parent.mkdir(mode=0o700)
                 rw = bind_socket(self.layout.socket, 0o600)
                 listeners.append((rw, False, self.layout.socket))
                 if self.layout.socket_ro is not None:

@@ -69,7 +69,7 @@ import re
 import stat
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -84,7 +84,7 @@ from ..errors import (
 )
 from ..log import get_logger
 from .codec import event_from_dict, event_to_dict
-from .types import DomainEvent
+from .types import DomainEvent, EventKind
 
 log = get_logger("asvirt.journal")
 
@@ -161,6 +161,29 @@ def _check_next(journal: Journal, event: DomainEvent, closed: bool) -> None:
         raise InvalidArgError(
             f"journal append out of order: seq {event.seq} after {journal.last_seq}"
         )
+
+
+def last_lifecycle(
+    journal: Journal, uuids: Collection[str], *, window: int = 4096
+) -> dict[str, DomainEvent]:
+    """The newest lifecycle event of each domain of ``uuids`` among the journal's newest
+    ``window`` events (what subscribers were last told about it), by UUID; a domain with
+    none in the window is left out. The window keeps this cheap at open: a file journal
+    serves its newest events from memory."""
+    found: dict[str, DomainEvent] = {}
+    wanted = set(uuids)
+    if not wanted:
+        return found
+    start = max(journal.first_seq - 1, journal.last_seq - window)
+    while True:
+        batch = journal.read(start, min(window, 1024))
+        if not batch:
+            break
+        for ev in batch:
+            if ev.kind is EventKind.LIFECYCLE and ev.uuid in wanted and ev.type is not None:
+                found[ev.uuid] = ev
+        start = batch[-1].seq
+    return found
 
 
 class MemoryJournal:

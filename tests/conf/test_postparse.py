@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -11,14 +12,11 @@ from asvirt.conf.addresses import PCIAddress
 from asvirt.conf.domain import DomainDef, parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
+from tests import helpers
 from tests.caps import CONFORMANCE
 
-
-def dom(devices: str = "", body: str = "", *, arch: str = "x86_64") -> str:
-    return (
-        f"<domain type='qemu'><name>vm1</name><memory unit='MiB'>128</memory>{body}"
-        f"<os><type arch='{arch}'>hvm</type></os><devices>{devices}</devices></domain>"
-    )
+#: The shared test domain as a user might write it: no machine, no UUID.
+dom = functools.partial(helpers.dom, machine=None, uuid=None)
 
 
 def post(xml: str) -> DomainDef:

@@ -41,8 +41,8 @@ from ...errors import (
     SystemCallError,
     XMLError,
 )
-from ...events import EventKind, LifecycleEvent, StoppedDetail
-from ...events.journal import FileJournal, MemoryJournal
+from ...events import DomainEvent, EventDetail, EventKind, LifecycleEvent, StoppedDetail
+from ...events.journal import FileJournal, MemoryJournal, last_lifecycle
 from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
@@ -339,6 +339,12 @@ class QemuBackend:
             return ShutoffReason.UNKNOWN
 
 
+def _lifecycle_of(ev: DomainEvent | None) -> tuple[LifecycleEvent, EventDetail] | None:
+    if ev is None or not isinstance(ev.type, LifecycleEvent) or ev.detail is None:
+        return None
+    return ev.type, ev.detail
+
+
 class QemuNode(Node):
     """One embed root, supervised by this process."""
 
@@ -459,13 +465,15 @@ class QemuNode(Node):
             # All of them before any domain is re-attached or found gone: a file is given
             # back to its owner only when no domain holds it any more.
             self.security.adopt(record.uuid, record.chowned)
+        # What subscribers were last told about each: a status file may lag behind it.
+        told = last_lifecycle(self.journal, [r.uuid for r in records])
         for record in records:
             found = running.get(record.uuid, [])
             if record.pid is None and found:
                 # Spawned, but the supervisor died before it could write down the pid.
                 record.pid = found[0].pid
             running[record.uuid] = [q for q in found if q.pid != record.pid]
-            await self._reattach(record)
+            await self._reattach(record, told.get(record.uuid))
         for qemus in running.values():
             for qemu in qemus:
                 await self._end_unrecorded(qemu)
@@ -475,7 +483,7 @@ class QemuNode(Node):
         if self.autostart and first_open_since_boot(self.paths.run_dir / "autostarted"):
             await self.domains.autostart_all()
 
-    async def _reattach(self, record: StatusRecord) -> None:
+    async def _reattach(self, record: StatusRecord, told: DomainEvent | None) -> None:
         obj = self.table.find(record.uuid)
         try:
             live_def = parse_prepared_xml(record.live_xml, live=True)
@@ -511,7 +519,7 @@ class QemuNode(Node):
         )
         obj.runtime = runner
         try:
-            await runner.attach(record)
+            await runner.attach(record, told=_lifecycle_of(told))
         except (AsvirtError, OSError) as err:
             # The runner has reported the domain as stopped.
             log.info(

@@ -54,7 +54,9 @@ from ...errors import (
 from ...events.types import (
     AgentLifecycleReason,
     AgentLifecycleState,
+    EventDetail,
     EventKind,
+    LifecycleEvent,
     SuspendedDetail,
 )
 from ...hypervisor.domain_driver import RuntimeCallbacks
@@ -214,9 +216,15 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._origin = origin
         await self._env.nursery.start(functools.partial(self._run, RunMode.LAUNCH, paused=paused))
 
-    async def attach(self, record: StatusRecord) -> None:
-        """Take over the QEMU a previous supervisor left (raises if it is gone meanwhile)."""
-        self.machine = DomainStateMachine.restore(record.machine, disk_for_node=self._disk_for_node)
+    async def attach(
+        self, record: StatusRecord, *, told: tuple[LifecycleEvent, EventDetail] | None = None
+    ) -> None:
+        """Take over the QEMU a previous supervisor left (raises if it is gone meanwhile);
+        ``told``: the domain's last lifecycle event in the journal (see
+        :meth:`DomainStateMachine.restore`)."""
+        self.machine = DomainStateMachine.restore(
+            record.machine, disk_for_node=self._disk_for_node, told=told
+        )
         await self._env.nursery.start(functools.partial(self._run, RunMode.ATTACH, record=record))
 
     async def suspend(self) -> None:

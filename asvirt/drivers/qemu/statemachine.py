@@ -199,8 +199,17 @@ class DomainStateMachine:
         snapshot: MachineSnapshot,
         *,
         disk_for_node: Callable[[str], DiskInfo | None] | None = None,
+        told: tuple[LifecycleEvent, EventDetail] | None = None,
     ) -> DomainStateMachine:
-        """The machine of a QEMU that a previous supervisor left running (from its status)."""
+        """The machine of a QEMU that a previous supervisor left running (from its status).
+
+        ``told``: the last lifecycle event subscribers were given for the domain (the
+        newest in the journal), if any. The journal is written when an event is published
+        and the status file after it, so a supervisor killed in between leaves a status one
+        pause or resume behind what everyone was told. The machine then starts from what
+        was told, so that :meth:`reconcile` reports only what changed since (no RESUMED told
+        twice, no pause left untold).
+        """
         machine = cls(disk_for_node=disk_for_node)
         state = DomainState(snapshot.state)
         machine._state, machine._reason = state, reason_for(state, snapshot.reason)
@@ -208,6 +217,8 @@ class DomainStateMachine:
         machine._rebooting = snapshot.rebooting
         if snapshot.stop_cause is not None:
             machine._stop_cause = StopCause(snapshot.stop_cause)
+        elif told is not None:
+            machine._catch_up(*told)
         return machine
 
     def snapshot(self) -> MachineSnapshot:
@@ -391,6 +402,14 @@ class DomainStateMachine:
         if not isinstance(reason, state.reasons):
             raise TypeError(f"{reason!r} is not a reason of {state.name}")
         self._state, self._reason = state, reason
+
+    def _catch_up(self, type_: LifecycleEvent, detail: EventDetail) -> None:
+        """Take the running/paused state a later event than the status file told."""
+        if type_ in (LifecycleEvent.STARTED, LifecycleEvent.RESUMED):
+            if self._state is DomainState.PAUSED:
+                self._set(DomainState.RUNNING, _RUNNING_TOLD.get(detail, RunningReason.UNPAUSED))
+        elif type_ is LifecycleEvent.SUSPENDED and self._state is DomainState.RUNNING:
+            self._set(DomainState.PAUSED, _PAUSED_TOLD.get(detail, PausedReason.USER))
 
     def _pause_shows(self) -> bool:
         """A STOP now pauses the domain (rather than being part of a SHUTDOWN or a panic)."""
@@ -585,6 +604,23 @@ _SUSPEND_DETAIL: dict[PausedReason, SuspendedDetail] = {
 }
 for _reason in PausedReason:
     _SUSPEND_DETAIL.setdefault(_reason, SuspendedDetail.PAUSED)
+
+#: The state reason a STARTED or RESUMED event's detail stands for (see ``_catch_up``).
+_RUNNING_TOLD: dict[EventDetail, RunningReason] = {
+    StartedDetail.BOOTED: RunningReason.BOOTED,
+    StartedDetail.MIGRATED: RunningReason.MIGRATED,
+    StartedDetail.RESTORED: RunningReason.RESTORED,
+    StartedDetail.FROM_SNAPSHOT: RunningReason.FROM_SNAPSHOT,
+    StartedDetail.WAKEUP: RunningReason.WAKEUP,
+    ResumedDetail.MIGRATED: RunningReason.MIGRATED,
+    ResumedDetail.FROM_SNAPSHOT: RunningReason.FROM_SNAPSHOT,
+}
+#: The paused reason a SUSPENDED event's detail stands for (the inverse of _SUSPEND_DETAIL).
+_PAUSED_TOLD: dict[EventDetail, PausedReason] = {
+    detail: reason
+    for reason, detail in _SUSPEND_DETAIL.items()
+    if detail is not SuspendedDetail.PAUSED
+}
 
 _Handler = Callable[[DomainStateMachine, dict[str, Any], float | None, Reaction], None]
 
