@@ -1,9 +1,10 @@
 """One client of the daemon: its requests, its subscriptions, its keepalive, its backlog.
 
-Requests are dispatched to the node as they arrive, each in a task of its own, so that a
-call waiting on a hung QEMU holds up nothing else; calls of normal priority share a few
-workers per client, calls of high priority (lookups, state, info, destroy) never wait for
-one. Subscriptions and their replay from the journal are the node's own
+Requests are dispatched to the node as they arrive: a call of high priority (lookups, state,
+info, destroy) that is done as soon as it is made is answered there and then, and every
+other call gets a task of its own, so that a call waiting on a hung QEMU holds up nothing
+else; calls of normal priority share a few workers per client, calls of high priority never
+wait for one. Subscriptions and their replay from the journal are the node's own
 (:class:`~asvirt.events.Subscription`); a task per subscription moves its events to the
 client. Everything the daemon sends goes through one bounded queue: a client that stops
 reading is disconnected once its backlog is full, instead of growing the daemon's memory.
