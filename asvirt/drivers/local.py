@@ -38,9 +38,7 @@ async def invoke(node: Node, name: str, params: dict[str, Any], *, client: objec
     return value if done else await value
 
 
-def begin(
-    node: Node, name: str, params: dict[str, Any], *, client: object
-) -> tuple[bool, Any]:
+def begin(node: Node, name: str, params: dict[str, Any], *, client: object) -> tuple[bool, Any]:
     """Start the declared call ``name``: ``(True, result)`` when it is already done, as most
     calls that never wait are (lookups, info, state), ``(False, awaitable)`` when it has to
     wait for something, and its caller awaits the rest where it sees fit.
