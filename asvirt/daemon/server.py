@@ -172,17 +172,22 @@ class Server:
     async def _accept(
         self, node: Node, sock: socket.socket, read_only: bool, nursery: trio.Nursery
     ) -> None:
-        listener = trio.socket.from_stdlib_socket(sock)
+        # Accepted here, not through a trio socket: the session keeps the plain socket, to
+        # send on it directly (see Session.send).
+        sock.setblocking(False)
         while True:
+            await trio.lowlevel.wait_readable(sock)
             try:
-                conn, _ = await listener.accept()
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                continue  # another accept took it
             except OSError as err:  # EMFILE and friends: wait, do not spin
                 log.warning("cannot accept a client", error=str(err))
                 await trio.sleep(0.1)
                 continue
-            peer = Peer.of(conn)  # type: ignore[arg-type]
-            stream = trio.SocketStream(conn)
-            session = Session(node, stream, read_only=read_only, peer=peer, limits=self.limits)
+            conn.setblocking(False)
+            peer = Peer.of(conn)
+            session = Session(node, conn, read_only=read_only, peer=peer, limits=self.limits)
             nursery.start_soon(self._serve_counted, session)
 
     async def _serve_counted(self, session: Session) -> None:

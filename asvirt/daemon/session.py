@@ -1,9 +1,10 @@
 """One client of the daemon: its requests, its subscriptions, its keepalive, its backlog.
 
-Requests are dispatched to the node as they arrive, each in a task of its own, so that a
-call waiting on a hung QEMU holds up nothing else; calls of normal priority share a few
-workers per client, calls of high priority (lookups, state, info, destroy) never wait for
-one. Subscriptions and their replay from the journal are the node's own
+Requests are dispatched to the node as they arrive: a call of high priority (lookups, state,
+info, destroy) that is done as soon as it is made is answered there and then, and every
+other call gets a task of its own, so that a call waiting on a hung QEMU holds up nothing
+else; calls of normal priority share a few workers per client, calls of high priority never
+wait for one. Subscriptions and their replay from the journal are the node's own
 (:class:`~asvirt.events.Subscription`); a task per subscription moves its events to the
 client. Everything the daemon sends goes through one bounded queue: a client that stops
 reading is disconnected once its backlog is full, instead of growing the daemon's memory.
@@ -17,14 +18,14 @@ import dataclasses
 import itertools
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import trio
 
 from .. import __version__, protocol
-from ..drivers.local import invoke
+from ..drivers.local import begin
 from ..errors import AsvirtError, InvalidArgError, OperationDeniedError
 from ..events import DomainEvent, EventKind, Subscription
 from ..events.codec import event_to_dict
@@ -77,7 +78,7 @@ class Session:
     def __init__(
         self,
         node: Node,
-        stream: trio.abc.Stream,
+        sock: socket.socket,
         *,
         read_only: bool,
         peer: Peer,
@@ -88,8 +89,14 @@ class Session:
         self.read_only = read_only
         self.peer = peer
         self.limits = limits
-        self._stream = stream
+        # The stream reads and writes through trio; what is sent when nothing is queued
+        # goes straight to the (non-blocking) socket: most answers are small and the socket
+        # takes them at once, without waking a writer task for each.
+        self._sock = sock
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
+        #: Messages queued for the writer and not yet written (none: a send may go direct).
+        self._queued = 0
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
         self._heard = False
@@ -129,9 +136,24 @@ class Session:
             self.log.info("client disconnected")
 
     def send(self, data: bytes) -> None:
-        """Queue a message for the client; drops the client if its backlog is full."""
+        """Send a message to the client now if the socket takes it, else queue it; drops the
+        client if its backlog is full."""
+        if not self._queued:
+            try:
+                sent = self._sock.send(data)
+            except OSError:
+                sent = 0  # full (EAGAIN), or broken: the writer meets the error and says so
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        """Queue a message for the writer (after what is queued already); drops the client
+        if its backlog is full."""
         try:
             self._out_send.send_nowait(data)
+            self._queued += 1
         except trio.WouldBlock:
             self.log.warning("client does not read; disconnecting", backlog=self.limits.max_backlog)
             # Nothing more is queued for it, nor said again for each message that follows.
@@ -151,6 +173,7 @@ class Session:
                 except trio.WouldBlock:
                     break
             await self._stream.send_all(b"".join(batch))
+            self._queued -= len(batch)
 
     async def _keepalive(self) -> None:
         """Ping a client that has been silent for an interval, every interval; drop it
@@ -284,8 +307,23 @@ class Session:
             return
         if c.progress is not None:
             args[c.progress] = self._progress_sender(msg_id) if args[c.progress] else None
+        if c.mutates:
+            self.log.info("call", method=c.name, **_loggable(args))
+        if c.priority is protocol.Priority.HIGH:
+            # Most of these (lookups, state, info) are done as soon as they are made: they
+            # are answered here, and only one that has to wait gets a task of its own.
+            try:
+                done, value = begin(self.node, c.name, args, client=self)
+            except Exception as err:
+                self.send(self._failure(msg_id, c, err))
+                return
+            if done:
+                self.send(self._success(msg_id, c, value))
+                return
+        else:
+            value = None
         assert self._nursery is not None
-        self._nursery.start_soon(self._call, msg_id, c, args)
+        self._nursery.start_soon(self._call, msg_id, c, args, value)
 
     def _progress_sender(self, msg_id: int | str) -> Callable[[float], None]:
         """A progress callback that tells the client, for its request ``msg_id``."""
@@ -295,22 +333,40 @@ class Session:
 
         return tell
 
-    async def _call(self, msg_id: int | str, c: protocol.Call, args: dict[str, Any]) -> None:
+    async def _call(
+        self,
+        msg_id: int | str,
+        c: protocol.Call,
+        args: dict[str, Any],
+        started: Awaitable[Any] | None,
+    ) -> None:
+        """Finish a call that waits: ``started`` is what :func:`begin` left of a call of high
+        priority; a call of normal priority starts once a worker is free."""
         try:
-            if c.mutates:
-                self.log.info("call", method=c.name, **_loggable(args))
-            if c.priority is protocol.Priority.HIGH:
-                value = await invoke(self.node, c.name, args, client=self)
+            if started is not None:
+                value = await started
             else:
                 async with self._workers:
-                    value = await invoke(self.node, c.name, args, client=self)
-            reply = wire.result(msg_id, protocol.encode_result(c, value))
-        except AsvirtError as err:
-            reply = wire.error_from(msg_id, err)
-        except Exception as err:  # a bug; the client gets an error, the daemon goes on
-            self.log.exception("call failed unexpectedly", method=c.name)
-            reply = wire.error(msg_id, wire.INTERNAL_ERROR, f"internal error: {type(err).__name__}")
+                    done, value = begin(self.node, c.name, args, client=self)
+                    if not done:
+                        value = await value
+            reply = self._success(msg_id, c, value)
+        except Exception as err:
+            reply = self._failure(msg_id, c, err)
         self.send(reply)
+
+    def _success(self, msg_id: int | str, c: protocol.Call, value: Any) -> bytes:
+        try:
+            return wire.result(msg_id, protocol.encode_result(c, value))
+        except Exception as err:
+            return self._failure(msg_id, c, err)
+
+    def _failure(self, msg_id: int | str, c: protocol.Call, err: Exception) -> bytes:
+        if isinstance(err, AsvirtError):
+            return wire.error_from(msg_id, err)
+        # A bug; the client gets an error, the daemon goes on.
+        self.log.error("call failed unexpectedly", method=c.name, exc_info=err)
+        return wire.error(msg_id, wire.INTERNAL_ERROR, f"internal error: {type(err).__name__}")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -380,10 +436,15 @@ class Session:
             # Queued without yielding while there is room, so that the writer finds many
             # and sends them in one write (a yield per event woke it for each one); when the
             # backlog is full, this waits for the client to read.
+            self._queued += 1
             try:
                 self._out_send.send_nowait(message)
             except trio.WouldBlock:
-                await self._out_send.send(message)
+                try:
+                    await self._out_send.send(message)
+                except BaseException:
+                    self._queued -= 1
+                    raise
             sent += 1
             if sent % 256 == 0:
                 await trio.lowlevel.checkpoint()

@@ -8,7 +8,10 @@ receives the same way, with its session as the client.
 
 from __future__ import annotations
 
+import dis
+import functools
 import inspect
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,14 +34,43 @@ def driver_for(node: Node, target: protocol.Target) -> Any:
 
 async def invoke(node: Node, name: str, params: dict[str, Any], *, client: object) -> Any:
     """Make the declared call ``name`` on ``node`` for ``client``."""
+    done, value = begin(node, name, params, client=client)
+    return value if done else await value
+
+
+def begin(node: Node, name: str, params: dict[str, Any], *, client: object) -> tuple[bool, Any]:
+    """Start the declared call ``name``: ``(True, result)`` when it is already done, as most
+    calls that never wait are (lookups, info, state), ``(False, awaitable)`` when it has to
+    wait for something, and its caller awaits the rest where it sees fit.
+
+    The daemon answers the calls that are done at once as it reads them, and spawns a task
+    only for those that wait: a task per call cost more than the call itself.
+    """
     c = protocol.lookup(name)
     method = getattr(driver_for(node, c.target), c.name)
     if c.client:
         params = {**params, "client": client}
     result = method(**params)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    if not inspect.iscoroutine(result):
+        if inspect.isawaitable(result):
+            return False, result
+        return True, result
+    if not _never_suspends(result.cr_code):
+        return False, result
+    # An ``async def`` without a single await: its first step runs it to the end.
+    try:
+        result.send(None)
+    except StopIteration as done:
+        return True, done.value
+    result.close()
+    raise RuntimeError(f"{c.name} suspended, and its code has no yield")  # pragma: no cover
+
+
+@functools.cache
+def _never_suspends(code: types.CodeType) -> bool:
+    """Whether a coroutine of ``code`` always finishes at its first step: it suspends only
+    at a YIELD_VALUE of its own (every await, async with and async for has one)."""
+    return not any(i.opname == "YIELD_VALUE" for i in dis.get_instructions(code))
 
 
 class LocalDriver:
@@ -80,4 +112,4 @@ class LocalDriver:
             await self._lease.release()
 
 
-__all__ = ["LocalDriver", "driver_for", "invoke"]
+__all__ = ["LocalDriver", "begin", "driver_for", "invoke"]

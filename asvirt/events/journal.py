@@ -61,6 +61,7 @@ import collections
 import dataclasses
 import errno
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -71,7 +72,7 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -294,6 +295,16 @@ def _encode(event: DomainEvent) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
+@functools.cache
+def _json_decoder() -> Any:
+    """msgspec's JSON decoder: records are decoded by the thousand when a subscriber
+    replays the journal, and it is several times faster than json.loads (imported on first
+    use, as rpc.wire does)."""
+    import msgspec
+
+    return msgspec.json.Decoder()
+
+
 def _decode(line: bytes) -> DomainEvent:
     if len(line) < 10 or line[8:9] != b" ":
         raise _BadRecord("not a journal record")
@@ -305,8 +316,8 @@ def _decode(line: bytes) -> DomainEvent:
     if zlib.crc32(payload) != crc:
         raise _BadRecord("checksum mismatch")
     try:
-        d = json.loads(payload)
-    except (ValueError, RecursionError):
+        d = _json_decoder().decode(payload)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         raise _BadRecord("invalid JSON") from None
     try:
         return event_from_dict(d)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NoReturn
 
@@ -63,6 +64,17 @@ class _Link:
 
     def __init__(self, stream: anyio.abc.ByteStream, on_notice: Callable[[str, Any], None]) -> None:
         self.stream = stream
+        #: The non-blocking socket under the stream, to send on directly when nothing is
+        #: queued: most requests are small and the socket takes them at once, without waking
+        #: the writer task for each. None for an ssh stream (a pipe), and for a stream whose
+        #: socket sits behind an asyncio transport (which keeps a buffer of its own: its
+        #: extra attribute is then a TransportSocket).
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self._raw = raw if isinstance(raw, socket.socket) and not raw.getblocking() else None
+        #: Messages queued for the writer and not yet written (none: a send may go direct).
+        self._queued = 0
+        # The event loop's own Event class: anyio.Event() looks the loop up on every call.
+        self._event_type = type(anyio.Event())
         self._on_notice = on_notice
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[dict[str, Any] | None], None]] = {}
@@ -74,8 +86,18 @@ class _Link:
         self.error: BaseException | None = None
 
     def send(self, data: bytes) -> None:
+        """Send a message now if the socket takes it, else queue it for the writer."""
+        if self._raw is not None and not self._queued:
+            try:
+                sent = self._raw.send(data)
+            except OSError:
+                sent = 0  # full (EAGAIN), or broken: the writer meets the error and says so
+            if sent == len(data):
+                return
+            data = data[sent:]
         try:
             self._out_send.send_nowait(data)
+            self._queued += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
@@ -103,7 +125,7 @@ class _Link:
         params: dict[str, Any],
         on_progress: Callable[[float], object] | None = None,
     ) -> dict[str, Any]:
-        done = anyio.Event()
+        done = self._event_type()
         reply: list[dict[str, Any] | None] = []
 
         def got(message: dict[str, Any] | None) -> None:
@@ -154,6 +176,7 @@ class _Link:
                 except anyio.WouldBlock:
                     break
             await self.stream.send(b"".join(batch))
+            self._queued -= len(batch)
 
     async def _read(self) -> None:
         reader = wire.LineReader(MAX_MESSAGE)
@@ -370,6 +393,9 @@ class RemoteDriver:
     async def _wait_link(self, method: str) -> _Link:
         if self._closed:
             raise NoConnectError("the connection is closed")
+        link = self._link
+        if link is not None and not link.broken.is_set():
+            return link  # up: no deadline to set up
         with anyio.move_on_after(RECONNECT_DEADLINE):
             while self._link is None or self._link.broken.is_set():
                 await self._link_up.wait()
