@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from asvirt import fsutil
-from asvirt.drivers.qemu.monitor import Monitor, asyncio_loop
+from asvirt.drivers.qemu.monitor import Monitor, monitor_host
 
 pytestmark = [pytest.mark.qemu]
 
@@ -31,9 +31,9 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
     listener.close()
     events: list[str] = []
     try:
-        async with asyncio_loop() as loop:
+        async with monitor_host() as host:
             monitor = Monitor(
-                loop, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
+                host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
             )
             await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
             for _ in range(100):
