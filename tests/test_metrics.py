@@ -221,3 +221,22 @@ def test_the_exporters_names_for_every_figure():
     for (name, labels), want in expected.items():
         assert found[(name, frozenset({**vm, **dict(labels)}.items()))] == want, name
     assert found[("libvirt_domains", frozenset())] == 1
+
+
+async def test_console_log_lines_carry_their_fields(root, caps_cache, test_guest, tmp_path):
+    # asvirtd --log-format console: one readable line per record, its fields beside the text.
+    daemon = Daemon(root, caps_cache=caps_cache, args=("--log-format", "console"))
+    daemon.start()
+    try:
+        async with asvirt.open(daemon.uri) as conn:
+            dom = await conn.create_xml(paused_xml(test_guest, tmp_path), paused=True)
+            pid = qemu_pid(root, "vm1")
+            await dom.destroy()
+    finally:
+        daemon.stop()
+    lines = daemon.log.read_text().splitlines()
+    started = [line for line in lines if " INFO asvirt.qemu: QEMU started " in line]
+    assert len(started) == 1, lines
+    for field in ("domain='vm1'", f"uuid='{dom.uuid}'", f"pid={pid}", "operation='start'"):
+        assert field in started[0]
+    assert not any(line.startswith("{") for line in lines)  # no JSON in console format
