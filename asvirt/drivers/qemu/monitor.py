@@ -105,6 +105,10 @@ class Monitor:
         self._reader_scope = trio.CancelScope()
         self._ended = trio.Event()  # the peer closed the session (or we did)
         self._closed = False
+        self._running = False  # negotiated: commands may go out
+        #: The rest of a write its caller abandoned (cancelled while the socket was full):
+        #: sent before anything else, so that QEMU never reads half a command.
+        self._unsent = b""
 
     @property
     def greeting(self) -> dict[str, Any] | None:
@@ -148,6 +152,7 @@ class Monitor:
             self._sock.close()
             raise QMPError("QEMU's monitor closed during the QMP handshake") from err
         self._next_id = 1
+        self._running = True
         self._host.nursery.start_soon(self._read_forever)
 
     async def execute(
@@ -192,6 +197,8 @@ class Monitor:
             raise QMPError("the monitor connection is closed")
         if self._ended.is_set():
             raise QMPError(f"lost the monitor connection during '{commands[0][0]}'")
+        if not self._running:
+            raise QMPError(f"QEMU's monitor is not connected yet for '{commands[0][0]}'")
         replies: list[tuple[int, _Reply]] = []
         lines = []
         for command, arguments in commands:
@@ -300,12 +307,21 @@ class Monitor:
     async def _write(self, data: bytes) -> None:
         sock = self._sock
         assert sock is not None
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[sock.send(view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+        backlog, self._unsent = self._unsent, b""
+        whole = backlog + data if backlog else data
+        view = memoryview(whole)
+        try:
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+        except BaseException:
+            sent = len(whole) - len(view)
+            # Part of this write went out: the rest must follow. None of it: the command
+            # is dropped (its caller gave up), only an earlier remainder is still owed.
+            self._unsent = bytes(view) if sent > len(backlog) else whole[sent : len(backlog)]
+            raise
 
     async def _recv(self) -> bytes:
         sock = self._sock
