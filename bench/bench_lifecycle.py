@@ -50,7 +50,7 @@ from asvirt.config import Config, QemuConfig  # noqa: E402
 from asvirt.drivers.qemu import process  # noqa: E402
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator, kvm_usable  # noqa: E402
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
-from asvirt.drivers.qemu.monitor import asyncio_loop  # noqa: E402
+from asvirt.drivers.qemu.monitor import monitor_host  # noqa: E402
 from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
 
@@ -232,8 +232,8 @@ async def main(rounds: int, domains: int, domain_type: str | None, user: str) ->
         guest = TestGuest(work)
     xml = guest.xml("bench", work / "bench.serial", domain_type=domain_type)
 
-    async with asyncio_loop() as loop:
-        caps = await CapabilitiesCache(work / "caps", loop, timeout=30).get(find_emulator("x86_64"))
+    async with monitor_host() as host:
+        caps = await CapabilitiesCache(work / "caps", host, timeout=30).get(find_emulator("x86_64"))
     (work / "caps").mkdir(exist_ok=True)
     prepared = prepare_domain(parse_domain_xml(xml), caps)
 

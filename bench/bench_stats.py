@@ -6,7 +6,10 @@ libvirt-python's ``getAllDomainStats()`` for the same guests, when libvirt is in
 Each domain has a qcow2 disk and a memory balloon, so that every group has something to
 report: state, CPU times and memory (/proc), the balloon's statistics (one qom-get), vCPUs
 (their threads in /proc; query-cpus-fast once), block (one query-blockstats, the image's
-sizes). By default the domains *run*: firmware only, under TCG, no OS — SeaBIOS reads the
+sizes); a domain's QMP queries are written together and answered in one round trip. On a
+loaded machine the wall time is mostly QEMUs and the supervisor waiting for a CPU: compare
+the supervisor's CPU figure, and note the load average printed beside it. By default the
+domains *run*: firmware only, under TCG, no OS — SeaBIOS reads the
 disk, finds nothing to boot and halts, so each QEMU is a live, answering process that costs
 about half a percent of a CPU. ``--paused`` uses the paused test guest instead (KVM when
 usable). All groups, all domains, one call; the figure is the median of the rounds, each a

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from asvirt.conf.domain import parse_domain_xml  # noqa: E402
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, QemuCapabilities  # noqa: E402
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
-from asvirt.drivers.qemu.monitor import asyncio_loop  # noqa: E402
+from asvirt.drivers.qemu.monitor import monitor_host  # noqa: E402
 from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 
 CASES = REPO / ".." / "shared" / "conformance" / "libvirt-xml"
@@ -41,8 +41,8 @@ def probe(cache: Path) -> QemuCapabilities:
         sys.exit("qemu-system-x86_64 is not on PATH")
 
     async def main() -> QemuCapabilities:
-        async with asyncio_loop() as loop:
-            return await CapabilitiesCache(cache, loop, timeout=30).get(binary)
+        async with monitor_host() as host:
+            return await CapabilitiesCache(cache, host, timeout=30).get(binary)
 
     return trio.run(main)
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, QemuCapabilities
-from asvirt.drivers.qemu.monitor import asyncio_loop
+from asvirt.drivers.qemu.monitor import monitor_host
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / ".." / "shared" / "conformance"
@@ -36,8 +36,8 @@ def probe_caps(cache_dir: Path) -> Caps:
         pytest.skip("QEMU is not installed (no qemu-system-x86_64 on PATH)")
 
     async def main() -> QemuCapabilities:
-        async with asyncio_loop() as loop:
-            return await CapabilitiesCache(cache_dir, loop, timeout=30).get(binary)
+        async with monitor_host() as host:
+            return await CapabilitiesCache(cache_dir, host, timeout=30).get(binary)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     caps = trio.run(main)

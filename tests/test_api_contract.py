@@ -284,7 +284,9 @@ async def test_start_boots_and_runs(api):
         assert "qemu-system-x86_64" in log and dom.uuid in log
 
 
-async def test_suspend_and_resume_are_idempotent(api):
+async def test_suspend_is_idempotent_and_resume_of_a_running_domain_fails(api):
+    # As libvirt's QEMU driver (and virsh on it): suspending a paused domain does nothing;
+    # resuming a running one fails with "domain is already running".
     dom = await api.define("vm1")
     await dom.start(paused=True)
     await dom.resume()
@@ -294,8 +296,30 @@ async def test_suspend_and_resume_are_idempotent(api):
         await dom.suspend()  # already paused: nothing to do, no error, no event
         await dom.resume()
         assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
-        await dom.resume()
+        with pytest.raises(asvirt.OperationInvalidError) as err:
+            await dom.resume()
+        assert err.value.code is asvirt.ErrorCode.OPERATION_INVALID
+        assert err.value.message == "domain is already running"
+        assert await dom.state() == (S.RUNNING, asvirt.RunningReason.UNPAUSED)
+        with pytest.raises(asvirt.OperationInvalidError):
+            await dom.start()  # running: start fails too
         assert drain_lifecycle(events) == [("SUSPENDED", "PAUSED"), ("RESUMED", "UNPAUSED")]
+
+
+async def test_calls_on_a_shut_off_domain_fail_as_libvirt(api):
+    # libvirt's QEMU driver: suspend, resume, shutdown, reboot, reset and destroy of a domain
+    # that is not running fail with OPERATION_INVALID and change nothing.
+    dom = await api.define("vm1")
+    await dom.start(paused=True)
+    await dom.destroy()
+    async with api.conn.subscribe(dom) as events:
+        for call in (dom.suspend, dom.resume, dom.shutdown, dom.reboot, dom.reset, dom.destroy):
+            with pytest.raises(asvirt.OperationInvalidError) as err:
+                await call()
+            assert err.value.code is asvirt.ErrorCode.OPERATION_INVALID
+            assert "not running" in err.value.message
+        assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.DESTROYED)
+        assert drain_lifecycle(events) == []
 
 
 async def test_wrong_states_are_refused(api):

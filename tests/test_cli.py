@@ -55,6 +55,12 @@ def test_define_start_inspect_destroy(root, xml_file):
     assert "<domain type='qemu' id='1'>" in run(root, "dumpxml", "vm1").stdout
     assert "id=" not in run(root, "dumpxml", "--inactive", "vm1").stdout.splitlines()[0]
     assert run(root, "resume", "vm1").stdout.strip() == "Domain 'vm1' resumed"
+    again = run(root, "resume", "vm1", check=False)  # running: fails as virsh on QEMU does
+    assert (again.returncode, again.stdout) == (1, "\n")
+    assert again.stderr == (
+        "error: Failed to resume domain 'vm1'\n"
+        "error: Requested operation is not valid: domain is already running\n"
+    )
     assert run(root, "destroy", "vm1").stdout.strip() == "Domain 'vm1' destroyed"
     assert run(root, "domstate", "--reason", "vm1").stdout.strip() == "shut off (destroyed)"
     assert run(root, "undefine", "vm1").stdout.strip() == "Domain 'vm1' has been undefined"

@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import asvirt
+from asvirt.daemon import metrics
+from asvirt.drivers.base import DomainStats
 from asvirt.drivers.qemu.process import find_qemus
 
 from .daemon import Daemon
@@ -105,8 +109,9 @@ async def test_an_operator_monitors_a_paused_domain(daemon, root, test_guest, tm
             assert await cli("domdisplay", "vm1") == f"vnc://127.0.0.1:{number}\n\n"
             assert (await cli("dommemstat", "vm1")).startswith("rss ")  # no balloon
 
-            # Prometheus scrapes the daemon.
-            status, content_type, text = await trio.to_thread.run_sync(get, url)
+            # Prometheus scrapes the daemon (while someone watches its events).
+            async with conn.subscribe(dom):
+                status, content_type, text = await trio.to_thread.run_sync(get, url)
             assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
             found = samples(text)
 
@@ -127,7 +132,8 @@ async def test_an_operator_monitors_a_paused_domain(daemon, root, test_guest, tm
             assert value("libvirt_domains") == 1
             # Defined, started, suspended: numbered and journaled.
             assert value("asvirt_events_published_total") >= 3
-            assert value("asvirt_event_subscribers") >= 0
+            assert value("asvirt_event_subscribers") >= 1
+            assert value("libvirt_up") == 1
             assert value("asvirt_events_lost_total") == 0
             assert value("asvirt_qmp_timeouts_total") == 0
             assert value("asvirt_daemon_clients") >= 1
@@ -158,3 +164,79 @@ async def test_an_operator_monitors_a_paused_domain(daemon, root, test_guest, tm
     assert exited and {"domain", "uuid", "pid"} <= exited[0].keys()
     metrics = [r for r in records if r["message"] == "serving metrics"]
     assert metrics and metrics[0]["address"] == url.split("/")[2]
+
+
+def test_the_exporters_names_for_every_figure():
+    # A record with every group's figures (a NIC and a guest's balloon statistics, which the
+    # paused domain above has not): the names, labels and units of the libvirt exporter.
+    params = {
+        "state.state": 1,
+        "state.reason": 1,
+        "cpu.time": 2_500_000_000,
+        "balloon.current": 1024,
+        "balloon.maximum": 2048,
+        "balloon.major_fault": 3,
+        "balloon.available": 1000,
+        "balloon.usable": 250,
+        "balloon.disk_caches": 10,
+        "balloon.last-update": 1_700_000_000,
+        "balloon.rss": 512,
+        "vcpu.current": 1,
+        "vcpu.maximum": 2,
+        "vcpu.0.state": 1,
+        "vcpu.0.time": 1_000_000_000,
+        "net.count": 1,
+        "net.0.name": "vnet0",
+        "net.0.rx.bytes": 100,
+        "net.0.tx.drop": 2,
+        "block.count": 1,
+        "block.0.name": "vda",
+        "block.0.rd.times": 500_000_000,
+        "block.0.allocation": 4096,
+    }
+    families = metrics._Families()
+    metrics.domain_families([DomainStats("vm", "u", params)], families)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics._Snapshot(families))
+    found = samples(generate_latest(registry).decode())
+    vm, vnet0, vda = {"domain": "vm"}, {"target_device": "vnet0"}, {"target_device": "vda"}
+    expected = {
+        ("libvirt_domain_info_state", (("state_desc", "the domain is running"),)): 1,
+        ("libvirt_domain_info_cpu_time_seconds_total", ()): 2.5,
+        ("libvirt_domain_info_memory_usage_bytes", ()): 1024 * 1024,
+        ("libvirt_domain_memory_stats_current_balloon_bytes", ()): 1024 * 1024,
+        ("libvirt_domain_memory_stats_maximum_bytes", ()): 2048 * 1024,
+        ("libvirt_domain_memory_stats_major_fault_total", ()): 3,
+        ("libvirt_domain_memory_stats_disk_caches_bytes", ()): 10 * 1024,
+        ("libvirt_domain_memory_stats_last_update_timestamp_seconds", ()): 1_700_000_000,
+        ("libvirt_domain_memory_stats_used_percent", ()): 75.0,
+        ("libvirt_domain_memory_stats_rss_bytes", ()): 512 * 1024,
+        ("libvirt_domain_vcpu_maximum", ()): 2,
+        ("libvirt_domain_vcpu_time_seconds_total", (("vcpu", "0"),)): 1.0,
+        ("libvirt_domain_interface_stats_receive_bytes_total", tuple(vnet0.items())): 100,
+        ("libvirt_domain_interface_stats_transmit_drops_total", tuple(vnet0.items())): 2,
+        ("libvirt_domain_block_stats_read_time_seconds_total", tuple(vda.items())): 0.5,
+        ("libvirt_domain_block_stats_allocation", tuple(vda.items())): 4096,
+    }
+    for (name, labels), want in expected.items():
+        assert found[(name, frozenset({**vm, **dict(labels)}.items()))] == want, name
+    assert found[("libvirt_domains", frozenset())] == 1
+
+
+async def test_console_log_lines_carry_their_fields(root, caps_cache, test_guest, tmp_path):
+    # asvirtd --log-format console: one readable line per record, its fields beside the text.
+    daemon = Daemon(root, caps_cache=caps_cache, args=("--log-format", "console"))
+    daemon.start()
+    try:
+        async with asvirt.open(daemon.uri) as conn:
+            dom = await conn.create_xml(paused_xml(test_guest, tmp_path), paused=True)
+            pid = qemu_pid(root, "vm1")
+            await dom.destroy()
+    finally:
+        daemon.stop()
+    lines = daemon.log.read_text().splitlines()
+    started = [line for line in lines if " INFO asvirt.qemu: QEMU started " in line]
+    assert len(started) == 1, lines
+    for field in ("domain='vm1'", f"uuid='{dom.uuid}'", f"pid={pid}", "operation='start'"):
+        assert field in started[0]
+    assert not any(line.startswith("{") for line in lines)  # no JSON in console format

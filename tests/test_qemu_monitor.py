@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from asvirt import fsutil
-from asvirt.drivers.qemu.monitor import Monitor, asyncio_loop
+from asvirt.drivers.qemu.monitor import Monitor, monitor_host
+from asvirt.errors import QMPError
 
 pytestmark = [pytest.mark.qemu]
 
@@ -31,9 +32,9 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
     listener.close()
     events: list[str] = []
     try:
-        async with asyncio_loop() as loop:
+        async with monitor_host() as host:
             monitor = Monitor(
-                loop, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
+                host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
             )
             await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
             for _ in range(100):
@@ -44,6 +45,45 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
             assert events == ["RESUME", "STOP"] * 100
             assert monitor.retained_events == 0
             await monitor.close()
+    finally:
+        qemu.kill()
+        with trio.CancelScope(shield=True):
+            await qemu.wait()
+
+
+async def test_commands_written_together_are_answered_each(tmp_path: Path) -> None:
+    # execute_many: one write, one round trip; each command gets its own answer or error.
+    binary = shutil.which("qemu-system-x86_64")
+    assert binary is not None
+    listener = fsutil.bind_unix_listener(tmp_path / "qmp.sock")
+    chardev = f"socket,id=mon,fd={listener.fileno()},server=on,wait=off"
+    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-chardev"]
+    qemu = await trio.lowlevel.open_process(
+        [*argv, chardev, "-mon", "chardev=mon,mode=control"],
+        pass_fds=(listener.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    listener.close()
+    try:
+        async with monitor_host() as host:
+            monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
+            with pytest.raises(QMPError):
+                await monitor.execute("query-status")  # not connected yet: an error, no hang
+            await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
+            status, refused, name = await monitor.execute_many(
+                [("query-status", None), ("no-such-command", None), ("query-name", None)]
+            )
+            assert status["status"] == "prelaunch" and name == {}
+            assert isinstance(refused, QMPError) and refused.error_class == "CommandNotFound"
+            with pytest.raises(QMPError) as err:
+                await monitor.execute("no-such-command")
+            assert err.value.error_class == "CommandNotFound"
+            assert (await monitor.execute("query-status"))["running"] is False
+            await monitor.close()
+            await monitor.close()  # twice is fine
+            with pytest.raises(QMPError):
+                await monitor.execute("query-status")
     finally:
         qemu.kill()
         with trio.CancelScope(shield=True):

@@ -8,7 +8,7 @@ by a small trio handler in the daemon's nursery: no thread outlives the daemon, 
 scraper holds up nothing else.
 
 Metric names. A domain's figures carry the names of the established libvirt exporter
-(prometheus-libvirt-exporter: ``libvirt_domain_info_state``,
+(prometheus-libvirt-exporter: ``libvirt_up``, ``libvirt_domain_info_state``,
 ``libvirt_domain_info_cpu_time_seconds_total``, ``libvirt_domain_block_stats_read_bytes_total``,
 ``libvirt_domain_interface_stats_receive_bytes_total``...), with its ``domain`` and
 ``target_device`` labels, on its port (9177) if you like: dashboards and alert rules written
@@ -94,8 +94,18 @@ _DOMAIN_FIELDS: tuple[tuple[str, str, str, str, str], ...] = (
      "Memory available to the guest, in bytes", KIB),
     ("balloon.usable", "libvirt_domain_memory_stats_usable_bytes", "g",
      "Memory usable by the guest without swapping ('Available' in its /proc/meminfo)", KIB),
-    ("balloon.disk_caches", "libvirt_domain_memory_stats_disk_cache_bytes", "g",
+    ("balloon.disk_caches", "libvirt_domain_memory_stats_disk_caches_bytes", "g",
      "Memory the guest uses for disk caches, in bytes", KIB),
+    ("balloon.hugetlb_pgalloc", "libvirt_domain_memory_stats_hugetlb_pgalloc", "c",
+     "Successful huge page allocations in the guest", ONE),
+    ("balloon.hugetlb_pgfail", "libvirt_domain_memory_stats_hugetlb_pgfail", "c",
+     "Failed huge page allocations in the guest", ONE),
+    ("balloon.last-update", "libvirt_domain_memory_stats_last_update_timestamp_seconds", "g",
+     "When the guest last updated its memory statistics (seconds since the epoch)", ONE),
+    ("balloon.current", "libvirt_domain_memory_stats_current_balloon_bytes", "g",
+     "Current size of the balloon (the memory the guest has), in bytes", KIB),
+    ("balloon.maximum", "libvirt_domain_memory_stats_maximum_bytes", "g",
+     "Maximum memory the guest may have, in bytes", KIB),
     ("balloon.rss", "libvirt_domain_memory_stats_rss_bytes", "g",
      "Resident set size of the process running the domain, in bytes", KIB),
 )  # fmt: skip
@@ -194,6 +204,16 @@ def domain_families(records: Iterable[DomainStats], families: _Families) -> None
             )
         for field, name, kind, doc, unit in _DOMAIN_FIELDS:
             _add(families, params, field, name, kind, doc, dom, unit)
+        available, usable = params.get("balloon.available"), params.get("balloon.usable")
+        if isinstance(available, int) and isinstance(usable, int) and available > 0:
+            # The exporter's figure: what the guest uses of what it has, in percent.
+            families.add(
+                "libvirt_domain_memory_stats_used_percent",
+                "g",
+                "Memory the guest uses, in percent of what it has",
+                dom,
+                (available - usable) * 100 / available,
+            )
         for i in range(_int(params.get("vcpu.current"))):
             for suffix, name, kind, doc, unit in _VCPU_FIELDS:
                 labels = {**dom, "vcpu": str(i)}
@@ -247,6 +267,10 @@ class _Snapshot(Collector):
 async def scrape(node: Node, *, clients: Callable[[], int] | None = None) -> bytes:
     """The text Prometheus gets: every domain's figures and the supervisor's own."""
     families = _Families()
+    # The exporters' own health figure, first as theirs is: dashboards and alert rules
+    # (libvirt_up == 0) expect it. The daemon is the hypervisor's supervisor itself, so
+    # an answer means it is up.
+    families.add("libvirt_up", "g", "Whether scraping libvirt's metrics was successful", {}, 1)
     started = time.perf_counter()
     records = await node.domains.get_all_domain_stats(StatsGroup(0), None, None, None)
     took = time.perf_counter() - started

@@ -436,11 +436,16 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
             runtime = self._new_runtime(obj, live_def, owner=owner)
             await self._start(obj, runtime, paused=paused)
 
+    # Calls in the wrong state fail as libvirt's QEMU driver fails them, on every driver (its
+    # test driver words some differently, as internal errors): OperationInvalid for a domain
+    # that is not running (start: that is), and for resume of a running one; suspend of a
+    # paused domain is the one no-op.
+
     async def domain_suspend(self, uuid: str) -> None:
         async with self.table.job(self.table.get(uuid)) as obj:
             state = self._runtime(obj).state[0]
             if state is DomainState.PAUSED:
-                return  # already paused: a no-op, as in libvirt
+                return  # already paused: a no-op, as in libvirt's QEMU driver
             if state is not DomainState.RUNNING:
                 raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not running")
             await self._runtime(obj).suspend()
@@ -449,7 +454,8 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         async with self.table.job(self.table.get(uuid)) as obj:
             state = self._runtime(obj).state[0]
             if state is DomainState.RUNNING:
-                return
+                # libvirt's words (qemuDomainResume); virsh resume fails with them.
+                raise OperationInvalidError("domain is already running")
             if state is not DomainState.PAUSED:
                 raise OperationInvalidError(f"domain '{obj.name}' is {state.label}, not paused")
             await self._runtime(obj).resume()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator
 from asvirt.drivers.qemu.command import domxml_to_native
-from asvirt.drivers.qemu.monitor import asyncio_loop
+from asvirt.drivers.qemu.monitor import monitor_host
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import AsvirtError
 
@@ -43,8 +43,8 @@ def main() -> int:
             binary = find_emulator("x86_64")
 
         async def probe():
-            async with asyncio_loop() as loop:
-                return await CapabilitiesCache(args.caps_cache, loop, timeout=30).get(binary)
+            async with monitor_host() as host:
+                return await CapabilitiesCache(args.caps_cache, host, timeout=30).get(binary)
 
         caps = trio.run(probe)
         if args.dumpxml:

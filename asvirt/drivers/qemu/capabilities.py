@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 from lxml import etree
 
 from ... import fsutil
 from ...errors import AsvirtError, ConfigUnsupportedError, InternalError, OperationFailedError
 from ...log import get_logger
 from . import process
-from .monitor import Monitor
+from .monitor import Monitor, MonitorHost
 
 log = get_logger("asvirt.qemu.capabilities")
 
@@ -179,11 +178,9 @@ class QemuCapabilities:
 class CapabilitiesCache:
     """Probes each binary once per (path, mtime, size, KVM usability); keeps results on disk."""
 
-    def __init__(
-        self, cache_dir: Path, loop: trio_asyncio.TrioEventLoop, *, timeout: float
-    ) -> None:
+    def __init__(self, cache_dir: Path, host: MonitorHost, *, timeout: float) -> None:
         self._dir = cache_dir
-        self._loop = loop
+        self._host = host
         self._timeout = timeout
         self._memory: dict[tuple[Any, ...], QemuCapabilities] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -200,7 +197,7 @@ class CapabilitiesCache:
             if cached is None:
                 cached = self._load(key)
             if cached is None:
-                cached = await probe(path, self._loop, use_kvm=key[3], timeout=self._timeout)
+                cached = await probe(path, self._host, use_kvm=key[3], timeout=self._timeout)
                 self._store(key, cached)
             self._memory[key] = cached
             return cached
@@ -227,7 +224,7 @@ class CapabilitiesCache:
 
 
 async def probe(
-    binary: str, loop: trio_asyncio.TrioEventLoop, *, use_kvm: bool, timeout: float
+    binary: str, host: MonitorHost, *, use_kvm: bool, timeout: float
 ) -> QemuCapabilities:
     """Start ``binary`` without a guest and ask it what it can do."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -265,7 +262,7 @@ async def probe(
     monitor = None
     try:
         monitor = Monitor(
-            loop, name=f"probe:{Path(binary).name}", on_event=lambda ev: None, timeout=timeout
+            host, name=f"probe:{Path(binary).name}", on_event=lambda ev: None, timeout=timeout
         )
         await monitor.connect(ours)
         version = await monitor.execute("query-version")

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
-import trio_asyncio
 
 from ... import config as config_mod
 from ... import fsutil
@@ -77,7 +76,7 @@ from .capabilities import (
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
 from .hotplug import prepare_with_device
-from .monitor import MonitorCounters, asyncio_loop
+from .monitor import MonitorCounters, MonitorHost, monitor_host
 from .nodeinfo import host_node_info
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
@@ -365,7 +364,7 @@ class QemuNode(Node):
         self.network = self._networks
         self.dir_storage = DirStorageDriver(paths.root, config.storage, paths.tops)
         self.storage = self.dir_storage
-        self._loop: trio_asyncio.TrioEventLoop | None = None
+        self._host: MonitorHost | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
         self.security = DacSecurity(None, paths.qemu_socket_dir)
@@ -401,10 +400,10 @@ class QemuNode(Node):
                 FileJournal.open, paths.events_dir, self.config.journal
             )
             self.use_journal(journal)
-            async with asyncio_loop() as loop:
-                self._loop = loop
+            async with monitor_host() as host:
+                self._host = host
                 self._caps = CapabilitiesCache(
-                    paths.capabilities_dir, loop, timeout=self.config.qemu.startup_timeout
+                    paths.capabilities_dir, host, timeout=self.config.qemu.startup_timeout
                 )
                 yield
         finally:
@@ -598,11 +597,11 @@ class QemuNode(Node):
         return await self.capabilities(defn.emulator or find_emulator(defn.arch))
 
     def runner_env(self) -> RunnerEnv:
-        assert self._loop is not None
+        assert self._host is not None
         return RunnerEnv(
             paths=self.paths,
             config=self.config.qemu,
-            loop=self._loop,
+            host=self._host,
             nursery=self.nursery,
             capabilities_for=self.capabilities_for,
             security=self.security,

@@ -14,7 +14,7 @@ QEMU running). Inside it:
 
 The runner knows nothing of the driver: it reports through the
 :class:`~asvirt.hypervisor.domain_driver.RuntimeCallbacks` of its domain, and takes what it
-needs to run (paths, settings, the asyncio loop, capabilities) from a :class:`RunnerEnv`.
+needs to run (paths, settings, the monitors' host, capabilities) from a :class:`RunnerEnv`.
 
 Every QMP command has a deadline, and waits only on this QEMU: a QEMU that stops answering
 fails its own commands with OperationTimeoutError, nothing else.
@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from ... import fsutil
 from ...conf.domain import DomainDef, parse_cpuset
@@ -62,7 +61,7 @@ from ...events.types import (
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import FromImage, FromSnapshot, StartOrigin
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
-from ...hypervisor.stats import RuntimeSample, SampleScope, VcpuSample
+from ...hypervisor.stats import GroupBits, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import process
@@ -78,7 +77,7 @@ from .command import (
 )
 from .helpers import DomainHelpers
 from .hotplug import HotplugOps
-from .monitor import Monitor, MonitorCounters
+from .monitor import Monitor, MonitorCounters, MonitorHost
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
 from .security import DacSecurity
@@ -93,7 +92,7 @@ class RunnerEnv:
 
     paths: EmbedPaths
     config: QemuConfig
-    loop: trio_asyncio.TrioEventLoop
+    host: MonitorHost
     #: Where runner tasks live: the node's nursery, not any connection's.
     nursery: trio.Nursery
     capabilities_for: Callable[[DomainDef], Awaitable[QemuCapabilities]]
@@ -307,75 +306,86 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
 
     async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
         """Measure what ``groups`` need: /proc for CPU times, memory and vCPU threads, the
-        host's interface counters, and one QMP query per group that needs QEMU (blockstats,
-        the balloon's statistics); queries QEMU does not answer within ``stats_timeout`` leave
-        their figures out."""
+        host's interface counters, and QEMU's answers to the queries the groups need (the
+        balloon's statistics, blockstats, the vCPU threads when they are not known yet),
+        written together and answered in one round trip; queries QEMU does not answer
+        within ``stats_timeout`` leave their figures out."""
         sample = RuntimeSample()
+        wanted = int(groups)  # a Flag's & costs microseconds; an int's does not
         pid = self.pid
         if pid is None or self.exited or self._monitor is None:
             return sample
         live = self._live_def
-        if groups & (StatsGroup.CPU_TOTAL | StatsGroup.BALLOON):
+        if wanted & (GroupBits.CPU_TOTAL | GroupBits.BALLOON):
             times = hoststats.process_times(pid)
-            if times is not None and groups & StatsGroup.CPU_TOTAL:
+            if times is not None and wanted & GroupBits.CPU_TOTAL:
                 sample.cpu = times[0]
-            if groups & StatsGroup.BALLOON:
+            if wanted & GroupBits.BALLOON:
                 sample.balloon_kib = self.memory_kib()
                 sample.rss_kib = times[1] if times is not None else None
-        if groups & StatsGroup.INTERFACE:
+        if wanted & GroupBits.INTERFACE:
             table = scope.memo("netdev", hoststats.read_netdev)
             sample.nets = {
                 nic.target_dev: hoststats.tap_stats(table[nic.target_dev])
                 for nic in live.interfaces
                 if nic.type != "user" and nic.target_dev in table
             }
+        wait = False
+        if wanted & GroupBits.VCPU:
+            wait = scope.memo("schedstats", hoststats.schedstats_enabled)
+            threads = self._vcpu_threads
+            if threads is not None and len(threads) == live.vcpus:
+                sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
+        queries: list[tuple[str, dict[str, Any] | None]] = []
+        if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
+            balloon = f"/machine/peripheral/{live.memballoon.alias}"
+            queries.append(("qom-get", {"path": balloon, "property": "guest-stats"}))
+        if wanted & GroupBits.BLOCK and live.disks:
+            queries.append(("query-blockstats", None))
+        if wanted & GroupBits.VCPU and sample.vcpus is None:
+            # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
+            queries.append(("query-cpus-fast", None))
+        if not queries:
+            return sample
+        # One deadline for this domain's queries, none per query.
+        replies = await self._stats_queries(queries)
+        for (command, _), reply in zip(queries, replies, strict=True):
+            if reply is None:
+                continue
+            if command == "qom-get":
+                sample.guest_memory = hoststats.guest_memory(reply)
+            elif command == "query-blockstats":
+                sample.blocks = hoststats.block_counters(reply, live.disks)
+            else:
+                self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
+                sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
+        return sample
 
-        # One deadline for this domain's queries (asked one after the other: every domain is
-        # asked at once, so QEMUs work in parallel anyway), none per query.
+    async def _stats_queries(self, queries: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+        """Each statistics query's answer (written at once, one round trip), None for those
+        QEMU refused or did not answer within ``stats_timeout``."""
+        monitor = self._monitor
+        if monitor is None:
+            return [None] * len(queries)
+        replies: list[Any] = [None] * len(queries)
         with trio.move_on_after(self._env.config.stats_timeout) as deadline:
-            if groups & StatsGroup.BALLOON and live.memballoon is not None and live.has_memballoon:
-                balloon = f"/machine/peripheral/{live.memballoon.alias}"
-                args = {"path": balloon, "property": "guest-stats"}
-                reply = await self._stats_query("qom-get", args)
-                if reply is not None:
-                    sample.guest_memory = hoststats.guest_memory(reply)
-            if groups & StatsGroup.VCPU:
-                sample.vcpus = await self._sample_vcpus(pid, scope)
-            if groups & StatsGroup.BLOCK and live.disks:
-                reply = await self._stats_query("query-blockstats")
-                if reply is not None:
-                    sample.blocks = hoststats.block_counters(reply, live.disks)
+            try:
+                replies = await monitor.execute_many(queries, timeout=0)
+            except QMPError as err:
+                self.log.debug("statistics queries failed", operation="stats", error=str(err))
+                return [None] * len(queries)
         if deadline.cancelled_caught:
             self._env.monitor_counters.timeouts += 1
             self.log.debug("QEMU did not answer statistics queries in time", operation="stats")
-        return sample
-
-    async def _sample_vcpus(self, pid: int, scope: SampleScope) -> list[VcpuSample] | None:
-        wait = scope.memo("schedstats", hoststats.schedstats_enabled)
-        threads = self._vcpu_threads
-        if threads is not None and len(threads) == self._live_def.vcpus:
-            found = hoststats.vcpus(pid, threads, wait=wait)
-            if found is not None:
-                return found
-        # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
-        reply = await self._stats_query("query-cpus-fast")
-        if reply is None:
-            return None
-        self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
-        return hoststats.vcpus(pid, threads, wait=wait)
-
-    async def _stats_query(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """A statistics query's answer, or None if QEMU refused it (the caller bounds it)."""
-        monitor = self._monitor
-        if monitor is None:
-            return None
-        try:
-            return await monitor.execute(command, arguments, timeout=0)
-        except QMPError as err:
-            self.log.debug(
-                "statistics query failed", operation="stats", command=command, error=str(err)
-            )
-            return None
+        found = []
+        for (command, _), reply in zip(queries, replies, strict=True):
+            if isinstance(reply, QMPError):
+                self.log.debug(
+                    "statistics query failed", operation="stats", command=command, error=str(reply)
+                )
+                reply = None
+            found.append(reply)
+        return found
 
     async def set_memory_stats_period(self, period: int) -> None:
         """Set the balloon's statistics polling interval (libvirt's ``<stats period>``)."""
@@ -582,7 +592,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             raise OperationFailedError(f"QEMU exited at once: {self._exit_reason()}")
         self.log = self.log.bind(pid=self.pid)
         self._monitor = Monitor(
-            self._env.loop,
+            self._env.host,
             name=name,
             on_event=self._on_qmp_event,
             timeout=self._env.config.qmp_timeout,
@@ -695,7 +705,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             # Its start never completed: nobody was told it runs. End it.
             raise OperationFailedError("the supervisor died while starting it")
         self._monitor = Monitor(
-            self._env.loop,
+            self._env.host,
             name=self._name,
             on_event=self._on_qmp_event,
             timeout=self._env.config.qmp_timeout,

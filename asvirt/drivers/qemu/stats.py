@@ -46,12 +46,25 @@ _QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_SIZE_OFFSET = 24
 
 
+def _read(path: str, size: int = 4096) -> bytes | None:
+    """A small /proc file's content (None if it is gone), with one open and one read: no
+    buffered file object, which costs more than the read itself."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _stat_fields(path: str) -> list[bytes] | None:
     """The fields of a /proc .../stat file after the command name (field 3 is index 0)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _read(path)
+    if not data:
         return None
     return data[data.rindex(b")") + 2 :].split()
 
@@ -87,11 +100,12 @@ def vcpu_sample(pid: int, tid: int, *, wait: bool = False) -> VcpuSample | None:
         return None
     time_ns = (int(fields[11]) + int(fields[12])) * _NS_PER_TICK
     delay: int | None = None
-    try:
-        with open(f"{task}/schedstat", "rb") as f:
-            delay = int(f.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
+    data = _read(f"{task}/schedstat", 256)
+    if data:
+        try:
+            delay = int(data.split()[1])
+        except (IndexError, ValueError):
+            pass
     return VcpuSample(VCPU_RUNNING, time_ns, _wait_ns(f"{task}/sched") if wait else 0, delay)
 
 
