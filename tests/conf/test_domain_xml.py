@@ -208,10 +208,10 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<interface type='network'><source network='n'/><bandwidth/></interface>", "<bandwidth>"),
         ("<video><model type='ramfb'/></video>", "type='ramfb'"),
         ("<disk type='network' device='disk'/>", "type='network'"),
-        ("<disk type='file' device='floppy'><target dev='fda'/></disk>", "device='floppy'"),
+        ("<disk type='file'><source file='/a'/><target dev='sda' bus='sd'/></disk>", "bus='sd'"),
         (
-            "<disk type='file'><source file='/a'/><target dev='sda' bus='usb'/></disk>",
-            "bus='usb'",
+            "<disk type='file'><source file='/a'/><target dev='sda' bus='nvme'/></disk>",
+            "bus='nvme'",
         ),
         (
             "<disk type='file'><source file='/a'/><target dev='vda'/><iotune/></disk>",
