@@ -10,6 +10,7 @@ the real QEMU where this host allows; what the host lacks is refused at start, s
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -237,3 +238,224 @@ def test_vhostuser_interface(caps: Caps) -> None:
         argv_of(caps, xml.replace(shared, ""))
     with pytest.raises(ConfigUnsupportedError, match="virtio queues"):
         argv_of(caps, xml.replace("</interface>", "<model type='e1000'/></interface>"))
+
+
+# -- memory devices ------------------------------------------------------------------------------
+
+_NUMA = (
+    "<maxMemory slots='4' unit='GiB'>4</maxMemory><features><acpi/></features>"
+    "<cpu><numa><cell id='0' cpus='0' memory='128' unit='MiB'/></numa></cpu>"
+)
+
+
+def test_nvdimm_and_virtio_pmem(caps: Caps, tmp_path: Path) -> None:
+    nv, pm = tmp_path / "nvdimm", tmp_path / "pmem"
+    xml = dom(
+        f"<memory model='nvdimm' access='private'><source><path>{nv}</path>"
+        "<alignsize unit='KiB'>2048</alignsize></source><target><size unit='KiB'>15360</size>"
+        "<node>0</node><label><size unit='KiB'>128</size></label><readonly/></target></memory>"
+        f"<memory model='nvdimm'><source><path>{nv}-b</path><pmem/></source>"
+        "<target><size unit='MiB'>4</size><node>0</node></target></memory>"
+        f"<memory model='virtio-pmem'><source><path>{pm}</path></source>"
+        "<target><size unit='MiB'>16</size></target></memory>",
+        body=_NUMA,
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert "nvdimm=on" in opts(argv, "-machine")[0].split(",")
+    assert opts(argv, "-m") == ["size=131072k,slots=4,maxmem=4194304k"]
+    objects = [json.loads(o) for o in opts(argv, "-object")]
+    # libvirt rounds memory modules up to 2 MiB at start (15 MiB -> 16 MiB).
+    assert {
+        "qom-type": "memory-backend-file",
+        "id": "memnvdimm0",
+        "mem-path": str(nv),
+        "share": False,
+        "prealloc": True,
+        "size": 16 << 20,
+        "align": 2 << 20,
+    } in objects
+    assert {  # on real persistent memory: no preallocation, and QEMU is told so
+        "qom-type": "memory-backend-file",
+        "id": "memnvdimm1",
+        "mem-path": f"{nv}-b",
+        "size": 4 << 20,
+        "pmem": True,
+    } in objects
+    assert {  # virtio-pmem writes through to its file: shared
+        "qom-type": "memory-backend-file",
+        "id": "memvirtiopmem0",
+        "mem-path": str(pm),
+        "share": True,
+        "size": 16 << 20,
+    } in objects
+    assert device(argv, "nvdimm0") == {
+        "driver": "nvdimm",
+        "node": 0,
+        "label-size": 128 << 10,
+        "unarmed": True,
+        "memdev": "memnvdimm0",
+        "id": "nvdimm0",
+        "slot": 0,
+    }
+    assert device(argv, "nvdimm1")["slot"] == 1
+    assert device(argv, "virtiopmem0")["driver"] == "virtio-pmem-pci"
+    # QEMU's pmem=on needs a DAX file (libdaxctl): launch the two that a plain file backs.
+    plain = [a.replace(',"pmem":true', "") for a in argv]
+    assert {"nvdimm0", "nvdimm1", "virtiopmem0"} <= _launch(plain, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<label>\n          <size unit='KiB'>128</size>\n        </label>" in out
+    assert "<address type='dimm' slot='0'/>" in out
+    assert "<pmem/>" in out and "<readonly/>" in out
+    with pytest.raises(ConfigUnsupportedError, match="through ACPI"):
+        argv_of(caps, xml.replace("<features><acpi/></features>", ""))
+    with pytest.raises(ConfigUnsupportedError, match="at least 128 KiB"):
+        argv_of(caps, xml.replace("<size unit='KiB'>128</size>", "<size unit='KiB'>64</size>"))
+    with pytest.raises(XMLError, match="needs <source><path>"):
+        argv_of(caps, dom("<memory model='virtio-pmem'><target><size>1</size></target></memory>"))
+
+
+def test_sgx_epc_argv_and_refused_without_sgx(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<memory model='sgx-epc'><target><size unit='MiB'>64</size><node>0</node></target>"
+        "</memory>",
+        dtype="kvm",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    machine = opts(argv, "-machine")[0].split(",")
+    assert "sgx-epc.0.memdev=memepc0" in machine and "sgx-epc.0.node=0" in machine
+    assert '{"qom-type":"memory-backend-epc","id":"memepc0","prealloc":true,"size":67108864}' in (
+        opts(argv, "-object")
+    )
+    assert opts(argv, "-m") == ["size=131072k"]  # the enclave memory is no guest RAM
+    assert "<memory model='sgx-epc'>" in _roundtrip(caps, xml)
+    if not Path("/dev/sgx_vepc").exists():
+        with pytest.raises(OperationFailedError, match="/dev/sgx_vepc is missing"):
+            check_host_devices(prepare_domain(parse_domain_xml(xml), caps))
+    with pytest.raises(OperationFailedError, match="QEMU cannot emulate SGX"):
+        check_host_devices(prepare_domain(parse_domain_xml(xml.replace("'kvm'", "'qemu'")), caps))
+
+
+# -- crypto, pstore --------------------------------------------------------------------------------
+
+
+def test_virtio_crypto(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<crypto model='virtio' type='qemu'><backend model='builtin' queues='1'/></crypto>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert '{"qom-type":"cryptodev-backend-builtin","id":"objcrypto0","queues":1}' in opts(
+        argv, "-object"
+    )
+    crypto = device(argv, "crypto0")
+    assert (crypto["driver"], crypto["cryptodev"]) == ("virtio-crypto-pci", "objcrypto0")
+    assert crypto["bus"].startswith("pci.")  # a PCIe device, on a root port
+    assert "crypto0" in _launch(argv, tmp_path)
+    assert "<backend model='builtin' queues='1'/>" in _roundtrip(caps, xml)
+    with pytest.raises(ConfigUnsupportedError, match="one queue"):
+        argv_of(caps, xml.replace("queues='1'", "queues='2'"))
+    lkcf = xml.replace("builtin", "lkcf")
+    if caps.has_object("cryptodev-backend-lkcf"):
+        assert "cryptodev-backend-lkcf" in opts(argv_of(caps, lkcf), "-object")[0]
+    else:  # QEMU 7.2 has no kernel-crypto backend (it came in 8.0): refused, saying so
+        with pytest.raises(ConfigUnsupportedError, match="cryptodev-backend-lkcf"):
+            argv_of(caps, lkcf)
+
+
+def test_pstore_acpi_erst(caps: Caps, tmp_path: Path) -> None:
+    erst = tmp_path / "erst"
+    xml = dom(
+        f"<pstore backend='acpi-erst'><path>{erst}</path><size unit='KiB'>64</size></pstore>",
+        body="<features><acpi/></features>",
+        machine="q35",
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-object")[-1] == (
+        f'{{"qom-type":"memory-backend-file","id":"mempstore0","mem-path":"{erst}",'
+        '"size":65536,"share":true}'
+    )
+    ps = device(argv, "pstore0")
+    assert (ps["driver"], ps["memdev"]) == ("acpi-erst", "mempstore0")
+    assert "pstore0" in _launch(argv, tmp_path)
+    assert erst.stat().st_size == 64 << 10  # the records' file, kept with the domain
+    assert "<size unit='KiB'>64</size>" in _roundtrip(caps, xml)
+    with pytest.raises(ConfigUnsupportedError, match="ACPI"):
+        argv_of(caps, xml.replace("<features><acpi/></features>", ""))
+
+
+# -- guestfwd channels -----------------------------------------------------------------------------
+
+
+def test_guestfwd_channels(caps: Caps, tmp_path: Path) -> None:
+    sock = tmp_path / "fwd.sock"
+    xml = dom(
+        f"<channel type='unix'><source mode='bind' path='{sock}'/>"
+        "<target type='guestfwd' address='10.0.2.1' port='4600'/></channel>"
+        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    )
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"socket,id=charchannel0,path={sock},server=on,wait=off" in opts(argv, "-chardev")
+    assert opts(argv, "-netdev") == [
+        "user,guestfwd=tcp:10.0.2.1:4600-chardev:charchannel0,id=channel0"
+    ]
+    assert device(argv, "channel1")["nr"] == 1  # the virtio channel keeps its port
+    assert {"channel1"} <= _launch(argv, tmp_path)
+    out = _roundtrip(caps, xml)
+    assert "<target type='guestfwd' address='10.0.2.1' port='4600'/>" in out
+    with pytest.raises(ConfigUnsupportedError, match=r"10\.0\.2\.0/24"):
+        argv_of(caps, xml.replace("10.0.2.1", "10.0.2.2"))
+    with pytest.raises(XMLError, match="address and a port"):
+        argv_of(caps, xml.replace(" port='4600'", ""))
+
+
+# -- video and local displays ----------------------------------------------------------------------
+
+
+def test_vmvga_and_ramfb_video(caps: Caps, tmp_path: Path) -> None:
+    xml = dom("<graphics type='vnc'/><video><model type='vmvga'/></video>")
+    argv = argv_of(caps, xml, tmp_path)
+    assert device(argv, "video0") == {
+        "driver": "vmware-svga",
+        "id": "video0",
+        "vgamem_mb": 16,
+        "bus": "pci.0",
+        "addr": "0x2",
+    }
+    assert "video0" in _launch(argv, tmp_path)
+    assert "<model type='vmvga' vram='16384' heads='1' primary='yes'/>" in _roundtrip(caps, xml)
+    ramfb = dom("<graphics type='vnc'/><video><model type='ramfb'/></video>", machine="q35")
+    argv = argv_of(caps, ramfb, tmp_path)
+    assert device(argv, "video0") == {"driver": "ramfb", "id": "video0"}  # no PCI address
+    assert "video0" in _launch(argv, tmp_path)
+    assert "<address" not in _roundtrip(caps, ramfb).split("<video>")[1].split("</video>")[0]
+
+
+def test_local_displays(caps: Caps, tmp_path: Path) -> None:
+    xml = dom("<graphics type='dbus' p2p='yes'/>")
+    argv = argv_of(caps, xml, tmp_path)
+    assert opts(argv, "-display") == ["dbus,p2p=on"]  # and no '-display none'
+    assert "video0" in _launch(argv, tmp_path)  # p2p: clients come later, over QMP
+    assert "<graphics type='dbus' p2p='yes'/>" in _roundtrip(caps, xml)
+    bus = dom("<graphics type='dbus' address='unix:path=/run/x.bus'><gl enable='no'/></graphics>")
+    assert opts(argv_of(caps, bus), "-display") == ["dbus,addr=unix:path=/run/x.bus,gl=off"]
+    egl = dom(
+        "<graphics type='egl-headless'><gl rendernode='/dev/dri/renderD128'/></graphics>"
+        "<graphics type='vnc'/><video><model type='virtio'/></video>"
+    )
+    argv = argv_of(caps, egl, tmp_path)
+    assert opts(argv, "-display") == ["egl-headless,rendernode=/dev/dri/renderD128"]
+    assert opts(argv, "-vnc")
+    assert "<gl rendernode='/dev/dri/renderD128'/>" in _roundtrip(caps, egl)
+    sdl = dom("<graphics type='sdl' fullscreen='yes'><gl enable='yes'/></graphics>")
+    argv = argv_of(caps, sdl, tmp_path)
+    assert opts(argv, "-display") == ["sdl,gl=on"] and "-full-screen" in argv
+    assert "<graphics type='sdl' fullscreen='yes'>" in _roundtrip(caps, sdl)
+    # What this host lacks is refused at start, naming it (the argv above stays right).
+    if not Path("/dev/dri/renderD128").exists():
+        with pytest.raises(OperationFailedError, match="renderD128"):
+            check_host_devices(prepare_domain(parse_domain_xml(egl), caps))
+    window = dom("<graphics type='sdl'/>")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        with pytest.raises(OperationFailedError, match="no X or Wayland display"):
+            check_host_devices(prepare_domain(parse_domain_xml(window), caps))

@@ -398,7 +398,7 @@ def _chipset(d: DomainDef, aset: _AddressSet, q35: bool) -> None:
         if ich9 is not None and _wanted(ich9) and not aset.buses[0].used(0x1B):
             ich9.address = PCIAddress(slot=0x1B)
             aset.reserve(ich9.address, PCI_DEV, "the ICH9 sound card")
-    if d.videos and d.videos[0].model != "none" and _wanted(d.videos[0]):
+    if d.videos and d.videos[0].model not in ("none", "ramfb") and _wanted(d.videos[0]):
         video = d.videos[0]
         if not aset.buses[0].used(primary_slot):
             video.address = PCIAddress(slot=primary_slot)
