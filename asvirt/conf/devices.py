@@ -629,7 +629,7 @@ def _parse_socket_nic(node: Node, nic: Interface) -> None:
         if nic.type != "udp":
             raise XMLError(f"<local> in {source.where}: only udp has a local side")
         nic.local_address = _ip_address(local.attr("address"), local.where)
-        nic.local_port = local.integer("port", minimum=1, maximum=65535)
+        nic.local_port = local.integer("port", minimum=0, maximum=65535)  # 0: any
         local.finish()
     source.finish()
     if nic.type in ("mcast", "udp", "client") and nic.source_address is None:
