@@ -1070,8 +1070,11 @@ class Graphics:
     channels: dict[str, str] = field(default_factory=dict)
     gl_enable: bool | None = None
     gl_rendernode: str | None = None
-    #: sdl: ``fullscreen='yes'``.
+    #: sdl: ``fullscreen='yes'``, and the X display and its authority file QEMU draws on
+    #: (given to QEMU as DISPLAY and XAUTHORITY; else the supervisor's own).
     fullscreen: bool | None = None
+    x_display: str | None = None
+    xauth: str | None = None
     #: dbus: a private connection per client (``p2p='yes'``), or the bus QEMU joins.
     dbus_p2p: bool | None = None
     dbus_address: str | None = None
@@ -1082,6 +1085,8 @@ class Graphics:
                 "graphics",
                 {
                     "type": self.type,
+                    "display": self.x_display,
+                    "xauth": self.xauth,
                     "fullscreen": self.fullscreen,
                     "address": self.dbus_address,
                     "p2p": self.dbus_p2p,
@@ -1216,6 +1221,14 @@ LOCAL_DISPLAYS = ("egl-headless", "sdl", "dbus")
 def _parse_local_display(node: Node, gfx: Graphics) -> None:
     if gfx.type == "sdl":
         gfx.fullscreen = node.yesno("fullscreen")
+        gfx.x_display = node.attr("display")
+        if gfx.x_display is not None and not re.fullmatch(
+            r"[A-Za-z0-9.\-]*:\d+(\.\d+)?", gfx.x_display
+        ):
+            raise XMLError(f"invalid X display '{gfx.x_display}' (e.g. ':0' or ':0.1')")
+        gfx.xauth = node.attr("xauth")
+        if gfx.xauth is not None and not gfx.xauth.startswith("/"):
+            raise XMLError(f"X authority file '{gfx.xauth}' must be an absolute path")
     elif gfx.type == "dbus":
         gfx.dbus_p2p = node.yesno("p2p")
         gfx.dbus_address = node.attr("address")

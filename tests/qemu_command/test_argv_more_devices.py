@@ -19,6 +19,7 @@ from lxml import etree
 from qemu_launch import QemuRefused, launch_paused
 
 from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu.command_extra import display_env
 from asvirt.drivers.qemu.helpers import check_host_devices
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
@@ -451,6 +452,12 @@ def test_local_displays(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, sdl, tmp_path)
     assert opts(argv, "-display") == ["sdl,gl=on"] and "-full-screen" in argv
     assert "<graphics type='sdl' fullscreen='yes'>" in _roundtrip(caps, sdl)
+    x11 = dom("<graphics type='sdl' display=':0.1' xauth='/root/.Xauthority'/>")
+    assert display_env(prepare_domain(parse_domain_xml(x11), caps)) == {
+        "DISPLAY": ":0.1",
+        "XAUTHORITY": "/root/.Xauthority",
+    }
+    assert "display=':0.1' xauth='/root/.Xauthority'" in _roundtrip(caps, x11)
     # What this host lacks is refused at start, naming it (the argv above stays right).
     if not Path("/dev/dri/renderD128").exists():
         with pytest.raises(OperationFailedError, match="renderD128"):

@@ -82,6 +82,19 @@ def local_display_args(gfx: Graphics) -> list[str]:
     return out
 
 
+def display_env(d: DomainDef) -> dict[str, str]:
+    """What QEMU's environment needs for an SDL window on the X display the XML names (as
+    libvirt sets it); QEMU otherwise inherits the supervisor's DISPLAY."""
+    env: dict[str, str] = {}
+    for gfx in d.graphics:
+        if gfx.type == "sdl":
+            if gfx.x_display is not None:
+                env["DISPLAY"] = gfx.x_display
+            if gfx.xauth is not None:
+                env["XAUTHORITY"] = gfx.xauth
+    return env
+
+
 # -- memory devices ----------------------------------------------------------------------------
 
 #: QEMU maps memory devices in 2 MiB steps on x86: libvirt rounds their sizes up at start.
@@ -185,6 +198,7 @@ def pstore_args(b: _Builder) -> None:
 __all__ = [
     "aligned_kib",
     "crypto_args",
+    "display_env",
     "guestfwd_netdev",
     "local_display_args",
     "machine_options",

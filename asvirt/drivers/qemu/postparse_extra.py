@@ -166,7 +166,8 @@ def _check_local_display(d: DomainDef, gfx: Graphics) -> None:
                 f"{where} renders with OpenGL, and this host has no GPU render node "
                 "(/dev/dri/renderD*)"
             )
-    if gfx.type == "sdl" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    has_display = gfx.x_display or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if gfx.type == "sdl" and not has_display:
         raise OperationFailedError(
             f"{where} opens a window, and the supervisor has no X or Wayland display "
             "(DISPLAY and WAYLAND_DISPLAY are not set)"
