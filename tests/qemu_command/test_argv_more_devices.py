@@ -466,3 +466,19 @@ def test_local_displays(caps: Caps, tmp_path: Path) -> None:
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         with pytest.raises(OperationFailedError, match="no X or Wayland display"):
             check_host_devices(prepare_domain(parse_domain_xml(window), caps))
+
+
+def test_usb_disks_behind_a_hub_come_after_it(caps: Caps, tmp_path: Path) -> None:
+    # piix3-uhci has two ports: a third USB device needs a hub, which must exist before
+    # the disk plugged into it (found by the hypothesis launches).
+    img = tmp_path / "d.img"
+    qemu_img("create", "-f", "raw", img, "1M")
+    disks = "".join(
+        f"<disk type='file' device='disk'><source file='{img}'/><readonly/><shareable/>"
+        f"<target dev='sd{c}' bus='usb'/></disk>"
+        for c in "abc"
+    )
+    argv = argv_of(caps, dom(disks), tmp_path)
+    ids = [json.loads(d).get("id") for d in opts(argv, "-device")]
+    assert ids.index("hub0") < min(ids.index(f"usb-disk{n}") for n in range(3))
+    assert {"hub0", "usb-disk0", "usb-disk1", "usb-disk2"} <= _launch(argv, tmp_path)

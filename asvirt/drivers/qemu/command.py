@@ -330,13 +330,14 @@ class _Builder:
         self._controllers()
         other.virtio_iommu_args(self)
         other.memory_device_args(self)
+        self._hubs()
         self._disks()
         more.filesystem_args(self)
         self._interfaces()
         self._serials()
         self._parallels()
         self._channels_and_consoles()
-        self._hubs_and_inputs()
+        self._inputs()
         other.smartcard_args(self)
         more.tpm_args(self)
         self._audio()
@@ -958,9 +959,12 @@ class _Builder:
         props["port"] = addr.port
         return props
 
-    def _hubs_and_inputs(self) -> None:
+    def _hubs(self) -> None:
+        # Before anything plugs into them (USB disks come next), as libvirt orders them.
         for i, hub in enumerate(self.d.hubs):
             self.device(self._usb({"driver": "usb-hub", "id": hub.alias}, hub.address, f"hub {i}"))
+
+    def _inputs(self) -> None:
         usb_names = {"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}
         for i, inp in enumerate(self.d.inputs):
             if inp.bus == "usb":
