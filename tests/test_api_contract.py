@@ -141,6 +141,15 @@ GENERIC_DEVICES = (
     "<interface type='user'><mac address='52:54:00:12:34:56'/></interface>"
     "<input type='tablet'/><graphics type='vnc'/><video><model type='vga'/></video>"
     "<watchdog model='i6300esb'/><rng model='virtio'><backend model='random'/></rng>"
+    # and the last of libvirt's devices (issue 12)
+    "<disk type='file' device='floppy'><source file='/var/tmp/fd.img'/><target dev='fda'/></disk>"
+    "<interface type='udp'><mac address='52:54:00:12:34:57'/>"
+    "<source address='127.0.0.1' port='5555'><local address='127.0.0.1' port='5556'/>"
+    "</source></interface>"
+    "<channel type='unix'><source mode='bind' path='/tmp/fwd.sock'/>"
+    "<target type='guestfwd' address='10.0.2.1' port='4600'/></channel>"
+    "<crypto model='virtio' type='qemu'><backend model='builtin'/></crypto>"
+    "<graphics type='dbus' p2p='yes'/>"
 )
 #: What the QEMU driver may change in what the generic post-parse produced: the machine
 #: type it canonicalizes ('pc' -> 'pc-i440fx-N'). Everything else it may only add to.

@@ -11,6 +11,7 @@ post-parse step (:mod:`asvirt.drivers.qemu.postparse`), as in libvirt.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -81,7 +82,9 @@ def _parse_boot(node: Node) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # disks
 
-DISK_BUSES = ("ide", "sata", "scsi", "virtio")
+DISK_BUSES = ("ide", "sata", "scsi", "virtio", "usb", "fdc")
+#: ``<disk device=...>``: a LUN is a host SCSI device passed through (QEMU's scsi-block).
+DISK_DEVICES = ("disk", "cdrom", "floppy", "lun")
 DISK_FORMATS = ("raw", "qcow2")
 CACHE_MODES = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
 IO_MODES = ("native", "threads", "io_uring")
@@ -105,7 +108,7 @@ def disk_name_index(name: str) -> int:
 def default_disk_bus(target: str) -> str:
     prefix = _DISK_NAME_RE.match(target)
     kind = prefix.group(1) if prefix else ""
-    return {"hd": "ide", "sd": "scsi", "vd": "virtio"}.get(kind, "")
+    return {"hd": "ide", "sd": "scsi", "vd": "virtio", "fd": "fdc"}.get(kind, "")
 
 
 @dataclass(slots=True)
@@ -117,7 +120,7 @@ class Disk(DeviceBase):
     """
 
     type: str = "file"  # file | block | volume
-    device: str = "disk"  # disk | cdrom
+    device: str = "disk"  # disk | cdrom | floppy | lun
     target: str = ""
     bus: str = ""
     source: str | None = None
@@ -143,6 +146,8 @@ class Disk(DeviceBase):
     wwn: str | None = None
     rotation_rate: int | None = None
     tray: str | None = None
+    #: ``<target removable=...>`` of a USB disk: 'on' | 'off'.
+    removable: str | None = None
     snapshot: str | None = None
     boot_order: int | None = None
     #: N in the ``libvirt-N-storage`` node names (assigned with the aliases).
@@ -202,6 +207,7 @@ class Disk(DeviceBase):
                 "dev": self.target,
                 "bus": self.bus or None,
                 "tray": self.tray,
+                "removable": self.removable,
                 "rotation_rate": self.rotation_rate,
             },
         )
@@ -221,7 +227,7 @@ class Disk(DeviceBase):
 def parse_disk(node: Node) -> Disk:
     disk = Disk(
         type=node.choice("type", ("file", "block", "volume"), "file") or "file",
-        device=node.choice("device", ("disk", "cdrom"), "disk") or "disk",
+        device=node.choice("device", DISK_DEVICES, "disk") or "disk",
         snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
     )
     drv = node.child("driver")
@@ -260,10 +266,17 @@ def parse_disk(node: Node) -> Disk:
         raise XMLError("missing <target> of <disk>")
     disk.target = tgt.required("dev")
     disk_name_index(disk.target)  # validates the name
+    if tgt.attr("bus") == "nvme":
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <target bus='nvme'> is not in libvirt 9's domain schema "
+            "(an emulated NVMe controller came to libvirt later); put the disk on virtio, "
+            "scsi or sata"
+        )
     disk.bus = tgt.choice("bus", DISK_BUSES) or default_disk_bus(disk.target)
     disk.tray = tgt.choice("tray", ("open", "closed"))
     if disk.tray == "open":
         raise tgt.unsupported_value("tray", "open", ["closed"])
+    disk.removable = tgt.onoff("removable")
     disk.rotation_rate = tgt.integer("rotation_rate", minimum=1, maximum=65534)
     tgt.finish()
     disk.boot_order = _parse_boot(node)
@@ -284,13 +297,37 @@ def parse_disk(node: Node) -> Disk:
             raise XMLError(f"invalid <wwn> '{wwn}': expected 16 hex digits")
         disk.wwn = wwn
     _parse_alias(node, disk)
-    disk.address = parse_address(node, (DriveAddress, PCIAddress))
+    disk.address = parse_address(node, (DriveAddress, PCIAddress, USBAddress))
     node.finish()
+    _check_disk_bus(disk)
+    return disk
+
+
+def _check_disk_bus(disk: Disk) -> None:
+    """The device kinds each bus carries (what QEMU has a device for)."""
+    where = f"disk '{disk.target}'"
     if disk.device == "cdrom" and disk.bus == "virtio":
         raise ConfigUnsupportedError(
-            f"unsupported configuration: disk '{disk.target}': a cdrom cannot be on the virtio bus"
+            f"unsupported configuration: {where}: a cdrom cannot be on the virtio bus"
         )
-    return disk
+    if (disk.device == "floppy") != (disk.bus == "fdc"):
+        raise XMLError(f"{where}: a floppy is on the fdc bus, and only a floppy is")
+    if disk.device == "lun" and disk.bus != "scsi":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: QEMU passes a host SCSI device (device='lun') "
+            "through to a SCSI controller only (its virtio-blk lost SCSI passthrough in 5.0)"
+        )
+    if disk.device == "lun" and disk.type != "block":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: device='lun' passes a host SCSI device "
+            "through and needs type='block' with <source dev=...>"
+        )
+    if disk.removable is not None and disk.bus != "usb":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: removable= is for USB disks only"
+        )
+    if disk.bus == "usb" and disk.device not in ("disk", "cdrom"):
+        raise XMLError(f"{where}: a USB disk is a disk or a cdrom")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +492,10 @@ def parse_controller(node: Node) -> Controller:
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxnet3", "igb")
 #: ``user``: QEMU's user-mode (slirp) network; ``network``: a tap on a virtual network's
 #: bridge; ``bridge``: a tap on an existing host bridge.
-NIC_TYPES = ("user", "network", "bridge")
+#: ``mcast``/``udp``/``server``/``client``: QEMU's socket netdev, a link to other guests'
+#: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket.
+NIC_TYPES = ("user", "network", "bridge", "mcast", "udp", "server", "client", "vhostuser")
+SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: A Linux interface name (at most 15 bytes; no '/', ':', '%' or blanks).
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
@@ -478,17 +518,30 @@ class Interface(DeviceBase):
     source_bridge: str | None = None
     #: ``<target dev=...>``: the tap's name (a user's choice, or the one given at start).
     target_dev: str | None = None
+    #: socket types: ``<source address= port=>`` and udp's ``<local address= port=>``.
+    source_address: str | None = None
+    source_port: int | None = None
+    local_address: str | None = None
+    local_port: int | None = None
+    #: vhostuser: ``<source type='unix' path= mode='server'|'client'>``.
+    vhost_path: str | None = None
+    vhost_mode: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
         if self.mac is not None:
             el.add("mac", {"address": self.mac})
-        if self.type == "network":
+        if self.type in SOCKET_NIC_TYPES:
+            src = el.add("source", {"address": self.source_address, "port": self.source_port})
+            src.add_if("local", {"address": self.local_address, "port": self.local_port})
+        elif self.type == "vhostuser":
+            el.add("source", {"type": "unix", "path": self.vhost_path, "mode": self.vhost_mode})
+        elif self.type == "network":
             bridge = self.source_bridge if live else None
             el.add("source", {"network": self.source_network, "bridge": bridge})
         elif self.type == "bridge":
             el.add("source", {"bridge": self.source_bridge})
-        if self.target_dev is not None and self.type != "user":
+        if self.target_dev is not None and self.type in ("network", "bridge"):
             el.add("target", {"dev": self.target_dev})
         if self.model is not None:
             el.add("model", {"type": self.model})
@@ -516,7 +569,19 @@ def parse_interface(node: Node) -> Interface:
             raise XMLError(f"MAC address '{addr}' is a multicast address")
         nic.mac = addr.lower()
         mac.finish()
-    if kind != "user":
+    if kind in SOCKET_NIC_TYPES:
+        _parse_socket_nic(node, nic)
+    elif kind == "vhostuser":
+        source = node.child("source")
+        if source is None:
+            raise XMLError("<interface type='vhostuser'> needs a <source type='unix' path=...>")
+        source.choice("type", ("unix",))
+        nic.vhost_path = source.required("path")
+        if not nic.vhost_path.startswith("/"):
+            raise XMLError(f"vhost-user socket '{nic.vhost_path}' must be an absolute path")
+        nic.vhost_mode = source.choice("mode", ("server", "client"), "client")
+        source.finish()
+    elif kind != "user":
         source = node.child("source")
         if source is None:
             raise XMLError(f"<interface type='{kind}'> needs a <source>")
@@ -548,6 +613,41 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _parse_socket_nic(node: Node, nic: Interface) -> None:
+    """The ``<source address= port=>`` (and ``<local>``) of a socket-netdev interface."""
+    source = node.child("source")
+    if source is None:
+        raise XMLError(f"<interface type='{nic.type}'> needs a <source port=...>")
+    nic.source_address = _ip_address(source.attr("address"), source.where)
+    nic.source_port = source.integer("port", minimum=1, maximum=65535)
+    if nic.source_port is None:
+        raise XMLError(f"missing attribute 'port' of {source.where}")
+    local = source.child("local")
+    if local is not None:
+        if nic.type != "udp":
+            raise XMLError(f"<local> in {source.where}: only udp has a local side")
+        nic.local_address = _ip_address(local.attr("address"), local.where)
+        nic.local_port = local.integer("port", minimum=0, maximum=65535)  # 0: any
+        local.finish()
+    source.finish()
+    if nic.type in ("mcast", "udp", "client") and nic.source_address is None:
+        raise XMLError(f"<interface type='{nic.type}'> needs <source address=...>")
+    if nic.type == "udp" and (nic.local_address is None or nic.local_port is None):
+        raise XMLError("<interface type='udp'> needs <local address=... port=...>")
+    address = nic.source_address
+    if nic.type == "mcast" and address and not ipaddress.ip_address(address).is_multicast:
+        raise XMLError(f"'{address}' is not a multicast address")
+
+
+def _ip_address(text: str | None, where: str) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise XMLError(f"invalid IPv4 address '{text}' in {where}") from None
 
 
 def _ifname(name: str, what: str) -> str:
@@ -600,6 +700,9 @@ class Chardev(DeviceBase):
     target_name: str | None = None
     target_state: str | None = None
     target_model: str | None = None
+    #: A guestfwd channel: the address in the user-mode network that reaches this chardev
+    #: (its port is ``target_port``).
+    target_address: str | None = None
     #: The chardev id given to QEMU (``charserial0``), assigned with the aliases.
     chardev_id: str | None = None
     #: spiceport: ``<source channel=...>``, the SPICE port channel's name.
@@ -636,7 +739,7 @@ class Chardev(DeviceBase):
         "serial": ("isa-serial", "pci-serial", "usb-serial"),
         "parallel": (),
         "console": ("serial", "virtio"),
-        "channel": ("virtio",),
+        "channel": ("virtio", "guestfwd"),
     }
 
     def is_compat_console(self, serials: list[Chardev]) -> bool:
@@ -681,6 +784,7 @@ class Chardev(DeviceBase):
                 "type": self.target_type,
                 "name": self.target_name,
                 "state": self.target_state,
+                "address": self.target_address,
                 "port": self.target_port,
             },
         )
@@ -772,6 +876,13 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
             ):
                 raise XMLError(f"invalid channel name '{chr_.target_name}'")
             chr_.target_state = target.choice("state", ("connected", "disconnected"))
+            if chr_.target_type == "guestfwd":
+                chr_.target_address = _ip_address(target.attr("address"), target.where)
+                chr_.target_port = target.integer("port", minimum=1, maximum=65535)
+                if chr_.target_address is None or chr_.target_port is None:
+                    raise XMLError(f"a guestfwd {target.where} needs an address and a port")
+                if chr_.target_name is not None or chr_.target_state is not None:
+                    raise XMLError(f"a guestfwd {target.where} has no name or state")
         else:
             chr_.target_port = target.integer("port", minimum=0, maximum=255)
         if kind == "serial":
@@ -959,8 +1070,31 @@ class Graphics:
     channels: dict[str, str] = field(default_factory=dict)
     gl_enable: bool | None = None
     gl_rendernode: str | None = None
+    #: sdl: ``fullscreen='yes'``, and the X display and its authority file QEMU draws on
+    #: (given to QEMU as DISPLAY and XAUTHORITY; else the supervisor's own).
+    fullscreen: bool | None = None
+    x_display: str | None = None
+    xauth: str | None = None
+    #: dbus: a private connection per client (``p2p='yes'``), or the bus QEMU joins.
+    dbus_p2p: bool | None = None
+    dbus_address: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
+        if self.type in LOCAL_DISPLAYS:
+            el = parent.add(
+                "graphics",
+                {
+                    "type": self.type,
+                    "display": self.x_display,
+                    "xauth": self.xauth,
+                    "fullscreen": self.fullscreen,
+                    "address": self.dbus_address,
+                    "p2p": self.dbus_p2p,
+                },
+            )
+            if self.gl_enable is not None or self.gl_rendernode is not None:
+                el.add("gl", {"enable": self.gl_enable, "rendernode": self.gl_rendernode})
+            return
         el = parent.add(
             "graphics",
             {
@@ -990,12 +1124,15 @@ class Graphics:
 
 def parse_graphics(node: Node) -> Graphics:
     kind = node.required("type")
-    if kind not in ("vnc", "spice"):
+    if kind not in ("vnc", "spice", *LOCAL_DISPLAYS):
         raise ConfigUnsupportedError(
             f"unsupported configuration: <graphics type='{kind}'> is not supported "
-            "(asvirt supports VNC and SPICE)"
+            "(QEMU on Linux has VNC, SPICE, egl-headless, SDL and D-Bus displays)"
         )
     gfx = Graphics(type=kind)
+    if kind in LOCAL_DISPLAYS:
+        _parse_local_display(node, gfx)
+        return gfx
     gfx.port = node.integer("port", minimum=-1, maximum=65535)
     gfx.autoport = node.yesno("autoport")
     if kind == "vnc":
@@ -1061,10 +1198,14 @@ def _parse_spice(node: Node, gfx: Graphics) -> None:
             raise XMLError(f"{ch.where} needs a name and a mode")
         ch.finish()
         gfx.channels[name] = mode
+    _parse_gl(node, gfx)
+
+
+def _parse_gl(node: Node, gfx: Graphics) -> None:
     gl = node.child("gl")
     if gl is not None:
         gfx.gl_enable = gl.yesno("enable")
-        if gfx.gl_enable is None:
+        if gfx.gl_enable is None and gfx.type != "egl-headless":
             raise XMLError(f"missing attribute 'enable' of {gl.where}")
         gfx.gl_rendernode = gl.attr("rendernode")
         if gfx.gl_rendernode is not None and not gfx.gl_rendernode.startswith("/dev/"):
@@ -1072,7 +1213,34 @@ def _parse_spice(node: Node, gfx: Graphics) -> None:
         gl.finish()
 
 
-VIDEO_MODELS = ("vga", "cirrus", "virtio", "bochs", "qxl", "none")
+#: Displays QEMU shows on the host itself (no network listener): egl-headless renders for
+#: another display, SDL opens a window, D-Bus exports the console to local clients.
+LOCAL_DISPLAYS = ("egl-headless", "sdl", "dbus")
+
+
+def _parse_local_display(node: Node, gfx: Graphics) -> None:
+    if gfx.type == "sdl":
+        gfx.fullscreen = node.yesno("fullscreen")
+        gfx.x_display = node.attr("display")
+        if gfx.x_display is not None and not re.fullmatch(
+            r"[A-Za-z0-9.\-]*:\d+(\.\d+)?", gfx.x_display
+        ):
+            raise XMLError(f"invalid X display '{gfx.x_display}' (e.g. ':0' or ':0.1')")
+        gfx.xauth = node.attr("xauth")
+        if gfx.xauth is not None and not gfx.xauth.startswith("/"):
+            raise XMLError(f"X authority file '{gfx.xauth}' must be an absolute path")
+    elif gfx.type == "dbus":
+        gfx.dbus_p2p = node.yesno("p2p")
+        gfx.dbus_address = node.attr("address")
+        if gfx.dbus_address is not None and not re.fullmatch(r"[a-z]+:[^\s,]+", gfx.dbus_address):
+            raise XMLError(f"invalid D-Bus address '{gfx.dbus_address}' (e.g. unix:path=/run/x)")
+        if gfx.dbus_p2p and gfx.dbus_address is not None:
+            raise XMLError("a D-Bus display is either p2p or on the bus at address=, not both")
+    _parse_gl(node, gfx)
+    node.finish()
+
+
+VIDEO_MODELS = ("vga", "cirrus", "virtio", "bochs", "qxl", "vmvga", "ramfb", "none")
 
 
 @dataclass(slots=True)

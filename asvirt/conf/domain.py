@@ -51,6 +51,7 @@ from .memory import (
     parse_numa,
     parse_numatune,
 )
+from .moredevices import Crypto, Pstore, parse_crypto, parse_pstore
 from .names import canonical_uuid, validate_name
 from .otherdevices import IOMMU, RedirFilter, Shmem, Smartcard, Vsock
 from .sysinfo import SysInfo, parse_iothreads, parse_sysinfo
@@ -353,6 +354,8 @@ class DomainDef:
     vsock: Vsock | None = None
     memory_devices: list[MemoryDevice] = field(default_factory=list)
     smartcards: list[Smartcard] = field(default_factory=list)
+    cryptos: list[Crypto] = field(default_factory=list)
+    pstore: Pstore | None = None
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -377,7 +380,7 @@ class DomainDef:
     @property
     def initial_memory_kib(self) -> int:
         """The memory the guest boots with: ``<memory>`` less what memory devices bring."""
-        return self.memory_kib - sum(m.size_kib for m in self.memory_devices)
+        return self.memory_kib - sum(m.size_kib for m in self.memory_devices if m.in_ram)
 
     @property
     def has_memballoon(self) -> bool:
@@ -517,6 +520,8 @@ class DomainDef:
             self.memory_devices,
             [self.iommu] if self.iommu is not None else [],
             [self.vsock] if self.vsock is not None else [],
+            self.cryptos,
+            [self.pstore] if self.pstore is not None else [],
         ]
         for group in groups:
             for device in group:
@@ -1327,7 +1332,8 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
     d.shmems = [odev.parse_shmem(n) for n in node.children("shmem")]
     d.smartcards = [odev.parse_smartcard(n) for n in node.children("smartcard")]
     d.memory_devices = [parse_memory_device(n) for n in node.children("memory")]
-    for tag in ("redirfilter", "iommu", "vsock"):
+    d.cryptos = [parse_crypto(n) for n in node.children("crypto")]
+    for tag in ("redirfilter", "iommu", "vsock", "pstore"):
         found = node.children(tag)
         if len(found) > 1:
             raise XMLError(f"a domain can have only one <{tag}>")
@@ -1336,6 +1342,7 @@ def _parse_devices(node: Node, d: DomainDef) -> None:
                 "redirfilter": odev.parse_redirfilter,
                 "iommu": odev.parse_iommu,
                 "vsock": odev.parse_vsock,
+                "pstore": parse_pstore,
             }[tag]
             setattr(d, tag, parse(found[0]))
     node.finish()

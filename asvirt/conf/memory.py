@@ -16,6 +16,8 @@ from .units import parse_kib
 from .xmlnode import Node, XElem
 
 MEMORY_MODELS = ("dimm", "virtio-mem", "nvdimm", "virtio-pmem", "sgx-epc")
+#: Memory devices backed by a host file (``<source><path>``).
+FILE_MEMORY_MODELS = ("nvdimm", "virtio-pmem")
 NUMATUNE_MODES = ("strict", "preferred", "interleave", "restrictive")
 
 
@@ -136,19 +138,48 @@ class MemoryDevice(DeviceBase):
     requested_kib: int | None = None
     access: str | None = None  # shared | private
     discard: bool | None = None
+    #: nvdimm, virtio-pmem: ``<source><path>``, the host file behind the device, with its
+    #: ``<alignsize>`` and ``<pmem/>`` (the file is on real persistent memory).
+    path: str | None = None
+    align_kib: int | None = None
+    pmem: bool = False
+    #: nvdimm: ``<target><label><size>`` (the namespace label area) and ``<readonly/>``.
+    label_kib: int | None = None
+    readonly: bool = False
+    #: virtio-pmem: ``<target><address base=...>``, where it maps in guest memory.
+    target_base: int | None = None
+
+    @property
+    def in_ram(self) -> bool:
+        """Whether it is part of the guest's ``<memory>`` (an SGX enclave page cache is not:
+        the guest cannot use it as RAM)."""
+        return self.model != "sgx-epc"
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
             "memory", {"model": self.model, "access": self.access, "discard": self.discard}
         )
+        if self.path is not None:
+            src = el.add("source")
+            src.add("path", text=self.path)
+            if self.align_kib is not None:
+                src.add("alignsize", {"unit": "KiB"}, text=str(self.align_kib))
+            if self.pmem:
+                src.add("pmem")
         tgt = el.add("target")
         tgt.add("size", {"unit": "KiB"}, text=str(self.size_kib))
         if self.node is not None:
             tgt.add("node", text=str(self.node))
+        if self.label_kib is not None:
+            tgt.add("label").add("size", {"unit": "KiB"}, text=str(self.label_kib))
         if self.block_kib is not None:
             tgt.add("block", {"unit": "KiB"}, text=str(self.block_kib))
         if self.requested_kib is not None:
             tgt.add("requested", {"unit": "KiB"}, text=str(self.requested_kib))
+        if self.readonly:
+            tgt.add("readonly")
+        if self.target_base is not None:
+            tgt.add("address", {"base": f"{self.target_base:#x}"})
         self._format_tail(el, live)
 
 
@@ -156,16 +187,29 @@ def parse_memory_device(node: Node) -> MemoryDevice:
     model = node.choice("model", MEMORY_MODELS)
     if model is None:
         raise XMLError("missing attribute 'model' of <memory>")
-    if model not in ("dimm", "virtio-mem"):
-        raise ConfigUnsupportedError(
-            f"unsupported configuration: <memory model='{model}'> is not supported (asvirt "
-            "plugs 'dimm' and 'virtio-mem' memory)"
-        )
     md = MemoryDevice(
         model=model,
         access=node.choice("access", ("shared", "private")),
         discard=node.yesno("discard"),
     )
+    src = node.child("source")
+    if src is not None:
+        if model not in FILE_MEMORY_MODELS:
+            raise node.unsupported("<source> (only nvdimm and virtio-pmem memory has a file)")
+        md.path = src.child_text("path")
+        if md.path is None or not md.path.startswith("/"):
+            raise XMLError(f"{src.where} needs an absolute <path>")
+        align = src.child("alignsize")
+        if align is not None:
+            md.align_kib = parse_kib(align.text(), align.attr("unit"), what="alignsize")
+            align.finish()
+        pmem = src.child("pmem")
+        if pmem is not None:
+            pmem.finish()
+            md.pmem = True
+        src.finish()
+    elif model in FILE_MEMORY_MODELS:
+        raise XMLError(f"<memory model='{model}'> needs <source><path>, the file behind it")
     tgt = node.child("target")
     if tgt is None:
         raise XMLError("missing <target> of <memory>")
@@ -184,11 +228,38 @@ def parse_memory_device(node: Node) -> MemoryDevice:
                 raise XMLError(f"<{tag}> is for virtio-mem memory")
             setattr(md, f"{tag}_kib", parse_kib(sub.text(), sub.attr("unit"), what=tag))
             sub.finish()
+    label = tgt.child("label")
+    if label is not None:
+        if model != "nvdimm":
+            raise XMLError("<label> is for nvdimm memory")
+        lsize = label.child("size")
+        if lsize is None:
+            raise XMLError(f"missing <size> of {label.where}")
+        md.label_kib = parse_kib(lsize.text(), lsize.attr("unit"), what="label size")
+        lsize.finish()
+        label.finish()
+    ro = tgt.child("readonly")
+    if ro is not None:
+        if model != "nvdimm":
+            raise XMLError("<readonly/> is for nvdimm memory")
+        ro.finish()
+        md.readonly = True
+    base = tgt.child("address")
+    if base is not None:
+        if model != "virtio-pmem":
+            raise tgt.unsupported("<address> (only virtio-pmem memory is placed so)")
+        md.target_base = base.integer("base", minimum=0, maximum=(1 << 64) - 1, hex_ok=True)
+        if md.target_base is None:
+            raise XMLError(f"missing attribute 'base' of {base.where}")
+        base.finish()
     tgt.finish()
     if md.size_kib == 0:
         raise XMLError("a memory device needs a size")
     _parse_alias(node, md)
-    md.address = parse_address(node, (DimmAddress,) if model == "dimm" else (PCIAddress,))
+    slotted = model in ("dimm", "nvdimm")
+    md.address = parse_address(
+        node, (DimmAddress,) if slotted else (PCIAddress,) if model != "sgx-epc" else ()
+    )
     node.finish()
     return md
 

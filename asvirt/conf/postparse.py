@@ -54,7 +54,7 @@ from .domain import DomainDef, parse_cpuset
 #: libvirt's default MAC prefix (QEMU's too) for addresses it generates.
 MAC_PREFIX = "52:54:00"
 #: libvirt's default VRAM (KiB) of each video model that has one (virDomainVideoDefaultRAM).
-DEFAULT_VRAM = {"vga": 16384, "cirrus": 16384, "bochs": 16384, "qxl": 65536}
+DEFAULT_VRAM = {"vga": 16384, "cirrus": 16384, "bochs": 16384, "qxl": 65536, "vmvga": 16384}
 #: ... and QXL's RAM bar.
 DEFAULT_QXL_RAM = 65536
 
@@ -82,20 +82,20 @@ def postparse_domain(defn: DomainDef) -> DomainDef:
 
 def _memory(d: DomainDef) -> None:
     # libvirt's sizes: NUMA cells are the initial memory, <memory> adds the memory devices.
-    plugged = sum(m.size_kib for m in d.memory_devices)
+    plugged = sum(m.size_kib for m in d.memory_devices if m.in_ram)
     cells = d.cpu.numa if d.cpu is not None else []
     if cells:
         d.memory_kib = sum(c.memory_kib for c in cells) + plugged
     elif plugged >= d.memory_kib:
         raise XMLError("the memory devices hold all of <memory>: nothing is left to boot with")
-    if d.memory_devices and d.max_memory_kib is None:
+    if any(m.in_ram for m in d.memory_devices) and d.max_memory_kib is None:
         raise XMLError("memory devices need <maxMemory> (the region they are plugged into)")
     if d.max_memory_kib is not None:
         if d.max_memory_kib < d.memory_kib:
             raise XMLError(
                 f"<maxMemory> ({d.max_memory_kib} KiB) is less than <memory> ({d.memory_kib} KiB)"
             )
-        dimms = sum(1 for m in d.memory_devices if m.model == "dimm")
+        dimms = sum(1 for m in d.memory_devices if m.model in ("dimm", "nvdimm"))
         if dimms > (d.max_memory_slots or 0):
             raise XMLError(f"{dimms} DIMMs, but <maxMemory> has {d.max_memory_slots or 0} slots")
     for i, cell in enumerate(cells):
@@ -290,6 +290,8 @@ def _misc_devices(d: DomainDef) -> None:
         if rng.backend == "random" and rng.backend_path is None:
             rng.backend_path = "/dev/random"
     for gfx in d.graphics:
+        if gfx.type not in ("vnc", "spice"):
+            continue  # a local display: nothing to listen on
         # Without an address the display listens where the driver says (QEMU: 127.0.0.1,
         # chosen when the command line is built, as libvirt takes it from qemu.conf).
         if not gfx.listens:
@@ -325,6 +327,8 @@ def all_devices(d: DomainDef) -> list[DeviceBase]:
         *d.smartcards,
         *([d.iommu] if d.iommu is not None else []),
         *([d.vsock] if d.vsock is not None else []),
+        *d.cryptos,
+        *([d.pstore] if d.pstore is not None else []),
     ]
 
 

@@ -42,16 +42,27 @@ def memory(draw: st.DrawFn) -> str:
 @st.composite
 def disks(draw: st.DrawFn, q35: bool) -> str:
     out = []
-    buses = ["virtio", "sata", "scsi"] + ([] if q35 else ["ide"])
+    buses = ["virtio", "sata", "scsi", "usb", "fdc"] + ([] if q35 else ["ide"])
     used: dict[str, int] = {}
     for _ in range(draw(st.integers(0, 4))):
         bus = draw(st.sampled_from(buses))
-        prefix = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}[bus]
+        prefix = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd", "usb": "sd"}.get(
+            bus, "fd"
+        )
         n = used.get(prefix, 0)
-        if bus == "ide" and n > 3:
+        if (bus == "ide" and n > 3) or (bus == "fdc" and n > 1):
             continue
         used[prefix] = n + 1
-        cdrom = bus != "virtio" and draw(st.booleans())
+        if bus == "fdc":  # a floppy drive, maybe empty
+            source = f"<source file='/images/d{len(out)}.img'/>" if draw(st.booleans()) else ""
+            out.append(
+                f"<disk type='file' device='floppy'><driver name='qemu' type='raw'/>{source}"
+                f"<target dev='{disk_name(prefix, n)}' bus='fdc'/></disk>"
+            )
+            continue
+        cdrom = bus not in ("virtio", "usb") and draw(st.booleans())
+        if bus == "usb" and draw(st.booleans()):
+            bus += f"' removable='{draw(st.sampled_from(['on', 'off']))}"
         fmt = draw(st.sampled_from(["raw", "qcow2"]))
         cache = draw(st.sampled_from([None, "none", "writeback", "unsafe", "default"]))
         driver = f"<driver name='qemu' type='{fmt}'" + (f" cache='{cache}'" if cache else "") + "/>"
@@ -94,7 +105,8 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         parts.append(f"<input type='{kind}' bus='{bus}'/>")
     if draw(st.booleans()):
         parts.append("<graphics type='vnc' port='-1'/>")
-        video = draw(st.sampled_from(["vga", "cirrus", "virtio", "qxl", "bochs", None]))
+        models = ["vga", "cirrus", "virtio", "qxl", "bochs", "vmvga", "ramfb", None]
+        video = draw(st.sampled_from(models))
         if video:
             parts.append(f"<video><model type='{video}'/></video>")
     parts.append(
@@ -104,6 +116,7 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         parts.append("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
     parts.append(draw(virt_install_devices(q35)))
     parts.append(draw(rare_devices(q35)))
+    parts.append(draw(last_devices()))
     if draw(st.booleans()):
         model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
         parts.append(f"<watchdog model='{model}' action='reset'/>")
@@ -217,6 +230,35 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
 
 
 @st.composite
+def last_devices(draw: st.DrawFn) -> str:
+    """The devices issue 12 brought last: socket NICs, guestfwd channels, virtio-crypto and
+    the D-Bus display (the launch test points ``/tmp/fwd`` at a scratch place)."""
+    parts = []
+    base = draw(st.integers(20000, 60000))  # one port each: two listeners cannot share one
+    for i in range(draw(st.integers(0, 2))):
+        kind = draw(st.sampled_from(["server", "udp"]))
+        if kind == "server":
+            source = f"<source address='127.0.0.1' port='{base + i}'/>"
+        else:
+            source = (
+                "<source address='127.0.0.1' port='9'><local address='127.0.0.1' "
+                f"port='{base + i}'/></source>"
+            )
+        model = draw(st.sampled_from(["", "<model type='virtio'/>", "<model type='e1000'/>"]))
+        parts.append(f"<interface type='{kind}'>{source}{model}</interface>")
+    for i in range(draw(st.integers(0, 2))):
+        parts.append(
+            f"<channel type='unix'><source mode='bind' path='/tmp/fwd{i}.sock'/>"
+            f"<target type='guestfwd' address='10.0.2.{10 + i}' port='{4600 + i}'/></channel>"
+        )
+    if draw(st.booleans()):
+        parts.append("<crypto model='virtio' type='qemu'><backend model='builtin'/></crypto>")
+    if draw(st.booleans()):
+        parts.append("<graphics type='dbus' p2p='yes'/>")
+    return "".join(parts)
+
+
+@st.composite
 def numa_and_memory_devices(draw: st.DrawFn, maxcpu: int) -> tuple[str, str, str]:
     """(``<maxMemory>`` and ``<memory>``, ``<cpu>`` children, ``<devices>`` children): NUMA
     cells over the vCPUs, and DIMMs and virtio-mem plugged into the hotplug region."""
@@ -228,9 +270,22 @@ def numa_and_memory_devices(draw: st.DrawFn, maxcpu: int) -> tuple[str, str, str
         access = draw(st.sampled_from(["", " memAccess='shared'"]))
         cells.append(f"<cell id='{i}' cpus='{cpus}' memory='{mib}' unit='MiB'{access}/>")
     devs = []
-    for _ in range(draw(st.integers(0, 2))):
+    for n in range(draw(st.integers(0, 2))):
         node = f"<node>{draw(st.integers(0, ncells - 1))}</node>"
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["dimm", "virtio-mem", "nvdimm", "virtio-pmem"]))
+        if kind == "nvdimm":
+            label = "<label><size unit='KiB'>128</size></label>" if draw(st.booleans()) else ""
+            devs.append(
+                f"<memory model='nvdimm'><source><path>/tmp/mem{n}</path></source><target>"
+                f"<size unit='MiB'>{draw(st.sampled_from([2, 4]))}</size>{node}{label}</target>"
+                "</memory>"
+            )
+        elif kind == "virtio-pmem":
+            devs.append(
+                f"<memory model='virtio-pmem'><source><path>/tmp/mem{n}</path></source>"
+                "<target><size unit='MiB'>2</size></target></memory>"
+            )
+        elif kind == "dimm":
             devs.append(
                 f"<memory model='dimm'><target><size unit='MiB'>{draw(st.sampled_from([2, 64]))}"
                 f"</size>{node}</target></memory>"
@@ -343,6 +398,10 @@ def domains(draw: st.DrawFn) -> str:
                 f"<{tag}>{draw(st.sampled_from(['destroy', 'restart', 'preserve']))}</{tag}>"
             )
     devs = draw(devices(q35)) + (numa[2] if numa else "")
+    if "<acpi/>" in feats and draw(st.booleans()):
+        devs += (
+            "<pstore backend='acpi-erst'><path>/tmp/erst</path><size unit='KiB'>64</size></pstore>"
+        )
     return f"<domain type='{dtype}'>{''.join(head)}<devices>{devs}</devices></domain>"
 
 

@@ -46,6 +46,8 @@ def _materialize(xml: str, tmp: Path) -> str:
     xml = xml.replace("/tmp/qga.sock", f"{tmp}/qga.sock")
     xml = xml.replace("/tmp/share", str(tmp)).replace("/tmp/nvram.fd", f"{tmp}/nvram.fd")
     xml = xml.replace("/tmp/egd.sock", f"{tmp}/egd.sock")
+    for scratch in ("/tmp/fwd", "/tmp/mem", "/tmp/erst"):  # guestfwd sockets, memory files
+        xml = xml.replace(scratch, f"{tmp}/{scratch[5:]}")
     # Shared memory objects live in /dev/shm under names of this example's (removed after).
     xml = xml.replace("<shmem name='hyp-", f"<shmem name='{tmp.name}-")
     if not os.path.exists("/dev/vhost-vsock"):  # QEMU cannot open this host's side of it

@@ -24,6 +24,8 @@ from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
 from ...conf.devices import (
+    LOCAL_DISPLAYS,
+    SOCKET_NIC_TYPES,
     Chardev,
     Controller,
     Disk,
@@ -34,6 +36,7 @@ from ...conf.devices import (
 )
 from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
+from . import command_extra as extra
 from . import command_more as more
 from . import command_other as other
 from .capabilities import QemuCapabilities
@@ -339,13 +342,14 @@ class _Builder:
         self._controllers()
         other.virtio_iommu_args(self)
         other.memory_device_args(self)
+        self._hubs()
         self._disks()
         more.filesystem_args(self)
         self._interfaces()
         self._serials()
         self._parallels()
         self._channels_and_consoles()
-        self._hubs_and_inputs()
+        self._inputs()
         other.smartcard_args(self)
         more.tpm_args(self)
         self._audio()
@@ -361,7 +365,9 @@ class _Builder:
         other.panic_args(self)
         other.shmem_args(self)
         other.vsock_args(self)
+        extra.crypto_args(self)
         more.misc_args(self)
+        extra.pstore_args(self)
         if self.sandbox and self.caps.has_option("sandbox"):
             # libvirt's default: QEMU's seccomp filter forbids what a confined emulator has no
             # business doing (obsolete syscalls, setuid, spawning programs, changing limits).
@@ -380,6 +386,7 @@ class _Builder:
             opts.append(f"smm={f.smm}")
         opts.append(f"dump-guest-core={'on' if d.dump_core == 'on' else 'off'}")
         opts.extend(more.machine_options(self))
+        opts.extend(extra.machine_options(d))
         hpet = d.clock.timer("hpet")
         if hpet is not None and hpet.present is False:
             if self.caps.at_least(7, 2):
@@ -523,8 +530,8 @@ class _Builder:
             if kind == "network":
                 target: Any = d.interfaces[0] if d.interfaces else None
             else:
-                want = "cdrom" if kind == "cdrom" else "disk"
-                target = next((x for x in d.disks if x.device == want and kind != "fd"), None)
+                want = {"cdrom": "cdrom", "fd": "floppy"}.get(kind, "disk")
+                target = next((x for x in d.disks if x.device == want), None)
             if target is not None and id(target) not in out:
                 out[id(target)] = n
         return out
@@ -610,6 +617,8 @@ class _Builder:
             if ctl.iothread is not None:
                 props["iothread"] = f"iothread{ctl.iothread}"
             self.device(self._pci(props, ctl.address, what))
+        elif ctl.type == "fdc":
+            self._fdc()
         elif ctl.type == "sata":
             if self.q35 and ctl.index == 0:
                 return  # the ICH9 AHCI controller is part of the machine
@@ -623,6 +632,20 @@ class _Builder:
             }
             self.device(self._pci(props, ctl.address, what))
         # ide 0 (PIIX3) and fdc 0 are part of the i440FX machine: nothing to add.
+
+    def _fdc(self) -> None:
+        """The ISA floppy controller: the PC's own (only its boot order is set), or one
+        added to a Q35 machine, which has none. A floppy boots through its controller."""
+        boot: dict[str, int] = {}
+        for disk in self.d.disks:
+            index = self.bootindex.get(id(disk))
+            if disk.bus == "fdc" and index is not None and isinstance(disk.address, DriveAddress):
+                boot["bootindexA" if disk.address.unit == 0 else "bootindexB"] = index
+        if self.q35:
+            self.device({"driver": "isa-fdc", **boot})
+        else:
+            for key, index in boot.items():
+                self.add("-global", f"isa-fdc.{key}={index}")
 
     def _usb_controllers(self, usb: list[Controller]) -> None:
         # Per index, the controller that owns the bus goes first: companions name it.
@@ -735,6 +758,8 @@ class _Builder:
             props = self._pci({"driver": "virtio-blk-pci"}, addr, f"disk '{disk.target}'")
             if disk.iothread is not None:
                 props["iothread"] = f"iothread{disk.iothread}"
+        elif disk.bus == "usb":
+            props = self._usb({"driver": "usb-storage"}, addr, f"disk '{disk.target}'")
         else:
             assert isinstance(addr, DriveAddress)
             ctl = self.d.controller(disk.bus, addr.controller)
@@ -750,21 +775,29 @@ class _Builder:
             elif disk.bus == "sata":
                 props = {"driver": "ide-cd" if cdrom else "ide-hd"}
                 props["bus"] = f"{ctl.alias}.{addr.unit}"
+            elif disk.bus == "fdc":
+                props = {"driver": "floppy", "unit": addr.unit}
             else:
-                props = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"{ctl.alias}.0"}
+                lun = disk.device == "lun"  # the host's SCSI device itself: scsi-block
+                driver = "scsi-block" if lun else "scsi-cd" if cdrom else "scsi-hd"
+                props = {"driver": driver, "bus": f"{ctl.alias}.0"}
                 if ctl.model == "lsilogic":
                     props["scsi-id"] = addr.unit
                 else:
                     props["channel"] = addr.bus
                     props["scsi-id"] = addr.target
                     props["lun"] = addr.unit
-                props["device_id"] = disk.serial or f"drive-{disk.alias}"
+                if not lun:  # scsi-block reports the host device's own identity
+                    props["device_id"] = disk.serial or f"drive-{disk.alias}"
         if drive is not None:
             props["drive"] = drive
             if disk.shareable:
                 props["share-rw"] = True
         props["id"] = disk.alias
-        props["bootindex"] = self.bootindex.get(id(disk))
+        if disk.bus == "usb":
+            props["removable"] = disk.removable == "on"
+        if disk.bus != "fdc":  # a floppy boots through its controller (_fdc)
+            props["bootindex"] = self.bootindex.get(id(disk))
         if disk.cache not in (None, "default"):
             props["write-cache"] = _CACHE[disk.cache][2]
         if not cdrom:
@@ -788,6 +821,8 @@ class _Builder:
             fd = self.tap_fds.get(nic.alias or "")
             if nic.type == "user":
                 self.add("-netdev", f"user,id={netdev}")
+            elif nic.type in SOCKET_NIC_TYPES or nic.type == "vhostuser":
+                self.add(*extra.netdev_args(nic, netdev))
             elif fd is not None:
                 self.add("-netdev", f"tap,fd={fd},id={netdev}")
             else:
@@ -896,6 +931,9 @@ class _Builder:
         # Channels first: they name their ports; consoles then take what is left.
         for chr_ in self.d.channels:
             cid = self._chardev(chr_)
+            if chr_.target_type == "guestfwd":
+                self.add("-netdev", extra.guestfwd_netdev(chr_, cid))
+                continue
             props = {"driver": "virtserialport", **self._vser(chr_), "chardev": cid}
             props["id"] = chr_.alias
             props["name"] = chr_.target_name
@@ -933,9 +971,12 @@ class _Builder:
         props["port"] = addr.port
         return props
 
-    def _hubs_and_inputs(self) -> None:
+    def _hubs(self) -> None:
+        # Before anything plugs into them (USB disks come next), as libvirt orders them.
         for i, hub in enumerate(self.d.hubs):
             self.device(self._usb({"driver": "usb-hub", "id": hub.alias}, hub.address, f"hub {i}"))
+
+    def _inputs(self) -> None:
         for i, inp in enumerate(self.d.inputs):
             if inp.bus == "usb":
                 props = {"driver": USB_INPUT_DEVICES[inp.type], "id": inp.alias}
@@ -986,6 +1027,8 @@ class _Builder:
 
     def _graphics(self) -> None:
         for gfx in self.d.graphics:
+            if gfx.type in LOCAL_DISPLAYS:
+                self.add(*extra.local_display_args(gfx))
             if gfx.type != "vnc":
                 continue  # SPICE: command_more
             lst = gfx.listens[0] if gfx.listens else None
@@ -1017,8 +1060,11 @@ class _Builder:
                 continue
             props: dict[str, Any] = {"driver": VIDEO_DEVICE[video.model][0 if i == 0 else 1]}
             props["id"] = video.alias
-            if video.model == "vga":
+            if video.model in ("vga", "vmvga"):
                 props["vgamem_mb"] = (video.vram or 16384) // 1024
+            elif video.model == "ramfb":  # firmware framebuffer in guest RAM: no PCI
+                self.device(props)
+                continue
             elif video.model == "qxl":
                 props["max_outputs"] = video.heads or 1
                 props["ram_size"] = (video.ram or 65536) * 1024

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
+from . import command_extra as extra
 from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
 
@@ -306,6 +307,9 @@ def numa_args(b: _Builder) -> None:
 def memory_device_args(b: _Builder) -> None:
     d = b.d
     for i, md in enumerate(d.memory_devices):
+        if md.model not in ("dimm", "virtio-mem"):
+            extra.memory_device_args(b, i, md)  # file-backed and SGX memory
+            continue
         obj = f"mem{md.alias}"
         props = ram_backend(d, obj, md.size_kib, access=md.access, tune=host_nodes(d, md.node))
         dev: dict[str, Any] = {"node": md.node}

@@ -42,6 +42,7 @@ from ...log import get_logger
 from . import process
 from .command_more import swtpm_socket, virtiofs_socket
 from .paths import EmbedPaths
+from .postparse_extra import check_more_host_devices
 
 log = get_logger("asvirt.qemu.helpers")
 
@@ -195,6 +196,7 @@ def check_host_devices(defn: DomainDef) -> None:
             raise OperationFailedError(
                 f"the host TPM {tpm.device_path} of domain '{defn.name}' does not exist"
             )
+    check_more_host_devices(defn)
 
 
 def _usb_present(vendor: int, product: int) -> bool:

@@ -254,6 +254,10 @@ class HotplugOps:
         fd = None
         if nic.type == "user":
             args["type"] = "user"
+        elif nic.type not in ("network", "bridge"):
+            raise OperationUnsupportedError(
+                f"interfaces of type '{nic.type}' are plugged at start only, not while running"
+            )
         else:
             plug = self._env.plug_interfaces
             if plug is None:

@@ -323,7 +323,7 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
         if hd.type == "pci":
             yield _Client(hd, pcie(True), f"host device {i}")
     for i, md in enumerate(d.memory_devices):
-        if md.model == "virtio-mem":
+        if md.model in ("virtio-mem", "virtio-pmem"):
             yield _Client(md, pcie(True), f"memory device {i}")
     for i, sh in enumerate(d.shmems):
         yield _Client(sh, PCI_DEV, f"shmem {i}")
@@ -332,6 +332,10 @@ def _clients(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for panic in d.panics:
         if panic.model == "pvpanic":
             yield _Client(panic, PCI_DEV, "the PCI panic device")
+    for i, crypto in enumerate(d.cryptos):
+        yield _Client(crypto, pcie(True), f"crypto device {i}")
+    if d.pstore is not None:
+        yield _Client(d.pstore, PCI_DEV, "the pstore device")
 
 
 def _all_pci_devices(d: DomainDef, q35: bool) -> Iterator[_Client]:
@@ -339,7 +343,7 @@ def _all_pci_devices(d: DomainDef, q35: bool) -> Iterator[_Client]:
     for c in d.controllers:
         if (c.type == "ide" and c.index == 0) or (c.type == "sata" and c.index == 0 and q35):
             yield _Client(c, PCI_DEV, f"{c.type} controller 0")
-    if d.videos and d.videos[0].model != "none":
+    if d.videos and d.videos[0].model not in ("none", "ramfb"):  # ramfb: no PCI device
         yield _Client(d.videos[0], PCI_DEV, "video 0")
     if d.iommu is not None and d.iommu.model == "virtio":
         yield _Client(d.iommu, PCI_DEV, "the virtio IOMMU")
@@ -394,7 +398,7 @@ def _chipset(d: DomainDef, aset: _AddressSet, q35: bool) -> None:
         if ich9 is not None and _wanted(ich9) and not aset.buses[0].used(0x1B):
             ich9.address = PCIAddress(slot=0x1B)
             aset.reserve(ich9.address, PCI_DEV, "the ICH9 sound card")
-    if d.videos and d.videos[0].model != "none" and _wanted(d.videos[0]):
+    if d.videos and d.videos[0].model not in ("none", "ramfb") and _wanted(d.videos[0]):
         video = d.videos[0]
         if not aset.buses[0].used(primary_slot):
             video.address = PCIAddress(slot=primary_slot)

@@ -36,6 +36,7 @@ from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
 from .firmware import select_firmware
 from .pci import USB2_FUNCTION, assign_pci_addresses
+from .postparse_extra import check_guestfwd, prepare_extra
 from .postparse_more import default_audio, prepare_more
 from .postparse_other import prepare_other
 
@@ -89,6 +90,8 @@ VIDEO_DEVICE = {
     "virtio": ("virtio-vga", "virtio-gpu-pci"),
     "bochs": ("bochs-display", "bochs-display"),
     "qxl": ("qxl-vga", "qxl"),
+    "vmvga": ("vmware-svga", "vmware-svga"),
+    "ramfb": ("ramfb", "ramfb"),
 }
 
 
@@ -132,6 +135,7 @@ def prepare_domain(
     _misc_devices(d, caps, q35)
     prepare_more(d, caps, q35)
     prepare_other(d, caps, q35)
+    prepare_extra(d, caps, q35)
     _check_controllers(d, caps, q35)
     _assign_virtio_serial(d)
     _assign_usb(d)
@@ -320,10 +324,10 @@ def _check_controllers(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
                 )
         elif ctl.type == "sata" and not (q35 and ctl.index == 0):
             _need_device(caps, "ahci", "SATA controllers")
-        elif ctl.type == "fdc" and (q35 or ctl.index != 0):
+        elif ctl.type == "fdc" and ctl.index != 0:
             raise ConfigUnsupportedError(
-                "unsupported configuration: only the i440FX's built-in floppy controller "
-                "(index 0) is supported"
+                "unsupported configuration: a PC has one ISA floppy controller (index 0); "
+                "QEMU has no second one"
             )
         elif ctl.type == "pci":
             _check_pci_controller(ctl, caps, q35)
@@ -412,13 +416,22 @@ def _disks(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
                 raise XMLError(f"virtio disk '{disk.target}' needs a PCI address")
             _need_device(caps, "virtio-blk-pci", "virtio disks")
             continue
+        if disk.bus == "usb":
+            if disk.address is not None and not isinstance(disk.address, USBAddress):
+                raise XMLError(f"USB disk '{disk.target}' needs a USB address")
+            _need_device(caps, "usb-storage", "USB disks")
+            continue  # its port comes with the other USB devices'
         if disk.address is not None and not isinstance(disk.address, DriveAddress):
             raise XMLError(f"{disk.bus} disk '{disk.target}' needs a drive address")
         if disk.address is None:
             disk.address = _default_drive_address(disk)
+        if disk.device == "lun":
+            _need_device(caps, "scsi-block", "a SCSI LUN passed through (device='lun')")
+        if disk.bus == "fdc":
+            _need_device(caps, "isa-fdc", "a floppy drive")
     _check_drive_addresses(d)
     # Controllers for every drive address, from index 0 up, as libvirt adds them.
-    for bus in ("ide", "sata", "scsi"):
+    for bus in ("ide", "sata", "scsi", "fdc"):
         highest = max(
             (
                 x.address.controller
@@ -440,6 +453,18 @@ def _check_disk(disk: Disk, q35: bool) -> None:
     if disk.bus == "ide" and q35:
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: q35 machines have no IDE bus; use bus='sata'"
+        )
+    if disk.device == "lun" and disk.format not in (None, "raw"):
+        raise XMLError(f"{where}: a passed-through LUN is a raw host device, not {disk.format}")
+    if disk.device == "lun" and (disk.serial or disk.wwn or disk.cache not in (None, "default")):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: QEMU's scsi-block shows the host LUN's own "
+            "serial, WWN and cache; it takes no <serial>, <wwn> or cache mode"
+        )
+    if disk.bus == "fdc" and (disk.serial or disk.error_policy or disk.rerror_policy):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: QEMU's floppy drive has no serial number "
+            "and no error policy"
         )
     if disk.readonly and disk.device == "disk" and disk.bus in ("ide", "sata"):
         raise ConfigUnsupportedError(
@@ -465,8 +490,8 @@ def _check_disk(disk: Disk, q35: bool) -> None:
         )
     if disk.device == "cdrom" and disk.copy_on_read == "on":
         raise ConfigUnsupportedError(f"unsupported configuration: {where}: copy_on_read on a cdrom")
-    if disk.source is None and disk.type != "volume" and disk.device == "disk":
-        raise XMLError(f"{where} has no source (only a cdrom may be empty)")
+    if disk.source is None and disk.type != "volume" and disk.device in ("disk", "lun"):
+        raise XMLError(f"{where} has no source (only a cdrom or a floppy may be empty)")
 
 
 def _default_drive_address(disk: Disk) -> DriveAddress:
@@ -475,6 +500,8 @@ def _default_drive_address(disk: Disk) -> DriveAddress:
         addr = DriveAddress(controller=idx // 4, bus=(idx % 4) // 2, unit=idx % 2)
     elif disk.bus == "sata":
         addr = DriveAddress(controller=idx // 6, unit=idx % 6)
+    elif disk.bus == "fdc":
+        addr = DriveAddress(controller=idx // 2, unit=idx % 2)
     else:
         # SCSI: 15 usable ids per controller, skipping 7 (the controller's own id).
         unit = idx % 15
@@ -513,6 +540,9 @@ def _check_drive_range(d: DomainDef, disk: Disk, addr: DriveAddress) -> None:
     elif disk.bus == "sata":
         limits = {"bus": 0, "target": 0, "unit": 5}
         hint = "a SATA controller has ports (units) 0-5 on bus 0"
+    elif disk.bus == "fdc":
+        limits = {"controller": 0, "bus": 0, "target": 0, "unit": 1}
+        hint = "the PC's one floppy controller has drives (units) 0 and 1"
     else:
         ctl = d.controller("scsi", addr.controller)
         if ctl is not None and ctl.model != "virtio-scsi":
@@ -535,6 +565,8 @@ def _check_drive_range(d: DomainDef, disk: Disk, addr: DriveAddress) -> None:
 
 def _interfaces(d: DomainDef, caps: QemuCapabilities) -> None:
     for nic in d.interfaces:  # unique MACs, generated if missing: the generic post-parse
+        if nic.model is None and nic.type == "vhostuser":
+            nic.model = "virtio"  # vhost-user serves virtio queues only
         if nic.model is None:
             nic.model = next(
                 (m for m in ("rtl8139", "e1000", "virtio") if caps.has_device(NIC_DEVICE[m])),
@@ -577,10 +609,15 @@ def _chardevs(d: DomainDef, caps: QemuCapabilities) -> None:
     if any((c.target_port or 0) > 3 for c in isa) or len(isa) > 4:
         raise ConfigUnsupportedError("unsupported configuration: at most 4 ISA serial ports (0-3)")
     for chr_ in d.channels:
-        if chr_.target_type != "virtio":
-            raise ConfigUnsupportedError(
-                "unsupported configuration: only virtio channels are supported"
-            )
+        if chr_.target_type == "guestfwd":
+            check_guestfwd(chr_)
+            if chr_.address is not None:
+                raise XMLError("a guestfwd channel is no guest device and has no address")
+            if chr_.type in ("pty", "vc", "spicevmc", "spiceport"):
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: a guestfwd channel of type '{chr_.type}': "
+                    "QEMU's user-mode network forwards to a socket, pipe or file chardev"
+                )
 
 
 def _videos(d: DomainDef, caps: QemuCapabilities) -> None:
@@ -599,6 +636,8 @@ def _videos(d: DomainDef, caps: QemuCapabilities) -> None:
                 f"unsupported configuration: a secondary video device must be qxl or virtio, "
                 f"not '{video.model}'"
             )
+        if video.model == "ramfb" and (video.address is not None or video.vram):
+            raise XMLError("a ramfb display is firmware memory: it has no address nor vram")
         if video.model == "qxl":
             video.vgamem = video.vgamem or 16384  # QEMU's qxl default
         if video.blob is not None and video.model != "virtio":
@@ -651,7 +690,7 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
         elif inp.address is not None:
             raise XMLError("a PS/2 input device cannot have an address")
     for gfx in d.graphics:
-        if gfx.websocket not in (None, -1) and gfx.listens[0].type != "address":
+        if gfx.websocket not in (None, -1) and gfx.listens and gfx.listens[0].type != "address":
             raise ConfigUnsupportedError(
                 "unsupported configuration: a VNC websocket needs a listen address"
             )
@@ -663,7 +702,7 @@ def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
 
 def _assign_virtio_serial(d: DomainDef) -> None:
     ports = [c for c in d.consoles if c.target_type == "virtio"]
-    wanted = [*ports, *d.channels]
+    wanted = [*ports, *(c for c in d.channels if c.target_type == "virtio")]
     if not wanted:
         return
     for chr_ in wanted:
@@ -737,6 +776,8 @@ def _assign_usb(d: DomainDef) -> None:
     usb_inputs += [s for s in d.sounds if s.model == "usb"]
     usb_inputs += [s for s in d.serials if s.target_type == "usb-serial"]
     usb_inputs += [c for c in d.controllers if c.type == "ccid"]
+    # Disks come first in libvirt's walk over the devices, so they take the first ports.
+    usb_inputs = [*(x for x in d.disks if x.bus == "usb"), *usb_inputs]
     if not d.hubs and not usb_inputs:
         return
     roots = _usb_tree(d)
@@ -847,7 +888,9 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
         addr = disk.address
         if disk.bus == "virtio":
             disk.alias = f"virtio-disk{disk_name_index(disk.target)}"
-        elif isinstance(addr, DriveAddress) and disk.bus in ("ide", "sata", "scsi"):
+        elif disk.bus == "usb":
+            disk.alias = f"usb-disk{disk_name_index(disk.target)}"
+        elif isinstance(addr, DriveAddress) and disk.bus in ("ide", "sata", "scsi", "fdc"):
             if disk.bus == "scsi" and scsi_models.get(addr.controller) != "lsilogic":
                 disk.alias = f"scsi{addr.controller}-{addr.bus}-{addr.target}-{addr.unit}"
             else:
@@ -888,6 +931,8 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
         (d.smartcards, "smartcard"),
         ([d.iommu] if d.iommu is not None else [], "iommu"),
         ([d.vsock] if d.vsock is not None else [], "vsock"),
+        (d.cryptos, "crypto"),
+        ([d.pstore] if d.pstore is not None else [], "pstore"),
     ]
     for items, prefix in simple:
         for i, item in enumerate(items):
@@ -895,7 +940,7 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
                 item.alias = f"{prefix}{i}"
     counters: dict[str, int] = {}
     for md in d.memory_devices:
-        prefix = md.model.replace("-", "")
+        prefix = "epc" if md.model == "sgx-epc" else md.model.replace("-", "")
         if not md.user_alias:
             md.alias = f"{prefix}{counters.get(prefix, 0)}"
         counters[prefix] = counters.get(prefix, 0) + 1

@@ -191,8 +191,8 @@ def _memory_devices(d: DomainDef, caps: QemuCapabilities) -> None:
             used.add(md.address.slot)
     for i, md in enumerate(d.memory_devices):
         where = f"memory device {i}"
-        if md.model == "dimm":
-            _need(caps, "pc-dimm", "a DIMM")
+        if md.model in ("dimm", "nvdimm"):  # both take a slot (nvdimm: postparse_extra)
+            _need(caps, md.model if md.model == "nvdimm" else "pc-dimm", f"a {md.model.upper()}")
             if d.features.acpi != "on":
                 raise ConfigUnsupportedError(
                     f"unsupported configuration: {where}: QEMU hotplugs DIMMs through ACPI, "
@@ -204,12 +204,12 @@ def _memory_devices(d: DomainDef, caps: QemuCapabilities) -> None:
             if md.address.slot is None:
                 md.address.slot = min(set(range(len(used) + 1)) - used)
                 used.add(md.address.slot)
-            if md.size_kib % 2048:
+            if md.size_kib % 2048 and md.model == "dimm":
                 raise ConfigUnsupportedError(
                     f"unsupported configuration: {where}: QEMU plugs DIMMs in 2 MiB steps "
                     "on x86; its size must be a multiple of 2 MiB"
                 )
-        else:
+        elif md.model == "virtio-mem":
             _need(caps, "virtio-mem-pci", "virtio-mem memory")
             md.block_kib = md.block_kib or VIRTIO_MEM_BLOCK_KIB
             md.requested_kib = md.requested_kib or 0

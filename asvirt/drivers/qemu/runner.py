@@ -75,6 +75,7 @@ from .command import (
     fill_runtime_paths,
     links_down,
 )
+from .command_extra import display_env
 from .helpers import DomainHelpers
 from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost
@@ -567,7 +568,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                     argv,
                     log_fd=log_fd,
                     pass_fds=(listener.fileno(), *tap_fds.values(), *passed),
-                    env={process.ROOT_ENV: str(paths.root)},
+                    env={process.ROOT_ENV: str(paths.root), **display_env(self._live_def)},
                 )
             except OSError as err:
                 raise OperationFailedError(f"cannot run '{argv[0]}': {err.strerror}") from err

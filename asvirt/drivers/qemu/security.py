@@ -345,6 +345,19 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
     for rng in defn.rngs:
         if rng.backend == "random" and rng.backend_path:
             out.append(Need(rng.backend_path, f"the random number source of {rng.alias}", READ))
+    # Files behind memory devices and the pstore: QEMU creates them (an empty one it sizes).
+    files = [(m.path, f"memory device {m.alias}") for m in defn.memory_devices if m.path]
+    if defn.pstore is not None and defn.pstore.path:
+        files.append((defn.pstore.path, "the pstore"))
+    for path, what in files:
+        out.append(Need(path, f"the file of {what}", READ | WRITE, create=True))
+    for nic in defn.interfaces:
+        if nic.type == "vhostuser" and nic.vhost_path:
+            what = f"the vhost-user socket of {nic.alias}"
+            if nic.vhost_mode == "server":
+                out.append(_socket_directory(nic.vhost_path, what))
+            else:
+                out.append(Need(nic.vhost_path, what, WRITE))
     return out
 
 

@@ -1,0 +1,204 @@
+"""QEMU post-parse of the devices :mod:`~asvirt.drivers.qemu.command_extra` builds: socket
+and vhost-user NICs, NVDIMM/virtio-pmem/SGX memory, virtio-crypto, pstore, guestfwd
+channels, and the local displays (egl-headless, SDL, D-Bus).
+
+Called by :func:`~asvirt.drivers.qemu.postparse.prepare_domain`. What is refused here is
+what QEMU cannot do (the message says so), or XML that contradicts itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+from ...conf.devices import Chardev, Graphics
+from ...conf.domain import DomainDef
+from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
+from .capabilities import QemuCapabilities
+from .postparse_more import shared_memory
+
+#: The network of QEMU's user-mode stack (slirp's default), its host and its DNS server.
+SLIRP_NET = ipaddress.IPv4Network("10.0.2.0/24")
+SLIRP_HOST_AND_DNS = ("10.0.2.2", "10.0.2.3")
+
+
+def check_guestfwd(chr_: Chardev) -> None:
+    """A guestfwd channel's address must be one the user-mode network can answer for."""
+    addr = chr_.target_address or ""
+    if ipaddress.IPv4Address(addr) not in SLIRP_NET or addr in SLIRP_HOST_AND_DNS:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: guestfwd address {addr}: QEMU's user-mode network "
+            f"forwards connections to addresses of its network {SLIRP_NET} only, other than "
+            f"its host and DNS server ({', '.join(SLIRP_HOST_AND_DNS)})"
+        )
+
+
+def _need(caps: QemuCapabilities, device: str, what: str) -> None:
+    if not caps.has_device(device):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {what} needs QEMU device '{device}', which "
+            f"{caps.binary} (QEMU {caps.version_string}) does not have"
+        )
+
+
+def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    """Defaults and checks of the devices this module is about (in place)."""
+    _interfaces(d)
+    _memory_devices(d, caps)
+    _crypto_and_pstore(d, caps)
+
+
+def _interfaces(d: DomainDef) -> None:
+    for i, nic in enumerate(d.interfaces):
+        if nic.type != "vhostuser":
+            continue
+        if nic.model != "virtio":
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interface {i}: a vhost-user backend serves "
+                f"virtio queues; QEMU cannot put a '{nic.model}' NIC on it"
+            )
+        if not shared_memory(d):
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interface {i}: vhost-user needs shared memory "
+                "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
+                " for the backend maps guest RAM"
+            )
+
+
+#: The smallest namespace label area QEMU gives an NVDIMM.
+NVDIMM_MIN_LABEL_KIB = 128
+#: Where a host's SGX lends enclave memory to guests.
+SGX_VEPC = "/dev/sgx_vepc"
+
+
+def _memory_devices(d: DomainDef, caps: QemuCapabilities) -> None:
+    for i, md in enumerate(d.memory_devices):
+        where = f"memory device {i}"
+        if md.model == "nvdimm":
+            # The slot, and the device itself: postparse_other, with the DIMMs.
+            if md.label_kib is not None and md.label_kib < NVDIMM_MIN_LABEL_KIB:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {where}: QEMU's NVDIMM label area is at "
+                    f"least {NVDIMM_MIN_LABEL_KIB} KiB"
+                )
+            if md.label_kib is not None and md.label_kib >= md.size_kib:
+                raise XMLError(f"{where}: the label takes all of the NVDIMM")
+        elif md.model == "virtio-pmem":
+            _need(caps, "virtio-pmem-pci", "virtio-pmem memory")
+            if md.node is not None:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: {where}: QEMU's virtio-pmem has no NUMA node"
+                )
+        elif md.model == "sgx-epc":
+            if md.address is not None:
+                raise XMLError(f"{where}: an SGX EPC section has no address")
+            if md.access is not None or md.discard is not None:
+                raise XMLError(f"{where}: an SGX EPC section takes no access or discard")
+
+
+#: Where a pstore's records go when the XML names no file (libvirt's place, under its
+#: per-domain directory, is the driver's; asvirt names it by the domain).
+PSTORE_DIR = "/var/lib/libvirt/qemu/nvram"
+
+
+def _crypto_and_pstore(d: DomainDef, caps: QemuCapabilities) -> None:
+    for crypto in d.cryptos:
+        qom = f"cryptodev-backend-{crypto.backend}"
+        if not caps.has_object(qom):
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: <crypto><backend model='{crypto.backend}'> needs "
+                f"QEMU object '{qom}', which {caps.binary} (QEMU {caps.version_string}) does "
+                "not have" + (" (it came in QEMU 8.0)" if crypto.backend == "lkcf" else "")
+            )
+        _need(caps, "virtio-crypto-pci", "a virtio crypto device")
+        if crypto.backend == "builtin" and (crypto.queues or 1) > 1:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: QEMU's builtin crypto backend has one queue; "
+                f"it cannot serve queues='{crypto.queues}'"
+            )
+    ps = d.pstore
+    if ps is not None:
+        _need(caps, "acpi-erst", "<pstore backend='acpi-erst'>")
+        if d.features.acpi != "on":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: <pstore backend='acpi-erst'> is an ACPI table, and "
+                "this domain turns ACPI off (add <features><acpi/></features>)"
+            )
+        if ps.path is None:
+            ps.path = f"{PSTORE_DIR}/{d.name}_acpi_erst"
+
+
+def check_more_host_devices(d: DomainDef) -> None:
+    """Refuse a start whose host devices (of this module's kinds) are not there, saying why:
+    the part of :func:`~asvirt.drivers.qemu.helpers.check_host_devices` for them."""
+    for disk in d.disks:
+        if disk.device == "lun" and disk.source is not None:
+            _check_scsi_lun(d, disk.target, disk.source)
+    for gfx in d.graphics:
+        _check_local_display(d, gfx)
+    if any(m.model == "sgx-epc" for m in d.memory_devices):
+        if d.domain_type != "kvm":
+            raise OperationFailedError(
+                f"the SGX enclave memory of domain '{d.name}' needs KVM (<domain type='kvm'>): "
+                "QEMU cannot emulate SGX"
+            )
+        if not os.path.exists(SGX_VEPC):
+            raise OperationFailedError(
+                f"the SGX enclave memory of domain '{d.name}' needs a host with SGX "
+                f"({SGX_VEPC} is missing: this CPU or kernel has no SGX to lend)"
+            )
+
+
+def _check_local_display(d: DomainDef, gfx: Graphics) -> None:
+    """A display on the host itself needs what it draws with: QEMU inherits the
+    supervisor's environment, so an X/Wayland display or session bus must be there."""
+    where = f"the {gfx.type} display of domain '{d.name}'"
+    if gfx.type == "egl-headless" or gfx.gl_rendernode is not None or gfx.gl_enable:
+        if gfx.gl_rendernode is not None:
+            if not os.path.exists(gfx.gl_rendernode):
+                raise OperationFailedError(
+                    f"{where} renders on {gfx.gl_rendernode}, which this host does not have"
+                )
+        elif not list(Path("/dev/dri").glob("renderD*")):
+            raise OperationFailedError(
+                f"{where} renders with OpenGL, and this host has no GPU render node "
+                "(/dev/dri/renderD*)"
+            )
+    has_display = gfx.x_display or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if gfx.type == "sdl" and not has_display:
+        raise OperationFailedError(
+            f"{where} opens a window, and the supervisor has no X or Wayland display "
+            "(DISPLAY and WAYLAND_DISPLAY are not set)"
+        )
+    if (
+        gfx.type == "dbus"
+        and not gfx.dbus_p2p
+        and gfx.dbus_address is None
+        and not os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    ):
+        raise OperationFailedError(
+            f"{where} joins the session bus, and the supervisor has none "
+            "(DBUS_SESSION_BUS_ADDRESS is not set; use p2p='yes' or address=)"
+        )
+
+
+def _check_scsi_lun(d: DomainDef, target: str, path: str) -> None:
+    where = f"disk '{target}' of domain '{d.name}'"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise OperationFailedError(
+            f"{where} passes through the host SCSI device {path}, which cannot be opened "
+            f"({e.strerror})"
+        ) from None
+    sysfs = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/device")
+    if not stat.S_ISBLK(st.st_mode) or not (sysfs / "scsi_device").exists():
+        raise OperationFailedError(
+            f"{where}: {path} is not a whole SCSI disk, and QEMU's scsi-block passes SCSI "
+            "commands (SG_IO) to one (use device='disk' for any other block device)"
+        )
+
+
+__all__ = ["check_guestfwd", "check_more_host_devices", "prepare_extra"]
