@@ -28,6 +28,7 @@ from ...conf.domain import DomainDef, parse_domain_xml
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_more as more
 from . import command_other as other
+from . import command_tune as tune
 from .capabilities import QemuCapabilities
 from .postparse import (
     NIC_DEVICE,
@@ -629,6 +630,7 @@ class _Builder:
     # -- disks ------------------------------------------------------------------------------------
 
     def _disks(self) -> None:
+        tune.throttle_objects(self)
         for disk in self.d.disks:
             if disk.type == "volume":
                 # Resolved to a file when the domain starts (see asvirt.hypervisor.volumes).
@@ -699,6 +701,8 @@ class _Builder:
             }
             nodes.append(cor)
             top = cor["node-name"]
+        if disk.iotune is not None:
+            nodes.append(tune.throttle_node(disk, top))
         return nodes
 
     @staticmethod
@@ -755,6 +759,7 @@ class _Builder:
             if disk.error_policy not in (None, "enospace") and disk.rerror_policy is None:
                 props["rerror"] = disk.error_policy  # reads follow the write policy
         props["rotation_rate"] = disk.rotation_rate
+        tune.disk_device_props(disk, props)
         if disk.wwn is not None:
             props["wwn"] = int(disk.wwn, 16)
         if disk.serial is not None:

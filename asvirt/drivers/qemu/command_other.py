@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
+from .command_tune import hugepage_backend
 from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
+from .tuning import hugetlbfs_mount
 
 if TYPE_CHECKING:
     from ...conf.domain import DomainDef
@@ -268,8 +270,11 @@ def ram_backend(
     access = access or (mb.access if mb is not None else None)
     if access is not None:
         props["share"] = access == "shared"
-    if mb is not None and mb.allocation == "immediate":
-        props["prealloc"] = True
+    if mb is not None and mb.hugepages:
+        mount = hugetlbfs_mount(mb.hugepage_size_kib) or "/dev/hugepages"
+        hugepage_backend(d, props, obj_id, mount)
+    if mb is not None and (mb.allocation == "immediate" or mb.hugepages):
+        props["prealloc"] = True  # libvirt preallocates huge pages as well
     props["size"] = size_kib * 1024
     props.update(tune or {})
     return props
