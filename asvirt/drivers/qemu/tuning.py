@@ -29,6 +29,7 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from ...errors import (
     SystemCallError,
 )
 from ...log import get_logger
+from .security import QemuIdentity
 
 log = get_logger("asvirt.qemu.tuning")
 
@@ -135,6 +137,34 @@ def dac_override(d: DomainDef) -> tuple[int, int] | bool | None:
         if sl.model == "dac" and sl.type == "none":
             return False
     return None
+
+
+def label_identity(d: DomainDef) -> QemuIdentity | None:
+    """Who a static ``<seclabel model='dac'>`` runs QEMU as (None: no such label, or the
+    supervisor's own identity). Refuses what this supervisor cannot do."""
+    over = dac_override(d)
+    if not isinstance(over, tuple):
+        return None
+    uid, gid = over
+    label = next(sl for sl in d.seclabels if sl.model == "dac" and sl.type == "static")
+    if label.relabel:
+        raise OperationUnsupportedError(
+            f"<seclabel model='dac' relabel='yes'>: asvirt does not relabel files for a "
+            f"domain's own DAC label; give its files to {label.label} and use relabel='no'"
+        )
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return None
+    if os.geteuid() != 0:
+        raise OperationUnsupportedError(
+            f"<seclabel model='dac'><label>{label.label}</label>: only a supervisor running "
+            f"as root can run QEMU as another user, and this one runs as uid {os.geteuid()}"
+        )
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise OperationUnsupportedError(
+            "<seclabel model='dac'>: running QEMU as another user needs 'setpriv' (util-linux)"
+        )
+    return QemuIdentity(user=label.label or "", uid=uid, gid=gid, groups=(gid,), setpriv=setpriv)
 
 
 # -- pinning ----------------------------------------------------------------------------------
@@ -585,6 +615,7 @@ __all__ = [
     "check_tuning",
     "dac_override",
     "hugetlbfs_mount",
+    "label_identity",
     "needs_pinning",
     "parse_dac_label",
     "pin_threads",
