@@ -316,6 +316,10 @@ def memory_device_args(b: _Builder) -> None:
         dev: dict[str, Any] = {"node": md.node}
         if md.model == "virtio-mem":
             props["reserve"] = False  # plugged in blocks as the guest asks: reserve nothing
+            # QEMU refuses prealloc with reserve=off: the device preallocates each block it
+            # plugs instead, as libvirt has it.
+            prealloc = props.pop("prealloc", None)
+            dev["prealloc"] = prealloc
             dev.update(
                 {
                     "driver": "virtio-mem-pci",

@@ -61,6 +61,12 @@ def check_tuning(d: DomainDef) -> None:
     for sl in d.seclabels:
         _check_seclabel(sl)
     mb = d.memory_backing
+    if mb is not None and mb.locked and any(m.model == "virtio-mem" for m in d.memory_devices):
+        # QEMU's own refusal ("virtio-mem: Incompatible with mlock"), said before it runs.
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <memoryBacking><locked/> and a virtio-mem device "
+            "cannot go together: QEMU's virtio-mem is incompatible with mlock"
+        )
     if mb is not None and mb.hugepages and mb.source in ("memfd", "file"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: hugepages are not allowed with memory source type "
