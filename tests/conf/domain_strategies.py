@@ -100,7 +100,7 @@ def disk_tuning(draw: st.DrawFn, bus: str, cdrom: bool) -> str:
             limits += f"<group_name>{draw(st.sampled_from(['g1', 'g2']))}</group_name>"
         out += f"<iotune>{limits}</iotune>" if limits else ""
     if not cdrom and draw(st.booleans()):
-        lbs = 512 if bus == "ide" else draw(st.sampled_from([512, 4096]))
+        lbs = 512 if bus in ("ide", "sata") else draw(st.sampled_from([512, 4096]))
         pbs = draw(st.sampled_from([lbs, 4096]))
         out += f"<blockio logical_block_size='{lbs}' physical_block_size='{pbs}'/>"
     if not cdrom and draw(st.booleans()):

@@ -154,6 +154,15 @@ def test_blockio_geometry_and_queues(caps: Caps, tmp_path: Path) -> None:
     assert got.extra["qom-get"] == 2
 
 
+def test_ide_disks_have_512_byte_logical_blocks(caps: Caps) -> None:
+    xml = dom(
+        "<disk type='file' device='disk'><source file='/x.img'/>"
+        "<blockio logical_block_size='4096'/><target dev='sda' bus='sata'/></disk>"
+    )
+    with pytest.raises(ConfigUnsupportedError, match="512-byte logical blocks"):
+        prepare_domain(parse_domain_xml(xml), caps)
+
+
 def test_queues_only_on_virtio(caps: Caps) -> None:
     xml = dom(
         "<disk type='file' device='disk'><driver name='qemu' type='raw' queues='2'/>"

@@ -88,6 +88,20 @@ def _check_disk(disk: Disk) -> None:
         raise ConfigUnsupportedError(
             f"unsupported configuration: CD-ROM '{disk.target}' has no geometry"
         )
+    bio = disk.blockio
+    if (
+        bio is not None
+        and bio.logical_block_size not in (None, 0, 512)
+        and disk.bus
+        in (
+            "ide",
+            "sata",
+        )
+    ):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': QEMU's IDE/SATA disks have "
+            "512-byte logical blocks only"
+        )
     geo = disk.geometry
     if geo is not None and geo.trans not in (None, "auto") and disk.bus not in ("ide", "sata"):
         raise ConfigUnsupportedError(
