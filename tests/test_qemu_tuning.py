@@ -16,7 +16,7 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import tuning
 
 from .guest import paused_xml
-from .helpers import qemu_pid
+from .helpers import disk_xml, qemu_img, qemu_pid
 
 pytestmark = pytest.mark.qemu
 
@@ -186,3 +186,19 @@ async def test_hugepages_are_refused_without_a_mount_or_free_pages(
             await dom2.start(paused=True)
     finally:
         await trio.run_process(["umount", str(mnt)])
+
+
+async def test_a_plugged_disk_gets_its_throttle_group(conn, test_guest, tmp_path, root):
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
+    await dom.start(paused=True)
+    tune = "<iotune><total_iops_sec>100</total_iops_sec><group_name>g</group_name></iotune>"
+    for target in ("vdb", "vdc"):  # the second joins the group the first created
+        path = tmp_path / f"{target}.img"
+        qemu_img("create", "-q", "-f", "raw", path, "1M")
+        await dom.attach_device(disk_xml(path, target, fmt="raw", extra=tune))
+    nodes = await dom.qmp("query-named-block-nodes", {"flat": True})
+    throttles = sorted(n["node-name"] for n in nodes if n["drv"] == "throttle")
+    assert len(throttles) == 2
+    limits = await dom.qmp("qom-get", {"path": "/objects/throttle-g", "property": "limits"})
+    assert limits["iops-total"] == 100
+    assert "<group_name>g</group_name>" in await dom.xml_desc()
