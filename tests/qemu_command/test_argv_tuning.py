@@ -208,6 +208,7 @@ def test_mac_seclabels_are_refused_without_a_driver(caps: Caps, label: str) -> N
 
 def test_dac_seclabels_roundtrip(caps: Caps) -> None:
     for label in (
+        "<seclabel type='none'/>",
         "<seclabel type='none' model='dac'/>",
         "<seclabel type='static' model='dac' relabel='no'><label>+1234:+1234</label></seclabel>",
         "<seclabel type='static' model='dac'><label>root:root</label></seclabel>",

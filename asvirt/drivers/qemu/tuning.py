@@ -116,8 +116,8 @@ def _check_seclabel(sl: SecLabel) -> None:
         if sl.type == "static":
             parse_dac_label(sl.label or "")
         return
-    if model == "none" and sl.type == "none":
-        return
+    if model in (None, "none") and sl.type == "none":
+        return  # no labelling: what a host without a MAC driver does anyway
     # libvirt's wording (virSecurityManagerCheckModel): the host has no such driver.
     raise ConfigUnsupportedError(
         f"unsupported configuration: Security driver model '{model or 'selinux'}' is not "
