@@ -202,3 +202,15 @@ async def test_a_plugged_disk_gets_its_throttle_group(conn, test_guest, tmp_path
     limits = await dom.qmp("qom-get", {"path": "/objects/throttle-g", "property": "limits"})
     assert limits["iops-total"] == 100
     assert "<group_name>g</group_name>" in await dom.xml_desc()
+
+
+async def test_a_pin_to_cpus_the_host_lacks_fails_the_start(conn, test_guest, tmp_path):
+    missing = max(os.sched_getaffinity(0)) + 1
+    xml = _with(
+        paused_xml(test_guest, tmp_path),
+        f"<cputune><vcpupin vcpu='0' cpuset='{missing}'/></cputune>",
+    )
+    dom = await conn.define_xml(xml)
+    with pytest.raises(asvirt.OperationFailedError, match="names no CPU"):
+        await dom.start(paused=True)
+    assert not await dom.is_active()

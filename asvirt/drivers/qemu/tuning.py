@@ -228,10 +228,14 @@ def pin_threads(d: DomainDef, threads: Threads) -> None:
     host = os.sched_getaffinity(0)
     ct = d.cputune
 
-    def pin(tid: int, cpuset: str | None, what: str) -> None:
+    def pin(tid: int, cpuset: str | None, what: str, default: bool) -> None:
         if cpuset is None:
             return
         cpus = parse_cpuset(cpuset) & host
+        if not cpus and default:
+            # <vcpu cpuset> has always been a wish here: unpinned, as before, with a warning.
+            log.warning("cpuset names no CPU this host has; not pinning", cpuset=cpuset)
+            return
         if not cpus:
             raise OperationFailedError(
                 f"cpuset '{cpuset}' of the {what} names no CPU this host lets asvirt use "
@@ -246,13 +250,13 @@ def pin_threads(d: DomainDef, threads: Threads) -> None:
 
     for index, tid in threads.vcpus.items():
         own = ct.vcpupin.get(index) if ct is not None else None
-        pin(tid, own or d.cpuset, f"vCPU {index}")
+        pin(tid, own or d.cpuset, f"vCPU {index}", own is None)
     for ident, tid in threads.iothreads.items():
         own = ct.iothreadpin.get(ident) if ct is not None else None
-        pin(tid, own or d.cpuset, f"I/O thread {ident}")
-    emu = (ct.emulatorpin if ct is not None else None) or d.cpuset
+        pin(tid, own or d.cpuset, f"I/O thread {ident}", own is None)
+    own = ct.emulatorpin if ct is not None else None
     for tid in threads.emulator:
-        pin(tid, emu, "emulator")
+        pin(tid, own or d.cpuset, "emulator", own is None)
 
 
 # -- cgroups ----------------------------------------------------------------------------------
