@@ -47,6 +47,10 @@ class QemuConfig:
     #: The group QEMU runs as: a name or ``+GID``. "" means the user's own group (from the
     #: user database) when ``user`` is set, else the supervisor's group.
     group: str = ""
+    #: Where the domains' own cgroups go (``<cputune>`` bandwidth, ``<memtune>``,
+    #: ``<blkiotune>``): a directory below the root of each cgroup hierarchy (libvirt's
+    #: machine.slice). A domain gets ``qemu-UUID`` in it, removed when it stops.
+    cgroup_parent: str = "machine.asvirt"
 
     def __post_init__(self) -> None:
         for key in ("user", "group"):

@@ -486,3 +486,47 @@ async def test_hotplugged_media_are_given_to_the_user_and_back(
     assert await dom.detach_device(disk_xml(image, "sdb", bus="scsi", fmt="raw")) is True
     await dom.destroy()
     assert owner(image) == SOMEONE
+
+
+# -- a domain's own DAC label -----------------------------------------------------------------
+
+
+async def test_a_static_dac_seclabel_runs_qemu_as_its_user_and_none_as_the_supervisor(
+    conn, root, guest, open_dir, nobody
+):
+    """<seclabel model='dac' type='static'> runs this domain's QEMU as its user:group on an
+    unconfined node; type='none' keeps the supervisor's identity. The label's files are the
+    user's to give (relabel='no'): here, the serial log."""
+    serial = open_dir / "vm1.serial"
+    serial.touch()
+    os.chown(serial, *nobody)
+    label = (
+        f"<seclabel type='static' model='dac' relabel='no'>"
+        f"<label>+{nobody[0]}:+{nobody[1]}</label></seclabel>"
+    )
+    xml = guest.xml("vm1", serial).replace("</domain>", f"{label}</domain>")
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    status = proc_status(qemu_pid(root, "vm1"))
+    assert status["Uid"].split() == [str(nobody[0])] * 4
+    assert status["Gid"].split() == [str(nobody[1])] * 4
+    assert status["NoNewPrivs"] == "1"
+    assert label.split(">")[0] in await dom.xml_desc()
+    await dom.destroy()
+    none = "<seclabel type='none' model='dac'/>"
+    dom2 = await conn.define_xml(
+        guest.xml("vm2", open_dir / "vm2.serial").replace("</domain>", f"{none}</domain>")
+    )
+    await dom2.start(paused=True)
+    assert proc_status(qemu_pid(root, "vm2"))["Uid"].split()[0] == str(os.geteuid())
+    # A relabelling static label is not done by asvirt: refused, nothing runs.
+    dom3 = await conn.define_xml(
+        guest.xml("vm3", serial).replace(
+            "</domain>",
+            f"<seclabel type='static' model='dac' relabel='yes'><label>+{nobody[0]}:"
+            f"+{nobody[1]}</label></seclabel></domain>",
+        )
+    )
+    with pytest.raises(asvirt.OperationUnsupportedError, match="does not relabel"):
+        await dom3.start(paused=True)
+    assert not await dom3.is_active()

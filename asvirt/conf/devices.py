@@ -28,6 +28,7 @@ from .addresses import (
     parse_address,
 )
 from .names import validate_name
+from .tuning import BlockIO, Geometry, IOTune, parse_blockio, parse_geometry, parse_iotune
 from .xmlnode import Node, XElem
 from .xmlsafe import parse_xml
 
@@ -152,6 +153,13 @@ class Disk(DeviceBase):
     boot_order: int | None = None
     #: N in the ``libvirt-N-storage`` node names (assigned with the aliases).
     node_index: int | None = None
+    #: ``<driver queues= queue_size=>`` of a virtio disk.
+    queues: int | None = None
+    queue_size: int | None = None
+    #: ``<iotune>``, ``<blockio>``, ``<geometry>`` (:mod:`asvirt.conf.tuning`).
+    iotune: IOTune | None = None
+    blockio: BlockIO | None = None
+    geometry: Geometry | None = None
 
     @property
     def node_names(self) -> set[str]:
@@ -163,6 +171,8 @@ class Disk(DeviceBase):
             names.add(f"libvirt-{self.node_index}-format")
         if self.copy_on_read == "on":
             names.add(f"libvirt-CoR-{self.target}")
+        if self.iotune is not None:
+            names.add(f"libvirt-{self.node_index}-throttle")
         return names
 
     def format_xml(self, parent: XElem, live: bool) -> None:
@@ -182,6 +192,8 @@ class Disk(DeviceBase):
                 "copy_on_read": self.copy_on_read,
                 "iothread": self.iothread,
                 "detect_zeroes": self.detect_zeroes,
+                "queues": self.queues,
+                "queue_size": self.queue_size,
             },
         )
         if self.type == "volume":
@@ -201,6 +213,10 @@ class Disk(DeviceBase):
             el.add(
                 "source", {key: self.source, "startupPolicy": self.startup_policy, "index": index}
             )
+        if self.geometry is not None:
+            self.geometry.format_xml(el)
+        if self.blockio is not None:
+            self.blockio.format_xml(el)
         el.add(
             "target",
             {
@@ -211,6 +227,8 @@ class Disk(DeviceBase):
                 "rotation_rate": self.rotation_rate,
             },
         )
+        if self.iotune is not None:
+            self.iotune.format_xml(el)
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
         if self.readonly:
@@ -222,6 +240,18 @@ class Disk(DeviceBase):
         if self.wwn is not None:
             el.add("wwn", text=self.wwn)
         self._format_tail(el, live)
+
+
+def _parse_disk_tuning(node: Node, disk: Disk) -> None:
+    sub = node.child("iotune")
+    if sub is not None:
+        disk.iotune = parse_iotune(sub)
+    sub = node.child("blockio")
+    if sub is not None:
+        disk.blockio = parse_blockio(sub)
+    sub = node.child("geometry")
+    if sub is not None:
+        disk.geometry = parse_geometry(sub)
 
 
 def parse_disk(node: Node) -> Disk:
@@ -242,6 +272,8 @@ def parse_disk(node: Node) -> Disk:
         disk.error_policy = drv.choice("error_policy", ERROR_POLICIES)
         disk.rerror_policy = drv.choice("rerror_policy", ("stop", "report", "ignore"))
         disk.iothread = drv.integer("iothread", minimum=1, maximum=(1 << 31) - 1)
+        disk.queues = drv.integer("queues", minimum=1, maximum=1024)
+        disk.queue_size = drv.integer("queue_size", minimum=2, maximum=1024)
         drv.finish()
     src = node.child("source")
     if src is not None and disk.type == "volume":
@@ -261,6 +293,7 @@ def parse_disk(node: Node) -> Disk:
         disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
         src.finish()
+    _parse_disk_tuning(node, disk)
     tgt = node.child("target")
     if tgt is None:
         raise XMLError("missing <target> of <disk>")

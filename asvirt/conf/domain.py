@@ -55,6 +55,16 @@ from .moredevices import Crypto, Pstore, parse_crypto, parse_pstore
 from .names import canonical_uuid, validate_name
 from .otherdevices import IOMMU, RedirFilter, Shmem, Smartcard, Vsock
 from .sysinfo import SysInfo, parse_iothreads, parse_sysinfo
+from .tuning import (
+    BlkioTune,
+    CPUTune,
+    MemTune,
+    SecLabel,
+    parse_blkiotune,
+    parse_cputune,
+    parse_memtune,
+    parse_seclabel,
+)
 from .units import parse_kib
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
@@ -261,6 +271,10 @@ class MemoryBacking:
     nosharepages: bool = False
     locked: bool = False
     discard: bool = False
+    #: ``<hugepages>``: guest RAM on hugetlbfs, of ``hugepage_size_kib`` pages (None: the
+    #: host's default size).
+    hugepages: bool = False
+    hugepage_size_kib: int | None = None
 
 
 @dataclass(slots=True)
@@ -356,6 +370,11 @@ class DomainDef:
     smartcards: list[Smartcard] = field(default_factory=list)
     cryptos: list[Crypto] = field(default_factory=list)
     pstore: Pstore | None = None
+    #: ``<cputune>``, ``<memtune>``, ``<blkiotune>`` (see :mod:`asvirt.conf.tuning`).
+    cputune: CPUTune | None = None
+    memtune: MemTune | None = None
+    blkiotune: BlkioTune | None = None
+    seclabels: list[SecLabel] = field(default_factory=list)
 
     # -- convenience views ------------------------------------------------------------------------
 
@@ -456,6 +475,10 @@ class DomainDef:
             )
         root.add("memory", {"unit": "KiB", "dumpCore": self.dump_core}, text=str(self.memory_kib))
         root.add("currentMemory", {"unit": "KiB"}, text=str(self.current_memory_kib))
+        if self.blkiotune is not None:
+            self.blkiotune.format_xml(root)
+        if self.memtune is not None:
+            self.memtune.format_xml(root)
         self._format_memory_backing(root)
         root.add(
             "vcpu",
@@ -472,6 +495,8 @@ class DomainDef:
                 ids = root.add("iothreadids")
                 for tid in self.iothread_ids:
                     ids.add("iothread", {"id": tid})
+        if self.cputune is not None:
+            self.cputune.format_xml(root)
         if self.numatune is not None:
             self.numatune.format_xml(root)
         for info in self.sysinfos:
@@ -526,6 +551,8 @@ class DomainDef:
         for group in groups:
             for device in group:
                 device.format_xml(devs, live)
+        for label in self.seclabels:
+            label.format_xml(root)
         return root.serialize()
 
     def _format_memory_backing(self, root: XElem) -> None:
@@ -533,6 +560,10 @@ class DomainDef:
         if mb is None:
             return
         el = root.add("memoryBacking")
+        if mb.hugepages:
+            hp = el.add("hugepages")
+            if mb.hugepage_size_kib is not None:
+                hp.add("page", {"size": mb.hugepage_size_kib, "unit": "KiB"})
         if mb.nosharepages:
             el.add("nosharepages")
         if mb.locked:
@@ -816,20 +847,34 @@ def _parse_domain(node: Node) -> DomainDef:
     nt = node.child("numatune")
     if nt is not None:
         d.numatune = parse_numatune(nt, parse_cpuset)
-    seclabel = node.children("seclabel")
-    for sl in seclabel:
-        # A domain without security labelling is what asvirt runs anyway.
-        if sl.attr("type") != "none":
-            raise ConfigUnsupportedError(
-                "unsupported configuration: <seclabel> is not supported (only type='none')"
-            )
-        sl.ignore("model", "relabel")
-        sl.finish()
+    _parse_tuning(node, d)
     devices = node.child("devices")
     if devices is not None:
         _parse_devices(devices, d)
     node.finish()
     return d
+
+
+def _parse_tuning(node: Node, d: DomainDef) -> None:
+    ct = node.child("cputune")
+    if ct is not None:
+        d.cputune = parse_cputune(ct, parse_cpuset)
+        for vcpu in d.cputune.vcpupin:
+            if vcpu >= d.max_vcpus:
+                raise XMLError(f"vcpupin names vcpu {vcpu}, but the domain has {d.max_vcpus}")
+        for tid in d.cputune.iothreadpin:
+            if tid not in d.iothread_ids:
+                raise XMLError(f"iothreadpin names iothread {tid}, which the domain lacks")
+    mt = node.child("memtune")
+    if mt is not None:
+        d.memtune = parse_memtune(mt)
+    bt = node.child("blkiotune")
+    if bt is not None:
+        d.blkiotune = parse_blkiotune(bt)
+    d.seclabels = [parse_seclabel(sl) for sl in node.children("seclabel")]
+    models = [sl.model for sl in d.seclabels]
+    if len(set(models)) != len(models):
+        raise XMLError("a security model may be named by one <seclabel> only")
 
 
 def _parse_metadata(md: Node) -> list[str]:
@@ -1263,11 +1308,22 @@ def _parse_memory_backing(node: Node, d: DomainDef) -> None:
     if alloc is not None:
         mb.allocation = alloc.choice("mode", ("immediate", "ondemand"))
         alloc.finish()
-    if mb_node.child("hugepages") is not None:
-        raise ConfigUnsupportedError(
-            "unsupported configuration: <memoryBacking><hugepages> is not supported: asvirt "
-            "manages no hugetlbfs mount to back guest memory with"
-        )
+    hp = mb_node.child("hugepages")
+    if hp is not None:
+        mb.hugepages = True
+        pages = hp.children("page")
+        if len(pages) > 1 or any(p.attr("nodeset") is not None for p in pages):
+            raise ConfigUnsupportedError(
+                "unsupported configuration: <hugepages> of several page sizes or per NUMA "
+                "node are not supported by asvirt (give one <page> without nodeset)"
+            )
+        for page in pages:
+            page_kib = parse_kib(page.required("size"), page.attr("unit"), what="hugepage size")
+            if page_kib < 4 or page_kib & (page_kib - 1):
+                raise XMLError(f"invalid hugepage size {page_kib} KiB")
+            mb.hugepage_size_kib = page_kib
+            page.finish()
+        hp.finish()
     mb_node.finish()
     d.memory_backing = mb
 

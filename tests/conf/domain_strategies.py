@@ -65,7 +65,11 @@ def disks(draw: st.DrawFn, q35: bool) -> str:
             bus += f"' removable='{draw(st.sampled_from(['on', 'off']))}"
         fmt = draw(st.sampled_from(["raw", "qcow2"]))
         cache = draw(st.sampled_from([None, "none", "writeback", "unsafe", "default"]))
-        driver = f"<driver name='qemu' type='{fmt}'" + (f" cache='{cache}'" if cache else "") + "/>"
+        driver = f"<driver name='qemu' type='{fmt}'" + (f" cache='{cache}'" if cache else "")
+        if bus == "virtio" and draw(st.booleans()):
+            size = draw(st.sampled_from([128, 256]))
+            driver += f" queues='{draw(st.integers(1, 4))}' queue_size='{size}'"
+        driver += "/>"
         source = (
             f"<source file='/images/d{len(out)}.img'/>" if not cdrom or draw(st.booleans()) else ""
         )
@@ -73,11 +77,100 @@ def disks(draw: st.DrawFn, q35: bool) -> str:
         if bus in ("virtio", "scsi") and not cdrom and draw(st.booleans()):
             extra += "<serial>SN" + str(len(out)) + "</serial>"
         device = "cdrom" if cdrom else "disk"
+        if source and draw(st.booleans()):
+            extra += draw(disk_tuning(bus, cdrom))
         out.append(
             f"<disk type='file' device='{device}'>{driver}{source}"
             f"<target dev='{disk_name(prefix, n)}' bus='{bus}'/>{extra}</disk>"
         )
     return "".join(out)
+
+
+@st.composite
+def disk_tuning(draw: st.DrawFn, bus: str, cdrom: bool) -> str:
+    """A disk's <iotune>, <blockio> and <geometry> (asvirt.conf.tuning)."""
+    out = ""
+    if draw(st.booleans()):
+        limits = ""
+        for what in ("bytes", "iops"):
+            kind = draw(st.sampled_from([None, "total", "read", "write"]))
+            if kind is None:
+                continue
+            base = draw(st.integers(1, 1 << 30))
+            limits += f"<{kind}_{what}_sec>{base}</{kind}_{what}_sec>"
+            if draw(st.booleans()):
+                limits += f"<{kind}_{what}_sec_max>{base * 2}</{kind}_{what}_sec_max>"
+                if draw(st.booleans()):
+                    limits += (
+                        f"<{kind}_{what}_sec_max_length>{draw(st.integers(1, 60))}"
+                        f"</{kind}_{what}_sec_max_length>"
+                    )
+                if what == "iops" and draw(st.booleans()):
+                    limits += f"<size_iops_sec>{draw(st.sampled_from([512, 4096]))}</size_iops_sec>"
+        if limits and draw(st.booleans()):
+            limits += f"<group_name>{draw(st.sampled_from(['g1', 'g2']))}</group_name>"
+        out += f"<iotune>{limits}</iotune>" if limits else ""
+    if not cdrom and draw(st.booleans()):
+        lbs = 512 if bus in ("ide", "sata") else draw(st.sampled_from([512, 4096]))
+        pbs = draw(st.sampled_from([lbs, 4096]))
+        out += f"<blockio logical_block_size='{lbs}' physical_block_size='{pbs}'/>"
+    if not cdrom and draw(st.booleans()):
+        trans = draw(st.sampled_from(["", " trans='lba'", " trans='none'"]))
+        if bus not in ("ide", "sata"):
+            trans = ""
+        out += (
+            f"<geometry cyls='{draw(st.integers(1, 16383))}' heads='{draw(st.integers(1, 16))}' "
+            f"secs='{draw(st.integers(1, 63))}'{trans}/>"
+        )
+    return out
+
+
+@st.composite
+def tuning(draw: st.DrawFn, maxcpu: int, iothreads: int) -> str:
+    """<cputune>, <memtune>, <blkiotune> (asvirt.conf.tuning), as libvirt's schema has them."""
+    out = ""
+    cpuset = st.sampled_from(["0", "0-1", "1", "0,1"])
+    if draw(st.booleans()):
+        ct = ""
+        for name, (lo, hi) in (("shares", (2, 10000)), ("period", (1000, 1000000))):
+            if draw(st.booleans()):
+                ct += f"<{name}>{draw(st.integers(lo, hi))}</{name}>"
+        if draw(st.booleans()):
+            ct += f"<quota>{draw(st.sampled_from([-1, 1000, 50000]))}</quota>"
+        if draw(st.booleans()):
+            ct += "<global_period>100000</global_period><global_quota>200000</global_quota>"
+        for vcpu in draw(st.lists(st.integers(0, maxcpu - 1), unique=True, max_size=3)):
+            ct += f"<vcpupin vcpu='{vcpu}' cpuset='{draw(cpuset)}'/>"
+        if draw(st.booleans()):
+            ct += f"<emulatorpin cpuset='{draw(cpuset)}'/>"
+        for tid in draw(st.lists(st.integers(1, iothreads), unique=True)) if iothreads else []:
+            ct += f"<iothreadpin iothread='{tid}' cpuset='{draw(cpuset)}'/>"
+        out += f"<cputune>{ct}</cputune>"
+    if draw(st.booleans()):
+        hard = draw(st.integers(1 << 20, 8 << 20))
+        mt = f"<hard_limit unit='KiB'>{hard}</hard_limit>" if draw(st.booleans()) else ""
+        if draw(st.booleans()):
+            mt += f"<soft_limit unit='KiB'>{hard // 2}</soft_limit>"
+        if draw(st.booleans()):
+            mt += f"<swap_hard_limit unit='KiB'>{hard * 2}</swap_hard_limit>"
+        out += f"<memtune>{mt}</memtune>"
+    if draw(st.booleans()):
+        bt = f"<weight>{draw(st.integers(100, 1000))}</weight>" if draw(st.booleans()) else ""
+        if draw(st.booleans()):
+            bt += (
+                f"<device><path>/dev/sda</path><weight>{draw(st.integers(100, 1000))}</weight>"
+                f"<read_bytes_sec>{draw(st.integers(0, 1 << 30))}</read_bytes_sec></device>"
+            )
+        out += f"<blkiotune>{bt}</blkiotune>"
+    return out
+
+
+SECLABELS = (
+    "",
+    "<seclabel type='none' model='dac'/>",
+    "<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>",
+    "<seclabel type='dynamic' model='dac' relabel='yes'/>",
+)
 
 
 @st.composite
@@ -338,8 +431,11 @@ def domains(draw: st.DrawFn) -> str:
     head.append(numa[0] if numa else draw(memory()))
     current = draw(st.integers(1, maxcpu))
     head.append(f"<vcpu current='{current}'>{maxcpu}</vcpu>")
+    iothreads = draw(st.integers(1, 3)) if draw(st.booleans()) else 0
+    if iothreads:
+        head.append(f"<iothreads>{iothreads}</iothreads>")
     if draw(st.booleans()):
-        head.append(f"<iothreads>{draw(st.integers(1, 3))}</iothreads>")
+        head.append(draw(tuning(maxcpu, iothreads)))
     if draw(st.booleans()):
         head.append(
             "<sysinfo type='smbios'><bios><entry name='vendor'>"
@@ -366,8 +462,29 @@ def domains(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
     head.append(f"<os firmware='efi'>{os_}</os>" if firmware == "efi" else f"<os>{os_}</os>")
-    if draw(st.booleans()):
+    backing = draw(st.sampled_from(["", "memfd", "tuned"]))
+    if backing == "memfd":
         head.append("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
+    elif backing == "tuned":
+        head.append(
+            "<memoryBacking>"
+            + "".join(
+                draw(
+                    st.lists(
+                        st.sampled_from(
+                            [
+                                "<nosharepages/>",
+                                "<allocation mode='immediate'/>",
+                                # QEMU's virtio-mem refuses locked memory (asvirt says so).
+                                *([] if numa and "virtio-mem" in numa[2] else ["<locked/>"]),
+                            ]
+                        ),
+                        unique=True,
+                    )
+                )
+            )
+            + "</memoryBacking>"
+        )
     feats = draw(st.lists(st.sampled_from(["<acpi/>", "<apic/>", "<pae/>"]), unique=True))
     if numa and "<acpi/>" not in feats:
         feats.append("<acpi/>")  # QEMU hotplugs DIMMs through ACPI
@@ -402,7 +519,8 @@ def domains(draw: st.DrawFn) -> str:
         devs += (
             "<pstore backend='acpi-erst'><path>/tmp/erst</path><size unit='KiB'>64</size></pstore>"
         )
-    return f"<domain type='{dtype}'>{''.join(head)}<devices>{devs}</devices></domain>"
+    label = draw(st.sampled_from(SECLABELS))
+    return f"<domain type='{dtype}'>{''.join(head)}<devices>{devs}</devices>{label}</domain>"
 
 
 def _esc(text: str) -> str:

@@ -172,17 +172,20 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
 @pytest.mark.parametrize(
     ("xml_fragment", "named"),
     [
-        ("<memoryBacking><hugepages/></memoryBacking>", "<memoryBacking>"),
+        (
+            "<memoryBacking><hugepages><page size='2048' nodeset='0'/></hugepages></memoryBacking>",
+            "<hugepages>",
+        ),
         ("<numatune><memory placement='auto'/></numatune>", "needs numad"),
         ("<sysinfo type='smbios'><processor/></sysinfo>", "<processor>"),
-        ("<cputune><shares>2</shares></cputune>", "<cputune>"),
+        ("<cputune><vcpusched scheduler='fifo' priority='1'/></cputune>", "<vcpusched>"),
         ("<features><hyperv mode='bogus'/></features>", "<hyperv>"),
         ("<features><gic version='2'/></features>", "<gic>"),
         ("<cpu><numa><cell cpus='0' memory='1'><cache level='1'/></cell></numa></cpu>", "<cache>"),
         ("<clock offset='timezone' timezone='Europe/Paris'/>", "offset='timezone'"),
         ("<clock><timer name='armvtimer'/></clock>", "name='armvtimer'"),
         ("<on_lockfailure>poweroff</on_lockfailure>", "<on_lockfailure>"),
-        ("<seclabel type='dynamic' model='selinux'/>", "<seclabel>"),
+        ("<memtune><min_guarantee>1</min_guarantee></memtune>", "min_guarantee"),
     ],
 )
 def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
@@ -214,13 +217,13 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
             "bus='nvme'",
         ),
         (
-            "<disk type='file'><source file='/a'/><target dev='vda'/><iotune/></disk>",
-            "<iotune> in <disk>",
+            "<disk type='file'><source file='/a'/><target dev='vda'/><throttlefilters/></disk>",
+            "<throttlefilters> in <disk>",
         ),
         (
-            "<disk type='file'><driver name='qemu' queues='4'/><source file='/a'/>"
+            "<disk type='file'><driver name='qemu' discard_no_unref='on'/><source file='/a'/>"
             "<target dev='vda'/></disk>",
-            "queues='4' of <disk><driver>",
+            "discard_no_unref='on' of <disk><driver>",
         ),
         ("<controller type='xenbus' index='0'/>", "type='xenbus'"),
         ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),

@@ -29,6 +29,8 @@ class Launched:
     block: list[dict[str, Any]]
     qom: dict[str, list[str]] = field(default_factory=dict)
     chardevs: list[dict[str, Any]] = field(default_factory=list)
+    #: Replies to the extra queries asked for (command name -> reply).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _monitor_path(argv: list[str]) -> str:
@@ -72,7 +74,13 @@ class _QMP:
             return reply.get("return")
 
 
-def launch_paused(argv: list[str], workdir: Path, *, timeout: float = 10.0) -> Launched:
+def launch_paused(
+    argv: list[str],
+    workdir: Path,
+    *,
+    timeout: float = 10.0,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> Launched:
     """Run ``argv`` (which must carry -S and a path monitor), query it, make it quit."""
     mon = _monitor_path(argv)
     errlog = workdir / "qemu.stderr"
@@ -106,6 +114,7 @@ def launch_paused(argv: list[str], workdir: Path, *, timeout: float = 10.0) -> L
                     qom[path] = [p["name"] for p in qmp.cmd("qom-list", path=path)]
                 except RuntimeError:
                     qom[path] = []
+            answers = {name: qmp.cmd(name, **args) for name, args in (extra or {}).items()}
             try:
                 qmp.cmd("quit")
             except (ConnectionError, OSError):
@@ -117,6 +126,7 @@ def launch_paused(argv: list[str], workdir: Path, *, timeout: float = 10.0) -> L
                 block=block,
                 qom=qom,
                 chardevs=chardevs,
+                extra=answers,
             )
         finally:
             if qmp is not None:

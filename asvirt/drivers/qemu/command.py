@@ -39,6 +39,7 @@ from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_extra as extra
 from . import command_more as more
 from . import command_other as other
+from . import command_tune as tune
 from .capabilities import QemuCapabilities
 from .postparse import (
     NIC_DEVICE,
@@ -671,6 +672,7 @@ class _Builder:
     # -- disks ------------------------------------------------------------------------------------
 
     def _disks(self) -> None:
+        tune.throttle_objects(self)
         for disk in self.d.disks:
             if disk.type == "volume":
                 # Resolved to a file when the domain starts (see asvirt.hypervisor.volumes).
@@ -741,6 +743,8 @@ class _Builder:
             }
             nodes.append(cor)
             top = cor["node-name"]
+        if disk.iotune is not None:
+            nodes.append(tune.throttle_node(disk, top))
         return nodes
 
     @staticmethod
@@ -807,6 +811,7 @@ class _Builder:
             if disk.error_policy not in (None, "enospace") and disk.rerror_policy is None:
                 props["rerror"] = disk.error_policy  # reads follow the write policy
         props["rotation_rate"] = disk.rotation_rate
+        tune.disk_device_props(disk, props)
         if disk.wwn is not None:
             props["wwn"] = int(disk.wwn, 16)
         if disk.serial is not None:

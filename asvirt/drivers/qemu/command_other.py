@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
 from . import command_extra as extra
+from .command_tune import hugepage_backend
 from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
+from .tuning import hugetlbfs_mount
 
 if TYPE_CHECKING:
     from ...conf.domain import DomainDef
@@ -269,8 +271,11 @@ def ram_backend(
     access = access or (mb.access if mb is not None else None)
     if access is not None:
         props["share"] = access == "shared"
-    if mb is not None and mb.allocation == "immediate":
-        props["prealloc"] = True
+    if mb is not None and mb.hugepages:
+        mount = hugetlbfs_mount(mb.hugepage_size_kib) or "/dev/hugepages"
+        hugepage_backend(d, props, obj_id, mount)
+    if mb is not None and (mb.allocation == "immediate" or mb.hugepages):
+        props["prealloc"] = True  # libvirt preallocates huge pages as well
     props["size"] = size_kib * 1024
     props.update(tune or {})
     return props
@@ -315,6 +320,10 @@ def memory_device_args(b: _Builder) -> None:
         dev: dict[str, Any] = {"node": md.node}
         if md.model == "virtio-mem":
             props["reserve"] = False  # plugged in blocks as the guest asks: reserve nothing
+            # QEMU refuses prealloc with reserve=off: the device preallocates each block it
+            # plugs instead, as libvirt has it.
+            prealloc = props.pop("prealloc", None)
+            dev["prealloc"] = prealloc
             dev.update(
                 {
                     "driver": "virtio-mem-pci",

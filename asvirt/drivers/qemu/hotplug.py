@@ -41,6 +41,7 @@ from ...events.types import EventKind
 from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
 from .capabilities import QemuCapabilities
 from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id, usb_input_hotplug
+from .command_tune import throttle_group_id, throttle_object
 from .postparse import prepare_domain
 
 if TYPE_CHECKING:
@@ -163,6 +164,8 @@ def media_node_names(disk: Disk) -> list[str]:
     if disk.source is None or disk.node_index is None:
         return []
     names = []
+    if disk.iotune is not None:
+        names.append(f"libvirt-{disk.node_index}-throttle")
     if disk.copy_on_read == "on":
         names.append(f"libvirt-CoR-{disk.target}")
     if disk.format != "raw":
@@ -236,6 +239,13 @@ class HotplugOps:
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
+        if disk.iotune is not None and disk.source is not None:
+            group = throttle_group_id(disk)
+            # A group another disk already has exists in QEMU (and keeps its limits).
+            if not any(
+                d.iotune is not None and throttle_group_id(d) == group for d in self._live_def.disks
+            ):
+                await self.execute("object-add", throttle_object(disk))
         try:
             for node in nodes:
                 await self.execute("blockdev-add", node)

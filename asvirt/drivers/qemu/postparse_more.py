@@ -14,6 +14,7 @@ from ...conf.devices import Audio, GraphicsListen
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
+from .tuning import check_tuning
 
 #: QEMU device of each ``<sound model>``.
 SOUND_DEVICE = {
@@ -49,6 +50,7 @@ def default_audio(d: DomainDef) -> None:
 
 
 def prepare_more(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
+    check_tuning(d)
     """Defaults and checks of everything this module is about (in place)."""
     _features(d, caps)
     _timers(d)
@@ -147,7 +149,7 @@ def _memory_backing(d: DomainDef) -> None:
             "unsupported configuration: <memoryBacking><source type='file'/> needs libvirt's "
             "memory_backing_dir, which asvirt does not have; use type='memfd'"
         )
-    if mb.discard and mb.source != "file":
+    if mb.discard and mb.source != "file" and not mb.hugepages:
         raise ConfigUnsupportedError(
             "unsupported configuration: <memoryBacking><discard/> only applies to file-backed "
             "memory (QEMU's discard-data)"
@@ -163,10 +165,14 @@ def shared_memory(d: DomainDef) -> bool:
 def memory_backend(d: DomainDef) -> str | None:
     """The QOM type of the object backing guest RAM, or None for QEMU's default."""
     mb = d.memory_backing
-    if mb is None or (mb.source is None and mb.access is None and mb.allocation is None):
+    if mb is None or (
+        mb.source is None and mb.access is None and mb.allocation is None and not mb.hugepages
+    ):
         return None
     if mb.source == "memfd":
         return "memory-backend-memfd"
+    if mb.hugepages:
+        return "memory-backend-file"
     return "memory-backend-ram"
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import trio
 
 from ... import fsutil
-from ...conf.domain import DomainDef, parse_cpuset
+from ...conf.domain import DomainDef
 from ...config import QemuConfig
 from ...drivers.base import StatsGroup
 from ...errors import (
@@ -64,7 +64,7 @@ from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import GroupBits, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
-from . import process
+from . import process, tuning
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -166,6 +166,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._announced = False
         #: NVRAM, host devices and helper programs (swtpm, virtiofsd): up before QEMU.
         self._helpers: DomainHelpers | None = None
+        #: The domain's own cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), if any.
+        self._cgroup: tuning.DomainCgroup | None = None
         #: The vCPU threads (by vCPU index), once QEMU told them: they change only when vCPUs
         #: are plugged or unplugged, which the statistics notice (a count that differs, a
         #: thread that is gone) and ask again.
@@ -493,10 +495,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     async def _launch(self) -> None:
         paths = self._env.paths
         caps = await self._env.capabilities_for(self._live_def)
-        security = self._env.security
+        security = self._security()
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
             socket_dir = security.socket_dir  # QEMU's user cannot enter the root
+        mb = self._live_def.memory_backing
+        if mb is not None and mb.hugepages:
+            tuning.check_hugepages(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(socket_dir))
@@ -519,7 +524,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         paths = self._env.paths
         name = self._name
         monitor_path = paths.monitor(self._uuid)
-        security = self._env.security
+        security = self._security()
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
             socket_dir = security.socket_dir
@@ -557,6 +562,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
                 argv = security.command(argv)
+            label = tuning.label_identity(self._live_def)
+            if label is not None:
+                argv = label.command(argv)  # <seclabel model='dac'> with a static label
+            # Refuses what this host cannot control, before QEMU exists.
+            self._cgroup = tuning.prepare_cgroup(self._live_def, self._env.config.cgroup_parent)
             _write_log_header(log_fd, argv)
             # What QEMU writes from here on is this run's: errors quote nothing older.
             self._log_start = os.lseek(log_fd, 0, os.SEEK_END)
@@ -572,7 +582,15 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 )
             except OSError as err:
                 raise OperationFailedError(f"cannot run '{argv[0]}': {err.strerror}") from err
+            if self._cgroup is not None:
+                # At once, while QEMU is still starting (it allocates little before -S).
+                self._cgroup.attach(self.pid)
         except BaseException:
+            if self._cgroup is not None:
+                if self.pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(self.pid, signal.SIGKILL)
+                tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
             if client is not None:
                 client.close()
             if security is not None:
@@ -619,6 +637,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             raise OperationFailedError(f"QEMU exited during start-up: {self._exit_reason()}")
         self.log.info("QEMU started", operation="start", argv0=argv[0])
 
+    def _security(self) -> DacSecurity | None:
+        """The node's confinement, unless a <seclabel model='dac'> of the domain names its
+        own identity (a static label) or none (type='none')."""
+        if tuning.dac_override(self._live_def) is not None:
+            return None
+        return self._env.security
+
     async def _boot(self, *, paused: bool) -> None:
         caps = await self._env.capabilities_for(self._live_def)
         if caps.has_command("set-action"):
@@ -652,7 +677,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
-        self._apply_cpuset()
+        await self._apply_tuning()
         origin = self._origin
         kind = StartKind.BOOT
         detail = None
@@ -777,22 +802,19 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             graphics[0].port = int(service)
             self._live_xml = None
 
-    def _apply_cpuset(self) -> None:
-        """Pin QEMU's threads to <vcpu cpuset=...> (all of them, as libvirt's default does)."""
-        cpuset = self._live_def.cpuset
-        if not cpuset or self.pid is None:
+    async def _apply_tuning(self) -> None:
+        """Pin QEMU's vCPU, I/O and emulator threads (<cputune>'s pins, <vcpu cpuset> for
+        the rest) and give them their own CPU bandwidth, before the guest runs."""
+        defn = self._live_def
+        ct = defn.cputune
+        per_thread = ct is not None and any(
+            k not in ("shares", "global_period", "global_quota") for k in ct.bandwidth
+        )
+        if self.pid is None or not (tuning.needs_pinning(defn) or per_thread):
             return
-        allowed = parse_cpuset(cpuset) & os.sched_getaffinity(0)
-        if not allowed:
-            self.log.warning("cpuset names no CPU this host has; not pinning", cpuset=cpuset)
-            return
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
-        except OSError:
-            return
-        for tid in tids:
-            with contextlib.suppress(OSError):  # the thread ended meanwhile
-                os.sched_setaffinity(tid, allowed)
+        threads = await tuning.query_threads(self._call, self.pid)
+        tuning.pin_threads(defn, threads)
+        tuning.thread_cgroups(defn, self._cgroup, threads)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -1007,6 +1029,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._env.security is not None:
             # Give QEMU's user's files back before the record that names them goes.
             self._env.security.release(self._uuid)
+        if tuning.wanted_controllers(self._live_def):
+            tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
         # Only now that the outcome is published may the record go.
         fsutil.remove(paths.status(self._name))
         fsutil.remove(paths.monitor(self._uuid))

@@ -1,0 +1,651 @@
+"""How the QEMU driver honours the tuning elements (:mod:`asvirt.conf.tuning`).
+
+* Pinning (``<cputune><vcpupin|emulatorpin|iothreadpin>``, and ``<vcpu cpuset>`` as the
+  default of each): after QEMU starts, its vCPU threads (``query-cpus-fast``'s thread ids)
+  and I/O threads (``query-iothreads``) get ``sched_setaffinity``; every other thread of the
+  process is an emulator thread. As in libvirt, pinning is done before the guest runs.
+* Resource control (``<cputune>`` shares/period/quota, ``<memtune>``, ``<blkiotune>``): a
+  cgroup of the domain's own, ``PARENT/qemu-UUID`` (``[qemu] cgroup_parent``, like libvirt's
+  machine.slice), under the unified hierarchy (cgroup v2: ``cpu.weight``, ``cpu.max``,
+  ``memory.max``/``high``/``swap.max``, ``io.weight``/``io.max``) or, where the cpu, memory
+  and blkio controllers are still on v1 (a hybrid host), under theirs (``cpu.shares``,
+  ``cpu.cfs_*``, ``memory.limit_in_bytes``..., ``blkio.throttle.*``), as libvirt does on
+  either. QEMU is moved into it the moment it exists; per-thread bandwidth
+  (``period``/``quota`` per vCPU, ``emulator_*``, ``iothread_*``) goes to sub-cgroups
+  ``vcpuN``/``emulator``/``iothreadN`` (threaded ones on v2), as libvirt's. A supervisor that
+  is not root, or a host without the controller, refuses the domain's start with
+  OperationUnsupportedError naming why.
+* ``<seclabel model='dac'>``: ``type='static'`` runs QEMU as the label's user:group (through
+  the DAC confinement of :mod:`.security`), ``type='none'`` as the supervisor itself; other
+  models (SELinux, AppArmor) have no security driver here and are refused as libvirt does.
+* ``<memoryBacking><hugepages>``: guest RAM in a file on a hugetlbfs mount of the right page
+  size, refused at start when there is none or too few pages are free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...conf.devices import Disk
+from ...conf.domain import DomainDef, parse_cpuset
+from ...conf.tuning import SecLabel
+from ...errors import (
+    ConfigUnsupportedError,
+    OperationFailedError,
+    OperationUnsupportedError,
+    SystemCallError,
+)
+from ...log import get_logger
+from .security import QemuIdentity
+
+log = get_logger("asvirt.qemu.tuning")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# -- define-time checks ---------------------------------------------------------------------
+
+
+def check_tuning(d: DomainDef) -> None:
+    """Refuse, at define time, what QEMU or this host cannot do of the tuning elements."""
+    for disk in d.disks:
+        _check_disk(disk)
+    for sl in d.seclabels:
+        _check_seclabel(sl)
+    mb = d.memory_backing
+    if mb is not None and mb.locked and any(m.model == "virtio-mem" for m in d.memory_devices):
+        # QEMU's own refusal ("virtio-mem: Incompatible with mlock"), said before it runs.
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <memoryBacking><locked/> and a virtio-mem device "
+            "cannot go together: QEMU's virtio-mem is incompatible with mlock"
+        )
+    if mb is not None and mb.hugepages and mb.source in ("memfd", "file"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: hugepages are not allowed with memory source type "
+            f"'{mb.source}'"
+        )
+
+
+def _check_disk(disk: Disk) -> None:
+    if (disk.queues is not None or disk.queue_size is not None) and disk.bus != "virtio":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': queues and queue_size are "
+            "only supported by virtio-blk"
+        )
+    if disk.iotune is not None and disk.source is None and disk.device != "cdrom":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}' has no source to throttle"
+        )
+    if disk.geometry is not None and disk.device == "cdrom":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: CD-ROM '{disk.target}' has no geometry"
+        )
+    bio = disk.blockio
+    if (
+        bio is not None
+        and bio.logical_block_size not in (None, 0, 512)
+        and disk.bus
+        in (
+            "ide",
+            "sata",
+        )
+    ):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': QEMU's IDE/SATA disks have "
+            "512-byte logical blocks only"
+        )
+    geo = disk.geometry
+    if geo is not None and geo.trans not in (None, "auto") and disk.bus not in ("ide", "sata"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': a BIOS translation "
+            f"(trans='{geo.trans}') is only for IDE/SATA disks"
+        )
+
+
+def _check_seclabel(sl: SecLabel) -> None:
+    model = sl.model
+    if model == "dac":
+        if sl.type == "static":
+            parse_dac_label(sl.label or "")
+        return
+    if model in (None, "none") and sl.type == "none":
+        return  # no labelling: what a host without a MAC driver does anyway
+    # libvirt's wording (virSecurityManagerCheckModel): the host has no such driver.
+    raise ConfigUnsupportedError(
+        f"unsupported configuration: Security driver model '{model or 'selinux'}' is not "
+        "available"
+        + (
+            ""
+            if model
+            else " (a <seclabel> without model names the host's "
+            "default MAC driver; this host has none: use model='dac' or type='none')"
+        )
+    )
+
+
+def parse_dac_label(label: str) -> tuple[int, int]:
+    """uid and gid of a DAC label, ``user:group`` (names, or ``+UID:+GID``)."""
+    user, sep, group = label.partition(":")
+    if not sep or not user or not group:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: DAC label '{label}' must be user:group"
+        )
+    try:
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        gid = int(group[1:]) if group.startswith("+") else grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: DAC label '{label}' names an unknown user or group"
+        ) from None
+    return uid, gid
+
+
+def dac_override(d: DomainDef) -> tuple[int, int] | bool | None:
+    """What ``<seclabel model='dac'>`` says QEMU runs as: (uid, gid) for a static label,
+    False for ``type='none'`` (the supervisor's own identity), None: the node's default."""
+    for sl in d.seclabels:
+        if sl.model == "dac" and sl.type == "static":
+            return parse_dac_label(sl.label or "")
+        if sl.model == "dac" and sl.type == "none":
+            return False
+    return None
+
+
+def label_identity(d: DomainDef) -> QemuIdentity | None:
+    """Who a static ``<seclabel model='dac'>`` runs QEMU as (None: no such label, or the
+    supervisor's own identity). Refuses what this supervisor cannot do."""
+    over = dac_override(d)
+    if not isinstance(over, tuple):
+        return None
+    uid, gid = over
+    label = next(sl for sl in d.seclabels if sl.model == "dac" and sl.type == "static")
+    if label.relabel:
+        raise OperationUnsupportedError(
+            f"<seclabel model='dac' relabel='yes'>: asvirt does not relabel files for a "
+            f"domain's own DAC label; give its files to {label.label} and use relabel='no'"
+        )
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return None
+    if os.geteuid() != 0:
+        raise OperationUnsupportedError(
+            f"<seclabel model='dac'><label>{label.label}</label>: only a supervisor running "
+            f"as root can run QEMU as another user, and this one runs as uid {os.geteuid()}"
+        )
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise OperationUnsupportedError(
+            "<seclabel model='dac'>: running QEMU as another user needs 'setpriv' (util-linux)"
+        )
+    return QemuIdentity(user=label.label or "", uid=uid, gid=gid, groups=(gid,), setpriv=setpriv)
+
+
+# -- pinning ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Threads:
+    """QEMU's threads by role."""
+
+    vcpus: dict[int, int] = field(default_factory=dict)  # vCPU index -> tid
+    iothreads: dict[int, int] = field(default_factory=dict)  # iothread id -> tid
+    emulator: list[int] = field(default_factory=list)
+
+
+Call = Callable[[str, dict[str, Any] | None], Awaitable[Any]]
+
+
+async def query_threads(call: Call, pid: int) -> Threads:
+    out = Threads()
+    for cpu in await call("query-cpus-fast", None):
+        out.vcpus[int(cpu["cpu-index"])] = int(cpu["thread-id"])
+    for io in await call("query-iothreads", None):
+        ident = str(io["id"])
+        if ident.startswith("iothread") and ident[8:].isdigit():
+            out.iothreads[int(ident[8:])] = int(io["thread-id"])
+    known = {*out.vcpus.values(), *out.iothreads.values()}
+    with contextlib.suppress(OSError):
+        out.emulator = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) not in known]
+    return out
+
+
+def needs_pinning(d: DomainDef) -> bool:
+    ct = d.cputune
+    return bool(d.cpuset) or (
+        ct is not None and bool(ct.vcpupin or ct.emulatorpin or ct.iothreadpin)
+    )
+
+
+def pin_threads(d: DomainDef, threads: Threads) -> None:
+    """sched_setaffinity each thread to the cpuset its role has in ``d``."""
+    host = os.sched_getaffinity(0)
+    ct = d.cputune
+
+    def pin(tid: int, cpuset: str | None, what: str, default: bool) -> None:
+        if cpuset is None:
+            return
+        cpus = parse_cpuset(cpuset) & host
+        if not cpus and default:
+            # <vcpu cpuset> has always been a wish here: unpinned, as before, with a warning.
+            log.warning("cpuset names no CPU this host has; not pinning", cpuset=cpuset)
+            return
+        if not cpus:
+            raise OperationFailedError(
+                f"cpuset '{cpuset}' of the {what} names no CPU this host lets asvirt use "
+                f"({sorted(host)})"
+            )
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            pass  # the thread ended meanwhile
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"pin the {what} (thread {tid})") from None
+
+    for index, tid in threads.vcpus.items():
+        own = ct.vcpupin.get(index) if ct is not None else None
+        pin(tid, own or d.cpuset, f"vCPU {index}", own is None)
+    for ident, tid in threads.iothreads.items():
+        own = ct.iothreadpin.get(ident) if ct is not None else None
+        pin(tid, own or d.cpuset, f"I/O thread {ident}", own is None)
+    own = ct.emulatorpin if ct is not None else None
+    for tid in threads.emulator:
+        pin(tid, own or d.cpuset, "emulator", own is None)
+
+
+# -- cgroups ----------------------------------------------------------------------------------
+
+_V1_CONTROLLER = {"cpu": "cpu", "memory": "memory", "io": "blkio"}
+
+
+def wanted_controllers(d: DomainDef) -> dict[str, str]:
+    """controller (v2 name) -> the XML that needs it."""
+    out: dict[str, str] = {}
+    if d.cputune is not None and d.cputune.bandwidth:
+        out["cpu"] = "<cputune> " + "/".join(sorted(d.cputune.bandwidth))
+    if d.memtune is not None and d.memtune.limits_kib:
+        out["memory"] = "<memtune>"
+    if d.blkiotune is not None and (d.blkiotune.weight is not None or d.blkiotune.devices):
+        out["io"] = "<blkiotune>"
+    return out
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fstype, options) of the cgroup file systems."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                out.append((parts[1], parts[2], set(parts[3].split(","))))
+    return out
+
+
+def _v2_root() -> Path | None:
+    for point, fstype, _ in _mounts():
+        if fstype == "cgroup2":
+            return Path(point)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, f"write '{value.strip()}' to", path) from None
+
+
+@dataclass(slots=True)
+class DomainCgroup:
+    """The cgroup directories of one domain: controller -> directory."""
+
+    dirs: dict[str, Path]
+    v2: bool
+
+    def attach(self, pid: int) -> None:
+        for directory in set(self.dirs.values()):
+            _write(directory / "cgroup.procs", str(pid))
+
+
+def cgroup_name(uuid: str) -> str:
+    return f"qemu-{uuid}"
+
+
+def _locate(parent: str, need: dict[str, str]) -> tuple[dict[str, Path], bool]:
+    """Where each needed controller's domain cgroup goes, v2 first, else v1."""
+    if os.geteuid() != 0:
+        raise OperationUnsupportedError(
+            f"{', '.join(need.values())}: asvirt applies these through a cgroup of the "
+            f"domain's own, and this supervisor runs as uid {os.geteuid()}, not root"
+        )
+    v2 = _v2_root()
+    missing = set(need)
+    if v2 is not None:
+        available = set(_read(v2 / "cgroup.controllers").split())
+        if set(need) <= available:
+            return {c: v2 / parent for c in need}, True
+    dirs: dict[str, Path] = {}
+    for point, fstype, opts in _mounts():
+        if fstype != "cgroup":
+            continue
+        for ctl in list(missing):
+            if _V1_CONTROLLER[ctl] in opts:
+                dirs[ctl] = Path(point) / parent
+                missing.discard(ctl)
+    if missing:
+        what = ", ".join(need[c] for c in sorted(missing))
+        raise OperationUnsupportedError(
+            f"{what}: the host's cgroups have no {'/'.join(sorted(missing))} controller "
+            f"(cgroup v2 at {v2 or 'nowhere'} offers "
+            f"'{_read(v2 / 'cgroup.controllers').strip() if v2 else ''}', and no cgroup v1 "
+            "hierarchy has it)"
+        )
+    return dirs, False
+
+
+def prepare_cgroup(d: DomainDef, parent: str) -> DomainCgroup | None:
+    """Create the domain's cgroup and set what its XML asks; None if it asks nothing.
+
+    Raises OperationUnsupportedError when the host or the supervisor cannot.
+    """
+    need = wanted_controllers(d)
+    if not need:
+        return None
+    bases, v2 = _locate(parent.strip("/"), need)
+    dirs: dict[str, Path] = {}
+    for ctl, base in bases.items():
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            if v2:
+                _enable(base, ctl)
+            own = base / cgroup_name(d.uuid)
+            own.mkdir(exist_ok=True)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "create the domain's cgroup in", base) from None
+        dirs[ctl] = own
+    cg = DomainCgroup(dirs, v2)
+    try:
+        _apply(cg, d)
+    except BaseException:
+        remove_cgroup(d.uuid, parent)
+        raise
+    log.info("cgroup prepared", domain=d.name, dirs=sorted({str(p) for p in dirs.values()}))
+    return cg
+
+
+def _enable(base: Path, ctl: str) -> None:
+    """Enable ``ctl`` from the v2 root down to ``base`` (its children may then use it)."""
+    root = _v2_root()
+    assert root is not None
+    chain = [root]
+    for part in base.relative_to(root).parts:
+        chain.append(chain[-1] / part)
+    for directory in chain:
+        if ctl not in _read(directory / "cgroup.subtree_control").split():
+            _write(directory / "cgroup.subtree_control", f"+{ctl}")
+
+
+def _dev_numbers(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "find the block device", path) from None
+    if not (st.st_mode & 0o170000 == 0o060000):
+        raise OperationFailedError(f"<blkiotune> device '{path}' is not a block device")
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def _apply(cg: DomainCgroup, d: DomainDef) -> None:
+    ct, mt, bt = d.cputune, d.memtune, d.blkiotune
+    if ct is not None and "cpu" in cg.dirs:
+        cpu = cg.dirs["cpu"]
+        shares = ct.bandwidth.get("shares")
+        period = ct.bandwidth.get("global_period")
+        quota = ct.bandwidth.get("global_quota")
+        if cg.v2:
+            if shares is not None:
+                if not 1 <= shares <= 10000:
+                    raise OperationFailedError(
+                        f"<shares>{shares}</shares>: cgroup v2's cpu.weight takes 1-10000"
+                    )
+                _write(cpu / "cpu.weight", str(shares))
+            if period is not None or quota is not None:
+                _write(cpu / "cpu.max", _cpu_max(quota, period))
+        else:
+            if shares is not None:
+                _write(cpu / "cpu.shares", str(max(shares, 2)))
+            if period is not None:
+                _write(cpu / "cpu.cfs_period_us", str(period))
+            if quota is not None:
+                _write(cpu / "cpu.cfs_quota_us", str(quota))
+    if mt is not None and "memory" in cg.dirs:
+        mem = cg.dirs["memory"]
+        lim = {k: v * 1024 for k, v in mt.limits_kib.items()}
+        if cg.v2:
+            if "hard_limit" in lim:
+                _write(mem / "memory.max", str(lim["hard_limit"]))
+            if "soft_limit" in lim:
+                _write(mem / "memory.high", str(lim["soft_limit"]))
+            if "swap_hard_limit" in lim:
+                # libvirt's swap_hard_limit is memory plus swap; v2's swap.max is swap alone.
+                swap = lim["swap_hard_limit"] - lim.get("hard_limit", 0)
+                _write(mem / "memory.swap.max", str(max(swap, 0)))
+        else:
+            if "hard_limit" in lim:
+                _write(mem / "memory.limit_in_bytes", str(lim["hard_limit"]))
+            if "soft_limit" in lim:
+                _write(mem / "memory.soft_limit_in_bytes", str(lim["soft_limit"]))
+            if "swap_hard_limit" in lim:
+                if not (mem / "memory.memsw.limit_in_bytes").exists():
+                    raise OperationUnsupportedError(
+                        "<memtune><swap_hard_limit>: the kernel does not account swap "
+                        "(no memory.memsw.limit_in_bytes; boot with swapaccount=1)"
+                    )
+                _write(mem / "memory.memsw.limit_in_bytes", str(lim["swap_hard_limit"]))
+    if bt is not None and "io" in cg.dirs:
+        _apply_blkio(cg.dirs["io"], cg.v2, bt)
+
+
+def _cpu_max(quota: int | None, period: int | None) -> str:
+    q = "max" if quota is None or quota < 0 else str(quota)
+    return f"{q} {period or 100000}"
+
+
+def _apply_blkio(io: Path, v2: bool, bt: Any) -> None:
+    if bt.weight is not None:
+        if v2:
+            name = "io.weight" if (io / "io.weight").exists() else "io.bfq.weight"
+            _write(io / name, f"default {bt.weight}" if name == "io.weight" else str(bt.weight))
+        else:
+            name = "blkio.weight" if (io / "blkio.weight").exists() else "blkio.bfq.weight"
+            if not (io / name).exists():
+                raise OperationUnsupportedError(
+                    "<blkiotune><weight>: the host's I/O scheduler offers no weight "
+                    "(neither blkio.weight nor blkio.bfq.weight)"
+                )
+            _write(io / name, str(bt.weight))
+    v1_files = {
+        "read_bytes_sec": "blkio.throttle.read_bps_device",
+        "write_bytes_sec": "blkio.throttle.write_bps_device",
+        "read_iops_sec": "blkio.throttle.read_iops_device",
+        "write_iops_sec": "blkio.throttle.write_iops_device",
+    }
+    v2_keys = {
+        "read_bytes_sec": "rbps",
+        "write_bytes_sec": "wbps",
+        "read_iops_sec": "riops",
+        "write_iops_sec": "wiops",
+    }
+    for dev in bt.devices:
+        numbers = _dev_numbers(dev.path)
+        if dev.weight is not None:
+            if v2:
+                _write(io / "io.weight", f"{numbers} {dev.weight}")
+            else:
+                name = "blkio.weight_device"
+                if not (io / name).exists():
+                    name = "blkio.bfq.weight_device"
+                _write(io / name, f"{numbers} {dev.weight}")
+        if v2:
+            keys = " ".join(f"{v2_keys[k]}={v or 'max'}" for k, v in dev.limits.items())
+            if keys:
+                _write(io / "io.max", f"{numbers} {keys}")
+        else:
+            for key, value in dev.limits.items():
+                _write(io / v1_files[key], f"{numbers} {value}")
+
+
+def thread_cgroups(d: DomainDef, cg: DomainCgroup | None, threads: Threads) -> None:
+    """Per-thread CPU bandwidth (``period``/``quota`` of each vCPU, ``emulator_*``,
+    ``iothread_*``): sub-cgroups of the domain's, as libvirt's vcpuN/emulator/iothreadN."""
+    ct = d.cputune
+    if ct is None or cg is None or "cpu" not in cg.dirs:
+        return
+    bw = ct.bandwidth
+    groups: list[tuple[str, list[int], int | None, int | None]] = []
+    if "period" in bw or "quota" in bw:
+        for index, tid in threads.vcpus.items():
+            groups.append((f"vcpu{index}", [tid], bw.get("period"), bw.get("quota")))
+    if "emulator_period" in bw or "emulator_quota" in bw:
+        groups.append(
+            ("emulator", threads.emulator, bw.get("emulator_period"), bw.get("emulator_quota"))
+        )
+    if "iothread_period" in bw or "iothread_quota" in bw:
+        for ident, tid in threads.iothreads.items():
+            groups.append(
+                (f"iothread{ident}", [tid], bw.get("iothread_period"), bw.get("iothread_quota"))
+            )
+    base = cg.dirs["cpu"]
+    for name, tids, period, quota in groups:
+        sub = base / name
+        try:
+            sub.mkdir(exist_ok=True)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "create the thread cgroup", sub) from None
+        if cg.v2:
+            _write(sub / "cgroup.type", "threaded")
+            _write(sub / "cpu.max", _cpu_max(quota, period))
+        else:
+            if period is not None:
+                _write(sub / "cpu.cfs_period_us", str(period))
+            if quota is not None:
+                _write(sub / "cpu.cfs_quota_us", str(quota))
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                _write(sub / ("cgroup.threads" if cg.v2 else "tasks"), str(tid))
+
+
+def remove_cgroup(uuid: str, parent: str) -> None:
+    """Remove the domain's cgroups (after QEMU is gone), wherever they are. Never raises."""
+    name = cgroup_name(uuid)
+    try:
+        mounts = _mounts()
+    except OSError:
+        return
+    for point, _, _ in mounts:
+        own = Path(point) / parent.strip("/") / name
+        if not own.is_dir():
+            continue
+        for sub in sorted((p for p in own.iterdir() if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        try:
+            own.rmdir()
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                log.warning("cannot remove a domain's cgroup", path=str(own), error=str(err))
+
+
+# -- hugepages --------------------------------------------------------------------------------
+
+
+def hugetlbfs_mount(page_kib: int | None) -> str | None:
+    """A hugetlbfs mount of ``page_kib`` pages (None: the default size), or None."""
+    default = _default_hugepage_kib()
+    want = page_kib or default
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4 or parts[2] != "hugetlbfs":
+                continue
+            size = default
+            for opt in parts[3].split(","):
+                if opt.startswith("pagesize="):
+                    size = _size_kib(opt[9:])
+            if size == want:
+                return parts[1]
+    return None
+
+
+def _default_hugepage_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Hugepagesize:"):
+                return int(line.split()[1])
+    return 2048
+
+
+def _size_kib(text: str) -> int:
+    units = {"k": 1, "m": 1024, "g": 1024 * 1024}
+    text = text.strip().lower()
+    if text[-1:] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text) // 1024
+
+
+def check_hugepages(d: DomainDef) -> str:
+    """The hugetlbfs mount guest RAM goes to; refuses a start that could not have it."""
+    mb = d.memory_backing
+    assert mb is not None and mb.hugepages
+    size = mb.hugepage_size_kib or _default_hugepage_kib()
+    mount = hugetlbfs_mount(size)
+    if mount is None:
+        # libvirt's words for it.
+        raise OperationFailedError(
+            f"hugetlbfs filesystem is not mounted or disabled by administrator config "
+            f"(no hugetlbfs of {size} KiB pages in /proc/mounts)"
+        )
+    free_file = Path(f"/sys/kernel/mm/hugepages/hugepages-{size}kB/free_hugepages")
+    try:
+        free = int(free_file.read_text())
+    except (OSError, ValueError):
+        raise OperationFailedError(f"the host has no {size} KiB huge pages") from None
+    needed = -(-d.memory_kib // size)
+    if free < needed:
+        raise OperationFailedError(
+            f"not enough free huge pages of {size} KiB for domain '{d.name}': it needs "
+            f"{needed}, {free} are free (raise /proc/sys/vm/nr_hugepages)"
+        )
+    return mount
+
+
+__all__ = [
+    "DomainCgroup",
+    "Threads",
+    "check_hugepages",
+    "check_tuning",
+    "dac_override",
+    "hugetlbfs_mount",
+    "label_identity",
+    "needs_pinning",
+    "parse_dac_label",
+    "pin_threads",
+    "prepare_cgroup",
+    "query_threads",
+    "remove_cgroup",
+    "thread_cgroups",
+    "wanted_controllers",
+]

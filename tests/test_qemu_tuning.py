@@ -1,0 +1,216 @@
+"""Tuning that takes effect on the running QEMU: <cputune> pinning of the vCPU, I/O and
+emulator threads, the domain's cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), and the
+refusals of hugepages a host cannot give. What a user would check: /proc's affinity lists,
+the cgroup files, and the start's error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+import asvirt
+from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu import tuning
+
+from .guest import paused_xml
+from .helpers import disk_xml, qemu_img, qemu_pid
+
+pytestmark = pytest.mark.qemu
+
+
+def _with(xml: str, before_os: str, devices: str = "") -> str:
+    return xml.replace("<os>", f"{before_os}<os>", 1).replace(
+        "</devices>", f"{devices}</devices>", 1
+    )
+
+
+def _allowed(pid: int, tid: int) -> str:
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+async def test_vcpu_emulator_and_iothread_pinning(conn, test_guest, tmp_path, root):
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("pinning to different CPUs needs CPUs 0 and 1")
+    xml = _with(
+        paused_xml(test_guest, tmp_path).replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"),
+        "<iothreads>1</iothreads><cputune><vcpupin vcpu='0' cpuset='1'/>"
+        "<vcpupin vcpu='1' cpuset='0'/><emulatorpin cpuset='0'/>"
+        "<iothreadpin iothread='1' cpuset='1'/></cputune>",
+    )
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    pid = qemu_pid(root, "vm1")
+    vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+    iothreads = {t["id"]: t["thread-id"] for t in await dom.qmp("query-iothreads")}
+    assert _allowed(pid, vcpus[0]) == "1"
+    assert _allowed(pid, vcpus[1]) == "0"
+    assert _allowed(pid, iothreads["iothread1"]) == "1"
+    others = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - {
+        *vcpus.values(),
+        *iothreads.values(),
+    }
+    assert others and all(_allowed(pid, t) == "0" for t in others)
+    assert "<vcpupin vcpu='0' cpuset='1'/>" in await dom.xml_desc()
+
+
+def _block_device() -> str | None:
+    for name in sorted(os.listdir("/sys/block")):
+        if os.path.exists(f"/dev/{name}") and not name.startswith(("loop", "ram", "zram")):
+            return f"/dev/{name}"
+    return None
+
+
+def _cgroup_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the domain's cgroup needs a supervisor running as root"
+    d = parse_domain_xml(
+        "<domain type='qemu'><name>x</name><memory>1024</memory><os><type>hvm</type></os>"
+        "<cputune><shares>100</shares></cputune><memtune><hard_limit>4096</hard_limit>"
+        "</memtune><blkiotune><weight>200</weight></blkiotune></domain>"
+    )
+    try:
+        tuning._locate("asvirt-probe", tuning.wanted_controllers(d))
+    except asvirt.OperationUnsupportedError as err:
+        return str(err)
+    return None
+
+
+async def test_cgroup_limits_are_the_domains(conn, test_guest, tmp_path, root):
+    problem = _cgroup_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    disk = _block_device()
+    device = (
+        f"<device><path>{disk}</path><read_bytes_sec>1048576</read_bytes_sec>"
+        "<write_iops_sec>200</write_iops_sec></device>"
+        if disk
+        else ""
+    )
+    xml = _with(
+        paused_xml(test_guest, tmp_path),
+        "<cputune><shares>512</shares><period>100000</period><quota>50000</quota>"
+        "<global_period>100000</global_period><global_quota>80000</global_quota></cputune>"
+        "<memtune><hard_limit unit='MiB'>1024</hard_limit><soft_limit unit='MiB'>768</soft_limit>"
+        "</memtune>"
+        f"<blkiotune><weight>300</weight>{device}</blkiotune>",
+    )
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    pid = qemu_pid(root, "vm1")
+    uuid = dom.uuid
+    paths = {
+        line.split(":", 2)[1]: line.split(":", 2)[2].strip()
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    }
+    name = tuning.cgroup_name(str(uuid))
+    v2 = all(f"/machine.asvirt/{name}" not in p for k, p in paths.items() if k)
+    mounts = {p: opts for p, fs, opts in tuning._mounts()}
+    if v2:
+        base = Path(next(p for p, fs, _ in tuning._mounts() if fs == "cgroup2"))
+        own = base / "machine.asvirt" / name
+        assert (own / "cpu.weight").read_text().strip() == "512"
+        assert (own / "cpu.max").read_text().split() == ["80000", "100000"]
+        assert (own / "memory.max").read_text().strip() == str(1024 << 20)
+        assert (own / "memory.high").read_text().strip() == str(768 << 20)
+    else:
+
+        def v1(ctl: str) -> Path:
+            point = next(p for p, opts in mounts.items() if ctl in opts)
+            return Path(point) / "machine.asvirt" / name
+
+        assert paths["cpu"] == f"/machine.asvirt/{name}" or paths["cpu"].startswith(
+            f"/machine.asvirt/{name}/"
+        )
+        assert (v1("cpu") / "cpu.shares").read_text().strip() == "512"
+        assert (v1("cpu") / "cpu.cfs_quota_us").read_text().strip() == "80000"
+        # Each vCPU's own bandwidth, in its own sub-cgroup, as libvirt's vcpuN.
+        vcpu0 = (await dom.qmp("query-cpus-fast"))[0]["thread-id"]
+        assert (v1("cpu") / "vcpu0" / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert str(vcpu0) in (v1("cpu") / "vcpu0" / "tasks").read_text().split()
+        assert str(pid) in (v1("memory") / "cgroup.procs").read_text().split()
+        assert (v1("memory") / "memory.limit_in_bytes").read_text().strip() == str(1024 << 20)
+        assert (v1("memory") / "memory.soft_limit_in_bytes").read_text().strip() == str(768 << 20)
+        blkio = v1("blkio")
+        weight = blkio / "blkio.weight"
+        if not weight.exists():
+            weight = blkio / "blkio.bfq.weight"
+        assert weight.read_text().split()[-1] == "300"
+        if disk:
+            st = os.stat(disk)
+            numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            assert f"{numbers} 1048576" in (blkio / "blkio.throttle.read_bps_device").read_text()
+            assert f"{numbers} 200" in (blkio / "blkio.throttle.write_iops_device").read_text()
+        own = v1("cpu")
+    await dom.destroy()
+    assert not own.exists()
+
+
+async def test_hugepages_are_refused_without_a_mount_or_free_pages(
+    conn, test_guest, tmp_path, root
+):
+    size = 1048576  # 1 GiB pages: nobody mounts those on a test machine
+    xml = _with(
+        paused_xml(test_guest, tmp_path),
+        f"<memoryBacking><hugepages><page size='{size}' unit='KiB'/></hugepages></memoryBacking>",
+    )
+    dom = await conn.define_xml(xml)
+    if tuning.hugetlbfs_mount(size) is None:
+        with pytest.raises(
+            asvirt.OperationFailedError, match="hugetlbfs filesystem is not mounted"
+        ):
+            await dom.start(paused=True)
+    assert not (await dom.is_active())
+    if os.geteuid() != 0 or tuning.hugetlbfs_mount(2048) is not None:
+        return
+    # A hugetlbfs mount of 2 MiB pages, but (unless the host reserved some) none free.
+    free = int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").read_text())
+    if free * 2048 >= 128 * 1024:
+        return
+    mnt = tmp_path / "huge"
+    mnt.mkdir()
+    await trio.run_process(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mnt)])
+    try:
+        dom2 = await conn.define_xml(
+            _with(
+                paused_xml(test_guest, tmp_path, name="vm2"),
+                "<memoryBacking><hugepages/></memoryBacking>",
+            )
+        )
+        with pytest.raises(asvirt.OperationFailedError, match="not enough free huge pages"):
+            await dom2.start(paused=True)
+    finally:
+        await trio.run_process(["umount", str(mnt)])
+
+
+async def test_a_plugged_disk_gets_its_throttle_group(conn, test_guest, tmp_path, root):
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
+    await dom.start(paused=True)
+    tune = "<iotune><total_iops_sec>100</total_iops_sec><group_name>g</group_name></iotune>"
+    for target in ("vdb", "vdc"):  # the second joins the group the first created
+        path = tmp_path / f"{target}.img"
+        qemu_img("create", "-q", "-f", "raw", path, "1M")
+        await dom.attach_device(disk_xml(path, target, fmt="raw", extra=tune))
+    nodes = await dom.qmp("query-named-block-nodes", {"flat": True})
+    throttles = sorted(n["node-name"] for n in nodes if n["drv"] == "throttle")
+    assert len(throttles) == 2
+    limits = await dom.qmp("qom-get", {"path": "/objects/throttle-g", "property": "limits"})
+    assert limits["iops-total"] == 100
+    assert "<group_name>g</group_name>" in await dom.xml_desc()
+
+
+async def test_a_pin_to_cpus_the_host_lacks_fails_the_start(conn, test_guest, tmp_path):
+    missing = max(os.sched_getaffinity(0)) + 1
+    xml = _with(
+        paused_xml(test_guest, tmp_path),
+        f"<cputune><vcpupin vcpu='0' cpuset='{missing}'/></cputune>",
+    )
+    dom = await conn.define_xml(xml)
+    with pytest.raises(asvirt.OperationFailedError, match="names no CPU"):
+        await dom.start(paused=True)
+    assert not await dom.is_active()
