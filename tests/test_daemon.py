@@ -859,10 +859,19 @@ async def test_a_client_older_than_an_event_kind_skips_it_and_goes_on(
     kinds = {asvirt.EventKind.LIFECYCLE, asvirt.EventKind.DEVICE_REMOVED}
     async with asvirt.open(daemon.uri) as conn:
         dom = await start_paused(conn, test_guest, tmp_path)
-        async with conn.subscribe(dom, kinds=kinds) as events:
+        async with (
+            conn.subscribe(dom, kinds=kinds) as events,
+            conn.subscribe(dom, kinds={asvirt.EventKind.QMP}) as qmp_events,
+        ):
             for n in (1, 2):
                 await dom.qmp("device_add", {"driver": "usb-tablet", "id": f"t{n}", "bus": "usb.0"})
                 await dom.qmp("device_del", {"id": f"t{n}"})
+                # QEMU finishes the unplug a moment after device_del returns: destroying
+                # before then would mean no DEVICE_DELETED at all.
+                with trio.fail_after(10):
+                    async for ev in qmp_events:
+                        if ev.data.get("event") == "DEVICE_DELETED":
+                            break
             await dom.destroy()
             with trio.fail_after(10):
                 ev = await events.receive()
