@@ -114,7 +114,8 @@ def disk_tuning(draw: st.DrawFn, bus: str, cdrom: bool) -> str:
         lbs = 512 if bus in ("ide", "sata") else draw(st.sampled_from([512, 4096]))
         pbs = draw(st.sampled_from([lbs, 4096]))
         out += f"<blockio logical_block_size='{lbs}' physical_block_size='{pbs}'/>"
-    if not cdrom and draw(st.booleans()):
+    # usb-storage and floppies have no CHS geometry in QEMU (refused at define).
+    if not cdrom and bus.split("'")[0] not in ("usb", "fdc") and draw(st.booleans()):
         trans = draw(st.sampled_from(["", " trans='lba'", " trans='none'"]))
         if bus not in ("ide", "sata"):
             trans = ""

@@ -163,6 +163,18 @@ def test_ide_disks_have_512_byte_logical_blocks(caps: Caps) -> None:
         prepare_domain(parse_domain_xml(xml), caps)
 
 
+@pytest.mark.parametrize(("dev", "bus"), [("sda", "usb"), ("fda", "fdc")])
+def test_usb_and_floppy_disks_have_no_geometry(caps: Caps, dev: str, bus: str) -> None:
+    # Found by the random domains: QEMU's usb-storage has no cyls/heads/secs and died on them.
+    device = "floppy" if bus == "fdc" else "disk"
+    xml = dom(
+        f"<disk type='file' device='{device}'><source file='/x.img'/>"
+        f"<geometry cyls='1' heads='1' secs='1'/><target dev='{dev}' bus='{bus}'/></disk>"
+    )
+    with pytest.raises(ConfigUnsupportedError, match="have no geometry"):
+        prepare_domain(parse_domain_xml(xml), caps)
+
+
 def test_queues_only_on_virtio(caps: Caps) -> None:
     xml = dom(
         "<disk type='file' device='disk'><driver name='qemu' type='raw' queues='2'/>"

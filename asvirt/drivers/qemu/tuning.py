@@ -88,6 +88,12 @@ def _check_disk(disk: Disk) -> None:
         raise ConfigUnsupportedError(
             f"unsupported configuration: CD-ROM '{disk.target}' has no geometry"
         )
+    if disk.geometry is not None and disk.bus in ("usb", "fdc"):
+        # QEMU's usb-storage and floppy devices have no cyls/heads/secs properties.
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: disk '{disk.target}': QEMU's {disk.bus} disks have "
+            "no geometry"
+        )
     bio = disk.blockio
     if (
         bio is not None
