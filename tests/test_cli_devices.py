@@ -122,6 +122,36 @@ def test_change_media(vm: Path, tmp_path: Path):
     assert " hdc      -" in run_cli(vm, "domblklist", "vm1").stdout
 
 
+def test_change_media_of_a_floppy(root: Path, fast_config: Path, test_guest, tmp_path: Path):
+    one, two = tmp_path / "one.img", tmp_path / "two.img"
+    for path in (one, two):
+        qemu_img("create", "-q", "-f", "raw", path, "1440K")
+    qemu_img("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "16M")
+    floppy = (
+        f"<disk type='file' device='floppy'><source file='{one}'/><target dev='fda'/></disk>"
+        + disk_xml(tmp_path / "a.qcow2", "vda")
+    )
+    xml = tmp_path / "vm2.xml"
+    xml.write_text(paused_xml(test_guest, tmp_path, name="vm2", devices=floppy))
+    run_cli(root, "define", str(xml))
+    run_cli(root, "start", "vm2", "--paused")
+    try:
+        out = run_cli(root, "change-media", "vm2", "fda", str(two), "--update").stdout
+        assert out == "Successfully updated media.\n\n"
+        assert f" fda      {two}" in run_cli(root, "domblklist", "vm2").stdout
+        assert f" fda      {one}" in run_cli(root, "domblklist", "vm2", "--inactive").stdout
+        out = run_cli(root, "change-media", "vm2", "fda", "--eject", "--live", "--config").stdout
+        assert out == "Successfully ejected media.\n\n"
+        out = run_cli(root, "change-media", "vm2", "fda", str(one), "--insert", "--live").stdout
+        assert out == "Successfully inserted media.\n\n"
+        assert f" fda      {one}" in run_cli(root, "domblklist", "vm2").stdout
+        plain = run_cli(root, "change-media", "vm2", "vda", str(two), check=False)
+        assert plain.returncode == 1
+        assert "The disk device 'vda' is not removable" in plain.stderr
+    finally:
+        run_cli(root, "destroy", "vm2", check=False)
+
+
 def editor(tmp_path: Path, script: str) -> dict[str, str]:
     path = tmp_path / "editor.sh"
     path.write_text("#!/bin/sh\n" + script + "\n")

@@ -386,3 +386,95 @@ async def test_usb_inputs_come_and_go_without_the_guest(conn, test_guest, tmp_pa
     )
     with pytest.raises(asvirt.ConfigUnsupportedError, match="hostdev"):
         await dom.attach_device(hostdev)
+
+
+def floppy_xml(path: Path | None, target: str = "fda") -> str:
+    source = f"<source file='{path}'/>" if path is not None else ""
+    return (
+        f"<disk type='file' device='floppy'><driver name='qemu' type='raw'/>{source}"
+        f"<target dev='{target}' bus='fdc'/></disk>"
+    )
+
+
+def inserted(blocks: list[dict], alias: str) -> str | None:
+    """The file QEMU has in the drive ``alias`` (None: empty); a USB disk's drive is its
+    SCSI child's (``/machine/peripheral/ALIAS/ALIAS.0/legacy[0]``)."""
+    child = f"/machine/peripheral/{alias}/"
+    block = next(b for b in blocks if b.get("qdev") == alias or b["qdev"].startswith(child))
+    return block["inserted"]["file"] if "inserted" in block else None
+
+
+async def test_floppy_media_change_eject_and_insert(conn, test_guest, tmp_path):
+    one, two = tmp_path / "one.img", tmp_path / "two.img"
+    for path in (one, two):
+        qemu_img("create", "-q", "-f", "raw", path, "1440K")
+    dom = await paused(conn, test_guest, tmp_path, devices=floppy_xml(one))
+    alias = disk_el(await dom.xml_desc(), "fda").find("alias").get("name")
+    # A new disk: the live XML and QEMU have it, the configuration keeps the old one.
+    await dom.update_device(floppy_xml(two), live=True)
+    assert disk_el(await dom.xml_desc(), "fda").find("source").get("file") == str(two)
+    assert disk_el(await dom.xml_desc(inactive=True), "fda").find("source").get("file") == str(one)
+    assert inserted(await dom.qmp("query-block"), alias) == str(two)
+    # Eject, live and config.
+    await dom.update_device(floppy_xml(None), live=True, config=True)
+    assert disk_el(await dom.xml_desc(), "fda").find("source") is None
+    assert disk_el(await dom.xml_desc(inactive=True), "fda").find("source") is None
+    assert inserted(await dom.qmp("query-block"), alias) is None
+    # Insert into the empty drive; the old media's nodes are gone (the same file goes in again).
+    await dom.update_device(floppy_xml(two))
+    assert inserted(await dom.qmp("query-block"), alias) == str(two)
+    assert disk_el(await dom.xml_desc(inactive=True), "fda").find("source") is None
+    # The drive itself cannot come or go while QEMU runs: refused before QEMU is asked.
+    with pytest.raises(asvirt.OperationUnsupportedError, match="floppy drives"):
+        await dom.detach_device(floppy_xml(None))
+    with pytest.raises(asvirt.OperationUnsupportedError, match="floppy drives"):
+        await dom.attach_device(floppy_xml(one, "fdb"))
+    assert targets(await dom.xml_desc()) == ["fda"]
+    assert await dom.detach_device(floppy_xml(None), config=True) is True
+    assert targets(await dom.xml_desc(inactive=True)) == []
+    # Only removable media change: a plain disk's source does not.
+    await dom.attach_device(disk_xml(image(tmp_path / "d.qcow2"), "vdb"))
+    with pytest.raises(asvirt.OperationInvalidError, match="cdrom or a floppy"):
+        await dom.update_device(disk_xml(image(tmp_path / "e.qcow2"), "vdb"))
+
+
+def node_names(nodes: list[dict]) -> set[str]:
+    return {n["node-name"] for n in nodes}
+
+
+async def test_usb_disk_attach_and_detach(conn, test_guest, tmp_path):
+    dom = await paused(conn, test_guest, tmp_path)
+    stick = image(tmp_path / "stick.qcow2")
+    usb = disk_xml(stick, "sda", bus="usb")
+    nodes_before = node_names(await dom.qmp("query-named-block-nodes"))
+    config_before = await dom.xml_desc(inactive=True)
+    await dom.attach_device(usb)
+    el = disk_el(await dom.xml_desc(), "sda")
+    alias = el.find("alias").get("name")
+    address = el.find("address")
+    assert (address.get("type"), address.get("bus"), address.get("port")) == ("usb", "0", "1")
+    peripherals = {p["name"] for p in await dom.qmp("qom-list", {"path": "/machine/peripheral"})}
+    assert alias in peripherals
+    assert inserted(await dom.qmp("query-block"), alias) == str(stick)
+    assert await dom.xml_desc(inactive=True) == config_before
+    # Detach: USB needs no guest; DEVICE_REMOVED comes, and the disk's nodes are gone.
+    async with conn.subscribe(dom, kinds={K.DEVICE_REMOVED}) as events:
+        assert await dom.detach_device(usb) is True
+        ev = await removed(events, K.DEVICE_REMOVED)
+        assert ev.data is not None and ev.data["device"] == alias
+    assert "sda" not in targets(await dom.xml_desc())
+    assert node_names(await dom.qmp("query-named-block-nodes")) == nodes_before
+    # Live and config: both have it; the port it had is free again.
+    await dom.attach_device(usb, live=True, config=True)
+    assert disk_el(await dom.xml_desc(), "sda").find("address").get("port") == "1"
+    assert "sda" in targets(await dom.xml_desc(inactive=True))
+    # The PC's UHCI controller has two ports: a third USB device has none (the check
+    # define makes: a hub would need a port too), and nothing changes.
+    await dom.attach_device(disk_xml(image(tmp_path / "b.qcow2"), "sdb", bus="usb"))
+    live = await dom.xml_desc()
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="no free USB port"):
+        await dom.attach_device(disk_xml(image(tmp_path / "c.qcow2"), "sdc", bus="usb"))
+    assert await dom.xml_desc() == live
+    assert await dom.detach_device(usb, live=True, config=True) is True
+    assert targets(await dom.xml_desc()) == ["sdb"]
+    assert "sda" not in targets(await dom.xml_desc(inactive=True))

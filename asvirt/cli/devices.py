@@ -142,8 +142,8 @@ async def cmd_change_media(conn: ConnectionCalls, args: argparse.Namespace) -> i
     if action != "eject" and not args.source:
         raise asvirt.InvalidArgError(f"--{action} needs a source")
     disk = await _disk_element(dom, args.path, inactive=config and not live)
-    if disk.get("device") != "cdrom":
-        raise asvirt.OperationInvalidError(f"disk '{args.path}' is not a CD-ROM")
+    if disk.get("device") not in ("cdrom", "floppy"):
+        raise asvirt.OperationInvalidError(f"The disk device '{args.path}' is not removable")
     current = disk.find("source")
     if action == "insert" and current is not None:
         raise asvirt.OperationFailedError("The disk device already has media")

@@ -122,12 +122,18 @@ def fresh_copy(dev: HotplugDevice) -> HotplugDevice:
     return copy
 
 
+#: Disk devices whose media change while the drive stays (libvirt's removable disks).
+REMOVABLE_MEDIA = ("cdrom", "floppy")
+
+
 def updated_media(current: Disk, new: Disk) -> Disk:
-    """The disk ``current`` would become with ``new``'s media (an update_device of a CD-ROM):
-    only the source (and its type and format) may differ; no source means ejected."""
-    if current.device != "cdrom":
+    """The disk ``current`` would become with ``new``'s media (an update_device of a CD-ROM
+    or a floppy): only the source (and its type and format) may differ; no source means
+    ejected."""
+    if current.device not in REMOVABLE_MEDIA:
         raise OperationInvalidError(
-            f"disk '{current.target}' is a {current.device}: only the media of a cdrom can change"
+            f"disk '{current.target}' is a {current.device}: only the media of a cdrom or a "
+            "floppy can change"
         )
     if new.bus != current.bus or new.device != current.device:
         raise OperationInvalidError(
@@ -169,6 +175,7 @@ def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
 
 
 __all__ = [
+    "REMOVABLE_MEDIA",
     "apply_update",
     "check_new_device",
     "describe",

@@ -1,4 +1,4 @@
-"""Devices plugged into and out of a running QEMU, and CD-ROM media and link changes.
+"""Devices plugged into and out of a running QEMU, and CD-ROM/floppy media and link changes.
 
 :func:`prepare_with_device` completes a new device as define would (the same post-parse:
 model, MAC, drive or PCI address, alias), in the context of the definition it joins.
@@ -132,22 +132,24 @@ def prepare_with_device(
 
 
 #: Disk buses whose controllers QEMU cannot plug devices into (or out of) while it runs.
-UNPLUGGABLE_BUSES = ("ide", "sata")
+UNPLUGGABLE_BUSES = ("ide", "sata", "fdc")
 
 
 def check_pluggable(dev: HotplugDevice) -> None:
     """Refuse, before QEMU is asked, a device QEMU cannot plug in or out of a running guest
-    (libvirt refuses these too): an IDE or SATA disk. Their CD-ROM media can change."""
+    (libvirt refuses these too): an IDE or SATA disk, a floppy drive. Their media (a
+    CD-ROM's, a floppy's) can change."""
     if isinstance(dev, Input) and dev.bus != "usb":
         raise OperationUnsupportedError(
             f"{describe(dev)}: only USB input devices can be plugged into or out of a running "
             "domain; change the configuration only"
         )
     if isinstance(dev, Disk) and dev.bus in UNPLUGGABLE_BUSES:
+        what = "floppy drives" if dev.bus == "fdc" else f"{dev.bus} disks"
         raise OperationUnsupportedError(
-            f"disk '{dev.target}': QEMU cannot plug {dev.bus} disks into or out of a running "
-            "domain; use the virtio or scsi bus (a CD-ROM's media can change: update_device), "
-            "or change the configuration only"
+            f"disk '{dev.target}': QEMU cannot plug {what} into or out of a running domain; "
+            "use the virtio, scsi or usb bus (a CD-ROM's or a floppy's media can change: "
+            "update_device), or change the configuration only"
         )
 
 
@@ -412,7 +414,8 @@ class HotplugOps:
     # -- update ---------------------------------------------------------------------------------
 
     async def change_media(self, disk: Disk, new: Disk) -> None:
-        """Replace the media of the live CD-ROM ``disk`` with ``new``'s (no source: eject)."""
+        """Replace the media of the live CD-ROM or floppy ``disk`` with ``new``'s (no
+        source: eject)."""
         alias = disk.alias
         assert alias
         caps = await self._env.capabilities_for(self._live_def)
