@@ -392,7 +392,7 @@ def floppy_xml(path: Path | None, target: str = "fda") -> str:
     source = f"<source file='{path}'/>" if path is not None else ""
     return (
         f"<disk type='file' device='floppy'><driver name='qemu' type='raw'/>{source}"
-        f"<target dev='{target}' bus='fdc'/></disk>"
+        f"<target dev='{target}'/></disk>"  # the bus follows from fdX
     )
 
 
