@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -51,6 +53,20 @@ def no_leaked_qemu() -> Iterator[None]:
         except ProcessLookupError:
             pass  # it exited meanwhile; still a leak: it ran past the test's end
     assert not leaked, f"the test left QEMU processes running: {leaked}"
+
+
+@pytest.fixture
+def display_ports() -> Iterator[None]:
+    """For tests that start SPICE displays with automatic ports: they take turns across the
+    parallel workers. A port is chosen by probing which is free, as libvirt's allocator does,
+    and two supervisors probing at the same moment choose the same one."""
+    path = os.path.join(tempfile.gettempdir(), f"asvirt-tests-display-ports-{os.geteuid()}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="session")

@@ -225,7 +225,7 @@ async def test_helpers_are_adopted_by_the_next_supervisor_and_orphans_ended(
 
 
 @pytest.mark.guest
-def test_cli_domdisplay_and_undefine_nvram(root, test_guest, tmp_path):
+def test_cli_domdisplay_and_undefine_nvram(root, test_guest, tmp_path, display_ports):
     xml = tmp_path / "vm.xml"
     body = paused_xml(test_guest, tmp_path, devices="<graphics type='spice' autoport='yes'/>")
     xml.write_text(efi(body))

@@ -438,15 +438,11 @@ async def test_floppy_media_change_eject_and_insert(conn, test_guest, tmp_path):
         await dom.update_device(disk_xml(image(tmp_path / "e.qcow2"), "vdb"))
 
 
-def node_names(nodes: list[dict]) -> set[str]:
-    return {n["node-name"] for n in nodes}
-
-
 async def test_usb_disk_attach_and_detach(conn, test_guest, tmp_path):
     dom = await paused(conn, test_guest, tmp_path)
     stick = image(tmp_path / "stick.qcow2")
     usb = disk_xml(stick, "sda", bus="usb")
-    nodes_before = node_names(await dom.qmp("query-named-block-nodes"))
+    nodes_before = await node_names(dom, "")
     config_before = await dom.xml_desc(inactive=True)
     await dom.attach_device(usb)
     el = disk_el(await dom.xml_desc(), "sda")
@@ -463,7 +459,7 @@ async def test_usb_disk_attach_and_detach(conn, test_guest, tmp_path):
         ev = await removed(events, K.DEVICE_REMOVED)
         assert ev.data is not None and ev.data["device"] == alias
     assert "sda" not in targets(await dom.xml_desc())
-    assert node_names(await dom.qmp("query-named-block-nodes")) == nodes_before
+    assert await node_names(dom, "") == nodes_before
     # Live and config: both have it; the port it had is free again.
     await dom.attach_device(usb, live=True, config=True)
     assert disk_el(await dom.xml_desc(), "sda").find("address").get("port") == "1"
