@@ -7,9 +7,7 @@ import errno
 import os
 import socket
 import stat
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 # sun_path holds 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
@@ -24,6 +22,9 @@ def atomic_write(
     fsyncs the directory so the rename survives a crash. ``durable=False`` skips the fsyncs
     for facts that may be lost in a power cut (the rename is still atomic).
     """
+    import tempfile  # here: a one-shot command-line client uses this module's socket helpers
+    from pathlib import Path
+
     path = Path(path)
     # The temporary name starts with the file's (cut short: it must fit in 255 bytes too).
     stem = os.fsencode(path.name)[:64].decode(errors="ignore")

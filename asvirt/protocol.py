@@ -93,25 +93,58 @@ class Progress:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclasses.dataclass(frozen=True)
 class Call:
-    """One call of the driver API, as declared."""
+    """One call of the driver API, as declared.
 
-    name: str
-    target: Target
+    Its argument and result types are read from the declaration when first asked for: reading
+    every call's type hints would cost a one-shot client, which makes a few calls, more than
+    its requests do.
+    """
+
     #: Argument names and their types, in declaration order.
     params: tuple[tuple[str, Any], ...]
     result: Any
-    mutates: bool
-    priority: Priority
-    #: The driver method also receives ``client=``: who called (autodestroy ownership).
-    client: bool
-    doc: str
     #: The argument that takes a progress callback (declared as :class:`Progress`), if any.
-    progress: str | None = None
+    progress: str | None
     #: Arguments a request may leave out, with the value they take then: those declared with
     #: a default, so that an argument added to a call does not break older clients.
-    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    defaults: Mapping[str, Any]
+
+    def __init__(
+        self,
+        name: str,
+        target: Target,
+        declaration: Callable[..., Any],
+        *,
+        mutates: bool,
+        priority: Priority,
+        client: bool,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.mutates = mutates
+        self.priority = priority
+        #: The driver method also receives ``client=``: who called (autodestroy ownership).
+        self.client = client
+        self.doc = (declaration.__doc__ or "").strip()
+        self._declaration = declaration
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only while an attribute is missing: the types, read once, become plain attributes.
+        if attr not in ("params", "result", "progress", "defaults"):
+            raise AttributeError(f"'Call' object has no attribute '{attr}'")
+        hints = typing.get_type_hints(self._declaration, globalns=globals())
+        signature = inspect.signature(self._declaration).parameters
+        params = tuple((p, hints[p]) for p in signature if p != "self")
+        empty = inspect.Parameter.empty
+        self.params = params
+        self.result = hints.get("return")
+        self.progress = next((p for p, t in params if t is Progress), None)
+        self.defaults = {p: v.default for p, v in signature.items() if v.default is not empty}
+        return getattr(self, attr)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.name} ({self.target.value}, mutates={self.mutates})>"
 
     @property
     def read_only_ok(self) -> bool:
@@ -765,25 +798,9 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
             if annotation is None:
                 continue
             mutates, priority, client = annotation
-            hints = typing.get_type_hints(fn, globalns=globals())
-            signature = inspect.signature(fn).parameters
-            params = tuple((p, hints[p]) for p in signature if p != "self")
-            empty = inspect.Parameter.empty
-            defaults = {p: v.default for p, v in signature.items() if v.default is not empty}
             if name in calls:
                 raise TypeError(f"call '{name}' is declared twice")
-            calls[name] = Call(
-                name=name,
-                target=target,
-                params=params,
-                result=hints.get("return"),
-                mutates=mutates,
-                priority=priority,
-                client=client,
-                doc=(fn.__doc__ or "").strip(),
-                progress=next((p for p, t in params if t is Progress), None),
-                defaults=defaults,
-            )
+            calls[name] = Call(name, target, fn, mutates=mutates, priority=priority, client=client)
     return calls
 
 

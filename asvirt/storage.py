@@ -26,10 +26,8 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from lxml import etree
-
-from .conf.units import UnitError, parse_size_arg
-from .conf.xmlsafe import parse_xml
+# lxml and the size parser load where they are used: a one-shot command-line client imports
+# this module (through asvirt.calls) and never needs them for a list.
 from .drivers.base import (
     MAX_TRANSFER,
     ProgressCallback,
@@ -243,6 +241,10 @@ class StorageVol:
     ) -> StorageVol:
         """A copy of this volume called ``name``, in the same pool (or ``pool``), in the same
         format (virsh vol-clone). ``progress`` is told the fraction copied."""
+        from lxml import etree
+
+        from .conf.xmlsafe import parse_xml
+
         root = parse_xml(await self.xml_desc())
         root.find("name").text = name  # type: ignore[union-attr]
         for tag in ("key", "target/path", "backingStore", "physical"):
@@ -443,6 +445,8 @@ def _size(value: int | str, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
+        from .conf.units import UnitError, parse_size_arg
+
         try:
             return parse_size_arg(value, what=what)
         except UnitError as err:
@@ -488,6 +492,8 @@ async def disk_volumes(dom: Domain, which: bool | Iterable[str] = True) -> list[
     volume whose path a file or block disk names. ``which``: True for every disk, else the
     targets or sources to consider (InvalidArgError if one names no disk of the domain).
     """
+    from .conf.xmlsafe import parse_xml
+
     conn = dom.connection
     root = parse_xml(await dom.xml_desc(inactive=True))
     wanted = None if isinstance(which, bool) else [str(w) for w in which]

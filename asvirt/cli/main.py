@@ -16,13 +16,11 @@ what it needs, so that it starts as fast as virsh does. Everything else runs und
 from __future__ import annotations
 
 import argparse
-import datetime
+import importlib
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asvirt  # light: its public names load on first use
@@ -68,7 +66,8 @@ async def _domain(conn: ConnectionCalls, ident: str) -> asvirt.Domain:
 
 def _read_file(path: str) -> str:
     try:
-        return Path(path).read_text()
+        with open(path) as f:
+            return f.read()
     except OSError as err:
         raise asvirt.InvalidArgError(f"cannot read '{path}': {err.strerror}") from None
     except UnicodeDecodeError:
@@ -368,6 +367,9 @@ def _event_names() -> dict[str, asvirt.EventKind]:
 
 @command("event", "domain events", needs_loop=True)
 async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    import datetime
+    import math
+
     import trio
 
     assert isinstance(conn, asvirt.Connection)
@@ -450,12 +452,125 @@ def _global_parser() -> argparse.ArgumentParser:
 _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of one command's words (``list --all``)."""
+#: The commands that live in modules of their own (devices, agent, console, network, storage,
+#: monitoring, snapshot, memory and vCPU), by module. Importing a module registers its
+#: commands; it is imported only when one of them is parsed (or for ``help``), so that a
+#: one-shot ``asvirt list`` imports none of them (lxml, trio...). tests/test_cli.py checks
+#: that this table names what the modules register.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "agent": ("qemu-agent-command", "domfsfreeze", "domfsthaw", "domtime"),
+    "console": ("console",),
+    "devices": (
+        "attach-device",
+        "detach-device",
+        "update-device",
+        "attach-disk",
+        "detach-disk",
+        "change-media",
+        "domblklist",
+        "attach-interface",
+        "detach-interface",
+        "domiflist",
+        "edit",
+    ),
+    "monitor": ("domstats", "domblkstat", "domifstat", "dommemstat", "domblkinfo", "vncdisplay"),
+    "network": (
+        "net-define",
+        "net-undefine",
+        "net-start",
+        "net-destroy",
+        "net-autostart",
+        "net-info",
+        "net-dumpxml",
+        "net-dhcp-leases",
+        "domifaddr",
+        "net-event",
+    ),
+    "resources": ("setmem", "setmaxmem", "setvcpus", "vcpucount"),
+    "snapshot": (
+        "snapshot-create-as",
+        "snapshot-create",
+        "snapshot-list",
+        "snapshot-current",
+        "snapshot-dumpxml",
+        "snapshot-info",
+        "snapshot-parent",
+        "snapshot-revert",
+        "snapshot-delete",
+        "save",
+        "restore",
+        "managedsave",
+        "managedsave-remove",
+        "save-image-dumpxml",
+    ),
+    "storage": (
+        "pool-define-as",
+        "pool-define",
+        "pool-build",
+        "pool-destroy",
+        "pool-delete",
+        "pool-undefine",
+        "pool-refresh",
+        "pool-start",
+        "pool-autostart",
+        "pool-list",
+        "pool-info",
+        "pool-dumpxml",
+        "vol-create-as",
+        "vol-create",
+        "vol-clone",
+        "vol-delete",
+        "vol-resize",
+        "vol-wipe",
+        "vol-list",
+        "vol-info",
+        "vol-dumpxml",
+        "vol-path",
+        "vol-upload",
+        "vol-download",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def _is_command(name: str) -> bool:
+    return name in _COMMANDS or name in _MODULE_OF
+
+
+def _command_modules(names: Iterable[str] | None) -> list[Any]:
+    """The command modules that define ``names`` (every one when None), imported."""
+    wanted = _MODULES if names is None else {_MODULE_OF[n] for n in names if n in _MODULE_OF}
+    return [importlib.import_module(f".{m}", __package__) for m in _MODULES if m in wanted]
+
+
+class _NotParsed(argparse.ArgumentParser):
+    """Stands in for the parser of a command that is not being parsed: what is added to it
+    is dropped. (argparse builds each argument's action and checks its help format: for
+    every command, that costs more than a one-shot command's whole run.)"""
+
+    def __init__(self) -> None:
+        pass  # builds nothing, on purpose
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return self
+
+
+_NOT_PARSED = _NotParsed()
+
+
+def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of one command's words (``list --all``): of the commands ``names``
+    (every command when None), importing the modules that define them."""
+    wanted = None if names is None else set(names)
     parser = _Parser(prog="asvirt", add_help=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, *domain_args: str) -> argparse.ArgumentParser:
+        if wanted is not None and name not in wanted:
+            return _NOT_PARSED
         p = sub.add_parser(name, help=_COMMANDS[name][1])
         _PARSERS[name] = p
         for a in domain_args:
@@ -480,10 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshots-metadata", action="store_true", help="forget its snapshots' metadata too"
     )
     p.add_argument("--managed-save", action="store_true", help="remove its managed save image")
+    p.add_argument(
+        "--remove-all-storage",
+        action="store_true",
+        help="remove all associated storage volumes (use with caution)",
+    )
+    p.add_argument(
+        "--storage", help="remove these storage volumes (comma separated targets or sources)"
+    )
     add("domdisplay", "domain")
-    from .storage import add_undefine_flags
-
-    add_undefine_flags(p)
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     p.add_argument(
@@ -547,18 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", nargs="?", metavar="COMMAND", help="a command to describe")
     add("quit")
     add("exit")
-    # The device, agent, console, network, storage, monitoring, snapshot, memory and vCPU
-    # commands live in modules of their own; importing them registers them.
-    from . import agent, console, devices, monitor, network, resources, snapshot, storage
-
-    devices.add_parsers(add)
-    agent.add_parsers(add)
-    console.add_parsers(add)
-    network.add_parsers(add)
-    storage.add_parsers(add)
-    monitor.add_parsers(add)
-    snapshot.add_parsers(add)
-    resources.add_parsers(add)
+    for module in _command_modules(wanted):
+        module.add_parsers(add)
     return parser
 
 
@@ -568,11 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
 @command("help", "print help")
 async def cmd_help(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     if args.topic:
-        if args.topic not in _COMMANDS:
+        if not _is_command(args.topic):
             raise CommandError(f"command or command group '{args.topic}' doesn't exist")
-        build_parser()  # fills _PARSERS
+        build_parser([args.topic])  # fills _PARSERS
         print(_PARSERS[args.topic].format_help())
         return 0
+    _command_modules(None)  # registers every command, with its help line
     width = max(len(name) for name in _COMMANDS) + 4
     lines = [f"    {name:<{width}}{text}" for name, (_, text) in sorted(_COMMANDS.items())]
     print("\n".join(["Commands:", "", *lines, ""]))
@@ -596,11 +707,12 @@ def parse_commands(words: list[str]) -> list[argparse.Namespace]:
     for the first command that is unknown or malformed.
     """
     groups = vsh.split_commands(words[0]) if len(words) == 1 else [words]
-    parser = build_parser()
+    for group in groups:
+        if not _is_command(group[0]):
+            raise CommandError(f"unknown command: '{group[0]}'")
+    parser = build_parser([group[0] for group in groups])
     commands = []
     for group in groups:
-        if group[0] not in _COMMANDS:
-            raise CommandError(f"unknown command: '{group[0]}'")
         args, extra = parser.parse_known_args(group)
         if extra:
             # virsh's words for what the command does not take

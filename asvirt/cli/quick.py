@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import fsutil, protocol
@@ -28,16 +26,10 @@ T = TypeVar("T")
 class QuickConnection(ConnectionCalls):
     """A blocking connection to a daemon's socket, for one command."""
 
-    def __init__(self, uri: str, path: Path) -> None:
+    def __init__(self, uri: str, path: str) -> None:
         self._uri = uri
         self._path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with fsutil.short_socket_path(path) as addr:
-                self._sock.connect(addr)
-        except OSError:
-            self._sock.close()
-            raise
+        self._sock = fsutil.connect_unix(path)
         self._buf = b""
         self._ids = 0
         hello = self._request("hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"})
@@ -102,7 +94,7 @@ class QuickConnection(ConnectionCalls):
         self._sock.close()
 
 
-def socket_of(uri: str) -> Path | None:
+def socket_of(uri: str) -> str | None:
     """The daemon socket a one-shot client can use for ``uri``, or None (then the full client
     is needed: SSH, a session daemon that must first be started, an embedded driver)."""
     from ..uri import parse_uri
@@ -112,12 +104,12 @@ def socket_of(uri: str) -> Path | None:
         return None
     socket_param = parsed.param("socket")
     if socket_param:
-        return Path(socket_param) if os.path.isabs(socket_param) else None
+        return socket_param if os.path.isabs(socket_param) else None
     if parsed.path not in ("/system", "/session") or parsed.params:
         return None
-    from ..daemon.layout import socket_for
+    from ..daemon.layout import socket_path
 
-    path = socket_for(parsed.path)
+    path = socket_path(parsed.path)
     return path if os.path.exists(path) else None
 
 

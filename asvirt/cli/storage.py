@@ -504,20 +504,8 @@ def _nonnegative(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_undefine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--remove-all-storage",
-        action="store_true",
-        help="remove all associated storage volumes (use with caution)",
-    )
-    p.add_argument(
-        "--storage", help="remove these storage volumes (comma separated targets or sources)"
-    )
-
-
 __all__ = [
     "add_parsers",
-    "add_undefine_flags",
     "pretty_size",
     "undefine_with_storage",
 ]

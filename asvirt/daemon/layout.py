@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# pathlib loads where a Path is made: a one-shot command-line client (which only needs the
+# socket's path) need not import it (nor the urllib.parse it imports).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,20 +36,33 @@ class Layout:
     config_file: Path
 
 
-def _xdg(name: str, default: str) -> Path:
+_SYSTEM_SOCKET = "/run/asvirt/asvirt-sock"
+
+
+def _xdg(name: str, default: str) -> str:
     value = os.environ.get(name)
-    return Path(value) if value and os.path.isabs(value) else Path.home() / default
+    if value and os.path.isabs(value):
+        return value
+    return os.path.join(os.path.expanduser("~"), default)
+
+
+def _runtime_dir() -> str:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    if value and os.path.isabs(value):
+        return value
+    return os.path.join(_xdg("XDG_STATE_HOME", ".local/state"), "asvirt", "run")
 
 
 def runtime_dir() -> Path:
     """``$XDG_RUNTIME_DIR``, else a directory of the user's own under the state home."""
-    value = os.environ.get("XDG_RUNTIME_DIR")
-    if value and os.path.isabs(value):
-        return Path(value)
-    return _xdg("XDG_STATE_HOME", ".local/state") / "asvirt" / "run"
+    from pathlib import Path
+
+    return Path(_runtime_dir())
 
 
 def system() -> Layout:
+    from pathlib import Path
+
     return Layout(
         root=Path("/var/lib/asvirt"),
         tops=(
@@ -53,24 +72,25 @@ def system() -> Layout:
             ("lib", Path("/var/lib/asvirt")),
             ("cache", Path("/var/cache/asvirt")),
         ),
-        socket=Path("/run/asvirt/asvirt-sock"),
+        socket=Path(_SYSTEM_SOCKET),
         socket_ro=Path("/run/asvirt/asvirt-sock-ro"),
         config_file=Path("/etc/asvirt/asvirtd.toml"),
     )
 
 
 def session() -> Layout:
-    state = _xdg("XDG_STATE_HOME", ".local/state") / "asvirt"
-    config = _xdg("XDG_CONFIG_HOME", ".config") / "asvirt"
-    run = runtime_dir() / "asvirt"
+    from pathlib import Path
+
+    state = Path(_xdg("XDG_STATE_HOME", ".local/state"), "asvirt")
+    config = Path(_xdg("XDG_CONFIG_HOME", ".config"), "asvirt")
     return Layout(
         root=state,
         tops=(
             ("etc", config),
-            ("run", run),
-            ("cache", _xdg("XDG_CACHE_HOME", ".cache") / "asvirt"),
+            ("run", runtime_dir() / "asvirt"),
+            ("cache", Path(_xdg("XDG_CACHE_HOME", ".cache"), "asvirt")),
         ),
-        socket=run / "asvirt-sock",
+        socket=Path(socket_path("/session")),
         socket_ro=None,
         config_file=config / "asvirtd.toml",
     )
@@ -87,9 +107,18 @@ def under(state_dir: Path) -> Layout:
     )
 
 
-def socket_for(path: str) -> Path:
+def socket_path(path: str) -> str:
     """The read-write socket of the daemon serving ``qemu:///system`` or ``/session``."""
-    return system().socket if path == "/system" else session().socket
+    if path == "/system":
+        return _SYSTEM_SOCKET
+    return os.path.join(_runtime_dir(), "asvirt", "asvirt-sock")
 
 
-__all__ = ["Layout", "runtime_dir", "session", "socket_for", "system", "under"]
+def socket_for(path: str) -> Path:
+    """:func:`socket_path`, as a Path."""
+    from pathlib import Path
+
+    return Path(socket_path(path))
+
+
+__all__ = ["Layout", "runtime_dir", "session", "socket_for", "socket_path", "system", "under"]

@@ -1,0 +1,94 @@
+"""A one-shot CLI command through a daemon starts as a small client: it prints virsh's output
+and imports neither the event loop, the XML stack, the logging stack nor urllib (issue 9:
+a one-shot command must feel like virsh; its start-up cost is what a user waits for)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asvirt
+
+from .daemon import Daemon
+from .guest import REPO, paused_xml
+
+#: Modules (and their submodules) a one-shot `list`, `domstate` or `dominfo` must not import.
+FORBIDDEN = (
+    "trio",
+    "anyio",
+    "asyncio",
+    "lxml",
+    "structlog",
+    "msgspec",
+    "xml.sax",
+    "urllib",
+    "email",
+    "http",
+    "asvirt.drivers.qemu",
+    "asvirt.hypervisor",
+    "asvirt.connection",
+)
+
+
+def imported_by(uri: str, *args: str) -> tuple[str, set[str]]:
+    """``asvirt -c URI ARGS``'s output and the modules it imported (``-X importtime``). Run
+    without site (``-S``, site-packages on PYTHONPATH): a development install's import hook
+    imports urllib at start-up, which would hide asvirt's own imports."""
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(site_packages)}
+    argv = [sys.executable, "-S", "-X", "importtime", "-m", "asvirt", "-c", uri, *args]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            modules.add(line.rsplit("|", 1)[1].strip())
+    return proc.stdout, modules
+
+
+async def test_one_shot_commands_import_only_what_they_need(caps_cache, test_guest, tmp_path):
+    daemon = Daemon(tmp_path / "state", caps_cache=caps_cache).start()
+    try:
+        async with asvirt.open(daemon.uri) as conn:
+            dom = await conn.define_xml(paused_xml(test_guest, tmp_path, "vm1"))
+            await dom.start(paused=True)
+            await conn.define_xml(paused_xml(test_guest, tmp_path, "vm2"))
+            uuid = dom.uuid
+        cases = [
+            (["list"], " Id   Name   State\n---------------------\n 1    vm1    paused\n\n"),
+            (
+                ["list", "--all"],
+                " Id   Name   State\n-----------------------\n 1    vm1    paused\n"
+                " -    vm2    shut off\n\n",
+            ),
+            (["domstate", "vm1"], "paused\n\n"),
+            (["domstate", "--reason", uuid], "paused (user)\n\n"),
+        ]
+        for args, want in cases:
+            out, modules = imported_by(daemon.uri, *args)
+            assert out == want, args
+            bad = sorted(m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + "."))
+            assert not bad, f"asvirt {' '.join(args)} imported {bad}"
+        out, modules = imported_by(daemon.uri, "dominfo", "vm1")
+        assert out.startswith(f"Id:             1\nName:           vm1\nUUID:           {uuid}\n")
+        assert "State:          paused\n" in out
+        assert not [m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + ".")]
+        async with asvirt.open(daemon.uri) as conn:
+            await (await conn.lookup_by_name("vm1")).destroy()
+    finally:
+        daemon.stop_and_reap()
+
+
+def test_the_command_table_names_what_each_module_registers():
+    """asvirt.cli.main imports a command module only for its commands: its table must say
+    which module registers which command."""
+    from asvirt.cli import main
+
+    main.build_parser()  # imports every command module
+    registered = {
+        name: fn.__module__.rsplit(".", 1)[1]
+        for name, (fn, _) in main._COMMANDS.items()
+        if fn.__module__ != main.__name__
+    }
+    assert registered == main._MODULE_OF
