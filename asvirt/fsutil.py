@@ -105,10 +105,10 @@ def make_parents(path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
     ``mkdir -p`` (``Path.mkdir(parents=True)``) would give the parents the umask's mode.
     """
     missing = []
-    parent = Path(path).parent
+    parent = os.path.dirname(os.path.abspath(path))
     while not os.path.lexists(parent):
         missing.append(parent)
-        parent = parent.parent
+        parent = os.path.dirname(parent)
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, mode)
