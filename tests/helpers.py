@@ -327,3 +327,22 @@ def device(argv: list[str], dev_id: str) -> dict[str, Any]:
 
 def blockdevs(argv: list[str]) -> list[dict[str, Any]]:
     return [json.loads(v) for v in opts(argv, "-blockdev")]
+
+
+def dumpxml_roundtrip(caps: QemuCapabilities, xml: str) -> str:
+    """What dumpxml shows for ``xml``: valid under libvirt's schema (when ../shared has it),
+    and stable when defined again."""
+    from lxml import etree
+
+    from asvirt.conf.domain import parse_domain_xml
+    from asvirt.drivers.qemu.postparse import prepare_domain
+
+    from .caps import CONFORMANCE
+
+    out = prepare_domain(parse_domain_xml(xml), caps).to_xml()
+    schema = CONFORMANCE / "schemas" / "domain.rng"
+    if schema.exists():
+        rng = etree.RelaxNG(file=str(schema))
+        assert rng.validate(etree.fromstring(out.encode())), rng.error_log
+    assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
+    return out

@@ -136,3 +136,10 @@ def launch_paused(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+
+
+def launched_peripherals(argv: list[str], tmp: Path) -> set[str]:
+    """Launch ``argv`` paused; the ids of the devices QEMU made of it (asserting it started)."""
+    got = launch_paused(argv, tmp)
+    assert got.status == "prelaunch"
+    return set(got.qom["/machine/peripheral"])

@@ -15,36 +15,17 @@ import socket
 from pathlib import Path
 
 import pytest
-from lxml import etree
-from qemu_launch import QemuRefused, launch_paused
+from qemu_launch import QemuRefused, launch_paused, launched_peripherals
 
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command_extra import display_env
 from asvirt.drivers.qemu.helpers import check_host_devices
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
-from tests.caps import CONFORMANCE, Caps
-from tests.helpers import argv_of, blockdevs, device, dom, opts, qemu_img
+from tests.caps import Caps
+from tests.helpers import argv_of, blockdevs, device, dom, dumpxml_roundtrip, opts, qemu_img
 
 pytestmark = pytest.mark.qemu
-
-SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
-
-
-def _launch(argv: list[str], tmp: Path) -> set[str]:
-    got = launch_paused(argv, tmp)
-    assert got.status == "prelaunch"
-    return set(got.qom["/machine/peripheral"])
-
-
-def _roundtrip(caps: Caps, xml: str) -> str:
-    """What dumpxml shows for ``xml``: valid under libvirt's schema, and stable."""
-    out = prepare_domain(parse_domain_xml(xml), caps).to_xml()
-    if SCHEMA.exists():
-        rng = etree.RelaxNG(file=str(SCHEMA))
-        assert rng.validate(etree.fromstring(out.encode())), rng.error_log
-    assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
-    return out
 
 
 def _free_port() -> int:
@@ -81,8 +62,8 @@ def test_floppies_on_the_isa_controller(caps: Caps, tmp_path: Path, machine: str
         ]
     else:  # the PC's own controller boots from drive A
         assert "isa-fdc.bootindexA=1" in opts(argv, "-global")
-    assert {"fdc0-0-0", "fdc0-0-1"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"fdc0-0-0", "fdc0-0-1"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<target dev='fda' bus='fdc'/>" in out
     assert "<controller type='fdc' index='0'/>" in out
     empty = dom("<disk type='file' device='floppy'><target dev='fda'/></disk>", machine=machine)
@@ -121,8 +102,8 @@ def test_usb_disk_is_usb_storage(caps: Caps, tmp_path: Path) -> None:
     }
     assert device(argv, "usb-disk1")["removable"] is False
     assert device(argv, "input0")["port"] == "3"
-    assert {"usb-disk0", "usb-disk1", "input0"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"usb-disk0", "usb-disk1", "input0"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<target dev='sda' bus='usb' removable='on'/>" in out
     assert "<address type='usb' bus='0' port='1'/>" in out
     with pytest.raises(ConfigUnsupportedError, match="removable= is for USB disks"):
@@ -146,7 +127,7 @@ def test_scsi_lun_is_scsi_block_and_needs_a_host_scsi_device(caps: Caps, tmp_pat
         "drive": "libvirt-1-storage",
         "id": "scsi0-0-0-0",
     }
-    assert "device='lun'" in _roundtrip(caps, xml)
+    assert "device='lun'" in dumpxml_roundtrip(caps, xml)
     # This host has no SCSI device to pass through: the start is refused, naming it.
     with pytest.raises(OperationFailedError, match="/dev/sg-asvirt-none"):
         check_host_devices(prepare_domain(parse_domain_xml(xml), caps))
@@ -190,8 +171,8 @@ def test_socket_interfaces(caps: Caps, tmp_path: Path) -> None:
     assert netdevs[2].startswith(f"socket,udp=127.0.0.1:{udp},localaddr=127.0.0.1:")
     assert netdevs[3] == "socket,mcast=230.0.0.1:5558,id=hostnet3"
     assert device(argv, "net0")["netdev"] == "hostnet0"
-    assert {"net0", "net1", "net2"} <= _launch(_without_nic(argv, 3), tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"net0", "net1", "net2"} <= launched_peripherals(_without_nic(argv, 3), tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert f"<source address='127.0.0.1' port='{port}'/>" in out
     assert "<local address='127.0.0.1' port=" in out
     for bad in (
@@ -233,7 +214,7 @@ def test_vhostuser_interface(caps: Caps) -> None:
     assert opts(argv, "-chardev")[1] == "socket,id=charnet0,path=/tmp/vhost.sock,server=on"
     assert opts(argv, "-netdev") == ["vhost-user,chardev=charnet0,id=hostnet0"]
     assert device(argv, "net0")["driver"] == "virtio-net-pci"
-    assert "<model type='virtio'/>" in _roundtrip(caps, xml)
+    assert "<model type='virtio'/>" in dumpxml_roundtrip(caps, xml)
     # No launch: QEMU waits for the vhost-user backend, and this host has none.
     with pytest.raises(ConfigUnsupportedError, match="shared memory"):
         argv_of(caps, xml.replace(shared, ""))
@@ -302,8 +283,8 @@ def test_nvdimm_and_virtio_pmem(caps: Caps, tmp_path: Path) -> None:
     assert device(argv, "virtiopmem0")["driver"] == "virtio-pmem-pci"
     # QEMU's pmem=on needs a DAX file (libdaxctl): launch the two that a plain file backs.
     plain = [a.replace(',"pmem":true', "") for a in argv]
-    assert {"nvdimm0", "nvdimm1", "virtiopmem0"} <= _launch(plain, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"nvdimm0", "nvdimm1", "virtiopmem0"} <= launched_peripherals(plain, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<label>\n          <size unit='KiB'>128</size>\n        </label>" in out
     assert "<address type='dimm' slot='0'/>" in out
     assert "<pmem/>" in out and "<readonly/>" in out
@@ -329,7 +310,7 @@ def test_sgx_epc_argv_and_refused_without_sgx(caps: Caps, tmp_path: Path) -> Non
         opts(argv, "-object")
     )
     assert opts(argv, "-m") == ["size=131072k"]  # the enclave memory is no guest RAM
-    assert "<memory model='sgx-epc'>" in _roundtrip(caps, xml)
+    assert "<memory model='sgx-epc'>" in dumpxml_roundtrip(caps, xml)
     if not Path("/dev/sgx_vepc").exists():
         with pytest.raises(OperationFailedError, match="/dev/sgx_vepc is missing"):
             check_host_devices(prepare_domain(parse_domain_xml(xml), caps))
@@ -352,8 +333,8 @@ def test_virtio_crypto(caps: Caps, tmp_path: Path) -> None:
     crypto = device(argv, "crypto0")
     assert (crypto["driver"], crypto["cryptodev"]) == ("virtio-crypto-pci", "objcrypto0")
     assert crypto["bus"].startswith("pci.")  # a PCIe device, on a root port
-    assert "crypto0" in _launch(argv, tmp_path)
-    assert "<backend model='builtin' queues='1'/>" in _roundtrip(caps, xml)
+    assert "crypto0" in launched_peripherals(argv, tmp_path)
+    assert "<backend model='builtin' queues='1'/>" in dumpxml_roundtrip(caps, xml)
     with pytest.raises(ConfigUnsupportedError, match="one queue"):
         argv_of(caps, xml.replace("queues='1'", "queues='2'"))
     lkcf = xml.replace("builtin", "lkcf")
@@ -378,9 +359,9 @@ def test_pstore_acpi_erst(caps: Caps, tmp_path: Path) -> None:
     )
     ps = device(argv, "pstore0")
     assert (ps["driver"], ps["memdev"]) == ("acpi-erst", "mempstore0")
-    assert "pstore0" in _launch(argv, tmp_path)
+    assert "pstore0" in launched_peripherals(argv, tmp_path)
     assert erst.stat().st_size == 64 << 10  # the records' file, kept with the domain
-    assert "<size unit='KiB'>64</size>" in _roundtrip(caps, xml)
+    assert "<size unit='KiB'>64</size>" in dumpxml_roundtrip(caps, xml)
     with pytest.raises(ConfigUnsupportedError, match="ACPI"):
         argv_of(caps, xml.replace("<features><acpi/></features>", ""))
 
@@ -401,8 +382,8 @@ def test_guestfwd_channels(caps: Caps, tmp_path: Path) -> None:
         "user,guestfwd=tcp:10.0.2.1:4600-chardev:charchannel0,id=channel0"
     ]
     assert device(argv, "channel1")["nr"] == 1  # the virtio channel keeps its port
-    assert {"channel1"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"channel1"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<target type='guestfwd' address='10.0.2.1' port='4600'/>" in out
     with pytest.raises(ConfigUnsupportedError, match=r"10\.0\.2\.0/24"):
         argv_of(caps, xml.replace("10.0.2.1", "10.0.2.2"))
@@ -423,21 +404,23 @@ def test_vmvga_and_ramfb_video(caps: Caps, tmp_path: Path) -> None:
         "bus": "pci.0",
         "addr": "0x2",
     }
-    assert "video0" in _launch(argv, tmp_path)
-    assert "<model type='vmvga' vram='16384' heads='1' primary='yes'/>" in _roundtrip(caps, xml)
+    assert "video0" in launched_peripherals(argv, tmp_path)
+    assert "<model type='vmvga' vram='16384' heads='1' primary='yes'/>" in dumpxml_roundtrip(
+        caps, xml
+    )
     ramfb = dom("<graphics type='vnc'/><video><model type='ramfb'/></video>", machine="q35")
     argv = argv_of(caps, ramfb, tmp_path)
     assert device(argv, "video0") == {"driver": "ramfb", "id": "video0"}  # no PCI address
-    assert "video0" in _launch(argv, tmp_path)
-    assert "<address" not in _roundtrip(caps, ramfb).split("<video>")[1].split("</video>")[0]
+    assert "video0" in launched_peripherals(argv, tmp_path)
+    assert "<address" not in dumpxml_roundtrip(caps, ramfb).split("<video>")[1].split("</video>")[0]
 
 
 def test_local_displays(caps: Caps, tmp_path: Path) -> None:
     xml = dom("<graphics type='dbus' p2p='yes'/>")
     argv = argv_of(caps, xml, tmp_path)
     assert opts(argv, "-display") == ["dbus,p2p=on"]  # and no '-display none'
-    assert "video0" in _launch(argv, tmp_path)  # p2p: clients come later, over QMP
-    assert "<graphics type='dbus' p2p='yes'/>" in _roundtrip(caps, xml)
+    assert "video0" in launched_peripherals(argv, tmp_path)  # p2p: clients come later, over QMP
+    assert "<graphics type='dbus' p2p='yes'/>" in dumpxml_roundtrip(caps, xml)
     bus = dom("<graphics type='dbus' address='unix:path=/run/x.bus'><gl enable='no'/></graphics>")
     assert opts(argv_of(caps, bus), "-display") == ["dbus,addr=unix:path=/run/x.bus,gl=off"]
     egl = dom(
@@ -447,17 +430,17 @@ def test_local_displays(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, egl, tmp_path)
     assert opts(argv, "-display") == ["egl-headless,rendernode=/dev/dri/renderD128"]
     assert opts(argv, "-vnc")
-    assert "<gl rendernode='/dev/dri/renderD128'/>" in _roundtrip(caps, egl)
+    assert "<gl rendernode='/dev/dri/renderD128'/>" in dumpxml_roundtrip(caps, egl)
     sdl = dom("<graphics type='sdl' fullscreen='yes'><gl enable='yes'/></graphics>")
     argv = argv_of(caps, sdl, tmp_path)
     assert opts(argv, "-display") == ["sdl,gl=on"] and "-full-screen" in argv
-    assert "<graphics type='sdl' fullscreen='yes'>" in _roundtrip(caps, sdl)
+    assert "<graphics type='sdl' fullscreen='yes'>" in dumpxml_roundtrip(caps, sdl)
     x11 = dom("<graphics type='sdl' display=':0.1' xauth='/root/.Xauthority'/>")
     assert display_env(prepare_domain(parse_domain_xml(x11), caps)) == {
         "DISPLAY": ":0.1",
         "XAUTHORITY": "/root/.Xauthority",
     }
-    assert "display=':0.1' xauth='/root/.Xauthority'" in _roundtrip(caps, x11)
+    assert "display=':0.1' xauth='/root/.Xauthority'" in dumpxml_roundtrip(caps, x11)
     # What this host lacks is refused at start, naming it (the argv above stays right).
     if not Path("/dev/dri/renderD128").exists():
         with pytest.raises(OperationFailedError, match="renderD128"):
@@ -481,4 +464,4 @@ def test_usb_disks_behind_a_hub_come_after_it(caps: Caps, tmp_path: Path) -> Non
     argv = argv_of(caps, dom(disks), tmp_path)
     ids = [json.loads(d).get("id") for d in opts(argv, "-device")]
     assert ids.index("hub0") < min(ids.index(f"usb-disk{n}") for n in range(3))
-    assert {"hub0", "usb-disk0", "usb-disk1", "usb-disk2"} <= _launch(argv, tmp_path)
+    assert {"hub0", "usb-disk0", "usb-disk1", "usb-disk2"} <= launched_peripherals(argv, tmp_path)

@@ -18,8 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from lxml import etree
-from qemu_launch import QemuRefused, launch_paused
+from qemu_launch import QemuRefused, launch_paused, launched_peripherals
 
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.capabilities import kvm_usable
@@ -27,28 +26,10 @@ from asvirt.drivers.qemu.command_other import auto_cid
 from asvirt.drivers.qemu.helpers import check_host_devices
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
-from tests.caps import CONFORMANCE, Caps
-from tests.helpers import argv_of, device, dom, opts
+from tests.caps import Caps
+from tests.helpers import argv_of, device, dom, dumpxml_roundtrip, opts
 
 pytestmark = pytest.mark.qemu
-
-SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
-
-
-def _launch(argv: list[str], tmp: Path) -> set[str]:
-    got = launch_paused(argv, tmp)
-    assert got.status == "prelaunch"
-    return set(got.qom["/machine/peripheral"])
-
-
-def _roundtrip(caps: Caps, xml: str) -> str:
-    """What dumpxml shows for ``xml``: valid under libvirt's schema, and stable."""
-    out = prepare_domain(parse_domain_xml(xml), caps).to_xml()
-    if SCHEMA.exists():
-        rng = etree.RelaxNG(file=str(SCHEMA))
-        assert rng.validate(etree.fromstring(out.encode())), rng.error_log
-    assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
-    return out
 
 
 @pytest.mark.parametrize("dtype", ["qemu", "kvm"])
@@ -70,9 +51,9 @@ def test_intel_iommu_comes_first_with_its_options(caps: Caps, tmp_path: Path, dt
     assert "kernel_irqchip=split" in opts(argv, "-machine")[0]
     if dtype == "kvm" and not (usable := kvm_usable())[0]:
         pytest.skip(f"no KVM to launch with: {usable[1]}")
-    assert "iommu0" in _launch(argv, tmp_path)
+    assert "iommu0" in launched_peripherals(argv, tmp_path)
     assert f"<driver intremap='on' caching_mode='on' {eim}iotlb='on' aw_bits='48'/>" in (
-        _roundtrip(caps, xml)
+        dumpxml_roundtrip(caps, xml)
     )
     if dtype == "qemu":
         with pytest.raises(ConfigUnsupportedError, match="eim needs KVM"):
@@ -84,8 +65,8 @@ def test_virtio_iommu_is_a_pci_device(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, xml, tmp_path)
     io = device(argv, "iommu0")
     assert (io["driver"], io["bus"]) == ("virtio-iommu-pci", "pcie.0")  # QEMU's only place
-    assert "iommu0" in _launch(argv, tmp_path)
-    _roundtrip(caps, xml)
+    assert "iommu0" in launched_peripherals(argv, tmp_path)
+    dumpxml_roundtrip(caps, xml)
 
 
 def test_vsock_cid_given_or_picked_per_domain(caps: Caps, tmp_path: Path) -> None:
@@ -100,9 +81,9 @@ def test_vsock_cid_given_or_picked_per_domain(caps: Caps, tmp_path: Path) -> Non
     xml = dom("<vsock model='virtio'><cid auto='yes'/></vsock>")
     cid = device(argv_of(caps, xml), "vsock0")["guest-cid"]
     assert cid == auto_cid(parse_domain_xml(xml)) and 3 <= cid < (1 << 32) - 1
-    assert "<cid auto='yes'/>" in _roundtrip(caps, xml)
+    assert "<cid auto='yes'/>" in dumpxml_roundtrip(caps, xml)
     if os.path.exists("/dev/vhost-vsock"):
-        assert "vsock0" in _launch(argv_of(caps, xml, tmp_path), tmp_path)
+        assert "vsock0" in launched_peripherals(argv_of(caps, xml, tmp_path), tmp_path)
     else:  # this host has no vhost_vsock: QEMU cannot open its side (the driver says so first)
         with pytest.raises(OperationFailedError, match="/dev/vhost-vsock"):
             check_host_devices(prepare_domain(parse_domain_xml(xml), caps))
@@ -128,12 +109,12 @@ def test_ivshmem_plain_maps_a_host_shared_memory_object(caps: Caps, tmp_path: Pa
     sh = device(argv, "shmem0")
     assert (sh["driver"], sh["memdev"], sh["master"]) == ("ivshmem-plain", "shmmem-shmem0", "off")
     try:
-        assert {"shmem0", "shmem1"} <= _launch(argv, tmp_path)
+        assert {"shmem0", "shmem1"} <= launched_peripherals(argv, tmp_path)
         assert os.path.getsize(f"/dev/shm/{name}") == 8 << 20
     finally:
         for leftover in (name, f"{name}-b"):
             Path("/dev/shm", leftover).unlink(missing_ok=True)
-    out = _roundtrip(caps, xml)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<size unit='M'>4</size>" in out  # libvirt's default size, written down
 
 
@@ -180,13 +161,13 @@ def test_ivshmem_doorbell_talks_to_its_server(caps: Caps, tmp_path: Path) -> Non
         True,
     )
     server = _ivshmem_server(sock, 4 << 20)
-    assert "shmem0" in _launch(argv, tmp_path)
+    assert "shmem0" in launched_peripherals(argv, tmp_path)
     server.join(10)
     default = dom("<shmem name='x'><model type='ivshmem-doorbell'/><server/></shmem>")
     assert "socket,id=charshmem0,path=/var/lib/libvirt/shmem-x-sock" in opts(
         argv_of(caps, default), "-chardev"
     )
-    _roundtrip(caps, xml)
+    dumpxml_roundtrip(caps, xml)
 
 
 def test_panic_models(caps: Caps, tmp_path: Path) -> None:
@@ -194,7 +175,7 @@ def test_panic_models(caps: Caps, tmp_path: Path) -> None:
     panic = [json.loads(d) for d in opts(argv, "-device") if "pvpanic" in d]
     assert [p["driver"] for p in panic] == ["pvpanic-pci"]
     assert panic[0]["bus"].startswith("pci.")  # conventional PCI: behind a PCIe-to-PCI bridge
-    _launch(argv, tmp_path)
+    launched_peripherals(argv, tmp_path)
     hv = dom(
         "<panic model='hyperv'/>",
         body="<features><hyperv><relaxed state='on'/></hyperv></features>",
@@ -202,9 +183,9 @@ def test_panic_models(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, hv, tmp_path)
     assert opts(argv, "-cpu")[0].endswith(",hv-crash=on")
     assert not [d for d in opts(argv, "-device") if "pvpanic" in d]
-    _launch(argv, tmp_path)
-    _roundtrip(caps, hv)
-    assert "pvpanic" in _roundtrip(caps, dom("<panic model='pvpanic'/>", machine="q35"))
+    launched_peripherals(argv, tmp_path)
+    dumpxml_roundtrip(caps, hv)
+    assert "pvpanic" in dumpxml_roundtrip(caps, dom("<panic model='pvpanic'/>", machine="q35"))
 
 
 def test_rng_egd_backends_and_transitional_models(caps: Caps, tmp_path: Path) -> None:
@@ -225,15 +206,15 @@ def test_rng_egd_backends_and_transitional_models(caps: Caps, tmp_path: Path) ->
         1024,
         2000,
     )
-    assert {"rng0", "rng1"} <= _launch(argv, tmp_path)
-    _roundtrip(caps, xml)
+    assert {"rng0", "rng1"} <= launched_peripherals(argv, tmp_path)
+    dumpxml_roundtrip(caps, xml)
     tcp = dom(
         "<rng model='virtio'><backend model='egd' type='tcp'>"
         "<source mode='connect' host='1.2.3.4' service='1234'/><protocol type='raw'/>"
         "</backend></rng>"
     )
     assert "socket,id=charrng0,host=1.2.3.4,port=1234" in opts(argv_of(caps, tcp), "-chardev")
-    _roundtrip(caps, tcp)
+    dumpxml_roundtrip(caps, tcp)
 
 
 def test_usb_redirection_filter(caps: Caps, tmp_path: Path) -> None:
@@ -248,8 +229,8 @@ def test_usb_redirection_filter(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, xml, tmp_path)
     for alias in ("redir0", "redir1"):
         assert device(argv, alias)["filter"] == "0x08:0x15E1:0x2007:0x0110:1|-1:-1:-1:-1:0"
-    assert {"redir0", "redir1"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"redir0", "redir1"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<usbdev class='0x08' vendor='0x15e1' product='0x2007' version='1.10'" in out
 
 
@@ -328,7 +309,7 @@ def test_tcp_udp_pipe_tty_and_stdio_backends(caps: Caps, tmp_path: Path) -> None
     assert kinds["charserial0"].startswith("disconnected:telnet:127.0.0.1:")  # listening
     assert kinds["charserial1"] == "udp"
     assert kinds["charserial2"] == "pipe" and kinds["charchannel1"] == "stdio"
-    out = _roundtrip(caps, xml)
+    out = dumpxml_roundtrip(caps, xml)
     assert (
         "<source mode='bind' host='127.0.0.1' service='0'/>\n      <protocol type='telnet'/>"
         in (out)
@@ -360,8 +341,8 @@ def test_parallel_and_usb_serial_ports(caps: Caps, tmp_path: Path) -> None:
         "bus": "usb.0",
         "port": "1",
     }
-    assert {"parallel0", "parallel1", "serial0"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"parallel0", "parallel1", "serial0"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<target port='1'/>" in out and "<address type='usb' bus='0' port='1'/>" in out
     lpt = dom("<parallel type='dev'><source path='/dev/parport0'/></parallel>")
     assert "parport,id=charparallel0,path=/dev/parport0" in opts(argv_of(caps, lpt), "-chardev")
@@ -397,7 +378,7 @@ def test_numa_cells_and_numatune(caps: Caps, tmp_path: Path) -> None:
     assert "memory-backend=" not in opts(argv, "-machine")[0]
     got = launch_paused(argv, tmp_path)
     assert (got.vcpus, got.memory_bytes) == (4, 192 << 20)
-    out = _roundtrip(caps, xml)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<memory unit='KiB'>196608</memory>" in out
     assert "<cell id='1' cpus='2,3' memory='65536' unit='KiB' memAccess='shared'/>" in out
     assert "<memnode cellid='1' mode='interleave' nodeset='0'/>" in out
@@ -453,7 +434,7 @@ def test_dimms_and_virtio_mem_plug_into_max_memory(caps: Caps, tmp_path: Path) -
     assert got.memory_bytes == 192 << 20 and {"dimm0", "dimm1", "virtiomem0"} <= set(
         got.qom["/machine/peripheral"]
     )
-    out = _roundtrip(caps, xml)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<memory unit='KiB'>655360</memory>" in out  # cells + every device, as libvirt
     assert "<address type='dimm' slot='0'/>" in out and "<address type='dimm' slot='3'/>" in out
 
@@ -518,8 +499,8 @@ def test_sysinfo_smbios_fwcfg_and_genid(caps: Caps, tmp_path: Path) -> None:
         "guid": "43dc0cf8-809b-4adb-9bea-a9abb5f3d90d",
         "id": "vmgenid0",
     }
-    assert "vmgenid0" in _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert "vmgenid0" in launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<smbios mode='sysinfo'/>" in out and "<genid>43dc0cf8" in out
     fresh = parse_domain_xml(dom().replace("</uuid>", "</uuid><genid/>"))
     assert fresh.genid is not None and len(fresh.genid) == 36  # made at define, as libvirt
@@ -544,8 +525,8 @@ def test_iothreads_for_virtio_disks_and_scsi(caps: Caps, tmp_path: Path) -> None
     ]
     assert device(argv, "virtio-disk0")["iothread"] == "iothread2"
     assert device(argv, "scsi0")["iothread"] == "iothread1"
-    assert {"virtio-disk0", "scsi0"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"virtio-disk0", "scsi0"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<iothreads>2</iothreads>" in out and "<iothread id='1'/>" in out
     with pytest.raises(ConfigUnsupportedError, match="only virtio disks"):
         argv_of(
@@ -575,11 +556,11 @@ def test_host_input_devices(caps: Caps, tmp_path: Path) -> None:
         '{"qom-type":"input-linux","id":"input1","evdev":"/dev/input/event2","repeat":true,'
         '"grab_all":true,"grab-toggle":"ctrl-ctrl"}' in opts(argv, "-object")
     )
-    out = _roundtrip(caps, xml)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<input type='evdev'>" in out and "<input type='passthrough' bus='virtio'>" in out
     d = prepare_domain(parse_domain_xml(xml), caps)
     if os.path.exists("/dev/input/event1") and os.path.exists("/dev/input/event2"):
-        assert {"input0"} <= _launch(argv, tmp_path)
+        assert {"input0"} <= launched_peripherals(argv, tmp_path)
     else:  # no input devices on this host: the start says which is missing
         with pytest.raises(OperationFailedError, match="/dev/input/event1"):
             check_host_devices(d)
@@ -615,8 +596,8 @@ def test_smartcards_in_ccid_readers(caps: Caps, tmp_path: Path) -> None:
         "bus": "ccid0.0",
     }
     assert device(argv, "smartcard1")["bus"] == "ccid1.0"  # one card per reader
-    assert {"ccid0", "ccid1", "smartcard0", "smartcard1"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"ccid0", "ccid1", "smartcard0", "smartcard1"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<controller type='ccid' index='1'>" in out
     assert "<address type='ccid' controller='1' slot='0'/>" in out
     certs = dom(
@@ -636,7 +617,7 @@ def test_smartcards_in_ccid_readers(caps: Caps, tmp_path: Path) -> None:
         "bus": "ccid0.0",
     }
     assert device(argv, "smartcard1")["backend"] == "nss-emulated"
-    _roundtrip(caps, certs)
+    dumpxml_roundtrip(caps, certs)
 
 
 def test_virtio_driver_options_of_balloon_and_rng(caps: Caps, tmp_path: Path) -> None:
@@ -656,6 +637,6 @@ def test_virtio_driver_options_of_balloon_and_rng(caps: Caps, tmp_path: Path) ->
     )
     rng = device(argv, "rng0")
     assert (rng["iommu_platform"], rng["page-per-vq"]) == (True, True)
-    assert {"balloon0", "rng0"} <= _launch(argv, tmp_path)
-    out = _roundtrip(caps, xml)
+    assert {"balloon0", "rng0"} <= launched_peripherals(argv, tmp_path)
+    out = dumpxml_roundtrip(caps, xml)
     assert "<driver iommu='on' ats='on' packed='on'/>" in out

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from qemu_launch import launch_paused
+from qemu_launch import launch_paused, launched_peripherals
 
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.postparse import prepare_domain
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.qemu
 
 CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-
-
-def _launch(argv: list[str], tmp: Path) -> set[str]:
-    got = launch_paused(argv, tmp)
-    assert got.status == "prelaunch"
-    return set(got.qom["/machine/peripheral"])
 
 
 def test_explicit_pflash_loader_and_nvram(caps: Caps, tmp_path: Path) -> None:
@@ -83,7 +77,7 @@ def test_firmware_autoselection_follows_the_descriptors(
     assert ("driver=cfi.pflash01,property=secure,value=on" in opts(argv, "-global")) is secure
     assert d.os.nvram is not None and d.os.nvram.template is not None
     shutil.copy(d.os.nvram.template, tmp_path / "vm1_VARS.fd")
-    _launch(argv, tmp_path)
+    launched_peripherals(argv, tmp_path)
 
 
 def test_no_firmware_fits_is_refused_naming_the_wish(caps: Caps) -> None:
@@ -126,7 +120,7 @@ def test_every_hyperv_enlightenment_of_qemu_7_2(caps: Caps, tmp_path: Path) -> N
 def test_hyperv_passthrough_and_what_starts_under_tcg(caps: Caps, tmp_path: Path) -> None:
     argv = argv_of(caps, dom(body="<features><hyperv mode='passthrough'/></features>"), tmp_path)
     assert opts(argv, "-cpu") == ["qemu64,hv-passthrough=on"]
-    _launch(argv, tmp_path)
+    launched_peripherals(argv, tmp_path)
     # What QEMU 7.2 gives a TCG guest on any kernel (VP_INDEX and what needs it ask KVM).
     body = (
         "<features><hyperv><relaxed state='on'/><vapic state='on'/>"
@@ -139,7 +133,7 @@ def test_hyperv_passthrough_and_what_starts_under_tcg(caps: Caps, tmp_path: Path
     argv = argv_of(caps, dom(body=body), tmp_path)
     assert "hv-spinlocks=0x1000" in opts(argv, "-cpu")[0]
     assert {"PIIX4_PM.disable_s3=0", "PIIX4_PM.disable_s4=1"} <= set(opts(argv, "-global"))
-    _launch(argv, tmp_path)
+    launched_peripherals(argv, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +193,7 @@ def test_spice_channels_video_and_usb_redirection(caps: Caps, tmp_path: Path) ->
     assert device(argv, "video1")["driver"] == "virtio-gpu-pci"
     assert device(argv, "redir1")["driver"] == "usb-redir"
     assert opts(argv, "-audiodev") == ['{"id":"audio1","driver":"spice"}']
-    assert {"video0", "video1", "redir0", "redir1", "channel0", "channel1"} <= _launch(
+    assert {"video0", "video1", "redir0", "redir1", "channel0", "channel1"} <= launched_peripherals(
         argv, tmp_path
     )
 
@@ -209,7 +203,7 @@ def test_spice_over_a_unix_socket(caps: Caps, tmp_path: Path) -> None:
     xml = dom(f"<graphics type='spice'><listen type='socket' socket='{sock}'/></graphics>")
     argv = argv_of(caps, xml, tmp_path)
     assert opts(argv, "-spice")[0].startswith(f"unix=on,addr={sock},disable-ticketing=on")
-    _launch(argv, tmp_path)
+    launched_peripherals(argv, tmp_path)
     with pytest.raises(ConfigUnsupportedError, match="TLS"):
         argv_of(caps, dom("<graphics type='spice' tlsPort='5901'/>"), tmp_path)
 
@@ -248,7 +242,7 @@ def test_sound_models_codecs_and_their_audio_backend(
         "ES1370",
         "usb-audio",
     ]
-    assert {f"sound{i}" for i in range(5)} <= _launch(argv, tmp_path)
+    assert {f"sound{i}" for i in range(5)} <= launched_peripherals(argv, tmp_path)
 
 
 def test_9p_shares_and_shared_memory(caps: Caps, tmp_path: Path) -> None:
@@ -274,7 +268,7 @@ def test_9p_shares_and_shared_memory(caps: Caps, tmp_path: Path) -> None:
         '"x-use-canonical-path-for-ramblock-id":false,"size":134217728}'
     )
     assert ",mem-merge=off,memory-backend=pc.ram" in opts(argv, "-machine")[0]
-    assert {"fs0", "fs1"} <= _launch(argv, tmp_path)
+    assert {"fs0", "fs1"} <= launched_peripherals(argv, tmp_path)
 
 
 def test_virtiofs_and_tpm_emulator_sockets(caps: Caps, tmp_path: Path) -> None:
