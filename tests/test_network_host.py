@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -284,6 +285,31 @@ def test_an_interrupted_start_or_stop_is_taken_down_at_open(
     # And it starts cleanly again.
     cli(root, "net-start", "default")
     cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+def test_a_dnsmasq_its_supervisor_had_not_recorded_is_adopted(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    cli(root, "net-start", "default")
+    running = dnsmasq_pid(root, "default")
+    # As a supervisor killed right after restarting a dead dnsmasq leaves it: the state file
+    # still names the dead one; only dnsmasq's own pid file names the one that runs.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    state_path = root / "run" / "network" / "default.state"
+    state = json.loads(state_path.read_text())
+    state["dnsmasq_pid"], state["dnsmasq_start_time"] = gone.pid, None
+    state_path.write_text(json.dumps(state))
+    # The next open adopts it: the network stays active, served by the same dnsmasq, and no
+    # second one is started beside it (it would fail on the ports the first one holds).
+    assert "Active:         yes" in cli(root, "net-info", "default").stdout
+    assert dnsmasq_pid(root, "default") == running and alive(running)
+    assert json.loads(state_path.read_text())["dnsmasq_pid"] == running
+    cli(root, "net-destroy", "default")
+    assert not alive(running)
     assert_network_gone(net_lab, root, "virbr0")
 
 

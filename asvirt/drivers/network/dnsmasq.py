@@ -162,6 +162,18 @@ def find(pid: int, start_time: int | None, conf_file: Path) -> int | None:
     return pidfd
 
 
+def adopt(pid_file: Path, conf_file: Path) -> tuple[DnsmasqProcess, int] | None:
+    """The dnsmasq that ``pid_file`` names, if it runs ``conf_file`` (and a pidfd on it).
+
+    dnsmasq writes its pid file itself, before its supervisor records it: a supervisor killed
+    in between leaves a dnsmasq only the pid file knows of."""
+    pid = read_pid_file(pid_file)
+    pidfd = find(pid, None, conf_file) if pid is not None else None
+    if pid is None or pidfd is None:
+        return None
+    return DnsmasqProcess(pid, _process().read_start_time(pid)), pidfd
+
+
 def read_pid_file(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

@@ -591,6 +591,21 @@ class HostNetworkBackend:
                     state.dnsmasq_pid, state.dnsmasq_start_time, self.paths.dnsmasq_conf(state.name)
                 )
             if pidfd is None:
+                # Its supervisor may have died between starting a dnsmasq (after the last
+                # one died) and recording it: that one is ours, and holds the bridge's ports.
+                found = dnsmasq.adopt(
+                    self.paths.pid(state.name), self.paths.dnsmasq_conf(state.name)
+                )
+                if found is not None:
+                    proc, pidfd = found
+                    log.warning(
+                        "adopting the dnsmasq of network its supervisor had not recorded",
+                        network=state.name,
+                        pid=proc.pid,
+                    )
+                    state.dnsmasq_pid, state.dnsmasq_start_time = proc.pid, proc.start_time
+                    await self._save_state(state, durable=False)
+            if pidfd is None:
                 log.warning(
                     "dnsmasq of network died while unsupervised; starting it again",
                     network=state.name,
