@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,9 @@ from asvirt.errors import QMPError
 pytestmark = [pytest.mark.qemu]
 
 
-async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
-    # qemu.qmp's default listener would keep every event forever; ours keeps none.
+@contextlib.asynccontextmanager
+async def bare_qemu(tmp_path: Path) -> AsyncIterator[Path]:
+    """A QEMU with nothing but a QMP monitor, at the socket path it yields; killed at the end."""
     binary = shutil.which("qemu-system-x86_64")
     assert binary is not None
     listener = fsutil.bind_unix_listener(tmp_path / "qmp.sock")
@@ -30,61 +33,47 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     listener.close()
-    events: list[str] = []
     try:
-        async with monitor_host() as host:
-            monitor = Monitor(
-                host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10
-            )
-            await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
-            for _ in range(100):
-                await monitor.execute("cont")
-                await monitor.execute("stop")
-            # QEMU sends RESUME and STOP before its replies to cont and stop, and the monitor
-            # delivers events before the reply of any command sent after them: all are here.
-            assert events == ["RESUME", "STOP"] * 100
-            assert monitor.retained_events == 0
-            await monitor.close()
+        yield tmp_path / "qmp.sock"
     finally:
         qemu.kill()
         with trio.CancelScope(shield=True):
             await qemu.wait()
+
+
+async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
+    # qemu.qmp's default listener would keep every event forever; ours keeps none.
+    events: list[str] = []
+    async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
+        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10)
+        await monitor.connect(fsutil.connect_unix(qmp_sock))
+        for _ in range(100):
+            await monitor.execute("cont")
+            await monitor.execute("stop")
+        # QEMU sends RESUME and STOP before its replies to cont and stop, and the monitor
+        # delivers events before the reply of any command sent after them: all are here.
+        assert events == ["RESUME", "STOP"] * 100
+        assert monitor.retained_events == 0
+        await monitor.close()
 
 
 async def test_commands_written_together_are_answered_each(tmp_path: Path) -> None:
     # execute_many: one write, one round trip; each command gets its own answer or error.
-    binary = shutil.which("qemu-system-x86_64")
-    assert binary is not None
-    listener = fsutil.bind_unix_listener(tmp_path / "qmp.sock")
-    chardev = f"socket,id=mon,fd={listener.fileno()},server=on,wait=off"
-    argv = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-chardev"]
-    qemu = await trio.lowlevel.open_process(
-        [*argv, chardev, "-mon", "chardev=mon,mode=control"],
-        pass_fds=(listener.fileno(),),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    listener.close()
-    try:
-        async with monitor_host() as host:
-            monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
-            with pytest.raises(QMPError):
-                await monitor.execute("query-status")  # not connected yet: an error, no hang
-            await monitor.connect(fsutil.connect_unix(tmp_path / "qmp.sock"))
-            status, refused, name = await monitor.execute_many(
-                [("query-status", None), ("no-such-command", None), ("query-name", None)]
-            )
-            assert status["status"] == "prelaunch" and name == {}
-            assert isinstance(refused, QMPError) and refused.error_class == "CommandNotFound"
-            with pytest.raises(QMPError) as err:
-                await monitor.execute("no-such-command")
-            assert err.value.error_class == "CommandNotFound"
-            assert (await monitor.execute("query-status"))["running"] is False
-            await monitor.close()
-            await monitor.close()  # twice is fine
-            with pytest.raises(QMPError):
-                await monitor.execute("query-status")
-    finally:
-        qemu.kill()
-        with trio.CancelScope(shield=True):
-            await qemu.wait()
+    async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
+        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
+        with pytest.raises(QMPError):
+            await monitor.execute("query-status")  # not connected yet: an error, no hang
+        await monitor.connect(fsutil.connect_unix(qmp_sock))
+        status, refused, name = await monitor.execute_many(
+            [("query-status", None), ("no-such-command", None), ("query-name", None)]
+        )
+        assert status["status"] == "prelaunch" and name == {}
+        assert isinstance(refused, QMPError) and refused.error_class == "CommandNotFound"
+        with pytest.raises(QMPError) as err:
+            await monitor.execute("no-such-command")
+        assert err.value.error_class == "CommandNotFound"
+        assert (await monitor.execute("query-status"))["running"] is False
+        await monitor.close()
+        await monitor.close()  # twice is fine
+        with pytest.raises(QMPError):
+            await monitor.execute("query-status")
