@@ -57,37 +57,40 @@ class CPUTune:
             el.add("iothreadpin", {"iothread": tid, "cpuset": self.iothreadpin[tid]})
 
 
+def _parse_pins(
+    node: Node,
+    tag: str,
+    attr: str,
+    bounds: tuple[int, int],
+    into: dict[int, str],
+    parse_cpuset: Callable[[str], set[int]],
+) -> None:
+    """``<vcpupin vcpu= cpuset=>``-like children of ``<cputune>``: each thread's CPU set."""
+    for pin in node.children(tag):
+        which = pin.integer(attr, minimum=bounds[0], maximum=bounds[1])
+        if which is None:
+            raise XMLError(f"missing attribute '{attr}' of <cputune><{tag}>")
+        if which in into:
+            raise XMLError(f"duplicate {tag} for {attr} {which}")
+        cpuset = pin.required("cpuset")
+        parse_cpuset(cpuset)
+        into[which] = cpuset
+        pin.finish()
+
+
 def parse_cputune(node: Node, parse_cpuset: Callable[[str], set[int]]) -> CPUTune:
     tune = CPUTune()
     for name, (lo, hi) in CPU_BANDWIDTH.items():
         text = node.child_text(name)
         if text is not None:
             tune.bandwidth[name] = node.to_int(text, f"<{name}>", minimum=lo, maximum=hi)
-    for pin in node.children("vcpupin"):
-        vcpu = pin.integer("vcpu", minimum=0, maximum=4095)
-        if vcpu is None:
-            raise XMLError("missing attribute 'vcpu' of <cputune><vcpupin>")
-        if vcpu in tune.vcpupin:
-            raise XMLError(f"duplicate vcpupin for vcpu {vcpu}")
-        cpuset = pin.required("cpuset")
-        parse_cpuset(cpuset)
-        tune.vcpupin[vcpu] = cpuset
-        pin.finish()
+    _parse_pins(node, "vcpupin", "vcpu", (0, 4095), tune.vcpupin, parse_cpuset)
     emu = node.child("emulatorpin")
     if emu is not None:
         tune.emulatorpin = emu.required("cpuset")
         parse_cpuset(tune.emulatorpin)
         emu.finish()
-    for pin in node.children("iothreadpin"):
-        tid = pin.integer("iothread", minimum=1, maximum=_U32)
-        if tid is None:
-            raise XMLError("missing attribute 'iothread' of <cputune><iothreadpin>")
-        if tid in tune.iothreadpin:
-            raise XMLError(f"duplicate iothreadpin for iothread {tid}")
-        cpuset = pin.required("cpuset")
-        parse_cpuset(cpuset)
-        tune.iothreadpin[tid] = cpuset
-        pin.finish()
+    _parse_pins(node, "iothreadpin", "iothread", (1, _U32), tune.iothreadpin, parse_cpuset)
     for tag in ("vcpusched", "iothreadsched", "emulatorsched", "cachetune", "memorytune"):
         if node.children(tag):
             raise ConfigUnsupportedError(

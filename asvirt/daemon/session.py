@@ -139,13 +139,9 @@ class Session:
         """Send a message to the client now if the socket takes it, else queue it; drops the
         client if its backlog is full."""
         if not self._queued:
-            try:
-                sent = self._sock.send(data)
-            except OSError:
-                sent = 0  # full (EAGAIN), or broken: the writer meets the error and says so
-            if sent == len(data):
+            data = wire.send_now(self._sock, data)
+            if not data:
                 return
-            data = data[sent:]
         self._enqueue(data)
 
     def _enqueue(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,17 @@ def decode(line: bytes) -> Any:
     except RecursionError:
         # msgspec recurses per level: "[[[[..." a thousand deep ends the interpreter's stack.
         raise ValueError("JSON nested too deeply") from None
+
+
+def send_now(sock: socket.socket, data: bytes) -> bytes:
+    """Write as much of ``data`` as the non-blocking ``sock`` takes at once; what is left (to
+    queue for a writer task). Either side sends this way first: most messages fit, and no
+    task needs waking for them. An error leaves it all: the writer meets it and says so."""
+    try:
+        sent = sock.send(data)
+    except OSError:
+        return data  # full (EAGAIN), or broken
+    return data[sent:]
 
 
 def request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:

@@ -88,13 +88,9 @@ class _Link:
     def send(self, data: bytes) -> None:
         """Send a message now if the socket takes it, else queue it for the writer."""
         if self._raw is not None and not self._queued:
-            try:
-                sent = self._raw.send(data)
-            except OSError:
-                sent = 0  # full (EAGAIN), or broken: the writer meets the error and says so
-            if sent == len(data):
+            data = wire.send_now(self._raw, data)
+            if not data:
                 return
-            data = data[sent:]
         try:
             self._out_send.send_nowait(data)
             self._queued += 1
