@@ -858,13 +858,9 @@ def _parse_domain(node: Node) -> DomainDef:
 def _parse_tuning(node: Node, d: DomainDef) -> None:
     ct = node.child("cputune")
     if ct is not None:
-        d.cputune = parse_cputune(ct, parse_cpuset)
-        for vcpu in d.cputune.vcpupin:
-            if vcpu >= d.max_vcpus:
-                raise XMLError(f"vcpupin names vcpu {vcpu}, but the domain has {d.max_vcpus}")
-        for tid in d.cputune.iothreadpin:
-            if tid not in d.iothread_ids:
-                raise XMLError(f"iothreadpin names iothread {tid}, which the domain lacks")
+        d.cputune = parse_cputune(
+            ct, parse_cpuset, max_vcpus=d.max_vcpus, iothread_ids=d.iothread_ids
+        )
     mt = node.child("memtune")
     if mt is not None:
         d.memtune = parse_memtune(mt)

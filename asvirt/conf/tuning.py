@@ -1,18 +1,19 @@
 """Resource tuning in libvirt's domain XML, parsed and written as libvirt does.
 
-``<cputune>`` (CPU pinning of the vCPU, emulator and I/O threads, and the cgroup CPU
-bandwidth), ``<memtune>``, ``<blkiotune>``, ``<seclabel>``, and a disk's ``<iotune>``,
-``<blockio>``, ``<geometry>``. The driver decides how each is honoured (the QEMU driver:
+``<cputune>`` (CPU pinning and scheduling policies of the vCPU, emulator and I/O threads,
+the cgroup CPU bandwidth, and resctrl's cache and memory-bandwidth allocation),
+``<memtune>``, ``<blkiotune>``, ``<seclabel>``, and a disk's ``<iotune>``, ``<blockio>``,
+``<geometry>``. The driver decides how each is honoured (the QEMU driver:
 :mod:`asvirt.drivers.qemu.tuning`); this module knows only the XML.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
-from .units import parse_kib
+from .units import parse_kib, parse_scaled
 from .xmlnode import Node, XElem
 
 _U32 = (1 << 32) - 1
@@ -32,9 +33,95 @@ CPU_BANDWIDTH = {
 }
 
 
+#: ``scheduler=`` values of libvirt's ``schedparam``; the real-time ones take a priority.
+SCHED_POLICIES = ("batch", "idle", "fifo", "rr")
+REALTIME_POLICIES = ("fifo", "rr")
+
+#: ``<cache type=>`` of a ``<cachetune>``, in the order libvirt writes them.
+CACHE_TYPES = ("both", "code", "data")
+
+#: The units libvirt writes a cache size in: the largest that divides it.
+_SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+@dataclass(frozen=True, slots=True)
+class Sched:
+    """``scheduler=`` and ``priority=`` of a ``<vcpusched>``/``<iothreadsched>``/
+    ``<emulatorsched>``: the Linux scheduling policy of the threads it names."""
+
+    policy: str  # one of SCHED_POLICIES
+    priority: int | None = None  # the real-time policies only
+
+    def attrs(self) -> dict[str, object]:
+        return {"scheduler": self.policy, "priority": self.priority}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAlloc:
+    """``<cachetune><cache>``: a share of one cache (``id``) of one level, in bytes."""
+
+    id: int
+    level: int
+    type: str  # one of CACHE_TYPES
+    size: int
+
+
+@dataclass(slots=True)
+class Resctrl:
+    """One resctrl group of the domain: the vCPUs a ``<cachetune>`` and/or a
+    ``<memorytune>`` (naming the same vCPUs, as libvirt allows) put together."""
+
+    vcpus: frozenset[int]
+    caches: list[CacheAlloc] = field(default_factory=list)
+    #: ``<cachetune><monitor level= vcpus=>``: (level, vCPUs)
+    cache_monitors: list[tuple[int, frozenset[int]]] = field(default_factory=list)
+    #: ``<memorytune><node id= bandwidth=>``: memory controller id -> percent
+    bandwidth: dict[int, int] = field(default_factory=dict)
+    #: ``<memorytune><monitor vcpus=>``
+    memory_monitors: list[frozenset[int]] = field(default_factory=list)
+    cachetune: bool = False
+    memorytune: bool = False
+
+    @property
+    def allocates(self) -> bool:
+        """Whether the group has an allocation of its own (else its monitors watch vCPUs
+        that stay in the host's default group, as in libvirt)."""
+        return bool(self.caches or self.bandwidth)
+
+    @property
+    def name(self) -> str:
+        """libvirt's id of the group: ``vcpus_0-1``."""
+        return f"vcpus_{format_cpuset(self.vcpus)}"
+
+
+def format_cpuset(cpus: set[int] | frozenset[int]) -> str:
+    """A set of numbers as libvirt writes a bitmap: ``0-2,5``."""
+    out: list[str] = []
+    run: list[int] = []
+    for n in sorted(cpus):
+        if run and n == run[-1] + 1:
+            run.append(n)
+            continue
+        if run:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [n]
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def _pretty_size(size: int) -> tuple[int, str]:
+    unit = 0
+    while unit + 1 < len(_SIZE_UNITS) and size and size % 1024 == 0:
+        size //= 1024
+        unit += 1
+    return size, _SIZE_UNITS[unit]
+
+
 @dataclass(slots=True)
 class CPUTune:
-    """``<cputune>``: CPU bandwidth (cgroup cpu controller) and thread pinning."""
+    """``<cputune>``: CPU bandwidth (cgroup cpu controller), thread pinning and scheduling
+    policies, and resctrl cache/memory-bandwidth allocation."""
 
     #: name in :data:`CPU_BANDWIDTH` -> value
     bandwidth: dict[str, int] = field(default_factory=dict)
@@ -43,6 +130,13 @@ class CPUTune:
     emulatorpin: str | None = None
     #: I/O thread id -> cpuset
     iothreadpin: dict[int, str] = field(default_factory=dict)
+    #: vCPU id -> its scheduler (``<vcpusched>``, kept per vCPU as libvirt does)
+    vcpusched: dict[int, Sched] = field(default_factory=dict)
+    #: I/O thread id -> its scheduler
+    iothreadsched: dict[int, Sched] = field(default_factory=dict)
+    emulatorsched: Sched | None = None
+    #: ``<cachetune>``/``<memorytune>`` groups, in document order
+    resctrl: list[Resctrl] = field(default_factory=list)
 
     def format_xml(self, parent: XElem) -> None:
         el = parent.add("cputune")
@@ -55,6 +149,33 @@ class CPUTune:
             el.add("emulatorpin", {"cpuset": self.emulatorpin})
         for tid in sorted(self.iothreadpin):
             el.add("iothreadpin", {"iothread": tid, "cpuset": self.iothreadpin[tid]})
+        if self.emulatorsched is not None:
+            el.add("emulatorsched", self.emulatorsched.attrs())
+        # One element per thread, as libvirt writes them back.
+        for vcpu in sorted(self.vcpusched):
+            el.add("vcpusched", {"vcpus": vcpu, **self.vcpusched[vcpu].attrs()})
+        for tid in sorted(self.iothreadsched):
+            el.add("iothreadsched", {"iothreads": tid, **self.iothreadsched[tid].attrs()})
+        for group in self.resctrl:
+            if not group.cachetune:
+                continue
+            ct = el.add("cachetune", {"vcpus": format_cpuset(group.vcpus)})
+            for kind in CACHE_TYPES:
+                for cache in sorted(group.caches, key=lambda c: (c.level, c.id)):
+                    if cache.type == kind:
+                        size, unit = _pretty_size(cache.size)
+                        attrs = {"id": cache.id, "level": cache.level, "type": kind}
+                        ct.add("cache", {**attrs, "size": size, "unit": unit})
+            for level, vcpus in group.cache_monitors:
+                ct.add("monitor", {"level": level, "vcpus": format_cpuset(vcpus)})
+        for group in self.resctrl:
+            if not group.memorytune:
+                continue
+            mt = el.add("memorytune", {"vcpus": format_cpuset(group.vcpus)})
+            for node_id in sorted(group.bandwidth):
+                mt.add("node", {"id": node_id, "bandwidth": group.bandwidth[node_id]})
+            for vcpus in group.memory_monitors:
+                mt.add("monitor", {"vcpus": format_cpuset(vcpus)})
 
 
 def _parse_pins(
@@ -78,7 +199,182 @@ def _parse_pins(
         pin.finish()
 
 
-def parse_cputune(node: Node, parse_cpuset: Callable[[str], set[int]]) -> CPUTune:
+def _parse_sched(node: Node) -> Sched:
+    """libvirt's ``schedparam``: a policy, and a priority for the real-time ones only."""
+    policy = node.choice("scheduler", SCHED_POLICIES)
+    if policy is None:
+        raise XMLError(f"missing attribute 'scheduler' of {node.where}")
+    if policy not in REALTIME_POLICIES:
+        return Sched(policy)
+    priority = node.integer("priority", minimum=0, maximum=65535)
+    if priority is None:
+        raise XMLError(f"missing attribute 'priority' of {node.where} (scheduler='{policy}')")
+    return Sched(policy, priority)
+
+
+def _parse_scheds(
+    node: Node,
+    tag: str,
+    attr: str,
+    into: dict[int, Sched],
+    known: Collection[int],
+    what: str,
+    parse_cpuset: Callable[[str], set[int]],
+) -> None:
+    """``<vcpusched vcpus=>``/``<iothreadsched iothreads=>``: the scheduler of each thread
+    the set names; each thread may be named once."""
+    for el in node.children(tag):
+        ids = parse_cpuset(el.required(attr))
+        sched = _parse_sched(el)
+        el.finish()
+        for ident in sorted(ids):
+            if ident not in known:
+                raise XMLError(f"<{tag} {attr}=> names {what} {ident}, which the domain lacks")
+            if ident in into:
+                raise XMLError(f"<{tag}> attributes '{attr}' must not overlap ({what} {ident})")
+            into[ident] = sched
+
+
+def _resctrl_vcpus(
+    node: Node, max_vcpus: int, parse_cpuset: Callable[[str], set[int]]
+) -> frozenset[int]:
+    """A ``vcpus=`` of ``<cachetune>``/``<memorytune>``/``<monitor>``, cut to the vCPUs the
+    domain has (libvirt shrinks the set the same way)."""
+    return frozenset(c for c in parse_cpuset(node.required("vcpus")) if c < max_vcpus)
+
+
+def _resctrl_group(tune: CPUTune, vcpus: frozenset[int], tag: str) -> Resctrl:
+    """The group of ``vcpus``: a new one, or the one a ``<cachetune>`` or ``<memorytune>``
+    of exactly those vCPUs made; vCPU sets that overlap otherwise are refused."""
+    for group in tune.resctrl:
+        if group.vcpus == vcpus:
+            if getattr(group, tag):
+                raise XMLError(f"identical vcpus in <{tag}>s found ({format_cpuset(vcpus)})")
+            return group
+        if group.vcpus & vcpus:
+            raise XMLError(
+                f"overlapping vcpus in resctrl groups: <{tag} vcpus='{format_cpuset(vcpus)}'> "
+                f"and vcpus '{format_cpuset(group.vcpus)}'"
+            )
+    group = Resctrl(vcpus=vcpus)
+    tune.resctrl.append(group)
+    return group
+
+
+def _check_monitor(group: Resctrl, vcpus: frozenset[int], others: list[frozenset[int]]) -> None:
+    """libvirt's rules for a resctrl monitor: vCPUs of its group, not the same as another
+    monitor's of its kind, and not sharing vCPUs with another unless one of them watches
+    the whole (allocating) group."""
+    if not vcpus:
+        raise XMLError("a resctrl <monitor> names no vCPU of the domain")
+    if not vcpus <= group.vcpus:
+        raise XMLError(
+            f"<monitor vcpus='{format_cpuset(vcpus)}'> names vCPUs outside its group "
+            f"'{format_cpuset(group.vcpus)}'"
+        )
+    for other in others:
+        if other == vcpus:
+            raise XMLError(f"identical vcpus found in monitors ({format_cpuset(vcpus)})")
+        whole = group.vcpus in (vcpus, other) and group.allocates
+        if other & vcpus and not whole:
+            raise XMLError(f"vcpus of resctrl monitors overlap ({format_cpuset(other & vcpus)})")
+
+
+def _parse_cachetune(
+    node: Node, tune: CPUTune, max_vcpus: int, parse_cpuset: Callable[[str], set[int]]
+) -> None:
+    vcpus = _resctrl_vcpus(node, max_vcpus, parse_cpuset)
+    node.attr("id")  # the group's name in live XML; libvirt ignores it in a definition
+    caches: list[CacheAlloc] = []
+    for cn in node.children("cache"):
+
+        def need(name: str, cn: Node = cn) -> int:
+            value = cn.integer(name, minimum=0, maximum=_U32)
+            if value is None:
+                raise XMLError(f"missing attribute '{name}' of <cachetune><cache>")
+            return value
+
+        cache_id, level = need("id"), need("level")
+        kind = cn.choice("type", CACHE_TYPES)
+        if kind is None:
+            raise XMLError("missing attribute 'type' of <cachetune><cache>")
+        size = parse_scaled(cn.attr("size"), cn.attr("unit"), what="cache size", default_unit="b")
+        if size > _U64:
+            raise XMLError("cache size is too large")
+        cn.finish()
+        for other in caches:
+            if ((other.level, other.id) == (level, cache_id) and "both" in (other.type, kind)) or (
+                (other.level, other.id, other.type) == (level, cache_id, kind)
+            ):
+                raise XMLError(
+                    f"colliding cache allocations for cache level '{level}' id '{cache_id}', "
+                    f"type '{kind}'"
+                )
+        caches.append(CacheAlloc(cache_id, level, kind, size))
+    monitors = node.children("monitor")
+    if not caches and not monitors:
+        raise XMLError("<cachetune> needs a <cache> or a <monitor>")
+    if not vcpus:
+        node.ignore("monitor")
+        node.finish()
+        return  # none of the domain's vCPUs: libvirt drops the element
+    group = _resctrl_group(tune, vcpus, "cachetune")
+    group.cachetune = True
+    group.caches = caches
+    for mn in monitors:
+        mon_level = mn.integer("level", minimum=0, maximum=_U32)
+        if mon_level is None:
+            raise XMLError("missing attribute 'level' of <cachetune><monitor>")
+        if mon_level != 3:
+            raise XMLError(f"invalid cache monitor level {mon_level}: resctrl monitors level 3")
+        mvcpus = _resctrl_vcpus(mn, max_vcpus, parse_cpuset)
+        mn.finish()
+        _check_monitor(group, mvcpus, [v for _, v in group.cache_monitors])
+        group.cache_monitors.append((mon_level, mvcpus))
+    node.finish()
+
+
+def _parse_memorytune(
+    node: Node, tune: CPUTune, max_vcpus: int, parse_cpuset: Callable[[str], set[int]]
+) -> None:
+    vcpus = _resctrl_vcpus(node, max_vcpus, parse_cpuset)
+    bandwidth: dict[int, int] = {}
+    for nn in node.children("node"):
+        node_id = nn.integer("id", minimum=0, maximum=_U32)
+        percent = nn.integer("bandwidth", minimum=0, maximum=_U32)
+        if node_id is None or percent is None:
+            raise XMLError("<memorytune><node> needs 'id' and 'bandwidth'")
+        nn.finish()
+        if percent > 100:
+            raise XMLError(f"memory bandwidth {percent} of node {node_id} exceeds 100 (percent)")
+        if node_id in bandwidth:
+            raise XMLError(f"memory bandwidth already defined for node {node_id}")
+        bandwidth[node_id] = percent
+    monitors = node.children("monitor")
+    if not bandwidth and not monitors:
+        raise XMLError("<memorytune> needs a <node> or a <monitor>")
+    if not vcpus:
+        node.ignore("monitor")
+        node.finish()
+        return
+    group = _resctrl_group(tune, vcpus, "memorytune")
+    group.memorytune = True
+    group.bandwidth = bandwidth
+    for mn in monitors:
+        mvcpus = _resctrl_vcpus(mn, max_vcpus, parse_cpuset)
+        mn.finish()
+        _check_monitor(group, mvcpus, group.memory_monitors)
+        group.memory_monitors.append(mvcpus)
+    node.finish()
+
+
+def parse_cputune(
+    node: Node,
+    parse_cpuset: Callable[[str], set[int]],
+    *,
+    max_vcpus: int,
+    iothread_ids: Collection[int],
+) -> CPUTune:
     tune = CPUTune()
     for name, (lo, hi) in CPU_BANDWIDTH.items():
         text = node.child_text(name)
@@ -91,12 +387,31 @@ def parse_cputune(node: Node, parse_cpuset: Callable[[str], set[int]]) -> CPUTun
         parse_cpuset(tune.emulatorpin)
         emu.finish()
     _parse_pins(node, "iothreadpin", "iothread", (1, _U32), tune.iothreadpin, parse_cpuset)
-    for tag in ("vcpusched", "iothreadsched", "emulatorsched", "cachetune", "memorytune"):
-        if node.children(tag):
-            raise ConfigUnsupportedError(
-                f"unsupported configuration: <cputune><{tag}> is not supported by asvirt "
-                "(real-time scheduling and resctrl cache/memory allocation are not implemented)"
-            )
+    for vcpu in tune.vcpupin:
+        if vcpu >= max_vcpus:
+            raise XMLError(f"vcpupin names vcpu {vcpu}, but the domain has {max_vcpus}")
+    for tid in tune.iothreadpin:
+        if tid not in iothread_ids:
+            raise XMLError(f"iothreadpin names iothread {tid}, which the domain lacks")
+    vcpus = range(max_vcpus)
+    _parse_scheds(node, "vcpusched", "vcpus", tune.vcpusched, vcpus, "vcpu", parse_cpuset)
+    _parse_scheds(
+        node,
+        "iothreadsched",
+        "iothreads",
+        tune.iothreadsched,
+        iothread_ids,
+        "iothread",
+        parse_cpuset,
+    )
+    emu = node.child("emulatorsched")
+    if emu is not None:
+        tune.emulatorsched = _parse_sched(emu)
+        emu.finish()
+    for ct in node.children("cachetune"):
+        _parse_cachetune(ct, tune, max_vcpus, parse_cpuset)
+    for mt in node.children("memorytune"):
+        _parse_memorytune(mt, tune, max_vcpus, parse_cpuset)
     node.finish()
     return tune
 
@@ -397,17 +712,24 @@ def parse_geometry(node: Node) -> Geometry:
 
 __all__ = [
     "BLKIO_DEVICE_LIMITS",
+    "CACHE_TYPES",
     "CPU_BANDWIDTH",
     "IOTUNE_LIMITS",
     "MEMTUNE_LIMITS",
+    "REALTIME_POLICIES",
+    "SCHED_POLICIES",
     "BlkioDevice",
     "BlkioTune",
     "BlockIO",
     "CPUTune",
+    "CacheAlloc",
     "Geometry",
     "IOTune",
     "MemTune",
+    "Resctrl",
+    "Sched",
     "SecLabel",
+    "format_cpuset",
     "parse_blkiotune",
     "parse_blockio",
     "parse_cputune",

@@ -178,7 +178,6 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
         ),
         ("<numatune><memory placement='auto'/></numatune>", "needs numad"),
         ("<sysinfo type='smbios'><processor/></sysinfo>", "<processor>"),
-        ("<cputune><vcpusched scheduler='fifo' priority='1'/></cputune>", "<vcpusched>"),
         ("<features><hyperv mode='bogus'/></features>", "<hyperv>"),
         ("<features><gic version='2'/></features>", "<gic>"),
         ("<cpu><numa><cell cpus='0' memory='1'><cache level='1'/></cell></numa></cpu>", "<cache>"),
