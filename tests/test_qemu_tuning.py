@@ -1,7 +1,8 @@
-"""Tuning that takes effect on the running QEMU: <cputune> pinning of the vCPU, I/O and
-emulator threads, the domain's cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), and the
-refusals of hugepages a host cannot give. What a user would check: /proc's affinity lists,
-the cgroup files, and the start's error."""
+"""Tuning that takes effect on the running QEMU: <cputune> pinning and scheduling policies of
+the vCPU, I/O and emulator threads, the domain's cgroup (<cputune> bandwidth, <memtune>,
+<blkiotune>), resctrl groups, and the refusals of what a host cannot give (hugepages,
+resctrl). What a user would check: /proc's affinity lists and policies, the cgroup and
+resctrl files, and the start's error."""
 
 from __future__ import annotations
 
@@ -57,6 +58,46 @@ async def test_vcpu_emulator_and_iothread_pinning(conn, test_guest, tmp_path, ro
     }
     assert others and all(_allowed(pid, t) == "0" for t in others)
     assert "<vcpupin vcpu='0' cpuset='1'/>" in await dom.xml_desc()
+
+
+async def test_vcpu_iothread_and_emulator_schedulers(conn, test_guest, tmp_path, root):
+    # Paused: the threads given a real-time policy sleep, so they take no CPU from others.
+    sched = (
+        "<iothreads>1</iothreads><cputune><emulatorsched scheduler='batch'/>"
+        "<vcpusched vcpus='0' scheduler='fifo' priority='1'/>"
+        "<vcpusched vcpus='1' scheduler='idle'/>"
+        "<iothreadsched iothreads='1' scheduler='rr' priority='2'/></cputune>"
+    )
+    xml = _with(paused_xml(test_guest, tmp_path).replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"), sched)
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    pid = qemu_pid(root, "vm1")
+    vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+    iothreads = {t["id"]: t["thread-id"] for t in await dom.qmp("query-iothreads")}
+    try:
+        assert os.sched_getscheduler(vcpus[0]) == os.SCHED_FIFO
+        assert os.sched_getparam(vcpus[0]).sched_priority == 1
+        assert os.sched_getscheduler(vcpus[1]) == os.SCHED_IDLE
+        assert os.sched_getscheduler(iothreads["iothread1"]) == os.SCHED_RR
+        assert os.sched_getparam(iothreads["iothread1"]).sched_priority == 2
+        others = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - {
+            *vcpus.values(),
+            *iothreads.values(),
+        }
+        assert others and all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in others)
+        out = await dom.xml_desc()
+        assert "<vcpusched vcpus='0' scheduler='fifo' priority='1'/>" in out
+        assert "<iothreadsched iothreads='1' scheduler='rr' priority='2'/>" in out
+    finally:
+        await dom.destroy()
+    # A priority Linux has no room for is refused when the domain is defined.
+    with pytest.raises(asvirt.ConfigUnsupportedError, match="priority 100 out of range"):
+        await conn.define_xml(
+            _with(
+                paused_xml(test_guest, tmp_path, name="vm2"),
+                "<cputune><vcpusched vcpus='0' scheduler='rr' priority='100'/></cputune>",
+            )
+        )
 
 
 def _block_device() -> str | None:

@@ -804,16 +804,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
 
     async def _apply_tuning(self) -> None:
         """Pin QEMU's vCPU, I/O and emulator threads (<cputune>'s pins, <vcpu cpuset> for
-        the rest) and give them their own CPU bandwidth, before the guest runs."""
+        the rest), set their scheduling policies and give them their own CPU bandwidth,
+        before the guest runs."""
         defn = self._live_def
-        ct = defn.cputune
-        per_thread = ct is not None and any(
-            k not in ("shares", "global_period", "global_quota") for k in ct.bandwidth
-        )
-        if self.pid is None or not (tuning.needs_pinning(defn) or per_thread):
+        if self.pid is None or not tuning.needs_threads(defn):
             return
         threads = await tuning.query_threads(self._call, self.pid)
         tuning.pin_threads(defn, threads)
+        tuning.sched_threads(defn, threads)
         tuning.thread_cgroups(defn, self._cgroup, threads)
 
     # -- events ---------------------------------------------------------------------------------

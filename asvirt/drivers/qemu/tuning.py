@@ -4,6 +4,9 @@
   default of each): after QEMU starts, its vCPU threads (``query-cpus-fast``'s thread ids)
   and I/O threads (``query-iothreads``) get ``sched_setaffinity``; every other thread of the
   process is an emulator thread. As in libvirt, pinning is done before the guest runs.
+* Scheduling policies (``<vcpusched>``, ``<iothreadsched>``, ``<emulatorsched>``): the same
+  threads get ``sched_setscheduler`` (batch, idle; fifo and rr with their priority, which
+  must be within Linux's range: refused at define otherwise).
 * Resource control (``<cputune>`` shares/period/quota, ``<memtune>``, ``<blkiotune>``): a
   cgroup of the domain's own, ``PARENT/qemu-UUID`` (``[qemu] cgroup_parent``, like libvirt's
   machine.slice), under the unified hierarchy (cgroup v2: ``cpu.weight``, ``cpu.max``,
@@ -37,7 +40,7 @@ from typing import Any
 
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_cpuset
-from ...conf.tuning import SecLabel
+from ...conf.tuning import REALTIME_POLICIES, Sched, SecLabel
 from ...errors import (
     ConfigUnsupportedError,
     OperationFailedError,
@@ -60,6 +63,8 @@ def check_tuning(d: DomainDef) -> None:
         _check_disk(disk)
     for sl in d.seclabels:
         _check_seclabel(sl)
+    if d.cputune is not None:
+        _check_scheds(d)
     mb = d.memory_backing
     if mb is not None and mb.locked and any(m.model == "virtio-mem" for m in d.memory_devices):
         # QEMU's own refusal ("virtio-mem: Incompatible with mlock"), said before it runs.
@@ -72,6 +77,25 @@ def check_tuning(d: DomainDef) -> None:
             f"unsupported configuration: hugepages are not allowed with memory source type "
             f"'{mb.source}'"
         )
+
+
+def _check_scheds(d: DomainDef) -> None:
+    """A real-time priority Linux cannot give is refused (libvirt says so at start)."""
+    ct = d.cputune
+    assert ct is not None
+    scheds = [*ct.vcpusched.values(), *ct.iothreadsched.values()]
+    if ct.emulatorsched is not None:
+        scheds.append(ct.emulatorsched)
+    for sched in scheds:
+        if sched.policy not in REALTIME_POLICIES or sched.priority is None:
+            continue
+        policy = _SCHED_POLICY[sched.policy]
+        low, high = os.sched_get_priority_min(policy), os.sched_get_priority_max(policy)
+        if not low <= sched.priority <= high:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: scheduler priority {sched.priority} out of "
+                f"range [{low}, {high}] (scheduler='{sched.policy}')"
+            )
 
 
 def _check_disk(disk: Disk) -> None:
@@ -222,10 +246,23 @@ async def query_threads(call: Call, pid: int) -> Threads:
     return out
 
 
-def needs_pinning(d: DomainDef) -> bool:
+def needs_threads(d: DomainDef) -> bool:
+    """Whether anything of ``d`` is applied to QEMU's threads one by one: pins, scheduling
+    policies, per-thread CPU bandwidth, resctrl groups."""
     ct = d.cputune
-    return bool(d.cpuset) or (
-        ct is not None and bool(ct.vcpupin or ct.emulatorpin or ct.iothreadpin)
+    if d.cpuset:
+        return True
+    if ct is None:
+        return False
+    per_thread = any(k not in ("shares", "global_period", "global_quota") for k in ct.bandwidth)
+    return per_thread or bool(
+        ct.vcpupin
+        or ct.emulatorpin
+        or ct.iothreadpin
+        or ct.vcpusched
+        or ct.iothreadsched
+        or ct.emulatorsched
+        or ct.resctrl
     )
 
 
@@ -263,6 +300,43 @@ def pin_threads(d: DomainDef, threads: Threads) -> None:
     own = ct.emulatorpin if ct is not None else None
     for tid in threads.emulator:
         pin(tid, own or d.cpuset, "emulator", own is None)
+
+
+#: libvirt's ``scheduler=`` -> Linux's policy.
+_SCHED_POLICY = {
+    "batch": os.SCHED_BATCH,
+    "idle": os.SCHED_IDLE,
+    "fifo": os.SCHED_FIFO,
+    "rr": os.SCHED_RR,
+}
+
+
+def sched_threads(d: DomainDef, threads: Threads) -> None:
+    """``sched_setscheduler`` each thread ``<vcpusched>``, ``<iothreadsched>`` or
+    ``<emulatorsched>`` names (as libvirt, before the guest runs; the others keep QEMU's)."""
+    ct = d.cputune
+    if ct is None:
+        return
+
+    def apply(tid: int, sched: Sched | None, what: str) -> None:
+        if sched is None:
+            return
+        param = os.sched_param(sched.priority or 0)
+        try:
+            os.sched_setscheduler(tid, _SCHED_POLICY[sched.policy], param)
+        except ProcessLookupError:
+            pass  # the thread ended meanwhile
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"set the {sched.policy} scheduler of the {what} (thread {tid})"
+            ) from None
+
+    for index, tid in threads.vcpus.items():
+        apply(tid, ct.vcpusched.get(index), f"vCPU {index}")
+    for ident, tid in threads.iothreads.items():
+        apply(tid, ct.iothreadsched.get(ident), f"I/O thread {ident}")
+    for tid in threads.emulator:
+        apply(tid, ct.emulatorsched, "emulator")
 
 
 # -- cgroups ----------------------------------------------------------------------------------
@@ -646,12 +720,13 @@ __all__ = [
     "dac_override",
     "hugetlbfs_mount",
     "label_identity",
-    "needs_pinning",
+    "needs_threads",
     "parse_dac_label",
     "pin_threads",
     "prepare_cgroup",
     "query_threads",
     "remove_cgroup",
+    "sched_threads",
     "thread_cgroups",
     "wanted_controllers",
 ]
