@@ -17,7 +17,7 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import tuning
 
 from .guest import paused_xml
-from .helpers import disk_xml, qemu_img, qemu_pid
+from .helpers import disk_xml, qemu_img, qemu_pid, qemus_naming
 
 pytestmark = pytest.mark.qemu
 
@@ -98,6 +98,56 @@ async def test_vcpu_iothread_and_emulator_schedulers(conn, test_guest, tmp_path,
                 "<cputune><vcpusched vcpus='0' scheduler='rr' priority='100'/></cputune>",
             )
         )
+
+
+async def test_cachetune_without_resctrl_is_refused_at_start(conn, test_guest, tmp_path, root):
+    if tuning.resctrl_mounted():
+        pytest.skip("resctrl is mounted here: the start goes on (the test below)")
+    tune = (
+        "<cputune><cachetune vcpus='0'><cache id='0' level='3' type='both' size='1' "
+        "unit='MiB'/></cachetune><memorytune vcpus='0'><node id='0' bandwidth='50'/>"
+        "</memorytune></cputune>"
+    )
+    dom = await conn.define_xml(_with(paused_xml(test_guest, tmp_path), tune))
+    with pytest.raises(
+        asvirt.OperationUnsupportedError,
+        match="cachetune/memorytune needs resctrl mounted at /sys/fs/resctrl",
+    ):
+        await dom.start(paused=True)
+    assert not await dom.is_active()
+    assert not qemus_naming([dom.uuid])
+    assert not (root / "run" / "qemu" / "vm1.status").exists()  # no record of a run
+    assert "<cachetune vcpus='0'>" in await dom.xml_desc()  # the definition stays
+
+
+async def test_resctrl_groups_hold_the_vcpu_threads(conn, test_guest, tmp_path, root):
+    if not tuning.resctrl_mounted():
+        pytest.skip(
+            "resctrl is not mounted at /sys/fs/resctrl (this host's kernel or CPUs have no "
+            "cache allocation)"
+        )
+    info = tuning.RESCTRL_ROOT / "info" / "L3"
+    size = tuning._cache_size(3, 0)
+    if not info.is_dir() or size is None:
+        pytest.skip("the host's resctrl has no L3 cache allocation")
+    bits = int((info / "min_cbm_bits").read_text())
+    granule = size // int((info / "cbm_mask").read_text(), 16).bit_length()
+    tune = (
+        f"<cputune><cachetune vcpus='0'><cache id='0' level='3' type='both' "
+        f"size='{granule * bits}'/></cachetune></cputune>"
+    )
+    xml = paused_xml(test_guest, tmp_path).replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>")
+    dom = await conn.define_xml(_with(xml, tune))
+    await dom.start(paused=True)
+    group = tuning.RESCTRL_ROOT / f"asvirt-{dom.uuid}-vcpus_0"
+    vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+    tasks = {int(t) for t in (group / "tasks").read_text().split()}
+    assert vcpus[0] in tasks and vcpus[1] not in tasks
+    l3 = next(ln for ln in (group / "schemata").read_text().splitlines() if ln.strip()[:3] == "L3:")
+    mask = dict(p.split("=") for p in l3.split(":", 1)[1].split(";"))["0"]
+    assert bin(int(mask, 16)).count("1") == bits
+    await dom.destroy()
+    assert not group.exists()
 
 
 def _block_device() -> str | None:

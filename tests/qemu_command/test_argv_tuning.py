@@ -247,3 +247,115 @@ def test_tuning_elementsdumpxml_roundtrip(caps: Caps) -> None:
         parse_domain_xml(dom(body="<cputune><vcpupin vcpu='3' cpuset='0'/></cputune>"))
     with pytest.raises(ConfigUnsupportedError, match="min_guarantee"):
         parse_domain_xml(dom(body="<memtune><min_guarantee>1</min_guarantee></memtune>"))
+
+
+#: libvirt's own cputune/cachetune/memorytune cases (genericxml2xml), together.
+_SCHED_AND_RESCTRL = (
+    "<vcpu placement='static'>4</vcpu><iothreads>4</iothreads>"
+    "<cputune><shares>2048</shares><vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='1'/>"
+    "<emulatorsched scheduler='fifo' priority='2'/>"
+    "<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/>"
+    "<vcpusched vcpus='1-3,^1' scheduler='idle'/>"
+    "<iothreadsched iothreads='1,3' scheduler='batch'/>"
+    "<iothreadsched iothreads='2' scheduler='rr' priority='99'/>"
+    "<cachetune vcpus='0-1'><cache id='0' level='3' type='both' size='768' unit='KiB'/>"
+    "<cache id='1' level='3' type='both' size='3145728'/><monitor level='3' vcpus='1'/>"
+    "</cachetune>"
+    "<cachetune vcpus='2'><cache id='0' level='3' type='code' size='3' unit='MiB'/>"
+    "<cache id='0' level='3' type='data' size='1' unit='MiB'/></cachetune>"
+    "<memorytune vcpus='0-1'><node id='0' bandwidth='20'/><node id='1' bandwidth='30'/>"
+    "</memorytune>"
+    "<memorytune vcpus='3-7'><node id='0' bandwidth='50'/><monitor vcpus='3'/></memorytune>"
+    "</cputune>"
+)
+
+
+def test_scheduler_and_resctrl_elements_round_trip(caps: Caps, tmp_path: Path) -> None:
+    """What libvirt writes back for them (one <vcpusched> per thread, sizes in the largest
+    exact unit, vcpus cut to the domain's), valid under libvirt's schema; QEMU's command line
+    is the same as without them (libvirt too applies them to the threads, not the argv)."""
+    xml = dom(body=_SCHED_AND_RESCTRL)
+    out = dumpxml_roundtrip(caps, xml)
+    for piece in (
+        "<emulatorsched scheduler='fifo' priority='2'/>",
+        "<vcpusched vcpus='0' scheduler='fifo' priority='1'/>",
+        "<vcpusched vcpus='1' scheduler='fifo' priority='1'/>",
+        "<vcpusched vcpus='3' scheduler='idle'/>",
+        "<iothreadsched iothreads='3' scheduler='batch'/>",
+        "<iothreadsched iothreads='2' scheduler='rr' priority='99'/>",
+        "<cache id='1' level='3' type='both' size='3' unit='MiB'/>",
+        "<monitor level='3' vcpus='1'/>",
+        "<cache id='0' level='3' type='code' size='3' unit='MiB'/>",
+        "<memorytune vcpus='3'>",
+        "<monitor vcpus='3'/>",
+    ):
+        assert piece in out
+    assert out.index("<cachetune vcpus='2'>") < out.index("<memorytune vcpus='0-1'>")
+    plain = dom(body="<vcpu placement='static'>4</vcpu><iothreads>4</iothreads>")
+    argv = argv_of(caps, xml, tmp_path)
+    assert argv == argv_of(caps, plain, tmp_path)
+    got = launch_paused(argv, tmp_path, extra={"query-iothreads": {}})
+    assert got.vcpus == 4
+    assert len(got.extra["query-iothreads"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("cputune", "error"),
+    [
+        (
+            "<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/>"
+            "<vcpusched vcpus='1' scheduler='idle'/>",
+            "must not overlap",
+        ),
+        ("<vcpusched vcpus='4' scheduler='batch'/>", "names vcpu 4"),
+        ("<vcpusched scheduler='batch'/>", "missing attribute 'vcpus'"),
+        ("<vcpusched vcpus='0' scheduler='fifo'/>", "missing attribute 'priority'"),
+        ("<iothreadsched iothreads='2' scheduler='idle'/>", "names iothread 2"),
+        (
+            "<cachetune vcpus='0-1'><cache id='0' level='3' type='both' size='1'/></cachetune>"
+            "<cachetune vcpus='1-2'><cache id='0' level='3' type='both' size='1'/></cachetune>",
+            "overlapping vcpus",
+        ),
+        (
+            "<cachetune vcpus='0'><cache id='0' level='3' type='both' size='1'/></cachetune>"
+            "<cachetune vcpus='0'><cache id='1' level='3' type='both' size='1'/></cachetune>",
+            "identical vcpus",
+        ),
+        (
+            "<cachetune vcpus='0'><cache id='0' level='3' type='both' size='1'/>"
+            "<cache id='0' level='3' type='code' size='1'/></cachetune>",
+            "colliding cache",
+        ),
+        (
+            "<cachetune vcpus='0'><cache id='0' level='3' type='both' size='1'/>"
+            "<monitor level='2' vcpus='0'/></cachetune>",
+            "monitor level 2",
+        ),
+        (
+            "<cachetune vcpus='0'><cache id='0' level='3' type='both' size='1'/>"
+            "<monitor level='3' vcpus='1'/></cachetune>",
+            "outside its group",
+        ),
+        (
+            "<cachetune vcpus='0-2'><monitor level='3' vcpus='0-1'/>"
+            "<monitor level='3' vcpus='1-2'/></cachetune>",
+            "monitors overlap",
+        ),
+        ("<memorytune vcpus='0'><node id='0' bandwidth='101'/></memorytune>", "exceeds 100"),
+        (
+            "<memorytune vcpus='0'><node id='0' bandwidth='10'/><node id='0' bandwidth='20'/>"
+            "</memorytune>",
+            "already defined for node 0",
+        ),
+        (
+            "<cachetune vcpus='0-1'><cache id='0' level='3' type='both' size='1'/></cachetune>"
+            "<memorytune vcpus='1'><node id='0' bandwidth='10'/></memorytune>",
+            "overlapping",
+        ),
+        ("<cachetune vcpus='0'/>", "needs a <cache> or a <monitor>"),
+    ],
+)
+def test_scheduler_and_resctrl_rules_are_libvirts(cputune: str, error: str) -> None:
+    body = f"<vcpu>4</vcpu><iothreads>1</iothreads><cputune>{cputune}</cputune>"
+    with pytest.raises(XMLError, match=error):
+        parse_domain_xml(dom(body=body))

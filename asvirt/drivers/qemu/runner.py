@@ -168,6 +168,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._helpers: DomainHelpers | None = None
         #: The domain's own cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), if any.
         self._cgroup: tuning.DomainCgroup | None = None
+        self._resctrl: tuning.DomainResctrl | None = None
         #: The vCPU threads (by vCPU index), once QEMU told them: they change only when vCPUs
         #: are plugged or unplugged, which the statistics notice (a count that differs, a
         #: thread that is gone) and ask again.
@@ -566,6 +567,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             if label is not None:
                 argv = label.command(argv)  # <seclabel model='dac'> with a static label
             # Refuses what this host cannot control, before QEMU exists.
+            self._resctrl = tuning.prepare_resctrl(self._live_def, self._uuid)
             self._cgroup = tuning.prepare_cgroup(self._live_def, self._env.config.cgroup_parent)
             _write_log_header(log_fd, argv)
             # What QEMU writes from here on is this run's: errors quote nothing older.
@@ -591,6 +593,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                     with contextlib.suppress(OSError):
                         os.kill(self.pid, signal.SIGKILL)
                 tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
+            if self._resctrl is not None:
+                tuning.remove_resctrl(self._uuid)
             if client is not None:
                 client.close()
             if security is not None:
@@ -813,6 +817,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         tuning.pin_threads(defn, threads)
         tuning.sched_threads(defn, threads)
         tuning.thread_cgroups(defn, self._cgroup, threads)
+        if self._resctrl is not None:
+            self._resctrl.assign(threads)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -1029,6 +1035,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             self._env.security.release(self._uuid)
         if tuning.wanted_controllers(self._live_def):
             tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
+        if self._live_def.cputune is not None and self._live_def.cputune.resctrl:
+            tuning.remove_resctrl(self._uuid)
         # Only now that the outcome is published may the record go.
         fsutil.remove(paths.status(self._name))
         fsutil.remove(paths.monitor(self._uuid))

@@ -18,6 +18,12 @@
   ``vcpuN``/``emulator``/``iothreadN`` (threaded ones on v2), as libvirt's. A supervisor that
   is not root, or a host without the controller, refuses the domain's start with
   OperationUnsupportedError naming why.
+* ``<cachetune>``/``<memorytune>``: as libvirt, a resctrl group per set of vCPUs under
+  ``/sys/fs/resctrl`` (``asvirt-UUID-vcpus_N``) whose ``schemata`` gets a free run of cache
+  bits of each size asked (``L3``, ``L3CODE``/``L3DATA`` with CDP) and the memory bandwidth
+  percentages (``MB``), monitor groups under its ``mon_groups``; the vCPU threads are moved
+  in before the guest runs, and the groups removed when QEMU ends. A host without resctrl
+  mounted, or without what the XML asks, refuses the start before QEMU exists.
 * ``<seclabel model='dac'>``: ``type='static'`` runs QEMU as the label's user:group (through
   the DAC confinement of :mod:`.security`), ``type='none'`` as the supervisor itself; other
   models (SELinux, AppArmor) have no security driver here and are refused as libvirt does.
@@ -40,7 +46,7 @@ from typing import Any
 
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef, parse_cpuset
-from ...conf.tuning import REALTIME_POLICIES, Sched, SecLabel
+from ...conf.tuning import REALTIME_POLICIES, CacheAlloc, Resctrl, Sched, SecLabel, format_cpuset
 from ...errors import (
     ConfigUnsupportedError,
     OperationFailedError,
@@ -649,6 +655,268 @@ def remove_cgroup(uuid: str, parent: str) -> None:
                 log.warning("cannot remove a domain's cgroup", path=str(own), error=str(err))
 
 
+# -- resctrl (<cachetune>, <memorytune>) -------------------------------------------------------
+
+RESCTRL_ROOT = Path("/sys/fs/resctrl")
+_CPU_SYSFS = Path("/sys/devices/system/cpu")
+
+
+def resctrl_mounted() -> bool:
+    """Whether resctrl is mounted where libvirt (and the kernel's documentation) have it."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(
+                len(p) >= 3 and p[2] == "resctrl" and p[1] == str(RESCTRL_ROOT)
+                for p in (line.split() for line in f)
+            )
+    except OSError:
+        return False
+
+
+def resctrl_prefix(uuid: str) -> str:
+    """The start of the names of a domain's resctrl groups (``asvirt-UUID-vcpus_0-1``)."""
+    return f"asvirt-{uuid}-"
+
+
+def _resource(level: int, kind: str) -> str:
+    """resctrl's resource of a cache allocation: ``L3``, or ``L3CODE``/``L3DATA`` (CDP)."""
+    return f"L{level}" + {"both": "", "code": "CODE", "data": "DATA"}[kind]
+
+
+def _schemata(path: Path) -> dict[str, dict[int, str]]:
+    """A ``schemata`` file: resource -> domain id -> value (a mask, or a percentage)."""
+    out: dict[str, dict[int, str]] = {}
+    for line in _read(path).splitlines():
+        name, sep, rest = line.strip().partition(":")
+        if not sep:
+            continue
+        for item in rest.split(";"):
+            ident, eq, value = item.strip().partition("=")
+            if eq and ident.strip().isdigit():
+                out.setdefault(name.strip(), {})[int(ident)] = value.strip()
+    return out
+
+
+def _cache_size(level: int, cache_id: int) -> int | None:
+    """Bytes of the host's cache ``cache_id`` of ``level`` (Unified or Data), from sysfs."""
+    for index in sorted(_CPU_SYSFS.glob("cpu[0-9]*/cache/index[0-9]*")):
+        if _read(index / "level").strip() != str(level):
+            continue
+        if _read(index / "id").strip() != str(cache_id):
+            continue
+        if _read(index / "type").strip() not in ("Unified", "Data"):
+            continue
+        text = _read(index / "size").strip()
+        if text[:-1].isdigit() and text[-1:] in "KMG":
+            return int(text[:-1]) * 1024 ** ("KMG".index(text[-1]) + 1)
+    return None
+
+
+def _info(resource: str, name: str) -> str:
+    return _read(RESCTRL_ROOT / "info" / resource / name).strip()
+
+
+def _used_bits(resource: str, cache_id: int) -> int:
+    """The bits of ``resource``'s cache ``cache_id`` other groups hold (the default group,
+    the root, holds all of them and takes what nobody else has)."""
+    used = 0
+    try:
+        groups = [p for p in RESCTRL_ROOT.iterdir() if p.is_dir()]
+    except OSError:
+        return 0
+    for group in groups:
+        if group.name in ("info", "mon_groups", "mon_data"):
+            continue
+        value = _schemata(group / "schemata").get(resource, {}).get(cache_id)
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                used |= int(value, 16)
+    return used
+
+
+def _cache_mask(
+    alloc: CacheAlloc, root: dict[str, dict[int, str]], taken: dict[tuple[str, int], int]
+) -> str:
+    """A free run of bits of the cache ``alloc`` names, as large as its size (libvirt's
+    rules: a multiple of the granularity, at least the minimum number of bits)."""
+    resource = _resource(alloc.level, alloc.type)
+    what = f"<cache id='{alloc.id}' level='{alloc.level}' type='{alloc.type}'>"
+    if not (RESCTRL_ROOT / "info" / resource).is_dir():
+        extra = " (code/data allocations need resctrl mounted with -o cdp)"
+        raise OperationUnsupportedError(
+            f"{what}: the host's resctrl has no {resource} allocation"
+            + (extra if alloc.type != "both" else "")
+        )
+    if alloc.id not in root.get(resource, {}):
+        raise OperationFailedError(f"{what}: the host has no such cache")
+    try:
+        full = int(_info(resource, "cbm_mask"), 16)
+        min_bits = int(_info(resource, "min_cbm_bits") or "1")
+    except ValueError:
+        raise OperationFailedError(f"{what}: cannot read resctrl's info/{resource}") from None
+    nbits = full.bit_length()
+    size = _cache_size(alloc.level, alloc.id)
+    if size is None or not nbits:
+        raise OperationFailedError(f"{what}: the host's cache size is unknown")
+    granularity = size // nbits
+    if alloc.size % granularity:
+        raise OperationFailedError(
+            f"{what}: cache allocation of size {alloc.size} is not divisible by granularity "
+            f"{granularity}"
+        )
+    want = alloc.size // granularity
+    if want < min_bits:
+        raise OperationFailedError(
+            f"{what}: cache allocation of size {alloc.size} is smaller than the minimum "
+            f"allowed allocation {granularity * min_bits}"
+        )
+    key = (resource, alloc.id)
+    if key not in taken:
+        taken[key] = _used_bits(resource, alloc.id)
+    free = full & ~taken[key]
+    run = (1 << want) - 1
+    for shift in range(nbits - want + 1):
+        if free & (run << shift) == run << shift:
+            taken[key] |= run << shift  # the domain's next group takes other bits
+            return f"{run << shift:x}"
+    raise OperationFailedError(
+        f"{what}: not enough room for a cache allocation of {alloc.size} bytes (free mask {free:x})"
+    )
+
+
+def _bandwidth(node_id: int, percent: int, root: dict[str, dict[int, str]]) -> str:
+    what = f"<memorytune><node id='{node_id}' bandwidth='{percent}'>"
+    if not (RESCTRL_ROOT / "info" / "MB").is_dir():
+        raise OperationUnsupportedError(
+            f"{what}: the host's resctrl has no memory bandwidth allocation"
+        )
+    if node_id not in root.get("MB", {}):
+        raise OperationFailedError(f"{what}: the host has no such memory controller")
+    minimum = int(_info("MB", "min_bandwidth") or "0")
+    granularity = int(_info("MB", "bandwidth_gran") or "1")
+    if percent < minimum:
+        raise OperationFailedError(
+            f"{what}: memory bandwidth value '{percent}' is less than the minimum '{minimum}'"
+        )
+    if percent % granularity:
+        raise OperationFailedError(
+            f"{what}: memory bandwidth value '{percent}' is not a multiple of the "
+            f"granularity '{granularity}'"
+        )
+    return str(percent)
+
+
+@dataclass(slots=True)
+class DomainResctrl:
+    """A domain's resctrl groups: the allocating ones, and monitor groups by their vCPUs."""
+
+    groups: list[tuple[Resctrl, Path | None, dict[frozenset[int], Path]]]
+
+    def assign(self, threads: Threads) -> None:
+        """Move each vCPU thread into its group, then into the monitor groups naming it."""
+        for group, directory, monitors in self.groups:
+            tids = [threads.vcpus[v] for v in sorted(group.vcpus) if v in threads.vcpus]
+            if directory is not None:
+                _add_tasks(directory, tids)
+            for vcpus, mon in monitors.items():
+                _add_tasks(mon, [threads.vcpus[v] for v in sorted(vcpus) if v in threads.vcpus])
+
+
+def _add_tasks(directory: Path, tids: list[int]) -> None:
+    for tid in tids:
+        try:
+            (directory / "tasks").write_text(str(tid))
+        except ProcessLookupError:
+            pass
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                raise SystemCallError.from_oserror(
+                    err, f"move thread {tid} into", directory
+                ) from None
+
+
+def prepare_resctrl(d: DomainDef, uuid: str) -> DomainResctrl | None:
+    """Create the resctrl groups of ``<cachetune>``/``<memorytune>`` (before QEMU starts:
+    refuses what the host cannot do, leaving nothing behind); None if the XML has none."""
+    ct = d.cputune
+    if ct is None or not ct.resctrl:
+        return None
+    tags = [t for t in ("cachetune", "memorytune") if any(getattr(g, t) for g in ct.resctrl)]
+    if not resctrl_mounted():
+        raise OperationUnsupportedError(
+            f"{' and '.join(f'<{t}>' for t in tags)}: {'/'.join(tags)} needs resctrl mounted "
+            f"at {RESCTRL_ROOT} (the kernel's resctrl file system: 'mount -t resctrl resctrl "
+            f"{RESCTRL_ROOT}' on a host whose CPUs have cache/memory-bandwidth allocation)"
+        )
+    root = _schemata(RESCTRL_ROOT / "schemata")
+    monitored = any(g.cache_monitors or g.memory_monitors for g in ct.resctrl)
+    if monitored and not (RESCTRL_ROOT / "info" / "L3_MON").is_dir():
+        raise OperationUnsupportedError(
+            "<cachetune>/<memorytune> <monitor>: the host's resctrl has no monitoring (info/L3_MON)"
+        )
+    # Everything is worked out before anything is created.
+    plans: list[tuple[Resctrl, str]] = []
+    taken: dict[tuple[str, int], int] = {}
+    for group in ct.resctrl:
+        lines: dict[str, list[str]] = {}
+        for alloc in group.caches:
+            mask = _cache_mask(alloc, root, taken)
+            lines.setdefault(_resource(alloc.level, alloc.type), []).append(f"{alloc.id}={mask}")
+        for node_id, percent in sorted(group.bandwidth.items()):
+            lines.setdefault("MB", []).append(f"{node_id}={_bandwidth(node_id, percent, root)}")
+        plans.append((group, "".join(f"{r}:{';'.join(v)}\n" for r, v in lines.items())))
+    out = DomainResctrl(groups=[])
+    prefix = resctrl_prefix(uuid)
+    try:
+        for group, schemata in plans:
+            directory: Path | None = None
+            if group.allocates:
+                directory = RESCTRL_ROOT / f"{prefix}{group.name}"
+                _mkdir(directory)
+                _write(directory / "schemata", schemata)
+            monitors: dict[frozenset[int], Path] = {}
+            for vcpus in [*(v for _, v in group.cache_monitors), *group.memory_monitors]:
+                if vcpus in monitors or (vcpus == group.vcpus and directory is not None):
+                    continue  # a monitor of the whole group is the group itself
+                name = f"vcpus_{format_cpuset(vcpus)}"
+                if directory is not None:
+                    mon = directory / "mon_groups" / name
+                else:
+                    mon = RESCTRL_ROOT / "mon_groups" / f"{prefix}{name}"
+                _mkdir(mon)
+                monitors[vcpus] = mon
+            out.groups.append((group, directory, monitors))
+    except BaseException:
+        remove_resctrl(uuid)
+        raise
+    log.info("resctrl groups prepared", domain=d.name, groups=[g.name for g in ct.resctrl])
+    return out
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "create the resctrl group", path) from None
+
+
+def remove_resctrl(uuid: str) -> None:
+    """Remove a domain's resctrl groups (their threads go back to the default group).
+    Never raises."""
+    prefix = resctrl_prefix(uuid)
+    for base in (RESCTRL_ROOT, RESCTRL_ROOT / "mon_groups"):
+        try:
+            entries = [p for p in base.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            continue
+        for path in entries:
+            try:
+                path.rmdir()
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    log.warning("cannot remove a resctrl group", path=str(path), error=str(err))
+
+
 # -- hugepages --------------------------------------------------------------------------------
 
 
@@ -713,7 +981,9 @@ def check_hugepages(d: DomainDef) -> str:
 
 
 __all__ = [
+    "RESCTRL_ROOT",
     "DomainCgroup",
+    "DomainResctrl",
     "Threads",
     "check_hugepages",
     "check_tuning",
@@ -724,8 +994,11 @@ __all__ = [
     "parse_dac_label",
     "pin_threads",
     "prepare_cgroup",
+    "prepare_resctrl",
     "query_threads",
     "remove_cgroup",
+    "remove_resctrl",
+    "resctrl_mounted",
     "sched_threads",
     "thread_cgroups",
     "wanted_controllers",
