@@ -127,6 +127,66 @@ def disk_tuning(draw: st.DrawFn, bus: str, cdrom: bool) -> str:
 
 
 @st.composite
+def schedparam(draw: st.DrawFn) -> str:
+    """libvirt's schedparam: batch/idle, or fifo/rr with a priority Linux has (1-99)."""
+    policy = draw(st.sampled_from(["batch", "idle", "fifo", "rr"]))
+    if policy in ("fifo", "rr"):
+        return f"scheduler='{policy}' priority='{draw(st.integers(1, 99))}'"
+    return f"scheduler='{policy}'"
+
+
+def _cpuset_of(ids: list[int]) -> str:
+    return ",".join(str(i) for i in ids)
+
+
+@st.composite
+def thread_scheds(draw: st.DrawFn, tag: str, attr: str, ids: list[int]) -> str:
+    """<vcpusched>/<iothreadsched> over disjoint sets of the thread ids."""
+    out = ""
+    left = list(ids)
+    for _ in range(draw(st.integers(0, 2))):
+        if not left:
+            break
+        chosen = draw(st.lists(st.sampled_from(left), min_size=1, max_size=3, unique=True))
+        left = [i for i in left if i not in chosen]
+        out += f"<{tag} {attr}='{_cpuset_of(sorted(chosen))}' {draw(schedparam())}/>"
+    return out
+
+
+@st.composite
+def resctrl(draw: st.DrawFn, maxcpu: int) -> str:
+    """<cachetune>/<memorytune> over disjoint vCPU sets (a memorytune may share a
+    cachetune's set exactly), with caches that do not collide and monitors within."""
+    out_cache = out_mem = ""
+    left = list(range(maxcpu))
+    for _ in range(draw(st.integers(0, 2))):
+        if not left:
+            break
+        vcpus = sorted(draw(st.lists(st.sampled_from(left), min_size=1, max_size=2, unique=True)))
+        left = [i for i in left if i not in vcpus]
+        cs = _cpuset_of(vcpus)
+        monitor = draw(st.booleans())
+        if draw(st.booleans()):
+            caches = ""
+            for cache_id in draw(st.lists(st.integers(0, 1), max_size=2, unique=True)):
+                size = draw(st.sampled_from(["768' unit='KiB", "3' unit='MiB", "1048576"]))
+                kinds = draw(st.sampled_from([["both"], ["code", "data"], ["data"]]))
+                for kind in kinds:
+                    caches += f"<cache id='{cache_id}' level='3' type='{kind}' size='{size}'/>"
+            if caches or monitor:
+                mon = f"<monitor level='3' vcpus='{cs}'/>" if monitor else ""
+                out_cache += f"<cachetune vcpus='{cs}'>{caches}{mon}</cachetune>"
+        if draw(st.booleans()):
+            nodes = "".join(
+                f"<node id='{n}' bandwidth='{draw(st.integers(0, 100))}'/>"
+                for n in draw(st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))
+            )
+            mon = f"<monitor vcpus='{cs}'/>" if monitor else ""
+            out_mem += f"<memorytune vcpus='{cs}'>{nodes}{mon}</memorytune>"
+    return out_cache + out_mem
+
+
+@st.composite
 def tuning(draw: st.DrawFn, maxcpu: int, iothreads: int) -> str:
     """<cputune>, <memtune>, <blkiotune> (asvirt.conf.tuning), as libvirt's schema has them."""
     out = ""
@@ -146,6 +206,11 @@ def tuning(draw: st.DrawFn, maxcpu: int, iothreads: int) -> str:
             ct += f"<emulatorpin cpuset='{draw(cpuset)}'/>"
         for tid in draw(st.lists(st.integers(1, iothreads), unique=True)) if iothreads else []:
             ct += f"<iothreadpin iothread='{tid}' cpuset='{draw(cpuset)}'/>"
+        if draw(st.booleans()):
+            ct += f"<emulatorsched {draw(schedparam())}/>"
+        ct += draw(thread_scheds("vcpusched", "vcpus", list(range(maxcpu))))
+        ct += draw(thread_scheds("iothreadsched", "iothreads", list(range(1, iothreads + 1))))
+        ct += draw(resctrl(maxcpu))
         out += f"<cputune>{ct}</cputune>"
     if draw(st.booleans()):
         hard = draw(st.integers(1 << 20, 8 << 20))
