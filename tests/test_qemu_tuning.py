@@ -150,6 +150,23 @@ async def test_resctrl_groups_hold_the_vcpu_threads(conn, test_guest, tmp_path, 
     assert not group.exists()
 
 
+async def test_a_plugged_vcpu_gets_its_pin_and_scheduler(conn, test_guest, tmp_path, root):
+    cpu = min(os.sched_getaffinity(0))
+    xml = _with(
+        paused_xml(test_guest, tmp_path).replace("<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>"),
+        f"<cputune><vcpupin vcpu='1' cpuset='{cpu}'/>"
+        "<vcpusched vcpus='1' scheduler='idle'/></cputune>",
+    )
+    dom = await conn.define_xml(xml)
+    await dom.start(paused=True)
+    await dom.set_vcpus(2)
+    pid = qemu_pid(root, "vm1")
+    vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+    assert os.sched_getscheduler(vcpus[1]) == os.SCHED_IDLE
+    assert _allowed(pid, vcpus[1]) == str(cpu)
+    assert os.sched_getscheduler(vcpus[0]) == os.SCHED_OTHER
+
+
 def _block_device() -> str | None:
     for name in sorted(os.listdir("/sys/block")):
         if os.path.exists(f"/dev/{name}") and not name.startswith(("loop", "ram", "zram")):

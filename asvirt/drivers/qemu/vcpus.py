@@ -208,6 +208,8 @@ class ResourceOps:
 
         def mark_dirty(self) -> None: ...
 
+        async def _apply_tuning(self) -> None: ...
+
     async def set_balloon(self, kib: int) -> None:
         """Ask the guest's balloon for ``kib`` KiB; its BALLOON_CHANGE events follow."""
         await self.execute("balloon", {"value": kib * 1024})
@@ -228,6 +230,10 @@ class ResourceOps:
                 await self.execute(
                     "device_add", {"driver": slot.type, "id": slot.alias, **slot.props}
                 )
+            if plan.plug:
+                # The new threads get their <cputune> pins, policies, bandwidth and resctrl
+                # group, as the first ones did (libvirt sets up a plugged vCPU the same way).
+                await self._apply_tuning()
             if plan.unplug:
                 await self._unplug_vcpus(plan.unplug)
         finally:
