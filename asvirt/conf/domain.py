@@ -496,7 +496,7 @@ class DomainDef:
                 for tid in self.iothread_ids:
                     ids.add("iothread", {"id": tid})
         if self.cputune is not None:
-            self.cputune.format_xml(root)
+            self.cputune.format_xml(root, live=live)
         if self.numatune is not None:
             self.numatune.format_xml(root)
         for info in self.sysinfos:

@@ -138,7 +138,8 @@ class CPUTune:
     #: ``<cachetune>``/``<memorytune>`` groups, in document order
     resctrl: list[Resctrl] = field(default_factory=list)
 
-    def format_xml(self, parent: XElem) -> None:
+    def format_xml(self, parent: XElem, *, live: bool = False) -> None:
+        """``live``: a running domain's XML, where libvirt names each resctrl group (``id``)."""
         el = parent.add("cputune")
         for name in CPU_BANDWIDTH:
             if name in self.bandwidth:
@@ -159,7 +160,10 @@ class CPUTune:
         for group in self.resctrl:
             if not group.cachetune:
                 continue
-            ct = el.add("cachetune", {"vcpus": format_cpuset(group.vcpus)})
+            ct = el.add(
+                "cachetune",
+                {"vcpus": format_cpuset(group.vcpus), "id": group.name if live else None},
+            )
             for kind in CACHE_TYPES:
                 for cache in sorted(group.caches, key=lambda c: (c.level, c.id)):
                     if cache.type == kind:
@@ -284,7 +288,7 @@ def _parse_cachetune(
     node: Node, tune: CPUTune, max_vcpus: int, parse_cpuset: Callable[[str], set[int]]
 ) -> None:
     vcpus = _resctrl_vcpus(node, max_vcpus, parse_cpuset)
-    node.attr("id")  # the group's name in live XML; libvirt ignores it in a definition
+    node.attr("id")  # the group's name in live XML: derived from vcpus, as libvirt's is
     caches: list[CacheAlloc] = []
     for cn in node.children("cache"):
 

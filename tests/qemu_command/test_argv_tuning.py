@@ -291,6 +291,10 @@ def test_scheduler_and_resctrl_elements_round_trip(caps: Caps, tmp_path: Path) -
     ):
         assert piece in out
     assert out.index("<cachetune vcpus='2'>") < out.index("<memorytune vcpus='0-1'>")
+    # A running domain's XML names each group as libvirt's does; defined again, the same.
+    live = parse_domain_xml(out).to_xml(live=True)
+    assert "<cachetune vcpus='0-1' id='vcpus_0-1'>" in live
+    assert parse_domain_xml(live).to_xml() == out
     plain = dom(body="<vcpu placement='static'>4</vcpu><iothreads>4</iothreads>")
     argv = argv_of(caps, xml, tmp_path)
     assert argv == argv_of(caps, plain, tmp_path)
