@@ -209,6 +209,10 @@ def _parse_sched(node: Node) -> Sched:
     if policy is None:
         raise XMLError(f"missing attribute 'scheduler' of {node.where}")
     if policy not in REALTIME_POLICIES:
+        if node.attr("priority") is not None:
+            raise XMLError(
+                f"{node.where}: a priority is only for the fifo and rr schedulers, not '{policy}'"
+            )
         return Sched(policy)
     priority = node.integer("priority", minimum=0, maximum=65535)
     if priority is None:

@@ -314,6 +314,7 @@ def test_scheduler_and_resctrl_elements_round_trip(caps: Caps, tmp_path: Path) -
         ("<vcpusched vcpus='4' scheduler='batch'/>", "names vcpu 4"),
         ("<vcpusched scheduler='batch'/>", "missing attribute 'vcpus'"),
         ("<vcpusched vcpus='0' scheduler='fifo'/>", "missing attribute 'priority'"),
+        ("<emulatorsched scheduler='idle' priority='1'/>", "only for the fifo and rr"),
         ("<iothreadsched iothreads='2' scheduler='idle'/>", "names iothread 2"),
         (
             "<cachetune vcpus='0-1'><cache id='0' level='3' type='both' size='1'/></cachetune>"
