@@ -712,8 +712,15 @@ def _cache_size(level: int, cache_id: int) -> int | None:
     return None
 
 
-def _info(resource: str, name: str) -> str:
-    return _read(RESCTRL_ROOT / "info" / resource / name).strip()
+def _info(resource: str, name: str, default: int, *, base: int = 10) -> int:
+    """A number resctrl's ``info/RESOURCE/NAME`` gives (``default`` if the file is absent)."""
+    text = _read(RESCTRL_ROOT / "info" / resource / name).strip()
+    try:
+        return int(text, base) if text else default
+    except ValueError:
+        raise OperationFailedError(
+            f"cannot read resctrl's info/{resource}/{name}: '{text}' is not a number"
+        ) from None
 
 
 def _used_bits(resource: str, cache_id: int) -> int:
@@ -749,14 +756,11 @@ def _cache_mask(
         )
     if alloc.id not in root.get(resource, {}):
         raise OperationFailedError(f"{what}: the host has no such cache")
-    try:
-        full = int(_info(resource, "cbm_mask"), 16)
-        min_bits = int(_info(resource, "min_cbm_bits") or "1")
-    except ValueError:
-        raise OperationFailedError(f"{what}: cannot read resctrl's info/{resource}") from None
+    full = _info(resource, "cbm_mask", 0, base=16)
+    min_bits = _info(resource, "min_cbm_bits", 1)
     nbits = full.bit_length()
     size = _cache_size(alloc.level, alloc.id)
-    if size is None or not nbits:
+    if size is None or not nbits or size < nbits:
         raise OperationFailedError(f"{what}: the host's cache size is unknown")
     granularity = size // nbits
     if alloc.size % granularity:
@@ -792,8 +796,8 @@ def _bandwidth(node_id: int, percent: int, root: dict[str, dict[int, str]]) -> s
         )
     if node_id not in root.get("MB", {}):
         raise OperationFailedError(f"{what}: the host has no such memory controller")
-    minimum = int(_info("MB", "min_bandwidth") or "0")
-    granularity = int(_info("MB", "bandwidth_gran") or "1")
+    minimum = _info("MB", "min_bandwidth", 0)
+    granularity = _info("MB", "bandwidth_gran", 1) or 1
     if percent < minimum:
         raise OperationFailedError(
             f"{what}: memory bandwidth value '{percent}' is less than the minimum '{minimum}'"
@@ -848,6 +852,9 @@ def prepare_resctrl(d: DomainDef, uuid: str) -> DomainResctrl | None:
             f"at {RESCTRL_ROOT} (the kernel's resctrl file system: 'mount -t resctrl resctrl "
             f"{RESCTRL_ROOT}' on a host whose CPUs have cache/memory-bandwidth allocation)"
         )
+    # Groups a supervisor that died left behind are this domain's no longer (no QEMU of it
+    # runs while it starts): their bits are free again.
+    remove_resctrl(uuid)
     root = _schemata(RESCTRL_ROOT / "schemata")
     monitored = any(g.cache_monitors or g.memory_monitors for g in ct.resctrl)
     if monitored and not (RESCTRL_ROOT / "info" / "L3_MON").is_dir():
