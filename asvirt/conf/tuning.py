@@ -164,12 +164,13 @@ class CPUTune:
                 "cachetune",
                 {"vcpus": format_cpuset(group.vcpus), "id": group.name if live else None},
             )
-            for kind in CACHE_TYPES:
-                for cache in sorted(group.caches, key=lambda c: (c.level, c.id)):
-                    if cache.type == kind:
-                        size, unit = _pretty_size(cache.size)
-                        attrs = {"id": cache.id, "level": cache.level, "type": kind}
-                        ct.add("cache", {**attrs, "size": size, "unit": unit})
+            # libvirt's order: by level, then type, then cache id.
+            for cache in sorted(
+                group.caches, key=lambda c: (c.level, CACHE_TYPES.index(c.type), c.id)
+            ):
+                size, unit = _pretty_size(cache.size)
+                attrs = {"id": cache.id, "level": cache.level, "type": cache.type}
+                ct.add("cache", {**attrs, "size": size, "unit": unit})
             for level, vcpus in group.cache_monitors:
                 ct.add("monitor", {"level": level, "vcpus": format_cpuset(vcpus)})
         for group in self.resctrl:

@@ -364,3 +364,27 @@ def test_scheduler_and_resctrl_rules_are_libvirts(cputune: str, error: str) -> N
     body = f"<vcpu>4</vcpu><iothreads>1</iothreads><cputune>{cputune}</cputune>"
     with pytest.raises(XMLError, match=error):
         parse_domain_xml(dom(body=body))
+
+
+@pytest.mark.parametrize(
+    "cputune",
+    [
+        # libvirt's cachetune-small and cachetune-cdp cases: written back as they are.
+        "<cachetune vcpus='0-1'><cache id='0' level='3' type='both' size='768' unit='KiB'/>"
+        "<monitor level='3' vcpus='0'/><monitor level='3' vcpus='1'/>"
+        "<monitor level='3' vcpus='0-1'/></cachetune>"
+        "<cachetune vcpus='2-3'><monitor level='3' vcpus='2'/><monitor level='3' vcpus='3'/>"
+        "</cachetune>",
+        "<cachetune vcpus='0-1'><cache id='0' level='3' type='code' size='7680' unit='KiB'/>"
+        "<cache id='1' level='3' type='data' size='3840' unit='KiB'/>"
+        "<monitor level='3' vcpus='0'/><monitor level='3' vcpus='1'/></cachetune>"
+        "<cachetune vcpus='2'><cache id='1' level='3' type='code' size='6' unit='MiB'/>"
+        "<monitor level='3' vcpus='2'/></cachetune>"
+        "<cachetune vcpus='3'><cache id='1' level='3' type='data' size='6912' unit='KiB'/>"
+        "</cachetune>",
+    ],
+)
+def test_libvirts_cachetune_cases_are_written_back_unchanged(caps: Caps, cputune: str) -> None:
+    out = dumpxml_roundtrip(caps, dom(body=f"<vcpu>4</vcpu><cputune>{cputune}</cputune>"))
+    written = out[out.index("<cputune>") + len("<cputune>") : out.index("</cputune>")]
+    assert "".join(line.strip() for line in written.splitlines()) == cputune
