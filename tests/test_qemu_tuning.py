@@ -17,7 +17,7 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import tuning
 
 from .guest import paused_xml
-from .helpers import disk_xml, qemu_img, qemu_pid, qemus_naming
+from .helpers import destroy_all, disk_xml, embed_uri, qemu_img, qemu_pid, qemus_naming
 
 pytestmark = pytest.mark.qemu
 
@@ -257,6 +257,37 @@ async def test_cgroup_limits_are_the_domains(conn, test_guest, tmp_path, root):
         own = v1("cpu")
     await dom.destroy()
     assert not own.exists()
+
+
+async def test_a_vcpu_plugged_after_a_reattach_joins_its_cgroup(
+    root, fast_config, test_guest, tmp_path
+):
+    problem = _cgroup_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    xml = _with(
+        paused_xml(test_guest, tmp_path).replace("<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>"),
+        "<cputune><period>100000</period><quota>50000</quota></cputune>",
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(xml)
+        await dom.start(paused=True)
+        name = tuning.cgroup_name(str(dom.uuid))
+    try:
+        # A new supervisor re-attaches to the QEMU the first one left running.
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            await dom.set_vcpus(2)
+            pid = qemu_pid(root, "vm1")
+            vcpu1 = next(
+                c["thread-id"] for c in await dom.qmp("query-cpus-fast") if c["cpu-index"] == 1
+            )
+            lines = Path(f"/proc/{pid}/task/{vcpu1}/cgroup").read_text().splitlines()
+            assert any(line.endswith(f"/{name}/vcpu1") for line in lines), lines
+    finally:
+        with trio.CancelScope(shield=True):
+            async with asvirt.open(embed_uri(root)) as conn:
+                await destroy_all(conn)
 
 
 async def test_hugepages_are_refused_without_a_mount_or_free_pages(

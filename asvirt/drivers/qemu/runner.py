@@ -729,6 +729,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._helpers = DomainHelpers.load(self._env.paths, self._live_def, self._name)
         self._helpers.qemu_pidfd = lambda: self._pidfd
         self._helpers.adopt(self._env.nursery)
+        # What the previous supervisor made for it, for vCPUs plugged from now on.
+        self._cgroup = tuning.existing_cgroup(self._live_def, self._env.config.cgroup_parent)
+        self._resctrl = tuning.existing_resctrl(self._live_def, self._uuid)
         if self._start_time is None:
             self._start_time = process.read_start_time(record.pid)
         if record.phase != RUNNING:

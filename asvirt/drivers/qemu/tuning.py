@@ -472,6 +472,22 @@ def prepare_cgroup(d: DomainDef, parent: str) -> DomainCgroup | None:
     return cg
 
 
+def existing_cgroup(d: DomainDef, parent: str) -> DomainCgroup | None:
+    """The cgroup a previous supervisor made for the running domain ``d`` (it re-attaches):
+    None if ``d`` needs none or it is not there."""
+    need = wanted_controllers(d)
+    if not need:
+        return None
+    try:
+        bases, v2 = _locate(parent.strip("/"), need)
+    except OperationUnsupportedError:
+        return None
+    dirs = {ctl: base / cgroup_name(d.uuid) for ctl, base in bases.items()}
+    if not all(p.is_dir() for p in dirs.values()):
+        return None
+    return DomainCgroup(dirs, v2)
+
+
 def _enable(base: Path, ctl: str) -> None:
     """Enable ``ctl`` from the v2 root down to ``base`` (its children may then use it)."""
     root = _v2_root()
@@ -872,31 +888,50 @@ def prepare_resctrl(d: DomainDef, uuid: str) -> DomainResctrl | None:
         for node_id, percent in sorted(group.bandwidth.items()):
             lines.setdefault("MB", []).append(f"{node_id}={_bandwidth(node_id, percent, root)}")
         plans.append((group, "".join(f"{r}:{';'.join(v)}\n" for r, v in lines.items())))
-    out = DomainResctrl(groups=[])
-    prefix = resctrl_prefix(uuid)
+    out = _resctrl_layout(ct.resctrl, uuid)
     try:
-        for group, schemata in plans:
-            directory: Path | None = None
-            if group.allocates:
-                directory = RESCTRL_ROOT / f"{prefix}{group.name}"
+        for (_, directory, monitors), (_, schemata) in zip(out.groups, plans, strict=True):
+            if directory is not None:
                 _mkdir(directory)
                 _write(directory / "schemata", schemata)
-            monitors: dict[frozenset[int], Path] = {}
-            for vcpus in [*(v for _, v in group.cache_monitors), *group.memory_monitors]:
-                if vcpus in monitors or (vcpus == group.vcpus and directory is not None):
-                    continue  # a monitor of the whole group is the group itself
-                name = f"vcpus_{format_cpuset(vcpus)}"
-                if directory is not None:
-                    mon = directory / "mon_groups" / name
-                else:
-                    mon = RESCTRL_ROOT / "mon_groups" / f"{prefix}{name}"
+            for mon in monitors.values():
                 _mkdir(mon)
-                monitors[vcpus] = mon
-            out.groups.append((group, directory, monitors))
     except BaseException:
         remove_resctrl(uuid)
         raise
     log.info("resctrl groups prepared", domain=d.name, groups=[g.name for g in ct.resctrl])
+    return out
+
+
+def _resctrl_layout(groups: list[Resctrl], uuid: str) -> DomainResctrl:
+    """Where the domain's resctrl groups and monitor groups are (nothing is created)."""
+    out = DomainResctrl(groups=[])
+    prefix = resctrl_prefix(uuid)
+    for group in groups:
+        directory = RESCTRL_ROOT / f"{prefix}{group.name}" if group.allocates else None
+        monitors: dict[frozenset[int], Path] = {}
+        for vcpus in [*(v for _, v in group.cache_monitors), *group.memory_monitors]:
+            if vcpus in monitors or (vcpus == group.vcpus and directory is not None):
+                continue  # a monitor of the whole group is the group itself
+            name = f"vcpus_{format_cpuset(vcpus)}"
+            if directory is not None:
+                monitors[vcpus] = directory / "mon_groups" / name
+            else:
+                monitors[vcpus] = RESCTRL_ROOT / "mon_groups" / f"{prefix}{name}"
+        out.groups.append((group, directory, monitors))
+    return out
+
+
+def existing_resctrl(d: DomainDef, uuid: str) -> DomainResctrl | None:
+    """The resctrl groups a previous supervisor made for the running domain ``d`` (it
+    re-attaches): None if ``d`` has none or they are not there."""
+    ct = d.cputune
+    if ct is None or not ct.resctrl or not resctrl_mounted():
+        return None
+    out = _resctrl_layout(ct.resctrl, uuid)
+    for _, directory, monitors in out.groups:
+        if not all(p.is_dir() for p in [*monitors.values(), *([directory] if directory else [])]):
+            return None
     return out
 
 
@@ -995,6 +1030,8 @@ __all__ = [
     "check_hugepages",
     "check_tuning",
     "dac_override",
+    "existing_cgroup",
+    "existing_resctrl",
     "hugetlbfs_mount",
     "label_identity",
     "needs_threads",
