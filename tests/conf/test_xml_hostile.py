@@ -74,10 +74,12 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 
 
 def test_billion_laughs_is_rejected_quickly() -> None:
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: what the parser spends expanding entities is
+    # what a hostile document costs, and other processes on a loaded machine don't count.
+    start = time.process_time()
     with pytest.raises(UnsafeXMLError):
         parse_domain_xml(BILLION_LAUGHS)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def _xxe(url: str) -> str:
@@ -129,12 +131,12 @@ def test_external_resources_are_never_opened(tmp_path: Path, template: str) -> N
 
 def test_fifty_megabytes_are_rejected_before_parsing() -> None:
     big = "<domain>" + "x" * (50 * 1024 * 1024) + "</domain>"
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(XMLTooLargeError):
         parse_domain_xml(big)
     with pytest.raises(XMLTooLargeError):
         parse_domain_xml(big.encode())
-    assert time.perf_counter() - start < 0.2
+    assert time.process_time() - start < 0.2
 
 
 def test_size_limit_is_adjustable() -> None:
@@ -227,7 +229,7 @@ def test_a_document_full_of_devices_is_refused_quickly() -> None:
     disks = "<disk><source file='/a'/><target dev='vda'/></disk>" * 150_000
     xml = domain().replace("</domain>", f"<devices>{disks}</devices></domain>")
     assert len(xml) < 10 * 1024 * 1024
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ConfigUnsupportedError, match="at most"):
         parse_domain_xml(xml)
-    assert time.perf_counter() - start < 3
+    assert time.process_time() - start < 3
