@@ -504,8 +504,6 @@ def test_sysinfo_smbios_fwcfg_and_genid(caps: Caps, tmp_path: Path) -> None:
     assert "<smbios mode='sysinfo'/>" in out and "<genid>43dc0cf8" in out
     fresh = parse_domain_xml(dom().replace("</uuid>", "</uuid><genid/>"))
     assert fresh.genid is not None and len(fresh.genid) == 36  # made at define, as libvirt
-    with pytest.raises(ConfigUnsupportedError, match="host's SMBIOS"):
-        argv_of(caps, dom().replace("</type></os>", "</type><smbios mode='host'/></os>"))
 
 
 def test_iothreads_for_virtio_disks_and_scsi(caps: Caps, tmp_path: Path) -> None:

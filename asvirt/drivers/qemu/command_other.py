@@ -14,6 +14,7 @@ from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
 from . import command_extra as extra
 from .command_tune import hugepage_backend
+from .hostsmbios import host_smbios
 from .postparse_more import memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
 from .tuning import hugetlbfs_mount
@@ -208,16 +209,24 @@ def system_args(b: _Builder) -> None:
                 what = f"file={_kv(file)}" if file is not None else f"string={_kv(value or '')}"
                 b.add("-fw_cfg", f"name={name},{what}")
         elif d.os.smbios_mode == "sysinfo":
-            for table, number in _SMBIOS_TYPE.items():
-                for entries in info.tables.get(table, []):
-                    opts = [f"type={number}"]
-                    opts += [f"{name}={_kv(value)}" for name, value in entries if value]
-                    if len(opts) > 1:
-                        b.add("-smbios", ",".join(opts))
+            _smbios_args(b, info.tables)
             for value in info.oem_strings:
                 b.add("-smbios", f"type=11,value={_kv(value)}")
+    if d.os.smbios_mode == "host":
+        # libvirt's host mode: the host's BIOS and system tables, the UUID left to QEMU
+        # (the domain's own), read when the command line is built, i.e. at start.
+        _smbios_args(b, {table: [entries] for table, entries in host_smbios().items()})
     if d.genid is not None:
         b.device({"driver": "vmgenid", "guid": d.genid, "id": "vmgenid0"})
+
+
+def _smbios_args(b: _Builder, tables: dict[str, list[list[tuple[str, str]]]]) -> None:
+    for table, number in _SMBIOS_TYPE.items():
+        for entries in tables.get(table, []):
+            opts = [f"type={number}"]
+            opts += [f"{name}={_kv(value)}" for name, value in entries if value]
+            if len(opts) > 1:
+                b.add("-smbios", ",".join(opts))
 
 
 # -- memory: NUMA cells, DIMMs, virtio-mem ------------------------------------------------------

@@ -248,11 +248,6 @@ def _system(d: DomainDef, caps: QemuCapabilities) -> None:
                 )
     mode = d.os.smbios_mode
     smbios = [i for i in d.sysinfos if i.type == "smbios"]
-    if mode == "host":
-        raise ConfigUnsupportedError(
-            "unsupported configuration: <smbios mode='host'> copies the host's SMBIOS tables, "
-            "which asvirt does not read; use mode='sysinfo' with a <sysinfo>"
-        )
     if mode == "sysinfo" and not smbios:
         raise XMLError("<smbios mode='sysinfo'> needs a <sysinfo type='smbios'>")
     for info in smbios:
