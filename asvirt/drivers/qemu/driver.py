@@ -76,6 +76,7 @@ from .capabilities import (
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
 from .hotplug import prepare_with_device
+from .membacking import backing_dir
 from .monitor import MonitorCounters, MonitorHost, monitor_host
 from .nodeinfo import host_node_info
 from .paths import EmbedPaths
@@ -138,6 +139,11 @@ class QemuBackend:
             monitor_path=str(self.paths.monitor(defn.uuid)),
             sandbox=self._node.config.qemu.seccomp_sandbox,
             nvram_dir=str(self.paths.nvram_dir),
+            memory_backing_dir=str(
+                backing_dir(
+                    self._node.config.qemu.memory_backing_dir, self.paths.memory_backing_dir
+                )
+            ),
         )
         return shlex.join(argv)
 

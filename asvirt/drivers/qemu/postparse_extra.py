@@ -17,7 +17,7 @@ from ...conf.devices import Chardev, Graphics
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from .capabilities import QemuCapabilities
-from .postparse_more import shared_memory
+from .membacking import shared_memory
 
 #: The network of QEMU's user-mode stack (slirp's default), its host and its DNS server.
 SLIRP_NET = ipaddress.IPv4Network("10.0.2.0/24")

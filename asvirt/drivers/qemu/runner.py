@@ -64,7 +64,7 @@ from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import GroupBits, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
-from . import process, tuning
+from . import membacking, process, tuning
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -500,9 +500,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
             socket_dir = security.socket_dir  # QEMU's user cannot enter the root
-        mb = self._live_def.memory_backing
-        if mb is not None and mb.hugepages:
-            tuning.check_hugepages(self._live_def)
+        membacking.check_hugepages(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(socket_dir))
@@ -510,6 +508,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
+        self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
         tap_fds: dict[str, int] = {}
@@ -547,6 +546,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 log_fd = fsutil.open_private_append(paths.log(name))
             except OSError as err:
                 raise SystemCallError.from_oserror(err, f"start domain '{name}'") from None
+            files = self._memory_dirs().files
+            memory_dir = str(files) if files is not None else None
             argv = build_command(
                 self._live_def,
                 caps,
@@ -554,6 +555,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
+                memory_dir=memory_dir,
             )
             passed: tuple[int, ...] = ()
             if isinstance(self._origin, FromImage):
@@ -640,6 +642,39 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._start_time is None:
             raise OperationFailedError(f"QEMU exited during start-up: {self._exit_reason()}")
         self.log.info("QEMU started", operation="start", argv0=argv[0])
+
+    def _memory_dirs(self) -> membacking.MemoryDirs:
+        base = membacking.backing_dir(
+            self._env.config.memory_backing_dir, self._env.paths.memory_backing_dir
+        )
+        return membacking.MemoryDirs.of(self._live_def, base)
+
+    def _make_memory_dirs(self) -> None:
+        """The directories of file-backed and hugepage RAM, QEMU's user's to write in."""
+        dirs = self._memory_dirs()
+        if not dirs:
+            return
+        owner: tuple[int, int] | None = None
+        over = tuning.dac_override(self._live_def)
+        security = self._security()
+        if isinstance(over, tuple):
+            owner = over
+        elif security is not None and security.identity is not None:
+            owner = (security.identity.uid, security.identity.gid)
+        try:
+            dirs.create(owner)
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"prepare the memory of domain '{self._name}'"
+            ) from None
+
+    def _remove_memory_dirs(self) -> None:
+        try:
+            self._memory_dirs().remove()
+        except OSError as err:
+            # QEMU is gone; what is left is only disk space. Said, not raised: the stop
+            # itself happened.
+            self.log.warning("cannot remove the domain's memory files", error=str(err))
 
     def _security(self) -> DacSecurity | None:
         """The node's confinement, unless a <seclabel model='dac'> of the domain names its
@@ -1036,6 +1071,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._env.security is not None:
             # Give QEMU's user's files back before the record that names them goes.
             self._env.security.release(self._uuid)
+        self._remove_memory_dirs()
         if tuning.wanted_controllers(self._live_def):
             tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
         if self._live_def.cputune is not None and self._live_def.cputune.resctrl:
