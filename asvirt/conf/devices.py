@@ -150,6 +150,11 @@ class Disk(DeviceBase):
     #: ``<target removable=...>`` of a USB disk: 'on' | 'off'.
     removable: str | None = None
     snapshot: str | None = None
+    #: device='lun' only: ``rawio='yes'`` lets QEMU send raw SCSI commands (it keeps
+    #: CAP_SYS_RAWIO); ``sgio='unfiltered'`` lets unprivileged SG_IO through the kernel's
+    #: filter (the kernel's ``unpriv_sgio``, set at start).
+    rawio: bool | None = None
+    sgio: str | None = None  # filtered | unfiltered
     boot_order: int | None = None
     #: N in the ``libvirt-N-storage`` node names (assigned with the aliases).
     node_index: int | None = None
@@ -177,7 +182,14 @@ class Disk(DeviceBase):
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
-            "disk", {"type": self.type, "device": self.device, "snapshot": self.snapshot}
+            "disk",
+            {
+                "type": self.type,
+                "device": self.device,
+                "rawio": self.rawio,
+                "sgio": self.sgio,
+                "snapshot": self.snapshot,
+            },
         )
         el.add_if(
             "driver",
@@ -259,6 +271,8 @@ def parse_disk(node: Node) -> Disk:
         type=node.choice("type", ("file", "block", "volume"), "file") or "file",
         device=node.choice("device", DISK_DEVICES, "disk") or "disk",
         snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
+        rawio=node.yesno("rawio"),
+        sgio=node.choice("sgio", ("filtered", "unfiltered")),
     )
     drv = node.child("driver")
     if drv is not None:
@@ -350,6 +364,9 @@ def _check_disk_bus(disk: Disk) -> None:
             f"unsupported configuration: {where}: QEMU passes a host SCSI device (device='lun') "
             "through to a SCSI controller only (its virtio-blk lost SCSI passthrough in 5.0)"
         )
+    for attr in ("rawio", "sgio"):
+        if getattr(disk, attr) is not None and disk.device != "lun":
+            raise XMLError(f"{where}: {attr} can be used only with device='lun'")  # libvirt's
     if disk.device == "lun" and disk.type != "block":
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: device='lun' passes a host SCSI device "

@@ -144,6 +144,29 @@ def test_scsi_lun_is_scsi_block_and_needs_a_host_scsi_device(caps: Caps, tmp_pat
             argv_of(caps, dom(bad))
 
 
+def test_scsi_lun_sgio_and_rawio(caps: Caps, tmp_path: Path) -> None:
+    lun = (
+        "<controller type='scsi' model='virtio-scsi'/>"
+        "<disk type='block' device='lun' rawio='yes' sgio='{sgio}'>"
+        "<source dev='/dev/sg-asvirt-none'/><target dev='sda' bus='scsi'/></disk>"
+    )
+    for sgio in ("filtered", "unfiltered"):
+        xml = dom(lun.format(sgio=sgio))
+        out = dumpxml_roundtrip(caps, xml)
+        assert f"<disk type='block' device='lun' rawio='yes' sgio='{sgio}'>" in out
+        # Neither is QEMU's to know: the kernel filters SG_IO, QEMU's capabilities allow
+        # raw I/O (see test_qemu_confinement); the device is scsi-block all the same.
+        assert device(argv_of(caps, xml, tmp_path), "scsi0-0-0-0")["driver"] == "scsi-block"
+    for bad in (
+        "<disk type='file' device='disk' rawio='no'><source file='/x'/><target dev='sda' "
+        "bus='scsi'/></disk>",
+        "<disk type='block' device='disk' sgio='filtered'><source dev='/x'/><target dev='sda' "
+        "bus='scsi'/></disk>",
+    ):
+        with pytest.raises(XMLError, match="can be used only with device='lun'"):
+            argv_of(caps, dom(bad))
+
+
 def test_no_nvme_disk_bus(caps: Caps) -> None:
     # libvirt 9's schema has no NVMe disk bus (nor an NVMe controller): refused as libvirt does.
     with pytest.raises(ConfigUnsupportedError, match="bus='nvme'"):

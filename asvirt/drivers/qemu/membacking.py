@@ -216,7 +216,7 @@ class MemoryDirs:
         """Make the directories (0700, given to QEMU's ``owner`` uid/gid when it runs as
         another user). Raises OSError for a symlink or a foreign directory in the way."""
         if self.files is not None:
-            fsutil.make_parents(self.files.parent)
+            fsutil.make_parents(self.files.parent, mode=0o711 if owner else 0o700)
             # QEMU's user passes through it to its own directory; an existing one is the
             # administrator's, left as it is.
             _make_dirs(self.files.parent, None, mode=0o711, narrow=False)

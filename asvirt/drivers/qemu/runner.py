@@ -81,7 +81,7 @@ from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
-from .security import DacSecurity
+from .security import DacSecurity, describe_file, qemu_caps, unreachable
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
 from .vcpus import ResourceOps, vcpu_unplug_event
@@ -564,10 +564,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 passed = (self._origin.fd,)
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
-                argv = security.command(argv)
+                argv = security.command(argv, qemu_caps(self._live_def))
             label = tuning.label_identity(self._live_def)
             if label is not None:
-                argv = label.command(argv)  # <seclabel model='dac'> with a static label
+                # <seclabel model='dac'> with a static label
+                argv = label.command(argv, qemu_caps(self._live_def))
             # Refuses what this host cannot control, before QEMU exists.
             self._resctrl = tuning.prepare_resctrl(self._live_def, self._uuid)
             self._cgroup = tuning.prepare_cgroup(self._live_def, self._env.config.cgroup_parent)
@@ -667,6 +668,16 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             raise SystemCallError.from_oserror(
                 err, f"prepare the memory of domain '{self._name}'"
             ) from None
+        who = security.identity if security is not None else None
+        for path in (dirs.files, *dirs.hugepages):
+            blocked = unreachable(str(path), who) if path is not None and who else None
+            if blocked is not None:
+                raise OperationFailedError(
+                    f"QEMU of domain '{self._name}' runs as {who} and cannot enter "
+                    f"'{blocked}' ({describe_file(blocked)}) on the way to its memory "
+                    f"directory {path}: give that user search access, or set [qemu] "
+                    "memory_backing_dir to a directory it can enter"
+                )
 
     def _remove_memory_dirs(self) -> None:
         try:
