@@ -576,6 +576,12 @@ class Interface(DeviceBase):
     #: vhostuser: ``<source type='unix' path= mode='server'|'client'>``.
     vhost_path: str | None = None
     vhost_mode: str | None = None
+    #: vhostuser, mode='client': ``<reconnect enabled= timeout=>`` (seconds between tries;
+    #: None: libvirt's default, no reconnecting).
+    vhost_reconnect: bool | None = None
+    vhost_reconnect_timeout: int | None = None
+    #: ``<driver queues=N>``: virtio queue pairs of a vhost-user NIC (multiqueue).
+    queues: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -585,7 +591,14 @@ class Interface(DeviceBase):
             src = el.add("source", {"address": self.source_address, "port": self.source_port})
             src.add_if("local", {"address": self.local_address, "port": self.local_port})
         elif self.type == "vhostuser":
-            el.add("source", {"type": "unix", "path": self.vhost_path, "mode": self.vhost_mode})
+            src = el.add(
+                "source", {"type": "unix", "path": self.vhost_path, "mode": self.vhost_mode}
+            )
+            if self.vhost_reconnect is not None:
+                src.add(
+                    "reconnect",
+                    {"enabled": self.vhost_reconnect, "timeout": self.vhost_reconnect_timeout},
+                )
         elif self.type == "network":
             bridge = self.source_bridge if live else None
             el.add("source", {"network": self.source_network, "bridge": bridge})
@@ -595,6 +608,8 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev})
         if self.model is not None:
             el.add("model", {"type": self.model})
+        if self.queues is not None:
+            el.add("driver", {"queues": self.queues})
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
@@ -630,6 +645,20 @@ def parse_interface(node: Node) -> Interface:
         if not nic.vhost_path.startswith("/"):
             raise XMLError(f"vhost-user socket '{nic.vhost_path}' must be an absolute path")
         nic.vhost_mode = source.choice("mode", ("server", "client"), "client")
+        rec = source.child("reconnect")
+        if rec is not None:
+            if nic.vhost_mode != "client":
+                # libvirt's words: QEMU listening has nothing to reconnect to.
+                raise XMLError("'reconnect' attribute unsupported 'server' mode for <interface>")
+            nic.vhost_reconnect = rec.yesno("enabled")
+            if nic.vhost_reconnect is None:
+                raise XMLError(f"missing attribute 'enabled' of {rec.where}")
+            nic.vhost_reconnect_timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
+            if nic.vhost_reconnect and nic.vhost_reconnect_timeout is None:
+                raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
+            if not nic.vhost_reconnect and nic.vhost_reconnect_timeout is not None:
+                raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
+            rec.finish()
         source.finish()
     elif kind != "user":
         source = node.child("source")
@@ -654,6 +683,16 @@ def parse_interface(node: Node) -> Interface:
         if nic.model is None:
             raise XMLError(f"missing attribute 'type' of {model.where}")
         model.finish()
+    drv = node.child("driver")
+    if drv is not None:
+        nic.queues = drv.integer("queues", minimum=1, maximum=1024)
+        drv.finish()
+        if nic.queues is not None and kind != "vhostuser":
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: <driver queues=...> of <interface type='{kind}'>: "
+                "asvirt gives a tap one queue and QEMU's user and socket networks have no "
+                "queues; multiqueue is for vhostuser interfaces"
+            )
     link = node.child("link")
     if link is not None:
         nic.link_state = link.choice("state", ("up", "down"))

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -243,6 +246,72 @@ def test_vhostuser_interface(caps: Caps) -> None:
         argv_of(caps, xml.replace(shared, ""))
     with pytest.raises(ConfigUnsupportedError, match="virtio queues"):
         argv_of(caps, xml.replace("</interface>", "<model type='e1000'/></interface>"))
+
+
+@pytest.fixture
+def vhost_backend(tmp_path: Path) -> Iterator[Path]:
+    """A real vhost-user network backend listening on a socket: DPDK's testpmd with a
+    vhost PMD of two queue pairs (interactive, so that nothing polls while the test runs)."""
+    testpmd = shutil.which("dpdk-testpmd")
+    if testpmd is None:
+        pytest.skip("dpdk-testpmd (Debian's dpdk) is not installed: no vhost-user backend")
+    sock = tmp_path / "vhost.sock"
+    prefix = f"asvirt-{tmp_path.name}"
+    proc = subprocess.Popen(
+        [
+            testpmd, "--no-huge", "-m", "512", "--no-pci", f"--file-prefix={prefix}",
+            "-l", "0-1", "--vdev", f"net_vhost0,iface={sock},queues=2",
+            "--", "-i", "--rxq=2", "--txq=2", "--total-num-mbufs=2048",
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # its own word that the socket listens
+            if "binding succeeded" in line:
+                break
+        else:
+            pytest.fail(f"testpmd exited ({proc.wait()}) without listening on {sock}")
+        yield sock
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+
+
+def test_vhostuser_queues_and_reconnect_with_a_real_backend(
+    caps: Caps, tmp_path: Path, vhost_backend: Path
+) -> None:
+    shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+    xml = dom(
+        f"<interface type='vhostuser'><source type='unix' path='{vhost_backend}' mode='client'>"
+        "<reconnect enabled='yes' timeout='3'/></source><model type='virtio'/>"
+        "<driver queues='2'/></interface>",
+        body=shared,
+    )
+    out = dumpxml_roundtrip(caps, xml)
+    assert "<reconnect enabled='yes' timeout='3'/>" in out and "<driver queues='2'/>" in out
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"socket,id=charnet0,path={vhost_backend},reconnect=3" in opts(argv, "-chardev")
+    assert opts(argv, "-netdev") == ["vhost-user,chardev=charnet0,queues=2,id=hostnet0"]
+    net = device(argv, "net0")
+    assert (net["driver"], net["mq"], net["vectors"]) == ("virtio-net-pci", True, 6)
+    # QEMU, as the client, only comes up once the vhost-user handshake with the backend is
+    # done; then its NIC has the queues asked for.
+    got = launch_paused(
+        argv,
+        tmp_path,
+        extra={"qom-get": {"path": "/machine/peripheral/net0", "property": "vectors"}},
+    )
+    assert got.extra["qom-get"] == 6
+    for bad, why in (
+        ("mode='server'><reconnect enabled='yes' timeout='3'/>", "unsupported 'server' mode"),
+        ("mode='client'><reconnect enabled='yes'/>", "needs a timeout"),
+    ):
+        with pytest.raises(XMLError, match=why):
+            argv_of(caps, xml.replace("mode='client'><reconnect enabled='yes' timeout='3'/>", bad))
+    with pytest.raises(ConfigUnsupportedError, match="multiqueue is for vhostuser"):
+        argv_of(caps, dom("<interface type='user'><driver queues='2'/></interface>"))
 
 
 # -- memory devices ------------------------------------------------------------------------------

@@ -842,7 +842,7 @@ class _Builder:
             if nic.type == "user":
                 self.add("-netdev", f"user,id={netdev}")
             elif nic.type in SOCKET_NIC_TYPES or nic.type == "vhostuser":
-                self.add(*extra.netdev_args(nic, netdev))
+                self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fd is not None:
                 self.add("-netdev", f"tap,fd={fd},id={netdev}")
             else:
@@ -857,6 +857,10 @@ class _Builder:
             "id": nic.alias,
             "mac": nic.mac,
         }
+        if nic.queues is not None and nic.queues > 1:
+            # As libvirt: multiqueue, with an MSI-X vector per queue and two more.
+            props["mq"] = True
+            props["vectors"] = 2 * nic.queues + 2
         props = self._pci(props, nic.address, f"interface '{nic.alias}'")
         props["bootindex"] = self.bootindex.get(id(nic))
         return props
@@ -916,11 +920,7 @@ class _Builder:
             # A client socket whose listener is not up yet would make QEMU refuse to
             # start. asvirt lets it retry instead (every second unless <reconnect> says
             # otherwise); <reconnect enabled='no'/> restores fail-at-start.
-            seconds = chr_.reconnect_timeout or 1
-            if self.caps.at_least(9, 2):
-                opts.append(f"reconnect-ms={seconds * 1000}")
-            else:
-                opts.append(f"reconnect={seconds}")
+            opts.append(extra.reconnect_option(self.caps, chr_.reconnect_timeout or 1))
         return opts
 
     def _serials(self) -> None:
