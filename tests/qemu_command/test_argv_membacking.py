@@ -22,9 +22,9 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import membacking
 from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.drivers.qemu.postparse import prepare_domain
-from asvirt.errors import OperationFailedError, XMLError
+from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from tests.caps import Caps
-from tests.helpers import argv_of, dom, dumpxml_roundtrip, opts
+from tests.helpers import DOM_UUID, argv_of, dom, dumpxml_roundtrip, opts
 
 pytestmark = pytest.mark.qemu
 
@@ -193,3 +193,43 @@ def test_allocation_threads_preallocate_in_qemu(caps: Caps, tmp_path: Path) -> N
         argv, tmp_path, extra={"qom-get": {"path": "/objects/pc.ram", "property": "prealloc"}}
     )
     assert got.extra["qom-get"] is True
+
+
+def test_hugepages_from_memfd_and_instead_of_a_file(caps: Caps, tmp_path: Path) -> None:
+    body = (
+        "<memoryBacking><hugepages><page size='1' unit='G' nodeset='1'/></hugepages>"
+        "<source type='{}'/><access mode='shared'/></memoryBacking>" + NUMA2
+    )
+    memfd = dom(body=body.format("memfd"))
+    assert "<source type='memfd'/>" in dumpxml_roundtrip(caps, memfd)
+    objs = _backends(argv_of(caps, memfd))
+    # libvirt's memfd-memory-numa: a hugetlb memfd of the node's size, no mount involved.
+    assert objs["ram-node1"] == {
+        "qom-type": "memory-backend-memfd",
+        "id": "ram-node1",
+        "hugetlb": True,
+        "hugetlbsize": 1 << 30,
+        "share": True,
+        "prealloc": True,
+        "size": 64 << 20,
+    }
+    assert objs["ram-node0"]["qom-type"] == "memory-backend-memfd"
+    assert "hugetlb" not in objs["ram-node0"]
+    # It needs no mount, but the pages: a host without free 1 GiB pages refuses the start.
+    free = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages")
+    if not free.exists() or int(free.read_text()) < 1:
+        with pytest.raises(OperationFailedError, match="huge pages"):
+            membacking.check_hugepages(prepare_domain(parse_domain_xml(memfd), caps))
+    # A file source gives way to huge pages where a node has them (the more specific).
+    base = tmp_path / "ram"
+    argv = domxml_to_native(
+        dom(body=body.format("file")),
+        caps,
+        monitor_path=str(tmp_path / "m.sock"),
+        memory_backing_dir=str(base),
+    )
+    objs = _backends(argv)
+    assert objs["ram-node0"]["mem-path"] == f"{base}/vm1/ram-node0"
+    assert objs["ram-node1"]["mem-path"].endswith("/asvirt/" + DOM_UUID.lower())
+    with pytest.raises(ConfigUnsupportedError, match="not allowed with anonymous memory"):
+        argv_of(caps, dom(body=body.format("anonymous")))

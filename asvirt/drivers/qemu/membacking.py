@@ -8,6 +8,8 @@ As libvirt's QEMU driver has it:
   memory_backing_dir`` (qemu.conf's ``memory_backing_dir``; default ``ROOT/lib/qemu/ram``).
   ``DIR/NAME`` is made when the domain starts and removed, with the files QEMU left in it,
   when it stops.
+* ``<hugepages>`` with ``<source type='memfd'>``: a hugetlb ``memory-backend-memfd`` of the
+  page size (no mount needed); else:
 * ``<hugepages>``: a ``memory-backend-file`` on a hugetlbfs mount of the page size, in a
   directory ``MOUNT/asvirt/UUID`` made at start (QEMU creates its file there and unlinks it
   at once, so the pages go back to the host when QEMU exits) and removed at stop. A
@@ -99,7 +101,13 @@ def backend_props(
     mb = d.memory_backing
     page_kib = mb.page_kib_for(node) if mb is not None else None
     props: dict[str, Any] = {"qom-type": "memory-backend-ram", "id": obj_id}
-    if page_kib is not None:
+    if page_kib is not None and mb is not None and mb.source == "memfd":
+        # A hugetlb memfd: no mount, no directory; the pages come from the size's pool.
+        props["qom-type"] = "memory-backend-memfd"
+        props["hugetlb"] = True
+        props["hugetlbsize"] = (page_kib or default_hugepage_kib()) * 1024
+    elif page_kib is not None:
+        # (A file source gives way to huge pages, the more specific of the two, as libvirt.)
         props["qom-type"] = "memory-backend-file"
         props["mem-path"] = hugepage_dir(_page_mount(page_kib), d.uuid)
     elif mb is not None and mb.source == "file":
@@ -155,9 +163,10 @@ def check_hugepages(d: DomainDef) -> dict[int, str]:
     """The hugetlbfs mount of each page size guest RAM needs; refuses a start the host
     could not give them (no such mount, or too few free pages)."""
     mounts: dict[int, str] = {}
+    memfd = d.memory_backing is not None and d.memory_backing.source == "memfd"
     for size, kib in sorted(hugepage_needs(d).items()):
         mount = hugetlbfs_mount(size)
-        if mount is None:
+        if mount is None and not memfd:  # a hugetlb memfd needs the pages, not a mount
             # libvirt's words for it.
             raise OperationFailedError(
                 f"hugetlbfs filesystem is not mounted or disabled by administrator config "
@@ -175,13 +184,20 @@ def check_hugepages(d: DomainDef) -> dict[int, str]:
                 f"{needed}, {free} are free (raise /proc/sys/vm/nr_hugepages or "
                 f"/sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages)"
             )
-        mounts[size] = mount
+        if mount is not None:
+            mounts[size] = mount
     return mounts
 
 
 def backing_dir(configured: str, default: Path) -> Path:
     """``[qemu] memory_backing_dir``, or (empty) the node's own ``default``."""
     return Path(configured) if configured else default
+
+
+def _file_backed(d: DomainDef) -> bool:
+    """Whether some piece of ``<source type='file'>`` RAM is not on huge pages instead."""
+    mb = d.memory_backing
+    return mb is not None and any(mb.page_kib_for(node) is None for node, _ in _ram_pieces(d))
 
 
 def domain_memory_dir(memory_backing_dir: Path, d: DomainDef) -> Path:
@@ -203,9 +219,10 @@ class MemoryDirs:
         """The directories of ``d`` (the hugetlbfs mounts of its page sizes that exist)."""
         mb = d.memory_backing
         files = None
-        if mb is not None and mb.source == "file" and not mb.hugepages:
+        if mb is not None and mb.source == "file" and _file_backed(d):
             files = domain_memory_dir(memory_backing_dir, d)
-        mounts = {m for size in hugepage_needs(d) if (m := hugetlbfs_mount(size)) is not None}
+        sizes = hugepage_needs(d) if mb is not None and mb.source != "memfd" else {}
+        mounts = {m for size in sizes if (m := hugetlbfs_mount(size)) is not None}
         huge = tuple(Path(hugepage_dir(m, d.uuid)) for m in sorted(mounts))
         return cls(files, huge)
 

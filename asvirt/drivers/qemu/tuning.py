@@ -78,10 +78,11 @@ def check_tuning(d: DomainDef) -> None:
             "unsupported configuration: <memoryBacking><locked/> and a virtio-mem device "
             "cannot go together: QEMU's virtio-mem is incompatible with mlock"
         )
-    if mb is not None and mb.hugepages and mb.source in ("memfd", "file"):
+    if mb is not None and mb.hugepages and mb.source == "anonymous":
+        # libvirt's rule: anonymous memory is the kernel's own pages, never hugetlbfs ones
+        # (memfd takes them as hugetlb memfds, a file source gives way to huge pages).
         raise ConfigUnsupportedError(
-            f"unsupported configuration: hugepages are not allowed with memory source type "
-            f"'{mb.source}'"
+            "unsupported configuration: hugepages are not allowed with anonymous memory source"
         )
 
 
