@@ -543,8 +543,21 @@ NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxn
 #: ``user``: QEMU's user-mode (slirp) network; ``network``: a tap on a virtual network's
 #: bridge; ``bridge``: a tap on an existing host bridge.
 #: ``mcast``/``udp``/``server``/``client``: QEMU's socket netdev, a link to other guests'
-#: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket.
-NIC_TYPES = ("user", "network", "bridge", "mcast", "udp", "server", "client", "vhostuser")
+#: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket;
+#: ``ethernet``: a tap of its own, on no bridge (or, ``managed='no'``, one that exists).
+NIC_TYPES = (
+    "user",
+    "network",
+    "bridge",
+    "ethernet",
+    "mcast",
+    "udp",
+    "server",
+    "client",
+    "vhostuser",
+)
+#: The NIC types QEMU gets a tap for.
+TAP_NIC_TYPES = ("network", "bridge", "ethernet")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: A Linux interface name (at most 15 bytes; no '/', ':', '%' or blanks).
@@ -568,6 +581,9 @@ class Interface(DeviceBase):
     source_bridge: str | None = None
     #: ``<target dev=...>``: the tap's name (a user's choice, or the one given at start).
     target_dev: str | None = None
+    #: ethernet: ``<target managed='no'>``: the tap exists already (made by someone else);
+    #: asvirt only opens it.
+    target_managed: bool | None = None
     #: socket types: ``<source address= port=>`` and udp's ``<local address= port=>``.
     source_address: str | None = None
     source_port: int | None = None
@@ -604,8 +620,8 @@ class Interface(DeviceBase):
             el.add("source", {"network": self.source_network, "bridge": bridge})
         elif self.type == "bridge":
             el.add("source", {"bridge": self.source_bridge})
-        if self.target_dev is not None and self.type in ("network", "bridge"):
-            el.add("target", {"dev": self.target_dev})
+        if self.target_dev is not None and self.type in TAP_NIC_TYPES:
+            el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
         if self.queues is not None:
@@ -660,6 +676,8 @@ def parse_interface(node: Node) -> Interface:
                 raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
             rec.finish()
         source.finish()
+    elif kind == "ethernet":
+        _parse_tap_target(node, nic)
     elif kind != "user":
         source = node.child("source")
         if source is None:
@@ -672,11 +690,8 @@ def parse_interface(node: Node) -> Interface:
             nic.source_bridge = _ifname(source.required("bridge"), "source bridge")
         source.ignore("portid")  # libvirt's live XML names the network port; asvirt has none
         source.finish()
-        target = node.child("target")
-        if target is not None:
-            nic.target_dev = _ifname(target.required("dev"), "target dev")
-            target.ignore("managed")
-            target.finish()
+        _parse_tap_target(node, nic)
+        nic.target_managed = None  # a bridge's tap is always asvirt's
     model = node.child("model")
     if model is not None:
         nic.model = model.choice("type", NIC_MODELS)
@@ -702,6 +717,14 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _parse_tap_target(node: Node, nic: Interface) -> None:
+    target = node.child("target")
+    if target is not None:
+        nic.target_dev = _ifname(target.required("dev"), "target dev")
+        nic.target_managed = target.yesno("managed")
+        target.finish()
 
 
 def _parse_socket_nic(node: Node, nic: Interface) -> None:

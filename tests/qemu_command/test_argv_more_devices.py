@@ -248,6 +248,20 @@ def test_vhostuser_interface(caps: Caps) -> None:
         argv_of(caps, xml.replace("</interface>", "<model type='e1000'/></interface>"))
 
 
+def test_ethernet_interface(caps: Caps) -> None:
+    xml = dom(
+        "<interface type='ethernet'><mac address='52:54:00:12:34:56'/>"
+        "<target dev='mytap0' managed='no'/><model type='virtio'/></interface>"
+    )
+    assert "<target dev='mytap0' managed='no'/>" in dumpxml_roundtrip(caps, xml)
+    # Shown without the descriptor a start passes (tests/test_network_host.py starts one).
+    argv = argv_of(caps, xml)
+    assert opts(argv, "-netdev") == ["tap,id=hostnet0,ifname=mytap0,script=no,downscript=no"]
+    assert device(argv, "net0")["netdev"] == "hostnet0"
+    with pytest.raises(XMLError, match="missing attribute 'dev'"):
+        argv_of(caps, dom("<interface type='ethernet'><target managed='no'/></interface>"))
+
+
 @pytest.fixture
 def vhost_backend(tmp_path: Path) -> Iterator[Path]:
     """A real vhost-user network backend listening on a socket: DPDK's testpmd with a

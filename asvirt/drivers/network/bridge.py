@@ -163,18 +163,21 @@ def link_mtu(name: str) -> int | None:
         return mtu
 
 
-def plug(tap: str, bridge: str, *, mac: str, mtu: int | None, up: bool = True) -> None:
-    """Make the tap ``tap`` a port of ``bridge``, with ``mac`` and the bridge's MTU."""
+def plug(tap: str, bridge: str | None, *, mac: str, mtu: int | None, up: bool = True) -> None:
+    """Make the tap ``tap`` a port of ``bridge``, with ``mac`` and the bridge's MTU; with no
+    bridge (an ``ethernet`` interface), only give it ``mac`` (and ``mtu``, if one)."""
     with netlink() as ipr:
         tap_index = link_index(ipr, tap)
-        bridge_index = link_index(ipr, bridge)
         if tap_index is None:
             raise OSError(errno.ENODEV, f"no tap named '{tap}'")
-        if bridge_index is None:
-            raise OSError(errno.ENODEV, f"no bridge named '{bridge}'")
-        attrs: dict[str, Any] = {"address": mac, "master": bridge_index}
-        if mtu is None:
-            mtu = ipr.get_links(bridge_index)[0].get_attr("IFLA_MTU")
+        attrs: dict[str, Any] = {"address": mac}
+        if bridge is not None:
+            bridge_index = link_index(ipr, bridge)
+            if bridge_index is None:
+                raise OSError(errno.ENODEV, f"no bridge named '{bridge}'")
+            attrs["master"] = bridge_index
+            if mtu is None:
+                mtu = ipr.get_links(bridge_index)[0].get_attr("IFLA_MTU")
         if mtu is not None:
             attrs["mtu"] = mtu
         ipr.link("set", index=tap_index, **attrs)

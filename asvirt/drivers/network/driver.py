@@ -628,15 +628,18 @@ class HostNetworkBackend:
 
 
 async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -> dict[str, int]:
-    """Taps for the ``network`` and ``bridge`` interfaces of a domain about to start.
+    """Taps for the ``network``, ``bridge`` and ``ethernet`` interfaces of a domain about to
+    start.
 
     Each tap is created (named as ``<target dev>`` says, else ``vnetN``), given the guest's
     MAC with a first byte of 0xfe and the bridge's MTU, plugged into the network's (or the
     host's) bridge and brought up; its name, and the bridge, are recorded in ``defn`` (the
-    live definition). Returns alias -> descriptor; on failure, every tap made is closed (and
-    so gone) before the error propagates.
+    live definition). An ``ethernet`` interface's tap is on no bridge; with ``<target
+    managed='no'>`` it is one that exists, only opened (as libvirt: its owner configures it).
+    Returns alias -> descriptor; on failure, every tap made is closed (and so gone) before
+    the error propagates.
     """
-    plans: list[tuple[Interface, str, int | None]] = []
+    plans: list[tuple[Interface, str | None, int | None]] = []
     for nic in defn.interfaces:
         if nic.type == "network":
             if networks is None:
@@ -647,18 +650,26 @@ async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -
         elif nic.type == "bridge":
             assert nic.source_bridge is not None
             plans.append((nic, nic.source_bridge, None))
+        elif nic.type == "ethernet":
+            plans.append((nic, None, None))
     if not plans:
         return {}
     return await trio.to_thread.run_sync(_make_taps, plans)
 
 
-def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]:
+def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for nic, br, mtu in plans:
-            if not bridge.is_bridge(br):
+            if br is not None and not bridge.is_bridge(br):
                 raise OperationInvalidError(
                     f"cannot plug interface {nic.mac} into '{br}': no such bridge on the host"
+                )
+            existing = nic.type == "ethernet" and nic.target_managed is False
+            if existing and not bridge.link_exists(nic.target_dev or ""):
+                raise OperationInvalidError(
+                    f"interface {nic.mac} uses the existing tap '{nic.target_dev}' "
+                    "(managed='no'), and the host has no such device"
                 )
             try:
                 fd, name = tap.open_tap(nic.target_dev or tap.DEFAULT_TEMPLATE)
@@ -667,13 +678,16 @@ def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]
                     err, "create a tap for interface", nic.mac
                 ) from None
             fds[nic.alias or name] = fd
+            nic.target_dev = name
+            if existing:
+                continue  # its owner's to configure
             try:
                 bridge.plug(name, br, mac=tap.tap_mac(nic.mac or "52:54:00:00:00:00"), mtu=mtu)
             except Exception as err:
                 code = getattr(err, "code", None) or getattr(err, "errno", None)
                 what = os.strerror(code) if isinstance(code, int) else str(err)
-                raise SystemCallError(f"cannot plug tap '{name}' into '{br}': {what}") from None
-            nic.target_dev = name
+                where = f"into '{br}'" if br is not None else "up"
+                raise SystemCallError(f"cannot plug tap '{name}' {where}: {what}") from None
             if nic.type == "network":
                 nic.source_bridge = br
     except BaseException:
