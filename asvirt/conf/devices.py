@@ -544,20 +544,24 @@ NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxn
 #: bridge; ``bridge``: a tap on an existing host bridge.
 #: ``mcast``/``udp``/``server``/``client``: QEMU's socket netdev, a link to other guests'
 #: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket;
-#: ``ethernet``: a tap of its own, on no bridge (or, ``managed='no'``, one that exists).
+#: ``ethernet``: a tap of its own, on no bridge (or, ``managed='no'``, one that exists);
+#: ``direct``: a macvtap on a host interface.
 NIC_TYPES = (
     "user",
     "network",
     "bridge",
     "ethernet",
+    "direct",
     "mcast",
     "udp",
     "server",
     "client",
     "vhostuser",
 )
-#: The NIC types QEMU gets a tap for.
-TAP_NIC_TYPES = ("network", "bridge", "ethernet")
+#: The NIC types QEMU gets a tap (or macvtap) for.
+TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
+#: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
+DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: A Linux interface name (at most 15 bytes; no '/', ':', '%' or blanks).
@@ -581,6 +585,9 @@ class Interface(DeviceBase):
     source_bridge: str | None = None
     #: ``<target dev=...>``: the tap's name (a user's choice, or the one given at start).
     target_dev: str | None = None
+    #: direct: ``<source dev= mode=>``: the host interface the macvtap sits on, and how.
+    source_dev: str | None = None
+    direct_mode: str | None = None
     #: ethernet: ``<target managed='no'>``: the tap exists already (made by someone else);
     #: asvirt only opens it.
     target_managed: bool | None = None
@@ -620,6 +627,8 @@ class Interface(DeviceBase):
             el.add("source", {"network": self.source_network, "bridge": bridge})
         elif self.type == "bridge":
             el.add("source", {"bridge": self.source_bridge})
+        elif self.type == "direct":
+            el.add("source", {"dev": self.source_dev, "mode": self.direct_mode})
         if self.target_dev is not None and self.type in TAP_NIC_TYPES:
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
@@ -678,6 +687,15 @@ def parse_interface(node: Node) -> Interface:
         source.finish()
     elif kind == "ethernet":
         _parse_tap_target(node, nic)
+    elif kind == "direct":
+        source = node.child("source")
+        if source is None:
+            raise XMLError("<interface type='direct'> needs a <source dev=...>")
+        nic.source_dev = _ifname(source.required("dev"), "source dev")
+        nic.direct_mode = source.choice("mode", DIRECT_MODES, "vepa")
+        source.finish()
+        _parse_tap_target(node, nic)
+        nic.target_managed = None
     elif kind != "user":
         source = node.child("source")
         if source is None:

@@ -260,6 +260,11 @@ def test_ethernet_interface(caps: Caps) -> None:
     assert device(argv, "net0")["netdev"] == "hostnet0"
     with pytest.raises(XMLError, match="missing attribute 'dev'"):
         argv_of(caps, dom("<interface type='ethernet'><target managed='no'/></interface>"))
+    # type='direct': a macvtap, made at start (tests/test_network_host.py); vepa by default.
+    direct = dom("<interface type='direct'><source dev='eth0'/><model type='virtio'/></interface>")
+    assert "<source dev='eth0' mode='vepa'/>" in dumpxml_roundtrip(caps, direct)
+    with pytest.raises(XMLError, match="mode"):
+        argv_of(caps, direct.replace("dev='eth0'", "dev='eth0' mode='bogus'"))
 
 
 @pytest.fixture

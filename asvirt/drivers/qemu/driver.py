@@ -62,7 +62,7 @@ from ..base import (
     SecurityModel,
 )
 from ..local import LocalDriver
-from ..network.driver import host_network_driver, plug_interfaces
+from ..network.driver import host_network_driver, plug_interfaces, unplug_interfaces
 from ..storage.driver import DirStorageDriver
 from . import helpers, process
 from .capabilities import (
@@ -612,6 +612,7 @@ class QemuNode(Node):
             capabilities_for=self.capabilities_for,
             security=self.security,
             plug_interfaces=self._plug_interfaces,
+            unplug_interfaces=unplug_interfaces,
             monitor_counters=self.monitor_counters,
         )
 

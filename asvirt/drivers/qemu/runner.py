@@ -103,6 +103,8 @@ class RunnerEnv:
     #: into their bridges (recording their names in it); returns alias -> tap descriptor.
     #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
     plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
+    #: Removes what a stopped domain's interfaces leave on the host (macvtaps); blocking.
+    unplug_interfaces: Callable[[DomainDef], None] | None = None
     #: What the node's monitors count together (QMP deadlines missed).
     monitor_counters: MonitorCounters = dataclasses.field(default_factory=MonitorCounters)
 
@@ -1083,6 +1085,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             # Give QEMU's user's files back before the record that names them goes.
             self._env.security.release(self._uuid)
         self._remove_memory_dirs()
+        if self._env.unplug_interfaces is not None:
+            self._env.unplug_interfaces(self._live_def)
         if tuning.wanted_controllers(self._live_def):
             tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
         if self._live_def.cputune is not None and self._live_def.cputune.resctrl:
