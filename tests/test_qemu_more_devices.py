@@ -58,3 +58,47 @@ async def test_a_missing_host_scsi_device_refuses_the_start(conn, test_guest, tm
     with pytest.raises(asvirt.OperationFailedError, match="no-sg"):
         await dom.start(paused=True)
     assert not await dom.is_active()
+
+
+async def test_startup_policy_drops_missing_optional_sources(conn, test_guest, tmp_path):
+    present = tmp_path / "present.img"
+    qemu_img("create", "-q", "-f", "raw", present, "1M")
+    missing = tmp_path / "missing.iso"
+    devices = (
+        f"<disk type='file' device='cdrom'><source file='{missing}' startupPolicy='optional'/>"
+        "<target dev='sda' bus='sata'/><readonly/></disk>"
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/><source "
+        f"file='{tmp_path / 'gone.img'}' startupPolicy='optional'/>"
+        "<target dev='vdb' bus='virtio'/></disk>"
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/><source "
+        f"file='{present}' startupPolicy='optional'/><target dev='vdc' bus='virtio'/></disk>"
+    )
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=devices))
+    await dom.start(paused=True)
+    live = etree.fromstring((await dom.xml_desc()).encode())
+    cdrom = live.find("devices/disk[@device='cdrom']")
+    assert cdrom is not None and cdrom.find("source[@file]") is None  # left empty
+    targets = [t.get("dev") for t in live.iterfind("devices/disk/target")]
+    assert targets == ["sda", "vdc"]  # the missing disk is gone, the present one stays
+    block = {b["device"] or b["qdev"]: b for b in await dom.qmp("query-block")}
+    assert not any("inserted" in b for name, b in block.items() if "sata" in name or "sda" in name)
+    # The definition is unchanged: the next start looks again.
+    assert str(missing) in await dom.xml_desc(inactive=True)
+    await dom.destroy()
+    # 'mandatory' (the default): the start fails on the missing file.
+    mandatory = devices.replace(" startupPolicy='optional'", "", 1)
+    dom2 = await conn.define_xml(paused_xml(test_guest, tmp_path, name="vm2", devices=mandatory))
+    with pytest.raises(asvirt.AsvirtError, match=r"missing\.iso"):
+        await dom2.start(paused=True)
+    with pytest.raises(asvirt.AsvirtError, match="allowed only for cdrom or floppy"):
+        await conn.define_xml(
+            paused_xml(
+                test_guest,
+                tmp_path,
+                name="vm3",
+                devices=devices.replace(
+                    "startupPolicy='optional'/><target dev='vdc'",
+                    "startupPolicy='requisite'/><target dev='vdc'",
+                ),
+            )
+        )

@@ -152,6 +152,29 @@ def has_nvram_file(defn: DomainDef) -> bool:
 VHOST_VSOCK = "/dev/vhost-vsock"
 
 
+def drop_missing_sources(defn: DomainDef, *, cold_boot: bool) -> list[str]:
+    """Apply the disks' ``startupPolicy`` to sources missing at start (in place), as libvirt
+    does: 'optional' ones are dropped, and so are 'requisite' ones unless the guest boots
+    afresh (a restore or a revert); a cdrom or floppy is left empty, a disk removed from
+    the running definition. 'mandatory' (the default) leaves it to the start to fail.
+    Returns the targets of the disks changed."""
+    dropped: list[str] = []
+    for disk in list(defn.disks):
+        policy = disk.startup_policy
+        if disk.source is None or policy not in ("optional", "requisite"):
+            continue
+        if policy == "requisite" and cold_boot:
+            continue
+        if os.path.lexists(disk.source):
+            continue
+        if disk.device in ("cdrom", "floppy"):
+            disk.source = None
+        else:
+            defn.disks.remove(disk)
+        dropped.append(disk.target)
+    return dropped
+
+
 def check_host_devices(defn: DomainDef) -> None:
     """Refuse a start whose assigned host devices are not there (a clear reason each)."""
     for hd in defn.hostdevs:
@@ -574,6 +597,7 @@ __all__ = [
     "HELPER_ENV",
     "DomainHelpers",
     "check_host_devices",
+    "drop_missing_sources",
     "ensure_nvram",
     "find_virtiofsd",
     "has_nvram_file",

@@ -454,6 +454,11 @@ def _check_disk(disk: Disk, q35: bool) -> None:
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: q35 machines have no IDE bus; use bus='sata'"
         )
+    if disk.startup_policy == "requisite" and disk.device not in ("cdrom", "floppy"):
+        raise XMLError(f"{where}: setting disk 'requisite' is allowed only for cdrom or floppy")
+    if disk.startup_policy is not None and disk.type == "block":
+        # libvirt's rule: a policy for a file that may be missing, not for a host device.
+        raise XMLError(f"{where}: startupPolicy is only valid for 'file' and 'volume' disks")
     if disk.device == "lun" and disk.format not in (None, "raw"):
         raise XMLError(f"{where}: a passed-through LUN is a raw host device, not {disk.format}")
     if disk.device == "lun" and (disk.serial or disk.wwn or disk.cache not in (None, "default")):

@@ -76,7 +76,7 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
-from .helpers import DomainHelpers
+from .helpers import DomainHelpers, drop_missing_sources
 from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost
 from .paths import EmbedPaths
@@ -502,6 +502,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
             socket_dir = security.socket_dir  # QEMU's user cannot enter the root
+        cold_boot = self._origin is None
+        for target in drop_missing_sources(self._live_def, cold_boot=cold_boot):
+            self.log.info(
+                "disk source missing at start; dropped per its startupPolicy", disk=target
+            )
         membacking.check_hugepages(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
