@@ -244,6 +244,16 @@ def test_vhostuser_interface(caps: Caps) -> None:
     # No launch: QEMU waits for the vhost-user backend, and this host has none.
     with pytest.raises(ConfigUnsupportedError, match="shared memory"):
         argv_of(caps, xml.replace(shared, ""))
+    # Shared per NUMA cell does as well, if every cell is (libvirt's rule).
+    cells = "<cell id='0' cpus='0' memory='64' unit='MiB' memAccess='shared'/>{}"
+    for second, ok in (("memAccess='shared'", True), ("", False)):
+        numa = cells.format(f"<cell id='1' cpus='1' memory='64' unit='MiB' {second}/>")
+        per_cell = xml.replace(shared, f"<vcpu>2</vcpu><cpu><numa>{numa}</numa></cpu>")
+        if ok:
+            assert opts(argv_of(caps, per_cell), "-netdev")
+        else:
+            with pytest.raises(ConfigUnsupportedError, match="shared memory"):
+                argv_of(caps, per_cell)
     with pytest.raises(ConfigUnsupportedError, match="virtio queues"):
         argv_of(caps, xml.replace("</interface>", "<model type='e1000'/></interface>"))
 

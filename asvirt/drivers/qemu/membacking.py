@@ -61,9 +61,15 @@ def memory_backend(d: DomainDef) -> str | None:
 
 
 def shared_memory(d: DomainDef) -> bool:
-    """Whether guest RAM may be mapped by another process (vhost-user needs that)."""
+    """Whether guest RAM may be mapped by another process (vhost-user and virtiofsd need
+    that): ``<access mode='shared'/>``, or every NUMA cell's ``memAccess='shared'`` (as
+    libvirt accepts either)."""
     mb = d.memory_backing
-    return mb is not None and mb.access == "shared"
+    default = mb.access if mb is not None else None
+    cells = d.cpu.numa if d.cpu is not None else []
+    if cells:
+        return all((cell.mem_access or default) == "shared" for cell in cells)
+    return default == "shared"
 
 
 def hugepage_dir(mount: str, uuid: str) -> str:
