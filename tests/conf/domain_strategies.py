@@ -276,6 +276,7 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
     parts.append(draw(virt_install_devices(q35)))
     parts.append(draw(rare_devices(q35)))
     parts.append(draw(last_devices()))
+    parts.append(draw(host_backed_devices()))
     if draw(st.booleans()):
         model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
         parts.append(f"<watchdog model='{model}' action='reset'/>")
@@ -384,6 +385,33 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
         parts.append(
             "<smartcard mode='passthrough' type='tcp'><source mode='bind' host='127.0.0.1' "
             "service='0'/><protocol type='raw'/></smartcard>"
+        )
+    return "".join(parts)
+
+
+@st.composite
+def host_backed_devices(draw: st.DrawFn) -> str:
+    """NICs on host taps and macvtaps, and SCSI LUNs with sgio/rawio: what a start makes or
+    opens on the host (the launch test leaves them out; tests/test_network_host.py and
+    tests/test_qemu_confinement.py start them)."""
+    parts = []
+    for i in range(draw(st.integers(0, 2))):
+        model = draw(st.sampled_from(["", "<model type='virtio'/>", "<model type='e1000'/>"]))
+        if draw(st.booleans()):
+            managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
+            target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""
+            parts.append(f"<interface type='ethernet'>{target}{model}</interface>")
+        else:
+            mode = draw(st.sampled_from(["", " mode='vepa'", " mode='bridge'", " mode='private'"]))
+            parts.append(f"<interface type='direct'><source dev='eth0'{mode}/>{model}</interface>")
+    if draw(st.booleans()):
+        rawio = draw(st.sampled_from(["", " rawio='yes'", " rawio='no'"]))
+        sgio = draw(st.sampled_from(["", " sgio='filtered'", " sgio='unfiltered'"]))
+        parts.append(
+            "<controller type='scsi' index='7' model='virtio-scsi'/>"
+            f"<disk type='block' device='lun'{rawio}{sgio}><source dev='/dev/sg-hyp'/>"
+            "<target dev='sdz' bus='scsi'/>"
+            "<address type='drive' controller='7' bus='0' target='0' unit='0'/></disk>"
         )
     return "".join(parts)
 
