@@ -62,6 +62,7 @@ from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
 from asvirt.drivers.qemu.monitor import monitor_host  # noqa: E402
 from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 from bench.libvirt_peer import LibvirtPeer, LifecycleEvents, domain_xml, libvirt_peer  # noqa: E402
+from bench.proc import rss_kib  # noqa: E402
 from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
 
 LC = asvirt.EventKind.LIFECYCLE
@@ -71,13 +72,6 @@ SETTLE = 0.05
 
 def ms(seconds: float) -> float:
     return seconds * 1000
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # -- raw QEMU ------------------------------------------------------------------------------------

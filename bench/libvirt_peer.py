@@ -55,6 +55,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import proc
+
 #: libvirt's system paths (LOCALSTATEDIR=/var, RUNSTATEDIR=/run, SYSCONFDIR=/etc on Debian)
 #: and the directory of the temporary tree that stands in for each.
 SYSTEM_DIRS = {
@@ -198,15 +200,11 @@ class LibvirtPeer:
 
     def rss_kib(self) -> int:
         """libvirtd's resident set size."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return proc.rss_kib(self.pid)
 
     def cpu_seconds(self) -> float:
         """libvirtd's CPU time so far (user + system, all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc.cpu_seconds(self.pid)
 
     def version(self) -> str:
         import libvirt  # type: ignore[import-not-found]
