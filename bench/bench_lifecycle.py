@@ -64,6 +64,7 @@ from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
 from bench.libvirt_peer import LibvirtPeer, LifecycleEvents, domain_xml, libvirt_peer  # noqa: E402
 from bench.proc import rss_kib  # noqa: E402
 from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
+from tests.helpers import destroy_all  # noqa: E402
 
 LC = asvirt.EventKind.LIFECYCLE
 #: Seconds the guest runs between start and suspend, on both sides.
@@ -112,6 +113,18 @@ def raw_round(argv_for_fd, workdir: Path) -> dict[str, float]:
     pid = process.spawn(argv, log_fd=log, pass_fds=(listener.fileno(),))
     os.close(log)
     listener.close()
+    try:
+        return raw_steps(client, pid, t0)
+    except BaseException:
+        # Interrupted (Ctrl-C): no QEMU of ours outlives the run.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        client.close()
+
+
+def raw_steps(client: socket.socket, pid: int, t0: float) -> dict[str, float]:
     qmp = RawQMP(client)
     qmp.read()  # greeting
     qmp.execute("qmp_capabilities")
@@ -130,7 +143,6 @@ def raw_round(argv_for_fd, workdir: Path) -> dict[str, float]:
     os.kill(pid, signal.SIGTERM)
     os.waitpid(pid, 0)
     t_term = time.perf_counter() - t0
-    client.close()
     return {"start": t_ready, "suspend": t_stop, "destroy": t_term}
 
 
@@ -279,19 +291,35 @@ def report(
 
 
 async def main(rounds: int, domains: int, domain_type: str | None, user: str) -> None:
-    with libvirt_peer() as peer:
-        await run(peer, rounds, domains, domain_type, user)
-
-
-async def run(
-    peer: LibvirtPeer | str, rounds: int, domains: int, domain_type: str | None, user: str
-) -> None:
     guest = TestGuest(GUEST_DIR)
     if not guest.exists():
         sys.exit("the test guest is missing: run scripts/setup")
+    work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
+    try:
+        with libvirt_peer() as peer:
+            await run(peer, guest, work, rounds, domains, domain_type, user)
+    finally:
+        # An embedded node leaves its domains running when it closes (as it should): an
+        # interrupted run (Ctrl-C) destroys what it started.
+        with trio.CancelScope(shield=True):
+            for root in (work / "root", work / "root-mem"):
+                if root.exists():
+                    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+                        await destroy_all(conn)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def run(
+    peer: LibvirtPeer | str,
+    guest: TestGuest,
+    work: Path,
+    rounds: int,
+    domains: int,
+    domain_type: str | None,
+    user: str,
+) -> None:
     if domain_type is None:
         domain_type = "kvm" if kvm_usable()[0] else "qemu"
-    work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
     config = None
     if user:
         # QEMU's user must reach the guest and the serial files: a directory open to all.
@@ -386,7 +414,6 @@ async def run(
         and heap_kib < 256
     )
     print("targets:", "all met" if ok else "NOT all met")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -440,8 +440,15 @@ def _stop_all() -> None:
         peer.stop()
 
 
-def _sigterm(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+def _sigterm(_signum: int, frame: Any) -> None:
+    """SIGTERM handled as Ctrl-C is: by the SIGINT handler in place (trio's, under trio.run,
+    which raises KeyboardInterrupt where the run can unwind; raising it here instead could
+    land inside trio's own machinery and abandon the run)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt("SIGTERM")
 
 
 @contextlib.contextmanager
@@ -454,10 +461,11 @@ def libvirt_peer() -> Iterator[LibvirtPeer | str]:
         yield why
         return
     quiet()
+    old_sigterm = None
     if threading.current_thread() is threading.main_thread():
         # So that a SIGTERM unwinds through the finally below (and atexit) instead of
         # leaving libvirtd and its QEMUs behind.
-        signal.signal(signal.SIGTERM, _sigterm)
+        old_sigterm = signal.signal(signal.SIGTERM, _sigterm)
     peer = LibvirtPeer(Path(tempfile.mkdtemp(prefix="asvirt-bench-libvirt-")))
     _running.add(peer)
     try:
@@ -471,6 +479,8 @@ def libvirt_peer() -> Iterator[LibvirtPeer | str]:
     finally:
         peer.stop()
         _running.discard(peer)
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
 
 
 def domain_xml(xml: str, name: str | None = None) -> str:
