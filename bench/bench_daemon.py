@@ -23,10 +23,12 @@ embedded driver on a root of its own, measured in the same run:
     one-shot CLI              `asvirt -c qemu:///session list` and `dominfo NAME`, through
                               the daemon and embedded: median wall time of whole processes
 
-Each figure is printed with its target (issue 9). libvirt's figures come from the same run
-when libvirt-python and a session libvirtd are there (qemu:///session); the issue measured
-libvirt 9.0 on this machine at 2,600 lookup+info pairs/s, 2-8 ms event latency, 322-352 ms
-start.
+Each figure is printed with its target (issue 9). libvirt's figures come from the same run,
+from a private libvirtd started for it (bench/libvirt_peer.py) when libvirt is installed:
+start (paused), lookup+info pairs/s from 1 and C libvirt-python processes with libvirtd's CPU
+per pair beside asvirtd's, suspend/resume -> callback, and ``virsh list``/``dominfo``; the
+issue measured libvirt 9.0 on this machine at 2,600 lookup+info pairs/s, 2-8 ms event
+latency, 322-352 ms start.
 
 Targets: >= 5,000 pairs/s from one client; >= 20,000 pairs/s from 8 clients together; start
 <= 10 ms over embedded; event latency <= 2 ms median; 1,000 idle clients <= 50 MiB of daemon
@@ -627,8 +629,8 @@ async def run(
     else:
         l_one, l_many = theirs["one"], theirs["many"]
         print(
-            "\nlibvirt (a private libvirtd, same run; asvirt / libvirt > 1: asvirt faster"
-            " for rates, slower for times):"
+            "\nlibvirt (a private libvirtd, same run; asvirt / libvirt: for pairs/s above 1"
+            " is asvirt faster, for times below 1 is):"
             f"\n  lookup+info, 1 client      {l_one['rate']:,.0f} pairs/s"
             f"   (asvirt / libvirt = {one['rate'] / l_one['rate']:.2f});"
             f" daemon CPU per pair {l_one['daemon_cpu_us']:.0f} µs"
