@@ -14,7 +14,8 @@ what QEMU allocated). Measured on the same QEMU command line:
 Median milliseconds and the ratio asvirt/raw. With libvirt installed, the same four through
 a private libvirtd started for the run (bench/libvirt_peer.py), on the same XML with a disk
 of its own: snapshotCreateXML(), revertToSnapshot(), save() and restore(), each returning;
-printed beside them with the ratio asvirt/libvirt.
+printed beside them with the ratio asvirt/libvirt. (libvirt 9 reverts a running domain to an
+internal snapshot by starting a new QEMU with ``-loadvm``: its revert includes a start.)
 """
 
 from __future__ import annotations
