@@ -32,6 +32,9 @@ security driver, no dynamic ownership, no cgroups of its own (asvirt creates non
 XML asks) and QEMU's stderr to a file (no virtlogd): what asvirt's embed driver does by
 default. Everything else is libvirt's default.
 
+Only ``libvirtd`` is run: Debian 12 ships no modular daemons (``virtqemud``), so that path
+could not be tried here.
+
 Stopping (the end of the ``with``, Ctrl-C, SIGTERM, or interpreter exit): domains still
 running are destroyed through libvirt, libvirtd gets SIGTERM (SIGKILL after 10 s), QEMUs it
 left (pid files under its run directory) are killed, and the temporary directory is removed.
