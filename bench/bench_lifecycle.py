@@ -149,11 +149,13 @@ def raw_steps(client: socket.socket, pid: int, t0: float) -> dict[str, float]:
 # -- libvirt ---------------------------------------------------------------------------------------
 
 
-def libvirt_round(dom: Any, events: LifecycleEvents) -> dict[str, float]:
+def libvirt_round(peer: LibvirtPeer, dom: Any, events: LifecycleEvents) -> dict[str, float]:
     """The raw round's three steps through libvirt: create() returns with the domain running;
-    suspend() and destroy() until their lifecycle callbacks run."""
+    suspend() and destroy() until their lifecycle callbacks run. "cpu": the CPU seconds
+    libvirtd and this process (libvirt-python) spent on the round."""
     import libvirt  # type: ignore[import-not-found]
 
+    c0 = peer.cpu_seconds() + time.process_time()
     t0 = time.perf_counter()
     dom.create()
     t_start = time.perf_counter() - t0
@@ -165,7 +167,8 @@ def libvirt_round(dom: Any, events: LifecycleEvents) -> dict[str, float]:
     t0 = time.perf_counter()
     dom.destroy()
     t_destroy = events.wait_for(libvirt.VIR_DOMAIN_EVENT_STOPPED) - t0
-    return {"start": t_start, "suspend": t_stop, "destroy": t_destroy}
+    cpu = peer.cpu_seconds() + time.process_time() - c0
+    return {"start": t_start, "suspend": t_stop, "destroy": t_destroy, "cpu": cpu}
 
 
 def libvirt_memory(peer: LibvirtPeer, xml_for: Callable[[str], str], count: int) -> float:
@@ -214,8 +217,14 @@ async def rounds_interleaved(
     """Alternate raw, libvirt and asvirt rounds, so that drift in the machine's speed hits
     all three."""
     raw: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": []}
-    theirs: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": []}
-    out: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "delivery": []}
+    theirs: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "cpu": []}
+    out: dict[str, list[float]] = {
+        "start": [],
+        "suspend": [],
+        "destroy": [],
+        "delivery": [],
+        "cpu": [],
+    }
     async with asvirt.open(f"qemu:///embed?root={root}", config=config) as conn:
         dom = await conn.define_xml(xml)
         for _ in range(rounds):
@@ -226,6 +235,8 @@ async def rounds_interleaved(
                 # Blocking too: libvirt-python's calls are; its events arrive on their thread.
                 for key, value in libvirt_round_fn().items():
                     theirs[key].append(value)
+            # This process's CPU over the round: asvirt's supervisor and its client (embedded).
+            c0 = time.process_time()
             t0 = time.perf_counter()
             await dom.start()
             out["start"].append(time.perf_counter() - t0)
@@ -245,6 +256,7 @@ async def rounds_interleaved(
                 ev, at, _ = await arrivals.next()
                 assert ev.type is asvirt.LifecycleEvent.STOPPED
                 out["destroy"].append(at - t0)
+                out["cpu"].append(time.process_time() - c0)
                 nursery.cancel_scope.cancel()
     return raw, out, theirs
 
@@ -349,11 +361,12 @@ async def run(
         lv_conn = peer.open()
         lv_dom = lv_conn.defineXML(domain_xml(xml, "bench-lv"))
         events = LifecycleEvents(lv_conn, lv_dom)
-        libvirt_round(lv_dom, events)  # warm-up: libvirtd probes QEMU's capabilities first
+        # Warm-up: libvirtd probes QEMU's capabilities first.
+        libvirt_round(peer, lv_dom, events)
 
         def libvirt_round_fn() -> dict[str, float]:
-            assert events is not None
-            return libvirt_round(lv_dom, events)
+            assert isinstance(peer, LibvirtPeer) and events is not None
+            return libvirt_round(peer, lv_dom, events)
 
     # One raw round first, to warm the page cache for both sides.
     raw_round(argv_for_fd, work)
@@ -393,6 +406,16 @@ async def run(
         theirs["destroy"],
     )
     report("QEMU event -> subscriber", None, ours["delivery"], "target < 1 ms")
+    # Load-insensitive: CPU time rather than wall (means: libvirtd's counts 10 ms ticks).
+    cpu_line = f"  {'CPU per round, mean':<28} asvirt {ms(statistics.mean(ours['cpu'])):8.2f} ms"
+    if theirs["cpu"]:
+        lv_cpu = statistics.mean(theirs["cpu"])
+        cpu_line += (
+            f"   libvirt {ms(lv_cpu):8.2f} ms"
+            f"   asvirt/libvirt {statistics.mean(ours['cpu']) / lv_cpu:5.2f}x"
+            "   (this process; libvirt: libvirtd + libvirt-python)"
+        )
+    print(cpu_line)
     print(
         f"  {'memory per running domain':<28} {heap_kib:8.1f} KiB Python heap, "
         f"{rss_per:8.1f} KiB RSS   [target < 256 KiB]  ({domains} domains)"
