@@ -15,17 +15,21 @@ What it starts: a *privileged* libvirtd (the system daemon, the fair peer for
 the host's libvirt, nor another run's. Its socket is in that temporary directory
 (``unix_sock_dir``) and reached from outside through ``qemu+unix:///system?socket=...``.
 
-Why not the simpler ways (measured here, libvirt 9.0 on Debian 12 with only
-libvirt-daemon + libvirt-daemon-driver-qemu installed):
+Why not the simpler ways (libvirt 9.0 on Debian 12 with only libvirt-daemon +
+libvirt-daemon-driver-qemu installed):
 
-- ``libvirtd --config FILE`` as root alone keeps its state in /run/libvirt, /var/lib/libvirt
-  and /etc/libvirt whatever FILE says: only the socket and the log move.
-- ``qemu:///embed?root=DIR`` and a root libvirtd both refuse to start their QEMU driver here:
-  "Failed to parse user 'libvirt-qemu'" — the driver resolves its default QEMU user before it
-  reads qemu.conf, and that user is made by libvirt-daemon-system's postinst, which this host
-  does not have. Inside the namespace ``/etc/passwd`` and ``/etc/group`` are copies with that
-  user added; the host's stay as they are. (Embed would also be in-process, like asvirt's
-  embed driver; the daemon is the peer for asvirtd.)
+- ``libvirtd --config FILE`` as root moves only what libvirtd.conf sets (socket, log): a
+  privileged QEMU driver keeps its state in /run/libvirt, /var/lib/libvirt and /etc/libvirt
+  (and qemu.conf is /etc/libvirt/qemu.conf), shared with the host's libvirt.
+- ``qemu:///embed?root=DIR`` (tried: libvirt-python opens it, everything under DIR, qemu.conf
+  as DIR/etc/qemu.conf) refuses to start its QEMU driver here: "Failed to parse user
+  'libvirt-qemu'". A privileged driver resolves its default QEMU user before it reads
+  qemu.conf, and that user is made by libvirt-daemon-system's postinst, which this host does
+  not have; a root libvirtd runs the same code. Inside the namespace ``/etc/passwd`` and
+  ``/etc/group`` are copies with that user added; the host's stay as they are. (With such a
+  passwd, embed works too, and started the paused test guest in about the daemon's time; but
+  it is in-process and would need the benchmark itself in the namespace. The daemon is the
+  peer for asvirtd, and bench_daemon's worker processes need a socket.)
 
 qemu.conf runs QEMU as root (as asvirt does unless ``[qemu] user`` is set), with no
 security driver, no dynamic ownership, no cgroups of its own (asvirt creates none unless the
