@@ -16,7 +16,7 @@ Measured for libvirt's default network (NAT, 192.168.122.0/24, DHCP), per round:
 
 The target (from the issue) is to be no slower than libvirt's net-start/net-destroy. With
 libvirt installed, a private libvirtd (bench/libvirt_peer.py) is started *inside* the same
-namespace, after asvirt's rounds, so its networks too are made there and never on the host;
+namespace, so its networks too are made there and never on the host; after asvirt's rounds,
 the same rounds run through libvirt-python (create(), destroy()), each figure printed with
 asvirt/libvirt. libvirt 9's network driver writes its firewall rules with iptables: on a
 host without iptables (nft only) a NAT network cannot start under libvirt, and both sides
