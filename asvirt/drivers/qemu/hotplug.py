@@ -241,13 +241,15 @@ class HotplugOps:
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
-        if disk.iotune is not None and disk.source is not None:
+        group = None
+        # A group another disk already has exists in QEMU (and keeps its limits).
+        if (
+            disk.iotune is not None
+            and disk.source is not None
+            and not self._throttle_group_users(throttle_group_id(disk))
+        ):
+            await self.execute("object-add", throttle_object(disk))
             group = throttle_group_id(disk)
-            # A group another disk already has exists in QEMU (and keeps its limits).
-            if not any(
-                d.iotune is not None and throttle_group_id(d) == group for d in self._live_def.disks
-            ):
-                await self.execute("object-add", throttle_object(disk))
         try:
             for node in nodes:
                 await self.execute("blockdev-add", node)
@@ -256,7 +258,27 @@ class HotplugOps:
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._quietly_del_nodes(reversed(added))
+                if group is not None:
+                    await self._quietly("object-del", {"id": group})
             raise
+
+    def _throttle_group_users(self, group: str) -> list[Disk]:
+        """The live disks whose throttle filter is in QEMU's throttle-group ``group``."""
+        return [
+            d
+            for d in self._live_def.disks
+            if d.iotune is not None and d.source is not None and throttle_group_id(d) == group
+        ]
+
+    async def _del_disk_backend(self, disk: Disk) -> None:
+        """Remove an unplugged disk's block nodes, then its throttle group if no other live
+        disk is in it (a group lives as long as its last disk: QEMU keeps the object
+        otherwise, with the limits the next disk naming the group would silently inherit)."""
+        await self._quietly_del_nodes(media_node_names(disk))
+        if disk.iotune is not None and disk.source is not None:
+            group = throttle_group_id(disk)
+            if not self._throttle_group_users(group):
+                await self._quietly("object-del", {"id": group})
 
     async def _plug_interface(
         self, prepared: DomainDef, caps: QemuCapabilities, nic: Interface
@@ -355,7 +377,7 @@ class HotplugOps:
         self.log.info("device removed", operation="detach-device", device=alias)
         try:
             if disk is not None:
-                await self._quietly_del_nodes(media_node_names(disk))
+                await self._del_disk_backend(disk)
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
         finally:
