@@ -12,7 +12,9 @@ Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe h
 event the guest must act on). Nothing polls: QEMU's ``DEVICE_DELETED`` event is the
 device's end, whenever it comes. The runner then takes the device out of the live XML
 (before DEVICE_REMOVED is published, so that whoever reads the XML on that event no longer
-sees it) and removes its backend (``blockdev-del``, ``netdev_del``). A detach waits for
+sees it) and removes its backend (``blockdev-del``, ``netdev_del``; a throttle group no
+other disk is in, ``object-del``), and gives its file back to its owner under DAC
+confinement (:meth:`~.security.DacSecurity.retain`). A detach waits for
 that up to ``[qemu] unplug_timeout`` seconds; a guest that has not released the device by
 then gets a DEVICE_REMOVAL_FAILED event, and the device stays in the live XML until QEMU
 reports it gone.

@@ -119,7 +119,8 @@ class EmbedPaths(NodeDirs):
         The run directory, unless the root is so deep that socket paths there would not fit
         in sun_path's 107 bytes; then a directory of the user's own named after the root:
         under ``$XDG_RUNTIME_DIR`` when it is set, else under ``/tmp/asvirt-UID``, which
-        :meth:`create` makes (or checks: ours, and writable by nobody else) before use.
+        :meth:`create` makes (or checks: ours, and writable by nobody else) before use, and
+        :meth:`remove_socket_dir` removes when the node closes with no domain running.
         """
         if len(os.fsencode(self.run_dir)) <= _SOCKET_DIR_MAX:
             return self.run_dir

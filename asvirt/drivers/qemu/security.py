@@ -13,7 +13,8 @@ With ``[qemu] user`` (and/or ``group``) set, and a supervisor running as root:
   CD-ROM images, kernel and initrd, files of serial ports, consoles and channels (created if
   missing, as QEMU would), their log files, sockets it connects to, the random-number
   device: the files the domain's XML names. A file that user cannot already use as QEMU needs
-  is given to it (chown) for as long as some domain of the node needs it; its previous owner
+  is given to it (chown) for as long as some domain of the node needs it (a disk unplugged,
+  or a CD-ROM's medium taken out, is no longer needed); its previous owner
   and group are written in the status file of every domain that holds it *before* the chown,
   so that whoever stops the last of them — this supervisor, or the next one after a crash —
   gives the file back. Read-only and shared images need no special case: a file several
