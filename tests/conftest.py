@@ -21,6 +21,7 @@ from .contract import Backend, make_backend
 from .daemon import session_daemon
 from .guest import GUEST_DIR, REPO, TestGuest
 from .helpers import children, destroy_all, embed_uri, write_config
+from .trio_skips import pytest_pyfunc_call  # noqa: F401  (a hook: pytest finds it here)
 
 QEMU = shutil.which("qemu-system-x86_64")
 CAPS_DIR = "qemu-caps"  # below the session's base temporary directory

@@ -76,6 +76,7 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
+from .groups import unwrap_single_error
 from .helpers import DomainHelpers
 from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost
@@ -462,7 +463,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         started = False
         self._mode = mode
         try:
-            with self._cancel_scope, _unwrap_single_error():
+            # Before started() only the start-up code can fail (the pump and watchers do not),
+            # so a group of one is that failure: start() callers get it, not a group.
+            with self._cancel_scope, unwrap_single_error():
                 if mode is RunMode.LAUNCH:
                     await self._launch()
                 else:
@@ -1158,22 +1161,6 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             else f"was killed by signal {-status}"
         )
         return f"it {how} without a word (log: {self._env.paths.log(self._name)})"
-
-
-@contextlib.contextmanager
-def _unwrap_single_error() -> Iterator[None]:
-    """Let a start-up failure inside the runner's nursery reach the caller as itself.
-
-    Before ``started()`` only the start-up code can fail (the pump and watchers do not), so a
-    group of one is that failure; start() callers get OperationFailedError, not a group.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(errors) == 1:
-            raise errors[0] from None
-        raise
 
 
 def _write_log_header(fd: int, argv: list[str]) -> None:

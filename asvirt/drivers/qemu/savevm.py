@@ -40,6 +40,7 @@ from ...events.types import ResumedDetail
 from ...hypervisor.guest_state import FromImage, SnapshotTarget
 from ...hypervisor.guest_state import StopCause as StateStopCause
 from ...states import DomainState, PausedReason, RunningReason
+from .groups import unwrap_single_error
 from .statemachine import StopCause
 
 if TYPE_CHECKING:
@@ -297,11 +298,14 @@ class GuestStateOps:
             await self._monitor.send_fd(fd, SAVE_FD_NAME)
             with self.watch_events("MIGRATION") as events:
                 await self._call("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
-                async with trio.open_nursery() as nursery:
-                    if progress is not None:
-                        nursery.start_soon(self._report_save_progress, progress)
-                    status = await self._migration_end(events)
-                    nursery.cancel_scope.cancel()
+                # The nursery only reports progress: a QEMU that exits mid-way is an
+                # OperationFailedError to the caller, not a group.
+                with unwrap_single_error():
+                    async with trio.open_nursery() as nursery:
+                        if progress is not None:
+                            nursery.start_soon(self._report_save_progress, progress)
+                        status = await self._migration_end(events)
+                        nursery.cancel_scope.cancel()
             if status != "completed":
                 info = await self._call("query-migrate")
                 raise OperationFailedError(
@@ -367,11 +371,12 @@ class GuestStateOps:
         )
         with self.watch_events("MIGRATION") as events:
             await self._call("migrate-incoming", {"uri": f"fd:{origin.fd}"})
-            async with trio.open_nursery() as nursery:
-                if origin.progress is not None:
-                    nursery.start_soon(_report_read_progress, origin, origin.progress)
-                status = await self._migration_end(events)
-                nursery.cancel_scope.cancel()
+            with unwrap_single_error():  # as for a save
+                async with trio.open_nursery() as nursery:
+                    if origin.progress is not None:
+                        nursery.start_soon(_report_read_progress, origin, origin.progress)
+                    status = await self._migration_end(events)
+                    nursery.cancel_scope.cancel()
         if status != "completed":
             raise OperationFailedError(
                 f"cannot restore domain '{self._name}': QEMU could not load the saved state "
