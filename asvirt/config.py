@@ -51,12 +51,20 @@ class QemuConfig:
     #: ``<blkiotune>``): a directory below the root of each cgroup hierarchy (libvirt's
     #: machine.slice). A domain gets ``qemu-UUID`` in it, removed when it stops.
     cgroup_parent: str = "machine.asvirt"
+    #: Where ``<memoryBacking><source type='file'/>`` guest RAM goes (libvirt's qemu.conf
+    #: ``memory_backing_dir``): a directory per running domain, made at start and removed at
+    #: stop. "" is the node's ``lib/qemu/ram`` (``ROOT/lib/qemu/ram`` of an embed root).
+    memory_backing_dir: str = ""
 
     def __post_init__(self) -> None:
         for key in ("user", "group"):
             problem = _account_problem(getattr(self, key))
             if problem:
                 raise InvalidArgError(f"[qemu] {key} {getattr(self, key)!r}: {problem}")
+        if self.memory_backing_dir and not self.memory_backing_dir.startswith("/"):
+            raise InvalidArgError(
+                f"[qemu] memory_backing_dir {self.memory_backing_dir!r}: not an absolute path"
+            )
 
 
 #: The largest user or group id: (uid_t)-1 means "no change" to the kernel.

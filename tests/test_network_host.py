@@ -438,6 +438,74 @@ def test_domain_interfaces_need_a_running_network_or_a_real_bridge(
     assert err.returncode == 1 and "no such bridge" in err.stderr
 
 
+def test_ethernet_interfaces_get_a_tap_of_their_own_or_open_an_existing_one(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    # Managed (the default): asvirt makes the tap, on no bridge, with the guest's MAC but
+    # 0xfe first, up; it goes with QEMU.
+    xml = test_guest.xml(
+        "evm",
+        tmp_path / "evm.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        devices="<interface type='ethernet'><mac address='52:54:00:12:34:56'/>"
+        "<target dev='evm-tap'/><model type='virtio'/></interface>",
+    )
+    cli(root, "create", "--paused", write(tmp_path, "evm.xml", xml))
+    shown = net_lab.run("ip", "-d", "link", "show", "evm-tap").stdout
+    assert "fe:54:00:12:34:56" in shown and "master" not in shown and ",UP" in shown
+    assert net_lab.links()["evm-tap"] == "tun"
+    live = cli(root, "dumpxml", "evm").stdout
+    assert "<target dev='evm-tap'/>" in live
+    cli(root, "destroy", "evm")
+    assert "evm-tap" not in net_lab.links()
+    # managed='no': a tap someone else made (persistent), only opened; it stays after.
+    net_lab.run("ip", "tuntap", "add", "dev", "own-tap", "mode", "tap")
+    own = xml.replace("<target dev='evm-tap'/>", "<target dev='own-tap' managed='no'/>")
+    cli(root, "create", "--paused", write(tmp_path, "own.xml", own))
+    assert "<target dev='own-tap' managed='no'/>" in cli(root, "dumpxml", "evm").stdout
+    shown = net_lab.run("ip", "-d", "link", "show", "own-tap").stdout
+    assert "fe:54:00:12:34:56" not in shown  # its owner's to configure, not asvirt's
+    cli(root, "destroy", "evm")
+    assert "own-tap" in net_lab.links()
+    gone = own.replace("own-tap", "no-such-tap")
+    err = cli(root, "create", "--paused", write(tmp_path, "gone.xml", gone), check=False)
+    assert err.returncode == 1 and "no such device" in err.stderr
+    assert "no-such-tap" not in net_lab.links()
+
+
+def test_direct_interfaces_get_a_macvtap_that_goes_when_the_domain_stops(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    xml = test_guest.xml(
+        "dvm",
+        tmp_path / "dvm.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        devices="<interface type='direct'><mac address='52:54:00:ab:cd:ef'/>"
+        "<source dev='up0' mode='bridge'/><model type='virtio'/></interface>",
+    )
+    cli(root, "create", "--paused", write(tmp_path, "dvm.xml", xml))
+    live = cli(root, "dumpxml", "dvm").stdout
+    assert "<source dev='up0' mode='bridge'/>" in live
+    assert "<target dev='macvtap0'/>" in live
+    shown = net_lab.run("ip", "-d", "link", "show", "macvtap0").stdout
+    # On up0, in bridge mode, with the guest's own MAC (a macvtap is the guest's port).
+    assert "@up0" in shown and "macvtap mode bridge" in shown
+    assert "52:54:00:ab:cd:ef" in shown and ",UP" in shown
+    cli(root, "destroy", "dvm")
+    assert "macvtap0" not in net_lab.links()  # removed: it outlives QEMU's descriptor
+    # A host interface that is not there: refused, nothing left behind.
+    bad = xml.replace("dev='up0'", "dev='nosuch0'")
+    err = cli(root, "create", "--paused", write(tmp_path, "bad.xml", bad), check=False)
+    assert err.returncode == 1 and "no host interface named 'nosuch0'" in err.stderr
+    assert not [n for n in net_lab.links() if n.startswith("macvtap")]
+
+
 def trio_run(coro: object) -> None:
     """Run one of the async wait helpers from a synchronous test."""
     import trio

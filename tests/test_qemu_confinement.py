@@ -34,7 +34,13 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.config import QemuConfig
 from asvirt.drivers.qemu import process
 from asvirt.drivers.qemu.capabilities import kvm_usable
-from asvirt.drivers.qemu.security import SEARCH, QemuIdentity, permits, resolve_identity
+from asvirt.drivers.qemu.security import (
+    SEARCH,
+    QemuIdentity,
+    permits,
+    qemu_caps,
+    resolve_identity,
+)
 
 from .guest import REPO, TestGuest, wait_for_serial
 from .helpers import (
@@ -470,6 +476,55 @@ def test_what_the_user_may_enter_is_judged_as_the_kernel_does(
         os.setxattr(directory, "system.posix_acl_access", acl(*sorted(entries)))
     assert user_may(directory, 'cd "$1"') is allowed
     assert permits(str(directory), identity, SEARCH) is allowed
+
+
+def test_a_raw_io_lun_lets_qemu_keep_cap_sys_rawio_and_nothing_else(qemu_user):
+    identity = resolve_identity(QemuConfig(user=USER))
+    assert isinstance(identity, QemuIdentity)
+    lun = (
+        "<domain type='qemu'><name>vm1</name><memory>65536</memory><os><type>hvm</type></os>"
+        "<devices><disk type='block' device='lun' rawio='{}'><source dev='/dev/sdz'/>"
+        "<target dev='sda' bus='scsi'/></disk></devices></domain>"
+    )
+    for rawio, wanted in (("yes", 1 << 17), ("no", 0)):  # CAP_SYS_RAWIO is bit 17
+        caps = qemu_caps(parse_domain_xml(lun.format(rawio)))
+        # What QEMU would be started through, running a program that shows its caps.
+        argv = identity.command(["cat", "/proc/self/status"], caps)
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        status = {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+        assert status["Uid"].split()[0] == str(qemu_user.pw_uid)
+        for name in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[name], 16) == wanted, (rawio, name)
+
+
+async def test_file_backed_ram_is_the_users_and_goes_at_stop(
+    root, guest, open_dir, qemu_user, nobody
+):
+    ram = open_dir / "ram"  # [qemu] memory_backing_dir: the root itself is closed to nobody
+    write_config(root, f'[qemu]\nuser = "{USER}"\nmemory_backing_dir = "{ram}"\n')
+    xml = guest.xml("vm1", open_dir / "vm1.serial").replace(
+        "<os>", "<memoryBacking><source type='file'/></memoryBacking><os>", 1
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        try:
+            dom = await conn.define_xml(xml)
+            await dom.start(paused=True)
+            assert owner(ram / "vm1") == nobody
+            assert owner(ram / "vm1" / "pc.ram") == nobody  # QEMU (nobody) made it
+            await dom.destroy()
+            assert not (ram / "vm1").exists()
+        finally:
+            await destroy_all(conn)
+    # Where nobody cannot reach the directory, the start says so before QEMU runs.
+    write_config(root, f'[qemu]\nuser = "{USER}"\n')
+    async with asvirt.open(embed_uri(root)) as conn:
+        try:
+            dom = await conn.lookup_by_name("vm1")
+            with pytest.raises(asvirt.OperationFailedError, match="memory_backing_dir"):
+                await dom.start(paused=True)
+            assert not (root / "lib" / "qemu" / "ram" / "vm1").exists()
+        finally:
+            await destroy_all(conn)
 
 
 async def test_hotplugged_disks_are_given_as_cold_plugged_ones_and_back_on_detach(

@@ -327,6 +327,46 @@ async def test_hugepages_are_refused_without_a_mount_or_free_pages(
         await trio.run_process(["umount", str(mnt)])
 
 
+async def test_file_backed_ram_lives_in_a_directory_of_the_running_domain(
+    conn, test_guest, tmp_path, root
+):
+    xml = _with(
+        paused_xml(test_guest, tmp_path),
+        "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>",
+    )
+    dom = await conn.define_xml(xml)
+    ram_dir = root / "lib" / "qemu" / "ram" / "vm1"  # [qemu] memory_backing_dir's default
+    assert not ram_dir.exists()
+    await dom.start(paused=True)
+    assert ram_dir.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in ram_dir.iterdir()] == ["pc.ram"]
+    path = await dom.qmp("qom-get", {"path": "/objects/pc.ram", "property": "mem-path"})
+    assert path == str(ram_dir / "pc.ram")
+    pid = qemu_pid(root, "vm1")
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert str(ram_dir / "pc.ram") in maps  # guest RAM is that file, mapped
+    await dom.destroy()
+    assert not ram_dir.exists()  # removed with the RAM file when the domain stopped
+
+
+async def test_hugepages_of_a_numa_node_are_refused_without_their_mount(
+    conn, test_guest, tmp_path, root
+):
+    size = 1048576  # 1 GiB pages for node 1 only: nobody mounts those on a test machine
+    if tuning.hugetlbfs_mount(size) is not None:
+        pytest.skip("this host mounts 1 GiB huge pages")
+    xml = _with(
+        paused_xml(test_guest, tmp_path, vcpus=2),
+        f"<memoryBacking><hugepages><page size='{size}' unit='KiB' nodeset='1'/></hugepages>"
+        "</memoryBacking><cpu><numa><cell id='0' cpus='0' memory='64' unit='MiB'/>"
+        "<cell id='1' cpus='1' memory='64' unit='MiB'/></numa></cpu>",
+    )
+    dom = await conn.define_xml(xml)
+    with pytest.raises(asvirt.OperationFailedError, match=f"no hugetlbfs of {size} KiB pages"):
+        await dom.start(paused=True)
+    assert not (await dom.is_active())
+
+
 async def test_a_plugged_disk_gets_its_throttle_group(conn, test_guest, tmp_path, root):
     dom = await conn.define_xml(paused_xml(test_guest, tmp_path))
     await dom.start(paused=True)

@@ -150,6 +150,11 @@ class Disk(DeviceBase):
     #: ``<target removable=...>`` of a USB disk: 'on' | 'off'.
     removable: str | None = None
     snapshot: str | None = None
+    #: device='lun' only: ``rawio='yes'`` lets QEMU send raw SCSI commands (it keeps
+    #: CAP_SYS_RAWIO); ``sgio='unfiltered'`` lets unprivileged SG_IO through the kernel's
+    #: filter (the kernel's ``unpriv_sgio``, set at start).
+    rawio: bool | None = None
+    sgio: str | None = None  # filtered | unfiltered
     boot_order: int | None = None
     #: N in the ``libvirt-N-storage`` node names (assigned with the aliases).
     node_index: int | None = None
@@ -177,7 +182,14 @@ class Disk(DeviceBase):
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(
-            "disk", {"type": self.type, "device": self.device, "snapshot": self.snapshot}
+            "disk",
+            {
+                "type": self.type,
+                "device": self.device,
+                "rawio": self.rawio,
+                "sgio": self.sgio,
+                "snapshot": self.snapshot,
+            },
         )
         el.add_if(
             "driver",
@@ -259,6 +271,8 @@ def parse_disk(node: Node) -> Disk:
         type=node.choice("type", ("file", "block", "volume"), "file") or "file",
         device=node.choice("device", DISK_DEVICES, "disk") or "disk",
         snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
+        rawio=node.yesno("rawio"),
+        sgio=node.choice("sgio", ("filtered", "unfiltered")),
     )
     drv = node.child("driver")
     if drv is not None:
@@ -350,6 +364,9 @@ def _check_disk_bus(disk: Disk) -> None:
             f"unsupported configuration: {where}: QEMU passes a host SCSI device (device='lun') "
             "through to a SCSI controller only (its virtio-blk lost SCSI passthrough in 5.0)"
         )
+    for attr in ("rawio", "sgio"):
+        if getattr(disk, attr) is not None and disk.device != "lun":
+            raise XMLError(f"{where}: {attr} can be used only with device='lun'")  # libvirt's
     if disk.device == "lun" and disk.type != "block":
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: device='lun' passes a host SCSI device "
@@ -526,8 +543,25 @@ NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxn
 #: ``user``: QEMU's user-mode (slirp) network; ``network``: a tap on a virtual network's
 #: bridge; ``bridge``: a tap on an existing host bridge.
 #: ``mcast``/``udp``/``server``/``client``: QEMU's socket netdev, a link to other guests'
-#: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket.
-NIC_TYPES = ("user", "network", "bridge", "mcast", "udp", "server", "client", "vhostuser")
+#: NICs without the host's network; ``vhostuser``: a vhost-user backend's unix socket;
+#: ``ethernet``: a tap of its own, on no bridge (or, ``managed='no'``, one that exists);
+#: ``direct``: a macvtap on a host interface.
+NIC_TYPES = (
+    "user",
+    "network",
+    "bridge",
+    "ethernet",
+    "direct",
+    "mcast",
+    "udp",
+    "server",
+    "client",
+    "vhostuser",
+)
+#: The NIC types QEMU gets a tap (or macvtap) for.
+TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
+#: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
+DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: A Linux interface name (at most 15 bytes; no '/', ':', '%' or blanks).
@@ -551,6 +585,12 @@ class Interface(DeviceBase):
     source_bridge: str | None = None
     #: ``<target dev=...>``: the tap's name (a user's choice, or the one given at start).
     target_dev: str | None = None
+    #: direct: ``<source dev= mode=>``: the host interface the macvtap sits on, and how.
+    source_dev: str | None = None
+    direct_mode: str | None = None
+    #: ethernet: ``<target managed='no'>``: the tap exists already (made by someone else);
+    #: asvirt only opens it.
+    target_managed: bool | None = None
     #: socket types: ``<source address= port=>`` and udp's ``<local address= port=>``.
     source_address: str | None = None
     source_port: int | None = None
@@ -559,6 +599,12 @@ class Interface(DeviceBase):
     #: vhostuser: ``<source type='unix' path= mode='server'|'client'>``.
     vhost_path: str | None = None
     vhost_mode: str | None = None
+    #: vhostuser, mode='client': ``<reconnect enabled= timeout=>`` (seconds between tries;
+    #: None: libvirt's default, no reconnecting).
+    vhost_reconnect: bool | None = None
+    vhost_reconnect_timeout: int | None = None
+    #: ``<driver queues=N>``: virtio queue pairs of a vhost-user NIC (multiqueue).
+    queues: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -568,16 +614,27 @@ class Interface(DeviceBase):
             src = el.add("source", {"address": self.source_address, "port": self.source_port})
             src.add_if("local", {"address": self.local_address, "port": self.local_port})
         elif self.type == "vhostuser":
-            el.add("source", {"type": "unix", "path": self.vhost_path, "mode": self.vhost_mode})
+            src = el.add(
+                "source", {"type": "unix", "path": self.vhost_path, "mode": self.vhost_mode}
+            )
+            if self.vhost_reconnect is not None:
+                src.add(
+                    "reconnect",
+                    {"enabled": self.vhost_reconnect, "timeout": self.vhost_reconnect_timeout},
+                )
         elif self.type == "network":
             bridge = self.source_bridge if live else None
             el.add("source", {"network": self.source_network, "bridge": bridge})
         elif self.type == "bridge":
             el.add("source", {"bridge": self.source_bridge})
-        if self.target_dev is not None and self.type in ("network", "bridge"):
-            el.add("target", {"dev": self.target_dev})
+        elif self.type == "direct":
+            el.add("source", {"dev": self.source_dev, "mode": self.direct_mode})
+        if self.target_dev is not None and self.type in TAP_NIC_TYPES:
+            el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
+        if self.queues is not None:
+            el.add("driver", {"queues": self.queues})
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
@@ -613,7 +670,32 @@ def parse_interface(node: Node) -> Interface:
         if not nic.vhost_path.startswith("/"):
             raise XMLError(f"vhost-user socket '{nic.vhost_path}' must be an absolute path")
         nic.vhost_mode = source.choice("mode", ("server", "client"), "client")
+        rec = source.child("reconnect")
+        if rec is not None:
+            if nic.vhost_mode != "client":
+                # libvirt's words: QEMU listening has nothing to reconnect to.
+                raise XMLError("'reconnect' attribute unsupported 'server' mode for <interface>")
+            nic.vhost_reconnect = rec.yesno("enabled")
+            if nic.vhost_reconnect is None:
+                raise XMLError(f"missing attribute 'enabled' of {rec.where}")
+            nic.vhost_reconnect_timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
+            if nic.vhost_reconnect and nic.vhost_reconnect_timeout is None:
+                raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
+            if not nic.vhost_reconnect and nic.vhost_reconnect_timeout is not None:
+                raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
+            rec.finish()
         source.finish()
+    elif kind == "ethernet":
+        _parse_tap_target(node, nic)
+    elif kind == "direct":
+        source = node.child("source")
+        if source is None:
+            raise XMLError("<interface type='direct'> needs a <source dev=...>")
+        nic.source_dev = _ifname(source.required("dev"), "source dev")
+        nic.direct_mode = source.choice("mode", DIRECT_MODES, "vepa")
+        source.finish()
+        _parse_tap_target(node, nic)
+        nic.target_managed = None
     elif kind != "user":
         source = node.child("source")
         if source is None:
@@ -626,17 +708,24 @@ def parse_interface(node: Node) -> Interface:
             nic.source_bridge = _ifname(source.required("bridge"), "source bridge")
         source.ignore("portid")  # libvirt's live XML names the network port; asvirt has none
         source.finish()
-        target = node.child("target")
-        if target is not None:
-            nic.target_dev = _ifname(target.required("dev"), "target dev")
-            target.ignore("managed")
-            target.finish()
+        _parse_tap_target(node, nic)
+        nic.target_managed = None  # a bridge's tap is always asvirt's
     model = node.child("model")
     if model is not None:
         nic.model = model.choice("type", NIC_MODELS)
         if nic.model is None:
             raise XMLError(f"missing attribute 'type' of {model.where}")
         model.finish()
+    drv = node.child("driver")
+    if drv is not None:
+        nic.queues = drv.integer("queues", minimum=1, maximum=1024)
+        drv.finish()
+        if nic.queues is not None and kind != "vhostuser":
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: <driver queues=...> of <interface type='{kind}'>: "
+                "asvirt gives a tap one queue and QEMU's user and socket networks have no "
+                "queues; multiqueue is for vhostuser interfaces"
+            )
     link = node.child("link")
     if link is not None:
         nic.link_state = link.choice("state", ("up", "down"))
@@ -646,6 +735,14 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _parse_tap_target(node: Node, nic: Interface) -> None:
+    target = node.child("target")
+    if target is not None:
+        nic.target_dev = _ifname(target.required("dev"), "target dev")
+        nic.target_managed = target.yesno("managed")
+        target.finish()
 
 
 def _parse_socket_nic(node: Node, nic: Interface) -> None:

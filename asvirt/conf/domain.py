@@ -60,6 +60,7 @@ from .tuning import (
     CPUTune,
     MemTune,
     SecLabel,
+    format_cpuset,
     parse_blkiotune,
     parse_cputune,
     parse_memtune,
@@ -268,6 +269,8 @@ class MemoryBacking:
     source: str | None = None  # anonymous | memfd | file
     access: str | None = None  # shared | private
     allocation: str | None = None  # immediate | ondemand
+    #: ``<allocation threads=>``: threads QEMU preallocates with (``prealloc-threads``).
+    allocation_threads: int | None = None
     nosharepages: bool = False
     locked: bool = False
     discard: bool = False
@@ -275,6 +278,37 @@ class MemoryBacking:
     #: host's default size).
     hugepages: bool = False
     hugepage_size_kib: int | None = None
+    #: ``<page size= nodeset=>``: the page size of the guest NUMA nodes named, in order.
+    node_pages: list[NodePages] = field(default_factory=list)
+    #: Whether nodes no ``node_pages`` names get huge pages too: a ``<page>`` without
+    #: nodeset, or a bare ``<hugepages/>``.
+    default_page: bool = True
+
+    def page_kib_for(self, node: int | None) -> int | None:
+        """The huge page size (KiB) backing guest NUMA node ``node`` (None: the RAM of a
+        domain without NUMA cells, which is node 0), 0 for the host's default size, or None
+        for ordinary memory.
+
+        As libvirt chooses: the ``<page>`` whose nodeset names the node, else the one
+        without a nodeset; a node no ``<page>`` names gets no huge pages.
+        """
+        if not self.hugepages:
+            return None
+        for pages in self.node_pages:
+            if (node or 0) in pages.nodes:
+                return pages.size_kib
+        if not self.default_page:
+            return None
+        return self.hugepage_size_kib or 0
+
+
+@dataclass(slots=True, frozen=True)
+class NodePages:
+    """One ``<hugepages><page nodeset=...>``: guest NUMA nodes backed by pages of a size."""
+
+    size_kib: int
+    nodeset: str
+    nodes: frozenset[int]
 
 
 @dataclass(slots=True)
@@ -564,6 +598,8 @@ class DomainDef:
             hp = el.add("hugepages")
             if mb.hugepage_size_kib is not None:
                 hp.add("page", {"size": mb.hugepage_size_kib, "unit": "KiB"})
+            for pages in mb.node_pages:
+                hp.add("page", {"size": pages.size_kib, "unit": "KiB", "nodeset": pages.nodeset})
         if mb.nosharepages:
             el.add("nosharepages")
         if mb.locked:
@@ -572,8 +608,8 @@ class DomainDef:
             el.add("source", {"type": mb.source})
         if mb.access is not None:
             el.add("access", {"mode": mb.access})
-        if mb.allocation is not None:
-            el.add("allocation", {"mode": mb.allocation})
+        if mb.allocation is not None or mb.allocation_threads is not None:
+            el.add("allocation", {"mode": mb.allocation, "threads": mb.allocation_threads})
         if mb.discard:
             el.add("discard")
 
@@ -1303,22 +1339,32 @@ def _parse_memory_backing(node: Node, d: DomainDef) -> None:
     alloc = mb_node.child("allocation")
     if alloc is not None:
         mb.allocation = alloc.choice("mode", ("immediate", "ondemand"))
+        mb.allocation_threads = alloc.integer("threads", minimum=1, maximum=1024)
         alloc.finish()
     hp = mb_node.child("hugepages")
     if hp is not None:
         mb.hugepages = True
         pages = hp.children("page")
-        if len(pages) > 1 or any(p.attr("nodeset") is not None for p in pages):
-            raise ConfigUnsupportedError(
-                "unsupported configuration: <hugepages> of several page sizes or per NUMA "
-                "node are not supported by asvirt (give one <page> without nodeset)"
-            )
+        mb.default_page = not pages
+        seen: set[int] = set()
         for page in pages:
             page_kib = parse_kib(page.required("size"), page.attr("unit"), what="hugepage size")
             if page_kib < 4 or page_kib & (page_kib - 1):
                 raise XMLError(f"invalid hugepage size {page_kib} KiB")
-            mb.hugepage_size_kib = page_kib
+            nodeset = page.attr("nodeset")
             page.finish()
+            if nodeset is None:
+                if mb.default_page:
+                    # libvirt's words: one size is the default, the others name their nodes.
+                    raise XMLError("hugepages: default hugepage size can't be specified twice")
+                mb.default_page = True
+                mb.hugepage_size_kib = page_kib
+                continue
+            nodes = frozenset(parse_cpuset(nodeset))
+            if nodes & seen:
+                raise XMLError(f"hugepages: nodeset '{nodeset}' names a node another page names")
+            seen |= nodes
+            mb.node_pages.append(NodePages(page_kib, format_cpuset(nodes), nodes))
         hp.finish()
     mb_node.finish()
     d.memory_backing = mb

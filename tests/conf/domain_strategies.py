@@ -480,6 +480,41 @@ def windows_features(draw: st.DrawFn) -> tuple[str, str]:
 
 
 @st.composite
+def file_backing(draw: st.DrawFn) -> str:
+    """``<memoryBacking>`` of file-backed RAM (never preallocated: RAM may be 2 GiB here)."""
+    parts = ["<source type='file'/>"]
+    if draw(st.booleans()):
+        parts.append(f"<access mode='{draw(st.sampled_from(['shared', 'private']))}'/>")
+    if draw(st.booleans()):
+        parts.append(f"<allocation mode='ondemand' threads='{draw(st.integers(1, 4))}'/>")
+    if draw(st.booleans()):
+        parts.append("<discard/>")
+    return f"<memoryBacking>{''.join(parts)}</memoryBacking>"
+
+
+@st.composite
+def hugepage_backing(draw: st.DrawFn, ncells: int) -> str:
+    """``<memoryBacking><hugepages>``: the default size, one size, or one per NUMA cell."""
+    pages = ""
+    kind = draw(st.sampled_from(["bare", "sized"] + (["per-node"] if ncells else [])))
+    if kind == "sized":
+        pages = "<page size='2048' unit='KiB'/>"
+    elif kind == "per-node":
+        size = st.sampled_from(["2048", "1048576"])
+        sizes = draw(st.lists(size, min_size=ncells, max_size=ncells))
+        named = draw(st.lists(st.booleans(), min_size=ncells, max_size=ncells))
+        pages = "".join(
+            f"<page size='{size}' unit='KiB' nodeset='{i}'/>"
+            for i, (size, on) in enumerate(zip(sizes, named, strict=True))
+            if on
+        )
+        if draw(st.booleans()) or not pages:
+            pages = "<page size='2' unit='M'/>" + pages
+    extra = "<nosharepages/>" if draw(st.booleans()) else ""
+    return f"<memoryBacking><hugepages>{pages}</hugepages>{extra}</memoryBacking>"
+
+
+@st.composite
 def domains(draw: st.DrawFn) -> str:
     q35 = draw(st.booleans())
     dtype = draw(st.sampled_from(["qemu", "kvm"]))
@@ -528,8 +563,12 @@ def domains(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         os_ += "<kernel>/boot/vmlinuz</kernel><cmdline>" + _esc(draw(free_text)) + "</cmdline>"
     head.append(f"<os firmware='efi'>{os_}</os>" if firmware == "efi" else f"<os>{os_}</os>")
-    backing = draw(st.sampled_from(["", "memfd", "tuned"]))
-    if backing == "memfd":
+    backing = draw(st.sampled_from(["", "memfd", "tuned", "file", "hugepages"]))
+    if backing == "file":
+        head.append(draw(file_backing()))
+    elif backing == "hugepages":
+        head.append(draw(hugepage_backing(numa[1].count("<cell ") if numa else 0)))
+    elif backing == "memfd":
         head.append("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
     elif backing == "tuned":
         head.append(

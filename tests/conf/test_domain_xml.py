@@ -172,10 +172,6 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
 @pytest.mark.parametrize(
     ("xml_fragment", "named"),
     [
-        (
-            "<memoryBacking><hugepages><page size='2048' nodeset='0'/></hugepages></memoryBacking>",
-            "<hugepages>",
-        ),
         ("<numatune><memory placement='auto'/></numatune>", "needs numad"),
         ("<sysinfo type='smbios'><processor/></sysinfo>", "<processor>"),
         ("<features><hyperv mode='bogus'/></features>", "<hyperv>"),

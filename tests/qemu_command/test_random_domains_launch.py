@@ -22,7 +22,9 @@ from qemu_launch import QemuRefused, launch_paused
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.command import domxml_to_native
 from asvirt.drivers.qemu.helpers import ensure_nvram
+from asvirt.drivers.qemu.membacking import MemoryDirs
 from asvirt.drivers.qemu.postparse import prepare_domain
+from asvirt.drivers.qemu.tuning import hugetlbfs_mount
 from tests.caps import REPO, Caps
 
 # The strategies live next to the parser's property tests (a directory without a package).
@@ -52,6 +54,11 @@ def _materialize(xml: str, tmp: Path) -> str:
     xml = xml.replace("<shmem name='hyp-", f"<shmem name='{tmp.name}-")
     if not os.path.exists("/dev/vhost-vsock"):  # QEMU cannot open this host's side of it
         xml = re.sub(r"<vsock .*?</vsock>", "", xml)
+    # Huge pages: only where the host mounts hugetlbfs of every size asked for (and has the
+    # pages: a start checks, see test_argv_membacking); else ordinary RAM.
+    sizes = {int(k) for k in re.findall(r"<page size='(\d+)' unit='KiB'", xml)}
+    if "<hugepages>" in xml and not all(hugetlbfs_mount(k or None) for k in sizes or {0}):
+        xml = re.sub(r"<hugepages>.*?</hugepages>", "", xml)
     xml = xml.replace("<kernel>/boot/vmlinuz</kernel>", "")
     xml = re.sub(r"<cmdline>.*?</cmdline>", "", xml, flags=re.S)
     for m in re.finditer(r"<driver name='qemu' type='(\w+)'[^>]*/><source file='([^']+)'", xml):
@@ -77,9 +84,12 @@ def test_random_domains_start(caps: Caps, xml: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="asvirt-launch-", dir="/var/tmp"))
     try:
         xml = _materialize(xml, tmp)
-        argv = domxml_to_native(xml, caps, monitor_path=str(tmp / "m.sock"))
+        argv = domxml_to_native(
+            xml, caps, monitor_path=str(tmp / "m.sock"), memory_backing_dir=str(tmp / "ram")
+        )
         d = prepare_domain(parse_domain_xml(xml), caps, nvram_dir=str(tmp))
         ensure_nvram(d)  # what start does: the UEFI variable store from its template
+        MemoryDirs.of(d, tmp / "ram").create(None)  # and file-backed RAM's directory
         try:
             got = launch_paused(argv, tmp)
         except QemuRefused as err:

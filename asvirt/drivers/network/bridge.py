@@ -163,23 +163,71 @@ def link_mtu(name: str) -> int | None:
         return mtu
 
 
-def plug(tap: str, bridge: str, *, mac: str, mtu: int | None, up: bool = True) -> None:
-    """Make the tap ``tap`` a port of ``bridge``, with ``mac`` and the bridge's MTU."""
+def plug(tap: str, bridge: str | None, *, mac: str, mtu: int | None, up: bool = True) -> None:
+    """Make the tap ``tap`` a port of ``bridge``, with ``mac`` and the bridge's MTU; with no
+    bridge (an ``ethernet`` interface), only give it ``mac`` (and ``mtu``, if one)."""
     with netlink() as ipr:
         tap_index = link_index(ipr, tap)
-        bridge_index = link_index(ipr, bridge)
         if tap_index is None:
             raise OSError(errno.ENODEV, f"no tap named '{tap}'")
-        if bridge_index is None:
-            raise OSError(errno.ENODEV, f"no bridge named '{bridge}'")
-        attrs: dict[str, Any] = {"address": mac, "master": bridge_index}
-        if mtu is None:
-            mtu = ipr.get_links(bridge_index)[0].get_attr("IFLA_MTU")
+        attrs: dict[str, Any] = {"address": mac}
+        if bridge is not None:
+            bridge_index = link_index(ipr, bridge)
+            if bridge_index is None:
+                raise OSError(errno.ENODEV, f"no bridge named '{bridge}'")
+            attrs["master"] = bridge_index
+            if mtu is None:
+                mtu = ipr.get_links(bridge_index)[0].get_attr("IFLA_MTU")
         if mtu is not None:
             attrs["mtu"] = mtu
         ipr.link("set", index=tap_index, **attrs)
         if up:
             ipr.link("set", index=tap_index, state="up")
+
+
+#: Names asvirt gives macvtaps the XML leaves unnamed (libvirt's: macvtapN).
+MACVTAP_TEMPLATE = "macvtap%d"
+
+
+def create_macvtap(name: str | None, parent: str, *, mode: str, mac: str) -> tuple[str, int]:
+    """Make a macvtap on ``parent`` (``name``, else the first free ``macvtapN``) with the
+    guest's ``mac``, up; returns its name and interface index."""
+    with netlink() as ipr:
+        parent_index = link_index(ipr, parent)
+        if parent_index is None:
+            raise OSError(errno.ENODEV, f"no host interface named '{parent}'")
+        candidates = [name] if name else [MACVTAP_TEMPLATE % n for n in range(4096)]
+        for candidate in candidates:
+            if link_index(ipr, candidate) is not None:
+                if name:
+                    raise OSError(errno.EEXIST, f"an interface named '{name}' exists")
+                continue
+            ipr.link(
+                "add",
+                ifname=candidate,
+                kind="macvtap",
+                link=parent_index,
+                macvtap_mode=mode,
+                address=mac,
+            )
+            index = link_index(ipr, candidate)
+            assert index is not None
+            ipr.link("set", index=index, state="up")
+            return candidate, index
+    raise OSError(errno.ENOSPC, "no free macvtap name")
+
+
+def delete_macvtap(name: str) -> bool:
+    """Delete the macvtap ``name`` (only a macvtap); True if there was one."""
+    with netlink() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return False
+        info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "macvtap":
+            return False
+        ipr.link("del", index=index)
+        return True
 
 
 def set_sysctl(key: str, value: str) -> None:
@@ -200,9 +248,12 @@ def get_sysctl(key: str) -> str | None:
 
 
 __all__ = [
+    "MACVTAP_TEMPLATE",
     "bridge_of",
     "create_bridge",
+    "create_macvtap",
     "delete_link",
+    "delete_macvtap",
     "get_sysctl",
     "is_bridge",
     "link_exists",

@@ -628,15 +628,18 @@ class HostNetworkBackend:
 
 
 async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -> dict[str, int]:
-    """Taps for the ``network`` and ``bridge`` interfaces of a domain about to start.
+    """Taps for the ``network``, ``bridge`` and ``ethernet`` interfaces of a domain about to
+    start.
 
     Each tap is created (named as ``<target dev>`` says, else ``vnetN``), given the guest's
     MAC with a first byte of 0xfe and the bridge's MTU, plugged into the network's (or the
     host's) bridge and brought up; its name, and the bridge, are recorded in ``defn`` (the
-    live definition). Returns alias -> descriptor; on failure, every tap made is closed (and
-    so gone) before the error propagates.
+    live definition). An ``ethernet`` interface's tap is on no bridge; with ``<target
+    managed='no'>`` it is one that exists, only opened (as libvirt: its owner configures it).
+    Returns alias -> descriptor; on failure, every tap made is closed (and so gone) before
+    the error propagates.
     """
-    plans: list[tuple[Interface, str, int | None]] = []
+    plans: list[tuple[Interface, str | None, int | None]] = []
     for nic in defn.interfaces:
         if nic.type == "network":
             if networks is None:
@@ -647,18 +650,71 @@ async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -
         elif nic.type == "bridge":
             assert nic.source_bridge is not None
             plans.append((nic, nic.source_bridge, None))
+        elif nic.type in ("ethernet", "direct"):
+            plans.append((nic, None, None))
     if not plans:
         return {}
     return await trio.to_thread.run_sync(_make_taps, plans)
 
 
-def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]:
+def unplug_interfaces(defn: DomainDef) -> None:
+    """Remove what QEMU's descriptors do not take with them when it exits: the macvtaps of
+    ``direct`` interfaces (named in the live definition). Blocking (netlink)."""
+    for nic in defn.interfaces:
+        if nic.type == "direct" and nic.target_dev is not None:
+            try:
+                bridge.delete_macvtap(nic.target_dev)
+            except Exception as err:
+                log.warning("cannot remove macvtap", macvtap=nic.target_dev, error=str(err))
+
+
+def _make_macvtap(nic: Interface) -> int:
+    """The descriptor of a new macvtap for a ``direct`` interface (its name in ``nic``)."""
+    assert nic.source_dev is not None
+    try:
+        name, index = bridge.create_macvtap(
+            nic.target_dev,
+            nic.source_dev,
+            mode=nic.direct_mode or "vepa",
+            mac=nic.mac or "52:54:00:00:00:00",
+        )
+    except OSError as err:  # asvirt's own words for a missing or taken name
+        raise SystemCallError(
+            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: "
+            f"{err.strerror or err}"
+        ) from None
+    except Exception as err:  # netlink's refusal
+        code = getattr(err, "code", None)
+        what = os.strerror(code) if isinstance(code, int) else str(err)
+        raise SystemCallError(
+            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: {what}"
+        ) from None
+    nic.target_dev = name
+    try:
+        return tap.open_macvtap(index)
+    except OSError as err:
+        bridge.delete_macvtap(name)
+        raise SystemCallError.from_oserror(err, "open the macvtap", name) from None
+
+
+def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[str, int]:
     fds: dict[str, int] = {}
+    made: list[str] = []  # macvtaps: they outlive their descriptors
     try:
         for nic, br, mtu in plans:
-            if not bridge.is_bridge(br):
+            if nic.type == "direct":
+                fds[nic.alias or ""] = _make_macvtap(nic)
+                made.append(nic.target_dev or "")
+                continue
+            if br is not None and not bridge.is_bridge(br):
                 raise OperationInvalidError(
                     f"cannot plug interface {nic.mac} into '{br}': no such bridge on the host"
+                )
+            existing = nic.type == "ethernet" and nic.target_managed is False
+            if existing and not bridge.link_exists(nic.target_dev or ""):
+                raise OperationInvalidError(
+                    f"interface {nic.mac} uses the existing tap '{nic.target_dev}' "
+                    "(managed='no'), and the host has no such device"
                 )
             try:
                 fd, name = tap.open_tap(nic.target_dev or tap.DEFAULT_TEMPLATE)
@@ -667,18 +723,24 @@ def _make_taps(plans: list[tuple[Interface, str, int | None]]) -> dict[str, int]
                     err, "create a tap for interface", nic.mac
                 ) from None
             fds[nic.alias or name] = fd
+            nic.target_dev = name
+            if existing:
+                continue  # its owner's to configure
             try:
                 bridge.plug(name, br, mac=tap.tap_mac(nic.mac or "52:54:00:00:00:00"), mtu=mtu)
             except Exception as err:
                 code = getattr(err, "code", None) or getattr(err, "errno", None)
                 what = os.strerror(code) if isinstance(code, int) else str(err)
-                raise SystemCallError(f"cannot plug tap '{name}' into '{br}': {what}") from None
-            nic.target_dev = name
+                where = f"into '{br}'" if br is not None else "up"
+                raise SystemCallError(f"cannot plug tap '{name}' {where}: {what}") from None
             if nic.type == "network":
                 nic.source_bridge = br
     except BaseException:
         for fd in fds.values():
             os.close(fd)
+        for name in made:
+            with contextlib.suppress(Exception):
+                bridge.delete_macvtap(name)
         raise
     return fds
 
@@ -697,4 +759,5 @@ __all__ = [
     "NetworkState",
     "host_network_driver",
     "plug_interfaces",
+    "unplug_interfaces",
 ]

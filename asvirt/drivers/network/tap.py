@@ -21,6 +21,7 @@ DEFAULT_TEMPLATE = "vnet%d"
 RESERVED_PREFIXES = ("vnet", "vif", "macvtap", "macvlan")
 
 _TUNSETIFF = 0x400454CA
+_TUNGETIFF = 0x800454D2
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
@@ -48,10 +49,24 @@ def open_tap(name: str = DEFAULT_TEMPLATE) -> tuple[int, str]:
     return fd, actual
 
 
+def open_macvtap(index: int) -> int:
+    """Open the character device of the macvtap with interface index ``index`` (close-on-
+    exec), with virtio-net headers on as QEMU expects of a tap descriptor (libvirt's way)."""
+    fd = os.open(f"/dev/tap{index}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifr = fcntl.ioctl(fd, _TUNGETIFF, struct.pack("16sH", b"", 0))
+        flags = struct.unpack("16sH", ifr[:18])[1]
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", b"", flags | _IFF_VNET_HDR))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def tap_mac(guest_mac: str) -> str:
     """The host side's MAC: the guest's with the first byte 0xfe, as libvirt does, so that
     the bridge (which takes the lowest MAC of its ports) never takes a guest's address."""
     return "fe" + guest_mac[2:]
 
 
-__all__ = ["DEFAULT_TEMPLATE", "RESERVED_PREFIXES", "open_tap", "tap_mac"]
+__all__ = ["DEFAULT_TEMPLATE", "RESERVED_PREFIXES", "open_macvtap", "open_tap", "tap_mac"]

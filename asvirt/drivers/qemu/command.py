@@ -20,6 +20,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ...conf.addresses import DriveAddress, PCIAddress, USBAddress, VirtioSerialAddress
@@ -41,6 +42,7 @@ from . import command_more as more
 from . import command_other as other
 from . import command_tune as tune
 from .capabilities import QemuCapabilities
+from .membacking import domain_memory_dir
 from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
@@ -77,6 +79,7 @@ def build_command(
     runtime_dir: str | None = None,
     sandbox: bool = True,
     tap_fds: dict[str, int] | None = None,
+    memory_dir: str | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -88,6 +91,8 @@ def build_command(
     ``tap_fds`` maps the alias of a ``network`` or ``bridge`` interface to the descriptor of
     the tap made for it, passed to QEMU as libvirt does (``-netdev tap,fd=N``); without
     one, QEMU is asked to create the tap itself (what ``domxml-to-native`` shows).
+    ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
+    RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -105,6 +110,7 @@ def build_command(
         fill_runtime_paths(defn, runtime_dir)
     builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds)
     builder.runtime_dir = runtime_dir
+    builder.memory_dir = memory_dir
     return builder.build(monitor)
 
 
@@ -115,15 +121,22 @@ def domxml_to_native(
     monitor_path: str,
     sandbox: bool = True,
     nvram_dir: str | None = None,
+    memory_backing_dir: str | None = None,
 ) -> list[str]:
     """Parse, prepare and build: the argv ``start`` would run for ``xml_text``.
 
-    A UEFI NVRAM file goes in ``nvram_dir`` (default: beside the monitor socket); this only
-    names it, creating nothing (``start`` copies the template on first use).
+    A UEFI NVRAM file goes in ``nvram_dir`` (default: beside the monitor socket), file-backed
+    RAM in a directory of the domain's under ``memory_backing_dir`` (default: libvirt's
+    ``/var/lib/libvirt/qemu/ram``); this only names them, creating nothing (``start`` does).
     """
     nvram_dir = nvram_dir or os.path.dirname(monitor_path) or "."
     defn = prepare_domain(parse_domain_xml(xml_text), caps, nvram_dir=nvram_dir)
-    return build_command(defn, caps, monitor=MonitorSpec(path=monitor_path), sandbox=sandbox)
+    memory_dir = None
+    if memory_backing_dir is not None:
+        memory_dir = str(domain_memory_dir(Path(memory_backing_dir), defn))
+    return build_command(
+        defn, caps, monitor=MonitorSpec(path=monitor_path), sandbox=sandbox, memory_dir=memory_dir
+    )
 
 
 def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
@@ -295,6 +308,8 @@ class _Builder:
         self.bootindex = self._boot_indexes()
         #: Where helper programs' sockets are (see command_more); None: not known.
         self.runtime_dir: str | None = None
+        #: The domain's directory of file-backed RAM (see membacking); None: libvirt's.
+        self.memory_dir: str | None = None
 
     def runtime_dir_or_fail(self, what: str) -> str:
         if self.runtime_dir is None:
@@ -827,7 +842,7 @@ class _Builder:
             if nic.type == "user":
                 self.add("-netdev", f"user,id={netdev}")
             elif nic.type in SOCKET_NIC_TYPES or nic.type == "vhostuser":
-                self.add(*extra.netdev_args(nic, netdev))
+                self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fd is not None:
                 self.add("-netdev", f"tap,fd={fd},id={netdev}")
             else:
@@ -842,6 +857,10 @@ class _Builder:
             "id": nic.alias,
             "mac": nic.mac,
         }
+        if nic.queues is not None and nic.queues > 1:
+            # As libvirt: multiqueue, with an MSI-X vector per queue and two more.
+            props["mq"] = True
+            props["vectors"] = 2 * nic.queues + 2
         props = self._pci(props, nic.address, f"interface '{nic.alias}'")
         props["bootindex"] = self.bootindex.get(id(nic))
         return props
@@ -901,11 +920,7 @@ class _Builder:
             # A client socket whose listener is not up yet would make QEMU refuse to
             # start. asvirt lets it retry instead (every second unless <reconnect> says
             # otherwise); <reconnect enabled='no'/> restores fail-at-start.
-            seconds = chr_.reconnect_timeout or 1
-            if self.caps.at_least(9, 2):
-                opts.append(f"reconnect-ms={seconds * 1000}")
-            else:
-                opts.append(f"reconnect={seconds}")
+            opts.append(extra.reconnect_option(self.caps, chr_.reconnect_timeout or 1))
         return opts
 
     def _serials(self) -> None:

@@ -16,6 +16,7 @@ from ...conf.domain import DomainDef
 from ...conf.memory import MemoryDevice
 
 if TYPE_CHECKING:
+    from .capabilities import QemuCapabilities
     from .command import _Builder
 
 
@@ -30,16 +31,27 @@ def _kv(value: str) -> str:
 # -- network backends -------------------------------------------------------------------------
 
 
-def netdev_args(nic: Interface, netdev: str) -> list[str]:
+def reconnect_option(caps: QemuCapabilities, seconds: int) -> str:
+    """A client socket chardev's retry interval: ``reconnect-ms`` from QEMU 9.2 (which
+    deprecates ``reconnect``), seconds before."""
+    return f"reconnect-ms={seconds * 1000}" if caps.at_least(9, 2) else f"reconnect={seconds}"
+
+
+def netdev_args(nic: Interface, netdev: str, caps: QemuCapabilities) -> list[str]:
     """The ``-chardev``/``-netdev`` options of a socket or vhost-user interface."""
     if nic.type == "vhostuser":
         cid = f"char{nic.alias}"
-        server = ",server=on" if nic.vhost_mode == "server" else ""
+        chardev = [f"socket,id={cid},path={_kv(nic.vhost_path or '')}"]
+        if nic.vhost_mode == "server":
+            chardev.append("server=on")
+        elif nic.vhost_reconnect and nic.vhost_reconnect_timeout is not None:
+            chardev.append(reconnect_option(caps, nic.vhost_reconnect_timeout))
+        queues = f",queues={nic.queues}" if nic.queues is not None else ""
         return [
             "-chardev",
-            f"socket,id={cid},path={_kv(nic.vhost_path or '')}{server}",
+            ",".join(chardev),
             "-netdev",
-            f"vhost-user,chardev={cid},id={netdev}",
+            f"vhost-user,chardev={cid}{queues},id={netdev}",
         ]
     where = f"{nic.source_address or ''}:{nic.source_port}"
     if nic.type == "udp":
@@ -205,4 +217,5 @@ __all__ = [
     "memory_device_args",
     "netdev_args",
     "pstore_args",
+    "reconnect_option",
 ]

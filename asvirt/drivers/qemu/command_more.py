@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
-from .command_other import host_nodes, needs_ram_object, numa_args, ram_backend, redir_filter
+from .command_other import needs_ram_object, numa_args, ram_backend, redir_filter
 from .postparse_more import CODEC_DEVICE, SOUND_DEVICE
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def memory_args(b: _Builder) -> None:
     d = b.d
     mb = d.memory_backing
     if needs_ram_object(d):
-        props = ram_backend(d, "pc.ram", d.initial_memory_kib, tune=host_nodes(d, None))
+        props = ram_backend(b, "pc.ram", d.initial_memory_kib, node=None)
         props["x-use-canonical-path-for-ramblock-id"] = False
         size = props.pop("size")
         props["size"] = -(-size // (1 << 20)) * (1 << 20)  # whole MiB, as -m has it

@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ...conf.devices import virtio_props
 from ...conf.domain import parse_cpuset
 from . import command_extra as extra
-from .command_tune import hugepage_backend
 from .hostsmbios import host_smbios
-from .postparse_more import memory_backend
+from .membacking import backend_props, memory_backend
 from .postparse_other import RNG_DEVICE, SMARTCARD_DEVICE, VSOCK_DEVICE
-from .tuning import hugetlbfs_mount
 
 if TYPE_CHECKING:
     from ...conf.domain import DomainDef
@@ -266,27 +264,21 @@ def needs_ram_object(d: DomainDef) -> bool:
 
 
 def ram_backend(
-    d: DomainDef,
+    b: _Builder,
     obj_id: str,
     size_kib: int,
     *,
+    node: int | None,
     access: str | None = None,
-    tune: dict[str, Any] | None = None,
+    discard: bool | None = None,
 ) -> dict[str, Any]:
-    """A memory backend object as libvirt builds it from ``<memoryBacking>``."""
-    mb = d.memory_backing
-    qom = memory_backend(d) or "memory-backend-ram"
-    props: dict[str, Any] = {"qom-type": qom, "id": obj_id}
-    access = access or (mb.access if mb is not None else None)
-    if access is not None:
-        props["share"] = access == "shared"
-    if mb is not None and mb.hugepages:
-        mount = hugetlbfs_mount(mb.hugepage_size_kib) or "/dev/hugepages"
-        hugepage_backend(d, props, obj_id, mount)
-    if mb is not None and (mb.allocation == "immediate" or mb.hugepages):
-        props["prealloc"] = True  # libvirt preallocates huge pages as well
-    props["size"] = size_kib * 1024
-    props.update(tune or {})
+    """A memory backend object as libvirt builds it from ``<memoryBacking>`` (see
+    :mod:`.membacking`) and ``<numatune>``, for guest NUMA node ``node``."""
+    d = b.d
+    props = backend_props(
+        d, obj_id, size_kib, node=node, memory_dir=b.memory_dir, access=access, discard=discard
+    )
+    props.update(host_nodes(d, node))
     return props
 
 
@@ -311,7 +303,7 @@ def numa_args(b: _Builder) -> None:
     for cell in cells:
         obj = f"ram-node{cell.id}"
         props = ram_backend(
-            d, obj, cell.memory_kib, access=cell.mem_access, tune=host_nodes(d, cell.id)
+            b, obj, cell.memory_kib, node=cell.id, access=cell.mem_access, discard=cell.discard
         )
         b.add("-object", _json(props))
         cpus = _cpus_opts(cell.cpus) if cell.cpus else ""
@@ -325,7 +317,7 @@ def memory_device_args(b: _Builder) -> None:
             extra.memory_device_args(b, i, md)  # file-backed and SGX memory
             continue
         obj = f"mem{md.alias}"
-        props = ram_backend(d, obj, md.size_kib, access=md.access, tune=host_nodes(d, md.node))
+        props = ram_backend(b, obj, md.size_kib, node=md.node, access=md.access, discard=md.discard)
         dev: dict[str, Any] = {"node": md.node}
         if md.model == "virtio-mem":
             props["reserve"] = False  # plugged in blocks as the guest asks: reserve nothing

@@ -1,7 +1,7 @@
 """The command line of the tuning elements (:mod:`asvirt.conf.tuning`): a disk's I/O throttle
 (``<iotune>``: a ``throttle-group`` object and a ``throttle`` filter node above the disk's
 media, which is what ``query-named-block-nodes`` then shows), its block sizes and geometry,
-virtio-blk queues, and guest RAM on hugetlbfs (``<memoryBacking><hugepages>``)."""
+and virtio-blk queues."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ...conf.devices import Disk
-from ...conf.domain import DomainDef
 from ...conf.tuning import IOTune
 
 if TYPE_CHECKING:
@@ -96,21 +95,8 @@ def disk_device_props(disk: Disk, props: dict[str, Any]) -> None:
         props["queue-size"] = disk.queue_size
 
 
-# -- hugepages -------------------------------------------------------------------------------
-
-
-def hugepage_backend(d: DomainDef, props: dict[str, Any], obj_id: str, mem_path: str) -> None:
-    """Turn a RAM backend's properties into libvirt's hugetlbfs-file backend."""
-    props["qom-type"] = "memory-backend-file"
-    props["mem-path"] = f"{mem_path}/{obj_id}"
-    mb = d.memory_backing
-    if mb is not None and mb.discard:
-        props["discard-data"] = True
-
-
 __all__ = [
     "disk_device_props",
-    "hugepage_backend",
     "throttle_group_id",
     "throttle_limits",
     "throttle_node",

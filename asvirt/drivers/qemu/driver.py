@@ -62,7 +62,7 @@ from ..base import (
     SecurityModel,
 )
 from ..local import LocalDriver
-from ..network.driver import host_network_driver, plug_interfaces
+from ..network.driver import host_network_driver, plug_interfaces, unplug_interfaces
 from ..storage.driver import DirStorageDriver
 from . import helpers, process
 from .capabilities import (
@@ -76,6 +76,7 @@ from .capabilities import (
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
 from .hotplug import prepare_with_device
+from .membacking import backing_dir
 from .monitor import MonitorCounters, MonitorHost, monitor_host
 from .nodeinfo import host_node_info
 from .paths import EmbedPaths
@@ -138,6 +139,11 @@ class QemuBackend:
             monitor_path=str(self.paths.monitor(defn.uuid)),
             sandbox=self._node.config.qemu.seccomp_sandbox,
             nvram_dir=str(self.paths.nvram_dir),
+            memory_backing_dir=str(
+                backing_dir(
+                    self._node.config.qemu.memory_backing_dir, self.paths.memory_backing_dir
+                )
+            ),
         )
         return shlex.join(argv)
 
@@ -610,6 +616,7 @@ class QemuNode(Node):
             capabilities_for=self.capabilities_for,
             security=self.security,
             plug_interfaces=self._plug_interfaces,
+            unplug_interfaces=unplug_interfaces,
             monitor_counters=self.monitor_counters,
         )
 

@@ -13,6 +13,7 @@
     ROOT/lib/qemu/nvram/NAME_VARS.fd  a UEFI domain's variable store (kept with the domain)
     ROOT/lib/qemu/snapshot/NAME/SNAP.xml  a domain's snapshot metadata (libvirt's layout)
     ROOT/lib/qemu/save/NAME.save  a domain's managed save image
+    ROOT/lib/qemu/ram/NAME/       a running domain's file-backed RAM ([qemu] memory_backing_dir)
     ROOT/lib/swtpm/UUID/          an emulated TPM's state
     ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd) of a running domain
     ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log...)
@@ -62,6 +63,12 @@ class EmbedPaths(NodeDirs):
     def nvram_dir(self) -> Path:
         """Where UEFI domains' NVRAM files live (created, private, when first needed)."""
         return self.root / "lib" / "qemu" / "nvram"
+
+    @property
+    def memory_backing_dir(self) -> Path:
+        """Where file-backed guest RAM goes unless ``[qemu] memory_backing_dir`` says
+        otherwise: a directory per running domain (see :mod:`.membacking`)."""
+        return self.top("lib") / "qemu" / "ram"
 
     @property
     def snapshot_root(self) -> Path:

@@ -17,7 +17,7 @@ from ...conf.devices import Chardev, Graphics
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from .capabilities import QemuCapabilities
-from .postparse_more import shared_memory
+from .membacking import shared_memory
 
 #: The network of QEMU's user-mode stack (slirp's default), its host and its DNS server.
 SLIRP_NET = ipaddress.IPv4Network("10.0.2.0/24")
@@ -135,7 +135,7 @@ def check_more_host_devices(d: DomainDef) -> None:
     the part of :func:`~asvirt.drivers.qemu.helpers.check_host_devices` for them."""
     for disk in d.disks:
         if disk.device == "lun" and disk.source is not None:
-            _check_scsi_lun(d, disk.target, disk.source)
+            _check_scsi_lun(d, disk.target, disk.source, disk.sgio)
     for gfx in d.graphics:
         _check_local_display(d, gfx)
     if any(m.model == "sgx-epc" for m in d.memory_devices):
@@ -184,7 +184,10 @@ def _check_local_display(d: DomainDef, gfx: Graphics) -> None:
         )
 
 
-def _check_scsi_lun(d: DomainDef, target: str, path: str) -> None:
+def _check_scsi_lun(d: DomainDef, target: str, path: str, sgio: str | None) -> None:
+    """The LUN must be a whole host SCSI disk; ``sgio`` is set on it as libvirt does: the
+    kernel's ``unpriv_sgio`` (a knob some kernels have) written 1 for 'unfiltered', 0 else;
+    where the kernel has no such knob it always filters, so 'unfiltered' is refused."""
     where = f"disk '{target}' of domain '{d.name}'"
     try:
         st = os.stat(path)
@@ -199,6 +202,18 @@ def _check_scsi_lun(d: DomainDef, target: str, path: str) -> None:
             f"{where}: {path} is not a whole SCSI disk, and QEMU's scsi-block passes SCSI "
             "commands (SG_IO) to one (use device='disk' for any other block device)"
         )
+    knob = sysfs.parent / "queue" / "unpriv_sgio"
+    if not knob.exists():
+        if sgio == "unfiltered":
+            raise OperationFailedError(
+                f"{where} asks for sgio='unfiltered', and this kernel filters SG_IO always "
+                f"(it has no unpriv_sgio setting: {knob} is missing)"
+            )
+        return
+    try:
+        knob.write_text("1" if sgio == "unfiltered" else "0")
+    except OSError as e:
+        raise OperationFailedError(f"{where}: cannot set {knob}: {e.strerror}") from None
 
 
 __all__ = ["check_guestfwd", "check_more_host_devices", "prepare_extra"]

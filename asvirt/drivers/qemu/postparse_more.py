@@ -14,6 +14,7 @@ from ...conf.devices import Audio, GraphicsListen
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
+from .membacking import shared_memory
 from .tuning import check_tuning
 
 #: QEMU device of each ``<sound model>``.
@@ -144,36 +145,17 @@ def _memory_backing(d: DomainDef) -> None:
     mb = d.memory_backing
     if mb is None:
         return
-    if mb.source == "file":
-        raise ConfigUnsupportedError(
-            "unsupported configuration: <memoryBacking><source type='file'/> needs libvirt's "
-            "memory_backing_dir, which asvirt does not have; use type='memfd'"
-        )
+    cells = {c.id for c in d.cpu.numa} if d.cpu is not None and d.cpu.numa else {0}
+    for pages in mb.node_pages:
+        missing = sorted(pages.nodes - cells)
+        if missing:
+            # libvirt's words (a domain without NUMA cells has node 0 only).
+            raise XMLError(f"hugepages: node {missing[0]} not found")
     if mb.discard and mb.source != "file" and not mb.hugepages:
         raise ConfigUnsupportedError(
             "unsupported configuration: <memoryBacking><discard/> only applies to file-backed "
             "memory (QEMU's discard-data)"
         )
-
-
-def shared_memory(d: DomainDef) -> bool:
-    """Whether guest RAM may be mapped by another process (vhost-user needs that)."""
-    mb = d.memory_backing
-    return mb is not None and mb.access == "shared"
-
-
-def memory_backend(d: DomainDef) -> str | None:
-    """The QOM type of the object backing guest RAM, or None for QEMU's default."""
-    mb = d.memory_backing
-    if mb is None or (
-        mb.source is None and mb.access is None and mb.allocation is None and not mb.hugepages
-    ):
-        return None
-    if mb.source == "memfd":
-        return "memory-backend-memfd"
-    if mb.hugepages:
-        return "memory-backend-file"
-    return "memory-backend-ram"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +354,5 @@ __all__ = [
     "SPICE_AGENT_CHANNEL",
     "default_audio",
     "has_spice",
-    "memory_backend",
     "prepare_more",
-    "shared_memory",
 ]

@@ -64,7 +64,7 @@ from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import GroupBits, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
-from . import process, tuning
+from . import membacking, process, tuning
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -82,7 +82,7 @@ from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
-from .security import DacSecurity
+from .security import DacSecurity, describe_file, qemu_caps, unreachable
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
 from .vcpus import ResourceOps, vcpu_unplug_event
@@ -104,6 +104,8 @@ class RunnerEnv:
     #: into their bridges (recording their names in it); returns alias -> tap descriptor.
     #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
     plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
+    #: Removes what a stopped domain's interfaces leave on the host (macvtaps); blocking.
+    unplug_interfaces: Callable[[DomainDef], None] | None = None
     #: What the node's monitors count together (QMP deadlines missed).
     monitor_counters: MonitorCounters = dataclasses.field(default_factory=MonitorCounters)
 
@@ -503,9 +505,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         socket_dir = paths.socket_dir
         if security is not None and security.identity is not None:
             socket_dir = security.socket_dir  # QEMU's user cannot enter the root
-        mb = self._live_def.memory_backing
-        if mb is not None and mb.hugepages:
-            tuning.check_hugepages(self._live_def)
+        membacking.check_hugepages(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(socket_dir))
@@ -513,6 +513,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
+        self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
         tap_fds: dict[str, int] = {}
@@ -550,6 +551,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 log_fd = fsutil.open_private_append(paths.log(name))
             except OSError as err:
                 raise SystemCallError.from_oserror(err, f"start domain '{name}'") from None
+            files = self._memory_dirs().files
+            memory_dir = str(files) if files is not None else None
             argv = build_command(
                 self._live_def,
                 caps,
@@ -557,6 +560,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
+                memory_dir=memory_dir,
             )
             passed: tuple[int, ...] = ()
             if isinstance(self._origin, FromImage):
@@ -565,10 +569,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 passed = (self._origin.fd,)
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
-                argv = security.command(argv)
+                argv = security.command(argv, qemu_caps(self._live_def))
             label = tuning.label_identity(self._live_def)
             if label is not None:
-                argv = label.command(argv)  # <seclabel model='dac'> with a static label
+                # <seclabel model='dac'> with a static label
+                argv = label.command(argv, qemu_caps(self._live_def))
             # Refuses what this host cannot control, before QEMU exists.
             self._resctrl = tuning.prepare_resctrl(self._live_def, self._uuid)
             self._cgroup = tuning.prepare_cgroup(self._live_def, self._env.config.cgroup_parent)
@@ -643,6 +648,49 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._start_time is None:
             raise OperationFailedError(f"QEMU exited during start-up: {self._exit_reason()}")
         self.log.info("QEMU started", operation="start", argv0=argv[0])
+
+    def _memory_dirs(self) -> membacking.MemoryDirs:
+        base = membacking.backing_dir(
+            self._env.config.memory_backing_dir, self._env.paths.memory_backing_dir
+        )
+        return membacking.MemoryDirs.of(self._live_def, base)
+
+    def _make_memory_dirs(self) -> None:
+        """The directories of file-backed and hugepage RAM, QEMU's user's to write in."""
+        dirs = self._memory_dirs()
+        if not dirs:
+            return
+        owner: tuple[int, int] | None = None
+        over = tuning.dac_override(self._live_def)
+        security = self._security()
+        if isinstance(over, tuple):
+            owner = over
+        elif security is not None and security.identity is not None:
+            owner = (security.identity.uid, security.identity.gid)
+        try:
+            dirs.create(owner)
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"prepare the memory of domain '{self._name}'"
+            ) from None
+        who = security.identity if security is not None else None
+        for path in (dirs.files, *dirs.hugepages):
+            blocked = unreachable(str(path), who) if path is not None and who else None
+            if blocked is not None:
+                raise OperationFailedError(
+                    f"QEMU of domain '{self._name}' runs as {who} and cannot enter "
+                    f"'{blocked}' ({describe_file(blocked)}) on the way to its memory "
+                    f"directory {path}: give that user search access, or set [qemu] "
+                    "memory_backing_dir to a directory it can enter"
+                )
+
+    def _remove_memory_dirs(self) -> None:
+        try:
+            self._memory_dirs().remove()
+        except OSError as err:
+            # QEMU is gone; what is left is only disk space. Said, not raised: the stop
+            # itself happened.
+            self.log.warning("cannot remove the domain's memory files", error=str(err))
 
     def _security(self) -> DacSecurity | None:
         """The node's confinement, unless a <seclabel model='dac'> of the domain names its
@@ -1039,6 +1087,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._env.security is not None:
             # Give QEMU's user's files back before the record that names them goes.
             self._env.security.release(self._uuid)
+        self._remove_memory_dirs()
+        if self._env.unplug_interfaces is not None:
+            self._env.unplug_interfaces(self._live_def)
         if tuning.wanted_controllers(self._live_def):
             tuning.remove_cgroup(self._uuid, self._env.config.cgroup_parent)
         if self._live_def.cputune is not None and self._live_def.cputune.resctrl:

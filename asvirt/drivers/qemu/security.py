@@ -82,20 +82,28 @@ class QemuIdentity:
     def __str__(self) -> str:
         return f"user '{self.user}' (uid {self.uid}, gid {self.gid})"
 
-    def command(self, argv: list[str]) -> list[str]:
-        """``argv`` run as this identity, with no new privileges and no capabilities."""
+    def command(self, argv: list[str], caps: tuple[str, ...] = ()) -> list[str]:
+        """``argv`` run as this identity, with no new privileges and no capabilities but
+        ``caps`` (setpriv's names: ``sys_rawio``), which it keeps as ambient ones."""
+        keep = "".join(f",+{cap}" for cap in caps)
         return [
             self.setpriv,
             f"--reuid={self.uid}",
             f"--regid={self.gid}",
             f"--groups={','.join(map(str, self.groups))}",
             "--no-new-privs",
-            "--bounding-set=-all",
-            "--inh-caps=-all",
-            "--ambient-caps=-all",
+            f"--bounding-set=-all{keep}",
+            f"--inh-caps=-all{keep}",
+            f"--ambient-caps=-all{keep}",
             "--",
             *argv,
         ]
+
+
+def qemu_caps(defn: DomainDef) -> tuple[str, ...]:
+    """The capabilities QEMU keeps when it runs as another user: ``sys_rawio`` for a SCSI
+    LUN with ``rawio='yes'`` (as libvirt keeps CAP_SYS_RAWIO for it)."""
+    return ("sys_rawio",) if any(disk.rawio for disk in defn.disks) else ()
 
 
 def resolve_identity(config: QemuConfig) -> QemuIdentity | None:
@@ -436,9 +444,9 @@ class DacSecurity:
 
     # -- a domain starts ---------------------------------------------------------------------
 
-    def command(self, argv: list[str]) -> list[str]:
-        """The argv that runs QEMU's ``argv`` as the configured identity."""
-        return argv if self.identity is None else self.identity.command(argv)
+    def command(self, argv: list[str], caps: tuple[str, ...] = ()) -> list[str]:
+        """The argv that runs QEMU's ``argv`` as the configured identity (keeping ``caps``)."""
+        return argv if self.identity is None else self.identity.command(argv, caps)
 
     def prepare(self, uuid: str, defn: DomainDef, emulator: str) -> None:
         """Check that QEMU of domain ``uuid`` can reach everything ``defn`` names, create the
@@ -687,6 +695,7 @@ __all__ = [
     "allows",
     "needs",
     "qcow2_backing_chain",
+    "qemu_caps",
     "resolve_identity",
     "unreachable",
 ]

@@ -78,10 +78,11 @@ def check_tuning(d: DomainDef) -> None:
             "unsupported configuration: <memoryBacking><locked/> and a virtio-mem device "
             "cannot go together: QEMU's virtio-mem is incompatible with mlock"
         )
-    if mb is not None and mb.hugepages and mb.source in ("memfd", "file"):
+    if mb is not None and mb.hugepages and mb.source == "anonymous":
+        # libvirt's rule: anonymous memory is the kernel's own pages, never hugetlbfs ones
+        # (memfd takes them as hugetlb memfds, a file source gives way to huge pages).
         raise ConfigUnsupportedError(
-            f"unsupported configuration: hugepages are not allowed with memory source type "
-            f"'{mb.source}'"
+            "unsupported configuration: hugepages are not allowed with anonymous memory source"
         )
 
 
@@ -964,7 +965,7 @@ def remove_resctrl(uuid: str) -> None:
 
 def hugetlbfs_mount(page_kib: int | None) -> str | None:
     """A hugetlbfs mount of ``page_kib`` pages (None: the default size), or None."""
-    default = _default_hugepage_kib()
+    default = default_hugepage_kib()
     want = page_kib or default
     with open("/proc/self/mounts") as f:
         for line in f:
@@ -980,7 +981,7 @@ def hugetlbfs_mount(page_kib: int | None) -> str | None:
     return None
 
 
-def _default_hugepage_kib() -> int:
+def default_hugepage_kib() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("Hugepagesize:"):
@@ -996,40 +997,14 @@ def _size_kib(text: str) -> int:
     return int(text) // 1024
 
 
-def check_hugepages(d: DomainDef) -> str:
-    """The hugetlbfs mount guest RAM goes to; refuses a start that could not have it."""
-    mb = d.memory_backing
-    assert mb is not None and mb.hugepages
-    size = mb.hugepage_size_kib or _default_hugepage_kib()
-    mount = hugetlbfs_mount(size)
-    if mount is None:
-        # libvirt's words for it.
-        raise OperationFailedError(
-            f"hugetlbfs filesystem is not mounted or disabled by administrator config "
-            f"(no hugetlbfs of {size} KiB pages in /proc/mounts)"
-        )
-    free_file = Path(f"/sys/kernel/mm/hugepages/hugepages-{size}kB/free_hugepages")
-    try:
-        free = int(free_file.read_text())
-    except (OSError, ValueError):
-        raise OperationFailedError(f"the host has no {size} KiB huge pages") from None
-    needed = -(-d.memory_kib // size)
-    if free < needed:
-        raise OperationFailedError(
-            f"not enough free huge pages of {size} KiB for domain '{d.name}': it needs "
-            f"{needed}, {free} are free (raise /proc/sys/vm/nr_hugepages)"
-        )
-    return mount
-
-
 __all__ = [
     "RESCTRL_ROOT",
     "DomainCgroup",
     "DomainResctrl",
     "Threads",
-    "check_hugepages",
     "check_tuning",
     "dac_override",
+    "default_hugepage_kib",
     "existing_cgroup",
     "existing_resctrl",
     "hugetlbfs_mount",
