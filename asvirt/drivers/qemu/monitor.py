@@ -81,6 +81,15 @@ async def monitor_host() -> AsyncIterator[MonitorHost]:
             nursery.cancel_scope.cancel()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    """A command encoded once (:meth:`Monitor.prepare`), for a caller that asks it again and
+    again (statistics): encoding is a good part of what a query costs the supervisor."""
+
+    command: str
+    data: bytes
+
+
 class _Reply:
     """A command waiting for its reply."""
 
@@ -90,6 +99,10 @@ class _Reply:
         self.command = command
         self.done = trio.Event()
         self.message: dict[str, Any] | None = None  # None once done: the session ended
+
+
+#: A command :meth:`Monitor.ask` wrote, waiting for its answer.
+Pending = _Reply
 
 
 class Monitor:
@@ -197,6 +210,76 @@ class Monitor:
             return []
         return await self._deadline(commands[0][0], timeout, self._exchange(commands))
 
+    @classmethod
+    def prepare(cls, command: str, arguments: dict[str, Any] | None = None) -> Prepared:
+        """``command`` encoded for :meth:`ask`. QMPError if it cannot be sent (not JSON)."""
+        return Prepared(command, cls._encode(command, arguments))
+
+    async def ask(self, commands: Sequence[Prepared], *, deadline: float) -> list[Pending]:
+        """Write ``commands`` (together) and return their pending replies, for :meth:`answers`
+        to read later: the caller asks many QEMUs before it waits for any. No checkpoint when
+        the socket takes it all at once (the usual case); else it waits for the socket until
+        ``deadline`` (trio time), after which the commands are abandoned. QMPError if the
+        session is gone."""
+        self._check_usable(commands[0].command)
+        data = b"".join(c.data for c in commands)
+        replies = [_Reply(c.command) for c in commands]
+        sock = self._sock
+        assert sock is not None
+        if not self._send_lock.locked() and not self._unsent:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as err:
+                raise QMPError(
+                    f"lost the monitor connection during '{replies[0].command}'"
+                ) from err
+            if sent:
+                self._waiting.extend(replies)
+                if sent == len(data):
+                    return replies
+                # The rest is owed before anything else; it goes out below.
+                data, self._unsent, replies_to_queue = b"", data[sent:], []
+            else:
+                replies_to_queue = replies
+        else:
+            replies_to_queue = replies
+        with trio.move_on_at(deadline):
+            try:
+                await self._send(data, replies_to_queue)
+            except OSError as err:
+                raise QMPError(
+                    f"lost the monitor connection during '{replies[0].command}'"
+                ) from err
+        return replies
+
+    @classmethod
+    def answers(cls, replies: list[Pending]) -> list[Any]:
+        """What :meth:`ask`'s commands were answered: each one's ``return`` value, the
+        :class:`QMPError` QEMU answered it with, or None if it is not answered (yet)."""
+        return [cls._result(r) if r.done.is_set() else None for r in replies]
+
+    @staticmethod
+    def answered(replies: list[Pending]) -> bool:
+        return all(r.done.is_set() for r in replies)
+
+    @staticmethod
+    async def wait_answered(replies: list[Pending]) -> None:
+        """Wait until every one of :meth:`ask`'s commands is answered (or the session ended):
+        the caller bounds the wait."""
+        for reply in replies:
+            if not reply.done.is_set():
+                await reply.done.wait()
+
+    def _check_usable(self, command: str) -> None:
+        if self._closed:
+            raise QMPError("the monitor connection is closed")
+        if self._ended.is_set():
+            raise QMPError(f"lost the monitor connection during '{command}'")
+        if not self._running:
+            raise QMPError(f"QEMU's monitor is not connected yet for '{command}'")
+
     async def _deadline(self, command: str, timeout: float | None, exchange: Any) -> Any:
         deadline = self._timeout if timeout is None else timeout
         if deadline <= 0:
@@ -211,12 +294,7 @@ class Monitor:
             ) from None
 
     async def _exchange(self, commands: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
-        if self._closed:
-            raise QMPError("the monitor connection is closed")
-        if self._ended.is_set():
-            raise QMPError(f"lost the monitor connection during '{commands[0][0]}'")
-        if not self._running:
-            raise QMPError(f"QEMU's monitor is not connected yet for '{commands[0][0]}'")
+        self._check_usable(commands[0][0])
         data = b"".join(self._encode(command, arguments) for command, arguments in commands)
         replies = [_Reply(command) for command, _ in commands]
         try:
