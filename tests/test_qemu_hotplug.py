@@ -439,12 +439,17 @@ async def test_floppy_media_change_eject_and_insert(conn, test_guest, tmp_path):
 
 
 @pytest.mark.guest
-async def test_usb_disk_is_seen_by_a_booted_guest(conn, usb_test_guest, tmp_path):
-    # A USB disk plugged into the PC's UHCI controller (no hub): the guest's kernel finds a
-    # SCSI disk on it (usb-storage), and loses it at the detach, which needs no guest.
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+async def test_usb_disk_is_seen_by_a_booted_guest(conn, usb_test_guest, tmp_path, machine):
+    # A USB disk plugged into the machine's USB controller (no hub: the PC's UHCI, Q35's
+    # xHCI): the guest's kernel finds a SCSI disk on it (usb-storage), and loses it at the
+    # detach, which needs no guest.
     serial = tmp_path / "vm1.serial"
     # TCG on a loaded host can be too slow for the kernel's IO-APIC timer check.
-    dom = await conn.define_xml(usb_test_guest.xml("vm1", serial, cmdline="no_timer_check"))
+    xml = usb_test_guest.xml("vm1", serial, cmdline="no_timer_check")
+    dom = await conn.define_xml(xml.replace("machine='pc'", f"machine='{machine}'"))
+    model = {"pc": "piix3-uhci", "q35": "qemu-xhci"}[machine]
+    assert f"<controller type='usb' index='0' model='{model}'" in await dom.xml_desc()
     await dom.start()
     await wait_for_serial(serial, timeout=180)
     stick = image(tmp_path / "stick.qcow2")
