@@ -102,3 +102,27 @@ async def test_an_abandoned_command_leaves_its_answer_to_itself(tmp_path: Path) 
         assert (await monitor.execute("stop")) == {}
         assert (await monitor.execute("query-status"))["running"] is False
         await monitor.close()
+
+
+async def test_questions_asked_now_are_answered_later(tmp_path: Path) -> None:
+    # ask(): written at once, read later (statistics ask every QEMU before reading any).
+    async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
+        events: list[str] = []
+        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10)
+        await monitor.connect(fsutil.connect_unix(qmp_sock))
+        queries = [Monitor.prepare("cont"), Monitor.prepare("no-such-command")]
+        queries.append(Monitor.prepare("query-status"))
+        deadline = trio.current_time() + 10
+        first = await monitor.ask(queries, deadline=deadline)
+        second = await monitor.ask([Monitor.prepare("query-name")], deadline=deadline)
+        with trio.fail_after(10):
+            await Monitor.wait_answered(first)
+            await Monitor.wait_answered(second)
+        assert Monitor.answered(first) and Monitor.answered(second)
+        cont, refused, status = Monitor.answers(first)
+        assert cont == {} and status["running"] is True and events == ["RESUME"]
+        assert isinstance(refused, QMPError) and refused.error_class == "CommandNotFound"
+        assert Monitor.answers(second) == [{}]
+        await monitor.close()
+        with pytest.raises(QMPError):
+            await monitor.ask(queries, deadline=deadline)
