@@ -15,6 +15,10 @@ about half a percent of a CPU. ``--paused`` uses the paused test guest instead (
 usable). All groups, all domains, one call; the figure is the median of the rounds, each a
 fresh call (nothing is cached between calls). The supervisor's own CPU time per call is
 printed beside it: on a small, shared machine the wall time is mostly QEMUs waiting for a CPU.
+So is the QEMUs' CPU time per call (all their threads, from /proc/PID/task/*/schedstat, less
+what they use between calls when idle): answering QMP is QEMU's work, and its monitor reads
+a command one byte per main-loop iteration. Their sum over the machine's CPUs is the floor
+of the wall time, whatever the load: the figure to compare between versions.
 
 libvirt's figure comes from a private libvirtd started for the run (bench/libvirt_peer.py),
 running the same XML: getAllDomainStats() through its daemon, with libvirtd's CPU time per
@@ -44,7 +48,7 @@ sys.path.insert(0, str(REPO))
 import asvirt  # noqa: E402
 from bench.libvirt_peer import LibvirtPeer, domain_xml, libvirt_peer  # noqa: E402
 from tests.guest import GUEST_DIR, PAUSED_DOMAIN_TYPE, TestGuest  # noqa: E402
-from tests.helpers import disk_xml  # noqa: E402
+from tests.helpers import disk_xml, qemu_pid  # noqa: E402
 
 TARGET_MS = 100.0
 
@@ -79,11 +83,28 @@ def guest_xml(guest: TestGuest, workdir: Path, name: str, paused: bool) -> str:
     )
 
 
+def qemu_cpu(pids: list[int]) -> float:
+    """The CPU seconds all threads of these processes have used (their schedstat: ns)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
+
+
 async def measure_asvirt(
     xmls: list[str], root: Path, rounds: int, paused: bool
-) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of each round."""
-    times, cpu = [], []
+) -> tuple[list[float], list[float], list[float]]:
+    """Wall, supervisor CPU and QEMU CPU seconds of each round."""
+    times, cpu, qemu = [], [], []
     async with asvirt.open(f"qemu:///embed?root={root}") as conn:
         doms = []
         try:
@@ -99,18 +120,25 @@ async def measure_asvirt(
             fields = sum(len(params) for _, params in records)
             states = {params["state.state"] for _, params in records}
             print(f"one call: {len(records)} records, {fields} fields, states {sorted(states)}")
+            pids = [qemu_pid(root, dom.name) for dom in doms]
+            # What the QEMUs use without being asked (TCG firmware loops, timers).
+            q0, t0 = qemu_cpu(pids), time.perf_counter()
+            await trio.sleep(1)
+            idle = (qemu_cpu(pids) - q0) / (time.perf_counter() - t0)
             for _ in range(rounds):
-                t0, c0 = time.perf_counter(), time.process_time()
+                q0, t0, c0 = qemu_cpu(pids), time.perf_counter(), time.process_time()
                 records = await conn.get_all_domain_stats()
-                times.append(time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
                 cpu.append(time.process_time() - c0)
+                qemu.append(qemu_cpu(pids) - q0 - idle * wall)
+                times.append(wall)
                 assert len(records) == len(xmls)
         finally:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
                     for dom in doms:
                         nursery.start_soon(dom.destroy)
-    return times, cpu
+    return times, cpu, qemu
 
 
 def measure_libvirt(
@@ -164,15 +192,19 @@ async def main(count: int, rounds: int, paused: bool) -> int:
         root = workdir / "root"
         root.mkdir()
         xmls = [guest_xml(guest, workdir, f"vm-{i:03d}", paused) for i in range(count)]
-        ours, cpu = await measure_asvirt(xmls, root, rounds, paused)
+        ours, cpu, qemu = await measure_asvirt(xmls, root, rounds, paused)
         theirs = await trio.to_thread.run_sync(measure_libvirt, peer, xmls, rounds, paused)
     median = ms(statistics.median(ours))
     load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    floor = ms(statistics.median(c + q for c, q in zip(cpu, qemu, strict=True))) / cpus
     print(
         f"\nget_all_domain_stats, {count} {'paused' if paused else 'running'} domains, "
         f"all groups, {rounds} rounds ({os.cpu_count()} CPUs, load average {load:.1f}):"
         f"\n  asvirt   median {median:7.2f} ms   min {ms(min(ours)):7.2f} ms"
-        f"   max {ms(max(ours)):7.2f} ms   supervisor CPU {ms(statistics.median(cpu)):7.2f} ms"
+        f"   max {ms(max(ours)):7.2f} ms"
+        f"\n  CPU per call: supervisor {ms(statistics.median(cpu)):6.2f} ms, QEMUs"
+        f" {ms(statistics.median(qemu)):6.2f} ms; their sum over {cpus} CPUs {floor:6.2f} ms"
     )
     if isinstance(theirs, str):
         print(f"  libvirt: {theirs}")

@@ -438,6 +438,37 @@ async def test_floppy_media_change_eject_and_insert(conn, test_guest, tmp_path):
         await dom.update_device(disk_xml(image(tmp_path / "e.qcow2"), "vdb"))
 
 
+@pytest.mark.guest
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+async def test_usb_disk_is_seen_by_a_booted_guest(conn, usb_test_guest, tmp_path, machine):
+    # A USB disk plugged into the machine's USB controller (no hub: the PC's UHCI, Q35's
+    # xHCI): the guest's kernel finds a SCSI disk on it (usb-storage), and loses it at the
+    # detach, which needs no guest.
+    serial = tmp_path / "vm1.serial"
+    # TCG on a loaded host can be too slow for the kernel's IO-APIC timer check.
+    xml = usb_test_guest.xml("vm1", serial, cmdline="no_timer_check")
+    dom = await conn.define_xml(xml.replace("machine='pc'", f"machine='{machine}'"))
+    model = {"pc": "piix3-uhci", "q35": "qemu-xhci"}[machine]
+    assert f"<controller type='usb' index='0' model='{model}'" in await dom.xml_desc()
+    await dom.start()
+    await wait_for_serial(serial, timeout=180)
+    stick = image(tmp_path / "stick.qcow2")
+    usb = disk_xml(stick, "sda", bus="usb")
+    async with conn.subscribe(dom, kinds={K.DEVICE_REMOVED}) as events:
+        await dom.attach_device(usb)
+        await wait_for_serial(serial, "ASVIRT-DISK-add sda")
+        disk = disk_el(await dom.xml_desc(), "sda")
+        assert disk is not None and disk.find("address").get("type") == "usb"
+        alias = disk.find("alias").get("name")
+        assert await dom.detach_device(usb) is True
+        ev = await removed(events, K.DEVICE_REMOVED)
+        assert ev.data is not None and ev.data["device"] == alias
+    await wait_for_serial(serial, "ASVIRT-DISK-remove sda")
+    assert targets(await dom.xml_desc()) == []
+    peripherals = {p["name"] for p in await dom.qmp("qom-list", {"path": "/machine/peripheral"})}
+    assert alias not in peripherals
+
+
 async def test_usb_disk_attach_and_detach(conn, test_guest, tmp_path):
     dom = await paused(conn, test_guest, tmp_path)
     stick = image(tmp_path / "stick.qcow2")
