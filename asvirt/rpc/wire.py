@@ -8,7 +8,6 @@ times faster than the standard library on this traffic, and checks shapes as it 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import socket
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
+from ..records import record
 
 #: The protocol version a hello exchanges (bumped on incompatible changes).
 PROTOCOL_VERSION = 1
@@ -129,7 +129,7 @@ def exception_from(body: object) -> AsvirtError:
     return exc
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Oversized:
     """A line longer than the limit, skipped: its first bytes, for the error message."""
 
