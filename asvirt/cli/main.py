@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import asvirt  # light: its public names load on first use
 
 from . import render, vsh
-from .vsh import CommandError, failing
+from .vsh import CommandError, ConnectFailed, failing
 
 if TYPE_CHECKING:
     from asvirt.calls import ConnectionCalls
@@ -427,9 +427,45 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, the terminal's width found as :func:`shutil.get_terminal_size`
+    finds it but without importing :mod:`shutil` (and the compression modules it imports):
+    argparse makes a formatter for every parser and argument, and that import cost a one-shot
+    command more than parsing its words."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # argparse's margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``$COLUMNS``, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one ``error:`` line and exit status 1, as in virsh
-    (not a usage text and status 2)."""
+    (not a usage text and status 2); help laid out by :class:`_HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # command parsers are _Parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CommandError(message)
@@ -740,6 +776,8 @@ async def run_command(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         return await _COMMANDS[args.command][0](conn, args)
     except BrokenPipeError:
         raise  # the reader went away (asvirt list | head): nothing to report, to no one
+    except ConnectFailed:
+        raise  # no command's failure: the run ends
     except Exception as exc:
         err = _first_error(exc)
         if err is None or (vsh.error_lines(err) is None and os.environ.get("ASVIRT_DEBUG")):
@@ -769,6 +807,8 @@ def run_one_shot(uri: str | None, commands: list[argparse.Namespace]) -> int | N
         return None  # not there: the full client says why (or starts a session daemon)
     try:
         return run_sync(run_commands(conn, commands))
+    except ConnectFailed as failed:
+        raise failed.error from None
     finally:
         conn.close()
 

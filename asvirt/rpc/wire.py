@@ -9,13 +9,15 @@ times faster than the standard library on this traffic, and checks shapes as it 
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
 from ..records import record
+
+if TYPE_CHECKING:
+    import socket
 
 #: The protocol version a hello exchanges (bumped on incompatible changes).
 PROTOCOL_VERSION = 1
