@@ -126,3 +126,24 @@ async def test_questions_asked_now_are_answered_later(tmp_path: Path) -> None:
         await monitor.close()
         with pytest.raises(QMPError):
             await monitor.ask(queries, deadline=deadline)
+
+
+async def test_files_passed_at_once_are_each_claimed_by_their_own_name(tmp_path: Path) -> None:
+    # QEMU keeps only the descriptor that came last; two files passed together must not
+    # cross (the second would otherwise replace the first before the first's getfd).
+    async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
+        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
+        await monitor.connect(fsutil.connect_unix(qmp_sock))
+        files = [(tmp_path / name).open("w") for name in ("a", "b", "c")]
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, f in zip("abc", files, strict=True):
+                    nursery.start_soon(monitor.send_fd, f.fileno(), name)
+        finally:
+            for f in files:
+                f.close()
+        for name in "abc":  # each name holds a descriptor of its own
+            assert await monitor.execute("closefd", {"fdname": name}) == {}
+        with pytest.raises(QMPError):
+            await monitor.execute("closefd", {"fdname": "a"})
+        await monitor.close()

@@ -136,6 +136,10 @@ class Monitor:
         #: answers come in that order). Abandoned ones stay until their answer is read.
         self._waiting: collections.deque[_Reply] = collections.deque()
         self._send_lock = trio.Lock()
+        #: Held from a descriptor's sending to the ``getfd`` that names it: QEMU keeps only
+        #: the descriptor that came last, so another sent in between would be claimed by the
+        #: first name, and the second ``getfd`` would find none.
+        self._fd_lock = trio.Lock()
         self._reader_scope = trio.CancelScope()
         self._ended = trio.Event()  # the peer closed the session (or we did)
         self._closed = False
@@ -331,19 +335,20 @@ class Monitor:
         assert sock is not None
         try:
             with trio.fail_after(self._timeout if self._timeout > 0 else math.inf):
-                async with self._send_lock:
-                    # The descriptor travels with a byte QEMU reads as whitespace, and must
-                    # be there before the getfd that claims it (the lock keeps the order),
-                    # after what an abandoned write still owes (not inside its command).
-                    await self._write_locked(b"", [])
-                    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))]
-                    while True:
-                        try:
-                            sock.sendmsg([b" "], fds)
-                            break
-                        except BlockingIOError:
-                            await trio.lowlevel.wait_writable(sock)
-                await self.execute("getfd", {"fdname": name}, timeout=0)
+                async with self._fd_lock:
+                    async with self._send_lock:
+                        # The descriptor travels with a byte QEMU reads as whitespace, and must
+                        # be there before the getfd that claims it (the lock keeps the order),
+                        # after what an abandoned write still owes (not inside its command).
+                        await self._write_locked(b"", [])
+                        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))]
+                        while True:
+                            try:
+                                sock.sendmsg([b" "], fds)
+                                break
+                            except BlockingIOError:
+                                await trio.lowlevel.wait_writable(sock)
+                    await self.execute("getfd", {"fdname": name}, timeout=0)
         except trio.TooSlowError:
             raise OperationTimeoutError("QEMU did not answer 'getfd' in time") from None
         except OSError as err:
