@@ -320,6 +320,34 @@ async def test_cdrom_media_change_and_eject(conn, test_guest, tmp_path):
     assert targets(await dom.xml_desc(inactive=True)) == []
 
 
+async def test_a_throttled_cdrom_takes_media_into_an_empty_drive(conn, test_guest, tmp_path):
+    """A medium's throttle group lives while the drive has a medium: an empty drive with
+    <iotune> has none in QEMU, so the first medium makes it (QEMU refused the medium's
+    throttle node, naming a group that did not exist), and an eject removes it."""
+    iso = tmp_path / "media.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    tune = "<readonly/><iotune><total_iops_sec>100</total_iops_sec></iotune>"
+    empty_cd = f"<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/>{tune}</disk>"
+    dom = await paused(conn, test_guest, tmp_path, devices=empty_cd)
+
+    async def groups() -> set[str]:
+        objects = await dom.qmp("qom-list", {"path": "/objects"})
+        return {o["name"] for o in objects if o["type"] == "child<throttle-group>"}
+
+    assert await groups() == set()
+    cd = disk_xml(iso, "hdc", device="cdrom", bus="ide", fmt="raw", extra=tune)
+    await dom.update_device(cd)
+    blocks = {b["qdev"]: b for b in await dom.qmp("query-block")}
+    assert str(iso) in blocks["ide0-1-0"]["inserted"]["file"]  # json:{...} under a throttle
+    assert await groups() == {"throttle-ide0-1-0"}
+    limits = await dom.qmp("qom-get", {"path": "/objects/throttle-ide0-1-0", "property": "limits"})
+    assert limits["iops-total"] == 100
+    await dom.update_device(empty_cd)
+    assert await groups() == set()
+    await dom.update_device(cd)  # and again
+    assert await groups() == {"throttle-ide0-1-0"}
+
+
 @pytest.mark.guest
 async def test_interface_attach_link_and_detach(guest):
     mac = "52:54:00:12:34:56"

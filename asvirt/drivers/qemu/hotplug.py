@@ -22,6 +22,7 @@ reports it gone.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from typing import TYPE_CHECKING, Any
@@ -488,12 +489,21 @@ class HotplugOps:
         await self.execute("blockdev-open-tray", {"id": alias, "force": True})
         if disk.source is not None:
             await self.execute("blockdev-remove-medium", {"id": alias})
-            await self._quietly_del_nodes(media_node_names(disk))
+            removed = dataclasses.replace(disk)  # as it was: its nodes and group go
             disk.source = None
             self._live_changed()
+            await self._del_disk_backend(removed)
         if fresh.source is not None:
             added: list[str] = []
+            group = None
             try:
+                # A medium's throttle group lives as a disk's does (see _plug_disk): an
+                # empty drive has none in QEMU, so its first medium makes it.
+                if fresh.iotune is not None and not self._throttle_group_users(
+                    throttle_group_id(fresh)
+                ):
+                    await self.execute("object-add", throttle_object(fresh))
+                    group = throttle_group_id(fresh)
                 for node in media_nodes(self._live_def, caps, fresh):
                     await self.execute("blockdev-add", node)
                     added.append(str(node["node-name"]))
@@ -501,6 +511,8 @@ class HotplugOps:
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self._quietly_del_nodes(reversed(added))
+                    if group is not None:
+                        await self._quietly("object-del", {"id": group})
                 raise
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
             disk.node_index = fresh.node_index
