@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli.main import main
+from .cli.main import process_main
 
-sys.exit(main())
+sys.exit(process_main())

@@ -22,13 +22,8 @@ connection sends that to whichever driver it has: the node in this process, or a
 
 # No "from __future__ import annotations" here: the declarations' annotations are read as
 # objects at import, without evaluating strings (a one-shot client imports this module).
-import base64
-import binascii
-import dataclasses
 import enum
 import functools
-import inspect
-import json
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -57,6 +52,7 @@ from .drivers.base import (
     StorageVolRef,
 )
 from .errors import InvalidArgError
+from .records import fields, is_record
 from .states import DomainState, StateReason, reason_for
 
 
@@ -133,14 +129,19 @@ class Call:
         # Only while an attribute is missing: the types, read once, become plain attributes.
         if attr not in ("params", "result", "progress", "defaults"):
             raise AttributeError(f"'Call' object has no attribute '{attr}'")
-        hints = typing.get_type_hints(self._declaration, globalns=globals())
-        signature = inspect.signature(self._declaration).parameters
-        params = tuple((p, hints[p]) for p in signature if p != "self")
-        empty = inspect.Parameter.empty
+        # Read from the function itself (inspect.signature would import inspect, ast, dis...
+        # for a one-shot client): the declarations take positional arguments only, and their
+        # annotations are objects already (this module does not stringify them).
+        fn = self._declaration
+        code = fn.__code__
+        names = code.co_varnames[1 : code.co_argcount]  # without self
+        hints = fn.__annotations__
+        params = tuple((p, hints[p]) for p in names)
+        defaults = fn.__defaults__ or ()
         self.params = params
         self.result = hints.get("return")
         self.progress = next((p for p, t in params if t is Progress), None)
-        self.defaults = {p: v.default for p, v in signature.items() if v.default is not empty}
+        self.defaults = dict(zip(names[len(names) - len(defaults) :], defaults, strict=True))
         return getattr(self, attr)
 
     def __repr__(self) -> str:
@@ -852,11 +853,13 @@ def _encode(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, bytes | bytearray | memoryview):
+        import base64  # on first use: most calls carry no bytes
+
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, enum.Enum):
         return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _encode(getattr(value, name)) for name in _record(type(value))[0]}
+    if is_record(value) and not isinstance(value, type):
+        return {name: _encode(getattr(value, name)) for name in fields(value)}
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     if isinstance(value, dict):
@@ -930,7 +933,7 @@ def _decoder(type_: Any) -> _Decoder:
         return _decode_object
     if isinstance(type_, type) and issubclass(type_, enum.Enum):
         return _enum_decoder(type_)
-    if isinstance(type_, type) and dataclasses.is_dataclass(type_):
+    if isinstance(type_, type) and is_record(type_):
         return _record_decoder(type_)
     if type_ is bool or type_ is Progress:
         return _decode_bool
@@ -1009,14 +1012,14 @@ def _enum_decoder(type_: type[enum.Enum]) -> _Decoder:
 
 
 def _record_decoder(type_: type) -> _Decoder:
-    _, fields, hints = _record(type_)
-    decoders = {name: _decoder(hints[name]) for name in fields}
+    _, names, hints = _record(type_)
+    decoders = {name: _decoder(hints[name]) for name in names}
 
     def decode(value: Any, what: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{what}: expected an object")
-        if value.keys() != fields:
-            raise ValueError(f"{what}: expected the fields {sorted(fields)}")
+        if value.keys() != names:
+            raise ValueError(f"{what}: expected the fields {sorted(names)}")
         return type_(**{k: decoders[k](v, f"{what}.{k}") for k, v in value.items()})
 
     return decode
@@ -1031,6 +1034,9 @@ def _decode_bool(value: Any, what: str) -> bool:
 def _decode_bytes(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f"{what}: expected base64 bytes")
+    import base64
+    import binascii
+
     try:
         return base64.b64decode(value, validate=True)
     except binascii.Error:
@@ -1066,7 +1072,7 @@ def _record(type_: type) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any
     """A record type's field names (in order, and as a set) and their types. Worked out
     once per type: typing.get_type_hints evaluates the module's string annotations (half a
     millisecond for DomainInfo), and most answers hold a record."""
-    names = tuple(f.name for f in dataclasses.fields(type_))
+    names = fields(type_)
     return names, frozenset(names), typing.get_type_hints(type_)
 
 
@@ -1087,6 +1093,8 @@ def methods_markdown() -> str:
 
 def _param_doc(c: Call, name: str, type_: Any) -> str:
     if name in c.defaults:  # optional: JSON's spelling of the value it takes when left out
+        import json
+
         return f"`{name}`: {_type_name(type_)} = {json.dumps(c.defaults[name])}"
     return f"`{name}`: {_type_name(type_)}"
 

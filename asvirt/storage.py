@@ -21,7 +21,6 @@ not between two.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from .errors import (
     SystemCallError,
 )
 from .handle import Handle
+from .records import record
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -474,7 +474,7 @@ async def _file_chunks(f: Any, path: str) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class DiskVolume:
     """A disk of a domain and the storage volume it uses (see :func:`disk_volumes`)."""
 

@@ -7,13 +7,13 @@ it; tests/test_uri.py compares the two).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from .errors import NoConnectError
+from .records import record
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ConnectURI:
     """A parsed connection URI."""
 

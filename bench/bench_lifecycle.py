@@ -15,6 +15,13 @@ plus the delivery latency of events (QEMU's event timestamp -> a subscriber hold
 DomainEvent) and the supervisor's memory per running domain (Python heap via tracemalloc,
 and resident set size).
 
+With libvirt installed, a private libvirtd (bench/libvirt_peer.py) runs the same guest XML in
+the same run, its rounds interleaved with the others: create() -> returns (running),
+suspend() -> SUSPENDED callback, destroy() -> STOPPED callback, and libvirtd's resident set
+size per running (paused) domain. libvirt builds its own QEMU command line from the XML
+(it adds a USB controller and a few flags), so its figures compare the supervisors, not the
+command lines.
+
 ``--user NAME`` runs asvirt's QEMUs as that user (``[qemu] user``; needs root): compare its
 start figure with a run without it to see what confinement costs (setpriv, access checks,
 chowns). The raw side always runs QEMU directly.
@@ -37,7 +44,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -52,7 +61,10 @@ from asvirt.drivers.qemu.capabilities import CapabilitiesCache, find_emulator, k
 from asvirt.drivers.qemu.command import MonitorSpec, build_command  # noqa: E402
 from asvirt.drivers.qemu.monitor import monitor_host  # noqa: E402
 from asvirt.drivers.qemu.postparse import prepare_domain  # noqa: E402
+from bench.libvirt_peer import LibvirtPeer, LifecycleEvents, domain_xml, libvirt_peer  # noqa: E402
+from bench.proc import rss_kib  # noqa: E402
 from tests.guest import GUEST_DIR, TestGuest  # noqa: E402
+from tests.helpers import destroy_all  # noqa: E402
 
 LC = asvirt.EventKind.LIFECYCLE
 #: Seconds the guest runs between start and suspend, on both sides.
@@ -61,13 +73,6 @@ SETTLE = 0.05
 
 def ms(seconds: float) -> float:
     return seconds * 1000
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # -- raw QEMU ------------------------------------------------------------------------------------
@@ -108,6 +113,18 @@ def raw_round(argv_for_fd, workdir: Path) -> dict[str, float]:
     pid = process.spawn(argv, log_fd=log, pass_fds=(listener.fileno(),))
     os.close(log)
     listener.close()
+    try:
+        return raw_steps(client, pid, t0)
+    except BaseException:
+        # Interrupted (Ctrl-C): no QEMU of ours outlives the run.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        client.close()
+
+
+def raw_steps(client: socket.socket, pid: int, t0: float) -> dict[str, float]:
     qmp = RawQMP(client)
     qmp.read()  # greeting
     qmp.execute("qmp_capabilities")
@@ -126,8 +143,48 @@ def raw_round(argv_for_fd, workdir: Path) -> dict[str, float]:
     os.kill(pid, signal.SIGTERM)
     os.waitpid(pid, 0)
     t_term = time.perf_counter() - t0
-    client.close()
     return {"start": t_ready, "suspend": t_stop, "destroy": t_term}
+
+
+# -- libvirt ---------------------------------------------------------------------------------------
+
+
+def libvirt_round(peer: LibvirtPeer, dom: Any, events: LifecycleEvents) -> dict[str, float]:
+    """The raw round's three steps through libvirt: create() returns with the domain running;
+    suspend() and destroy() until their lifecycle callbacks run. "cpu": the CPU seconds
+    libvirtd and this process (libvirt-python) spent on the round."""
+    import libvirt  # type: ignore[import-not-found]
+
+    c0 = peer.cpu_seconds() + time.process_time()
+    t0 = time.perf_counter()
+    dom.create()
+    t_start = time.perf_counter() - t0
+    time.sleep(SETTLE)
+    events.clear()
+    t0 = time.perf_counter()
+    dom.suspend()
+    t_stop = events.wait_for(libvirt.VIR_DOMAIN_EVENT_SUSPENDED) - t0
+    t0 = time.perf_counter()
+    dom.destroy()
+    t_destroy = events.wait_for(libvirt.VIR_DOMAIN_EVENT_STOPPED) - t0
+    cpu = peer.cpu_seconds() + time.process_time() - c0
+    return {"start": t_start, "suspend": t_stop, "destroy": t_destroy, "cpu": cpu}
+
+
+def libvirt_memory(peer: LibvirtPeer, xml_for: Callable[[str], str], count: int) -> float:
+    """libvirtd's resident set size per running (paused) domain, KiB."""
+    import libvirt  # type: ignore[import-not-found]
+
+    conn = peer.open()
+    conn.createXML(xml_for("lv-warm"), libvirt.VIR_DOMAIN_START_PAUSED).destroy()
+    rss0 = peer.rss_kib()
+    doms = [
+        conn.createXML(xml_for(f"lv-m{i}"), libvirt.VIR_DOMAIN_START_PAUSED) for i in range(count)
+    ]
+    rss1 = peer.rss_kib()
+    for dom in doms:
+        dom.destroy()
+    return (rss1 - rss0) / count
 
 
 # -- asvirt ----------------------------------------------------------------------------------------
@@ -150,17 +207,36 @@ class Arrivals:
 
 
 async def rounds_interleaved(
-    xml: str, root: Path, rounds: int, raw_round_fn, config: Config | None = None
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Alternate raw and asvirt rounds, so that drift in the machine's speed hits both."""
+    xml: str,
+    root: Path,
+    rounds: int,
+    raw_round_fn,
+    config: Config | None = None,
+    libvirt_round_fn: Callable[[], dict[str, float]] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """Alternate raw, libvirt and asvirt rounds, so that drift in the machine's speed hits
+    all three."""
     raw: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": []}
-    out: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "delivery": []}
+    theirs: dict[str, list[float]] = {"start": [], "suspend": [], "destroy": [], "cpu": []}
+    out: dict[str, list[float]] = {
+        "start": [],
+        "suspend": [],
+        "destroy": [],
+        "delivery": [],
+        "cpu": [],
+    }
     async with asvirt.open(f"qemu:///embed?root={root}", config=config) as conn:
         dom = await conn.define_xml(xml)
         for _ in range(rounds):
             # Blocking on purpose: the raw side has no event loop; nothing else needs to run.
             for key, value in raw_round_fn().items():
                 raw[key].append(value)
+            if libvirt_round_fn is not None:
+                # Blocking too: libvirt-python's calls are; its events arrive on their thread.
+                for key, value in libvirt_round_fn().items():
+                    theirs[key].append(value)
+            # This process's CPU over the round: asvirt's supervisor and its client (embedded).
+            c0 = time.process_time()
             t0 = time.perf_counter()
             await dom.start()
             out["start"].append(time.perf_counter() - t0)
@@ -180,8 +256,9 @@ async def rounds_interleaved(
                 ev, at, _ = await arrivals.next()
                 assert ev.type is asvirt.LifecycleEvent.STOPPED
                 out["destroy"].append(at - t0)
+                out["cpu"].append(time.process_time() - c0)
                 nursery.cancel_scope.cancel()
-    return raw, out
+    return raw, out, theirs
 
 
 async def memory_per_domain(
@@ -203,25 +280,58 @@ async def memory_per_domain(
     return (heap1 - heap0) / 1024 / count, (rss1 - rss0) / count
 
 
-def report(name: str, raw: list[float] | None, ours: list[float], target: str) -> None:
+def report(
+    name: str,
+    raw: list[float] | None,
+    ours: list[float],
+    target: str,
+    theirs: list[float] | None = None,
+) -> None:
     ours_ms = statistics.median(ours) * 1000
     if raw:
         raw_ms = statistics.median(raw) * 1000
-        print(
+        line = (
             f"  {name:<28} raw {raw_ms:8.2f} ms   asvirt {ours_ms:8.2f} ms   "
-            f"ratio {ours_ms / raw_ms:5.2f}x   [{target}]"
+            f"ratio {ours_ms / raw_ms:5.2f}x"
         )
     else:
-        print(f"  {name:<28} asvirt {ours_ms:8.3f} ms   [{target}]")
+        line = f"  {name:<28} asvirt {ours_ms:8.3f} ms"
+    if theirs:
+        theirs_ms = statistics.median(theirs) * 1000
+        line += f"   libvirt {theirs_ms:8.2f} ms   asvirt/libvirt {ours_ms / theirs_ms:5.2f}x"
+    print(f"{line}   [{target}]" if target else line)
 
 
 async def main(rounds: int, domains: int, domain_type: str | None, user: str) -> None:
     guest = TestGuest(GUEST_DIR)
     if not guest.exists():
         sys.exit("the test guest is missing: run scripts/setup")
+    work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
+    try:
+        with libvirt_peer() as peer:
+            await run(peer, guest, work, rounds, domains, domain_type, user)
+    finally:
+        # An embedded node leaves its domains running when it closes (as it should): an
+        # interrupted run (Ctrl-C) destroys what it started.
+        with trio.CancelScope(shield=True):
+            for root in (work / "root", work / "root-mem"):
+                if root.exists():
+                    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+                        await destroy_all(conn)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def run(
+    peer: LibvirtPeer | str,
+    guest: TestGuest,
+    work: Path,
+    rounds: int,
+    domains: int,
+    domain_type: str | None,
+    user: str,
+) -> None:
     if domain_type is None:
         domain_type = "kvm" if kvm_usable()[0] else "qemu"
-    work = Path(tempfile.mkdtemp(prefix="asvirt-bench-"))
     config = None
     if user:
         # QEMU's user must reach the guest and the serial files: a directory open to all.
@@ -244,10 +354,29 @@ async def main(rounds: int, domains: int, domain_type: str | None, user: str) ->
         f"QEMU {caps.version_string}, domain type '{domain_type}', {rounds} rounds, "
         f"{os.cpu_count()} CPUs, asvirt's QEMUs run as {f'user {user!r}' if user else 'we do'}"
     )
+    libvirt_round_fn = None
+    events = None
+    if isinstance(peer, LibvirtPeer):
+        print(peer.describe())
+        lv_conn = peer.open()
+        lv_dom = lv_conn.defineXML(domain_xml(xml, "bench-lv"))
+        events = LifecycleEvents(lv_conn, lv_dom)
+        # Warm-up: libvirtd probes QEMU's capabilities first.
+        libvirt_round(peer, lv_dom, events)
+
+        def libvirt_round_fn() -> dict[str, float]:
+            assert isinstance(peer, LibvirtPeer) and events is not None
+            return libvirt_round(peer, lv_dom, events)
+
     # One raw round first, to warm the page cache for both sides.
     raw_round(argv_for_fd, work)
-    raw, ours = await rounds_interleaved(
-        xml, work / "root", rounds, lambda: raw_round(argv_for_fd, work), config
+    raw, ours, theirs = await rounds_interleaved(
+        xml,
+        work / "root",
+        rounds,
+        lambda: raw_round(argv_for_fd, work),
+        config,
+        libvirt_round_fn,
     )
 
     heap_kib, rss_per = await memory_per_domain(
@@ -256,20 +385,50 @@ async def main(rounds: int, domains: int, domain_type: str | None, user: str) ->
         domains,
         config,
     )
+    lv_rss = None
+    if isinstance(peer, LibvirtPeer):
+        assert events is not None
+        events.close()
+        lv_rss = libvirt_memory(
+            peer,
+            lambda n: guest.xml(n, work / f"{n}.serial", domain_type=domain_type),
+            domains,
+        )
 
-    print("\nmedians:")
-    report("start -> running", raw["start"], ours["start"], "target <= 1.3x raw")
-    report("suspend -> SUSPENDED event", raw["suspend"], ours["suspend"], "")
-    report("destroy -> STOPPED event", raw["destroy"], ours["destroy"], "target < 50 ms")
+    print(f"\nmedians (load average {os.getloadavg()[0]:.1f}):")
+    report("start -> running", raw["start"], ours["start"], "target <= 1.3x raw", theirs["start"])
+    report("suspend -> SUSPENDED event", raw["suspend"], ours["suspend"], "", theirs["suspend"])
+    report(
+        "destroy -> STOPPED event",
+        raw["destroy"],
+        ours["destroy"],
+        "target < 50 ms",
+        theirs["destroy"],
+    )
     report("QEMU event -> subscriber", None, ours["delivery"], "target < 1 ms")
+    # Load-insensitive: CPU time rather than wall (means: libvirtd's counts 10 ms ticks).
+    cpu_line = f"  {'CPU per round, mean':<28} asvirt {ms(statistics.mean(ours['cpu'])):8.2f} ms"
+    if theirs["cpu"]:
+        lv_cpu = statistics.mean(theirs["cpu"])
+        cpu_line += (
+            f"   libvirt {ms(lv_cpu):8.2f} ms"
+            f"   asvirt/libvirt {statistics.mean(ours['cpu']) / lv_cpu:5.2f}x"
+            "   (this process; libvirt: libvirtd + libvirt-python)"
+        )
+    print(cpu_line)
     print(
         f"  {'memory per running domain':<28} {heap_kib:8.1f} KiB Python heap, "
         f"{rss_per:8.1f} KiB RSS   [target < 256 KiB]  ({domains} domains)"
     )
-    if shutil.which("virsh"):
-        print("\nlibvirt: virsh is installed, but this benchmark has no libvirt runner yet")
+    if isinstance(peer, str):
+        print(f"\nlibvirt: {peer}")
     else:
-        print("\nlibvirt: not installed here (apt install libvirt-daemon-system to compare)")
+        assert lv_rss is not None
+        print(
+            f"  {'':<28} libvirtd {lv_rss:8.1f} KiB RSS per domain"
+            f"   asvirt/libvirt (RSS) {rss_per / lv_rss if lv_rss > 0 else float('nan'):5.2f}x"
+            "\n  (libvirt: its events carry no QEMU timestamp, so no delivery figure)"
+        )
     start_ratio = statistics.median(ours["start"]) / statistics.median(raw["start"])
     ok = (
         start_ratio <= 1.3
@@ -278,7 +437,6 @@ async def main(rounds: int, domains: int, domain_type: str | None, user: str) ->
         and heap_kib < 256
     )
     print("targets:", "all met" if ok else "NOT all met")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

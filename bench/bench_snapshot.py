@@ -11,8 +11,11 @@ what QEMU allocated). Measured on the same QEMU command line:
     migrate to a file -> completed             save() returns (STOPPED/SAVED)
     -incoming defer + migrate-incoming         restore() returns (STARTED/RESTORED)
 
-Median milliseconds and the ratio asvirt/raw. With libvirt-python and a qemu:///session
-libvirtd, the same four through libvirt are printed beside them.
+Median milliseconds and the ratio asvirt/raw. With libvirt installed, the same four through
+a private libvirtd started for the run (bench/libvirt_peer.py), on the same XML with a disk
+of its own: snapshotCreateXML(), revertToSnapshot(), save() and restore(), each returning;
+printed beside them with the ratio asvirt/libvirt. (libvirt 9 reverts a running domain to an
+internal snapshot by starting a new QEMU with ``-loadvm``: its revert includes a start.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asvirt
+from bench.libvirt_peer import LibvirtPeer, domain_xml, libvirt_peer
 from tests.guest import GUEST_DIR, TestGuest
 from tests.helpers import disk_xml
 
@@ -67,6 +71,37 @@ async def bench_asvirt(tmp: Path, rounds: int, xml: str) -> dict[str, list[float
         finally:
             if await dom.is_active():
                 await dom.destroy()
+    return times
+
+
+def bench_libvirt(tmp: Path, rounds: int, xml: str, peer: LibvirtPeer) -> dict[str, list[float]]:
+    """The same four through libvirt-python: the domain defined and started paused, as on
+    asvirt's side."""
+    import libvirt  # type: ignore[import-not-found]
+
+    times: dict[str, list[float]] = {"snapshot": [], "revert": [], "save": [], "restore": []}
+    conn = peer.open()
+    dom = conn.defineXML(xml)
+    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    try:
+        for i in range(rounds):
+            t = time.perf_counter()
+            snap = dom.snapshotCreateXML(f"<domainsnapshot><name>s{i}</name></domainsnapshot>")
+            times["snapshot"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            dom.revertToSnapshot(snap)
+            times["revert"].append(time.perf_counter() - t)
+            image = tmp / "lv.save"
+            image.unlink(missing_ok=True)
+            t = time.perf_counter()
+            dom.save(str(image))
+            times["save"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            conn.restore(str(image))
+            times["restore"].append(time.perf_counter() - t)
+    finally:
+        if dom.isActive():
+            dom.destroy()
     return times
 
 
@@ -170,56 +205,73 @@ def main() -> None:
         sys.exit("build the test guest first: scripts/build-test-guest")
     tmp = Path(tempfile.mkdtemp(prefix="asvirt-bench-snap-"))
     try:
-        disk = tmp / "d.qcow2"
-        subprocess.run(
-            ["qemu-img", "create", "-f", "qcow2", str(disk), "256M"],
-            check=True,
-            capture_output=True,
-        )
-        xml = guest.xml(
-            "bench",
-            tmp / "serial",
-            domain_type=args.type,
-            memory_mib=args.memory,
-            devices=disk_xml(disk),
-        )
-        mine = trio.run(bench_asvirt, tmp, args.rounds, xml)
-        argv_text = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "asvirt",
-                "-c",
-                f"qemu:///embed?root={tmp / 'root'}",
-                "domxml-to-native",
-                "qemu-argv",
-                "/dev/stdin",
-            ],
-            input=xml,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        argv = shlex.split(argv_text)
-        # Its own monitor instead of asvirt's socket.
-        i = argv.index("-chardev")
-        del argv[i : i + 4]
-        raw_disk = tmp / "raw.qcow2"
-        shutil.copy(disk, raw_disk)
-        argv = [a.replace(str(disk), str(raw_disk)) for a in argv]
-        raw = bench_raw(tmp, args.rounds, argv)
-        print(f"{'operation':<10} {'raw QEMU ms':>12} {'asvirt ms':>10} {'ratio':>6}")
-        for op in ("snapshot", "revert", "save", "restore"):
-            r, a = _ms(raw[op]), _ms(mine[op])
-            print(f"{op:<10} {r:>12.1f} {a:>10.1f} {a / r:>6.2f}")
-        try:
-            import libvirt  # type: ignore[import-not-found]  # noqa: F401
-
-            print("libvirt-python is installed: compare with 'virsh snapshot-create-as' by hand")
-        except ImportError:
-            print("(libvirt is not installed: no libvirt column)")
+        with libvirt_peer() as peer:
+            run(args, guest, tmp, peer)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, guest: TestGuest, tmp: Path, peer: LibvirtPeer | str) -> None:
+    """asvirt, raw QEMU and (when ``peer`` runs) libvirt on the same guest; the table."""
+    disk = tmp / "d.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(disk), "256M"],
+        check=True,
+        capture_output=True,
+    )
+    xml = guest.xml(
+        "bench",
+        tmp / "serial",
+        domain_type=args.type,
+        memory_mib=args.memory,
+        devices=disk_xml(disk),
+    )
+    mine = trio.run(bench_asvirt, tmp, args.rounds, xml)
+    argv_text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asvirt",
+            "-c",
+            f"qemu:///embed?root={tmp / 'root'}",
+            "domxml-to-native",
+            "qemu-argv",
+            "/dev/stdin",
+        ],
+        input=xml,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    argv = shlex.split(argv_text)
+    # Its own monitor instead of asvirt's socket.
+    i = argv.index("-chardev")
+    del argv[i : i + 4]
+    raw_disk = tmp / "raw.qcow2"
+    shutil.copy(disk, raw_disk)
+    argv = [a.replace(str(disk), str(raw_disk)) for a in argv]
+    raw = bench_raw(tmp, args.rounds, argv)
+    theirs = None
+    if isinstance(peer, LibvirtPeer):
+        print(peer.describe())
+        lv_disk = tmp / "lv.qcow2"
+        shutil.copy(disk, lv_disk)
+        lv_xml = domain_xml(xml.replace(str(disk), str(lv_disk)), "bench-lv")
+        theirs = bench_libvirt(tmp, args.rounds, lv_xml, peer)
+    print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.rounds} rounds")
+    head = f"{'operation':<10} {'raw QEMU ms':>12} {'asvirt ms':>10} {'ratio':>6}"
+    if theirs is not None:
+        head += f" {'libvirt ms':>11} {'asvirt/libvirt':>15}"
+    print(head)
+    for op in ("snapshot", "revert", "save", "restore"):
+        r, a = _ms(raw[op]), _ms(mine[op])
+        line = f"{op:<10} {r:>12.1f} {a:>10.1f} {a / r:>6.2f}"
+        if theirs is not None:
+            lv = _ms(theirs[op])
+            line += f" {lv:>11.1f} {a / lv:>15.2f}"
+        print(line)
+    if isinstance(peer, str):
+        print(f"libvirt: {peer}")
 
 
 if __name__ == "__main__":

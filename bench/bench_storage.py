@@ -5,10 +5,12 @@
 Target: no slower than libvirt. libvirt makes these volumes with the same qemu-img commands
 (``qemu-img create``, ``qemu-img convert``), so the floor for both is qemu-img itself; the
 figures are asvirt's calls (API, in one process) and its CLI (a process per command, as
-``virsh`` is), each beside qemu-img run bare, and beside ``virsh vol-create-as`` /
-``vol-clone`` on a ``qemu:///session`` pool when virsh is installed (else that is said).
-Printed: the median and best of RUNS runs, and for the clone of a full volume (1 GiB of
-data), one run each.
+``virsh`` is), each beside qemu-img run bare. With libvirt installed, a private libvirtd
+started for the run (bench/libvirt_peer.py) does the same through libvirt-python (pool
+start/stop, createXML, createXMLFrom, the clone of a full volume) and through ``virsh
+vol-create-as`` / ``vol-clone``, each printed with the ratio asvirt/libvirt (asvirt's API is
+its embedded driver, libvirt's goes through its daemon). Printed: the median and best of
+RUNS runs, and for the clone of a full volume (1 GiB of data), one run each.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from pathlib import Path
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import asvirt
+from bench.libvirt_peer import LibvirtPeer, libvirt_peer
 
 GiB = 1024**3
 QCOW2 = "<target><format type='qcow2'/></target>"
@@ -60,10 +65,14 @@ async def clock(aw: Awaitable[object]) -> float:
     return time.perf_counter() - start
 
 
-def show(what: str, times: list[float]) -> None:
+def show(what: str, times: list[float], ours: list[float] | None = None) -> None:
+    """A figure's line; with ``ours`` (asvirt's times of the same operation), the ratio."""
+    ratio = ""
+    if ours is not None:
+        ratio = f"   asvirt/libvirt {statistics.median(ours) / statistics.median(times):5.2f}"
     print(
         f"  {what:<44} median {statistics.median(times) * 1000:8.1f} ms"
-        f"   best {min(times) * 1000:8.1f} ms   ({len(times)} runs)"
+        f"   best {min(times) * 1000:8.1f} ms   ({len(times)} runs){ratio}"
     )
 
 
@@ -85,9 +94,12 @@ def cli(root: Path, *args: str) -> None:
 POOL_XML = "<pool type='dir'><name>bench</name><target><path>{}</path></target></pool>"
 
 
-async def api_figures(root: Path, pool_dir: Path, bare: Path, data: Path, runs: int) -> None:
+async def api_figures(
+    root: Path, pool_dir: Path, bare: Path, data: Path, runs: int
+) -> dict[str, list[float]]:
     """The API's create and clone in one process, each run beside the same qemu-img run
-    bare (alternating, so that both see the same load on a shared machine)."""
+    bare (alternating, so that both see the same load on a shared machine); then pool
+    stop/start. asvirt's times, by operation."""
 
     async def bare_img(*args: str) -> None:
         await trio.run_process(["qemu-img", *args], stdout=subprocess.DEVNULL)
@@ -104,6 +116,7 @@ async def api_figures(root: Path, pool_dir: Path, bare: Path, data: Path, runs: 
             t_api.append(await clock(pool.create_volume_xml(vol_xml(f"c{i}.qcow2"))))
         show("qemu-img create (bare)", t_bare)
         show("asvirt API create_volume_xml", t_api)
+        figures = {"create": t_api}
         src = await pool.lookup_volume_by_name("c0.qcow2")
         t_bare, t_api = [], []
         for i in range(runs):
@@ -112,6 +125,7 @@ async def api_figures(root: Path, pool_dir: Path, bare: Path, data: Path, runs: 
             t_api.append(await clock(src.clone(f"k{i}.qcow2")))
         show("qemu-img convert (bare)", t_bare)
         show("asvirt API vol.clone", t_api)
+        figures["clone"] = t_api
         # A volume full of data: the copy itself dominates, the same for every caller.
         full = await pool.create_volume_xml(vol_xml("full.qcow2"))
         await bare_img("convert", "-f", "raw", "-O", "qcow2", "-n", str(data), full.path)
@@ -127,18 +141,74 @@ async def api_figures(root: Path, pool_dir: Path, bare: Path, data: Path, runs: 
                 1,
             ),
         )
-        show(
-            "asvirt API vol.clone, 1 GiB of data",
-            await timed(lambda i: full.clone(f"fk{i}.qcow2", progress=lambda _: None), 1),
+        figures["full"] = await timed(
+            lambda i: full.clone(f"fk{i}.qcow2", progress=lambda _: None), 1
         )
+        show("asvirt API vol.clone, 1 GiB of data", figures["full"])
+        figures["destroy"], figures["start"] = [], []
+        for _ in range(runs):
+            figures["destroy"].append(await clock(pool.destroy()))
+            figures["start"].append(await clock(pool.create()))
+        show("asvirt API pool destroy", figures["destroy"])
+        show("asvirt API pool create (start)", figures["start"])
+    return figures
 
 
-def virsh_figures(virsh: str, base: Path, runs: int) -> None:
+def libvirt_figures(
+    peer: LibvirtPeer, base: Path, data: Path, runs: int, ours: dict[str, list[float]]
+) -> None:
+    """The same operations through libvirt-python on the private libvirtd, each printed with
+    asvirt/libvirt."""
+    conn = peer.open()
+    pool = conn.storagePoolDefineXML(POOL_XML.format(base / "lvpool"))
+    pool.build()
+    pool.create()
+    try:
+        show(
+            "libvirt createXML",
+            timed_sync(lambda i: pool.createXML(vol_xml(f"c{i}.qcow2")), runs),
+            ours["create"],
+        )
+        src = pool.storageVolLookupByName("c0.qcow2")
+        show(
+            "libvirt createXMLFrom (clone)",
+            timed_sync(lambda i: pool.createXMLFrom(vol_xml(f"k{i}.qcow2"), src), runs),
+            ours["clone"],
+        )
+        full = pool.createXML(vol_xml("full.qcow2"))
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", "-n", str(data), full.path())
+        pool.refresh()
+        full = pool.storageVolLookupByName("full.qcow2")
+        show(
+            "libvirt createXMLFrom, 1 GiB of data",
+            timed_sync(lambda i: pool.createXMLFrom(vol_xml(f"fk{i}.qcow2"), full), 1),
+            ours["full"],
+        )
+        stops, starts = [], []
+        for _ in range(runs):
+            stops.append(timed_sync(lambda _: pool.destroy(), 1)[0])
+            starts.append(timed_sync(lambda _: pool.create(), 1)[0])
+        show("libvirt pool destroy", stops, ours["destroy"])
+        show("libvirt pool create (start)", starts, ours["start"])
+    finally:
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
+
+
+def virsh_figures(
+    virsh: str, uri: str, base: Path, runs: int, ours: dict[str, list[float]]
+) -> None:
     pool = f"asvirt-bench-{os.getpid()}"
 
     def v(*args: str, check: bool = True) -> None:
+        # Clean-up steps (check=False) may fail as they should (pool-delete of a pool that
+        # still holds volumes): the directory goes with the run's.
         subprocess.run(
-            [virsh, "-q", "-c", "qemu:///session", *args], check=check, stdout=subprocess.DEVNULL
+            [virsh, "-q", "-c", uri, *args],
+            check=check,
+            stdout=subprocess.DEVNULL,
+            stderr=None if check else subprocess.DEVNULL,
         )
 
     v("pool-define-as", pool, "dir", "--target", str(base / "virsh"))
@@ -150,10 +220,12 @@ def virsh_figures(virsh: str, base: Path, runs: int) -> None:
             timed_sync(
                 lambda i: v("vol-create-as", pool, f"c{i}.qcow2", "1G", "--format", "qcow2"), runs
             ),
+            ours["cli-create"],
         )
         show(
             "virsh vol-clone (a process each)",
             timed_sync(lambda i: v("vol-clone", "c0.qcow2", f"k{i}.qcow2", "--pool", pool), runs),
+            ours["cli-clone"],
         )
     finally:
         v("pool-destroy", pool, check=False)
@@ -165,6 +237,11 @@ def main(runs: int) -> int:
     if shutil.which("qemu-img") is None:
         print("qemu-img is not installed: nothing to measure")
         return 1
+    with libvirt_peer() as peer:
+        return run(runs, peer)
+
+
+def run(runs: int, peer: LibvirtPeer | str) -> int:
     base = Path(tempfile.mkdtemp(prefix="asvirt-bench-storage-"))
     try:
         root, pool_dir, bare = base / "root", base / "pool", base / "bare"
@@ -174,30 +251,31 @@ def main(runs: int) -> int:
         with open(data, "wb") as f:
             for _ in range(1024):
                 f.write(os.urandom(1024 * 1024))
-        trio.run(api_figures, root, pool_dir, bare, data, runs)
+        ours = trio.run(api_figures, root, pool_dir, bare, data, runs)
+        if isinstance(peer, LibvirtPeer):
+            print(peer.describe())
+            libvirt_figures(peer, base, data, runs, ours)
         data.unlink()
         cli_runs = max(3, runs // 4)
-        show(
-            "asvirt CLI vol-create-as (a process each)",
-            timed_sync(
-                lambda i: cli(
-                    root, "vol-create-as", "bench", f"cli{i}.qcow2", "1G", "--format", "qcow2"
-                ),
-                cli_runs,
+        ours["cli-create"] = timed_sync(
+            lambda i: cli(
+                root, "vol-create-as", "bench", f"cli{i}.qcow2", "1G", "--format", "qcow2"
             ),
+            cli_runs,
         )
-        show(
-            "asvirt CLI vol-clone (a process each)",
-            timed_sync(
-                lambda i: cli(root, "vol-clone", "c0.qcow2", f"clik{i}.qcow2", "--pool", "bench"),
-                cli_runs,
-            ),
+        show("asvirt CLI vol-create-as (a process each)", ours["cli-create"])
+        ours["cli-clone"] = timed_sync(
+            lambda i: cli(root, "vol-clone", "c0.qcow2", f"clik{i}.qcow2", "--pool", "bench"),
+            cli_runs,
         )
+        show("asvirt CLI vol-clone (a process each)", ours["cli-clone"])
         virsh = shutil.which("virsh")
-        if virsh is None:
-            print("  virsh vol-create-as / vol-clone: libvirt is not installed here, not measured")
+        if isinstance(peer, str):
+            print(f"libvirt: {peer}")
+        elif virsh is None:
+            print("  virsh vol-create-as / vol-clone: virsh is not installed here, not measured")
         else:
-            virsh_figures(virsh, base, cli_runs)
+            virsh_figures(virsh, peer.uri, base, cli_runs, ours)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -19,8 +19,9 @@ import asvirt
 from .caps import Caps, probe_caps
 from .contract import Backend, make_backend
 from .daemon import session_daemon
-from .guest import GUEST_DIR, REPO, TestGuest
+from .guest import GUEST_DIR, REPO, USB_GUEST_DIR, TestGuest
 from .helpers import children, destroy_all, embed_uri, write_config
+from .trio_skips import pytest_pyfunc_call  # noqa: F401  (a hook: pytest finds it here)
 
 QEMU = shutil.which("qemu-system-x86_64")
 CAPS_DIR = "qemu-caps"  # below the session's base temporary directory
@@ -69,26 +70,44 @@ def display_ports() -> Iterator[None]:
         os.close(fd)
 
 
-@pytest.fixture(scope="session")
-def test_guest() -> TestGuest:
-    """The tiny Debian-kernel + busybox guest, in the cache directory.
+def _built_guest(directory: Path, *flags: str) -> tuple[TestGuest, str | None]:
+    """The test guest in ``directory``, (re)built by scripts/build-test-guest ``flags``, and
+    why it could not be (re)built (None if it could).
 
     The builder runs every session: it returns at once when the cache holds this checkout's
     format, and rebuilds a cache older than that (tests may need what a newer guest does).
     """
-    guest = TestGuest(GUEST_DIR)
+    guest = TestGuest(directory)
     result = subprocess.run(
-        [str(REPO / "scripts" / "build-test-guest"), str(GUEST_DIR)],
+        [str(REPO / "scripts" / "build-test-guest"), *flags, str(directory)],
         capture_output=True,
         text=True,
     )
     why = result.stderr.strip() or result.stdout.strip()
-    if not guest.exists():
-        pytest.fail(f"cannot build the test guest (run scripts/setup first): {why}")
-    if result.returncode != 0:
+    if result.returncode != 0 and guest.exists():
         warnings.warn(
             f"cannot rebuild the test guest; tests use the cached one: {why}", stacklevel=1
         )
+    return guest, why if result.returncode != 0 else None
+
+
+@pytest.fixture(scope="session")
+def test_guest() -> TestGuest:
+    """The tiny Debian-kernel + busybox guest, in the cache directory."""
+    guest, why = _built_guest(GUEST_DIR)
+    if not guest.exists():
+        pytest.fail(f"cannot build the test guest (run scripts/setup first): {why}")
+    return guest
+
+
+@pytest.fixture(scope="session")
+def usb_test_guest() -> TestGuest:
+    """The test guest on a kernel with USB (``scripts/build-test-guest --usb``): built on
+    first use, from Debian's generic kernel package. A machine whose apt cannot fetch that
+    package skips the tests that need it (the cloud kernel has no USB to test with)."""
+    guest, why = _built_guest(USB_GUEST_DIR, "--usb")
+    if not guest.exists():
+        pytest.skip(f"cannot build the USB test guest: {why}")
     return guest
 
 

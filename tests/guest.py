@@ -20,6 +20,15 @@ GUEST_DIR = Path(
     os.environ.get("ASVIRT_GUEST_DIR")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asvirt" / "test-guest"
 )
+#: The same guest on Debian's generic kernel with USB host controller and usb-storage modules
+#: (``scripts/build-test-guest --usb``): the cloud kernel has no USB. Slower to boot: only
+#: tests of USB devices the guest must see use it.
+USB_GUEST_DIR = Path(
+    os.environ.get("ASVIRT_USB_GUEST_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "asvirt"
+    / "test-guest-usb"
+)
 READY = "ASVIRT-GUEST-READY"
 #: The guest agent's channel (the guest starts qemu-ga on it unless ``asvirt.agent=off``).
 AGENT_CHANNEL_XML = """

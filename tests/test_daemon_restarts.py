@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -24,8 +25,8 @@ from asvirt import DomainState as S
 from asvirt.drivers.qemu.process import find_qemus
 
 from .daemon import Daemon
-from .guest import REPO, paused_xml
-from .helpers import pid_alive, wait_for
+from .guest import REPO, TestGuest, paused_xml
+from .helpers import collect_until, lifecycle, pid_alive, wait_for
 
 pytestmark = [pytest.mark.qemu]
 
@@ -154,3 +155,65 @@ async def test_the_daemon_starts_autostart_domains_when_it_starts(
             await (await conn.lookup_by_name("early")).destroy()
     finally:
         daemon.stop()
+
+
+async def journaled_lifecycle(
+    conn: asvirt.Connection, dom: asvirt.Domain, guest: TestGuest, tmp_path: Path
+) -> list[tuple[str, str]]:
+    """Every lifecycle event the journal holds for ``dom``, in order: a replay from the
+    start up to an event published after them all (a domain defined to mark the end)."""
+    async with conn.subscribe(kinds=asvirt.EventKind.LIFECYCLE, since=0) as events:
+        marker = await conn.define_xml(paused_xml(guest, tmp_path, "end"))
+        seen = await collect_until(events, lambda s: bool(s) and s[-1].domain == "end")
+    await marker.undefine()
+    return [lc for ev in seen if ev.uuid == dom.uuid and (lc := lifecycle(ev)) is not None]
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize(
+    ("action", "policy", "moment"),
+    [
+        ("poweroff", "destroy", "SHUTDOWN"),
+        ("poweroff", "destroy", "STOPPED"),
+        ("poweroff", "preserve", "SHUTDOWN"),
+        ("panic", "destroy", "STOPPED"),
+        ("panic", "preserve", "CRASHED"),
+    ],
+)
+async def test_a_daemon_killed_while_a_vm_stops_tells_each_step_once(
+    daemon, root, test_guest, tmp_path, action, policy, moment
+):
+    """The guest powers off (or panics); the daemon is killed as its step is told. The
+    journal is written before the status file: a daemon killed between the two leaves the
+    status as it was before the step, which the test reinstates (the copy the daemon wrote
+    when the guest started) to make that window certain. The next daemon tells what
+    followed, and nothing twice."""
+    first = "SHUTDOWN" if action == "poweroff" else "CRASHED"
+    xml = test_guest.xml(
+        "vm1", tmp_path / "vm1.serial", action=action, on_poweroff=policy, on_crash=policy
+    )
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await conn.define_xml(xml)
+        async with conn.subscribe(dom, kinds=asvirt.EventKind.LIFECYCLE) as events:
+            await dom.start()
+            status = next((root / "run" / "qemu").glob("*.status"))
+            before = shutil.copy2(status, tmp_path / "vm1.status.before")
+            assert json.loads(before.read_bytes())["state"] == S.RUNNING
+            await collect_until(events, lambda s: bool(s) and s[-1].type.name == moment)
+            await trio.to_thread.run_sync(daemon.kill)
+        shutil.copy2(before, status)
+        await trio.to_thread.run_sync(daemon.start)
+        if policy == "preserve":
+            assert (await dom.state())[0] is (S.SHUTDOWN if action == "poweroff" else S.CRASHED)
+            await dom.destroy()
+        else:
+            assert (await dom.state())[0] is S.SHUTOFF
+        told = await journaled_lifecycle(conn, dom, test_guest, tmp_path)
+        stopped = {
+            "destroy": "SHUTDOWN" if action == "poweroff" else "CRASHED",
+            "preserve": "DESTROYED",
+        }[policy]
+        assert [t for t, _ in told] == ["DEFINED", "STARTED", first, "STOPPED"], told
+        assert told[-1] == ("STOPPED", stopped)
+        assert not status.exists()
+        assert not find_qemus(str(root))

@@ -11,7 +11,7 @@ from asvirt.cli.main import main as cli_main
 from asvirt.drivers.qemu import vcpus
 from asvirt.drivers.qemu.statemachine import DomainStateMachine
 
-from .guest import wait_for_serial
+from .guest import paused_xml, wait_for_serial
 from .helpers import collect_until, embed_uri, run_cli, write_config
 
 # -- planning hotplug from what QEMU lists, without QEMU -------------------------------------
@@ -125,6 +125,33 @@ async def test_the_guest_keeps_its_balloon_and_vcpus_across_supervisors(root, te
             async with asvirt.open(embed_uri(root)) as conn:
                 for d in await conn.list_all_domains(active=True):
                     await d.destroy()
+
+
+@pytest.mark.qemu
+async def test_a_guest_with_plugged_vcpus_is_not_saved_where_it_could_not_be_restored(
+    conn, test_guest, tmp_path
+):
+    """A restore starts QEMU with the live <vcpu> count booted, not with the plugged vCPU
+    devices the saved state holds: QEMU refused the image ("Bad config data"), and a managed
+    save left a domain that could not start. The save is refused before anything changes."""
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, vcpus=1, max_vcpus=2))
+    await dom.start(paused=True)
+    await dom.set_vcpus(2, live=True)
+    image = tmp_path / "vm1.save"
+    with pytest.raises(asvirt.OperationUnsupportedError, match="vcpu1"):
+        await dom.managed_save()
+    with pytest.raises(asvirt.OperationUnsupportedError, match="vcpu1"):
+        await dom.save(str(image))
+    assert not image.exists() and not await dom.has_managed_save_image()
+    assert (await dom.state())[0] is asvirt.DomainState.PAUSED
+    assert len(await dom.qmp("query-cpus-fast")) == 2
+    # The guest runs on; one started with the same XML and nothing plugged saves and comes
+    # back (the refusal is about the plugged vCPU, not the maximum).
+    await dom.destroy()
+    await dom.start(paused=True)
+    await dom.managed_save()
+    await dom.start(paused=True)
+    assert len(await dom.qmp("query-cpus-fast")) == 1
 
 
 # -- the CLI: virsh's commands and output -------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 import asvirt
+from asvirt.drivers.qemu.paths import EmbedPaths
 
 from .guest import PAUSED_DOMAIN_TYPE, define
 from .helpers import embed_uri, lifecycle, write_config
@@ -106,3 +107,29 @@ async def test_a_cursor_older_than_the_journal_keeps_starts_with_a_gap(root, tes
     assert rest[-1].seq == 2 + 2 * 40 + 1 + 1  # every event of the node was numbered once
     assert len(rest) < 40, "retention kept everything: the test proves nothing"
     assert gap.describe() == f"event 'gap': events 1-{gap.data['last']} are no longer retained"
+
+
+async def test_the_roots_socket_directory_goes_when_the_node_closes_with_nothing_running(
+    root, test_guest, tmp_path
+):
+    # The root is deep: its sockets go to a directory of the user's named after it (under
+    # /tmp/asvirt-UID or $XDG_RUNTIME_DIR/asvirt), outside the root, which nobody else removes.
+    sockets = EmbedPaths(root).socket_dir
+    assert not sockets.is_relative_to(root)
+    async with asvirt.open(embed_uri(root)):
+        assert sockets.is_dir()
+    assert not sockets.exists()
+    # A running domain's guest agent socket is there: the directory stays while it runs,
+    # and goes when the node that saw it stop closes (with what QEMU left in it).
+    agent = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom, _ = await define(
+            conn, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE, devices=agent
+        )
+        await dom.start(paused=True)
+        assert any(p.is_socket() for p in sockets.iterdir())
+    assert sockets.is_dir()
+    async with asvirt.open(embed_uri(root)) as conn:
+        await (await conn.lookup_by_name("vm1")).destroy()
+    assert not sockets.exists()
+    assert sockets.parent.is_dir()  # shared by every root of the user: left alone

@@ -33,6 +33,27 @@ def test_every_declared_call_is_served_with_its_declared_arguments(name):
         inspect.signature(method).bind(None, **args)
 
 
+@pytest.mark.parametrize("name", sorted(protocol.CALLS))
+def test_a_calls_arguments_are_read_as_inspect_reads_its_declaration(name):
+    # Call reads the declaration's code object, not inspect.signature (too dear for a
+    # one-shot client): both must agree on every call.
+    import typing
+
+    c = protocol.CALLS[name]
+    fn = c._declaration
+    signature = inspect.signature(fn).parameters
+    hints = typing.get_type_hints(fn)
+    assert [p for p, _ in c.params] == [p for p in signature if p != "self"]
+    for p, t in c.params:
+        assert t == hints[p]
+    assert c.defaults == {
+        p: v.default for p, v in signature.items() if v.default is not inspect.Parameter.empty
+    }
+    assert all(v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p, v in signature.items()), (
+        "the declarations take plain arguments only"
+    )
+
+
 def test_read_only_calls_are_exactly_those_that_change_nothing():
     changing = {
         name

@@ -527,20 +527,47 @@ async def test_file_backed_ram_is_the_users_and_goes_at_stop(
             await destroy_all(conn)
 
 
-async def test_hotplugged_media_are_given_to_the_user_and_back(
-    cconn: asvirt.Connection, guest: TestGuest, open_dir: Path
+async def test_hotplugged_disks_are_given_as_cold_plugged_ones_and_back_on_detach(
+    cconn: asvirt.Connection, confined: Path, guest: TestGuest, open_dir: Path, nobody
 ):
     # Paused, never booted: TCG, since the user may not open /dev/kvm here.
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    cold = someones(open_dir / "cold.img")
+    devices = scsi + disk_xml(cold, "sda", bus="scsi", fmt="raw")
+    xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=devices)
+    dom = await cconn.define_xml(xml)
+    await dom.start(paused=True)
+    image = someones(open_dir / "hot.img")
+    hot = disk_xml(image, "sdb", bus="scsi", fmt="raw")
+    await dom.attach_device(hot)
+    # The same owner and mode as the disk the domain started with.
+    assert owner(image) == owner(cold) == nobody
+    assert stat.S_IMODE(os.stat(image).st_mode) == stat.S_IMODE(os.stat(cold).st_mode)
+    assert str(image) in status_record(confined, "vm1")["chowned"]
+    # SCSI disks go at once (no guest involved): given back as the detach ends, not when
+    # the domain stops, and no longer in the record a next supervisor would give back from.
+    assert await dom.detach_device(hot) is True
+    assert owner(image) == SOMEONE
+    assert str(image) not in status_record(confined, "vm1")["chowned"]
+    assert owner(cold) == nobody
+    # The same file again: given again.
+    await dom.attach_device(hot)
+    assert owner(image) == nobody
+    await dom.destroy()
+    assert owner(image) == owner(cold) == SOMEONE
+
+
+async def test_a_failed_hotplug_gives_the_file_back(cconn, guest, open_dir, nobody):
     scsi = "<controller type='scsi' model='virtio-scsi'/>"
     xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=scsi)
     dom = await cconn.define_xml(xml)
     await dom.start(paused=True)
-    image = someones(open_dir / "hot.img")
-    await dom.attach_device(disk_xml(image, "sdb", bus="scsi", fmt="raw"))
-    assert owner(image) == (pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid)
-    assert await dom.detach_device(disk_xml(image, "sdb", bus="scsi", fmt="raw")) is True
-    await dom.destroy()
+    image = someones(open_dir / "bad.img", size=512)
+    # Not a qcow2 image: QEMU refuses it after asvirt gave it to QEMU's user.
+    with pytest.raises(asvirt.AsvirtError):
+        await dom.attach_device(disk_xml(image, "sdb", bus="scsi", fmt="qcow2"))
     assert owner(image) == SOMEONE
+    assert "sdb" not in await dom.xml_desc()
 
 
 # -- a domain's own DAC label -----------------------------------------------------------------
@@ -585,3 +612,40 @@ async def test_a_static_dac_seclabel_runs_qemu_as_its_user_and_none_as_the_super
     with pytest.raises(asvirt.OperationUnsupportedError, match="does not relabel"):
         await dom3.start(paused=True)
     assert not await dom3.is_active()
+
+
+async def test_a_disk_plugged_into_a_statically_labelled_domain_is_labelled_as_its_others(
+    confined, guest, open_dir
+):
+    """A domain with its own static DAC label runs as that label on a confined node; its
+    files are the label's (relabel='no'), cold- or hot-plugged: never given to the node's
+    [qemu] user, whom that QEMU does not run as."""
+    label_user = (12346, 12346)  # no such user: neither root, nobody, nor the files' owner
+    serial = open_dir / "vm1.serial"
+    serial.touch()
+    os.chown(serial, *label_user)
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    cold = someones(open_dir / "cold.img")
+    os.chown(cold, *label_user)
+    label = (
+        "<seclabel type='static' model='dac' relabel='no'>"
+        f"<label>+{label_user[0]}:+{label_user[1]}</label></seclabel>"
+    )
+    devices = scsi + disk_xml(cold, "sda", bus="scsi", fmt="raw")
+    xml = guest.xml("vm1", serial, devices=devices).replace("</domain>", f"{label}</domain>")
+    async with asvirt.open(embed_uri(confined)) as conn:
+        try:
+            dom = await conn.define_xml(xml)
+            await dom.start(paused=True)
+            assert proc_status(qemu_pid(confined, "vm1"))["Uid"].split()[0] == "12346"
+            image = someones(open_dir / "hot.img")
+            os.chown(image, *label_user)
+            hot = disk_xml(image, "sdb", bus="scsi", fmt="raw")
+            await dom.attach_device(hot)  # QEMU, as 12346, opens it
+            assert owner(image) == owner(cold) == label_user
+            assert status_record(confined, "vm1")["chowned"] == {}
+            assert await dom.detach_device(hot) is True
+            assert owner(image) == label_user
+        finally:
+            await destroy_all(conn)
+    assert owner(image) == owner(cold) == label_user

@@ -320,6 +320,34 @@ async def test_cdrom_media_change_and_eject(conn, test_guest, tmp_path):
     assert targets(await dom.xml_desc(inactive=True)) == []
 
 
+async def test_a_throttled_cdrom_takes_media_into_an_empty_drive(conn, test_guest, tmp_path):
+    """A medium's throttle group lives while the drive has a medium: an empty drive with
+    <iotune> has none in QEMU, so the first medium makes it (QEMU refused the medium's
+    throttle node, naming a group that did not exist), and an eject removes it."""
+    iso = tmp_path / "media.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    tune = "<readonly/><iotune><total_iops_sec>100</total_iops_sec></iotune>"
+    empty_cd = f"<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/>{tune}</disk>"
+    dom = await paused(conn, test_guest, tmp_path, devices=empty_cd)
+
+    async def groups() -> set[str]:
+        objects = await dom.qmp("qom-list", {"path": "/objects"})
+        return {o["name"] for o in objects if o["type"] == "child<throttle-group>"}
+
+    assert await groups() == set()
+    cd = disk_xml(iso, "hdc", device="cdrom", bus="ide", fmt="raw", extra=tune)
+    await dom.update_device(cd)
+    blocks = {b["qdev"]: b for b in await dom.qmp("query-block")}
+    assert str(iso) in blocks["ide0-1-0"]["inserted"]["file"]  # json:{...} under a throttle
+    assert await groups() == {"throttle-ide0-1-0"}
+    limits = await dom.qmp("qom-get", {"path": "/objects/throttle-ide0-1-0", "property": "limits"})
+    assert limits["iops-total"] == 100
+    await dom.update_device(empty_cd)
+    assert await groups() == set()
+    await dom.update_device(cd)  # and again
+    assert await groups() == {"throttle-ide0-1-0"}
+
+
 @pytest.mark.guest
 async def test_interface_attach_link_and_detach(guest):
     mac = "52:54:00:12:34:56"
@@ -436,6 +464,37 @@ async def test_floppy_media_change_eject_and_insert(conn, test_guest, tmp_path):
     await dom.attach_device(disk_xml(image(tmp_path / "d.qcow2"), "vdb"))
     with pytest.raises(asvirt.OperationInvalidError, match="cdrom or a floppy"):
         await dom.update_device(disk_xml(image(tmp_path / "e.qcow2"), "vdb"))
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+async def test_usb_disk_is_seen_by_a_booted_guest(conn, usb_test_guest, tmp_path, machine):
+    # A USB disk plugged into the machine's USB controller (no hub: the PC's UHCI, Q35's
+    # xHCI): the guest's kernel finds a SCSI disk on it (usb-storage), and loses it at the
+    # detach, which needs no guest.
+    serial = tmp_path / "vm1.serial"
+    # TCG on a loaded host can be too slow for the kernel's IO-APIC timer check.
+    xml = usb_test_guest.xml("vm1", serial, cmdline="no_timer_check")
+    dom = await conn.define_xml(xml.replace("machine='pc'", f"machine='{machine}'"))
+    model = {"pc": "piix3-uhci", "q35": "qemu-xhci"}[machine]
+    assert f"<controller type='usb' index='0' model='{model}'" in await dom.xml_desc()
+    await dom.start()
+    await wait_for_serial(serial, timeout=180)
+    stick = image(tmp_path / "stick.qcow2")
+    usb = disk_xml(stick, "sda", bus="usb")
+    async with conn.subscribe(dom, kinds={K.DEVICE_REMOVED}) as events:
+        await dom.attach_device(usb)
+        await wait_for_serial(serial, "ASVIRT-DISK-add sda")
+        disk = disk_el(await dom.xml_desc(), "sda")
+        assert disk is not None and disk.find("address").get("type") == "usb"
+        alias = disk.find("alias").get("name")
+        assert await dom.detach_device(usb) is True
+        ev = await removed(events, K.DEVICE_REMOVED)
+        assert ev.data is not None and ev.data["device"] == alias
+    await wait_for_serial(serial, "ASVIRT-DISK-remove sda")
+    assert targets(await dom.xml_desc()) == []
+    peripherals = {p["name"] for p in await dom.qmp("qom-list", {"path": "/machine/peripheral"})}
+    assert alias not in peripherals
 
 
 async def test_usb_disk_attach_and_detach(conn, test_guest, tmp_path):

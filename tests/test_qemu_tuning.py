@@ -383,6 +383,37 @@ async def test_a_plugged_disk_gets_its_throttle_group(conn, test_guest, tmp_path
     assert "<group_name>g</group_name>" in await dom.xml_desc()
 
 
+async def _throttle_groups(dom: asvirt.Domain) -> set[str]:
+    """The ids of the throttle-group objects QEMU has."""
+    objects = await dom.qmp("qom-list", {"path": "/objects"})
+    return {o["name"] for o in objects if o.get("type") == "child<throttle-group>"}
+
+
+async def test_a_throttle_group_goes_with_the_last_disk_unplugged(conn, test_guest, tmp_path):
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    dom = await conn.define_xml(_with(paused_xml(test_guest, tmp_path), "", scsi))
+    await dom.start(paused=True)
+    shared = "<iotune><total_iops_sec>100</total_iops_sec><group_name>g</group_name></iotune>"
+    own = "<iotune><total_iops_sec>50</total_iops_sec></iotune>"
+    disks = {}
+    for target, tune in (("sda", shared), ("sdb", shared), ("sdc", own)):
+        path = tmp_path / f"{target}.img"
+        qemu_img("create", "-q", "-f", "raw", path, "1M")
+        disks[target] = disk_xml(path, target, fmt="raw", bus="scsi", extra=tune)
+        await dom.attach_device(disks[target])
+    assert await _throttle_groups(dom) == {"throttle-g", "throttle-scsi0-0-0-2"}
+    # SCSI disks go at once (no guest involved): the detach returns once they are gone.
+    assert await dom.detach_device(disks["sda"]) is True
+    assert await _throttle_groups(dom) == {"throttle-g", "throttle-scsi0-0-0-2"}  # sdb has it
+    assert await dom.detach_device(disks["sdb"]) is True
+    assert await dom.detach_device(disks["sdc"]) is True
+    assert await _throttle_groups(dom) == set()
+    # The group can be made again, with other limits.
+    await dom.attach_device(disks["sda"].replace(">100<", ">70<"))
+    limits = await dom.qmp("qom-get", {"path": "/objects/throttle-g", "property": "limits"})
+    assert limits["iops-total"] == 70
+
+
 async def test_a_pin_to_cpus_the_host_lacks_fails_the_start(conn, test_guest, tmp_path):
     missing = max(os.sched_getaffinity(0)) + 1
     xml = _with(

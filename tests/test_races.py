@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from lxml import etree
 
 import asvirt
 from asvirt import DomainState as S
 
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest
-from .helpers import embed_uri, qemus_naming
+from .helpers import disk_xml, embed_uri, qemu_img, qemus_naming, write_config
 
 pytestmark = [pytest.mark.qemu]
 
@@ -112,3 +114,158 @@ async def test_random_interleavings_lose_no_qemu(
             for dom in active.values():
                 await dom.destroy()
     assert qemus_naming(uuids) == {}
+
+
+#: The calls added since the test above was written, with destroy racing each of them.
+DEVICE_OPS = int(os.environ.get("ASVIRT_RACE_DEVICE_OPS", "400"))
+DEVICE_TASKS = 12
+#: No call may take longer (a hang): the slowest, a save, writes a paused 128 MiB guest.
+CALL_DEADLINE = 120
+SCSI = "<controller type='scsi' model='virtio-scsi'/>"
+
+
+def _holder(qdev: str) -> str:
+    """The id of the device a QEMU block backend is attached to (``query-block``'s qdev: the
+    id, or a QOM path below /machine/peripheral/ID)."""
+    prefix = "/machine/peripheral/"
+    return qdev[len(prefix) :].split("/")[0] if qdev.startswith(prefix) else qdev
+
+
+async def _what_asvirt_and_qemu_say(dom: asvirt.Domain) -> None:
+    """The live XML agrees with QEMU: the same disks (alias -> file), as many vCPUs, the
+    same balloon size, and the state matches QEMU's run state."""
+    state, _ = await dom.state()
+    status = await dom.qmp("query-status")
+    assert QEMU_STATES[status["status"]] is state, (dom.name, status, state)
+    live = etree.fromstring((await dom.xml_desc()).encode())
+    disks = {
+        d.find("alias").get("name"): d.find("source").get("file")
+        for d in live.iterfind("devices/disk")
+        if d.find("source") is not None
+    }
+    blocks = {
+        _holder(b["qdev"]): b["inserted"]["file"]
+        for b in await dom.qmp("query-block")
+        if b.get("qdev") and "inserted" in b
+    }
+    assert disks == blocks, (dom.name, disks, blocks)
+    vcpu = live.find("vcpu")
+    assert int(vcpu.get("current", vcpu.text)) == len(await dom.qmp("query-cpus-fast")), dom.name
+    balloon = await dom.qmp("query-balloon")
+    assert int(live.findtext("currentMemory")) == balloon["actual"] // 1024, (dom.name, balloon)
+
+
+def _qemus_by_pgrep(uuids: set[str]) -> dict[str, list[int]]:
+    """What pgrep finds of QEMU for ``uuids``, by UUID (the process table's word, not
+    asvirt's)."""
+    proc = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True)
+    found: dict[str, list[int]] = {}
+    for line in proc.stdout.splitlines():
+        pid, _, cmdline = line.partition(" ")
+        for uuid in uuids:
+            if uuid in cmdline:
+                found.setdefault(uuid, []).append(int(pid))
+    return found
+
+
+async def test_device_memory_vcpu_snapshot_and_save_calls_racing_lose_nothing(
+    root: Path, test_guest: TestGuest, tmp_path: Path
+) -> None:
+    # Unplugs the paused guest cannot acknowledge (vCPUs) give up quickly.
+    write_config(root, "[qemu]\ndestroy_grace = 2.0\nqmp_timeout = 10.0\nunplug_timeout = 0.5\n")
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed: {seed}")
+    rng = random.Random(seed)
+    uuids = {name: f"00000000-0000-4000-8000-00000000001{i}" for i, name in enumerate(NAMES)}
+    xml, hot = {}, {}
+    for name in NAMES:
+        base = tmp_path / f"{name}.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", base, "16M")
+        qemu_img("create", "-q", "-f", "qcow2", tmp_path / f"{name}-hot.qcow2", "16M")
+        hot[name] = disk_xml(tmp_path / f"{name}-hot.qcow2", "sdb", bus="scsi")
+        xml[name] = test_guest.xml(
+            name,
+            tmp_path / f"{name}.serial",
+            domain_type=PAUSED_DOMAIN_TYPE,
+            uuid=uuids[name],
+            vcpus=1,
+            max_vcpus=2,
+            memballoon="virtio",
+            devices=SCSI + disk_xml(base, "vda"),
+        )
+    foreign: list[BaseException] = []
+    outcomes: Counter[str] = Counter()
+    async with asvirt.open(embed_uri(root)) as conn:
+
+        async def run(name: str, what: str) -> object:
+            if what == "define":
+                return await conn.define_xml(xml[name])
+            if what == "restore":
+                return await conn.restore(str(tmp_path / f"{name}.save"))
+            dom = await conn.lookup_by_name(name)
+            if what == "start":
+                return await dom.start(paused=True)
+            if what == "attach":
+                return await dom.attach_device(hot[name])
+            if what == "detach":
+                return await dom.detach_device(hot[name])
+            if what == "set_vcpus":
+                return await dom.set_vcpus(rng.choice((1, 2)), live=True)
+            if what == "set_memory":
+                return await dom.set_memory(rng.choice((96, 112, 128)) * 1024, live=True)
+            snap = f"s{rng.randrange(3)}"
+            if what == "snapshot":
+                xml_ = f"<domainsnapshot><name>{snap}</name></domainsnapshot>"
+                return await dom.snapshot_create_xml(xml_)
+            if what == "revert":
+                return await dom.revert_to_snapshot(snap, paused=True)
+            if what == "snapshot_delete":
+                return await (await dom.snapshot_lookup_by_name(snap)).delete()
+            if what == "save":
+                return await dom.save(str(tmp_path / f"{name}.save"))
+            return await getattr(dom, what)()
+
+        for name in NAMES:  # all running to begin with: every call has something to do
+            await (await conn.define_xml(xml[name])).start(paused=True)
+        whats = ["attach", "detach", "set_vcpus", "set_memory", "snapshot", "revert"]
+        whats += ["snapshot_delete", "save", "restore", "managed_save"]
+        # destroy races each of them; define/start bring the domains back.
+        whats += ["destroy"] * 3 + ["define", "start", "start", "suspend", "resume"]
+        plan = [(rng.choice(NAMES), rng.choice(whats)) for _ in range(DEVICE_OPS)]
+        queue = iter(plan)
+
+        async def worker() -> None:
+            for name, what in queue:
+                try:
+                    with trio.fail_after(CALL_DEADLINE):
+                        await run(name, what)
+                    outcomes[f"{what} ok"] += 1
+                except asvirt.AsvirtError as err:
+                    outcomes[f"{what} {type(err).__name__}"] += 1
+                    if not isinstance(err.code, asvirt.ErrorCode) or (
+                        err.code is asvirt.ErrorCode.INTERNAL_ERROR
+                    ):
+                        foreign.append(err)  # a bug let out, not an error of the call
+                except BaseException as err:  # what the test is about: none may come here
+                    foreign.append(err)
+                    outcomes[f"{what} {type(err).__name__}"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(DEVICE_TASKS):
+                nursery.start_soon(worker)
+        print(f"outcomes: {dict(sorted(outcomes.items()))}")
+        active = {d.uuid: d for d in await conn.list_all_domains(active=True)}
+        try:
+            assert not foreign, "foreign exceptions:\n" + "\n".join(
+                "".join(traceback.format_exception(err)) for err in foreign[:3]
+            )
+            # The table, QEMU and the process table agree: no QEMU asvirt cannot see.
+            running = _qemus_by_pgrep(set(uuids.values()))
+            assert set(running) == set(active), (running, active)
+            assert all(len(pids) == 1 for pids in running.values()), running
+            for dom in active.values():
+                await _what_asvirt_and_qemu_say(dom)
+        finally:
+            for dom in active.values():
+                await dom.destroy()
+    assert _qemus_by_pgrep(set(uuids.values())) == {}

@@ -1814,13 +1814,65 @@ def test_restore_starts_from_what_subscribers_were_last_told(
     [
         (LifecycleEvent.STOPPED, StoppedDetail.DESTROYED),
         (LifecycleEvent.DEFINED, DefinedDetail.ADDED),
-        (LifecycleEvent.SHUTDOWN, ShutdownDetail.FINISHED),
+        (LifecycleEvent.CRASHED, CrashedDetail.CRASHEDLOADED),  # the guest runs on
     ],
 )
-def test_restore_ignores_what_is_not_a_pause_or_a_run(told: tuple[LifecycleEvent, EventDetail]):
+def test_restore_ignores_what_is_not_a_state_of_a_running_qemu(
+    told: tuple[LifecycleEvent, EventDetail],
+):
     snapshot = MachineSnapshot(int(S.PAUSED), int(PausedReason.USER))
     m = DomainStateMachine.restore(snapshot, told=told)
     assert state_of(m) == (S.PAUSED, PausedReason.USER)
+
+
+@pytest.mark.parametrize(
+    ("told", "status", "after", "follow_up", "stopped"),
+    [
+        (
+            (LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
+            "shutdown",
+            (S.SHUTDOWN, ShutdownReason.USER),
+            GuestEvent.SHUTDOWN,
+            StoppedDetail.SHUTDOWN,
+        ),
+        (
+            (LifecycleEvent.CRASHED, CrashedDetail.PANICKED),
+            "guest-panicked",
+            (S.CRASHED, CrashedReason.PANICKED),
+            GuestEvent.PANICKED,
+            StoppedDetail.CRASHED,
+        ),
+    ],
+)
+def test_a_shutdown_or_panic_told_before_the_status_was_written_is_not_told_again(
+    told: tuple[LifecycleEvent, EventDetail],
+    status: str,
+    after: tuple[DomainState, StateReason],
+    follow_up: GuestEvent,
+    stopped: StoppedDetail,
+) -> None:
+    # The supervisor journaled it and died before its status file said so.
+    snapshot = MachineSnapshot(int(S.RUNNING), int(RunningReason.BOOTED))
+    m = DomainStateMachine.restore(snapshot, told=told)
+    # Still awaiting its follow-up (the supervisor may have died before it acted).
+    assert seen(m.reconcile(status, False, attaching=True)) == Seen([], follow_up)
+    assert state_of(m) == after
+    # QEMU gone meanwhile (no reconcile): it ended as what was told, not as a failure.
+    m = DomainStateMachine.restore(snapshot, told=told)
+    assert seen(m.exited()[1]) == Seen([life(LifecycleEvent.STOPPED, stopped)], None)
+
+
+def test_a_stop_told_before_the_status_file_went_is_not_told_again() -> None:
+    snapshot = MachineSnapshot(int(S.RUNNING), int(RunningReason.BOOTED))
+    m = DomainStateMachine.restore(snapshot, told=(LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN))
+    reason, r = m.exited()
+    assert seen(r) == NOTHING
+    assert reason is ShutoffReason.SHUTDOWN and state_of(m) == (S.SHUTOFF, reason)
+    # A QEMU that answers is a run of its own (the STOPPED was an earlier run's): its end
+    # is told.
+    m = DomainStateMachine.restore(snapshot, told=(LifecycleEvent.STOPPED, StoppedDetail.DESTROYED))
+    assert seen(m.reconcile("running", True, attaching=True)) == NOTHING
+    assert seen(m.exited()[1]) == Seen([life(LifecycleEvent.STOPPED, StoppedDetail.FAILED)], None)
 
 
 def test_restore_of_a_stopping_machine_ignores_what_was_told() -> None:

@@ -16,6 +16,7 @@ what it needs, so that it starts as fast as virsh does. Everything else runs und
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import asvirt  # light: its public names load on first use
 
 from . import render, vsh
-from .vsh import CommandError, failing
+from .vsh import CommandError, ConnectFailed, failing
 
 if TYPE_CHECKING:
     from asvirt.calls import ConnectionCalls
@@ -427,9 +428,45 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, the terminal's width found as :func:`shutil.get_terminal_size`
+    finds it but without importing :mod:`shutil` (and the compression modules it imports):
+    argparse makes a formatter for every parser and argument, and that import cost a one-shot
+    command more than parsing its words."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # argparse's margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``$COLUMNS``, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one ``error:`` line and exit status 1, as in virsh
-    (not a usage text and status 2)."""
+    (not a usage text and status 2); help laid out by :class:`_HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # command parsers are _Parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CommandError(message)
@@ -740,6 +777,8 @@ async def run_command(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         return await _COMMANDS[args.command][0](conn, args)
     except BrokenPipeError:
         raise  # the reader went away (asvirt list | head): nothing to report, to no one
+    except ConnectFailed:
+        raise  # no command's failure: the run ends
     except Exception as exc:
         err = _first_error(exc)
         if err is None or (vsh.error_lines(err) is None and os.environ.get("ASVIRT_DEBUG")):
@@ -769,6 +808,8 @@ def run_one_shot(uri: str | None, commands: list[argparse.Namespace]) -> int | N
         return None  # not there: the full client says why (or starts a session daemon)
     try:
         return run_sync(run_commands(conn, commands))
+    except ConnectFailed as failed:
+        raise failed.error from None
     finally:
         conn.close()
 
@@ -813,6 +854,29 @@ async def shell(uri: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    # A one-shot command lives for milliseconds and reference counting frees what it drops;
+    # the cycle collector's passes over the objects its imports make (classes, enums, the
+    # driver API's declaration) cost it 4% of its instructions for nothing. What runs on
+    # under trio (the shell, event, the full client) collects again.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _main(argv, collecting)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def process_main() -> int:
+    """The ``asvirt`` console script (and ``python -m asvirt``): :func:`main` for a process
+    that exits after it. A one-shot command leaves the collector off to the end: collecting
+    while the interpreter tears itself down cost as much again."""
+    collecting = gc.isenabled()
+    gc.disable()
+    return _main(None, collecting)
+
+
+def _main(argv: list[str] | None, collecting: bool) -> int:
     try:
         opts = _global_parser().parse_args(argv)
         commands = parse_commands(opts.words) if opts.words else None
@@ -822,15 +886,15 @@ def main(argv: list[str] | None = None) -> int:
     for args in commands or ():
         args.connect = opts.connect
     try:
-        if commands is None:
-            import trio
-
-            return trio.run(shell, opts.connect)
-        status = run_one_shot(opts.connect, commands)
+        status = None if commands is None else run_one_shot(opts.connect, commands)
         if status is not None:
             return status
+        if collecting:
+            gc.enable()
         import trio
 
+        if commands is None:
+            return trio.run(shell, opts.connect)
         return trio.run(run, opts.connect, commands)
     except KeyboardInterrupt:
         return 130
@@ -861,4 +925,4 @@ def _first_error(exc: BaseException) -> Exception | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(process_main())

@@ -13,38 +13,52 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import fsutil, protocol
+from .. import protocol
 from ..calls import ConnectionCalls
 from ..errors import InternalError, NoConnectError
 from ..rpc import wire
+from .vsh import ConnectFailed
+
+if TYPE_CHECKING:
+    import _socket
 
 T = TypeVar("T")
 
 
 class QuickConnection(ConnectionCalls):
-    """A blocking connection to a daemon's socket, for one command."""
+    """A blocking connection to a daemon's socket, for one command.
+
+    Its "hello" goes out with the first request, in one write, and both answers come back
+    in one read: a command that makes one call waits for the daemon once. A failed hello
+    (another protocol, an error) fails that first call.
+    """
 
     def __init__(self, uri: str, path: str) -> None:
         self._uri = uri
         self._path = path
-        self._sock = fsutil.connect_unix(path)
+        self._sock = _connect(path)
         self._buf = b""
-        self._ids = 0
-        hello = self._request("hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"})
-        self._hostname = str(hello.get("hostname", "")) if isinstance(hello, dict) else ""
+        self._ids = 1
+        #: Sent with the next request (see the class docstring).
+        self._unsent = _line(1, "hello", {"protocol": wire.PROTOCOL_VERSION, "client": "asvirt"})
+        self._hello: dict[str, Any] | None = None
+        #: Whether the daemon may hold something of this client's (autodestroy domains,
+        #: consoles) that "bye" must release before close() returns.
+        self._owns = False
 
     @property
     def uri(self) -> str:
         return self._uri
 
     def hostname(self) -> str:
-        return self._hostname
+        return str(self._said_hello().get("hostname", ""))
 
     async def _call(self, method: str, /, **params: Any) -> Any:
         c = protocol.lookup(method)
         args, on_progress = protocol.encode_params(c, params)
+        self._owns = self._owns or c.client
         try:
             return protocol.decode_result(c, self._request(method, args, on_progress))
         except ValueError as err:
@@ -57,14 +71,29 @@ class QuickConnection(ConnectionCalls):
         on_progress: Callable[[float], object] | None = None,
     ) -> Any:
         self._ids += 1
-        msg = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
+        return self._exchange(_line(self._ids, method, params), self._ids, on_progress)
+
+    def _said_hello(self) -> dict[str, Any]:
+        """The daemon's hello (sent now if no request has carried it yet)."""
+        if self._hello is None:
+            self._exchange(b"", None, None)
+        assert self._hello is not None
+        return self._hello
+
+    def _exchange(
+        self, line: bytes, msg_id: int | None, on_progress: Callable[[float], object] | None
+    ) -> Any:
+        """Send ``line`` (after the hello, if it is still unsent); read until the answers to
+        the hello and to ``msg_id`` have come; the latter's result."""
+        data, self._unsent = self._unsent + line, b""
+        reply: dict[str, Any] = {}
         try:
-            self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-            while True:
+            self._sock.sendall(data)
+            while self._hello is None or (msg_id is not None and reply.get("id") != msg_id):
                 reply = self._read()
-                if reply.get("id") == self._ids:
-                    break
-                if reply.get("method") == "keepalive.ping":
+                if reply.get("id") == 1 and self._hello is None:
+                    self._hello = self._check_hello(reply)
+                elif reply.get("method") == "keepalive.ping":
                     self._sock.sendall(b'{"jsonrpc":"2.0","method":"keepalive.pong","params":{}}\n')
                 elif reply.get("method") == "progress" and on_progress is not None:
                     fraction = reply.get("params", {}).get("fraction")
@@ -75,6 +104,18 @@ class QuickConnection(ConnectionCalls):
         if "error" in reply:
             raise wire.exception_from(reply["error"])
         return reply.get("result")
+
+    def _check_hello(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """The hello's result; ConnectFailed if the daemon refused it or speaks another
+        protocol (the command that carried it did not fail: the connection did)."""
+        if "error" in reply:
+            raise ConnectFailed(wire.exception_from(reply["error"]))
+        hello = reply.get("result")
+        if not isinstance(hello, dict) or hello.get("protocol") != wire.PROTOCOL_VERSION:
+            raise ConnectFailed(
+                NoConnectError(f"the daemon at {self._path} speaks another protocol")
+            )
+        return hello
 
     def _read(self) -> dict[str, Any]:
         while b"\n" not in self._buf:
@@ -87,11 +128,40 @@ class QuickConnection(ConnectionCalls):
         return value if isinstance(value, dict) else {}
 
     def close(self) -> None:
+        """Close the connection; first, if the daemon may hold something of this client's,
+        say "bye" and wait for it to be released (as the full client does). Otherwise the
+        closed socket says it: waiting for a "bye" would cost a command one more wait."""
         try:
-            self._request("bye", {})
+            if self._owns:
+                self._request("bye", {})
         except Exception:  # leaving anyway; the daemon notices the closed socket too
             pass
-        self._sock.close()
+        finally:
+            self._sock.close()
+
+
+def _line(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
+    msg = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def _connect(path: str) -> _socket.socket:
+    """A unix socket connected to ``path``: made with :mod:`socket`'s C core, whose Python
+    half (its enums and helpers) costs a one-shot command more than its requests; a path
+    too long for an address goes through :func:`asvirt.fsutil.connect_unix`."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        if err.errno is not None:
+            raise  # not there, refused...
+        from .. import fsutil  # "AF_UNIX path too long" (no errno)
+
+        return fsutil.connect_unix(path)
+    return sock
 
 
 def socket_of(uri: str) -> str | None:

@@ -39,6 +39,17 @@ class CommandFailed(Exception):
         self.error = error
 
 
+class ConnectFailed(Exception):
+    """The connection could not be opened (a daemon's hello failed) although a command had
+    begun: not that command's failure. The run ends, reporting ``error`` as a connection
+    that cannot be opened is reported (the one-shot client says hello with its first
+    request, so that is where it learns of it)."""
+
+    def __init__(self, error: asvirt.AsvirtError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @contextlib.contextmanager
 def failing(what: str) -> Iterator[None]:
     """Report an error raised inside as virsh does: ``error: WHAT``, then the error.

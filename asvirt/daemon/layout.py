@@ -9,9 +9,10 @@ everything under DIR, as an embed root does.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import TYPE_CHECKING
+
+from ..records import record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 # socket's path) need not import it (nor the urllib.parse it imports).
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Layout:
     """A daemon's directories and sockets."""
 

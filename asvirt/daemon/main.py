@@ -69,9 +69,9 @@ def layout_from(args: argparse.Namespace) -> layouts.Layout:
 
 
 def _replace(layout: layouts.Layout, **changes: object) -> layouts.Layout:
-    import dataclasses
+    from ..records import replace
 
-    return dataclasses.replace(layout, **changes)  # type: ignore[arg-type]
+    return replace(layout, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,12 @@ Drivers identify objects by UUID.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..records import record
 from ..states import DomainState
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..uri import ConnectURI
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class DomainRef:
     """How a driver names a domain to the public API."""
 
@@ -32,7 +32,7 @@ class DomainRef:
     uuid: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class DomainInfo:
     """libvirt's ``virDomainInfo``: state, memory in KiB, vCPUs and CPU time used."""
 
@@ -43,7 +43,7 @@ class DomainInfo:
     cpu_time_ns: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class NodeInfo:
     """libvirt's ``virNodeInfo``: the host's CPUs and memory (``virsh nodeinfo``)."""
 
@@ -61,7 +61,7 @@ class NodeInfo:
     threads: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class HypervisorVersion:
     """What a connection's hypervisor is: libvirt's ``virConnectGetType`` (``QEMU``,
     ``Test``) and ``virConnectGetVersion`` (``8.2.2``)."""
@@ -70,7 +70,7 @@ class HypervisorVersion:
     version: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class SecurityModel:
     """libvirt's ``virSecurityModel``: the node's primary security driver (``none`` with DOI
     ``0`` when nothing confines the guests beyond their own user)."""
@@ -79,7 +79,7 @@ class SecurityModel:
     doi: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class SecurityLabel:
     """libvirt's ``virSecurityLabel``: a domain's label under the security driver (empty
     under ``none``) and whether it is enforced."""
@@ -106,7 +106,7 @@ class StatsGroup(enum.IntFlag):
     BLOCK = 32
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class DomainStats:
     """One domain's record of ``get_all_domain_stats`` (libvirt's ``virDomainStatsRecord``):
     libvirt's typed parameters, in libvirt's order, as a dict of field name to value."""
@@ -116,7 +116,7 @@ class DomainStats:
     params: dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class InterfaceStats:
     """libvirt's ``virDomainInterfaceStatsStruct``, seen from the guest (-1: unknown)."""
 
@@ -130,7 +130,7 @@ class InterfaceStats:
     tx_drop: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class BlockInfo:
     """libvirt's ``virDomainBlockInfo``, in bytes: what the guest sees (``capacity``), what the
     image occupies on the host (``allocation``, as ``du``) and its host size (``physical``,
@@ -141,7 +141,7 @@ class BlockInfo:
     physical: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class DomainSnapshotInfo:
     """What a snapshot is, beside its XML: where it sits in the domain's snapshot tree."""
 
@@ -161,7 +161,7 @@ class DomainSnapshotInfo:
     memory: bool
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class NetworkRef:
     name: str
     uuid: str
@@ -174,7 +174,7 @@ class IPAddrType(enum.IntEnum):
     IPV6 = 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class NetworkDHCPLease:
     """One DHCP lease of a network (libvirt's ``virNetworkDHCPLease``).
 
@@ -213,14 +213,14 @@ class ShutdownMode(enum.IntFlag):
     AGENT = 2
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class InterfaceAddress:
     type: IPAddrType
     addr: str
     prefix: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class DomainInterface:
     """A guest interface and its addresses (libvirt's ``virDomainInterface``)."""
 
@@ -229,13 +229,13 @@ class DomainInterface:
     addrs: tuple[InterfaceAddress, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class StoragePoolRef:
     name: str
     uuid: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class StorageVolRef:
     pool: str
     name: str
@@ -243,7 +243,7 @@ class StorageVolRef:
     path: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class StoragePoolInfo:
     """libvirt's ``virStoragePoolInfo`` (state: 0 inactive, 2 running; sizes in bytes)."""
 
@@ -253,7 +253,7 @@ class StoragePoolInfo:
     available: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class StorageVolInfo:
     """libvirt's ``virStorageVolInfo`` (type: 0 file; sizes in bytes)."""
 
@@ -262,7 +262,7 @@ class StorageVolInfo:
     allocation: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record
 class StorageVolSource:
     """Where a domain disk ``<source pool= volume=>`` is, resolved at start."""
 

@@ -692,9 +692,10 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
 
     # -- statistics -----------------------------------------------------------------------------
     #
-    # Reads: no job is taken, so that a domain busy with a long job still reports. Every
-    # domain is measured at once (one task each); a runtime asks its hypervisor at most one
-    # question per group.
+    # Reads: no job is taken, so that a domain busy with a long job still reports. One task
+    # asks every domain's hypervisor first, then reads the answers: all of them are worked on
+    # at once, and no task, cancel scope or wake-up is spent per domain. A runtime asks its
+    # hypervisor at most one question per group.
 
     async def get_all_domain_stats(
         self,
@@ -717,21 +718,28 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 and (persistent is None or o.persistent == persistent)
             ]
         scope = stats_mod.SampleScope()
-        records: list[DomainStats | None] = [None] * len(objs)
+        asked: list[tuple[DomainObj, DomainRuntime | None, stats_mod.PendingSample | None]] = []
+        for obj in objs:
+            runtime = obj.runtime
+            pending = await runtime.begin_sample(groups, scope) if runtime is not None else None
+            asked.append((obj, runtime, pending))
+        records = []
+        for obj, runtime, pending in asked:
+            sample = await pending.result() if pending is not None else None
+            record = self._domain_stats(obj, runtime, groups, sample)
+            if record is not None:
+                records.append(record)
+        await trio.lowlevel.checkpoint()  # the runtimes may not have had to wait at all
+        return records
 
-        async def collect(i: int, obj: DomainObj) -> None:
-            records[i] = await self._domain_stats(obj, groups, scope)
-
-        async with trio.open_nursery() as nursery:
-            for i, obj in enumerate(objs):
-                nursery.start_soon(collect, i, obj)
-        return [r for r in records if r is not None]
-
-    async def _domain_stats(
-        self, obj: DomainObj, groups: StatsGroup, scope: stats_mod.SampleScope
+    def _domain_stats(
+        self,
+        obj: DomainObj,
+        runtime: DomainRuntime | None,
+        groups: StatsGroup,
+        sample: stats_mod.RuntimeSample | None,
     ) -> DomainStats | None:
-        runtime = obj.runtime
-        sample = await runtime.sample(groups, scope) if runtime is not None else None
+        """A domain's record from what ``runtime`` (its runtime when asked) measured."""
         if obj.removed:
             return None  # gone meanwhile (a transient domain that stopped)
         if runtime is not None and obj.runtime is runtime:

@@ -27,7 +27,7 @@ from .snapshot_tree import SnapshotTree
 if TYPE_CHECKING:
     from ..conf.devices import Disk, HotplugDevice, Interface
     from ..drivers.base import StatsGroup
-    from .stats import RuntimeSample, SampleScope
+    from .stats import PendingSample, RuntimeSample, SampleScope
 
 
 class DomainRuntime(Protocol):
@@ -78,6 +78,11 @@ class DomainRuntime(Protocol):
     async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
         """Measure what ``groups`` need (at most one hypervisor query per group); what cannot
         be measured now is left None, never an error."""
+        ...
+
+    async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> PendingSample:
+        """:meth:`sample` in two steps: ask the hypervisor now, read its answers from the
+        result later, so that one task can ask many runtimes before it waits for any."""
         ...
 
     async def set_memory_stats_period(self, period: int) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..conf.devices import Disk
 from ..conf.domain import DomainDef
@@ -125,6 +125,28 @@ class RuntimeSample:
 
 
 T = TypeVar("T")
+
+
+class PendingSample(Protocol):
+    """A runtime's sample whose hypervisor queries are asked and not yet answered
+    (:meth:`~.domains.DomainRuntime.begin_sample`)."""
+
+    async def result(self) -> RuntimeSample:
+        """The sample once answered (or once the runtime stopped waiting). May return
+        without a checkpoint: whoever awaits many of them checkpoints."""
+        ...
+
+
+class ReadySample:
+    """A sample with nothing to wait for."""
+
+    __slots__ = ("sample",)
+
+    def __init__(self, sample: RuntimeSample) -> None:
+        self.sample = sample
+
+    async def result(self) -> RuntimeSample:
+        return self.sample
 
 
 class SampleScope:
@@ -303,6 +325,8 @@ __all__ = [
     "BlockCounters",
     "CpuTimes",
     "GroupBits",
+    "PendingSample",
+    "ReadySample",
     "RuntimeSample",
     "SampleScope",
     "VcpuSample",

@@ -8,14 +8,16 @@ times faster than the standard library on this traffic, and checks shapes as it 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
+from ..records import record
+
+if TYPE_CHECKING:
+    import socket
 
 #: The protocol version a hello exchanges (bumped on incompatible changes).
 PROTOCOL_VERSION = 1
@@ -129,7 +131,7 @@ def exception_from(body: object) -> AsvirtError:
     return exc
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Oversized:
     """A line longer than the limit, skipped: its first bytes, for the error message."""
 

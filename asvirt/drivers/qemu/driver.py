@@ -590,6 +590,10 @@ class QemuNode(Node):
             await runner.wait_done()
         if self.security.identity is not None:
             remove_socket_dir(self.security.socket_dir)
+        if not runners:
+            # Nothing runs that could use a socket there, nor will until the root is opened
+            # again (which makes the directory anew): it would stay in /tmp for good.
+            self.paths.remove_socket_dir()
         await self._network_backend.shutdown(self._networks)
 
     # -- what runners and the backend need -----------------------------------------------------

@@ -12,7 +12,9 @@ Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe h
 event the guest must act on). Nothing polls: QEMU's ``DEVICE_DELETED`` event is the
 device's end, whenever it comes. The runner then takes the device out of the live XML
 (before DEVICE_REMOVED is published, so that whoever reads the XML on that event no longer
-sees it) and removes its backend (``blockdev-del``, ``netdev_del``). A detach waits for
+sees it) and removes its backend (``blockdev-del``, ``netdev_del``; a throttle group no
+other disk is in, ``object-del``), and gives its file back to its owner under DAC
+confinement (:meth:`~.security.DacSecurity.retain`). A detach waits for
 that up to ``[qemu] unplug_timeout`` seconds; a guest that has not released the device by
 then gets a DEVICE_REMOVAL_FAILED event, and the device stays in the live XML until QEMU
 reports it gone.
@@ -20,6 +22,7 @@ reports it gone.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from ...hypervisor.domain_driver import RuntimeCallbacks
     from .monitor import Monitor
     from .runner import RunnerEnv
+    from .security import DacSecurity
 
 _fd_names = itertools.count(1)
 
@@ -210,6 +214,10 @@ class HotplugOps:
 
         def _persist_status(self, durable: bool = True) -> None: ...
 
+        def _save_status(self, durable: bool = True) -> None: ...
+
+        def _security(self) -> DacSecurity | None: ...
+
     def _live_changed(self) -> None:
         self._live_xml = None
         self.mark_dirty()
@@ -221,17 +229,24 @@ class HotplugOps:
         the live definition; on failure, whatever was plugged is taken out again."""
         caps = await self._env.capabilities_for(self._live_def)
         prepared, new = prepare_with_device(self._live_def, dev, caps, live=True)
-        security = self._env.security
-        if security is not None and isinstance(new, Disk):
-            security.prepare(self._uuid, prepared, prepared.emulator or caps.binary)
-            self._persist_status(durable=True)  # names the file before it is given
-            security.apply(self._uuid)
-        if isinstance(new, Disk):
-            await self._plug_disk(prepared, caps, new)
-        elif isinstance(new, Input):
-            await self.execute("device_add", usb_input_hotplug(prepared, caps, new))
-        else:
-            await self._plug_interface(prepared, caps, new)
+        # The domain's own confinement (none under its own static or 'none' DAC label): a
+        # plugged disk is given to whom its cold-plugged disks were, or to nobody.
+        security = self._security()
+        try:
+            if security is not None and isinstance(new, Disk):
+                security.prepare(self._uuid, prepared, prepared.emulator or caps.binary)
+                self._persist_status(durable=True)  # names the file before it is given
+                security.apply(self._uuid)
+            if isinstance(new, Disk):
+                await self._plug_disk(prepared, caps, new)
+            elif isinstance(new, Input):
+                await self.execute("device_add", usb_input_hotplug(prepared, caps, new))
+            else:
+                await self._plug_interface(prepared, caps, new)
+        except BaseException:
+            if security is not None and isinstance(new, Disk):
+                self._retain_files()  # the new disk's file goes back to its owner
+            raise
         insert_device(self._live_def, new)
         if new.alias:
             self._reported_gone.discard(new.alias)  # a new device of that name: its own events
@@ -241,13 +256,15 @@ class HotplugOps:
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
-        if disk.iotune is not None and disk.source is not None:
+        group = None
+        # A group another disk already has exists in QEMU (and keeps its limits).
+        if (
+            disk.iotune is not None
+            and disk.source is not None
+            and not self._throttle_group_users(throttle_group_id(disk))
+        ):
+            await self.execute("object-add", throttle_object(disk))
             group = throttle_group_id(disk)
-            # A group another disk already has exists in QEMU (and keeps its limits).
-            if not any(
-                d.iotune is not None and throttle_group_id(d) == group for d in self._live_def.disks
-            ):
-                await self.execute("object-add", throttle_object(disk))
         try:
             for node in nodes:
                 await self.execute("blockdev-add", node)
@@ -256,7 +273,41 @@ class HotplugOps:
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._quietly_del_nodes(reversed(added))
+                if group is not None:
+                    await self._quietly("object-del", {"id": group})
             raise
+
+    def _throttle_group_users(self, group: str) -> list[Disk]:
+        """The live disks whose throttle filter is in QEMU's throttle-group ``group``."""
+        return [
+            d
+            for d in self._live_def.disks
+            if d.iotune is not None and d.source is not None and throttle_group_id(d) == group
+        ]
+
+    async def _del_disk_backend(self, disk: Disk) -> None:
+        """Remove an unplugged disk's block nodes, then its throttle group if no other live
+        disk is in it (a group lives as long as its last disk: QEMU keeps the object
+        otherwise, with the limits the next disk naming the group would silently inherit),
+        and give its file back to its owner (as a domain's stop does) unless the domain still
+        uses it."""
+        try:
+            await self._quietly_del_nodes(media_node_names(disk))
+            if disk.iotune is not None and disk.source is not None:
+                group = throttle_group_id(disk)
+                if not self._throttle_group_users(group):
+                    await self._quietly("object-del", {"id": group})
+        finally:
+            self._retain_files()
+
+    def _retain_files(self) -> None:
+        """Give back the files the domain's confinement holds that the live definition no
+        longer names, then write the status record without them (in that order: a record
+        naming a file already given back costs a warning to the next supervisor, one missing
+        a file still given would leave it QEMU's user's for good)."""
+        security = self._security()
+        if security is not None and security.retain(self._uuid, self._live_def):
+            self._save_status(durable=True)  # never raises: this runs in cleanups
 
     async def _plug_interface(
         self, prepared: DomainDef, caps: QemuCapabilities, nic: Interface
@@ -355,7 +406,7 @@ class HotplugOps:
         self.log.info("device removed", operation="detach-device", device=alias)
         try:
             if disk is not None:
-                await self._quietly_del_nodes(media_node_names(disk))
+                await self._del_disk_backend(disk)
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
         finally:
@@ -418,11 +469,17 @@ class HotplugOps:
         source: eject)."""
         alias = disk.alias
         assert alias
+        try:
+            await self._change_media(alias, disk, new)
+        finally:
+            self._retain_files()  # the medium taken out (or one that failed to go in)
+
+    async def _change_media(self, alias: str, disk: Disk, new: Disk) -> None:
         caps = await self._env.capabilities_for(self._live_def)
         fresh = new
         if new.source is not None:
             fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
-            security = self._env.security
+            security = self._security()
             if security is not None:
                 probe = self._live_def.copy()
                 probe.disks = [fresh]
@@ -432,12 +489,21 @@ class HotplugOps:
         await self.execute("blockdev-open-tray", {"id": alias, "force": True})
         if disk.source is not None:
             await self.execute("blockdev-remove-medium", {"id": alias})
-            await self._quietly_del_nodes(media_node_names(disk))
+            removed = dataclasses.replace(disk)  # as it was: its nodes and group go
             disk.source = None
             self._live_changed()
+            await self._del_disk_backend(removed)
         if fresh.source is not None:
             added: list[str] = []
+            group = None
             try:
+                # A medium's throttle group lives as a disk's does (see _plug_disk): an
+                # empty drive has none in QEMU, so its first medium makes it.
+                if fresh.iotune is not None and not self._throttle_group_users(
+                    throttle_group_id(fresh)
+                ):
+                    await self.execute("object-add", throttle_object(fresh))
+                    group = throttle_group_id(fresh)
                 for node in media_nodes(self._live_def, caps, fresh):
                     await self.execute("blockdev-add", node)
                     added.append(str(node["node-name"]))
@@ -445,6 +511,8 @@ class HotplugOps:
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self._quietly_del_nodes(reversed(added))
+                    if group is not None:
+                        await self._quietly("object-del", {"id": group})
                 raise
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
             disk.node_index = fresh.node_index

@@ -29,7 +29,10 @@ import tempfile
 from pathlib import Path
 
 from ... import fsutil
+from ...log import get_logger
 from ..layout import NodeDirs
+
+log = get_logger("asvirt.qemu.paths")
 
 # Socket names asvirt makes are up to ~50 bytes ("1234abcd-org.qemu.guest_agent.0.sock").
 _SOCKET_DIR_MAX = 107 - 56
@@ -123,7 +126,8 @@ class EmbedPaths(NodeDirs):
         The run directory, unless the root is so deep that socket paths there would not fit
         in sun_path's 107 bytes; then a directory of the user's own named after the root:
         under ``$XDG_RUNTIME_DIR`` when it is set, else under ``/tmp/asvirt-UID``, which
-        :meth:`create` makes (or checks: ours, and writable by nobody else) before use.
+        :meth:`create` makes (or checks: ours, and writable by nobody else) before use, and
+        :meth:`remove_socket_dir` removes when the node closes with no domain running.
         """
         if len(os.fsencode(self.run_dir)) <= _SOCKET_DIR_MAX:
             return self.run_dir
@@ -169,3 +173,22 @@ class EmbedPaths(NodeDirs):
         if self.socket_dir != self.run_dir:
             fsutil.ensure_private_dir(self.socket_dir.parent)
             fsutil.ensure_private_dir(self.socket_dir)
+
+    def remove_socket_dir(self) -> None:
+        """Remove :attr:`socket_dir` when it is a directory of its own (outside the root),
+        with the sockets left in it: call it only when no domain of the node runs (a QEMU
+        killed, or a helper, leaves its listening socket behind). Never raises: a directory
+        that cannot be removed is logged. The shared parent (``/tmp/asvirt-UID``) stays."""
+        path = self.socket_dir
+        if path == self.run_dir:
+            return
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if not entry.is_dir(follow_symlinks=False):
+                        fsutil.remove(entry.path)
+            os.rmdir(path)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            log.warning("cannot remove the socket directory", path=str(path), error=str(err))

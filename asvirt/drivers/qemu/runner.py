@@ -61,7 +61,7 @@ from ...events.types import (
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import FromImage, FromSnapshot, StartOrigin
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
-from ...hypervisor.stats import GroupBits, RuntimeSample, SampleScope
+from ...hypervisor.stats import GroupBits, PendingSample, ReadySample, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from . import membacking, process, tuning
@@ -76,9 +76,10 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
+from .groups import unwrap_single_error
 from .helpers import DomainHelpers, drop_missing_sources
 from .hotplug import HotplugOps
-from .monitor import Monitor, MonitorCounters, MonitorHost
+from .monitor import Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
 from .security import DacSecurity, describe_file, qemu_caps, unreachable
@@ -175,6 +176,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         #: are plugged or unplugged, which the statistics notice (a count that differs, a
         #: thread that is gone) and ask again.
         self._vcpu_threads: list[int] | None = None
+        #: Statistics queries, encoded once (:meth:`_stats_query`).
+        self._stats_queries: dict[str, Prepared] = {}
         #: Where the guest's state comes from at start (None: it boots).
         self._origin: StartOrigin = None
         #: The guest agent's channel, once asked for (:meth:`_guest_agent`).
@@ -311,16 +314,24 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self.mark_dirty()
 
     async def sample(self, groups: StatsGroup, scope: SampleScope) -> RuntimeSample:
+        """Measure what ``groups`` need (see :meth:`begin_sample`)."""
+        return await (await self.begin_sample(groups, scope)).result()
+
+    async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> PendingSample:
         """Measure what ``groups`` need: /proc for CPU times, memory and vCPU threads, the
         host's interface counters, and QEMU's answers to the queries the groups need (the
         balloon's statistics, blockstats, the vCPU threads when they are not known yet),
-        written together and answered in one round trip; queries QEMU does not answer
-        within ``stats_timeout`` leave their figures out."""
+        written together, answered in one round trip and read by the result's ``result()``;
+        queries QEMU does not answer within ``stats_timeout`` leave their figures out.
+
+        The queries are written before this returns, without a checkpoint when the socket
+        takes them: a caller asks every QEMU first, then reads the answers."""
         sample = RuntimeSample()
         wanted = int(groups)  # a Flag's & costs microseconds; an int's does not
         pid = self.pid
-        if pid is None or self.exited or self._monitor is None:
-            return sample
+        monitor = self._monitor
+        if pid is None or self.exited or monitor is None:
+            return ReadySample(sample)
         live = self._live_def
         if wanted & (GroupBits.CPU_TOTAL | GroupBits.BALLOON):
             times = hoststats.process_times(pid)
@@ -342,20 +353,52 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             threads = self._vcpu_threads
             if threads is not None and len(threads) == live.vcpus:
                 sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
-        queries: list[tuple[str, dict[str, Any] | None]] = []
+        queries: list[Prepared] = []
         if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
-            balloon = f"/machine/peripheral/{live.memballoon.alias}"
-            queries.append(("qom-get", {"path": balloon, "property": "guest-stats"}))
+            queries.append(self._stats_query("qom-get", live.memballoon.alias))
         if wanted & GroupBits.BLOCK and live.disks:
-            queries.append(("query-blockstats", None))
+            queries.append(self._stats_query("query-blockstats"))
         if wanted & GroupBits.VCPU and sample.vcpus is None:
             # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
-            queries.append(("query-cpus-fast", None))
+            queries.append(self._stats_query("query-cpus-fast"))
         if not queries:
-            return sample
+            return ReadySample(sample)
         # One deadline for this domain's queries, none per query.
-        replies = await self._stats_queries(queries)
-        for (command, _), reply in zip(queries, replies, strict=True):
+        deadline = trio.current_time() + self._env.config.stats_timeout
+        try:
+            replies = await monitor.ask(queries, deadline=deadline)
+        except QMPError as err:
+            self.log.debug("statistics queries failed", operation="stats", error=str(err))
+            return ReadySample(sample)
+        return _QemuPendingSample(self, sample, queries, replies, deadline, pid, wait)
+
+    def _stats_query(self, command: str, balloon: str | None = None) -> Prepared:
+        """A statistics query, encoded once per QEMU (the balloon's path is its own)."""
+        key = f"{command} {balloon}"
+        found = self._stats_queries.get(key)
+        if found is None:
+            arguments = None
+            if balloon is not None:
+                arguments = {"path": f"/machine/peripheral/{balloon}", "property": "guest-stats"}
+            found = self._stats_queries[key] = Monitor.prepare(command, arguments)
+        return found
+
+    def _stats_answers(
+        self, pending: _QemuPendingSample, answers: list[Any], timed_out: bool
+    ) -> RuntimeSample:
+        """The sample, completed with what QEMU answered (a query refused or unanswered
+        leaves its figures out)."""
+        if timed_out:
+            self._env.monitor_counters.timeouts += 1
+            self.log.debug("QEMU did not answer statistics queries in time", operation="stats")
+        sample, live = pending.sample, self._live_def
+        for query, reply in zip(pending.queries, answers, strict=True):
+            command = query.command
+            if isinstance(reply, QMPError):
+                self.log.debug(
+                    "statistics query failed", operation="stats", command=command, error=str(reply)
+                )
+                continue
             if reply is None:
                 continue
             if command == "qom-get":
@@ -364,34 +407,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 sample.blocks = hoststats.block_counters(reply, live.disks)
             else:
                 self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
-                sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
+                sample.vcpus = hoststats.vcpus(pending.pid, threads, wait=pending.wait)
         return sample
-
-    async def _stats_queries(self, queries: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
-        """Each statistics query's answer (written at once, one round trip), None for those
-        QEMU refused or did not answer within ``stats_timeout``."""
-        monitor = self._monitor
-        if monitor is None:
-            return [None] * len(queries)
-        replies: list[Any] = [None] * len(queries)
-        with trio.move_on_after(self._env.config.stats_timeout) as deadline:
-            try:
-                replies = await monitor.execute_many(queries, timeout=0)
-            except QMPError as err:
-                self.log.debug("statistics queries failed", operation="stats", error=str(err))
-                return [None] * len(queries)
-        if deadline.cancelled_caught:
-            self._env.monitor_counters.timeouts += 1
-            self.log.debug("QEMU did not answer statistics queries in time", operation="stats")
-        found = []
-        for (command, _), reply in zip(queries, replies, strict=True):
-            if isinstance(reply, QMPError):
-                self.log.debug(
-                    "statistics query failed", operation="stats", command=command, error=str(reply)
-                )
-                reply = None
-            found.append(reply)
-        return found
 
     async def set_memory_stats_period(self, period: int) -> None:
         """Set the balloon's statistics polling interval (libvirt's ``<stats period>``)."""
@@ -464,7 +481,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         started = False
         self._mode = mode
         try:
-            with self._cancel_scope, _unwrap_single_error():
+            # Before started() only the start-up code can fail (the pump and watchers do not),
+            # so a group of one is that failure: start() callers get it, not a group.
+            with self._cancel_scope, unwrap_single_error():
                 if mode is RunMode.LAUNCH:
                     await self._launch()
                 else:
@@ -1216,27 +1235,46 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         return f"it {how} without a word (log: {self._env.paths.log(self._name)})"
 
 
-@contextlib.contextmanager
-def _unwrap_single_error() -> Iterator[None]:
-    """Let a start-up failure inside the runner's nursery reach the caller as itself.
-
-    Before ``started()`` only the start-up code can fail (the pump and watchers do not), so a
-    group of one is that failure; start() callers get OperationFailedError, not a group.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(errors) == 1:
-            raise errors[0] from None
-        raise
-
-
 def _write_log_header(fd: int, argv: list[str]) -> None:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
     header = f"asvirt: {now}: starting up\nLC_ALL=C {shlex.join(argv)}\n"
     with contextlib.suppress(OSError):
         os.write(fd, header.encode())
+
+
+class _QemuPendingSample:
+    """A runner's sample whose queries QEMU has been asked (:meth:`QemuRunner.begin_sample`)."""
+
+    __slots__ = ("_runner", "deadline", "pid", "queries", "replies", "sample", "wait")
+
+    def __init__(
+        self,
+        runner: QemuRunner,
+        sample: RuntimeSample,
+        queries: list[Prepared],
+        replies: list[Pending],
+        deadline: float,
+        pid: int,
+        wait: bool,
+    ) -> None:
+        self._runner = runner
+        self.sample = sample
+        self.queries = queries
+        self.replies = replies
+        self.deadline = deadline
+        self.pid = pid
+        self.wait = wait
+
+    async def result(self) -> RuntimeSample:
+        """The sample once QEMU has answered, or the deadline passed. Without a checkpoint
+        when the answers are already in (a caller that asked many QEMUs reads most of them
+        so): the caller checkpoints."""
+        timed_out = False
+        if not Monitor.answered(self.replies):
+            with trio.move_on_at(self.deadline) as scope:
+                await Monitor.wait_answered(self.replies)
+            timed_out = scope.cancelled_caught
+        return self._runner._stats_answers(self, Monitor.answers(self.replies), timed_out)
 
 
 __all__ = ["QemuRunner", "RunMode", "RunnerEnv"]

@@ -35,11 +35,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...drivers.base import ProgressCallback
-from ...errors import OperationFailedError, OperationInvalidError, QMPError
+from ...errors import (
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    QMPError,
+)
 from ...events.types import ResumedDetail
 from ...hypervisor.guest_state import FromImage, SnapshotTarget
 from ...hypervisor.guest_state import StopCause as StateStopCause
 from ...states import DomainState, PausedReason, RunningReason
+from .groups import unwrap_single_error
 from .statemachine import StopCause
 
 if TYPE_CHECKING:
@@ -85,6 +91,8 @@ class GuestStateOps:
         def _handle(self, reaction: Reaction, *, follow_up: bool = True) -> None: ...
 
         async def _terminate(self) -> None: ...
+
+        async def plugged_vcpu_aliases(self) -> list[str]: ...
 
         def _log_tail(self, lines: int = 5) -> str: ...
 
@@ -283,6 +291,16 @@ class GuestStateOps:
     # -- save ---------------------------------------------------------------------------------
 
     async def save_state(self, fd: int, *, progress: ProgressCallback | None) -> None:
+        plugged = await self.plugged_vcpu_aliases()
+        if plugged:
+            # A restore starts QEMU with every vCPU of the live definition as a boot vCPU,
+            # not as the devices the saved state holds: QEMU could not load the image, and
+            # the guest's only state would be lost with its QEMU. Refused before anything.
+            raise OperationUnsupportedError(
+                f"domain '{self._name}' has vCPUs plugged while it ran ({', '.join(plugged)}): "
+                "its saved state could not be restored; unplug them first (set_vcpus to the "
+                "count it booted with), or shut it down"
+            )
         was_running = self.machine.state is DomainState.RUNNING
         if was_running:
             self.machine.expect_pause(PausedReason.SAVE)
@@ -297,11 +315,14 @@ class GuestStateOps:
             await self._monitor.send_fd(fd, SAVE_FD_NAME)
             with self.watch_events("MIGRATION") as events:
                 await self._call("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
-                async with trio.open_nursery() as nursery:
-                    if progress is not None:
-                        nursery.start_soon(self._report_save_progress, progress)
-                    status = await self._migration_end(events)
-                    nursery.cancel_scope.cancel()
+                # The nursery only reports progress: a QEMU that exits mid-way is an
+                # OperationFailedError to the caller, not a group.
+                with unwrap_single_error():
+                    async with trio.open_nursery() as nursery:
+                        if progress is not None:
+                            nursery.start_soon(self._report_save_progress, progress)
+                        status = await self._migration_end(events)
+                        nursery.cancel_scope.cancel()
             if status != "completed":
                 info = await self._call("query-migrate")
                 raise OperationFailedError(
@@ -367,11 +388,12 @@ class GuestStateOps:
         )
         with self.watch_events("MIGRATION") as events:
             await self._call("migrate-incoming", {"uri": f"fd:{origin.fd}"})
-            async with trio.open_nursery() as nursery:
-                if origin.progress is not None:
-                    nursery.start_soon(_report_read_progress, origin, origin.progress)
-                status = await self._migration_end(events)
-                nursery.cancel_scope.cancel()
+            with unwrap_single_error():  # as for a save
+                async with trio.open_nursery() as nursery:
+                    if origin.progress is not None:
+                        nursery.start_soon(_report_read_progress, origin, origin.progress)
+                    status = await self._migration_end(events)
+                    nursery.cancel_scope.cancel()
         if status != "completed":
             raise OperationFailedError(
                 f"cannot restore domain '{self._name}': QEMU could not load the saved state "

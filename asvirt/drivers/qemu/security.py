@@ -13,7 +13,8 @@ With ``[qemu] user`` (and/or ``group``) set, and a supervisor running as root:
   CD-ROM images, kernel and initrd, files of serial ports, consoles and channels (created if
   missing, as QEMU would), their log files, sockets it connects to, the random-number
   device: the files the domain's XML names. A file that user cannot already use as QEMU needs
-  is given to it (chown) for as long as some domain of the node needs it; its previous owner
+  is given to it (chown) for as long as some domain of the node needs it (a disk unplugged,
+  or a CD-ROM's medium taken out, is no longer needed); its previous owner
   and group are written in the status file of every domain that holds it *before* the chown,
   so that whoever stops the last of them — this supervisor, or the next one after a crash —
   gives the file back. Read-only and shared images need no special case: a file several
@@ -571,6 +572,38 @@ class DacSecurity:
             )
             entry.holders.add(uuid)
 
+    # -- a device leaves ---------------------------------------------------------------------
+
+    def retain(self, uuid: str, defn: DomainDef) -> bool:
+        """Domain ``uuid`` now needs only the files ``defn`` (its live definition, after a
+        device left it or failed to go in) names: give back those it held for anything else
+        and no other domain holds, as :meth:`release` does when it stops. True if it held
+        something it no longer does (its status record must be written again).
+
+        Never raises: what cannot be given back is logged.
+        """
+        wanted: set[str] = set()
+        for need in needs(defn, ""):
+            if need.may_chown:
+                try:
+                    wanted.add(os.path.realpath(need.path))
+                except OSError:
+                    continue
+        gone = [r for r, held in self._held.items() if uuid in held.holders and r not in wanted]
+        for real in gone:
+            self._drop(uuid, real)
+        return bool(gone)
+
+    def _drop(self, uuid: str, real: str) -> None:
+        """``uuid`` no longer holds ``real``: give it back if no other domain does."""
+        held = self._held[real]
+        held.holders.discard(uuid)
+        if held.holders:
+            return
+        del self._held[real]
+        if held.applied:
+            _give_back(real, held)
+
     # -- a domain stops --------------------------------------------------------------------------
 
     def release(self, uuid: str) -> None:
@@ -580,13 +613,7 @@ class DacSecurity:
         is logged.
         """
         for real in [r for r, held in self._held.items() if uuid in held.holders]:
-            held = self._held[real]
-            held.holders.discard(uuid)
-            if held.holders:
-                continue
-            del self._held[real]
-            if held.applied:
-                _give_back(real, held)
+            self._drop(uuid, real)
 
 
 def _give_back(real: str, held: _Held) -> None:

@@ -167,6 +167,7 @@ class DomainStateMachine:
         "_shutdown_seen",
         "_state",
         "_stop_cause",
+        "_stopped_told",
     )
 
     def __init__(self, *, disk_for_node: Callable[[str], DiskInfo | None] | None = None) -> None:
@@ -192,6 +193,9 @@ class DomainStateMachine:
         self._resume_hint: tuple[RunningReason, ResumedDetail] | None = None
         # Balloon size last reported, KiB (None: never reported).
         self._balloon_kib: int | None = None
+        # A re-attached domain whose end subscribers were already told (STOPPED, with this
+        # detail): its previous supervisor died before removing the status file.
+        self._stopped_told: StoppedDetail | None = None
 
     @classmethod
     def restore(
@@ -207,14 +211,17 @@ class DomainStateMachine:
         newest in the journal), if any. The journal is written when an event is published
         and the status file after it, so a supervisor killed in between leaves a status one
         pause or resume behind what everyone was told. The machine then starts from what
-        was told, so that :meth:`reconcile` reports only what changed since (no RESUMED told
-        twice, no pause left untold).
+        was told, so that :meth:`reconcile` reports only what changed since (no RESUMED,
+        SHUTDOWN or CRASHED told twice, no pause left untold), and :meth:`exited` does not
+        tell again a STOPPED that was told before the status file could go.
         """
         machine = cls(disk_for_node=disk_for_node)
         state = DomainState(snapshot.state)
         machine._state, machine._reason = state, reason_for(state, snapshot.reason)
         machine._shutdown_seen = snapshot.shutdown_seen
         machine._rebooting = snapshot.rebooting
+        if told is not None and told[0] is LifecycleEvent.STOPPED:
+            machine._stopped_told = StoppedDetail(told[1])
         if snapshot.stop_cause is not None:
             machine._stop_cause = StopCause(snapshot.stop_cause)
         elif told is not None:
@@ -320,24 +327,29 @@ class DomainStateMachine:
     # -- reactions: QEMU said or did something ----------------------------------------------------
 
     def exited(self) -> tuple[ShutoffReason, Reaction]:
-        """QEMU's process is gone: the final state and the STOPPED event."""
+        """QEMU's process is gone: the final state and the STOPPED event (none if it was
+        told already, by a supervisor that died before it could remove the status file)."""
         cause = self._stop_cause
-        if cause is StopCause.DESTROYED:
-            detail, reason = StoppedDetail.DESTROYED, ShutoffReason.DESTROYED
+        if self._stopped_told is not None:
+            detail = self._stopped_told
+        elif cause is StopCause.DESTROYED:
+            detail = StoppedDetail.DESTROYED
         elif cause is StopCause.SAVED:
-            detail, reason = StoppedDetail.SAVED, ShutoffReason.SAVED
+            detail = StoppedDetail.SAVED
         elif cause is StopCause.FROM_SNAPSHOT:
-            detail, reason = StoppedDetail.FROM_SNAPSHOT, ShutoffReason.FROM_SNAPSHOT
+            detail = StoppedDetail.FROM_SNAPSHOT
         elif cause is StopCause.CRASHED or self._state is DomainState.CRASHED:
-            detail, reason = StoppedDetail.CRASHED, ShutoffReason.CRASHED
+            detail = StoppedDetail.CRASHED
         elif cause is StopCause.SHUTDOWN or self._shutdown_seen:
-            detail, reason = StoppedDetail.SHUTDOWN, ShutoffReason.SHUTDOWN
+            detail = StoppedDetail.SHUTDOWN
         else:
             # Died without saying why: killed from outside, or QEMU itself crashed.
-            detail, reason = StoppedDetail.FAILED, ShutoffReason.CRASHED
+            detail = StoppedDetail.FAILED
+        reason = _SHUTOFF_REASON.get(detail, ShutoffReason.UNKNOWN)
         self._set(DomainState.SHUTOFF, reason)
         r = Reaction()
-        r.lifecycle(LifecycleEvent.STOPPED, detail, None)
+        if self._stopped_told is None:
+            r.lifecycle(LifecycleEvent.STOPPED, detail, None)
         return reason, r
 
     def reconcile(self, status: str, running: bool, *, attaching: bool = False) -> Reaction:
@@ -348,6 +360,10 @@ class DomainStateMachine:
         previous supervisor saw it happen: it may have died before it could act.
         """
         r = Reaction()
+        if attaching:
+            # QEMU answers: this run goes on, whatever ended before (a STOPPED in the journal
+            # is an earlier run's), and its end is to be told.
+            self._stopped_told = None
         if self._stop_cause is not None:
             return r
         if running:
@@ -404,12 +420,24 @@ class DomainStateMachine:
         self._state, self._reason = state, reason
 
     def _catch_up(self, type_: LifecycleEvent, detail: EventDetail) -> None:
-        """Take the running/paused state a later event than the status file told."""
+        """Take the state a later event than the status file told: running or paused, shut
+        down, or panicked (as the SHUTDOWN or GUEST_PANICKED handlers would have left it)."""
+        active = (DomainState.RUNNING, DomainState.PAUSED)
         if type_ in (LifecycleEvent.STARTED, LifecycleEvent.RESUMED):
             if self._state is DomainState.PAUSED:
                 self._set(DomainState.RUNNING, _RUNNING_TOLD.get(detail, RunningReason.UNPAUSED))
         elif type_ is LifecycleEvent.SUSPENDED and self._state is DomainState.RUNNING:
             self._set(DomainState.PAUSED, _PAUSED_TOLD.get(detail, PausedReason.USER))
+        elif type_ is LifecycleEvent.SHUTDOWN and self._state in active:
+            self._shutdown_seen = True
+            self._set(DomainState.SHUTDOWN, ShutdownReason.USER)
+        elif (
+            type_ is LifecycleEvent.CRASHED
+            and detail is CrashedDetail.PANICKED
+            and self._state in active
+        ):
+            self._rebooting = False
+            self._set(DomainState.CRASHED, CrashedReason.PANICKED)
 
     def _pause_shows(self) -> bool:
         """A STOP now pauses the domain (rather than being part of a SHUTDOWN or a panic)."""
@@ -620,6 +648,17 @@ _PAUSED_TOLD: dict[EventDetail, PausedReason] = {
     detail: reason
     for reason, detail in _SUSPEND_DETAIL.items()
     if detail is not SuspendedDetail.PAUSED
+}
+
+#: The shut-off reason of each way a domain ends (what :meth:`DomainStateMachine.exited`
+#: reports; FAILED, a QEMU that died saying nothing, counts as a crash, as in libvirt).
+_SHUTOFF_REASON: dict[StoppedDetail, ShutoffReason] = {
+    StoppedDetail.DESTROYED: ShutoffReason.DESTROYED,
+    StoppedDetail.SAVED: ShutoffReason.SAVED,
+    StoppedDetail.FROM_SNAPSHOT: ShutoffReason.FROM_SNAPSHOT,
+    StoppedDetail.CRASHED: ShutoffReason.CRASHED,
+    StoppedDetail.SHUTDOWN: ShutoffReason.SHUTDOWN,
+    StoppedDetail.FAILED: ShutoffReason.CRASHED,
 }
 
 _Handler = Callable[[DomainStateMachine, dict[str, Any], float | None, Reaction], None]

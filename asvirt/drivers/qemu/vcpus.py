@@ -221,6 +221,14 @@ class ResourceOps:
             self._live_xml = None
             self.mark_dirty()
 
+    async def plugged_vcpu_aliases(self) -> list[str]:
+        """The vCPUs plugged into the running guest as devices (not those it booted with)."""
+        try:
+            slots = cpu_slots(await self.execute("query-hotpluggable-cpus"))
+        except QMPError:
+            return []  # a machine that cannot plug CPUs has none plugged
+        return [slot.alias for slot in slots if slot.removable]
+
     async def set_vcpus(self, count: int) -> None:
         """Hot(un)plug vCPUs until the guest has ``count``."""
         slots = cpu_slots(await self.execute("query-hotpluggable-cpus"))
