@@ -201,7 +201,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<tpm><backend type='external'/></tpm>", "type='external'"),
         ("<graphics type='rdp'/>", "type='rdp'"),
         ("<graphics type='spice'><gl enable='no' x='1'/></graphics>", "x='1'"),
-        ("<interface type='direct'><source dev='eth0' mode='vepa'/></interface>", "type='direct'"),
+        ("<interface type='vdpa'><source dev='/dev/vhost-vdpa-0'/></interface>", "type='vdpa'"),
         ("<interface type='network'><source network='n' portgroup='p'/></interface>", "portgroup"),
         ("<interface type='network'><source network='n'/><bandwidth/></interface>", "<bandwidth>"),
         ("<video><model type='xen'/></video>", "type='xen'"),
