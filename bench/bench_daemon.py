@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_daemon.py [--seconds S] [--rounds N] [--clients C]
                                            [--idle K] [--events E] [--cli-runs R]
+                                           [--parts start,pairs,events,idle,replay,cli]
 
 Real QEMU, a real daemon process (``asvirtd --state-dir``, as the tests start it) and the
 embedded driver on a root of its own, measured in the same run:
@@ -23,10 +24,11 @@ embedded driver on a root of its own, measured in the same run:
     one-shot CLI              `asvirt -c qemu:///session list` and `dominfo NAME`, through
                               the daemon and embedded: median wall time of whole processes
 
-Each figure is printed with its target (issue 9). libvirt's figures come from the same run
-when libvirt-python and a session libvirtd are there (qemu:///session); the issue measured
-libvirt 9.0 on this machine at 2,600 lookup+info pairs/s, 2-8 ms event latency, 322-352 ms
-start.
+``--parts`` runs only the parts named (``--parts pairs``: the pairs/s figures, asvirt's
+and libvirt's). Each figure is printed with its target (issue 9). libvirt's figures come
+from the same run when libvirt-python and a session libvirtd are there (qemu:///session);
+the issue measured libvirt 9.0 on this machine at 2,600 lookup+info pairs/s, 2-8 ms event
+latency, 322-352 ms start.
 
 Targets: >= 5,000 pairs/s from one client; >= 20,000 pairs/s from 8 clients together; start
 <= 10 ms over embedded; event latency <= 2 ms median; 1,000 idle clients <= 50 MiB of daemon
@@ -402,36 +404,39 @@ def measure_libvirt(xml: str, args: argparse.Namespace) -> dict[str, Any] | str:
     dom = None
     try:
         dom = conn.defineXML(xml)
-        starts = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-            starts.append(time.perf_counter() - t0)
-            dom.destroy()
-        figures["start"] = statistics.median(starts)
-        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-        figures["one"] = run_clients(uri, 1, args.seconds, None)["rate"]
-        figures["many"] = run_clients(uri, args.clients, args.seconds, None)["rate"]
-        # libvirt's events carry no QEMU timestamp: from the call to the callback instead.
-        arrived = threading.Event()
-        callback = conn.domainEventRegisterAny(
-            dom,
-            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            lambda *_: arrived.set(),
-            None,
-        )
-        latencies = []
-        for _ in range(args.rounds):
-            for call in (dom.resume, dom.suspend):
-                arrived.clear()
+        if "start" in args.parts:
+            starts = []
+            for _ in range(args.rounds):
                 t0 = time.perf_counter()
-                call()
-                if not arrived.wait(10):
-                    raise RuntimeError("libvirt delivered no event")
-                latencies.append(time.perf_counter() - t0)
-        conn.domainEventDeregisterAny(callback)
-        figures["event"] = statistics.median(latencies)
-        if shutil.which("virsh"):
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                starts.append(time.perf_counter() - t0)
+                dom.destroy()
+            figures["start"] = statistics.median(starts)
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        if "pairs" in args.parts:
+            figures["one"] = run_clients(uri, 1, args.seconds, None)["rate"]
+            figures["many"] = run_clients(uri, args.clients, args.seconds, None)["rate"]
+        if "events" in args.parts:
+            # libvirt's events carry no QEMU timestamp: from the call to the callback instead.
+            arrived = threading.Event()
+            callback = conn.domainEventRegisterAny(
+                dom,
+                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda *_: arrived.set(),
+                None,
+            )
+            latencies = []
+            for _ in range(args.rounds):
+                for call in (dom.resume, dom.suspend):
+                    arrived.clear()
+                    t0 = time.perf_counter()
+                    call()
+                    if not arrived.wait(10):
+                        raise RuntimeError("libvirt delivered no event")
+                    latencies.append(time.perf_counter() - t0)
+            conn.domainEventDeregisterAny(callback)
+            figures["event"] = statistics.median(latencies)
+        if shutil.which("virsh") and "cli" in args.parts:
             figures["cli"] = {}
             for cmd in (["list"], ["dominfo", NAME]):
                 times = []
@@ -497,129 +502,109 @@ async def run(
         f"domain type '{PAUSED_DOMAIN_TYPE}', {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}, {calibration()}"
     )
+    parts = args.parts
     report = Report()
     uri = daemon.uri
+    one: dict[str, float] = {}
+    many: dict[str, float] = {}
+    r_start: list[float] = []
     async with asvirt.open(uri) as remote, asvirt.open(embed_uri) as embedded:
         rdom = await remote.define_xml(xml)
         edom = await embedded.define_xml(xml)
 
-        # Start: paused, both drivers, interleaved; then leave both running (paused).
-        await start_rounds(rdom, edom, 1)  # warm-up
-        r_start, e_start = await start_rounds(rdom, edom, args.rounds)
-        over = ms(statistics.median(r_start) - statistics.median(e_start))
-        report.add(
-            "start (paused) overhead over embedded",
-            f"{over:+.1f} ms ({ms(statistics.median(r_start)):.1f} vs "
-            f"{ms(statistics.median(e_start)):.1f} ms)",
-            "<= 10 ms",
-            over <= 10,
-        )
+        if "start" in parts:
+            # Start: paused, both drivers, interleaved; then leave both running (paused).
+            await start_rounds(rdom, edom, 1)  # warm-up
+            r_start, e_start = await start_rounds(rdom, edom, args.rounds)
+            over = ms(statistics.median(r_start) - statistics.median(e_start))
+            report.add(
+                "start (paused) overhead over embedded",
+                f"{over:+.1f} ms ({ms(statistics.median(r_start)):.1f} vs "
+                f"{ms(statistics.median(e_start)):.1f} ms)",
+                "<= 10 ms",
+                over <= 10,
+            )
         await rdom.start(paused=True)
         await edom.start(paused=True)
 
-        # Lookup + info pairs.
-        one = await trio.to_thread.run_sync(run_clients, uri, 1, args.seconds, daemon.pid)
-        report.add(
-            "lookup+info, 1 client",
-            f"{one['rate']:,.0f} pairs/s",
-            ">= 5,000/s",
-            one["rate"] >= 5000,
-        )
-        report.note(
-            f"{'':<40} CPU per pair: client {one['client_cpu_us']:.0f} µs, "
-            f"daemon {one['daemon_cpu_us']:.0f} µs"
-        )
-        many = await trio.to_thread.run_sync(
-            run_clients, uri, args.clients, args.seconds, daemon.pid
-        )
-        report.add(
-            f"lookup+info, {args.clients} client processes",
-            f"{many['rate']:,.0f} pairs/s total",
-            ">= 20,000/s",
-            many["rate"] >= 20000,
-        )
-        report.note(
-            f"{'':<40} CPU per pair: client {many['client_cpu_us']:.0f} µs, "
-            f"daemon {many['daemon_cpu_us']:.0f} µs"
-        )
-        local = await pairs_embedded(embedded, args.seconds)
-        report.add(
-            "lookup+info, embedded (this process)", f"{local:,.0f} pairs/s", "reference", None
-        )
-
-        # Event latency.
-        r_lat = await event_latency(remote, rdom, args.rounds)
-        e_lat = await event_latency(embedded, edom, args.rounds)
-        r_med = ms(statistics.median(r_lat))
-        report.add(
-            "event latency, QEMU -> remote subscriber",
-            f"median {r_med:.2f} ms, max {ms(max(r_lat)):.2f} ms",
-            "<= 2 ms median",
-            r_med <= 2,
-        )
-        report.add(
-            "event latency, QEMU -> embedded subscriber",
-            f"median {ms(statistics.median(e_lat)):.2f} ms",
-            "reference",
-            None,
-        )
-
-        # Idle clients.
-        before, during, after = await trio.to_thread.run_sync(
-            idle_clients, daemon.socket, args.idle, daemon.pid
-        )
-        cost = (during - before) / 1024
-        report.add(
-            f"{args.idle} idle clients: daemon RSS",
-            f"+{cost:.1f} MiB ({(during - before) / args.idle:.1f} KiB each)",
-            "<= 50 MiB for 1,000",
-            cost * 1000 / args.idle <= 50,
-        )
-        report.note(
-            f"{'':<40} RSS {before / 1024:.1f} -> {during / 1024:.1f} MiB, "
-            f"{after / 1024:.1f} MiB once they left"
-        )
-
-        # Reconnect + replay.
-        since = await mark(remote, rdom)
-        helpers = [
-            await remote.create_xml(
-                guest.xml(f"ev{i}", work / f"ev{i}.serial", domain_type=PAUSED_DOMAIN_TYPE),
-                paused=True,
+        if "pairs" in parts:
+            load = os.getloadavg()[0]
+            one = await trio.to_thread.run_sync(run_clients, uri, 1, args.seconds, daemon.pid)
+            report.add(
+                "lookup+info, 1 client",
+                f"{one['rate']:,.0f} pairs/s",
+                ">= 5,000/s",
+                one["rate"] >= 5000,
             )
-            for i in range(EVENT_DOMAINS)
-        ]
-        t0 = time.perf_counter()
-        await generate_events([rdom, *helpers], args.events)
-        took = time.perf_counter() - t0
-        for dom in helpers:
-            await dom.destroy()
-        print(f"made {args.events} events in {took:.1f} s ({args.events / took:,.0f}/s)")
-        last = await mark(remote, rdom)
-        fresh, got = zip(*[await replay_fresh(uri, since, last) for _ in range(3)], strict=True)
-        replay_s = statistics.median(fresh)
-        report.add(
-            f"connect + replay {got[0]:,} events",
-            f"median {ms(replay_s):.0f} ms",
-            "<= 1 s for 10,000",
-            replay_s * 10000 / got[0] <= 1,
-        )
-        listen, replay, got = await replay_after_restart(remote, daemon, since, last)
-        report.add(
-            "  after a daemon restart",
-            f"{ms(replay):.0f} ms from listening ({got:,} events)",
-            "<= 1 s for 10,000",
-            replay * 10000 / got <= 1,
-        )
-        report.note(f"{'':<40} (the daemon took {listen:.2f} s to listen again)")
+            report.note(
+                f"{'':<40} CPU per pair: client {one['client_cpu_us']:.0f} µs, "
+                f"daemon {one['daemon_cpu_us']:.0f} µs (load average before: {load:.1f})"
+            )
+            load = os.getloadavg()[0]
+            many = await trio.to_thread.run_sync(
+                run_clients, uri, args.clients, args.seconds, daemon.pid
+            )
+            report.add(
+                f"lookup+info, {args.clients} client processes",
+                f"{many['rate']:,.0f} pairs/s total",
+                ">= 20,000/s",
+                many["rate"] >= 20000,
+            )
+            report.note(
+                f"{'':<40} CPU per pair: client {many['client_cpu_us']:.0f} µs, "
+                f"daemon {many['daemon_cpu_us']:.0f} µs (load average before: {load:.1f})"
+            )
+            local = await pairs_embedded(embedded, args.seconds)
+            report.add(
+                "lookup+info, embedded (this process)", f"{local:,.0f} pairs/s", "reference", None
+            )
+
+        if "events" in parts:
+            r_lat = await event_latency(remote, rdom, args.rounds)
+            e_lat = await event_latency(embedded, edom, args.rounds)
+            r_med = ms(statistics.median(r_lat))
+            report.add(
+                "event latency, QEMU -> remote subscriber",
+                f"median {r_med:.2f} ms, max {ms(max(r_lat)):.2f} ms",
+                "<= 2 ms median",
+                r_med <= 2,
+            )
+            report.add(
+                "event latency, QEMU -> embedded subscriber",
+                f"median {ms(statistics.median(e_lat)):.2f} ms",
+                "reference",
+                None,
+            )
+
+        if "idle" in parts:
+            before, during, after = await trio.to_thread.run_sync(
+                idle_clients, daemon.socket, args.idle, daemon.pid
+            )
+            cost = (during - before) / 1024
+            report.add(
+                f"{args.idle} idle clients: daemon RSS",
+                f"+{cost:.1f} MiB ({(during - before) / args.idle:.1f} KiB each)",
+                "<= 50 MiB for 1,000",
+                cost * 1000 / args.idle <= 50,
+            )
+            report.note(
+                f"{'':<40} RSS {before / 1024:.1f} -> {during / 1024:.1f} MiB, "
+                f"{after / 1024:.1f} MiB once they left"
+            )
+
+        if "replay" in parts:
+            await replay_part(args, guest, work, daemon, remote, rdom, report)
         await rdom.destroy()
 
-    # One-shot CLI (the embedded root must be free: the CLI opens it itself).
-    # The issue's command: `asvirt -c qemu:///session list`.
-    cli_remote = await trio.to_thread.run_sync(
-        cli_times, "qemu:///session", args.cli_runs, work / "rt"
-    )
-    cli_embed = await trio.to_thread.run_sync(cli_times, embed_uri, args.cli_runs)
+    cli_remote: dict[str, float] = {}
+    cli_embed: dict[str, float] = {}
+    if "cli" in parts:
+        # One-shot CLI (the embedded root must be free: the CLI opens it itself).
+        # The issue's command: `asvirt -c qemu:///session list`.
+        cli_remote = await trio.to_thread.run_sync(
+            cli_times, "qemu:///session", args.cli_runs, work / "rt"
+        )
+        cli_embed = await trio.to_thread.run_sync(cli_times, embed_uri, args.cli_runs)
 
     theirs = await trio.to_thread.run_sync(
         measure_libvirt,
@@ -651,21 +636,84 @@ async def run(
     if isinstance(theirs, str):
         print(f"\nlibvirt: {theirs}")
     else:
-        print(
-            "\nlibvirt (qemu:///session, same run):"
-            f"\n  lookup+info, 1 client      {theirs['one']:,.0f} pairs/s"
-            f"   (asvirt / libvirt = {one['rate'] / theirs['one']:.2f})"
-            f"\n  lookup+info, {args.clients} clients     {theirs['many']:,.0f} pairs/s"
-            f"   (asvirt / libvirt = {many['rate'] / theirs['many']:.2f})"
-            f"\n  start (paused)             {ms(theirs['start']):.1f} ms"
-            f"   (asvirt / libvirt = {statistics.median(r_start) / theirs['start']:.2f})"
-            f"\n  suspend() -> callback      {ms(theirs['event']):.2f} ms"
-            " (libvirt's events carry no QEMU timestamp)"
-        )
+        print("\nlibvirt (qemu:///session, same run):")
+        if "one" in theirs:
+            print(
+                f"  lookup+info, 1 client      {theirs['one']:,.0f} pairs/s"
+                f"   (asvirt / libvirt = {one['rate'] / theirs['one']:.2f})"
+                f"\n  lookup+info, {args.clients} clients     {theirs['many']:,.0f} pairs/s"
+                f"   (asvirt / libvirt = {many['rate'] / theirs['many']:.2f})"
+            )
+        if "start" in theirs:
+            print(
+                f"  start (paused)             {ms(theirs['start']):.1f} ms"
+                f"   (asvirt / libvirt = {statistics.median(r_start) / theirs['start']:.2f})"
+            )
+        if "event" in theirs:
+            print(
+                f"  suspend() -> callback      {ms(theirs['event']):.2f} ms"
+                " (libvirt's events carry no QEMU timestamp)"
+            )
         for cmd, seconds in theirs.get("cli", {}).items():
             print(f"  virsh {cmd:<20} {ms(seconds):.0f} ms")
     print("\ntargets:", "all met" if not report.missed else f"NOT met: {', '.join(report.missed)}")
     return 0 if not report.missed else 2
+
+
+async def replay_part(
+    args: argparse.Namespace,
+    guest: TestGuest,
+    work: Path,
+    daemon: Daemon,
+    remote: asvirt.Connection,
+    rdom: asvirt.Domain,
+    report: Report,
+) -> None:
+    """Reconnect + replay: a fresh connection, then one whose daemon restarts."""
+    uri = daemon.uri
+    since = await mark(remote, rdom)
+    helpers = [
+        await remote.create_xml(
+            guest.xml(f"ev{i}", work / f"ev{i}.serial", domain_type=PAUSED_DOMAIN_TYPE),
+            paused=True,
+        )
+        for i in range(EVENT_DOMAINS)
+    ]
+    t0 = time.perf_counter()
+    await generate_events([rdom, *helpers], args.events)
+    took = time.perf_counter() - t0
+    for dom in helpers:
+        await dom.destroy()
+    print(f"made {args.events} events in {took:.1f} s ({args.events / took:,.0f}/s)")
+    last = await mark(remote, rdom)
+    fresh, got = zip(*[await replay_fresh(uri, since, last) for _ in range(3)], strict=True)
+    replay_s = statistics.median(fresh)
+    report.add(
+        f"connect + replay {got[0]:,} events",
+        f"median {ms(replay_s):.0f} ms",
+        "<= 1 s for 10,000",
+        replay_s * 10000 / got[0] <= 1,
+    )
+    listen, replay, n = await replay_after_restart(remote, daemon, since, last)
+    report.add(
+        "  after a daemon restart",
+        f"{ms(replay):.0f} ms from listening ({n:,} events)",
+        "<= 1 s for 10,000",
+        replay * 10000 / n <= 1,
+    )
+    report.note(f"{'':<40} (the daemon took {listen:.2f} s to listen again)")
+
+
+PARTS = ("start", "pairs", "events", "idle", "replay", "cli")
+
+
+def parts_arg(text: str) -> frozenset[str]:
+    """``--parts``: a comma-separated subset of PARTS."""
+    chosen = frozenset(p.strip() for p in text.split(",") if p.strip())
+    unknown = chosen - set(PARTS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"parts are some of {','.join(PARTS)}")
+    return chosen
 
 
 if __name__ == "__main__":
@@ -676,6 +724,12 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=int, default=1000, help="idle clients to connect")
     parser.add_argument("--events", type=int, default=10000, help="events to replay")
     parser.add_argument("--cli-runs", type=int, default=10, help="runs per CLI median")
+    parser.add_argument(
+        "--parts",
+        type=parts_arg,
+        default=frozenset(PARTS),
+        help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
+    )
     parser.add_argument("--worker", metavar="URI", help=argparse.SUPPRESS)
     parser.add_argument("--libvirt-worker", metavar="URI", help=argparse.SUPPRESS)
     args = parser.parse_args()
