@@ -371,7 +371,7 @@ class Session:
 
     def _success(self, msg_id: int | str, c: protocol.Call, value: Any) -> bytes:
         try:
-            return wire.result(msg_id, protocol.encode_result(c, value))
+            return wire.result(msg_id, protocol.wire_result(c, value))
         except Exception as err:
             return self._failure(msg_id, c, err)
 
