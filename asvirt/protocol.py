@@ -872,6 +872,65 @@ def decode_result(c: Call, value: Any) -> Any:
     return _decode(c.result, value, f"result of {c.name}")
 
 
+def wire_result(c: Call, value: Any) -> Any:
+    """A call's result as the wire's encoder (msgspec) is given it: the value itself when
+    the encoder writes its type as :func:`encode_result` would (records, enums, numbers,
+    strings and lists of them: most answers), else :func:`encode_result`'s plain value.
+    Walking a record in Python cost more than the rest of a daemon's answer."""
+    return value if _native(c.result) else encode_result(c, value)
+
+
+def decode_result_json(c: Call, text: bytes) -> Any:
+    """A call's result from its JSON text, as :func:`decode_result` makes it from the
+    decoded value (ValueError if it is not of the declared type).
+
+    msgspec decodes the types it knows as this module does (records, enums, numbers,
+    strings, lists) straight from the text to the declared type, checking as it goes;
+    the others go through :func:`decode_result`."""
+    decoder = _json_decoder(c.result)
+    if decoder is None:
+        from .rpc import wire
+
+        return decode_result(c, wire.decode(text))
+    try:
+        return decoder(text)
+    except ValueError:
+        raise
+    except Exception as err:  # msgspec's DecodeError and ValidationError
+        raise ValueError(f"result of {c.name}: {err}") from None
+
+
+@functools.cache
+def _json_decoder(type_: Any) -> Callable[[bytes], Any] | None:
+    if not _native(type_):
+        return None
+    import msgspec
+
+    return msgspec.json.Decoder(type_).decode
+
+
+@functools.cache
+def _native(type_: Any) -> bool:
+    """Whether msgspec encodes ``type_`` as this module does and decodes it back to the same
+    value, checking it as strictly (a bool is no int, a record needs all its fields)."""
+    if type_ in (str, int, bool, float, None, type(None), Any):
+        return True
+    origin = typing.get_origin(type_)
+    args = typing.get_args(type_)
+    if origin in (typing.Union, _UnionType):
+        # msgspec decodes an optional value, not a choice between several.
+        others = [a for a in args if a is not type(None)]
+        return len(others) == 1 and _native(others[0]) and typing.get_origin(others[0]) is None
+    if origin is list:
+        return _native(args[0])
+    if isinstance(type_, type) and issubclass(type_, enum.Enum):
+        return all(isinstance(m.value, int | str) for m in type_)
+    if isinstance(type_, type) and is_record(type_):
+        return all(_native(t) for t in _record(type_)[2].values())
+    # Pairs like (state, reason), tuples, objects, bytes: the module's own code.
+    return False
+
+
 def decode_params(c: Call, params: object) -> dict[str, Any]:
     """A call's arguments from a JSON object, checked against the declaration.
 
@@ -1133,11 +1192,13 @@ __all__ = [
     "call",
     "decode_params",
     "decode_result",
+    "decode_result_json",
     "encode_params",
     "encode_result",
     "encode_value",
     "lookup",
     "methods_markdown",
+    "wire_result",
 ]
 
 if __name__ == "__main__":

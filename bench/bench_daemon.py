@@ -553,6 +553,15 @@ async def run(
             f"{'':<40} CPU per pair: client {many['client_cpu_us']:.0f} µs, "
             f"daemon {many['daemon_cpu_us']:.0f} µs"
         )
+        # What the CPUs allow at that cost, were they ours alone: the clients run on the
+        # same machine, so their CPU counts as much as the daemon's.
+        per_pair = many["client_cpu_us"] + many["daemon_cpu_us"]
+        cores = os.cpu_count() or 1
+        report.note(
+            f"{'':<40} ceiling at that cost: {cores} CPUs / {per_pair:.0f} µs = "
+            f"{cores * 1e6 / per_pair:,.0f} pairs/s (daemon alone on one CPU: "
+            f"{1e6 / many['daemon_cpu_us']:,.0f}/s)"
+        )
         local = await pairs_embedded(embedded, args.seconds)
         report.add(
             "lookup+info, embedded (this process)", f"{local:,.0f} pairs/s", "reference", None

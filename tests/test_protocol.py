@@ -12,6 +12,7 @@ from asvirt.drivers.network.core import NetworkDriverCore
 from asvirt.drivers.storage.driver import DirStorageDriver
 from asvirt.drivers.test.storage import TestStorageDriver
 from asvirt.hypervisor.domain_driver import DomainDriver
+from asvirt.rpc import wire as rpc_wire
 
 IMPLEMENTATIONS = {
     protocol.Target.DOMAINS: [DomainDriver],
@@ -98,6 +99,31 @@ def test_results_round_trip_through_plain_json():
         c = protocol.CALLS[name]
         wire = json.loads(json.dumps(protocol.encode_result(c, value)))
         assert protocol.decode_result(c, wire) == value
+        # As the daemon sends it and a client reads it: the wire's encoder given
+        # wire_result, the text decoded straight to the declared type.
+        text = rpc_wire.encode({"r": protocol.wire_result(c, value)})[len(b'{"r":') : -2]
+        assert json.loads(text) == wire
+        assert protocol.decode_result_json(c, text) == value
+
+
+def test_a_result_of_the_wrong_type_is_refused_from_the_text_too():
+    for name, text in (
+        (
+            "domain_info",
+            b'{"state":1,"max_memory_kib":1,"memory_kib":1,"vcpus":true,"cpu_time_ns":1}',
+        ),
+        ("domain_info", b'{"state":1,"max_memory_kib":1,"memory_kib":1,"vcpus":2}'),
+        (
+            "domain_info",
+            b'{"state":99,"max_memory_kib":1,"memory_kib":1,"vcpus":2,"cpu_time_ns":1}',
+        ),
+        ("lookup_by_name", b'["a","u"]'),
+        ("domain_state", b"[1]"),
+        ("domain_id", b'"3"'),
+        ("domain_is_active", b"1"),
+    ):
+        with pytest.raises(ValueError):
+            protocol.decode_result_json(protocol.CALLS[name], text)
 
 
 def test_the_method_table_documents_every_call():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
@@ -53,6 +53,60 @@ def decode(line: bytes) -> Any:
     except RecursionError:
         # msgspec recurses per level: "[[[[..." a thousand deep ends the interpreter's stack.
         raise ValueError("JSON nested too deeply") from None
+
+
+class Incoming(Protocol):
+    """A message from a daemon, its parts left as JSON text until their reader decodes them
+    (a response's result is decoded to its call's type: see ``protocol.decode_result_json``).
+    """
+
+    #: The request a response answers (None for a notification).
+    id: Any
+    #: A notification's method (None for a response).
+    method: Any
+    #: A notification's params: JSON text, bytes-like (``null`` if it had none).
+    params: Any
+    #: A response's result: JSON text, bytes-like (``null`` if it had none).
+    result: Any
+    #: A failed call's error object (None if it did not fail).
+    error: Any
+
+
+@functools.cache
+def _incoming_decoder() -> tuple[Any, type[Exception]]:
+    import msgspec
+
+    # Made, not declared: this module's annotations are strings, and msgspec is imported
+    # here only.
+    null = msgspec.Raw(b"null")
+    message = msgspec.defstruct(
+        "Message",
+        [
+            ("id", Any, None),
+            ("method", Any, None),
+            ("params", msgspec.Raw, null),
+            ("result", msgspec.Raw, null),
+            ("error", Any, None),
+        ],
+    )
+    return msgspec.json.Decoder(message).decode, msgspec.ValidationError
+
+
+def decode_incoming(line: bytes) -> Incoming | None:
+    """A daemon's message, in one pass of the decoder over its envelope; None if it is JSON
+    but not a message (not an object, or fields of the wrong kind); ValueError if it is not
+    JSON."""
+    decoder, not_a_message = _incoming_decoder()
+    _, _, decode_error = _codec()
+    try:
+        msg = decoder(line)
+    except not_a_message:
+        return None
+    except decode_error as err:
+        raise ValueError(str(err)) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    return msg
 
 
 def send_now(sock: socket.socket, data: bytes) -> bytes:
@@ -183,9 +237,11 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PROTOCOL_VERSION",
+    "Incoming",
     "LineReader",
     "Oversized",
     "decode",
+    "decode_incoming",
     "encode",
     "error",
     "error_from",

@@ -97,9 +97,45 @@ def cpu_time_ns(pid: int) -> int:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return 0
+    return _stat_cpu_ns(stat)
+
+
+def _stat_cpu_ns(stat: bytes) -> int:
     fields = stat[stat.rindex(b")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks * 1_000_000_000 // _CLK_TCK
+
+
+class CpuClock:
+    """A process's CPU time, read again and again from ``/proc/PID/stat`` kept open.
+
+    ``dom.info()`` reads it on every call: opening the file each time cost five times the
+    read (20 µs of a daemon's 100 µs per call). The open file is bound to the process it was
+    opened for, not to its pid: once that process is gone it reads nothing (0), even if the
+    pid is used again.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self._fd: int | None = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            self._fd = None
+
+    def ns(self) -> int:
+        """CPU time used so far, in nanoseconds (0 once the process is gone)."""
+        if self._fd is None:
+            return 0
+        try:
+            stat = os.pread(self._fd, 1024, 0)
+        except ProcessLookupError:
+            return 0
+        return _stat_cpu_ns(stat) if stat else 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def is_our_qemu(pid: int, start_time: int | None, uuid: str) -> bool:

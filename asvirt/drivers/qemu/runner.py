@@ -142,6 +142,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self.pid: int | None = None
         self._start_time: int | None = None
         self._pidfd: int | None = None
+        #: /proc/PID/stat of this QEMU, open while it runs (dom.info() reads it each call).
+        self._cpu_clock: process.CpuClock | None = None
         self._monitor: Monitor | None = None
         self._phase = STARTING
         send, recv = trio.open_memory_channel[dict[str, Any]](env.config.event_buffer)
@@ -213,7 +215,19 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         return self.machine.balloon_kib or self._live_def.current_memory_kib
 
     def cpu_time_ns(self) -> int:
-        return process.cpu_time_ns(self.pid) if self.pid else 0
+        if not self.pid:
+            return 0
+        clock = self._cpu_clock
+        if clock is None or clock.pid != self.pid:
+            if clock is not None:
+                clock.close()
+            clock = self._cpu_clock = process.CpuClock(self.pid)
+        return clock.ns()
+
+    def _close_cpu_clock(self) -> None:
+        if self._cpu_clock is not None:
+            self._cpu_clock.close()
+            self._cpu_clock = None
 
     async def start(self, *, paused: bool, origin: StartOrigin = None) -> None:
         """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start.
@@ -1089,6 +1103,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             await self._helpers.stop()
 
     def _conclude_exit(self, *, started: bool) -> None:
+        self._close_cpu_clock()
         if self._pidfd is not None:
             status = process.try_reap(self._pidfd)
             if status is not None:
@@ -1122,6 +1137,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
 
     def _detach(self) -> None:
         self._save_status(durable=True)
+        self._close_cpu_clock()
         if self._helpers is not None:
             self._helpers.detach()
         if self._pidfd is not None:
