@@ -88,6 +88,23 @@ async def test_one_shot_commands_import_only_what_they_need(caps_cache, test_gue
         daemon.stop_and_reap()
 
 
+def test_a_socket_path_longer_than_an_address_is_reached_without_the_event_loop(tmp_path):
+    # The one-shot client connects with socket's C core; a path longer than sun_path's 107
+    # bytes goes through fsutil's /proc/self/fd/N form instead of the full client.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    daemon = Daemon(tmp_path / "state", socket_path=deep / "asvirt-sock").start()
+    try:
+        assert len(os.fsencode(daemon.socket)) > 108
+        out, modules = imported_by(daemon.uri, "list", "--all")
+        assert out == " Id   Name   State\n--------------------\n\n"
+        allowed = {"socket"}  # fsutil's, for that path
+        bad = [m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + ".")]
+        assert not set(bad) - allowed
+    finally:
+        daemon.stop_and_reap()
+
+
 def test_the_command_table_names_what_each_module_registers():
     """asvirt.cli.main imports a command module only for its commands: its table must say
     which module registers which command."""
