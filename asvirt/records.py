@@ -36,6 +36,7 @@ def record(cls: type[T]) -> type[T]:
     body["__slots__"] = names
     body["__match_args__"] = names
     body["__record_fields__"] = names
+    body["__dataclass_fields__"] = _DataclassFields(defaults)
     # A tuple of the values, in C: equality and hashing (records are dict keys) use it.
     body["_record_values"] = (
         attrgetter(*names)
@@ -72,6 +73,31 @@ def _compile_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any]) -
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     return init
+
+
+class _DataclassFields:
+    """A record's ``__dataclass_fields__``, made when first asked for (importing
+    :mod:`dataclasses` then): what :mod:`dataclasses`' functions (``is_dataclass``,
+    ``fields``, ``replace``, ``asdict``) and msgspec (which encodes and decodes dataclasses
+    itself) read of a dataclass, so that a record is one to them. A one-shot client never
+    asks."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self._defaults = defaults
+
+    def __get__(self, rec: object, cls: type) -> dict[str, Any]:
+        import dataclasses
+
+        made = {}
+        for name in cls.__record_fields__:  # type: ignore[attr-defined]
+            field: Any = dataclasses.field(default=self._defaults.get(name, dataclasses.MISSING))
+            # As dataclasses' own _get_field completes a field of a class it processes.
+            field.name = name
+            field.type = cls.__annotations__[name]
+            field._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+            made[name] = field
+        type.__setattr__(cls, "__dataclass_fields__", made)  # once per class
+        return made
 
 
 def fields(rec: object) -> tuple[str, ...]:

@@ -86,12 +86,14 @@ class QuickConnection(ConnectionCalls):
         """Send ``line`` (after the hello, if it is still unsent); read until the answers to
         the hello and to ``msg_id`` have come; the latter's result."""
         data, self._unsent = self._unsent + line, b""
-        reply: dict[str, Any] = {}
+        answer: dict[str, Any] | None = None if msg_id is not None else {}
         try:
             self._sock.sendall(data)
-            while self._hello is None or (msg_id is not None and reply.get("id") != msg_id):
+            while self._hello is None or answer is None:
                 reply = self._read()
-                if reply.get("id") == 1 and self._hello is None:
+                if msg_id is not None and reply.get("id") == msg_id:
+                    answer = reply
+                elif reply.get("id") == 1 and self._hello is None:
                     self._hello = self._check_hello(reply)
                 elif reply.get("method") == "keepalive.ping":
                     self._sock.sendall(b'{"jsonrpc":"2.0","method":"keepalive.pong","params":{}}\n')
@@ -101,9 +103,9 @@ class QuickConnection(ConnectionCalls):
                         on_progress(float(fraction))
         except OSError as err:
             raise NoConnectError(f"lost the daemon at {self._path}: {err.strerror}") from None
-        if "error" in reply:
-            raise wire.exception_from(reply["error"])
-        return reply.get("result")
+        if "error" in answer:
+            raise wire.exception_from(answer["error"])
+        return answer.get("result")
 
     def _check_hello(self, reply: dict[str, Any]) -> dict[str, Any]:
         """The hello's result; ConnectFailed if the daemon refused it or speaks another
