@@ -1111,9 +1111,15 @@ def _decode_int(value: Any, what: str) -> int:
 def _decode_float(value: Any, what: str) -> float:
     # JSON has one number type: an integer is a float's value too (never a bool, nor NaN or
     # an infinity, which JSON cannot say either).
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what}: expected a number")
-    return float(value)
+    try:
+        number = float(value)  # an integer beyond a float's range overflows
+    except OverflowError:
+        raise ValueError(f"{what}: expected a number a float can hold") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what}: expected a number")
+    return number
 
 
 def _decode_str(value: Any, what: str) -> str:
