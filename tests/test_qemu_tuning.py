@@ -6,7 +6,9 @@ resctrl files, and the start's error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import trio
 
 import asvirt
 from asvirt.conf.domain import parse_domain_xml
-from asvirt.drivers.qemu import tuning
+from asvirt.drivers.qemu import membacking, tuning
 
 from .guest import paused_xml
 from .helpers import destroy_all, disk_xml, embed_uri, qemu_img, qemu_pid, qemus_naming
@@ -323,8 +325,41 @@ async def test_hugepages_are_refused_without_a_mount_or_free_pages(
         )
         with pytest.raises(asvirt.OperationFailedError, match="not enough free huge pages"):
             await dom2.start(paused=True)
+        # With pages reserved (and given back after), guest RAM is a file of huge pages there.
+        with _reserved_hugepages(free_wanted=128 * 1024 // 2048) as reserved:
+            if not reserved:
+                pytest.skip("the kernel could not reserve 64 huge pages of 2 MiB here")
+            await dom2.start(paused=True)
+            files = membacking.hugepage_dir(str(mnt), str(dom2.uuid))
+            smaps = Path(f"/proc/{qemu_pid(root, 'vm2')}/smaps").read_text()
+            mapping = smaps.split(files, 1)[1].split("VmFlags", 1)[0]
+            assert "KernelPageSize:     2048 kB" in mapping
+            held = _hugepages("nr_hugepages") - _hugepages("free_hugepages")
+            assert held + _hugepages("resv_hugepages") >= 64  # all 128 MiB: taken or promised
+            await dom2.destroy()
+            assert not Path(files).exists()  # the domain's directory went with it
+            assert _hugepages("free_hugepages") == _hugepages("nr_hugepages")
     finally:
-        await trio.run_process(["umount", str(mnt)])
+        with trio.CancelScope(shield=True):
+            await destroy_all(conn)  # a QEMU left by a failure would hold the mount
+            await trio.run_process(["umount", str(mnt)])
+
+
+def _hugepages(name: str) -> int:
+    return int(Path(f"/sys/kernel/mm/hugepages/hugepages-2048kB/{name}").read_text())
+
+
+@contextlib.contextmanager
+def _reserved_hugepages(free_wanted: int) -> Iterator[bool]:
+    """The host's pool of 2 MiB pages grown so that ``free_wanted`` are free, and shrunk back
+    after; whether the kernel found them."""
+    knob = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+    before = int(knob.read_text())
+    knob.write_text(str(before + free_wanted))
+    try:
+        yield _hugepages("free_hugepages") >= free_wanted
+    finally:
+        knob.write_text(str(before))
 
 
 async def test_file_backed_ram_lives_in_a_directory_of_the_running_domain(
