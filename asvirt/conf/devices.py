@@ -675,15 +675,7 @@ def parse_interface(node: Node) -> Interface:
             if nic.vhost_mode != "client":
                 # libvirt's words: QEMU listening has nothing to reconnect to.
                 raise XMLError("'reconnect' attribute unsupported 'server' mode for <interface>")
-            nic.vhost_reconnect = rec.yesno("enabled")
-            if nic.vhost_reconnect is None:
-                raise XMLError(f"missing attribute 'enabled' of {rec.where}")
-            nic.vhost_reconnect_timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
-            if nic.vhost_reconnect and nic.vhost_reconnect_timeout is None:
-                raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
-            if not nic.vhost_reconnect and nic.vhost_reconnect_timeout is not None:
-                raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
-            rec.finish()
+            nic.vhost_reconnect, nic.vhost_reconnect_timeout = _parse_reconnect(rec)
         source.finish()
     elif kind == "ethernet":
         _parse_tap_target(node, nic)
@@ -735,6 +727,21 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _parse_reconnect(rec: Node) -> tuple[bool, int | None]:
+    """A socket's ``<reconnect enabled= timeout=>``: whether it reconnects, and the seconds
+    between tries (which enabled='yes' needs and enabled='no' refuses)."""
+    enabled = rec.yesno("enabled")
+    if enabled is None:
+        raise XMLError(f"missing attribute 'enabled' of {rec.where}")
+    timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
+    if enabled and timeout is None:
+        raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
+    if not enabled and timeout is not None:
+        raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
+    rec.finish()
+    return enabled, timeout
 
 
 def _parse_tap_target(node: Node, nic: Interface) -> None:
@@ -955,15 +962,7 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
         if rec is not None:
             if chr_.type not in ("unix", "tcp"):
                 raise src.unsupported("<reconnect> (only unix and TCP sockets reconnect)")
-            chr_.reconnect = rec.yesno("enabled")
-            if chr_.reconnect is None:
-                raise XMLError(f"missing attribute 'enabled' of {rec.where}")
-            chr_.reconnect_timeout = rec.integer("timeout", minimum=1, maximum=1 << 31)
-            if chr_.reconnect and chr_.reconnect_timeout is None:
-                raise XMLError(f"{rec.where} with enabled='yes' needs a timeout")
-            if not chr_.reconnect and chr_.reconnect_timeout is not None:
-                raise XMLError(f"{rec.where} with enabled='no' takes no timeout")
-            rec.finish()
+            chr_.reconnect, chr_.reconnect_timeout = _parse_reconnect(rec)
         src.finish()
     if chr_.type == "unix" and chr_.source_mode is None:
         # Without a mode libvirt's default is connect, unless there is no path to connect to.
