@@ -748,6 +748,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
+        # Before tuning (which pins every vCPU thread) and before a saved state loads.
+        await self.plug_defined_vcpus()
         await self._apply_tuning()
         origin = self._origin
         kind = StartKind.BOOT

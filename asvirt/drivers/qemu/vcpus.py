@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ...conf.vcpus import plug_order, states_from_qemu
 from ...errors import ConfigUnsupportedError, OperationFailedError, OperationTimeoutError, QMPError
 from .savevm import RESYNC_EVENT
 
@@ -202,6 +203,8 @@ class ResourceOps:
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
         def watch_events(
             self, *names: str
         ) -> AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]: ...
@@ -221,13 +224,23 @@ class ResourceOps:
             self._live_xml = None
             self.mark_dirty()
 
-    async def plugged_vcpu_aliases(self) -> list[str]:
-        """The vCPUs plugged into the running guest as devices (not those it booted with)."""
-        try:
-            slots = cpu_slots(await self.execute("query-hotpluggable-cpus"))
-        except QMPError:
-            return []  # a machine that cannot plug CPUs has none plugged
-        return [slot.alias for slot in slots if slot.removable]
+    async def plug_defined_vcpus(self) -> None:
+        """Plug the enabled hotpluggable vCPUs of ``<vcpus>``, in their order, into a QEMU
+        that has not run yet: a restored or reverted guest's state holds them as devices,
+        and QEMU loads it only into the same devices (libvirt's
+        ``qemuProcessSetupHotpluggableVcpus``)."""
+        ids = plug_order(self._live_def.vcpu_states)
+        if not ids:
+            return
+        slots = {s.index: s for s in cpu_slots(await self._call("query-hotpluggable-cpus"))}
+        for vid in ids:
+            slot = slots.get(vid)
+            if slot is None or slot.vcpus != 1:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: QEMU has no slot to plug vCPU {vid} into "
+                    "alone (<vcpus> of this machine and topology)"
+                )
+            await self._call("device_add", {"driver": slot.type, "id": slot.alias, **slot.props})
 
     async def set_vcpus(self, count: int) -> None:
         """Hot(un)plug vCPUs until the guest has ``count``."""
@@ -284,8 +297,21 @@ class ResourceOps:
             self.log.warning("cannot read the plugged vCPUs", error=str(err))
             return
         count = plugged_vcpus(slots)
-        if count and count != self._live_def.vcpus:
-            self._live_def.vcpus = count
+        live = self._live_def
+        states = live.vcpu_states
+        if any(s.removable for s in slots) or states is not None:
+            # The live XML says which vCPUs are plugged devices (<vcpus>), so that a save,
+            # managed save or snapshot of it is restored into the same devices.
+            present = {
+                s.index + k: s.removable
+                for s in slots
+                if s.qom_path is not None
+                for k in range(s.vcpus)
+            }
+            states = states_from_qemu(live.vcpu_states, present, live.max_vcpus)
+        if count and (count != live.vcpus or states != live.vcpu_states):
+            live.vcpus = count
+            live.vcpu_states = states
             self._vcpu_threads = None  # the statistics ask QEMU for the new threads
             self._live_xml = None
             self.mark_dirty()
