@@ -79,6 +79,8 @@ class GuestStateOps:
 
         async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def send_fd(self, fd: int, name: str) -> None: ...
+
         def watch_events(
             self, *names: str
         ) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]: ...
@@ -289,13 +291,12 @@ class GuestStateOps:
             self.machine.expect_pause(PausedReason.SAVE)
             await self.execute("stop")
         try:
-            assert self._monitor is not None
             await self._call(
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "events", "state": True}]},
             )
             await self._call("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
-            await self._monitor.send_fd(fd, SAVE_FD_NAME)
+            await self.send_fd(fd, SAVE_FD_NAME)
             with self.watch_events("MIGRATION") as events:
                 await self._call("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
                 # The nursery only reports progress: a QEMU that exits mid-way is an
