@@ -16,7 +16,7 @@ from asvirt.drivers.qemu import vcpus
 from asvirt.drivers.qemu.statemachine import DomainStateMachine
 
 from .caps import CONFORMANCE
-from .guest import AGENT_CHANNEL_XML, wait_for_serial
+from .guest import AGENT_CHANNEL_XML, paused_xml, wait_for_serial
 from .helpers import (
     collect_until,
     disk_xml,
@@ -209,6 +209,26 @@ async def test_plugged_vcpus_survive_save_managed_save_and_snapshot_revert(
     assert "<vcpu id='1' enabled='no' hotpluggable='yes'/>" in await dom.xml_desc()
     # Its configuration never had the vCPU plugged.
     assert "<vcpus>" not in await dom.xml_desc(inactive=True)
+
+
+@pytest.mark.qemu
+async def test_unplugging_a_vcpu_from_a_guest_that_never_booted_says_why(
+    conn, test_guest, tmp_path
+):
+    """A guest paused at start runs no OS to eject a vCPU: QEMU refuses the unplug ("acpi:
+    device unplug request for not supported device type"), which the caller sees as an
+    OperationFailedError saying what the guest needs; the vCPU stays, and the live XML says so."""
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, vcpus=1, max_vcpus=2))
+    await dom.start(paused=True)
+    await dom.set_vcpus(2, live=True)
+    with pytest.raises(asvirt.OperationFailedError, match="ACPI CPU hot-unplug") as caught:
+        await dom.set_vcpus(1, live=True)
+    assert not isinstance(caught.value, asvirt.QMPError)
+    assert "vcpu1" in str(caught.value) and "must be running an operating system" in str(
+        caught.value
+    )
+    assert len(await dom.qmp("query-cpus-fast")) == 2
+    assert "<vcpu id='1' enabled='yes' hotpluggable='yes' order='2'/>" in await dom.xml_desc()
 
 
 # -- the CLI: virsh's commands and output -------------------------------------------------------

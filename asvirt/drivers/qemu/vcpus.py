@@ -265,7 +265,18 @@ class ResourceOps:
         pending = {s.alias for s in slots}
         with self.watch_events("DEVICE_DELETED", "ACPI_DEVICE_OST") as events:
             for slot in slots:
-                await self.execute("device_del", {"id": slot.alias})
+                try:
+                    await self.execute("device_del", {"id": slot.alias})
+                except QMPError as err:
+                    if err.error_class is None:
+                        raise  # no refusal of QEMU's: the monitor (or the domain) went
+                    # QEMU asks the guest's ACPI to eject a CPU; a guest that has not booted
+                    # an OS (paused at start) or whose OS does not handle it cannot be asked.
+                    raise OperationFailedError(
+                        f"cannot unplug vCPU {slot.alias} of domain '{self._name}': the guest "
+                        "must be running an operating system that handles ACPI CPU hot-unplug "
+                        f"({err})"
+                    ) from None
             with trio.move_on_after(self._env.config.unplug_timeout):
                 async for event in events:
                     refused = vcpu_eject_refused(event)
