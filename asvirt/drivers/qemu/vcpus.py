@@ -18,6 +18,12 @@ QEMU which remain; nothing polls. The vCPUs the guest booted
 with have no id and cannot be unplugged (libvirt's ``hotpluggable='no'``). Whatever
 happened, the live definition's count is then read back from QEMU, and a guest that
 releases a vCPU after the deadline is still counted when its DEVICE_DELETED comes.
+
+What QEMU lists also becomes the live definition's ``<vcpus>`` (see
+:mod:`asvirt.conf.vcpus`) once a vCPU is plugged: which vCPUs are devices, in plug order. A
+QEMU started from such a definition boots the others and plugs these before its guest runs
+or a saved state loads (:meth:`ResourceOps.plug_defined_vcpus`), so the state finds the
+devices it was saved with.
 """
 
 from __future__ import annotations
