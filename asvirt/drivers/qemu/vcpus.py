@@ -99,6 +99,17 @@ def vcpu_eject_refused(event: dict[str, Any]) -> str | None:
     return str(info.get("device") or info.get("slot"))
 
 
+def unplug_refused(domain: str, alias: str, err: QMPError) -> OperationFailedError:
+    """The caller's error for a vCPU unplug QEMU refused. QEMU asks the guest's ACPI to
+    eject a CPU; a guest that has not booted an OS (paused at start: QEMU 7.2 says "device
+    unplug request for not supported device type") or whose OS does not handle it cannot
+    be asked."""
+    return OperationFailedError(
+        f"cannot unplug vCPU {alias} of domain '{domain}': the guest must be running an "
+        f"operating system that handles ACPI CPU hot-unplug ({err})"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class CpuSlot:
     """One entry of ``query-hotpluggable-cpus``: where a CPU object can be (or is) plugged."""
@@ -276,13 +287,7 @@ class ResourceOps:
                 except QMPError as err:
                     if err.error_class is None:
                         raise  # no refusal of QEMU's: the monitor (or the domain) went
-                    # QEMU asks the guest's ACPI to eject a CPU; a guest that has not booted
-                    # an OS (paused at start) or whose OS does not handle it cannot be asked.
-                    raise OperationFailedError(
-                        f"cannot unplug vCPU {slot.alias} of domain '{self._name}': the guest "
-                        "must be running an operating system that handles ACPI CPU hot-unplug "
-                        f"({err})"
-                    ) from None
+                    raise unplug_refused(self._name, slot.alias, err) from None
             with trio.move_on_after(self._env.config.unplug_timeout):
                 async for event in events:
                     refused = vcpu_eject_refused(event)
@@ -342,6 +347,7 @@ __all__ = [
     "is_vcpu_alias",
     "plan_vcpus",
     "plugged_vcpus",
+    "unplug_refused",
     "vcpu_eject_refused",
     "vcpu_unplug_event",
 ]
