@@ -11,6 +11,7 @@ from lxml import etree
 
 import asvirt
 from asvirt.cli.main import main as cli_main
+from asvirt.conf import vcpus as conf_vcpus
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import vcpus
 from asvirt.drivers.qemu.statemachine import DomainStateMachine
@@ -59,6 +60,19 @@ def test_vcpus_are_plugged_lowest_first_and_unplugged_highest_first():
     # The vCPUs the guest booted with cannot go: nothing is planned, nothing done.
     with pytest.raises(asvirt.ConfigUnsupportedError, match="hotpluggable"):
         vcpus.plan_vcpus(vcpus.cpu_slots(_reply(2, set(), 4)), 1)
+
+
+def test_the_live_vcpus_keep_plug_order():
+    """<vcpus> from what QEMU lists: vCPUs still present keep their order, newly plugged ones
+    come after; a vCPU that went is disabled and loses its order (libvirt's live XML)."""
+    first = conf_vcpus.states_from_qemu(None, {0: False, 1: True}, 4)
+    assert [(v.enabled, v.hotpluggable, v.order) for v in first] == [
+        (True, False, 1), (True, True, 2), (False, True, None), (False, True, None),
+    ]  # fmt: skip
+    later = conf_vcpus.states_from_qemu(first, {0: False, 3: True, 2: True}, 4)
+    assert [(v.id, v.order) for v in later if v.enabled] == [(0, 1), (2, 2), (3, 3)]
+    assert conf_vcpus.plug_order(later) == [2, 3]
+    assert conf_vcpus.boot_vcpus(later, 3) == 1 and conf_vcpus.boot_vcpus(None, 3) == 3
 
 
 def test_the_events_that_say_a_vcpu_went():
