@@ -755,7 +755,14 @@ async def test_vcpus_follow_live_and_config(api):
     assert (await dom.info()).vcpus == 3
     assert await dom.vcpus_count() == 3
     assert await dom.vcpus_count(config=True) == 1
-    assert "<vcpu placement='static'>3</vcpu>" in await dom.xml_desc()
+    live = await dom.xml_desc()
+    assert "<vcpu placement='static'>3</vcpu>" in live
+    # The live XML says which vCPUs are plugged devices (libvirt's <vcpus>), in plug order.
+    assert (
+        "<vcpus>\n    <vcpu id='0' enabled='yes' hotpluggable='no' order='1'/>\n"
+        "    <vcpu id='1' enabled='yes' hotpluggable='yes' order='2'/>\n"
+        "    <vcpu id='2' enabled='yes' hotpluggable='yes' order='3'/>\n  </vcpus>"
+    ) in live
     vcpu_stats = await dom.stats(asvirt.StatsGroup.VCPU)
     assert (vcpu_stats["vcpu.current"], vcpu_stats["vcpu.maximum"]) == (3, 3)
     assert "vcpu.2.time" in vcpu_stats  # the new vCPUs' threads are measured too
@@ -766,7 +773,7 @@ async def test_vcpus_follow_live_and_config(api):
     with pytest.raises(asvirt.InvalidArgError):
         await dom.set_vcpus(0)
     # The guest never ran: nobody can release a vCPU (QEMU refuses to ask).
-    with pytest.raises(asvirt.AsvirtError):
+    with pytest.raises(asvirt.OperationFailedError, match="handles ACPI CPU hot-unplug"):
         await dom.set_vcpus(2)
     assert await dom.vcpus_count() == 3
     await dom.set_vcpus(2, config=True)

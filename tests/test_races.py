@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import traceback
 from collections import Counter
@@ -17,13 +18,22 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from lxml import etree
 
 import asvirt
 from asvirt import DomainState as S
 
 from .guest import PAUSED_DOMAIN_TYPE, TestGuest
-from .helpers import disk_xml, embed_uri, qemu_img, qemus_naming, write_config
+from .helpers import (
+    disk_xml,
+    embed_uri,
+    pid_exists,
+    qemu_img,
+    qemu_pid,
+    qemus_naming,
+    write_config,
+)
 
 pytestmark = [pytest.mark.qemu]
 
@@ -246,6 +256,10 @@ async def test_device_memory_vcpu_snapshot_and_save_calls_racing_lose_nothing(
                         err.code is asvirt.ErrorCode.INTERNAL_ERROR
                     ):
                         foreign.append(err)  # a bug let out, not an error of the call
+                    elif "monitor connection" in str(err) or "has no monitor" in str(err):
+                        # A call that lost QEMU to a racing destroy fails as libvirt's:
+                        # "domain is not running" (OPERATION_INVALID), not a QMP error.
+                        foreign.append(err)
                 except BaseException as err:  # what the test is about: none may come here
                     foreign.append(err)
                     outcomes[f"{what} {type(err).__name__}"] += 1
@@ -269,3 +283,36 @@ async def test_device_memory_vcpu_snapshot_and_save_calls_racing_lose_nothing(
             for dom in active.values():
                 await dom.destroy()
     assert _qemus_by_pgrep(set(uuids.values())) == {}
+
+
+async def test_a_call_that_loses_qemu_to_a_destroy_says_the_domain_is_not_running(
+    root: Path, fast_config: Path, test_guest: TestGuest, tmp_path: Path
+) -> None:
+    """A call whose QEMU a destroy ends while it waits for the answer fails as libvirt's
+    would: "domain is not running" (OPERATION_INVALID), not "lost the monitor connection"."""
+    xml = test_guest.xml(
+        "vm1", tmp_path / "vm1.serial", domain_type=PAUSED_DOMAIN_TYPE, memballoon="virtio"
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.create_xml(xml, paused=True)
+        pid = qemu_pid(root, "vm1")
+        seen: list[BaseException] = []
+
+        async def set_memory() -> None:
+            try:
+                await dom.set_memory(96 * 1024, live=True)
+            except asvirt.AsvirtError as err:
+                seen.append(err)
+
+        os.kill(pid, signal.SIGSTOP)  # QEMU answers nothing: the balloon call waits
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(set_memory)
+                await trio.testing.wait_all_tasks_blocked()  # it waits for QEMU's answer
+                await dom.destroy()  # SIGTERM waits while QEMU is stopped; SIGKILL does not
+        finally:
+            if pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
+        assert len(seen) == 1 and isinstance(seen[0], asvirt.OperationInvalidError), seen
+        assert seen[0].code is asvirt.ErrorCode.OPERATION_INVALID
+        assert str(seen[0]) == "domain 'vm1' is not running"

@@ -67,6 +67,7 @@ from .tuning import (
     parse_seclabel,
 )
 from .units import parse_kib
+from .vcpus import VcpuState, format_vcpus, parse_vcpus
 from .xmlnode import InvalidValueError, Node, XElem
 from .xmlsafe import parse_xml
 
@@ -353,6 +354,10 @@ class DomainDef:
     dump_core: str | None = None
     vcpus: int = 1
     max_vcpus: int = 1
+    #: ``<vcpus>``: each vCPU's state (enabled, hotpluggable, order), or None when the XML
+    #: has none (libvirt's ``individualvcpus``); a running domain gets one once a vCPU is
+    #: plugged, so a restore plugs the same devices.
+    vcpu_states: list[VcpuState] | None = None
     cpuset: str | None = None
     os: OSDef = field(default_factory=OSDef)
     features: Features = field(default_factory=Features)
@@ -523,6 +528,7 @@ class DomainDef:
             },
             text=str(self.max_vcpus),
         )
+        format_vcpus(root, self.vcpu_states)
         if self.iothread_ids:
             root.add("iothreads", text=str(len(self.iothread_ids)))
             if self.iothread_ids_given:
@@ -974,6 +980,9 @@ def _parse_vcpu(node: Node, d: DomainDef) -> None:
         parse_cpuset(cpuset)
         d.cpuset = cpuset
     vcpu.finish()
+    d.vcpu_states = parse_vcpus(node, max_vcpus=d.max_vcpus, current=current)
+    if d.vcpu_states is not None:
+        d.vcpus = sum(1 for s in d.vcpu_states if s.enabled)
 
 
 def parse_cpuset(text: str) -> set[int]:

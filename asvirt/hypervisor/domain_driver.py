@@ -896,6 +896,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                     raise InvalidArgError("CPU topology doesn't match the desired vcpu count")
                 updated.max_vcpus = count
                 updated.vcpus = min(updated.vcpus, count)
+                updated.vcpu_states = None  # the per-vCPU states were of the old maximum
                 await self._redefine(obj, updated)
                 return
             if live:
@@ -917,6 +918,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
             if config and obj.persistent_def is not None:
                 updated = obj.persistent_def.copy()
                 updated.vcpus = count
+                updated.vcpu_states = None  # the first `count` boot, as <vcpu current> says
                 await self._redefine(obj, updated)
 
     async def domain_vcpus_count(

@@ -98,6 +98,51 @@ def test_vcpu_current_and_cpuset() -> None:
         parse_domain_xml(dom(body="<vcpu placement='auto'>2</vcpu>"))
 
 
+def test_per_vcpu_states(schema: etree.RelaxNG) -> None:
+    """<vcpus>: which vCPUs are enabled and which hot-plugged (libvirt's individual vCPUs);
+    the enabled count is the current count, and the XML goes round valid."""
+    vcpus = (
+        "<vcpus><vcpu id='0' enabled='yes' hotpluggable='no' order='1'/>"
+        "<vcpu id='1' enabled='no' hotpluggable='yes'/>"
+        "<vcpu id='2' enabled='yes' hotpluggable='yes' order='2'/></vcpus>"
+    )
+    d = parse_domain_xml(dom(body="<vcpu placement='static'>3</vcpu>" + vcpus))
+    assert (d.vcpus, d.max_vcpus) == (2, 3)
+    assert d.vcpu_states is not None
+    assert [(s.id, s.enabled, s.hotpluggable, s.order) for s in d.vcpu_states] == [
+        (0, True, False, 1),
+        (1, False, True, None),
+        (2, True, True, 2),
+    ]
+    out = postparse_domain(d).to_xml()
+    assert "<vcpu placement='static' current='2'>3</vcpu>" in out
+    assert "<vcpu id='2' enabled='yes' hotpluggable='yes' order='2'/>" in out
+    assert schema.validate(etree.fromstring(out.encode())), schema.error_log
+    assert postparse_domain(parse_domain_xml(out)).to_xml() == out
+    # Left out: as <vcpu current> says (the first boot, the rest are pluggable).
+    d = parse_domain_xml(dom(body="<vcpu current='1'>2</vcpu><vcpus/>"))
+    assert d.vcpu_states is not None
+    assert [(s.enabled, s.hotpluggable) for s in d.vcpu_states] == [(True, False), (False, True)]
+    bad = {
+        "<vcpu>2</vcpu><vcpus><vcpu id='2' enabled='yes'/></vcpus>": "out of range",
+        "<vcpu>2</vcpu><vcpus><vcpu id='1' enabled='yes'/><vcpu id='1' enabled='no'/></vcpus>": (
+            "duplicate vcpu id"
+        ),
+        "<vcpu>2</vcpu><vcpus><vcpu id='1'/></vcpus>": "enabled",
+        "<vcpu>2</vcpu><vcpus><vcpu id='0' enabled='no'/></vcpus>": "vcpu 0",
+        "<vcpu current='2'>2</vcpu><vcpus><vcpu id='1' enabled='no'/></vcpus>": "says 2",
+        "<vcpu>3</vcpu><vcpus><vcpu id='1' enabled='yes' hotpluggable='yes'/></vcpus>": (
+            "must be the first ones"
+        ),
+        "<vcpu>3</vcpu><vcpus><vcpu id='1' enabled='yes' hotpluggable='yes' order='2'/>"
+        "<vcpu id='2' enabled='yes' hotpluggable='yes' order='2'/></vcpus>": "duplicate vcpu order",
+        "<vcpu>2</vcpu><vcpus><vcpu id='1' enabled='yes' bogus='1'/></vcpus>": "bogus",
+    }
+    for body, message in bad.items():
+        with pytest.raises(XMLError, match=message):
+            parse_domain_xml(dom(body=body))
+
+
 def test_title_description_metadata() -> None:
     body = (
         "<title>A title</title><description>multi\nline &amp; text</description>"

@@ -85,6 +85,15 @@ def test_kvm_and_cpu_modes(caps: Caps) -> None:
     argv = argv_of(caps, dom(body=body))
     assert opts(argv, "-cpu") == ["core2duo,sse4.1=off,kvmclock=off,kvm-pv-eoi=on"]
     assert opts(argv, "-smp") == ["2,maxcpus=6,sockets=3,dies=1,clusters=1,cores=2,threads=1"]
+    # <vcpus>: only the enabled vCPUs that are not hotpluggable boot; the runner plugs the
+    # enabled hotpluggable one (vcpu2) before the guest runs.
+    body = (
+        "<vcpu>4</vcpu><vcpus><vcpu id='1' enabled='yes' hotpluggable='no'/>"
+        "<vcpu id='2' enabled='yes' hotpluggable='yes' order='3'/>"
+        "<vcpu id='3' enabled='no'/></vcpus>"
+    )
+    argv = argv_of(caps, dom(body=body))
+    assert opts(argv, "-smp") == ["2,maxcpus=4,sockets=4,cores=1,threads=1"]
 
 
 def test_clock_and_timers(caps: Caps) -> None:

@@ -36,6 +36,7 @@ from ...conf.devices import (
     virtio_props,
 )
 from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.vcpus import boot_vcpus
 from ...errors import ConfigUnsupportedError, OperationFailedError
 from . import command_extra as extra
 from . import command_more as more
@@ -443,8 +444,11 @@ class _Builder:
 
     def _smp(self) -> None:
         d = self.d
-        opts = [str(d.vcpus)]
-        if d.vcpus != d.max_vcpus:
+        # With <vcpus>, only the enabled vCPUs that are not hotpluggable boot; the runner
+        # plugs the others as devices before the guest runs (or its saved state loads).
+        booted = boot_vcpus(d.vcpu_states, d.vcpus)
+        opts = [str(booted)]
+        if booted != d.max_vcpus:
             opts.append(f"maxcpus={d.max_vcpus}")
         topo = d.cpu.topology if d.cpu is not None else None
         if topo is not None:

@@ -210,6 +210,8 @@ class HotplugOps:
 
         async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def send_fd(self, fd: int, name: str) -> None: ...
+
         def mark_dirty(self) -> None: ...
 
         def _persist_status(self, durable: bool = True) -> None: ...
@@ -336,9 +338,8 @@ class HotplugOps:
             args.update(type="tap", fd=f"asvirt-tap{next(_fd_names)}")
         try:
             if fd is not None:
-                assert self._monitor is not None
                 # The tap exists while a descriptor is open: ours until QEMU has its own.
-                await self._monitor.send_fd(fd, args["fd"])
+                await self.send_fd(fd, args["fd"])
             await self.execute("netdev_add", args)
         finally:
             if fd is not None:

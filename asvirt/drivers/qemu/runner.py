@@ -88,6 +88,13 @@ from .status import RUNNING, STARTING, StatusRecord
 from .vcpus import ResourceOps, vcpu_unplug_event
 
 
+class DomainStoppedError(OperationInvalidError, QMPError):
+    """A QMP call lost its monitor because the domain stopped under it (a racing destroy,
+    QEMU exiting): to the caller the domain is not running, as libvirt says
+    (VIR_ERR_OPERATION_INVALID). Still a QMPError, so the runner's own handlers of a lost
+    monitor (refreshing state, giving up a follow-up) treat it as before."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunnerEnv:
     """What a runner needs from its node to run a QEMU."""
@@ -459,10 +466,40 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a QMP command on this QEMU, then wait until the events it caused are processed."""
         if self._monitor is None or self.exited:
+            if self.exited:
+                raise DomainStoppedError(f"domain '{self._name}' is not running")
             raise QMPError(f"domain '{self._name}' has no monitor connection")
-        result = await self._monitor.execute(command, arguments)
+        result = await self._call(command, arguments)
         await self.sync_events()
         return result
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` under ``name`` (see :meth:`Monitor.send_fd`)."""
+        assert self._monitor is not None
+        try:
+            await self._monitor.send_fd(fd, name)
+        except QMPError as err:
+            raise await self._monitor_error(err) from None
+
+    async def _monitor_error(self, err: QMPError) -> QMPError:
+        """What a failed QMP exchange is to the caller: the one place a lost monitor becomes
+        "domain is not running" (libvirt's OPERATION_INVALID) when QEMU really went (it is
+        exiting: waited for, within the destroy grace period). QEMU's own refusals, and a
+        monitor lost while QEMU lives on, stay the QMPError. A stop the supervisor began
+        (destroy, a save's end) counts at once: QEMU is going."""
+        if err.error_class is not None:
+            return err
+        if not self.machine.stopping:
+            # Not ended by the supervisor: a QEMU that died exits now (the runner notices
+            # within a second or two, since it lets the monitor and events drain first).
+            with trio.move_on_after(self._env.config.destroy_grace + 2):
+                while not self.exited:
+                    await self._progress.park()
+        if not (self.exited or self.machine.stopping):
+            return err
+        stopped = DomainStoppedError(f"domain '{self._name}' is not running")
+        stopped.__cause__ = err
+        return stopped
 
     async def sync_events(self) -> None:
         """Wait until every event QEMU sent before now has been processed.
@@ -476,8 +513,12 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             await self._progress.park()
 
     async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command (without waiting for the events it caused)."""
         assert self._monitor is not None
-        return await self._monitor.execute(command, arguments)
+        try:
+            return await self._monitor.execute(command, arguments)
+        except QMPError as err:
+            raise await self._monitor_error(err) from None
 
     def mark_dirty(self) -> None:
         self._status_dirty.set()
@@ -767,6 +808,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         for nic in links_down(self._live_def):
             # QEMU has no command-line switch for a NIC whose link starts down.
             await self._call("set_link", {"name": nic, "up": False})
+        # Before tuning (which pins every vCPU thread) and before a saved state loads.
+        await self.plug_defined_vcpus()
         await self._apply_tuning()
         origin = self._origin
         kind = StartKind.BOOT

@@ -35,12 +35,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...drivers.base import ProgressCallback
-from ...errors import (
-    OperationFailedError,
-    OperationInvalidError,
-    OperationUnsupportedError,
-    QMPError,
-)
+from ...errors import OperationFailedError, OperationInvalidError, QMPError
 from ...events.types import ResumedDetail
 from ...hypervisor.guest_state import FromImage, SnapshotTarget
 from ...hypervisor.guest_state import StopCause as StateStopCause
@@ -84,6 +79,8 @@ class GuestStateOps:
 
         async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def send_fd(self, fd: int, name: str) -> None: ...
+
         def watch_events(
             self, *names: str
         ) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]: ...
@@ -91,8 +88,6 @@ class GuestStateOps:
         def _handle(self, reaction: Reaction, *, follow_up: bool = True) -> None: ...
 
         async def _terminate(self) -> None: ...
-
-        async def plugged_vcpu_aliases(self) -> list[str]: ...
 
         def _log_tail(self, lines: int = 5) -> str: ...
 
@@ -291,28 +286,17 @@ class GuestStateOps:
     # -- save ---------------------------------------------------------------------------------
 
     async def save_state(self, fd: int, *, progress: ProgressCallback | None) -> None:
-        plugged = await self.plugged_vcpu_aliases()
-        if plugged:
-            # A restore starts QEMU with every vCPU of the live definition as a boot vCPU,
-            # not as the devices the saved state holds: QEMU could not load the image, and
-            # the guest's only state would be lost with its QEMU. Refused before anything.
-            raise OperationUnsupportedError(
-                f"domain '{self._name}' has vCPUs plugged while it ran ({', '.join(plugged)}): "
-                "its saved state could not be restored; unplug them first (set_vcpus to the "
-                "count it booted with), or shut it down"
-            )
         was_running = self.machine.state is DomainState.RUNNING
         if was_running:
             self.machine.expect_pause(PausedReason.SAVE)
             await self.execute("stop")
         try:
-            assert self._monitor is not None
             await self._call(
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "events", "state": True}]},
             )
             await self._call("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
-            await self._monitor.send_fd(fd, SAVE_FD_NAME)
+            await self.send_fd(fd, SAVE_FD_NAME)
             with self.watch_events("MIGRATION") as events:
                 await self._call("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
                 # The nursery only reports progress: a QEMU that exits mid-way is an

@@ -18,6 +18,12 @@ QEMU which remain; nothing polls. The vCPUs the guest booted
 with have no id and cannot be unplugged (libvirt's ``hotpluggable='no'``). Whatever
 happened, the live definition's count is then read back from QEMU, and a guest that
 releases a vCPU after the deadline is still counted when its DEVICE_DELETED comes.
+
+What QEMU lists also becomes the live definition's ``<vcpus>`` (see
+:mod:`asvirt.conf.vcpus`) once a vCPU is plugged: which vCPUs are devices, in plug order. A
+QEMU started from such a definition boots the others and plugs these before its guest runs
+or a saved state loads (:meth:`ResourceOps.plug_defined_vcpus`), so the state finds the
+devices it was saved with.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ...conf.vcpus import plug_order, states_from_qemu
 from ...errors import ConfigUnsupportedError, OperationFailedError, OperationTimeoutError, QMPError
 from .savevm import RESYNC_EVENT
 
@@ -90,6 +97,17 @@ def vcpu_eject_refused(event: dict[str, Any]) -> str | None:
     if info.get("status") in (_OST_DONE, _OST_IN_PROGRESS):
         return None
     return str(info.get("device") or info.get("slot"))
+
+
+def unplug_refused(domain: str, alias: str, err: QMPError) -> OperationFailedError:
+    """The caller's error for a vCPU unplug QEMU refused. QEMU asks the guest's ACPI to
+    eject a CPU; a guest that has not booted an OS (paused at start: QEMU 7.2 says "device
+    unplug request for not supported device type") or whose OS does not handle it cannot
+    be asked."""
+    return OperationFailedError(
+        f"cannot unplug vCPU {alias} of domain '{domain}': the guest must be running an "
+        f"operating system that handles ACPI CPU hot-unplug ({err})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +220,8 @@ class ResourceOps:
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
         def watch_events(
             self, *names: str
         ) -> AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]: ...
@@ -221,13 +241,23 @@ class ResourceOps:
             self._live_xml = None
             self.mark_dirty()
 
-    async def plugged_vcpu_aliases(self) -> list[str]:
-        """The vCPUs plugged into the running guest as devices (not those it booted with)."""
-        try:
-            slots = cpu_slots(await self.execute("query-hotpluggable-cpus"))
-        except QMPError:
-            return []  # a machine that cannot plug CPUs has none plugged
-        return [slot.alias for slot in slots if slot.removable]
+    async def plug_defined_vcpus(self) -> None:
+        """Plug the enabled hotpluggable vCPUs of ``<vcpus>``, in their order, into a QEMU
+        that has not run yet: a restored or reverted guest's state holds them as devices,
+        and QEMU loads it only into the same devices (libvirt's
+        ``qemuProcessSetupHotpluggableVcpus``)."""
+        ids = plug_order(self._live_def.vcpu_states)
+        if not ids:
+            return
+        slots = {s.index: s for s in cpu_slots(await self._call("query-hotpluggable-cpus"))}
+        for vid in ids:
+            slot = slots.get(vid)
+            if slot is None or slot.vcpus != 1:
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: QEMU has no slot to plug vCPU {vid} into "
+                    "alone (<vcpus> of this machine and topology)"
+                )
+            await self._call("device_add", {"driver": slot.type, "id": slot.alias, **slot.props})
 
     async def set_vcpus(self, count: int) -> None:
         """Hot(un)plug vCPUs until the guest has ``count``."""
@@ -252,7 +282,12 @@ class ResourceOps:
         pending = {s.alias for s in slots}
         with self.watch_events("DEVICE_DELETED", "ACPI_DEVICE_OST") as events:
             for slot in slots:
-                await self.execute("device_del", {"id": slot.alias})
+                try:
+                    await self.execute("device_del", {"id": slot.alias})
+                except QMPError as err:
+                    if err.error_class is None:
+                        raise  # no refusal of QEMU's: the monitor (or the domain) went
+                    raise unplug_refused(self._name, slot.alias, err) from None
             with trio.move_on_after(self._env.config.unplug_timeout):
                 async for event in events:
                     refused = vcpu_eject_refused(event)
@@ -284,8 +319,21 @@ class ResourceOps:
             self.log.warning("cannot read the plugged vCPUs", error=str(err))
             return
         count = plugged_vcpus(slots)
-        if count and count != self._live_def.vcpus:
-            self._live_def.vcpus = count
+        live = self._live_def
+        states = live.vcpu_states
+        if any(s.removable for s in slots) or states is not None:
+            # The live XML says which vCPUs are plugged devices (<vcpus>), so that a save,
+            # managed save or snapshot of it is restored into the same devices.
+            present = {
+                s.index + k: s.removable
+                for s in slots
+                if s.qom_path is not None
+                for k in range(s.vcpus)
+            }
+            states = states_from_qemu(live.vcpu_states, present, live.max_vcpus)
+        if count and (count != live.vcpus or states != live.vcpu_states):
+            live.vcpus = count
+            live.vcpu_states = states
             self._vcpu_threads = None  # the statistics ask QEMU for the new threads
             self._live_xml = None
             self.mark_dirty()
@@ -299,6 +347,7 @@ __all__ = [
     "is_vcpu_alias",
     "plan_vcpus",
     "plugged_vcpus",
+    "unplug_refused",
     "vcpu_eject_refused",
     "vcpu_unplug_event",
 ]

@@ -43,6 +43,7 @@ import trio
 from ...conf.devices import Disk, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.postparse import postparse_domain
+from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
@@ -85,7 +86,7 @@ from ...states import DomainState, PausedReason, RunningReason, StateReason
 from ..base import InterfaceStats, StatsGroup
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
-from ..qemu.vcpus import CpuSlot, plan_vcpus
+from ..qemu.vcpus import CpuSlot, plan_vcpus, unplug_refused
 
 if TYPE_CHECKING:
     from .state import Scheduler
@@ -177,8 +178,9 @@ class SimulatedVM:
         )
         # vCPUs: those it booted with (QEMU's -smp N), those hot-plugged since (their
         # indexes), and those asked to go that the guest has not released yet.
-        self._boot_vcpus = live_def.vcpus
-        self._hotplugged: set[int] = set()
+        self._boot_vcpus = boot_vcpus(live_def.vcpu_states, live_def.vcpus)
+        # <vcpus>' enabled hotpluggable ones are plugged at start, as QEMU's runner does.
+        self._hotplugged: set[int] = set(plug_order(live_def.vcpu_states))
         self._unplug_asked: set[int] = set()
         self._unplugged = trio.Event()
         # The simulated guest agent's state (None: not known yet, as for QEMU at start).
@@ -496,11 +498,12 @@ class SimulatedVM:
         if not self._booted:
             # The guest's firmware never switched QEMU's CPU hotplug to its modern
             # interface: QEMU 7.2 refuses, so.
-            raise QMPError(
+            refusal = QMPError(
                 "QEMU refused 'device_del': acpi: device unplug request for not supported "
                 f"device type: {SIMULATED_CPU_TYPE}",
                 error_class="GenericError",
             )
+            raise unplug_refused(self.name, plan.unplug[0].alias, refusal)
         self._unplug_asked |= {slot.index for slot in plan.unplug}
         self._unplugged = trio.Event()
         self._wake_unplug()
@@ -526,7 +529,13 @@ class SimulatedVM:
         return slots
 
     def _vcpus_changed(self) -> None:
-        self._live_def.vcpus = self._boot_vcpus + len(self._hotplugged)
+        live = self._live_def
+        live.vcpus = self._boot_vcpus + len(self._hotplugged)
+        if self._hotplugged or live.vcpu_states is not None:
+            # As QEMU's runner: the live XML's <vcpus> says which vCPUs are plugged devices.
+            present = {i: False for i in range(self._boot_vcpus)}
+            present.update({i: True for i in self._hotplugged})
+            live.vcpu_states = states_from_qemu(live.vcpu_states, present, live.max_vcpus)
 
     def _wake_balloon(self) -> None:
         if self._booted and self._balloon_target != self._balloon_actual:
