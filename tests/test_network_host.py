@@ -407,6 +407,36 @@ def test_a_network_that_cannot_start_changes_nothing(
     assert not (root / "etc" / "network" / "x.xml").exists()
 
 
+def test_a_network_whose_dnsmasq_cannot_start_leaves_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    cli = net_lab.cli
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    # Port 53 of every address is taken: dnsmasq cannot bind the bridge's, and says so,
+    # while nft (run beside the bridge and dnsmasq) may have made the table already.
+    squat = (
+        "import socket,sys,time\n"
+        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+        "print('ready', flush=True); time.sleep(600)\n"
+    )
+    squatter = net_lab.spawn(sys.executable, "-c", squat)
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1, err
+    assert "dnsmasq failed to start" in err.stderr and "Address already in use" in err.stderr
+    assert "Traceback" not in err.stderr and "ExceptionGroup" not in err.stderr
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    squatter.kill()
+    squatter.wait(timeout=10)
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_domain_interfaces_need_a_running_network_or_a_real_bridge(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:

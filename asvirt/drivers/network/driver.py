@@ -55,6 +55,7 @@ from ...errors import (
 from ...events import EventBus, NetworkLifecycleEvent
 from ...log import get_logger
 from ..base import IPAddrType, NetworkDHCPLease
+from ..groups import unwrap_single_error
 from ..layout import NodeDirs
 from . import bridge, dnsmasq, firewall, leases, tap
 from .core import NetworkDriverCore, NetworkObj
@@ -249,17 +250,20 @@ class HostNetworkBackend:
         self._save_state(state)
         try:
             # The table names the bridge only by name, so nft (a process of its own) runs
-            # while the bridge is made; both are in place before dnsmasq starts, and no tap
-            # can join the bridge before the network is reported running.
-            async with trio.open_nursery() as nursery:
-                if state.nft_table is not None:
-                    nursery.start_soon(
-                        lambda: firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
-                    )
-                if state.bridge is not None:
-                    await self._create_bridge(defn, state.owner)
-            if defn.needs_dnsmasq:
-                await self._start_dnsmasq(runtime)
+            # while the bridge is made and dnsmasq starts on it: all are in place before the
+            # network is reported running, and no tap can join the bridge before that.
+            refused: list[AsvirtError] = []
+            with unwrap_single_error():
+                async with trio.open_nursery() as nursery:
+                    if state.nft_table is not None:
+                        nursery.start_soon(self._install_rules, defn, refused, nursery)
+                    if state.bridge is not None:
+                        await self._create_bridge(defn, state.owner)
+                    if defn.needs_dnsmasq:
+                        # Its pid is recorded with the phase, just below.
+                        await self._start_dnsmasq(runtime, record=False)
+            if refused:
+                raise refused[0]
             state.phase = RUNNING
             self._save_state(state)
         except BaseException:
@@ -269,6 +273,17 @@ class HostNetworkBackend:
         self._watch(obj, runtime)
         log.info("network started", network=defn.name, bridge=defn.bridge, mode=defn.forward_mode)
         return runtime
+
+    async def _install_rules(
+        self, defn: NetworkDef, refused: list[AsvirtError], nursery: trio.Nursery
+    ) -> None:
+        """The network's nft table, beside the rest of a start: a refusal is kept in
+        ``refused`` (for the start to raise as itself) and cancels the rest."""
+        try:
+            await firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
+        except AsvirtError as err:
+            refused.append(err)
+            nursery.cancel_scope.cancel()
 
     async def stop(self, obj: NetworkObj) -> None:
         runtime: NetworkRuntime = obj.runtime
@@ -323,13 +338,14 @@ class HostNetworkBackend:
             except Exception as err:
                 errors.append(f"cannot delete bridge '{br}': {err}")
 
-        async with trio.open_nursery() as nursery:
-            if pidfd is not None:
-                nursery.start_soon(stop_dnsmasq, pidfd)
-            if state.nft_table is not None:
-                nursery.start_soon(remove_table)
-            if state.bridge is not None:
-                nursery.start_soon(remove_bridge, state.bridge)
+        with unwrap_single_error():  # only stop_dnsmasq can raise
+            async with trio.open_nursery() as nursery:
+                if pidfd is not None:
+                    nursery.start_soon(stop_dnsmasq, pidfd)
+                if state.nft_table is not None:
+                    nursery.start_soon(remove_table)
+                if state.bridge is not None:
+                    nursery.start_soon(remove_bridge, state.bridge)
         for path in (
             self.paths.dnsmasq_conf(name),
             self.paths.pid(name),
@@ -410,7 +426,9 @@ class HostNetworkBackend:
 
     # -- dnsmasq ---------------------------------------------------------------------------------
 
-    async def _start_dnsmasq(self, runtime: NetworkRuntime) -> None:
+    async def _start_dnsmasq(self, runtime: NetworkRuntime, *, record: bool = True) -> None:
+        """Launch the network's dnsmasq, its pidfd in ``runtime``; ``record``: and its pid
+        in the state file (else the caller saves the state)."""
         defn, name = runtime.defn, runtime.defn.name
         paths = self.paths
         conf = dnsmasq.config(
@@ -429,17 +447,22 @@ class HostNetworkBackend:
             raise SystemCallError.from_oserror(
                 err, f"write dnsmasq files of network '{name}'"
             ) from None
-        proc, pidfd = await dnsmasq.launch(
-            self.config.dnsmasq,
-            conf_file=paths.dnsmasq_conf(name),
-            pid_file=paths.pid(name),
-            log_file=paths.log(name),
-            timeout=self.config.dnsmasq_start_timeout,
-        )
+        # Shielded (dnsmasq's own timeout bounds it): a launch cancelled half-way (a failed
+        # nft beside it, a caller gone) would leave a dnsmasq nobody holds; finished, its
+        # pidfd is in ``runtime`` for the take-down that follows.
+        with trio.CancelScope(shield=True):
+            proc, pidfd = await dnsmasq.launch(
+                self.config.dnsmasq,
+                conf_file=paths.dnsmasq_conf(name),
+                pid_file=paths.pid(name),
+                log_file=paths.log(name),
+                timeout=self.config.dnsmasq_start_timeout,
+            )
         runtime.pidfd = pidfd
         runtime.state.dnsmasq_pid = proc.pid
         runtime.state.dnsmasq_start_time = proc.start_time
-        self._save_state(runtime.state)
+        if record:
+            self._save_state(runtime.state)
 
     def _watch(self, obj: NetworkObj, runtime: NetworkRuntime) -> None:
         if runtime.pidfd is None or self._nursery is None:
