@@ -437,10 +437,6 @@ class DirStorageDriver(StorageDriverBase):
         limiter = trio.CapacityLimiter(4)
 
         async def read(name: str, st: os.stat_result) -> None:
-            prev = old.get(name)
-            if isinstance(prev, FileVol) and prev.signature == fs.signature(st):
-                volumes[name] = prev
-                return
             async with limiter:
                 try:
                     volumes[name] = await self._describe(obj, name, st)
@@ -449,15 +445,35 @@ class DirStorageDriver(StorageDriverBase):
                         "skipping unreadable volume", pool=obj.name, volume=name, error=str(err)
                     )
 
-        async with trio.open_nursery() as nursery:
-            for name, st in found.items():
-                nursery.start_soon(read, name, st)
+        changed = []
+        for name, st in found.items():
+            # Files as they were need no qemu-img, so no task either (a pool start would
+            # otherwise run one per volume).
+            prev = old.get(name)
+            if isinstance(prev, FileVol) and prev.signature == fs.signature(st):
+                volumes[name] = prev
+            elif (known := self._known(obj, name, st)) is not None:
+                volumes[name] = known
+            else:
+                changed.append((name, st))
+        if changed:
+            async with trio.open_nursery() as nursery:
+                for name, st in changed:
+                    nursery.start_soon(read, name, st)
         records = self._records.setdefault(obj.name, {})
         for name in [name for name in records if name not in found]:
             del records[name]
             self._dirty.add(obj.name)
         obj.volumes = volumes
         await self._save_records(obj.name)
+
+    def _known(self, obj: PoolObj, name: str, st: os.stat_result) -> FileVol | None:
+        """The volume as its record has it, if its file is as it was when last read (what
+        :meth:`_describe` would answer without qemu-img); else None."""
+        rec = self._records.get(obj.name, {}).get(name)
+        if rec is None or rec.inode != st.st_ino or rec.signature != fs.signature(st):
+            return None
+        return rec.volume(name, posixpath.join(obj.defn.target_path, name), st)
 
     async def _describe(
         self, obj: PoolObj, name: str, st: os.stat_result, *, force: bool = False
