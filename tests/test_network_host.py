@@ -267,7 +267,7 @@ def test_dnsmasq_is_restarted_and_networks_outlive_their_supervisor(
     assert_network_gone(net_lab, root, "virbr0")
 
 
-@pytest.mark.parametrize("phase", ["starting", "stopping"])
+@pytest.mark.parametrize("phase", ["starting", "stopping", "starting, dnsmasq unrecorded"])
 def test_an_interrupted_start_or_stop_is_taken_down_at_open(
     net_lab: Lab, root: Path, tmp_path: Path, phase: str
 ) -> None:
@@ -277,7 +277,11 @@ def test_an_interrupted_start_or_stop_is_taken_down_at_open(
     # As a supervisor killed between two steps leaves it: the intent, and what it made.
     state_path = root / "run" / "network" / "default.state"
     state = json.loads(state_path.read_text())
-    state["phase"] = phase
+    state["phase"] = phase.split(",")[0]
+    if "unrecorded" in phase:
+        # Killed after launching dnsmasq, before recording it: only its pid file knows it.
+        assert dnsmasq_pid(root, "default") in net_lab.processes("dnsmasq")
+        state["dnsmasq_pid"] = state["dnsmasq_start_time"] = None
     state_path.write_text(json.dumps(state))
     listing = cli(root, "net-list", "--all").stdout
     assert re.search(r"^ default\s+inactive\s+no\s+yes$", listing, re.M), listing
@@ -401,6 +405,36 @@ def test_a_network_that_cannot_start_changes_nothing(
     )
     assert err.returncode == 1 and "forward mode 'vepa'" in err.stderr
     assert not (root / "etc" / "network" / "x.xml").exists()
+
+
+def test_a_network_whose_dnsmasq_cannot_start_leaves_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    cli = net_lab.cli
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    # Port 53 of every address is taken: dnsmasq cannot bind the bridge's, and says so,
+    # while nft (run beside the bridge and dnsmasq) may have made the table already.
+    squat = (
+        "import socket,sys,time\n"
+        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+        "print('ready', flush=True); time.sleep(600)\n"
+    )
+    squatter = net_lab.spawn(sys.executable, "-c", squat)
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1, err
+    assert "dnsmasq failed to start" in err.stderr and "Address already in use" in err.stderr
+    assert "Traceback" not in err.stderr and "ExceptionGroup" not in err.stderr
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    squatter.kill()
+    squatter.wait(timeout=10)
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
 
 
 def test_domain_interfaces_need_a_running_network_or_a_real_bridge(

@@ -118,10 +118,17 @@ def create_bridge(
 def delete_link(name: str, *, owner: str | None = None) -> bool:
     """Delete the link ``name`` (only if it carries ``owner``, when given); True if deleted."""
     with netlink() as ipr:
-        index = link_index(ipr, name)
-        if index is None:
+        # One request answers both: its index, and its alias.
+        try:
+            links = ipr.link("get", ifname=name)
+        except Exception as err:
+            if getattr(err, "code", None) == errno.ENODEV:
+                return False
+            raise
+        if not links:
             return False
-        if owner is not None and link_alias(ipr, index) != owner:
+        index = links[0]["index"]
+        if owner is not None and links[0].get_attr("IFLA_IFALIAS") != owner:
             return False
         try:
             ipr.link("del", index=index)

@@ -118,10 +118,15 @@ def config(
 
 def lease_script(python: str, helper: Path, database: Path) -> str:
     """The ``--dhcp-script`` wrapper: dnsmasq runs a program, not a command line."""
+    db = _sh(str(database))
     return (
         "#!/bin/sh\n"
         "# Written by asvirt: dnsmasq reports lease changes here.\n"
-        f'exec {_sh(python)} -I -S {_sh(str(helper))} {_sh(str(database))} "$@"\n'
+        # dnsmasq runs 'init' before it serves, and waits for it: with no database (a
+        # network's first start) the helper would print no lease, so Python, which costs
+        # most of a start, is not run for it.
+        f'if [ "$1" = init ] && [ ! -e {db} ]; then exit 0; fi\n'
+        f'exec {_sh(python)} -I -S {_sh(str(helper))} {db} "$@"\n'
     )
 
 

@@ -55,6 +55,7 @@ from ...errors import (
 from ...events import EventBus, NetworkLifecycleEvent
 from ...log import get_logger
 from ..base import IPAddrType, NetworkDHCPLease
+from ..groups import unwrap_single_error
 from ..layout import NodeDirs
 from . import bridge, dnsmasq, firewall, leases, tap
 from .core import NetworkDriverCore, NetworkObj
@@ -134,9 +135,13 @@ class NetworkState:
     dnsmasq_pid: int | None = None
     dnsmasq_start_time: int | None = None
 
-    def save(self, path: Path, *, durable: bool = True) -> None:
+    def save(self, path: Path) -> None:
+        """Replace the state file atomically, without fsync: what it records (a bridge, an
+        nft table, a dnsmasq) lives in the running kernel, and whatever loses the page cache
+        (a power cut, a kernel crash) takes all of it along. A supervisor killed at any
+        point leaves the kernel, and so the file as last written, to the next one."""
         data = {"format": STATE_FORMAT, **dataclasses.asdict(self)}
-        fsutil.atomic_write(path, json.dumps(data, indent=1).encode(), durable=durable)
+        fsutil.atomic_write(path, json.dumps(data, indent=1).encode(), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> NetworkState:
@@ -240,19 +245,27 @@ class HostNetworkBackend:
             state.bridge = defn.bridge
         if defn.creates_bridge and firewall.needs_rules(defn):
             state.nft_table = firewall.table_name(defn.uuid)
-        # The intent, durably, before anything exists: a supervisor that dies from here on
-        # leaves the record of what to remove.
-        await self._save_state(state)
+        # The intent, before anything exists: a supervisor that dies from here on leaves
+        # the record of what to remove.
+        self._save_state(state)
         try:
-            if state.bridge is not None:
-                await self._create_bridge(defn, state.owner)
-                await trio.to_thread.run_sync(self._enable_forwarding, defn)
-            if state.nft_table is not None:
-                await firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
-            if defn.needs_dnsmasq:
-                await self._start_dnsmasq(runtime)
+            # The table names the bridge only by name, so nft (a process of its own) runs
+            # while the bridge is made and dnsmasq starts on it: all are in place before the
+            # network is reported running, and no tap can join the bridge before that.
+            refused: list[AsvirtError] = []
+            with unwrap_single_error():
+                async with trio.open_nursery() as nursery:
+                    if state.nft_table is not None:
+                        nursery.start_soon(self._install_rules, defn, refused, nursery)
+                    if state.bridge is not None:
+                        await self._create_bridge(defn, state.owner)
+                    if defn.needs_dnsmasq:
+                        # Its pid is recorded with the phase, just below.
+                        await self._start_dnsmasq(runtime, record=False)
+            if refused:
+                raise refused[0]
             state.phase = RUNNING
-            await self._save_state(state)
+            self._save_state(state)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._take_down(state, runtime)
@@ -261,16 +274,32 @@ class HostNetworkBackend:
         log.info("network started", network=defn.name, bridge=defn.bridge, mode=defn.forward_mode)
         return runtime
 
+    async def _install_rules(
+        self, defn: NetworkDef, refused: list[AsvirtError], nursery: trio.Nursery
+    ) -> None:
+        """The network's nft table, beside the rest of a start: a refusal is kept in
+        ``refused`` (for the start to raise as itself) and cancels the rest."""
+        try:
+            await firewall.nft(firewall.ruleset(defn), binary=self.config.nft)
+        except AsvirtError as err:
+            refused.append(err)
+            nursery.cancel_scope.cancel()
+
     async def stop(self, obj: NetworkObj) -> None:
         runtime: NetworkRuntime = obj.runtime
         runtime.state.phase = STOPPING
-        await self._save_state(runtime.state, durable=False)
+        self._save_state(runtime.state)
         with trio.CancelScope(shield=True):
             await self._take_down(runtime.state, runtime)
         log.info("network stopped", network=obj.name)
 
     async def _take_down(self, state: NetworkState, runtime: NetworkRuntime | None) -> None:
-        """Remove whatever ``state`` says may exist, dnsmasq first; then the state file."""
+        """Remove whatever ``state`` says may exist; then the state file.
+
+        dnsmasq is told to go first; its exit, the nft table's removal and the bridge's (the
+        kernel's teardown of a bridge waits out RCU grace periods: most of a stop) are then
+        awaited together, as none needs another gone first (libvirt does not even wait for
+        dnsmasq). All three are gone when this returns."""
         name = state.name
         if runtime is not None and runtime.watcher is not None:
             runtime.watcher.cancel()
@@ -280,26 +309,43 @@ class HostNetworkBackend:
             pidfd = dnsmasq.find(
                 state.dnsmasq_pid, state.dnsmasq_start_time, self.paths.dnsmasq_conf(name)
             )
-        if pidfd is not None:
+        if pidfd is None:
+            # A start (or a restart by the watcher) cut short after it launched a dnsmasq but
+            # before it recorded the pid - its supervisor killed, or the call cancelled -
+            # left one only dnsmasq's own pid file names (checked to run our conf file).
+            found = dnsmasq.adopt(self.paths.pid(name), self.paths.dnsmasq_conf(name))
+            if found is not None:
+                pidfd = found[1]
+        errors: list[str] = []
+
+        async def stop_dnsmasq(pidfd: int) -> None:
             try:
                 await dnsmasq.terminate(pidfd)
             finally:
                 os.close(pidfd)
                 if runtime is not None:
                     runtime.pidfd = None
-        errors: list[str] = []
-        if state.nft_table is not None:
+
+        async def remove_table() -> None:
             try:
                 await firewall.nft(firewall.removal(state.uuid), binary=self.config.nft)
             except AsvirtError as err:
                 errors.append(str(err))
-        if state.bridge is not None:
+
+        async def remove_bridge(br: str) -> None:
             try:
-                await trio.to_thread.run_sync(
-                    lambda: bridge.delete_link(state.bridge or "", owner=state.owner)
-                )
+                await trio.to_thread.run_sync(lambda: bridge.delete_link(br, owner=state.owner))
             except Exception as err:
-                errors.append(f"cannot delete bridge '{state.bridge}': {err}")
+                errors.append(f"cannot delete bridge '{br}': {err}")
+
+        with unwrap_single_error():  # only stop_dnsmasq can raise
+            async with trio.open_nursery() as nursery:
+                if pidfd is not None:
+                    nursery.start_soon(stop_dnsmasq, pidfd)
+                if state.nft_table is not None:
+                    nursery.start_soon(remove_table)
+                if state.bridge is not None:
+                    nursery.start_soon(remove_bridge, state.bridge)
         for path in (
             self.paths.dnsmasq_conf(name),
             self.paths.pid(name),
@@ -343,20 +389,25 @@ class HostNetworkBackend:
 
     async def _create_bridge(self, defn: NetworkDef, owner: str) -> None:
         assert defn.bridge is not None
-        try:
-            await trio.to_thread.run_sync(
-                lambda: bridge.create_bridge(
-                    defn.bridge or "",
-                    owner=owner,
-                    mac=defn.mac,
-                    mtu=defn.mtu,
-                    stp=defn.stp,
-                    delay=defn.delay,
-                    addresses=[ip.interface for ip in defn.ips],
-                )
+
+        def create() -> None:
+            bridge.create_bridge(
+                defn.bridge or "",
+                owner=owner,
+                mac=defn.mac,
+                mtu=defn.mtu,
+                stp=defn.stp,
+                delay=defn.delay,
+                addresses=[ip.interface for ip in defn.ips],
             )
+            self._enable_forwarding(defn)  # in the same worker thread: one hop for both
+
+        try:
+            await trio.to_thread.run_sync(create)
         except OSError as err:
             raise SystemCallError.from_oserror(err, f"create bridge '{defn.bridge}'") from None
+        except AsvirtError:
+            raise  # _enable_forwarding's, already in its own words
         except Exception as err:  # pyroute2's NetlinkError carries an errno in .code
             code = getattr(err, "code", None)
             what = os.strerror(code) if isinstance(code, int) else str(err)
@@ -375,7 +426,9 @@ class HostNetworkBackend:
 
     # -- dnsmasq ---------------------------------------------------------------------------------
 
-    async def _start_dnsmasq(self, runtime: NetworkRuntime) -> None:
+    async def _start_dnsmasq(self, runtime: NetworkRuntime, *, record: bool = True) -> None:
+        """Launch the network's dnsmasq, its pidfd in ``runtime``; ``record``: and its pid
+        in the state file (else the caller saves the state)."""
         defn, name = runtime.defn, runtime.defn.name
         paths = self.paths
         conf = dnsmasq.config(
@@ -394,17 +447,22 @@ class HostNetworkBackend:
             raise SystemCallError.from_oserror(
                 err, f"write dnsmasq files of network '{name}'"
             ) from None
-        proc, pidfd = await dnsmasq.launch(
-            self.config.dnsmasq,
-            conf_file=paths.dnsmasq_conf(name),
-            pid_file=paths.pid(name),
-            log_file=paths.log(name),
-            timeout=self.config.dnsmasq_start_timeout,
-        )
+        # Shielded (dnsmasq's own timeout bounds it): a launch cancelled half-way (a failed
+        # nft beside it, a caller gone) would leave a dnsmasq nobody holds; finished, its
+        # pidfd is in ``runtime`` for the take-down that follows.
+        with trio.CancelScope(shield=True):
+            proc, pidfd = await dnsmasq.launch(
+                self.config.dnsmasq,
+                conf_file=paths.dnsmasq_conf(name),
+                pid_file=paths.pid(name),
+                log_file=paths.log(name),
+                timeout=self.config.dnsmasq_start_timeout,
+            )
         runtime.pidfd = pidfd
         runtime.state.dnsmasq_pid = proc.pid
         runtime.state.dnsmasq_start_time = proc.start_time
-        await self._save_state(runtime.state, durable=False)
+        if record:
+            self._save_state(runtime.state)
 
     def _watch(self, obj: NetworkObj, runtime: NetworkRuntime) -> None:
         if runtime.pidfd is None or self._nursery is None:
@@ -482,10 +540,12 @@ class HostNetworkBackend:
 
     # -- the node's life ---------------------------------------------------------------------------
 
-    async def _save_state(self, state: NetworkState, *, durable: bool = True) -> None:
+    def _save_state(self, state: NetworkState) -> None:
+        # In this thread: a small write to the page cache (no fsync, see NetworkState.save)
+        # costs less than the hop to a worker thread.
         path = self.paths.state(state.name)
         try:
-            await trio.to_thread.run_sync(lambda: state.save(path, durable=durable))
+            state.save(path)
         except OSError as err:
             raise SystemCallError.from_oserror(
                 err, f"record the state of network '{state.name}' in", path
@@ -604,7 +664,7 @@ class HostNetworkBackend:
                         pid=proc.pid,
                     )
                     state.dnsmasq_pid, state.dnsmasq_start_time = proc.pid, proc.start_time
-                    await self._save_state(state, durable=False)
+                    self._save_state(state)
             if pidfd is None:
                 log.warning(
                     "dnsmasq of network died while unsupervised; starting it again",

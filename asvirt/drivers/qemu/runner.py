@@ -64,6 +64,7 @@ from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import GroupBits, PendingSample, ReadySample, RuntimeSample, SampleScope
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
+from ..groups import unwrap_single_error
 from . import membacking, process, tuning
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
@@ -76,7 +77,6 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
-from .groups import unwrap_single_error
 from .helpers import DomainHelpers, drop_missing_sources
 from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost, Pending, Prepared

@@ -40,7 +40,7 @@ from ...events.types import ResumedDetail
 from ...hypervisor.guest_state import FromImage, SnapshotTarget
 from ...hypervisor.guest_state import StopCause as StateStopCause
 from ...states import DomainState, PausedReason, RunningReason
-from .groups import unwrap_single_error
+from ..groups import unwrap_single_error
 from .statemachine import StopCause
 
 if TYPE_CHECKING:

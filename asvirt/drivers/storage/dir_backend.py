@@ -95,35 +95,34 @@ def open_dir(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def remove_leftovers(path: str) -> list[str]:
-    """Remove temporary files of volumes a killed process never finished; their names."""
-    removed = []
-    with open_dir(path) as dfd:
-        for entry in os.scandir(dfd):
-            name = entry.name
-            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dfd)
-                    removed.append(name)
-    return removed
-
-
-def scan(path: str) -> dict[str, os.stat_result]:
+def scan(path: str, *, leftovers: list[str] | None = None) -> dict[str, os.stat_result]:
     """The pool's volumes: every regular file with a volume's name, and its ``lstat``.
 
-    Hidden files (temporary ones), symlinks, directories and devices are not volumes.
+    Hidden files (temporary ones), symlinks, directories and devices are not volumes. With
+    ``leftovers`` (a pool being started), the temporary files of volumes a killed process
+    never finished are removed in the same pass over the directory, and their names added
+    to it.
     """
     found = {}
     with open_dir(path) as dfd:
         for entry in os.scandir(dfd):
-            if not is_volume_name(entry.name):
+            name = entry.name
+            if not is_volume_name(name):
+                if (
+                    leftovers is not None
+                    and name.startswith(TEMP_PREFIX)
+                    and name.endswith(TEMP_SUFFIX)
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
+                        leftovers.append(name)
                 continue
             try:
-                st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed meanwhile
             if stat.S_ISREG(st.st_mode):
-                found[entry.name] = st
+                found[name] = st
     return found
 
 
@@ -316,7 +315,6 @@ __all__ = [
     "open_volume",
     "publish",
     "remove",
-    "remove_leftovers",
     "replace",
     "resize_raw",
     "scan",

@@ -196,6 +196,27 @@ async def _fs(
         raise SystemCallError.from_oserror(err, doing, path) from None
 
 
+def _check_dir(target: str) -> None:
+    """:func:`.dir_backend.check_dir`, its refusal in asvirt's words. Blocking."""
+    try:
+        fs.check_dir(target)
+    except OSError as err:
+        if err.errno == errno.EPERM:
+            raise OperationFailedError(
+                f"refusing storage pool directory '{target}': {err.strerror}; a volume "
+                "there could be replaced behind asvirt's back"
+            ) from None
+        raise SystemCallError.from_oserror(err, "open directory", target) from None
+
+
+def _scan_dir(target: str, *, leftovers: list[str] | None = None) -> dict[str, os.stat_result]:
+    """:func:`.dir_backend.scan`, its failure in asvirt's words. Blocking."""
+    try:
+        return fs.scan(target, leftovers=leftovers)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "read directory", target) from None
+
+
 class DirStorageDriver(StorageDriverBase):
     """libvirt's storage driver for ``dir`` pools, on a QEMU node's root."""
 
@@ -346,35 +367,45 @@ class DirStorageDriver(StorageDriverBase):
 
     async def _start_pool(self, obj: PoolObj) -> None:
         target = obj.defn.target_path
-        await self._check_dir(target)
-        removed = await _fs(fs.remove_leftovers, target, doing="clean up", path=target)
+        removed: list[str] = []
+        records = self.paths.volumes(obj.name)
+
+        def open_pool() -> tuple[dict[str, os.stat_result], bytes | None]:
+            # One worker-thread hop and one pass over the directory for all a start reads
+            # (a hop costs more than these few system calls on a loaded machine).
+            _check_dir(target)
+            found = _scan_dir(target, leftovers=removed)
+            try:
+                return found, fsutil.read_nofollow(records)
+            except FileNotFoundError:
+                return found, None
+            except OSError as err:
+                log.error("ignoring unreadable volume records", path=str(records), error=str(err))
+                return found, None
+
+        found, data = await trio.to_thread.run_sync(open_pool)
         if removed:
             log.info("removed unfinished volumes", pool=obj.name, files=removed)
-        await self._load_records(obj.name, target)
+        self._parse_records(obj.name, target, data)
         obj.volumes = {}
-        await self._scan(obj)
+        await self._scan(obj, found)
         state = self.paths.state(obj.name)
-        await _fs(
-            fsutil.atomic_write,
-            state,
-            obj.defn.to_xml().encode(),
-            doing=f"record storage pool '{obj.name}' as running in",
-            path=state,
-        )
-
-    async def _check_dir(self, target: str) -> None:
+        # Not fsynced, and in this thread: the state only says which pools run, which no
+        # boot outlives (the first open after a boot removes it, above), so whatever loses
+        # the page cache makes it moot; the rename keeps it whole.
         try:
-            await trio.to_thread.run_sync(fs.check_dir, target)
+            fsutil.atomic_write(state, obj.defn.to_xml().encode(), durable=False)
         except OSError as err:
-            if err.errno == errno.EPERM:
-                raise OperationFailedError(
-                    f"refusing storage pool directory '{target}': {err.strerror}; a volume "
-                    "there could be replaced behind asvirt's back"
-                ) from None
-            raise SystemCallError.from_oserror(err, "open directory", target) from None
+            raise SystemCallError.from_oserror(
+                err, f"record storage pool '{obj.name}' as running in", state
+            ) from None
 
     async def _stop_pool(self, obj: PoolObj) -> None:
-        await _fs(fsutil.remove, self.paths.state(obj.name), doing="remove the state of pool")
+        # A single unlink: cheaper here than a hop to a worker thread.
+        try:
+            fsutil.remove(self.paths.state(obj.name))
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "remove the state of pool") from None
         obj.volumes = {}
 
     async def _build_pool(self, obj: PoolObj) -> None:
@@ -385,28 +416,27 @@ class DirStorageDriver(StorageDriverBase):
         await _fs(fs.delete_dir, obj.defn.target_path, doing="delete storage pool directory")
 
     async def _refresh_pool(self, obj: PoolObj) -> None:
-        await self._check_dir(obj.defn.target_path)
-        await self._scan(obj)
+        target = obj.defn.target_path
+
+        def read() -> dict[str, os.stat_result]:
+            _check_dir(target)
+            return _scan_dir(target)
+
+        await self._scan(obj, await trio.to_thread.run_sync(read))
 
     async def _pool_sizes(self, obj: PoolObj) -> tuple[int, int, int]:
         target = obj.defn.target_path
         return await _fs(fs.sizes, target, doing="read the size of", path=target)
 
-    async def _scan(self, obj: PoolObj) -> None:
-        """Read the pool's directory: new files become volumes, removed ones go, changed
-        ones are read again (qemu-img runs only for files that changed since it last ran,
-        in this process or an earlier one)."""
-        target = obj.defn.target_path
-        found = await _fs(fs.scan, target, doing="read directory", path=target)
+    async def _scan(self, obj: PoolObj, found: dict[str, os.stat_result]) -> None:
+        """Take in the pool's directory as ``found`` (:func:`_scan_dir`): new files become
+        volumes, removed ones go, changed ones are read again (qemu-img runs only for files
+        that changed since it last ran, in this process or an earlier one)."""
         old = obj.volumes
         volumes: dict[str, VolDef] = {}
         limiter = trio.CapacityLimiter(4)
 
         async def read(name: str, st: os.stat_result) -> None:
-            prev = old.get(name)
-            if isinstance(prev, FileVol) and prev.signature == fs.signature(st):
-                volumes[name] = prev
-                return
             async with limiter:
                 try:
                     volumes[name] = await self._describe(obj, name, st)
@@ -415,15 +445,35 @@ class DirStorageDriver(StorageDriverBase):
                         "skipping unreadable volume", pool=obj.name, volume=name, error=str(err)
                     )
 
-        async with trio.open_nursery() as nursery:
-            for name, st in found.items():
-                nursery.start_soon(read, name, st)
+        changed = []
+        for name, st in found.items():
+            # Files as they were need no qemu-img, so no task either (a pool start would
+            # otherwise run one per volume).
+            prev = old.get(name)
+            if isinstance(prev, FileVol) and prev.signature == fs.signature(st):
+                volumes[name] = prev
+            elif (known := self._known(obj, name, st)) is not None:
+                volumes[name] = known
+            else:
+                changed.append((name, st))
+        if changed:
+            async with trio.open_nursery() as nursery:
+                for name, st in changed:
+                    nursery.start_soon(read, name, st)
         records = self._records.setdefault(obj.name, {})
         for name in [name for name in records if name not in found]:
             del records[name]
             self._dirty.add(obj.name)
         obj.volumes = volumes
         await self._save_records(obj.name)
+
+    def _known(self, obj: PoolObj, name: str, st: os.stat_result) -> FileVol | None:
+        """The volume as its record has it, if its file is as it was when last read (what
+        :meth:`_describe` would answer without qemu-img); else None."""
+        rec = self._records.get(obj.name, {}).get(name)
+        if rec is None or rec.inode != st.st_ino or rec.signature != fs.signature(st):
+            return None
+        return rec.volume(name, posixpath.join(obj.defn.target_path, name), st)
 
     async def _describe(
         self, obj: PoolObj, name: str, st: os.stat_result, *, force: bool = False
@@ -457,18 +507,20 @@ class DirStorageDriver(StorageDriverBase):
 
     # -- what is known of the volumes' files ---------------------------------------------------
 
-    async def _load_records(self, pool: str, target: str) -> None:
+    def _parse_records(self, pool: str, target: str, raw: bytes | None) -> None:
+        """Take up the pool's volume records as read from their file (None: there is none)."""
         path = self.paths.volumes(pool)
+        if raw is None:
+            self._records[pool] = {}
+            return
         try:
-            data = json.loads(await trio.to_thread.run_sync(fsutil.read_nofollow, path))
+            data = json.loads(raw)
             self._records[pool] = {
                 str(name): VolRecord.from_json(entry) for name, entry in data["volumes"].items()
             }
             if data.get("target") != target:
                 self._records[pool] = {}  # the pool was redefined elsewhere: other files
-        except FileNotFoundError:
-            self._records[pool] = {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             # Only a safeguard is lost: those volumes are probed like files others made.
             log.error("ignoring unreadable volume records", path=str(path), error=str(err))
             self._records[pool] = {}

@@ -1,4 +1,4 @@
-"""Errors out of the QEMU driver's nurseries reach callers as themselves.
+"""Errors out of the drivers' nurseries reach callers as themselves.
 
 A failure inside a trio nursery (strict exception groups) comes out wrapped in an exception
 group; callers of the API must see an :class:`~asvirt.errors.AsvirtError` (with its code),
