@@ -2,9 +2,10 @@
 
 A tap made with ``TUNSETIFF`` and not made persistent exists exactly as long as a descriptor
 on it is open. asvirt opens it, plugs it into the bridge, hands the descriptor to QEMU
-(``-netdev tap,fd=N``) and closes its own copy: from then on the tap lives and dies with
-QEMU. A supervisor killed at any point leaves no tap behind (its own descriptors close with
-it), and a QEMU that exits takes its tap with it — no cleanup can be forgotten.
+(``-netdev tap,fd=N``; a multiqueue tap has one per queue, ``fds=N:M:...``) and closes
+its own copy: from then on the tap lives and dies with QEMU. A supervisor killed at any
+point leaves no tap behind (its own descriptors close with it), and a QEMU that exits takes
+its tap with it — no cleanup can be forgotten.
 """
 
 from __future__ import annotations

@@ -346,6 +346,8 @@ class HotplugOps:
         sent: list[str] = []
         try:
             try:
+                if nic.type == "direct":
+                    self._record_outliving(nic)
                 for fd, name in zip(fds, names, strict=True):
                     # The tap exists while a descriptor is open: ours until QEMU has its own.
                     assert self._monitor is not None
@@ -365,6 +367,8 @@ class HotplugOps:
                 for name in sent:
                     await self._quietly("closefd", {"fdname": name})
                 await self._remove_host_side(alone)
+                if nic.type == "direct":
+                    self._save_status(durable=True)  # no longer naming it
             raise
         try:
             await self.execute("device_add", interface_hotplug(prepared, caps, nic))
@@ -372,7 +376,24 @@ class HotplugOps:
             with trio.CancelScope(shield=True):
                 await self._quietly("netdev_del", {"id": netdev})
                 await self._remove_host_side(alone)
+                if nic.type == "direct":
+                    self._save_status(durable=True)
             raise
+
+    def _record_outliving(self, nic: Interface) -> None:
+        """Write the status record as if ``nic`` were plugged in already, before QEMU is
+        asked: its macvtap outlives every descriptor, so a supervisor that dies before the
+        plugging ends must leave a record naming it. The next one finds the NIC missing from
+        QEMU (:meth:`_forget_unplugged`) and removes it as any unplugged NIC's. The live
+        definition shows it only once it is plugged. SystemCallError if the record cannot
+        be written (then nothing goes on)."""
+        self._live_def.interfaces.append(nic)
+        self._live_xml = None
+        try:
+            self._persist_status(durable=True)
+        finally:
+            self._live_def.interfaces.remove(nic)
+            self._live_xml = None
 
     async def _remove_host_side(self, defn: DomainDef) -> None:
         """Remove what ``defn``'s interfaces left on the host that QEMU's descriptors do not
