@@ -686,3 +686,62 @@ def test_multiqueue_nics_at_start_and_ethernet_and_direct_nics_plugged_in_and_ou
     assert qemu_queues(pid) == {"mq-tap": 4}
     cli(root, "destroy", "mq")
     assert not [n for n in net_lab.links() if n.startswith(("mq-", "hp-", "macvtap"))]
+
+
+#: A supervisor that creates a paused domain, says so, and on a line from stdin plugs the
+#: direct NIC in the file it names (the test kills it while QEMU, stopped, cannot answer).
+CUT_SHORT = """
+import sys, trio, asvirt
+async def main(root, xml, nic):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        dom = await conn.create_xml(open(xml).read(), paused=True)
+        print("started", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        await dom.attach_device(open(nic).read(), live=True)
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def test_a_direct_nic_whose_plugging_was_cut_short_leaves_no_macvtap(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    xml = test_guest.xml("cut", tmp_path / "cut.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    nic = (
+        "<interface type='direct'><mac address='52:54:00:00:00:09'/>"
+        "<source dev='up0'/><target dev='cut-mvt'/><model type='virtio'/></interface>"
+    )
+    files = [write(tmp_path, "cut.xml", xml), write(tmp_path, "nic.xml", nic)]
+    supervisor = subprocess.Popen(
+        [*net_lab.prefix(), sys.executable, "-c", CUT_SHORT, str(root), *files],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert supervisor.stdin is not None and supervisor.stdout is not None
+    try:
+        assert supervisor.stdout.readline() == "started\n"
+        [pid] = net_lab.processes("qemu-system-x86")
+        os.kill(pid, signal.SIGSTOP)  # QEMU answers no getfd: the plugging hangs there
+        try:
+            supervisor.stdin.write("go\n")
+            supervisor.stdin.flush()
+            [status] = root.rglob("cut.status")
+            # The macvtap is made and recorded before QEMU is asked: the supervisor dies.
+            trio_run(wait_for(lambda: b"cut-mvt" in status.read_bytes()))
+            supervisor.kill()
+            supervisor.wait()
+            assert "cut-mvt" in net_lab.links()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    # The next supervisor finds the NIC missing from QEMU and removes its macvtap.
+    live = net_lab.cli(root, "dumpxml", "cut").stdout
+    assert "cut-mvt" not in live and "cut-mvt" not in net_lab.links()
+    net_lab.cli(root, "destroy", "cut")
