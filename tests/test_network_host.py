@@ -629,3 +629,153 @@ def test_interfaces_plugged_into_a_running_domain_get_a_tap_on_their_bridge(
     assert "hp-tap" in net_lab.links()  # the guest holds it until it lets go
     cli(root, "destroy", "vm")
     assert "hp-tap" not in net_lab.links()
+
+
+def qemu_queues(pid: int) -> dict[str, int]:
+    """How many descriptors QEMU ``pid`` holds on each tap (by name, from the tun
+    descriptor's fdinfo) and macvtap (``tapN``, its character device): one per queue.
+
+    By the end of the path only: QEMU runs in a mount namespace of its own, where a
+    descriptor opened by a process outside (a hotplug's) shows as ``/net/tun``."""
+    held: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        name = re.search(r"^iff:\s*(\S+)$", info, re.M)
+        macvtap = re.search(r"/(tap\d+)$", target)
+        key = name.group(1) if target.endswith("/net/tun") and name else None
+        key = key or (macvtap.group(1) if macvtap else None)
+        if key is not None:
+            held[key] = held.get(key, 0) + 1
+    return held
+
+
+def multi_queue(lab: Lab, dev: str) -> bool:
+    """Whether the tap ``dev`` was made multiqueue (how many of its queues are attached is
+    QEMU's choice: it detaches those the guest's driver does not use)."""
+    return " multi_queue " in lab.run("ip", "-d", "link", "show", dev).stdout
+
+
+@pytest.mark.guest
+def test_multiqueue_nics_at_start_and_ethernet_and_direct_nics_plugged_in_and_out(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    xml = test_guest.xml(
+        "mq",
+        tmp_path / "mq.serial",
+        domain_type="qemu",  # booted: a guest that releases what is unplugged
+        devices="<interface type='ethernet'><mac address='52:54:00:00:00:01'/>"
+        "<target dev='mq-tap'/><model type='virtio'/><driver queues='4'/></interface>",
+        cmdline="no_timer_check",
+    )
+    cli(root, "define", write(tmp_path, "mq.xml", xml))
+    cli(root, "start", "mq")
+    trio_run(wait_for_serial(tmp_path / "mq.serial", timeout=120))
+    [pid] = net_lab.processes("qemu-system-x86")
+    # Four queues: a multiqueue tap opened four times, the descriptors all QEMU's.
+    assert qemu_queues(pid) == {"mq-tap": 4}
+    assert multi_queue(net_lab, "mq-tap")
+    assert "<driver queues='4'/>" in cli(root, "dumpxml", "mq").stdout
+
+    # Plugged into the running guest: an ethernet NIC (a tap of its own) and a direct one
+    # (a macvtap on up0), two queues each.
+    eth = (
+        "<interface type='ethernet'><mac address='52:54:00:00:00:02'/>"
+        "<target dev='hp-eth'/><model type='virtio'/><driver queues='2'/></interface>"
+    )
+    direct = (
+        "<interface type='direct'><mac address='52:54:00:00:00:03'/>"
+        "<source dev='up0' mode='bridge'/><target dev='hp-mvt'/><model type='virtio'/>"
+        "<driver queues='2'/></interface>"
+    )
+    for name, nic in (("eth", eth), ("direct", direct)):
+        out = cli(root, "attach-device", "mq", write(tmp_path, f"{name}.xml", nic), "--live")
+        assert out.stdout == "Device attached successfully\n\n"
+    # A macvtap's character device is /dev/tapIFINDEX.
+    ifindex = net_lab.run("cat", "/sys/class/net/hp-mvt/ifindex").stdout.strip()
+    assert qemu_queues(pid) == {"mq-tap": 4, "hp-eth": 2, f"tap{ifindex}": 2}
+    assert multi_queue(net_lab, "hp-eth")
+    shown = net_lab.run("ip", "-d", "link", "show", "hp-mvt").stdout
+    assert "@up0" in shown and "macvtap mode bridge" in shown and "52:54:00:00:00:03" in shown
+    live = cli(root, "dumpxml", "mq").stdout
+    assert "<target dev='hp-eth'/>" in live and "<target dev='hp-mvt'/>" in live
+    assert live.count("<driver queues='2'/>") == 2
+    # A direct NIC on a host interface that is not there: refused, nothing left behind.
+    bad = direct.replace("up0", "nosuch0").replace(":03", ":04").replace("hp-mvt", "hp-bad")
+    err = cli(root, "attach-device", "mq", write(tmp_path, "bad.xml", bad), "--live", check=False)
+    assert err.returncode == 1 and "no host interface named 'nosuch0'" in err.stderr
+    assert "hp-bad" not in net_lab.links()
+
+    # Unplugged: the guest releases each; its tap goes with QEMU's descriptors, the macvtap
+    # (which outlives them) is removed, both before the detach returns.
+    for name in ("eth", "direct"):
+        out = cli(root, "detach-device", "mq", str(tmp_path / f"{name}.xml"), "--live")
+        assert out.stdout == "Device detached successfully\n\n"
+    links = net_lab.links()
+    assert "hp-eth" not in links and "hp-mvt" not in links
+    assert qemu_queues(pid) == {"mq-tap": 4}
+    cli(root, "destroy", "mq")
+    assert not [n for n in net_lab.links() if n.startswith(("mq-", "hp-", "macvtap"))]
+
+
+#: A supervisor that creates a paused domain, says so, and on a line from stdin plugs the
+#: direct NIC in the file it names (the test kills it while QEMU, stopped, cannot answer).
+CUT_SHORT = """
+import sys, trio, asvirt
+async def main(root, xml, nic):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        dom = await conn.create_xml(open(xml).read(), paused=True)
+        print("started", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        await dom.attach_device(open(nic).read(), live=True)
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def test_a_direct_nic_whose_plugging_was_cut_short_leaves_no_macvtap(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    xml = test_guest.xml("cut", tmp_path / "cut.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    nic = (
+        "<interface type='direct'><mac address='52:54:00:00:00:09'/>"
+        "<source dev='up0'/><target dev='cut-mvt'/><model type='virtio'/></interface>"
+    )
+    files = [write(tmp_path, "cut.xml", xml), write(tmp_path, "nic.xml", nic)]
+    supervisor = subprocess.Popen(
+        [*net_lab.prefix(), sys.executable, "-c", CUT_SHORT, str(root), *files],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert supervisor.stdin is not None and supervisor.stdout is not None
+    try:
+        assert supervisor.stdout.readline() == "started\n"
+        [pid] = net_lab.processes("qemu-system-x86")
+        os.kill(pid, signal.SIGSTOP)  # QEMU answers no getfd: the plugging hangs there
+        try:
+            supervisor.stdin.write("go\n")
+            supervisor.stdin.flush()
+            [status] = root.rglob("cut.status")
+            # The macvtap is made and recorded before QEMU is asked: the supervisor dies.
+            trio_run(wait_for(lambda: b"cut-mvt" in status.read_bytes()))
+            supervisor.kill()
+            supervisor.wait()
+            assert "cut-mvt" in net_lab.links()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    # The next supervisor finds the NIC missing from QEMU and removes its macvtap.
+    live = net_lab.cli(root, "dumpxml", "cut").stdout
+    assert "cut-mvt" not in live and "cut-mvt" not in net_lab.links()
+    net_lab.cli(root, "destroy", "cut")

@@ -603,7 +603,8 @@ class Interface(DeviceBase):
     #: None: libvirt's default, no reconnecting).
     vhost_reconnect: bool | None = None
     vhost_reconnect_timeout: int | None = None
-    #: ``<driver queues=N>``: virtio queue pairs of a vhost-user NIC (multiqueue).
+    #: ``<driver queues=N>``: virtio queue pairs (multiqueue) of a vhost-user NIC, or of a
+    #: tap or macvtap one (opened once per queue).
     queues: int | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
@@ -712,11 +713,11 @@ def parse_interface(node: Node) -> Interface:
     if drv is not None:
         nic.queues = drv.integer("queues", minimum=1, maximum=1024)
         drv.finish()
-        if nic.queues is not None and kind != "vhostuser":
+        if nic.queues is not None and kind not in (*TAP_NIC_TYPES, "vhostuser"):
             raise ConfigUnsupportedError(
                 f"unsupported configuration: <driver queues=...> of <interface type='{kind}'>: "
-                "asvirt gives a tap one queue and QEMU's user and socket networks have no "
-                "queues; multiqueue is for vhostuser interfaces"
+                "QEMU's user and socket networks have no queues; multiqueue is for tap, "
+                "macvtap and vhost-user interfaces"
             )
     link = node.child("link")
     if link is not None:

@@ -391,12 +391,14 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
 
 @st.composite
 def host_backed_devices(draw: st.DrawFn) -> str:
-    """NICs on host taps and macvtaps, and SCSI LUNs with sgio/rawio: what a start makes or
-    opens on the host (the launch test leaves them out; tests/test_network_host.py and
-    tests/test_qemu_confinement.py start them)."""
+    """NICs on host taps and macvtaps (multiqueue too), and SCSI LUNs with sgio/rawio: what a
+    start makes or opens on the host (the launch test leaves them out;
+    tests/test_network_host.py and tests/test_qemu_confinement.py start them)."""
     parts = []
     for i in range(draw(st.integers(0, 2))):
         model = draw(st.sampled_from(["", "<model type='virtio'/>", "<model type='e1000'/>"]))
+        if "virtio" in model and draw(st.booleans()):
+            model += f"<driver queues='{draw(st.integers(1, 8))}'/>"  # multiqueue
         if draw(st.booleans()):
             managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
             target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""

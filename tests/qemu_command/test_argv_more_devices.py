@@ -277,6 +277,36 @@ def test_ethernet_interface(caps: Caps) -> None:
         argv_of(caps, direct.replace("dev='eth0'", "dev='eth0' mode='bogus'"))
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "<interface type='network'><source network='default'/>",
+        "<interface type='bridge'><source bridge='br0'/>",
+        "<interface type='ethernet'>",
+        "<interface type='direct'><source dev='eth0' mode='bridge'/>",
+    ],
+)
+def test_multiqueue_tap_interfaces(caps: Caps, source: str) -> None:
+    from asvirt.drivers.qemu.command import MonitorSpec, build_command
+
+    xml = dom(f"{source}<model type='virtio'/><driver queues='4'/></interface>")
+    assert "<driver queues='4'/>" in dumpxml_roundtrip(caps, xml)
+    # As libvirt: a descriptor per queue pair (a start opens the tap or macvtap four times:
+    # tests/test_network_host.py), and an MSI-X vector per queue plus two.
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    argv = build_command(d, caps, monitor=MonitorSpec(fd=3), tap_fds={"net0": [21, 22, 23, 24]})
+    assert opts(argv, "-netdev") == ["tap,fds=21:22:23:24,id=hostnet0"]
+    nic = device(argv, "net0")
+    assert (nic["driver"], nic["mq"], nic["vectors"]) == ("virtio-net-pci", True, 10)
+    # One queue: the single descriptor, no multiqueue.
+    one = build_command(d, caps, monitor=MonitorSpec(fd=3), tap_fds={"net0": [21]})
+    assert opts(one, "-netdev") == ["tap,fd=21,id=hostnet0"]
+    # Without descriptors (domxml-to-native), QEMU would make the queues itself.
+    assert opts(argv_of(caps, xml), "-netdev")[0].endswith(",queues=4")
+    with pytest.raises(ConfigUnsupportedError, match="only supported for virtio NICs"):
+        argv_of(caps, xml.replace("virtio", "e1000"))
+
+
 @pytest.fixture
 def vhost_backend(tmp_path: Path) -> Iterator[Path]:
     """A real vhost-user network backend listening on a socket: DPDK's testpmd with a
@@ -339,7 +369,7 @@ def test_vhostuser_queues_and_reconnect_with_a_real_backend(
     ):
         with pytest.raises(XMLError, match=why):
             argv_of(caps, xml.replace("mode='client'><reconnect enabled='yes' timeout='3'/>", bad))
-    with pytest.raises(ConfigUnsupportedError, match="multiqueue is for vhostuser"):
+    with pytest.raises(ConfigUnsupportedError, match="multiqueue is for tap, macvtap"):
         argv_of(caps, dom("<interface type='user'><driver queues='2'/></interface>"))
 
 

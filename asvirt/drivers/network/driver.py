@@ -687,7 +687,9 @@ class HostNetworkBackend:
                     runtime.pidfd = None
 
 
-async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -> dict[str, int]:
+async def plug_interfaces(
+    defn: DomainDef, networks: NetworkDriverCore | None
+) -> dict[str, list[int]]:
     """Taps for the ``network``, ``bridge`` and ``ethernet`` interfaces of a domain about to
     start.
 
@@ -696,8 +698,9 @@ async def plug_interfaces(defn: DomainDef, networks: NetworkDriverCore | None) -
     host's) bridge and brought up; its name, and the bridge, are recorded in ``defn`` (the
     live definition). An ``ethernet`` interface's tap is on no bridge; with ``<target
     managed='no'>`` it is one that exists, only opened (as libvirt: its owner configures it).
-    Returns alias -> descriptor; on failure, every tap made is closed (and so gone) before
-    the error propagates.
+    Returns alias -> descriptors: one per queue of ``<driver queues=N>`` (a multiqueue tap
+    or macvtap, opened N times), else one. On failure, every tap made is closed (and so
+    gone) and every macvtap made removed before the error propagates.
     """
     plans: list[tuple[Interface, str | None, int | None]] = []
     for nic in defn.interfaces:
@@ -728,8 +731,9 @@ def unplug_interfaces(defn: DomainDef) -> None:
                 log.warning("cannot remove macvtap", macvtap=nic.target_dev, error=str(err))
 
 
-def _make_macvtap(nic: Interface) -> int:
-    """The descriptor of a new macvtap for a ``direct`` interface (its name in ``nic``)."""
+def _make_macvtap(nic: Interface) -> list[int]:
+    """The descriptors (one per queue) of a new macvtap for a ``direct`` interface (its name
+    in ``nic``)."""
     assert nic.source_dev is not None
     try:
         name, index = bridge.create_macvtap(
@@ -751,14 +755,14 @@ def _make_macvtap(nic: Interface) -> int:
         ) from None
     nic.target_dev = name
     try:
-        return tap.open_macvtap(index)
+        return tap.open_macvtap(index, nic.queues or 1)
     except OSError as err:
         bridge.delete_macvtap(name)
         raise SystemCallError.from_oserror(err, "open the macvtap", name) from None
 
 
-def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[str, int]:
-    fds: dict[str, int] = {}
+def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[str, list[int]]:
+    fds: dict[str, list[int]] = {}
     made: list[str] = []  # macvtaps: they outlive their descriptors
     try:
         for nic, br, mtu in plans:
@@ -777,12 +781,14 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
                     "(managed='no'), and the host has no such device"
                 )
             try:
-                fd, name = tap.open_tap(nic.target_dev or tap.DEFAULT_TEMPLATE)
+                queue_fds, name = tap.open_tap(
+                    nic.target_dev or tap.DEFAULT_TEMPLATE, nic.queues or 1
+                )
             except OSError as err:
                 raise SystemCallError.from_oserror(
                     err, "create a tap for interface", nic.mac
                 ) from None
-            fds[nic.alias or name] = fd
+            fds[nic.alias or name] = queue_fds
             nic.target_dev = name
             if existing:
                 continue  # its owner's to configure
@@ -796,8 +802,9 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
             if nic.type == "network":
                 nic.source_bridge = br
     except BaseException:
-        for fd in fds.values():
-            os.close(fd)
+        for queue_fds in fds.values():
+            for fd in queue_fds:
+                os.close(fd)
         for name in made:
             with contextlib.suppress(Exception):
                 bridge.delete_macvtap(name)

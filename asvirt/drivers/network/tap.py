@@ -2,9 +2,10 @@
 
 A tap made with ``TUNSETIFF`` and not made persistent exists exactly as long as a descriptor
 on it is open. asvirt opens it, plugs it into the bridge, hands the descriptor to QEMU
-(``-netdev tap,fd=N``) and closes its own copy: from then on the tap lives and dies with
-QEMU. A supervisor killed at any point leaves no tap behind (its own descriptors close with
-it), and a QEMU that exits takes its tap with it — no cleanup can be forgotten.
+(``-netdev tap,fd=N``; a multiqueue tap has one per queue, ``fds=N:M:...``) and closes
+its own copy: from then on the tap lives and dies with QEMU. A supervisor killed at any
+point leaves no tap behind (its own descriptors close with it), and a QEMU that exits takes
+its tap with it — no cleanup can be forgotten.
 """
 
 from __future__ import annotations
@@ -24,43 +25,57 @@ _TUNSETIFF = 0x400454CA
 _TUNGETIFF = 0x800454D2
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
+_IFF_MULTI_QUEUE = 0x0100
 _IFF_VNET_HDR = 0x4000
 
 
-def open_tap(name: str = DEFAULT_TEMPLATE) -> tuple[int, str]:
-    """Create a tap (``name`` may hold one ``%d``); returns its descriptor and its name.
+def open_tap(name: str = DEFAULT_TEMPLATE, queues: int = 1) -> tuple[list[int], str]:
+    """Create a tap (``name`` may hold one ``%d``); returns its descriptors and its name.
 
-    The descriptor is close-on-exec: only processes it is explicitly passed to get it.
-    Raises OSError (EBUSY when a tap of that name is held open elsewhere).
+    ``queues`` > 1: a multiqueue tap (``IFF_MULTI_QUEUE``), opened once per queue, as QEMU
+    takes one descriptor per queue pair (``-netdev tap,fds=A:B:...``). The descriptors are
+    close-on-exec: only processes they are explicitly passed to get them. Raises OSError
+    (EBUSY when a tap of that name is held open elsewhere; EINVAL when an existing tap was
+    made without multiqueue and more than one queue is asked of it); on failure no
+    descriptor stays open.
     """
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR | (_IFF_MULTI_QUEUE if queues > 1 else 0)
+    fds: list[int] = []
+    actual = name
     try:
-        ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
-        result = fcntl.ioctl(fd, _TUNSETIFF, ifr)
-    except OSError as err:
-        os.close(fd)
-        if err.errno == errno.EBUSY:
+        for _ in range(queues):
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            # The first open names the tap (a template becomes vnetN); the others attach
+            # queues to that same tap.
+            result = fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", actual.encode(), flags))
+            actual = result[:16].split(b"\0", 1)[0].decode()
+    except BaseException as err:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(err, OSError) and err.errno == errno.EBUSY:
             raise OSError(errno.EBUSY, f"the tap '{name}' is in use by another process") from None
         raise
-    except BaseException:
-        os.close(fd)
-        raise
-    actual = result[:16].split(b"\0", 1)[0].decode()
-    return fd, actual
+    return fds, actual
 
 
-def open_macvtap(index: int) -> int:
+def open_macvtap(index: int, queues: int = 1) -> list[int]:
     """Open the character device of the macvtap with interface index ``index`` (close-on-
-    exec), with virtio-net headers on as QEMU expects of a tap descriptor (libvirt's way)."""
-    fd = os.open(f"/dev/tap{index}", os.O_RDWR | os.O_CLOEXEC)
+    exec) once per queue (each open is a queue of a macvtap), with virtio-net headers on as
+    QEMU expects of a tap descriptor (libvirt's way). On failure none stays open."""
+    fds: list[int] = []
     try:
-        ifr = fcntl.ioctl(fd, _TUNGETIFF, struct.pack("16sH", b"", 0))
-        flags = struct.unpack("16sH", ifr[:18])[1]
-        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", b"", flags | _IFF_VNET_HDR))
+        for _ in range(queues):
+            fd = os.open(f"/dev/tap{index}", os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            ifr = fcntl.ioctl(fd, _TUNGETIFF, struct.pack("16sH", b"", 0))
+            flags = struct.unpack("16sH", ifr[:18])[1]
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", b"", flags | _IFF_VNET_HDR))
     except BaseException:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         raise
-    return fd
+    return fds
 
 
 def tap_mac(guest_mac: str) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def build_command(
     log_path: str | None = None,
     runtime_dir: str | None = None,
     sandbox: bool = True,
-    tap_fds: dict[str, int] | None = None,
+    tap_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
@@ -89,9 +90,11 @@ def build_command(
     them. ``runtime_dir`` is where unix sockets without a configured path are placed (a guest
     agent channel with ``<source mode='bind'/>``, a VNC socket); it defaults to the monitor
     socket's directory. ``sandbox`` turns on QEMU's seccomp sandbox where the binary has one.
-    ``tap_fds`` maps the alias of a ``network`` or ``bridge`` interface to the descriptor of
-    the tap made for it, passed to QEMU as libvirt does (``-netdev tap,fd=N``); without
-    one, QEMU is asked to create the tap itself (what ``domxml-to-native`` shows).
+    ``tap_fds`` maps the alias of a tap or macvtap interface (``network``, ``bridge``,
+    ``ethernet``, ``direct``) to the descriptors of the tap made for it, one per queue,
+    passed to QEMU as libvirt does (``-netdev tap,fd=N``, or ``fds=N:M:...`` for a
+    multiqueue one); without them, QEMU is asked to create the tap itself (what
+    ``domxml-to-native`` shows).
     ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
@@ -209,6 +212,15 @@ def netdev_id(nic: Interface, index: int | None = None) -> str:
     return f"hostnet{index}"
 
 
+def tap_fds_arg(fds: Sequence[int | str]) -> tuple[str, str]:
+    """How ``-netdev tap`` (and ``netdev_add``) is given a tap's descriptors: ``fd`` for one,
+    ``fds`` (``N:M:...``) for a multiqueue tap, a descriptor per queue pair, as libvirt
+    passes them. Descriptors are numbers on the command line, ``getfd`` names over QMP."""
+    if len(fds) == 1:
+        return "fd", str(fds[0])
+    return "fds", ":".join(str(fd) for fd in fds)
+
+
 def disk_hotplug(
     defn: DomainDef, caps: QemuCapabilities, disk: Disk
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -293,7 +305,7 @@ class _Builder:
         caps: QemuCapabilities,
         *,
         sandbox: bool,
-        tap_fds: dict[str, int] | None = None,
+        tap_fds: dict[str, list[int]] | None = None,
     ) -> None:
         self.d = d
         self.tap_fds = tap_fds or {}
@@ -842,16 +854,21 @@ class _Builder:
     def _interfaces(self) -> None:
         for i, nic in enumerate(self.d.interfaces):
             netdev = netdev_id(nic, i)
-            fd = self.tap_fds.get(nic.alias or "")
+            fds = self.tap_fds.get(nic.alias or "")
             if nic.type == "user":
                 self.add("-netdev", f"user,id={netdev}")
             elif nic.type in SOCKET_NIC_TYPES or nic.type == "vhostuser":
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
-            elif fd is not None:
-                self.add("-netdev", f"tap,fd={fd},id={netdev}")
+            elif fds:
+                key, value = tap_fds_arg(fds)
+                self.add("-netdev", f"tap,{key}={value},id={netdev}")
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
-                self.add("-netdev", f"tap,id={netdev},ifname={ifname},script=no,downscript=no")
+                queues = f",queues={nic.queues}" if (nic.queues or 1) > 1 else ""
+                self.add(
+                    "-netdev",
+                    f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}",
+                )
             self.device(self.interface_device(nic, netdev))
 
     def interface_device(self, nic: Interface, netdev: str) -> dict[str, Any]:

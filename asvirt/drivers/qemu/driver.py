@@ -623,7 +623,7 @@ class QemuNode(Node):
     def qmp_timeouts(self) -> int:
         return self.monitor_counters.timeouts
 
-    async def _plug_interfaces(self, defn: DomainDef) -> dict[str, int]:
+    async def _plug_interfaces(self, defn: DomainDef) -> dict[str, list[int]]:
         return await plug_interfaces(defn, self._networks)
 
 

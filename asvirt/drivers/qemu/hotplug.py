@@ -5,8 +5,9 @@ model, MAC, drive or PCI address, alias), in the context of the definition it jo
 :class:`HotplugOps`, a part of :class:`~.runner.QemuRunner`, plugs it in with the command
 line builder's own ``-blockdev`` nodes and ``-device`` properties
 (:func:`~.command.disk_hotplug`, :func:`~.command.interface_hotplug`): ``blockdev-add``
-then ``device_add`` for a disk; a tap made and plugged into its bridge as at start, its
-descriptor handed over with ``getfd``, ``netdev_add`` then ``device_add`` for an interface.
+then ``device_add`` for a disk; a tap (or macvtap) made as at start, its
+descriptors (one per queue) handed over with ``getfd``, ``netdev_add`` then ``device_add``
+for an interface; a ``direct`` NIC's macvtap, which outlives them, is removed when it goes.
 
 Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe hotplug
 event the guest must act on). Nothing polls: QEMU's ``DEVICE_DELETED`` event is the
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...conf.addresses import PCIAddress
-from ...conf.devices import Disk, HotplugDevice, Input, Interface
+from ...conf.devices import TAP_NIC_TYPES, Disk, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
 from ...errors import (
     AsvirtError,
@@ -43,7 +44,14 @@ from ...errors import (
 from ...events.types import EventKind
 from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
 from .capabilities import QemuCapabilities
-from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id, usb_input_hotplug
+from .command import (
+    disk_hotplug,
+    interface_hotplug,
+    media_nodes,
+    netdev_id,
+    tap_fds_arg,
+    usb_input_hotplug,
+)
 from .command_tune import throttle_group_id, throttle_object
 from .postparse import prepare_domain
 
@@ -316,10 +324,13 @@ class HotplugOps:
     ) -> None:
         netdev = netdev_id(nic)
         args: dict[str, Any] = {"id": netdev}
-        fd = None
+        fds: list[int] = []
+        # The new NIC alone: what its plugging makes on the host, and a failure removes.
+        alone = prepared.copy()
+        alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
         if nic.type == "user":
             args["type"] = "user"
-        elif nic.type not in ("network", "bridge"):
+        elif nic.type not in TAP_NIC_TYPES:
             raise OperationUnsupportedError(
                 f"interfaces of type '{nic.type}' are plugged at start only, not while running"
             )
@@ -329,27 +340,68 @@ class HotplugOps:
                 raise OperationUnsupportedError(
                     f"interfaces of type '{nic.type}' cannot be plugged on this node"
                 )
-            alone = prepared.copy()
-            alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
-            fds = await plug(alone)
-            fd = fds[nic.alias or ""]
+            # Made as at start (a tap, or a macvtap, opened once per queue).
+            fds = (await plug(alone))[nic.alias or ""]
             plugged = alone.interfaces[0]
             nic.target_dev, nic.source_bridge = plugged.target_dev, plugged.source_bridge
-            args.update(type="tap", fd=f"asvirt-tap{next(_fd_names)}")
+        names = [f"asvirt-tap{next(_fd_names)}" for _ in fds]
+        sent: list[str] = []
         try:
-            if fd is not None:
-                # The tap exists while a descriptor is open: ours until QEMU has its own.
-                await self.send_fd(fd, args["fd"])
-            await self.execute("netdev_add", args)
-        finally:
-            if fd is not None:
-                os.close(fd)
+            try:
+                if nic.type == "direct":
+                    self._record_outliving(nic)
+                for fd, name in zip(fds, names, strict=True):
+                    # The tap exists while a descriptor is open: ours until QEMU has its own.
+                    await self.send_fd(fd, name)
+                    sent.append(name)
+                if fds:
+                    key, value = tap_fds_arg(names)
+                    args.update(type="tap", **{key: value})
+                await self.execute("netdev_add", args)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                # netdev_add takes the descriptors it names; a failed one leaves them with
+                # the monitor, where a tap's would keep it alive.
+                for name in sent:
+                    await self._quietly("closefd", {"fdname": name})
+                await self._remove_host_side(alone)
+                if nic.type == "direct":
+                    self._save_status(durable=True)  # no longer naming it
+            raise
         try:
             await self.execute("device_add", interface_hotplug(prepared, caps, nic))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._quietly("netdev_del", {"id": netdev})
+                await self._remove_host_side(alone)
+                if nic.type == "direct":
+                    self._save_status(durable=True)
             raise
+
+    def _record_outliving(self, nic: Interface) -> None:
+        """Write the status record as if ``nic`` were plugged in already, before QEMU is
+        asked: its macvtap outlives every descriptor, so a supervisor that dies before the
+        plugging ends must leave a record naming it. The next one finds the NIC missing from
+        QEMU (:meth:`_forget_unplugged`) and removes it as any unplugged NIC's. The live
+        definition shows it only once it is plugged. SystemCallError if the record cannot
+        be written (then nothing goes on)."""
+        self._live_def.interfaces.append(nic)
+        self._live_xml = None
+        try:
+            self._persist_status(durable=True)
+        finally:
+            self._live_def.interfaces.remove(nic)
+            self._live_xml = None
+
+    async def _remove_host_side(self, defn: DomainDef) -> None:
+        """Remove what ``defn``'s interfaces left on the host that QEMU's descriptors do not
+        take with them (a ``direct`` NIC's macvtap), as a stop does."""
+        unplug = self._env.unplug_interfaces
+        if unplug is not None and any(n.type == "direct" for n in defn.interfaces):
+            await trio.to_thread.run_sync(unplug, defn)
 
     # -- detach ---------------------------------------------------------------------------------
 
@@ -410,6 +462,9 @@ class HotplugOps:
                 await self._del_disk_backend(disk)
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
+                gone_def = live.copy()
+                gone_def.interfaces = [nic]
+                await self._remove_host_side(gone_def)
         finally:
             gone = self._unplugs.pop(alias, None)
             if gone is not None:

@@ -52,6 +52,12 @@ def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
 
 def _interfaces(d: DomainDef) -> None:
     for i, nic in enumerate(d.interfaces):
+        if (nic.queues or 1) > 1 and nic.model != "virtio":
+            # As libvirt: only virtio-net has queues to spread over the tap's.
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interface {i}: multiqueue (<driver queues="
+                f"'{nic.queues}'>) is only supported for virtio NICs, not '{nic.model}'"
+            )
         if nic.type != "vhostuser":
             continue
         if nic.model != "virtio":

@@ -110,7 +110,7 @@ class RunnerEnv:
     #: Creates the taps of the definition's ``network`` and ``bridge`` interfaces, plugged
     #: into their bridges (recording their names in it); returns alias -> tap descriptor.
     #: The descriptors are QEMU's once it is spawned: the runner closes its copies.
-    plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, int]]] | None = None
+    plug_interfaces: Callable[[DomainDef], Awaitable[dict[str, list[int]]]] | None = None
     #: Removes what a stopped domain's interfaces leave on the host (macvtaps); blocking.
     unplug_interfaces: Callable[[DomainDef], None] | None = None
     #: What the node's monitors count together (QMP deadlines missed).
@@ -592,16 +592,17 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
-        tap_fds: dict[str, int] = {}
+        tap_fds: dict[str, list[int]] = {}
         if self._env.plug_interfaces is not None:
             tap_fds = await self._env.plug_interfaces(self._live_def)
         try:
             await self._spawn(caps, tap_fds)
         finally:
-            for fd in tap_fds.values():
-                os.close(fd)
+            for queue_fds in tap_fds.values():
+                for fd in queue_fds:
+                    os.close(fd)
 
-    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, int]) -> None:
+    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, list[int]]) -> None:
         paths = self._env.paths
         name = self._name
         monitor_path = paths.monitor(self._uuid)
@@ -663,7 +664,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 self.pid = process.spawn(
                     argv,
                     log_fd=log_fd,
-                    pass_fds=(listener.fileno(), *tap_fds.values(), *passed),
+                    pass_fds=(
+                        listener.fileno(),
+                        *(fd for queue_fds in tap_fds.values() for fd in queue_fds),
+                        *passed,
+                    ),
                     env={process.ROOT_ENV: str(paths.root), **display_env(self._live_def)},
                 )
             except OSError as err:
