@@ -303,6 +303,39 @@ def dom(
     )
 
 
+#: One source of each protocol, with the options each may carry.
+NET_DISK_SOURCES = {
+    "nbd-tcp": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"
+    "</source>",
+    "nbd-unix": "<source protocol='nbd'><host transport='unix' socket='/run/nbd.sock'/></source>",
+    "http": "<source protocol='http' name='/img/a.iso' query='x=1&amp;y=2'>"
+    "<host name='example.org'/><readahead size='65536'/><timeout seconds='10'/></source>",
+    "https": "<source protocol='https' name='a.img'><host name='example.org' port='8443'/>"
+    "<ssl verify='no'/></source>",
+    "ftp": "<source protocol='ftp' name='a.img'><host name='example.org'/></source>",
+    "ftps": "<source protocol='ftps' name='a.img'><host name='example.org'/></source>",
+    "iscsi": "<source protocol='iscsi' name='iqn.1992-01.com.example/1'>"
+    "<host name='example.org'/><initiator><iqn name='iqn.2013-07.com.example:c'/></initiator>"
+    "</source>",
+    "rbd": "<source protocol='rbd' name='pool/image'><host name='mon1' port='6322'/>"
+    "<host name='mon2'/><snapshot name='s'/><config file='/etc/ceph/ceph.conf'/></source>",
+    "gluster": "<source protocol='gluster' name='Volume/Image.qcow2'><host name='example.org'/>"
+    "<host transport='unix' socket='/run/gl.sock'/></source>",
+    "ssh": "<source protocol='ssh' name='/test.img'><host name='example.org' port='2222'/>"
+    "</source>",
+    "nfs": "<source protocol='nfs' name='/foo/bar.img'><host name='example.org'/></source>",
+}
+
+
+def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra: str = "") -> str:
+    """A domain (:func:`dom`) with network disk vdb of ``source`` (see NET_DISK_SOURCES)."""
+    ro = "<readonly/>" if readonly else ""
+    return dom(
+        f"<disk type='network' device='{device}'><driver name='qemu' type='raw'/>{source}"
+        f"<target dev='vdb' bus='virtio'/>{ro}{extra}</disk>"
+    )
+
+
 def argv_of(caps: QemuCapabilities, xml: str, tmp: Path | None = None) -> list[str]:
     """The QEMU command line for ``xml``, its monitor socket in ``tmp`` (or a fixed path)."""
     mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")

@@ -9,40 +9,10 @@ from lxml import etree
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import CONFORMANCE
-from tests.helpers import dom
+from tests.helpers import NET_DISK_SOURCES as SOURCES
+from tests.helpers import dom, net_disk
 
 SCHEMA = CONFORMANCE / "schemas" / "domain.rng"
-
-#: One source of each protocol, with the options each may carry.
-SOURCES = {
-    "nbd-tcp": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"
-    "</source>",
-    "nbd-unix": "<source protocol='nbd'><host transport='unix' socket='/run/nbd.sock'/></source>",
-    "http": "<source protocol='http' name='/img/a.iso' query='x=1&amp;y=2'>"
-    "<host name='example.org'/><readahead size='65536'/><timeout seconds='10'/></source>",
-    "https": "<source protocol='https' name='a.img'><host name='example.org' port='8443'/>"
-    "<ssl verify='no'/></source>",
-    "ftp": "<source protocol='ftp' name='a.img'><host name='example.org'/></source>",
-    "ftps": "<source protocol='ftps' name='a.img'><host name='example.org'/></source>",
-    "iscsi": "<source protocol='iscsi' name='iqn.1992-01.com.example/1'>"
-    "<host name='example.org'/><initiator><iqn name='iqn.2013-07.com.example:c'/></initiator>"
-    "</source>",
-    "rbd": "<source protocol='rbd' name='pool/image'><host name='mon1' port='6322'/>"
-    "<host name='mon2'/><snapshot name='s'/><config file='/etc/ceph/ceph.conf'/></source>",
-    "gluster": "<source protocol='gluster' name='Volume/Image.qcow2'><host name='example.org'/>"
-    "<host transport='unix' socket='/run/gl.sock'/></source>",
-    "ssh": "<source protocol='ssh' name='/test.img'><host name='example.org' port='2222'/>"
-    "</source>",
-    "nfs": "<source protocol='nfs' name='/foo/bar.img'><host name='example.org'/></source>",
-}
-
-
-def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra: str = "") -> str:
-    ro = "<readonly/>" if readonly else ""
-    return dom(
-        f"<disk type='network' device='{device}'><driver name='qemu' type='raw'/>{source}"
-        f"<target dev='vdb' bus='virtio'/>{ro}{extra}</disk>"
-    )
 
 
 def _shape(el: etree._Element) -> list[tuple[str, dict[str, str]]]:
