@@ -336,6 +336,14 @@ def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra:
     )
 
 
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a server a test starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
 def argv_of(caps: QemuCapabilities, xml: str, tmp: Path | None = None) -> list[str]:
     """The QEMU command line for ``xml``, its monitor socket in ``tmp`` (or a fixed path)."""
     mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")
