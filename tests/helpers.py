@@ -3,13 +3,16 @@ QEMU command lines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +337,35 @@ def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra:
         f"<disk type='network' device='{device}'><driver name='qemu' type='raw'/>{source}"
         f"<target dev='vdb' bus='virtio'/>{ro}{extra}</disk>"
     )
+
+
+@contextlib.contextmanager
+def qemu_nbd(
+    image: Path, fmt: str, *, socket: Path | None = None, port: int | None = None
+) -> Iterator[int]:
+    """A ``qemu-nbd`` (its pid yielded) serving ``image`` (read as ``fmt``) as export
+    ``export``, on a unix socket or a TCP port of 127.0.0.1; stopped (and waited for) at the
+    end. qemu-nbd comes with qemu-img (Debian's qemu-utils), which the tests need anyway."""
+    pidfile = image.with_suffix(".nbd.pid")
+    where = ["-k", str(socket)] if socket is not None else ["-b", "127.0.0.1", "-p", str(port)]
+    # --fork: the parent exits once the server listens, so the test waits on no timer.
+    serve = ["--fork", f"--pid-file={pidfile}", "-f", fmt, "-x", "export", "-t", "-e", "4"]
+    subprocess.run(
+        ["qemu-nbd", *serve, *where, str(image)],
+        check=True,
+        timeout=30,
+    )
+    pid = int(pidfile.read_text())
+    pidfd = os.pidfd_open(pid)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], 10)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], 10)
+        os.close(pidfd)
 
 
 def free_tcp_port() -> int:

@@ -4,11 +4,6 @@ by the test on images it makes. The domains only need to be paused (KVM where it
 
 from __future__ import annotations
 
-import os
-import select
-import shutil
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,37 +18,9 @@ from asvirt.drivers.base import StatsGroup
 from asvirt.drivers.qemu.netdisk import missing_module
 
 from .guest import SharedGuest, TestGuest, paused_xml, shared_guest, wait_for_serial
-from .helpers import free_tcp_port, qemu_img
+from .helpers import free_tcp_port, qemu_img, qemu_nbd
 
 pytestmark = [pytest.mark.qemu]
-
-
-@contextmanager
-def qemu_nbd(image: Path, fmt: str, *, socket: Path | None = None, port: int | None = None):
-    """A ``qemu-nbd`` serving ``image`` (read as ``fmt``) as export ``export``, on a unix
-    socket or a TCP port of 127.0.0.1; stopped (and waited for) at the end."""
-    if shutil.which("qemu-nbd") is None:
-        pytest.skip("qemu-nbd is not installed (Debian's qemu-utils)")
-    pidfile = image.with_suffix(".nbd.pid")
-    where = ["-k", str(socket)] if socket is not None else ["-b", "127.0.0.1", "-p", str(port)]
-    # --fork: the parent exits once the server listens, so the test waits on no timer.
-    serve = ["--fork", f"--pid-file={pidfile}", "-f", fmt, "-x", "export", "-t", "-e", "4"]
-    subprocess.run(
-        ["qemu-nbd", *serve, *where, str(image)],
-        check=True,
-        timeout=30,
-    )
-    pid = int(pidfile.read_text())
-    pidfd = os.pidfd_open(pid)
-    try:
-        yield pid
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        ready, _, _ = select.select([pidfd], [], [], 10)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            select.select([pidfd], [], [], 10)
-        os.close(pidfd)
 
 
 class _RangeHandler(SimpleHTTPRequestHandler):
@@ -233,3 +200,11 @@ async def test_start_without_the_protocols_module_names_the_package(
     with pytest.raises(asvirt.OperationFailedError, match=r"block-rbd\.so.*qemu-block-extra"):
         await dom.start(paused=True)
     assert not await dom.is_active()
+    # Plugged into a running domain: refused the same way, before QEMU is asked.
+    other = await conn.define_xml(paused_xml(test_guest, tmp_path, name="vm2"))
+    await other.start(paused=True)
+    live = await other.xml_desc()
+    with pytest.raises(asvirt.OperationFailedError, match="qemu-block-extra"):
+        await other.attach_device(devices)
+    assert await other.xml_desc() == live
+    await other.destroy()

@@ -45,6 +45,7 @@ from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert
 from .capabilities import QemuCapabilities
 from .command import disk_hotplug, interface_hotplug, media_nodes, netdev_id, usb_input_hotplug
 from .command_tune import throttle_group_id, throttle_object
+from .netdisk import check_network_disk
 from .postparse import prepare_domain
 
 if TYPE_CHECKING:
@@ -254,6 +255,7 @@ class HotplugOps:
         self.log.info("device attached", operation="attach-device", device=new.alias)
 
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
+        check_network_disk(disk, prepared.name)
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
         group = None
@@ -477,6 +479,7 @@ class HotplugOps:
     async def _change_media(self, alias: str, disk: Disk, new: Disk) -> None:
         caps = await self._env.capabilities_for(self._live_def)
         fresh = new
+        check_network_disk(new, self._live_def.name)
         if new.has_media:
             fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
             security = self._security()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ...conf.devices import Disk
 from ...conf.domain import DomainDef
 from ...conf.netdisk import DEFAULT_PORTS, NetHost, NetworkSource, iscsi_target_lun
 from ...errors import OperationFailedError
@@ -138,12 +139,15 @@ def missing_module(protocol: str, module_dir: str | None = None) -> str | None:
     )
 
 
-def check_network_disks(defn: DomainDef) -> None:
-    """Refuse a start whose network disks need a QEMU module that is not installed,
+def check_network_disk(disk: Disk, domain: str) -> None:
+    """Refuse a network disk whose protocol needs a QEMU module that is not installed,
     naming the package (QEMU itself would only say the driver is unknown)."""
+    why = missing_module(disk.net.protocol) if disk.net is not None else None
+    if why is not None:
+        raise OperationFailedError(f"disk '{disk.target}' of domain '{domain}': {why}")
+
+
+def check_network_disks(defn: DomainDef) -> None:
+    """:func:`check_network_disk` for every disk of a domain about to start."""
     for disk in defn.disks:
-        if disk.net is None:
-            continue
-        why = missing_module(disk.net.protocol)
-        if why is not None:
-            raise OperationFailedError(f"disk '{disk.target}' of domain '{defn.name}': {why}")
+        check_network_disk(disk, defn.name)
