@@ -3,13 +3,16 @@ QEMU command lines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +304,76 @@ def dom(
         f"<os><type arch='{arch}'{machine_attr}>hvm</type></os>"
         f"{body}<devices>{devices}</devices></domain>"
     )
+
+
+#: One source of each protocol, with the options each may carry.
+NET_DISK_SOURCES = {
+    "nbd-tcp": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"
+    "</source>",
+    "nbd-unix": "<source protocol='nbd'><host transport='unix' socket='/run/nbd.sock'/></source>",
+    "http": "<source protocol='http' name='/img/a.iso' query='x=1&amp;y=2'>"
+    "<host name='example.org'/><readahead size='65536'/><timeout seconds='10'/></source>",
+    "https": "<source protocol='https' name='a.img'><host name='example.org' port='8443'/>"
+    "<ssl verify='no'/></source>",
+    "ftp": "<source protocol='ftp' name='a.img'><host name='example.org'/></source>",
+    "ftps": "<source protocol='ftps' name='a.img'><host name='example.org'/></source>",
+    "iscsi": "<source protocol='iscsi' name='iqn.1992-01.com.example/1'>"
+    "<host name='example.org'/><initiator><iqn name='iqn.2013-07.com.example:c'/></initiator>"
+    "</source>",
+    "rbd": "<source protocol='rbd' name='pool/image'><host name='mon1' port='6322'/>"
+    "<host name='mon2'/><snapshot name='s'/><config file='/etc/ceph/ceph.conf'/></source>",
+    "gluster": "<source protocol='gluster' name='Volume/Image.qcow2'><host name='example.org'/>"
+    "<host transport='unix' socket='/run/gl.sock'/></source>",
+    "ssh": "<source protocol='ssh' name='/test.img'><host name='example.org' port='2222'/>"
+    "</source>",
+    "nfs": "<source protocol='nfs' name='/foo/bar.img'><host name='example.org'/></source>",
+}
+
+
+def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra: str = "") -> str:
+    """A domain (:func:`dom`) with network disk vdb of ``source`` (see NET_DISK_SOURCES)."""
+    ro = "<readonly/>" if readonly else ""
+    return dom(
+        f"<disk type='network' device='{device}'><driver name='qemu' type='raw'/>{source}"
+        f"<target dev='vdb' bus='virtio'/>{ro}{extra}</disk>"
+    )
+
+
+@contextlib.contextmanager
+def qemu_nbd(
+    image: Path, fmt: str, *, socket: Path | None = None, port: int | None = None
+) -> Iterator[int]:
+    """A ``qemu-nbd`` (its pid yielded) serving ``image`` (read as ``fmt``) as export
+    ``export``, on a unix socket or a TCP port of 127.0.0.1; stopped (and waited for) at the
+    end. qemu-nbd comes with qemu-img (Debian's qemu-utils), which the tests need anyway."""
+    pidfile = image.with_suffix(".nbd.pid")
+    where = ["-k", str(socket)] if socket is not None else ["-b", "127.0.0.1", "-p", str(port)]
+    # --fork: the parent exits once the server listens, so the test waits on no timer.
+    serve = ["--fork", f"--pid-file={pidfile}", "-f", fmt, "-x", "export", "-t", "-e", "4"]
+    subprocess.run(
+        ["qemu-nbd", *serve, *where, str(image)],
+        check=True,
+        timeout=30,
+    )
+    pid = int(pidfile.read_text())
+    pidfd = os.pidfd_open(pid)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], 10)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], 10)
+        os.close(pidfd)
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a server a test starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def argv_of(caps: QemuCapabilities, xml: str, tmp: Path | None = None) -> list[str]:

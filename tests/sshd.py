@@ -13,12 +13,11 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from .helpers import descendants
+from .helpers import descendants, free_tcp_port
 
 SSHD = "/usr/sbin/sshd"
 #: Where sshd, run as root, insists on a directory to chroot its unprivileged children into
@@ -87,7 +86,7 @@ class Sshd:
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         for _attempt in range(5):  # another process may take the free port first
-            port = _free_port()
+            port = free_tcp_port()
             if self._start_on(port, timeout):
                 self.port = port
                 host_key = Path(f"{self.host_key}.pub").read_text().split()
@@ -206,13 +205,6 @@ def _kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass  # gone already
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 __all__ = ["Sshd", "keygen", "missing"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .guest import TestGuest, paused_xml
-from .helpers import disk_xml, qemu_img, run_cli
+from .helpers import disk_xml, qemu_img, qemu_nbd, run_cli
 
 pytestmark = [pytest.mark.qemu]
 
@@ -70,6 +70,25 @@ def test_domblklist_table(vm: Path, tmp_path: Path):
         + f" vda      {src}\n"
         + " hdc      -\n\n"
     )
+
+
+def test_network_disks_are_listed_by_name_as_virsh_does(vm: Path, tmp_path: Path):
+    image, sock = tmp_path / "served.raw", tmp_path / "nbd.sock"
+    qemu_img("create", "-q", "-f", "raw", image, "8M")
+    dev = tmp_path / "net.xml"
+    dev.write_text(
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='nbd' name='export'><host transport='unix' socket='{sock}'/>"
+        "</source><target dev='sdb' bus='scsi'/></disk>"
+    )
+    with qemu_nbd(image, "raw", socket=sock):
+        run_cli(vm, "attach-device", "vm1", str(dev))
+        details = run_cli(vm, "domblklist", "vm1", "--details").stdout.splitlines()
+        assert details[4].split() == ["network", "disk", "sdb", "export"]
+        # SCSI disks go at once, with no guest to ask.
+        out = run_cli(vm, "detach-device", "vm1", str(dev)).stdout
+        assert out == "Device detached successfully\n\n"
+    assert "sdb" not in run_cli(vm, "domblklist", "vm1").stdout
 
 
 def test_attach_device_from_a_file_and_config_only(vm: Path, tmp_path: Path):

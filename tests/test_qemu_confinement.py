@@ -50,6 +50,7 @@ from .helpers import (
     overlay,
     pid_alive,
     qemu_img,
+    qemu_nbd,
     qemu_pid,
     wait_for,
     write_config,
@@ -555,6 +556,30 @@ async def test_hotplugged_disks_are_given_as_cold_plugged_ones_and_back_on_detac
     assert owner(image) == nobody
     await dom.destroy()
     assert owner(image) == owner(cold) == SOMEONE
+
+
+async def test_an_nbd_socket_is_checked_and_never_given_away(cconn, guest, open_dir, nobody):
+    # qemu-nbd makes its socket 0755 (root's umask): QEMU as nobody could not connect.
+    image = someones(open_dir / "served.raw")
+    sock = open_dir / "nbd.sock"
+    devices = (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='nbd' name='export'><host transport='unix' socket='{sock}'/>"
+        "</source><target dev='vdb' bus='virtio'/></disk>"
+    )
+    xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=devices)
+    dom = await cconn.define_xml(xml)
+    with qemu_nbd(image, "raw", socket=sock):
+        sock.chmod(0o755)
+        with pytest.raises(asvirt.SystemCallError, match="the nbd socket of disk 'vdb'"):
+            await dom.start(paused=True)
+        assert owner(sock) == (0, 0)  # the server's, not given to QEMU's user
+        sock.chmod(0o777)  # what its owner would do to let QEMU connect
+        await dom.start(paused=True)
+        blocks = await dom.qmp("query-block", None)
+        assert [b["inserted"]["drv"] for b in blocks if "inserted" in b] == ["nbd"]
+        await dom.destroy()
+    assert owner(image) == SOMEONE  # qemu-nbd's to open, not QEMU's
 
 
 async def test_a_failed_hotplug_gives_the_file_back(cconn, guest, open_dir, nobody):

@@ -182,7 +182,8 @@ async def cmd_domblklist(conn: ConnectionCalls, args: argparse.Namespace) -> int
         elif disk.get("type") == "volume":
             where = f"{source.get('pool')}/{source.get('volume')}"
         else:
-            where = source.get("file") or source.get("dev") or "-"
+            # A network disk shows its name (export, pool/image...), as virsh does.
+            where = source.get("file") or source.get("dev") or source.get("name") or "-"
         dev = target.get("dev", "") if target is not None else ""
         if args.details:
             rows.append((disk.get("type", ""), disk.get("device", ""), dev, where))

@@ -28,6 +28,7 @@ from .addresses import (
     parse_address,
 )
 from .names import validate_name
+from .netdisk import NetworkSource, parse_network_source
 from .tuning import BlockIO, Geometry, IOTune, parse_blockio, parse_geometry, parse_iotune
 from .xmlnode import Node, XElem
 from .xmlsafe import parse_xml
@@ -118,9 +119,12 @@ class Disk(DeviceBase):
 
     A ``type='volume'`` disk names a storage volume (``<source pool= volume=>``) instead of
     a path; the driver resolves it to the volume's path (and format) when the domain starts.
+    A ``type='network'`` disk has no path (``source`` stays None): its media is ``net``, a
+    server QEMU connects to; code that needs to know whether there is media at all asks
+    :attr:`has_media`.
     """
 
-    type: str = "file"  # file | block | volume
+    type: str = "file"  # file | block | volume | network
     device: str = "disk"  # disk | cdrom | floppy | lun
     target: str = ""
     bus: str = ""
@@ -128,6 +132,8 @@ class Disk(DeviceBase):
     #: ``<source pool= volume=>`` of a ``type='volume'`` disk.
     source_pool: str | None = None
     source_volume: str | None = None
+    #: ``<source protocol=...>`` of a ``type='network'`` disk.
+    net: NetworkSource | None = None
     startup_policy: str | None = None
     driver_name: str | None = None
     format: str | None = None
@@ -167,9 +173,19 @@ class Disk(DeviceBase):
     geometry: Geometry | None = None
 
     @property
+    def has_media(self) -> bool:
+        """Whether the disk has media: a host path, or a network source."""
+        return self.source is not None or self.net is not None
+
+    @property
+    def shown_source(self) -> str | None:
+        """The source as ``domblklist`` shows it: the path, or a network source's name."""
+        return self.net.display() if self.net is not None else self.source
+
+    @property
     def node_names(self) -> set[str]:
         """The -blockdev node names QEMU knows this disk's media by (empty if no media)."""
-        if self.source is None or self.node_index is None:
+        if not self.has_media or self.node_index is None:
             return set()
         names = {f"libvirt-{self.node_index}-storage"}
         if self.format != "raw":
@@ -217,6 +233,8 @@ class Disk(DeviceBase):
                     "startupPolicy": self.startup_policy,
                 },
             )
+        elif self.net is not None:
+            self.net.format_xml(el, self.node_index if live else None)
         elif self.source is not None or self.startup_policy is not None:
             key = "dev" if self.type == "block" else "file"
             # libvirt's live XML numbers the media's node (libvirt-N-storage): kept by the
@@ -268,7 +286,7 @@ def _parse_disk_tuning(node: Node, disk: Disk) -> None:
 
 def parse_disk(node: Node) -> Disk:
     disk = Disk(
-        type=node.choice("type", ("file", "block", "volume"), "file") or "file",
+        type=node.choice("type", ("file", "block", "volume", "network"), "file") or "file",
         device=node.choice("device", DISK_DEVICES, "disk") or "disk",
         snapshot=node.choice("snapshot", ("internal", "external", "no", "manual")),
         rawio=node.yesno("rawio"),
@@ -299,6 +317,12 @@ def parse_disk(node: Node) -> Disk:
         src.finish()
     elif disk.type == "volume":
         raise XMLError(f"{node.where} of type 'volume' needs <source pool=... volume=...>")
+    elif disk.type == "network" and src is not None:
+        disk.net = parse_network_source(src)
+        disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
+        src.finish()
+    elif disk.type == "network" and disk.device not in ("cdrom", "floppy"):
+        raise XMLError(f"{node.where} of type 'network' needs <source protocol=...>")
     elif src is not None:
         key = "dev" if disk.type == "block" else "file"
         disk.source = src.attr(key)
@@ -367,6 +391,16 @@ def _check_disk_bus(disk: Disk) -> None:
     for attr in ("rawio", "sgio"):
         if getattr(disk, attr) is not None and disk.device != "lun":
             raise XMLError(f"{where}: {attr} can be used only with device='lun'")  # libvirt's
+    if disk.net is not None and disk.device == "lun":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: device='lun' of a network disk needs "
+            "QEMU's iscsi SCSI passthrough, which asvirt does not offer; use device='disk'"
+        )
+    if disk.net is not None and disk.net.is_curl and not disk.readonly and disk.device == "disk":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: QEMU opens {disk.net.protocol} media "
+            "read-only; add <readonly/>"
+        )
     if disk.device == "lun" and disk.type != "block":
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: device='lun' passes a host SCSI device "

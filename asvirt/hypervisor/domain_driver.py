@@ -794,6 +794,11 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         """The sizes of a disk's image (libvirt's ``virDomainGetBlockInfo``)."""
         obj = self.table.get(uuid)
         disk = self._disk(obj.definition(), device)
+        if disk.net is not None:
+            raise OperationUnsupportedError(
+                f"disk '{device}' is a network disk ({disk.net.protocol}): its image is on "
+                "a server, not on this host"
+            )
         if disk.source is None:
             raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
         await trio.lowlevel.checkpoint()
@@ -1024,7 +1029,11 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 if isinstance(current, Disk):
                     assert isinstance(dev, Disk)
                     media = updated_media(current, dev)
-                    if media.source != current.source or media.type != current.type:
+                    if (media.source, media.net, media.type) != (
+                        current.source,
+                        current.net,
+                        current.type,
+                    ):
                         await runtime.change_media(current, media)
                 elif isinstance(current, Interface):
                     assert isinstance(dev, Interface)
@@ -1056,7 +1065,9 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     def _disk(defn: DomainDef, device: str) -> Disk:
         """A disk by target (``vda``) or source path, as libvirt finds it."""
         for disk in defn.disks:
-            if device in (disk.target, disk.source):
+            if device in (disk.target, disk.source) or (
+                disk.net is not None and device == disk.net.name
+            ):
                 return disk
         raise InvalidArgError(f"invalid path: {device}")
 

@@ -146,6 +146,7 @@ def updated_media(current: Disk, new: Disk) -> Disk:
     result = clone_device(current)
     assert isinstance(result, Disk)
     result.source = new.source
+    result.net = new.net
     result.type = new.type
     result.format = new.format or "raw"
     return result
@@ -169,6 +170,7 @@ def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
         assert isinstance(new, Disk)
         media = updated_media(current, new)
         current.type, current.source, current.format = media.type, media.source, media.format
+        current.net = media.net
     else:
         assert isinstance(new, Interface)
         current.link_state = updated_link(current, new)

@@ -102,9 +102,7 @@ def plan_disks(
         mode = (
             asked.get(disk.target)
             or disk.snapshot
-            or default_disk_mode(
-                disk.readonly, disk.shareable, disk.device, disk.source is not None
-            )
+            or default_disk_mode(disk.readonly, disk.shareable, disk.device, disk.has_media)
         )
         where = f"disk '{disk.target}' of domain '{domain}'"
         if mode in ("external", "manual"):
@@ -114,7 +112,12 @@ def plan_disks(
             )
         if mode == "internal":
             why = None
-            if disk.source is None:
+            if disk.net is not None:
+                why = (
+                    f"it is a network disk ({disk.net.protocol}): its image is on a server "
+                    "asvirt does not manage"
+                )
+            elif disk.source is None:
                 why = "it has no media"
             elif disk.readonly or disk.device in ("cdrom", "floppy"):
                 why = "it is read-only"

@@ -234,14 +234,14 @@ def record_params(
         for i, disk in enumerate(defn.disks):
             prefix = f"block.{i}."
             params[prefix + "name"] = disk.target
-            if disk.source is not None:
-                params[prefix + "path"] = disk.source
+            if disk.shown_source is not None:
+                params[prefix + "path"] = disk.shown_source
             counters = blocks.get(disk.target) if active else None
             if counters is not None:
                 for key, value in _block_fields(counters):
                     params[prefix + key] = value
             if disk.source is None:
-                continue
+                continue  # no media, or a network disk: no image on this host to measure
             try:
                 info = block_info(disk)
             except AsvirtError:

@@ -73,17 +73,76 @@ def disks(draw: st.DrawFn, q35: bool) -> str:
         source = (
             f"<source file='/images/d{len(out)}.img'/>" if not cdrom or draw(st.booleans()) else ""
         )
-        extra = "<readonly/>" if cdrom else ""
+        kind = "file"
+        if source and draw(st.integers(0, 3)) == 0:
+            # Curl media are read-only, and QEMU has no read-only IDE/SATA hard disk.
+            curl_ok = cdrom or bus not in ("ide", "sata")
+            kind, source = "network", draw(network_source(curl_ok))
+        # QEMU's curl driver only reads.
+        readonly = cdrom or any(f"protocol='{p}" in source for p in ("http", "ftp"))
+        extra = "<readonly/>" if readonly else ""
         if bus in ("virtio", "scsi") and not cdrom and draw(st.booleans()):
             extra += "<serial>SN" + str(len(out)) + "</serial>"
         device = "cdrom" if cdrom else "disk"
         if source and draw(st.booleans()):
             extra += draw(disk_tuning(bus, cdrom))
         out.append(
-            f"<disk type='file' device='{device}'>{driver}{source}"
+            f"<disk type='{kind}' device='{device}'>{driver}{source}"
             f"<target dev='{disk_name(prefix, n)}' bus='{bus}'/>{extra}</disk>"
         )
     return "".join(out)
+
+
+net_hosts = st.sampled_from(["127.0.0.1", "example.org", "::1", "mon-1.example.org"])
+
+
+@st.composite
+def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
+    """The ``<source protocol=...>`` of a network disk, of every protocol asvirt honours
+    (``curl_ok``: http(s)/ftp(s) too, which are read-only)."""
+    curl = ["http", "https", "ftp", "ftps"] if curl_ok else []
+    protocol = draw(st.sampled_from(["nbd", "iscsi", "rbd", "gluster", "ssh", "nfs", *curl]))
+
+    def host(unix_ok: bool = False, port_ok: bool = True) -> str:
+        if unix_ok and draw(st.booleans()):
+            return f"<host transport='unix' socket='/images/{protocol}.sock'/>"
+        port = draw(st.none() | st.integers(1, 65535)) if port_ok else None
+        return f"<host name='{draw(net_hosts)}'" + (f" port='{port}'" if port else "") + "/>"
+
+    word = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12).filter(
+        lambda w: w not in (".", "..")
+    )
+    name, inner = draw(word), ""
+    if protocol == "nbd":
+        inner = host(unix_ok=True)
+        attrs = f" name={quoteattr(name)}" if draw(st.booleans()) else ""
+    elif protocol in ("http", "https", "ftp", "ftps"):
+        attrs = f" name='/{name}.iso'"
+        if protocol.startswith("http") and draw(st.booleans()):
+            attrs += " query='a=1'"
+        inner = host()
+        if protocol in ("https", "ftps") and draw(st.booleans()):
+            inner += f"<ssl verify='{draw(st.sampled_from(['yes', 'no']))}'/>"
+        if draw(st.booleans()):
+            inner += f"<readahead size='{draw(st.integers(1, 1 << 20))}'/>"
+        if draw(st.booleans()):
+            inner += f"<timeout seconds='{draw(st.integers(1, 600))}'/>"
+    elif protocol == "iscsi":
+        attrs = f" name='iqn.2013-07.com.example:{name}/{draw(st.integers(0, 255))}'"
+        inner = host()
+    elif protocol == "rbd":
+        attrs = f" name='{name}/{draw(word)}'"
+        inner = "".join(host() for _ in range(draw(st.integers(0, 3))))
+        if draw(st.booleans()):
+            inner += f"<snapshot name={quoteattr(draw(word))}/>"
+    elif protocol == "gluster":
+        attrs = f" name='{name}/{draw(word)}.img'"
+        inner = "".join(host(unix_ok=True) for _ in range(draw(st.integers(1, 3))))
+    elif protocol == "ssh":
+        attrs, inner = f" name='/{name}.img'", host()
+    else:  # nfs: QEMU's driver takes no port
+        attrs, inner = f" name='/{name}.img'", host(port_ok=False)
+    return f"<source protocol='{protocol}'{attrs}>{inner}</source>"
 
 
 @st.composite

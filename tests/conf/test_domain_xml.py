@@ -250,7 +250,11 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<interface type='network'><source network='n' portgroup='p'/></interface>", "portgroup"),
         ("<interface type='network'><source network='n'/><bandwidth/></interface>", "<bandwidth>"),
         ("<video><model type='xen'/></video>", "type='xen'"),
-        ("<disk type='network' device='disk'/>", "type='network'"),
+        (
+            "<disk type='network'><source protocol='sheepdog' name='x'><host name='h'/></source>"
+            "<target dev='vda'/></disk>",
+            "sheepdog",
+        ),
         ("<disk type='file'><source file='/a'/><target dev='sda' bus='sd'/></disk>", "bus='sd'"),
         (
             "<disk type='file'><source file='/a'/><target dev='sda' bus='nvme'/></disk>",

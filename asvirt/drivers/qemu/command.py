@@ -45,6 +45,7 @@ from . import command_other as other
 from . import command_tune as tune
 from .capabilities import QemuCapabilities
 from .membacking import domain_memory_dir
+from .netdisk import storage_node
 from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
@@ -227,7 +228,7 @@ def disk_hotplug(
     """What ``blockdev-add`` and ``device_add`` take to plug ``disk`` (prepared, and part of
     ``defn``) into a running QEMU: the same nodes and device the command line would have."""
     builder = _Builder(defn, caps, sandbox=False)
-    nodes = builder.blockdev_nodes(disk) if disk.source is not None else []
+    nodes = builder.blockdev_nodes(disk) if disk.has_media else []
     props = builder._disk_device(disk, str(nodes[-1]["node-name"]) if nodes else None)
     return nodes, {k: v for k, v in props.items() if v is not None}
 
@@ -711,7 +712,7 @@ class _Builder:
                     f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
                     f"'{disk.source_pool}', which has not been resolved to a path"
                 )
-            top = self._blockdevs(disk) if disk.source is not None else None
+            top = self._blockdevs(disk) if disk.has_media else None
             self.device(self._disk_device(disk, top))
 
     def _blockdevs(self, disk: Disk) -> str:
@@ -736,7 +737,10 @@ class _Builder:
         if disk.cache not in (None, "default"):
             direct, no_flush, _ = _CACHE[disk.cache]
             cache = {"direct": direct, "no-flush": no_flush}
-        storage: dict[str, Any] = {"driver": driver, "filename": disk.source}
+        if disk.net is not None:
+            storage: dict[str, Any] = storage_node(disk.net)
+        else:
+            storage = {"driver": driver, "filename": disk.source}
         if disk.io is not None:
             storage["aio"] = disk.io
         storage["node-name"] = storage_name

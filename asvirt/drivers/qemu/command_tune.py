@@ -66,7 +66,7 @@ def throttle_objects(b: _Builder) -> None:
     ``-blockdev`` nodes that name them."""
     seen: set[str] = set()
     for disk in b.d.disks:
-        if disk.iotune is None or disk.source is None:
+        if disk.iotune is None or not disk.has_media:
             continue
         obj = throttle_object(disk)
         if obj["id"] in seen:

@@ -41,6 +41,7 @@ from ...errors import ConfigUnsupportedError, OperationFailedError, SystemCallEr
 from ...log import get_logger
 from . import process
 from .command_more import swtpm_socket, virtiofs_socket
+from .netdisk import check_network_disks
 from .paths import EmbedPaths
 from .postparse_extra import check_more_host_devices
 
@@ -313,6 +314,7 @@ class DomainHelpers:
         d = self.defn
         await trio.to_thread.run_sync(ensure_nvram, d, self.paths)
         await trio.to_thread.run_sync(check_host_devices, d)
+        await trio.to_thread.run_sync(check_network_disks, d)
         for tpm in d.tpms:
             if tpm.backend == "emulator":
                 await self._start_swtpm(tpm.version or "2.0", tpm.pcr_banks)

@@ -53,6 +53,7 @@ from .command import (
     usb_input_hotplug,
 )
 from .command_tune import throttle_group_id, throttle_object
+from .netdisk import check_network_disk
 from .postparse import prepare_domain
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def _same_device(defn: DomainDef, dev: HotplugDevice, inputs_before: int) -> Hot
 
 def media_node_names(disk: Disk) -> list[str]:
     """The -blockdev nodes of a disk's media, top first (the order blockdev-del needs)."""
-    if disk.source is None or disk.node_index is None:
+    if not disk.has_media or disk.node_index is None:
         return []
     names = []
     if disk.iotune is not None:
@@ -264,13 +265,14 @@ class HotplugOps:
         self.log.info("device attached", operation="attach-device", device=new.alias)
 
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
+        check_network_disk(disk, prepared.name)
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
         group = None
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
             disk.iotune is not None
-            and disk.source is not None
+            and disk.has_media
             and not self._throttle_group_users(throttle_group_id(disk))
         ):
             await self.execute("object-add", throttle_object(disk))
@@ -292,7 +294,7 @@ class HotplugOps:
         return [
             d
             for d in self._live_def.disks
-            if d.iotune is not None and d.source is not None and throttle_group_id(d) == group
+            if d.iotune is not None and d.has_media and throttle_group_id(d) == group
         ]
 
     async def _del_disk_backend(self, disk: Disk) -> None:
@@ -303,7 +305,7 @@ class HotplugOps:
         uses it."""
         try:
             await self._quietly_del_nodes(media_node_names(disk))
-            if disk.iotune is not None and disk.source is not None:
+            if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
                 if not self._throttle_group_users(group):
                     await self._quietly("object-del", {"id": group})
@@ -533,7 +535,8 @@ class HotplugOps:
     async def _change_media(self, alias: str, disk: Disk, new: Disk) -> None:
         caps = await self._env.capabilities_for(self._live_def)
         fresh = new
-        if new.source is not None:
+        check_network_disk(new, self._live_def.name)
+        if new.has_media:
             fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
             security = self._security()
             if security is not None:
@@ -543,13 +546,13 @@ class HotplugOps:
                 self._persist_status(durable=True)
                 security.apply(self._uuid)
         await self.execute("blockdev-open-tray", {"id": alias, "force": True})
-        if disk.source is not None:
+        if disk.has_media:
             await self.execute("blockdev-remove-medium", {"id": alias})
             removed = dataclasses.replace(disk)  # as it was: its nodes and group go
-            disk.source = None
+            disk.source = disk.net = None
             self._live_changed()
             await self._del_disk_backend(removed)
-        if fresh.source is not None:
+        if fresh.has_media:
             added: list[str] = []
             group = None
             try:
@@ -571,6 +574,7 @@ class HotplugOps:
                         await self._quietly("object-del", {"id": group})
                 raise
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
+            disk.net = fresh.net
             disk.node_index = fresh.node_index
             self._live_changed()
         await self.execute("blockdev-close-tray", {"id": alias})

@@ -495,7 +495,7 @@ def _check_disk(disk: Disk, q35: bool) -> None:
         )
     if disk.device == "cdrom" and disk.copy_on_read == "on":
         raise ConfigUnsupportedError(f"unsupported configuration: {where}: copy_on_read on a cdrom")
-    if disk.source is None and disk.type != "volume" and disk.device in ("disk", "lun"):
+    if not disk.has_media and disk.type != "volume" and disk.device in ("disk", "lun"):
         raise XMLError(f"{where} has no source (only a cdrom or a floppy may be empty)")
 
 

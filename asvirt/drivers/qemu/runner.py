@@ -1266,7 +1266,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     def _disk_for_node(self, node: str) -> DiskInfo | None:
         for disk in self._live_def.disks:
             if node in disk.node_names:
-                return DiskInfo(target=disk.target, alias=disk.alias or "", source=disk.source)
+                return DiskInfo(
+                    target=disk.target, alias=disk.alias or "", source=disk.shown_source
+                )
         return None
 
     def _log_tail(self, lines: int = 5) -> str:

@@ -303,6 +303,15 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
             )
         )
     for disk in defn.disks:
+        if disk.net is not None:
+            # A network disk's only host path is a server's unix socket: QEMU connects to
+            # it, which needs write access; it is the server's, so it is never given away.
+            for host in disk.net.hosts:
+                if host.socket is not None:
+                    what = f"the {disk.net.protocol} socket of disk '{disk.target}'"
+                    hint = "let QEMU's user connect to it (the server's socket mode or group)"
+                    out.append(Need(host.socket, what, WRITE, may_chown=False, hint=hint))
+            continue
         if disk.source is None or disk.type not in ("file", "block"):
             continue
         what = f"{'CD-ROM' if disk.device == 'cdrom' else 'disk'} '{disk.target}'"

@@ -564,7 +564,7 @@ class DomainStateMachine:
         payload = {
             "device": disk.target if disk else data.get("device", ""),
             "alias": disk.alias if disk else "",
-            "path": disk.source if disk else None,
+            "path": disk.source if disk else None,  # the path, or a network disk's name
             "node-name": node,
             "operation": data.get("operation", ""),
             "action": data.get("action", ""),

@@ -111,7 +111,7 @@ def _check_disk(disk: Disk) -> None:
             f"unsupported configuration: disk '{disk.target}': queues and queue_size are "
             "only supported by virtio-blk"
         )
-    if disk.iotune is not None and disk.source is None and disk.device != "cdrom":
+    if disk.iotune is not None and not disk.has_media and disk.device != "cdrom":
         raise ConfigUnsupportedError(
             f"unsupported configuration: disk '{disk.target}' has no source to throttle"
         )

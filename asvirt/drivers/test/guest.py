@@ -597,6 +597,7 @@ class SimulatedVM:
     async def change_media(self, disk: Disk, new: Disk) -> None:
         await trio.lowlevel.checkpoint()
         disk.type, disk.source, disk.format = new.type, new.source, new.format
+        disk.net = new.net
 
     async def set_link(self, nic: Interface, state: str | None) -> None:
         await trio.lowlevel.checkpoint()

@@ -1,0 +1,150 @@
+"""The ``-blockdev`` storage node of each network disk protocol: QEMU's driver with the
+properties libvirt gives it (libvirt's qemuxmlconfdata ``disk-network-*`` cases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu.netdisk import check_network_disks, missing_module
+from asvirt.errors import OperationFailedError
+from tests.caps import Caps
+from tests.helpers import NET_DISK_SOURCES as SOURCES
+from tests.helpers import argv_of, blockdevs, device, net_disk
+
+
+def storage(caps: Caps, source: str, **kw: Any) -> dict[str, Any]:
+    nodes = blockdevs(argv_of(caps, net_disk(source, **kw)))
+    assert len(nodes) == 1, nodes  # raw: the storage node is the disk's only node
+    node = nodes[0]
+    assert node.pop("node-name") == "libvirt-1-storage"
+    return node
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "nbd-tcp",
+            {
+                "driver": "nbd",
+                "server": {"type": "inet", "host": "127.0.0.1", "port": "10809"},
+                "export": "export",
+            },
+        ),
+        ("nbd-unix", {"driver": "nbd", "server": {"type": "unix", "path": "/run/nbd.sock"}}),
+        (
+            "http",
+            {
+                "driver": "http",
+                "url": "http://example.org:80/img/a.iso?x=1&y=2",
+                "readahead": 65536,
+                "timeout": 10,
+            },
+        ),
+        (
+            "https",
+            {"driver": "https", "url": "https://example.org:8443/a.img", "sslverify": False},
+        ),
+        ("ftp", {"driver": "ftp", "url": "ftp://example.org:21/a.img"}),
+        ("ftps", {"driver": "ftps", "url": "ftps://example.org:990/a.img"}),
+        (
+            "iscsi",
+            {
+                "driver": "iscsi",
+                "portal": "example.org:3260",
+                "target": "iqn.1992-01.com.example",
+                "lun": 1,
+                "transport": "tcp",
+                "initiator-name": "iqn.2013-07.com.example:c",
+            },
+        ),
+        (
+            "rbd",
+            {
+                "driver": "rbd",
+                "pool": "pool",
+                "image": "image",
+                "server": [{"host": "mon1", "port": "6322"}, {"host": "mon2", "port": "6789"}],
+                "snapshot": "s",
+                "conf": "/etc/ceph/ceph.conf",
+            },
+        ),
+        (
+            "gluster",
+            {
+                "driver": "gluster",
+                "volume": "Volume",
+                "path": "Image.qcow2",
+                "server": [
+                    {"type": "inet", "host": "example.org", "port": "24007"},
+                    {"type": "unix", "path": "/run/gl.sock"},
+                ],
+            },
+        ),
+        (
+            "ssh",
+            {
+                "driver": "ssh",
+                "path": "/test.img",
+                "server": {"host": "example.org", "port": "2222"},
+            },
+        ),
+        (
+            "nfs",
+            {
+                "driver": "nfs",
+                "server": {"type": "inet", "host": "example.org"},
+                "path": "/foo/bar.img",
+            },
+        ),
+    ],
+)
+def test_storage_node_of_each_protocol(caps: Caps, name: str, expected: dict[str, Any]) -> None:
+    node = storage(caps, SOURCES[name])
+    assert node.pop("read-only") is True  # net_disk marks them <readonly/>
+    assert node == expected
+
+
+def test_writable_nbd_qcow2_has_a_format_layer(caps: Caps) -> None:
+    xml = net_disk(SOURCES["nbd-tcp"], readonly=False).replace("type='raw'", "type='qcow2'")
+    argv = argv_of(caps, xml)
+    store, fmt = blockdevs(argv)
+    assert store["driver"] == "nbd" and store["auto-read-only"] is True
+    assert fmt == {
+        "node-name": "libvirt-1-format",
+        "read-only": False,
+        "driver": "qcow2",
+        "file": "libvirt-1-storage",
+    }
+    assert device(argv, "virtio-disk1")["drive"] == "libvirt-1-format"
+
+
+def test_ipv6_hosts_are_bracketed_in_urls_and_portals(caps: Caps) -> None:
+    http = "<source protocol='http' name='a.iso'><host name='::1' port='8080'/></source>"
+    assert storage(caps, http)["url"] == "http://[::1]:8080/a.iso"
+    iscsi = "<source protocol='iscsi' name='iqn.x/0'><host name='fe80::1'/></source>"
+    assert storage(caps, iscsi)["portal"] == "[fe80::1]:3260"
+
+
+def test_a_missing_qemu_module_is_refused_naming_the_package(tmp_path: Path) -> None:
+    (tmp_path / "block-curl.so").write_bytes(b"")
+    assert missing_module("http", str(tmp_path)) is None
+    assert missing_module("nbd", str(tmp_path)) is None  # built into QEMU
+    why = missing_module("rbd", str(tmp_path))
+    assert why is not None and "qemu-block-extra" in why and "block-rbd.so" in why
+    # No module directory at all: a QEMU with its drivers built in.
+    assert missing_module("rbd", str(tmp_path / "none")) is None
+
+
+def test_start_check_names_disk_and_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("QEMU_MODULE_DIR", str(tmp_path))  # an empty module directory
+    d = parse_domain_xml(net_disk(SOURCES["iscsi"]))
+    with pytest.raises(OperationFailedError, match=r"disk 'vdb'.*qemu-block-extra"):
+        check_network_disks(d)
+    check_network_disks(parse_domain_xml(net_disk(SOURCES["nbd-tcp"])))
