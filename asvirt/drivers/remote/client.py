@@ -56,6 +56,8 @@ MAX_MESSAGE = 64 * 1024 * 1024
 BACKOFF = (0.02, 1.0)
 #: Reads the link makes of a daemon that always has more to say before it lets others run.
 _READS_PER_YIELD = 16
+#: Bytes the link asks of its socket per read.
+_READ_SIZE = 65536
 
 
 class _LinkLost(Exception):
@@ -78,6 +80,8 @@ class _Link:
         self._queued = 0
         #: Reads of the socket since the reader last let other tasks run.
         self._unyielded = 0
+        #: Whether the last read emptied the socket (the next waits until it is readable).
+        self._drained = False
         # The event loop's own Event class: anyio.Event() looks the loop up on every call.
         self._event_type = type(anyio.Event())
         self._on_notice = on_notice
@@ -189,16 +193,22 @@ class _Link:
         raw = self._raw
         if raw is None:
             try:
-                return await self.stream.receive(65536)
+                return await self.stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 return b""
         while True:
-            try:
-                data = raw.recv(65536)
-            except BlockingIOError:
+            if self._drained:
                 await anyio.wait_readable(raw)
                 self._unyielded = 0
+            try:
+                data = raw.recv(_READ_SIZE)
+            except BlockingIOError:
+                self._drained = True
                 continue
+            # A read shorter than the buffer drained the socket: the next one waits for it
+            # to be readable first, rather than trying a read that fails (a system call and
+            # an exception per answer when one call waits for the next).
+            self._drained = len(data) < _READ_SIZE
             self._unyielded += 1
             if self._unyielded >= _READS_PER_YIELD:
                 await anyio.lowlevel.checkpoint()
