@@ -336,7 +336,7 @@ class Session:
             # Most of these (lookups, state, info) are done as soon as they are made: they
             # are answered here, and only one that has to wait gets a task of its own.
             try:
-                done, value = begin(self.node, c.name, args, client=self)
+                done, value = begin(self.node, c, args, client=self)
             except Exception as err:
                 self.send(self._failure(msg_id, c, err))
                 return
@@ -370,7 +370,7 @@ class Session:
                 value = await started
             else:
                 async with self._workers:
-                    done, value = begin(self.node, c.name, args, client=self)
+                    done, value = begin(self.node, c, args, client=self)
                     if not done:
                         value = await value
             reply = self._success(msg_id, c, value)
