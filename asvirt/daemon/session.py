@@ -312,6 +312,9 @@ class Session:
             "hostname": self.node.domains.hostname(),
             "read_only": self.read_only,
             "last_seq": self.node.bus.last_seq,
+            # How often a silent client is pinged: a client that does not always read may
+            # look for pings at this pace.
+            "keepalive": self.limits.keepalive_interval,
         }
 
     def _start_call(self, msg_id: int | str, method: str, params: object) -> None:
