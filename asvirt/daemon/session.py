@@ -73,6 +73,8 @@ _ids = itertools.count(1)
 
 #: Reads a session makes of a client that always has more to say before it lets others run.
 _READS_PER_YIELD = 16
+#: Bytes a session asks of its socket per read.
+_READ_SIZE = 65536
 
 
 class Session:
@@ -199,16 +201,23 @@ class Session:
         # scheduler after every read, even one that found data waiting, and its wrappers
         # cost more than the lookup a message asks for. This loop yields where it waits,
         # and at least every _READS_PER_YIELD reads of a client that never lets it wait.
+        # A read shorter than the buffer drained the socket: the next waits for it to be
+        # readable before reading, rather than trying a read that fails (a system call and
+        # an exception per message of a client that waits for each answer).
         unyielded = 0
+        drained = False
         while True:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
+            if drained:
                 await trio.lowlevel.wait_readable(sock)
                 unyielded = 0
+            try:
+                data = sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                drained = True
                 continue
             if not data:
                 return
+            drained = len(data) < _READ_SIZE
             unyielded += 1
             if unyielded >= _READS_PER_YIELD:
                 await trio.lowlevel.checkpoint()
@@ -303,6 +312,9 @@ class Session:
             "hostname": self.node.domains.hostname(),
             "read_only": self.read_only,
             "last_seq": self.node.bus.last_seq,
+            # How often a silent client is pinged: a client that does not always read may
+            # look for pings at this pace.
+            "keepalive": self.limits.keepalive_interval,
         }
 
     def _start_call(self, msg_id: int | str, method: str, params: object) -> None:
@@ -327,7 +339,7 @@ class Session:
             # Most of these (lookups, state, info) are done as soon as they are made: they
             # are answered here, and only one that has to wait gets a task of its own.
             try:
-                done, value = begin(self.node, c.name, args, client=self)
+                done, value = begin(self.node, c, args, client=self)
             except Exception as err:
                 self.send(self._failure(msg_id, c, err))
                 return
@@ -361,7 +373,7 @@ class Session:
                 value = await started
             else:
                 async with self._workers:
-                    done, value = begin(self.node, c.name, args, client=self)
+                    done, value = begin(self.node, c, args, client=self)
                     if not done:
                         value = await value
             reply = self._success(msg_id, c, value)

@@ -34,19 +34,20 @@ def driver_for(node: Node, target: protocol.Target) -> Any:
 
 async def invoke(node: Node, name: str, params: dict[str, Any], *, client: object) -> Any:
     """Make the declared call ``name`` on ``node`` for ``client``."""
-    done, value = begin(node, name, params, client=client)
+    done, value = begin(node, protocol.lookup(name), params, client=client)
     return value if done else await value
 
 
-def begin(node: Node, name: str, params: dict[str, Any], *, client: object) -> tuple[bool, Any]:
-    """Start the declared call ``name``: ``(True, result)`` when it is already done, as most
+def begin(
+    node: Node, c: protocol.Call, params: dict[str, Any], *, client: object
+) -> tuple[bool, Any]:
+    """Start the declared call ``c``: ``(True, result)`` when it is already done, as most
     calls that never wait are (lookups, info, state), ``(False, awaitable)`` when it has to
     wait for something, and its caller awaits the rest where it sees fit.
 
     The daemon answers the calls that are done at once as it reads them, and spawns a task
     only for those that wait: a task per call cost more than the call itself.
     """
-    c = protocol.lookup(name)
     method = getattr(driver_for(node, c.target), c.name)
     if c.client:
         params = {**params, "client": client}

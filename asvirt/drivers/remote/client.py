@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NoReturn
 
@@ -56,6 +57,13 @@ MAX_MESSAGE = 64 * 1024 * 1024
 BACKOFF = (0.02, 1.0)
 #: Reads the link makes of a daemon that always has more to say before it lets others run.
 _READS_PER_YIELD = 16
+#: Bytes the link asks of its socket per read.
+_READ_SIZE = 65536
+#: Seconds between looks of a link's reader task, stepped back for callers to read, at
+#: whether none does (keepalive pings from the daemon wait this long at most then).
+_IDLE_LOOK = 1.0
+#: Seconds after a caller last read within which a call takes the link to be up unchecked.
+_FRESH = 0.05
 
 
 class _LinkLost(Exception):
@@ -63,9 +71,23 @@ class _LinkLost(Exception):
 
 
 class _Link:
-    """One stream to the daemon: requests by id, responses and notifications."""
+    """One stream to the daemon: requests by id, responses and notifications.
 
-    def __init__(self, stream: anyio.abc.ByteStream, on_notice: Callable[[str, Any], None]) -> None:
+    Whoever waits reads: a caller whose answer is awaited reads the socket itself when
+    nobody else does, handing on what comes for others, so that a call wakes one task, not
+    the reader task and then its caller. The reader task reads when callers wait that no
+    caller reads for, while subscriptions are open, and otherwise looks every _IDLE_LOOK
+    seconds (for keepalive pings); a call made after the socket went unread for a while
+    reads first what came meanwhile, so that a daemon gone unseen is found before the call
+    is sent, and the call waits for the reconnection as it would have had it been seen.
+    """
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        on_notice: Callable[[str, Any], None],
+        wants_notices: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.stream = stream
         #: The non-blocking socket under the stream, to send on directly when nothing is
         #: queued: most requests are small and the socket takes them at once, without waking
@@ -78,9 +100,27 @@ class _Link:
         self._queued = 0
         #: Reads of the socket since the reader last let other tasks run.
         self._unyielded = 0
+        #: Whether the last read emptied the socket (the next waits until it is readable).
+        self._drained = False
         # The event loop's own Event class: anyio.Event() looks the loop up on every call.
         self._event_type = type(anyio.Event())
         self._on_notice = on_notice
+        #: Whether notices other than keepalive pings may come (open subscriptions): then
+        #: the reader task reads whenever no caller does, so that they arrive at once.
+        self._wants_notices = wants_notices
+        #: What has been read of the daemon's messages (shared by whoever reads).
+        self._lines = wire.LineReader(MAX_MESSAGE)
+        #: Whether someone reads the socket now: the reader task, or a caller leading.
+        self._reading = False
+        #: Set to wake the reader task when it has stepped back for callers to lead.
+        self._resume = self._event_type()
+        #: Why reading must end (the stream ended: "", or the daemon sent nonsense): set
+        #: by whoever met it, acted on by the reader task, which ends the link.
+        self._end: BaseException | str | None = None
+        #: Seconds between looks of the stepped-back reader task (see _IDLE_LOOK).
+        self.idle_look = _IDLE_LOOK
+        #: When a caller last stopped reading (time.monotonic()).
+        self._read_at = 0.0
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[wire.Incoming | None], None]] = {}
         #: Progress callbacks of requests in flight that asked for progress.
@@ -111,6 +151,17 @@ class _Link:
     ) -> None:
         """Send a request; ``on_reply`` gets the response (None if the link broke first),
         ``on_progress`` the progress the daemon reports for it meanwhile."""
+        self._register(method, params, on_reply, on_progress)
+        if not self._reading:
+            self._resume.set()  # no caller waits to read it: the reader task does
+
+    def _register(
+        self,
+        method: str,
+        params: dict[str, Any],
+        on_reply: Callable[[wire.Incoming | None], None],
+        on_progress: Callable[[float], object] | None = None,
+    ) -> None:
         if self.broken.is_set():
             on_reply(None)
             return
@@ -133,11 +184,78 @@ class _Link:
             reply.append(message)
             done.set()
 
-        self.request_nowait(method, params, got, on_progress)
-        await done.wait()
+        self._register(method, params, got, on_progress)
+        if not reply and not self._reading and self._raw is not None:
+            await self._lead(reply)
+        if not reply:
+            await done.wait()
         if reply[0] is None:
             raise _LinkLost
         return reply[0]
+
+    async def _lead(self, reply: list[wire.Incoming | None]) -> None:
+        """Read the socket in this caller's task until its ``reply`` comes, handing on what
+        comes for others, instead of waiting for the reader task to wake this one: a call
+        that waits for its answer then wakes one task, not two. The reader task reads again
+        once this is done if others wait or notices may come (subscriptions); otherwise it
+        looks again after _IDLE_LOOK seconds (keepalive pings wait that long at most)."""
+        raw = self._raw
+        assert raw is not None
+        self._reading = True
+        try:
+            while not reply and self._end is None and not self.broken.is_set():
+                try:
+                    await anyio.wait_readable(raw)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                    break  # closed under this caller: the link's end fails what was pending
+                try:
+                    data = raw.recv(_READ_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError as err:
+                    self._end = err
+                    break
+                if not data:
+                    self._end = ""  # the daemon closed the connection
+                    break
+                reason = self._take(data)
+                if reason is not None:
+                    self._end = reason
+                    break
+        finally:
+            self._reading = False
+            self._read_at = time.monotonic()
+            if self._end is not None or self._pending or self._wants_notices():
+                self._resume.set()
+
+    def wake_reader(self) -> None:
+        """Have the reader task, if it stepped back, read now."""
+        self._resume.set()
+
+    def stale(self) -> bool:
+        """Whether nobody has read the socket for a while: the daemon may have gone
+        meanwhile, unseen (see :meth:`check`)."""
+        return not self._reading and time.monotonic() - self._read_at > _FRESH
+
+    def check(self) -> bool:
+        """Read what the daemon sent while nobody read; whether the link is still up (if
+        not, the reader task ends it: wait for ``broken``)."""
+        raw = self._raw
+        if raw is None or self._reading or self._end is not None:
+            return self._end is None and not self.broken.is_set()
+        self._read_at = time.monotonic()
+        try:
+            data = raw.recv(_READ_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError as err:
+            self._end = err
+        else:
+            self._end = self._take(data) if data else ""
+        if self._end is None:
+            return True
+        self._resume.set()
+        return False
 
     def progress(self, params: Any) -> None:
         """A ``progress`` notification (its params decoded): tell the request's callback."""
@@ -189,16 +307,22 @@ class _Link:
         raw = self._raw
         if raw is None:
             try:
-                return await self.stream.receive(65536)
+                return await self.stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 return b""
         while True:
-            try:
-                data = raw.recv(65536)
-            except BlockingIOError:
+            if self._drained:
                 await anyio.wait_readable(raw)
                 self._unyielded = 0
+            try:
+                data = raw.recv(_READ_SIZE)
+            except BlockingIOError:
+                self._drained = True
                 continue
+            # A read shorter than the buffer drained the socket: the next one waits for it
+            # to be readable first, rather than trying a read that fails (a system call and
+            # an exception per answer when one call waits for the next).
+            self._drained = len(data) < _READ_SIZE
             self._unyielded += 1
             if self._unyielded >= _READS_PER_YIELD:
                 await anyio.lowlevel.checkpoint()
@@ -206,35 +330,70 @@ class _Link:
             return data
 
     async def _read(self) -> None:
-        reader = wire.LineReader(MAX_MESSAGE)
         while True:
-            data = await self._receive()
+            if self._raw is not None and (
+                self._reading or (not self._pending and not self._wants_notices())
+            ):
+                # A caller reads, or nothing is awaited and the next caller reads its
+                # answer itself (see _lead).
+                await self._step_back()
+            if self._end is not None:
+                break
+            self._reading = True
+            try:
+                data = await self._receive()
+            finally:
+                self._reading = False
             if not data:
                 return
-            for line in reader.feed(data):
-                if isinstance(line, wire.Oversized):
-                    log.warning("the daemon sent an oversized message; dropping the link")
-                    return
-                try:
-                    msg = wire.decode_incoming(line)
-                except ValueError:
-                    log.warning("the daemon sent something that is not JSON; dropping the link")
-                    return
-                if msg is None:
-                    continue
-                msg_id = msg.id
-                if msg_id is None:
-                    params = wire.decode(msg.params)
-                    if msg.method == "progress":
-                        self.progress(params)
-                    else:
-                        self._on_notice(str(msg.method or ""), params)
-                    continue
-                on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
-                if isinstance(msg_id, int):
-                    self._progress.pop(msg_id, None)
-                if on_reply is not None:
-                    on_reply(msg)
+            reason = self._take(data)
+            if reason is not None:
+                self._end = reason
+                break
+        if isinstance(self._end, BaseException):
+            raise self._end
+        if self._end:
+            log.warning(self._end)
+
+    async def _step_back(self) -> None:
+        """Let callers read until one is done and others wait, or notices may come; look
+        again every _IDLE_LOOK seconds (a caller may have left nothing to wake this)."""
+        while True:
+            self._resume = self._event_type()
+            with anyio.move_on_after(self.idle_look):
+                await self._resume.wait()
+            if self._reading:
+                continue
+            return
+
+    def _take(self, data: bytes) -> str | None:
+        """Deliver the messages in ``data``: answers to their callers, notices to their
+        handlers. Why the link must end, if the daemon sent something it must not."""
+        for line in self._lines.feed(data):
+            if isinstance(line, wire.Oversized):
+                return "the daemon sent an oversized message; dropping the link"
+            try:
+                msg = wire.decode_incoming(line)
+            except ValueError:
+                return "the daemon sent something that is not JSON; dropping the link"
+            if msg is not None:
+                self._deliver(msg)
+        return None
+
+    def _deliver(self, msg: wire.Incoming) -> None:
+        msg_id = msg.id
+        if msg_id is None:
+            params = wire.decode(msg.params)
+            if msg.method == "progress":
+                self.progress(params)
+            else:
+                self._on_notice(str(msg.method or ""), params)
+            return
+        on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
+        if isinstance(msg_id, int):
+            self._progress.pop(msg_id, None)
+        if on_reply is not None:
+            on_reply(msg)
 
 
 class _RemoteSubscription:
@@ -303,7 +462,7 @@ class RemoteDriver:
 
     async def _open_link(self) -> _Link:
         stream = await self._transport.open()
-        link = _Link(stream, self._on_notice)
+        link = _Link(stream, self._on_notice, lambda: bool(self._subs))
         self._nursery.start_soon(link.run)
         try:
             with anyio.fail_after(HELLO_DEADLINE):
@@ -322,6 +481,12 @@ class RemoteDriver:
         if not isinstance(hello, dict) or hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise NoConnectError(f"{self._transport.description} speaks another protocol")
         self._hello = hello
+        interval = hello.get("keepalive")
+        if isinstance(interval, int | float) and interval > 0:
+            # Looked for at least twice per ping interval: the daemon drops a client that
+            # has not answered for an interval after its ping.
+            link.idle_look = min(_IDLE_LOOK, interval / 2)
+            link.wake_reader()  # it may have stepped back for longer
         if isinstance(hello.get("last_seq"), int):
             self._known_seq = max(self._known_seq, hello["last_seq"])
         for sub_id, rsub in self._subs.items():
@@ -422,7 +587,10 @@ class RemoteDriver:
             raise NoConnectError("the connection is closed")
         link = self._link
         if link is not None and not link.broken.is_set():
-            return link  # up: no deadline to set up
+            if not link.stale() or link.check():
+                return link  # up: no deadline to set up
+            # The daemon went while nobody read: wait for the reconnection, as if seen.
+            await link.broken.wait()
         with anyio.move_on_after(RECONNECT_DEADLINE):
             while self._link is None or self._link.broken.is_set():
                 await self._link_up.wait()
