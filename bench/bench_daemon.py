@@ -702,8 +702,8 @@ async def run(
             f" figure above is from QEMU's timestamp: {ms(statistics.median(r_lat)):.2f} ms)"
         )
         for cmd, seconds in theirs.get("cli", {}).items():
-            ours = cli_remote.get(cmd)
-            ratio = f"   (asvirt / virsh = {ours / seconds:.2f})" if ours is not None else ""
+            ours = cli_remote.get(cmd)  # (wall, CPU)
+            ratio = f"   (asvirt / virsh = {ours[0] / seconds:.2f})" if ours is not None else ""
             print(f"  virsh {cmd:<20} {ms(seconds):.0f} ms{ratio}")
     print("\ntargets:", "all met" if not report.missed else f"NOT met: {', '.join(report.missed)}")
     return 0 if not report.missed else 2
