@@ -55,6 +55,31 @@ class QemuConfig:
     #: ``memory_backing_dir``): a directory per running domain, made at start and removed at
     #: stop. "" is the node's ``lib/qemu/ram`` (``ROOT/lib/qemu/ram`` of an embed root).
     memory_backing_dir: str = ""
+    #: The directory of QEMU's TLS certificates (libvirt's ``default_tls_x509_cert_dir``):
+    #: ``ca-cert.pem``, and ``server-cert.pem``/``server-key.pem`` where QEMU is the server
+    #: (SPICE, VNC, a listening chardev), ``client-cert.pem``/``client-key.pem`` where it is
+    #: a client (an NBD disk, a connecting chardev). Each ``*_tls_x509_cert_dir`` left ""
+    #: means this one.
+    default_tls_x509_cert_dir: str = "/etc/pki/qemu"
+    #: SPICE listens on its ``tlsPort`` too (``-spice tls-port=,x509-dir=``): secure channels,
+    #: ``defaultMode='secure'`` and automatic TLS ports need it.
+    spice_tls: bool = False
+    spice_tls_x509_cert_dir: str = ""
+    #: VNC speaks TLS (VeNCrypt with x509 certificates; ``-vnc ...,tls-creds=``) ...
+    vnc_tls: bool = False
+    vnc_tls_x509_cert_dir: str = ""
+    #: ... and asks its clients for a certificate signed by the CA (``verify-peer``).
+    vnc_tls_x509_verify: bool = True
+    #: NBD disks connect over TLS unless their ``<source tls='no'>`` says otherwise (with
+    #: False, only those with ``tls='yes'`` do).
+    nbd_tls: bool = False
+    nbd_tls_x509_cert_dir: str = ""
+    #: TCP character devices (serial, console, channel, parallel) speak TLS unless their
+    #: ``<source tls='no'>`` says otherwise (with False, only those with ``tls='yes'`` do) ...
+    chardev_tls: bool = False
+    chardev_tls_x509_cert_dir: str = ""
+    #: ... and, listening, ask their clients for a certificate signed by the CA.
+    chardev_tls_x509_verify: bool = True
 
     def __post_init__(self) -> None:
         for key in ("user", "group"):
@@ -65,6 +90,16 @@ class QemuConfig:
             raise InvalidArgError(
                 f"[qemu] memory_backing_dir {self.memory_backing_dir!r}: not an absolute path"
             )
+        if not self.default_tls_x509_cert_dir.startswith("/"):
+            raise InvalidArgError(
+                f"[qemu] default_tls_x509_cert_dir {self.default_tls_x509_cert_dir!r}: "
+                "not an absolute path"
+            )
+        for area in ("spice", "vnc", "nbd", "chardev"):
+            key = f"{area}_tls_x509_cert_dir"
+            value = getattr(self, key)
+            if value and not value.startswith("/"):
+                raise InvalidArgError(f"[qemu] {key} {value!r}: not an absolute path")
 
 
 #: The largest user or group id: (uid_t)-1 means "no change" to the kernel.

@@ -22,6 +22,7 @@ import trio
 import asvirt
 from asvirt.drivers.qemu.capabilities import QemuCapabilities
 from asvirt.drivers.qemu.command import domxml_to_native
+from asvirt.drivers.qemu.tls import TlsConfig
 
 
 def embed_uri(root: Path) -> str:
@@ -311,6 +312,8 @@ NET_DISK_SOURCES = {
     "nbd-tcp": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"
     "</source>",
     "nbd-unix": "<source protocol='nbd'><host transport='unix' socket='/run/nbd.sock'/></source>",
+    "nbd-tls": "<source protocol='nbd' name='export' tls='yes' tlsHostname='nbd.example.org'>"
+    "<host name='127.0.0.1' port='10809'/></source>",
     "http": "<source protocol='http' name='/img/a.iso' query='x=1&amp;y=2'>"
     "<host name='example.org'/><readahead size='65536'/><timeout seconds='10'/></source>",
     "https": "<source protocol='https' name='a.img'><host name='example.org' port='8443'/>"
@@ -341,13 +344,26 @@ def net_disk(source: str, *, readonly: bool = True, device: str = "disk", extra:
 
 @contextlib.contextmanager
 def qemu_nbd(
-    image: Path, fmt: str, *, socket: Path | None = None, port: int | None = None
+    image: Path,
+    fmt: str,
+    *,
+    socket: Path | None = None,
+    port: int | None = None,
+    tls_dir: Path | None = None,
 ) -> Iterator[int]:
     """A ``qemu-nbd`` (its pid yielded) serving ``image`` (read as ``fmt``) as export
-    ``export``, on a unix socket or a TCP port of 127.0.0.1; stopped (and waited for) at the
-    end. qemu-nbd comes with qemu-img (Debian's qemu-utils), which the tests need anyway."""
+    ``export``, on a unix socket or a TCP port of 127.0.0.1 (over TLS only, with the
+    certificates of ``tls_dir`` (:func:`make_tls_dir`), if given); stopped (and waited for)
+    at the end. qemu-nbd comes with qemu-img (Debian's qemu-utils), which the tests need
+    anyway."""
     pidfile = image.with_suffix(".nbd.pid")
     where = ["-k", str(socket)] if socket is not None else ["-b", "127.0.0.1", "-p", str(port)]
+    if tls_dir is not None:
+        where += [
+            "--object",
+            f"tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,dir={tls_dir}",
+            "--tls-creds=tls0",
+        ]
     # --fork: the parent exits once the server listens, so the test waits on no timer.
     serve = ["--fork", f"--pid-file={pidfile}", "-f", fmt, "-x", "export", "-t", "-e", "4"]
     subprocess.run(
@@ -376,10 +392,50 @@ def free_tcp_port() -> int:
     return port
 
 
-def argv_of(caps: QemuCapabilities, xml: str, tmp: Path | None = None) -> list[str]:
-    """The QEMU command line for ``xml``, its monitor socket in ``tmp`` (or a fixed path)."""
+def argv_of(
+    caps: QemuCapabilities, xml: str, tmp: Path | None = None, *, tls: TlsConfig | None = None
+) -> list[str]:
+    """The QEMU command line for ``xml``, its monitor socket in ``tmp`` (or a fixed path);
+    ``tls``: which TLS the driver's configuration turns on (default: none)."""
     mon = str((tmp or Path("/run/asvirt-test")) / "m.sock")
-    return domxml_to_native(xml, caps, monitor_path=mon)
+    return domxml_to_native(xml, caps, monitor_path=mon, tls=tls)
+
+
+def make_tls_dir(directory: Path, *, names: tuple[str, ...] = ("localhost",)) -> Path:
+    """A directory of TLS credentials as QEMU and libvirt lay them out, made with openssl:
+    ``ca-cert.pem`` (a CA of the test's own, its key in ``ca-key.pem``), ``server-cert.pem``
+    and ``server-key.pem`` for the DNS ``names`` and 127.0.0.1, ``client-cert.pem`` and
+    ``client-key.pem``. The key usages are the ones GnuTLS (QEMU) insists on."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=asvirt test CA",
+        "-keyout", "ca-key.pem", "-out", "ca-cert.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    sans = ",".join([*(f"DNS:{n}" for n in names), "IP:127.0.0.1"])
+    for role, purpose, cn in (("server", "serverAuth", names[0]), ("client", "clientAuth", "vm")):
+        ext = directory / f"{role}.ext"
+        ext.write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage={purpose}\n"
+            + (f"subjectAltName={sans}\n" if role == "server" else "")
+        )
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", f"{role}-key.pem", "-out", f"{role}.csr",
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", f"{role}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{role}-cert.pem",
+        )  # fmt: skip
+    return directory
 
 
 def opts(argv: list[str], name: str) -> list[str]:

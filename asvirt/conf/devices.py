@@ -888,6 +888,8 @@ class Chardev(DeviceBase):
     bind_service: str | None = None
     #: tcp: ``<protocol type='raw'|'telnet'>``.
     protocol: str | None = None
+    #: tcp: ``<source tls='yes'|'no'>`` (None: the driver's default, libvirt's chardev_tls).
+    tls: bool | None = None
 
     #: What a console that shows serial port 0 copies from it.
     SOURCE_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -905,6 +907,7 @@ class Chardev(DeviceBase):
         "bind_host",
         "bind_service",
         "protocol",
+        "tls",
     )
 
     TARGET_TYPES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -940,7 +943,13 @@ class Chardev(DeviceBase):
             self._format_reconnect(src)
         elif self.type == "tcp":
             src = el.add(
-                "source", {"mode": self.source_mode, "host": self.host, "service": self.service}
+                "source",
+                {
+                    "mode": self.source_mode,
+                    "host": self.host,
+                    "service": self.service,
+                    "tls": self.tls,
+                },
             )
             self._format_reconnect(src)
             el.add("protocol", {"type": self.protocol or "raw"})
@@ -1082,6 +1091,7 @@ def _parse_socket_source(src: Node, chr_: Chardev) -> None:
         chr_.host, chr_.service = host, service
         if chr_.type == "tcp":
             chr_.source_mode = mode
+            chr_.tls = src.yesno("tls")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 network (NBD, HTTP(S)/FTP(S), iSCSI, Ceph RBD, Gluster, SSH) instead of a host path.
 
 Only what QEMU 7.2 can open is accepted; the rest of libvirt's schema is refused with the
-reason (protocols QEMU dropped, secrets asvirt has no store for, TLS it has no certificates
-for). Generic: no QEMU property names here, those are the command line's
-(:mod:`asvirt.drivers.qemu.netdisk`).
+reason (protocols QEMU dropped, secrets asvirt has no store for). Generic: no QEMU property
+names here, those are the command line's (:mod:`asvirt.drivers.qemu.netdisk`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
@@ -73,6 +73,10 @@ class NetworkSource:
     #: ``<snapshot name=>`` and ``<config file=>`` (rbd).
     rbd_snapshot: str | None = None
     rbd_config: str | None = None
+    #: nbd: ``tls='yes'|'no'`` (None: the driver's default, libvirt's ``nbd_tls``) and
+    #: ``tlsHostname=``, the name the server's certificate must carry (default: the host's).
+    tls: bool | None = None
+    tls_hostname: str | None = None
 
     @property
     def is_curl(self) -> bool:
@@ -87,7 +91,14 @@ class NetworkSource:
     def format_xml(self, el: XElem, index: int | None) -> None:
         src = el.add(
             "source",
-            {"protocol": self.protocol, "name": self.name, "query": self.query, "index": index},
+            {
+                "protocol": self.protocol,
+                "name": self.name,
+                "query": self.query,
+                "tls": self.tls,
+                "tlsHostname": self.tls_hostname,
+                "index": index,
+            },
         )
         for host in self.hosts:
             src.add(
@@ -157,14 +168,16 @@ def parse_network_source(node: Node) -> NetworkSource:
         raise XMLError(f"missing attribute 'name' of {node.where} (protocol '{protocol}')")
     if protocol in ("http", "https"):
         src.query = node.attr("query")
-    for refused, why in (
-        ("tls", "asvirt has no TLS certificates for QEMU's block layer"),
-        ("tlsHostname", "asvirt has no TLS certificates for QEMU's block layer"),
-    ):
-        if node.attr(refused) is not None:
-            raise ConfigUnsupportedError(
-                f"unsupported configuration: {refused}= of {node.where}: {why}"
-            )
+    src.tls = node.yesno("tls")
+    src.tls_hostname = node.attr("tlsHostname")
+    if (src.tls is not None or src.tls_hostname is not None) and protocol != "nbd":
+        # https and ftps have TLS of their own (<ssl verify=...>), with the system's CAs.
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: tls= of {node.where}: QEMU's {protocol} driver takes "
+            "no TLS credentials (its NBD driver does)"
+        )
+    if src.tls_hostname is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+", src.tls_hostname):
+        raise XMLError(f"invalid tlsHostname '{src.tls_hostname}' of {node.where}")
     for refused, why in (
         ("auth", "asvirt has no secret store to take the credentials from"),
         ("encryption", "asvirt has no secret store to take the passphrase from"),

@@ -272,7 +272,6 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<controller type='xenbus' index='0'/>", "type='xenbus'"),
         ("<controller type='scsi' model='buslogic'/>", "model='buslogic'"),
         ("<serial type='nmdm'><source master='/a' slave='/b'/></serial>", "type='nmdm'"),
-        ("<serial type='tcp'><source host='a' service='1' tls='yes'/></serial>", "tls='yes'"),
         ("<input type='mouse' bus='xen'/>", "bus='xen'"),
         ("<audio id='1' type='coreaudio'/>", "type='coreaudio'"),
         ("<watchdog model='diag288'/>", "model='diag288'"),

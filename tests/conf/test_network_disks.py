@@ -67,8 +67,8 @@ def test_live_xml_numbers_the_node() -> None:
             "no secret store",
         ),
         (
-            "<source protocol='nbd' tls='yes'><host name='h'/></source>",
-            "TLS certificates",
+            "<source protocol='https' name='a' tls='yes'><host name='h'/></source>",
+            "takes no TLS credentials",
         ),
         (
             "<source protocol='gluster' name='v/p'><host transport='rdma' name='h'/></source>",

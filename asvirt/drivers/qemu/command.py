@@ -54,6 +54,7 @@ from .postparse import (
     machine_family,
     prepare_domain,
 )
+from .tls import VNC_CREDS_ID, TlsConfig, chardev_creds_id, creds_object, disk_creds_id
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -83,6 +84,7 @@ def build_command(
     sandbox: bool = True,
     tap_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
+    tls: TlsConfig | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -98,6 +100,8 @@ def build_command(
     ``domxml-to-native`` shows).
     ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
+    ``tls`` says which displays, NBD disks and TCP chardevs speak TLS, with which
+    certificates (default: none does, as libvirt's default qemu.conf).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -110,10 +114,11 @@ def build_command(
         )
     if runtime_dir is None and monitor.path is not None:
         runtime_dir = os.path.dirname(monitor.path) or "."
-    if runtime_dir is not None and _needs_runtime_paths(defn):
+    tls = tls or TlsConfig()
+    if runtime_dir is not None and _needs_runtime_paths(defn, tls):
         defn = defn.copy()
-        fill_runtime_paths(defn, runtime_dir)
-    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds)
+        fill_runtime_paths(defn, runtime_dir, tls)
+    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, tls=tls)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
     return builder.build(monitor)
@@ -127,6 +132,7 @@ def domxml_to_native(
     sandbox: bool = True,
     nvram_dir: str | None = None,
     memory_backing_dir: str | None = None,
+    tls: TlsConfig | None = None,
 ) -> list[str]:
     """Parse, prepare and build: the argv ``start`` would run for ``xml_text``.
 
@@ -140,12 +146,19 @@ def domxml_to_native(
     if memory_backing_dir is not None:
         memory_dir = str(domain_memory_dir(Path(memory_backing_dir), defn))
     return build_command(
-        defn, caps, monitor=MonitorSpec(path=monitor_path), sandbox=sandbox, memory_dir=memory_dir
+        defn,
+        caps,
+        monitor=MonitorSpec(path=monitor_path),
+        sandbox=sandbox,
+        memory_dir=memory_dir,
+        tls=tls,
     )
 
 
-def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
-    """Give unix sockets that have no configured path one under ``runtime_dir`` (in place).
+def fill_runtime_paths(defn: DomainDef, runtime_dir: str, tls: TlsConfig | None = None) -> None:
+    """Give unix sockets that have no configured path one under ``runtime_dir`` (in place),
+    and SPICE displays with automatic ports their ports (a TLS one too when ``tls`` has
+    SPICE speak it).
 
     libvirt does the same when it starts a domain (the guest agent socket, a VNC socket),
     so the live XML names the socket a client should use.
@@ -154,7 +167,7 @@ def fill_runtime_paths(defn: DomainDef, runtime_dir: str) -> None:
         if chr_.type == "unix" and chr_.source_path is None:
             name = chr_.target_name or chr_.alias or "chardev"
             chr_.source_path = _socket_path(runtime_dir, f"{defn.uuid[:8]}-{name}.sock")
-    more.fill_spice(defn, runtime_dir)
+    more.fill_spice(defn, runtime_dir, spice_tls=tls is not None and tls.spice)
     for gfx in defn.graphics:
         for lst in gfx.listens:
             if lst.type == "socket" and lst.socket is None:
@@ -187,8 +200,8 @@ def links_down(defn: DomainDef) -> list[str]:
     return [nic.alias for nic in defn.interfaces if nic.link_state == "down" and nic.alias]
 
 
-def _needs_runtime_paths(defn: DomainDef) -> bool:
-    if more.needs_runtime_paths(defn):
+def _needs_runtime_paths(defn: DomainDef, tls: TlsConfig) -> bool:
+    if more.needs_runtime_paths(defn, spice_tls=tls.spice):
         return True
     return any(c.type == "unix" and c.source_path is None for c in defn.chardevs()) or any(
         lst.type == "socket" and lst.socket is None for g in defn.graphics for lst in g.listens
@@ -223,19 +236,31 @@ def tap_fds_arg(fds: Sequence[int | str]) -> tuple[str, str]:
 
 
 def disk_hotplug(
-    defn: DomainDef, caps: QemuCapabilities, disk: Disk
+    defn: DomainDef, caps: QemuCapabilities, disk: Disk, tls: TlsConfig | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """What ``blockdev-add`` and ``device_add`` take to plug ``disk`` (prepared, and part of
-    ``defn``) into a running QEMU: the same nodes and device the command line would have."""
-    builder = _Builder(defn, caps, sandbox=False)
+    ``defn``) into a running QEMU: the same nodes and device the command line would have
+    (an NBD node speaking TLS names its credentials object, :func:`disk_tls_object`)."""
+    builder = _Builder(defn, caps, sandbox=False, tls=tls)
     nodes = builder.blockdev_nodes(disk) if disk.has_media else []
     props = builder._disk_device(disk, str(nodes[-1]["node-name"]) if nodes else None)
     return nodes, {k: v for k, v in props.items() if v is not None}
 
 
-def media_nodes(defn: DomainDef, caps: QemuCapabilities, disk: Disk) -> list[dict[str, Any]]:
+def media_nodes(
+    defn: DomainDef, caps: QemuCapabilities, disk: Disk, tls: TlsConfig | None = None
+) -> list[dict[str, Any]]:
     """The ``blockdev-add`` nodes of a removable disk's new media (bottom first)."""
-    return _Builder(defn, caps, sandbox=False).blockdev_nodes(disk)
+    return _Builder(defn, caps, sandbox=False, tls=tls).blockdev_nodes(disk)
+
+
+def disk_tls_object(disk: Disk, tls: TlsConfig) -> dict[str, Any] | None:
+    """The ``tls-creds-x509`` object (``-object``, ``object-add``) of a disk whose NBD
+    client speaks TLS, or None: the client credentials of ``nbd_tls_x509_cert_dir``."""
+    if not tls.disk_tls(disk):
+        return None
+    obj_id = disk_creds_id(f"libvirt-{disk.node_index}-storage")
+    return creds_object(obj_id, tls.nbd_dir, server=False, verify=True)
 
 
 def interface_hotplug(defn: DomainDef, caps: QemuCapabilities, nic: Interface) -> dict[str, Any]:
@@ -307,8 +332,10 @@ class _Builder:
         *,
         sandbox: bool,
         tap_fds: dict[str, list[int]] | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.d = d
+        self.tls = tls or TlsConfig()
         self.tap_fds = tap_fds or {}
         self.caps = caps
         self.sandbox = sandbox
@@ -716,6 +743,9 @@ class _Builder:
             self.device(self._disk_device(disk, top))
 
     def _blockdevs(self, disk: Disk) -> str:
+        creds = disk_tls_object(disk, self.tls)
+        if creds is not None:
+            self.add("-object", _json(creds))
         nodes = self.blockdev_nodes(disk)
         for node in nodes:
             self.add("-blockdev", _json(node))
@@ -739,6 +769,10 @@ class _Builder:
             cache = {"direct": direct, "no-flush": no_flush}
         if disk.net is not None:
             storage: dict[str, Any] = storage_node(disk.net)
+            if self.tls.disk_tls(disk):
+                storage["tls-creds"] = disk_creds_id(storage_name)
+                if disk.net.tls_hostname is not None:
+                    storage["tls-hostname"] = disk.net.tls_hostname
         else:
             storage = {"driver": driver, "filename": disk.source}
         if disk.io is not None:
@@ -912,6 +946,15 @@ class _Builder:
             opts = [f"socket,id={cid},host={chr_.host or ''},port={chr_.service}"]
             if chr_.protocol == "telnet":
                 opts.append("telnet=on")
+            if self.tls.chardev_tls(chr_):
+                creds = chardev_creds_id(cid)
+                server = chr_.source_mode == "bind"
+                verify = self.tls.chardev_verify
+                self.add(
+                    "-object",
+                    _json(creds_object(creds, self.tls.chardev_dir, server=server, verify=verify)),
+                )
+                opts.append(f"tls-creds={creds}")
             opts.extend(self._socket_mode(chr_))
         elif chr_.type == "udp":
             opts = [f"udp,id={cid},host={chr_.host or ''},port={chr_.service}"]
@@ -1093,6 +1136,12 @@ class _Builder:
                 opts.append("websocket=on" if gfx.websocket == -1 else f"websocket={gfx.websocket}")
             if gfx.share_policy is not None:
                 opts.append(f"share={gfx.share_policy}")
+            if self.tls.vnc_tls(gfx):
+                creds = creds_object(
+                    VNC_CREDS_ID, self.tls.vnc_dir, server=True, verify=self.tls.vnc_verify
+                )
+                self.add("-object", _json(creds))
+                opts.append(f"tls-creds={VNC_CREDS_ID}")
             if self.d.audios:
                 opts.append(f"audiodev=audio{self.d.audios[0].id}")
             self.add("-vnc", ",".join(opts))

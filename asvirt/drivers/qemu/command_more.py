@@ -18,6 +18,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ...conf.devices import Graphics
 from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
@@ -125,7 +126,7 @@ def nvram_blockdev_names() -> tuple[str, str]:
 # ports and paths chosen when a domain starts
 
 
-def needs_runtime_paths(d: DomainDef) -> bool:
+def needs_runtime_paths(d: DomainDef, *, spice_tls: bool = False) -> bool:
     if d.os.nvram is not None and d.os.nvram.path is None:
         return True
     return any(
@@ -133,15 +134,29 @@ def needs_runtime_paths(d: DomainDef) -> bool:
         and (
             (g.listens and g.listens[0].type == "address" and g.autoport)
             or (g.listens and g.listens[0].type == "socket" and g.listens[0].socket is None)
+            or _wants_tls_port(g, spice_tls)
         )
         for g in d.graphics
     )
 
 
-def fill_spice(d: DomainDef, runtime_dir: str) -> None:
+def _wants_tls_port(gfx: Graphics, spice_tls: bool) -> bool:
+    """Whether a SPICE display on an address is given a TLS port at start: with SPICE TLS on,
+    when it has an automatic port (unless every channel is plain) or ``tlsPort='-1'`` (as
+    libvirt's allocator decides)."""
+    if not spice_tls or not gfx.listens or gfx.listens[0].type != "address":
+        return False
+    if gfx.tls_port == -1 and not gfx.autoport:
+        return True
+    plain_only = gfx.default_mode == "insecure" and "secure" not in gfx.channels.values()
+    return bool(gfx.autoport) and not plain_only
+
+
+def fill_spice(d: DomainDef, runtime_dir: str, *, spice_tls: bool = False) -> None:
     """A SPICE display with an automatic port gets a free one (libvirt's allocator does the
-    same, from 5900 up); a SPICE socket without a path gets one under ``runtime_dir``, and
-    so does an NVRAM file of a definition prepared without an NVRAM directory."""
+    same, from 5900 up), and a TLS port too when ``spice_tls`` (SPICE TLS is on); a SPICE
+    socket without a path gets one under ``runtime_dir``, and so does an NVRAM file of a
+    definition prepared without an NVRAM directory."""
     if d.os.nvram is not None and d.os.nvram.path is None:
         # Prepared without an NVRAM directory (a conversion): beside the other runtime files.
         d.os.nvram.path = os.path.join(runtime_dir, f"{d.name}_VARS.fd")
@@ -153,6 +168,12 @@ def fill_spice(d: DomainDef, runtime_dir: str) -> None:
             lst.socket = socket_path(runtime_dir, f"{d.uuid[:8]}-spice.sock")
         elif lst.type == "address" and gfx.autoport:
             gfx.port = free_tcp_port(lst.address or "127.0.0.1")
+        if _wants_tls_port(gfx, spice_tls):
+            host = lst.address or "127.0.0.1"
+            port = free_tcp_port(host)
+            if port == gfx.port:  # nothing listens on the plain port yet: the next one
+                port = free_tcp_port(host, port + 1)
+            gfx.tls_port = port
 
 
 def free_tcp_port(host: str, first: int = 5900, last: int = 65535) -> int:
@@ -429,6 +450,8 @@ def spice_args(b: _Builder) -> None:
             continue
         lst = gfx.listens[0]
         opts: list[str] = []
+        tls_port = gfx.tls_port if gfx.tls_port not in (None, -1, 0) else None
+        _check_spice_tls(gfx, tls_port, b.tls.spice)
         if lst.type == "socket":
             if lst.socket is None:
                 raise ConfigUnsupportedError(
@@ -437,21 +460,57 @@ def spice_args(b: _Builder) -> None:
                 )
             opts += ["unix=on", f"addr={_kv(lst.socket)}"]
         else:
-            if gfx.port in (None, -1):
+            if gfx.port in (None, -1) and tls_port is None:
                 raise ConfigUnsupportedError(
                     "unsupported configuration: the SPICE display has no port yet"
                 )
             host = lst.address or "127.0.0.1"
-            opts += [f"port={gfx.port}", f"addr={host}"]
+            if gfx.port not in (None, -1, 0):
+                opts.append(f"port={gfx.port}")
+            if tls_port is not None:
+                opts.append(f"tls-port={tls_port}")
+            opts.append(f"addr={host}")
+            if tls_port is not None:
+                opts.append(f"x509-dir={_kv(b.tls.spice_dir)}")
+        if gfx.default_mode in ("secure", "insecure"):
+            kind = "tls" if gfx.default_mode == "secure" else "plaintext"
+            opts.append(f"{kind}-channel=default")
         opts.append("disable-ticketing=on")
         for tag, value in gfx.options.items():
             key, spelled = _SPICE_KEYS[tag]
             opts.append(f"{key}={spelled.get(value, value)}")
         for name, mode in gfx.channels.items():
-            if mode == "insecure":
-                opts.append(f"plaintext-channel={name}")
+            if mode in ("secure", "insecure"):
+                kind = "tls" if mode == "secure" else "plaintext"
+                opts.append(f"{kind}-channel={name}")
         opts.append("seamless-migration=on")
         b.add("-spice", ",".join(opts))
+
+
+def _check_spice_tls(gfx: Graphics, tls_port: int | None, spice_tls: bool) -> None:
+    """Refuse SPICE TLS the configuration does not give (libvirt's checks and words)."""
+    secure = gfx.default_mode == "secure" or "secure" in gfx.channels.values()
+    if not spice_tls:
+        if tls_port is not None:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: spice TLS port set in XML configuration, but TLS "
+                "is disabled (asvirt's [qemu] spice_tls)"
+            )
+        if gfx.tls_port == -1 and not gfx.autoport:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: auto allocation of spice TLS port requested but "
+                "spice TLS is disabled (asvirt's [qemu] spice_tls)"
+            )
+        if secure:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: spice secure channels set in XML configuration, "
+                "but TLS is disabled (asvirt's [qemu] spice_tls)"
+            )
+    elif secure and tls_port is None:
+        raise ConfigUnsupportedError(
+            "unsupported configuration: spice secure channels set in XML configuration, but "
+            "TLS port is not provided"
+        )
 
 
 def redirdev_args(b: _Builder) -> None:

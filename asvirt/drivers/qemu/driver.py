@@ -85,6 +85,7 @@ from .runner import QemuRunner, RunnerEnv
 from .security import DacSecurity, remove_socket_dir, resolve_identity
 from .stats import image_info
 from .status import StatusRecord
+from .tls import TlsConfig
 
 log = get_logger("asvirt.qemu")
 
@@ -138,6 +139,7 @@ class QemuBackend:
             caps,
             monitor_path=str(self.paths.monitor(defn.uuid)),
             sandbox=self._node.config.qemu.seccomp_sandbox,
+            tls=TlsConfig.from_qemu(self._node.config.qemu),
             nvram_dir=str(self.paths.nvram_dir),
             memory_backing_dir=str(
                 backing_dir(

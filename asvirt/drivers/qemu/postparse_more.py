@@ -182,13 +182,8 @@ def _graphics(d: DomainDef, caps: QemuCapabilities) -> None:
             gfx.port, gfx.autoport = -1, True
         if gfx.tls_port is None and gfx.autoport:
             gfx.tls_port = -1
-        secure = [n for n, m in gfx.channels.items() if m == "secure"]
-        if (gfx.tls_port not in (None, -1)) or gfx.default_mode == "secure" or secure:
-            raise ConfigUnsupportedError(
-                "unsupported configuration: SPICE over TLS needs certificates (libvirt's "
-                "spice_tls), which asvirt does not configure; use plain SPICE on a local "
-                "address or a unix socket"
-            )
+        # TLS (a tlsPort, secure channels) is checked at start: it depends on the
+        # driver's spice_tls, as libvirt's does on qemu.conf's (see command_more).
         if gfx.listens[0].type == "none":
             raise ConfigUnsupportedError(
                 "unsupported configuration: SPICE with <listen type='none'/> is only for "

@@ -85,6 +85,7 @@ from .savevm import RESYNC_EVENT, GuestStateOps
 from .security import DacSecurity, describe_file, qemu_caps, unreachable
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
+from .tls import TlsConfig, check_tls_files
 from .vcpus import ResourceOps, vcpu_unplug_event
 
 
@@ -582,9 +583,12 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 "disk source missing at start; dropped per its startupPolicy", disk=target
             )
         membacking.check_hugepages(self._live_def)
+        tls = TlsConfig.from_qemu(self._env.config)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
-        # directory, recorded in the live XML so clients know where to connect.
-        fill_runtime_paths(self._live_def, str(socket_dir))
+        # directory, recorded in the live XML so clients know where to connect; so do
+        # automatic SPICE ports.
+        fill_runtime_paths(self._live_def, str(socket_dir), tls)
+        check_tls_files(self._live_def, tls)  # with the TLS ports just given
         fill_listen_addresses(self._live_def)
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
@@ -638,6 +642,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
                 memory_dir=memory_dir,
+                tls=TlsConfig.from_qemu(self._env.config),
             )
             passed: tuple[int, ...] = ()
             if isinstance(self._origin, FromImage):

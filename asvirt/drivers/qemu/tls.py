@@ -1,0 +1,167 @@
+"""QEMU's TLS credentials, as libvirt's QEMU driver gives them from qemu.conf: which
+displays, disks and character devices speak TLS, the ``tls-creds-x509`` objects they use
+(one directory of PEM files each: ``ca-cert.pem``, ``server-cert.pem``/``server-key.pem``
+for a server, ``client-cert.pem``/``client-key.pem`` for a client), and the check at start
+that every file they need is there and readable.
+
+The settings are the ``[qemu]`` section's (:class:`asvirt.config.QemuConfig`), read once
+into a :class:`TlsConfig`; the command line asks it, never the configuration itself.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from ...conf.devices import Chardev, Disk, Graphics
+from ...conf.domain import DomainDef
+from ...config import QemuConfig
+from ...errors import OperationFailedError
+
+#: The files of a ``tls-creds-x509`` directory (QEMU's and SPICE's names alike).
+CA_CERT = "ca-cert.pem"
+SERVER_FILES = ("server-cert.pem", "server-key.pem")
+CLIENT_FILES = ("client-cert.pem", "client-key.pem")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Where QEMU's certificates are and what uses them (all off by default, as libvirt)."""
+
+    spice: bool = False
+    spice_dir: str = "/etc/pki/qemu"
+    vnc: bool = False
+    vnc_dir: str = "/etc/pki/qemu"
+    vnc_verify: bool = True
+    #: The default of NBD disks whose ``<source>`` has no ``tls=``.
+    nbd: bool = False
+    nbd_dir: str = "/etc/pki/qemu"
+    #: The default of TCP chardevs whose ``<source>`` has no ``tls=``.
+    chardev: bool = False
+    chardev_dir: str = "/etc/pki/qemu"
+    chardev_verify: bool = True
+
+    @classmethod
+    def from_qemu(cls, cfg: QemuConfig) -> TlsConfig:
+        """The TLS settings of a ``[qemu]`` section (a directory left "" is the default's)."""
+        default = cfg.default_tls_x509_cert_dir
+        return cls(
+            spice=cfg.spice_tls,
+            spice_dir=cfg.spice_tls_x509_cert_dir or default,
+            vnc=cfg.vnc_tls,
+            vnc_dir=cfg.vnc_tls_x509_cert_dir or default,
+            vnc_verify=cfg.vnc_tls_x509_verify,
+            nbd=cfg.nbd_tls,
+            nbd_dir=cfg.nbd_tls_x509_cert_dir or default,
+            chardev=cfg.chardev_tls,
+            chardev_dir=cfg.chardev_tls_x509_cert_dir or default,
+            chardev_verify=cfg.chardev_tls_x509_verify,
+        )
+
+    # -- what uses TLS ---------------------------------------------------------------------------
+
+    def disk_tls(self, disk: Disk) -> bool:
+        """Whether a disk's NBD client speaks TLS (its ``tls=``, else ``nbd_tls``)."""
+        net = disk.net
+        if net is None or net.protocol != "nbd":
+            return False
+        return net.tls if net.tls is not None else self.nbd
+
+    def chardev_tls(self, chr_: Chardev) -> bool:
+        """Whether a TCP character device speaks TLS (its ``tls=``, else ``chardev_tls``)."""
+        if chr_.type != "tcp":
+            return False
+        return chr_.tls if chr_.tls is not None else self.chardev
+
+    def vnc_tls(self, gfx: Graphics) -> bool:
+        """Whether a VNC display speaks TLS: ``vnc_tls``, on any listener but 'none'."""
+        listens_none = bool(gfx.listens) and gfx.listens[0].type == "none"
+        return gfx.type == "vnc" and self.vnc and not listens_none
+
+
+def creds_object(obj_id: str, directory: str, *, server: bool, verify: bool) -> dict[str, Any]:
+    """The ``tls-creds-x509`` object of a TLS endpoint (``-object`` or ``object-add``).
+
+    A client always checks the server's certificate (libvirt gives ``verify-peer`` true);
+    a server asks for its clients' certificates when ``verify`` says so."""
+    return {
+        "qom-type": "tls-creds-x509",
+        "id": obj_id,
+        "dir": directory,
+        "endpoint": "server" if server else "client",
+        "verify-peer": verify if server else True,
+    }
+
+
+def disk_creds_id(storage_node: str) -> str:
+    """The id of a disk's credentials object: libvirt's ``objlibvirt-N-storage_tls0``."""
+    return f"obj{storage_node}_tls0"
+
+
+def chardev_creds_id(chardev_id: str) -> str:
+    """The id of a chardev's credentials object: libvirt's ``objcharserial0_tls0``."""
+    return f"obj{chardev_id}_tls0"
+
+
+#: The id of the VNC display's credentials object (libvirt's).
+VNC_CREDS_ID = "vnc-tls-creds0"
+
+
+# ---------------------------------------------------------------------------------------------
+# the check at start
+
+
+def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, ...], bool]]:
+    """(what, directory, files required, client) for every TLS endpoint of ``defn``."""
+    needs: list[tuple[str, str, tuple[str, ...], bool]] = []
+    server = (CA_CERT, *SERVER_FILES)
+    for gfx in defn.graphics:
+        if gfx.type == "spice" and tls.spice and gfx.tls_port not in (None, -1):
+            needs.append(("the SPICE display (spice_tls)", tls.spice_dir, server, False))
+        elif tls.vnc_tls(gfx):
+            needs.append(("the VNC display (vnc_tls)", tls.vnc_dir, server, False))
+    for disk in defn.disks:
+        if tls.disk_tls(disk):
+            needs.append((f"NBD disk '{disk.target}'", tls.nbd_dir, (CA_CERT,), True))
+    for chr_ in defn.chardevs():
+        if tls.chardev_tls(chr_):
+            what = f"{chr_.kind} '{chr_.alias}' (TCP)"
+            if chr_.source_mode == "bind":
+                needs.append((what, tls.chardev_dir, server, False))
+            else:
+                needs.append((what, tls.chardev_dir, (CA_CERT,), True))
+    return needs
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be read as a certificate or key file, or None if it can."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        return err.strerror or str(err)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+    finally:
+        os.close(fd)
+    return None
+
+
+def check_tls_files(defn: DomainDef, tls: TlsConfig) -> None:
+    """Refuse a start whose TLS needs a certificate or key that is missing or unreadable,
+    naming the file (QEMU would fail later, saying less). A client's own certificate is
+    optional, as QEMU has it, but not half of it: present, both files must be readable."""
+    for what, directory, files, client in _needed(defn, tls):
+        paths = [os.path.join(directory, name) for name in files]
+        if client:
+            own = [os.path.join(directory, name) for name in CLIENT_FILES]
+            if any(os.path.lexists(p) for p in own):
+                paths += own
+        for path in paths:
+            why = _unreadable(path)
+            if why is not None:
+                raise OperationFailedError(
+                    f"TLS certificate file '{path}' of {what} of domain '{defn.name}': {why}"
+                )
