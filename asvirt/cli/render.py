@@ -79,8 +79,9 @@ def padded_pairs(items: Iterable[tuple[str, str]], width: int = 15) -> str:
 
 
 def display_uri(live_xml: str) -> str | None:
-    """What ``virsh domdisplay`` prints for a running domain's XML: ``spice://HOST:PORT``,
-    ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display."""
+    """What ``virsh domdisplay`` prints for a running domain's XML: ``spice://HOST:PORT``
+    (``?tls-port=N`` added for a SPICE TLS port; ``spice://HOST?tls-port=N`` with only
+    that), ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display."""
     from lxml import etree
 
     root = etree.fromstring(live_xml.encode())
@@ -91,17 +92,27 @@ def display_uri(live_xml: str) -> str | None:
         listen = gfx.find("listen")
         if listen is not None and listen.get("type") == "socket":
             return f"{kind}+unix://{listen.get('socket')}"
-        port = gfx.get("port")
-        if port is None or not port.isdigit():
+        port = _positive(gfx.get("port"))
+        tls_port = _positive(gfx.get("tlsPort")) if kind == "spice" else None
+        if port is None and tls_port is None:
             continue
         host = gfx.get("listen") or (listen.get("address") if listen is not None else None)
         if host in (None, "", "0.0.0.0", "::"):
             host = "localhost"
         elif ":" in str(host):
             host = f"[{host}]"
-        number = int(port) - 5900 if kind == "vnc" else int(port)
-        return f"{kind}://{host}:{number}"
+        uri = f"{kind}://{host}"
+        if port is not None:
+            uri += f":{port - 5900 if kind == 'vnc' else port}"
+        if tls_port is not None:
+            uri += f"?tls-port={tls_port}"
+        return uri
     return None
+
+
+def _positive(value: str | None) -> int | None:
+    """A port of the live XML, or None for none (absent, or -1: not allocated)."""
+    return int(value) if value is not None and value.isdigit() and int(value) > 0 else None
 
 
 class ProgressBar:
