@@ -41,12 +41,14 @@ from asvirt.drivers.qemu.security import (
     qemu_caps,
     resolve_identity,
 )
+from asvirt.drivers.qemu.tls import TlsConfig, check_tls_files
 
 from .guest import REPO, TestGuest, wait_for_serial
 from .helpers import (
     destroy_all,
     disk_xml,
     embed_uri,
+    make_tls_dir,
     overlay,
     pid_alive,
     qemu_img,
@@ -674,3 +676,28 @@ async def test_a_disk_plugged_into_a_statically_labelled_domain_is_labelled_as_i
         finally:
             await destroy_all(conn)
     assert owner(image) == owner(cold) == label_user
+
+
+def test_tls_files_qemus_user_cannot_read_refuse_the_start(qemu_user, open_dir):
+    # Certificates are never given to QEMU's user (one key serves every domain): one it
+    # cannot read is named at start, as qemu.conf's users must make them readable.
+    pki = make_tls_dir(open_dir / "pki")
+    pki.chmod(0o755)
+    for pem in pki.glob("*.pem"):
+        pem.chmod(0o644)
+    (pki / "server-key.pem").chmod(0o600)
+    identity = resolve_identity(QemuConfig(user=USER))
+    vnc = parse_domain_xml(
+        "<domain type='qemu'><name>vm1</name><memory>65536</memory><os><type>hvm</type></os>"
+        "<devices><graphics type='vnc' port='5901'/></devices></domain>"
+    )
+    tls = TlsConfig(vnc=True, vnc_dir=str(pki))
+    check_tls_files(vnc, tls)  # the supervisor (root) reads it
+    with pytest.raises(asvirt.OperationFailedError, match=r"server-key\.pem' .*may not read it"):
+        check_tls_files(vnc, tls, identity)
+    (pki / "server-key.pem").chmod(0o640)
+    os.chown(pki / "server-key.pem", 0, qemu_user.pw_gid)  # the group's, as libvirt's
+    check_tls_files(vnc, tls, identity)
+    pki.chmod(0o700)
+    with pytest.raises(asvirt.OperationFailedError, match=f"may not enter '{pki}'"):
+        check_tls_files(vnc, tls, identity)

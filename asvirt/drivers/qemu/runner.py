@@ -588,7 +588,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         # directory, recorded in the live XML so clients know where to connect; so do
         # automatic SPICE ports.
         fill_runtime_paths(self._live_def, str(socket_dir), tls)
-        check_tls_files(self._live_def, tls)  # with the TLS ports just given
+        who = security.identity if security is not None else None
+        check_tls_files(self._live_def, tls, who)  # with the TLS ports just given
         fill_listen_addresses(self._live_def)
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.

@@ -19,6 +19,7 @@ from ...conf.devices import Chardev, Disk, Graphics
 from ...conf.domain import DomainDef
 from ...config import QemuConfig
 from ...errors import OperationFailedError
+from .security import READ, QemuIdentity, describe_file, permits, unreachable
 
 #: The files of a ``tls-creds-x509`` directory (QEMU's and SPICE's names alike).
 CA_CERT = "ca-cert.pem"
@@ -149,10 +150,23 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def check_tls_files(defn: DomainDef, tls: TlsConfig) -> None:
+def _unreadable_by(path: str, who: QemuIdentity) -> str | None:
+    """Why QEMU running as ``who`` could not read ``path``, or None if it could."""
+    blocked = unreachable(path, who)
+    if blocked is not None:
+        return f"QEMU runs as {who}, who may not enter '{blocked}' ({describe_file(blocked)})"
+    if not permits(path, who, READ):
+        return f"QEMU runs as {who}, who may not read it ({describe_file(path)})"
+    return None
+
+
+def check_tls_files(defn: DomainDef, tls: TlsConfig, who: QemuIdentity | None = None) -> None:
     """Refuse a start whose TLS needs a certificate or key that is missing or unreadable,
     naming the file (QEMU would fail later, saying less). A client's own certificate is
-    optional, as QEMU has it, but not half of it: present, both files must be readable."""
+    optional, as QEMU has it, but not half of it: present, both files must be readable.
+
+    ``who``: the user QEMU runs as (``[qemu] user``), who must be able to read them too.
+    They are never given to that user, as disk images are: one key serves every domain."""
     for what, directory, files, client in _needed(defn, tls):
         paths = [os.path.join(directory, name) for name in files]
         if client:
@@ -161,6 +175,8 @@ def check_tls_files(defn: DomainDef, tls: TlsConfig) -> None:
                 paths += own
         for path in paths:
             why = _unreadable(path)
+            if why is None and who is not None:
+                why = _unreadable_by(path, who)
             if why is not None:
                 raise OperationFailedError(
                     f"TLS certificate file '{path}' of {what} of domain '{defn.name}': {why}"
