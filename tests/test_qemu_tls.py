@@ -274,3 +274,38 @@ async def test_tcp_serial_speaks_tls_to_a_client_with_a_certificate(
             assert f"127.0.0.1:{port}" in char["filename"]
         finally:
             await destroy_all(conn)
+
+
+async def test_nbd_tls_disk_plugged_and_unplugged_with_its_credentials(
+    root, test_guest, tmp_path, pki
+):
+    image = tmp_path / "export.raw"
+    qemu_img("create", "-q", "-f", "raw", image, "4M")
+    tls_config(root, pki, "nbd_tls = true\n")  # the default: no tls= on the disk
+    port = free_tcp_port()
+    # SCSI: QEMU lets go of an unplugged SCSI disk without asking the (paused) guest.
+    disk = (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='nbd' name='export' tlsHostname='localhost'>"
+        f"<host name='127.0.0.1' port='{port}'/></source><target dev='sdb' bus='scsi'/></disk>"
+    )
+    scsi = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+
+    async def tls_objects(dom: asvirt.Domain) -> list[str]:
+        objs = await dom.qmp("qom-list", {"path": "/objects"})
+        return [o["name"] for o in objs if o["name"].endswith("_tls0")]
+
+    with qemu_nbd(image, "raw", port=port, tls_dir=pki):
+        async with asvirt.open(embed_uri(root)) as conn:
+            try:
+                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=scsi))
+                await dom.start(paused=True)
+                await dom.attach_device(disk)
+                [block] = [b for b in await dom.qmp("query-block") if "scsi0-0-0-1" in b["qdev"]]
+                assert block["inserted"]["drv"] == "nbd"
+                node = block["inserted"]["node-name"]
+                assert await tls_objects(dom) == [f"obj{node}_tls0"]
+                assert await dom.detach_device(disk) is True
+                assert await tls_objects(dom) == []
+            finally:
+                await destroy_all(conn)

@@ -46,6 +46,7 @@ from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert
 from .capabilities import QemuCapabilities
 from .command import (
     disk_hotplug,
+    disk_tls_object,
     interface_hotplug,
     media_nodes,
     netdev_id,
@@ -55,6 +56,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
+from .tls import TlsConfig, check_disk_tls_files
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -266,9 +268,10 @@ class HotplugOps:
 
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
         check_network_disk(disk, prepared.name)
-        nodes, props = disk_hotplug(prepared, caps, disk)
+        tls = self._disk_tls(disk)
+        nodes, props = disk_hotplug(prepared, caps, disk, tls)
         added: list[str] = []
-        group = None
+        group = creds = None
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
             disk.iotune is not None
@@ -278,6 +281,7 @@ class HotplugOps:
             await self.execute("object-add", throttle_object(disk))
             group = throttle_group_id(disk)
         try:
+            creds = await self._add_disk_creds(disk, tls)
             for node in nodes:
                 await self.execute("blockdev-add", node)
                 added.append(str(node["node-name"]))
@@ -287,7 +291,30 @@ class HotplugOps:
                 await self._quietly_del_nodes(reversed(added))
                 if group is not None:
                     await self._quietly("object-del", {"id": group})
+                if creds is not None:
+                    await self._quietly("object-del", {"id": creds})
             raise
+
+    def _disk_tls(self, disk: Disk) -> TlsConfig:
+        """The node's TLS settings, the files a plugged disk's TLS needs being readable."""
+        tls = TlsConfig.from_qemu(self._env.config)
+        security = self._security()
+        who = security.identity if security is not None else None
+        check_disk_tls_files(disk, tls, self._live_def.name, who)
+        return tls
+
+    async def _add_disk_creds(self, disk: Disk, tls: TlsConfig) -> str | None:
+        """Add the TLS credentials object of a disk about to be plugged (its id), if any."""
+        creds = disk_tls_object(disk, tls)
+        if creds is None:
+            return None
+        await self.execute("object-add", creds)
+        return str(creds["id"])
+
+    async def _del_disk_creds(self, disk: Disk) -> None:
+        creds = disk_tls_object(disk, TlsConfig.from_qemu(self._env.config))
+        if creds is not None:
+            await self._quietly("object-del", {"id": creds["id"]})
 
     def _throttle_group_users(self, group: str) -> list[Disk]:
         """The live disks whose throttle filter is in QEMU's throttle-group ``group``."""
@@ -305,6 +332,7 @@ class HotplugOps:
         uses it."""
         try:
             await self._quietly_del_nodes(media_node_names(disk))
+            await self._del_disk_creds(disk)
             if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
                 if not self._throttle_group_users(group):
@@ -555,7 +583,10 @@ class HotplugOps:
         if fresh.has_media:
             added: list[str] = []
             group = None
+            creds = None
             try:
+                tls = self._disk_tls(fresh)
+                creds = await self._add_disk_creds(fresh, tls)
                 # A medium's throttle group lives as a disk's does (see _plug_disk): an
                 # empty drive has none in QEMU, so its first medium makes it.
                 if fresh.iotune is not None and not self._throttle_group_users(
@@ -563,7 +594,7 @@ class HotplugOps:
                 ):
                     await self.execute("object-add", throttle_object(fresh))
                     group = throttle_group_id(fresh)
-                for node in media_nodes(self._live_def, caps, fresh):
+                for node in media_nodes(self._live_def, caps, fresh, tls):
                     await self.execute("blockdev-add", node)
                     added.append(str(node["node-name"]))
                 await self.execute("blockdev-insert-medium", {"id": alias, "node-name": added[-1]})
@@ -572,6 +603,8 @@ class HotplugOps:
                     await self._quietly_del_nodes(reversed(added))
                     if group is not None:
                         await self._quietly("object-del", {"id": group})
+                    if creds is not None:
+                        await self._quietly("object-del", {"id": creds})
                 raise
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
             disk.net = fresh.net

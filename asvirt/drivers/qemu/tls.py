@@ -124,8 +124,7 @@ def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, 
         elif tls.vnc_tls(gfx):
             needs.append(("the VNC display (vnc_tls)", tls.vnc_dir, server, False))
     for disk in defn.disks:
-        if tls.disk_tls(disk):
-            needs.append((f"NBD disk '{disk.target}'", tls.nbd_dir, (CA_CERT,), True))
+        needs += _disk_needs(disk, tls)
     for chr_ in defn.chardevs():
         if tls.chardev_tls(chr_):
             what = f"{chr_.kind} '{chr_.alias}' (TCP)"
@@ -134,6 +133,12 @@ def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, 
             else:
                 needs.append((what, tls.chardev_dir, (CA_CERT,), True))
     return needs
+
+
+def _disk_needs(disk: Disk, tls: TlsConfig) -> list[tuple[str, str, tuple[str, ...], bool]]:
+    if not tls.disk_tls(disk):
+        return []
+    return [(f"NBD disk '{disk.target}'", tls.nbd_dir, (CA_CERT,), True)]
 
 
 def _unreadable(path: str) -> str | None:
@@ -167,7 +172,21 @@ def check_tls_files(defn: DomainDef, tls: TlsConfig, who: QemuIdentity | None = 
 
     ``who``: the user QEMU runs as (``[qemu] user``), who must be able to read them too.
     They are never given to that user, as disk images are: one key serves every domain."""
-    for what, directory, files, client in _needed(defn, tls):
+    _check(_needed(defn, tls), defn.name, who)
+
+
+def check_disk_tls_files(
+    disk: Disk, tls: TlsConfig, domain: str, who: QemuIdentity | None = None
+) -> None:
+    """:func:`check_tls_files` for a disk plugged into the running ``domain`` (or media
+    put into its drive)."""
+    _check(_disk_needs(disk, tls), domain, who)
+
+
+def _check(
+    needed: list[tuple[str, str, tuple[str, ...], bool]], domain: str, who: QemuIdentity | None
+) -> None:
+    for what, directory, files, client in needed:
         paths = [os.path.join(directory, name) for name in files]
         if client:
             own = [os.path.join(directory, name) for name in CLIENT_FILES]
@@ -179,5 +198,5 @@ def check_tls_files(defn: DomainDef, tls: TlsConfig, who: QemuIdentity | None = 
                 why = _unreadable_by(path, who)
             if why is not None:
                 raise OperationFailedError(
-                    f"TLS certificate file '{path}' of {what} of domain '{defn.name}': {why}"
+                    f"TLS certificate file '{path}' of {what} of domain '{domain}': {why}"
                 )
