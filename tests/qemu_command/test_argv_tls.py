@@ -40,9 +40,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def objects(argv: list[str]) -> dict[str, dict[str, Any]]:
-    """The JSON ``-object``s of ``argv`` by id."""
+    """The TLS credentials ``-object``s of ``argv`` by id."""
     objs = [json.loads(o) for o in opts(argv, "-object") if o.startswith("{")]
-    return {o["id"]: o for o in objs}
+    return {o["id"]: o for o in objs if o["qom-type"] == "tls-creds-x509"}
 
 
 def creds(obj_id: str, directory: Path, endpoint: str, verify: bool) -> dict[str, Any]:
@@ -254,3 +254,29 @@ def test_missing_or_unreadable_certificate_files_are_named(
         check_tls_files(nbd, TlsConfig(nbd_dir=str(half)))
     (half / "client-cert.pem").unlink()
     check_tls_files(nbd, TlsConfig(nbd_dir=str(half)))
+
+
+def test_chardev_tls_covers_egd_rngs_and_smartcards(caps: Caps, tmp_path: Path, pki: Path) -> None:
+    xml = dom(
+        "<rng model='virtio'><backend model='egd' type='tcp'>"
+        "<source mode='connect' host='127.0.0.1' service='1234'/><protocol type='raw'/>"
+        "</backend></rng>"
+        "<smartcard mode='passthrough' type='tcp'>"
+        "<source mode='bind' host='127.0.0.1' service='2001'/><protocol type='raw'/></smartcard>"
+    )
+    assert not objects(argv_of(caps, xml, tmp_path, tls=TlsConfig(chardev_dir=str(pki))))
+    argv = argv_of(caps, xml, tmp_path, tls=TlsConfig(chardev=True, chardev_dir=str(pki)))
+    chardevs = {c.split(",")[1]: c for c in opts(argv, "-chardev")}
+    assert "tls-creds=objcharrng0_tls0" in chardevs["id=charrng0"]
+    assert chardevs["id=charsmartcard0"].endswith(
+        "tls-creds=objcharsmartcard0_tls0,server=on,wait=off"
+    )
+    assert objects(argv) == {
+        "objcharrng0_tls0": creds("objcharrng0_tls0", pki, "client", True),
+        "objcharsmartcard0_tls0": creds("objcharsmartcard0_tls0", pki, "server", True),
+    }
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    defn = _prepared(caps, xml)
+    with pytest.raises(OperationFailedError, match=r"ca-cert\.pem' of rng 'rng0' \(TCP\)"):
+        check_tls_files(defn, TlsConfig(chardev=True, chardev_dir=str(empty)))

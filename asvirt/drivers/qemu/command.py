@@ -946,15 +946,7 @@ class _Builder:
             opts = [f"socket,id={cid},host={chr_.host or ''},port={chr_.service}"]
             if chr_.protocol == "telnet":
                 opts.append("telnet=on")
-            if self.tls.chardev_tls(chr_):
-                creds = chardev_creds_id(cid)
-                server = chr_.source_mode == "bind"
-                verify = self.tls.chardev_verify
-                self.add(
-                    "-object",
-                    _json(creds_object(creds, self.tls.chardev_dir, server=server, verify=verify)),
-                )
-                opts.append(f"tls-creds={creds}")
+            opts += self.socket_tls(cid, chr_.tls, server=chr_.source_mode == "bind")
             opts.extend(self._socket_mode(chr_))
         elif chr_.type == "udp":
             opts = [f"udp,id={cid},host={chr_.host or ''},port={chr_.service}"]
@@ -978,6 +970,19 @@ class _Builder:
                 opts.append(f"logappend={chr_.log_append}")
         self.add("-chardev", ",".join(opts))
         return cid
+
+    def socket_tls(self, cid: str, tls: bool | None, *, server: bool) -> list[str]:
+        """The ``tls-creds=`` of TCP socket chardev ``cid`` if it speaks TLS (its ``<source
+        tls=>`` being ``tls``), its credentials object added before it; else nothing."""
+        if not self.tls.tcp_tls(tls):
+            return []
+        creds = chardev_creds_id(cid)
+        verify = self.tls.chardev_verify
+        self.add(
+            "-object",
+            _json(creds_object(creds, self.tls.chardev_dir, server=server, verify=verify)),
+        )
+        return [f"tls-creds={creds}"]
 
     def _socket_mode(self, chr_: Chardev) -> list[str]:
         """Listen, or connect (retrying): the options of a unix or TCP socket chardev."""

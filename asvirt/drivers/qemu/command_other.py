@@ -134,6 +134,7 @@ def rng_args(b: _Builder) -> None:
             cid = f"char{rng.alias}"
             if rng.egd_type == "tcp":
                 opts = [f"socket,id={cid},host={rng.egd_host or ''},port={rng.egd_service}"]
+                opts += b.socket_tls(cid, None, server=rng.egd_mode == "bind")
             else:
                 opts = [f"socket,id={cid},path={_kv(rng.egd_path or '')}"]
             if rng.egd_mode == "bind":
@@ -174,10 +175,10 @@ def smartcard_args(b: _Builder) -> None:
             if sc.type == "spicevmc":
                 b.add("-chardev", f"spicevmc,id={cid},name=smartcard")
             else:
-                opts = f"socket,id={cid},host={sc.host or ''},port={sc.service}"
-                b.add(
-                    "-chardev", opts + (",server=on,wait=off" if sc.source_mode == "bind" else "")
-                )
+                bind = sc.source_mode == "bind"
+                opts = [f"socket,id={cid},host={sc.host or ''},port={sc.service}"]
+                opts += b.socket_tls(cid, None, server=bind)
+                b.add("-chardev", ",".join(opts) + (",server=on,wait=off" if bind else ""))
             props["chardev"] = cid
         props["id"] = sc.alias
         props["bus"] = f"{reader.alias if reader else f'ccid{i}'}.0"

@@ -72,9 +72,12 @@ class TlsConfig:
 
     def chardev_tls(self, chr_: Chardev) -> bool:
         """Whether a TCP character device speaks TLS (its ``tls=``, else ``chardev_tls``)."""
-        if chr_.type != "tcp":
-            return False
-        return chr_.tls if chr_.tls is not None else self.chardev
+        return chr_.type == "tcp" and self.tcp_tls(chr_.tls)
+
+    def tcp_tls(self, tls: bool | None) -> bool:
+        """Whether a TCP socket chardev whose ``<source tls=>`` says ``tls`` speaks TLS (an
+        EGD RNG's or a smartcard's have none: ``chardev_tls`` decides, as in libvirt)."""
+        return tls if tls is not None else self.chardev
 
     def vnc_tls(self, gfx: Graphics) -> bool:
         """Whether a VNC display speaks TLS: ``vnc_tls``, on any listener but 'none'."""
@@ -125,13 +128,25 @@ def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, 
             needs.append(("the VNC display (vnc_tls)", tls.vnc_dir, server, False))
     for disk in defn.disks:
         needs += _disk_needs(disk, tls)
-    for chr_ in defn.chardevs():
-        if tls.chardev_tls(chr_):
-            what = f"{chr_.kind} '{chr_.alias}' (TCP)"
-            if chr_.source_mode == "bind":
-                needs.append((what, tls.chardev_dir, server, False))
-            else:
-                needs.append((what, tls.chardev_dir, (CA_CERT,), True))
+    sockets = [
+        (f"{c.kind} '{c.alias}'", c.source_mode) for c in defn.chardevs() if tls.chardev_tls(c)
+    ]
+    if tls.chardev:
+        sockets += [
+            (f"rng '{r.alias}'", r.egd_mode)
+            for r in defn.rngs
+            if r.backend == "egd" and r.egd_type == "tcp"
+        ]
+        sockets += [
+            (f"smartcard '{sc.alias}'", sc.source_mode)
+            for sc in defn.smartcards
+            if sc.mode == "passthrough" and sc.type == "tcp"
+        ]
+    for what, mode in sockets:
+        if mode == "bind":
+            needs.append((f"{what} (TCP)", tls.chardev_dir, server, False))
+        else:
+            needs.append((f"{what} (TCP)", tls.chardev_dir, (CA_CERT,), True))
     return needs
 
 
