@@ -1235,7 +1235,7 @@ class Graphics:
     share_policy: str | None = None
     keymap: str | None = None
     listens: list[GraphicsListen] = field(default_factory=list)
-    #: SPICE only: the TLS port (-1: automatic; asvirt configures no TLS, see the driver).
+    #: SPICE only: the TLS port (-1: automatic, when the driver's SPICE TLS is on).
     tls_port: int | None = None
     default_mode: str | None = None
     #: SPICE's one-attribute options (``SPICE_OPTIONS``): tag -> value.

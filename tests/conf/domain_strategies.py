@@ -116,6 +116,8 @@ def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
     if protocol == "nbd":
         inner = host(unix_ok=True)
         attrs = f" name={quoteattr(name)}" if draw(st.booleans()) else ""
+        tls = draw(st.sampled_from(["", " tls='yes'", " tls='no'"]))
+        attrs += tls + (" tlsHostname='nbd.example.org'" if draw(st.booleans()) else "")
     elif protocol in ("http", "https", "ftp", "ftps"):
         attrs = f" name='/{name}.iso'"
         if protocol.startswith("http") and draw(st.booleans()):
@@ -428,6 +430,8 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
     chardevs = [
         "<source mode='bind' host='127.0.0.1' service='0'/><protocol type='telnet'/>",
         "<source mode='bind' host='127.0.0.1' service='0'/><protocol type='raw'/>",
+        # tls='yes' needs certificates: test_argv_tls.py and test_qemu_tls.py make them.
+        "<source mode='bind' host='127.0.0.1' service='0' tls='no'/><protocol type='raw'/>",
     ]
     for i in range(draw(st.integers(0, 2))):
         kind = draw(st.sampled_from(["tcp", "udp"]))
