@@ -122,7 +122,7 @@ def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, 
     needs: list[tuple[str, str, tuple[str, ...], bool]] = []
     server = (CA_CERT, *SERVER_FILES)
     for gfx in defn.graphics:
-        if gfx.type == "spice" and tls.spice and gfx.tls_port not in (None, -1):
+        if gfx.type == "spice" and tls.spice and gfx.tls_port not in (None, -1, 0):
             needs.append(("the SPICE display (spice_tls)", tls.spice_dir, server, False))
         elif tls.vnc_tls(gfx):
             needs.append(("the VNC display (vnc_tls)", tls.vnc_dir, server, False))
