@@ -292,6 +292,75 @@ def test_an_interrupted_start_or_stop_is_taken_down_at_open(
     assert_network_gone(net_lab, root, "virbr0")
 
 
+#: A supervisor that starts the network ARGV[2] and is killed by the kernel the moment its
+#: bridge exists: after the request that creates it, before the one that sets its alias (the
+#: kernel takes none in the first). Only the timing of its death is arranged; the bridge,
+#: the state file and the netlink requests are real.
+KILLED_AT_BRIDGE = """
+import os, signal, sys, trio, asvirt, pyroute2
+real = pyroute2.IPRoute
+class IPRoute(real):
+    def link(self, command, **kw):
+        out = real.__getattr__(self, "link")(command, **kw)
+        if command == "add" and kw.get("kind") == "bridge":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+pyroute2.IPRoute = IPRoute
+async def main(root, name):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        await (await conn.lookup_network_by_name(name)).create()
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def start_killed_at_bridge(lab: Lab, root: Path, name: str) -> None:
+    import sys
+
+    proc = subprocess.run(
+        [*lab.prefix(), sys.executable, "-c", KILLED_AT_BRIDGE, str(root), name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_a_start_killed_before_its_bridge_was_marked_is_taken_down_at_open(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    mac = re.search(r"<mac address='([0-9a-f:]+)'", cli(root, "net-dumpxml", "default").stdout)
+    assert mac is not None
+    start_killed_at_bridge(net_lab, root, "default")
+    # What it left: the intent, and a bridge with the network's MAC but no alias.
+    assert json.loads((root / "run" / "network" / "default.state").read_text())["phase"] == (
+        "starting"
+    )
+    shown = net_lab.run("ip", "-d", "link", "show", "virbr0").stdout
+    assert mac.group(1) in shown and "alias" not in shown
+    # The next open recognises the bridge as its own and removes it: the start succeeds.
+    assert cli(root, "net-start", "default").stdout == "Network default started\n\n"
+    assert "alias asvirt:" in net_lab.run("ip", "-d", "link", "show", "virbr0").stdout
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+    # The same, but a bridge of that name that is somebody else's (no alias, another MAC)
+    # stands where the killed start's was: it is left alone, and the start refused.
+    start_killed_at_bridge(net_lab, root, "default")
+    net_lab.run("ip", "link", "del", "virbr0")
+    net_lab.run("ip", "link", "add", "virbr0", "address", "02:00:00:00:00:01", "type", "bridge")
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1 and "'virbr0' already exists" in err.stderr
+    assert "02:00:00:00:00:01" in net_lab.run("ip", "link", "show", "virbr0").stdout
+    assert state_files(root) == []
+    net_lab.run("ip", "link", "del", "virbr0")
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_a_dnsmasq_its_supervisor_had_not_recorded_is_adopted(
     net_lab: Lab, root: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,10 @@
 Every link asvirt creates carries an *alias* (``IFLA_IFALIAS``, ``ip link`` shows it) that
 names the root and the network it belongs to, so that whoever cleans up after a killed
 supervisor removes only links that are ours, never a same-named bridge somebody else made.
+The kernel takes no alias in the request that creates a link, only in a second one: a
+supervisor killed between the two leaves a bridge with no alias. Such a bridge is still
+recognised as ours by what the creating request did set, its MAC address (the network's,
+recorded before the bridge was made): see :func:`delete_link`.
 """
 
 from __future__ import annotations
@@ -115,10 +119,16 @@ def create_bridge(
             raise
 
 
-def delete_link(name: str, *, owner: str | None = None) -> bool:
-    """Delete the link ``name`` (only if it carries ``owner``, when given); True if deleted."""
+def delete_link(name: str, *, owner: str | None = None, mac: str | None = None) -> bool:
+    """Delete the link ``name``; True if deleted.
+
+    With ``owner``, only a link that is ours: one that carries the alias ``owner``, or —
+    given the ``mac`` it was created with — a bridge with no alias yet and that MAC (its
+    creator killed before it could set the alias). A same-named link of anybody else's
+    (another alias, or none and another MAC) is left alone.
+    """
     with netlink() as ipr:
-        # One request answers both: its index, and its alias.
+        # One request answers all: its index, its alias, its kind and address.
         try:
             links = ipr.link("get", ifname=name)
         except Exception as err:
@@ -128,7 +138,7 @@ def delete_link(name: str, *, owner: str | None = None) -> bool:
         if not links:
             return False
         index = links[0]["index"]
-        if owner is not None and links[0].get_attr("IFLA_IFALIAS") != owner:
+        if owner is not None and not _ours(links[0], owner, mac):
             return False
         try:
             ipr.link("del", index=index)
@@ -137,6 +147,18 @@ def delete_link(name: str, *, owner: str | None = None) -> bool:
                 return False
             raise
         return True
+
+
+def _ours(link: Any, owner: str, mac: str | None) -> bool:
+    alias = link.get_attr("IFLA_IFALIAS")
+    if alias == owner:
+        return True
+    if alias or mac is None:
+        return False
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    address = link.get_attr("IFLA_ADDRESS") or ""
+    return kind == "bridge" and address.lower() == mac.lower()
 
 
 def bridge_of(name: str) -> str | None:

@@ -131,6 +131,9 @@ class NetworkState:
     owner: str
     #: The bridge this start creates (None: forward mode 'bridge', nothing is created).
     bridge: str | None = None
+    #: The MAC it is created with: marks it as ours until its alias is set (see
+    #: :mod:`.bridge`).
+    bridge_mac: str | None = None
     nft_table: str | None = None
     dnsmasq_pid: int | None = None
     dnsmasq_start_time: int | None = None
@@ -242,7 +245,7 @@ class HostNetworkBackend:
         runtime = NetworkRuntime(state, defn)
         if defn.creates_bridge:
             await trio.to_thread.run_sync(self._check_free, defn)
-            state.bridge = defn.bridge
+            state.bridge, state.bridge_mac = defn.bridge, defn.mac
         if defn.creates_bridge and firewall.needs_rules(defn):
             state.nft_table = firewall.table_name(defn.uuid)
         # The intent, before anything exists: a supervisor that dies from here on leaves
@@ -334,7 +337,9 @@ class HostNetworkBackend:
 
         async def remove_bridge(br: str) -> None:
             try:
-                await trio.to_thread.run_sync(lambda: bridge.delete_link(br, owner=state.owner))
+                await trio.to_thread.run_sync(
+                    lambda: bridge.delete_link(br, owner=state.owner, mac=state.bridge_mac)
+                )
             except Exception as err:
                 errors.append(f"cannot delete bridge '{br}': {err}")
 
