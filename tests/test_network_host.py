@@ -403,6 +403,29 @@ def test_autostart_networks_start_when_the_root_opens(
     assert_network_gone(net_lab, root, "virbr0")
 
 
+def ipv6_sysctls(lab: Lab, dev: str) -> dict[str, str]:
+    keys = ("disable_ipv6", "accept_ra", "autoconf")
+    return {k: lab.run("cat", f"/proc/sys/net/ipv6/conf/{dev}/{k}").stdout.strip() for k in keys}
+
+
+def test_a_bridge_without_ipv6_addresses_has_ipv6_off(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    # As libvirt: no link-local address, no router solicitations from a bridge whose
+    # network has no IPv6, even where the host turns IPv6 on for every new link.
+    net_lab.run("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0")
+    net_lab.cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    net_lab.cli(root, "net-start", "default")
+    assert ipv6_sysctls(net_lab, "virbr0") == {
+        "disable_ipv6": "1",
+        "accept_ra": "0",
+        "autoconf": "0",
+    }
+    assert net_lab.addresses("virbr0") == ["192.168.122.1/24"]  # no fe80::
+    net_lab.cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_ipv6_and_isolated_networks(net_lab: Lab, root: Path, tmp_path: Path) -> None:
     cli = net_lab.cli
     xml = """<network><name>six</name><bridge name='sixbr'/>
@@ -415,6 +438,12 @@ def test_ipv6_and_isolated_networks(net_lab: Lab, root: Path, tmp_path: Path) ->
     cli(root, "net-define", write(tmp_path, "six.xml", xml))
     cli(root, "net-start", "six")
     assert net_lab.addresses("sixbr") == ["10.66.0.1/24", "fd66::1/64"]
+    # IPv6 on (whatever the host's default), and no autoconfiguration from guests' adverts.
+    assert ipv6_sysctls(net_lab, "sixbr") == {
+        "disable_ipv6": "0",
+        "accept_ra": "0",
+        "autoconf": "0",
+    }
     conf = (root / "run" / "network" / "six.conf").read_text()
     for line in (
         "enable-ra",

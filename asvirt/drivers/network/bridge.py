@@ -94,11 +94,8 @@ def create_bridge(
             index = link_index(ipr, name)
             assert index is not None
             ipr.link("set", index=index, ifalias=owner)
-            if any(a.version == 6 for a in addresses):
-                # A bridge that routes IPv6 must neither autoconfigure itself from router
-                # adverts nor disable IPv6 (some hosts default to that).
-                for key, value in (("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")):
-                    set_sysctl(f"net/ipv6/conf/{name}/{key}", value)
+            # Before it is up, so that it never has a link-local address nor solicits routers.
+            set_ipv6_sysctls(name, enabled=any(a.version == 6 for a in addresses))
             for addr in addresses:
                 extra: dict[str, Any] = {}
                 if addr.version == 4:
@@ -117,6 +114,22 @@ def create_bridge(
             with contextlib.suppress(Exception):
                 ipr.link("del", ifname=name)
             raise
+
+
+def set_ipv6_sysctls(name: str, *, enabled: bool) -> None:
+    """IPv6 on the bridge ``name`` as libvirt sets it: on only if the network has an IPv6
+    address (else off: no link-local address, no router solicitations; and on where the
+    host defaults to off), and in either case no autoconfiguration, nor routes taken from
+    the adverts of guests. A kernel without IPv6 has none of these knobs: nothing to turn
+    off there (and a network with IPv6 fails later, adding its address)."""
+    if not os.path.isdir(f"/proc/sys/net/ipv6/conf/{name}"):
+        return
+    for key, value in (
+        ("disable_ipv6", "0" if enabled else "1"),
+        ("accept_ra", "0"),
+        ("autoconf", "0"),
+    ):
+        set_sysctl(f"net/ipv6/conf/{name}/{key}", value)
 
 
 def delete_link(name: str, *, owner: str | None = None, mac: str | None = None) -> bool:
@@ -290,5 +303,6 @@ __all__ = [
     "netlink",
     "owned_by",
     "plug",
+    "set_ipv6_sysctls",
     "set_sysctl",
 ]
