@@ -535,6 +535,44 @@ def test_a_network_whose_dnsmasq_cannot_start_leaves_nothing(
     assert_network_gone(net_lab, root, "virbr0")
 
 
+#: Starts the network ARGV[2] and prints how it failed: the class, code and words of the
+#: error a caller of the API sees.
+START_REPORTING = """
+import sys, trio, asvirt
+async def main(root, name):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        try:
+            await (await conn.lookup_network_by_name(name)).create()
+        except Exception as err:
+            print(type(err).__name__, getattr(err, "code", None), err)
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def test_a_planted_dnsmasq_log_symlink_is_refused_with_an_error_and_leaves_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    victim = tmp_path / "victim"
+    victim.write_text("not dnsmasq's\n")
+    log = root / "log" / "network" / "default.log"
+    log.symlink_to(victim)
+    # What a program using the API sees: asvirt's own error, with a code, naming the path.
+    said = net_lab.run(sys.executable, "-c", START_REPORTING, str(root), "default").stdout
+    assert said.startswith("SystemCallError 38 ") and str(log) in said, said
+    assert victim.read_text() == "not dnsmasq's\n" and log.is_symlink()
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    log.unlink()
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_domain_interfaces_need_a_running_network_or_a_real_bridge(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:

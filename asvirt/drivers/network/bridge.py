@@ -18,11 +18,28 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ...errors import SystemCallError
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 #: ``IFA_F_NODAD``: an IPv6 address usable at once (no duplicate detection on a new bridge).
 _IFA_F_NODAD = 0x02
+
+
+def host_error(err: Exception, doing: str) -> SystemCallError:
+    """asvirt's error for a refused netlink request or system call: ``cannot DOING: REASON``.
+
+    An OSError's reason is its own words (asvirt's for a missing or taken name); pyroute2's
+    NetlinkError carries the kernel's errno in ``.code``."""
+    if isinstance(err, OSError):
+        code: int | None = err.errno
+        reason = err.strerror or str(err)
+    else:
+        found = getattr(err, "code", None)
+        code = found if isinstance(found, int) else None
+        reason = os.strerror(code) if code is not None else str(err)
+    return SystemCallError(f"cannot {doing}: {reason}", errno=code)
 
 
 @contextlib.contextmanager
@@ -297,6 +314,7 @@ __all__ = [
     "delete_link",
     "delete_macvtap",
     "get_sysctl",
+    "host_error",
     "is_bridge",
     "link_exists",
     "link_mtu",

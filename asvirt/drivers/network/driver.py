@@ -244,7 +244,12 @@ class HostNetworkBackend:
         )
         runtime = NetworkRuntime(state, defn)
         if defn.creates_bridge:
-            await trio.to_thread.run_sync(self._check_free, defn)
+            try:
+                await trio.to_thread.run_sync(self._check_free, defn)
+            except AsvirtError:
+                raise
+            except Exception as err:  # netlink's refusal to list links or addresses
+                raise bridge.host_error(err, f"check the host for network '{defn.name}'") from None
             state.bridge, state.bridge_mac = defn.bridge, defn.mac
         if defn.creates_bridge and firewall.needs_rules(defn):
             state.nft_table = firewall.table_name(defn.uuid)
@@ -409,14 +414,10 @@ class HostNetworkBackend:
 
         try:
             await trio.to_thread.run_sync(create)
-        except OSError as err:
-            raise SystemCallError.from_oserror(err, f"create bridge '{defn.bridge}'") from None
         except AsvirtError:
             raise  # _enable_forwarding's, already in its own words
-        except Exception as err:  # pyroute2's NetlinkError carries an errno in .code
-            code = getattr(err, "code", None)
-            what = os.strerror(code) if isinstance(code, int) else str(err)
-            raise SystemCallError(f"cannot create bridge '{defn.bridge}': {what}") from None
+        except Exception as err:  # an OSError, or pyroute2's NetlinkError
+            raise bridge.host_error(err, f"create bridge '{defn.bridge}'") from None
 
     def _enable_forwarding(self, defn: NetworkDef) -> None:
         if not defn.forwarding:
@@ -638,10 +639,13 @@ class HostNetworkBackend:
 
     async def _reattach(self, runtime: NetworkRuntime) -> None:
         state, defn = runtime.state, runtime.defn
-        if state.bridge is not None and not await trio.to_thread.run_sync(
-            bridge.owned_by, state.bridge, state.owner
-        ):
-            raise OperationFailedError(f"its bridge '{state.bridge}' is gone")
+        if state.bridge is not None:
+            try:
+                ours = await trio.to_thread.run_sync(bridge.owned_by, state.bridge, state.owner)
+            except Exception as err:  # netlink's refusal: reported, not raised through open
+                raise bridge.host_error(err, f"look up bridge '{state.bridge}'") from None
+            if not ours:
+                raise OperationFailedError(f"its bridge '{state.bridge}' is gone")
         if state.nft_table is not None and not await firewall.table_exists(
             state.uuid, binary=self.config.nft
         ):
@@ -747,17 +751,9 @@ def _make_macvtap(nic: Interface) -> list[int]:
             mode=nic.direct_mode or "vepa",
             mac=nic.mac or "52:54:00:00:00:00",
         )
-    except OSError as err:  # asvirt's own words for a missing or taken name
-        raise SystemCallError(
-            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: "
-            f"{err.strerror or err}"
-        ) from None
-    except Exception as err:  # netlink's refusal
-        code = getattr(err, "code", None)
-        what = os.strerror(code) if isinstance(code, int) else str(err)
-        raise SystemCallError(
-            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: {what}"
-        ) from None
+    except Exception as err:  # asvirt's words for a missing or taken name, or netlink's
+        doing = f"make a macvtap on '{nic.source_dev}' for interface {nic.mac}"
+        raise bridge.host_error(err, doing) from None
     nic.target_dev = name
     try:
         return tap.open_macvtap(index, nic.queues or 1)
@@ -800,10 +796,8 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
             try:
                 bridge.plug(name, br, mac=tap.tap_mac(nic.mac or "52:54:00:00:00:00"), mtu=mtu)
             except Exception as err:
-                code = getattr(err, "code", None) or getattr(err, "errno", None)
-                what = os.strerror(code) if isinstance(code, int) else str(err)
                 where = f"into '{br}'" if br is not None else "up"
-                raise SystemCallError(f"cannot plug tap '{name}' {where}: {what}") from None
+                raise bridge.host_error(err, f"plug tap '{name}' {where}") from None
             if nic.type == "network":
                 nic.source_bridge = br
     except BaseException:
