@@ -734,10 +734,16 @@ def unplug_interfaces(defn: DomainDef) -> None:
     ``direct`` interfaces (named in the live definition). Blocking (netlink)."""
     for nic in defn.interfaces:
         if nic.type == "direct" and nic.target_dev is not None:
-            try:
-                bridge.delete_macvtap(nic.target_dev)
-            except Exception as err:
-                log.warning("cannot remove macvtap", macvtap=nic.target_dev, error=str(err))
+            _remove_macvtap(nic.target_dev)
+
+
+def _remove_macvtap(name: str) -> None:
+    """Remove the macvtap ``name`` in a cleanup: a failure is logged, not raised (it would
+    hide the error being cleaned up after, and is no error of the caller's)."""
+    try:
+        bridge.delete_macvtap(name)
+    except Exception as err:
+        log.warning("cannot remove macvtap", macvtap=name, error=str(err))
 
 
 def _make_macvtap(nic: Interface) -> list[int]:
@@ -758,7 +764,7 @@ def _make_macvtap(nic: Interface) -> list[int]:
     try:
         return tap.open_macvtap(index, nic.queues or 1)
     except OSError as err:
-        bridge.delete_macvtap(name)
+        _remove_macvtap(name)
         raise SystemCallError.from_oserror(err, "open the macvtap", name) from None
 
 
@@ -805,8 +811,7 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
             for fd in queue_fds:
                 os.close(fd)
         for name in made:
-            with contextlib.suppress(Exception):
-                bridge.delete_macvtap(name)
+            _remove_macvtap(name)
         raise
     return fds
 
