@@ -292,6 +292,75 @@ def test_an_interrupted_start_or_stop_is_taken_down_at_open(
     assert_network_gone(net_lab, root, "virbr0")
 
 
+#: A supervisor that starts the network ARGV[2] and is killed by the kernel the moment its
+#: bridge exists: after the request that creates it, before the one that sets its alias (the
+#: kernel takes none in the first). Only the timing of its death is arranged; the bridge,
+#: the state file and the netlink requests are real.
+KILLED_AT_BRIDGE = """
+import os, signal, sys, trio, asvirt, pyroute2
+real = pyroute2.IPRoute
+class IPRoute(real):
+    def link(self, command, **kw):
+        out = real.__getattr__(self, "link")(command, **kw)
+        if command == "add" and kw.get("kind") == "bridge":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+pyroute2.IPRoute = IPRoute
+async def main(root, name):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        await (await conn.lookup_network_by_name(name)).create()
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def start_killed_at_bridge(lab: Lab, root: Path, name: str) -> None:
+    import sys
+
+    proc = subprocess.run(
+        [*lab.prefix(), sys.executable, "-c", KILLED_AT_BRIDGE, str(root), name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_a_start_killed_before_its_bridge_was_marked_is_taken_down_at_open(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    mac = re.search(r"<mac address='([0-9a-f:]+)'", cli(root, "net-dumpxml", "default").stdout)
+    assert mac is not None
+    start_killed_at_bridge(net_lab, root, "default")
+    # What it left: the intent, and a bridge with the network's MAC but no alias.
+    assert json.loads((root / "run" / "network" / "default.state").read_text())["phase"] == (
+        "starting"
+    )
+    shown = net_lab.run("ip", "-d", "link", "show", "virbr0").stdout
+    assert mac.group(1) in shown and "alias" not in shown
+    # The next open recognises the bridge as its own and removes it: the start succeeds.
+    assert cli(root, "net-start", "default").stdout == "Network default started\n\n"
+    assert "alias asvirt:" in net_lab.run("ip", "-d", "link", "show", "virbr0").stdout
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+    # The same, but a bridge of that name that is somebody else's (no alias, another MAC)
+    # stands where the killed start's was: it is left alone, and the start refused.
+    start_killed_at_bridge(net_lab, root, "default")
+    net_lab.run("ip", "link", "del", "virbr0")
+    net_lab.run("ip", "link", "add", "virbr0", "address", "02:00:00:00:00:01", "type", "bridge")
+    err = cli(root, "net-start", "default", check=False)
+    assert err.returncode == 1 and "'virbr0' already exists" in err.stderr
+    assert "02:00:00:00:00:01" in net_lab.run("ip", "link", "show", "virbr0").stdout
+    assert state_files(root) == []
+    net_lab.run("ip", "link", "del", "virbr0")
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_a_dnsmasq_its_supervisor_had_not_recorded_is_adopted(
     net_lab: Lab, root: Path, tmp_path: Path
 ) -> None:
@@ -334,6 +403,29 @@ def test_autostart_networks_start_when_the_root_opens(
     assert_network_gone(net_lab, root, "virbr0")
 
 
+def ipv6_sysctls(lab: Lab, dev: str) -> dict[str, str]:
+    keys = ("disable_ipv6", "accept_ra", "autoconf")
+    return {k: lab.run("cat", f"/proc/sys/net/ipv6/conf/{dev}/{k}").stdout.strip() for k in keys}
+
+
+def test_a_bridge_without_ipv6_addresses_has_ipv6_off(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    # As libvirt: no link-local address, no router solicitations from a bridge whose
+    # network has no IPv6, even where the host turns IPv6 on for every new link.
+    net_lab.run("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0")
+    net_lab.cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    net_lab.cli(root, "net-start", "default")
+    assert ipv6_sysctls(net_lab, "virbr0") == {
+        "disable_ipv6": "1",
+        "accept_ra": "0",
+        "autoconf": "0",
+    }
+    assert net_lab.addresses("virbr0") == ["192.168.122.1/24"]  # no fe80::
+    net_lab.cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
 def test_ipv6_and_isolated_networks(net_lab: Lab, root: Path, tmp_path: Path) -> None:
     cli = net_lab.cli
     xml = """<network><name>six</name><bridge name='sixbr'/>
@@ -346,6 +438,12 @@ def test_ipv6_and_isolated_networks(net_lab: Lab, root: Path, tmp_path: Path) ->
     cli(root, "net-define", write(tmp_path, "six.xml", xml))
     cli(root, "net-start", "six")
     assert net_lab.addresses("sixbr") == ["10.66.0.1/24", "fd66::1/64"]
+    # IPv6 on (whatever the host's default), and no autoconfiguration from guests' adverts.
+    assert ipv6_sysctls(net_lab, "sixbr") == {
+        "disable_ipv6": "0",
+        "accept_ra": "0",
+        "autoconf": "0",
+    }
     conf = (root / "run" / "network" / "six.conf").read_text()
     for line in (
         "enable-ra",
@@ -432,6 +530,44 @@ def test_a_network_whose_dnsmasq_cannot_start_leaves_nothing(
     assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
     squatter.kill()
     squatter.wait(timeout=10)
+    cli(root, "net-start", "default")
+    cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+#: Starts the network ARGV[2] and prints how it failed: the class, code and words of the
+#: error a caller of the API sees.
+START_REPORTING = """
+import sys, trio, asvirt
+async def main(root, name):
+    async with asvirt.open(f"qemu:///embed?root={root}") as conn:
+        try:
+            await (await conn.lookup_network_by_name(name)).create()
+        except Exception as err:
+            print(type(err).__name__, getattr(err, "code", None), err)
+trio.run(main, *sys.argv[1:])
+"""
+
+
+def test_a_planted_dnsmasq_log_symlink_is_refused_with_an_error_and_leaves_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    victim = tmp_path / "victim"
+    victim.write_text("not dnsmasq's\n")
+    log = root / "log" / "network" / "default.log"
+    log.symlink_to(victim)
+    # What a program using the API sees: asvirt's own error, with a code, naming the path.
+    said = net_lab.run(sys.executable, "-c", START_REPORTING, str(root), "default").stdout
+    assert said.startswith("SystemCallError 38 ") and str(log) in said, said
+    assert victim.read_text() == "not dnsmasq's\n" and log.is_symlink()
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    log.unlink()
     cli(root, "net-start", "default")
     cli(root, "net-destroy", "default")
     assert_network_gone(net_lab, root, "virbr0")

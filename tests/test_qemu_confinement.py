@@ -584,6 +584,43 @@ async def test_an_nbd_socket_is_checked_and_never_given_away(cconn, guest, open_
     assert owner(image) == SOMEONE  # qemu-nbd's to open, not QEMU's
 
 
+async def test_a_serial_port_connecting_to_a_socket_is_given_it_and_gives_it_back(
+    cconn, confined, guest, open_dir, nobody
+):
+    # libvirt's DAC driver labels a connect-mode chardev socket (it is the only way a QEMU
+    # of another user may connect to a listener's socket it cannot write) and restores it
+    # at stop; asvirt does the same, and only when QEMU's user could not connect already.
+    sock = open_dir / "listener.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with listener:
+        listener.bind(str(sock))
+        listener.listen(1)
+        os.chown(sock, *SOMEONE)
+        sock.chmod(0o700)
+        devices = (
+            f"<serial type='unix'><source mode='connect' path='{sock}'/><target port='1'/></serial>"
+        )
+        xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=devices)
+        dom = await cconn.define_xml(xml)
+        await dom.start(paused=True)
+        # QEMU, as nobody, connected: the listener has its connection.
+        listener.settimeout(30)
+        peer, _ = listener.accept()
+        peer.close()
+        assert owner(sock) == nobody
+        # Recorded before the chown: the next supervisor gives it back should this one die.
+        assert str(sock) in status_record(confined, "vm1")["chowned"]  # type: ignore[operator]
+        await dom.destroy()
+        assert owner(sock) == SOMEONE
+        # A socket QEMU's user may connect to already is not touched.
+        sock.chmod(0o777)
+        await dom.start(paused=True)
+        peer, _ = listener.accept()
+        peer.close()
+        assert owner(sock) == SOMEONE
+        await dom.destroy()
+
+
 async def test_a_failed_hotplug_gives_the_file_back(cconn, guest, open_dir, nobody):
     scsi = "<controller type='scsi' model='virtio-scsi'/>"
     xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=scsi)

@@ -15,7 +15,7 @@ lookups and lists (they read what the supervisor already knows).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -329,36 +329,57 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     async def create_xml(
         self, xml: str, *, paused: bool, autodestroy: bool, client: object = None
     ) -> DomainRef:
-        owner = client if autodestroy else None
         defn = await self.backend.parse(xml)
         await resolve_volumes(defn, self.storage)
+
+        async def start(obj: DomainObj, runtime: StartableRuntime) -> None:
+            await self._start(obj, runtime, paused=paused)
+
+        return await self._start_new_or_inactive(
+            defn,
+            owner=client if autodestroy else None,
+            start=start,
+            running=lambda name: DomainExistsError(f"domain '{name}' is already running"),
+        )
+
+    async def _start_new_or_inactive(
+        self,
+        defn: DomainDef,
+        *,
+        owner: object | None,
+        start: Callable[[DomainObj, StartableRuntime], Awaitable[None]],
+        running: Callable[[str], AsvirtError],
+    ) -> DomainRef:
+        """Start ``defn`` (create_xml, a restore) with ``start``: as a new transient domain,
+        or as the inactive domain it names; ``running(name)`` is the error for one that runs.
+
+        A new transient domain is active (starting) from the moment it is in the table, and
+        its job is held until the start is over; an existing one starts under its job (and
+        afresh, as a new one, if it was undefined while the job was awaited)."""
         while True:
             async with self.table.lock:
                 obj = self.table.existing_for(defn)
                 if obj is None:
-                    # A new transient domain is active (starting) from the moment it is in
-                    # the table, and its job is held until the start is over.
                     obj = DomainObj(defn.name, defn.uuid, None)
                     obj._job.acquire_nowait()
                     runtime = self._new_runtime(obj, defn, owner=owner)
                     self.table.add(obj)
                 elif obj.active:
-                    raise DomainExistsError(f"domain '{defn.name}' is already running")
+                    raise running(obj.name)
                 else:
                     runtime = None
             if runtime is not None:
                 try:
-                    await self._start(obj, runtime, paused=paused)
+                    await start(obj, runtime)
                 finally:
                     obj._job.release()
                 return DomainRef(obj.name, obj.uuid)
             async with obj._job:
                 if obj.removed:
-                    continue  # undefined meanwhile: create it afresh
+                    continue  # undefined meanwhile: start it afresh
                 if obj.active:
-                    raise DomainExistsError(f"domain '{defn.name}' is already running")
-                runtime = self._new_runtime(obj, defn, owner=owner)
-                await self._start(obj, runtime, paused=paused)
+                    raise running(obj.name)
+                await start(obj, self._new_runtime(obj, defn, owner=owner))
                 return DomainRef(obj.name, obj.uuid)
 
     async def lookup_by_name(self, name: str) -> DomainRef:

@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ..conf.domain import DomainDef
-    from ..drivers.base import StorageDriver
+    from ..drivers.base import DomainRef, StorageDriver
+    from ..errors import AsvirtError
     from ..events import EventBus, LifecycleEvent
     from .domain_driver import HypervisorBackend, StartableRuntime
     from .domains import DomainObj, DomainRuntime, DomainTable
@@ -42,6 +45,15 @@ class DomainDriverBase:
             paused: bool,
             origin: StartOrigin = None,
         ) -> None: ...
+
+        async def _start_new_or_inactive(
+            self,
+            defn: DomainDef,
+            *,
+            owner: object | None,
+            start: Callable[[DomainObj, StartableRuntime], Awaitable[None]],
+            running: Callable[[str], AsvirtError],
+        ) -> DomainRef: ...
 
         def _publish_lifecycle(
             self, obj: DomainObj, type_: LifecycleEvent, detail: Any

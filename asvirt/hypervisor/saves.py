@@ -195,36 +195,18 @@ class SaveCalls(DomainDriverBase):
         progress: ProgressCallback | None,
     ) -> DomainRef:
         """Restore into the domain ``defn`` names, a new transient one if none exists."""
-        while True:
-            async with self.table.lock:
-                obj = self.table.existing_for(defn)
-                if obj is None:
-                    # A new transient domain, active (starting) from the moment it is in the
-                    # table, its job held until the restore is over (as create_xml).
-                    obj = DomainObj(defn.name, defn.uuid, None)
-                    obj._job.acquire_nowait()
-                    runtime = self._new_runtime(obj, defn, owner=None)
-                    self.table.add(obj)
-                else:
-                    runtime = None
-            if runtime is not None:
-                try:
-                    await self._start_restored(
-                        obj, runtime, fd, header, running=running, paused=paused, progress=progress
-                    )
-                finally:
-                    obj._job.release()
-                return DomainRef(obj.name, obj.uuid)
-            async with obj._job:
-                if obj.removed:
-                    continue
-                if obj.active:
-                    raise OperationInvalidError(f"domain '{obj.name}' is already running")
-                new = self._new_runtime(obj, defn, owner=None)
-                await self._start_restored(
-                    obj, new, fd, header, running=running, paused=paused, progress=progress
-                )
-                return DomainRef(obj.name, obj.uuid)
+
+        async def start(obj: DomainObj, runtime: StartableRuntime) -> None:
+            await self._start_restored(
+                obj, runtime, fd, header, running=running, paused=paused, progress=progress
+            )
+
+        return await self._start_new_or_inactive(
+            defn,
+            owner=None,
+            start=start,
+            running=lambda name: OperationInvalidError(f"domain '{name}' is already running"),
+        )
 
     async def _start_restored(
         self,

@@ -3,6 +3,10 @@
 Every link asvirt creates carries an *alias* (``IFLA_IFALIAS``, ``ip link`` shows it) that
 names the root and the network it belongs to, so that whoever cleans up after a killed
 supervisor removes only links that are ours, never a same-named bridge somebody else made.
+The kernel takes no alias in the request that creates a link, only in a second one: a
+supervisor killed between the two leaves a bridge with no alias. Such a bridge is still
+recognised as ours by what the creating request did set, its MAC address (the network's,
+recorded before the bridge was made): see :func:`delete_link`.
 """
 
 from __future__ import annotations
@@ -14,11 +18,28 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ...errors import SystemCallError
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 #: ``IFA_F_NODAD``: an IPv6 address usable at once (no duplicate detection on a new bridge).
 _IFA_F_NODAD = 0x02
+
+
+def host_error(err: Exception, doing: str) -> SystemCallError:
+    """asvirt's error for a refused netlink request or system call: ``cannot DOING: REASON``.
+
+    An OSError's reason is its own words (asvirt's for a missing or taken name); pyroute2's
+    NetlinkError carries the kernel's errno in ``.code``."""
+    if isinstance(err, OSError):
+        code: int | None = err.errno
+        reason = err.strerror or str(err)
+    else:
+        found = getattr(err, "code", None)
+        code = found if isinstance(found, int) else None
+        reason = os.strerror(code) if code is not None else str(err)
+    return SystemCallError(f"cannot {doing}: {reason}", errno=code)
 
 
 @contextlib.contextmanager
@@ -90,11 +111,8 @@ def create_bridge(
             index = link_index(ipr, name)
             assert index is not None
             ipr.link("set", index=index, ifalias=owner)
-            if any(a.version == 6 for a in addresses):
-                # A bridge that routes IPv6 must neither autoconfigure itself from router
-                # adverts nor disable IPv6 (some hosts default to that).
-                for key, value in (("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")):
-                    set_sysctl(f"net/ipv6/conf/{name}/{key}", value)
+            # Before it is up, so that it never has a link-local address nor solicits routers.
+            set_ipv6_sysctls(name, enabled=any(a.version == 6 for a in addresses))
             for addr in addresses:
                 extra: dict[str, Any] = {}
                 if addr.version == 4:
@@ -115,10 +133,32 @@ def create_bridge(
             raise
 
 
-def delete_link(name: str, *, owner: str | None = None) -> bool:
-    """Delete the link ``name`` (only if it carries ``owner``, when given); True if deleted."""
+def set_ipv6_sysctls(name: str, *, enabled: bool) -> None:
+    """IPv6 on the bridge ``name`` as libvirt sets it: on only if the network has an IPv6
+    address (else off: no link-local address, no router solicitations; and on where the
+    host defaults to off), and in either case no autoconfiguration, nor routes taken from
+    the adverts of guests. A kernel without IPv6 has none of these knobs: nothing to turn
+    off there (and a network with IPv6 fails later, adding its address)."""
+    if not os.path.isdir(f"/proc/sys/net/ipv6/conf/{name}"):
+        return
+    for key, value in (
+        ("disable_ipv6", "0" if enabled else "1"),
+        ("accept_ra", "0"),
+        ("autoconf", "0"),
+    ):
+        set_sysctl(f"net/ipv6/conf/{name}/{key}", value)
+
+
+def delete_link(name: str, *, owner: str | None = None, mac: str | None = None) -> bool:
+    """Delete the link ``name``; True if deleted.
+
+    With ``owner``, only a link that is ours: one that carries the alias ``owner``, or —
+    given the ``mac`` it was created with — a bridge with no alias yet and that MAC (its
+    creator killed before it could set the alias). A same-named link of anybody else's
+    (another alias, or none and another MAC) is left alone.
+    """
     with netlink() as ipr:
-        # One request answers both: its index, and its alias.
+        # One request answers all: its index, its alias, its kind and address.
         try:
             links = ipr.link("get", ifname=name)
         except Exception as err:
@@ -128,7 +168,7 @@ def delete_link(name: str, *, owner: str | None = None) -> bool:
         if not links:
             return False
         index = links[0]["index"]
-        if owner is not None and links[0].get_attr("IFLA_IFALIAS") != owner:
+        if owner is not None and not _ours(links[0], owner, mac):
             return False
         try:
             ipr.link("del", index=index)
@@ -137,6 +177,18 @@ def delete_link(name: str, *, owner: str | None = None) -> bool:
                 return False
             raise
         return True
+
+
+def _ours(link: Any, owner: str, mac: str | None) -> bool:
+    alias = link.get_attr("IFLA_IFALIAS")
+    if alias == owner:
+        return True
+    if alias or mac is None:
+        return False
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    address = link.get_attr("IFLA_ADDRESS") or ""
+    return kind == "bridge" and address.lower() == mac.lower()
 
 
 def bridge_of(name: str) -> str | None:
@@ -262,11 +314,13 @@ __all__ = [
     "delete_link",
     "delete_macvtap",
     "get_sysctl",
+    "host_error",
     "is_bridge",
     "link_exists",
     "link_mtu",
     "netlink",
     "owned_by",
     "plug",
+    "set_ipv6_sysctls",
     "set_sysctl",
 ]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ... import fsutil
-from ...errors import OperationFailedError
+from ...errors import OperationFailedError, SystemCallError
 from .model import NetworkDef
 
 if TYPE_CHECKING:
@@ -197,12 +197,20 @@ async def launch(
 ) -> tuple[DnsmasqProcess, int]:
     """Start dnsmasq with ``conf_file``; returns it (and a pidfd) once it serves.
 
-    Raises OperationFailedError with dnsmasq's own words if it refuses to start.
+    Raises OperationFailedError with dnsmasq's own words if it refuses to start;
+    SystemCallError if its pid file or log cannot be prepared (a symlink planted there).
     """
-    fsutil.remove(pid_file)
-    log_fd = os.open(
-        log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-    )
+    try:
+        fsutil.remove(pid_file)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "remove the old pid file of dnsmasq") from None
+    try:
+        # Not fsutil.open_private_append: dnsmasq gives its log to the user it drops to.
+        log_fd = os.open(
+            log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "open the log of dnsmasq", log_file) from None
     start = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         try:

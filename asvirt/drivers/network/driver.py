@@ -131,6 +131,9 @@ class NetworkState:
     owner: str
     #: The bridge this start creates (None: forward mode 'bridge', nothing is created).
     bridge: str | None = None
+    #: The MAC it is created with: marks it as ours until its alias is set (see
+    #: :mod:`.bridge`).
+    bridge_mac: str | None = None
     nft_table: str | None = None
     dnsmasq_pid: int | None = None
     dnsmasq_start_time: int | None = None
@@ -241,8 +244,13 @@ class HostNetworkBackend:
         )
         runtime = NetworkRuntime(state, defn)
         if defn.creates_bridge:
-            await trio.to_thread.run_sync(self._check_free, defn)
-            state.bridge = defn.bridge
+            try:
+                await trio.to_thread.run_sync(self._check_free, defn)
+            except AsvirtError:
+                raise
+            except Exception as err:  # netlink's refusal to list links or addresses
+                raise bridge.host_error(err, f"check the host for network '{defn.name}'") from None
+            state.bridge, state.bridge_mac = defn.bridge, defn.mac
         if defn.creates_bridge and firewall.needs_rules(defn):
             state.nft_table = firewall.table_name(defn.uuid)
         # The intent, before anything exists: a supervisor that dies from here on leaves
@@ -334,7 +342,9 @@ class HostNetworkBackend:
 
         async def remove_bridge(br: str) -> None:
             try:
-                await trio.to_thread.run_sync(lambda: bridge.delete_link(br, owner=state.owner))
+                await trio.to_thread.run_sync(
+                    lambda: bridge.delete_link(br, owner=state.owner, mac=state.bridge_mac)
+                )
             except Exception as err:
                 errors.append(f"cannot delete bridge '{br}': {err}")
 
@@ -404,14 +414,10 @@ class HostNetworkBackend:
 
         try:
             await trio.to_thread.run_sync(create)
-        except OSError as err:
-            raise SystemCallError.from_oserror(err, f"create bridge '{defn.bridge}'") from None
         except AsvirtError:
             raise  # _enable_forwarding's, already in its own words
-        except Exception as err:  # pyroute2's NetlinkError carries an errno in .code
-            code = getattr(err, "code", None)
-            what = os.strerror(code) if isinstance(code, int) else str(err)
-            raise SystemCallError(f"cannot create bridge '{defn.bridge}': {what}") from None
+        except Exception as err:  # an OSError, or pyroute2's NetlinkError
+            raise bridge.host_error(err, f"create bridge '{defn.bridge}'") from None
 
     def _enable_forwarding(self, defn: NetworkDef) -> None:
         if not defn.forwarding:
@@ -633,10 +639,13 @@ class HostNetworkBackend:
 
     async def _reattach(self, runtime: NetworkRuntime) -> None:
         state, defn = runtime.state, runtime.defn
-        if state.bridge is not None and not await trio.to_thread.run_sync(
-            bridge.owned_by, state.bridge, state.owner
-        ):
-            raise OperationFailedError(f"its bridge '{state.bridge}' is gone")
+        if state.bridge is not None:
+            try:
+                ours = await trio.to_thread.run_sync(bridge.owned_by, state.bridge, state.owner)
+            except Exception as err:  # netlink's refusal: reported, not raised through open
+                raise bridge.host_error(err, f"look up bridge '{state.bridge}'") from None
+            if not ours:
+                raise OperationFailedError(f"its bridge '{state.bridge}' is gone")
         if state.nft_table is not None and not await firewall.table_exists(
             state.uuid, binary=self.config.nft
         ):
@@ -725,10 +734,16 @@ def unplug_interfaces(defn: DomainDef) -> None:
     ``direct`` interfaces (named in the live definition). Blocking (netlink)."""
     for nic in defn.interfaces:
         if nic.type == "direct" and nic.target_dev is not None:
-            try:
-                bridge.delete_macvtap(nic.target_dev)
-            except Exception as err:
-                log.warning("cannot remove macvtap", macvtap=nic.target_dev, error=str(err))
+            _remove_macvtap(nic.target_dev)
+
+
+def _remove_macvtap(name: str) -> None:
+    """Remove the macvtap ``name`` in a cleanup: a failure is logged, not raised (it would
+    hide the error being cleaned up after, and is no error of the caller's)."""
+    try:
+        bridge.delete_macvtap(name)
+    except Exception as err:
+        log.warning("cannot remove macvtap", macvtap=name, error=str(err))
 
 
 def _make_macvtap(nic: Interface) -> list[int]:
@@ -742,22 +757,14 @@ def _make_macvtap(nic: Interface) -> list[int]:
             mode=nic.direct_mode or "vepa",
             mac=nic.mac or "52:54:00:00:00:00",
         )
-    except OSError as err:  # asvirt's own words for a missing or taken name
-        raise SystemCallError(
-            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: "
-            f"{err.strerror or err}"
-        ) from None
-    except Exception as err:  # netlink's refusal
-        code = getattr(err, "code", None)
-        what = os.strerror(code) if isinstance(code, int) else str(err)
-        raise SystemCallError(
-            f"cannot make a macvtap on '{nic.source_dev}' for interface {nic.mac}: {what}"
-        ) from None
+    except Exception as err:  # asvirt's words for a missing or taken name, or netlink's
+        doing = f"make a macvtap on '{nic.source_dev}' for interface {nic.mac}"
+        raise bridge.host_error(err, doing) from None
     nic.target_dev = name
     try:
         return tap.open_macvtap(index, nic.queues or 1)
     except OSError as err:
-        bridge.delete_macvtap(name)
+        _remove_macvtap(name)
         raise SystemCallError.from_oserror(err, "open the macvtap", name) from None
 
 
@@ -795,10 +802,8 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
             try:
                 bridge.plug(name, br, mac=tap.tap_mac(nic.mac or "52:54:00:00:00:00"), mtu=mtu)
             except Exception as err:
-                code = getattr(err, "code", None) or getattr(err, "errno", None)
-                what = os.strerror(code) if isinstance(code, int) else str(err)
                 where = f"into '{br}'" if br is not None else "up"
-                raise SystemCallError(f"cannot plug tap '{name}' {where}: {what}") from None
+                raise bridge.host_error(err, f"plug tap '{name}' {where}") from None
             if nic.type == "network":
                 nic.source_bridge = br
     except BaseException:
@@ -806,8 +811,7 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
             for fd in queue_fds:
                 os.close(fd)
         for name in made:
-            with contextlib.suppress(Exception):
-                bridge.delete_macvtap(name)
+            _remove_macvtap(name)
         raise
     return fds
 

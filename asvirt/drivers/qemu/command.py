@@ -235,6 +235,18 @@ def tap_fds_arg(fds: Sequence[int | str]) -> tuple[str, str]:
     return "fds", ":".join(str(fd) for fd in fds)
 
 
+def macvtap_fd_names(nic: Interface) -> list[str]:
+    """What stands for the descriptors of a ``direct`` interface's macvtap on a command line
+    built without them (domxml-to-native): QEMU cannot make a macvtap itself (an ``ifname=``
+    tap would be a plain tap on no host interface), a start makes it on the host interface
+    and passes its descriptors, one per queue. Shown as descriptor names (QEMU's syntax for
+    a descriptor handed over the monitor) that say what they are: ``macvtap-eth0``, or
+    ``macvtap-eth0-q0:...`` for a multiqueue one."""
+    base = f"macvtap-{nic.source_dev or ''}"
+    queues = nic.queues or 1
+    return [base] if queues == 1 else [f"{base}-q{q}" for q in range(queues)]
+
+
 def disk_hotplug(
     defn: DomainDef, caps: QemuCapabilities, disk: Disk, tls: TlsConfig | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -897,8 +909,8 @@ class _Builder:
                 self.add("-netdev", f"user,id={netdev}")
             elif nic.type in SOCKET_NIC_TYPES or nic.type == "vhostuser":
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
-            elif fds:
-                key, value = tap_fds_arg(fds)
+            elif fds or nic.type == "direct":
+                key, value = tap_fds_arg(fds or macvtap_fd_names(nic))
                 self.add("-netdev", f"tap,{key}={value},id={netdev}")
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")

@@ -343,6 +343,11 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
             if chr_.source_mode == "bind":
                 out.append(_socket_directory(chr_.source_path, f"the socket of {what}"))
             else:
+                # A listener's socket QEMU connects to: libvirt's DAC driver gives it to
+                # QEMU's user too (virSecurityDACSetChardevLabelHelper labels connect-mode
+                # sockets, and restores them at stop), the only way a QEMU of another user
+                # may connect to one it cannot write. (A network disk's socket, above, is
+                # never given away: libvirt labels no network source either.)
                 out.append(Need(chr_.source_path, f"the socket of {what}", WRITE))
         elif chr_.type == "dev" and chr_.source_path:
             out.append(Need(chr_.source_path, f"the host device of {what}", READ | WRITE))
