@@ -37,6 +37,7 @@ from ..drivers.base import (
     InterfaceStats,
     NetworkDriver,
     NodeInfo,
+    SecretDriver,
     SecurityLabel,
     SecurityModel,
     ShutdownMode,
@@ -252,6 +253,8 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         self.network: NetworkDriver | None = None
         #: The node's storage driver, if any (disks that name volumes are resolved at start).
         self.storage: StorageDriver | None = None
+        #: The node's secret driver, if any (encrypted disks' and TPMs' secrets, disk auth).
+        self.secrets: SecretDriver | None = None
 
     # -- seams -----------------------------------------------------------------------------------
 
