@@ -54,6 +54,7 @@ from .postparse import (
     machine_family,
     prepare_domain,
 )
+from .secrets import SHOWN_FILE, disk_secret_id, secret_object
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -83,6 +84,7 @@ def build_command(
     sandbox: bool = True,
     tap_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
+    secret_fds: dict[str, int] | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -98,6 +100,9 @@ def build_command(
     ``domxml-to-native`` shows).
     ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
+    ``secret_fds`` maps the id of each secret object (an encrypted disk's passphrase) to the
+    read end of the pipe QEMU inherits holding its value (:mod:`.secrets`); without it, the
+    argv names a placeholder (what ``domxml-to-native`` shows).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -116,6 +121,7 @@ def build_command(
     builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
+    builder.secret_fds = secret_fds or {}
     return builder.build(monitor)
 
 
@@ -324,6 +330,8 @@ class _Builder:
         self.runtime_dir: str | None = None
         #: The domain's directory of file-backed RAM (see membacking); None: libvirt's.
         self.memory_dir: str | None = None
+        #: The pipes holding secrets' values, by secret object id (see build_command).
+        self.secret_fds: dict[str, int] = {}
 
     def runtime_dir_or_fail(self, what: str) -> str:
         if self.runtime_dir is None:
@@ -712,6 +720,11 @@ class _Builder:
                     f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
                     f"'{disk.source_pool}', which has not been resolved to a path"
                 )
+            if disk.encryption is not None and disk.has_media:
+                sid = disk_secret_id(disk)
+                fd = self.secret_fds.get(sid)
+                file = SHOWN_FILE if fd is None else f"/proc/self/fd/{fd}"
+                self.add("-object", _json(secret_object(sid, file)))
             top = self._blockdevs(disk) if disk.has_media else None
             self.device(self._disk_device(disk, top))
 
@@ -732,7 +745,7 @@ class _Builder:
         else:
             driver = "file"
         readonly = disk.readonly or disk.device == "cdrom"
-        layered = disk.format != "raw"
+        layered = disk.has_format_node
         cache = None
         if disk.cache not in (None, "default"):
             direct, no_flush, _ = _CACHE[disk.cache]
@@ -766,6 +779,12 @@ class _Builder:
             if disk.detect_zeroes is not None:
                 fmt["detect-zeroes"] = self._detect_zeroes(disk)
             fmt["driver"] = disk.format
+            if disk.encryption is not None:
+                if disk.format == "raw":  # a raw LUKS image: QEMU's luks driver
+                    fmt["driver"] = "luks"
+                    fmt["key-secret"] = disk_secret_id(disk)
+                else:  # qcow2's own LUKS encryption
+                    fmt["encrypt"] = {"format": "luks", "key-secret": disk_secret_id(disk)}
             fmt["file"] = storage_name
             nodes.append(fmt)
             top = f"libvirt-{n}-format"

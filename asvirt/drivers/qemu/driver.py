@@ -622,6 +622,7 @@ class QemuNode(Node):
             plug_interfaces=self._plug_interfaces,
             unplug_interfaces=unplug_interfaces,
             monitor_counters=self.monitor_counters,
+            secret_value=self.secret_driver.secret_value,
         )
 
     def qmp_timeouts(self) -> int:

@@ -33,6 +33,7 @@ import trio
 from ...conf.addresses import PCIAddress
 from ...conf.devices import TAP_NIC_TYPES, Disk, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
+from ...drivers.base import SecretUsageType
 from ...errors import (
     AsvirtError,
     OperationFailedError,
@@ -55,6 +56,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
+from .secrets import disk_secret, disk_secret_id, secret_object_data
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -183,7 +185,7 @@ def media_node_names(disk: Disk) -> list[str]:
         names.append(f"libvirt-{disk.node_index}-throttle")
     if disk.copy_on_read == "on":
         names.append(f"libvirt-CoR-{disk.target}")
-    if disk.format != "raw":
+    if disk.has_format_node:
         names.append(f"libvirt-{disk.node_index}-format")
     names.append(f"libvirt-{disk.node_index}-storage")
     return names
@@ -229,6 +231,10 @@ class HotplugOps:
 
         def _security(self) -> DacSecurity | None: ...
 
+        def _secret_lookup(
+            self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
+        ) -> tuple[str, bytes]: ...
+
     def _live_changed(self) -> None:
         self._live_xml = None
         self.mark_dirty()
@@ -269,6 +275,12 @@ class HotplugOps:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
         group = None
+        secret = None
+        if disk.encryption is not None and disk.has_media:
+            # Its passphrase over the monitor (see .secrets), looked up before QEMU is asked.
+            value = disk_secret(disk, self._secret_lookup)
+            await self.execute("object-add", secret_object_data(disk_secret_id(disk), value))
+            secret = disk_secret_id(disk)
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
             disk.iotune is not None
@@ -287,6 +299,8 @@ class HotplugOps:
                 await self._quietly_del_nodes(reversed(added))
                 if group is not None:
                     await self._quietly("object-del", {"id": group})
+                if secret is not None:
+                    await self._quietly("object-del", {"id": secret})
             raise
 
     def _throttle_group_users(self, group: str) -> list[Disk]:
@@ -305,6 +319,8 @@ class HotplugOps:
         uses it."""
         try:
             await self._quietly_del_nodes(media_node_names(disk))
+            if disk.encryption is not None and disk.has_media:
+                await self._quietly("object-del", {"id": disk_secret_id(disk)})
             if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
                 if not self._throttle_group_users(group):
