@@ -210,3 +210,39 @@ async def test_missing_or_wrong_secret_fails_the_start_and_leaves_nothing(conn, 
     await (await conn.lookup_secret_by_uuid(SECRET_UUID)).set_value(PASSPHRASE.encode())
     await dom.start(paused=True)
     await dom.destroy()
+
+
+@pytest.mark.parametrize(("fmt", "qemu_format"), [("qcow2", "qcow2"), ("raw", "luks")])
+async def test_encrypted_volumes_are_created_with_their_secret(conn, tmp_path, fmt, qemu_format):
+    images = tmp_path / "images"
+    images.mkdir()
+    pool = await conn.storage_pool_define_xml(
+        f"<pool type='dir'><name>p</name><target><path>{images}</path></target></pool>"
+    )
+    await pool.create()
+    vol_xml = f"""<volume><name>v.img</name><capacity unit='MiB'>16</capacity>
+      <target><format type='{fmt}'/>
+        <encryption format='luks'><secret type='passphrase' uuid='{SECRET_UUID}'/></encryption>
+      </target></volume>"""
+    with pytest.raises(asvirt.NoSecretError):
+        await pool.create_volume_xml(vol_xml)
+    assert list(images.iterdir()) == []  # nothing made
+    await define_secret(conn, PASSPHRASE)
+    vol = await pool.create_volume_xml(vol_xml)
+    assert f"<secret type='passphrase' uuid='{SECRET_UUID}'/>" in await vol.xml_desc()
+    info = await trio.run_process(
+        ["qemu-img", "info", "--output=json", str(images / "v.img")], capture_stdout=True
+    )
+    text = info.stdout.decode()
+    assert f'"format": "{qemu_format}"' in text and '"encrypted": true' in text
+    # The passphrase opens it (and a guest's disk naming the same secret would).
+    image = (
+        f"driver=qcow2,file.filename={images / 'v.img'},encrypt.key-secret=s"
+        if fmt == "qcow2"
+        else f"driver=luks,file.filename={images / 'v.img'},key-secret=s"
+    )
+    obj = f"secret,id=s,data={PASSPHRASE}"
+    await trio.run_process(
+        ["qemu-io", "--object", obj, "--image-opts", image, "-c", "read 0 512"],
+        capture_stdout=True,
+    )

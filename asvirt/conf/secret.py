@@ -23,9 +23,9 @@ import uuid as uuidlib
 
 from lxml import etree
 
-from ..drivers.base import SecretUsageType
 from ..errors import XMLError
 from .names import canonical_uuid
+from .secret_usage import SecretUsageType
 from .xmlnode import Node, XElem
 from .xmlsafe import parse_xml
 

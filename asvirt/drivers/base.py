@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..conf.secret_usage import SecretUsageType
 from ..records import record
 from ..states import DomainState
 
@@ -241,22 +242,6 @@ class StorageVolRef:
     name: str
     key: str
     path: str
-
-
-class SecretUsageType(enum.IntEnum):
-    """libvirt's ``virSecretUsageType``: what a secret is for (its ``<usage type=...>``)."""
-
-    NONE = 0
-    VOLUME = 1
-    CEPH = 2
-    ISCSI = 3
-    TLS = 4
-    VTPM = 5
-
-    @property
-    def label(self) -> str:
-        """The XML's (and virsh's) name: ``"ceph"``."""
-        return self.name.lower()
 
 
 @record

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -288,4 +290,27 @@ class SecretDriver:
             self._publish(obj, EventKind.SECRET_LIFECYCLE, SecretLifecycleEvent.UNDEFINED)
 
 
-__all__ = ["MAX_VALUE_BYTES", "SecretDriver", "SecretObj", "SecretStore"]
+@contextlib.contextmanager
+def secret_pipes(values: dict[str, bytes]) -> Iterator[dict[str, int]]:
+    """Each value in a pipe of its own, written and closed: the read ends by secret id, for
+    QEMU to inherit; ours are closed when the block ends (after the spawn)."""
+    fds: dict[str, int] = {}
+    try:
+        for secret_id, value in values.items():
+            r, w = os.pipe2(os.O_CLOEXEC)
+            fds[secret_id] = r
+            try:
+                # A pipe holds 64 KiB: no value is larger (MAX_VALUE_BYTES), so this never
+                # blocks; and the value must be whole before QEMU reads to the end.
+                written = os.write(w, value) if value else 0
+                if written != len(value):
+                    raise OSError(f"secret '{secret_id}' did not fit in a pipe")
+            finally:
+                os.close(w)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+__all__ = ["MAX_VALUE_BYTES", "SecretDriver", "SecretObj", "SecretStore", "secret_pipes"]

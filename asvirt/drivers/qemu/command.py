@@ -54,7 +54,7 @@ from .postparse import (
     machine_family,
     prepare_domain,
 )
-from .secrets import SHOWN_FILE, disk_secret_id, secret_object
+from .secrets import SHOWN_FILE, auth_props, disk_secret_id, disk_secret_objects, secret_object
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -720,8 +720,7 @@ class _Builder:
                     f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
                     f"'{disk.source_pool}', which has not been resolved to a path"
                 )
-            if disk.encryption is not None and disk.has_media:
-                sid = disk_secret_id(disk)
+            for sid in disk_secret_objects(disk):
                 fd = self.secret_fds.get(sid)
                 file = SHOWN_FILE if fd is None else f"/proc/self/fd/{fd}"
                 self.add("-object", _json(secret_object(sid, file)))
@@ -752,6 +751,8 @@ class _Builder:
             cache = {"direct": direct, "no-flush": no_flush}
         if disk.net is not None:
             storage: dict[str, Any] = storage_node(disk.net)
+            if disk.net.auth is not None:
+                storage.update(auth_props(disk))
         else:
             storage = {"driver": driver, "filename": disk.source}
         if disk.io is not None:

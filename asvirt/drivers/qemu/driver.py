@@ -373,6 +373,7 @@ class QemuNode(Node):
         self.storage = self.dir_storage
         self.secret_driver = SecretDriver(self.bus, SecretStore(paths.root, paths.tops))
         self.secrets = self.secret_driver
+        self.dir_storage.secrets = self.secret_driver
         self._host: MonitorHost | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).

@@ -56,7 +56,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
-from .secrets import disk_secret, disk_secret_id, secret_object_data
+from .secrets import disk_secret_objects, disk_secrets, secret_object_data
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -275,12 +275,10 @@ class HotplugOps:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
         group = None
-        secret = None
-        if disk.encryption is not None and disk.has_media:
-            # Its passphrase over the monitor (see .secrets), looked up before QEMU is asked.
-            value = disk_secret(disk, self._secret_lookup)
-            await self.execute("object-add", secret_object_data(disk_secret_id(disk), value))
-            secret = disk_secret_id(disk)
+        # Its passphrase and credentials over the monitor (see .secrets), every one looked
+        # up before QEMU is asked anything.
+        secrets = disk_secrets(disk, self._secret_lookup)
+        objects: list[str] = []
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
             disk.iotune is not None
@@ -290,6 +288,9 @@ class HotplugOps:
             await self.execute("object-add", throttle_object(disk))
             group = throttle_group_id(disk)
         try:
+            for sid, value in secrets.items():
+                await self.execute("object-add", secret_object_data(sid, value))
+                objects.append(sid)
             for node in nodes:
                 await self.execute("blockdev-add", node)
                 added.append(str(node["node-name"]))
@@ -299,8 +300,8 @@ class HotplugOps:
                 await self._quietly_del_nodes(reversed(added))
                 if group is not None:
                     await self._quietly("object-del", {"id": group})
-                if secret is not None:
-                    await self._quietly("object-del", {"id": secret})
+                for sid in objects:
+                    await self._quietly("object-del", {"id": sid})
             raise
 
     def _throttle_group_users(self, group: str) -> list[Disk]:
@@ -319,8 +320,8 @@ class HotplugOps:
         uses it."""
         try:
             await self._quietly_del_nodes(media_node_names(disk))
-            if disk.encryption is not None and disk.has_media:
-                await self._quietly("object-del", {"id": disk_secret_id(disk)})
+            for sid in disk_secret_objects(disk):
+                await self._quietly("object-del", {"id": sid})
             if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
                 if not self._throttle_group_users(group):

@@ -16,14 +16,13 @@ the private socket QEMU and the supervisor share.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef
 from ...drivers.base import SecretUsageType
+from ..secret import secret_pipes
 
 #: How the node looks a secret up: (uuid, usage type, usage id) -> (uuid, value).
 SecretLookup = Callable[[str | None, SecretUsageType, str | None], tuple[str, bytes]]
@@ -35,6 +34,35 @@ SHOWN_FILE = "/proc/self/fd/N"
 def disk_secret_id(disk: Disk) -> str:
     """The id of the ``secret`` object of an encrypted disk's passphrase (libvirt's name)."""
     return f"libvirt-{disk.node_index}-format-encryption-secret0"
+
+
+def auth_secret_id(disk: Disk) -> str:
+    """The id of the ``secret`` object of a network disk's password or key (libvirt's)."""
+    return f"libvirt-{disk.node_index}-storage-auth-secret0"
+
+
+def auth_props(disk: Disk) -> dict[str, Any]:
+    """What a network disk's ``<auth>`` adds to its storage node: the user, and the secret
+    of its iSCSI password (``password-secret``) or Ceph key (``key-secret``, cephx)."""
+    assert disk.net is not None and disk.net.auth is not None
+    sid = auth_secret_id(disk)
+    if disk.net.protocol == "iscsi":
+        return {"user": disk.net.auth.username, "password-secret": sid}
+    return {
+        "user": disk.net.auth.username,
+        "key-secret": sid,
+        "auth-client-required": ["cephx", "none"],
+    }
+
+
+def disk_secret_objects(disk: Disk) -> list[str]:
+    """The ids of the secret objects a disk's nodes name (its passphrase, its credentials)."""
+    ids = []
+    if disk.net is not None and disk.net.auth is not None:
+        ids.append(auth_secret_id(disk))
+    if disk.encryption is not None and disk.has_media:
+        ids.append(disk_secret_id(disk))
+    return ids
 
 
 def secret_object(secret_id: str, file: str) -> dict[str, Any]:
@@ -55,44 +83,43 @@ def disk_secret(disk: Disk, lookup: SecretLookup) -> bytes:
     return lookup(enc.secret_uuid, SecretUsageType.VOLUME, enc.secret_usage)[1]
 
 
+def auth_secret(disk: Disk, lookup: SecretLookup) -> bytes:
+    """The password (iscsi) or key (ceph) of a network disk's user. A Ceph key is kept as
+    its bytes (what ``secret-set-value`` decodes from ``ceph auth get-key``'s base64) and
+    handed to librados in base64 again, as libvirt does."""
+    assert disk.net is not None and disk.net.auth is not None
+    auth = disk.net.auth
+    kind = SecretUsageType.ISCSI if auth.secret_type == "iscsi" else SecretUsageType.CEPH
+    value = lookup(auth.secret_uuid, kind, auth.secret_usage)[1]
+    return base64.b64encode(value) if kind is SecretUsageType.CEPH else value
+
+
+def disk_secrets(disk: Disk, lookup: SecretLookup) -> dict[str, bytes]:
+    """A disk's secret objects by id, with their values."""
+    found = {}
+    if disk.net is not None and disk.net.auth is not None:
+        found[auth_secret_id(disk)] = auth_secret(disk, lookup)
+    if disk.encryption is not None and disk.has_media:
+        found[disk_secret_id(disk)] = disk_secret(disk, lookup)
+    return found
+
+
 def needed_secrets(defn: DomainDef, lookup: SecretLookup) -> dict[str, bytes]:
     """The secret objects ``defn``'s QEMU needs, by id, with their values: every secret is
     looked up before anything is started (a missing one fails the start at once)."""
-    return {
-        disk_secret_id(d): disk_secret(d, lookup)
-        for d in defn.disks
-        if d.encryption is not None and d.has_media
-    }
-
-
-@contextlib.contextmanager
-def secret_pipes(values: dict[str, bytes]) -> Iterator[dict[str, int]]:
-    """Each value in a pipe of its own, written and closed: the read ends by secret id, for
-    QEMU to inherit; ours are closed when the block ends (after the spawn)."""
-    fds: dict[str, int] = {}
-    try:
-        for secret_id, value in values.items():
-            r, w = os.pipe2(os.O_CLOEXEC)
-            fds[secret_id] = r
-            try:
-                # A pipe holds 64 KiB: no value is larger (MAX_VALUE_BYTES), so this never
-                # blocks; and the value must be whole before QEMU reads to the end.
-                written = os.write(w, value) if value else 0
-                if written != len(value):
-                    raise OSError(f"secret '{secret_id}' did not fit in a pipe")
-            finally:
-                os.close(w)
-        yield fds
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    return {sid: value for d in defn.disks for sid, value in disk_secrets(d, lookup).items()}
 
 
 __all__ = [
     "SHOWN_FILE",
     "SecretLookup",
+    "auth_props",
+    "auth_secret",
+    "auth_secret_id",
     "disk_secret",
     "disk_secret_id",
+    "disk_secret_objects",
+    "disk_secrets",
     "needed_secrets",
     "secret_object",
     "secret_object_data",

@@ -48,13 +48,15 @@ from ...errors import (
     InvalidArgError,
     NoStorageVolError,
     OperationFailedError,
+    OperationUnsupportedError,
     StorageVolExistsError,
     SystemCallError,
 )
 from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
-from ..base import ProgressCallback
+from ..base import ProgressCallback, SecretDriver, SecretUsageType
 from ..layout import NodeDirs
+from ..secret import secret_pipes
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
@@ -230,6 +232,8 @@ class DirStorageDriver(StorageDriverBase):
         self._records: dict[str, dict[str, VolRecord]] = {}
         #: Pools whose records changed since they were last written.
         self._dirty: set[str] = set()
+        #: The node's secrets (passphrases of volumes created encrypted), set by the node.
+        self.secrets: SecretDriver | None = None
 
     # -- the node's life -----------------------------------------------------------------------
 
@@ -666,9 +670,13 @@ class DirStorageDriver(StorageDriverBase):
                     f"not enough free space in pool '{obj.name}' for volume '{vol.name}' "
                     f"({vol.allocation} bytes wanted, {available} available)"
                 )
+        # An encrypted volume's passphrase, before anything is made (NoSecretError).
+        secret = self._volume_secret(vol) if vol.encryption is not None else None
         async with self._temp(obj, vol.mode) as temp:
             path = posixpath.join(target, temp)
-            if vol.format == "raw":
+            if secret is not None:
+                await self._create_encrypted(vol, path, secret, prealloc_metadata)
+            elif vol.format == "raw":
                 try:
                     await trio.to_thread.run_sync(
                         fs.fill_raw, target, temp, vol.capacity, vol.allocation
@@ -692,7 +700,41 @@ class DirStorageDriver(StorageDriverBase):
                     timeout=self.config.qemu_img_timeout,
                 )
             made = await self._publish_as(obj, temp, vol)
+        made.encryption = vol.encryption  # what it was made with (not read back from the file)
         return made
+
+    def _volume_secret(self, vol: VolDef) -> bytes:
+        """The passphrase of a volume to create encrypted: the secret its ``<encryption>``
+        names, else the ``volume`` secret of its path (as libvirt looks one up)."""
+        enc = vol.encryption
+        assert enc is not None
+        if self.secrets is None:
+            raise OperationUnsupportedError("this node has no secret driver")
+        usage = enc.secret_usage if enc.secret_uuid is not None else enc.secret_usage or vol.path
+        return self.secrets.secret_value(enc.secret_uuid, SecretUsageType.VOLUME, usage)[1]
+
+    async def _create_encrypted(
+        self, vol: VolDef, path: str, secret: bytes, prealloc_metadata: bool
+    ) -> None:
+        """``qemu-img create`` of a LUKS volume: a raw one as a ``luks`` image, a qcow2 with
+        LUKS encryption; the passphrase through a pipe (see :func:`..secret.secret_pipes`)."""
+        with secret_pipes({"sec0": secret}) as fds:
+            obj = f"secret,id=sec0,format=raw,file=/proc/self/fd/{fds['sec0']}"
+            if vol.format == "raw":
+                args = ["create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=sec0"]
+            else:
+                options = "encrypt.format=luks,encrypt.key-secret=sec0"
+                if prealloc_metadata:
+                    options += ",preallocation=metadata"
+                args = ["create", "-q", "-f", "qcow2", "--object", obj, "-o", options]
+                if vol.backing_path is not None:
+                    args += ["-b", vol.backing_path, "-F", vol.backing_format or "raw"]
+            await qemu_img.run(
+                [*args, "--", path, str(vol.capacity)],
+                what=f"create volume '{vol.path}'",
+                timeout=self.config.qemu_img_timeout,
+                pass_fds=tuple(fds.values()),
+            )
 
     async def _publish_as(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
         """Publish a volume made as ``vol`` says, and record it as asvirt's: its format is
