@@ -292,3 +292,50 @@ def test_cli_secret_commands_speak_virsh(tmp_path: Path):
     proc = run_cli(root, "secret-get-value", U1, check=False)
     assert (proc.returncode, proc.stderr) == (1, f"error: failed to get secret '{U1}'\n")
     assert run_cli(root, "secret-list").stdout == (" UUID   Usage\n" + "-" * 15 + "\n\n")
+
+
+# -- what a domain's definition names --------------------------------------------------------------
+
+ENCRYPTED = f"""<domain type='qemu'><name>enc</name><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/tmp/asvirt-no-such.qcow2'>
+        <encryption format='luks'><secret type='passphrase' uuid='{U2}'/></encryption>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <tpm model='tpm-crb'><backend type='emulator' version='2.0'>
+      <encryption secret='{U1}'/></backend></tpm>
+  </devices>
+</domain>
+"""
+
+
+async def test_every_driver_refuses_a_start_whose_secrets_are_missing(conn: asvirt.Connection):
+    dom = await conn.define_xml(ENCRYPTED)
+    with pytest.raises(asvirt.NoSecretError, match=f"no secret with matching uuid '{U2}'"):
+        await dom.start(paused=True)
+    disk_secret = await conn.secret_define_xml(secret_xml())
+    with pytest.raises(asvirt.NoSecretError, match=f"secret '{U2}' does not have a value"):
+        await dom.start(paused=True)
+    await disk_secret.set_value(b"disk")
+    with pytest.raises(asvirt.NoSecretError, match=f"no secret with matching uuid '{U1}'"):
+        await dom.start(paused=True)
+    with pytest.raises(asvirt.NoSecretError):
+        await conn.create_xml(ENCRYPTED.replace("<name>enc", "<name>enc2"))
+    assert not await dom.is_active()
+    assert "enc2" not in [d.name for d in await conn.list_all_domains()]
+    await dom.undefine()
+
+
+async def test_the_test_driver_starts_it_once_its_secrets_exist():
+    async with asvirt.open("test:///default") as conn:
+        dom = await conn.define_xml(ENCRYPTED)
+        for uuid in (U1, U2):
+            secret = await conn.secret_define_xml(f"<secret><uuid>{uuid}</uuid></secret>")
+            await secret.set_value(b"v")
+        await dom.start()
+        assert await dom.is_active()
+        await dom.destroy()

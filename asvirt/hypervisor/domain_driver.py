@@ -65,6 +65,7 @@ from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
 from .saveimage import ImageSink
 from .saves import SaveCalls
+from .secrets import check_secrets
 from .snapshots import DiskOp, SnapshotCalls
 from .volumes import resolve_disk, resolve_volumes
 
@@ -335,6 +336,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         owner = client if autodestroy else None
         defn = await self.backend.parse(xml)
         await resolve_volumes(defn, self.storage)
+        check_secrets(defn, self.secrets)
         while True:
             async with self.table.lock:
                 obj = self.table.existing_for(defn)
@@ -436,6 +438,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 await self._forget_managed_save(obj)
             live_def = obj.persistent_def.copy()
             await resolve_volumes(live_def, self.storage)
+            check_secrets(live_def, self.secrets)
             runtime = self._new_runtime(obj, live_def, owner=owner)
             await self._start(obj, runtime, paused=paused)
 

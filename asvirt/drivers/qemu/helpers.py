@@ -38,13 +38,13 @@ import trio
 from ... import fsutil
 from ...conf.domain import DomainDef
 from ...conf.extdevices import TPM
-from ...drivers.base import SecretUsageType
 from ...errors import (
     ConfigUnsupportedError,
     OperationFailedError,
     OperationUnsupportedError,
     SystemCallError,
 )
+from ...hypervisor.secrets import tpm_secret
 from ...log import get_logger
 from ..secret import secret_pipes
 from . import process
@@ -343,7 +343,7 @@ class DomainHelpers:
             return None
         if self.secret_lookup is None:
             raise OperationUnsupportedError("this node has no secret driver")
-        return self.secret_lookup(tpm.encryption_secret, SecretUsageType.VTPM, None)[1]
+        return self.secret_lookup(*tpm_secret(tpm))[1]
 
     async def _start_swtpm(self, tpm: TPM) -> None:
         """swtpm_setup the first time, then swtpm. An encrypted state's passphrase goes to

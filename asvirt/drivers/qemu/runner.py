@@ -595,9 +595,6 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
         # Every secret the domain needs, before anything exists: one missing fails the start.
         secrets = needed_secrets(self._live_def, self._secret_lookup)
-        for tpm in self._live_def.tpms:  # swtpm's, asked for again when it starts
-            if tpm.encryption_secret is not None:
-                self._secret_lookup(tpm.encryption_secret, SecretUsageType.VTPM, None)
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.

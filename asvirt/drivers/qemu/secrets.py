@@ -22,6 +22,7 @@ from typing import Any
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef
 from ...drivers.base import SecretUsageType
+from ...hypervisor.secrets import auth_secret_name, encryption_secret
 from ..secret import secret_pipes
 
 #: How the node looks a secret up: (uuid, usage type, usage id) -> (uuid, value).
@@ -78,19 +79,15 @@ def secret_object_data(secret_id: str, value: bytes) -> dict[str, Any]:
 
 def disk_secret(disk: Disk, lookup: SecretLookup) -> bytes:
     """The passphrase of an encrypted disk, from the node's secrets (NoSecretError)."""
-    enc = disk.encryption
-    assert enc is not None
-    return lookup(enc.secret_uuid, SecretUsageType.VOLUME, enc.secret_usage)[1]
+    return lookup(*encryption_secret(disk))[1]
 
 
 def auth_secret(disk: Disk, lookup: SecretLookup) -> bytes:
     """The password (iscsi) or key (ceph) of a network disk's user. A Ceph key is kept as
     its bytes (what ``secret-set-value`` decodes from ``ceph auth get-key``'s base64) and
     handed to librados in base64 again, as libvirt does."""
-    assert disk.net is not None and disk.net.auth is not None
-    auth = disk.net.auth
-    kind = SecretUsageType.ISCSI if auth.secret_type == "iscsi" else SecretUsageType.CEPH
-    value = lookup(auth.secret_uuid, kind, auth.secret_usage)[1]
+    uuid, kind, usage = auth_secret_name(disk)
+    value = lookup(uuid, kind, usage)[1]
     return base64.b64encode(value) if kind is SecretUsageType.CEPH else value
 
 
