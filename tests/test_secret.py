@@ -287,6 +287,9 @@ def test_cli_secret_commands_speak_virsh(tmp_path: Path):
     )
     assert proc.returncode == 1
     assert "Options --file and --base64 are mutually exclusive" in proc.stderr
+    proc = run_cli(root, "secret-set-value", U1, "--base64", "not base64!", check=False)
+    assert proc.returncode == 1 and "not valid base64" in proc.stderr
+    assert run_cli(root, "secret-get-value", U1, "--plain").stdout == "pass phrase\n"
     assert run_cli(root, "secret-dumpxml", U1).stdout == CEPH + "\n"
     assert run_cli(root, "secret-undefine", U1).stdout == f"Secret {U1} deleted\n\n"
     proc = run_cli(root, "secret-get-value", U1, check=False)

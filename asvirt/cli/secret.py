@@ -87,11 +87,12 @@ async def cmd_secret_set_value(conn: ConnectionCalls, args: argparse.Namespace) 
     else:
         raise CommandError("Input secret value is missing")
     if not plain:
-        # GLib's base64 decoder, which virsh uses, skips what is not base64.
+        # virsh's decoder (GLib's) makes something of any text; a value that is not base64
+        # is refused here instead, rather than stored as some other bytes.
         try:
-            data = base64.b64decode(data, validate=False)
+            data = base64.b64decode(b"".join(data.split()), validate=True)
         except binascii.Error:
-            data = b""
+            raise asvirt.InvalidArgError("the secret value is not valid base64") from None
     await secret.set_value(data)
     print("Secret value set\n")
     return 0
