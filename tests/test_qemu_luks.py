@@ -230,6 +230,11 @@ async def test_encrypted_volumes_are_created_with_their_secret(conn, tmp_path, f
     await define_secret(conn, PASSPHRASE)
     vol = await pool.create_volume_xml(vol_xml)
     assert f"<secret type='passphrase' uuid='{SECRET_UUID}'/>" in await vol.xml_desc()
+    assert (await vol.info()).capacity == 16 * 1024 * 1024
+    # What it was made with is known across a refresh and a new node.
+    await pool.refresh()
+    again = await pool.lookup_volume_by_name("v.img")
+    assert f"<secret type='passphrase' uuid='{SECRET_UUID}'/>" in await again.xml_desc()
     info = await trio.run_process(
         ["qemu-img", "info", "--output=json", str(images / "v.img")], capture_stdout=True
     )

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import trio
 
 from ... import fsutil
+from ...conf.encryption import Encryption
 from ...config import StorageConfig
 from ...errors import (
     AsvirtError,
@@ -147,6 +148,8 @@ class VolRecord:
     capacity: int = 0
     backing_path: str | None = None
     backing_format: str | None = None
+    #: How asvirt made it encrypted (LUKS, the secret named): qemu-img cannot tell the secret.
+    encryption: Encryption | None = None
 
     def volume(self, name: str, path: str, st: os.stat_result) -> FileVol:
         return FileVol(
@@ -160,10 +163,15 @@ class VolRecord:
             backing_format=self.backing_format,
             mode=st.st_mode & 0o777,
             signature=fs.signature(st),
+            encryption=self.encryption,
         )
 
     def to_json(self) -> dict[str, Any]:
+        enc = self.encryption
         return {
+            "encryption": None
+            if enc is None
+            else {"format": enc.format, "uuid": enc.secret_uuid, "usage": enc.secret_usage},
             "format": self.format,
             "made": self.made,
             "inode": self.inode,
@@ -176,7 +184,17 @@ class VolRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VolRecord:
         backing, backing_format = data.get("backing"), data.get("backing_format")
+        enc = data.get("encryption")
+        encryption = None
+        if isinstance(enc, dict):
+            uuid, usage = enc.get("uuid"), enc.get("usage")
+            encryption = Encryption(
+                format=str(enc.get("format", "luks")),
+                secret_uuid=None if uuid is None else str(uuid),
+                secret_usage=None if usage is None else str(usage),
+            )
         return cls(
+            encryption=encryption,
             format=str(data["format"]),
             made=bool(data["made"]),
             inode=int(data["inode"]),
@@ -504,6 +522,7 @@ class DirStorageDriver(StorageDriverBase):
                 capacity=st.st_size if info.format == "raw" else info.capacity,
                 backing_path=info.backing_path,
                 backing_format=info.backing_format,
+                encryption=rec.encryption if rec is not None and rec.made else None,
             )
             records[name] = rec
             self._dirty.add(obj.name)
@@ -561,6 +580,7 @@ class DirStorageDriver(StorageDriverBase):
             capacity=vol.capacity,
             backing_path=vol.backing_path,
             backing_format=vol.backing_format,
+            encryption=vol.encryption,
         )
         self._dirty.add(obj.name)
         await self._save_records(obj.name)
@@ -648,7 +668,10 @@ class DirStorageDriver(StorageDriverBase):
             name=vol.name,
             path=vol.path,
             # qemu-img gives images whole sectors; a raw file is what it was cut to.
-            capacity=st.st_size if vol.format == "raw" else -(-vol.capacity // 512) * 512,
+            # (A raw LUKS file also holds its header: its capacity is what was asked.)
+            capacity=st.st_size
+            if vol.format == "raw" and vol.encryption is None
+            else -(-vol.capacity // 512) * 512,
             allocation=st.st_blocks * 512,
             format=vol.format,
             physical=st.st_size,
@@ -656,6 +679,7 @@ class DirStorageDriver(StorageDriverBase):
             backing_format=vol.backing_format,
             mode=st.st_mode & 0o777,
             signature=fs.signature(st),
+            encryption=vol.encryption,
         )
         await self._remember(obj, made)
         return made
@@ -700,7 +724,6 @@ class DirStorageDriver(StorageDriverBase):
                     timeout=self.config.qemu_img_timeout,
                 )
             made = await self._publish_as(obj, temp, vol)
-        made.encryption = vol.encryption  # what it was made with (not read back from the file)
         return made
 
     def _volume_secret(self, vol: VolDef) -> bytes:
