@@ -183,6 +183,11 @@ async def test_guest_reads_luks_disks_unlocked_with_the_secret(conn, test_guest,
         async with await dom.open_console() as console:
             await console.send_all(b"head -c 24 /dev/vdc | tr a-z A-Z; echo\n")
             await read_until(console, (MARKER + "hot").upper().encode())
+        # A (private) secret's value cannot be read back from QEMU by a client's QMP.
+        for sid in ("libvirt-1-format-encryption-secret0", "libvirt-3-format-encryption-secret0"):
+            got = await dom.qmp("qom-get", {"path": f"/objects/{sid}", "property": "data"})
+            assert got in ("", None), (sid, got)
+        assert not await dom.qmp("query-fdsets")  # the hot-plugged secret's pipe is gone
         await dom.detach_device(luks_disk(hot, "vdc", "qcow2", secret=f"uuid='{SECRET_UUID}'"))
         objects = await dom.qmp("qom-list", {"path": "/objects"})
         assert "libvirt-3-format-encryption-secret0" not in {o["name"] for o in objects}

@@ -56,7 +56,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
-from .secrets import disk_secret_objects, disk_secrets, secret_object_data
+from .secrets import disk_secret_objects, disk_secrets
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -231,6 +231,8 @@ class HotplugOps:
 
         def _security(self) -> DacSecurity | None: ...
 
+        async def add_secret(self, secret_id: str, value: bytes) -> None: ...
+
         def _secret_lookup(
             self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
         ) -> tuple[str, bytes]: ...
@@ -275,8 +277,8 @@ class HotplugOps:
         nodes, props = disk_hotplug(prepared, caps, disk)
         added: list[str] = []
         group = None
-        # Its passphrase and credentials over the monitor (see .secrets), every one looked
-        # up before QEMU is asked anything.
+        # Its passphrase and credentials through pipes passed over the monitor (add_secret),
+        # every one looked up before QEMU is asked anything.
         secrets = disk_secrets(disk, self._secret_lookup)
         objects: list[str] = []
         # A group another disk already has exists in QEMU (and keeps its limits).
@@ -289,7 +291,7 @@ class HotplugOps:
             group = throttle_group_id(disk)
         try:
             for sid, value in secrets.items():
-                await self.execute("object-add", secret_object_data(sid, value))
+                await self.add_secret(sid, value)
                 objects.append(sid)
             for node in nodes:
                 await self.execute("blockdev-add", node)

@@ -9,8 +9,10 @@ guest runs. The value is then only in QEMU's memory (and the node's): nothing on
 nothing in the command line, nothing left in the pipe. (libvirt instead encrypts each
 secret with a per-domain master key it keeps in a file beside the domain's state.)
 
-A disk plugged into a running guest gets its secret through ``object-add`` on the monitor,
-the private socket QEMU and the supervisor share.
+A disk plugged into a running guest gets its secret the same way: the pipe's read end is
+passed over the monitor (``add-fd``), and ``object-add`` creates the object reading it. Never
+``object-add``'s ``data=``: QEMU answers ``qom-get`` of that property with the value, and any
+read-write client may send QMP commands (``qemu-monitor-command``), private secret or not.
 """
 
 from __future__ import annotations
@@ -71,12 +73,6 @@ def secret_object(secret_id: str, file: str) -> dict[str, Any]:
     return {"qom-type": "secret", "id": secret_id, "format": "raw", "file": file}
 
 
-def secret_object_data(secret_id: str, value: bytes) -> dict[str, Any]:
-    """The ``object-add`` arguments of a secret given over the monitor."""
-    data = base64.b64encode(value).decode("ascii")
-    return {"qom-type": "secret", "id": secret_id, "format": "base64", "data": data}
-
-
 def disk_secret(disk: Disk, lookup: SecretLookup) -> bytes:
     """The passphrase of an encrypted disk, from the node's secrets (NoSecretError)."""
     return lookup(*encryption_secret(disk))[1]
@@ -119,6 +115,5 @@ __all__ = [
     "disk_secrets",
     "needed_secrets",
     "secret_object",
-    "secret_object_data",
     "secret_pipes",
 ]
