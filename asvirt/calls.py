@@ -16,10 +16,12 @@ from .drivers.base import (
     HypervisorVersion,
     NodeInfo,
     ProgressCallback,
+    SecretUsageType,
     SecurityModel,
     StatsGroup,
 )
 from .network import Network
+from .secret import Secret
 from .storage import StoragePool, StorageVol
 
 
@@ -189,3 +191,29 @@ class ConnectionCalls:
     async def lookup_storage_vol_by_key(self, key: str) -> StorageVol:
         """The volume with this key (a volume's key is its path, as in libvirt's dir pools)."""
         return await self.lookup_storage_vol_by_path(key)
+
+    # -- secrets -------------------------------------------------------------------------------
+
+    async def list_all_secrets(
+        self, *, ephemeral: bool | None = None, private: bool | None = None
+    ) -> list[Secret]:
+        """Secrets, sorted by UUID; optionally only (non-)ephemeral or (non-)private ones."""
+        refs = await self._call("list_all_secrets", ephemeral=ephemeral, private=private)
+        return [Secret(self, ref) for ref in refs]
+
+    async def lookup_secret_by_uuid(self, uuid: str) -> Secret:
+        """The secret with this UUID; NoSecretError if there is none."""
+        return Secret(self, await self._call("lookup_secret_by_uuid", uuid=uuid))
+
+    async def lookup_secret_by_usage(
+        self, usage_type: SecretUsageType | int, usage_id: str
+    ) -> Secret:
+        """The secret for ``usage_id`` (a volume's path, a Ceph name, an iSCSI target...)."""
+        ref = await self._call(
+            "lookup_secret_by_usage", usage_type=SecretUsageType(usage_type), usage_id=usage_id
+        )
+        return Secret(self, ref)
+
+    async def secret_define_xml(self, xml: str) -> Secret:
+        """Define (or redefine) a secret from libvirt secret XML; SECRET_LIFECYCLE DEFINED."""
+        return Secret(self, await self._call("secret_define_xml", xml=xml))

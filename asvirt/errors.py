@@ -38,6 +38,8 @@ class ErrorCode(enum.IntEnum):
     RESOURCE_BUSY = 87
     STORAGE_VOL_EXIST = 90
     NETWORK_EXIST = 37
+    INVALID_SECRET = 65
+    NO_SECRET = 66
 
 
 class AsvirtError(Exception):
@@ -233,3 +235,16 @@ class AgentUnresponsiveError(AsvirtError):
     """The guest agent is not connected, or did not answer in time."""
 
     code = ErrorCode.AGENT_UNRESPONSIVE
+
+
+class NoSecretError(AsvirtError):
+    """No secret with that UUID or usage exists, or the secret has no value yet."""
+
+    code = ErrorCode.NO_SECRET
+
+
+class InvalidSecretError(AsvirtError):
+    """The secret may not be used so: a private secret's value asked for (libvirt's
+    ``VIR_ERR_INVALID_SECRET``)."""
+
+    code = ErrorCode.INVALID_SECRET

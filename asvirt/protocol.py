@@ -42,6 +42,8 @@ from .drivers.base import (
     NetworkDHCPLease,
     NetworkRef,
     NodeInfo,
+    SecretRef,
+    SecretUsageType,
     SecurityLabel,
     SecurityModel,
     ShutdownMode,
@@ -69,6 +71,7 @@ class Target(enum.Enum):
     DOMAINS = "domains"
     NETWORK = "network"
     STORAGE = "storage"
+    SECRET = "secret"
 
 
 #: The result type of ``domain_state``: a state and the reason for it.
@@ -115,10 +118,14 @@ class Call:
         mutates: bool,
         priority: Priority,
         client: bool,
+        secure: bool = False,
     ) -> None:
         self.name = name
         self.target = target
         self.mutates = mutates
+        #: It answers what only a read-write client may see (a secret's value), though it
+        #: changes nothing (libvirt's ``read_secure`` ACL).
+        self.secure = secure
         self.priority = priority
         #: The driver method also receives ``client=``: who called (autodestroy ownership).
         self.client = client
@@ -150,14 +157,21 @@ class Call:
     @property
     def read_only_ok(self) -> bool:
         """Whether a read-only connection may make this call."""
-        return not self.mutates
+        return not self.mutates and not self.secure
 
 
-def call(*, mutates: bool, priority: Priority = Priority.NORMAL, client: bool = False) -> Any:
-    """Annotate a declared call (see the module docstring)."""
+def call(
+    *,
+    mutates: bool,
+    priority: Priority = Priority.NORMAL,
+    client: bool = False,
+    secure: bool = False,
+) -> Any:
+    """Annotate a declared call (see the module docstring); ``secure``: refused to read-only
+    clients though it changes nothing."""
 
     def annotate(fn: F) -> F:
-        fn.__asvirt_call__ = (mutates, priority, client)  # type: ignore[attr-defined]
+        fn.__asvirt_call__ = (mutates, priority, client, secure)  # type: ignore[attr-defined]
         return fn
 
     return annotate
@@ -791,6 +805,52 @@ class StorageCalls(Protocol):
         ...
 
 
+class SecretCalls(Protocol):
+    """Calls served by a node's secret driver (libvirt's ``virSecret*``)."""
+
+    @call(mutates=False, priority=HIGH)
+    async def list_all_secrets(
+        self, ephemeral: bool | None = None, private: bool | None = None
+    ) -> list[SecretRef]:
+        """Secrets, optionally only (non-)ephemeral or (non-)private ones, by UUID."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_secret_by_uuid(self, uuid: str) -> SecretRef:
+        """The secret with this UUID."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def lookup_secret_by_usage(self, usage_type: SecretUsageType, usage_id: str) -> SecretRef:
+        """The secret used for ``usage_id`` (a volume's path, a Ceph name...)."""
+        ...
+
+    @call(mutates=True)
+    async def secret_define_xml(self, xml: str) -> SecretRef:
+        """Define (or redefine) a secret; it has no value until one is set."""
+        ...
+
+    @call(mutates=False, priority=HIGH)
+    async def secret_xml_desc(self, uuid: str) -> str:
+        """The secret's XML (never its value)."""
+        ...
+
+    @call(mutates=True)
+    async def secret_set_value(self, uuid: str, value: bytes) -> None:
+        """Set the secret's value."""
+        ...
+
+    @call(mutates=False, priority=HIGH, secure=True)
+    async def secret_get_value(self, uuid: str) -> bytes:
+        """The secret's value (refused for a private secret, and to read-only clients)."""
+        ...
+
+    @call(mutates=True)
+    async def secret_undefine(self, uuid: str) -> None:
+        """Remove the secret and its value."""
+        ...
+
+
 def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
     calls: dict[str, Call] = {}
     for cls, target in classes:
@@ -798,16 +858,21 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
             annotation = getattr(fn, "__asvirt_call__", None)
             if annotation is None:
                 continue
-            mutates, priority, client = annotation
+            mutates, priority, client, secure = annotation
             if name in calls:
                 raise TypeError(f"call '{name}' is declared twice")
-            calls[name] = Call(name, target, fn, mutates=mutates, priority=priority, client=client)
+            calls[name] = Call(
+                name, target, fn, mutates=mutates, priority=priority, client=client, secure=secure
+            )
     return calls
 
 
 #: Every call of the driver API, by name.
 CALLS: Mapping[str, Call] = _declare(
-    (DomainCalls, Target.DOMAINS), (NetworkCalls, Target.NETWORK), (StorageCalls, Target.STORAGE)
+    (DomainCalls, Target.DOMAINS),
+    (NetworkCalls, Target.NETWORK),
+    (StorageCalls, Target.STORAGE),
+    (SecretCalls, Target.SECRET),
 )
 
 
@@ -1151,9 +1216,15 @@ def methods_markdown() -> str:
         params = ", ".join(_param_doc(c, n, t) for n, t in c.params) or "—"
         lines.append(
             f"| `{c.name}` | {params} | {_type_name(c.result)} | "
-            f"{'yes' if c.mutates else 'no'} | {c.priority.value} |"
+            f"{_mutates_doc(c)} | {c.priority.value} |"
         )
     return "\n".join(lines)
+
+
+def _mutates_doc(c: Call) -> str:
+    if c.mutates:
+        return "yes"
+    return "no (refused read-only)" if c.secure else "no"
 
 
 def _param_doc(c: Call, name: str, type_: Any) -> str:
@@ -1192,6 +1263,7 @@ __all__ = [
     "NetworkCalls",
     "Priority",
     "Progress",
+    "SecretCalls",
     "StateAndReason",
     "StorageCalls",
     "Target",

@@ -321,10 +321,14 @@ NET_DISK_SOURCES = {
     "ftp": "<source protocol='ftp' name='a.img'><host name='example.org'/></source>",
     "ftps": "<source protocol='ftps' name='a.img'><host name='example.org'/></source>",
     "iscsi": "<source protocol='iscsi' name='iqn.1992-01.com.example/1'>"
-    "<host name='example.org'/><initiator><iqn name='iqn.2013-07.com.example:c'/></initiator>"
+    "<host name='example.org'/><auth username='myname'>"
+    "<secret type='iscsi' usage='libvirtiscsi'/></auth>"
+    "<initiator><iqn name='iqn.2013-07.com.example:c'/></initiator>"
     "</source>",
     "rbd": "<source protocol='rbd' name='pool/image'><host name='mon1' port='6322'/>"
-    "<host name='mon2'/><snapshot name='s'/><config file='/etc/ceph/ceph.conf'/></source>",
+    "<host name='mon2'/><snapshot name='s'/><config file='/etc/ceph/ceph.conf'/>"
+    "<auth username='admin'><secret type='ceph' uuid='6a4c2f4e-6f0d-4d35-9d2c-0f5e8f1e7a11'/>"
+    "</auth></source>",
     "gluster": "<source protocol='gluster' name='Volume/Image.qcow2'><host name='example.org'/>"
     "<host transport='unix' socket='/run/gl.sock'/></source>",
     "ssh": "<source protocol='ssh' name='/test.img'><host name='example.org' port='2222'/>"

@@ -52,8 +52,9 @@ pytestmark = pytest.mark.qemu
 
 LC = asvirt.EventKind.LIFECYCLE
 EVENT_KINDS = [k for k in asvirt.EventKind if k is not asvirt.EventKind.GAP]
-MUTATING = sorted(name for name, c in protocol.CALLS.items() if c.mutates)
-READING = sorted(name for name, c in protocol.CALLS.items() if not c.mutates)
+#: What a read-only socket refuses: calls that change state, and those that read a secret.
+MUTATING = sorted(name for name, c in protocol.CALLS.items() if not c.read_only_ok)
+READING = sorted(name for name, c in protocol.CALLS.items() if c.read_only_ok)
 #: Reading calls that name a snapshot of the VM (which has none).
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
@@ -297,6 +298,11 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "nseconds": 0,
         "sync": False,
         "mode": 1,  # ShutdownMode.ACPI
+        "value": "aW50cnVkZXI=",  # base64
+        "usage_type": 2,  # SecretUsageType.CEPH
+        "usage_id": "intruder",
+        "ephemeral": None,
+        "private": None,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -312,6 +318,8 @@ def xml_for(guest: TestGuest, tmp_path: Path, vm_xml: str) -> Callable[[str], st
         if call == "storage_pool_define_xml":
             target = f"<target><path>{tmp_path}</path></target>"
             return f"<pool type='dir'><name>intruder</name>{target}</pool>"
+        if call == "secret_define_xml":
+            return "<secret><usage type='ceph'><name>intruder</name></usage></secret>"
         if call == "storage_vol_create_xml":
             return "<volume><name>intruder</name><capacity>1</capacity></volume>"
         if call in ("domain_attach_device", "domain_detach_device", "domain_update_device"):
@@ -329,6 +337,7 @@ def node_view(raw: Raw, uuid: str) -> dict[str, Any]:
         "xml": ("domain_xml_desc", {"uuid": uuid, "inactive": False}),
         "networks": ("list_all_networks", {"active": None}),
         "pools": ("list_all_storage_pools", {"active": None}),
+        "secrets": ("list_all_secrets", {"ephemeral": None, "private": None}),
     }
     view = {}
     for what, (method, params) in asked.items():

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from asvirt import DomainEvent, EventKind, LifecycleEvent, NetworkLifecycleEvent
+from asvirt import (
+    DomainEvent,
+    EventKind,
+    LifecycleEvent,
+    NetworkLifecycleEvent,
+    SecretLifecycleEvent,
+)
 from asvirt.events.types import EventDetail
 
 #: virsh's words for each lifecycle type, and for its details in libvirt's integer order.
@@ -175,8 +181,23 @@ def test_every_kind_is_described():
         EventKind.QMP,
         EventKind.GAP,
         EventKind.NETWORK_LIFECYCLE,
+        EventKind.SECRET_LIFECYCLE,
+        EventKind.SECRET_VALUE_CHANGED,
     }
     assert covered == set(EventKind)
+
+
+@pytest.mark.parametrize(
+    ("type_", "word"),
+    [(SecretLifecycleEvent.DEFINED, "Defined"), (SecretLifecycleEvent.UNDEFINED, "Undefined")],
+)
+def test_secret_events_read_as_virsh_secret_event(type_: SecretLifecycleEvent, word: str):
+    # virsh-secret.c: "event '%s' for secret %s: %s", and no ": ..." for value-changed
+    u = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+    ev = DomainEvent(1, 0.0, u, u, EventKind.SECRET_LIFECYCLE, type_)
+    assert ev.describe() == f"event 'lifecycle' for secret {u}: {word}"
+    ev = DomainEvent(2, 0.0, u, u, EventKind.SECRET_VALUE_CHANGED)
+    assert ev.describe() == f"event 'value-changed' for secret {u}"
 
 
 def test_gap_markers_say_which_events_are_gone():

@@ -33,6 +33,7 @@ from asvirt.events import (
     LifecycleEvent,
     MemoryJournal,
     NetworkLifecycleEvent,
+    SecretLifecycleEvent,
     StartedDetail,
     StoppedDetail,
     event_from_dict,
@@ -80,6 +81,9 @@ def events(draw: st.DrawFn, seq: int | None = None) -> DomainEvent:
     elif kind is EventKind.NETWORK_LIFECYCLE:
         type_ = draw(st.sampled_from(list(NetworkLifecycleEvent)))
         data = None
+    elif kind is EventKind.SECRET_LIFECYCLE:
+        type_ = draw(st.sampled_from(list(SecretLifecycleEvent)))
+        data = draw(st.none() | json_objects)
     elif kind is EventKind.GAP:
         first = draw(st.integers(min_value=1, max_value=2**40))
         data = {"first": first, "last": first + draw(st.integers(min_value=0, max_value=10**6))}
@@ -114,7 +118,12 @@ def lifecycle(seq: int, ts: float | None = None, domain: str = "vm1") -> DomainE
 
 def test_gap_is_delivered_by_default_and_described():
     assert EventKind.GAP in DEFAULT_KINDS
-    assert set(EventKind) - DEFAULT_KINDS == {EventKind.QMP, EventKind.NETWORK_LIFECYCLE}
+    assert set(EventKind) - DEFAULT_KINDS == {
+        EventKind.QMP,
+        EventKind.NETWORK_LIFECYCLE,
+        EventKind.SECRET_LIFECYCLE,
+        EventKind.SECRET_VALUE_CHANGED,
+    }
     gap = DomainEvent(1, 0.0, "", "", EventKind.GAP, data={"first": 5, "last": 120})
     assert gap.describe() == "event 'gap': events 5-120 are no longer retained"
     one = DomainEvent(1, 0.0, "", "", EventKind.GAP, data={"first": 7, "last": 7})
@@ -258,6 +267,25 @@ def test_network_events_round_trip_and_are_checked():
         event_to_dict(dataclasses.replace(ev, type=LifecycleEvent.STOPPED))
     with pytest.raises(ValueError, match="needs a type and a detail"):
         event_to_dict(dataclasses.replace(ev, kind=EventKind.LIFECYCLE))
+
+
+def test_secret_events_round_trip_and_are_checked():
+    ev = DomainEvent(8, 1.5, UUID, UUID, EventKind.SECRET_LIFECYCLE, SecretLifecycleEvent.UNDEFINED)
+    d = event_to_dict(ev)
+    assert (d["kind"], d["type"], d["detail"]) == ("secret-lifecycle", 1, None)
+    back = event_from_dict(json.loads(json.dumps(d)))
+    assert back == ev and type(back.type) is SecretLifecycleEvent
+    for change, match in (
+        ({"type": 2}, "unknown secret lifecycle event type 2"),
+        ({"type": None}, "needs a secret type"),
+        ({"detail": 0}, "secret lifecycle event has no detail"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            event_from_dict({**d, **change})
+    with pytest.raises(ValueError, match="needs a secret type"):
+        event_to_dict(dataclasses.replace(ev, type=NetworkLifecycleEvent.DEFINED))
+    changed = DomainEvent(9, 1.5, UUID, UUID, EventKind.SECRET_VALUE_CHANGED)
+    assert event_from_dict(json.loads(json.dumps(event_to_dict(changed)))) == changed
 
 
 # -- helpers for the journals ----------------------------------------------------------------------
@@ -432,9 +460,17 @@ def test_every_kind_and_detail_round_trips(jdir: Path):
         evs.append(
             DomainEvent(len(evs) + 1, T0, "net1", UUID, EventKind.NETWORK_LIFECYCLE, net_type)
         )
+    for secret_type in SecretLifecycleEvent:
+        evs.append(
+            DomainEvent(len(evs) + 1, T0, UUID, UUID, EventKind.SECRET_LIFECYCLE, secret_type)
+        )
     nested = {"device": "virtio-disk0", "x": [1, 2.5, None, True, {"y": ["z", -3]}], "é": "ü"}
     for kind in EventKind:
-        if kind not in (EventKind.LIFECYCLE, EventKind.NETWORK_LIFECYCLE):
+        if kind not in (
+            EventKind.LIFECYCLE,
+            EventKind.NETWORK_LIFECYCLE,
+            EventKind.SECRET_LIFECYCLE,
+        ):
             data = {"first": 1, "last": 3} if kind is EventKind.GAP else nested
             evs.append(DomainEvent(len(evs) + 1, T0 + 0.125, "vm1", UUID, kind, data=data))
     with FileJournal.open(jdir, cfg(cache_events=1)) as j:

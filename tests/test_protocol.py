@@ -9,6 +9,7 @@ import pytest
 import asvirt
 from asvirt import protocol
 from asvirt.drivers.network.core import NetworkDriverCore
+from asvirt.drivers.secret import SecretDriver
 from asvirt.drivers.storage.driver import DirStorageDriver
 from asvirt.drivers.test.storage import TestStorageDriver
 from asvirt.hypervisor.domain_driver import DomainDriver
@@ -18,6 +19,7 @@ IMPLEMENTATIONS = {
     protocol.Target.DOMAINS: [DomainDriver],
     protocol.Target.NETWORK: [NetworkDriverCore],
     protocol.Target.STORAGE: [TestStorageDriver, DirStorageDriver],
+    protocol.Target.SECRET: [SecretDriver],
 }
 
 

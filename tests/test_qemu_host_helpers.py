@@ -242,3 +242,46 @@ def test_cli_domdisplay_and_undefine_nvram(root, test_guest, tmp_path, display_p
     assert refused.returncode != 0 and "nvram" in refused.stderr
     run_cli(root, "undefine", "--nvram", "vm1")
     assert not list((root / "lib" / "qemu" / "nvram").iterdir())
+
+
+async def test_encrypted_tpm_state_starts_persists_and_needs_its_secret(
+    conn, root, test_guest, tmp_path
+):
+    secret_uuid = "9f0c2d8e-1b6a-4c3e-8a5d-7e2f4b6c8d01"
+    tpm = (
+        "<tpm model='tpm-crb'><backend type='emulator' version='2.0'>"
+        f"<encryption secret='{secret_uuid}'/></backend></tpm>"
+    )
+    dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=tpm))
+    assert f"<encryption secret='{secret_uuid}'/>" in await dom.xml_desc()
+    # No secret yet: refused before swtpm_setup or QEMU run.
+    with pytest.raises(asvirt.NoSecretError, match=secret_uuid):
+        await dom.start(paused=True)
+    state = root / "lib" / "swtpm" / dom.uuid / "tpm2"
+    assert not (state / "tpm2-00.permall").exists()
+    secret = await conn.secret_define_xml(
+        f"<secret ephemeral='no' private='yes'><uuid>{secret_uuid}</uuid>"
+        "<usage type='vtpm'><name>VTPM_vm1</name></usage></secret>"
+    )
+    await secret.set_value(b"tpm passphrase")
+    await dom.start(paused=True)
+    [swtpm] = helpers_of(root, dom.uuid)
+    cmdline = Path(f"/proc/{swtpm}/cmdline").read_bytes().split(b"\0")
+    assert b"tpm passphrase" not in b" ".join(cmdline)
+    assert any(a.startswith(b"pwdfd=") and a.endswith(b",mode=aes-256-cbc") for a in cmdline)
+    [info] = await dom.qmp("query-tpm")
+    assert info["options"]["type"] == "emulator"
+    permall = (state / "tpm2-00.permall").read_bytes()
+    await dom.destroy()
+    await helpers_gone(root, dom.uuid)
+    # The state persists, encrypted: another passphrase cannot open it...
+    await secret.set_value(b"another passphrase")
+    with trio.fail_after(60), pytest.raises(asvirt.OperationFailedError):
+        await dom.start(paused=True)
+    await helpers_gone(root, dom.uuid)
+    assert not await dom.is_active()
+    # ... and its own does, the same state.
+    await secret.set_value(b"tpm passphrase")
+    await dom.start(paused=True)
+    assert (state / "tpm2-00.permall").read_bytes() == permall
+    await dom.destroy()

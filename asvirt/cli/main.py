@@ -490,7 +490,7 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 #: The commands that live in modules of their own (devices, agent, console, network, storage,
-#: monitoring, snapshot, memory and vCPU), by module. Importing a module registers its
+#: secrets, monitoring, snapshot, memory and vCPU), by module. Importing a module registers its
 #: commands; it is imported only when one of them is parsed (or for ``help``), so that a
 #: one-shot ``asvirt list`` imports none of them (lxml, trio...). tests/test_cli.py checks
 #: that this table names what the modules register.
@@ -524,6 +524,15 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "net-event",
     ),
     "resources": ("setmem", "setmaxmem", "setvcpus", "vcpucount"),
+    "secret": (
+        "secret-define",
+        "secret-dumpxml",
+        "secret-set-value",
+        "secret-get-value",
+        "secret-undefine",
+        "secret-list",
+        "secret-event",
+    ),
     "snapshot": (
         "snapshot-create-as",
         "snapshot-create",

@@ -79,6 +79,8 @@ _LIBVIRT_PREFIXES: dict[asvirt.ErrorCode, str] = {
     asvirt.ErrorCode.CONFIG_UNSUPPORTED: "unsupported configuration: ",
     asvirt.ErrorCode.OPERATION_TIMEOUT: "Timed out during operation: ",
     asvirt.ErrorCode.NO_DOMAIN_SNAPSHOT: "Domain snapshot not found: ",
+    asvirt.ErrorCode.NO_SECRET: "Secret not found: ",
+    asvirt.ErrorCode.INVALID_SECRET: "Invalid secret: ",
 }
 
 

@@ -27,6 +27,7 @@ from .addresses import (
     format_address,
     parse_address,
 )
+from .encryption import Encryption, parse_encryption
 from .names import validate_name
 from .netdisk import NetworkSource, parse_network_source
 from .tuning import BlockIO, Geometry, IOTune, parse_blockio, parse_geometry, parse_iotune
@@ -171,6 +172,15 @@ class Disk(DeviceBase):
     iotune: IOTune | None = None
     blockio: BlockIO | None = None
     geometry: Geometry | None = None
+    #: ``<encryption format='luks'>``: the image is LUKS-encrypted (a raw LUKS image, or a
+    #: qcow2 with LUKS encryption), its passphrase in a secret.
+    encryption: Encryption | None = None
+
+    @property
+    def has_format_node(self) -> bool:
+        """Whether QEMU opens the media through a format node (``libvirt-N-format``): any
+        format but raw, and raw LUKS (QEMU's ``luks`` driver)."""
+        return self.format != "raw" or self.encryption is not None
 
     @property
     def has_media(self) -> bool:
@@ -188,7 +198,7 @@ class Disk(DeviceBase):
         if not self.has_media or self.node_index is None:
             return set()
         names = {f"libvirt-{self.node_index}-storage"}
-        if self.format != "raw":
+        if self.has_format_node:
             names.add(f"libvirt-{self.node_index}-format")
         if self.copy_on_read == "on":
             names.add(f"libvirt-CoR-{self.target}")
@@ -224,8 +234,9 @@ class Disk(DeviceBase):
                 "queue_size": self.queue_size,
             },
         )
+        src: XElem | None = None
         if self.type == "volume":
-            el.add(
+            src = el.add(
                 "source",
                 {
                     "pool": self.source_pool,
@@ -240,9 +251,11 @@ class Disk(DeviceBase):
             # libvirt's live XML numbers the media's node (libvirt-N-storage): kept by the
             # status file, so that disks plugged while running keep their nodes' names.
             index = self.node_index if live and self.source is not None else None
-            el.add(
+            src = el.add(
                 "source", {key: self.source, "startupPolicy": self.startup_policy, "index": index}
             )
+        if self.encryption is not None:
+            self.encryption.format_xml(src if self.encryption.in_source and src else el)
         if self.geometry is not None:
             self.geometry.format_xml(el)
         if self.blockio is not None:
@@ -284,6 +297,12 @@ def _parse_disk_tuning(node: Node, disk: Disk) -> None:
         disk.geometry = parse_geometry(sub)
 
 
+def _parse_source_encryption(src: Node, disk: Disk) -> None:
+    enc = src.child("encryption")
+    if enc is not None:
+        disk.encryption = parse_encryption(enc, in_source=True)
+
+
 def parse_disk(node: Node) -> Disk:
     disk = Disk(
         type=node.choice("type", ("file", "block", "volume", "network"), "file") or "file",
@@ -314,6 +333,7 @@ def parse_disk(node: Node) -> Disk:
         validate_name(disk.source_pool, what="storage pool")
         validate_name(disk.source_volume, what="storage volume")
         disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
+        _parse_source_encryption(src, disk)
         src.finish()
     elif disk.type == "volume":
         raise XMLError(f"{node.where} of type 'volume' needs <source pool=... volume=...>")
@@ -330,7 +350,13 @@ def parse_disk(node: Node) -> Disk:
             raise XMLError(f"disk source '{disk.source}' in {node.where} must be an absolute path")
         disk.startup_policy = src.choice("startupPolicy", ("mandatory", "requisite", "optional"))
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
+        _parse_source_encryption(src, disk)
         src.finish()
+    enc = node.child("encryption")
+    if enc is not None:
+        if disk.encryption is not None:
+            raise XMLError(f"{node.where} has <encryption> both in <source> and in <disk>")
+        disk.encryption = parse_encryption(enc)
     _parse_disk_tuning(node, disk)
     tgt = node.child("target")
     if tgt is None:
@@ -377,6 +403,11 @@ def parse_disk(node: Node) -> Disk:
 def _check_disk_bus(disk: Disk) -> None:
     """The device kinds each bus carries (what QEMU has a device for)."""
     where = f"disk '{disk.target}'"
+    if disk.encryption is not None and disk.format not in (None, "raw", "qcow2"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: QEMU opens LUKS encryption in raw and qcow2 "
+            f"images only, not in {disk.format}"
+        )
     if disk.device == "cdrom" and disk.bus == "virtio":
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: a cdrom cannot be on the virtio bus"

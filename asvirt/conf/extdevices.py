@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..errors import ConfigUnsupportedError, XMLError
 from .addresses import PCIAddress, USBAddress, parse_address
 from .devices import DeviceBase, _parse_alias, _parse_boot
+from .names import canonical_uuid
 from .xmlnode import Node, XElem
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +418,9 @@ class TPM(DeviceBase):
     persistent_state: bool | None = None
     device_path: str | None = None  # passthrough
     pcr_banks: list[str] | None = None
+    #: ``<encryption secret='UUID'/>``: the state is encrypted with a key derived from that
+    #: secret's value (a ``vtpm`` secret).
+    encryption_secret: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("tpm", {"model": self.model})
@@ -430,6 +434,8 @@ class TPM(DeviceBase):
         )
         if self.device_path is not None:
             be.add("device", {"path": self.device_path})
+        if self.encryption_secret is not None:
+            be.add("encryption", {"secret": self.encryption_secret})
         if self.pcr_banks is not None:
             banks = be.add("active_pcr_banks")
             for bank in self.pcr_banks:
@@ -449,11 +455,12 @@ def parse_tpm(node: Node) -> TPM:
     if kind == "emulator":
         tpm.version = be.choice("version", ("1.2", "2.0"))
         tpm.persistent_state = be.yesno("persistent_state")
-        if be.child("encryption") is not None:
-            raise ConfigUnsupportedError(
-                "unsupported configuration: <tpm><backend><encryption> needs libvirt's secret "
-                "driver, which asvirt does not have"
+        enc = be.child("encryption")
+        if enc is not None:
+            tpm.encryption_secret = canonical_uuid(
+                enc.required("secret"), what="secret UUID", error=XMLError
             )
+            enc.finish()
         banks = be.child("active_pcr_banks")
         if banks is not None:
             tpm.pcr_banks = []

@@ -322,10 +322,11 @@ class Session:
         if c is None:
             self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
             return
-        if self.read_only and c.mutates:
+        if self.read_only and not c.read_only_ok:
             # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
             self.log.warning("call refused", method=method, reason="read-only connection")
-            raise OperationDeniedError(f"'{method}' changes state; this connection is read-only")
+            what = "changes state" if c.mutates else "reads a secret"
+            raise OperationDeniedError(f"'{method}' {what}; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
         except InvalidArgError as err:

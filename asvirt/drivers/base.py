@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..conf.secret_usage import SecretUsageType
 from ..records import record
 from ..states import DomainState
 
@@ -244,6 +245,21 @@ class StorageVolRef:
 
 
 @record
+class SecretRef:
+    """How a driver names a secret: its UUID, and what it is used for (``usage_id``: a
+    volume's path, a Ceph or TLS name, an iSCSI target; "" for ``NONE``)."""
+
+    uuid: str
+    usage_type: SecretUsageType
+    usage_id: str
+
+    @property
+    def name(self) -> str:
+        """A secret has no name: its UUID stands in (handles and events show it)."""
+        return self.uuid
+
+
+@record
 class StoragePoolInfo:
     """libvirt's ``virStoragePoolInfo`` (state: 0 inactive, 2 running; sizes in bytes)."""
 
@@ -333,6 +349,19 @@ class StorageDriver(Protocol):
         ...
 
 
+class SecretDriver(Protocol):
+    """What the rest of a node needs of its secret driver. Its calls are declared in
+    :class:`asvirt.protocol.SecretCalls`."""
+
+    def secret_value(
+        self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
+    ) -> tuple[str, bytes]:
+        """The UUID and value of the secret a domain's XML names (by ``uuid``, else by
+        usage), private or not: the node's own use of it (libvirt's internal call).
+        NoSecretError if there is no such secret or it has no value."""
+        ...
+
+
 class ClientDriver(Protocol):
     """What a connection holds: a way to make the declared calls of :mod:`asvirt.protocol`
     on a node, and to follow its events. In this process (:class:`~.local.LocalDriver`) or
@@ -382,6 +411,9 @@ __all__ = [
     "NetworkRef",
     "NodeInfo",
     "ProgressCallback",
+    "SecretDriver",
+    "SecretRef",
+    "SecretUsageType",
     "SecurityLabel",
     "SecurityModel",
     "ShutdownMode",

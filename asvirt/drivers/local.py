@@ -1,7 +1,7 @@
 """The in-process client driver: a connection's calls go straight to a node of this process.
 
 Every call is one of :data:`asvirt.protocol.CALLS` and goes to the node's driver method of the
-same name (the domain, network or storage driver the declaration names), with the calling
+same name (the domain, network, storage or secret driver the declaration names), with the calling
 connection as ``client`` where the declaration asks for it. The daemon dispatches the calls it
 receives the same way, with its session as the client.
 """
@@ -26,7 +26,13 @@ def driver_for(node: Node, target: protocol.Target) -> Any:
     """The node's driver that serves calls of ``target`` (OperationUnsupportedError if none)."""
     if target is protocol.Target.DOMAINS:
         return node.domains
-    found = node.network if target is protocol.Target.NETWORK else node.storage
+    found: Any
+    if target is protocol.Target.NETWORK:
+        found = node.network
+    elif target is protocol.Target.STORAGE:
+        found = node.storage
+    else:
+        found = node.secrets
     if found is None:
         raise OperationUnsupportedError(f"'{node.name}' has no {target.value} driver")
     return found

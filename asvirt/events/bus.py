@@ -36,15 +36,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent, NetworkLifecycleEvent
+from .types import (
+    DomainEvent,
+    EventDetail,
+    EventKind,
+    EventType,
+    LifecycleEvent,
+    NetworkLifecycleEvent,
+    SecretLifecycleEvent,
+)
 
 #: Kinds a subscription with ``kinds=None`` receives: everything but raw QMP pass-through,
 #: which (like libvirt's qemu-monitor-event) must be asked for by name, and network events,
-#: which libvirt registers apart from domain events (and whose ``domain`` field names a
-#: network: a program written for domain events must not mistake one for a domain).
+#: and secret events, which libvirt registers apart from domain events (and whose ``domain``
+#: field names a network or secret: a program written for domain events must not mistake one
+#: for a domain).
 DEFAULT_KINDS: frozenset[EventKind] = frozenset(EventKind) - {
     EventKind.QMP,
     EventKind.NETWORK_LIFECYCLE,
+    EventKind.SECRET_LIFECYCLE,
+    EventKind.SECRET_VALUE_CHANGED,
 }
 
 #: Events read from the journal at a time while replaying.
@@ -324,7 +335,7 @@ class EventBus:
         domain: str,
         uuid: str,
         kind: EventKind,
-        type: LifecycleEvent | NetworkLifecycleEvent | None = None,
+        type: EventType | None = None,
         detail: EventDetail | None = None,
         data: dict[str, Any] | None = None,
         timestamp: float | None = None,
@@ -339,6 +350,8 @@ class EventBus:
             raise TypeError(f"lifecycle event needs a type and a matching detail: {type} {detail}")
         if kind is EventKind.NETWORK_LIFECYCLE and not isinstance(type, NetworkLifecycleEvent):
             raise TypeError(f"network lifecycle event needs a NetworkLifecycleEvent: {type}")
+        if kind is EventKind.SECRET_LIFECYCLE and not isinstance(type, SecretLifecycleEvent):
+            raise TypeError(f"secret lifecycle event needs a SecretLifecycleEvent: {type}")
         if not self.wants(kind):
             return None
         event = DomainEvent(

@@ -8,8 +8,9 @@ A dict has exactly these keys::
 ``kind`` is the :class:`~asvirt.events.EventKind` value, ``type`` the
 :class:`~asvirt.events.LifecycleEvent` integer and ``detail`` the integer of the detail enum of
 that type (libvirt's numbers); both are ``None`` for other kinds, except network lifecycle
-events, whose ``type`` is the :class:`~asvirt.events.NetworkLifecycleEvent` integer (and
-whose ``detail`` is ``None``). ``data`` is ``None`` or a
+events, whose ``type`` is the :class:`~asvirt.events.NetworkLifecycleEvent` integer, and
+secret lifecycle events, whose ``type`` is the :class:`~asvirt.events.SecretLifecycleEvent`
+integer (their ``detail`` is ``None``). ``data`` is ``None`` or a
 JSON object. ``seq`` comes first so that a reader can pick it out of encoded JSON cheaply.
 
 :func:`event_from_dict` trusts nothing: it is what turns bytes from a disk or a socket back
@@ -26,7 +27,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .types import DomainEvent, EventDetail, EventKind, LifecycleEvent, NetworkLifecycleEvent
+from .types import (
+    DomainEvent,
+    EventDetail,
+    EventKind,
+    EventType,
+    LifecycleEvent,
+    NetworkLifecycleEvent,
+    SecretLifecycleEvent,
+)
 
 _KEYS = ("seq", "timestamp", "domain", "uuid", "kind", "type", "detail", "data")
 _KEYSET = frozenset(_KEYS)
@@ -34,6 +43,7 @@ _KINDS = {kind.value: kind for kind in EventKind}
 # Dict lookups instead of enum calls: decoding is the cost of every replayed event.
 _TYPES = {int(t): t for t in LifecycleEvent}
 _NETWORK_TYPES = {int(t): t for t in NetworkLifecycleEvent}
+_SECRET_TYPES = {int(t): t for t in SecretLifecycleEvent}
 _DETAILS = {(t, int(detail)): detail for t in LifecycleEvent for detail in t.details}
 # JSON nesting a record may have; deeper input is refused rather than recursed into.
 _MAX_DEPTH = 64
@@ -109,7 +119,7 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
     kind = _KINDS[kind_value]
 
     type_value = d["type"]
-    type_: LifecycleEvent | NetworkLifecycleEvent | None = None
+    type_: EventType | None = None
     if type_value is not None:
         if not _is_int(type_value):
             raise ValueError(f"event type must be an integer or null, not {type_value!r}")
@@ -117,6 +127,10 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
             type_ = _NETWORK_TYPES.get(type_value)
             if type_ is None:
                 raise ValueError(f"unknown network lifecycle event type {type_value}")
+        elif kind is EventKind.SECRET_LIFECYCLE:
+            type_ = _SECRET_TYPES.get(type_value)
+            if type_ is None:
+                raise ValueError(f"unknown secret lifecycle event type {type_value}")
         else:
             type_ = _TYPES.get(type_value)
             if type_ is None:
@@ -130,7 +144,8 @@ def event_from_dict(d: Mapping[str, Any]) -> DomainEvent:
         if type_ is None:
             raise ValueError("event has a detail but no type")
         if not isinstance(type_, LifecycleEvent):
-            raise ValueError("a network lifecycle event has no detail")
+            what = "network" if kind is EventKind.NETWORK_LIFECYCLE else "secret"
+            raise ValueError(f"a {what} lifecycle event has no detail")
         detail = _DETAILS.get((type_, detail_value))
         if detail is None:
             raise ValueError(
@@ -166,7 +181,7 @@ def _as_int(value: object) -> int | None:
 
 def _check_shape(
     kind: EventKind,
-    type_: LifecycleEvent | NetworkLifecycleEvent | None,
+    type_: EventType | None,
     detail: EventDetail | None,
     data: object,
 ) -> None:
@@ -179,6 +194,9 @@ def _check_shape(
     elif kind is EventKind.NETWORK_LIFECYCLE:
         if not isinstance(type_, NetworkLifecycleEvent) or detail is not None:
             raise ValueError("a network lifecycle event needs a network type and no detail")
+    elif kind is EventKind.SECRET_LIFECYCLE:
+        if not isinstance(type_, SecretLifecycleEvent) or detail is not None:
+            raise ValueError("a secret lifecycle event needs a secret type and no detail")
     elif type_ is not None or detail is not None:
         raise ValueError(f"a {kind.value!r} event has no lifecycle type or detail")
     if data is not None and not isinstance(data, dict):

@@ -11,7 +11,10 @@ Networks have events too, on the same bus and journal, numbered in the same sequ
 always 0). Their ``domain`` and ``uuid`` fields carry the *network's* name and UUID: the
 ``kind`` tells which object an event is about. As in libvirt, where network events are
 registered apart from domain events, they are opt-in: a subscription with ``kinds=None``
-does not receive them.
+does not receive them. So are secrets' events: :data:`EventKind.SECRET_LIFECYCLE` (a
+:class:`SecretLifecycleEvent` ``type``) and :data:`EventKind.SECRET_VALUE_CHANGED`, whose
+``domain`` and ``uuid`` are both the secret's UUID (a secret has no name; virsh's
+``secret-event`` names it by UUID) and whose ``data`` holds its ``usage_type`` and ``usage_id``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ class EventKind(enum.Enum):
     #: About a network, not a domain: defined, undefined, started or stopped (``type`` is a
     #: :class:`NetworkLifecycleEvent`; ``domain`` and ``uuid`` are the network's). Opt-in.
     NETWORK_LIFECYCLE = "network-lifecycle"
+    #: About a secret: defined or undefined (``type`` is a :class:`SecretLifecycleEvent`;
+    #: ``domain`` and ``uuid`` are the secret's UUID). Opt-in.
+    SECRET_LIFECYCLE = "secret-lifecycle"
+    #: A secret's value was set (libvirt's ``VIR_SECRET_EVENT_ID_VALUE_CHANGED``). Opt-in.
+    SECRET_VALUE_CHANGED = "secret-value-changed"
 
 
 class AgentLifecycleState(enum.IntEnum):
@@ -90,6 +98,18 @@ class NetworkLifecycleEvent(enum.IntEnum):
     @property
     def label(self) -> str:
         """virsh's wording (``"Started"``)."""
+        return self.name.capitalize()
+
+
+class SecretLifecycleEvent(enum.IntEnum):
+    """libvirt's ``virSecretEventLifecycleType``."""
+
+    DEFINED = 0
+    UNDEFINED = 1
+
+    @property
+    def label(self) -> str:
+        """virsh's wording (``"Defined"``)."""
         return self.name.capitalize()
 
 
@@ -254,6 +274,10 @@ def _label(enum_: type[AgentLifecycleState] | type[AgentLifecycleReason], value:
         return "unknown"
 
 
+#: The ``type`` of a lifecycle event: a domain's, a network's or a secret's.
+EventType = LifecycleEvent | NetworkLifecycleEvent | SecretLifecycleEvent
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DomainEvent:
     """One event about one domain (or, for :data:`EventKind.NETWORK_LIFECYCLE`, one network:
@@ -270,7 +294,7 @@ class DomainEvent:
     domain: str
     uuid: str
     kind: EventKind
-    type: LifecycleEvent | NetworkLifecycleEvent | None = None
+    type: EventType | None = None
     detail: EventDetail | None = None
     data: dict[str, Any] | None = None
 
@@ -312,6 +336,11 @@ class DomainEvent:
             case EventKind.NETWORK_LIFECYCLE:
                 assert self.type is not None
                 return f"event 'lifecycle' for network {self.domain}: {self.type.label}"
+            case EventKind.SECRET_LIFECYCLE:
+                assert self.type is not None
+                return f"event 'lifecycle' for secret {self.uuid}: {self.type.label}"
+            case EventKind.SECRET_VALUE_CHANGED:
+                return f"event 'value-changed' for secret {self.uuid}"
             case EventKind.GAP:
                 first, last = data.get("first", "?"), data.get("last", "?")
                 if first == last:

@@ -37,6 +37,7 @@ from ..drivers.base import (
     InterfaceStats,
     NetworkDriver,
     NodeInfo,
+    SecretDriver,
     SecurityLabel,
     SecurityModel,
     ShutdownMode,
@@ -64,6 +65,7 @@ from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
 from .saveimage import ImageSink
 from .saves import SaveCalls
+from .secrets import check_secrets
 from .snapshots import DiskOp, SnapshotCalls
 from .volumes import resolve_disk, resolve_volumes
 
@@ -252,6 +254,8 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         self.network: NetworkDriver | None = None
         #: The node's storage driver, if any (disks that name volumes are resolved at start).
         self.storage: StorageDriver | None = None
+        #: The node's secret driver, if any (encrypted disks' and TPMs' secrets, disk auth).
+        self.secrets: SecretDriver | None = None
 
     # -- seams -----------------------------------------------------------------------------------
 
@@ -331,6 +335,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     ) -> DomainRef:
         defn = await self.backend.parse(xml)
         await resolve_volumes(defn, self.storage)
+        check_secrets(defn, self.secrets)
 
         async def start(obj: DomainObj, runtime: StartableRuntime) -> None:
             await self._start(obj, runtime, paused=paused)
@@ -454,6 +459,7 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 await self._forget_managed_save(obj)
             live_def = obj.persistent_def.copy()
             await resolve_volumes(live_def, self.storage)
+            check_secrets(live_def, self.secrets)
             runtime = self._new_runtime(obj, live_def, owner=owner)
             await self._start(obj, runtime, paused=paused)
 

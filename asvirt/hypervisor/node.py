@@ -29,7 +29,7 @@ from ..log import get_logger
 from .domains import DomainTable
 
 if TYPE_CHECKING:
-    from ..drivers.base import NetworkDriver, StorageDriver
+    from ..drivers.base import NetworkDriver, SecretDriver, StorageDriver
     from .domain_driver import DomainDriver
 
 log = get_logger("asvirt.node")
@@ -68,6 +68,7 @@ class Node:
         self.table = DomainTable()
         self._network: NetworkDriver | None = None
         self._storage: StorageDriver | None = None
+        self._secrets: SecretDriver | None = None
         self._domains: DomainDriver | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -105,6 +106,17 @@ class Node:
         self._storage = driver
         if self._domains is not None:
             self._domains.storage = driver
+
+    @property
+    def secrets(self) -> SecretDriver | None:
+        """The node's secret driver (the domain driver reads disks' and TPMs' secrets)."""
+        return self._secrets
+
+    @secrets.setter
+    def secrets(self, driver: SecretDriver | None) -> None:
+        self._secrets = driver
+        if self._domains is not None:
+            self._domains.secrets = driver
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -154,6 +166,7 @@ class Node:
         self._domains = driver
         driver.network = self._network
         driver.storage = self._storage
+        driver.secrets = self._secrets
 
     def use_journal(self, journal: Journal) -> None:
         """Replace the node's journal before anything is published (from :meth:`lifetime`)."""

@@ -62,9 +62,9 @@ def test_live_xml_numbers_the_node() -> None:
         ("<source protocol='vxhs' name='x'><host name='h'/></source>", "vxhs driver"),
         ("<source protocol='tftp' name='x'><host name='h'/></source>", "http, https, ftp"),
         (
-            "<source protocol='rbd' name='p/i'><auth username='u'>"
-            "<secret type='ceph' usage='x'/></auth></source>",
-            "no secret store",
+            "<source protocol='nbd' name='p'><host name='h'/><auth username='u'>"
+            "<secret type='iscsi' usage='x'/></auth></source>",
+            "only iscsi and rbd disks take credentials",
         ),
         (
             "<source protocol='https' name='a' tls='yes'><host name='h'/></source>",
@@ -109,6 +109,16 @@ def test_network_lun_is_refused() -> None:
 @pytest.mark.parametrize(
     ("source", "match"),
     [
+        (
+            "<source protocol='rbd' name='p/i'><auth username='u'>"
+            "<secret type='iscsi' usage='x'/></auth></source>",
+            "secret has type 'ceph', not 'iscsi'",
+        ),
+        (
+            "<source protocol='iscsi' name='iqn.x/1'><host name='h'/><auth username='u'>"
+            "<secret type='iscsi'/></auth></source>",
+            "either uuid= or usage=",
+        ),
         ("<source protocol='rbd' name='noslash'/>", "'pool/image'"),
         ("<source protocol='gluster' name='v/p'/>", "at least one <host>"),
         ("<source protocol='gluster' name='vol'><host name='h'/></source>", "'volume/path'"),

@@ -13,7 +13,17 @@ from asvirt.drivers.qemu.netdisk import check_network_disks, missing_module
 from asvirt.errors import OperationFailedError
 from tests.caps import Caps
 from tests.helpers import NET_DISK_SOURCES as SOURCES
-from tests.helpers import argv_of, blockdevs, device, net_disk
+from tests.helpers import argv_of, blockdevs, device, net_disk, opts
+
+#: What a source's <auth> adds (tests.helpers' iscsi and rbd sources name a user).
+AUTH = {
+    "iscsi": {"user": "myname", "password-secret": "libvirt-1-storage-auth-secret0"},
+    "rbd": {
+        "user": "admin",
+        "key-secret": "libvirt-1-storage-auth-secret0",
+        "auth-client-required": ["cephx", "none"],
+    },
+}
 
 
 def storage(caps: Caps, source: str, **kw: Any) -> dict[str, Any]:
@@ -106,7 +116,43 @@ def storage(caps: Caps, source: str, **kw: Any) -> dict[str, Any]:
 def test_storage_node_of_each_protocol(caps: Caps, name: str, expected: dict[str, Any]) -> None:
     node = storage(caps, SOURCES[name])
     assert node.pop("read-only") is True  # net_disk marks them <readonly/>
-    assert node == expected
+    assert node == {**expected, **AUTH.get(name, {})}
+
+
+@pytest.mark.parametrize("name", ["iscsi", "rbd"])
+def test_credentials_are_a_secret_object_read_from_a_pipe(caps: Caps, name: str) -> None:
+    argv = argv_of(caps, net_disk(SOURCES[name]))
+    secret = '{"qom-type":"secret","id":"libvirt-1-storage-auth-secret0","format":"raw",'
+    objects = [o for o in opts(argv, "-object") if o.startswith(secret)]
+    assert objects == [secret + '"file":"/proc/self/fd/N"}']
+    assert argv.index(objects[0]) < argv.index(opts(argv, "-blockdev")[0])
+
+
+def test_the_secret_values_are_looked_up_and_a_ceph_key_is_given_in_base64() -> None:
+    from asvirt.drivers.base import SecretUsageType
+    from asvirt.drivers.qemu.secrets import needed_secrets
+    from asvirt.errors import NoSecretError
+
+    asked = []
+
+    def lookup(uuid: str | None, kind: SecretUsageType, usage: str | None) -> tuple[str, bytes]:
+        asked.append((uuid, kind, usage))
+        if kind is SecretUsageType.ISCSI and usage == "libvirtiscsi":
+            return "u", b"pass"
+        if uuid == "6a4c2f4e-6f0d-4d35-9d2c-0f5e8f1e7a11" and kind is SecretUsageType.CEPH:
+            return uuid, b"\x01\x02key"
+        raise NoSecretError("none")
+
+    iscsi = parse_domain_xml(net_disk(SOURCES["iscsi"]))
+    iscsi.disks[0].node_index = 1
+    assert needed_secrets(iscsi, lookup) == {"libvirt-1-storage-auth-secret0": b"pass"}
+    rbd = parse_domain_xml(net_disk(SOURCES["rbd"]))
+    rbd.disks[0].node_index = 2
+    assert needed_secrets(rbd, lookup) == {"libvirt-2-storage-auth-secret0": b"AQJrZXk="}
+    assert asked == [
+        (None, SecretUsageType.ISCSI, "libvirtiscsi"),
+        ("6a4c2f4e-6f0d-4d35-9d2c-0f5e8f1e7a11", SecretUsageType.CEPH, None),
+    ]
 
 
 def test_writable_nbd_qcow2_has_a_format_layer(caps: Caps) -> None:

@@ -54,6 +54,7 @@ from .postparse import (
     machine_family,
     prepare_domain,
 )
+from .secrets import SHOWN_FILE, auth_props, disk_secret_id, disk_secret_objects, secret_object
 from .tls import VNC_CREDS_ID, TlsConfig, chardev_creds_id, creds_object, disk_creds_id
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
@@ -85,6 +86,7 @@ def build_command(
     tap_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
     tls: TlsConfig | None = None,
+    secret_fds: dict[str, int] | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -102,6 +104,9 @@ def build_command(
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     ``tls`` says which displays, NBD disks and TCP chardevs speak TLS, with which
     certificates (default: none does, as libvirt's default qemu.conf).
+    ``secret_fds`` maps the id of each secret object (an encrypted disk's passphrase) to the
+    read end of the pipe QEMU inherits holding its value (:mod:`.secrets`); without it, the
+    argv names a placeholder (what ``domxml-to-native`` shows).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -121,6 +126,7 @@ def build_command(
     builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, tls=tls)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
+    builder.secret_fds = secret_fds or {}
     return builder.build(monitor)
 
 
@@ -363,6 +369,8 @@ class _Builder:
         self.runtime_dir: str | None = None
         #: The domain's directory of file-backed RAM (see membacking); None: libvirt's.
         self.memory_dir: str | None = None
+        #: The pipes holding secrets' values, by secret object id (see build_command).
+        self.secret_fds: dict[str, int] = {}
 
     def runtime_dir_or_fail(self, what: str) -> str:
         if self.runtime_dir is None:
@@ -751,6 +759,10 @@ class _Builder:
                     f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
                     f"'{disk.source_pool}', which has not been resolved to a path"
                 )
+            for sid in disk_secret_objects(disk):
+                fd = self.secret_fds.get(sid)
+                file = SHOWN_FILE if fd is None else f"/proc/self/fd/{fd}"
+                self.add("-object", _json(secret_object(sid, file)))
             top = self._blockdevs(disk) if disk.has_media else None
             self.device(self._disk_device(disk, top))
 
@@ -774,7 +786,7 @@ class _Builder:
         else:
             driver = "file"
         readonly = disk.readonly or disk.device == "cdrom"
-        layered = disk.format != "raw"
+        layered = disk.has_format_node
         cache = None
         if disk.cache not in (None, "default"):
             direct, no_flush, _ = _CACHE[disk.cache]
@@ -785,6 +797,8 @@ class _Builder:
                 storage["tls-creds"] = disk_creds_id(storage_name)
                 if disk.net.tls_hostname is not None:
                     storage["tls-hostname"] = disk.net.tls_hostname
+            if disk.net.auth is not None:
+                storage.update(auth_props(disk))
         else:
             storage = {"driver": driver, "filename": disk.source}
         if disk.io is not None:
@@ -812,6 +826,12 @@ class _Builder:
             if disk.detect_zeroes is not None:
                 fmt["detect-zeroes"] = self._detect_zeroes(disk)
             fmt["driver"] = disk.format
+            if disk.encryption is not None:
+                if disk.format == "raw":  # a raw LUKS image: QEMU's luks driver
+                    fmt["driver"] = "luks"
+                    fmt["key-secret"] = disk_secret_id(disk)
+                else:  # qcow2's own LUKS encryption
+                    fmt["encrypt"] = {"format": "luks", "key-secret": disk_secret_id(disk)}
             fmt["file"] = storage_name
             nodes.append(fmt)
             top = f"libvirt-{n}-format"

@@ -63,6 +63,7 @@ from ..base import (
 )
 from ..local import LocalDriver
 from ..network.driver import host_network_driver, plug_interfaces, unplug_interfaces
+from ..secret import SecretDriver, SecretStore
 from ..storage.driver import DirStorageDriver
 from . import helpers, process
 from .capabilities import (
@@ -372,6 +373,9 @@ class QemuNode(Node):
         self.network = self._networks
         self.dir_storage = DirStorageDriver(paths.root, config.storage, paths.tops)
         self.storage = self.dir_storage
+        self.secret_driver = SecretDriver(self.bus, SecretStore(paths.root, paths.tops))
+        self.secrets = self.secret_driver
+        self.dir_storage.secrets = self.secret_driver
         self._host: MonitorHost | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
@@ -425,6 +429,7 @@ class QemuNode(Node):
         await self._network_backend.load(self._networks, self.nursery)
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
         await self.dir_storage.load()  # pools first: domains may name their volumes
+        await self.secret_driver.load()  # before domains: their disks and TPMs name secrets
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
                 defn = parse_prepared_xml(fsutil.read_nofollow(path))
@@ -620,6 +625,7 @@ class QemuNode(Node):
             plug_interfaces=self._plug_interfaces,
             unplug_interfaces=unplug_interfaces,
             monitor_counters=self.monitor_counters,
+            secret_value=self.secret_driver.secret_value,
         )
 
     def qmp_timeouts(self) -> int:

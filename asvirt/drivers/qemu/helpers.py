@@ -37,18 +37,29 @@ import trio
 
 from ... import fsutil
 from ...conf.domain import DomainDef
-from ...errors import ConfigUnsupportedError, OperationFailedError, SystemCallError
+from ...conf.extdevices import TPM
+from ...errors import (
+    ConfigUnsupportedError,
+    OperationFailedError,
+    OperationUnsupportedError,
+    SystemCallError,
+)
+from ...hypervisor.secrets import tpm_secret
 from ...log import get_logger
+from ..secret import secret_pipes
 from . import process
 from .command_more import swtpm_socket, virtiofs_socket
 from .netdisk import check_network_disks
 from .paths import EmbedPaths
 from .postparse_extra import check_more_host_devices
+from .secrets import SecretLookup
 
 log = get_logger("asvirt.qemu.helpers")
 
 #: In a helper's environment: ``UUID:NAME`` of the domain and helper it serves.
 HELPER_ENV = "ASVIRT_HELPER"
+#: The cipher of an encrypted TPM state (libvirt's choice too).
+CIPHER = "aes-256-cbc"
 #: How long swtpm_setup may take to create a TPM's state.
 SETUP_DEADLINE = 60.0
 #: How long a helper has to end after SIGTERM before it is killed.
@@ -282,6 +293,8 @@ class DomainHelpers:
         self.on_death: Callable[[str, int | None], None] | None = None
         #: QEMU's pidfd (None until spawned): a helper ending with its QEMU is no failure.
         self.qemu_pidfd: Callable[[], int | None] = lambda: None
+        #: The node's secrets (an encrypted TPM state's passphrase); None: no secret driver.
+        self.secret_lookup: SecretLookup | None = None
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -317,14 +330,28 @@ class DomainHelpers:
         await trio.to_thread.run_sync(check_network_disks, d)
         for tpm in d.tpms:
             if tpm.backend == "emulator":
-                await self._start_swtpm(tpm.version or "2.0", tpm.pcr_banks)
+                await self._start_swtpm(tpm)
         for i, fs in enumerate(d.filesystems):
             if fs.driver == "virtiofs" and fs.source_socket is None:
                 await self._start_virtiofsd(fs, fs.alias or f"fs{i}")
         if self.records:
             self.watch(nursery)
 
-    async def _start_swtpm(self, version: str, banks: list[str] | None) -> None:
+    def tpm_passphrase(self, tpm: TPM) -> bytes | None:
+        """The passphrase of an encrypted TPM state (its ``vtpm`` secret), or None."""
+        if tpm.encryption_secret is None:
+            return None
+        if self.secret_lookup is None:
+            raise OperationUnsupportedError("this node has no secret driver")
+        return self.secret_lookup(*tpm_secret(tpm))[1]
+
+    async def _start_swtpm(self, tpm: TPM) -> None:
+        """swtpm_setup the first time, then swtpm. An encrypted state's passphrase goes to
+        both through pipes (``--pwdfile-fd``, ``--key pwdfd=``), as libvirt gives it, with
+        AES-256-CBC; the migration key is the same passphrase, so that the state QEMU
+        fetches for a migration or a save leaves swtpm encrypted too."""
+        version, banks = tpm.version or "2.0", tpm.pcr_banks
+        passphrase = self.tpm_passphrase(tpm)
         swtpm, setup = find_swtpm()
         tpm2 = version == "2.0"
         state = swtpm_dir(self.paths, self.defn.uuid) / ("tpm2" if tpm2 else "tpm1.2")
@@ -347,7 +374,10 @@ class DomainHelpers:
             argv += ["--lock-nvram", "--not-overwrite"]
             if banks and tpm2:
                 argv += ["--pcr-banks", ",".join(banks)]
-            await self._run_setup(argv, logfile)
+            with secret_pipes({"pwd": passphrase} if passphrase is not None else {}) as fds:
+                if fds:
+                    argv += ["--pwdfile-fd", str(fds["pwd"]), "--cipher", CIPHER]
+                await self._run_setup(argv, logfile, pass_fds=tuple(fds.values()))
         sock = swtpm_socket(self.runtime_dir, self.defn.uuid)
         argv = [swtpm, "socket", "--ctrl", "type=unixio,fd={fd}"]
         # (swtpm refuses --log fd=2; it opens its log itself, in our private log directory.)
@@ -355,12 +385,19 @@ class DomainHelpers:
         argv.append("--terminate")
         if tpm2:
             argv.append("--tpm2")
-        await self._spawn("swtpm", "swtpm", sock, argv, logfile)
+        keys = {"key": passphrase, "mig": passphrase} if passphrase is not None else {}
+        with secret_pipes(keys) as fds:
+            for option, key in (("--key", "key"), ("--migration-key", "mig")):
+                if key in fds:
+                    argv += [option, f"pwdfd={fds[key]},mode={CIPHER}"]
+            await self._spawn("swtpm", "swtpm", sock, argv, logfile, extra_fds=tuple(fds.values()))
 
-    async def _run_setup(self, argv: list[str], logfile: Path) -> None:
+    async def _run_setup(
+        self, argv: list[str], logfile: Path, *, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         with trio.move_on_after(SETUP_DEADLINE) as scope:
             result = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False
+                argv, capture_stdout=True, capture_stderr=True, check=False, pass_fds=pass_fds
             )
         if scope.cancelled_caught:
             raise OperationFailedError(
@@ -397,7 +434,16 @@ class DomainHelpers:
         logfile = self.paths.log_dir / f"{self.name}-{alias}-virtiofsd.log"
         await self._spawn("virtiofsd", alias, sock, argv, logfile)
 
-    async def _spawn(self, kind: str, name: str, sock: str, argv: list[str], logfile: Path) -> None:
+    async def _spawn(
+        self,
+        kind: str,
+        name: str,
+        sock: str,
+        argv: list[str],
+        logfile: Path,
+        *,
+        extra_fds: tuple[int, ...] = (),
+    ) -> None:
         record = HelperRecord(kind=kind, name=name, socket=sock)
         self.records.append(record)
         # Recorded before it exists: a supervisor dying now leaves the next one a name.
@@ -413,7 +459,7 @@ class DomainHelpers:
                 process.ROOT_ENV: str(self.paths.root),
                 HELPER_ENV: f"{self.defn.uuid}:{name}",
             }
-            record.pid = process.spawn(argv, log_fd=log_fd, pass_fds=(fd,), env=env)
+            record.pid = process.spawn(argv, log_fd=log_fd, pass_fds=(fd, *extra_fds), env=env)
         except OSError as err:
             raise SystemCallError.from_oserror(
                 err, f"start {kind} for domain '{self.name}'"

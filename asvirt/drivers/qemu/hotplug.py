@@ -33,6 +33,7 @@ import trio
 from ...conf.addresses import PCIAddress
 from ...conf.devices import TAP_NIC_TYPES, Disk, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
+from ...drivers.base import SecretUsageType
 from ...errors import (
     AsvirtError,
     OperationFailedError,
@@ -56,6 +57,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
+from .secrets import disk_secret_objects, disk_secrets
 from .tls import TlsConfig, check_disk_tls_files
 
 if TYPE_CHECKING:
@@ -185,7 +187,7 @@ def media_node_names(disk: Disk) -> list[str]:
         names.append(f"libvirt-{disk.node_index}-throttle")
     if disk.copy_on_read == "on":
         names.append(f"libvirt-CoR-{disk.target}")
-    if disk.format != "raw":
+    if disk.has_format_node:
         names.append(f"libvirt-{disk.node_index}-format")
     names.append(f"libvirt-{disk.node_index}-storage")
     return names
@@ -231,6 +233,12 @@ class HotplugOps:
 
         def _security(self) -> DacSecurity | None: ...
 
+        async def add_secret(self, secret_id: str, value: bytes) -> None: ...
+
+        def _secret_lookup(
+            self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
+        ) -> tuple[str, bytes]: ...
+
     def _live_changed(self) -> None:
         self._live_xml = None
         self.mark_dirty()
@@ -272,6 +280,10 @@ class HotplugOps:
         nodes, props = disk_hotplug(prepared, caps, disk, tls)
         added: list[str] = []
         group = creds = None
+        # Its passphrase and credentials through pipes passed over the monitor (add_secret),
+        # every one looked up before QEMU is asked anything.
+        secrets = disk_secrets(disk, self._secret_lookup)
+        objects: list[str] = []
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
             disk.iotune is not None
@@ -282,6 +294,9 @@ class HotplugOps:
             group = throttle_group_id(disk)
         try:
             creds = await self._add_disk_creds(disk, tls)
+            for sid, value in secrets.items():
+                await self.add_secret(sid, value)
+                objects.append(sid)
             for node in nodes:
                 await self.execute("blockdev-add", node)
                 added.append(str(node["node-name"]))
@@ -293,6 +308,8 @@ class HotplugOps:
                     await self._quietly("object-del", {"id": group})
                 if creds is not None:
                     await self._quietly("object-del", {"id": creds})
+                for sid in objects:
+                    await self._quietly("object-del", {"id": sid})
             raise
 
     def _disk_tls(self, disk: Disk) -> TlsConfig:
@@ -333,6 +350,8 @@ class HotplugOps:
         try:
             await self._quietly_del_nodes(media_node_names(disk))
             await self._del_disk_creds(disk)
+            for sid in disk_secret_objects(disk):
+                await self._quietly("object-del", {"id": sid})
             if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
                 if not self._throttle_group_users(group):

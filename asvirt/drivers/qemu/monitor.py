@@ -329,6 +329,19 @@ class Monitor:
     async def send_fd(self, fd: int, name: str) -> None:
         """Hand QEMU a copy of ``fd`` under ``name`` (SCM_RIGHTS, then QMP ``getfd``), for
         a command that names it (``migrate`` to ``fd:NAME``). ``fd`` stays ours too."""
+        await self.pass_fd(fd, "getfd", {"fdname": name})
+
+    async def add_fd(self, fd: int) -> dict[str, Any]:
+        """Hand QEMU a copy of ``fd`` in a new fd set (SCM_RIGHTS, then QMP ``add-fd``);
+        ``add-fd``'s answer: ``fdset-id``, and ``fd``, its number in QEMU's process (a
+        ``secret`` object reads ``/proc/self/fd/N``). ``fd`` stays ours too."""
+        result = await self.pass_fd(fd, "add-fd", {})
+        if not isinstance(result, dict) or not isinstance(result.get("fd"), int):
+            raise QMPError(f"add-fd answered {result!r}")
+        return result
+
+    async def pass_fd(self, fd: int, command: str, arguments: dict[str, Any]) -> Any:
+        """Send ``fd`` (SCM_RIGHTS) and run ``command``, which claims it; its answer."""
         if self._closed:
             raise QMPError("the monitor connection is closed")
         sock = self._sock
@@ -348,9 +361,9 @@ class Monitor:
                                 break
                             except BlockingIOError:
                                 await trio.lowlevel.wait_writable(sock)
-                    await self.execute("getfd", {"fdname": name}, timeout=0)
+                    return await self.execute(command, arguments, timeout=0)
         except trio.TooSlowError:
-            raise OperationTimeoutError("QEMU did not answer 'getfd' in time") from None
+            raise OperationTimeoutError(f"QEMU did not answer '{command}' in time") from None
         except OSError as err:
             raise QMPError("lost the monitor connection while passing a file") from err
 

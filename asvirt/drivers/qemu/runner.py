@@ -40,13 +40,14 @@ import trio
 from ... import fsutil
 from ...conf.domain import DomainDef
 from ...config import QemuConfig
-from ...drivers.base import StatsGroup
+from ...drivers.base import SecretUsageType, StatsGroup
 from ...errors import (
     ArgumentUnsupportedError,
     AsvirtError,
     OperationFailedError,
     OperationInvalidError,
     OperationTimeoutError,
+    OperationUnsupportedError,
     QMPError,
     SystemCallError,
 )
@@ -82,6 +83,7 @@ from .hotplug import HotplugOps
 from .monitor import Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
+from .secrets import SecretLookup, needed_secrets, secret_object, secret_pipes
 from .security import DacSecurity, describe_file, qemu_caps, unreachable
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
@@ -116,6 +118,8 @@ class RunnerEnv:
     unplug_interfaces: Callable[[DomainDef], None] | None = None
     #: What the node's monitors count together (QMP deadlines missed).
     monitor_counters: MonitorCounters = dataclasses.field(default_factory=MonitorCounters)
+    #: Looks up a secret the definition names (encrypted disks): its UUID and value.
+    secret_value: SecretLookup | None = None
 
 
 class RunMode(enum.Enum):
@@ -482,6 +486,29 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         except QMPError as err:
             raise await self._monitor_error(err) from None
 
+    async def add_secret(self, secret_id: str, value: bytes) -> None:
+        """Create the ``secret`` object ``secret_id`` in the running QEMU, holding ``value``.
+
+        Not with ``object-add``'s ``data``: QEMU gives that back to anyone who asks
+        ``qom-get`` (a client's ``qemu-monitor-command``), private secret or not. The value
+        goes through a pipe, as at start (see :mod:`.secrets`): its read end is passed over
+        the monitor into an fd set, the object reads ``/proc/self/fd/N``, and the fd set is
+        removed again."""
+        assert self._monitor is not None
+        with secret_pipes({secret_id: value}) as fds:
+            try:
+                added = await self._monitor.add_fd(fds[secret_id])
+            except QMPError as err:
+                raise await self._monitor_error(err) from None
+        try:
+            await self.execute(
+                "object-add", secret_object(secret_id, f"/proc/self/fd/{added['fd']}")
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                # (The pipe is empty once read: a set left behind holds nothing.)
+                await self._quietly("remove-fd", {"fdset-id": added["fdset-id"]})
+
     async def _monitor_error(self, err: QMPError) -> QMPError:
         """What a failed QMP exchange is to the caller: the one place a lost monitor becomes
         "domain is not running" (libvirt's OPERATION_INVALID) when QEMU really went (it is
@@ -594,6 +621,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if security is not None:
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
+        # Every secret the domain needs, before anything exists: one missing fails the start.
+        secrets = needed_secrets(self._live_def, self._secret_lookup)
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
@@ -601,13 +630,27 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         if self._env.plug_interfaces is not None:
             tap_fds = await self._env.plug_interfaces(self._live_def)
         try:
-            await self._spawn(caps, tap_fds)
+            with secret_pipes(secrets) as secret_fds:
+                await self._spawn(caps, tap_fds, secret_fds)
         finally:
             for queue_fds in tap_fds.values():
                 for fd in queue_fds:
                     os.close(fd)
 
-    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, list[int]]) -> None:
+    def _secret_lookup(
+        self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
+    ) -> tuple[str, bytes]:
+        """The node's secret a definition names (see :mod:`.secrets`)."""
+        if self._env.secret_value is None:
+            raise OperationUnsupportedError("this node has no secret driver")
+        return self._env.secret_value(uuid, usage_type, usage_id)
+
+    async def _spawn(
+        self,
+        caps: QemuCapabilities,
+        tap_fds: dict[str, list[int]],
+        secret_fds: dict[str, int] | None = None,
+    ) -> None:
         paths = self._env.paths
         name = self._name
         monitor_path = paths.monitor(self._uuid)
@@ -622,6 +665,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._persist_status(durable=True)
         self._helpers = DomainHelpers(paths, self._live_def, name, str(paths.socket_dir))
         self._helpers.qemu_pidfd = lambda: self._pidfd
+        self._helpers.secret_lookup = self._secret_lookup
         await self._helpers.start(self._env.nursery)
         listener = client = None
         log_fd = -1
@@ -644,6 +688,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 tap_fds=tap_fds,
                 memory_dir=memory_dir,
                 tls=TlsConfig.from_qemu(self._env.config),
+                secret_fds=secret_fds,
             )
             passed: tuple[int, ...] = ()
             if isinstance(self._origin, FromImage):
@@ -673,6 +718,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                     pass_fds=(
                         listener.fileno(),
                         *(fd for queue_fds in tap_fds.values() for fd in queue_fds),
+                        *(secret_fds or {}).values(),
                         *passed,
                     ),
                     env={process.ROOT_ENV: str(paths.root), **display_env(self._live_def)},

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import trio
 
 from ... import fsutil
+from ...conf.encryption import Encryption
 from ...config import StorageConfig
 from ...errors import (
     AsvirtError,
@@ -48,13 +49,15 @@ from ...errors import (
     InvalidArgError,
     NoStorageVolError,
     OperationFailedError,
+    OperationUnsupportedError,
     StorageVolExistsError,
     SystemCallError,
 )
 from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
-from ..base import ProgressCallback
+from ..base import ProgressCallback, SecretDriver, SecretUsageType
 from ..layout import NodeDirs
+from ..secret import secret_pipes
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
@@ -145,6 +148,8 @@ class VolRecord:
     capacity: int = 0
     backing_path: str | None = None
     backing_format: str | None = None
+    #: How asvirt made it encrypted (LUKS, the secret named): qemu-img cannot tell the secret.
+    encryption: Encryption | None = None
 
     def volume(self, name: str, path: str, st: os.stat_result) -> FileVol:
         return FileVol(
@@ -158,10 +163,15 @@ class VolRecord:
             backing_format=self.backing_format,
             mode=st.st_mode & 0o777,
             signature=fs.signature(st),
+            encryption=self.encryption,
         )
 
     def to_json(self) -> dict[str, Any]:
+        enc = self.encryption
         return {
+            "encryption": None
+            if enc is None
+            else {"format": enc.format, "uuid": enc.secret_uuid, "usage": enc.secret_usage},
             "format": self.format,
             "made": self.made,
             "inode": self.inode,
@@ -174,7 +184,17 @@ class VolRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VolRecord:
         backing, backing_format = data.get("backing"), data.get("backing_format")
+        enc = data.get("encryption")
+        encryption = None
+        if isinstance(enc, dict):
+            uuid, usage = enc.get("uuid"), enc.get("usage")
+            encryption = Encryption(
+                format=str(enc.get("format", "luks")),
+                secret_uuid=None if uuid is None else str(uuid),
+                secret_usage=None if usage is None else str(usage),
+            )
         return cls(
+            encryption=encryption,
             format=str(data["format"]),
             made=bool(data["made"]),
             inode=int(data["inode"]),
@@ -230,6 +250,8 @@ class DirStorageDriver(StorageDriverBase):
         self._records: dict[str, dict[str, VolRecord]] = {}
         #: Pools whose records changed since they were last written.
         self._dirty: set[str] = set()
+        #: The node's secrets (passphrases of volumes created encrypted), set by the node.
+        self.secrets: SecretDriver | None = None
 
     # -- the node's life -----------------------------------------------------------------------
 
@@ -500,6 +522,7 @@ class DirStorageDriver(StorageDriverBase):
                 capacity=st.st_size if info.format == "raw" else info.capacity,
                 backing_path=info.backing_path,
                 backing_format=info.backing_format,
+                encryption=rec.encryption if rec is not None and rec.made else None,
             )
             records[name] = rec
             self._dirty.add(obj.name)
@@ -557,6 +580,7 @@ class DirStorageDriver(StorageDriverBase):
             capacity=vol.capacity,
             backing_path=vol.backing_path,
             backing_format=vol.backing_format,
+            encryption=vol.encryption,
         )
         self._dirty.add(obj.name)
         await self._save_records(obj.name)
@@ -644,7 +668,10 @@ class DirStorageDriver(StorageDriverBase):
             name=vol.name,
             path=vol.path,
             # qemu-img gives images whole sectors; a raw file is what it was cut to.
-            capacity=st.st_size if vol.format == "raw" else -(-vol.capacity // 512) * 512,
+            # (A raw LUKS file also holds its header: its capacity is what was asked.)
+            capacity=st.st_size
+            if vol.format == "raw" and vol.encryption is None
+            else -(-vol.capacity // 512) * 512,
             allocation=st.st_blocks * 512,
             format=vol.format,
             physical=st.st_size,
@@ -652,6 +679,7 @@ class DirStorageDriver(StorageDriverBase):
             backing_format=vol.backing_format,
             mode=st.st_mode & 0o777,
             signature=fs.signature(st),
+            encryption=vol.encryption,
         )
         await self._remember(obj, made)
         return made
@@ -666,9 +694,13 @@ class DirStorageDriver(StorageDriverBase):
                     f"not enough free space in pool '{obj.name}' for volume '{vol.name}' "
                     f"({vol.allocation} bytes wanted, {available} available)"
                 )
+        # An encrypted volume's passphrase, before anything is made (NoSecretError).
+        secret = self._volume_secret(vol) if vol.encryption is not None else None
         async with self._temp(obj, vol.mode) as temp:
             path = posixpath.join(target, temp)
-            if vol.format == "raw":
+            if secret is not None:
+                await self._create_encrypted(vol, path, secret, prealloc_metadata)
+            elif vol.format == "raw":
                 try:
                     await trio.to_thread.run_sync(
                         fs.fill_raw, target, temp, vol.capacity, vol.allocation
@@ -693,6 +725,39 @@ class DirStorageDriver(StorageDriverBase):
                 )
             made = await self._publish_as(obj, temp, vol)
         return made
+
+    def _volume_secret(self, vol: VolDef) -> bytes:
+        """The passphrase of a volume to create encrypted: the secret its ``<encryption>``
+        names, else the ``volume`` secret of its path (as libvirt looks one up)."""
+        enc = vol.encryption
+        assert enc is not None
+        if self.secrets is None:
+            raise OperationUnsupportedError("this node has no secret driver")
+        usage = enc.secret_usage if enc.secret_uuid is not None else enc.secret_usage or vol.path
+        return self.secrets.secret_value(enc.secret_uuid, SecretUsageType.VOLUME, usage)[1]
+
+    async def _create_encrypted(
+        self, vol: VolDef, path: str, secret: bytes, prealloc_metadata: bool
+    ) -> None:
+        """``qemu-img create`` of a LUKS volume: a raw one as a ``luks`` image, a qcow2 with
+        LUKS encryption; the passphrase through a pipe (see :func:`..secret.secret_pipes`)."""
+        with secret_pipes({"sec0": secret}) as fds:
+            obj = f"secret,id=sec0,format=raw,file=/proc/self/fd/{fds['sec0']}"
+            if vol.format == "raw":
+                args = ["create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=sec0"]
+            else:
+                options = "encrypt.format=luks,encrypt.key-secret=sec0"
+                if prealloc_metadata:
+                    options += ",preallocation=metadata"
+                args = ["create", "-q", "-f", "qcow2", "--object", obj, "-o", options]
+                if vol.backing_path is not None:
+                    args += ["-b", vol.backing_path, "-F", vol.backing_format or "raw"]
+            await qemu_img.run(
+                [*args, "--", path, str(vol.capacity)],
+                what=f"create volume '{vol.path}'",
+                timeout=self.config.qemu_img_timeout,
+                pass_fds=tuple(fds.values()),
+            )
 
     async def _publish_as(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
         """Publish a volume made as ``vol`` says, and record it as asvirt's: its format is

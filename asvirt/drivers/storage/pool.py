@@ -28,8 +28,10 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from ...conf.encryption import Encryption, parse_encryption
 from ...conf.names import InvalidNameError, canonical_uuid, validate_name
 from ...conf.units import parse_scaled
+from ...conf.xmlnode import Node, XElem
 from ...conf.xmlsafe import parse_xml
 from ...errors import OperationFailedError, XMLError
 from ..base import StoragePoolRef, StorageVolRef
@@ -237,6 +239,9 @@ class VolDef:
     backing_format: str | None = None
     #: ``<target><permissions><mode>``: the file's mode (None: the default, or unknown).
     mode: int | None = None
+    #: ``<target><encryption format='luks'>``: created LUKS-encrypted (a raw volume as a
+    #: LUKS image, a qcow2 with LUKS encryption), the passphrase from that secret.
+    encryption: Encryption | None = None
 
     @property
     def key(self) -> str:
@@ -278,10 +283,18 @@ class VolDef:
             f"    <path>{escape(self.path)}</path>\n"
             f"    <format type={_attr(self.format)}/>\n"
             f"{perms}"
+            f"{self._encryption_xml()}"
             f"  </target>\n"
             f"{backing}"
             f"</volume>\n"
         )
+
+    def _encryption_xml(self) -> str:
+        if self.encryption is None:
+            return ""
+        holder = XElem("target")
+        self.encryption.format_xml(holder)
+        return "".join(f"  {line}\n" for line in holder.serialize().splitlines()[1:-1])
 
 
 def volume_path(pool: PoolDef, name: str) -> str:
@@ -317,6 +330,16 @@ def parse_vol_xml(text: str | bytes | etree._Element, pool: PoolDef) -> VolDef:
             raise XMLError(f"storage volume '{name}' has no <capacity>")
         capacity = 0
     fmt = _format(root.find("target/format"), what="volume") or "raw"
+    encryption = None
+    enc_el = root.find("target/encryption")
+    if enc_el is not None:
+        encryption = parse_encryption(
+            Node(enc_el, ("volume", "target", "encryption")), for_volume=True
+        )
+        if fmt not in ("raw", "qcow2"):
+            raise XMLError(
+                f"storage volume '{name}': LUKS encryption is for raw and qcow2 volumes, not {fmt}"
+            )
     return VolDef(
         name=name,
         path=volume_path(pool, name),
@@ -327,6 +350,7 @@ def parse_vol_xml(text: str | bytes | etree._Element, pool: PoolDef) -> VolDef:
         backing_path=backing_path,
         backing_format=backing_format,
         mode=_mode(root.find("target/permissions"), what="storage volume"),
+        encryption=encryption,
     )
 
 

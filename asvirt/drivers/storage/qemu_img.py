@@ -59,8 +59,10 @@ async def run(
     what: str,
     timeout: float,
     progress: ProgressCallback | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> bytes:
-    """Run ``qemu-img ARGS`` and return its stdout.
+    """Run ``qemu-img ARGS`` and return its stdout (``pass_fds``: descriptors it inherits,
+    such as a pipe holding a secret it reads as ``/proc/self/fd/N``).
 
     ``what`` says what the run is for, in errors ("create volume 'x'"). Without ``progress``
     the run must end within ``timeout`` seconds; with it, ``-p`` must be among ``args`` and
@@ -85,6 +87,7 @@ async def run(
                     check=False,
                     deliver_cancel=_kill,
                     env=env,
+                    pass_fds=tuple(pass_fds),
                 )
             )
             assert proc.stdout is not None and proc.stderr is not None

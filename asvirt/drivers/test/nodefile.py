@@ -25,6 +25,7 @@ from ...conf.xmlsafe import parse_xml
 from ...config import Config
 from ...errors import AsvirtError, NoConnectError, XMLError
 from ..network.model import NetworkDef, parse_network_xml
+from ..secret import SecretDriver
 from .driver import TestExtras, add_initial_domain, new_test_node, parse_test_domain_xml
 from .network import TestNetworkDriver, add_network
 from .state import TestNode
@@ -149,6 +150,7 @@ def build_node(desc: NodeDescription, config: Config) -> TestNode:
     networks = TestNetworkDriver(node)
     node.network = networks
     node.storage = TestStorageDriver(node)
+    node.secrets = SecretDriver(node.bus)  # in memory, as every test node object
     try:
         for defn, extras in desc.domains:
             add_initial_domain(node, defn, extras)

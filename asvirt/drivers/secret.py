@@ -1,0 +1,316 @@
+"""The secret driver of a node: passphrases and keys that domains' XML names by UUID or usage
+(libvirt's ``secret_driver.c`` and ``virsecretobj.c``).
+
+One driver for every node: :class:`SecretDriver` keeps the table, libvirt's rules and the
+events; a :class:`SecretStore` (a QEMU node's) keeps persistent secrets on disk, and a node
+without one (the test driver's) keeps them in memory only.
+
+The rules: a secret is named by its UUID, and no two secrets share a usage (type and id).
+Redefining a secret keeps its value; it may not change its usage nor make a private secret
+public. An *ephemeral* secret is never written to disk; a *private* one's value is never given
+to a client (:meth:`SecretDriver.secret_get_value` refuses it, as libvirt does), though the
+node itself reads it (:meth:`SecretDriver.secret_value`) to hand it to QEMU or swtpm.
+
+Files (``ROOT/etc/secrets``, as libvirt's ``/etc/libvirt/secrets``; the directory 0700):
+``UUID.xml`` (the definition) and ``UUID.base64`` (the value), each 0600, written atomically;
+a symlink planted at either is never followed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import trio
+
+from .. import fsutil
+from ..conf.names import canonical_uuid
+from ..conf.secret import SecretDef, parse_secret_xml
+from ..errors import (
+    AsvirtError,
+    InternalError,
+    InvalidArgError,
+    InvalidSecretError,
+    NoSecretError,
+    SystemCallError,
+    XMLError,
+)
+from ..events import EventBus, EventKind, SecretLifecycleEvent
+from ..log import get_logger
+from .base import SecretRef, SecretUsageType
+from .layout import NodeDirs
+
+log = get_logger("asvirt.secret")
+
+#: The largest value a secret may hold (libvirt keeps values in memory too; a passphrase or
+#: a key is a few bytes).
+MAX_VALUE_BYTES = 64 * 1024
+
+
+class SecretObj:
+    """One secret of the table."""
+
+    __slots__ = ("defn", "value")
+
+    def __init__(self, defn: SecretDef, value: bytes | None = None) -> None:
+        self.defn = defn
+        #: None until a value is set.
+        self.value = value
+
+    @property
+    def ref(self) -> SecretRef:
+        return SecretRef(self.defn.uuid, self.defn.usage_type, self.defn.usage_id)
+
+
+class SecretStore:
+    """Where a node keeps its persistent secrets (see the module docstring)."""
+
+    def __init__(self, root: Path, tops: tuple[tuple[str, Path], ...] = ()) -> None:
+        self.dir = NodeDirs(root, tops).top("etc") / "secrets"
+
+    def config(self, uuid: str) -> Path:
+        return self.dir / f"{uuid}.xml"
+
+    def value_file(self, uuid: str) -> Path:
+        return self.dir / f"{uuid}.base64"
+
+    def load(self) -> list[SecretObj]:
+        """The stored secrets (an unreadable one is logged and skipped)."""
+        fsutil.ensure_private_dir(self.dir)
+        found = []
+        for path in sorted(self.dir.glob("*.xml")):
+            try:
+                defn = parse_secret_xml(fsutil.read_nofollow(path, limit=1024 * 1024))
+                if defn.uuid != path.stem:
+                    raise XMLError(f"its UUID '{defn.uuid}' differs from its file name")
+                if defn.ephemeral:
+                    raise XMLError("an ephemeral secret is never stored")
+                value = None
+                try:
+                    data = fsutil.read_nofollow(self.value_file(defn.uuid), limit=MAX_VALUE_BYTES)
+                    value = base64.b64decode(data.strip(), validate=True)
+                except FileNotFoundError:
+                    pass
+                found.append(SecretObj(defn, value))
+            except (AsvirtError, OSError, ValueError, binascii.Error) as err:
+                log.error("ignoring secret", path=str(path), error=str(err))
+        return found
+
+    def save(self, obj: SecretObj, with_value: bool) -> None:
+        """Store ``obj``'s definition (and value): the value first, so that a definition
+        on disk never lacks the value a crash would have lost."""
+        uuid = obj.defn.uuid
+        if with_value and obj.value is not None:
+            fsutil.atomic_write(self.value_file(uuid), base64.b64encode(obj.value), mode=0o600)
+        fsutil.atomic_write(self.config(uuid), obj.defn.to_xml().encode(), mode=0o600)
+
+    def save_value(self, obj: SecretObj) -> None:
+        assert obj.value is not None
+        fsutil.atomic_write(self.value_file(obj.defn.uuid), base64.b64encode(obj.value), mode=0o600)
+
+    def delete(self, uuid: str) -> None:
+        """Remove the definition first: a value without one is ignored at load."""
+        fsutil.remove(self.config(uuid))
+        fsutil.remove(self.value_file(uuid))
+        fsutil.fsync_dir(self.dir)
+
+
+class SecretDriver:
+    """A node's secrets: the table, libvirt's rules, the events (the module docstring)."""
+
+    def __init__(self, bus: EventBus, store: SecretStore | None = None) -> None:
+        self.bus = bus
+        self.store = store
+        self._by_uuid: dict[str, SecretObj] = {}
+        # Secrets are few and their calls quick: one lock orders every change.
+        self._lock = trio.Lock()
+
+    async def load(self) -> None:
+        """Read the stored secrets (at node open)."""
+        if self.store is None:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            found = await trio.to_thread.run_sync(self.store.load)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "read secrets from", self.store.dir) from None
+        for obj in found:
+            if self._by_usage(obj.defn.usage_type, obj.defn.usage_id) is not None:
+                log.error("ignoring secret: its usage is taken", uuid=obj.defn.uuid)
+                continue
+            self._by_uuid[obj.defn.uuid] = obj
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def _obj(self, uuid: str) -> SecretObj:
+        key = canonical_uuid(uuid) if isinstance(uuid, str) else uuid
+        obj = self._by_uuid.get(key)
+        if obj is None:
+            raise NoSecretError(f"no secret with matching uuid '{uuid}'")
+        return obj
+
+    def _by_usage(self, usage_type: SecretUsageType, usage_id: str) -> SecretObj | None:
+        if usage_type is SecretUsageType.NONE:
+            return None  # secrets for no usage are told apart by UUID only
+        for obj in self._by_uuid.values():
+            if obj.defn.usage_type is usage_type and obj.defn.usage_id == usage_id:
+                return obj
+        return None
+
+    def _publish(self, obj: SecretObj, kind: EventKind, type_: SecretLifecycleEvent | None) -> None:
+        uuid = obj.defn.uuid
+        data = {"usage_type": int(obj.defn.usage_type), "usage_id": obj.defn.usage_id}
+        self.bus.publish(domain=uuid, uuid=uuid, kind=kind, type=type_, data=data)
+
+    async def _stored(self, what: str, fn: Callable[..., None], *args: object) -> None:
+        """Run a store write in a thread; an OSError is a SystemCallError naming ``what``."""
+        try:
+            await trio.to_thread.run_sync(fn, *args)
+        except OSError as err:
+            assert self.store is not None
+            raise SystemCallError.from_oserror(err, what, err.filename or self.store.dir) from None
+
+    # -- what the node's domains use ---------------------------------------------------------
+
+    def secret_value(
+        self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
+    ) -> tuple[str, bytes]:
+        """The UUID and value of a secret a domain names (by UUID, else by usage), private
+        or not; NoSecretError if there is none or it has no value."""
+        if uuid is not None:
+            obj = self._obj(uuid)
+        else:
+            found = self._by_usage(usage_type, usage_id or "")
+            if found is None:
+                raise NoSecretError(
+                    f"no secret with matching usage '{usage_id}'"
+                    if usage_type is not SecretUsageType.NONE
+                    else "a secret is named neither by UUID nor by usage"
+                )
+            obj = found
+        if obj.value is None:
+            raise NoSecretError(f"secret '{obj.defn.uuid}' does not have a value")
+        return obj.defn.uuid, obj.value
+
+    # -- the SecretCalls ---------------------------------------------------------------------
+
+    async def list_all_secrets(
+        self, ephemeral: bool | None = None, private: bool | None = None
+    ) -> list[SecretRef]:
+        await trio.lowlevel.checkpoint()
+        return [
+            obj.ref
+            for _, obj in sorted(self._by_uuid.items())
+            if (ephemeral is None or obj.defn.ephemeral == ephemeral)
+            and (private is None or obj.defn.private == private)
+        ]
+
+    async def lookup_secret_by_uuid(self, uuid: str) -> SecretRef:
+        await trio.lowlevel.checkpoint()
+        return self._obj(uuid).ref
+
+    async def lookup_secret_by_usage(self, usage_type: SecretUsageType, usage_id: str) -> SecretRef:
+        await trio.lowlevel.checkpoint()
+        obj = self._by_usage(SecretUsageType(usage_type), usage_id)
+        if obj is None:
+            raise NoSecretError(f"no secret with matching usage '{usage_id}'")
+        return obj.ref
+
+    async def secret_define_xml(self, xml: str) -> SecretRef:
+        """Define a secret, or redefine one (its value is kept); DEFINED."""
+        defn = parse_secret_xml(xml)
+        async with self._lock:
+            old = self._by_uuid.get(defn.uuid)
+            same_usage = self._by_usage(defn.usage_type, defn.usage_id)
+            if old is not None:
+                if (old.defn.usage_type, old.defn.usage_id) != (defn.usage_type, defn.usage_id):
+                    raise InternalError(
+                        f"a secret with UUID {defn.uuid} is already defined for use with "
+                        f"{old.defn.usage_id}"
+                    )
+                if old.defn.private and not defn.private:
+                    raise InternalError("cannot change private flag on existing secret")
+            elif same_usage is not None:
+                raise InternalError(
+                    f"a secret with UUID {same_usage.defn.uuid} already defined for use with "
+                    f"{defn.usage_id}"
+                )
+            obj = SecretObj(defn, old.value if old is not None else None)
+            if self.store is not None:
+                if not defn.ephemeral:
+                    # A secret that was ephemeral has its value written now.
+                    with_value = old is None or old.defn.ephemeral
+                    await self._stored("save secret to", self.store.save, obj, with_value)
+                elif old is not None and not old.defn.ephemeral:
+                    await self._stored("remove secret from", self.store.delete, defn.uuid)
+            self._by_uuid[defn.uuid] = obj
+            self._publish(obj, EventKind.SECRET_LIFECYCLE, SecretLifecycleEvent.DEFINED)
+            return obj.ref
+
+    async def secret_xml_desc(self, uuid: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return self._obj(uuid).defn.to_xml()
+
+    async def secret_set_value(self, uuid: str, value: bytes) -> None:
+        """Set the value (stored unless the secret is ephemeral); VALUE_CHANGED."""
+        if not isinstance(value, bytes | bytearray):
+            raise InvalidArgError("a secret's value is bytes")
+        if len(value) > MAX_VALUE_BYTES:
+            raise InvalidArgError(f"a secret's value is at most {MAX_VALUE_BYTES} bytes")
+        async with self._lock:
+            obj = self._obj(uuid)
+            updated = SecretObj(obj.defn, bytes(value))
+            if self.store is not None and not obj.defn.ephemeral:
+                await self._stored("save secret value to", self.store.save_value, updated)
+            obj.value = updated.value
+            self._publish(obj, EventKind.SECRET_VALUE_CHANGED, None)
+
+    async def secret_get_value(self, uuid: str) -> bytes:
+        """The value; InvalidSecretError for a private secret (as libvirt), NoSecretError
+        when none was set."""
+        await trio.lowlevel.checkpoint()
+        obj = self._obj(uuid)
+        if obj.defn.private:
+            raise InvalidSecretError("secret is private")
+        if obj.value is None:
+            raise NoSecretError(f"secret '{obj.defn.uuid}' does not have a value")
+        return obj.value
+
+    async def secret_undefine(self, uuid: str) -> None:
+        """Remove the secret and its value; UNDEFINED."""
+        async with self._lock:
+            obj = self._obj(uuid)
+            if self.store is not None and not obj.defn.ephemeral:
+                await self._stored("remove secret from", self.store.delete, obj.defn.uuid)
+            del self._by_uuid[obj.defn.uuid]
+            self._publish(obj, EventKind.SECRET_LIFECYCLE, SecretLifecycleEvent.UNDEFINED)
+
+
+@contextlib.contextmanager
+def secret_pipes(values: dict[str, bytes]) -> Iterator[dict[str, int]]:
+    """Each value in a pipe of its own, written and closed: the read ends by secret id, for
+    QEMU to inherit; ours are closed when the block ends (after the spawn)."""
+    fds: dict[str, int] = {}
+    try:
+        for secret_id, value in values.items():
+            r, w = os.pipe2(os.O_CLOEXEC)
+            fds[secret_id] = r
+            try:
+                # A pipe holds 64 KiB: no value is larger (MAX_VALUE_BYTES), so this never
+                # blocks; and the value must be whole before QEMU reads to the end.
+                written = os.write(w, value) if value else 0
+                if written != len(value):
+                    raise OSError(f"secret '{secret_id}' did not fit in a pipe")
+            finally:
+                os.close(w)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+__all__ = ["MAX_VALUE_BYTES", "SecretDriver", "SecretObj", "SecretStore", "secret_pipes"]

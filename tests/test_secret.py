@@ -1,0 +1,344 @@
+"""The secret driver: secret XML, libvirt's rules, the files a QEMU node keeps, events, the
+read-only socket, and the ``secret-*`` commands.
+
+Every test runs on a real node: an embed root (files on disk) or ``test:///default`` (in
+memory), and a real asvirtd for the socket tests. No QEMU is started here.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import asvirt
+from asvirt.conf.secret import parse_secret_xml
+
+from .daemon import Daemon
+from .helpers import embed_uri, run_cli
+
+U1 = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+U2 = "5ad2f6ad-7bd3-4fd1-8c8c-1b9ae3a5b0a1"
+
+CEPH = f"""<secret ephemeral='no' private='no'>
+  <uuid>{U1}</uuid>
+  <description>the admin's key</description>
+  <usage type='ceph'>
+    <name>client.admin secret</name>
+  </usage>
+</secret>
+"""
+
+KINDS = (asvirt.EventKind.SECRET_LIFECYCLE, asvirt.EventKind.SECRET_VALUE_CHANGED)
+
+
+def secret_xml(
+    uuid: str = U2,
+    usage: str = "<usage type='volume'><volume>/var/tmp/a.qcow2</volume></usage>",
+    *,
+    ephemeral: str = "no",
+    private: str = "no",
+) -> str:
+    return (
+        f"<secret ephemeral='{ephemeral}' private='{private}'><uuid>{uuid}</uuid>{usage}</secret>"
+    )
+
+
+# -- the XML -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "element"),
+    [
+        ("volume", "volume"),
+        ("ceph", "name"),
+        ("iscsi", "target"),
+        ("tls", "name"),
+        ("vtpm", "name"),
+    ],
+)
+def test_secret_xml_round_trips_every_usage(usage: str, element: str):
+    xml = (
+        f"<secret ephemeral='yes' private='yes'>\n  <uuid>{U1}</uuid>\n"
+        f"  <usage type='{usage}'>\n    <{element}>x y</{element}>\n  </usage>\n</secret>\n"
+    )
+    defn = parse_secret_xml(xml)
+    assert (defn.usage_type.label, defn.usage_id, defn.ephemeral, defn.private) == (
+        usage,
+        "x y",
+        True,
+        True,
+    )
+    assert defn.to_xml() == xml
+    assert parse_secret_xml(defn.to_xml()) == defn
+
+
+def test_secret_xml_defaults_and_a_new_uuid():
+    defn = parse_secret_xml("<secret/>")
+    assert not defn.ephemeral and not defn.private
+    assert defn.usage_type is asvirt.SecretUsageType.NONE
+    assert defn.to_xml() == (
+        f"<secret ephemeral='no' private='no'>\n  <uuid>{defn.uuid}</uuid>\n</secret>\n"
+    )
+    assert parse_secret_xml(CEPH).to_xml() == CEPH
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<secret><usage type='ceph'/></secret>", "Ceph usage specified, but name is missing"),
+        ("<secret><usage type='iscsi'/></secret>", "iSCSI usage specified, but target is missing"),
+        ("<secret><usage type='volume'/></secret>", "volume usage specified, but volume path"),
+        ("<secret><usage type='nfs'><name>x</name></usage></secret>", "type='nfs'"),
+        ("<secret><usage><name>x</name></usage></secret>", "unknown secret usage type"),
+        ("<secret private='maybe'/>", "use yes or no"),
+        ("<secret><uuid>nope</uuid></secret>", "invalid secret UUID 'nope'"),
+        ("<secret><value>aGk=</value></secret>", "<value> is not supported"),
+        ("<domain/>", "expected a <secret> document"),
+    ],
+)
+def test_secret_xml_refuses_what_libvirt_refuses(xml: str, message: str):
+    with pytest.raises(asvirt.XMLError, match=message):
+        parse_secret_xml(xml)
+
+
+# -- the driver, on both kinds of node ------------------------------------------------------------
+
+
+@pytest.fixture(params=["embed", "test"])
+async def conn(request, tmp_path: Path) -> AsyncIterator[asvirt.Connection]:
+    uri = embed_uri(tmp_path / "root") if request.param == "embed" else "test:///default"
+    async with asvirt.open(uri) as c:
+        yield c
+
+
+async def test_define_set_get_undefine_with_events(conn: asvirt.Connection):
+    async with conn.subscribe(kinds=KINDS) as events:
+        secret = await conn.secret_define_xml(CEPH)
+        assert (secret.uuid, secret.name, secret.usage_id) == (U1, U1, "client.admin secret")
+        assert secret.usage_type is asvirt.SecretUsageType.CEPH
+        assert await secret.xml_desc() == CEPH
+        with pytest.raises(asvirt.NoSecretError, match=f"secret '{U1}' does not have a value"):
+            await secret.get_value()
+        await secret.set_value(b"\x00key\xff")
+        assert await secret.get_value() == b"\x00key\xff"
+        found = await conn.lookup_secret_by_usage(
+            asvirt.SecretUsageType.CEPH, "client.admin secret"
+        )
+        assert found == secret == await conn.lookup_secret_by_uuid(U1.upper())
+        assert await conn.list_all_secrets() == [secret]
+        # Redefining keeps the value.
+        await conn.secret_define_xml(CEPH.replace("the admin's key", "still the admin's"))
+        assert await secret.get_value() == b"\x00key\xff"
+        await secret.undefine()
+        seen = [ev.describe() for ev in [await events.__anext__() for _ in range(4)]]
+    assert seen == [
+        f"event 'lifecycle' for secret {U1}: Defined",
+        f"event 'value-changed' for secret {U1}",
+        f"event 'lifecycle' for secret {U1}: Defined",
+        f"event 'lifecycle' for secret {U1}: Undefined",
+    ]
+    assert await conn.list_all_secrets() == []
+    with pytest.raises(asvirt.NoSecretError, match=f"no secret with matching uuid '{U1}'"):
+        await conn.lookup_secret_by_uuid(U1)
+    with pytest.raises(asvirt.NoSecretError, match="no secret with matching usage 'x'"):
+        await conn.lookup_secret_by_usage(asvirt.SecretUsageType.ISCSI, "x")
+
+
+async def test_private_secret_values_are_never_given(conn: asvirt.Connection):
+    secret = await conn.secret_define_xml(secret_xml(private="yes"))
+    await secret.set_value(b"hush")
+    with pytest.raises(asvirt.InvalidSecretError, match="secret is private") as err:
+        await secret.get_value()
+    assert err.value.code == asvirt.ErrorCode.INVALID_SECRET == 65
+    # Nor can a redefinition make it public.
+    with pytest.raises(asvirt.InternalError, match="cannot change private flag"):
+        await conn.secret_define_xml(secret_xml(private="no"))
+    assert [s.uuid for s in await conn.list_all_secrets(private=True)] == [U2]
+    assert await conn.list_all_secrets(private=False) == []
+
+
+async def test_usages_are_unique_and_fixed(conn: asvirt.Connection):
+    await conn.secret_define_xml(CEPH)
+    other = CEPH.replace(U1, U2)
+    with pytest.raises(asvirt.InternalError, match=f"a secret with UUID {U1} already defined"):
+        await conn.secret_define_xml(other)
+    moved = CEPH.replace("client.admin secret", "client.other")
+    with pytest.raises(asvirt.InternalError, match=f"UUID {U1} is already defined for use"):
+        await conn.secret_define_xml(moved)
+    assert [s.usage_id for s in await conn.list_all_secrets()] == ["client.admin secret"]
+    # Secrets for no usage are told apart by UUID alone.
+    await conn.secret_define_xml(f"<secret><uuid>{U2}</uuid></secret>")
+    await conn.secret_define_xml("<secret/>")
+    assert len(await conn.list_all_secrets()) == 3
+    with pytest.raises(asvirt.XMLError):
+        await conn.secret_define_xml("<secret><bogus/></secret>")
+    assert len(await conn.list_all_secrets()) == 3
+
+
+# -- what a QEMU node keeps on disk ---------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+async def test_persistent_secrets_are_stored_privately_and_ephemeral_ones_never(tmp_path: Path):
+    root = tmp_path / "root"
+    store = root / "etc" / "secrets"
+    async with asvirt.open(embed_uri(root)) as conn:
+        kept = await conn.secret_define_xml(CEPH)
+        await kept.set_value(b"kept")
+        gone = await conn.secret_define_xml(secret_xml(ephemeral="yes"))
+        await gone.set_value(b"gone")
+        assert sorted(p.name for p in store.iterdir()) == [f"{U1}.base64", f"{U1}.xml"]
+        assert _mode(store) == 0o700
+        assert {_mode(p) for p in store.iterdir()} == {0o600}
+        assert (store / f"{U1}.base64").read_bytes() == base64.b64encode(b"kept")
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert [s.uuid for s in await conn.list_all_secrets()] == [U1]
+        assert await (await conn.lookup_secret_by_uuid(U1)).get_value() == b"kept"
+        # Made ephemeral, it leaves the disk (and keeps its value in memory).
+        await conn.secret_define_xml(CEPH.replace("ephemeral='no'", "ephemeral='yes'"))
+        assert list(store.iterdir()) == []
+        assert await (await conn.lookup_secret_by_uuid(U1)).get_value() == b"kept"
+        # Made persistent again, its value is written with it.
+        await conn.secret_define_xml(CEPH)
+        assert (store / f"{U1}.base64").read_bytes() == base64.b64encode(b"kept")
+        await (await conn.lookup_secret_by_uuid(U1)).undefine()
+        assert list(store.iterdir()) == []
+
+
+async def test_symlinks_planted_in_the_store_are_never_followed(tmp_path: Path):
+    root = tmp_path / "root"
+    store = root / "etc" / "secrets"
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    async with asvirt.open(embed_uri(root)) as conn:
+        secret = await conn.secret_define_xml(CEPH)
+        os.symlink(victim, store / f"{U1}.base64")
+        await secret.set_value(b"new")
+        assert victim.read_text() == "untouched"
+        assert not (store / f"{U1}.base64").is_symlink()
+        # A definition that is a symlink is not read at the next open.
+        other = tmp_path / "planted.xml"
+        other.write_text(secret_xml())
+        os.symlink(other, store / f"{U2}.xml")
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert [s.uuid for s in await conn.list_all_secrets()] == [U1]
+
+
+# -- through a daemon ------------------------------------------------------------------------------
+
+
+async def test_daemon_serves_secrets_and_its_read_only_socket_never_reads_values(tmp_path: Path):
+    daemon = Daemon(tmp_path / "state").start()
+    try:
+        async with asvirt.open(daemon.uri) as conn, asvirt.open(daemon.uri_ro) as ro:
+            async with ro.subscribe(kinds=KINDS) as events:
+                secret = await conn.secret_define_xml(CEPH)
+                await secret.set_value(b"v")
+                assert await secret.get_value() == b"v"
+                seen = await ro.lookup_secret_by_uuid(U1)
+                assert await seen.xml_desc() == CEPH
+                with pytest.raises(asvirt.OperationDeniedError, match="reads a secret"):
+                    await seen.get_value()
+                with pytest.raises(asvirt.OperationDeniedError):
+                    await seen.set_value(b"w")
+                with pytest.raises(asvirt.OperationDeniedError):
+                    await seen.undefine()
+                with trio.fail_after(10):
+                    kinds = [(await events.__anext__()).kind for _ in range(2)]
+                assert kinds == list(KINDS)
+            assert await secret.get_value() == b"v"
+    finally:
+        assert daemon.stop() == 0
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_secret_commands_speak_virsh(tmp_path: Path):
+    root = tmp_path / "root"
+    xml = tmp_path / "s.xml"
+    xml.write_text(CEPH)
+    assert run_cli(root, "secret-define", str(xml)).stdout == f"Secret {U1} created\n\n"
+    out = run_cli(root, "secret-list").stdout
+    assert out == (
+        " UUID                                   Usage\n"
+        "------------------------------------------------------------------\n"
+        f" {U1}   ceph client.admin secret\n\n"
+    )
+    proc = run_cli(root, "secret-set-value", U1, base64.b64encode(b"s3cret").decode())
+    assert proc.stdout == "Secret value set\n\n"
+    assert proc.stderr == "error: Passing secret value as command-line argument is insecure!\n"
+    assert run_cli(root, "secret-get-value", U1).stdout == "czNjcmV0\n"
+    raw = tmp_path / "raw"
+    raw.write_bytes(b"pass phrase")
+    assert run_cli(root, "secret-set-value", U1, "--file", str(raw), "--plain").stderr == ""
+    assert run_cli(root, "secret-get-value", U1, "--plain").stdout == "pass phrase\n"
+    proc = run_cli(
+        root, "secret-set-value", U1, "--file", str(raw), "--base64", "eA==", check=False
+    )
+    assert proc.returncode == 1
+    assert "Options --file and --base64 are mutually exclusive" in proc.stderr
+    proc = run_cli(root, "secret-set-value", U1, "--base64", "not base64!", check=False)
+    assert proc.returncode == 1 and "not valid base64" in proc.stderr
+    assert run_cli(root, "secret-get-value", U1, "--plain").stdout == "pass phrase\n"
+    assert run_cli(root, "secret-dumpxml", U1).stdout == CEPH + "\n"
+    assert run_cli(root, "secret-undefine", U1).stdout == f"Secret {U1} deleted\n\n"
+    proc = run_cli(root, "secret-get-value", U1, check=False)
+    assert (proc.returncode, proc.stderr) == (1, f"error: failed to get secret '{U1}'\n")
+    assert run_cli(root, "secret-list").stdout == (" UUID   Usage\n" + "-" * 15 + "\n\n")
+
+
+# -- what a domain's definition names --------------------------------------------------------------
+
+ENCRYPTED = f"""<domain type='qemu'><name>enc</name><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/tmp/asvirt-no-such.qcow2'>
+        <encryption format='luks'><secret type='passphrase' uuid='{U2}'/></encryption>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <tpm model='tpm-crb'><backend type='emulator' version='2.0'>
+      <encryption secret='{U1}'/></backend></tpm>
+  </devices>
+</domain>
+"""
+
+
+async def test_every_driver_refuses_a_start_whose_secrets_are_missing(conn: asvirt.Connection):
+    dom = await conn.define_xml(ENCRYPTED)
+    with pytest.raises(asvirt.NoSecretError, match=f"no secret with matching uuid '{U2}'"):
+        await dom.start(paused=True)
+    disk_secret = await conn.secret_define_xml(secret_xml())
+    with pytest.raises(asvirt.NoSecretError, match=f"secret '{U2}' does not have a value"):
+        await dom.start(paused=True)
+    await disk_secret.set_value(b"disk")
+    with pytest.raises(asvirt.NoSecretError, match=f"no secret with matching uuid '{U1}'"):
+        await dom.start(paused=True)
+    with pytest.raises(asvirt.NoSecretError):
+        await conn.create_xml(ENCRYPTED.replace("<name>enc", "<name>enc2"))
+    assert not await dom.is_active()
+    assert "enc2" not in [d.name for d in await conn.list_all_domains()]
+    await dom.undefine()
+
+
+async def test_the_test_driver_starts_it_once_its_secrets_exist():
+    async with asvirt.open("test:///default") as conn:
+        dom = await conn.define_xml(ENCRYPTED)
+        for uuid in (U1, U2):
+            secret = await conn.secret_define_xml(f"<secret><uuid>{uuid}</uuid></secret>")
+            await secret.set_value(b"v")
+        await dom.start()
+        assert await dom.is_active()
+        await dom.destroy()
