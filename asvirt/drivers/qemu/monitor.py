@@ -254,7 +254,9 @@ class Monitor:
         with trio.move_on_at(deadline):
             try:
                 await self._send(data, replies_to_queue)
-            except OSError as err:
+            except (OSError, trio.ClosedResourceError) as err:
+                # ClosedResourceError: the session was closed (QEMU died and its runner
+                # closed the monitor) while this waited for room in the socket.
                 raise QMPError(
                     f"lost the monitor connection during '{replies[0].command}'"
                 ) from err
@@ -269,6 +271,17 @@ class Monitor:
     @staticmethod
     def answered(replies: list[Pending]) -> bool:
         return all(r.done.is_set() for r in replies)
+
+    @staticmethod
+    def lost(replies: list[Pending]) -> bool:
+        """Whether the session ended before QEMU answered one of :meth:`ask`'s commands
+        (QEMU died, or closed its monitor)."""
+        return any(r.done.is_set() and r.message is None for r in replies)
+
+    @property
+    def ended(self) -> bool:
+        """The session is over (the peer closed it, or we did): nothing more is answered."""
+        return self._ended.is_set()
 
     @staticmethod
     async def wait_answered(replies: list[Pending]) -> None:
@@ -310,7 +323,7 @@ class Monitor:
                 await reply.done.wait()
                 results.append(self._result(reply))
             return results
-        except OSError as err:
+        except (OSError, trio.ClosedResourceError) as err:
             raise QMPError(f"lost the monitor connection during '{commands[0][0]}'") from err
 
     @staticmethod

@@ -181,10 +181,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         #: The domain's own cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), if any.
         self._cgroup: tuning.DomainCgroup | None = None
         self._resctrl: tuning.DomainResctrl | None = None
-        #: The vCPU threads (by vCPU index), once QEMU told them: they change only when vCPUs
-        #: are plugged or unplugged, which the statistics notice (a count that differs, a
-        #: thread that is gone) and ask again.
-        self._vcpu_threads: list[int] | None = None
+        #: The vCPU threads (by vCPU index) with their /proc files open, once QEMU told them:
+        #: they change only when vCPUs are plugged or unplugged, which the statistics notice
+        #: (a count that differs, a thread that is gone) and ask again.
+        self._vcpu_threads: hoststats.VcpuFiles | None = None
         #: Statistics queries, encoded once (:meth:`_stats_query`).
         self._stats_queries: dict[str, Prepared] = {}
         #: Where the guest's state comes from at start (None: it boots).
@@ -224,17 +224,23 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     def cpu_time_ns(self) -> int:
         if not self.pid:
             return 0
+        return self._clock(self.pid).ns()
+
+    def _clock(self, pid: int) -> process.CpuClock:
+        """This QEMU's /proc/PID/stat, kept open while it runs."""
         clock = self._cpu_clock
-        if clock is None or clock.pid != self.pid:
+        if clock is None or clock.pid != pid:
             if clock is not None:
                 clock.close()
-            clock = self._cpu_clock = process.CpuClock(self.pid)
-        return clock.ns()
+            clock = self._cpu_clock = process.CpuClock(pid)
+        return clock
 
     def _close_cpu_clock(self) -> None:
+        """Close the /proc files kept open for this QEMU (its CPU clock, its vCPU threads)."""
         if self._cpu_clock is not None:
             self._cpu_clock.close()
             self._cpu_clock = None
+        self._forget_vcpu_threads()
 
     async def start(self, *, paused: bool, origin: StartOrigin = None) -> None:
         """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start.
@@ -339,11 +345,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         return await (await self.begin_sample(groups, scope)).result()
 
     async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> PendingSample:
-        """Measure what ``groups`` need: /proc for CPU times, memory and vCPU threads, the
-        host's interface counters, and QEMU's answers to the queries the groups need (the
-        balloon's statistics, blockstats, the vCPU threads when they are not known yet),
-        written together, answered in one round trip and read by the result's ``result()``;
-        queries QEMU does not answer within ``stats_timeout`` leave their figures out.
+        """Measure what ``groups`` need: the queries QEMU must answer (the balloon's
+        statistics, blockstats, the vCPU threads when they are not known yet), written
+        together and answered in one round trip, then /proc for CPU times, memory and vCPU
+        threads and the host's interface counters while QEMU works on them; the result's
+        ``result()`` reads the answers. Queries QEMU does not answer within
+        ``stats_timeout`` leave their figures out. A QEMU that dies meanwhile is reported
+        once its runner has seen it go (as a shut off domain, as libvirt does).
 
         The queries are written before this returns, without a checkpoint when the socket
         takes them: a caller asks every QEMU first, then reads the answers."""
@@ -351,11 +359,36 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         wanted = int(groups)  # a Flag's & costs microseconds; an int's does not
         pid = self.pid
         monitor = self._monitor
-        if pid is None or self.exited or monitor is None:
+        if pid is None or monitor is None:
             return ReadySample(sample)
+        # One deadline for this domain's queries, none per query.
+        deadline = trio.current_time() + self._env.config.stats_timeout
+        if self.exited or monitor.ended:
+            return _QemuPendingSample(self, sample, [], [], deadline)
         live = self._live_def
+        threads = self._vcpu_threads
+        if threads is not None and (threads.pid != pid or len(threads.threads) != live.vcpus):
+            self._forget_vcpu_threads()  # the vCPUs changed (hotplug): ask QEMU again
+            threads = None
+        queries: list[Prepared] = []
+        if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
+            queries.append(self._stats_query("qom-get", live.memballoon.alias))
+        if wanted & GroupBits.BLOCK and live.disks:
+            queries.append(self._stats_query("query-blockstats"))
+        if wanted & GroupBits.VCPU and threads is None:
+            queries.append(self._stats_query("query-cpus-fast"))
+        replies: list[Pending] = []
+        if queries:
+            try:
+                replies = await monitor.ask(queries, deadline=deadline)
+            except QMPError as err:
+                self.log.debug("statistics queries failed", operation="stats", error=str(err))
+                if monitor.ended:
+                    return _QemuPendingSample(self, sample, [], [], deadline)
+                queries = []
+        # QEMU works on the queries meanwhile (on another CPU, if there is one).
         if wanted & (GroupBits.CPU_TOTAL | GroupBits.BALLOON):
-            times = hoststats.process_times(pid)
+            times = hoststats.process_times(self._clock(pid).read())
             if times is not None and wanted & GroupBits.CPU_TOTAL:
                 sample.cpu = times[0]
             if wanted & GroupBits.BALLOON:
@@ -371,27 +404,26 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         wait = False
         if wanted & GroupBits.VCPU:
             wait = scope.memo("schedstats", hoststats.schedstats_enabled)
-            threads = self._vcpu_threads
-            if threads is not None and len(threads) == live.vcpus:
-                sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
-        queries: list[Prepared] = []
-        if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
-            queries.append(self._stats_query("qom-get", live.memballoon.alias))
-        if wanted & GroupBits.BLOCK and live.disks:
-            queries.append(self._stats_query("query-blockstats"))
-        if wanted & GroupBits.VCPU and sample.vcpus is None:
-            # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
-            queries.append(self._stats_query("query-cpus-fast"))
+            if threads is not None:
+                sample.vcpus = threads.sample(wait=wait)
+                if sample.vcpus is None and not monitor.ended:
+                    # A thread is gone (vCPUs unplugged behind our back): ask QEMU which
+                    # they are now, after what was already asked.
+                    self._forget_vcpu_threads()
+                    more = [self._stats_query("query-cpus-fast")]
+                    try:
+                        replies += await monitor.ask(more, deadline=deadline)
+                        queries += more
+                    except QMPError as err:
+                        self.log.debug("statistics query failed", operation="stats", error=str(err))
         if not queries:
             return ReadySample(sample)
-        # One deadline for this domain's queries, none per query.
-        deadline = trio.current_time() + self._env.config.stats_timeout
-        try:
-            replies = await monitor.ask(queries, deadline=deadline)
-        except QMPError as err:
-            self.log.debug("statistics queries failed", operation="stats", error=str(err))
-            return ReadySample(sample)
-        return _QemuPendingSample(self, sample, queries, replies, deadline, pid, wait)
+        return _QemuPendingSample(self, sample, queries, replies, deadline, wait)
+
+    def _forget_vcpu_threads(self) -> None:
+        if self._vcpu_threads is not None:
+            self._vcpu_threads.close()
+            self._vcpu_threads = None
 
     def _stats_query(self, command: str, balloon: str | None = None) -> Prepared:
         """A statistics query, encoded once per QEMU (the balloon's path is its own)."""
@@ -426,9 +458,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 sample.guest_memory = hoststats.guest_memory(reply)
             elif command == "query-blockstats":
                 sample.blocks = hoststats.block_counters(reply, live.disks)
-            else:
-                self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
-                sample.vcpus = hoststats.vcpus(pending.pid, threads, wait=pending.wait)
+            elif self.pid is not None and not self.exited:
+                self._forget_vcpu_threads()
+                files = hoststats.VcpuFiles(self.pid, hoststats.vcpu_threads(reply))
+                sample.vcpus = files.sample(wait=pending.wait)
+                if sample.vcpus is not None:
+                    self._vcpu_threads = files
+                else:
+                    files.close()
         return sample
 
     async def set_memory_stats_period(self, period: int) -> None:
@@ -1309,9 +1346,10 @@ def _write_log_header(fd: int, argv: list[str]) -> None:
 
 
 class _QemuPendingSample:
-    """A runner's sample whose queries QEMU has been asked (:meth:`QemuRunner.begin_sample`)."""
+    """A runner's sample whose queries QEMU has been asked (:meth:`QemuRunner.begin_sample`),
+    or whose QEMU is going away."""
 
-    __slots__ = ("_runner", "deadline", "pid", "queries", "replies", "sample", "wait")
+    __slots__ = ("_runner", "deadline", "queries", "replies", "sample", "wait")
 
     def __init__(
         self,
@@ -1320,27 +1358,36 @@ class _QemuPendingSample:
         queries: list[Prepared],
         replies: list[Pending],
         deadline: float,
-        pid: int,
-        wait: bool,
+        wait: bool = False,
     ) -> None:
         self._runner = runner
         self.sample = sample
         self.queries = queries
         self.replies = replies
         self.deadline = deadline
-        self.pid = pid
         self.wait = wait
 
     async def result(self) -> RuntimeSample:
         """The sample once QEMU has answered, or the deadline passed. Without a checkpoint
         when the answers are already in (a caller that asked many QEMUs reads most of them
-        so): the caller checkpoints."""
+        so): the caller checkpoints.
+
+        If QEMU's monitor session ended instead (QEMU died, or is being stopped), this waits
+        (until the deadline) for the runner to conclude the stop, so that the caller finds
+        the domain stopped rather than a running one without figures: what libvirt's
+        ``virConnectGetAllDomainStats`` reports for a domain whose QEMU died."""
+        runner = self._runner
         timed_out = False
-        if not Monitor.answered(self.replies):
+        replies = self.replies
+        if not Monitor.answered(replies):
             with trio.move_on_at(self.deadline) as scope:
-                await Monitor.wait_answered(self.replies)
+                await Monitor.wait_answered(replies)
             timed_out = scope.cancelled_caught
-        return self._runner._stats_answers(self, Monitor.answers(self.replies), timed_out)
+        if not replies or Monitor.lost(replies):
+            with trio.move_on_at(self.deadline):
+                await runner.wait_done()
+            return self.sample
+        return runner._stats_answers(self, Monitor.answers(replies), timed_out)
 
 
 __all__ = ["QemuRunner", "RunMode", "RunnerEnv"]
