@@ -104,6 +104,18 @@ def test_image_sizes(image: Path, tmp_path: Path):
         hoststats.image_info(Disk(target="vdc", source=str(tmp_path / "nope"), format="raw"))
 
 
+def test_image_sizes_are_current_when_remembered(image: Path):
+    # Remembered as soon as read (not only 2 s after the image's last change), to test
+    # that a change is seen all the same: a resize writes the header (and the times).
+    sizes_of = hoststats.ImageSizes(racy_ns=0)
+    disk = Disk(target="vda", source=str(image), format="qcow2")
+    assert sizes_of.info(disk) == asvirt.BlockInfo(**sizes(image))
+    for size in (2 * DISK_BYTES, 3 * DISK_BYTES):
+        qemu_img("resize", "-f", "qcow2", image, str(size))
+        assert sizes_of.info(disk).capacity == size
+    assert sizes_of.info(disk) == hoststats.image_info(disk)
+
+
 # -- a paused QEMU ------------------------------------------------------------------------------
 
 
