@@ -107,6 +107,18 @@ class Prepared:
     data: bytes
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """Commands written together (:meth:`Monitor.ask`), their bytes joined once."""
+
+    commands: tuple[str, ...]
+    data: bytes
+
+    @classmethod
+    def of(cls, commands: Sequence[Prepared]) -> Batch:
+        return cls(tuple(c.command for c in commands), b"".join(c.data for c in commands))
+
+
 class _Reply:
     """A command waiting for its reply. The event to wait on is made only for a waiter that
     has to wait: statistics ask a hundred QEMUs twice each per call, and read most answers
@@ -251,15 +263,16 @@ class Monitor:
         """``command`` encoded for :meth:`ask`. QMPError if it cannot be sent (not JSON)."""
         return Prepared(command, cls._encode(command, arguments))
 
-    async def ask(self, commands: Sequence[Prepared], *, deadline: float) -> list[Pending]:
+    async def ask(self, commands: Sequence[Prepared] | Batch, *, deadline: float) -> list[Pending]:
         """Write ``commands`` (together) and return their pending replies, for :meth:`answers`
         to read later: the caller asks many QEMUs before it waits for any. No checkpoint when
         the socket takes it all at once (the usual case); else it waits for the socket until
         ``deadline`` (trio time), after which the commands are abandoned. QMPError if the
         session is gone."""
-        self._check_usable(commands[0].command)
-        data = b"".join(c.data for c in commands)
-        replies = [_Reply(c.command) for c in commands]
+        batch = commands if isinstance(commands, Batch) else Batch.of(commands)
+        self._check_usable(batch.commands[0])
+        data = batch.data
+        replies = [_Reply(command) for command in batch.commands]
         sock = self._sock
         assert sock is not None
         if not self._send_lock.locked() and not self._unsent:
