@@ -133,8 +133,13 @@ async def test_the_guest_keeps_its_balloon_and_vcpus_across_supervisors(root, te
             )
         assert seen[-1].domain == "vm1" and seen[-1].data == {"actual_kib": 114688}
         await wait_for_serial(serial)
+        assert "vcpu.0.time" in await dom.stats(asvirt.StatsGroup.VCPU)  # its thread known
         await dom.set_vcpus(2)
         await wait_for_serial(serial, "ASVIRT-CPUS 2")
+        # The statistics follow the plugged vCPU's thread.
+        vcpus = await dom.stats(asvirt.StatsGroup.VCPU)
+        assert vcpus["vcpu.current"] == 2 and vcpus["vcpu.1.state"] == 1
+        assert "vcpu.1.time" in vcpus
     try:
         async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")
@@ -145,7 +150,9 @@ async def test_the_guest_keeps_its_balloon_and_vcpus_across_supervisors(root, te
             await dom.set_vcpus(1)  # the vCPU plugged under the previous supervisor
             assert len(await dom.qmp("query-cpus-fast")) == 1
             await wait_for_serial(serial, "ASVIRT-CPUS 1\n")
-            assert (await dom.stats(asvirt.StatsGroup.VCPU))["vcpu.current"] == 1
+            vcpus = await dom.stats(asvirt.StatsGroup.VCPU)
+            assert vcpus["vcpu.current"] == 1 and "vcpu.0.time" in vcpus
+            assert "vcpu.1.time" not in vcpus
     finally:
         with trio.CancelScope(shield=True):
             async with asvirt.open(embed_uri(root)) as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ from asvirt.conf.devices import Disk
 from asvirt.drivers.qemu import stats as hoststats
 
 from .guest import TestGuest, paused_xml, wait_for_serial
-from .helpers import disk_xml, embed_uri, qemu_img, qemu_pid, wait_for, write_config
+from .helpers import (
+    disk_xml,
+    embed_uri,
+    lifecycle,
+    qemu_img,
+    qemu_pid,
+    wait_for,
+    write_config,
+)
 from .netns import lab
 
 DISK_BYTES = 64 * 1024 * 1024
@@ -93,6 +102,18 @@ def test_image_sizes(image: Path, tmp_path: Path):
     assert info.capacity == info.physical == 8192
     with pytest.raises(asvirt.SystemCallError):
         hoststats.image_info(Disk(target="vdc", source=str(tmp_path / "nope"), format="raw"))
+
+
+def test_image_sizes_are_current_when_remembered(image: Path):
+    # Remembered as soon as read (not only 2 s after the image's last change), to test
+    # that a change is seen all the same: a resize writes the header (and the times).
+    sizes_of = hoststats.ImageSizes(racy_ns=0)
+    disk = Disk(target="vda", source=str(image), format="qcow2")
+    assert sizes_of.info(disk) == asvirt.BlockInfo(**sizes(image))
+    for size in (2 * DISK_BYTES, 3 * DISK_BYTES):
+        qemu_img("resize", "-f", "qcow2", image, str(size))
+        assert sizes_of.info(disk).capacity == size
+    assert sizes_of.info(disk) == hoststats.image_info(disk)
 
 
 # -- a paused QEMU ------------------------------------------------------------------------------
@@ -309,3 +330,64 @@ def test_a_booted_guest_reports_memory_and_traffic(root, tmp_path, test_guest: T
             assert "  balloon.unused=" in stats and "  balloon.last-update=" in stats
         finally:
             net.cli(root, "destroy", "g", check=False)
+
+
+def _unread_monitor_bytes(pid: int) -> int:
+    """What QEMU ``pid`` has not read yet of what its monitor's peer wrote (its end of the
+    connected QMP socket's receive queue, as ``ss`` reports it)."""
+    out = subprocess.run(
+        ["ss", "-x", "-n", "-p", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout
+    queued = 0
+    for line in out.splitlines():
+        if f",pid={pid}," in line:
+            queued += int(line.split()[1])  # Netid, Recv-Q, ...
+    return queued
+
+
+@pytest.mark.qemu
+async def test_a_qemu_killed_during_the_call_is_reported_as_libvirt_does(
+    conn, root, test_guest, tmp_path, image
+):
+    # libvirt's getAllDomainStats neither fails nor waits for a domain whose QEMU dies
+    # meanwhile: the monitor's end only leaves its figures out, and a domain found stopped
+    # is reported as a shut off one (a persistent domain) or not at all (a transient one).
+    dying = await conn.define_xml(
+        paused_xml(test_guest, tmp_path, "dying", devices=disk_xml(image), memballoon="virtio")
+    )
+    await dying.start(paused=True)
+    gone = await conn.create_xml(
+        paused_xml(test_guest, tmp_path, "gone", memballoon="virtio"), paused=True
+    )
+    fine = await conn.create_xml(paused_xml(test_guest, tmp_path, "fine"), paused=True)
+    pids = [qemu_pid(root, d.name) for d in (dying, gone)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # they read nothing from now on
+    found: list[tuple[asvirt.Domain, dict]] = []
+
+    async def call() -> None:
+        found.extend(await conn.get_all_domain_stats())
+
+    async with conn.subscribe(kinds={asvirt.EventKind.LIFECYCLE}) as events:
+        with trio.fail_after(10):  # well under stats_timeout + the destroy grace
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                # The queries are written: QEMUs die with them unanswered.
+                await wait_for(lambda: all(_unread_monitor_bytes(p) > 0 for p in pids))
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+            stopped = set()
+            async for ev in events:
+                if (lifecycle(ev) or ("",))[0] == "STOPPED":
+                    stopped.add(ev.domain)
+                if stopped == {"dying", "gone"}:
+                    break
+    records = dict(found)
+    assert set(records) == {dying, fine}  # a transient domain that stopped is gone
+    assert (records[dying]["state.state"], records[dying]["state.reason"]) == (
+        asvirt.DomainState.SHUTOFF,
+        asvirt.ShutoffReason.CRASHED.value,
+    )
+    assert "cpu.time" not in records[dying] and "block.0.rd.reqs" not in records[dying]
+    assert records[dying]["block.0.capacity"] == DISK_BYTES  # what the definition says
+    assert "vcpu.0.time" in records[fine]

@@ -84,7 +84,7 @@ from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
 from .security import DacSecurity, remove_socket_dir, resolve_identity
-from .stats import image_info
+from .stats import ImageSizes
 from .status import StatusRecord
 from .tls import TlsConfig
 
@@ -101,6 +101,7 @@ class QemuBackend:
 
     def __init__(self, node: QemuNode) -> None:
         self._node = node
+        self._image_sizes = ImageSizes()
 
     @property
     def paths(self) -> EmbedPaths:
@@ -246,7 +247,7 @@ class QemuBackend:
         )
 
     def block_info(self, disk: Disk) -> BlockInfo:
-        return image_info(disk)
+        return self._image_sizes.info(disk)
 
     def domain_stopped(self, obj: DomainObj, reason: ShutoffReason) -> None:
         if obj.persistent:

@@ -124,13 +124,17 @@ class CpuClock:
 
     def ns(self) -> int:
         """CPU time used so far, in nanoseconds (0 once the process is gone)."""
-        if self._fd is None:
-            return 0
-        try:
-            stat = os.pread(self._fd, 1024, 0)
-        except ProcessLookupError:
-            return 0
+        stat = self.read()
         return _stat_cpu_ns(stat) if stat else 0
+
+    def read(self) -> bytes | None:
+        """The whole of ``/proc/PID/stat`` now (None once the process is gone): one pread."""
+        if self._fd is None:
+            return None
+        try:
+            return os.pread(self._fd, 1024, 0) or None
+        except ProcessLookupError:
+            return None
 
     def close(self) -> None:
         if self._fd is not None:

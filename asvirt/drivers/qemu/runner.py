@@ -80,7 +80,7 @@ from .command import (
 from .command_extra import display_env
 from .helpers import DomainHelpers, drop_missing_sources
 from .hotplug import HotplugOps
-from .monitor import Monitor, MonitorCounters, MonitorHost, Pending, Prepared
+from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
 from .secrets import SecretLookup, needed_secrets, secret_object, secret_pipes
@@ -186,12 +186,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         #: The domain's own cgroup (<cputune> bandwidth, <memtune>, <blkiotune>), if any.
         self._cgroup: tuning.DomainCgroup | None = None
         self._resctrl: tuning.DomainResctrl | None = None
-        #: The vCPU threads (by vCPU index), once QEMU told them: they change only when vCPUs
-        #: are plugged or unplugged, which the statistics notice (a count that differs, a
-        #: thread that is gone) and ask again.
-        self._vcpu_threads: list[int] | None = None
-        #: Statistics queries, encoded once (:meth:`_stats_query`).
+        #: The vCPU threads (by vCPU index) with their /proc files open, once QEMU told them:
+        #: they change only when vCPUs are plugged or unplugged, which the statistics notice
+        #: (a count that differs, a thread that is gone) and ask again.
+        self._vcpu_threads: hoststats.VcpuFiles | None = None
+        #: Statistics queries, encoded once (:meth:`_stats_query`), and joined once for each
+        #: combination of them (:meth:`_stats_batch`).
         self._stats_queries: dict[str, Prepared] = {}
+        self._stats_batches: dict[tuple[str | None, bool, bool], Batch | None] = {}
         #: Where the guest's state comes from at start (None: it boots).
         self._origin: StartOrigin = None
         #: The guest agent's channel, once asked for (:meth:`_guest_agent`).
@@ -229,17 +231,23 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
     def cpu_time_ns(self) -> int:
         if not self.pid:
             return 0
+        return self._clock(self.pid).ns()
+
+    def _clock(self, pid: int) -> process.CpuClock:
+        """This QEMU's /proc/PID/stat, kept open while it runs."""
         clock = self._cpu_clock
-        if clock is None or clock.pid != self.pid:
+        if clock is None or clock.pid != pid:
             if clock is not None:
                 clock.close()
-            clock = self._cpu_clock = process.CpuClock(self.pid)
-        return clock.ns()
+            clock = self._cpu_clock = process.CpuClock(pid)
+        return clock
 
     def _close_cpu_clock(self) -> None:
+        """Close the /proc files kept open for this QEMU (its CPU clock, its vCPU threads)."""
         if self._cpu_clock is not None:
             self._cpu_clock.close()
             self._cpu_clock = None
+        self._forget_vcpu_threads()
 
     async def start(self, *, paused: bool, origin: StartOrigin = None) -> None:
         """Spawn QEMU and boot the guest (or leave it paused); raises if it did not start.
@@ -344,59 +352,108 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         return await (await self.begin_sample(groups, scope)).result()
 
     async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> PendingSample:
-        """Measure what ``groups`` need: /proc for CPU times, memory and vCPU threads, the
-        host's interface counters, and QEMU's answers to the queries the groups need (the
-        balloon's statistics, blockstats, the vCPU threads when they are not known yet),
-        written together, answered in one round trip and read by the result's ``result()``;
-        queries QEMU does not answer within ``stats_timeout`` leave their figures out.
+        """Ask QEMU what ``groups`` need of it (the balloon's statistics, blockstats, the
+        vCPU threads when they are not known yet), written together to be answered in one
+        round trip; the result's ``result()`` measures the rest on the host (/proc for CPU
+        times, memory and vCPU threads; the interface counters) and reads the answers.
+        Queries QEMU does not answer within ``stats_timeout`` leave their figures out. A
+        QEMU that dies meanwhile is reported once its runner has seen it go (as a shut off
+        domain, as libvirt does).
 
         The queries are written before this returns, without a checkpoint when the socket
-        takes them: a caller asks every QEMU first, then reads the answers."""
-        sample = RuntimeSample()
+        takes them: a caller asks every QEMU first, then reads the answers. Nothing else is
+        done here: every QEMU asked is a process woken that competes for the CPU with the
+        caller, and on a small machine the caller's work between two writes was found to
+        stretch by the number of QEMUs already at work."""
         wanted = int(groups)  # a Flag's & costs microseconds; an int's does not
         pid = self.pid
         monitor = self._monitor
-        if pid is None or self.exited or monitor is None:
-            return ReadySample(sample)
+        if pid is None or monitor is None:
+            return ReadySample(RuntimeSample())
+        # One deadline for this domain's queries, none per query.
+        deadline = trio.current_time() + self._env.config.stats_timeout
+        pending = _QemuPendingSample(self, wanted, scope, pid, deadline)
+        if self.exited or monitor.ended:
+            pending.lost = True
+            return pending
         live = self._live_def
+        threads = self._vcpu_threads
+        if threads is not None and (threads.pid != pid or len(threads.threads) != live.vcpus):
+            self._forget_vcpu_threads()  # the vCPUs changed (hotplug): ask QEMU again
+        batch = self._stats_batch(wanted, live)
+        if batch is not None:
+            try:
+                pending.replies = await monitor.ask(batch, deadline=deadline)
+                pending.queries = batch.commands
+            except QMPError as err:
+                self.log.debug("statistics queries failed", operation="stats", error=str(err))
+                pending.lost = monitor.ended
+        return pending
+
+    def _stats_batch(self, wanted: int, live: DomainDef) -> Batch | None:
+        """The queries ``wanted`` groups need of QEMU now (None: none), joined once for each
+        combination: the balloon's statistics, blockstats, and the vCPU threads when they
+        are not known (first time, or the vCPUs changed)."""
+        balloon = None
+        if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
+            balloon = live.memballoon.alias
+        block = bool(wanted & GroupBits.BLOCK and live.disks)
+        cpus = bool(wanted & GroupBits.VCPU and self._vcpu_threads is None)
+        key = (balloon, block, cpus)
+        if key in self._stats_batches:
+            return self._stats_batches[key]
+        queries = []
+        if balloon is not None:
+            queries.append(self._stats_query("qom-get", balloon))
+        if block:
+            queries.append(self._stats_query("query-blockstats"))
+        if cpus:
+            queries.append(self._stats_query("query-cpus-fast"))
+        found = self._stats_batches[key] = Batch.of(queries) if queries else None
+        return found
+
+    async def _measure_host(self, pending: _QemuPendingSample) -> None:
+        """What the host says of this QEMU for the pending sample's groups: its CPU times
+        and memory, its interface counters, its vCPU threads' times (asking QEMU which they
+        are, after what was already asked, if one is gone)."""
+        sample, wanted, pid = pending.sample, pending.wanted, pending.pid
         if wanted & (GroupBits.CPU_TOTAL | GroupBits.BALLOON):
-            times = hoststats.process_times(pid)
+            times = hoststats.process_times(self._clock(pid).read())
             if times is not None and wanted & GroupBits.CPU_TOTAL:
                 sample.cpu = times[0]
             if wanted & GroupBits.BALLOON:
                 sample.balloon_kib = self.memory_kib()
                 sample.rss_kib = times[1] if times is not None else None
         if wanted & GroupBits.INTERFACE:
-            table = scope.memo("netdev", hoststats.read_netdev)
+            table = pending.scope.memo("netdev", hoststats.read_netdev)
             sample.nets = {
                 nic.target_dev: hoststats.tap_stats(table[nic.target_dev])
-                for nic in live.interfaces
+                for nic in self._live_def.interfaces
                 if nic.type != "user" and nic.target_dev in table
             }
-        wait = False
         if wanted & GroupBits.VCPU:
-            wait = scope.memo("schedstats", hoststats.schedstats_enabled)
+            pending.wait = pending.scope.memo("schedstats", hoststats.schedstats_enabled)
             threads = self._vcpu_threads
-            if threads is not None and len(threads) == live.vcpus:
-                sample.vcpus = hoststats.vcpus(pid, threads, wait=wait)
-        queries: list[Prepared] = []
-        if wanted & GroupBits.BALLOON and live.memballoon is not None and live.has_memballoon:
-            queries.append(self._stats_query("qom-get", live.memballoon.alias))
-        if wanted & GroupBits.BLOCK and live.disks:
-            queries.append(self._stats_query("query-blockstats"))
-        if wanted & GroupBits.VCPU and sample.vcpus is None:
-            # First time, or the vCPU threads changed (hotplug): ask QEMU which they are.
-            queries.append(self._stats_query("query-cpus-fast"))
-        if not queries:
-            return ReadySample(sample)
-        # One deadline for this domain's queries, none per query.
-        deadline = trio.current_time() + self._env.config.stats_timeout
-        try:
-            replies = await monitor.ask(queries, deadline=deadline)
-        except QMPError as err:
-            self.log.debug("statistics queries failed", operation="stats", error=str(err))
-            return ReadySample(sample)
-        return _QemuPendingSample(self, sample, queries, replies, deadline, pid, wait)
+            if threads is not None and "query-cpus-fast" not in pending.queries:
+                sample.vcpus = threads.sample(wait=pending.wait)
+                monitor = self._monitor
+                if sample.vcpus is None and monitor is not None and not monitor.ended:
+                    # A thread is gone (vCPUs unplugged behind our back): ask QEMU which
+                    # they are now.
+                    self._forget_vcpu_threads()
+                    more = self._stats_query("query-cpus-fast")
+                    try:
+                        replies = await monitor.ask(Batch.of([more]), deadline=pending.deadline)
+                    except QMPError as err:
+                        self.log.debug("statistics query failed", operation="stats", error=str(err))
+                    else:
+                        pending.replies = [*pending.replies, *replies]
+                        pending.queries = (*pending.queries, more.command)
+
+    def _forget_vcpu_threads(self) -> None:
+        if self._vcpu_threads is not None:
+            self._vcpu_threads.close()
+            self._vcpu_threads = None
 
     def _stats_query(self, command: str, balloon: str | None = None) -> Prepared:
         """A statistics query, encoded once per QEMU (the balloon's path is its own)."""
@@ -418,8 +475,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             self._env.monitor_counters.timeouts += 1
             self.log.debug("QEMU did not answer statistics queries in time", operation="stats")
         sample, live = pending.sample, self._live_def
-        for query, reply in zip(pending.queries, answers, strict=True):
-            command = query.command
+        for command, reply in zip(pending.queries, answers, strict=True):
             if isinstance(reply, QMPError):
                 self.log.debug(
                     "statistics query failed", operation="stats", command=command, error=str(reply)
@@ -431,9 +487,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 sample.guest_memory = hoststats.guest_memory(reply)
             elif command == "query-blockstats":
                 sample.blocks = hoststats.block_counters(reply, live.disks)
-            else:
-                self._vcpu_threads = threads = hoststats.vcpu_threads(reply)
-                sample.vcpus = hoststats.vcpus(pending.pid, threads, wait=pending.wait)
+            elif self.pid is not None and not self.exited:
+                self._forget_vcpu_threads()
+                files = hoststats.VcpuFiles(self.pid, hoststats.vcpu_threads(reply))
+                sample.vcpus = files.sample(wait=pending.wait)
+                if sample.vcpus is not None:
+                    self._vcpu_threads = files
+                else:
+                    files.close()
         return sample
 
     async def set_memory_stats_period(self, period: int) -> None:
@@ -1361,38 +1422,61 @@ def _write_log_header(fd: int, argv: list[str]) -> None:
 
 
 class _QemuPendingSample:
-    """A runner's sample whose queries QEMU has been asked (:meth:`QemuRunner.begin_sample`)."""
+    """A runner's sample whose queries QEMU has been asked (:meth:`QemuRunner.begin_sample`),
+    or whose QEMU is going away (``lost``)."""
 
-    __slots__ = ("_runner", "deadline", "pid", "queries", "replies", "sample", "wait")
+    __slots__ = (
+        "_runner",
+        "deadline",
+        "lost",
+        "pid",
+        "queries",
+        "replies",
+        "sample",
+        "scope",
+        "wait",
+        "wanted",
+    )
 
     def __init__(
-        self,
-        runner: QemuRunner,
-        sample: RuntimeSample,
-        queries: list[Prepared],
-        replies: list[Pending],
-        deadline: float,
-        pid: int,
-        wait: bool,
+        self, runner: QemuRunner, wanted: int, scope: SampleScope, pid: int, deadline: float
     ) -> None:
         self._runner = runner
-        self.sample = sample
-        self.queries = queries
-        self.replies = replies
-        self.deadline = deadline
+        self.sample = RuntimeSample()
+        self.wanted = wanted
+        self.scope = scope
         self.pid = pid
-        self.wait = wait
+        self.deadline = deadline
+        #: The commands asked, and their pending replies, in order.
+        self.queries: tuple[str, ...] = ()
+        self.replies: list[Pending] = []
+        #: The monitor session ended before QEMU answered (QEMU died, or is being stopped).
+        self.lost = False
+        self.wait = False
 
     async def result(self) -> RuntimeSample:
         """The sample once QEMU has answered, or the deadline passed. Without a checkpoint
         when the answers are already in (a caller that asked many QEMUs reads most of them
-        so): the caller checkpoints."""
+        so): the caller checkpoints.
+
+        If QEMU's monitor session ended instead (QEMU died, or is being stopped), this waits
+        (until the deadline) for the runner to conclude the stop, so that the caller finds
+        the domain stopped rather than a running one without figures: what libvirt's
+        ``virConnectGetAllDomainStats`` reports for a domain whose QEMU died."""
+        runner = self._runner
+        if not self.lost:
+            await runner._measure_host(self)
         timed_out = False
-        if not Monitor.answered(self.replies):
+        replies = self.replies
+        if not Monitor.answered(replies):
             with trio.move_on_at(self.deadline) as scope:
-                await Monitor.wait_answered(self.replies)
+                await Monitor.wait_answered(replies)
             timed_out = scope.cancelled_caught
-        return self._runner._stats_answers(self, Monitor.answers(self.replies), timed_out)
+        if self.lost or Monitor.lost(replies):
+            with trio.move_on_at(self.deadline):
+                await runner.wait_done()
+            return self.sample
+        return runner._stats_answers(self, Monitor.answers(replies), timed_out)
 
 
 __all__ = ["QemuRunner", "RunMode", "RunnerEnv"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from typing import Any
 
 from ...conf.devices import Disk
@@ -46,35 +47,17 @@ _QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_SIZE_OFFSET = 24
 
 
-def _read(path: str, size: int = 4096) -> bytes | None:
-    """A small /proc file's content (None if it is gone), with one open and one read: no
-    buffered file object, which costs more than the read itself."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, size)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _stat_fields(path: str) -> list[bytes] | None:
+def _after_comm(data: bytes) -> list[bytes]:
     """The fields of a /proc .../stat file after the command name (field 3 is index 0)."""
-    data = _read(path)
-    if not data:
-        return None
     return data[data.rindex(b")") + 2 :].split()
 
 
-def process_times(pid: int) -> tuple[CpuTimes, int] | None:
+def process_times(stat: bytes | None) -> tuple[CpuTimes, int] | None:
     """The CPU time the process used (all its threads) and its resident set size in KiB (as
-    libvirt's ``rss``), from one read of /proc/PID/stat."""
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    if fields is None:
+    libvirt's ``rss``), from its /proc/PID/stat (None: the process is gone)."""
+    if not stat:
         return None
+    fields = _after_comm(stat)
     user = int(fields[11]) * _NS_PER_TICK
     system = int(fields[12]) * _NS_PER_TICK
     times = CpuTimes(total_ns=user + system, user_ns=user, system_ns=system)
@@ -91,22 +74,64 @@ def schedstats_enabled() -> bool:
         return False
 
 
-def vcpu_sample(pid: int, tid: int, *, wait: bool = False) -> VcpuSample | None:
-    """A vCPU thread's CPU time, the time it was delayed on a run queue (``schedstat``) and,
-    with ``wait``, the time it waited (``wait_sum`` of its scheduler statistics)."""
-    task = f"/proc/{pid}/task/{tid}"
-    fields = _stat_fields(f"{task}/stat")
-    if fields is None:
-        return None
-    time_ns = (int(fields[11]) + int(fields[12])) * _NS_PER_TICK
-    delay: int | None = None
-    data = _read(f"{task}/schedstat", 256)
-    if data:
+class VcpuFiles:
+    """The /proc files of a QEMU's vCPU threads, kept open while they are its vCPUs: one
+    ``pread`` per file and call, where opening each costs three system calls. Like
+    :class:`~.process.CpuClock`, an open file stays bound to its thread: once the thread is
+    gone it reads nothing, even if its id is used again."""
+
+    __slots__ = ("_files", "pid", "threads")
+
+    def __init__(self, pid: int, threads: list[int]) -> None:
+        self.pid = pid
+        self.threads = threads
+        self._files: list[tuple[int, int | None]] = []
         try:
-            delay = int(data.split()[1])
-        except (IndexError, ValueError):
-            pass
-    return VcpuSample(VCPU_RUNNING, time_ns, _wait_ns(f"{task}/sched") if wait else 0, delay)
+            for tid in threads:
+                task = f"/proc/{pid}/task/{tid}"
+                stat = os.open(f"{task}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    sched: int | None = os.open(f"{task}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    sched = None  # a kernel without CONFIG_SCHEDSTATS: no delay figure
+                self._files.append((stat, sched))
+        except OSError:
+            self.close()
+            self._files = []
+            self.threads = []  # a thread already gone: nothing to read; ask QEMU again
+
+    def sample(self, *, wait: bool = False) -> list[VcpuSample] | None:
+        """Each vCPU thread's CPU time, the time it was delayed on a run queue
+        (``schedstat``) and, with ``wait``, the time it waited (``wait_sum`` of its
+        scheduler statistics); None if a thread is gone (the threads changed)."""
+        if not self.threads:
+            return None
+        found = []
+        for tid, (stat_fd, sched_fd) in zip(self.threads, self._files, strict=True):
+            try:
+                stat = os.pread(stat_fd, 1024, 0)
+            except OSError:
+                return None
+            if not stat:
+                return None
+            fields = _after_comm(stat)
+            time_ns = (int(fields[11]) + int(fields[12])) * _NS_PER_TICK
+            delay: int | None = None
+            if sched_fd is not None:
+                try:
+                    delay = int(os.pread(sched_fd, 256, 0).split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+            waited = _wait_ns(f"/proc/{self.pid}/task/{tid}/sched") if wait else 0
+            found.append(VcpuSample(VCPU_RUNNING, time_ns, waited, delay))
+        return found
+
+    def close(self) -> None:
+        for stat_fd, sched_fd in self._files:
+            os.close(stat_fd)
+            if sched_fd is not None:
+                os.close(sched_fd)
+        self._files = []
 
 
 def _wait_ns(path: str) -> int:
@@ -129,17 +154,6 @@ def vcpu_threads(cpus: Any) -> list[int]:
         if isinstance(cpu.get("cpu-index"), int) and isinstance(cpu.get("thread-id"), int)
     ]
     return [tid for _, tid in sorted(found)]
-
-
-def vcpus(pid: int, threads: list[int], *, wait: bool = False) -> list[VcpuSample] | None:
-    """Each vCPU thread's figures; None if a thread is gone (the threads changed)."""
-    found = []
-    for tid in threads:
-        sample = vcpu_sample(pid, tid, wait=wait)
-        if sample is None:
-            return None
-        found.append(sample)
-    return found
 
 
 def guest_memory(reply: Any) -> dict[str, int]:
@@ -230,34 +244,94 @@ def tap_stats(counters: tuple[int, ...]) -> InterfaceStats:
     )
 
 
+class ImageSizes:
+    """The sizes of disk images (:meth:`info`), with what only a read of the image says (a
+    qcow2's virtual size) remembered while ``stat`` says the image is unchanged: the
+    statistics of a hundred domains size a hundred images per call, and one ``stat`` costs a
+    quarter of opening, reading and closing each.
+
+    An image is "unchanged" while its device, inode, size, mtime and ctime are: every write
+    changes mtime. As git does with its index, a size read within :data:`RACY_NS` of the
+    image's last change is not remembered: a timestamp has the kernel's coarse resolution,
+    and a write in the same tick as the read would leave it unchanged."""
+
+    #: How old an image's last change must be for its read to be remembered.
+    RACY_NS = 2_000_000_000
+    #: At most this many images are remembered (beyond it, the memory starts afresh).
+    LIMIT = 4096
+
+    def __init__(self, *, racy_ns: int = RACY_NS) -> None:
+        """``racy_ns``: how old a change must be for a read to be remembered."""
+        self._racy_ns = racy_ns
+        self._known: dict[str, tuple[tuple[int, int, int, int, int], int]] = {}
+
+    def info(self, disk: Disk) -> BlockInfo:
+        """What the guest sees of the image (``capacity``: a qcow2's virtual size, else the
+        image's size), what it occupies (``allocation``, as ``du``) and its size
+        (``physical``, as ``ls``). SystemCallError if it cannot be read."""
+        path = disk.source
+        assert path is not None
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, "read the size of", path) from None
+        if stat.S_ISBLK(st.st_mode):
+            return _device_info(path)
+        capacity = st.st_size
+        if disk.format == "qcow2":
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = self._known.get(path)
+            if known is not None and known[0] == key:
+                capacity = known[1]
+            else:
+                capacity = _qcow2_size(path, st.st_size)
+                if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > self._racy_ns:
+                    if len(self._known) >= self.LIMIT:
+                        self._known.clear()
+                    self._known[path] = (key, capacity)
+        return BlockInfo(capacity=capacity, allocation=st.st_blocks * 512, physical=st.st_size)
+
+
 def image_info(disk: Disk) -> BlockInfo:
-    """The sizes of a disk's image on the host: what the guest sees (``capacity``: a qcow2's
-    virtual size, else the image's size), what it occupies (``allocation``, as ``du``) and
-    its size (``physical``, as ``ls``). SystemCallError if it cannot be read."""
-    path = disk.source
-    assert path is not None
+    """The sizes of a disk's image on the host (see :meth:`ImageSizes.info`), read afresh."""
+    return ImageSizes().info(disk)
+
+
+def _qcow2_size(path: str, default: int) -> int:
+    """A qcow2 image's virtual size from its header (``default`` if it has no qcow2 header)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
         raise SystemCallError.from_oserror(err, "read the size of", path) from None
     try:
-        st = os.fstat(fd)
-        if stat.S_ISBLK(st.st_mode):
-            size = os.lseek(fd, 0, os.SEEK_END)
-            return BlockInfo(capacity=size, allocation=size, physical=size)
-        capacity = st.st_size
-        if disk.format == "qcow2":
-            header = os.pread(fd, _QCOW2_SIZE_OFFSET + 8, 0)
-            if len(header) == _QCOW2_SIZE_OFFSET + 8 and header[:4] == _QCOW2_MAGIC:
-                capacity = int.from_bytes(header[_QCOW2_SIZE_OFFSET:], "big")
-        return BlockInfo(capacity=capacity, allocation=st.st_blocks * 512, physical=st.st_size)
+        header = os.pread(fd, _QCOW2_SIZE_OFFSET + 8, 0)
     except OSError as err:
         raise SystemCallError.from_oserror(err, "read the size of", path) from None
     finally:
         os.close(fd)
+    if len(header) == _QCOW2_SIZE_OFFSET + 8 and header[:4] == _QCOW2_MAGIC:
+        return int.from_bytes(header[_QCOW2_SIZE_OFFSET:], "big")
+    return default
+
+
+def _device_info(path: str) -> BlockInfo:
+    """A block device's size (``stat`` says 0: it is where its end is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "read the size of", path) from None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, "read the size of", path) from None
+    finally:
+        os.close(fd)
+    return BlockInfo(capacity=size, allocation=size, physical=size)
 
 
 __all__ = [
+    "ImageSizes",
+    "VcpuFiles",
     "block_counters",
     "guest_memory",
     "image_info",
@@ -266,7 +340,5 @@ __all__ = [
     "read_netdev",
     "schedstats_enabled",
     "tap_stats",
-    "vcpu_sample",
     "vcpu_threads",
-    "vcpus",
 ]

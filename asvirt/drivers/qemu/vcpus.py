@@ -214,11 +214,12 @@ class ResourceOps:
         _name: str
         _live_def: DomainDef
         _live_xml: str | None
-        _vcpu_threads: list[int] | None
 
         _env: RunnerEnv
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+        def _forget_vcpu_threads(self) -> None: ...
 
         async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
@@ -334,7 +335,7 @@ class ResourceOps:
         if count and (count != live.vcpus or states != live.vcpu_states):
             live.vcpus = count
             live.vcpu_states = states
-            self._vcpu_threads = None  # the statistics ask QEMU for the new threads
+            self._forget_vcpu_threads()  # the statistics ask QEMU for the new threads
             self._live_xml = None
             self.mark_dirty()
 
