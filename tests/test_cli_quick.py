@@ -206,3 +206,31 @@ def test_the_hello_travels_with_the_first_request_and_its_failure_is_reported(tm
         lines = [json.loads(line) for line in peer.received.splitlines()]
         assert [m["method"] for m in lines] == ["hello", "list_all_domains"]
         assert (proc.returncode, proc.stdout, proc.stderr) == want
+
+
+#: The network and storage drivers' modules: a node loads them at open only for a root that
+#: has a network or a pool, else when first needed.
+SECONDARY = ("asvirt.drivers.network.driver", "asvirt.drivers.storage.driver")
+
+
+def test_an_embedded_root_without_networks_or_pools_opens_without_their_drivers(tmp_path):
+    from .helpers import embed_uri, run_cli
+
+    root = tmp_path / "root"
+    uri = embed_uri(root)
+    out, modules = imported_by(uri, "list", "--all")
+    assert out == " Id   Name   State\n--------------------\n\n"
+    assert "asvirt.drivers.qemu.driver" in modules  # the node did open
+    assert not [m for m in SECONDARY if m in modules]
+    # A pool call loads the storage driver on demand; then the root has a pool, and the
+    # next open loads (and takes up) the pool at once, as before.
+    images = tmp_path / "images"
+    run_cli(root, "pool-define-as", "p1", "dir", "--target", str(images))
+    run_cli(root, "pool-build", "p1")
+    run_cli(root, "pool-start", "p1")
+    out, modules = imported_by(uri, "list", "--all")
+    assert "asvirt.drivers.storage.driver" in modules
+    assert "asvirt.drivers.network.driver" not in modules
+    listed = run_cli(root, "pool-list").stdout
+    assert "p1" in listed and "active" in listed
+    run_cli(root, "pool-destroy", "p1")
