@@ -17,7 +17,8 @@ daemon runs under trio or asyncio).
 """
 
 import importlib as _importlib
-import typing as _typing
+
+_TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 
 # The public names load on first use: a command-line client that talks to a daemon imports
 # what it needs (errors, handles), not the event loop, the drivers or QEMU support.
@@ -104,7 +105,9 @@ _LAZY: dict[str, str] = {
     "open": ".connection",
 }
 
-if _typing.TYPE_CHECKING:
+if _TYPE_CHECKING:
+    from typing import Any as _Any
+
     from .config import Config
     from .connection import Connection, open
     from .domain import Domain
@@ -193,7 +196,7 @@ if _typing.TYPE_CHECKING:
     from .uri import default_uri
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> "_Any":
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'asvirt' has no attribute {name!r}")

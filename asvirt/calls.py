@@ -8,8 +8,6 @@ need no event loop use them too).
 
 from __future__ import annotations
 
-from typing import Any
-
 from .domain import Domain
 from .drivers.base import (
     DomainRef,
@@ -23,6 +21,10 @@ from .drivers.base import (
 from .network import Network
 from .secret import Secret
 from .storage import StoragePool, StorageVol
+
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ConnectionCalls:

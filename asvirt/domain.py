@@ -9,7 +9,6 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from .drivers.base import (
     BlockInfo,
@@ -31,12 +30,15 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
-
-if TYPE_CHECKING:
-    from .console import Console
 from .snapshot import DomainSnapshot
 from .states import DomainState, StateReason
 from .storage import StorageVol, disk_volumes
+
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .console import Console
 
 
 class Domain(Handle):

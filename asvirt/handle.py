@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from .calls import ConnectionCalls
 
+    class _Ref(Protocol):
+        @property
+        def name(self) -> str: ...
 
-class _Ref(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def uuid(self) -> str: ...
+        @property
+        def uuid(self) -> str: ...
 
 
 class Handle:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .drivers.base import NetworkDHCPLease, NetworkRef
 from .handle import Handle
+
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Network(Handle):

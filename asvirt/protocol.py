@@ -24,7 +24,6 @@ connection sends that to whichever driver it has: the node in this process, or a
 # objects at import, without evaluating strings (a one-shot client imports this module).
 import enum
 import functools
-import math
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -55,7 +54,9 @@ from .drivers.base import (
 )
 from .errors import InvalidArgError
 from .records import fields, is_record
-from .states import DomainState, StateReason, reason_for
+from .rpc import values
+from .rpc.values import encode as _encode
+from .states import DomainState, StateReason
 
 
 class Priority(enum.Enum):
@@ -903,33 +904,7 @@ def encode_value(value: Any) -> Any:
 def encode_params(c: Call, params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """A call's arguments as plain JSON values, and the progress callback they held (None
     if none): a callback stays with the client, the daemon is only told it is wanted."""
-    args: dict[str, Any] = {}
-    callback = None
-    for name, value in params.items():
-        if name == c.progress:
-            callback = value
-            args[name] = value is not None
-        else:
-            args[name] = _encode(value)
-    return args, callback
-
-
-def _encode(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        import base64  # on first use: most calls carry no bytes
-
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, enum.Enum):
-        return value.value
-    if is_record(value) and not isinstance(value, type):
-        return {name: _encode(getattr(value, name)) for name in fields(value)}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    raise TypeError(f"cannot send a {type(value).__name__}")
+    return values.encode_args(params, c.progress)
 
 
 def decode_result(c: Call, value: Any) -> Any:
@@ -1028,173 +1003,68 @@ def _decode(type_: Any, value: Any, what: str) -> Any:
     return _decoder(type_)(value, what)
 
 
-#: Decodes a JSON value to a declared type (``what`` names it in errors).
-_Decoder = Callable[[Any, str], Any]
+@functools.cache
+def _decoder(type_: Any) -> Callable[[Any, str], Any]:
+    return values.decoder(spec_of(type_))
 
 
 @functools.cache
-def _decoder(type_: Any) -> _Decoder:
-    """The decoder of ``type_``, worked out once per type: every call's arguments (in the
-    daemon) and result (in a client) are decoded, and walking the type each time cost more
-    than the call."""
+def spec_of(type_: Any, *, by_name: bool = False) -> Any:
+    """What :mod:`asvirt.rpc.values` decodes a value of the declared ``type_`` after (its
+    docstring says the shapes); with ``by_name``, classes are named (``"module:Name"``), as
+    :mod:`asvirt.rpc.calls_table` holds them."""
     origin = typing.get_origin(type_)
+    args = typing.get_args(type_)
     if type_ is Any:
-        return _decode_any
+        return "any"
     if type_ is None or type_ is type(None):
-        return _decode_null
+        return "null"
     if origin in (typing.Union, _UnionType):
-        return _union_decoder(type_)
-    if type_ is StateAndReason or (
-        origin is tuple and typing.get_args(type_)[:1] == (DomainState,)
-    ):
-        return _decode_state
+        return ("union", tuple(spec_of(a, by_name=by_name) for a in args))
+    if type_ is StateAndReason or (origin is tuple and args[:1] == (DomainState,)):
+        return "state"
     if origin is list:
-        (item,) = typing.get_args(type_)
-        return _list_decoder(_decoder(item), list)
-    if origin is tuple and typing.get_args(type_)[1:] == (Ellipsis,):
-        return _list_decoder(_decoder(typing.get_args(type_)[0]), tuple)
+        return ("list", spec_of(args[0], by_name=by_name))
+    if origin is tuple and args[1:] == (Ellipsis,):
+        return ("tuple", spec_of(args[0], by_name=by_name))
     if origin is dict:
-        return _decode_object
+        return "object"
+    cls = f"{type_.__module__}:{type_.__qualname__}" if by_name else type_
     if isinstance(type_, type) and issubclass(type_, enum.Enum):
-        return _enum_decoder(type_)
+        return ("enum", cls)
     if isinstance(type_, type) and is_record(type_):
-        return _record_decoder(type_)
-    if type_ is bool or type_ is Progress:
-        return _decode_bool
-    if type_ is bytes:
-        return _decode_bytes
-    if type_ is int:
-        return _decode_int
-    if type_ is float:
-        return _decode_float
+        names, _, hints = _record(type_)
+        return ("record", cls, tuple((n, spec_of(hints[n], by_name=by_name)) for n in names))
+    simple = {bool: "bool", Progress: "bool", bytes: "bytes", int: "int", float: "float"}
+    if type_ in simple:
+        return simple[type_]
     if type_ is str:
-        return _decode_str
-
-    def unknown(value: Any, what: str) -> Any:
-        raise TypeError(f"{what}: the protocol has no encoding for {type_!r}")
-
-    return unknown
+        return "str"
+    return ("unknown", repr(type_))
 
 
-def _decode_any(value: Any, what: str) -> Any:
-    return value
+def calls_table_source() -> str:
+    """asvirt/rpc/calls_table.py's text: what a one-shot client needs of each call."""
+    lines = []
+    for c in sorted(CALLS.values(), key=lambda c: c.name):
+        entry = (c.client, c.progress, spec_of(c.result, by_name=True))
+        lines.append(f"    {c.name!r}: {entry!r},\n")
+    return _CALLS_TABLE_HEAD + "".join(lines) + "}\n# fmt: on\n"
 
 
-def _decode_null(value: Any, what: str) -> None:
-    if value is not None:
-        raise ValueError(f"{what}: expected null")
+_CALLS_TABLE_HEAD = '''"""The driver API's calls, as a one-shot client needs them.
 
+Generated from :mod:`asvirt.protocol`'s declaration by ``python -m asvirt.protocol calls-table
+> asvirt/rpc/calls_table.py`` (tests/test_protocol.py checks that it is up to date): a one-shot
+client reads this instead of the declaration, whose type hints need :mod:`typing`. For each
+call: whether the daemon must know the client (autodestroy), its progress argument, and its
+result's value spec (:mod:`asvirt.rpc.values`).
+"""
+# ruff: noqa: E501
 
-def _union_decoder(type_: Any) -> _Decoder:
-    options = typing.get_args(type_)
-    nullable = type(None) in options
-    decoders = [_decoder(option) for option in options if option is not type(None)]
-
-    def decode(value: Any, what: str) -> Any:
-        if value is None and nullable:
-            return None
-        for option in decoders:
-            try:
-                return option(value, what)
-            except ValueError:
-                continue
-        raise ValueError(f"{what}: {value!r} is none of {type_}")
-
-    return decode
-
-
-def _decode_state(value: Any, what: str) -> StateAndReason:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
-        raise ValueError(f"{what}: expected [state, reason]")
-    state = DomainState(value[0])
-    return state, reason_for(state, value[1])
-
-
-def _list_decoder(item: _Decoder, kind: type[list[Any]] | type[tuple[Any, ...]]) -> _Decoder:
-    def decode(value: Any, what: str) -> Any:
-        if not isinstance(value, list):
-            raise ValueError(f"{what}: expected a list")
-        return kind(item(v, what) for v in value)
-
-    return decode
-
-
-def _decode_object(value: Any, what: str) -> Any:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what}: expected an object")
-    return value
-
-
-def _enum_decoder(type_: type[enum.Enum]) -> _Decoder:
-    def decode(value: Any, what: str) -> Any:
-        try:
-            return type_(value)
-        except ValueError:
-            raise ValueError(f"{what}: {value!r} is no {type_.__name__}") from None
-
-    return decode
-
-
-def _record_decoder(type_: type) -> _Decoder:
-    _, names, hints = _record(type_)
-    decoders = {name: _decoder(hints[name]) for name in names}
-
-    def decode(value: Any, what: str) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(f"{what}: expected an object")
-        if value.keys() != names:
-            raise ValueError(f"{what}: expected the fields {sorted(names)}")
-        return type_(**{k: decoders[k](v, f"{what}.{k}") for k, v in value.items()})
-
-    return decode
-
-
-def _decode_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{what}: expected true or false")
-    return value
-
-
-def _decode_bytes(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError(f"{what}: expected base64 bytes")
-    import base64
-    import binascii
-
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error:
-        raise ValueError(f"{what}: expected base64 bytes") from None
-
-
-def _decode_int(value: Any, what: str) -> int:
-    if not _is_int(value):
-        raise ValueError(f"{what}: expected an integer")
-    return value
-
-
-def _decode_float(value: Any, what: str) -> float:
-    # JSON has one number type: an integer is a float's value too (never a bool, nor NaN or
-    # an infinity, which JSON cannot say either).
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{what}: expected a number")
-    try:
-        number = float(value)  # an integer beyond a float's range overflows
-    except OverflowError:
-        raise ValueError(f"{what}: expected a number a float can hold") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{what}: expected a number")
-    return number
-
-
-def _decode_str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what}: expected a string")
-    return value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# fmt: off
+CALLS = {
+'''
 
 
 @functools.cache
@@ -1203,7 +1073,9 @@ def _record(type_: type) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any
     once per type: typing.get_type_hints evaluates the module's string annotations (half a
     millisecond for DomainInfo), and most answers hold a record."""
     names = fields(type_)
-    return names, frozenset(names), typing.get_type_hints(type_)
+    # Modules of records import typing's names for type checking only (a one-shot client
+    # imports records without typing): Any is given here.
+    return names, frozenset(names), typing.get_type_hints(type_, localns={"Any": Any})
 
 
 _UnionType = type(int | None)
@@ -1268,6 +1140,7 @@ __all__ = [
     "StorageCalls",
     "Target",
     "call",
+    "calls_table_source",
     "decode_params",
     "decode_result",
     "decode_result_json",
@@ -1276,8 +1149,14 @@ __all__ = [
     "encode_value",
     "lookup",
     "methods_markdown",
+    "spec_of",
     "wire_result",
 ]
 
 if __name__ == "__main__":
-    print(methods_markdown())
+    import sys
+
+    if sys.argv[1:] == ["calls-table"]:
+        sys.stdout.write(calls_table_source())
+    else:
+        print(methods_markdown())

@@ -18,9 +18,17 @@ from one another.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, TypeVar, dataclass_transform
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar, dataclass_transform
+
+    T = TypeVar("T")
+else:
+
+    def dataclass_transform(**kwargs: object) -> object:
+        return lambda cls: cls
+
 
 _MISSING = object()
 

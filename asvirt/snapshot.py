@@ -8,12 +8,13 @@ for what taking, reverting to and deleting one does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .drivers.base import DomainSnapshotInfo, ProgressCallback
 from .errors import NoDomainSnapshotError
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .domain import Domain
 
 

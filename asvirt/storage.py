@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
 
 # lxml and the size parser load where they are used: a one-shot command-line client imports
 # this module (through asvirt.calls) and never needs them for a list.
@@ -46,8 +45,12 @@ from .errors import (
 from .handle import Handle
 from .records import record
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .domain import Domain
+
 
 #: The most bytes one upload or download call carries.
 TRANSFER_CHUNK = MAX_TRANSFER

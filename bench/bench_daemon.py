@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_daemon.py [--seconds S] [--rounds N] [--clients C]
                                            [--idle K] [--events E] [--cli-runs R]
+    .venv/bin/python bench/bench_daemon.py --cli-only [--cli-runs R]
 
 Real QEMU, a real daemon process (``asvirtd --state-dir``, as the tests start it) and the
 embedded driver on a root of its own, measured in the same run:
@@ -468,6 +469,79 @@ def measure_libvirt(
 # -- the run ---------------------------------------------------------------------------------------
 
 
+async def one_shot_cli(
+    args: argparse.Namespace, work: Path, embed_uri: str
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """The one-shot CLI's figures (:func:`cli_times`): through the daemon (the issue's
+    command: `asvirt -c qemu:///session list`), beside virsh's when installed; and embedded
+    (the embedded root must be free: the CLI opens it itself)."""
+    cli_remote = await trio.to_thread.run_sync(
+        lambda: cli_times(
+            "qemu:///session", args.cli_runs, work / "rt", virsh=shutil.which("virsh") is not None
+        )
+    )
+    cli_embed = await trio.to_thread.run_sync(cli_times, embed_uri, args.cli_runs)
+    return cli_remote, cli_embed
+
+
+def report_cli(
+    report: Report,
+    cli_remote: dict[str, tuple[float, float]],
+    cli_embed: dict[str, tuple[float, float]],
+    theirs: dict[str, Any] | str | None,
+) -> None:
+    """Add the one-shot CLI's figures to ``report``, beside virsh's: libvirt's own session
+    (``theirs``) if measured, else `virsh -c test:///default list` of the same run."""
+    virsh_list, said = VIRSH_LIST_MS, "the issue's 17 ms virsh"
+    if isinstance(theirs, dict) and "cli" in theirs:
+        virsh_list, said = ms(theirs["cli"]["list"]), "virsh"
+    elif "virsh" in cli_remote:
+        virsh_list, said = ms(cli_remote["virsh"][0]), "`virsh -c test:///default list`"
+        report.note(
+            f"{'`virsh -c test:///default list`':<40} {virsh_list:.0f} ms, "
+            f"CPU {ms(cli_remote['virsh'][1]):.0f} ms (same run, interleaved)"
+        )
+    for cmd, (wall, cpu) in cli_remote.items():
+        if cmd == "virsh":
+            continue
+        e_wall, e_cpu = cli_embed[cmd]
+        figure = f"{ms(wall):.0f} ms, CPU {ms(cpu):.0f} ms"
+        embedded = f"{'':<40} embedded: {ms(e_wall):.0f} ms, CPU {ms(e_cpu):.0f} ms"
+        if cmd == "list":
+            report.add(
+                "`asvirt -c qemu:///session list`",
+                figure,
+                f"<= 3x {said} = {3 * virsh_list:.0f} ms",
+                ms(wall) <= 3 * virsh_list,
+            )
+        else:
+            report.add(f"`asvirt -c qemu:///session {cmd} {NAME}`", figure, "", None)
+        report.note(embedded)
+
+
+async def cli_only(
+    args: argparse.Namespace, guest: TestGuest, work: Path, daemon: Daemon, embed_uri: str
+) -> int:
+    """``--cli-only``: the one-shot CLI's figures alone, the domain running (paused) through
+    the daemon and embedded."""
+    xml = guest.xml(NAME, work / f"{NAME}.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    daemon.start()
+    async with asvirt.open(daemon.uri) as remote, asvirt.open(embed_uri) as embedded:
+        rdom = await remote.define_xml(xml)
+        await rdom.start(paused=True)
+        await (await embedded.define_xml(xml)).start(paused=True)
+    report = Report()
+    report_cli(report, *await one_shot_cli(args, work, embed_uri), None)
+    print(
+        f"one-shot CLI, {args.cli_runs} runs per median (load average "
+        f"{os.getloadavg()[0]:.1f}, {calibration()}):"
+    )
+    report.print()
+    async with asvirt.open(daemon.uri) as remote:
+        await destroy_all(remote)
+    return 0 if not report.missed else 2
+
+
 async def main(args: argparse.Namespace) -> int:
     guest = TestGuest(GUEST_DIR)
     if not guest.exists():
@@ -484,6 +558,8 @@ async def main(args: argparse.Namespace) -> int:
     (work / "rt").mkdir(mode=0o700)
     embed_uri = f"qemu:///embed?root={work / 'e'}"
     try:
+        if args.cli_only:
+            return await cli_only(args, guest, work, daemon, embed_uri)
         return await run(args, guest, work, daemon, embed_uri)
     finally:
         if (work / "e").exists():
@@ -634,15 +710,7 @@ async def run(
         report.note(f"{'':<40} (the daemon took {listen:.2f} s to listen again)")
         await rdom.destroy()
 
-    # One-shot CLI (the embedded root must be free: the CLI opens it itself).
-    # The issue's command: `asvirt -c qemu:///session list`.
-    cli_remote = await trio.to_thread.run_sync(
-        lambda: cli_times(
-            "qemu:///session", args.cli_runs, work / "rt", virsh=shutil.which("virsh") is not None
-        )
-    )
-    cli_embed = await trio.to_thread.run_sync(cli_times, embed_uri, args.cli_runs)
-
+    cli_remote, cli_embed = await one_shot_cli(args, work, embed_uri)
     with libvirt_peer() as peer:
         theirs = await trio.to_thread.run_sync(
             measure_libvirt,
@@ -650,30 +718,7 @@ async def run(
             args,
             peer,
         )
-    virsh_list, said = VIRSH_LIST_MS, "the issue's 17 ms virsh"
-    if isinstance(theirs, dict) and "cli" in theirs:
-        virsh_list, said = ms(theirs["cli"]["list"]), "virsh"
-    elif "virsh" in cli_remote:
-        virsh_list, said = ms(cli_remote["virsh"][0]), "`virsh -c test:///default list`"
-        report.note(
-            f"{'`virsh -c test:///default list`':<40} {virsh_list:.0f} ms, "
-            f"CPU {ms(cli_remote['virsh'][1]):.0f} ms (same run, interleaved)"
-        )
-    for cmd, (wall, cpu) in cli_remote.items():
-        if cmd == "virsh":
-            continue
-        figure = (
-            f"{ms(wall):.0f} ms, CPU {ms(cpu):.0f} ms (embedded {ms(cli_embed[cmd][0]):.0f} ms)"
-        )
-        if cmd == "list":
-            report.add(
-                "`asvirt -c qemu:///session list`",
-                figure,
-                f"<= 3x {said} = {3 * virsh_list:.0f} ms",
-                ms(wall) <= 3 * virsh_list,
-            )
-        else:
-            report.add(f"`asvirt -c qemu:///session {cmd} {NAME}`", figure, "", None)
+    report_cli(report, cli_remote, cli_embed, theirs)
 
     print(
         f"\nasvirtd, {args.seconds:g} s per rate, {args.rounds} rounds per median "
@@ -717,6 +762,7 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=int, default=1000, help="idle clients to connect")
     parser.add_argument("--events", type=int, default=10000, help="events to replay")
     parser.add_argument("--cli-runs", type=int, default=10, help="runs per CLI median")
+    parser.add_argument("--cli-only", action="store_true", help="only the one-shot CLI figures")
     parser.add_argument("--worker", metavar="URI", help=argparse.SUPPRESS)
     parser.add_argument("--libvirt-worker", metavar="URI", help=argparse.SUPPRESS)
     args = parser.parse_args()

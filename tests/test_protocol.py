@@ -141,6 +141,64 @@ def test_docs_list_the_declared_calls_as_the_declaration_says():
     assert protocol.methods_markdown() in doc, "regenerate: python -m asvirt.protocol"
 
 
+def test_the_one_shot_clients_call_table_is_generated_from_the_declaration():
+    from asvirt.rpc import calls_table
+
+    from .guest import REPO
+
+    text = (REPO / "asvirt" / "rpc" / "calls_table.py").read_text()
+    assert text == protocol.calls_table_source(), (
+        "regenerate: python -m asvirt.protocol calls-table > asvirt/rpc/calls_table.py"
+    )
+    assert calls_table.CALLS.keys() == protocol.CALLS.keys()
+
+
+@pytest.mark.parametrize("name", sorted(protocol.CALLS))
+def test_the_call_tables_specs_name_the_declared_types(name):
+    """A spec by name (the one-shot client's) and by class (the declaration's) describe the
+    same type: resolving the names gives the declaration's spec back."""
+    from asvirt.rpc import calls_table, values
+
+    def resolve(spec):
+        if isinstance(spec, str):
+            return spec
+        if spec[0] in ("list", "tuple"):
+            return (spec[0], resolve(spec[1]))
+        if spec[0] == "union":
+            return ("union", tuple(map(resolve, spec[1])))
+        if spec[0] == "enum":
+            return ("enum", values._resolve(spec[1]))
+        if spec[0] == "record":
+            fields = tuple((n, resolve(s)) for n, s in spec[2])
+            return ("record", values._resolve(spec[1]), fields)
+        return spec
+
+    c = protocol.CALLS[name]
+    client, progress, result = calls_table.CALLS[name]
+    assert (client, progress) == (c.client, c.progress)
+    assert resolve(result) == protocol.spec_of(c.result)
+    assert result[0] != "unknown" if isinstance(result, tuple) else True
+
+
+def test_results_decode_alike_from_the_call_tables_specs():
+    from asvirt import DomainState, PausedReason
+    from asvirt.drivers.base import DomainInfo, DomainRef
+    from asvirt.rpc import calls_table, values
+
+    cases = {
+        "domain_state": (DomainState.PAUSED, PausedReason.USER),
+        "domain_info": DomainInfo(DomainState.RUNNING, 1024, 512, 2, 123),
+        "list_all_domains": [DomainRef("a", "u1"), DomainRef("b", "u2")],
+        "domain_id": 3,
+    }
+    for name, value in cases.items():
+        plain = protocol.encode_result(protocol.CALLS[name], value)
+        assert values.decoder(calls_table.CALLS[name][2])(plain, name) == value
+    bad = {"state": 1, "max_memory_kib": 1, "memory_kib": 1, "vcpus": True, "cpu_time_ns": 1}
+    with pytest.raises(ValueError):
+        values.decoder(calls_table.CALLS["domain_info"][2])(bad, "domain_info")
+
+
 def test_an_argument_declared_with_a_default_may_be_left_out():
     # An older client that does not know force_boot still starts domains; the ones without a
     # default stay required.

@@ -15,24 +15,27 @@ what it needs, so that it starts as fast as virsh does. Everything else runs und
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
-import json
 import os
 import sys
-from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
 
 import asvirt  # light: its public names load on first use
 
-from . import render, vsh
+from . import parsing, render, vsh
+from .parsing import CommandSpec, IgnoredSpec
 from .vsh import CommandError, ConnectFailed, failing
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Coroutine, Iterable
+    from typing import Any
+
     from asvirt.calls import ConnectionCalls
 
-Handler = Callable[["ConnectionCalls", argparse.Namespace], Coroutine[Any, Any, int]]
+    Handler = Callable[[ConnectionCalls, argparse.Namespace], Coroutine[Any, Any, int]]
+
 _COMMANDS: dict[str, tuple[Handler, str]] = {}
 #: Commands that need the event loop (they wait for events): never run one-shot.
 _NEEDS_LOOP: set[str] = set()
@@ -322,6 +325,8 @@ async def cmd_uri(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 async def cmd_qmp(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     text = " ".join(args.cmd)
+    import json
+
     try:
         request = json.loads(text)
     except json.JSONDecodeError:
@@ -428,64 +433,8 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's help layout, the terminal's width found as :func:`shutil.get_terminal_size`
-    finds it but without importing :mod:`shutil` (and the compression modules it imports):
-    argparse makes a formatter for every parser and argument, and that import cost a one-shot
-    command more than parsing its words."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2  # argparse's margin
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-def _terminal_columns() -> int:
-    """``$COLUMNS``, else the width of the terminal on stdout, else 80."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one ``error:`` line and exit status 1, as in virsh
-    (not a usage text and status 2); help laid out by :class:`_HelpFormatter`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)  # command parsers are _Parsers too
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise CommandError(message)
-
-
-def _global_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="asvirt",
-        usage="asvirt [-c URI] [COMMAND [ARGS...] | 'COMMAND [ARGS]; COMMAND [ARGS]...']",
-        description="Manage QEMU virtual machines (virsh's commands, on asvirt). Without a "
-        "command, an interactive shell; 'asvirt help' lists the commands.",
-    )
-    parser.add_argument("-c", "--connect", metavar="URI", help="connection URI")
-    parser.add_argument("-v", "--version", action="version", version=asvirt.__version__)
-    parser.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    return parser
-
-
-#: Each command's parser, by name (for ``help COMMAND``), as :func:`build_parser` made them.
+#: Each command's argparse parser, by name (for ``help COMMAND``), as :func:`build_parser`
+#: made them.
 _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
@@ -589,36 +538,26 @@ def _command_modules(names: Iterable[str] | None) -> list[Any]:
     return [importlib.import_module(f".{m}", __package__) for m in _MODULES if m in wanted]
 
 
-class _NotParsed(argparse.ArgumentParser):
-    """Stands in for the parser of a command that is not being parsed: what is added to it
-    is dropped. (argparse builds each argument's action and checks its help format: for
-    every command, that costs more than a one-shot command's whole run.)"""
-
-    def __init__(self) -> None:
-        pass  # builds nothing, on purpose
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
-        return None
-
-    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
-        return self
-
-
-_NOT_PARSED = _NotParsed()
+_IGNORED = IgnoredSpec()
 
 
 def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of one command's words (``list --all``): of the commands ``names``
-    (every command when None), importing the modules that define them."""
-    wanted = None if names is None else set(names)
-    parser = _Parser(prog="asvirt", add_help=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    """The argparse parser of one command's words (``list --all``): of the commands
+    ``names`` (every command when None), importing the modules that define them."""
+    return parsing.argparse_parser(command_specs(names).values(), _PARSERS)
 
-    def add(name: str, *domain_args: str) -> argparse.ArgumentParser:
+
+def command_specs(names: Iterable[str] | None = None) -> dict[str, CommandSpec]:
+    """The arguments of the commands ``names`` (every command when None), as declared here
+    and in the modules that define them (imported), by name: the one declaration of each
+    command's arguments (:mod:`.parsing` parses words after it, or argparse does)."""
+    wanted = None if names is None else set(names)
+    specs: dict[str, CommandSpec] = {}
+
+    def add(name: str, *domain_args: str) -> CommandSpec:
         if wanted is not None and name not in wanted:
-            return _NOT_PARSED
-        p = sub.add_parser(name, help=_COMMANDS[name][1])
-        _PARSERS[name] = p
+            return _IGNORED
+        p = specs[name] = CommandSpec(name, _COMMANDS[name][1])
         for a in domain_args:
             p.add_argument(a)
         return p
@@ -715,7 +654,7 @@ def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
     add("exit")
     for module in _command_modules(wanted):
         module.add_parsers(add)
-    return parser
+    return specs
 
 
 # -- running commands ----------------------------------------------------------------------------
@@ -756,7 +695,16 @@ def parse_commands(words: list[str]) -> list[argparse.Namespace]:
     for group in groups:
         if not _is_command(group[0]):
             raise CommandError(f"unknown command: '{group[0]}'")
-    parser = build_parser([group[0] for group in groups])
+    specs = command_specs([group[0] for group in groups])
+    quick = []
+    for group in groups:
+        args = parsing.quick_parse(specs[group[0]], group)
+        if args is None:
+            break
+        quick.append(args)
+    else:
+        return quick
+    parser = parsing.argparse_parser(specs.values(), _PARSERS)
     commands = []
     for group in groups:
         args, extra = parser.parse_known_args(group)
@@ -901,15 +849,20 @@ def process_main() -> int:
 
 def _main(argv: list[str] | None, collecting: bool) -> int:
     try:
-        opts = _global_parser().parse_args(argv)
-        commands = parse_commands(opts.words) if opts.words else None
+        argv = sys.argv[1:] if argv is None else argv
+        found = parsing.quick_global(argv)
+        if found is None:
+            opts = parsing.global_parser(asvirt.__version__).parse_args(argv)
+            found = opts.connect, opts.words
+        connect, words = found
+        commands = parse_commands(words) if words else None
     except CommandError as bad:
         print(f"error: {bad}", file=sys.stderr)
         return 1
     for args in commands or ():
-        args.connect = opts.connect
+        args.connect = connect
     try:
-        status = None if commands is None else run_one_shot(opts.connect, commands)
+        status = None if commands is None else run_one_shot(connect, commands)
         if status is not None:
             return status
         if collecting:
@@ -917,8 +870,8 @@ def _main(argv: list[str] | None, collecting: bool) -> int:
         import trio
 
         if commands is None:
-            return trio.run(shell, opts.connect)
-        return trio.run(run, opts.connect, commands)
+            return trio.run(shell, connect)
+        return trio.run(run, connect, commands)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

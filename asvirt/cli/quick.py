@@ -10,21 +10,24 @@ Commands that wait for events (``event``) use the full client instead.
 
 from __future__ import annotations
 
-import json
+import math
 import os
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import protocol
 from ..calls import ConnectionCalls
-from ..errors import InternalError, NoConnectError
-from ..rpc import wire
+from ..errors import InternalError, InvalidArgError, NoConnectError
+from ..rpc import values, wire
+from ..rpc.calls_table import CALLS
 from .vsh import ConnectFailed
 
+# Not typing's: a one-shot client does not import typing (nor what it imports: re,
+# contextlib...), mypy reads this name as typing's.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
+    from collections.abc import Callable, Coroutine
+    from typing import Any, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
 
 
 class QuickConnection(ConnectionCalls):
@@ -56,11 +59,16 @@ class QuickConnection(ConnectionCalls):
         return str(self._said_hello().get("hostname", ""))
 
     async def _call(self, method: str, /, **params: Any) -> Any:
-        c = protocol.lookup(method)
-        args, on_progress = protocol.encode_params(c, params)
-        self._owns = self._owns or c.client
+        # The declaration's table (generated: asvirt.rpc.calls_table), not the declaration.
+        entry = CALLS.get(method)
+        if entry is None:
+            raise InvalidArgError(f"no such call: {method!r}")
+        client, progress, result = entry
+        args, on_progress = values.encode_args(params, progress)
+        self._owns = self._owns or client
+        answer = self._request(method, args, on_progress)
         try:
-            return protocol.decode_result(c, self._request(method, args, on_progress))
+            return values.decoder(result)(answer, f"result of {method}")
         except ValueError as err:
             raise InternalError(f"the daemon answered '{method}' with {err}") from None
 
@@ -126,7 +134,7 @@ class QuickConnection(ConnectionCalls):
                 raise OSError(0, "the daemon closed the connection")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        value = json.loads(line)
+        value = _loads(line)
         return value if isinstance(value, dict) else {}
 
     def close(self) -> None:
@@ -144,7 +152,52 @@ class QuickConnection(ConnectionCalls):
 
 def _line(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
     msg = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    return "".join(_encoder()(msg, 0)).encode() + b"\n"
+
+
+# JSON through the json package's C accelerator (_json) itself: the package's Python half
+# compiles regular expressions at import (importing re) and costs a one-shot command more
+# than its requests. Lines from a daemon are compact JSON, as msgspec writes them.
+
+
+class _ScanContext:
+    """What _json's scanner reads of a json.JSONDecoder (json.loads' defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.__getitem__
+    memo: dict[str, str] = {}
+
+
+def _loads(line: bytes) -> Any:
+    """A line's JSON value (ValueError if it is not JSON)."""
+    import _json
+
+    text = line.decode().strip()
+    try:
+        value, end = _json.make_scanner(_ScanContext())(text, 0)  # type: ignore[arg-type]
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        raise ValueError(f"not a JSON value: {text[:64]!r}")
+    return value
+
+
+def _encoder() -> Callable[[object, int], list[str]]:
+    """json.dumps(separators=(",", ":"))'s C encoder, of the plain values that
+    :func:`asvirt.rpc.values.encode` makes."""
+    import _json
+
+    return _json.make_encoder(
+        None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+
+def _unencodable(value: object) -> object:
+    raise TypeError(f"cannot send a {type(value).__name__}")
 
 
 def _connect(path: str) -> _socket.socket:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -18,10 +18,8 @@ What virsh does, and so asvirt (libvirt's ``tools/vsh.c``):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-from collections.abc import Iterator
 
 import asvirt
 
@@ -50,16 +48,26 @@ class ConnectFailed(Exception):
         self.error = error
 
 
-@contextlib.contextmanager
-def failing(what: str) -> Iterator[None]:
+class failing:
     """Report an error raised inside as virsh does: ``error: WHAT``, then the error.
 
     ``with failing(f"Failed to resume domain '{dom.name}'"): await dom.resume()``
+
+    (A class, not a :func:`contextlib.contextmanager`: contextlib costs a one-shot command
+    more than its requests.)
     """
-    try:
-        yield
-    except asvirt.AsvirtError as err:
-        raise CommandFailed(what, err) from err
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, err: BaseException | None, tb: object) -> None:
+        if isinstance(err, asvirt.AsvirtError):
+            raise CommandFailed(self._what, err) from err
 
 
 #: libvirt's wording of an error it reports, by code (``virErrorMsg``, src/util/virerror.c):

@@ -10,12 +10,13 @@ everything under DIR, as an embed root does.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ..records import record
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
     from pathlib import Path
+
 
 # pathlib loads where a Path is made: a one-shot command-line client (which only needs the
 # socket's path) need not import it (nor the urllib.parse it imports).

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -172,6 +172,49 @@ class Node:
         """Replace the node's journal before anything is published (from :meth:`lifetime`)."""
         self.bus.use_journal(journal)
         self.journal = journal
+
+
+class DeferredDriver:
+    """A node's secondary driver (network, storage), made and loaded at its first use.
+
+    A root without a network (none defined, none running) has nothing for a network driver
+    to take up or autostart when the node opens, and likewise for pools: the driver is made
+    and loaded when something first needs it (a network or pool call, a domain started on a
+    network, a disk naming a pool's volume), so that an embedded one-shot command (``asvirt
+    -c qemu:///embed?root=DIR list``) does not import and load every driver. Until then
+    calls go through here; ``load`` makes the driver (and puts it in the node's place).
+    """
+
+    def __init__(self, load: Callable[[], Awaitable[Any]]) -> None:
+        self._load = load
+        self._driver: Any = None
+        self._lock = trio.Lock()
+
+    @property
+    def loaded(self) -> Any:
+        """The driver, if made (else None)."""
+        return self._driver
+
+    async def get(self) -> Any:
+        """The driver, made and loaded if it is not yet (once, whoever asks meanwhile)."""
+        async with self._lock:
+            if self._driver is None:
+                self._driver = await self._load()
+        return self._driver
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(await self.get(), name)(*args, **kwargs)
+
+        return call
+
+    def client_closed(self, client: object) -> None:
+        """A client left: nothing of its can be in a driver not made yet."""
+        if self._driver is not None:
+            self._driver.client_closed(client)
 
 
 @dataclasses.dataclass(eq=False)

@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
 from ..records import record
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
     import socket
+    from typing import Any, Protocol
+
+    class Incoming(Protocol):
+        """A message from a daemon, its parts left as JSON text until their reader decodes
+        them (a response's result is decoded to its call's type: see
+        ``protocol.decode_result_json``)."""
+
+        #: The request a response answers (None for a notification).
+        id: Any
+        #: A notification's method (None for a response).
+        method: Any
+        #: A notification's params: JSON text, bytes-like (``null`` if it had none).
+        params: Any
+        #: A response's result: JSON text, bytes-like (``null`` if it had none).
+        result: Any
+        #: A failed call's error object (None if it did not fail).
+        error: Any
+
 
 #: The protocol version a hello exchanges (bumped on incompatible changes).
 PROTOCOL_VERSION = 1
@@ -55,29 +73,14 @@ def decode(line: bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-class Incoming(Protocol):
-    """A message from a daemon, its parts left as JSON text until their reader decodes them
-    (a response's result is decoded to its call's type: see ``protocol.decode_result_json``).
-    """
-
-    #: The request a response answers (None for a notification).
-    id: Any
-    #: A notification's method (None for a response).
-    method: Any
-    #: A notification's params: JSON text, bytes-like (``null`` if it had none).
-    params: Any
-    #: A response's result: JSON text, bytes-like (``null`` if it had none).
-    result: Any
-    #: A failed call's error object (None if it did not fail).
-    error: Any
-
-
 @functools.cache
 def _incoming_decoder() -> tuple[Any, type[Exception]]:
+    from typing import Any
+
     import msgspec
 
-    # Made, not declared: this module's annotations are strings, and msgspec is imported
-    # here only.
+    # Made, not declared: this module's annotations are strings, and msgspec (and typing)
+    # are imported here only.
     null = msgspec.Raw(b"null")
     message = msgspec.defstruct(
         "Message",

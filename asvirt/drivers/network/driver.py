@@ -56,67 +56,15 @@ from ...events import EventBus, NetworkLifecycleEvent
 from ...log import get_logger
 from ..base import IPAddrType, NetworkDHCPLease
 from ..groups import unwrap_single_error
-from ..layout import NodeDirs
 from . import bridge, dnsmasq, firewall, leases, tap
 from .core import NetworkDriverCore, NetworkObj
 from .model import NetworkDef, fill_defaults, parse_network_xml
+from .paths import NetworkPaths
 
 log = get_logger("asvirt.network")
 
 STATE_FORMAT = 1
 STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkPaths(NodeDirs):
-    """Where a root keeps its networks (mirroring libvirt's layout): under the node's top
-    directories (``tops``, as :class:`~asvirt.drivers.qemu.paths.EmbedPaths` has them: all
-    under ``root`` for an embed root, the system's directories for ``asvirtd --system``)."""
-
-    @property
-    def config_dir(self) -> Path:
-        return self.top("etc") / "network"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.top("run") / "network"
-
-    @property
-    def lib_dir(self) -> Path:
-        return self.top("lib") / "network"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.top("log") / "network"
-
-    def config(self, name: str) -> Path:
-        return self.config_dir / f"{name}.xml"
-
-    def autostart(self, name: str) -> Path:
-        return self.config_dir / f"{name}.autostart"
-
-    def state(self, name: str) -> Path:
-        return self.run_dir / f"{name}.state"
-
-    def dnsmasq_conf(self, name: str) -> Path:
-        return self.run_dir / f"{name}.conf"
-
-    def pid(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid"
-
-    def lease_script(self, name: str) -> Path:
-        return self.run_dir / f"{name}.leasescript"
-
-    def leases(self, name: str) -> Path:
-        return self.lib_dir / f"{name}.leases"
-
-    def log(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def create(self) -> None:
-        # The top directories exist already (the node made them with its own).
-        for d in (self.config_dir, self.run_dir, self.lib_dir, self.log_dir):
-            fsutil.ensure_private_dir(d)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ import shlex
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -46,7 +47,7 @@ from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
 from ...hypervisor.guest_state import SnapshotTarget
-from ...hypervisor.node import Node, NodeLease, open_node
+from ...hypervisor.node import DeferredDriver, Node, NodeLease, open_node
 from ...hypervisor.saveimage import FileSink, ImageSink, open_image
 from ...hypervisor.snapshots import DiskOp
 from ...hypervisor.volumes import resolve_volumes, uses_volumes
@@ -62,9 +63,9 @@ from ..base import (
     SecurityModel,
 )
 from ..local import LocalDriver
-from ..network.driver import host_network_driver, plug_interfaces, unplug_interfaces
+from ..network.paths import NetworkPaths
 from ..secret import SecretDriver, SecretStore
-from ..storage.driver import DirStorageDriver
+from ..storage.paths import StoragePaths
 from . import helpers, process
 from .capabilities import (
     CapabilitiesCache,
@@ -87,6 +88,12 @@ from .security import DacSecurity, remove_socket_dir, resolve_identity
 from .stats import ImageSizes
 from .status import StatusRecord
 from .tls import TlsConfig
+
+if TYPE_CHECKING:
+    from ..interfaces import NetworkDriver, StorageDriver
+    from ..network.core import NetworkDriverCore
+    from ..network.driver import HostNetworkBackend
+    from ..storage.driver import DirStorageDriver
 
 log = get_logger("asvirt.qemu")
 
@@ -367,16 +374,18 @@ class QemuNode(Node):
         self.autostart = autostart
         self.backend = QemuBackend(self)
         self.set_domain_driver(DomainDriver(self.table, self.bus, self.backend))
-        # Networks create nothing until one is started (or marked autostart).
-        self._networks, self._network_backend = host_network_driver(
-            paths.root, config.network, self.bus, paths.tops
-        )
-        self.network = self._networks
-        self.dir_storage = DirStorageDriver(paths.root, config.storage, paths.tops)
-        self.storage = self.dir_storage
+        # The network and storage drivers are made when first needed, or at open if the root
+        # has a network or a pool (see DeferredDriver); networks create nothing until one is
+        # started (or marked autostart).
+        self._network_paths = NetworkPaths(paths.root, paths.tops)
+        self._storage_paths = StoragePaths(paths.root, paths.tops)
+        self._networks = DeferredDriver(self._load_networks)
+        self._pools = DeferredDriver(self._load_pools)
+        self._network_backend: HostNetworkBackend | None = None
+        self.network = cast("NetworkDriver", self._networks)
+        self.storage = cast("StorageDriver", self._pools)
         self.secret_driver = SecretDriver(self.bus, SecretStore(paths.root, paths.tops))
         self.secrets = self.secret_driver
-        self.dir_storage.secrets = self.secret_driver
         self._host: MonitorHost | None = None
         self._caps: CapabilitiesCache | None = None
         #: Who QEMU runs as, and the files given to that user (set up in lifetime()).
@@ -426,10 +435,14 @@ class QemuNode(Node):
         """Read persistent configs, then find every QEMU a previous process left: adopt those
         that ran, end those whose start never completed or that no status file names.
 
-        Networks come first: re-attached, cleaned up or autostarted before any domain."""
-        await self._network_backend.load(self._networks, self.nursery)
+        Networks come first: re-attached, cleaned up or autostarted before any domain (the
+        network and storage drivers are loaded here if the root has a network or a pool,
+        else when first needed)."""
+        if self._network_paths.in_use():
+            await self._networks.get()
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
-        await self.dir_storage.load()  # pools first: domains may name their volumes
+        if self._storage_paths.in_use():
+            await self._pools.get()  # pools first: domains may name their volumes
         await self.secret_driver.load()  # before domains: their disks and TPMs name secrets
         for path in sorted(self.paths.config_dir.glob("*.xml")):
             try:
@@ -495,6 +508,26 @@ class QemuNode(Node):
         await trio.to_thread.run_sync(helpers.sweep_orphans, self.paths, alive)
         if self.autostart and first_open_since_boot(self.paths.run_dir / "autostarted"):
             await self.domains.autostart_all()
+
+    async def _load_networks(self) -> NetworkDriverCore:
+        from ..network.driver import host_network_driver
+
+        core, backend = host_network_driver(
+            self.paths.root, self.config.network, self.bus, self.paths.tops
+        )
+        await backend.load(core, self.nursery)
+        self._network_backend = backend
+        self.network = core
+        return core
+
+    async def _load_pools(self) -> DirStorageDriver:
+        from ..storage.driver import DirStorageDriver
+
+        driver = DirStorageDriver(self.paths.root, self.config.storage, self.paths.tops)
+        driver.secrets = self.secret_driver
+        await driver.load()
+        self.storage = driver
+        return driver
 
     async def _reattach(self, record: StatusRecord, told: DomainEvent | None) -> None:
         obj = self.table.find(record.uuid)
@@ -602,7 +635,8 @@ class QemuNode(Node):
             # Nothing runs that could use a socket there, nor will until the root is opened
             # again (which makes the directory anew): it would stay in /tmp for good.
             self.paths.remove_socket_dir()
-        await self._network_backend.shutdown(self._networks)
+        if self._network_backend is not None:
+            await self._network_backend.shutdown(self._networks.loaded)
 
     # -- what runners and the backend need -----------------------------------------------------
 
@@ -624,7 +658,7 @@ class QemuNode(Node):
             capabilities_for=self.capabilities_for,
             security=self.security,
             plug_interfaces=self._plug_interfaces,
-            unplug_interfaces=unplug_interfaces,
+            unplug_interfaces=_unplug_interfaces,
             monitor_counters=self.monitor_counters,
             secret_value=self.secret_driver.secret_value,
         )
@@ -633,7 +667,16 @@ class QemuNode(Node):
         return self.monitor_counters.timeouts
 
     async def _plug_interfaces(self, defn: DomainDef) -> dict[str, list[int]]:
-        return await plug_interfaces(defn, self._networks)
+        from ..network.driver import plug_interfaces
+
+        on_network = any(nic.type == "network" for nic in defn.interfaces)
+        return await plug_interfaces(defn, await self._networks.get() if on_network else None)
+
+
+def _unplug_interfaces(defn: DomainDef) -> None:
+    from ..network.driver import unplug_interfaces
+
+    unplug_interfaces(defn)
 
 
 @contextlib.asynccontextmanager

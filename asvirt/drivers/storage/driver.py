@@ -36,7 +36,7 @@ import os
 import posixpath
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -55,13 +55,16 @@ from ...errors import (
 )
 from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
-from ..base import ProgressCallback, SecretDriver, SecretUsageType
-from ..layout import NodeDirs
+from ..base import ProgressCallback, SecretUsageType
 from ..secret import secret_pipes
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
+from .paths import StoragePaths
 from .pool import DEFAULT_VOL_MODE, PoolDef, PoolObj, PoolTable, VolDef, parse_pool_xml
+
+if TYPE_CHECKING:
+    from ..interfaces import SecretDriver
 
 log = get_logger("asvirt.storage")
 
@@ -69,54 +72,6 @@ T = TypeVar("T")
 
 #: The volume formats a dir pool creates and changes (others are listed, not changed).
 FORMATS = ("raw", "qcow2")
-
-
-@dataclasses.dataclass(frozen=True)
-class StoragePaths(NodeDirs):
-    """Where a node's storage driver keeps its files (see the module's description)."""
-
-    @property
-    def config_dir(self) -> Path:
-        return self.top("etc") / "storage"
-
-    @property
-    def autostart_dir(self) -> Path:
-        return self.config_dir / "autostart"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.top("run") / "storage"
-
-    @property
-    def lib_dir(self) -> Path:
-        return self.top("lib") / "storage"
-
-    def config(self, name: str) -> Path:
-        return self.config_dir / f"{name}.xml"
-
-    def autostart(self, name: str) -> Path:
-        return self.autostart_dir / name
-
-    def state(self, name: str) -> Path:
-        return self.state_dir / f"{name}.xml"
-
-    def volumes(self, name: str) -> Path:
-        return self.lib_dir / f"{name}.volumes.json"
-
-    def reserved(self) -> list[str]:
-        """Directories no pool may be (or be inside): the node's own files. (A pool may be
-        elsewhere under the root or its lib directory, ``ROOT/images`` or
-        ``/var/lib/asvirt/images`` say, but not the root itself.)"""
-        lib = self.top("lib")
-        return [
-            *(str(self.top(name)) for name in ("etc", "run", "log", "cache")),
-            *(str(lib / name) for name in ("events", "qemu", "network", "storage")),
-        ]
-
-    def create(self) -> None:
-        # The top directories exist already (the node made them with its own).
-        for d in (self.config_dir, self.autostart_dir, self.state_dir, self.lib_dir):
-            fsutil.ensure_private_dir(d)
 
 
 @dataclasses.dataclass
