@@ -594,6 +594,8 @@ NIC_TYPES = (
 )
 #: The NIC types QEMU gets a tap (or macvtap) for.
 TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
+#: ``<interface><driver name=...>``: the kernel's vhost-net, or QEMU's own packet path.
+NIC_DRIVER_NAMES = ("qemu", "vhost")
 #: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
 DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
@@ -640,6 +642,10 @@ class Interface(DeviceBase):
     #: ``<driver queues=N>``: virtio queue pairs (multiqueue) of a vhost-user NIC, or of a
     #: tap or macvtap one (opened once per queue).
     queues: int | None = None
+    #: ``<driver name=...>``: ``vhost`` demands the kernel's vhost-net for a virtio NIC on a
+    #: tap or macvtap, ``qemu`` keeps the packets in QEMU; None: vhost-net where the host
+    #: has it (libvirt's default).
+    driver_name: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -668,8 +674,7 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
-        if self.queues is not None:
-            el.add("driver", {"queues": self.queues})
+        el.add_if("driver", {"name": self.driver_name, "queues": self.queues})
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
@@ -745,8 +750,15 @@ def parse_interface(node: Node) -> Interface:
         model.finish()
     drv = node.child("driver")
     if drv is not None:
+        nic.driver_name = drv.choice("name", NIC_DRIVER_NAMES)
         nic.queues = drv.integer("queues", minimum=1, maximum=1024)
         drv.finish()
+        if nic.driver_name == "vhost" and kind not in TAP_NIC_TYPES:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: <driver name='vhost'> of <interface type='{kind}'>"
+                ": QEMU's vhost-net serves tap and macvtap backends only (network, bridge, "
+                "ethernet and direct interfaces)"
+            )
         if nic.queues is not None and kind not in (*TAP_NIC_TYPES, "vhostuser"):
             raise ConfigUnsupportedError(
                 f"unsupported configuration: <driver queues=...> of <interface type='{kind}'>: "

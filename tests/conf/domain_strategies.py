@@ -457,7 +457,9 @@ def host_backed_devices(draw: st.DrawFn) -> str:
     for i in range(draw(st.integers(0, 2))):
         model = draw(st.sampled_from(["", "<model type='virtio'/>", "<model type='e1000'/>"]))
         if "virtio" in model and draw(st.booleans()):
-            model += f"<driver queues='{draw(st.integers(1, 8))}'/>"  # multiqueue
+            # multiqueue; vhost-net demanded, refused, or the host's choice
+            name = draw(st.sampled_from(["", " name='vhost'", " name='qemu'"]))
+            model += f"<driver{name} queues='{draw(st.integers(1, 8))}'/>"
         if draw(st.booleans()):
             managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
             target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""

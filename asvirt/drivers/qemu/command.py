@@ -82,6 +82,7 @@ def build_command(
     runtime_dir: str | None = None,
     sandbox: bool = True,
     tap_fds: dict[str, list[int]] | None = None,
+    vhost_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
@@ -95,7 +96,9 @@ def build_command(
     ``ethernet``, ``direct``) to the descriptors of the tap made for it, one per queue,
     passed to QEMU as libvirt does (``-netdev tap,fd=N``, or ``fds=N:M:...`` for a
     multiqueue one); without them, QEMU is asked to create the tap itself (what
-    ``domxml-to-native`` shows).
+    ``domxml-to-native`` shows). ``vhost_fds`` maps the alias of such an interface to the
+    ``/dev/vhost-net`` descriptors opened for it (:mod:`.vhostnet`), one per queue, passed
+    as libvirt passes them (``vhost=on,vhostfd=N`` or ``vhostfds=N:M:...``).
     ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
@@ -113,7 +116,7 @@ def build_command(
     if runtime_dir is not None and _needs_runtime_paths(defn):
         defn = defn.copy()
         fill_runtime_paths(defn, runtime_dir)
-    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds)
+    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, vhost_fds=vhost_fds)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
     return builder.build(monitor)
@@ -213,13 +216,14 @@ def netdev_id(nic: Interface, index: int | None = None) -> str:
     return f"hostnet{index}"
 
 
-def tap_fds_arg(fds: Sequence[int | str]) -> tuple[str, str]:
+def tap_fds_arg(fds: Sequence[int | str], key: str = "fd") -> tuple[str, str]:
     """How ``-netdev tap`` (and ``netdev_add``) is given a tap's descriptors: ``fd`` for one,
     ``fds`` (``N:M:...``) for a multiqueue tap, a descriptor per queue pair, as libvirt
-    passes them. Descriptors are numbers on the command line, ``getfd`` names over QMP."""
+    passes them; ``key='vhostfd'``: vhost-net's, ``vhostfd``/``vhostfds`` likewise.
+    Descriptors are numbers on the command line, ``getfd`` names over QMP."""
     if len(fds) == 1:
-        return "fd", str(fds[0])
-    return "fds", ":".join(str(fd) for fd in fds)
+        return key, str(fds[0])
+    return f"{key}s", ":".join(str(fd) for fd in fds)
 
 
 def disk_hotplug(
@@ -307,9 +311,11 @@ class _Builder:
         *,
         sandbox: bool,
         tap_fds: dict[str, list[int]] | None = None,
+        vhost_fds: dict[str, list[int]] | None = None,
     ) -> None:
         self.d = d
         self.tap_fds = tap_fds or {}
+        self.vhost_fds = vhost_fds or {}
         self.caps = caps
         self.sandbox = sandbox
         self.argv: list[str] = []
@@ -865,15 +871,25 @@ class _Builder:
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fds:
                 key, value = tap_fds_arg(fds)
-                self.add("-netdev", f"tap,{key}={value},id={netdev}")
+                self.add("-netdev", f"tap,{key}={value}{self._vhost(nic)},id={netdev}")
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
                 queues = f",queues={nic.queues}" if (nic.queues or 1) > 1 else ""
                 self.add(
                     "-netdev",
-                    f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}",
+                    f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}"
+                    f"{self._vhost(nic)}",
                 )
             self.device(self.interface_device(nic, netdev))
+
+    def _vhost(self, nic: Interface) -> str:
+        """A tap netdev's vhost-net options: the descriptors a start opened for it, or, shown
+        without them (domxml-to-native), ``vhost=on`` where the XML demands it."""
+        fds = self.vhost_fds.get(nic.alias or "")
+        if fds:
+            key, value = tap_fds_arg(fds, "vhostfd")
+            return f",vhost=on,{key}={value}"
+        return ",vhost=on" if nic.driver_name == "vhost" else ""
 
     def interface_device(self, nic: Interface, netdev: str) -> dict[str, Any]:
         props: dict[str, Any] = {

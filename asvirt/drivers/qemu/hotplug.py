@@ -6,7 +6,8 @@ model, MAC, drive or PCI address, alias), in the context of the definition it jo
 line builder's own ``-blockdev`` nodes and ``-device`` properties
 (:func:`~.command.disk_hotplug`, :func:`~.command.interface_hotplug`): ``blockdev-add``
 then ``device_add`` for a disk; a tap (or macvtap) made as at start, its
-descriptors (one per queue) handed over with ``getfd``, ``netdev_add`` then ``device_add``
+descriptors (one per queue, and vhost-net's: :mod:`.vhostnet`) handed over with ``getfd``,
+``netdev_add`` then ``device_add``
 for an interface; a ``direct`` NIC's macvtap, which outlives them, is removed when it goes.
 
 Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe hotplug
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -55,6 +55,7 @@ from .command import (
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
+from .vhostnet import close_all, open_vhost_net
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -327,6 +328,7 @@ class HotplugOps:
         netdev = netdev_id(nic)
         args: dict[str, Any] = {"id": netdev}
         fds: list[int] = []
+        vhost_fds: list[int] = []
         # The new NIC alone: what its plugging makes on the host, and a failure removes.
         alone = prepared.copy()
         alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
@@ -342,27 +344,36 @@ class HotplugOps:
                 raise OperationUnsupportedError(
                     f"interfaces of type '{nic.type}' cannot be plugged on this node"
                 )
-            # Made as at start (a tap, or a macvtap, opened once per queue).
-            fds = (await plug(alone))[nic.alias or ""]
+            # vhost-net first (a refusal makes nothing), then the tap or macvtap, opened
+            # once per queue, as at start.
+            vhost_fds = open_vhost_net(nic)
+            try:
+                fds = (await plug(alone))[nic.alias or ""]
+            except BaseException:
+                close_all(vhost_fds)
+                raise
             plugged = alone.interfaces[0]
             nic.target_dev, nic.source_bridge = plugged.target_dev, plugged.source_bridge
         names = [f"asvirt-tap{next(_fd_names)}" for _ in fds]
+        vhost_names = [f"asvirt-vhost{next(_fd_names)}" for _ in vhost_fds]
         sent: list[str] = []
         try:
             try:
                 if nic.type == "direct":
                     self._record_outliving(nic)
-                for fd, name in zip(fds, names, strict=True):
+                for fd, name in zip([*fds, *vhost_fds], [*names, *vhost_names], strict=True):
                     # The tap exists while a descriptor is open: ours until QEMU has its own.
                     await self.send_fd(fd, name)
                     sent.append(name)
                 if fds:
                     key, value = tap_fds_arg(names)
                     args.update(type="tap", **{key: value})
+                if vhost_names:
+                    key, value = tap_fds_arg(vhost_names, "vhostfd")
+                    args.update(vhost=True, **{key: value})
                 await self.execute("netdev_add", args)
             finally:
-                for fd in fds:
-                    os.close(fd)
+                close_all([*fds, *vhost_fds])
         except BaseException:
             with trio.CancelScope(shield=True):
                 # netdev_add takes the descriptors it names; a failed one leaves them with

@@ -65,7 +65,7 @@ from ...hypervisor.stats import GroupBits, PendingSample, ReadySample, RuntimeSa
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from ..groups import unwrap_single_error
-from . import membacking, process, tuning
+from . import membacking, process, tuning, vhostnet
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -592,17 +592,23 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
+        # vhost-net before them: a start it must refuse makes no tap.
+        vhost_fds = vhostnet.open_all(self._live_def)
         tap_fds: dict[str, list[int]] = {}
-        if self._env.plug_interfaces is not None:
-            tap_fds = await self._env.plug_interfaces(self._live_def)
         try:
-            await self._spawn(caps, tap_fds)
+            if self._env.plug_interfaces is not None:
+                tap_fds = await self._env.plug_interfaces(self._live_def)
+            await self._spawn(caps, tap_fds, vhost_fds)
         finally:
-            for queue_fds in tap_fds.values():
-                for fd in queue_fds:
-                    os.close(fd)
+            for fds in (*tap_fds.values(), *vhost_fds.values()):
+                vhostnet.close_all(fds)
 
-    async def _spawn(self, caps: QemuCapabilities, tap_fds: dict[str, list[int]]) -> None:
+    async def _spawn(
+        self,
+        caps: QemuCapabilities,
+        tap_fds: dict[str, list[int]],
+        vhost_fds: dict[str, list[int]],
+    ) -> None:
         paths = self._env.paths
         name = self._name
         monitor_path = paths.monitor(self._uuid)
@@ -637,6 +643,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
+                vhost_fds=vhost_fds,
                 memory_dir=memory_dir,
             )
             passed: tuple[int, ...] = ()
@@ -666,7 +673,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                     log_fd=log_fd,
                     pass_fds=(
                         listener.fileno(),
-                        *(fd for queue_fds in tap_fds.values() for fd in queue_fds),
+                        *(fd for fds in (*tap_fds.values(), *vhost_fds.values()) for fd in fds),
                         *passed,
                     ),
                     env={process.ROOT_ENV: str(paths.root), **display_env(self._live_def)},
