@@ -7,7 +7,7 @@ line builder's own ``-blockdev`` nodes and ``-device`` properties
 (:func:`~.command.disk_hotplug`, :func:`~.command.interface_hotplug`): ``blockdev-add``
 then ``device_add`` for a disk; a tap (or macvtap) made as at start, its
 descriptors (one per queue, and vhost-net's: :mod:`.vhostnet`) handed over with ``getfd``,
-``netdev_add`` then ``device_add``
+``netdev_add`` then ``device_add`` (a vhost-user one: ``chardev-add`` of its socket first)
 for an interface; a ``direct`` NIC's macvtap, which outlives them, is removed when it goes.
 
 Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe hotplug
@@ -52,6 +52,7 @@ from .command import (
     tap_fds_arg,
     usb_input_hotplug,
 )
+from .command_extra import vhost_user_chardev_id, vhost_user_hotplug
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
@@ -244,8 +245,12 @@ class HotplugOps:
         # The domain's own confinement (none under its own static or 'none' DAC label): a
         # plugged disk is given to whom its cold-plugged disks were, or to nobody.
         security = self._security()
+        # A vhost-user NIC's socket is a file QEMU's user must reach, as a disk's image is.
+        has_files = isinstance(new, Disk) or (
+            isinstance(new, Interface) and new.type == "vhostuser"
+        )
         try:
-            if security is not None and isinstance(new, Disk):
+            if security is not None and has_files:
                 security.prepare(self._uuid, prepared, prepared.emulator or caps.binary)
                 self._persist_status(durable=True)  # names the file before it is given
                 security.apply(self._uuid)
@@ -256,8 +261,8 @@ class HotplugOps:
             else:
                 await self._plug_interface(prepared, caps, new)
         except BaseException:
-            if security is not None and isinstance(new, Disk):
-                self._retain_files()  # the new disk's file goes back to its owner
+            if security is not None and has_files:
+                self._retain_files()  # the new device's file goes back to its owner
             raise
         insert_device(self._live_def, new)
         if new.alias:
@@ -334,6 +339,9 @@ class HotplugOps:
         alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
         if nic.type == "user":
             args["type"] = "user"
+        elif nic.type == "vhostuser":
+            await self._plug_vhost_user(prepared, caps, nic)
+            return
         elif nic.type not in TAP_NIC_TYPES:
             raise OperationUnsupportedError(
                 f"interfaces of type '{nic.type}' are plugged at start only, not while running"
@@ -392,6 +400,30 @@ class HotplugOps:
                 await self._remove_host_side(alone)
                 if nic.type == "direct":
                     self._save_status(durable=True)
+            raise
+
+    async def _plug_vhost_user(
+        self, prepared: DomainDef, caps: QemuCapabilities, nic: Interface
+    ) -> None:
+        """``chardev-add`` (the backend's socket), ``netdev_add``, ``device_add``, as libvirt
+        plugs a vhost-user NIC; each step undone if a later one fails. The netdev comes up
+        once the vhost-user handshake with the backend is done: with QEMU as the server
+        (``mode='server'``), QEMU waits for the backend to connect, as at start."""
+        netdev = netdev_id(nic)
+        chardev, net = vhost_user_hotplug(nic, netdev, caps)
+        await self.execute("chardev-add", chardev)
+        try:
+            await self.execute("netdev_add", net)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly("chardev-remove", {"id": chardev["id"]})
+            raise
+        try:
+            await self.execute("device_add", interface_hotplug(prepared, caps, nic))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly("netdev_del", {"id": netdev})
+                await self._quietly("chardev-remove", {"id": chardev["id"]})
             raise
 
     def _record_outliving(self, nic: Interface) -> None:
@@ -475,6 +507,9 @@ class HotplugOps:
                 await self._del_disk_backend(disk)
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
+                if nic.type == "vhostuser":
+                    await self._quietly("chardev-remove", {"id": vhost_user_chardev_id(nic)})
+                    self._retain_files()  # its socket, given to QEMU's user
                 gone_def = live.copy()
                 gone_def.interfaces = [nic]
                 await self._remove_host_side(gone_def)
