@@ -924,6 +924,7 @@ class Chardev(DeviceBase):
         "parallel": (),
         "console": ("serial", "virtio"),
         "channel": ("virtio", "guestfwd"),
+        "redirdev": (),
     }
 
     def is_compat_console(self, serials: list[Chardev]) -> bool:
@@ -936,6 +937,24 @@ class Chardev(DeviceBase):
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(self.kind, {"type": self.type})
+        self.format_source(el, live)
+        target = el.add(
+            "target",
+            {
+                "type": self.target_type,
+                "name": self.target_name,
+                "state": self.target_state,
+                "address": self.target_address,
+                "port": self.target_port,
+            },
+        )
+        if self.target_model is not None:
+            target.add("model", {"name": self.target_model})
+        self._format_tail(el, live)
+
+    def format_source(self, el: XElem, live: bool) -> None:
+        """The host side's elements (``<source>``, ``<protocol>``, ``<log>``) into ``el``: a
+        character device's, or a USB redirection's (:class:`~.extdevices.Redirdev`)."""
         if self.type == "pty":
             if live and self.source_path:
                 el.set("tty", self.source_path)
@@ -962,19 +981,6 @@ class Chardev(DeviceBase):
             )
             el.add("source", {"mode": "connect", "host": self.host, "service": self.service})
         el.add_if("log", {"file": self.log_file, "append": self.log_append})
-        target = el.add(
-            "target",
-            {
-                "type": self.target_type,
-                "name": self.target_name,
-                "state": self.target_state,
-                "address": self.target_address,
-                "port": self.target_port,
-            },
-        )
-        if self.target_model is not None:
-            target.add("model", {"name": self.target_model})
-        self._format_tail(el, live)
 
 
 def parse_chardev(node: Node, kind: str) -> Chardev:
@@ -1073,6 +1079,7 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
     allowed: tuple[type, ...] = {
         "serial": (PCIAddress, USBAddress),
         "parallel": (ISAAddress,),
+        "redirdev": (USBAddress,),
     }.get(kind, (VirtioSerialAddress,))
     chr_.address = parse_address(node, allowed)
     node.finish()

@@ -10,8 +10,12 @@ tests/test_network_host.py and tests/test_qemu_more_devices.py).
 from __future__ import annotations
 
 import os
+import socket
+import struct
+from pathlib import Path
 
 import pytest
+from qemu_launch import launch_paused, launched_peripherals
 
 from asvirt.conf.devices import Interface
 from asvirt.conf.domain import parse_domain_xml
@@ -101,3 +105,80 @@ def test_vhost_net_opened_per_queue_or_refused_when_absent(caps: Caps) -> None:
         assert all(os.readlink(f"/proc/self/fd/{fd}") == vhostnet.VHOST_NET for fd in fds)
     finally:
         vhostnet.close_all(fds)
+
+
+# -- USB redirection over a chardev --------------------------------------------------------------
+
+#: usbredir's packet header (type, length, id: little-endian u32s) and its hello's version.
+_USBREDIR_HELLO = 0
+_USBREDIR_VERSION_LEN = 64
+
+
+def _usbredir_hello(conn: socket.socket) -> bytes:
+    """The first packet a usbredir peer sent on ``conn`` (QEMU's usb-redir speaks first):
+    checked to be a hello; returns its version string."""
+    conn.settimeout(10)
+    data = b""
+    while len(data) < 12:
+        chunk = conn.recv(4096)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    kind, length, ident = struct.unpack("<III", data[:12])
+    assert (kind, ident) == (_USBREDIR_HELLO, 0)
+    assert length >= _USBREDIR_VERSION_LEN + 4  # the version, then the capability words
+    while len(data) < 12 + _USBREDIR_VERSION_LEN:
+        data += conn.recv(4096)
+    return data[12 : 12 + _USBREDIR_VERSION_LEN].split(b"\0", 1)[0]
+
+
+def test_redirdev_over_tcp_reaches_a_usbredir_peer(caps: Caps, tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        xml = dom(
+            "<controller type='usb' model='qemu-xhci'/>"
+            "<redirdev bus='usb' type='tcp'><source mode='connect' host='127.0.0.1' "
+            f"service='{port}'/><protocol type='raw'/><boot order='1'/></redirdev>"
+        )
+        out = dumpxml_roundtrip(caps, xml)
+        assert (
+            "<redirdev bus='usb' type='tcp'><source mode='connect' host='127.0.0.1' "
+            f"service='{port}'/><protocol type='raw'/>"
+        ) in out.replace("\n", "").replace("  ", "")
+        argv = argv_of(caps, xml, tmp_path)
+        # As libvirt: the chardev charredir0 (reconnecting, as asvirt's connecting sockets
+        # do), and usb-redir on it.
+        assert f"socket,id=charredir0,host=127.0.0.1,port={port},reconnect=1" in opts(
+            argv, "-chardev"
+        )
+        redir = device(argv, "redir0")
+        assert (redir["driver"], redir["chardev"], redir["bootindex"]) == (
+            "usb-redir",
+            "charredir0",
+            1,
+        )
+        # QEMU connects at start; usb-redir says hello (usbredir's guest side speaks first)
+        # once the VM runs, when it flushes what it queued.
+        got = launch_paused(argv, tmp_path, extra={"cont": {}})
+        assert "redir0" in got.qom["/machine/peripheral"]
+        conn, _ = listener.accept()
+        with conn:
+            assert _usbredir_hello(conn).startswith(b"qemu usb-redir guest")
+
+
+def test_redirdev_over_a_unix_socket_and_what_is_refused(caps: Caps, tmp_path: Path) -> None:
+    path = tmp_path / "redir.sock"
+    xml = dom(f"<redirdev bus='usb' type='unix'><source mode='bind' path='{path}'/></redirdev>")
+    assert f"<source mode='bind' path='{path}'/>" in dumpxml_roundtrip(caps, xml)
+    argv = argv_of(caps, xml, tmp_path)
+    assert f"socket,id=charredir0,path={path},server=on,wait=off" in opts(argv, "-chardev")
+    assert "redir0" in launched_peripherals(argv, tmp_path)
+    # No SPICE needed but for spicevmc; a unix redirection needs its socket's path; a type
+    # no chardev has is refused naming the ones there are.
+    with pytest.raises(ConfigUnsupportedError, match="needs <graphics type='spice'>"):
+        argv_of(caps, dom("<redirdev bus='usb' type='spicevmc'/>"))
+    with pytest.raises(XMLError, match="needs a <source path"):
+        argv_of(caps, dom("<redirdev bus='usb' type='unix'/>"))
+    with pytest.raises(ConfigUnsupportedError, match="spicevmc"):
+        argv_of(caps, dom("<redirdev bus='usb' type='bogus'/>"))
