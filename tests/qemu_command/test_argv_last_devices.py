@@ -182,3 +182,22 @@ def test_redirdev_over_a_unix_socket_and_what_is_refused(caps: Caps, tmp_path: P
         argv_of(caps, dom("<redirdev bus='usb' type='unix'/>"))
     with pytest.raises(ConfigUnsupportedError, match="spicevmc"):
         argv_of(caps, dom("<redirdev bus='usb' type='bogus'/>"))
+
+
+# -- automatic NUMA placement --------------------------------------------------------------------
+
+
+def test_automatic_numa_placement_xml(caps: Caps) -> None:
+    # The start asks numad (tests/test_qemu_tuning.py); the XML says auto, as libvirt's.
+    xml = dom().replace("</memory>", "</memory><vcpu placement='auto' cpuset='0'>2</vcpu>")
+    out = dumpxml_roundtrip(caps, xml)
+    assert "<vcpu placement='auto'>2</vcpu>" in out  # the cpuset is ignored, as in libvirt
+    assert "<memory mode='strict' placement='auto'/>" in out  # memory follows the vCPUs
+    # Shown without numad's advice (domxml-to-native): no host nodes yet.
+    assert "host-nodes" not in " ".join(opts(argv_of(caps, xml), "-object"))
+    mem_only = dom(body="<numatune><memory mode='interleave' placement='auto'/></numatune>")
+    out = dumpxml_roundtrip(caps, mem_only)
+    assert "<memory mode='interleave' placement='auto'/>" in out
+    assert "<vcpu placement='static'>" in out
+    with pytest.raises(XMLError, match="must not be given with placement='auto'"):
+        argv_of(caps, mem_only.replace("placement='auto'", "placement='auto' nodeset='0'"))

@@ -65,7 +65,7 @@ from ...hypervisor.stats import GroupBits, PendingSample, ReadySample, RuntimeSa
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from ..groups import unwrap_single_error
-from . import membacking, process, tuning, vhostnet
+from . import membacking, numad, process, tuning, vhostnet
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -582,6 +582,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 "disk source missing at start; dropped per its startupPolicy", disk=target
             )
         membacking.check_hugepages(self._live_def)
+        # placement='auto': where numad advises (refused here, before anything exists,
+        # on a host without numad).
+        await numad.place(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect.
         fill_runtime_paths(self._live_def, str(socket_dir))
