@@ -1438,10 +1438,21 @@ class Video(DeviceBase):
     heads: int | None = None
     primary: bool | None = None
     blob: str | None = None
+    #: ``<model><acceleration accel3d= accel2d= rendernode=>``.
+    accel3d: bool | None = None
+    accel2d: bool | None = None
+    rendernode: str | None = None
+    #: ``<model><resolution x= y=>``: the display's preferred size (EDID), in pixels.
+    resolution: tuple[int, int] | None = None
+    #: ``<driver name=...>``: ``qemu`` (QEMU draws) or ``vhostuser`` (a vhost-user-gpu).
+    driver_name: str | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("video")
-        el.add(
+        el.add_if("driver", {"name": self.driver_name, **self.virtio})
+        model = el.add(
             "model",
             {
                 "type": self.model,
@@ -1454,6 +1465,12 @@ class Video(DeviceBase):
                 "blob": self.blob,
             },
         )
+        model.add_if(
+            "acceleration",
+            {"accel3d": self.accel3d, "accel2d": self.accel2d, "rendernode": self.rendernode},
+        )
+        if self.resolution is not None:
+            model.add("resolution", {"x": self.resolution[0], "y": self.resolution[1]})
         self._format_tail(el, live)
 
 
@@ -1469,10 +1486,33 @@ def parse_video(node: Node) -> Video:
         video.heads = model.integer("heads", minimum=1, maximum=16)
         video.primary = model.yesno("primary")
         video.blob = model.onoff("blob")
+        accel = model.child("acceleration")
+        if accel is not None:
+            video.accel3d = accel.yesno("accel3d")
+            video.accel2d = accel.yesno("accel2d")
+            video.rendernode = accel.attr("rendernode")
+            if video.rendernode is not None and not video.rendernode.startswith("/"):
+                raise XMLError(f"render node '{video.rendernode}' must be an absolute path")
+            accel.finish()
+        res = model.child("resolution")
+        if res is not None:
+            x = res.integer("x", minimum=1, maximum=1 << 16)
+            y = res.integer("y", minimum=1, maximum=1 << 16)
+            if x is None or y is None:
+                raise XMLError(f"{res.where} needs x and y")
+            video.resolution = (x, y)
+            res.finish()
         model.finish()
-    node.ignore("driver")
-    if node.child("driver") is not None:
-        raise node.unsupported("<driver> of <video>")
+    drv = node.child("driver")
+    if drv is not None:
+        video.driver_name = drv.choice("name", ("qemu", "vhostuser"))
+        if drv.attr("vgaconf") is not None:
+            raise drv.unsupported("vgaconf= (bhyve's VGA setting: QEMU has no such switch)")
+        for name in VIRTIO_OPTIONS:
+            value = drv.onoff(name)
+            if value is not None:
+                video.virtio[name] = value
+        drv.finish()
     _parse_alias(node, video)
     video.address = parse_address(node, (PCIAddress,))
     node.finish()

@@ -201,3 +201,59 @@ def test_automatic_numa_placement_xml(caps: Caps) -> None:
     assert "<vcpu placement='static'>" in out
     with pytest.raises(XMLError, match="must not be given with placement='auto'"):
         argv_of(caps, mem_only.replace("placement='auto'", "placement='auto' nodeset='0'"))
+
+
+# -- video drivers -------------------------------------------------------------------------------
+
+
+def test_virtio_video_driver_options_and_resolution(caps: Caps, tmp_path: Path) -> None:
+    xml = dom(
+        "<graphics type='vnc' port='-1'/><video><driver name='qemu' ats='on' packed='on' "
+        "page_per_vq='on'/><model type='virtio' heads='1' primary='yes'>"
+        "<resolution x='1024' y='768'/></model></video>"
+    )
+    out = dumpxml_roundtrip(caps, xml)
+    assert "<driver name='qemu' ats='on' packed='on' page_per_vq='on'/>" in out
+    assert "<resolution x='1024' y='768'/>" in out
+    argv = argv_of(caps, xml, tmp_path)
+    video = device(argv, "video0")
+    assert video["driver"] == "virtio-vga"
+    assert (video["ats"], video["packed"], video["page-per-vq"]) == (True, True, True)
+    assert (video["xres"], video["yres"]) == (1024, 768)
+    got = launch_paused(
+        argv,
+        tmp_path,
+        extra={"qom-get": {"path": "/machine/peripheral/video0", "property": "xres"}},
+    )
+    assert got.extra["qom-get"] == 1024
+    iommu = xml.replace("ats='on'", "iommu='on'")
+    assert device(argv_of(caps, iommu), "video0")["iommu_platform"] is True
+    # The other models QEMU gives a resolution to.
+    for model, driver in (("vga", "VGA"), ("bochs", "bochs-display"), ("qxl", "qxl-vga")):
+        other = dom(f"<video><model type='{model}'><resolution x='800' y='600'/></model></video>")
+        props = device(argv_of(caps, other, tmp_path), "video0")
+        assert (props["driver"], props["xres"], props["yres"]) == (driver, 800, 600)
+
+
+def test_virgl_video_and_what_qemu_cannot_do(caps: Caps) -> None:
+    gl = "<graphics type='egl-headless'/>"
+    accel = "<video><model type='virtio'><acceleration accel3d='yes'/></model></video>"
+    xml = dom(gl + accel)
+    assert "<acceleration accel3d='yes'/>" in dumpxml_roundtrip(caps, xml)
+    # As libvirt: the virgl device (no launch: this host has no render node for its GL).
+    assert device(argv_of(caps, xml), "video0")["driver"] == "virtio-vga-gl"
+    for bad, why in (
+        (accel, "needs a display that has it"),
+        (gl + accel.replace("virtio", "qxl"), "virtio's only"),
+        (gl + accel.replace("accel3d", "accel2d"), "no 2D acceleration"),
+        (
+            gl + accel.replace("accel3d='yes'", "rendernode='/dev/dri/renderD128'"),
+            "vhost-user-gpu",
+        ),
+        ("<video><driver name='vhostuser'/><model type='virtio'/></video>", "vhost-user-gpu"),
+        ("<video><driver vgaconf='on'/><model type='vga'/></video>", "bhyve"),
+        ("<video><driver iommu='on'/><model type='vga'/></video>", "for virtio video"),
+        ("<video><model type='cirrus'><resolution x='8' y='6'/></model></video>", "resolution"),
+    ):
+        with pytest.raises(ConfigUnsupportedError, match=why):
+            argv_of(caps, dom(bad))

@@ -50,9 +50,9 @@ from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
     USB_DEVICE,
-    VIDEO_DEVICE,
     machine_family,
     prepare_domain,
+    video_device,
 )
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
@@ -1119,7 +1119,7 @@ class _Builder:
         for i, video in enumerate(self.d.videos):
             if video.model == "none" or video.model is None:
                 continue
-            props: dict[str, Any] = {"driver": VIDEO_DEVICE[video.model][0 if i == 0 else 1]}
+            props: dict[str, Any] = {"driver": video_device(video, i)}
             props["id"] = video.alias
             if video.model in ("vga", "vmvga"):
                 props["vgamem_mb"] = (video.vram or 16384) // 1024
@@ -1136,8 +1136,11 @@ class _Builder:
                 props["max_outputs"] = video.heads or 1
                 if video.blob is not None:
                     props["blob"] = video.blob == "on"
+                props.update(virtio_props(video.virtio))
             elif video.model == "bochs":
                 props["vgamem"] = (video.vram or 16384) * 1024
+            if video.resolution is not None:
+                props["xres"], props["yres"] = video.resolution
             self.device(self._pci(props, video.address, f"video {i}"))
 
     # -- the rest ---------------------------------------------------------------------------------
