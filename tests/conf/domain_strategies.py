@@ -326,7 +326,14 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         models = ["vga", "cirrus", "virtio", "qxl", "bochs", "vmvga", "ramfb", None]
         video = draw(st.sampled_from(models))
         if video:
-            parts.append(f"<video><model type='{video}'/></video>")
+            extra, driver = "", ""
+            if video in ("vga", "virtio", "qxl", "bochs") and draw(st.booleans()):
+                extra = f"<resolution x='{draw(st.integers(640, 1920))}' y='768'/>"
+            if video == "virtio" and draw(st.booleans()):
+                names = st.sampled_from(["ats", "packed", "page_per_vq"])
+                switches = draw(st.lists(names, unique=True))
+                driver = "<driver name='qemu'" + "".join(f" {k}='on'" for k in switches) + "/>"
+            parts.append(f"<video>{driver}<model type='{video}'>{extra}</model></video>")
     parts.append(
         draw(st.sampled_from(["", "<memballoon model='none'/>", "<memballoon model='virtio'/>"]))
     )
