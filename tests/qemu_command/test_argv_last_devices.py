@@ -257,3 +257,18 @@ def test_virgl_video_and_what_qemu_cannot_do(caps: Caps) -> None:
     ):
         with pytest.raises(ConfigUnsupportedError, match=why):
             argv_of(caps, dom(bad))
+
+
+def test_redirdev_sockets_are_reached_under_confinement(caps: Caps, tmp_path: Path) -> None:
+    # What QEMU's user must reach of a redirection's chardev, as of any chardev's.
+    from asvirt.drivers.qemu.security import needs
+
+    xml = dom(
+        f"<redirdev bus='usb' type='unix'><source mode='bind' path='{tmp_path}/b.sock'/>"
+        f"</redirdev><redirdev bus='usb' type='unix'><source mode='connect' "
+        f"path='{tmp_path}/c.sock'/></redirdev>"
+    )
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    got = {(n.path, n.what) for n in needs(d, caps.binary)}
+    assert (str(tmp_path), "the directory of the socket of redirdev 'redir0'") in got
+    assert (f"{tmp_path}/c.sock", "the socket of redirdev 'redir1'") in got
