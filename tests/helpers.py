@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -479,3 +480,38 @@ def dumpxml_roundtrip(caps: QemuCapabilities, xml: str) -> str:
         assert rng.validate(etree.fromstring(out.encode())), rng.error_log
     assert prepare_domain(parse_domain_xml(out), caps).to_xml() == out
     return out
+
+
+@contextlib.contextmanager
+def vhost_user_backend(directory: Path) -> Iterator[Path]:
+    """A real vhost-user network backend listening on ``directory/vhost.sock``: DPDK's
+    testpmd with a vhost PMD of two queue pairs (interactive, so that nothing polls while
+    the test runs); skips the test where Debian's dpdk is not installed. One client (QEMU
+    NIC) at a time."""
+    import pytest
+
+    testpmd = shutil.which("dpdk-testpmd")
+    if testpmd is None:
+        pytest.skip("dpdk-testpmd (Debian's dpdk) is not installed: no vhost-user backend")
+    sock = directory / "vhost.sock"
+    prefix = f"asvirt-{directory.name}"
+    proc = subprocess.Popen(
+        [
+            testpmd, "--no-huge", "-m", "512", "--no-pci", f"--file-prefix={prefix}",
+            "-l", "0-1", "--vdev", f"net_vhost0,iface={sock},queues=2",
+            "--", "-i", "--rxq=2", "--txq=2", "--total-num-mbufs=2048",
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # its own word that the socket listens
+            if "binding succeeded" in line:
+                break
+        else:
+            pytest.fail(f"testpmd exited ({proc.wait()}) without listening on {sock}")
+        yield sock
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)

@@ -8,6 +8,7 @@ Nothing is created in the host's own namespace, and nothing leaves the machine.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -674,6 +675,77 @@ def test_direct_interfaces_get_a_macvtap_that_goes_when_the_domain_stops(
     err = cli(root, "create", "--paused", write(tmp_path, "bad.xml", bad), check=False)
     assert err.returncode == 1 and "no host interface named 'nosuch0'" in err.stderr
     assert not [n for n in net_lab.links() if n.startswith("macvtap")]
+
+
+def vhost_held(pid: int) -> int:
+    """How many /dev/vhost-net descriptors QEMU ``pid`` holds (by the end of the path, as
+    :func:`qemu_queues`)."""
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            held += os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/vhost-net")
+    return held
+
+
+def test_vhost_net_where_the_host_has_it_and_a_clear_refusal_where_demanded_and_absent(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from asvirt.drivers.qemu.vhostnet import VHOST_NET
+
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    present = os.path.exists(VHOST_NET)
+    xml = test_guest.xml(
+        "vh",
+        tmp_path / "vh.serial",
+        domain_type=PAUSED_DOMAIN_TYPE,
+        devices="<interface type='ethernet'><mac address='52:54:00:00:00:31'/>"
+        "<target dev='vh-tap'/><model type='virtio'/><driver queues='2'/></interface>",
+    )
+    # The default: vhost-net where the host has it (a descriptor per queue, opened by
+    # asvirt), QEMU's own packet path where it does not; the start goes on either way.
+    cli(root, "create", "--paused", write(tmp_path, "vh.xml", xml))
+    [pid] = net_lab.processes("qemu-system-x86")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    netdev = cmdline[cmdline.index("-netdev") + 1]
+    assert ("vhost=on" in netdev) == present, netdev
+    assert vhost_held(pid) == (2 if present else 0)
+    assert qemu_queues(pid) == {"vh-tap": 2}
+    cli(root, "destroy", "vh")
+    # Demanded: refused before QEMU exists where the host has no vhost-net, naming it,
+    # and no tap is left behind.
+    demanded = xml.replace("<driver queues='2'/>", "<driver name='vhost' queues='2'/>")
+    out = cli(root, "create", "--paused", write(tmp_path, "vhd.xml", demanded), check=False)
+    if present:
+        assert out.returncode == 0, out.stderr
+        [pid] = net_lab.processes("qemu-system-x86")
+        assert vhost_held(pid) == 2
+        cli(root, "destroy", "vh")
+    else:
+        assert out.returncode == 1
+        assert f"{VHOST_NET} is unavailable" in out.stderr
+        assert "load the vhost_net kernel module" in out.stderr
+        assert net_lab.processes("qemu-system-x86") == []
+    assert "vh-tap" not in net_lab.links()
+    # name='qemu': never, host or not.
+    off = xml.replace("<driver queues='2'/>", "<driver name='qemu' queues='2'/>")
+    cli(root, "create", "--paused", write(tmp_path, "vhq.xml", off))
+    [pid] = net_lab.processes("qemu-system-x86")
+    assert vhost_held(pid) == 0
+    assert "<driver name='qemu' queues='2'/>" in cli(root, "dumpxml", "vh").stdout
+    if not present:
+        # Plugged in while running, demanded: refused as at start, before any tap exists.
+        nic = (
+            "<interface type='ethernet'><mac address='52:54:00:00:00:32'/>"
+            "<target dev='vh-hp'/><model type='virtio'/><driver name='vhost'/></interface>"
+        )
+        nic_file = write(tmp_path, "nic.xml", nic)
+        err = cli(root, "attach-device", "vh", nic_file, "--live", check=False)
+        assert err.returncode == 1 and f"{VHOST_NET} is unavailable" in err.stderr
+        assert "vh-hp" not in net_lab.links()
+        assert "52:54:00:00:00:32" not in cli(root, "dumpxml", "vh").stdout
+    cli(root, "destroy", "vh")
 
 
 def trio_run(coro: object) -> None:

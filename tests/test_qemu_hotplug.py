@@ -22,6 +22,7 @@ from .guest import (
     SharedGuest,
     TestGuest,
     define,
+    paused_xml,
     shared_guest,
     wait_for_serial,
 )
@@ -32,6 +33,7 @@ from .helpers import (
     monitor_path,
     qemu_img,
     raw_qmp,
+    vhost_user_backend,
 )
 
 pytestmark = [pytest.mark.qemu]
@@ -222,7 +224,6 @@ async def test_bad_input_changes_nothing(conn, test_guest, tmp_path):
 
 
 async def test_transient_domain_has_no_configuration_to_change(conn, test_guest, tmp_path):
-    from .guest import paused_xml
 
     dom = await conn.create_xml(paused_xml(test_guest, tmp_path), paused=True)
     path = image(tmp_path / "b.qcow2")
@@ -370,6 +371,47 @@ async def test_interface_attach_link_and_detach(guest):
             assert len(nic_els(await dom.xml_desc())) == 1
             assert await dom.detach_device(nic) is True  # as it was found
         assert nic_els(await dom.xml_desc()) == []
+
+
+async def test_vhost_user_interface_attach(conn, test_guest, tmp_path):
+    # vhost-user maps the guest's memory into the backend: it must be shared. QEMU plugs
+    # the NIC in only once the vhost-user handshake with the real backend is done, so a
+    # paused guest is enough for the plugging. Its unplugging is the guest's to finish, and
+    # this guest (under TCG, with testpmd as the backend, forwarding or not) stalls probing a
+    # vhost-user NIC: its kernel logs "virtio-pci ... enabling device" and nothing more, and
+    # never releases it. So detach is not tested here; a user-mode NIC's is, above.
+    shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+    xml = paused_xml(test_guest, tmp_path).replace("<vcpu>", f"{shared}<vcpu>", 1)
+    with vhost_user_backend(tmp_path) as sock:
+        dom = await conn.define_xml(xml)
+        await dom.start(paused=True)
+        nic = (
+            "<interface type='vhostuser'><mac address='52:54:00:00:00:41'/>"
+            f"<source type='unix' path='{sock}' mode='client'/><model type='virtio'/>"
+            "<driver queues='2'/></interface>"
+        )
+
+        async def chardevs() -> dict[str, bool]:
+            """QEMU's chardevs: whether a device has each open."""
+            return {c["label"]: c["frontend-open"] for c in await dom.qmp("query-chardev")}
+
+        # No backend at that path: QEMU's client socket cannot connect; nothing stays.
+        gone = nic.replace(str(sock), str(tmp_path / "nobody.sock"))
+        with pytest.raises(asvirt.AsvirtError, match=r"nobody\.sock"):
+            await dom.attach_device(gone)
+        assert nic_els(await dom.xml_desc()) == []
+        assert "charnet0" not in await chardevs()
+        # chardev-add, netdev_add (done once the vhost-user handshake is), device_add: a
+        # NIC with the queues asked for, under the ids a start gives it.
+        await dom.attach_device(nic)
+        (el,) = nic_els(await dom.xml_desc())
+        assert el.find("alias").get("name") == "net0"
+        assert el.find("source").get("path") == str(sock)
+        assert (await chardevs())["charnet0"] is True  # the netdev's
+        path = "/machine/peripheral/net0"
+        assert await dom.qmp("qom-get", {"path": path, "property": "vectors"}) == 6
+        assert await dom.qmp("qom-get", {"path": path, "property": "netdev"}) == "hostnet0"
+        await dom.destroy()
 
 
 def usb_inputs(xml: str) -> dict[str, tuple[str, str]]:

@@ -625,6 +625,8 @@ NIC_TYPES = (
 )
 #: The NIC types QEMU gets a tap (or macvtap) for.
 TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
+#: ``<interface><driver name=...>``: the kernel's vhost-net, or QEMU's own packet path.
+NIC_DRIVER_NAMES = ("qemu", "vhost")
 #: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
 DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
@@ -671,6 +673,10 @@ class Interface(DeviceBase):
     #: ``<driver queues=N>``: virtio queue pairs (multiqueue) of a vhost-user NIC, or of a
     #: tap or macvtap one (opened once per queue).
     queues: int | None = None
+    #: ``<driver name=...>``: ``vhost`` demands the kernel's vhost-net for a virtio NIC on a
+    #: tap or macvtap, ``qemu`` keeps the packets in QEMU; None: vhost-net where the host
+    #: has it (libvirt's default).
+    driver_name: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -699,8 +705,7 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
-        if self.queues is not None:
-            el.add("driver", {"queues": self.queues})
+        el.add_if("driver", {"name": self.driver_name, "queues": self.queues})
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
@@ -776,8 +781,15 @@ def parse_interface(node: Node) -> Interface:
         model.finish()
     drv = node.child("driver")
     if drv is not None:
+        nic.driver_name = drv.choice("name", NIC_DRIVER_NAMES)
         nic.queues = drv.integer("queues", minimum=1, maximum=1024)
         drv.finish()
+        if nic.driver_name == "vhost" and kind not in TAP_NIC_TYPES:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: <driver name='vhost'> of <interface type='{kind}'>"
+                ": QEMU's vhost-net serves tap and macvtap backends only (network, bridge, "
+                "ethernet and direct interfaces)"
+            )
         if nic.queues is not None and kind not in (*TAP_NIC_TYPES, "vhostuser"):
             raise ConfigUnsupportedError(
                 f"unsupported configuration: <driver queues=...> of <interface type='{kind}'>: "
@@ -946,6 +958,7 @@ class Chardev(DeviceBase):
         "parallel": (),
         "console": ("serial", "virtio"),
         "channel": ("virtio", "guestfwd"),
+        "redirdev": (),
     }
 
     def is_compat_console(self, serials: list[Chardev]) -> bool:
@@ -958,6 +971,24 @@ class Chardev(DeviceBase):
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add(self.kind, {"type": self.type})
+        self.format_source(el, live)
+        target = el.add(
+            "target",
+            {
+                "type": self.target_type,
+                "name": self.target_name,
+                "state": self.target_state,
+                "address": self.target_address,
+                "port": self.target_port,
+            },
+        )
+        if self.target_model is not None:
+            target.add("model", {"name": self.target_model})
+        self._format_tail(el, live)
+
+    def format_source(self, el: XElem, live: bool) -> None:
+        """The host side's elements (``<source>``, ``<protocol>``, ``<log>``) into ``el``: a
+        character device's, or a USB redirection's (:class:`~.extdevices.Redirdev`)."""
         if self.type == "pty":
             if live and self.source_path:
                 el.set("tty", self.source_path)
@@ -990,19 +1021,6 @@ class Chardev(DeviceBase):
             )
             el.add("source", {"mode": "connect", "host": self.host, "service": self.service})
         el.add_if("log", {"file": self.log_file, "append": self.log_append})
-        target = el.add(
-            "target",
-            {
-                "type": self.target_type,
-                "name": self.target_name,
-                "state": self.target_state,
-                "address": self.target_address,
-                "port": self.target_port,
-            },
-        )
-        if self.target_model is not None:
-            target.add("model", {"name": self.target_model})
-        self._format_tail(el, live)
 
 
 def parse_chardev(node: Node, kind: str) -> Chardev:
@@ -1101,6 +1119,7 @@ def parse_chardev(node: Node, kind: str) -> Chardev:
     allowed: tuple[type, ...] = {
         "serial": (PCIAddress, USBAddress),
         "parallel": (ISAAddress,),
+        "redirdev": (USBAddress,),
     }.get(kind, (VirtioSerialAddress,))
     chr_.address = parse_address(node, allowed)
     node.finish()
@@ -1460,10 +1479,21 @@ class Video(DeviceBase):
     heads: int | None = None
     primary: bool | None = None
     blob: str | None = None
+    #: ``<model><acceleration accel3d= accel2d= rendernode=>``.
+    accel3d: bool | None = None
+    accel2d: bool | None = None
+    rendernode: str | None = None
+    #: ``<model><resolution x= y=>``: the display's preferred size (EDID), in pixels.
+    resolution: tuple[int, int] | None = None
+    #: ``<driver name=...>``: ``qemu`` (QEMU draws) or ``vhostuser`` (a vhost-user-gpu).
+    driver_name: str | None = None
+    #: ``<driver>``: virtio switches (``VIRTIO_OPTIONS``).
+    virtio: dict[str, str] = field(default_factory=dict)
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("video")
-        el.add(
+        el.add_if("driver", {"name": self.driver_name, **self.virtio})
+        model = el.add(
             "model",
             {
                 "type": self.model,
@@ -1476,6 +1506,12 @@ class Video(DeviceBase):
                 "blob": self.blob,
             },
         )
+        model.add_if(
+            "acceleration",
+            {"accel3d": self.accel3d, "accel2d": self.accel2d, "rendernode": self.rendernode},
+        )
+        if self.resolution is not None:
+            model.add("resolution", {"x": self.resolution[0], "y": self.resolution[1]})
         self._format_tail(el, live)
 
 
@@ -1491,10 +1527,33 @@ def parse_video(node: Node) -> Video:
         video.heads = model.integer("heads", minimum=1, maximum=16)
         video.primary = model.yesno("primary")
         video.blob = model.onoff("blob")
+        accel = model.child("acceleration")
+        if accel is not None:
+            video.accel3d = accel.yesno("accel3d")
+            video.accel2d = accel.yesno("accel2d")
+            video.rendernode = accel.attr("rendernode")
+            if video.rendernode is not None and not video.rendernode.startswith("/"):
+                raise XMLError(f"render node '{video.rendernode}' must be an absolute path")
+            accel.finish()
+        res = model.child("resolution")
+        if res is not None:
+            x = res.integer("x", minimum=1, maximum=1 << 16)
+            y = res.integer("y", minimum=1, maximum=1 << 16)
+            if x is None or y is None:
+                raise XMLError(f"{res.where} needs x and y")
+            video.resolution = (x, y)
+            res.finish()
         model.finish()
-    node.ignore("driver")
-    if node.child("driver") is not None:
-        raise node.unsupported("<driver> of <video>")
+    drv = node.child("driver")
+    if drv is not None:
+        video.driver_name = drv.choice("name", ("qemu", "vhostuser"))
+        if drv.attr("vgaconf") is not None:
+            raise drv.unsupported("vgaconf= (bhyve's VGA setting: QEMU has no such switch)")
+        for name in VIRTIO_OPTIONS:
+            value = drv.onoff(name)
+            if value is not None:
+                video.virtio[name] = value
+        drv.finish()
     _parse_alias(node, video)
     video.address = parse_address(node, (PCIAddress,))
     node.finish()

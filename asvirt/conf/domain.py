@@ -359,6 +359,9 @@ class DomainDef:
     #: plugged, so a restore plugs the same devices.
     vcpu_states: list[VcpuState] | None = None
     cpuset: str | None = None
+    #: ``<vcpu placement='auto'>``: the vCPUs go where numad advises at start (the CPUs of
+    #: the nodes it names become ``cpuset`` in the running definition, not shown).
+    placement_auto: bool = False
     os: OSDef = field(default_factory=OSDef)
     features: Features = field(default_factory=Features)
     cpu: CPUDef | None = None
@@ -522,8 +525,8 @@ class DomainDef:
         root.add(
             "vcpu",
             {
-                "placement": "static",
-                "cpuset": self.cpuset,
+                "placement": "auto" if self.placement_auto else "static",
+                "cpuset": None if self.placement_auto else self.cpuset,
                 "current": self.vcpus if self.vcpus != self.max_vcpus else None,
             },
             text=str(self.max_vcpus),
@@ -889,6 +892,9 @@ def _parse_domain(node: Node) -> DomainDef:
     nt = node.child("numatune")
     if nt is not None:
         d.numatune = parse_numatune(nt, parse_cpuset)
+    elif d.placement_auto:
+        # libvirt's default: memory goes where the vCPUs do, numad's advice.
+        d.numatune = NUMATune(mode="strict", placement_auto=True)
     _parse_tuning(node, d)
     devices = node.child("devices")
     if devices is not None:
@@ -970,13 +976,9 @@ def _parse_vcpu(node: Node, d: DomainDef) -> None:
     if current is not None and current > d.max_vcpus:
         raise XMLError(f"current vcpu count {current} exceeds the maximum {d.max_vcpus}")
     d.vcpus = current if current is not None else d.max_vcpus
-    if vcpu.choice("placement", ("static", "auto")) == "auto":
-        raise ConfigUnsupportedError(
-            "unsupported configuration: <vcpu placement='auto'> needs numad, which asvirt "
-            "does not use"
-        )
+    d.placement_auto = vcpu.choice("placement", ("static", "auto")) == "auto"
     cpuset = vcpu.attr("cpuset")
-    if cpuset is not None:
+    if cpuset is not None and not d.placement_auto:  # libvirt ignores it then
         parse_cpuset(cpuset)
         d.cpuset = cpuset
     vcpu.finish()

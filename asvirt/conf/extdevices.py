@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigUnsupportedError, XMLError
 from .addresses import PCIAddress, USBAddress, parse_address
-from .devices import DeviceBase, _parse_alias, _parse_boot
+from .devices import CHARDEV_TYPES, Chardev, DeviceBase, _parse_alias, _parse_boot, parse_chardev
 from .names import canonical_uuid
 from .xmlnode import Node, XElem
 
@@ -367,19 +367,25 @@ def parse_sound(node: Node) -> Sound:
 
 
 # ---------------------------------------------------------------------------------------------
-# <redirdev>: a USB device of the SPICE client's, redirected into the guest
+# <redirdev>: a USB device redirected into the guest over usbredir's protocol
 
 
 @dataclass(slots=True)
 class Redirdev(DeviceBase):
-    """``<redirdev bus='usb' type='spicevmc'>``."""
+    """``<redirdev bus='usb' type=...>``: a SPICE client's USB device (``spicevmc``), or a
+    usbredir peer at the other end of a character device (``tcp``, ``unix``... any
+    chardev type: ``source`` is its host side)."""
 
     bus: str = "usb"
     type: str = "spicevmc"
     boot_order: int | None = None
+    #: The chardev of a non-spicevmc redirection (its source, protocol, log).
+    source: Chardev | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("redirdev", {"bus": self.bus, "type": self.type})
+        if self.source is not None:
+            self.source.format_source(el, live)
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
         self._format_tail(el, live)
@@ -388,16 +394,24 @@ class Redirdev(DeviceBase):
 def parse_redirdev(node: Node) -> Redirdev:
     bus = node.choice("bus", ("usb",), "usb") or "usb"
     kind = node.attr("type")
-    if kind != "spicevmc":
-        raise ConfigUnsupportedError(
-            f"unsupported configuration: <redirdev type='{kind}'> is not supported "
-            "(asvirt redirects USB devices from SPICE clients: type='spicevmc')"
-        )
+    if kind is None:
+        raise XMLError(f"missing attribute 'type' of {node.where}")
     rd = Redirdev(bus=bus, type=kind)
     rd.boot_order = _parse_boot(node)
-    _parse_alias(node, rd)
-    rd.address = parse_address(node, (USBAddress,))
-    node.finish()
+    if kind == "spicevmc":
+        _parse_alias(node, rd)
+        rd.address = parse_address(node, (USBAddress,))
+        node.finish()
+        return rd
+    if kind not in CHARDEV_TYPES:
+        raise node.unsupported_value("type", kind, ("spicevmc", *CHARDEV_TYPES))
+    # The rest is a character device's (libvirt's schema: any chardev source).
+    chr_ = parse_chardev(node, "redirdev")
+    if chr_.type == "unix" and chr_.source_path is None:
+        raise XMLError(f"{node.where} of type 'unix' needs a <source path=...>")
+    rd.user_alias, rd.alias, rd.address = chr_.user_alias, chr_.alias, chr_.address
+    chr_.alias, chr_.address = None, None
+    rd.source = chr_
     return rd
 
 

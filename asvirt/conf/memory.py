@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigUnsupportedError, XMLError
+from ..errors import XMLError
 from .addresses import DimmAddress, PCIAddress, parse_address
 from .devices import DeviceBase, _parse_alias
 from .units import parse_kib
@@ -88,10 +88,15 @@ class NUMATune:
     mode: str | None = None
     nodeset: str | None = None
     memnodes: list[MemNode] = field(default_factory=list)
+    #: ``<memory placement='auto'>``: the nodes numad advises at start (``nodeset`` in the
+    #: running definition, not shown).
+    placement_auto: bool = False
 
     def format_xml(self, parent: XElem) -> None:
         el = parent.add("numatune")
-        if self.mode is not None or self.nodeset is not None:
+        if self.placement_auto:
+            el.add("memory", {"mode": self.mode, "placement": "auto"})
+        elif self.mode is not None or self.nodeset is not None:
             el.add("memory", {"mode": self.mode, "nodeset": self.nodeset})
         for mn in self.memnodes:
             el.add("memnode", {"cellid": mn.cellid, "mode": mn.mode, "nodeset": mn.nodeset})
@@ -102,12 +107,10 @@ def parse_numatune(node: Node, parse_cpuset: object) -> NUMATune:
     mem = node.child("memory")
     if mem is not None:
         nt.mode = mem.choice("mode", NUMATUNE_MODES)
-        if mem.choice("placement", ("static", "auto")) == "auto":
-            raise ConfigUnsupportedError(
-                "unsupported configuration: <numatune><memory placement='auto'> needs numad, "
-                "which asvirt does not use"
-            )
+        nt.placement_auto = mem.choice("placement", ("static", "auto")) == "auto"
         nt.nodeset = mem.attr("nodeset")
+        if nt.placement_auto and nt.nodeset is not None:
+            raise XMLError("nodeset for NUMA memory tuning must not be given with placement='auto'")
         if nt.nodeset is not None:
             parse_cpuset(nt.nodeset)  # type: ignore[operator]
         mem.finish()

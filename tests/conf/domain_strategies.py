@@ -328,7 +328,14 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         models = ["vga", "cirrus", "virtio", "qxl", "bochs", "vmvga", "ramfb", None]
         video = draw(st.sampled_from(models))
         if video:
-            parts.append(f"<video><model type='{video}'/></video>")
+            extra, driver = "", ""
+            if video in ("vga", "virtio", "qxl", "bochs") and draw(st.booleans()):
+                extra = f"<resolution x='{draw(st.integers(640, 1920))}' y='768'/>"
+            if video == "virtio" and draw(st.booleans()):
+                names = st.sampled_from(["ats", "packed", "page_per_vq"])
+                switches = draw(st.lists(names, unique=True))
+                driver = "<driver name='qemu'" + "".join(f" {k}='on'" for k in switches) + "/>"
+            parts.append(f"<video>{driver}<model type='{video}'>{extra}</model></video>")
     parts.append(
         draw(st.sampled_from(["", "<memballoon model='none'/>", "<memballoon model='virtio'/>"]))
     )
@@ -461,7 +468,9 @@ def host_backed_devices(draw: st.DrawFn) -> str:
     for i in range(draw(st.integers(0, 2))):
         model = draw(st.sampled_from(["", "<model type='virtio'/>", "<model type='e1000'/>"]))
         if "virtio" in model and draw(st.booleans()):
-            model += f"<driver queues='{draw(st.integers(1, 8))}'/>"  # multiqueue
+            # multiqueue; vhost-net demanded, refused, or the host's choice
+            name = draw(st.sampled_from(["", " name='vhost'", " name='qemu'"]))
+            model += f"<driver{name} queues='{draw(st.integers(1, 8))}'/>"
         if draw(st.booleans()):
             managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
             target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""

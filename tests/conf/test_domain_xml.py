@@ -94,8 +94,9 @@ def test_vcpu_current_and_cpuset() -> None:
     assert "<vcpu placement='static' cpuset='1-4,^3,8' current='2'>6</vcpu>" in d.to_xml()
     with pytest.raises(XMLError, match="exceeds"):
         parse_domain_xml(dom(body="<vcpu current='4'>2</vcpu>"))
-    with pytest.raises(ConfigUnsupportedError, match="numad"):
-        parse_domain_xml(dom(body="<vcpu placement='auto'>2</vcpu>"))
+    # placement='auto': numad's advice at start (tests/test_qemu_tuning.py)
+    auto = parse_domain_xml(dom(body="<vcpu placement='auto'>2</vcpu>"))
+    assert auto.placement_auto and auto.numatune is not None and auto.numatune.placement_auto
 
 
 def test_per_vcpu_states(schema: etree.RelaxNG) -> None:
@@ -217,7 +218,6 @@ def test_features_cpu_clock_pm_lifecycle() -> None:
 @pytest.mark.parametrize(
     ("xml_fragment", "named"),
     [
-        ("<numatune><memory placement='auto'/></numatune>", "needs numad"),
         ("<sysinfo type='smbios'><processor/></sysinfo>", "<processor>"),
         ("<features><hyperv mode='bogus'/></features>", "<hyperv>"),
         ("<features><gic version='2'/></features>", "<gic>"),
@@ -276,7 +276,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<audio id='1' type='coreaudio'/>", "type='coreaudio'"),
         ("<watchdog model='diag288'/>", "model='diag288'"),
         ("<memballoon model='virtio'><driver event_idx='on'/></memballoon>", "event_idx"),
-        ("<redirdev bus='usb' type='tcp'/>", "type='tcp'"),
+        ("<redirdev bus='usb' type='nmdm'/>", "type='nmdm'"),
         ("<rng model='virtio'><backend model='egd' type='udp'/></rng>", "type='udp'"),
         ("<iommu model='amd'/>", "model='amd'"),
         ("<graphics type='vnc' passwd='x'/>", "passwd='x'"),

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,16 @@ from asvirt.drivers.qemu.helpers import check_host_devices
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from tests.caps import Caps
-from tests.helpers import argv_of, blockdevs, device, dom, dumpxml_roundtrip, opts, qemu_img
+from tests.helpers import (
+    argv_of,
+    blockdevs,
+    device,
+    dom,
+    dumpxml_roundtrip,
+    opts,
+    qemu_img,
+    vhost_user_backend,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -320,33 +327,8 @@ def test_multiqueue_tap_interfaces(caps: Caps, source: str) -> None:
 
 @pytest.fixture
 def vhost_backend(tmp_path: Path) -> Iterator[Path]:
-    """A real vhost-user network backend listening on a socket: DPDK's testpmd with a
-    vhost PMD of two queue pairs (interactive, so that nothing polls while the test runs)."""
-    testpmd = shutil.which("dpdk-testpmd")
-    if testpmd is None:
-        pytest.skip("dpdk-testpmd (Debian's dpdk) is not installed: no vhost-user backend")
-    sock = tmp_path / "vhost.sock"
-    prefix = f"asvirt-{tmp_path.name}"
-    proc = subprocess.Popen(
-        [
-            testpmd, "--no-huge", "-m", "512", "--no-pci", f"--file-prefix={prefix}",
-            "-l", "0-1", "--vdev", f"net_vhost0,iface={sock},queues=2",
-            "--", "-i", "--rxq=2", "--txq=2", "--total-num-mbufs=2048",
-        ],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # its own word that the socket listens
-            if "binding succeeded" in line:
-                break
-        else:
-            pytest.fail(f"testpmd exited ({proc.wait()}) without listening on {sock}")
+    with vhost_user_backend(tmp_path) as sock:
         yield sock
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
 
 
 def test_vhostuser_queues_and_reconnect_with_a_real_backend(

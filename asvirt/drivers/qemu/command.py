@@ -50,9 +50,9 @@ from .postparse import (
     NIC_DEVICE,
     SCSI_DEVICE,
     USB_DEVICE,
-    VIDEO_DEVICE,
     machine_family,
     prepare_domain,
+    video_device,
 )
 from .secrets import SHOWN_FILE, auth_props, disk_secret_id, disk_secret_objects, secret_object
 from .tls import VNC_CREDS_ID, TlsConfig, chardev_creds_id, creds_object, disk_creds_id
@@ -84,6 +84,7 @@ def build_command(
     runtime_dir: str | None = None,
     sandbox: bool = True,
     tap_fds: dict[str, list[int]] | None = None,
+    vhost_fds: dict[str, list[int]] | None = None,
     memory_dir: str | None = None,
     tls: TlsConfig | None = None,
     secret_fds: dict[str, int] | None = None,
@@ -99,7 +100,9 @@ def build_command(
     ``ethernet``, ``direct``) to the descriptors of the tap made for it, one per queue,
     passed to QEMU as libvirt does (``-netdev tap,fd=N``, or ``fds=N:M:...`` for a
     multiqueue one); without them, QEMU is asked to create the tap itself (what
-    ``domxml-to-native`` shows).
+    ``domxml-to-native`` shows). ``vhost_fds`` maps the alias of such an interface to the
+    ``/dev/vhost-net`` descriptors opened for it (:mod:`.vhostnet`), one per queue, passed
+    as libvirt passes them (``vhost=on,vhostfd=N`` or ``vhostfds=N:M:...``).
     ``memory_dir`` is the domain's directory for ``<memoryBacking><source type='file'>``
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     ``tls`` says which displays, NBD disks and TCP chardevs speak TLS, with which
@@ -123,7 +126,7 @@ def build_command(
     if runtime_dir is not None and _needs_runtime_paths(defn, tls):
         defn = defn.copy()
         fill_runtime_paths(defn, runtime_dir, tls)
-    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, tls=tls)
+    builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, tls=tls, vhost_fds=vhost_fds)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
     builder.secret_fds = secret_fds or {}
@@ -232,13 +235,14 @@ def netdev_id(nic: Interface, index: int | None = None) -> str:
     return f"hostnet{index}"
 
 
-def tap_fds_arg(fds: Sequence[int | str]) -> tuple[str, str]:
+def tap_fds_arg(fds: Sequence[int | str], key: str = "fd") -> tuple[str, str]:
     """How ``-netdev tap`` (and ``netdev_add``) is given a tap's descriptors: ``fd`` for one,
     ``fds`` (``N:M:...``) for a multiqueue tap, a descriptor per queue pair, as libvirt
-    passes them. Descriptors are numbers on the command line, ``getfd`` names over QMP."""
+    passes them; ``key='vhostfd'``: vhost-net's, ``vhostfd``/``vhostfds`` likewise.
+    Descriptors are numbers on the command line, ``getfd`` names over QMP."""
     if len(fds) == 1:
-        return "fd", str(fds[0])
-    return "fds", ":".join(str(fd) for fd in fds)
+        return key, str(fds[0])
+    return f"{key}s", ":".join(str(fd) for fd in fds)
 
 
 def macvtap_fd_names(nic: Interface) -> list[str]:
@@ -351,10 +355,12 @@ class _Builder:
         sandbox: bool,
         tap_fds: dict[str, list[int]] | None = None,
         tls: TlsConfig | None = None,
+        vhost_fds: dict[str, list[int]] | None = None,
     ) -> None:
         self.d = d
         self.tls = tls or TlsConfig()
         self.tap_fds = tap_fds or {}
+        self.vhost_fds = vhost_fds or {}
         self.caps = caps
         self.sandbox = sandbox
         self.argv: list[str] = []
@@ -931,15 +937,25 @@ class _Builder:
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fds or nic.type == "direct":
                 key, value = tap_fds_arg(fds or macvtap_fd_names(nic))
-                self.add("-netdev", f"tap,{key}={value},id={netdev}")
+                self.add("-netdev", f"tap,{key}={value}{self._vhost(nic)},id={netdev}")
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
                 queues = f",queues={nic.queues}" if (nic.queues or 1) > 1 else ""
                 self.add(
                     "-netdev",
-                    f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}",
+                    f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}"
+                    f"{self._vhost(nic)}",
                 )
             self.device(self.interface_device(nic, netdev))
+
+    def _vhost(self, nic: Interface) -> str:
+        """A tap netdev's vhost-net options: the descriptors a start opened for it, or, shown
+        without them (domxml-to-native), ``vhost=on`` where the XML demands it."""
+        fds = self.vhost_fds.get(nic.alias or "")
+        if fds:
+            key, value = tap_fds_arg(fds, "vhostfd")
+            return f",vhost=on,{key}={value}"
+        return ",vhost=on" if nic.driver_name == "vhost" else ""
 
     def interface_device(self, nic: Interface, netdev: str) -> dict[str, Any]:
         props: dict[str, Any] = {
@@ -1189,7 +1205,7 @@ class _Builder:
         for i, video in enumerate(self.d.videos):
             if video.model == "none" or video.model is None:
                 continue
-            props: dict[str, Any] = {"driver": VIDEO_DEVICE[video.model][0 if i == 0 else 1]}
+            props: dict[str, Any] = {"driver": video_device(video, i)}
             props["id"] = video.alias
             if video.model in ("vga", "vmvga"):
                 props["vgamem_mb"] = (video.vram or 16384) // 1024
@@ -1206,8 +1222,11 @@ class _Builder:
                 props["max_outputs"] = video.heads or 1
                 if video.blob is not None:
                     props["blob"] = video.blob == "on"
+                props.update(virtio_props(video.virtio))
             elif video.model == "bochs":
                 props["vgamem"] = (video.vram or 16384) * 1024
+            if video.resolution is not None:
+                props["xres"], props["yres"] = video.resolution
             self.device(self._pci(props, video.address, f"video {i}"))
 
     # -- the rest ---------------------------------------------------------------------------------

@@ -37,10 +37,40 @@ def reconnect_option(caps: QemuCapabilities, seconds: int) -> str:
     return f"reconnect-ms={seconds * 1000}" if caps.at_least(9, 2) else f"reconnect={seconds}"
 
 
+def vhost_user_chardev_id(nic: Interface) -> str:
+    """The id of a vhost-user interface's socket chardev (``charnet0``, as libvirt)."""
+    return f"char{nic.alias}"
+
+
+def vhost_user_hotplug(
+    nic: Interface, netdev: str, caps: QemuCapabilities
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``chardev-add`` and ``netdev_add`` take to plug the vhost-user interface ``nic``
+    into a running QEMU: the chardev and netdev :func:`netdev_args` gives at start.
+
+    QMP's socket chardev is a server unless told otherwise, and one that does not wait for
+    its client (the netdev waits for the backend, as at start)."""
+    sock: dict[str, Any] = {
+        "addr": {"type": "unix", "data": {"path": nic.vhost_path}},
+        "server": nic.vhost_mode == "server",
+    }
+    if nic.vhost_mode == "server":
+        sock["wait"] = False
+    elif nic.vhost_reconnect and nic.vhost_reconnect_timeout is not None:
+        key, value = reconnect_option(caps, nic.vhost_reconnect_timeout).split("=")
+        sock[key] = int(value)
+    cid = vhost_user_chardev_id(nic)
+    chardev = {"id": cid, "backend": {"type": "socket", "data": sock}}
+    net: dict[str, Any] = {"type": "vhost-user", "id": netdev, "chardev": cid}
+    if nic.queues is not None:
+        net["queues"] = nic.queues
+    return chardev, net
+
+
 def netdev_args(nic: Interface, netdev: str, caps: QemuCapabilities) -> list[str]:
     """The ``-chardev``/``-netdev`` options of a socket or vhost-user interface."""
     if nic.type == "vhostuser":
-        cid = f"char{nic.alias}"
+        cid = vhost_user_chardev_id(nic)
         chardev = [f"socket,id={cid},path={_kv(nic.vhost_path or '')}"]
         if nic.vhost_mode == "server":
             chardev.append("server=on")
@@ -218,4 +248,6 @@ __all__ = [
     "netdev_args",
     "pstore_args",
     "reconnect_option",
+    "vhost_user_chardev_id",
+    "vhost_user_hotplug",
 ]

@@ -12,6 +12,7 @@ Sockets of the helper programs (swtpm, virtiofsd) are placed in the runtime dire
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -516,7 +517,10 @@ def _check_spice_tls(gfx: Graphics, tls_port: int | None, spice_tls: bool) -> No
 def redirdev_args(b: _Builder) -> None:
     for i, rd in enumerate(b.d.redirdevs):
         cid = f"char{rd.alias}"
-        b.add("-chardev", f"spicevmc,id={cid},name=usbredir")
+        if rd.source is None:
+            b.add("-chardev", f"spicevmc,id={cid},name=usbredir")
+        else:  # a usbredir peer behind a chardev of its own (libvirt's charredir0)
+            b._chardev(dataclasses.replace(rd.source, chardev_id=cid))
         props: dict[str, Any] = {"driver": "usb-redir", "chardev": cid, "id": rd.alias}
         props["filter"] = redir_filter(b.d)
         props = b._usb(props, rd.address, f"redirdev {i}")

@@ -6,7 +6,8 @@ model, MAC, drive or PCI address, alias), in the context of the definition it jo
 line builder's own ``-blockdev`` nodes and ``-device`` properties
 (:func:`~.command.disk_hotplug`, :func:`~.command.interface_hotplug`): ``blockdev-add``
 then ``device_add`` for a disk; a tap (or macvtap) made as at start, its
-descriptors (one per queue) handed over with ``getfd``, ``netdev_add`` then ``device_add``
+descriptors (one per queue, and vhost-net's: :mod:`.vhostnet`) handed over with ``getfd``,
+``netdev_add`` then ``device_add`` (a vhost-user one: ``chardev-add`` of its socket first)
 for an interface; a ``direct`` NIC's macvtap, which outlives them, is removed when it goes.
 
 Unplugging is the guest's to finish: ``device_del`` only asks (an ACPI or PCIe hotplug
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -54,11 +54,13 @@ from .command import (
     tap_fds_arg,
     usb_input_hotplug,
 )
+from .command_extra import vhost_user_chardev_id, vhost_user_hotplug
 from .command_tune import throttle_group_id, throttle_object
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
 from .secrets import disk_secret_objects, disk_secrets
 from .tls import TlsConfig, check_disk_tls_files
+from .vhostnet import close_all, open_vhost_net
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -253,8 +255,12 @@ class HotplugOps:
         # The domain's own confinement (none under its own static or 'none' DAC label): a
         # plugged disk is given to whom its cold-plugged disks were, or to nobody.
         security = self._security()
+        # A vhost-user NIC's socket is a file QEMU's user must reach, as a disk's image is.
+        has_files = isinstance(new, Disk) or (
+            isinstance(new, Interface) and new.type == "vhostuser"
+        )
         try:
-            if security is not None and isinstance(new, Disk):
+            if security is not None and has_files:
                 security.prepare(self._uuid, prepared, prepared.emulator or caps.binary)
                 self._persist_status(durable=True)  # names the file before it is given
                 security.apply(self._uuid)
@@ -265,8 +271,8 @@ class HotplugOps:
             else:
                 await self._plug_interface(prepared, caps, new)
         except BaseException:
-            if security is not None and isinstance(new, Disk):
-                self._retain_files()  # the new disk's file goes back to its owner
+            if security is not None and has_files:
+                self._retain_files()  # the new device's file goes back to its owner
             raise
         insert_device(self._live_def, new)
         if new.alias:
@@ -374,11 +380,15 @@ class HotplugOps:
         netdev = netdev_id(nic)
         args: dict[str, Any] = {"id": netdev}
         fds: list[int] = []
+        vhost_fds: list[int] = []
         # The new NIC alone: what its plugging makes on the host, and a failure removes.
         alone = prepared.copy()
         alone.interfaces = [n for n in alone.interfaces if n.mac == nic.mac]
         if nic.type == "user":
             args["type"] = "user"
+        elif nic.type == "vhostuser":
+            await self._plug_vhost_user(prepared, caps, nic)
+            return
         elif nic.type not in TAP_NIC_TYPES:
             raise OperationUnsupportedError(
                 f"interfaces of type '{nic.type}' are plugged at start only, not while running"
@@ -389,27 +399,36 @@ class HotplugOps:
                 raise OperationUnsupportedError(
                     f"interfaces of type '{nic.type}' cannot be plugged on this node"
                 )
-            # Made as at start (a tap, or a macvtap, opened once per queue).
-            fds = (await plug(alone))[nic.alias or ""]
+            # vhost-net first (a refusal makes nothing), then the tap or macvtap, opened
+            # once per queue, as at start.
+            vhost_fds = open_vhost_net(nic)
+            try:
+                fds = (await plug(alone))[nic.alias or ""]
+            except BaseException:
+                close_all(vhost_fds)
+                raise
             plugged = alone.interfaces[0]
             nic.target_dev, nic.source_bridge = plugged.target_dev, plugged.source_bridge
         names = [f"asvirt-tap{next(_fd_names)}" for _ in fds]
+        vhost_names = [f"asvirt-vhost{next(_fd_names)}" for _ in vhost_fds]
         sent: list[str] = []
         try:
             try:
                 if nic.type == "direct":
                     self._record_outliving(nic)
-                for fd, name in zip(fds, names, strict=True):
+                for fd, name in zip([*fds, *vhost_fds], [*names, *vhost_names], strict=True):
                     # The tap exists while a descriptor is open: ours until QEMU has its own.
                     await self.send_fd(fd, name)
                     sent.append(name)
                 if fds:
                     key, value = tap_fds_arg(names)
                     args.update(type="tap", **{key: value})
+                if vhost_names:
+                    key, value = tap_fds_arg(vhost_names, "vhostfd")
+                    args.update(vhost=True, **{key: value})
                 await self.execute("netdev_add", args)
             finally:
-                for fd in fds:
-                    os.close(fd)
+                close_all([*fds, *vhost_fds])
         except BaseException:
             with trio.CancelScope(shield=True):
                 # netdev_add takes the descriptors it names; a failed one leaves them with
@@ -428,6 +447,30 @@ class HotplugOps:
                 await self._remove_host_side(alone)
                 if nic.type == "direct":
                     self._save_status(durable=True)
+            raise
+
+    async def _plug_vhost_user(
+        self, prepared: DomainDef, caps: QemuCapabilities, nic: Interface
+    ) -> None:
+        """``chardev-add`` (the backend's socket), ``netdev_add``, ``device_add``, as libvirt
+        plugs a vhost-user NIC; each step undone if a later one fails. The netdev comes up
+        once the vhost-user handshake with the backend is done: with QEMU as the server
+        (``mode='server'``), QEMU waits for the backend to connect, as at start."""
+        netdev = netdev_id(nic)
+        chardev, net = vhost_user_hotplug(nic, netdev, caps)
+        await self.execute("chardev-add", chardev)
+        try:
+            await self.execute("netdev_add", net)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly("chardev-remove", {"id": chardev["id"]})
+            raise
+        try:
+            await self.execute("device_add", interface_hotplug(prepared, caps, nic))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._quietly("netdev_del", {"id": netdev})
+                await self._quietly("chardev-remove", {"id": chardev["id"]})
             raise
 
     def _record_outliving(self, nic: Interface) -> None:
@@ -511,6 +554,9 @@ class HotplugOps:
                 await self._del_disk_backend(disk)
             elif nic is not None:
                 await self._quietly("netdev_del", {"id": netdev_id(nic)})
+                if nic.type == "vhostuser":
+                    await self._quietly("chardev-remove", {"id": vhost_user_chardev_id(nic)})
+                    self._retain_files()  # its socket, given to QEMU's user
                 gone_def = live.copy()
                 gone_def.interfaces = [nic]
                 await self._remove_host_side(gone_def)

@@ -651,8 +651,66 @@ def _videos(d: DomainDef, caps: QemuCapabilities) -> None:
             raise ConfigUnsupportedError(
                 f"unsupported configuration: ram/vgamem/vram64 of a '{video.model}' video device"
             )
-        device = VIDEO_DEVICE[video.model or ""][0 if i == 0 else 1]
+        _video_driver(d, video)
+        device = video_device(video, i)
         _need_device(caps, device, f"video model '{video.model}'")
+
+
+#: The models QEMU gives a preferred resolution (``xres``/``yres``, in their EDID).
+RESOLUTION_VIDEO_MODELS = ("vga", "virtio", "qxl", "bochs")
+
+
+def video_device(video: Video, index: int) -> str:
+    """QEMU's device for ``video``, the ``index``-th one: its model's (the first one with
+    VGA compatibility), or the virgl one of a virtio video with 3D acceleration."""
+    device = VIDEO_DEVICE[video.model or ""][0 if index == 0 else 1]
+    if video.model == "virtio" and video.accel3d:
+        device = "virtio-vga-gl" if index == 0 else "virtio-gpu-gl-pci"
+    return device
+
+
+def _video_driver(d: DomainDef, video: Video) -> None:
+    """What QEMU can do of a video's ``<driver>`` and ``<acceleration>``, saying why not."""
+    what = f"video model '{video.model}'"
+    if video.virtio and video.model != "virtio":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: virtio options (iommu, ats, packed, page_per_vq) are "
+            f"for virtio video, not {what}"
+        )
+    if video.driver_name == "vhostuser":
+        # QEMU has vhost-user-vga; its backend program (QEMU's vhost-user-gpu) is not
+        # shipped by Debian's QEMU, and asvirt does not supervise one.
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <video><driver name='vhostuser'> needs a "
+            "vhost-user-gpu backend program, which asvirt does not run; use name='qemu'"
+        )
+    if video.rendernode is not None:
+        raise ConfigUnsupportedError(
+            "unsupported configuration: <acceleration rendernode=...> is the render node of "
+            "a vhost-user-gpu backend (driver name='vhostuser'); QEMU's own 3D video takes its "
+            "render node from the display (<graphics><gl rendernode=...>)"
+        )
+    if video.accel2d:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: accel2d='yes' of {what}: QEMU has no 2D "
+            "acceleration switch"
+        )
+    if video.accel3d and video.model != "virtio":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: accel3d='yes' of {what}: QEMU's 3D (virgl) video is "
+            "virtio's only"
+        )
+    if video.accel3d and not any(g.type == "egl-headless" or g.gl_enable for g in d.graphics):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: accel3d='yes' of {what}: QEMU's virgl video draws "
+            "with OpenGL, so it needs a display that has it (<graphics type='egl-headless'>, "
+            "or <gl enable='yes'> of a spice, sdl or dbus display)"
+        )
+    if video.resolution is not None and video.model not in RESOLUTION_VIDEO_MODELS:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <resolution> of {what}: QEMU gives a preferred "
+            f"resolution to {', '.join(RESOLUTION_VIDEO_MODELS)} video only"
+        )
 
 
 def _misc_devices(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:

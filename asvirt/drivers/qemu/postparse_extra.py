@@ -58,6 +58,12 @@ def _interfaces(d: DomainDef) -> None:
                 f"unsupported configuration: interface {i}: multiqueue (<driver queues="
                 f"'{nic.queues}'>) is only supported for virtio NICs, not '{nic.model}'"
             )
+        if nic.driver_name == "vhost" and nic.model != "virtio":
+            # libvirt's refusal: vhost-net moves virtio rings, nothing else.
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interface {i}: vhost-net (<driver name='vhost'>) "
+                f"is only supported for virtio network interfaces, not '{nic.model}'"
+            )
         if nic.type != "vhostuser":
             continue
         if nic.model != "virtio":

@@ -238,7 +238,7 @@ def _sounds(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
 
 def _redirdevs(d: DomainDef, caps: QemuCapabilities) -> None:
     if d.redirdevs:
-        if not has_spice(d):
+        if any(rd.type == "spicevmc" for rd in d.redirdevs) and not has_spice(d):
             raise ConfigUnsupportedError(
                 "unsupported configuration: a spicevmc <redirdev> needs <graphics type='spice'>"
             )

@@ -66,7 +66,7 @@ from ...hypervisor.stats import GroupBits, PendingSample, ReadySample, RuntimeSa
 from ...log import get_logger
 from ...states import DomainState, PausedReason, ShutoffReason, StateReason
 from ..groups import unwrap_single_error
-from . import membacking, process, tuning
+from . import membacking, numad, process, tuning, vhostnet
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
 from .capabilities import QemuCapabilities
@@ -672,6 +672,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             )
         membacking.check_hugepages(self._live_def)
         tls = TlsConfig.from_qemu(self._env.config)
+        # placement='auto': where numad advises (refused here, before anything exists,
+        # on a host without numad).
+        await numad.place(self._live_def)
         # Sockets the XML leaves unnamed (a guest agent channel) get a path under the run
         # directory, recorded in the live XML so clients know where to connect; so do
         # automatic SPICE ports.
@@ -687,16 +690,17 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.
+        # vhost-net before them: a start it must refuse makes no tap.
+        vhost_fds = vhostnet.open_all(self._live_def)
         tap_fds: dict[str, list[int]] = {}
-        if self._env.plug_interfaces is not None:
-            tap_fds = await self._env.plug_interfaces(self._live_def)
         try:
+            if self._env.plug_interfaces is not None:
+                tap_fds = await self._env.plug_interfaces(self._live_def)
             with secret_pipes(secrets) as secret_fds:
-                await self._spawn(caps, tap_fds, secret_fds)
+                await self._spawn(caps, tap_fds, vhost_fds, secret_fds)
         finally:
-            for queue_fds in tap_fds.values():
-                for fd in queue_fds:
-                    os.close(fd)
+            for fds in (*tap_fds.values(), *vhost_fds.values()):
+                vhostnet.close_all(fds)
 
     def _secret_lookup(
         self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
@@ -710,6 +714,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         self,
         caps: QemuCapabilities,
         tap_fds: dict[str, list[int]],
+        vhost_fds: dict[str, list[int]],
         secret_fds: dict[str, int] | None = None,
     ) -> None:
         paths = self._env.paths
@@ -747,6 +752,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 runtime_dir=str(socket_dir),
                 sandbox=self._env.config.seccomp_sandbox,
                 tap_fds=tap_fds,
+                vhost_fds=vhost_fds,
                 memory_dir=memory_dir,
                 tls=TlsConfig.from_qemu(self._env.config),
                 secret_fds=secret_fds,
@@ -778,7 +784,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                     log_fd=log_fd,
                     pass_fds=(
                         listener.fileno(),
-                        *(fd for queue_fds in tap_fds.values() for fd in queue_fds),
+                        *(fd for fds in (*tap_fds.values(), *vhost_fds.values()) for fd in fds),
                         *(secret_fds or {}).values(),
                         *passed,
                     ),

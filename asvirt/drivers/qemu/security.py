@@ -335,8 +335,10 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
         out.append(Need(defn.os.kernel, "the kernel", READ))
     if defn.os.initrd is not None:
         out.append(Need(defn.os.initrd, "the initrd", READ))
-    for chr_ in defn.chardevs():
-        what = f"{chr_.kind} '{chr_.alias or chr_.target_port}'"
+    chardevs = [(c, f"{c.kind} '{c.alias or c.target_port}'") for c in defn.chardevs()]
+    # A USB redirection's chardev opens its files and sockets as any other.
+    chardevs += [(rd.source, f"redirdev '{rd.alias}'") for rd in defn.redirdevs if rd.source]
+    for chr_, what in chardevs:
         if chr_.type == "file" and chr_.source_path:
             out.append(Need(chr_.source_path, f"the file of {what}", WRITE, create=True))
         elif chr_.type == "unix" and chr_.source_path:

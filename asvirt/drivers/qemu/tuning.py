@@ -234,13 +234,15 @@ class Threads:
     vcpus: dict[int, int] = field(default_factory=dict)  # vCPU index -> tid
     iothreads: dict[int, int] = field(default_factory=dict)  # iothread id -> tid
     emulator: list[int] = field(default_factory=list)
+    #: The main emulator thread (QEMU's pid), the one ``<emulatorsched>`` is for.
+    main: int | None = None
 
 
 Call = Callable[[str, dict[str, Any] | None], Awaitable[Any]]
 
 
 async def query_threads(call: Call, pid: int) -> Threads:
-    out = Threads()
+    out = Threads(main=pid)
     for cpu in await call("query-cpus-fast", None):
         out.vcpus[int(cpu["cpu-index"])] = int(cpu["thread-id"])
     for io in await call("query-iothreads", None):
@@ -320,7 +322,11 @@ _SCHED_POLICY = {
 
 def sched_threads(d: DomainDef, threads: Threads) -> None:
     """``sched_setscheduler`` each thread ``<vcpusched>``, ``<iothreadsched>`` or
-    ``<emulatorsched>`` names (as libvirt, before the guest runs; the others keep QEMU's)."""
+    ``<emulatorsched>`` names (as libvirt, before the guest runs; the others keep QEMU's).
+
+    ``<emulatorsched>`` is for the main emulator thread alone, as libvirt sets it (on QEMU's
+    pid): QEMU's helper threads (RCU, workers) keep their policy, while ``<emulatorpin>``
+    covers them all. Threads the main one starts later inherit its policy, as in libvirt."""
     ct = d.cputune
     if ct is None:
         return
@@ -342,8 +348,8 @@ def sched_threads(d: DomainDef, threads: Threads) -> None:
         apply(tid, ct.vcpusched.get(index), f"vCPU {index}")
     for ident, tid in threads.iothreads.items():
         apply(tid, ct.iothreadsched.get(ident), f"I/O thread {ident}")
-    for tid in threads.emulator:
-        apply(tid, ct.emulatorsched, "emulator")
+    if threads.main is not None:
+        apply(threads.main, ct.emulatorsched, "main emulator thread")
 
 
 # -- cgroups ----------------------------------------------------------------------------------
