@@ -939,24 +939,41 @@ def decode_params(c: Call, params: object) -> dict[str, Any]:
     """
     if not isinstance(params, dict):
         raise InvalidArgError(f"{c.name}: params must be an object")
-    names = {p for p, _ in c.params}
-    unknown = set(params) - names
-    if unknown:
+    names, plan = _param_plan(c)
+    if not params.keys() <= names:
+        unknown = set(params) - names
         raise InvalidArgError(
             f"{c.name}: unknown argument(s): {', '.join(sorted(map(str, unknown)))}"
         )
     out: dict[str, Any] = {}
-    for name, type_ in c.params:
+    for name, decode, what, default in plan:
         if name not in params:
-            if name in c.defaults:
-                out[name] = c.defaults[name]
+            if default is not _REQUIRED:
+                out[name] = default
                 continue
             raise InvalidArgError(f"{c.name}: missing argument '{name}'")
         try:
-            out[name] = _decode(type_, params[name], f"{c.name}: argument '{name}'")
+            out[name] = decode(params[name], what)
         except ValueError as err:
             raise InvalidArgError(str(err)) from None
     return out
+
+
+#: The default of an argument that has none.
+_REQUIRED: Any = object()
+
+
+@functools.cache
+def _param_plan(
+    c: Call,
+) -> tuple[frozenset[str], tuple[tuple[str, "_Decoder", str, Any], ...]]:
+    """How :func:`decode_params` checks a call's arguments, worked out once per call: their
+    names, and for each its decoder, its name in errors and its default."""
+    plan = tuple(
+        (name, _decoder(type_), f"{c.name}: argument '{name}'", c.defaults.get(name, _REQUIRED))
+        for name, type_ in c.params
+    )
+    return frozenset(name for name, _ in c.params), plan
 
 
 def _decode(type_: Any, value: Any, what: str) -> Any:

@@ -75,6 +75,8 @@ _ids = itertools.count(1)
 _READS_PER_YIELD = 16
 #: Bytes a session asks of its socket per read.
 _READ_SIZE = 65536
+#: Answers a read's messages may hold back to send together, at most.
+_BATCH_MAX = 64
 
 
 class Session:
@@ -102,6 +104,9 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         #: Messages queued for the writer and not yet written (none: a send may go direct).
         self._queued = 0
+        #: While the messages of one read are handled, what they have to send: sent in one
+        #: write once they all are (None: each message is sent as it comes).
+        self._batch: list[bytes] | None = None
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
         self._heard = False
@@ -142,7 +147,15 @@ class Session:
 
     def send(self, data: bytes) -> None:
         """Send a message to the client now if the socket takes it, else queue it; drops the
-        client if its backlog is full."""
+        client if its backlog is full. While the messages of a read are handled, what they
+        answer (and the events they cause) waits to be sent with the rest."""
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            if len(batch) < _BATCH_MAX:
+                return
+            self._batch = []
+            data = b"".join(batch)
         if not self._queued:
             data = wire.send_now(self._sock, data)
             if not data:
@@ -223,17 +236,25 @@ class Session:
                 await trio.lowlevel.checkpoint()
                 unyielded = 0
             self._heard = True
-            for line in reader.feed(data):
-                if isinstance(line, wire.Oversized):
-                    self.send(
-                        wire.error(
-                            None,
-                            wire.INVALID_REQUEST,
-                            f"message larger than {self.limits.max_message} bytes",
+            # The answers to what one read brought go out together, in one write (a client
+            # that sends several requests at once gets them with one system call).
+            self._batch = []
+            try:
+                for line in reader.feed(data):
+                    if isinstance(line, wire.Oversized):
+                        self.send(
+                            wire.error(
+                                None,
+                                wire.INVALID_REQUEST,
+                                f"message larger than {self.limits.max_message} bytes",
+                            )
                         )
-                    )
-                    continue
-                self._handle(line)
+                        continue
+                    self._handle(line)
+            finally:
+                batch, self._batch = self._batch, None
+                if batch:
+                    self.send(b"".join(batch))
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -267,7 +288,10 @@ class Session:
         if msg_id is None:
             return  # notifications from clients (keepalive.pong) only say they are alive
         try:
-            if method == "hello":
+            c = protocol.CALLS.get(method)
+            if c is not None:
+                self._start_call(msg_id, c, params)
+            elif method == "hello":
                 self.send(wire.result(msg_id, self._hello()))
             elif method == "events.subscribe":
                 try:
@@ -285,7 +309,7 @@ class Session:
                     return
                 self.send(wire.result(msg_id, None))
             else:
-                self._start_call(msg_id, method, params)
+                self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
         except AsvirtError as err:
             self.send(wire.error_from(msg_id, err))
 
@@ -317,15 +341,11 @@ class Session:
             "keepalive": self.limits.keepalive_interval,
         }
 
-    def _start_call(self, msg_id: int | str, method: str, params: object) -> None:
-        c = protocol.CALLS.get(method)
-        if c is None:
-            self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
-            return
+    def _start_call(self, msg_id: int | str, c: protocol.Call, params: object) -> None:
         if self.read_only and c.mutates:
             # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
-            self.log.warning("call refused", method=method, reason="read-only connection")
-            raise OperationDeniedError(f"'{method}' changes state; this connection is read-only")
+            self.log.warning("call refused", method=c.name, reason="read-only connection")
+            raise OperationDeniedError(f"'{c.name}' changes state; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
         except InvalidArgError as err:

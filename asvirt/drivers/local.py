@@ -52,7 +52,7 @@ def begin(
     if c.client:
         params = {**params, "client": client}
     result = method(**params)
-    if not inspect.iscoroutine(result):
+    if type(result) is not types.CoroutineType:  # inspect.iscoroutine's test, without a call
         if inspect.isawaitable(result):
             return False, result
         return True, result
