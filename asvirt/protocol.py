@@ -877,7 +877,7 @@ def wire_result(c: Call, value: Any) -> Any:
     the encoder writes its type as :func:`encode_result` would (records, enums, numbers,
     strings and lists of them: most answers), else :func:`encode_result`'s plain value.
     Walking a record in Python cost more than the rest of a daemon's answer."""
-    return value if _native(c.result) else encode_result(c, value)
+    return value if _native_result(c) else encode_result(c, value)
 
 
 def decode_result_json(c: Call, text: bytes) -> Any:
@@ -887,7 +887,7 @@ def decode_result_json(c: Call, text: bytes) -> Any:
     msgspec decodes the types it knows as this module does (records, enums, numbers,
     strings, lists) straight from the text to the declared type, checking as it goes;
     the others go through :func:`decode_result`."""
-    decoder = _json_decoder(c.result)
+    decoder = _result_json_decoder(c)
     if decoder is None:
         from .rpc import wire
 
@@ -898,6 +898,18 @@ def decode_result_json(c: Call, text: bytes) -> Any:
         raise
     except Exception as err:  # msgspec's DecodeError and ValidationError
         raise ValueError(f"result of {c.name}: {err}") from None
+
+
+# Cached by call too: a call is hashed by its identity, a result type like list[DomainRef]
+# by its parts, every time.
+@functools.cache
+def _native_result(c: Call) -> bool:
+    return _native(c.result)
+
+
+@functools.cache
+def _result_json_decoder(c: Call) -> Callable[[bytes], Any] | None:
+    return _json_decoder(c.result)
 
 
 @functools.cache

@@ -25,7 +25,7 @@ import msgspec
 import trio
 
 from .. import __version__, protocol
-from ..drivers.local import begin
+from ..drivers.local import begin, method_for
 from ..errors import AsvirtError, InvalidArgError, OperationDeniedError
 from ..events import DomainEvent, EventKind, Subscription
 from ..events.codec import event_to_dict
@@ -109,6 +109,8 @@ class Session:
         self._batch: list[bytes] | None = None
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
+        #: The driver method of each call the client has made.
+        self._methods: dict[protocol.Call, Callable[..., Any]] = {}
         self._heard = False
         self._nursery: trio.Nursery | None = None
         self.log = log.bind(client=self.id, uid=peer.uid, pid=peer.pid)
@@ -150,12 +152,16 @@ class Session:
         client if its backlog is full. While the messages of a read are handled, what they
         answer (and the events they cause) waits to be sent with the rest."""
         batch = self._batch
-        if batch is not None:
+        if batch is None:
+            self._send_now(data)
+        else:
             batch.append(data)
-            if len(batch) < _BATCH_MAX:
-                return
-            self._batch = []
-            data = b"".join(batch)
+            if len(batch) >= _BATCH_MAX:
+                self._batch = []
+                self._send_now(b"".join(batch))
+
+    def _send_now(self, data: bytes) -> None:
+        """Send now what the socket takes, after what is queued already; queue the rest."""
         if not self._queued:
             data = wire.send_now(self._sock, data)
             if not data:
@@ -254,7 +260,7 @@ class Session:
             finally:
                 batch, self._batch = self._batch, None
                 if batch:
-                    self.send(b"".join(batch))
+                    self._send_now(b"".join(batch))
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -269,22 +275,26 @@ class Session:
 
     def _dispatch(self, line: bytes) -> None:
         try:
-            msg = wire.decode(line)
+            msg = wire.decode_request(line)
         except ValueError as err:
             self.send(wire.error(None, wire.PARSE_ERROR, f"not JSON: {err}"))
             return
-        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        if msg is None or msg.jsonrpc != "2.0":
             self.send(wire.error(None, wire.INVALID_REQUEST, "not a JSON-RPC 2.0 message"))
             return
-        method = msg.get("method")
-        msg_id = msg.get("id")
-        if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, int | str)):
+        method = msg.method
+        msg_id = msg.id
+        if (
+            msg_id is not None
+            and type(msg_id) is not int  # most: checked first, without building a tuple
+            and (isinstance(msg_id, bool) or not isinstance(msg_id, (int, str)))
+        ):
             self.send(wire.error(None, wire.INVALID_REQUEST, "an id is a number or a string"))
             return
         if not isinstance(method, str):
             self.send(wire.error(msg_id, wire.INVALID_REQUEST, "no method"))
             return
-        params = msg.get("params", {})
+        params = msg.params
         if msg_id is None:
             return  # notifications from clients (keepalive.pong) only say they are alive
         try:
@@ -359,7 +369,7 @@ class Session:
             # Most of these (lookups, state, info) are done as soon as they are made: they
             # are answered here, and only one that has to wait gets a task of its own.
             try:
-                done, value = begin(self.node, c, args, client=self)
+                done, value = begin(self.node, c, args, client=self, method=self._method(c))
             except Exception as err:
                 self.send(self._failure(msg_id, c, err))
                 return
@@ -370,6 +380,13 @@ class Session:
             value = None
         assert self._nursery is not None
         self._nursery.start_soon(self._call, msg_id, c, args, value)
+
+    def _method(self, c: protocol.Call) -> Callable[..., Any]:
+        """The node's driver method for ``c``, found once per session (see begin)."""
+        method = self._methods.get(c)
+        if method is None:
+            method = self._methods[c] = method_for(self.node, c)
+        return method
 
     def _progress_sender(self, msg_id: int | str) -> Callable[[float], None]:
         """A progress callback that tells the client, for its request ``msg_id``."""
@@ -393,7 +410,7 @@ class Session:
                 value = await started
             else:
                 async with self._workers:
-                    done, value = begin(self.node, c, args, client=self)
+                    done, value = begin(self.node, c, args, client=self, method=self._method(c))
                     if not done:
                         value = await value
             reply = self._success(msg_id, c, value)

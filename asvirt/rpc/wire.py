@@ -108,6 +108,54 @@ def decode_incoming(line: bytes) -> Incoming | None:
     return msg
 
 
+class Request(Protocol):
+    """A message from a client, as the daemon reads it (see :func:`decode_request`)."""
+
+    #: "2.0" in a JSON-RPC 2.0 message.
+    jsonrpc: Any
+    #: The request's id (None for a notification).
+    id: Any
+    #: The method asked for.
+    method: Any
+    #: Its arguments ({} when the message has none).
+    params: Any
+
+
+@functools.cache
+def _request_decoder() -> tuple[Any, type[Exception]]:
+    import msgspec
+
+    # Fields of any type (the daemon checks them and says what is wrong); read into a
+    # struct rather than a dict, which costs less to make and to look into.
+    message = msgspec.defstruct(
+        "Request",
+        [
+            ("jsonrpc", Any, None),
+            ("id", Any, None),
+            ("method", Any, None),
+            ("params", Any, msgspec.field(default_factory=dict)),
+        ],
+    )
+    return msgspec.json.Decoder(message).decode, msgspec.ValidationError
+
+
+def decode_request(line: bytes) -> Request | None:
+    """A client's message; None if it is JSON but not an object; ValueError if it is not
+    JSON."""
+    decoder, not_an_object = _request_decoder()
+    try:
+        return decoder(line)
+    except not_an_object:
+        # The typed decoder stops at the first value that is no object; the whole line
+        # may still not be JSON (an array nested too deeply), which is said as such.
+        decode(line)
+        return None
+    except ValueError as err:  # msgspec's DecodeError
+        raise ValueError(str(err)) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def send_now(sock: socket.socket, data: bytes) -> bytes:
     """Write as much of ``data`` as the non-blocking ``sock`` takes at once; what is left (to
     queue for a writer task). Either side sends this way first: most messages fit, and no
@@ -128,7 +176,7 @@ def notification(method: str, params: dict[str, Any]) -> bytes:
 
 
 def result(msg_id: object, value: Any) -> bytes:
-    return encode({"jsonrpc": "2.0", "id": msg_id, "result": value})
+    return _codec()[0].encode({"jsonrpc": "2.0", "id": msg_id, "result": value}) + b"\n"
 
 
 def error(msg_id: object, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
@@ -251,8 +299,10 @@ __all__ = [
     "Incoming",
     "LineReader",
     "Oversized",
+    "Request",
     "decode",
     "decode_incoming",
+    "decode_request",
     "encode",
     "error",
     "error_from",

@@ -413,7 +413,7 @@ class _Link:
                 self._on_notice(str(msg.method or ""), params)
             return
         on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
-        if isinstance(msg_id, int):
+        if self._progress and isinstance(msg_id, int):
             self._progress.pop(msg_id, None)
         if on_reply is not None:
             on_reply(msg)
@@ -588,9 +588,11 @@ class RemoteDriver:
         return bool(self._hello.get("read_only"))
 
     async def call(self, method: str, /, **params: Any) -> Any:
-        c = protocol.lookup(method)
+        c = protocol.CALLS.get(method) or protocol.lookup(method)
         args, on_progress = protocol.encode_params(c, params)
-        link = await self._wait_link(method)
+        link = self._link
+        if self._closed or link is None or link.is_broken or (link.stale() and not link.check()):
+            link = await self._wait_link(method)
         try:
             reply = await link.request(method, args, on_progress)
         except _LinkLost:
@@ -606,6 +608,7 @@ class RemoteDriver:
             raise InternalError(f"the daemon answered '{method}' with {err}") from None
 
     async def _wait_link(self, method: str) -> _Link:
+        """The link to send a call on once it is up (a call finds an open one itself)."""
         if self._closed:
             raise NoConnectError("the connection is closed")
         link = self._link
