@@ -840,10 +840,13 @@ def encode_params(c: Call, params: Mapping[str, Any]) -> tuple[dict[str, Any], A
     if none): a callback stays with the client, the daemon is only told it is wanted."""
     args: dict[str, Any] = {}
     callback = None
+    progress = c.progress
     for name, value in params.items():
-        if name == c.progress:
+        if name == progress:
             callback = value
             args[name] = value is not None
+        elif type(value) is str:  # most arguments (names, UUIDs, XML) are as they go
+            args[name] = value
         else:
             args[name] = _encode(value)
     return args, callback

@@ -96,12 +96,11 @@ def decode_incoming(line: bytes) -> Incoming | None:
     but not a message (not an object, or fields of the wrong kind); ValueError if it is not
     JSON."""
     decoder, not_a_message = _incoming_decoder()
-    _, _, decode_error = _codec()
     try:
         msg = decoder(line)
     except not_a_message:
         return None
-    except decode_error as err:
+    except ValueError as err:  # msgspec's DecodeError
         raise ValueError(str(err)) from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
@@ -168,7 +167,8 @@ def send_now(sock: socket.socket, data: bytes) -> bytes:
 
 
 def request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
-    return encode({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    message = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+    return _codec()[0].encode(message) + b"\n"
 
 
 def notification(method: str, params: dict[str, Any]) -> bytes:

@@ -108,8 +108,8 @@ class _Link:
         #: The event loop's own wait for a readable socket, and what it raises when the
         #: socket is closed under the wait (see _readable_waiter).
         self._wait_readable, self._closed_errors = _readable_waiter()
-        #: What ends a caller's wait in _lead: the socket closed or broken under it.
-        self._lead_ends: tuple[type[BaseException], ...] = (
+        #: What ends a caller's wait in request(): the socket closed or broken under it.
+        self._read_ends: tuple[type[BaseException], ...] = (
             anyio.ClosedResourceError,
             anyio.BrokenResourceError,
             OSError,
@@ -190,6 +190,16 @@ class _Link:
         params: dict[str, Any],
         on_progress: Callable[[float], object] | None = None,
     ) -> wire.Incoming:
+        """Send a request and wait for its response.
+
+        The caller reads the socket itself until its answer comes when nobody else reads,
+        handing on what comes for others, instead of waiting for the reader task to wake
+        it: a call that waits for its answer then wakes one task, not two (and the reading
+        is done here, not in a coroutine of its own: each one between the caller and the
+        wait is one more frame to step through twice per call). The reader task reads
+        again once this is done if others wait or notices may come (subscriptions);
+        otherwise it looks again after _IDLE_LOOK seconds (keepalive pings wait that long
+        at most)."""
         reply: list[wire.Incoming | None] = []
         # An event to wait on only if someone else reads the answer: a caller that reads
         # it itself (most) finds it in ``reply`` as soon as it is there.
@@ -201,51 +211,41 @@ class _Link:
                 done[0].set()
 
         self._register(method, params, got, on_progress)
-        if not reply and not self._reading and self._raw is not None:
-            await self._lead(reply)
+        raw = self._raw
+        if not reply and not self._reading and raw is not None:
+            wait_readable = self._wait_readable
+            self._reading = True
+            try:
+                while not reply and self._end is None and not self.is_broken:
+                    try:
+                        await wait_readable(raw)
+                    except self._read_ends:
+                        break  # closed under this caller: the link's end fails what was pending
+                    try:
+                        data = raw.recv(_READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError as err:
+                        self._end = err
+                        break
+                    if not data:
+                        self._end = ""  # the daemon closed the connection
+                        break
+                    reason = self._take(data)
+                    if reason is not None:
+                        self._end = reason
+                        break
+            finally:
+                self._reading = False
+                self._read_at = time.monotonic()
+                if self._end is not None or self._pending or self._wants_notices():
+                    self._resume.set()
         if not reply:
             done.append(self._event_type())
             await done[0].wait()
         if reply[0] is None:
             raise _LinkLost
         return reply[0]
-
-    async def _lead(self, reply: list[wire.Incoming | None]) -> None:
-        """Read the socket in this caller's task until its ``reply`` comes, handing on what
-        comes for others, instead of waiting for the reader task to wake this one: a call
-        that waits for its answer then wakes one task, not two. The reader task reads again
-        once this is done if others wait or notices may come (subscriptions); otherwise it
-        looks again after _IDLE_LOOK seconds (keepalive pings wait that long at most)."""
-        raw = self._raw
-        assert raw is not None
-        wait_readable = self._wait_readable
-        closed = self._lead_ends
-        self._reading = True
-        try:
-            while not reply and self._end is None and not self.is_broken:
-                try:
-                    await wait_readable(raw)
-                except closed:
-                    break  # closed under this caller: the link's end fails what was pending
-                try:
-                    data = raw.recv(_READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError as err:
-                    self._end = err
-                    break
-                if not data:
-                    self._end = ""  # the daemon closed the connection
-                    break
-                reason = self._take(data)
-                if reason is not None:
-                    self._end = reason
-                    break
-        finally:
-            self._reading = False
-            self._read_at = time.monotonic()
-            if self._end is not None or self._pending or self._wants_notices():
-                self._resume.set()
 
     def wake_reader(self) -> None:
         """Have the reader task, if it stepped back, read now."""
@@ -358,7 +358,7 @@ class _Link:
                 self._reading or (not self._pending and not self._wants_notices())
             ):
                 # A caller reads, or nothing is awaited and the next caller reads its
-                # answer itself (see _lead).
+                # answer itself (see request).
                 await self._step_back()
             if self._end is not None:
                 break
