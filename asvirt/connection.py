@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import anyio
@@ -120,10 +120,14 @@ class Connection(ConnectionCalls):
             raise OperationInvalidError("the connection is not open")
         return self._client
 
-    async def _call(self, method: str, /, **params: Any) -> Any:
+    def _call(self, method: str, /, **params: Any) -> Coroutine[Any, Any, Any]:
         """Make the declared call ``method`` (:mod:`asvirt.protocol`) on this connection's
-        node."""
-        return await self._driver().call(method, **params)
+        node (await what this returns).
+
+        The driver's own coroutine, not one that awaits it: a call through a daemon suspends
+        while it waits for the answer, and each coroutine between the caller and the wait
+        is one more frame to step through on the way out and back in."""
+        return self._driver().call(method, **params)
 
     def hostname(self) -> str:
         """The host name of the node's machine."""

@@ -8,7 +8,7 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 
 from .drivers.base import (
     BlockInfo,
@@ -47,8 +47,9 @@ class Domain(Handle):
     __slots__ = ()
     _ref: DomainRef
 
-    async def _call(self, method: str, /, **params: Any) -> Any:
-        return await self._conn._call(method, uuid=self.uuid, **params)
+    def _call(self, method: str, /, **params: Any) -> Coroutine[Any, Any, Any]:
+        # The connection's coroutine itself (see Connection._call).
+        return self._conn._call(method, uuid=self.uuid, **params)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

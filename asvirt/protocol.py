@@ -917,7 +917,7 @@ def wire_result(c: Call, value: Any) -> Any:
     the encoder writes its type as :func:`encode_result` would (records, enums, numbers,
     strings and lists of them: most answers), else :func:`encode_result`'s plain value.
     Walking a record in Python cost more than the rest of a daemon's answer."""
-    return value if _native(c.result) else encode_result(c, value)
+    return value if _native_result(c) else encode_result(c, value)
 
 
 def decode_result_json(c: Call, text: bytes) -> Any:
@@ -927,7 +927,7 @@ def decode_result_json(c: Call, text: bytes) -> Any:
     msgspec decodes the types it knows as this module does (records, enums, numbers,
     strings, lists) straight from the text to the declared type, checking as it goes;
     the others go through :func:`decode_result`."""
-    decoder = _json_decoder(c.result)
+    decoder = _result_json_decoder(c)
     if decoder is None:
         from .rpc import wire
 
@@ -938,6 +938,18 @@ def decode_result_json(c: Call, text: bytes) -> Any:
         raise
     except Exception as err:  # msgspec's DecodeError and ValidationError
         raise ValueError(f"result of {c.name}: {err}") from None
+
+
+# Cached by call too: a call is hashed by its identity, a result type like list[DomainRef]
+# by its parts, every time.
+@functools.cache
+def _native_result(c: Call) -> bool:
+    return _native(c.result)
+
+
+@functools.cache
+def _result_json_decoder(c: Call) -> Callable[[bytes], Any] | None:
+    return _json_decoder(c.result)
 
 
 @functools.cache
@@ -979,24 +991,41 @@ def decode_params(c: Call, params: object) -> dict[str, Any]:
     """
     if not isinstance(params, dict):
         raise InvalidArgError(f"{c.name}: params must be an object")
-    names = {p for p, _ in c.params}
-    unknown = set(params) - names
-    if unknown:
+    names, plan = _param_plan(c)
+    if not params.keys() <= names:
+        unknown = set(params) - names
         raise InvalidArgError(
             f"{c.name}: unknown argument(s): {', '.join(sorted(map(str, unknown)))}"
         )
     out: dict[str, Any] = {}
-    for name, type_ in c.params:
+    for name, decode, what, default in plan:
         if name not in params:
-            if name in c.defaults:
-                out[name] = c.defaults[name]
+            if default is not _REQUIRED:
+                out[name] = default
                 continue
             raise InvalidArgError(f"{c.name}: missing argument '{name}'")
         try:
-            out[name] = _decode(type_, params[name], f"{c.name}: argument '{name}'")
+            out[name] = decode(params[name], what)
         except ValueError as err:
             raise InvalidArgError(str(err)) from None
     return out
+
+
+#: The default of an argument that has none.
+_REQUIRED: Any = object()
+
+
+@functools.cache
+def _param_plan(
+    c: Call,
+) -> tuple[frozenset[str], tuple[tuple[str, Callable[[Any, str], Any], str, Any], ...]]:
+    """How :func:`decode_params` checks a call's arguments, worked out once per call: their
+    names, and for each its decoder, its name in errors and its default."""
+    plan = tuple(
+        (name, _decoder(type_), f"{c.name}: argument '{name}'", c.defaults.get(name, _REQUIRED))
+        for name, type_ in c.params
+    )
+    return frozenset(name for name, _ in c.params), plan
 
 
 def _decode(type_: Any, value: Any, what: str) -> Any:

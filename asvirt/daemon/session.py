@@ -25,7 +25,7 @@ import msgspec
 import trio
 
 from .. import __version__, protocol
-from ..drivers.local import begin
+from ..drivers.local import begin, method_for
 from ..errors import AsvirtError, InvalidArgError, OperationDeniedError
 from ..events import DomainEvent, EventKind, Subscription
 from ..events.codec import event_to_dict
@@ -75,6 +75,8 @@ _ids = itertools.count(1)
 _READS_PER_YIELD = 16
 #: Bytes a session asks of its socket per read.
 _READ_SIZE = 65536
+#: Answers a read's messages may hold back to send together, at most.
+_BATCH_MAX = 64
 
 
 class Session:
@@ -102,8 +104,13 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         #: Messages queued for the writer and not yet written (none: a send may go direct).
         self._queued = 0
+        #: While the messages of one read are handled, what they have to send: sent in one
+        #: write once they all are (None: each message is sent as it comes).
+        self._batch: list[bytes] | None = None
         self._workers = trio.CapacityLimiter(limits.max_workers)
         self._subscriptions: dict[int, Subscription] = {}
+        #: The driver method of each call the client has made.
+        self._methods: dict[protocol.Call, Callable[..., Any]] = {}
         self._heard = False
         self._nursery: trio.Nursery | None = None
         self.log = log.bind(client=self.id, uid=peer.uid, pid=peer.pid)
@@ -142,7 +149,19 @@ class Session:
 
     def send(self, data: bytes) -> None:
         """Send a message to the client now if the socket takes it, else queue it; drops the
-        client if its backlog is full."""
+        client if its backlog is full. While the messages of a read are handled, what they
+        answer (and the events they cause) waits to be sent with the rest."""
+        batch = self._batch
+        if batch is None:
+            self._send_now(data)
+        else:
+            batch.append(data)
+            if len(batch) >= _BATCH_MAX:
+                self._batch = []
+                self._send_now(b"".join(batch))
+
+    def _send_now(self, data: bytes) -> None:
+        """Send now what the socket takes, after what is queued already; queue the rest."""
         if not self._queued:
             data = wire.send_now(self._sock, data)
             if not data:
@@ -223,17 +242,25 @@ class Session:
                 await trio.lowlevel.checkpoint()
                 unyielded = 0
             self._heard = True
-            for line in reader.feed(data):
-                if isinstance(line, wire.Oversized):
-                    self.send(
-                        wire.error(
-                            None,
-                            wire.INVALID_REQUEST,
-                            f"message larger than {self.limits.max_message} bytes",
+            # The answers to what one read brought go out together, in one write (a client
+            # that sends several requests at once gets them with one system call).
+            self._batch = []
+            try:
+                for line in reader.feed(data):
+                    if isinstance(line, wire.Oversized):
+                        self.send(
+                            wire.error(
+                                None,
+                                wire.INVALID_REQUEST,
+                                f"message larger than {self.limits.max_message} bytes",
+                            )
                         )
-                    )
-                    continue
-                self._handle(line)
+                        continue
+                    self._handle(line)
+            finally:
+                batch, self._batch = self._batch, None
+                if batch:
+                    self._send_now(b"".join(batch))
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -248,26 +275,33 @@ class Session:
 
     def _dispatch(self, line: bytes) -> None:
         try:
-            msg = wire.decode(line)
+            msg = wire.decode_request(line)
         except ValueError as err:
             self.send(wire.error(None, wire.PARSE_ERROR, f"not JSON: {err}"))
             return
-        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        if msg is None or msg.jsonrpc != "2.0":
             self.send(wire.error(None, wire.INVALID_REQUEST, "not a JSON-RPC 2.0 message"))
             return
-        method = msg.get("method")
-        msg_id = msg.get("id")
-        if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, int | str)):
+        method = msg.method
+        msg_id = msg.id
+        if (
+            msg_id is not None
+            and type(msg_id) is not int  # most: checked first, without building a tuple
+            and (isinstance(msg_id, bool) or not isinstance(msg_id, (int, str)))
+        ):
             self.send(wire.error(None, wire.INVALID_REQUEST, "an id is a number or a string"))
             return
         if not isinstance(method, str):
             self.send(wire.error(msg_id, wire.INVALID_REQUEST, "no method"))
             return
-        params = msg.get("params", {})
+        params = msg.params
         if msg_id is None:
             return  # notifications from clients (keepalive.pong) only say they are alive
         try:
-            if method == "hello":
+            c = protocol.CALLS.get(method)
+            if c is not None:
+                self._start_call(msg_id, c, params)
+            elif method == "hello":
                 self.send(wire.result(msg_id, self._hello()))
             elif method == "events.subscribe":
                 try:
@@ -285,7 +319,7 @@ class Session:
                     return
                 self.send(wire.result(msg_id, None))
             else:
-                self._start_call(msg_id, method, params)
+                self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
         except AsvirtError as err:
             self.send(wire.error_from(msg_id, err))
 
@@ -317,16 +351,12 @@ class Session:
             "keepalive": self.limits.keepalive_interval,
         }
 
-    def _start_call(self, msg_id: int | str, method: str, params: object) -> None:
-        c = protocol.CALLS.get(method)
-        if c is None:
-            self.send(wire.error(msg_id, wire.METHOD_NOT_FOUND, f"no such method: {method!r}"))
-            return
+    def _start_call(self, msg_id: int | str, c: protocol.Call, params: object) -> None:
         if self.read_only and not c.read_only_ok:
             # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
-            self.log.warning("call refused", method=method, reason="read-only connection")
+            self.log.warning("call refused", method=c.name, reason="read-only connection")
             what = "changes state" if c.mutates else "reads a secret"
-            raise OperationDeniedError(f"'{method}' {what}; this connection is read-only")
+            raise OperationDeniedError(f"'{c.name}' {what}; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
         except InvalidArgError as err:
@@ -340,7 +370,7 @@ class Session:
             # Most of these (lookups, state, info) are done as soon as they are made: they
             # are answered here, and only one that has to wait gets a task of its own.
             try:
-                done, value = begin(self.node, c, args, client=self)
+                done, value = begin(self.node, c, args, client=self, method=self._method(c))
             except Exception as err:
                 self.send(self._failure(msg_id, c, err))
                 return
@@ -351,6 +381,13 @@ class Session:
             value = None
         assert self._nursery is not None
         self._nursery.start_soon(self._call, msg_id, c, args, value)
+
+    def _method(self, c: protocol.Call) -> Callable[..., Any]:
+        """The node's driver method for ``c``, found once per session (see begin)."""
+        method = self._methods.get(c)
+        if method is None:
+            method = self._methods[c] = method_for(self.node, c)
+        return method
 
     def _progress_sender(self, msg_id: int | str) -> Callable[[float], None]:
         """A progress callback that tells the client, for its request ``msg_id``."""
@@ -374,7 +411,7 @@ class Session:
                 value = await started
             else:
                 async with self._workers:
-                    done, value = begin(self.node, c, args, client=self)
+                    done, value = begin(self.node, c, args, client=self, method=self._method(c))
                     if not done:
                         value = await value
             reply = self._success(msg_id, c, value)

@@ -9,10 +9,9 @@ receives the same way, with its session as the client.
 from __future__ import annotations
 
 import dis
-import functools
 import inspect
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import protocol
@@ -44,21 +43,34 @@ async def invoke(node: Node, name: str, params: dict[str, Any], *, client: objec
     return value if done else await value
 
 
+def method_for(node: Node, c: protocol.Call) -> Callable[..., Any]:
+    """The driver method that serves the declared call ``c`` on ``node``
+    (OperationUnsupportedError if the node has no driver for it)."""
+    return getattr(driver_for(node, c.target), c.name)
+
+
 def begin(
-    node: Node, c: protocol.Call, params: dict[str, Any], *, client: object
+    node: Node,
+    c: protocol.Call,
+    params: dict[str, Any],
+    *,
+    client: object,
+    method: Callable[..., Any] | None = None,
 ) -> tuple[bool, Any]:
     """Start the declared call ``c``: ``(True, result)`` when it is already done, as most
     calls that never wait are (lookups, info, state), ``(False, awaitable)`` when it has to
     wait for something, and its caller awaits the rest where it sees fit.
 
     The daemon answers the calls that are done at once as it reads them, and spawns a task
-    only for those that wait: a task per call cost more than the call itself.
+    only for those that wait: a task per call cost more than the call itself. It keeps the
+    ``method`` it found with :func:`method_for` for each call and passes it.
     """
-    method = getattr(driver_for(node, c.target), c.name)
+    if method is None:
+        method = method_for(node, c)
     if c.client:
         params = {**params, "client": client}
     result = method(**params)
-    if not inspect.iscoroutine(result):
+    if type(result) is not types.CoroutineType:  # inspect.iscoroutine's test, without a call
         if inspect.isawaitable(result):
             return False, result
         return True, result
@@ -73,11 +85,20 @@ def begin(
     raise RuntimeError(f"{c.name} suspended, and its code has no yield")  # pragma: no cover
 
 
-@functools.cache
+#: What _never_suspends found, by the id of the code (kept with it, so that the id stays
+#: its own): a code object's hash is worked out from its bytecode and constants every time.
+_NEVER_SUSPENDS: dict[int, tuple[types.CodeType, bool]] = {}
+
+
 def _never_suspends(code: types.CodeType) -> bool:
     """Whether a coroutine of ``code`` always finishes at its first step: it suspends only
     at a YIELD_VALUE of its own (every await, async with and async for has one)."""
-    return not any(i.opname == "YIELD_VALUE" for i in dis.get_instructions(code))
+    found = _NEVER_SUSPENDS.get(id(code))
+    if found is not None and found[0] is code:
+        return found[1]
+    never = not any(i.opname == "YIELD_VALUE" for i in dis.get_instructions(code))
+    _NEVER_SUSPENDS[id(code)] = (code, never)
+    return never
 
 
 class LocalDriver:

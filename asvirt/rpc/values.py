@@ -69,6 +69,8 @@ def encode_args(
         if name == progress:
             callback = value
             args[name] = value is not None
+        elif type(value) is str:  # most arguments (names, UUIDs, XML) are as they go
+            args[name] = value
         else:
             args[name] = encode(value)
     return args, callback

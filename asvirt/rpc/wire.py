@@ -9,7 +9,6 @@ times faster than the standard library on this traffic, and checks shapes as it 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 from .. import errors
 from ..errors import AsvirtError, ErrorCode
@@ -100,16 +99,67 @@ def decode_incoming(line: bytes) -> Incoming | None:
     but not a message (not an object, or fields of the wrong kind); ValueError if it is not
     JSON."""
     decoder, not_a_message = _incoming_decoder()
-    _, _, decode_error = _codec()
     try:
         msg = decoder(line)
     except not_a_message:
         return None
-    except decode_error as err:
+    except ValueError as err:  # msgspec's DecodeError
         raise ValueError(str(err)) from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     return msg
+
+
+if TYPE_CHECKING:
+
+    class Request(Protocol):
+        """A message from a client, as the daemon reads it (see :func:`decode_request`)."""
+
+        #: "2.0" in a JSON-RPC 2.0 message.
+        jsonrpc: Any
+        #: The request's id (None for a notification).
+        id: Any
+        #: The method asked for.
+        method: Any
+        #: Its arguments ({} when the message has none).
+        params: Any
+
+
+@functools.cache
+def _request_decoder() -> tuple[Any, type[Exception]]:
+    from typing import Any
+
+    import msgspec
+
+    # Fields of any type (the daemon checks them and says what is wrong); read into a
+    # struct rather than a dict, which costs less to make and to look into.
+    message = msgspec.defstruct(
+        "Request",
+        [
+            ("jsonrpc", Any, None),
+            ("id", Any, None),
+            ("method", Any, None),
+            ("params", Any, msgspec.field(default_factory=dict)),
+        ],
+    )
+    return msgspec.json.Decoder(message).decode, msgspec.ValidationError
+
+
+def decode_request(line: bytes) -> Request | None:
+    """A client's message; None if it is JSON but not an object; ValueError if it is not
+    JSON."""
+    decoder, not_an_object = _request_decoder()
+    try:
+        return decoder(line)
+    except not_an_object:
+        # The typed decoder stops at the first value that is no object; the whole line
+        # may still not be JSON (an array nested too deeply), which is said as such.
+        decode(line)
+        return None
+    except ValueError as err:  # msgspec's DecodeError
+        raise ValueError(str(err)) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def send_now(sock: socket.socket, data: bytes) -> bytes:
@@ -124,7 +174,8 @@ def send_now(sock: socket.socket, data: bytes) -> bytes:
 
 
 def request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
-    return encode({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    message = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+    return _codec()[0].encode(message) + b"\n"
 
 
 def notification(method: str, params: dict[str, Any]) -> bytes:
@@ -132,7 +183,7 @@ def notification(method: str, params: dict[str, Any]) -> bytes:
 
 
 def result(msg_id: object, value: Any) -> bytes:
-    return encode({"jsonrpc": "2.0", "id": msg_id, "result": value})
+    return _codec()[0].encode({"jsonrpc": "2.0", "id": msg_id, "result": value}) + b"\n"
 
 
 def error(msg_id: object, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
@@ -207,7 +258,19 @@ class LineReader:
         self._buf = bytearray()
         self._skipping: bytes | None = None
 
-    def feed(self, data: bytes | bytearray) -> Iterator[bytes | Oversized]:
+    def feed(self, data: bytes | bytearray) -> list[bytes | Oversized]:
+        """The lines ``data`` completes, in order (without their newline; blank ones left
+        out)."""
+        if not self._buf and self._skipping is None and len(data) <= self._limit:
+            # What one read brings mostly ends where a message ends, with nothing held
+            # before it: split it where it is, without copying it through the buffer.
+            # (No line in it can be over the limit.)
+            lines = bytes(data).split(b"\n")
+            rest = lines.pop()
+            if rest:
+                self._buf += rest
+            return [line for line in lines if line.strip()]
+        found: list[bytes | Oversized] = []
         self._buf += data
         while True:
             end = self._buf.find(b"\n")
@@ -216,16 +279,16 @@ class LineReader:
                     if self._skipping is None:
                         self._skipping = bytes(self._buf[:64])
                     del self._buf[:]
-                return
+                return found
             line = bytes(self._buf[:end])
             del self._buf[: end + 1]
             if self._skipping is not None:
                 head, self._skipping = self._skipping, None
-                yield Oversized(head)
+                found.append(Oversized(head))
             elif end > self._limit:
-                yield Oversized(line[:64])
+                found.append(Oversized(line[:64]))
             elif line.strip():
-                yield line
+                found.append(line)
 
     @property
     def pending(self) -> int:
@@ -245,6 +308,7 @@ __all__ = [
     "Oversized",
     "decode",
     "decode_incoming",
+    "decode_request",
     "encode",
     "error",
     "error_from",

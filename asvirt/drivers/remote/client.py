@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 import anyio
@@ -104,6 +105,16 @@ class _Link:
         self._drained = False
         # The event loop's own Event class: anyio.Event() looks the loop up on every call.
         self._event_type = type(anyio.Event())
+        #: The event loop's own wait for a readable socket, and what it raises when the
+        #: socket is closed under the wait (see _readable_waiter).
+        self._wait_readable, self._closed_errors = _readable_waiter()
+        #: What ends a caller's wait in request(): the socket closed or broken under it.
+        self._read_ends: tuple[type[BaseException], ...] = (
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            OSError,
+            *self._closed_errors,
+        )
         self._on_notice = on_notice
         #: Whether notices other than keepalive pings may come (open subscriptions): then
         #: the reader task reads whenever no caller does, so that they arrive at once.
@@ -127,6 +138,8 @@ class _Link:
         self._progress: dict[int, Callable[[float], object]] = {}
         self._out_send, self._out_recv = anyio.create_memory_object_stream[bytes](1_000_000)
         self.broken = anyio.Event()
+        #: Whether ``broken`` is set (asked on every call: a plain attribute is cheaper).
+        self.is_broken = False
         #: Why the stream broke (what the transport said), if it did not just end.
         self.error: BaseException | None = None
 
@@ -162,7 +175,7 @@ class _Link:
         on_reply: Callable[[wire.Incoming | None], None],
         on_progress: Callable[[float], object] | None = None,
     ) -> None:
-        if self.broken.is_set():
+        if self.is_broken:
             on_reply(None)
             return
         msg_id = next(self._ids)
@@ -177,56 +190,62 @@ class _Link:
         params: dict[str, Any],
         on_progress: Callable[[float], object] | None = None,
     ) -> wire.Incoming:
-        done = self._event_type()
+        """Send a request and wait for its response.
+
+        The caller reads the socket itself until its answer comes when nobody else reads,
+        handing on what comes for others, instead of waiting for the reader task to wake
+        it: a call that waits for its answer then wakes one task, not two (and the reading
+        is done here, not in a coroutine of its own: each one between the caller and the
+        wait is one more frame to step through twice per call). The reader task reads
+        again once this is done if others wait or notices may come (subscriptions);
+        otherwise it looks again after _IDLE_LOOK seconds (keepalive pings wait that long
+        at most)."""
         reply: list[wire.Incoming | None] = []
+        # An event to wait on only if someone else reads the answer: a caller that reads
+        # it itself (most) finds it in ``reply`` as soon as it is there.
+        done: list[Any] = []
 
         def got(message: wire.Incoming | None) -> None:
             reply.append(message)
-            done.set()
+            if done:
+                done[0].set()
 
         self._register(method, params, got, on_progress)
-        if not reply and not self._reading and self._raw is not None:
-            await self._lead(reply)
+        raw = self._raw
+        if not reply and not self._reading and raw is not None:
+            wait_readable = self._wait_readable
+            self._reading = True
+            try:
+                while not reply and self._end is None and not self.is_broken:
+                    try:
+                        await wait_readable(raw)
+                    except self._read_ends:
+                        break  # closed under this caller: the link's end fails what was pending
+                    try:
+                        data = raw.recv(_READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError as err:
+                        self._end = err
+                        break
+                    if not data:
+                        self._end = ""  # the daemon closed the connection
+                        break
+                    reason = self._take(data)
+                    if reason is not None:
+                        self._end = reason
+                        break
+            finally:
+                self._reading = False
+                self._read_at = time.monotonic()
+                if self._end is not None or self._pending or self._wants_notices():
+                    self._resume.set()
         if not reply:
-            await done.wait()
+            done.append(self._event_type())
+            await done[0].wait()
         if reply[0] is None:
             raise _LinkLost
         return reply[0]
-
-    async def _lead(self, reply: list[wire.Incoming | None]) -> None:
-        """Read the socket in this caller's task until its ``reply`` comes, handing on what
-        comes for others, instead of waiting for the reader task to wake this one: a call
-        that waits for its answer then wakes one task, not two. The reader task reads again
-        once this is done if others wait or notices may come (subscriptions); otherwise it
-        looks again after _IDLE_LOOK seconds (keepalive pings wait that long at most)."""
-        raw = self._raw
-        assert raw is not None
-        self._reading = True
-        try:
-            while not reply and self._end is None and not self.broken.is_set():
-                try:
-                    await anyio.wait_readable(raw)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                    break  # closed under this caller: the link's end fails what was pending
-                try:
-                    data = raw.recv(_READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError as err:
-                    self._end = err
-                    break
-                if not data:
-                    self._end = ""  # the daemon closed the connection
-                    break
-                reason = self._take(data)
-                if reason is not None:
-                    self._end = reason
-                    break
-        finally:
-            self._reading = False
-            self._read_at = time.monotonic()
-            if self._end is not None or self._pending or self._wants_notices():
-                self._resume.set()
 
     def wake_reader(self) -> None:
         """Have the reader task, if it stepped back, read now."""
@@ -242,7 +261,7 @@ class _Link:
         not, the reader task ends it: wait for ``broken``)."""
         raw = self._raw
         if raw is None or self._reading or self._end is not None:
-            return self._end is None and not self.broken.is_set()
+            return self._end is None and not self.is_broken
         self._read_at = time.monotonic()
         try:
             data = raw.recv(_READ_SIZE)
@@ -276,6 +295,7 @@ class _Link:
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as group:
             self.error = _first(group)
         finally:
+            self.is_broken = True
             self.broken.set()
             self._out_send.close()
             self._out_recv.close()
@@ -312,7 +332,10 @@ class _Link:
                 return b""
         while True:
             if self._drained:
-                await anyio.wait_readable(raw)
+                try:
+                    await self._wait_readable(raw)
+                except self._closed_errors as err:
+                    raise anyio.ClosedResourceError from err
                 self._unyielded = 0
             try:
                 data = raw.recv(_READ_SIZE)
@@ -335,7 +358,7 @@ class _Link:
                 self._reading or (not self._pending and not self._wants_notices())
             ):
                 # A caller reads, or nothing is awaited and the next caller reads its
-                # answer itself (see _lead).
+                # answer itself (see request).
                 await self._step_back()
             if self._end is not None:
                 break
@@ -390,7 +413,7 @@ class _Link:
                 self._on_notice(str(msg.method or ""), params)
             return
         on_reply = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
-        if isinstance(msg_id, int):
+        if self._progress and isinstance(msg_id, int):
             self._progress.pop(msg_id, None)
         if on_reply is not None:
             on_reply(msg)
@@ -565,9 +588,11 @@ class RemoteDriver:
         return bool(self._hello.get("read_only"))
 
     async def call(self, method: str, /, **params: Any) -> Any:
-        c = protocol.lookup(method)
+        c = protocol.CALLS.get(method) or protocol.lookup(method)
         args, on_progress = protocol.encode_params(c, params)
-        link = await self._wait_link(method)
+        link = self._link
+        if self._closed or link is None or link.is_broken or (link.stale() and not link.check()):
+            link = await self._wait_link(method)
         try:
             reply = await link.request(method, args, on_progress)
         except _LinkLost:
@@ -583,16 +608,18 @@ class RemoteDriver:
             raise InternalError(f"the daemon answered '{method}' with {err}") from None
 
     async def _wait_link(self, method: str) -> _Link:
+        """The link to send a call on once it is up (a call finds an open one itself)."""
         if self._closed:
             raise NoConnectError("the connection is closed")
         link = self._link
-        if link is not None and not link.broken.is_set():
-            if not link.stale() or link.check():
+        if link is not None and not link.is_broken:
+            # Not stale() first: a check() that just found the daemon gone counts as a read.
+            if link.check():
                 return link  # up: no deadline to set up
             # The daemon went while nobody read: wait for the reconnection, as if seen.
             await link.broken.wait()
         with anyio.move_on_after(RECONNECT_DEADLINE):
-            while self._link is None or self._link.broken.is_set():
+            while self._link is None or self._link.is_broken:
                 await self._link_up.wait()
             return self._link
         raise NoConnectError(
@@ -653,6 +680,28 @@ class RemoteDriver:
                 with anyio.move_on_after(RECONNECT_DEADLINE), contextlib.suppress(_LinkLost):
                     await link.request("bye", {})
                 await anyio.aclose_forcefully(link.stream)
+
+
+def _readable_waiter() -> tuple[
+    Callable[[socket.socket], Awaitable[None]], tuple[type[BaseException], ...]
+]:
+    """How the running event loop waits for a socket to be readable, and what it raises
+    when the socket is closed under the wait (besides anyio's errors). Under trio, trio's
+    own wait: anyio's looks the event loop up first, every time, and a client that waits
+    for each answer waits once per call."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        import sniffio  # trio's own dependency
+
+        try:
+            if sniffio.current_async_library() == "trio":
+                return trio.lowlevel.wait_readable, (
+                    trio.ClosedResourceError,
+                    trio.BusyResourceError,
+                )
+        except sniffio.AsyncLibraryNotFoundError:
+            pass
+    return anyio.wait_readable, ()
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
