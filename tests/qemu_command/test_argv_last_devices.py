@@ -58,7 +58,7 @@ def test_vhost_net_descriptors_beside_the_taps(caps: Caps, source: str) -> None:
     )
     assert opts(argv, "-netdev") == ["tap,fd=21,vhost=on,vhostfd=22,id=hostnet0"]
     # Shown without descriptors (domxml-to-native): demanded, so QEMU would open it.
-    assert opts(argv_of(caps, one), "-netdev")[0].endswith(",vhost=on")
+    assert "vhost=on" in opts(argv_of(caps, one), "-netdev")[0].split(",")
 
 
 def test_vhost_net_is_for_virtio_nics_on_taps(caps: Caps) -> None:
