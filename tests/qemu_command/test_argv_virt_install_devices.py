@@ -8,12 +8,14 @@ under the real QEMU, asked over QMP what it built.
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 from qemu_launch import launch_paused, launched_peripherals
 
 from asvirt.conf.domain import parse_domain_xml
+from asvirt.drivers.qemu.command import MonitorSpec, build_command, fill_runtime_paths
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError
 from tests.caps import Caps
@@ -324,3 +326,21 @@ def test_tpm_passthrough_and_host_devices(caps: Caps, tmp_path: Path) -> None:
     assert device(argv, "hostdev2")["hostdevice"] == "/dev/bus/usb/001/002"
     # No assignable device on these machines: starting them is refused (see the driver test).
     assert [d["driver"] for d in devices(argv)].count("usb-host") == 2
+
+
+def test_a_started_spice_display_keeps_the_port_its_live_xml_names(
+    caps: Caps, tmp_path: Path
+) -> None:
+    # A start gives the live definition its automatic port, then builds the argv from it:
+    # the argv must name that port, not probe for a free one again (which could differ).
+    d = prepare_domain(
+        parse_domain_xml(dom("<graphics type='spice' autoport='yes' listen='127.0.0.1'/>")), caps
+    )
+    fill_runtime_paths(d, str(tmp_path))
+    port = d.graphics[0].port
+    assert port is not None and port >= 5900
+    with socket.socket() as taken:  # the port is no longer free when the argv is built
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        argv = build_command(d, caps, monitor=MonitorSpec(path=str(tmp_path / "m.sock")))
+    assert opts(argv, "-spice")[0].startswith(f"port={port},")

@@ -123,9 +123,11 @@ def build_command(
     if runtime_dir is None and monitor.path is not None:
         runtime_dir = os.path.dirname(monitor.path) or "."
     tls = tls or TlsConfig()
+    # A start's live definition has its runtime paths and ports already (fill_runtime_paths):
+    # they are kept, so that QEMU is given what the live XML says.
     if runtime_dir is not None and _needs_runtime_paths(defn, tls):
         defn = defn.copy()
-        fill_runtime_paths(defn, runtime_dir, tls)
+        fill_runtime_paths(defn, runtime_dir, tls, reassign=False)
     builder = _Builder(defn, caps, sandbox=sandbox, tap_fds=tap_fds, tls=tls, vhost_fds=vhost_fds)
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
@@ -164,10 +166,12 @@ def domxml_to_native(
     )
 
 
-def fill_runtime_paths(defn: DomainDef, runtime_dir: str, tls: TlsConfig | None = None) -> None:
+def fill_runtime_paths(
+    defn: DomainDef, runtime_dir: str, tls: TlsConfig | None = None, *, reassign: bool = True
+) -> None:
     """Give unix sockets that have no configured path one under ``runtime_dir`` (in place),
     and SPICE displays with automatic ports their ports (a TLS one too when ``tls`` has
-    SPICE speak it).
+    SPICE speak it); ``reassign=False`` keeps the ports a display already has.
 
     libvirt does the same when it starts a domain (the guest agent socket, a VNC socket),
     so the live XML names the socket a client should use.
@@ -176,7 +180,7 @@ def fill_runtime_paths(defn: DomainDef, runtime_dir: str, tls: TlsConfig | None 
         if chr_.type == "unix" and chr_.source_path is None:
             name = chr_.target_name or chr_.alias or "chardev"
             chr_.source_path = _socket_path(runtime_dir, f"{defn.uuid[:8]}-{name}.sock")
-    more.fill_spice(defn, runtime_dir, spice_tls=tls is not None and tls.spice)
+    more.fill_spice(defn, runtime_dir, spice_tls=tls is not None and tls.spice, reassign=reassign)
     for gfx in defn.graphics:
         for lst in gfx.listens:
             if lst.type == "socket" and lst.socket is None:
@@ -210,7 +214,7 @@ def links_down(defn: DomainDef) -> list[str]:
 
 
 def _needs_runtime_paths(defn: DomainDef, tls: TlsConfig) -> bool:
-    if more.needs_runtime_paths(defn, spice_tls=tls.spice):
+    if more.needs_runtime_paths(defn, spice_tls=tls.spice, reassign=False):
         return True
     return any(c.type == "unix" and c.source_path is None for c in defn.chardevs()) or any(
         lst.type == "socket" and lst.socket is None for g in defn.graphics for lst in g.listens

@@ -127,18 +127,28 @@ def nvram_blockdev_names() -> tuple[str, str]:
 # ports and paths chosen when a domain starts
 
 
-def needs_runtime_paths(d: DomainDef, *, spice_tls: bool = False) -> bool:
+def needs_runtime_paths(d: DomainDef, *, spice_tls: bool = False, reassign: bool = True) -> bool:
+    """Whether :func:`fill_spice` has something to fill in ``d`` (``reassign``: as there)."""
     if d.os.nvram is not None and d.os.nvram.path is None:
         return True
     return any(
         g.type == "spice"
         and (
-            (g.listens and g.listens[0].type == "address" and g.autoport)
+            (
+                g.listens
+                and g.listens[0].type == "address"
+                and g.autoport
+                and (reassign or not _assigned(g.port))
+            )
             or (g.listens and g.listens[0].type == "socket" and g.listens[0].socket is None)
-            or _wants_tls_port(g, spice_tls)
+            or (_wants_tls_port(g, spice_tls) and (reassign or not _assigned(g.tls_port)))
         )
         for g in d.graphics
     )
+
+
+def _assigned(port: int | None) -> bool:
+    return port is not None and port > 0
 
 
 def _wants_tls_port(gfx: Graphics, spice_tls: bool) -> bool:
@@ -153,11 +163,16 @@ def _wants_tls_port(gfx: Graphics, spice_tls: bool) -> bool:
     return bool(gfx.autoport) and not plain_only
 
 
-def fill_spice(d: DomainDef, runtime_dir: str, *, spice_tls: bool = False) -> None:
+def fill_spice(
+    d: DomainDef, runtime_dir: str, *, spice_tls: bool = False, reassign: bool = True
+) -> None:
     """A SPICE display with an automatic port gets a free one (libvirt's allocator does the
     same, from 5900 up), and a TLS port too when ``spice_tls`` (SPICE TLS is on); a SPICE
     socket without a path gets one under ``runtime_dir``, and so does an NVRAM file of a
-    definition prepared without an NVRAM directory."""
+    definition prepared without an NVRAM directory.
+
+    ``reassign=False`` keeps automatic ports already given (the live definition a start
+    filled in: its argv must name the ports its live XML says, not probe again)."""
     if d.os.nvram is not None and d.os.nvram.path is None:
         # Prepared without an NVRAM directory (a conversion): beside the other runtime files.
         d.os.nvram.path = os.path.join(runtime_dir, f"{d.name}_VARS.fd")
@@ -167,9 +182,9 @@ def fill_spice(d: DomainDef, runtime_dir: str, *, spice_tls: bool = False) -> No
         lst = gfx.listens[0]
         if lst.type == "socket" and lst.socket is None:
             lst.socket = socket_path(runtime_dir, f"{d.uuid[:8]}-spice.sock")
-        elif lst.type == "address" and gfx.autoport:
+        elif lst.type == "address" and gfx.autoport and (reassign or not _assigned(gfx.port)):
             gfx.port = free_tcp_port(lst.address or "127.0.0.1")
-        if _wants_tls_port(gfx, spice_tls):
+        if _wants_tls_port(gfx, spice_tls) and (reassign or not _assigned(gfx.tls_port)):
             host = lst.address or "127.0.0.1"
             port = free_tcp_port(host)
             if port == gfx.port:  # nothing listens on the plain port yet: the next one
