@@ -579,9 +579,9 @@ class DomainCalls(Protocol):
         """Remove the domain's managed save image (its next start boots)."""
         ...
 
-    # It reads a file of the node's host (the XML may hold a display password): not for
-    # read-only clients.
-    @call(mutates=True)
+    # It reads a file of the node's host (the XML may hold a display password): changes
+    # nothing, but not for read-only clients (libvirt: read_secure).
+    @call(mutates=False, secure=True)
     async def save_image_get_xml_desc(self, path: str) -> str:
         """The domain XML a save image (on the node's host) holds."""
         ...

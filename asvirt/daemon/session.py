@@ -355,7 +355,7 @@ class Session:
         if self.read_only and not c.read_only_ok:
             # Who tried, as for the calls that are made: SO_PEERCRED's uid and pid.
             self.log.warning("call refused", method=c.name, reason="read-only connection")
-            what = "changes state" if c.mutates else "reads a secret"
+            what = "changes state" if c.mutates else "may reveal secrets"
             raise OperationDeniedError(f"'{c.name}' {what}; this connection is read-only")
         try:
             args = protocol.decode_params(c, params)
@@ -364,7 +364,7 @@ class Session:
             return
         if c.progress is not None:
             args[c.progress] = self._progress_sender(msg_id) if args[c.progress] else None
-        if c.mutates:
+        if c.mutates or c.secure:  # who changed or read what read-only clients may not
             self.log.info("call", method=c.name, **_loggable(args))
         if c.priority is protocol.Priority.HIGH:
             # Most of these (lookups, state, info) are done as soon as they are made: they
