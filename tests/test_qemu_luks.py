@@ -256,3 +256,53 @@ async def test_encrypted_volumes_are_created_with_their_secret(conn, tmp_path, f
         ["qemu-io", "--object", obj, "--image-opts", image, "-c", "read 0 512"],
         capture_stdout=True,
     )
+
+
+def luks_cdrom(path: Path | None) -> str:
+    """A SCSI CD-ROM holding the raw LUKS image ``path`` (None: empty)."""
+    enc = f"<encryption format='luks'><secret type='passphrase' uuid='{SECRET_UUID}'/></encryption>"
+    source = "" if path is None else f"<source file='{path}'>{enc}</source>"
+    return f"""
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>{source}
+      <target dev='sda' bus='scsi'/><readonly/>
+    </disk>"""
+
+
+async def test_encrypted_media_go_into_a_cdrom_with_their_secret(conn, test_guest, tmp_path):
+    first, second = tmp_path / "a.luks", tmp_path / "b.luks"
+    make_luks(first, "luks", PASSPHRASE, MARKER + "a")
+    make_luks(second, "luks", PASSPHRASE, MARKER + "b")
+    dom, _ = await define(conn, test_guest, tmp_path, devices=luks_cdrom(None))
+    try:
+        await dom.start(paused=True)
+        # A medium whose secret does not exist yet is refused, and the drive stays empty.
+        with pytest.raises(asvirt.NoSecretError):
+            await dom.update_device(luks_cdrom(first))
+        await define_secret(conn, PASSPHRASE)
+
+        async def medium() -> tuple[str, str] | None:
+            for dev in await dom.qmp("query-block"):
+                if dev.get("removable"):  # the guest's one CD-ROM
+                    ins = dev.get("inserted")
+                    return None if ins is None else (ins["drv"], ins["file"])
+            raise AssertionError("no CD-ROM in query-block")
+
+        assert await medium() is None
+        await dom.update_device(luks_cdrom(first))
+        assert (await medium())[0] == "luks"
+        assert str(first) in (await medium())[1]
+        assert "<encryption format='luks'>" in await dom.xml_desc()
+        # Another encrypted medium: the first one's secret object goes with it.
+        await dom.update_device(luks_cdrom(second))
+        assert str(second) in (await medium())[1]
+        names = {o["name"] for o in await dom.qmp("qom-list", {"path": "/objects"})}
+        assert sum(n.endswith("-format-encryption-secret0") for n in names) == 1
+        # Ejected: no medium, no secret object, no <encryption> left in the live XML.
+        await dom.update_device(luks_cdrom(None))
+        assert await medium() is None
+        names = {o["name"] for o in await dom.qmp("qom-list", {"path": "/objects"})}
+        assert not any(n.endswith("-format-encryption-secret0") for n in names)
+        assert "<encryption" not in await dom.xml_desc()
+    finally:
+        await destroy_all(conn)

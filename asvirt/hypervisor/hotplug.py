@@ -128,8 +128,8 @@ REMOVABLE_MEDIA = ("cdrom", "floppy")
 
 def updated_media(current: Disk, new: Disk) -> Disk:
     """The disk ``current`` would become with ``new``'s media (an update_device of a CD-ROM
-    or a floppy): only the source (and its type and format) may differ; no source means
-    ejected."""
+    or a floppy): only the source (and its type, format and encryption) may differ; no
+    source means ejected."""
     if current.device not in REMOVABLE_MEDIA:
         raise OperationInvalidError(
             f"disk '{current.target}' is a {current.device}: only the media of a cdrom or a "
@@ -149,6 +149,8 @@ def updated_media(current: Disk, new: Disk) -> Disk:
     result.net = new.net
     result.type = new.type
     result.format = new.format or "raw"
+    # An encrypted medium names its passphrase's secret; an empty drive has none.
+    result.encryption = new.encryption if new.has_media else None
     return result
 
 
@@ -170,7 +172,7 @@ def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
         assert isinstance(new, Disk)
         media = updated_media(current, new)
         current.type, current.source, current.format = media.type, media.source, media.format
-        current.net = media.net
+        current.net, current.encryption = media.net, media.encryption
     else:
         assert isinstance(new, Interface)
         current.link_state = updated_link(current, new)

@@ -629,8 +629,12 @@ class HotplugOps:
         caps = await self._env.capabilities_for(self._live_def)
         fresh = new
         check_network_disk(new, self._live_def.name)
+        secrets: dict[str, bytes] = {}
         if new.has_media:
             fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
+            # An encrypted medium's passphrase (as a plugged disk's, see _plug_disk), looked
+            # up before the tray opens: a missing secret changes nothing.
+            secrets = disk_secrets(fresh, self._secret_lookup)
             security = self._security()
             if security is not None:
                 probe = self._live_def.copy()
@@ -641,17 +645,21 @@ class HotplugOps:
         await self.execute("blockdev-open-tray", {"id": alias, "force": True})
         if disk.has_media:
             await self.execute("blockdev-remove-medium", {"id": alias})
-            removed = dataclasses.replace(disk)  # as it was: its nodes and group go
-            disk.source = disk.net = None
+            removed = dataclasses.replace(disk)  # as it was: its nodes, group and secrets go
+            disk.source = disk.net = disk.encryption = None
             self._live_changed()
             await self._del_disk_backend(removed)
         if fresh.has_media:
             added: list[str] = []
             group = None
             creds = None
+            objects: list[str] = []
             try:
                 tls = self._disk_tls(fresh)
                 creds = await self._add_disk_creds(fresh, tls)
+                for sid, value in secrets.items():
+                    await self.add_secret(sid, value)
+                    objects.append(sid)
                 # A medium's throttle group lives as a disk's does (see _plug_disk): an
                 # empty drive has none in QEMU, so its first medium makes it.
                 if fresh.iotune is not None and not self._throttle_group_users(
@@ -670,9 +678,11 @@ class HotplugOps:
                         await self._quietly("object-del", {"id": group})
                     if creds is not None:
                         await self._quietly("object-del", {"id": creds})
+                    for sid in objects:
+                        await self._quietly("object-del", {"id": sid})
                 raise
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
-            disk.net = fresh.net
+            disk.net, disk.encryption = fresh.net, fresh.encryption
             disk.node_index = fresh.node_index
             self._live_changed()
         await self.execute("blockdev-close-tray", {"id": alias})
