@@ -373,12 +373,6 @@ def _event_names() -> dict[str, asvirt.EventKind]:
 
 @command("event", "domain events", needs_loop=True)
 async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    import datetime
-    import math
-
-    import trio
-
-    assert isinstance(conn, asvirt.Connection)
     _EVENT_NAMES = _event_names()
     if args.list:
         for name in _EVENT_NAMES:
@@ -390,22 +384,7 @@ async def cmd_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
         )
     kinds = [_EVENT_NAMES[args.event]] if args.event else None
     domain = await _domain(conn, args.domain) if args.domain else None
-    count = 0
-    timeout = vsh.timeout_seconds(args.timeout) or math.inf
-    with trio.move_on_after(timeout) as waited:
-        async with conn.subscribe(domain, kinds, since=args.since) as events:
-            async for ev in events:
-                line = ev.describe()
-                if args.timestamp:
-                    stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
-                    line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
-                if args.seq:
-                    line = f"{ev.seq}: {line}"
-                print(line, flush=True)
-                count += 1
-                if not args.loop:
-                    break
-    return vsh.events_received(count, timed_out=waited.cancelled_caught)
+    return await vsh.print_events(conn, domain, kinds, args, since=args.since, seq=args.seq)
 
 
 # -- networks and storage ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import sys
 from collections.abc import Callable
 
@@ -169,23 +168,7 @@ async def cmd_net_event(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     if args.event and args.event != "lifecycle":
         raise asvirt.InvalidArgError(f"unknown network event type '{args.event}'")
     net = await _network(conn, args.network) if args.network else None
-    count = 0
-    timeout = vsh.timeout_seconds(args.timeout) or math.inf
-    import trio
-
-    assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
-    with trio.move_on_after(timeout) as waited:
-        async with conn.subscribe(net, asvirt.EventKind.NETWORK_LIFECYCLE) as events:
-            async for ev in events:
-                line = ev.describe()
-                if args.timestamp:
-                    stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
-                    line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
-                print(line, flush=True)
-                count += 1
-                if not args.loop:
-                    break
-    return vsh.events_received(count, timed_out=waited.cancelled_caught)
+    return await vsh.print_events(conn, net, asvirt.EventKind.NETWORK_LIFECYCLE, args)
 
 
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import asvirt
 from asvirt.calls import ConnectionCalls
 
-from . import render
+from . import render, vsh
 from .main import _read_file, command
 from .vsh import CommandError, CommandFailed
 
@@ -165,29 +165,8 @@ async def cmd_secret_event(conn: ConnectionCalls, args: argparse.Namespace) -> i
     if args.event not in _EVENTS:
         raise asvirt.InvalidArgError(f"unknown secret event type {args.event}")
     secret = await _secret(conn, args.secret) if args.secret else None
-    import datetime
-    import math
-
-    import trio
-
-    from . import vsh
-
-    timeout = vsh.timeout_seconds(args.timeout) or math.inf
-    count = 0
-    assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
     kind = asvirt.EventKind[_EVENTS[args.event]]
-    with trio.move_on_after(timeout) as waited:
-        async with conn.subscribe(secret, kind) as events:
-            async for ev in events:
-                line = ev.describe()
-                if args.timestamp:
-                    stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
-                    line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
-                print(line, flush=True)
-                count += 1
-                if not args.loop:
-                    break
-    return vsh.events_received(count, timed_out=waited.cancelled_caught)
+    return await vsh.print_events(conn, secret, kind, args)
 
 
 def _flag(yes: bool, no: bool) -> bool | None:

@@ -23,6 +23,14 @@ import sys
 
 import asvirt
 
+TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+
+    from ..events import EventKind
+    from ..events.bus import DomainFilter
+
 
 class CommandError(Exception):
     """A command line virsh would refuse before running anything (exit status 1)."""
@@ -152,6 +160,42 @@ def events_received(count: int, *, timed_out: bool) -> int:
         print("event loop timed out")
     print(f"events received: {count}\n")
     return 0 if count else 1
+
+
+async def print_events(
+    conn: object,
+    target: DomainFilter,
+    kinds: Iterable[EventKind] | EventKind | None,
+    args: argparse.Namespace,
+    *,
+    since: int | None = None,
+    seq: bool = False,
+) -> int:
+    """Wait for and print events as virsh's event commands do (``event``, ``net-event``,
+    ``secret-event``): of ``kinds`` about ``target`` (None: any), one or (``args.loop``) all
+    until ``args.timeout``, each on a line (``args.timestamp``: after the time it happened;
+    ``seq``: after its journal number); the command's status (:func:`events_received`)."""
+    import datetime
+
+    import trio
+
+    assert isinstance(conn, asvirt.Connection)  # needs_loop: the full client
+    timeout = timeout_seconds(args.timeout) or math.inf
+    count = 0
+    with trio.move_on_after(timeout) as waited:
+        async with conn.subscribe(target, kinds, since=since) as events:
+            async for ev in events:
+                line = ev.describe()
+                if args.timestamp:
+                    stamp = datetime.datetime.fromtimestamp(ev.timestamp, datetime.UTC)
+                    line = f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}+0000: {line}"
+                if seq:
+                    line = f"{ev.seq}: {line}"
+                print(line, flush=True)
+                count += 1
+                if not args.loop:
+                    break
+    return events_received(count, timed_out=waited.cancelled_caught)
 
 
 def split_commands(text: str) -> list[list[str]]:
