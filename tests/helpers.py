@@ -397,6 +397,16 @@ def free_tcp_port() -> int:
     return port
 
 
+def in_own_network(argv: list[str]) -> list[str]:
+    """``argv`` run in a network namespace of its own with only loopback up: what it binds
+    (the fixed ports of libvirt's cases: VNC display 0, websocket 5700) cannot collide with
+    the automatic ports of the domains other tests run at the same time. Needs root and
+    util-linux's unshare; as it is otherwise."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return argv
+    return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
 def argv_of(
     caps: QemuCapabilities, xml: str, tmp: Path | None = None, *, tls: TlsConfig | None = None
 ) -> list[str]:

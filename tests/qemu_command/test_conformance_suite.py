@@ -20,6 +20,7 @@ from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import XMLError
 from tests.caps import CONFORMANCE, Caps, kvm_host_cpu_failure
+from tests.helpers import in_own_network
 
 TOOL = Path(__file__).resolve().parent / "xml2argv_tool.py"
 RUNNER = CONFORMANCE / "run-xml2argv.py"
@@ -61,7 +62,7 @@ def test_host_cpu_cases(
     report = tmp_path / "report.json"
     cmd = [sys.executable, str(RUNNER), "--cmd", _tool(caps_cache), "--json", str(report)]
     subprocess.run(
-        [*cmd, "--only", case],
+        in_own_network([*cmd, "--only", case]),
         capture_output=True,
         text=True,
         timeout=120,
@@ -81,7 +82,9 @@ def test_conformance_cases_pass(caps_cache: Path, tmp_path: Path) -> None:
     only = [arg for name in cases for arg in ("--only", name)]
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(RUNNER), "--cmd", _tool(caps_cache), "--json", str(report), *only],
+        in_own_network(
+            [sys.executable, str(RUNNER), "--cmd", _tool(caps_cache), "--json", str(report), *only]
+        ),
         capture_output=True,
         text=True,
         timeout=900,
