@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -335,6 +336,12 @@ NET_DISK_SOURCES = {
     "ssh": "<source protocol='ssh' name='/test.img'><host name='example.org' port='2222'/>"
     "</source>",
     "nfs": "<source protocol='nfs' name='/foo/bar.img'><host name='example.org'/></source>",
+    "https-cookies": "<source protocol='https' name='a.img'><host name='example.org'/>"
+    "<ssl verify='yes'/><cookies><cookie name='session'>s3cr3t-v4lue</cookie>"
+    "<cookie name='lang'>\"en\"</cookie></cookies><timeout seconds='5'/></source>",
+    "nbd-luks": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"
+    "<encryption format='luks'><secret type='passphrase' usage='luks-export'/></encryption>"
+    "</source>",
 }
 
 
@@ -387,6 +394,21 @@ def qemu_nbd(
             os.kill(pid, signal.SIGKILL)
             select.select([pidfd], [], [], 10)
         os.close(pidfd)
+
+
+async def qemu_io_read(dom: asvirt.Domain, node: str, length: int, log: Path) -> bytes:
+    """The first ``length`` bytes QEMU reads from its block node ``node``, through all that
+    is under it (NBD, TLS, curl, LUKS...): qemu-io's ``read -v`` over the human monitor,
+    whose dump QEMU writes on its stdout, the domain's ``log`` (read from where it ended)."""
+    before = log.stat().st_size
+    await dom.qmp("human-monitor-command", {"command-line": f'qemu-io {node} "read -v 0 {length}"'})
+    data = bytearray()
+    for line in log.read_bytes()[before:].decode(errors="replace").splitlines():
+        # 00000000:  41 53 56 49 ...  ASVI...
+        found = re.match(r"[0-9a-f]{8}:\s+((?:[0-9a-f]{2} )+)", line)
+        if found:
+            data += bytes.fromhex(found.group(1))
+    return bytes(data)
 
 
 def free_tcp_port() -> int:

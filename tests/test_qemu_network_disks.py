@@ -18,18 +18,25 @@ from asvirt.drivers.base import StatsGroup
 from asvirt.drivers.qemu.netdisk import missing_module
 
 from .guest import SharedGuest, TestGuest, paused_xml, shared_guest, wait_for_serial
-from .helpers import free_tcp_port, qemu_img, qemu_nbd
+from .helpers import free_tcp_port, qemu_img, qemu_io_read, qemu_nbd, qemu_pid
+from .test_qemu_luks import MARKER, PASSPHRASE, define_secret, make_luks
 
 pytestmark = [pytest.mark.qemu]
 
 
 class _RangeHandler(SimpleHTTPRequestHandler):
-    """Files with byte ranges (QEMU's curl driver reads nothing else)."""
+    """Files with byte ranges (QEMU's curl driver reads nothing else); with a ``cookie``,
+    only to requests whose ``Cookie:`` header is exactly that (others get 403)."""
+
+    cookie: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the test's output is not the place for an access log
 
     def send_head(self) -> Any:
+        if self.cookie is not None and self.headers.get("Cookie") != self.cookie:
+            self.send_error(403, "no entry without the cookie")
+            return None
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -63,11 +70,13 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(directory: Path) -> Iterator[int]:
-    """An HTTP server of ``directory`` on 127.0.0.1 (its port is yielded), stopped at the end."""
+def http_server(directory: Path, *, cookie: str | None = None) -> Iterator[int]:
+    """An HTTP server of ``directory`` on 127.0.0.1 (its port is yielded), stopped at the end;
+    with ``cookie``, serving only requests that send it."""
+    kind = type("_Handler", (_RangeHandler,), {"cookie": cookie})
 
     def handler(*args: Any) -> _RangeHandler:
-        return _RangeHandler(*args, directory=str(directory))
+        return kind(*args, directory=str(directory))  # type: ignore[no-any-return]
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -208,3 +217,102 @@ async def test_start_without_the_protocols_module_names_the_package(
         await other.attach_device(devices)
     assert await other.xml_desc() == live
     await other.destroy()
+
+
+def _files_holding(root: Path, secret: bytes) -> dict[Path, int]:
+    """The files of ``root`` that hold ``secret``, with their modes."""
+    return {
+        f: f.stat().st_mode & 0o777
+        for f in root.rglob("*")
+        if f.is_file() and not f.is_symlink() and secret in f.read_bytes()
+    }
+
+
+async def test_luks_image_over_nbd_is_unlocked_with_the_secret(conn, test_guest, tmp_path, root):
+    image = tmp_path / "export.luks"
+    make_luks(image, "luks", PASSPHRASE, MARKER)
+    await define_secret(conn, PASSPHRASE, usage="luks-export")
+    sock = tmp_path / "nbd.sock"
+    enc = "<encryption format='luks'><secret type='passphrase' usage='luks-export'/></encryption>"
+    # The LUKS container is what qemu-nbd serves (raw); QEMU's luks layer opens it.
+    devices = nbd_disk("vdb", f"<host transport='unix' socket='{sock}'/>{enc}")
+    with qemu_nbd(image, "raw", socket=sock):
+        dom = await start_paused(conn, test_guest, tmp_path, devices)
+        image_info = await inserted(dom, "virtio-disk1")
+        assert image_info["drv"] == "luks"
+        log = root / "log" / "qemu" / "vm1.log"
+        got = await qemu_io_read(dom, image_info["node-name"], len(MARKER), log)
+        assert got == MARKER.encode()
+        cmdline = Path(f"/proc/{qemu_pid(root, 'vm1')}/cmdline").read_bytes()
+        assert PASSPHRASE.encode() not in cmdline
+        # Written back where it was given: in <source>, after the server.
+        live = await dom.xml_desc()
+        assert f"socket='{sock}'/>\n        <encryption format='luks'>" in live
+        await dom.destroy()
+
+
+COOKIE = "s3cr3t-c00kie"
+
+
+def http_disk(port: int, target: str, *, cookies: bool = True, bus: str = "virtio") -> str:
+    jar = (
+        f"<cookies><cookie name='session'>{COOKIE}</cookie><cookie name='lang'>en</cookie>"
+        "</cookies>"
+    )
+    return (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='http' name='/disk.img'><host name='127.0.0.1' port='{port}'/>"
+        f"{jar if cookies else ''}</source><target dev='{target}' bus='{bus}'/><readonly/></disk>"
+    )
+
+
+async def test_http_disk_sends_its_cookies_through_a_secret_object(
+    conn, test_guest, tmp_path, root
+):
+    if (why := missing_module("http")) is not None:
+        pytest.skip(why)
+    served = tmp_path / "www"
+    served.mkdir()
+    qemu_img("create", "-q", "-f", "raw", served / "disk.img", "4M")
+    with (served / "disk.img").open("r+b") as f:
+        f.write(MARKER.encode())
+    scsi = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+    # The server serves nothing to a request without both cookies, as curl joins them.
+    with http_server(served, cookie=f"session={COOKIE}; lang=en") as port:
+        dom = await start_paused(conn, test_guest, tmp_path, http_disk(port, "vdb") + scsi)
+        image = await inserted(dom, "virtio-disk1")
+        assert image["drv"] == "http"
+        log = root / "log" / "qemu" / "vm1.log"
+        assert await qemu_io_read(dom, image["node-name"], len(MARKER), log) == MARKER.encode()
+        # Never in QEMU's command line nor its log; in the root only in the definitions
+        # (libvirt keeps them in the domain XML too), which no one else may read.
+        cmdline = Path(f"/proc/{qemu_pid(root, 'vm1')}/cmdline").read_bytes()
+        assert COOKIE.encode() not in cmdline
+        holding = _files_holding(root, COOKIE.encode())
+        assert log not in holding
+        assert holding and all(mode & 0o077 == 0 for mode in holding.values()), holding
+        assert f"<cookie name='session'>{COOKIE}</cookie>" in await dom.xml_desc()
+
+        # Plugged while it runs: its cookies go over the monitor, and leave with it.
+        async def cookie_objects() -> list[str]:
+            objs = await dom.qmp("qom-list", {"path": "/objects"})
+            return sorted(o["name"] for o in objs if o["name"].endswith("httpcookie-secret0"))
+
+        hot = http_disk(port, "sdb", bus="scsi")
+        await dom.attach_device(hot)
+        plugged = await inserted(dom, "scsi0-0-0-1")
+        got = await qemu_io_read(dom, plugged["node-name"], len(MARKER), log)
+        assert got == MARKER.encode()
+        assert len(await cookie_objects()) == 2
+        assert await dom.detach_device(hot) is True
+        assert len(await cookie_objects()) == 1
+        await dom.destroy()
+        await dom.undefine()
+
+        # Without them, the server turns QEMU away and the start fails saying so.
+        plain = await conn.define_xml(
+            paused_xml(test_guest, tmp_path, devices=http_disk(port, "vdb", cookies=False))
+        )
+        with pytest.raises(asvirt.OperationFailedError, match="403"):
+            await plain.start(paused=True)
+        assert not await plain.is_active()

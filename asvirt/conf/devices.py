@@ -245,7 +245,7 @@ class Disk(DeviceBase):
                 },
             )
         elif self.net is not None:
-            self.net.format_xml(el, self.node_index if live else None)
+            src = self.net.format_xml(el, self.node_index if live else None)
         elif self.source is not None or self.startup_policy is not None:
             key = "dev" if self.type == "block" else "file"
             # libvirt's live XML numbers the media's node (libvirt-N-storage): kept by the
@@ -340,6 +340,7 @@ def parse_disk(node: Node) -> Disk:
     elif disk.type == "network" and src is not None:
         disk.net = parse_network_source(src)
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
+        _parse_source_encryption(src, disk)
         src.finish()
     elif disk.type == "network" and disk.device not in ("cdrom", "floppy"):
         raise XMLError(f"{node.where} of type 'network' needs <source protocol=...>")

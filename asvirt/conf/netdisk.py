@@ -4,8 +4,10 @@ network (NBD, HTTP(S)/FTP(S), iSCSI, Ceph RBD, Gluster, SSH) instead of a host p
 Only what QEMU 7.2 can open is accepted; the rest of libvirt's schema is refused with the
 reason (protocols QEMU dropped). NBD disks may speak TLS with the node's certificates;
 iSCSI and RBD disks may name their credentials: ``<auth username=...><secret type='iscsi'|
-'ceph' uuid=|usage=/>``, a secret of the node's secret driver. Generic: no QEMU property
-names here, those are the command line's (:mod:`asvirt.drivers.qemu.netdisk`).
+'ceph' uuid=|usage=/>``, a secret of the node's secret driver; http(s) disks may carry
+cookies (``<cookies><cookie name=...>value</cookie></cookies>``), and any of them an
+``<encryption>`` (written back in ``<source>``, where it was found). Generic: no QEMU
+property names here, those are the command line's (:mod:`asvirt.drivers.qemu.netdisk`).
 """
 
 from __future__ import annotations
@@ -132,10 +134,18 @@ class NetworkSource:
     tls_hostname: str | None = None
     #: ``<auth>`` (iscsi, rbd): the user and the secret of its password or key.
     auth: DiskAuth | None = None
+    #: ``<cookies><cookie name=...>value</cookie></cookies>`` (http, https): sent with every
+    #: request, in their order. QEMU gets them from a ``secret`` object, never inline.
+    cookies: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def is_curl(self) -> bool:
         return self.protocol in CURL_PROTOCOLS
+
+    def cookie_header(self) -> str:
+        """The cookies as an HTTP ``Cookie:`` header's value (``a=1; b=2``), what QEMU's curl
+        driver sends."""
+        return "; ".join(f"{name}={value}" for name, value in self.cookies)
 
     def display(self) -> str:
         """What ``domblklist`` shows as the source: the name, as virsh does (``pool/image``,
@@ -143,7 +153,9 @@ class NetworkSource:
         export)."""
         return self.name if self.name else self.protocol
 
-    def format_xml(self, el: XElem, index: int | None) -> None:
+    def format_xml(self, el: XElem, index: int | None) -> XElem:
+        """Add ``<source>`` to ``el`` (and return it: an ``<encryption>`` found in it goes
+        back there)."""
         src = el.add(
             "source",
             {
@@ -173,12 +185,50 @@ class NetworkSource:
             self.auth.format_xml(src)
         if self.ssl_verify is not None:
             src.add("ssl", {"verify": "yes" if self.ssl_verify else "no"})
+        if self.cookies:
+            jar = src.add("cookies")
+            for name, value in self.cookies:
+                jar.add("cookie", {"name": name}, text=value)
         if self.readahead is not None:
             src.add("readahead", {"size": self.readahead})
         if self.timeout is not None:
             src.add("timeout", {"seconds": self.timeout})
         if self.initiator_iqn is not None:
             src.add("initiator").add("iqn", {"name": self.initiator_iqn})
+        return src
+
+
+#: What RFC 6265 (section 4.1.1) keeps out of a cookie's value: controls, space, '"', ',',
+#: ';' and '\\' (libvirt's rule); a name may not hold these nor the separators below.
+_COOKIE_VALUE_BAD = frozenset(map(chr, range(1, 0x20))) | frozenset(' ",;\\')
+_COOKIE_NAME_BAD = _COOKIE_VALUE_BAD | frozenset("()<>@:/[]?={}")
+
+
+def _parse_cookies(node: Node, protocol: str) -> list[tuple[str, str]]:
+    """``<cookies>`` of an http(s) source: (name, value) pairs, checked as libvirt checks
+    them (a value may be quoted: ``"abc"``); XMLError naming the cookie."""
+    if protocol not in ("http", "https"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <cookies> in {node.where}: cookies are HTTP's; "
+            f"QEMU's {protocol} driver sends none"
+        )
+    cookies: list[tuple[str, str]] = []
+    for el in node.children("cookie"):
+        name = el.required("name")
+        value = el.text()
+        if not name or any(c in _COOKIE_NAME_BAD for c in name):
+            raise XMLError(f"cookie name '{name}' contains invalid characters")
+        bare = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+        if any(c in _COOKIE_VALUE_BAD for c in bare):
+            raise XMLError(f"value of cookie '{name}' contains invalid characters")
+        if any(name == seen for seen, _ in cookies):
+            raise XMLError(f"duplicate cookie '{name}'")
+        cookies.append((name, value))
+        el.finish()
+    if not cookies:
+        raise XMLError(f"{node.where} needs at least one <cookie name=...>")
+    node.finish()
+    return cookies
 
 
 def _parse_host(node: Node, protocol: str) -> NetHost:
@@ -239,8 +289,6 @@ def parse_network_source(node: Node) -> NetworkSource:
     if auth is not None:
         src.auth = _parse_auth(auth, protocol)
     for refused, why in (
-        ("encryption", "give a network disk's <encryption> directly in <disk>"),
-        ("cookies", "asvirt does not pass cookies to QEMU's curl driver"),
         ("reconnect", "QEMU's nbd driver reconnect-delay is not offered yet"),
         ("knownHosts", "QEMU's ssh driver checks keys by its own host-key-check only"),
         ("identity", "QEMU runs as one user; asvirt does not map another onto it"),
@@ -250,6 +298,9 @@ def parse_network_source(node: Node) -> NetworkSource:
             raise ConfigUnsupportedError(
                 f"unsupported configuration: <{refused}> in {node.where}: {why}"
             )
+    jar = node.child("cookies")
+    if jar is not None:
+        src.cookies = _parse_cookies(jar, protocol)
     src.hosts = [_parse_host(h, protocol) for h in node.children("host")]
     if protocol in ("rbd", "gluster"):
         if protocol == "gluster" and not src.hosts:

@@ -48,6 +48,16 @@ def test_fields_and_what_domblklist_shows() -> None:
     assert nbd.shown_source == "nbd"  # no export name: the server's default export
 
 
+def test_cookies_and_encryption_in_a_network_source() -> None:
+    net = parse_domain_xml(net_disk(SOURCES["https-cookies"])).disks[0].net
+    assert net is not None
+    assert net.cookies == [("session", "s3cr3t-v4lue"), ("lang", '"en"')]
+    assert net.cookie_header() == 'session=s3cr3t-v4lue; lang="en"'  # as curl sends it
+    disk = parse_domain_xml(net_disk(SOURCES["nbd-luks"])).disks[0]
+    assert disk.encryption is not None and disk.encryption.in_source
+    assert disk.encryption.secret_usage == "luks-export"
+
+
 def test_live_xml_numbers_the_node() -> None:
     d = parse_domain_xml(net_disk(SOURCES["nbd-tcp"]))
     d.disks[0].node_index = 3
@@ -83,6 +93,11 @@ def test_live_xml_numbers_the_node() -> None:
             "<identity>",
         ),
         ("<source protocol='nfs' name='/p'><host name='h' port='1'/></source>", "no port"),
+        (
+            "<source protocol='ftp' name='p'><host name='h'/><cookies>"
+            "<cookie name='a'>b</cookie></cookies></source>",
+            "cookies are HTTP's",
+        ),
     ],
 )
 def test_what_qemu_cannot_do_is_refused_with_why(source: str, named: str) -> None:
@@ -106,6 +121,10 @@ def test_network_lun_is_refused() -> None:
         parse_domain_xml(xml)
 
 
+def _cookies(jar: str) -> str:
+    return f"<source protocol='http' name='p'><host name='h'/><cookies>{jar}</cookies></source>"
+
+
 @pytest.mark.parametrize(
     ("source", "match"),
     [
@@ -127,6 +146,18 @@ def test_network_lun_is_refused() -> None:
         ("<source protocol='http'><host name='h'/></source>", "missing attribute 'name'"),
         ("<source protocol='nbd'><host name='a/b'/></source>", "invalid host name"),
         ("<source protocol='nbd'><host transport='unix' socket='rel'/></source>", "absolute"),
+        (_cookies("<cookie name='a b'>v</cookie>"), "cookie name 'a b' contains invalid"),
+        (_cookies("<cookie name='a=b'>v</cookie>"), "cookie name 'a=b' contains invalid"),
+        (_cookies("<cookie name='a'>x;y</cookie>"), "value of cookie 'a' contains invalid"),
+        (_cookies("<cookie name='a'>\"x</cookie>"), "value of cookie 'a' contains invalid"),
+        (_cookies("<cookie name='a'>1</cookie><cookie name='a'>2</cookie>"), "duplicate cookie"),
+        (_cookies(""), "at least one <cookie"),
+        (
+            "<source protocol='nbd'><host name='h'/><encryption format='luks'><secret "
+            "type='passphrase' usage='x'/></encryption></source><encryption format='luks'>"
+            "<secret type='passphrase' usage='x'/></encryption>",
+            "both in <source> and in <disk>",
+        ),
     ],
 )
 def test_bad_sources_are_xml_errors(source: str, match: str) -> None:

@@ -128,6 +128,47 @@ def test_credentials_are_a_secret_object_read_from_a_pipe(caps: Caps, name: str)
     assert argv.index(objects[0]) < argv.index(opts(argv, "-blockdev")[0])
 
 
+def test_cookies_go_to_curl_through_a_secret_object_never_the_command_line(caps: Caps) -> None:
+    from asvirt.drivers.qemu.secrets import needed_secrets
+
+    argv = argv_of(caps, net_disk(SOURCES["https-cookies"]))
+    [node] = blockdevs(argv)
+    assert node["driver"] == "https"
+    assert node["cookie-secret"] == "libvirt-1-storage-httpcookie-secret0"
+    sid = '{"qom-type":"secret","id":"libvirt-1-storage-httpcookie-secret0","format":"raw",'
+    [obj] = [o for o in opts(argv, "-object") if o.startswith(sid)]
+    assert obj == sid + '"file":"/proc/self/fd/N"}'
+    assert argv.index(obj) < argv.index(opts(argv, "-blockdev")[0])
+    assert not any("s3cr3t" in a for a in argv)
+    # The pipe QEMU reads holds the Cookie: header curl sends (no secret driver asked).
+    d = parse_domain_xml(net_disk(SOURCES["https-cookies"]))
+    d.disks[0].node_index = 1
+
+    def no_lookup(*args: object) -> tuple[str, bytes]:
+        raise AssertionError(f"cookies are no secret driver's: {args}")
+
+    assert needed_secrets(d, no_lookup) == {
+        "libvirt-1-storage-httpcookie-secret0": b'session=s3cr3t-v4lue; lang="en"'
+    }
+
+
+def test_luks_image_over_nbd_is_opened_by_a_luks_layer_with_its_secret(caps: Caps) -> None:
+    argv = argv_of(caps, net_disk(SOURCES["nbd-luks"], readonly=False))
+    storage_node, fmt = blockdevs(argv)
+    assert storage_node["driver"] == "nbd" and storage_node["node-name"] == "libvirt-1-storage"
+    assert fmt == {
+        "node-name": "libvirt-1-format",
+        "read-only": False,
+        "driver": "luks",
+        "key-secret": "libvirt-1-format-encryption-secret0",
+        "file": "libvirt-1-storage",
+    }
+    sid = '{"qom-type":"secret","id":"libvirt-1-format-encryption-secret0","format":"raw",'
+    assert [o for o in opts(argv, "-object") if o.startswith(sid)] == [
+        sid + '"file":"/proc/self/fd/N"}'
+    ]
+
+
 def test_the_secret_values_are_looked_up_and_a_ceph_key_is_given_in_base64() -> None:
     from asvirt.drivers.base import SecretUsageType
     from asvirt.drivers.qemu.secrets import needed_secrets

@@ -54,7 +54,14 @@ from .postparse import (
     prepare_domain,
     video_device,
 )
-from .secrets import SHOWN_FILE, auth_props, disk_secret_id, disk_secret_objects, secret_object
+from .secrets import (
+    SHOWN_FILE,
+    auth_props,
+    cookie_secret_id,
+    disk_secret_id,
+    disk_secret_objects,
+    secret_object,
+)
 from .tls import VNC_CREDS_ID, TlsConfig, chardev_creds_id, creds_object, disk_creds_id
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
@@ -809,6 +816,8 @@ class _Builder:
                     storage["tls-hostname"] = disk.net.tls_hostname
             if disk.net.auth is not None:
                 storage.update(auth_props(disk))
+            if disk.net.cookies:
+                storage["cookie-secret"] = cookie_secret_id(disk)
         else:
             storage = {"driver": driver, "filename": disk.source}
         if disk.io is not None:

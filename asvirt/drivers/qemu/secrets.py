@@ -1,4 +1,5 @@
-"""Secrets handed to QEMU: the passphrases of encrypted disks (and, for hotplug, over QMP).
+"""Secrets handed to QEMU: the passphrases of encrypted disks, the credentials and cookies of
+network disks (and, for hotplug, over QMP).
 
 QEMU reads a secret from a ``secret`` object, which takes its value inline (``data=``), or
 from a file (``file=``). Inline on the command line, any user of the host could read it in
@@ -44,6 +45,11 @@ def auth_secret_id(disk: Disk) -> str:
     return f"libvirt-{disk.node_index}-storage-auth-secret0"
 
 
+def cookie_secret_id(disk: Disk) -> str:
+    """The id of the ``secret`` object of an http(s) disk's cookies (libvirt's name)."""
+    return f"libvirt-{disk.node_index}-storage-httpcookie-secret0"
+
+
 def auth_props(disk: Disk) -> dict[str, Any]:
     """What a network disk's ``<auth>`` adds to its storage node: the user, and the secret
     of its iSCSI password (``password-secret``) or Ceph key (``key-secret``, cephx)."""
@@ -63,6 +69,8 @@ def disk_secret_objects(disk: Disk) -> list[str]:
     ids = []
     if disk.net is not None and disk.net.auth is not None:
         ids.append(auth_secret_id(disk))
+    if disk.net is not None and disk.net.cookies:
+        ids.append(cookie_secret_id(disk))
     if disk.encryption is not None and disk.has_media:
         ids.append(disk_secret_id(disk))
     return ids
@@ -92,6 +100,10 @@ def disk_secrets(disk: Disk, lookup: SecretLookup) -> dict[str, bytes]:
     found = {}
     if disk.net is not None and disk.net.auth is not None:
         found[auth_secret_id(disk)] = auth_secret(disk, lookup)
+    if disk.net is not None and disk.net.cookies:
+        # From the definition itself, as libvirt has them: a secret object only keeps them
+        # out of QEMU's command line.
+        found[cookie_secret_id(disk)] = disk.net.cookie_header().encode()
     if disk.encryption is not None and disk.has_media:
         found[disk_secret_id(disk)] = disk_secret(disk, lookup)
     return found
@@ -109,6 +121,7 @@ __all__ = [
     "auth_props",
     "auth_secret",
     "auth_secret_id",
+    "cookie_secret_id",
     "disk_secret",
     "disk_secret_id",
     "disk_secret_objects",
