@@ -61,6 +61,13 @@ class QemuConfig:
     #: a client (an NBD disk, a connecting chardev). Each ``*_tls_x509_cert_dir`` left ""
     #: means this one.
     default_tls_x509_cert_dir: str = "/etc/pki/qemu"
+    #: The UUID of a secret of the secret driver (usage type ``tls``) holding the password of
+    #: the private keys when they are encrypted (libvirt's ``default_tls_x509_secret_uuid``):
+    #: QEMU gets it through a secret object fed by a pipe (``tls-creds-x509,passwordid=``).
+    #: It is the password of VNC's, NBD disks' and TCP chardevs' keys unless their own
+    #: ``*_tls_x509_secret_uuid`` or ``*_tls_x509_cert_dir`` is set (libvirt's rule); ""
+    #: means the keys are not encrypted. SPICE takes no password (nor does libvirt give one).
+    default_tls_x509_secret_uuid: str = ""
     #: SPICE listens on its ``tlsPort`` too (``-spice tls-port=,x509-dir=``): secure channels,
     #: ``defaultMode='secure'`` and automatic TLS ports need it.
     spice_tls: bool = False
@@ -70,16 +77,19 @@ class QemuConfig:
     vnc_tls_x509_cert_dir: str = ""
     #: ... and asks its clients for a certificate signed by the CA (``verify-peer``).
     vnc_tls_x509_verify: bool = True
+    vnc_tls_x509_secret_uuid: str = ""
     #: NBD disks connect over TLS unless their ``<source tls='no'>`` says otherwise (with
     #: False, only those with ``tls='yes'`` do).
     nbd_tls: bool = False
     nbd_tls_x509_cert_dir: str = ""
+    nbd_tls_x509_secret_uuid: str = ""
     #: TCP character devices (serial, console, channel, parallel) speak TLS unless their
     #: ``<source tls='no'>`` says otherwise (with False, only those with ``tls='yes'`` do) ...
     chardev_tls: bool = False
     chardev_tls_x509_cert_dir: str = ""
     #: ... and, listening, ask their clients for a certificate signed by the CA.
     chardev_tls_x509_verify: bool = True
+    chardev_tls_x509_secret_uuid: str = ""
 
     def __post_init__(self) -> None:
         for key in ("user", "group"):
@@ -100,6 +110,21 @@ class QemuConfig:
             value = getattr(self, key)
             if value and not value.startswith("/"):
                 raise InvalidArgError(f"[qemu] {key} {value!r}: not an absolute path")
+        for area in ("default", "vnc", "nbd", "chardev"):
+            key = f"{area}_tls_x509_secret_uuid"
+            value = getattr(self, key)
+            if value and not _is_uuid(value):
+                raise InvalidArgError(f"[qemu] {key} {value!r}: not a UUID")
+
+
+def _is_uuid(value: str) -> bool:
+    from .conf.names import canonical_uuid  # here: the configuration is read cheaply
+
+    try:
+        canonical_uuid(value)
+    except InvalidArgError:
+        return False
+    return True
 
 
 #: The largest user or group id: (uid_t)-1 means "no change" to the kernel.

@@ -438,11 +438,15 @@ def argv_of(
     return domxml_to_native(xml, caps, monitor_path=mon, tls=tls)
 
 
-def make_tls_dir(directory: Path, *, names: tuple[str, ...] = ("localhost",)) -> Path:
+def make_tls_dir(
+    directory: Path, *, names: tuple[str, ...] = ("localhost",), key_password: str | None = None
+) -> Path:
     """A directory of TLS credentials as QEMU and libvirt lay them out, made with openssl:
     ``ca-cert.pem`` (a CA of the test's own, its key in ``ca-key.pem``), ``server-cert.pem``
     and ``server-key.pem`` for the DNS ``names`` and 127.0.0.1, ``client-cert.pem`` and
-    ``client-key.pem``. The key usages are the ones GnuTLS (QEMU) insists on."""
+    ``client-key.pem``. The key usages are the ones GnuTLS (QEMU) insists on. With
+    ``key_password``, the server's and client's keys are encrypted with it (AES-256, PKCS#8),
+    ``ROLE-key-plain.pem`` keeping them in the clear for the test's own peers."""
     directory.mkdir(parents=True, exist_ok=True)
 
     def openssl(*args: str | Path) -> None:
@@ -472,6 +476,17 @@ def make_tls_dir(directory: Path, *, names: tuple[str, ...] = ("localhost",)) ->
             "x509", "-req", "-in", f"{role}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
             "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{role}-cert.pem",
         )  # fmt: skip
+    if key_password is not None:
+        (directory / "client-key.pem").rename(directory / "client-key-plain.pem")
+        (directory / "server-key.pem").rename(directory / "server-key-plain.pem")
+        for role in ("server", "client"):
+            # The password through a pipe (stdin), not in openssl's argv.
+            subprocess.run(
+                ["openssl", "pkey", "-in", f"{role}-key-plain.pem", "-aes256",
+                 "-passout", "stdin", "-out", f"{role}-key.pem"],
+                input=key_password.encode(), check=True, capture_output=True, cwd=directory,
+            )  # fmt: skip
+            assert b"ENCRYPTED PRIVATE KEY" in (directory / f"{role}-key.pem").read_bytes()
     return directory
 
 

@@ -24,6 +24,7 @@ from .helpers import (
     make_tls_dir,
     qemu_img,
     qemu_nbd,
+    qemu_pid,
     run_cli,
     write_config,
 )
@@ -53,7 +54,9 @@ def client_context(pki: Path, *, with_cert: bool = True) -> ssl.SSLContext:
     """A TLS client trusting the test's CA only (and presenting its client certificate)."""
     ctx = ssl.create_default_context(cafile=str(pki / "ca-cert.pem"))
     if with_cert:
-        ctx.load_cert_chain(pki / "client-cert.pem", pki / "client-key.pem")
+        plain = pki / "client-key-plain.pem"  # where QEMU's is encrypted (make_tls_dir)
+        key = plain if plain.exists() else pki / "client-key.pem"
+        ctx.load_cert_chain(pki / "client-cert.pem", key)
     return ctx
 
 
@@ -309,3 +312,60 @@ async def test_nbd_tls_disk_plugged_and_unplugged_with_its_credentials(
                 assert await tls_objects(dom) == []
             finally:
                 await destroy_all(conn)
+
+
+# -- encrypted keys -------------------------------------------------------------------------------
+
+KEY_PASSWORD = "the keys' own password"
+KEY_SECRET = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+
+
+async def test_encrypted_keys_are_unlocked_with_the_password_secret(
+    root, test_guest, tmp_path, tmp_path_factory
+):
+    pki = make_tls_dir(tmp_path_factory.mktemp("pki-encrypted"), key_password=KEY_PASSWORD)
+    settings = (
+        f'vnc_tls = true\nchardev_tls = true\ndefault_tls_x509_secret_uuid = "{KEY_SECRET}"\n'
+    )
+    tls_config(root, pki, settings)
+    port = free_tcp_port()
+    devices = (
+        "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>"
+        f"<serial type='tcp'><source mode='bind' host='127.0.0.1' service='{port}'/>"
+        "<target port='1'/></serial>"
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        try:
+            dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=devices))
+            # No such secret: refused before QEMU runs, naming what needs it.
+            with pytest.raises(asvirt.NoSecretError) as info:
+                await dom.start(paused=True)
+            assert f"no secret with matching uuid '{KEY_SECRET}'" in str(info.value)
+            assert "[qemu] vnc_tls_x509_secret_uuid" in str(info.value)
+            assert not await dom.is_active()
+            secret = await conn.secret_define_xml(
+                f"<secret ephemeral='no' private='yes'><uuid>{KEY_SECRET}</uuid>"
+                "<usage type='tls'><name>qemu keys</name></usage></secret>"
+            )
+            # A wrong password: QEMU cannot read its key, and says so.
+            await secret.set_value(b"not the password")
+            with pytest.raises(asvirt.OperationFailedError, match="Decryption has failed"):
+                await dom.start(paused=True)
+            assert not await dom.is_active()
+
+            await secret.set_value(KEY_PASSWORD.encode())
+            await dom.start(paused=True)
+            cmdline = (Path("/proc") / str(qemu_pid(root, "vm1")) / "cmdline").read_bytes()
+            assert KEY_PASSWORD.encode() not in cmdline
+            assert b'"passwordid":"vnc-tls-creds0-secret0"' in cmdline
+            # Both servers present the certificate of the key they unlocked.
+            live = await dom.xml_desc()
+            vnc_port = int(live.split("<graphics type='vnc' port='")[1].split("'")[0])
+            _, subtypes, der = await trio.to_thread.run_sync(rfb_vencrypt_x509, vnc_port, pki)
+            assert 260 in subtypes and der == server_der(pki)
+            der = await trio.to_thread.run_sync(lambda: handshake(connect(port), pki))
+            assert der == server_der(pki)
+            objects = {o["name"] for o in await dom.qmp("qom-list", {"path": "/objects"})}
+            assert {"vnc-tls-creds0-secret0", "charserial1-secret0"} <= objects
+        finally:
+            await destroy_all(conn)

@@ -280,3 +280,111 @@ def test_chardev_tls_covers_egd_rngs_and_smartcards(caps: Caps, tmp_path: Path, 
     defn = _prepared(caps, xml)
     with pytest.raises(OperationFailedError, match=r"ca-cert\.pem' of rng 'rng0' \(TCP\)"):
         check_tls_files(defn, TlsConfig(chardev=True, chardev_dir=str(empty)))
+
+
+# -- encrypted keys: their passwords from the secret driver ---------------------------------------
+
+KEY_SECRET = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+OTHER_SECRET = "5a1a6d0e-9a4b-4c56-8d3e-7d4c1f0a2b3c"
+
+
+def test_secret_uuids_follow_the_default_as_libvirt() -> None:
+    tls = TlsConfig.from_qemu(QemuConfig(default_tls_x509_secret_uuid=KEY_SECRET.upper()))
+    assert (tls.vnc_secret, tls.nbd_secret, tls.chardev_secret) == (KEY_SECRET,) * 3
+    # An area with its own directory has its own keys: the default's password is not theirs.
+    cfg = QemuConfig(
+        default_tls_x509_secret_uuid=KEY_SECRET,
+        vnc_tls_x509_cert_dir="/pki/vnc",
+        chardev_tls_x509_secret_uuid=OTHER_SECRET,
+    )
+    tls = TlsConfig.from_qemu(cfg)
+    assert (tls.vnc_secret, tls.nbd_secret, tls.chardev_secret) == (
+        None,
+        KEY_SECRET,
+        OTHER_SECRET,
+    )
+    assert TlsConfig.from_qemu(QemuConfig()).vnc_secret is None
+    with pytest.raises(InvalidArgError, match="nbd_tls_x509_secret_uuid 'nope': not a UUID"):
+        QemuConfig(nbd_tls_x509_secret_uuid="nope")
+
+
+def test_every_credentials_object_names_the_secret_of_its_key_password(
+    caps: Caps, tmp_path: Path
+) -> None:
+    from asvirt.drivers.base import SecretUsageType
+    from asvirt.drivers.qemu.secrets import needed_secrets
+    from asvirt.drivers.qemu.tls import endpoints
+
+    xml = dom(
+        "<graphics type='vnc' port='5905' listen='127.0.0.1'/>"
+        "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/>"
+        "<target port='0'/></serial><console type='tcp'>"
+        "<source mode='bind' host='127.0.0.1' service='4555'/><target type='serial'/></console>"
+        "<channel type='tcp'><source mode='connect' host='127.0.0.1' service='9'/>"
+        "<target type='virtio' name='org.asvirt.c'/></channel>"
+        "<redirdev bus='usb' type='tcp'><source mode='connect' host='127.0.0.1' service='7'/>"
+        "</redirdev>"
+        "<rng model='virtio'><backend model='egd' type='tcp'>"
+        "<source mode='connect' host='127.0.0.1' service='1234'/></backend></rng>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<source protocol='nbd' name='e'><host name='127.0.0.1'/></source>"
+        "<target dev='vdb' bus='virtio'/></disk>"
+        "<controller type='usb' model='qemu-xhci'/>"
+    )
+    tls = TlsConfig(
+        vnc=True, nbd=True, chardev=True, vnc_secret=KEY_SECRET, nbd_secret=KEY_SECRET,
+        chardev_secret=OTHER_SECRET,
+    )  # fmt: skip
+    argv = argv_of(caps, xml, tmp_path, tls=tls)
+    passwords = {i: o["passwordid"] for i, o in objects(argv).items()}
+    assert passwords == {
+        "vnc-tls-creds0": "vnc-tls-creds0-secret0",
+        "objcharserial0_tls0": "charserial0-secret0",
+        "objcharchannel0_tls0": "charchannel0-secret0",
+        "objcharredir0_tls0": "charredir0-secret0",
+        "objcharrng0_tls0": "charrng0-secret0",
+        "objlibvirt-1-storage_tls0": "objlibvirt-1-storage_tls0-secret0",
+    }
+    # Each secret object comes before the credentials naming it, and reads a pipe.
+    for creds_id, sid in passwords.items():
+        [secret] = [o for o in opts(argv, "-object") if f'"id":"{sid}"' in o]
+        assert json.loads(secret) == {
+            "qom-type": "secret", "id": sid, "format": "raw", "file": "/proc/self/fd/N",
+        }  # fmt: skip
+        [cred] = [o for o in opts(argv, "-object") if f'"id":"{creds_id}"' in o]
+        assert argv.index(secret) < argv.index(cred)
+    # What a start looks up and hands over is exactly what the command line names.
+    defn = _prepared(caps, xml)
+    assert {e.password_id for e in endpoints(defn, tls)} == set(passwords.values())
+    asked = []
+
+    def lookup(uuid: str | None, kind: SecretUsageType, usage: str | None) -> tuple[str, bytes]:
+        asked.append((uuid, kind))
+        return str(uuid), f"pw-of-{uuid}".encode()
+
+    values = needed_secrets(defn, lookup, tls)
+    assert set(values) == set(passwords.values())
+    assert values["charrng0-secret0"] == f"pw-of-{OTHER_SECRET}".encode()
+    assert values["vnc-tls-creds0-secret0"] == f"pw-of-{KEY_SECRET}".encode()
+    assert {kind for _, kind in asked} == {SecretUsageType.TLS}
+    # Without secrets, no password is named.
+    argv = argv_of(caps, xml, tmp_path, tls=TlsConfig(vnc=True, nbd=True, chardev=True))
+    assert not any("passwordid" in o for o in objects(argv).values())
+    assert needed_secrets(defn, lookup, TlsConfig(vnc=True, nbd=True, chardev=True)) == {}
+
+
+def test_a_missing_key_password_names_the_secret_and_the_setting(caps: Caps) -> None:
+    from asvirt.drivers.base import SecretUsageType
+    from asvirt.drivers.qemu.secrets import needed_secrets
+    from asvirt.errors import NoSecretError
+
+    def lookup(uuid: str | None, kind: SecretUsageType, usage: str | None) -> tuple[str, bytes]:
+        raise NoSecretError(f"no secret with matching uuid '{uuid}'")
+
+    defn = _prepared(caps, dom("<graphics type='vnc' port='5905'/>"))
+    with pytest.raises(NoSecretError) as info:
+        needed_secrets(defn, lookup, TlsConfig(vnc=True, vnc_secret=KEY_SECRET))
+    assert str(info.value) == (
+        f"no secret with matching uuid '{KEY_SECRET}': the password of the TLS key of the VNC "
+        "display (vnc_tls) of domain 'vm1' ([qemu] vnc_tls_x509_secret_uuid)"
+    )

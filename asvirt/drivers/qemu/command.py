@@ -62,7 +62,14 @@ from .secrets import (
     disk_secret_objects,
     secret_object,
 )
-from .tls import VNC_CREDS_ID, TlsConfig, chardev_creds_id, creds_object, disk_creds_id
+from .tls import (
+    VNC_CREDS_ID,
+    TlsConfig,
+    chardev_creds_id,
+    creds_object,
+    disk_creds_id,
+    password_id,
+)
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -114,7 +121,8 @@ def build_command(
     RAM (:func:`.membacking.domain_memory_dir`; default: libvirt's, for display).
     ``tls`` says which displays, NBD disks and TCP chardevs speak TLS, with which
     certificates (default: none does, as libvirt's default qemu.conf).
-    ``secret_fds`` maps the id of each secret object (an encrypted disk's passphrase) to the
+    ``secret_fds`` maps the id of each secret object (an encrypted disk's passphrase, a
+    network disk's credentials or cookies, the password of an encrypted TLS key) to the
     read end of the pipe QEMU inherits holding its value (:mod:`.secrets`); without it, the
     argv names a placeholder (what ``domxml-to-native`` shows).
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
@@ -293,7 +301,8 @@ def disk_tls_object(disk: Disk, tls: TlsConfig) -> dict[str, Any] | None:
     if not tls.disk_tls(disk):
         return None
     obj_id = disk_creds_id(f"libvirt-{disk.node_index}-storage")
-    return creds_object(obj_id, tls.nbd_dir, server=False, verify=True)
+    password = password_id(obj_id, tls.nbd_secret)
+    return creds_object(obj_id, tls.nbd_dir, server=False, verify=True, password_id=password)
 
 
 def interface_hotplug(defn: DomainDef, caps: QemuCapabilities, nic: Interface) -> dict[str, Any]:
@@ -776,12 +785,16 @@ class _Builder:
                     f"disk '{disk.target}' names volume '{disk.source_volume}' of pool "
                     f"'{disk.source_pool}', which has not been resolved to a path"
                 )
-            for sid in disk_secret_objects(disk):
-                fd = self.secret_fds.get(sid)
-                file = SHOWN_FILE if fd is None else f"/proc/self/fd/{fd}"
-                self.add("-object", _json(secret_object(sid, file)))
+            for sid in disk_secret_objects(disk, self.tls):
+                self.secret(sid)
             top = self._blockdevs(disk) if disk.has_media else None
             self.device(self._disk_device(disk, top))
+
+    def secret(self, sid: str) -> None:
+        """Add the ``secret`` object ``sid``, reading the pipe QEMU inherits for it."""
+        fd = self.secret_fds.get(sid)
+        file = SHOWN_FILE if fd is None else f"/proc/self/fd/{fd}"
+        self.add("-object", _json(secret_object(sid, file)))
 
     def _blockdevs(self, disk: Disk) -> str:
         creds = disk_tls_object(disk, self.tls)
@@ -1038,11 +1051,17 @@ class _Builder:
         if not self.tls.tcp_tls(tls):
             return []
         creds = chardev_creds_id(cid)
-        verify = self.tls.chardev_verify
-        self.add(
-            "-object",
-            _json(creds_object(creds, self.tls.chardev_dir, server=server, verify=verify)),
+        password = password_id(cid, self.tls.chardev_secret)
+        if password is not None:
+            self.secret(password)
+        obj = creds_object(
+            creds,
+            self.tls.chardev_dir,
+            server=server,
+            verify=self.tls.chardev_verify,
+            password_id=password,
         )
+        self.add("-object", _json(obj))
         return [f"tls-creds={creds}"]
 
     def _socket_mode(self, chr_: Chardev) -> list[str]:
@@ -1203,8 +1222,15 @@ class _Builder:
             if gfx.share_policy is not None:
                 opts.append(f"share={gfx.share_policy}")
             if self.tls.vnc_tls(gfx):
+                password = password_id(VNC_CREDS_ID, self.tls.vnc_secret)
+                if password is not None:
+                    self.secret(password)
                 creds = creds_object(
-                    VNC_CREDS_ID, self.tls.vnc_dir, server=True, verify=self.tls.vnc_verify
+                    VNC_CREDS_ID,
+                    self.tls.vnc_dir,
+                    server=True,
+                    verify=self.tls.vnc_verify,
+                    password_id=password,
                 )
                 self.add("-object", _json(creds))
                 opts.append(f"tls-creds={VNC_CREDS_ID}")

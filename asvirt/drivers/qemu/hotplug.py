@@ -288,7 +288,7 @@ class HotplugOps:
         group = creds = None
         # Its passphrase and credentials through pipes passed over the monitor (add_secret),
         # every one looked up before QEMU is asked anything.
-        secrets = disk_secrets(disk, self._secret_lookup)
+        secrets = disk_secrets(disk, self._secret_lookup, tls, self._live_def.name)
         objects: list[str] = []
         # A group another disk already has exists in QEMU (and keeps its limits).
         if (
@@ -299,10 +299,11 @@ class HotplugOps:
             await self.execute("object-add", throttle_object(disk))
             group = throttle_group_id(disk)
         try:
-            creds = await self._add_disk_creds(disk, tls)
+            # Secrets first: a TLS key's password is read when its credentials are made.
             for sid, value in secrets.items():
                 await self.add_secret(sid, value)
                 objects.append(sid)
+            creds = await self._add_disk_creds(disk, tls)
             for node in nodes:
                 await self.execute("blockdev-add", node)
                 added.append(str(node["node-name"]))
@@ -356,7 +357,7 @@ class HotplugOps:
         try:
             await self._quietly_del_nodes(media_node_names(disk))
             await self._del_disk_creds(disk)
-            for sid in disk_secret_objects(disk):
+            for sid in disk_secret_objects(disk, TlsConfig.from_qemu(self._env.config)):
                 await self._quietly("object-del", {"id": sid})
             if disk.iotune is not None and disk.has_media:
                 group = throttle_group_id(disk)
@@ -630,11 +631,14 @@ class HotplugOps:
         fresh = new
         check_network_disk(new, self._live_def.name)
         secrets: dict[str, bytes] = {}
+        tls = TlsConfig.from_qemu(self._env.config)
         if new.has_media:
             fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
             # An encrypted medium's passphrase (as a plugged disk's, see _plug_disk), looked
-            # up before the tray opens: a missing secret changes nothing.
-            secrets = disk_secrets(fresh, self._secret_lookup)
+            # up before the tray opens: a missing secret changes nothing; nor does a
+            # missing certificate.
+            tls = self._disk_tls(fresh)
+            secrets = disk_secrets(fresh, self._secret_lookup, tls, self._live_def.name)
             security = self._security()
             if security is not None:
                 probe = self._live_def.copy()
@@ -655,11 +659,11 @@ class HotplugOps:
             creds = None
             objects: list[str] = []
             try:
-                tls = self._disk_tls(fresh)
-                creds = await self._add_disk_creds(fresh, tls)
+                # Secrets first: a TLS key's password is read when its credentials are made.
                 for sid, value in secrets.items():
                     await self.add_secret(sid, value)
                     objects.append(sid)
+                creds = await self._add_disk_creds(fresh, tls)
                 # A medium's throttle group lives as a disk's does (see _plug_disk): an
                 # empty drive has none in QEMU, so its first medium makes it.
                 if fresh.iotune is not None and not self._throttle_group_users(

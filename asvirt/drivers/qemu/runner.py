@@ -686,7 +686,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             # Refuses what QEMU's user could not reach, before anything exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
         # Every secret the domain needs, before anything exists: one missing fails the start.
-        secrets = needed_secrets(self._live_def, self._secret_lookup)
+        secrets = needed_secrets(self._live_def, self._secret_lookup, tls)
         self._make_memory_dirs()
         # Taps first, so that the status file names them. They exist only while a
         # descriptor is open: ours until the spawn, then QEMU's alone.

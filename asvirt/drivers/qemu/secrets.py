@@ -25,8 +25,10 @@ from typing import Any
 from ...conf.devices import Disk
 from ...conf.domain import DomainDef
 from ...drivers.base import SecretUsageType
+from ...errors import NoSecretError
 from ...hypervisor.secrets import auth_secret_name, encryption_secret
 from ..secret import secret_pipes
+from .tls import Endpoint, TlsConfig, disk_endpoints, endpoints
 
 #: How the node looks a secret up: (uuid, usage type, usage id) -> (uuid, value).
 SecretLookup = Callable[[str | None, SecretUsageType, str | None], tuple[str, bytes]]
@@ -64,9 +66,10 @@ def auth_props(disk: Disk) -> dict[str, Any]:
     }
 
 
-def disk_secret_objects(disk: Disk) -> list[str]:
-    """The ids of the secret objects a disk's nodes name (its passphrase, its credentials)."""
-    ids = []
+def disk_secret_objects(disk: Disk, tls: TlsConfig | None = None) -> list[str]:
+    """The ids of the secret objects a disk's nodes name (its passphrase, its credentials,
+    its cookies) and, with the node's ``tls``, its TLS credentials (its key's password)."""
+    ids = [e.password_id for e in _disk_tls(disk, tls) if e.password_id is not None]
     if disk.net is not None and disk.net.auth is not None:
         ids.append(auth_secret_id(disk))
     if disk.net is not None and disk.net.cookies:
@@ -95,9 +98,33 @@ def auth_secret(disk: Disk, lookup: SecretLookup) -> bytes:
     return base64.b64encode(value) if kind is SecretUsageType.CEPH else value
 
 
-def disk_secrets(disk: Disk, lookup: SecretLookup) -> dict[str, bytes]:
-    """A disk's secret objects by id, with their values."""
-    found = {}
+def _disk_tls(disk: Disk, tls: TlsConfig | None) -> list[Endpoint]:
+    return disk_endpoints(disk, tls) if tls is not None and disk.has_media else []
+
+
+def tls_password(end: Endpoint, domain: str, lookup: SecretLookup) -> bytes:
+    """The password of a TLS endpoint's encrypted key, from the node's secrets (a ``tls``
+    secret); NoSecretError naming the endpoint and the setting."""
+    assert end.secret is not None
+    try:
+        return lookup(end.secret, SecretUsageType.TLS, None)[1]
+    except NoSecretError as err:
+        raise NoSecretError(
+            f"{err}: the password of the TLS key of {end.what} of domain '{domain}' "
+            f"([qemu] {end.setting})"
+        ) from None
+
+
+def disk_secrets(
+    disk: Disk, lookup: SecretLookup, tls: TlsConfig | None = None, domain: str = ""
+) -> dict[str, bytes]:
+    """A disk's secret objects by id, with their values (``tls``, ``domain``: as for
+    :func:`disk_secret_objects`, and the domain's name for an error)."""
+    found = {
+        e.password_id: tls_password(e, domain, lookup)
+        for e in _disk_tls(disk, tls)
+        if e.password_id is not None
+    }
     if disk.net is not None and disk.net.auth is not None:
         found[auth_secret_id(disk)] = auth_secret(disk, lookup)
     if disk.net is not None and disk.net.cookies:
@@ -109,10 +136,22 @@ def disk_secrets(disk: Disk, lookup: SecretLookup) -> dict[str, bytes]:
     return found
 
 
-def needed_secrets(defn: DomainDef, lookup: SecretLookup) -> dict[str, bytes]:
+def needed_secrets(
+    defn: DomainDef, lookup: SecretLookup, tls: TlsConfig | None = None
+) -> dict[str, bytes]:
     """The secret objects ``defn``'s QEMU needs, by id, with their values: every secret is
-    looked up before anything is started (a missing one fails the start at once)."""
-    return {sid: value for d in defn.disks for sid, value in disk_secrets(d, lookup).items()}
+    looked up before anything is started (a missing one fails the start at once). With the
+    node's ``tls``, the passwords of its encrypted TLS keys too."""
+    found = {
+        sid: value
+        for d in defn.disks
+        for sid, value in disk_secrets(d, lookup, tls, defn.name).items()
+    }
+    if tls is not None:
+        for end in endpoints(defn, tls):
+            if end.password_id is not None and end.password_id not in found:
+                found[end.password_id] = tls_password(end, defn.name, lookup)
+    return found
 
 
 __all__ = [
@@ -129,4 +168,5 @@ __all__ = [
     "needed_secrets",
     "secret_object",
     "secret_pipes",
+    "tls_password",
 ]

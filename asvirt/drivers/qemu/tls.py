@@ -6,6 +6,12 @@ that every file they need is there and readable.
 
 The settings are the ``[qemu]`` section's (:class:`asvirt.config.QemuConfig`), read once
 into a :class:`TlsConfig`; the command line asks it, never the configuration itself.
+
+A private key may be encrypted: its password is then a secret of the secret driver (usage
+type ``tls``) named by ``*_tls_x509_secret_uuid``, and each ``tls-creds-x509`` object names
+a ``secret`` object holding it (``passwordid=``, libvirt's ``<creds id>-secret0`` or, for a
+chardev, ``<chardev id>-secret0``), fed by a pipe as every secret QEMU gets
+(:mod:`.secrets`). SPICE reads its key itself and takes no password, as in libvirt.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 from ...conf.devices import Chardev, Disk, Graphics
 from ...conf.domain import DomainDef
+from ...conf.names import canonical_uuid
 from ...config import QemuConfig
 from ...errors import OperationFailedError
 from .security import READ, QemuIdentity, describe_file, permits, unreachable
@@ -43,11 +50,22 @@ class TlsConfig:
     chardev: bool = False
     chardev_dir: str = "/etc/pki/qemu"
     chardev_verify: bool = True
+    #: The UUIDs of the secrets holding the passwords of the encrypted keys (None: the keys
+    #: are not encrypted).
+    vnc_secret: str | None = None
+    nbd_secret: str | None = None
+    chardev_secret: str | None = None
 
     @classmethod
     def from_qemu(cls, cfg: QemuConfig) -> TlsConfig:
-        """The TLS settings of a ``[qemu]`` section (a directory left "" is the default's)."""
+        """The TLS settings of a ``[qemu]`` section (a directory left "" is the default's;
+        so is a secret, unless the area has a directory of its own: libvirt's rule)."""
         default = cfg.default_tls_x509_cert_dir
+
+        def secret(own: str, own_dir: str) -> str | None:
+            uuid = own or ("" if own_dir else cfg.default_tls_x509_secret_uuid)
+            return canonical_uuid(uuid) if uuid else None
+
         return cls(
             spice=cfg.spice_tls,
             spice_dir=cfg.spice_tls_x509_cert_dir or default,
@@ -59,6 +77,9 @@ class TlsConfig:
             chardev=cfg.chardev_tls,
             chardev_dir=cfg.chardev_tls_x509_cert_dir or default,
             chardev_verify=cfg.chardev_tls_x509_verify,
+            vnc_secret=secret(cfg.vnc_tls_x509_secret_uuid, cfg.vnc_tls_x509_cert_dir),
+            nbd_secret=secret(cfg.nbd_tls_x509_secret_uuid, cfg.nbd_tls_x509_cert_dir),
+            chardev_secret=secret(cfg.chardev_tls_x509_secret_uuid, cfg.chardev_tls_x509_cert_dir),
         )
 
     # -- what uses TLS ---------------------------------------------------------------------------
@@ -85,18 +106,31 @@ class TlsConfig:
         return gfx.type == "vnc" and self.vnc and not listens_none
 
 
-def creds_object(obj_id: str, directory: str, *, server: bool, verify: bool) -> dict[str, Any]:
+def creds_object(
+    obj_id: str, directory: str, *, server: bool, verify: bool, password_id: str | None = None
+) -> dict[str, Any]:
     """The ``tls-creds-x509`` object of a TLS endpoint (``-object`` or ``object-add``).
 
     A client always checks the server's certificate (libvirt gives ``verify-peer`` true);
-    a server asks for its clients' certificates when ``verify`` says so."""
-    return {
+    a server asks for its clients' certificates when ``verify`` says so. ``password_id``:
+    the ``secret`` object holding the password of its encrypted key."""
+    obj: dict[str, Any] = {
         "qom-type": "tls-creds-x509",
         "id": obj_id,
         "dir": directory,
         "endpoint": "server" if server else "client",
         "verify-peer": verify if server else True,
     }
+    if password_id is not None:
+        obj["passwordid"] = password_id
+    return obj
+
+
+def password_id(base: str, secret: str | None) -> str | None:
+    """The id of the ``secret`` object of the password of an endpoint's key (libvirt's
+    ``BASE-secret0``: BASE is the credentials object's id, a chardev's the chardev's), or
+    None when its key is not encrypted (``secret``: the UUID of the node's secret)."""
+    return f"{base}-secret0" if secret is not None else None
 
 
 def disk_creds_id(storage_node: str) -> str:
@@ -117,43 +151,98 @@ VNC_CREDS_ID = "vnc-tls-creds0"
 # the check at start
 
 
-def _needed(defn: DomainDef, tls: TlsConfig) -> list[tuple[str, str, tuple[str, ...], bool]]:
-    """(what, directory, files required, client) for every TLS endpoint of ``defn``."""
-    needs: list[tuple[str, str, tuple[str, ...], bool]] = []
+@dataclass(frozen=True)
+class Endpoint:
+    """A TLS endpoint of a domain: what it is, where its files are, which it needs."""
+
+    what: str
+    directory: str
+    files: tuple[str, ...]
+    client: bool
+    #: The ``[qemu]`` setting naming the secret of its key's password.
+    setting: str = ""
+    #: The id of the ``secret`` object of its key's password, and the UUID of the node's
+    #: secret holding it; None when the key is not encrypted.
+    password_id: str | None = None
+    secret: str | None = None
+
+
+def endpoints(defn: DomainDef, tls: TlsConfig) -> list[Endpoint]:
+    """Every TLS endpoint of ``defn``: each ``tls-creds-x509`` object its command line has
+    (and SPICE's TLS port)."""
+    needs: list[Endpoint] = []
     server = (CA_CERT, *SERVER_FILES)
     for gfx in defn.graphics:
         if gfx.type == "spice" and tls.spice and gfx.tls_port not in (None, -1, 0):
-            needs.append(("the SPICE display (spice_tls)", tls.spice_dir, server, False))
+            needs.append(Endpoint("the SPICE display (spice_tls)", tls.spice_dir, server, False))
         elif tls.vnc_tls(gfx):
-            needs.append(("the VNC display (vnc_tls)", tls.vnc_dir, server, False))
+            needs.append(
+                Endpoint(
+                    "the VNC display (vnc_tls)",
+                    tls.vnc_dir,
+                    server,
+                    False,
+                    "vnc_tls_x509_secret_uuid",
+                    password_id(VNC_CREDS_ID, tls.vnc_secret),
+                    tls.vnc_secret,
+                )
+            )
     for disk in defn.disks:
-        needs += _disk_needs(disk, tls)
+        needs += disk_endpoints(disk, tls)
+    # (what, QEMU's chardev id, mode): the serial console is its serial port's chardev.
     sockets = [
-        (f"{c.kind} '{c.alias}'", c.source_mode) for c in defn.chardevs() if tls.chardev_tls(c)
+        (f"{c.kind} '{c.alias}'", c.chardev_id or f"char{c.alias}", c.source_mode)
+        for c in defn.chardevs()
+        if tls.chardev_tls(c) and not (c.kind == "console" and c.target_type != "virtio")
+    ]
+    sockets += [
+        (f"redirdev '{rd.alias}'", f"char{rd.alias}", rd.source.source_mode)
+        for rd in defn.redirdevs
+        if rd.source is not None and tls.chardev_tls(rd.source)
     ]
     if tls.chardev:
         sockets += [
-            (f"rng '{r.alias}'", r.egd_mode)
+            (f"rng '{r.alias}'", f"char{r.alias}", r.egd_mode)
             for r in defn.rngs
             if r.backend == "egd" and r.egd_type == "tcp"
         ]
         sockets += [
-            (f"smartcard '{sc.alias}'", sc.source_mode)
+            (f"smartcard '{sc.alias}'", f"char{sc.alias}", sc.source_mode)
             for sc in defn.smartcards
             if sc.mode == "passthrough" and sc.type == "tcp"
         ]
-    for what, mode in sockets:
-        if mode == "bind":
-            needs.append((f"{what} (TCP)", tls.chardev_dir, server, False))
-        else:
-            needs.append((f"{what} (TCP)", tls.chardev_dir, (CA_CERT,), True))
+    for what, cid, mode in sockets:
+        bind = mode == "bind"
+        needs.append(
+            Endpoint(
+                f"{what} (TCP)",
+                tls.chardev_dir,
+                server if bind else (CA_CERT,),
+                not bind,
+                "chardev_tls_x509_secret_uuid",
+                password_id(cid, tls.chardev_secret),
+                tls.chardev_secret,
+            )
+        )
     return needs
 
 
-def _disk_needs(disk: Disk, tls: TlsConfig) -> list[tuple[str, str, tuple[str, ...], bool]]:
+def disk_endpoints(disk: Disk, tls: TlsConfig) -> list[Endpoint]:
+    """The TLS endpoint of a disk whose NBD client speaks TLS (none for another)."""
     if not tls.disk_tls(disk):
         return []
-    return [(f"NBD disk '{disk.target}'", tls.nbd_dir, (CA_CERT,), True)]
+    creds = disk_creds_id(f"libvirt-{disk.node_index}-storage")
+    return [
+        Endpoint(
+            f"NBD disk '{disk.target}'",
+            tls.nbd_dir,
+            (CA_CERT,),
+            True,
+            "nbd_tls_x509_secret_uuid",
+            password_id(creds, tls.nbd_secret),
+            tls.nbd_secret,
+        )
+    ]
 
 
 def _unreadable(path: str) -> str | None:
@@ -187,7 +276,7 @@ def check_tls_files(defn: DomainDef, tls: TlsConfig, who: QemuIdentity | None = 
 
     ``who``: the user QEMU runs as (``[qemu] user``), who must be able to read them too.
     They are never given to that user, as disk images are: one key serves every domain."""
-    _check(_needed(defn, tls), defn.name, who)
+    _check(endpoints(defn, tls), defn.name, who)
 
 
 def check_disk_tls_files(
@@ -195,15 +284,14 @@ def check_disk_tls_files(
 ) -> None:
     """:func:`check_tls_files` for a disk plugged into the running ``domain`` (or media
     put into its drive)."""
-    _check(_disk_needs(disk, tls), domain, who)
+    _check(disk_endpoints(disk, tls), domain, who)
 
 
-def _check(
-    needed: list[tuple[str, str, tuple[str, ...], bool]], domain: str, who: QemuIdentity | None
-) -> None:
-    for what, directory, files, client in needed:
-        paths = [os.path.join(directory, name) for name in files]
-        if client:
+def _check(needed: list[Endpoint], domain: str, who: QemuIdentity | None) -> None:
+    for end in needed:
+        what, directory = end.what, end.directory
+        paths = [os.path.join(directory, name) for name in end.files]
+        if end.client:
             own = [os.path.join(directory, name) for name in CLIENT_FILES]
             if any(os.path.lexists(p) for p in own):
                 paths += own
