@@ -362,20 +362,25 @@ def qemu_nbd(
     socket: Path | None = None,
     port: int | None = None,
     tls_dir: Path | None = None,
+    key_password: str | None = None,
 ) -> Iterator[int]:
     """A ``qemu-nbd`` (its pid yielded) serving ``image`` (read as ``fmt``) as export
     ``export``, on a unix socket or a TCP port of 127.0.0.1 (over TLS only, with the
     certificates of ``tls_dir`` (:func:`make_tls_dir`), if given); stopped (and waited for)
     at the end. qemu-nbd comes with qemu-img (Debian's qemu-utils), which the tests need
-    anyway."""
+    anyway. ``key_password``: the password of the (encrypted) server key, given to qemu-nbd in
+    a file of its own beside ``image``."""
     pidfile = image.with_suffix(".nbd.pid")
     where = ["-k", str(socket)] if socket is not None else ["-b", "127.0.0.1", "-p", str(port)]
     if tls_dir is not None:
-        where += [
-            "--object",
-            f"tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,dir={tls_dir}",
-            "--tls-creds=tls0",
-        ]
+        creds = f"tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,dir={tls_dir}"
+        if key_password is not None:
+            keyfile = image.with_suffix(".nbd.key-password")
+            keyfile.touch(mode=0o600)
+            keyfile.write_text(key_password)
+            where += ["--object", f"secret,id=keysec0,file={keyfile}"]
+            creds += ",passwordid=keysec0"
+        where += ["--object", creds, "--tls-creds=tls0"]
     # --fork: the parent exits once the server listens, so the test waits on no timer.
     serve = ["--fork", f"--pid-file={pidfile}", "-f", fmt, "-x", "export", "-t", "-e", "4"]
     subprocess.run(

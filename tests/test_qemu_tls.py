@@ -23,6 +23,7 @@ from .helpers import (
     free_tcp_port,
     make_tls_dir,
     qemu_img,
+    qemu_io_read,
     qemu_nbd,
     qemu_pid,
     run_cli,
@@ -369,3 +370,48 @@ async def test_encrypted_keys_are_unlocked_with_the_password_secret(
             assert {"vnc-tls-creds0-secret0", "charserial1-secret0"} <= objects
         finally:
             await destroy_all(conn)
+
+
+async def test_nbd_disk_plugged_with_an_encrypted_client_key(
+    root, test_guest, tmp_path, tmp_path_factory
+):
+    pki = make_tls_dir(tmp_path_factory.mktemp("pki-encrypted"), key_password=KEY_PASSWORD)
+    image = tmp_path / "export.raw"
+    qemu_img("create", "-q", "-f", "raw", image, "4M")
+    with image.open("r+b") as f:
+        f.write(MARKER)
+    tls_config(root, pki, f'nbd_tls = true\nnbd_tls_x509_secret_uuid = "{KEY_SECRET}"\n')
+    port = free_tcp_port()
+    disk = (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='nbd' name='export' tlsHostname='localhost'>"
+        f"<host name='127.0.0.1' port='{port}'/></source><target dev='sdb' bus='scsi'/></disk>"
+    )
+    scsi = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+    with qemu_nbd(image, "raw", port=port, tls_dir=pki, key_password=KEY_PASSWORD):
+        async with asvirt.open(embed_uri(root)) as conn:
+            try:
+                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=scsi))
+                await dom.start(paused=True)  # no TLS endpoint yet: no secret needed
+                live = await dom.xml_desc()
+                with pytest.raises(asvirt.NoSecretError, match=r"nbd_tls_x509_secret_uuid"):
+                    await dom.attach_device(disk)
+                assert await dom.xml_desc() == live  # nothing was plugged
+                secret = await conn.secret_define_xml(
+                    f"<secret ephemeral='no' private='yes'><uuid>{KEY_SECRET}</uuid>"
+                    "<usage type='tls'><name>nbd key</name></usage></secret>"
+                )
+                await secret.set_value(KEY_PASSWORD.encode())
+                await dom.attach_device(disk)
+                [block] = [b for b in await dom.qmp("query-block") if "scsi0-0-0-1" in b["qdev"]]
+                node = block["inserted"]["node-name"]
+                log = root / "log" / "qemu" / "vm1.log"
+                assert await qemu_io_read(dom, node, len(MARKER), log) == MARKER
+                names = {o["name"] for o in await dom.qmp("qom-list", {"path": "/objects"})}
+                creds = f"obj{node}_tls0"
+                assert {creds, f"{creds}-secret0"} <= names
+                assert await dom.detach_device(disk) is True
+                names = {o["name"] for o in await dom.qmp("qom-list", {"path": "/objects"})}
+                assert not {creds, f"{creds}-secret0"} & names
+            finally:
+                await destroy_all(conn)
