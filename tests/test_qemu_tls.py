@@ -280,6 +280,19 @@ async def test_tcp_serial_speaks_tls_to_a_client_with_a_certificate(
             await destroy_all(conn)
 
 
+#: SCSI: QEMU lets go of an unplugged SCSI disk without asking the (paused) guest.
+SCSI = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+
+
+def scsi_nbd_disk(port: int) -> str:
+    """An NBD disk on SCSI, to be plugged: TLS (nbd_tls) to a server named localhost."""
+    return (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='nbd' name='export' tlsHostname='localhost'>"
+        f"<host name='127.0.0.1' port='{port}'/></source><target dev='sdb' bus='scsi'/></disk>"
+    )
+
+
 async def test_nbd_tls_disk_plugged_and_unplugged_with_its_credentials(
     root, test_guest, tmp_path, pki
 ):
@@ -287,13 +300,7 @@ async def test_nbd_tls_disk_plugged_and_unplugged_with_its_credentials(
     qemu_img("create", "-q", "-f", "raw", image, "4M")
     tls_config(root, pki, "nbd_tls = true\n")  # the default: no tls= on the disk
     port = free_tcp_port()
-    # SCSI: QEMU lets go of an unplugged SCSI disk without asking the (paused) guest.
-    disk = (
-        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
-        f"<source protocol='nbd' name='export' tlsHostname='localhost'>"
-        f"<host name='127.0.0.1' port='{port}'/></source><target dev='sdb' bus='scsi'/></disk>"
-    )
-    scsi = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+    disk = scsi_nbd_disk(port)
 
     async def tls_objects(dom: asvirt.Domain) -> list[str]:
         objs = await dom.qmp("qom-list", {"path": "/objects"})
@@ -302,7 +309,7 @@ async def test_nbd_tls_disk_plugged_and_unplugged_with_its_credentials(
     with qemu_nbd(image, "raw", port=port, tls_dir=pki):
         async with asvirt.open(embed_uri(root)) as conn:
             try:
-                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=scsi))
+                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=SCSI))
                 await dom.start(paused=True)
                 await dom.attach_device(disk)
                 [block] = [b for b in await dom.qmp("query-block") if "scsi0-0-0-1" in b["qdev"]]
@@ -382,16 +389,11 @@ async def test_nbd_disk_plugged_with_an_encrypted_client_key(
         f.write(MARKER)
     tls_config(root, pki, f'nbd_tls = true\nnbd_tls_x509_secret_uuid = "{KEY_SECRET}"\n')
     port = free_tcp_port()
-    disk = (
-        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
-        f"<source protocol='nbd' name='export' tlsHostname='localhost'>"
-        f"<host name='127.0.0.1' port='{port}'/></source><target dev='sdb' bus='scsi'/></disk>"
-    )
-    scsi = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+    disk = scsi_nbd_disk(port)
     with qemu_nbd(image, "raw", port=port, tls_dir=pki, key_password=KEY_PASSWORD):
         async with asvirt.open(embed_uri(root)) as conn:
             try:
-                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=scsi))
+                dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=SCSI))
                 await dom.start(paused=True)  # no TLS endpoint yet: no secret needed
                 live = await dom.xml_desc()
                 with pytest.raises(asvirt.NoSecretError, match=r"nbd_tls_x509_secret_uuid"):

@@ -1052,17 +1052,18 @@ class _Builder:
             return []
         creds = chardev_creds_id(cid)
         password = password_id(cid, self.tls.chardev_secret)
+        self.tls_creds(creds, self.tls.chardev_dir, server, self.tls.chardev_verify, password)
+        return [f"tls-creds={creds}"]
+
+    def tls_creds(
+        self, obj_id: str, directory: str, server: bool, verify: bool, password: str | None
+    ) -> None:
+        """Add a ``tls-creds-x509`` object, after the ``secret`` object of its key's password
+        (``password``: its id) when the key is encrypted."""
         if password is not None:
             self.secret(password)
-        obj = creds_object(
-            creds,
-            self.tls.chardev_dir,
-            server=server,
-            verify=self.tls.chardev_verify,
-            password_id=password,
-        )
+        obj = creds_object(obj_id, directory, server=server, verify=verify, password_id=password)
         self.add("-object", _json(obj))
-        return [f"tls-creds={creds}"]
 
     def _socket_mode(self, chr_: Chardev) -> list[str]:
         """Listen, or connect (retrying): the options of a unix or TCP socket chardev."""
@@ -1223,16 +1224,7 @@ class _Builder:
                 opts.append(f"share={gfx.share_policy}")
             if self.tls.vnc_tls(gfx):
                 password = password_id(VNC_CREDS_ID, self.tls.vnc_secret)
-                if password is not None:
-                    self.secret(password)
-                creds = creds_object(
-                    VNC_CREDS_ID,
-                    self.tls.vnc_dir,
-                    server=True,
-                    verify=self.tls.vnc_verify,
-                    password_id=password,
-                )
-                self.add("-object", _json(creds))
+                self.tls_creds(VNC_CREDS_ID, self.tls.vnc_dir, True, self.tls.vnc_verify, password)
                 opts.append(f"tls-creds={VNC_CREDS_ID}")
             if self.d.audios:
                 opts.append(f"audiodev=audio{self.d.audios[0].id}")
