@@ -129,6 +129,13 @@ def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
             inner += f"<readahead size='{draw(st.integers(1, 1 << 20))}'/>"
         if draw(st.booleans()):
             inner += f"<timeout seconds='{draw(st.integers(1, 600))}'/>"
+        if protocol.startswith("http") and draw(st.booleans()):
+            names = draw(st.lists(word, min_size=1, max_size=3, unique=True))
+            jar = ""
+            for cookie in names:
+                quote = draw(st.sampled_from(["", '"']))  # a value may be quoted
+                jar += f"<cookie name='{cookie}'>{quote}{draw(word)}{quote}</cookie>"
+            inner += f"<cookies>{jar}</cookies>"
     elif protocol == "iscsi":
         attrs = f" name='iqn.2013-07.com.example:{name}/{draw(st.integers(0, 255))}'"
         inner = host()
@@ -144,6 +151,8 @@ def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
         attrs, inner = f" name='/{name}.img'", host()
     else:  # nfs: QEMU's driver takes no port
         attrs, inner = f" name='/{name}.img'", host(port_ok=False)
+    if draw(st.integers(0, 4)) == 0:  # a LUKS image on the server, opened with a secret
+        inner += "<encryption format='luks'><secret type='passphrase' usage='net'/></encryption>"
     return f"<source protocol='{protocol}'{attrs}>{inner}</source>"
 
 
