@@ -386,5 +386,6 @@ def test_a_missing_key_password_names_the_secret_and_the_setting(caps: Caps) -> 
         needed_secrets(defn, lookup, TlsConfig(vnc=True, vnc_secret=KEY_SECRET))
     assert str(info.value) == (
         f"no secret with matching uuid '{KEY_SECRET}': the password of the TLS key of the VNC "
-        "display (vnc_tls) of domain 'vm1' ([qemu] vnc_tls_x509_secret_uuid)"
+        "display (vnc_tls) of domain 'vm1' ([qemu] vnc_tls_x509_secret_uuid, else "
+        "default_tls_x509_secret_uuid)"
     )

@@ -111,7 +111,7 @@ def tls_password(end: Endpoint, domain: str, lookup: SecretLookup) -> bytes:
     except NoSecretError as err:
         raise NoSecretError(
             f"{err}: the password of the TLS key of {end.what} of domain '{domain}' "
-            f"([qemu] {end.setting})"
+            f"([qemu] {end.setting}, else default_tls_x509_secret_uuid)"
         ) from None
 
 
