@@ -1,5 +1,5 @@
 """Secrets handed to QEMU: the passphrases of encrypted disks, the credentials and cookies of
-network disks (and, for hotplug, over QMP).
+network disks, the passwords of encrypted TLS keys (and, for hotplug, over QMP).
 
 QEMU reads a secret from a ``secret`` object, which takes its value inline (``data=``), or
 from a file (``file=``). Inline on the command line, any user of the host could read it in
