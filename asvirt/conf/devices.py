@@ -341,6 +341,9 @@ def parse_disk(node: Node) -> Disk:
         disk.net = parse_network_source(src)
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
         _parse_source_encryption(src, disk)
+        if disk.encryption is not None and disk.net.protocol == "nfs":
+            # (libvirt's schema has none there; dumpxml would not validate)
+            raise XMLError(f"{src.where}: an nfs source takes no <encryption>; give it in <disk>")
         src.finish()
     elif disk.type == "network" and disk.device not in ("cdrom", "floppy"):
         raise XMLError(f"{node.where} of type 'network' needs <source protocol=...>")

@@ -142,8 +142,9 @@ def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
     elif protocol == "rbd":
         attrs = f" name='{name}/{draw(word)}'"
         inner = "".join(host() for _ in range(draw(st.integers(0, 3))))
-        if draw(st.booleans()):
-            inner += f"<snapshot name={quoteattr(draw(word))}/>"
+        if draw(st.booleans()):  # libvirt's genericName: no '.'
+            snap = draw(st.text(string.ascii_letters + string.digits + "_+-", min_size=1))
+            inner += f"<snapshot name={quoteattr(snap)}/>"
     elif protocol == "gluster":
         attrs = f" name='{name}/{draw(word)}.img'"
         inner = "".join(host(unix_ok=True) for _ in range(draw(st.integers(1, 3))))
@@ -151,7 +152,9 @@ def network_source(draw: st.DrawFn, curl_ok: bool = True) -> str:
         attrs, inner = f" name='/{name}.img'", host()
     else:  # nfs: QEMU's driver takes no port
         attrs, inner = f" name='/{name}.img'", host(port_ok=False)
-    if draw(st.integers(0, 4)) == 0:  # a LUKS image on the server, opened with a secret
+    # A LUKS image on the server, opened with a secret (libvirt's schema has no <encryption>
+    # in an nfs source).
+    if protocol != "nfs" and draw(st.integers(0, 4)) == 0:
         inner += "<encryption format='luks'><secret type='passphrase' usage='net'/></encryption>"
     return f"<source protocol='{protocol}'{attrs}>{inner}</source>"
 

@@ -158,6 +158,11 @@ def _cookies(jar: str) -> str:
             "<secret type='passphrase' usage='x'/></encryption>",
             "both in <source> and in <disk>",
         ),
+        (
+            "<source protocol='nfs' name='/p'><host name='h'/><encryption format='luks'>"
+            "<secret type='passphrase' usage='x'/></encryption></source>",
+            "an nfs source takes no <encryption>",
+        ),
     ],
 )
 def test_bad_sources_are_xml_errors(source: str, match: str) -> None:
