@@ -627,6 +627,16 @@ NIC_TYPES = (
 TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
 #: ``<interface><driver name=...>``: the kernel's vhost-net, or QEMU's own packet path.
 NIC_DRIVER_NAMES = ("qemu", "vhost")
+#: ``<interface><driver txmode=...>``: how virtio-net transmits (in a bottom half, or on a
+#: timer), when QEMU itself moves the packets.
+NIC_TXMODES = ("iothread", "timer")
+#: ``<interface><driver>``'s on/off switches of a virtio NIC, in libvirt's order.
+NIC_DRIVER_SWITCHES = ("ioeventfd", "event_idx", "rss", "rss_hash_report")
+#: ``<interface><driver><host .../>``: the offloads the device offers the guest's driver for
+#: what it sends (and mergeable receive buffers).
+NIC_HOST_OFFLOADS = ("csum", "gso", "tso4", "tso6", "ecn", "ufo", "mrg_rxbuf")
+#: ``<interface><driver><guest .../>``: the offloads the guest is offered for what it receives.
+NIC_GUEST_OFFLOADS = ("csum", "tso4", "tso6", "ecn", "ufo")
 #: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
 DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
@@ -677,6 +687,32 @@ class Interface(DeviceBase):
     #: tap or macvtap, ``qemu`` keeps the packets in QEMU; None: vhost-net where the host
     #: has it (libvirt's default).
     driver_name: str | None = None
+    #: The rest of a virtio NIC's ``<driver>``: ``txmode=`` (``NIC_TXMODES``), the ring
+    #: sizes, the on/off switches (``NIC_DRIVER_SWITCHES``: name -> 'on'|'off'), the virtio
+    #: options (``VIRTIO_OPTIONS``) and the ``<host>``/``<guest>`` offloads
+    #: (``NIC_HOST_OFFLOADS``, ``NIC_GUEST_OFFLOADS``: name -> 'on'|'off').
+    txmode: str | None = None
+    rx_queue_size: int | None = None
+    tx_queue_size: int | None = None
+    driver_switches: dict[str, str] = field(default_factory=dict)
+    virtio: dict[str, str] = field(default_factory=dict)
+    host_offloads: dict[str, str] = field(default_factory=dict)
+    guest_offloads: dict[str, str] = field(default_factory=dict)
+
+    def virtio_net_settings(self) -> dict[str, object]:
+        """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
+        (the offloads as ``host.NAME``/``guest.NAME``): what another NIC model must not be
+        given, and what a live update must leave as it is."""
+        out: dict[str, object] = {
+            "txmode": self.txmode,
+            "rx_queue_size": self.rx_queue_size,
+            "tx_queue_size": self.tx_queue_size,
+            **self.driver_switches,
+            **self.virtio,
+            **{f"host.{k}": v for k, v in self.host_offloads.items()},
+            **{f"guest.{k}": v for k, v in self.guest_offloads.items()},
+        }
+        return {k: v for k, v in out.items() if v is not None}
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -705,12 +741,32 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
-        el.add_if("driver", {"name": self.driver_name, "queues": self.queues})
+        self._format_driver(el)
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
         self._format_tail(el, live)
+
+    def _format_driver(self, el: XElem) -> None:
+        attrs: dict[str, object] = {
+            "name": self.driver_name,
+            "txmode": self.txmode,
+            "ioeventfd": self.driver_switches.get("ioeventfd"),
+            "event_idx": self.driver_switches.get("event_idx"),
+            "queues": self.queues,
+            "rx_queue_size": self.rx_queue_size,
+            "tx_queue_size": self.tx_queue_size,
+            "rss": self.driver_switches.get("rss"),
+            "rss_hash_report": self.driver_switches.get("rss_hash_report"),
+            **self.virtio,
+        }
+        if not self.host_offloads and not self.guest_offloads:
+            el.add_if("driver", attrs)
+            return
+        drv = el.add("driver", attrs)
+        drv.add_if("host", dict(self.host_offloads))
+        drv.add_if("guest", dict(self.guest_offloads))
 
 
 def parse_interface(node: Node) -> Interface:
@@ -783,6 +839,7 @@ def parse_interface(node: Node) -> Interface:
     if drv is not None:
         nic.driver_name = drv.choice("name", NIC_DRIVER_NAMES)
         nic.queues = drv.integer("queues", minimum=1, maximum=1024)
+        _parse_nic_driver(drv, nic)
         drv.finish()
         if nic.driver_name == "vhost" and kind not in TAP_NIC_TYPES:
             raise ConfigUnsupportedError(
@@ -805,6 +862,31 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+def _parse_nic_driver(drv: Node, nic: Interface) -> None:
+    """The virtio-net settings of an interface's ``<driver>``: values checked here, what
+    applies to which NIC in the driver's post-parse."""
+    nic.txmode = drv.choice("txmode", NIC_TXMODES)
+    nic.rx_queue_size = drv.integer("rx_queue_size", minimum=1, maximum=1 << 16)
+    nic.tx_queue_size = drv.integer("tx_queue_size", minimum=1, maximum=1 << 16)
+    for name in NIC_DRIVER_SWITCHES:
+        value = drv.onoff(name)
+        if value is not None:
+            nic.driver_switches[name] = value
+    nic.virtio = virtio_switches(drv)
+    for tag, names, into in (
+        ("host", NIC_HOST_OFFLOADS, nic.host_offloads),
+        ("guest", NIC_GUEST_OFFLOADS, nic.guest_offloads),
+    ):
+        sub = drv.child(tag)
+        if sub is None:
+            continue
+        for name in names:
+            value = sub.onoff(name)
+            if value is not None:
+                into[name] = value
+        sub.finish()
 
 
 def _parse_reconnect(rec: Node) -> tuple[bool, int | None]:
@@ -1549,10 +1631,7 @@ def parse_video(node: Node) -> Video:
         video.driver_name = drv.choice("name", ("qemu", "vhostuser"))
         if drv.attr("vgaconf") is not None:
             raise drv.unsupported("vgaconf= (bhyve's VGA setting: QEMU has no such switch)")
-        for name in VIRTIO_OPTIONS:
-            value = drv.onoff(name)
-            if value is not None:
-                video.virtio[name] = value
+        video.virtio = virtio_switches(drv)
         drv.finish()
     _parse_alias(node, video)
     video.address = parse_address(node, (PCIAddress,))
@@ -1672,16 +1751,23 @@ VIRTIO_OPTIONS = {
 }
 
 
-def parse_virtio_driver(node: Node) -> dict[str, str]:
-    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
-    drv = node.child("driver")
-    if drv is None:
-        return {}
+def virtio_switches(drv: Node) -> dict[str, str]:
+    """The virtio switches (``iommu= ats= packed= page_per_vq=``) of the ``<driver>`` element
+    ``drv`` ('on'|'off'), leaving its other attributes to the caller."""
     out = {}
     for name in VIRTIO_OPTIONS:
         value = drv.onoff(name)
         if value is not None:
             out[name] = value
+    return out
+
+
+def parse_virtio_driver(node: Node) -> dict[str, str]:
+    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
+    drv = node.child("driver")
+    if drv is None:
+        return {}
+    out = virtio_switches(drv)
     drv.finish()
     return out
 

@@ -968,6 +968,8 @@ class _Builder:
             "id": nic.alias,
             "mac": nic.mac,
         }
+        if nic.model == "virtio":
+            props.update(extra.virtio_net_props(nic))
         if nic.queues is not None and nic.queues > 1:
             # As libvirt: multiqueue, with an MSI-X vector per queue and two more.
             props["mq"] = True

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from ...conf.devices import Chardev, Graphics
+from ...conf.devices import TAP_NIC_TYPES, Chardev, Graphics, Interface
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from .capabilities import QemuCapabilities
@@ -46,6 +46,8 @@ def _need(caps: QemuCapabilities, device: str, what: str) -> None:
 def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     """Defaults and checks of the devices this module is about (in place)."""
     _interfaces(d)
+    for i, nic in enumerate(d.interfaces):
+        _virtio_net_driver(i, nic, q35)
     _memory_devices(d, caps)
     _crypto_and_pstore(d, caps)
 
@@ -77,6 +79,65 @@ def _interfaces(d: DomainDef) -> None:
                 "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
                 " for the backend maps guest RAM"
             )
+
+
+#: The ring sizes QEMU's virtio-net takes (each a power of two).
+VIRTIO_NET_RING_SIZES = (256, 1024)
+
+
+def _virtio_net_driver(i: int, nic: Interface, q35: bool) -> None:
+    """What QEMU can do of a NIC's virtio-net ``<driver>`` settings, saying why not (libvirt's
+    words where it has them); the model is known by now."""
+    where = f"unsupported configuration: interface {i}"
+    settings = nic.virtio_net_settings()
+    if not settings:
+        return
+    if nic.model != "virtio":
+        names = ", ".join(settings)
+        raise ConfigUnsupportedError(
+            f"{where}: <driver> settings {names} are virtio-net's; QEMU's '{nic.model}' NIC "
+            "has none of them"
+        )
+    for name in ("rx_queue_size", "tx_queue_size"):
+        size = settings.get(name)
+        if size is None:
+            continue
+        assert isinstance(size, int)
+        if size & (size - 1):
+            raise ConfigUnsupportedError(f"{where}: {name} has to be a power of two")
+        low, high = VIRTIO_NET_RING_SIZES
+        if not low <= size <= high:
+            raise ConfigUnsupportedError(
+                f"{where}: {name}='{size}': QEMU's virtio-net rings hold {low} to {high} entries"
+            )
+    if nic.tx_queue_size is not None and nic.type != "vhostuser":
+        # QEMU holds the transmit ring of any other backend to 256 entries, whatever it is told.
+        raise ConfigUnsupportedError(
+            f"{where}: tx_queue_size is only honoured by QEMU for vhost-user interfaces; the "
+            f"transmit ring of a '{nic.type}' interface stays at {VIRTIO_NET_RING_SIZES[0]}"
+        )
+    if nic.txmode is not None:
+        if nic.type == "vhostuser":
+            raise ConfigUnsupportedError(
+                f"{where}: txmode='{nic.txmode}' is how QEMU transmits; on a vhost-user "
+                "interface the backend does"
+            )
+        if nic.type in TAP_NIC_TYPES and nic.driver_name != "qemu":
+            raise ConfigUnsupportedError(
+                f"{where}: txmode='{nic.txmode}' is how QEMU transmits, and on a tap the "
+                "kernel's vhost-net does instead; use <driver name='qemu'> with txmode"
+            )
+    rss = [k for k in ("rss", "rss_hash_report") if k in nic.driver_switches]
+    if rss and nic.type == "vhostuser":
+        raise ConfigUnsupportedError(
+            f"{where}: {' and '.join(rss)} steer packets in QEMU; on a vhost-user interface "
+            "the backend fills the queues"
+        )
+    if nic.virtio.get("iommu") == "on" and not q35:
+        raise ConfigUnsupportedError(
+            f"{where}: <driver iommu='on'> needs a modern-only virtio device, and on a "
+            "conventional PCI bus (machine 'pc') QEMU's virtio-net-pci is transitional"
+        )
 
 
 #: The smallest namespace label area QEMU gives an NVDIMM.
