@@ -374,8 +374,9 @@ async def test_interface_attach_link_and_detach(guest):
 
 
 async def test_interface_driver_settings_plug_in_and_stay(conn, test_guest, tmp_path):
-    """A virtio NIC plugged in later gets its <driver> settings as one started with them
-    does; update_device may set its link, and refuses (as libvirt) to change them."""
+    """A virtio NIC plugged in later gets its <driver> settings, <rom> and <acpi index>
+    as one started with them does; update_device may set its link, and refuses (as libvirt)
+    to change its driver settings."""
     dom = await paused(conn, test_guest, tmp_path)
     driver = (
         "<driver name='qemu' txmode='timer' event_idx='off' rx_queue_size='512'>"
@@ -383,11 +384,19 @@ async def test_interface_driver_settings_plug_in_and_stay(conn, test_guest, tmp_
     )
     nic = (
         "<interface type='user'><mac address='52:54:00:00:00:42'/><model type='virtio'/>"
-        f"{driver}</interface>"
+        f"{driver}<rom enabled='no'/><acpi index='3'/></interface>"
     )
+    # QEMU's own rule: a device plugged in with its ROM hidden (no BAR) must have no ROM.
+    live = await dom.xml_desc()
+    hidden = nic.replace("<rom enabled='no'/>", "<rom bar='off'/>")
+    with pytest.raises(asvirt.AsvirtError, match=r"with its ROM hidden .* can have no ROM"):
+        await dom.attach_device(hidden)
+    assert await dom.xml_desc() == live
     await dom.attach_device(nic)
     path = "/machine/peripheral/net0"
     for prop, value in (
+        ("romfile", ""),
+        ("acpi-index", 3),
         ("tx", "timer"),
         ("event_idx", False),
         ("rx_queue_size", 512),
@@ -397,6 +406,12 @@ async def test_interface_driver_settings_plug_in_and_stay(conn, test_guest, tmp_
     ):
         assert await dom.qmp("qom-get", {"path": path, "property": prop}) == value
     live = await dom.xml_desc()
+    assert "<rom enabled='no'/>" in live
+    # The guest names a device by its ACPI index: a second one with the same is refused.
+    other = "<interface type='user'><mac address='52:54:00:00:00:43'/><acpi index='3'/></interface>"
+    with pytest.raises(asvirt.AsvirtError, match="ACPI index '3' is given to more than one"):
+        await dom.attach_device(other)
+    assert await dom.xml_desc() == live
     with pytest.raises(asvirt.AsvirtError, match="cannot modify virtio network device driver"):
         await dom.update_device(nic.replace("rx_queue_size='512'", "rx_queue_size='1024'"))
     assert await dom.xml_desc() == live

@@ -71,6 +71,48 @@ def _parse_alias(node: Node, dev: DeviceBase) -> None:
         dev.alias = name
 
 
+@dataclass(slots=True)
+class Rom:
+    """A PCI device's ``<rom enabled= bar= file=>``: whether it has an option ROM, whether
+    the guest sees it in a BAR ('on'|'off'), and the file it is read from."""
+
+    enabled: bool | None = None
+    bar: str | None = None
+    file: str | None = None
+
+    def format_xml(self, parent: XElem) -> None:
+        parent.add("rom", {"enabled": self.enabled, "bar": self.bar, "file": self.file})
+
+
+def parse_rom(node: Node) -> Rom | None:
+    """``node``'s ``<rom>``, if any."""
+    el = node.child("rom")
+    if el is None:
+        return None
+    rom = Rom(enabled=el.yesno("enabled"), bar=el.onoff("bar"), file=el.attr("file"))
+    el.finish()
+    if rom.file is not None and not rom.file.startswith("/"):
+        raise XMLError(f"invalid ROM file '{rom.file}' of {el.where}: it must be an absolute path")
+    if rom.enabled is False and (rom.bar is not None or rom.file is not None):
+        raise XMLError("ROM tuning is not supported when ROM is disabled")  # libvirt's words
+    return rom
+
+
+#: The largest ``<acpi index=>`` (QEMU's limit, and libvirt's).
+ACPI_INDEX_MAX = 16383
+
+
+def parse_acpi_index(node: Node) -> int | None:
+    """``node``'s ``<acpi index=>``: the index the guest's firmware names a PCI device by
+    (what gives Linux's ``eno<index>`` interface names); None without one."""
+    el = node.child("acpi")
+    if el is None:
+        return None
+    index = el.integer("index", minimum=1, maximum=ACPI_INDEX_MAX)
+    el.finish()
+    return index
+
+
 def _parse_boot(node: Node) -> int | None:
     boot = node.child("boot")
     if boot is None:
@@ -698,6 +740,9 @@ class Interface(DeviceBase):
     virtio: dict[str, str] = field(default_factory=dict)
     host_offloads: dict[str, str] = field(default_factory=dict)
     guest_offloads: dict[str, str] = field(default_factory=dict)
+    #: ``<rom>`` and ``<acpi index=>`` of the NIC's PCI device.
+    rom: Rom | None = None
+    acpi_index: int | None = None
 
     def virtio_net_settings(self) -> dict[str, object]:
         """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
@@ -746,6 +791,9 @@ class Interface(DeviceBase):
             el.add("link", {"state": self.link_state})
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
+        if self.rom is not None:
+            self.rom.format_xml(el)
+        el.add_if("acpi", {"index": self.acpi_index})
         self._format_tail(el, live)
 
     def _format_driver(self, el: XElem) -> None:
@@ -858,6 +906,8 @@ def parse_interface(node: Node) -> Interface:
         nic.link_state = link.choice("state", ("up", "down"))
         link.finish()
     nic.boot_order = _parse_boot(node)
+    nic.rom = parse_rom(node)
+    nic.acpi_index = parse_acpi_index(node)
     _parse_alias(node, nic)
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()

@@ -309,6 +309,11 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         model_el = f"<model type='{model}'/>" if model else ""
         if model == "virtio" and draw(st.booleans()):
             model_el += draw(nic_driver(q35, qemu_transmits=True))
+        model_el += draw(
+            st.sampled_from(["", "<rom enabled='no'/>", "<rom bar='off'/>", "<rom bar='on'/>"])
+        )
+        if draw(st.booleans()):
+            model_el += f"<acpi index='{i + 1}'/>"
         parts.append(f"<interface type='user'>{mac}{model_el}</interface>")
     serial_type = draw(st.sampled_from([None, "pty", "file", "null", "vc"]))
     if serial_type == "file":

@@ -209,3 +209,50 @@ def test_only_virtio_nics_have_them(caps: Caps, model: str) -> None:
     assert "<driver name='qemu'/>" in _dumpxml(
         caps, dom(_nic("<driver name='qemu'/>", model=model))
     )
+
+
+# -- <rom> and <acpi index=> ---------------------------------------------------------------------
+
+
+def test_rom_and_acpi_index(caps: Caps, tmp_path: Path) -> None:
+    rom = tmp_path / "boot.rom"
+    rom.write_bytes(b"\x55\xaa" + bytes(4094))  # an option ROM's signature, and room
+    xml = dom(
+        _nic(f"<rom bar='off' file='{rom}'/><acpi index='5'/>")
+        + "<interface type='user'><mac address='52:54:00:12:34:57'/><model type='e1000'/>"
+        "<rom enabled='no'/><acpi index='16383'/></interface>"
+    )
+    out = _dumpxml(caps, xml)
+    assert f"<rom bar='off' file='{rom}'/><acpi index='5'/>" in out
+    assert "<rom enabled='no'/><acpi index='16383'/>" in out
+    argv = argv_of(caps, xml, tmp_path)
+    net0, net1 = device(argv, "net0"), device(argv, "net1")
+    assert (net0["rombar"], net0["romfile"], net0["acpi-index"]) == (0, str(rom), 5)
+    assert (net1["romfile"], net1["acpi-index"]) == ("", 16383)  # as libvirt: no ROM at all
+    assert "rombar" not in net1
+    wanted = {
+        ("net0", "rombar"): 0,
+        ("net0", "romfile"): str(rom),
+        ("net0", "acpi-index"): 5,
+        ("net1", "romfile"): "",
+        ("net1", "acpi-index"): 16383,
+    }
+    got = launch_paused(
+        argv, tmp_path, qom_get=[(f"/machine/peripheral/{d}", p) for d, p in wanted]
+    )
+    assert {(d, p): got.props[(f"/machine/peripheral/{d}", p)] for d, p in wanted} == wanted
+    for bad, error, why in (
+        (
+            "<rom enabled='no' bar='on'/>",
+            XMLError,
+            "ROM tuning is not supported when ROM is disabled",
+        ),
+        ("<rom file='boot.rom'/>", XMLError, "must be an absolute path"),
+        ("<rom bar='yes'/>", InvalidValueError, "use on or off"),
+        ("<acpi index='16384'/>", XMLError, "index"),
+        ("<acpi index='0'/>", XMLError, "index"),
+    ):
+        with pytest.raises(error, match=why):
+            argv_of(caps, dom(_nic(bad)))
+    with pytest.raises(XMLError, match="ACPI index '5' is given to more than one device"):
+        argv_of(caps, xml.replace("16383", "5"))

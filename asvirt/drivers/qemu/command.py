@@ -34,6 +34,7 @@ from ...conf.devices import (
     GraphicsListen,
     Input,
     Interface,
+    Rom,
     virtio_props,
 )
 from ...conf.domain import DomainDef, parse_domain_xml
@@ -229,6 +230,21 @@ def _socket_path(directory: str, name: str) -> str:
             "address allows; give the socket an explicit, shorter <source path=...>"
         )
     return path
+
+
+def rom_props(rom: Rom | None) -> dict[str, Any]:
+    """A PCI device's ``<rom>`` as QEMU's properties, as libvirt gives them: no ROM is an
+    empty ``romfile``; ``bar`` is ``rombar`` (1 or 0)."""
+    if rom is None:
+        return {}
+    if rom.enabled is False:
+        return {"romfile": ""}
+    props: dict[str, Any] = {}
+    if rom.bar is not None:
+        props["rombar"] = 1 if rom.bar == "on" else 0
+    if rom.file is not None:
+        props["romfile"] = rom.file
+    return props
 
 
 def netdev_id(nic: Interface, index: int | None = None) -> str:
@@ -976,6 +992,8 @@ class _Builder:
             props["vectors"] = 2 * nic.queues + 2
         props = self._pci(props, nic.address, f"interface '{nic.alias}'")
         props["bootindex"] = self.bootindex.get(id(nic))
+        props.update(rom_props(nic.rom))
+        props["acpi-index"] = nic.acpi_index
         return props
 
     # -- character devices ------------------------------------------------------------------------

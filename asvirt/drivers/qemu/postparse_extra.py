@@ -48,6 +48,7 @@ def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     _interfaces(d)
     for i, nic in enumerate(d.interfaces):
         _virtio_net_driver(i, nic, q35)
+    _acpi_indexes(d)
     _memory_devices(d, caps)
     _crypto_and_pstore(d, caps)
 
@@ -79,6 +80,17 @@ def _interfaces(d: DomainDef) -> None:
                 "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
                 " for the backend maps guest RAM"
             )
+
+
+def _acpi_indexes(d: DomainDef) -> None:
+    """No two devices may have one ACPI index: the guest names a device by it."""
+    seen: set[int] = set()
+    for nic in d.interfaces:
+        if nic.acpi_index is None:
+            continue
+        if nic.acpi_index in seen:
+            raise XMLError(f"ACPI index '{nic.acpi_index}' is given to more than one device")
+        seen.add(nic.acpi_index)
 
 
 #: The ring sizes QEMU's virtio-net takes (each a power of two).
