@@ -647,6 +647,36 @@ def test_ethernet_interfaces_get_a_tap_of_their_own_or_open_an_existing_one(
     assert "no-such-tap" not in net_lab.links()
 
 
+def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    net_lab.run("ip", "link", "add", "mtubr", "type", "bridge")
+    nics = (
+        "<interface type='ethernet'><target dev='mtu-tap0'/><model type='virtio'/>"
+        "<mtu size='4000'/><tune><sndbuf>1600</sndbuf></tune></interface>"
+        "<interface type='bridge'><source bridge='mtubr'/><target dev='mtu-tap1'/>"
+        "<model type='e1000'/><mtu size='9000'/></interface>"
+    )
+    xml = test_guest.xml(
+        "mvm", tmp_path / "mvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nics
+    )
+    cli(root, "create", "--paused", write(tmp_path, "mvm.xml", xml))
+    assert " mtu 4000 " in net_lab.run("ip", "link", "show", "mtu-tap0").stdout
+    assert " mtu 9000 " in net_lab.run("ip", "link", "show", "mtu-tap1").stdout
+    qom = (
+        '{"execute":"qom-get","arguments":'
+        '{"path":"/machine/peripheral/net0","property":"host_mtu"}}'
+    )
+    assert cli(root, "qemu-monitor-command", "mvm", qom).stdout == '{"return":4000}\n'
+    live = cli(root, "dumpxml", "mvm").stdout
+    assert "<mtu size='4000'/>" in live and "<sndbuf>1600</sndbuf>" in live
+    cli(root, "destroy", "mvm")
+    assert "mtu-tap0" not in net_lab.links()
+
+
 def test_direct_interfaces_get_a_macvtap_that_goes_when_the_domain_stops(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:

@@ -743,6 +743,10 @@ class Interface(DeviceBase):
     #: ``<rom>`` and ``<acpi index=>`` of the NIC's PCI device.
     rom: Rom | None = None
     acpi_index: int | None = None
+    #: ``<mtu size=>``: the MTU of the host side (the tap) and what a virtio NIC tells its
+    #: guest (``host_mtu``); ``<tune><sndbuf>``: the tap's send buffer, in bytes.
+    mtu: int | None = None
+    sndbuf: int | None = None
 
     def virtio_net_settings(self) -> dict[str, object]:
         """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
@@ -789,6 +793,9 @@ class Interface(DeviceBase):
         self._format_driver(el)
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
+        el.add_if("mtu", {"size": self.mtu})
+        if self.sndbuf is not None:
+            el.add("tune").add("sndbuf", text=str(self.sndbuf))
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
         if self.rom is not None:
@@ -905,6 +912,18 @@ def parse_interface(node: Node) -> Interface:
     if link is not None:
         nic.link_state = link.choice("state", ("up", "down"))
         link.finish()
+    mtu = node.child("mtu")
+    if mtu is not None:
+        nic.mtu = mtu.integer("size", minimum=NIC_MTU_RANGE[0], maximum=NIC_MTU_RANGE[1])
+        if nic.mtu is None:
+            raise XMLError(f"missing attribute 'size' of {mtu.where}")
+        mtu.finish()
+    tune = node.child("tune")
+    if tune is not None:
+        sndbuf = tune.child_text("sndbuf")
+        if sndbuf is not None:
+            nic.sndbuf = _sndbuf(sndbuf)
+        tune.finish()
     nic.boot_order = _parse_boot(node)
     nic.rom = parse_rom(node)
     nic.acpi_index = parse_acpi_index(node)
@@ -912,6 +931,16 @@ def parse_interface(node: Node) -> Interface:
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+#: The MTUs Linux gives an interface (a tap's at most 65535).
+NIC_MTU_RANGE = (68, 65535)
+
+
+def _sndbuf(value: str) -> int:
+    if not value.isdigit() or int(value) >= 1 << 32:
+        raise XMLError(f"invalid <sndbuf> '{value}': a number of bytes (an unsigned int)")
+    return int(value)
 
 
 def _parse_nic_driver(drv: Node, nic: Interface) -> None:

@@ -309,9 +309,9 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         model_el = f"<model type='{model}'/>" if model else ""
         if model == "virtio" and draw(st.booleans()):
             model_el += draw(nic_driver(q35, qemu_transmits=True))
-        model_el += draw(
-            st.sampled_from(["", "<rom enabled='no'/>", "<rom bar='off'/>", "<rom bar='on'/>"])
-        )
+        # One NIC at most hides its ROM: QEMU cannot hide two of one model's (asvirt says so).
+        roms = ["", "<rom enabled='no'/>", "<rom bar='on'/>", *(["<rom bar='off'/>"] * (i == 0))]
+        model_el += draw(st.sampled_from(roms))
         if draw(st.booleans()):
             model_el += f"<acpi index='{i + 1}'/>"
         parts.append(f"<interface type='user'>{mac}{model_el}</interface>")
@@ -516,6 +516,10 @@ def host_backed_devices(draw: st.DrawFn, q35: bool) -> str:
         if draw(st.booleans()):
             managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
             target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""
+            if managed != " managed='no'" and draw(st.booleans()):
+                model += f"<mtu size='{draw(st.integers(68, 65535))}'/>"
+            if draw(st.booleans()):
+                model += f"<tune><sndbuf>{draw(st.integers(0, 1 << 20))}</sndbuf></tune>"
             parts.append(f"<interface type='ethernet'>{target}{model}</interface>")
         else:
             mode = draw(st.sampled_from(["", " mode='vepa'", " mode='bridge'", " mode='private'"]))

@@ -256,3 +256,80 @@ def test_rom_and_acpi_index(caps: Caps, tmp_path: Path) -> None:
             argv_of(caps, dom(_nic(bad)))
     with pytest.raises(XMLError, match="ACPI index '5' is given to more than one device"):
         argv_of(caps, xml.replace("16383", "5"))
+
+
+# -- <mtu> and <tune><sndbuf> --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "<interface type='network'><source network='default'/>",
+        "<interface type='bridge'><source bridge='br0'/>",
+        "<interface type='ethernet'>",
+    ],
+)
+def test_mtu_and_sndbuf_of_tap_nics(caps: Caps, source: str) -> None:
+    extra = "<mtu size='9000'/><tune><sndbuf>1600</sndbuf></tune>"
+    xml = dom(_nic(extra, source))
+    assert extra in _dumpxml(caps, xml)
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    argv = build_command(d, caps, monitor=MonitorSpec(fd=3), tap_fds={"net0": [21]})
+    # As libvirt: the tap's send buffer on its netdev, the MTU told to the virtio NIC (the
+    # tap's own is set when a start makes it: tests/test_network_host.py).
+    assert opts(argv, "-netdev") == ["tap,fd=21,sndbuf=1600,id=hostnet0"]
+    assert device(argv, "net0")["host_mtu"] == 9000
+    # Another model is told nothing; its tap still gets the MTU.
+    assert "host_mtu" not in device(argv_of(caps, xml.replace("virtio", "e1000")), "net0")
+
+
+def test_mtu_reaches_a_virtio_nic_and_is_refused_where_asvirt_cannot_set_it(caps: Caps) -> None:
+    shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+    vhost = "<interface type='vhostuser'><source type='unix' path='/tmp/vhost.sock' mode='server'/>"
+    assert (
+        device(argv_of(caps, dom(_nic("<mtu size='1400'/>", vhost), body=shared)), "net0")[
+            "host_mtu"
+        ]
+        == 1400
+    )
+    # Where asvirt sets no MTU on the host side: refused, in libvirt's words.
+    for source, why in (
+        ("<interface type='user'>", "setting MTU on interface type user is not supported yet"),
+        (
+            "<interface type='direct'><source dev='eth0'/>",
+            "setting MTU on interface type direct is not supported yet",
+        ),
+        ("<interface type='ethernet'><target dev='t0' managed='no'/>", "its owner's to configure"),
+    ):
+        with pytest.raises(ConfigUnsupportedError, match=why):
+            argv_of(caps, dom(_nic("<mtu size='1400'/>", source)))
+    with pytest.raises(ConfigUnsupportedError, match="has no tap"):
+        argv_of(caps, dom(_nic("<tune><sndbuf>1600</sndbuf></tune>")))
+    for bad in ("<mtu size='67'/>", "<mtu/>", "<tune><sndbuf>-1</sndbuf></tune>"):
+        with pytest.raises(XMLError):
+            argv_of(caps, dom(_nic(bad, "<interface type='ethernet'>")))
+
+
+def test_two_nics_cannot_hide_one_rom(caps: Caps, tmp_path: Path) -> None:
+    # QEMU gives the firmware a ROM without a BAR as a fw_cfg file named after it: a second
+    # of one name makes it exit ("duplicate fw_cfg file name"). Found by the launch test.
+    two = "<interface type='user'><model type='rtl8139'/><rom bar='off'/></interface>" * 2
+    with pytest.raises(ConfigUnsupportedError, match="interfaces 0 and 1 both hide"):
+        argv_of(caps, dom(two))
+    rom = tmp_path / "a.rom"
+    rom.write_bytes(b"\x55\xaa" + bytes(510))
+    mixed = (
+        f"<interface type='user'><model type='e1000'/><rom bar='off' file='{rom}'/></interface>"
+        f"<interface type='user'><model type='virtio'/><rom bar='off' file='{rom}'/></interface>"
+    )
+    with pytest.raises(ConfigUnsupportedError, match=r"'a\.rom'"):
+        argv_of(caps, dom(mixed))
+    # One hidden, one disabled or shown; or two models' own: QEMU starts them.
+    for ok in (
+        "<interface type='user'><model type='rtl8139'/><rom bar='off'/></interface>"
+        "<interface type='user'><model type='rtl8139'/><rom enabled='no'/></interface>"
+        "<interface type='user'><model type='rtl8139'/><rom bar='on'/></interface>",
+        "<interface type='user'><model type='rtl8139'/><rom bar='off'/></interface>"
+        "<interface type='user'><model type='e1000'/><rom bar='off'/></interface>",
+    ):
+        assert launch_paused(argv_of(caps, dom(ok), tmp_path), tmp_path).status == "prelaunch"

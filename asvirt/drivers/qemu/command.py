@@ -232,6 +232,11 @@ def _socket_path(directory: str, name: str) -> str:
     return path
 
 
+def _sndbuf(nic: Interface) -> str:
+    """A tap netdev's ``sndbuf=`` option, if the XML tunes it."""
+    return f",sndbuf={nic.sndbuf}" if nic.sndbuf is not None else ""
+
+
 def rom_props(rom: Rom | None) -> dict[str, Any]:
     """A PCI device's ``<rom>`` as QEMU's properties, as libvirt gives them: no ROM is an
     empty ``romfile``; ``bar`` is ``rombar`` (1 or 0)."""
@@ -957,14 +962,16 @@ class _Builder:
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fds or nic.type == "direct":
                 key, value = tap_fds_arg(fds or macvtap_fd_names(nic))
-                self.add("-netdev", f"tap,{key}={value}{self._vhost(nic)},id={netdev}")
+                self.add(
+                    "-netdev", f"tap,{key}={value}{_sndbuf(nic)}{self._vhost(nic)},id={netdev}"
+                )
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
                 queues = f",queues={nic.queues}" if (nic.queues or 1) > 1 else ""
                 self.add(
                     "-netdev",
                     f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}"
-                    f"{self._vhost(nic)}",
+                    f"{_sndbuf(nic)}{self._vhost(nic)}",
                 )
             self.device(self.interface_device(nic, netdev))
 
@@ -986,6 +993,7 @@ class _Builder:
         }
         if nic.model == "virtio":
             props.update(extra.virtio_net_props(nic))
+            props["host_mtu"] = nic.mtu
         if nic.queues is not None and nic.queues > 1:
             # As libvirt: multiqueue, with an MSI-X vector per queue and two more.
             props["mq"] = True

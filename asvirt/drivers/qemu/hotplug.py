@@ -431,6 +431,8 @@ class HotplugOps:
                 if fds:
                     key, value = tap_fds_arg(names)
                     args.update(type="tap", **{key: value})
+                    if nic.sndbuf is not None:
+                        args["sndbuf"] = nic.sndbuf
                 if vhost_names:
                     key, value = tap_fds_arg(vhost_names, "vhostfd")
                     args.update(vhost=True, **{key: value})

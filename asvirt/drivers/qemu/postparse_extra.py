@@ -49,6 +49,9 @@ def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     for i, nic in enumerate(d.interfaces):
         _virtio_net_driver(i, nic, q35)
     _acpi_indexes(d)
+    _hidden_roms(d)
+    for nic in d.interfaces:
+        _host_side(nic)
     _memory_devices(d, caps)
     _crypto_and_pstore(d, caps)
 
@@ -80,6 +83,48 @@ def _interfaces(d: DomainDef) -> None:
                 "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
                 " for the backend maps guest RAM"
             )
+
+
+#: The NIC types whose MTU asvirt sets (on the tap; a vhost-user backend is told by QEMU).
+MTU_NIC_TYPES = ("network", "bridge", "ethernet", "vhostuser")
+
+
+def _host_side(nic: Interface) -> None:
+    """What a NIC's host side can be told: an MTU, a tap's send buffer."""
+    if nic.mtu is not None and nic.type not in MTU_NIC_TYPES:
+        raise ConfigUnsupportedError(  # libvirt's words
+            f"unsupported configuration: setting MTU on interface type {nic.type} is not "
+            "supported yet"
+        )
+    if nic.mtu is not None and nic.target_managed is False:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <mtu> of a tap that exists "
+            "already (<target managed='no'>): that tap is its owner's to configure"
+        )
+    if nic.sndbuf is not None and nic.type not in TAP_NIC_TYPES:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <tune><sndbuf> is a tap's send buffer; an interface "
+            f"of type '{nic.type}' has no tap"
+        )
+
+
+def _hidden_roms(d: DomainDef) -> None:
+    """QEMU hands the firmware each ROM without a BAR (``<rom bar='off'>``) as a fw_cfg file
+    named after the ROM's file, and refuses a second file of one name: two NICs cannot hide
+    the same ROM (their model's own, or one ``file=``)."""
+    seen: dict[str, int] = {}
+    for i, nic in enumerate(d.interfaces):
+        rom = nic.rom
+        if rom is None or rom.bar != "off" or rom.enabled is False:
+            continue
+        key = os.path.basename(rom.file) if rom.file else f"the '{nic.model}' model's ROM"
+        if key in seen:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interfaces {seen[key]} and {i} both hide "
+                f"{key if not rom.file else repr(key)} (<rom bar='off'>): QEMU gives the "
+                "firmware each hidden ROM as a file of that name, and only one of each"
+            )
+        seen[key] = i
 
 
 def _acpi_indexes(d: DomainDef) -> None:
