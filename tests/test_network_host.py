@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -675,6 +676,39 @@ def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
     assert "<mtu size='4000'/>" in live and "<sndbuf>1600</sndbuf>" in live
     cli(root, "destroy", "mvm")
     assert "mtu-tap0" not in net_lab.links()
+
+
+def test_backend_tap_names_the_tun_device_and_nothing_else(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    # The kernel's tun device under another name (as a container's /dev may have it).
+    tun = tmp_path / "tun"
+    os.mknod(tun, 0o600 | stat.S_IFCHR, os.makedev(10, 200))
+    os.symlink("/dev/net/tun", tmp_path / "tun-link")
+    nic = (
+        "<interface type='ethernet'><target dev='be-tap'/><model type='virtio'/>"
+        "<backend tap='{}'/></interface>"
+    )
+
+    def xml(path: Path | str) -> str:
+        return test_guest.xml(
+            "bvm", tmp_path / "bvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nic.format(path)
+        )
+
+    cli(root, "create", "--paused", write(tmp_path, "bvm.xml", xml(tun)))
+    assert net_lab.links()["be-tap"] == "tun"
+    assert f"<backend tap='{tun}'/>" in cli(root, "dumpxml", "bvm").stdout
+    cli(root, "destroy", "bvm")
+    # Anything else is not opened (opening some devices acts): refused, nothing made.
+    for other in ("/dev/null", tmp_path / "tun-link", tmp_path / "none"):
+        err = cli(root, "create", "--paused", write(tmp_path, "b2.xml", xml(other)), check=False)
+        assert err.returncode == 1, err.stdout
+        assert "not the character device 10:200" in err.stderr or "No such file" in err.stderr
+        assert "be-tap" not in net_lab.links()
+    assert cli(root, "list", "--all", "--name").stdout.strip() == ""
 
 
 def test_direct_interfaces_get_a_macvtap_that_goes_when_the_domain_stops(

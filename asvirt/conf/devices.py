@@ -747,6 +747,10 @@ class Interface(DeviceBase):
     #: guest (``host_mtu``); ``<tune><sndbuf>``: the tap's send buffer, in bytes.
     mtu: int | None = None
     sndbuf: int | None = None
+    #: ``<backend tap= vhost=>``: where the kernel's tun and vhost-net devices are, when
+    #: not at /dev/net/tun and /dev/vhost-net.
+    backend_tap: str | None = None
+    backend_vhost: str | None = None
 
     def virtio_net_settings(self) -> dict[str, object]:
         """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
@@ -790,6 +794,7 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
+        el.add_if("backend", {"tap": self.backend_tap, "vhost": self.backend_vhost})
         self._format_driver(el)
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
@@ -912,6 +917,13 @@ def parse_interface(node: Node) -> Interface:
     if link is not None:
         nic.link_state = link.choice("state", ("up", "down"))
         link.finish()
+    backend = node.child("backend")
+    if backend is not None:
+        if backend.choice("type", ("default", "passt")) == "passt":
+            raise backend.unsupported("type='passt' (asvirt runs no passt: use type='user')")
+        nic.backend_tap = _device_path(backend, "tap")
+        nic.backend_vhost = _device_path(backend, "vhost")
+        backend.finish()
     mtu = node.child("mtu")
     if mtu is not None:
         nic.mtu = mtu.integer("size", minimum=NIC_MTU_RANGE[0], maximum=NIC_MTU_RANGE[1])
@@ -935,6 +947,13 @@ def parse_interface(node: Node) -> Interface:
 
 #: The MTUs Linux gives an interface (a tap's at most 65535).
 NIC_MTU_RANGE = (68, 65535)
+
+
+def _device_path(node: Node, name: str) -> str | None:
+    path = node.attr(name)
+    if path is not None and not path.startswith("/"):
+        raise XMLError(f"invalid {name}='{path}' of {node.where}: it must be an absolute path")
+    return path
 
 
 def _sndbuf(value: str) -> int:

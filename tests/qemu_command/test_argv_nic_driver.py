@@ -333,3 +333,37 @@ def test_two_nics_cannot_hide_one_rom(caps: Caps, tmp_path: Path) -> None:
         "<interface type='user'><model type='e1000'/><rom bar='off'/></interface>",
     ):
         assert launch_paused(argv_of(caps, dom(ok), tmp_path), tmp_path).status == "prelaunch"
+
+
+# -- <backend tap= vhost=> -----------------------------------------------------------------------
+
+
+def test_backend_device_paths(caps: Caps) -> None:
+    # Where a start opens the tun device and vhost-net (it checks that they are those
+    # devices: tests/test_network_host.py); nothing of it is QEMU's to see.
+    backend = "<backend tap='/dev/net/tun' vhost='/dev/vhost-net'/>"
+    xml = dom(_nic(backend, "<interface type='bridge'><source bridge='br0'/>"))
+    assert backend in _dumpxml(caps, xml)
+    assert opts(argv_of(caps, xml), "-netdev") == [
+        "tap,id=hostnet0,ifname=vnet%d,script=no,downscript=no"
+    ]
+    direct = "<interface type='direct'><source dev='eth0'/>"
+    assert "<backend vhost='/dev/vhost-net'/>" in _dumpxml(
+        caps, dom(_nic("<backend vhost='/dev/vhost-net'/>", direct))
+    )
+    for source, model, extra, why in (
+        (direct, "virtio", "<backend tap='/dev/net/tun'/>", "has no tun tap"),
+        ("<interface type='user'>", "virtio", "<backend tap='/dev/net/tun'/>", "has no tun tap"),
+        ("<interface type='ethernet'>", "e1000", "<backend vhost='/v'/>", "virtio NICs on a tap"),
+        (
+            "<interface type='ethernet'>",
+            "virtio",
+            "<backend vhost='/v'/><driver name='qemu'/>",
+            "leaves vhost-net out",
+        ),
+        ("<interface type='user'>", "virtio", "<backend type='passt'/>", "runs no passt"),
+    ):
+        with pytest.raises(ConfigUnsupportedError, match=why):
+            argv_of(caps, dom(_nic(extra, source, model)))
+    with pytest.raises(XMLError, match="must be an absolute path"):
+        argv_of(caps, dom(_nic("<backend tap='dev/net/tun'/>", "<interface type='ethernet'>")))

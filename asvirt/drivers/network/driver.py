@@ -738,7 +738,9 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
                 )
             try:
                 queue_fds, name = tap.open_tap(
-                    nic.target_dev or tap.DEFAULT_TEMPLATE, nic.queues or 1
+                    nic.target_dev or tap.DEFAULT_TEMPLATE,
+                    nic.queues or 1,
+                    nic.backend_tap or tap.TUN_DEVICE,
                 )
             except OSError as err:
                 raise SystemCallError.from_oserror(

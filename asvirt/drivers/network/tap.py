@@ -15,6 +15,12 @@ import fcntl
 import os
 import struct
 
+from ...fsutil import open_char_device
+
+#: The kernel's tun device (misc 10:200), and the device number an interface's
+#: ``<backend tap=PATH>`` must have.
+TUN_DEVICE = "/dev/net/tun"
+TUN_RDEV = os.makedev(10, 200)
 #: The kernel picks the first free number for '%d' (libvirt names its taps vnetN too).
 DEFAULT_TEMPLATE = "vnet%d"
 #: Names libvirt reserves for taps it makes up; a <target dev> that starts so is generated
@@ -29,8 +35,12 @@ _IFF_MULTI_QUEUE = 0x0100
 _IFF_VNET_HDR = 0x4000
 
 
-def open_tap(name: str = DEFAULT_TEMPLATE, queues: int = 1) -> tuple[list[int], str]:
+def open_tap(
+    name: str = DEFAULT_TEMPLATE, queues: int = 1, device: str = TUN_DEVICE
+) -> tuple[list[int], str]:
     """Create a tap (``name`` may hold one ``%d``); returns its descriptors and its name.
+    ``device``: where the kernel's tun device is (``<backend tap=>``; it must be that
+    device, :data:`TUN_RDEV`).
 
     ``queues`` > 1: a multiqueue tap (``IFF_MULTI_QUEUE``), opened once per queue, as QEMU
     takes one descriptor per queue pair (``-netdev tap,fds=A:B:...``). The descriptors are
@@ -44,7 +54,7 @@ def open_tap(name: str = DEFAULT_TEMPLATE, queues: int = 1) -> tuple[list[int], 
     actual = name
     try:
         for _ in range(queues):
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fd = open_char_device(device, TUN_RDEV)
             fds.append(fd)
             # The first open names the tap (a template becomes vnetN); the others attach
             # queues to that same tap.

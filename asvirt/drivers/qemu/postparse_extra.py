@@ -85,6 +85,8 @@ def _interfaces(d: DomainDef) -> None:
             )
 
 
+#: The NIC types asvirt makes a tap of the tun device for (a macvtap is a device of its own).
+TUN_NIC_TYPES = ("network", "bridge", "ethernet")
 #: The NIC types whose MTU asvirt sets (on the tap; a vhost-user backend is told by QEMU).
 MTU_NIC_TYPES = ("network", "bridge", "ethernet", "vhostuser")
 
@@ -100,6 +102,21 @@ def _host_side(nic: Interface) -> None:
         raise ConfigUnsupportedError(
             f"unsupported configuration: interface {nic.mac}: <mtu> of a tap that exists "
             "already (<target managed='no'>): that tap is its owner's to configure"
+        )
+    if nic.backend_tap is not None and nic.type not in TUN_NIC_TYPES:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend tap=> is where the "
+            f"tun device is, and an interface of type '{nic.type}' has no tun tap"
+        )
+    if nic.backend_vhost is not None and not (nic.type in TAP_NIC_TYPES and nic.model == "virtio"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend vhost=> is where "
+            "vhost-net is, which serves virtio NICs on a tap or macvtap only"
+        )
+    if nic.backend_vhost is not None and nic.driver_name == "qemu":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend vhost=> names "
+            "vhost-net's device, and <driver name='qemu'> leaves vhost-net out"
         )
     if nic.sndbuf is not None and nic.type not in TAP_NIC_TYPES:
         raise ConfigUnsupportedError(
