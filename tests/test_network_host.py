@@ -16,6 +16,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -648,6 +649,15 @@ def test_ethernet_interfaces_get_a_tap_of_their_own_or_open_an_existing_one(
     assert "no-such-tap" not in net_lab.links()
 
 
+#: Prints an interface's rx-frames coalescing as the kernel reports it (ethtool's ioctl).
+_RX_FRAMES = (
+    sys.executable,
+    "-c",
+    "import sys; from asvirt.drivers.network.tap import rx_coalesce_frames; "
+    "print(rx_coalesce_frames(sys.argv[1]))",
+)
+
+
 def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:
@@ -659,13 +669,17 @@ def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
         "<interface type='ethernet'><target dev='mtu-tap0'/><model type='virtio'/>"
         "<mtu size='4000'/><tune><sndbuf>1600</sndbuf></tune></interface>"
         "<interface type='bridge'><source bridge='mtubr'/><target dev='mtu-tap1'/>"
-        "<model type='e1000'/><mtu size='9000'/></interface>"
+        "<model type='e1000'/><mtu size='9000'/>"
+        "<coalesce><rx><frames max='32'/></rx></coalesce></interface>"
     )
     xml = test_guest.xml(
         "mvm", tmp_path / "mvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nics
     )
     cli(root, "create", "--paused", write(tmp_path, "mvm.xml", xml))
     assert " mtu 4000 " in net_lab.run("ip", "link", "show", "mtu-tap0").stdout
+    # The bridge's tap batches as many received frames as <coalesce> says (ethtool's
+    # rx-frames, read back from the kernel in the lab's namespace).
+    assert net_lab.run(*_RX_FRAMES, "mtu-tap1").stdout.strip() == "32"
     assert " mtu 9000 " in net_lab.run("ip", "link", "show", "mtu-tap1").stdout
     qom = (
         '{"execute":"qom-get","arguments":'

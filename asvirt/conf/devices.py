@@ -751,6 +751,8 @@ class Interface(DeviceBase):
     #: not at /dev/net/tun and /dev/vhost-net.
     backend_tap: str | None = None
     backend_vhost: str | None = None
+    #: ``<coalesce><rx><frames max=N>``: received frames the host's tap may batch.
+    coalesce_rx_frames: int | None = None
 
     def virtio_net_settings(self) -> dict[str, object]:
         """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
@@ -799,6 +801,8 @@ class Interface(DeviceBase):
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
         el.add_if("mtu", {"size": self.mtu})
+        if self.coalesce_rx_frames is not None:
+            el.add("coalesce").add("rx").add("frames", {"max": self.coalesce_rx_frames})
         if self.sndbuf is not None:
             el.add("tune").add("sndbuf", text=str(self.sndbuf))
         if self.boot_order is not None:
@@ -930,6 +934,16 @@ def parse_interface(node: Node) -> Interface:
         if nic.mtu is None:
             raise XMLError(f"missing attribute 'size' of {mtu.where}")
         mtu.finish()
+    coalesce = node.child("coalesce")
+    if coalesce is not None:
+        rx = coalesce.child("rx")
+        frames = rx.child("frames") if rx is not None else None
+        if frames is not None:
+            nic.coalesce_rx_frames = frames.integer("max", minimum=0, maximum=(1 << 32) - 1)
+            frames.finish()
+        if rx is not None:
+            rx.finish()
+        coalesce.finish()
     tune = node.child("tune")
     if tune is not None:
         sndbuf = tune.child_text("sndbuf")

@@ -305,6 +305,15 @@ def test_mtu_reaches_a_virtio_nic_and_is_refused_where_asvirt_cannot_set_it(caps
             argv_of(caps, dom(_nic("<mtu size='1400'/>", source)))
     with pytest.raises(ConfigUnsupportedError, match="has no tap"):
         argv_of(caps, dom(_nic("<tune><sndbuf>1600</sndbuf></tune>")))
+    # <coalesce> is set on a bridge's tap (tests/test_network_host.py); libvirt's words for
+    # the others.
+    coalesce = "<coalesce><rx><frames max='32'/></rx></coalesce>"
+    bridged = dom(_nic(coalesce, "<interface type='bridge'><source bridge='br0'/>"))
+    assert coalesce in _dumpxml(caps, bridged)
+    with pytest.raises(
+        ConfigUnsupportedError, match="coalesce settings on interface type ethernet"
+    ):
+        argv_of(caps, dom(_nic(coalesce, "<interface type='ethernet'>")))
     for bad in ("<mtu size='67'/>", "<mtu/>", "<tune><sndbuf>-1</sndbuf></tune>"):
         with pytest.raises(XMLError):
             argv_of(caps, dom(_nic(bad, "<interface type='ethernet'>")))

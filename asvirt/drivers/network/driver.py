@@ -757,6 +757,13 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
                 raise bridge.host_error(err, f"plug tap '{name}' {where}") from None
             if nic.type == "network":
                 nic.source_bridge = br
+            if nic.coalesce_rx_frames is not None:
+                try:
+                    tap.set_rx_coalesce_frames(name, nic.coalesce_rx_frames)
+                except OSError as err:
+                    raise SystemCallError.from_oserror(
+                        err, "set the receive coalescing of tap", name
+                    ) from None
     except BaseException:
         for queue_fds in fds.values():
             for fd in queue_fds:

@@ -118,6 +118,11 @@ def _host_side(nic: Interface) -> None:
             f"unsupported configuration: interface {nic.mac}: <backend vhost=> names "
             "vhost-net's device, and <driver name='qemu'> leaves vhost-net out"
         )
+    if nic.coalesce_rx_frames is not None and nic.type not in ("network", "bridge"):
+        raise ConfigUnsupportedError(  # libvirt's words
+            f"unsupported configuration: coalesce settings on interface type {nic.type} are "
+            "not supported"
+        )
     if nic.sndbuf is not None and nic.type not in TAP_NIC_TYPES:
         raise ConfigUnsupportedError(
             f"unsupported configuration: <tune><sndbuf> is a tap's send buffer; an interface "
