@@ -21,7 +21,7 @@ from asvirt.drivers.qemu.command import MonitorSpec, build_command, interface_ho
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import Caps
-from tests.helpers import argv_of, device, dom, dumpxml_roundtrip, opts
+from tests.helpers import TAP_NIC_SOURCES, argv_of, device, dom, dumpxml_roundtrip, opts
 
 pytestmark = pytest.mark.qemu
 
@@ -102,15 +102,7 @@ def test_settings_left_out_stay_qemus(caps: Caps, tmp_path: Path) -> None:
     assert device(argv_of(caps, only), "net0")["guest_tso4"] is False
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "<interface type='network'><source network='default'/>",
-        "<interface type='bridge'><source bridge='br0'/>",
-        "<interface type='ethernet'>",
-        "<interface type='direct'><source dev='eth0' mode='bridge'/>",
-    ],
-)
+@pytest.mark.parametrize("source", TAP_NIC_SOURCES)
 def test_tap_nics_take_them_with_their_queues(caps: Caps, source: str) -> None:
     driver = (
         "<driver name='qemu' txmode='iothread' event_idx='on' queues='2' rx_queue_size='512'>"
@@ -261,14 +253,7 @@ def test_rom_and_acpi_index(caps: Caps, tmp_path: Path) -> None:
 # -- <mtu> and <tune><sndbuf> --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "<interface type='network'><source network='default'/>",
-        "<interface type='bridge'><source bridge='br0'/>",
-        "<interface type='ethernet'>",
-    ],
-)
+@pytest.mark.parametrize("source", TAP_NIC_SOURCES[:3])  # a macvtap's MTU is not asvirt's
 def test_mtu_and_sndbuf_of_tap_nics(caps: Caps, source: str) -> None:
     extra = "<mtu size='9000'/><tune><sndbuf>1600</sndbuf></tune>"
     xml = dom(_nic(extra, source))
