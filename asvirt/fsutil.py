@@ -134,6 +134,21 @@ def read_nofollow(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024
         os.close(fd)
 
 
+def open_char_device(path: str, rdev: int) -> int:
+    """Open the character device ``rdev`` (``os.makedev``) at ``path`` read-write, close-on-
+    exec; a symlink, a file or another device there raises OSError (ENODEV) without being
+    opened, as opening some devices acts (a watchdog's starts it)."""
+    st = os.lstat(path)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != rdev:
+        want = f"{os.major(rdev)}:{os.minor(rdev)}"
+        raise OSError(errno.ENODEV, f"not the character device {want}", path)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    if os.fstat(fd).st_rdev != rdev:  # replaced in between
+        os.close(fd)
+        raise OSError(errno.ENODEV, "the device changed while it was opened", path)
+    return fd
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -309,6 +309,16 @@ def dom(
     )
 
 
+#: The opening of an <interface> of each type QEMU gets a tap (or macvtap) for, with its
+#: source (the NIC's model and the rest follow, then </interface>).
+TAP_NIC_SOURCES = [
+    "<interface type='network'><source network='default'/>",
+    "<interface type='bridge'><source bridge='br0'/>",
+    "<interface type='ethernet'>",
+    "<interface type='direct'><source dev='eth0' mode='bridge'/>",
+]
+
+
 #: One source of each protocol, with the options each may carry.
 NET_DISK_SOURCES = {
     "nbd-tcp": "<source protocol='nbd' name='export'><host name='127.0.0.1' port='10809'/>"

@@ -14,7 +14,9 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -645,6 +647,82 @@ def test_ethernet_interfaces_get_a_tap_of_their_own_or_open_an_existing_one(
     err = cli(root, "create", "--paused", write(tmp_path, "gone.xml", gone), check=False)
     assert err.returncode == 1 and "no such device" in err.stderr
     assert "no-such-tap" not in net_lab.links()
+
+
+#: Prints an interface's rx-frames coalescing as the kernel reports it (ethtool's ioctl).
+_RX_FRAMES = (
+    sys.executable,
+    "-c",
+    "import sys; from asvirt.drivers.network.tap import rx_coalesce_frames; "
+    "print(rx_coalesce_frames(sys.argv[1]))",
+)
+
+
+def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    net_lab.run("ip", "link", "add", "mtubr", "type", "bridge")
+    nics = (
+        "<interface type='ethernet'><target dev='mtu-tap0'/><model type='virtio'/>"
+        "<mtu size='4000'/><tune><sndbuf>1600</sndbuf></tune></interface>"
+        "<interface type='bridge'><source bridge='mtubr'/><target dev='mtu-tap1'/>"
+        "<model type='e1000'/><mtu size='9000'/>"
+        "<coalesce><rx><frames max='32'/></rx></coalesce></interface>"
+    )
+    xml = test_guest.xml(
+        "mvm", tmp_path / "mvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nics
+    )
+    cli(root, "create", "--paused", write(tmp_path, "mvm.xml", xml))
+    assert " mtu 4000 " in net_lab.run("ip", "link", "show", "mtu-tap0").stdout
+    # The bridge's tap batches as many received frames as <coalesce> says (ethtool's
+    # rx-frames, read back from the kernel in the lab's namespace).
+    assert net_lab.run(*_RX_FRAMES, "mtu-tap1").stdout.strip() == "32"
+    assert " mtu 9000 " in net_lab.run("ip", "link", "show", "mtu-tap1").stdout
+    qom = (
+        '{"execute":"qom-get","arguments":'
+        '{"path":"/machine/peripheral/net0","property":"host_mtu"}}'
+    )
+    assert cli(root, "qemu-monitor-command", "mvm", qom).stdout == '{"return":4000}\n'
+    live = cli(root, "dumpxml", "mvm").stdout
+    assert "<mtu size='4000'/>" in live and "<sndbuf>1600</sndbuf>" in live
+    cli(root, "destroy", "mvm")
+    assert "mtu-tap0" not in net_lab.links()
+
+
+def test_backend_tap_names_the_tun_device_and_nothing_else(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    from .guest import PAUSED_DOMAIN_TYPE
+
+    cli = net_lab.cli
+    # The kernel's tun device under another name (as a container's /dev may have it).
+    tun = tmp_path / "tun"
+    os.mknod(tun, 0o600 | stat.S_IFCHR, os.makedev(10, 200))
+    os.symlink("/dev/net/tun", tmp_path / "tun-link")
+    nic = (
+        "<interface type='ethernet'><target dev='be-tap'/><model type='virtio'/>"
+        "<backend tap='{}'/></interface>"
+    )
+
+    def xml(path: Path | str) -> str:
+        return test_guest.xml(
+            "bvm", tmp_path / "bvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nic.format(path)
+        )
+
+    cli(root, "create", "--paused", write(tmp_path, "bvm.xml", xml(tun)))
+    assert net_lab.links()["be-tap"] == "tun"
+    assert f"<backend tap='{tun}'/>" in cli(root, "dumpxml", "bvm").stdout
+    cli(root, "destroy", "bvm")
+    # Anything else is not opened (opening some devices acts): refused, nothing made.
+    for other in ("/dev/null", tmp_path / "tun-link", tmp_path / "none"):
+        err = cli(root, "create", "--paused", write(tmp_path, "b2.xml", xml(other)), check=False)
+        assert err.returncode == 1, err.stdout
+        assert "not the character device 10:200" in err.stderr or "No such file" in err.stderr
+        assert "be-tap" not in net_lab.links()
+    assert cli(root, "list", "--all", "--name").stdout.strip() == ""
 
 
 def test_direct_interfaces_get_a_macvtap_that_goes_when_the_domain_stops(

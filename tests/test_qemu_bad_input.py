@@ -142,3 +142,26 @@ async def test_kvm_domain_without_kvm_says_so(conn, test_guest, tmp_path, monkey
     with pytest.raises(asvirt.ConfigUnsupportedError, match="KVM"):
         await dom.start()
     assert await dom.state() == (asvirt.DomainState.SHUTOFF, asvirt.ShutoffReason.UNKNOWN)
+
+
+@pytest.mark.parametrize(
+    "nic,why",
+    [
+        ("<model type='virtio'/><driver rx_queue_size='300'/>", "has to be a power of two"),
+        ("<model type='virtio'/><driver tx_queue_size='512'/>", "only honoured by QEMU"),
+        ("<model type='e1000'/><driver event_idx='off'/>", "are virtio-net's"),
+        ("<model type='virtio'/><driver iommu='on'/>", "modern-only virtio device"),
+        ("<mtu size='1400'/>", "setting MTU on interface type user"),
+        ("<rom enabled='no' file='/x.rom'/>", "ROM tuning is not supported"),
+    ],
+)
+async def test_bad_interface_settings_change_nothing(conn, root, test_guest, tmp_path, nic, why):
+    xml = test_guest.xml("vm", tmp_path / "s.log").replace(
+        "<devices>", f"<devices><interface type='user'>{nic}</interface>"
+    )
+    before = tree(root)
+    with pytest.raises(asvirt.XMLError, match=why):  # ConfigUnsupportedError is one
+        await conn.define_xml(xml)
+    with pytest.raises(asvirt.XMLError, match=why):
+        await conn.create_xml(xml)
+    assert tree(root) == before

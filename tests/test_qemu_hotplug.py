@@ -373,6 +373,55 @@ async def test_interface_attach_link_and_detach(guest):
         assert nic_els(await dom.xml_desc()) == []
 
 
+async def test_interface_driver_settings_plug_in_and_stay(conn, test_guest, tmp_path):
+    """A virtio NIC plugged in later gets its <driver> settings, <rom> and <acpi index>
+    as one started with them does; update_device may set its link, and refuses (as libvirt)
+    to change its driver settings."""
+    dom = await paused(conn, test_guest, tmp_path)
+    driver = (
+        "<driver name='qemu' txmode='timer' event_idx='off' rx_queue_size='512'>"
+        "<host mrg_rxbuf='off'/><guest tso4='off'/></driver>"
+    )
+    nic = (
+        "<interface type='user'><mac address='52:54:00:00:00:42'/><model type='virtio'/>"
+        f"{driver}<rom enabled='no'/><acpi index='3'/></interface>"
+    )
+    # QEMU's own rule: a device plugged in with its ROM hidden (no BAR) must have no ROM.
+    live = await dom.xml_desc()
+    hidden = nic.replace("<rom enabled='no'/>", "<rom bar='off'/>")
+    with pytest.raises(asvirt.AsvirtError, match=r"with its ROM hidden .* can have no ROM"):
+        await dom.attach_device(hidden)
+    assert await dom.xml_desc() == live
+    await dom.attach_device(nic)
+    path = "/machine/peripheral/net0"
+    for prop, value in (
+        ("romfile", ""),
+        ("acpi-index", 3),
+        ("tx", "timer"),
+        ("event_idx", False),
+        ("rx_queue_size", 512),
+        ("mrg_rxbuf", False),
+        ("guest_tso4", False),
+        ("guest_csum", True),  # QEMU's default, left alone
+    ):
+        assert await dom.qmp("qom-get", {"path": path, "property": prop}) == value
+    live = await dom.xml_desc()
+    assert "<rom enabled='no'/>" in live
+    # The guest names a device by its ACPI index: a second one with the same is refused.
+    other = "<interface type='user'><mac address='52:54:00:00:00:43'/><acpi index='3'/></interface>"
+    with pytest.raises(asvirt.AsvirtError, match="ACPI index '3' is given to more than one"):
+        await dom.attach_device(other)
+    assert await dom.xml_desc() == live
+    with pytest.raises(asvirt.AsvirtError, match="cannot modify virtio network device driver"):
+        await dom.update_device(nic.replace("rx_queue_size='512'", "rx_queue_size='1024'"))
+    assert await dom.xml_desc() == live
+    await dom.update_device(nic.replace("</interface>", "<link state='down'/></interface>"))
+    (el,) = nic_els(await dom.xml_desc())
+    assert el.find("link").get("state") == "down"
+    assert el.find("driver").get("rx_queue_size") == "512"
+    await dom.destroy()
+
+
 async def test_vhost_user_interface_attach(conn, test_guest, tmp_path):
     # vhost-user maps the guest's memory into the backend: it must be shared. QEMU plugs
     # the NIC in only once the vhost-user handshake with the real backend is done, so a

@@ -71,6 +71,48 @@ def _parse_alias(node: Node, dev: DeviceBase) -> None:
         dev.alias = name
 
 
+@dataclass(slots=True)
+class Rom:
+    """A PCI device's ``<rom enabled= bar= file=>``: whether it has an option ROM, whether
+    the guest sees it in a BAR ('on'|'off'), and the file it is read from."""
+
+    enabled: bool | None = None
+    bar: str | None = None
+    file: str | None = None
+
+    def format_xml(self, parent: XElem) -> None:
+        parent.add("rom", {"enabled": self.enabled, "bar": self.bar, "file": self.file})
+
+
+def parse_rom(node: Node) -> Rom | None:
+    """``node``'s ``<rom>``, if any."""
+    el = node.child("rom")
+    if el is None:
+        return None
+    rom = Rom(enabled=el.yesno("enabled"), bar=el.onoff("bar"), file=el.attr("file"))
+    el.finish()
+    if rom.file is not None and not rom.file.startswith("/"):
+        raise XMLError(f"invalid ROM file '{rom.file}' of {el.where}: it must be an absolute path")
+    if rom.enabled is False and (rom.bar is not None or rom.file is not None):
+        raise XMLError("ROM tuning is not supported when ROM is disabled")  # libvirt's words
+    return rom
+
+
+#: The largest ``<acpi index=>`` (QEMU's limit, and libvirt's).
+ACPI_INDEX_MAX = 16383
+
+
+def parse_acpi_index(node: Node) -> int | None:
+    """``node``'s ``<acpi index=>``: the index the guest's firmware names a PCI device by
+    (what gives Linux's ``eno<index>`` interface names); None without one."""
+    el = node.child("acpi")
+    if el is None:
+        return None
+    index = el.integer("index", minimum=1, maximum=ACPI_INDEX_MAX)
+    el.finish()
+    return index
+
+
 def _parse_boot(node: Node) -> int | None:
     boot = node.child("boot")
     if boot is None:
@@ -631,6 +673,16 @@ NIC_TYPES = (
 TAP_NIC_TYPES = ("network", "bridge", "ethernet", "direct")
 #: ``<interface><driver name=...>``: the kernel's vhost-net, or QEMU's own packet path.
 NIC_DRIVER_NAMES = ("qemu", "vhost")
+#: ``<interface><driver txmode=...>``: how virtio-net transmits (in a bottom half, or on a
+#: timer), when QEMU itself moves the packets.
+NIC_TXMODES = ("iothread", "timer")
+#: ``<interface><driver>``'s on/off switches of a virtio NIC, in libvirt's order.
+NIC_DRIVER_SWITCHES = ("ioeventfd", "event_idx", "rss", "rss_hash_report")
+#: ``<interface><driver><host .../>``: the offloads the device offers the guest's driver for
+#: what it sends (and mergeable receive buffers).
+NIC_HOST_OFFLOADS = ("csum", "gso", "tso4", "tso6", "ecn", "ufo", "mrg_rxbuf")
+#: ``<interface><driver><guest .../>``: the offloads the guest is offered for what it receives.
+NIC_GUEST_OFFLOADS = ("csum", "tso4", "tso6", "ecn", "ufo")
 #: ``<interface type='direct'><source mode=...>``: the macvtap modes (libvirt's default vepa).
 DIRECT_MODES = ("vepa", "bridge", "private", "passthrough")
 SOCKET_NIC_TYPES = ("mcast", "udp", "server", "client")
@@ -681,6 +733,45 @@ class Interface(DeviceBase):
     #: tap or macvtap, ``qemu`` keeps the packets in QEMU; None: vhost-net where the host
     #: has it (libvirt's default).
     driver_name: str | None = None
+    #: The rest of a virtio NIC's ``<driver>``: ``txmode=`` (``NIC_TXMODES``), the ring
+    #: sizes, the on/off switches (``NIC_DRIVER_SWITCHES``: name -> 'on'|'off'), the virtio
+    #: options (``VIRTIO_OPTIONS``) and the ``<host>``/``<guest>`` offloads
+    #: (``NIC_HOST_OFFLOADS``, ``NIC_GUEST_OFFLOADS``: name -> 'on'|'off').
+    txmode: str | None = None
+    rx_queue_size: int | None = None
+    tx_queue_size: int | None = None
+    driver_switches: dict[str, str] = field(default_factory=dict)
+    virtio: dict[str, str] = field(default_factory=dict)
+    host_offloads: dict[str, str] = field(default_factory=dict)
+    guest_offloads: dict[str, str] = field(default_factory=dict)
+    #: ``<rom>`` and ``<acpi index=>`` of the NIC's PCI device.
+    rom: Rom | None = None
+    acpi_index: int | None = None
+    #: ``<mtu size=>``: the MTU of the host side (the tap) and what a virtio NIC tells its
+    #: guest (``host_mtu``); ``<tune><sndbuf>``: the tap's send buffer, in bytes.
+    mtu: int | None = None
+    sndbuf: int | None = None
+    #: ``<backend tap= vhost=>``: where the kernel's tun and vhost-net devices are, when
+    #: not at /dev/net/tun and /dev/vhost-net.
+    backend_tap: str | None = None
+    backend_vhost: str | None = None
+    #: ``<coalesce><rx><frames max=N>``: received frames the host's tap may batch.
+    coalesce_rx_frames: int | None = None
+
+    def virtio_net_settings(self) -> dict[str, object]:
+        """Every ``<driver>`` setting that only virtio-net has (set ones only), by XML name
+        (the offloads as ``host.NAME``/``guest.NAME``): what another NIC model must not be
+        given, and what a live update must leave as it is."""
+        out: dict[str, object] = {
+            "txmode": self.txmode,
+            "rx_queue_size": self.rx_queue_size,
+            "tx_queue_size": self.tx_queue_size,
+            **self.driver_switches,
+            **self.virtio,
+            **{f"host.{k}": v for k, v in self.host_offloads.items()},
+            **{f"guest.{k}": v for k, v in self.guest_offloads.items()},
+        }
+        return {k: v for k, v in out.items() if v is not None}
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         el = parent.add("interface", {"type": self.type})
@@ -709,12 +800,41 @@ class Interface(DeviceBase):
             el.add("target", {"dev": self.target_dev, "managed": self.target_managed})
         if self.model is not None:
             el.add("model", {"type": self.model})
-        el.add_if("driver", {"name": self.driver_name, "queues": self.queues})
+        el.add_if("backend", {"tap": self.backend_tap, "vhost": self.backend_vhost})
+        self._format_driver(el)
         if self.link_state is not None:
             el.add("link", {"state": self.link_state})
+        el.add_if("mtu", {"size": self.mtu})
+        if self.coalesce_rx_frames is not None:
+            el.add("coalesce").add("rx").add("frames", {"max": self.coalesce_rx_frames})
+        if self.sndbuf is not None:
+            el.add("tune").add("sndbuf", text=str(self.sndbuf))
         if self.boot_order is not None:
             el.add("boot", {"order": self.boot_order})
+        if self.rom is not None:
+            self.rom.format_xml(el)
+        el.add_if("acpi", {"index": self.acpi_index})
         self._format_tail(el, live)
+
+    def _format_driver(self, el: XElem) -> None:
+        attrs: dict[str, object] = {
+            "name": self.driver_name,
+            "txmode": self.txmode,
+            "ioeventfd": self.driver_switches.get("ioeventfd"),
+            "event_idx": self.driver_switches.get("event_idx"),
+            "queues": self.queues,
+            "rx_queue_size": self.rx_queue_size,
+            "tx_queue_size": self.tx_queue_size,
+            "rss": self.driver_switches.get("rss"),
+            "rss_hash_report": self.driver_switches.get("rss_hash_report"),
+            **self.virtio,
+        }
+        if not self.host_offloads and not self.guest_offloads:
+            el.add_if("driver", attrs)
+            return
+        drv = el.add("driver", attrs)
+        drv.add_if("host", dict(self.host_offloads))
+        drv.add_if("guest", dict(self.guest_offloads))
 
 
 def parse_interface(node: Node) -> Interface:
@@ -787,6 +907,7 @@ def parse_interface(node: Node) -> Interface:
     if drv is not None:
         nic.driver_name = drv.choice("name", NIC_DRIVER_NAMES)
         nic.queues = drv.integer("queues", minimum=1, maximum=1024)
+        _parse_nic_driver(drv, nic)
         drv.finish()
         if nic.driver_name == "vhost" and kind not in TAP_NIC_TYPES:
             raise ConfigUnsupportedError(
@@ -804,11 +925,84 @@ def parse_interface(node: Node) -> Interface:
     if link is not None:
         nic.link_state = link.choice("state", ("up", "down"))
         link.finish()
+    backend = node.child("backend")
+    if backend is not None:
+        if backend.choice("type", ("default", "passt")) == "passt":
+            raise backend.unsupported("type='passt' (asvirt runs no passt: use type='user')")
+        nic.backend_tap = _device_path(backend, "tap")
+        nic.backend_vhost = _device_path(backend, "vhost")
+        backend.finish()
+    mtu = node.child("mtu")
+    if mtu is not None:
+        nic.mtu = mtu.integer("size", minimum=NIC_MTU_RANGE[0], maximum=NIC_MTU_RANGE[1])
+        if nic.mtu is None:
+            raise XMLError(f"missing attribute 'size' of {mtu.where}")
+        mtu.finish()
+    coalesce = node.child("coalesce")
+    if coalesce is not None:
+        rx = coalesce.child("rx")
+        frames = rx.child("frames") if rx is not None else None
+        if frames is not None:
+            nic.coalesce_rx_frames = frames.integer("max", minimum=0, maximum=(1 << 32) - 1)
+            frames.finish()
+        if rx is not None:
+            rx.finish()
+        coalesce.finish()
+    tune = node.child("tune")
+    if tune is not None:
+        sndbuf = tune.child_text("sndbuf")
+        if sndbuf is not None:
+            nic.sndbuf = _sndbuf(sndbuf)
+        tune.finish()
     nic.boot_order = _parse_boot(node)
+    nic.rom = parse_rom(node)
+    nic.acpi_index = parse_acpi_index(node)
     _parse_alias(node, nic)
     nic.address = parse_address(node, (PCIAddress,))
     node.finish()
     return nic
+
+
+#: The MTUs Linux gives an interface (a tap's at most 65535).
+NIC_MTU_RANGE = (68, 65535)
+
+
+def _device_path(node: Node, name: str) -> str | None:
+    path = node.attr(name)
+    if path is not None and not path.startswith("/"):
+        raise XMLError(f"invalid {name}='{path}' of {node.where}: it must be an absolute path")
+    return path
+
+
+def _sndbuf(value: str) -> int:
+    if not value.isdigit() or int(value) >= 1 << 32:
+        raise XMLError(f"invalid <sndbuf> '{value}': a number of bytes (an unsigned int)")
+    return int(value)
+
+
+def _parse_nic_driver(drv: Node, nic: Interface) -> None:
+    """The virtio-net settings of an interface's ``<driver>``: values checked here, what
+    applies to which NIC in the driver's post-parse."""
+    nic.txmode = drv.choice("txmode", NIC_TXMODES)
+    nic.rx_queue_size = drv.integer("rx_queue_size", minimum=1, maximum=1 << 16)
+    nic.tx_queue_size = drv.integer("tx_queue_size", minimum=1, maximum=1 << 16)
+    for name in NIC_DRIVER_SWITCHES:
+        value = drv.onoff(name)
+        if value is not None:
+            nic.driver_switches[name] = value
+    nic.virtio = virtio_switches(drv)
+    for tag, names, into in (
+        ("host", NIC_HOST_OFFLOADS, nic.host_offloads),
+        ("guest", NIC_GUEST_OFFLOADS, nic.guest_offloads),
+    ):
+        sub = drv.child(tag)
+        if sub is None:
+            continue
+        for name in names:
+            value = sub.onoff(name)
+            if value is not None:
+                into[name] = value
+        sub.finish()
 
 
 def _parse_reconnect(rec: Node) -> tuple[bool, int | None]:
@@ -1553,10 +1747,7 @@ def parse_video(node: Node) -> Video:
         video.driver_name = drv.choice("name", ("qemu", "vhostuser"))
         if drv.attr("vgaconf") is not None:
             raise drv.unsupported("vgaconf= (bhyve's VGA setting: QEMU has no such switch)")
-        for name in VIRTIO_OPTIONS:
-            value = drv.onoff(name)
-            if value is not None:
-                video.virtio[name] = value
+        video.virtio = virtio_switches(drv)
         drv.finish()
     _parse_alias(node, video)
     video.address = parse_address(node, (PCIAddress,))
@@ -1676,16 +1867,23 @@ VIRTIO_OPTIONS = {
 }
 
 
-def parse_virtio_driver(node: Node) -> dict[str, str]:
-    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
-    drv = node.child("driver")
-    if drv is None:
-        return {}
+def virtio_switches(drv: Node) -> dict[str, str]:
+    """The virtio switches (``iommu= ats= packed= page_per_vq=``) of the ``<driver>`` element
+    ``drv`` ('on'|'off'), leaving its other attributes to the caller."""
     out = {}
     for name in VIRTIO_OPTIONS:
         value = drv.onoff(name)
         if value is not None:
             out[name] = value
+    return out
+
+
+def parse_virtio_driver(node: Node) -> dict[str, str]:
+    """The virtio ``<driver iommu= ats= packed= page_per_vq=>`` of ``node`` ('on'|'off')."""
+    drv = node.child("driver")
+    if drv is None:
+        return {}
+    out = virtio_switches(drv)
     drv.finish()
     return out
 

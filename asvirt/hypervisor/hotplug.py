@@ -13,7 +13,12 @@ from __future__ import annotations
 from ..conf.addresses import USBAddress
 from ..conf.devices import Disk, HotplugDevice, Input, Interface
 from ..conf.domain import DomainDef, clone_device, order_disks
-from ..errors import DeviceMissingError, OperationFailedError, OperationInvalidError
+from ..errors import (
+    DeviceMissingError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+)
 
 
 def describe(dev: HotplugDevice) -> str:
@@ -161,7 +166,14 @@ def updated_link(current: Interface, new: Interface) -> str | None:
         raise OperationInvalidError(
             f"{describe(current)}: only the link state of an interface can be changed"
         )
+    if _driver_of(new) != _driver_of(current):
+        # libvirt's refusal: QEMU cannot change a NIC's backend or virtio-net settings live.
+        raise OperationUnsupportedError("cannot modify virtio network device driver attributes")
     return new.link_state
+
+
+def _driver_of(nic: Interface) -> tuple[object, ...]:
+    return (nic.driver_name, nic.queues, nic.virtio_net_settings())
 
 
 def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:

@@ -319,6 +319,13 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
         model = draw(st.sampled_from(["virtio", "e1000", "rtl8139", None]))
         mac = f"<mac address='52:54:00:00:00:{i:02x}'/>" if draw(st.booleans()) else ""
         model_el = f"<model type='{model}'/>" if model else ""
+        if model == "virtio" and draw(st.booleans()):
+            model_el += draw(nic_driver(q35, qemu_transmits=True))
+        # One NIC at most hides its ROM: QEMU cannot hide two of one model's (asvirt says so).
+        roms = ["", "<rom enabled='no'/>", "<rom bar='on'/>", *(["<rom bar='off'/>"] * (i == 0))]
+        model_el += draw(st.sampled_from(roms))
+        if draw(st.booleans()):
+            model_el += f"<acpi index='{i + 1}'/>"
         parts.append(f"<interface type='user'>{mac}{model_el}</interface>")
     serial_type = draw(st.sampled_from([None, "pty", "file", "null", "vc"]))
     if serial_type == "file":
@@ -356,11 +363,41 @@ def devices(draw: st.DrawFn, q35: bool) -> str:
     parts.append(draw(virt_install_devices(q35)))
     parts.append(draw(rare_devices(q35)))
     parts.append(draw(last_devices()))
-    parts.append(draw(host_backed_devices()))
+    parts.append(draw(host_backed_devices(q35)))
     if draw(st.booleans()):
         model = "itco" if q35 else draw(st.sampled_from(["ib700", "i6300esb"]))
         parts.append(f"<watchdog model='{model}' action='reset'/>")
     return "".join(parts)
+
+
+_ON_OFF = st.sampled_from(["on", "off"])
+
+
+@st.composite
+def nic_driver(draw: st.DrawFn, q35: bool, qemu_transmits: bool, queues: int = 0) -> str:
+    """A virtio NIC's <driver>: its switches, ring size, virtio options and offloads
+    (``qemu_transmits``: QEMU moves the packets, so a txmode applies; ``queues``: > 0 for
+    multiqueue). iommu='on' on Q35 only: virtio-net-pci is transitional on the PC's bus."""
+
+    def switches(names: list[str]) -> str:
+        picked = draw(st.lists(st.sampled_from(names), unique=True))
+        return "".join(f" {name}='{draw(_ON_OFF)}'" for name in picked)
+
+    attrs = ""
+    if qemu_transmits and draw(st.booleans()):
+        attrs += f" txmode='{draw(st.sampled_from(['iothread', 'timer']))}'"
+    attrs += switches(["ioeventfd", "event_idx"])
+    if queues:
+        attrs += f" queues='{queues}'"
+    size = draw(st.sampled_from([None, 256, 512, 1024]))
+    if size:
+        attrs += f" rx_queue_size='{size}'"
+    attrs += switches(["rss", "rss_hash_report"])
+    attrs += switches(["ats", "packed", "page_per_vq", *(["iommu"] if q35 else [])])
+    host = switches(["csum", "gso", "tso4", "tso6", "ecn", "ufo", "mrg_rxbuf"])
+    guest = switches(["csum", "tso4", "tso6", "ecn", "ufo"])
+    inner = (f"<host{host}/>" if host else "") + (f"<guest{guest}/>" if guest else "")
+    return f"<driver{attrs}>{inner}</driver>" if inner else f"<driver{attrs}/>"
 
 
 @st.composite
@@ -472,7 +509,7 @@ def rare_devices(draw: st.DrawFn, q35: bool) -> str:
 
 
 @st.composite
-def host_backed_devices(draw: st.DrawFn) -> str:
+def host_backed_devices(draw: st.DrawFn, q35: bool) -> str:
     """NICs on host taps and macvtaps (multiqueue too), and SCSI LUNs with sgio/rawio: what a
     start makes or opens on the host (the launch test leaves them out;
     tests/test_network_host.py and tests/test_qemu_confinement.py start them)."""
@@ -482,10 +519,19 @@ def host_backed_devices(draw: st.DrawFn) -> str:
         if "virtio" in model and draw(st.booleans()):
             # multiqueue; vhost-net demanded, refused, or the host's choice
             name = draw(st.sampled_from(["", " name='vhost'", " name='qemu'"]))
-            model += f"<driver{name} queues='{draw(st.integers(1, 8))}'/>"
+            queues = draw(st.integers(1, 8))
+            if draw(st.booleans()):  # with the rest of virtio-net's settings
+                drv = draw(nic_driver(q35, qemu_transmits=name == " name='qemu'", queues=queues))
+                model += drv.replace("<driver", f"<driver{name}", 1)
+            else:
+                model += f"<driver{name} queues='{queues}'/>"
         if draw(st.booleans()):
             managed = draw(st.sampled_from(["", " managed='no'", " managed='yes'"]))
             target = f"<target dev='hyptap{i}'{managed}/>" if managed or draw(st.booleans()) else ""
+            if managed != " managed='no'" and draw(st.booleans()):
+                model += f"<mtu size='{draw(st.integers(68, 65535))}'/>"
+            if draw(st.booleans()):
+                model += f"<tune><sndbuf>{draw(st.integers(0, 1 << 20))}</sndbuf></tune>"
             parts.append(f"<interface type='ethernet'>{target}{model}</interface>")
         else:
             mode = draw(st.sampled_from(["", " mode='vepa'", " mode='bridge'", " mode='private'"]))

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class Launched:
     chardevs: list[dict[str, Any]] = field(default_factory=list)
     #: Replies to the extra queries asked for (command name -> reply).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The QOM properties asked for: (path, property) -> value.
+    props: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 def _monitor_path(argv: list[str]) -> str:
@@ -80,8 +83,10 @@ def launch_paused(
     *,
     timeout: float = 10.0,
     extra: dict[str, dict[str, Any]] | None = None,
+    qom_get: Sequence[tuple[str, str]] = (),
 ) -> Launched:
-    """Run ``argv`` (which must carry -S and a path monitor), query it, make it quit."""
+    """Run ``argv`` (which must carry -S and a path monitor), query it, make it quit;
+    ``qom_get`` names the (path, property) pairs to read with ``qom-get``."""
     mon = _monitor_path(argv)
     errlog = workdir / "qemu.stderr"
     with open(errlog, "w+b") as err:
@@ -115,6 +120,7 @@ def launch_paused(
                 except RuntimeError:
                     qom[path] = []
             answers = {name: qmp.cmd(name, **args) for name, args in (extra or {}).items()}
+            props = {(p, n): qmp.cmd("qom-get", path=p, property=n) for p, n in qom_get}
             try:
                 qmp.cmd("quit")
             except (ConnectionError, OSError):
@@ -127,6 +133,7 @@ def launch_paused(
                 qom=qom,
                 chardevs=chardevs,
                 extra=answers,
+                props=props,
             )
         finally:
             if qmp is not None:

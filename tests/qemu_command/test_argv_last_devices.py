@@ -24,22 +24,15 @@ from asvirt.drivers.qemu.command import MonitorSpec, build_command
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from tests.caps import Caps
-from tests.helpers import argv_of, device, dom, dumpxml_roundtrip, opts
+from tests.helpers import TAP_NIC_SOURCES, argv_of, device, dom, dumpxml_roundtrip, opts
 
 pytestmark = pytest.mark.qemu
 
 
 # -- vhost-net -----------------------------------------------------------------------------------
 
-TAP_SOURCES = [
-    "<interface type='network'><source network='default'/>",
-    "<interface type='bridge'><source bridge='br0'/>",
-    "<interface type='ethernet'>",
-    "<interface type='direct'><source dev='eth0' mode='bridge'/>",
-]
 
-
-@pytest.mark.parametrize("source", TAP_SOURCES)
+@pytest.mark.parametrize("source", TAP_NIC_SOURCES)
 def test_vhost_net_descriptors_beside_the_taps(caps: Caps, source: str) -> None:
     xml = dom(f"{source}<model type='virtio'/><driver name='vhost' queues='2'/></interface>")
     assert "<driver name='vhost' queues='2'/>" in dumpxml_roundtrip(caps, xml)

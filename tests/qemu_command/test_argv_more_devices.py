@@ -25,6 +25,7 @@ from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from tests.caps import Caps
 from tests.helpers import (
+    TAP_NIC_SOURCES,
     argv_of,
     blockdevs,
     device,
@@ -287,15 +288,7 @@ def test_ethernet_interface(caps: Caps) -> None:
         argv_of(caps, direct.replace("dev='eth0'", "dev='eth0' mode='bogus'"))
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "<interface type='network'><source network='default'/>",
-        "<interface type='bridge'><source bridge='br0'/>",
-        "<interface type='ethernet'>",
-        "<interface type='direct'><source dev='eth0' mode='bridge'/>",
-    ],
-)
+@pytest.mark.parametrize("source", TAP_NIC_SOURCES)
 def test_multiqueue_tap_interfaces(caps: Caps, source: str) -> None:
     from asvirt.drivers.qemu.command import MonitorSpec, build_command
 

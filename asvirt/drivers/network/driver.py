@@ -651,10 +651,11 @@ async def plug_interfaces(
     start.
 
     Each tap is created (named as ``<target dev>`` says, else ``vnetN``), given the guest's
-    MAC with a first byte of 0xfe and the bridge's MTU, plugged into the network's (or the
-    host's) bridge and brought up; its name, and the bridge, are recorded in ``defn`` (the
-    live definition). An ``ethernet`` interface's tap is on no bridge; with ``<target
-    managed='no'>`` it is one that exists, only opened (as libvirt: its owner configures it).
+    MAC with a first byte of 0xfe and its ``<mtu>`` (else the bridge's), plugged into the
+    network's (or the host's) bridge and brought up; its name, and the bridge, are recorded
+    in ``defn`` (the live definition). An ``ethernet`` interface's tap is on no bridge;
+    with ``<target managed='no'>`` it is one that exists, only opened (as libvirt: its
+    owner configures it).
     Returns alias -> descriptors: one per queue of ``<driver queues=N>`` (a multiqueue tap
     or macvtap, opened N times), else one. On failure, every tap made is closed (and so
     gone) and every macvtap made removed before the error propagates.
@@ -666,12 +667,12 @@ async def plug_interfaces(
                 raise OperationUnsupportedError("this node has no network driver")
             assert nic.source_network is not None
             br, live = networks.active_bridge(nic.source_network)
-            plans.append((nic, br, live.mtu))
+            plans.append((nic, br, nic.mtu or live.mtu))
         elif nic.type == "bridge":
             assert nic.source_bridge is not None
-            plans.append((nic, nic.source_bridge, None))
+            plans.append((nic, nic.source_bridge, nic.mtu))
         elif nic.type in ("ethernet", "direct"):
-            plans.append((nic, None, None))
+            plans.append((nic, None, nic.mtu))
     if not plans:
         return {}
     return await trio.to_thread.run_sync(_make_taps, plans)
@@ -737,7 +738,9 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
                 )
             try:
                 queue_fds, name = tap.open_tap(
-                    nic.target_dev or tap.DEFAULT_TEMPLATE, nic.queues or 1
+                    nic.target_dev or tap.DEFAULT_TEMPLATE,
+                    nic.queues or 1,
+                    nic.backend_tap or tap.TUN_DEVICE,
                 )
             except OSError as err:
                 raise SystemCallError.from_oserror(
@@ -754,6 +757,13 @@ def _make_taps(plans: list[tuple[Interface, str | None, int | None]]) -> dict[st
                 raise bridge.host_error(err, f"plug tap '{name}' {where}") from None
             if nic.type == "network":
                 nic.source_bridge = br
+            if nic.coalesce_rx_frames is not None:
+                try:
+                    tap.set_rx_coalesce_frames(name, nic.coalesce_rx_frames)
+                except OSError as err:
+                    raise SystemCallError.from_oserror(
+                        err, "set the receive coalescing of tap", name
+                    ) from None
     except BaseException:
         for queue_fds in fds.values():
             for fd in queue_fds:

@@ -34,6 +34,7 @@ from ...conf.devices import (
     GraphicsListen,
     Input,
     Interface,
+    Rom,
     virtio_props,
 )
 from ...conf.domain import DomainDef, parse_domain_xml
@@ -244,6 +245,26 @@ def _socket_path(directory: str, name: str) -> str:
             "address allows; give the socket an explicit, shorter <source path=...>"
         )
     return path
+
+
+def _sndbuf(nic: Interface) -> str:
+    """A tap netdev's ``sndbuf=`` option, if the XML tunes it."""
+    return f",sndbuf={nic.sndbuf}" if nic.sndbuf is not None else ""
+
+
+def rom_props(rom: Rom | None) -> dict[str, Any]:
+    """A PCI device's ``<rom>`` as QEMU's properties, as libvirt gives them: no ROM is an
+    empty ``romfile``; ``bar`` is ``rombar`` (1 or 0)."""
+    if rom is None:
+        return {}
+    if rom.enabled is False:
+        return {"romfile": ""}
+    props: dict[str, Any] = {}
+    if rom.bar is not None:
+        props["rombar"] = 1 if rom.bar == "on" else 0
+    if rom.file is not None:
+        props["romfile"] = rom.file
+    return props
 
 
 def netdev_id(nic: Interface, index: int | None = None) -> str:
@@ -963,14 +984,16 @@ class _Builder:
                 self.add(*extra.netdev_args(nic, netdev, self.caps))
             elif fds or nic.type == "direct":
                 key, value = tap_fds_arg(fds or macvtap_fd_names(nic))
-                self.add("-netdev", f"tap,{key}={value}{self._vhost(nic)},id={netdev}")
+                self.add(
+                    "-netdev", f"tap,{key}={value}{_sndbuf(nic)}{self._vhost(nic)},id={netdev}"
+                )
             else:
                 ifname = _kv(nic.target_dev or "vnet%d")
                 queues = f",queues={nic.queues}" if (nic.queues or 1) > 1 else ""
                 self.add(
                     "-netdev",
                     f"tap,id={netdev},ifname={ifname},script=no,downscript=no{queues}"
-                    f"{self._vhost(nic)}",
+                    f"{_sndbuf(nic)}{self._vhost(nic)}",
                 )
             self.device(self.interface_device(nic, netdev))
 
@@ -990,12 +1013,17 @@ class _Builder:
             "id": nic.alias,
             "mac": nic.mac,
         }
+        if nic.model == "virtio":
+            props.update(extra.virtio_net_props(nic))
+            props["host_mtu"] = nic.mtu
         if nic.queues is not None and nic.queues > 1:
             # As libvirt: multiqueue, with an MSI-X vector per queue and two more.
             props["mq"] = True
             props["vectors"] = 2 * nic.queues + 2
         props = self._pci(props, nic.address, f"interface '{nic.alias}'")
         props["bootindex"] = self.bootindex.get(id(nic))
+        props.update(rom_props(nic.rom))
+        props["acpi-index"] = nic.acpi_index
         return props
 
     # -- character devices ------------------------------------------------------------------------

@@ -67,6 +67,51 @@ def vhost_user_hotplug(
     return chardev, net
 
 
+#: ``<driver txmode=>`` -> virtio-net's ``tx=`` (QEMU's bottom half is libvirt's iothread).
+VIRTIO_NET_TX = {"iothread": "bh", "timer": "timer"}
+#: ``<driver>``'s switches, ``<host>`` and ``<guest>`` offloads -> virtio-net properties.
+VIRTIO_NET_SWITCHES = {
+    "ioeventfd": "ioeventfd",
+    "event_idx": "event_idx",
+    "rss": "rss",
+    "rss_hash_report": "hash",
+}
+VIRTIO_NET_HOST = {
+    "csum": "csum",
+    "gso": "gso",
+    "tso4": "host_tso4",
+    "tso6": "host_tso6",
+    "ecn": "host_ecn",
+    "ufo": "host_ufo",
+    "mrg_rxbuf": "mrg_rxbuf",
+}
+VIRTIO_NET_GUEST = {
+    "csum": "guest_csum",
+    "tso4": "guest_tso4",
+    "tso6": "guest_tso6",
+    "ecn": "guest_ecn",
+    "ufo": "guest_ufo",
+}
+
+
+def virtio_net_props(nic: Interface) -> dict[str, Any]:
+    """The virtio-net-pci properties of a virtio NIC's ``<driver>`` settings, as libvirt
+    maps them (only those set: QEMU's defaults stay QEMU's)."""
+    props: dict[str, Any] = {}
+    if nic.txmode is not None:
+        props["tx"] = VIRTIO_NET_TX[nic.txmode]
+    for table, values in (
+        (VIRTIO_NET_SWITCHES, nic.driver_switches),
+        (VIRTIO_NET_HOST, nic.host_offloads),
+        (VIRTIO_NET_GUEST, nic.guest_offloads),
+    ):
+        props.update({table[k]: v == "on" for k, v in values.items()})
+    props["rx_queue_size"] = nic.rx_queue_size
+    props["tx_queue_size"] = nic.tx_queue_size
+    props.update(virtio_props(nic.virtio))
+    return {k: v for k, v in props.items() if v is not None}
+
+
 def netdev_args(nic: Interface, netdev: str, caps: QemuCapabilities) -> list[str]:
     """The ``-chardev``/``-netdev`` options of a socket or vhost-user interface."""
     if nic.type == "vhostuser":

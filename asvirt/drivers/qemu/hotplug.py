@@ -170,6 +170,14 @@ def check_pluggable(dev: HotplugDevice) -> None:
             "use the virtio, scsi or usb bus (a CD-ROM's or a floppy's media can change: "
             "update_device), or change the configuration only"
         )
+    rom = dev.rom if isinstance(dev, Interface) else None
+    if rom is not None and rom.bar == "off" and rom.enabled is not False:
+        # QEMU's rule, checked here: QEMU 7.2 refusing it keeps the device's ACPI index
+        # taken until it exits.
+        raise OperationUnsupportedError(
+            f"{describe(dev)}: a device plugged into a running domain with its ROM hidden "
+            "(<rom bar='off'>) can have no ROM: QEMU refuses it (use <rom enabled='no'>)"
+        )
 
 
 def _same_device(defn: DomainDef, dev: HotplugDevice, inputs_before: int) -> HotplugDevice:
@@ -424,6 +432,8 @@ class HotplugOps:
                 if fds:
                     key, value = tap_fds_arg(names)
                     args.update(type="tap", **{key: value})
+                    if nic.sndbuf is not None:
+                        args["sndbuf"] = nic.sndbuf
                 if vhost_names:
                     key, value = tap_fds_arg(vhost_names, "vhostfd")
                     args.update(vhost=True, **{key: value})

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from ...conf.devices import Chardev, Graphics
+from ...conf.devices import TAP_NIC_TYPES, Chardev, Graphics, Interface
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from .capabilities import QemuCapabilities
@@ -46,6 +46,12 @@ def _need(caps: QemuCapabilities, device: str, what: str) -> None:
 def prepare_extra(d: DomainDef, caps: QemuCapabilities, q35: bool) -> None:
     """Defaults and checks of the devices this module is about (in place)."""
     _interfaces(d)
+    for i, nic in enumerate(d.interfaces):
+        _virtio_net_driver(i, nic, q35)
+    _acpi_indexes(d)
+    _hidden_roms(d)
+    for nic in d.interfaces:
+        _host_side(nic)
     _memory_devices(d, caps)
     _crypto_and_pstore(d, caps)
 
@@ -77,6 +83,140 @@ def _interfaces(d: DomainDef) -> None:
                 "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
                 " for the backend maps guest RAM"
             )
+
+
+#: The NIC types asvirt makes a tap of the tun device for (a macvtap is a device of its own).
+TUN_NIC_TYPES = ("network", "bridge", "ethernet")
+#: The NIC types whose MTU asvirt sets (on the tap; a vhost-user backend is told by QEMU).
+MTU_NIC_TYPES = ("network", "bridge", "ethernet", "vhostuser")
+
+
+def _host_side(nic: Interface) -> None:
+    """What a NIC's host side can be told: an MTU, a tap's send buffer."""
+    if nic.mtu is not None and nic.type not in MTU_NIC_TYPES:
+        raise ConfigUnsupportedError(  # libvirt's words
+            f"unsupported configuration: setting MTU on interface type {nic.type} is not "
+            "supported yet"
+        )
+    if nic.mtu is not None and nic.target_managed is False:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <mtu> of a tap that exists "
+            "already (<target managed='no'>): that tap is its owner's to configure"
+        )
+    if nic.backend_tap is not None and nic.type not in TUN_NIC_TYPES:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend tap=> is where the "
+            f"tun device is, and an interface of type '{nic.type}' has no tun tap"
+        )
+    if nic.backend_vhost is not None and not (nic.type in TAP_NIC_TYPES and nic.model == "virtio"):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend vhost=> is where "
+            "vhost-net is, which serves virtio NICs on a tap or macvtap only"
+        )
+    if nic.backend_vhost is not None and nic.driver_name == "qemu":
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: interface {nic.mac}: <backend vhost=> names "
+            "vhost-net's device, and <driver name='qemu'> leaves vhost-net out"
+        )
+    if nic.coalesce_rx_frames is not None and nic.type not in ("network", "bridge"):
+        raise ConfigUnsupportedError(  # libvirt's words
+            f"unsupported configuration: coalesce settings on interface type {nic.type} are "
+            "not supported"
+        )
+    if nic.sndbuf is not None and nic.type not in TAP_NIC_TYPES:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: <tune><sndbuf> is a tap's send buffer; an interface "
+            f"of type '{nic.type}' has no tap"
+        )
+
+
+def _hidden_roms(d: DomainDef) -> None:
+    """QEMU hands the firmware each ROM without a BAR (``<rom bar='off'>``) as a fw_cfg file
+    named after the ROM's file, and refuses a second file of one name: two NICs cannot hide
+    the same ROM (their model's own, or one ``file=``)."""
+    seen: dict[str, int] = {}
+    for i, nic in enumerate(d.interfaces):
+        rom = nic.rom
+        if rom is None or rom.bar != "off" or rom.enabled is False:
+            continue
+        key = os.path.basename(rom.file) if rom.file else f"the '{nic.model}' model's ROM"
+        if key in seen:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: interfaces {seen[key]} and {i} both hide "
+                f"{key if not rom.file else repr(key)} (<rom bar='off'>): QEMU gives the "
+                "firmware each hidden ROM as a file of that name, and only one of each"
+            )
+        seen[key] = i
+
+
+def _acpi_indexes(d: DomainDef) -> None:
+    """No two devices may have one ACPI index: the guest names a device by it."""
+    seen: set[int] = set()
+    for nic in d.interfaces:
+        if nic.acpi_index is None:
+            continue
+        if nic.acpi_index in seen:
+            raise XMLError(f"ACPI index '{nic.acpi_index}' is given to more than one device")
+        seen.add(nic.acpi_index)
+
+
+#: The ring sizes QEMU's virtio-net takes (each a power of two).
+VIRTIO_NET_RING_SIZES = (256, 1024)
+
+
+def _virtio_net_driver(i: int, nic: Interface, q35: bool) -> None:
+    """What QEMU can do of a NIC's virtio-net ``<driver>`` settings, saying why not (libvirt's
+    words where it has them); the model is known by now."""
+    where = f"unsupported configuration: interface {i}"
+    settings = nic.virtio_net_settings()
+    if not settings:
+        return
+    if nic.model != "virtio":
+        names = ", ".join(settings)
+        raise ConfigUnsupportedError(
+            f"{where}: <driver> settings {names} are virtio-net's; QEMU's '{nic.model}' NIC "
+            "has none of them"
+        )
+    for name in ("rx_queue_size", "tx_queue_size"):
+        size = settings.get(name)
+        if size is None:
+            continue
+        assert isinstance(size, int)
+        if size & (size - 1):
+            raise ConfigUnsupportedError(f"{where}: {name} has to be a power of two")
+        low, high = VIRTIO_NET_RING_SIZES
+        if not low <= size <= high:
+            raise ConfigUnsupportedError(
+                f"{where}: {name}='{size}': QEMU's virtio-net rings hold {low} to {high} entries"
+            )
+    if nic.tx_queue_size is not None and nic.type != "vhostuser":
+        # QEMU holds the transmit ring of any other backend to 256 entries, whatever it is told.
+        raise ConfigUnsupportedError(
+            f"{where}: tx_queue_size is only honoured by QEMU for vhost-user interfaces; the "
+            f"transmit ring of a '{nic.type}' interface stays at {VIRTIO_NET_RING_SIZES[0]}"
+        )
+    if nic.txmode is not None:
+        if nic.type == "vhostuser":
+            raise ConfigUnsupportedError(
+                f"{where}: txmode='{nic.txmode}' is how QEMU transmits; on a vhost-user "
+                "interface the backend does"
+            )
+        if nic.type in TAP_NIC_TYPES and nic.driver_name != "qemu":
+            raise ConfigUnsupportedError(
+                f"{where}: txmode='{nic.txmode}' is how QEMU transmits, and on a tap the "
+                "kernel's vhost-net does instead; use <driver name='qemu'> with txmode"
+            )
+    rss = [k for k in ("rss", "rss_hash_report") if k in nic.driver_switches]
+    if rss and nic.type == "vhostuser":
+        raise ConfigUnsupportedError(
+            f"{where}: {' and '.join(rss)} steer packets in QEMU; on a vhost-user interface "
+            "the backend fills the queues"
+        )
+    if nic.virtio.get("iommu") == "on" and not q35:
+        raise ConfigUnsupportedError(
+            f"{where}: <driver iommu='on'> needs a modern-only virtio device, and on a "
+            "conventional PCI bus (machine 'pc') QEMU's virtio-net-pci is transitional"
+        )
 
 
 #: The smallest namespace label area QEMU gives an NVDIMM.

@@ -21,12 +21,15 @@ from collections.abc import Iterable
 from ...conf.devices import TAP_NIC_TYPES, Interface
 from ...conf.domain import DomainDef
 from ...errors import OperationFailedError
+from ...fsutil import open_char_device
 from ...log import get_logger
 
 log = get_logger("asvirt.qemu.vhostnet")
 
-#: The kernel's vhost-net device (module ``vhost_net``).
+#: The kernel's vhost-net device (module ``vhost_net``; misc 10:238, the number an
+#: interface's ``<backend vhost=PATH>`` must have).
 VHOST_NET = "/dev/vhost-net"
+VHOST_NET_RDEV = os.makedev(10, 238)
 
 
 def wants_vhost(nic: Interface) -> bool:
@@ -43,19 +46,21 @@ def open_vhost_net(nic: Interface) -> list[int]:
     if not wants_vhost(nic):
         return []
     fds: list[int] = []
+    device = nic.backend_vhost or VHOST_NET
     try:
         for _ in range(nic.queues or 1):
-            fds.append(os.open(VHOST_NET, os.O_RDWR | os.O_CLOEXEC))
+            fds.append(open_char_device(device, VHOST_NET_RDEV))
     except OSError as err:
         close_all(fds)
-        if nic.driver_name == "vhost":
+        if nic.driver_name == "vhost" or nic.backend_vhost is not None:
             why = (
                 "this host has no such device (load the vhost_net kernel module)"
-                if not os.path.exists(VHOST_NET)
+                if not os.path.exists(device)
                 else f"it cannot be opened: {err.strerror}"
             )
+            asks = "<driver name='vhost'>" if nic.driver_name == "vhost" else "<backend vhost=>"
             raise OperationFailedError(
-                f"interface {nic.mac} asks for vhost-net (<driver name='vhost'>), and {VHOST_NET} "
+                f"interface {nic.mac} asks for vhost-net ({asks}), and {device} "
                 f"is unavailable: {why}; use <driver name='qemu'> to leave it out"
             ) from None
         log.info(
