@@ -72,6 +72,33 @@ def kvm_host_cpu_failure() -> str | None:
     return f"this machine's KVM cannot run QEMU with -cpu host ({detail})"
 
 
+def kvm_smm_failure() -> str | None:
+    """Why QEMU cannot give a KVM guest System Management Mode here, or None if it can.
+
+    Secure Boot firmware needs SMM (``-machine q35,smm=on``); some nested KVMs accept
+    ``/dev/kvm`` and ``-cpu host`` but not SMM, and QEMU refuses to start then. That is the
+    machine: tests of UEFI guests run them under TCG there, saying so.
+    """
+    import subprocess
+
+    from asvirt.drivers.qemu.capabilities import kvm_usable
+
+    ok, why = kvm_usable()
+    if not ok:
+        return why
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return "QEMU is not installed"
+    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
+    argv = [binary, "-accel", "kvm", "-machine", "q35,smm=on", "-m", "64"]
+    argv += ["-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
+    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
+    if proc.returncode == 0:
+        return None
+    text = proc.stderr.decode(errors="replace").strip().splitlines()
+    return f"this machine's KVM cannot give guests SMM ({text[-1] if text else '?'})"
+
+
 def hyperv_vpindex_failure(accel: str) -> str | None:
     """Why QEMU cannot give a guest Hyper-V's VP_INDEX under ``accel`` here, or None.
 
