@@ -16,7 +16,7 @@ daemon runs under trio or asyncio).
     trio.run(main)
 """
 
-import importlib as _importlib
+import sys as _sys
 
 _TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 
@@ -200,7 +200,10 @@ def __getattr__(name: str) -> "_Any":
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'asvirt' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
+    # __import__, not importlib's import_module: importlib imports warnings, a cost to a
+    # one-shot command (issue 9) for nothing.
+    __import__(__name__ + module)
+    value = getattr(_sys.modules[__name__ + module], name)
     globals()[name] = value
     return value
 

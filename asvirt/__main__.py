@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli.main import process_main
+from .cli import process_main
 
 sys.exit(process_main())

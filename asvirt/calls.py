@@ -18,13 +18,17 @@ from .drivers.base import (
     SecurityModel,
     StatsGroup,
 )
-from .network import Network
-from .secret import Secret
-from .storage import StoragePool, StorageVol
 
 TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
     from typing import Any
+
+    from .network import Network
+    from .secret import Secret
+    from .storage import StoragePool, StorageVol
+
+# Networks, pools, volumes and secrets load with the first call that makes one: a one-shot
+# command on domains (`asvirt list`) imports none of them (issue 9).
 
 
 class ConnectionCalls:
@@ -159,33 +163,51 @@ class ConnectionCalls:
     # -- networks and storage -----------------------------------------------------------------
 
     async def list_all_networks(self, *, active: bool | None = None) -> list[Network]:
+        from .network import Network
+
         return [Network(self, ref) for ref in await self._call("list_all_networks", active=active)]
 
     async def lookup_network_by_name(self, name: str) -> Network:
+        from .network import Network
+
         return Network(self, await self._call("lookup_network_by_name", name=name))
 
     async def lookup_network_by_uuid(self, uuid: str) -> Network:
+        from .network import Network
+
         return Network(self, await self._call("lookup_network_by_uuid", uuid=uuid))
 
     async def network_define_xml(self, xml: str) -> Network:
+        from .network import Network
+
         return Network(self, await self._call("network_define_xml", xml=xml))
 
     async def list_all_storage_pools(self, *, active: bool | None = None) -> list[StoragePool]:
+        from .storage import StoragePool
+
         refs = await self._call("list_all_storage_pools", active=active)
         return [StoragePool(self, ref) for ref in refs]
 
     async def lookup_storage_pool_by_name(self, name: str) -> StoragePool:
+        from .storage import StoragePool
+
         return StoragePool(self, await self._call("lookup_storage_pool_by_name", name=name))
 
     async def lookup_storage_pool_by_uuid(self, uuid: str) -> StoragePool:
+        from .storage import StoragePool
+
         return StoragePool(self, await self._call("lookup_storage_pool_by_uuid", uuid=uuid))
 
     async def storage_pool_define_xml(self, xml: str) -> StoragePool:
         """Define (or redefine) a persistent storage pool from libvirt pool XML."""
+        from .storage import StoragePool
+
         return StoragePool(self, await self._call("storage_pool_define_xml", xml=xml))
 
     async def lookup_storage_vol_by_path(self, path: str) -> StorageVol:
         """The volume whose file is ``path``, in any active pool; NoStorageVolError if none."""
+        from .storage import StorageVol
+
         ref = await self._call("storage_vol_lookup_by_path", path=path)
         pool = await self.lookup_storage_pool_by_name(ref.pool)
         return StorageVol(pool, ref)
@@ -200,17 +222,23 @@ class ConnectionCalls:
         self, *, ephemeral: bool | None = None, private: bool | None = None
     ) -> list[Secret]:
         """Secrets, sorted by UUID; optionally only (non-)ephemeral or (non-)private ones."""
+        from .secret import Secret
+
         refs = await self._call("list_all_secrets", ephemeral=ephemeral, private=private)
         return [Secret(self, ref) for ref in refs]
 
     async def lookup_secret_by_uuid(self, uuid: str) -> Secret:
         """The secret with this UUID; NoSecretError if there is none."""
+        from .secret import Secret
+
         return Secret(self, await self._call("lookup_secret_by_uuid", uuid=uuid))
 
     async def lookup_secret_by_usage(
         self, usage_type: SecretUsageType | int, usage_id: str
     ) -> Secret:
         """The secret for ``usage_id`` (a volume's path, a Ceph name, an iSCSI target...)."""
+        from .secret import Secret
+
         ref = await self._call(
             "lookup_secret_by_usage", usage_type=SecretUsageType(usage_type), usage_id=usage_id
         )
@@ -218,4 +246,6 @@ class ConnectionCalls:
 
     async def secret_define_xml(self, xml: str) -> Secret:
         """Define (or redefine) a secret from libvirt secret XML; SECRET_LIFECYCLE DEFINED."""
+        from .secret import Secret
+
         return Secret(self, await self._call("secret_define_xml", xml=xml))

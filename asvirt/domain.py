@@ -30,15 +30,18 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
-from .snapshot import DomainSnapshot
 from .states import DomainState, StateReason
-from .storage import StorageVol, disk_volumes
 
 TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
 if TYPE_CHECKING:
     from typing import Any
 
     from .console import Console
+    from .snapshot import DomainSnapshot
+    from .storage import StorageVol
+
+# Snapshots and storage volumes load when a domain's call makes one: a one-shot command
+# (`asvirt list`) imports neither (issue 9).
 
 
 class Domain(Handle):
@@ -149,6 +152,8 @@ class Domain(Handle):
                 f"cannot remove the storage of domain '{self.name}' while it runs; "
                 "storage volume deletion is supported only on stopped domains"
             )
+        from .storage import disk_volumes
+
         found = await disk_volumes(self, remove_storage)
         await self._call("domain_undefine", **flags)
         deleted: list[StorageVol] = []
@@ -451,6 +456,8 @@ class Domain(Handle):
             halt=halt,
             progress=progress,
         )
+        from .snapshot import DomainSnapshot
+
         return DomainSnapshot(self, name)
 
     async def list_all_snapshots(
@@ -461,11 +468,15 @@ class Domain(Handle):
         names = await self._call(
             "domain_snapshot_list", of=None, descendants=False, roots=roots, leaves=leaves
         )
+        from .snapshot import DomainSnapshot
+
         return [DomainSnapshot(self, n) for n in names]
 
     async def snapshot_lookup_by_name(self, name: str) -> DomainSnapshot:
         """The snapshot ``name``; NoDomainSnapshotError if there is none."""
         await self._call("domain_snapshot_info", name=name)
+        from .snapshot import DomainSnapshot
+
         return DomainSnapshot(self, name)
 
     async def snapshot_current(self) -> DomainSnapshot:
@@ -474,6 +485,8 @@ class Domain(Handle):
         name = await self._call("domain_snapshot_current")
         if name is None:
             raise NoDomainSnapshotError(f"domain '{self.name}' does not have a current snapshot")
+        from .snapshot import DomainSnapshot
+
         return DomainSnapshot(self, name)
 
     async def has_current_snapshot(self) -> bool:
@@ -496,7 +509,7 @@ class Domain(Handle):
         snapshot's. Events: STOPPED, STARTED, SUSPENDED or RESUMED with detail
         FROM_SNAPSHOT, and DEFINED/FROM_SNAPSHOT when the configuration changes.
         """
-        name = snapshot.name if isinstance(snapshot, DomainSnapshot) else snapshot
+        name = snapshot if isinstance(snapshot, str) else snapshot.name
         await self._call(
             "domain_snapshot_revert", name=name, running=running, paused=paused, progress=progress
         )

@@ -16,7 +16,6 @@ what it needs, so that it starts as fast as virsh does. Everything else runs und
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import sys
 
@@ -514,7 +513,11 @@ def _is_command(name: str) -> bool:
 def _command_modules(names: Iterable[str] | None) -> list[Any]:
     """The command modules that define ``names`` (every one when None), imported."""
     wanted = _MODULES if names is None else {_MODULE_OF[n] for n in names if n in _MODULE_OF}
-    return [importlib.import_module(f".{m}", __package__) for m in _MODULES if m in wanted]
+    # __import__, not importlib's import_module: importlib imports warnings (issue 9).
+    modules = [f"{__package__}.{m}" for m in _MODULES if m in wanted]
+    for module in modules:
+        __import__(module)
+    return [sys.modules[module] for module in modules]
 
 
 _IGNORED = IgnoredSpec()
@@ -803,9 +806,10 @@ def main(argv: list[str] | None = None) -> int:
             gc.enable()
 
 
-def process_main() -> int:
-    """The ``asvirt`` console script (and ``python -m asvirt``): :func:`main` for a process
-    that exits after it.
+def process_main(collecting: bool | None = None) -> int:
+    """:func:`main` for a process that exits after it: the ``asvirt`` console script (through
+    :func:`asvirt.cli.process_main`, which says whether the cycle collector was on:
+    ``collecting``; None: ask it).
 
     A one-shot command (or a command line refused before anything ran) ends the process at
     once, stdout and stderr flushed: it ran no event loop and no thread and wrote no file
@@ -813,7 +817,8 @@ def process_main() -> int:
     nothing to do for it, and it cost such a command a tenth of its instructions. What ran
     under trio exits as usual.
     """
-    collecting = gc.isenabled()
+    if collecting is None:
+        collecting = gc.isenabled()
     gc.disable()
     status = _main(None, collecting)
     if "trio" in sys.modules or "threading" in sys.modules:

@@ -24,8 +24,8 @@ declaration, instead of importing the declaration itself.
 from __future__ import annotations
 
 import enum
-import importlib
 import math
+import sys
 
 from ..records import fields, is_record
 
@@ -121,7 +121,8 @@ def _resolve(cls: type | str) -> Any:
     if not isinstance(cls, str):
         return cls
     module, _, name = cls.partition(":")
-    return getattr(importlib.import_module(module), name)
+    __import__(module)  # not importlib's import_module, which imports warnings (issue 9)
+    return getattr(sys.modules[module], name)
 
 
 def _decode_any(value: Any, what: str) -> Any:
