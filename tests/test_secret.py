@@ -333,6 +333,69 @@ async def test_every_driver_refuses_a_start_whose_secrets_are_missing(conn: asvi
     await dom.undefine()
 
 
+RBD = f"""<domain type='qemu'><name>rbd</name><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='rbd' name='pool/image'><host name='127.0.0.1'/>
+        <auth username='admin'><secret type='ceph' uuid='{U1}'/></auth></source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+USAGES = {
+    "volume": "<volume>/var/tmp/v.qcow2</volume>",
+    "ceph": "<name>c</name>",
+    "iscsi": "<target>t</target>",
+    "tls": "<name>t</name>",
+    "vtpm": "<name>v</name>",
+}
+
+
+def _usage(kind: str) -> str:
+    return f"<usage type='{kind}'>{USAGES[kind]}</usage>"
+
+
+@pytest.mark.parametrize(
+    ("xml", "uuid", "given", "needed"),
+    [
+        (ENCRYPTED, U2, "ceph", "volume"),  # a disk's <encryption>
+        (ENCRYPTED, U1, "volume", "vtpm"),  # a vTPM's state (the disk's secret being right)
+        (RBD, U1, "iscsi", "ceph"),  # an RBD disk's <auth>
+    ],
+)
+async def test_a_secret_named_by_uuid_must_be_for_what_needs_it(
+    conn: asvirt.Connection, xml: str, uuid: str, given: str, needed: str
+):
+    """libvirt's rule (virSecretGetSecretString): the usage type of a secret looked up by UUID
+    is the one its referrer needs, or the start is refused, INVALID_ARG."""
+    dom = await conn.define_xml(xml)
+    if uuid == U1 and xml is ENCRYPTED:
+        disk = await conn.secret_define_xml(secret_xml(U2))
+        await disk.set_value(b"disk")
+    wrong = await conn.secret_define_xml(secret_xml(uuid, _usage(given)))
+    await wrong.set_value(b"value")
+    with pytest.raises(asvirt.InvalidArgError) as info:
+        await dom.start(paused=True)
+    assert str(info.value) == (
+        f"secret with uuid {uuid} is of type '{given}' not expected '{needed}' type"
+    )
+    assert info.value.code == asvirt.ErrorCode.INVALID_ARG
+    assert not await dom.is_active()
+    await wrong.undefine()
+    right = await conn.secret_define_xml(secret_xml(uuid, _usage(needed)))
+    await right.set_value(b"value")
+    if conn.uri.startswith("test:"):  # the simulated guest starts (no image to open)
+        if xml is ENCRYPTED and uuid == U2:  # the vTPM's secret: one for no usage passes
+            await (await conn.secret_define_xml(secret_xml(U1, ""))).set_value(b"tpm")
+        await dom.start(paused=True)
+        await dom.destroy()
+    await dom.undefine()
+
+
 async def test_the_test_driver_starts_it_once_its_secrets_exist():
     async with asvirt.open("test:///default") as conn:
         dom = await conn.define_xml(ENCRYPTED)

@@ -180,9 +180,20 @@ class SecretDriver:
         self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
     ) -> tuple[str, bytes]:
         """The UUID and value of a secret a domain names (by UUID, else by usage), private
-        or not; NoSecretError if there is none or it has no value."""
+        or not; NoSecretError if there is none or it has no value.
+
+        A secret named by UUID must be for ``usage_type``, what the referrer needs (a disk's
+        ``<encryption>`` a ``volume`` secret, iSCSI ``iscsi``, RBD ``ceph``, TLS ``tls``, a
+        vTPM ``vtpm``): InvalidArgError otherwise, with libvirt's words. As libvirt, a secret
+        for no usage passes (it names no usage to disagree with)."""
         if uuid is not None:
             obj = self._obj(uuid)
+            have = obj.defn.usage_type
+            if have is not SecretUsageType.NONE and have is not usage_type:
+                raise InvalidArgError(
+                    f"secret with uuid {obj.defn.uuid} is of type '{have.label}' not expected "
+                    f"'{SecretUsageType(usage_type).label}' type"
+                )
         else:
             found = self._by_usage(usage_type, usage_id or "")
             if found is None:
