@@ -358,8 +358,13 @@ async def test_symlinks_planted_in_the_store_are_never_followed(tmp_path: Path):
         other = tmp_path / "planted.xml"
         other.write_text(secret_xml())
         os.symlink(other, store / f"{U2}.xml")
+        # Nor a value: its secret is there, without it, saying why.
+        (store / f"{U1}.aes256gcm").unlink()
+        os.symlink(victim, store / f"{U1}.aes256gcm")
     async with asvirt.open(embed_uri(root)) as conn:
         assert [s.uuid for s in await conn.list_all_secrets()] == [U1]
+        with pytest.raises(asvirt.InvalidSecretError, match="aes256gcm: Too many levels"):
+            await (await conn.lookup_secret_by_uuid(U1)).get_value()
 
 
 # -- through a daemon ------------------------------------------------------------------------------

@@ -198,10 +198,12 @@ class SecretStore:
         for suffix in order:
             path = self.value_file(uuid, suffix)
             try:
-                data = fsutil.read_nofollow(path, limit=2 * MAX_VALUE_BYTES)
-            except FileNotFoundError:
-                continue
-            try:
+                try:
+                    data = fsutil.read_nofollow(path, limit=2 * MAX_VALUE_BYTES)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:  # a symlink planted there (ELOOP), a directory...
+                    raise ValueError(f"cannot read {path}: {err.strerror}") from None
                 if suffix == ENCRYPTED_SUFFIX:
                     return self._decrypt(uuid, path, data), None
                 try:
