@@ -248,6 +248,12 @@ async def test_base64_values_are_read_and_written_encrypted_at_the_next_set(tmp_
     write_config(root, "[secret]\nencrypt_data = false\n")
     async with asvirt.open(embed_uri(root)) as conn:
         assert await (await conn.lookup_secret_by_uuid(U1)).get_value() == b"new value"
+    # A crash between writing the new form and removing the old leaves both: the form being
+    # written is the newer, and is read.
+    (store / f"{U1}.base64").write_bytes(base64.b64encode(b"old value"))
+    write_config(root, "")
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert await (await conn.lookup_secret_by_uuid(U1)).get_value() == b"new value"
 
 
 async def test_a_value_that_does_not_decrypt_is_a_clear_error(tmp_path: Path):
