@@ -20,10 +20,12 @@ associated data (a file copied onto another secret does not decrypt). GCM rather
 libvirt's CBC (``UUID.aes256cbc``): its tag tells a wrong key or a damaged file from a value,
 where CBC would hand back garbage one time in 256. Without encryption the value is
 ``UUID.base64``, as before; values of either form are read, and writing one removes the
-other. The key (32 bytes) is the file ``[secret] secrets_encryption_key`` names, else the
-systemd credential ``secrets-encryption-key``, else ``ETC/secrets-encryption-key``, which
-the node generates once. A value that does not decrypt leaves its secret defined, without a
-value: using it fails with InvalidSecretError naming it and why, until a value is set again.
+other. libvirt's ``UUID.aes256cbc`` is read too (and replaced by ours at the next set), so
+that secrets copied from libvirt's ``/etc/libvirt/secrets`` open with its key. The key (32
+bytes) is the file ``[secret] secrets_encryption_key`` names, else the systemd credential
+``secrets-encryption-key``, else ``ETC/secrets-encryption-key``, which the node generates
+once. A value that does not decrypt leaves its secret defined, without a value: using it
+fails with InvalidSecretError naming it and why, until a value is set again.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ KEY_BYTES = 32
 #: The suffixes of a value's file: encrypted, and in plain base64.
 ENCRYPTED_SUFFIX = ".aes256gcm"
 BASE64_SUFFIX = ".base64"
+#: libvirt 12.1's encrypted form (AES-256-CBC), read so that its secrets can be brought over
+#: with its key; never written.
+LIBVIRT_SUFFIX = ".aes256cbc"
 _NONCE_BYTES = 12
 
 
@@ -164,7 +169,8 @@ class SecretStore:
         return base64.b64encode(nonce + AESGCM(self.key).encrypt(nonce, value, uuid.encode()))
 
     def _decrypt(self, uuid: str, path: Path, data: bytes) -> bytes:
-        """The value in an encrypted file; ValueError saying why it cannot be read."""
+        """The value in an encrypted file (ours, or libvirt's ``.aes256cbc``: a 16-byte IV
+        and the PKCS#7-padded CBC ciphertext); ValueError saying why it cannot be read."""
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -176,15 +182,20 @@ class SecretStore:
             raw = base64.b64decode(data.strip(), validate=True)
         except binascii.Error:
             raise ValueError(f"its value file {path} is not base64") from None
+        wrong = ValueError(
+            f"its value ({path}) does not decrypt with the key {self.key_path()}: "
+            "another key, or a damaged file"
+        )
+        if path.suffix == LIBVIRT_SUFFIX:
+            if len(raw) < 32 or len(raw) % 16:
+                raise ValueError(f"its value file {path} is not AES-256-CBC data")
+            return _cbc_decrypt(self.key, raw[:16], raw[16:], wrong)
         if len(raw) < _NONCE_BYTES + 16:
             raise ValueError(f"its value file {path} is too short to be encrypted")
         try:
             return AESGCM(self.key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], uuid.encode())
         except InvalidTag:
-            raise ValueError(
-                f"its value ({path}) does not decrypt with the key {self.key_path()}: "
-                "another key, or a damaged file"
-            ) from None
+            raise wrong from None
 
     # -- the files -----------------------------------------------------------------------------
 
@@ -195,7 +206,7 @@ class SecretStore:
         order = (ENCRYPTED_SUFFIX, BASE64_SUFFIX)
         if not self.settings.encrypt_data:
             order = order[::-1]
-        for suffix in order:
+        for suffix in (*order, LIBVIRT_SUFFIX):  # libvirt's is never newer than ours
             path = self.value_file(uuid, suffix)
             try:
                 try:
@@ -204,7 +215,7 @@ class SecretStore:
                     continue
                 except OSError as err:  # a symlink planted there (ELOOP), a directory...
                     raise ValueError(f"cannot read {path}: {err.strerror}") from None
-                if suffix == ENCRYPTED_SUFFIX:
+                if suffix != BASE64_SUFFIX:
                     return self._decrypt(uuid, path, data), None
                 try:
                     return base64.b64decode(data.strip(), validate=True), None
@@ -253,15 +264,32 @@ class SecretStore:
         else:
             suffix, other, data = BASE64_SUFFIX, ENCRYPTED_SUFFIX, base64.b64encode(obj.value)
         fsutil.atomic_write(self.value_file(uuid, suffix), data, mode=0o600)
-        if fsutil.remove(self.value_file(uuid, other)):
+        removed = [fsutil.remove(self.value_file(uuid, s)) for s in (other, LIBVIRT_SUFFIX)]
+        if any(removed):
             fsutil.fsync_dir(self.dir)
 
     def delete(self, uuid: str) -> None:
         """Remove the definition first: a value without one is ignored at load."""
         fsutil.remove(self.config(uuid))
-        for suffix in (ENCRYPTED_SUFFIX, BASE64_SUFFIX):
+        for suffix in (ENCRYPTED_SUFFIX, BASE64_SUFFIX, LIBVIRT_SUFFIX):
             fsutil.remove(self.value_file(uuid, suffix))
         fsutil.fsync_dir(self.dir)
+
+
+def _cbc_decrypt(key: bytes, iv: bytes, data: bytes, wrong: ValueError) -> bytes:
+    """libvirt's AES-256-CBC with PKCS#7 padding undone; ``wrong`` if the padding is not
+    (CBC has no tag: a wrong key goes unnoticed when its garbage happens to end in valid
+    padding, about one time in 256)."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    padded = dec.update(data) + dec.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise wrong from None
 
 
 class SecretDriver:
@@ -474,6 +502,7 @@ __all__ = [
     "ENCRYPTED_SUFFIX",
     "KEY_BYTES",
     "KEY_CREDENTIAL",
+    "LIBVIRT_SUFFIX",
     "MAX_VALUE_BYTES",
     "SecretDriver",
     "SecretObj",
