@@ -200,6 +200,26 @@ class StorageConfig:
     copy_stall_timeout: float = 600.0
 
 
+@dataclasses.dataclass(frozen=True)
+class SecretConfig:
+    """How a node keeps its persistent secrets' values (libvirt's ``secret.conf``)."""
+
+    #: Encrypt the values written (AES-256-GCM, ``UUID.aes256gcm``); false writes them in
+    #: base64 (``UUID.base64``), as libvirt before 12.1. Values of either form are read.
+    encrypt_data: bool = True
+    #: A file holding the 32-byte key (libvirt's ``secrets_encryption_key``); "" is the
+    #: systemd credential ``secrets-encryption-key`` (``$CREDENTIALS_DIRECTORY``) when the
+    #: service manager passes one, else ``ETC/secrets-encryption-key``, generated once.
+    secrets_encryption_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.secrets_encryption_key and not self.secrets_encryption_key.startswith("/"):
+            raise InvalidArgError(
+                f"[secret] secrets_encryption_key {self.secrets_encryption_key!r}: "
+                "not an absolute path"
+            )
+
+
 class _Sections:
     """A configuration file made of TOML tables, each a frozen dataclass of settings."""
 
@@ -241,6 +261,7 @@ class Config(_Sections):
     journal: JournalConfig = JournalConfig()
     network: NetworkConfig = NetworkConfig()
     storage: StorageConfig = StorageConfig()
+    secret: SecretConfig = SecretConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +326,7 @@ _SECTION_TYPES = {
     "MetricsSettings": MetricsSettings,
     "NetworkConfig": NetworkConfig,
     "StorageConfig": StorageConfig,
+    "SecretConfig": SecretConfig,
 }
 
 

@@ -114,6 +114,32 @@ def make_parents(path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
             os.mkdir(directory, mode)
 
 
+def create_once(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data``, whole, unless something (a file, a symlink) is
+    there already: True if it was created. A temporary file is written, fsynced and
+    hard-linked to ``path`` (``link`` never follows nor replaces what is at its target), so
+    two writers racing never see half a file and the first one's stays."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
 def read_nofollow(path: str | os.PathLike[str], *, limit: int = 64 * 1024 * 1024) -> bytes:
     """The contents of a regular file, refusing a symlink planted at ``path`` (ELOOP).
 

@@ -34,6 +34,8 @@ def test_shipped_daemon_file_states_the_defaults():
         ("[qemu]\nuser = '+qemu'\n", r"\[qemu\] user '\+qemu': '\+' must be followed by a number"),
         ("[qemu]\ngroup = '+4294967295'\n", r"group '\+4294967295': '\+' must be followed"),
         ("[qemu]\ngroup = 'kvm users'\n", "group 'kvm users': not a user or group name"),
+        ("[secret]\nsecrets_encryption_key = 'key'\n", "secrets_encryption_key 'key': not an"),
+        ("[secret]\nencrypt_data = 1\n", r"\[secret\] encrypt_data must be a bool"),
     ],
 )
 def test_bad_config_files(tmp_path, text, match):

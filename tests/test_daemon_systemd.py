@@ -48,15 +48,15 @@ async def test_socket_activation(tmp_path: Path) -> None:
 )
 def test_the_unit_files_are_valid(tmp_path: Path) -> None:
     asvirtd = shutil.which("asvirtd") or str(Path(sys.executable).parent / "asvirtd")
-    for name in ("asvirtd.service", "asvirtd.socket"):
+    names = ("asvirtd.service", "asvirtd.socket", "asvirtd-secret-key.service")
+    for name in names:
         text = (REPO / "config" / name).read_text()
         (tmp_path / name).write_text(text.replace("/usr/local/bin/asvirtd", asvirtd))
     proc = subprocess.run(
         [
             "systemd-analyze",
             "verify",
-            str(tmp_path / "asvirtd.socket"),
-            str(tmp_path / "asvirtd.service"),
+            *(str(tmp_path / name) for name in names),
         ],
         capture_output=True,
         text=True,

@@ -7,6 +7,7 @@ never be in QEMU's command line nor in a file of the root (other than the secret
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -159,12 +160,16 @@ async def test_guest_reads_luks_disks_unlocked_with_the_secret(conn, test_guest,
     dom, serial = await define(conn, test_guest, tmp_path, serial="pty", devices=disks)
     try:
         await dom.start()
-        # Not in QEMU's command line, nor in any file of the root but the secret store.
+        # Not in QEMU's command line, nor in any file of the root: the secret store holds it
+        # encrypted (neither it nor its base64 is there).
         cmdline = Path(f"/proc/{qemu_pid(root, 'vm1')}/cmdline").read_bytes()
         assert PASSPHRASE.encode() not in cmdline
-        for f in root.rglob("*"):
-            if f.is_file() and "secrets" not in f.parts:
-                assert PASSPHRASE.encode() not in f.read_bytes(), f
+        stored = [f for f in root.rglob("*") if f.is_file()]
+        assert any(f.suffix == ".aes256gcm" for f in stored)
+        for f in stored:
+            data = f.read_bytes()
+            assert PASSPHRASE.encode() not in data, f
+            assert base64.b64encode(PASSPHRASE.encode()) not in data, f
         await wait_for_serial(serial)
         async with await dom.open_console() as console:
             # Upper-cased by the guest: only what it read from the disks can match.

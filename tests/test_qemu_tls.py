@@ -351,6 +351,19 @@ async def test_encrypted_keys_are_unlocked_with_the_password_secret(
             assert f"no secret with matching uuid '{KEY_SECRET}'" in str(info.value)
             assert "[qemu] vnc_tls_x509_secret_uuid" in str(info.value)
             assert not await dom.is_active()
+            # A secret of that UUID for another usage: refused as libvirt does.
+            wrong = await conn.secret_define_xml(
+                f"<secret><uuid>{KEY_SECRET}</uuid><usage type='volume'><volume>/v</volume>"
+                "</usage></secret>"
+            )
+            await wrong.set_value(KEY_PASSWORD.encode())
+            with pytest.raises(asvirt.InvalidArgError) as bad:
+                await dom.start(paused=True)
+            assert str(bad.value) == (
+                f"secret with uuid {KEY_SECRET} is of type 'volume' not expected 'tls' type"
+            )
+            assert not await dom.is_active()
+            await wrong.undefine()
             secret = await conn.secret_define_xml(
                 f"<secret ephemeral='no' private='yes'><uuid>{KEY_SECRET}</uuid>"
                 "<usage type='tls'><name>qemu keys</name></usage></secret>"

@@ -52,6 +52,23 @@ def validate_name(name: str, *, what: str = "domain") -> None:
         raise InvalidNameError(f"{what} name '{name}' must not start with '-'")
 
 
+#: libvirt's ``genericName`` (basictypes.rng): what its schema allows in names such as an RBD
+#: disk's ``<snapshot name=>`` or an ``<auth username=>``.
+GENERIC_NAME_RE = re.compile(r"[a-zA-Z0-9_+\-]+")
+
+
+def generic_name(value: str, what: str) -> str:
+    """``value`` if libvirt's schema types it as a valid ``genericName``: letters, digits,
+    ``_``, ``+`` and ``-`` (no ``.``, no blank); :class:`~asvirt.errors.XMLError` naming
+    ``what`` otherwise, so that the XML written back stays valid under libvirt's schema."""
+    if GENERIC_NAME_RE.fullmatch(value) is None:
+        raise XMLError(
+            f"invalid value '{value}' for {what}: only letters, digits, '_', '+' and '-' "
+            "are allowed (libvirt's genericName)"
+        )
+    return value
+
+
 # libvirt's virUUIDParse: 32 hex digits in pairs, with '-' or ' ' allowed between the pairs
 # and blanks around the whole.
 _UUID_RE = re.compile(r"[ \t\n\v\f\r]*((?:[- ]*[0-9A-Fa-f]{2}){16})[ \t\n\v\f\r]*")

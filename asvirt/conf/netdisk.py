@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
-from .names import canonical_uuid
+from .names import canonical_uuid, generic_name
 from .xmlnode import Node, XElem
 
 #: The protocols asvirt accepts, each opened by a QEMU block driver of the same name.
@@ -86,7 +86,7 @@ def _parse_auth(node: Node, protocol: str) -> DiskAuth:
             f"unsupported configuration: <auth> in {node.where}: only iscsi and rbd disks take "
             f"credentials, not {protocol}"
         )
-    username = node.required("username")
+    username = generic_name(node.required("username"), f"username of {node.where}")
     secrets = node.children("secret")
     if len(secrets) != 1:
         raise XMLError(f"{node.where} needs exactly one <secret>")
@@ -312,7 +312,7 @@ def parse_network_source(node: Node) -> NetworkSource:
             raise XMLError(f"name of {node.where} must be 'pool/image' (protocol 'rbd')")
         snap = node.child("snapshot")
         if snap is not None:
-            src.rbd_snapshot = snap.required("name")
+            src.rbd_snapshot = generic_name(snap.required("name"), f"name of {snap.where}")
             snap.finish()
         conf = node.child("config")
         if conf is not None:

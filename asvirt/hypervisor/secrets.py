@@ -4,7 +4,8 @@ Encrypted disks name their passphrase (``<encryption><secret uuid=|usage=>``: a 
 secret), iSCSI and RBD disks their credentials (``<auth><secret type='iscsi'|'ceph'>``), an
 emulated TPM the passphrase of its state (``<encryption secret=...>``: a ``vtpm`` secret).
 Every driver refuses to start a domain one of whose secrets is missing or has no value,
-before anything exists (libvirt's ``NO_SECRET``); what a driver then does with the values
+before anything exists (libvirt's ``NO_SECRET``), or is named by UUID but is for another
+usage than its referrer's (libvirt's ``INVALID_ARG``); what a driver then does with the values
 (the QEMU driver's pipes) is its own.
 """
 
@@ -57,7 +58,9 @@ def secret_names(defn: DomainDef) -> Iterator[SecretName]:
 
 def check_secrets(defn: DomainDef, secrets: SecretDriver | None) -> None:
     """Refuse (NoSecretError) a start whose definition names a secret that does not exist or
-    has no value; OperationUnsupportedError on a node without a secret driver."""
+    has no value, or (InvalidArgError, libvirt's ``secret with uuid ... is of type 'ceph' not
+    expected 'volume' type``) one named by UUID whose usage type is not what the referrer
+    needs; OperationUnsupportedError on a node without a secret driver."""
     for uuid, kind, usage in secret_names(defn):
         if secrets is None:
             raise OperationUnsupportedError(

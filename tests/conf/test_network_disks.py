@@ -139,6 +139,17 @@ def _cookies(jar: str) -> str:
             "either uuid= or usage=",
         ),
         ("<source protocol='rbd' name='noslash'/>", "'pool/image'"),
+        # libvirt's schema types these as genericName: [a-zA-Z0-9_+-]+ (no '.', no blank)
+        (
+            "<source protocol='rbd' name='p/i'><snapshot name='0.'/></source>",
+            r"invalid value '0\.' for name of <disk><source><snapshot>: only letters",
+        ),
+        ("<source protocol='rbd' name='p/i'><snapshot name='a b'/></source>", "genericName"),
+        (
+            "<source protocol='rbd' name='p/i'><auth username='client.admin'>"
+            "<secret type='ceph' usage='x'/></auth></source>",
+            r"invalid value 'client\.admin' for username of <disk><source><auth>",
+        ),
         ("<source protocol='gluster' name='v/p'/>", "at least one <host>"),
         ("<source protocol='gluster' name='vol'><host name='h'/></source>", "'volume/path'"),
         ("<source protocol='iscsi' name='iqn/x'><host name='h'/></source>", "'IQN/LUN'"),

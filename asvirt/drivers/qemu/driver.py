@@ -384,7 +384,9 @@ class QemuNode(Node):
         self._network_backend: HostNetworkBackend | None = None
         self.network = cast("NetworkDriver", self._networks)
         self.storage = cast("StorageDriver", self._pools)
-        self.secret_driver = SecretDriver(self.bus, SecretStore(paths.root, paths.tops))
+        self.secret_driver = SecretDriver(
+            self.bus, SecretStore(paths.root, paths.tops, config.secret)
+        )
         self.secrets = self.secret_driver
         self._host: MonitorHost | None = None
         self._caps: CapabilitiesCache | None = None
