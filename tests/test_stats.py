@@ -332,6 +332,48 @@ def test_a_booted_guest_reports_memory_and_traffic(root, tmp_path, test_guest: T
             net.cli(root, "destroy", "g", check=False)
 
 
+@pytest.mark.qemu
+@pytest.mark.guest
+async def test_balloon_statistics_without_a_stats_period(conn, test_guest, tmp_path):
+    # Without <stats period> QEMU never asks the guest for statistics, but the guest's
+    # balloon driver reports once as it starts, and QEMU keeps that report: libvirt shows
+    # it, and so does asvirt. Before the guest first runs, QEMU has nothing from it.
+    serial = tmp_path / "g.serial"
+    xml = test_guest.xml("g", serial, memballoon="virtio")
+    dom = await conn.create_xml(xml, paused=True)
+    balloon = asvirt.StatsGroup.BALLOON
+    try:
+        never_ran = {"balloon.current": 131072, "balloon.maximum": 131072, "balloon.last-update": 0}
+        for _ in range(2):  # the second call is answered without asking QEMU again
+            params = await dom.stats(balloon)
+            assert {k: v for k, v in params.items() if k != "balloon.rss"} == never_ran
+            assert params["balloon.rss"] > 0
+        await dom.resume()
+        await wait_for_serial(serial)  # the balloon driver is loaded by then
+        with trio.fail_after(30):  # QEMU reads the report when it processes the queue
+            while "balloon.unused" not in (params := await dom.stats(balloon)):
+                await trio.sleep(0.1)
+        assert 0 < params["balloon.unused"] <= params["balloon.available"] <= 131072
+        assert params["balloon.last-update"] > 0
+        # What QEMU itself answers (no period: the report stays what it was).
+        stats = {"path": "/machine/peripheral/balloon0", "property": "guest-stats"}
+        interval = {
+            "path": "/machine/peripheral/balloon0",
+            "property": "guest-stats-polling-interval",
+        }
+        assert await dom.qmp("qom-get", interval) == 0
+        reported = hoststats.guest_memory(await dom.qmp("qom-get", stats))
+        named = {("last-update" if k == "last_update" else k): v for k, v in reported.items()}
+        assert {k: params[f"balloon.{k}"] for k in named} == named
+        assert set(params) == {
+            "balloon.current", "balloon.maximum", "balloon.rss", *(f"balloon.{k}" for k in named)
+        }  # fmt: skip
+        mem = await dom.memory_stats()
+        assert {k: mem[k] for k in reported} == reported
+    finally:
+        await dom.destroy()
+
+
 def _unread_monitor_bytes(pid: int) -> int:
     """What QEMU ``pid`` has not read yet of what its monitor's peer wrote (its end of the
     connected QMP socket's receive queue, as ``ss`` reports it)."""
