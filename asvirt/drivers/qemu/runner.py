@@ -477,7 +477,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             self._vcpu_threads = None
 
     def _stats_query(self, command: str, balloon: str | None = None) -> Prepared:
-        """A statistics query, encoded once per QEMU (the balloon's path is its own)."""
+        """A statistics query, encoded once per QEMU (the balloon's path is its own). The
+        balloon's full QOM path, not the partial ``balloon0`` QEMU also takes: 20 bytes
+        fewer to read (~40 us), but QEMU then searches its whole object tree: measured,
+        130 us more of QEMU's CPU per query, bytes saved included."""
         key = f"{command} {balloon}"
         found = self._stats_queries.get(key)
         if found is None:
