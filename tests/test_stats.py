@@ -204,9 +204,11 @@ async def test_a_qemu_that_does_not_answer_holds_up_only_its_own_figures(
     write_config(root, "[qemu]\ndestroy_grace = 2.0\nstats_timeout = 0.5\n")
     async with asvirt.open(embed_uri(root)) as conn:
         hung = await conn.create_xml(
-            paused_xml(test_guest, tmp_path, "hung", devices=disk_xml(image)), paused=True
+            paused_xml(test_guest, tmp_path, "hung", devices=disk_xml(image), memballoon="virtio"),
+            paused=True,
         )
         fine = await conn.create_xml(paused_xml(test_guest, tmp_path, "fine"), paused=True)
+        assert (await hung.stats())["balloon.last-update"] == 0  # QEMU's answer
         pid = qemu_pid(root, "hung")
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -218,6 +220,9 @@ async def test_a_qemu_that_does_not_answer_holds_up_only_its_own_figures(
         assert records[hung]["state.state"] == asvirt.DomainState.PAUSED
         assert records[hung]["block.0.capacity"] == DISK_BYTES
         assert "block.0.rd.reqs" not in records[hung]
+        # Nor does the balloon of a guest that never ran: QEMU's answer cannot have changed.
+        assert records[hung]["balloon.last-update"] == 0
+        assert "balloon.unused" not in records[hung]
         assert "vcpu.0.time" in records[fine]
         await hung.destroy()
         await fine.destroy()
