@@ -229,6 +229,28 @@ def test_a_new_machine_is_qemu_started_paused() -> None:
     assert state_of(m) == (S.PAUSED, PausedReason.STARTING_UP)
 
 
+def test_a_guest_is_fresh_until_it_runs_or_is_given_a_saved_state() -> None:
+    # Fresh: QEMU's balloon can hold no statistics from a guest driver (the statistics ask
+    # QEMU for them once, then not again while the guest stays fresh).
+    m = DomainStateMachine()
+    m.started_paused()
+    assert m.fresh
+    send(m, "STOP")
+    assert m.fresh
+    send(m, "RESUME")
+    assert not m.fresh
+    send(m, "STOP")
+    assert not m.fresh  # paused again, but it ran
+
+    m = DomainStateMachine()
+    m.load_state()  # a restore, a snapshot loaded: the guest's state is not a new one
+    m.started_paused(StartKind.RESTORE)
+    assert not m.fresh
+    snapshot = MachineSnapshot(state=int(S.PAUSED), reason=int(PausedReason.USER))
+    # Re-attached: what happened before this supervisor is not known.
+    assert not DomainStateMachine.restore(snapshot).fresh
+
+
 # -- the raw event and QEMU's timestamp ----------------------------------------------------------
 
 #: One of each QMP event the machine knows, with QEMU 7.2's data, plus ones it does not know.

@@ -204,9 +204,11 @@ async def test_a_qemu_that_does_not_answer_holds_up_only_its_own_figures(
     write_config(root, "[qemu]\ndestroy_grace = 2.0\nstats_timeout = 0.5\n")
     async with asvirt.open(embed_uri(root)) as conn:
         hung = await conn.create_xml(
-            paused_xml(test_guest, tmp_path, "hung", devices=disk_xml(image)), paused=True
+            paused_xml(test_guest, tmp_path, "hung", devices=disk_xml(image), memballoon="virtio"),
+            paused=True,
         )
         fine = await conn.create_xml(paused_xml(test_guest, tmp_path, "fine"), paused=True)
+        assert (await hung.stats())["balloon.last-update"] == 0  # QEMU's answer
         pid = qemu_pid(root, "hung")
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -218,6 +220,9 @@ async def test_a_qemu_that_does_not_answer_holds_up_only_its_own_figures(
         assert records[hung]["state.state"] == asvirt.DomainState.PAUSED
         assert records[hung]["block.0.capacity"] == DISK_BYTES
         assert "block.0.rd.reqs" not in records[hung]
+        # Nor does the balloon of a guest that never ran: QEMU's answer cannot have changed.
+        assert records[hung]["balloon.last-update"] == 0
+        assert "balloon.unused" not in records[hung]
         assert "vcpu.0.time" in records[fine]
         await hung.destroy()
         await fine.destroy()
@@ -330,6 +335,48 @@ def test_a_booted_guest_reports_memory_and_traffic(root, tmp_path, test_guest: T
             assert "  balloon.unused=" in stats and "  balloon.last-update=" in stats
         finally:
             net.cli(root, "destroy", "g", check=False)
+
+
+@pytest.mark.qemu
+@pytest.mark.guest
+async def test_balloon_statistics_without_a_stats_period(conn, test_guest, tmp_path):
+    # Without <stats period> QEMU never asks the guest for statistics, but the guest's
+    # balloon driver reports once as it starts, and QEMU keeps that report: libvirt shows
+    # it, and so does asvirt. Before the guest first runs, QEMU has nothing from it.
+    serial = tmp_path / "g.serial"
+    xml = test_guest.xml("g", serial, memballoon="virtio")
+    dom = await conn.create_xml(xml, paused=True)
+    balloon = asvirt.StatsGroup.BALLOON
+    try:
+        never_ran = {"balloon.current": 131072, "balloon.maximum": 131072, "balloon.last-update": 0}
+        for _ in range(2):  # the second call is answered without asking QEMU again
+            params = await dom.stats(balloon)
+            assert {k: v for k, v in params.items() if k != "balloon.rss"} == never_ran
+            assert params["balloon.rss"] > 0
+        await dom.resume()
+        await wait_for_serial(serial)  # the balloon driver is loaded by then
+        with trio.fail_after(30):  # QEMU reads the report when it processes the queue
+            while "balloon.unused" not in (params := await dom.stats(balloon)):
+                await trio.sleep(0.1)
+        assert 0 < params["balloon.unused"] <= params["balloon.available"] <= 131072
+        assert params["balloon.last-update"] > 0
+        # What QEMU itself answers (no period: the report stays what it was).
+        stats = {"path": "/machine/peripheral/balloon0", "property": "guest-stats"}
+        interval = {
+            "path": "/machine/peripheral/balloon0",
+            "property": "guest-stats-polling-interval",
+        }
+        assert await dom.qmp("qom-get", interval) == 0
+        reported = hoststats.guest_memory(await dom.qmp("qom-get", stats))
+        named = {("last-update" if k == "last_update" else k): v for k, v in reported.items()}
+        assert {k: params[f"balloon.{k}"] for k in named} == named
+        assert set(params) == {
+            "balloon.current", "balloon.maximum", "balloon.rss", *(f"balloon.{k}" for k in named)
+        }  # fmt: skip
+        mem = await dom.memory_stats()
+        assert {k: mem[k] for k in reported} == reported
+    finally:
+        await dom.destroy()
 
 
 def _unread_monitor_bytes(pid: int) -> int:

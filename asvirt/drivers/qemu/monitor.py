@@ -8,8 +8,9 @@ to a callback, replies wake the command that waits for them.
 Commands carry no ``id`` and no line end: QEMU answers a session's commands one at a time,
 in the order it read them, so the n-th reply is the n-th command's (a queue of waiters, in
 the order their commands were written). The bytes matter: QEMU 7.2's monitor reads its
-socket one byte per main-loop iteration (``monitor_can_read`` allows 1), which costs it
-5-8 us of CPU per byte sent — more than the rest of a small query. A statistics query's
+socket one byte per iteration of its I/O thread's loop (``monitor_can_read`` allows 1; six
+system calls a byte), which costs it 2-8 us of CPU per byte sent (as loaded as the machine
+is) — about as much as the rest of a small query. A statistics query's
 ``"id":12345`` and newline were ~10% of what QEMU spent answering it (bench_stats).
 What keeps the order safe: only what :func:`json.dumps` writes goes out (no NaN, nothing
 QEMU's lexer could split into several errors), within QEMU's parser limits, and a command

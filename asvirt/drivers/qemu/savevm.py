@@ -152,6 +152,7 @@ class GuestStateOps:
         if not was_paused:
             self.machine.expect_pause(PausedReason.FROM_SNAPSHOT)
             await self.execute("stop")
+        self.machine.load_state()
         await self._run_job(
             "snapshot-load",
             {"tag": name, "vmstate": nodes[0], "devices": nodes},
@@ -173,6 +174,7 @@ class GuestStateOps:
         """Load the snapshot ``name`` into a QEMU that is starting (never run yet)."""
         nodes = self._format_nodes(disks)
         await self._check_loadable(name, disks, nodes)
+        self.machine.load_state()
         await self._run_job(
             "snapshot-load",
             {"tag": name, "vmstate": nodes[0], "devices": nodes},
@@ -366,6 +368,7 @@ class GuestStateOps:
     async def load_image(self, origin: FromImage) -> None:
         """Load the saved state into a QEMU started with ``-incoming defer`` (and the
         image's descriptor)."""
+        self.machine.load_state()
         os.lseek(origin.fd, origin.offset, os.SEEK_SET)
         await self._call(
             "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}

@@ -159,6 +159,7 @@ class DomainStateMachine:
         "_balloon_kib",
         "_booting",
         "_disk_for_node",
+        "_fresh",
         "_pause_hint",
         "_reason",
         "_rebooting",
@@ -196,6 +197,9 @@ class DomainStateMachine:
         # A re-attached domain whose end subscribers were already told (STOPPED, with this
         # detail): its previous supervisor died before removing the status file.
         self._stopped_told: StoppedDetail | None = None
+        # The guest has neither run nor been given a saved state since QEMU started (see
+        # :attr:`fresh`).
+        self._fresh = True
 
     @classmethod
     def restore(
@@ -216,6 +220,7 @@ class DomainStateMachine:
         tell again a STOPPED that was told before the status file could go.
         """
         machine = cls(disk_for_node=disk_for_node)
+        machine._fresh = False  # what happened before this supervisor is not known
         state = DomainState(snapshot.state)
         machine._state, machine._reason = state, reason_for(state, snapshot.reason)
         machine._shutdown_seen = snapshot.shutdown_seen
@@ -251,6 +256,13 @@ class DomainStateMachine:
     def balloon_kib(self) -> int | None:
         """The balloon size QEMU last reported, in KiB (None: never reported)."""
         return self._balloon_kib
+
+    @property
+    def fresh(self) -> bool:
+        """The guest has not run since QEMU started (with -S), nor been given a saved state
+        (a restore, a snapshot): what QEMU says of it is what a new machine says (its
+        balloon holds no statistics from a guest driver), and stays so until it runs."""
+        return self._fresh
 
     @property
     def destroying(self) -> bool:
@@ -291,6 +303,10 @@ class DomainStateMachine:
         r = Reaction()
         r.lifecycle(LifecycleEvent.SUSPENDED, SuspendedDetail.FROM_SNAPSHOT, None)
         return r
+
+    def load_state(self) -> None:
+        """A saved state (a save image, a snapshot) is about to be loaded into the guest."""
+        self._fresh = False
 
     def expect_pause(self, reason: PausedReason) -> None:
         """A ``stop`` is about to be sent for ``reason``: the next STOP is attributed to it."""
@@ -417,6 +433,8 @@ class DomainStateMachine:
     def _set(self, state: DomainState, reason: StateReason) -> None:
         if not isinstance(reason, state.reasons):
             raise TypeError(f"{reason!r} is not a reason of {state.name}")
+        if state is DomainState.RUNNING:
+            self._fresh = False
         self._state, self._reason = state, reason
 
     def _catch_up(self, type_: LifecycleEvent, detail: EventDetail) -> None:
