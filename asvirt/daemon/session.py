@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -71,12 +72,66 @@ class _Backlogged(Exception):
 
 _ids = itertools.count(1)
 
-#: Reads a session makes of a client that always has more to say before it lets others run.
-_READS_PER_YIELD = 16
+#: Passes the readers make over the clients that have more to say before they let others run.
+_PASSES_PER_YIELD = 16
 #: Bytes a session asks of its socket per read.
 _READ_SIZE = 65536
 #: Answers a read's messages may hold back to send together, at most.
 _BATCH_MAX = 64
+
+
+class Readers:
+    """Reads every client's socket, from one task.
+
+    The sockets are in an epoll of their own, each registered once (level-triggered): one
+    wait of the event loop (for that epoll) covers every client, and each pass reads once
+    from every client that has something to say, in turn. A task per client that waits for
+    its socket cost the scheduler a wait, a registration and a wake-up per message: more
+    than the lookup the message asked for. What a message asks is done in :meth:`Session.
+    _received`; a call that has to wait gets a task of its own there, so no client waits
+    for another's slow call.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._sessions: dict[int, Session] = {}
+
+    def add(self, session: Session) -> None:
+        fd = session.fileno
+        self._epoll.register(fd, select.EPOLLIN)
+        self._sessions[fd] = session
+
+    def remove(self, session: Session) -> None:
+        fd = session.fileno
+        if self._sessions.get(fd) is session:
+            del self._sessions[fd]
+            self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        """Read the clients' sockets until cancelled."""
+        epoll = self._epoll
+        sessions = self._sessions
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                # Clients that wait for each answer have asked again by the time a pass
+                # ends: look again (a system call) rather than going back to the
+                # scheduler, but let the other tasks run every _PASSES_PER_YIELD passes.
+                for _ in range(_PASSES_PER_YIELD):
+                    ready = epoll.poll(0)
+                    if not ready:
+                        break
+                    for fd, _ in ready:
+                        session = sessions.get(fd)
+                        if session is not None:
+                            try:
+                                session._received()
+                            except Exception as err:  # a bug: it ends this client only
+                                session._end(err)
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            epoll.close()
 
 
 class Session:
@@ -90,6 +145,7 @@ class Session:
         read_only: bool,
         peer: Peer,
         limits: Limits,
+        readers: Readers,
     ) -> None:
         self.id = next(_ids)
         self.node = node
@@ -100,6 +156,12 @@ class Session:
         # goes straight to the (non-blocking) socket: most answers are small and the socket
         # takes them at once, without waking a writer task for each.
         self._sock = sock
+        self.fileno = sock.fileno()
+        self._readers = readers
+        self._reader = wire.LineReader(limits.max_message)
+        #: Set once the client has gone, or its socket failed (``_gone`` says why then).
+        self._ended = trio.Event()
+        self._gone: BaseException | None = None
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         #: Messages queued for the writer and not yet written (none: a send may go direct).
@@ -214,53 +276,55 @@ class Session:
             unanswered += 1
 
     async def _read(self) -> None:
-        reader = wire.LineReader(self.limits.max_message)
-        sock = self._sock
-        # The socket is read directly, not through trio's stream: its receive yields to the
-        # scheduler after every read, even one that found data waiting, and its wrappers
-        # cost more than the lookup a message asks for. This loop yields where it waits,
-        # and at least every _READS_PER_YIELD reads of a client that never lets it wait.
-        # A read shorter than the buffer drained the socket: the next waits for it to be
-        # readable before reading, rather than trying a read that fails (a system call and
-        # an exception per message of a client that waits for each answer).
-        unyielded = 0
-        drained = False
-        while True:
-            if drained:
-                await trio.lowlevel.wait_readable(sock)
-                unyielded = 0
-            try:
-                data = sock.recv(_READ_SIZE)
-            except BlockingIOError:
-                drained = True
-                continue
-            if not data:
-                return
-            drained = len(data) < _READ_SIZE
-            unyielded += 1
-            if unyielded >= _READS_PER_YIELD:
-                await trio.lowlevel.checkpoint()
-                unyielded = 0
-            self._heard = True
-            # The answers to what one read brought go out together, in one write (a client
-            # that sends several requests at once gets them with one system call).
-            self._batch = []
-            try:
-                for line in reader.feed(data):
-                    if isinstance(line, wire.Oversized):
-                        self.send(
-                            wire.error(
-                                None,
-                                wire.INVALID_REQUEST,
-                                f"message larger than {self.limits.max_message} bytes",
-                            )
+        """Have the readers read the client until it leaves (see :meth:`_received`)."""
+        self._readers.add(self)
+        try:
+            await self._ended.wait()
+        finally:
+            self._readers.remove(self)
+        if self._gone is not None:
+            raise self._gone
+
+    def _received(self) -> None:
+        """The socket has something to say: read it once, and handle what it completes.
+        The answers to what one read brought go out together, in one write (a client that
+        sends several requests at once gets them with one system call)."""
+        if self._ended.is_set():
+            return
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._end(err)
+            return
+        if not data:
+            self._end(None)
+            return
+        self._heard = True
+        self._batch = []
+        try:
+            for line in self._reader.feed(data):
+                if isinstance(line, wire.Oversized):
+                    self.send(
+                        wire.error(
+                            None,
+                            wire.INVALID_REQUEST,
+                            f"message larger than {self.limits.max_message} bytes",
                         )
-                        continue
-                    self._handle(line)
-            finally:
-                batch, self._batch = self._batch, None
-                if batch:
-                    self._send_now(b"".join(batch))
+                    )
+                    continue
+                self._handle(line)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self._send_now(b"".join(batch))
+
+    def _end(self, why: BaseException | None) -> None:
+        """The client has gone (``why``: its socket failed): the session ends."""
+        self._readers.remove(self)
+        self._gone = why
+        self._ended.set()
 
     # -- messages --------------------------------------------------------------------------------
 
