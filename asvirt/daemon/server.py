@@ -126,6 +126,7 @@ class Server:
         if self.define_defaults:
             await define_defaults(node, paths.top("lib"))
         listeners: list[tuple[socket.socket, bool, Path | None]] = []
+        readers = Readers()
         try:
             activated = systemd_sockets()
             if activated:
@@ -143,8 +144,6 @@ class Server:
                     ro = bind_socket(self.layout.socket_ro, 0o666)
                     listeners.append((ro, True, self.layout.socket_ro))
             async with trio.open_nursery() as nursery:
-                readers = Readers()
-                nursery.start_soon(readers.run)
                 for sock, read_only, path in listeners:
                     nursery.start_soon(self._accept, node, sock, read_only, readers, nursery)
                     where = str(path) if path is not None else "systemd socket"
@@ -161,6 +160,7 @@ class Server:
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            readers.close()
             with trio.CancelScope(shield=True):
                 for sock, _, path in listeners:
                     sock.close()

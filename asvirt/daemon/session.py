@@ -1,15 +1,16 @@
 """One client of the daemon: its requests, its subscriptions, its keepalive, its backlog.
 
-Requests are dispatched to the node as they arrive: a call of high priority (lookups, state,
-info, destroy) that is done as soon as it is made is answered there and then, and every
-other call gets a task of its own, so that a call waiting on a hung QEMU holds up nothing
-else; calls of normal priority share a few workers per client, calls of high priority never
-wait for one. Subscriptions and their replay from the journal are the node's own
-(:class:`~asvirt.events.Subscription`); a task per subscription moves its events to the
-client. Everything the daemon sends goes through one bounded queue: a client that stops
-reading is disconnected once its backlog is full, instead of growing the daemon's memory.
-Nothing a client sends can end the daemon: a bad message gets a JSON-RPC error and the
-session goes on.
+Each client's task waits for its socket; the one that wakes reads the other clients that
+have something to say too (:class:`Readers`). Requests are dispatched to the node as they
+arrive: a call of high priority (lookups, state, info, destroy) that is done as soon as it
+is made is answered there and then, and every other call gets a task of its own, so that a
+call waiting on a hung QEMU holds up nothing else; calls of normal priority share a few
+workers per client, calls of high priority never wait for one. Subscriptions and their
+replay from the journal are the node's own (:class:`~asvirt.events.Subscription`); a task
+per subscription moves its events to the client. Everything the daemon sends goes through
+one bounded queue: a client that stops reading is disconnected once its backlog is full,
+instead of growing the daemon's memory. Nothing a client sends can end the daemon: a bad
+message gets a JSON-RPC error and the session goes on.
 """
 
 from __future__ import annotations
@@ -72,8 +73,6 @@ class _Backlogged(Exception):
 
 _ids = itertools.count(1)
 
-#: Passes the readers make over the clients that have more to say before they let others run.
-_PASSES_PER_YIELD = 16
 #: Bytes a session asks of its socket per read.
 _READ_SIZE = 65536
 #: Answers a read's messages may hold back to send together, at most.
@@ -81,15 +80,18 @@ _BATCH_MAX = 64
 
 
 class Readers:
-    """Reads every client's socket, from one task.
+    """The sockets of every client, to read those that have something to say at once.
 
-    The sockets are in an epoll of their own, each registered once (level-triggered): one
-    wait of the event loop (for that epoll) covers every client, and each pass reads once
-    from every client that has something to say, in turn. A task per client that waits for
-    its socket cost the scheduler a wait, a registration and a wake-up per message: more
-    than the lookup the message asked for. What a message asks is done in :meth:`Session.
-    _received`; a call that has to wait gets a task of its own there, so no client waits
-    for another's slow call.
+    Each session's task waits for its own socket (the kernel then wakes the daemon as it
+    wakes any reader of a unix socket: at once, on the sender's CPU). Once awake, a session
+    reads its client, then every other client that has something to say at that moment:
+    all sockets sit level-triggered in an epoll of their own, registered once, and one look
+    at it (a system call that never waits) finds them. Under load most messages are read
+    that way, without a wake-up and a re-registration of a task for each (which cost the
+    scheduler more than the lookup the message asks for); the task of a client read for
+    finds nothing and waits again. What a message asks is done in
+    :meth:`Session._received`; a call that has to wait gets a task of its own there, so no
+    client waits for another's slow call.
     """
 
     def __init__(self) -> None:
@@ -107,31 +109,21 @@ class Readers:
             del self._sessions[fd]
             self._epoll.unregister(fd)
 
-    async def run(self) -> None:
-        """Read the clients' sockets until cancelled."""
-        epoll = self._epoll
+    def sweep(self, current: Session) -> None:
+        """Read once every client but ``current`` that has something to say now."""
         sessions = self._sessions
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(epoll)
-                # Clients that wait for each answer have asked again by the time a pass
-                # ends: look again (a system call) rather than going back to the
-                # scheduler, but let the other tasks run every _PASSES_PER_YIELD passes.
-                for _ in range(_PASSES_PER_YIELD):
-                    ready = epoll.poll(0)
-                    if not ready:
-                        break
-                    for fd, _ in ready:
-                        session = sessions.get(fd)
-                        if session is not None:
-                            try:
-                                session._received()
-                            except Exception as err:  # a bug: it ends this client only
-                                session._end(err)
-                else:
-                    await trio.lowlevel.checkpoint()
-        finally:
-            epoll.close()
+        for fd, _ in self._epoll.poll(0):
+            session = sessions.get(fd)
+            if session is None or session is current:
+                continue
+            try:
+                session._received()
+            except Exception:  # a bug: it ends that client only
+                session.log.exception("client session failed")
+                session._end()
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 class Session:
@@ -159,9 +151,8 @@ class Session:
         self.fileno = sock.fileno()
         self._readers = readers
         self._reader = wire.LineReader(limits.max_message)
-        #: Set once the client has gone, or its socket failed (``_gone`` says why then).
-        self._ended = trio.Event()
-        self._gone: BaseException | None = None
+        #: Whether the client has gone, or its socket failed.
+        self._ended = False
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         #: Messages queued for the writer and not yet written (none: a send may go direct).
@@ -276,30 +267,33 @@ class Session:
             unanswered += 1
 
     async def _read(self) -> None:
-        """Have the readers read the client until it leaves (see :meth:`_received`)."""
-        self._readers.add(self)
+        """Read the client until it leaves (see :class:`Readers`)."""
+        sock = self._sock
+        readers = self._readers
+        readers.add(self)
         try:
-            await self._ended.wait()
+            while not self._ended:
+                await trio.lowlevel.wait_readable(sock)
+                self._received()
+                readers.sweep(self)
         finally:
-            self._readers.remove(self)
-        if self._gone is not None:
-            raise self._gone
+            readers.remove(self)
 
     def _received(self) -> None:
         """The socket has something to say: read it once, and handle what it completes.
         The answers to what one read brought go out together, in one write (a client that
         sends several requests at once gets them with one system call)."""
-        if self._ended.is_set():
+        if self._ended:
             return
         try:
             data = self._sock.recv(_READ_SIZE)
         except BlockingIOError:
-            return
-        except OSError as err:
-            self._end(err)
+            return  # read already, by another session's sweep
+        except OSError:
+            self._end()
             return
         if not data:
-            self._end(None)
+            self._end()
             return
         self._heard = True
         self._batch = []
@@ -320,11 +314,13 @@ class Session:
             if batch:
                 self._send_now(b"".join(batch))
 
-    def _end(self, why: BaseException | None) -> None:
-        """The client has gone (``why``: its socket failed): the session ends."""
+    def _end(self) -> None:
+        """The client has gone, or its socket failed: the session ends (its task may be
+        waiting for the socket while another session read it)."""
+        self._ended = True
         self._readers.remove(self)
-        self._gone = why
-        self._ended.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # -- messages --------------------------------------------------------------------------------
 
