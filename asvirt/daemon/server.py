@@ -25,7 +25,7 @@ from ..hypervisor.node import Node
 from ..log import get_logger
 from ..states import DomainState
 from .layout import Layout
-from .session import Limits, Peer, Session
+from .session import Limits, Peer, Readers, Session
 
 log = get_logger("asvirt.daemon")
 
@@ -126,6 +126,7 @@ class Server:
         if self.define_defaults:
             await define_defaults(node, paths.top("lib"))
         listeners: list[tuple[socket.socket, bool, Path | None]] = []
+        readers = Readers()
         try:
             activated = systemd_sockets()
             if activated:
@@ -144,7 +145,7 @@ class Server:
                     listeners.append((ro, True, self.layout.socket_ro))
             async with trio.open_nursery() as nursery:
                 for sock, read_only, path in listeners:
-                    nursery.start_soon(self._accept, node, sock, read_only, nursery)
+                    nursery.start_soon(self._accept, node, sock, read_only, readers, nursery)
                     where = str(path) if path is not None else "systemd socket"
                     log.info("listening", socket=where, read_only=read_only)
                 if self.metrics is not None:
@@ -159,6 +160,7 @@ class Server:
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            readers.close()
             with trio.CancelScope(shield=True):
                 for sock, _, path in listeners:
                     sock.close()
@@ -170,7 +172,12 @@ class Server:
             log.info("stopped")
 
     async def _accept(
-        self, node: Node, sock: socket.socket, read_only: bool, nursery: trio.Nursery
+        self,
+        node: Node,
+        sock: socket.socket,
+        read_only: bool,
+        readers: Readers,
+        nursery: trio.Nursery,
     ) -> None:
         # Accepted here, not through a trio socket: the session keeps the plain socket, to
         # send on it directly (see Session.send).
@@ -187,7 +194,9 @@ class Server:
                 continue
             conn.setblocking(False)
             peer = Peer.of(conn)
-            session = Session(node, conn, read_only=read_only, peer=peer, limits=self.limits)
+            session = Session(
+                node, conn, read_only=read_only, peer=peer, limits=self.limits, readers=readers
+            )
             nursery.start_soon(self._serve_counted, session)
 
     async def _serve_counted(self, session: Session) -> None:

@@ -1,21 +1,23 @@
 """One client of the daemon: its requests, its subscriptions, its keepalive, its backlog.
 
-Requests are dispatched to the node as they arrive: a call of high priority (lookups, state,
-info, destroy) that is done as soon as it is made is answered there and then, and every
-other call gets a task of its own, so that a call waiting on a hung QEMU holds up nothing
-else; calls of normal priority share a few workers per client, calls of high priority never
-wait for one. Subscriptions and their replay from the journal are the node's own
-(:class:`~asvirt.events.Subscription`); a task per subscription moves its events to the
-client. Everything the daemon sends goes through one bounded queue: a client that stops
-reading is disconnected once its backlog is full, instead of growing the daemon's memory.
-Nothing a client sends can end the daemon: a bad message gets a JSON-RPC error and the
-session goes on.
+Each client's task waits for its socket; the one that wakes reads the other clients that
+have something to say too (:class:`Readers`). Requests are dispatched to the node as they
+arrive: a call of high priority (lookups, state, info, destroy) that is done as soon as it
+is made is answered there and then, and every other call gets a task of its own, so that a
+call waiting on a hung QEMU holds up nothing else; calls of normal priority share a few
+workers per client, calls of high priority never wait for one. Subscriptions and their
+replay from the journal are the node's own (:class:`~asvirt.events.Subscription`); a task
+per subscription moves its events to the client. Everything the daemon sends goes through
+one bounded queue: a client that stops reading is disconnected once its backlog is full,
+instead of growing the daemon's memory. Nothing a client sends can end the daemon: a bad
+message gets a JSON-RPC error and the session goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -71,12 +73,57 @@ class _Backlogged(Exception):
 
 _ids = itertools.count(1)
 
-#: Reads a session makes of a client that always has more to say before it lets others run.
-_READS_PER_YIELD = 16
 #: Bytes a session asks of its socket per read.
 _READ_SIZE = 65536
 #: Answers a read's messages may hold back to send together, at most.
 _BATCH_MAX = 64
+
+
+class Readers:
+    """The sockets of every client, to read those that have something to say at once.
+
+    Each session's task waits for its own socket (the kernel then wakes the daemon as it
+    wakes any reader of a unix socket: at once, on the sender's CPU). Once awake, a session
+    reads its client, then every other client that has something to say at that moment:
+    all sockets sit level-triggered in an epoll of their own, registered once, and one look
+    at it (a system call that never waits) finds them. Under load most messages are read
+    that way, without a wake-up and a re-registration of a task for each (which cost the
+    scheduler more than the lookup the message asks for); the task of a client read for
+    finds nothing and waits again. What a message asks is done in
+    :meth:`Session._received`; a call that has to wait gets a task of its own there, so no
+    client waits for another's slow call.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._sessions: dict[int, Session] = {}
+
+    def add(self, session: Session) -> None:
+        fd = session.fileno
+        self._epoll.register(fd, select.EPOLLIN)
+        self._sessions[fd] = session
+
+    def remove(self, session: Session) -> None:
+        fd = session.fileno
+        if self._sessions.get(fd) is session:
+            del self._sessions[fd]
+            self._epoll.unregister(fd)
+
+    def sweep(self, current: Session) -> None:
+        """Read once every client but ``current`` that has something to say now."""
+        sessions = self._sessions
+        for fd, _ in self._epoll.poll(0):
+            session = sessions.get(fd)
+            if session is None or session is current:
+                continue
+            try:
+                session._received()
+            except Exception:  # a bug: it ends that client only
+                session.log.exception("client session failed")
+                session._end()
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 class Session:
@@ -90,6 +137,7 @@ class Session:
         read_only: bool,
         peer: Peer,
         limits: Limits,
+        readers: Readers,
     ) -> None:
         self.id = next(_ids)
         self.node = node
@@ -100,6 +148,11 @@ class Session:
         # goes straight to the (non-blocking) socket: most answers are small and the socket
         # takes them at once, without waking a writer task for each.
         self._sock = sock
+        self.fileno = sock.fileno()
+        self._readers = readers
+        self._reader = wire.LineReader(limits.max_message)
+        #: Whether the client has gone, or its socket failed.
+        self._ended = False
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.max_backlog)
         #: Messages queued for the writer and not yet written (none: a send may go direct).
@@ -214,53 +267,60 @@ class Session:
             unanswered += 1
 
     async def _read(self) -> None:
-        reader = wire.LineReader(self.limits.max_message)
+        """Read the client until it leaves (see :class:`Readers`)."""
         sock = self._sock
-        # The socket is read directly, not through trio's stream: its receive yields to the
-        # scheduler after every read, even one that found data waiting, and its wrappers
-        # cost more than the lookup a message asks for. This loop yields where it waits,
-        # and at least every _READS_PER_YIELD reads of a client that never lets it wait.
-        # A read shorter than the buffer drained the socket: the next waits for it to be
-        # readable before reading, rather than trying a read that fails (a system call and
-        # an exception per message of a client that waits for each answer).
-        unyielded = 0
-        drained = False
-        while True:
-            if drained:
+        readers = self._readers
+        readers.add(self)
+        try:
+            while not self._ended:
                 await trio.lowlevel.wait_readable(sock)
-                unyielded = 0
-            try:
-                data = sock.recv(_READ_SIZE)
-            except BlockingIOError:
-                drained = True
-                continue
-            if not data:
-                return
-            drained = len(data) < _READ_SIZE
-            unyielded += 1
-            if unyielded >= _READS_PER_YIELD:
-                await trio.lowlevel.checkpoint()
-                unyielded = 0
-            self._heard = True
-            # The answers to what one read brought go out together, in one write (a client
-            # that sends several requests at once gets them with one system call).
-            self._batch = []
-            try:
-                for line in reader.feed(data):
-                    if isinstance(line, wire.Oversized):
-                        self.send(
-                            wire.error(
-                                None,
-                                wire.INVALID_REQUEST,
-                                f"message larger than {self.limits.max_message} bytes",
-                            )
+                self._received()
+                readers.sweep(self)
+        finally:
+            readers.remove(self)
+
+    def _received(self) -> None:
+        """The socket has something to say: read it once, and handle what it completes.
+        The answers to what one read brought go out together, in one write (a client that
+        sends several requests at once gets them with one system call)."""
+        if self._ended:
+            return
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return  # read already, by another session's sweep
+        except OSError:
+            self._end()
+            return
+        if not data:
+            self._end()
+            return
+        self._heard = True
+        self._batch = []
+        try:
+            for line in self._reader.feed(data):
+                if isinstance(line, wire.Oversized):
+                    self.send(
+                        wire.error(
+                            None,
+                            wire.INVALID_REQUEST,
+                            f"message larger than {self.limits.max_message} bytes",
                         )
-                        continue
-                    self._handle(line)
-            finally:
-                batch, self._batch = self._batch, None
-                if batch:
-                    self._send_now(b"".join(batch))
+                    )
+                    continue
+                self._handle(line)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self._send_now(b"".join(batch))
+
+    def _end(self) -> None:
+        """The client has gone, or its socket failed: the session ends (its task may be
+        waiting for the socket while another session read it)."""
+        self._ended = True
+        self._readers.remove(self)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # -- messages --------------------------------------------------------------------------------
 

@@ -686,9 +686,10 @@ def _readable_waiter() -> tuple[
     Callable[[socket.socket], Awaitable[None]], tuple[type[BaseException], ...]
 ]:
     """How the running event loop waits for a socket to be readable, and what it raises
-    when the socket is closed under the wait (besides anyio's errors). Under trio, trio's
-    own wait: anyio's looks the event loop up first, every time, and a client that waits
-    for each answer waits once per call."""
+    when the socket is closed under the wait, or before it (besides anyio's errors: a
+    socket already closed has no descriptor, -1, and either loop's registration raises
+    ValueError for it). Under trio, trio's own wait: anyio's looks the event loop up first,
+    every time, and a client that waits for each answer waits once per call."""
     trio = sys.modules.get("trio")
     if trio is not None:
         import sniffio  # trio's own dependency
@@ -698,10 +699,11 @@ def _readable_waiter() -> tuple[
                 return trio.lowlevel.wait_readable, (
                     trio.ClosedResourceError,
                     trio.BusyResourceError,
+                    ValueError,
                 )
         except sniffio.AsyncLibraryNotFoundError:
             pass
-    return anyio.wait_readable, ()
+    return anyio.wait_readable, (ValueError,)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
