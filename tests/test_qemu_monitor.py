@@ -46,7 +46,7 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
     # qemu.qmp's default listener would keep every event forever; ours keeps none.
     events: list[str] = []
     async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
-        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10)
+        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=30)
         await monitor.connect(fsutil.connect_unix(qmp_sock))
         for _ in range(100):
             await monitor.execute("cont")
@@ -61,7 +61,7 @@ async def test_monitor_keeps_no_event_history(tmp_path: Path) -> None:
 async def test_commands_written_together_are_answered_each(tmp_path: Path) -> None:
     # execute_many: one write, one round trip; each command gets its own answer or error.
     async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
-        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
+        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=30)
         with pytest.raises(QMPError):
             await monitor.execute("query-status")  # not connected yet: an error, no hang
         await monitor.connect(fsutil.connect_unix(qmp_sock))
@@ -85,7 +85,7 @@ async def test_an_abandoned_command_leaves_its_answer_to_itself(tmp_path: Path) 
     # after writing it is still answered, and that answer must not go to the next command.
     async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
         events: list[str] = []
-        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10)
+        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=30)
         await monitor.connect(fsutil.connect_unix(qmp_sock))
         for _ in range(3):
             with trio.move_on_after(0):  # written at once, abandoned before its answer
@@ -108,7 +108,7 @@ async def test_questions_asked_now_are_answered_later(tmp_path: Path) -> None:
     # ask(): written at once, read later (statistics ask every QEMU before reading any).
     async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
         events: list[str] = []
-        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=10)
+        monitor = Monitor(host, name="t", on_event=lambda e: events.append(e["event"]), timeout=30)
         await monitor.connect(fsutil.connect_unix(qmp_sock))
         queries = [Monitor.prepare("cont"), Monitor.prepare("no-such-command")]
         queries.append(Monitor.prepare("query-status"))
@@ -132,7 +132,7 @@ async def test_files_passed_at_once_are_each_claimed_by_their_own_name(tmp_path:
     # QEMU keeps only the descriptor that came last; two files passed together must not
     # cross (the second would otherwise replace the first before the first's getfd).
     async with bare_qemu(tmp_path) as qmp_sock, monitor_host() as host:
-        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=10)
+        monitor = Monitor(host, name="t", on_event=lambda e: None, timeout=30)
         await monitor.connect(fsutil.connect_unix(qmp_sock))
         files = [(tmp_path / name).open("w") for name in ("a", "b", "c")]
         try:
