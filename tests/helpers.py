@@ -67,6 +67,18 @@ def qemu_img(*args: str | Path) -> None:
     subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
 
 
+def disk_snapshots(path: str | Path) -> list[str]:
+    """The names of the internal snapshots qemu-img sees in a qcow2 image (``info``: it
+    reads an encrypted one's without its passphrase, which ``snapshot -l`` needs)."""
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", "-f", "qcow2", "--", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [s["name"] for s in json.loads(out).get("snapshots", [])]
+
+
 def overlay(path: Path, backing: Path) -> Path:
     """A qcow2 image at ``path`` whose backing file is the qcow2 image ``backing``."""
     qemu_img("create", "-f", "qcow2", "-b", backing, "-F", "qcow2", path)

@@ -56,7 +56,6 @@ from ...errors import (
 from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
 from ..base import ProgressCallback, SecretUsageType
-from ..secret import secret_pipes
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
@@ -695,23 +694,22 @@ class DirStorageDriver(StorageDriverBase):
         self, vol: VolDef, path: str, secret: bytes, prealloc_metadata: bool
     ) -> None:
         """``qemu-img create`` of a LUKS volume: a raw one as a ``luks`` image, a qcow2 with
-        LUKS encryption; the passphrase through a pipe (see :func:`..secret.secret_pipes`)."""
-        with secret_pipes({"sec0": secret}) as fds:
-            obj = f"secret,id=sec0,format=raw,file=/proc/self/fd/{fds['sec0']}"
+        LUKS encryption; the passphrase through a pipe (see :func:`.qemu_img.secret_objects`)."""
+        with qemu_img.secret_objects({"sec0": secret}) as (objects, fds):
             if vol.format == "raw":
-                args = ["create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=sec0"]
+                args = ["create", "-q", "-f", "luks", *objects, "-o", "key-secret=sec0"]
             else:
                 options = "encrypt.format=luks,encrypt.key-secret=sec0"
                 if prealloc_metadata:
                     options += ",preallocation=metadata"
-                args = ["create", "-q", "-f", "qcow2", "--object", obj, "-o", options]
+                args = ["create", "-q", "-f", "qcow2", *objects, "-o", options]
                 if vol.backing_path is not None:
                     args += ["-b", vol.backing_path, "-F", vol.backing_format or "raw"]
             await qemu_img.run(
                 [*args, "--", path, str(vol.capacity)],
                 what=f"create volume '{vol.path}'",
                 timeout=self.config.qemu_img_timeout,
-                pass_fds=tuple(fds.values()),
+                pass_fds=fds,
             )
 
     async def _publish_as(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
