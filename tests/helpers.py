@@ -68,6 +68,18 @@ def qemu_img(*args: str | Path) -> None:
     subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
 
 
+def disk_snapshots(path: str | Path) -> list[str]:
+    """The names of the internal snapshots qemu-img sees in a qcow2 image (``info``: it
+    reads an encrypted one's without its passphrase, which ``snapshot -l`` needs)."""
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", "-f", "qcow2", "--", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [s["name"] for s in json.loads(out).get("snapshots", [])]
+
+
 def overlay(path: Path, backing: Path) -> Path:
     """A qcow2 image at ``path`` whose backing file is the qcow2 image ``backing``."""
     qemu_img("create", "-f", "qcow2", "-b", backing, "-F", "qcow2", path)
@@ -194,32 +206,46 @@ def monitor_path(root: Path, name: str) -> Path:
     return Path(_status(root, name)["monitor"])
 
 
-async def raw_qmp(monitor: Path, *commands: dict[str, Any]) -> None:
+async def raw_qmp(
+    monitor: Path, *commands: dict[str, Any], until: str | None = None, timeout: float = 60
+) -> None:
     """Speak QMP on a domain's monitor socket directly, as another tool would (while no
-    supervisor holds it): each command is ``{"execute": ..., "arguments": ...}``."""
+    supervisor holds it): each command is ``{"execute": ..., "arguments": ...}``. ``until``:
+    then wait (within ``timeout``) for QEMU's event of that name, on this connection, so
+    that no supervisor can see it."""
     from asvirt import fsutil
 
     sock = trio.socket.from_stdlib_socket(fsutil.connect_unix(monitor))
-    with sock, trio.fail_after(5):
+    with sock:
         buf = b""
+        seen: set[str] = set()
 
         async def line() -> dict[str, Any]:
             nonlocal buf
             while b"\n" not in buf:
-                buf += await sock.recv(65536)
+                data = await sock.recv(65536)
+                if not data:
+                    raise AssertionError("QEMU closed its monitor")
+                buf += data
             raw, buf = buf.split(b"\n", 1)
             reply: dict[str, Any] = json.loads(raw)
+            if "event" in reply:
+                seen.add(reply["event"])
             return reply
 
-        await line()  # greeting
-        for cmd in ({"execute": "qmp_capabilities"}, *commands):
-            await sock.send(json.dumps(cmd).encode() + b"\n")
-            while True:
-                reply = await line()
-                if "error" in reply:
-                    raise AssertionError(f"QEMU refused {cmd}: {reply['error']}")
-                if "return" in reply:
-                    break
+        with trio.fail_after(5):
+            await line()  # greeting
+            for cmd in ({"execute": "qmp_capabilities"}, *commands):
+                await sock.send(json.dumps(cmd).encode() + b"\n")
+                while True:
+                    reply = await line()
+                    if "error" in reply:
+                        raise AssertionError(f"QEMU refused {cmd}: {reply['error']}")
+                    if "return" in reply:
+                        break
+        with trio.fail_after(timeout):
+            while until is not None and until not in seen:
+                await line()
 
 
 def _status(root: Path, name: str) -> dict[str, object]:

@@ -31,6 +31,7 @@ from .helpers import (
     lifecycle,
     pid_alive,
     qemu_pid,
+    qemus_naming,
     run_cli,
     wait_for,
     write_config,
@@ -195,6 +196,106 @@ async def test_an_emulator_that_exits_silently_is_reported_with_its_status(
     with pytest.raises(asvirt.AsvirtError) as caught:
         await conn.define_xml(xml)
     assert "status 3" in str(caught.value), caught.value
+
+
+def _unrunnable_emulator(tmp_path: Path, kind: str) -> Path:
+    """An emulator path that cannot run, in one of the ways a host gets it wrong."""
+    path = tmp_path / "qemu-system-x86_64"
+    if kind == "not executable":
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o644)
+    elif kind == "a directory":
+        path.mkdir()
+    elif kind == "a symlink loop":
+        path.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(path)
+    elif kind == "under a file":
+        path.write_text("")
+        path = path / "qemu-system-x86_64"
+    else:  # killed at once, before it could answer
+        path.write_text("#!/bin/sh\necho going >&2\nkill -9 $$\n")
+        path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "message"),
+    [
+        ("not executable", asvirt.ConfigUnsupportedError, "is not an executable file"),
+        ("a directory", asvirt.ConfigUnsupportedError, "is not an executable file"),
+        ("a symlink loop", asvirt.SystemCallError, "Too many levels of symbolic links"),
+        ("under a file", asvirt.SystemCallError, "Not a directory"),
+        ("killed", asvirt.OperationFailedError, "killed by signal 9\\): going"),
+    ],
+)
+async def test_an_emulator_that_cannot_run_is_a_clear_error_naming_it(
+    conn, test_guest, tmp_path, root, kind, error, message
+):
+    emulator = _unrunnable_emulator(tmp_path, kind)
+    xml = test_guest.xml("vm", tmp_path / "s.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    xml = xml.replace("<devices>", f"<devices><emulator>{emulator}</emulator>", 1)
+    with pytest.raises(error, match=message) as caught:
+        await conn.define_xml(xml)
+    assert str(emulator) in str(caught.value)
+    assert not list((root / "etc" / "qemu").glob("*.xml"))
+
+
+#: Makes the kernel refuse pidfd_open (434 on x86-64) with ENOSYS in this process and its
+#: children, as a kernel older than 5.3 does: a seccomp filter, set with prctl through ctypes.
+_NO_PIDFD = """
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def insn(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([
+    insn(0x20, 0, 0, 4), insn(0x15, 1, 0, 0xC000003E), insn(0x06, 0, 0, 0x7FFF0000),
+    insn(0x20, 0, 0, 0), insn(0x15, 0, 1, 434), insn(0x06, 0, 0, 0x00050000 | 38),
+    insn(0x06, 0, 0, 0x7FFF0000),
+])
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86-64's syscall")
+@pytest.mark.parametrize("probed", [False, True], ids=["probe", "start"])
+async def test_a_kernel_without_pidfd_open_is_a_clear_error(root, test_guest, tmp_path, probed):
+    xml = test_guest.xml("vm1", tmp_path / "s.serial", domain_type=PAUSED_DOMAIN_TYPE)
+    if probed:  # QEMU's capabilities are known: the domain's own QEMU is what fails
+        async with asvirt.open(embed_uri(root)) as conn:
+            await conn.define_xml(xml)
+    get = "conn.lookup_by_name('vm1')" if probed else f"conn.define_xml({xml!r})"
+    script = _NO_PIDFD + (
+        "import os, trio, asvirt\n"
+        "try:\n"
+        "    os.pidfd_open(os.getpid())\n"
+        "except OSError as err:\n"
+        "    print('refused:', err.strerror, flush=True)\n"
+        "async def main():\n"
+        f"    async with asvirt.open({embed_uri(root)!r}) as conn:\n"
+        "        try:\n"
+        f"            dom = await {get}\n"
+        "            await dom.start(paused=True)\n"
+        "        except asvirt.AsvirtError as err:\n"
+        "            print(type(err).__name__, err)\n"
+        "trio.run(main)\n"
+    )
+    done = await trio.run_process(
+        [sys.executable, "-c", script], cwd=REPO, capture_stdout=True, capture_stderr=True
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "refused: Function not implemented"
+    what = "QEMU for domain 'vm1'" if probed else "'/usr/bin/qemu-system-x86_64' to probe"
+    assert lines[1].startswith(f"SystemCallError cannot run {what}"), lines
+    assert "pidfd_open: Function not implemented (pidfd_open needs Linux 5.3" in lines[1]
+    # Nothing was left running: what could not be watched was killed and reaped.
+    assert not qemus_naming([str(tmp_path)])
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert await conn.list_all_domains(active=True) == []
+        assert len(await conn.list_all_domains()) == probed  # the probe failed the define
+    assert not list((root / "run" / "qemu").glob("*.status"))
 
 
 async def test_a_supervisor_killed_during_destroy_reports_destroyed(root, test_guest, tmp_path):

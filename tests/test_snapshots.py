@@ -8,7 +8,6 @@ test's directory; a paused guest's memory is snapshotted and saved like any othe
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -18,7 +17,7 @@ from asvirt import PausedReason, RunningReason, ShutoffReason
 
 from .contract import Backend, drain_lifecycle
 from .guest import define, wait_for_serial
-from .helpers import disk_xml, embed_uri, lifecycle_until, qemu_img, run_cli
+from .helpers import disk_snapshots, disk_xml, embed_uri, lifecycle_until, qemu_img, run_cli
 
 LC = asvirt.EventKind.LIFECYCLE
 
@@ -40,14 +39,6 @@ async def paused_vm(api: Backend, *disks: str, name: str = "vm1") -> asvirt.Doma
     dom = await api.define(name, devices=devices)
     await dom.start(paused=True)
     return dom
-
-
-def disk_snapshots(path: str) -> list[str]:
-    """The internal snapshots qemu-img sees in an image."""
-    out = subprocess.run(
-        ["qemu-img", "snapshot", "-U", "-l", path], capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split()[1] for line in out.splitlines()[2:] if line.strip()]
 
 
 # -- the shared suite ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Protocol, cast
 
 from ..drivers.base import ProgressCallback
 from .domains import DomainRuntime
+from .secrets import SecretName
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class SnapshotTarget:
     source: str
     #: ``file`` or ``block``.
     type: str = "file"
+    #: The secret of its passphrase, if it is encrypted (LUKS in qcow2): a shut-off disk's
+    #: tools need it to open the image (a running QEMU has it already).
+    encryption: SecretName | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

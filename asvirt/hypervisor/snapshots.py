@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+from ..conf.devices import Disk
 from ..conf.domain import DomainDef
 from ..conf.snapshot import SnapshotDef, SnapshotDisk, parse_snapshot_xml
 from ..drivers.base import DomainSnapshotInfo, ProgressCallback
@@ -49,6 +50,7 @@ from ..log import get_logger
 from ..states import DomainState
 from .driver_base import DomainDriverBase
 from .guest_state import FromSnapshot, SnapshotTarget, StopCause, stateful
+from .secrets import encryption_secret
 from .volumes import resolve_volumes
 
 if TYPE_CHECKING:
@@ -132,8 +134,7 @@ def plan_disks(
                     f"cannot take an internal snapshot of {where}: {why} (leave the disk out "
                     "with snapshot='no')"
                 )
-            assert disk.source is not None
-            targets.append(SnapshotTarget(disk.target, disk.source, disk.type))
+            targets.append(_target(disk))
         plan.append(SnapshotDisk(disk.target, mode))
     return plan, targets
 
@@ -143,8 +144,14 @@ def snapshot_targets(snap: SnapshotDef, defn: DomainDef) -> list[SnapshotTarget]
     out = []
     for disk in defn.disks:
         if snap.disk_mode(disk.target) == "internal" and disk.source is not None:
-            out.append(SnapshotTarget(disk.target, disk.source, disk.type))
+            out.append(_target(disk))
     return out
+
+
+def _target(disk: Disk) -> SnapshotTarget:
+    assert disk.source is not None
+    secret = encryption_secret(disk) if disk.encryption is not None else None
+    return SnapshotTarget(disk.target, disk.source, disk.type, secret)
 
 
 # -- the calls --------------------------------------------------------------------------------

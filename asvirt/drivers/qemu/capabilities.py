@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ import trio
 from lxml import etree
 
 from ... import fsutil
-from ...errors import AsvirtError, ConfigUnsupportedError, InternalError, OperationFailedError
+from ...errors import (
+    AsvirtError,
+    ConfigUnsupportedError,
+    InternalError,
+    OperationFailedError,
+    SystemCallError,
+)
 from ...log import get_logger
 from . import process
 from .monitor import Monitor, MonitorHost
@@ -226,8 +233,15 @@ class CapabilitiesCache:
 async def probe(
     binary: str, host: MonitorHost, *, use_kvm: bool, timeout: float
 ) -> QemuCapabilities:
-    """Start ``binary`` without a guest and ask it what it can do."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Start ``binary`` without a guest and ask it what it can do. Whatever fails is an
+    AsvirtError naming ``binary``: SystemCallError for what the system refuses (a socket,
+    a pipe, a pidfd), OperationFailedError for a binary that does not run or answer."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as err:
+        raise SystemCallError.from_oserror(
+            err, f"make a monitor socket to probe '{binary}'"
+        ) from None
     accel = "kvm:tcg" if use_kvm else "tcg"
     argv = [
         binary,
@@ -247,7 +261,12 @@ async def probe(
         if shutil.which(binary) is None:
             raise OperationFailedError(f"cannot run '{binary}': No such file or directory")
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-    log_r, log_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        log_r, log_w = os.pipe2(os.O_CLOEXEC)
+    except OSError as err:
+        ours.close()
+        theirs.close()
+        raise SystemCallError.from_oserror(err, f"make a pipe to probe '{binary}'") from None
     try:
         pid = process.spawn(argv, log_fd=log_w, pass_fds=(theirs.fileno(),))
     except OSError as err:
@@ -258,7 +277,14 @@ async def probe(
         raise OperationFailedError(f"cannot run '{binary}': {err.strerror}") from err
     os.close(log_w)
     theirs.close()
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = process.watch_child(pid, f"'{binary}' to probe its capabilities")
+    except SystemCallError:
+        os.close(log_r)
+        ours.close()
+        raise
+    if pidfd is None:  # a child is ours to reap: it cannot be gone
+        raise InternalError(f"the probe of '{binary}' (pid {pid}) vanished")
     monitor = None
     try:
         monitor = Monitor(
@@ -381,8 +407,10 @@ def _cache_key(binary: str) -> tuple[str, int, int, bool]:
         st = os.stat(path)
     except FileNotFoundError:
         raise ConfigUnsupportedError(f"the emulator '{binary}' does not exist") from None
-    if not os.access(path, os.X_OK):
-        raise ConfigUnsupportedError(f"the emulator '{binary}' is not executable")
+    except OSError as err:  # ELOOP, ENOTDIR, ENAMETOOLONG, EACCES...: libvirt's SYSTEM_ERROR
+        raise SystemCallError.from_oserror(err, "check the emulator", binary) from None
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        raise ConfigUnsupportedError(f"the emulator '{binary}' is not an executable file")
     kvm_ok, _ = kvm_usable()
     return (path, st.st_mtime_ns, st.st_size, kvm_ok)
 

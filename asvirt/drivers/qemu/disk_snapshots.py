@@ -7,20 +7,31 @@ already has (qcow2 would keep both) or that is another snapshot's ID; an apply o
 needs the snapshot in every disk. A create that fails on one disk deletes what it made on
 the others. An apply names the snapshot by its ID (``qemu-img snapshot -a`` looks IDs up
 before names); a delete by its name (``-d`` looks names up).
+
+An encrypted disk (LUKS in qcow2) is opened with its passphrase, which every run but
+``info`` needs: the secret's value is looked up before any disk is touched, and each run
+reads it from a pipe of its own (:func:`..storage.qemu_img.secret_objects`), never from its
+argv or a file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import AsvirtError, OperationFailedError, OperationInvalidError
 from ...hypervisor.guest_state import SnapshotTarget
+from ...hypervisor.secrets import SecretName
 from ...hypervisor.snapshots import DiskOp
 from ...log import get_logger
 from ..storage import qemu_img
 
 log = get_logger("asvirt.qemu.snapshot")
+
+#: How the node gives the value of a secret (NoSecretError when it has none).
+SecretValue = Callable[[SecretName], bytes]
+#: The id of the ``secret`` object of a disk's passphrase, in one ``qemu-img`` run.
+_KEY_ID = "sec0"
 
 
 async def _snapshots(disk: SnapshotTarget, *, timeout: float) -> list[dict[str, Any]]:
@@ -35,10 +46,16 @@ async def _snapshots(disk: SnapshotTarget, *, timeout: float) -> list[dict[str, 
 
 
 async def snapshot_disks(
-    op: DiskOp, name: str, disks: Sequence[SnapshotTarget], *, timeout: float
+    op: DiskOp,
+    name: str,
+    disks: Sequence[SnapshotTarget],
+    *,
+    timeout: float,
+    secret_value: SecretValue,
 ) -> None:
     """Create, apply or delete the internal snapshot ``name`` in ``disks`` (see the module
     docstring)."""
+    keys = {d.target: secret_value(d.encryption) for d in disks if d.encryption is not None}
     ids: list[str] = []
     for disk in disks:
         snaps = await _snapshots(disk, timeout=timeout)
@@ -67,33 +84,43 @@ async def snapshot_disks(
             flag, tag = "-a", ids[i]
         else:
             flag, tag = "-d", name
-        args = ["snapshot", "--image-opts", flag, tag, "--", _image_opts(disk)]
         try:
-            await qemu_img.run(args, what=what, timeout=timeout)
+            await _snapshot(disk, flag, tag, keys.get(disk.target), what=what, timeout=timeout)
         except AsvirtError:
             if op == "create":
-                await _undo(name, done, timeout=timeout)
+                await _undo(name, done, keys, timeout=timeout)
             raise
         done.append(disk)
 
 
-async def _undo(name: str, disks: list[SnapshotTarget], *, timeout: float) -> None:
+async def _snapshot(
+    disk: SnapshotTarget, flag: str, tag: str, key: bytes | None, *, what: str, timeout: float
+) -> None:
+    """``qemu-img snapshot FLAG TAG`` of one disk (``key``: its passphrase)."""
+    with qemu_img.secret_objects({} if key is None else {_KEY_ID: key}) as (objects, fds):
+        image = _image_opts(disk, None if key is None else _KEY_ID)
+        args = ["snapshot", *objects, "--image-opts", flag, tag, "--", image]
+        await qemu_img.run(args, what=what, timeout=timeout, pass_fds=fds)
+
+
+async def _undo(
+    name: str, disks: list[SnapshotTarget], keys: dict[str, bytes], *, timeout: float
+) -> None:
     for disk in disks:
         try:
-            await qemu_img.run(
-                ["snapshot", "--image-opts", "-d", name, "--", _image_opts(disk)],
-                what=f"undo snapshot '{name}' of disk '{disk.target}'",
-                timeout=timeout,
-            )
+            what = f"undo snapshot '{name}' of disk '{disk.target}'"
+            await _snapshot(disk, "-d", name, keys.get(disk.target), what=what, timeout=timeout)
         except AsvirtError as err:
             log.error("cannot undo a snapshot", disk=disk.source, snapshot=name, error=str(err))
 
 
-def _image_opts(disk: SnapshotTarget) -> str:
+def _image_opts(disk: SnapshotTarget, key_secret: str | None) -> str:
     """The disk as qcow2 on a file or block device: never probed (a raw image could hold a
-    qcow2 header), the path's commas escaped."""
+    qcow2 header), the path's commas escaped; ``key_secret``: the id of the secret object
+    that unlocks its encryption."""
     protocol = "host_device" if disk.type == "block" else "file"
-    return f"driver=qcow2,file.driver={protocol},file.filename={disk.source.replace(',', ',,')}"
+    opts = f"driver=qcow2,file.driver={protocol},file.filename={disk.source.replace(',', ',,')}"
+    return opts if key_secret is None else f"{opts},encrypt.key-secret={key_secret}"
 
 
 _VERBS = {"create": "take", "apply": "revert to", "delete": "delete"}

@@ -274,7 +274,13 @@ class QemuBackend:
     # -- snapshots and save images ---------------------------------------------------------------
 
     async def snapshot_disks(self, op: DiskOp, name: str, disks: Sequence[SnapshotTarget]) -> None:
-        await snapshot_disks(op, name, disks, timeout=self._node.config.storage.qemu_img_timeout)
+        await snapshot_disks(
+            op,
+            name,
+            disks,
+            timeout=self._node.config.storage.qemu_img_timeout,
+            secret_value=lambda secret: self._node.secret_driver.secret_value(*secret)[1],
+        )
 
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         directory = self.paths.snapshot_dir(obj.name)

@@ -469,7 +469,7 @@ class DomainHelpers:
                 listener.close()
             if log_fd >= 0:
                 os.close(log_fd)
-        pidfd = process.open_pidfd(record.pid)
+        pidfd = process.watch_child(record.pid, f"{kind} for domain '{self.name}'")
         if pidfd is None:
             raise OperationFailedError(f"{kind} of domain '{self.name}' exited at once ({logfile})")
         self._pidfds[name] = pidfd

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import trio
 
+from ...errors import SystemCallError
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -233,11 +235,34 @@ def kill_and_wait(pid: int, uuid: str, *, timeout: float = 10.0) -> None:
 
 
 def open_pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None if no such process exists any more."""
+    """A pidfd for ``pid``, or None if no such process exists any more.
+
+    SystemCallError when the kernel gives none for another reason: ``pidfd_open`` needs
+    Linux 5.3 (ENOSYS before, or under a seccomp filter that refuses it), and a descriptor
+    (EMFILE)."""
     try:
         return os.pidfd_open(pid)
     except ProcessLookupError:
         return None
+    except OSError as err:
+        hint = " (pidfd_open needs Linux 5.3 or later)" if err.errno == errno.ENOSYS else ""
+        raise SystemCallError(
+            f"cannot watch process {pid} with pidfd_open: {err.strerror or err}{hint}",
+            errno=err.errno,
+        ) from None
+
+
+def watch_child(pid: int, what: str) -> int | None:
+    """A pidfd for ``pid``, a child just spawned to run ``what`` (None if it is gone
+    already). A child that cannot be watched is killed and reaped before SystemCallError
+    (see :func:`open_pidfd`) is raised: nothing runs that asvirt would not see end."""
+    try:
+        return open_pidfd(pid)
+    except SystemCallError as err:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise SystemCallError(f"cannot run {what}: {err}", errno=err.errno) from None
 
 
 async def wait_exit(pidfd: int) -> None:

@@ -842,12 +842,16 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 listener.close()
             if log_fd >= 0:
                 os.close(log_fd)
-        self._pidfd = process.open_pidfd(self.pid)
+        unwatched: SystemCallError | None = None
+        try:
+            self._pidfd = process.watch_child(self.pid, f"QEMU for domain '{name}'")
+        except SystemCallError as err:  # killed and reaped: as if it exited at once
+            self._pidfd, unwatched = None, err
         # The pid, right away (the page cache survives our death; a power cut ends QEMU too).
         self._save_status(durable=False)
         if self._pidfd is None:
             client.close()
-            raise OperationFailedError(f"QEMU exited at once: {self._exit_reason()}")
+            raise unwatched or OperationFailedError(f"QEMU exited at once: {self._exit_reason()}")
         self.log = self.log.bind(pid=self.pid)
         self._monitor = Monitor(
             self._env.host,

@@ -4,7 +4,8 @@
 :class:`~asvirt.hypervisor.guest_state.StatefulRuntime`, with QMP:
 
 * internal snapshots are QEMU jobs (QEMU 6.0 and later): ``snapshot-save`` (memory state in
-  the first disk's qcow2, every listed disk snapshotted), ``snapshot-load``,
+  the first unencrypted disk's qcow2, see :func:`vmstate_node`; every listed disk
+  snapshotted), ``snapshot-load``,
   ``snapshot-delete``. A job's end is its ``JOB_STATUS_CHANGE`` event to ``concluded``; its
   error, if any, is then read with ``query-jobs`` and the job dismissed. ``snapshot-save``
   runs in QEMU's main loop and blocks the monitor meanwhile: nothing polls it; progress is
@@ -35,7 +36,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...drivers.base import ProgressCallback
-from ...errors import OperationFailedError, OperationInvalidError, QMPError
+from ...errors import (
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    QMPError,
+)
 from ...events.types import ResumedDetail
 from ...hypervisor.guest_state import FromImage, SnapshotTarget
 from ...hypervisor.guest_state import StopCause as StateStopCause
@@ -61,6 +67,23 @@ PROGRESS_INTERVAL = 0.25
 SAVE_FD_NAME = "asvirt-save"
 
 _job_ids = itertools.count(1)
+
+
+def vmstate_node(disks: Sequence[SnapshotTarget], nodes: Sequence[str]) -> str:
+    """The node (of ``nodes``, one per disk) that holds a snapshot's memory state: the first
+    disk's that is not encrypted. QEMU writes the state into a qcow2 image in pieces of any
+    size, past the block layer that aligns requests, and qcow2's encryption asserts that
+    they are whole sectors: QEMU 7.2 aborts (``qcow2_co_encdec``) when the state goes into
+    an encrypted image. So a domain whose disks are all encrypted is refused, before the
+    guest is touched."""
+    for disk, node in zip(disks, nodes, strict=True):
+        if disk.encryption is None:
+            return node
+    raise OperationUnsupportedError(
+        "cannot keep the memory state of a running domain in an encrypted disk "
+        f"({', '.join(d.target for d in disks)}): QEMU aborts writing it there; add an "
+        "unencrypted qcow2 disk to hold it, or take the snapshot while the domain is shut off"
+    )
 
 
 class GuestStateOps:
@@ -101,6 +124,7 @@ class GuestStateOps:
         progress: ProgressCallback | None,
     ) -> None:
         nodes = self._format_nodes(disks)
+        vmstate = vmstate_node(disks, nodes)
         existing = await self._snapshots_by_node(nodes)
         for target, node in zip(disks, nodes, strict=True):
             names = {s.get("name") for s in existing.get(node, [])}
@@ -124,7 +148,7 @@ class GuestStateOps:
         try:
             await self._run_job(
                 "snapshot-save",
-                {"tag": name, "vmstate": nodes[0], "devices": nodes},
+                {"tag": name, "vmstate": vmstate, "devices": nodes},
                 what=f"take snapshot '{name}' of domain '{self._name}'",
                 progress=progress,
             )
@@ -147,6 +171,7 @@ class GuestStateOps:
         progress: ProgressCallback | None,
     ) -> None:
         nodes = self._format_nodes(disks)
+        vmstate = vmstate_node(disks, nodes)
         await self._check_loadable(name, disks, nodes)
         was_paused = self.machine.state is not DomainState.RUNNING
         if not was_paused:
@@ -155,7 +180,7 @@ class GuestStateOps:
         self.machine.load_state()
         await self._run_job(
             "snapshot-load",
-            {"tag": name, "vmstate": nodes[0], "devices": nodes},
+            {"tag": name, "vmstate": vmstate, "devices": nodes},
             what=f"revert domain '{self._name}' to snapshot '{name}'",
             progress=progress,
         )
@@ -173,11 +198,12 @@ class GuestStateOps:
     ) -> None:
         """Load the snapshot ``name`` into a QEMU that is starting (never run yet)."""
         nodes = self._format_nodes(disks)
+        vmstate = vmstate_node(disks, nodes)
         await self._check_loadable(name, disks, nodes)
         self.machine.load_state()
         await self._run_job(
             "snapshot-load",
-            {"tag": name, "vmstate": nodes[0], "devices": nodes},
+            {"tag": name, "vmstate": vmstate, "devices": nodes},
             what=f"revert domain '{self._name}' to snapshot '{name}'",
             progress=progress,
         )

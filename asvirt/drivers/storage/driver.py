@@ -56,7 +56,6 @@ from ...errors import (
 from ...hypervisor.boot import first_open_since_boot
 from ...log import get_logger
 from ..base import ProgressCallback, SecretUsageType
-from ..secret import secret_pipes
 from . import dir_backend as fs
 from . import qemu_img
 from .common import StorageDriverBase
@@ -695,24 +694,35 @@ class DirStorageDriver(StorageDriverBase):
         self, vol: VolDef, path: str, secret: bytes, prealloc_metadata: bool
     ) -> None:
         """``qemu-img create`` of a LUKS volume: a raw one as a ``luks`` image, a qcow2 with
-        LUKS encryption; the passphrase through a pipe (see :func:`..secret.secret_pipes`)."""
-        with secret_pipes({"sec0": secret}) as fds:
-            obj = f"secret,id=sec0,format=raw,file=/proc/self/fd/{fds['sec0']}"
-            if vol.format == "raw":
-                args = ["create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=sec0"]
-            else:
-                options = "encrypt.format=luks,encrypt.key-secret=sec0"
-                if prealloc_metadata:
-                    options += ",preallocation=metadata"
-                args = ["create", "-q", "-f", "qcow2", "--object", obj, "-o", options]
-                if vol.backing_path is not None:
-                    args += ["-b", vol.backing_path, "-F", vol.backing_format or "raw"]
-            await qemu_img.run(
-                [*args, "--", path, str(vol.capacity)],
-                what=f"create volume '{vol.path}'",
-                timeout=self.config.qemu_img_timeout,
-                pass_fds=tuple(fds.values()),
-            )
+        LUKS encryption; the passphrase through a pipe (see :func:`.qemu_img.secret_objects`).
+
+        A run that fails with "Unable to get accurate CPU usage" is made again (twice at
+        most): QEMU 7.2 as Debian ships it times its first PBKDF2 round with getrusage(),
+        which may not have counted those few milliseconds yet, and gives up (fixed upstream
+        in 2025 by tolerating a zero reading). Nothing else is retried."""
+        for attempt in range(1, 4):
+            with qemu_img.secret_objects({"sec0": secret}) as (objects, fds):
+                if vol.format == "raw":
+                    args = ["create", "-q", "-f", "luks", *objects, "-o", "key-secret=sec0"]
+                else:
+                    options = "encrypt.format=luks,encrypt.key-secret=sec0"
+                    if prealloc_metadata:
+                        options += ",preallocation=metadata"
+                    args = ["create", "-q", "-f", "qcow2", *objects, "-o", options]
+                    if vol.backing_path is not None:
+                        args += ["-b", vol.backing_path, "-F", vol.backing_format or "raw"]
+                try:
+                    await qemu_img.run(
+                        [*args, "--", path, str(vol.capacity)],
+                        what=f"create volume '{vol.path}'",
+                        timeout=self.config.qemu_img_timeout,
+                        pass_fds=fds,
+                    )
+                    return
+                except OperationFailedError as err:
+                    if attempt == 3 or "accurate CPU usage" not in str(err):
+                        raise
+                    log.info("qemu-img could not time PBKDF2; again", volume=vol.path)
 
     async def _publish_as(self, obj: PoolObj, temp: str, vol: VolDef) -> FileVol:
         """Publish a volume made as ``vol`` says, and record it as asvirt's: its format is

@@ -13,13 +13,14 @@ of any size may take as long as it keeps moving, and one that hangs is killed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import trio
@@ -27,6 +28,7 @@ import trio
 from ...errors import OperationFailedError, OperationTimeoutError
 from ...log import get_logger
 from ..base import ProgressCallback
+from ..secret import secret_pipes
 
 log = get_logger("asvirt.storage.qemu_img")
 
@@ -126,6 +128,19 @@ async def run(
     return bytes(stdout)
 
 
+@contextlib.contextmanager
+def secret_objects(values: dict[str, bytes]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    """The ``--object secret`` arguments that give ``qemu-img`` each value (by secret id),
+    and the descriptors to pass it (:func:`run`'s ``pass_fds``). Each value is in a pipe of
+    its own, which ``qemu-img`` reads as ``/proc/self/fd/N``: never in its argv nor on disk
+    (see :func:`..secret.secret_pipes`). A pipe is read once: one block per run."""
+    with secret_pipes(values) as fds:
+        args: list[str] = []
+        for secret_id, fd in fds.items():
+            args += ["--object", f"secret,id={secret_id},format=raw,file=/proc/self/fd/{fd}"]
+        yield args, tuple(fds.values())
+
+
 def _tidy(message: str) -> str:
     """qemu-img's message on one line, without its own program-name prefix."""
     lines = [line.removeprefix("qemu-img: ").strip() for line in message.splitlines()]
@@ -151,4 +166,4 @@ async def info(path: str, *, fmt: str | None, what: str, timeout: float) -> dict
     return data
 
 
-__all__ = ["info", "qemu_img_binary", "run"]
+__all__ = ["info", "qemu_img_binary", "run", "secret_objects"]
