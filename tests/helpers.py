@@ -460,6 +460,25 @@ def free_tcp_port() -> int:
     return port
 
 
+#: Makes the kernel refuse pidfd_open (434 on x86-64) with ENOSYS in this process and its
+#: children, as a kernel older than 5.3 does: a seccomp filter, set with prctl through ctypes.
+NO_PIDFD = """
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def insn(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([
+    insn(0x20, 0, 0, 4), insn(0x15, 1, 0, 0xC000003E), insn(0x06, 0, 0, 0x7FFF0000),
+    insn(0x20, 0, 0, 0), insn(0x15, 0, 1, 434), insn(0x06, 0, 0, 0x00050000 | 38),
+    insn(0x06, 0, 0, 0x7FFF0000),
+])
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP
+"""
+
+
 def in_own_network(argv: list[str]) -> list[str]:
     """``argv`` run in a network namespace of its own with only loopback up: what it binds
     (the fixed ports of libvirt's cases: VNC display 0, websocket 5700) cannot collide with

@@ -25,7 +25,7 @@ from asvirt.drivers.network.model import DEFAULT_NETWORK_XML as DEFAULT_NET
 
 from .daemon import Daemon
 from .guest import TestGuest, wait_for_serial
-from .helpers import run_cli, wait_for
+from .helpers import NO_PIDFD, run_cli, wait_for
 from .netns import OUTSIDE, UPLINK, Lab, lab, sh
 
 pytestmark = pytest.mark.qemu
@@ -573,6 +573,26 @@ def test_a_planted_dnsmasq_log_symlink_is_refused_with_an_error_and_leaves_nothi
     log.unlink()
     cli(root, "net-start", "default")
     cli(root, "net-destroy", "default")
+    assert_network_gone(net_lab, root, "virbr0")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86-64's syscall")
+def test_a_kernel_without_pidfd_open_fails_a_network_start_leaving_nothing(
+    net_lab: Lab, root: Path, tmp_path: Path
+) -> None:
+    # dnsmasq daemonizes: one that could not be watched could not be killed for sure either,
+    # so the start is refused before it runs (as on a kernel older than 5.3).
+    net_lab.cli(root, "net-define", write(tmp_path, "default.xml", DEFAULT_NET))
+    before_links, before_tables = net_lab.links(), net_lab.nft_tables()
+    said = net_lab.run(
+        sys.executable, "-c", NO_PIDFD + START_REPORTING, str(root), "default"
+    ).stdout
+    assert said.startswith("SystemCallError 38 cannot run dnsmasq: "), said
+    assert "pidfd_open needs Linux 5.3" in said
+    assert net_lab.links() == before_links and net_lab.nft_tables() == before_tables
+    assert net_lab.processes("dnsmasq") == [] and state_files(root) == []
+    net_lab.cli(root, "net-start", "default")
+    net_lab.cli(root, "net-destroy", "default")
     assert_network_gone(net_lab, root, "virbr0")
 
 

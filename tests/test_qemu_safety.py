@@ -26,6 +26,7 @@ from asvirt.drivers.qemu.process import find_qemus
 
 from .guest import PAUSED_DOMAIN_TYPE, REPO, TestGuest, define
 from .helpers import (
+    NO_PIDFD,
     children,
     embed_uri,
     lifecycle,
@@ -240,25 +241,6 @@ async def test_an_emulator_that_cannot_run_is_a_clear_error_naming_it(
     assert not list((root / "etc" / "qemu").glob("*.xml"))
 
 
-#: Makes the kernel refuse pidfd_open (434 on x86-64) with ENOSYS in this process and its
-#: children, as a kernel older than 5.3 does: a seccomp filter, set with prctl through ctypes.
-_NO_PIDFD = """
-import ctypes, struct
-libc = ctypes.CDLL(None, use_errno=True)
-def insn(code, jt, jf, k):
-    return struct.pack("HBBI", code, jt, jf, k)
-prog = b"".join([
-    insn(0x20, 0, 0, 4), insn(0x15, 1, 0, 0xC000003E), insn(0x06, 0, 0, 0x7FFF0000),
-    insn(0x20, 0, 0, 0), insn(0x15, 0, 1, 434), insn(0x06, 0, 0, 0x00050000 | 38),
-    insn(0x06, 0, 0, 0x7FFF0000),
-])
-buf = ctypes.create_string_buffer(prog)
-fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
-assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP
-"""
-
-
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86-64's syscall")
 @pytest.mark.parametrize("probed", [False, True], ids=["probe", "start"])
 async def test_a_kernel_without_pidfd_open_is_a_clear_error(root, test_guest, tmp_path, probed):
@@ -267,7 +249,7 @@ async def test_a_kernel_without_pidfd_open_is_a_clear_error(root, test_guest, tm
         async with asvirt.open(embed_uri(root)) as conn:
             await conn.define_xml(xml)
     get = "conn.lookup_by_name('vm1')" if probed else f"conn.define_xml({xml!r})"
-    script = _NO_PIDFD + (
+    script = NO_PIDFD + (
         "import os, trio, asvirt\n"
         "try:\n"
         "    os.pidfd_open(os.getpid())\n"

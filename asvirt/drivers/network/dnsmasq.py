@@ -201,6 +201,10 @@ async def launch(
     SystemCallError if its pid file or log cannot be prepared (a symlink planted there).
     """
     try:
+        _process().require_pidfd()
+    except SystemCallError as err:
+        raise SystemCallError(f"cannot run dnsmasq: {err}", errno=err.errno) from None
+    try:
         fsutil.remove(pid_file)
     except OSError as err:
         raise SystemCallError.from_oserror(err, "remove the old pid file of dnsmasq") from None
@@ -219,7 +223,7 @@ async def launch(
             raise OperationFailedError(f"cannot run '{binary}': {err.strerror or err}") from None
     finally:
         os.close(log_fd)
-    parent_fd = _process().open_pidfd(parent)
+    parent_fd = _process().watch_child(parent, "dnsmasq")
     status: int | None = None
     if parent_fd is not None:
         try:

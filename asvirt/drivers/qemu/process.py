@@ -252,6 +252,15 @@ def open_pidfd(pid: int) -> int | None:
         ) from None
 
 
+def require_pidfd() -> None:
+    """SystemCallError (as :func:`open_pidfd` words it) if this kernel gives no pidfds:
+    asked before spawning a program that cannot simply be killed when it cannot be watched
+    (dnsmasq daemonizes: its killed parent may have left the daemon running)."""
+    pidfd = open_pidfd(os.getpid())
+    if pidfd is not None:
+        os.close(pidfd)
+
+
 def watch_child(pid: int, what: str) -> int | None:
     """A pidfd for ``pid``, a child just spawned to run ``what`` (None if it is gone
     already). A child that cannot be watched is killed and reaped before SystemCallError
