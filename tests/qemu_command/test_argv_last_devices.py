@@ -241,15 +241,63 @@ def test_virgl_video_and_what_qemu_cannot_do(caps: Caps) -> None:
         (gl + accel.replace("accel3d", "accel2d"), "no 2D acceleration"),
         (
             gl + accel.replace("accel3d='yes'", "rendernode='/dev/dri/renderD128'"),
-            "vhost-user-gpu",
+            "without 'vhostuser'",
         ),
-        ("<video><driver name='vhostuser'/><model type='virtio'/></video>", "vhost-user-gpu"),
         ("<video><driver vgaconf='on'/><model type='vga'/></video>", "bhyve"),
         ("<video><driver iommu='on'/><model type='vga'/></video>", "for virtio video"),
         ("<video><model type='cirrus'><resolution x='8' y='6'/></model></video>", "resolution"),
     ):
         with pytest.raises(ConfigUnsupportedError, match=why):
             argv_of(caps, dom(bad))
+
+
+SHARED = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+VHOST_USER_VIDEO = "<video><driver name='vhostuser'/><model type='virtio' heads='1'/></video>"
+
+
+def test_vhost_user_gpu_video(caps: Caps) -> None:
+    xml = dom(VHOST_USER_VIDEO, body=SHARED)
+    out = dumpxml_roundtrip(caps, xml)
+    assert "<driver name='vhostuser'/>" in out
+    d = prepare_domain(parse_domain_xml(xml), caps)
+    # As libvirt: QEMU's end of the backend's socketpair as a chardev, and the VGA-compatible
+    # vhost-user device for the primary video.
+    argv = build_command(d, caps, monitor=MonitorSpec(fd=3), vhost_user_fds={"video0": 27})
+    assert opts(argv, "-chardev")[-1] == "socket,id=chr-vu-video0,fd=27"
+    video = device(argv, "video0")
+    assert (video["driver"], video["chardev"], video["max_outputs"]) == (
+        "vhost-user-vga",
+        "chr-vu-video0",
+        1,
+    )
+    # A second one is the PCI GPU without VGA; 3D and a render node round-trip.
+    two = dom(
+        "<video><model type='virtio'/></video><video><driver name='vhostuser'/>"
+        "<model type='virtio'><acceleration accel3d='yes' rendernode='/dev/dri/renderD128'/>"
+        "</model></video>",
+        body=SHARED,
+    )
+    assert "rendernode='/dev/dri/renderD128'" in dumpxml_roundtrip(caps, two)
+    argv = argv_of(caps, two)
+    assert device(argv, "video1")["driver"] == "vhost-user-gpu-pci"
+    assert device(argv, "video1")["chardev"] == "chr-vu-video1"
+    assert device(argv, "video0")["driver"] == "virtio-vga"
+
+
+def test_vhost_user_gpu_refusals(caps: Caps) -> None:
+    for bad, why in (
+        (dom(VHOST_USER_VIDEO), "'vhost-user-gpu' requires shared memory"),
+        (
+            dom(VHOST_USER_VIDEO.replace("virtio", "qxl"), body=SHARED),
+            "only supported with 'virtio' device",
+        ),
+        (
+            dom(VHOST_USER_VIDEO.replace("heads='1'", "blob='on'"), body=SHARED),
+            "has none",
+        ),
+    ):
+        with pytest.raises(ConfigUnsupportedError, match=why):
+            argv_of(caps, bad)
 
 
 def test_redirdev_sockets_are_reached_under_confinement(caps: Caps, tmp_path: Path) -> None:

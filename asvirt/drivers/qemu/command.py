@@ -71,6 +71,7 @@ from .tls import (
     disk_creds_id,
     password_id,
 )
+from .vhostusergpu import chardev_id
 
 #: The oldest QEMU asvirt drives (libvirt 11 has the same floor).
 MIN_QEMU_VERSION = (6, 2, 0)
@@ -103,6 +104,7 @@ def build_command(
     memory_dir: str | None = None,
     tls: TlsConfig | None = None,
     secret_fds: dict[str, int] | None = None,
+    vhost_user_fds: dict[str, int] | None = None,
 ) -> list[str]:
     """The QEMU argv for ``defn``, which must already be prepared (:func:`prepare_domain`).
 
@@ -126,6 +128,8 @@ def build_command(
     network disk's credentials or cookies, the password of an encrypted TLS key) to the
     read end of the pipe QEMU inherits holding its value (:mod:`.secrets`); without it, the
     argv names a placeholder (what ``domxml-to-native`` shows).
+    ``vhost_user_fds`` maps the alias of a vhost-user video to QEMU's end of the socketpair
+    of its vhost-user-gpu (:mod:`.vhostusergpu`); without it, ``fd=-1`` is shown.
     Raises :class:`ConfigUnsupportedError` for what this QEMU cannot do.
     """
     del log_path
@@ -148,6 +152,7 @@ def build_command(
     builder.runtime_dir = runtime_dir
     builder.memory_dir = memory_dir
     builder.secret_fds = secret_fds or {}
+    builder.vhost_user_fds = vhost_user_fds or {}
     return builder.build(monitor)
 
 
@@ -418,6 +423,7 @@ class _Builder:
         self.memory_dir: str | None = None
         #: The pipes holding secrets' values, by secret object id (see build_command).
         self.secret_fds: dict[str, int] = {}
+        self.vhost_user_fds: dict[str, int] = {}
 
     def runtime_dir_or_fail(self, what: str) -> str:
         if self.runtime_dir is None:
@@ -1279,6 +1285,12 @@ class _Builder:
                 props["vgamem_mb"] = (video.vgamem or 16384) // 1024
             elif video.model == "virtio":
                 props["max_outputs"] = video.heads or 1
+                if video.driver_name == "vhostuser":
+                    # Its GPU is a vhost-user-gpu, on a socketpair QEMU inherits (libvirt's).
+                    chardev = chardev_id(video.alias or f"video{i}")
+                    fd = self.vhost_user_fds.get(video.alias or f"video{i}", -1)
+                    self.add("-chardev", f"socket,id={chardev},fd={fd}")
+                    props["chardev"] = chardev
                 if video.blob is not None:
                     props["blob"] = video.blob == "on"
                 props.update(virtio_props(video.virtio))

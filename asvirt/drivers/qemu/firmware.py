@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import os
-from pathlib import Path
 
 from ...conf.domain import DomainDef, Loader, NVRam
 from ...errors import ConfigUnsupportedError, XMLError
 from ...log import get_logger
+from .interop import interop_dirs, interop_documents
 
 log = get_logger("asvirt.qemu.firmware")
 
 #: Where descriptors live, in libvirt's order of precedence (later names override earlier).
-DESCRIPTOR_DIRS = ("/usr/share/qemu/firmware", "/etc/qemu/firmware")
+DESCRIPTOR_DIRS = interop_dirs("firmware")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,30 +78,17 @@ def parse_descriptor(path: str, data: object) -> FirmwareDescriptor:
 
 
 def load_descriptors(dirs: tuple[str, ...] = DESCRIPTOR_DIRS) -> list[FirmwareDescriptor]:
-    """Every readable descriptor, in the order libvirt considers them.
+    """Every readable descriptor, in the order libvirt considers them (:mod:`.interop`).
 
     A file in a later directory replaces one of the same name in an earlier one; an empty
     file hides it (QEMU's documented way to disable a descriptor). Unreadable files are
     logged and skipped, as libvirt does.
     """
-    by_name: dict[str, str] = {}
-    for directory in dirs:
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            if name.endswith(".json"):
-                by_name[name] = os.path.join(directory, name)
     out = []
-    for name in sorted(by_name):
-        path = by_name[name]
+    for path, data in interop_documents(dirs):
         try:
-            raw = Path(path).read_bytes()
-            if not raw.strip():
-                continue
-            out.append(parse_descriptor(path, json.loads(raw)))
-        except (OSError, ValueError, AttributeError, TypeError) as err:
+            out.append(parse_descriptor(path, data))
+        except (ValueError, AttributeError, TypeError) as err:
             log.warning("ignoring unreadable firmware descriptor", path=path, error=str(err))
     return out
 

@@ -8,10 +8,13 @@ Before QEMU is spawned, :meth:`DomainHelpers.start`:
   start with the reason when one does not;
 * starts the helper programs, each supervised like QEMU: a ``swtpm`` for an emulated TPM
   (its state under ``ROOT/lib/swtpm/UUID``, created with ``swtpm_setup`` the first time)
-  and a ``virtiofsd`` per virtiofs share. asvirt binds each one's listening socket and
-  passes it (no polling for a socket to appear), their stderr goes to a per-domain log
-  (``ROOT/log/qemu/NAME-swtpm.log``, ``NAME-fs0-virtiofsd.log``), and a watcher task
-  reports a helper that dies while its domain runs.
+  a ``virtiofsd`` per virtiofs share and a ``vhost-user-gpu`` per vhost-user video
+  (:mod:`.vhostusergpu`). asvirt binds each one's listening socket and passes it (no polling
+  for a socket to appear), or for vhost-user-gpu one end of a socketpair whose other end
+  QEMU inherits (:attr:`DomainHelpers.qemu_fds`), as libvirt does; their stderr goes to a
+  per-domain log (``ROOT/log/qemu/NAME-swtpm.log``, ``NAME-fs0-virtiofsd.log``,
+  ``NAME-video0-vhost-user-gpu.log``), and a watcher task reports a helper that dies while
+  its domain runs.
 
 Helpers are recorded in ``ROOT/run/qemu/NAME.helpers`` *before* each is spawned (and again
 with its pid right after), and they carry ``ASVIRT_ROOT`` and ``ASVIRT_HELPER`` in their
@@ -28,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +57,7 @@ from .netdisk import check_network_disks
 from .paths import EmbedPaths
 from .postparse_extra import check_more_host_devices
 from .secrets import SecretLookup
+from .vhostusergpu import find_gpu_backend, gpu_argv
 
 log = get_logger("asvirt.qemu.helpers")
 
@@ -84,9 +89,9 @@ def helpers_file(paths: EmbedPaths, name: str) -> Path:
 class HelperRecord:
     """One helper process of a domain, as written in ``NAME.helpers``."""
 
-    kind: str  # swtpm | virtiofsd
-    name: str  # swtpm | fs0 ...
-    socket: str
+    kind: str  # swtpm | virtiofsd | vhost-user-gpu
+    name: str  # swtpm | fs0 | video0 ...
+    socket: str  # "" for a helper on a socketpair
     pid: int | None = None
     start_time: int | None = None
 
@@ -295,6 +300,9 @@ class DomainHelpers:
         self.qemu_pidfd: Callable[[], int | None] = lambda: None
         #: The node's secrets (an encrypted TPM state's passphrase); None: no secret driver.
         self.secret_lookup: SecretLookup | None = None
+        #: Device alias -> QEMU's end of the socketpair of a helper it talks to (a
+        #: vhost-user-gpu): for QEMU to inherit, closed here once QEMU has it.
+        self.qemu_fds: dict[str, int] = {}
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -334,6 +342,9 @@ class DomainHelpers:
         for i, fs in enumerate(d.filesystems):
             if fs.driver == "virtiofs" and fs.source_socket is None:
                 await self._start_virtiofsd(fs, fs.alias or f"fs{i}")
+        for i, video in enumerate(d.videos):
+            if video.driver_name == "vhostuser":
+                await self._start_vhost_user_gpu(video, video.alias or f"video{i}")
         if self.records:
             self.watch(nursery)
 
@@ -434,6 +445,31 @@ class DomainHelpers:
         logfile = self.paths.log_dir / f"{self.name}-{alias}-virtiofsd.log"
         await self._spawn("virtiofsd", alias, sock, argv, logfile)
 
+    async def _start_vhost_user_gpu(self, video: Any, alias: str) -> None:
+        """The GPU of a vhost-user video, on a socketpair whose other end QEMU gets."""
+        where = f"video '{alias}' of domain '{self.name}'"
+        backend = await trio.to_thread.run_sync(find_gpu_backend, video)
+        argv = gpu_argv(backend, video, where)
+        logfile = self.paths.log_dir / f"{self.name}-{alias}-vhost-user-gpu.log"
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as err:
+            raise SystemCallError.from_oserror(err, f"start vhost-user-gpu for {where}") from None
+        try:
+            await self._spawn("vhost-user-gpu", alias, "", argv, logfile, conn=ours)
+        except BaseException:
+            theirs.close()
+            raise
+        finally:
+            ours.close()
+        self.qemu_fds[alias] = theirs.detach()
+
+    def close_qemu_fds(self) -> None:
+        """Close QEMU's ends of the helpers' socketpairs (once QEMU has them, or never will)."""
+        for fd in self.qemu_fds.values():
+            os.close(fd)
+        self.qemu_fds = {}
+
     async def _spawn(
         self,
         kind: str,
@@ -443,7 +479,10 @@ class DomainHelpers:
         logfile: Path,
         *,
         extra_fds: tuple[int, ...] = (),
+        conn: socket.socket | None = None,
     ) -> None:
+        """Start helper ``name`` on a listening socket bound at ``sock``, or on ``conn``
+        (a connected socket: the helper's end of a socketpair)."""
         record = HelperRecord(kind=kind, name=name, socket=sock)
         self.records.append(record)
         # Recorded before it exists: a supervisor dying now leaves the next one a name.
@@ -451,9 +490,12 @@ class DomainHelpers:
         listener = None
         log_fd = -1
         try:
-            listener = fsutil.bind_unix_listener(sock)
+            if conn is None:
+                listener = fsutil.bind_unix_listener(sock)
+                fd = listener.fileno()
+            else:
+                fd = conn.fileno()
             log_fd = fsutil.open_private_append(logfile)
-            fd = listener.fileno()
             argv = [a.replace("{fd}", str(fd)) for a in argv]
             env = {
                 process.ROOT_ENV: str(self.paths.root),
@@ -545,7 +587,9 @@ class DomainHelpers:
                 pidfd = process.open_pidfd(record.pid)
             if pidfd is not None:
                 await _end(pidfd)
-            fsutil.remove(record.socket)
+            if record.socket:
+                fsutil.remove(record.socket)
+        self.close_qemu_fds()
         self.records = []
         fsutil.remove(helpers_file(self.paths, self.name))
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from ... import fsutil
 from ...conf.domain import DomainDef
-from ...errors import OperationFailedError
+from ...errors import ConfigUnsupportedError, OperationFailedError
 from .tuning import default_hugepage_kib, hugetlbfs_mount
 
 #: Where a hugepage domain's directory goes below the hugetlbfs mount.
@@ -70,6 +70,17 @@ def shared_memory(d: DomainDef) -> bool:
     if cells:
         return all((cell.mem_access or default) == "shared" for cell in cells)
     return default == "shared"
+
+
+def require_shared_memory(d: DomainDef, where: str, what: str) -> None:
+    """Refuse ``d`` unless its RAM is shared, as libvirt refuses vhost-user devices ("'X'
+    requires shared memory"): ``what`` is the device's backend, ``where`` the device."""
+    if not shared_memory(d):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {where}: '{what}' requires shared memory "
+            "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>, "
+            "or memAccess='shared' on every NUMA cell), for the backend maps guest RAM"
+        )
 
 
 def hugepage_dir(mount: str, uuid: str) -> str:
@@ -293,5 +304,6 @@ __all__ = [
     "hugepage_dir",
     "hugepage_needs",
     "memory_backend",
+    "require_shared_memory",
     "shared_memory",
 ]

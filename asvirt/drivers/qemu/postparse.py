@@ -35,6 +35,7 @@ from ...conf.postparse import postparse_domain, video_defaults
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
 from .firmware import select_firmware
+from .membacking import require_shared_memory
 from .pci import USB2_FUNCTION, assign_pci_addresses
 from .postparse_extra import check_guestfwd, prepare_extra
 from .postparse_more import default_audio, prepare_more
@@ -664,7 +665,10 @@ def video_device(video: Video, index: int) -> str:
     """QEMU's device for ``video``, the ``index``-th one: its model's (the first one with
     VGA compatibility), or the virgl one of a virtio video with 3D acceleration."""
     device = VIDEO_DEVICE[video.model or ""][0 if index == 0 else 1]
-    if video.model == "virtio" and video.accel3d:
+    if video.model == "virtio" and video.driver_name == "vhostuser":
+        # libvirt's choice: the VGA-compatible one for the primary video, as for virtio.
+        device = "vhost-user-vga" if index == 0 else "vhost-user-gpu-pci"
+    elif video.model == "virtio" and video.accel3d:
         device = "virtio-vga-gl" if index == 0 else "virtio-gpu-gl-pci"
     return device
 
@@ -678,17 +682,24 @@ def _video_driver(d: DomainDef, video: Video) -> None:
             f"for virtio video, not {what}"
         )
     if video.driver_name == "vhostuser":
-        # QEMU has vhost-user-vga; its backend program (QEMU's vhost-user-gpu) is not
-        # shipped by Debian's QEMU, and asvirt does not supervise one.
+        # A vhost-user-gpu draws (.vhostusergpu); found and started with the domain.
+        if video.model != "virtio":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: 'vhostuser' driver is only supported with "
+                f"'virtio' device, not {what}"
+            )
+        if video.blob is not None:
+            raise ConfigUnsupportedError(
+                "unsupported configuration: blob= is a switch of QEMU's own virtio GPU; "
+                "a vhost-user-gpu has none"
+            )
+        require_shared_memory(d, f"video '{video.alias}'", "vhost-user-gpu")
+    elif video.rendernode is not None:
         raise ConfigUnsupportedError(
-            "unsupported configuration: <video><driver name='vhostuser'> needs a "
-            "vhost-user-gpu backend program, which asvirt does not run; use name='qemu'"
-        )
-    if video.rendernode is not None:
-        raise ConfigUnsupportedError(
-            "unsupported configuration: <acceleration rendernode=...> is the render node of "
-            "a vhost-user-gpu backend (driver name='vhostuser'); QEMU's own 3D video takes its "
-            "render node from the display (<graphics><gl rendernode=...>)"
+            "unsupported configuration: unsupported rendernode accel attribute without "
+            "'vhostuser': it is the render node of a vhost-user-gpu (<driver "
+            "name='vhostuser'>); QEMU's own 3D video takes its render node from the "
+            "display (<graphics><gl rendernode=...>)"
         )
     if video.accel2d:
         raise ConfigUnsupportedError(
@@ -700,7 +711,11 @@ def _video_driver(d: DomainDef, video: Video) -> None:
             f"unsupported configuration: accel3d='yes' of {what}: QEMU's 3D (virgl) video is "
             "virtio's only"
         )
-    if video.accel3d and not any(g.type == "egl-headless" or g.gl_enable for g in d.graphics):
+    if (
+        video.accel3d
+        and video.driver_name != "vhostuser"
+        and not any(g.type == "egl-headless" or g.gl_enable for g in d.graphics)
+    ):
         raise ConfigUnsupportedError(
             f"unsupported configuration: accel3d='yes' of {what}: QEMU's virgl video draws "
             "with OpenGL, so it needs a display that has it (<graphics type='egl-headless'>, "

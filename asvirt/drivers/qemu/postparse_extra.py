@@ -17,7 +17,7 @@ from ...conf.devices import TAP_NIC_TYPES, Chardev, Graphics, Interface
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from .capabilities import QemuCapabilities
-from .membacking import shared_memory
+from .membacking import require_shared_memory
 
 #: The network of QEMU's user-mode stack (slirp's default), its host and its DNS server.
 SLIRP_NET = ipaddress.IPv4Network("10.0.2.0/24")
@@ -77,12 +77,7 @@ def _interfaces(d: DomainDef) -> None:
                 f"unsupported configuration: interface {i}: a vhost-user backend serves "
                 f"virtio queues; QEMU cannot put a '{nic.model}' NIC on it"
             )
-        if not shared_memory(d):
-            raise ConfigUnsupportedError(
-                f"unsupported configuration: interface {i}: vhost-user needs shared memory "
-                "(<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>),"
-                " for the backend maps guest RAM"
-            )
+        require_shared_memory(d, f"interface {i}", "vhost-user")
 
 
 #: The NIC types asvirt makes a tap of the tun device for (a macvtap is a device of its own).

@@ -14,7 +14,7 @@ from ...conf.devices import Audio, GraphicsListen
 from ...conf.domain import DomainDef
 from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
-from .membacking import shared_memory
+from .membacking import require_shared_memory
 from .tuning import check_tuning
 
 #: QEMU device of each ``<sound model>``.
@@ -290,12 +290,7 @@ def _filesystems(d: DomainDef, caps: QemuCapabilities) -> None:
                     f"unsupported configuration: {where}: virtiofs supports only "
                     "accessmode='passthrough'"
                 )
-            if not shared_memory(d):
-                raise ConfigUnsupportedError(
-                    f"unsupported configuration: {where}: virtiofs needs shared memory "
-                    "(<memoryBacking><source type='memfd'/><access mode='shared'/>"
-                    "</memoryBacking>), for virtiofsd maps guest RAM"
-                )
+            require_shared_memory(d, where, "virtiofs")
             if fs.readonly:
                 raise ConfigUnsupportedError(
                     f"unsupported configuration: {where}: virtiofsd 7.2 cannot share "

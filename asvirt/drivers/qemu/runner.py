@@ -783,12 +783,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 memory_dir=memory_dir,
                 tls=TlsConfig.from_qemu(self._env.config),
                 secret_fds=secret_fds,
+                vhost_user_fds=self._helpers.qemu_fds,
             )
-            passed: tuple[int, ...] = ()
+            passed: tuple[int, ...] = tuple(self._helpers.qemu_fds.values())
             if isinstance(self._origin, FromImage):
                 # The saved state comes in through the image's descriptor, once asked.
                 argv += ["-incoming", "defer"]
-                passed = (self._origin.fd,)
+                passed += (self._origin.fd,)
             if security is not None:
                 # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
                 argv = security.command(argv, qemu_caps(self._live_def))
@@ -838,6 +839,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             fsutil.remove(paths.status(name))
             raise
         finally:
+            # QEMU has its copies of the helpers' socketpair ends, or never will.
+            self._helpers.close_qemu_fds()
             if listener is not None:
                 listener.close()
             if log_fd >= 0:
