@@ -1,4 +1,5 @@
-"""UEFI, TPM and virtiofs guests under real QEMU, OVMF, swtpm and virtiofsd.
+"""UEFI, TPM, virtiofs and vhost-user GPU guests under real QEMU, OVMF, swtpm, virtiofsd and
+vhost-user-gpu.
 
 The helpers (swtpm, virtiofsd) are supervised with their QEMU: up before it, ended after
 it, found again by the next supervisor; per-domain state (NVRAM, TPM) lives under the root
@@ -18,7 +19,10 @@ import trio
 
 import asvirt
 from asvirt import DomainState as S
+from asvirt.conf.devices import Video
+from asvirt.drivers.qemu import vhostusergpu
 from asvirt.drivers.qemu.helpers import HELPER_ENV, find_helpers, find_virtiofsd
+from asvirt.drivers.qemu.vhostusergpu import find_gpu_backend
 from asvirt.drivers.qemu.process import ROOT_ENV
 
 from .guest import paused_xml, wait_for_serial
@@ -285,3 +289,88 @@ async def test_encrypted_tpm_state_starts_persists_and_needs_its_secret(
     await dom.start(paused=True)
     assert (state / "tpm2-00.permall").read_bytes() == permall
     await dom.destroy()
+
+
+VHOST_USER_VIDEO = "<video><driver name='vhostuser'/><model type='virtio'/></video>"
+
+
+def gpu_xml(test_guest, tmp_path: Path) -> str:
+    xml = paused_xml(test_guest, tmp_path, devices=VHOST_USER_VIDEO)
+    return xml.replace("<vcpu>", SHARED_MEMORY, 1)
+
+
+async def test_vhost_user_gpu_runs_with_its_qemu_and_is_adopted(root, test_guest, tmp_path):
+    try:
+        await trio.to_thread.run_sync(find_gpu_backend, Video(model="virtio"))
+    except asvirt.OperationFailedError as err:
+        pytest.skip(f"vhost-user-gpu is not installed on this machine: {err}")
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(gpu_xml(test_guest, tmp_path))
+        await dom.start(paused=True)
+        [record] = json.loads((root / "run" / "qemu" / "vm1.helpers").read_text())
+        gpu = record["pid"]
+        assert record["kind"] == "vhost-user-gpu" and helpers_of(root, dom.uuid) == [gpu]
+        # On a socketpair (no socket file), as libvirt runs it.
+        cmdline = Path(f"/proc/{gpu}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[0].endswith(b"vhost-user-gpu") and cmdline[1].startswith(b"--fd=")
+        # QEMU's device exists only once its vhost-user handshake with the backend is done.
+        peripherals = await dom.qmp("qom-list", {"path": "/machine/peripheral"})
+        assert {"name": "video0", "type": "child<vhost-user-vga>"} in peripherals
+    # A new supervisor finds the running backend with its QEMU.
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.lookup_by_name("vm1")
+        assert (await dom.state())[0] is S.PAUSED
+        assert helpers_of(root, dom.uuid) == [gpu]
+        await dom.destroy()
+        await helpers_gone(root, dom.uuid)
+    assert not pid_alive(gpu)
+    assert not (root / "run" / "qemu" / "vm1.helpers").exists()
+
+
+async def test_vhost_user_gpu_that_fails_leaves_nothing(
+    conn, root, test_guest, tmp_path, monkeypatch
+):
+    descriptors = tmp_path / "vhost-user"
+    descriptors.mkdir()
+    (descriptors / "50-gpu.json").write_text(
+        json.dumps({"type": "gpu", "binary": "/nonexistent/vhost-user-gpu"})
+    )
+    monkeypatch.setattr(vhostusergpu, "DESCRIPTOR_DIRS", (str(descriptors),))
+    dom = await conn.define_xml(gpu_xml(test_guest, tmp_path))
+    with pytest.raises(asvirt.OperationFailedError, match="qemu-system-gui"):
+        await dom.start(paused=True)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    # A backend that says what it can do, then dies at once.
+    dying = tmp_path / "dying-gpu"
+    dying.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --print-capabilities ]; then echo \'{"type":"gpu","features":[]}\'; '
+        "exit 0; fi\necho 'no GPU today' >&2\nexit 1\n"
+    )
+    dying.chmod(0o755)
+    (descriptors / "50-gpu.json").write_text(json.dumps({"type": "gpu", "binary": str(dying)}))
+    # (Seen dead before QEMU is spawned, or by QEMU's handshake with it: a race.)
+    with pytest.raises(asvirt.OperationFailedError, match="exited at once|vhost_backend_init"):
+        await dom.start(paused=True)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert not helpers_of(root, dom.uuid)
+    run = root / "run" / "qemu"
+    assert not (run / "vm1.helpers").exists() and not (run / "vm1.status").exists()
+    assert "no GPU today" in (root / "log" / "qemu" / "vm1-video0-vhost-user-gpu.log").read_text()
+
+
+async def test_vhost_user_gpu_virgl_needs_a_render_node(conn, root, test_guest, tmp_path):
+    video = Video(model="virtio", accel3d=True)
+    try:
+        await trio.to_thread.run_sync(find_gpu_backend, video)
+    except asvirt.OperationFailedError as err:
+        pytest.skip(f"no vhost-user-gpu with virgl on this machine: {err}")
+    if vhostusergpu.host_render_node() is not None:
+        pytest.skip("this host has a render node")
+    accel = VHOST_USER_VIDEO.replace("'virtio'/>", "'virtio'><acceleration accel3d='yes'/></model>")
+    dom = await conn.define_xml(gpu_xml(test_guest, tmp_path).replace(VHOST_USER_VIDEO, accel))
+    with pytest.raises(asvirt.ConfigUnsupportedError, match=r"render node .*/dev/dri/renderD"):
+        await dom.start(paused=True)
+    assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert not helpers_of(root, dom.uuid)
+    assert not (root / "run" / "qemu" / "vm1.helpers").exists()

@@ -70,11 +70,13 @@ def _capabilities(binary: str) -> frozenset[str] | None:
         return None
 
 
-def find_gpu_backend(video: Video, dirs: tuple[str, ...] = DESCRIPTOR_DIRS) -> GpuBackend:
+def find_gpu_backend(video: Video, dirs: tuple[str, ...] | None = None) -> GpuBackend:
     """The vhost-user-gpu for ``video``, as libvirt chooses it (blocking: run it in a thread).
 
     Raises :class:`OperationFailedError` (libvirt's code) when no descriptor of type
-    ``gpu`` names a program that has what the video asks for."""
+    ``gpu`` names a program that has what the video asks for (``dirs``: where to look,
+    default :data:`DESCRIPTOR_DIRS`)."""
+    dirs = dirs or DESCRIPTOR_DIRS
     for _path, doc in interop_documents(dirs):
         if not isinstance(doc, dict) or doc.get("type") != "gpu":
             continue
