@@ -22,8 +22,8 @@ from asvirt import DomainState as S
 from asvirt.conf.devices import Video
 from asvirt.drivers.qemu import vhostusergpu
 from asvirt.drivers.qemu.helpers import HELPER_ENV, find_helpers, find_virtiofsd
-from asvirt.drivers.qemu.vhostusergpu import find_gpu_backend
 from asvirt.drivers.qemu.process import ROOT_ENV
+from asvirt.drivers.qemu.vhostusergpu import find_gpu_backend
 
 from .guest import paused_xml, wait_for_serial
 from .helpers import embed_uri, pid_alive, qemu_pid, run_cli, wait_for
@@ -350,7 +350,7 @@ async def test_vhost_user_gpu_that_fails_leaves_nothing(
     dying.chmod(0o755)
     (descriptors / "50-gpu.json").write_text(json.dumps({"type": "gpu", "binary": str(dying)}))
     # (Seen dead before QEMU is spawned, or by QEMU's handshake with it: a race.)
-    with pytest.raises(asvirt.OperationFailedError, match="exited at once|vhost_backend_init"):
+    with pytest.raises(asvirt.OperationFailedError, match=r"exited at once|vhost_backend_init"):
         await dom.start(paused=True)
     assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
     assert not helpers_of(root, dom.uuid)

@@ -15,8 +15,10 @@
     ROOT/lib/qemu/save/NAME.save  a domain's managed save image
     ROOT/lib/qemu/ram/NAME/       a running domain's file-backed RAM ([qemu] memory_backing_dir)
     ROOT/lib/swtpm/UUID/          an emulated TPM's state
-    ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd) of a running domain
-    ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log...)
+    ROOT/run/qemu/NAME.helpers    the helper processes (swtpm, virtiofsd, vhost-user-gpu) of a
+                                  running domain
+    ROOT/log/qemu/NAME-swtpm.log  a helper's log (NAME-fs0-virtiofsd.log,
+                                  NAME-video0-vhost-user-gpu.log...)
     ROOT/cache/qemu/capabilities/ probed QEMU capabilities
 """
 
