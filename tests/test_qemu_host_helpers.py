@@ -22,6 +22,7 @@ from asvirt import DomainState as S
 from asvirt.conf.devices import Video
 from asvirt.drivers.qemu import vhostusergpu
 from asvirt.drivers.qemu.helpers import HELPER_ENV, find_helpers, find_virtiofsd
+from asvirt.drivers.qemu.interop import vhost_user_binaries
 from asvirt.drivers.qemu.process import ROOT_ENV
 from asvirt.drivers.qemu.vhostusergpu import find_gpu_backend
 
@@ -374,3 +375,23 @@ async def test_vhost_user_gpu_virgl_needs_a_render_node(conn, root, test_guest, 
     assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
     assert not helpers_of(root, dom.uuid)
     assert not (root / "run" / "qemu" / "vm1.helpers").exists()
+
+
+def test_vhost_user_descriptors_are_read_as_libvirt_reads_them(tmp_path):
+    share, etc = tmp_path / "share", tmp_path / "etc"
+    share.mkdir()
+    etc.mkdir()
+    gpu = {"type": "gpu", "binary": "/bin/true"}
+    (share / "50-gpu.json").write_text(json.dumps(gpu))
+    (share / "40-fs.json").write_text(json.dumps({"type": "fs", "binary": "/bin/cat"}))
+    (share / "60-gpu.json").write_text(json.dumps({**gpu, "binary": "/bin/echo"}))
+    (share / "70-gpu.json").write_text(json.dumps({**gpu, "binary": "/nonexistent/gpu"}))
+    (share / "80-gpu.json").write_text("{not json")
+    dirs = (str(share), str(etc))
+    # Lowest name first; missing programs and unreadable files are passed over.
+    assert vhost_user_binaries("gpu", dirs) == ["/bin/true", "/bin/echo"]
+    assert vhost_user_binaries("fs", dirs) == ["/bin/cat"]
+    # A later directory's file replaces the same name; an empty one hides it.
+    (etc / "50-gpu.json").write_text(json.dumps({**gpu, "binary": "/bin/ls"}))
+    (etc / "60-gpu.json").write_text("")
+    assert vhost_user_binaries("gpu", dirs) == ["/bin/ls"]

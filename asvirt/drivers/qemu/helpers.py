@@ -53,6 +53,7 @@ from ...log import get_logger
 from ..secret import secret_pipes
 from . import process
 from .command_more import swtpm_socket, virtiofs_socket
+from .interop import vhost_user_binaries
 from .netdisk import check_network_disks
 from .paths import EmbedPaths
 from .postparse_extra import check_more_host_devices
@@ -256,8 +257,13 @@ def _usb_present(vendor: int, product: int) -> bool:
 
 
 def find_virtiofsd(configured: str | None) -> str:
-    """The virtiofsd to run: the one ``<binary path>`` names, else the distribution's."""
-    candidates = [configured] if configured else [*VIRTIOFSD_PATHS, shutil.which("virtiofsd")]
+    """The virtiofsd to run: the one ``<binary path>`` names, else the first QEMU's vhost-user
+    descriptors of type ``fs`` name (as libvirt finds it), else the distribution's."""
+    candidates = (
+        [configured]
+        if configured
+        else [*vhost_user_binaries("fs"), *VIRTIOFSD_PATHS, shutil.which("virtiofsd")]
+    )
     for path in candidates:
         if path and os.access(path, os.X_OK):
             return path

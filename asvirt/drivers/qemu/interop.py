@@ -51,4 +51,17 @@ def interop_documents(dirs: tuple[str, ...]) -> list[tuple[str, Any]]:
     return out
 
 
-__all__ = ["interop_dirs", "interop_documents"]
+def vhost_user_binaries(kind: str, dirs: tuple[str, ...] | None = None) -> list[str]:
+    """The programs the vhost-user descriptors of type ``kind`` (``gpu``, ``fs``...) name,
+    in libvirt's order, those that are executables (``dirs``: default QEMU's)."""
+    out = []
+    for _path, doc in interop_documents(dirs or interop_dirs("vhost-user")):
+        if not isinstance(doc, dict) or doc.get("type") != kind:
+            continue
+        binary = doc.get("binary")
+        if isinstance(binary, str) and os.path.isabs(binary) and os.access(binary, os.X_OK):
+            out.append(binary)
+    return out
+
+
+__all__ = ["interop_dirs", "interop_documents", "vhost_user_binaries"]

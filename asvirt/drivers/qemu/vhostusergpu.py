@@ -29,7 +29,7 @@ import subprocess
 
 from ...conf.devices import Video
 from ...errors import ConfigUnsupportedError, OperationFailedError
-from .interop import interop_dirs, interop_documents
+from .interop import interop_dirs, vhost_user_binaries
 
 #: Where vhost-user backends are described, in libvirt's order of precedence.
 DESCRIPTOR_DIRS = interop_dirs("vhost-user")
@@ -77,12 +77,7 @@ def find_gpu_backend(video: Video, dirs: tuple[str, ...] | None = None) -> GpuBa
     ``gpu`` names a program that has what the video asks for (``dirs``: where to look,
     default :data:`DESCRIPTOR_DIRS`)."""
     dirs = dirs or DESCRIPTOR_DIRS
-    for _path, doc in interop_documents(dirs):
-        if not isinstance(doc, dict) or doc.get("type") != "gpu":
-            continue
-        binary = doc.get("binary")
-        if not isinstance(binary, str) or not os.access(binary, os.X_OK):
-            continue
+    for binary in vhost_user_binaries("gpu", dirs):
         features = _capabilities(binary)
         if features is None:
             continue
