@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from qemu_launch import launch_paused, launched_peripherals
 
-from asvirt.conf.devices import Interface
+from asvirt.conf.devices import Interface, Video
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.drivers.qemu import vhostnet
 from asvirt.drivers.qemu.command import MonitorSpec, build_command
 from asvirt.drivers.qemu.postparse import prepare_domain
+from asvirt.drivers.qemu.vhostusergpu import GpuBackend, gpu_argv, host_render_node
 from asvirt.errors import ConfigUnsupportedError, OperationFailedError, XMLError
 from tests.caps import Caps
 from tests.helpers import TAP_NIC_SOURCES, argv_of, device, dom, dumpxml_roundtrip, opts
@@ -282,6 +283,29 @@ def test_vhost_user_gpu_video(caps: Caps) -> None:
     assert device(argv, "video1")["driver"] == "vhost-user-gpu-pci"
     assert device(argv, "video1")["chardev"] == "chr-vu-video1"
     assert device(argv, "video0")["driver"] == "virtio-vga"
+
+
+def test_vhost_user_gpu_program_arguments(tmp_path: Path) -> None:
+    # The backend's own command line, as libvirt gives it (its descriptor and --fd are
+    # exercised by a real start in tests/test_qemu_host_helpers.py).
+    backend = GpuBackend("/usr/lib/qemu/vhost-user-gpu", frozenset({"virgl", "render-node"}))
+    node = tmp_path / "renderD128"
+    node.touch()
+    video = Video(model="virtio", driver_name="vhostuser", accel3d=True, rendernode=str(node))
+    argv = gpu_argv(backend, video, "video 'video0'")
+    assert argv == [backend.binary, "--fd={fd}", "--virgl", f"--render-node={node}"]
+    # A render node the host lacks is refused, before anything runs.
+    video.rendernode = str(tmp_path / "renderD129")
+    with pytest.raises(ConfigUnsupportedError, match="renderD129' of video 'video0' does not"):
+        gpu_argv(backend, video, "video 'video0'")
+    # 2D on a host without a render node: none given (libvirt would demand one).
+    plain = Video(model="virtio", driver_name="vhostuser")
+    if host_render_node() is None:
+        assert gpu_argv(backend, plain, "video 'video0'") == [backend.binary, "--fd={fd}"]
+        assert plain.rendernode is None
+    else:
+        assert gpu_argv(backend, plain, "v")[-1] == f"--render-node={host_render_node()}"
+        assert plain.rendernode == host_render_node()  # the live XML says which
 
 
 def test_vhost_user_gpu_refusals(caps: Caps) -> None:
