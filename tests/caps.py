@@ -44,6 +44,31 @@ def probe_caps(cache_dir: Path) -> Caps:
     return Caps(**{f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)})
 
 
+def _qemu_refusal(*args: str) -> str | None:
+    """What QEMU says when it refuses to start paused with ``args`` (None if it starts)."""
+    import subprocess
+
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return "QEMU is not installed"
+    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"query-status"}\n{"execute":"quit"}\n'
+    argv = [binary, *args, "-m", "64", "-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
+    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    errors = [ln for ln in lines if "error" in ln]
+    return (errors or lines or [f"exit status {proc.returncode}"])[-1]
+
+
+def _kvm_refusal(*args: str) -> str | None:
+    """Why QEMU cannot start under KVM with ``args`` here (KVM's absence included)."""
+    from asvirt.drivers.qemu.capabilities import kvm_usable
+
+    ok, why = kvm_usable()
+    return why if not ok else _qemu_refusal("-accel", "kvm", *args)
+
+
 def kvm_host_cpu_failure() -> str | None:
     """Why QEMU cannot run ``-cpu host`` under KVM on this machine, or None if it can.
 
@@ -51,25 +76,8 @@ def kvm_host_cpu_failure() -> str | None:
     programs the host CPU's MSRs into a vCPU. That is the machine, not the command line:
     tests that launch host-passthrough guests skip with this reason.
     """
-    import subprocess
-
-    from asvirt.drivers.qemu.capabilities import kvm_usable
-
-    ok, why = kvm_usable()
-    if not ok:
-        return why
-    binary = shutil.which("qemu-system-x86_64")
-    if binary is None:
-        return "QEMU is not installed"
-    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"query-status"}\n{"execute":"quit"}\n'
-    argv = [binary, "-enable-kvm", "-cpu", "host", "-machine", "pc", "-m", "64"]
-    argv += ["-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
-    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
-    if proc.returncode == 0:
-        return None
-    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if "error" in ln]
-    detail = lines[0] if lines else f"exit status {proc.returncode}"
-    return f"this machine's KVM cannot run QEMU with -cpu host ({detail})"
+    why = _kvm_refusal("-cpu", "host", "-machine", "pc")
+    return None if why is None else f"this machine's KVM cannot run QEMU with -cpu host ({why})"
 
 
 def kvm_smm_failure() -> str | None:
@@ -79,24 +87,8 @@ def kvm_smm_failure() -> str | None:
     ``/dev/kvm`` and ``-cpu host`` but not SMM, and QEMU refuses to start then. That is the
     machine: tests of UEFI guests run them under TCG there, saying so.
     """
-    import subprocess
-
-    from asvirt.drivers.qemu.capabilities import kvm_usable
-
-    ok, why = kvm_usable()
-    if not ok:
-        return why
-    binary = shutil.which("qemu-system-x86_64")
-    if binary is None:
-        return "QEMU is not installed"
-    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
-    argv = [binary, "-accel", "kvm", "-machine", "q35,smm=on", "-m", "64"]
-    argv += ["-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
-    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
-    if proc.returncode == 0:
-        return None
-    text = proc.stderr.decode(errors="replace").strip().splitlines()
-    return f"this machine's KVM cannot give guests SMM ({text[-1] if text else '?'})"
+    why = _kvm_refusal("-machine", "q35,smm=on")
+    return None if why is None else f"this machine's KVM cannot give guests SMM ({why})"
 
 
 def hyperv_vpindex_failure(accel: str) -> str | None:
@@ -106,16 +98,5 @@ def hyperv_vpindex_failure(accel: str) -> str | None:
     does not allow it, as on this project's nested machines: that is the machine. Tests of
     Windows guests drop vpindex and the enlightenments that need it then, saying so.
     """
-    import subprocess
-
-    binary = shutil.which("qemu-system-x86_64")
-    if binary is None:
-        return "QEMU is not installed"
-    qmp = b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
-    argv = [binary, "-accel", accel, "-cpu", "qemu64,hv-vpindex=on", "-machine", "q35"]
-    argv += ["-m", "64", "-display", "none", "-nodefaults", "-S", "-qmp", "stdio"]
-    proc = subprocess.run(argv, input=qmp, capture_output=True, timeout=30)
-    if proc.returncode == 0:
-        return None
-    text = proc.stderr.decode(errors="replace").strip().splitlines()
-    return f"QEMU cannot give guests Hyper-V VP_INDEX here ({text[-1] if text else '?'})"
+    why = _qemu_refusal("-accel", accel, "-cpu", "qemu64,hv-vpindex=on", "-machine", "q35")
+    return None if why is None else f"QEMU cannot give guests Hyper-V VP_INDEX here ({why})"
