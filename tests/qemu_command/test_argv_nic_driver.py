@@ -21,7 +21,15 @@ from asvirt.drivers.qemu.command import MonitorSpec, build_command, interface_ho
 from asvirt.drivers.qemu.postparse import prepare_domain
 from asvirt.errors import ConfigUnsupportedError, XMLError
 from tests.caps import Caps
-from tests.helpers import TAP_NIC_SOURCES, argv_of, device, dom, dumpxml_roundtrip, opts
+from tests.helpers import (
+    TAP_NIC_SOURCES,
+    argv_of,
+    device,
+    dom,
+    dumpxml_roundtrip,
+    opts,
+    vhost_user_backend,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -130,7 +138,7 @@ def test_tap_nics_take_them_with_their_queues(caps: Caps, source: str) -> None:
         argv_of(caps, xml.replace("rx_queue_size='512'", "tx_queue_size='512'"))
 
 
-def test_vhostuser_transmit_ring_size(caps: Caps) -> None:
+def test_vhostuser_transmit_ring_size(caps: Caps, tmp_path: Path) -> None:
     shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
     source = (
         "<interface type='vhostuser'><source type='unix' path='/tmp/vhost.sock' mode='server'/>"
@@ -147,6 +155,15 @@ def test_vhostuser_transmit_ring_size(caps: Caps) -> None:
     ):
         with pytest.raises(ConfigUnsupportedError, match=why):
             argv_of(caps, dom(_nic(driver, source), body=shared))
+    # With a real backend (QEMU, the client, starts once the vhost-user handshake is done),
+    # the device has both ring sizes.
+    with vhost_user_backend(tmp_path) as sock:
+        client = f"<interface type='vhostuser'><source type='unix' path='{sock}' mode='client'/>"
+        real = dom(_nic("<driver rx_queue_size='1024' tx_queue_size='1024'/>", client), body=shared)
+        path = "/machine/peripheral/net0"
+        sizes = [(path, "rx_queue_size"), (path, "tx_queue_size")]
+        got = launch_paused(argv_of(caps, real, tmp_path), tmp_path, qom_get=sizes)
+    assert got.status == "prelaunch" and [got.props[k] for k in sizes] == [1024, 1024]
 
 
 @pytest.mark.parametrize(
