@@ -622,3 +622,79 @@ def vhost_user_backend(directory: Path) -> Iterator[Path]:
         proc.kill()
         proc.wait()
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+
+
+#: The target a :func:`tgtd` serves (LUN 1 is the image; LUN 0 is tgtd's own controller).
+ISCSI_IQN = "iqn.2026-12.org.asvirt:target1"
+
+
+@contextlib.contextmanager
+def tgtd(directory: Path, image: Path, *, chap: tuple[str, str] | None = None) -> Iterator[int]:
+    """A real iSCSI target, Linux's ``tgtd`` (Debian's tgt), of the test's own: listening on
+    127.0.0.1 only, at a free port (yielded), and managed through a control port of its own
+    (``-C``, a unix socket ``/var/run/tgtd/socket.N``), so that it never meets the machine's
+    tgtd. It serves target :data:`ISCSI_IQN` with ``image`` as LUN 1 to any initiator; with
+    ``chap`` (user, password) only to one logging in with that CHAP account. Killed and its
+    control socket removed at the end; ``directory/tgtd.log`` holds what it said. Skips the
+    test where tgt is not installed."""
+    import pytest
+
+    daemon, admin = (
+        shutil.which("tgtd", path="/usr/sbin:/sbin"),
+        shutil.which("tgtadm", path="/usr/sbin:/sbin"),
+    )
+    if daemon is None or admin is None:
+        pytest.skip("tgtd/tgtadm (Debian's tgt) are not installed: no iSCSI target")
+    port = free_tcp_port()
+    # The control port only names a unix socket (tgtd takes 0 to 32767): one nobody holds.
+    control = port % 32000 + 700
+    while os.path.exists(f"/var/run/tgtd/socket.{control}"):
+        control = control % 32000 + 701
+    log = (directory / "tgtd.log").open("wb")
+    proc = subprocess.Popen(
+        [daemon, "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", str(control)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def tgtadm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [admin, "-C", str(control), "--lld", "iscsi", *args],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    def configure(*args: str) -> None:
+        done = tgtadm(*args)
+        assert done.returncode == 0, f"tgtadm {' '.join(args)}: {done.stderr}"
+
+    try:
+        # tgtd answers its control socket only from its event loop, once its portal listens:
+        # the first answer says it is ready (there is no other word of it to wait on).
+        for _ in range(3000):  # 30 s
+            if proc.poll() is not None:
+                log.flush()
+                pytest.fail(
+                    f"tgtd exited ({proc.returncode}): {(directory / 'tgtd.log').read_text()}"
+                )
+            if tgtadm("--op", "show", "--mode", "target").returncode == 0:
+                break
+            select.select([], [], [], 0.01)
+        else:
+            pytest.fail(f"tgtd did not answer on its control port {control}")
+        configure("--op", "new", "--mode", "target", "--tid", "1", "-T", ISCSI_IQN)
+        configure(
+            "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image)
+        )
+        configure("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        if chap is not None:
+            user, password = chap
+            configure("--op", "new", "--mode", "account", "--user", user, "--password", password)
+            configure("--op", "bind", "--mode", "account", "--tid", "1", "--user", user)
+        yield port
+    finally:
+        # tgtd ignores SIGTERM while it serves targets.
+        proc.kill()
+        proc.wait()
+        log.close()
+        for leftover in (f"socket.{control}", f"socket.{control}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/var/run/tgtd/{leftover}")
