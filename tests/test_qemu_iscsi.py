@@ -101,3 +101,28 @@ async def test_iscsi_disk_with_a_wrong_chap_secret_is_not_started(conn, test_gue
         await dom.start(paused=True)
         assert await dom.is_active()
         await dom.destroy()
+
+
+async def test_iscsi_lun_is_passed_through_to_a_scsi_controller(conn, test_guest, tmp_path, root):
+    # device='lun': QEMU's scsi-block over the iscsi node (libiscsi), which passes the
+    # guest's SCSI commands to tgtd's LUN instead of emulating a disk (scsi-hd).
+    await define_chap_secret(conn, CHAP_PASSWORD)
+    with tgtd(tmp_path, lun_image(tmp_path), chap=(CHAP_USER, CHAP_PASSWORD)) as port:
+        lun = (
+            "<disk type='network' device='lun'><driver name='qemu' type='raw'/>"
+            f"<source protocol='iscsi' name='{ISCSI_IQN}/1'>"
+            f"<host name='127.0.0.1' port='{port}'/>"
+            f"<auth username='{CHAP_USER}'><secret type='iscsi' usage='asvirt-iscsi'/></auth>"
+            "</source><target dev='sdb' bus='scsi'/></disk>"
+            "<controller type='scsi' index='0' model='virtio-scsi'/>"
+        )
+        dom = await start_paused(conn, test_guest, tmp_path, lun)
+        image = await inserted(dom, "scsi0-0-0-1")
+        assert image["drv"] == "iscsi" and image["image"]["virtual-size"] == 16 << 20
+        path = "/machine/peripheral/scsi0-0-0-1"
+        assert await dom.qmp("qom-get", {"path": path, "property": "type"}) == "scsi-block"
+        log = root / "log" / "qemu" / "vm1.log"
+        assert await qemu_io_read(dom, image["node-name"], len(MARKER), log) == MARKER
+        live = await dom.xml_desc()
+        assert "<disk type='network' device='lun'>" in live
+        await dom.destroy()

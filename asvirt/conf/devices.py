@@ -468,20 +468,22 @@ def _check_disk_bus(disk: Disk) -> None:
     for attr in ("rawio", "sgio"):
         if getattr(disk, attr) is not None and disk.device != "lun":
             raise XMLError(f"{where}: {attr} can be used only with device='lun'")  # libvirt's
-    if disk.net is not None and disk.device == "lun":
+    if disk.net is not None and disk.device == "lun" and disk.net.protocol != "iscsi":
+        # QEMU's iscsi driver alone speaks SCSI to its LUN (scsi-block over it, as libvirt).
         raise ConfigUnsupportedError(
-            f"unsupported configuration: {where}: device='lun' of a network disk needs "
-            "QEMU's iscsi SCSI passthrough, which asvirt does not offer; use device='disk'"
+            f"unsupported configuration: {where}: disk device='lun' is not supported for "
+            f"protocol='{disk.net.protocol}' (only an iSCSI LUN is passed through)"
         )
     if disk.net is not None and disk.net.is_curl and not disk.readonly and disk.device == "disk":
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: QEMU opens {disk.net.protocol} media "
             "read-only; add <readonly/>"
         )
-    if disk.device == "lun" and disk.type != "block":
+    if disk.device == "lun" and disk.type not in ("block", "network"):
         raise ConfigUnsupportedError(
             f"unsupported configuration: {where}: device='lun' passes a host SCSI device "
-            "through and needs type='block' with <source dev=...>"
+            "(or an iSCSI LUN) through and needs type='block' with <source dev=...> (or "
+            "type='network' with protocol='iscsi')"
         )
     if disk.removable is not None and disk.bus != "usb":
         raise ConfigUnsupportedError(

@@ -112,13 +112,18 @@ def test_curl_media_must_be_read_only() -> None:
     parse_domain_xml(net_disk(SOURCES["nbd-tcp"], readonly=False))  # NBD writes
 
 
-def test_network_lun_is_refused() -> None:
-    xml = dom(
-        "<disk type='network' device='lun'>" + SOURCES["iscsi"] + "<target dev='sda' bus='scsi'/>"
-        "</disk>"
-    )
-    with pytest.raises(ConfigUnsupportedError, match="iscsi SCSI passthrough"):
-        parse_domain_xml(xml)
+def test_a_network_lun_is_an_iscsi_one() -> None:
+    def lun(source: str) -> str:
+        return dom(
+            f"<disk type='network' device='lun'>{source}<target dev='sda' bus='scsi'/></disk>"
+        )
+
+    assert parse_domain_xml(lun(SOURCES["iscsi"])).disks[0].device == "lun"
+    # libvirt's words: no other protocol speaks SCSI to its server.
+    with pytest.raises(
+        ConfigUnsupportedError, match="disk device='lun' is not supported for protocol='nbd'"
+    ):
+        parse_domain_xml(lun(SOURCES["nbd-tcp"]))
 
 
 def _cookies(jar: str) -> str:

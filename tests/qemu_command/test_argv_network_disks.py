@@ -13,7 +13,7 @@ from asvirt.drivers.qemu.netdisk import check_network_disks, missing_module
 from asvirt.errors import OperationFailedError
 from tests.caps import Caps
 from tests.helpers import NET_DISK_SOURCES as SOURCES
-from tests.helpers import argv_of, blockdevs, device, net_disk, opts
+from tests.helpers import argv_of, blockdevs, device, dom, net_disk, opts
 
 #: What a source's <auth> adds (tests.helpers' iscsi and rbd sources name a user).
 AUTH = {
@@ -117,6 +117,28 @@ def test_storage_node_of_each_protocol(caps: Caps, name: str, expected: dict[str
     node = storage(caps, SOURCES[name])
     assert node.pop("read-only") is True  # net_disk marks them <readonly/>
     assert node == {**expected, **AUTH.get(name, {})}
+
+
+def test_an_iscsi_lun_is_passed_through_by_scsi_block(caps: Caps) -> None:
+    # libvirt's disk-network-iscsi case: the iscsi node itself under a scsi-block device.
+    xml = dom(
+        "<disk type='network' device='lun'><driver name='qemu' type='raw'/>"
+        f"{SOURCES['iscsi']}<target dev='sda' bus='scsi'/></disk>"
+        "<controller type='scsi' index='0' model='virtio-scsi'/>"
+    )
+    argv = argv_of(caps, xml)
+    nodes = blockdevs(argv)
+    assert [n["driver"] for n in nodes] == ["iscsi"]
+    assert nodes[0]["lun"] == 1 and nodes[0]["user"] == "myname"
+    assert device(argv, "scsi0-0-0-0") == {
+        "driver": "scsi-block",
+        "bus": "scsi0.0",
+        "channel": 0,
+        "scsi-id": 0,
+        "lun": 0,
+        "drive": "libvirt-1-storage",
+        "id": "scsi0-0-0-0",
+    }
 
 
 @pytest.mark.parametrize("name", ["iscsi", "rbd"])
