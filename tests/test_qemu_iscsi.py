@@ -126,3 +126,25 @@ async def test_iscsi_lun_is_passed_through_to_a_scsi_controller(conn, test_guest
         live = await dom.xml_desc()
         assert "<disk type='network' device='lun'>" in live
         await dom.destroy()
+
+
+async def test_iscsi_disk_hotplugged_after_a_refused_login(conn, test_guest, tmp_path, root):
+    await define_chap_secret(conn, "wrong-password16")
+    with tgtd(tmp_path, lun_image(tmp_path), chap=(CHAP_USER, CHAP_PASSWORD)) as port:
+        dom = await start_paused(conn, test_guest, tmp_path, "")
+        objects = await dom.qmp("qom-list", {"path": "/objects"})
+        live = await dom.xml_desc()
+        disk = iscsi_disk(port, auth=True)
+        with pytest.raises(asvirt.QMPError, match=r"iSCSI.*Authentication failure") as refused:
+            await dom.attach_device(disk)
+        assert refused.value.code == asvirt.ErrorCode.OPERATION_FAILED
+        # Nothing left of the attempt: no disk, no secret object in QEMU.
+        assert await dom.xml_desc() == live
+        assert await dom.qmp("qom-list", {"path": "/objects"}) == objects
+        await define_chap_secret(conn, CHAP_PASSWORD)
+        await dom.attach_device(disk)
+        image = await inserted(dom, "virtio-disk1")
+        log = root / "log" / "qemu" / "vm1.log"
+        assert await qemu_io_read(dom, image["node-name"], len(MARKER), log) == MARKER
+        assert f"port='{port}'" in await dom.xml_desc()
+        await dom.destroy()
