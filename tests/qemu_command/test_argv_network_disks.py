@@ -13,7 +13,7 @@ from asvirt.drivers.qemu.netdisk import check_network_disks, missing_module
 from asvirt.errors import OperationFailedError
 from tests.caps import Caps
 from tests.helpers import NET_DISK_SOURCES as SOURCES
-from tests.helpers import argv_of, blockdevs, device, dom, net_disk, opts
+from tests.helpers import argv_of, blockdevs, device, dom, dumpxml_roundtrip, net_disk, opts
 
 #: What a source's <auth> adds (tests.helpers' iscsi and rbd sources name a user).
 AUTH = {
@@ -130,15 +130,10 @@ def test_an_iscsi_lun_is_passed_through_by_scsi_block(caps: Caps) -> None:
     nodes = blockdevs(argv)
     assert [n["driver"] for n in nodes] == ["iscsi"]
     assert nodes[0]["lun"] == 1 and nodes[0]["user"] == "myname"
-    assert device(argv, "scsi0-0-0-0") == {
-        "driver": "scsi-block",
-        "bus": "scsi0.0",
-        "channel": 0,
-        "scsi-id": 0,
-        "lun": 0,
-        "drive": "libvirt-1-storage",
-        "id": "scsi0-0-0-0",
-    }
+    # Addressed as a block LUN is (test_argv_more_devices), on the iscsi node.
+    lun = device(argv, "scsi0-0-0-0")
+    assert (lun["driver"], lun["drive"]) == ("scsi-block", "libvirt-1-storage")
+    assert "<disk type='network' device='lun'>" in dumpxml_roundtrip(caps, xml)
 
 
 @pytest.mark.parametrize("name", ["iscsi", "rbd"])
