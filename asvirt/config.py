@@ -282,6 +282,9 @@ class DaemonSettings:
     keepalive_count: int = 5
     #: Seconds --shutdown-vms waits for the guests to power off before destroying them.
     shutdown_timeout: float = 120.0
+    #: Microseconds, at most, the daemon keeps looking for the next request after a client
+    #: was heard before its event loop sleeps (0: never; see asvirt.daemon.session.Readers).
+    busy_poll_us: int = dataclasses.field(default=200, metadata={"zero_ok": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,15 +346,23 @@ def _section(type_: Any, name: str, table: dict[str, Any], source: str) -> Any:
             value = float(value)
         if type(value) is not type(default):
             raise InvalidArgError(
-                f"{source}: [{name}] {key} must be a {type(default).__name__}, not {value!r}"
+                f"{source}: [{name}] {key} must be {_a(type(default).__name__)}, not {value!r}"
             )
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            raise InvalidArgError(f"{source}: [{name}] {key} must be positive")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if field.metadata.get("zero_ok") and value < 0:
+                raise InvalidArgError(f"{source}: [{name}] {key} must not be negative")
+            if not field.metadata.get("zero_ok") and value <= 0:
+                raise InvalidArgError(f"{source}: [{name}] {key} must be positive")
         values[key] = value
     try:
         return section_cls(**values)
     except InvalidArgError as err:
         raise InvalidArgError(f"{source}: {err}") from None
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an int", "a float")."""
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def load_for_root(root: Path) -> Config:

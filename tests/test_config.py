@@ -45,6 +45,27 @@ def test_bad_config_files(tmp_path, text, match):
         Config.load(path)
 
 
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[daemon]\nbusy_poll_us = -1\n", r"\[daemon\] busy_poll_us must not be negative"),
+        ("[daemon]\nmax_workers = 0\n", r"\[daemon\] max_workers must be positive"),
+        ("[daemon]\nbusy_poll_us = 0.5\n", "busy_poll_us must be an int"),
+    ],
+)
+def test_bad_daemon_config_files(tmp_path, text, match):
+    path = tmp_path / "asvirtd.toml"
+    path.write_text(text)
+    with pytest.raises(asvirt.InvalidArgError, match=match):
+        DaemonConfig.load(path)
+
+
+def test_busy_polling_of_the_daemon_may_be_turned_off(tmp_path):
+    path = tmp_path / "asvirtd.toml"
+    path.write_text("[daemon]\nbusy_poll_us = 0\n")
+    assert DaemonConfig.load(path).daemon.busy_poll_us == 0
+
+
 def test_integers_are_accepted_for_seconds(tmp_path):
     path = tmp_path / "asvirt.toml"
     path.write_text("[qemu]\nqmp_timeout = 5\n")

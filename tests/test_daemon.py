@@ -926,6 +926,28 @@ async def test_keepalive_drops_a_silent_client_and_keeps_one_that_answers(daemon
     assert len(connected) == 4
 
 
+async def test_a_daemon_that_polled_for_a_busy_client_sleeps_once_it_is_quiet(daemons):
+    # The daemon keeps looking for the next request for a while after each one (up to
+    # busy_poll_us, longer the closer requests follow each other); a client making calls
+    # back to back makes it look the longest it may. Once the client stops, the daemon must
+    # stop looking and sleep: its CPU time over a quiet second stays near nothing (looking
+    # without end would cost the whole second).
+    daemon = daemons(config="[daemon]\nbusy_poll_us = 2000\n")
+    with Raw(daemon.socket) as raw:
+        raw.hello()
+
+        def back_to_back() -> None:
+            for _ in range(2000):
+                assert raw.call("list_all_domains", active=None, persistent=None) == []
+
+        await trio.to_thread.run_sync(back_to_back)
+        before = cpu_seconds(daemon.pid)
+        await trio.sleep(1.0)  # the quiet second measured, not a wait for something
+        assert cpu_seconds(daemon.pid) - before < 0.1
+        # Still awake to the client.
+        assert raw.call("list_all_domains", active=None, persistent=None) == []
+
+
 async def test_a_client_that_does_not_read_is_dropped_and_memory_stays_bounded(
     daemons, test_guest, tmp_path
 ):

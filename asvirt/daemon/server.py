@@ -126,7 +126,7 @@ class Server:
         if self.define_defaults:
             await define_defaults(node, paths.top("lib"))
         listeners: list[tuple[socket.socket, bool, Path | None]] = []
-        readers = Readers()
+        readers = Readers(self.settings.busy_poll_us / 1e6)
         try:
             activated = systemd_sockets()
             if activated:
@@ -144,6 +144,8 @@ class Server:
                     ro = bind_socket(self.layout.socket_ro, 0o666)
                     listeners.append((ro, True, self.layout.socket_ro))
             async with trio.open_nursery() as nursery:
+                if readers.busy_poll:
+                    nursery.start_soon(readers.keep_polling)
                 for sock, read_only, path in listeners:
                     nursery.start_soon(self._accept, node, sock, read_only, readers, nursery)
                     where = str(path) if path is not None else "systemd socket"
