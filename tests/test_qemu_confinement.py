@@ -778,6 +778,36 @@ async def test_a_relabelling_dac_label_gives_the_domains_files_to_its_user_and_b
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (image, serial, hot)} == {0o600}
 
 
+async def test_a_disk_whose_own_seclabel_says_relabel_no_is_left_as_it_is(
+    conn, root, guest, open_dir
+):
+    """<source><seclabel model='dac' relabel='no'/> keeps one disk of a relabelling domain
+    out of it: checked, never given away."""
+    given, kept = (open_dir / "given.img", open_dir / "kept.img")
+    for image in (given, kept):
+        image.write_bytes(b"\0" * 65536)
+        image.chmod(0o600)  # root's
+    norelabel = "<seclabel model='dac' relabel='no'/>"
+    kept_xml = disk_xml(kept, "vdb", fmt="raw").replace(
+        f"<source file='{kept}'/>", f"<source file='{kept}'>{norelabel}</source>"
+    )
+    serial = open_dir / "vm1.serial"
+    devices = disk_xml(given, fmt="raw") + kept_xml
+    dom = await conn.define_xml(labelled(guest.xml("vm1", serial, devices=devices)))
+    assert [d.norelabel for d in parse_domain_xml(await dom.xml_desc()).disks] == [False, True]
+    with pytest.raises(asvirt.SystemCallError) as caught:
+        await dom.start(paused=True)
+    assert f"may not read/write disk 'vdb' '{kept}' (-rw------- root:root)" in str(caught.value)
+    assert "relabel='no'" in str(caught.value)
+    assert owner(given) == owner(kept) == (0, 0) and not serial.exists()
+    kept.chmod(0o666)  # what its owner does to lend it
+    await dom.start(paused=True)
+    assert owner(given) == LABEL and owner(kept) == (0, 0)
+    assert str(kept) not in status_record(root, "vm1")["chowned"]  # type: ignore[operator]
+    await dom.destroy()
+    assert owner(given) == owner(kept) == (0, 0)
+
+
 async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
     cconn, confined, guest, open_dir, nobody
 ):

@@ -41,6 +41,8 @@ to one user at a time: a domain of another user that needs a file given away is 
 start or attach, before anything is changed) while a domain holds it, unless the file serves
 it both as it is now and as it will be once given back. Sockets asvirt places for a label's
 QEMU go to a directory of that user's beside the node's (:meth:`DacSecurity.socket_dir_for`).
+One disk is kept out of it by ``<source><seclabel model='dac' relabel='no'/>``: checked as
+a file asvirt may not give away, whoever QEMU runs as.
 
 Access is judged from the mode bits and POSIX ACLs (``system.posix_acl_access``), as the
 kernel judges a process with no capabilities. Limitations: files on other machines (NFS with
@@ -398,7 +400,17 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
             continue
         what = f"{'CD-ROM' if disk.device == 'cdrom' else 'disk'} '{disk.target}'"
         readonly = disk.readonly or disk.device == "cdrom"
-        out.append(Need(disk.source, what, READ if readonly else READ | WRITE))
+        want = READ if readonly else READ | WRITE
+        if disk.norelabel:
+            # <source><seclabel model='dac' relabel='no'/>: its owner keeps it, whoever
+            # QEMU runs as (libvirt's DAC driver skips such a disk).
+            hint = (
+                "its <seclabel model='dac' relabel='no'> keeps asvirt from giving it away: "
+                "let that user use it (chown, a group, an ACL)"
+            )
+            out.append(Need(disk.source, what, want, may_chown=False, hint=hint))
+        else:
+            out.append(Need(disk.source, what, want))
         if disk.type == "file" and disk.format == "qcow2":
             for backing in qcow2_backing_chain(disk.source):
                 # Named inside the image, which whoever supplied the image chose: root must

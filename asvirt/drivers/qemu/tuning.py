@@ -104,6 +104,13 @@ def _check_scheds(d: DomainDef) -> None:
 
 
 def _check_disk(disk: Disk) -> None:
+    for label in disk.seclabels:
+        if label.model not in (None, "dac"):
+            # libvirt's wording, as for the domain's <seclabel> (_check_seclabel).
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: Security driver model '{label.model}' is not "
+                f"available (the <seclabel> of disk '{disk.target}')"
+            )
     if (disk.queues is not None or disk.queue_size is not None) and disk.bus != "virtio":
         raise ConfigUnsupportedError(
             f"unsupported configuration: disk '{disk.target}': queues and queue_size are "
