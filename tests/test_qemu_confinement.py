@@ -57,6 +57,7 @@ from .helpers import (
     wait_for,
     write_config,
 )
+from .test_qemu_host_helpers import efi
 
 pytestmark = [pytest.mark.qemu]
 
@@ -806,6 +807,30 @@ async def test_a_disk_whose_own_seclabel_says_relabel_no_is_left_as_it_is(
     assert str(kept) not in status_record(root, "vm1")["chowned"]  # type: ignore[operator]
     await dom.destroy()
     assert owner(given) == owner(kept) == (0, 0)
+
+
+async def test_a_uefi_domains_nvram_is_made_and_given_to_its_labels_user(
+    conn, root, guest, open_dir
+):
+    """The NVRAM a first start makes from its template is given to the label's user too
+    (QEMU writes it), and back; the shared firmware, readable by all, is left alone."""
+    nvram = open_dir / "vm1_VARS.fd"
+    xml = efi(guest.xml("vm1", open_dir / "vm1.serial")).replace(
+        "</firmware>", f"</firmware><nvram>{nvram}</nvram>"
+    )
+    dom = await conn.define_xml(labelled(xml))
+    loader = parse_domain_xml(await dom.xml_desc()).os.loader
+    assert loader is not None and loader.path is not None
+    firmware = Path(loader.path)  # the one define chose, under /usr/share
+    await dom.start(paused=True)
+    assert owner(nvram) == LABEL and stat.S_IMODE(os.stat(nvram).st_mode) == 0o600
+    assert owner(firmware) == (0, 0)
+    assert status_record(root, "vm1")["chowned"] == {
+        str(nvram): [0, 0, *LABEL],
+        str(open_dir / "vm1.serial"): [0, 0, *LABEL],
+    }
+    await dom.destroy()
+    assert owner(nvram) == (0, 0)
 
 
 async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(

@@ -78,7 +78,7 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
-from .helpers import DomainHelpers, drop_missing_sources
+from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
@@ -710,7 +710,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         check_tls_files(self._live_def, tls, who)  # with the TLS ports just given
         fill_listen_addresses(self._live_def)
         if security is not None:
-            # Refuses what QEMU's user could not reach, before anything exists.
+            if who is not None:
+                # A first start's NVRAM, from its template: a file to give QEMU's user too.
+                await trio.to_thread.run_sync(ensure_nvram, self._live_def, paths)
+            # Refuses what QEMU's user could not reach, before anything else exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
         # Every secret the domain needs, before anything exists: one missing fails the start.
         secrets = needed_secrets(self._live_def, self._secret_lookup, tls)

@@ -10,17 +10,18 @@ With ``[qemu] user`` (and/or ``group``) set, and a supervisor running as root:
   hook would copy the supervisor and is unsafe with threads. exec keeps the pid, so the pidfd,
   the start time and the command line that identify a QEMU are QEMU's own.
 * The files QEMU opens by path are made usable by that user while the domain runs: disk and
-  CD-ROM images, kernel and initrd, files of serial ports, consoles and channels (created if
-  missing, as QEMU would), their log files, sockets it connects to, the random-number
-  device: the files the domain's XML names. A file that user cannot already use as QEMU needs
-  is given to it (chown) for as long as some domain of the node needs it (a disk unplugged,
-  or a CD-ROM's medium taken out, is no longer needed); its previous owner
-  and group are written in the status file of every domain that holds it *before* the chown,
-  so that whoever stops the last of them — this supervisor, or the next one after a crash —
-  gives the file back. Read-only and shared images need no special case: a file several
-  domains use is given back when the last of them stops, and one the user can already read
-  (an ISO readable by all) is never touched. A file is given back only if it still has the
-  owner it was given: one someone changed meanwhile is left as they made it.
+  CD-ROM images, kernel and initrd, firmware and UEFI NVRAM (made from its template first),
+  files of serial ports, consoles and channels (created if missing, as QEMU would), their log
+  files, sockets it connects to, the random-number device: the files the domain's XML names. A
+  file that user cannot already use as QEMU needs is given to it (chown) for as long as some
+  domain of the node needs it (a disk unplugged, or a CD-ROM's medium taken out, is no longer
+  needed); its previous owner and group are written in the status file of every domain that
+  holds it *before* the chown, so that whoever stops the last of them — this supervisor, or
+  the next one after a crash — gives the file back. Read-only and shared images need no
+  special case: a file several domains use is given back when the last of them stops, and one
+  the user can already read (an ISO readable by all) is never touched. A file is given back
+  only if it still has the owner it was given: one someone changed meanwhile is left as they
+  made it.
 * What QEMU cannot reach is refused at start with the path it would stumble on: a directory
   on the way that the user cannot enter (asvirt never changes directories' permissions), a
   directory QEMU must create a socket in but cannot write, the emulator binary, ``/dev/kvm``,
@@ -429,6 +430,14 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
         out.append(Need(defn.os.kernel, "the kernel", READ))
     if defn.os.initrd is not None:
         out.append(Need(defn.os.initrd, "the initrd", READ))
+    loader, nvram = defn.os.loader, defn.os.nvram
+    if loader is not None and loader.path is not None:
+        # A pflash opened writable unless readonly='yes'; the shared firmware of
+        # /usr/share, readable by all, is never touched.
+        writable = loader.type == "pflash" and not loader.readonly
+        out.append(Need(loader.path, "the firmware", READ | WRITE if writable else READ))
+        if loader.type == "pflash" and nvram is not None and nvram.path is not None:
+            out.append(Need(nvram.path, "the UEFI NVRAM", READ | WRITE))
     chardevs = [(c, f"{c.kind} '{c.alias or c.target_port}'") for c in defn.chardevs()]
     # A USB redirection's chardev opens its files and sockets as any other.
     chardevs += [(rd.source, f"redirdev '{rd.alias}'") for rd in defn.redirdevs if rd.source]
