@@ -838,8 +838,13 @@ async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
 ):
     """A file is given to one user at a time: a domain of another user (its own label,
     relabel='yes') that needs it is refused at start and at attach, changing nothing; a
-    file both users may use as it is (an ISO readable by all) is no conflict."""
+    file the other user may use as it is, and as it will be when given back (an ISO readable
+    by all, an image with an ACL entry for that user), is no conflict."""
     shared = someones(open_dir / "shared.img")
+    lent = someones(open_dir / "lent.img")  # someone's, lent to the label's user by an ACL
+    entries = [(USER_OBJ, 6, ANY), (NAMED_USER, 6, LABEL[0]), (GROUP_OBJ, 0, ANY)]
+    os.setxattr(lent, "system.posix_acl_access", acl(*entries, (MASK, 6, ANY), (OTHER, 0, ANY)))
+    lent_xml = disk_xml(lent, "sdb", bus="scsi", fmt="raw", extra="<shareable/>")
     media = open_dir / "media.iso"
     media.write_bytes(b"\0" * 2048)
     media.chmod(0o644)
@@ -847,12 +852,12 @@ async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
     scsi = "<controller type='scsi' model='virtio-scsi'/>"
     shareable = disk_xml(shared, "sda", bus="scsi", fmt="raw", extra="<shareable/>")
     a = await cconn.define_xml(
-        guest.xml("a", open_dir / "a.serial", devices=scsi + shareable + cdrom)
+        guest.xml("a", open_dir / "a.serial", devices=scsi + shareable + lent_xml + cdrom)
     )
     b_serial = open_dir / "b.serial"
     b = await cconn.define_xml(labelled(guest.xml("b", b_serial, devices=scsi + shareable + cdrom)))
     await a.start(paused=True)  # as the node's [qemu] user
-    assert owner(shared) == nobody
+    assert owner(shared) == owner(lent) == nobody
 
     with pytest.raises(asvirt.OperationInvalidError) as caught:
         await b.start(paused=True)
@@ -865,11 +870,14 @@ async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
     assert not (confined / "run" / "qemu" / "b.status").exists()
     assert owner(shared) == nobody and not b_serial.exists()  # nothing made or changed
 
-    # Without the shared disk it runs, the ISO with it; plugging the disk in is refused.
+    # Without the shared disk it runs, the ISO and the lent image with it (left as they
+    # are, held by a only); plugging the shared disk in is refused.
     b = await cconn.define_xml(
-        labelled(guest.xml("b", b_serial, uuid=b.uuid, devices=scsi + cdrom))
+        labelled(guest.xml("b", b_serial, uuid=b.uuid, devices=scsi + lent_xml + cdrom))
     )
     await b.start(paused=True)
+    assert owner(lent) == nobody
+    assert status_record(confined, "b")["chowned"] == {str(b_serial): [0, 0, *LABEL]}
     with pytest.raises(asvirt.OperationInvalidError, match="the running domain 'a'"):
         await b.attach_device(shareable)
     assert owner(shared) == nobody and str(shared) not in await b.xml_desc()
@@ -877,7 +885,7 @@ async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
 
     # Once a no longer runs, it is b's user's to have, and given back after.
     await a.destroy()
-    assert owner(shared) == SOMEONE
+    assert owner(shared) == owner(lent) == SOMEONE
     await b.attach_device(shareable)
     assert owner(shared) == LABEL
     await b.destroy()
