@@ -57,12 +57,15 @@ from .helpers import (
     wait_for,
     write_config,
 )
+from .test_qemu_host_helpers import efi
 
 pytestmark = [pytest.mark.qemu]
 
 USER = "nobody"
 #: The owner of the files QEMU is given: nobody's, until QEMU needs them.
 SOMEONE = (12345, 12345)
+#: The user:group of a domain's own DAC label (no such user: neither root, nobody nor someone).
+LABEL = (4242, 4242)
 AGENT = """
     <channel type='unix'>
       <source mode='bind'/>
@@ -137,6 +140,15 @@ def someones(path: Path, size: int = 1 << 20) -> Path:
     os.chown(path, *SOMEONE)
     path.chmod(0o600)
     return path
+
+
+def labelled(xml: str, who: tuple[int, int] = LABEL, relabel: str = "yes") -> str:
+    """Domain XML with a static DAC label of its own: its QEMU runs as ``who``."""
+    label = (
+        f"<seclabel type='static' model='dac' relabel='{relabel}'>"
+        f"<label>+{who[0]}:+{who[1]}</label></seclabel>"
+    )
+    return xml.replace("</domain>", f"{label}</domain>")
 
 
 def status_record(root: Path, name: str) -> dict[str, object]:
@@ -272,14 +284,21 @@ trio.run(main, *sys.argv[1:])
 """
 
 
+@pytest.mark.parametrize("whose", ["[qemu] user", "its own label"])
 @pytest.mark.parametrize("meanwhile", ["nothing", "QEMU dies"])
 async def test_files_are_given_back_after_the_supervisor_is_killed(
-    confined, guest, open_dir, nobody, meanwhile
+    root, qemu_user, guest, open_dir, nobody, meanwhile, whose
 ):
+    """Files given to the node's [qemu] user, or to the user of a domain's own static DAC
+    label with relabel='yes', are given back by the next supervisor."""
+    node_user = f'user = "{USER}"\n' if whose == "[qemu] user" else ""
+    write_config(root, f"[qemu]\n{node_user}destroy_grace = 2.0\nqmp_timeout = 10.0\n")
+    qemus = nobody if whose == "[qemu] user" else LABEL
     image = someones(open_dir / "disk.img")
     serial = open_dir / "vm1.serial"
-    (open_dir / "vm1.xml").write_text(guest.xml("vm1", serial, devices=disk_xml(image, fmt="raw")))
-    argv = [sys.executable, "-c", SUPERVISOR, embed_uri(confined), str(open_dir / "vm1.xml")]
+    xml = guest.xml("vm1", serial, devices=disk_xml(image, fmt="raw"))
+    (open_dir / "vm1.xml").write_text(xml if node_user else labelled(xml))
+    argv = [sys.executable, "-c", SUPERVISOR, embed_uri(root), str(open_dir / "vm1.xml")]
     supervisor = await trio.lowlevel.open_process(argv, cwd=REPO, stdout=subprocess.PIPE)
     pid = None
     try:
@@ -291,19 +310,20 @@ async def test_files_are_given_back_after_the_supervisor_is_killed(
         assert said == b"ready\n"
         supervisor.kill()  # SIGKILL: no chance to give anything back
         await supervisor.wait()
-        pid = qemu_pid(confined, "vm1")
+        pid = qemu_pid(root, "vm1")
         assert pid_alive(pid)
-        assert owner(image) == owner(serial) == nobody
+        assert proc_status(pid)["Uid"].split()[0] == str(qemus[0])
+        assert owner(image) == owner(serial) == qemus
         if meanwhile == "QEMU dies":
             os.kill(pid, signal.SIGKILL)
             await wait_for(lambda: not pid_alive(pid))
 
-        async with asvirt.open(embed_uri(confined)) as conn:
+        async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")
             if meanwhile == "nothing":
                 # Re-attached: the files stay QEMU's for as long as it runs.
                 assert (await dom.state())[0] is S.PAUSED
-                assert owner(image) == nobody
+                assert owner(image) == qemus
                 await dom.destroy()
             else:
                 assert await dom.state() == (S.SHUTOFF, asvirt.ShutoffReason.CRASHED)
@@ -646,18 +666,13 @@ async def test_a_static_dac_seclabel_runs_qemu_as_its_user_and_none_as_the_super
     serial = open_dir / "vm1.serial"
     serial.touch()
     os.chown(serial, *nobody)
-    label = (
-        f"<seclabel type='static' model='dac' relabel='no'>"
-        f"<label>+{nobody[0]}:+{nobody[1]}</label></seclabel>"
-    )
-    xml = guest.xml("vm1", serial).replace("</domain>", f"{label}</domain>")
-    dom = await conn.define_xml(xml)
+    dom = await conn.define_xml(labelled(guest.xml("vm1", serial), nobody, relabel="no"))
     await dom.start(paused=True)
     status = proc_status(qemu_pid(root, "vm1"))
     assert status["Uid"].split() == [str(nobody[0])] * 4
     assert status["Gid"].split() == [str(nobody[1])] * 4
     assert status["NoNewPrivs"] == "1"
-    assert label.split(">")[0] in await dom.xml_desc()
+    assert "<seclabel type='static' model='dac' relabel='no'>" in await dom.xml_desc()
     await dom.destroy()
     none = "<seclabel type='none' model='dac'/>"
     dom2 = await conn.define_xml(
@@ -665,17 +680,21 @@ async def test_a_static_dac_seclabel_runs_qemu_as_its_user_and_none_as_the_super
     )
     await dom2.start(paused=True)
     assert proc_status(qemu_pid(root, "vm2"))["Uid"].split()[0] == str(os.geteuid())
-    # A relabelling static label is not done by asvirt: refused, nothing runs.
+    # relabel='no' leaves the files alone: a disk the label's user may not open (root's,
+    # 0600) is refused before QEMU runs, saying so, and is left as it was.
+    image = open_dir / "vm3.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "16M")
+    image.chmod(0o600)
     dom3 = await conn.define_xml(
-        guest.xml("vm3", serial).replace(
-            "</domain>",
-            f"<seclabel type='static' model='dac' relabel='yes'><label>+{nobody[0]}:"
-            f"+{nobody[1]}</label></seclabel></domain>",
-        )
+        labelled(guest.xml("vm3", serial, devices=disk_xml(image)), nobody, relabel="no")
     )
-    with pytest.raises(asvirt.OperationUnsupportedError, match="does not relabel"):
+    with pytest.raises(asvirt.SystemCallError) as caught:
         await dom3.start(paused=True)
-    assert not await dom3.is_active()
+    assert f"QEMU runs as user '+{nobody[0]}:+{nobody[1]}'" in str(caught.value)
+    assert f"may not read/write disk 'vda' '{image}' (-rw------- root:root)" in str(caught.value)
+    assert "relabel='no'" in str(caught.value)
+    assert await dom3.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert owner(image) == (0, 0) and stat.S_IMODE(os.stat(image).st_mode) == 0o600
 
 
 async def test_a_disk_plugged_into_a_statically_labelled_domain_is_labelled_as_its_others(
@@ -691,12 +710,8 @@ async def test_a_disk_plugged_into_a_statically_labelled_domain_is_labelled_as_i
     scsi = "<controller type='scsi' model='virtio-scsi'/>"
     cold = someones(open_dir / "cold.img")
     os.chown(cold, *label_user)
-    label = (
-        "<seclabel type='static' model='dac' relabel='no'>"
-        f"<label>+{label_user[0]}:+{label_user[1]}</label></seclabel>"
-    )
     devices = scsi + disk_xml(cold, "sda", bus="scsi", fmt="raw")
-    xml = guest.xml("vm1", serial, devices=devices).replace("</domain>", f"{label}</domain>")
+    xml = labelled(guest.xml("vm1", serial, devices=devices), label_user, relabel="no")
     async with asvirt.open(embed_uri(confined)) as conn:
         try:
             dom = await conn.define_xml(xml)
@@ -713,6 +728,168 @@ async def test_a_disk_plugged_into_a_statically_labelled_domain_is_labelled_as_i
         finally:
             await destroy_all(conn)
     assert owner(image) == owner(cold) == label_user
+
+
+async def test_a_relabelling_dac_label_gives_the_domains_files_to_its_user_and_back(
+    conn, root, guest, open_dir
+):
+    """relabel='yes' on a static DAC label: the domain's files (a disk cold- or hot-plugged,
+    the serial file asvirt makes) are its user's while it runs, and root's again after."""
+    image = open_dir / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "16M")
+    image.chmod(0o600)  # root's: the label's user may not open it as it is
+    serial = open_dir / "vm1.serial"
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    dom = await conn.define_xml(
+        labelled(guest.xml("vm1", serial, devices=scsi + disk_xml(image) + AGENT))
+    )
+    await dom.start(paused=True)
+    status = proc_status(qemu_pid(root, "vm1"))
+    assert status["Uid"].split() == [str(LABEL[0])] * 4
+    assert status["Gid"].split() == [str(LABEL[1])] * 4
+    assert owner(image) == owner(serial) == LABEL
+    [disk] = [b for b in await dom.qmp("query-block") if b.get("inserted")]
+    assert disk["inserted"]["file"] == str(image) and disk["inserted"]["ro"] is False
+    # Written down before the chown, as for the node's [qemu] user.
+    assert status_record(root, "vm1")["chowned"] == {
+        str(image): [0, 0, *LABEL],
+        str(serial): [0, 0, *LABEL],
+    }
+    # The agent's socket asvirt placed: in a directory of the label's user, who bound it.
+    [channel] = parse_domain_xml(await dom.xml_desc()).channels
+    assert channel.source_path is not None
+    agent = Path(channel.source_path)
+    assert owner(agent.parent) == owner(agent) == LABEL
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(agent))
+
+    # A disk plugged in is given to the label's user too, and back when it leaves.
+    hot = open_dir / "hot.img"
+    hot.write_bytes(b"\0" * 65536)
+    hot.chmod(0o600)
+    hot_xml = disk_xml(hot, "sdb", bus="scsi", fmt="raw")
+    await dom.attach_device(hot_xml)
+    assert owner(hot) == LABEL
+    assert status_record(root, "vm1")["chowned"][str(hot)] == [0, 0, *LABEL]  # type: ignore[index]
+    assert await dom.detach_device(hot_xml) is True
+    assert owner(hot) == (0, 0)
+
+    await dom.destroy()
+    assert owner(image) == owner(serial) == (0, 0)
+    assert {stat.S_IMODE(os.stat(f).st_mode) for f in (image, serial, hot)} == {0o600}
+
+
+async def test_a_disk_whose_own_seclabel_says_relabel_no_is_left_as_it_is(
+    conn, root, guest, open_dir
+):
+    """<source><seclabel model='dac' relabel='no'/> keeps one disk of a relabelling domain
+    out of it: checked, never given away."""
+    given, kept = (open_dir / "given.img", open_dir / "kept.img")
+    for image in (given, kept):
+        image.write_bytes(b"\0" * 65536)
+        image.chmod(0o600)  # root's
+    norelabel = "<seclabel model='dac' relabel='no'/>"
+    kept_xml = disk_xml(kept, "vdb", fmt="raw").replace(
+        f"<source file='{kept}'/>", f"<source file='{kept}'>{norelabel}</source>"
+    )
+    serial = open_dir / "vm1.serial"
+    devices = disk_xml(given, fmt="raw") + kept_xml
+    dom = await conn.define_xml(labelled(guest.xml("vm1", serial, devices=devices)))
+    assert [d.norelabel for d in parse_domain_xml(await dom.xml_desc()).disks] == [False, True]
+    with pytest.raises(asvirt.SystemCallError) as caught:
+        await dom.start(paused=True)
+    assert f"may not read/write disk 'vdb' '{kept}' (-rw------- root:root)" in str(caught.value)
+    assert "relabel='no'" in str(caught.value)
+    assert owner(given) == owner(kept) == (0, 0) and not serial.exists()
+    kept.chmod(0o666)  # what its owner does to lend it
+    await dom.start(paused=True)
+    assert owner(given) == LABEL and owner(kept) == (0, 0)
+    assert str(kept) not in status_record(root, "vm1")["chowned"]  # type: ignore[operator]
+    await dom.destroy()
+    assert owner(given) == owner(kept) == (0, 0)
+
+
+async def test_a_uefi_domains_nvram_is_made_and_given_to_its_labels_user(
+    conn, root, guest, open_dir
+):
+    """The NVRAM a first start makes from its template is given to the label's user too
+    (QEMU writes it), and back; the shared firmware, readable by all, is left alone."""
+    nvram = open_dir / "vm1_VARS.fd"
+    xml = efi(guest.xml("vm1", open_dir / "vm1.serial")).replace(
+        "</firmware>", f"</firmware><nvram>{nvram}</nvram>"
+    )
+    dom = await conn.define_xml(labelled(xml))
+    loader = parse_domain_xml(await dom.xml_desc()).os.loader
+    assert loader is not None and loader.path is not None
+    firmware = Path(loader.path)  # the one define chose, under /usr/share
+    await dom.start(paused=True)
+    assert owner(nvram) == LABEL and stat.S_IMODE(os.stat(nvram).st_mode) == 0o600
+    assert owner(firmware) == (0, 0)
+    assert status_record(root, "vm1")["chowned"] == {
+        str(nvram): [0, 0, *LABEL],
+        str(open_dir / "vm1.serial"): [0, 0, *LABEL],
+    }
+    await dom.destroy()
+    assert owner(nvram) == (0, 0)
+
+
+async def test_a_file_given_to_one_user_is_refused_to_a_domain_of_another(
+    cconn, confined, guest, open_dir, nobody
+):
+    """A file is given to one user at a time: a domain of another user (its own label,
+    relabel='yes') that needs it is refused at start and at attach, changing nothing; a
+    file the other user may use as it is, and as it will be when given back (an ISO readable
+    by all, an image with an ACL entry for that user), is no conflict."""
+    shared = someones(open_dir / "shared.img")
+    lent = someones(open_dir / "lent.img")  # someone's, lent to the label's user by an ACL
+    entries = [(USER_OBJ, 6, ANY), (NAMED_USER, 6, LABEL[0]), (GROUP_OBJ, 0, ANY)]
+    os.setxattr(lent, "system.posix_acl_access", acl(*entries, (MASK, 6, ANY), (OTHER, 0, ANY)))
+    lent_xml = disk_xml(lent, "sdb", bus="scsi", fmt="raw", extra="<shareable/>")
+    media = open_dir / "media.iso"
+    media.write_bytes(b"\0" * 2048)
+    media.chmod(0o644)
+    cdrom = disk_xml(media, "hdc", fmt="raw", device="cdrom", bus="ide", extra="<readonly/>")
+    scsi = "<controller type='scsi' model='virtio-scsi'/>"
+    shareable = disk_xml(shared, "sda", bus="scsi", fmt="raw", extra="<shareable/>")
+    a = await cconn.define_xml(
+        guest.xml("a", open_dir / "a.serial", devices=scsi + shareable + lent_xml + cdrom)
+    )
+    b_serial = open_dir / "b.serial"
+    b = await cconn.define_xml(labelled(guest.xml("b", b_serial, devices=scsi + shareable + cdrom)))
+    await a.start(paused=True)  # as the node's [qemu] user
+    assert owner(shared) == owner(lent) == nobody
+
+    with pytest.raises(asvirt.OperationInvalidError) as caught:
+        await b.start(paused=True)
+    assert (
+        f"cannot give disk 'sda' '{shared}' to user '+{LABEL[0]}:+{LABEL[1]}' (uid "
+        f"{LABEL[0]}, gid {LABEL[1]}): it is given to uid {nobody[0]}, gid {nobody[1]} for "
+        "the running domain 'a'"
+    ) in str(caught.value)
+    assert await b.state() == (S.SHUTOFF, asvirt.ShutoffReason.FAILED)
+    assert not (confined / "run" / "qemu" / "b.status").exists()
+    assert owner(shared) == nobody and not b_serial.exists()  # nothing made or changed
+
+    # Without the shared disk it runs, the ISO and the lent image with it (left as they
+    # are, held by a only); plugging the shared disk in is refused.
+    b = await cconn.define_xml(
+        labelled(guest.xml("b", b_serial, uuid=b.uuid, devices=scsi + lent_xml + cdrom))
+    )
+    await b.start(paused=True)
+    assert owner(lent) == nobody
+    assert status_record(confined, "b")["chowned"] == {str(b_serial): [0, 0, *LABEL]}
+    with pytest.raises(asvirt.OperationInvalidError, match="the running domain 'a'"):
+        await b.attach_device(shareable)
+    assert owner(shared) == nobody and str(shared) not in await b.xml_desc()
+    assert str(shared) not in status_record(confined, "b")["chowned"]  # type: ignore[operator]
+
+    # Once a no longer runs, it is b's user's to have, and given back after.
+    await a.destroy()
+    assert owner(shared) == owner(lent) == SOMEONE
+    await b.attach_device(shareable)
+    assert owner(shared) == LABEL
+    await b.destroy()
+    assert owner(shared) == SOMEONE and owner(media) == (0, 0)
 
 
 def test_tls_files_qemus_user_cannot_read_refuse_the_start(qemu_user, open_dir):

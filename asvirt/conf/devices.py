@@ -30,7 +30,16 @@ from .addresses import (
 from .encryption import Encryption, parse_encryption
 from .names import validate_name
 from .netdisk import NetworkSource, parse_network_source
-from .tuning import BlockIO, Geometry, IOTune, parse_blockio, parse_geometry, parse_iotune
+from .tuning import (
+    BlockIO,
+    DeviceSecLabel,
+    Geometry,
+    IOTune,
+    parse_blockio,
+    parse_device_seclabels,
+    parse_geometry,
+    parse_iotune,
+)
 from .xmlnode import Node, XElem
 from .xmlsafe import parse_xml
 
@@ -217,6 +226,14 @@ class Disk(DeviceBase):
     #: ``<encryption format='luks'>``: the image is LUKS-encrypted (a raw LUKS image, or a
     #: qcow2 with LUKS encryption), its passphrase in a secret.
     encryption: Encryption | None = None
+    #: ``<source><seclabel>``: how its file is labelled, overriding the domain's.
+    seclabels: list[DeviceSecLabel] = field(default_factory=list)
+
+    @property
+    def norelabel(self) -> bool:
+        """``<source><seclabel model='dac' relabel='no'/>``: its file is never given to
+        QEMU's user (see :mod:`asvirt.drivers.qemu.security`)."""
+        return any(sl.dac_norelabel for sl in self.seclabels)
 
     @property
     def has_format_node(self) -> bool:
@@ -296,6 +313,9 @@ class Disk(DeviceBase):
             src = el.add(
                 "source", {key: self.source, "startupPolicy": self.startup_policy, "index": index}
             )
+        if src is not None:
+            for label in self.seclabels:
+                label.format_xml(src)
         if self.encryption is not None:
             self.encryption.format_xml(src if self.encryption.in_source and src else el)
         if self.geometry is not None:
@@ -340,6 +360,7 @@ def _parse_disk_tuning(node: Node, disk: Disk) -> None:
 
 
 def _parse_source_encryption(src: Node, disk: Disk) -> None:
+    disk.seclabels = parse_device_seclabels(src)
     enc = src.child("encryption")
     if enc is not None:
         disk.encryption = parse_encryption(enc, in_source=True)

@@ -571,6 +571,44 @@ def parse_seclabel(node: Node) -> SecLabel:
     return sl
 
 
+@dataclass(slots=True)
+class DeviceSecLabel:
+    """``<seclabel>`` in a disk's ``<source>``: how that one file is labelled, overriding the
+    domain's (libvirt's per-device label). ``relabel='no'`` leaves the file as it is, even
+    where the domain's files are given to QEMU's user."""
+
+    model: str | None = None
+    relabel: bool | None = None
+
+    @property
+    def dac_norelabel(self) -> bool:
+        """Whether it keeps the DAC driver (the only one here) off the file."""
+        return self.model in (None, "dac") and self.relabel is False
+
+    def format_xml(self, parent: XElem) -> None:
+        parent.add("seclabel", {"model": self.model, "relabel": self.relabel})
+
+
+def parse_device_seclabels(src: Node) -> list[DeviceSecLabel]:
+    """The ``<seclabel>`` elements of a device's ``<source>``, one per model."""
+    out: list[DeviceSecLabel] = []
+    for node in src.children("seclabel"):
+        sl = DeviceSecLabel(model=node.attr("model"), relabel=node.yesno("relabel"))
+        label = node.child_text("label")
+        node.finish()
+        if label is not None:
+            if sl.relabel is False:
+                raise XMLError(f"{node.where}: a label cannot go with relabel='no'")
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: a <label> in {node.where}: asvirt gives a file "
+                "to the user QEMU runs as, or with relabel='no' leaves it as it is"
+            )
+        if any(other.model == sl.model for other in out):
+            raise XMLError(f"{src.where}: a security model may be named by one <seclabel> only")
+        out.append(sl)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # disks: <iotune>, <blockio>, <geometry>
 
@@ -732,6 +770,7 @@ __all__ = [
     "BlockIO",
     "CPUTune",
     "CacheAlloc",
+    "DeviceSecLabel",
     "Geometry",
     "IOTune",
     "MemTune",
@@ -742,6 +781,7 @@ __all__ = [
     "parse_blkiotune",
     "parse_blockio",
     "parse_cputune",
+    "parse_device_seclabels",
     "parse_geometry",
     "parse_iotune",
     "parse_memtune",

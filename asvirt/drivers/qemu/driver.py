@@ -84,7 +84,7 @@ from .nodeinfo import host_node_info
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
-from .security import DacSecurity, remove_socket_dir, resolve_identity
+from .security import DacSecurity, resolve_identity
 from .stats import ImageSizes
 from .status import StatusRecord
 from .tls import TlsConfig
@@ -498,7 +498,7 @@ class QemuNode(Node):
             self.table.reserve_ids_through(record.domain_id)
             # All of them before any domain is re-attached or found gone: a file is given
             # back to its owner only when no domain holds it any more.
-            self.security.adopt(record.uuid, record.chowned)
+            self.security.adopt(record.uuid, record.chowned, record.name)
         # What subscribers were last told about each: a status file may lag behind it.
         told = last_lifecycle(self.journal, [r.uuid for r in records])
         for record in records:
@@ -637,8 +637,7 @@ class QemuNode(Node):
             runner.detach()
         for runner in runners:
             await runner.wait_done()
-        if self.security.identity is not None:
-            remove_socket_dir(self.security.socket_dir)
+        self.security.remove_socket_dirs()
         if not runners:
             # Nothing runs that could use a socket there, nor will until the root is opened
             # again (which makes the directory anew): it would stay in /tmp for good.

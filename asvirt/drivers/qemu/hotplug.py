@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ...hypervisor.domain_driver import RuntimeCallbacks
     from .monitor import Monitor
     from .runner import RunnerEnv
-    from .security import DacSecurity
+    from .security import DacSecurity, QemuIdentity
 
 _fd_names = itertools.count(1)
 
@@ -243,6 +243,8 @@ class HotplugOps:
 
         def _security(self) -> DacSecurity | None: ...
 
+        def _qemu_identity(self) -> QemuIdentity | None: ...
+
         async def add_secret(self, secret_id: str, value: bytes) -> None: ...
 
         def _secret_lookup(
@@ -260,8 +262,9 @@ class HotplugOps:
         the live definition; on failure, whatever was plugged is taken out again."""
         caps = await self._env.capabilities_for(self._live_def)
         prepared, new = prepare_with_device(self._live_def, dev, caps, live=True)
-        # The domain's own confinement (none under its own static or 'none' DAC label): a
-        # plugged disk is given to whom its cold-plugged disks were, or to nobody.
+        # The domain's confinement: a plugged disk is given to whom its cold-plugged disks
+        # were (the node's [qemu] user, or its own DAC label's with relabel='yes'), or to
+        # nobody.
         security = self._security()
         # A vhost-user NIC's socket is a file QEMU's user must reach, as a disk's image is.
         has_files = isinstance(new, Disk) or (
@@ -330,9 +333,7 @@ class HotplugOps:
     def _disk_tls(self, disk: Disk) -> TlsConfig:
         """The node's TLS settings, the files a plugged disk's TLS needs being readable."""
         tls = TlsConfig.from_qemu(self._env.config)
-        security = self._security()
-        who = security.identity if security is not None else None
-        check_disk_tls_files(disk, tls, self._live_def.name, who)
+        check_disk_tls_files(disk, tls, self._live_def.name, self._qemu_identity())
         return tls
 
     async def _add_disk_creds(self, disk: Disk, tls: TlsConfig) -> str | None:

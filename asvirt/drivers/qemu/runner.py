@@ -78,13 +78,13 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
-from .helpers import DomainHelpers, drop_missing_sources
+from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
 from .savevm import RESYNC_EVENT, GuestStateOps
 from .secrets import SecretLookup, needed_secrets, secret_object, secret_pipes
-from .security import DacSecurity, describe_file, qemu_caps, unreachable
+from .security import DacSecurity, QemuIdentity, describe_file, unreachable
 from .statemachine import DiskInfo, DomainStateMachine, Reaction, StartKind, StopCause
 from .status import RUNNING, STARTING, StatusRecord
 from .tls import TlsConfig, check_tls_files
@@ -689,9 +689,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         paths = self._env.paths
         caps = await self._env.capabilities_for(self._live_def)
         security = self._security()
+        who = self._qemu_identity()
         socket_dir = paths.socket_dir
-        if security is not None and security.identity is not None:
-            socket_dir = security.socket_dir  # QEMU's user cannot enter the root
+        if security is not None and who is not None:
+            socket_dir = security.socket_dir_for(who)  # QEMU's user cannot enter the root
         cold_boot = self._origin is None
         for target in drop_missing_sources(self._live_def, cold_boot=cold_boot):
             self.log.info(
@@ -706,11 +707,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         # directory, recorded in the live XML so clients know where to connect; so do
         # automatic SPICE ports.
         fill_runtime_paths(self._live_def, str(socket_dir), tls)
-        who = security.identity if security is not None else None
         check_tls_files(self._live_def, tls, who)  # with the TLS ports just given
         fill_listen_addresses(self._live_def)
         if security is not None:
-            # Refuses what QEMU's user could not reach, before anything exists.
+            if who is not None:
+                # A first start's NVRAM, from its template: a file to give QEMU's user too.
+                await trio.to_thread.run_sync(ensure_nvram, self._live_def, paths)
+            # Refuses what QEMU's user could not reach, before anything else exists.
             security.prepare(self._uuid, self._live_def, self._live_def.emulator or caps.binary)
         # Every secret the domain needs, before anything exists: one missing fails the start.
         secrets = needed_secrets(self._live_def, self._secret_lookup, tls)
@@ -748,9 +751,10 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         name = self._name
         monitor_path = paths.monitor(self._uuid)
         security = self._security()
+        who = self._qemu_identity()
         socket_dir = paths.socket_dir
-        if security is not None and security.identity is not None:
-            socket_dir = security.socket_dir
+        if security is not None and who is not None:
+            socket_dir = security.socket_dir_for(who)
         # The intent, durably, before the process exists: whoever opens this root next
         # finds every QEMU it may have started, even if we die the next instant. A start
         # that cannot write it down does not happen. It also names the files about to be
@@ -791,12 +795,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 argv += ["-incoming", "defer"]
                 passed += (self._origin.fd,)
             if security is not None:
-                # setpriv takes on QEMU's user and execs QEMU: same pid, QEMU's command line.
-                argv = security.command(argv, qemu_caps(self._live_def))
-            label = tuning.label_identity(self._live_def)
-            if label is not None:
-                # <seclabel model='dac'> with a static label
-                argv = label.command(argv, qemu_caps(self._live_def))
+                # setpriv takes on QEMU's user ([qemu] user, or the domain's own static
+                # <seclabel model='dac'>) and execs QEMU: same pid, QEMU's command line.
+                argv = security.command(argv, self._live_def)
             # Refuses what this host cannot control, before QEMU exists.
             self._resctrl = tuning.prepare_resctrl(self._live_def, self._uuid)
             self._cgroup = tuning.prepare_cgroup(self._live_def, self._env.config.cgroup_parent)
@@ -894,20 +895,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         dirs = self._memory_dirs()
         if not dirs:
             return
-        owner: tuple[int, int] | None = None
-        over = tuning.dac_override(self._live_def)
-        security = self._security()
-        if isinstance(over, tuple):
-            owner = over
-        elif security is not None and security.identity is not None:
-            owner = (security.identity.uid, security.identity.gid)
+        who = self._qemu_identity()
+        owner = (who.uid, who.gid) if who is not None else None
         try:
             dirs.create(owner)
         except OSError as err:
             raise SystemCallError.from_oserror(
                 err, f"prepare the memory of domain '{self._name}'"
             ) from None
-        who = security.identity if security is not None else None
         for path in (dirs.files, *dirs.hugepages):
             blocked = unreachable(str(path), who) if path is not None and who else None
             if blocked is not None:
@@ -927,11 +922,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             self.log.warning("cannot remove the domain's memory files", error=str(err))
 
     def _security(self) -> DacSecurity | None:
-        """The node's confinement, unless a <seclabel model='dac'> of the domain names its
-        own identity (a static label) or none (type='none')."""
-        if tuning.dac_override(self._live_def) is not None:
-            return None
+        """The node's confinement: who QEMU of this domain runs as (the node's ``[qemu]
+        user``, or its own <seclabel model='dac'>), and the files given to that user."""
         return self._env.security
+
+    def _qemu_identity(self) -> QemuIdentity | None:
+        """Who this domain's QEMU runs as (None: the supervisor itself)."""
+        security = self._security()
+        return security.identity_of(self._live_def) if security is not None else None
 
     async def _boot(self, *, paused: bool) -> None:
         caps = await self._env.capabilities_for(self._live_def)

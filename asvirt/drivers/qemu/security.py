@@ -10,17 +10,18 @@ With ``[qemu] user`` (and/or ``group``) set, and a supervisor running as root:
   hook would copy the supervisor and is unsafe with threads. exec keeps the pid, so the pidfd,
   the start time and the command line that identify a QEMU are QEMU's own.
 * The files QEMU opens by path are made usable by that user while the domain runs: disk and
-  CD-ROM images, kernel and initrd, files of serial ports, consoles and channels (created if
-  missing, as QEMU would), their log files, sockets it connects to, the random-number
-  device: the files the domain's XML names. A file that user cannot already use as QEMU needs
-  is given to it (chown) for as long as some domain of the node needs it (a disk unplugged,
-  or a CD-ROM's medium taken out, is no longer needed); its previous owner
-  and group are written in the status file of every domain that holds it *before* the chown,
-  so that whoever stops the last of them — this supervisor, or the next one after a crash —
-  gives the file back. Read-only and shared images need no special case: a file several
-  domains use is given back when the last of them stops, and one the user can already read
-  (an ISO readable by all) is never touched. A file is given back only if it still has the
-  owner it was given: one someone changed meanwhile is left as they made it.
+  CD-ROM images, kernel and initrd, firmware and UEFI NVRAM (made from its template first),
+  files of serial ports, consoles and channels (created if missing, as QEMU would), their log
+  files, sockets it connects to, the random-number device: the files the domain's XML names. A
+  file that user cannot already use as QEMU needs is given to it (chown) for as long as some
+  domain of the node needs it (a disk unplugged, or a CD-ROM's medium taken out, is no longer
+  needed); its previous owner and group are written in the status file of every domain that
+  holds it *before* the chown, so that whoever stops the last of them — this supervisor, or
+  the next one after a crash — gives the file back. Read-only and shared images need no
+  special case: a file several domains use is given back when the last of them stops, and one
+  the user can already read (an ISO readable by all) is never touched. A file is given back
+  only if it still has the owner it was given: one someone changed meanwhile is left as they
+  made it.
 * What QEMU cannot reach is refused at start with the path it would stumble on: a directory
   on the way that the user cannot enter (asvirt never changes directories' permissions), a
   directory QEMU must create a socket in but cannot write, the emulator binary, ``/dev/kvm``,
@@ -31,6 +32,18 @@ With ``[qemu] user`` (and/or ``group``) set, and a supervisor running as root:
   outside the embed root (which only the supervisor may enter), owned by QEMU's user:
   :attr:`~.paths.EmbedPaths.qemu_socket_dir`. The monitor socket and the log are passed to
   QEMU as open descriptors and need nothing.
+
+A domain's own static ``<seclabel model='dac'>`` runs its QEMU as the label's ``user:group``
+instead, confined the same way (with the node's ``[qemu] user`` set or not). With
+``relabel='yes'`` its files are given to that user exactly as above (recorded, given back at
+stop, after a crash, after an unplug); with ``relabel='no'`` (libvirt's default for a static
+label) nothing is given: what the user cannot use already is refused at start. A file is given
+to one user at a time: a domain of another user that needs a file given away is refused (at
+start or attach, before anything is changed) while a domain holds it, unless the file serves
+it both as it is now and as it will be once given back. Sockets asvirt places for a label's
+QEMU go to a directory of that user's beside the node's (:meth:`DacSecurity.socket_dir_for`).
+One disk is kept out of it by ``<source><seclabel model='dac' relabel='no'/>``: checked as
+a file asvirt may not give away, whoever QEMU runs as.
 
 Access is judged from the mode bits and POSIX ACLs (``system.posix_acl_access``), as the
 kernel judges a process with no capabilities. Limitations: files on other machines (NFS with
@@ -53,7 +66,14 @@ from pathlib import Path
 
 from ...conf.domain import DomainDef
 from ...config import QemuConfig
-from ...errors import InvalidArgError, NoConnectError, SystemCallError
+from ...errors import (
+    ConfigUnsupportedError,
+    InvalidArgError,
+    NoConnectError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    SystemCallError,
+)
 from ...log import get_logger
 
 log = get_logger("asvirt.qemu.security")
@@ -178,6 +198,71 @@ def resolve_identity(config: QemuConfig) -> QemuIdentity | None:
         groups=tuple(sorted(set(groups))),
         setpriv=setpriv,
     )
+
+
+# -- a domain's own label ---------------------------------------------------------------------
+
+
+def parse_dac_label(label: str) -> tuple[int, int]:
+    """uid and gid of a DAC label, ``user:group`` (names, or ``+UID:+GID``)."""
+    user, sep, group = label.partition(":")
+    if not sep or not user or not group:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: DAC label '{label}' must be user:group"
+        )
+    try:
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        gid = int(group[1:]) if group.startswith("+") else grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: DAC label '{label}' names an unknown user or group"
+        ) from None
+    return uid, gid
+
+
+def dac_override(d: DomainDef) -> tuple[int, int] | bool | None:
+    """What ``<seclabel model='dac'>`` says QEMU runs as: (uid, gid) for a static label,
+    False for ``type='none'`` (the supervisor's own identity), None: the node's default."""
+    for sl in d.seclabels:
+        if sl.model == "dac" and sl.type == "static":
+            return parse_dac_label(sl.label or "")
+        if sl.model == "dac" and sl.type == "none":
+            return False
+    return None
+
+
+def label_identity(d: DomainDef) -> QemuIdentity | None:
+    """Who a static ``<seclabel model='dac'>`` runs QEMU as (None: no such label, or the
+    supervisor's own identity). Refuses what this supervisor cannot do."""
+    over = dac_override(d)
+    if not isinstance(over, tuple):
+        return None
+    uid, gid = over
+    label = next(sl for sl in d.seclabels if sl.model == "dac" and sl.type == "static")
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return None
+    if os.geteuid() != 0:
+        raise OperationUnsupportedError(
+            f"<seclabel model='dac'><label>{label.label}</label>: only a supervisor running "
+            f"as root can run QEMU as another user, and this one runs as uid {os.geteuid()}"
+        )
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise OperationUnsupportedError(
+            "<seclabel model='dac'>: running QEMU as another user needs 'setpriv' (util-linux)"
+        )
+    return QemuIdentity(user=label.label or "", uid=uid, gid=gid, groups=(gid,), setpriv=setpriv)
+
+
+def relabels(d: DomainDef) -> bool:
+    """Whether the files of ``d`` are given to the user its QEMU runs as: always under the
+    node's ``[qemu] user``; under a static ``<seclabel model='dac'>`` of its own only with
+    ``relabel='yes'`` (libvirt's default for a static label is ``no``: the administrator
+    labels the files)."""
+    for sl in d.seclabels:
+        if sl.model == "dac" and sl.type == "static":
+            return bool(sl.relabel)
+    return True
 
 
 # -- what the kernel would allow --------------------------------------------------------------
@@ -316,7 +401,17 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
             continue
         what = f"{'CD-ROM' if disk.device == 'cdrom' else 'disk'} '{disk.target}'"
         readonly = disk.readonly or disk.device == "cdrom"
-        out.append(Need(disk.source, what, READ if readonly else READ | WRITE))
+        want = READ if readonly else READ | WRITE
+        if disk.norelabel:
+            # <source><seclabel model='dac' relabel='no'/>: its owner keeps it, whoever
+            # QEMU runs as (libvirt's DAC driver skips such a disk).
+            hint = (
+                "its <seclabel model='dac' relabel='no'> keeps asvirt from giving it away: "
+                "let that user use it (chown, a group, an ACL)"
+            )
+            out.append(Need(disk.source, what, want, may_chown=False, hint=hint))
+        else:
+            out.append(Need(disk.source, what, want))
         if disk.type == "file" and disk.format == "qcow2":
             for backing in qcow2_backing_chain(disk.source):
                 # Named inside the image, which whoever supplied the image chose: root must
@@ -335,6 +430,14 @@ def needs(defn: DomainDef, emulator: str) -> list[Need]:
         out.append(Need(defn.os.kernel, "the kernel", READ))
     if defn.os.initrd is not None:
         out.append(Need(defn.os.initrd, "the initrd", READ))
+    loader, nvram = defn.os.loader, defn.os.nvram
+    if loader is not None and loader.path is not None:
+        # A pflash opened writable unless readonly='yes'; the shared firmware of
+        # /usr/share, readable by all, is never touched.
+        writable = loader.type == "pflash" and not loader.readonly
+        out.append(Need(loader.path, "the firmware", READ | WRITE if writable else READ))
+        if loader.type == "pflash" and nvram is not None and nvram.path is not None:
+            out.append(Need(nvram.path, "the UEFI NVRAM", READ | WRITE))
     chardevs = [(c, f"{c.kind} '{c.alias or c.target_port}'") for c in defn.chardevs()]
     # A USB redirection's chardev opens its files and sockets as any other.
     chardevs += [(rd.source, f"redirdev '{rd.alias}'") for rd in defn.redirdevs if rd.source]
@@ -447,41 +550,97 @@ class DacSecurity:
     """A node's confinement of its QEMUs: who they run as, and the files given to that user.
 
     One per node (the domains of a root share files: each file's original owner is known
-    once, and given back when the last domain that needs it stops). What it holds lives in
-    the domains' status files (:meth:`held_by`), and is rebuilt from them at open
-    (:meth:`adopt`), so giving files back survives the supervisor's death.
+    once, and given back when the last domain that needs it stops). A domain's QEMU runs as
+    the node's ``[qemu] user``, or as the user of its own static ``<seclabel model='dac'>``
+    (:meth:`identity_of`); its files are given to whichever of them it runs as (under its
+    own label only with ``relabel='yes'``: :func:`relabels`), each file to one owner at a
+    time. What it holds lives in the domains' status files (:meth:`held_by`), and is
+    rebuilt from them at open (:meth:`adopt`), so giving files back survives the
+    supervisor's death.
     """
 
     def __init__(self, identity: QemuIdentity | None, socket_dir: Path) -> None:
         self.identity = identity
-        #: Where sockets asvirt places for a confined QEMU go (see the module's docstring).
+        #: Where sockets asvirt places for a QEMU of the node's identity go (see the
+        #: module's docstring); one of a domain's own label: :meth:`socket_dir_for`.
         self.socket_dir = socket_dir
         self._held: dict[str, _Held] = {}
+        #: Names of the domains that hold files, for messages.
+        self._names: dict[str, str] = {}
 
     # -- a domain starts ---------------------------------------------------------------------
 
-    def command(self, argv: list[str], caps: tuple[str, ...] = ()) -> list[str]:
-        """The argv that runs QEMU's ``argv`` as the configured identity (keeping ``caps``)."""
-        return argv if self.identity is None else self.identity.command(argv, caps)
+    def identity_of(self, defn: DomainDef) -> QemuIdentity | None:
+        """Who QEMU of ``defn`` runs as: the user of its static ``<seclabel model='dac'>``,
+        else the node's ``[qemu] user``; None: the supervisor itself (no label or
+        ``type='none'`` on a node without one, or a label naming the supervisor)."""
+        if dac_override(defn) is None:
+            return self.identity
+        return label_identity(defn)
+
+    def socket_dir_for(self, who: QemuIdentity) -> Path:
+        """Where asvirt places the sockets of a QEMU running as ``who``: a directory of that
+        user's (:func:`ensure_socket_dir`), the node's own for ``[qemu] user``, one beside it
+        for a domain's own label."""
+        if self.identity is not None and (who.uid, who.gid) == (
+            self.identity.uid,
+            self.identity.gid,
+        ):
+            return self.socket_dir
+        return self.socket_dir.with_name(f"{self.socket_dir.name}-{who.uid}-{who.gid}")
+
+    def command(self, argv: list[str], defn: DomainDef) -> list[str]:
+        """The argv that runs QEMU's ``argv`` as QEMU of ``defn`` runs (keeping the
+        capabilities it needs: :func:`qemu_caps`)."""
+        who = self.identity_of(defn)
+        return argv if who is None else who.command(argv, qemu_caps(defn))
 
     def prepare(self, uuid: str, defn: DomainDef, emulator: str) -> None:
         """Check that QEMU of domain ``uuid`` can reach everything ``defn`` names, create the
         files it would create, and decide which files it must be given (held for ``uuid``,
         not yet changed: record :meth:`held_by` first, then :meth:`apply`).
 
-        Raises SystemCallError naming the path QEMU could not use; then nothing is held.
+        Raises SystemCallError naming the path QEMU could not use, OperationInvalidError for
+        a file another domain holds for another user; then nothing is held, and no file
+        was created or changed.
         """
-        who = self.identity
+        who = self.identity_of(defn)
         if who is None:
             return
         wanted = needs(defn, emulator)
-        if any(n.path == str(self.socket_dir) for n in wanted):
-            self._ensure_socket_dir(who)
+        if not relabels(defn):
+            # relabel='no': the label's user must have its files already; QEMU creates
+            # those it would (as that user, where it may).
+            hint = (
+                "the domain's <seclabel model='dac' relabel='no'> leaves its files to the "
+                "label's user: give it access (chown, a group, an ACL) or use relabel='yes'"
+            )
+            wanted = [
+                dataclasses.replace(n, may_chown=False, create=False, hint=n.hint or hint)
+                for n in wanted
+            ]
+        socket_dir = self.socket_dir_for(who)
+        if any(n.path == str(socket_dir) for n in wanted):
+            self._ensure_socket_dir(socket_dir, who)
         for need in wanted:
             self._check_reachable(need, who)
-        for need in wanted:
-            if need.create and not os.path.lexists(need.path):
-                _create_empty(need.path)
+        # What exists first: a file held for another user refuses the start before
+        # anything is created.
+        chosen = self._choose(uuid, wanted, who)
+        missing = [n for n in wanted if n.create and not os.path.lexists(n.path)]
+        for need in missing:
+            _create_empty(need.path)
+        chosen.update(self._choose(uuid, missing, who))
+        self._names[uuid] = defn.name
+        for real, held in chosen.items():
+            held.holders.add(uuid)
+            self._held.setdefault(real, held)
+
+    def _choose(self, uuid: str, wanted: list[Need], who: QemuIdentity) -> dict[str, _Held]:
+        """The files of ``wanted`` that QEMU of ``uuid``, running as ``who``, must hold:
+        those it may not use as they are, and those other domains hold for the same user
+        (given back only when the last of them stops)."""
+        mine = (who.uid, who.gid)
         chosen: dict[str, _Held] = {}
         for need in wanted:
             if not need.may_chown:
@@ -489,20 +648,34 @@ class DacSecurity:
             try:
                 real = os.path.realpath(need.path)
                 st = os.stat(real)
-                has_access = allows(st, _acl(real), who, need.want)
+                acl = _acl(real)
+                has_access = allows(st, acl, who, need.want)
             except FileNotFoundError:
                 continue  # QEMU will say it is missing (or, for a socket, wait for it)
             except OSError as err:
                 raise SystemCallError.from_oserror(
                     err, f"check that {who} can use {need.what}", need.path
                 ) from None
-            if real in self._held or real in chosen:
-                chosen.setdefault(real, self._held.get(real) or chosen[real])
-            elif not has_access:
-                chosen[real] = _Held((st.st_uid, st.st_gid), (who.uid, who.gid), set(), False)
-        for real, held in chosen.items():
-            held.holders.add(uuid)
-            self._held.setdefault(real, held)
+            held = chosen.get(real) or self._held.get(real)
+            if held is None:
+                if not has_access:
+                    chosen[real] = _Held((st.st_uid, st.st_gid), mine, set(), False)
+            elif held.given == mine:
+                chosen[real] = held
+            elif not (has_access and allows(_owned_by(st, held.before), acl, who, need.want)):
+                # Given to another user for another domain: QEMU of this one could use it
+                # neither now nor once it is given back.
+                others = ", ".join(
+                    f"'{self._names.get(h, h)}'" for h in sorted(held.holders - {uuid})
+                )
+                raise OperationInvalidError(
+                    f"cannot give {need.what} '{need.path}' to {who}: it is given to uid "
+                    f"{held.given[0]}, gid {held.given[1]} for the running domain {others}, "
+                    "and a file can belong to one user at a time; run both domains as the "
+                    "same user (the same DAC label), or let both users use the file (a "
+                    "group, an ACL) with relabel='no'"
+                )
+        return chosen
 
     def _check_reachable(self, need: Need, who: QemuIdentity) -> None:
         blocked = unreachable(need.path, who)
@@ -539,12 +712,12 @@ class DacSecurity:
                 errno=errno.EACCES,
             )
 
-    def _ensure_socket_dir(self, who: QemuIdentity) -> None:
+    def _ensure_socket_dir(self, path: Path, who: QemuIdentity) -> None:
         try:
-            ensure_socket_dir(self.socket_dir, who)
+            ensure_socket_dir(path, who)
         except OSError as err:
             raise SystemCallError.from_oserror(
-                err, f"prepare the socket directory of {who}", self.socket_dir
+                err, f"prepare the socket directory of {who}", path
             ) from None
 
     def apply(self, uuid: str) -> None:
@@ -576,12 +749,15 @@ class DacSecurity:
             if uuid in held.holders
         }
 
-    def adopt(self, uuid: str, held: dict[str, list[int]]) -> None:
-        """Take over what a status file says ``uuid`` holds (a previous supervisor's work).
+    def adopt(self, uuid: str, held: dict[str, list[int]], name: str | None = None) -> None:
+        """Take over what a status file says ``uuid`` (domain ``name``) holds (a previous
+        supervisor's work), whoever it was given to.
 
         Call it for every status file before any domain is re-attached or given up: a file is
         given back only when no domain holds it any more.
         """
+        if name is not None:
+            self._names[uuid] = name
         for real, (uid, gid, given_uid, given_gid) in held.items():
             entry = self._held.setdefault(
                 real, _Held((uid, gid), (given_uid, given_gid), set(), True)
@@ -630,6 +806,15 @@ class DacSecurity:
         """
         for real in [r for r, held in self._held.items() if uuid in held.holders]:
             self._drop(uuid, real)
+        self._names.pop(uuid, None)
+
+    # -- the node closes -------------------------------------------------------------------------
+
+    def remove_socket_dirs(self) -> None:
+        """Remove the socket directories of QEMU's users (the node's, and those of domains'
+        own labels) that nothing is left in. Never raises."""
+        for path in (self.socket_dir, *self.socket_dir.parent.glob(f"{self.socket_dir.name}-*")):
+            remove_socket_dir(path)
 
 
 def _give_back(real: str, held: _Held) -> None:
@@ -650,6 +835,13 @@ def _give_back(real: str, held: _Held) -> None:
         log.error("cannot give a file back to its owner", path=real, error=str(err))
         return
     log.info("gave a file back to its owner", path=real, uid=held.before[0])
+
+
+def _owned_by(st: os.stat_result, owner: tuple[int, int]) -> os.stat_result:
+    """``st`` as it would be with ``owner`` (uid, gid): what :func:`allows` judges."""
+    fields = list(st[:10])
+    fields[4], fields[5] = owner
+    return os.stat_result(fields)
 
 
 def _create_empty(path: str) -> None:
@@ -709,9 +901,13 @@ __all__ = [
     "DacSecurity",
     "QemuIdentity",
     "allows",
+    "dac_override",
+    "label_identity",
     "needs",
+    "parse_dac_label",
     "qcow2_backing_chain",
     "qemu_caps",
+    "relabels",
     "resolve_identity",
     "unreachable",
 ]

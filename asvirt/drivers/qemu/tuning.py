@@ -24,8 +24,9 @@
   percentages (``MB``), monitor groups under its ``mon_groups``; the vCPU threads are moved
   in before the guest runs, and the groups removed when QEMU ends. A host without resctrl
   mounted, or without what the XML asks, refuses the start before QEMU exists.
-* ``<seclabel model='dac'>``: ``type='static'`` runs QEMU as the label's user:group (through
-  the DAC confinement of :mod:`.security`), ``type='none'`` as the supervisor itself; other
+* ``<seclabel model='dac'>``: ``type='static'`` runs QEMU as the label's user:group, with
+  its files given to that user for ``relabel='yes'`` (the DAC confinement of
+  :mod:`.security`, which reads the label), ``type='none'`` as the supervisor itself; other
   models (SELinux, AppArmor) have no security driver here and are refused as libvirt does.
 * ``<memoryBacking><hugepages>``: guest RAM in a file on a hugetlbfs mount of the right page
   size, refused at start when there is none or too few pages are free.
@@ -35,10 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import os
-import pwd
-import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +52,7 @@ from ...errors import (
     SystemCallError,
 )
 from ...log import get_logger
-from .security import QemuIdentity
+from .security import parse_dac_label
 
 log = get_logger("asvirt.qemu.tuning")
 
@@ -106,6 +104,13 @@ def _check_scheds(d: DomainDef) -> None:
 
 
 def _check_disk(disk: Disk) -> None:
+    for label in disk.seclabels:
+        if label.model not in (None, "dac"):
+            # libvirt's wording, as for the domain's <seclabel> (_check_seclabel).
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: Security driver model '{label.model}' is not "
+                f"available (the <seclabel> of disk '{disk.target}')"
+            )
     if (disk.queues is not None or disk.queue_size is not None) and disk.bus != "virtio":
         raise ConfigUnsupportedError(
             f"unsupported configuration: disk '{disk.target}': queues and queue_size are "
@@ -166,62 +171,6 @@ def _check_seclabel(sl: SecLabel) -> None:
             "default MAC driver; this host has none: use model='dac' or type='none')"
         )
     )
-
-
-def parse_dac_label(label: str) -> tuple[int, int]:
-    """uid and gid of a DAC label, ``user:group`` (names, or ``+UID:+GID``)."""
-    user, sep, group = label.partition(":")
-    if not sep or not user or not group:
-        raise ConfigUnsupportedError(
-            f"unsupported configuration: DAC label '{label}' must be user:group"
-        )
-    try:
-        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
-        gid = int(group[1:]) if group.startswith("+") else grp.getgrnam(group).gr_gid
-    except (KeyError, ValueError):
-        raise ConfigUnsupportedError(
-            f"unsupported configuration: DAC label '{label}' names an unknown user or group"
-        ) from None
-    return uid, gid
-
-
-def dac_override(d: DomainDef) -> tuple[int, int] | bool | None:
-    """What ``<seclabel model='dac'>`` says QEMU runs as: (uid, gid) for a static label,
-    False for ``type='none'`` (the supervisor's own identity), None: the node's default."""
-    for sl in d.seclabels:
-        if sl.model == "dac" and sl.type == "static":
-            return parse_dac_label(sl.label or "")
-        if sl.model == "dac" and sl.type == "none":
-            return False
-    return None
-
-
-def label_identity(d: DomainDef) -> QemuIdentity | None:
-    """Who a static ``<seclabel model='dac'>`` runs QEMU as (None: no such label, or the
-    supervisor's own identity). Refuses what this supervisor cannot do."""
-    over = dac_override(d)
-    if not isinstance(over, tuple):
-        return None
-    uid, gid = over
-    label = next(sl for sl in d.seclabels if sl.model == "dac" and sl.type == "static")
-    if label.relabel:
-        raise OperationUnsupportedError(
-            f"<seclabel model='dac' relabel='yes'>: asvirt does not relabel files for a "
-            f"domain's own DAC label; give its files to {label.label} and use relabel='no'"
-        )
-    if (uid, gid) == (os.geteuid(), os.getegid()):
-        return None
-    if os.geteuid() != 0:
-        raise OperationUnsupportedError(
-            f"<seclabel model='dac'><label>{label.label}</label>: only a supervisor running "
-            f"as root can run QEMU as another user, and this one runs as uid {os.geteuid()}"
-        )
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        raise OperationUnsupportedError(
-            "<seclabel model='dac'>: running QEMU as another user needs 'setpriv' (util-linux)"
-        )
-    return QemuIdentity(user=label.label or "", uid=uid, gid=gid, groups=(gid,), setpriv=setpriv)
 
 
 # -- pinning ----------------------------------------------------------------------------------
@@ -1009,14 +958,11 @@ __all__ = [
     "DomainResctrl",
     "Threads",
     "check_tuning",
-    "dac_override",
     "default_hugepage_kib",
     "existing_cgroup",
     "existing_resctrl",
     "hugetlbfs_mount",
-    "label_identity",
     "needs_threads",
-    "parse_dac_label",
     "pin_threads",
     "prepare_cgroup",
     "prepare_resctrl",
