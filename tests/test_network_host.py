@@ -678,6 +678,17 @@ _RX_FRAMES = (
 )
 
 
+def host_mtu(lab: Lab, root: Path, domain: str, alias: str) -> int:
+    """The MTU QEMU tells the guest through the virtio NIC ``alias`` (its ``host_mtu``,
+    read with qom-get; 0: none)."""
+    qom = {
+        "execute": "qom-get",
+        "arguments": {"path": f"/machine/peripheral/{alias}", "property": "host_mtu"},
+    }
+    out = lab.cli(root, "qemu-monitor-command", domain, json.dumps(qom)).stdout
+    return int(json.loads(out)["return"])
+
+
 def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:
@@ -701,11 +712,7 @@ def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
     # rx-frames, read back from the kernel in the lab's namespace).
     assert net_lab.run(*_RX_FRAMES, "mtu-tap1").stdout.strip() == "32"
     assert net_lab.mtu("mtu-tap1") == 9000
-    qom = (
-        '{"execute":"qom-get","arguments":'
-        '{"path":"/machine/peripheral/net0","property":"host_mtu"}}'
-    )
-    assert cli(root, "qemu-monitor-command", "mvm", qom).stdout == '{"return":4000}\n'
+    assert host_mtu(net_lab, root, "mvm", "net0") == 4000
     live = cli(root, "dumpxml", "mvm").stdout
     assert "<mtu size='4000'/>" in live and "<sndbuf>1600</sndbuf>" in live
     cli(root, "destroy", "mvm")
@@ -723,11 +730,6 @@ JUMBO_NET = """<network>
   </ip>
 </network>
 """
-
-
-def host_mtu(cli_out: str) -> int:
-    """The host_mtu a qom-get answered (0: the NIC was told none)."""
-    return int(json.loads(cli_out)["return"])
 
 
 @pytest.mark.guest
@@ -755,10 +757,7 @@ def test_a_networks_mtu_is_its_bridges_and_taps_and_reaches_its_guests_by_dhcp(
     # own and its virtio device was told none (host_mtu is the guest's ABI: a saved guest
     # is restored with what its domain says, whatever its network says then).
     assert "<mtu" not in live
-    qom = (
-        '{"execute":"qom-get","arguments":{"path":"/machine/peripheral/%s","property":"host_mtu"}}'
-    )
-    assert host_mtu(cli(root, "qemu-monitor-command", "jvm", qom % "net0").stdout) == 0
+    assert host_mtu(net_lab, root, "jvm", "net0") == 0
 
     # An interface's own <mtu> wins, plugged in as at start: on its tap and told to its
     # virtio device. The bridge keeps the network's MTU while a smaller port is on it...
@@ -768,7 +767,7 @@ def test_a_networks_mtu_is_its_bridges_and_taps_and_reaches_its_guests_by_dhcp(
     )
     cli(root, "attach-device", "jvm", write(tmp_path, "own.xml", nic), "--live")
     assert net_lab.mtu("jumbo-own") == 4000
-    assert host_mtu(cli(root, "qemu-monitor-command", "jvm", qom % "net1").stdout) == 4000
+    assert host_mtu(net_lab, root, "jvm", "net1") == 4000
     assert "<mtu size='4000'/>" in cli(root, "dumpxml", "jvm").stdout
     assert net_lab.mtu("jumbobr") == 9000
     # ...and once the last guest has gone.
