@@ -16,7 +16,7 @@ import trio
 
 import asvirt
 
-from .guest import define, wait_for_serial
+from .guest import TestGuest, define, wait_for_serial
 from .helpers import (
     argv_of,
     blockdevs,
@@ -273,14 +273,12 @@ async def test_missing_or_wrong_secret_fails_the_start_and_leaves_nothing(conn, 
     await dom.destroy()
 
 
-@pytest.mark.guest
-async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
-    conn, test_guest, tmp_path, root
-):
-    """qemu-img opens a shut-off encrypted disk with the secret's value to take, revert to
-    and delete its snapshots. A running QEMU has the key already, but aborts writing memory
-    state into an encrypted image: that goes into the unencrypted disk, and a domain
-    without one is refused."""
+async def define_encrypted_and_plain(
+    conn: asvirt.Connection, test_guest: TestGuest, tmp_path: Path
+) -> tuple[asvirt.Domain, Path, Path, Path]:
+    """The test guest (console on a pty) with a LUKS-in-qcow2 ``vda`` holding the marker
+    ``old`` (its secret: SECRET_UUID) and a plain qcow2 ``vdb``, the disk that can take a
+    running snapshot's memory state: the domain, its serial log and the two images."""
     disk, plain = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
     make_luks(disk, "qcow2", PASSPHRASE, MARKER + "old")
     qemu_img("create", "-f", "qcow2", plain, "16M")
@@ -292,6 +290,18 @@ async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
         devices=luks_disk(disk, "vda", "qcow2", secret=f"uuid='{SECRET_UUID}'")
         + disk_xml(plain, "vdb"),
     )
+    return dom, serial, disk, plain
+
+
+@pytest.mark.guest
+async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
+    conn, test_guest, tmp_path, root
+):
+    """qemu-img opens a shut-off encrypted disk with the secret's value to take, revert to
+    and delete its snapshots. A running QEMU has the key already, but aborts writing memory
+    state into an encrypted image: that goes into the unencrypted disk, and a domain
+    without one is refused."""
+    dom, serial, disk, plain = await define_encrypted_and_plain(conn, test_guest, tmp_path)
     snap_xml = "<domainsnapshot><name>off</name></domainsnapshot>"
     # Without the secret, or with a wrong value, nothing is made.
     with pytest.raises(asvirt.NoSecretError, match=SECRET_UUID):
@@ -355,18 +365,8 @@ async def test_a_shut_off_domain_with_an_encrypted_disk_reverts_to_a_running_sna
     """Reverting a shut-off domain to a snapshot taken while it ran starts a QEMU that
     unlocks the encrypted disk with the secret and loads the memory state from the
     unencrypted one: the guest runs on from the moment of the snapshot."""
-    disk, plain = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
-    make_luks(disk, "qcow2", PASSPHRASE, MARKER + "old")
-    qemu_img("create", "-f", "qcow2", plain, "16M")
     await define_secret(conn, PASSPHRASE)
-    dom, serial = await define(
-        conn,
-        test_guest,
-        tmp_path,
-        serial="pty",
-        devices=luks_disk(disk, "vda", "qcow2", secret=f"uuid='{SECRET_UUID}'")
-        + disk_xml(plain, "vdb"),
-    )
+    dom, serial, disk, plain = await define_encrypted_and_plain(conn, test_guest, tmp_path)
 
     async def guest(command: bytes, until: bytes) -> bytes:
         async with await dom.open_console() as console:
