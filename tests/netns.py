@@ -13,6 +13,7 @@ uplink), and the outside namespace routes nowhere, so no packet can leave the ma
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -153,6 +154,10 @@ class Lab:
                     break
             links[name] = kind
         return links
+
+    def mtu(self, dev: str) -> int:
+        """The MTU of the link ``dev`` in the node namespace, as ``ip link`` shows it."""
+        return int(json.loads(self.run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["mtu"])
 
     def addresses(self, dev: str) -> list[str]:
         out = self.run("ip", "-o", "addr", "show", "dev", dev).stdout

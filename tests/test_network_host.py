@@ -678,6 +678,17 @@ _RX_FRAMES = (
 )
 
 
+def host_mtu(lab: Lab, root: Path, domain: str, alias: str) -> int:
+    """The MTU QEMU tells the guest through the virtio NIC ``alias`` (its ``host_mtu``,
+    read with qom-get; 0: none)."""
+    qom = {
+        "execute": "qom-get",
+        "arguments": {"path": f"/machine/peripheral/{alias}", "property": "host_mtu"},
+    }
+    out = lab.cli(root, "qemu-monitor-command", domain, json.dumps(qom)).stdout
+    return int(json.loads(out)["return"])
+
+
 def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
     net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
 ) -> None:
@@ -696,20 +707,75 @@ def test_a_nics_mtu_is_set_on_its_tap_and_told_to_its_virtio_device(
         "mvm", tmp_path / "mvm.serial", domain_type=PAUSED_DOMAIN_TYPE, devices=nics
     )
     cli(root, "create", "--paused", write(tmp_path, "mvm.xml", xml))
-    assert " mtu 4000 " in net_lab.run("ip", "link", "show", "mtu-tap0").stdout
+    assert net_lab.mtu("mtu-tap0") == 4000
     # The bridge's tap batches as many received frames as <coalesce> says (ethtool's
     # rx-frames, read back from the kernel in the lab's namespace).
     assert net_lab.run(*_RX_FRAMES, "mtu-tap1").stdout.strip() == "32"
-    assert " mtu 9000 " in net_lab.run("ip", "link", "show", "mtu-tap1").stdout
-    qom = (
-        '{"execute":"qom-get","arguments":'
-        '{"path":"/machine/peripheral/net0","property":"host_mtu"}}'
-    )
-    assert cli(root, "qemu-monitor-command", "mvm", qom).stdout == '{"return":4000}\n'
+    assert net_lab.mtu("mtu-tap1") == 9000
+    assert host_mtu(net_lab, root, "mvm", "net0") == 4000
     live = cli(root, "dumpxml", "mvm").stdout
     assert "<mtu size='4000'/>" in live and "<sndbuf>1600</sndbuf>" in live
     cli(root, "destroy", "mvm")
     assert "mtu-tap0" not in net_lab.links()
+
+
+JUMBO_NET = """<network>
+  <name>jumbo</name>
+  <bridge name='jumbobr'/>
+  <mtu size='9000'/>
+  <ip address='192.168.160.1' prefix='24'>
+    <dhcp>
+      <range start='192.168.160.10' end='192.168.160.20'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+
+
+@pytest.mark.guest
+def test_a_networks_mtu_is_its_bridges_and_taps_and_reaches_its_guests_by_dhcp(
+    net_lab: Lab, test_guest: TestGuest, root: Path, tmp_path: Path
+) -> None:
+    cli = net_lab.cli
+    cli(root, "net-define", write(tmp_path, "jumbo.xml", JUMBO_NET))
+    cli(root, "net-start", "jumbo")
+    assert net_lab.mtu("jumbobr") == 9000
+    # As libvirt's dnsmasq: DHCP offers the network's MTU (option 26).
+    conf = (root / "run" / "network" / "jumbo.conf").read_text().splitlines()
+    assert "dhcp-option=option:mtu,9000" in conf
+
+    xml = guest_xml(test_guest, tmp_path, "jvm", "jumbo", "asvirt.net=dhcp")
+    cli(root, "create", write(tmp_path, "jvm.xml", xml))
+    serial = tmp_path / "jvm.serial"
+    trio_run(wait_for_serial(serial, "ASVIRT-NET-UP", timeout=120))
+    # The guest's eth0 took the MTU its DHCP server offered.
+    assert serial_line(serial, "ASVIRT-NET-UP").split()[4:] == ["mtu", "9000"]
+    live = cli(root, "dumpxml", "jvm").stdout
+    tap = re.search(r"<target dev='(vnet\d+)'/>", live).group(1)  # type: ignore[union-attr]
+    assert net_lab.mtu(tap) == 9000
+    # As libvirt: the network's MTU stays the network's. The interface has no <mtu> of its
+    # own and its virtio device was told none (host_mtu is the guest's ABI: a saved guest
+    # is restored with what its domain says, whatever its network says then).
+    assert "<mtu" not in live
+    assert host_mtu(net_lab, root, "jvm", "net0") == 0
+
+    # An interface's own <mtu> wins, plugged in as at start: on its tap and told to its
+    # virtio device. The bridge keeps the network's MTU while a smaller port is on it...
+    nic = (
+        "<interface type='network'><source network='jumbo'/><target dev='jumbo-own'/>"
+        "<model type='virtio'/><mtu size='4000'/></interface>"
+    )
+    cli(root, "attach-device", "jvm", write(tmp_path, "own.xml", nic), "--live")
+    assert net_lab.mtu("jumbo-own") == 4000
+    assert host_mtu(net_lab, root, "jvm", "net1") == 4000
+    assert "<mtu size='4000'/>" in cli(root, "dumpxml", "jvm").stdout
+    assert net_lab.mtu("jumbobr") == 9000
+    # ...and once the last guest has gone.
+    cli(root, "destroy", "jvm")
+    assert tap not in net_lab.links() and "jumbo-own" not in net_lab.links()
+    assert net_lab.mtu("jumbobr") == 9000
+    cli(root, "net-destroy", "jumbo")
+    assert_network_gone(net_lab, root, "jumbobr")
 
 
 def test_backend_tap_names_the_tun_device_and_nothing_else(

@@ -16,7 +16,7 @@ import trio
 
 import asvirt
 
-from .guest import define, wait_for_serial
+from .guest import TestGuest, define, wait_for_serial
 from .helpers import (
     argv_of,
     blockdevs,
@@ -273,14 +273,12 @@ async def test_missing_or_wrong_secret_fails_the_start_and_leaves_nothing(conn, 
     await dom.destroy()
 
 
-@pytest.mark.guest
-async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
-    conn, test_guest, tmp_path, root
-):
-    """qemu-img opens a shut-off encrypted disk with the secret's value to take, revert to
-    and delete its snapshots. A running QEMU has the key already, but aborts writing memory
-    state into an encrypted image: that goes into the unencrypted disk, and a domain
-    without one is refused."""
+async def define_encrypted_and_plain(
+    conn: asvirt.Connection, test_guest: TestGuest, tmp_path: Path
+) -> tuple[asvirt.Domain, Path, Path, Path]:
+    """The test guest (console on a pty) with a LUKS-in-qcow2 ``vda`` holding the marker
+    ``old`` (its secret: SECRET_UUID) and a plain qcow2 ``vdb``, the disk that can take a
+    running snapshot's memory state: the domain, its serial log and the two images."""
     disk, plain = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
     make_luks(disk, "qcow2", PASSPHRASE, MARKER + "old")
     qemu_img("create", "-f", "qcow2", plain, "16M")
@@ -292,6 +290,18 @@ async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
         devices=luks_disk(disk, "vda", "qcow2", secret=f"uuid='{SECRET_UUID}'")
         + disk_xml(plain, "vdb"),
     )
+    return dom, serial, disk, plain
+
+
+@pytest.mark.guest
+async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
+    conn, test_guest, tmp_path, root
+):
+    """qemu-img opens a shut-off encrypted disk with the secret's value to take, revert to
+    and delete its snapshots. A running QEMU has the key already, but aborts writing memory
+    state into an encrypted image: that goes into the unencrypted disk, and a domain
+    without one is refused."""
+    dom, serial, disk, plain = await define_encrypted_and_plain(conn, test_guest, tmp_path)
     snap_xml = "<domainsnapshot><name>off</name></domainsnapshot>"
     # Without the secret, or with a wrong value, nothing is made.
     with pytest.raises(asvirt.NoSecretError, match=SECRET_UUID):
@@ -343,6 +353,69 @@ async def test_snapshots_of_an_encrypted_disk_shut_off_and_running(
     assert disk_snapshots(disk) == disk_snapshots(plain) == []
     assert await dom.list_all_snapshots() == []
     # The passphrase was never written anywhere but the secret store.
+    for f in root.rglob("*"):
+        if f.is_file() and "secrets" not in f.parts:
+            assert PASSPHRASE.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.guest
+async def test_a_shut_off_domain_with_an_encrypted_disk_reverts_to_a_running_snapshot(
+    conn, test_guest, tmp_path, root
+):
+    """Reverting a shut-off domain to a snapshot taken while it ran starts a QEMU that
+    unlocks the encrypted disk with the secret and loads the memory state from the
+    unencrypted one: the guest runs on from the moment of the snapshot."""
+    await define_secret(conn, PASSPHRASE)
+    dom, serial, disk, plain = await define_encrypted_and_plain(conn, test_guest, tmp_path)
+
+    async def guest(command: bytes, until: bytes) -> bytes:
+        async with await dom.open_console() as console:
+            await console.send_all(command + b"\n")
+            return await read_until(console, until)
+
+    try:
+        await dom.start()
+        await wait_for_serial(serial)
+        # What the guest's memory holds when the snapshot is taken (a tmpfs file)...
+        await guest(b"echo asvirt-memory-then > /tmp/m; echo set-$((1 + 1))", b"set-2")
+        on = await dom.snapshot_create_xml("<domainsnapshot><name>on</name></domainsnapshot>")
+        assert (await on.info()).memory
+        assert disk_snapshots(disk) == disk_snapshots(plain) == ["on"]
+        # ...and after it, in memory and on the encrypted disk, written by the guest.
+        await guest(
+            b"echo asvirt-memory-later > /tmp/m; printf %s "
+            + (MARKER + "new").encode()
+            + b" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null; echo written-$((2 + 2))",
+            b"written-4",
+        )
+        await dom.destroy()
+        assert read_start(disk, "qcow2", PASSPHRASE).startswith((MARKER + "new").encode())
+
+        await on.revert()
+        assert await dom.state() == (
+            asvirt.DomainState.RUNNING,
+            asvirt.RunningReason.FROM_SNAPSHOT,
+        )
+        # The guest runs on from the snapshot's memory, on the disk as it was then (read
+        # from the disk, not the page cache it had then); upper-cased by the guest, so that
+        # only what it read can match.
+        seen = await guest(
+            b"echo 3 > /proc/sys/vm/drop_caches; tr a-z A-Z < /tmp/m; "
+            b"head -c 22 /dev/vda | tr a-z A-Z; echo",
+            (MARKER + "old").upper().encode(),
+        )
+        assert b"ASVIRT-MEMORY-THEN" in seen and b"ASVIRT-MEMORY-LATER" not in seen
+        assert (MARKER + "new").upper().encode() not in seen
+        assert await dom.is_active()
+    finally:
+        await destroy_all(conn)
+    # Nothing left behind: the disk holds the old marker again, and once the snapshot is
+    # deleted (shut off: by qemu-img, with the key) no snapshot, QEMU or status file remains.
+    assert read_start(disk, "qcow2", PASSPHRASE).startswith((MARKER + "old").encode())
+    await on.delete()
+    assert disk_snapshots(disk) == disk_snapshots(plain) == []
+    assert await dom.list_all_snapshots() == []
+    assert not list((root / "run" / "qemu").glob("*.status"))
     for f in root.rglob("*"):
         if f.is_file() and "secrets" not in f.parts:
             assert PASSPHRASE.encode() not in f.read_bytes(), f

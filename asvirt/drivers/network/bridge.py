@@ -104,13 +104,17 @@ def create_bridge(
         }
         if mac is not None:
             attrs["address"] = mac
-        if mtu is not None:
-            attrs["mtu"] = mtu
         ipr.link("add", **attrs)
         try:
             index = link_index(ipr, name)
             assert index is not None
             ipr.link("set", index=index, ifalias=owner)
+            if mtu is not None:
+                # Set on the bridge made, not in the message that makes it: only then does
+                # the kernel keep it (as libvirt's bridge keeps it). A bridge created with
+                # it follows its ports instead: down to the smallest tap's MTU while one is
+                # plugged, and to 1500 once the last guest has gone.
+                ipr.link("set", index=index, mtu=mtu)
             # Before it is up, so that it never has a link-local address nor solicits routers.
             set_ipv6_sysctls(name, enabled=any(a.version == 6 for a in addresses))
             for addr in addresses:

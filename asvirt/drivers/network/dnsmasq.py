@@ -107,6 +107,10 @@ def config(
             f"dhcp-script={lease_script}",
             "leasefile-ro",
         ]
+    if defn.mtu is not None:
+        # As libvirt: DHCP tells the guests the network's MTU (option 26). Only DHCP does:
+        # a NIC's host_mtu comes from its own <mtu> (see asvirt.drivers.network.driver).
+        lines.append(f"dhcp-option=option:mtu,{defn.mtu}")
     v6 = defn.ipv6()
     if v6:
         lines.append("enable-ra")

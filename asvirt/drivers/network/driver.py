@@ -651,11 +651,14 @@ async def plug_interfaces(
     start.
 
     Each tap is created (named as ``<target dev>`` says, else ``vnetN``), given the guest's
-    MAC with a first byte of 0xfe and its ``<mtu>`` (else the bridge's), plugged into the
-    network's (or the host's) bridge and brought up; its name, and the bridge, are recorded
-    in ``defn`` (the live definition). An ``ethernet`` interface's tap is on no bridge;
-    with ``<target managed='no'>`` it is one that exists, only opened (as libvirt: its
-    owner configures it).
+    MAC with a first byte of 0xfe and its ``<mtu>`` (else its network's ``<mtu>``, else the
+    bridge's), plugged into the network's (or the host's) bridge and brought up; its name,
+    and the bridge, are recorded in ``defn`` (the live definition). As in libvirt, a
+    network's MTU goes no further than the tap (and dnsmasq's DHCP offers): the interface's
+    ``<mtu>``, hence a virtio NIC's ``host_mtu``, stays what the domain says, so the device
+    a guest sees, and what a saved guest is restored with, never change with the network.
+    An ``ethernet`` interface's tap is on no bridge; with ``<target managed='no'>`` it is
+    one that exists, only opened (as libvirt: its owner configures it).
     Returns alias -> descriptors: one per queue of ``<driver queues=N>`` (a multiqueue tap
     or macvtap, opened N times), else one. On failure, every tap made is closed (and so
     gone) and every macvtap made removed before the error propagates.
