@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
     "BlockInfo": ".drivers.base",
+    "BlockJobInfo": ".drivers.base",
+    "BlockJobType": ".drivers.base",
     "BlockedReason": ".states",
     "Config": ".config",
     "ConfigUnsupportedError": ".errors",
@@ -113,6 +115,8 @@ if _TYPE_CHECKING:
     from .domain import Domain
     from .drivers.base import (
         BlockInfo,
+        BlockJobInfo,
+        BlockJobType,
         DomainInfo,
         DomainSnapshotInfo,
         HypervisorVersion,
@@ -221,6 +225,8 @@ __all__ = [
     "ArgumentUnsupportedError",
     "AsvirtError",
     "BlockInfo",
+    "BlockJobInfo",
+    "BlockJobType",
     "BlockedReason",
     "Config",
     "ConfigUnsupportedError",

@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Iterable
 
 from .drivers.base import (
     BlockInfo,
+    BlockJobInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
@@ -423,6 +424,64 @@ class Domain(Handle):
         """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
         ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""
         return await self._call("domain_block_info", device=device)
+
+    # -- block jobs ----------------------------------------------------------------------------
+
+    async def block_resize(self, device: str, size: int, *, extend: bool = False) -> None:
+        """Resize the running guest's disk ``device`` (target or path) to ``size`` bytes
+        (libvirt's ``blockResize`` with ``VIR_DOMAIN_BLOCK_RESIZE_BYTES``; a qcow2 image's
+        size is rounded up to 512). Shrinking is allowed, as in libvirt, unless ``extend``."""
+        await self._call("domain_block_resize", device=device, size=size, extend=extend)
+
+    async def block_pull(self, device: str, bandwidth: int = 0) -> None:
+        """Start a job streaming the disk's backing chain into its top image (libvirt's
+        ``blockPull``); ``bandwidth`` in bytes/s (libvirt's ``_BANDWIDTH_BYTES``; 0: no
+        limit). A BLOCK_JOB event (job ``pull``) says when it ends; the image then has no
+        backing file."""
+        await self._call("domain_block_pull", device=device, bandwidth=bandwidth)
+
+    async def block_commit(
+        self,
+        device: str,
+        base: str | None = None,
+        top: str | None = None,
+        bandwidth: int = 0,
+        *,
+        active: bool = False,
+        shallow: bool = False,
+    ) -> None:
+        """Start a job committing the disk's images from ``top`` down into ``base``
+        (libvirt's ``blockCommit``): images named by path or ``vda[N]`` (N: the depth below
+        the top); ``top`` None is the active layer, which needs ``active``
+        (``VIR_DOMAIN_BLOCK_COMMIT_ACTIVE``): that job becomes ready (a BLOCK_JOB event)
+        and waits for :meth:`block_job_abort` with ``pivot`` to move the disk onto
+        ``base``. ``base`` None: the bottom of the chain; ``shallow``: top's backing file."""
+        await self._call(
+            "domain_block_commit",
+            device=device,
+            base=base,
+            top=top,
+            bandwidth=bandwidth,
+            active=active,
+            shallow=shallow,
+        )
+
+    async def block_job_info(self, device: str) -> BlockJobInfo | None:
+        """The disk's block job (libvirt's ``blockJobInfo``, ``bandwidth`` in bytes/s), or
+        None when it has none."""
+        result: BlockJobInfo | None = await self._call("domain_block_job_info", device=device)
+        return result
+
+    async def block_job_abort(self, device: str, *, pivot: bool = False, wait: bool = True) -> None:
+        """End the disk's block job (libvirt's ``blockJobAbort``): cancel it (a ready copy
+        or active commit stops, the disk stays where it is), or with ``pivot`` move the disk
+        onto the image the ready job made (the live XML then shows it). Returns once QEMU
+        has ended the job, unless ``wait`` is False (``VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC``)."""
+        await self._call("domain_block_job_abort", device=device, pivot=pivot, wait=wait)
+
+    async def block_job_set_speed(self, device: str, bandwidth: int) -> None:
+        """Limit the disk's block job to ``bandwidth`` bytes/s (0: no limit)."""
+        await self._call("domain_block_job_set_speed", device=device, bandwidth=bandwidth)
 
     # -- snapshots -----------------------------------------------------------------------------
 

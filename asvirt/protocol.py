@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from .drivers.base import (
     BlockInfo,
+    BlockJobInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
@@ -390,6 +391,51 @@ class DomainCalls(Protocol):
     @call(mutates=False)
     async def domain_block_info(self, uuid: str, device: str) -> BlockInfo:
         """The sizes of a disk's image: capacity, allocation, physical."""
+        ...
+
+    # -- block jobs --------------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_block_resize(
+        self, uuid: str, device: str, size: int, extend: bool = False
+    ) -> None:
+        """Resize a running domain's disk to ``size`` bytes (``extend``: never shrink)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_pull(self, uuid: str, device: str, bandwidth: int) -> None:
+        """Start pulling a disk's backing chain into its top image (bytes/s; 0: no limit)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_commit(
+        self,
+        uuid: str,
+        device: str,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        active: bool,
+        shallow: bool = False,
+    ) -> None:
+        """Start committing a disk's images from ``top`` down into ``base``."""
+        ...
+
+    @call(mutates=False)
+    async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
+        """A disk's block job (None: it has none)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_job_abort(
+        self, uuid: str, device: str, pivot: bool, wait: bool = True
+    ) -> None:
+        """Cancel a disk's block job, or pivot the disk onto the image it made."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_job_set_speed(self, uuid: str, device: str, bandwidth: int) -> None:
+        """Limit a disk's block job to ``bandwidth`` bytes/s (0: no limit)."""
         ...
 
     @call(mutates=True)

@@ -58,7 +58,7 @@ READING = sorted(name for name, c in protocol.CALLS.items() if c.read_only_ok)
 #: Reading calls that name a snapshot of the VM (which has none).
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
-NEED_A_DEVICE = ("domain_block_info", "domain_interface_stats")
+NEED_A_DEVICE = ("domain_block_info", "domain_block_job_info", "domain_interface_stats")
 #: Reading calls answered by the guest (its agent): the paused VM cannot.
 NEED_A_RUNNING_GUEST = ("domain_get_time",)
 #: The daemon's own methods, besides the declared calls.
@@ -303,6 +303,14 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "usage_id": "intruder",
         "ephemeral": None,
         "private": None,
+        "size": 1,
+        "extend": False,
+        "bandwidth": 0,
+        "base": None,
+        "top": None,
+        "shallow": False,
+        "pivot": False,
+        "wait": True,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

@@ -27,6 +27,7 @@ from ..conf.snapshot import SnapshotDef
 from ..conf.units import MAX_MEMORY_KIB
 from ..drivers.base import (
     BlockInfo,
+    BlockJobInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
@@ -830,6 +831,102 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
             raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
         await trio.lowlevel.checkpoint()
         return self.backend.block_info(disk)
+
+    # -- block jobs (QEMU runs them on the images; see asvirt.drivers.qemu.blockjobs) ----------
+
+    def _block_disk(self, obj: DomainObj, device: str) -> tuple[DomainRuntime, Disk]:
+        """The running domain's disk ``device`` (target or path), with a local image."""
+        runtime = self._runtime(obj)
+        disk = self._disk(runtime.live_def, device)
+        if disk.net is not None:
+            raise OperationUnsupportedError(
+                f"disk '{device}' is a network disk ({disk.net.protocol}): asvirt runs no "
+                "block jobs on images on servers"
+            )
+        if disk.source is None:
+            raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
+        return runtime, disk
+
+    @staticmethod
+    def _bandwidth(bandwidth: int) -> int:
+        if bandwidth < 0:
+            raise InvalidArgError(f"bandwidth must be less than {2**63} bytes/s, not negative")
+        return bandwidth
+
+    async def domain_block_resize(
+        self, uuid: str, device: str, size: int, extend: bool = False
+    ) -> None:
+        """libvirt's ``virDomainBlockResize`` (with ``VIR_DOMAIN_BLOCK_RESIZE_BYTES``): the
+        running guest's disk grows (or shrinks: libvirt allows it unless ``extend``, its
+        ``VIR_DOMAIN_BLOCK_RESIZE_EXTEND``) to ``size`` bytes, a qcow2 image's rounded up
+        to 512 as libvirt does."""
+        if size < 0:
+            raise InvalidArgError("the size of a disk must not be negative")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            if disk.readonly:
+                raise OperationInvalidError(f"disk '{device}' is read-only: it cannot be resized")
+            if disk.format == "qcow2":
+                size = -(-size // 512) * 512
+            if extend:
+                current = self.backend.block_info(disk).capacity
+                if size < current:
+                    raise InvalidArgError(
+                        f"requested size {size} of disk '{device}' is smaller than its "
+                        f"current size {current}: shrinking refused (extend)"
+                    )
+            await runtime.block_resize(disk, size)
+
+    async def domain_block_pull(self, uuid: str, device: str, bandwidth: int) -> None:
+        """libvirt's ``virDomainBlockPull``: start streaming the disk's backing chain into
+        its top image (``bandwidth`` bytes/s; 0: unlimited); a BLOCK_JOB event ends it."""
+        self._bandwidth(bandwidth)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_pull(disk, bandwidth)
+
+    async def domain_block_commit(
+        self,
+        uuid: str,
+        device: str,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        active: bool,
+        shallow: bool = False,
+    ) -> None:
+        """libvirt's ``virDomainBlockCommit``: start committing ``top`` (default: the active
+        layer, which needs ``active``: VIR_DOMAIN_BLOCK_COMMIT_ACTIVE) into ``base``
+        (default: the bottom of the chain; ``shallow``: top's backing file)."""
+        self._bandwidth(bandwidth)
+        if shallow and base is not None:
+            raise InvalidArgError("flag 'shallow' and a base are mutually exclusive")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_commit(disk, base, top, bandwidth, active=active, shallow=shallow)
+
+    async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
+        """libvirt's ``virDomainGetBlockJobInfo`` (bandwidth in bytes/s): the disk's job,
+        None when it has none. Takes no job: it reads what QEMU runs."""
+        runtime, disk = self._block_disk(self.table.get(uuid), device)
+        return await runtime.block_job_info(disk)
+
+    async def domain_block_job_abort(
+        self, uuid: str, device: str, pivot: bool, wait: bool = True
+    ) -> None:
+        """libvirt's ``virDomainBlockJobAbort``: cancel the disk's job, or (``pivot``) move
+        the disk onto the image a ready copy or active commit made; ``wait`` False:
+        VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC (a BLOCK_JOB event tells the end)."""
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_job_abort(disk, pivot=pivot, wait=wait)
+
+    async def domain_block_job_set_speed(self, uuid: str, device: str, bandwidth: int) -> None:
+        """libvirt's ``virDomainBlockJobSetSpeed`` (bytes/s; 0: unlimited)."""
+        self._bandwidth(bandwidth)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_job_set_speed(disk, bandwidth)
 
     async def domain_set_memory_stats_period(
         self, uuid: str, period: int, live: bool, config: bool

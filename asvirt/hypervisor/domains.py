@@ -26,7 +26,7 @@ from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
     from ..conf.devices import Disk, HotplugDevice, Interface
-    from ..drivers.base import StatsGroup
+    from ..drivers.base import BlockJobInfo, StatsGroup
     from .stats import PendingSample, RuntimeSample, SampleScope
 
 
@@ -119,6 +119,45 @@ class DomainRuntime(Protocol):
 
     async def set_link(self, nic: Interface, state: str | None) -> None:
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
+        ...
+
+    async def block_resize(self, disk: Disk, size: int) -> None:
+        """Resize a live disk's image to ``size`` bytes (the guest sees the new size)."""
+        ...
+
+    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
+        """Start a job streaming a live disk's backing chain into its top image (at most
+        ``bandwidth`` bytes/s; 0: unlimited). InvalidArgError without a backing chain,
+        OperationInvalidError if the disk has a job already."""
+        ...
+
+    async def block_commit(
+        self,
+        disk: Disk,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        *,
+        active: bool,
+        shallow: bool,
+    ) -> None:
+        """Start a job committing the images from ``top`` (a path or ``TARGET[N]``; None:
+        the active layer, which needs ``active``) down to ``base`` (None: the bottom;
+        ``shallow``: the one just below ``top``)."""
+        ...
+
+    async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
+        """A live disk's block job (None: it has none)."""
+        ...
+
+    async def block_job_abort(self, disk: Disk, *, pivot: bool, wait: bool) -> None:
+        """End a live disk's block job: ``pivot`` a ready copy or active commit onto its new
+        image, else cancel it; ``wait``: until it has ended (the live definition then says
+        which image the disk uses)."""
+        ...
+
+    async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
+        """Limit a live disk's block job to ``bandwidth`` bytes/s (0: unlimited)."""
         ...
 
 

@@ -203,7 +203,7 @@ def media_node_names(disk: Disk) -> list[str]:
     return names
 
 
-def _holder(qdev: str) -> str:
+def backend_holder(qdev: str) -> str:
     """The id of the device a block backend is attached to, from ``query-block``'s ``qdev``:
     the id itself, or a QOM path below it (``/machine/peripheral/virtio-disk1/virtio-backend``:
     a virtio-blk-pci's inner device, which has no id of its own)."""
@@ -608,7 +608,7 @@ class HotplugOps:
             self.log.warning("cannot list QEMU's devices", error=str(err))
             return
         present = {c.get("name") for c in children if str(c.get("type", "")).startswith("child<")}
-        present |= {_holder(str(b["qdev"])) for b in blocks if b.get("qdev")}
+        present |= {backend_holder(str(b["qdev"])) for b in blocks if b.get("qdev")}
         gone = [
             dev.alias
             for dev in [*self._live_def.disks, *self._live_def.interfaces, *self._usb_inputs()]

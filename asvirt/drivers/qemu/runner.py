@@ -69,6 +69,7 @@ from ..groups import unwrap_single_error
 from . import membacking, numad, process, tuning, vhostnet
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
+from .blockjobs import BlockJobOps
 from .capabilities import QemuCapabilities
 from .command import (
     MonitorSpec,
@@ -127,10 +128,11 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
-    its devices plugged in and out: :class:`~.hotplug.HotplugOps`)."""
+    its devices plugged in and out: :class:`~.hotplug.HotplugOps`; its disks' block jobs:
+    :class:`~.blockjobs.BlockJobOps`)."""
 
     def __init__(
         self,
@@ -207,6 +209,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
         #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
         self._unplugs: dict[str, trio.Event] = {}
         self._reported_gone: set[str] = set()
+        #: Block jobs this supervisor cancelled (their end is "canceled", whatever QEMU says).
+        self._cancelled_jobs: set[str] = set()
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -1040,6 +1044,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
             return
         reaction = await self._resync(attaching=True)
         await self._forget_unplugged()
+        with contextlib.suppress(QMPError, OperationTimeoutError):
+            # A job that pivoted a disk onto another image while nobody watched.
+            await self.follow_block_sources()
         with contextlib.suppress(OperationTimeoutError):
             # The agent's state (no VSERPORT_CHANGE told it while nobody watched); a QEMU
             # that does not answer leaves it unknown, as it does the rest.
@@ -1130,6 +1137,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 reaction.events = [
                     e for e in reaction.events if e.kind is not EventKind.DEVICE_REMOVED
                 ]
+            if event.get("event") in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+                await self._block_job_ended(event, reaction)
             # Published after _device_deleted's cleanup: out of the live XML, backend gone.
             self._handle(reaction)
             self._follow_devices(event)
@@ -1148,6 +1157,22 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
                 self._nursery.start_soon(self._resync)
                 # Those waiting for an event may have lost it: they ask QEMU instead.
                 self._tell_watchers({"event": RESYNC_EVENT}, everyone=True)
+
+    async def _block_job_ended(self, event: dict[str, Any], reaction: Reaction) -> None:
+        """Before a job's end is published: the live definition says which image each disk
+        now uses (a pivot changed it), and a job this supervisor cancelled ends "canceled"
+        (QEMU says "completed" for a ready one, which stops where it is)."""
+        data = event.get("data") or {}
+        if data.get("device") in self._cancelled_jobs:
+            self._cancelled_jobs.discard(data.get("device"))
+            for spec in reaction.events:
+                if spec.kind is EventKind.BLOCK_JOB and spec.data is not None:
+                    spec.data["status"] = "canceled"
+        elif event.get("event") == "BLOCK_JOB_COMPLETED" and not data.get("error"):
+            try:
+                await self.follow_block_sources()
+            except (QMPError, OperationTimeoutError) as err:
+                self.log.warning("cannot read which images the disks use", error=str(err))
 
     def _follow_devices(self, event: dict[str, Any]) -> None:
         """Keep the live definition in line with what QEMU says changed in the guest."""

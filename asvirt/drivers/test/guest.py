@@ -36,7 +36,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -83,7 +83,7 @@ from ...hypervisor.stats import (
     VcpuSample,
 )
 from ...states import DomainState, PausedReason, RunningReason, StateReason
-from ..base import InterfaceStats, StatsGroup
+from ..base import BlockJobInfo, InterfaceStats, StatsGroup
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
 from ..qemu.vcpus import CpuSlot, plan_vcpus, unplug_refused
@@ -602,6 +602,42 @@ class SimulatedVM:
     async def set_link(self, nic: Interface, state: str | None) -> None:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
+
+    # Block jobs run in QEMU on images: libvirt's test driver has none, nor does this one.
+
+    @staticmethod
+    async def _no_block_jobs(call: str) -> NoReturn:
+        await trio.lowlevel.checkpoint()
+        raise OperationUnsupportedError(
+            f"the test driver does not simulate disk images: no {call} (QEMU domains only)"
+        )
+
+    async def block_resize(self, disk: Disk, size: int) -> None:
+        await self._no_block_jobs("block resize")
+
+    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
+        await self._no_block_jobs("block pull")
+
+    async def block_commit(
+        self,
+        disk: Disk,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        *,
+        active: bool,
+        shallow: bool,
+    ) -> None:
+        await self._no_block_jobs("block commit")
+
+    async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
+        await self._no_block_jobs("block jobs")
+
+    async def block_job_abort(self, disk: Disk, *, pivot: bool, wait: bool) -> None:
+        await self._no_block_jobs("block jobs")
+
+    async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
+        await self._no_block_jobs("block jobs")
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""

@@ -1,0 +1,285 @@
+"""Block jobs and resizes of a running domain's disks (libvirt's ``virDomainBlockResize``,
+``virDomainBlockPull``, ``virDomainBlockCommit``, ``virDomainBlockJobAbort`` ...).
+
+QEMU runs the jobs; this mixin of :class:`~.runner.QemuRunner` starts them, finds them again
+(``query-block-jobs``: a job outlives the supervisor that started it) and keeps the live
+definition saying what QEMU uses. Jobs are named as libvirt names them, ``KIND-TARGET``
+(:mod:`.blockjob_names`): the id says which disk a job is of and what libvirt calls it,
+for whichever supervisor reads it, and QEMU refuses a second job of the same id.
+
+A disk's image opens its backing chain itself (its format node names no ``backing``), so
+the layers below the top have QEMU's own node names: they are found by file name in
+``query-named-block-nodes``, following the chain ``query-block`` shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ...conf.devices import Disk
+from ...drivers.base import BlockJobInfo, BlockJobType
+from ...errors import (
+    InvalidArgError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+)
+from .blockjob_names import KINDS, job_id, job_of
+from .hotplug import backend_holder
+from .savevm import RESYNC_EVENT
+
+if TYPE_CHECKING:
+    from structlog.stdlib import BoundLogger
+
+    from ...conf.domain import DomainDef
+
+#: The formats whose node is an image's (not a filter's or the storage's).
+_IMAGE_FORMATS = frozenset({"qcow2", "raw", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks"})
+_STORAGE_DRIVERS = frozenset({"file", "host_device"})
+_END_EVENTS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One image of a disk's backing chain, as QEMU has it open."""
+
+    node: str
+    path: str
+    format: str
+
+
+def find_layer(chain: list[Layer], disk: Disk, name: str) -> int:
+    """The index in ``chain`` of the image ``name`` names: a path, or ``TARGET[N]`` (N: the
+    depth below the top, libvirt's backingStore index). InvalidArgError if it is not there."""
+    if name.endswith("]") and "[" in name:
+        target, _, index = name[:-1].partition("[")
+        if target == disk.target and index.isdigit() and int(index) < len(chain):
+            return int(index)
+    else:
+        for i, layer in enumerate(chain):
+            if layer.path == name:
+                return i
+    raise InvalidArgError(f"could not find image '{name}' in chain for '{disk.target}'")
+
+
+class BlockJobOps:
+    """Block jobs of a QEMU runner's disks (a mixin of QemuRunner)."""
+
+    if TYPE_CHECKING:
+        log: BoundLogger
+        _live_def: DomainDef
+        _cancelled_jobs: set[str]
+
+        async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+        async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+        def watch_events(
+            self, *names: str
+        ) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]: ...
+
+        def _live_changed(self) -> None: ...
+
+        def _save_status(self, durable: bool = True) -> None: ...
+
+    # -- what QEMU has open ---------------------------------------------------------------------
+
+    async def _backend(self, disk: Disk) -> dict[str, Any]:
+        """``query-block``'s ``inserted`` of ``disk``."""
+        for block in await self._call("query-block"):
+            if backend_holder(str(block.get("qdev") or "")) == disk.alias and block.get("inserted"):
+                return dict(block["inserted"])
+        raise OperationInvalidError(f"disk '{disk.target}' has no media in the running guest")
+
+    async def chain(self, disk: Disk) -> tuple[str, list[Layer]]:
+        """The root node of ``disk``'s backend and its images, top first."""
+        inserted = await self._backend(disk)
+        nodes = await self._call("query-named-block-nodes", {"flat": True})
+        layers: list[Layer] = []
+        image: dict[str, Any] | None = inserted.get("image")
+        while image is not None:
+            path, fmt = str(image.get("filename", "")), str(image.get("format", ""))
+            # A raw image without a format node is its storage node ("file", ...).
+            if fmt in _IMAGE_FORMATS or (not layers and fmt in _STORAGE_DRIVERS):
+                node = next(
+                    (
+                        str(n["node-name"])
+                        for n in nodes
+                        if n.get("file") == path and n.get("drv") == fmt
+                    ),
+                    None,
+                )
+                if node is None:
+                    raise OperationFailedError(
+                        f"cannot find the node of image '{path}' of disk '{disk.target}'"
+                    )
+                layers.append(Layer(node, path, fmt))
+            image = image.get("backing-image")
+        if not layers:
+            raise OperationFailedError(f"cannot find the images of disk '{disk.target}'")
+        return str(inserted["node-name"]), layers
+
+    async def _job(self, disk: Disk) -> dict[str, Any] | None:
+        """QEMU's ``query-block-jobs`` entry of ``disk``'s job, if it has one."""
+        for job in await self._call("query-block-jobs"):
+            if job_of(str(job.get("device", "")), str(job.get("type", "")))[1] == disk.target:
+                return dict(job)
+        return None
+
+    async def _refuse_busy(self, disk: Disk) -> None:
+        if await self._job(disk) is not None:
+            raise OperationInvalidError(f"disk '{disk.target}' already in active block job")
+
+    async def follow_block_sources(self) -> None:
+        """Make the live definition's disk sources say which image each disk's device now
+        uses (after a job pivoted it onto another), saving the status when one changed."""
+        changed = False
+        for block in await self._call("query-block"):
+            holder = backend_holder(str(block.get("qdev") or ""))
+            disk = next((d for d in self._live_def.disks if d.alias == holder), None)
+            inserted = block.get("inserted")
+            if disk is None or disk.net is not None or disk.source is None or not inserted:
+                continue
+            image = inserted.get("image") or {}
+            path, fmt = image.get("filename"), image.get("format")
+            if not isinstance(path, str) or path.startswith("json:") or path == disk.source:
+                continue
+            self.log.info(
+                "disk now runs on another image",
+                disk=disk.target,
+                source=path,
+                was=disk.source,
+                operation="blockjob",
+            )
+            disk.source = path
+            if fmt in ("qcow2", "raw"):
+                disk.format = fmt
+            changed = True
+        if changed:
+            self._live_changed()
+            self._save_status(durable=True)
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    async def block_resize(self, disk: Disk, size: int) -> None:
+        """Resize ``disk``'s image (its top) to ``size`` bytes, as the guest then sees it."""
+        _, layers = await self.chain(disk)
+        await self.execute("block_resize", {"node-name": layers[0].node, "size": size})
+
+    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
+        """Start streaming ``disk``'s backing chain into its top image."""
+        _, layers = await self.chain(disk)
+        if len(layers) < 2:
+            raise InvalidArgError(f"disk '{disk.target}' has no backing file to pull from")
+        await self._refuse_busy(disk)
+        arguments = {"job-id": job_id("pull", disk), "device": layers[0].node}
+        await self.execute("block-stream", {**arguments, "speed": bandwidth})
+
+    async def block_commit(
+        self,
+        disk: Disk,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        *,
+        active: bool,
+        shallow: bool,
+    ) -> None:
+        """Start committing ``top`` (default: the top) of ``disk``'s chain into ``base``
+        (default: the bottom; ``shallow``: the image below ``top``); the top itself only
+        ``active``ly (libvirt's rules)."""
+        root, layers = await self.chain(disk)
+        top_at = 0 if top is None else find_layer(layers, disk, top)
+        if top_at + 1 >= len(layers):
+            raise InvalidArgError(
+                f"top '{layers[top_at].path}' in chain for '{disk.target}' has no backing file"
+            )
+        if base is not None:
+            base_at = find_layer(layers, disk, base)
+        else:
+            base_at = top_at + 1 if shallow else len(layers) - 1
+        if base_at <= top_at:
+            raise InvalidArgError(
+                f"could not find base image '{layers[base_at].path}' in chain below "
+                f"'{layers[top_at].path}' of '{disk.target}'"
+            )
+        if top_at == 0 and not active:
+            raise InvalidArgError(f"commit of '{disk.target}' active layer requires active flag")
+        if top_at != 0 and active:
+            raise InvalidArgError(
+                f"active commit requested but '{layers[top_at].path}' is not active"
+            )
+        await self._refuse_busy(disk)
+        kind = "active-commit" if active else "commit"
+        arguments = {
+            "job-id": job_id(kind, disk),
+            "device": root,
+            "top-node": layers[top_at].node,
+            "base-node": layers[base_at].node,
+            "speed": bandwidth,
+        }
+        await self.execute("block-commit", arguments)
+
+    async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
+        """``disk``'s job as QEMU runs it, or None."""
+        job = await self._job(disk)
+        if job is None:
+            return None
+        kind, _ = job_of(str(job.get("device", "")), str(job.get("type", "")))
+        return BlockJobInfo(
+            type=KINDS.get(kind, BlockJobType.UNKNOWN),
+            bandwidth=int(job.get("speed", 0)),
+            cur=int(job.get("offset", 0)),
+            end=int(job.get("len", 0)),
+            ready=bool(job.get("ready", False)),
+        )
+
+    async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
+        job = await self._needed_job(disk)
+        await self.execute("block-job-set-speed", {"device": job["device"], "speed": bandwidth})
+
+    async def block_job_abort(self, disk: Disk, *, pivot: bool, wait: bool) -> None:
+        """End ``disk``'s job: pivot a ready copy or active commit onto its new image
+        (``pivot``), else cancel it (a ready one stops where it is); ``wait``: return once
+        QEMU has ended it (the live definition then says what the disk uses)."""
+        job = await self._needed_job(disk)
+        name = str(job["device"])
+        kind, _ = job_of(name, str(job.get("type", "")))
+        if pivot:
+            if kind not in ("copy", "active-commit"):
+                raise OperationUnsupportedError(f"job type '{kind}' does not support pivot")
+            if not job.get("ready"):
+                raise OperationInvalidError(f"block job '{name}' not ready for pivot yet")
+        with self.watch_events(*_END_EVENTS) as events:
+            if pivot:
+                await self.execute("block-job-complete", {"device": name})
+            else:
+                # A ready job that is cancelled ends "completed" for QEMU (a point-in-time
+                # copy is left): for libvirt, and the event, it was canceled.
+                self._cancelled_jobs.add(name)
+                await self.execute("block-job-cancel", {"device": name})
+            if wait:
+                await self._wait_end(name, events)
+
+    async def _needed_job(self, disk: Disk) -> dict[str, Any]:
+        job = await self._job(disk)
+        if job is None:
+            raise OperationInvalidError(f"disk {disk.target} does not have an active block job")
+        return job
+
+    async def _wait_end(self, name: str, events: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        async for event in events:
+            if event.get("event") == RESYNC_EVENT:
+                jobs = await self._call("query-block-jobs")
+                if not any(j.get("device") == name for j in jobs):
+                    return
+            elif (event.get("data") or {}).get("device") == name:
+                error = (event.get("data") or {}).get("error")
+                if error and event.get("event") == "BLOCK_JOB_COMPLETED":
+                    raise OperationFailedError(f"block job '{name}' failed: {error}")
+                return
+        raise OperationInvalidError("domain is not running")

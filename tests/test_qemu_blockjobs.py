@@ -1,0 +1,276 @@
+"""Block resize and block jobs on running domains, as virsh and libvirt-python users drive them.
+
+Chains are real qcow2 images made by qemu-img, their data written and read back by qemu-io;
+the jobs run in a paused QEMU (they need no guest). What a user checks: the events, in
+order, the live XML, what a fresh supervisor shows, and the images once the domain stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+import asvirt
+
+from .guest import start_with_disk
+from .helpers import MiB, destroy_all, embed_uri, image_with_data, overlay, qemu_img
+
+pytestmark = [pytest.mark.qemu]
+
+K = asvirt.EventKind
+J = asvirt.BlockJobType
+
+
+def write_data(image: Path, pattern: int, offset: int) -> Path:
+    """Write 64 KiB of byte ``pattern`` at ``offset`` of the qcow2 ``image`` (qemu-io)."""
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} 64k", str(image)],
+        check=True,
+        capture_output=True,
+    )
+    return image
+
+
+def holds(image: Path, pattern: int, offset: int) -> bool:
+    """Whether ``image`` reads 64 KiB of ``pattern`` at ``offset`` (with its backing chain,
+    if it still has one)."""
+    out = subprocess.run(
+        ["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pattern} {offset} 64k", str(image)],
+        capture_output=True,
+        text=True,
+    )
+    return out.returncode == 0 and "Pattern verification failed" not in out.stdout
+
+
+def backing_of(image: Path) -> str | None:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out).get("backing-filename")
+
+
+def chain(tmp_path: Path) -> tuple[Path, Path]:
+    """base.qcow2 (0xab at 0) <- top.qcow2 (0xcd at 1 MiB), 16 MiB."""
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top = write_data(overlay(tmp_path / "top.qcow2", base), 0xCD, MiB)
+    return base, top
+
+
+def source_of(xml: str, target: str = "vda") -> str:
+    [source] = etree.fromstring(xml.encode()).xpath(
+        f"devices/disk[target/@dev='{target}']/source/@file"
+    )
+    return str(source)
+
+
+async def stop(dom: asvirt.Domain) -> None:
+    """Stop the domain: its images can then be read as they are."""
+    await dom.destroy()
+
+
+@contextlib.asynccontextmanager
+async def cleaned_up(root: Path) -> AsyncIterator[None]:
+    """Whatever a test that opens supervisors of its own leaves running is destroyed."""
+    try:
+        yield
+    finally:
+        async with asvirt.open(embed_uri(root)) as conn:
+            await destroy_all(conn)
+
+
+# -- resize --------------------------------------------------------------------------------------
+
+
+async def test_block_resize_grows_what_the_guest_sees(conn, test_guest, tmp_path):
+    image = image_with_data(tmp_path / "disk.qcow2", 16 * MiB, at=0)
+    dom = await start_with_disk(conn, test_guest, tmp_path, image)
+    await dom.block_resize("vda", 32 * MiB + 1)  # qcow2: rounded up to 512, as libvirt
+    assert (await dom.block_info("vda")).capacity == 32 * MiB + 512
+    [block] = await dom.qmp("query-block")
+    assert block["inserted"]["image"]["virtual-size"] == 32 * MiB + 512
+    with pytest.raises(asvirt.InvalidArgError, match="smaller than its current size"):
+        await dom.block_resize("vda", 16 * MiB, extend=True)
+    with pytest.raises(asvirt.InvalidArgError, match="invalid path: vdz"):
+        await dom.block_resize("vdz", 64 * MiB)
+    assert (await dom.block_info("vda")).capacity == 32 * MiB + 512, "refusals changed nothing"
+    await stop(dom)
+    with pytest.raises(asvirt.OperationInvalidError, match="is not running"):
+        await dom.block_resize("vda", 64 * MiB)
+    assert (await dom.block_info("vda")).capacity == 32 * MiB + 512
+
+
+# -- pull ----------------------------------------------------------------------------------------
+
+
+async def test_block_pull_leaves_the_top_whole(conn, test_guest, tmp_path):
+    base, top = chain(tmp_path)
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_pull("vda")
+        done = await events.receive()
+    assert (done.data["disk"], done.data["job"], done.data["status"]) == (
+        "vda",
+        "pull",
+        "completed",
+    )
+    assert done.describe() == "event 'block-job' for domain 'vm1': Block Pull for vda completed"
+    assert await dom.block_job_info("vda") is None
+    assert source_of(await dom.xml_desc()) == str(top)
+    await stop(dom)
+    assert backing_of(top) is None
+    base.unlink()  # the top needs it no more
+    assert holds(top, 0xAB, 0) and holds(top, 0xCD, MiB)
+
+
+async def test_block_pull_without_a_backing_file_is_refused(conn, test_guest, tmp_path):
+    image = image_with_data(tmp_path / "disk.qcow2", 16 * MiB, at=0)
+    dom = await start_with_disk(conn, test_guest, tmp_path, image)
+    with pytest.raises(asvirt.InvalidArgError, match="no backing file to pull from"):
+        await dom.block_pull("vda")
+    with pytest.raises(asvirt.InvalidArgError, match="has no backing file"):
+        await dom.block_commit("vda", active=True)
+    assert await dom.block_job_info("vda") is None
+    assert await dom.qmp("query-block-jobs") == []
+
+
+async def test_raw_disk_cannot_be_committed(conn, test_guest, tmp_path):
+    raw = tmp_path / "disk.raw"
+    qemu_img("create", "-f", "raw", raw, "16M")
+    dom = await start_with_disk(conn, test_guest, tmp_path, raw, fmt="raw")
+    with pytest.raises(asvirt.InvalidArgError, match="has no backing file"):
+        await dom.block_commit("vda", active=True)
+    assert await dom.qmp("query-block-jobs") == []
+
+
+# -- commit --------------------------------------------------------------------------------------
+
+
+async def test_active_commit_then_pivot_moves_the_disk_onto_its_base(
+    root, fast_config, test_guest, tmp_path
+):
+    base, top = chain(tmp_path)
+    async with cleaned_up(root):
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await start_with_disk(conn, test_guest, tmp_path, top)
+            with pytest.raises(asvirt.InvalidArgError, match="active layer requires active flag"):
+                await dom.block_commit("vda")
+            async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+                await dom.block_commit("vda", active=True)
+                ready = await events.receive()
+                assert (ready.data["disk"], ready.data["job"], ready.data["status"]) == (
+                    "vda",
+                    "active-commit",
+                    "ready",
+                )
+                assert ready.describe().endswith(": Active Block Commit for vda ready")
+                info = await dom.block_job_info("vda")
+                assert info is not None and info.type is J.ACTIVE_COMMIT and info.ready
+                assert info.cur == info.end
+                assert source_of(await dom.xml_desc()) == str(top), "not before the pivot"
+                await dom.block_job_abort("vda", pivot=True)
+                # Once the call returns, the live XML says where the disk is.
+                assert source_of(await dom.xml_desc()) == str(base)
+                done = await events.receive()
+            assert (done.data["job"], done.data["status"]) == ("active-commit", "completed")
+            [block] = await dom.qmp("query-block")
+            assert block["inserted"]["file"] == str(base)
+        # A fresh supervisor, from the status file and QEMU, says the same.
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            assert source_of(await dom.xml_desc()) == str(base)
+            assert await dom.block_job_info("vda") is None
+            await stop(dom)
+        assert backing_of(base) is None
+        assert holds(base, 0xCD, MiB) and holds(base, 0xAB, 0), "the base has the top's data"
+
+
+async def test_commit_of_a_middle_layer_ends_by_itself(conn, test_guest, tmp_path):
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    mid = write_data(overlay(tmp_path / "mid.qcow2", base), 0x11, 2 * MiB)
+    top = write_data(overlay(tmp_path / "top.qcow2", mid), 0x22, 3 * MiB)
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    with pytest.raises(asvirt.InvalidArgError, match="is not active"):
+        await dom.block_commit("vda", top=str(mid), active=True)
+    with pytest.raises(asvirt.InvalidArgError, match="could not find image"):
+        await dom.block_commit("vda", top=str(tmp_path / "other.qcow2"))
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_commit("vda", top="vda[1]")  # mid, into the bottom (base)
+        done = await events.receive()
+    assert (done.data["disk"], done.data["job"], done.data["status"]) == (
+        "vda",
+        "commit",
+        "completed",
+    )
+    assert done.describe().endswith(": Block Commit for vda completed")
+    assert source_of(await dom.xml_desc()) == str(top)
+    await stop(dom)
+    assert backing_of(top) == str(base), "mid is out of the chain"
+    assert holds(base, 0x11, 2 * MiB) and holds(top, 0x22, 3 * MiB) and holds(top, 0xAB, 0)
+
+
+async def test_abort_of_a_ready_commit_leaves_everything_as_it_was(conn, test_guest, tmp_path):
+    base, top = chain(tmp_path)
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_commit("vda", active=True)
+        assert (await events.receive()).data["status"] == "ready"
+        await dom.block_job_abort("vda")
+        ended = await events.receive()
+    # QEMU says "completed" for a ready job cancelled; libvirt, and asvirt, "canceled".
+    assert (ended.data["job"], ended.data["status"]) == ("active-commit", "canceled")
+    assert source_of(await dom.xml_desc()) == str(top)
+    assert await dom.block_job_info("vda") is None
+    await stop(dom)
+    assert backing_of(top) == str(base)
+
+
+# -- one job per disk, speed, and a job that outlives its supervisor ------------------------------
+
+
+async def test_a_running_job_is_visible_and_abortable_after_a_restart(
+    root, fast_config, test_guest, tmp_path
+):
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=8 * MiB)
+    write_data(base, 0xAB, 12 * MiB)  # two stretches to copy: at 1 byte/s, for days
+    top = overlay(tmp_path / "top.qcow2", base)
+    async with cleaned_up(root):
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await start_with_disk(conn, test_guest, tmp_path, top)
+            await dom.block_pull("vda", bandwidth=1)
+            with pytest.raises(asvirt.OperationInvalidError, match="already in active block job"):
+                await dom.block_commit("vda", active=True)
+            with pytest.raises(asvirt.OperationInvalidError, match="already in active block job"):
+                await dom.block_pull("vda")
+            info = await dom.block_job_info("vda")
+            assert info is not None and (info.type, info.bandwidth, info.ready) == (
+                J.PULL,
+                1,
+                False,
+            )
+            with pytest.raises(asvirt.OperationUnsupportedError, match="does not support pivot"):
+                await dom.block_job_abort("vda", pivot=True)
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            info = await dom.block_job_info("vda")
+            assert info is not None and info.type is J.PULL and info.cur < info.end
+            await dom.block_job_set_speed("vda", 2)
+            info = await dom.block_job_info("vda")
+            assert info is not None and info.bandwidth == 2
+            async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+                await dom.block_job_abort("vda")
+                ended = await events.receive()
+            assert (ended.data["disk"], ended.data["status"]) == ("vda", "canceled")
+            assert await dom.block_job_info("vda") is None
+            with pytest.raises(asvirt.OperationInvalidError, match="does not have an active block"):
+                await dom.block_job_abort("vda")
+            await stop(dom)
+        assert backing_of(top) == str(base), "a cancelled pull leaves the chain"
