@@ -18,8 +18,17 @@ from lxml import etree
 
 import asvirt
 
-from .guest import start_with_disk
-from .helpers import MiB, destroy_all, embed_uri, image_with_data, overlay, qemu_img
+from .guest import paused_xml, start_with_disk
+from .helpers import (
+    MiB,
+    destroy_all,
+    disk_xml,
+    embed_uri,
+    image_with_data,
+    overlay,
+    qemu_img,
+    run_cli,
+)
 
 pytestmark = [pytest.mark.qemu]
 
@@ -274,3 +283,77 @@ async def test_a_running_job_is_visible_and_abortable_after_a_restart(
                 await dom.block_job_abort("vda")
             await stop(dom)
         assert backing_of(top) == str(base), "a cancelled pull leaves the chain"
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_vm(root: Path, fast_config: Path, test_guest, tmp_path: Path):
+    """``vm1`` on the chain of :func:`chain` as its vda, started paused by the CLI."""
+
+    base, top = chain(tmp_path)
+    xml = tmp_path / "vm1.xml"
+    xml.write_text(paused_xml(test_guest, tmp_path, devices=disk_xml(top)))
+    run_cli(root, "define", str(xml))
+    run_cli(root, "start", "vm1", "--paused")
+    try:
+        yield root, base, top
+    finally:
+        run_cli(root, "destroy", "vm1", check=False)
+
+
+def test_cli_blockresize_and_blockpull(cli_vm):
+    root, _, top = cli_vm
+    out = run_cli(root, "blockresize", "vm1", "vda", "32M").stdout
+    assert out == "Block device 'vda' is resized\n\n"
+    assert "Capacity:       33554432" in run_cli(root, "domblkinfo", "vm1", "vda").stdout
+    bad = run_cli(root, "blockresize", "vm1", "vda", "lots", check=False)
+    assert bad.returncode == 1
+    assert "Scaled numeric value 'lots' for <size> option is malformed" in bad.stderr
+    out = run_cli(root, "blockjob", "vm1", "vda", "--info").stdout
+    assert out == "No current block job for vda\n\n"
+    pulled = run_cli(root, "blockpull", "vm1", str(top), "--wait", "--verbose")
+    assert pulled.stdout == "\nPull complete\n\n"
+    assert pulled.stderr.endswith("Block Pull: [100 %]")  # after a carriage return
+    run_cli(root, "destroy", "vm1")
+    assert backing_of(top) is None and holds(top, 0xAB, 0)
+
+
+def test_cli_blockcommit_active_pivot(cli_vm):
+    root, base, _ = cli_vm
+    refused = run_cli(root, "blockcommit", "vm1", "vda", check=False)
+    assert refused.returncode == 1
+    assert "active layer requires active flag" in refused.stderr
+    out = run_cli(root, "blockcommit", "vm1", "vda", "--active", "--pivot").stdout
+    assert out == "\nSuccessfully pivoted\n\n"
+    rows = run_cli(root, "domblklist", "vm1").stdout
+    assert f" vda      {base}" in rows
+    run_cli(root, "destroy", "vm1")
+    assert holds(base, 0xCD, MiB)
+
+
+def test_cli_blockjob_info_bandwidth_abort(cli_vm):
+    root, _, top = cli_vm
+    out = run_cli(root, "blockcommit", "vm1", "vda", "--active", "--bandwidth", "1", "--bytes")
+    assert out.stdout == "Active Block Commit started\n\n"
+    busy = run_cli(root, "blockpull", "vm1", "vda", check=False)
+    assert busy.returncode == 1 and "already in active block job" in busy.stderr
+    run_cli(root, "blockjob", "vm1", "vda", "--bandwidth", "2")
+    info = run_cli(root, "blockjob", "vm1", "vda", "--info").stdout
+    assert info.startswith("Active Block Commit: [")
+    assert info.endswith("    Bandwidth limit: 2097152 bytes/s (2.000 MiB/s)\n\n")
+    raw = run_cli(root, "blockjob", "vm1", "vda", "--raw").stdout
+    assert raw.startswith(" type=active-commit\n bandwidth=2097152\n")
+    assert run_cli(root, "blockjob", "vm1", "vda", "--abort").stdout == "\n"
+    assert run_cli(root, "blockjob", "vm1", "vda").stdout == "No current block job for vda\n\n"
+    assert f" vda      {top}" in run_cli(root, "domblklist", "vm1").stdout
+
+
+async def test_the_test_driver_refuses_block_jobs():
+    async with asvirt.open("test:///default") as conn:
+        dom = await conn.lookup_by_name("test")
+        with pytest.raises(asvirt.OperationUnsupportedError, match="does not simulate disk"):
+            await dom.block_pull("vda")
+        with pytest.raises(asvirt.OperationUnsupportedError, match="does not simulate disk"):
+            await dom.block_resize("vda", MiB)

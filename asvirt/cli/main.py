@@ -476,6 +476,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "managedsave-remove",
         "save-image-dumpxml",
     ),
+    "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockjob"),
     "storage": (
         "pool-define-as",
         "pool-define",

@@ -145,3 +145,13 @@ class ProgressBar:
         if self._tty and self._shown >= 0:
             self._stream.write("\n")
             self._stream.flush()
+
+
+def pretty_capacity(value: int) -> str:
+    """virsh's ``%.3lf UNIT`` with binary units."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{size:.3f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
