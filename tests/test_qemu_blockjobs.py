@@ -74,11 +74,20 @@ def chain(tmp_path: Path) -> tuple[Path, Path]:
     return base, top
 
 
-def source_of(xml: str, target: str = "vda") -> str:
-    [source] = etree.fromstring(xml.encode()).xpath(
-        f"devices/disk[target/@dev='{target}']/source/@file"
-    )
-    return str(source)
+def chain_in(xml: str, target: str = "vda") -> list[str] | None:
+    """The images of the disk ``target`` as the XML shows them, top first, by following its
+    ``<backingStore>`` to the empty one that ends it (None: it shows no chain)."""
+    [disk] = etree.fromstring(xml.encode()).xpath(f"devices/disk[target/@dev='{target}']")
+    images = [str(disk.find("source").get("file"))]
+    store = disk.find("backingStore")
+    if store is None:
+        return None
+    while store.find("source") is not None:
+        assert store.get("type") == "file" and store.find("format").get("type") == "qcow2"
+        images.append(str(store.find("source").get("file")))
+        store = store.find("backingStore")
+    assert len(store) == 0 and not store.attrib, "an empty <backingStore/> ends the chain"
+    return images
 
 
 async def stop(dom: asvirt.Domain) -> None:
@@ -123,6 +132,11 @@ async def test_block_resize_grows_what_the_guest_sees(conn, test_guest, tmp_path
 async def test_block_pull_leaves_the_top_whole(conn, test_guest, tmp_path):
     base, top = chain(tmp_path)
     dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    assert chain_in(await dom.xml_desc()) == [str(top), str(base)]
+    # The live XML defines the domain again (virsh dumpxml | virsh define): the images
+    # name their own backing files, so the configuration keeps no chain.
+    await conn.define_xml(await dom.xml_desc())
+    assert chain_in(await dom.xml_desc(inactive=True)) is None, "the configuration has none"
     async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
         await dom.block_pull("vda")
         done = await events.receive()
@@ -133,7 +147,7 @@ async def test_block_pull_leaves_the_top_whole(conn, test_guest, tmp_path):
     )
     assert done.describe() == "event 'block-job' for domain 'vm1': Block Pull for vda completed"
     assert await dom.block_job_info("vda") is None
-    assert source_of(await dom.xml_desc()) == str(top)
+    assert chain_in(await dom.xml_desc()) == [str(top)], "the top stands alone"
     await stop(dom)
     assert backing_of(top) is None
     base.unlink()  # the top needs it no more
@@ -184,10 +198,10 @@ async def test_active_commit_then_pivot_moves_the_disk_onto_its_base(
                 info = await dom.block_job_info("vda")
                 assert info is not None and info.type is J.ACTIVE_COMMIT and info.ready
                 assert info.cur == info.end
-                assert source_of(await dom.xml_desc()) == str(top), "not before the pivot"
+                assert chain_in(await dom.xml_desc()) == [str(top), str(base)], "not yet"
                 await dom.block_job_abort("vda", pivot=True)
                 # Once the call returns, the live XML says where the disk is.
-                assert source_of(await dom.xml_desc()) == str(base)
+                assert chain_in(await dom.xml_desc()) == [str(base)]
                 done = await events.receive()
             assert (done.data["job"], done.data["status"]) == ("active-commit", "completed")
             [block] = await dom.qmp("query-block")
@@ -195,7 +209,7 @@ async def test_active_commit_then_pivot_moves_the_disk_onto_its_base(
         # A fresh supervisor, from the status file and QEMU, says the same.
         async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")
-            assert source_of(await dom.xml_desc()) == str(base)
+            assert chain_in(await dom.xml_desc()) == [str(base)]
             assert await dom.block_job_info("vda") is None
             await stop(dom)
         assert backing_of(base) is None
@@ -220,7 +234,7 @@ async def test_commit_of_a_middle_layer_ends_by_itself(conn, test_guest, tmp_pat
         "completed",
     )
     assert done.describe().endswith(": Block Commit for vda completed")
-    assert source_of(await dom.xml_desc()) == str(top)
+    assert chain_in(await dom.xml_desc()) == [str(top), str(base)], "mid is gone"
     await stop(dom)
     assert backing_of(top) == str(base), "mid is out of the chain"
     assert holds(base, 0x11, 2 * MiB) and holds(top, 0x22, 3 * MiB) and holds(top, 0xAB, 0)
@@ -236,7 +250,7 @@ async def test_abort_of_a_ready_commit_leaves_everything_as_it_was(conn, test_gu
         ended = await events.receive()
     # QEMU says "completed" for a ready job cancelled; libvirt, and asvirt, "canceled".
     assert (ended.data["job"], ended.data["status"]) == ("active-commit", "canceled")
-    assert source_of(await dom.xml_desc()) == str(top)
+    assert chain_in(await dom.xml_desc()) == [str(top), str(base)]
     assert await dom.block_job_info("vda") is None
     await stop(dom)
     assert backing_of(top) == str(base)

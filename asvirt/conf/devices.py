@@ -165,6 +165,16 @@ def default_disk_bus(target: str) -> str:
     return {"hd": "ide", "sd": "scsi", "vd": "virtio", "fd": "fdc"}.get(kind, "")
 
 
+@dataclass
+class BackingStore:
+    """One image below a disk's top in its backing chain, as the live XML's
+    ``<backingStore>`` shows what QEMU has open."""
+
+    source: str
+    format: str | None = None
+    type: str = "file"  # file | block
+
+
 @dataclass(slots=True)
 class Disk(DeviceBase):
     """``<disk>``: a file or block device seen by the guest as a disk or CD-ROM.
@@ -228,6 +238,9 @@ class Disk(DeviceBase):
     encryption: Encryption | None = None
     #: ``<source><seclabel>``: how its file is labelled, overriding the domain's.
     seclabels: list[DeviceSecLabel] = field(default_factory=list)
+    #: The images below the top, top first, as QEMU has them open (``<backingStore>`` of
+    #: the live XML; [] : none, None: not known, as in a configuration).
+    backing_store: list[BackingStore] | None = None
 
     @property
     def norelabel(self) -> bool:
@@ -318,6 +331,13 @@ class Disk(DeviceBase):
                 label.format_xml(src)
         if self.encryption is not None:
             self.encryption.format_xml(src if self.encryption.in_source and src else el)
+        if live and self.backing_store is not None and self.source is not None:
+            parent = el
+            for layer in self.backing_store:
+                parent = parent.add("backingStore", {"type": layer.type})
+                parent.add_if("format", {"type": layer.format})
+                parent.add("source", {"dev" if layer.type == "block" else "file": layer.source})
+            parent.add("backingStore")
         if self.geometry is not None:
             self.geometry.format_xml(el)
         if self.blockio is not None:
@@ -364,6 +384,37 @@ def _parse_source_encryption(src: Node, disk: Disk) -> None:
     enc = src.child("encryption")
     if enc is not None:
         disk.encryption = parse_encryption(enc, in_source=True)
+
+
+def _parse_backing_store(node: Node) -> list[BackingStore] | None:
+    """The chain of ``<backingStore>`` in ``node`` (a live XML's, kept in status files):
+    None without one. What QEMU has open replaces it while the domain runs; a
+    configuration keeps none (the images name their own backing files)."""
+    chain: list[BackingStore] = []
+    store = node.child("backingStore")
+    if store is None:
+        return None
+    while store is not None:
+        src = store.child("source")
+        if src is None:  # <backingStore/>: the end of the chain
+            store.finish()
+            return chain
+        kind = store.choice("type", ("file", "block"), "file") or "file"
+        path = src.attr("dev" if kind == "block" else "file")
+        if path is None or not path.startswith("/"):
+            raise XMLError(f"{src.where} needs an absolute path")
+        src.ignore("index")
+        src.finish()
+        fmt = store.child("format")
+        layer = BackingStore(path, fmt.choice("type", DISK_FORMATS) if fmt else None, kind)
+        if fmt is not None:
+            fmt.finish()
+        chain.append(layer)
+        store.ignore("index")
+        following = store.child("backingStore")
+        store.finish()
+        store = following
+    return chain
 
 
 def parse_disk(node: Node) -> Disk:
@@ -419,6 +470,7 @@ def parse_disk(node: Node) -> Disk:
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
         _parse_source_encryption(src, disk)
         src.finish()
+    disk.backing_store = _parse_backing_store(node)
     enc = node.child("encryption")
     if enc is not None:
         if disk.encryption is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ...conf.devices import Disk
+from ...conf.devices import DISK_FORMATS, BackingStore, Disk
 from ...drivers.base import BlockJobInfo, BlockJobType
 from ...errors import (
     InvalidArgError,
@@ -64,6 +64,11 @@ def find_layer(chain: list[Layer], disk: Disk, name: str) -> int:
             if layer.path == name:
                 return i
     raise InvalidArgError(f"could not find image '{name}' in chain for '{disk.target}'")
+
+
+def _local_image(disk: Disk) -> bool:
+    """Whether ``disk`` has an image on this host (whose chain QEMU shows)."""
+    return disk.net is None and disk.source is not None and disk.type in ("file", "block")
 
 
 class BlockJobOps:
@@ -134,34 +139,55 @@ class BlockJobOps:
         if await self._job(disk) is not None:
             raise OperationInvalidError(f"disk '{disk.target}' already in active block job")
 
-    async def follow_block_sources(self) -> None:
-        """Make the live definition's disk sources say which image each disk's device now
-        uses (after a job pivoted it onto another), saving the status when one changed."""
+    async def follow_block_sources(self, *, save: bool = True) -> None:
+        """Make the live definition's disks say which image each disk's device now uses
+        (a job may have pivoted it onto another) and the chain below it (``<backingStore>``),
+        as QEMU has them open; ``save``: write the status file at once when one changed."""
+        if not any(_local_image(d) for d in self._live_def.disks):
+            return
         changed = False
         for block in await self._call("query-block"):
             holder = backend_holder(str(block.get("qdev") or ""))
             disk = next((d for d in self._live_def.disks if d.alias == holder), None)
             inserted = block.get("inserted")
-            if disk is None or disk.net is not None or disk.source is None or not inserted:
+            if disk is None or not _local_image(disk) or not inserted:
                 continue
+            if inserted.get("drv") not in _IMAGE_FORMATS | _STORAGE_DRIVERS:
+                continue  # a filter on top (throttle, copy-on-read): its chain is not shown
             image = inserted.get("image") or {}
             path, fmt = image.get("filename"), image.get("format")
-            if not isinstance(path, str) or path.startswith("json:") or path == disk.source:
+            if not isinstance(path, str) or path.startswith("json:"):
                 continue
-            self.log.info(
-                "disk now runs on another image",
-                disk=disk.target,
-                source=path,
-                was=disk.source,
-                operation="blockjob",
-            )
-            disk.source = path
-            if fmt in ("qcow2", "raw"):
-                disk.format = fmt
-            changed = True
+            chain = []
+            below = image.get("backing-image")
+            while isinstance(below, dict) and isinstance(below.get("filename"), str):
+                layer_format = below.get("format")
+                chain.append(
+                    BackingStore(
+                        str(below["filename"]),
+                        layer_format if layer_format in DISK_FORMATS else None,
+                    )
+                )
+                below = below.get("backing-image")
+            if path != disk.source:
+                self.log.info(
+                    "disk now runs on another image",
+                    disk=disk.target,
+                    source=path,
+                    was=disk.source,
+                    operation="blockjob",
+                )
+                disk.source = path
+                if fmt in ("qcow2", "raw"):
+                    disk.format = fmt
+                changed = True
+            if chain != disk.backing_store:
+                disk.backing_store = chain
+                changed = True
         if changed:
             self._live_changed()
-            self._save_status(durable=True)
+            if save:
+                self._save_status(durable=True)
 
     # -- the calls ------------------------------------------------------------------------------
 

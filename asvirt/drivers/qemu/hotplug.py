@@ -247,6 +247,8 @@ class HotplugOps:
 
         async def add_secret(self, secret_id: str, value: bytes) -> None: ...
 
+        async def follow_block_sources(self, *, save: bool = True) -> None: ...
+
         def _secret_lookup(
             self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
         ) -> tuple[str, bytes]: ...
@@ -289,6 +291,8 @@ class HotplugOps:
         if new.alias:
             self._reported_gone.discard(new.alias)  # a new device of that name: its own events
         self._live_changed()
+        if isinstance(new, Disk):
+            await self._quietly_follow_block_sources()  # its chain, for the live XML
         self.log.info("device attached", operation="attach-device", device=new.alias)
 
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
@@ -329,6 +333,14 @@ class HotplugOps:
                 for sid in objects:
                     await self._quietly("object-del", {"id": sid})
             raise
+
+    async def _quietly_follow_block_sources(self) -> None:
+        """The disks' chains for the live XML after a disk or medium went in (the device is
+        plugged whatever QEMU answers: a chain it does not tell is left unknown)."""
+        try:
+            await self.follow_block_sources(save=False)
+        except (QMPError, OperationTimeoutError) as err:
+            self.log.warning("cannot read the disks' backing chains", error=str(err))
 
     def _disk_tls(self, disk: Disk) -> TlsConfig:
         """The node's TLS settings, the files a plugged disk's TLS needs being readable."""
@@ -662,6 +674,7 @@ class HotplugOps:
             await self.execute("blockdev-remove-medium", {"id": alias})
             removed = dataclasses.replace(disk)  # as it was: its nodes, group and secrets go
             disk.source = disk.net = disk.encryption = None
+            disk.backing_store = None
             self._live_changed()
             await self._del_disk_backend(removed)
         if fresh.has_media:
@@ -699,7 +712,9 @@ class HotplugOps:
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
             disk.net, disk.encryption = fresh.net, fresh.encryption
             disk.node_index = fresh.node_index
+            disk.backing_store = None
             self._live_changed()
+            await self._quietly_follow_block_sources()
         await self.execute("blockdev-close-tray", {"id": alias})
 
     async def set_link(self, nic: Interface, state: str | None) -> None:
