@@ -36,12 +36,15 @@ from asvirt import fsutil, protocol
 from asvirt.rpc import wire
 
 from .daemon import Daemon, session_runtime_dir
-from .guest import REPO, TestGuest, paused_xml, wait_for_serial
+from .guest import REPO, TestGuest, paused_xml, start_with_disk, wait_for_serial
 from .helpers import (
+    MiB,
     collect_until,
     embed_uri,
+    image_with_data,
     lifecycle,
     lifecycle_until,
+    overlay,
     peer_pid,
     pid_alive,
     qemu_pid,
@@ -434,6 +437,27 @@ def daemon_uid(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[2])  # effective
     raise AssertionError(f"no Uid for {pid}")
+
+
+async def test_an_active_commit_pivots_through_the_daemon(daemons, test_guest, tmp_path):
+    # A backup script's round: commit the overlay, wait for READY, pivot; over the wire.
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top = overlay(tmp_path / "top.qcow2", base)
+    daemon = daemons()
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await start_with_disk(conn, test_guest, tmp_path, top)
+        async with conn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
+            await dom.block_commit("vda", active=True)
+            ready = await events.receive()
+            assert (ready.data["disk"], ready.data["status"]) == ("vda", "ready")
+            info = await dom.block_job_info("vda")
+            assert info is not None and info.type is asvirt.BlockJobType.ACTIVE_COMMIT
+            await dom.block_job_abort("vda", pivot=True)
+            done = await events.receive()
+        assert (done.data["job"], done.data["status"]) == ("active-commit", "completed")
+        assert f"<source file='{base}'" in await dom.xml_desc()
+        assert await dom.block_job_info("vda") is None
+        await dom.destroy()
 
 
 async def test_sockets_and_state_files_are_private(daemons, test_guest, tmp_path):

@@ -206,6 +206,8 @@ async def test_active_commit_then_pivot_moves_the_disk_onto_its_base(
             assert (done.data["job"], done.data["status"]) == ("active-commit", "completed")
             [block] = await dom.qmp("query-block")
             assert block["inserted"]["file"] == str(base)
+            nodes = await dom.qmp("query-named-block-nodes", {"flat": True})
+            assert str(top) not in {n["file"] for n in nodes}, "QEMU let the top go"
         # A fresh supervisor, from the status file and QEMU, says the same.
         async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")

@@ -91,6 +91,8 @@ class BlockJobOps:
 
         def _save_status(self, durable: bool = True) -> None: ...
 
+        async def _quietly(self, command: str, arguments: dict[str, Any]) -> None: ...
+
     # -- what QEMU has open ---------------------------------------------------------------------
 
     async def _backend(self, disk: Disk) -> dict[str, Any]:
@@ -146,6 +148,7 @@ class BlockJobOps:
         if not any(_local_image(d) for d in self._live_def.disks):
             return
         changed = False
+        retired: list[str] = []
         for block in await self._call("query-block"):
             holder = backend_holder(str(block.get("qdev") or ""))
             disk = next((d for d in self._live_def.disks if d.alias == holder), None)
@@ -177,6 +180,12 @@ class BlockJobOps:
                     was=disk.source,
                     operation="blockjob",
                 )
+                if disk.node_index is not None:
+                    # The image it left, as the command line or a hotplug opened it: closed
+                    # (QEMU keeps it open otherwise), as libvirt does after a pivot.
+                    n = disk.node_index
+                    retired += [f"libvirt-{n}-format", f"libvirt-{n}-storage"]
+                    disk.node_index = None
                 disk.source = path
                 if fmt in ("qcow2", "raw"):
                     disk.format = fmt
@@ -188,6 +197,9 @@ class BlockJobOps:
             self._live_changed()
             if save:
                 self._save_status(durable=True)
+        for node in retired:
+            if any(n.get("node-name") == node for n in await self._call("query-named-block-nodes")):
+                await self._quietly("blockdev-del", {"node-name": node})
 
     # -- the calls ------------------------------------------------------------------------------
 
