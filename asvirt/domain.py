@@ -466,6 +466,31 @@ class Domain(Handle):
             shallow=shallow,
         )
 
+    async def block_copy(
+        self,
+        device: str,
+        dest_xml: str,
+        bandwidth: int = 0,
+        *,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """Start a job copying the disk to the image ``dest_xml`` describes (libvirt's
+        ``blockCopy``: a ``<disk type='file'>`` with its ``<source file=...>`` and maybe
+        ``<driver type=...>``, the disk's format by default). QEMU makes the image (a file
+        that exists is refused) unless ``reuse_ext``; ``shallow`` copies only the top, over
+        the same backing file. The job is ready (a BLOCK_JOB event, job ``copy``) once the
+        copy is in sync and mirrors every write; :meth:`block_job_abort` with ``pivot``
+        then moves the disk onto the copy, without it leaves a copy as of that moment."""
+        await self._call(
+            "domain_block_copy",
+            device=device,
+            dest_xml=dest_xml,
+            bandwidth=bandwidth,
+            shallow=shallow,
+            reuse_ext=reuse_ext,
+        )
+
     async def block_job_info(self, device: str) -> BlockJobInfo | None:
         """The disk's block job (libvirt's ``blockJobInfo``, ``bandwidth`` in bytes/s), or
         None when it has none."""

@@ -421,6 +421,19 @@ class DomainCalls(Protocol):
         """Start committing a disk's images from ``top`` down into ``base``."""
         ...
 
+    @call(mutates=True)
+    async def domain_block_copy(
+        self,
+        uuid: str,
+        device: str,
+        dest_xml: str,
+        bandwidth: int,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """Start copying a disk to the image a ``<disk>`` XML names (pivot onto it later)."""
+        ...
+
     @call(mutates=False)
     async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
         """A disk's block job (None: it has none)."""

@@ -314,6 +314,8 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "shallow": False,
         "pivot": False,
         "wait": True,
+        "dest_xml": "<disk><source file='/nonexistent/copy'/></disk>",
+        "reuse_ext": False,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

@@ -258,6 +258,67 @@ async def test_abort_of_a_ready_commit_leaves_everything_as_it_was(conn, test_gu
     assert backing_of(top) == str(base)
 
 
+# -- copy ----------------------------------------------------------------------------------------
+
+
+def copy_xml(path: Path, fmt: str = "qcow2") -> str:
+    return f"<disk type='file'><driver type='{fmt}'/><source file='{path}'/></disk>"
+
+
+async def test_block_copy_then_pivot_moves_the_disk_onto_the_copy(conn, test_guest, tmp_path):
+    base, top = chain(tmp_path)
+    copy = tmp_path / "copy.qcow2"
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_copy("vda", copy_xml(copy))
+        ready = await events.receive()
+        assert (ready.data["disk"], ready.data["job"], ready.data["status"]) == (
+            "vda",
+            "copy",
+            "ready",
+        )
+        assert ready.describe().endswith(": Block Copy for vda ready")
+        info = await dom.block_job_info("vda")
+        assert info is not None and info.type is J.COPY and info.ready
+        await dom.block_job_abort("vda", pivot=True)
+        assert chain_in(await dom.xml_desc()) == [str(copy)], "a full copy stands alone"
+        done = await events.receive()
+    assert (done.data["job"], done.data["status"]) == ("copy", "completed")
+    await stop(dom)
+    assert backing_of(copy) is None
+    assert holds(copy, 0xAB, 0) and holds(copy, 0xCD, MiB)
+    assert backing_of(top) == str(base), "the images it left are as they were"
+
+
+async def test_block_copy_refuses_what_it_would_overwrite_and_shallow_keeps_the_base(
+    conn, test_guest, tmp_path
+):
+    base, top = chain(tmp_path)
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    taken = tmp_path / "taken.qcow2"
+    taken.write_bytes(b"precious")
+    with pytest.raises(asvirt.OperationInvalidError, match="exists"):
+        await dom.block_copy("vda", copy_xml(taken))
+    link = tmp_path / "link.qcow2"
+    link.symlink_to(tmp_path / "nowhere.qcow2")
+    with pytest.raises(asvirt.InvalidArgError, match="symbolic link"):
+        await dom.block_copy("vda", copy_xml(link), reuse_ext=True)
+    with pytest.raises(asvirt.InvalidArgError, match="missing destination file for disk vda"):
+        await dom.block_copy("vda", copy_xml(tmp_path / "absent.qcow2"), reuse_ext=True)
+    assert taken.read_bytes() == b"precious" and not (tmp_path / "nowhere.qcow2").exists()
+    assert await dom.block_job_info("vda") is None
+    shallow = tmp_path / "shallow.qcow2"
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_copy("vda", copy_xml(shallow), shallow=True)
+        assert (await events.receive()).data["status"] == "ready"
+        with pytest.raises(asvirt.OperationInvalidError, match="already in active block job"):
+            await dom.block_pull("vda")
+        await dom.block_job_abort("vda", pivot=True)
+    assert chain_in(await dom.xml_desc()) == [str(shallow), str(base)]
+    await stop(dom)
+    assert backing_of(shallow) == str(base) and holds(shallow, 0xCD, MiB)
+
+
 # -- one job per disk, speed, and a job that outlives its supervisor ------------------------------
 
 
@@ -364,6 +425,18 @@ def test_cli_blockjob_info_bandwidth_abort(cli_vm):
     assert run_cli(root, "blockjob", "vm1", "vda", "--abort").stdout == "\n"
     assert run_cli(root, "blockjob", "vm1", "vda").stdout == "No current block job for vda\n\n"
     assert f" vda      {top}" in run_cli(root, "domblklist", "vm1").stdout
+
+
+def test_cli_blockcopy_pivot(cli_vm, tmp_path):
+    root, base, _ = cli_vm
+    copy = tmp_path / "copy.qcow2"
+    out = run_cli(root, "blockcopy", "vm1", "vda", "--dest", str(copy), "--shallow", "--pivot")
+    assert out.stdout == "\nSuccessfully pivoted\n\n"
+    assert f" vda      {copy}" in run_cli(root, "domblklist", "vm1").stdout
+    again = run_cli(root, "blockcopy", "vm1", "vda", "--dest", str(copy), check=False)
+    assert again.returncode == 1 and "exists" in again.stderr
+    run_cli(root, "destroy", "vm1")
+    assert backing_of(copy) == str(base)
 
 
 async def test_the_test_driver_refuses_block_jobs():

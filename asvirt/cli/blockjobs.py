@@ -14,6 +14,7 @@ import math
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from xml.sax.saxutils import quoteattr
 
 import trio
 
@@ -212,6 +213,59 @@ async def cmd_blockcommit(conn: ConnectionCalls, args: argparse.Namespace) -> in
     return 0
 
 
+def _copy_destination(args: argparse.Namespace) -> str:
+    """The destination's ``<disk>`` XML: ``--xml``'s file, or made of ``--dest``."""
+    if args.xml is not None:
+        if args.dest is not None or args.format is not None or args.blockdev:
+            raise asvirt.InvalidArgError("Options --xml and --dest are mutually exclusive")
+        try:
+            with open(args.xml, encoding="utf-8") as f:
+                return f.read()
+        except OSError as err:
+            raise asvirt.OperationFailedError(f"failed to read '{args.xml}': {err}") from None
+    if args.dest is None:
+        raise asvirt.InvalidArgError("need either --dest or --xml")
+    kind, key = ("block", "dev") if args.blockdev else ("file", "file")
+    driver = f"<driver type={quoteattr(args.format)}/>" if args.format else ""
+    return f"<disk type='{kind}'>{driver}<source {key}={quoteattr(args.dest)}/></disk>"
+
+
+@command("blockcopy", "Copy a disk backing image chain to dest.", needs_loop=True)
+async def cmd_blockcopy(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    if args.pivot and args.finish:
+        raise asvirt.InvalidArgError("Options --pivot and --finish are mutually exclusive")
+    wait = args.wait or args.pivot or args.finish or args.timeout is not None
+    xml = _copy_destination(args)
+    bandwidth = _bandwidth(args)
+    dom = await _domain(conn, args.domain)
+
+    async def start() -> None:
+        await dom.block_copy(
+            args.path, xml, bandwidth, shallow=args.shallow, reuse_ext=args.reuse_external
+        )
+
+    if not wait:
+        await start()
+        print("Block Copy started\n")
+        return 0
+    target = await _target(dom, args.path)
+    assert isinstance(conn, asvirt.Connection)
+    async with conn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
+        await start()
+        status = await _wait(dom, args.path, target, events, args, "Block Copy", until_ready=True)
+        if status != "ready":
+            return _ended(status, "Copy", "Successfully copied")
+        if args.pivot:
+            await dom.block_job_abort(args.path, pivot=True)
+            print("\nSuccessfully pivoted\n")
+        elif args.finish:
+            await dom.block_job_abort(args.path)
+            print("\nSuccessfully copied\n")
+        else:
+            print("\nNow in mirroring phase\n")
+    return 0
+
+
 @command("blockjob", "Query, adjust speed, or cancel active block operations.")
 async def cmd_blockjob(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     abort = args.abort or args.async_ or args.pivot
@@ -306,6 +360,25 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--keep-overlay",
         action="store_true",
         help="implies --active --wait, quit when commit is synced",
+    )
+    p = add("blockcopy", "domain", "path")
+    p.add_argument("--dest", help="path of the copy to create")
+    bandwidth(p)
+    p.add_argument("--shallow", action="store_true", help="make the copy share a backing chain")
+    p.add_argument("--reuse-external", action="store_true", help="reuse existing destination")
+    p.add_argument(
+        "--blockdev",
+        action="store_true",
+        help="copy destination is block device instead of regular file",
+    )
+    p.add_argument("--xml", help="filename containing XML description of the copy destination")
+    p.add_argument("--format", help="format of the destination file")
+    waiting(p)
+    p.add_argument(
+        "--pivot", action="store_true", help="implies --wait, pivot when mirroring starts"
+    )
+    p.add_argument(
+        "--finish", action="store_true", help="implies --wait, quit when mirroring starts"
     )
     p = add("blockjob", "domain", "path")
     p.add_argument(

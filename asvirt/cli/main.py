@@ -476,7 +476,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "managedsave-remove",
         "save-image-dumpxml",
     ),
-    "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockjob"),
+    "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockcopy", "blockjob"),
     "storage": (
         "pool-define-as",
         "pool-define",

@@ -2189,6 +2189,24 @@ def parse_panic(node: Node) -> Panic:
 HotplugDevice = Disk | Interface | Input
 
 
+def parse_copy_destination(text: str | bytes) -> BackingStore:
+    """The destination of a block copy: a ``<disk type='file'|'block'>`` with a
+    ``<source file=|dev=>`` and maybe a ``<driver type=>`` (libvirt's ``blockCopy``
+    destination XML; a target or anything else in it is not looked at, as in libvirt)."""
+    root = parse_xml(text)
+    if root.tag != "disk":
+        raise XMLError(f"a block copy's destination is a <disk>, not <{root.tag}>")
+    node = Node(root, ("disk",))
+    kind = node.choice("type", ("file", "block"), "file") or "file"
+    src = node.child("source")
+    path = src.attr("dev" if kind == "block" else "file") if src is not None else None
+    if path is None or not path.startswith("/"):
+        raise XMLError("a block copy's destination needs a <source> with an absolute path")
+    drv = node.child("driver")
+    fmt = drv.choice("type", DISK_FORMATS) if drv is not None else None
+    return BackingStore(path, fmt, kind)
+
+
 def parse_device_xml(text: str | bytes) -> HotplugDevice:
     """Parse one device's XML (``<disk>``, ``<interface>`` or ``<input>``), as
     ``attach_device`` takes it."""

@@ -15,12 +15,20 @@ lookups and lists (they read what the supervisor already knows).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
 
-from ..conf.devices import Disk, HotplugDevice, Interface, parse_device_xml
+from ..conf.devices import (
+    Disk,
+    HotplugDevice,
+    Interface,
+    parse_copy_destination,
+    parse_device_xml,
+)
 from ..conf.domain import DomainDef, clone_device
 from ..conf.names import canonical_uuid
 from ..conf.snapshot import SnapshotDef
@@ -904,6 +912,45 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         async with self.table.job(self.table.get(uuid)) as obj:
             runtime, disk = self._block_disk(obj, device)
             await runtime.block_commit(disk, base, top, bandwidth, active=active, shallow=shallow)
+
+    async def domain_block_copy(
+        self,
+        uuid: str,
+        device: str,
+        dest_xml: str,
+        bandwidth: int,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """libvirt's ``virDomainBlockCopy``: start mirroring the disk onto the image
+        ``dest_xml`` describes (a ``<disk>`` with a ``<source>``; its format defaults to
+        the disk's): QEMU makes it, unless ``reuse_ext`` (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+        names one that exists; ``shallow``: only the top, over the same backing file. Ready
+        once in sync; ``domain_block_job_abort`` with ``pivot`` moves the disk onto it."""
+        self._bandwidth(bandwidth)
+        dest = parse_copy_destination(dest_xml)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            if dest.format is None:
+                dest.format = disk.format or "raw"
+            try:
+                st = os.lstat(dest.source)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise InvalidArgError(f"destination '{dest.source}' is a symbolic link")
+            if reuse_ext and st is None:
+                raise InvalidArgError(
+                    f"missing destination file for disk {disk.target}: {dest.source}"
+                )
+            if not reuse_ext and st is not None:
+                raise OperationInvalidError(
+                    f"destination '{dest.source}' exists: asvirt overwrites no file (give "
+                    "reuse_ext to copy into it)"
+                )
+            if not reuse_ext and dest.type == "block":
+                raise InvalidArgError("a block device destination must exist (reuse_ext)")
+            await runtime.block_copy(disk, dest, bandwidth, shallow=shallow, reuse_ext=reuse_ext)
 
     async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
         """libvirt's ``virDomainGetBlockJobInfo`` (bandwidth in bytes/s): the disk's job,

@@ -25,7 +25,7 @@ from ..states import DomainState, ShutoffReason, StateReason
 from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
-    from ..conf.devices import Disk, HotplugDevice, Interface
+    from ..conf.devices import BackingStore, Disk, HotplugDevice, Interface
     from ..drivers.base import BlockJobInfo, StatsGroup
     from .stats import PendingSample, RuntimeSample, SampleScope
 
@@ -144,6 +144,21 @@ class DomainRuntime(Protocol):
         """Start a job committing the images from ``top`` (a path or ``TARGET[N]``; None:
         the active layer, which needs ``active``) down to ``base`` (None: the bottom;
         ``shallow``: the one just below ``top``)."""
+        ...
+
+    async def block_copy(
+        self,
+        disk: Disk,
+        dest: BackingStore,
+        bandwidth: int,
+        *,
+        shallow: bool,
+        reuse_ext: bool,
+    ) -> None:
+        """Start a job mirroring a live disk onto the image ``dest`` names (made by QEMU, in
+        its format; unless ``reuse_ext``: an image that exists): all of its chain, or
+        (``shallow``) its top over the same backing file. Ready once the copy is in sync,
+        it waits for a pivot or an abort."""
         ...
 
     async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:

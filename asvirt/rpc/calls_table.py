@@ -16,6 +16,7 @@ CALLS = {
     'domain_agent_command': (False, None, 'str'),
     'domain_attach_device': (False, None, 'null'),
     'domain_block_commit': (False, None, 'null'),
+    'domain_block_copy': (False, None, 'null'),
     'domain_block_info': (False, None, ('record', 'asvirt.drivers.base:BlockInfo', (('capacity', 'int'), ('allocation', 'int'), ('physical', 'int')))),
     'domain_block_job_abort': (False, None, 'null'),
     'domain_block_job_info': (False, None, ('union', (('record', 'asvirt.drivers.base:BlockJobInfo', (('type', ('enum', 'asvirt.drivers.base:BlockJobType')), ('bandwidth', 'int'), ('cur', 'int'), ('end', 'int'), ('ready', 'bool'))), 'null'))),

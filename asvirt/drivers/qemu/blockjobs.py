@@ -262,6 +262,30 @@ class BlockJobOps:
         }
         await self.execute("block-commit", arguments)
 
+    async def block_copy(
+        self,
+        disk: Disk,
+        dest: BackingStore,
+        bandwidth: int,
+        *,
+        shallow: bool,
+        reuse_ext: bool,
+    ) -> None:
+        """Start mirroring ``disk`` onto ``dest`` (see DomainRuntime.block_copy)."""
+        root, _ = await self.chain(disk)
+        await self._refuse_busy(disk)
+        arguments: dict[str, Any] = {
+            "job-id": job_id("copy", disk),
+            "device": root,
+            "target": dest.source,
+            "sync": "top" if shallow else "full",
+            "mode": "existing" if reuse_ext else "absolute-paths",
+            "speed": bandwidth,
+        }
+        if dest.format is not None:
+            arguments["format"] = dest.format
+        await self.execute("drive-mirror", arguments)
+
     async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
         """``disk``'s job as QEMU runs it, or None."""
         job = await self._job(disk)

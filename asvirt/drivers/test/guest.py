@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
-from ...conf.devices import Disk, HotplugDevice, Interface
+from ...conf.devices import BackingStore, Disk, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.postparse import postparse_domain
 from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
@@ -629,6 +629,17 @@ class SimulatedVM:
         shallow: bool,
     ) -> None:
         await self._no_block_jobs("block commit")
+
+    async def block_copy(
+        self,
+        disk: Disk,
+        dest: BackingStore,
+        bandwidth: int,
+        *,
+        shallow: bool,
+        reuse_ext: bool,
+    ) -> None:
+        await self._no_block_jobs("block copy")
 
     async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
         await self._no_block_jobs("block jobs")
