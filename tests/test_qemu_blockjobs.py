@@ -208,6 +208,9 @@ async def test_active_commit_then_pivot_moves_the_disk_onto_its_base(
             assert block["inserted"]["file"] == str(base)
             nodes = await dom.qmp("query-named-block-nodes", {"flat": True})
             assert str(top) not in {n["file"] for n in nodes}, "QEMU let the top go"
+            # The next boot uses the base too (what the guest writes now goes there only).
+            assert chain_in(await dom.xml_desc(inactive=True)) is None
+            assert f"<source file='{base}'/>" in await dom.xml_desc(inactive=True)
         # A fresh supervisor, from the status file and QEMU, says the same.
         async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")
@@ -253,6 +256,7 @@ async def test_abort_of_a_ready_commit_leaves_everything_as_it_was(conn, test_gu
     # QEMU says "completed" for a ready job cancelled; libvirt, and asvirt, "canceled".
     assert (ended.data["job"], ended.data["status"]) == ("active-commit", "canceled")
     assert chain_in(await dom.xml_desc()) == [str(top), str(base)]
+    assert f"<source file='{top}'/>" in await dom.xml_desc(inactive=True)
     assert await dom.block_job_info("vda") is None
     await stop(dom)
     assert backing_of(top) == str(base)
@@ -284,6 +288,7 @@ async def test_block_copy_then_pivot_moves_the_disk_onto_the_copy(conn, test_gue
         assert chain_in(await dom.xml_desc()) == [str(copy)], "a full copy stands alone"
         done = await events.receive()
     assert (done.data["job"], done.data["status"]) == ("copy", "completed")
+    assert f"<source file='{copy}'/>" in await dom.xml_desc(inactive=True)
     await stop(dom)
     assert backing_of(copy) is None
     assert holds(copy, 0xAB, 0) and holds(copy, 0xCD, MiB)

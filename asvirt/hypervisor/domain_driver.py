@@ -135,6 +135,11 @@ class RuntimeCallbacks:
         """The guest of ``runtime`` is gone (after its STOPPED event, if any, was published)."""
         self._driver.runtime_stopped(self._obj, runtime, reason)
 
+    async def disk_moved(self, target: str, old: str, new: str, fmt: str | None) -> None:
+        """The running guest's disk ``target`` moved from image ``old`` onto ``new`` (a
+        block job pivoted it)."""
+        await self._driver.disk_moved(self._obj, target, old, new, fmt)
+
 
 class HypervisorBackend(Protocol):
     """What a hypervisor driver supplies to the shared domain calls."""
@@ -279,6 +284,34 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         self.table.stopped(obj, runtime, reason)
         if not obj.removed:
             self.backend.domain_stopped(obj, reason)
+
+    async def disk_moved(
+        self, obj: DomainObj, target: str, old: str, new: str, fmt: str | None
+    ) -> None:
+        """A running disk moved onto another image (a pivot): the configuration's same
+        disk, on the same image, follows it, as libvirt rewrites it: the next boot must use
+        what the guest has written to since, not the image it left. Takes no job: the
+        pivot's caller holds it (or nobody, when a re-attach finds the move)."""
+        cfg = obj.persistent_def
+        if cfg is None or not any(d.target == target and d.source == old for d in cfg.disks):
+            return
+        updated = cfg.copy()
+        for disk in updated.disks:
+            if disk.target == target:
+                disk.source = new
+                if fmt is not None:
+                    disk.format = fmt
+        try:
+            await self.backend.save_config(updated)
+        except AsvirtError as err:
+            log.error(
+                "cannot save the configuration after a disk moved",
+                domain=obj.name,
+                disk=target,
+                error=str(err),
+            )
+            return
+        obj.persistent_def = updated
 
     def _publish_lifecycle(self, obj: DomainObj, type_: LifecycleEvent, detail: Any) -> None:
         self.bus.publish(

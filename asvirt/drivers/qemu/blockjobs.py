@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
     from ...conf.domain import DomainDef
+    from ...hypervisor.domain_driver import RuntimeCallbacks
 
 #: The formats whose node is an image's (not a filter's or the storage's).
 _IMAGE_FORMATS = frozenset({"qcow2", "raw", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks"})
@@ -78,6 +79,7 @@ class BlockJobOps:
         log: BoundLogger
         _live_def: DomainDef
         _cancelled_jobs: set[str]
+        _callbacks: RuntimeCallbacks
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
@@ -149,6 +151,7 @@ class BlockJobOps:
             return
         changed = False
         retired: list[str] = []
+        moved: list[tuple[str, str, str, str | None]] = []
         for block in await self._call("query-block"):
             holder = backend_holder(str(block.get("qdev") or ""))
             disk = next((d for d in self._live_def.disks if d.alias == holder), None)
@@ -186,8 +189,11 @@ class BlockJobOps:
                     n = disk.node_index
                     retired += [f"libvirt-{n}-format", f"libvirt-{n}-storage"]
                     disk.node_index = None
+                left = disk.source
+                assert left is not None  # a local image's
+                moved.append((disk.target, left, path, fmt if fmt in DISK_FORMATS else None))
                 disk.source = path
-                if fmt in ("qcow2", "raw"):
+                if fmt in DISK_FORMATS:
                     disk.format = fmt
                 changed = True
             if chain != disk.backing_store:
@@ -197,6 +203,8 @@ class BlockJobOps:
             self._live_changed()
             if save:
                 self._save_status(durable=True)
+        for target, old, new, new_format in moved:
+            await self._callbacks.disk_moved(target, old, new, new_format)
         for node in retired:
             if any(n.get("node-name") == node for n in await self._call("query-named-block-nodes")):
                 await self._quietly("blockdev-del", {"node-name": node})
