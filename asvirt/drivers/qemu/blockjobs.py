@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
     from ...conf.domain import DomainDef
     from ...hypervisor.domain_driver import RuntimeCallbacks
+    from .runner import RunnerEnv
+    from .security import DacSecurity
 
 #: The formats whose node is an image's (not a filter's or the storage's).
 _IMAGE_FORMATS = frozenset({"qcow2", "raw", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks"})
@@ -80,6 +82,8 @@ class BlockJobOps:
         _live_def: DomainDef
         _cancelled_jobs: set[str]
         _callbacks: RuntimeCallbacks
+        _env: RunnerEnv
+        _uuid: str
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
@@ -94,6 +98,12 @@ class BlockJobOps:
         def _save_status(self, durable: bool = True) -> None: ...
 
         async def _quietly(self, command: str, arguments: dict[str, Any]) -> None: ...
+
+        def _security(self) -> DacSecurity | None: ...
+
+        def _retain_files(self) -> None: ...
+
+        def _persist_status(self, durable: bool = True) -> None: ...
 
     # -- what QEMU has open ---------------------------------------------------------------------
 
@@ -260,15 +270,23 @@ class BlockJobOps:
                 f"active commit requested but '{layers[top_at].path}' is not active"
             )
         await self._refuse_busy(disk)
+        base_layer = layers[base_at]
         kind = "active-commit" if active else "commit"
         arguments = {
             "job-id": job_id(kind, disk),
             "device": root,
             "top-node": layers[top_at].node,
-            "base-node": layers[base_at].node,
+            "base-node": base_layer.node,
             "speed": bandwidth,
         }
-        await self.execute("block-commit", arguments)
+        # QEMU writes into the base: its user gets it, as a disk's image (and back when
+        # the job ends and the disk does not use it).
+        await self._give_image(disk, base_layer.path, base_layer.format)
+        try:
+            await self.execute("block-commit", arguments)
+        except BaseException:
+            self._retain_files()
+            raise
 
     async def block_copy(
         self,
@@ -292,7 +310,29 @@ class BlockJobOps:
         }
         if dest.format is not None:
             arguments["format"] = dest.format
-        await self.execute("drive-mirror", arguments)
+        if reuse_ext:  # (an image QEMU makes is its user's already)
+            await self._give_image(disk, dest.source, dest.format or "raw")
+        try:
+            await self.execute("drive-mirror", arguments)
+        except BaseException:
+            self._retain_files()
+            raise
+
+    async def _give_image(self, disk: Disk, path: str, fmt: str) -> None:
+        """Give QEMU's user (the node's or the domain's DAC label's) the image ``path`` a job
+        of ``disk`` will write, as a disk plugged with it would be given; nothing without
+        confinement."""
+        security = self._security()
+        if security is None:
+            return
+        caps = await self._env.capabilities_for(self._live_def)
+        probe = self._live_def.copy()
+        probe.disks = [
+            dataclasses.replace(disk, source=path, format=fmt, backing_store=None, readonly=False)
+        ]
+        security.prepare(self._uuid, probe, probe.emulator or caps.binary)
+        self._persist_status(durable=True)  # names the file before it is given
+        security.apply(self._uuid)
 
     async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
         """``disk``'s job as QEMU runs it, or None."""

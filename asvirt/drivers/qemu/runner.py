@@ -1174,6 +1174,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
                 await self.follow_block_sources()
             except (QMPError, OperationTimeoutError) as err:
                 self.log.warning("cannot read which images the disks use", error=str(err))
+        # The images given to QEMU's user for the job that the disks no longer use (the
+        # base of a commit that did not pivot, the image a pivot left) go back.
+        self._retain_files()
 
     def _follow_devices(self, event: dict[str, Any]) -> None:
         """Keep the live definition in line with what QEMU says changed in the guest."""
