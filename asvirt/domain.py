@@ -433,12 +433,13 @@ class Domain(Handle):
         size is rounded up to 512). Shrinking is allowed, as in libvirt, unless ``extend``."""
         await self._call("domain_block_resize", device=device, size=size, extend=extend)
 
-    async def block_pull(self, device: str, bandwidth: int = 0) -> None:
+    async def block_pull(self, device: str, bandwidth: int = 0, base: str | None = None) -> None:
         """Start a job streaming the disk's backing chain into its top image (libvirt's
-        ``blockPull``); ``bandwidth`` in bytes/s (libvirt's ``_BANDWIDTH_BYTES``; 0: no
-        limit). A BLOCK_JOB event (job ``pull``) says when it ends; the image then has no
-        backing file."""
-        await self._call("domain_block_pull", device=device, bandwidth=bandwidth)
+        ``blockPull``; with ``base``, a path or ``vda[N]``, ``blockRebase``: only the images
+        above it, which the top then has as its backing file); ``bandwidth`` in bytes/s
+        (libvirt's ``_BANDWIDTH_BYTES``; 0: no limit). A BLOCK_JOB event (job ``pull``) says
+        when it ends."""
+        await self._call("domain_block_pull", device=device, bandwidth=bandwidth, base=base)
 
     async def block_commit(
         self,

@@ -403,8 +403,10 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=True)
-    async def domain_block_pull(self, uuid: str, device: str, bandwidth: int) -> None:
-        """Start pulling a disk's backing chain into its top image (bytes/s; 0: no limit)."""
+    async def domain_block_pull(
+        self, uuid: str, device: str, bandwidth: int, base: str | None = None
+    ) -> None:
+        """Start pulling a disk's backing chain (above ``base``) into its top image."""
         ...
 
     @call(mutates=True)

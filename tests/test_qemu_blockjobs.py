@@ -154,6 +154,21 @@ async def test_block_pull_leaves_the_top_whole(conn, test_guest, tmp_path):
     assert holds(top, 0xAB, 0) and holds(top, 0xCD, MiB)
 
 
+async def test_a_partial_pull_stops_at_its_base(conn, test_guest, tmp_path):
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    mid = write_data(overlay(tmp_path / "mid.qcow2", base), 0x11, 2 * MiB)
+    top = overlay(tmp_path / "top.qcow2", mid)
+    dom = await start_with_disk(conn, test_guest, tmp_path, top)
+    with pytest.raises(asvirt.InvalidArgError, match="could not find base image"):
+        await dom.block_pull("vda", base=str(top))
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_pull("vda", base=str(base))  # mid's data into the top; base stays
+        assert (await events.receive()).data["status"] == "completed"
+    assert chain_in(await dom.xml_desc()) == [str(top), str(base)]
+    await stop(dom)
+    assert backing_of(top) == str(base) and holds(top, 0x11, 2 * MiB)
+
+
 async def test_block_pull_without_a_backing_file_is_refused(conn, test_guest, tmp_path):
     image = image_with_data(tmp_path / "disk.qcow2", 16 * MiB, at=0)
     dom = await start_with_disk(conn, test_guest, tmp_path, image)

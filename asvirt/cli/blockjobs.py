@@ -145,20 +145,16 @@ async def cmd_blockresize(conn: ConnectionCalls, args: argparse.Namespace) -> in
 
 @command("blockpull", "Populate a disk from its backing image.", needs_loop=True)
 async def cmd_blockpull(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    if args.base:
-        raise asvirt.ArgumentUnsupportedError(
-            "a partial pull (--base) is not supported: asvirt pulls the whole chain"
-        )
     bandwidth = _bandwidth(args)
     dom = await _domain(conn, args.domain)
     if not args.wait:
-        await dom.block_pull(args.path, bandwidth)
+        await dom.block_pull(args.path, bandwidth, args.base)
         print("Block Pull started\n")
         return 0
     target = await _target(dom, args.path)
     assert isinstance(conn, asvirt.Connection)
     async with conn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
-        await dom.block_pull(args.path, bandwidth)
+        await dom.block_pull(args.path, bandwidth, args.base)
         status = await _wait(dom, args.path, target, events, args, "Block Pull")
     return _ended(status, "Pull", "Pull complete")
 

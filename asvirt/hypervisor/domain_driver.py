@@ -918,13 +918,16 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                     )
             await runtime.block_resize(disk, size)
 
-    async def domain_block_pull(self, uuid: str, device: str, bandwidth: int) -> None:
-        """libvirt's ``virDomainBlockPull``: start streaming the disk's backing chain into
-        its top image (``bandwidth`` bytes/s; 0: unlimited); a BLOCK_JOB event ends it."""
+    async def domain_block_pull(
+        self, uuid: str, device: str, bandwidth: int, base: str | None = None
+    ) -> None:
+        """libvirt's ``virDomainBlockPull`` (``virDomainBlockRebase`` with a ``base``): start
+        streaming the disk's backing chain (the images above ``base``) into its top image
+        (``bandwidth`` bytes/s; 0: unlimited); a BLOCK_JOB event ends it."""
         self._bandwidth(bandwidth)
         async with self.table.job(self.table.get(uuid)) as obj:
             runtime, disk = self._block_disk(obj, device)
-            await runtime.block_pull(disk, bandwidth)
+            await runtime.block_pull(disk, bandwidth, base)
 
     async def domain_block_commit(
         self,

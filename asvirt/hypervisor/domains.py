@@ -125,8 +125,9 @@ class DomainRuntime(Protocol):
         """Resize a live disk's image to ``size`` bytes (the guest sees the new size)."""
         ...
 
-    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
-        """Start a job streaming a live disk's backing chain into its top image (at most
+    async def block_pull(self, disk: Disk, bandwidth: int, base: str | None) -> None:
+        """Start a job streaming a live disk's backing chain (down to ``base``, a path or
+        ``TARGET[N]``, which stays; None: all of it) into its top image (at most
         ``bandwidth`` bytes/s; 0: unlimited). InvalidArgError without a backing chain,
         OperationInvalidError if the disk has a job already."""
         ...

@@ -226,13 +226,20 @@ class BlockJobOps:
         _, layers = await self.chain(disk)
         await self.execute("block_resize", {"node-name": layers[0].node, "size": size})
 
-    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
-        """Start streaming ``disk``'s backing chain into its top image."""
+    async def block_pull(self, disk: Disk, bandwidth: int, base: str | None) -> None:
+        """Start streaming ``disk``'s backing chain (above ``base``) into its top image."""
         _, layers = await self.chain(disk)
         if len(layers) < 2:
             raise InvalidArgError(f"disk '{disk.target}' has no backing file to pull from")
+        arguments: dict[str, Any] = {"job-id": job_id("pull", disk), "device": layers[0].node}
+        if base is not None:
+            at = find_layer(layers, disk, base)
+            if at == 0:
+                raise InvalidArgError(
+                    f"could not find base image '{base}' in chain below the top of '{disk.target}'"
+                )
+            arguments["base-node"] = layers[at].node
         await self._refuse_busy(disk)
-        arguments = {"job-id": job_id("pull", disk), "device": layers[0].node}
         await self.execute("block-stream", {**arguments, "speed": bandwidth})
 
     async def block_commit(

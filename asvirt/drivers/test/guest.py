@@ -615,7 +615,7 @@ class SimulatedVM:
     async def block_resize(self, disk: Disk, size: int) -> None:
         await self._no_block_jobs("block resize")
 
-    async def block_pull(self, disk: Disk, bandwidth: int) -> None:
+    async def block_pull(self, disk: Disk, bandwidth: int, base: str | None) -> None:
         await self._no_block_jobs("block pull")
 
     async def block_commit(
