@@ -18,7 +18,7 @@ from lxml import etree
 
 import asvirt
 
-from .guest import paused_xml, start_with_disk
+from .guest import PAUSED_DOMAIN_TYPE, define, paused_xml, start_with_disk
 from .helpers import (
     MiB,
     destroy_all,
@@ -167,6 +167,28 @@ async def test_a_partial_pull_stops_at_its_base(conn, test_guest, tmp_path):
     assert chain_in(await dom.xml_desc()) == [str(top), str(base)]
     await stop(dom)
     assert backing_of(top) == str(base) and holds(top, 0x11, 2 * MiB)
+
+
+async def test_a_base_two_disks_share_is_found_in_the_right_chain(conn, test_guest, tmp_path):
+    # QEMU opens the base once for each disk: the pull must name vdb's, not vda's.
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top_a = overlay(tmp_path / "a.qcow2", base)
+    mid_b = write_data(overlay(tmp_path / "mid-b.qcow2", base), 0x11, 2 * MiB)
+    top_b = overlay(tmp_path / "b.qcow2", mid_b)
+    devices = disk_xml(top_a, "vda") + disk_xml(top_b, "vdb")
+    dom, _ = await define(
+        conn, test_guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE, devices=devices
+    )
+    await dom.start(paused=True)
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_pull("vdb", base=str(base))
+        done = await events.receive()
+    assert (done.data["disk"], done.data["status"]) == ("vdb", "completed")
+    xml = await dom.xml_desc()
+    assert chain_in(xml, "vdb") == [str(top_b), str(base)]
+    assert chain_in(xml, "vda") == [str(top_a), str(base)]
+    await stop(dom)
+    assert holds(top_b, 0x11, 2 * MiB) and backing_of(top_b) == str(base)
 
 
 async def test_block_pull_without_a_backing_file_is_refused(conn, test_guest, tmp_path):

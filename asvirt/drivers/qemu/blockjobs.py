@@ -57,7 +57,8 @@ class Layer:
 
 def find_layer(chain: list[Layer], disk: Disk, name: str) -> int:
     """The index in ``chain`` of the image ``name`` names: a path, or ``TARGET[N]`` (N: the
-    depth below the top, libvirt's backingStore index). InvalidArgError if it is not there."""
+    depth below the top, 0 the top itself; libvirt's N numbers its nodes instead).
+    InvalidArgError if it is not there."""
     if name.endswith("]") and "[" in name:
         target, _, index = name[:-1].partition("[")
         if target == disk.target and index.isdigit() and int(index) < len(chain):
@@ -67,6 +68,28 @@ def find_layer(chain: list[Layer], disk: Disk, name: str) -> int:
             if layer.path == name:
                 return i
     raise InvalidArgError(f"could not find image '{name}' in chain for '{disk.target}'")
+
+
+def _ours(
+    found: list[str], graph: dict[str, Any], above: str | None, inserted: dict[str, Any]
+) -> list[str]:
+    """Of the nodes ``found`` (one image, open more than once), those that are the backing
+    child of the node ``above`` in ``x-debug-query-block-graph``'s ``graph``; for the top
+    (``above`` None), the disk's own (its backend's root, or a node just below it)."""
+    ids = {n.get("name"): n.get("id") for n in graph.get("nodes", [])}
+    if above is None:
+        root = inserted.get("node-name")
+        if root in found:
+            return [str(root)]
+        above_id, edge = ids.get(root), None
+    else:
+        above_id, edge = ids.get(above), "backing"
+    children = {
+        e.get("child")
+        for e in graph.get("edges", [])
+        if e.get("parent") == above_id and (edge is None or e.get("name") == edge)
+    }
+    return [name for name in found if ids.get(name) in children]
 
 
 def _local_image(disk: Disk) -> bool:
@@ -118,25 +141,29 @@ class BlockJobOps:
         """The root node of ``disk``'s backend and its images, top first."""
         inserted = await self._backend(disk)
         nodes = await self._call("query-named-block-nodes", {"flat": True})
+        graph: dict[str, Any] | None = None
         layers: list[Layer] = []
         image: dict[str, Any] | None = inserted.get("image")
         while image is not None:
             path, fmt = str(image.get("filename", "")), str(image.get("format", ""))
             # A raw image without a format node is its storage node ("file", ...).
             if fmt in _IMAGE_FORMATS or (not layers and fmt in _STORAGE_DRIVERS):
-                node = next(
-                    (
-                        str(n["node-name"])
-                        for n in nodes
-                        if n.get("file") == path and n.get("drv") == fmt
-                    ),
-                    None,
-                )
-                if node is None:
+                found = [
+                    str(n["node-name"])
+                    for n in nodes
+                    if n.get("file") == path and n.get("drv") == fmt
+                ]
+                if len(found) > 1:
+                    # The same image open for another disk too (a shared backing file):
+                    # this disk's is the one its layer above has as backing (QEMU's graph).
+                    if graph is None:
+                        graph = await self._call("x-debug-query-block-graph")
+                    found = _ours(found, graph, layers[-1].node if layers else None, inserted)
+                if len(found) != 1:
                     raise OperationFailedError(
                         f"cannot find the node of image '{path}' of disk '{disk.target}'"
                     )
-                layers.append(Layer(node, path, fmt))
+                layers.append(Layer(found[0], path, fmt))
             image = image.get("backing-image")
         if not layers:
             raise OperationFailedError(f"cannot find the images of disk '{disk.target}'")
