@@ -949,7 +949,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
             )
         await self._record_pty_paths()
         await self._record_vnc_port()
-        await self.follow_block_sources(save=False)  # the disks' chains, for the live XML
+        await self._quietly_follow_block_sources()  # the disks' chains, for the live XML
         balloon = self._live_def.memballoon
         if self._live_def.has_memballoon and balloon is not None and balloon.stats_period:
             # QEMU has no command-line switch for it either (libvirt sets it the same way).
