@@ -489,11 +489,16 @@ class DomainDef:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def to_xml(self, *, live: bool = False, domain_id: int | None = None) -> str:
+    def to_xml(
+        self, *, live: bool = False, domain_id: int | None = None, secure: bool = True
+    ) -> str:
         """The libvirt-format XML of this definition.
 
         ``live=True`` writes what a running domain's XML holds in addition: device aliases,
         pty paths, and ``id='N'`` on ``<domain>`` when ``domain_id`` is given.
+        ``secure=False`` leaves out what is secret (display passwords, disk cookies): what
+        clients see unless they ask for a secure XML (libvirt's ``VIR_DOMAIN_XML_SECURE``);
+        the node's own files keep everything.
         """
         root = XElem("domain", {"type": self.domain_type})
         if live and domain_id is not None:
@@ -596,7 +601,7 @@ class DomainDef:
                 device.format_xml(devs, live)
         for label in self.seclabels:
             label.format_xml(root)
-        return root.serialize()
+        return root.serialize(secure=secure)
 
     def _format_memory_backing(self, root: XElem) -> None:
         mb = self.memory_backing
