@@ -257,7 +257,8 @@ async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("dumpxml", "domain information in XML")
 async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    sys.stdout.write(render.xml_document(await dom.xml_desc(inactive=args.inactive)))
+    xml = await dom.xml_desc(inactive=args.inactive, secure=args.security_info)
+    sys.stdout.write(render.xml_document(xml))
     return 0
 
 
@@ -596,6 +597,11 @@ def command_specs(names: Iterable[str] | None = None) -> dict[str, CommandSpec]:
     p.add_argument("--reason", action="store_true", help="also print the reason")
     p = add("dumpxml", "domain")
     p.add_argument("--inactive", action="store_true", help="the persistent configuration")
+    p.add_argument(
+        "--security-info",
+        action="store_true",
+        help="include security sensitive information in XML dump",
+    )
     add("capabilities")
     add("hostname")
     add("uri")
