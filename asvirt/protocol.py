@@ -540,9 +540,10 @@ class DomainCalls(Protocol):
         """The name of the domain's current snapshot, if it has one."""
         ...
 
-    @call(mutates=False, priority=HIGH)
-    async def domain_snapshot_xml_desc(self, uuid: str, name: str) -> str:
-        """A snapshot's ``<domainsnapshot>`` XML."""
+    @call(mutates=False, priority=HIGH, secure_args=("secure",))
+    async def domain_snapshot_xml_desc(self, uuid: str, name: str, secure: bool = False) -> str:
+        """A snapshot's ``<domainsnapshot>`` XML; ``secure``: its domain's with secrets
+        (libvirt's ``VIR_DOMAIN_SNAPSHOT_XML_SECURE``), refused to read-only clients."""
         ...
 
     @call(mutates=True)

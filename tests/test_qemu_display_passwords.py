@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 import asvirt
 
 from .guest import paused_xml
-from .helpers import destroy_all, embed_uri, qemu_pid, run_cli, write_config
+from .helpers import destroy_all, disk_xml, embed_uri, qemu_img, qemu_pid, run_cli, write_config
 
 pytestmark = [pytest.mark.qemu]
 
@@ -210,3 +210,18 @@ def test_dumpxml_security_info(root, test_guest, tmp_path):
     assert "passwd=" not in run_cli(root, "dumpxml", "vm1").stdout
     shown = run_cli(root, "dumpxml", "--security-info", "vm1").stdout
     assert f"passwd='{PASSWORD}'" in shown
+
+
+async def test_a_snapshot_shows_the_password_only_in_its_secure_xml(root, test_guest, tmp_path):
+    image = tmp_path / "vda.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", image, "16M")  # what holds the snapshot
+    devices = disk_xml(image) + VNC.format(f" passwd='{PASSWORD}'")
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=devices))
+        snap = await dom.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>")
+        shown = await snap.xml_desc()
+        assert "<graphics type='vnc'" in shown and "passwd=" not in shown
+        assert f"passwd='{PASSWORD}'" in await snap.xml_desc(secure=True)
+    listed = run_cli(root, "snapshot-dumpxml", "--security-info", "vm1", "s1").stdout
+    assert f"passwd='{PASSWORD}'" in listed
+    assert PASSWORD not in run_cli(root, "snapshot-dumpxml", "vm1", "s1").stdout

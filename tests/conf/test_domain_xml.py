@@ -8,7 +8,7 @@ import uuid
 import pytest
 from lxml import etree
 
-from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
+from asvirt.conf.domain import DomainDef, hide_secrets, parse_cpuset, parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
 from asvirt.conf.units import parse_kib
 from asvirt.drivers.qemu.postparse import parse_prepared_xml
@@ -561,6 +561,9 @@ def test_display_passwords_round_trip_and_only_a_secure_xml_shows_them(
     # The expiry and the policy are no secrets (libvirt shows them too); without the
     # password they mean nothing and are dropped, so a non-secure XML defines no password.
     assert "passwdValidTo='2030-01-02T03:04:05' connected='keep'" in public
+    # The copies kept as text (a snapshot's) are shown as to_xml(secure=False) would.
+    for live in (False, True):
+        assert hide_secrets(d.to_xml(live=live)) == d.to_xml(live=live, secure=False)
     again = parse_domain_xml(public)
     assert [g.passwd for g in again.graphics] == [None, None]
     assert again.graphics[0].passwd_valid_to is None
