@@ -203,13 +203,22 @@ async def test_spice_with_a_password_asks_for_its_ticket(root, test_guest, tmp_p
             await destroy_all(conn)
 
 
-def test_dumpxml_security_info(root, test_guest, tmp_path):
+def test_dumpxml_security_info_and_domdisplay_include_password(root, test_guest, tmp_path):
     xml = tmp_path / "vm.xml"
     xml.write_text(paused_xml(test_guest, tmp_path, devices=VNC.format(f" passwd='{PASSWORD}'")))
     run_cli(root, "define", str(xml))
     assert "passwd=" not in run_cli(root, "dumpxml", "vm1").stdout
     shown = run_cli(root, "dumpxml", "--security-info", "vm1").stdout
     assert f"passwd='{PASSWORD}'" in shown
+    run_cli(root, "start", "--paused", "vm1")
+    try:
+        display = vnc_port(run_cli(root, "dumpxml", "vm1").stdout) - 5900
+        assert run_cli(root, "domdisplay", "vm1").stdout.strip() == f"vnc://127.0.0.1:{display}"
+        assert run_cli(root, "domdisplay", "--include-password", "vm1").stdout.strip() == (
+            f"vnc://:{PASSWORD}@127.0.0.1:{display}"  # as virsh writes it
+        )
+    finally:
+        run_cli(root, "destroy", "vm1")
 
 
 async def test_a_snapshot_shows_the_password_only_in_its_secure_xml(root, test_guest, tmp_path):

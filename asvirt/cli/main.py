@@ -267,7 +267,7 @@ async def cmd_domdisplay(conn: ConnectionCalls, args: argparse.Namespace) -> int
     dom = await _domain(conn, args.domain)
     if not await dom.is_active():
         raise asvirt.OperationInvalidError(f"domain '{dom.name}' is not running")
-    uri = render.display_uri(await dom.xml_desc())
+    uri = render.display_uri(await dom.xml_desc(secure=args.include_password))
     if uri is None:
         raise asvirt.OperationFailedError(f"domain '{dom.name}' has no graphical display")
     print(f"{uri}\n")
@@ -571,7 +571,8 @@ def command_specs(names: Iterable[str] | None = None) -> dict[str, CommandSpec]:
     p.add_argument(
         "--storage", help="remove these storage volumes (comma separated targets or sources)"
     )
-    add("domdisplay", "domain")
+    p = add("domdisplay", "domain")
+    p.add_argument("--include-password", action="store_true", help="includes the password")
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     p.add_argument(
