@@ -234,3 +234,22 @@ async def test_a_snapshot_shows_the_password_only_in_its_secure_xml(root, test_g
     listed = run_cli(root, "snapshot-dumpxml", "--security-info", "vm1", "s1").stdout
     assert f"passwd='{PASSWORD}'" in listed
     assert PASSWORD not in run_cli(root, "snapshot-dumpxml", "vm1", "s1").stdout
+
+
+async def test_update_device_changes_a_stopped_domains_password_in_its_configuration(
+    root, test_guest, tmp_path
+):
+    devices = VNC.format(f" passwd='{PASSWORD}'")
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=devices))
+        with pytest.raises(asvirt.OperationInvalidError, match="not running"):
+            await dom.update_device(VNC.format(" passwd='c0nfig'"), live=True)
+        await dom.update_device(VNC.format(" passwd='c0nfig' passwdValidTo='2040-01-01T00:00:00'"))
+        secure = await dom.xml_desc(secure=True)
+        assert "passwd='c0nfig' passwdValidTo='2040-01-01T00:00:00'" in secure
+        assert "passwd='c0nfig'" in (root / "etc" / "qemu" / "vm1.xml").read_text()
+        with pytest.raises(asvirt.OperationUnsupportedError, match="keymap"):
+            await dom.update_device("<graphics type='vnc' keymap='de' passwd='x'/>")
+        assert await dom.xml_desc(secure=True) == secure  # refused: nothing changed
+        with pytest.raises(asvirt.ConfigUnsupportedError, match="only 8 permitted"):
+            await dom.update_device(VNC.format(" passwd='far-too-long'"))
