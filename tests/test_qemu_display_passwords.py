@@ -121,6 +121,11 @@ async def test_vnc_password_lets_in_who_knows_it_and_changes_live(root, test_gue
             assert "passwdValidTo='2001-02-03T04:05:06'" in shown and "n3w" not in shown
             assert "passwd='n3w'" in await dom.xml_desc(inactive=True, secure=True)
 
+            # An empty password locks everybody out (libvirt's CVE-2016-5008 fix): QEMU would
+            # take it as a password anyone knows.
+            await dom.update_device(VNC.format(" passwd=''"), live=True)
+            assert await login(port, "") == 1
+
             # Only the password may change: another port is refused, nothing changes.
             with pytest.raises(asvirt.OperationUnsupportedError, match="port settings"):
                 await dom.update_device(

@@ -45,9 +45,15 @@ def has_password(gfx: Graphics, tls: TlsConfig | None) -> bool:
     return tls.vnc_password if gfx.type == "vnc" else tls.spice_password
 
 
-def expire_time(gfx: Graphics, now: float | None = None) -> str:
-    """``expire_password``'s ``time``: never, now (a ``passwdValidTo`` already past), or the
-    moment it passes, in seconds since the epoch."""
+def expire_time(gfx: Graphics, password: str, now: float | None = None) -> str:
+    """``expire_password``'s ``time``: never, now (a ``passwdValidTo`` already past, or an
+    empty password), or the moment it passes, in seconds since the epoch.
+
+    An empty password locks every client out, as libvirt documents it: QEMU's VNC would
+    take an empty password as one anybody knows (libvirt's fix of CVE-2016-5008 expires it
+    at once; so does this)."""
+    if password == "":
+        return "now"
     if gfx.passwd_valid_to is None:
         return "never"
     if (time.time() if now is None else now) >= gfx.passwd_valid_to:
@@ -65,7 +71,7 @@ async def set_password(
         "set_password",
         {"protocol": gfx.type, "password": password, "connected": gfx.connected or "keep"},
     )
-    await execute("expire_password", {"protocol": gfx.type, "time": expire_time(gfx)})
+    await execute("expire_password", {"protocol": gfx.type, "time": expire_time(gfx, password)})
 
 
 __all__ = ["PASSWORD_DISPLAYS", "display_password", "expire_time", "has_password", "set_password"]
