@@ -126,6 +126,11 @@ async def test_vnc_password_lets_in_who_knows_it_and_changes_live(root, test_gue
             await dom.update_device(VNC.format(" passwd=''"), live=True)
             assert await login(port, "") == 1
 
+            # A running display cannot stop asking for a password: refused, nothing changes.
+            with pytest.raises(asvirt.OperationUnsupportedError, match="remove the password"):
+                await dom.update_device(VNC.format(""), live=True)
+            assert "passwd=''" in await dom.xml_desc(secure=True)
+
             # Only the password may change: another port is refused, nothing changes.
             with pytest.raises(asvirt.OperationUnsupportedError, match="port settings"):
                 await dom.update_device(

@@ -721,7 +721,14 @@ class HotplugOps:
         (update_device; libvirt's qemuDomainChangeGraphicsPasswords), and keep them in the
         live XML (and the status file, so that a supervisor re-attaching shows them)."""
         password = display_password(new, self._env.config)
-        # No password at all (none given, no default): as libvirt, QEMU is left as it is.
+        if password is None and display_password(gfx, self._env.config) is not None:
+            # QEMU cannot stop asking for a password. (libvirt leaves QEMU as it is and drops
+            # the password from the live XML, which then no longer says what QEMU asks.)
+            raise OperationUnsupportedError(
+                f"cannot remove the password of the running {gfx.type} display: it keeps "
+                "asking for one until the domain stops (give a new passwd, or an empty one "
+                "to let nobody in)"
+            )
         if password is not None:
             await set_password(self.execute, new, password)
         apply_password(gfx, new)
