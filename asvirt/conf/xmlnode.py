@@ -12,7 +12,7 @@ Writing: :class:`XElem` is a tiny element tree serialized the way libvirt prints
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from lxml import etree
 
@@ -300,12 +300,13 @@ class XElem:
 
     def _write(self, out: list[str], depth: int, secure: bool) -> None:
         pad = "  " * depth
-        attrs = "".join(
-            f" {k}='{_escape_attr(v)}'"
-            for k, v in self.attrs.items()
-            if secure or k not in self.secret_attrs
-        )
-        children = self.children if secure else [c for c in self.children if not c.secret]
+        items: Iterable[tuple[str, str]] = self.attrs.items()
+        children = self.children
+        if not secure:  # (filtered only then: the node's own files are written secure)
+            if self.secret_attrs:
+                items = [(k, v) for k, v in items if k not in self.secret_attrs]
+            children = [c for c in children if not c.secret]
+        attrs = "".join(f" {k}='{_escape_attr(v)}'" for k, v in items)
         if not children and not self.raw:
             if self.text is None:
                 out.append(f"{pad}<{self.tag}{attrs}/>\n")
