@@ -602,8 +602,9 @@ class DomainCalls(Protocol):
     # It reads a file of the node's host (the XML may hold a display password): changes
     # nothing, but not for read-only clients (libvirt: read_secure).
     @call(mutates=False, secure=True)
-    async def save_image_get_xml_desc(self, path: str) -> str:
-        """The domain XML a save image (on the node's host) holds."""
+    async def save_image_get_xml_desc(self, path: str, secure: bool = False) -> str:
+        """The domain XML a save image (on the node's host) holds; ``secure``: with its
+        secrets (libvirt's ``VIR_DOMAIN_SAVE_IMAGE_XML_SECURE``)."""
         ...
 
 

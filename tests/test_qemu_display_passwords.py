@@ -263,3 +263,24 @@ async def test_update_device_changes_a_stopped_domains_password_in_its_configura
         assert await dom.xml_desc(secure=True) == secure  # refused: nothing changed
         with pytest.raises(asvirt.ConfigUnsupportedError, match="only 8 permitted"):
             await dom.update_device(VNC.format(" passwd='far-too-long'"))
+
+
+async def test_a_save_image_shows_the_password_only_in_its_secure_xml(root, test_guest, tmp_path):
+    devices = VNC.format(f" passwd='{PASSWORD}'")
+    image = str(tmp_path / "vm1.save")
+    async with asvirt.open(embed_uri(root)) as conn:
+        try:
+            dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=devices))
+            await dom.start(paused=True)
+            await dom.save(image)
+            shown = await conn.save_image_get_xml_desc(image)
+            assert "<graphics type='vnc'" in shown and "passwd=" not in shown
+            assert f"passwd='{PASSWORD}'" in await conn.save_image_get_xml_desc(image, secure=True)
+            assert os.stat(image).st_mode & 0o077 == 0
+            # Restored, the display asks for the same password.
+            await conn.restore(image, paused=True)
+            assert await login(vnc_port(await dom.xml_desc()), PASSWORD) == 0
+        finally:
+            await destroy_all(conn)
+    assert PASSWORD not in run_cli(root, "save-image-dumpxml", image).stdout
+    assert PASSWORD in run_cli(root, "save-image-dumpxml", "--security-info", image).stdout

@@ -357,7 +357,7 @@ async def cmd_managedsave_remove(conn: ConnectionCalls, args: argparse.Namespace
 
 @command("save-image-dumpxml", "saved state domain information in XML")
 async def cmd_save_image_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    print(await conn.save_image_get_xml_desc(args.file))
+    print(await conn.save_image_get_xml_desc(args.file, secure=args.security_info))
     return 0
 
 
@@ -438,7 +438,12 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         if name != "managedsave":
             p.add_argument("--xml", help="file with an alternative domain XML")
     add("managedsave-remove", "domain")
-    add("save-image-dumpxml", "file")
+    p = add("save-image-dumpxml", "file")
+    p.add_argument(
+        "--security-info",
+        action="store_true",
+        help="include security sensitive information in XML dump",
+    )
 
 
 __all__ = ["add_parsers", "snapshot_xml", "tree"]
