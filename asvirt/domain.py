@@ -195,9 +195,13 @@ class Domain(Handle):
         ``securityLabel``); empty under ``none``."""
         return await self._call("domain_security_label")
 
-    async def xml_desc(self, *, inactive: bool = False) -> str:
-        """The live XML while running, else (or with ``inactive=True``) the persistent one."""
-        return await self._call("domain_xml_desc", inactive=inactive)
+    async def xml_desc(self, *, inactive: bool = False, secure: bool = False) -> str:
+        """The live XML while running, else (or with ``inactive=True``) the persistent one.
+
+        ``secure=True`` includes its secrets: display passwords and disk cookies (libvirt's
+        ``VIR_DOMAIN_XML_SECURE``, ``virsh dumpxml --security-info``); a read-only
+        connection is refused it (OperationDeniedError)."""
+        return await self._call("domain_xml_desc", inactive=inactive, secure=secure)
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a QMP command and return QEMU's ``return`` value (virsh qemu-monitor-command).

@@ -58,6 +58,8 @@ EVENT_KINDS = [k for k in asvirt.EventKind if k is not asvirt.EventKind.GAP]
 #: What a read-only socket refuses: calls that change state, and those that read a secret.
 MUTATING = sorted(name for name, c in protocol.CALLS.items() if not c.read_only_ok)
 READING = sorted(name for name, c in protocol.CALLS.items() if c.read_only_ok)
+#: ... and those it answers unless asked for secrets (domain_xml_desc's ``secure``).
+SECURE_ARGS = sorted(n for n, c in protocol.CALLS.items() if c.read_only_ok and c.secure_args)
 #: Reading calls that name a snapshot of the VM (which has none).
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
@@ -251,6 +253,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "arguments": None,
         "native_format": "qemu-argv",
         "inactive": False,
+        "secure": False,  # allowed read-only; true is refused (test below)
         "active": None,
         "persistent": None,
         "autostart": True,
@@ -362,6 +365,7 @@ def node_view(raw: Raw, uuid: str) -> dict[str, Any]:
 async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest, tmp_path):
     daemon = daemons()
     assert {"define_xml", "domain_destroy", "domain_qmp", "create_xml"} <= set(MUTATING)
+    assert "domain_xml_desc" in SECURE_ARGS
     async with asvirt.open(daemon.uri) as conn:
         dom = await start_paused(conn, test_guest, tmp_path)
         pid = qemu_pid(daemon.state_dir, "vm1")
@@ -376,6 +380,13 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                 assert error_of(reply) == (6, "OperationDeniedError"), name
                 # Refused whatever the arguments: no hint of what exists.
                 assert error_of(ro.request(name, {})) == (6, "OperationDeniedError"), name
+            # Calls read-only clients may make, but not asking for secrets (secure XML).
+            for name in SECURE_ARGS:
+                c = protocol.CALLS[name]
+                args = arguments(c, uuid=dom.uuid, name="vm1", xml=xml)
+                for arg in c.secure_args:
+                    reply = ro.request(name, {**args, arg: True})
+                    assert error_of(reply) == (6, "OperationDeniedError"), (name, arg)
             # Nothing changed: the VM runs paused in the same QEMU, nothing was defined.
             assert node_view(ro, dom.uuid) == before
             assert before["state"] == [S.PAUSED.value, asvirt.PausedReason.USER.value]
@@ -421,6 +432,8 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                 await ro_conn.define_xml(paused_xml(test_guest, tmp_path, "intruder"))
             with pytest.raises(asvirt.OperationDeniedError):
                 await seen.qmp("quit")
+            with pytest.raises(asvirt.OperationDeniedError, match="secure"):
+                await seen.xml_desc(secure=True)
             async with ro_conn.subscribe(domain="vm1", kinds=LC) as events:
                 # The daemon answers in order: once this is answered, it has subscribed.
                 await seen.state()

@@ -84,7 +84,9 @@ def padded_pairs(items: Iterable[tuple[str, str]], width: int = 15) -> str:
 def display_uri(live_xml: str) -> str | None:
     """What ``virsh domdisplay`` prints for a running domain's XML: ``spice://HOST:PORT``
     (``?tls-port=N`` added for a SPICE TLS port; ``spice://HOST?tls-port=N`` with only
-    that), ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display."""
+    that), ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display. A
+    secure XML's password is in it as virsh's ``--include-password`` puts it
+    (``vnc://:PASSWORD@HOST:DISPLAY``)."""
     from lxml import etree
 
     root = etree.fromstring(live_xml.encode())
@@ -104,7 +106,8 @@ def display_uri(live_xml: str) -> str | None:
             host = "localhost"
         elif ":" in str(host):
             host = f"[{host}]"
-        uri = f"{kind}://{host}"
+        passwd = gfx.get("passwd")
+        uri = f"{kind}://{host}" if passwd is None else f"{kind}://:{passwd}@{host}"
         if port is not None:
             uri += f":{port - 5900 if kind == 'vnc' else port}"
         if tls_port is not None:

@@ -1575,6 +1575,12 @@ class Graphics:
     #: dbus: a private connection per client (``p2p='yes'``), or the bus QEMU joins.
     dbus_p2p: bool | None = None
     dbus_address: str | None = None
+    #: VNC and SPICE: the password clients must give (``passwd``; only a secure XML shows
+    #: it), when it expires (``passwdValidTo``: seconds since the epoch, UTC) and what a
+    #: password change does to connected clients (``connected``: keep | disconnect | fail).
+    passwd: str | None = field(default=None, repr=False)
+    passwd_valid_to: int | None = None
+    connected: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         if self.type in LOCAL_DISPLAYS:
@@ -1608,6 +1614,11 @@ class Graphics:
                 "sharePolicy": self.share_policy,
             },
         )
+        if self.passwd is not None:  # as libvirt: the expiry and the policy go with it
+            el.set_secret("passwd", self.passwd)
+            if self.passwd_valid_to is not None:
+                el.set("passwdValidTo", format_valid_to(self.passwd_valid_to))
+            el.set("connected", self.connected)
         for lst in self.listens:
             el.add("listen", {"type": lst.type, "address": lst.address, "socket": lst.socket})
         for name, mode in self.channels.items():
@@ -1637,6 +1648,7 @@ def parse_graphics(node: Node) -> Graphics:
         gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
     else:
         _parse_spice(node, gfx)
+    _parse_password(node, gfx)
     gfx.keymap = node.attr("keymap")
     if gfx.keymap is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]{2,4})?", gfx.keymap):
         raise XMLError(f"invalid VNC keymap '{gfx.keymap}' (e.g. 'en-us', 'de', 'fr-ch')")
@@ -1674,6 +1686,76 @@ def parse_graphics(node: Node) -> Graphics:
         gfx.autoport = True
     node.finish()
     return gfx
+
+
+#: The longest VNC password: the RFB protocol's DES key is its first 8 bytes, the rest would
+#: be ignored (libvirt refuses longer ones since 8.0, with these words).
+VNC_PASSWORD_MAX = 8
+
+#: What ``connected`` may say: SPICE's three policies; VNC can only keep its clients.
+_CONNECTED = {"vnc": ("keep",), "spice": ("fail", "disconnect", "keep")}
+
+
+def _parse_password(node: Node, gfx: Graphics) -> None:
+    """``passwd``, ``passwdValidTo`` and ``connected`` of a VNC or SPICE display. As in
+    libvirt, the last two mean nothing without a password and are dropped then (a non-secure
+    XML shows them without its ``passwd``: redefined from it, the display has none)."""
+    gfx.passwd = node.attr("passwd")
+    if gfx.passwd is None:
+        node.ignore("passwdValidTo", "connected")
+        return
+    check_vnc_password(gfx.type, gfx.passwd, "VNC password")
+    valid_to = node.attr("passwdValidTo")
+    if valid_to is not None:
+        gfx.passwd_valid_to = parse_valid_to(valid_to)
+    connected = node.attr("connected")
+    if connected is not None:
+        allowed = _CONNECTED[gfx.type]
+        if connected not in allowed:
+            if gfx.type == "vnc" and connected in _CONNECTED["spice"]:
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: VNC supports connected='keep' only"
+                )
+            raise node.unsupported_value("connected", connected, allowed)
+        gfx.connected = connected
+
+
+def check_vnc_password(kind: str, password: str, what: str) -> None:
+    """Refuse a VNC password QEMU would cut short (``what``: how the message names it)."""
+    size = len(password.encode())
+    if kind == "vnc" and size > VNC_PASSWORD_MAX:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {what} is {size} characters long, only "
+            f"{VNC_PASSWORD_MAX} permitted"
+        )
+
+
+_VALID_TO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
+
+
+def parse_valid_to(text: str) -> int:
+    """``passwdValidTo`` (``YYYY-MM-DDTHH:MM:SS``, UTC) as seconds since the epoch."""
+    import calendar
+    import datetime
+
+    m = _VALID_TO.fullmatch(text)
+    try:
+        if m is None:
+            raise ValueError(text)
+        year, month, day, hour, minute, second = (int(g) for g in m.groups())
+        when = datetime.datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        raise XMLError(
+            f"cannot parse password validity time '{text}', expect YYYY-MM-DDTHH:MM:SS"
+        ) from None
+    return calendar.timegm(when.timetuple())
+
+
+def format_valid_to(seconds: int) -> str:
+    """``passwdValidTo`` as libvirt writes it (UTC)."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def _parse_spice(node: Node, gfx: Graphics) -> None:
@@ -2219,5 +2301,15 @@ def parse_device_xml(text: str | bytes) -> HotplugDevice:
         return parse_input(Node(root, ("devices", "input")))
     raise ConfigUnsupportedError(
         f"unsupported configuration: attaching, detaching or updating <{root.tag}> is not "
-        "supported (asvirt hotplugs <disk>, <interface> and <input>)"
+        "supported (asvirt hotplugs <disk>, <interface> and <input>, and updates a "
+        "<graphics>' password)"
     )
+
+
+def parse_update_xml(text: str | bytes) -> HotplugDevice | Graphics:
+    """Parse one device's XML as ``update_device`` takes it: a hotplug device's, or a
+    ``<graphics>`` (whose password, expiry and ``connected`` may change)."""
+    root = parse_xml(text)
+    if root.tag == "graphics":
+        return parse_graphics(Node(root, ("devices", "graphics")))
+    return parse_device_xml(text)

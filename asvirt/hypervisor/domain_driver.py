@@ -24,10 +24,12 @@ import trio
 
 from ..conf.devices import (
     Disk,
+    Graphics,
     HotplugDevice,
     Interface,
     parse_copy_destination,
     parse_device_xml,
+    parse_update_xml,
 )
 from ..conf.domain import DomainDef, clone_device
 from ..conf.names import canonical_uuid
@@ -71,7 +73,17 @@ from .agent_calls import AgentCalls
 from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
-from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
+from .hotplug import (
+    apply_password,
+    apply_update,
+    check_graphics_update,
+    describe,
+    find_device,
+    find_graphics,
+    remove_device,
+    updated_link,
+    updated_media,
+)
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
@@ -703,12 +715,12 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         self.table.get(uuid)  # raises for an unknown domain
         return self.backend.security_label
 
-    async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str:
+    async def domain_xml_desc(self, uuid: str, *, inactive: bool, secure: bool = False) -> str:
         obj = self.table.get(uuid)
         runtime = obj.runtime
         if runtime is not None and not (inactive and obj.persistent):
-            return runtime.live_xml()
-        return obj.definition(inactive=True).to_xml()
+            return runtime.live_xml(secure=secure)
+        return obj.definition(inactive=True).to_xml(secure=secure)
 
     async def domain_qmp(self, uuid: str, command: str, arguments: dict[str, Any] | None) -> Any:
         if not isinstance(command, str) or not command:
@@ -1219,10 +1231,14 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         self, uuid: str, xml: str, live: bool, config: bool, force: bool = False
     ) -> None:
         """Change a device in place (libvirt's ``virDomainUpdateDeviceFlags``): a CD-ROM's
-        media (no source: eject) or an interface's link state. ``force``: eject media the
-        guest has locked in (asvirt always does)."""
+        media (no source: eject), an interface's link state or a display's password.
+        ``force``: eject media the guest has locked in (asvirt always does)."""
         del force  # the tray is always forced open, as libvirt does for a locked tray
-        dev = parse_device_xml(xml)
+        new = parse_update_xml(xml)
+        if isinstance(new, Graphics):
+            await self._update_graphics(uuid, new, live, config)
+            return
+        dev = new
         async with self.table.job(self.table.get(uuid)) as obj:
             live, config = self._affected(obj, live, config)
             new_config = None
@@ -1249,6 +1265,35 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                     apply_update(current, dev)  # refuses: nothing of an input can change
             if new_config is not None:
                 await self._store_config(obj, new_config)
+
+    async def _update_graphics(self, uuid: str, new: Graphics, live: bool, config: bool) -> None:
+        """A display's new password, expiry and ``connected``: given to QEMU at once
+        (live), kept in the persistent definition (config)."""
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            new_config = None
+            if config:
+                assert obj.persistent_def is not None
+                new_config = obj.persistent_def.copy()
+                current = find_graphics(new_config, new)
+                check_graphics_update(current, new)
+                apply_password(current, new)
+            if live:
+                runtime = self._runtime(obj)
+                current = find_graphics(runtime.live_def, new)
+                check_graphics_update(current, new)
+                await runtime.change_display_password(current, new)
+            if new_config is not None:
+                await self._store_config(obj, new_config)
+        log.info(
+            "display password changed",
+            domain=obj.name,
+            uuid=obj.uuid,
+            operation="update-device",
+            device=f"graphics '{new.type}'",
+            live=live,
+            config=config,
+        )
 
     async def _store_config(self, obj: DomainObj, defn: DomainDef) -> None:
         """Store a persistent definition that is already checked (the caller holds the job)."""

@@ -25,7 +25,7 @@ from ..states import DomainState, ShutoffReason, StateReason
 from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
-    from ..conf.devices import BackingStore, Disk, HotplugDevice, Interface
+    from ..conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
     from ..drivers.base import BlockJobInfo, StatsGroup
     from .stats import PendingSample, RuntimeSample, SampleScope
 
@@ -42,7 +42,9 @@ class DomainRuntime(Protocol):
     @property
     def state(self) -> tuple[DomainState, StateReason]: ...
 
-    def live_xml(self) -> str: ...
+    def live_xml(self, *, secure: bool = True) -> str:
+        """The live XML; ``secure=False``: without its secrets (see DomainDef.to_xml)."""
+        ...
 
     def memory_kib(self) -> int: ...
 
@@ -119,6 +121,10 @@ class DomainRuntime(Protocol):
 
     async def set_link(self, nic: Interface, state: str | None) -> None:
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
+        ...
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        """Give a live display ``new``'s password, expiry and ``connected`` (update_device)."""
         ...
 
     async def block_resize(self, disk: Disk, size: int) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...conf.addresses import PCIAddress
-from ...conf.devices import TAP_NIC_TYPES, Disk, HotplugDevice, Input, Interface
+from ...conf.devices import TAP_NIC_TYPES, Disk, Graphics, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
 from ...drivers.base import SecretUsageType
 from ...errors import (
@@ -43,7 +43,13 @@ from ...errors import (
     QMPError,
 )
 from ...events.types import EventKind
-from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
+from ...hypervisor.hotplug import (
+    apply_password,
+    check_new_device,
+    describe,
+    fresh_copy,
+    insert_device,
+)
 from .capabilities import QemuCapabilities
 from .command import (
     disk_hotplug,
@@ -56,6 +62,7 @@ from .command import (
 )
 from .command_extra import vhost_user_chardev_id, vhost_user_hotplug
 from .command_tune import throttle_group_id, throttle_object
+from .displays import display_password, set_password
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
 from .secrets import disk_secret_objects, disk_secrets
@@ -722,6 +729,24 @@ class HotplugOps:
         assert nic.alias
         await self.execute("set_link", {"name": nic.alias, "up": state != "down"})
         nic.link_state = state
+        self._live_changed()
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        """Give the live display ``gfx`` ``new``'s password, expiry and ``connected``
+        (update_device; libvirt's qemuDomainChangeGraphicsPasswords), and keep them in the
+        live XML (and the status file, so that a supervisor re-attaching shows them)."""
+        password = display_password(new, self._env.config)
+        if password is None and display_password(gfx, self._env.config) is not None:
+            # QEMU cannot stop asking for a password. (libvirt leaves QEMU as it is and drops
+            # the password from the live XML, which then no longer says what QEMU asks.)
+            raise OperationUnsupportedError(
+                f"cannot remove the password of the running {gfx.type} display: it keeps "
+                "asking for one until the domain stops (give a new passwd, or an empty one "
+                "to let nobody in)"
+            )
+        if password is not None:
+            await set_password(self.execute, new, password)
+        apply_password(gfx, new)
         self._live_changed()
 
 

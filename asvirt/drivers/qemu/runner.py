@@ -79,6 +79,7 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
+from .displays import display_password, set_password
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
@@ -175,6 +176,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
         self._live_xml: str | None = None
+        #: The live XML without secrets, and the secure one it was made beside.
+        self._public_xml: tuple[str | None, str] = (None, "")
         self._log_start = 0
         # Status records taken and the newest written (see _write_record).
         self._status_lock = threading.Lock()
@@ -226,12 +229,20 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
 
-    def live_xml(self) -> str:
+    def live_xml(self, *, secure: bool = True) -> str:
         """The live XML (cached: the live definition changes only when QEMU tells us a pty
-        path or a VNC port)."""
+        path or a VNC port); ``secure=False``: without its secrets, cached beside it."""
         if self._live_xml is None:
             self._live_xml = self._live_def.to_xml(live=True, domain_id=self._domain_id)
-        return self._live_xml
+        if secure:
+            return self._live_xml
+        # Made again whenever the secure one was (dropped and remade where the live
+        # definition changes).
+        made_from, public = self._public_xml
+        if made_from is not self._live_xml:
+            public = self._live_def.to_xml(live=True, domain_id=self._domain_id, secure=False)
+            self._public_xml = (self._live_xml, public)
+        return public
 
     def memory_kib(self) -> int:
         return self.machine.balloon_kib or self._live_def.current_memory_kib
@@ -950,6 +961,7 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
         await self._record_pty_paths()
         await self._record_vnc_port()
         await self._quietly_follow_block_sources()  # the disks' chains, for the live XML
+        await self._set_display_passwords()
         balloon = self._live_def.memballoon
         if self._live_def.has_memballoon and balloon is not None and balloon.stats_period:
             # QEMU has no command-line switch for it either (libvirt sets it the same way).
@@ -1101,6 +1113,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
         if vnc.get("enabled") and isinstance(service, str) and service.isdigit():
             graphics[0].port = int(service)
             self._live_xml = None
+
+    async def _set_display_passwords(self) -> None:
+        """Give QEMU its displays' passwords, before the guest runs (see :mod:`.displays`)."""
+        for gfx in self._live_def.graphics:
+            password = display_password(gfx, self._env.config)
+            if password is not None:
+                await set_password(self._call, gfx, password)
 
     async def _apply_tuning(self) -> None:
         """Pin QEMU's vCPU, I/O and emulator threads (<cputune>'s pins, <vcpu cpuset> for

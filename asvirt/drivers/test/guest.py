@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
-from ...conf.devices import BackingStore, Disk, HotplugDevice, Interface
+from ...conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.postparse import postparse_domain
 from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
@@ -71,7 +71,13 @@ from ...hypervisor.guest_state import (
     StartOrigin,
     StopCause,
 )
-from ...hypervisor.hotplug import check_new_device, fresh_copy, insert_device, remove_device
+from ...hypervisor.hotplug import (
+    apply_password,
+    check_new_device,
+    fresh_copy,
+    insert_device,
+    remove_device,
+)
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import (
     VCPU_RUNNING,
@@ -202,8 +208,8 @@ class SimulatedVM:
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
 
-    def live_xml(self) -> str:
-        return self._live_def.to_xml(live=True, domain_id=self._domain_id)
+    def live_xml(self, *, secure: bool = True) -> str:
+        return self._live_def.to_xml(live=True, domain_id=self._domain_id, secure=secure)
 
     def cpu_time_ns(self) -> int:
         if self._running_since is None:
@@ -602,6 +608,10 @@ class SimulatedVM:
     async def set_link(self, nic: Interface, state: str | None) -> None:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        await trio.lowlevel.checkpoint()
+        apply_password(gfx, new)
 
     # Block jobs run in QEMU on images: libvirt's test driver has none, nor does this one.
 
