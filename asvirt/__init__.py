@@ -34,6 +34,8 @@ _LAZY: dict[str, str] = {
     "BlockJobInfo": ".drivers.base",
     "BlockJobType": ".drivers.base",
     "BlockedReason": ".states",
+    "VcpuInfo": ".drivers.base",
+    "VcpuState": ".drivers.base",
     "Config": ".config",
     "ConfigUnsupportedError": ".errors",
     "Connection": ".connection",
@@ -130,6 +132,8 @@ if _TYPE_CHECKING:
         StatsGroup,
         StoragePoolInfo,
         StorageVolInfo,
+        VcpuInfo,
+        VcpuState,
     )
     from .errors import (
         AgentUnresponsiveError,
@@ -298,6 +302,8 @@ __all__ = [
     "SuspendedDetail",
     "SystemCallError",
     "UndefinedDetail",
+    "VcpuInfo",
+    "VcpuState",
     "XMLError",
     "default_uri",
     "open",

@@ -22,6 +22,7 @@ from .drivers.base import (
     SecurityLabel,
     ShutdownMode,
     StatsGroup,
+    VcpuInfo,
 )
 from .errors import (
     AsvirtError,
@@ -387,6 +388,54 @@ class Domain(Handle):
         (``live``) or of its configuration (``config``, exclusive with ``live``); neither:
         the current state's. libvirt's ``vcpusFlags()``."""
         return await self._call("domain_vcpus_count", live=live, config=config, maximum=maximum)
+
+    # -- thread pinning ------------------------------------------------------------------------
+    #
+    # A CPU map is libvirt-python's: one bool per host CPU (``(True, False)``: CPU 0 of 2).
+
+    async def vcpus(self) -> list[VcpuInfo]:
+        """The running guest's online vCPUs, as libvirt's ``vcpus()``: each one's state, the
+        CPU time its thread used (ns), the host CPU it last ran on and the host CPUs it may
+        run on (``cpumap``, its thread's affinity). OperationInvalidError if it is not
+        running."""
+        return await self._call("domain_vcpus")
+
+    async def vcpu_pin_info(self, *, live: bool = False, config: bool = False) -> list[list[bool]]:
+        """Every vCPU's pinning (up to the maximum), as libvirt's ``vcpuPinInfo()``: its
+        ``<vcpupin>``, else ``<vcpu cpuset>``, else every host CPU, in the running guest's
+        definition (``live``) or the persistent one (``config``); neither: the current
+        state's."""
+        return await self._call("domain_vcpu_pin_info", live=live, config=config)
+
+    async def pin_vcpu(self, vcpu: int, cpumap: Iterable[bool]) -> None:
+        """Pin a running vCPU to the host CPUs of ``cpumap``, as libvirt's ``pinVcpu()``
+        (:meth:`pin_vcpu_flags` with ``live``)."""
+        await self.pin_vcpu_flags(vcpu, cpumap, live=True)
+
+    async def pin_vcpu_flags(
+        self, vcpu: int, cpumap: Iterable[bool], *, live: bool = False, config: bool = False
+    ) -> None:
+        """Pin vCPU ``vcpu`` to the host CPUs of ``cpumap``, as libvirt's ``pinVcpuFlags()``:
+        ``live``: its thread's affinity now (an offline vCPU gets it when plugged) and the
+        live ``<vcpupin>``; ``config``: the persistent ``<vcpupin>``; neither: the current
+        state's. InvalidArgError for an empty map, a CPU the host lacks or a vCPU beyond
+        the maximum (nothing changes then)."""
+        await self._call(
+            "domain_pin_vcpu", vcpu=vcpu, cpumap=list(cpumap), live=live, config=config
+        )
+
+    async def emulator_pin_info(self, *, live: bool = False, config: bool = False) -> list[bool]:
+        """The emulator threads' pinning (``<emulatorpin>``, else ``<vcpu cpuset>``, else
+        every host CPU), as libvirt's ``emulatorPinInfo()``."""
+        return await self._call("domain_emulator_pin_info", live=live, config=config)
+
+    async def pin_emulator(
+        self, cpumap: Iterable[bool], *, live: bool = False, config: bool = False
+    ) -> None:
+        """Pin the emulator threads (QEMU's threads that are neither vCPUs nor I/O threads)
+        to the host CPUs of ``cpumap``, as libvirt's ``pinEmulator()``; ``live``,
+        ``config`` as :meth:`pin_vcpu_flags`."""
+        await self._call("domain_pin_emulator", cpumap=list(cpumap), live=live, config=config)
 
     # -- devices -------------------------------------------------------------------------------
 

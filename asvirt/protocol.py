@@ -52,6 +52,7 @@ from .drivers.base import (
     StoragePoolRef,
     StorageVolInfo,
     StorageVolRef,
+    VcpuInfo,
 )
 from .errors import InvalidArgError
 from .records import fields, is_record
@@ -501,6 +502,37 @@ class DomainCalls(Protocol):
         self, uuid: str, live: bool, config: bool, maximum: bool = False
     ) -> int:
         """The number of vCPUs (or their maximum) of the running guest or of its config."""
+
+    @call(mutates=False)
+    async def domain_vcpus(self, uuid: str) -> list[VcpuInfo]:
+        """The running guest's online vCPUs: state, CPU time, host CPU and affinity of each
+        thread (``virDomainGetVcpus``)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_vcpu_pin_info(self, uuid: str, live: bool, config: bool) -> list[list[bool]]:
+        """Each vCPU's pinning (one bool per host CPU) in the live or persistent definition
+        (``virDomainGetVcpuPinInfo``)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pin_vcpu(
+        self, uuid: str, vcpu: int, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """Pin a vCPU to host CPUs: its thread (``live``), ``<vcpupin>`` (``config``)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_emulator_pin_info(self, uuid: str, live: bool, config: bool) -> list[bool]:
+        """The emulator threads' pinning (``virDomainGetEmulatorPinInfo``)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pin_emulator(
+        self, uuid: str, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """Pin the emulator threads: live, and/or ``<emulatorpin>`` (``config``)."""
+        ...
 
     # -- devices ----------------------------------------------------------------------------
 

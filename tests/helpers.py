@@ -53,6 +53,20 @@ def run_cli(
     return proc
 
 
+def cli_in_process(uri: str, capsys: Any) -> Callable[..., str]:
+    """``asvirt -c URI ARGS`` in this process (quicker than :func:`run_cli`), through
+    pytest's ``capsys``: ``run(*args, status=0)`` asserts the exit status and returns the
+    output, or the error output of a command expected to fail."""
+    from asvirt.cli.main import main as cli_main
+
+    def run(*args: str, status: int = 0) -> str:
+        assert cli_main(["-c", uri, *args]) == status
+        out = capsys.readouterr()
+        return out.out if status == 0 else out.err
+
+    return run
+
+
 async def destroy_all(conn: asvirt.Connection) -> None:
     """Destroy every domain still running on ``conn`` (a fixture's teardown: it cannot be
     cancelled, and a domain that stops meanwhile is no error)."""
@@ -230,6 +244,14 @@ def peer_pid(sock: Path) -> int:
 def qemu_pid(root: Path, name: str) -> int:
     """The pid asvirt recorded for a running domain (from its status file)."""
     return int(_status(root, name)["pid"])
+
+
+def cpus_allowed(pid: int, tid: int) -> str:
+    """A thread's affinity as the kernel shows it (``Cpus_allowed_list``: ``0-1``)."""
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
 
 
 def monitor_path(root: Path, name: str) -> Path:

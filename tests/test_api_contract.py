@@ -28,7 +28,14 @@ from asvirt.conf.postparse import postparse_domain
 
 from .contract import Backend, drain, drain_lifecycle, needs_guest, run_status
 from .guest import wait_for_serial
-from .helpers import collect_until, lifecycle, lifecycle_until, pid_exists, wait_for
+from .helpers import (
+    collect_until,
+    cpus_allowed,
+    lifecycle,
+    lifecycle_until,
+    pid_exists,
+    wait_for,
+)
 
 LC = asvirt.EventKind.LIFECYCLE
 REBOOT = asvirt.EventKind.REBOOT
@@ -803,6 +810,76 @@ async def test_vcpus_follow_live_and_config(api):
     assert await tvm.vcpus_count() == 2
     with pytest.raises(asvirt.OperationInvalidError):
         await tvm.vcpus_count(config=True)
+
+
+async def test_vcpu_and_emulator_pinning_live_and_config(api):
+    """virsh vcpuinfo/vcpupin/emulatorpin: the threads' affinity (read back from the kernel
+    on QEMU), the live and persistent <cputune>, and refusals that change nothing."""
+    host = (await api.conn.node_info()).cpus
+    if not api.simulated and not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("pinning to different CPUs needs CPUs 0 and 1")
+    only = {n: [i == n for i in range(host)] for n in (0, 1)}
+    every = [True] * host
+    dom = await api.define("vm1", vcpus=2, max_vcpus=3)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.vcpus()
+    assert await dom.vcpu_pin_info() == [every] * 3  # shut off: its configuration's
+    await dom.start(paused=True)
+    vcpus = await dom.vcpus()
+    assert [(v.number, v.state) for v in vcpus] == [(0, asvirt.VcpuState.RUNNING), (1, 1)]
+    assert all(len(v.cpumap) == host for v in vcpus)
+    threads: dict[int, int] = {}
+    if not api.simulated:
+        pid = api.pid("vm1")
+        threads = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+        for v in vcpus:
+            allowed = [str(i) for i, used in enumerate(v.cpumap) if used]
+            assert cpus_allowed(pid, threads[v.number]) == f"{allowed[0]}-{allowed[-1]}"
+            assert 0 <= v.cpu < host
+    # Live only: the thread and the live XML; the configuration keeps its own.
+    await dom.pin_vcpu(0, only[1])
+    assert (await dom.vcpus())[0].cpumap == only[1]
+    assert await dom.vcpu_pin_info(live=True) == [only[1], every, every]
+    assert await dom.vcpu_pin_info(config=True) == [every] * 3
+    assert "<vcpupin vcpu='0' cpuset='1'/>" in await dom.xml_desc()
+    assert "<cputune>" not in await dom.xml_desc(inactive=True)
+    # Config only: the running thread keeps its affinity.
+    await dom.pin_vcpu_flags(1, only[0], config=True)
+    assert (await dom.vcpus())[1].cpumap == every
+    assert "<vcpupin vcpu='1' cpuset='0'/>" in await dom.xml_desc(inactive=True)
+    # An offline vCPU: recorded live, applied when it is plugged.
+    await dom.pin_vcpu_flags(2, only[0], live=True)
+    await dom.set_vcpus(3)
+    assert (await dom.vcpus())[2].cpumap == only[0]
+    await dom.pin_emulator(only[0], live=True, config=True)
+    assert await dom.emulator_pin_info() == only[0]
+    assert await dom.emulator_pin_info(config=True) == only[0]
+    assert "<emulatorpin cpuset='0'/>" in await dom.xml_desc(inactive=True)
+    if not api.simulated:
+        threads = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
+        assert cpus_allowed(pid, threads[0]) == "1"
+        assert cpus_allowed(pid, threads[1]) == f"0-{host - 1}"
+        assert cpus_allowed(pid, threads[2]) == "0"
+        emulator = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - set(threads.values())
+        assert emulator and all(cpus_allowed(pid, t) == "0" for t in emulator)
+    # Refusals (libvirt's errors) change nothing.
+    live, config = await dom.xml_desc(), await dom.xml_desc(inactive=True)
+    with pytest.raises(asvirt.InvalidArgError, match="out of range of live cpu count 3"):
+        await dom.pin_vcpu(3, only[0])
+    with pytest.raises(asvirt.InvalidArgError, match="Empty cpu list"):
+        await dom.pin_vcpu(0, [False] * host)
+    with pytest.raises(asvirt.InvalidArgError, match="out of range"):
+        await dom.pin_emulator([*[False] * host, True], live=True)
+    with pytest.raises(asvirt.InvalidArgError, match="mutually exclusive"):
+        await dom.vcpu_pin_info(live=True, config=True)
+    assert (await dom.xml_desc(), await dom.xml_desc(inactive=True)) == (live, config)
+    if not api.simulated:
+        assert cpus_allowed(pid, threads[0]) == "1"
+    await dom.destroy()
+    with pytest.raises(asvirt.OperationInvalidError, match="not running"):
+        await dom.pin_vcpu(0, only[0])
+    await dom.pin_vcpu_flags(0, only[1])  # shut off: the configuration
+    assert (await dom.vcpu_pin_info())[:2] == [only[1], only[0]]
 
 
 def _balloon_at(seen: list[asvirt.DomainEvent], kib: int) -> bool:

@@ -89,6 +89,8 @@ PUBLIC = [
     "SuspendedDetail",
     "SystemCallError",
     "UndefinedDetail",
+    "VcpuInfo",
+    "VcpuState",
     "XMLError",
     "default_uri",
     "open",

@@ -19,6 +19,7 @@ from asvirt.drivers.qemu.statemachine import DomainStateMachine
 from .caps import CONFORMANCE
 from .guest import AGENT_CHANNEL_XML, paused_xml, wait_for_serial
 from .helpers import (
+    cli_in_process,
     collect_until,
     disk_xml,
     embed_uri,
@@ -259,11 +260,7 @@ async def test_unplugging_a_vcpu_from_a_guest_that_never_booted_says_why(
 def test_setmem_setmaxmem_setvcpus_vcpucount(root, test_guest, tmp_path, capsys):
     uri = embed_uri(root)
 
-    def run(*args: str, status: int = 0) -> str:
-        """The command in this process (quicker); its output, or its error if it fails."""
-        assert cli_main(["-c", uri, *args]) == status
-        out = capsys.readouterr()
-        return out.out if status == 0 else out.err
+    run = cli_in_process(uri, capsys)  # quicker than a process of its own
 
     xml = tmp_path / "vm1.xml"
     serial = tmp_path / "vm1.serial"

@@ -19,8 +19,17 @@ import asvirt
 from asvirt.conf.domain import parse_cpuset, parse_domain_xml
 from asvirt.drivers.qemu import membacking, numad, tuning
 
-from .guest import paused_xml
-from .helpers import destroy_all, disk_xml, embed_uri, qemu_img, qemu_pid, qemus_naming
+from .guest import PAUSED_DOMAIN_TYPE, paused_xml
+from .helpers import (
+    cli_in_process,
+    cpus_allowed,
+    destroy_all,
+    disk_xml,
+    embed_uri,
+    qemu_img,
+    qemu_pid,
+    qemus_naming,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -29,13 +38,6 @@ def _with(xml: str, before_os: str, devices: str = "") -> str:
     return xml.replace("<os>", f"{before_os}<os>", 1).replace(
         "</devices>", f"{devices}</devices>", 1
     )
-
-
-def _allowed(pid: int, tid: int) -> str:
-    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError("no Cpus_allowed_list")
 
 
 async def test_vcpu_emulator_and_iothread_pinning(conn, test_guest, tmp_path, root):
@@ -52,14 +54,14 @@ async def test_vcpu_emulator_and_iothread_pinning(conn, test_guest, tmp_path, ro
     pid = qemu_pid(root, "vm1")
     vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
     iothreads = {t["id"]: t["thread-id"] for t in await dom.qmp("query-iothreads")}
-    assert _allowed(pid, vcpus[0]) == "1"
-    assert _allowed(pid, vcpus[1]) == "0"
-    assert _allowed(pid, iothreads["iothread1"]) == "1"
+    assert cpus_allowed(pid, vcpus[0]) == "1"
+    assert cpus_allowed(pid, vcpus[1]) == "0"
+    assert cpus_allowed(pid, iothreads["iothread1"]) == "1"
     others = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - {
         *vcpus.values(),
         *iothreads.values(),
     }
-    assert others and all(_allowed(pid, t) == "0" for t in others)
+    assert others and all(cpus_allowed(pid, t) == "0" for t in others)
     assert "<vcpupin vcpu='0' cpuset='1'/>" in await dom.xml_desc()
 
 
@@ -127,7 +129,7 @@ async def test_automatic_numa_placement_goes_where_numad_advises(
     pid = qemu_pid(root, "vm1")
     cpus = numad.node_cpus(nodeset)
     vcpu = (await dom.qmp("query-cpus-fast"))[0]["thread-id"]
-    assert parse_cpuset(_allowed(pid, vcpu)) == parse_cpuset(cpus)
+    assert parse_cpuset(cpus_allowed(pid, vcpu)) == parse_cpuset(cpus)
     # The memory is bound to the advised nodes (QEMU's host-nodes, policy bind).
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     nodes = ",".join(str(n) for n in sorted(parse_cpuset(nodeset)))
@@ -206,7 +208,7 @@ async def test_a_plugged_vcpu_gets_its_pin_and_scheduler(conn, test_guest, tmp_p
     pid = qemu_pid(root, "vm1")
     vcpus = {c["cpu-index"]: c["thread-id"] for c in await dom.qmp("query-cpus-fast")}
     assert os.sched_getscheduler(vcpus[1]) == os.SCHED_IDLE
-    assert _allowed(pid, vcpus[1]) == str(cpu)
+    assert cpus_allowed(pid, vcpus[1]) == str(cpu)
     assert os.sched_getscheduler(vcpus[0]) == os.SCHED_OTHER
 
 
@@ -500,3 +502,69 @@ async def test_a_pin_to_cpus_the_host_lacks_fails_the_start(conn, test_guest, tm
     with pytest.raises(asvirt.OperationFailedError, match="names no CPU"):
         await dom.start(paused=True)
     assert not await dom.is_active()
+
+
+# -- live pinning from the CLI: virsh's commands and output --------------------------------------
+
+
+def test_vcpuinfo_vcpupin_emulatorpin_cli(root, test_guest, tmp_path, capsys):
+    """virsh's output, byte for byte, against a paused QEMU (the API's rules on every driver
+    are in the shared suite's pinning test)."""
+    if not {0, 1} <= os.sched_getaffinity(0) or len(os.sched_getaffinity(0)) != 2:
+        pytest.skip("the expected output is written for a host with CPUs 0 and 1")
+    uri = embed_uri(root)
+
+    run = cli_in_process(uri, capsys)
+
+    xml = tmp_path / "vm1.xml"
+    xml.write_text(
+        test_guest.xml("vm1", tmp_path / "vm1.serial", domain_type=PAUSED_DOMAIN_TYPE, vcpus=2)
+    )
+    run("define", str(xml))
+    head = " VCPU   CPU Affinity\n----------------------\n"
+    table = head + " 0      {0}\n 1      {1}\n\n"
+    # Shut off: the configuration's pins, nothing measured (virsh's N/A).
+    assert run("vcpuinfo", "vm1") == "".join(
+        f"VCPU:           {n}\nCPU:            N/A\nState:          N/A\n"
+        "CPU time        N/A\nCPU Affinity:   yy\n\n"
+        for n in (0, 1)
+    )
+    assert run("vcpupin", "vm1") == table.format("0-1", "0-1")
+    assert "cannot get vcpupin for offline domain" in run("vcpupin", "vm1", "--live", status=1)
+    try:
+        run("start", "vm1", "--paused")
+        assert run("vcpupin", "vm1", "0", "1") == "\n"
+        assert run("vcpupin", "vm1", "1", "0", "--config") == "\n"
+        assert run("vcpupin", "vm1") == table.format("1", "0-1")
+        assert run("vcpupin", "vm1", "--config") == table.format("0-1", "0")
+        assert run("vcpupin", "vm1", "1") == head + " 1      0-1\n\n"
+        info = run("vcpuinfo", "vm1", "--pretty")
+        blocks = info.split("\n\n")
+        assert blocks[0].startswith("VCPU:           0\nCPU:            ")
+        assert "\nState:          running\n" in blocks[0]
+        assert blocks[0].endswith("\nCPU Affinity:   1 (out of 2)")
+        assert blocks[1].endswith("\nCPU Affinity:   0-1 (out of 2)")
+        assert run("vcpuinfo", "vm1").split("\n\n")[0].endswith("CPU Affinity:   -y")
+        emulator = "emulator: CPU Affinity\n----------------------------------\n       *: {}\n\n"
+        assert run("emulatorpin", "vm1") == emulator.format("0-1")
+        assert run("emulatorpin", "vm1", "0", "--live") == "\n"
+        assert run("emulatorpin", "vm1") == emulator.format("0")
+        assert run("emulatorpin", "vm1", "--config") == emulator.format("0-1")
+        pid = qemu_pid(root, "vm1")
+        assert cpus_allowed(pid, pid) == "0"
+        # virsh's refusals of bad CPU lists and vCPU numbers, before anything is asked.
+        assert "CPU 2 in cpulist '2' exceed the maxcpu 2" in run(
+            "vcpupin", "vm1", "0", "2", status=1
+        )
+        assert "Invalid cpulist '1-0'" in run("vcpupin", "vm1", "0", "1-0", status=1)
+        assert "Invalid cpulist '0,^0'" in run("emulatorpin", "vm1", "0,^0", status=1)
+        assert "Numeric value 'x' for <vcpu> option" in run("vcpupin", "vm1", "x", "0", status=1)
+        assert "vcpu 5 is out of range of live cpu count 2" in run("vcpupin", "vm1", "5", status=1)
+        assert "vcpu 5 is out of range of live cpu count 2" in run(
+            "vcpupin", "vm1", "5", "0", status=1
+        )
+        assert "mutually exclusive" in run("vcpupin", "vm1", "--live", "--config", status=1)
+        assert run("vcpupin", "vm1", "0", "r") == "\n"
+        assert run("vcpupin", "vm1", "0") == head + " 0      0-1\n\n"
+    finally:
+        run("destroy", "vm1")

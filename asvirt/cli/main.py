@@ -67,6 +67,20 @@ async def _domain(conn: ConnectionCalls, ident: str) -> asvirt.Domain:
     raise asvirt.NoDomainError(f"failed to get domain '{ident}'")
 
 
+def exclusive(args: argparse.Namespace, *pairs: tuple[str, str]) -> None:
+    """virsh's refusal of two options that exclude each other (``("live", "config")``)."""
+    for a, b in pairs:
+        if getattr(args, a, False) and getattr(args, b, False):
+            raise asvirt.InvalidArgError(f"Options --{a} and --{b} are mutually exclusive")
+
+
+def affect_options(p: argparse.ArgumentParser) -> None:
+    """virsh's ``--config``, ``--live``, ``--current`` (libvirt's ``VIR_DOMAIN_AFFECT_*``)."""
+    p.add_argument("--config", action="store_true", help="affect next boot")
+    p.add_argument("--live", action="store_true", help="affect running domain")
+    p.add_argument("--current", action="store_true", help="affect current domain")
+
+
 def _read_file(path: str) -> str:
     try:
         with open(path) as f:
@@ -418,10 +432,10 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 #: The commands that live in modules of their own (devices, agent, console, network, storage,
-#: secrets, monitoring, snapshot, memory and vCPU), by module. Importing a module registers its
-#: commands; it is imported only when one of them is parsed (or for ``help``), so that a
-#: one-shot ``asvirt list`` imports none of them (lxml, trio...). tests/test_cli.py checks
-#: that this table names what the modules register.
+#: secrets, monitoring, snapshot, memory and vCPU, tuning), by module. Importing a module
+#: registers its commands; it is imported only when one of them is parsed (or for
+#: ``help``), so that a one-shot ``asvirt list`` imports none of them (lxml, trio...).
+#: tests/test_cli.py checks that this table names what the modules register.
 _MODULES: dict[str, tuple[str, ...]] = {
     "agent": ("qemu-agent-command", "domfsfreeze", "domfsthaw", "domtime"),
     "console": ("console",),
@@ -478,6 +492,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "save-image-dumpxml",
     ),
     "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockcopy", "blockjob"),
+    "tune": ("vcpuinfo", "vcpupin", "emulatorpin"),
     "storage": (
         "pool-define-as",
         "pool-define",

@@ -16,13 +16,7 @@ import asvirt
 from asvirt.calls import ConnectionCalls
 from asvirt.conf.units import UnitError, parse_size_arg
 
-from .main import _domain, command
-
-
-def _exclusive(args: argparse.Namespace, *pairs: tuple[str, str]) -> None:
-    for a, b in pairs:
-        if getattr(args, a) and getattr(args, b):
-            raise asvirt.InvalidArgError(f"Options --{a} and --{b} are mutually exclusive")
+from .main import _domain, affect_options, command, exclusive
 
 
 def _kib(text: str) -> int:
@@ -38,7 +32,7 @@ def _kib(text: str) -> int:
 
 @command("setmem", "change memory allocation")
 async def cmd_setmem(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    _exclusive(args, ("current", "live"), ("current", "config"))
+    exclusive(args, ("current", "live"), ("current", "config"))
     kib = _kib(args.size)
     dom = await _domain(conn, args.domain)
     # No flag (or --current): the running guest only, as virDomainSetMemory.
@@ -50,7 +44,7 @@ async def cmd_setmem(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 
 @command("setmaxmem", "change maximum memory limit")
 async def cmd_setmaxmem(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    _exclusive(args, ("current", "live"), ("current", "config"))
+    exclusive(args, ("current", "live"), ("current", "config"))
     kib = _kib(args.size)
     dom = await _domain(conn, args.domain)
     await dom.set_max_memory(kib, live=args.live, config=args.config)
@@ -68,7 +62,7 @@ def _count(text: str) -> int:
 
 @command("setvcpus", "change number of virtual CPUs")
 async def cmd_setvcpus(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    _exclusive(args, ("current", "live"), ("current", "config"), ("guest", "config"))
+    exclusive(args, ("current", "live"), ("current", "config"), ("guest", "config"))
     if args.guest:
         raise asvirt.OperationUnsupportedError(
             "setting the vCPUs the guest uses (--guest) needs the guest agent, which asvirt "
@@ -86,7 +80,7 @@ async def cmd_setvcpus(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 
 @command("vcpucount", "domain vcpu counts")
 async def cmd_vcpucount(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    _exclusive(
+    exclusive(
         args, ("current", "live"), ("current", "config"), ("active", "maximum"), ("guest", "config")
     )
     if args.guest:
@@ -115,22 +109,17 @@ async def cmd_vcpucount(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the memory and vCPU commands' arguments (``add(name, *positional)``)."""
 
-    def affect(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", action="store_true", help="affect next boot")
-        p.add_argument("--live", action="store_true", help="affect running domain")
-        p.add_argument("--current", action="store_true", help="affect current domain")
-
     for name in ("setmem", "setmaxmem"):
         p = add(name, "domain")
         p.add_argument("size", help="new size (KiB unless a unit is given: 512M, 2G)")
-        affect(p)
+        affect_options(p)
     p = add("setvcpus", "domain")
     p.add_argument("count", help="number of virtual CPUs")
     p.add_argument("--maximum", action="store_true", help="set maximum limit (with --config)")
     p.add_argument("--guest", action="store_true", help="modify cpu state in the guest")
-    affect(p)
+    affect_options(p)
     p = add("vcpucount", "domain")
     p.add_argument("--maximum", action="store_true", help="get maximum count of vcpus")
     p.add_argument("--active", action="store_true", help="get number of currently active vcpus")
     p.add_argument("--guest", action="store_true", help="count vcpus from the guest's view")
-    affect(p)
+    affect_options(p)

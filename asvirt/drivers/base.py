@@ -175,6 +175,28 @@ class BlockJobInfo:
     ready: bool
 
 
+class VcpuState(enum.IntEnum):
+    """A vCPU's state (libvirt's ``virVcpuState``)."""
+
+    OFFLINE = 0
+    RUNNING = 1
+    BLOCKED = 2
+
+
+@record
+class VcpuInfo:
+    """One online vCPU of a running domain (libvirt's ``virVcpuInfo`` with its affinity, as
+    ``virDomainGetVcpus`` gives them): its ``number``, ``state``, the CPU time its thread
+    used (``cpu_time``, ns), the host CPU it last ran on (``cpu``) and the host CPUs it may
+    run on (``cpumap``: one bool per host CPU)."""
+
+    number: int
+    state: VcpuState
+    cpu_time: int
+    cpu: int
+    cpumap: list[bool]
+
+
 @record
 class DomainSnapshotInfo:
     """What a snapshot is, beside its XML: where it sits in the domain's snapshot tree."""

@@ -54,6 +54,7 @@ from ..drivers.base import (
     ShutdownMode,
     StatsGroup,
     StorageDriver,
+    VcpuInfo,
 )
 from ..errors import (
     AsvirtError,
@@ -83,6 +84,14 @@ from .hotplug import (
     remove_device,
     updated_link,
     updated_media,
+)
+from .pinning import (
+    check_vcpu,
+    cpus_of,
+    emulator_pin,
+    set_emulatorpin,
+    set_vcpupin,
+    vcpu_pins,
 )
 from .saveimage import ImageSink
 from .saves import SaveCalls
@@ -1158,6 +1167,79 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         defn = self._runtime(obj).live_def if live else obj.persistent_def
         assert defn is not None
         return defn.max_vcpus if maximum else defn.vcpus
+
+    # -- thread pinning (virsh vcpuinfo, vcpupin, emulatorpin) -----------------------------------
+
+    async def _host_cpus(self) -> int:
+        return (await self.backend.node_info()).cpus
+
+    async def domain_vcpus(self, uuid: str) -> list[VcpuInfo]:
+        """libvirt's ``virDomainGetVcpus``: the running guest's online vCPUs."""
+        obj = self.table.get(uuid)
+        host = await self._host_cpus()
+        return await self._runtime(obj).vcpu_threads(host)
+
+    def _pin_def(self, obj: DomainObj, live: bool, config: bool) -> DomainDef:
+        """The definition a pin query reads: the running guest's or the persistent one."""
+        if live and config:
+            raise InvalidArgError("flags 'live' and 'config' are mutually exclusive")
+        live, config = self._affected(obj, live, config)
+        defn = self._runtime(obj).live_def if live else obj.persistent_def
+        assert defn is not None
+        return defn
+
+    async def domain_vcpu_pin_info(self, uuid: str, live: bool, config: bool) -> list[list[bool]]:
+        """libvirt's ``virDomainGetVcpuPinInfo``: every vCPU's pins (``<vcpupin>``, else
+        ``<vcpu cpuset>``, else every host CPU) of the live or persistent definition."""
+        defn = self._pin_def(self.table.get(uuid), live, config)
+        return vcpu_pins(defn, await self._host_cpus())
+
+    async def domain_emulator_pin_info(self, uuid: str, live: bool, config: bool) -> list[bool]:
+        """libvirt's ``virDomainGetEmulatorPinInfo``."""
+        defn = self._pin_def(self.table.get(uuid), live, config)
+        return emulator_pin(defn, await self._host_cpus())
+
+    async def domain_pin_vcpu(
+        self, uuid: str, vcpu: int, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """libvirt's ``virDomainPinVcpuFlags``: the thread of a running vCPU (``live``, with
+        the live ``<vcpupin>``), and/or the persistent ``<vcpupin>`` (``config``); both are
+        checked before either changes."""
+        cpus = cpus_of(cpumap, await self._host_cpus())
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            if live:
+                check_vcpu(self._runtime(obj).live_def, vcpu, "live")
+            if config:
+                assert obj.persistent_def is not None
+                check_vcpu(obj.persistent_def, vcpu, "persistent")
+            if live:
+                await self._runtime(obj).pin_vcpu(vcpu, cpus)
+            if config:
+                assert obj.persistent_def is not None
+                updated = obj.persistent_def.copy()
+                set_vcpupin(updated, vcpu, cpus)
+                await self._redefine(obj, updated)
+        log.info(
+            "vcpu pinned", domain=obj.name, vcpu=vcpu, cpus=sorted(cpus), live=live, config=config
+        )
+
+    async def domain_pin_emulator(
+        self, uuid: str, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """libvirt's ``virDomainPinEmulator``: the running emulator threads (``live``) and/or
+        the persistent ``<emulatorpin>`` (``config``)."""
+        cpus = cpus_of(cpumap, await self._host_cpus())
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            if live:
+                await self._runtime(obj).pin_emulator(cpus)
+            if config:
+                assert obj.persistent_def is not None
+                updated = obj.persistent_def.copy()
+                set_emulatorpin(updated, cpus)
+                await self._redefine(obj, updated)
+        log.info("emulator pinned", domain=obj.name, cpus=sorted(cpus), live=live, config=config)
 
     async def _redefine(self, obj: DomainObj, updated: DomainDef) -> None:
         """Store a changed persistent definition (the caller holds the job), checked as

@@ -26,7 +26,7 @@ from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
     from ..conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
-    from ..drivers.base import BlockJobInfo, StatsGroup
+    from ..drivers.base import BlockJobInfo, StatsGroup, VcpuInfo
     from .stats import PendingSample, RuntimeSample, SampleScope
 
 
@@ -103,6 +103,20 @@ class DomainRuntime(Protocol):
         returns once done, with the live definition saying how many it has.
         ConfigUnsupportedError if the vCPUs that can be plugged cannot make ``count``;
         OperationTimeoutError if the guest did not release a vCPU in time."""
+
+    async def vcpu_threads(self, host_cpus: int) -> list[VcpuInfo]:
+        """The online vCPUs: each one's state, CPU time, last host CPU and affinity (a CPU
+        map of ``host_cpus`` entries)."""
+        ...
+
+    async def pin_vcpu(self, vcpu: int, cpus: set[int]) -> None:
+        """Pin vCPU ``vcpu`` (of the live definition; its thread if it is online) to the
+        host CPUs ``cpus``, and record it in the live definition's ``<cputune>``."""
+        ...
+
+    async def pin_emulator(self, cpus: set[int]) -> None:
+        """Pin the emulator threads to ``cpus``, recorded as the live ``<emulatorpin>``."""
+        ...
 
     async def attach_device(self, dev: HotplugDevice) -> None:
         """Plug a device (parsed XML, volumes resolved) into the guest, and add it to the live

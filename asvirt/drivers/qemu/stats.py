@@ -64,6 +64,21 @@ def process_times(stat: bytes | None) -> tuple[CpuTimes, int] | None:
     return times, int(fields[21]) * _PAGE_KIB
 
 
+def thread_times(pid: int, tid: int) -> tuple[int, int] | None:
+    """The CPU time (ns) a thread of ``pid`` used and the host CPU it last ran on (fields
+    14, 15 and 39 of its /proc stat, as libvirt reads them for ``virDomainGetVcpus``);
+    None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if not data:
+        return None
+    fields = _after_comm(data)
+    return (int(fields[11]) + int(fields[12])) * _NS_PER_TICK, int(fields[36])
+
+
 def schedstats_enabled() -> bool:
     """Whether the kernel keeps scheduler statistics (``wait_sum``): reading them otherwise
     costs a large /proc file per vCPU for a figure that is always 0."""
@@ -340,5 +355,6 @@ __all__ = [
     "read_netdev",
     "schedstats_enabled",
     "tap_stats",
+    "thread_times",
     "vcpu_threads",
 ]

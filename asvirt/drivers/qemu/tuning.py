@@ -242,12 +242,7 @@ def pin_threads(d: DomainDef, threads: Threads) -> None:
                 f"cpuset '{cpuset}' of the {what} names no CPU this host lets asvirt use "
                 f"({sorted(host)})"
             )
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:
-            pass  # the thread ended meanwhile
-        except OSError as err:
-            raise SystemCallError.from_oserror(err, f"pin the {what} (thread {tid})") from None
+        set_affinity(tid, cpus, what)
 
     for index, tid in threads.vcpus.items():
         own = ct.vcpupin.get(index) if ct is not None else None
@@ -258,6 +253,17 @@ def pin_threads(d: DomainDef, threads: Threads) -> None:
     own = ct.emulatorpin if ct is not None else None
     for tid in threads.emulator:
         pin(tid, own or d.cpuset, "emulator", own is None)
+
+
+def set_affinity(tid: int, cpus: set[int], what: str) -> None:
+    """sched_setaffinity a thread of QEMU's (``what``: ``vCPU 0``...); one that has ended
+    meanwhile is left alone."""
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except ProcessLookupError:
+        pass
+    except OSError as err:
+        raise SystemCallError.from_oserror(err, f"pin the {what} (thread {tid})") from None
 
 
 #: libvirt's ``scheduler=`` -> Linux's policy.
@@ -971,6 +977,7 @@ __all__ = [
     "remove_resctrl",
     "resctrl_mounted",
     "sched_threads",
+    "set_affinity",
     "thread_cgroups",
     "wanted_controllers",
 ]

@@ -79,6 +79,7 @@ from ...hypervisor.hotplug import (
     remove_device,
 )
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
+from ...hypervisor.pinning import set_emulatorpin, set_vcpupin, vcpu_pins
 from ...hypervisor.stats import (
     VCPU_RUNNING,
     BlockCounters,
@@ -89,7 +90,7 @@ from ...hypervisor.stats import (
     VcpuSample,
 )
 from ...states import DomainState, PausedReason, RunningReason, StateReason
-from ..base import BlockJobInfo, InterfaceStats, StatsGroup
+from ..base import BlockJobInfo, InterfaceStats, StatsGroup, VcpuInfo, VcpuState
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
 from ..qemu.vcpus import CpuSlot, plan_vcpus, unplug_refused
@@ -520,6 +521,33 @@ class SimulatedVM:
             f"vcpu unplug request timed out: the guest of domain '{self.name}' did not "
             "release its vCPUs (it is not running)"
         )
+
+    # -- thread pinning (the pins are the live definition's; libvirt's test driver reports
+    # the last CPU a vCPU may run on as the one it runs on) ------------------------------------
+
+    async def vcpu_threads(self, host_cpus: int) -> list[VcpuInfo]:
+        await trio.lowlevel.checkpoint()
+        online = [slot.index for slot in self._cpu_slots() if slot.qom_path is not None]
+        pins = vcpu_pins(self._live_def, host_cpus)
+        each = self.cpu_time_ns() // max(len(online), 1)
+        return [
+            VcpuInfo(
+                number=n,
+                state=VcpuState.RUNNING,
+                cpu_time=each,
+                cpu=max(i for i, used in enumerate(pins[n]) if used),
+                cpumap=pins[n],
+            )
+            for n in online
+        ]
+
+    async def pin_vcpu(self, vcpu: int, cpus: set[int]) -> None:
+        await trio.lowlevel.checkpoint()
+        set_vcpupin(self._live_def, vcpu, cpus)
+
+    async def pin_emulator(self, cpus: set[int]) -> None:
+        await trio.lowlevel.checkpoint()
+        set_emulatorpin(self._live_def, cpus)
 
     def _cpu_slots(self) -> list[CpuSlot]:
         """The guest's CPU slots, as query-hotpluggable-cpus describes them."""
