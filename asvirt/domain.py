@@ -18,6 +18,7 @@ from .drivers.base import (
     DomainRef,
     InterfaceAddressSource,
     InterfaceStats,
+    IOThreadInfo,
     ProgressCallback,
     SecurityLabel,
     ShutdownMode,
@@ -422,6 +423,29 @@ class Domain(Handle):
         the maximum (nothing changes then)."""
         await self._call(
             "domain_pin_vcpu", vcpu=vcpu, cpumap=list(cpumap), live=live, config=config
+        )
+
+    async def iothread_info(
+        self, *, live: bool = False, config: bool = False
+    ) -> list[IOThreadInfo]:
+        """The I/O threads (``<iothreads>``) with the host CPUs each may run on, as libvirt's
+        ``ioThreadInfo()``: the running threads' affinity (``live``), or the configuration's
+        ``<iothreadpin>`` (``config``); neither: the current state's."""
+        return await self._call("domain_iothread_info", live=live, config=config)
+
+    async def pin_iothread(
+        self, iothread: int, cpumap: Iterable[bool], *, live: bool = False, config: bool = False
+    ) -> None:
+        """Pin I/O thread ``iothread`` to the host CPUs of ``cpumap``, as libvirt's
+        ``pinIOThread()``: its thread and the live ``<iothreadpin>`` (``live``), the
+        persistent one (``config``), neither: the current state's. InvalidArgError for an
+        I/O thread the domain does not have, an empty map or a CPU the host lacks."""
+        await self._call(
+            "domain_pin_iothread",
+            iothread=iothread,
+            cpumap=list(cpumap),
+            live=live,
+            config=config,
         )
 
     async def emulator_pin_info(self, *, live: bool = False, config: bool = False) -> list[bool]:

@@ -39,6 +39,7 @@ from .drivers.base import (
     HypervisorVersion,
     InterfaceAddressSource,
     InterfaceStats,
+    IOThreadInfo,
     NetworkDHCPLease,
     NetworkRef,
     NodeInfo,
@@ -525,6 +526,19 @@ class DomainCalls(Protocol):
     @call(mutates=False)
     async def domain_emulator_pin_info(self, uuid: str, live: bool, config: bool) -> list[bool]:
         """The emulator threads' pinning (``virDomainGetEmulatorPinInfo``)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_iothread_info(self, uuid: str, live: bool, config: bool) -> list[IOThreadInfo]:
+        """The I/O threads and their affinity: the running threads' (``live``) or the
+        configuration's (``config``) (``virDomainGetIOThreadInfo``)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pin_iothread(
+        self, uuid: str, iothread: int, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """Pin an I/O thread: its thread (``live``), ``<iothreadpin>`` (``config``)."""
         ...
 
     @call(mutates=True)

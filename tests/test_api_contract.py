@@ -882,6 +882,45 @@ async def test_vcpu_and_emulator_pinning_live_and_config(api):
     assert (await dom.vcpu_pin_info())[:2] == [only[1], only[0]]
 
 
+async def test_iothread_pinning_live_and_config(api):
+    """virsh iothreadinfo/iothreadpin: the running I/O threads' affinity (read back from the
+    kernel on QEMU) and the live and persistent <iothreadpin>."""
+    host = (await api.conn.node_info()).cpus
+    if not api.simulated and not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("pinning to different CPUs needs CPUs 0 and 1")
+    only = {n: [i == n for i in range(host)] for n in (0, 1)}
+    every = [True] * host
+    xml = api.xml("vm1").replace("<os>", "<iothreads>2</iothreads><os>", 1)
+    dom = await api.conn.define_xml(xml)
+    bare = await api.define("bare")
+    assert await bare.iothread_info() == []
+    expected = [asvirt.IOThreadInfo(iothread_id=n, cpumap=every) for n in (1, 2)]
+    assert await dom.iothread_info() == expected  # shut off: the configuration's
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.iothread_info(live=True)
+    await dom.start(paused=True)
+    assert await dom.iothread_info() == expected
+    await dom.pin_iothread(1, only[1])  # running: the thread and the live XML
+    await dom.pin_iothread(2, only[0], config=True)
+    live = await dom.iothread_info()
+    assert [(t.iothread_id, t.cpumap) for t in live] == [(1, only[1]), (2, every)]
+    config = await dom.iothread_info(config=True)
+    assert [(t.iothread_id, t.cpumap) for t in config] == [(1, every), (2, only[0])]
+    assert "<iothreadpin iothread='1' cpuset='1'/>" in await dom.xml_desc()
+    assert "<iothreadpin iothread='2' cpuset='0'/>" in await dom.xml_desc(inactive=True)
+    if not api.simulated:
+        pid = api.pid("vm1")
+        threads = {t["id"]: t["thread-id"] for t in await dom.qmp("query-iothreads")}
+        assert cpus_allowed(pid, threads["iothread1"]) == "1"
+        assert cpus_allowed(pid, threads["iothread2"]) == f"0-{host - 1}"
+    before = (await dom.xml_desc(), await dom.xml_desc(inactive=True))
+    with pytest.raises(asvirt.InvalidArgError, match="iothread 3 not found"):
+        await dom.pin_iothread(3, only[0], live=True, config=True)
+    with pytest.raises(asvirt.InvalidArgError, match="Empty cpu list"):
+        await dom.pin_iothread(1, [False] * host)
+    assert (await dom.xml_desc(), await dom.xml_desc(inactive=True)) == before
+
+
 def _balloon_at(seen: list[asvirt.DomainEvent], kib: int) -> bool:
     return bool(seen) and seen[-1].data["actual_kib"] == kib
 

@@ -15,6 +15,7 @@ PUBLIC = [
     "AgentUnresponsiveError",
     "ArgumentUnsupportedError",
     "InterfaceAddressSource",
+    "IOThreadInfo",
     "ShutdownMode",
     "AsvirtError",
     "BlockInfo",

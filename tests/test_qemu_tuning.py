@@ -507,7 +507,7 @@ async def test_a_pin_to_cpus_the_host_lacks_fails_the_start(conn, test_guest, tm
 # -- live pinning from the CLI: virsh's commands and output --------------------------------------
 
 
-def test_vcpuinfo_vcpupin_emulatorpin_cli(root, test_guest, tmp_path, capsys):
+def test_vcpuinfo_vcpupin_emulatorpin_iothreadpin_cli(root, test_guest, tmp_path, capsys):
     """virsh's output, byte for byte, against a paused QEMU (the API's rules on every driver
     are in the shared suite's pinning test)."""
     if not {0, 1} <= os.sched_getaffinity(0) or len(os.sched_getaffinity(0)) != 2:
@@ -517,9 +517,8 @@ def test_vcpuinfo_vcpupin_emulatorpin_cli(root, test_guest, tmp_path, capsys):
     run = cli_in_process(uri, capsys)
 
     xml = tmp_path / "vm1.xml"
-    xml.write_text(
-        test_guest.xml("vm1", tmp_path / "vm1.serial", domain_type=PAUSED_DOMAIN_TYPE, vcpus=2)
-    )
+    guest = test_guest.xml("vm1", tmp_path / "vm1.serial", domain_type=PAUSED_DOMAIN_TYPE, vcpus=2)
+    xml.write_text(guest.replace("<os>", "<iothreads>1</iothreads><os>", 1))
     run("define", str(xml))
     head = " VCPU   CPU Affinity\n----------------------\n"
     table = head + " 0      {0}\n 1      {1}\n\n"
@@ -552,6 +551,23 @@ def test_vcpuinfo_vcpupin_emulatorpin_cli(root, test_guest, tmp_path, capsys):
         assert run("emulatorpin", "vm1", "--config") == emulator.format("0-1")
         pid = qemu_pid(root, "vm1")
         assert cpus_allowed(pid, pid) == "0"
+        io = " IOThread ID   CPU Affinity\n-----------------------------\n 1             {}\n\n"
+        assert run("iothreadinfo", "vm1") == io.format("0-1")
+        assert run("iothreadpin", "vm1", "1", "1") == "\n"
+        assert run("iothreadinfo", "vm1") == io.format("1")
+        assert run("iothreadinfo", "vm1", "--config") == io.format("0-1")
+        # QEMU names its I/O threads' threads "IO iothreadN".
+        names = {
+            t: Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+            for t in os.listdir(f"/proc/{pid}/task")
+        }
+        (iothread,) = [int(t) for t, name in names.items() if name == "IO iothread1"]
+        assert cpus_allowed(pid, iothread) == "1"
+        assert cpus_allowed(pid, pid) == "0"  # the emulator keeps its own
+        assert "iothread 2 not found" in run("iothreadpin", "vm1", "2", "0", status=1)
+        assert "Numeric value 'x' for <iothread> option" in run(
+            "iothreadpin", "vm1", "x", "0", status=1
+        )
         # virsh's refusals of bad CPU lists and vCPU numbers, before anything is asked.
         assert "CPU 2 in cpulist '2' exceed the maxcpu 2" in run(
             "vcpupin", "vm1", "0", "2", status=1

@@ -492,7 +492,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "save-image-dumpxml",
     ),
     "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockcopy", "blockjob"),
-    "tune": ("vcpuinfo", "vcpupin", "emulatorpin"),
+    "tune": ("vcpuinfo", "vcpupin", "emulatorpin", "iothreadinfo", "iothreadpin"),
     "storage": (
         "pool-define-as",
         "pool-define",

@@ -1,5 +1,5 @@
 """The CLI's live tuning commands, with virsh's names, flags and output: ``vcpuinfo``,
-``vcpupin``, ``emulatorpin``.
+``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``.
 
 Registered with :func:`asvirt.cli.main.command`; :func:`add_parsers` adds their arguments.
 CPU lists are virsh's (``0-3,^2``; ``r``: every host CPU), checked against the host's CPUs
@@ -70,10 +70,10 @@ def _parse_cpulist(text: str, maxcpu: int) -> list[bool]:
     return [n in wanted for n in range(maxcpu)]
 
 
-def _vcpu_arg(text: str) -> int:
+def _number(text: str, option: str) -> int:
     if not text.isdigit():
         raise asvirt.InvalidArgError(
-            f"Numeric value '{text}' for <vcpu> option is malformed or out of range"
+            f"Numeric value '{text}' for <{option}> option is malformed or out of range"
         )
     return int(text)
 
@@ -119,7 +119,7 @@ async def cmd_vcpuinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("vcpupin", "control or query domain vcpu affinity")
 async def cmd_vcpupin(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     exclusive(args, ("current", "live"), ("current", "config"))
-    vcpu = None if args.vcpu is None else _vcpu_arg(args.vcpu)
+    vcpu = None if args.vcpu is None else _number(args.vcpu, "vcpu")
     dom = await _domain(conn, args.domain)
     if vcpu is None or args.cpulist is None:
         exclusive(args, ("live", "config"))
@@ -159,6 +159,31 @@ async def cmd_emulatorpin(conn: ConnectionCalls, args: argparse.Namespace) -> in
     return 0
 
 
+@command("iothreadinfo", "view domain IOThreads")
+async def cmd_iothreadinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    exclusive(args, ("current", "live"), ("current", "config"), ("live", "config"))
+    dom = await _domain(conn, args.domain)
+    threads = await dom.iothread_info(live=args.live, config=args.config)
+    if not threads:
+        print("No IOThreads found for the domain")
+        return 0
+    rows = [[str(t.iothread_id), _cpulist(t.cpumap)] for t in threads]
+    print(table(["IOThread ID", "CPU Affinity"], rows))
+    return 0
+
+
+@command("iothreadpin", "control domain IOThread affinity")
+async def cmd_iothreadpin(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    exclusive(args, ("current", "live"), ("current", "config"))
+    iothread = _number(args.iothread, "iothread")
+    dom = await _domain(conn, args.domain)
+    maxcpu = (await conn.node_info()).cpus
+    cpumap = _parse_cpulist(args.cpulist, maxcpu)
+    await dom.pin_iothread(iothread, cpumap, live=args.live, config=args.config)
+    print()
+    return 0
+
+
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the tuning commands' arguments (``add(name, *positional)``)."""
 
@@ -167,6 +192,10 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("vcpupin", "domain")
     p.add_argument("vcpu", nargs="?", help="vcpu number")
     p.add_argument("cpulist", nargs="?", help="host cpu number(s) to set, or omit to query")
+    affect_options(p)
+    p = add("iothreadinfo", "domain")
+    affect_options(p)
+    p = add("iothreadpin", "domain", "iothread", "cpulist")
     affect_options(p)
     p = add("emulatorpin", "domain")
     p.add_argument("cpulist", nargs="?", help="host cpu number(s) to set, or omit to query")

@@ -198,6 +198,15 @@ class VcpuInfo:
 
 
 @record
+class IOThreadInfo:
+    """One I/O thread of a domain (libvirt's ``virDomainIOThreadInfo``): its id and the host
+    CPUs it may run on (``cpumap``: one bool per host CPU)."""
+
+    iothread_id: int
+    cpumap: list[bool]
+
+
+@record
 class DomainSnapshotInfo:
     """What a snapshot is, beside its XML: where it sits in the domain's snapshot tree."""
 

@@ -46,6 +46,7 @@ from ..drivers.base import (
     InterfaceAddress,
     InterfaceAddressSource,
     InterfaceStats,
+    IOThreadInfo,
     NetworkDriver,
     NodeInfo,
     SecretDriver,
@@ -86,10 +87,13 @@ from .hotplug import (
     updated_media,
 )
 from .pinning import (
+    check_iothread,
     check_vcpu,
     cpus_of,
     emulator_pin,
+    iothread_pins,
     set_emulatorpin,
+    set_iothreadpin,
     set_vcpupin,
     vcpu_pins,
 )
@@ -1199,29 +1203,90 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         defn = self._pin_def(self.table.get(uuid), live, config)
         return emulator_pin(defn, await self._host_cpus())
 
-    async def domain_pin_vcpu(
-        self, uuid: str, vcpu: int, cpumap: list[bool], live: bool, config: bool
+    async def _pin(
+        self,
+        uuid: str,
+        cpumap: list[bool],
+        live: bool,
+        config: bool,
+        *,
+        what: str,
+        check: Callable[[DomainDef, str], None],
+        pin: Callable[[DomainRuntime, set[int]], Awaitable[None]],
+        record: Callable[[DomainDef, set[int]], None],
     ) -> None:
-        """libvirt's ``virDomainPinVcpuFlags``: the thread of a running vCPU (``live``, with
-        the live ``<vcpupin>``), and/or the persistent ``<vcpupin>`` (``config``); both are
-        checked before either changes."""
+        """Pin threads of a domain (libvirt's ``virDomainPin*`` calls): ``check`` each
+        definition affected (``live``, ``persistent``) before anything changes, then ``pin``
+        the running threads (which records it in the live definition) and ``record`` it in
+        the persistent one."""
         cpus = cpus_of(cpumap, await self._host_cpus())
         async with self.table.job(self.table.get(uuid)) as obj:
             live, config = self._affected(obj, live, config)
             if live:
-                check_vcpu(self._runtime(obj).live_def, vcpu, "live")
+                check(self._runtime(obj).live_def, "live")
             if config:
                 assert obj.persistent_def is not None
-                check_vcpu(obj.persistent_def, vcpu, "persistent")
+                check(obj.persistent_def, "persistent")
             if live:
-                await self._runtime(obj).pin_vcpu(vcpu, cpus)
+                await pin(self._runtime(obj), cpus)
             if config:
                 assert obj.persistent_def is not None
                 updated = obj.persistent_def.copy()
-                set_vcpupin(updated, vcpu, cpus)
+                record(updated, cpus)
                 await self._redefine(obj, updated)
         log.info(
-            "vcpu pinned", domain=obj.name, vcpu=vcpu, cpus=sorted(cpus), live=live, config=config
+            "threads pinned",
+            domain=obj.name,
+            threads=what,
+            cpus=sorted(cpus),
+            live=live,
+            config=config,
+        )
+
+    async def domain_pin_vcpu(
+        self, uuid: str, vcpu: int, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """libvirt's ``virDomainPinVcpuFlags``: the thread of a running vCPU (``live``, with
+        the live ``<vcpupin>``; an offline one gets it when plugged), and/or the persistent
+        ``<vcpupin>`` (``config``)."""
+        await self._pin(
+            uuid,
+            cpumap,
+            live,
+            config,
+            what=f"vCPU {vcpu}",
+            check=lambda defn, which: check_vcpu(defn, vcpu, which),
+            pin=lambda runtime, cpus: runtime.pin_vcpu(vcpu, cpus),
+            record=lambda defn, cpus: set_vcpupin(defn, vcpu, cpus),
+        )
+
+    async def domain_iothread_info(self, uuid: str, live: bool, config: bool) -> list[IOThreadInfo]:
+        """libvirt's ``virDomainGetIOThreadInfo``: the running I/O threads' affinity as the
+        host has it (``live``), or the configuration's pins (``config``)."""
+        obj = self.table.get(uuid)
+        if live and config:
+            raise InvalidArgError("flags 'live' and 'config' are mutually exclusive")
+        live, config = self._affected(obj, live, config)
+        host = await self._host_cpus()
+        if live:
+            return await self._runtime(obj).iothread_threads(host)
+        assert obj.persistent_def is not None
+        return iothread_pins(obj.persistent_def, host)
+
+    async def domain_pin_iothread(
+        self, uuid: str, iothread: int, cpumap: list[bool], live: bool, config: bool
+    ) -> None:
+        """libvirt's ``virDomainPinIOThread``: the running I/O thread (``live``, with the live
+        ``<iothreadpin>``) and/or the persistent ``<iothreadpin>`` (``config``)."""
+        await self._pin(
+            uuid,
+            cpumap,
+            live,
+            config,
+            what=f"I/O thread {iothread}",
+            check=lambda defn, _: check_iothread(defn, iothread),
+            pin=lambda runtime, cpus: runtime.pin_iothread(iothread, cpus),
+            record=lambda defn, cpus: set_iothreadpin(defn, iothread, cpus),
         )
 
     async def domain_pin_emulator(
@@ -1229,17 +1294,16 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     ) -> None:
         """libvirt's ``virDomainPinEmulator``: the running emulator threads (``live``) and/or
         the persistent ``<emulatorpin>`` (``config``)."""
-        cpus = cpus_of(cpumap, await self._host_cpus())
-        async with self.table.job(self.table.get(uuid)) as obj:
-            live, config = self._affected(obj, live, config)
-            if live:
-                await self._runtime(obj).pin_emulator(cpus)
-            if config:
-                assert obj.persistent_def is not None
-                updated = obj.persistent_def.copy()
-                set_emulatorpin(updated, cpus)
-                await self._redefine(obj, updated)
-        log.info("emulator pinned", domain=obj.name, cpus=sorted(cpus), live=live, config=config)
+        await self._pin(
+            uuid,
+            cpumap,
+            live,
+            config,
+            what="emulator",
+            check=lambda defn, which: None,
+            pin=lambda runtime, cpus: runtime.pin_emulator(cpus),
+            record=set_emulatorpin,
+        )
 
     async def _redefine(self, obj: DomainObj, updated: DomainDef) -> None:
         """Store a changed persistent definition (the caller holds the job), checked as

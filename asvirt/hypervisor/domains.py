@@ -26,7 +26,7 @@ from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
     from ..conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
-    from ..drivers.base import BlockJobInfo, StatsGroup, VcpuInfo
+    from ..drivers.base import BlockJobInfo, IOThreadInfo, StatsGroup, VcpuInfo
     from .stats import PendingSample, RuntimeSample, SampleScope
 
 
@@ -112,6 +112,15 @@ class DomainRuntime(Protocol):
     async def pin_vcpu(self, vcpu: int, cpus: set[int]) -> None:
         """Pin vCPU ``vcpu`` (of the live definition; its thread if it is online) to the
         host CPUs ``cpus``, and record it in the live definition's ``<cputune>``."""
+        ...
+
+    async def iothread_threads(self, host_cpus: int) -> list[IOThreadInfo]:
+        """The running I/O threads and their affinity, by id."""
+        ...
+
+    async def pin_iothread(self, iothread: int, cpus: set[int]) -> None:
+        """Pin I/O thread ``iothread`` (one of the live definition's) to ``cpus``, recorded
+        as the live ``<iothreadpin>``."""
         ...
 
     async def pin_emulator(self, cpus: set[int]) -> None:

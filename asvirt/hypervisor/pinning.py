@@ -1,6 +1,7 @@
 """Thread pinning as libvirt's API speaks of it: CPU maps (one bool per host CPU) and the
-pins a definition gives each vCPU and the emulator (``<cputune><vcpupin>``,
-``<emulatorpin>``, else ``<vcpu cpuset>``, else every host CPU), for both drivers."""
+pins a definition gives each vCPU, I/O thread and the emulator (``<cputune><vcpupin>``,
+``<iothreadpin>``, ``<emulatorpin>``, else ``<vcpu cpuset>``, else every host CPU), for
+both drivers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from ..conf.domain import DomainDef, parse_cpuset
 from ..conf.tuning import CPUTune, format_cpuset
+from ..drivers.base import IOThreadInfo
 from ..errors import InvalidArgError
 
 
@@ -47,6 +49,29 @@ def vcpu_pins(defn: DomainDef, host_cpus: int) -> list[list[bool]]:
 def emulator_pin(defn: DomainDef, host_cpus: int) -> list[bool]:
     """The emulator threads' pinning in ``defn`` (``virDomainGetEmulatorPinInfo``)."""
     return _pinned(defn.cputune.emulatorpin if defn.cputune is not None else None, defn, host_cpus)
+
+
+def iothread_pins(defn: DomainDef, host_cpus: int) -> list[IOThreadInfo]:
+    """Each I/O thread's pinning in ``defn`` (``<iothreadpin>``, else ``<vcpu cpuset>``,
+    else every host CPU), by id."""
+    pins = defn.cputune.iothreadpin if defn.cputune is not None else {}
+    return [
+        IOThreadInfo(iothread_id=n, cpumap=_pinned(pins.get(n), defn, host_cpus))
+        for n in defn.iothread_ids
+    ]
+
+
+def check_iothread(defn: DomainDef, iothread: int) -> None:
+    """InvalidArgError unless ``defn`` has I/O thread ``iothread``."""
+    if iothread not in defn.iothread_ids:
+        raise InvalidArgError(f"iothread {iothread} not found")
+
+
+def set_iothreadpin(defn: DomainDef, iothread: int, cpus: set[int]) -> None:
+    """Record ``<iothreadpin iothread=N cpuset=...>`` in ``defn``."""
+    if defn.cputune is None:
+        defn.cputune = CPUTune()
+    defn.cputune.iothreadpin[iothread] = format_cpuset(cpus)
 
 
 def check_vcpu(defn: DomainDef, vcpu: int, which: str) -> None:

@@ -1,5 +1,6 @@
 """The live pinning of a QEMU's threads (a mixin of QemuRunner): what ``virsh vcpuinfo``,
-``vcpupin`` and ``emulatorpin`` read and change on a running domain.
+``vcpupin``, ``emulatorpin``, ``iothreadinfo`` and ``iothreadpin`` read and change on a
+running domain.
 
 The threads are found as at start (:func:`.tuning.query_threads`: ``query-cpus-fast`` for the
 vCPUs, every thread that is neither a vCPU nor an I/O thread is an emulator thread), pinned
@@ -11,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ...drivers.base import VcpuInfo, VcpuState
-from ...errors import OperationInvalidError
-from ...hypervisor.pinning import cpumap_of, set_emulatorpin, set_vcpupin
+from ...drivers.base import IOThreadInfo, VcpuInfo, VcpuState
+from ...errors import OperationFailedError, OperationInvalidError
+from ...hypervisor.pinning import cpumap_of, set_emulatorpin, set_iothreadpin, set_vcpupin
 from . import stats as hoststats
 from . import tuning
 
@@ -74,6 +75,28 @@ class PinOps:
         if tid is not None:
             tuning.set_affinity(tid, cpus, f"vCPU {vcpu}")
         set_vcpupin(self._live_def, vcpu, cpus)
+        self._changed()
+
+    async def iothread_threads(self, host_cpus: int) -> list[IOThreadInfo]:
+        """The I/O threads QEMU runs, with their affinity (libvirt asks QEMU, as here)."""
+        _, threads = await self._threads()
+        found = []
+        for ident in sorted(threads.iothreads):
+            try:
+                affinity = os.sched_getaffinity(threads.iothreads[ident])
+            except OSError:
+                continue
+            found.append(IOThreadInfo(iothread_id=ident, cpumap=cpumap_of(affinity, host_cpus)))
+        return found
+
+    async def pin_iothread(self, iothread: int, cpus: set[int]) -> None:
+        """Pin I/O thread ``iothread``'s thread to ``cpus``, and record it."""
+        _, threads = await self._threads()
+        tid = threads.iothreads.get(iothread)
+        if tid is None:
+            raise OperationFailedError(f"QEMU runs no I/O thread 'iothread{iothread}'")
+        tuning.set_affinity(tid, cpus, f"I/O thread {iothread}")
+        set_iothreadpin(self._live_def, iothread, cpus)
         self._changed()
 
     async def pin_emulator(self, cpus: set[int]) -> None:

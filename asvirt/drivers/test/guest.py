@@ -79,7 +79,13 @@ from ...hypervisor.hotplug import (
     remove_device,
 )
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
-from ...hypervisor.pinning import set_emulatorpin, set_vcpupin, vcpu_pins
+from ...hypervisor.pinning import (
+    iothread_pins,
+    set_emulatorpin,
+    set_iothreadpin,
+    set_vcpupin,
+    vcpu_pins,
+)
 from ...hypervisor.stats import (
     VCPU_RUNNING,
     BlockCounters,
@@ -90,7 +96,7 @@ from ...hypervisor.stats import (
     VcpuSample,
 )
 from ...states import DomainState, PausedReason, RunningReason, StateReason
-from ..base import BlockJobInfo, InterfaceStats, StatsGroup, VcpuInfo, VcpuState
+from ..base import BlockJobInfo, InterfaceStats, IOThreadInfo, StatsGroup, VcpuInfo, VcpuState
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
 from ..qemu.vcpus import CpuSlot, plan_vcpus, unplug_refused
@@ -544,6 +550,14 @@ class SimulatedVM:
     async def pin_vcpu(self, vcpu: int, cpus: set[int]) -> None:
         await trio.lowlevel.checkpoint()
         set_vcpupin(self._live_def, vcpu, cpus)
+
+    async def iothread_threads(self, host_cpus: int) -> list[IOThreadInfo]:
+        await trio.lowlevel.checkpoint()
+        return iothread_pins(self._live_def, host_cpus)
+
+    async def pin_iothread(self, iothread: int, cpus: set[int]) -> None:
+        await trio.lowlevel.checkpoint()
+        set_iothreadpin(self._live_def, iothread, cpus)
 
     async def pin_emulator(self, cpus: set[int]) -> None:
         await trio.lowlevel.checkpoint()
