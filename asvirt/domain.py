@@ -8,7 +8,7 @@ valid while the domain exists; calls on a domain that has been undefined and sto
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 
 from .drivers.base import (
     BlockInfo,
@@ -423,6 +423,37 @@ class Domain(Handle):
         the maximum (nothing changes then)."""
         await self._call(
             "domain_pin_vcpu", vcpu=vcpu, cpumap=list(cpumap), live=live, config=config
+        )
+
+    async def block_io_tune(
+        self, disk: str, *, live: bool = False, config: bool = False
+    ) -> dict[str, int | str]:
+        """A disk's (target ``vda`` or source path) I/O throttle, as libvirt's
+        ``blockIoTune()``: every parameter (``total_bytes_sec``, ``read_iops_sec_max``...,
+        ``group_name``; 0 or ``""`` where unset), as QEMU applies it to the running disk
+        (``live``) or as the configuration's ``<iotune>`` has it (``config``); neither: the
+        current state's."""
+        return await self._call("domain_block_io_tune", device=disk, live=live, config=config)
+
+    async def set_block_io_tune(
+        self,
+        disk: str,
+        params: Mapping[str, int | str],
+        *,
+        live: bool = False,
+        config: bool = False,
+    ) -> None:
+        """Change a disk's I/O throttle, as libvirt's ``setBlockIoTune()``: the parameters
+        given replace their family (setting ``read_bytes_sec`` clears ``total_bytes_sec``
+        and ``write_bytes_sec``), the others keep their values; 0 removes a limit. The
+        disks of one ``group_name`` share its limits. ``live``: the running disk (which must
+        have started with an ``<iotune>``: OperationUnsupportedError otherwise); ``config``:
+        its ``<iotune>`` from the next start; neither: the current state's.
+
+        InvalidArgError for an unknown parameter or limits libvirt refuses (total with
+        read/write, a burst below its rate...); nothing changes then."""
+        await self._call(
+            "domain_set_block_io_tune", device=disk, params=dict(params), live=live, config=config
         )
 
     async def iothread_info(

@@ -529,6 +529,21 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=False)
+    async def domain_block_io_tune(
+        self, uuid: str, device: str, live: bool, config: bool
+    ) -> dict[str, Any]:
+        """A disk's I/O throttle, every libvirt parameter (``virDomainGetBlockIoTune``): as
+        the hypervisor applies it (``live``) or the configuration's ``<iotune>``."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_block_io_tune(
+        self, uuid: str, device: str, params: dict[str, Any], live: bool, config: bool
+    ) -> None:
+        """Change a disk's I/O throttle (``virDomainSetBlockIoTune``'s parameters)."""
+        ...
+
+    @call(mutates=False)
     async def domain_iothread_info(self, uuid: str, live: bool, config: bool) -> list[IOThreadInfo]:
         """The I/O threads and their affinity: the running threads' (``live``) or the
         configuration's (``config``) (``virDomainGetIOThreadInfo``)."""

@@ -25,10 +25,12 @@ import asvirt
 from asvirt import DomainState as S
 from asvirt.conf.domain import parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
+from asvirt.conf.tuning import IOTUNE_ORDER
 
 from .contract import Backend, drain, drain_lifecycle, needs_guest, run_status
 from .guest import wait_for_serial
 from .helpers import (
+    assert_libvirt_schema,
     collect_until,
     cpus_allowed,
     lifecycle,
@@ -880,6 +882,7 @@ async def test_vcpu_and_emulator_pinning_live_and_config(api):
         await dom.pin_vcpu(0, only[0])
     await dom.pin_vcpu_flags(0, only[1])  # shut off: the configuration
     assert (await dom.vcpu_pin_info())[:2] == [only[1], only[0]]
+    assert_libvirt_schema(await dom.xml_desc())
 
 
 async def test_iothread_pinning_live_and_config(api):
@@ -919,6 +922,119 @@ async def test_iothread_pinning_live_and_config(api):
     with pytest.raises(asvirt.InvalidArgError, match="Empty cpu list"):
         await dom.pin_iothread(1, [False] * host)
     assert (await dom.xml_desc(), await dom.xml_desc(inactive=True)) == before
+
+
+async def test_block_io_tune_live_and_config(api):
+    """virsh blkdeviotune: libvirt's parameters and families, the running disk's throttle as
+    QEMU applies it (its throttle group's limits), a group's disks together, the
+    configuration's <iotune>, and refusals that change nothing."""
+    from .helpers import disk_xml, qemu_img
+
+    for name in "abcd":
+        qemu_img("create", "-q", "-f", "qcow2", api.tmp / f"{name}.qcow2", "16M")
+
+    def iotune(text: str) -> str:
+        return f"<iotune>{text}</iotune>"
+
+    devices = "".join(
+        (
+            disk_xml(
+                api.tmp / "a.qcow2",
+                "vda",
+                extra=iotune("<total_bytes_sec>2097152</total_bytes_sec>"),
+            ),
+            disk_xml(api.tmp / "b.qcow2", "vdb"),
+            disk_xml(
+                api.tmp / "c.qcow2",
+                "vdc",
+                extra=iotune("<total_iops_sec>100</total_iops_sec><group_name>g</group_name>"),
+            ),
+            disk_xml(
+                api.tmp / "d.qcow2",
+                "vdd",
+                extra=iotune("<total_iops_sec>100</total_iops_sec><group_name>g</group_name>"),
+            ),
+        )
+    )
+    dom = await api.define("vm1", devices=devices)
+    unset = {name: 0 for name in IOTUNE_ORDER} | {"group_name": ""}
+    assert await dom.block_io_tune("vda") == unset | {"total_bytes_sec": 2097152}
+    assert list(await dom.block_io_tune("vdb")) == list(IOTUNE_ORDER)  # libvirt's order
+    await dom.start(paused=True)
+
+    async def qemu_limits() -> dict[str, dict[str, int]]:
+        """Each throttle group's limits, as QEMU has them (what is set, by QEMU's names)."""
+        groups = [
+            o["name"]
+            for o in await dom.qmp("qom-list", {"path": "/objects"})
+            if o["type"] == "child<throttle-group>"
+        ]
+        out = {}
+        for group in groups:
+            limits = await dom.qmp("qom-get", {"path": f"/objects/{group}", "property": "limits"})
+            out[group] = {k: v for k, v in limits.items() if v and not k.endswith("-length")}
+        return out
+
+    assert await dom.block_io_tune("vda") == unset | {"total_bytes_sec": 2097152}
+    await dom.set_block_io_tune("vda", {"total_bytes_sec": 1048576, "read_iops_sec": 100})
+    live = unset | {"total_bytes_sec": 1048576, "read_iops_sec": 100}
+    assert await dom.block_io_tune("vda") == live
+    assert await dom.block_io_tune("vda", config=True) == unset | {"total_bytes_sec": 2097152}
+    assert "<total_bytes_sec>1048576</total_bytes_sec>" in await dom.xml_desc()
+    # A family given replaces the whole family; the others stay (libvirt's rule).
+    await dom.set_block_io_tune("vda", {"read_bytes_sec": 5000}, live=True)
+    live = unset | {"read_bytes_sec": 5000, "read_iops_sec": 100}
+    assert await dom.block_io_tune("vda") == live
+    # A group's disks share its limits.
+    await dom.set_block_io_tune("vdc", {"total_iops_sec": 300})
+    assert (await dom.block_io_tune("vdd"))["total_iops_sec"] == 300
+    if not api.simulated:
+        assert await qemu_limits() == {
+            "throttle-virtio-disk0": {"bps-read": 5000, "iops-read": 100},
+            "throttle-g": {"iops-total": 300},
+        }
+    await dom.set_block_io_tune("vda", {"total_iops_sec": 50}, config=True)
+    assert await dom.block_io_tune("vda", config=True) == unset | {
+        "total_bytes_sec": 2097152,
+        "total_iops_sec": 50,
+    }
+    # Refusals change nothing.
+    before = (await dom.xml_desc(), await dom.xml_desc(inactive=True))
+    with pytest.raises(asvirt.InvalidArgError, match="total and read/write of bytes_sec"):
+        await dom.set_block_io_tune(
+            "vda", {"total_bytes_sec": 1, "read_bytes_sec": 1}, live=True, config=True
+        )
+    with pytest.raises(asvirt.InvalidArgError, match="cannot be lower"):
+        await dom.set_block_io_tune("vda", {"read_bytes_sec_max": 10})
+    with pytest.raises(asvirt.InvalidArgError, match="unknown"):
+        await dom.set_block_io_tune("vda", {"bytes": 1})
+    with pytest.raises(asvirt.InvalidArgError, match="invalid path"):
+        await dom.set_block_io_tune("vdz", {"total_bytes_sec": 1})
+    if not api.simulated:
+        # No throttle filter to change on a disk started without <iotune>, nor another group.
+        with pytest.raises(asvirt.OperationUnsupportedError, match="without <iotune>"):
+            await dom.set_block_io_tune("vdb", {"total_bytes_sec": 1}, live=True, config=True)
+        with pytest.raises(asvirt.OperationUnsupportedError, match="group_name"):
+            await dom.set_block_io_tune("vdc", {"group_name": "h"}, live=True)
+        assert await qemu_limits() == {
+            "throttle-virtio-disk0": {"bps-read": 5000, "iops-read": 100},
+            "throttle-g": {"iops-total": 300},
+        }
+    assert (await dom.xml_desc(), await dom.xml_desc(inactive=True)) == before
+    assert await dom.block_io_tune("vda") == live
+    # Every limit removed from the configuration: no <iotune> left, as libvirt.
+    await dom.set_block_io_tune("vda", {"total_bytes_sec": 0, "total_iops_sec": 0}, config=True)
+    # Every limit removed from the running disk: QEMU throttles it no more.
+    await dom.set_block_io_tune("vda", {"read_bytes_sec": 0, "read_iops_sec": 0}, live=True)
+    assert await dom.block_io_tune("vda") == unset
+    if not api.simulated:
+        assert (await qemu_limits())["throttle-virtio-disk0"] == {}
+    # What the XML then says is libvirt's (valid under its schema).
+    for xml in (await dom.xml_desc(), await dom.xml_desc(inactive=True)):
+        assert_libvirt_schema(xml)
+    config = etree.fromstring((await dom.xml_desc(inactive=True)).encode())
+    assert config.xpath("devices/disk[target/@dev='vda']/iotune") == []
+    assert config.xpath("devices/disk[target/@dev='vdc']/iotune/group_name/text()") == ["g"]
 
 
 def _balloon_at(seen: list[asvirt.DomainEvent], kib: int) -> bool:

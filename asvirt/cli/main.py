@@ -492,7 +492,14 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "save-image-dumpxml",
     ),
     "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockcopy", "blockjob"),
-    "tune": ("vcpuinfo", "vcpupin", "emulatorpin", "iothreadinfo", "iothreadpin"),
+    "tune": (
+        "vcpuinfo",
+        "vcpupin",
+        "emulatorpin",
+        "iothreadinfo",
+        "iothreadpin",
+        "blkdeviotune",
+    ),
     "storage": (
         "pool-define-as",
         "pool-define",

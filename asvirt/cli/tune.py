@@ -1,5 +1,5 @@
 """The CLI's live tuning commands, with virsh's names, flags and output: ``vcpuinfo``,
-``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``.
+``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``, ``blkdeviotune``.
 
 Registered with :func:`asvirt.cli.main.command`; :func:`add_parsers` adds their arguments.
 CPU lists are virsh's (``0-3,^2``; ``r``: every host CPU), checked against the host's CPUs
@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 
 import asvirt
 from asvirt.calls import ConnectionCalls
+from asvirt.conf.tuning import IOTUNE_ORDER
+from asvirt.conf.units import UnitError, parse_size_arg
 
 from .main import _domain, affect_options, command, exclusive
 from .render import table
+from .vsh import failing
 
 #: virsh's names of libvirt's vCPU states.
 _VCPU_STATES = {
@@ -159,6 +162,47 @@ async def cmd_emulatorpin(conn: ConnectionCalls, args: argparse.Namespace) -> in
     return 0
 
 
+def _iotune_value(name: str, text: str) -> int:
+    """A ``blkdeviotune`` option's number: bytes ones scaled as virsh scales them (``10M``),
+    the others whole numbers."""
+    scaled = "bytes" in name
+    try:
+        if scaled:
+            return parse_size_arg(text, what=name)
+        if text.isdigit():
+            return int(text)
+    except UnitError:
+        pass
+    option = name.replace("_", "-")
+    raise asvirt.InvalidArgError(
+        f"{'Scaled numeric' if scaled else 'Numeric'} value '{text}' for <{option}> option "
+        "is malformed or out of range"
+    )
+
+
+@command("blkdeviotune", "Set or query a block device I/O tuning parameters.")
+async def cmd_blkdeviotune(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    exclusive(args, ("current", "live"), ("current", "config"))
+    params: dict[str, int | str] = {
+        name: _iotune_value(name, getattr(args, name))
+        for name in IOTUNE_ORDER
+        if name != "group_name" and getattr(args, name) is not None
+    }
+    if args.group_name is not None:
+        params["group_name"] = args.group_name
+    dom = await _domain(conn, args.domain)
+    if params:
+        with failing("Unable to change block I/O throttle"):
+            await dom.set_block_io_tune(args.device, params, live=args.live, config=args.config)
+        print()
+        return 0
+    exclusive(args, ("live", "config"))
+    with failing("Unable to get block I/O throttle parameters"):
+        tune = await dom.block_io_tune(args.device, live=args.live, config=args.config)
+    print("".join(f"{name:<15}: {tune[name]}\n" for name in IOTUNE_ORDER))
+    return 0
+
+
 @command("iothreadinfo", "view domain IOThreads")
 async def cmd_iothreadinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     exclusive(args, ("current", "live"), ("current", "config"), ("live", "config"))
@@ -192,6 +236,10 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("vcpupin", "domain")
     p.add_argument("vcpu", nargs="?", help="vcpu number")
     p.add_argument("cpulist", nargs="?", help="host cpu number(s) to set, or omit to query")
+    affect_options(p)
+    p = add("blkdeviotune", "domain", "device")
+    for name in IOTUNE_ORDER:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, help=name.replace("_", " "))
     affect_options(p)
     p = add("iothreadinfo", "domain")
     affect_options(p)

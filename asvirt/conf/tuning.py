@@ -9,7 +9,7 @@ the cgroup CPU bandwidth, and resctrl's cache and memory-bandwidth allocation),
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
@@ -660,28 +660,96 @@ def parse_iotune(node: Node) -> IOTune:
         tune.size_iops_sec = node.to_int(size, "<size_iops_sec>", minimum=0, maximum=_U32)
     tune.group_name = node.child_text("group_name")
     node.finish()
+    problem = iotune_problem(tune)
+    if problem is not None:
+        raise XMLError(problem)
+    return tune
+
+
+def iotune_problem(tune: IOTune) -> str | None:
+    """What is wrong with ``tune`` (libvirt's and QEMU's rules), or None: the one check of
+    ``<iotune>`` in the XML and of a running disk's new limits (``blkdeviotune``)."""
     lim = tune.limits
     for what in ("bytes", "iops"):
         if lim.get(f"total_{what}_sec") and (
             lim.get(f"read_{what}_sec") or lim.get(f"write_{what}_sec")
         ):
-            raise XMLError(f"total and read/write {what} cannot be set at the same time")
+            return f"total and read/write of {what}_sec cannot be set at the same time"
         if lim.get(f"total_{what}_sec_max") and (
             lim.get(f"read_{what}_sec_max") or lim.get(f"write_{what}_sec_max")
         ):
-            raise XMLError(f"total and read/write {what}_sec_max cannot be set at the same time")
+            return f"total and read/write of {what}_sec_max cannot be set at the same time"
         for kind in ("total", "read", "write"):
             base, peak = lim.get(f"{kind}_{what}_sec", 0), lim.get(f"{kind}_{what}_sec_max", 0)
             if peak and base and peak < base:
-                raise XMLError(f"{kind}_{what}_sec_max cannot be lower than {kind}_{what}_sec")
+                return f"{kind}_{what}_sec_max cannot be lower than {kind}_{what}_sec"
             if peak and not base:
-                raise XMLError(f"{kind}_{what}_sec_max needs {kind}_{what}_sec to be set as well")
+                return f"{kind}_{what}_sec_max needs {kind}_{what}_sec to be set as well"
             if lim.get(f"{kind}_{what}_sec_max_length") and not peak:
-                raise XMLError(f"{kind}_{what}_sec_max_length needs {kind}_{what}_sec_max")
+                return f"{kind}_{what}_sec_max_length needs {kind}_{what}_sec_max"
     if tune.size_iops_sec and not any(lim.get(f"{k}_iops_sec") for k in ("total", "read", "write")):
-        raise XMLError("size_iops_sec needs an iops limit")
+        return "size_iops_sec needs an iops limit"
     if tune.group_name is not None and not any(lim.values()):
-        raise XMLError("group_name needs at least one limit")
+        return "group_name needs at least one limit"
+    return None
+
+
+def iotune_params(tune: IOTune | None) -> dict[str, int | str]:
+    """``tune`` as libvirt's ``virDomainGetBlockIoTune`` gives it: every parameter, in
+    libvirt's order, 0 (or an empty group name) where none is set."""
+    out: dict[str, int | str] = {}
+    for name in IOTUNE_ORDER:
+        if name == "group_name":
+            out[name] = (tune.group_name if tune is not None else None) or ""
+        elif name == "size_iops_sec":
+            out[name] = (tune.size_iops_sec if tune is not None else None) or 0
+        else:
+            out[name] = tune.limits.get(name, 0) if tune is not None else 0
+    return out
+
+
+#: The parameters ``blkdeviotune`` sets together, as libvirt's ``SET_IOTUNE_DEFAULTS``:
+#: setting one of a family's total/read/write clears the other two.
+_IOTUNE_FAMILIES = tuple(
+    tuple(f"{kind}_{what}_sec{suffix}" for kind in ("total", "read", "write"))
+    for what in ("bytes", "iops")
+    for suffix in ("", "_max", "_max_length")
+)
+
+
+def updated_iotune(current: IOTune | None, params: Mapping[str, int | str]) -> IOTune:
+    """``current`` with libvirt's ``virDomainSetBlockIoTune`` parameters applied: a family
+    given replaces the whole family (the others 0), one not given keeps its values, and a
+    ``_max_length`` not given is dropped with its ``_max``. ValueError names a parameter
+    that does not exist or a value out of range; :func:`iotune_problem` checks the rest."""
+    old = iotune_params(current)
+    for name, value in params.items():
+        if name not in old:
+            raise ValueError(f"unknown block I/O tuning parameter '{name}'")
+        if name == "group_name":
+            if not isinstance(value, str):
+                raise ValueError("group_name must be a string")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a number of 0 or more")
+        elif value > ((1 << 53) - 1 if name != "size_iops_sec" else _U32):
+            raise ValueError(f"value '{value}' of '{name}' is too large")
+    tune = IOTune()
+    for family in _IOTUNE_FAMILIES:
+        given = any(name in params for name in family)
+        for name in family:
+            value = params.get(name, 0) if given else old[name]
+            assert isinstance(value, int)
+            if value:
+                tune.limits[name] = value
+    for name in list(tune.limits):
+        if name.endswith("_max_length") and name not in params and not tune.limits.get(name[:-7]):
+            del tune.limits[name]
+    size = params.get("size_iops_sec", old["size_iops_sec"])
+    assert isinstance(size, int)
+    tune.size_iops_sec = size or None
+    group = params.get("group_name", old["group_name"])
+    assert isinstance(group, str)
+    tune.group_name = group or None
     return tune
 
 
@@ -778,6 +846,8 @@ __all__ = [
     "Sched",
     "SecLabel",
     "format_cpuset",
+    "iotune_params",
+    "iotune_problem",
     "parse_blkiotune",
     "parse_blockio",
     "parse_cputune",
@@ -786,4 +856,5 @@ __all__ = [
     "parse_iotune",
     "parse_memtune",
     "parse_seclabel",
+    "updated_iotune",
 ]

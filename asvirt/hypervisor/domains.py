@@ -26,6 +26,7 @@ from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
     from ..conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
+    from ..conf.tuning import IOTune
     from ..drivers.base import BlockJobInfo, IOThreadInfo, StatsGroup, VcpuInfo
     from .stats import PendingSample, RuntimeSample, SampleScope
 
@@ -121,6 +122,16 @@ class DomainRuntime(Protocol):
     async def pin_iothread(self, iothread: int, cpus: set[int]) -> None:
         """Pin I/O thread ``iothread`` (one of the live definition's) to ``cpus``, recorded
         as the live ``<iothreadpin>``."""
+        ...
+
+    async def block_io_tune(self, disk: Disk) -> dict[str, int | str]:
+        """A live disk's I/O throttle as the hypervisor applies it (libvirt's parameters of
+        ``virDomainGetBlockIoTune``, every one)."""
+        ...
+
+    async def set_block_io_tune(self, disk: Disk, tune: IOTune) -> None:
+        """Throttle a live disk (and the others of its ``group_name``) to ``tune`` (checked),
+        recorded in the live definition."""
         ...
 
     async def pin_emulator(self, cpus: set[int]) -> None:

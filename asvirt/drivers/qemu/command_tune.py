@@ -41,6 +41,29 @@ def throttle_limits(tune: IOTune) -> dict[str, int]:
     return limits
 
 
+def throttle_limits_all(tune: IOTune) -> dict[str, int]:
+    """Every ThrottleLimits key of ``tune``, those it leaves unset at QEMU's defaults (0; 1
+    for a burst length): what ``qom-set`` of a running group's ``limits`` needs, since QEMU
+    keeps the keys it is not given."""
+    limits = {
+        key: tune.limits.get(name) or (1 if name.endswith("_length") else 0)
+        for name, key in _LIMIT_KEYS.items()
+    }
+    limits["iops-size"] = tune.size_iops_sec or 0
+    return limits
+
+
+def iotune_of_limits(limits: dict[str, Any]) -> dict[str, int]:
+    """QEMU's ThrottleLimits (``qom-get`` of a group) as libvirt's parameters; a burst length
+    counts only with its burst (QEMU reports its default of 1 for every bucket)."""
+    out = {name: int(limits.get(key) or 0) for name, key in _LIMIT_KEYS.items()}
+    for name in out:
+        if name.endswith("_max_length") and not out[name[: -len("_length")]]:
+            out[name] = 0
+    out["size_iops_sec"] = int(limits.get("iops-size") or 0)
+    return out
+
+
 def throttle_object(disk: Disk) -> dict[str, Any]:
     """The ``object-add`` arguments (and ``-object`` JSON) of a disk's throttle group."""
     assert disk.iotune is not None
@@ -97,8 +120,10 @@ def disk_device_props(disk: Disk, props: dict[str, Any]) -> None:
 
 __all__ = [
     "disk_device_props",
+    "iotune_of_limits",
     "throttle_group_id",
     "throttle_limits",
+    "throttle_limits_all",
     "throttle_node",
     "throttle_object",
     "throttle_objects",

@@ -82,9 +82,9 @@ from .command_extra import display_env
 from .displays import display_password, set_password
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
+from .livetune import LiveTuneOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
 from .paths import EmbedPaths
-from .pinning import PinOps
 from .savevm import RESYNC_EVENT, GuestStateOps
 from .secrets import SecretLookup, needed_secrets, secret_object, secret_pipes
 from .security import DacSecurity, QemuIdentity, describe_file, unreachable
@@ -130,7 +130,7 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, PinOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, LiveTuneOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
     its devices plugged in and out: :class:`~.hotplug.HotplugOps`; its disks' block jobs:

@@ -43,6 +43,7 @@ import trio
 from ...conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.postparse import postparse_domain
+from ...conf.tuning import IOTune, iotune_params
 from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
@@ -558,6 +559,20 @@ class SimulatedVM:
     async def pin_iothread(self, iothread: int, cpus: set[int]) -> None:
         await trio.lowlevel.checkpoint()
         set_iothreadpin(self._live_def, iothread, cpus)
+
+    async def block_io_tune(self, disk: Disk) -> dict[str, int | str]:
+        await trio.lowlevel.checkpoint()
+        return iotune_params(disk.iotune)
+
+    async def set_block_io_tune(self, disk: Disk, tune: IOTune) -> None:
+        await trio.lowlevel.checkpoint()
+        for other in self._live_def.disks:
+            if other is disk or (
+                tune.group_name is not None
+                and other.iotune is not None
+                and other.iotune.group_name == tune.group_name
+            ):
+                other.iotune = copy.deepcopy(tune)
 
     async def pin_emulator(self, cpus: set[int]) -> None:
         await trio.lowlevel.checkpoint()

@@ -1,29 +1,40 @@
-"""The live pinning of a QEMU's threads (a mixin of QemuRunner): what ``virsh vcpuinfo``,
-``vcpupin``, ``emulatorpin``, ``iothreadinfo`` and ``iothreadpin`` read and change on a
-running domain.
+"""Live tuning of a running QEMU (a mixin of QemuRunner): what ``virsh vcpuinfo``,
+``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin`` and ``blkdeviotune`` read and
+change.
 
 The threads are found as at start (:func:`.tuning.query_threads`: ``query-cpus-fast`` for the
 vCPUs, every thread that is neither a vCPU nor an I/O thread is an emulator thread), pinned
 with ``sched_setaffinity``, and the live definition's ``<cputune>`` records the pin, as
-libvirt's does: a vCPU plugged later gets it from there (:meth:`_apply_tuning`)."""
+libvirt's does: a vCPU plugged later gets it from there (:meth:`_apply_tuning`).
+
+A disk's ``<iotune>`` is a ``throttle-group`` object with a ``throttle`` filter node above the
+disk's image (:mod:`.command_tune`): its limits change with ``qom-set`` of the group's
+``limits`` and are read back with ``qom-get``. A disk that started without ``<iotune>`` has no
+filter to change (QEMU 7.2 cannot insert one above a device's image), so its throttle is
+refused live, saying so; the disks of one ``group_name`` share their group's limits, as in
+libvirt."""
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import TYPE_CHECKING, Any
 
+from ...conf.tuning import IOTune, iotune_params
 from ...drivers.base import IOThreadInfo, VcpuInfo, VcpuState
-from ...errors import OperationFailedError, OperationInvalidError
+from ...errors import OperationFailedError, OperationInvalidError, OperationUnsupportedError
 from ...hypervisor.pinning import cpumap_of, set_emulatorpin, set_iothreadpin, set_vcpupin
 from . import stats as hoststats
 from . import tuning
+from .command_tune import iotune_of_limits, throttle_group_id, throttle_limits_all
 
 if TYPE_CHECKING:
+    from ...conf.devices import Disk
     from ...conf.domain import DomainDef
 
 
-class PinOps:
-    """vCPU and emulator thread affinity of a running QEMU."""
+class LiveTuneOps:
+    """Thread affinity and disk throttling of a running QEMU."""
 
     if TYPE_CHECKING:
         pid: int | None
@@ -105,6 +116,41 @@ class PinOps:
         for tid in threads.emulator:
             tuning.set_affinity(tid, cpus, "emulator")
         set_emulatorpin(self._live_def, cpus)
+        self._changed()
+
+    async def block_io_tune(self, disk: Disk) -> dict[str, int | str]:
+        """A live disk's throttle as QEMU has it (libvirt's parameters)."""
+        params = iotune_params(disk.iotune)
+        if disk.iotune is None or not disk.has_media:
+            return params
+        limits = await self.execute(
+            "qom-get", {"path": f"/objects/{throttle_group_id(disk)}", "property": "limits"}
+        )
+        params.update(iotune_of_limits(limits))
+        return params
+
+    async def set_block_io_tune(self, disk: Disk, tune: IOTune) -> None:
+        """Give a live disk (and the others of its group) the limits of ``tune``."""
+        old = disk.iotune
+        if old is None or not disk.has_media:
+            raise OperationUnsupportedError(
+                f"disk '{disk.target}' of domain '{self._name}' started without <iotune>: QEMU "
+                "has no throttle filter above its image to change (set it with --config for "
+                "its next start)"
+            )
+        if tune.group_name != old.group_name:
+            raise OperationUnsupportedError(
+                f"disk '{disk.target}' is in throttle group '{old.group_name or ''}' while it "
+                "runs: its group_name changes with --config, for its next start"
+            )
+        group = throttle_group_id(disk)
+        await self.execute(
+            "qom-set",
+            {"path": f"/objects/{group}", "property": "limits", "value": throttle_limits_all(tune)},
+        )
+        for other in self._live_def.disks:
+            if other.iotune is not None and other.has_media and throttle_group_id(other) == group:
+                other.iotune = copy.deepcopy(tune)
         self._changed()
 
     def _changed(self) -> None:
