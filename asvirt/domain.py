@@ -425,6 +425,21 @@ class Domain(Handle):
             "domain_pin_vcpu", vcpu=vcpu, cpumap=list(cpumap), live=live, config=config
         )
 
+    async def get_cpu_stats(
+        self, total: bool, *, start: int = 0, count: int | None = None
+    ) -> list[dict[str, int]]:
+        """The CPU time (ns) the running guest's QEMU used, as libvirt's ``getCPUStats()``:
+        ``total``: one dict of ``cpu_time``, ``user_time``, ``system_time`` (from the
+        domain's cgroup when it has one, else from /proc); else one dict per host CPU from
+        ``start`` (``count`` of them; None: to the last), which only a cgroup v1 cpuacct
+        hierarchy keeps: libvirt's refusal otherwise (OperationInvalidError without a
+        cpuacct cgroup, OperationUnsupportedError on cgroup v2)."""
+        if total:
+            return await self._call("domain_cpu_stats", start_cpu=-1, ncpus=1)
+        if count is None:
+            count = (await self._conn.node_info()).cpus - start
+        return await self._call("domain_cpu_stats", start_cpu=start, ncpus=count)
+
     async def block_io_tune(
         self, disk: str, *, live: bool = False, config: bool = False
     ) -> dict[str, int | str]:

@@ -544,6 +544,12 @@ class DomainCalls(Protocol):
         ...
 
     @call(mutates=False)
+    async def domain_cpu_stats(self, uuid: str, start_cpu: int, ncpus: int) -> list[dict[str, int]]:
+        """The CPU time (ns) the running domain used (``virDomainGetCPUStats``): ``start_cpu``
+        -1: its totals; else on each of ``ncpus`` host CPUs from ``start_cpu``."""
+        ...
+
+    @call(mutates=False)
     async def domain_iothread_info(self, uuid: str, live: bool, config: bool) -> list[IOThreadInfo]:
         """The I/O threads and their affinity: the running threads' (``live``) or the
         configuration's (``config``) (``virDomainGetIOThreadInfo``)."""

@@ -499,6 +499,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "iothreadinfo",
         "iothreadpin",
         "blkdeviotune",
+        "cpu-stats",
     ),
     "storage": (
         "pool-define-as",

@@ -1,5 +1,6 @@
 """The CLI's live tuning commands, with virsh's names, flags and output: ``vcpuinfo``,
-``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``, ``blkdeviotune``.
+``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``, ``blkdeviotune``,
+``cpu-stats``.
 
 Registered with :func:`asvirt.cli.main.command`; :func:`add_parsers` adds their arguments.
 CPU lists are virsh's (``0-3,^2``; ``r``: every host CPU), checked against the host's CPUs
@@ -18,7 +19,7 @@ from asvirt.conf.units import UnitError, parse_size_arg
 
 from .main import _domain, affect_options, command, exclusive
 from .render import table
-from .vsh import failing
+from .vsh import CommandError, failing
 
 #: virsh's names of libvirt's vCPU states.
 _VCPU_STATES = {
@@ -203,6 +204,35 @@ async def cmd_blkdeviotune(conn: ConnectionCalls, args: argparse.Namespace) -> i
     return 0
 
 
+def _times(stats: dict[str, int]) -> str:
+    """One CPU's (or the total's) figures as virsh prints them, in seconds."""
+    return "".join(f"\t{name:<15} {ns / 1e9:16.9f} seconds\n" for name, ns in stats.items())
+
+
+@command("cpu-stats", "show domain cpu statistics")
+async def cmd_cpu_stats(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    start = None if args.start is None else _number(args.start, "start")
+    count = None if args.count is None else _number(args.count, "count")
+    per_cpu = start is not None or count is not None
+    total = args.total or not per_cpu
+    per_cpu = per_cpu or not args.total
+    dom = await _domain(conn, args.domain)
+    out = []
+    host, first = (await conn.node_info()).cpus, start or 0
+    if per_cpu and first >= host:
+        raise CommandError(f"Start CPU {first} is out of range (min: 0, max: {host - 1})")
+    with failing(f"Failed to retrieve CPU statistics for domain '{dom.name}'"):
+        if per_cpu:
+            wanted = host - first if count is None else min(count, host - first)
+            for n, stats in enumerate(await dom.get_cpu_stats(False, start=first, count=wanted)):
+                out.append(f"CPU{first + n}:\n{_times(stats)}")
+        if total:
+            (stats,) = await dom.get_cpu_stats(True)
+            out.append(f"Total:\n{_times(stats)}")
+    print("".join(out))
+    return 0
+
+
 @command("iothreadinfo", "view domain IOThreads")
 async def cmd_iothreadinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     exclusive(args, ("current", "live"), ("current", "config"), ("live", "config"))
@@ -241,6 +271,10 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     for name in IOTUNE_ORDER:
         p.add_argument("--" + name.replace("_", "-"), dest=name, help=name.replace("_", " "))
     affect_options(p)
+    p = add("cpu-stats", "domain")
+    p.add_argument("--total", action="store_true", help="Show total statistics only")
+    p.add_argument("--start", help="Show statistics from this CPU")
+    p.add_argument("--count", help="Number of shown CPUs at most")
     p = add("iothreadinfo", "domain")
     affect_options(p)
     p = add("iothreadpin", "domain", "iothread", "cpulist")

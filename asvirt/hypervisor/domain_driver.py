@@ -1262,6 +1262,20 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
             record=lambda defn, cpus: set_vcpupin(defn, vcpu, cpus),
         )
 
+    async def domain_cpu_stats(self, uuid: str, start_cpu: int, ncpus: int) -> list[dict[str, int]]:
+        """libvirt's ``virDomainGetCPUStats``: the totals (``start_cpu`` -1, ``ncpus`` 1), or
+        each host CPU's share from ``start_cpu`` (``ncpus`` of them, fewer at the end)."""
+        host = await self._host_cpus()
+        if start_cpu == -1:
+            if ncpus != 1:
+                raise InvalidArgError("ncpus must be 1 when start_cpu is -1")
+        elif not 0 <= start_cpu < host:
+            raise InvalidArgError(f"start_cpu {start_cpu} larger than maximum of {host - 1}")
+        elif ncpus < 1:
+            raise InvalidArgError("ncpus must be 1 or more")
+        obj = self.table.get(uuid)
+        return await self._runtime(obj).cpu_stats(host, start_cpu, ncpus)
+
     # -- disk I/O throttling (virsh blkdeviotune) ---------------------------------------------
 
     async def domain_block_io_tune(

@@ -134,6 +134,13 @@ class DomainRuntime(Protocol):
         recorded in the live definition."""
         ...
 
+    async def cpu_stats(self, host_cpus: int, start: int, count: int) -> list[dict[str, int]]:
+        """libvirt's ``virDomainGetCPUStats`` figures (ns): ``start`` -1: one dict of the
+        totals (``cpu_time``, ``user_time``, ``system_time``); else one per host CPU (of
+        ``host_cpus``) from ``start`` (at most ``count``), or the hypervisor's refusal when
+        the host keeps no per-CPU figures for the domain."""
+        ...
+
     async def pin_emulator(self, cpus: set[int]) -> None:
         """Pin the emulator threads to ``cpus``, recorded as the live ``<emulatorpin>``."""
         ...

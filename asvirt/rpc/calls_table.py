@@ -29,6 +29,7 @@ CALLS = {
     'domain_console_open': (True, None, 'int'),
     'domain_console_read': (True, None, 'bytes'),
     'domain_console_write': (True, None, 'int'),
+    'domain_cpu_stats': (False, None, ('list', 'object')),
     'domain_destroy': (False, None, 'null'),
     'domain_detach_device': (False, None, 'bool'),
     'domain_emulator_pin_info': (False, None, ('list', 'bool')),

@@ -1,6 +1,6 @@
 """Live tuning of a running QEMU (a mixin of QemuRunner): what ``virsh vcpuinfo``,
-``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin`` and ``blkdeviotune`` read and
-change.
+``vcpupin``, ``emulatorpin``, ``iothreadinfo``, ``iothreadpin``, ``blkdeviotune`` and
+``cpu-stats`` read and change.
 
 The threads are found as at start (:func:`.tuning.query_threads`: ``query-cpus-fast`` for the
 vCPUs, every thread that is neither a vCPU nor an I/O thread is an emulator thread), pinned
@@ -20,6 +20,8 @@ import copy
 import os
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ...conf.tuning import IOTune, iotune_params
 from ...drivers.base import IOThreadInfo, VcpuInfo, VcpuState
 from ...errors import OperationFailedError, OperationInvalidError, OperationUnsupportedError
@@ -31,6 +33,7 @@ from .command_tune import iotune_of_limits, throttle_group_id, throttle_limits_a
 if TYPE_CHECKING:
     from ...conf.devices import Disk
     from ...conf.domain import DomainDef
+    from .process import CpuClock
 
 
 class LiveTuneOps:
@@ -45,7 +48,11 @@ class LiveTuneOps:
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        _cgroup: tuning.DomainCgroup | None
+
         def mark_dirty(self) -> None: ...
+
+        def _clock(self, pid: int) -> CpuClock: ...
 
     async def _threads(self) -> tuple[int, tuning.Threads]:
         pid = self.pid
@@ -152,6 +159,29 @@ class LiveTuneOps:
             if other.iotune is not None and other.has_media and throttle_group_id(other) == group:
                 other.iotune = copy.deepcopy(tune)
         self._changed()
+
+    async def cpu_stats(self, host_cpus: int, start: int, count: int) -> list[dict[str, int]]:
+        """The CPU time QEMU used: in total (``start`` -1), from its cgroup's accounting when
+        it has a cgroup, else from /proc (all its threads' user and system time); or on
+        each host CPU from ``start``, which only a cgroup v1 cpuacct hierarchy keeps (as
+        libvirt, refused otherwise: :func:`.tuning.cgroup_percpu_ns`)."""
+        await trio.lowlevel.checkpoint()
+        pid = self.pid
+        if pid is None or self.exited:
+            raise OperationInvalidError(f"domain '{self._name}' is not running")
+        if start >= 0:
+            percpu = tuning.cgroup_percpu_ns(self._cgroup)
+            end = min(start + count, host_cpus)
+            return [{"cpu_time": ns} for ns in percpu[start:end]]
+        times = tuning.cgroup_cpu_times(self._cgroup) if self._cgroup is not None else None
+        if times is None:
+            measured = hoststats.process_times(self._clock(pid).read())
+            if measured is None:
+                raise OperationInvalidError(f"domain '{self._name}' is not running")
+            times = measured[0]
+        return [
+            {"cpu_time": times.total_ns, "user_time": times.user_ns, "system_time": times.system_ns}
+        ]
 
     def _changed(self) -> None:
         self._live_xml = None

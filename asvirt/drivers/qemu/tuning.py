@@ -48,9 +48,11 @@ from ...conf.tuning import REALTIME_POLICIES, CacheAlloc, Resctrl, Sched, SecLab
 from ...errors import (
     ConfigUnsupportedError,
     OperationFailedError,
+    OperationInvalidError,
     OperationUnsupportedError,
     SystemCallError,
 )
+from ...hypervisor.stats import CpuTimes
 from ...log import get_logger
 from .security import parse_dac_label
 
@@ -366,6 +368,53 @@ class DomainCgroup:
     def attach(self, pid: int) -> None:
         for directory in set(self.dirs.values()):
             _write(directory / "cgroup.procs", str(pid))
+
+
+#: libvirt's refusal of CPU statistics a domain's cgroup cannot give.
+_NO_CPUACCT = "cgroup CPUACCT controller is not mounted"
+
+
+def cgroup_cpu_times(cg: DomainCgroup) -> CpuTimes | None:
+    """The CPU time (ns) the domain's cgroup has used, in total, as user and as system: v2's
+    ``cpu.stat``, v1's ``cpuacct.usage`` and ``cpuacct.stat`` where cpuacct shares the cpu
+    controller's hierarchy; None if its cgroup has no CPU accounting."""
+    directory = cg.dirs.get("cpu")
+    if directory is None:
+        return None
+    try:
+        if cg.v2:
+            fields = dict(line.split() for line in _read(directory / "cpu.stat").splitlines())
+            return CpuTimes(
+                total_ns=int(fields["usage_usec"]) * 1000,
+                user_ns=int(fields["user_usec"]) * 1000,
+                system_ns=int(fields["system_usec"]) * 1000,
+            )
+        usage = int(_read(directory / "cpuacct.usage"))
+        ticks = dict(line.split() for line in _read(directory / "cpuacct.stat").splitlines())
+    except (KeyError, ValueError):  # _read() gives "" for a file that is not there
+        return None
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return CpuTimes(usage, int(ticks["user"]) * tick_ns, int(ticks["system"]) * tick_ns)
+
+
+def cgroup_percpu_ns(cg: DomainCgroup | None) -> list[int]:
+    """The CPU time (ns) the domain's cgroup has used on each host CPU (v1's
+    ``cpuacct.usage_percpu``). As libvirt: OperationInvalidError without a cpuacct cgroup,
+    OperationUnsupportedError on cgroup v2, which keeps no such figure."""
+    directory = cg.dirs.get("cpu") if cg is not None else None
+    if cg is None or directory is None:
+        raise OperationInvalidError(_NO_CPUACCT)
+    if cg.v2:
+        raise OperationUnsupportedError(
+            "operation 'getCpuacctPercpuUsage' not supported for backend 'cgroup V2'"
+        )
+    try:
+        percpu = [int(n) for n in _read(directory / "cpuacct.usage_percpu").split()]
+    except ValueError:
+        percpu = []
+    if not percpu:  # cpuacct is not in the cpu controller's hierarchy (or is gone)
+        raise OperationInvalidError(_NO_CPUACCT)
+    return percpu
 
 
 def cgroup_name(uuid: str) -> str:
@@ -963,6 +1012,8 @@ __all__ = [
     "DomainCgroup",
     "DomainResctrl",
     "Threads",
+    "cgroup_cpu_times",
+    "cgroup_percpu_ns",
     "check_tuning",
     "default_hugepage_kib",
     "existing_cgroup",

@@ -574,6 +574,18 @@ class SimulatedVM:
             ):
                 other.iotune = copy.deepcopy(tune)
 
+    async def cpu_stats(self, host_cpus: int, start: int, count: int) -> list[dict[str, int]]:
+        # As libvirt's test driver: per host CPU a share of the time, most of it the vCPUs'.
+        await trio.lowlevel.checkpoint()
+        used = self.cpu_time_ns()
+        if start < 0:
+            return [{"cpu_time": used, "user_time": used // 8, "system_time": used // 8}]
+        share = used // host_cpus
+        return [
+            {"cpu_time": share, "vcpu_time": share * 19 // 20}
+            for _ in range(start, min(start + count, host_cpus))
+        ]
+
     async def pin_emulator(self, cpus: set[int]) -> None:
         await trio.lowlevel.checkpoint()
         set_emulatorpin(self._live_def, cpus)
