@@ -639,3 +639,81 @@ def test_cpu_stats_cli(root, test_guest, tmp_path, capsys):
         assert err == f"error: Start CPU {host} is out of range (min: 0, max: {host - 1})\n"
     finally:
         run("destroy", "vm1")
+
+
+async def test_live_pins_and_throttles_survive_a_reattach(root, fast_config, test_guest, tmp_path):
+    """What vcpupin, iothreadpin and blkdeviotune changed is in the live definition the
+    status file keeps: a new supervisor finds it (and a vCPU plugged then gets its pin)."""
+    cpu = min(os.sched_getaffinity(0))
+    host = os.cpu_count() or 1
+    only = [n == cpu for n in range(host)]
+    qemu_img("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "16M")
+    throttled = disk_xml(
+        tmp_path / "a.qcow2", extra="<iotune><total_bytes_sec>2097152</total_bytes_sec></iotune>"
+    )
+    xml = _with(
+        paused_xml(test_guest, tmp_path, devices=throttled).replace(
+            "<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>"
+        ),
+        "<iothreads>1</iothreads>",
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        dom = await conn.define_xml(xml)
+        await dom.start(paused=True)
+        await dom.pin_vcpu(1, only)  # offline: recorded, applied when plugged
+        await dom.pin_iothread(1, only)
+        await dom.set_block_io_tune("vda", {"total_bytes_sec": 1048576})
+    try:
+        # A new supervisor re-attaches to the QEMU the first one left running.
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            assert (await dom.vcpu_pin_info())[1] == only
+            assert [t.cpumap for t in await dom.iothread_info()] == [only]
+            assert (await dom.block_io_tune("vda"))["total_bytes_sec"] == 1048576
+            await dom.set_vcpus(2)
+            pid = qemu_pid(root, "vm1")
+            vcpu1 = next(
+                c["thread-id"] for c in await dom.qmp("query-cpus-fast") if c["cpu-index"] == 1
+            )
+            assert cpus_allowed(pid, vcpu1) == str(cpu)
+    finally:
+        with trio.CancelScope(shield=True):
+            async with asvirt.open(embed_uri(root)) as conn:
+                await destroy_all(conn)
+
+
+async def test_cpu_stats_of_a_domain_with_a_cgroup_of_its_own(conn, test_guest, tmp_path, root):
+    """With a cgroup (<cputune><shares>), the totals are its accounting where it keeps any
+    (v2 cpu.stat; v1 cpuacct files in the cpu hierarchy), else /proc's; per host CPU
+    only v1 cpuacct counts, refused otherwise as libvirt refuses."""
+    problem = _cgroup_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    dom = await conn.define_xml(
+        _with(paused_xml(test_guest, tmp_path), "<cputune><shares>512</shares></cputune>")
+    )
+    await dom.start(paused=True)
+    pid = qemu_pid(root, "vm1")
+    # Where the kernel has put QEMU for the cpu controller: a v1 hierarchy, else v2's.
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    where = {ctl: path for _, ctl, path in (line.split(":", 2) for line in lines)}
+    v1 = next((ctl for ctl in where if "cpu" in ctl.split(",")), None)
+    cpu_dir = Path("/sys/fs/cgroup", v1 or "", where[v1 or ""].lstrip("/"))
+    assert cpu_dir.name == tuning.cgroup_name(dom.uuid)
+
+    def used() -> int:
+        if (cpu_dir / "cpu.stat").exists() and "usage_usec" in (cpu_dir / "cpu.stat").read_text():
+            stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) * 1000
+        if (cpu_dir / "cpuacct.usage").exists():
+            return int((cpu_dir / "cpuacct.usage").read_text())
+        return _process_cpu_ns(pid)
+
+    before = used()
+    (total,) = await dom.get_cpu_stats(True)
+    assert before <= total["cpu_time"] <= used()
+    if (cpu_dir / "cpuacct.usage_percpu").exists():
+        assert len(await dom.get_cpu_stats(False)) == os.cpu_count()
+    else:
+        with pytest.raises((asvirt.OperationInvalidError, asvirt.OperationUnsupportedError)):
+            await dom.get_cpu_stats(False)
