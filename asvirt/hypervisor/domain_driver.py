@@ -177,6 +177,11 @@ class HypervisorBackend(Protocol):
 
     async def node_info(self) -> NodeInfo: ...
 
+    def host_cpus(self) -> int:
+        """How many entries a CPU map has (libvirt's ``virNodeGetCPUMap``): the highest
+        present CPU's number + 1. Cheap: pin calls ask it each time."""
+        ...
+
     async def hypervisor_version(self) -> HypervisorVersion: ...
 
     #: The node's security driver, and the label it gives every domain.
@@ -1177,7 +1182,8 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
     # -- thread pinning (virsh vcpuinfo, vcpupin, emulatorpin) -----------------------------------
 
     async def _host_cpus(self) -> int:
-        return (await self.backend.node_info()).cpus
+        await trio.lowlevel.checkpoint()
+        return self.backend.host_cpus()
 
     async def domain_vcpus(self, uuid: str) -> list[VcpuInfo]:
         """libvirt's ``virDomainGetVcpus``: the running guest's online vCPUs."""

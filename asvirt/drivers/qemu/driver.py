@@ -80,7 +80,7 @@ from .disk_snapshots import snapshot_disks
 from .hotplug import prepare_with_device
 from .membacking import backing_dir
 from .monitor import MonitorCounters, MonitorHost, monitor_host
-from .nodeinfo import host_node_info
+from .nodeinfo import host_cpu_count, host_node_info
 from .paths import EmbedPaths
 from .postparse import parse_prepared_xml, prepare_domain
 from .runner import QemuRunner, RunnerEnv
@@ -128,6 +128,9 @@ class QemuBackend:
 
     async def node_info(self) -> NodeInfo:
         return await trio.to_thread.run_sync(host_node_info)
+
+    def host_cpus(self) -> int:
+        return host_cpu_count()
 
     async def hypervisor_version(self) -> HypervisorVersion:
         # As libvirt: the version of the host architecture's emulator.

@@ -35,6 +35,15 @@ def host_node_info() -> NodeInfo:
     )
 
 
+def host_cpu_count() -> int:
+    """The number of entries of a CPU map (libvirt's ``virHostCPUGetCount``): the highest
+    present CPU's number + 1 (one small sysfs file)."""
+    try:
+        return max(_parse_list(_read(SYS_CPU / "present"))) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
 def _online_cpus() -> list[int]:
     try:
         return sorted(_parse_list(_read(SYS_CPU / "online")))
@@ -104,4 +113,4 @@ def _read(path: Path) -> str:
     return path.read_text()
 
 
-__all__ = ["host_node_info"]
+__all__ = ["host_cpu_count", "host_node_info"]

@@ -155,6 +155,9 @@ class TestBackend:
     async def node_info(self) -> NodeInfo:
         return TEST_NODE_INFO
 
+    def host_cpus(self) -> int:
+        return TEST_NODE_INFO.cpus
+
     async def hypervisor_version(self) -> HypervisorVersion:
         # libvirt's test driver: virConnectGetType "TEST", virConnectGetVersion 2 (0.0.2)
         return HypervisorVersion("TEST", "0.0.2")
