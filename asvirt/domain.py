@@ -522,20 +522,33 @@ class Domain(Handle):
         disk_only: bool = False,
         atomic: bool = False,
         halt: bool = False,
+        no_metadata: bool = False,
+        reuse_external: bool = False,
+        quiesce: bool = False,
         progress: ProgressCallback | None = None,
     ) -> DomainSnapshot:
-        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it (libvirt's
+        """Take a snapshot as ``<domainsnapshot>`` XML describes it (libvirt's
         snapshotCreateXML): its name (default: the creation time), description, memory
         (``<memory snapshot='no'/>``) and disks (``<disk name='vdb' snapshot='no'/>``).
 
-        A running or paused domain's snapshot holds its memory state and its qcow2 disks,
-        taken while the guest is paused (SUSPENDED/PAUSED, RESUMED/UNPAUSED); a shut-off
-        domain's holds its disks. A disk that cannot hold an internal snapshot (raw, shared,
-        read-only) and is not left out is refused, before anything is made; a snapshot
-        exists in every disk or in none (``atomic`` is therefore always so). External
-        snapshots (``disk_only``) are refused. ``halt`` stops the domain afterwards
-        (STOPPED/FROM_SNAPSHOT). The new snapshot is the domain's current one; its parent
-        the previous current one. ``progress`` is told how far the save has come.
+        Internal (the default): a running or paused domain's snapshot holds its memory
+        state and its qcow2 disks, taken while the guest is paused (SUSPENDED/PAUSED,
+        RESUMED/UNPAUSED); a shut-off domain's holds its disks. A disk that cannot hold an
+        internal snapshot (raw, shared, read-only) and is not left out is refused, before
+        anything is made. ``halt`` stops the domain afterwards (STOPPED/FROM_SNAPSHOT).
+
+        External (``disk_only``, or ``<disk snapshot='external'>``): each disk moves onto a
+        new qcow2 overlay (``<source file=...>``, default ``IMAGE.NAME`` beside its image,
+        made by asvirt unless ``reuse_external``) over the image it had, which is only read
+        from then on (raw ones too): the live and persistent XML name the overlay, with the
+        old image as its ``<backingStore>``; ``block_commit(active=True)`` and a pivot
+        return a running disk to it. ``quiesce`` freezes the guest's filesystems through
+        its agent meanwhile. No lifecycle event, as libvirt. ``no_metadata``: no snapshot
+        is recorded (libvirt's backup recipe). External memory state is refused.
+
+        A snapshot exists in every disk or in none (``atomic`` is therefore always so). The
+        new snapshot is the domain's current one; its parent the previous current one.
+        ``progress`` is told how far an internal snapshot's save has come.
         """
         del atomic  # every snapshot is atomic
         name = await self._call(
@@ -544,6 +557,9 @@ class Domain(Handle):
             disk_only=disk_only,
             halt=halt,
             progress=progress,
+            no_metadata=no_metadata,
+            reuse_external=reuse_external,
+            quiesce=quiesce,
         )
         from .snapshot import DomainSnapshot
 

@@ -579,9 +579,18 @@ class DomainCalls(Protocol):
 
     @call(mutates=True)
     async def domain_snapshot_create_xml(
-        self, uuid: str, xml: str, disk_only: bool, halt: bool, progress: Progress
+        self,
+        uuid: str,
+        xml: str,
+        disk_only: bool,
+        halt: bool,
+        progress: Progress,
+        no_metadata: bool = False,
+        reuse_external: bool = False,
+        quiesce: bool = False,
     ) -> str:
-        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it; its name."""
+        """Take a snapshot as ``<domainsnapshot>`` XML describes it (internal, or external
+        with ``disk_only``); its name."""
         ...
 
     @call(mutates=False, priority=HIGH)

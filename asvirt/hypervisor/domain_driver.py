@@ -72,7 +72,7 @@ from . import stats as stats_mod
 from .agent_calls import AgentCalls
 from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
-from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
+from .guest_state import ExternalTarget, SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import (
     apply_password,
     apply_update,
@@ -87,7 +87,7 @@ from .hotplug import (
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
-from .snapshots import DiskOp, SnapshotCalls
+from .snapshots import DiskOp, SnapshotCalls, moved_config
 from .volumes import resolve_disk, resolve_volumes
 
 log = get_logger("asvirt.domain")
@@ -238,6 +238,11 @@ class HypervisorBackend(Protocol):
         first checks that every disk has it."""
         ...
 
+    async def make_overlays(self, disks: Sequence[ExternalTarget]) -> None:
+        """Make the overlay of each of a shut-off domain's ``disks`` (those not ``reuse``d)
+        over its base: all or none (those made are removed again on a failure)."""
+        ...
+
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         """Record a snapshot's metadata durably (``current``: it is the current one)."""
         ...
@@ -304,15 +309,11 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         disk, on the same image, follows it, as libvirt rewrites it: the next boot must use
         what the guest has written to since, not the image it left. Takes no job: the
         pivot's caller holds it (or nobody, when a re-attach finds the move)."""
-        cfg = obj.persistent_def
-        if cfg is None or not any(d.target == target and d.source == old for d in cfg.disks):
+        if obj.persistent_def is None:
             return
-        updated = cfg.copy()
-        for disk in updated.disks:
-            if disk.target == target:
-                disk.source = new
-                if fmt is not None:
-                    disk.format = fmt
+        updated = moved_config(obj.persistent_def, {target: (old, new, fmt)})
+        if updated is None:
+            return
         try:
             await self.backend.save_config(updated)
         except AsvirtError as err:

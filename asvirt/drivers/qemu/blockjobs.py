@@ -146,8 +146,9 @@ class BlockJobOps:
         image: dict[str, Any] | None = inserted.get("image")
         while image is not None:
             path, fmt = str(image.get("filename", "")), str(image.get("format", ""))
-            # A raw image without a format node is its storage node ("file", ...).
-            if fmt in _IMAGE_FORMATS or (not layers and fmt in _STORAGE_DRIVERS):
+            # A raw image without a format node is its storage node ("file", ...): the
+            # top, or the base an external snapshot put below an overlay.
+            if fmt in _IMAGE_FORMATS or fmt in _STORAGE_DRIVERS:
                 found = [
                     str(n["node-name"])
                     for n in nodes
@@ -205,6 +206,8 @@ class BlockJobOps:
             below = image.get("backing-image")
             while isinstance(below, dict) and isinstance(below.get("filename"), str):
                 layer_format = below.get("format")
+                if layer_format in _STORAGE_DRIVERS:
+                    layer_format = "raw"  # a raw image without a format node
                 chain.append(
                     BackingStore(
                         str(below["filename"]),

@@ -46,7 +46,7 @@ from ...events.journal import FileJournal, MemoryJournal, last_lifecycle
 from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
-from ...hypervisor.guest_state import SnapshotTarget
+from ...hypervisor.guest_state import ExternalTarget, SnapshotTarget
 from ...hypervisor.node import DeferredDriver, Node, NodeLease, open_node
 from ...hypervisor.saveimage import FileSink, ImageSink, open_image
 from ...hypervisor.snapshots import DiskOp
@@ -77,6 +77,7 @@ from .capabilities import (
 )
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
+from .extsnap import make_overlays
 from .hotplug import prepare_with_device
 from .membacking import backing_dir
 from .monitor import MonitorCounters, MonitorHost, monitor_host
@@ -281,6 +282,9 @@ class QemuBackend:
             timeout=self._node.config.storage.qemu_img_timeout,
             secret_value=lambda secret: self._node.secret_driver.secret_value(*secret)[1],
         )
+
+    async def make_overlays(self, disks: Sequence[ExternalTarget]) -> None:
+        await make_overlays(disks, timeout=self._node.config.storage.qemu_img_timeout)
 
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         directory = self.paths.snapshot_dir(obj.name)

@@ -80,6 +80,7 @@ from .command import (
 )
 from .command_extra import display_env
 from .displays import display_password, set_password
+from .extsnap import ExternalSnapshotOps
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
@@ -129,7 +130,7 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, ExternalSnapshotOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
     its devices plugged in and out: :class:`~.hotplug.HotplugOps`; its disks' block jobs:

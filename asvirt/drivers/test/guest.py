@@ -65,6 +65,7 @@ from ...events.types import (
 )
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import (
+    ExternalTarget,
     FromImage,
     FromSnapshot,
     SnapshotTarget,
@@ -659,6 +660,9 @@ class SimulatedVM:
 
     async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
         await self._no_block_jobs("block jobs")
+
+    async def snapshot_external(self, disks: Sequence[ExternalTarget]) -> None:
+        await self._no_block_jobs("external snapshots")
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
