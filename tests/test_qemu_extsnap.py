@@ -38,6 +38,7 @@ from .test_qemu_blockjobs import backing_of, chain_in, cleaned_up, holds
 pytestmark = [pytest.mark.qemu]
 
 K = asvirt.EventKind
+State = asvirt.AgentLifecycleState
 DISK_ONLY = "<domainsnapshot><name>s1</name></domainsnapshot>"
 
 
@@ -305,40 +306,51 @@ async def test_a_shut_off_domain_is_pointed_at_its_overlays(conn, test_guest, tm
     await dom.destroy()
 
 
-async def test_a_running_guest_backed_up_by_the_recipe(conn, test_guest, tmp_path):
+@pytest.mark.guest
+async def test_a_running_guest_backed_up_by_the_recipe(root, fast_config, test_guest, tmp_path):
     """The whole recipe on a booted guest that writes while its base is copied."""
     base = raw_image(tmp_path / "base.img")
-    dom, _ = await define(
-        conn, test_guest, tmp_path, devices=AGENT_CHANNEL_XML + disk_xml(base, fmt="raw")
-    )
-    async with conn.subscribe(dom, kinds={K.AGENT_LIFECYCLE}) as events:
-        await dom.start()
-        await collect_until(
-            events,
-            lambda seen: any(e.data["state"] is asvirt.AgentLifecycleState.CONNECTED for e in seen),
-            timeout=120,
-        )
-    await guest_write(dom, 0xC1, MiB)
     top = tmp_path / "backup.qcow2"
-    snap = await dom.snapshot_create_xml(
-        f"<domainsnapshot><disks><disk name='vda'><source file='{top}'/></disk></disks>"
-        "</domainsnapshot>",
-        disk_only=True,
-        no_metadata=True,
-        quiesce=True,
-    )
-    assert snap.name and await dom.list_all_snapshots() == []
-    copy = digest(base)  # (the backup tool's copy)
-    assert base.read_bytes()[MiB : MiB + 65536] == b"\xc1" * 65536
-    await guest_write(dom, 0xC2, 2 * MiB)
-    assert digest(base) == copy, "the base does not change while the guest writes"
-    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
-        await dom.block_commit("vda", active=True)
-        assert (await events.receive()).data["status"] == "ready"
-        await dom.block_job_abort("vda", pivot=True)
-    assert sources(await dom.xml_desc())["vda"] == (str(base), "raw")
-    assert base.read_bytes()[2 * MiB : 2 * MiB + 65536] == b"\xc2" * 65536
-    await dom.destroy()
+    async with cleaned_up(root):
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom, _ = await define(
+                conn, test_guest, tmp_path, devices=AGENT_CHANNEL_XML + disk_xml(base, fmt="raw")
+            )
+            async with conn.subscribe(dom, kinds={K.AGENT_LIFECYCLE}) as events:
+                await dom.start()
+                await collect_until(
+                    events,
+                    lambda seen: any(e.data["state"] == State.CONNECTED for e in seen),
+                    timeout=120,
+                )
+            await guest_write(dom, 0xC1, MiB)
+            snap = await dom.snapshot_create_xml(
+                f"<domainsnapshot><disks><disk name='vda'><source file='{top}'/></disk>"
+                "</disks></domainsnapshot>",
+                disk_only=True,
+                no_metadata=True,
+                quiesce=True,  # (this guest's initramfs has nothing to freeze: it is asked)
+            )
+            assert snap.name and await dom.list_all_snapshots() == []
+            assert (await dom.state())[0] is asvirt.DomainState.RUNNING
+            copy = digest(base)  # (the backup tool's copy)
+            assert base.read_bytes()[MiB : MiB + 65536] == b"\xc1" * 65536
+            await guest_write(dom, 0xC2, 2 * MiB)
+            assert digest(base) == copy, "the base does not change while the guest writes"
+            async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+                await dom.block_commit("vda", active=True)
+                assert (await events.receive()).data["status"] == "ready"
+                await dom.block_job_abort("vda", pivot=True)
+            assert sources(await dom.xml_desc())["vda"] == (str(base), "raw")
+            assert layers(await dom.xml_desc()) == []
+            assert sources(await dom.xml_desc(inactive=True))["vda"] == (str(base), "raw")
+            assert base.read_bytes()[2 * MiB : 2 * MiB + 65536] == b"\xc2" * 65536
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            assert sources(await dom.xml_desc())["vda"] == (str(base), "raw")
+            await guest_write(dom, 0xC3, 3 * MiB)  # the guest writes to its base again
+            assert base.read_bytes()[3 * MiB : 3 * MiB + 65536] == b"\xc3" * 65536
+            await dom.destroy()
 
 
 async def guest_write(dom: asvirt.Domain, pattern: int, offset: int) -> None:

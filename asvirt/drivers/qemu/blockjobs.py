@@ -200,6 +200,8 @@ class BlockJobOps:
                 continue  # a filter on top (throttle, copy-on-read): its chain is not shown
             image = inserted.get("image") or {}
             path, fmt = image.get("filename"), image.get("format")
+            if fmt in _STORAGE_DRIVERS:
+                fmt = "raw"  # a raw image without a format node (a pivot onto a raw base)
             if not isinstance(path, str) or path.startswith("json:"):
                 continue
             chain = []
