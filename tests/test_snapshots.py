@@ -161,8 +161,11 @@ async def test_what_cannot_be_snapshotted_is_refused_and_changes_nothing(api):
     dom = await paused_vm(api, good, raw)
     with pytest.raises(asvirt.OperationUnsupportedError, match=r"vdb.*format is raw"):
         await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
-    with pytest.raises(asvirt.OperationUnsupportedError, match="external"):
-        await dom.snapshot_create_xml("<domainsnapshot/>", disk_only=True)
+    with pytest.raises(asvirt.OperationUnsupportedError, match="external memory state"):
+        await dom.snapshot_create_xml(
+            "<domainsnapshot><memory snapshot='external' file='/m'/></domainsnapshot>",
+            disk_only=True,
+        )
     with pytest.raises(asvirt.OperationUnsupportedError, match="memory"):
         await dom.snapshot_create_xml("<domainsnapshot><memory snapshot='no'/></domainsnapshot>")
     with pytest.raises(asvirt.ConfigUnsupportedError, match="no disk named 'vdz'"):
