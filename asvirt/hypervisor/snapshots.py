@@ -77,6 +77,26 @@ def default_disk_mode(disk_readonly: bool, shareable: bool, device: str, has_med
     return "internal"
 
 
+def requested_disks(
+    defn: DomainDef, requested: Sequence[SnapshotDisk], domain: str
+) -> dict[str, SnapshotDisk]:
+    """What the request says of each disk of ``defn`` it names (by target or by image),
+    by target; a name no disk has is refused."""
+    by_name = {d.target: d for d in defn.disks}
+    for d in defn.disks:
+        if d.source is not None:
+            by_name.setdefault(d.source, d)
+    asked: dict[str, SnapshotDisk] = {}
+    for req in requested:
+        disk = by_name.get(req.name)
+        if disk is None:
+            raise ConfigUnsupportedError(
+                f"unsupported configuration: no disk named '{req.name}' in domain '{domain}'"
+            )
+        asked[disk.target] = req
+    return asked
+
+
 def plan_disks(
     defn: DomainDef,
     requested: Sequence[SnapshotDisk],
@@ -85,23 +105,11 @@ def plan_disks(
     unnamed_format: str | None = None,
 ) -> tuple[list[SnapshotDisk], list[SnapshotTarget]]:
     """Each disk of ``defn`` (volumes resolved) with what the snapshot does with it, and the
-    disks it is taken in. Refuses (before anything is made) a request for an external
+    disks it is taken in. Refuses (before anything is made) a disk left to an external
     snapshot, a disk it does not know, and a disk that cannot hold an internal snapshot.
     ``unnamed_format``: the format of a disk whose XML names none (the test driver's
     simulated disks: qcow2; a real one's is not known)."""
-    by_name = {d.target: d for d in defn.disks}
-    for d in defn.disks:
-        if d.source is not None:
-            by_name.setdefault(d.source, d)
-    asked: dict[str, str] = {}
-    for req in requested:
-        disk = by_name.get(req.name)
-        if disk is None:
-            raise ConfigUnsupportedError(
-                f"unsupported configuration: no disk named '{req.name}' in domain '{domain}'"
-            )
-        if req.snapshot:
-            asked[disk.target] = req.snapshot
+    asked = {t: r.snapshot for t, r in requested_disks(defn, requested, domain).items()}
     plan: list[SnapshotDisk] = []
     targets: list[SnapshotTarget] = []
     for disk in defn.disks:
@@ -111,10 +119,16 @@ def plan_disks(
             or default_disk_mode(disk.readonly, disk.shareable, disk.device, disk.has_media)
         )
         where = f"disk '{disk.target}' of domain '{domain}'"
-        if mode in ("external", "manual"):
+        if mode == "external":
+            raise ConfigUnsupportedError(
+                "unsupported configuration: mixing internal and external targets for a "
+                f"snapshot is not yet supported ({where} is 'external': take an external "
+                "snapshot with disk_only)"
+            )
+        if mode == "manual":
             raise OperationUnsupportedError(
-                f"{mode} snapshots are not supported ({where}): asvirt takes internal "
-                "snapshots of qcow2 disks"
+                f"manual snapshots are not supported ({where}): asvirt takes internal "
+                "snapshots of qcow2 disks, or external ones"
             )
         if mode == "internal":
             why = None
@@ -180,18 +194,7 @@ def plan_external(
     disk with writable media, its overlay ``IMAGE.NAME`` beside its image). Refuses, before
     anything is made, what cannot be: another mode for a disk, an overlay asvirt cannot
     make or that is there already (unless ``reuse``), or that is a symbolic link."""
-    by_name = {d.target: d for d in defn.disks}
-    for d in defn.disks:
-        if d.source is not None:
-            by_name.setdefault(d.source, d)
-    asked: dict[str, SnapshotDisk] = {}
-    for wanted in requested:
-        disk = by_name.get(wanted.name)
-        if disk is None:
-            raise ConfigUnsupportedError(
-                f"unsupported configuration: no disk named '{wanted.name}' in domain '{domain}'"
-            )
-        asked[disk.target] = wanted
+    asked = requested_disks(defn, requested, domain)
     plan: list[SnapshotDisk] = []
     targets: list[ExternalTarget] = []
     for disk in defn.disks:
