@@ -478,6 +478,36 @@ async def test_an_active_commit_pivots_through_the_daemon(daemons, test_guest, t
         await dom.destroy()
 
 
+async def test_the_backup_recipes_snapshot_goes_through_the_daemon(daemons, test_guest, tmp_path):
+    # snapshot-create-as --disk-only --no-metadata --diskspec vda,file=..., over the wire.
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top = tmp_path / "overlay.qcow2"
+    daemon = daemons()
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await start_with_disk(conn, test_guest, tmp_path, base)
+        snap = await dom.snapshot_create_xml(
+            f"<domainsnapshot><name>b</name><disks><disk name='vda'><source file='{top}'/>"
+            "</disk></disks></domainsnapshot>",
+            disk_only=True,
+            atomic=True,
+            no_metadata=True,
+        )
+        assert snap.name == "b" and await dom.list_all_snapshots() == []
+        assert f"<source file='{top}'" in await dom.xml_desc()
+        taken = tmp_path / "taken.qcow2"
+        taken.write_bytes(b"")
+        try:
+            with pytest.raises(asvirt.OperationInvalidError, match="already exists"):
+                await dom.snapshot_create_xml(
+                    f"<domainsnapshot><disks><disk name='vda'><source file='{taken}'/>"
+                    "</disk></disks></domainsnapshot>",
+                    disk_only=True,
+                )
+            assert taken.read_bytes() == b""
+        finally:
+            await dom.destroy()
+
+
 async def test_sockets_and_state_files_are_private(daemons, test_guest, tmp_path):
     daemon = daemons()
     uid = daemon_uid(daemon.pid)
