@@ -838,6 +838,29 @@ async def test_a_relabelling_dac_label_gives_the_domains_files_to_its_user_and_b
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (image, serial, hot)} == {0o600}
 
 
+async def test_an_external_snapshot_of_a_relabelling_dac_labelled_domain(
+    conn, root, guest, open_dir
+):
+    """The overlay a disk-only snapshot makes is the label's user's while the domain runs."""
+    image = open_dir / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "16M")
+    image.chmod(0o600)
+    dom = await conn.define_xml(
+        labelled(guest.xml("vm1", open_dir / "vm1.serial", devices=disk_xml(image)))
+    )
+    await dom.start(paused=True)
+    await dom.snapshot_create_xml(
+        "<domainsnapshot><name>s1</name></domainsnapshot>", disk_only=True
+    )
+    made = open_dir / "disk.s1"
+    assert owner(made) == owner(image) == LABEL
+    assert status_record(root, "vm1")["chowned"][str(made)] == [0, 0, *LABEL]  # type: ignore[index]
+    [block] = [b for b in await dom.qmp("query-block") if b.get("inserted")]
+    assert block["inserted"]["file"] == str(made) and block["inserted"]["ro"] is False
+    await dom.destroy()
+    assert owner(made) == owner(image) == (0, 0)
+
+
 async def test_a_disk_whose_own_seclabel_says_relabel_no_is_left_as_it_is(
     conn, root, guest, open_dir
 ):
