@@ -153,6 +153,15 @@ async def test_disk_only_snapshot_moves_the_disks_onto_overlays_and_back(
             # The images are back where they were: the metadata goes alone.
             await (await dom.snapshot_lookup_by_name("s1")).delete(metadata_only=True)
             assert await dom.list_all_snapshots() == []
+            # The next backup round: a new overlay over the base QEMU went back to (whose
+            # nodes keep their names: the new ones get others).
+            await dom.snapshot_create_xml(
+                "<domainsnapshot><name>s2</name><disks><disk name='vdb' snapshot='no'/>"
+                "</disks></domainsnapshot>",
+                disk_only=True,
+                no_metadata=True,
+            )
+            assert chain_in(await dom.xml_desc()) == [str(tmp_path / "disk.s2"), str(base)]
             await dom.destroy()
 
 

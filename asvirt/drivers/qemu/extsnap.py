@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .runner import RunnerEnv
 
 log = get_logger("asvirt.qemu.snapshot")
+
+_NODE = re.compile(r"libvirt-(\d+)-")
 
 #: How long making one overlay may take (it writes a qcow2 header, no data).
 CREATE_TIMEOUT = 60.0
@@ -106,6 +109,8 @@ class ExternalSnapshotOps:
 
         async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
         async def _quietly(self, command: str, arguments: dict[str, Any]) -> None: ...
 
         async def chain(self, disk: Disk) -> tuple[str, list[Layer]]: ...
@@ -139,7 +144,14 @@ class ExternalSnapshotOps:
         made = await make_overlays(disks, timeout=CREATE_TIMEOUT, sizes=sizes)
         added: list[str] = []
         fresh: list[tuple[Disk, ExternalTarget, int]] = []
-        index = max((d.node_index or 0 for d in self._live_def.disks), default=0)
+        # A number no node of QEMU's has: a disk that pivoted has none in the live
+        # definition, yet the nodes of the image it went back to keep theirs.
+        named = await self._call("query-named-block-nodes")
+        index = max(
+            [d.node_index or 0 for d in self._live_def.disks]
+            + [int(m.group(1)) for n in named if (m := _NODE.match(str(n.get("node-name"))))],
+            default=0,
+        )
         try:
             actions = []
             for disk, want, node in live:
