@@ -12,9 +12,12 @@ from collections.abc import Coroutine, Iterable
 
 from .drivers.base import (
     BlockInfo,
+    DomainFSInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
+    GuestInfoTypes,
+    HostnameSource,
     InterfaceAddressSource,
     InterfaceStats,
     ProgressCallback,
@@ -288,6 +291,34 @@ class Domain(Handle):
         """Set the guest's clock through its agent (and its RTC with it). ``sync=True``:
         set it from the guest's RTC instead (after a resume, say), ``seconds`` unused."""
         await self._call("domain_set_time", seconds=seconds, nseconds=nseconds, sync=sync)
+
+    async def hostname(self, source: HostnameSource = HostnameSource.AGENT) -> str:
+        """The guest's host name (libvirt's ``virDomainGetHostname``, virsh domhostname):
+        from its agent (``guest-get-host-name``), or with ``HostnameSource.LEASE`` from the
+        DHCP leases of the networks its interfaces are on (NoHostnameError when none names
+        it)."""
+        return await self._call("domain_get_hostname", source=HostnameSource(source))
+
+    async def fs_info(self) -> list[DomainFSInfo]:
+        """The filesystems the guest has mounted (libvirt's ``virDomainGetFSInfo``, virsh
+        domfsinfo), each with the targets of the domain's disks it lies on."""
+        return await self._call("domain_get_fs_info")
+
+    async def guest_info(self, types: GuestInfoTypes | int = 0) -> dict[str, Any]:
+        """What the guest agent tells of the guest, as libvirt's ``virDomainGetGuestInfo``
+        typed parameters (``user.count``, ``os.id``, ``timezone.name``, ``hostname``,
+        ``fs.0.mountpoint``, ``disk.0.name``, ``if.0.name``...) for the groups in ``types``
+        (none: every group the agent can answer; a group asked for by name that the agent
+        cannot answer fails)."""
+        return await self._call("domain_get_guest_info", types=GuestInfoTypes(types))
+
+    async def set_user_password(self, user: str, password: str, encrypted: bool = False) -> None:
+        """Set the password of the guest's ``user`` through its agent (libvirt's
+        ``virDomainSetUserPassword``); ``encrypted``: ``password`` is already a crypt(3)
+        hash (``$6$...``). The password is never logged."""
+        await self._call(
+            "domain_set_user_password", user=user, password=password, encrypted=encrypted
+        )
 
     # -- statistics ----------------------------------------------------------------------------
 

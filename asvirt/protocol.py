@@ -30,11 +30,14 @@ from typing import Any, Protocol, TypeVar
 
 from .drivers.base import (
     BlockInfo,
+    DomainFSInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
     DomainSnapshotInfo,
     DomainStats,
+    GuestInfoTypes,
+    HostnameSource,
     HypervisorVersion,
     InterfaceAddressSource,
     InterfaceStats,
@@ -469,6 +472,32 @@ class DomainCalls(Protocol):
         self, uuid: str, seconds: int | None, nseconds: int, sync: bool
     ) -> None:
         """Set the guest's clock (``sync``: from its RTC) through the agent."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_hostname(self, uuid: str, source: HostnameSource) -> str:
+        """The guest's host name, from its agent or its DHCP lease (virsh domhostname)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_fs_info(self, uuid: str) -> list[DomainFSInfo]:
+        """The filesystems the guest has mounted, with the disks they are on (virsh
+        domfsinfo)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_guest_info(self, uuid: str, types: GuestInfoTypes) -> dict[str, Any]:
+        """What the guest agent tells of the guest (virsh guestinfo): libvirt's typed
+        parameters (``os.id``, ``hostname``, ``fs.0.mountpoint``...) for ``types`` (none: all
+        it can)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_user_password(
+        self, uuid: str, user: str, password: str, encrypted: bool
+    ) -> None:
+        """Set a guest user's password through the agent (virsh set-user-password);
+        ``encrypted``: the password is already a crypt(3) hash."""
         ...
 
     # -- consoles -----------------------------------------------------------------------------

@@ -1833,9 +1833,27 @@ async def test_guest_agent(api):
     assert await dom.fs_thaw() == frozen
     await dom.set_time(2_000_000_000)
     assert 2_000_000_000 <= (await dom.get_time())[0] < 2_000_000_060
+    # Who the guest is: the test guest's host name and os-release, nothing mounted from a
+    # disk (it runs from its initramfs), nobody logged in.
+    assert await dom.hostname() == "asvirt-guest"
+    assert await dom.fs_info() == []
+    info = await dom.guest_info()
+    assert info["hostname"] == "asvirt-guest"
+    assert (info["os.id"], info["os.version-id"]) == ("asvirt-guest", "12")
+    assert (info["user.count"], info["fs.count"]) == (0, 0)
+    assert info["timezone.offset"] == 0
+    os_only = await dom.guest_info(asvirt.GuestInfoTypes.OS)
+    assert os_only and all(k.startswith("os.") for k in os_only)
+    await dom.set_user_password("asvirt", "pw")
+    with pytest.raises(asvirt.InternalError):
+        await dom.set_user_password("nosuchuser", "pw")
     await plain.start()
     with pytest.raises(asvirt.ArgumentUnsupportedError):
         await plain.agent_command('{"execute": "guest-ping"}')
+    with pytest.raises(asvirt.ArgumentUnsupportedError):
+        await plain.hostname()
+    with pytest.raises(asvirt.NoHostnameError):
+        await plain.hostname(asvirt.HostnameSource.LEASE)
     await plain.destroy()
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown(mode=asvirt.ShutdownMode.AGENT)

@@ -422,7 +422,16 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 #: one-shot ``asvirt list`` imports none of them (lxml, trio...). tests/test_cli.py checks
 #: that this table names what the modules register.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "agent": ("qemu-agent-command", "domfsfreeze", "domfsthaw", "domtime"),
+    "agent": (
+        "qemu-agent-command",
+        "domfsfreeze",
+        "domfsthaw",
+        "domtime",
+        "domhostname",
+        "domfsinfo",
+        "guestinfo",
+        "set-user-password",
+    ),
     "console": ("console",),
     "devices": (
         "attach-device",

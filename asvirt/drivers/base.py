@@ -234,6 +234,41 @@ class DomainInterface:
     addrs: tuple[InterfaceAddress, ...]
 
 
+class HostnameSource(enum.IntEnum):
+    """Where :meth:`asvirt.Domain.hostname` looks (libvirt's ``virDomainGetHostnameFlags``)."""
+
+    #: The host name the guest gave the DHCP server of a network its interfaces are on.
+    LEASE = 1
+    #: The guest agent (``guest-get-host-name``): libvirt's QEMU driver's default.
+    AGENT = 2
+
+
+class GuestInfoTypes(enum.IntFlag):
+    """What :meth:`asvirt.Domain.guest_info` asks the guest agent for (libvirt's
+    ``virDomainGuestInfoTypes``); none: everything the agent can tell."""
+
+    USERS = 1 << 0
+    OS = 1 << 1
+    TIMEZONE = 1 << 2
+    HOSTNAME = 1 << 3
+    FILESYSTEM = 1 << 4
+    DISKS = 1 << 5
+    INTERFACES = 1 << 6
+    LOAD = 1 << 7
+
+
+@record
+class DomainFSInfo:
+    """A filesystem the guest has mounted, as its agent reports it (libvirt's
+    ``virDomainFSInfo``): ``name`` is the guest's device (``vda1``), ``dev_aliases`` the
+    targets (``vda``) of the domain's disks it lies on."""
+
+    mountpoint: str
+    name: str
+    fstype: str
+    dev_aliases: tuple[str, ...]
+
+
 @record
 class StoragePoolRef:
     name: str
@@ -318,12 +353,15 @@ __all__ = [
     "MAX_TRANSFER",
     "BlockInfo",
     "ClientDriver",
+    "DomainFSInfo",
     "DomainInfo",
     "DomainInterface",
     "DomainRef",
     "DomainSnapshotInfo",
     "DomainStats",
     "DriverOpener",
+    "GuestInfoTypes",
+    "HostnameSource",
     "HypervisorVersion",
     "IPAddrType",
     "InterfaceAddress",

@@ -35,6 +35,7 @@ from ..drivers.base import (
     InterfaceAddress,
     InterfaceAddressSource,
     InterfaceStats,
+    NetworkDHCPLease,
     NetworkDriver,
     NodeInfo,
     SecretDriver,
@@ -701,20 +702,26 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 f"interface addresses from source '{InterfaceAddressSource(source).name.lower()}'"
                 " are not supported (use the lease or agent source)"
             )
-        live = self._runtime(obj).live_def
+        found = []
+        for nic, leases in await self._nic_leases(obj):
+            if leases:
+                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
+                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+        return found
+
+    async def _nic_leases(self, obj: DomainObj) -> list[tuple[Interface, list[NetworkDHCPLease]]]:
+        """The running domain's ``type='network'`` interfaces and the DHCP leases their
+        networks hold for their MACs (libvirt's lease source)."""
         network = self.network
         found = []
-        for nic in live.interfaces:
+        for nic in self._runtime(obj).live_def.interfaces:
             if nic.type != "network" or network is None or nic.source_network is None:
                 continue
             try:
                 ref = await network.lookup_network_by_name(nic.source_network)
             except NoNetworkError:
                 continue
-            leases = await network.network_dhcp_leases(ref.uuid, nic.mac)
-            if leases:
-                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
-                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+            found.append((nic, await network.network_dhcp_leases(ref.uuid, nic.mac)))
         return found
 
     # -- statistics -----------------------------------------------------------------------------

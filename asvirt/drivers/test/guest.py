@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ...conf.addresses import PCIAddress
 from ...conf.devices import Disk, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.postparse import postparse_domain
@@ -47,6 +48,7 @@ from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
+    AgentCommandNotFoundError,
     AgentUnresponsiveError,
     ArgumentUnsupportedError,
     InternalError,
@@ -397,17 +399,72 @@ class SimulatedVM:
                 ]
                 for i, nic in enumerate(self._live_def.interfaces):
                     result.append({"name": f"eth{i}", "hardware-address": nic.mac or ""})
+            case "guest-get-host-name":
+                result = {"host-name": "asvirt-guest"}
+            case "guest-get-osinfo":
+                # What the test guest's qemu-ga reads from its /etc/os-release and uname.
+                result = {
+                    "id": "asvirt-guest",
+                    "name": "asvirt test guest",
+                    "pretty-name": "asvirt test guest (busybox)",
+                    "version-id": "12",
+                    "kernel-release": "6.1.0-simulated",
+                    "kernel-version": "#1 SMP simulated",
+                    "machine": "x86_64",
+                }
+            case "guest-get-timezone":
+                result = {"zone": "UTC", "offset": 0}
+            case "guest-get-users":
+                result = []  # nobody logged in (no utmp), as in the test guest
+            case "guest-get-fsinfo":
+                result = []  # everything is in the initramfs, as in the test guest
+            case "guest-get-disks":
+                result = [self._agent_disk(d) for d in self._live_def.disks if d.bus == "virtio"]
+            case "guest-set-user-password":
+                if args.get("username") not in ("root", "asvirt"):
+                    raise InternalError(
+                        f"unable to execute QEMU agent command '{execute}': "
+                        "child process has failed to set user password"
+                    )
+                result = {}
             case "guest-shutdown":
                 self._scheduler.call_later(
                     0, lambda: self.guest_poweroff() if self.guest_running() else None
                 )
                 return None
             case _:
-                raise InternalError(
+                raise AgentCommandNotFoundError(
                     f"unable to execute QEMU agent command '{execute}': "
                     f"The command {execute} has not been found"
                 )
         return {"return": result}
+
+    @staticmethod
+    def _agent_disk(disk: Disk) -> dict[str, Any]:
+        """A virtio disk as qemu-ga's guest-get-disks describes it (``/dev/vda``: the guest
+        names its disks in the order of the definition, as the simulation has them)."""
+        found: dict[str, Any] = {
+            "name": f"/dev/{disk.target}",
+            "partition": False,
+            "dependencies": [],
+        }
+        pci = disk.address
+        if isinstance(pci, PCIAddress):
+            found["address"] = {
+                "pci-controller": {
+                    "domain": pci.domain,
+                    "bus": pci.bus,
+                    "slot": pci.slot,
+                    "function": pci.function,
+                },
+                "bus-type": "virtio",
+                "bus": 0,
+                "target": 0,
+                "unit": 0,
+                "dev": f"/dev/{disk.target}",
+                **({"serial": disk.serial} if disk.serial else {}),
+            }
+        return found
 
     async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> ReadySample:
         """:meth:`sample`: a simulated guest answers at once."""
