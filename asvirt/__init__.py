@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "DomainFSInfo": ".drivers.base",
     "GuestInfoTypes": ".drivers.base",
     "HostnameSource": ".drivers.base",
+    "KeycodeSet": ".keycodes",
     "ArgumentUnsupportedError": ".errors",
     "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
@@ -185,6 +186,7 @@ if _TYPE_CHECKING:
         SuspendedDetail,
         UndefinedDetail,
     )
+    from .keycodes import KeycodeSet
     from .network import Network
     from .secret import Secret
     from .snapshot import DomainSnapshot
@@ -256,6 +258,7 @@ __all__ = [
     "InternalError",
     "InvalidArgError",
     "InvalidSecretError",
+    "KeycodeSet",
     "LifecycleEvent",
     "Network",
     "NetworkExistsError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterable
 
 from .drivers.base import (
+    SCREENSHOT_MIME,
     BlockInfo,
     DomainFSInfo,
     DomainInfo,
@@ -33,6 +34,7 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
+from .keycodes import KeycodeSet
 from .states import DomainState, StateReason
 
 TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
@@ -319,6 +321,39 @@ class Domain(Handle):
         await self._call(
             "domain_set_user_password", user=user, password=password, encrypted=encrypted
         )
+
+    # -- keyboard, NMI, screen ------------------------------------------------------------------
+
+    async def send_key(
+        self,
+        codeset: KeycodeSet | int | str = 0,
+        holdtime: int = 0,
+        keycodes: Iterable[int | str] = (),
+    ) -> None:
+        """Press ``keycodes`` together for ``holdtime`` ms (0: QEMU's default, 100), then
+        release them (libvirt's ``virDomainSendKey``, virsh send-key): numbers of ``codeset``
+        (``KeycodeSet.LINUX``, ``XT``, ``ATSET1``, ``QNUM``, or their names) or, in the Linux
+        codeset, names (``["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_DELETE"]``). At most 16 keys;
+        a key the codeset has no translation for fails with InvalidArgError."""
+        from .keycodes import codeset as find_codeset
+        from .keycodes import keycode
+
+        codes = find_codeset(codeset)
+        numbers = [keycode(codes, k) for k in keycodes]
+        await self._call("domain_send_key", codeset=int(codes), holdtime=holdtime, keycodes=numbers)
+
+    async def inject_nmi(self) -> None:
+        """Send the guest a non-maskable interrupt (libvirt's ``virDomainInjectNMI``)."""
+        await self._call("domain_inject_nmi")
+
+    async def screenshot(self, screen: int = 0) -> tuple[str, bytes]:
+        """What screen ``screen`` of the running guest shows (libvirt's
+        ``virDomainScreenshot``; screens are counted across the heads of its video devices):
+        the image's MIME type (``image/x-portable-pixmap``) and the image, a binary PPM.
+        OperationFailedError for a domain without video; asvirt writes no file of its own
+        for it (QEMU writes into a memfd asvirt hands it)."""
+        data = await self._call("domain_screenshot", screen=screen)
+        return SCREENSHOT_MIME, data
 
     # -- statistics ----------------------------------------------------------------------------
 

@@ -500,6 +500,26 @@ class DomainCalls(Protocol):
         ``encrypted``: the password is already a crypt(3) hash."""
         ...
 
+    # -- keyboard, NMI, screen ---------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_send_key(
+        self, uuid: str, codeset: int, holdtime: int, keycodes: list[int]
+    ) -> None:
+        """Press keys together (libvirt's codeset, virsh send-key) for ``holdtime`` ms."""
+        ...
+
+    @call(mutates=True)
+    async def domain_inject_nmi(self, uuid: str) -> None:
+        """Send the guest a non-maskable interrupt (virsh inject-nmi)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_screenshot(self, uuid: str, screen: int) -> bytes:
+        """What a screen of the guest shows, as a binary PPM (virsh screenshot); refused to
+        read-only clients, as libvirt does."""
+        ...
+
     # -- consoles -----------------------------------------------------------------------------
 
     @call(mutates=True, client=True)

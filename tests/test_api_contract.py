@@ -612,6 +612,34 @@ async def test_qmp_answers(api):
         await dom.qmp("query-status", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+# -- keyboard, NMI, screen --------------------------------------------------------------------
+
+
+async def test_keys_nmi_and_screenshot(api):
+    """What the guest makes of them is tests/test_qemu_display.py's; here, that each driver
+    takes them, refuses the same things, and gives a screenshot as a binary PPM."""
+    dom = await api.define("vm1", devices="<video><model type='vga'/></video>")
+    plain = await api.define("plain")
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.send_key(asvirt.KeycodeSet.LINUX, 0, ["KEY_A"])
+    await dom.start(paused=True)
+    await plain.start(paused=True)
+    await dom.send_key(asvirt.KeycodeSet.LINUX, 0, ["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_DELETE"])
+    await dom.send_key("atset1", 20, [0xE053])
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.send_key(asvirt.KeycodeSet.XT, 0, [0xE053])  # no single-byte scancode
+    await dom.inject_nmi()
+    mime, image = await dom.screenshot()
+    assert mime == "image/x-portable-pixmap"
+    magic, size, depth, pixels = image.split(b"\n", 3)
+    width, height = (int(n) for n in size.split())
+    assert (magic, depth, len(pixels)) == (b"P6", b"255", width * height * 3)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.screenshot(1)
+    with pytest.raises(asvirt.OperationFailedError):
+        await plain.screenshot()
+
+
 # -- statistics --------------------------------------------------------------------------------
 
 

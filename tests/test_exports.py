@@ -44,6 +44,7 @@ PUBLIC = [
     "InternalError",
     "InvalidArgError",
     "InvalidSecretError",
+    "KeycodeSet",
     "LifecycleEvent",
     "Network",
     "NetworkExistsError",

@@ -332,6 +332,10 @@ class StorageVolSource:
 #: task doing the work, so it must not block.
 ProgressCallback = Callable[[float], object]
 
+#: The MIME type of a domain's screenshot (QEMU's ``screendump``: a binary PPM), as libvirt
+#: names it.
+SCREENSHOT_MIME = "image/x-portable-pixmap"
+
 #: The most bytes one volume upload or download call carries (a daemon's messages stay small).
 MAX_TRANSFER = 1024 * 1024
 
@@ -351,6 +355,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MAX_TRANSFER",
+    "SCREENSHOT_MIME",
     "BlockInfo",
     "ClientDriver",
     "DomainFSInfo",

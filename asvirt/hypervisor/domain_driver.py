@@ -62,6 +62,7 @@ from . import stats as stats_mod
 from .agent_calls import AgentCalls
 from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
+from .guest_input import GuestInputCalls
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
 from .saveimage import ImageSink
@@ -239,7 +240,7 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
+class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls, GuestInputCalls):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(

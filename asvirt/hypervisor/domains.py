@@ -121,6 +121,19 @@ class DomainRuntime(Protocol):
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
         ...
 
+    async def send_key(self, qnums: list[int], holdtime: int) -> None:
+        """Press the keys (QEMU's key numbers) together for ``holdtime`` ms (0: the
+        hypervisor's default), then release them."""
+        ...
+
+    async def inject_nmi(self) -> None:
+        """Send a non-maskable interrupt to the guest's CPUs."""
+        ...
+
+    async def screenshot(self, device: str | None, head: int) -> bytes:
+        """The image on a head of a video device (None: the first device) as a binary PPM."""
+        ...
+
 
 class DomainObj:
     """One domain of the table (libvirt's ``virDomainObj``)."""

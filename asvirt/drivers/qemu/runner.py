@@ -78,6 +78,7 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
+from .display import DisplayOps
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
@@ -127,7 +128,7 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
     its devices plugged in and out: :class:`~.hotplug.HotplugOps`)."""

@@ -185,6 +185,9 @@ class SimulatedVM:
         self._hotplugged: set[int] = set(plug_order(live_def.vcpu_states))
         self._unplug_asked: set[int] = set()
         self._unplugged = trio.Event()
+        #: What the simulated keyboard was sent (QEMU's key numbers), and NMIs injected.
+        self.keys_sent: list[list[int]] = []
+        self.nmis = 0
         # The simulated guest agent's state (None: not known yet, as for QEMU at start).
         self._agent_connected: bool | None = None
         self._frozen = False
@@ -659,6 +662,20 @@ class SimulatedVM:
     async def set_link(self, nic: Interface, state: str | None) -> None:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
+
+    async def send_key(self, qnums: list[int], holdtime: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.keys_sent.append(list(qnums))
+
+    async def inject_nmi(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.nmis += 1
+
+    async def screenshot(self, device: str | None, head: int) -> bytes:
+        """A blank VGA text screen (720x400), as a binary PPM."""
+        await trio.lowlevel.checkpoint()
+        width, height = 720, 400
+        return f"P6\n{width} {height}\n255\n".encode() + bytes(width * height * 3)
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
