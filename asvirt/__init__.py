@@ -63,6 +63,8 @@ _LAZY: dict[str, str] = {
     "NetworkExistsError": ".errors",
     "NoConnectError": ".errors",
     "NoHostnameError": ".errors",
+    "NoDomainMetadataError": ".errors",
+    "MetadataType": ".conf.metadata_type",
     "NoDomainError": ".errors",
     "NoDomainSnapshotError": ".errors",
     "NoNetworkError": ".errors",
@@ -113,6 +115,7 @@ _LAZY: dict[str, str] = {
 if _TYPE_CHECKING:
     from typing import Any as _Any
 
+    from .conf.metadata_type import MetadataType
     from .config import Config
     from .connection import Connection, open
     from .domain import Domain
@@ -149,6 +152,7 @@ if _TYPE_CHECKING:
         NetworkExistsError,
         NoConnectError,
         NoDomainError,
+        NoDomainMetadataError,
         NoDomainSnapshotError,
         NoHostnameError,
         NoNetworkError,
@@ -260,11 +264,13 @@ __all__ = [
     "InvalidSecretError",
     "KeycodeSet",
     "LifecycleEvent",
+    "MetadataType",
     "Network",
     "NetworkExistsError",
     "NetworkLifecycleEvent",
     "NoConnectError",
     "NoDomainError",
+    "NoDomainMetadataError",
     "NoDomainSnapshotError",
     "NoHostnameError",
     "NoNetworkError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Iterable
 
+from .conf.metadata_type import MetadataType
 from .drivers.base import (
     SCREENSHOT_MIME,
     BlockInfo,
@@ -320,6 +321,48 @@ class Domain(Handle):
         hash (``$6$...``). The password is never logged."""
         await self._call(
             "domain_set_user_password", user=user, password=password, encrypted=encrypted
+        )
+
+    # -- title, description, metadata ----------------------------------------------------------
+
+    async def set_metadata(
+        self,
+        type: MetadataType | int,
+        metadata: str | None,
+        key: str | None = None,
+        uri: str | None = None,
+        *,
+        live: bool = False,
+        config: bool = False,
+    ) -> None:
+        """Set the domain's ``<title>``, ``<description>`` or, with ``MetadataType.ELEMENT``,
+        its ``<metadata>`` element of namespace ``uri`` (``metadata``: one XML element, which
+        gets the namespace with the prefix ``key``); None or "" removes it (libvirt's
+        ``virDomainSetMetadata``). In the running guest (``live``) and/or the configuration
+        (``config``); neither: the current state's. A METADATA_CHANGE event follows."""
+        await self._call(
+            "domain_set_metadata",
+            type=MetadataType(type),
+            metadata=metadata,
+            key=key,
+            uri=uri,
+            live=live,
+            config=config,
+        )
+
+    async def metadata(
+        self,
+        type: MetadataType | int,
+        uri: str | None = None,
+        *,
+        live: bool = False,
+        config: bool = False,
+    ) -> str:
+        """The domain's title, description or metadata element of namespace ``uri`` (its XML,
+        without the namespace), of the running guest (``live``) or the configuration
+        (``config``); neither: the current state's. NoDomainMetadataError if it has none."""
+        return await self._call(
+            "domain_get_metadata", type=MetadataType(type), uri=uri, live=live, config=config
         )
 
     # -- keyboard, NMI, screen ------------------------------------------------------------------

@@ -41,6 +41,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_SECRET = 65
     NO_SECRET = 66
     NO_HOSTNAME = 108
+    NO_DOMAIN_METADATA = 80
 
 
 class AsvirtError(Exception):
@@ -247,6 +248,12 @@ class NoHostnameError(AsvirtError):
     """The guest's host name is not known where it was looked for (no DHCP lease names it)."""
 
     code = ErrorCode.NO_HOSTNAME
+
+
+class NoDomainMetadataError(AsvirtError):
+    """The domain has no such title, description or metadata element."""
+
+    code = ErrorCode.NO_DOMAIN_METADATA
 
 
 class NoSecretError(AsvirtError):

@@ -28,6 +28,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from .conf.metadata_type import MetadataType
 from .drivers.base import (
     BlockInfo,
     DomainFSInfo,
@@ -498,6 +499,30 @@ class DomainCalls(Protocol):
     ) -> None:
         """Set a guest user's password through the agent (virsh set-user-password);
         ``encrypted``: the password is already a crypt(3) hash."""
+        ...
+
+    # -- title, description, metadata ---------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_set_metadata(
+        self,
+        uuid: str,
+        type: MetadataType,
+        metadata: str | None,
+        key: str | None,
+        uri: str | None,
+        live: bool,
+        config: bool,
+    ) -> None:
+        """Set (None or empty: remove) the title, description or a metadata element of the
+        running guest and/or the configuration (virsh desc, metadata)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_metadata(
+        self, uuid: str, type: MetadataType, uri: str | None, live: bool, config: bool
+    ) -> str:
+        """The title, description or a metadata element (by namespace URI)."""
         ...
 
     # -- keyboard, NMI, screen ---------------------------------------------------------------

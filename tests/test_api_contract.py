@@ -612,6 +612,66 @@ async def test_qmp_answers(api):
         await dom.qmp("query-status", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+# -- title, description, metadata --------------------------------------------------------------
+
+
+async def test_title_description_and_metadata(api):
+    """virsh desc and metadata: what is set shows in the XML, live and config apart, each
+    change announced by one METADATA_CHANGE event; what is refused changes nothing."""
+    T, D, E = (
+        asvirt.MetadataType.TITLE,
+        asvirt.MetadataType.DESCRIPTION,
+        asvirt.MetadataType.ELEMENT,
+    )
+    uri = "http://example.org/asvirt/1"
+    dom = await api.define("vm1")
+    async with api.conn.subscribe(dom, kinds={asvirt.EventKind.METADATA_CHANGE}) as events:
+        await dom.set_metadata(T, "A title")
+        await dom.set_metadata(D, "Line one\nline two")
+        await dom.set_metadata(E, '<app version="2"><tier>web</tier></app>', "ex", uri)
+        assert [e.data for e in drain(events)] == [
+            {"type": int(T), "nsuri": None},
+            {"type": int(D), "nsuri": None},
+            {"type": int(E), "nsuri": uri},
+        ]
+    assert await dom.metadata(T) == "A title"
+    assert await dom.metadata(D) == "Line one\nline two"
+    assert await dom.metadata(E, uri) == '<app version="2"><tier>web</tier></app>'
+    xml = await dom.xml_desc()
+    assert "<title>A title</title>" in xml
+    assert f'<ex:app xmlns:ex="{uri}" version="2">' in xml
+    if not api.simulated:
+        assert "<title>A title</title>" in api.config_file("vm1").read_text()
+
+    # Refused, changing nothing: a title with a newline, an element without a key, bad XML.
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_metadata(T, "two\nlines")
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_metadata(E, "<x/>", None, uri)
+    with pytest.raises(asvirt.XMLError):
+        await dom.set_metadata(E, "<x/><y/>", "ex", uri)
+    assert await dom.xml_desc() == xml
+    with pytest.raises(asvirt.NoDomainMetadataError) as err:
+        await dom.metadata(E, "http://example.org/none")
+    assert err.value.code == asvirt.ErrorCode.NO_DOMAIN_METADATA
+
+    # Running: the live XML and the configuration apart.
+    await dom.start(paused=True)
+    await dom.set_metadata(T, "Live only")
+    assert await dom.metadata(T) == "Live only"
+    assert await dom.metadata(T, config=True) == "A title"
+    await dom.set_metadata(E, None, None, uri, live=True, config=True)  # removed from both
+    for live in (True, False):
+        with pytest.raises(asvirt.NoDomainMetadataError):
+            await dom.metadata(E, uri, live=live, config=not live)
+    await dom.set_metadata(D, "", config=True)  # empty: removed
+    with pytest.raises(asvirt.NoDomainMetadataError):
+        await dom.metadata(D, config=True)
+    assert await dom.metadata(D) == "Line one\nline two"
+    await dom.destroy()
+    assert await dom.metadata(T) == "A title"  # the live change went with the guest
+
+
 # -- keyboard, NMI, screen --------------------------------------------------------------------
 
 

@@ -60,7 +60,14 @@ NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
 NEED_A_DEVICE = ("domain_block_info", "domain_interface_stats")
 #: Reading calls answered by the guest (its agent): the paused VM cannot.
-NEED_A_RUNNING_GUEST = ("domain_get_time",)
+NEED_A_RUNNING_GUEST = (
+    "domain_get_time",
+    "domain_get_hostname",
+    "domain_get_fs_info",
+    "domain_get_guest_info",
+)
+#: Reading calls that name a metadata item of the VM (which has none).
+NEED_METADATA = ("domain_get_metadata",)
 #: The daemon's own methods, besides the declared calls.
 SESSION_METHODS = ("hello", "bye", "events.subscribe", "events.unsubscribe")
 
@@ -254,7 +261,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "nvram": True,
         "keep_tpm": False,
         "mac": None,
-        "source": 0,  # InterfaceAddressSource.LEASE
+        "source": 0,  # InterfaceAddressSource.LEASE, HostnameSource.DEFAULT
         "path": "/nonexistent",
         "source_pool_uuid": str(uuidlib.uuid4()),
         "source_name": "intruder",
@@ -303,6 +310,18 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "usage_id": "intruder",
         "ephemeral": None,
         "private": None,
+        "types": 0,  # every group
+        "user": "root",
+        "password": "intruder",
+        "encrypted": False,
+        "codeset": 0,  # linux
+        "holdtime": 0,
+        "keycodes": [30],
+        "screen": 0,
+        "type": 0,  # MetadataType.DESCRIPTION
+        "metadata": "intruder",
+        "key": None,
+        "uri": None,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -379,6 +398,8 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                     assert error_of(reply) == (8, "InvalidArgError"), (name, reply)
                 elif name in NEED_A_RUNNING_GUEST:  # paused: refused for that
                     assert error_of(reply) == (55, "OperationInvalidError"), (name, reply)
+                elif name in NEED_METADATA:  # the VM has none
+                    assert error_of(reply) == (80, "NoDomainMetadataError"), (name, reply)
                 elif c.target is protocol.Target.DOMAINS and name not in NEED_A_SNAPSHOT:
                     assert "result" in reply, (name, reply)
                 elif name in NEED_A_SNAPSHOT:  # the VM has none: no such snapshot

@@ -237,6 +237,8 @@ class DomainInterface:
 class HostnameSource(enum.IntEnum):
     """Where :meth:`asvirt.Domain.hostname` looks (libvirt's ``virDomainGetHostnameFlags``)."""
 
+    #: The driver's choice: the agent, as libvirt's QEMU driver.
+    DEFAULT = 0
     #: The host name the guest gave the DHCP server of a network its interfaces are on.
     LEASE = 1
     #: The guest agent (``guest-get-host-name``): libvirt's QEMU driver's default.

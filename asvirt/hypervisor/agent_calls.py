@@ -167,7 +167,7 @@ class AgentCalls(DomainDriverBase):
 
     async def domain_get_hostname(self, uuid: str, source: HostnameSource) -> str:
         obj = self.table.get(uuid)
-        if source is HostnameSource.AGENT:
+        if source in (HostnameSource.AGENT, HostnameSource.DEFAULT):
             reply = await self._agent(uuid, "guest-get-host-name")
             name = reply.get("host-name") if isinstance(reply, dict) else None
             if not isinstance(name, str):

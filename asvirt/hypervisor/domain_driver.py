@@ -65,6 +65,7 @@ from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_input import GuestInputCalls
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
+from .metadata_calls import MetadataCalls
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
@@ -240,7 +241,9 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls, GuestInputCalls):
+class DomainDriver(
+    SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls, GuestInputCalls, MetadataCalls
+):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(

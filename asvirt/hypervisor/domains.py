@@ -121,6 +121,13 @@ class DomainRuntime(Protocol):
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
         ...
 
+    async def set_metadata(
+        self, title: str | None, description: str | None, metadata: list[str]
+    ) -> None:
+        """Replace the live definition's ``<title>``, ``<description>`` and ``<metadata>``
+        (they mean nothing to the hypervisor: only the live XML changes)."""
+        ...
+
     async def send_key(self, qnums: list[int], holdtime: int) -> None:
         """Press the keys (QEMU's key numbers) together for ``holdtime`` ms (0: the
         hypervisor's default), then release them."""

@@ -308,6 +308,14 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
         self.machine.load_state()
         return await self.execute(command, arguments)
 
+    async def set_metadata(
+        self, title: str | None, description: str | None, metadata: list[str]
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self._live_def.title, self._live_def.description = title, description
+        self._live_def.metadata = list(metadata)
+        self._live_changed()
+
     async def agent_command(
         self, execute: str, arguments: dict[str, Any] | None, timeout: float | None
     ) -> Any:

@@ -663,6 +663,13 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
 
+    async def set_metadata(
+        self, title: str | None, description: str | None, metadata: list[str]
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self._live_def.title, self._live_def.description = title, description
+        self._live_def.metadata = list(metadata)
+
     async def send_key(self, qnums: list[int], holdtime: int) -> None:
         await trio.lowlevel.checkpoint()
         self.keys_sent.append(list(qnums))
