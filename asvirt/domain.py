@@ -323,6 +323,14 @@ class Domain(Handle):
             "domain_set_user_password", user=user, password=password, encrypted=encrypted
         )
 
+    async def rename(self, new_name: str) -> None:
+        """Rename the domain (libvirt's ``virDomainRename``, virsh domrename): a persistent
+        domain that is shut off, without snapshots or a managed save image, to a name no
+        other domain has. Its UUID, disks and NVRAM stay; this handle takes the new name.
+        LIFECYCLE events UNDEFINED/RENAMED (old name) and DEFINED/RENAMED (new) follow."""
+        await self._call("domain_rename", new_name=new_name)
+        self._ref = DomainRef(new_name, self.uuid)
+
     # -- title, description, metadata ----------------------------------------------------------
 
     async def set_metadata(

@@ -501,6 +501,11 @@ class DomainCalls(Protocol):
         ``encrypted``: the password is already a crypt(3) hash."""
         ...
 
+    @call(mutates=True)
+    async def domain_rename(self, uuid: str, new_name: str) -> None:
+        """Rename a shut-off persistent domain (virsh domrename)."""
+        ...
+
     # -- title, description, metadata ---------------------------------------------------------
 
     @call(mutates=True)

@@ -612,6 +612,56 @@ async def test_qmp_answers(api):
         await dom.qmp("query-status", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+# -- renaming -----------------------------------------------------------------------------------
+
+
+async def test_rename(api):
+    """A shut-off persistent domain takes a new name, with its UUID, configuration and
+    autostart mark (found again by another connection); what libvirt refuses is refused."""
+    dom = await api.define("vm1")
+    await dom.set_metadata(asvirt.MetadataType.TITLE, "kept")
+    await dom.set_autostart(True)
+    async with api.conn.subscribe(kinds=LC) as events:
+        await dom.rename("vm2")
+        seen = drain(events)
+    assert [(e.domain, *lifecycle(e)) for e in seen] == [
+        ("vm1", "UNDEFINED", "RENAMED"),
+        ("vm2", "DEFINED", "RENAMED"),
+    ]
+    assert dom.name == "vm2"
+    assert await api.conn.lookup_by_name("vm2") == dom
+    with pytest.raises(asvirt.NoDomainError):
+        await api.conn.lookup_by_name("vm1")
+    assert await dom.metadata(asvirt.MetadataType.TITLE) == "kept"
+    assert "<name>vm2</name>" in await dom.xml_desc()
+    if not api.simulated:
+        assert api.config_file("vm2").is_file() and not api.config_file("vm1").exists()
+    async with api.open() as other:
+        again = await other.lookup_by_name("vm2")
+        assert again.uuid == dom.uuid and await again.autostart()
+
+    other_dom = await api.define("other")
+    for name, error in (
+        ("vm2", asvirt.OperationInvalidError),  # to itself
+        ("other", asvirt.OperationInvalidError),  # taken
+        ("a/b", asvirt.XMLError),
+    ):
+        with pytest.raises(error):
+            await dom.rename(name)
+    await dom.start(paused=True)
+    with pytest.raises(asvirt.OperationInvalidError, match="active"):
+        await dom.rename("vm3")
+    await dom.destroy()
+    transient = await api.conn.create_xml(api.xml("fleeting"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await transient.rename("vm3")
+    names = {d.name for d in await api.conn.list_all_domains()}
+    assert {"fleeting", "other", "vm2"} <= names and "vm3" not in names
+    await dom.rename("vm1")  # and back
+    assert await api.conn.lookup_by_name("vm1") == dom
+    del other_dom
+
+
 # -- title, description, metadata --------------------------------------------------------------
 
 

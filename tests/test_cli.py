@@ -177,6 +177,12 @@ def test_desc_and_metadata(root, xml_file):
         "event loop timed out",
         "events received: 4",
     ]
+    # domrename: as virsh, the error in libvirt's words on one line.
+    assert run(root, "domrename", "vm1", "web").stdout == "Domain successfully renamed\n\n"
+    assert run(root, "desc", "web").stdout == "A web server\n"
+    bad = run(root, "domrename", "web", "web", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == "error: Requested operation is not valid: Can't rename domain to itself\n"
 
 
 @pytest.mark.guest

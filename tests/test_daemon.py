@@ -322,6 +322,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "metadata": "intruder",
         "key": None,
         "uri": None,
+        "new_name": "intruder",
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

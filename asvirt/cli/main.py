@@ -447,7 +447,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "edit",
     ),
     "display": ("send-key", "inject-nmi", "screenshot"),
-    "metadata": ("desc", "metadata"),
+    "metadata": ("desc", "metadata", "domrename"),
     "monitor": ("domstats", "domblkstat", "domifstat", "dommemstat", "domblkinfo", "vncdisplay"),
     "network": (
         "net-define",

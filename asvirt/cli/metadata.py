@@ -1,4 +1,5 @@
-"""virsh's desc and metadata: a domain's title, description and metadata elements."""
+"""virsh's desc, metadata and domrename: a domain's title, description, metadata elements
+and name."""
 
 from __future__ import annotations
 
@@ -64,6 +65,19 @@ async def cmd_metadata(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("domrename", "rename a domain")
+async def cmd_domrename(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    from asvirt import AsvirtError
+
+    dom = await _domain(conn, args.domain)
+    try:
+        await dom.rename(args.new_name)
+    except AsvirtError as err:
+        raise CommandError(libvirt_message(err)) from None
+    print("Domain successfully renamed\n")
+    return 0
+
+
 def _scope_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live", action="store_true", help="modify/get running state")
     p.add_argument("--config", action="store_true", help="modify/get persistent configuration")
@@ -76,6 +90,8 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--title", action="store_true", help="modify/get the title instead")
     p.add_argument("new_desc", nargs="*", metavar="new-desc", help="message")
     p.add_argument("--new-desc", dest="new_desc_opt", help=argparse.SUPPRESS)
+    p = add("domrename", "domain")
+    p.add_argument("new_name", metavar="new-name", help="new domain name")
     p = add("metadata", "domain")
     p.add_argument("uri", help="URI of the namespace")
     _scope_options(p)

@@ -66,6 +66,7 @@ from .guest_input import GuestInputCalls
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
 from .metadata_calls import MetadataCalls
+from .rename import RenameCalls
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
@@ -163,6 +164,12 @@ class HypervisorBackend(Protocol):
         """Remove a persistent definition (before the table forgets it)."""
         ...
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        """Store ``obj``'s persistent definition under its new name (``defn.name``), with
+        what else is kept by name (the autostart mark), and remove the old ones: the new
+        are durable before the old go."""
+        ...
+
     def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
         """Refuse an undefine that would leave state behind (a UEFI NVRAM without
         ``nvram``), before anything is removed."""
@@ -242,7 +249,13 @@ StartableRuntime = StatefulRuntime
 
 
 class DomainDriver(
-    SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls, GuestInputCalls, MetadataCalls
+    SnapshotCalls,
+    SaveCalls,
+    AgentCalls,
+    ConsoleCalls,
+    GuestInputCalls,
+    MetadataCalls,
+    RenameCalls,
 ):
     """The domain half of a node, shared by every connection to it."""
 

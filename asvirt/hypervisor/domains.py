@@ -274,6 +274,16 @@ class DomainTable:
         self._by_uuid[obj.uuid] = obj
         self._by_name[obj.name] = obj
 
+    def has_name(self, name: str) -> bool:
+        return name in self._by_name
+
+    def rename(self, obj: DomainObj, new_name: str) -> None:
+        """Give a domain of the table a name no other domain has."""
+        assert self._by_name.get(obj.name) is obj and new_name not in self._by_name
+        del self._by_name[obj.name]
+        obj.name = new_name
+        self._by_name[new_name] = obj
+
     def remove(self, obj: DomainObj) -> None:
         """Take a domain out of the table; calls waiting for its job then fail."""
         if self._by_uuid.get(obj.uuid) is obj:

@@ -45,6 +45,7 @@ CALLS = {
     'domain_os_type': (False, None, 'str'),
     'domain_qmp': (False, None, 'any'),
     'domain_reboot': (False, None, 'null'),
+    'domain_rename': (False, None, 'null'),
     'domain_reset': (False, None, 'null'),
     'domain_resume': (False, None, 'null'),
     'domain_save': (False, 'progress', 'null'),

@@ -206,6 +206,33 @@ class QemuBackend:
         except OSError as err:
             raise SystemCallError.from_oserror(err, f"remove domain '{obj.name}' from") from None
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        old, new = obj.name, defn.name
+        autostart = obj.autostart
+
+        def move() -> None:
+            # The new files first, durably; then the old ones go. (A crash in between
+            # leaves both configurations: the next load keeps the one it reads first and
+            # logs the other, which has the same UUID.)
+            fsutil.atomic_write(self.paths.config(new), defn.to_xml().encode())
+            if autostart:
+                fsutil.atomic_write(self.paths.autostart(new), obj.uuid.encode())
+            shutoff = self.paths.shutoff(old)
+            if shutoff.is_file():
+                os.replace(shutoff, self.paths.shutoff(new))
+            fsutil.remove(self.paths.autostart(old))
+            fsutil.remove(self.paths.config(old))
+            fsutil.fsync_dir(self.paths.config_dir)
+            if autostart:
+                fsutil.fsync_dir(self.paths.autostart(new).parent)
+
+        try:
+            await trio.to_thread.run_sync(move)
+        except OSError as err:
+            raise SystemCallError.from_oserror(
+                err, f"rename domain '{old}' to '{new}' in"
+            ) from None
+
     def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
         defn = obj.persistent_def
         if defn is not None and not nvram and helpers.has_nvram_file(defn):
