@@ -22,6 +22,7 @@ from .drivers.base import (
     HostnameSource,
     InterfaceAddressSource,
     InterfaceStats,
+    NodeSuspendTarget,
     ProgressCallback,
     SecurityLabel,
     ShutdownMode,
@@ -372,6 +373,27 @@ class Domain(Handle):
         return await self._call(
             "domain_get_metadata", type=MetadataType(type), uri=uri, live=live, config=config
         )
+
+    # -- power management -----------------------------------------------------------------------
+
+    async def pm_suspend_for_duration(
+        self, target: NodeSuspendTarget | int = NodeSuspendTarget.MEM, duration: int = 0
+    ) -> None:
+        """Have the guest suspend itself through its agent (libvirt's
+        ``virDomainPMSuspendForDuration``, virsh dompmsuspend): ``NodeSuspendTarget.MEM``
+        (S3), ``DISK`` or ``HYBRID``; ``duration`` must be 0, as libvirt asks. The agent does
+        not answer a suspend that works: a LIFECYCLE PMSUSPENDED event says when the guest
+        is suspended. OperationUnsupportedError where ``<pm>`` disables that state."""
+        await self._call(
+            "domain_pm_suspend_for_duration",
+            target=NodeSuspendTarget(target),
+            duration=duration,
+        )
+
+    async def pm_wakeup(self) -> None:
+        """Wake a guest suspended to RAM (libvirt's ``virDomainPMWakeup``): a LIFECYCLE
+        STARTED/WAKEUP event follows."""
+        await self._call("domain_pm_wakeup")
 
     # -- keyboard, NMI, screen ------------------------------------------------------------------
 

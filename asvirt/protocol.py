@@ -45,6 +45,7 @@ from .drivers.base import (
     NetworkDHCPLease,
     NetworkRef,
     NodeInfo,
+    NodeSuspendTarget,
     SecretRef,
     SecretUsageType,
     SecurityLabel,
@@ -548,6 +549,18 @@ class DomainCalls(Protocol):
     async def domain_screenshot(self, uuid: str, screen: int) -> bytes:
         """What a screen of the guest shows, as a binary PPM (virsh screenshot); refused to
         read-only clients, as libvirt does."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pm_suspend_for_duration(
+        self, uuid: str, target: NodeSuspendTarget, duration: int
+    ) -> None:
+        """Have the guest suspend itself through its agent (virsh dompmsuspend)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pm_wakeup(self, uuid: str) -> None:
+        """Wake a guest suspended to RAM (virsh dompmwakeup)."""
         ...
 
     # -- consoles -----------------------------------------------------------------------------

@@ -1992,6 +1992,15 @@ async def test_guest_agent(api):
         await plain.hostname()
     with pytest.raises(asvirt.NoHostnameError):
         await plain.hostname(asvirt.HostnameSource.LEASE)
+    # Suspended to RAM through the agent, woken up by QEMU.
+    async with api.conn.subscribe(dom, kinds=LC) as events:
+        await dom.pm_suspend_for_duration(asvirt.NodeSuspendTarget.MEM)
+        await lifecycle_until(events, ("PMSUSPENDED", "MEMORY"), timeout=60)
+        await dom.pm_wakeup()
+        await lifecycle_until(events, ("STARTED", "WAKEUP"), timeout=60)
+    assert await dom.state() == (S.RUNNING, asvirt.RunningReason.WAKEUP)
+    with pytest.raises(asvirt.AsvirtError, match="not in suspended state"):
+        await dom.pm_wakeup()  # awake: nothing to wake
     await plain.destroy()
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown(mode=asvirt.ShutdownMode.AGENT)

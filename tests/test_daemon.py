@@ -323,6 +323,8 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "key": None,
         "uri": None,
         "new_name": "intruder",
+        "target": 0,  # NodeSuspendTarget.MEM
+        "duration": 0,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"

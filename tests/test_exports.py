@@ -60,6 +60,7 @@ PUBLIC = [
     "NoStoragePoolError",
     "NoStorageVolError",
     "NodeInfo",
+    "NodeSuspendTarget",
     "NostateReason",
     "OperationDeniedError",
     "OperationFailedError",

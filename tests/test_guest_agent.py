@@ -230,6 +230,18 @@ async def test_cli(root, fast_config, test_guest, tmp_path):
         assert out == "Password set successfully for asvirt in vm1\n"
         bad = run_cli(root, "set-user-password", "vm1", "nosuch", "pw", check=False)
         assert bad.returncode == 1 and "failed to set user password" in bad.stderr
+        bad = run_cli(root, "dompmsuspend", "vm1", "bogus", check=False)
+        assert bad.returncode == 1 and bad.stderr == "error: Invalid target\n"
+        bad = run_cli(root, "dompmsuspend", "vm1", "mem", "--duration", "5", check=False)
+        assert bad.stderr == (
+            "error: Domain 'vm1' could not be suspended\n"
+            "error: invalid argument: Duration not supported. Use 0 for now\n"
+        )
+        # Awake already: QEMU refuses (the suspend itself is test_pm_suspend_and_wakeup's).
+        bad = run_cli(root, "dompmwakeup", "vm1", check=False)
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("error: Domain 'vm1' could not be woken up\nerror: ")
+        assert "guest is not in suspended state" in bad.stderr
         out = run_cli(root, "domifaddr", "vm1", "--source", "agent").stdout.splitlines()
         assert out[0].split() == ["Name", "MAC", "address", "Protocol", "Address"]
         assert any(line.split()[0] == "lo" for line in out[2:] if line)
@@ -350,3 +362,23 @@ async def crypt_with(password: str, method: str, salt: str) -> str:
         capture_stdout=True,
     )
     return out.stdout.decode().strip()
+
+
+async def test_pm_suspend_and_wakeup(conn, test_guest, tmp_path):
+    """dompmsuspend mem: qemu-ga writes "mem" to the guest's /sys/power/state, QEMU says
+    SUSPEND (PMSUSPENDED); dompmwakeup wakes it (STARTED/WAKEUP) and the agent answers."""
+    dom, _, _ = await start_with_agent(conn, test_guest, tmp_path)
+    with pytest.raises(asvirt.InvalidArgError, match="Duration not supported"):
+        await dom.pm_suspend_for_duration(asvirt.NodeSuspendTarget.MEM, 10)
+    async with conn.subscribe(dom) as events:
+        await dom.pm_suspend_for_duration(asvirt.NodeSuspendTarget.MEM)
+        await lifecycle_until(events, ("PMSUSPENDED", "MEMORY"), timeout=60)
+        assert (await dom.state())[0] is asvirt.DomainState.PMSUSPENDED
+        with pytest.raises(asvirt.OperationInvalidError):
+            await dom.agent_command('{"execute": "guest-ping"}')  # asleep: cannot answer
+        await dom.pm_wakeup()
+        await lifecycle_until(events, ("STARTED", "WAKEUP"), timeout=60)
+    assert await dom.state() == (asvirt.DomainState.RUNNING, asvirt.RunningReason.WAKEUP)
+    # Awake, the guest's agent answers again (the exchange waits for it).
+    assert await dom.agent_command('{"execute": "guest-ping"}', timeout=60) == '{"return":{}}'
+    await dom.destroy()

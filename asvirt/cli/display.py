@@ -1,4 +1,5 @@
-"""virsh's keyboard and screen commands: send-key, inject-nmi, screenshot."""
+"""virsh's keyboard, screen and power commands: send-key, inject-nmi, screenshot,
+dompmsuspend, dompmwakeup."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from asvirt.calls import ConnectionCalls
 
 from .main import _domain, command
-from .vsh import CommandError
+from .vsh import CommandError, failing
 
 
 @command("send-key", "Send keycodes to the guest")
@@ -60,6 +61,30 @@ async def cmd_screenshot(conn: ConnectionCalls, args: argparse.Namespace) -> int
     return 0
 
 
+@command("dompmsuspend", "suspend a domain gracefully using power management functions")
+async def cmd_dompmsuspend(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    from asvirt import NodeSuspendTarget
+
+    targets = {"mem": NodeSuspendTarget.MEM, "disk": NodeSuspendTarget.DISK,
+               "hybrid": NodeSuspendTarget.HYBRID}  # fmt: skip
+    if args.target not in targets:
+        raise CommandError("Invalid target")
+    dom = await _domain(conn, args.domain)
+    with failing(f"Domain '{dom.name}' could not be suspended"):
+        await dom.pm_suspend_for_duration(targets[args.target], args.duration)
+    print(f"Domain '{dom.name}' successfully suspended")
+    return 0
+
+
+@command("dompmwakeup", "wakeup a domain from pmsuspended state")
+async def cmd_dompmwakeup(conn: ConnectionCalls, args: argparse.Namespace) -> int:
+    dom = await _domain(conn, args.domain)
+    with failing(f"Domain '{dom.name}' could not be woken up"):
+        await dom.pm_wakeup()
+    print(f"Domain '{dom.name}' successfully woken up")
+    return 0
+
+
 def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("send-key", "domain")
     p.add_argument("--codeset", default="linux", help="the codeset of keycodes, default:linux")
@@ -71,3 +96,7 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("screenshot", "domain")
     p.add_argument("file", nargs="?", help="where to store the screenshot")
     p.add_argument("--screen", type=int, default=0, help="ID of a screen to take screenshot of")
+    p = add("dompmsuspend", "domain")
+    p.add_argument("target", help="mem(Suspend-to-RAM), disk(Suspend-to-Disk), hybrid")
+    p.add_argument("--duration", type=int, default=0, help="duration in seconds")
+    add("dompmwakeup", "domain")

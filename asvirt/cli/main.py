@@ -446,7 +446,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "domiflist",
         "edit",
     ),
-    "display": ("send-key", "inject-nmi", "screenshot"),
+    "display": ("send-key", "inject-nmi", "screenshot", "dompmsuspend", "dompmwakeup"),
     "metadata": ("desc", "metadata", "domrename"),
     "monitor": ("domstats", "domblkstat", "domifstat", "dommemstat", "domblkinfo", "vncdisplay"),
     "network": (

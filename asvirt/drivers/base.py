@@ -245,6 +245,18 @@ class HostnameSource(enum.IntEnum):
     AGENT = 2
 
 
+class NodeSuspendTarget(enum.IntEnum):
+    """How :meth:`asvirt.Domain.pm_suspend_for_duration` suspends the guest (libvirt's
+    ``virNodeSuspendTarget``)."""
+
+    #: Suspend to RAM (S3).
+    MEM = 0
+    #: Suspend to disk (S4, hibernation).
+    DISK = 1
+    #: Both: to disk, then to RAM.
+    HYBRID = 2
+
+
 class GuestInfoTypes(enum.IntFlag):
     """What :meth:`asvirt.Domain.guest_info` asks the guest agent for (libvirt's
     ``virDomainGuestInfoTypes``); none: everything the agent can tell."""
@@ -378,6 +390,7 @@ __all__ = [
     "NetworkDriver",
     "NetworkRef",
     "NodeInfo",
+    "NodeSuspendTarget",
     "ProgressCallback",
     "SecretDriver",
     "SecretRef",

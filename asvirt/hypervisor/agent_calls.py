@@ -24,6 +24,7 @@ from ..drivers.base import (
     HostnameSource,
     InterfaceAddress,
     IPAddrType,
+    NodeSuspendTarget,
 )
 from ..errors import (
     AgentCommandNotFoundError,
@@ -32,6 +33,7 @@ from ..errors import (
     InvalidArgError,
     NoHostnameError,
     OperationInvalidError,
+    OperationUnsupportedError,
 )
 from ..states import DomainState
 from .domains import DomainObj, DomainRuntime
@@ -351,6 +353,37 @@ class AgentCalls(DomainDriverBase):
                 "crypted": bool(encrypted),
             },
         )
+
+    async def domain_pm_suspend_for_duration(
+        self, uuid: str, target: NodeSuspendTarget, duration: int
+    ) -> None:
+        """libvirt's ``virDomainPMSuspendForDuration``: the agent's guest-suspend-*; the
+        PMSUSPENDED event follows when QEMU sees the guest suspend."""
+        target = NodeSuspendTarget(target)
+        if duration:
+            raise InvalidArgError("Duration not supported. Use 0 for now")
+        obj = self.table.get(uuid)
+        await trio.lowlevel.checkpoint()
+        pm = self._agent_runtime(obj).live_def
+        if target in (NodeSuspendTarget.MEM, NodeSuspendTarget.HYBRID) and (
+            pm.suspend_to_mem is False
+        ):
+            raise OperationUnsupportedError("S3 state is disabled for this domain")
+        if target in (NodeSuspendTarget.DISK, NodeSuspendTarget.HYBRID) and (
+            pm.suspend_to_disk is False
+        ):
+            raise OperationUnsupportedError("S4 state is disabled for this domain")
+        command = {
+            NodeSuspendTarget.MEM: "guest-suspend-ram",
+            NodeSuspendTarget.DISK: "guest-suspend-disk",
+            NodeSuspendTarget.HYBRID: "guest-suspend-hybrid",
+        }[target]
+        await self._agent_runtime(obj).agent_command(command, None, None)
+
+    async def domain_pm_wakeup(self, uuid: str) -> None:
+        obj = self.table.get(uuid)
+        await trio.lowlevel.checkpoint()
+        await self._runtime(obj).pm_wakeup()
 
     async def _agent_interfaces(self, uuid: str) -> list[DomainInterface]:
         found = []

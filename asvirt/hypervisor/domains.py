@@ -128,6 +128,10 @@ class DomainRuntime(Protocol):
         (they mean nothing to the hypervisor: only the live XML changes)."""
         ...
 
+    async def pm_wakeup(self) -> None:
+        """Wake a guest suspended to RAM (nothing happens to one that is not)."""
+        ...
+
     async def send_key(self, qnums: list[int], holdtime: int) -> None:
         """Press the keys (QEMU's key numbers) together for ``holdtime`` ms (0: the
         hypervisor's default), then release them."""

@@ -43,6 +43,8 @@ CALLS = {
     'domain_managed_save_remove': (False, None, 'null'),
     'domain_memory_stats': (False, None, 'object'),
     'domain_os_type': (False, None, 'str'),
+    'domain_pm_suspend_for_duration': (False, None, 'null'),
+    'domain_pm_wakeup': (False, None, 'null'),
     'domain_qmp': (False, None, 'any'),
     'domain_reboot': (False, None, 'null'),
     'domain_rename': (False, None, 'null'),

@@ -1,4 +1,5 @@
-"""Keys, NMIs and screenshots of a running QEMU (a part of :class:`~.runner.QemuRunner`).
+"""Keys, NMIs, wake-ups and screenshots of a running QEMU (a part of
+:class:`~.runner.QemuRunner`).
 
 ``send-key`` with QEMU's key numbers (libvirt sends numbers too), ``inject-nmi``, and
 ``screendump`` into a descriptor asvirt made: a memfd, reopened write-only and handed to QEMU
@@ -42,6 +43,9 @@ class DisplayOps:
 
     async def inject_nmi(self) -> None:
         await self.execute("inject-nmi")
+
+    async def pm_wakeup(self) -> None:
+        await self.execute("system_wakeup")
 
     async def screenshot(self, device: str | None, head: int) -> bytes:
         assert self._monitor is not None

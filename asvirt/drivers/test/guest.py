@@ -430,6 +430,16 @@ class SimulatedVM:
                         "child process has failed to set user password"
                     )
                 result = {}
+            case "guest-suspend-ram":
+                # As the test guest's kernel: it suspends to RAM (S3) unless QEMU was told
+                # to disable it; a guest without swap cannot hibernate.
+                if self._live_def.suspend_to_mem is False:
+                    raise InternalError(
+                        f"unable to execute QEMU agent command '{execute}': "
+                        "the requested suspend mode is not supported by the guest"
+                    )
+                self._scheduler.call_later(0, self._guest_suspend)
+                return None
             case "guest-shutdown":
                 self._scheduler.call_later(
                     0, lambda: self.guest_poweroff() if self.guest_running() else None
@@ -674,6 +684,16 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         self.keys_sent.append(list(qnums))
 
+    async def pm_wakeup(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.runstate != "suspended":
+            raise QMPError(
+                "QEMU refused 'system_wakeup': Unable to wake up: guest is not in suspended state",
+                error_class="GenericError",
+            )
+        self._set_runstate("running")
+        self._emit(("WAKEUP", {}))
+
     async def inject_nmi(self) -> None:
         await trio.lowlevel.checkpoint()
         self.nmis += 1
@@ -785,6 +805,12 @@ class SimulatedVM:
 
     def guest_running(self) -> bool:
         return not self.exited and self.runstate == "running"
+
+    def _guest_suspend(self) -> None:
+        """The guest suspends itself to RAM: QEMU says SUSPEND and waits for a wake-up."""
+        if self.guest_running():
+            self._set_runstate("suspended")
+            self._emit(("SUSPEND", {}))
 
     def guest_poweroff(self) -> None:
         """The guest powers itself off (``poweroff -f``)."""
