@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Iterable
 
 from .conf.metadata_type import MetadataType
 from .drivers.base import (
+    MAX_TRANSFER,
     SCREENSHOT_MIME,
     BlockInfo,
     DomainFSInfo,
@@ -425,8 +426,13 @@ class Domain(Handle):
         the image's MIME type (``image/x-portable-pixmap``) and the image, a binary PPM.
         OperationFailedError for a domain without video; asvirt writes no file of its own
         for it (QEMU writes into a memfd asvirt hands it)."""
-        data = await self._call("domain_screenshot", screen=screen)
-        return SCREENSHOT_MIME, data
+        shot = await self._call("domain_screenshot", screen=screen)
+        chunks = []
+        while chunk := await self._conn._call(
+            "domain_screenshot_read", screenshot=shot, length=MAX_TRANSFER
+        ):
+            chunks.append(chunk)
+        return SCREENSHOT_MIME, b"".join(chunks)
 
     # -- statistics ----------------------------------------------------------------------------
 

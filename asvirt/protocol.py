@@ -545,10 +545,16 @@ class DomainCalls(Protocol):
         """Send the guest a non-maskable interrupt (virsh inject-nmi)."""
         ...
 
-    @call(mutates=True)
-    async def domain_screenshot(self, uuid: str, screen: int) -> bytes:
-        """What a screen of the guest shows, as a binary PPM (virsh screenshot); refused to
-        read-only clients, as libvirt does."""
+    @call(mutates=True, client=True)
+    async def domain_screenshot(self, uuid: str, screen: int) -> int:
+        """Take a screenshot of a screen of the guest (virsh screenshot), kept for this client
+        to read (its id); refused to read-only clients, as libvirt does."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_screenshot_read(self, screenshot: int, length: int) -> bytes:
+        """The next bytes (at most ``length``) of a screenshot, a binary PPM; empty at its
+        end, which drops it."""
         ...
 
     @call(mutates=True)

@@ -8,6 +8,7 @@ protocol by hand (JSON lines on a unix socket: :class:`Raw`); real ones use ``as
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
@@ -325,6 +326,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "new_name": "intruder",
         "target": 0,  # NodeSuspendTarget.MEM
         "duration": 0,
+        "screenshot": 1,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -501,6 +503,43 @@ async def test_a_second_daemon_on_the_same_state_dir_refuses(daemons, test_guest
             again_ro.hello()
         assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
         assert qemu_pid(daemon.state_dir, "vm1") == pid and pid_alive(pid)
+        await dom.destroy()
+    assert daemon.stop() == 0
+
+
+async def test_a_screenshot_is_read_in_chunks_by_its_client_only(daemons, test_guest, tmp_path):
+    """A screenshot is kept for the client that took it and read a chunk per call, so that
+    an image of any size goes through messages of bounded size; another client cannot read
+    it, and it is gone once read to its end."""
+    daemon = daemons()
+    vga = "<video><model type='vga'/></video>"
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=vga))
+        await dom.start(paused=True)
+        _, image = await dom.screenshot()  # the remote client reads the chunks itself
+        assert image.startswith(b"P6\n")
+        with Raw(daemon.socket) as raw, Raw(daemon.socket) as other:
+            raw.hello()
+            other.hello()
+            shot = raw.call("domain_screenshot", uuid=dom.uuid, screen=0)
+            read = {"screenshot": shot, "length": 100_000}
+            assert error_of(other.request("domain_screenshot_read", read)) == (
+                8,
+                "InvalidArgError",
+            )
+            chunks = []
+            while data := base64.b64decode(raw.call("domain_screenshot_read", **read)):
+                chunks.append(data)
+            assert len(chunks) == -(-len(image) // 100_000)  # a paused guest's screen
+            assert b"".join(chunks) == image
+            assert error_of(raw.request("domain_screenshot_read", read)) == (8, "InvalidArgError")
+            too_big = {"screenshot": shot, "length": 64 * 1024 * 1024}
+            shot = raw.call("domain_screenshot", uuid=dom.uuid, screen=0)
+            too_big["screenshot"] = shot
+            assert error_of(raw.request("domain_screenshot_read", too_big)) == (
+                8,
+                "InvalidArgError",
+            )
         await dom.destroy()
     assert daemon.stop() == 0
 

@@ -101,22 +101,13 @@ async def cmd_domfsinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     return 0
 
 
-def _typed_value(value: object) -> str:
-    """A typed parameter's value as virsh prints it (``vshGetTypedParamValue``)."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:f}"
-    return str(value)
-
-
 @command("guestinfo", "query information about the guest (via agent)")
 async def cmd_guestinfo(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     types = sum(bit for name, bit in _GUESTINFO_GROUPS if getattr(args, name))
     params = await dom.guest_info(types)
     for field, value in params.items():
-        print(f"{field:<20}: {_typed_value(value)}")
+        print(f"{field:<20}: {render.typed_value(value)}")
     return 0
 
 

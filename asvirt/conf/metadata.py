@@ -58,6 +58,12 @@ def set_metadata(
     defn.metadata = kept
 
 
+def adopt_metadata(target: DomainDef, source: DomainDef) -> None:
+    """Give ``target`` the title, description and metadata elements of ``source``."""
+    target.title, target.description = source.title, source.description
+    target.metadata = list(source.metadata)
+
+
 def get_metadata(defn: DomainDef, kind: MetadataType, uri: str | None) -> str:
     """The item's text (an element: its XML, without its namespace);
     NoDomainMetadataError when it is not there."""
@@ -85,4 +91,4 @@ def get_metadata(defn: DomainDef, kind: MetadataType, uri: str | None) -> str:
     return found
 
 
-__all__ = ["MetadataType", "get_metadata", "set_metadata"]
+__all__ = ["MetadataType", "adopt_metadata", "get_metadata", "set_metadata"]

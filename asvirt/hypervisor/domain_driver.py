@@ -634,8 +634,9 @@ class DomainDriver(
 
     async def client_closed(self, owner: object) -> None:
         """Destroy the domains ``owner`` started with autodestroy (it has gone for good),
-        and close the consoles it had open."""
+        and close the consoles it had open (and drop the screenshots it did not read)."""
         await self._close_consoles_of(owner)
+        self._drop_screenshots_of(owner)
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:

@@ -121,11 +121,9 @@ class DomainRuntime(Protocol):
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
         ...
 
-    async def set_metadata(
-        self, title: str | None, description: str | None, metadata: list[str]
-    ) -> None:
-        """Replace the live definition's ``<title>``, ``<description>`` and ``<metadata>``
-        (they mean nothing to the hypervisor: only the live XML changes)."""
+    async def set_metadata(self, source: DomainDef) -> None:
+        """Give the live definition the ``<title>``, ``<description>`` and ``<metadata>`` of
+        ``source`` (they mean nothing to the hypervisor: only the live XML changes)."""
         ...
 
     async def pm_wakeup(self) -> None:

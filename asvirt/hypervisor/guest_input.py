@@ -9,9 +9,12 @@ monitor's other quick commands they take no job: a key press does not wait for a
 
 from __future__ import annotations
 
+import itertools
+
 import trio
 
 from ..conf.domain import DomainDef
+from ..drivers.base import MAX_TRANSFER
 from ..errors import InvalidArgError, OperationFailedError
 from ..keycodes import MAX_KEYS, to_qnum
 from ..keycodes import codeset as find_codeset
@@ -63,12 +66,52 @@ class GuestInputCalls(DomainDriverBase):
         await trio.lowlevel.checkpoint()
         await self._runtime(obj).inject_nmi()
 
-    async def domain_screenshot(self, uuid: str, screen: int) -> bytes:
+    # A screenshot is taken whole, kept for the client that asked (an id), and read by it a
+    # chunk per call, as a volume download is: through a daemon an image of any size then
+    # travels in messages of MAX_TRANSFER bytes. It is dropped once read to its end, or
+    # when the client leaves.
+
+    _screenshot_ids = itertools.count(1)
+
+    @property
+    def _screenshots(self) -> dict[int, tuple[object, memoryview]]:
+        # Made on first use: the driver's __init__ is not this mixin's.
+        table: dict[int, tuple[object, memoryview]] | None = getattr(self, "_shots", None)
+        if table is None:
+            table = {}
+            self._shots: dict[int, tuple[object, memoryview]] = table
+        return table
+
+    async def domain_screenshot(self, uuid: str, screen: int, *, client: object = None) -> int:
         obj = self.table.get(uuid)
         await trio.lowlevel.checkpoint()
         runtime = self._runtime(obj)
         device, head = screen_head(runtime.live_def, screen)
-        return await runtime.screenshot(device, head)
+        image = await runtime.screenshot(device, head)
+        shot = next(self._screenshot_ids)
+        self._screenshots[shot] = (client, memoryview(image))
+        return shot
+
+    async def domain_screenshot_read(
+        self, screenshot: int, length: int, *, client: object = None
+    ) -> bytes:
+        await trio.lowlevel.checkpoint()
+        owner, rest = self._screenshots.get(screenshot, (None, memoryview(b"")))
+        if owner is not client or screenshot not in self._screenshots:
+            raise InvalidArgError(f"no screenshot {screenshot} of this connection")
+        if not 0 < length <= MAX_TRANSFER:
+            raise InvalidArgError(f"a screenshot chunk is 1 to {MAX_TRANSFER} bytes")
+        chunk = bytes(rest[:length])
+        if chunk:
+            self._screenshots[screenshot] = (owner, rest[length:])
+        else:
+            del self._screenshots[screenshot]  # read to its end
+        return chunk
+
+    def _drop_screenshots_of(self, owner: object) -> None:
+        for shot, (held_by, _) in list(self._screenshots.items()):
+            if held_by is owner:
+                del self._screenshots[shot]
 
 
 __all__ = ["MAX_SCREENSHOT", "GuestInputCalls", "screen_head"]

@@ -44,9 +44,7 @@ class MetadataCalls(DomainDriverBase):
                 new_config = obj.persistent_def.copy()
                 set_metadata(new_config, kind, metadata, key, uri)
             if new_live is not None:
-                await self._runtime(obj).set_metadata(
-                    new_live.title, new_live.description, new_live.metadata
-                )
+                await self._runtime(obj).set_metadata(new_live)
             if new_config is not None:
                 await self._store_config(obj, new_config)
             self.bus.publish(

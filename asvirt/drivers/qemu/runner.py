@@ -39,6 +39,7 @@ import trio
 
 from ... import fsutil
 from ...conf.domain import DomainDef
+from ...conf.metadata import adopt_metadata
 from ...config import QemuConfig
 from ...drivers.base import SecretUsageType, StatsGroup
 from ...errors import (
@@ -308,12 +309,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
         self.machine.load_state()
         return await self.execute(command, arguments)
 
-    async def set_metadata(
-        self, title: str | None, description: str | None, metadata: list[str]
-    ) -> None:
+    async def set_metadata(self, source: DomainDef) -> None:
         await trio.lowlevel.checkpoint()
-        self._live_def.title, self._live_def.description = title, description
-        self._live_def.metadata = list(metadata)
+        adopt_metadata(self._live_def, source)
         self._live_changed()
 
     async def agent_command(

@@ -43,6 +43,7 @@ import trio
 from ...conf.addresses import PCIAddress
 from ...conf.devices import Disk, HotplugDevice, Interface
 from ...conf.domain import DomainDef
+from ...conf.metadata import adopt_metadata
 from ...conf.postparse import postparse_domain
 from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
 from ...config import QemuConfig
@@ -673,12 +674,9 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
 
-    async def set_metadata(
-        self, title: str | None, description: str | None, metadata: list[str]
-    ) -> None:
+    async def set_metadata(self, source: DomainDef) -> None:
         await trio.lowlevel.checkpoint()
-        self._live_def.title, self._live_def.description = title, description
-        self._live_def.metadata = list(metadata)
+        adopt_metadata(self._live_def, source)
 
     async def send_key(self, qnums: list[int], holdtime: int) -> None:
         await trio.lowlevel.checkpoint()
