@@ -243,27 +243,38 @@ class AgentCalls(DomainDriverBase):
                     raise
         return params
 
+    async def _agent_typed(self, uuid: str, execute: str, kind: type) -> Any:
+        """An agent command's return value, which must be a ``kind`` (dict, list)."""
+        reply = await self._agent(uuid, execute)
+        if not isinstance(reply, kind):
+            raise InternalError(f"malformed return value of '{execute}'")
+        return reply
+
     async def _guest_users(self, uuid: str) -> dict[str, Any]:
-        users = await self._agent(uuid, "guest-get-users")
+        users = [u for u in await self._agent_typed(uuid, "guest-get-users", list)
+                 if isinstance(u, dict)]  # fmt: skip
         params: dict[str, Any] = {"user.count": len(users)}
         for i, user in enumerate(users):
             params[f"user.{i}.name"] = str(user.get("user", ""))
             if isinstance(user.get("domain"), str):
                 params[f"user.{i}.domain"] = user["domain"]
             # qemu-ga gives seconds (a float); libvirt milliseconds.
-            params[f"user.{i}.login-time"] = int(float(user.get("login-time", 0)) * 1000)
+            login = user.get("login-time", 0)
+            seconds = float(login) if isinstance(login, int | float) else 0.0
+            params[f"user.{i}.login-time"] = int(seconds * 1000)
         return params
 
     async def _guest_os(self, uuid: str) -> dict[str, Any]:
-        info = await self._agent(uuid, "guest-get-osinfo")
+        info = await self._agent_typed(uuid, "guest-get-osinfo", dict)
         return {f"os.{k}": info[k] for k in _OS_FIELDS if isinstance(info.get(k), str)}
 
     async def _guest_timezone(self, uuid: str) -> dict[str, Any]:
-        zone = await self._agent(uuid, "guest-get-timezone")
+        zone = await self._agent_typed(uuid, "guest-get-timezone", dict)
         params: dict[str, Any] = {}
         if isinstance(zone.get("zone"), str):
             params["timezone.name"] = zone["zone"]
-        params["timezone.offset"] = int(zone.get("offset", 0))
+        offset = zone.get("offset", 0)
+        params["timezone.offset"] = offset if isinstance(offset, int) else 0
         return params
 
     async def _guest_hostname(self, uuid: str) -> dict[str, Any]:
@@ -293,7 +304,7 @@ class AgentCalls(DomainDriverBase):
         return params
 
     async def _guest_disks(self, uuid: str) -> dict[str, Any]:
-        reply = await self._agent(uuid, "guest-get-disks")
+        reply = await self._agent_typed(uuid, "guest-get-disks", list)
         definition = self._runtime(self.table.get(uuid)).live_def
         disks = [d for d in reply or [] if isinstance(d, dict) and isinstance(d.get("name"), str)]
         params: dict[str, Any] = {"disk.count": len(disks)}
@@ -333,8 +344,12 @@ class AgentCalls(DomainDriverBase):
         return params
 
     async def _guest_load(self, uuid: str) -> dict[str, Any]:
-        load = await self._agent(uuid, "guest-get-load")
-        return {f"load.{k}": float(load[k]) for k in ("1m", "5m", "15m") if k in load}
+        load = await self._agent_typed(uuid, "guest-get-load", dict)
+        return {
+            f"load.{k}": float(load[k])
+            for k in ("1m", "5m", "15m")
+            if isinstance(load.get(k), int | float)
+        }
 
     async def domain_set_user_password(
         self, uuid: str, user: str, password: str, encrypted: bool
