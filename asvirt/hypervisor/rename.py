@@ -3,8 +3,9 @@
 
 As libvirt: only a persistent domain that is shut off, without a managed save image or
 snapshots (their metadata is kept under the name), to a name no other domain has. The
-backend stores the configuration under the new name (and the autostart mark) before it
-removes the old ones; then the table renames the domain, and two LIFECYCLE events follow:
+backend records the rename, stores the configuration under the new name (and the autostart
+mark) before it removes the old ones, and a rename cut short is completed when the node next
+opens; then the table renames the domain, and two LIFECYCLE events follow:
 UNDEFINED/RENAMED under the old name, DEFINED/RENAMED under the new one. The UUID, the
 disks, an NVRAM file (its path is in the definition) and the log stay as they are.
 """
