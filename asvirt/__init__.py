@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
     "BlockInfo": ".drivers.base",
+    "BlockJobInfo": ".drivers.base",
+    "BlockJobType": ".drivers.base",
     "BlockedReason": ".states",
     "Config": ".config",
     "ConfigUnsupportedError": ".errors",
@@ -122,6 +124,8 @@ if _TYPE_CHECKING:
     from .domain import Domain
     from .drivers.base import (
         BlockInfo,
+        BlockJobInfo,
+        BlockJobType,
         DomainFSInfo,
         DomainInfo,
         DomainSnapshotInfo,
@@ -237,6 +241,8 @@ __all__ = [
     "ArgumentUnsupportedError",
     "AsvirtError",
     "BlockInfo",
+    "BlockJobInfo",
+    "BlockJobType",
     "BlockedReason",
     "Config",
     "ConfigUnsupportedError",

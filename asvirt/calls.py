@@ -156,9 +156,10 @@ class ConnectionCalls:
         )
         return Domain(self, ref)
 
-    async def save_image_get_xml_desc(self, path: str) -> str:
-        """The domain XML the save image ``path`` (on the node's host) holds."""
-        return await self._call("save_image_get_xml_desc", path=path)
+    async def save_image_get_xml_desc(self, path: str, *, secure: bool = False) -> str:
+        """The domain XML the save image ``path`` (on the node's host) holds; ``secure``:
+        with its display passwords and disk cookies (virsh's ``--security-info``)."""
+        return await self._call("save_image_get_xml_desc", path=path, secure=secure)
 
     # -- networks and storage -----------------------------------------------------------------
 

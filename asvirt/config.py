@@ -78,6 +78,12 @@ class QemuConfig:
     #: ... and asks its clients for a certificate signed by the CA (``verify-peer``).
     vnc_tls_x509_verify: bool = True
     vnc_tls_x509_secret_uuid: str = ""
+    #: The password of VNC displays whose XML gives none (libvirt's qemu.conf
+    #: ``vnc_password``): "" means none. At most 8 bytes (the RFB protocol's DES key). A
+    #: configuration file holding it must not be readable by others.
+    vnc_password: str = dataclasses.field(default="", repr=False)
+    #: The password of SPICE displays whose XML gives none (libvirt's ``spice_password``).
+    spice_password: str = dataclasses.field(default="", repr=False)
     #: NBD disks connect over TLS unless their ``<source tls='no'>`` says otherwise (with
     #: False, only those with ``tls='yes'`` do).
     nbd_tls: bool = False
@@ -115,6 +121,27 @@ class QemuConfig:
             value = getattr(self, key)
             if value and not _is_uuid(value):
                 raise InvalidArgError(f"[qemu] {key} {value!r}: not a UUID")
+        if len(self.vnc_password.encode()) > 8:
+            raise InvalidArgError(
+                f"[qemu] vnc_password is {len(self.vnc_password.encode())} characters long, "
+                "only 8 permitted (VNC uses no more)"
+            )
+
+
+#: Settings that are passwords: a file holding one must not be readable by others.
+_PASSWORDS = (("qemu", "vnc_password"), ("qemu", "spice_password"))
+
+
+def _check_private(config: object, path: str | os.PathLike[str], mode: int) -> None:
+    """Refuse a configuration file that others may read when it holds a password."""
+    if not mode & 0o077:
+        return
+    for section, key in _PASSWORDS:
+        if getattr(getattr(config, section, None), key, ""):
+            raise InvalidArgError(
+                f"{path}: [{section}] {key} is set but the file can be read by others "
+                f"(mode {mode & 0o777:04o}); make it 0600"
+            )
 
 
 def _is_uuid(value: str) -> bool:
@@ -245,11 +272,14 @@ class _Sections:
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
+                mode = os.fstat(f.fileno()).st_mode
         except OSError as err:
             raise InvalidArgError(f"{path}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise InvalidArgError(f"{path}: {err}") from None
-        return cls.from_toml(data, source=os.fspath(path))
+        config = cls.from_toml(data, source=os.fspath(path))
+        _check_private(config, path, mode)
+        return config
 
 
 @dataclasses.dataclass(frozen=True)

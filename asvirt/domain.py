@@ -15,6 +15,7 @@ from .drivers.base import (
     MAX_TRANSFER,
     SCREENSHOT_MIME,
     BlockInfo,
+    BlockJobInfo,
     DomainFSInfo,
     DomainInfo,
     DomainInterface,
@@ -202,9 +203,13 @@ class Domain(Handle):
         ``securityLabel``); empty under ``none``."""
         return await self._call("domain_security_label")
 
-    async def xml_desc(self, *, inactive: bool = False) -> str:
-        """The live XML while running, else (or with ``inactive=True``) the persistent one."""
-        return await self._call("domain_xml_desc", inactive=inactive)
+    async def xml_desc(self, *, inactive: bool = False, secure: bool = False) -> str:
+        """The live XML while running, else (or with ``inactive=True``) the persistent one.
+
+        ``secure=True`` includes its secrets: display passwords and disk cookies (libvirt's
+        ``VIR_DOMAIN_XML_SECURE``, ``virsh dumpxml --security-info``); a read-only
+        connection is refused it (OperationDeniedError)."""
+        return await self._call("domain_xml_desc", inactive=inactive, secure=secure)
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a QMP command and return QEMU's ``return`` value (virsh qemu-monitor-command).
@@ -568,6 +573,90 @@ class Domain(Handle):
         """The sizes of a disk's image in bytes: ``capacity`` (what the guest sees),
         ``allocation`` (what it occupies on the host) and ``physical`` (its host size)."""
         return await self._call("domain_block_info", device=device)
+
+    # -- block jobs ----------------------------------------------------------------------------
+
+    async def block_resize(self, device: str, size: int, *, extend: bool = False) -> None:
+        """Resize the running guest's disk ``device`` (target or path) to ``size`` bytes
+        (libvirt's ``blockResize`` with ``VIR_DOMAIN_BLOCK_RESIZE_BYTES``; a qcow2 image's
+        size is rounded up to 512). Shrinking is allowed, as in libvirt, unless ``extend``."""
+        await self._call("domain_block_resize", device=device, size=size, extend=extend)
+
+    async def block_pull(self, device: str, bandwidth: int = 0, base: str | None = None) -> None:
+        """Start a job streaming the disk's backing chain into its top image (libvirt's
+        ``blockPull``; with ``base``, a path or ``vda[N]``, ``blockRebase``: only the images
+        above it, which the top then has as its backing file); ``bandwidth`` in bytes/s
+        (libvirt's ``_BANDWIDTH_BYTES``; 0: no limit). A BLOCK_JOB event (job ``pull``) says
+        when it ends."""
+        await self._call("domain_block_pull", device=device, bandwidth=bandwidth, base=base)
+
+    async def block_commit(
+        self,
+        device: str,
+        base: str | None = None,
+        top: str | None = None,
+        bandwidth: int = 0,
+        *,
+        active: bool = False,
+        shallow: bool = False,
+    ) -> None:
+        """Start a job committing the disk's images from ``top`` down into ``base``
+        (libvirt's ``blockCommit``): images named by path or ``vda[N]`` (N: the depth below
+        the top); ``top`` None is the active layer, which needs ``active``
+        (``VIR_DOMAIN_BLOCK_COMMIT_ACTIVE``): that job becomes ready (a BLOCK_JOB event)
+        and waits for :meth:`block_job_abort` with ``pivot`` to move the disk onto
+        ``base``. ``base`` None: the bottom of the chain; ``shallow``: top's backing file."""
+        await self._call(
+            "domain_block_commit",
+            device=device,
+            base=base,
+            top=top,
+            bandwidth=bandwidth,
+            active=active,
+            shallow=shallow,
+        )
+
+    async def block_copy(
+        self,
+        device: str,
+        dest_xml: str,
+        bandwidth: int = 0,
+        *,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """Start a job copying the disk to the image ``dest_xml`` describes (libvirt's
+        ``blockCopy``: a ``<disk type='file'>`` with its ``<source file=...>`` and maybe
+        ``<driver type=...>``, the disk's format by default). QEMU makes the image (a file
+        that exists is refused) unless ``reuse_ext``; ``shallow`` copies only the top, over
+        the same backing file. The job is ready (a BLOCK_JOB event, job ``copy``) once the
+        copy is in sync and mirrors every write; :meth:`block_job_abort` with ``pivot``
+        then moves the disk onto the copy, without it leaves a copy as of that moment."""
+        await self._call(
+            "domain_block_copy",
+            device=device,
+            dest_xml=dest_xml,
+            bandwidth=bandwidth,
+            shallow=shallow,
+            reuse_ext=reuse_ext,
+        )
+
+    async def block_job_info(self, device: str) -> BlockJobInfo | None:
+        """The disk's block job (libvirt's ``blockJobInfo``, ``bandwidth`` in bytes/s), or
+        None when it has none."""
+        result: BlockJobInfo | None = await self._call("domain_block_job_info", device=device)
+        return result
+
+    async def block_job_abort(self, device: str, *, pivot: bool = False, wait: bool = True) -> None:
+        """End the disk's block job (libvirt's ``blockJobAbort``): cancel it (a ready copy
+        or active commit stops, the disk stays where it is), or with ``pivot`` move the disk
+        onto the image the ready job made (the live XML then shows it). Returns once QEMU
+        has ended the job, unless ``wait`` is False (``VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC``)."""
+        await self._call("domain_block_job_abort", device=device, pivot=pivot, wait=wait)
+
+    async def block_job_set_speed(self, device: str, bandwidth: int) -> None:
+        """Limit the disk's block job to ``bandwidth`` bytes/s (0: no limit)."""
+        await self._call("domain_block_job_set_speed", device=device, bandwidth=bandwidth)
 
     # -- snapshots -----------------------------------------------------------------------------
 

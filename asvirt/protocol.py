@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from .conf.metadata_type import MetadataType
 from .drivers.base import (
     BlockInfo,
+    BlockJobInfo,
     DomainFSInfo,
     DomainInfo,
     DomainInterface,
@@ -125,6 +126,7 @@ class Call:
         priority: Priority,
         client: bool,
         secure: bool = False,
+        secure_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.target = target
@@ -132,6 +134,10 @@ class Call:
         #: It answers what only a read-write client may see (a secret's value), though it
         #: changes nothing (libvirt's ``read_secure`` ACL).
         self.secure = secure
+        #: Arguments that, given a true value, make the call answer what only a read-write
+        #: client may see (``domain_xml_desc``'s ``secure``: the display passwords): a
+        #: read-only client may make the call, but not with them.
+        self.secure_args = secure_args
         self.priority = priority
         #: The driver method also receives ``client=``: who called (autodestroy ownership).
         self.client = client
@@ -162,8 +168,12 @@ class Call:
 
     @property
     def read_only_ok(self) -> bool:
-        """Whether a read-only connection may make this call."""
+        """Whether a read-only connection may make this call (see also :meth:`secure_given`)."""
         return not self.mutates and not self.secure
+
+    def secure_given(self, args: Mapping[str, Any]) -> str | None:
+        """The first of ``secure_args`` given a true value in ``args`` (decoded), if any."""
+        return next((a for a in self.secure_args if args.get(a)), None)
 
 
 def call(
@@ -172,12 +182,20 @@ def call(
     priority: Priority = Priority.NORMAL,
     client: bool = False,
     secure: bool = False,
+    secure_args: tuple[str, ...] = (),
 ) -> Any:
     """Annotate a declared call (see the module docstring); ``secure``: refused to read-only
-    clients though it changes nothing."""
+    clients though it changes nothing; ``secure_args``: refused to them only when one of
+    these arguments is true."""
 
     def annotate(fn: F) -> F:
-        fn.__asvirt_call__ = (mutates, priority, client, secure)  # type: ignore[attr-defined]
+        fn.__asvirt_call__ = (  # type: ignore[attr-defined]
+            mutates,
+            priority,
+            client,
+            secure,
+            secure_args,
+        )
         return fn
 
     return annotate
@@ -324,9 +342,11 @@ class DomainCalls(Protocol):
         """The domain's security label (``virDomainGetSecurityLabel``)."""
         ...
 
-    @call(mutates=False, priority=HIGH)
-    async def domain_xml_desc(self, uuid: str, inactive: bool) -> str:
-        """The live XML while running, else (or with ``inactive``) the persistent one."""
+    @call(mutates=False, priority=HIGH, secure_args=("secure",))
+    async def domain_xml_desc(self, uuid: str, inactive: bool, secure: bool = False) -> str:
+        """The live XML while running, else (or with ``inactive``) the persistent one;
+        ``secure``: with its secrets (display passwords, disk cookies; libvirt's
+        ``VIR_DOMAIN_XML_SECURE``), refused to read-only clients."""
         ...
 
     @call(mutates=True)
@@ -395,6 +415,66 @@ class DomainCalls(Protocol):
     @call(mutates=False)
     async def domain_block_info(self, uuid: str, device: str) -> BlockInfo:
         """The sizes of a disk's image: capacity, allocation, physical."""
+        ...
+
+    # -- block jobs --------------------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_block_resize(
+        self, uuid: str, device: str, size: int, extend: bool = False
+    ) -> None:
+        """Resize a running domain's disk to ``size`` bytes (``extend``: never shrink)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_pull(
+        self, uuid: str, device: str, bandwidth: int, base: str | None = None
+    ) -> None:
+        """Start pulling a disk's backing chain (above ``base``) into its top image."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_commit(
+        self,
+        uuid: str,
+        device: str,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        active: bool,
+        shallow: bool = False,
+    ) -> None:
+        """Start committing a disk's images from ``top`` down into ``base``."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_copy(
+        self,
+        uuid: str,
+        device: str,
+        dest_xml: str,
+        bandwidth: int,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """Start copying a disk to the image a ``<disk>`` XML names (pivot onto it later)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
+        """A disk's block job (None: it has none)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_job_abort(
+        self, uuid: str, device: str, pivot: bool, wait: bool = True
+    ) -> None:
+        """Cancel a disk's block job, or pivot the disk onto the image it made."""
+        ...
+
+    @call(mutates=True)
+    async def domain_block_job_set_speed(self, uuid: str, device: str, bandwidth: int) -> None:
+        """Limit a disk's block job to ``bandwidth`` bytes/s (0: no limit)."""
         ...
 
     @call(mutates=True)
@@ -619,9 +699,10 @@ class DomainCalls(Protocol):
         """The name of the domain's current snapshot, if it has one."""
         ...
 
-    @call(mutates=False, priority=HIGH)
-    async def domain_snapshot_xml_desc(self, uuid: str, name: str) -> str:
-        """A snapshot's ``<domainsnapshot>`` XML."""
+    @call(mutates=False, priority=HIGH, secure_args=("secure",))
+    async def domain_snapshot_xml_desc(self, uuid: str, name: str, secure: bool = False) -> str:
+        """A snapshot's ``<domainsnapshot>`` XML; ``secure``: its domain's with secrets
+        (libvirt's ``VIR_DOMAIN_SNAPSHOT_XML_SECURE``), refused to read-only clients."""
         ...
 
     @call(mutates=True)
@@ -680,8 +761,9 @@ class DomainCalls(Protocol):
     # It reads a file of the node's host (the XML may hold a display password): changes
     # nothing, but not for read-only clients (libvirt: read_secure).
     @call(mutates=False, secure=True)
-    async def save_image_get_xml_desc(self, path: str) -> str:
-        """The domain XML a save image (on the node's host) holds."""
+    async def save_image_get_xml_desc(self, path: str, secure: bool = False) -> str:
+        """The domain XML a save image (on the node's host) holds; ``secure``: with its
+        secrets (libvirt's ``VIR_DOMAIN_SAVE_IMAGE_XML_SECURE``)."""
         ...
 
 
@@ -957,11 +1039,18 @@ def _declare(*classes: tuple[type, Target]) -> dict[str, Call]:
             annotation = getattr(fn, "__asvirt_call__", None)
             if annotation is None:
                 continue
-            mutates, priority, client, secure = annotation
+            mutates, priority, client, secure, secure_args = annotation
             if name in calls:
                 raise TypeError(f"call '{name}' is declared twice")
             calls[name] = Call(
-                name, target, fn, mutates=mutates, priority=priority, client=client, secure=secure
+                name,
+                target,
+                fn,
+                mutates=mutates,
+                priority=priority,
+                client=client,
+                secure=secure,
+                secure_args=secure_args,
             )
     return calls
 
@@ -1223,6 +1312,8 @@ def methods_markdown() -> str:
 def _mutates_doc(c: Call) -> str:
     if c.mutates:
         return "yes"
+    if c.secure_args:
+        return f"no (refused read-only with {', '.join(f'`{a}`' for a in c.secure_args)})"
     return "no (refused read-only)" if c.secure else "no"
 
 

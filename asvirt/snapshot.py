@@ -39,9 +39,11 @@ class DomainSnapshot:
     async def _call(self, method: str, /, **params: Any) -> Any:
         return await self._domain._call(method, name=self._name, **params)
 
-    async def xml_desc(self) -> str:
-        """The snapshot's ``<domainsnapshot>`` XML (virsh snapshot-dumpxml)."""
-        return await self._call("domain_snapshot_xml_desc")
+    async def xml_desc(self, *, secure: bool = False) -> str:
+        """The snapshot's ``<domainsnapshot>`` XML (virsh snapshot-dumpxml); ``secure``:
+        its domain's secrets too (display passwords, disk cookies), as
+        :meth:`Domain.xml_desc`."""
+        return await self._call("domain_snapshot_xml_desc", secure=secure)
 
     async def info(self) -> DomainSnapshotInfo:
         """Its parent, state, creation time, whether it is current, how many children."""

@@ -15,7 +15,7 @@ import trio
 import asvirt
 from asvirt.drivers.qemu.capabilities import kvm_usable
 
-from .helpers import destroy_all, embed_uri, wait_for, write_config
+from .helpers import destroy_all, disk_xml, embed_uri, wait_for, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = Path(
@@ -161,6 +161,18 @@ async def define(
     serial = tmp_path / f"{name}.serial"
     dom = await conn.define_xml(guest.xml(name, serial, **kw))  # type: ignore[arg-type]
     return dom, serial
+
+
+async def start_with_disk(
+    conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, image: Path, fmt: str = "qcow2"
+) -> asvirt.Domain:
+    """Define ``vm1`` with the image ``image`` as its vda and start it paused."""
+    # Block jobs run whether the vCPUs do or not: a paused VM is enough.
+    dom, _ = await define(
+        conn, guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE, devices=disk_xml(image, fmt=fmt)
+    )
+    await dom.start(paused=True)
+    return dom
 
 
 async def wait_for_serial(

@@ -94,6 +94,37 @@ def overlay(path: Path, backing: Path) -> Path:
     return path
 
 
+#: Bytes in a MiB.
+MiB = 1024 * 1024
+
+
+def image_with_data(path: Path, size: int, *, at: int, fill: bytes = b"\xab") -> Path:
+    """A qcow2 image of ``size`` bytes with 64 KiB of data at offset ``at``."""
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        f.seek(at)
+        f.write(fill * 65536)
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
+    raw.unlink()
+    return path
+
+
+def damaged_image(path: Path) -> Path:
+    """A 1 GiB qcow2 image whose second half cannot be read: QEMU finds the L2 table for it
+    at an unaligned offset, declares the image corrupt and fails the read with EIO. The first
+    half is intact (QEMU itself reads the first sectors while it starts)."""
+    image_with_data(path, 1024 * MiB, at=1024 * MiB - 65536)
+    with open(path, "r+b") as f:
+        l1_table = struct.unpack(">Q", f.read(48)[40:48])[0]
+        f.seek(l1_table + 8)  # L1 entry 1: guest bytes 512 MiB .. 1 GiB
+        (entry,) = struct.unpack(">Q", f.read(8))
+        assert entry & 0x00FFFFFFFFFFFE00, "the image should have an L2 table there"
+        f.seek(l1_table + 8)
+        f.write(struct.pack(">Q", entry + 512))
+    return path
+
+
 def disk_xml(
     path: Path,
     target: str = "vda",

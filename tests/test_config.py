@@ -36,6 +36,7 @@ def test_shipped_daemon_file_states_the_defaults():
         ("[qemu]\ngroup = 'kvm users'\n", "group 'kvm users': not a user or group name"),
         ("[secret]\nsecrets_encryption_key = 'key'\n", "secrets_encryption_key 'key': not an"),
         ("[secret]\nencrypt_data = 1\n", r"\[secret\] encrypt_data must be a bool"),
+        ("[qemu]\nvnc_password = '123456789'\n", "vnc_password is 9 characters long, only 8"),
     ],
 )
 def test_bad_config_files(tmp_path, text, match):
@@ -58,6 +59,19 @@ def test_bad_daemon_config_files(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(asvirt.InvalidArgError, match=match):
         DaemonConfig.load(path)
+
+
+def test_a_file_holding_a_display_password_must_be_private(tmp_path):
+    path = tmp_path / "asvirt.toml"
+    path.write_text("[qemu]\nspice_password = 'sp1ce'\nvnc_password = 'vnc'\n")
+    os.chmod(path, 0o640)
+    with pytest.raises(asvirt.InvalidArgError, match=r"mode 0640\); make it 0600") as info:
+        Config.load(path)
+    assert "sp1ce" not in str(info.value)
+    os.chmod(path, 0o600)
+    qemu = Config.load(path).qemu
+    assert (qemu.vnc_password, qemu.spice_password) == ("vnc", "sp1ce")
+    assert "sp1ce" not in repr(qemu)  # a log line printing the configuration
 
 
 def test_busy_polling_of_the_daemon_may_be_turned_off(tmp_path):

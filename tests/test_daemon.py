@@ -37,12 +37,15 @@ from asvirt import fsutil, protocol
 from asvirt.rpc import wire
 
 from .daemon import Daemon, session_runtime_dir
-from .guest import REPO, TestGuest, paused_xml, wait_for_serial
+from .guest import REPO, TestGuest, paused_xml, start_with_disk, wait_for_serial
 from .helpers import (
+    MiB,
     collect_until,
     embed_uri,
+    image_with_data,
     lifecycle,
     lifecycle_until,
+    overlay,
     peer_pid,
     pid_alive,
     qemu_pid,
@@ -56,10 +59,12 @@ EVENT_KINDS = [k for k in asvirt.EventKind if k is not asvirt.EventKind.GAP]
 #: What a read-only socket refuses: calls that change state, and those that read a secret.
 MUTATING = sorted(name for name, c in protocol.CALLS.items() if not c.read_only_ok)
 READING = sorted(name for name, c in protocol.CALLS.items() if c.read_only_ok)
+#: ... and those it answers unless asked for secrets (domain_xml_desc's ``secure``).
+SECURE_ARGS = sorted(n for n, c in protocol.CALLS.items() if c.read_only_ok and c.secure_args)
 #: Reading calls that name a snapshot of the VM (which has none).
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
-NEED_A_DEVICE = ("domain_block_info", "domain_interface_stats")
+NEED_A_DEVICE = ("domain_block_info", "domain_block_job_info", "domain_interface_stats")
 #: Reading calls answered by the guest (its agent): the paused VM cannot.
 NEED_A_RUNNING_GUEST = (
     "domain_get_time",
@@ -256,6 +261,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "arguments": None,
         "native_format": "qemu-argv",
         "inactive": False,
+        "secure": False,  # allowed read-only; true is refused (test below)
         "active": None,
         "persistent": None,
         "autostart": True,
@@ -327,6 +333,16 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "target": 0,  # NodeSuspendTarget.MEM
         "duration": 0,
         "screenshot": 1,
+        "size": 1,
+        "extend": False,
+        "bandwidth": 0,
+        "base": None,
+        "top": None,
+        "shallow": False,
+        "pivot": False,
+        "wait": True,
+        "dest_xml": "<disk><source file='/nonexistent/copy'/></disk>",
+        "reuse_ext": False,
     }
     unknown = [p for p, _ in c.params if p not in values]
     assert not unknown, f"{c.name}: no test value for argument(s) {unknown}"
@@ -373,6 +389,7 @@ def node_view(raw: Raw, uuid: str) -> dict[str, Any]:
 async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest, tmp_path):
     daemon = daemons()
     assert {"define_xml", "domain_destroy", "domain_qmp", "create_xml"} <= set(MUTATING)
+    assert "domain_xml_desc" in SECURE_ARGS
     async with asvirt.open(daemon.uri) as conn:
         dom = await start_paused(conn, test_guest, tmp_path)
         pid = qemu_pid(daemon.state_dir, "vm1")
@@ -387,6 +404,13 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                 assert error_of(reply) == (6, "OperationDeniedError"), name
                 # Refused whatever the arguments: no hint of what exists.
                 assert error_of(ro.request(name, {})) == (6, "OperationDeniedError"), name
+            # Calls read-only clients may make, but not asking for secrets (secure XML).
+            for name in SECURE_ARGS:
+                c = protocol.CALLS[name]
+                args = arguments(c, uuid=dom.uuid, name="vm1", xml=xml)
+                for arg in c.secure_args:
+                    reply = ro.request(name, {**args, arg: True})
+                    assert error_of(reply) == (6, "OperationDeniedError"), (name, arg)
             # Nothing changed: the VM runs paused in the same QEMU, nothing was defined.
             assert node_view(ro, dom.uuid) == before
             assert before["state"] == [S.PAUSED.value, asvirt.PausedReason.USER.value]
@@ -434,6 +458,8 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                 await ro_conn.define_xml(paused_xml(test_guest, tmp_path, "intruder"))
             with pytest.raises(asvirt.OperationDeniedError):
                 await seen.qmp("quit")
+            with pytest.raises(asvirt.OperationDeniedError, match="secure"):
+                await seen.xml_desc(secure=True)
             async with ro_conn.subscribe(domain="vm1", kinds=LC) as events:
                 # The daemon answers in order: once this is answered, it has subscribed.
                 await seen.state()
@@ -452,6 +478,27 @@ def daemon_uid(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[2])  # effective
     raise AssertionError(f"no Uid for {pid}")
+
+
+async def test_an_active_commit_pivots_through_the_daemon(daemons, test_guest, tmp_path):
+    # A backup script's round: commit the overlay, wait for READY, pivot; over the wire.
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top = overlay(tmp_path / "top.qcow2", base)
+    daemon = daemons()
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await start_with_disk(conn, test_guest, tmp_path, top)
+        async with conn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
+            await dom.block_commit("vda", active=True)
+            ready = await events.receive()
+            assert (ready.data["disk"], ready.data["status"]) == ("vda", "ready")
+            info = await dom.block_job_info("vda")
+            assert info is not None and info.type is asvirt.BlockJobType.ACTIVE_COMMIT
+            await dom.block_job_abort("vda", pivot=True)
+            done = await events.receive()
+        assert (done.data["job"], done.data["status"]) == ("active-commit", "completed")
+        assert f"<source file='{base}'" in await dom.xml_desc()
+        assert await dom.block_job_info("vda") is None
+        await dom.destroy()
 
 
 async def test_sockets_and_state_files_are_private(daemons, test_guest, tmp_path):

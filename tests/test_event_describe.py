@@ -172,6 +172,25 @@ CASES: list[tuple[EventKind, dict[str, Any] | None, str]] = [
             ("create", "completed", ": Unknown job for pull-vda completed"),
         )
     ],
+    # With the disk and libvirt's job type (virsh's block-job-2 line).
+    *[
+        (
+            EventKind.BLOCK_JOB,
+            {"device": dev, "type": qemu, "disk": "vda", "job": job, "status": st},
+            out,
+        )
+        for dev, qemu, job, st, out in (
+            (
+                "active-commit-vda",
+                "commit",
+                "active-commit",
+                "ready",
+                ": Active Block Commit for vda ready",
+            ),
+            ("commit-vda", "commit", "commit", "completed", ": Block Commit for vda completed"),
+            ("pull-vda", "stream", "pull", "canceled", ": Block Pull for vda canceled"),
+        )
+    ],
 ]
 
 

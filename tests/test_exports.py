@@ -18,6 +18,8 @@ PUBLIC = [
     "ShutdownMode",
     "AsvirtError",
     "BlockInfo",
+    "BlockJobInfo",
+    "BlockJobType",
     "BlockedReason",
     "Config",
     "ConfigUnsupportedError",

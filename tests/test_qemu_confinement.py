@@ -580,6 +580,34 @@ async def test_hotplugged_disks_are_given_as_cold_plugged_ones_and_back_on_detac
     assert owner(image) == owner(cold) == SOMEONE
 
 
+async def test_the_base_of_an_active_commit_is_given_for_the_job_and_kept_after_the_pivot(
+    cconn: asvirt.Connection, confined: Path, guest: TestGuest, open_dir: Path, nobody
+):
+    # The base is readable by all (a backing file is never given) but only its owner's to
+    # write: QEMU, as nobody, can commit into it only once it is given it.
+    base = open_dir / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "16M")
+    top = overlay(open_dir / "top.qcow2", base)
+    for image in (base, top):
+        os.chown(image, *SOMEONE)
+        image.chmod(0o644)
+    xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=disk_xml(top))
+    dom = await cconn.define_xml(xml)
+    await dom.start(paused=True)
+    assert owner(top) == nobody and owner(base) == SOMEONE
+    async with cconn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
+        await dom.block_commit("vda", active=True)
+        assert owner(base) == nobody
+        assert (await events.receive()).data["status"] == "ready"
+        await dom.block_job_abort("vda", pivot=True)
+    # The disk is the base now: kept; the top it left goes back at once.
+    assert owner(base) == nobody and owner(top) == SOMEONE
+    chowned = status_record(confined, "vm1")["chowned"]
+    assert str(base) in chowned and str(top) not in chowned
+    await dom.destroy()
+    assert owner(base) == owner(top) == SOMEONE
+
+
 async def test_an_nbd_socket_is_checked_and_never_given_away(cconn, guest, open_dir, nobody):
     # qemu-nbd makes its socket 0755 (root's umask): QEMU as nobody could not connect.
     image = someones(open_dir / "served.raw")

@@ -10,52 +10,27 @@ paused VM use KVM where it works.
 from __future__ import annotations
 
 import calendar
-import struct
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 import asvirt
 from asvirt import DomainState as S
 
-from .guest import PAUSED_DOMAIN_TYPE, TestGuest, define, wait_for_serial
-from .helpers import collect_until, disk_xml, lifecycle, overlay, qemu_img
+from .guest import PAUSED_DOMAIN_TYPE, define, start_with_disk, wait_for_serial
+from .helpers import (
+    MiB,
+    collect_until,
+    damaged_image,
+    disk_xml,
+    image_with_data,
+    lifecycle,
+    overlay,
+)
 
 pytestmark = [pytest.mark.qemu]
 
 K = asvirt.EventKind
-MiB = 1024 * 1024
-
-
-# -- disk images ----------------------------------------------------------------------------------
-
-
-def image_with_data(path: Path, size: int, *, at: int, fill: bytes = b"\xab") -> Path:
-    """A qcow2 image of ``size`` bytes with 64 KiB of data at offset ``at``."""
-    raw = path.with_suffix(".raw")
-    with open(raw, "wb") as f:
-        f.truncate(size)
-        f.seek(at)
-        f.write(fill * 65536)
-    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
-    raw.unlink()
-    return path
-
-
-def damaged_image(path: Path) -> Path:
-    """A 1 GiB qcow2 image whose second half cannot be read: QEMU finds the L2 table for it
-    at an unaligned offset, declares the image corrupt and fails the read with EIO. The first
-    half is intact (QEMU itself reads the first sectors while it starts)."""
-    image_with_data(path, 1024 * MiB, at=1024 * MiB - 65536)
-    with open(path, "r+b") as f:
-        l1_table = struct.unpack(">Q", f.read(48)[40:48])[0]
-        f.seek(l1_table + 8)  # L1 entry 1: guest bytes 512 MiB .. 1 GiB
-        (entry,) = struct.unpack(">Q", f.read(8))
-        assert entry & 0x00FFFFFFFFFFFE00, "the image should have an L2 table there"
-        f.seek(l1_table + 8)
-        f.write(struct.pack(">Q", entry + 512))
-    return path
 
 
 def kind_seen(kind: asvirt.EventKind, **data: object) -> Callable[[list[asvirt.DomainEvent]], bool]:
@@ -247,17 +222,6 @@ async def test_device_removed(conn, test_guest, tmp_path):
 # -- block jobs -----------------------------------------------------------------------------------
 
 
-async def start_with_disk(
-    conn: asvirt.Connection, guest: TestGuest, tmp_path: Path, image: Path
-) -> asvirt.Domain:
-    # Block jobs run whether the vCPUs do or not: a paused VM is enough.
-    dom, _ = await define(
-        conn, guest, tmp_path, domain_type=PAUSED_DOMAIN_TYPE, devices=disk_xml(image)
-    )
-    await dom.start(paused=True)
-    return dom
-
-
 async def test_block_job_stream_completed(conn, test_guest, tmp_path):
     base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
     top = overlay(tmp_path / "top.qcow2", base)
@@ -269,12 +233,14 @@ async def test_block_job_stream_completed(conn, test_guest, tmp_path):
     assert job.data == {
         "device": "pull-vda",
         "type": "stream",
+        "disk": "vda",
+        "job": "pull",
         "status": "completed",
         "offset": 16 * MiB,
         "len": 16 * MiB,
         "error": None,
     }
-    assert job.describe() == "event 'block-job' for domain 'vm1': Block Pull for pull-vda completed"
+    assert job.describe() == "event 'block-job' for domain 'vm1': Block Pull for vda completed"
     [disk] = await dom.qmp("query-block")
     assert "backing-image" not in disk["inserted"]["image"], "the data was pulled into top"
 
@@ -291,7 +257,7 @@ async def test_block_job_stream_canceled(conn, test_guest, tmp_path):
     assert job.data["device"] == "pull-vda" and job.data["type"] == "stream"
     assert job.data["status"] == "canceled" and job.data["error"] is None
     assert job.data["offset"] < job.data["len"] == 16 * MiB
-    assert job.describe().endswith(": Block Pull for pull-vda canceled")
+    assert job.describe().endswith(": Block Pull for vda canceled")
 
 
 async def test_block_job_mirror_ready_then_completed(conn, test_guest, tmp_path):
@@ -305,7 +271,7 @@ async def test_block_job_mirror_ready_then_completed(conn, test_guest, tmp_path)
         )
         ready = await events.receive()
         assert (ready.data["type"], ready.data["status"]) == ("mirror", "ready")
-        assert ready.describe().endswith(": Block Copy for copy-vda ready")
+        assert ready.describe().endswith(": Block Copy for vda ready")
         await dom.qmp("block-job-complete", {"device": "copy-vda"})
         done = await events.receive()
     assert (done.data["device"], done.data["type"], done.data["status"]) == (
@@ -316,6 +282,7 @@ async def test_block_job_mirror_ready_then_completed(conn, test_guest, tmp_path)
     assert done.data["offset"] == done.data["len"] and done.data["error"] is None
     [block] = await dom.qmp("query-block")
     assert block["inserted"]["file"] == str(copy), "the disk now runs on the copy"
+    assert f"<source file='{copy}'" in await dom.xml_desc(), "and the live XML says so"
 
 
 async def test_block_job_failed_once(conn, test_guest, tmp_path):
@@ -333,7 +300,7 @@ async def test_block_job_failed_once(conn, test_guest, tmp_path):
         "failed",
     )
     assert job.data["error"] == "Input/output error"
-    assert job.describe().endswith(": Block Pull for pull-vda failed")
+    assert job.describe().endswith(": Block Pull for vda failed")
 
 
 # -- reboot -----------------------------------------------------------------------------------

@@ -291,7 +291,9 @@ async def test_http_disk_sends_its_cookies_through_a_secret_object(
         holding = _files_holding(root, COOKIE.encode())
         assert log not in holding
         assert holding and all(mode & 0o077 == 0 for mode in holding.values()), holding
-        assert f"<cookie name='session'>{COOKIE}</cookie>" in await dom.xml_desc()
+        # Shown only to who asks for the secure XML (as a display password).
+        assert f"<cookie name='session'>{COOKIE}</cookie>" in await dom.xml_desc(secure=True)
+        assert COOKIE not in await dom.xml_desc() and "<cookies>" not in await dom.xml_desc()
 
         # Plugged while it runs: its cookies go over the monitor, and leave with it.
         async def cookie_objects() -> list[str]:

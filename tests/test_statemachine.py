@@ -688,6 +688,8 @@ def test_block_job_events(name: str, data: dict[str, Any], status: str, error: s
                 {
                     "device": "copy-vda",
                     "type": "mirror",
+                    "disk": "vda",
+                    "job": "copy",
                     "status": status,
                     "offset": 524288,
                     "len": 1048576,
@@ -698,6 +700,25 @@ def test_block_job_events(name: str, data: dict[str, Any], status: str, error: s
         None,
     )
     assert state_of(m) == (S.RUNNING, RunningReason.BOOTED)
+
+
+@pytest.mark.parametrize(
+    ("device", "qemu_type", "disk", "kind"),
+    [
+        ("active-commit-vda", "commit", "vda", "active-commit"),  # QEMU says only "commit"
+        ("commit-sdb", "commit", "sdb", "commit"),
+        ("pull-hdc", "stream", "hdc", "pull"),
+        ("j", "stream", None, "pull"),  # a job asvirt did not name: QEMU's type says what
+        ("pull-", "backup", None, "backup"),
+    ],
+)
+def test_block_job_events_name_the_disk_and_libvirts_job_type(
+    device: str, qemu_type: str, disk: str | None, kind: str
+) -> None:
+    [(_, _, _, data)] = send(
+        running(), "BLOCK_JOB_READY", {**job(), "device": device, "type": qemu_type}
+    ).events
+    assert (data["device"], data["disk"], data["job"]) == (device, disk, kind)
 
 
 def test_block_job_error_is_not_an_end() -> None:

@@ -291,7 +291,8 @@ async def cmd_domiflist(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("edit", "edit XML configuration for a domain", needs_loop=True)
 async def cmd_edit(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    original = await dom.xml_desc(inactive=True)
+    # With its secrets, as virsh edits it: what is not shown would be lost when stored.
+    original = await dom.xml_desc(inactive=True, secure=True)
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     fd, path = tempfile.mkstemp(prefix=f"asvirt-{dom.name}-", suffix=".xml")
     try:

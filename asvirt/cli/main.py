@@ -257,7 +257,8 @@ async def cmd_domname(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 @command("dumpxml", "domain information in XML")
 async def cmd_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    sys.stdout.write(render.xml_document(await dom.xml_desc(inactive=args.inactive)))
+    xml = await dom.xml_desc(inactive=args.inactive, secure=args.security_info)
+    sys.stdout.write(render.xml_document(xml))
     return 0
 
 
@@ -266,7 +267,7 @@ async def cmd_domdisplay(conn: ConnectionCalls, args: argparse.Namespace) -> int
     dom = await _domain(conn, args.domain)
     if not await dom.is_active():
         raise asvirt.OperationInvalidError(f"domain '{dom.name}' is not running")
-    uri = render.display_uri(await dom.xml_desc())
+    uri = render.display_uri(await dom.xml_desc(secure=args.include_password))
     if uri is None:
         raise asvirt.OperationFailedError(f"domain '{dom.name}' has no graphical display")
     print(f"{uri}\n")
@@ -446,7 +447,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "domiflist",
         "edit",
     ),
-    "display": ("send-key", "inject-nmi", "screenshot", "dompmsuspend", "dompmwakeup"),
+    "guest_input": ("send-key", "inject-nmi", "screenshot", "dompmsuspend", "dompmwakeup"),
     "metadata": ("desc", "metadata", "domrename"),
     "monitor": ("domstats", "domblkstat", "domifstat", "dommemstat", "domblkinfo", "vncdisplay"),
     "network": (
@@ -487,6 +488,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "managedsave-remove",
         "save-image-dumpxml",
     ),
+    "blockjobs": ("blockresize", "blockpull", "blockcommit", "blockcopy", "blockjob"),
     "storage": (
         "pool-define-as",
         "pool-define",
@@ -581,7 +583,8 @@ def command_specs(names: Iterable[str] | None = None) -> dict[str, CommandSpec]:
     p.add_argument(
         "--storage", help="remove these storage volumes (comma separated targets or sources)"
     )
-    add("domdisplay", "domain")
+    p = add("domdisplay", "domain")
+    p.add_argument("--include-password", action="store_true", help="includes the password")
     p = add("start", "domain")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
     p.add_argument(
@@ -607,6 +610,11 @@ def command_specs(names: Iterable[str] | None = None) -> dict[str, CommandSpec]:
     p.add_argument("--reason", action="store_true", help="also print the reason")
     p = add("dumpxml", "domain")
     p.add_argument("--inactive", action="store_true", help="the persistent configuration")
+    p.add_argument(
+        "--security-info",
+        action="store_true",
+        help="include security sensitive information in XML dump",
+    )
     add("capabilities")
     add("hostname")
     add("uri")

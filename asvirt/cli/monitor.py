@@ -132,20 +132,10 @@ async def cmd_dommemstat(conn: ConnectionCalls, args: argparse.Namespace) -> int
     return 0
 
 
-def _pretty_capacity(value: int) -> str:
-    """virsh's ``%.3lf UNIT`` with binary units."""
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if size < 1024 or unit == "PiB":
-            return f"{size:.3f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def _block_info_cells(info: asvirt.BlockInfo | None, human: bool) -> tuple[str, str, str]:
     if info is None or (info.capacity == 0 and info.allocation == 0 and info.physical == 0):
         return "-", "-", "-"
-    show = _pretty_capacity if human else str
+    show = render.pretty_capacity if human else str
     return show(info.capacity), show(info.allocation), show(info.physical)
 
 

@@ -94,7 +94,9 @@ def padded_pairs(items: Iterable[tuple[str, str]], width: int = 15) -> str:
 def display_uri(live_xml: str) -> str | None:
     """What ``virsh domdisplay`` prints for a running domain's XML: ``spice://HOST:PORT``
     (``?tls-port=N`` added for a SPICE TLS port; ``spice://HOST?tls-port=N`` with only
-    that), ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display."""
+    that), ``vnc://HOST:DISPLAY`` or ``spice+unix:///PATH``; None without a display. A
+    secure XML's password is in it as virsh's ``--include-password`` puts it
+    (``vnc://:PASSWORD@HOST:DISPLAY``)."""
     from lxml import etree
 
     root = etree.fromstring(live_xml.encode())
@@ -114,7 +116,8 @@ def display_uri(live_xml: str) -> str | None:
             host = "localhost"
         elif ":" in str(host):
             host = f"[{host}]"
-        uri = f"{kind}://{host}"
+        passwd = gfx.get("passwd")
+        uri = f"{kind}://{host}" if passwd is None else f"{kind}://:{passwd}@{host}"
         if port is not None:
             uri += f":{port - 5900 if kind == 'vnc' else port}"
         if tls_port is not None:
@@ -155,3 +158,13 @@ class ProgressBar:
         if self._tty and self._shown >= 0:
             self._stream.write("\n")
             self._stream.flush()
+
+
+def pretty_capacity(value: int) -> str:
+    """virsh's ``%.3lf UNIT`` with binary units."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{size:.3f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -235,7 +235,8 @@ async def cmd_snapshot_current(conn: ConnectionCalls, args: argparse.Namespace) 
 @command("snapshot-dumpxml", "Dump XML for a domain snapshot")
 async def cmd_snapshot_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
-    print(await (await dom.snapshot_lookup_by_name(args.snapshotname)).xml_desc())
+    snap = await dom.snapshot_lookup_by_name(args.snapshotname)
+    print(await snap.xml_desc(secure=args.security_info))
     return 0
 
 
@@ -356,7 +357,7 @@ async def cmd_managedsave_remove(conn: ConnectionCalls, args: argparse.Namespace
 
 @command("save-image-dumpxml", "saved state domain information in XML")
 async def cmd_save_image_dumpxml(conn: ConnectionCalls, args: argparse.Namespace) -> int:
-    print(await conn.save_image_get_xml_desc(args.file))
+    print(await conn.save_image_get_xml_desc(args.file, secure=args.security_info))
     return 0
 
 
@@ -405,7 +406,12 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--from", dest="from_", metavar="SNAPSHOT", help="children of this one")
     p = add("snapshot-current", "domain")
     p.add_argument("--name", action="store_true", help="the name, rather than the XML")
-    add("snapshot-dumpxml", "domain", "snapshotname")
+    p = add("snapshot-dumpxml", "domain", "snapshotname")
+    p.add_argument(
+        "--security-info",
+        action="store_true",
+        help="include security sensitive information in XML dump",
+    )
     for name in ("snapshot-info", "snapshot-parent", "snapshot-revert", "snapshot-delete"):
         p = add(name, "domain")
         p.add_argument("snapshotname", nargs="?", help="snapshot name")
@@ -432,7 +438,12 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         if name != "managedsave":
             p.add_argument("--xml", help="file with an alternative domain XML")
     add("managedsave-remove", "domain")
-    add("save-image-dumpxml", "file")
+    p = add("save-image-dumpxml", "file")
+    p.add_argument(
+        "--security-info",
+        action="store_true",
+        help="include security sensitive information in XML dump",
+    )
 
 
 __all__ = ["add_parsers", "snapshot_xml", "tree"]

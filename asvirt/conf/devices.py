@@ -165,6 +165,16 @@ def default_disk_bus(target: str) -> str:
     return {"hd": "ide", "sd": "scsi", "vd": "virtio", "fd": "fdc"}.get(kind, "")
 
 
+@dataclass
+class BackingStore:
+    """One image below a disk's top in its backing chain, as the live XML's
+    ``<backingStore>`` shows what QEMU has open."""
+
+    source: str
+    format: str | None = None
+    type: str = "file"  # file | block
+
+
 @dataclass(slots=True)
 class Disk(DeviceBase):
     """``<disk>``: a file or block device seen by the guest as a disk or CD-ROM.
@@ -228,6 +238,9 @@ class Disk(DeviceBase):
     encryption: Encryption | None = None
     #: ``<source><seclabel>``: how its file is labelled, overriding the domain's.
     seclabels: list[DeviceSecLabel] = field(default_factory=list)
+    #: The images below the top, top first, as QEMU has them open (``<backingStore>`` of
+    #: the live XML; [] : none, None: not known, as in a configuration).
+    backing_store: list[BackingStore] | None = None
 
     @property
     def norelabel(self) -> bool:
@@ -318,6 +331,13 @@ class Disk(DeviceBase):
                 label.format_xml(src)
         if self.encryption is not None:
             self.encryption.format_xml(src if self.encryption.in_source and src else el)
+        if live and self.backing_store is not None and self.source is not None:
+            parent = el
+            for layer in self.backing_store:
+                parent = parent.add("backingStore", {"type": layer.type})
+                parent.add_if("format", {"type": layer.format})
+                parent.add("source", {"dev" if layer.type == "block" else "file": layer.source})
+            parent.add("backingStore")
         if self.geometry is not None:
             self.geometry.format_xml(el)
         if self.blockio is not None:
@@ -364,6 +384,37 @@ def _parse_source_encryption(src: Node, disk: Disk) -> None:
     enc = src.child("encryption")
     if enc is not None:
         disk.encryption = parse_encryption(enc, in_source=True)
+
+
+def _parse_backing_store(node: Node) -> list[BackingStore] | None:
+    """The chain of ``<backingStore>`` in ``node`` (a live XML's, kept in status files):
+    None without one. What QEMU has open replaces it while the domain runs; a
+    configuration keeps none (the images name their own backing files)."""
+    chain: list[BackingStore] = []
+    store = node.child("backingStore")
+    if store is None:
+        return None
+    while store is not None:
+        src = store.child("source")
+        if src is None:  # <backingStore/>: the end of the chain
+            store.finish()
+            return chain
+        kind = store.choice("type", ("file", "block"), "file") or "file"
+        path = src.attr("dev" if kind == "block" else "file")
+        if path is None or not path.startswith("/"):
+            raise XMLError(f"{src.where} needs an absolute path")
+        src.ignore("index")
+        src.finish()
+        fmt = store.child("format")
+        layer = BackingStore(path, fmt.choice("type", DISK_FORMATS) if fmt else None, kind)
+        if fmt is not None:
+            fmt.finish()
+        chain.append(layer)
+        store.ignore("index")
+        following = store.child("backingStore")
+        store.finish()
+        store = following
+    return chain
 
 
 def parse_disk(node: Node) -> Disk:
@@ -419,6 +470,7 @@ def parse_disk(node: Node) -> Disk:
         disk.node_index = src.integer("index", minimum=1, maximum=2**31 - 1)
         _parse_source_encryption(src, disk)
         src.finish()
+    disk.backing_store = _parse_backing_store(node)
     enc = node.child("encryption")
     if enc is not None:
         if disk.encryption is not None:
@@ -1523,6 +1575,12 @@ class Graphics:
     #: dbus: a private connection per client (``p2p='yes'``), or the bus QEMU joins.
     dbus_p2p: bool | None = None
     dbus_address: str | None = None
+    #: VNC and SPICE: the password clients must give (``passwd``; only a secure XML shows
+    #: it), when it expires (``passwdValidTo``: seconds since the epoch, UTC) and what a
+    #: password change does to connected clients (``connected``: keep | disconnect | fail).
+    passwd: str | None = field(default=None, repr=False)
+    passwd_valid_to: int | None = None
+    connected: str | None = None
 
     def format_xml(self, parent: XElem, live: bool) -> None:
         if self.type in LOCAL_DISPLAYS:
@@ -1556,6 +1614,11 @@ class Graphics:
                 "sharePolicy": self.share_policy,
             },
         )
+        if self.passwd is not None:  # as libvirt: the expiry and the policy go with it
+            el.set_secret("passwd", self.passwd)
+            if self.passwd_valid_to is not None:
+                el.set("passwdValidTo", format_valid_to(self.passwd_valid_to))
+            el.set("connected", self.connected)
         for lst in self.listens:
             el.add("listen", {"type": lst.type, "address": lst.address, "socket": lst.socket})
         for name, mode in self.channels.items():
@@ -1585,6 +1648,7 @@ def parse_graphics(node: Node) -> Graphics:
         gfx.share_policy = node.choice("sharePolicy", ("allow-exclusive", "force-shared", "ignore"))
     else:
         _parse_spice(node, gfx)
+    _parse_password(node, gfx)
     gfx.keymap = node.attr("keymap")
     if gfx.keymap is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]{2,4})?", gfx.keymap):
         raise XMLError(f"invalid VNC keymap '{gfx.keymap}' (e.g. 'en-us', 'de', 'fr-ch')")
@@ -1622,6 +1686,76 @@ def parse_graphics(node: Node) -> Graphics:
         gfx.autoport = True
     node.finish()
     return gfx
+
+
+#: The longest VNC password: the RFB protocol's DES key is its first 8 bytes, the rest would
+#: be ignored (libvirt refuses longer ones since 8.0, with these words).
+VNC_PASSWORD_MAX = 8
+
+#: What ``connected`` may say: SPICE's three policies; VNC can only keep its clients.
+_CONNECTED = {"vnc": ("keep",), "spice": ("fail", "disconnect", "keep")}
+
+
+def _parse_password(node: Node, gfx: Graphics) -> None:
+    """``passwd``, ``passwdValidTo`` and ``connected`` of a VNC or SPICE display. As in
+    libvirt, the last two mean nothing without a password and are dropped then (a non-secure
+    XML shows them without its ``passwd``: redefined from it, the display has none)."""
+    gfx.passwd = node.attr("passwd")
+    if gfx.passwd is None:
+        node.ignore("passwdValidTo", "connected")
+        return
+    check_vnc_password(gfx.type, gfx.passwd, "VNC password")
+    valid_to = node.attr("passwdValidTo")
+    if valid_to is not None:
+        gfx.passwd_valid_to = parse_valid_to(valid_to)
+    connected = node.attr("connected")
+    if connected is not None:
+        allowed = _CONNECTED[gfx.type]
+        if connected not in allowed:
+            if gfx.type == "vnc" and connected in _CONNECTED["spice"]:
+                raise ConfigUnsupportedError(
+                    "unsupported configuration: VNC supports connected='keep' only"
+                )
+            raise node.unsupported_value("connected", connected, allowed)
+        gfx.connected = connected
+
+
+def check_vnc_password(kind: str, password: str, what: str) -> None:
+    """Refuse a VNC password QEMU would cut short (``what``: how the message names it)."""
+    size = len(password.encode())
+    if kind == "vnc" and size > VNC_PASSWORD_MAX:
+        raise ConfigUnsupportedError(
+            f"unsupported configuration: {what} is {size} characters long, only "
+            f"{VNC_PASSWORD_MAX} permitted"
+        )
+
+
+_VALID_TO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
+
+
+def parse_valid_to(text: str) -> int:
+    """``passwdValidTo`` (``YYYY-MM-DDTHH:MM:SS``, UTC) as seconds since the epoch."""
+    import calendar
+    import datetime
+
+    m = _VALID_TO.fullmatch(text)
+    try:
+        if m is None:
+            raise ValueError(text)
+        year, month, day, hour, minute, second = (int(g) for g in m.groups())
+        when = datetime.datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        raise XMLError(
+            f"cannot parse password validity time '{text}', expect YYYY-MM-DDTHH:MM:SS"
+        ) from None
+    return calendar.timegm(when.timetuple())
+
+
+def format_valid_to(seconds: int) -> str:
+    """``passwdValidTo`` as libvirt writes it (UTC)."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def _parse_spice(node: Node, gfx: Graphics) -> None:
@@ -2137,6 +2271,24 @@ def parse_panic(node: Node) -> Panic:
 HotplugDevice = Disk | Interface | Input
 
 
+def parse_copy_destination(text: str | bytes) -> BackingStore:
+    """The destination of a block copy: a ``<disk type='file'|'block'>`` with a
+    ``<source file=|dev=>`` and maybe a ``<driver type=>`` (libvirt's ``blockCopy``
+    destination XML; a target or anything else in it is not looked at, as in libvirt)."""
+    root = parse_xml(text)
+    if root.tag != "disk":
+        raise XMLError(f"a block copy's destination is a <disk>, not <{root.tag}>")
+    node = Node(root, ("disk",))
+    kind = node.choice("type", ("file", "block"), "file") or "file"
+    src = node.child("source")
+    path = src.attr("dev" if kind == "block" else "file") if src is not None else None
+    if path is None or not path.startswith("/"):
+        raise XMLError("a block copy's destination needs a <source> with an absolute path")
+    drv = node.child("driver")
+    fmt = drv.choice("type", DISK_FORMATS) if drv is not None else None
+    return BackingStore(path, fmt, kind)
+
+
 def parse_device_xml(text: str | bytes) -> HotplugDevice:
     """Parse one device's XML (``<disk>``, ``<interface>`` or ``<input>``), as
     ``attach_device`` takes it."""
@@ -2149,5 +2301,15 @@ def parse_device_xml(text: str | bytes) -> HotplugDevice:
         return parse_input(Node(root, ("devices", "input")))
     raise ConfigUnsupportedError(
         f"unsupported configuration: attaching, detaching or updating <{root.tag}> is not "
-        "supported (asvirt hotplugs <disk>, <interface> and <input>)"
+        "supported (asvirt hotplugs <disk>, <interface> and <input>, and updates a "
+        "<graphics>' password)"
     )
+
+
+def parse_update_xml(text: str | bytes) -> HotplugDevice | Graphics:
+    """Parse one device's XML as ``update_device`` takes it: a hotplug device's, or a
+    ``<graphics>`` (whose password, expiry and ``connected`` may change)."""
+    root = parse_xml(text)
+    if root.tag == "graphics":
+        return parse_graphics(Node(root, ("devices", "graphics")))
+    return parse_device_xml(text)

@@ -186,7 +186,10 @@ class NetworkSource:
         if self.ssl_verify is not None:
             src.add("ssl", {"verify": "yes" if self.ssl_verify else "no"})
         if self.cookies:
-            jar = src.add("cookies")
+            # Only in a secure XML, like a display's passwd: a cookie is a credential. The
+            # whole element, not names without values: redefining from a non-secure XML
+            # then drops the cookies (as it drops a passwd) rather than sending empty ones.
+            jar = src.add("cookies", secret=True)
             for name, value in self.cookies:
                 jar.add("cookie", {"name": name}, text=value)
         if self.readahead is not None:

@@ -22,6 +22,7 @@ import dataclasses
 import re
 
 from ..errors import XMLError
+from .domain import hide_secrets
 from .names import validate_name
 from .xmlnode import Node, XElem
 from .xmlsafe import parse_xml
@@ -81,9 +82,10 @@ class SnapshotDef:
     def copy(self) -> SnapshotDef:
         return dataclasses.replace(self, disks=[dataclasses.replace(d) for d in self.disks])
 
-    def to_xml(self, *, current: bool | None = None) -> str:
+    def to_xml(self, *, current: bool | None = None, secure: bool = True) -> str:
         """The snapshot's XML; ``current`` (True or False) adds libvirt's ``<active>``
-        marker of the copy kept on disk."""
+        marker of the copy kept on disk; ``secure=False`` leaves out its domain's secrets
+        (see :meth:`DomainDef.to_xml`)."""
         root = XElem("domainsnapshot")
         root.add("name", text=self.name)
         if self.description is not None:
@@ -101,10 +103,14 @@ class SnapshotDef:
         text = root.serialize()
         end = "</domainsnapshot>\n"
         parts = [text[: -len(end)]]
-        if self.domain_xml is not None:
-            parts.append(_indent(self.domain_xml))
-        if self.inactive_xml is not None:
-            parts.append(_indent(_renamed(self.inactive_xml, "domain", "inactiveDomain")))
+        domain_xml, inactive_xml = self.domain_xml, self.inactive_xml
+        if not secure:
+            domain_xml = hide_secrets(domain_xml) if domain_xml is not None else None
+            inactive_xml = hide_secrets(inactive_xml) if inactive_xml is not None else None
+        if domain_xml is not None:
+            parts.append(_indent(domain_xml))
+        if inactive_xml is not None:
+            parts.append(_indent(_renamed(inactive_xml, "domain", "inactiveDomain")))
         if current is not None:
             parts.append(f"  <active>{int(current)}</active>\n")
         parts.append(end)

@@ -12,7 +12,7 @@ Writing: :class:`XElem` is a tiny element tree serialized the way libvirt prints
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from lxml import etree
 
@@ -186,7 +186,9 @@ class Node:
             qname = etree.QName(key)
             name, local = qname.text, qname.localname
             if name not in self._seen_attrs and local not in self._seen_attrs:
-                value = self.el.get(name)
+                # A password where it is not supported (a local display's) is not echoed:
+                # errors are logged and shown.
+                value = "..." if local == "passwd" else self.el.get(name)
                 raise ConfigUnsupportedError(
                     f"unsupported configuration: attribute {local}='{value}' of {self.where} "
                     "is not supported"
@@ -234,9 +236,14 @@ def _escape_text(value: str) -> str:
 
 
 class XElem:
-    """An element to be written: tag, attributes in insertion order, text or children."""
+    """An element to be written: tag, attributes in insertion order, text or children.
 
-    __slots__ = ("attrs", "children", "raw", "tag", "text")
+    What only a *secure* XML shows (libvirt's ``VIR_DOMAIN_XML_SECURE``: a display password,
+    a disk's cookies) is marked where it is written (:meth:`set_secret`, ``secret=True``), and
+    :meth:`serialize` leaves it out unless asked for it.
+    """
+
+    __slots__ = ("attrs", "children", "raw", "secret", "secret_attrs", "tag", "text")
 
     def __init__(self, tag: str, attrs: dict[str, object] | None = None, text: str | None = None):
         self.tag = tag
@@ -247,6 +254,9 @@ class XElem:
         self.text = text
         self.children: list[XElem] = []
         self.raw: list[str] = []
+        #: The element, or these of its attributes, only in a secure XML.
+        self.secret = False
+        self.secret_attrs: tuple[str, ...] = ()
 
     def set(self, name: str, value: object) -> None:
         """Set an attribute unless ``value`` is None (ints are written in decimal)."""
@@ -256,8 +266,23 @@ class XElem:
             value = "yes" if value else "no"
         self.attrs[name] = str(value)
 
-    def add(self, tag: str, attrs: dict[str, object] | None = None, text: str | None = None):
+    def set_secret(self, name: str, value: object) -> None:
+        """Set an attribute that only a secure XML shows (unless ``value`` is None)."""
+        if value is not None:
+            self.set(name, value)
+            self.secret_attrs += (name,)
+
+    def add(
+        self,
+        tag: str,
+        attrs: dict[str, object] | None = None,
+        text: str | None = None,
+        *,
+        secret: bool = False,
+    ):
+        """Add a child element; ``secret``: only a secure XML shows it."""
         child = XElem(tag, attrs, text)
+        child.secret = secret
         self.children.append(child)
         return child
 
@@ -267,23 +292,30 @@ class XElem:
             return None
         return self.add(tag, attrs)
 
-    def serialize(self) -> str:
+    def serialize(self, *, secure: bool = True) -> str:
+        """The XML text; without ``secure``, what is marked secret is left out."""
         out: list[str] = []
-        self._write(out, 0)
+        self._write(out, 0, secure)
         return "".join(out)
 
-    def _write(self, out: list[str], depth: int) -> None:
+    def _write(self, out: list[str], depth: int, secure: bool) -> None:
         pad = "  " * depth
-        attrs = "".join(f" {k}='{_escape_attr(v)}'" for k, v in self.attrs.items())
-        if not self.children and not self.raw:
+        items: Iterable[tuple[str, str]] = self.attrs.items()
+        children = self.children
+        if not secure:  # (filtered only then: the node's own files are written secure)
+            if self.secret_attrs:
+                items = [(k, v) for k, v in items if k not in self.secret_attrs]
+            children = [c for c in children if not c.secret]
+        attrs = "".join(f" {k}='{_escape_attr(v)}'" for k, v in items)
+        if not children and not self.raw:
             if self.text is None:
                 out.append(f"{pad}<{self.tag}{attrs}/>\n")
             else:
                 out.append(f"{pad}<{self.tag}{attrs}>{_escape_text(self.text)}</{self.tag}>\n")
             return
         out.append(f"{pad}<{self.tag}{attrs}>\n")
-        for child in self.children:
-            child._write(out, depth + 1)
+        for child in children:
+            child._write(out, depth + 1, secure)
         inner = "  " * (depth + 1)
         for fragment in self.raw:
             for line in fragment.splitlines():

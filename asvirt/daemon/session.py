@@ -482,9 +482,16 @@ class Session:
         except InvalidArgError as err:
             self._invalid_params(msg_id, err)
             return
+        secure_arg = c.secure_given(args) if self.read_only else None
+        if secure_arg is not None:
+            self.log.warning("call refused", method=c.name, reason="read-only connection")
+            raise OperationDeniedError(
+                f"'{c.name}' with '{secure_arg}' may reveal secrets; this connection is read-only"
+            )
         if c.progress is not None:
             args[c.progress] = self._progress_sender(msg_id) if args[c.progress] else None
-        if c.mutates or c.secure:  # who changed or read what read-only clients may not
+        if c.mutates or c.secure or c.secure_given(args):
+            # who changed or read what read-only clients may not
             self.log.info("call", method=c.name, **_loggable(args))
         if c.priority is protocol.Priority.HIGH:
             # Most of these (lookups, state, info) are done as soon as they are made: they

@@ -146,6 +146,35 @@ class BlockInfo:
     physical: int
 
 
+class BlockJobType(enum.IntEnum):
+    """What a block job does (libvirt's ``virDomainBlockJobType``)."""
+
+    UNKNOWN = 0
+    #: ``block_pull``: the backing chain streamed into the top image.
+    PULL = 1
+    #: ``block_copy``: the disk mirrored to another image.
+    COPY = 2
+    #: ``block_commit`` of a layer below the top: it ends by itself.
+    COMMIT = 3
+    #: ``block_commit`` of the top (active) layer: it waits, synchronised, for a pivot.
+    ACTIVE_COMMIT = 4
+    BACKUP = 5
+
+
+@record
+class BlockJobInfo:
+    """A disk's block job as it runs (libvirt's ``virDomainBlockJobInfo``): ``cur`` of
+    ``end`` done (units of the job's own choosing; ``end`` may grow), ``bandwidth`` its limit
+    in bytes/s (0: none), ``ready`` whether it waits to be pivoted or aborted (a copy or an
+    active commit that has synchronised)."""
+
+    type: BlockJobType
+    bandwidth: int
+    cur: int
+    end: int
+    ready: bool
+
+
 @record
 class DomainSnapshotInfo:
     """What a snapshot is, beside its XML: where it sits in the domain's snapshot tree."""

@@ -261,12 +261,17 @@ _DETAIL_LABELS: dict[EventDetail, str] = {
 # QEMU's BLOCK_IO_ERROR actions in virsh's words (libvirt's virDomainEventIOErrorAction).
 _IO_ERROR_ACTIONS = {"ignore": "none", "stop": "pause", "report": "report"}
 
-# QEMU's block job types in virsh's words (libvirt's virDomainBlockJobType). QEMU reports an
-# active commit as "commit" too, so it reads "Block Commit".
-_BLOCK_JOB_TYPES = {
-    "stream": "Block Pull",
-    "mirror": "Block Copy",
+#: QEMU's block job types (``type`` of its BLOCK_JOB_* events) by libvirt's names
+#: (``virDomainBlockJobType``), for jobs whose id does not say more: QEMU reports an active
+#: commit as "commit" too.
+QEMU_BLOCK_JOB_TYPES = {"stream": "pull", "mirror": "copy", "commit": "commit", "backup": "backup"}
+
+# libvirt's block job types in virsh's words.
+_BLOCK_JOB_LABELS = {
+    "pull": "Block Pull",
+    "copy": "Block Copy",
     "commit": "Block Commit",
+    "active-commit": "Active Block Commit",
     "backup": "Backup",
 }
 
@@ -328,8 +333,12 @@ class DomainEvent:
             case EventKind.BALLOON_CHANGE:
                 return f"{head}: {data.get('actual_kib', '')}KiB"
             case EventKind.BLOCK_JOB:
-                job = _BLOCK_JOB_TYPES.get(data.get("type", ""), "Unknown job")
-                return f"{head}: {job} for {data.get('device', '')} {data.get('status', '')}"
+                # virsh's block-job-2 line: the job in libvirt's words, the disk's target
+                # (the QEMU job's id for a job of no disk asvirt knows).
+                kind = data.get("job") or QEMU_BLOCK_JOB_TYPES.get(data.get("type", ""), "")
+                job = _BLOCK_JOB_LABELS.get(kind, "Unknown job")
+                disk = data.get("disk") or data.get("device", "")
+                return f"{head}: {job} for {disk} {data.get('status', '')}"
             case EventKind.AGENT_LIFECYCLE:
                 # virsh: state: 'connected' reason: 'channel'
                 state = _label(AgentLifecycleState, data.get("state"))

@@ -15,18 +15,29 @@ lookups and lists (they read what the supervisor already knows).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
 
-from ..conf.devices import Disk, HotplugDevice, Interface, parse_device_xml
+from ..conf.devices import (
+    Disk,
+    Graphics,
+    HotplugDevice,
+    Interface,
+    parse_copy_destination,
+    parse_device_xml,
+    parse_update_xml,
+)
 from ..conf.domain import DomainDef, clone_device
 from ..conf.names import canonical_uuid
 from ..conf.snapshot import SnapshotDef
 from ..conf.units import MAX_MEMORY_KIB
 from ..drivers.base import (
     BlockInfo,
+    BlockJobInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
@@ -64,7 +75,17 @@ from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
 from .guest_input import GuestInputCalls
 from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
-from .hotplug import apply_update, describe, find_device, remove_device, updated_link, updated_media
+from .hotplug import (
+    apply_password,
+    apply_update,
+    check_graphics_update,
+    describe,
+    find_device,
+    find_graphics,
+    remove_device,
+    updated_link,
+    updated_media,
+)
 from .metadata_calls import MetadataCalls
 from .rename import RenameCalls
 from .saveimage import ImageSink
@@ -129,6 +150,11 @@ class RuntimeCallbacks:
     def stopped(self, runtime: DomainRuntime, reason: ShutoffReason) -> None:
         """The guest of ``runtime`` is gone (after its STOPPED event, if any, was published)."""
         self._driver.runtime_stopped(self._obj, runtime, reason)
+
+    async def disk_moved(self, target: str, old: str, new: str, fmt: str | None) -> None:
+        """The running guest's disk ``target`` moved from image ``old`` onto ``new`` (a
+        block job pivoted it)."""
+        await self._driver.disk_moved(self._obj, target, old, new, fmt)
 
 
 class HypervisorBackend(Protocol):
@@ -288,6 +314,34 @@ class DomainDriver(
         self.table.stopped(obj, runtime, reason)
         if not obj.removed:
             self.backend.domain_stopped(obj, reason)
+
+    async def disk_moved(
+        self, obj: DomainObj, target: str, old: str, new: str, fmt: str | None
+    ) -> None:
+        """A running disk moved onto another image (a pivot): the configuration's same
+        disk, on the same image, follows it, as libvirt rewrites it: the next boot must use
+        what the guest has written to since, not the image it left. Takes no job: the
+        pivot's caller holds it (or nobody, when a re-attach finds the move)."""
+        cfg = obj.persistent_def
+        if cfg is None or not any(d.target == target and d.source == old for d in cfg.disks):
+            return
+        updated = cfg.copy()
+        for disk in updated.disks:
+            if disk.target == target:
+                disk.source = new
+                if fmt is not None:
+                    disk.format = fmt
+        try:
+            await self.backend.save_config(updated)
+        except AsvirtError as err:
+            log.error(
+                "cannot save the configuration after a disk moved",
+                domain=obj.name,
+                disk=target,
+                error=str(err),
+            )
+            return
+        obj.persistent_def = updated
 
     def _publish_lifecycle(self, obj: DomainObj, type_: LifecycleEvent, detail: Any) -> None:
         self.bus.publish(
@@ -680,12 +734,12 @@ class DomainDriver(
         self.table.get(uuid)  # raises for an unknown domain
         return self.backend.security_label
 
-    async def domain_xml_desc(self, uuid: str, *, inactive: bool) -> str:
+    async def domain_xml_desc(self, uuid: str, *, inactive: bool, secure: bool = False) -> str:
         obj = self.table.get(uuid)
         runtime = obj.runtime
         if runtime is not None and not (inactive and obj.persistent):
-            return runtime.live_xml()
-        return obj.definition(inactive=True).to_xml()
+            return runtime.live_xml(secure=secure)
+        return obj.definition(inactive=True).to_xml(secure=secure)
 
     async def domain_qmp(self, uuid: str, command: str, arguments: dict[str, Any] | None) -> Any:
         if not isinstance(command, str) or not command:
@@ -855,6 +909,144 @@ class DomainDriver(
             raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
         await trio.lowlevel.checkpoint()
         return self.backend.block_info(disk)
+
+    # -- block jobs (QEMU runs them on the images; see asvirt.drivers.qemu.blockjobs) ----------
+
+    def _block_disk(self, obj: DomainObj, device: str) -> tuple[DomainRuntime, Disk]:
+        """The running domain's disk ``device`` (target or path), with a local image."""
+        runtime = self._runtime(obj)
+        disk = self._disk(runtime.live_def, device)
+        if disk.net is not None:
+            raise OperationUnsupportedError(
+                f"disk '{device}' is a network disk ({disk.net.protocol}): asvirt runs no "
+                "block jobs on images on servers"
+            )
+        if disk.source is None:
+            raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
+        return runtime, disk
+
+    @staticmethod
+    def _bandwidth(bandwidth: int) -> int:
+        if bandwidth < 0:
+            raise InvalidArgError(f"bandwidth must be less than {2**63} bytes/s, not negative")
+        return bandwidth
+
+    async def domain_block_resize(
+        self, uuid: str, device: str, size: int, extend: bool = False
+    ) -> None:
+        """libvirt's ``virDomainBlockResize`` (with ``VIR_DOMAIN_BLOCK_RESIZE_BYTES``): the
+        running guest's disk grows (or shrinks: libvirt allows it unless ``extend``, its
+        ``VIR_DOMAIN_BLOCK_RESIZE_EXTEND``) to ``size`` bytes, a qcow2 image's rounded up
+        to 512 as libvirt does."""
+        if size < 0:
+            raise InvalidArgError("the size of a disk must not be negative")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            if disk.readonly:
+                raise OperationInvalidError(f"disk '{device}' is read-only: it cannot be resized")
+            if disk.format == "qcow2":
+                size = -(-size // 512) * 512
+            if extend:
+                current = self.backend.block_info(disk).capacity
+                if size < current:
+                    raise InvalidArgError(
+                        f"requested size {size} of disk '{device}' is smaller than its "
+                        f"current size {current}: shrinking refused (extend)"
+                    )
+            await runtime.block_resize(disk, size)
+
+    async def domain_block_pull(
+        self, uuid: str, device: str, bandwidth: int, base: str | None = None
+    ) -> None:
+        """libvirt's ``virDomainBlockPull`` (``virDomainBlockRebase`` with a ``base``): start
+        streaming the disk's backing chain (the images above ``base``) into its top image
+        (``bandwidth`` bytes/s; 0: unlimited); a BLOCK_JOB event ends it."""
+        self._bandwidth(bandwidth)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_pull(disk, bandwidth, base)
+
+    async def domain_block_commit(
+        self,
+        uuid: str,
+        device: str,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        active: bool,
+        shallow: bool = False,
+    ) -> None:
+        """libvirt's ``virDomainBlockCommit``: start committing ``top`` (default: the active
+        layer, which needs ``active``: VIR_DOMAIN_BLOCK_COMMIT_ACTIVE) into ``base``
+        (default: the bottom of the chain; ``shallow``: top's backing file)."""
+        self._bandwidth(bandwidth)
+        if shallow and base is not None:
+            raise InvalidArgError("flag 'shallow' and a base are mutually exclusive")
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_commit(disk, base, top, bandwidth, active=active, shallow=shallow)
+
+    async def domain_block_copy(
+        self,
+        uuid: str,
+        device: str,
+        dest_xml: str,
+        bandwidth: int,
+        shallow: bool = False,
+        reuse_ext: bool = False,
+    ) -> None:
+        """libvirt's ``virDomainBlockCopy``: start mirroring the disk onto the image
+        ``dest_xml`` describes (a ``<disk>`` with a ``<source>``; its format defaults to
+        the disk's): QEMU makes it, unless ``reuse_ext`` (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+        names one that exists; ``shallow``: only the top, over the same backing file. Ready
+        once in sync; ``domain_block_job_abort`` with ``pivot`` moves the disk onto it."""
+        self._bandwidth(bandwidth)
+        dest = parse_copy_destination(dest_xml)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            if dest.format is None:
+                dest.format = disk.format or "raw"
+            try:
+                st = os.lstat(dest.source)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise InvalidArgError(f"destination '{dest.source}' is a symbolic link")
+            if reuse_ext and st is None:
+                raise InvalidArgError(
+                    f"missing destination file for disk {disk.target}: {dest.source}"
+                )
+            if not reuse_ext and st is not None:
+                raise OperationInvalidError(
+                    f"destination '{dest.source}' exists: asvirt overwrites no file (give "
+                    "reuse_ext to copy into it)"
+                )
+            if not reuse_ext and dest.type == "block":
+                raise InvalidArgError("a block device destination must exist (reuse_ext)")
+            await runtime.block_copy(disk, dest, bandwidth, shallow=shallow, reuse_ext=reuse_ext)
+
+    async def domain_block_job_info(self, uuid: str, device: str) -> BlockJobInfo | None:
+        """libvirt's ``virDomainGetBlockJobInfo`` (bandwidth in bytes/s): the disk's job,
+        None when it has none. Takes no job: it reads what QEMU runs."""
+        runtime, disk = self._block_disk(self.table.get(uuid), device)
+        return await runtime.block_job_info(disk)
+
+    async def domain_block_job_abort(
+        self, uuid: str, device: str, pivot: bool, wait: bool = True
+    ) -> None:
+        """libvirt's ``virDomainBlockJobAbort``: cancel the disk's job, or (``pivot``) move
+        the disk onto the image a ready copy or active commit made; ``wait`` False:
+        VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC (a BLOCK_JOB event tells the end)."""
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_job_abort(disk, pivot=pivot, wait=wait)
+
+    async def domain_block_job_set_speed(self, uuid: str, device: str, bandwidth: int) -> None:
+        """libvirt's ``virDomainBlockJobSetSpeed`` (bytes/s; 0: unlimited)."""
+        self._bandwidth(bandwidth)
+        async with self.table.job(self.table.get(uuid)) as obj:
+            runtime, disk = self._block_disk(obj, device)
+            await runtime.block_job_set_speed(disk, bandwidth)
 
     async def domain_set_memory_stats_period(
         self, uuid: str, period: int, live: bool, config: bool
@@ -1064,10 +1256,14 @@ class DomainDriver(
         self, uuid: str, xml: str, live: bool, config: bool, force: bool = False
     ) -> None:
         """Change a device in place (libvirt's ``virDomainUpdateDeviceFlags``): a CD-ROM's
-        media (no source: eject) or an interface's link state. ``force``: eject media the
-        guest has locked in (asvirt always does)."""
+        media (no source: eject), an interface's link state or a display's password.
+        ``force``: eject media the guest has locked in (asvirt always does)."""
         del force  # the tray is always forced open, as libvirt does for a locked tray
-        dev = parse_device_xml(xml)
+        new = parse_update_xml(xml)
+        if isinstance(new, Graphics):
+            await self._update_graphics(uuid, new, live, config)
+            return
+        dev = new
         async with self.table.job(self.table.get(uuid)) as obj:
             live, config = self._affected(obj, live, config)
             new_config = None
@@ -1094,6 +1290,35 @@ class DomainDriver(
                     apply_update(current, dev)  # refuses: nothing of an input can change
             if new_config is not None:
                 await self._store_config(obj, new_config)
+
+    async def _update_graphics(self, uuid: str, new: Graphics, live: bool, config: bool) -> None:
+        """A display's new password, expiry and ``connected``: given to QEMU at once
+        (live), kept in the persistent definition (config)."""
+        async with self.table.job(self.table.get(uuid)) as obj:
+            live, config = self._affected(obj, live, config)
+            new_config = None
+            if config:
+                assert obj.persistent_def is not None
+                new_config = obj.persistent_def.copy()
+                current = find_graphics(new_config, new)
+                check_graphics_update(current, new)
+                apply_password(current, new)
+            if live:
+                runtime = self._runtime(obj)
+                current = find_graphics(runtime.live_def, new)
+                check_graphics_update(current, new)
+                await runtime.change_display_password(current, new)
+            if new_config is not None:
+                await self._store_config(obj, new_config)
+        log.info(
+            "display password changed",
+            domain=obj.name,
+            uuid=obj.uuid,
+            operation="update-device",
+            device=f"graphics '{new.type}'",
+            live=live,
+            config=config,
+        )
 
     async def _store_config(self, obj: DomainObj, defn: DomainDef) -> None:
         """Store a persistent definition that is already checked (the caller holds the job)."""

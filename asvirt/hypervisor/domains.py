@@ -25,8 +25,8 @@ from ..states import DomainState, ShutoffReason, StateReason
 from .snapshot_tree import SnapshotTree
 
 if TYPE_CHECKING:
-    from ..conf.devices import Disk, HotplugDevice, Interface
-    from ..drivers.base import StatsGroup
+    from ..conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
+    from ..drivers.base import BlockJobInfo, StatsGroup
     from .stats import PendingSample, RuntimeSample, SampleScope
 
 
@@ -42,7 +42,9 @@ class DomainRuntime(Protocol):
     @property
     def state(self) -> tuple[DomainState, StateReason]: ...
 
-    def live_xml(self) -> str: ...
+    def live_xml(self, *, secure: bool = True) -> str:
+        """The live XML; ``secure=False``: without its secrets (see DomainDef.to_xml)."""
+        ...
 
     def memory_kib(self) -> int: ...
 
@@ -141,6 +143,65 @@ class DomainRuntime(Protocol):
 
     async def screenshot(self, device: str | None, head: int) -> bytes:
         """The image on a head of a video device (None: the first device) as a binary PPM."""
+        ...
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        """Give a live display ``new``'s password, expiry and ``connected`` (update_device)."""
+        ...
+
+    async def block_resize(self, disk: Disk, size: int) -> None:
+        """Resize a live disk's image to ``size`` bytes (the guest sees the new size)."""
+        ...
+
+    async def block_pull(self, disk: Disk, bandwidth: int, base: str | None) -> None:
+        """Start a job streaming a live disk's backing chain (down to ``base``, a path or
+        ``TARGET[N]``, which stays; None: all of it) into its top image (at most
+        ``bandwidth`` bytes/s; 0: unlimited). InvalidArgError without a backing chain,
+        OperationInvalidError if the disk has a job already."""
+        ...
+
+    async def block_commit(
+        self,
+        disk: Disk,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        *,
+        active: bool,
+        shallow: bool,
+    ) -> None:
+        """Start a job committing the images from ``top`` (a path or ``TARGET[N]``; None:
+        the active layer, which needs ``active``) down to ``base`` (None: the bottom;
+        ``shallow``: the one just below ``top``)."""
+        ...
+
+    async def block_copy(
+        self,
+        disk: Disk,
+        dest: BackingStore,
+        bandwidth: int,
+        *,
+        shallow: bool,
+        reuse_ext: bool,
+    ) -> None:
+        """Start a job mirroring a live disk onto the image ``dest`` names (made by QEMU, in
+        its format; unless ``reuse_ext``: an image that exists): all of its chain, or
+        (``shallow``) its top over the same backing file. Ready once the copy is in sync,
+        it waits for a pivot or an abort."""
+        ...
+
+    async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
+        """A live disk's block job (None: it has none)."""
+        ...
+
+    async def block_job_abort(self, disk: Disk, *, pivot: bool, wait: bool) -> None:
+        """End a live disk's block job: ``pivot`` a ready copy or active commit onto its new
+        image, else cancel it; ``wait``: until it has ended (the live definition then says
+        which image the disk uses)."""
+        ...
+
+    async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
+        """Limit a live disk's block job to ``bandwidth`` bytes/s (0: unlimited)."""
         ...
 
 

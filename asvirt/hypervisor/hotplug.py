@@ -11,7 +11,7 @@ then target), interfaces in the order they came.
 from __future__ import annotations
 
 from ..conf.addresses import USBAddress
-from ..conf.devices import Disk, HotplugDevice, Input, Interface
+from ..conf.devices import Disk, Graphics, HotplugDevice, Input, Interface
 from ..conf.domain import DomainDef, clone_device, order_disks
 from ..errors import (
     DeviceMissingError,
@@ -176,6 +176,55 @@ def _driver_of(nic: Interface) -> tuple[object, ...]:
     return (nic.driver_name, nic.queues, nic.virtio_net_settings())
 
 
+def find_graphics(defn: DomainDef, new: Graphics) -> Graphics:
+    """The display of ``defn`` an update's ``<graphics>`` names: the one of its type (libvirt
+    finds it so); DeviceMissingError if there is none."""
+    for gfx in defn.graphics:
+        if gfx.type == new.type:
+            return gfx
+    raise DeviceMissingError(f"cannot find existing graphics device to modify of type '{new.type}'")
+
+
+def check_graphics_update(current: Graphics, new: Graphics) -> None:
+    """Refuse an update of a display that changes more than its password, expiry and
+    ``connected`` (libvirt's checks and words); what the new XML leaves out stays."""
+    kind = current.type
+    if kind not in ("vnc", "spice"):
+        raise OperationUnsupportedError(f"unable to change config on '{kind}' graphics type")
+    autoport_changed = new.autoport is not None and bool(new.autoport) != bool(current.autoport)
+    port_changed = not new.autoport and new.port not in (None, -1, current.port)
+    if autoport_changed or port_changed or new.tls_port not in (None, -1, current.tls_port):
+        raise OperationUnsupportedError(f"cannot change port settings on {kind} graphics")
+    if new.listens and [(lst.type, lst.address, lst.socket) for lst in new.listens] != [
+        (lst.type, lst.address, lst.socket) for lst in current.listens
+    ]:
+        raise OperationUnsupportedError(f"cannot change listen address setting on {kind} graphics")
+    if new.keymap is not None and new.keymap != current.keymap:
+        raise OperationUnsupportedError(f"cannot change keymap setting on {kind} graphics")
+    others = (
+        "websocket",
+        "share_policy",
+        "default_mode",
+        "options",
+        "channels",
+        "gl_enable",
+        "gl_rendernode",
+    )
+    for name in others:
+        value = getattr(new, name)
+        if value not in (None, {}) and value != getattr(current, name):
+            raise OperationUnsupportedError(
+                f"cannot change {name.replace('_', ' ')} setting on {kind} graphics"
+            )
+
+
+def apply_password(current: Graphics, new: Graphics) -> None:
+    """Give ``current`` (a definition's display) ``new``'s password, expiry and
+    ``connected``, once :func:`check_graphics_update` allowed it."""
+    current.passwd, current.passwd_valid_to = new.passwd, new.passwd_valid_to
+    current.connected = new.connected
+
+
 def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
     """Make ``current`` (a definition's device) what update_device's ``new`` says."""
     if isinstance(current, Input):
@@ -192,10 +241,13 @@ def apply_update(current: HotplugDevice, new: HotplugDevice) -> None:
 
 __all__ = [
     "REMOVABLE_MEDIA",
+    "apply_password",
     "apply_update",
+    "check_graphics_update",
     "check_new_device",
     "describe",
     "find_device",
+    "find_graphics",
     "fresh_copy",
     "insert_device",
     "remove_device",

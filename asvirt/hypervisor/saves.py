@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..conf.domain import DomainDef
+from ..conf.domain import DomainDef, hide_secrets
 from ..drivers.base import DomainRef, ProgressCallback
 from ..errors import InvalidArgError, OperationInvalidError, OperationUnsupportedError
 from ..log import get_logger
@@ -257,8 +257,8 @@ class SaveCalls(DomainDriverBase):
             if obj.managed_save:
                 await self._forget_managed_save(obj)
 
-    async def save_image_get_xml_desc(self, path: str) -> str:
-        """The domain definition a save image holds."""
+    async def save_image_get_xml_desc(self, path: str, secure: bool = False) -> str:
+        """The domain definition a save image holds (``secure``: with its secrets)."""
         fd = await trio.to_thread.run_sync(open_image, path)
         try:
             header = await trio.to_thread.run_sync(
@@ -266,7 +266,7 @@ class SaveCalls(DomainDriverBase):
             )
         finally:
             os.close(fd)
-        return header.xml
+        return header.xml if secure else hide_secrets(header.xml)
 
 
 __all__ = ["SaveCalls"]

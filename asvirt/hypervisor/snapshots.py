@@ -316,9 +316,9 @@ class SnapshotCalls(DomainDriverBase):
     async def domain_snapshot_current(self, uuid: str) -> str | None:
         return self.table.get(uuid).snapshots.current
 
-    async def domain_snapshot_xml_desc(self, uuid: str, name: str) -> str:
+    async def domain_snapshot_xml_desc(self, uuid: str, name: str, secure: bool = False) -> str:
         obj = self.table.get(uuid)
-        return obj.snapshots.get(name, domain=obj.name).to_xml()
+        return obj.snapshots.get(name, domain=obj.name).to_xml(secure=secure)
 
     async def domain_snapshot_revert(
         self,

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from lxml import etree
 
-from asvirt.conf.domain import DomainDef, parse_cpuset, parse_domain_xml
+from asvirt.conf.domain import DomainDef, hide_secrets, parse_cpuset, parse_domain_xml
 from asvirt.conf.postparse import postparse_domain
 from asvirt.conf.units import parse_kib
 from asvirt.drivers.qemu.postparse import parse_prepared_xml
@@ -279,7 +279,7 @@ def test_unsupported_top_level_is_named(xml_fragment: str, named: str) -> None:
         ("<redirdev bus='usb' type='nmdm'/>", "type='nmdm'"),
         ("<rng model='virtio'><backend model='egd' type='udp'/></rng>", "type='udp'"),
         ("<iommu model='amd'/>", "model='amd'"),
-        ("<graphics type='vnc' passwd='x'/>", "passwd='x'"),
+        ("<graphics type='sdl' passwd='x'/>", "passwd='...'"),  # not echoed
     ],
 )
 def test_unsupported_devices_are_named(devices: str, named: str) -> None:
@@ -529,3 +529,70 @@ def test_written_xml_validates(schema: etree.RelaxNG) -> None:
     for live in (False, True):
         doc = etree.fromstring(d.to_xml(live=live, domain_id=1).encode())
         assert schema.validate(doc), schema.error_log.last_error
+
+
+# -- display passwords and other secrets ----------------------------------------------------------
+
+
+def test_display_passwords_round_trip_and_only_a_secure_xml_shows_them(
+    schema: etree.RelaxNG,
+) -> None:
+    graphics = (
+        "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret' "
+        "passwdValidTo='2030-01-02T03:04:05' connected='keep'/>"
+        "<graphics type='spice' autoport='yes' passwd='an&amp;other' connected='disconnect'/>"
+    )
+    cookies = (
+        "<disk type='network' device='cdrom'><source protocol='https' name='/x.iso'>"
+        "<host name='example.org'/><cookies><cookie name='session'>t0ken</cookie></cookies>"
+        "</source><target dev='sda' bus='sata'/><readonly/></disk>"
+    )
+    d = parse_domain_xml(dom(cookies + graphics))
+    vnc, spice = d.graphics
+    assert (vnc.passwd, vnc.passwd_valid_to, vnc.connected) == ("s3cret", 1893553445, "keep")
+    assert (spice.passwd, spice.connected) == ("an&other", "disconnect")
+    assert "s3cret" not in repr(vnc)  # not in a log line that prints the device
+    full = d.to_xml()
+    assert "passwd='s3cret' passwdValidTo='2030-01-02T03:04:05' connected='keep'" in full
+    assert "passwd='an&amp;other'" in full and ">t0ken</cookie>" in full
+    assert parse_domain_xml(full).to_xml() == full
+    public = d.to_xml(secure=False)
+    assert "passwd=" not in public and "<cookies>" not in public and "t0ken" not in public
+    # The expiry and the policy are no secrets (libvirt shows them too); without the
+    # password they mean nothing and are dropped, so a non-secure XML defines no password.
+    assert "passwdValidTo='2030-01-02T03:04:05' connected='keep'" in public
+    # The copies kept as text (a snapshot's) are shown as to_xml(secure=False) would.
+    for live in (False, True):
+        assert hide_secrets(d.to_xml(live=live)) == d.to_xml(live=live, secure=False)
+    again = parse_domain_xml(public)
+    assert [g.passwd for g in again.graphics] == [None, None]
+    assert again.graphics[0].passwd_valid_to is None
+    for text in (full, public):
+        assert schema.validate(etree.fromstring(text.encode())), schema.error_log.last_error
+
+
+@pytest.mark.parametrize(
+    ("graphics", "error"),
+    [
+        # QEMU uses 8 bytes of a VNC password: libvirt refuses more, in these words.
+        ("<graphics type='vnc' passwd='123456789'/>", "VNC password is 9 characters long"),
+        ("<graphics type='vnc' passwd='x' connected='disconnect'/>", "connected='keep' only"),
+        ("<graphics type='spice' passwd='x' connected='later'/>", "connected='later'"),
+        (
+            "<graphics type='vnc' passwd='x' passwdValidTo='tomorrow'/>",
+            "cannot parse password validity time 'tomorrow'",
+        ),
+        (
+            "<graphics type='vnc' passwd='x' passwdValidTo='2030-13-01T00:00:00'/>",
+            "expect YYYY-MM-DDTHH:MM:SS",
+        ),
+    ],
+)
+def test_bad_display_passwords_are_refused(graphics: str, error: str) -> None:
+    with pytest.raises((ConfigUnsupportedError, XMLError), match=re.escape(error)):
+        parse_domain_xml(dom(graphics))
+
+
+def test_a_long_spice_password_is_kept() -> None:
+    d = parse_domain_xml(dom("<graphics type='spice' passwd='a-much-longer-password'/>"))
+    assert d.graphics[0].passwd == "a-much-longer-password"

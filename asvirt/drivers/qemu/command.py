@@ -45,6 +45,7 @@ from . import command_more as more
 from . import command_other as other
 from . import command_tune as tune
 from .capabilities import QemuCapabilities
+from .displays import has_password
 from .membacking import domain_memory_dir
 from .netdisk import storage_node
 from .postparse import (
@@ -1256,6 +1257,8 @@ class _Builder:
                 opts.append("websocket=on" if gfx.websocket == -1 else f"websocket={gfx.websocket}")
             if gfx.share_policy is not None:
                 opts.append(f"share={gfx.share_policy}")
+            if has_password(gfx, self.tls):
+                opts.append("password=on")  # the password itself: over the monitor
             if self.tls.vnc_tls(gfx):
                 password = password_id(VNC_CREDS_ID, self.tls.vnc_secret)
                 self.tls_creds(VNC_CREDS_ID, self.tls.vnc_dir, True, self.tls.vnc_verify, password)

@@ -24,6 +24,7 @@ from ...conf.domain import DomainDef
 from ...conf.extdevices import Filesystem, Hostdev
 from ...errors import ConfigUnsupportedError
 from .command_other import needs_ram_object, numa_args, ram_backend, redir_filter
+from .displays import has_password
 from .postparse_more import CODEC_DEVICE, SOUND_DEVICE
 
 if TYPE_CHECKING:
@@ -491,7 +492,8 @@ def spice_args(b: _Builder) -> None:
         if gfx.default_mode in ("secure", "insecure"):
             kind = "tls" if gfx.default_mode == "secure" else "plaintext"
             opts.append(f"{kind}-channel=default")
-        opts.append("disable-ticketing=on")
+        if not has_password(gfx, b.tls):
+            opts.append("disable-ticketing=on")  # else the ticket comes over the monitor
         for tag, value in gfx.options.items():
             key, spelled = _SPICE_KEYS[tag]
             opts.append(f"{key}={spelled.get(value, value)}")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...conf.addresses import PCIAddress
-from ...conf.devices import TAP_NIC_TYPES, Disk, HotplugDevice, Input, Interface
+from ...conf.devices import TAP_NIC_TYPES, Disk, Graphics, HotplugDevice, Input, Interface
 from ...conf.domain import DomainDef
 from ...drivers.base import SecretUsageType
 from ...errors import (
@@ -43,7 +43,13 @@ from ...errors import (
     QMPError,
 )
 from ...events.types import EventKind
-from ...hypervisor.hotplug import check_new_device, describe, fresh_copy, insert_device
+from ...hypervisor.hotplug import (
+    apply_password,
+    check_new_device,
+    describe,
+    fresh_copy,
+    insert_device,
+)
 from .capabilities import QemuCapabilities
 from .command import (
     disk_hotplug,
@@ -56,6 +62,7 @@ from .command import (
 )
 from .command_extra import vhost_user_chardev_id, vhost_user_hotplug
 from .command_tune import throttle_group_id, throttle_object
+from .displays import display_password, set_password
 from .netdisk import check_network_disk
 from .postparse import prepare_domain
 from .secrets import disk_secret_objects, disk_secrets
@@ -203,7 +210,7 @@ def media_node_names(disk: Disk) -> list[str]:
     return names
 
 
-def _holder(qdev: str) -> str:
+def backend_holder(qdev: str) -> str:
     """The id of the device a block backend is attached to, from ``query-block``'s ``qdev``:
     the id itself, or a QOM path below it (``/machine/peripheral/virtio-disk1/virtio-backend``:
     a virtio-blk-pci's inner device, which has no id of its own)."""
@@ -247,6 +254,8 @@ class HotplugOps:
 
         async def add_secret(self, secret_id: str, value: bytes) -> None: ...
 
+        async def follow_block_sources(self, *, save: bool = True) -> None: ...
+
         def _secret_lookup(
             self, uuid: str | None, usage_type: SecretUsageType, usage_id: str | None
         ) -> tuple[str, bytes]: ...
@@ -289,6 +298,8 @@ class HotplugOps:
         if new.alias:
             self._reported_gone.discard(new.alias)  # a new device of that name: its own events
         self._live_changed()
+        if isinstance(new, Disk):
+            await self._quietly_follow_block_sources()  # its chain, for the live XML
         self.log.info("device attached", operation="attach-device", device=new.alias)
 
     async def _plug_disk(self, prepared: DomainDef, caps: QemuCapabilities, disk: Disk) -> None:
@@ -329,6 +340,14 @@ class HotplugOps:
                 for sid in objects:
                     await self._quietly("object-del", {"id": sid})
             raise
+
+    async def _quietly_follow_block_sources(self) -> None:
+        """The disks' chains for the live XML after a disk or medium went in (the device is
+        plugged whatever QEMU answers: a chain it does not tell is left unknown)."""
+        try:
+            await self.follow_block_sources(save=False)
+        except (QMPError, OperationTimeoutError) as err:
+            self.log.warning("cannot read the disks' backing chains", error=str(err))
 
     def _disk_tls(self, disk: Disk) -> TlsConfig:
         """The node's TLS settings, the files a plugged disk's TLS needs being readable."""
@@ -608,7 +627,7 @@ class HotplugOps:
             self.log.warning("cannot list QEMU's devices", error=str(err))
             return
         present = {c.get("name") for c in children if str(c.get("type", "")).startswith("child<")}
-        present |= {_holder(str(b["qdev"])) for b in blocks if b.get("qdev")}
+        present |= {backend_holder(str(b["qdev"])) for b in blocks if b.get("qdev")}
         gone = [
             dev.alias
             for dev in [*self._live_def.disks, *self._live_def.interfaces, *self._usb_inputs()]
@@ -662,6 +681,7 @@ class HotplugOps:
             await self.execute("blockdev-remove-medium", {"id": alias})
             removed = dataclasses.replace(disk)  # as it was: its nodes, group and secrets go
             disk.source = disk.net = disk.encryption = None
+            disk.backing_store = None
             self._live_changed()
             await self._del_disk_backend(removed)
         if fresh.has_media:
@@ -699,7 +719,9 @@ class HotplugOps:
             disk.type, disk.source, disk.format = fresh.type, fresh.source, fresh.format
             disk.net, disk.encryption = fresh.net, fresh.encryption
             disk.node_index = fresh.node_index
+            disk.backing_store = None
             self._live_changed()
+            await self._quietly_follow_block_sources()
         await self.execute("blockdev-close-tray", {"id": alias})
 
     async def set_link(self, nic: Interface, state: str | None) -> None:
@@ -707,6 +729,24 @@ class HotplugOps:
         assert nic.alias
         await self.execute("set_link", {"name": nic.alias, "up": state != "down"})
         nic.link_state = state
+        self._live_changed()
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        """Give the live display ``gfx`` ``new``'s password, expiry and ``connected``
+        (update_device; libvirt's qemuDomainChangeGraphicsPasswords), and keep them in the
+        live XML (and the status file, so that a supervisor re-attaching shows them)."""
+        password = display_password(new, self._env.config)
+        if password is None and display_password(gfx, self._env.config) is not None:
+            # QEMU cannot stop asking for a password. (libvirt leaves QEMU as it is and drops
+            # the password from the live XML, which then no longer says what QEMU asks.)
+            raise OperationUnsupportedError(
+                f"cannot remove the password of the running {gfx.type} display: it keeps "
+                "asking for one until the domain stops (give a new passwd, or an empty one "
+                "to let nobody in)"
+            )
+        if password is not None:
+            await set_password(self.execute, new, password)
+        apply_password(gfx, new)
         self._live_changed()
 
 

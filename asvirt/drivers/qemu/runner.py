@@ -70,6 +70,7 @@ from ..groups import unwrap_single_error
 from . import membacking, numad, process, tuning, vhostnet
 from . import stats as hoststats
 from .agent import AGENT_CHANNEL, GuestAgent
+from .blockjobs import BlockJobOps
 from .capabilities import QemuCapabilities
 from .command import (
     MonitorSpec,
@@ -79,7 +80,8 @@ from .command import (
     links_down,
 )
 from .command_extra import display_env
-from .display import DisplayOps
+from .displays import display_password, set_password
+from .guest_input import GuestInputOps
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .monitor import Batch, Monitor, MonitorCounters, MonitorHost, Pending, Prepared
@@ -129,10 +131,11 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
+class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, GuestInputOps):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
-    its devices plugged in and out: :class:`~.hotplug.HotplugOps`)."""
+    its devices plugged in and out: :class:`~.hotplug.HotplugOps`; its disks' block jobs:
+    :class:`~.blockjobs.BlockJobOps`)."""
 
     def __init__(
         self,
@@ -175,6 +178,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
         self._nursery: trio.Nursery | None = None
         self._mode = RunMode.LAUNCH
         self._live_xml: str | None = None
+        #: The live XML without secrets, and the secure one it was made beside.
+        self._public_xml: tuple[str | None, str] = (None, "")
         self._log_start = 0
         # Status records taken and the newest written (see _write_record).
         self._status_lock = threading.Lock()
@@ -209,6 +214,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
         #: Devices asked to go (device_del), by alias: set once QEMU has removed them.
         self._unplugs: dict[str, trio.Event] = {}
         self._reported_gone: set[str] = set()
+        #: Block jobs this supervisor cancelled (their end is "canceled", whatever QEMU says).
+        self._cancelled_jobs: set[str] = set()
 
     # -- the runtime of a domain (what the shared domain calls use) -----------------------------
 
@@ -224,12 +231,20 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
 
-    def live_xml(self) -> str:
+    def live_xml(self, *, secure: bool = True) -> str:
         """The live XML (cached: the live definition changes only when QEMU tells us a pty
-        path or a VNC port)."""
+        path or a VNC port); ``secure=False``: without its secrets, cached beside it."""
         if self._live_xml is None:
             self._live_xml = self._live_def.to_xml(live=True, domain_id=self._domain_id)
-        return self._live_xml
+        if secure:
+            return self._live_xml
+        # Made again whenever the secure one was (dropped and remade where the live
+        # definition changes).
+        made_from, public = self._public_xml
+        if made_from is not self._live_xml:
+            public = self._live_def.to_xml(live=True, domain_id=self._domain_id, secure=False)
+            self._public_xml = (self._live_xml, public)
+        return public
 
     def memory_kib(self) -> int:
         return self.machine.balloon_kib or self._live_def.current_memory_kib
@@ -952,6 +967,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
             )
         await self._record_pty_paths()
         await self._record_vnc_port()
+        await self._quietly_follow_block_sources()  # the disks' chains, for the live XML
+        await self._set_display_passwords()
         balloon = self._live_def.memballoon
         if self._live_def.has_memballoon and balloon is not None and balloon.stats_period:
             # QEMU has no command-line switch for it either (libvirt sets it the same way).
@@ -1047,6 +1064,9 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
             return
         reaction = await self._resync(attaching=True)
         await self._forget_unplugged()
+        with contextlib.suppress(QMPError, OperationTimeoutError):
+            # A job that pivoted a disk onto another image while nobody watched.
+            await self.follow_block_sources()
         with contextlib.suppress(OperationTimeoutError):
             # The agent's state (no VSERPORT_CHANGE told it while nobody watched); a QEMU
             # that does not answer leaves it unknown, as it does the rest.
@@ -1101,6 +1121,13 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
             graphics[0].port = int(service)
             self._live_xml = None
 
+    async def _set_display_passwords(self) -> None:
+        """Give QEMU its displays' passwords, before the guest runs (see :mod:`.displays`)."""
+        for gfx in self._live_def.graphics:
+            password = display_password(gfx, self._env.config)
+            if password is not None:
+                await set_password(self._call, gfx, password)
+
     async def _apply_tuning(self) -> None:
         """Pin QEMU's vCPU, I/O and emulator threads (<cputune>'s pins, <vcpu cpuset> for
         the rest), set their scheduling policies and give them their own CPU bandwidth,
@@ -1137,6 +1164,8 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
                 reaction.events = [
                     e for e in reaction.events if e.kind is not EventKind.DEVICE_REMOVED
                 ]
+            if event.get("event") in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+                await self._block_job_ended(event, reaction)
             # Published after _device_deleted's cleanup: out of the live XML, backend gone.
             self._handle(reaction)
             self._follow_devices(event)
@@ -1155,6 +1184,25 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, DisplayOps):
                 self._nursery.start_soon(self._resync)
                 # Those waiting for an event may have lost it: they ask QEMU instead.
                 self._tell_watchers({"event": RESYNC_EVENT}, everyone=True)
+
+    async def _block_job_ended(self, event: dict[str, Any], reaction: Reaction) -> None:
+        """Before a job's end is published: the live definition says which image each disk
+        now uses (a pivot changed it), and a job this supervisor cancelled ends "canceled"
+        (QEMU says "completed" for a ready one, which stops where it is)."""
+        data = event.get("data") or {}
+        if data.get("device") in self._cancelled_jobs:
+            self._cancelled_jobs.discard(data.get("device"))
+            for spec in reaction.events:
+                if spec.kind is EventKind.BLOCK_JOB and spec.data is not None:
+                    spec.data["status"] = "canceled"
+        elif event.get("event") == "BLOCK_JOB_COMPLETED" and not data.get("error"):
+            try:
+                await self.follow_block_sources()
+            except (QMPError, OperationTimeoutError) as err:
+                self.log.warning("cannot read which images the disks use", error=str(err))
+        # The images given to QEMU's user for the job that the disks no longer use (the
+        # base of a commit that did not pivot, the image a pivot left) go back.
+        self._retain_files()
 
     def _follow_devices(self, event: dict[str, Any]) -> None:
         """Keep the live definition in line with what QEMU says changed in the guest."""

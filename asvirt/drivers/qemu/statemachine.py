@@ -59,6 +59,7 @@ from ...states import (
     StateReason,
     reason_for,
 )
+from .blockjob_names import job_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -618,9 +619,13 @@ class DomainStateMachine:
     def _on_block_job(
         self, data: dict[str, Any], ts: float | None, r: Reaction, status: str
     ) -> None:
+        job, disk = job_of(str(data.get("device", "")), str(data.get("type", "")))
         payload = {
             "device": data.get("device", ""),
             "type": data.get("type", ""),
+            # libvirt's BLOCK_JOB_2: the disk's target and the job in libvirt's words.
+            "disk": disk,
+            "job": job,
             "status": "failed" if status == "completed" and data.get("error") else status,
             "offset": data.get("offset"),
             "len": data.get("len"),

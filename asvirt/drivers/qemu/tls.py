@@ -55,6 +55,11 @@ class TlsConfig:
     vnc_secret: str | None = None
     nbd_secret: str | None = None
     chardev_secret: str | None = None
+    #: Whether the node gives VNC and SPICE displays a default password (``[qemu]
+    #: vnc_password``, ``spice_password``): not TLS, but how the same displays are entered,
+    #: which their command line must say (:mod:`.displays`). Never the passwords themselves.
+    vnc_password: bool = False
+    spice_password: bool = False
 
     @classmethod
     def from_qemu(cls, cfg: QemuConfig) -> TlsConfig:
@@ -80,6 +85,8 @@ class TlsConfig:
             vnc_secret=secret(cfg.vnc_tls_x509_secret_uuid, cfg.vnc_tls_x509_cert_dir),
             nbd_secret=secret(cfg.nbd_tls_x509_secret_uuid, cfg.nbd_tls_x509_cert_dir),
             chardev_secret=secret(cfg.chardev_tls_x509_secret_uuid, cfg.chardev_tls_x509_cert_dir),
+            vnc_password=bool(cfg.vnc_password),
+            spice_password=bool(cfg.spice_password),
         )
 
     # -- what uses TLS ---------------------------------------------------------------------------

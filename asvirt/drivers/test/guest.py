@@ -36,12 +36,12 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from ...conf.addresses import PCIAddress
-from ...conf.devices import Disk, HotplugDevice, Interface
+from ...conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
 from ...conf.domain import DomainDef
 from ...conf.metadata import adopt_metadata
 from ...conf.postparse import postparse_domain
@@ -74,7 +74,13 @@ from ...hypervisor.guest_state import (
     StartOrigin,
     StopCause,
 )
-from ...hypervisor.hotplug import check_new_device, fresh_copy, insert_device, remove_device
+from ...hypervisor.hotplug import (
+    apply_password,
+    check_new_device,
+    fresh_copy,
+    insert_device,
+    remove_device,
+)
 from ...hypervisor.lifecycle import FollowUpAction, GuestEvent, LifecyclePolicy
 from ...hypervisor.stats import (
     VCPU_RUNNING,
@@ -86,7 +92,7 @@ from ...hypervisor.stats import (
     VcpuSample,
 )
 from ...states import DomainState, PausedReason, RunningReason, StateReason
-from ..base import InterfaceStats, StatsGroup
+from ..base import BlockJobInfo, InterfaceStats, StatsGroup
 from ..qemu.statemachine import DomainStateMachine, MachineSnapshot, Reaction, StartKind
 from ..qemu.statemachine import StopCause as MachineStopCause
 from ..qemu.vcpus import CpuSlot, plan_vcpus, unplug_refused
@@ -208,8 +214,8 @@ class SimulatedVM:
     def state(self) -> tuple[DomainState, StateReason]:
         return self.machine.state, self.machine.reason
 
-    def live_xml(self) -> str:
-        return self._live_def.to_xml(live=True, domain_id=self._domain_id)
+    def live_xml(self, *, secure: bool = True) -> str:
+        return self._live_def.to_xml(live=True, domain_id=self._domain_id, secure=secure)
 
     def cpu_time_ns(self) -> int:
         if self._running_since is None:
@@ -701,6 +707,57 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         width, height = 720, 400
         return f"P6\n{width} {height}\n255\n".encode() + bytes(width * height * 3)
+
+    async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
+        await trio.lowlevel.checkpoint()
+        apply_password(gfx, new)
+
+    # Block jobs run in QEMU on images: libvirt's test driver has none, nor does this one.
+
+    @staticmethod
+    async def _no_block_jobs(call: str) -> NoReturn:
+        await trio.lowlevel.checkpoint()
+        raise OperationUnsupportedError(
+            f"the test driver does not simulate disk images: no {call} (QEMU domains only)"
+        )
+
+    async def block_resize(self, disk: Disk, size: int) -> None:
+        await self._no_block_jobs("block resize")
+
+    async def block_pull(self, disk: Disk, bandwidth: int, base: str | None) -> None:
+        await self._no_block_jobs("block pull")
+
+    async def block_commit(
+        self,
+        disk: Disk,
+        base: str | None,
+        top: str | None,
+        bandwidth: int,
+        *,
+        active: bool,
+        shallow: bool,
+    ) -> None:
+        await self._no_block_jobs("block commit")
+
+    async def block_copy(
+        self,
+        disk: Disk,
+        dest: BackingStore,
+        bandwidth: int,
+        *,
+        shallow: bool,
+        reuse_ext: bool,
+    ) -> None:
+        await self._no_block_jobs("block copy")
+
+    async def block_job_info(self, disk: Disk) -> BlockJobInfo | None:
+        await self._no_block_jobs("block jobs")
+
+    async def block_job_abort(self, disk: Disk, *, pivot: bool, wait: bool) -> None:
+        await self._no_block_jobs("block jobs")
+
+    async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
+        await self._no_block_jobs("block jobs")
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""

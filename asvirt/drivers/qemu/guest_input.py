@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
 
 
-class DisplayOps:
+class GuestInputOps:
     """Keyboard, NMI and screen of a QEMU runner (a mixin of QemuRunner)."""
 
     if TYPE_CHECKING:
@@ -74,4 +74,4 @@ class DisplayOps:
             os.close(image)
 
 
-__all__ = ["DisplayOps"]
+__all__ = ["GuestInputOps"]
