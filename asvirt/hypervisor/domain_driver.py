@@ -46,6 +46,7 @@ from ..drivers.base import (
     InterfaceAddress,
     InterfaceAddressSource,
     InterfaceStats,
+    NetworkDHCPLease,
     NetworkDriver,
     NodeInfo,
     SecretDriver,
@@ -72,6 +73,7 @@ from . import stats as stats_mod
 from .agent_calls import AgentCalls
 from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
+from .guest_input import GuestInputCalls
 from .guest_state import ExternalTarget, SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import (
     apply_password,
@@ -84,6 +86,8 @@ from .hotplug import (
     updated_link,
     updated_media,
 )
+from .metadata_calls import MetadataCalls
+from .rename import RenameCalls
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
@@ -186,6 +190,12 @@ class HypervisorBackend(Protocol):
         """Remove a persistent definition (before the table forgets it)."""
         ...
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        """Store ``obj``'s persistent definition under its new name (``defn.name``), with
+        what else is kept by name (the autostart mark), and remove the old ones: the new
+        are durable before the old go."""
+        ...
+
     def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
         """Refuse an undefine that would leave state behind (a UEFI NVRAM without
         ``nvram``), before anything is removed."""
@@ -269,7 +279,15 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
+class DomainDriver(
+    SnapshotCalls,
+    SaveCalls,
+    AgentCalls,
+    ConsoleCalls,
+    GuestInputCalls,
+    MetadataCalls,
+    RenameCalls,
+):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(
@@ -671,8 +689,9 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
 
     async def client_closed(self, owner: object) -> None:
         """Destroy the domains ``owner`` started with autodestroy (it has gone for good),
-        and close the consoles it had open."""
+        and close the consoles it had open (and drop the screenshots it did not read)."""
         await self._close_consoles_of(owner)
+        self._drop_screenshots_of(owner)
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:
@@ -756,20 +775,26 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 f"interface addresses from source '{InterfaceAddressSource(source).name.lower()}'"
                 " are not supported (use the lease or agent source)"
             )
-        live = self._runtime(obj).live_def
+        found = []
+        for nic, leases in await self._nic_leases(obj):
+            if leases:
+                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
+                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+        return found
+
+    async def _nic_leases(self, obj: DomainObj) -> list[tuple[Interface, list[NetworkDHCPLease]]]:
+        """The running domain's ``type='network'`` interfaces and the DHCP leases their
+        networks hold for their MACs (libvirt's lease source)."""
         network = self.network
         found = []
-        for nic in live.interfaces:
+        for nic in self._runtime(obj).live_def.interfaces:
             if nic.type != "network" or network is None or nic.source_network is None:
                 continue
             try:
                 ref = await network.lookup_network_by_name(nic.source_network)
             except NoNetworkError:
                 continue
-            leases = await network.network_dhcp_leases(ref.uuid, nic.mac)
-            if leases:
-                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
-                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+            found.append((nic, await network.network_dhcp_leases(ref.uuid, nic.mac)))
         return found
 
     # -- statistics -----------------------------------------------------------------------------

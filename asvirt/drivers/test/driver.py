@@ -181,6 +181,9 @@ class TestBackend:
     async def delete_config(self, obj: DomainObj) -> None:
         pass
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        pass  # the node lives in memory
+
     async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
         pass  # kept on the domain object: the node lives in memory
 
