@@ -28,6 +28,11 @@ _LAZY: dict[str, str] = {
     "InterfaceAddressSource": ".drivers.base",
     "IOThreadInfo": ".drivers.base",
     "ShutdownMode": ".drivers.base",
+    "DomainFSInfo": ".drivers.base",
+    "GuestInfoTypes": ".drivers.base",
+    "HostnameSource": ".drivers.base",
+    "KeycodeSet": ".keycodes",
+    "NodeSuspendTarget": ".drivers.base",
     "ArgumentUnsupportedError": ".errors",
     "AgentUnresponsiveError": ".errors",
     "AsvirtError": ".errors",
@@ -63,6 +68,9 @@ _LAZY: dict[str, str] = {
     "NetworkLifecycleEvent": ".events.types",
     "NetworkExistsError": ".errors",
     "NoConnectError": ".errors",
+    "NoHostnameError": ".errors",
+    "NoDomainMetadataError": ".errors",
+    "MetadataType": ".conf.metadata_type",
     "NoDomainError": ".errors",
     "NoDomainSnapshotError": ".errors",
     "NoNetworkError": ".errors",
@@ -113,6 +121,7 @@ _LAZY: dict[str, str] = {
 if _TYPE_CHECKING:
     from typing import Any as _Any
 
+    from .conf.metadata_type import MetadataType
     from .config import Config
     from .connection import Connection, open
     from .domain import Domain
@@ -120,13 +129,17 @@ if _TYPE_CHECKING:
         BlockInfo,
         BlockJobInfo,
         BlockJobType,
+        DomainFSInfo,
         DomainInfo,
         DomainSnapshotInfo,
+        GuestInfoTypes,
+        HostnameSource,
         HypervisorVersion,
         InterfaceAddressSource,
         InterfaceStats,
         IOThreadInfo,
         NodeInfo,
+        NodeSuspendTarget,
         SecretUsageType,
         SecurityLabel,
         SecurityModel,
@@ -151,7 +164,9 @@ if _TYPE_CHECKING:
         NetworkExistsError,
         NoConnectError,
         NoDomainError,
+        NoDomainMetadataError,
         NoDomainSnapshotError,
+        NoHostnameError,
         NoNetworkError,
         NoSecretError,
         NoStoragePoolError,
@@ -187,6 +202,7 @@ if _TYPE_CHECKING:
         SuspendedDetail,
         UndefinedDetail,
     )
+    from .keycodes import KeycodeSet
     from .network import Network
     from .secret import Secret
     from .snapshot import DomainSnapshot
@@ -244,6 +260,7 @@ __all__ = [
     "Domain",
     "DomainEvent",
     "DomainExistsError",
+    "DomainFSInfo",
     "DomainInfo",
     "DomainSnapshot",
     "DomainSnapshotInfo",
@@ -251,6 +268,8 @@ __all__ = [
     "ErrorCode",
     "EventDetail",
     "EventKind",
+    "GuestInfoTypes",
+    "HostnameSource",
     "HypervisorVersion",
     "IOThreadInfo",
     "InterfaceAddressSource",
@@ -258,18 +277,23 @@ __all__ = [
     "InternalError",
     "InvalidArgError",
     "InvalidSecretError",
+    "KeycodeSet",
     "LifecycleEvent",
+    "MetadataType",
     "Network",
     "NetworkExistsError",
     "NetworkLifecycleEvent",
     "NoConnectError",
     "NoDomainError",
+    "NoDomainMetadataError",
     "NoDomainSnapshotError",
+    "NoHostnameError",
     "NoNetworkError",
     "NoSecretError",
     "NoStoragePoolError",
     "NoStorageVolError",
     "NodeInfo",
+    "NodeSuspendTarget",
     "NostateReason",
     "OperationDeniedError",
     "OperationFailedError",

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Iterable, Mapping
 
+from .conf.metadata_type import MetadataType
 from .drivers.base import (
+    MAX_TRANSFER,
+    SCREENSHOT_MIME,
     BlockInfo,
     BlockJobInfo,
+    DomainFSInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
+    GuestInfoTypes,
+    HostnameSource,
     InterfaceAddressSource,
     InterfaceStats,
     IOThreadInfo,
+    NodeSuspendTarget,
     ProgressCallback,
     SecurityLabel,
     ShutdownMode,
@@ -33,6 +40,7 @@ from .errors import (
     OperationInvalidError,
 )
 from .handle import Handle
+from .keycodes import KeycodeSet
 from .states import DomainState, StateReason
 
 TYPE_CHECKING = False  # typing's, without importing typing (see asvirt/cli/quick.py)
@@ -295,6 +303,143 @@ class Domain(Handle):
         """Set the guest's clock through its agent (and its RTC with it). ``sync=True``:
         set it from the guest's RTC instead (after a resume, say), ``seconds`` unused."""
         await self._call("domain_set_time", seconds=seconds, nseconds=nseconds, sync=sync)
+
+    async def hostname(self, source: HostnameSource = HostnameSource.AGENT) -> str:
+        """The guest's host name (libvirt's ``virDomainGetHostname``, virsh domhostname):
+        from its agent (``guest-get-host-name``), or with ``HostnameSource.LEASE`` from the
+        DHCP leases of the networks its interfaces are on (NoHostnameError when none names
+        it)."""
+        return await self._call("domain_get_hostname", source=HostnameSource(source))
+
+    async def fs_info(self) -> list[DomainFSInfo]:
+        """The filesystems the guest has mounted (libvirt's ``virDomainGetFSInfo``, virsh
+        domfsinfo), each with the targets of the domain's disks it lies on."""
+        return await self._call("domain_get_fs_info")
+
+    async def guest_info(self, types: GuestInfoTypes | int = 0) -> dict[str, Any]:
+        """What the guest agent tells of the guest, as libvirt's ``virDomainGetGuestInfo``
+        typed parameters (``user.count``, ``os.id``, ``timezone.name``, ``hostname``,
+        ``fs.0.mountpoint``, ``disk.0.name``, ``if.0.name``...) for the groups in ``types``
+        (none: every group the agent can answer; a group asked for by name that the agent
+        cannot answer fails)."""
+        return await self._call("domain_get_guest_info", types=GuestInfoTypes(types))
+
+    async def set_user_password(self, user: str, password: str, encrypted: bool = False) -> None:
+        """Set the password of the guest's ``user`` through its agent (libvirt's
+        ``virDomainSetUserPassword``); ``encrypted``: ``password`` is already a crypt(3)
+        hash (``$6$...``). The password is never logged."""
+        await self._call(
+            "domain_set_user_password", user=user, password=password, encrypted=encrypted
+        )
+
+    async def rename(self, new_name: str) -> None:
+        """Rename the domain (libvirt's ``virDomainRename``, virsh domrename): a persistent
+        domain that is shut off, without snapshots or a managed save image, to a name no
+        other domain has. Its UUID, disks and NVRAM stay; this handle takes the new name.
+        LIFECYCLE events UNDEFINED/RENAMED (old name) and DEFINED/RENAMED (new) follow."""
+        await self._call("domain_rename", new_name=new_name)
+        self._ref = DomainRef(new_name, self.uuid)
+
+    # -- title, description, metadata ----------------------------------------------------------
+
+    async def set_metadata(
+        self,
+        type: MetadataType | int,
+        metadata: str | None,
+        key: str | None = None,
+        uri: str | None = None,
+        *,
+        live: bool = False,
+        config: bool = False,
+    ) -> None:
+        """Set the domain's ``<title>``, ``<description>`` or, with ``MetadataType.ELEMENT``,
+        its ``<metadata>`` element of namespace ``uri`` (``metadata``: one XML element, which
+        gets the namespace with the prefix ``key``); None or "" removes it (libvirt's
+        ``virDomainSetMetadata``). In the running guest (``live``) and/or the configuration
+        (``config``); neither: the current state's. A METADATA_CHANGE event follows."""
+        await self._call(
+            "domain_set_metadata",
+            type=MetadataType(type),
+            metadata=metadata,
+            key=key,
+            uri=uri,
+            live=live,
+            config=config,
+        )
+
+    async def metadata(
+        self,
+        type: MetadataType | int,
+        uri: str | None = None,
+        *,
+        live: bool = False,
+        config: bool = False,
+    ) -> str:
+        """The domain's title, description or metadata element of namespace ``uri`` (its XML,
+        without the namespace), of the running guest (``live``) or the configuration
+        (``config``); neither: the current state's. NoDomainMetadataError if it has none."""
+        return await self._call(
+            "domain_get_metadata", type=MetadataType(type), uri=uri, live=live, config=config
+        )
+
+    # -- power management -----------------------------------------------------------------------
+
+    async def pm_suspend_for_duration(
+        self, target: NodeSuspendTarget | int = NodeSuspendTarget.MEM, duration: int = 0
+    ) -> None:
+        """Have the guest suspend itself through its agent (libvirt's
+        ``virDomainPMSuspendForDuration``, virsh dompmsuspend): ``NodeSuspendTarget.MEM``
+        (S3), ``DISK`` or ``HYBRID``; ``duration`` must be 0, as libvirt asks. The agent does
+        not answer a suspend that works: a LIFECYCLE PMSUSPENDED event says when the guest
+        is suspended. OperationUnsupportedError where ``<pm>`` disables that state."""
+        await self._call(
+            "domain_pm_suspend_for_duration",
+            target=NodeSuspendTarget(target),
+            duration=duration,
+        )
+
+    async def pm_wakeup(self) -> None:
+        """Wake a guest suspended to RAM (libvirt's ``virDomainPMWakeup``): a LIFECYCLE
+        STARTED/WAKEUP event follows."""
+        await self._call("domain_pm_wakeup")
+
+    # -- keyboard, NMI, screen ------------------------------------------------------------------
+
+    async def send_key(
+        self,
+        codeset: KeycodeSet | int | str = 0,
+        holdtime: int = 0,
+        keycodes: Iterable[int | str] = (),
+    ) -> None:
+        """Press ``keycodes`` together for ``holdtime`` ms (0: QEMU's default, 100), then
+        release them (libvirt's ``virDomainSendKey``, virsh send-key): numbers of ``codeset``
+        (``KeycodeSet.LINUX``, ``XT``, ``ATSET1``, ``QNUM``, or their names) or, in the Linux
+        codeset, names (``["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_DELETE"]``). At most 16 keys;
+        a key the codeset has no translation for fails with InvalidArgError."""
+        from .keycodes import codeset as find_codeset
+        from .keycodes import keycode
+
+        codes = find_codeset(codeset)
+        numbers = [keycode(codes, k) for k in keycodes]
+        await self._call("domain_send_key", codeset=int(codes), holdtime=holdtime, keycodes=numbers)
+
+    async def inject_nmi(self) -> None:
+        """Send the guest a non-maskable interrupt (libvirt's ``virDomainInjectNMI``)."""
+        await self._call("domain_inject_nmi")
+
+    async def screenshot(self, screen: int = 0) -> tuple[str, bytes]:
+        """What screen ``screen`` of the running guest shows (libvirt's
+        ``virDomainScreenshot``; screens are counted across the heads of its video devices):
+        the image's MIME type (``image/x-portable-pixmap``) and the image, a binary PPM.
+        OperationFailedError for a domain without video; asvirt writes no file of its own
+        for it (QEMU writes into a memfd asvirt hands it)."""
+        shot = await self._call("domain_screenshot", screen=screen)
+        chunks = []
+        while chunk := await self._conn._call(
+            "domain_screenshot_read", screenshot=shot, length=MAX_TRANSFER
+        ):
+            chunks.append(chunk)
+        return SCREENSHOT_MIME, b"".join(chunks)
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -641,20 +786,33 @@ class Domain(Handle):
         disk_only: bool = False,
         atomic: bool = False,
         halt: bool = False,
+        no_metadata: bool = False,
+        reuse_external: bool = False,
+        quiesce: bool = False,
         progress: ProgressCallback | None = None,
     ) -> DomainSnapshot:
-        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it (libvirt's
+        """Take a snapshot as ``<domainsnapshot>`` XML describes it (libvirt's
         snapshotCreateXML): its name (default: the creation time), description, memory
         (``<memory snapshot='no'/>``) and disks (``<disk name='vdb' snapshot='no'/>``).
 
-        A running or paused domain's snapshot holds its memory state and its qcow2 disks,
-        taken while the guest is paused (SUSPENDED/PAUSED, RESUMED/UNPAUSED); a shut-off
-        domain's holds its disks. A disk that cannot hold an internal snapshot (raw, shared,
-        read-only) and is not left out is refused, before anything is made; a snapshot
-        exists in every disk or in none (``atomic`` is therefore always so). External
-        snapshots (``disk_only``) are refused. ``halt`` stops the domain afterwards
-        (STOPPED/FROM_SNAPSHOT). The new snapshot is the domain's current one; its parent
-        the previous current one. ``progress`` is told how far the save has come.
+        Internal (the default): a running or paused domain's snapshot holds its memory
+        state and its qcow2 disks, taken while the guest is paused (SUSPENDED/PAUSED,
+        RESUMED/UNPAUSED); a shut-off domain's holds its disks. A disk that cannot hold an
+        internal snapshot (raw, shared, read-only) and is not left out is refused, before
+        anything is made. ``halt`` stops the domain afterwards (STOPPED/FROM_SNAPSHOT).
+
+        External (``disk_only``, or ``<disk snapshot='external'>``): each disk moves onto a
+        new qcow2 overlay (``<source file=...>``, default ``IMAGE.NAME`` beside its image,
+        made by asvirt unless ``reuse_external``) over the image it had, which is only read
+        from then on (raw ones too): the live and persistent XML name the overlay, with the
+        old image as its ``<backingStore>``; ``block_commit(active=True)`` and a pivot
+        return a running disk to it. ``quiesce`` freezes the guest's filesystems through
+        its agent meanwhile. No lifecycle event, as libvirt. ``no_metadata``: no snapshot
+        is recorded (libvirt's backup recipe). External memory state is refused.
+
+        A snapshot exists in every disk or in none (``atomic`` is therefore always so). The
+        new snapshot is the domain's current one; its parent the previous current one.
+        ``progress`` is told how far an internal snapshot's save has come.
         """
         del atomic  # every snapshot is atomic
         name = await self._call(
@@ -663,6 +821,9 @@ class Domain(Handle):
             disk_only=disk_only,
             halt=halt,
             progress=progress,
+            no_metadata=no_metadata,
+            reuse_external=reuse_external,
+            quiesce=quiesce,
         )
         from .snapshot import DomainSnapshot
 

@@ -40,6 +40,8 @@ class ErrorCode(enum.IntEnum):
     NETWORK_EXIST = 37
     INVALID_SECRET = 65
     NO_SECRET = 66
+    NO_HOSTNAME = 108
+    NO_DOMAIN_METADATA = 80
 
 
 class AsvirtError(Exception):
@@ -64,6 +66,11 @@ class InternalError(AsvirtError):
     """Something went wrong inside asvirt or the hypervisor that the caller could not prevent."""
 
     code = ErrorCode.INTERNAL_ERROR
+
+
+class AgentCommandNotFoundError(InternalError):
+    """The guest agent does not know the command (qemu-ga's ``CommandNotFound``: an older
+    agent, or one built without it). An InternalError, as libvirt reports it."""
 
 
 class NoConnectError(AsvirtError):
@@ -235,6 +242,18 @@ class AgentUnresponsiveError(AsvirtError):
     """The guest agent is not connected, or did not answer in time."""
 
     code = ErrorCode.AGENT_UNRESPONSIVE
+
+
+class NoHostnameError(AsvirtError):
+    """The guest's host name is not known where it was looked for (no DHCP lease names it)."""
+
+    code = ErrorCode.NO_HOSTNAME
+
+
+class NoDomainMetadataError(AsvirtError):
+    """The domain has no such title, description or metadata element."""
+
+    code = ErrorCode.NO_DOMAIN_METADATA
 
 
 class NoSecretError(AsvirtError):

@@ -28,14 +28,18 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from .conf.metadata_type import MetadataType
 from .drivers.base import (
     BlockInfo,
     BlockJobInfo,
+    DomainFSInfo,
     DomainInfo,
     DomainInterface,
     DomainRef,
     DomainSnapshotInfo,
     DomainStats,
+    GuestInfoTypes,
+    HostnameSource,
     HypervisorVersion,
     InterfaceAddressSource,
     InterfaceStats,
@@ -43,6 +47,7 @@ from .drivers.base import (
     NetworkDHCPLease,
     NetworkRef,
     NodeInfo,
+    NodeSuspendTarget,
     SecretRef,
     SecretUsageType,
     SecurityLabel,
@@ -618,6 +623,99 @@ class DomainCalls(Protocol):
         """Set the guest's clock (``sync``: from its RTC) through the agent."""
         ...
 
+    @call(mutates=False)
+    async def domain_get_hostname(self, uuid: str, source: HostnameSource) -> str:
+        """The guest's host name, from its agent or its DHCP lease (virsh domhostname)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_fs_info(self, uuid: str) -> list[DomainFSInfo]:
+        """The filesystems the guest has mounted, with the disks they are on (virsh
+        domfsinfo)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_guest_info(self, uuid: str, types: GuestInfoTypes) -> dict[str, Any]:
+        """What the guest agent tells of the guest (virsh guestinfo): libvirt's typed
+        parameters (``os.id``, ``hostname``, ``fs.0.mountpoint``...) for ``types`` (none: all
+        it can)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_set_user_password(
+        self, uuid: str, user: str, password: str, encrypted: bool
+    ) -> None:
+        """Set a guest user's password through the agent (virsh set-user-password);
+        ``encrypted``: the password is already a crypt(3) hash."""
+        ...
+
+    @call(mutates=True)
+    async def domain_rename(self, uuid: str, new_name: str) -> None:
+        """Rename a shut-off persistent domain (virsh domrename)."""
+        ...
+
+    # -- title, description, metadata ---------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_set_metadata(
+        self,
+        uuid: str,
+        type: MetadataType,
+        metadata: str | None,
+        key: str | None,
+        uri: str | None,
+        live: bool,
+        config: bool,
+    ) -> None:
+        """Set (None or empty: remove) the title, description or a metadata element of the
+        running guest and/or the configuration (virsh desc, metadata)."""
+        ...
+
+    @call(mutates=False)
+    async def domain_get_metadata(
+        self, uuid: str, type: MetadataType, uri: str | None, live: bool, config: bool
+    ) -> str:
+        """The title, description or a metadata element (by namespace URI)."""
+        ...
+
+    # -- keyboard, NMI, screen ---------------------------------------------------------------
+
+    @call(mutates=True)
+    async def domain_send_key(
+        self, uuid: str, codeset: int, holdtime: int, keycodes: list[int]
+    ) -> None:
+        """Press keys together (libvirt's codeset, virsh send-key) for ``holdtime`` ms."""
+        ...
+
+    @call(mutates=True)
+    async def domain_inject_nmi(self, uuid: str) -> None:
+        """Send the guest a non-maskable interrupt (virsh inject-nmi)."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_screenshot(self, uuid: str, screen: int) -> int:
+        """Take a screenshot of a screen of the guest (virsh screenshot), kept for this client
+        to read (its id); refused to read-only clients, as libvirt does."""
+        ...
+
+    @call(mutates=True, client=True)
+    async def domain_screenshot_read(self, screenshot: int, length: int) -> bytes:
+        """The next bytes (at most ``length``) of a screenshot, a binary PPM; empty at its
+        end, which drops it."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pm_suspend_for_duration(
+        self, uuid: str, target: NodeSuspendTarget, duration: int
+    ) -> None:
+        """Have the guest suspend itself through its agent (virsh dompmsuspend)."""
+        ...
+
+    @call(mutates=True)
+    async def domain_pm_wakeup(self, uuid: str) -> None:
+        """Wake a guest suspended to RAM (virsh dompmwakeup)."""
+        ...
+
     # -- consoles -----------------------------------------------------------------------------
 
     @call(mutates=True, client=True)
@@ -646,9 +744,18 @@ class DomainCalls(Protocol):
 
     @call(mutates=True)
     async def domain_snapshot_create_xml(
-        self, uuid: str, xml: str, disk_only: bool, halt: bool, progress: Progress
+        self,
+        uuid: str,
+        xml: str,
+        disk_only: bool,
+        halt: bool,
+        progress: Progress,
+        no_metadata: bool = False,
+        reuse_external: bool = False,
+        quiesce: bool = False,
     ) -> str:
-        """Take an internal snapshot as ``<domainsnapshot>`` XML describes it; its name."""
+        """Take a snapshot as ``<domainsnapshot>`` XML describes it (internal, or external
+        with ``disk_only``); its name."""
         ...
 
     @call(mutates=False, priority=HIGH)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import trio
@@ -190,6 +192,35 @@ async def wait_for_serial(
             return False
 
     await wait_for(written, timeout=timeout, interval=0.05)
+
+
+async def guest_exec(dom: asvirt.Domain, *argv: str, timeout: float = 60) -> dict[str, Any]:
+    """Run ``argv`` in the guest through its agent (guest-exec, output captured) and return
+    guest-exec-status's answer once it has exited (``exitcode``, base64 ``out-data``...).
+
+    Polled: the agent announces no exit; each poll is one exchange with the agent."""
+    started = await dom.agent_command(
+        json.dumps(
+            {
+                "execute": "guest-exec",
+                "arguments": {"path": argv[0], "arg": list(argv[1:]), "capture-output": True},
+            }
+        )
+    )
+    pid = json.loads(started)["return"]["pid"]
+    status: dict[str, Any] = {}
+
+    async def exited() -> bool:
+        reply = await dom.agent_command(
+            json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        )
+        status.update(json.loads(reply)["return"])
+        return bool(status.get("exited"))
+
+    with trio.fail_after(timeout):
+        while not await exited():
+            await trio.sleep(0.05)
+    return status
 
 
 class SharedGuest:

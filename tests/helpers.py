@@ -32,19 +32,27 @@ def embed_uri(root: Path) -> str:
 
 
 def run_cli(
-    root: Path, *args: str, check: bool = True, prefix: tuple[str, ...] = ()
+    root: Path,
+    *args: str,
+    check: bool = True,
+    prefix: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``asvirt ARGS`` in a process of its own, on the embed root ``root``, as a user runs it.
 
-    ``prefix`` runs it under another command (``ip netns exec NS``: in a network namespace).
+    ``prefix`` runs it under another command (``ip netns exec NS``: in a network namespace);
+    ``cwd``: in that directory (else the checkout's), with this checkout's asvirt still.
     """
+    repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ASVIRT_DEFAULT_URI": embed_uri(root)}
+    if cwd is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [*prefix, sys.executable, "-m", "asvirt", *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=cwd or repo,
         timeout=120,
     )
     assert "Traceback" not in proc.stderr

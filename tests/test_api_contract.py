@@ -621,6 +621,144 @@ async def test_qmp_answers(api):
         await dom.qmp("query-status", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+# -- renaming -----------------------------------------------------------------------------------
+
+
+async def test_rename(api):
+    """A shut-off persistent domain takes a new name, with its UUID, configuration and
+    autostart mark (found again by another connection); what libvirt refuses is refused."""
+    dom = await api.define("vm1")
+    await dom.set_metadata(asvirt.MetadataType.TITLE, "kept")
+    await dom.set_autostart(True)
+    async with api.conn.subscribe(kinds=LC) as events:
+        await dom.rename("vm2")
+        seen = drain(events)
+    assert [(e.domain, *lifecycle(e)) for e in seen] == [
+        ("vm1", "UNDEFINED", "RENAMED"),
+        ("vm2", "DEFINED", "RENAMED"),
+    ]
+    assert dom.name == "vm2"
+    assert await api.conn.lookup_by_name("vm2") == dom
+    with pytest.raises(asvirt.NoDomainError):
+        await api.conn.lookup_by_name("vm1")
+    assert await dom.metadata(asvirt.MetadataType.TITLE) == "kept"
+    assert "<name>vm2</name>" in await dom.xml_desc()
+    if not api.simulated:
+        assert api.config_file("vm2").is_file() and not api.config_file("vm1").exists()
+    async with api.open() as other:
+        again = await other.lookup_by_name("vm2")
+        assert again.uuid == dom.uuid and await again.autostart()
+
+    other_dom = await api.define("other")
+    for name, error in (
+        ("vm2", asvirt.OperationInvalidError),  # to itself
+        ("other", asvirt.OperationInvalidError),  # taken
+        ("a/b", asvirt.XMLError),
+    ):
+        with pytest.raises(error):
+            await dom.rename(name)
+    await dom.start(paused=True)
+    with pytest.raises(asvirt.OperationInvalidError, match="active"):
+        await dom.rename("vm3")
+    await dom.destroy()
+    transient = await api.conn.create_xml(api.xml("fleeting"), paused=True)
+    with pytest.raises(asvirt.OperationInvalidError):
+        await transient.rename("vm3")
+    names = {d.name for d in await api.conn.list_all_domains()}
+    assert {"fleeting", "other", "vm2"} <= names and "vm3" not in names
+    await dom.rename("vm1")  # and back
+    assert await api.conn.lookup_by_name("vm1") == dom
+    del other_dom
+
+
+# -- title, description, metadata --------------------------------------------------------------
+
+
+async def test_title_description_and_metadata(api):
+    """virsh desc and metadata: what is set shows in the XML, live and config apart, each
+    change announced by one METADATA_CHANGE event; what is refused changes nothing."""
+    T, D, E = (
+        asvirt.MetadataType.TITLE,
+        asvirt.MetadataType.DESCRIPTION,
+        asvirt.MetadataType.ELEMENT,
+    )
+    uri = "http://example.org/asvirt/1"
+    dom = await api.define("vm1")
+    async with api.conn.subscribe(dom, kinds={asvirt.EventKind.METADATA_CHANGE}) as events:
+        await dom.set_metadata(T, "A title")
+        await dom.set_metadata(D, "Line one\nline two")
+        await dom.set_metadata(E, '<app version="2"><tier>web</tier></app>', "ex", uri)
+        assert [e.data for e in drain(events)] == [
+            {"type": int(T), "nsuri": None},
+            {"type": int(D), "nsuri": None},
+            {"type": int(E), "nsuri": uri},
+        ]
+    assert await dom.metadata(T) == "A title"
+    assert await dom.metadata(D) == "Line one\nline two"
+    assert await dom.metadata(E, uri) == '<app version="2"><tier>web</tier></app>'
+    xml = await dom.xml_desc()
+    assert "<title>A title</title>" in xml
+    assert f'<ex:app xmlns:ex="{uri}" version="2">' in xml
+    if not api.simulated:
+        assert "<title>A title</title>" in api.config_file("vm1").read_text()
+
+    # Refused, changing nothing: a title with a newline, an element without a key, bad XML.
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_metadata(T, "two\nlines")
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.set_metadata(E, "<x/>", None, uri)
+    with pytest.raises(asvirt.XMLError):
+        await dom.set_metadata(E, "<x/><y/>", "ex", uri)
+    assert await dom.xml_desc() == xml
+    with pytest.raises(asvirt.NoDomainMetadataError) as err:
+        await dom.metadata(E, "http://example.org/none")
+    assert err.value.code == asvirt.ErrorCode.NO_DOMAIN_METADATA
+
+    # Running: the live XML and the configuration apart.
+    await dom.start(paused=True)
+    await dom.set_metadata(T, "Live only")
+    assert await dom.metadata(T) == "Live only"
+    assert await dom.metadata(T, config=True) == "A title"
+    await dom.set_metadata(E, None, None, uri, live=True, config=True)  # removed from both
+    for live in (True, False):
+        with pytest.raises(asvirt.NoDomainMetadataError):
+            await dom.metadata(E, uri, live=live, config=not live)
+    await dom.set_metadata(D, "", config=True)  # empty: removed
+    with pytest.raises(asvirt.NoDomainMetadataError):
+        await dom.metadata(D, config=True)
+    assert await dom.metadata(D) == "Line one\nline two"
+    await dom.destroy()
+    assert await dom.metadata(T) == "A title"  # the live change went with the guest
+
+
+# -- keyboard, NMI, screen --------------------------------------------------------------------
+
+
+async def test_keys_nmi_and_screenshot(api):
+    """What the guest makes of them is tests/test_qemu_display.py's; here, that each driver
+    takes them, refuses the same things, and gives a screenshot as a binary PPM."""
+    dom = await api.define("vm1", devices="<video><model type='vga'/></video>")
+    plain = await api.define("plain")
+    with pytest.raises(asvirt.OperationInvalidError):
+        await dom.send_key(asvirt.KeycodeSet.LINUX, 0, ["KEY_A"])
+    await dom.start(paused=True)
+    await plain.start(paused=True)
+    await dom.send_key(asvirt.KeycodeSet.LINUX, 0, ["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_DELETE"])
+    await dom.send_key("atset1", 20, [0xE053])
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.send_key(asvirt.KeycodeSet.XT, 0, [0xE053])  # no single-byte scancode
+    await dom.inject_nmi()
+    mime, image = await dom.screenshot()
+    assert mime == "image/x-portable-pixmap"
+    magic, size, depth, pixels = image.split(b"\n", 3)
+    width, height = (int(n) for n in size.split())
+    assert (magic, depth, len(pixels)) == (b"P6", b"255", width * height * 3)
+    with pytest.raises(asvirt.InvalidArgError):
+        await dom.screenshot(1)
+    with pytest.raises(asvirt.OperationFailedError):
+        await plain.screenshot()
+
+
 # -- statistics --------------------------------------------------------------------------------
 
 
@@ -2089,9 +2227,36 @@ async def test_guest_agent(api):
     assert await dom.fs_thaw() == frozen
     await dom.set_time(2_000_000_000)
     assert 2_000_000_000 <= (await dom.get_time())[0] < 2_000_000_060
+    # Who the guest is: the test guest's host name and os-release, nothing mounted from a
+    # disk (it runs from its initramfs), nobody logged in.
+    assert await dom.hostname() == "asvirt-guest"
+    assert await dom.fs_info() == []
+    info = await dom.guest_info()
+    assert info["hostname"] == "asvirt-guest"
+    assert (info["os.id"], info["os.version-id"]) == ("asvirt-guest", "12")
+    assert (info["user.count"], info["fs.count"]) == (0, 0)
+    assert info["timezone.offset"] == 0
+    os_only = await dom.guest_info(asvirt.GuestInfoTypes.OS)
+    assert os_only and all(k.startswith("os.") for k in os_only)
+    await dom.set_user_password("asvirt", "pw")
+    with pytest.raises(asvirt.InternalError):
+        await dom.set_user_password("nosuchuser", "pw")
     await plain.start()
     with pytest.raises(asvirt.ArgumentUnsupportedError):
         await plain.agent_command('{"execute": "guest-ping"}')
+    with pytest.raises(asvirt.ArgumentUnsupportedError):
+        await plain.hostname()
+    with pytest.raises(asvirt.NoHostnameError):
+        await plain.hostname(asvirt.HostnameSource.LEASE)
+    # Suspended to RAM through the agent, woken up by QEMU.
+    async with api.conn.subscribe(dom, kinds=LC) as events:
+        await dom.pm_suspend_for_duration(asvirt.NodeSuspendTarget.MEM)
+        await lifecycle_until(events, ("PMSUSPENDED", "MEMORY"), timeout=60)
+        await dom.pm_wakeup()
+        await lifecycle_until(events, ("STARTED", "WAKEUP"), timeout=60)
+    assert await dom.state() == (S.RUNNING, asvirt.RunningReason.WAKEUP)
+    with pytest.raises(asvirt.AsvirtError, match="not in suspended state"):
+        await dom.pm_wakeup()  # awake: nothing to wake
     await plain.destroy()
     async with api.conn.subscribe(dom) as events:
         await dom.shutdown(mode=asvirt.ShutdownMode.AGENT)

@@ -139,6 +139,52 @@ def test_event_command_prints_virsh_lines(root, xml_file):
     assert proc.returncode == 1 and "unknown event type" in proc.stderr
 
 
+def test_desc_and_metadata(root, xml_file):
+    """virsh desc and metadata, each a process of its own: what one sets, the next reads
+    from the stored configuration; event --event metadata-change tells of each change."""
+    run(root, "define", str(xml_file))
+    assert run(root, "desc", "vm1").stdout == "No description for domain: vm1\n"
+    assert run(root, "desc", "vm1", "--title").stdout == "No title for domain: vm1\n"
+    out = run(root, "desc", "vm1", "--new-desc", "A web server").stdout
+    assert out == "Domain description updated successfully\n"
+    assert run(root, "desc", "vm1", "Front", "end", "--title").stdout == (
+        "Domain title updated successfully\n"
+    )
+    assert run(root, "desc", "vm1").stdout == "A web server\n"
+    assert run(root, "desc", "vm1", "--title", "--config").stdout == "Front end\n"
+    bad = run(root, "desc", "vm1", "--title", "--new-desc", "a\nb", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: Failed to set new domain title\nerror: ")
+    uri = "http://example.org/app"
+    bad = run(root, "metadata", "vm1", uri, check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == "error: metadata not found: Requested metadata element is not present\n"
+    bad = run(root, "metadata", "vm1", uri, "--set", "<app/>", check=False)
+    assert bad.stderr == "error: namespace key is required when modifying metadata\n"
+    out = run(root, "metadata", "vm1", uri, "--key", "app", "--set", '<app tier="web"/>').stdout
+    assert out == "Metadata modified\n\n"
+    assert run(root, "metadata", "vm1", uri).stdout == '<app tier="web"/>\n\n'
+    assert f'<app:app xmlns:app="{uri}" tier="web"/>' in run(root, "dumpxml", "vm1").stdout
+    assert run(root, "metadata", "vm1", uri, "--remove").stdout == "Metadata removed\n\n"
+    proc = run(
+        root, "event", "--since", "0", "--event", "metadata-change", "--loop", "--timeout", "1"
+    )
+    assert proc.stdout.strip().splitlines() == [
+        "event 'metadata-change' for domain 'vm1': type description, uri <null>",
+        "event 'metadata-change' for domain 'vm1': type title, uri <null>",
+        f"event 'metadata-change' for domain 'vm1': type element, uri {uri}",
+        f"event 'metadata-change' for domain 'vm1': type element, uri {uri}",
+        "event loop timed out",
+        "events received: 4",
+    ]
+    # domrename: as virsh, the error in libvirt's words on one line.
+    assert run(root, "domrename", "vm1", "web").stdout == "Domain successfully renamed\n\n"
+    assert run(root, "desc", "web").stdout == "A web server\n"
+    bad = run(root, "domrename", "web", "web", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == "error: Requested operation is not valid: Can't rename domain to itself\n"
+
+
 @pytest.mark.guest
 async def test_a_guest_that_powers_off_after_the_cli_left_ends_shut_off_shutdown(
     root, xml_file, tmp_path

@@ -110,3 +110,36 @@ async def test_a_supervisor_killed_at_random_points_loses_nothing(
         for qemus in find_qemus(str(root)).values():
             for qemu in qemus:
                 os.kill(qemu.pid, 9)
+
+
+async def test_a_rename_interrupted_after_its_new_config_is_completed_at_the_next_open(
+    root: Path, test_guest: TestGuest, tmp_path: Path
+):
+    """A rename records its intent, then writes the new configuration: a supervisor killed
+    after that leaves both configurations (and the intent); the next open finishes the
+    rename. One killed before the new configuration was written leaves the old name."""
+    async with asvirt.open(embed_uri(root)) as conn:
+        xml = test_guest.xml("vm1", tmp_path / "vm1.serial", domain_type=PAUSED_DOMAIN_TYPE)
+        dom = await conn.define_xml(xml)
+        await dom.set_autostart(True)
+    etc, run = root / "etc" / "qemu", root / "run" / "qemu"
+    # What a rename had written when it was killed: its intent and the new configuration.
+    (run / f"{dom.uuid}.rename").write_text("vm1\nvm2\n")
+    (etc / "vm2.xml").write_text(
+        (etc / "vm1.xml").read_text().replace("<name>vm1</name>", "<name>vm2</name>")
+    )
+    async with asvirt.open(embed_uri(root)) as conn:
+        renamed = await conn.lookup_by_name("vm2")
+        assert renamed.uuid == dom.uuid and await renamed.autostart()
+        with pytest.raises(asvirt.NoDomainError):
+            await conn.lookup_by_name("vm1")
+    assert sorted(p.name for p in etc.glob("*.xml")) == ["vm2.xml"]
+    assert sorted(p.name for p in (etc / "autostart").glob("*.xml")) == ["vm2.xml"]
+    assert not list(run.glob("*.rename"))
+    # Killed before the new configuration was written: nothing was renamed.
+    (run / f"{dom.uuid}.rename").write_text("vm2\nvm3\n")
+    async with asvirt.open(embed_uri(root)) as conn:
+        assert (await conn.lookup_by_name("vm2")).uuid == dom.uuid
+        await (await conn.lookup_by_name("vm2")).rename("vm3")  # and a whole one works
+    assert sorted(p.name for p in etc.glob("*.xml")) == ["vm3.xml"]
+    assert not list(run.glob("*.rename"))

@@ -8,6 +8,7 @@ protocol by hand (JSON lines on a unix socket: :class:`Raw`); real ones use ``as
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
@@ -65,7 +66,14 @@ NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
 NEED_A_DEVICE = ("domain_block_info", "domain_block_job_info", "domain_interface_stats")
 #: Reading calls answered by the guest (its agent): the paused VM cannot.
-NEED_A_RUNNING_GUEST = ("domain_get_time",)
+NEED_A_RUNNING_GUEST = (
+    "domain_get_time",
+    "domain_get_hostname",
+    "domain_get_fs_info",
+    "domain_get_guest_info",
+)
+#: Reading calls that name a metadata item of the VM (which has none).
+NEED_METADATA = ("domain_get_metadata",)
 #: The daemon's own methods, besides the declared calls.
 SESSION_METHODS = ("hello", "bye", "events.subscribe", "events.unsubscribe")
 
@@ -260,7 +268,7 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "nvram": True,
         "keep_tpm": False,
         "mac": None,
-        "source": 0,  # InterfaceAddressSource.LEASE
+        "source": 0,  # InterfaceAddressSource.LEASE, HostnameSource.DEFAULT
         "path": "/nonexistent",
         "source_pool_uuid": str(uuidlib.uuid4()),
         "source_name": "intruder",
@@ -278,6 +286,9 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "snapshots_metadata": True,
         "managed_save": True,
         "disk_only": False,
+        "no_metadata": False,
+        "reuse_external": False,
+        "quiesce": False,
         "halt": True,
         "running": False,
         "of": None,
@@ -309,6 +320,22 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "usage_id": "intruder",
         "ephemeral": None,
         "private": None,
+        "types": 0,  # every group
+        "user": "root",
+        "password": "intruder",
+        "encrypted": False,
+        "codeset": 0,  # linux
+        "holdtime": 0,
+        "keycodes": [30],
+        "screen": 0,
+        "type": 0,  # MetadataType.DESCRIPTION
+        "metadata": "intruder",
+        "key": None,
+        "uri": None,
+        "new_name": "intruder",
+        "target": 0,  # NodeSuspendTarget.MEM
+        "duration": 0,
+        "screenshot": 1,
         "size": 1,
         "extend": False,
         "bandwidth": 0,
@@ -403,6 +430,8 @@ async def test_read_only_socket_refuses_every_mutating_call(daemons, test_guest,
                     assert error_of(reply) == (8, "InvalidArgError"), (name, reply)
                 elif name in NEED_A_RUNNING_GUEST:  # paused: refused for that
                     assert error_of(reply) == (55, "OperationInvalidError"), (name, reply)
+                elif name in NEED_METADATA:  # the VM has none
+                    assert error_of(reply) == (80, "NoDomainMetadataError"), (name, reply)
                 elif c.target is protocol.Target.DOMAINS and name not in NEED_A_SNAPSHOT:
                     assert "result" in reply, (name, reply)
                 elif name in NEED_A_SNAPSHOT:  # the VM has none: no such snapshot
@@ -475,6 +504,36 @@ async def test_an_active_commit_pivots_through_the_daemon(daemons, test_guest, t
         await dom.destroy()
 
 
+async def test_the_backup_recipes_snapshot_goes_through_the_daemon(daemons, test_guest, tmp_path):
+    # snapshot-create-as --disk-only --no-metadata --diskspec vda,file=..., over the wire.
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    top = tmp_path / "overlay.qcow2"
+    daemon = daemons()
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await start_with_disk(conn, test_guest, tmp_path, base)
+        snap = await dom.snapshot_create_xml(
+            f"<domainsnapshot><name>b</name><disks><disk name='vda'><source file='{top}'/>"
+            "</disk></disks></domainsnapshot>",
+            disk_only=True,
+            atomic=True,
+            no_metadata=True,
+        )
+        assert snap.name == "b" and await dom.list_all_snapshots() == []
+        assert f"<source file='{top}'" in await dom.xml_desc()
+        taken = tmp_path / "taken.qcow2"
+        taken.write_bytes(b"")
+        try:
+            with pytest.raises(asvirt.OperationInvalidError, match="already exists"):
+                await dom.snapshot_create_xml(
+                    f"<domainsnapshot><disks><disk name='vda'><source file='{taken}'/>"
+                    "</disk></disks></domainsnapshot>",
+                    disk_only=True,
+                )
+            assert taken.read_bytes() == b""
+        finally:
+            await dom.destroy()
+
+
 async def test_sockets_and_state_files_are_private(daemons, test_guest, tmp_path):
     daemon = daemons()
     uid = daemon_uid(daemon.pid)
@@ -524,6 +583,43 @@ async def test_a_second_daemon_on_the_same_state_dir_refuses(daemons, test_guest
             again_ro.hello()
         assert await dom.state() == (S.PAUSED, asvirt.PausedReason.USER)
         assert qemu_pid(daemon.state_dir, "vm1") == pid and pid_alive(pid)
+        await dom.destroy()
+    assert daemon.stop() == 0
+
+
+async def test_a_screenshot_is_read_in_chunks_by_its_client_only(daemons, test_guest, tmp_path):
+    """A screenshot is kept for the client that took it and read a chunk per call, so that
+    an image of any size goes through messages of bounded size; another client cannot read
+    it, and it is gone once read to its end."""
+    daemon = daemons()
+    vga = "<video><model type='vga'/></video>"
+    async with asvirt.open(daemon.uri) as conn:
+        dom = await conn.define_xml(paused_xml(test_guest, tmp_path, devices=vga))
+        await dom.start(paused=True)
+        _, image = await dom.screenshot()  # the remote client reads the chunks itself
+        assert image.startswith(b"P6\n")
+        with Raw(daemon.socket) as raw, Raw(daemon.socket) as other:
+            raw.hello()
+            other.hello()
+            shot = raw.call("domain_screenshot", uuid=dom.uuid, screen=0)
+            read = {"screenshot": shot, "length": 100_000}
+            assert error_of(other.request("domain_screenshot_read", read)) == (
+                8,
+                "InvalidArgError",
+            )
+            chunks = []
+            while data := base64.b64decode(raw.call("domain_screenshot_read", **read)):
+                chunks.append(data)
+            assert len(chunks) == -(-len(image) // 100_000)  # a paused guest's screen
+            assert b"".join(chunks) == image
+            assert error_of(raw.request("domain_screenshot_read", read)) == (8, "InvalidArgError")
+            too_big = {"screenshot": shot, "length": 64 * 1024 * 1024}
+            shot = raw.call("domain_screenshot", uuid=dom.uuid, screen=0)
+            too_big["screenshot"] = shot
+            assert error_of(raw.request("domain_screenshot_read", too_big)) == (
+                8,
+                "InvalidArgError",
+            )
         await dom.destroy()
     assert daemon.stop() == 0
 

@@ -155,6 +155,13 @@ CASES: list[tuple[EventKind, dict[str, Any] | None, str]] = [
         {"state": 2, "reason": 1},
         ": state: 'disconnected' reason: 'domain started'",
     ),
+    # virsh event --event metadata-change
+    (EventKind.METADATA_CHANGE, {"type": 1, "nsuri": None}, ": type title, uri <null>"),
+    (
+        EventKind.METADATA_CHANGE,
+        {"type": 2, "nsuri": "http://example.org/x"},
+        ": type element, uri http://example.org/x",
+    ),
     *[
         (EventKind.BLOCK_JOB, {"device": "pull-vda", "type": qemu, "status": status}, out)
         for qemu, status, out in (

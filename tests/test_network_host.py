@@ -156,6 +156,8 @@ def test_nat_network_leases_routes_and_masquerades(
     assert row[2:6] == [mac, "ipv4", f"{addr.ip}/24", "asvirt-guest"]
     ifaddr = cli(root, "domifaddr", "vm").stdout.splitlines()
     assert ifaddr[2].split() == [tap, mac, "ipv4", f"{addr.ip}/24"]
+    # The host name the guest gave the DHCP server (libvirt's lease source).
+    assert cli(root, "domhostname", "vm", "--source", "lease").stdout == "asvirt-guest\n\n"
 
     cli(root, "destroy", "vm")
     assert tap not in net_lab.links()  # the tap went with QEMU

@@ -608,6 +608,37 @@ async def test_the_base_of_an_active_commit_is_given_for_the_job_and_kept_after_
     assert owner(base) == owner(top) == SOMEONE
 
 
+async def test_an_external_snapshots_overlay_is_given_to_qemus_user_and_the_base_kept(
+    cconn: asvirt.Connection, confined: Path, guest: TestGuest, open_dir: Path, nobody
+):
+    base = open_dir / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "16M")
+    os.chown(base, *SOMEONE)
+    base.chmod(0o644)
+    xml = guest.xml("vm1", open_dir / "vm1.serial", domain_type="qemu", devices=disk_xml(base))
+    dom = await cconn.define_xml(xml)
+    await dom.start(paused=True)
+    assert owner(base) == nobody
+    await dom.snapshot_create_xml(
+        "<domainsnapshot><name>s1</name></domainsnapshot>", disk_only=True
+    )
+    made = open_dir / "disk.s1"
+    # QEMU writes the overlay from now on: its user's (and no one else's to read); the
+    # base keeps what it had while the domain runs.
+    assert owner(made) == nobody and stat.S_IMODE(os.stat(made).st_mode) == 0o600
+    assert owner(base) == nobody
+    chowned = status_record(confined, "vm1")["chowned"]
+    assert str(made) in chowned and str(base) in chowned
+    async with cconn.subscribe(dom, kinds={asvirt.EventKind.BLOCK_JOB}) as events:
+        await dom.block_commit("vda", active=True)
+        assert (await events.receive()).data["status"] == "ready"
+        await dom.block_job_abort("vda", pivot=True)
+    # Back on the base: the overlay goes back to whoever made it (the supervisor).
+    assert owner(made) == (0, 0) and owner(base) == nobody
+    await dom.destroy()
+    assert owner(base) == SOMEONE
+
+
 async def test_an_nbd_socket_is_checked_and_never_given_away(cconn, guest, open_dir, nobody):
     # qemu-nbd makes its socket 0755 (root's umask): QEMU as nobody could not connect.
     image = someones(open_dir / "served.raw")
@@ -805,6 +836,29 @@ async def test_a_relabelling_dac_label_gives_the_domains_files_to_its_user_and_b
     await dom.destroy()
     assert owner(image) == owner(serial) == (0, 0)
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (image, serial, hot)} == {0o600}
+
+
+async def test_an_external_snapshot_of_a_relabelling_dac_labelled_domain(
+    conn, root, guest, open_dir
+):
+    """The overlay a disk-only snapshot makes is the label's user's while the domain runs."""
+    image = open_dir / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "16M")
+    image.chmod(0o600)
+    dom = await conn.define_xml(
+        labelled(guest.xml("vm1", open_dir / "vm1.serial", devices=disk_xml(image)))
+    )
+    await dom.start(paused=True)
+    await dom.snapshot_create_xml(
+        "<domainsnapshot><name>s1</name></domainsnapshot>", disk_only=True
+    )
+    made = open_dir / "disk.s1"
+    assert owner(made) == owner(image) == LABEL
+    assert status_record(root, "vm1")["chowned"][str(made)] == [0, 0, *LABEL]  # type: ignore[index]
+    [block] = [b for b in await dom.qmp("query-block") if b.get("inserted")]
+    assert block["inserted"]["file"] == str(made) and block["inserted"]["ro"] is False
+    await dom.destroy()
+    assert owner(made) == owner(image) == (0, 0)
 
 
 async def test_a_disk_whose_own_seclabel_says_relabel_no_is_left_as_it_is(

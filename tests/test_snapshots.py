@@ -161,8 +161,11 @@ async def test_what_cannot_be_snapshotted_is_refused_and_changes_nothing(api):
     dom = await paused_vm(api, good, raw)
     with pytest.raises(asvirt.OperationUnsupportedError, match=r"vdb.*format is raw"):
         await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
-    with pytest.raises(asvirt.OperationUnsupportedError, match="external"):
-        await dom.snapshot_create_xml("<domainsnapshot/>", disk_only=True)
+    with pytest.raises(asvirt.OperationUnsupportedError, match="external memory state"):
+        await dom.snapshot_create_xml(
+            "<domainsnapshot><memory snapshot='external' file='/m'/></domainsnapshot>",
+            disk_only=True,
+        )
     with pytest.raises(asvirt.OperationUnsupportedError, match="memory"):
         await dom.snapshot_create_xml("<domainsnapshot><memory snapshot='no'/></domainsnapshot>")
     with pytest.raises(asvirt.ConfigUnsupportedError, match="no disk named 'vdz'"):
@@ -426,3 +429,22 @@ def test_a_save_image_header_round_trips_and_damage_is_refused(tmp_path):
     finally:
         os.close(fd)
     assert [p.name for p in tmp_path.iterdir()] == ["x.save"]  # no temporary file left
+
+
+async def test_rename_is_refused_with_snapshots_or_a_managed_save(api):
+    """As libvirt: their metadata and image are kept by name, so a domain that has them keeps
+    its name; once they are gone it can be renamed."""
+    disk = disk_image(api)
+    dom = await api.define("vm1", devices=disk_xml(disk))
+    snap = await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
+    with pytest.raises(asvirt.OperationInvalidError, match="snapshots"):
+        await dom.rename("vm2")
+    await snap.delete()
+    await dom.start(paused=True)
+    await dom.managed_save()
+    with pytest.raises(asvirt.OperationInvalidError, match="managed saved state"):
+        await dom.rename("vm2")
+    assert await dom.has_managed_save_image()
+    await dom.managed_save_remove()
+    await dom.rename("vm2")
+    assert (await api.conn.lookup_by_name("vm2")).uuid == dom.uuid

@@ -431,13 +431,22 @@ async def cmd_net_list(conn: ConnectionCalls, args: argparse.Namespace) -> int:
 _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
-#: The commands that live in modules of their own (devices, agent, console, network, storage,
-#: secrets, monitoring, snapshot, memory and vCPU, tuning), by module. Importing a module
-#: registers its commands; it is imported only when one of them is parsed (or for
+#: The commands that live in modules of their own (devices, agent, console, keyboard and screen,
+#: network, storage, secrets, monitoring, snapshot, memory and vCPU, tuning), by module.
+#: Importing a module registers its commands; it is imported only when one of them is parsed (or for
 #: ``help``), so that a one-shot ``asvirt list`` imports none of them (lxml, trio...).
 #: tests/test_cli.py checks that this table names what the modules register.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "agent": ("qemu-agent-command", "domfsfreeze", "domfsthaw", "domtime"),
+    "agent": (
+        "qemu-agent-command",
+        "domfsfreeze",
+        "domfsthaw",
+        "domtime",
+        "domhostname",
+        "domfsinfo",
+        "guestinfo",
+        "set-user-password",
+    ),
     "console": ("console",),
     "devices": (
         "attach-device",
@@ -452,6 +461,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "domiflist",
         "edit",
     ),
+    "guest_input": ("send-key", "inject-nmi", "screenshot", "dompmsuspend", "dompmwakeup"),
+    "metadata": ("desc", "metadata", "domrename"),
     "monitor": ("domstats", "domblkstat", "domifstat", "dommemstat", "domblkinfo", "vncdisplay"),
     "network": (
         "net-define",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any
 
 import asvirt
 from asvirt.calls import ConnectionCalls
@@ -56,15 +55,6 @@ _IFSTAT_FIELDS = (
 )
 
 
-def _value(value: Any) -> str:
-    """A typed parameter as virsh prints it."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:f}"
-    return str(value)
-
-
 @command("domstats", "get statistics about one or multiple domains")
 async def cmd_domstats(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     groups = StatsGroup(0)
@@ -83,7 +73,7 @@ async def cmd_domstats(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     blocks = []
     for dom, params in records:
         lines = [f"Domain: '{dom.name}'"]
-        lines += [f"  {key}={_value(value)}" for key, value in params.items()]
+        lines += [f"  {key}={render.typed_value(value)}" for key, value in params.items()]
         blocks.append("\n".join(lines) + "\n")
     print("\n".join(blocks))
     return 0

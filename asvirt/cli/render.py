@@ -11,6 +11,16 @@ if TYPE_CHECKING:
     from typing import TextIO
 
 
+def typed_value(value: object) -> str:
+    """A typed parameter's value as virsh prints it (``vshGetTypedParamValue``): booleans
+    yes/no, doubles with six decimals (domstats, guestinfo)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:f}"
+    return str(value)
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """virsh's table (libvirt's ``vshTablePrint``): the header, a dashed rule, the rows.
 

@@ -46,7 +46,7 @@ def _diskspec(spec: str) -> str:
     if "snapshot" in attrs:
         head += f" snapshot={quoteattr(attrs['snapshot'])}"
     if "driver" in attrs or "file" in attrs:
-        # What only an external snapshot says: asvirt refuses it, with the driver's words.
+        # What only an external snapshot says: its overlay's format and file.
         inner = ""
         if "driver" in attrs:
             inner += f"    <driver type={quoteattr(attrs['driver'])}/>\n"
@@ -102,6 +102,19 @@ async def _snapshot(dom: asvirt.Domain, name: str | None, current: bool) -> asvi
 # -- snapshots -----------------------------------------------------------------------------------
 
 
+async def _create(dom: asvirt.Domain, xml: str, args: argparse.Namespace) -> asvirt.DomainSnapshot:
+    """Take the snapshot ``xml`` with snapshot-create(-as)'s flags."""
+    return await dom.snapshot_create_xml(
+        xml,
+        disk_only=args.disk_only,
+        atomic=args.atomic,
+        halt=args.halt,
+        no_metadata=args.no_metadata,
+        reuse_external=args.reuse_external,
+        quiesce=args.quiesce,
+    )
+
+
 @command("snapshot-create-as", "Create a snapshot from a set of args")
 async def cmd_snapshot_create_as(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
@@ -111,9 +124,7 @@ async def cmd_snapshot_create_as(conn: ConnectionCalls, args: argparse.Namespace
     if args.print_xml:
         print(xml)
         return 0
-    snap = await dom.snapshot_create_xml(
-        xml, disk_only=args.disk_only, atomic=args.atomic, halt=args.halt
-    )
+    snap = await _create(dom, xml, args)
     print(f"Domain snapshot {snap.name} created")
     return 0
 
@@ -122,9 +133,7 @@ async def cmd_snapshot_create_as(conn: ConnectionCalls, args: argparse.Namespace
 async def cmd_snapshot_create(conn: ConnectionCalls, args: argparse.Namespace) -> int:
     dom = await _domain(conn, args.domain)
     xml = _read_file(args.xmlfile) if args.xmlfile else "<domainsnapshot/>"
-    snap = await dom.snapshot_create_xml(
-        xml, disk_only=args.disk_only, atomic=args.atomic, halt=args.halt
-    )
+    snap = await _create(dom, xml, args)
     if args.xmlfile:
         print(f"Domain snapshot {snap.name} created from '{args.xmlfile}'")
     else:
@@ -379,15 +388,20 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
             p.add_argument(
                 "--diskspec",
                 action="append",
-                help="disk attributes: disk[,snapshot=type] (repeat for each disk)",
+                help="disk attributes: disk[,snapshot=type][,driver=type][,file=name]",
             )
         else:
             p.add_argument("xmlfile", nargs="?", help="domain snapshot XML")
         p.add_argument("--halt", action="store_true", help="halt domain after snapshot")
-        p.add_argument(
-            "--disk-only", action="store_true", help="external disk-only (refused by asvirt)"
-        )
+        p.add_argument("--disk-only", action="store_true", help="create a disk-only snapshot")
         p.add_argument("--atomic", action="store_true", help="require atomic operation (always)")
+        p.add_argument(
+            "--no-metadata", action="store_true", help="take snapshot but create no metadata"
+        )
+        p.add_argument(
+            "--reuse-external", action="store_true", help="reuse any existing external files"
+        )
+        p.add_argument("--quiesce", action="store_true", help="quiesce guest's file systems")
     p = add("snapshot-list", "domain")
     for flag, text in (
         ("--parent", "add a column showing parent snapshot"),

@@ -97,6 +97,7 @@ _LIBVIRT_PREFIXES: dict[asvirt.ErrorCode, str] = {
     asvirt.ErrorCode.NO_DOMAIN_SNAPSHOT: "Domain snapshot not found: ",
     asvirt.ErrorCode.NO_SECRET: "Secret not found: ",
     asvirt.ErrorCode.INVALID_SECRET: "Invalid secret: ",
+    asvirt.ErrorCode.NO_DOMAIN_METADATA: "metadata not found: ",
 }
 
 

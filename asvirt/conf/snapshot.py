@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..errors import XMLError
+from ..errors import ConfigUnsupportedError, XMLError
 from .domain import hide_secrets
 from .names import validate_name
 from .xmlnode import Node, XElem
@@ -44,6 +44,11 @@ class SnapshotDisk:
     #: The disk's target (``vda``), or its source path as a user may write it.
     name: str
     snapshot: str
+    #: An external snapshot's new image (``<source file=...>``): the overlay the disk moves
+    #: onto, its old image below it. None: not said (libvirt's default: ``IMAGE.SNAPNAME``).
+    source: str | None = None
+    #: The overlay's format (``<driver type=...>``; qcow2, the only one asvirt makes).
+    driver: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +77,12 @@ class SnapshotDef:
         """Whether reverting to it restores a running (or paused) guest."""
         return self.memory == "internal"
 
+    @property
+    def is_external(self) -> bool:
+        """Whether any of it is outside the disks' images (libvirt's
+        virDomainSnapshotDefIsExternal): a disk's overlay, or a memory file."""
+        return self.memory == "external" or any(d.snapshot == "external" for d in self.disks)
+
     def disk_mode(self, target: str) -> str | None:
         """What the snapshot says of the disk ``target`` (None: nothing)."""
         for disk in self.disks:
@@ -99,7 +110,16 @@ class SnapshotDef:
         if self.disks:
             disks = root.add("disks")
             for disk in self.disks:
-                disks.add("disk", {"name": disk.name, "snapshot": disk.snapshot})
+                if disk.source is None and disk.driver is None:
+                    disks.add("disk", {"name": disk.name, "snapshot": disk.snapshot})
+                    continue
+                # As libvirt writes an external disk: its type, the overlay's format, its file.
+                el = disks.add("disk", {"name": disk.name, "snapshot": disk.snapshot})
+                el.set("type", "file")
+                if disk.driver is not None:
+                    el.add("driver", {"type": disk.driver})
+                if disk.source is not None:
+                    el.add("source", {"file": disk.source})
         text = root.serialize()
         end = "</domainsnapshot>\n"
         parts = [text[: -len(end)]]
@@ -173,11 +193,27 @@ def parse_snapshot_xml(text: str | bytes, *, stored: bool = False) -> tuple[Snap
                 raise XMLError(f"disk '{disk_name}' is named twice in the snapshot's <disks>")
             seen.add(disk_name)
             mode = disk.choice("snapshot", DISK_MODES)
-            if disk.children("source") or disk.children("driver"):
+            source = driver = None
+            src = disk.child("source")
+            if src is not None:
+                source = src.attr("file")
+                src.ignore("dev", "index")
+                src.finish()
+            drv = disk.child("driver")
+            if drv is not None:
+                driver = drv.attr("type")
+                drv.ignore("metadata_cache")
+                drv.finish()
+            if src is not None or drv is not None:
                 # Only external snapshots say where their new files go.
                 mode = mode or "external"
-            disk.ignore("type", "source", "driver")
-            snap.disks.append(SnapshotDisk(disk_name, mode or ""))
+            disk.choice("type", ("file",))  # asvirt makes overlays as files
+            if source is not None and mode != "external":
+                raise ConfigUnsupportedError(
+                    f"unsupported configuration: file '{source}' for disk '{disk_name}' "
+                    "requires use of external snapshot mode"
+                )
+            snap.disks.append(SnapshotDisk(disk_name, mode or "", source, driver))
             disk.finish()
         disks.finish()
     current = False

@@ -294,6 +294,55 @@ class DomainInterface:
     addrs: tuple[InterfaceAddress, ...]
 
 
+class HostnameSource(enum.IntEnum):
+    """Where :meth:`asvirt.Domain.hostname` looks (libvirt's ``virDomainGetHostnameFlags``)."""
+
+    #: The driver's choice: the agent, as libvirt's QEMU driver.
+    DEFAULT = 0
+    #: The host name the guest gave the DHCP server of a network its interfaces are on.
+    LEASE = 1
+    #: The guest agent (``guest-get-host-name``): libvirt's QEMU driver's default.
+    AGENT = 2
+
+
+class NodeSuspendTarget(enum.IntEnum):
+    """How :meth:`asvirt.Domain.pm_suspend_for_duration` suspends the guest (libvirt's
+    ``virNodeSuspendTarget``)."""
+
+    #: Suspend to RAM (S3).
+    MEM = 0
+    #: Suspend to disk (S4, hibernation).
+    DISK = 1
+    #: Both: to disk, then to RAM.
+    HYBRID = 2
+
+
+class GuestInfoTypes(enum.IntFlag):
+    """What :meth:`asvirt.Domain.guest_info` asks the guest agent for (libvirt's
+    ``virDomainGuestInfoTypes``); none: everything the agent can tell."""
+
+    USERS = 1 << 0
+    OS = 1 << 1
+    TIMEZONE = 1 << 2
+    HOSTNAME = 1 << 3
+    FILESYSTEM = 1 << 4
+    DISKS = 1 << 5
+    INTERFACES = 1 << 6
+    LOAD = 1 << 7
+
+
+@record
+class DomainFSInfo:
+    """A filesystem the guest has mounted, as its agent reports it (libvirt's
+    ``virDomainFSInfo``): ``name`` is the guest's device (``vda1``), ``dev_aliases`` the
+    targets (``vda``) of the domain's disks it lies on."""
+
+    mountpoint: str
+    name: str
+    fstype: str
+    dev_aliases: tuple[str, ...]
+
+
 @record
 class StoragePoolRef:
     name: str
@@ -357,6 +406,10 @@ class StorageVolSource:
 #: task doing the work, so it must not block.
 ProgressCallback = Callable[[float], object]
 
+#: The MIME type of a domain's screenshot (QEMU's ``screendump``: a binary PPM), as libvirt
+#: names it.
+SCREENSHOT_MIME = "image/x-portable-pixmap"
+
 #: The most bytes one volume upload or download call carries (a daemon's messages stay small).
 MAX_TRANSFER = 1024 * 1024
 
@@ -376,14 +429,18 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MAX_TRANSFER",
+    "SCREENSHOT_MIME",
     "BlockInfo",
     "ClientDriver",
+    "DomainFSInfo",
     "DomainInfo",
     "DomainInterface",
     "DomainRef",
     "DomainSnapshotInfo",
     "DomainStats",
     "DriverOpener",
+    "GuestInfoTypes",
+    "HostnameSource",
     "HypervisorVersion",
     "IPAddrType",
     "InterfaceAddress",
@@ -393,6 +450,7 @@ __all__ = [
     "NetworkDriver",
     "NetworkRef",
     "NodeInfo",
+    "NodeSuspendTarget",
     "ProgressCallback",
     "SecretDriver",
     "SecretRef",

@@ -42,6 +42,10 @@ class EventKind(enum.Enum):
     #: :class:`AgentLifecycleState`, and ``reason``, an :class:`AgentLifecycleReason`, as
     #: their integer values): libvirt's ``VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE``.
     AGENT_LIFECYCLE = "agent-lifecycle"
+    #: The domain's title, description or a metadata element changed (``data``: ``type``, a
+    #: :class:`~asvirt.MetadataType` value, and ``nsuri``, the element's namespace URI or
+    #: None): libvirt's ``VIR_DOMAIN_EVENT_ID_METADATA_CHANGE``.
+    METADATA_CHANGE = "metadata-change"
     #: Every QMP event QEMU sends, unchanged, in ``data`` (like libvirt's
     #: ``virConnectDomainQemuMonitorEventRegister``). Opt-in: subscriptions with
     #: ``kinds=None`` do not receive these.
@@ -340,6 +344,11 @@ class DomainEvent:
                 state = _label(AgentLifecycleState, data.get("state"))
                 reason = _label(AgentLifecycleReason, data.get("reason"))
                 return f"{head}: state: '{state}' reason: '{reason}'"
+            case EventKind.METADATA_CHANGE:
+                # virsh: type title, uri <null>
+                names: dict[Any, str] = {0: "description", 1: "title", 2: "element"}
+                kind = names.get(data.get("type"), "unknown")
+                return f"{head}: type {kind}, uri {data.get('nsuri') or '<null>'}"
             case EventKind.QMP:
                 return f"event 'qemu-monitor' for domain '{self.domain}': {data.get('event', '')}"
             case EventKind.NETWORK_LIFECYCLE:

@@ -49,6 +49,7 @@ from ..drivers.base import (
     InterfaceAddressSource,
     InterfaceStats,
     IOThreadInfo,
+    NetworkDHCPLease,
     NetworkDriver,
     NodeInfo,
     SecretDriver,
@@ -76,7 +77,8 @@ from . import stats as stats_mod
 from .agent_calls import AgentCalls
 from .consoles import ConsoleCalls
 from .domains import DomainObj, DomainRuntime, DomainTable
-from .guest_state import SnapshotTarget, StartOrigin, StatefulRuntime
+from .guest_input import GuestInputCalls
+from .guest_state import ExternalTarget, SnapshotTarget, StartOrigin, StatefulRuntime
 from .hotplug import (
     apply_password,
     apply_update,
@@ -88,6 +90,7 @@ from .hotplug import (
     updated_link,
     updated_media,
 )
+from .metadata_calls import MetadataCalls
 from .pinning import (
     check_iothread,
     check_vcpu,
@@ -99,10 +102,11 @@ from .pinning import (
     set_vcpupin,
     vcpu_pins,
 )
+from .rename import RenameCalls
 from .saveimage import ImageSink
 from .saves import SaveCalls
 from .secrets import check_secrets
-from .snapshots import DiskOp, SnapshotCalls
+from .snapshots import DiskOp, SnapshotCalls, moved_config
 from .volumes import resolve_disk, resolve_volumes
 
 log = get_logger("asvirt.domain")
@@ -206,6 +210,12 @@ class HypervisorBackend(Protocol):
         """Remove a persistent definition (before the table forgets it)."""
         ...
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        """Store ``obj``'s persistent definition under its new name (``defn.name``), with
+        what else is kept by name (the autostart mark), and remove the old ones: the new
+        are durable before the old go."""
+        ...
+
     def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
         """Refuse an undefine that would leave state behind (a UEFI NVRAM without
         ``nvram``), before anything is removed."""
@@ -258,6 +268,11 @@ class HypervisorBackend(Protocol):
         first checks that every disk has it."""
         ...
 
+    async def make_overlays(self, disks: Sequence[ExternalTarget]) -> None:
+        """Make the overlay of each of a shut-off domain's ``disks`` (those not ``reuse``d)
+        over its base: all or none (those made are removed again on a failure)."""
+        ...
+
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         """Record a snapshot's metadata durably (``current``: it is the current one)."""
         ...
@@ -284,7 +299,15 @@ class HypervisorBackend(Protocol):
 StartableRuntime = StatefulRuntime
 
 
-class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
+class DomainDriver(
+    SnapshotCalls,
+    SaveCalls,
+    AgentCalls,
+    ConsoleCalls,
+    GuestInputCalls,
+    MetadataCalls,
+    RenameCalls,
+):
     """The domain half of a node, shared by every connection to it."""
 
     def __init__(
@@ -324,15 +347,11 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
         disk, on the same image, follows it, as libvirt rewrites it: the next boot must use
         what the guest has written to since, not the image it left. Takes no job: the
         pivot's caller holds it (or nobody, when a re-attach finds the move)."""
-        cfg = obj.persistent_def
-        if cfg is None or not any(d.target == target and d.source == old for d in cfg.disks):
+        if obj.persistent_def is None:
             return
-        updated = cfg.copy()
-        for disk in updated.disks:
-            if disk.target == target:
-                disk.source = new
-                if fmt is not None:
-                    disk.format = fmt
+        updated = moved_config(obj.persistent_def, {target: (old, new, fmt)})
+        if updated is None:
+            return
         try:
             await self.backend.save_config(updated)
         except AsvirtError as err:
@@ -690,8 +709,9 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
 
     async def client_closed(self, owner: object) -> None:
         """Destroy the domains ``owner`` started with autodestroy (it has gone for good),
-        and close the consoles it had open."""
+        and close the consoles it had open (and drop the screenshots it did not read)."""
         await self._close_consoles_of(owner)
+        self._drop_screenshots_of(owner)
         for obj in self.table.owned_by(owner):
             runtime = obj.runtime
             if runtime is not None:
@@ -775,20 +795,26 @@ class DomainDriver(SnapshotCalls, SaveCalls, AgentCalls, ConsoleCalls):
                 f"interface addresses from source '{InterfaceAddressSource(source).name.lower()}'"
                 " are not supported (use the lease or agent source)"
             )
-        live = self._runtime(obj).live_def
+        found = []
+        for nic, leases in await self._nic_leases(obj):
+            if leases:
+                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
+                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+        return found
+
+    async def _nic_leases(self, obj: DomainObj) -> list[tuple[Interface, list[NetworkDHCPLease]]]:
+        """The running domain's ``type='network'`` interfaces and the DHCP leases their
+        networks hold for their MACs (libvirt's lease source)."""
         network = self.network
         found = []
-        for nic in live.interfaces:
+        for nic in self._runtime(obj).live_def.interfaces:
             if nic.type != "network" or network is None or nic.source_network is None:
                 continue
             try:
                 ref = await network.lookup_network_by_name(nic.source_network)
             except NoNetworkError:
                 continue
-            leases = await network.network_dhcp_leases(ref.uuid, nic.mac)
-            if leases:
-                addrs = tuple(InterfaceAddress(ls.type, ls.ip_addr, ls.prefix) for ls in leases)
-                found.append(DomainInterface(nic.target_dev or "-", nic.mac or "", addrs))
+            found.append((nic, await network.network_dhcp_leases(ref.uuid, nic.mac)))
         return found
 
     # -- statistics -----------------------------------------------------------------------------

@@ -164,6 +164,28 @@ class DomainRuntime(Protocol):
         """Set the link of a live interface down (``down``) or up (``up``, None)."""
         ...
 
+    async def set_metadata(self, source: DomainDef) -> None:
+        """Give the live definition the ``<title>``, ``<description>`` and ``<metadata>`` of
+        ``source`` (they mean nothing to the hypervisor: only the live XML changes)."""
+        ...
+
+    async def pm_wakeup(self) -> None:
+        """Wake a guest suspended to RAM (nothing happens to one that is not)."""
+        ...
+
+    async def send_key(self, qnums: list[int], holdtime: int) -> None:
+        """Press the keys (QEMU's key numbers) together for ``holdtime`` ms (0: the
+        hypervisor's default), then release them."""
+        ...
+
+    async def inject_nmi(self) -> None:
+        """Send a non-maskable interrupt to the guest's CPUs."""
+        ...
+
+    async def screenshot(self, device: str | None, head: int) -> bytes:
+        """The image on a head of a video device (None: the first device) as a binary PPM."""
+        ...
+
     async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
         """Give a live display ``new``'s password, expiry and ``connected`` (update_device)."""
         ...
@@ -355,6 +377,16 @@ class DomainTable:
         assert obj.uuid not in self._by_uuid and obj.name not in self._by_name
         self._by_uuid[obj.uuid] = obj
         self._by_name[obj.name] = obj
+
+    def has_name(self, name: str) -> bool:
+        return name in self._by_name
+
+    def rename(self, obj: DomainObj, new_name: str) -> None:
+        """Give a domain of the table a name no other domain has."""
+        assert self._by_name.get(obj.name) is obj and new_name not in self._by_name
+        del self._by_name[obj.name]
+        obj.name = new_name
+        self._by_name[new_name] = obj
 
     def remove(self, obj: DomainObj) -> None:
         """Take a domain out of the table; calls waiting for its job then fail."""

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ..conf.devices import Interface
     from ..conf.domain import DomainDef
-    from ..drivers.base import DomainRef, StorageDriver
+    from ..drivers.base import DomainRef, NetworkDHCPLease, StorageDriver
     from ..errors import AsvirtError
     from ..events import EventBus, LifecycleEvent
     from .domain_driver import HypervisorBackend, StartableRuntime
@@ -32,6 +33,14 @@ class DomainDriverBase:
     if TYPE_CHECKING:
 
         def _runtime(self, obj: DomainObj) -> DomainRuntime: ...
+
+        def _affected(self, obj: DomainObj, live: bool, config: bool) -> tuple[bool, bool]: ...
+
+        async def _store_config(self, obj: DomainObj, defn: DomainDef) -> None: ...
+
+        async def _nic_leases(
+            self, obj: DomainObj
+        ) -> list[tuple[Interface, list[NetworkDHCPLease]]]: ...
 
         def _new_runtime(
             self, obj: DomainObj, live_def: DomainDef, *, owner: object | None

@@ -35,6 +35,22 @@ class SnapshotTarget:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ExternalTarget:
+    """A disk an external snapshot moves onto a new image (an overlay over its old one)."""
+
+    #: The disk's target (``vda``).
+    target: str
+    #: The image it leaves, which becomes the overlay's backing file, read-only from then on.
+    base: str
+    #: The base's format (``raw``, ``qcow2`` ...).
+    base_format: str
+    #: The new image (a qcow2 file).
+    overlay: str
+    #: The overlay exists already (libvirt's REUSE_EXT: the caller made it); else it is made.
+    reuse: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FromImage:
     """Start by restoring a save image: its state stream is at ``offset`` of ``fd``."""
 
@@ -100,6 +116,13 @@ class StatefulRuntime(DomainRuntime, Protocol):
 
     async def snapshot_delete(self, name: str, disks: Sequence[SnapshotTarget]) -> None:
         """Delete the internal snapshot ``name`` from the disks of the running guest."""
+        ...
+
+    async def snapshot_external(self, disks: Sequence[ExternalTarget]) -> None:
+        """Move the disks of the running or paused guest onto their overlays, all at once or
+        none (each overlay made first unless it is ``reuse``d; those made are removed
+        again if the switch fails); the live definition then names each overlay with its
+        base as its backing store."""
         ...
 
     async def save_state(self, fd: int, *, progress: ProgressCallback | None) -> None:

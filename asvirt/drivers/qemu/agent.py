@@ -24,7 +24,12 @@ from typing import Any
 
 import trio
 
-from ...errors import AgentUnresponsiveError, InternalError, InvalidArgError
+from ...errors import (
+    AgentCommandNotFoundError,
+    AgentUnresponsiveError,
+    InternalError,
+    InvalidArgError,
+)
 from ...log import get_logger
 
 #: The virtio-serial port name qemu-ga listens on.
@@ -113,7 +118,8 @@ class GuestAgent:
             raise unresponsive("Guest agent not available for now")
         if isinstance(reply, dict) and "error" in reply:
             body = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise InternalError(
+            cls = AgentCommandNotFoundError if body.get("class") == "CommandNotFound" else None
+            raise (cls or InternalError)(
                 f"unable to execute QEMU agent command '{execute}': "
                 f"{body.get('desc', 'unknown error')}"
             )

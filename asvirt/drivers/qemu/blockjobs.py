@@ -146,8 +146,9 @@ class BlockJobOps:
         image: dict[str, Any] | None = inserted.get("image")
         while image is not None:
             path, fmt = str(image.get("filename", "")), str(image.get("format", ""))
-            # A raw image without a format node is its storage node ("file", ...).
-            if fmt in _IMAGE_FORMATS or (not layers and fmt in _STORAGE_DRIVERS):
+            # A raw image without a format node is its storage node ("file", ...): the
+            # top, or the base an external snapshot put below an overlay.
+            if fmt in _IMAGE_FORMATS or fmt in _STORAGE_DRIVERS:
                 found = [
                     str(n["node-name"])
                     for n in nodes
@@ -199,12 +200,16 @@ class BlockJobOps:
                 continue  # a filter on top (throttle, copy-on-read): its chain is not shown
             image = inserted.get("image") or {}
             path, fmt = image.get("filename"), image.get("format")
+            if fmt in _STORAGE_DRIVERS:
+                fmt = "raw"  # a raw image without a format node (a pivot onto a raw base)
             if not isinstance(path, str) or path.startswith("json:"):
                 continue
             chain = []
             below = image.get("backing-image")
             while isinstance(below, dict) and isinstance(below.get("filename"), str):
                 layer_format = below.get("format")
+                if layer_format in _STORAGE_DRIVERS:
+                    layer_format = "raw"  # a raw image without a format node
                 chain.append(
                     BackingStore(
                         str(below["filename"]),

@@ -29,6 +29,7 @@ from ... import config as config_mod
 from ... import fsutil
 from ...conf.devices import Disk, HotplugDevice
 from ...conf.domain import DomainDef, parse_domain_xml
+from ...conf.names import validate_name
 from ...conf.snapshot import SnapshotDef, parse_snapshot_xml
 from ...config import Config
 from ...errors import (
@@ -46,7 +47,7 @@ from ...events.journal import FileJournal, MemoryJournal, last_lifecycle
 from ...hypervisor.boot import first_open_since_boot
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
-from ...hypervisor.guest_state import SnapshotTarget
+from ...hypervisor.guest_state import ExternalTarget, SnapshotTarget
 from ...hypervisor.node import DeferredDriver, Node, NodeLease, open_node
 from ...hypervisor.saveimage import FileSink, ImageSink, open_image
 from ...hypervisor.snapshots import DiskOp
@@ -77,6 +78,7 @@ from .capabilities import (
 )
 from .command import domxml_to_native
 from .disk_snapshots import snapshot_disks
+from .extsnap import make_overlays
 from .hotplug import prepare_with_device
 from .membacking import backing_dir
 from .monitor import MonitorCounters, MonitorHost, monitor_host
@@ -209,6 +211,54 @@ class QemuBackend:
         except OSError as err:
             raise SystemCallError.from_oserror(err, f"remove domain '{obj.name}' from") from None
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        old, new = obj.name, defn.name
+
+        def rename() -> None:
+            # Intent first, then the new configuration, durably: from there on the rename
+            # is done, and the next load finishes it if this process dies before it does.
+            fsutil.atomic_write(self.paths.renaming(obj.uuid), f"{old}\n{new}\n".encode())
+            fsutil.atomic_write(self.paths.config(new), defn.to_xml().encode())
+            self._finish_rename(obj.uuid, old, new)
+
+        try:
+            await trio.to_thread.run_sync(rename)
+        except OSError as err:
+            what = f"rename domain '{old}' to '{new}' in"
+            raise SystemCallError.from_oserror(err, what) from None
+
+    def _finish_rename(self, uuid: str, old: str, new: str) -> None:
+        """Move what is kept by name besides the configuration (the autostart mark, the
+        shut-off reason) to the new name, remove the old configuration, forget the intent."""
+        if self.paths.autostart(old).is_file():
+            fsutil.atomic_write(self.paths.autostart(new), uuid.encode())
+            fsutil.remove(self.paths.autostart(old))
+            fsutil.fsync_dir(self.paths.autostart(new).parent)
+        if self.paths.shutoff(old).is_file():
+            os.replace(self.paths.shutoff(old), self.paths.shutoff(new))
+        fsutil.remove(self.paths.config(old))
+        fsutil.fsync_dir(self.paths.config_dir)
+        fsutil.remove(self.paths.renaming(uuid))
+        fsutil.fsync_dir(self.paths.run_dir)
+
+    def complete_renames(self) -> None:
+        """Renames a process began and did not finish: completed if the new configuration
+        was written (it is durable before anything else changes), else forgotten."""
+        for intent in self.paths.run_dir.glob("*.rename"):
+            try:
+                old, new = fsutil.read_nofollow(intent).decode().split()
+                validate_name(old)
+                validate_name(new)
+            except (OSError, ValueError, AsvirtError) as err:
+                log.error("ignoring an unreadable rename record", path=str(intent), error=str(err))
+                fsutil.remove(intent)
+                continue
+            if self.paths.config(new).is_file():
+                log.info("completing an interrupted rename", old=old, new=new)
+                self._finish_rename(intent.stem, old, new)
+            else:
+                fsutil.remove(intent)
+
     def check_undefine(self, obj: DomainObj, *, nvram: bool) -> None:
         defn = obj.persistent_def
         if defn is not None and not nvram and helpers.has_nvram_file(defn):
@@ -284,6 +334,9 @@ class QemuBackend:
             timeout=self._node.config.storage.qemu_img_timeout,
             secret_value=lambda secret: self._node.secret_driver.secret_value(*secret)[1],
         )
+
+    async def make_overlays(self, disks: Sequence[ExternalTarget]) -> None:
+        await make_overlays(disks, timeout=self._node.config.storage.qemu_img_timeout)
 
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         directory = self.paths.snapshot_dir(obj.name)
@@ -452,6 +505,7 @@ class QemuNode(Node):
         if self._network_paths.in_use():
             await self._networks.get()
         await trio.to_thread.run_sync(self._remove_interrupted_writes)
+        await trio.to_thread.run_sync(self.backend.complete_renames)
         if self._storage_paths.in_use():
             await self._pools.get()  # pools first: domains may name their volumes
         await self.secret_driver.load()  # before domains: their disks and TPMs name secrets

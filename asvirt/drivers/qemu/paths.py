@@ -113,6 +113,10 @@ class EmbedPaths(NodeDirs):
     def shutoff(self, name: str) -> Path:
         return self.run_dir / f"{name}.shutoff"
 
+    def renaming(self, uuid: str) -> Path:
+        """The record of a rename in progress (old and new name), until it is complete."""
+        return self.run_dir / f"{uuid}.rename"
+
     def monitor(self, uuid: str) -> Path:
         """The QMP socket, named by UUID: a fixed length, whatever the domain's name, so
         that every name define accepts fits in a unix socket address."""

@@ -39,6 +39,7 @@ import trio
 
 from ... import fsutil
 from ...conf.domain import DomainDef
+from ...conf.metadata import adopt_metadata
 from ...config import QemuConfig
 from ...drivers.base import SecretUsageType, StatsGroup
 from ...errors import (
@@ -80,6 +81,8 @@ from .command import (
 )
 from .command_extra import display_env
 from .displays import display_password, set_password
+from .extsnap import ExternalSnapshotOps
+from .guest_input import GuestInputOps
 from .helpers import DomainHelpers, drop_missing_sources, ensure_nvram
 from .hotplug import HotplugOps
 from .livetune import LiveTuneOps
@@ -130,11 +133,21 @@ class RunMode(enum.Enum):
     ATTACH = "attach"
 
 
-class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, LiveTuneOps):
+class QemuRunner(
+    GuestStateOps,
+    ResourceOps,
+    HotplugOps,
+    BlockJobOps,
+    ExternalSnapshotOps,
+    GuestInputOps,
+    LiveTuneOps,
+):
     """Supervises one QEMU process for one domain (its snapshots and saves: see
     :class:`~.savevm.GuestStateOps`; its balloon and vCPU hotplug: :class:`~.vcpus.ResourceOps`;
     its devices plugged in and out: :class:`~.hotplug.HotplugOps`; its disks' block jobs:
-    :class:`~.blockjobs.BlockJobOps`)."""
+    :class:`~.blockjobs.BlockJobOps`; external disk snapshots:
+    :class:`~.extsnap.ExternalSnapshotOps`; keys, NMIs and screenshots:
+    :class:`~.guest_input.GuestInputOps`)."""
 
     def __init__(
         self,
@@ -322,6 +335,11 @@ class QemuRunner(GuestStateOps, ResourceOps, HotplugOps, BlockJobOps, LiveTuneOp
         # migrate-incoming): what asvirt knew of the guest's freshness no longer holds.
         self.machine.load_state()
         return await self.execute(command, arguments)
+
+    async def set_metadata(self, source: DomainDef) -> None:
+        await trio.lowlevel.checkpoint()
+        adopt_metadata(self._live_def, source)
+        self._live_changed()
 
     async def agent_command(
         self, execute: str, arguments: dict[str, Any] | None, timeout: float | None

@@ -41,7 +41,7 @@ from ...errors import (
 )
 from ...hypervisor.domain_driver import DomainDriver, RuntimeCallbacks
 from ...hypervisor.domains import DomainObj
-from ...hypervisor.guest_state import SnapshotTarget
+from ...hypervisor.guest_state import ExternalTarget, SnapshotTarget
 from ...hypervisor.saveimage import ImageSink
 from ...hypervisor.snapshots import DiskOp
 from ...states import DomainState, ShutoffReason
@@ -184,6 +184,9 @@ class TestBackend:
     async def delete_config(self, obj: DomainObj) -> None:
         pass
 
+    async def rename_config(self, obj: DomainObj, defn: DomainDef) -> None:
+        pass  # the node lives in memory
+
     async def save_autostart(self, obj: DomainObj, autostart: bool) -> None:
         pass  # kept on the domain object: the node lives in memory
 
@@ -219,6 +222,13 @@ class TestBackend:
 
     async def snapshot_disks(self, op: DiskOp, name: str, disks: Sequence[SnapshotTarget]) -> None:
         await trio.lowlevel.checkpoint()  # no disks: the metadata is all there is
+
+    async def make_overlays(self, disks: Sequence[ExternalTarget]) -> None:
+        await trio.lowlevel.checkpoint()
+        raise OperationUnsupportedError(
+            "the test driver does not simulate disk images: no external snapshots "
+            "(QEMU domains only)"
+        )
 
     async def save_snapshot(self, obj: DomainObj, snap: SnapshotDef, *, current: bool) -> None:
         await trio.lowlevel.checkpoint()  # the tree on the domain is all there is

@@ -40,14 +40,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
+from ...conf.addresses import PCIAddress
 from ...conf.devices import BackingStore, Disk, Graphics, HotplugDevice, Interface
 from ...conf.domain import DomainDef
+from ...conf.metadata import adopt_metadata
 from ...conf.postparse import postparse_domain
 from ...conf.tuning import IOTune, iotune_params
 from ...conf.vcpus import boot_vcpus, plug_order, states_from_qemu
 from ...config import QemuConfig
 from ...drivers.base import ProgressCallback
 from ...errors import (
+    AgentCommandNotFoundError,
     AgentUnresponsiveError,
     ArgumentUnsupportedError,
     InternalError,
@@ -66,6 +69,7 @@ from ...events.types import (
 )
 from ...hypervisor.domain_driver import RuntimeCallbacks
 from ...hypervisor.guest_state import (
+    ExternalTarget,
     FromImage,
     FromSnapshot,
     SnapshotTarget,
@@ -197,6 +201,9 @@ class SimulatedVM:
         self._hotplugged: set[int] = set(plug_order(live_def.vcpu_states))
         self._unplug_asked: set[int] = set()
         self._unplugged = trio.Event()
+        #: What the simulated keyboard was sent (QEMU's key numbers), and NMIs injected.
+        self.keys_sent: list[list[int]] = []
+        self.nmis = 0
         # The simulated guest agent's state (None: not known yet, as for QEMU at start).
         self._agent_connected: bool | None = None
         self._frozen = False
@@ -411,17 +418,82 @@ class SimulatedVM:
                 ]
                 for i, nic in enumerate(self._live_def.interfaces):
                     result.append({"name": f"eth{i}", "hardware-address": nic.mac or ""})
+            case "guest-get-host-name":
+                result = {"host-name": "asvirt-guest"}
+            case "guest-get-osinfo":
+                # What the test guest's qemu-ga reads from its /etc/os-release and uname.
+                result = {
+                    "id": "asvirt-guest",
+                    "name": "asvirt test guest",
+                    "pretty-name": "asvirt test guest (busybox)",
+                    "version-id": "12",
+                    "kernel-release": "6.1.0-simulated",
+                    "kernel-version": "#1 SMP simulated",
+                    "machine": "x86_64",
+                }
+            case "guest-get-timezone":
+                result = {"zone": "UTC", "offset": 0}
+            case "guest-get-users":
+                result = []  # nobody logged in (no utmp), as in the test guest
+            case "guest-get-fsinfo":
+                result = []  # everything is in the initramfs, as in the test guest
+            case "guest-get-disks":
+                result = [self._agent_disk(d) for d in self._live_def.disks if d.bus == "virtio"]
+            case "guest-set-user-password":
+                if args.get("username") not in ("root", "asvirt"):
+                    raise InternalError(
+                        f"unable to execute QEMU agent command '{execute}': "
+                        "child process has failed to set user password"
+                    )
+                result = {}
+            case "guest-suspend-ram":
+                # As the test guest's kernel: it suspends to RAM (S3) unless QEMU was told
+                # to disable it; a guest without swap cannot hibernate.
+                if self._live_def.suspend_to_mem is False:
+                    raise InternalError(
+                        f"unable to execute QEMU agent command '{execute}': "
+                        "the requested suspend mode is not supported by the guest"
+                    )
+                self._scheduler.call_later(0, self._guest_suspend)
+                return None
             case "guest-shutdown":
                 self._scheduler.call_later(
                     0, lambda: self.guest_poweroff() if self.guest_running() else None
                 )
                 return None
             case _:
-                raise InternalError(
+                raise AgentCommandNotFoundError(
                     f"unable to execute QEMU agent command '{execute}': "
                     f"The command {execute} has not been found"
                 )
         return {"return": result}
+
+    @staticmethod
+    def _agent_disk(disk: Disk) -> dict[str, Any]:
+        """A virtio disk as qemu-ga's guest-get-disks describes it (``/dev/vda``: the guest
+        names its disks in the order of the definition, as the simulation has them)."""
+        found: dict[str, Any] = {
+            "name": f"/dev/{disk.target}",
+            "partition": False,
+            "dependencies": [],
+        }
+        pci = disk.address
+        if isinstance(pci, PCIAddress):
+            found["address"] = {
+                "pci-controller": {
+                    "domain": pci.domain,
+                    "bus": pci.bus,
+                    "slot": pci.slot,
+                    "function": pci.function,
+                },
+                "bus-type": "virtio",
+                "bus": 0,
+                "target": 0,
+                "unit": 0,
+                "dev": f"/dev/{disk.target}",
+                **({"serial": disk.serial} if disk.serial else {}),
+            }
+        return found
 
     async def begin_sample(self, groups: StatsGroup, scope: SampleScope) -> ReadySample:
         """:meth:`sample`: a simulated guest answers at once."""
@@ -678,6 +750,34 @@ class SimulatedVM:
         await trio.lowlevel.checkpoint()
         nic.link_state = state
 
+    async def set_metadata(self, source: DomainDef) -> None:
+        await trio.lowlevel.checkpoint()
+        adopt_metadata(self._live_def, source)
+
+    async def send_key(self, qnums: list[int], holdtime: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.keys_sent.append(list(qnums))
+
+    async def pm_wakeup(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.runstate != "suspended":
+            raise QMPError(
+                "QEMU refused 'system_wakeup': Unable to wake up: guest is not in suspended state",
+                error_class="GenericError",
+            )
+        self._set_runstate("running")
+        self._emit(("WAKEUP", {}))
+
+    async def inject_nmi(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.nmis += 1
+
+    async def screenshot(self, device: str | None, head: int) -> bytes:
+        """A blank VGA text screen (720x400), as a binary PPM."""
+        await trio.lowlevel.checkpoint()
+        width, height = 720, 400
+        return f"P6\n{width} {height}\n255\n".encode() + bytes(width * height * 3)
+
     async def change_display_password(self, gfx: Graphics, new: Graphics) -> None:
         await trio.lowlevel.checkpoint()
         apply_password(gfx, new)
@@ -728,6 +828,9 @@ class SimulatedVM:
 
     async def block_job_set_speed(self, disk: Disk, bandwidth: int) -> None:
         await self._no_block_jobs("block jobs")
+
+    async def snapshot_external(self, disks: Sequence[ExternalTarget]) -> None:
+        await self._no_block_jobs("external snapshots")
 
     def adopt_running(self, state: DomainState) -> None:
         """Take a VM as already running (or paused) without events: the node's initial domains."""
@@ -830,6 +933,12 @@ class SimulatedVM:
 
     def guest_running(self) -> bool:
         return not self.exited and self.runstate == "running"
+
+    def _guest_suspend(self) -> None:
+        """The guest suspends itself to RAM: QEMU says SUSPEND and waits for a wake-up."""
+        if self.guest_running():
+            self._set_runstate("suspended")
+            self._emit(("SUSPEND", {}))
 
     def guest_poweroff(self) -> None:
         """The guest powers itself off (``poweroff -f``)."""
