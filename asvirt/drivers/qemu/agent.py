@@ -13,7 +13,11 @@ may have died, or may still answer a question asked before. So, as libvirt does
   next one's);
 * one exchange at a time (the socket is one stream);
 * when QEMU has said that the guest closed the port (``VSERPORT_CHANGE``), calls fail at once
-  with "not connected" rather than waiting for their deadline.
+  with "not connected" rather than waiting for their deadline — unless the agent had it open
+  since the domain started: then the port closed under a running agent (the guest's virtio
+  console closes it as the guest suspends to RAM, and qemu-ga opens it again about a second
+  after the wake-up; so do a reboot and a restart of qemu-ga), and a call waits for it to
+  open again, within its deadline, where libvirt fails it at once.
 """
 
 from __future__ import annotations
@@ -56,11 +60,28 @@ class GuestAgent:
         self.path = path
         #: The channel's device id (``channel0``): what VSERPORT_CHANGE names.
         self.alias = alias
-        #: Whether the guest has the port open (QEMU's VSERPORT_CHANGE); None: not known.
-        self.connected: bool | None = None
+        self._connected: bool | None = None
+        #: Whether the guest has had the port open since the domain started.
+        self._was_open = False
+        #: Set while the port is open (calls made while it is closed wait for it).
+        self._opened = trio.Event()
         self._lock = trio.Lock()
         self._stream: trio.SocketStream | None = None
         self._buffer = bytearray()
+
+    @property
+    def connected(self) -> bool | None:
+        """Whether the guest has the port open (QEMU's VSERPORT_CHANGE); None: not known."""
+        return self._connected
+
+    @connected.setter
+    def connected(self, open_: bool | None) -> None:
+        self._connected = open_
+        if open_:
+            self._was_open = True
+            self._opened.set()
+        elif self._opened.is_set():
+            self._opened = trio.Event()
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None
@@ -77,7 +98,7 @@ class GuestAgent:
         """
         if not isinstance(execute, str) or not execute:
             raise InvalidArgError("the agent command must be a non-empty string")
-        if self.connected is False:
+        if self.connected is False and not self._was_open:
             raise unresponsive("QEMU guest agent is not connected")
         request: dict[str, Any] = {"execute": execute}
         if arguments is not None:
@@ -86,6 +107,8 @@ class GuestAgent:
         sent = False
         # The deadline covers waiting for another caller's exchange too.
         with trio.move_on_after(timeout) as scope:
+            if self.connected is False:
+                await self._opened.wait()  # the port closed under a running agent (see above)
             async with self._lock:
                 finished = False
                 try:
@@ -114,6 +137,8 @@ class GuestAgent:
                         with trio.CancelScope(shield=True):
                             await self.close()
         if scope.cancelled_caught and not (execute in NO_REPLY and sent):
+            if self.connected is False:
+                raise unresponsive("QEMU guest agent is not connected")
             log.debug("guest agent timed out", command=execute, timeout=timeout)
             raise unresponsive("Guest agent not available for now")
         if isinstance(reply, dict) and "error" in reply:
