@@ -64,7 +64,12 @@ SECURE_ARGS = sorted(n for n, c in protocol.CALLS.items() if c.read_only_ok and 
 #: Reading calls that name a snapshot of the VM (which has none).
 NEED_A_SNAPSHOT = ("domain_snapshot_info", "domain_snapshot_xml_desc")
 #: Reading calls that name one disk or interface of the VM (which has none).
-NEED_A_DEVICE = ("domain_block_info", "domain_block_job_info", "domain_interface_stats")
+NEED_A_DEVICE = (
+    "domain_block_info",
+    "domain_block_job_info",
+    "domain_interface_stats",
+    "domain_block_io_tune",
+)
 #: Reading calls answered by the guest (its agent): the paused VM cannot.
 NEED_A_RUNNING_GUEST = (
     "domain_get_time",
@@ -267,6 +272,12 @@ def arguments(c: protocol.Call, *, uuid: str, name: str, xml: Callable[[str], st
         "autostart": True,
         "nvram": True,
         "keep_tpm": False,
+        "cpumap": [True],  # pinned to the first host CPU
+        "iothread": 1,
+        "vcpu": 0,
+        "start_cpu": -1,  # totals
+        "ncpus": 1,
+        "params": {"total_bytes_sec": 1048576},
         "mac": None,
         "source": 0,  # InterfaceAddressSource.LEASE, HostnameSource.DEFAULT
         "path": "/nonexistent",
