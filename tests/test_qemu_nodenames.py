@@ -85,12 +85,12 @@ async def check_the_pivoted_disk(
     # (a) A plugged disk takes a number no open node has.
     other = image(tmp_path / f"other-{round_}.qcow2")
     before = set(await all_nodes(dom))
-    await dom.attach_device(disk_xml(other, "vdb"))
+    await dom.attach_device(disk_xml(other, "sdb", bus="scsi"))
     live = await dom.xml_desc()
-    plugged = source_index(live, "vdb")
+    plugged = source_index(live, "sdb")
     assert plugged is not None and plugged != index
     assert f"libvirt-{plugged}-format" not in before
-    assert await root_node(dom, "vdb") == f"libvirt-{plugged}-format"
+    assert await root_node(dom, "sdb") == f"libvirt-{plugged}-format"
     # (b) An internal snapshot of both disks (QEMU finds the pivoted disk's qcow2 node).
     snap = await dom.snapshot_create_xml(f"<domainsnapshot><name>i{round_}</name></domainsnapshot>")
     nodes = {n["node-name"]: n for n in await dom.qmp("query-named-block-nodes")}
@@ -101,7 +101,7 @@ async def check_the_pivoted_disk(
     await dom.block_resize("sda", 32 * MiB)
     assert (await dom.block_info("sda")).capacity == 32 * MiB
     stats = await dom.block_stats("sda")
-    assert stats["rd_req"] >= 0 and stats["wr_req"] >= 0
+    assert "rd_operations" in stats and await dom.block_stats(str(base)) == stats
     # (d) Another backup round: new overlay nodes, back on the base again.
     await backup_round(conn, dom, f"b{round_}")
     live = await dom.xml_desc()
@@ -117,7 +117,7 @@ async def check_the_pivoted_disk(
     assert await node_names(dom, f"libvirt-{index}-") == []
     # The disk goes in again (its image is no longer locked by a forgotten node).
     await dom.attach_device(disk_xml(base, "sda", bus="scsi"))
-    assert await dom.detach_device(disk_xml(other, "vdb")) in (True, False)
+    assert await dom.detach_device(disk_xml(other, "sdb", bus="scsi")) is True
 
 
 async def test_a_pivoted_disk_keeps_its_node_names(root, fast_config, test_guest, tmp_path):
@@ -136,7 +136,6 @@ async def test_a_pivoted_disk_keeps_its_node_names(root, fast_config, test_guest
             index = source_index(await dom.xml_desc(), "sda")
             assert index is not None
             assert await root_node(dom, "sda") == f"libvirt-{index}-format"
-            await dom.detach_device(disk_xml(tmp_path / "other-1.qcow2", "vdb"))
         async with asvirt.open(embed_uri(root)) as conn:
             dom = await conn.lookup_by_name("vm1")
             await check_the_pivoted_disk(conn, dom, base, tmp_path, "2")
@@ -156,15 +155,17 @@ async def test_a_commit_onto_a_backing_file_qemu_opened(root, fast_config, test_
             await commit_and_pivot(conn, dom)
             assert chain_in(await dom.xml_desc(), "sda") == [str(base)]
             other = image(tmp_path / "other.qcow2")
-            await dom.attach_device(disk_xml(other, "vdb"))
-            assert await root_node(dom, "vdb") == (
-                f"libvirt-{source_index(await dom.xml_desc(), 'vdb')}-format"
+            await dom.attach_device(disk_xml(other, "sdb", bus="scsi"))
+            assert await root_node(dom, "sdb") == (
+                f"libvirt-{source_index(await dom.xml_desc(), 'sdb')}-format"
             )
             snap = await dom.snapshot_create_xml("<domainsnapshot><name>i1</name></domainsnapshot>")
             await snap.delete()
             await dom.block_resize("sda", 32 * MiB)
             assert (await dom.block_info("sda")).capacity == 32 * MiB
             assert await dom.detach_device(disk_xml(base, "sda", bus="scsi")) is True
-            left = [n for n in await dom.qmp("query-named-block-nodes") if n.get("file") == str(base)]
+            left = [
+                n for n in await dom.qmp("query-named-block-nodes") if n.get("file") == str(base)
+            ]
             assert left == []
             await dom.destroy()

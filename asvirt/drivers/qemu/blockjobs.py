@@ -30,6 +30,7 @@ from ...errors import (
 )
 from .blockjob_names import KINDS, job_id, job_of
 from .hotplug import backend_holder
+from .nodenames import index_of
 from .savevm import RESYNC_EVENT
 
 if TYPE_CHECKING:
@@ -95,6 +96,19 @@ def _ours(
 def _local_image(disk: Disk) -> bool:
     """Whether ``disk`` has an image on this host (whose chain QEMU shows)."""
     return disk.net is None and disk.source is not None and disk.type in ("file", "block")
+
+
+def _layer_index(named: list[dict[str, Any]], path: str, fmt: object) -> int | None:
+    """The number of the node QEMU has ``path`` open as (its ``query-named-block-nodes``,
+    flat) if it has one of libvirt's names and only one node of that image has."""
+    found = {
+        index
+        for n in named
+        if n.get("file") == path
+        and n.get("drv") == fmt
+        and (index := index_of(n.get("node-name"))) is not None
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 class BlockJobOps:
@@ -190,6 +204,7 @@ class BlockJobOps:
         changed = False
         retired: list[str] = []
         moved: list[tuple[str, str, str, str | None]] = []
+        named = await self._call("query-named-block-nodes", {"flat": True})
         for block in await self._call("query-block"):
             holder = backend_holder(str(block.get("qdev") or ""))
             disk = next((d for d in self._live_def.disks if d.alias == holder), None)
@@ -214,6 +229,7 @@ class BlockJobOps:
                     BackingStore(
                         str(below["filename"]),
                         layer_format if layer_format in DISK_FORMATS else None,
+                        index=_layer_index(named, str(below["filename"]), below.get("format")),
                     )
                 )
                 below = below.get("backing-image")
@@ -225,18 +241,21 @@ class BlockJobOps:
                     was=disk.source,
                     operation="blockjob",
                 )
-                if disk.node_index is not None:
-                    # The image it left, as the command line or a hotplug opened it: closed
-                    # (QEMU keeps it open otherwise), as libvirt does after a pivot.
-                    n = disk.node_index
-                    retired += [f"libvirt-{n}-format", f"libvirt-{n}-storage"]
-                    disk.node_index = None
+                # The disk's nodes are those it runs on now (the number of a node the
+                # command line, a hotplug or a snapshot named; none for one QEMU named).
+                # The image it left, as they opened it: closed (QEMU keeps it open
+                # otherwise), as libvirt does after a pivot.
+                before = disk.node_names
                 left = disk.source
                 assert left is not None  # a local image's
                 moved.append((disk.target, left, path, fmt if fmt in DISK_FORMATS else None))
                 disk.source = path
                 if fmt in DISK_FORMATS:
                     disk.format = fmt
+                disk.node_index = index_of(inserted.get("node-name"))
+                disk.backing_store = chain
+                now = set(disk.node_names)
+                retired += [n for n in before if n not in now]
                 changed = True
             if chain != disk.backing_store:
                 disk.backing_store = chain
