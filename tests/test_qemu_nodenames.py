@@ -147,25 +147,22 @@ async def test_a_commit_onto_a_backing_file_qemu_opened(root, fast_config, test_
     disk runs on a node QEMU named, which hotplug, snapshots and detach find all the same."""
     base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
     top = overlay(tmp_path / "top.qcow2", base)
-    async with cleaned_up(root):
-        async with asvirt.open(embed_uri(root)) as conn:
-            dom = await paused(
-                conn, test_guest, tmp_path, devices=SCSI + disk_xml(top, "sda", bus="scsi")
-            )
-            await commit_and_pivot(conn, dom)
-            assert chain_in(await dom.xml_desc(), "sda") == [str(base)]
-            other = image(tmp_path / "other.qcow2")
-            await dom.attach_device(disk_xml(other, "sdb", bus="scsi"))
-            assert await root_node(dom, "sdb") == (
-                f"libvirt-{source_index(await dom.xml_desc(), 'sdb')}-format"
-            )
-            snap = await dom.snapshot_create_xml("<domainsnapshot><name>i1</name></domainsnapshot>")
-            await snap.delete()
-            await dom.block_resize("sda", 32 * MiB)
-            assert (await dom.block_info("sda")).capacity == 32 * MiB
-            assert await dom.detach_device(disk_xml(base, "sda", bus="scsi")) is True
-            left = [
-                n for n in await dom.qmp("query-named-block-nodes") if n.get("file") == str(base)
-            ]
-            assert left == []
-            await dom.destroy()
+    async with cleaned_up(root), asvirt.open(embed_uri(root)) as conn:
+        dom = await paused(
+            conn, test_guest, tmp_path, devices=SCSI + disk_xml(top, "sda", bus="scsi")
+        )
+        await commit_and_pivot(conn, dom)
+        assert chain_in(await dom.xml_desc(), "sda") == [str(base)]
+        other = image(tmp_path / "other.qcow2")
+        await dom.attach_device(disk_xml(other, "sdb", bus="scsi"))
+        assert await root_node(dom, "sdb") == (
+            f"libvirt-{source_index(await dom.xml_desc(), 'sdb')}-format"
+        )
+        snap = await dom.snapshot_create_xml("<domainsnapshot><name>i1</name></domainsnapshot>")
+        await snap.delete()
+        await dom.block_resize("sda", 32 * MiB)
+        assert (await dom.block_info("sda")).capacity == 32 * MiB
+        assert await dom.detach_device(disk_xml(base, "sda", bus="scsi")) is True
+        left = [n for n in await dom.qmp("query-named-block-nodes") if n.get("file") == str(base)]
+        assert left == []
+        await dom.destroy()
