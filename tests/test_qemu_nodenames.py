@@ -18,7 +18,8 @@ from lxml import etree
 import asvirt
 
 from .helpers import MiB, disk_xml, embed_uri, image_with_data, overlay
-from .test_qemu_blockjobs import chain_in, cleaned_up
+from .test_qemu_blockjobs import chain_in, cleaned_up, copy_xml
+from .test_qemu_extsnap import DISK_ONLY
 from .test_qemu_hotplug import disk_el, image, node_names, paused
 
 pytestmark = [pytest.mark.qemu]
@@ -166,3 +167,50 @@ async def test_a_commit_onto_a_backing_file_qemu_opened(root, fast_config, test_
         left = [n for n in await dom.qmp("query-named-block-nodes") if n.get("file") == str(base)]
         assert left == []
         await dom.destroy()
+
+
+async def test_a_detach_on_an_overlay_closes_its_base_too(conn, test_guest, tmp_path):
+    """A disk still on an external snapshot's overlay: its base's nodes (the command line's)
+    go with it, and the base can be plugged in again at once."""
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    dom = await paused(conn, test_guest, tmp_path, devices=SCSI + disk_xml(base, "sda", bus="scsi"))
+    await dom.snapshot_create_xml(DISK_ONLY, disk_only=True, no_metadata=True)
+    live = await dom.xml_desc()
+    store = disk_el(live, "sda").find("backingStore")
+    assert (source_index(live, "sda"), store.get("index")) == ("2", "1")
+    assert store.find("source").get("file") == str(base)
+    assert await dom.detach_device(disk_xml(tmp_path / "base.s1", "sda", bus="scsi")) is True
+    assert await node_names(dom, "libvirt-") == []
+    await dom.attach_device(disk_xml(base, "sda", bus="scsi"))
+    index = source_index(await dom.xml_desc(), "sda")
+    assert await root_node(dom, "sda") == f"libvirt-{index}-format"
+
+
+async def test_a_block_copy_pivot_takes_a_number(root, fast_config, test_guest, tmp_path):
+    """The copy a pivot moves the disk onto is a node with its number, in the live XML and
+    for a fresh supervisor; another disk plugged afterwards takes the next."""
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    copy = tmp_path / "copy.qcow2"
+    async with cleaned_up(root):
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await paused(
+                conn, test_guest, tmp_path, devices=SCSI + disk_xml(base, "sda", bus="scsi")
+            )
+            async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+                await dom.block_copy("sda", copy_xml(copy))
+                assert (await events.receive()).data["status"] == "ready"
+                await dom.block_job_abort("sda", pivot=True, wait=True)
+            live = await dom.xml_desc()
+            assert disk_el(live, "sda").find("source").get("file") == str(copy)
+            assert source_index(live, "sda") == "2"
+            assert await root_node(dom, "sda") == "libvirt-2-format"
+            assert await node_names(dom, "libvirt-1-") == [], "the image it left is closed"
+        async with asvirt.open(embed_uri(root)) as conn:
+            dom = await conn.lookup_by_name("vm1")
+            assert source_index(await dom.xml_desc(), "sda") == "2"
+            await dom.attach_device(disk_xml(image(tmp_path / "b.qcow2"), "sdb", bus="scsi"))
+            assert source_index(await dom.xml_desc(), "sdb") == "3"
+            assert await dom.detach_device(disk_xml(copy, "sda", bus="scsi")) is True
+            left = [n for n in await dom.qmp("query-named-block-nodes") if n["file"] == str(copy)]
+            assert left == []
+            await dom.destroy()

@@ -30,7 +30,7 @@ from ...errors import (
 )
 from .blockjob_names import KINDS, job_id, job_of
 from .hotplug import backend_holder
-from .nodenames import index_of
+from .nodenames import fresh_index, index_of
 from .savevm import RESYNC_EVENT
 
 if TYPE_CHECKING:
@@ -368,6 +368,11 @@ class BlockJobOps:
         }
         if dest.format is not None:
             arguments["format"] = dest.format
+        if (dest.format or disk.format) != "raw":
+            # The copy's format node gets its number (the disk's after the pivot); QEMU
+            # names its storage node (it opens the file itself).
+            index = await fresh_index(self._call, self._live_def)
+            arguments["node-name"] = f"libvirt-{index}-format"
         if reuse_ext:  # (an image QEMU makes is its user's already)
             await self._give_image(disk, dest.source, dest.format or "raw")
         try:

@@ -371,7 +371,7 @@ class HotplugOps:
         and give its file back to its owner (as a domain's stop does) unless the domain still
         uses it."""
         try:
-            await self._quietly_del_nodes(disk.node_names)
+            await self._quietly_del_nodes(await self._open_nodes(disk.node_names))
             await self._del_disk_creds(disk)
             for sid in disk_secret_objects(disk, TlsConfig.from_qemu(self._env.config)):
                 await self._quietly("object-del", {"id": sid})
@@ -584,6 +584,18 @@ class HotplugOps:
             if gone is not None:
                 gone.set()
         return True
+
+    async def _open_nodes(self, names: list[str]) -> list[str]:
+        """Those of ``names`` QEMU has open (a node it opened itself, below a block copy's
+        or as a backing file, went with the last user); all of them if it cannot say."""
+        if self._monitor is None or self.exited:
+            return names
+        try:
+            nodes = await self._call("query-named-block-nodes", {"flat": True})
+        except (AsvirtError, trio.BrokenResourceError):
+            return names
+        present = {n.get("node-name") for n in nodes}
+        return [name for name in names if name in present]
 
     async def _quietly_del_nodes(self, names: Any) -> None:
         for name in names:
