@@ -11,13 +11,22 @@ another image takes the number of the node it now runs on (:func:`index_of`).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ...conf.devices import Disk
     from ...conf.domain import DomainDef
 
 _NODE = re.compile(r"libvirt-(\d+)-(?:storage|format|throttle)\b")
+
+
+def number_disks(disks: Sequence[Disk], *, keep: bool = False) -> None:
+    """Number the disks a command line opens (the first the highest, the last 1);
+    ``keep``: a disk that has a number keeps it (a running domain's)."""
+    for i, disk in enumerate(disks):
+        if not (keep and disk.node_index is not None):
+            disk.node_index = len(disks) - i
 
 
 def index_of(node: object) -> int | None:
@@ -39,4 +48,4 @@ async def fresh_index(
     return 1 + max(used, default=0)
 
 
-__all__ = ["fresh_index", "index_of"]
+__all__ = ["fresh_index", "index_of", "number_disks"]
