@@ -214,3 +214,24 @@ async def test_a_block_copy_pivot_takes_a_number(root, fast_config, test_guest, 
             left = [n for n in await dom.qmp("query-named-block-nodes") if n["file"] == str(copy)]
             assert left == []
             await dom.destroy()
+
+
+async def test_a_commit_below_the_top_closes_the_layer_it_removes(conn, test_guest, tmp_path):
+    """Two backup rounds left on their overlays: committing the middle one into the base
+    takes it out of the chain, and its nodes are closed; the others keep their numbers."""
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    dom = await paused(conn, test_guest, tmp_path, devices=SCSI + disk_xml(base, "sda", bus="scsi"))
+    await dom.snapshot_create_xml(DISK_ONLY, disk_only=True, no_metadata=True)
+    second = "<domainsnapshot><name>s2</name></domainsnapshot>"
+    await dom.snapshot_create_xml(second, disk_only=True, no_metadata=True)
+    assert await node_names(dom, "libvirt-2-") != []
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_commit("sda", top=str(tmp_path / "base.s1"))
+        assert (await events.receive()).data["status"] == "completed"
+    live = await dom.xml_desc()
+    assert chain_in(live, "sda") == [str(tmp_path / "base.s2"), str(base)]
+    store = disk_el(live, "sda").find("backingStore")
+    assert (source_index(live, "sda"), store.get("index")) == ("3", "1")
+    assert await node_names(dom, "libvirt-2-") == [], "the committed overlay is closed"
+    assert await dom.detach_device(disk_xml(tmp_path / "base.s2", "sda", bus="scsi")) is True
+    assert await node_names(dom, "libvirt-") == []

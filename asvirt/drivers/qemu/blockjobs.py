@@ -219,6 +219,7 @@ class BlockJobOps:
                 fmt = "raw"  # a raw image without a format node (a pivot onto a raw base)
             if not isinstance(path, str) or path.startswith("json:"):
                 continue
+            before = disk.node_names
             chain = []
             below = image.get("backing-image")
             while isinstance(below, dict) and isinstance(below.get("filename"), str):
@@ -241,25 +242,24 @@ class BlockJobOps:
                     was=disk.source,
                     operation="blockjob",
                 )
-                # The disk's nodes are those it runs on now (the number of a node the
-                # command line, a hotplug or a snapshot named; none for one QEMU named).
-                # The image it left, as they opened it: closed (QEMU keeps it open
-                # otherwise), as libvirt does after a pivot.
-                before = disk.node_names
                 left = disk.source
                 assert left is not None  # a local image's
                 moved.append((disk.target, left, path, fmt if fmt in DISK_FORMATS else None))
                 disk.source = path
                 if fmt in DISK_FORMATS:
                     disk.format = fmt
+                # The disk's number is that of the node it runs on now (one the command
+                # line, a hotplug, a snapshot or a copy named; none for one QEMU named).
                 disk.node_index = index_of(inserted.get("node-name"))
-                disk.backing_store = chain
-                now = set(disk.node_names)
-                retired += [n for n in before if n not in now]
                 changed = True
             if chain != disk.backing_store:
                 disk.backing_store = chain
                 changed = True
+            # The images it left (a pivot's, a commit's or pull's from below), as they
+            # were opened with their numbers: closed (QEMU keeps them open otherwise), as
+            # libvirt does.
+            now = set(disk.node_names)
+            retired += [n for n in before if n not in now]
         if changed:
             self._live_changed()
             if save:
