@@ -235,3 +235,25 @@ async def test_a_commit_below_the_top_closes_the_layer_it_removes(conn, test_gue
     assert await node_names(dom, "libvirt-2-") == [], "the committed overlay is closed"
     assert await dom.detach_device(disk_xml(tmp_path / "base.s2", "sda", bus="scsi")) is True
     assert await node_names(dom, "libvirt-") == []
+
+
+async def test_a_new_medium_after_a_pivot_takes_a_free_number(conn, test_guest, tmp_path):
+    """A CD-ROM numbered below the disk at start gets a medium after the disk went through
+    a backup round: its nodes take a number the base's nodes (still open) do not have."""
+    base = image_with_data(tmp_path / "base.qcow2", 16 * MiB, at=0)
+    iso = image(tmp_path / "medium.qcow2")
+    empty_cd = "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
+    devices = disk_xml(base, "vda") + empty_cd
+    dom = await paused(conn, test_guest, tmp_path, devices=devices)
+    await dom.snapshot_create_xml(DISK_ONLY, disk_only=True, no_metadata=True)
+    async with conn.subscribe(dom, kinds={K.BLOCK_JOB}) as events:
+        await dom.block_commit("vda", active=True)
+        assert (await events.receive()).data["status"] == "ready"
+        await dom.block_job_abort("vda", pivot=True, wait=True)
+    before = set(await all_nodes(dom))
+    await dom.update_device(disk_xml(iso, "hdc", device="cdrom", bus="ide", extra="<readonly/>"))
+    live = await dom.xml_desc()
+    index = source_index(live, "hdc")
+    assert index is not None and index != source_index(live, "vda")
+    assert f"libvirt-{index}-format" not in before
+    assert await root_node(dom, "hdc") == f"libvirt-{index}-format"
