@@ -8,8 +8,9 @@ definition saying what QEMU uses. Jobs are named as libvirt names them, ``KIND-T
 for whichever supervisor reads it, and QEMU refuses a second job of the same id.
 
 A disk's image opens its backing chain itself (its format node names no ``backing``), so
-the layers below the top have QEMU's own node names: they are found by file name in
-``query-named-block-nodes``, following the chain ``query-block`` shows.
+the layers below the top have QEMU's own node names (but those an external snapshot put
+below an overlay, which keep their numbers: :mod:`.nodenames`): they are found by file name
+in ``query-named-block-nodes``, following the chain ``query-block`` shows.
 """
 
 from __future__ import annotations
