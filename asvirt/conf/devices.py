@@ -173,6 +173,9 @@ class BackingStore:
     source: str
     format: str | None = None
     type: str = "file"  # file | block
+    #: The number of its nodes in QEMU (``libvirt-N-format``), when they have one:
+    #: libvirt's ``<backingStore index='N'>`` (an image QEMU opened itself has none).
+    index: int | None = None
 
 
 @dataclass(slots=True)
@@ -265,17 +268,25 @@ class Disk(DeviceBase):
         return self.net.display() if self.net is not None else self.source
 
     @property
-    def node_names(self) -> set[str]:
-        """The -blockdev node names QEMU knows this disk's media by (empty if no media)."""
+    def node_names(self) -> list[str]:
+        """The -blockdev node names QEMU knows this disk's media by, top first (the order
+        blockdev-del needs), then those of the images below it that have names of this
+        scheme (``<backingStore index>``); empty if it has no media."""
         if not self.has_media or self.node_index is None:
-            return set()
-        names = {f"libvirt-{self.node_index}-storage"}
-        if self.has_format_node:
-            names.add(f"libvirt-{self.node_index}-format")
-        if self.copy_on_read == "on":
-            names.add(f"libvirt-CoR-{self.target}")
+            return []
+        names = []
         if self.iotune is not None:
-            names.add(f"libvirt-{self.node_index}-throttle")
+            names.append(f"libvirt-{self.node_index}-throttle")
+        if self.copy_on_read == "on":
+            names.append(f"libvirt-CoR-{self.target}")
+        if self.has_format_node:
+            names.append(f"libvirt-{self.node_index}-format")
+        names.append(f"libvirt-{self.node_index}-storage")
+        for layer in self.backing_store or ():
+            if layer.index is not None:
+                if layer.format != "raw":
+                    names.append(f"libvirt-{layer.index}-format")
+                names.append(f"libvirt-{layer.index}-storage")
         return names
 
     def format_xml(self, parent: XElem, live: bool) -> None:
@@ -334,7 +345,7 @@ class Disk(DeviceBase):
         if live and self.backing_store is not None and self.source is not None:
             parent = el
             for layer in self.backing_store:
-                parent = parent.add("backingStore", {"type": layer.type})
+                parent = parent.add("backingStore", {"type": layer.type, "index": layer.index})
                 parent.add_if("format", {"type": layer.format})
                 parent.add("source", {"dev" if layer.type == "block" else "file": layer.source})
             parent.add("backingStore")
@@ -409,8 +420,8 @@ def _parse_backing_store(node: Node) -> list[BackingStore] | None:
         layer = BackingStore(path, fmt.choice("type", DISK_FORMATS) if fmt else None, kind)
         if fmt is not None:
             fmt.finish()
+        layer.index = store.integer("index", minimum=1, maximum=2**31 - 1)
         chain.append(layer)
-        store.ignore("index")
         following = store.child("backingStore")
         store.finish()
         store = following

@@ -235,9 +235,10 @@ def test_node_names_for_block_events(caps: QemuCapabilities) -> None:
     )
     names = {x.target: x.node_names for x in d.disks}
     # libvirt numbers nodes from the last disk up: vda, vdb, hdc -> 3, 2, (1: no media).
-    assert names["vda"] == {"libvirt-3-storage", "libvirt-3-format", "libvirt-CoR-vda"}
-    assert names["vdb"] == {"libvirt-2-storage"}
-    assert names["hdc"] == set()  # no media
+    # Top first: the order blockdev-del takes them in.
+    assert names["vda"] == ["libvirt-CoR-vda", "libvirt-3-format", "libvirt-3-storage"]
+    assert names["vdb"] == ["libvirt-2-storage"]
+    assert names["hdc"] == []  # no media
     # The names survive a trip through XML (a status file) without re-preparing.
     again = parse_prepared_xml(d.to_xml())
     assert {x.target: x.node_names for x in again.disks} == names

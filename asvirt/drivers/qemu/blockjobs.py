@@ -8,8 +8,9 @@ definition saying what QEMU uses. Jobs are named as libvirt names them, ``KIND-T
 for whichever supervisor reads it, and QEMU refuses a second job of the same id.
 
 A disk's image opens its backing chain itself (its format node names no ``backing``), so
-the layers below the top have QEMU's own node names: they are found by file name in
-``query-named-block-nodes``, following the chain ``query-block`` shows.
+the layers below the top have QEMU's own node names (but those an external snapshot put
+below an overlay, which keep their numbers: :mod:`.nodenames`): they are found by file name
+in ``query-named-block-nodes``, following the chain ``query-block`` shows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ...errors import (
 )
 from .blockjob_names import KINDS, job_id, job_of
 from .hotplug import backend_holder
+from .nodenames import fresh_index, index_of
 from .savevm import RESYNC_EVENT
 
 if TYPE_CHECKING:
@@ -95,6 +97,19 @@ def _ours(
 def _local_image(disk: Disk) -> bool:
     """Whether ``disk`` has an image on this host (whose chain QEMU shows)."""
     return disk.net is None and disk.source is not None and disk.type in ("file", "block")
+
+
+def _layer_index(named: list[dict[str, Any]], path: str, fmt: object) -> int | None:
+    """The number of the node QEMU has ``path`` open as (its ``query-named-block-nodes``,
+    flat) if it has one of libvirt's names and only one node of that image has."""
+    found = {
+        index
+        for n in named
+        if n.get("file") == path
+        and n.get("drv") == fmt
+        and (index := index_of(n.get("node-name"))) is not None
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 class BlockJobOps:
@@ -190,6 +205,7 @@ class BlockJobOps:
         changed = False
         retired: list[str] = []
         moved: list[tuple[str, str, str, str | None]] = []
+        named = await self._call("query-named-block-nodes", {"flat": True})
         for block in await self._call("query-block"):
             holder = backend_holder(str(block.get("qdev") or ""))
             disk = next((d for d in self._live_def.disks if d.alias == holder), None)
@@ -204,6 +220,7 @@ class BlockJobOps:
                 fmt = "raw"  # a raw image without a format node (a pivot onto a raw base)
             if not isinstance(path, str) or path.startswith("json:"):
                 continue
+            before = disk.node_names
             chain = []
             below = image.get("backing-image")
             while isinstance(below, dict) and isinstance(below.get("filename"), str):
@@ -214,6 +231,7 @@ class BlockJobOps:
                     BackingStore(
                         str(below["filename"]),
                         layer_format if layer_format in DISK_FORMATS else None,
+                        index=_layer_index(named, str(below["filename"]), below.get("format")),
                     )
                 )
                 below = below.get("backing-image")
@@ -225,22 +243,24 @@ class BlockJobOps:
                     was=disk.source,
                     operation="blockjob",
                 )
-                if disk.node_index is not None:
-                    # The image it left, as the command line or a hotplug opened it: closed
-                    # (QEMU keeps it open otherwise), as libvirt does after a pivot.
-                    n = disk.node_index
-                    retired += [f"libvirt-{n}-format", f"libvirt-{n}-storage"]
-                    disk.node_index = None
                 left = disk.source
                 assert left is not None  # a local image's
                 moved.append((disk.target, left, path, fmt if fmt in DISK_FORMATS else None))
                 disk.source = path
                 if fmt in DISK_FORMATS:
                     disk.format = fmt
+                # The disk's number is that of the node it runs on now (one the command
+                # line, a hotplug, a snapshot or a copy named; none for one QEMU named).
+                disk.node_index = index_of(inserted.get("node-name"))
                 changed = True
             if chain != disk.backing_store:
                 disk.backing_store = chain
                 changed = True
+            # The images it left (a pivot's, a commit's or pull's from below), as they
+            # were opened with their numbers: closed (QEMU keeps them open otherwise), as
+            # libvirt does.
+            now = set(disk.node_names)
+            retired += [n for n in before if n not in now]
         if changed:
             self._live_changed()
             if save:
@@ -349,6 +369,11 @@ class BlockJobOps:
         }
         if dest.format is not None:
             arguments["format"] = dest.format
+        if (dest.format or disk.format) != "raw":
+            # The copy's format node gets its number (the disk's after the pivot); QEMU
+            # names its storage node (it opens the file itself).
+            index = await fresh_index(self._call, self._live_def)
+            arguments["node-name"] = f"libvirt-{index}-format"
         if reuse_ext:  # (an image QEMU makes is its user's already)
             await self._give_image(disk, dest.source, dest.format or "raw")
         try:

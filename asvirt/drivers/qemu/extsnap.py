@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from ...hypervisor.guest_state import ExternalTarget
 from ...log import get_logger
 from ..storage import qemu_img
 from .command import media_nodes
+from .nodenames import fresh_index
 
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from .runner import RunnerEnv
 
 log = get_logger("asvirt.qemu.snapshot")
-
-_NODE = re.compile(r"libvirt-(\d+)-")
 
 #: How long making one overlay may take (it writes a qcow2 header, no data).
 CREATE_TIMEOUT = 60.0
@@ -144,18 +142,10 @@ class ExternalSnapshotOps:
         made = await make_overlays(disks, timeout=CREATE_TIMEOUT, sizes=sizes)
         added: list[str] = []
         fresh: list[tuple[Disk, ExternalTarget, int]] = []
-        # A number no node of QEMU's has: a disk that pivoted has none in the live
-        # definition, yet the nodes of the image it went back to keep theirs.
-        named = await self._call("query-named-block-nodes")
-        index = max(
-            [d.node_index or 0 for d in self._live_def.disks]
-            + [int(m.group(1)) for n in named if (m := _NODE.match(str(n.get("node-name"))))],
-            default=0,
-        )
+        index = await fresh_index(self._call, self._live_def)
         try:
             actions = []
             for disk, want, node in live:
-                index += 1
                 overlay = dataclasses.replace(
                     disk,
                     source=want.overlay,
@@ -181,6 +171,7 @@ class ExternalSnapshotOps:
                     }
                 )
                 fresh.append((disk, want, index))
+                index += 1
             await self.execute("transaction", {"actions": actions})
         except BaseException:
             with contextlib.suppress(AsvirtError):

@@ -64,6 +64,7 @@ from .command_extra import vhost_user_chardev_id, vhost_user_hotplug
 from .command_tune import throttle_group_id, throttle_object
 from .displays import display_password, set_password
 from .netdisk import check_network_disk
+from .nodenames import fresh_index
 from .postparse import prepare_domain
 from .secrets import disk_secret_objects, disk_secrets
 from .tls import TlsConfig, check_disk_tls_files
@@ -135,7 +136,7 @@ def prepare_with_device(
         if old_nic is not None:
             nic.alias = old_nic.alias
     if isinstance(added, Disk):
-        added.node_index = 1 + max((d.node_index or 0 for d in defn.disks), default=0)
+        added.node_index = None  # (its number is the runner's to give: nodenames)
         if added.alias in {d.alias for d in defn.disks}:
             raise OperationInvalidError(f"a device called '{added.alias}' already exists")
     elif isinstance(added, Input):
@@ -193,21 +194,6 @@ def _same_device(defn: DomainDef, dev: HotplugDevice, inputs_before: int) -> Hot
     if isinstance(dev, Input):
         return defn.inputs[inputs_before]  # inputs keep their order: the new one is next
     return next(n for n in defn.interfaces if n.mac == dev.mac) if dev.mac else defn.interfaces[-1]
-
-
-def media_node_names(disk: Disk) -> list[str]:
-    """The -blockdev nodes of a disk's media, top first (the order blockdev-del needs)."""
-    if not disk.has_media or disk.node_index is None:
-        return []
-    names = []
-    if disk.iotune is not None:
-        names.append(f"libvirt-{disk.node_index}-throttle")
-    if disk.copy_on_read == "on":
-        names.append(f"libvirt-CoR-{disk.target}")
-    if disk.has_format_node:
-        names.append(f"libvirt-{disk.node_index}-format")
-    names.append(f"libvirt-{disk.node_index}-storage")
-    return names
 
 
 def backend_holder(qdev: str) -> str:
@@ -271,6 +257,8 @@ class HotplugOps:
         the live definition; on failure, whatever was plugged is taken out again."""
         caps = await self._env.capabilities_for(self._live_def)
         prepared, new = prepare_with_device(self._live_def, dev, caps, live=True)
+        if isinstance(new, Disk):
+            new.node_index = await fresh_index(self._call, self._live_def)
         # The domain's confinement: a plugged disk is given to whom its cold-plugged disks
         # were (the node's [qemu] user, or its own DAC label's with relabel='yes'), or to
         # nobody.
@@ -383,7 +371,7 @@ class HotplugOps:
         and give its file back to its owner (as a domain's stop does) unless the domain still
         uses it."""
         try:
-            await self._quietly_del_nodes(media_node_names(disk))
+            await self._quietly_del_nodes(await self._open_nodes(disk.node_names))
             await self._del_disk_creds(disk)
             for sid in disk_secret_objects(disk, TlsConfig.from_qemu(self._env.config)):
                 await self._quietly("object-del", {"id": sid})
@@ -597,6 +585,18 @@ class HotplugOps:
                 gone.set()
         return True
 
+    async def _open_nodes(self, names: list[str]) -> list[str]:
+        """Those of ``names`` QEMU has open (a node it opened itself, below a block copy's
+        or as a backing file, went with the last user); all of them if it cannot say."""
+        if self._monitor is None or self.exited:
+            return names
+        try:
+            nodes = await self._call("query-named-block-nodes", {"flat": True})
+        except (AsvirtError, trio.BrokenResourceError):
+            return names
+        present = {n.get("node-name") for n in nodes}
+        return [name for name in names if name in present]
+
     async def _quietly_del_nodes(self, names: Any) -> None:
         for name in names:
             await self._quietly("blockdev-del", {"node-name": name})
@@ -663,7 +663,7 @@ class HotplugOps:
         secrets: dict[str, bytes] = {}
         tls = TlsConfig.from_qemu(self._env.config)
         if new.has_media:
-            fresh.node_index = 1 + max((d.node_index or 0 for d in self._live_def.disks), default=0)
+            fresh.node_index = await fresh_index(self._call, self._live_def)
             # An encrypted medium's passphrase (as a plugged disk's, see _plug_disk), looked
             # up before the tray opens: a missing secret changes nothing; nor does a
             # missing certificate.
@@ -750,4 +750,4 @@ class HotplugOps:
         self._live_changed()
 
 
-__all__ = ["HotplugOps", "media_node_names", "prepare_with_device"]
+__all__ = ["HotplugOps", "prepare_with_device"]

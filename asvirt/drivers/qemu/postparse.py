@@ -36,6 +36,7 @@ from ...errors import ConfigUnsupportedError, XMLError
 from .capabilities import QemuCapabilities
 from .firmware import select_firmware
 from .membacking import require_shared_memory
+from .nodenames import number_disks
 from .pci import USB2_FUNCTION, assign_pci_addresses
 from .postparse_extra import check_guestfwd, prepare_extra
 from .postparse_more import default_audio, prepare_more
@@ -958,9 +959,8 @@ def assign_aliases(d: DomainDef, *, keep: bool = False) -> None:
     """
     q35 = machine_family(d.os.machine) == "q35"
     scsi_models = {c.index: c.model for c in d.controllers if c.type == "scsi"}
-    for i, disk in enumerate(d.disks):
-        if not (keep and disk.node_index is not None):
-            disk.node_index = len(d.disks) - i
+    number_disks(d.disks, keep=keep)
+    for disk in d.disks:
         if disk.user_alias or (keep and disk.alias):
             continue
         addr = disk.address

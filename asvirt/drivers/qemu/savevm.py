@@ -52,6 +52,7 @@ from .statemachine import StopCause
 if TYPE_CHECKING:
     from structlog.stdlib import BoundLogger
 
+    from ...conf.devices import Disk
     from ...conf.domain import DomainDef
     from .monitor import Monitor
     from .statemachine import DomainStateMachine, Reaction
@@ -102,6 +103,8 @@ class GuestStateOps:
 
         async def _call(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
+        async def _backend(self, disk: Disk) -> dict[str, Any]: ...
+
         async def send_fd(self, fd: int, name: str) -> None: ...
 
         def watch_events(
@@ -123,7 +126,7 @@ class GuestStateOps:
         *,
         progress: ProgressCallback | None,
     ) -> None:
-        nodes = self._format_nodes(disks)
+        nodes = await self._format_nodes(disks)
         vmstate = vmstate_node(disks, nodes)
         existing = await self._snapshots_by_node(nodes)
         for target, node in zip(disks, nodes, strict=True):
@@ -170,7 +173,7 @@ class GuestStateOps:
         running: bool,
         progress: ProgressCallback | None,
     ) -> None:
-        nodes = self._format_nodes(disks)
+        nodes = await self._format_nodes(disks)
         vmstate = vmstate_node(disks, nodes)
         await self._check_loadable(name, disks, nodes)
         was_paused = self.machine.state is not DomainState.RUNNING
@@ -197,7 +200,7 @@ class GuestStateOps:
         progress: ProgressCallback | None,
     ) -> None:
         """Load the snapshot ``name`` into a QEMU that is starting (never run yet)."""
-        nodes = self._format_nodes(disks)
+        nodes = await self._format_nodes(disks)
         vmstate = vmstate_node(disks, nodes)
         await self._check_loadable(name, disks, nodes)
         self.machine.load_state()
@@ -209,7 +212,7 @@ class GuestStateOps:
         )
 
     async def snapshot_delete(self, name: str, disks: Sequence[SnapshotTarget]) -> None:
-        nodes = self._format_nodes(disks)
+        nodes = await self._format_nodes(disks)
         await self._run_job(
             "snapshot-delete",
             {"tag": name, "devices": nodes},
@@ -227,17 +230,21 @@ class GuestStateOps:
         except (QMPError, OperationFailedError) as err:
             self.log.error("cannot remove a failed snapshot", snapshot=name, error=str(err))
 
-    def _format_nodes(self, disks: Sequence[SnapshotTarget]) -> list[str]:
-        """QEMU's qcow2 node of each disk (by target, in this QEMU)."""
+    async def _format_nodes(self, disks: Sequence[SnapshotTarget]) -> list[str]:
+        """QEMU's qcow2 node of each disk (by target, in this QEMU): the one its number
+        names, or for a disk that pivoted onto a node QEMU named, the node it runs on."""
         nodes = []
         for target in disks:
             disk = next((d for d in self._live_def.disks if d.target == target.target), None)
-            if disk is None or disk.node_index is None or disk.source != target.source:
+            if disk is None or disk.source != target.source:
                 raise OperationInvalidError(
                     f"disk '{target.target}' ({target.source}) is not a disk of the running "
                     f"domain '{self._name}'"
                 )
-            nodes.append(f"libvirt-{disk.node_index}-format")
+            if disk.node_index is not None:
+                nodes.append(f"libvirt-{disk.node_index}-format")
+            else:
+                nodes.append(str((await self._backend(disk)).get("node-name")))
         if not nodes:
             raise OperationInvalidError("a snapshot needs at least one disk")
         return nodes
