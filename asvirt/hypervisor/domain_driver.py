@@ -920,14 +920,9 @@ class DomainDriver(
     async def domain_block_info(self, uuid: str, device: str) -> BlockInfo:
         """The sizes of a disk's image (libvirt's ``virDomainGetBlockInfo``)."""
         obj = self.table.get(uuid)
-        disk = self._disk(obj.definition(), device)
-        if disk.net is not None:
-            raise OperationUnsupportedError(
-                f"disk '{device}' is a network disk ({disk.net.protocol}): its image is on "
-                "a server, not on this host"
-            )
-        if disk.source is None:
-            raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
+        disk = self._local_disk(
+            obj.definition(), device, "its image is on a server, not on this host"
+        )
         await trio.lowlevel.checkpoint()
         return self.backend.block_info(disk)
 
@@ -936,15 +931,22 @@ class DomainDriver(
     def _block_disk(self, obj: DomainObj, device: str) -> tuple[DomainRuntime, Disk]:
         """The running domain's disk ``device`` (target or path), with a local image."""
         runtime = self._runtime(obj)
-        disk = self._disk(runtime.live_def, device)
+        disk = self._local_disk(
+            runtime.live_def, device, "asvirt runs no block jobs on images on servers"
+        )
+        return runtime, disk
+
+    def _local_disk(self, defn: DomainDef, device: str, why_not_network: str) -> Disk:
+        """Disk ``device`` of ``defn``, which must have an image on this host (a network
+        disk is refused, saying ``why_not_network``)."""
+        disk = self._disk(defn, device)
         if disk.net is not None:
             raise OperationUnsupportedError(
-                f"disk '{device}' is a network disk ({disk.net.protocol}): asvirt runs no "
-                "block jobs on images on servers"
+                f"disk '{device}' is a network disk ({disk.net.protocol}): {why_not_network}"
             )
         if disk.source is None:
             raise InvalidArgError(f"disk '{device}' does not currently have a source assigned")
-        return runtime, disk
+        return disk
 
     @staticmethod
     def _bandwidth(bandwidth: int) -> int:

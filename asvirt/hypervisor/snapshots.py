@@ -358,12 +358,7 @@ class SnapshotCalls(DomainDriverBase):
                 raise OperationUnsupportedError(
                     f"cannot take a snapshot of transient domain '{obj.name}': define it first"
                 )
-            now = int(time.time())
-            name = request.name or str(now)
-            if name in obj.snapshots:
-                raise OperationInvalidError(
-                    f"domain snapshot '{name}' already exists (domain '{obj.name}')"
-                )
+            now, name = _new_snapshot_name(obj, request)
             runtime = obj.runtime
             if runtime is None:
                 state = "shutoff"
@@ -453,12 +448,7 @@ class SnapshotCalls(DomainDriverBase):
                     f"cannot keep a snapshot of transient domain '{obj.name}': define it "
                     "first, or take it with no_metadata"
                 )
-            now = int(time.time())
-            name = request.name or str(now)
-            if name in obj.snapshots:
-                raise OperationInvalidError(
-                    f"domain snapshot '{name}' already exists (domain '{obj.name}')"
-                )
+            now, name = _new_snapshot_name(obj, request)
             runtime = obj.runtime
             if runtime is None:
                 if quiesce:
@@ -818,6 +808,18 @@ class SnapshotCalls(DomainDriverBase):
         offline = [t for t in targets if t not in live]
         if offline:
             await self.backend.snapshot_disks("delete", snap.name, offline)
+
+
+def _new_snapshot_name(obj: DomainObj, request: SnapshotDef) -> tuple[int, str]:
+    """The creation time of a new snapshot of ``obj`` and its name: the one asked for, else
+    the time in seconds, as libvirt names it; refused if the domain has one of that name."""
+    now = int(time.time())
+    name = request.name or str(now)
+    if name in obj.snapshots:
+        raise OperationInvalidError(
+            f"domain snapshot '{name}' already exists (domain '{obj.name}')"
+        )
+    return now, name
 
 
 __all__ = [
