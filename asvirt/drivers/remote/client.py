@@ -715,42 +715,43 @@ class RemoteDriver:
                 await anyio.aclose_forcefully(link.stream)
 
 
-def _readable_waiter() -> tuple[
-    Callable[[socket.socket], Awaitable[None]], tuple[type[BaseException], ...]
-]:
-    """How the running event loop waits for a socket to be readable, and what it raises
-    when the socket is closed under the wait, or before it (besides anyio's errors: a
-    socket already closed has no descriptor, -1, and either loop's registration raises
-    ValueError for it). Under trio, trio's own wait: anyio's looks the event loop up first,
-    every time, and a client that waits for each answer waits once per call."""
+def _running_trio() -> Any:
+    """The trio module when trio runs this task (None under asyncio): the loop's own calls
+    are then used directly, since anyio's look the event loop up on every call."""
     trio = sys.modules.get("trio")
     if trio is not None:
         import sniffio  # trio's own dependency
 
         try:
             if sniffio.current_async_library() == "trio":
-                return trio.lowlevel.wait_readable, (
-                    trio.ClosedResourceError,
-                    trio.BusyResourceError,
-                    ValueError,
-                )
+                return trio
         except sniffio.AsyncLibraryNotFoundError:
             pass
+    return None
+
+
+def _readable_waiter() -> tuple[
+    Callable[[socket.socket], Awaitable[None]], tuple[type[BaseException], ...]
+]:
+    """How the running event loop waits for a socket to be readable, and what it raises
+    when the socket is closed under the wait, or before it (besides anyio's errors: a
+    socket already closed has no descriptor, -1, and either loop's registration raises
+    ValueError for it). Under trio, trio's own wait: a client that waits for each answer
+    waits once per call."""
+    trio = _running_trio()
+    if trio is not None:
+        return trio.lowlevel.wait_readable, (
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            ValueError,
+        )
     return anyio.wait_readable, (ValueError,)
 
 
 def _checkpointer() -> Callable[[], Awaitable[None]]:
-    """The running event loop's checkpoint: trio's own under trio (see _readable_waiter)."""
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        import sniffio
-
-        try:
-            if sniffio.current_async_library() == "trio":
-                return trio.lowlevel.checkpoint
-        except sniffio.AsyncLibraryNotFoundError:
-            pass
-    return anyio.lowlevel.checkpoint
+    """The running event loop's checkpoint: trio's own under trio."""
+    trio = _running_trio()
+    return trio.lowlevel.checkpoint if trio is not None else anyio.lowlevel.checkpoint
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
