@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ class Launched:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The QOM properties asked for: (path, property) -> value.
     props: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: What ``while_running`` returned (None without one).
+    during: Any = None
 
 
 def _monitor_path(argv: list[str]) -> str:
@@ -84,9 +86,12 @@ def launch_paused(
     timeout: float = 10.0,
     extra: dict[str, dict[str, Any]] | None = None,
     qom_get: Sequence[tuple[str, str]] = (),
+    while_running: Callable[[], Any] | None = None,
 ) -> Launched:
     """Run ``argv`` (which must carry -S and a path monitor), query it, make it quit;
-    ``qom_get`` names the (path, property) pairs to read with ``qom-get``."""
+    ``qom_get`` names the (path, property) pairs to read with ``qom-get``;
+    ``while_running`` is called after the queries (and ``extra``), before QEMU quits, and
+    what it returns is ``Launched.during``."""
     mon = _monitor_path(argv)
     errlog = workdir / "qemu.stderr"
     with open(errlog, "w+b") as err:
@@ -121,6 +126,7 @@ def launch_paused(
                     qom[path] = []
             answers = {name: qmp.cmd(name, **args) for name, args in (extra or {}).items()}
             props = {(p, n): qmp.cmd("qom-get", path=p, property=n) for p, n in qom_get}
+            during = while_running() if while_running is not None else None
             try:
                 qmp.cmd("quit")
             except (ConnectionError, OSError):
@@ -134,6 +140,7 @@ def launch_paused(
                 chardevs=chardevs,
                 extra=answers,
                 props=props,
+                during=during,
             )
         finally:
             if qmp is not None:

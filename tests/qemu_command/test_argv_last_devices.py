@@ -153,12 +153,17 @@ def test_redirdev_over_tcp_reaches_a_usbredir_peer(caps: Caps, tmp_path: Path) -
             1,
         )
         # QEMU connects at start; usb-redir says hello (usbredir's guest side speaks first)
-        # once the VM runs, when it flushes what it queued.
-        got = launch_paused(argv, tmp_path, extra={"cont": {}})
+        # once the VM runs, when it flushes what it queued: read while QEMU still runs (a
+        # QEMU told to quit first may go before it flushed).
+
+        def hello() -> bytes:
+            conn, _ = listener.accept()
+            with conn:
+                return _usbredir_hello(conn)
+
+        got = launch_paused(argv, tmp_path, extra={"cont": {}}, while_running=hello)
         assert "redir0" in got.qom["/machine/peripheral"]
-        conn, _ = listener.accept()
-        with conn:
-            assert _usbredir_hello(conn).startswith(b"qemu usb-redir guest")
+        assert got.during.startswith(b"qemu usb-redir guest")
 
 
 def test_redirdev_over_a_unix_socket_and_what_is_refused(caps: Caps, tmp_path: Path) -> None:
